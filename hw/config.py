@@ -1,0 +1,85 @@
+"""Parameters of one accelerator configuration (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Sizes of the accelerator template; the RTL depends on these and nothing else.
+
+    Parameters
+    ----------
+    chains : int
+        P, DSP chains in the matrix engine (output channels computed in parallel).
+    chain_len : int
+        L, DSP48E2 slices per chain (cascaded); also the activation word width in bytes.
+    mem_ports : int
+        NP, external memory ports (HBM pseudo-channels or DDR ports).
+    port_bytes : int
+        W, data bytes per beat of one port.
+    act_depth : int
+        Activation buffer depth in words of L bytes.
+    weight_depth : int
+        Weight ring depth in rows of P*L bytes.
+    addr_bits : int
+        Width of a port's beat (super-beat) address.
+    """
+
+    chains: int = 16
+    chain_len: int = 16
+    mem_ports: int = 8
+    port_bytes: int = 32
+    act_depth: int = 4096
+    weight_depth: int = 256
+    addr_bits: int = 24
+
+    def __post_init__(self):
+        for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
+                     "weight_depth", "addr_bits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AccelConfig.{name} must be >= 1")
+        if self.beat_bytes % self.chain_len:
+            raise ValueError(
+                f"super-beat ({self.beat_bytes} B) must be a multiple of chain_len "
+                f"({self.chain_len} B)")
+        if self.row_bytes % self.beat_bytes:
+            raise ValueError(
+                f"weight row ({self.row_bytes} B = chains x chain_len) must be a multiple of "
+                f"the super-beat ({self.beat_bytes} B = mem_ports x port_bytes)")
+        if self.beat_bytes % 32 and 32 % self.beat_bytes:
+            raise ValueError("super-beat must divide or be a multiple of 32 B (one instruction)")
+
+    @property
+    def beat_bytes(self) -> int:
+        """SB: bytes in one super-beat (one beat of every port)."""
+        return self.mem_ports * self.port_bytes
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes in one weight row (one k-group for every chain)."""
+        return self.chains * self.chain_len
+
+    @property
+    def beats_per_row(self) -> int:
+        return self.row_bytes // self.beat_bytes
+
+    @property
+    def param_rows(self) -> int:
+        """Rows at the head of each weight tile holding the 8-byte epilogue parameters."""
+        return -(-8 // self.chain_len)
+
+    @property
+    def dsp_slices(self) -> int:
+        """DSP slots of the matrix engine (one int8 MAC each per cycle)."""
+        return self.chains * self.chain_len
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """Short stable hash of the parameters (part of the Verilator build-cache key)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
