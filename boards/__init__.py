@@ -1,0 +1,124 @@
+"""Board data: one YAML file per board in this folder (or in ``$HWFLOW_BOARDS`` / ``--boards-dir``).
+
+Boards are data, not code: this module only reads and validates them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+BOARD_DIR = Path(__file__).resolve().parent
+RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")
+
+
+class BoardError(Exception):
+    """A board is unknown or its YAML is invalid (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Board:
+    """One FPGA board: part, resources, external memory, clock and build flow."""
+
+    name: str
+    description: str
+    vendor: str
+    part: str
+    family: str
+    resources: dict
+    memory: dict
+    clocks: dict
+    flow: str
+    engine: dict = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def clock_mhz(self) -> float:
+        return float(self.clocks["kernel_mhz"])
+
+
+_SCHEMA = {
+    "name": str, "description": str, "vendor": str, "part": str, "family": str,
+    "resources": dict, "memory": dict, "clocks": dict, "flow": str,
+}
+_MEMORY = {"channels": int, "port_bytes": int, "bandwidth_gbps": (int, float)}
+_ENGINE = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth")
+
+
+def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:
+    dirs = []
+    if extra:
+        dirs.append(Path(extra))
+    if os.environ.get("HWFLOW_BOARDS"):
+        dirs.append(Path(os.environ["HWFLOW_BOARDS"]))
+    dirs.append(BOARD_DIR)
+    return dirs
+
+
+def _validate(data, path: Path) -> Board:
+    where = path.name
+    if not isinstance(data, dict):
+        raise BoardError(f"{where}: expected a YAML mapping at the top level")
+    for key, typ in _SCHEMA.items():
+        if key not in data:
+            raise BoardError(f"{where}: missing field '{key}'")
+        if not isinstance(data[key], typ):
+            raise BoardError(f"{where}: field '{key}' must be a {typ.__name__}")
+    for kind in RESOURCE_KINDS:
+        v = data["resources"].get(kind)
+        if not isinstance(v, int) or v < 0:
+            raise BoardError(f"{where}: field 'resources.{kind}' must be a non-negative integer")
+    if not isinstance(data["memory"].get("type"), str):
+        raise BoardError(f"{where}: field 'memory.type' must be a string (hbm2, ddr4, ...)")
+    for key, typ in _MEMORY.items():
+        v = data["memory"].get(key)
+        if not isinstance(v, typ) or v <= 0:
+            raise BoardError(f"{where}: field 'memory.{key}' must be a positive number")
+    mhz = data["clocks"].get("kernel_mhz")
+    if not isinstance(mhz, (int, float)) or mhz <= 0:
+        raise BoardError(f"{where}: field 'clocks.kernel_mhz' must be a positive number")
+    engine = data.get("engine", {}) or {}
+    if not isinstance(engine, dict):
+        raise BoardError(f"{where}: field 'engine' must be a mapping")
+    for key, v in engine.items():
+        if key not in _ENGINE:
+            raise BoardError(f"{where}: unknown field 'engine.{key}' (known: {', '.join(_ENGINE)})")
+        if not isinstance(v, int) or v < 1:
+            raise BoardError(f"{where}: field 'engine.{key}' must be a positive integer")
+    fields = {k: data[k] for k in _SCHEMA}
+    return Board(**fields, engine=engine, path=str(path))
+
+
+def _read(path: Path) -> Board:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BoardError(f"{path.name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    board = _validate(data, path)
+    if board.name != path.stem:
+        raise BoardError(f"{path.name}: field 'name' is '{board.name}', expected '{path.stem}'")
+    return board
+
+
+def list_boards(extra_dir=None) -> list[Board]:
+    """All boards, user folders first (a user board shadows a bundled one of the same name)."""
+    seen: dict[str, Board] = {}
+    for d in _search_dirs(extra_dir):
+        for p in sorted(Path(d).glob("*.yaml")):
+            if p.stem not in seen:
+                seen[p.stem] = _read(p)
+    return sorted(seen.values(), key=lambda b: b.name)
+
+
+def load_board(name: str, extra_dir=None) -> Board:
+    """Load a board by name; raises :class:`BoardError` naming the known boards if unknown."""
+    for d in _search_dirs(extra_dir):
+        p = Path(d) / f"{name}.yaml"
+        if p.is_file():
+            return _read(p)
+    known = ", ".join(b.name for b in list_boards(extra_dir))
+    raise BoardError(f"unknown board '{name}' (known boards: {known}; "
+                     f"add one as a YAML file in $HWFLOW_BOARDS)")

@@ -1,0 +1,178 @@
+"""The op record carried by every IR node, and the one list of op kinds.
+
+An IR node's ``op`` attribute is an immutable :class:`Op`. Passes never modify an op; they build
+a new one with :func:`dataclasses.replace` (or :meth:`Op.with_attrs`) and put it in a new graph.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+#: Every op kind, with its one-line definition. Float level (frontend output) uses f32 tensors;
+#: quantized level (after ``quantize``) uses int8 tensors with a per-tensor scale.
+OP_KINDS: dict[str, str] = {
+    # both levels
+    "input": "graph input; f32, or i8 with the scale the host quantizes with (no inputs)",
+    "output": "graph output (x,); at the i8 level attrs scale: the host dequantizes with it",
+    "relu": "max(x, 0) (x,); at the i8 level max(q, 0) with the input's scale (exact)",
+    "reshape": "same elements, new shape (x,); row-major order kept",
+    # float level
+    "linear": "x @ weight.T + bias (x,); attrs weight f32 [N,K], bias f32 [N] or None",
+    "add": "a + b (a, b), same shapes",
+    # quantized level
+    "qlinear": "requantize(matmul(x, weight), bias, mult, shift, relu, residual, res_mult) "
+               "(x,) or (x, residual); attrs weight i8 [N,K], bias i32 [N], mult u16 [N], "
+               "shift, relu, res_mult (0 without residual), w_scale f64 [N]",
+    "qadd": "residual_add(a, b, a_mult, b_mult, shift, relu) (a, b); attrs a_mult, b_mult, "
+            "shift, relu",
+}
+
+FLOAT_KINDS = frozenset({"input", "output", "relu", "reshape", "linear", "add"})
+QUANT_KINDS = frozenset({"input", "output", "relu", "reshape", "qlinear", "qadd"})
+#: Kinds left after ``fuse``: the ones the accelerator executes (or that are pure layout).
+FUSED_KINDS = frozenset({"input", "output", "reshape", "qlinear", "qadd"})
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Type of the tensor an op produces.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Logical shape; the accelerator views it as 2-D (rows = product of the leading dims,
+        features = last dim), see :func:`rows_features`.
+    dtype : {'f32', 'i8'}
+    scale : float or None
+        Per-tensor quantization scale (``real = q * scale``); set for every i8 tensor.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.scale is not None:
+            object.__setattr__(self, "scale", float(self.scale))
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """How a ``qlinear`` is cut for a matrix engine of P chains of length L.
+
+    Parameters
+    ----------
+    k_words : int
+        ``ceil(K / L)``: input words per activation row (and weight rows per tile).
+    n_tiles : int
+        ``ceil(N / P)``: weight tiles (P output channels each).
+    out_words : int
+        ``ceil(N / L)``: output words per activation row.
+    """
+
+    k_words: int
+    n_tiles: int
+    out_words: int
+
+
+@dataclass(frozen=True)
+class MemInfo:
+    """Place of an i8 activation tensor in the on-chip activation buffer (units: words of L bytes).
+
+    Parameters
+    ----------
+    addr : int
+        First word; row ``b`` starts at word ``addr + b * words``.
+    rows : int
+        Rows of the 2-D view of the tensor.
+    words : int
+        ``ceil(features / L)``: words per row (bytes past ``features`` are zero padding).
+    span : int
+        Words reserved from ``addr``: ``rows * words`` rounded up to whole super-beats. Tensors
+        that alias (``reshape``, ``output``) share ``addr`` and ``span``.
+    """
+
+    addr: int
+    rows: int
+    words: int
+    span: int
+
+
+def freeze_value(value: Any) -> Any:
+    """Make an attribute value immutable: arrays become read-only copies, lists become tuples."""
+    if isinstance(value, np.ndarray):
+        a = np.array(value, copy=True)
+        a.setflags(write=False)
+        return a
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze_value(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def freeze_attrs(attrs: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Read-only mapping of frozen attribute values, keys sorted (stable saving and printing)."""
+    attrs = attrs or {}
+    return types.MappingProxyType({k: freeze_value(attrs[k]) for k in sorted(attrs)})
+
+
+@dataclass(frozen=True)
+class Op:
+    """The immutable record of one IR node.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`OP_KINDS`.
+    inputs : tuple of str
+        Producer node names, in operand order (the graph has one edge per distinct producer).
+    out : TensorType
+        Type of the produced tensor.
+    attrs : Mapping
+        Read-only kind-specific attributes (see :data:`OP_KINDS`); arrays are non-writeable.
+    tile : TileInfo or None
+        Set by ``tile`` on ``qlinear``.
+    mem : MemInfo or None
+        Set by ``memory_plan`` on every i8 tensor.
+    source : str or None
+        Where the op came from in the user's model (``file:line``), for messages.
+    """
+
+    kind: str
+    inputs: tuple[str, ...]
+    out: TensorType
+    attrs: Mapping[str, Any] = field(default_factory=lambda: freeze_attrs(None))
+    tile: TileInfo | None = None
+    mem: MemInfo | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not isinstance(self.attrs, types.MappingProxyType):
+            object.__setattr__(self, "attrs", freeze_attrs(self.attrs))
+
+    def with_attrs(self, **changes: Any) -> Op:
+        """Copy of this op with some attributes replaced or added."""
+        return replace(self, attrs=freeze_attrs({**self.attrs, **changes}))
+
+
+def rows_features(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The 2-D view the accelerator uses: (product of the leading dims, last dim)."""
+    if len(shape) == 0:
+        return 1, 1
+    rows = 1
+    for d in shape[:-1]:
+        rows *= int(d)
+    return rows, int(shape[-1])
+
+
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative integers."""
+    return -(-int(a) // int(b))

@@ -1,0 +1,105 @@
+"""The ``hwflow`` command line: compile, sim, boards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hwflow.errors import USER_ERRORS
+
+
+def _cmd_compile(args) -> int:
+    from hwflow.flow import compile_model
+
+    out, report = compile_model(
+        model=args.model, example=args.example, board=args.board, out=args.out,
+        calib=args.calib, trust_model=args.trust_model, boards_dir=args.boards_dir,
+        save_ir=args.save_ir, rows=args.rows)
+    print(f"compiled {report['model']} for {report['board']}: {report['ops_total']} ops, "
+          f"{report['instructions']} instructions, {report['program_bytes']} B program, "
+          f"{report['memory_image_bytes']} B memory image, "
+          f"{report['predicted_cycles']} predicted cycles")
+    print(f"golden vs float on the calibration sample: cosine {report['float_cosine']:.5f}, "
+          f"max abs error {report['float_max_abs_error']:.4g}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_sim(args) -> int:
+    from hwflow.simulate import simulate_build
+
+    r = simulate_build(args.out, seed=args.seed, waves=args.waves)
+    status = "BIT-EXACT" if r["bit_exact"] else f"MISMATCH ({r['mismatches']} bytes differ)"
+    print(f"RTL vs golden: {status}; {r['cycles']} cycles (predicted {r['predicted_cycles']}), "
+          f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s, "
+          f"MPE utilization {r['mpe_utilization']:.3f}")
+    print(f"golden vs float torch: cosine {r['float_cosine']:.5f}, "
+          f"max abs error {r['float_max_abs_error']:.4g}")
+    if r.get("waves"):
+        print(f"waveform: {r['waves']}")
+    return 0 if r["bit_exact"] else 1
+
+
+def _cmd_boards(args) -> int:
+    from hwflow.boards import list_boards
+
+    rows = [("board", "part", "LUT", "DSP", "BRAM", "URAM", "memory", "clock")]
+    for b in list_boards(args.boards_dir):
+        r, m = b.resources, b.memory
+        rows.append((b.name, b.part, f"{r['lut']:,}", f"{r['dsp']:,}", f"{r['bram']:,}",
+                     f"{r['uram']:,}",
+                     f"{m['type']} {m['channels']}x{m['port_bytes'] * 8}b {m['bandwidth_gbps']} GB/s",
+                     f"{b.clock_mhz:g} MHz"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hwflow", description="PyTorch model -> verified FPGA accelerator.")
+    p.add_argument("--boards-dir", help="extra folder of board YAML files (or $HWFLOW_BOARDS)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile a model into a build folder")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("model", nargs="?", help="model file: torch.export archive, TorchScript "
+                     "archive, or (with --trust-model) a pickled nn.Module")
+    src.add_argument("--example", help="a bundled example model instead of a file (mlp)")
+    c.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
+    c.add_argument("-o", "--out", help="build folder (default build/<model>-<board>)")
+    c.add_argument("--calib", help="calibration input: a tensor saved with torch.save or .npy")
+    c.add_argument("--trust-model", action="store_true",
+                   help="allow loading a pickled nn.Module (executes code from the file)")
+    c.add_argument("--rows", type=int, help="input rows when the file does not fix them "
+                   "(TorchScript, pickled module); default 4")
+    c.add_argument("--save-ir", action="store_true", help="keep the IR after every pass")
+    c.set_defaults(func=_cmd_compile)
+
+    s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")
+    s.add_argument("out", help="build folder written by `hwflow compile`")
+    s.add_argument("--seed", type=int, help="seeded random inputs instead of the calibration "
+                   "sample")
+    s.add_argument("--waves", action="store_true", help="write an FST waveform")
+    s.set_defaults(func=_cmd_sim)
+
+    b = sub.add_parser("boards", help="list the supported boards")
+    b.set_defaults(func=_cmd_boards)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"hwflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwflow: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

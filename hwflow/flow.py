@@ -1,0 +1,158 @@
+"""``hwflow compile``: the ordered flow from a model file to a build folder.
+
+Steps (each a small function; the compiler's own passes are listed in hwflow.compiler.flow):
+
+1. ``load``       model file -> float IR (frontend, by content, never unpickling untrusted code)
+2. ``calibrate``  calibration sample (``--calib`` or a seeded normal sample)
+3. ``configure``  board -> accelerator configuration, resource fit check
+4. ``compile``    quantize, fuse, tile, schedule, memory plan (spec check after each)
+5. ``lower``      IR -> instruction program + memory image
+6. ``rtl``        Amaranth -> Verilog of the configuration
+7. ``write``      build folder, atomically, with reports/compile.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from hwflow.boards import load_board
+from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
+from hwflow.compiler import frontend, interpret, ir
+from hwflow.compiler import flow as compiler_flow
+from hwflow.errors import HwflowError
+from hwflow.golden import int8 as g8
+from hwflow.golden.metrics import cosine, max_abs_error
+from hwflow.hw.top import generate_verilog
+from hwflow.mapping import cycles
+from hwflow.mapping.engine import check_fit, choose_config
+from hwflow.mapping.lower import lower
+
+CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
+CALIB_SEED = 0
+
+
+def load_calibration(path, shape) -> np.ndarray:
+    """A calibration tensor from ``--calib`` (torch.save'd tensor or .npy), checked against the
+    model's input shape (any number of rows, same trailing dims)."""
+    p = Path(path)
+    if not p.is_file():
+        raise HwflowError(f"calibration file '{path}' not found")
+    try:
+        if p.read_bytes()[:6] == b"\x93NUMPY":
+            x = np.load(p, allow_pickle=False)
+        else:
+            import torch
+
+            t = torch.load(p, map_location="cpu", weights_only=True)
+            if not isinstance(t, torch.Tensor):
+                raise ValueError("not a single tensor")
+            x = t.detach().to(torch.float64).numpy()
+    except Exception as e:  # noqa: BLE001 - any load failure is the same user error
+        raise HwflowError(f"calibration file '{path}' is not a saved tensor or .npy array "
+                          f"({str(e).splitlines()[0][:80]})") from None
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(shape[1:]) and x.shape[-1] != shape[-1]:
+        raise HwflowError(f"calibration tensor has shape {list(x.shape)}, the model's input is "
+                          f"{list(shape)} (rows may differ, feature size may not)")
+    return np.asarray(x, dtype=np.float64).reshape(-1, *shape[1:])
+
+
+def default_calibration(shape) -> np.ndarray:
+    rng = np.random.default_rng(CALIB_SEED)
+    return rng.standard_normal((CALIB_ROWS, *shape[1:]))
+
+
+def program_inputs(calib: np.ndarray, shape) -> np.ndarray:
+    """The input the build folder runs by default: the first rows of the calibration sample."""
+    rows = shape[0]
+    x = calib[:rows]
+    if x.shape[0] < rows:
+        extra = np.random.default_rng(CALIB_SEED + 1).standard_normal((rows - x.shape[0],
+                                                                       *shape[1:]))
+        x = np.concatenate([x, extra])
+    return x
+
+
+def compile_model(model=None, example=None, board="u280", out=None, calib=None,
+                  trust_model=False, boards_dir=None, save_ir=False, rows=None):
+    """Run the compile flow and write the build folder; returns ``(out_path, report)``."""
+    brd = load_board(board, boards_dir)
+    with tempfile.TemporaryDirectory() as td:
+        if example is not None:
+            from hwflow.examples import EXAMPLES, export_example
+
+            if example not in EXAMPLES:
+                raise HwflowError(f"unknown example '{example}' (known: {', '.join(EXAMPLES)})")
+            model = Path(td) / f"{example}.pt2"
+            export_example(example, model)
+            name = example
+        else:
+            name = Path(model).name.split(".")[0] or "model"
+        graph = frontend.load_model(model, trust_model=trust_model, rows=rows)
+        model_bytes = Path(model).read_bytes() if example is not None else None
+    graph.graph["name"] = name
+    in_name = graph.graph["inputs"][0]
+    if len(graph.graph["inputs"]) != 1:
+        raise HwflowError("models with more than one input are not supported yet")
+    in_shape = tuple(graph.nodes[in_name]["op"].out.shape)
+
+    calib_x = load_calibration(calib, in_shape) if calib else default_calibration(in_shape)
+    cfg = choose_config(brd)
+    resources = check_fit(cfg, brd)
+    target = compiler_flow.target_for(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
+                                      cfg.weight_depth)
+    steps = {}
+    qgraph = compiler_flow.run(graph, calib_x, target, keep=steps if save_ir else None)
+
+    x = program_inputs(calib_x, in_shape)
+    q_in = {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)}
+    lowered = lower(qgraph, cfg, q_in)
+    pred = cycles.predict(lowered.program, cfg)
+
+    golden_out = interpret.run(qgraph, {in_name: x})
+    float_out = interpret.run(graph, {in_name: x})
+    o = qgraph.graph["outputs"][0]
+    cos, mae = cosine(golden_out[o], float_out[o]), max_abs_error(golden_out[o], float_out[o])
+
+    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
+    ops = Counter(qgraph.nodes[n]["op"].kind for n in qgraph.nodes)
+    instr_kinds = Counter(i.op.name for i in lowered.program)
+    macs = sum(layer.get("macs", 0) for layer in lowered.layers)
+    report = {
+        "model": name, "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+        "config": cfg.to_dict(), "ops": dict(sorted(ops.items())), "ops_total": sum(ops.values()),
+        "float_ops": dict(sorted(Counter(graph.nodes[n]["op"].kind for n in graph.nodes).items())),
+        "instructions": len(lowered.program), "instruction_kinds": dict(sorted(instr_kinds.items())),
+        "program_bytes": len(lowered.program) * 32, "memory_image_bytes": len(lowered.image),
+        "predicted_cycles": pred["total"], "predicted_cycles_per_instruction": pred["per_instruction"],
+        "macs": macs, "layers": lowered.layers, "resources": resources,
+        "input_shape": list(in_shape), "calibration_rows": int(calib_x.shape[0]),
+        "float_cosine": cos, "float_max_abs_error": mae,
+    }
+    verilog = generate_verilog(cfg)
+    with atomic_build_dir(out) as tmp:
+        (tmp / "rtl").mkdir()
+        (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
+        (tmp / "program.bin").write_bytes(b"".join(i.encode() for i in lowered.program))
+        (tmp / "memory_image.bin").write_bytes(lowered.image)
+        (tmp / "memory_map.json").write_text(lowered.memory_map.to_json() + "\n")
+        np.save(tmp / "calib.npy", calib_x)
+        ir_dir = tmp / "ir"
+        ir_dir.mkdir()
+        ir.save_graph(graph, ir_dir / "float")
+        ir.save_graph(qgraph, ir_dir / "final")
+        for i, (step, g) in enumerate(steps.items()):
+            ir.save_graph(g, ir_dir / f"{i + 1:02d}-{step}")
+        if model_bytes is not None:
+            (tmp / "model.pt2").write_bytes(model_bytes)
+        write_json(tmp / "config.json", {"board": brd.name, "clock_mhz": brd.clock_mhz,
+                                         "accel": cfg.to_dict(), "prog_base": lowered.prog_base,
+                                         "input": in_name, "outputs": qgraph.graph["outputs"]})
+        write_json(tmp / "reports" / "compile.json", report)
+        digest = hashlib.sha256(lowered.image + verilog.encode()).hexdigest()[:16]
+        write_json(tmp / MARKER, {"hwflow_build": 1, "digest": digest})
+    return out, report

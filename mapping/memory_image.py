@@ -1,0 +1,149 @@
+"""The memory image: one flat byte array the host copies to external memory before a run.
+
+Layout (every section starts on a super-beat; addresses below are in super-beats of
+``AccelConfig.beat_bytes`` bytes):
+
+====================  ===================================================================
+section               contents
+====================  ===================================================================
+header (64 B)         ``b"HWFL"``, u32 version, u32 super-beat bytes, then u32 (addr, bytes)
+                      for program, weights and I/O
+program               32-byte instructions (hw/isa.py), END last
+weights               per MATMUL layer: ``n_tiles`` tiles of ``param_rows + k_words`` rows
+                      of ``P*L`` bytes (docs/architecture.md, "MATMUL")
+I/O                   inputs, then outputs: activation row layout, row b at
+                      ``b * words * L``, zero padding, each region a whole number of super-beats
+====================  ===================================================================
+
+The host API, the simulator and the compiler all use this module, so the layout cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from hwflow.hw.config import AccelConfig
+
+MAGIC = b"HWFL"
+VERSION = 1
+HEADER_BYTES = 64
+
+
+@dataclass
+class Region:
+    """A named byte range of the image (``addr`` in super-beats)."""
+
+    name: str
+    kind: str                 # header | program | weights | input | output
+    addr: int
+    nbytes: int
+    shape: list = field(default_factory=list)   # logical tensor shape (I/O)
+    rows: int = 0             # activation rows (I/O)
+    words: int = 0            # act words per row (I/O)
+    features: int = 0         # valid bytes per row (I/O)
+    scale: float = 0.0        # quantization scale (I/O)
+
+
+@dataclass
+class MemoryMap:
+    beat_bytes: int
+    chain_len: int
+    total_bytes: int
+    regions: list
+
+    def region(self, name: str) -> Region:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def of_kind(self, kind: str) -> list:
+        return [r for r in self.regions if r.kind == kind]
+
+    def to_json(self) -> str:
+        return json.dumps({"beat_bytes": self.beat_bytes, "chain_len": self.chain_len,
+                           "total_bytes": self.total_bytes,
+                           "regions": [asdict(r) for r in self.regions]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> MemoryMap:
+        d = json.loads(text)
+        return cls(d["beat_bytes"], d["chain_len"], d["total_bytes"],
+                   [Region(**r) for r in d["regions"]])
+
+
+def _pad(nbytes: int, beat: int) -> int:
+    return -(-nbytes // beat) * beat
+
+
+class ImageBuilder:
+    """Appends sections in layout order and returns the image and its map."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        self.sb = cfg.beat_bytes
+        self.buf = bytearray(_pad(HEADER_BYTES, self.sb))
+        self.regions = [Region("header", "header", 0, HEADER_BYTES)]
+
+    def append(self, name: str, kind: str, data: bytes, **meta) -> Region:
+        addr = len(self.buf) // self.sb
+        self.buf += data + bytes(_pad(len(data), self.sb) - len(data))
+        r = Region(name, kind, addr, len(data), **meta)
+        self.regions.append(r)
+        return r
+
+    def reserve(self, name: str, kind: str, nbytes: int, **meta) -> Region:
+        return self.append(name, kind, bytes(nbytes), **meta)
+
+    def finish(self) -> tuple[bytes, MemoryMap]:
+        def span(kind):
+            rs = [r for r in self.regions if r.kind in kind]
+            if not rs:
+                return 0, 0
+            end = max(r.addr * self.sb + r.nbytes for r in rs)
+            return rs[0].addr, end - rs[0].addr * self.sb
+        sections = [span(("program",)), span(("weights",)), span(("input", "output"))]
+        header = MAGIC + struct.pack("<II", VERSION, self.sb)
+        header += b"".join(struct.pack("<II", a, n) for a, n in sections)
+        self.buf[: len(header)] = header
+        mm = MemoryMap(self.sb, self.cfg.chain_len, len(self.buf), self.regions)
+        return bytes(self.buf), mm
+
+
+def pack_rows(q: np.ndarray, words: int, chain_len: int) -> bytes:
+    """int8 tensor ``[..., features]`` to the activation row layout (zero padded rows)."""
+    q = np.asarray(q, dtype=np.int8)
+    rows = int(np.prod(q.shape[:-1], dtype=np.int64))
+    out = np.zeros((rows, words * chain_len), dtype=np.int8)
+    out[:, : q.shape[-1]] = q.reshape(rows, q.shape[-1])
+    return out.tobytes()
+
+
+def unpack_rows(data: bytes, region: Region, chain_len: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows` for an I/O region: int8 tensor of the region's shape."""
+    row_bytes = region.words * chain_len
+    arr = np.frombuffer(data, dtype=np.int8)[: region.rows * row_bytes]
+    arr = arr.reshape(region.rows, row_bytes)[:, : region.features]
+    return arr.reshape(region.shape).copy()
+
+
+def write_tensor(image: bytearray, mm: MemoryMap, name: str, q: np.ndarray) -> None:
+    """Overwrite an input region of ``image`` with int8 tensor ``q`` (same shape as compiled)."""
+    r = mm.region(name)
+    if list(q.shape) != list(r.shape):
+        raise ValueError(f"input '{name}' has shape {list(q.shape)}, the program was compiled "
+                         f"for {r.shape}")
+    data = pack_rows(q, r.words, mm.chain_len)
+    start = r.addr * mm.beat_bytes
+    image[start: start + len(data)] = data
+
+
+def read_tensor(image: bytes, mm: MemoryMap, name: str) -> np.ndarray:
+    """Read an I/O region of ``image`` back as an int8 tensor of its logical shape."""
+    r = mm.region(name)
+    start = r.addr * mm.beat_bytes
+    return unpack_rows(image[start: start + r.nbytes], r, mm.chain_len)
