@@ -1,0 +1,156 @@
+"""Requantization epilogue: int32 accumulator (+ residual) to int8, one element per cycle.
+
+Computes exactly :func:`hwflow.golden.int8.requantize` for one element::
+
+    v = (acc + bias) * mult + res * res_mult
+    v = (v + 2**(shift-1)) >> shift        # only when shift > 0; arithmetic shift
+    v = max(v, 0) if relu
+    out = clip(v, -128, 127)
+
+The same unit serves VADD (``acc`` = sign-extended ``a``, ``bias`` = 0, ``mult`` = a_mult,
+``res`` = b, ``res_mult`` = b_mult), which is :func:`golden.int8.residual_add`.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Epilogue", "epilogue_in_layout", "epilogue_out_layout"]
+
+# (int32 + int32) is 33 bits signed; times an unsigned 16-bit multiplier gives 33 + 17 = 50 bits;
+# int8 * u16 is 25 bits; their sum plus the rounding term (< 2**46) fits 52 bits. Golden uses
+# int64, which never overflows for these ranges, so exact 52-bit arithmetic is bit-identical.
+_SUM_BITS = 33
+_PROD_BITS = 50
+_RES_BITS = 25
+_V_BITS = 52
+
+
+def epilogue_in_layout(tag_bits: int) -> data.StructLayout:
+    """Payload of the epilogue input stream (one element, with its own parameters)."""
+    return data.StructLayout({
+        "acc": signed(32),
+        "bias": signed(32),
+        "mult": unsigned(16),
+        "res": signed(8),
+        "res_mult": unsigned(16),
+        "shift": unsigned(6),
+        "relu": unsigned(1),
+        "zero": unsigned(1),     # force the output to 0 (row padding bytes)
+        "tag": unsigned(max(tag_bits, 1)),
+    })
+
+
+def epilogue_out_layout(tag_bits: int) -> data.StructLayout:
+    """Payload of the epilogue output stream: the int8 result and the untouched tag."""
+    return data.StructLayout({"value": signed(8), "tag": unsigned(max(tag_bits, 1))})
+
+
+class Epilogue(wiring.Component):
+    """Pipelined requantization unit (4 stages, one element per cycle).
+
+    Parameters
+    ----------
+    tag_bits : int
+        Width of an opaque tag carried alongside each element (the caller's write address).
+
+    Attributes
+    ----------
+    i : stream of :func:`epilogue_in_layout`
+        One element with its per-element parameters.
+    o : stream of :func:`epilogue_out_layout`
+        The int8 result, in input order, 4 cycles after acceptance when never stalled.
+    busy : Signal, out
+        An element is inside the pipeline (used by the controller to know when writes ended).
+    """
+
+    LATENCY = 4
+
+    def __init__(self, tag_bits: int = 1):
+        self.tag_bits = tag_bits
+        super().__init__({
+            "i": In(stream.Signature(epilogue_in_layout(tag_bits))),
+            "o": Out(stream.Signature(epilogue_out_layout(tag_bits))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        tb = max(self.tag_bits, 1)
+
+        # Whole-pipeline stall: everything moves when the output register is free or drained.
+        # Simple and enough, since the consumer (buffer write port) is always ready.
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        m.d.comb += self.i.ready.eq(en)
+
+        p = self.i.payload
+        # stage 1: bias add and residual product
+        v1 = Signal()
+        s1 = Signal(signed(_SUM_BITS))
+        r1 = Signal(signed(_RES_BITS))
+        mult1 = Signal(16)
+        shift1 = Signal(6)
+        relu1 = Signal()
+        zero1 = Signal()
+        tag1 = Signal(tb)
+        # stage 2: main product, rounding constant
+        v2 = Signal()
+        m2 = Signal(signed(_PROD_BITS))
+        r2 = Signal(signed(_RES_BITS))
+        rnd2 = Signal(unsigned(47))
+        shift2 = Signal(6)
+        relu2 = Signal()
+        zero2 = Signal()
+        tag2 = Signal(tb)
+        # stage 3: sum
+        v3 = Signal()
+        s3 = Signal(signed(_V_BITS))
+        shift3 = Signal(6)
+        relu3 = Signal()
+        zero3 = Signal()
+        tag3 = Signal(tb)
+
+        with m.If(en):
+            m.d.sync += [
+                v1.eq(self.i.valid),
+                s1.eq(p.acc + p.bias),
+                r1.eq(p.res * p.res_mult),
+                mult1.eq(p.mult), shift1.eq(p.shift), relu1.eq(p.relu), zero1.eq(p.zero),
+                tag1.eq(p.tag),
+
+                v2.eq(v1),
+                m2.eq(s1 * mult1),
+                r2.eq(r1),
+                # 2**(shift-1) for shift > 0, else 0 (golden adds no rounding term at shift 0)
+                rnd2.eq(Mux(shift1 == 0, 0, (Const(1, 47) << shift1) >> 1)),
+                shift2.eq(shift1), relu2.eq(relu1), zero2.eq(zero1), tag2.eq(tag1),
+
+                v3.eq(v2),
+                s3.eq(m2 + r2 + rnd2),
+                shift3.eq(shift2), relu3.eq(relu2), zero3.eq(zero2), tag3.eq(tag2),
+            ]
+
+        # stage 4: arithmetic shift, ReLU, saturation
+        sh = Signal(signed(_V_BITS))
+        m.d.comb += sh.eq(s3 >> shift3)
+        sat = Signal(signed(8))
+        with m.If(zero3 | (relu3 & (sh < 0))):
+            m.d.comb += sat.eq(0)
+        with m.Elif(sh > 127):
+            m.d.comb += sat.eq(127)
+        with m.Elif(sh < -128):
+            m.d.comb += sat.eq(-128)
+        with m.Else():
+            m.d.comb += sat.eq(sh[:8])
+        with m.If(en):
+            m.d.sync += [
+                self.o.valid.eq(v3),
+                self.o.payload.value.eq(sat),
+                self.o.payload.tag.eq(tag3),
+            ]
+
+        m.d.comb += self.busy.eq(v1 | v2 | v3 | self.o.valid)
+        return m

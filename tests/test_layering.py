@@ -1,0 +1,63 @@
+"""The layering of docs (shared/DESIGN.md, "Layers and data flow") is a rule: check every import."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# layer folder -> (internal layers it may import, third-party top-level modules it must not)
+RULES = {
+    "golden": (set(), {"amaranth", "networkx"}),
+    "boards": (set(), {"amaranth", "torch", "networkx"}),
+    "compiler": ({"golden"}, {"amaranth"}),
+    "hw": (set(), {"torch", "networkx", "numpy"}),
+    "mapping": ({"compiler", "hw", "boards", "golden"}, set()),
+    "sim": ({"hw", "mapping", "golden"}, {"torch"}),
+}
+LAYERS = set(RULES) | {"hwflow"}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+
+
+def violations(layer: str, root: Path) -> list:
+    allowed, banned = RULES[layer]
+    bad = []
+    for f in sorted((root / layer).rglob("*.py")):
+        for line, mod in _imports(f):
+            parts = mod.split(".")
+            where = f"{f.relative_to(root)}:{line} imports {mod}"
+            if parts[0] == "hwflow" and len(parts) > 1 and parts[1] in LAYERS:
+                if parts[1] != layer and parts[1] not in allowed:
+                    bad.append(where)
+            elif parts[0] == "hwflow" and len(parts) == 1:
+                bad.append(where)
+            elif parts[0] in LAYERS - {"hwflow"} or parts[0] in banned:
+                bad.append(where)
+    return bad
+
+
+@pytest.mark.parametrize("layer", sorted(RULES))
+def test_layer_imports_only_downward(layer):
+    assert list((ROOT / layer).rglob("*.py")), f"layer {layer} has no Python files"
+    bad = violations(layer, ROOT)
+    assert not bad, "layering violations:\n" + "\n".join(bad)
+
+
+def test_checker_catches_violations(tmp_path):
+    (tmp_path / "compiler").mkdir()
+    (tmp_path / "compiler" / "x.py").write_text(
+        "import amaranth\nfrom hwflow.hw import top\nfrom hwflow.golden import int8\n")
+    (tmp_path / "hw").mkdir()
+    (tmp_path / "hw" / "y.py").write_text("import torch\nfrom hwflow.compiler import ir\n")
+    assert len(violations("compiler", tmp_path)) == 2
+    assert len(violations("hw", tmp_path)) == 2
