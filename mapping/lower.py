@@ -44,10 +44,12 @@ def _mem(graph, name):
     return op.mem
 
 
-def alloc_words(mem, cfg: AccelConfig) -> int:
-    """Words moved by LOAD/STORE for an allocation: rows*words rounded to whole super-beats."""
-    per_beat = cfg.beat_bytes // cfg.chain_len
-    return -(-mem.rows * mem.words // per_beat) * per_beat
+def transfer_words(mem, cfg: AccelConfig) -> int:
+    """Words moved by LOAD/STORE for an allocation: its span, whole super-beats by construction."""
+    if (mem.span * cfg.chain_len) % cfg.beat_bytes or mem.span < mem.rows * mem.words:
+        raise MappingError(f"allocation at word {mem.addr} spans {mem.span} words, not whole "
+                           f"super-beats of {cfg.beat_bytes} B covering its rows")
+    return mem.span
 
 
 def pack_weight_block(weight, bias, mult, cfg: AccelConfig, k_words: int, n_tiles: int) -> bytes:
@@ -107,8 +109,7 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         shape = list(op.out.shape)
         features = shape[-1] if shape else 1
         scale = op.out.scale if op.kind == "input" else op.attrs["scale"]
-        nbytes = mem.rows * mem.words * cfg.chain_len
-        data = bytes(nbytes)
+        data = bytes(mem.rows * mem.words * cfg.chain_len)
         if op.kind == "input" and name in inputs:
             data = pack_rows(inputs[name], mem.words, cfg.chain_len)
         b.append(name, op.kind, data, shape=shape, rows=mem.rows, words=mem.words,
@@ -119,7 +120,7 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
     for name in in_names:
         mem = _mem(graph, name)
         prog.append(Instr(Opcode.LOAD, ext=mm.region(name).addr, a=mem.addr,
-                          b=alloc_words(mem, cfg)))
+                          b=transfer_words(mem, cfg)))
     for name in compute:
         op = _op(graph, name)
         a = op.attrs
@@ -155,7 +156,7 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
     for name in out_names:
         mem = _mem(graph, _op(graph, name).inputs[0])
         prog.append(Instr(Opcode.STORE, ext=mm.region(name).addr, a=mem.addr,
-                          b=alloc_words(mem, cfg)))
+                          b=transfer_words(mem, cfg)))
     prog.append(Instr(Opcode.END))
     code = b"".join(i.encode() for i in prog)
     image = bytearray(image)

@@ -1,0 +1,96 @@
+"""Behavioural model of the DSP48E2 subset the matrix engine uses.
+
+Modelled: ``A`` (27-bit signed) x ``B`` (18-bit signed) with AREG = BREG = 1, MREG = 1, PREG = 1;
+the post-adder ``P = M + Z + W`` with ``Z`` = PCIN (cascade input, a static choice per slice,
+OPMODE[6:4] = 001) and ``W`` = P (accumulate, OPMODE[8:7] = 10) or 0 (clear); one clock enable
+for every register (CEA/CEB/CEM/CEP tied together) so a whole chain can stall.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["DSP48E2Slice", "DSP48E2Model"]
+
+A_BITS, B_BITS, P_BITS = 27, 18, 48
+
+
+class DSP48E2Slice(wiring.Component):
+    """One DSP48E2 in MAC configuration: ``P <= A*B (+ PCIN) (+ P)``, three register stages.
+
+    Parameters
+    ----------
+    cascade : bool
+        Add ``pcin`` in the post-adder (Z-mux = PCIN). False for the first slice of a chain.
+
+    Attributes
+    ----------
+    a, b : Signal, in
+        Multiplier operands, sampled into AREG/BREG when ``ce``.
+    accumulate : Signal, in
+        W-mux select (1: add P, 0: clear), sampled together with ``a``/``b`` and delayed with
+        them so that it acts on the product of the same operands (OPMODEREG = 1 after one
+        fabric register).
+    pcin : Signal, in
+        Cascade input, used in the same cycle as M (it comes from the previous slice's PREG).
+    ce : Signal, in
+        Clock enable of every register.
+    p, pcout : Signal, out
+        PREG (``pcout`` is the same value, routed to the next slice's ``pcin``).
+    """
+
+    def __init__(self, cascade: bool = True):
+        self.cascade = cascade
+        super().__init__({
+            "a": In(signed(A_BITS)),
+            "b": In(signed(B_BITS)),
+            "accumulate": In(1),
+            "pcin": In(signed(P_BITS)),
+            "ce": In(1),
+            "p": Out(signed(P_BITS)),
+            "pcout": Out(signed(P_BITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a_r = Signal(signed(A_BITS))
+        b_r = Signal(signed(B_BITS))
+        acc_r = Signal()
+        m_r = Signal(signed(A_BITS + B_BITS))
+        acc_m = Signal()
+        with m.If(self.ce):
+            m.d.sync += [
+                a_r.eq(self.a), b_r.eq(self.b), acc_r.eq(self.accumulate),
+                m_r.eq(a_r * b_r), acc_m.eq(acc_r),
+            ]
+            z = self.pcin if self.cascade else 0
+            w = Mux(acc_m, self.p, 0)
+            # 48-bit wrap-around like the primitive's ALU (a dot product never gets near it)
+            m.d.sync += self.p.eq(m_r + z + w)
+        m.d.comb += self.pcout.eq(self.p)
+        return m
+
+
+class DSP48E2Model:
+    """Cycle model of :class:`DSP48E2Slice` in plain Python (for tests)."""
+
+    def __init__(self, cascade: bool = True):
+        self.cascade = cascade
+        self.a = self.b = self.acc = self.m = self.acc_m = self.p = 0
+
+    @staticmethod
+    def _wrap(v: int) -> int:
+        v &= (1 << P_BITS) - 1
+        return v - (1 << P_BITS) if v >> (P_BITS - 1) else v
+
+    def step(self, a: int, b: int, accumulate: int, pcin: int, ce: int = 1) -> int:
+        """Advance one clock edge; return P after it."""
+        if ce:
+            z = pcin if self.cascade else 0
+            w = self.p if self.acc_m else 0
+            self.p = self._wrap(self.m + z + w)
+            self.m, self.acc_m = self.a * self.b, self.acc
+            self.a, self.b, self.acc = a, b, accumulate
+        return self.p
