@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -81,7 +81,7 @@ class DSPChain(wiring.Component):
         for i in range(L):
             # a bubble enters as x = 0, so its products are 0 and the running sum is unchanged
             x = Signal(signed(8), name=f"x{i}")
-            m.d.comb += x.eq(self.x[i] & -self.valid.as_signed())
+            m.d.comb += x.eq(Mux(self.valid, self.x[i], 0))
             m.d.comb += [
                 slices[i].a.eq(delay(x, i, f"x{i}")),
                 slices[i].b.eq(delay(self.w[i], i, f"w{i}")),

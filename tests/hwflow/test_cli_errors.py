@@ -1,0 +1,101 @@
+"""Bad input: one clear line on stderr, exit status 2, no traceback, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hwflow.cli import main
+
+
+class Conv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hwflow: error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_missing_file(capsys, tmp_path):
+    code, err = _run(capsys, "compile", str(tmp_path / "nope.pt"), "--board", "u280",
+                     "-o", str(tmp_path / "out"))
+    _one_line_error(code, err, "nope.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_model(capsys, tmp_path):
+    f = tmp_path / "model.pt"
+    f.write_text("hello, I am a text file\n")
+    code, err = _run(capsys, "compile", str(f), "--board", "u280", "-o", str(tmp_path / "out"))
+    _one_line_error(code, err, "model.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_module_needs_trust(capsys, tmp_path):
+    f = tmp_path / "model.pt"
+    torch.save(Tiny(), f)
+    code, err = _run(capsys, "compile", str(f), "--board", "u280", "-o", str(tmp_path / "out"))
+    _one_line_error(code, err, "--trust-model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_op_names_it(capsys, tmp_path):
+    f = tmp_path / "conv.pt"
+    torch.export.save(torch.export.export(Conv(), (torch.randn(1, 3, 8, 8),)), str(f))
+    code, err = _run(capsys, "compile", str(f), "--board", "u280", "-o", str(tmp_path / "out"))
+    _one_line_error(code, err, "conv2d", "test_cli_errors.py")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_board(capsys, tmp_path):
+    code, err = _run(capsys, "compile", "--example", "mlp", "--board", "zynq9000",
+                     "-o", str(tmp_path / "out"))
+    _one_line_error(code, err, "zynq9000", "u280")
+
+
+def test_output_folder_that_is_not_a_build_is_kept(capsys, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not lose me")
+    code, err = _run(capsys, "compile", "--example", "mlp", "--board", "u280", "-o", str(out))
+    _one_line_error(code, err, "not an hwflow build folder")
+    assert (out / "thesis.tex").read_text() == "do not lose me"
+
+
+def test_sim_of_a_folder_that_is_not_a_build(capsys, tmp_path):
+    code, err = _run(capsys, "sim", str(tmp_path))
+    _one_line_error(code, err, str(tmp_path))
+
+
+@pytest.mark.parametrize("argv", [["boards"]])
+def test_console_script_runs(argv):
+    r = subprocess.run([sys.executable, "-m", "hwflow.cli", *argv], capture_output=True,
+                       text=True, check=True)
+    assert "u280" in r.stdout and "kv260" in r.stdout
