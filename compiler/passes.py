@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 
 import networkx as nx
 import numpy as np
-
 from hwflow.golden import int8 as g8
 
 from .errors import CompileError
@@ -51,6 +50,38 @@ def _calib_inputs(graph: Graph, calib) -> dict[str, np.ndarray]:
     return {names[0]: np.asarray(calib, dtype=np.float64)}
 
 
+def _calib_batches(graph: Graph, calib) -> list[dict[str, np.ndarray]]:
+    """Split a calibration sample with more (or fewer) rows than the graph's input into
+    batches of the input's shape. The graph is compiled for a fixed row count; a calibration
+    sample of any row count is covered by consecutive batches, the last one taking the final
+    rows (overlapping the previous batch rather than padding, which would invent values)."""
+    inputs = _calib_inputs(graph, calib)
+    if len(inputs) != 1:
+        return [inputs]
+    (name, x), = inputs.items()
+    shape = op_of(graph, name).out.shape
+    if x.shape == shape or x.ndim != len(shape) or x.shape[1:] != shape[1:]:
+        return [inputs]                  # the interpreter reports a real shape mismatch
+    rows = shape[0]
+    if x.shape[0] < rows:
+        reps = -(-rows // x.shape[0])
+        return [{name: np.concatenate([x] * reps)[:rows]}]
+    starts = list(range(0, x.shape[0] - rows + 1, rows))
+    if starts[-1] + rows < x.shape[0]:
+        starts.append(x.shape[0] - rows)
+    return [{name: x[s:s + rows]} for s in starts]
+
+
+def _calib_absmax(graph: Graph, calib) -> dict[str, np.ndarray]:
+    """Per node, the largest |value| over every calibration batch (what tensor_scale needs)."""
+    peak: dict[str, np.ndarray] = {}
+    for batch in _calib_batches(graph, calib):
+        for name, v in evaluate(graph, batch).items():
+            m = np.max(np.abs(v)) if np.size(v) else 0.0
+            peak[name] = np.maximum(peak.get(name, 0.0), m)
+    return {k: np.asarray([v]) for k, v in peak.items()}
+
+
 def _requant_params(reals: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     try:
         shift = g8.choose_shift(reals)
@@ -74,9 +105,10 @@ def quantize(graph: Graph, calib) -> Graph:
     graph : networkx.DiGraph
         Float-level graph (frontend output).
     calib : ndarray or mapping of str to ndarray
-        Calibration input (its shape is the graph input's), or one per input by name.
+        Calibration input: the graph input's shape, or any number of rows with the same
+        trailing dims (evaluated in batches of the graph's rows); or one per input by name.
     """
-    values = evaluate(graph, _calib_inputs(graph, calib))
+    values = _calib_absmax(graph, calib)
     order = list(nx.lexicographical_topological_sort(graph, key=list(graph.nodes).index))
     scale: dict[str, float] = {}
     q = copy_graph(graph)

@@ -14,6 +14,7 @@ Steps (each a small function; the compiler's own passes are listed in hwflow.com
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,8 +23,8 @@ import numpy as np
 
 from hwflow.boards import load_board
 from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
-from hwflow.compiler import frontend, interpret, ir
-from hwflow.compiler import flow as compiler_flow
+from hwflow.compiler import FlowOptions, TileTarget, load_model, run, run_flow
+from hwflow.compiler import save_graph
 from hwflow.errors import HwflowError
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
@@ -92,7 +93,9 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
             name = example
         else:
             name = Path(model).name.split(".")[0] or "model"
-        graph = frontend.load_model(model, trust_model=trust_model, rows=rows)
+        if not Path(model).is_file():
+            raise HwflowError(f"model file '{model}' not found")
+        graph = load_model(model, trust_model=trust_model, rows=rows)
         model_bytes = Path(model).read_bytes() if example is not None else None
     graph.graph["name"] = name
     in_name = graph.graph["inputs"][0]
@@ -103,18 +106,19 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     calib_x = load_calibration(calib, in_shape) if calib else default_calibration(in_shape)
     cfg = choose_config(brd)
     resources = check_fit(cfg, brd)
-    target = compiler_flow.target_for(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
-                                      cfg.weight_depth)
-    steps = {}
-    qgraph = compiler_flow.run(graph, calib_x, target, keep=steps if save_ir else None)
+    target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
+                        cfg.weight_depth)
+    ir_steps = tempfile.TemporaryDirectory()
+    qgraph = run_flow(graph, FlowOptions(target, calib=calib_x),
+                      save_dir=ir_steps.name if save_ir else None)
 
     x = program_inputs(calib_x, in_shape)
     q_in = {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)}
     lowered = lower(qgraph, cfg, q_in)
     pred = cycles.predict(lowered.program, cfg)
 
-    golden_out = interpret.run(qgraph, {in_name: x})
-    float_out = interpret.run(graph, {in_name: x})
+    golden_out = run(qgraph, {in_name: x})
+    float_out = run(graph, {in_name: x})
     o = qgraph.graph["outputs"][0]
     cos, mae = cosine(golden_out[o], float_out[o]), max_abs_error(golden_out[o], float_out[o])
 
@@ -143,10 +147,10 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         np.save(tmp / "calib.npy", calib_x)
         ir_dir = tmp / "ir"
         ir_dir.mkdir()
-        ir.save_graph(graph, ir_dir / "float")
-        ir.save_graph(qgraph, ir_dir / "final")
-        for i, (step, g) in enumerate(steps.items()):
-            ir.save_graph(g, ir_dir / f"{i + 1:02d}-{step}")
+        save_graph(graph, ir_dir / "float")
+        save_graph(qgraph, ir_dir / "final")
+        for f in sorted(Path(ir_steps.name).iterdir()):
+            shutil.copy(f, ir_dir / f.name)
         if model_bytes is not None:
             (tmp / "model.pt2").write_bytes(model_bytes)
         write_json(tmp / "config.json", {"board": brd.name, "clock_mhz": brd.clock_mhz,
@@ -155,4 +159,5 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         write_json(tmp / "reports" / "compile.json", report)
         digest = hashlib.sha256(lowered.image + verilog.encode()).hexdigest()[:16]
         write_json(tmp / MARKER, {"hwflow_build": 1, "digest": digest})
+    ir_steps.cleanup()
     return out, report

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hwflow.buildfolder import is_build, write_json
-from hwflow.compiler import interpret, ir
+from hwflow.compiler import load_graph, run
 from hwflow.errors import HwflowError
 from hwflow.flow import program_inputs
 from hwflow.golden import int8 as g8
@@ -40,14 +40,14 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
     cfg = AccelConfig(**conf["accel"])
     mm = MemoryMap.from_json((out / "memory_map.json").read_text())
     compile_report = json.loads((out / "reports" / "compile.json").read_text())
-    final = ir.load_graph(out / "ir" / "final")
-    ref = ir.load_graph(out / "ir" / "float")
+    final = load_graph(out / "ir" / "final")
+    ref = load_graph(out / "ir" / "float")
     in_name, outputs = conf["input"], conf["outputs"]
     in_op = final.nodes[in_name]["op"]
 
     x = _inputs(out, in_op.out.shape, seed)
-    golden_out, values = interpret.run(final, {in_name: x}, intermediates=True)
-    float_out = interpret.run(ref, {in_name: x})
+    golden_out, values = run(final, {in_name: x}, intermediates=True)
+    float_out = run(ref, {in_name: x})
     image = bytearray((out / "memory_image.bin").read_bytes())
     write_tensor(image, mm, in_name, g8.quantize(x, in_op.out.scale))
     image = bytes(image)

@@ -42,7 +42,9 @@ def default_mem_depth(cfg: AccelConfig, image_bytes: int = 0) -> int:
     depth = 1 << 16
     while depth < need:
         depth <<= 1
-    return min(depth, 1 << cfg.addr_bits) if depth > (1 << cfg.addr_bits) else depth
+    if need > (1 << cfg.addr_bits):
+        raise ValueError(f"{need} super-beats exceed the {cfg.addr_bits}-bit port address space")
+    return min(depth, 1 << cfg.addr_bits)
 
 
 def _w(n: int) -> str:
@@ -50,7 +52,7 @@ def _w(n: int) -> str:
 
 
 def sim_top_verilog(cfg: AccelConfig, mem_depth: int | None = None, read_latency: int = 32,
-                    queue_log2: int = 6) -> str:
+                    queue_log2: int = 6, clock_period_ns: int | None = None) -> str:
     """Return the Verilog source of ``hwflow_sim_top`` for ``cfg``.
 
     Parameters
@@ -64,6 +66,9 @@ def sim_top_verilog(cfg: AccelConfig, mem_depth: int | None = None, read_latency
     queue_log2 : int
         log2 of the outstanding read requests per port (64 covers the 32-cycle latency with
         one-beat requests, so even instruction fetches stream).
+    clock_period_ns : int, optional
+        Generate ``clk`` inside the top with this (even) period instead of taking it as an input.
+        Needs Verilator's ``--timing``; it saves the per-edge VPI round trip of a cocotb clock.
     """
     if mem_depth is None:
         mem_depth = default_mem_depth(cfg)
@@ -75,9 +80,11 @@ def sim_top_verilog(cfg: AccelConfig, mem_depth: int | None = None, read_latency
         f"// AccelConfig {cfg.to_dict()} digest {cfg.digest()}",
         "`default_nettype none",
         f"module {TOP_NAME} (",
-        "    input  wire clk,",
-        "    input  wire rst,",
     ]
+    # With an internal clock, clk is still a port (an output) so cocotb can wait on its edges
+    # without Verilator making internal signals public (which costs simulation speed).
+    lines.append("    input  wire clk," if clock_period_ns is None else "    output reg clk,")
+    lines.append("    input  wire rst,")
     for name, d, w in CTRL_PORTS:
         lines.append(f"    {d:6} wire {_w(w)}ctrl__{name},")
     lines += [
@@ -91,6 +98,10 @@ def sim_top_verilog(cfg: AccelConfig, mem_depth: int | None = None, read_latency
         "    output wire irq",
         ");",
     ]
+    if clock_period_ns is not None:
+        if clock_period_ns < 2 or clock_period_ns % 2:
+            raise ValueError("clock_period_ns must be an even number >= 2")
+        lines += ["    initial clk = 1'b0;", f"    always #{clock_period_ns // 2} clk = ~clk;"]
     for j in range(NP):
         p = f"mem__{j}__"
         lines += [

@@ -17,10 +17,16 @@ async def send(ctx, port, payloads, rng: random.Random | None = None, p_idle: fl
     ctx.set(port.valid, 0)
 
 
-async def recv(ctx, port, count: int, rng: random.Random | None = None, p_stall: float = 0.0):
-    """Collect ``count`` payloads from ``port`` (a DUT source); random backpressure."""
+async def recv(ctx, port, count: int, rng: random.Random | None = None, p_stall: float = 0.0,
+               stats: dict | None = None):
+    """Collect ``count`` payloads from ``port`` (a DUT source); random backpressure.
+
+    ``stats["cycles"]`` (if given) receives the number of clock edges waited.
+    """
     out = []
+    ticks = 0
     while len(out) < count:
+        ticks += 1
         ready = not (rng is not None and rng.random() < p_stall)
         ctx.set(port.ready, ready)
         if ready:
@@ -30,4 +36,17 @@ async def recv(ctx, port, count: int, rng: random.Random | None = None, p_stall:
         else:
             await ctx.tick()
     ctx.set(port.ready, 0)
+    if stats is not None:
+        stats["cycles"] = ticks
     return out
+
+
+def clocked(dut):
+    """Wrap a possibly purely combinational DUT so that the ``sync`` domain exists."""
+    from amaranth import Module, Signal
+
+    m = Module()
+    m.submodules.dut = dut
+    tick = Signal()
+    m.d.sync += tick.eq(~tick)
+    return m

@@ -36,29 +36,21 @@ def test_chain_dot_products():
                   for j in range(len(x))]
         groups += [None] * (L + 8)      # drain
         for g in groups:
-            ce = prng.random() < 0.85
-            valid = g is not None and prng.random() < 0.8
-            ctx.set(dut.ce, ce)
-            ctx.set(dut.valid, valid)
-            if g is not None:
-                ctx.set(dut.x, [int(v) for v in g[0]])
-                ctx.set(dut.w, [int(v) for v in g[1]])
-                ctx.set(dut.first, g[2])
-                ctx.set(dut.last, g[3])
-            _, _, done, acc = await ctx.tick().sample(dut.acc_valid, dut.acc)
-            if done and ce:
-                got.append(acc)
-            if g is not None and not (valid and ce):
-                groups.append(g) if False else None
-                # resend the same group next cycle (it was not taken)
-                while not (valid and ce):
-                    ce = prng.random() < 0.85
-                    valid = prng.random() < 0.8
-                    ctx.set(dut.ce, ce)
-                    ctx.set(dut.valid, valid)
-                    _, _, done, acc = await ctx.tick().sample(dut.acc_valid, dut.acc)
-                    if done and ce:
-                        got.append(acc)
+            while True:     # retry a group until it is taken (valid and ce in the same cycle)
+                ce = prng.random() < 0.85
+                valid = g is not None and prng.random() < 0.8
+                ctx.set(dut.ce, ce)
+                ctx.set(dut.valid, valid)
+                if g is not None:
+                    ctx.set(dut.x, [int(v) for v in g[0]])
+                    ctx.set(dut.w, [int(v) for v in g[1]])
+                    ctx.set(dut.first, g[2])
+                    ctx.set(dut.last, g[3])
+                _, _, done, acc = await ctx.tick().sample(dut.acc_valid, dut.acc)
+                if done and ce:
+                    got.append(acc)
+                if g is None or (valid and ce):
+                    break
         ctx.set(dut.valid, 0)
         ctx.set(dut.ce, 1)
         for _ in range(L + 4):
@@ -91,21 +83,15 @@ def _engine_run(P, L, dots, p_idle, p_stall, seed):
         await send(ctx, dut.i, beats, random.Random(seed), p_idle)
 
     async def consumer(ctx):
-        res = await recv(ctx, dut.o, len(dots), random.Random(seed + 1), p_stall)
+        st = {}
+        res = await recv(ctx, dut.o, len(dots), random.Random(seed + 1), p_stall, st)
         got.extend([list(r) for r in res])
-
-    async def clock(ctx):
-        n = 0
-        while len(got) < len(dots):
-            await ctx.tick()
-            n += 1
-        cycles.append(n)
+        cycles.append(st["cycles"])
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    sim.add_process(clock)
     sim.run()
     return got, expect, cycles[0], len(beats)
 

@@ -8,64 +8,31 @@ import numpy as np
 import pytest
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
+from hwflow.hw.isa import Instr, Opcode
 from hwflow.sim.isa_model import AddressError, IllegalInstruction, IsaError, run_program
 
-from ._asm import END, Image, act_bytes, act_rows, cdiv, load, pack_weights, program, store
+from ._asm import (
+    END,
+    Image,
+    act_bytes,
+    act_rows,
+    cdiv,
+    load,
+    matmul_case,
+    pack_weights,
+    program,
+    store,
+)
 
 SMALL = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
                     weight_depth=64, addr_bits=16)
-
-
-def _case(cfg, rng, rows=3, K=37, N=23, relu=True, residual=True, vadd=True):
-    """LOAD x, res and junk; MATMUL (+res, relu) over junk; VADD in place; STORE; END."""
-    L, SB = cfg.chain_len, cfg.beat_bytes
-    sbw = SB // L                                      # words per super-beat
-    kw, ow = cdiv(K, L), cdiv(N, L)
-    x = rng.integers(-128, 128, (rows, K), dtype=np.int8)
-    res = rng.integers(-128, 128, (rows, N), dtype=np.int8)
-    w = rng.integers(-128, 128, (N, K), dtype=np.int8)
-    bias = rng.integers(-5000, 5000, N)
-    mult = rng.integers(20, 60, N)
-    shift, res_mult = 16, 30000
-    a_mult, b_mult, vshift = 23000, 41000, 15
-
-    x_words, r_words = rows * kw, rows * ow
-    x_ld, r_ld = cdiv(x_words, sbw) * sbw, cdiv(r_words, sbw) * sbw
-    img = Image(cfg)
-    prog_sb = img.reserve(8 * 32)
-    x_sb = img.place(act_bytes(x, kw, L))
-    r_sb = img.place(act_bytes(res, ow, L))
-    junk_sb = img.place(rng.integers(-128, 128, r_ld * L, dtype=np.int8).tobytes())
-    w_sb = img.place(pack_weights(cfg, w, bias, mult))
-    out_sb = img.reserve(r_ld * L)
-    X, RES, OUT = 0, 128, 256
-    flags = (FLAG_RELU if relu else 0) | (FLAG_RESIDUAL if residual else 0)
-    instrs = [
-        load(x_sb, X, x_ld), load(r_sb, RES, r_ld), load(junk_sb, OUT, r_ld),
-        Instr(Opcode.MATMUL, flags=flags, shift=shift, ext=w_sb, a=X, out=OUT, b=RES, rows=rows,
-              k_words=kw, n_tiles=cdiv(N, cfg.chains), n=N, words=ow, mult_b=res_mult),
-    ]
-    if vadd:
-        instrs.append(Instr(Opcode.VADD, flags=FLAG_RELU, shift=vshift, a=OUT, out=OUT, b=RES,
-                            rows=rows, n=N, words=ow, mult_a=a_mult, mult_b=b_mult))
-    instrs += [store(out_sb, OUT, r_ld), END]
-    image = bytearray(img.bytes())
-    raw = program(instrs)
-    image[prog_sb * SB: prog_sb * SB + len(raw)] = raw
-
-    y = golden.requantize(golden.matmul(x, w), bias, mult, shift, relu,
-                          res=res if residual else None, res_mult=res_mult)
-    if vadd:
-        y = golden.residual_add(y, res, a_mult, b_mult, vshift, relu=True)
-    return bytes(image), prog_sb, out_sb, y, dict(rows=rows, ow=ow, r_ld=r_ld, kw=kw, N=N)
 
 
 @pytest.mark.parametrize("relu,residual,vadd", [(True, True, True), (False, False, False),
                                                 (False, True, False), (True, False, True)])
 def test_matmul_vadd_store_matches_golden(relu, residual, vadd):
     cfg, rng = SMALL, np.random.default_rng(1)
-    image, prog, out_sb, y, d = _case(cfg, rng, relu=relu, residual=residual, vadd=vadd)
+    image, prog, out_sb, y, d = matmul_case(cfg, rng, relu=relu, residual=residual, vadd=vadd)
     new, stats = run_program(cfg, image, prog)
     L, SB = cfg.chain_len, cfg.beat_bytes
     raw = new[out_sb * SB: out_sb * SB + d["rows"] * d["ow"] * L]
@@ -88,7 +55,7 @@ def test_matmul_vadd_store_matches_golden(relu, residual, vadd):
 def test_other_shapes(cfg):
     """param_rows = 4 (L=2), 1 (L=16); SB larger than a row's share; several rows."""
     rng = np.random.default_rng(7)
-    image, prog, out_sb, y, d = _case(cfg, rng, rows=5, K=45, N=19)
+    image, prog, out_sb, y, d = matmul_case(cfg, rng, rows=5, K=45, N=19)
     new, _ = run_program(cfg, image, prog)
     L, SB = cfg.chain_len, cfg.beat_bytes
     got = act_rows(new[out_sb * SB:], 5, d["ow"] * L, d["ow"], L)

@@ -1,0 +1,164 @@
+"""On-chip buffers: the activation buffer and the weight ring with its prefetcher."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .gearbox import Gearbox
+from .mem_port import read_req_layout
+
+__all__ = ["ActivationBuffer", "WeightRing", "RING_BURST_BEATS"]
+
+# Read bursts of the weight prefetcher. 16 super-beats per request keep two requests in flight
+# within a 32-cycle memory latency, so the fetcher streams one super-beat per cycle.
+RING_BURST_BEATS = 16
+
+
+class ActivationBuffer(wiring.Component):
+    """``depth`` words of ``L`` bytes; two synchronous read ports, one byte-enable write port.
+
+    Port ``a`` feeds the matrix engine (x), VADD ``a`` and STORE; port ``b`` reads residuals and
+    VADD ``b``. Reads are synchronous (data one cycle after the address while ``en``; it holds
+    while ``en`` is low, which the sequencers use to stall). The write port takes one byte enable
+    per lane, so the epilogue writes single int8 results in place without read-modify-write.
+    The buffer starts zeroed.
+
+    Parameters
+    ----------
+    chain_len : int
+        L, bytes per word.
+    depth : int
+        Words.
+    """
+
+    def __init__(self, chain_len: int, depth: int):
+        self.L, self.depth = chain_len, depth
+        aw = max(1, (depth - 1).bit_length())
+        self.addr_width = aw
+        super().__init__({
+            "a_addr": In(aw), "a_en": In(1), "a_data": Out(8 * chain_len),
+            "b_addr": In(aw), "b_en": In(1), "b_data": Out(8 * chain_len),
+            "w_addr": In(aw), "w_data": In(8 * chain_len), "w_en": In(chain_len),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=8 * self.L, depth=self.depth, init=[])
+        wp = mem.write_port(granularity=8)
+        ra = mem.read_port()
+        rb = mem.read_port()
+        m.d.comb += [
+            wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
+            ra.addr.eq(self.a_addr), ra.en.eq(self.a_en), self.a_data.eq(ra.data),
+            rb.addr.eq(self.b_addr), rb.en.eq(self.b_en), self.b_data.eq(rb.data),
+        ]
+        return m
+
+
+class WeightRing(wiring.Component):
+    """Weight ring buffer of ``D`` rows of ``P*L`` bytes, filled ahead of compute.
+
+    After ``start`` the prefetcher reads ``total_rows`` consecutive rows from super-beat
+    ``base`` and writes them to ring slots 0, 1, ... (mod D). It issues a read burst whenever the
+    ring has room for it (rows requested but not yet released count as used), so fetching runs
+    ahead of the consumer by up to ``D`` rows: while tile ``t`` is being computed, tiles ``t+1``,
+    ``t+2``, ... are streamed in (double buffering, with the ~32-cycle read latency hidden by
+    having several bursts in flight). ``arrived`` counts rows written so far; a consumer may read
+    row ``r`` (absolute index since start) once ``arrived > r``. Each ``release`` pulse frees
+    ``tile_rows`` rows (one whole tile, after its last use).
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+
+    Attributes
+    ----------
+    start, base, total_rows, tile_rows : in
+    release : in, pulse
+    rd_req, rd_data : memory side (super-beat requests and data)
+    arrived : out, rows written since ``start``
+    idle : out, every requested row has arrived
+    eng_addr, eng_en, eng_data : synchronous read port for the engine feed
+    prm_addr, prm_en, prm_data : synchronous read port for the epilogue parameters
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        D = cfg.weight_depth
+        aw = max(1, (D - 1).bit_length())
+        self.addr_width = aw
+        rowbits = 8 * cfg.row_bytes
+        super().__init__({
+            "start": In(1),
+            "base": In(cfg.addr_bits),
+            "total_rows": In(32),
+            "tile_rows": In(17),
+            "release": In(1),
+            "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
+            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
+            "arrived": Out(32),
+            "idle": Out(1),
+            "eng_addr": In(aw), "eng_en": In(1), "eng_data": Out(rowbits),
+            "prm_addr": In(aw), "prm_en": In(1), "prm_data": Out(rowbits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        D, bpr = cfg.weight_depth, cfg.beats_per_row
+        burst_rows = max(1, RING_BURST_BEATS // bpr)
+
+        m.submodules.mem = mem = memory.Memory(shape=8 * cfg.row_bytes, depth=D, init=[])
+        wp = mem.write_port()
+        re = mem.read_port()
+        rp = mem.read_port()
+        m.d.comb += [
+            re.addr.eq(self.eng_addr), re.en.eq(self.eng_en), self.eng_data.eq(re.data),
+            rp.addr.eq(self.prm_addr), rp.en.eq(self.prm_en), self.prm_data.eq(rp.data),
+        ]
+
+        # --- request side -------------------------------------------------------------------
+        total = Signal(32)          # latched at start: the fields may change after the MATMUL
+        tile_rows = Signal(17)
+        issued = Signal(32)         # rows requested since start
+        occ = Signal(32)            # rows requested and not yet released
+        addr = Signal(cfg.addr_bits)
+        remaining = Signal(32)
+        m.d.comb += remaining.eq(total - issued)
+        full_burst = remaining >= burst_rows
+        n_rows = Mux(full_burst, burst_rows, 1)
+        m.d.comb += [
+            self.rd_req.valid.eq(~self.start & (remaining != 0) & (occ + n_rows <= D)),
+            self.rd_req.payload.addr.eq(addr),
+            self.rd_req.payload.len.eq(Mux(full_burst, burst_rows * bpr, bpr)),
+        ]
+        take = self.rd_req.valid & self.rd_req.ready
+        occ_add = Mux(take, n_rows, 0)
+        occ_sub = Mux(self.release, tile_rows, 0)
+        m.d.sync += occ.eq(occ + occ_add - occ_sub)
+        with m.If(take):
+            m.d.sync += [issued.eq(issued + n_rows), addr.eq(addr + n_rows * bpr)]
+
+        # --- data side: assemble rows, write them round the ring --------------------------------
+        m.submodules.rows = gb = Gearbox(cfg.beat_bytes, cfg.row_bytes)
+        wiring.connect(m, wiring.flipped(self.rd_data), gb.i)
+        wptr = Signal(range(D))
+        m.d.comb += [
+            gb.o.ready.eq(1),
+            wp.addr.eq(wptr), wp.data.eq(gb.o.payload), wp.en.eq(gb.o.valid),
+            self.idle.eq((self.arrived == issued) & (remaining == 0)),
+        ]
+        with m.If(gb.o.valid):
+            m.d.sync += [
+                wptr.eq(Mux(wptr == D - 1, 0, wptr + 1)),
+                self.arrived.eq(self.arrived + 1),
+            ]
+
+        with m.If(self.start):
+            m.d.sync += [issued.eq(0), occ.eq(0), addr.eq(self.base), wptr.eq(0),
+                         self.arrived.eq(0), total.eq(self.total_rows),
+                         tile_rows.eq(self.tile_rows)]
+        return m

@@ -1,0 +1,328 @@
+"""Instruction controller: fetch, decode, and in-order execution of END/LOAD/STORE/MATMUL/VADD.
+
+Owns the datapath (activation buffer, weight ring, matrix engine, sequencers) and the super-beat
+memory streams, and multiplexes them by the instruction being executed (one at a time, in
+order, so no two users ever share a port in the same instruction).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .buffers import ActivationBuffer, WeightRing
+from .config import AccelConfig
+from .gearbox import Gearbox
+from .matrix_engine import MatrixEngine
+from .mem_port import read_req_layout, write_layout
+from .sequencer import KGroupSequencer, OutputSequencer
+
+__all__ = ["Controller", "LOAD_BURST_BEATS"]
+
+# LOAD read bursts; the buffer takes SB/L cycles per super-beat, so 16 beats in flight are plenty.
+LOAD_BURST_BEATS = 16
+
+_INSTR_BITS = 8 * isa.INSTR_BYTES
+
+
+class Controller(wiring.Component):
+    """The accelerator minus its host and port plumbing.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+
+    Attributes
+    ----------
+    start : in, pulse (ignored while running)
+    prog_base : in, super-beat address of the first instruction
+    running : out
+    done : out, pulse at the end of a run (END or illegal opcode), after the last write
+    error : out, 1 after an illegal opcode (until the next start)
+    cycles, mpe_busy, retired : out, counters of the current/last run
+    rd_req, rd_data, wr : super-beat memory streams (to :class:`SuperBeatPorts`)
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        ab = cfg.addr_bits
+        super().__init__({
+            "start": In(1),
+            "prog_base": In(32),
+            "running": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+            "cycles": Out(64),
+            "mpe_busy": Out(64),
+            "retired": Out(32),
+            "rd_req": Out(stream.Signature(read_req_layout(ab))),
+            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
+            "wr": Out(stream.Signature(write_layout(ab, cfg.beat_bytes))),
+        })
+        # datapath blocks (attributes so that tests can probe them)
+        self.act = ActivationBuffer(cfg.chain_len, cfg.act_depth)
+        self.ring = WeightRing(cfg)
+        self.engine = MatrixEngine(cfg.chains, cfg.chain_len)
+        self.kseq = KGroupSequencer(cfg)
+        self.oseq = OutputSequencer(cfg)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        SB, L, R = cfg.beat_bytes, cfg.chain_len, cfg.param_rows
+        wpb = SB // L                                   # act words per super-beat
+        fetch_beats = max(1, isa.INSTR_BYTES // SB)     # super-beats per instruction
+        slots = max(1, SB // isa.INSTR_BYTES)           # instructions per super-beat
+
+        m.submodules.act = act = self.act
+        m.submodules.ring = ring = self.ring
+        m.submodules.engine = eng = self.engine
+        m.submodules.kseq = kseq = self.kseq
+        m.submodules.oseq = oseq = self.oseq
+        m.submodules.load_gb = load_gb = Gearbox(SB, L)
+        m.submodules.store_gb = store_gb = Gearbox(L, SB)
+
+        # --- decoded instruction --------------------------------------------------------------
+        ins = Signal(_INSTR_BITS)
+        w = [ins[32 * k:32 * k + 32] for k in range(8)]
+        opcode = w[0][0:8]
+        flags = w[0][8:16]
+        shift = w[0][16:22]
+        f_ext = w[1]
+        f_a, f_out = w[2][0:16], w[2][16:32]
+        f_b, f_rows = w[3][0:16], w[3][16:32]
+        f_kw, f_nt = w[4][0:16], w[4][16:32]
+        f_n, f_words = w[5][0:16], w[5][16:32]
+        f_mult_b, f_mult_a = w[6][0:16], w[6][16:32]
+        tile_rows = Signal(17)
+        total_rows = Signal(32)
+        m.d.comb += tile_rows.eq(f_kw + R)
+        m.d.sync += total_rows.eq(f_nt * tile_rows)      # settled one cycle after fetch
+
+        # --- datapath wiring that does not depend on the mode ---------------------------------
+        m.d.comb += [
+            ring.base.eq(f_ext), ring.total_rows.eq(total_rows), ring.tile_rows.eq(tile_rows),
+            ring.eng_addr.eq(kseq.ring_addr), ring.eng_en.eq(kseq.ring_en),
+            kseq.ring_data.eq(ring.eng_data),
+            ring.prm_addr.eq(oseq.prm_addr), ring.prm_en.eq(oseq.prm_en),
+            oseq.prm_data.eq(ring.prm_data),
+            ring.release.eq(oseq.release),
+            kseq.arrived.eq(ring.arrived),
+            kseq.x.eq(f_a), kseq.k_words.eq(f_kw), kseq.rows.eq(f_rows), kseq.n_tiles.eq(f_nt),
+            kseq.tile_rows.eq(tile_rows),
+            oseq.rows.eq(f_rows), oseq.n_tiles.eq(f_nt), oseq.tile_rows.eq(tile_rows),
+            oseq.n.eq(f_n), oseq.words.eq(f_words),
+            oseq.a_base.eq(f_a), oseq.b_base.eq(f_b), oseq.out_base.eq(f_out),
+            oseq.mult_a.eq(f_mult_a), oseq.mult_b.eq(f_mult_b),
+            oseq.shift.eq(shift), oseq.relu.eq(flags[0]), oseq.residual.eq(flags[1]),
+            kseq.act_data.eq(act.a_data),
+            oseq.a_data.eq(act.a_data), oseq.b_data.eq(act.b_data),
+            act.b_addr.eq(oseq.b_addr), act.b_en.eq(oseq.b_en),
+        ]
+        wiring.connect(m, kseq.o, eng.i)
+        wiring.connect(m, eng.o, oseq.i)
+        with m.If(eng.i.valid & eng.i.ready):
+            m.d.sync += self.mpe_busy.eq(self.mpe_busy + 1)
+
+        # --- mode multiplexers ----------------------------------------------------------------
+        # mode selects who owns the memory streams and the buffer ports
+        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD = range(6)
+        mode = Signal(range(6))
+
+        fetch_req_valid = Signal()
+        fetch_req_addr = Signal(cfg.addr_bits)
+        load_req_valid = Signal()
+        load_req_addr = Signal(cfg.addr_bits)
+        load_req_len = Signal(16)
+        with m.Switch(mode):
+            with m.Case(M_FETCH):
+                m.d.comb += [self.rd_req.valid.eq(fetch_req_valid),
+                             self.rd_req.payload.addr.eq(fetch_req_addr),
+                             self.rd_req.payload.len.eq(fetch_beats)]
+            with m.Case(M_LOAD):
+                m.d.comb += [self.rd_req.valid.eq(load_req_valid),
+                             self.rd_req.payload.addr.eq(load_req_addr),
+                             self.rd_req.payload.len.eq(load_req_len)]
+            with m.Case(M_MM):
+                wiring.connect(m, ring.rd_req, wiring.flipped(self.rd_req))
+        m.d.comb += [load_gb.i.payload.eq(self.rd_data.payload),
+                     ring.rd_data.payload.eq(self.rd_data.payload)]
+        fetch_data_ready = Signal()
+        with m.Switch(mode):
+            with m.Case(M_FETCH):
+                m.d.comb += self.rd_data.ready.eq(fetch_data_ready)
+            with m.Case(M_LOAD):
+                m.d.comb += [load_gb.i.valid.eq(self.rd_data.valid),
+                             self.rd_data.ready.eq(load_gb.i.ready)]
+            with m.Case(M_MM):
+                m.d.comb += [ring.rd_data.valid.eq(self.rd_data.valid),
+                             self.rd_data.ready.eq(ring.rd_data.ready)]
+
+        # activation buffer port a / write port
+        store_addr = Signal(16)
+        store_en = Signal()
+        load_waddr = Signal(16)
+        with m.Switch(mode):
+            with m.Case(M_MM):
+                m.d.comb += [act.a_addr.eq(kseq.act_addr), act.a_en.eq(kseq.act_en)]
+            with m.Case(M_VADD):
+                m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
+            with m.Case(M_STORE):
+                m.d.comb += [act.a_addr.eq(store_addr), act.a_en.eq(store_en)]
+        with m.If(mode == M_LOAD):
+            m.d.comb += [act.w_addr.eq(load_waddr), act.w_data.eq(load_gb.o.payload),
+                         act.w_en.eq(Mux(load_gb.o.valid, (1 << L) - 1, 0)),
+                         load_gb.o.ready.eq(1)]
+        with m.Else():
+            m.d.comb += [act.w_addr.eq(oseq.w_addr), act.w_data.eq(oseq.w_data),
+                         act.w_en.eq(oseq.w_en)]
+
+        # --- counters -------------------------------------------------------------------------
+        with m.If(self.running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # --- program counter ------------------------------------------------------------------
+        pc_beat = Signal(cfg.addr_bits)
+        pc_slot = Signal(range(slots))
+        fetch_cnt = Signal(range(fetch_beats + 1))
+
+        def advance_pc():
+            m.d.sync += self.retired.eq(self.retired + 1)
+            if slots > 1:
+                with m.If(pc_slot == slots - 1):
+                    m.d.sync += [pc_slot.eq(0), pc_beat.eq(pc_beat + 1)]
+                with m.Else():
+                    m.d.sync += pc_slot.eq(pc_slot + 1)
+            else:
+                m.d.sync += pc_beat.eq(pc_beat + fetch_beats)
+
+        # LOAD / STORE bookkeeping (in act words; a super-beat is wpb words)
+        words_left = Signal(17)     # words still to request (LOAD) / to read (STORE)
+        words_done = Signal(17)     # words written to the buffer (LOAD) / to memory (STORE)
+        ext_addr = Signal(cfg.addr_bits)
+        big = words_left >= LOAD_BURST_BEATS * wpb
+
+        # STORE: buffer reads -> L-to-SB gearbox -> write beats
+        s1_valid = Signal()
+        s_adv = Signal()
+        m.d.comb += [
+            s_adv.eq(~s1_valid | store_gb.i.ready),
+            store_gb.i.valid.eq(s1_valid),
+            store_gb.i.payload.eq(act.a_data),
+            self.wr.payload.addr.eq(ext_addr),
+            self.wr.payload.data.eq(store_gb.o.payload),
+        ]
+        store_issue = Signal()
+        with m.If(mode == M_STORE):
+            m.d.comb += [
+                store_en.eq(s_adv),
+                store_issue.eq(s_adv & (words_left != 0)),
+                self.wr.valid.eq(store_gb.o.valid),
+                store_gb.o.ready.eq(self.wr.ready),
+            ]
+        with m.If(s_adv):
+            m.d.sync += s1_valid.eq(store_issue)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.sync += mode.eq(M_NONE)
+                with m.If(self.start):
+                    m.d.sync += [
+                        self.running.eq(1), self.error.eq(0),
+                        self.cycles.eq(0), self.mpe_busy.eq(0), self.retired.eq(0),
+                        pc_beat.eq(self.prog_base), pc_slot.eq(0),
+                        mode.eq(M_FETCH), fetch_cnt.eq(0),
+                    ]
+                    m.next = "FETCH_REQ"
+
+            with m.State("FETCH_REQ"):
+                m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
+                with m.If(self.rd_req.ready):
+                    m.next = "FETCH_DATA"
+
+            with m.State("FETCH_DATA"):
+                m.d.comb += fetch_data_ready.eq(1)
+                with m.If(self.rd_data.valid):
+                    if slots > 1:
+                        m.d.sync += ins.eq(self.rd_data.payload.word_select(pc_slot, _INSTR_BITS))
+                    elif fetch_beats > 1:
+                        m.d.sync += ins.eq(Cat(ins[8 * SB:], self.rd_data.payload))
+                    else:
+                        m.d.sync += ins.eq(self.rd_data.payload)
+                    with m.If(fetch_cnt == fetch_beats - 1):
+                        m.d.sync += [fetch_cnt.eq(0), mode.eq(M_NONE)]
+                        m.next = "DECODE"
+                    with m.Else():
+                        m.d.sync += fetch_cnt.eq(fetch_cnt + 1)
+
+            with m.State("DECODE"):
+                # total_rows is registered from the fields: settles in this cycle
+                m.d.sync += [words_left.eq(f_b), words_done.eq(0), ext_addr.eq(f_ext),
+                             load_waddr.eq(f_a), store_addr.eq(f_a)]
+                with m.Switch(opcode):
+                    with m.Case(isa.Opcode.END):
+                        m.d.sync += self.retired.eq(self.retired + 1)
+                        m.next = "FINISH"
+                    with m.Case(isa.Opcode.LOAD):
+                        m.d.sync += mode.eq(M_LOAD)
+                        m.next = "LOAD"
+                    with m.Case(isa.Opcode.STORE):
+                        m.d.sync += mode.eq(M_STORE)
+                        m.next = "STORE"
+                    with m.Case(isa.Opcode.MATMUL):
+                        m.next = "MM_START"
+                    with m.Case(isa.Opcode.VADD):
+                        m.d.sync += mode.eq(M_VADD)
+                        m.d.comb += oseq.start_vadd.eq(1)
+                        m.next = "WAIT"
+                    with m.Default():
+                        m.d.sync += self.error.eq(1)
+                        m.next = "FINISH"
+
+            with m.State("LOAD"):
+                m.d.comb += [
+                    load_req_valid.eq(words_left != 0),
+                    load_req_addr.eq(ext_addr),
+                    load_req_len.eq(Mux(big, LOAD_BURST_BEATS, 1)),
+                ]
+                with m.If(self.rd_req.valid & self.rd_req.ready):
+                    m.d.sync += [
+                        words_left.eq(words_left - Mux(big, LOAD_BURST_BEATS * wpb, wpb)),
+                        ext_addr.eq(ext_addr + Mux(big, LOAD_BURST_BEATS, 1)),
+                    ]
+                with m.If(load_gb.o.valid):
+                    m.d.sync += [load_waddr.eq(load_waddr + 1), words_done.eq(words_done + 1)]
+                with m.If(words_done == f_b):
+                    m.d.sync += mode.eq(M_FETCH)
+                    advance_pc()
+                    m.next = "FETCH_REQ"
+
+            with m.State("STORE"):
+                with m.If(store_issue):
+                    m.d.sync += [store_addr.eq(store_addr + 1), words_left.eq(words_left - 1)]
+                with m.If(self.wr.valid & self.wr.ready):
+                    m.d.sync += [ext_addr.eq(ext_addr + 1), words_done.eq(words_done + wpb)]
+                with m.If(words_done == f_b):
+                    m.d.sync += mode.eq(M_FETCH)
+                    advance_pc()
+                    m.next = "FETCH_REQ"
+
+            with m.State("MM_START"):
+                m.d.sync += mode.eq(M_MM)
+                m.d.comb += [ring.start.eq(1), kseq.start.eq(1), oseq.start_mm.eq(1)]
+                m.next = "WAIT"
+
+            with m.State("WAIT"):
+                with m.If(~kseq.busy & ~oseq.busy & ring.idle):
+                    m.d.sync += mode.eq(M_FETCH)
+                    advance_pc()
+                    m.next = "FETCH_REQ"
+
+            with m.State("FINISH"):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += [self.running.eq(0), mode.eq(M_NONE)]
+                m.next = "IDLE"
+
+        return m

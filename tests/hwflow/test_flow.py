@@ -1,0 +1,51 @@
+"""The compile flow: model formats, determinism, atomic build folders."""
+
+import json
+
+import torch
+
+from hwflow.cli import main
+from tests.e2e.test_mlp_flows import OddMLP
+
+
+def _files(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def test_example_compiles_deterministically(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["compile", "--example", "mlp", "--board", "u280", "-o", str(a)]) == 0
+    assert main(["compile", "--example", "mlp", "--board", "u280", "-o", str(b)]) == 0
+    fa, fb = _files(a), _files(b)
+    assert fa.keys() == fb.keys() and fa == fb
+    rep = json.loads(fa["reports/compile.json"])
+    assert rep["board"] == "u280" and rep["ops"]["qlinear"] == 3
+    assert rep["program_bytes"] == 32 * rep["instructions"]
+    assert rep["float_cosine"] > 0.99
+
+
+def test_rebuild_replaces_a_previous_build_atomically(tmp_path):
+    out = tmp_path / "o"
+    assert main(["compile", "--example", "mlp", "--board", "u280", "-o", str(out)]) == 0
+    (out / "stale.txt").write_text("from an older build")
+    assert main(["compile", "--example", "mlp", "--board", "kv260", "-o", str(out)]) == 0
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "config.json").read_text())["board"] == "kv260"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_torchscript_and_trusted_pickle(tmp_path):
+    torch.manual_seed(0)
+    m = OddMLP().eval()
+    ts = tmp_path / "scripted.bin"          # any name: detected by content
+    torch.jit.trace(m, torch.randn(4, 37)).save(str(ts))
+    assert main(["compile", str(ts), "--board", "u280", "-o", str(tmp_path / "ts"),
+                 "--rows", "3"]) == 0
+    rep = json.loads((tmp_path / "ts" / "reports" / "compile.json").read_text())
+    assert rep["input_shape"] == [3, 37] and rep["ops"]["qlinear"] == 3
+
+    pk = tmp_path / "pickled.pt"
+    torch.save(m, pk)
+    assert main(["compile", str(pk), "--board", "u280", "-o", str(tmp_path / "pk"),
+                 "--trust-model"]) == 0
