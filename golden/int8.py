@@ -60,7 +60,7 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_shift(reals: np.ndarray) -> int:
-    """Largest shift (<= 47) at which every real multiplier still fits the unsigned 16-bit field."""
+    """Largest shift (<= 47) at which every real multiplier fits the unsigned 16-bit field."""
     top = float(np.max(np.abs(reals)))
     if top <= 0:
         return SHIFT_MAX

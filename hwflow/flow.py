@@ -23,8 +23,7 @@ import numpy as np
 
 from hwflow.boards import load_board
 from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
-from hwflow.compiler import FlowOptions, TileTarget, load_model, run, run_flow
-from hwflow.compiler import save_graph
+from hwflow.compiler import FlowOptions, TileTarget, load_model, run, run_flow, save_graph
 from hwflow.errors import HwflowError
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
@@ -130,9 +129,11 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         "model": name, "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": cfg.to_dict(), "ops": dict(sorted(ops.items())), "ops_total": sum(ops.values()),
         "float_ops": dict(sorted(Counter(graph.nodes[n]["op"].kind for n in graph.nodes).items())),
-        "instructions": len(lowered.program), "instruction_kinds": dict(sorted(instr_kinds.items())),
+        "instructions": len(lowered.program),
+        "instruction_kinds": dict(sorted(instr_kinds.items())),
         "program_bytes": len(lowered.program) * 32, "memory_image_bytes": len(lowered.image),
-        "predicted_cycles": pred["total"], "predicted_cycles_per_instruction": pred["per_instruction"],
+        "predicted_cycles": pred["total"],
+        "predicted_cycles_per_instruction": pred["per_instruction"],
         "macs": macs, "layers": lowered.layers, "resources": resources,
         "input_shape": list(in_shape), "calibration_rows": int(calib_x.shape[0]),
         "float_cosine": cos, "float_max_abs_error": mae,

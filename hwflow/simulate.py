@@ -65,7 +65,7 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
                    conf["prog_base"], [(r.addr, r.nbytes) for r in regions],
                    work_dir=out / "sim", waves=waves)
     mismatches = 0
-    for r, got in zip(regions, res.regions):
+    for r, got in zip(regions, res.regions, strict=True):
         want = model_image[r.addr * sb: r.addr * sb + r.nbytes]
         mismatches += int(np.count_nonzero(np.frombuffer(got, np.uint8)
                                            != np.frombuffer(want, np.uint8)))

@@ -2,4 +2,4 @@
 
 
 class MappingError(Exception):
-    """The model cannot be mapped onto the board's accelerator (the message says why and what to do)."""
+    """The model cannot be mapped onto the board's accelerator (the message says what to do)."""

@@ -29,7 +29,7 @@ def test_requantize_matches_integer_definition(seed):
     for relu in (False, True):
         got = g8.requantize(acc, bias, mult, shift, relu, res, res_mult)
         want = [_requant_scalar(int(a), int(b), int(m), shift, relu, int(r), res_mult)
-                for a, b, m, r in zip(acc, bias, mult, res)]
+                for a, b, m, r in zip(acc, bias, mult, res, strict=True)]
         assert got.dtype == np.int8 and got.tolist() == want
 
 

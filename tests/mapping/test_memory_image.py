@@ -3,7 +3,12 @@ import numpy as np
 from hwflow.hw.config import AccelConfig
 from hwflow.mapping.lower import pack_weight_block
 from hwflow.mapping.memory_image import (
-    MAGIC, ImageBuilder, MemoryMap, pack_rows, read_tensor, write_tensor,
+    MAGIC,
+    ImageBuilder,
+    MemoryMap,
+    pack_rows,
+    read_tensor,
+    write_tensor,
 )
 
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256,
