@@ -81,7 +81,7 @@ def quantize_multiplier(reals, shift: int) -> np.ndarray:
 
 
 def matmul(x_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
-    """int8 ``x[..., K]`` times int8 ``w[N, K]`` transposed: exact int32 accumulators ``[..., N]``."""
+    """int8 ``x[..., K]`` times int8 ``w[N, K]`` transposed: exact int32 sums ``[..., N]``."""
     acc = np.asarray(x_q, dtype=np.int64) @ np.asarray(w_q, dtype=np.int64).T
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise OverflowError("int32 accumulator overflow")
