@@ -187,6 +187,9 @@ class Controller(wiring.Component):
         pc_beat = Signal(cfg.addr_bits)
         pc_slot = Signal(range(slots))
         fetch_cnt = Signal(range(fetch_beats + 1))
+        ibuf = Signal(8 * SB)               # last fetched program super-beat (SB > 32 only)
+        ibuf_beat = Signal(cfg.addr_bits)
+        ibuf_valid = Signal()
 
         def advance_pc():
             m.d.sync += self.retired.eq(self.retired + 1)
@@ -232,21 +235,37 @@ class Controller(wiring.Component):
                     m.d.sync += [
                         self.running.eq(1), self.error.eq(0),
                         self.cycles.eq(0), self.mpe_busy.eq(0), self.retired.eq(0),
-                        pc_beat.eq(self.prog_base), pc_slot.eq(0),
+                        pc_beat.eq(self.prog_base), pc_slot.eq(0), ibuf_valid.eq(0),
                         mode.eq(M_FETCH), fetch_cnt.eq(0),
                     ]
                     m.next = "FETCH_REQ"
 
             with m.State("FETCH_REQ"):
-                m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
-                with m.If(self.rd_req.ready):
-                    m.next = "FETCH_DATA"
+                if slots > 1:
+                    # the last fetched super-beat holds the next instructions of a straight-line
+                    # program (8 per beat at SB = 256): no ~35-cycle memory round trip for them
+                    with m.If(ibuf_valid & (ibuf_beat == pc_beat)):
+                        m.d.sync += [ins.eq(ibuf.word_select(pc_slot, _INSTR_BITS)),
+                                     mode.eq(M_NONE)]
+                        m.next = "DECODE"
+                    with m.Else():
+                        m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
+                        with m.If(self.rd_req.ready):
+                            m.next = "FETCH_DATA"
+                else:
+                    m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
+                    with m.If(self.rd_req.ready):
+                        m.next = "FETCH_DATA"
 
             with m.State("FETCH_DATA"):
                 m.d.comb += fetch_data_ready.eq(1)
                 with m.If(self.rd_data.valid):
                     if slots > 1:
-                        m.d.sync += ins.eq(self.rd_data.payload.word_select(pc_slot, _INSTR_BITS))
+                        m.d.sync += [
+                            ins.eq(self.rd_data.payload.word_select(pc_slot, _INSTR_BITS)),
+                            ibuf.eq(self.rd_data.payload), ibuf_beat.eq(pc_beat),
+                            ibuf_valid.eq(1),
+                        ]
                     elif fetch_beats > 1:
                         m.d.sync += ins.eq(Cat(ins[8 * SB:], self.rd_data.payload))
                     else:
@@ -269,7 +288,8 @@ class Controller(wiring.Component):
                         m.d.sync += mode.eq(M_LOAD)
                         m.next = "LOAD"
                     with m.Case(isa.Opcode.STORE):
-                        m.d.sync += mode.eq(M_STORE)
+                        # a STORE may overwrite the program: forget the buffered beat
+                        m.d.sync += [mode.eq(M_STORE), ibuf_valid.eq(0)]
                         m.next = "STORE"
                     with m.Case(isa.Opcode.MATMUL):
                         m.next = "MM_START"

@@ -55,11 +55,13 @@ class DSP48E2Slice(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a_r = Signal(signed(A_BITS))
-        b_r = Signal(signed(B_BITS))
-        acc_r = Signal()
-        m_r = Signal(signed(A_BITS + B_BITS))
-        acc_m = Signal()
+        # Datapath registers have no reset (as in the primitive with RSTA/RSTB/RSTM unused):
+        # fewer terms per register keep Verilator's per-cycle work small (256 slices at P=L=16).
+        a_r = Signal(signed(A_BITS), reset_less=True)
+        b_r = Signal(signed(B_BITS), reset_less=True)
+        acc_r = Signal(reset_less=True)
+        m_r = Signal(signed(A_BITS + B_BITS), reset_less=True)
+        acc_m = Signal(reset_less=True)
         with m.If(self.ce):
             m.d.sync += [
                 a_r.eq(self.a), b_r.eq(self.b), acc_r.eq(self.accumulate),

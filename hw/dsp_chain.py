@@ -69,10 +69,11 @@ class DSPChain(wiring.Component):
             if i > 0:
                 m.d.comb += s.pcin.eq(slices[i - 1].pcout)
 
-        def delay(sig, n, name):
+        def delay(sig, n, name, keep_reset=False):
             """``n`` clock-enabled registers after ``sig``."""
             for k in range(n):
-                r = Signal.like(sig, name=f"{name}_d{k + 1}")
+                # data skew needs no reset; the valid/flag delays keep theirs
+                r = Signal.like(sig, name=f"{name}_d{k + 1}", reset_less=not keep_reset)
                 with m.If(ce):
                     m.d.sync += r.eq(sig)
                 sig = r
@@ -86,7 +87,7 @@ class DSPChain(wiring.Component):
                 slices[i].a.eq(delay(x, i, f"x{i}")),
                 slices[i].b.eq(delay(self.w[i], i, f"w{i}")),
             ]
-        v = delay(self.valid, L - 1, "valid")
+        v = delay(self.valid, L - 1, "valid", True)
         first = delay(self.first, L - 1, "first")
         last = delay(self.last, L - 1, "last")
         # clear (W = 0) only on a real first group; a bubble keeps the partial sum
@@ -94,6 +95,6 @@ class DSPChain(wiring.Component):
         for i in range(L - 1):
             m.d.comb += slices[i].accumulate.eq(0)
         # AREG, MREG, PREG of the last slice
-        m.d.comb += self.acc_valid.eq(delay(v & last, 3, "done"))
+        m.d.comb += self.acc_valid.eq(delay(v & last, 3, "done", True))
         m.d.comb += self.acc.eq(slices[L - 1].p)
         return m

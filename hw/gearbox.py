@@ -32,7 +32,8 @@ class Gearbox(wiring.Component):
 
     def __init__(self, in_bytes: int, out_bytes: int):
         if in_bytes % out_bytes and out_bytes % in_bytes:
-            raise ValueError(f"gearbox widths {in_bytes} and {out_bytes}: one must divide the other")
+            raise ValueError(
+                f"gearbox widths {in_bytes} and {out_bytes}: one must divide the other")
         self.in_bytes, self.out_bytes = in_bytes, out_bytes
         super().__init__({
             "i": In(stream.Signature(8 * in_bytes)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode, decode

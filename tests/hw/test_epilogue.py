@@ -68,11 +68,11 @@ def test_epilogue_matches_golden():
     sim.add_testbench(consumer)
     sim.run()
     assert len(got) == len(cases)
-    for c, g in zip(cases, got):
+    for c, g in zip(cases, got, strict=True):
         assert g.value == _expect(c), c
         assert g.tag == c["tag"]
     # VADD rows equal residual_add too
-    for c, g in zip(cases[-100:], got[-100:]):
+    for c, g in zip(cases[-100:], got[-100:], strict=True):
         ref = golden.residual_add(np.int64(c["acc"]), c["res"], c["mult"], c["res_mult"],
                                   c["shift"], bool(c["relu"]))
         assert g.value == int(ref)

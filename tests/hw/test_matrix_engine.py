@@ -26,13 +26,14 @@ def test_chain_dot_products():
     dots = [rng.integers(1, 5) for _ in range(20)]      # k-groups per dot product
     xs = [_rand_int8(rng, (k, L), 0.5) for k in dots]
     ws = [_rand_int8(rng, (k, L), 0.5) for k in dots]
-    expect = [int(golden.matmul(x.reshape(1, -1), w.reshape(1, -1))[0, 0]) for x, w in zip(xs, ws)]
+    expect = [int(golden.matmul(x.reshape(1, -1), w.reshape(1, -1))[0, 0])
+              for x, w in zip(xs, ws, strict=True)]
     dut = DSPChain(L)
     got = []
     prng = random.Random(1)
 
     async def tb(ctx):
-        groups = [(x[j], w[j], j == 0, j == len(x) - 1) for x, w in zip(xs, ws)
+        groups = [(x[j], w[j], j == 0, j == len(x) - 1) for x, w in zip(xs, ws, strict=True)
                   for j in range(len(x))]
         groups += [None] * (L + 8)      # drain
         for g in groups:

@@ -13,12 +13,11 @@ from hwflow.hw.isa import Instr, Opcode
 from ._program import act_rows, matmul_expect, pack_weights
 from .test_top import run_accel
 
-CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=1024,
-                  weight_depth=160)
+CFG = AccelConfig(chains=8, chain_len=4, mem_ports=2, port_bytes=16, act_depth=1024,
+                  weight_depth=288)
 
 
-@pytest.mark.parametrize("rows,K,N,min_util", [(1, 256, 64, 0.9), (16, 64, 32, 0.9)])
-def test_matmul_utilization(rows, K, N, min_util):
+def _run(rows, K, N, with_matmul=True):
     cfg = CFG
     P, L, SB = cfg.chains, cfg.chain_len, cfg.beat_bytes
     rng = np.random.default_rng(rows)
@@ -37,8 +36,10 @@ def test_matmul_utilization(rows, K, N, min_util):
     img = bytearray((OUT + out_bytes // SB + 2) * SB)
     prog = [
         Instr(Opcode.LOAD, ext=X, a=0, b=len(xb) // L),
+    ] + [
         Instr(Opcode.MATMUL, shift=shift, ext=WGT, a=0, out=rows * kw, rows=rows, k_words=kw,
               n_tiles=nt, n=N, words=ow),
+    ][:int(with_matmul)] + [
         Instr(Opcode.STORE, ext=OUT, a=rows * kw, b=out_bytes // L),
         Instr(Opcode.END),
     ]
@@ -47,9 +48,20 @@ def test_matmul_utilization(rows, K, N, min_util):
     img[X * SB:X * SB + len(xb)] = xb
     img[WGT * SB:WGT * SB + len(wblk)] = wblk
     regs = run_accel(cfg, img, PROG, latency=32, max_cycles=200000)
-    y = matmul_expect(x, w, bias, mult, shift, False)
-    got = np.frombuffer(bytes(img[OUT * SB:OUT * SB + out_bytes]), dtype=np.int8)
-    assert np.array_equal(got.reshape(rows, -1), y)
-    util = regs["MPE_BUSY_LO"] / regs["CYCLES_LO"]
-    assert regs["MPE_BUSY_LO"] == rows * kw * nt
-    assert util >= min_util, (util, regs)
+    if with_matmul:
+        y = matmul_expect(x, w, bias, mult, shift, False)
+        got = np.frombuffer(bytes(img[OUT * SB:OUT * SB + out_bytes]), dtype=np.int8)
+        assert np.array_equal(got.reshape(rows, -1), y)
+        assert regs["MPE_BUSY_LO"] == rows * kw * nt
+    return regs
+
+
+@pytest.mark.parametrize("rows,K,N", [(1, 512, 64), (16, 64, 64)])
+def test_matmul_utilization(rows, K, N):
+    """MATMUL keeps the engine busy >= 90 % of its own cycles (instruction fetch, weight latency
+    and drain included): cycles are measured with and without the MATMUL in the program."""
+    regs = _run(rows, K, N)
+    base = _run(rows, K, N, with_matmul=False)
+    phase = regs["CYCLES_LO"] - base["CYCLES_LO"]
+    util = regs["MPE_BUSY_LO"] / phase
+    assert util >= 0.9, (util, phase, regs)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from hwflow.golden import int8 as golden
 from hwflow.hw.axi_lite import REG
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
@@ -20,8 +21,6 @@ from hwflow.hw.top import Accelerator, generate_verilog
 
 from ._memory import port_process
 from ._program import act_rows, matmul_expect, pack_weights
-
-from hwflow.golden import int8 as golden
 
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256,
                   weight_depth=32)
@@ -109,47 +108,66 @@ def _program_case(cfg, seed=0, vadd=True):
     # MATMUL 2: K=12, N=5, rows=2, 3 tiles but out_words=3 words (tail zero fill; channels
     # 8..11 of tile 2 fall in the padding), no residual, shift 0 (saturates)
     K2, N2, rows2, nt2, ow2 = 12, 5, 2, 3, 3
-    kw2 = K2 // L
+    kw2 = -(-K2 // L)
     x2, w2 = i8((rows2, K2)), i8((N2, K2))
     bias2 = rng.integers(-50, 50, size=N2)
     mult2 = rng.integers(0, 3, size=N2)
 
-    PROG, WGT, WGT2, XS, RES, GARB, X2, OUT, OUT2 = 0, 32, 110, 130, 140, 150, 160, 170, 180
+    def sbs(nbytes):                  # whole super-beats covering nbytes
+        return -(-nbytes // SB)
+
+    def words(nbytes):                # act words moved by a LOAD/STORE of whole super-beats
+        return sbs(nbytes) * SB // L
+
     wblk = pack_weights(cfg, w, bias, mult, kw, nt)
     wblk2 = pack_weights(cfg, w2, bias2, mult2, kw2, nt2)
-    assert len(wblk) <= (WGT2 - WGT) * SB
-    put(WGT, wblk)
-    put(WGT2, wblk2)
-    xb = act_rows(x, kw, L)                       # 120 B -> LOAD 32 words (128 B)
-    put(XS, xb)
-    put(RES, act_rows(res, ow, L))                # 72 B -> LOAD 20 words
-    garbage = rng.integers(0, 256, size=6 * SB, dtype=np.uint8).tobytes()
-    put(GARB, garbage)
-    put(X2, act_rows(x2, kw2, L))                 # 24 B -> LOAD 8 words
-
-    A_X, A_RES, A_OUT, A_X2, A_OUT2 = 0, 40, 64, 100, 120
+    xb, rb, x2b = act_rows(x, kw, L), act_rows(res, ow, L), act_rows(x2, kw2, L)
+    o1_bytes, o2_bytes = rows * ow * L, rows2 * ow2 * L
+    garbage = rng.integers(0, 256, size=SB * sbs(max(o1_bytes, o2_bytes)),
+                           dtype=np.uint8).tobytes()
+    # external layout (super-beats), program first (11 instructions)
+    regions, nxt = {}, sbs(11 * 32)
+    for name, size in (("WGT", len(wblk)), ("WGT2", len(wblk2)), ("XS", len(xb)),
+                       ("RES", len(rb)), ("GARB", len(garbage)), ("X2", len(x2b)),
+                       ("OUT", o1_bytes), ("OUT2", o2_bytes)):
+        regions[name] = nxt
+        nxt += sbs(size) + 1
+    assert nxt * SB <= len(img)
+    PROG = 0
+    put(regions["WGT"], wblk)
+    put(regions["WGT2"], wblk2)
+    put(regions["XS"], xb)
+    put(regions["RES"], rb)
+    put(regions["GARB"], garbage)
+    put(regions["X2"], x2b)
+    # activation buffer layout (words)
+    A_X = 0
+    A_RES = A_X + words(len(xb))
+    A_OUT = A_RES + words(len(rb))
+    A_X2 = A_OUT + words(len(garbage))
+    A_OUT2 = A_X2 + words(len(x2b))
+    assert A_OUT2 + words(len(garbage)) <= cfg.act_depth
     vadd_n, a_mult, b_mult, vshift = 21, 700, 900, 10
     prog = [
-        Instr(Opcode.LOAD, ext=XS, a=A_X, b=32),
-        Instr(Opcode.LOAD, ext=RES, a=A_RES, b=20),
-        Instr(Opcode.LOAD, ext=GARB, a=A_OUT, b=24),
-        Instr(Opcode.LOAD, ext=GARB, a=A_OUT2, b=8),
-        Instr(Opcode.LOAD, ext=X2, a=A_X2, b=8),
-        Instr(Opcode.MATMUL, flags=FLAG_RELU | FLAG_RESIDUAL, shift=shift, ext=WGT, a=A_X,
-              out=A_OUT, b=A_RES, rows=rows, k_words=kw, n_tiles=nt, n=N, words=ow,
+        Instr(Opcode.LOAD, ext=regions["XS"], a=A_X, b=words(len(xb))),
+        Instr(Opcode.LOAD, ext=regions["RES"], a=A_RES, b=words(len(rb))),
+        Instr(Opcode.LOAD, ext=regions["GARB"], a=A_OUT, b=words(len(garbage))),
+        Instr(Opcode.LOAD, ext=regions["GARB"], a=A_OUT2, b=words(len(garbage))),
+        Instr(Opcode.LOAD, ext=regions["X2"], a=A_X2, b=words(len(x2b))),
+        Instr(Opcode.MATMUL, flags=FLAG_RELU | FLAG_RESIDUAL, shift=shift, ext=regions["WGT"],
+              a=A_X, out=A_OUT, b=A_RES, rows=rows, k_words=kw, n_tiles=nt, n=N, words=ow,
               mult_b=res_mult),
-        Instr(Opcode.MATMUL, shift=0, ext=WGT2, a=A_X2, out=A_OUT2, rows=rows2, k_words=kw2,
-              n_tiles=nt2, n=N2, words=ow2),
+        Instr(Opcode.MATMUL, shift=0, ext=regions["WGT2"], a=A_X2, out=A_OUT2, rows=rows2,
+              k_words=kw2, n_tiles=nt2, n=N2, words=ow2),
     ] + [
         Instr(Opcode.VADD, shift=vshift, a=A_OUT, out=A_OUT, b=A_RES, rows=rows, n=vadd_n,
               words=ow, mult_b=b_mult, mult_a=a_mult),
     ][:int(vadd)] + [
-        Instr(Opcode.STORE, ext=OUT, a=A_OUT, b=20),
-        Instr(Opcode.STORE, ext=OUT2, a=A_OUT2, b=8),
+        Instr(Opcode.STORE, ext=regions["OUT"], a=A_OUT, b=words(o1_bytes)),
+        Instr(Opcode.STORE, ext=regions["OUT2"], a=A_OUT2, b=words(o2_bytes)),
         Instr(Opcode.END),
     ]
     code = b"".join(i.encode() for i in prog)
-    assert len(code) <= WGT * SB and len(wblk2) <= (XS - WGT2) * SB
     put(PROG, code)
 
     y1 = matmul_expect(x, w, bias, mult, shift, True, res=res, res_mult=res_mult)
@@ -162,19 +180,26 @@ def _program_case(cfg, seed=0, vadd=True):
     y2 = matmul_expect(x2, w2, bias2, mult2, 0, False)
     o2 = np.zeros((rows2, ow2 * L), dtype=np.int8)
     o2[:, :N2] = y2
+    # STOREs move whole super-beats: the words after the rows still hold the garbage LOADed there
     expect = {
-        OUT: o1.tobytes() + garbage[o1.nbytes:80],       # words 18..19 of act 64.. keep garbage
-        OUT2: o2.tobytes() + garbage[o2.nbytes:32],   # words 6..7 of act 120.. keep garbage
+        regions["OUT"]: o1.tobytes() + garbage[o1.nbytes:SB * sbs(o1_bytes)],
+        regions["OUT2"]: o2.tobytes() + garbage[o2.nbytes:SB * sbs(o2_bytes)],
     }
     mpe = nt * rows * kw + nt2 * rows2 * kw2
     return img, PROG, expect, len(prog), mpe
 
 
-@pytest.mark.parametrize("latency,p_busy", [(16, 0.0), (5, 0.3)])
-def test_program_matches_golden(latency, p_busy):
-    img, prog_base, expect, n_instr, mpe = _program_case(CFG)
-    regs = run_accel(CFG, img, prog_base, latency, p_busy)
-    SB = CFG.beat_bytes
+# SB = 64 B: two instructions per super-beat (instruction buffer), L = 16 > P, one param row
+CFG_WIDE = AccelConfig(chains=4, chain_len=16, mem_ports=2, port_bytes=32, act_depth=128,
+                       weight_depth=16)
+
+
+@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG, 16, 0.0), (CFG, 5, 0.3),
+                                                (CFG_WIDE, 32, 0.1)])
+def test_program_matches_golden(cfg, latency, p_busy):
+    img, prog_base, expect, n_instr, mpe = _program_case(cfg)
+    regs = run_accel(cfg, img, prog_base, latency, p_busy)
+    SB = cfg.beat_bytes
     for sb, data in expect.items():
         got = np.frombuffer(bytes(img[sb * SB:sb * SB + len(data)]), dtype=np.int8)
         exp = np.frombuffer(data, dtype=np.int8)

@@ -7,6 +7,7 @@ contract rather than one implementation of it.
 from __future__ import annotations
 
 import numpy as np
+
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, INSTR_BYTES, Instr, Opcode

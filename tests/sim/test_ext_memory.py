@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from hwflow.hw.config import AccelConfig
 from hwflow.sim import runner
 from hwflow.sim.testbench import join_ports, read_port_hex, split_ports, write_port_hex

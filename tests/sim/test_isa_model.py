@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import Instr, Opcode
