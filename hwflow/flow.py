@@ -14,6 +14,8 @@ Steps (each a small function; the compiler's own passes are listed in hwflow.com
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -31,9 +33,64 @@ from hwflow.hw.top import generate_verilog
 from hwflow.mapping import cycles
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.lower import lower
+from hwflow.sim.runner import cache_root
 
 CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
 CALIB_SEED = 0
+
+
+def accelerator_verilog(cfg) -> str:
+    """Verilog of a configuration, generated once and cached by a hash of the parameters, the
+    hw/ sources and the Amaranth version (generation takes ~10 s for the U280 engine)."""
+    import amaranth
+
+    import hwflow.hw
+
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(amaranth.__version__.encode())
+    for f in sorted(Path(hwflow.hw.__file__).parent.rglob("*")):
+        if f.suffix in (".py", ".v") and f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    path = cache_root().parent / "verilog" / f"{h.hexdigest()[:24]}.v"
+    if path.is_file():
+        return path.read_text()
+    text = generate_verilog(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
+
+
+STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` from the build folder.
+
+Builds ``hwflow_sim_top`` (this folder's rtl/hwflow_accel.v plus the memory models) with
+Verilator through cocotb's runner, preloads memory_image.bin, runs the program and checks
+every output region byte for byte against the ISA functional model's result for the
+default input (expected_*.bin, written by `hwflow compile`). The cocotb test module that
+drives the AXI4-Lite registers and reads the results is hwflow.sim.testbench.
+"""
+
+import json
+from pathlib import Path
+
+from hwflow.hw.config import AccelConfig
+from hwflow.sim.runner import simulate
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE.parent
+
+
+def test_program_matches_isa_model(tmp_path):
+    conf = json.loads((BUILD / "config.json").read_text())
+    regions = json.loads((HERE / "expected.json").read_text())
+    res = simulate(AccelConfig(**conf["accel"]), (BUILD / "rtl" / "hwflow_accel.v").read_text(),
+                   (BUILD / "memory_image.bin").read_bytes(), conf["prog_base"],
+                   [(r["addr"], r["nbytes"]) for r in regions], work_dir=tmp_path)
+    assert res.done and res.error == 0
+    for r, got in zip(regions, res.regions, strict=True):
+        assert got == (HERE / r["file"]).read_bytes(), r["name"]
+'''
 
 
 def load_calibration(path, shape) -> np.ndarray:
@@ -75,6 +132,21 @@ def program_inputs(calib: np.ndarray, shape) -> np.ndarray:
                                                                        *shape[1:]))
         x = np.concatenate([x, extra])
     return x
+
+
+def _write_testbench(tb: Path, cfg, lowered) -> None:
+    """The build folder's standalone cocotb testbench (see STANDALONE_TB)."""
+    from hwflow.sim.isa_model import run_program
+
+    tb.mkdir()
+    model_image, _ = run_program(cfg, lowered.image, lowered.prog_base)
+    sb, regions = cfg.beat_bytes, []
+    for k, r in enumerate(lowered.memory_map.of_kind("output")):
+        f = f"expected_{k}.bin"
+        (tb / f).write_bytes(model_image[r.addr * sb: r.addr * sb + r.nbytes])
+        regions.append({"name": r.name, "addr": r.addr, "nbytes": r.nbytes, "file": f})
+    write_json(tb / "expected.json", regions)
+    (tb / "test_accel.py").write_text(STANDALONE_TB)
 
 
 def compile_model(model=None, example=None, board="u280", out=None, calib=None,
@@ -138,7 +210,7 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         "input_shape": list(in_shape), "calibration_rows": int(calib_x.shape[0]),
         "float_cosine": cos, "float_max_abs_error": mae,
     }
-    verilog = generate_verilog(cfg)
+    verilog = accelerator_verilog(cfg)
     with atomic_build_dir(out) as tmp:
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
@@ -158,6 +230,7 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
                                          "accel": cfg.to_dict(), "prog_base": lowered.prog_base,
                                          "input": in_name, "outputs": qgraph.graph["outputs"]})
         write_json(tmp / "reports" / "compile.json", report)
+        _write_testbench(tmp / "tb", cfg, lowered)
         digest = hashlib.sha256(lowered.image + verilog.encode()).hexdigest()[:16]
         write_json(tmp / MARKER, {"hwflow_build": 1, "digest": digest})
     ir_steps.cleanup()
