@@ -66,7 +66,7 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
                        conf["prog_base"], [(r.addr, r.nbytes) for r in regions],
                        work_dir=out / "sim", waves=waves)
     except SimError as e:
-        raise HwflowError(f"simulation failed: {e}") from None
+        raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
     mismatches = rtl_vs_model = 0
     for r, got in zip(regions, res.regions, strict=True):
         want = model_image[r.addr * sb: r.addr * sb + r.nbytes]
