@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,11 +10,26 @@ from .config import AccelConfig
 from .gearbox import Gearbox
 from .mem_port import read_req_layout
 
-__all__ = ["ActivationBuffer", "WeightRing", "RING_BURST_BEATS"]
+__all__ = ["ActivationBuffer", "WeightRing", "RING_BURST_BEATS", "skew_line"]
 
 # Read bursts of the weight prefetcher. 16 super-beats per request keep two requests in flight
 # within a 32-cycle memory latency, so the fetcher streams one super-beat per cycle.
 RING_BURST_BEATS = 16
+
+
+def skew_line(m: Module, addr, lanes: int) -> list:
+    """``[addr, addr delayed 1, ..., addr delayed lanes-1]`` (one shift register, no reset).
+
+    Reading lane memory ``i`` at the ``i``-th entry skews a word for a systolic DSP column:
+    ``(lanes - 1) * len(addr)`` flops for the whole engine instead of one byte register per lane
+    per stage per chain (P * L * (L-1) / 2 bytes each for x and w: ~15 kbit at P = L = 16).
+    """
+    w = len(addr)
+    if lanes == 1:
+        return [addr]
+    line = Signal(w * (lanes - 1), reset_less=True)
+    m.d.sync += line.eq(Cat(addr, line[:w * (lanes - 2)]))
+    return [addr] + [line[w * k:w * (k + 1)] for k in range(lanes - 1)]
 
 
 class ActivationBuffer(wiring.Component):
@@ -25,6 +40,11 @@ class ActivationBuffer(wiring.Component):
     while ``en`` is low, which the sequencers use to stall). The write port takes one byte enable
     per lane, so the epilogue writes single int8 results in place without read-modify-write.
     The buffer starts zeroed.
+
+    It is built as ``L`` byte-lane memories written at the same address. With ``a_skew`` high,
+    lane ``i`` of port ``a`` reads ``a_addr`` as it was ``i`` cycles ago (and ignores ``a_en``):
+    the skewed activation word the matrix engine's systolic chains need (see
+    :class:`~.matrix_engine.MatrixEngine`).
 
     Parameters
     ----------
@@ -39,22 +59,27 @@ class ActivationBuffer(wiring.Component):
         aw = max(1, (depth - 1).bit_length())
         self.addr_width = aw
         super().__init__({
-            "a_addr": In(aw), "a_en": In(1), "a_data": Out(8 * chain_len),
+            "a_addr": In(aw), "a_en": In(1), "a_data": Out(8 * chain_len), "a_skew": In(1),
             "b_addr": In(aw), "b_en": In(1), "b_data": Out(8 * chain_len),
             "w_addr": In(aw), "w_data": In(8 * chain_len), "w_en": In(chain_len),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mem = mem = memory.Memory(shape=8 * self.L, depth=self.depth, init=[])
-        wp = mem.write_port(granularity=8)
-        ra = mem.read_port()
-        rb = mem.read_port()
-        m.d.comb += [
-            wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
-            ra.addr.eq(self.a_addr), ra.en.eq(self.a_en), self.a_data.eq(ra.data),
-            rb.addr.eq(self.b_addr), rb.en.eq(self.b_en), self.b_data.eq(rb.data),
-        ]
+        skewed = skew_line(m, self.a_addr, self.L)
+        for i in range(self.L):
+            mem = memory.Memory(shape=8, depth=self.depth, init=[])
+            m.submodules[f"lane{i}"] = mem
+            wp = mem.write_port()
+            ra = mem.read_port()
+            rb = mem.read_port()
+            sl = slice(8 * i, 8 * (i + 1))
+            m.d.comb += [
+                wp.addr.eq(self.w_addr), wp.data.eq(self.w_data[sl]), wp.en.eq(self.w_en[i]),
+                ra.addr.eq(Mux(self.a_skew, skewed[i], self.a_addr) if i else self.a_addr),
+                ra.en.eq(self.a_en | self.a_skew), self.a_data[sl].eq(ra.data),
+                rb.addr.eq(self.b_addr), rb.en.eq(self.b_en), self.b_data[sl].eq(rb.data),
+            ]
         return m
 
 
@@ -81,8 +106,16 @@ class WeightRing(wiring.Component):
     rd_req, rd_data : memory side (super-beat requests and data)
     arrived : out, rows written since ``start``
     idle : out, every requested row has arrived
-    eng_addr, eng_en, eng_data : synchronous read port for the engine feed
-    prm_addr, prm_en, prm_data : synchronous read port for the epilogue parameters
+    eng_addr, eng_data : skewed read port for the engine feed, always enabled: lane ``i``
+        (``eng_data`` is lane-major: ``P`` bytes of lane ``i``, chain 0 lowest) is read with
+        ``eng_addr`` as it was ``i`` cycles ago, one cycle after that address
+    prm_addr, prm_en, prm_data : synchronous read port for the epilogue parameters (a whole
+        row, lane-major like ``eng_data``: the reader picks the few bytes it needs instead of
+        the ring un-permuting all ``P*L`` bytes every cycle)
+
+    The ring is built as ``L`` lane memories of ``P`` bytes a row (lane ``i`` holds byte ``i``
+    of every chain's group), all written at the same slot, so that each lane can be read at its
+    own (delayed) address: that is how the engine gets its systolic skew without registers.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -101,7 +134,7 @@ class WeightRing(wiring.Component):
             "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
             "arrived": Out(32),
             "idle": Out(1),
-            "eng_addr": In(aw), "eng_en": In(1), "eng_data": Out(rowbits),
+            "eng_addr": In(aw), "eng_data": Out(rowbits),
             "prm_addr": In(aw), "prm_en": In(1), "prm_data": Out(rowbits),
         })
 
@@ -111,14 +144,24 @@ class WeightRing(wiring.Component):
         D, bpr = cfg.weight_depth, cfg.beats_per_row
         burst_rows = max(1, RING_BURST_BEATS // bpr)
 
-        m.submodules.mem = mem = memory.Memory(shape=8 * cfg.row_bytes, depth=D, init=[])
-        wp = mem.write_port()
-        re = mem.read_port()
-        rp = mem.read_port()
-        m.d.comb += [
-            re.addr.eq(self.eng_addr), re.en.eq(self.eng_en), self.eng_data.eq(re.data),
-            rp.addr.eq(self.prm_addr), rp.en.eq(self.prm_en), self.prm_data.eq(rp.data),
-        ]
+        P, L = cfg.chains, cfg.chain_len
+        skewed = skew_line(m, self.eng_addr, L)
+        wrow = Signal(8 * cfg.row_bytes)        # row being written (memory order)
+        wptr = Signal(range(D))
+        wen = Signal()
+        for i in range(L):
+            mem = memory.Memory(shape=8 * P, depth=D, init=[])
+            m.submodules[f"lane{i}"] = mem
+            wp = mem.write_port()
+            re = mem.read_port()
+            rp = mem.read_port()
+            lane = slice(8 * P * i, 8 * P * (i + 1))
+            m.d.comb += [
+                wp.addr.eq(wptr), wp.en.eq(wen),
+                wp.data.eq(Cat(wrow[8 * (p * L + i):8 * (p * L + i + 1)] for p in range(P))),
+                re.addr.eq(skewed[i]), self.eng_data[lane].eq(re.data),
+                rp.addr.eq(self.prm_addr), rp.en.eq(self.prm_en), self.prm_data[lane].eq(rp.data),
+            ]
 
         # --- request side -------------------------------------------------------------------
         total = Signal(32)          # latched at start: the fields may change after the MATMUL
@@ -145,10 +188,9 @@ class WeightRing(wiring.Component):
         # --- data side: assemble rows, write them round the ring --------------------------------
         m.submodules.rows = gb = Gearbox(cfg.beat_bytes, cfg.row_bytes)
         wiring.connect(m, wiring.flipped(self.rd_data), gb.i)
-        wptr = Signal(range(D))
         m.d.comb += [
             gb.o.ready.eq(1),
-            wp.addr.eq(wptr), wp.data.eq(gb.o.payload), wp.en.eq(gb.o.valid),
+            wrow.eq(gb.o.payload), wen.eq(gb.o.valid),
             self.idle.eq((self.arrived == issued) & (remaining == 0)),
         ]
         with m.If(gb.o.valid):

@@ -104,8 +104,12 @@ class Controller(wiring.Component):
         # --- datapath wiring that does not depend on the mode ---------------------------------
         m.d.comb += [
             ring.base.eq(f_ext), ring.total_rows.eq(total_rows), ring.tile_rows.eq(tile_rows),
-            ring.eng_addr.eq(kseq.ring_addr), ring.eng_en.eq(kseq.ring_en),
-            kseq.ring_data.eq(ring.eng_data),
+            # engine feed: both memories read lane i with the address of i cycles ago
+            ring.eng_addr.eq(kseq.ring_addr),
+            eng.w.eq(ring.eng_data),
+            eng.x.eq(act.a_data),
+            eng.valid.eq(kseq.valid), eng.first.eq(kseq.first), eng.last.eq(kseq.last),
+            kseq.credit.eq(eng.credit),
             ring.prm_addr.eq(oseq.prm_addr), ring.prm_en.eq(oseq.prm_en),
             oseq.prm_data.eq(ring.prm_data),
             ring.release.eq(oseq.release),
@@ -117,13 +121,11 @@ class Controller(wiring.Component):
             oseq.a_base.eq(f_a), oseq.b_base.eq(f_b), oseq.out_base.eq(f_out),
             oseq.mult_a.eq(f_mult_a), oseq.mult_b.eq(f_mult_b),
             oseq.shift.eq(shift), oseq.relu.eq(flags[0]), oseq.residual.eq(flags[1]),
-            kseq.act_data.eq(act.a_data),
             oseq.a_data.eq(act.a_data), oseq.b_data.eq(act.b_data),
             act.b_addr.eq(oseq.b_addr), act.b_en.eq(oseq.b_en),
         ]
-        wiring.connect(m, kseq.o, eng.i)
         wiring.connect(m, eng.o, oseq.i)
-        with m.If(eng.i.valid & eng.i.ready):
+        with m.If(eng.valid):
             m.d.sync += self.mpe_busy.eq(self.mpe_busy + 1)
 
         # --- mode multiplexers ----------------------------------------------------------------
@@ -166,7 +168,7 @@ class Controller(wiring.Component):
         load_waddr = Signal(16)
         with m.Switch(mode):
             with m.Case(M_MM):
-                m.d.comb += [act.a_addr.eq(kseq.act_addr), act.a_en.eq(kseq.act_en)]
+                m.d.comb += [act.a_addr.eq(kseq.act_addr), act.a_skew.eq(1)]
             with m.Case(M_VADD):
                 m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
             with m.Case(M_STORE):

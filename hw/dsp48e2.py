@@ -3,7 +3,9 @@
 Modelled: ``A`` (27-bit signed) x ``B`` (18-bit signed) with AREG = BREG = 1, MREG = 1, PREG = 1;
 the post-adder ``P = M + Z + W`` with ``Z`` = PCIN (cascade input, a static choice per slice,
 OPMODE[6:4] = 001) and ``W`` = P (accumulate, OPMODE[8:7] = 10) or 0 (clear); one clock enable
-for every register (CEA/CEB/CEM/CEP tied together) so a whole chain can stall.
+for every register (CEA/CEB/CEM/CEP tied together), or none: the matrix engine never stalls
+mid-flight (it is throttled at its input), so its slices have their CE pins tied high and no
+enable logic at all.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ class DSP48E2Slice(wiring.Component):
     ----------
     cascade : bool
         Add ``pcin`` in the post-adder (Z-mux = PCIN). False for the first slice of a chain.
+    accumulator : bool
+        Give the slice an ``accumulate`` port (dynamic W-mux: P or 0). False ties the W-mux to
+        0 (static OPMODE), as in every slice of a chain but the last: no OPMODE register and no
+        feedback mux in those 240 of 256 slices.
+    clock_enable : bool
+        Give the slice a ``ce`` port. False ties CE high: the registers load every cycle, which
+        keeps 256 slices x 5 registers free of enable muxes (Verilator evaluates each one).
 
     Attributes
     ----------
@@ -35,43 +44,55 @@ class DSP48E2Slice(wiring.Component):
         fabric register).
     pcin : Signal, in
         Cascade input, used in the same cycle as M (it comes from the previous slice's PREG).
-    ce : Signal, in
+    ce : Signal, in (only with ``clock_enable``)
         Clock enable of every register.
     p, pcout : Signal, out
         PREG (``pcout`` is the same value, routed to the next slice's ``pcin``).
     """
 
-    def __init__(self, cascade: bool = True):
+    def __init__(self, cascade: bool = True, clock_enable: bool = True, accumulator: bool = True):
         self.cascade = cascade
-        super().__init__({
+        self.clock_enable = clock_enable
+        self.accumulator = accumulator
+        ports = {
             "a": In(signed(A_BITS)),
             "b": In(signed(B_BITS)),
-            "accumulate": In(1),
             "pcin": In(signed(P_BITS)),
-            "ce": In(1),
             "p": Out(signed(P_BITS)),
             "pcout": Out(signed(P_BITS)),
-        })
+        }
+        if accumulator:
+            ports["accumulate"] = In(1)
+        if clock_enable:
+            ports["ce"] = In(1)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         # Datapath registers have no reset (as in the primitive with RSTA/RSTB/RSTM unused):
         # fewer terms per register keep Verilator's per-cycle work small (256 slices at P=L=16).
+        # PREG too (RSTP unused): nothing reads P before a dot product clears it.
         a_r = Signal(signed(A_BITS), reset_less=True)
         b_r = Signal(signed(B_BITS), reset_less=True)
-        acc_r = Signal(reset_less=True)
         m_r = Signal(signed(A_BITS + B_BITS), reset_less=True)
-        acc_m = Signal(reset_less=True)
-        with m.If(self.ce):
-            m.d.sync += [
-                a_r.eq(self.a), b_r.eq(self.b), acc_r.eq(self.accumulate),
-                m_r.eq(a_r * b_r), acc_m.eq(acc_r),
-            ]
-            z = self.pcin if self.cascade else 0
-            w = Mux(acc_m, self.p, 0)
-            # 48-bit wrap-around like the primitive's ALU (a dot product never gets near it)
-            m.d.sync += self.p.eq(m_r + z + w)
-        m.d.comb += self.pcout.eq(self.p)
+        p_r = Signal(signed(P_BITS), reset_less=True)
+        z = self.pcin if self.cascade else 0
+        updates = [a_r.eq(self.a), b_r.eq(self.b), m_r.eq(a_r * b_r)]
+        if self.accumulator:
+            acc_r = Signal(reset_less=True)
+            acc_m = Signal(reset_less=True)
+            updates += [acc_r.eq(self.accumulate), acc_m.eq(acc_r)]
+            w = Mux(acc_m, p_r, 0)
+        else:
+            w = 0
+        # 48-bit wrap-around like the primitive's ALU (a dot product never gets near it)
+        updates.append(p_r.eq(m_r + z + w))
+        if self.clock_enable:
+            with m.If(self.ce):
+                m.d.sync += updates
+        else:
+            m.d.sync += updates
+        m.d.comb += [self.p.eq(p_r), self.pcout.eq(p_r)]
         return m
 
 

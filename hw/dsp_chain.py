@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,16 +14,21 @@ __all__ = ["DSPChain"]
 class DSPChain(wiring.Component):
     """``L`` DSP48E2 slices cascaded PCOUT -> PCIN, the last one accumulating over k-groups.
 
-    Every cycle one k-group ``(x[0..L-1], w[0..L-1])`` enters. Lane ``i`` is delayed by ``i``
-    input skew registers, so slice ``i`` multiplies its pair exactly when slice ``i-1``'s partial
-    sum of the same k-group arrives on PCIN (the way real DSP columns are used: no adder tree,
-    only the dedicated cascade). The last slice adds its own P (W-mux) unless the k-group is the
-    ``first`` of a dot product, so a dot product over any number of consecutive k-groups ends in
-    its PREG; the group flagged ``last`` makes ``acc_valid`` high for one (enabled) cycle, and
-    the next dot product can follow without a bubble.
+    Every cycle one k-group ``(x[0..L-1], w[0..L-1])`` enters, **already skewed**: lane ``i``
+    of a group arrives ``i`` cycles after lane 0, so slice ``i`` multiplies its pair exactly
+    when slice ``i-1``'s partial sum of the same group arrives on PCIN (no adder tree, only the
+    dedicated cascade). The skew is not made here with ``i`` fabric registers per lane (that was
+    ~15 kbit of flops at P = L = 16): the weight ring and the activation buffer read lane ``i``
+    of their per-lane memories with the address delayed by ``i`` cycles, as DSP columns fed by
+    per-column BRAMs do (see :mod:`.buffers`).
 
-    Latency: ``L - 1`` skew + AREG + MREG + PREG = ``L + 2`` enabled cycles from the last
-    k-group to ``acc_valid``.
+    The last slice adds its own P (W-mux) unless ``clear`` is high; ``clear`` travels with lane
+    ``L-1`` (it marks the group whose lane ``L-1`` enters now as the first of a dot product). A
+    dot product whose last group's lane ``L-1`` entered at cycle ``c`` is in ``acc`` after
+    AREG + MREG + PREG, i.e. from cycle ``c + 3`` until that slice's next update. Bubbles must
+    enter with ``x = 0`` (their products are then 0 and the running sum is unchanged).
+
+    There is no clock enable: the matrix engine never stalls mid-flight.
 
     Parameters
     ----------
@@ -32,17 +37,9 @@ class DSPChain(wiring.Component):
 
     Attributes
     ----------
-    x, w : in, ``L`` signed bytes
-        Activation and weight lanes of the k-group.
-    valid, first, last : in
-        The k-group is real / starts a dot product / ends one. Invalid groups are fed as zeros,
-        so bubbles inside a dot product do not change it.
-    ce : in
-        Clock enable of the whole chain (stall).
-    acc : out, signed 48
-        PREG of the last slice.
-    acc_valid : out
-        ``acc`` holds a finished dot product.
+    x, w : in, ``L`` signed bytes, skewed (lane ``i`` is ``i`` cycles late)
+    clear : in, with lane ``L-1``: start a new dot product
+    acc : out, signed 48, PREG of the last slice
     """
 
     def __init__(self, chain_len: int):
@@ -50,51 +47,23 @@ class DSPChain(wiring.Component):
         lanes = data.ArrayLayout(signed(8), chain_len)
         super().__init__({
             "x": In(lanes), "w": In(lanes),
-            "valid": In(1), "first": In(1), "last": In(1),
-            "ce": In(1),
+            "clear": In(1),
             "acc": Out(signed(P_BITS)),
-            "acc_valid": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         L = self.L
-        ce = self.ce
-        slices = []
+        prev = None
         for i in range(L):
-            s = DSP48E2Slice(cascade=i > 0)
+            s = DSP48E2Slice(cascade=i > 0, clock_enable=False, accumulator=i == L - 1)
             m.submodules[f"dsp{i}"] = s
-            m.d.comb += s.ce.eq(ce)
-            slices.append(s)
-            if i > 0:
-                m.d.comb += s.pcin.eq(slices[i - 1].pcout)
-
-        def delay(sig, n, name, keep_reset=False):
-            """``n`` clock-enabled registers after ``sig``."""
-            for k in range(n):
-                # data skew needs no reset; the valid/flag delays keep theirs
-                r = Signal.like(sig, name=f"{name}_d{k + 1}", reset_less=not keep_reset)
-                with m.If(ce):
-                    m.d.sync += r.eq(sig)
-                sig = r
-            return sig
-
-        for i in range(L):
-            # a bubble enters as x = 0, so its products are 0 and the running sum is unchanged
-            x = Signal(signed(8), name=f"x{i}")
-            m.d.comb += x.eq(Mux(self.valid, self.x[i], 0))
-            m.d.comb += [
-                slices[i].a.eq(delay(x, i, f"x{i}")),
-                slices[i].b.eq(delay(self.w[i], i, f"w{i}")),
-            ]
-        v = delay(self.valid, L - 1, "valid", True)
-        first = delay(self.first, L - 1, "first")
-        last = delay(self.last, L - 1, "last")
-        # clear (W = 0) only on a real first group; a bubble keeps the partial sum
-        m.d.comb += slices[L - 1].accumulate.eq(~(v & first))
-        for i in range(L - 1):
-            m.d.comb += slices[i].accumulate.eq(0)
-        # AREG, MREG, PREG of the last slice
-        m.d.comb += self.acc_valid.eq(delay(v & last, 3, "done", True))
-        m.d.comb += self.acc.eq(slices[L - 1].p)
+            m.d.comb += [s.a.eq(self.x[i]), s.b.eq(self.w[i])]
+            if prev is not None:
+                m.d.comb += s.pcin.eq(prev.pcout)
+            if i == L - 1:
+                # only the last slice accumulates (W = P); the others pass product + PCIN on
+                m.d.comb += s.accumulate.eq(~self.clear)
+            prev = s
+        m.d.comb += self.acc.eq(prev.p)
         return m

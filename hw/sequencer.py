@@ -12,7 +12,6 @@ from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .epilogue import Epilogue
-from .matrix_engine import kgroup_layout
 
 __all__ = ["KGroupSequencer", "OutputSequencer"]
 
@@ -31,10 +30,14 @@ class KGroupSequencer(wiring.Component):
 
     For every tile ``t`` (outer), row ``b`` and ``kw < k_words`` (inner) it reads weight row
     ``param_rows + kw`` of tile ``t`` from the ring and act word ``x + b*k_words + kw``, and
-    sends them to the engine with ``first``/``last`` flags. A ring row is read only after it has
-    arrived (``arrived`` > its absolute index); otherwise the sequencer waits (the only bubble,
-    absent while the prefetcher keeps ahead). Both memories are synchronous: addresses go out in
-    the issue cycle and the data, held while stalled (``en`` low), form the output payload.
+    flags the group ``first``/``last``. A group is issued only when its ring row has arrived
+    (``arrived`` > its absolute index) and, for a ``last`` group, when the engine has room for
+    one more result (``credit``); otherwise a bubble (``valid`` = 0) goes in. Bubbles are the
+    only stall: the engine itself never stops.
+
+    The addresses go out in the issue cycle to the skewed read ports of both memories (lane
+    ``i`` is read ``i`` cycles later); the flags are registered, so they reach the engine with
+    lane 0's data one cycle later.
 
     Parameters
     ----------
@@ -45,9 +48,10 @@ class KGroupSequencer(wiring.Component):
     start : in, pulse; latches nothing, the fields must stay stable until ``busy`` falls
     x, k_words, rows, n_tiles, tile_rows : in, instruction fields
     arrived : in, rows the weight ring has received
-    ring_addr, ring_en, ring_data : weight ring read port
-    act_addr, act_en, act_data : activation buffer read port
-    o : stream of :func:`kgroup_layout` to the engine
+    credit : in, the engine can take one more ``last`` group
+    ring_addr : out, weight ring slot (skewed engine port)
+    act_addr : out, activation word (skewed port ``a``)
+    valid, first, last : out, flags of the group whose lane 0 data arrive now
     busy : out
     """
 
@@ -58,11 +62,10 @@ class KGroupSequencer(wiring.Component):
             "x": In(16), "k_words": In(16), "rows": In(16), "n_tiles": In(16),
             "tile_rows": In(17),
             "arrived": In(32),
-            "ring_addr": Out(_aw(cfg.weight_depth)), "ring_en": Out(1),
-            "ring_data": In(8 * cfg.row_bytes),
-            "act_addr": Out(_aw(cfg.act_depth)), "act_en": Out(1),
-            "act_data": In(8 * cfg.chain_len),
-            "o": Out(stream.Signature(kgroup_layout(cfg.chains, cfg.chain_len))),
+            "credit": In(1),
+            "ring_addr": Out(_aw(cfg.weight_depth)),
+            "act_addr": Out(_aw(cfg.act_depth)),
+            "valid": Out(1), "first": Out(1), "last": Out(1),
             "busy": Out(1),
         })
 
@@ -81,25 +84,19 @@ class KGroupSequencer(wiring.Component):
         need = Signal(32)               # absolute ring row index of the next read
         tabs = Signal(32)               # absolute index of the current tile's first row
 
-        adv = Signal()
-        m.d.comb += adv.eq(~self.o.valid | self.o.ready)
+        is_last = Signal()
+        m.d.comb += is_last.eq(kw == self.k_words - 1)
         issue = Signal()
-        m.d.comb += issue.eq(self.busy & adv & (need < self.arrived))
-        m.d.comb += [
-            self.ring_addr.eq(rptr), self.ring_en.eq(adv),
-            self.act_addr.eq(xptr), self.act_en.eq(adv),
-            self.o.payload.x.eq(self.act_data),
-            self.o.payload.w.eq(self.ring_data),
+        m.d.comb += issue.eq(self.busy & (need < self.arrived) & (~is_last | self.credit))
+        m.d.comb += [self.ring_addr.eq(rptr), self.act_addr.eq(xptr)]
+        m.d.sync += [
+            self.valid.eq(issue),
+            self.first.eq(kw == 0),
+            self.last.eq(is_last),
         ]
-        with m.If(adv):
-            m.d.sync += [
-                self.o.valid.eq(issue),
-                self.o.payload.first.eq(kw == 0),
-                self.o.payload.last.eq(kw == self.k_words - 1),
-            ]
 
         with m.If(issue):
-            with m.If(kw != self.k_words - 1):
+            with m.If(~is_last):
                 m.d.sync += [kw.eq(kw + 1), rptr.eq(_wrap(rptr + 1, D)), xptr.eq(xptr + 1),
                              need.eq(need + 1)]
             with m.Else():
@@ -208,8 +205,10 @@ class OutputSequencer(wiring.Component):
                 lo, hi = r * L, min(8, r * L + L)
                 with m.If(cap_r == r):
                     for p in range(P):
-                        m.d.sync += prm[p][8 * lo:8 * hi].eq(
-                            self.prm_data[8 * p * L:8 * (p * L + hi - lo)])
+                        # prm_data is lane-major: byte k of chain p is at k*P + p
+                        m.d.sync += prm[p][8 * lo:8 * hi].eq(Cat(
+                            self.prm_data[8 * (k * P + p):8 * (k * P + p + 1)]
+                            for k in range(hi - lo)))
 
         # --- loop state ---------------------------------------------------------------------------
         vadd = Signal()                 # mode of the current instruction

@@ -54,3 +54,35 @@ def test_accumulate_wraps_48_bits():
         model.step(-(2**26), -(2**17), 1, 0)
     assert -(2**47) <= model.p < 2**47
     assert big == 2**43
+
+
+def test_slice_without_clock_enable_matches_model():
+    """``clock_enable=False`` (the matrix engine's slices): CE tied high; with
+    ``accumulator=False`` the W-mux is tied to 0 (the model with accumulate = 0)."""
+    for acc_port in (True, False):
+        _run_no_ce(acc_port)
+
+
+def _run_no_ce(acc_port):
+    rng = random.Random(4)
+    s = DSP48E2Slice(cascade=True, clock_enable=False, accumulator=acc_port)
+    assert not hasattr(s, "ce")
+    assert hasattr(s, "accumulate") == acc_port
+    model = DSP48E2Model(True)
+
+    async def tb(ctx):
+        for _ in range(300):
+            a, b = rng.randint(-128, 127), rng.randint(-128, 127)
+            acc, pcin = rng.randint(0, int(acc_port)), rng.randint(-(2**40), 2**40)
+            ctx.set(s.a, a)
+            ctx.set(s.b, b)
+            if acc_port:
+                ctx.set(s.accumulate, acc)
+            ctx.set(s.pcin, pcin)
+            await ctx.tick()
+            assert ctx.get(s.p) == model.step(a, b, acc, pcin)
+
+    sim = Simulator(s)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()

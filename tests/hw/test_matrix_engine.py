@@ -1,4 +1,5 @@
-"""DSPChain and MatrixEngine against golden.int8.matmul (bubbles, back-pressure, extremes)."""
+"""DSPChain and MatrixEngine against golden.int8.matmul (skewed input, bubbles, credits and
+back-pressure, extremes)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,25 @@ def _rand_int8(rng, shape, p_ext=0.2):
     return np.where(ext, rng.choice([-128, 127], size=shape), v).astype(np.int8)
 
 
+def _skewed(groups, L, lane_width):
+    """Per-cycle lane values for skewed input: lane i of cycle c is lane i of group c - i.
+
+    ``groups`` is a list of per-cycle groups (each a list of L lane values) or None (bubble);
+    ``lane_width`` is the zero value used for lanes of bubbles / before the first group.
+    """
+    out = []
+    for c in range(len(groups) + L):
+        lanes = []
+        for i in range(L):
+            g = groups[c - i] if 0 <= c - i < len(groups) else None
+            lanes.append(lane_width if g is None else g[i])
+        out.append(lanes)
+    return out
+
+
 def test_chain_dot_products():
+    """Skewed k-groups with bubbles (x = 0) in between; each dot product is in acc 3 cycles after
+    the lane L-1 of its last group entered."""
     L = 5
     rng = np.random.default_rng(0)
     dots = [rng.integers(1, 5) for _ in range(20)]      # k-groups per dot product
@@ -28,36 +47,32 @@ def test_chain_dot_products():
     ws = [_rand_int8(rng, (k, L), 0.5) for k in dots]
     expect = [int(golden.matmul(x.reshape(1, -1), w.reshape(1, -1))[0, 0])
               for x, w in zip(xs, ws, strict=True)]
+    prng = random.Random(1)
+    # cycle schedule: groups with random bubbles (x = 0, w = junk, flags ignored)
+    sched = []          # (x lanes, w lanes, first, last) or None
+    for x, w in zip(xs, ws, strict=True):
+        for j in range(len(x)):
+            while prng.random() < 0.2:
+                sched.append(None)
+            sched.append(([int(v) for v in x[j]], [int(v) for v in w[j]], j == 0,
+                          j == len(x) - 1))
+    xl = _skewed([g and g[0] for g in sched], L, 0)
+    wl = _skewed([g[1] if g else [prng.randint(-128, 127)] * L for g in sched], L, 0)
     dut = DSPChain(L)
     got = []
-    prng = random.Random(1)
 
     async def tb(ctx):
-        groups = [(x[j], w[j], j == 0, j == len(x) - 1) for x, w in zip(xs, ws, strict=True)
-                  for j in range(len(x))]
-        groups += [None] * (L + 8)      # drain
-        for g in groups:
-            while True:     # retry a group until it is taken (valid and ce in the same cycle)
-                ce = prng.random() < 0.85
-                valid = g is not None and prng.random() < 0.8
-                ctx.set(dut.ce, ce)
-                ctx.set(dut.valid, valid)
-                if g is not None:
-                    ctx.set(dut.x, [int(v) for v in g[0]])
-                    ctx.set(dut.w, [int(v) for v in g[1]])
-                    ctx.set(dut.first, g[2])
-                    ctx.set(dut.last, g[3])
-                _, _, done, acc = await ctx.tick().sample(dut.acc_valid, dut.acc)
-                if done and ce:
-                    got.append(acc)
-                if g is None or (valid and ce):
-                    break
-        ctx.set(dut.valid, 0)
-        ctx.set(dut.ce, 1)
-        for _ in range(L + 4):
-            _, _, done, acc = await ctx.tick().sample(dut.acc_valid, dut.acc)
-            if done:
-                got.append(acc)
+        for c in range(len(xl) + 4):
+            if c < len(xl):
+                ctx.set(dut.x, xl[c])
+                ctx.set(dut.w, wl[c])
+            g = sched[c - (L - 1)] if 0 <= c - (L - 1) < len(sched) else None
+            ctx.set(dut.clear, bool(g and g[2]))
+            await ctx.tick()
+            # results: last group's lane L-1 entered at cycle c' = c - 2 -> acc valid now (c+1)
+            cl = c - 2 - (L - 1)
+            if 0 <= cl < len(sched) and sched[cl] and sched[cl][3]:
+                got.append(ctx.get(dut.acc))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -67,6 +82,8 @@ def test_chain_dot_products():
 
 
 def _engine_run(P, L, dots, p_idle, p_stall, seed):
+    """Drive the engine the way KGroupSequencer does: skewed lanes, registered flags, a group
+    flagged last only after ``credit`` was seen; random bubbles and output back-pressure."""
     rng = np.random.default_rng(seed)
     beats, expect = [], []
     for k in dots:
@@ -74,14 +91,38 @@ def _engine_run(P, L, dots, p_idle, p_stall, seed):
         w = _rand_int8(rng, (P, k, L))
         expect.append(golden.matmul(x.reshape(1, -1), w.reshape(P, -1))[0].tolist())
         for j in range(k):
-            beats.append(dict(x=x[j].tolist(), w=w[:, j].tolist(), first=j == 0,
+            beats.append(dict(x=x[j].tolist(), w=w[:, j].T.tolist(), first=j == 0,
                               last=j == k - 1))
     dut = MatrixEngine(P, L)
     got = []
     cycles = []
+    prng = random.Random(seed)
 
     async def producer(ctx):
-        await send(ctx, dut.i, beats, random.Random(seed), p_idle)
+        hist = []           # group (or None) whose lane 0 entered at each cycle
+        queue = list(beats)
+        issued = None       # registered: what the "sequencer" issued last cycle
+        while queue or any(h is not None for h in hist[-L:]) or issued is not None:
+            hist.append(issued)
+            c = len(hist) - 1
+            x, w = [], []
+            for i in range(L):
+                g = hist[c - i] if c - i >= 0 else None
+                # bubbles carry junk: the engine must zero them
+                x.append(g["x"][i] if g else prng.randint(-128, 127))
+                w.append(g["w"][i] if g else [prng.randint(-128, 127)] * P)
+            ctx.set(dut.x, x)
+            ctx.set(dut.w, w)
+            ctx.set(dut.valid, issued is not None)
+            ctx.set(dut.first, bool(issued and issued["first"]))
+            ctx.set(dut.last, bool(issued and issued["last"]))
+            credit = ctx.get(dut.credit)
+            nxt = None
+            if queue and prng.random() >= p_idle and (not queue[0]["last"] or credit):
+                nxt = queue.pop(0)
+            await ctx.tick()
+            issued = nxt
+        ctx.set(dut.valid, 0)
 
     async def consumer(ctx):
         st = {}
@@ -91,7 +132,7 @@ def _engine_run(P, L, dots, p_idle, p_stall, seed):
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(producer)
+    sim.add_testbench(producer, background=True)
     sim.add_testbench(consumer)
     sim.run()
     return got, expect, cycles[0], len(beats)
@@ -108,5 +149,6 @@ def test_engine_extremes_and_full_rate():
     dots = [16, 16, 1, 16]
     got, expect, cycles, nbeats = _engine_run(P, L, dots, 0.0, 0.0, 9)
     assert got == expect
-    # one k-group per cycle: total = groups + pipeline latency (L + 2) + a little slack
-    assert cycles <= nbeats + L + 4
+    # one k-group per cycle: total = groups + pipeline latency (L + 2) + the producer's flag
+    # register (1, as in KGroupSequencer) + the result FIFO's write-to-read latency (1) + slack
+    assert cycles <= nbeats + L + 6
