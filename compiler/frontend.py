@@ -247,6 +247,9 @@ def _only_user(g: Graph, name: str, user: str) -> bool:
 def canonicalize(graph: Graph) -> Graph:
     """Remove layout glue that decomposed ATen graphs add around matmuls (in place).
 
+    A reshape of the graph input (flatten of an image-like input) becomes the input's shape:
+    the host applies it before quantizing (``input`` keeps the original as ``host_shape``).
+
     ``torch.export`` decompositions turn a linear on ``[B, S, K]`` into
     ``view -> addmm -> view``; such reshapes keep the last dim, so ``linear``/``relu`` commute
     with them. Sinking them below the compute op lets chains of reshapes cancel, which keeps
@@ -263,7 +266,15 @@ def canonicalize(graph: Graph) -> Graph:
             if op.kind == "reshape":
                 src = op.inputs[0]
                 sop = op_of(g, src)
-                if op.out.shape == sop.out.shape:
+                if sop.kind == "input" and _only_user(g, src, name):
+                    # A reshape of the model input (e.g. flatten) is done by the host before
+                    # it quantizes and loads the input: the accelerator never repacks rows.
+                    set_op(g, src, replace(sop, out=op.out,
+                                           attrs={"host_shape": list(sop.out.shape)}))
+                    replace_uses(g, name, src)
+                    g.remove_node(name)
+                    changed = True
+                elif op.out.shape == sop.out.shape:
                     replace_uses(g, name, src)
                     g.remove_node(name)
                     changed = True

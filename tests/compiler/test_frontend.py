@@ -172,6 +172,26 @@ def test_reshape_kept(tmp_path):
     assert _max_err(g, m, x) < TOL
 
 
+def test_input_reshape_is_done_by_the_host(tmp_path):
+    class FlattenFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(15, 4)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(x, 1))
+
+    m = FlattenFirst().eval()
+    x = torch.randn(2, 3, 5)
+    torch.export.save(torch.export.export(m, (x,)), tmp_path / "f.pt2")
+    g = load_model(tmp_path / "f.pt2")
+    (name,) = g.graph["inputs"]
+    assert "reshape" not in _kinds(g)
+    assert op_of(g, name).out.shape == (2, 15)
+    assert list(op_of(g, name).attrs["host_shape"]) == [2, 3, 5]
+    assert _max_err(g, m, x.reshape(2, 15)) < TOL
+
+
 def test_unsupported_add_alpha():
     class Sub(torch.nn.Module):
         def __init__(self):
