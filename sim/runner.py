@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,20 +147,25 @@ def verilator_env() -> dict:
     return env
 
 
+_ENV_LOCK = threading.Lock()
+
+
 @contextmanager
 def _tool_env():
-    """Apply :func:`verilator_env` to ``os.environ`` for the duration (cocotb's runner reads it)."""
-    new = verilator_env()
-    old = {k: os.environ.get(k) for k in new}
-    os.environ.update(new)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
+    """Apply :func:`verilator_env` to ``os.environ`` (cocotb's runner reads it from there).
+
+    The change is made once and kept: restoring the old values on exit would pull the wheel's
+    ``bin/`` off PATH under a concurrent build running in another thread.
+    """
+    with _ENV_LOCK:
+        for k, v in verilator_env().items():
+            if k == "PATH":
+                first = v.split(os.pathsep, 1)[0]
+                if first not in os.environ.get("PATH", "").split(os.pathsep):
+                    os.environ["PATH"] = v
             else:
                 os.environ[k] = v
+    yield
 
 
 def _verilator_version() -> str:
