@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -214,8 +215,11 @@ def _make_vars(timing: bool) -> list[str]:
     The PyPI wheel ships ``verilated.mk`` with its configure-time compiler settings empty; the
     symptom is ``c++: error: Vtop__pch.h.fast: linker input file not found`` as soon as a design
     is big enough for Verilator to use a precompiled header, and ``the coroutine header requires
-    -fcoroutines`` with ``--timing``. They are filled in here for g++ (or clang). ``OPT_FAST=-O2``
-    replaces the default ``-Os`` for the per-cycle code only, which is what runs every cycle.
+    -fcoroutines`` with ``--timing``. They are filled in here for g++ (or clang).
+    ``OPT_FAST=-O3 -march=native`` replaces the default ``-Os`` for the per-cycle code, which is
+    what runs every cycle: measured on the U280 engine (batch-16 1024x1024 GEMM) 0.48 M cycles/s
+    with -O2 or -O3 alone, 0.58 M with -O3 -march=native (the 2048-bit weight rows vectorise). The build
+    cache key includes :func:`_cpu_id` so a model built here never runs on another CPU.
     """
     cxx = os.environ.get("CXX", "c++")
     try:
@@ -224,7 +228,7 @@ def _make_vars(timing: bool) -> list[str]:
     except OSError as e:
         raise BuildError(f"no C++ compiler ({cxx}): {e}") from None
     clang = "clang" in ver
-    out = ["OPT_FAST=-O2"]
+    out = ["OPT_FAST=-O3 -march=native"]
     out += (["CFG_CXXFLAGS_PCH_I=-include-pch", "CFG_GCH_IF_CLANG=.gch"] if clang
             else ["CFG_CXXFLAGS_PCH_I=-include"])
     if timing:
@@ -232,6 +236,16 @@ def _make_vars(timing: bool) -> list[str]:
         if not clang:
             out += ["CFG_CXXFLAGS_COROUTINES=-fcoroutines"]
     return out
+
+
+def _cpu_id() -> str:
+    """The CPU model and its feature flags: -march=native code is only valid on the same CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(keep)))
 
 
 def _cocotb_version() -> str:
@@ -301,7 +315,8 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
     vlt = "" if public else f'`verilator_config\npublic_flat_rw -module "{TOP_NAME}" -var "*"\n'
     h = hashlib.sha256()
     for part in (cfg.digest(), verilog, top, vlt, EXT_MEMORY_V.read_text(), _verilator_version(),
-                 _cocotb_version(), json.dumps(flags + make_vars), str(waves), sys.version):
+                 _cocotb_version(), json.dumps(flags + make_vars), str(waves), sys.version,
+                 _cpu_id()):
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]
