@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 import networkx as nx
 import numpy as np
+
 from hwflow.golden import int8 as g8
 
 from .errors import CompileError

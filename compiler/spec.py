@@ -12,6 +12,7 @@ import math
 
 import networkx as nx
 import numpy as np
+
 from hwflow.golden import int8 as g8
 
 from .errors import SpecError

@@ -216,10 +216,10 @@ def _make_vars(timing: bool) -> list[str]:
     symptom is ``c++: error: Vtop__pch.h.fast: linker input file not found`` as soon as a design
     is big enough for Verilator to use a precompiled header, and ``the coroutine header requires
     -fcoroutines`` with ``--timing``. They are filled in here for g++ (or clang).
-    ``OPT_FAST=-O3 -march=native`` replaces the default ``-Os`` for the per-cycle code, which is
-    what runs every cycle: measured on the U280 engine (batch-16 1024x1024 GEMM) 0.48 M cycles/s
-    with -O2 or -O3 alone, 0.58 M with -O3 -march=native (the 2048-bit weight rows vectorise). The build
-    cache key includes :func:`_cpu_id` so a model built here never runs on another CPU.
+    ``OPT_FAST=-O3 -march=native`` replaces the default ``-Os`` for the per-cycle code: measured
+    on the U280 engine (batch-16 1024x1024 GEMM) 0.47 M cycles/s with -O2 -march=native or -O3
+    alone, 0.50-0.58 M with -O3 -march=native (wide weight rows vectorise). The build cache key
+    includes :func:`_cpu_id` so a model built here never runs on another CPU.
     """
     cxx = os.environ.get("CXX", "c++")
     try:

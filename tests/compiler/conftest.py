@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from hwflow.compiler import TileTarget, from_module
 
 from .models import make

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hwflow.compiler import STEPS, CompileError, FlowOptions, load_graph, run, run_flow
 from hwflow.compiler.flow import STEP_NAMES, intermediate_path
 from hwflow.compiler.ir import format_graph

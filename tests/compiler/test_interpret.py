@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from hwflow.compiler import CompileError, FlowOptions, run, run_flow
 from hwflow.compiler.ir import op_of
 from hwflow.golden import int8 as g8

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from hwflow.compiler import FlowOptions, SpecError, check, run_flow
 from hwflow.compiler.ir import copy_graph, op_of, set_op
 

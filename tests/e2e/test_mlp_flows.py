@@ -73,7 +73,8 @@ def test_mlps_are_bit_exact_on_u280(tmp_path, name, make, shape):
     comp, sim = _compile_and_sim(tmp_path, make(), torch.randn(*shape), name)
     assert sim["bit_exact"] and sim["mismatches"] == 0
     assert sim["float_cosine"] >= 0.99, sim
-    assert sim["cycles"] > 0 and sim["predicted_cycles"] > 0
+    # the analytic cycle model (mapping/cycles.py) tracks the RTL within 10% (measured <= 5%)
+    assert abs(sim["predicted_cycles"] - sim["cycles"]) <= 0.1 * sim["cycles"], sim
     for key in ("board", "ops", "instructions", "program_bytes", "memory_image_bytes",
                 "predicted_cycles"):
         assert key in comp

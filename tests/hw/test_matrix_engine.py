@@ -12,7 +12,7 @@ from hwflow.golden import int8 as golden
 from hwflow.hw.dsp_chain import DSPChain
 from hwflow.hw.matrix_engine import MatrixEngine
 
-from ._streams import recv, send
+from ._streams import recv
 
 
 def _rand_int8(rng, shape, p_ext=0.2):
