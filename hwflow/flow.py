@@ -112,9 +112,12 @@ def load_calibration(path, shape) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any load failure is the same user error
         raise HwflowError(f"calibration file '{path}' is not a saved tensor or .npy array "
                           f"({str(e).splitlines()[0][:80]})") from None
-    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(shape[1:]) and x.shape[-1] != shape[-1]:
+    feat = int(np.prod(shape[1:], dtype=np.int64))
+    if x.ndim == len(shape) - 1 and tuple(x.shape) == tuple(shape[1:]):
+        x = x[None]                                  # a single sample
+    if x.ndim == 0 or x.shape[0] == 0 or int(np.prod(x.shape[1:], dtype=np.int64)) != feat:
         raise HwflowError(f"calibration tensor has shape {list(x.shape)}, the model's input is "
-                          f"{list(shape)} (rows may differ, feature size may not)")
+                          f"{list(shape)} (rows may differ, the features per row may not)")
     return np.asarray(x, dtype=np.float64).reshape(-1, *shape[1:])
 
 

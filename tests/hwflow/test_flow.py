@@ -2,9 +2,13 @@
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from hwflow.cli import main
+from hwflow.errors import HwflowError
+from hwflow.flow import load_calibration
 from tests.e2e.test_mlp_flows import OddMLP
 
 
@@ -49,3 +53,16 @@ def test_torchscript_and_trusted_pickle(tmp_path):
     torch.save(m, pk)
     assert main(["compile", str(pk), "--board", "u280", "-o", str(tmp_path / "pk"),
                  "--trust-model"]) == 0
+
+
+def test_calibration_shapes(tmp_path):
+    np.save(tmp_path / "one.npy", np.ones(24))
+    np.save(tmp_path / "img.npy", np.ones((10, 4, 6)))
+    np.save(tmp_path / "bad.npy", np.ones((10, 5)))
+    assert load_calibration(tmp_path / "one.npy", (3, 24)).shape == (1, 24)
+    assert load_calibration(tmp_path / "img.npy", (3, 24)).shape == (10, 24)
+    with pytest.raises(HwflowError, match=r"shape \[10, 5\].*\[3, 24\]"):
+        load_calibration(tmp_path / "bad.npy", (3, 24))
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk")
+    with pytest.raises(HwflowError, match="not a saved tensor"):
+        load_calibration(tmp_path / "junk.pt", (3, 24))
