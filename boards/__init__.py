@@ -13,6 +13,7 @@ import yaml
 
 BOARD_DIR = Path(__file__).resolve().parent
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")
+FLOWS = ("vitis", "vivado", "ecp5", "ice40")
 
 
 class BoardError(Exception):
@@ -33,6 +34,9 @@ class Board:
     clocks: dict
     flow: str
     engine: dict = field(default_factory=dict)
+    package: str = ""
+    speed_grade: str = ""
+    platform: str = ""        # amaranth-boards platform ("module:Class") for open-toolchain boards
     path: str = ""
 
     @property
@@ -88,8 +92,18 @@ def _validate(data, path: Path) -> Board:
             raise BoardError(f"{where}: unknown field 'engine.{key}' (known: {', '.join(_ENGINE)})")
         if not isinstance(v, int) or v < 1:
             raise BoardError(f"{where}: field 'engine.{key}' must be a positive integer")
+    if data["flow"] not in FLOWS:
+        raise BoardError(f"{where}: field 'flow' is '{data['flow']}' (known: {', '.join(FLOWS)})")
+    for key in ("package", "speed_grade", "platform"):
+        if not isinstance(data.get(key, ""), str):
+            raise BoardError(f"{where}: field '{key}' must be a string")
+    if data["flow"] in ("ecp5", "ice40") and not data.get("platform"):
+        raise BoardError(f"{where}: field 'platform' (amaranth-boards 'module:Class') is required "
+                         f"for the {data['flow']} flow")
     fields = {k: data[k] for k in _SCHEMA}
-    return Board(**fields, engine=engine, path=str(path))
+    return Board(**fields, engine=engine, package=data.get("package", ""),
+                 speed_grade=data.get("speed_grade", ""), platform=data.get("platform", ""),
+                 path=str(path))
 
 
 def _read(path: Path) -> Board:
