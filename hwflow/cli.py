@@ -40,6 +40,16 @@ def _cmd_sim(args) -> int:
     return 0 if r["bit_exact"] else 1
 
 
+def _cmd_bitstream(args) -> int:
+    from hwflow.export import build_bitstream
+
+    r = build_bitstream(args.out, require_bitstream=args.require_bitstream,
+                        boards_dir=args.boards_dir)
+    for line in r.get("summary", []):
+        print(line)
+    return r.get("exit_code", 0)
+
+
 def _cmd_boards(args) -> int:
     from hwflow.boards import list_boards
 
@@ -84,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "sample")
     s.add_argument("--waves", action="store_true", help="write an FST waveform")
     s.set_defaults(func=_cmd_sim)
+
+    bs = sub.add_parser("bitstream", help="build a bitstream (open boards) or a vendor project "
+                        "(Xilinx), after a resource fit check")
+    bs.add_argument("out", help="build folder written by `hwflow compile`")
+    bs.add_argument("--require-bitstream", action="store_true",
+                    help="fail (exit 3) when the vendor tool needed for a bitstream is missing")
+    bs.set_defaults(func=_cmd_bitstream)
 
     b = sub.add_parser("boards", help="list the supported boards")
     b.set_defaults(func=_cmd_boards)
