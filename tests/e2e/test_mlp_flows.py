@@ -1,6 +1,8 @@
 """Whole flows: torch model file -> hwflow compile -> hwflow sim (Verilator), bit-exact."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,3 +100,13 @@ def test_kv260_build(tmp_path):
     torch.manual_seed(3)
     comp, sim = _compile_and_sim(tmp_path, OddMLP(), torch.randn(3, 37), "odd", board="kv260")
     assert comp["config"]["chains"] == 8 and sim["bit_exact"]
+
+
+def test_build_folder_testbench_runs_with_plain_pytest(tmp_path):
+    """The build folder's tb/ is a standalone cocotb testbench: `pytest tb/` checks the RTL."""
+    out = tmp_path / "b"
+    assert main(["compile", "--example", "mlp", "--board", "u280", "-o", str(out)]) == 0
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(out / "tb")], capture_output=True, text=True, cwd=out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "1 passed" in r.stdout
