@@ -37,6 +37,8 @@ class Board:
     package: str = ""
     speed_grade: str = ""
     platform: str = ""        # amaranth-boards platform ("module:Class") for open-toolchain boards
+    bram_kbits: int = 36      # size of one block RAM (the unit of resources.bram): Xilinx 36,
+    #                           ECP5 EBR 18, iCE40 EBR 4
     path: str = ""
 
     @property
@@ -97,13 +99,17 @@ def _validate(data, path: Path) -> Board:
     for key in ("package", "speed_grade", "platform"):
         if not isinstance(data.get(key, ""), str):
             raise BoardError(f"{where}: field '{key}' must be a string")
+    kbits = data.get("bram_kbits", 36)
+    if not isinstance(kbits, int) or isinstance(kbits, bool) or kbits < 1:
+        raise BoardError(f"{where}: field 'bram_kbits' (Kb per block RAM) must be a positive "
+                         f"integer")
     if data["flow"] in ("ecp5", "ice40") and not data.get("platform"):
         raise BoardError(f"{where}: field 'platform' (amaranth-boards 'module:Class') is required "
                          f"for the {data['flow']} flow")
     fields = {k: data[k] for k in _SCHEMA}
     return Board(**fields, engine=engine, package=data.get("package", ""),
                  speed_grade=data.get("speed_grade", ""), platform=data.get("platform", ""),
-                 path=str(path))
+                 bram_kbits=kbits, path=str(path))
 
 
 def _read(path: Path) -> Board:

@@ -1,10 +1,21 @@
 """Choose the accelerator configuration for a board and check that it fits.
 
-The resource model here is deliberately simple and explicit (issue 7 fits it on Yosys runs):
-- DSP48E2: one per MAC slot (P*L) plus the epilogue's multipliers: (acc+bias)*mult is a 32x16
-  product (2 slices: 27x18 covers 27 bits of one operand) and res*res_mult an 8x16 one (1 slice).
-- BRAM36: the activation buffer has two read ports (engine and epilogue/DMA), so it is stored
-  twice; the weight ring once. A 36 Kb block holds 4608 bytes at its 72-bit width.
+The resource model here is deliberately simple and explicit, and was checked against Yosys
+``synth_xilinx -family xcup`` (``hwflow.export.fit``) on the KV260 default and the test
+configuration (DSP and BRAM counts equal):
+
+- DSP48E2: one per MAC slot (P*L), the epilogue's multipliers: (acc+bias)*mult is a 33x17
+  signed product (2 slices: one covers 27 bits of one operand) and res*res_mult an 8x17 one
+  (1 slice), and one in the controller (``n_tiles * tile_rows``, 16x17 bits, for the weight
+  prefetch length): P*L + 4.
+- Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
+  lanes of 8 bits x ``act_depth`` with two read ports, so stored twice (block RAMs have one
+  read port next to the write port); the weight ring is L lanes of 8P bits x ``weight_depth``,
+  read by the engine (all lanes) and by the parameter reader, which only uses the 6 bytes of
+  bias and multiplier (the other lanes of its copy are trimmed). Each lane memory takes the
+  cheapest aspect ratio of the family's block (:data:`BRAM_SHAPES`: Xilinx RAMB36E2 / RAMB18E2,
+  ECP5 DP16KD, iCE40 SB_RAM40_4K); memories of at most ``LUTRAM_DEPTH`` words go to
+  distributed RAM, as Yosys maps them.
 """
 
 from __future__ import annotations
@@ -15,7 +26,22 @@ from hwflow.hw.config import AccelConfig
 from .errors import MappingError
 
 EPILOGUE_DSP = 3
-BRAM36_BYTES = 4608
+CONTROL_DSP = 1
+PARAM_BYTES = 6                 # bias (int32) + mult (u16); two zero bytes are never read
+
+# Block RAM aspect ratios by block size (Kb): (depth, width, cost in blocks of that size).
+# Xilinx: a RAMB18E2 is half a 36 Kb block (Vivado/Yosys report them apart; two pack into one
+# RAMB36 site), widths include the parity bits (9, 18, 36, 72 in simple dual port).
+BRAM_SHAPES = {
+    36: [(512, 36, .5), (1024, 18, .5), (2048, 9, .5), (4096, 4, .5), (8192, 2, .5),
+         (16384, 1, .5), (512, 72, 1), (1024, 36, 1), (2048, 18, 1), (4096, 9, 1),
+         (8192, 4, 1), (16384, 2, 1), (32768, 1, 1)],
+    18: [(512, 36, 1), (1024, 18, 1), (2048, 9, 1), (4096, 4, 1), (8192, 2, 1), (16384, 1, 1)],
+    4: [(256, 16, 1), (512, 8, 1), (1024, 4, 1), (2048, 2, 1)],
+}
+# Largest depth kept in distributed RAM per block size: Xilinx LUTRAM (RAM64M8 and friends),
+# ECP5 DPR16X4; iCE40 has none. The test configuration's 64-word buffers land in LUTRAM.
+LUTRAM_DEPTH = {36: 64, 18: 16, 4: 0}
 
 
 def choose_config(board: Board, **overrides) -> AccelConfig:
@@ -42,17 +68,40 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
 
-def estimate_resources(cfg: AccelConfig) -> dict:
-    """Analytic resource estimate: ``{kind: used}`` for dsp and bram (see module docstring)."""
-    act_bytes = cfg.act_depth * cfg.chain_len
-    ring_bytes = cfg.weight_depth * cfg.row_bytes
-    bram = 2 * -(-act_bytes // BRAM36_BYTES) + -(-ring_bytes // BRAM36_BYTES)
-    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP, "bram": bram}
+def _shapes(kbits: int) -> list:
+    if kbits in BRAM_SHAPES:
+        return BRAM_SHAPES[kbits]
+    bits = kbits * 1024           # another block size: power-of-two widths up to 64 bits
+    return [(bits // w, w, 1) for w in (1, 2, 4, 8, 16, 32, 64) if bits // w >= 1]
+
+
+def memory_blocks(width: int, depth: int, kbits: int = 36) -> float:
+    """Blocks (of ``kbits`` Kb) for one ``width`` x ``depth`` memory with one read port."""
+    if depth <= LUTRAM_DEPTH.get(kbits, 0):
+        return 0
+    return min(-(-width // w) * -(-depth // d) * cost for d, w, cost in _shapes(kbits))
+
+
+def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """Analytic resource estimate: ``{kind: used}`` for dsp and bram (see module docstring).
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    bram_kbits : int
+        Block RAM size of the target family (``Board.bram_kbits``): 36 (Xilinx), 18 (ECP5),
+        4 (iCE40). ``bram`` is counted in blocks of that size.
+    """
+    L, P = cfg.chain_len, cfg.chains
+    act = 2 * L * memory_blocks(8, cfg.act_depth, bram_kbits)
+    ring = (L + min(L, PARAM_BYTES)) * memory_blocks(8 * P, cfg.weight_depth, bram_kbits)
+    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP + CONTROL_DSP,
+            "bram": int(-(-(act + ring) // 1))}
 
 
 def check_fit(cfg: AccelConfig, board: Board) -> dict:
     """Compare the estimate with the board; raise :class:`MappingError` with the numbers if not."""
-    used = estimate_resources(cfg)
+    used = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
     report = {k: {"used": v, "available": board.resources[k]} for k, v in used.items()}
     over = [f"{k.upper()} {r['used']} > {r['available']}" for k, r in report.items()
             if r["used"] > r["available"]]

@@ -1,0 +1,83 @@
+"""Yosys synth_xilinx utilization of a small accelerator, its cache, and the fit check."""
+
+import pytest
+
+from hwflow.boards import load_board
+from hwflow.export.fit import check_fit, parse_cells, xilinx_utilization
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.top import MODULE_NAME, generate_verilog
+from hwflow.mapping.engine import estimate_resources
+from hwflow.mapping.errors import MappingError
+
+SMALL = AccelConfig(chains=2, chain_len=4, mem_ports=1, port_bytes=8, act_depth=64,
+                    weight_depth=16)
+
+TINY_BOARD = """\
+name: tiny
+description: a board too small for the test configuration
+vendor: xilinx
+part: xcup-tiny
+family: zynq-ultrascale-plus
+resources: {lut: 1000, ff: 100000, dsp: 10, bram: 4, uram: 0}
+memory: {type: ddr4, channels: 1, port_bytes: 8, bandwidth_gbps: 1}
+clocks: {kernel_mhz: 100}
+flow: vivado
+"""
+
+
+@pytest.fixture(scope="module")
+def small_util(tmp_path_factory):
+    """One Yosys run (~15-20 s) shared by the tests; the cache lives in a fresh folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HWFLOW_CACHE", str(tmp_path_factory.mktemp("cache")))
+    verilog = generate_verilog(SMALL)
+    first = xilinx_utilization(verilog, MODULE_NAME, load_board("u280"))
+    yield verilog, first
+    mp.undo()
+
+
+def test_dsp_count_is_the_designed_slices_plus_epilogue(small_util):
+    _, util = small_util
+    # 2 x 4 DSP48E2 MAC slices map 1:1 (behavioural A*B + PCIN + P), plus 3 epilogue
+    # multipliers and the controller's n_tiles * tile_rows: the analytic estimate exactly.
+    assert util["dsp"]["used"] == SMALL.dsp_slices + 4 == estimate_resources(SMALL)["dsp"]
+    assert util["bram"]["used"] == estimate_resources(SMALL)["bram"] == 0   # 64 words: LUTRAM
+    assert util["lutram"]["used"] > 0
+    assert util["lut"]["used"] > 0 and util["ff"]["used"] > 0
+    assert util["dsp"]["available"] == 9024
+    assert util["meta"]["family"] == "xcup" and not util["meta"]["cached"]
+    assert "Yosys" in util["meta"]["tool"] and util["meta"]["seconds"] > 0
+
+
+def test_second_call_hits_the_cache(small_util):
+    verilog, first = small_util
+    again = xilinx_utilization(verilog, MODULE_NAME, load_board("u280"))
+    assert again["meta"]["cached"]
+    assert {k: v for k, v in again.items() if k != "meta"} == \
+        {k: v for k, v in first.items() if k != "meta"}
+    # same Verilog and the same Yosys family: the Versal board reuses the run, as a proxy
+    vck = xilinx_utilization(verilog, MODULE_NAME, load_board("vck190"))
+    assert vck["meta"]["cached"] and "UltraScale+" in vck["meta"]["proxy"]
+    assert vck["dsp"] == {"used": first["dsp"]["used"], "available": 1968}
+
+
+def test_oversized_design_is_refused_with_numbers(small_util, tmp_path):
+    verilog, _ = small_util
+    (tmp_path / "tiny.yaml").write_text(TINY_BOARD)
+    tiny = load_board("tiny", tmp_path)
+    util = xilinx_utilization(verilog, MODULE_NAME, tiny)
+    assert util["meta"]["cached"]
+    with pytest.raises(MappingError) as e:
+        check_fit(util, tiny)
+    msg = str(e.value)
+    lut = util["lut"]["used"]
+    assert f"LUT {lut} > 1000" in msg and "DSP 12 > 10" in msg and "\n" not in msg
+    assert "FF" not in msg and "BRAM" not in msg
+    # the same design against the U280's numbers fits: no error
+    check_fit(small_util[1], load_board("u280"))
+
+
+def test_parse_cells_counts_bram_in_36kb_units():
+    used = parse_cells({"LUT6": 3, "LUT1": 1, "FDRE": 5, "FDCE": 1, "DSP48E2": 2,
+                        "RAMB36E2": 2, "RAMB18E2": 3, "URAM288": 1, "RAM64M8": 4, "SRL16E": 2})
+    assert used == {"lut": 4, "ff": 6, "dsp": 2, "bram": 4, "uram": 1, "lutram": 4, "srl": 2}
