@@ -27,6 +27,8 @@ class ExampleMLP(nn.Module):
 EXAMPLES = {
     # name: (constructor, rows of the example input)
     "mlp": (lambda: ExampleMLP(), 4),
+    # ~1 KB of weights: fits the iCE40 UP5K's 15 KB of block RAM next to the engine's buffers
+    "mlp-tiny": (lambda: ExampleMLP(d_in=12, d_hidden=20, d_out=6), 4),
 }
 
 
