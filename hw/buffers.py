@@ -142,7 +142,8 @@ class WeightRing(wiring.Component):
         m = Module()
         cfg = self.cfg
         D, bpr = cfg.weight_depth, cfg.beats_per_row
-        burst_rows = max(1, RING_BURST_BEATS // bpr)
+        # never more rows in one burst than the ring holds (a tiny ring would wait forever)
+        burst_rows = min(D, max(1, RING_BURST_BEATS // bpr))
 
         P, L = cfg.chains, cfg.chain_len
         skewed = skew_line(m, self.eng_addr, L)
@@ -164,34 +165,47 @@ class WeightRing(wiring.Component):
             ]
 
         # --- request side -------------------------------------------------------------------
-        total = Signal(32)          # latched at start: the fields may change after the MATMUL
+        # Every decision below comes from registers: on ECP5 the combinational version
+        # (remaining = total - issued, burst choice, occ + n <= D, rd_req.valid, handshake, occ
+        # update: five 32-bit carry chains, ~18 ns) capped the design at 55 MHz. The flags are
+        # recomputed each cycle from the state; after a request they are one cycle stale, so
+        # requests are spaced by one idle cycle - free, since one request moves a whole burst
+        # (RING_BURST_BEATS beats). A release only adds room, so stale flags are conservative.
         tile_rows = Signal(17)
-        issued = Signal(32)         # rows requested since start
-        occ = Signal(32)            # rows requested and not yet released
+        remaining = Signal(32)      # rows not yet requested
+        free = Signal(range(D + 1))  # ring rows neither requested-and-unreleased
         addr = Signal(cfg.addr_bits)
-        remaining = Signal(32)
-        m.d.comb += remaining.eq(total - issued)
-        full_burst = remaining >= burst_rows
+        issued_all = Signal()       # every row requested (remaining == 0), registered
+        full_burst = Signal()       # remaining >= burst_rows, registered
+        room = Signal()             # free >= rows of the next request, registered
+        cooldown = Signal()         # the cycle after a request: flags are stale
         n_rows = Mux(full_burst, burst_rows, 1)
         m.d.comb += [
-            self.rd_req.valid.eq(~self.start & (remaining != 0) & (occ + n_rows <= D)),
+            self.rd_req.valid.eq(~self.start & ~cooldown & ~issued_all & room),
             self.rd_req.payload.addr.eq(addr),
             self.rd_req.payload.len.eq(Mux(full_burst, burst_rows * bpr, bpr)),
         ]
         take = self.rd_req.valid & self.rd_req.ready
-        occ_add = Mux(take, n_rows, 0)
-        occ_sub = Mux(self.release, tile_rows, 0)
-        m.d.sync += occ.eq(occ + occ_add - occ_sub)
+        free_after_take = Signal.like(free)
+        m.d.comb += free_after_take.eq(Mux(take, free - n_rows, free))
+        m.d.sync += [
+            cooldown.eq(take),
+            free.eq(free_after_take + Mux(self.release, tile_rows, 0)),
+            issued_all.eq(remaining == 0),
+            full_burst.eq(remaining >= burst_rows),
+            room.eq(free >= Mux(remaining >= burst_rows, burst_rows, 1)),
+        ]
         with m.If(take):
-            m.d.sync += [issued.eq(issued + n_rows), addr.eq(addr + n_rows * bpr)]
+            m.d.sync += [remaining.eq(remaining - n_rows), addr.eq(addr + n_rows * bpr)]
 
+        total = Signal(32)          # latched at start: the fields may change after the MATMUL
         # --- data side: assemble rows, write them round the ring --------------------------------
         m.submodules.rows = gb = Gearbox(cfg.beat_bytes, cfg.row_bytes)
         wiring.connect(m, wiring.flipped(self.rd_data), gb.i)
         m.d.comb += [
             gb.o.ready.eq(1),
             wrow.eq(gb.o.payload), wen.eq(gb.o.valid),
-            self.idle.eq((self.arrived == issued) & (remaining == 0)),
+            self.idle.eq((self.arrived == total) & issued_all & ~self.start),
         ]
         with m.If(gb.o.valid):
             m.d.sync += [
@@ -200,7 +214,9 @@ class WeightRing(wiring.Component):
             ]
 
         with m.If(self.start):
-            m.d.sync += [issued.eq(0), occ.eq(0), addr.eq(self.base), wptr.eq(0),
-                         self.arrived.eq(0), total.eq(self.total_rows),
-                         tile_rows.eq(self.tile_rows)]
+            m.d.sync += [remaining.eq(self.total_rows), free.eq(D), addr.eq(self.base),
+                         wptr.eq(0), self.arrived.eq(0), total.eq(self.total_rows),
+                         tile_rows.eq(self.tile_rows), issued_all.eq(self.total_rows == 0),
+                         full_burst.eq(self.total_rows >= burst_rows), room.eq(1),
+                         cooldown.eq(0)]
         return m
