@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -430,8 +431,12 @@ def build_open(out: Path, board, cfg) -> dict:
                                  "--timing-allow-fail"}
     overrides["synth_opts"] = SYNTH_OPTS[board.flow]
     env = dict(os.environ)
+    # The yowasp-* scripts sit beside this interpreter (the venv's bin/), which is not on PATH
+    # when hwflow is run as .venv/bin/hwflow without activating the venv.
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     for k, v in TOOL_ENV.items():
-        env.setdefault(k, v)
+        env.setdefault(k, shutil.which(v, path=env["PATH"]) or v)
 
     tmp = out / f".bitstream.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -99,6 +99,6 @@ def test_epilogue_full_rate():
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    # first result visible after the 4th edge, then one per cycle
-    assert seen[0] == (3, 0)
+    # first result visible after Epilogue.LATENCY edges, then one per cycle
+    assert seen[0] == (Epilogue.LATENCY - 1, 0)
     assert [v for _, v in seen] == list(range(len(seen)))
