@@ -49,7 +49,7 @@ def epilogue_out_layout(tag_bits: int) -> data.StructLayout:
 
 
 class Epilogue(wiring.Component):
-    """Pipelined requantization unit (5 stages, one element per cycle).
+    """Pipelined requantization unit (4 stages, one element per cycle).
 
     Parameters
     ----------
@@ -61,12 +61,12 @@ class Epilogue(wiring.Component):
     i : stream of :func:`epilogue_in_layout`
         One element with its per-element parameters.
     o : stream of :func:`epilogue_out_layout`
-        The int8 result, in input order, 5 cycles after acceptance when never stalled.
+        The int8 result, in input order, 4 cycles after acceptance when never stalled.
     busy : Signal, out
         An element is inside the pipeline (used by the controller to know when writes ended).
     """
 
-    LATENCY = 5
+    LATENCY = 4
 
     def __init__(self, tag_bits: int = 1):
         self.tag_bits = tag_bits
@@ -86,33 +86,23 @@ class Epilogue(wiring.Component):
         m.d.comb += en.eq(~self.o.valid | self.o.ready)
         m.d.comb += self.i.ready.eq(en)
 
-        # stage 0: register every input. The residual byte comes straight from an
-        # activation-buffer read; a block-RAM read, a mux and a multiply in one cycle was the
-        # ECP5 critical path (5.8 ns DP16KD clock-to-out + 3.9 ns MULT18X18D + routing = 17 ns,
-        # 58 MHz).
+        # stage 0: bias add; every other input only registered. The residual byte comes
+        # straight from an activation-buffer read: a block-RAM read, a mux and a multiply in one
+        # cycle was the ECP5 critical path (5.8 ns DP16KD clock-to-out + 3.9 ns MULT18X18D +
+        # routing = 17 ns, 58 MHz), so both products start from registers (stage 1).
         v0 = Signal()
         p = Signal.like(self.i.payload)
-        with m.If(en):
-            m.d.sync += [v0.eq(self.i.valid), p.eq(self.i.payload)]
-        # stage 1: bias add and residual product
+        s0 = Signal(signed(_SUM_BITS))
+        # stage 1: main product, residual product, rounding constant
         v1 = Signal()
-        s1 = Signal(signed(_SUM_BITS))
+        m1 = Signal(signed(_PROD_BITS))
         r1 = Signal(signed(_RES_BITS))
-        mult1 = Signal(16)
+        rnd1 = Signal(unsigned(47))
         shift1 = Signal(6)
         relu1 = Signal()
         zero1 = Signal()
         tag1 = Signal(tb)
-        # stage 2: main product, rounding constant
-        v2 = Signal()
-        m2 = Signal(signed(_PROD_BITS))
-        r2 = Signal(signed(_RES_BITS))
-        rnd2 = Signal(unsigned(47))
-        shift2 = Signal(6)
-        relu2 = Signal()
-        zero2 = Signal()
-        tag2 = Signal(tb)
-        # stage 3: sum
+        # stage 2: sum
         v3 = Signal()
         s3 = Signal(signed(_V_BITS))
         shift3 = Signal(6)
@@ -122,25 +112,23 @@ class Epilogue(wiring.Component):
 
         with m.If(en):
             m.d.sync += [
+                v0.eq(self.i.valid),
+                p.eq(self.i.payload),
+                s0.eq(self.i.payload.acc + self.i.payload.bias),
+
                 v1.eq(v0),
-                s1.eq(p.acc + p.bias),
+                m1.eq(s0 * p.mult),
                 r1.eq(p.res * p.res_mult),
-                mult1.eq(p.mult), shift1.eq(p.shift), relu1.eq(p.relu), zero1.eq(p.zero),
-                tag1.eq(p.tag),
-
-                v2.eq(v1),
-                m2.eq(s1 * mult1),
-                r2.eq(r1),
                 # 2**(shift-1) for shift > 0, else 0 (golden adds no rounding term at shift 0)
-                rnd2.eq(Mux(shift1 == 0, 0, (Const(1, 47) << shift1) >> 1)),
-                shift2.eq(shift1), relu2.eq(relu1), zero2.eq(zero1), tag2.eq(tag1),
+                rnd1.eq(Mux(p.shift == 0, 0, (Const(1, 47) << p.shift) >> 1)),
+                shift1.eq(p.shift), relu1.eq(p.relu), zero1.eq(p.zero), tag1.eq(p.tag),
 
-                v3.eq(v2),
-                s3.eq(m2 + r2 + rnd2),
-                shift3.eq(shift2), relu3.eq(relu2), zero3.eq(zero2), tag3.eq(tag2),
+                v3.eq(v1),
+                s3.eq(m1 + r1 + rnd1),
+                shift3.eq(shift1), relu3.eq(relu1), zero3.eq(zero1), tag3.eq(tag1),
             ]
 
-        # stage 4: arithmetic shift, ReLU, saturation
+        # stage 3: arithmetic shift, ReLU, saturation (into the output register)
         sh = Signal(signed(_V_BITS))
         m.d.comb += sh.eq(s3 >> shift3)
         sat = Signal(signed(8))
@@ -159,5 +147,5 @@ class Epilogue(wiring.Component):
                 self.o.payload.tag.eq(tag3),
             ]
 
-        m.d.comb += self.busy.eq(v0 | v1 | v2 | v3 | self.o.valid)
+        m.d.comb += self.busy.eq(v0 | v1 | v3 | self.o.valid)
         return m

