@@ -21,15 +21,22 @@ def is_build(path: Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move the finished folder ``tmp`` to ``dest``, replacing a previous ``dest``."""
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_build_dir(out: Path):
-    """Yield a temporary folder that becomes ``out`` when the block finishes without error."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (is_build(out) or not any(out.iterdir()))):
-        raise HwflowError(f"'{out}' exists and is not an hwflow build folder; "
-                          "choose another output folder with -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+def atomic_dir(target: Path):
+    """Yield a hidden sibling temporary folder that replaces ``target`` when the block ends
+    without error (and is removed when it raises)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -37,11 +44,18 @@ def atomic_build_dir(out: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_build_dir(out: Path):
+    """:func:`atomic_dir` for a build folder: refuses to replace anything but an hwflow build."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (is_build(out) or not any(out.iterdir()))):
+        raise HwflowError(f"'{out}' exists and is not an hwflow build folder; "
+                          "choose another output folder with -o")
+    with atomic_dir(out) as tmp:
+        yield tmp
 
 
 def write_json(path: Path, data) -> None:

@@ -27,7 +27,7 @@ from amaranth.build import ResourceError
 from amaranth.lib import wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
-from hwflow.buildfolder import write_json
+from hwflow.buildfolder import replace_dir, write_json
 from hwflow.errors import HwflowError
 from hwflow.hw.axi_lite import REG
 from hwflow.hw.onchip_memory import OnChipMemory
@@ -486,11 +486,7 @@ def build_open(out: Path, board, cfg) -> dict:
         raise
 
     dest = out / "bitstream"
-    old = out / f".bitstream.old-{os.getpid()}"
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, dest)
 
     timing = {"clock": clock, "fmax_mhz": round(fmax, 2), "target_mhz": target,
               "pass": fmax >= target, "tool": f"nextpnr-{board.flow}", "seed": NEXTPNR_SEED,

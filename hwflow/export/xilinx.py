@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from hwflow.buildfolder import write_json
+from hwflow.buildfolder import atomic_dir, write_json
 from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.vitis_kernel import (
@@ -523,22 +523,6 @@ def _fit(out: Path, board) -> list[str]:
     return [f"{board.name}: resource estimate fits ({', '.join(parts)})"] if parts else []
 
 
-def _write_atomic(target: Path, write) -> None:
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_xilinx(out, board, cfg: AccelConfig, require_bitstream: bool = False) -> dict:
     """Fit check, then the vendor project for ``board`` in build folder ``out``; runs the build
     when the vendor tools are on PATH.
@@ -563,7 +547,8 @@ def export_xilinx(out, board, cfg: AccelConfig, require_bitstream: bool = False)
         folder, tools, product = out / "vivado", ("vivado",), "hwflow.bit"
         command = ["sh", str(folder / "build.sh")]
         writer = write_vivado_project
-    _write_atomic(folder, lambda d: writer(d, cfg, board, verilog))
+    with atomic_dir(folder) as d:
+        writer(d, cfg, board, verilog)
     shown = " ".join(command)
     result = {"project": str(folder), "bitstream": None, "exit_code": 0}
 
