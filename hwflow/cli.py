@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("model", nargs="?", help="model file: torch.export archive, TorchScript "
                      "archive, or (with --trust-model) a pickled nn.Module")
-    src.add_argument("--example", help="a bundled example model instead of a file (mlp)")
+    src.add_argument("--example", help="a bundled example model instead of a file: mlp, or "
+                     "mlp-tiny (sized for the iCE40 UP5K)")
     c.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
     c.add_argument("-o", "--out", help="build folder (default build/<model>-<board>)")
     c.add_argument("--calib", help="calibration input: a tensor saved with torch.save or .npy")
