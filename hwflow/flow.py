@@ -14,8 +14,6 @@ Steps (each a small function; the compiler's own passes are listed in hwflow.com
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -33,33 +31,15 @@ from hwflow.hw.top import generate_verilog
 from hwflow.mapping import cycles
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.lower import lower
-from hwflow.sim.runner import cache_root
+from hwflow.rtl_cache import cached_verilog
 
 CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
 CALIB_SEED = 0
 
 
 def accelerator_verilog(cfg) -> str:
-    """Verilog of a configuration, generated once and cached by a hash of the parameters, the
-    hw/ sources and the Amaranth version (generation takes ~10 s for the U280 engine)."""
-    import amaranth
-
-    import hwflow.hw
-
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    h.update(amaranth.__version__.encode())
-    for f in sorted(Path(hwflow.hw.__file__).parent.rglob("*")):
-        if f.suffix in (".py", ".v") and f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    path = cache_root().parent / "verilog" / f"{h.hexdigest()[:24]}.v"
-    if path.is_file():
-        return path.read_text()
-    text = generate_verilog(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return text
+    """Verilog of the accelerator for ``cfg`` (generated once, cached by content)."""
+    return cached_verilog("", cfg.to_dict(), lambda: generate_verilog(cfg))
 
 
 STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` from the build folder.

