@@ -7,6 +7,13 @@ import json
 from dataclasses import asdict, dataclass
 
 
+#: Most DSP groups per chain: sparsity ratios M/N up to 4 (1:4, 2:8, 4:16).
+MAX_GROUPS = 4
+#: Most slices per group: 7 packed products of two int8 (7 * 128 * 128 < 2**17) keep the low
+#: field of the packed multiply exact (docs/architecture.md, "Matrix engine").
+MAX_GROUP_LEN = 7
+
+
 @dataclass(frozen=True)
 class AccelConfig:
     """Sizes of the accelerator template; the RTL depends on these and nothing else.
@@ -27,6 +34,10 @@ class AccelConfig:
         Weight ring depth in rows of P*L bytes.
     addr_bits : int
         Width of a port's beat (super-beat) address.
+    sparse : bool
+        Build the N:M sparse selectors and the weight-index ring (dense-only engine if False).
+    int4 : bool
+        Build the int4 dequantizer in the weight-fill path (int4 layers then run as int8).
     """
 
     chains: int = 16
@@ -36,6 +47,8 @@ class AccelConfig:
     act_depth: int = 4096
     weight_depth: int = 256
     addr_bits: int = 24
+    sparse: bool = True
+    int4: bool = True
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
@@ -52,6 +65,10 @@ class AccelConfig:
                 f"the super-beat ({self.beat_bytes} B = mem_ports x port_bytes)")
         if self.beat_bytes % 32 and 32 % self.beat_bytes:
             raise ValueError("super-beat must divide or be a multiple of 32 B (one instruction)")
+        if self.chain_len % self.groups or self.group_len > MAX_GROUP_LEN:
+            raise ValueError(
+                f"chain_len {self.chain_len} must split into {self.groups} DSP groups of at most "
+                f"{MAX_GROUP_LEN} slices (the packed multiply's 18-bit low field)")
 
     @property
     def beat_bytes(self) -> int:
@@ -68,13 +85,23 @@ class AccelConfig:
         return self.row_bytes // self.beat_bytes
 
     @property
+    def groups(self) -> int:
+        """G, DSP groups per chain (reduction nodes; up to G output channels per chain)."""
+        return min(MAX_GROUPS, self.chain_len)
+
+    @property
+    def group_len(self) -> int:
+        """S0, slices per DSP group (cascaded PCOUT -> PCIN)."""
+        return self.chain_len // self.groups
+
+    @property
     def param_rows(self) -> int:
-        """Rows at the head of each weight tile holding the 8-byte epilogue parameters."""
-        return -(-8 // self.chain_len)
+        """R, rows at the head of each weight tile: one 8-byte record per segment (G per chain)."""
+        return -(-8 * self.groups // self.chain_len)
 
     @property
     def dsp_slices(self) -> int:
-        """DSP slots of the matrix engine (one int8 MAC each per cycle)."""
+        """DSP48E2 slices of the matrix engine (two packed int8 MACs each per cycle)."""
         return self.chains * self.chain_len
 
     def to_dict(self) -> dict:
