@@ -30,10 +30,34 @@ class FlowOptions:
         Accelerator sizes for ``tile`` and ``memory_plan``.
     calib : ndarray or mapping, optional
         Calibration input for ``quantize`` (needed only when that step runs).
+    sparsity : str
+        For ``sparsify``: ``"auto"`` (detect N:M already in the weights, the default),
+        ``"dense"`` or ``"N:M"`` (magnitude-prune every linear to it), see
+        :func:`passes.parse_sparsity`.
+    weights : str
+        For ``precision``: ``"int8"`` (default), ``"int4"`` or ``"mixed"`` (the rule in
+        :func:`passes.precision`).
+
+    Raises
+    ------
+    CompileError
+        An unknown ``sparsity`` or ``weights`` value (checked here, before any step runs).
     """
 
     target: TileTarget
     calib: Any = None
+    sparsity: str = "auto"
+    weights: str = "int8"
+
+    def __post_init__(self):
+        try:
+            passes.parse_sparsity(self.sparsity)
+        except CompileError as e:
+            raise CompileError(f"sparsity '{self.sparsity}': {e}; use "
+                               f"{passes.SPARSITY_CHOICES}") from None
+        if self.weights not in passes.WEIGHT_CHOICES:
+            raise CompileError(f"weights '{self.weights}': use "
+                               f"{', '.join(passes.WEIGHT_CHOICES)}")
 
 
 def _quantize(graph: Graph, opts: FlowOptions) -> Graph:
@@ -44,6 +68,8 @@ def _quantize(graph: Graph, opts: FlowOptions) -> Graph:
 
 #: The flow, in order. Each entry is (step name, function(graph, options) -> graph).
 STEPS: list[tuple[str, Callable[[Graph, FlowOptions], Graph]]] = [
+    ("sparsify", lambda g, o: passes.sparsify(g, o.sparsity)),
+    ("precision", lambda g, o: passes.precision(g, o.weights)),
     ("quantize", _quantize),
     ("fuse", lambda g, o: passes.fuse(g)),
     ("tile", lambda g, o: passes.tile(g, o.target)),
@@ -81,8 +107,8 @@ def run_flow(graph: Graph, options: FlowOptions, *, save_dir: str | os.PathLike 
     Returns
     -------
     networkx.DiGraph
-        The graph after ``stop_after`` (by default: quantized, fused, tiled, scheduled and
-        memory-planned, ready for the mapper).
+        The graph after ``stop_after`` (by default: sparsity and weight precision chosen,
+        quantized, fused, tiled, scheduled and memory-planned, ready for the mapper).
     """
     start = start_after or graph.graph.get("step", "float")
     stop = stop_after or STEPS[-1][0]

@@ -5,7 +5,9 @@
 * ``graph.graph``: ``name``, ``inputs`` and ``outputs`` (node names, in order), ``step`` (the last
   flow step that produced it, ``"float"`` after the frontend), after ``tile`` ``target`` (the
   :class:`~hwflow.compiler.passes.TileTarget` as a dict), after ``schedule`` ``schedule``
-  (node names in execution order), after ``memory_plan`` ``act_words_used``.
+  (node names in execution order), after ``memory_plan`` ``act_words_used``; after
+  ``sparsify``/``precision`` ``weight_formats`` (per linear layer: its sparsity, weight width
+  and why, for reports; the ops' ``sparsity``/``wbits`` attributes are what passes read).
 
 Saved form (:func:`save_graph`): a JSON file with every op, and next to it an ``.npz`` with the
 arrays; no pickle anywhere, so loading a saved IR never executes code.

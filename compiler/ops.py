@@ -22,12 +22,16 @@ OP_KINDS: dict[str, str] = {
     "relu": "max(x, 0) (x,); at the i8 level max(q, 0) with the input's scale (exact)",
     "reshape": "same elements, new shape (x,); row-major order kept",
     # float level
-    "linear": "x @ weight.T + bias (x,); attrs weight f32 [N,K], bias f32 [N] or None",
+    "linear": "x @ weight.T + bias (x,); attrs weight f32 [N,K], bias f32 [N] or None; after "
+              "sparsify/precision also sparsity (n, m) and wbits 8|4",
     "add": "a + b (a, b), same shapes",
     # quantized level
     "qlinear": "requantize(matmul(x, weight), bias, mult, shift, relu, residual, res_mult) "
                "(x,) or (x, residual); attrs weight i8 [N,K], bias i32 [N], mult u16 [N], "
-               "shift, relu, res_mult (0 without residual), w_scale f64 [N]",
+               "shift, relu, res_mult (0 without residual), w_scale f64 [N], sparsity (n, m) "
+               "((1, 1) dense; weight obeys it), wbits 8|4; int4 adds w4 i8 [N,K] in -8..7 "
+               "and w4_scale u8 [N,ceil(K/32)] in 1..15 with weight == w4*w4_scale "
+               "(w_scale is then golden.int4's c); missing sparsity/wbits: dense int8",
     "qadd": "residual_add(a, b, a_mult, b_mult, shift, relu) (a, b); attrs a_mult, b_mult, "
             "shift, relu",
 }
@@ -69,9 +73,11 @@ class TileInfo:
     Parameters
     ----------
     k_words : int
-        ``ceil(K / L)``: input words per activation row (and weight rows per tile).
+        ``ceil(K / L)``: input words per activation row (k-groups per weight tile).
     n_tiles : int
-        ``ceil(N / P)``: weight tiles (P output channels each).
+        ``ceil(N / P)``: dense weight tiles (P output channels each). The mapper runs an N:M
+        layer in tiles of ``P·r`` channels (``r = M/N``), i.e. ``ceil(N / (P·r))`` tiles; the
+        format depends on the engine, so it is chosen there, not here.
     out_words : int
         ``ceil(N / L)``: output words per activation row.
     """

@@ -2,13 +2,24 @@
 
 In flow order (``compiler/flow.py``):
 
-* :func:`quantize` -- float IR to W8A8 (int8 weights per output channel, static int8
-  activation scales from a calibration sample);
+* :func:`sparsify` -- the N:M sparsity of every linear layer: detected in the float weights
+  (``auto``), imposed by magnitude pruning (``N:M``), or none (``dense``); recorded per layer;
+* :func:`precision` -- int8 or int4 weights per linear layer (``int8``, ``int4`` or the
+  ``mixed`` rule, see :data:`INT4_MAX_ERROR`); recorded per layer;
+* :func:`quantize` -- float IR to W8A8 (int8 weights per output channel, or int4 codes with
+  group-wise scales dequantized to int8; static int8 activation scales from a calibration
+  sample);
 * :func:`fuse` -- ReLU and residual adds into the matmul epilogue; leaves only
   ``input``/``qlinear``/``qadd``/``reshape``/``output``;
 * :func:`tile` -- tile shapes for a matrix engine of P chains x L slices;
 * :func:`schedule` -- a deterministic execution order;
 * :func:`memory_plan` -- an address in the on-chip activation buffer for every int8 tensor.
+
+The two weight-format passes write op attributes (``sparsity`` = (n, m), (1, 1) when dense;
+``wbits`` = 8 or 4) that :func:`quantize` turns into the quantized weight and that the mapper
+reads to pick the engine mode, and a readable record per layer in
+``graph.graph['weight_formats']`` (``{layer: {"sparsity": "2:4", "sparsity_from": ...,
+"weights": "int4", "int4_error": ..., "why": ...}}``) that ``hwflow compile`` reports.
 
 Padding: layer sizes need not be multiples of the tile sizes. An activation row of F features
 occupies ``ceil(F / L)`` words whose bytes past F are zero (MATMUL and VADD write those bytes as
@@ -19,13 +30,16 @@ unpadded one does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import networkx as nx
 import numpy as np
 
+from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
+from hwflow.golden import sparse as gs
 
 from .errors import CompileError
 from .interpret import evaluate
@@ -37,6 +51,172 @@ from .spec import live_ranges
 def _mark(graph: Graph, step: str) -> Graph:
     graph.graph["step"] = step
     return graph
+
+
+def _linears(graph: Graph) -> list[str]:
+    """The ``linear`` nodes in execution order (ties: source order)."""
+    order = nx.lexicographical_topological_sort(graph, key=list(graph.nodes).index)
+    return [n for n in order if op_of(graph, n).kind == "linear"]
+
+
+def _note(g: Graph, name: str, **fields) -> None:
+    """Add ``fields`` to layer ``name``'s record in ``g.graph['weight_formats']`` (copied, so
+    the input graph's record is never changed)."""
+    notes = dict(g.graph.get("weight_formats") or {})
+    notes[name] = {**notes.get(name, {}), **fields}
+    g.graph["weight_formats"] = notes
+
+
+def nm_text(nm) -> str:
+    """``(2, 4)`` -> ``"2:4"``; ``(1, 1)`` (or any N = M) -> ``"dense"``."""
+    n, m = (int(v) for v in nm)
+    return "dense" if n >= m else f"{n}:{m}"
+
+
+# ------------------------------------------------------------------------------------ sparsify
+
+#: What ``sparsity`` accepts (``FlowOptions.sparsity``, ``hwflow compile --sparsity``).
+SPARSITY_CHOICES = "auto, dense or N:M such as 2:4, 1:4, 2:8, 4:16"
+
+
+def parse_sparsity(text) -> str | tuple[int, int]:
+    """``"auto"`` -> ``"auto"``; ``"dense"`` -> ``(1, 1)``; ``"2:4"`` or ``(2, 4)`` -> ``(2, 4)``.
+
+    N:M follows ``golden.sparse.parse_nm`` (M a power of two up to 16, 1 <= N <= M), and M/N
+    must be a power of two: the DSP chain splits into r = M/N segments, one output channel
+    each, so 3:4 could only run as dense and is refused rather than pruned for nothing.
+
+    Raises
+    ------
+    CompileError
+        With the broken rule only, e.g. ``"M must be a power of two up to 16"`` (callers add
+        what they were parsing).
+    """
+    if isinstance(text, tuple):
+        text = ":".join(str(v) for v in text)
+    s = str(text).strip().lower()
+    if s == "auto":
+        return "auto"
+    if s != "dense" and not re.fullmatch(r"\d+:\d+", s):
+        raise CompileError("not auto, dense or of the form N:M")
+    try:
+        n, m = gs.parse_nm(s)
+    except ValueError as e:
+        raise CompileError(str(e).split(": ", 1)[-1]) from None
+    r = m // n
+    if m % n or r & (r - 1):
+        raise CompileError("M/N must be a power of two (the DSP chain splits into M/N "
+                           "segments, one output channel each)")
+    return n, m
+
+
+def sparsify(graph: Graph, mode="auto") -> Graph:
+    """Record (and, on request, impose) the N:M sparsity of every ``linear``'s weight.
+
+    ``mode``:
+
+    * ``"auto"`` (default): detect the structure already in the float weight with
+      ``golden.sparse.detect_nm`` (the strongest of its candidates the weight satisfies; a
+      weight pruned N:M in torch has exact zeros and is found) -- the weight is not changed;
+    * ``"N:M"`` or ``(n, m)``: magnitude pruning with ``golden.sparse.prune_nm`` (keep the N
+      largest ``|w|`` of every group of M along K) and record (n, m);
+    * ``"dense"``: record (1, 1) without looking at the weights.
+
+    Writes attribute ``sparsity`` = (n, m) on every linear and ``sparsity``/``sparsity_from``
+    (``detected``, ``imposed`` or ``dense``) in its ``weight_formats`` record. Imposed pruning
+    changes what the layer computes: the float reference stays the model as given, so the
+    golden-vs-float error reports the pruning too.
+
+    Raises
+    ------
+    CompileError
+        A mode that :func:`parse_sparsity` refuses.
+    """
+    try:
+        want = parse_sparsity(mode)
+    except CompileError as e:
+        raise CompileError(f"sparsity '{mode}': {e}; use {SPARSITY_CHOICES}") from None
+    g = copy_graph(graph)
+    for name in _linears(g):
+        op = op_of(g, name)
+        w = np.asarray(op.attrs["weight"])
+        if want == "auto":
+            nm, source = gs.detect_nm(w), "detected"
+        elif want == (1, 1):
+            nm, source = (1, 1), "dense"
+        else:
+            nm, source = want, "imposed"
+            w = gs.prune_nm(w, *nm)
+        set_op(g, name, op.with_attrs(weight=w, sparsity=tuple(int(v) for v in nm)))
+        _note(g, name, sparsity=nm_text(nm), sparsity_from=source)
+    return _mark(g, "sparsify")
+
+
+# ----------------------------------------------------------------------------------- precision
+
+#: What ``weights`` accepts (``FlowOptions.weights``, ``hwflow compile --weights``).
+WEIGHT_CHOICES = ("int8", "int4", "mixed")
+
+#: The ``mixed`` rule's limit on a layer's int4 relative reconstruction error
+#: ``||w - c s q|| / ||w||``. Measured with ``golden.int4`` (groups of 32): 0.07 for uniform
+#: weights (PyTorch's default init), 0.10 for Gaussian, 0.13 for Laplacian and about 0.15 for
+#: Student-t with 3 degrees of freedom; a weight with heavier tails has a few outliers that set
+#: its group scales and leave most weights on two or three of the 16 levels. 0.15 is where int4
+#: stops looking like 4 bits, so those layers keep int8 (relative error ~0.005).
+INT4_MAX_ERROR = 0.15
+
+
+def int4_error(w: np.ndarray) -> float:
+    """Relative reconstruction error ``||w - c s q|| / ||w||`` of ``golden.int4`` on ``w``
+    (0 for an all-zero weight)."""
+    w = np.asarray(w, dtype=np.float64)
+    norm = float(np.linalg.norm(w))
+    if norm == 0.0:
+        return 0.0
+    q, s, c = g4.quantize_weight_int4(w)
+    return float(np.linalg.norm(w - c[:, None] * g4.dequantize_int4(q, s)) / norm)
+
+
+def precision(graph: Graph, weights: str = "int8") -> Graph:
+    """Choose int8 or int4 weights for every ``linear`` (attribute ``wbits`` = 8 or 4).
+
+    ``weights``: ``"int8"`` or ``"int4"`` for every layer, or ``"mixed"``, whose rule is:
+
+    1. the first and the last linear layer in execution order stay int8 -- they are the most
+       sensitive (the input embedding/feature layer sees the raw input; the classifier/LM head
+       produces the logits directly);
+    2. every other linear layer is int4 unless its int4 relative reconstruction error
+       (:func:`int4_error`, on the weight after :func:`sparsify`) exceeds
+       :data:`INT4_MAX_ERROR` = 0.15; then it stays int8.
+
+    Every layer's ``weight_formats`` record gets ``weights`` and ``why``; under ``mixed`` the
+    middle layers also get ``int4_error``.
+
+    Raises
+    ------
+    CompileError
+        ``weights`` is not one of :data:`WEIGHT_CHOICES`.
+    """
+    if weights not in WEIGHT_CHOICES:
+        raise CompileError(f"weights '{weights}': use {', '.join(WEIGHT_CHOICES)}")
+    g = copy_graph(graph)
+    layers = _linears(g)
+    for i, name in enumerate(layers):
+        op = op_of(g, name)
+        extra = {}
+        if weights != "mixed":
+            bits, why = (4 if weights == "int4" else 8), f"{weights}: every layer"
+        elif i == 0 or i == len(layers) - 1:
+            bits, why = 8, "mixed: first layer" if i == 0 else "mixed: last layer"
+        else:
+            err = int4_error(op.attrs["weight"])
+            ok = err <= INT4_MAX_ERROR
+            bits = 4 if ok else 8
+            why = f"mixed: int4 error {err:.3f} {'<=' if ok else '>'} {INT4_MAX_ERROR}"
+            extra = {"int4_error": round(err, 6)}
+        set_op(g, name, op.with_attrs(wbits=bits))
+        _note(g, name, weights=f"int{bits}", why=why, **extra)
+    return _mark(g, "precision")
 
 
 # ------------------------------------------------------------------------------------ quantize
@@ -91,10 +271,40 @@ def _requant_params(reals: np.ndarray, what: str) -> tuple[np.ndarray, int]:
         raise CompileError(f"{what}: {e}") from None
 
 
+def _quantize_weight(g: Graph, name: str, op: Op) -> dict:
+    """The weight attributes of a ``qlinear`` (see ``ops.OP_KINDS``) for float ``linear`` op.
+
+    int8: ``golden.quantize_weight`` (per-channel scale ``w_scale``). int4:
+    ``golden.int4.quantize_weight_int4`` -> codes ``w4``, group scales ``w4_scale`` and
+    per-channel ``w_scale = c``; ``weight`` is the int8 the engine computes with,
+    ``dequantize_int4(w4, w4_scale)``. Both map 0 to 0, so the recorded N:M pattern survives;
+    it is checked anyway, and a weight that broke it would be recorded with the pattern it
+    still has (``golden.sparse.detect_nm``).
+    """
+    w = np.asarray(op.attrs["weight"], dtype=np.float64)
+    nm = tuple(int(v) for v in op.attrs.get("sparsity", (1, 1)))
+    bits = int(op.attrs.get("wbits", 8))
+    if bits == 4:
+        w4, w4_scale, c = g4.quantize_weight_int4(w)
+        out = {"weight": g4.dequantize_int4(w4, w4_scale), "w_scale": c, "w4": w4,
+               "w4_scale": w4_scale}
+    else:
+        w_q, s_w = g8.quantize_weight(w)
+        out = {"weight": w_q, "w_scale": s_w}
+    if not gs.satisfies_nm(out["weight"], *nm):      # unreachable: quantization keeps zeros
+        nm = gs.detect_nm(out["weight"])
+        _note(g, name, sparsity=nm_text(nm), note="quantization broke the pattern")
+    return {**out, "sparsity": nm, "wbits": bits}
+
+
 def quantize(graph: Graph, calib) -> Graph:
     """W8A8 quantization of a float graph.
 
-    Weights: int8 with per-output-channel symmetric scales (``golden.quantize_weight``).
+    Weights: int8 with per-output-channel symmetric scales (``golden.quantize_weight``), or,
+    for a linear that :func:`precision` marked ``wbits=4``, int4 codes with group-wise scales
+    (``golden.int4``) whose dequantized int8 is the ``weight`` the engine multiplies with and
+    whose per-channel scale ``c`` plays the part of ``s_w`` below. ``sparsity`` and ``wbits``
+    carry over (dense int8 when :func:`sparsify` and :func:`precision` did not run).
     Activations: int8 with one static scale per tensor, ``golden.tensor_scale`` of that tensor
     over a float run of ``calib``; ``relu`` and ``reshape`` keep their input's scale (``max(q, 0)``
     is exact on int8). ``linear`` becomes ``qlinear`` with ``bias_q = round(b / (s_x s_w[n]))``
@@ -124,7 +334,8 @@ def quantize(graph: Graph, calib) -> Graph:
         out = TensorType(shape, "i8", s)
         if op.kind == "linear":
             s_x = scale[op.inputs[0]]
-            w_q, s_w = g8.quantize_weight(np.asarray(op.attrs["weight"], dtype=np.float64))
+            wattrs = _quantize_weight(q, name, op)
+            w_q, s_w = wattrs["weight"], wattrs["w_scale"]
             n = w_q.shape[0]
             b = op.attrs.get("bias")
             b = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64)
@@ -135,9 +346,8 @@ def quantize(graph: Graph, calib) -> Graph:
                                    f"{np.abs(b).max():.3g})")
             mult, shift = _requant_params(s_x * s_w / s, f"node '{name}'")
             new = Op("qlinear", op.inputs, out,
-                     {"weight": w_q, "bias": bias.astype(np.int32), "mult": mult,
-                      "shift": shift, "relu": False, "res_mult": 0, "w_scale": s_w},
-                     source=op.source)
+                     {**wattrs, "bias": bias.astype(np.int32), "mult": mult,
+                      "shift": shift, "relu": False, "res_mult": 0}, source=op.source)
         elif op.kind == "add":
             reals = np.array([scale[op.inputs[0]] / s, scale[op.inputs[1]] / s])
             mults, shift = _requant_params(reals, f"node '{name}'")
@@ -240,15 +450,17 @@ class TileTarget:
     Parameters
     ----------
     chains : int
-        P, output channels computed in parallel (one weight tile = P channels).
+        P, DSP chains: output channels computed in parallel by a dense tile (an N:M tile of
+        ratio r = M/N holds P·r; the mapper picks the format, see :class:`TileInfo`).
     chain_len : int
-        L, MACs per chain per cycle; also the activation word width in bytes.
+        L, slices per chain; also the activation word width in bytes.
     beat_bytes : int
         SB, bytes of one external super-beat; LOAD/STORE move whole super-beats.
     act_depth : int
         Activation buffer depth in words of L bytes.
     weight_depth : int
-        Weight ring depth in rows of P*L bytes.
+        Weight ring depth in entries (one k-group of every chain); the mapper checks that each
+        layer's tiles fit it (it depends on the weight format).
     """
 
     chains: int
@@ -274,6 +486,10 @@ def tile(graph: Graph, target: TileTarget) -> Graph:
     ``k_words = ceil(K / L)``, ``n_tiles = ceil(N / P)``, ``out_words = ceil(N / L)``; sizes that
     are not multiples of L or P are zero padded (see the module docstring). Every int8 tensor is
     viewed as 2-D: rows = product of the leading dims, features = last dim.
+
+    The pass is format-agnostic: ``n_tiles`` counts dense tiles of P channels. Which N:M mode and
+    weight width a layer runs in depends on what the engine was built with, so the mapper
+    chooses it (``mapping.weight_format.choose_format``) and issues ``ceil(N / (P·r))`` tiles.
     """
     g = copy_graph(graph)
     P, L = target.chains, target.chain_len

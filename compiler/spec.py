@@ -13,7 +13,9 @@ import math
 import networkx as nx
 import numpy as np
 
+from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
+from hwflow.golden import sparse as gs
 
 from .errors import SpecError
 from .ir import Graph
@@ -55,6 +57,41 @@ def _check_shift(name, op, shift):
 def _check_u16(name, op, key, v):
     if not _is_int(v) or not 0 <= v <= g8.MULT_MAX:
         _fail(name, op, f"{key} {v!r} outside the u16 range [0, {g8.MULT_MAX}]")
+
+
+def _check_weight_format(name, op, w):
+    """``sparsity`` (n, m) and ``wbits`` (8 or 4), both optional (missing: dense int8): legal
+    values, the weight satisfies the pattern, and at the quantized level an int4 layer's
+    ``weight`` is exactly ``w4 * w4_scale`` (``golden.int4.dequantize_int4``)."""
+    a = op.attrs
+    nm = a.get("sparsity", (1, 1))
+    if (not isinstance(nm, tuple) or len(nm) != 2 or not all(_is_int(v) for v in nm)):
+        _fail(name, op, f"attribute 'sparsity' must be a pair of ints (n, m), got {nm!r}")
+    n, m = nm
+    if m < 1 or m > 16 or m & (m - 1) or not 1 <= n <= m:
+        _fail(name, op, f"sparsity {n}:{m}: M must be a power of two up to 16 and 1 <= N <= M")
+    if not gs.satisfies_nm(w, n, m):
+        _fail(name, op, f"weight does not satisfy its recorded {n}:{m} sparsity (a group of "
+                        f"{m} along K has more than {n} nonzeros)")
+    bits = a.get("wbits", 8)
+    if not _is_int(bits) or bits not in (4, 8):
+        _fail(name, op, f"attribute 'wbits' must be 8 or 4, got {bits!r}")
+    if op.kind != "qlinear":
+        return
+    if bits == 8:
+        for key in ("w4", "w4_scale"):
+            if key in a:
+                _fail(name, op, f"attribute '{key}' belongs to int4 layers only (wbits is 8)")
+        return
+    rows, k = w.shape
+    q = _check_array(name, op, "w4", np.int8, (rows, k))
+    s = _check_array(name, op, "w4_scale", np.uint8, (rows, ceil_div(k, g4.GROUP)))
+    if q.size and (q.min() < g4.Q_MIN or q.max() > g4.Q_MAX):
+        _fail(name, op, f"w4 codes outside [{g4.Q_MIN}, {g4.Q_MAX}]")
+    if s.size and (s.min() < 1 or s.max() > g4.S_MAX):
+        _fail(name, op, f"w4_scale outside [1, {g4.S_MAX}]")
+    if not np.array_equal(w, g4.dequantize_int4(q, s)):
+        _fail(name, op, "weight differs from dequantize_int4(w4, w4_scale)")
 
 
 def _check_type(name: str, op: Op, level: str):
@@ -105,6 +142,7 @@ def _check_node(graph: Graph, name: str, op: Op, level: str):
             _fail(name, op, "attribute 'weight' must be a 2-D array [N, K]")
         n, k = w.shape
         _check_array(name, op, "weight", np.float32, (n, k))
+        _check_weight_format(name, op, w)
         if a.get("bias") is not None:
             _check_array(name, op, "bias", np.float32, (n,))
         if ins[0].shape[-1] != k:
@@ -127,6 +165,7 @@ def _check_node(graph: Graph, name: str, op: Op, level: str):
             _fail(name, op, "attribute 'weight' must be a 2-D array [N, K]")
         n, k = w.shape
         _check_array(name, op, "weight", np.int8, (n, k))
+        _check_weight_format(name, op, w)
         bias = _check_array(name, op, "bias", np.int32, (n,))
         mult = _check_array(name, op, "mult", np.int64, (n,))
         if mult.size and (mult.min() < 0 or mult.max() > g8.MULT_MAX):

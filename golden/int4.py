@@ -34,7 +34,8 @@ def _group_absmax(w: np.ndarray) -> np.ndarray:
 
 
 def quantize_weight_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Float ``w[N, K]`` -> ``(q int8 [N, K] in -8..7, s uint8 [N, ceil(K/32)] in 1..15, c [N])``."""
+    """Float ``w[N, K]`` -> ``(q, s, c)``: codes int8 ``[N, K]`` in -8..7, scales uint8
+    ``[N, ceil(K/32)]`` in 1..15, per-channel float scales ``c [N]``."""
     w = np.asarray(w, dtype=np.float64)
     amax = _group_absmax(w)
     top = amax.max(axis=1)

@@ -32,7 +32,8 @@ def parse_nm(text: str) -> tuple[int, int]:
     try:
         n, m = (int(v) for v in s.split(":"))
     except ValueError:
-        raise ValueError(f"sparsity '{text}' is not of the form N:M (e.g. 2:4) or 'dense'") from None
+        raise ValueError(f"sparsity '{text}' is not of the form N:M (e.g. 2:4) or 'dense'") \
+            from None
     if m < 1 or m > 16 or m & (m - 1):
         raise ValueError(f"sparsity '{text}': M must be a power of two up to 16")
     if not 1 <= n <= m:
@@ -72,7 +73,8 @@ def satisfies_nm(w: np.ndarray, n: int, m: int) -> bool:
 
 
 def detect_nm(w: np.ndarray, max_m: int = 16) -> tuple[int, int]:
-    """The strongest pattern of :data:`NM_CANDIDATES` (M <= ``max_m``) ``w`` satisfies; (1, 1) if none.
+    """The strongest pattern of :data:`NM_CANDIDATES` (M <= ``max_m``) that ``w`` satisfies;
+    (1, 1) if none.
 
     An all-zero or tiny weight satisfies everything; it gets the strongest candidate.
     """

@@ -58,7 +58,7 @@ class ControlRegisters(wiring.Component):
             "prog_base": Out(32),
             "running": In(1),
             "done": In(1),
-            "error": In(1),
+            "error": In(2),
             "cycles": In(64),
             "mpe_busy": In(64),
             "retired": In(32),

@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-
 #: Most DSP groups per chain: sparsity ratios M/N up to 4 (1:4, 2:8, 4:16).
 MAX_GROUPS = 4
 #: Most slices per group: 7 packed products of two int8 (7 * 128 * 128 < 2**17) keep the low

@@ -7,7 +7,7 @@ order, so no two users ever share a port in the same instruction).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,13 +18,30 @@ from .gearbox import Gearbox
 from .matrix_engine import MatrixEngine
 from .mem_port import read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
+from .weight_fill import int4_capable
 
-__all__ = ["Controller", "LOAD_BURST_BEATS"]
+__all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal"]
 
 # LOAD read bursts; the buffer takes SB/L cycles per super-beat, so 16 beats in flight are plenty.
 LOAD_BURST_BEATS = 16
 
 _INSTR_BITS = 8 * isa.INSTR_BYTES
+
+
+def mode_legal(cfg: AccelConfig, lgm: int, lgr: int, int4: bool) -> bool:
+    """Can this engine run a MATMUL in mode ``(lgm, lgr)`` with int8 or int4 weights?
+
+    docs/architecture.md, "Legal modes": ``M = 2**lgm <= 16``, ``r = 2**lgr <= 4``, ``M <= L``,
+    ``r <= G``, ``N = M/r >= 1``; with whole groups of M per word and whole DSP groups per
+    segment (``M | L``, ``r | G``; always so for a power-of-two L). Sparse modes (``M > 1``)
+    need ``cfg.sparse``, int4 needs the int4 fill path (``cfg.int4`` and ``2L | 32``). The same
+    rule as ``mapping.weight_format.is_legal``; anything else stops the run with ERROR = 2.
+    """
+    L, G = cfg.chain_len, cfg.groups
+    M, r = 1 << lgm, 1 << lgr
+    return (lgm <= isa.MAX_LGM and lgr <= isa.MAX_LGR and lgr <= lgm
+            and M <= L and L % M == 0 and r <= G and G % r == 0
+            and (M == 1 or cfg.sparse) and (not int4 or int4_capable(cfg)))
 
 
 class Controller(wiring.Component):
@@ -39,8 +56,9 @@ class Controller(wiring.Component):
     start : in, pulse (ignored while running)
     prog_base : in, super-beat address of the first instruction
     running : out
-    done : out, pulse at the end of a run (END or illegal opcode), after the last write
-    error : out, 1 after an illegal opcode (until the next start)
+    done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
+    error : out, after the run: 0 ok, 1 illegal opcode, 2 illegal MATMUL mode (until the next
+        start; :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`)
     cycles, mpe_busy, retired : out, counters of the current/last run
     rd_req, rd_data, wr : super-beat memory streams (to :class:`SuperBeatPorts`)
     """
@@ -53,7 +71,7 @@ class Controller(wiring.Component):
             "prog_base": In(32),
             "running": Out(1),
             "done": Out(1),
-            "error": Out(1),
+            "error": Out(2),
             "cycles": Out(64),
             "mpe_busy": Out(64),
             "retired": Out(32),
@@ -64,7 +82,7 @@ class Controller(wiring.Component):
         # datapath blocks (attributes so that tests can probe them)
         self.act = ActivationBuffer(cfg.chain_len, cfg.act_depth)
         self.ring = WeightRing(cfg)
-        self.engine = MatrixEngine(cfg.chains, cfg.chain_len)
+        self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)
         self.oseq = OutputSequencer(cfg)
 
@@ -96,27 +114,46 @@ class Controller(wiring.Component):
         f_kw, f_nt = w[4][0:16], w[4][16:32]
         f_n, f_words = w[5][0:16], w[5][16:32]
         f_mult_b, f_mult_a = w[6][0:16], w[6][16:32]
-        tile_rows = Signal(17)
-        total_rows = Signal(32)
-        m.d.comb += tile_rows.eq(f_kw + R)
-        m.d.sync += total_rows.eq(f_nt * tile_rows)      # settled one cycle after fetch
+        f_tmr, f_lgm, f_lgr = w[7][0:16], w[7][16:19], w[7][19:21]
+        f_int4 = flags[2]
+        tile_entries = Signal(17)       # ring entries of a tile: R parameter rows + k_words
+        total_rows = Signal(32)         # memory rows of the weight block
+        m.d.comb += tile_entries.eq(f_kw + R)
+        # settled one cycle after fetch (one DSP slice: 16 x 16 bits)
+        m.d.sync += total_rows.eq(f_nt * f_tmr)
+        # legal modes: a 64-entry table indexed by (lgr, lgm, int4). Refused too, as they would
+        # hang the run: k_words = 0 (no k-group ever produces a result to write) and a tile
+        # whose ring reservation exceeds the ring (its last rows could never be fetched).
+        table = sum(1 << (lr | lm << 2 | i4 << 5) for i4 in (0, 1) for lm in range(8)
+                    for lr in range(4) if mode_legal(cfg, lm, lr, bool(i4)))
+        legal = Signal()
+        reserve = Mux(f_int4, f_tmr << 1, f_tmr)
+        m.d.comb += legal.eq(Const(table, 64).bit_select(Cat(f_lgr, f_lgm, f_int4), 1)
+                             & (f_kw != 0) & (reserve <= cfg.weight_depth))
 
         # --- datapath wiring that does not depend on the mode ---------------------------------
         m.d.comb += [
-            ring.base.eq(f_ext), ring.total_rows.eq(total_rows), ring.tile_rows.eq(tile_rows),
-            # engine feed: both memories read lane i with the address of i cycles ago
+            ring.base.eq(f_ext), ring.total_rows.eq(Mux(f_rows == 0, 0, total_rows)),
+            ring.tile_mem_rows.eq(f_tmr), ring.k_words.eq(f_kw), ring.lgm.eq(f_lgm),
+            ring.lgr.eq(f_lgr), ring.int4.eq(f_int4),
+            # engine feed: the ring skews its lanes per DSP group, the activation words of rows
+            # b and b+1 come whole (ports a and c)
             ring.eng_addr.eq(kseq.ring_addr),
-            eng.w.eq(ring.eng_data),
-            eng.x.eq(act.a_data),
+            eng.w.eq(ring.eng_data), eng.idx.eq(ring.eng_idx),
+            eng.x0.eq(act.a_data), eng.x1.eq(act.c_data),
+            eng.lgm.eq(f_lgm), eng.lgr.eq(f_lgr),
             eng.valid.eq(kseq.valid), eng.first.eq(kseq.first), eng.last.eq(kseq.last),
+            eng.pair.eq(kseq.pair),
             kseq.credit.eq(eng.credit),
+            act.c_addr.eq(kseq.act_addr1), act.c_en.eq(1),
             ring.prm_addr.eq(oseq.prm_addr), ring.prm_en.eq(oseq.prm_en),
             oseq.prm_data.eq(ring.prm_data),
             ring.release.eq(oseq.release),
             kseq.arrived.eq(ring.arrived),
             kseq.x.eq(f_a), kseq.k_words.eq(f_kw), kseq.rows.eq(f_rows), kseq.n_tiles.eq(f_nt),
-            kseq.tile_rows.eq(tile_rows),
-            oseq.rows.eq(f_rows), oseq.n_tiles.eq(f_nt), oseq.tile_rows.eq(tile_rows),
+            kseq.tile_entries.eq(tile_entries),
+            oseq.rows.eq(f_rows), oseq.n_tiles.eq(f_nt), oseq.tile_entries.eq(tile_entries),
+            oseq.lgr.eq(f_lgr),
             oseq.n.eq(f_n), oseq.words.eq(f_words),
             oseq.a_base.eq(f_a), oseq.b_base.eq(f_b), oseq.out_base.eq(f_out),
             oseq.mult_a.eq(f_mult_a), oseq.mult_b.eq(f_mult_b),
@@ -168,7 +205,7 @@ class Controller(wiring.Component):
         load_waddr = Signal(16)
         with m.Switch(mode):
             with m.Case(M_MM):
-                m.d.comb += [act.a_addr.eq(kseq.act_addr), act.a_skew.eq(1)]
+                m.d.comb += [act.a_addr.eq(kseq.act_addr0), act.a_en.eq(1)]
             with m.Case(M_VADD):
                 m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
             with m.Case(M_STORE):
@@ -294,13 +331,17 @@ class Controller(wiring.Component):
                         m.d.sync += [mode.eq(M_STORE), ibuf_valid.eq(0)]
                         m.next = "STORE"
                     with m.Case(isa.Opcode.MATMUL):
-                        m.next = "MM_START"
+                        with m.If(legal):
+                            m.next = "MM_START"
+                        with m.Else():
+                            m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
+                            m.next = "FINISH"
                     with m.Case(isa.Opcode.VADD):
                         m.d.sync += mode.eq(M_VADD)
                         m.d.comb += oseq.start_vadd.eq(1)
                         m.next = "WAIT"
                     with m.Default():
-                        m.d.sync += self.error.eq(1)
+                        m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
                         m.next = "FINISH"
 
             with m.State("LOAD"):

@@ -6,6 +6,12 @@ OPMODE[6:4] = 001) and ``W`` = P (accumulate, OPMODE[8:7] = 10) or 0 (clear); on
 for every register (CEA/CEB/CEM/CEP tied together), or none: the matrix engine never stalls
 mid-flight (it is throttled at its input), so its slices have their CE pins tied high and no
 enable logic at all.
+
+The matrix engine (v2) uses every slice with ``accumulator=False`` and ``clock_enable=False``:
+its slices only multiply and pass the cascade on; sums over k-groups are kept in fabric by the
+reduction nodes (:mod:`.dsp_chain`), because the packed multiply's low field would overflow its
+18 bits in the 48-bit P after a few k-groups. The W = P option stays for a single-slice MAC and
+is covered by the model test.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ class DSP48E2Slice(wiring.Component):
         Add ``pcin`` in the post-adder (Z-mux = PCIN). False for the first slice of a chain.
     accumulator : bool
         Give the slice an ``accumulate`` port (dynamic W-mux: P or 0). False ties the W-mux to
-        0 (static OPMODE), as in every slice of a chain but the last: no OPMODE register and no
-        feedback mux in those 240 of 256 slices.
+        0 (static OPMODE), as in every slice of the v2 chain: no OPMODE register and no
+        feedback mux.
     clock_enable : bool
         Give the slice a ``ce`` port. False ties CE high: the registers load every cycle, which
         keeps 256 slices x 5 registers free of enable muxes (Verilator evaluates each one).

@@ -13,6 +13,19 @@ from enum import IntEnum
 INSTR_BYTES = 32
 FLAG_RELU = 1 << 0
 FLAG_RESIDUAL = 1 << 1
+#: MATMUL weights are int4 codes with group scales, dequantized in the weight-fill path.
+FLAG_INT4 = 1 << 2
+
+#: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
+#: is legal on a given engine (M <= L, r <= G) is the hardware's check (ERROR = 2), not the
+#: encoder's: the encoder only refuses values the ISA cannot name.
+MAX_LGM = 4
+MAX_LGR = 2
+
+#: Values of the ERROR register (docs/architecture.md, "Control registers").
+ERROR_OK = 0
+ERROR_ILLEGAL_OPCODE = 1
+ERROR_ILLEGAL_MODE = 2
 
 
 class Opcode(IntEnum):
@@ -41,6 +54,9 @@ class Instr:
     words: int = 0        # output (and residual) row stride in act words
     mult_b: int = 0       # MATMUL res_mult; VADD b_mult
     mult_a: int = 0       # VADD a_mult
+    tile_mem_rows: int = 0  # MATMUL: memory rows per weight tile (weight_format.tile_mem_rows)
+    lgm: int = 0          # MATMUL: log2 M of the N:M mode (0: dense)
+    lgr: int = 0          # MATMUL: log2 r, r = M/N output channels per chain (0: dense)
 
     @property
     def relu(self) -> bool:
@@ -49,6 +65,10 @@ class Instr:
     @property
     def residual(self) -> bool:
         return bool(self.flags & FLAG_RESIDUAL)
+
+    @property
+    def int4(self) -> bool:
+        return bool(self.flags & FLAG_INT4)
 
     def encode(self) -> bytes:
         _check(self)
@@ -63,6 +83,8 @@ class Instr:
             w[4] = self.k_words | (self.n_tiles << 16)
             w[5] = self.n | (self.words << 16)
             w[6] = self.mult_b | (self.mult_a << 16)
+        if self.op == Opcode.MATMUL:
+            w[7] = self.tile_mem_rows | (self.lgm << 16) | (self.lgr << 19)
         return struct.pack("<8I", *w)
 
 
@@ -75,6 +97,13 @@ def _check(i: Instr) -> None:
             raise ValueError(f"{i.op.name}: field {name}={v} does not fit {bits} bits")
     if i.shift > 47:
         raise ValueError(f"{i.op.name}: shift {i.shift} > 47")
+    mode = (("tile_mem_rows", i.tile_mem_rows, (1 << 16) - 1), ("lgm", i.lgm, MAX_LGM),
+            ("lgr", i.lgr, MAX_LGR))
+    for name, v, hi in mode:
+        if not 0 <= v <= hi:
+            raise ValueError(f"{i.op.name}: field {name}={v} outside 0..{hi}")
+        if v and i.op != Opcode.MATMUL:
+            raise ValueError(f"{i.op.name}: field {name} is a MATMUL field, must be 0")
 
 
 def decode(raw: bytes) -> Instr:
@@ -88,5 +117,12 @@ def decode(raw: bytes) -> Instr:
         return Instr(op, flags, shift, ext=w[1], a=w[2] & 0xFFFF, out=w[2] >> 16,
                      b=w[3] & 0xFFFF, rows=w[3] >> 16, k_words=w[4] & 0xFFFF,
                      n_tiles=w[4] >> 16, n=w[5] & 0xFFFF, words=w[5] >> 16,
-                     mult_b=w[6] & 0xFFFF, mult_a=w[6] >> 16)
+                     mult_b=w[6] & 0xFFFF, mult_a=w[6] >> 16,
+                     **(_mode_fields(w[7]) if op == Opcode.MATMUL else {}))
     return Instr(op, flags, shift)
+
+
+def _mode_fields(w7: int) -> dict:
+    """MATMUL's w7: tile_mem_rows[15:0], lgm[18:16], lgr[20:19] (any bit pattern decodes; an
+    illegal mode is the executor's error, as in the hardware)."""
+    return {"tile_mem_rows": w7 & 0xFFFF, "lgm": (w7 >> 16) & 0x7, "lgr": (w7 >> 19) & 0x3}

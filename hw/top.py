@@ -17,7 +17,8 @@ MODULE_NAME = "hwflow_accel"
 
 
 class Accelerator(wiring.Component):
-    """The W8A8 matrix accelerator for one :class:`AccelConfig` (docs/architecture.md).
+    """The int8 matrix accelerator (dense or N:M sparse, int8 or int4 weights; A8) for one
+    :class:`AccelConfig` (docs/architecture.md).
 
     Parameters
     ----------

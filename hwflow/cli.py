@@ -14,13 +14,21 @@ def _cmd_compile(args) -> int:
     out, report = compile_model(
         model=args.model, example=args.example, board=args.board, out=args.out,
         calib=args.calib, trust_model=args.trust_model, boards_dir=args.boards_dir,
-        save_ir=args.save_ir, rows=args.rows)
+        save_ir=args.save_ir, rows=args.rows, sparsity=args.sparsity, weights=args.weights)
     print(f"compiled {report['model']} for {report['board']}: {report['ops_total']} ops, "
           f"{report['instructions']} instructions, {report['program_bytes']} B program, "
           f"{report['memory_image_bytes']} B memory image, "
           f"{report['predicted_cycles']} predicted cycles")
     print(f"golden vs float on the calibration sample: cosine {report['float_cosine']:.5f}, "
           f"max abs error {report['float_max_abs_error']:.4g}")
+    if "pruned_float_cosine" in report:
+        print(f"golden vs the pruned float model: cosine {report['pruned_float_cosine']:.5f}, "
+              f"max abs error {report['pruned_float_max_abs_error']:.4g}")
+    formats = report.get("weight_formats", {})
+    if args.sparsity != "auto" or args.weights != "int8" or any(
+            f["sparsity"] != "dense" for f in formats.values()):
+        print("weights: " + ", ".join(f"{name} {f['sparsity']} {f['weights']}"
+                                      for name, f in formats.items()))
     print(f"wrote {out}")
     return 0
 
@@ -33,6 +41,8 @@ def _cmd_sim(args) -> int:
     print(f"RTL vs golden: {status}; {r['cycles']} cycles (predicted {r['predicted_cycles']}), "
           f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s, "
           f"MPE utilization {r['mpe_utilization']:.3f}")
+    print(f"throughput: {r['macs_per_dsp_cycle']:.3f} dense-equivalent MACs per DSP slice per "
+          f"cycle (ideal {r['ideal_macs_per_dsp_cycle']:.3g} for this program's layers)")
     print(f"golden vs float torch: cosine {r['float_cosine']:.5f}, "
           f"max abs error {r['float_max_abs_error']:.4g}")
     if r.get("waves"):
@@ -77,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("model", nargs="?", help="model file: torch.export archive, TorchScript "
                      "archive, or (with --trust-model) a pickled nn.Module")
-    src.add_argument("--example", help="a bundled example model instead of a file: mlp, or "
-                     "mlp-tiny (sized for the iCE40 UP5K)")
+    src.add_argument("--example", help="a bundled example model instead of a file: mlp, "
+                     "mlp-tiny (sized for the iCE40 UP5K), mlp-sparse (hidden layers pruned "
+                     "2:4) or mlp-mixed (for --weights mixed)")
     c.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
     c.add_argument("-o", "--out", help="build folder (default build/<model>-<board>)")
     c.add_argument("--calib", help="calibration input: a tensor saved with torch.save or .npy")
@@ -87,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", type=int, help="input rows when the file does not fix them "
                    "(TorchScript, pickled module); default 4")
     c.add_argument("--save-ir", action="store_true", help="keep the IR after every pass")
+    c.add_argument("--sparsity", default="auto", metavar="auto|dense|N:M",
+                   help="N:M weight sparsity: auto (default) detects the pattern already in "
+                   "each layer's weights, dense ignores it, N:M (M a power of two up to 16, "
+                   "e.g. 2:4) prunes every linear layer to it by magnitude")
+    c.add_argument("--weights", default="int8", metavar="int8|int4|mixed",
+                   help="weight precision: int8 (default), int4 (group-wise scales), or mixed: "
+                   "first and last linear layer int8, the others int4 unless their int4 "
+                   "relative error exceeds 0.15")
     c.set_defaults(func=_cmd_compile)
 
     s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")

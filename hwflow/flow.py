@@ -5,7 +5,8 @@ Steps (each a small function; the compiler's own passes are listed in hwflow.com
 1. ``load``       model file -> float IR (frontend, by content, never unpickling untrusted code)
 2. ``calibrate``  calibration sample (``--calib`` or a seeded normal sample)
 3. ``configure``  board -> accelerator configuration, resource fit check
-4. ``compile``    quantize, fuse, tile, schedule, memory plan (spec check after each)
+4. ``compile``    sparsify (``--sparsity``), precision (``--weights``), quantize, fuse, tile,
+                 schedule, memory plan (spec check after each)
 5. ``lower``      IR -> instruction program + memory image
 6. ``rtl``        Amaranth -> Verilog of the configuration
 7. ``write``      build folder, atomically, with reports/compile.json
@@ -23,7 +24,16 @@ import numpy as np
 
 from hwflow.boards import load_board
 from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
-from hwflow.compiler import FlowOptions, TileTarget, load_model, run, run_flow, save_graph
+from hwflow.compiler import (
+    CompileError,
+    FlowOptions,
+    TileTarget,
+    load_model,
+    run,
+    run_flow,
+    save_graph,
+)
+from hwflow.compiler.passes import SPARSITY_CHOICES, WEIGHT_CHOICES, parse_sparsity
 from hwflow.errors import HwflowError
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
@@ -132,9 +142,26 @@ def _write_testbench(tb: Path, cfg, lowered) -> None:
     (tb / "test_accel.py").write_text(STANDALONE_TB)
 
 
+def check_weight_options(sparsity: str, weights: str) -> None:
+    """Refuse a bad ``--sparsity`` or ``--weights`` value with one line, before any work."""
+    try:
+        parse_sparsity(sparsity)
+    except CompileError as e:
+        raise HwflowError(f"--sparsity {sparsity}: {e}; use {SPARSITY_CHOICES}") from None
+    if weights not in WEIGHT_CHOICES:
+        raise HwflowError(f"--weights {weights}: use {', '.join(WEIGHT_CHOICES)}")
+
+
 def compile_model(model=None, example=None, board="u280", out=None, calib=None,
-                  trust_model=False, boards_dir=None, save_ir=False, rows=None):
-    """Run the compile flow and write the build folder; returns ``(out_path, report)``."""
+                  trust_model=False, boards_dir=None, save_ir=False, rows=None,
+                  sparsity="auto", weights="int8"):
+    """Run the compile flow and write the build folder; returns ``(out_path, report)``.
+
+    ``sparsity`` (``auto``, ``dense`` or ``N:M``) and ``weights`` (``int8``, ``int4`` or
+    ``mixed``) choose the weight formats (see ``hwflow.compiler.passes.sparsify`` and
+    ``precision``); the report's ``weight_formats`` says what every layer got and why.
+    """
+    check_weight_options(sparsity, weights)
     brd = load_board(board, boards_dir)
     with tempfile.TemporaryDirectory() as td:
         if example is not None:
@@ -163,8 +190,8 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
                         cfg.weight_depth)
     ir_steps = tempfile.TemporaryDirectory()
-    qgraph = run_flow(graph, FlowOptions(target, calib=calib_x),
-                      save_dir=ir_steps.name if save_ir else None)
+    options = FlowOptions(target, calib=calib_x, sparsity=sparsity, weights=weights)
+    qgraph = run_flow(graph, options, save_dir=ir_steps.name if save_ir else None)
 
     x = program_inputs(calib_x, in_shape)
     q_in = {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)}
@@ -175,6 +202,13 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     float_out = run(graph, {in_name: x})
     o = qgraph.graph["outputs"][0]
     cos, mae = cosine(golden_out[o], float_out[o]), max_abs_error(golden_out[o], float_out[o])
+    formats = qgraph.graph.get("weight_formats", {})
+    pruned = {}
+    if any(f.get("sparsity_from") == "imposed" for f in formats.values()):
+        # the error of quantization alone, against the model as pruned by --sparsity
+        p_out = run(run_flow(graph, options, stop_after="sparsify"), {in_name: x})[o]
+        pruned = {"pruned_float_cosine": cosine(golden_out[o], p_out),
+                  "pruned_float_max_abs_error": max_abs_error(golden_out[o], p_out)}
 
     out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
     ops = Counter(qgraph.nodes[n]["op"].kind for n in qgraph.nodes)
@@ -191,7 +225,8 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         "predicted_cycles_per_instruction": pred["per_instruction"],
         "macs": macs, "layers": lowered.layers, "resources": resources,
         "input_shape": list(in_shape), "calibration_rows": int(calib_x.shape[0]),
-        "float_cosine": cos, "float_max_abs_error": mae,
+        "float_cosine": cos, "float_max_abs_error": mae, **pruned,
+        "sparsity": sparsity, "weights": weights, "weight_formats": formats,
     }
     verilog = accelerator_verilog(cfg)
     with atomic_build_dir(out) as tmp:

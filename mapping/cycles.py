@@ -1,22 +1,67 @@
 """Analytic cycle model of the accelerator, one prediction per instruction.
 
-Constants are those of the RTL (hw/) and of the simulated memory (sim/rtl/ext_memory.v),
-with the fixed per-run overhead measured on the RTL:
-one k-group per cycle in the matrix engine, one output per cycle in the epilogue, one
-super-beat per cycle per port set, ``READ_LATENCY`` cycles from a read request to its
-first beat. Issue 7 fits these constants on RTL runs; here they are set from the design.
+A MATMUL overlaps three streams, and the slowest sets its length (docs/architecture.md):
+
+* **compute**: one k-group per cycle, an activation word of a row pair ``(b, b+1)`` for every
+  chain (the packed multiply), so ``n_tiles · ceil(rows/2) · k_words`` cycles. An N:M layer of
+  ratio r has ``1/r`` of a dense layer's tiles, which is where its speed-up comes from;
+* **weight fetch**: one super-beat per cycle on the memory side (``tile_mem_rows`` memory rows of
+  ``beats_per_row`` super-beats per tile), and on the ring side the fill decoder writes one entry
+  per cycle, ``R + k_words`` entries per tile in every format (an int4 value row expands to two);
+  per tile the slower side counts;
+* **epilogue**: one output channel per cycle over the tile's ``C = P·r`` channels for every row,
+  plus one cycle per (tile, row) to capture the next result, the tile's parameter rows (+1 to turn
+  around), and the bytes of a row past the last tile, zero-filled one per cycle.
+
+Constants are those of the RTL (hw/) and of the simulated memory (sim/rtl/ext_memory.v), set
+from the design; the fixed per-run overhead was measured on the v1 RTL. They are to be
+recalibrated on the v2 RTL (``benchmarks/cycle_model.py`` prints predicted vs simulated cycles).
 """
 
 from __future__ import annotations
 
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import Opcode
+from hwflow.hw.isa import FLAG_INT4, Opcode
+
+from .weight_format import LayerFormat, channels_per_tile, tile_mem_rows
 
 READ_LATENCY = 32      # cycles, request to first beat (HBM ~100 ns at 300 MHz)
 ISSUE = 4              # cycles to decode and dispatch one instruction
-PIPELINE_EXTRA = 8     # epilogue stages + output write after the chain's L cascade stages
+REDUCE_STAGES = 2      # reduction node (split the packed fields, accumulate) + segment combine
+PIPELINE_EXTRA = 8     # epilogue stages + output write after the DSP group's cascade
 RUN_OVERHEAD = 50      # start, first fetch decode and the drain of the last STORE's writes
-                       # (measured: RTL minus model on 8 single-layer programs, 50-56 cycles)
+                       # (measured on v1: RTL minus model on 8 single-layer programs, 50-56)
+
+
+def _format(i) -> LayerFormat:
+    """The weight format a MATMUL names (dense int8 if the mode is not a format at all)."""
+    m, r = 1 << i.lgm, 1 << i.lgr
+    try:
+        return LayerFormat(max(1, m // r), m, 4 if i.flags & FLAG_INT4 else 8)
+    except ValueError:
+        return LayerFormat()
+
+
+def matmul_compute(i) -> int:
+    """k-groups of a MATMUL: one activation word of a row pair per cycle."""
+    return i.n_tiles * -(-i.rows // 2) * i.k_words
+
+
+def matmul_fetch(i, cfg: AccelConfig) -> int:
+    """Weight-fetch cycles: per tile, memory beats or ring entries written, whichever is more."""
+    rows = i.tile_mem_rows or tile_mem_rows(cfg, _format(i), i.k_words)
+    beats = rows * cfg.beats_per_row
+    entries = cfg.param_rows + i.k_words          # every format fills R + k_words entries
+    return i.n_tiles * max(beats, entries)
+
+
+def matmul_epilogue(i, cfg: AccelConfig) -> int:
+    """Epilogue cycles: one output per cycle over the C channels of every tile and row."""
+    L = cfg.chain_len
+    C = channels_per_tile(cfg, _format(i))
+    zero_fill = max(0, i.words * L - i.n_tiles * C)
+    per_tile = i.rows * (C + 1) + cfg.param_rows + 1
+    return i.n_tiles * per_tile + i.rows * zero_fill
 
 
 def instr_cycles(i, cfg: AccelConfig) -> int:
@@ -28,14 +73,9 @@ def instr_cycles(i, cfg: AccelConfig) -> int:
         move = max(beats, i.b)
         return ISSUE + move + (READ_LATENCY if i.op == Opcode.LOAD else 0)
     if i.op == Opcode.MATMUL:
-        compute = i.n_tiles * i.rows * i.k_words
-        fetch = i.n_tiles * (cfg.param_rows + i.k_words) * cfg.beats_per_row
-        # one output channel per cycle plus one cycle per (tile, row) to capture the next
-        # result; a tile also reads its parameter rows (+1 to turn around), and row bytes past
-        # the last tile are zero-filled one per cycle
-        fill = max(0, i.words * L - i.n_tiles * cfg.chains)
-        epilogue = i.n_tiles * (i.rows * (cfg.chains + 1) + cfg.param_rows + 1) + i.rows * fill
-        return ISSUE + max(compute, fetch, epilogue) + READ_LATENCY + L + PIPELINE_EXTRA
+        busy = max(matmul_compute(i), matmul_fetch(i, cfg), matmul_epilogue(i, cfg))
+        latency = READ_LATENCY + cfg.group_len + REDUCE_STAGES + PIPELINE_EXTRA
+        return ISSUE + busy + latency
     if i.op == Opcode.VADD:
         return ISSUE + i.rows * i.words * L + PIPELINE_EXTRA
     return ISSUE

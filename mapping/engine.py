@@ -4,30 +4,39 @@ The resource model here is deliberately simple and explicit, and was checked aga
 ``synth_xilinx -family xcup`` (``hwflow.export.fit``) on the KV260 default and the test
 configuration (DSP and BRAM counts equal):
 
-- DSP48E2: one per MAC slot (P*L), the epilogue's multipliers: (acc+bias)*mult is a 33x17
-  signed product (2 slices: one covers 27 bits of one operand) and res*res_mult an 8x17 one
-  (1 slice), and one in the controller (``n_tiles * tile_rows``, 16x17 bits, for the weight
-  prefetch length): P*L + 4.
+- DSP48E2: one per MAC slot (P*L; each does the packed pair of int8 MACs), the epilogues'
+  multipliers: each of the ``E`` epilogues (:func:`hwflow.hw.sequencer.epilogue_lanes`) has
+  (acc+bias)*mult, a 33x17 signed product (2 slices: one covers 27 bits of one operand), and
+  res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
+  tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
+  dequantizer's 4x4-bit products are shift-and-add logic (no DSP).
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
-  lanes of 8 bits x ``act_depth`` with two read ports, so stored twice (block RAMs have one
-  read port next to the write port); the weight ring is L lanes of 8P bits x ``weight_depth``,
-  read by the engine (all lanes) and by the parameter reader, which only uses the 6 bytes of
-  bias and multiplier (the other lanes of its copy are trimmed). Each lane memory takes the
-  cheapest aspect ratio of the family's block (:data:`BRAM_SHAPES`: Xilinx RAMB36E2 / RAMB18E2,
-  ECP5 DP16KD, iCE40 SB_RAM40_4K); memories of at most ``LUTRAM_DEPTH`` words go to
-  distributed RAM, as Yosys maps them.
+  lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
+  stored three times (block RAMs have one read port next to the write port); the weight ring
+  is L lanes of 8P bits x ``weight_depth``, read by the engine (all lanes) and by the parameter
+  reader, which only uses the lanes holding bias and multiplier bytes (6 of each 8-byte record,
+  :func:`param_lanes`; the other lanes of its copy are trimmed), plus, with ``sparse``, L
+  index lanes of 4P bits read by the engine only. Each lane memory takes the cheapest aspect
+  ratio of the family's block (:data:`BRAM_SHAPES`: Xilinx RAMB36E2 / RAMB18E2, ECP5 DP16KD,
+  iCE40 SB_RAM40_4K); memories of at most ``LUTRAM_DEPTH`` words go to distributed RAM, as
+  Yosys maps them.
 """
 
 from __future__ import annotations
 
 from hwflow.boards import Board
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.sequencer import epilogue_lanes
 
 from .errors import MappingError
 
-EPILOGUE_DSP = 3
+EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
-PARAM_BYTES = 6                 # bias (int32) + mult (u16); two zero bytes are never read
+PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
+RECORD_BYTES = 8
+ACT_READ_PORTS = 3
+#: Boards with fewer LUTs get a dense-int8 engine (no sparse selectors, index ring, int4 path).
+SMALL_FPGA_LUTS = 20000
 
 # Block RAM aspect ratios by block size (Kb): (depth, width, cost in blocks of that size).
 # Xilinx: a RAMB18E2 is half a 36 Kb block (Vivado/Yosys report them apart; two pack into one
@@ -48,13 +57,17 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     """The board's default engine (``engine:`` in its YAML) with optional overrides.
 
     The number of memory ports defaults to what one weight row per cycle needs
-    (``chains * chain_len / port_bytes``), capped by the board's channels.
+    (``chains * chain_len / port_bytes``), capped by the board's channels. ``sparse`` and
+    ``int4`` (build the sparse selectors and index ring / the int4 dequantizer) default to
+    true, except on boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's
+    5280 cells hold only a dense int8 1 x 2 engine).
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
     chains = eng.get("chains", 8)
     chain_len = eng.get("chain_len", 16)
     port_bytes = int(board.memory["port_bytes"])
+    small = board.resources["lut"] < SMALL_FPGA_LUTS
     want_ports = max(1, chains * chain_len // port_bytes)
     ports = eng.get("mem_ports", min(want_ports, int(board.memory["channels"])))
     if ports > board.memory["channels"]:
@@ -63,7 +76,9 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     try:
         return AccelConfig(chains=chains, chain_len=chain_len, mem_ports=ports,
                            port_bytes=port_bytes, act_depth=eng.get("act_depth", 2048),
-                           weight_depth=eng.get("weight_depth", 256))
+                           weight_depth=eng.get("weight_depth", 256),
+                           sparse=bool(eng.get("sparse", not small)),
+                           int4=bool(eng.get("int4", not small)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
@@ -82,6 +97,15 @@ def memory_blocks(width: int, depth: int, kbits: int = 36) -> float:
     return min(-(-width // w) * -(-depth // d) * cost for d, w, cost in _shapes(kbits))
 
 
+def param_lanes(cfg: AccelConfig) -> int:
+    """Ring lanes the parameter reader uses: lane ``j mod L`` of every record byte ``j`` (bias
+    and multiplier of segment ``j // 8``) of a chain's parameter rows; segments ``< G``, or only
+    segment 0 on a dense-only engine (``sparse`` off)."""
+    segments = cfg.groups if cfg.sparse else 1
+    return len({j % cfg.chain_len for j in range(RECORD_BYTES * segments)
+                if j % RECORD_BYTES < PARAM_BYTES})
+
+
 def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """Analytic resource estimate: ``{kind: used}`` for dsp and bram (see module docstring).
 
@@ -92,10 +116,12 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         Block RAM size of the target family (``Board.bram_kbits``): 36 (Xilinx), 18 (ECP5),
         4 (iCE40). ``bram`` is counted in blocks of that size.
     """
-    L, P = cfg.chain_len, cfg.chains
-    act = 2 * L * memory_blocks(8, cfg.act_depth, bram_kbits)
-    ring = (L + min(L, PARAM_BYTES)) * memory_blocks(8 * P, cfg.weight_depth, bram_kbits)
-    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP + CONTROL_DSP,
+    L, P, D = cfg.chain_len, cfg.chains, cfg.weight_depth
+    act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
+    ring = (L + param_lanes(cfg)) * memory_blocks(8 * P, D, bram_kbits)
+    if cfg.sparse:
+        ring += L * memory_blocks(4 * P, D, bram_kbits)
+    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP,
             "bram": int(-(-(act + ring) // 1))}
 
 

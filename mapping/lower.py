@@ -3,19 +3,31 @@
 This is the only place that knows both the IR (``hwflow.compiler``) and the hardware
 (``hwflow.hw``): one MATMUL per ``qlinear``, one VADD per ``qadd``, LOAD for every input,
 STORE for every output, END.
+
+Every ``qlinear`` runs in the weight format :func:`weight_format.choose_format` picks for the
+engine: the layer's own N:M sparsity and weight width when the engine runs them, otherwise the
+fastest mode its effective int8 weight satisfies (always exact). The per-layer report says which
+(``format``, ``sparsity``, ``weights``, and ``requested_format``: what the compiler asked
+for).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, INSTR_BYTES, Instr, Opcode
+from hwflow.hw.isa import FLAG_INT4, FLAG_RELU, FLAG_RESIDUAL, INSTR_BYTES, Instr, Opcode
 
 from .errors import MappingError
 from .memory_image import ImageBuilder, MemoryMap, pack_rows
+from .weight_format import (
+    LayerFormat,
+    channels_per_tile,
+    choose_format,
+    pack_weight_block,
+    ring_reserve,
+    tile_mem_rows,
+)
 
 
 @dataclass
@@ -52,24 +64,80 @@ def transfer_words(mem, cfg: AccelConfig) -> int:
     return mem.span
 
 
-def pack_weight_block(weight, bias, mult, cfg: AccelConfig, k_words: int, n_tiles: int) -> bytes:
-    """A MATMUL weight block: per tile, ``param_rows`` rows of (bias, mult) then ``k_words`` rows.
+def _requested(attrs) -> tuple[tuple[int, int], int]:
+    """The layer's own (sparsity, wbits); missing attributes (older graphs) mean dense int8.
 
-    Chain p owns bytes ``[p*L, (p+1)*L)`` of every row (docs/architecture.md).
+    int4 needs its codes and scales: without them the layer runs int8 on the effective weight.
     """
-    P, L, pr = cfg.chains, cfg.chain_len, cfg.param_rows
-    n, k = weight.shape
-    if k > k_words * L or n > n_tiles * P:
-        raise MappingError(f"weight {weight.shape} exceeds its tiling ({n_tiles} x {k_words})")
-    params = np.zeros((n_tiles * P, pr * L), dtype=np.uint8)
-    params[:n, 0:4] = np.asarray(bias, dtype="<i4").reshape(n, 1).view(np.uint8)
-    params[:n, 4:6] = np.asarray(mult, dtype="<u2").reshape(n, 1).view(np.uint8)
-    wpad = np.zeros((n_tiles * P, k_words * L), dtype=np.int8)
-    wpad[:n, :k] = weight
-    block = np.zeros((n_tiles, pr + k_words, P, L), dtype=np.uint8)
-    block[:, :pr] = params.reshape(n_tiles, P, pr, L).transpose(0, 2, 1, 3)
-    block[:, pr:] = wpad.view(np.uint8).reshape(n_tiles, P, k_words, L).transpose(0, 2, 1, 3)
-    return block.tobytes()
+    n, m = (int(v) for v in attrs.get("sparsity", (1, 1)))
+    wbits = int(attrs.get("wbits", 8))
+    if wbits == 4 and (attrs.get("w4") is None or attrs.get("w4_scale") is None):
+        wbits = 8
+    return (n, m), wbits
+
+
+def _requested_label(sparsity, wbits) -> str:
+    n, m = sparsity
+    return f"int{wbits} " + ("dense" if n >= m else f"{n}:{m}")
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """How one ``qlinear``'s weights are stored and run (the MATMUL's format fields)."""
+
+    fmt: LayerFormat
+    k_words: int
+    n_tiles: int
+    tile_mem_rows: int
+    requested: str
+
+
+def plan_weights(name: str, op, cfg: AccelConfig) -> WeightPlan:
+    """Choose the format of a ``qlinear`` and check that two of its tiles fit the weight ring.
+
+    Raises
+    ------
+    MappingError
+        The ring (``weight_depth`` entries) cannot hold two tiles' reservation.
+    """
+    a = op.attrs
+    n, k = a["weight"].shape
+    sparsity, wbits = _requested(a)
+    fmt = choose_format(cfg, a["weight"], sparsity, wbits)
+    k_words = op.tile.k_words
+    rows = tile_mem_rows(cfg, fmt, k_words)
+    reserve = ring_reserve(cfg, fmt, k_words)
+    if 2 * reserve > cfg.weight_depth:
+        per_row = " (2 entries per memory row for int4)" if fmt.int4 else ""
+        raise MappingError(
+            f"layer '{name}' ({fmt.label}, K={k}) needs 2 x {reserve} weight-ring entries for two "
+            f"tiles of {rows} memory rows{per_row}, the ring holds weight_depth="
+            f"{cfg.weight_depth}; build the accelerator with weight_depth >= {2 * reserve}")
+    n_tiles = -(-n // channels_per_tile(cfg, fmt))
+    return WeightPlan(fmt, k_words, n_tiles, rows, _requested_label(sparsity, wbits))
+
+
+def _pack_layer(name: str, op, cfg: AccelConfig, plan: WeightPlan) -> bytes:
+    a = op.attrs
+    try:
+        return pack_weight_block(cfg, plan.fmt, a["weight"], a["bias"], a["mult"], plan.k_words,
+                                 plan.n_tiles, w4=a.get("w4"), w4_scale=a.get("w4_scale"))
+    except ValueError as e:
+        raise MappingError(f"layer '{name}': cannot pack its weights as {plan.fmt.label}: {e}") \
+            from None
+
+
+def _layer_report(name: str, op, rows: int, plan: WeightPlan, nbytes: int) -> dict:
+    a = op.attrs
+    n, k = a["weight"].shape
+    fmt = plan.fmt
+    return {"name": name, "kind": "qlinear", "engine": "mpe", "rows": rows,
+            "in_features": k, "out_features": n, "k_words": plan.k_words,
+            "n_tiles": plan.n_tiles, "tile_mem_rows": plan.tile_mem_rows,
+            "format": fmt.label, "sparsity": fmt.sparsity, "weights": f"int{fmt.wbits}",
+            "requested_format": plan.requested,
+            "relu": bool(a["relu"]), "residual": len(op.inputs) > 1,
+            "macs": rows * n * k, "weight_bytes": nbytes}
 
 
 def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
@@ -88,20 +156,18 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
 
     b = ImageBuilder(cfg)
     prog_region = b.reserve("program", "program", n_instr * INSTR_BYTES)
-    layers, wregion = [], {}
+    layers, wregion, plans = [], {}, {}
     for name in compute:
         op = _op(graph, name)
         if op.kind != "qlinear":
             continue
-        t = op.tile
-        rows_per_tile = cfg.param_rows + t.k_words
-        if rows_per_tile > cfg.weight_depth:
-            raise MappingError(
-                f"layer '{name}' (K={op.attrs['weight'].shape[1]}) needs {rows_per_tile} weight "
-                f"rows per tile, the weight ring holds {cfg.weight_depth}; raise weight_depth")
-        data = pack_weight_block(op.attrs["weight"], op.attrs["bias"], op.attrs["mult"], cfg,
-                                 t.k_words, t.n_tiles)
-        wregion[name] = b.append(f"weights:{name}", "weights", data)
+        plans[name] = plan_weights(name, op, cfg)
+        data = _pack_layer(name, op, cfg, plans[name])
+        plan = plans[name]
+        layout = (f"{plan.fmt.label}: {plan.n_tiles} tiles x {plan.tile_mem_rows} rows of "
+                  f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
+        wregion[name] = b.append(f"weights:{name}", "weights", data,
+                                 shape=list(op.attrs["weight"].shape), layout=layout)
     for name in in_names + out_names:
         op = _op(graph, name)
         src = name if op.kind == "input" else op.inputs[0]
@@ -128,23 +194,22 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         flags = FLAG_RELU if a["relu"] else 0
         if op.kind == "qlinear":
             x = _mem(graph, op.inputs[0])
-            n, k = a["weight"].shape
-            t = op.tile
-            if x.words != t.k_words:
+            n = a["weight"].shape[0]
+            plan = plans[name]
+            if x.words != plan.k_words:
                 raise MappingError(f"layer '{name}': input row stride {x.words} words differs "
-                                   f"from k_words {t.k_words}")
+                                   f"from k_words {plan.k_words}")
             res = _mem(graph, op.inputs[1]).addr if len(op.inputs) > 1 else 0
             if len(op.inputs) > 1:
                 flags |= FLAG_RESIDUAL
+            if plan.fmt.int4:
+                flags |= FLAG_INT4
             prog.append(Instr(Opcode.MATMUL, flags, a["shift"], ext=wregion[name].addr,
-                              a=x.addr, out=mem.addr, b=res, rows=mem.rows, k_words=t.k_words,
-                              n_tiles=t.n_tiles, n=n, words=mem.words,
-                              mult_b=int(a["res_mult"])))
-            layers.append({"name": name, "kind": "qlinear", "engine": "mpe", "rows": mem.rows,
-                           "in_features": k, "out_features": n, "k_words": t.k_words,
-                           "n_tiles": t.n_tiles, "relu": bool(a["relu"]),
-                           "residual": len(op.inputs) > 1, "macs": mem.rows * n * k,
-                           "weight_bytes": wregion[name].nbytes})
+                              a=x.addr, out=mem.addr, b=res, rows=mem.rows, k_words=plan.k_words,
+                              n_tiles=plan.n_tiles, n=n, words=mem.words,
+                              mult_b=int(a["res_mult"]), tile_mem_rows=plan.tile_mem_rows,
+                              lgm=plan.fmt.lgm, lgr=plan.fmt.lgr))
+            layers.append(_layer_report(name, op, mem.rows, plan, wregion[name].nbytes))
         else:
             ma, mb = _mem(graph, op.inputs[0]), _mem(graph, op.inputs[1])
             feats = op.out.shape[-1]

@@ -9,8 +9,10 @@ section               contents
 header (64 B)         ``b"HWFL"``, u32 version, u32 super-beat bytes, then u32 (addr, bytes)
                       for program, weights and I/O
 program               32-byte instructions (hw/isa.py), END last
-weights               per MATMUL layer: ``n_tiles`` tiles of ``param_rows + k_words`` rows
-                      of ``P*L`` bytes (docs/architecture.md, "MATMUL")
+weights               per MATMUL layer: ``n_tiles`` tiles of ``tile_mem_rows`` rows of
+                      ``P*L`` bytes in the layer's format (int8/int4, dense/N:M; see
+                      docs/architecture.md, "Weight tile formats", and
+                      ``mapping/weight_format.py``)
 I/O                   inputs, then outputs: activation row layout, row b at
                       ``b * words * L``, zero padding, each region a whole number of super-beats
 ====================  ===================================================================
@@ -29,7 +31,7 @@ import numpy as np
 from hwflow.hw.config import AccelConfig
 
 MAGIC = b"HWFL"
-VERSION = 1
+VERSION = 2            # 2: weight tiles in the v2 formats (parameter records per segment)
 HEADER_BYTES = 64
 
 
@@ -46,6 +48,7 @@ class Region:
     words: int = 0            # act words per row (I/O)
     features: int = 0         # valid bytes per row (I/O)
     scale: float = 0.0        # quantization scale (I/O)
+    layout: str = ""          # how the bytes are arranged (weights: format, tiles, rows)
 
 
 @dataclass

@@ -3,7 +3,10 @@
 This is the executable form of the contract between the mapper and the RTL. The arithmetic is not
 re-implemented here: every number comes from :mod:`hwflow.golden.int8` (``matmul``,
 ``requantize``, ``residual_add``), and instructions are decoded with :func:`hwflow.hw.isa.decode`,
-so the model, the golden reference and the hardware decoder cannot drift apart.
+so the model, the golden reference and the hardware decoder cannot drift apart. A MATMUL's
+weight block is decoded by :func:`hwflow.mapping.weight_format.unpack_weight_block`, the exact
+inverse of the mapper's packer, into the dense int8 weight every tile encodes (N:M, int4 or
+both): whatever the format, the result is ``golden.matmul`` on that weight.
 
 External addresses are super-beat indices into the flat byte image; how super-beats are striped
 over the memory ports does not matter at this level (the RTL simulator splits the image).
@@ -20,11 +23,28 @@ import numpy as np
 
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode, decode
+from hwflow.hw.isa import (
+    ERROR_ILLEGAL_MODE,
+    ERROR_ILLEGAL_OPCODE,
+    FLAG_INT4,
+    INSTR_BYTES,
+    Instr,
+    Opcode,
+    decode,
+)
+from hwflow.mapping.weight_format import (
+    LayerFormat,
+    channels_per_tile,
+    is_legal,
+    ring_reserve,
+    tile_mem_rows,
+    unpack_weight_block,
+)
 
 __all__ = [
     "IsaError",
     "IllegalInstruction",
+    "IllegalMode",
     "AddressError",
     "IsaStats",
     "IsaModel",
@@ -53,6 +73,14 @@ class IsaError(Exception):
 class IllegalInstruction(IsaError):
     """Unknown opcode; the hardware stops the run and sets ERROR = 1."""
 
+    error = ERROR_ILLEGAL_OPCODE
+
+
+class IllegalMode(IsaError):
+    """A MATMUL mode (N:M, int4) this engine cannot run; the hardware stops, ERROR = 2."""
+
+    error = ERROR_ILLEGAL_MODE
+
 
 class AddressError(IsaError):
     """An external or activation-buffer access falls outside the memory it addresses."""
@@ -69,14 +97,18 @@ class IsaStats:
     by_opcode : dict
         Executed instructions per opcode name.
     mpe_kgroups : int
-        k-groups fed to the matrix engine: sum over MATMULs of ``n_tiles * rows * k_words``.
-        Each k-group is one cycle of ``P * L`` MAC slots, so this is the RTL's MPE_BUSY when the
-        engine is never stalled mid-k-group.
+        k-groups fed to the matrix engine: sum over MATMULs of
+        ``n_tiles * ceil(rows / 2) * k_words`` (one activation word of a row pair per cycle).
+        This is the RTL's MPE_BUSY when the engine is never stalled mid-k-group.
     mac_slots : int
-        ``mpe_kgroups * P * L``: DSP multiply slots used, padding included.
+        ``mpe_kgroups * 2 * P * L``: DSP multiply slots used (two per slice per cycle), padding
+        included.
     macs_valid : int
-        Sum over MATMULs of ``rows * n_out * k_words * L``: MACs on valid output channels
-        (the K padding to a multiple of L is still counted; the mapper knows the true K).
+        Sum over MATMULs of ``rows * n_out * k_words * L``: dense-equivalent MACs on valid output
+        channels (an N:M layer does them in ``1/r`` of the slots; the K padding to a multiple of
+        L is still counted, the mapper knows the true K).
+    weight_read_bytes : int
+        Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``.
     ext_read_bytes, ext_write_bytes : int
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
         per MATMUL, as the hardware's tiles-outer loop order does).
@@ -87,6 +119,7 @@ class IsaStats:
     mpe_kgroups: int = 0
     mac_slots: int = 0
     macs_valid: int = 0
+    weight_read_bytes: int = 0
     ext_read_bytes: int = 0
     ext_write_bytes: int = 0
 
@@ -97,6 +130,7 @@ class IsaStats:
             "mpe_kgroups": self.mpe_kgroups,
             "mac_slots": self.mac_slots,
             "macs_valid": self.macs_valid,
+            "weight_read_bytes": self.weight_read_bytes,
             "ext_read_bytes": self.ext_read_bytes,
             "ext_write_bytes": self.ext_write_bytes,
         }
@@ -204,13 +238,51 @@ class IsaModel:
             self.mem[lo:hi] = self.act[a0:a1].reshape(-1).view(np.uint8)
             self.stats.ext_write_bytes += nbytes
 
+    def _mode(self, ins: Instr) -> LayerFormat:
+        """The MATMUL's weight format; IllegalMode if this engine cannot run it."""
+        m, r = 1 << ins.lgm, 1 << ins.lgr
+        wbits = 4 if ins.flags & FLAG_INT4 else 8
+        name = f"int{wbits} mode lgm={ins.lgm} lgr={ins.lgr}"
+        try:
+            fmt = LayerFormat(m // r, m, wbits)
+        except ValueError:
+            fmt = None
+        if fmt is None or r > m or not is_legal(self.cfg, fmt):
+            cfg = self.cfg
+            self._fail(IllegalMode, f"MATMUL: {name} is not legal on this engine (L="
+                       f"{cfg.chain_len}, G={cfg.groups}, sparse={cfg.sparse}, int4={cfg.int4})")
+        return fmt
+
+    def _weights(self, ins: Instr, fmt: LayerFormat):
+        """Decode the weight block: (w int8 [n_tiles*C, k_words*L], bias, mult, its bytes)."""
+        cfg, kw, nt = self.cfg, ins.k_words, ins.n_tiles
+        rows = tile_mem_rows(cfg, fmt, kw)
+        if ins.tile_mem_rows != rows:
+            self._fail(IsaError, f"MATMUL: tile_mem_rows={ins.tile_mem_rows}, but a {fmt.label} "
+                       f"tile of k_words={kw} has {rows} memory rows")
+        # The prefetcher must hold two tiles' reservation to overlap fetch and compute; the
+        # mapper guarantees it (docs/architecture.md, "Weight ring").
+        need = 2 * ring_reserve(cfg, fmt, kw)
+        if need > cfg.weight_depth:
+            self._fail(IsaError, f"MATMUL: a {fmt.label} tile of k_words={kw} reserves "
+                       f"{need // 2} ring entries, twice that exceeds weight_depth="
+                       f"{cfg.weight_depth}")
+        lo, hi = self._ext_range(ins.ext, nt * rows * cfg.row_bytes, "MATMUL weights")
+        try:
+            w, bias, mult = unpack_weight_block(cfg, fmt, self.mem[lo:hi], kw, nt)
+        except ValueError as e:
+            self._fail(IsaError, f"MATMUL: malformed {fmt.label} weight block: {e}")
+        return w, bias, mult, hi - lo
+
     def _matmul(self, ins: Instr) -> None:
         cfg = self.cfg
-        P, L, R = cfg.chains, cfg.chain_len, cfg.param_rows
+        P, L = cfg.chains, cfg.chain_len
         rows, kw, nt = ins.rows, ins.k_words, ins.n_tiles
         n_out, out_words = ins.n, ins.words
-        if n_out > nt * P:
-            self._fail(IsaError, f"MATMUL: n_out={n_out} > n_tiles*P = {nt * P}")
+        fmt = self._mode(ins)
+        C = channels_per_tile(cfg, fmt)
+        if n_out > nt * C:
+            self._fail(IsaError, f"MATMUL: n_out={n_out} > n_tiles*C = {nt * C} ({fmt.label})")
         if n_out > out_words * L:
             self._fail(IsaError, f"MATMUL: n_out={n_out} > out_words*L = {out_words * L}")
         if kw == 0:
@@ -221,17 +293,7 @@ class IsaModel:
         if _overlap(*self._span(ins.out, rows, out_words, out_words),
                     *self._span(ins.a, rows, kw, kw)):
             self._fail(IsaError, "MATMUL: output rows overlap the input rows x")
-
-        tile_rows = R + kw
-        lo, hi = self._ext_range(ins.ext, nt * tile_rows * cfg.row_bytes, "MATMUL weights")
-        blk = self.mem[lo:hi].reshape(nt, tile_rows, P, L)
-        # Parameter lanes of chain p are bytes [p*L, (p+1)*L) of each parameter row, concatenated
-        # over the R rows: bias (int32 LE), mult (u16 LE), 2 zero bytes.
-        prm = np.ascontiguousarray(blk[:, :R].transpose(0, 2, 1, 3)).reshape(nt * P, R * L)
-        bias = prm[:, 0:4].copy().view("<i4").reshape(-1).astype(np.int64)
-        mult = prm[:, 4:6].copy().view("<u2").reshape(-1).astype(np.int64)
-        # Weight row R+kw, lane byte i of chain p of tile t is w[t*P + p, kw*L + i].
-        w = blk[:, R:].transpose(0, 2, 1, 3).reshape(nt * P, kw * L).view(np.int8)
+        w, bias, mult, nbytes = self._weights(ins, fmt)
 
         x = self._act_rows(ins.a, rows, kw, kw, "MATMUL x")
         acc = golden.matmul(x, w[:n_out])
@@ -245,10 +307,12 @@ class IsaModel:
         self._write_rows(ins.out, out_words, out, "MATMUL out")
 
         s = self.stats
-        s.mpe_kgroups += nt * rows * kw
-        s.mac_slots += nt * rows * kw * P * L
+        kgroups = nt * -(-rows // 2) * kw            # a row pair per k-group (packed multiply)
+        s.mpe_kgroups += kgroups
+        s.mac_slots += kgroups * 2 * P * L
         s.macs_valid += rows * n_out * kw * L
-        s.ext_read_bytes += hi - lo
+        s.weight_read_bytes += nbytes
+        s.ext_read_bytes += nbytes
 
     def _vadd(self, ins: Instr) -> None:
         L = self.cfg.chain_len
@@ -277,6 +341,8 @@ class IsaModel:
         ------
         IllegalInstruction
             Unknown opcode.
+        IllegalMode
+            MATMUL mode (N:M, int4) this engine cannot run.
         AddressError
             Fetch, LOAD/STORE, weight or activation access out of range.
         IsaError

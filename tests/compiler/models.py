@@ -37,3 +37,14 @@ class ConvNet(nn.Module):
 def make(seed: int = 0, **kw) -> ResidualMLP:
     torch.manual_seed(seed)
     return ResidualMLP(**kw).eval()
+
+
+@torch.no_grad()
+def prune_2_4(layer: nn.Linear) -> nn.Linear:
+    """Magnitude 2:4 pruning in torch, in place: keep the 2 largest |w| of every 4 along K."""
+    w = layer.weight
+    groups = w.reshape(w.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, groups.abs().topk(2, dim=-1).indices, True)
+    w.copy_((groups * keep).reshape_as(w))
+    return layer

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -86,3 +87,38 @@ def test_load_rejects_non_ir(tmp_path):
         load_graph(tmp_path / "x.json")
     with pytest.raises(CompileError, match="cannot read IR file"):
         load_graph(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("stop", ["precision", "quantize", "memory_plan"])
+def test_weight_formats_round_trip(tmp_path, float_graph, target, x3, stop):
+    """sparsity (a tuple), wbits, the int4 arrays (int8 codes, uint8 scales) and the
+    per-layer weight_formats record survive saving: npz for arrays, JSON for the rest."""
+    g = run_flow(float_graph, FlowOptions(target, x3.numpy(), sparsity="2:4", weights="mixed"),
+                 stop_after=stop)
+    g2 = load_graph(save_graph(g, tmp_path / "g"))
+    _same(g, g2)
+    assert g2.graph["weight_formats"]["linear_1"]["weights"] == "int4"
+    a = op_of(g2, "linear_1").attrs
+    assert a["sparsity"] == (2, 4) and a["wbits"] == 4
+    if stop != "precision":
+        assert a["w4"].dtype == np.int8 and a["w4_scale"].dtype == np.uint8
+    x = {"x": x3.numpy()}
+    assert np.array_equal(run(g, x)["output"], run(g2, x)["output"])
+
+
+def test_graph_saved_without_weight_formats_loads(tmp_path, float_graph, target, x3):
+    """An IR saved before sparsity/wbits existed (no such attributes) loads, passes the spec
+    check and continues the flow as dense int8."""
+    g = run_flow(float_graph, FlowOptions(target, x3.numpy()), stop_after="fuse")
+    path = save_graph(g, tmp_path / "old")
+    doc = json.loads(path.read_text())
+    for node in doc["nodes"]:
+        node["attrs"].pop("sparsity", None)
+        node["attrs"].pop("wbits", None)
+    doc["graph"].pop("weight_formats", None)
+    path.write_text(json.dumps(doc))
+    old = load_graph(path)
+    assert "sparsity" not in op_of(old, "linear").attrs
+    done = run_flow(old, FlowOptions(target))
+    x = {"x": x3.numpy()}
+    assert np.array_equal(run(done, x)["output"], run(g, x)["output"])

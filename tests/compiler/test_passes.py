@@ -18,12 +18,23 @@ from hwflow.compiler import (
     schedule,
     tile,
 )
-from hwflow.compiler.ir import op_of
+from hwflow.compiler.ir import copy_graph, op_of, set_op
 from hwflow.compiler.ops import FUSED_KINDS
+from hwflow.compiler.passes import (
+    INT4_MAX_ERROR,
+    _linears,
+    int4_error,
+    parse_sparsity,
+    precision,
+    sparsify,
+)
+from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
+from hwflow.golden import sparse as gs
 from hwflow.golden.metrics import cosine, max_abs_error
 
 from .conftest import TARGET
+from .models import make, prune_2_4
 
 
 def _inputs(x):
@@ -47,6 +58,187 @@ def fused(quantized):
 @pytest.fixture
 def planned(fused):
     return check(memory_plan(check(schedule(check(tile(fused, TARGET)))), TARGET))
+
+
+# ------------------------------------------------------------------------ sparsify / precision
+
+class Four(torch.nn.Module):
+    """Four linear layers (first, two middle, last) for the mixed rule; K multiples of 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(24, 64), torch.nn.Linear(64, 64)
+        self.c, self.d = torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.relu(self.b(h) + h)
+        return self.d(torch.relu(self.c(h)))
+
+
+@pytest.fixture
+def four():
+    torch.manual_seed(0)
+    m = Four().eval()
+    prune_2_4(m.b)                      # pruned in torch, as a user would
+    x = torch.randn(4, 24)
+    return from_module(m, "four", example=x), x.numpy()
+
+
+def _w(g, name):
+    return np.asarray(op_of(g, name).attrs["weight"])
+
+
+def test_sparsify_detects_torch_pruning_and_keeps_weights(four):
+    g, _ = four
+    s = check(sparsify(g))
+    assert [op_of(s, n).attrs["sparsity"] for n in _linears(s)] == [(1, 1), (2, 4), (1, 1),
+                                                                   (1, 1)]
+    for n in _linears(s):
+        assert np.array_equal(_w(s, n), _w(g, n))   # auto never changes a weight
+    f = s.graph["weight_formats"]
+    assert f["linear_1"] == {"sparsity": "2:4", "sparsity_from": "detected"}
+    assert f["linear"]["sparsity"] == "dense"
+    assert "weight_formats" not in g.graph and "sparsity" not in op_of(g, "linear").attrs
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (2, 8), (4, 16), (1, 2)])
+def test_sparsify_imposes_magnitude_pruning(four, nm):
+    g, x = four
+    s = check(sparsify(g, f"{nm[0]}:{nm[1]}"))
+    for n in _linears(s):
+        a = op_of(s, n).attrs
+        assert a["sparsity"] == nm and gs.satisfies_nm(a["weight"], *nm)
+        assert np.array_equal(a["weight"], gs.prune_nm(_w(g, n), *nm))
+        assert a["weight"].dtype == np.float32
+        assert s.graph["weight_formats"][n]["sparsity_from"] == "imposed"
+    # imposed pruning changes the float model by design; the interpreter runs the pruned one
+    out = run(s, _inputs(x))["output"]
+    assert out.shape == (4, 8) and not np.array_equal(out, run(g, _inputs(x))["output"])
+
+
+def test_sparsify_dense_records_1_1_without_detecting(four):
+    g, _ = four
+    s = check(sparsify(g, "dense"))
+    assert {op_of(s, n).attrs["sparsity"] for n in _linears(s)} == {(1, 1)}
+    assert s.graph["weight_formats"]["linear_1"]["sparsity_from"] == "dense"
+
+
+def test_detection_finds_the_strongest_pattern():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 8)
+    with torch.no_grad():
+        lin.weight.mul_(torch.arange(32) % 8 == 3)          # one nonzero per group of 8
+    g = from_module(torch.nn.Sequential(lin).eval(), example=torch.randn(2, 32))
+    (name,) = _linears(g)
+    assert op_of(sparsify(g), name).attrs["sparsity"] == (1, 8)
+
+
+def test_parse_sparsity():
+    assert parse_sparsity("auto") == "auto" and parse_sparsity(" Dense ") == (1, 1)
+    assert parse_sparsity("2:4") == (2, 4) and parse_sparsity((4, 16)) == (4, 16)
+    for bad, rule in (("3:4", "M/N must be a power of two"), ("3:16", "M/N must be"),
+                      ("1:32", "up to 16"), ("2:6", "power of two up to 16"),
+                      ("5:4", "N must be between 1 and M"), ("2:", "form N:M"),
+                      ("2/4", "form N:M")):
+        with pytest.raises(CompileError, match=rule):
+            parse_sparsity(bad)
+    with pytest.raises(CompileError, match=r"sparsity '3:4': M/N .*use auto, dense or N:M"):
+        sparsify(from_module(make(0), example=torch.randn(2, 37)), "3:4")
+
+
+def test_int4_error_of_typical_weights():
+    """The numbers the INT4_MAX_ERROR docstring quotes (golden.int4, groups of 32)."""
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(-1, 1, (256, 256))
+    gauss = rng.standard_normal((256, 256))
+    assert 0.06 < int4_error(uniform) < 0.08
+    assert 0.09 < int4_error(gauss) < 0.11
+    assert int4_error(np.zeros((3, 5))) == 0.0
+    assert INT4_MAX_ERROR == 0.15
+
+
+def _outliers(rows, k, seed=0):
+    """A weight whose int4 error is far above the limit: one huge value per group of 32."""
+    w = np.random.default_rng(seed).standard_normal((rows, k)) * 0.1
+    w[:, ::32] = 3.0
+    return w.astype(np.float32)
+
+
+def test_precision_mixed_rule(four):
+    g, x = four
+    p = check(precision(sparsify(g), "mixed"))
+    names = _linears(p)
+    assert [op_of(p, n).attrs["wbits"] for n in names] == [8, 4, 4, 8]
+    f = p.graph["weight_formats"]
+    assert f[names[0]]["why"] == "mixed: first layer" and f[names[3]]["why"] == "mixed: last layer"
+    for n in names[1:3]:
+        assert f[n]["int4_error"] == pytest.approx(int4_error(_w(p, n)), abs=1e-6)
+        assert f[n]["int4_error"] <= INT4_MAX_ERROR and f[n]["weights"] == "int4"
+    # a middle layer whose int4 error exceeds the limit keeps int8
+    c = names[2]
+    bad = copy_graph(g)
+    set_op(bad, c, op_of(bad, c).with_attrs(weight=_outliers(64, 64)))
+    assert int4_error(_w(bad, c)) > INT4_MAX_ERROR
+    p = check(precision(sparsify(bad), "mixed"))
+    assert [op_of(p, n).attrs["wbits"] for n in names] == [8, 4, 8, 8]
+    assert p.graph["weight_formats"][c]["why"].startswith("mixed: int4 error 0.")
+    assert "> 0.15" in p.graph["weight_formats"][c]["why"]
+
+
+def test_precision_uniform_choices_and_errors(four):
+    g, _ = four
+    for weights, bits in (("int8", 8), ("int4", 4)):
+        p = check(precision(g, weights))
+        assert {op_of(p, n).attrs["wbits"] for n in _linears(p)} == {bits}
+    with pytest.raises(CompileError, match="weights 'fp8': use int8, int4, mixed"):
+        precision(g, "fp8")
+    # one or two linear layers: all of them are first or last, so mixed keeps int8
+    one = from_module(torch.nn.Sequential(torch.nn.Linear(8, 4)).eval(),
+                      example=torch.randn(2, 8))
+    p = precision(one, "mixed")
+    assert {op_of(p, n).attrs["wbits"] for n in _linears(p)} == {8}
+
+
+def test_quantize_int4_attrs_and_tolerance(four):
+    g, x = four
+    q = check(quantize(precision(sparsify(g), "int4"), x))
+    for n in _linears(g):
+        a = op_of(q, n).attrs
+        w4, s4, c = g4.quantize_weight_int4(np.asarray(_w(g, n), dtype=np.float64))
+        assert a["wbits"] == 4
+        assert np.array_equal(a["w4"], w4) and a["w4"].dtype == np.int8
+        assert np.array_equal(a["w4_scale"], s4) and a["w4_scale"].dtype == np.uint8
+        assert a["w4_scale"].shape == (a["weight"].shape[0], -(-a["weight"].shape[1] // 32))
+        assert np.array_equal(a["weight"], g4.dequantize_int4(w4, s4))
+        assert np.array_equal(a["w_scale"], c)
+    # int4 weights on the calibration sample: measured cosine ~0.997 on this model
+    f, o = run(g, _inputs(x))["output"], run(q, _inputs(x))["output"]
+    print(f"int4: cosine {cosine(f, o):.5f}")
+    assert cosine(f, o) > 0.99
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4", "mixed"])
+def test_quantization_keeps_the_recorded_sparsity(four, weights):
+    g, x = four
+    s = precision(sparsify(g, "2:4"), weights)
+    q = check(quantize(s, x))
+    for n in _linears(g):
+        a = op_of(q, n).attrs
+        assert a["sparsity"] == (2, 4) and gs.satisfies_nm(a["weight"], 2, 4)
+        assert a["wbits"] == op_of(s, n).attrs["wbits"]
+        assert ("w4" in a) == (a["wbits"] == 4)
+        # pruned entries stay exactly zero
+        assert not a["weight"][_w(s, n) == 0].any()
+    f, o = run(s, _inputs(x))["output"], run(q, _inputs(x))["output"]
+    assert cosine(f, o) > 0.99          # against the pruned float model
+
+
+def test_quantize_without_weight_format_passes_is_dense_int8(quantized):
+    for n in quantized.nodes:
+        a = op_of(quantized, n).attrs
+        if op_of(quantized, n).kind == "qlinear":
+            assert a["sparsity"] == (1, 1) and a["wbits"] == 8 and "w4" not in a
 
 
 # ------------------------------------------------------------------------------------ quantize

@@ -169,3 +169,68 @@ def test_memory_rules(planned):
     g = copy_graph(planned)
     g.nodes[q]["op"] = replace(op_of(g, q), mem=replace(op_of(g, q).mem, words=1))
     _raises(g, q, "do not match shape")
+
+
+# ------------------------------------------------------------------------------ weight formats
+
+@pytest.fixture
+def int4_sparse(float_graph, target, x3):
+    """Fused graph with every qlinear 2:4 and int4 (the richest attribute set)."""
+    return run_flow(float_graph, FlowOptions(target, x3.numpy(), sparsity="2:4",
+                                             weights="int4"), stop_after="fuse")
+
+
+def test_weight_format_graphs_pass(int4_sparse, float_graph, target, x3):
+    assert check(int4_sparse) is int4_sparse
+    g = run_flow(float_graph, FlowOptions(target, x3.numpy(), sparsity="2:4"),
+                 stop_after="precision")
+    assert check(g) is g
+
+
+def test_weight_must_satisfy_recorded_sparsity(fused, int4_sparse):
+    q = _qlinear(fused)
+    _raises(_broken(fused, q, sparsity=(1, 4)), q, "does not satisfy its recorded 1:4")
+    q = _qlinear(int4_sparse)
+    w = op_of(int4_sparse, q).attrs["weight"].copy()
+    w[0, :4] = 1                                          # 4 nonzeros in a group of 4
+    _raises(_broken(int4_sparse, q, weight=w), q, "does not satisfy its recorded 2:4")
+
+
+def test_sparsity_and_wbits_values(fused, float_graph):
+    q = _qlinear(fused)
+    _raises(_broken(fused, q, sparsity=(2, 6)), q, "M must be a power of two up to 16")
+    _raises(_broken(fused, q, sparsity=(5, 4)), q, "1 <= N <= M")
+    _raises(_broken(fused, q, sparsity=2), q, "pair of ints")
+    _raises(_broken(fused, q, wbits=2), q, "'wbits' must be 8 or 4")
+    _raises(_broken(fused, q, wbits=4), q, "attribute 'w4' must be an array")
+    _raises(_broken(fused, q, w4=np.zeros((1, 1), np.int8)), q, "int4 layers only")
+    # the float level checks the recorded pattern too
+    _raises(_broken(float_graph, "linear", sparsity=(2, 4)), "linear", "recorded 2:4")
+
+
+def test_int4_consistency(int4_sparse):
+    q = _qlinear(int4_sparse)
+    a = op_of(int4_sparse, q).attrs
+    w = a["weight"].copy()
+    nz = np.argwhere(w)[0]
+    w[tuple(nz)] += 1
+    _raises(_broken(int4_sparse, q, weight=w), q, "differs from dequantize_int4")
+    w4 = a["w4"].copy()
+    w4[0, 0] = 8
+    _raises(_broken(int4_sparse, q, w4=w4), q, "w4 codes outside [-8, 7]")
+    s = a["w4_scale"].copy()
+    s[0, 0] = 0
+    _raises(_broken(int4_sparse, q, w4_scale=s), q, "w4_scale outside [1, 15]")
+    _raises(_broken(int4_sparse, q, w4_scale=s[:, :1].astype(np.int8)), q, "must be uint8")
+    _raises(_broken(int4_sparse, q, w4_scale=a["w4_scale"][:, :1]), q, "has shape")
+
+
+def test_missing_sparsity_and_wbits_mean_dense_int8(fused):
+    """Graphs saved before weight formats existed carry neither attribute: still valid."""
+    g = copy_graph(fused)
+    for n in g.nodes:
+        op = op_of(g, n)
+        if op.kind == "qlinear":
+            attrs = {k: v for k, v in op.attrs.items() if k not in ("sparsity", "wbits")}
+            g.nodes[n]["op"] = replace(op, attrs=types.MappingProxyType(attrs))
+    assert check(g) is g

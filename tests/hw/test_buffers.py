@@ -1,16 +1,21 @@
-"""ActivationBuffer (byte enables, two read ports) and WeightRing (prefetch, wrap, release)."""
+"""ActivationBuffer (byte enables, three read ports) and WeightRing (prefetch, fill decoder,
+wrap, release, per-group skew)."""
 
 from __future__ import annotations
 
 import random
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
+from hwflow.golden.sparse import parse_nm
 from hwflow.hw.buffers import ActivationBuffer, WeightRing
 from hwflow.hw.config import AccelConfig
+from hwflow.mapping.weight_format import DENSE_INT8, LayerFormat
 
 from ._memory import port_process
+from ._program import fill_entries, random_layer
 
 
 def test_activation_buffer_byte_writes():
@@ -27,17 +32,16 @@ def test_activation_buffer_byte_writes():
             ctx.set(dut.w_addr, addr)
             ctx.set(dut.w_data, val)
             ctx.set(dut.w_en, en)
-            ra, rb = rng.randrange(depth), rng.randrange(depth)
-            ctx.set(dut.a_addr, ra)
-            ctx.set(dut.b_addr, rb)
-            ctx.set(dut.a_en, 1)
-            ctx.set(dut.b_en, 1)
-            exp_a = int.from_bytes(ref[ra].tobytes(), "little")
-            exp_b = int.from_bytes(ref[rb].tobytes(), "little")
+            reads = {}
+            for port in "abc":
+                reads[port] = rng.randrange(depth)
+                ctx.set(getattr(dut, f"{port}_addr"), reads[port])
+                ctx.set(getattr(dut, f"{port}_en"), 1)
             await ctx.tick()
             # read data are the words before this cycle's write (no write-through)
-            assert ctx.get(dut.a_data) == exp_a
-            assert ctx.get(dut.b_data) == exp_b
+            for port, ra in reads.items():
+                exp = int.from_bytes(ref[ra].tobytes(), "little")
+                assert ctx.get(getattr(dut, f"{port}_data")) == exp, port
             vb = val.to_bytes(L, "little")
             for i in range(L):
                 if en >> i & 1:
@@ -50,33 +54,26 @@ def test_activation_buffer_byte_writes():
     sim.run()
 
 
-def test_activation_buffer_skewed_port():
-    """With a_skew, lane i of port a reads the address of i cycles ago (the engine's x skew)."""
-    L, depth = 4, 16
+def test_activation_buffer_read_enable_holds():
+    """A read port's data hold while its enable is low (the output sequencer's stall)."""
+    L, depth = 2, 8
     dut = ActivationBuffer(L, depth)
-    rng = random.Random(2)
-    words = [rng.randrange(1 << (8 * L)) for _ in range(depth)]
 
     async def tb(ctx):
-        for a, w in enumerate(words):          # fill with full-word writes
+        for a in range(depth):
             ctx.set(dut.w_addr, a)
-            ctx.set(dut.w_data, w)
-            ctx.set(dut.w_en, (1 << L) - 1)
+            ctx.set(dut.w_data, 0x100 * a + a + 1)
+            ctx.set(dut.w_en, 3)
             await ctx.tick()
         ctx.set(dut.w_en, 0)
-        ctx.set(dut.a_skew, 1)
-        ctx.set(dut.a_en, 0)                   # ignored while skewed
-        hist = []
-        for _ in range(40):
-            a = rng.randrange(depth)
-            ctx.set(dut.a_addr, a)
-            hist.append(a)
-            await ctx.tick()
-            got = ctx.get(dut.a_data).to_bytes(L, "little")
-            for i in range(L):
-                if len(hist) > i:
-                    exp = words[hist[-1 - i]].to_bytes(L, "little")[i]
-                    assert got[i] == exp, (len(hist), i)
+        ctx.set(dut.c_addr, 3)
+        ctx.set(dut.c_en, 1)
+        await ctx.tick()
+        assert ctx.get(dut.c_data) == 0x304
+        ctx.set(dut.c_addr, 5)
+        ctx.set(dut.c_en, 0)
+        await ctx.tick()
+        assert ctx.get(dut.c_data) == 0x304
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -84,25 +81,37 @@ def test_activation_buffer_skewed_port():
     sim.run()
 
 
-def _ring_run(cfg, base, n_tiles, tile_rows, reads_per_tile, latency=32):
-    SB, D = cfg.beat_bytes, cfg.weight_depth
-    total = n_tiles * tile_rows
+def _ring_run(cfg, base, n_tiles, k_words, reads_per_tile, fmt=DENSE_INT8, latency=32):
+    """Stream a weight block through the ring; a consumer reads every entry of each tile
+    ``reads_per_tile`` times (as soon as it has arrived) on both read ports, then releases the
+    tile. Returns (cycles, memory-port log)."""
+    SB, D, R = cfg.beat_bytes, cfg.weight_depth, cfg.param_rows
     rng = np.random.default_rng(1)
+    lay = random_layer(cfg, rng, k_words * cfg.chain_len, n_tiles * cfg.chains * fmt.r, fmt)
+    tmr = lay.tile_mem_rows
+    total = n_tiles * tmr
+    tile_entries = R + k_words
     image = bytearray(rng.integers(0, 256, size=(base + total * cfg.beats_per_row + 4) * SB,
                                    dtype=np.uint8).tobytes())
+    image[base * SB:base * SB + len(lay.block)] = lay.block
+    entries = fill_entries(cfg, fmt, lay.block, k_words, n_tiles)
     dut = WeightRing(cfg)
     got = []
     st = {}
     log = {}
 
-    eng = []            # (tick, eng_data) after each tick
-    addr_at = {}        # tick -> absolute row whose slot was on eng_addr during it
+    eng = []            # (tick, eng_data, eng_idx) after each tick
+    addr_at = {}        # tick -> absolute entry whose slot was on eng_addr during it
     releases = []       # ticks with a release pulse
 
     async def consumer(ctx):
         ctx.set(dut.base, base)
         ctx.set(dut.total_rows, total)
-        ctx.set(dut.tile_rows, tile_rows)
+        ctx.set(dut.tile_mem_rows, tmr)
+        ctx.set(dut.k_words, k_words)
+        ctx.set(dut.lgm, fmt.lgm)
+        ctx.set(dut.lgr, fmt.lgr)
+        ctx.set(dut.int4, fmt.int4)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -114,13 +123,13 @@ def _ring_run(cfg, base, n_tiles, tile_rows, reads_per_tile, latency=32):
             nonlocal tick
             addr_at[tick] = cur
             await ctx.tick()
-            eng.append((tick, ctx.get(dut.eng_data)))
+            eng.append((tick, ctx.get(dut.eng_data), ctx.get(dut.eng_idx)))
             tick += 1
 
         for t in range(n_tiles):
             for _ in range(reads_per_tile):
-                for r in range(tile_rows):
-                    absr = t * tile_rows + r
+                for r in range(tile_entries):
+                    absr = t * tile_entries + r
                     while ctx.get(dut.arrived) <= absr:
                         await step()
                         cycles += 1
@@ -136,40 +145,42 @@ def _ring_run(cfg, base, n_tiles, tile_rows, reads_per_tile, latency=32):
             await step()
             cycles += 1
             ctx.set(dut.release, 0)
+        for _ in range(3):
+            await step()
         st["cycles"] = cycles
         assert ctx.get(dut.idle)
+        assert ctx.get(dut.arrived) == n_tiles * tile_entries
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(consumer)
     sim.add_process(port_process(dut, image, SB, SB, 0, latency, log=log))
     sim.run()
-    rb = cfg.row_bytes
-    P, L = cfg.chains, cfg.chain_len
+    P, L, S0 = cfg.chains, cfg.chain_len, cfg.group_len
 
-    def row(absr):
-        off = base * SB + absr * rb
-        return image[off:off + rb]
+    def lane_major(a):
+        return a.T.reshape(-1)          # [P, L] memory order -> lane i's P values
 
-    def lane_major(raw):
-        return bytes(raw[p * L + i] for i in range(L) for p in range(P))
-
-    # parameter port: the whole row, lane-major (byte i of chain p at i*P + p)
+    # parameter port: the whole entry, lane-major (byte i of chain p at i*P + p)
     for absr, val in got:
-        assert val == int.from_bytes(lane_major(row(absr)), "little"), absr
-    # engine port: lane i (P bytes, one per chain) is the row on eng_addr i ticks earlier;
-    # checked where no release in the window could have let a slot be refilled meanwhile
+        exp = lane_major(entries[absr][0]).tobytes()
+        assert val == int.from_bytes(exp, "little"), absr
+    # engine port: lane i (P bytes, one per chain) is the entry on eng_addr i mod S0 ticks
+    # earlier; checked where no release in the window could have let a slot be refilled
     checked = 0
-    for tick, val in eng:
-        if any(tick - L < r <= tick for r in releases):
+    for tick, val, idx in eng:
+        if any(tick - S0 < r <= tick for r in releases):
             continue
-        raw = val.to_bytes(rb, "little")
+        raw = val.to_bytes(cfg.row_bytes, "little")
         for i in range(L):
-            absr = addr_at.get(tick - i)
+            absr = addr_at.get(tick - i % S0)
             if absr is None:
                 continue
-            exp = bytes(row(absr)[p * L + i] for p in range(P))
-            assert raw[i * P:(i + 1) * P] == exp, (tick, i, absr)
+            values, idxs = entries[absr]
+            assert raw[i * P:(i + 1) * P] == values[:, i].tobytes(), (tick, i, absr)
+            if cfg.sparse and absr % tile_entries >= R:
+                lane_idx = [(idx >> (4 * (i * P + p))) & 15 for p in range(P)]
+                assert lane_idx == list(idxs[:, i]), (tick, i, absr)
             checked += 1
     assert checked > 0
     return st["cycles"], log
@@ -178,20 +189,30 @@ def _ring_run(cfg, base, n_tiles, tile_rows, reads_per_tile, latency=32):
 def test_weight_ring_wraps_and_streams():
     cfg = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=64,
                       weight_depth=24)
-    cycles, log = _ring_run(cfg, base=3, n_tiles=7, tile_rows=9, reads_per_tile=2)
-    assert log["beats"] == 7 * 9
-    # no request may overrun the ring: at most D rows outstanding
-    assert all(n <= 16 for _, _, n in log["requests"])
+    cycles, log = _ring_run(cfg, base=3, n_tiles=4, k_words=3, reads_per_tile=2)
+    assert log["beats"] == 4 * (cfg.param_rows + 3)
+    # no request may overrun the ring: at most D/2 rows a burst
+    assert all(n <= 12 for _, _, n in log["requests"])
+
+
+@pytest.mark.parametrize("sparsity,wbits", [("2:4", 8), ("dense", 4), ("1:4", 4)])
+def test_weight_ring_decodes_formats(sparsity, wbits):
+    """Sparse and int4 tiles through the ring: indices on the engine port, two entries per int4
+    row reserved and released, an 8-slice chain in DSP groups of 2 (skew by lane mod 2)."""
+    cfg = AccelConfig(chains=2, chain_len=8, mem_ports=1, port_bytes=16, act_depth=64,
+                      weight_depth=48)
+    n, m = parse_nm(sparsity)
+    _ring_run(cfg, base=1, n_tiles=3, k_words=9, reads_per_tile=2,
+              fmt=LayerFormat(n, m, wbits))
 
 
 def test_weight_ring_multi_beat_rows_overlap():
     """Rows of 2 super-beats; fetch overlaps consumption: close to the memory-bound time."""
     cfg = AccelConfig(chains=4, chain_len=8, mem_ports=2, port_bytes=8, act_depth=64,
                       weight_depth=64)
-    n_tiles, tile_rows = 6, 10
-    cycles, log = _ring_run(cfg, base=0, n_tiles=n_tiles, tile_rows=tile_rows,
-                            reads_per_tile=1)
-    beats = n_tiles * tile_rows * cfg.beats_per_row
+    n_tiles, k_words = 6, 6
+    cycles, log = _ring_run(cfg, base=0, n_tiles=n_tiles, k_words=k_words, reads_per_tile=1)
+    beats = n_tiles * (cfg.param_rows + k_words) * cfg.beats_per_row
     assert log["beats"] == beats
     # memory bound: one super-beat per cycle after the 32-cycle latency (+ the tb's own overhead
     # of one release cycle per tile)

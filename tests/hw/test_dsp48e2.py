@@ -1,4 +1,4 @@
-"""DSP48E2Slice against its Python pipeline model (DSP48E2Model)."""
+"""DSP48E2Slice against its Python pipeline model (DSP48E2Model), and the packed multiply."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from amaranth import Module
 from amaranth.sim import Simulator
 
 from hwflow.hw.dsp48e2 import DSP48E2Model, DSP48E2Slice
+from hwflow.hw.dsp_chain import DSP_LATENCY
+from hwflow.hw.engine_model import pack, split_packed
 
 
 def test_slice_matches_model():
@@ -81,6 +83,32 @@ def _run_no_ce(acc_port):
             ctx.set(s.pcin, pcin)
             await ctx.tick()
             assert ctx.get(s.p) == model.step(a, b, acc, pcin)
+
+    sim = Simulator(s)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_packed_multiply_through_a_slice():
+    """The v2 chain's use: ``A = x0 + x1 * 2**18``, ``B = w`` (int8); P splits into ``x0 * w``
+    and ``x1 * w`` (lo = sext(P[17:0]), hi = P[47:18] + P[17])."""
+    rng = random.Random(5)
+    s = DSP48E2Slice(cascade=False, clock_enable=False, accumulator=False)
+    corners = [(-128, -128, -128), (-128, 127, 127), (127, -128, -128), (0, -128, 127),
+               (-1, 0, 1), (1, -1, -1), (0, 0, -128)]
+    cases = corners + [tuple(rng.randint(-128, 127) for _ in range(3)) for _ in range(200)]
+
+    async def tb(ctx):
+        for n in range(len(cases) + DSP_LATENCY):
+            if n < len(cases):
+                x0, x1, w = cases[n]
+                ctx.set(s.a, pack(x0, x1))
+                ctx.set(s.b, w)
+            await ctx.tick()
+            if n >= DSP_LATENCY - 1 and n - (DSP_LATENCY - 1) < len(cases):
+                x0, x1, w = cases[n - (DSP_LATENCY - 1)]
+                assert split_packed(ctx.get(s.p)) == (x0 * w, x1 * w)
 
     sim = Simulator(s)
     sim.add_clock(1e-8)

@@ -5,20 +5,24 @@ in place, STORE, END), checked against golden; plus Verilog port names and a Ver
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from hwflow.golden import int8 as golden
+from hwflow.golden.sparse import parse_nm
 from hwflow.hw.axi_lite import REG
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
+from hwflow.hw.controller import mode_legal
+from hwflow.hw.isa import ERROR_ILLEGAL_MODE, FLAG_INT4, FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
 from hwflow.hw.top import Accelerator, generate_verilog
+from hwflow.mapping.weight_format import DENSE_INT8, LayerFormat, is_legal
 
 from ._lint import assert_lints_clean
 from ._memory import port_process
-from ._program import act_rows, matmul_expect, pack_weights
+from ._program import act_rows, matmul_expect, random_layer
 
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256,
                   weight_depth=32)
@@ -80,36 +84,36 @@ def run_accel(cfg, image: bytearray, prog_base: int, latency=16, p_busy=0.0, max
     return regs
 
 
-def _program_case(cfg, seed=0, vadd=True):
-    P, L, SB = cfg.chains, cfg.chain_len, cfg.beat_bytes
-    rng = np.random.default_rng(seed)
-    img = bytearray(256 * SB)
+@dataclass
+class MM:
+    """One MATMUL of a test program (random data drawn by :func:`build_program`)."""
 
-    def put(sb, data):
-        img[sb * SB:sb * SB + len(data)] = data
+    K: int
+    N: int
+    rows: int
+    fmt: LayerFormat = DENSE_INT8
+    relu: bool = False
+    residual: bool = False
+    shift: int = 22
+    res_mult: int = 0
+    n_tiles: int | None = None          # default: just enough tiles for N
+    out_words: int | None = None        # default: just enough words for N
+    bias_range: int = 3000
+    mult_range: tuple = (1, 65536)
+
+
+def build_program(cfg, mms, seed=0, vadd=False):
+    """LOADs, the MATMULs (each on its own x, residual and output rows; outputs pre-filled with
+    garbage so that every byte the hardware must write is checked), a VADD in place on the first
+    output (optional), STOREs, END. Returns ``(image, prog_base, {sb: bytes}, n_instr, mpe)``."""
+    L, SB = cfg.chain_len, cfg.beat_bytes
+    rng = np.random.default_rng(seed)
+    img = bytearray(max(1024 * SB, 1 << 16))
 
     def i8(shape):
         v = rng.integers(-128, 128, size=shape)
         return np.where(rng.random(shape) < 0.1, rng.choice([-128, 127], size=shape), v
                         ).astype(np.int8)
-
-    # MATMUL 1: K=37, N=23, rows=3, residual + ReLU
-    K, N, rows = 37, 23, 3
-    kw = -(-K // L)
-    nt = -(-N // P)
-    ow = -(-N // L)
-    x, w = i8((rows, K)), i8((N, K))
-    bias = rng.integers(-3000, 3000, size=N)
-    mult = rng.integers(1, 65536, size=N)
-    res = i8((rows, N))
-    shift, res_mult = 22, 30000
-    # MATMUL 2: K=12, N=5, rows=2, 3 tiles but out_words=3 words (tail zero fill; channels
-    # 8..11 of tile 2 fall in the padding), no residual, shift 0 (saturates)
-    K2, N2, rows2, nt2, ow2 = 12, 5, 2, 3, 3
-    kw2 = -(-K2 // L)
-    x2, w2 = i8((rows2, K2)), i8((N2, K2))
-    bias2 = rng.integers(-50, 50, size=N2)
-    mult2 = rng.integers(0, 3, size=N2)
 
     def sbs(nbytes):                  # whole super-beats covering nbytes
         return -(-nbytes // SB)
@@ -117,86 +121,93 @@ def _program_case(cfg, seed=0, vadd=True):
     def words(nbytes):                # act words moved by a LOAD/STORE of whole super-beats
         return sbs(nbytes) * SB // L
 
-    wblk = pack_weights(cfg, w, bias, mult, kw, nt)
-    wblk2 = pack_weights(cfg, w2, bias2, mult2, kw2, nt2)
-    xb, rb, x2b = act_rows(x, kw, L), act_rows(res, ow, L), act_rows(x2, kw2, L)
-    o1_bytes, o2_bytes = rows * ow * L, rows2 * ow2 * L
-    garbage = rng.integers(0, 256, size=SB * sbs(max(o1_bytes, o2_bytes)),
-                           dtype=np.uint8).tobytes()
-    # external layout (super-beats), program first (11 instructions)
-    regions, nxt = {}, sbs(11 * 32)
-    for name, size in (("WGT", len(wblk)), ("WGT2", len(wblk2)), ("XS", len(xb)),
-                       ("RES", len(rb)), ("GARB", len(garbage)), ("X2", len(x2b)),
-                       ("OUT", o1_bytes), ("OUT2", o2_bytes)):
-        regions[name] = nxt
-        nxt += sbs(size) + 1
-    assert nxt * SB <= len(img)
-    PROG = 0
-    put(regions["WGT"], wblk)
-    put(regions["WGT2"], wblk2)
-    put(regions["XS"], xb)
-    put(regions["RES"], rb)
-    put(regions["GARB"], garbage)
-    put(regions["X2"], x2b)
-    # activation buffer layout (words)
-    A_X = 0
-    A_RES = A_X + words(len(xb))
-    A_OUT = A_RES + words(len(rb))
-    A_X2 = A_OUT + words(len(garbage))
-    A_OUT2 = A_X2 + words(len(x2b))
-    assert A_OUT2 + words(len(garbage)) <= cfg.act_depth
-    vadd_n, a_mult, b_mult, vshift = 21, 700, 900, 10
-    prog = [
-        Instr(Opcode.LOAD, ext=regions["XS"], a=A_X, b=words(len(xb))),
-        Instr(Opcode.LOAD, ext=regions["RES"], a=A_RES, b=words(len(rb))),
-        Instr(Opcode.LOAD, ext=regions["GARB"], a=A_OUT, b=words(len(garbage))),
-        Instr(Opcode.LOAD, ext=regions["GARB"], a=A_OUT2, b=words(len(garbage))),
-        Instr(Opcode.LOAD, ext=regions["X2"], a=A_X2, b=words(len(x2b))),
-        Instr(Opcode.MATMUL, flags=FLAG_RELU | FLAG_RESIDUAL, shift=shift, ext=regions["WGT"],
-              a=A_X, out=A_OUT, b=A_RES, rows=rows, k_words=kw, n_tiles=nt, n=N, words=ow,
-              mult_b=res_mult),
-        Instr(Opcode.MATMUL, shift=0, ext=regions["WGT2"], a=A_X2, out=A_OUT2, rows=rows2,
-              k_words=kw2, n_tiles=nt2, n=N2, words=ow2),
-    ] + [
-        Instr(Opcode.VADD, shift=vshift, a=A_OUT, out=A_OUT, b=A_RES, rows=rows, n=vadd_n,
-              words=ow, mult_b=b_mult, mult_a=a_mult),
-    ][:int(vadd)] + [
-        Instr(Opcode.STORE, ext=regions["OUT"], a=A_OUT, b=words(o1_bytes)),
-        Instr(Opcode.STORE, ext=regions["OUT2"], a=A_OUT2, b=words(o2_bytes)),
-        Instr(Opcode.END),
-    ]
-    code = b"".join(i.encode() for i in prog)
-    put(PROG, code)
+    n_instr_guess = 5 * len(mms) + 2
+    ext = sbs(32 * n_instr_guess)      # next free super-beat
+    act = 0                            # next free act word
+    loads, mm_ins, stores, expect = [], [], [], {}
+    mpe = 0
+    outs = []
 
-    y1 = matmul_expect(x, w, bias, mult, shift, True, res=res, res_mult=res_mult)
-    o1 = np.zeros((rows, ow * L), dtype=np.int8)
+    def place(data):
+        nonlocal ext
+        at = ext
+        img[at * SB:at * SB + len(data)] = data
+        ext += sbs(len(data)) + 1
+        return at
+
+    def alloc(nbytes):
+        nonlocal act
+        at = act
+        act += words(nbytes)
+        return at
+
+    for mm in mms:
+        lay = random_layer(cfg, rng, mm.K, mm.N, mm.fmt, mm.n_tiles, mm.bias_range,
+                           mm.mult_range)
+        kw, nt = lay.k_words, lay.n_tiles
+        ow = mm.out_words or -(-mm.N // L)
+        x = i8((mm.rows, mm.K))
+        xb = act_rows(x, kw, L)
+        res = i8((mm.rows, mm.N)) if mm.residual else None
+        wsb = place(lay.block)
+        a_x = alloc(len(xb))
+        loads.append(Instr(Opcode.LOAD, ext=place(xb), a=a_x, b=words(len(xb))))
+        a_res = 0
+        if res is not None:
+            rb = act_rows(res, ow, L)
+            a_res = alloc(len(rb))
+            loads.append(Instr(Opcode.LOAD, ext=place(rb), a=a_res, b=words(len(rb))))
+        o_bytes = mm.rows * ow * L
+        garbage = rng.integers(0, 256, size=SB * sbs(o_bytes), dtype=np.uint8).tobytes()
+        a_out = alloc(len(garbage))
+        loads.append(Instr(Opcode.LOAD, ext=place(garbage), a=a_out, b=words(len(garbage))))
+        flags = lay.flags | (FLAG_RELU if mm.relu else 0) | (FLAG_RESIDUAL if mm.residual else 0)
+        mm_ins.append(Instr(Opcode.MATMUL, flags=flags, shift=mm.shift, ext=wsb, a=a_x,
+                            out=a_out, b=a_res, rows=mm.rows, k_words=kw, n_tiles=nt, n=mm.N,
+                            words=ow, mult_b=mm.res_mult, **lay.mode))
+        y = matmul_expect(x, lay.w, lay.bias, lay.mult, mm.shift, mm.relu, res=res,
+                          res_mult=mm.res_mult)
+        o = np.zeros((mm.rows, ow * L), dtype=np.int8)
+        o[:, :mm.N] = y
+        outs.append((o, garbage, a_out, ow, mm.rows, res))
+        mpe += nt * -(-mm.rows // 2) * kw
+    assert act <= cfg.act_depth, act
+    vadd_ins = []
     if vadd:
-        o1[:, :vadd_n] = golden.residual_add(y1[:, :vadd_n], res[:, :vadd_n], a_mult, b_mult,
-                                             vshift)
-    else:
-        o1[:, :N] = y1
-    y2 = matmul_expect(x2, w2, bias2, mult2, 0, False)
-    o2 = np.zeros((rows2, ow2 * L), dtype=np.int8)
-    o2[:, :N2] = y2
-    # STOREs move whole super-beats: the words after the rows still hold the garbage LOADed there
-    expect = {
-        regions["OUT"]: o1.tobytes() + garbage[o1.nbytes:SB * sbs(o1_bytes)],
-        regions["OUT2"]: o2.tobytes() + garbage[o2.nbytes:SB * sbs(o2_bytes)],
-    }
-    mpe = nt * rows * kw + nt2 * rows2 * kw2
-    return img, PROG, expect, len(prog), mpe
+        o, garbage, a_out, ow, rows, res = outs[0]
+        assert res is not None
+        vadd_n, a_mult, b_mult, vshift = min(21, res.shape[1]), 700, 900, 10
+        vadd_ins.append(Instr(Opcode.VADD, shift=vshift, a=a_out, out=a_out, b=mm_ins[0].b,
+                              rows=rows, n=vadd_n, words=ow, mult_b=b_mult, mult_a=a_mult))
+        v = np.zeros_like(o)
+        v[:, :vadd_n] = golden.residual_add(o[:, :vadd_n], res[:, :vadd_n], a_mult, b_mult,
+                                            vshift)
+        outs[0] = (v,) + outs[0][1:]
+    for o, garbage, a_out, _ow, _rows, _ in outs:
+        sb = place(bytes(len(garbage)))
+        stores.append(Instr(Opcode.STORE, ext=sb, a=a_out, b=words(len(garbage))))
+        # STOREs move whole super-beats: the words after the rows still hold the garbage
+        expect[sb] = o.tobytes() + garbage[o.nbytes:]
+    prog = loads + mm_ins + vadd_ins + stores + [Instr(Opcode.END)]
+    assert len(prog) <= n_instr_guess and ext * SB <= len(img), (len(prog), ext)
+    code = b"".join(i.encode() for i in prog)
+    img[:len(code)] = code
+    return img, 0, expect, len(prog), mpe
 
 
-# SB = 64 B: two instructions per super-beat (instruction buffer), L = 16 > P, one param row
-CFG_WIDE = AccelConfig(chains=4, chain_len=16, mem_ports=2, port_bytes=32, act_depth=128,
-                       weight_depth=16)
+def _program_case(cfg, seed=0, vadd=True):
+    """The v1 program: a MATMUL with residual + ReLU at odd sizes (3 rows), a second one with
+    row padding (a tile more than N needs, 3 words: tail zero fill, zeros for n >= n_out,
+    channels beyond the row not written), VADD in place, STOREs."""
+    mms = [MM(37, 23, 3, relu=True, residual=True, shift=22, res_mult=30000),
+           MM(12, 5, 2, shift=0, n_tiles=-(-5 // cfg.chains) + 1, out_words=3, bias_range=50,
+              mult_range=(0, 3))]
+    return build_program(cfg, mms, seed, vadd)
 
 
-@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG, 16, 0.0), (CFG, 5, 0.3),
-                                                (CFG_WIDE, 32, 0.1)])
-def test_program_matches_golden(cfg, latency, p_busy):
-    img, prog_base, expect, n_instr, mpe = _program_case(cfg)
-    regs = run_accel(cfg, img, prog_base, latency, p_busy)
+def check_program(cfg, img, prog_base, expect, n_instr, mpe, latency=16, p_busy=0.0,
+                  max_cycles=50000):
+    regs = run_accel(cfg, img, prog_base, latency, p_busy, max_cycles=max_cycles)
     SB = cfg.beat_bytes
     for sb, data in expect.items():
         got = np.frombuffer(bytes(img[sb * SB:sb * SB + len(data)]), dtype=np.int8)
@@ -206,7 +217,63 @@ def test_program_matches_golden(cfg, latency, p_busy):
     assert regs["AP_CTRL"] & 0b110 == 0b110          # done and idle
     assert regs["RETIRED"] == n_instr
     assert regs["MPE_BUSY_LO"] == mpe
+    return regs
+
+
+# SB = 64 B: two instructions per super-beat (instruction buffer), L = 16 > P, two param rows
+CFG_WIDE = AccelConfig(chains=4, chain_len=16, mem_ports=2, port_bytes=32, act_depth=128,
+                       weight_depth=64)
+
+
+# a dense-only engine shaped like the iCEBreaker's: one chain of 2 slices (G = 2, R = 8), 2-byte
+# super-beats (16 per instruction), one epilogue
+CFG_TINY = AccelConfig(chains=1, chain_len=2, mem_ports=1, port_bytes=2, act_depth=256,
+                       weight_depth=64, sparse=False, int4=False)
+
+
+@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG, 16, 0.0), (CFG, 5, 0.3),
+                                                (CFG_WIDE, 32, 0.1), (CFG_TINY, 8, 0.1)])
+def test_program_matches_golden(cfg, latency, p_busy):
+    regs = check_program(cfg, *_program_case(cfg), latency=latency, p_busy=p_busy)
     assert 0 < regs["CYCLES_LO"] < 20000
+
+
+def _fmt(text, wbits=8):
+    n, m = parse_nm(text)
+    return LayerFormat(n, m, wbits)
+
+
+# Every weight format on a small engine, odd and even row counts; the L = 16 engine runs the
+# modes with M = 8 and 16. Each case is one program (MATMUL with residual, then one without).
+# int4 layers span two scale blocks (32/r value rows of two words each), hence the bigger
+# buffers of their engines (the ring holds two tiles' reservation).
+CFG_INT4 = replace(CFG, act_depth=1024, weight_depth=192)
+CFG_WIDE_INT4 = replace(CFG_WIDE, act_depth=256, weight_depth=64)
+FORMAT_CASES = [
+    (CFG, "dense", 8), (CFG, "2:4", 8), (CFG, "1:4", 8), (CFG, "1:2", 8),
+    (CFG_INT4, "dense", 4), (CFG_INT4, "2:4", 4),
+    (CFG_WIDE, "2:8", 8), (CFG_WIDE, "4:16", 8), (CFG_WIDE_INT4, "1:4", 4),
+]
+
+
+@pytest.mark.parametrize("cfg,sparsity,wbits", FORMAT_CASES,
+                         ids=[f"L{c.chain_len}-{s}-int{b}" for c, s, b in FORMAT_CASES])
+def test_weight_formats_match_golden(cfg, sparsity, wbits):
+    fmt = _fmt(sparsity, wbits)
+    L, P, r = cfg.chain_len, cfg.chains, fmt.r
+    K = (64 // r + 3) * L + 3 if wbits == 4 else 5 * L + 3
+    mms = [MM(K, 2 * P * r + 3, 3, fmt, relu=True, residual=True, shift=20, res_mult=20000),
+           MM(K - 5, P * r - 1, 2 if wbits == 4 else 4, fmt, shift=19)]
+    check_program(cfg, *build_program(cfg, mms, seed=len(sparsity) + wbits),
+                  max_cycles=100000)
+
+
+def test_mixed_formats_in_one_program():
+    """Dense int8, 2:4 int8 and int4 dense MATMULs back to back (and a VADD)."""
+    mms = [MM(29, 10, 3, DENSE_INT8, relu=True, residual=True, shift=22, res_mult=30000),
+           MM(40, 13, 2, _fmt("2:4"), shift=20),
+           MM(70, 9, 5, _fmt("dense", 4), residual=True, res_mult=5000, shift=18)]
+    check_program(CFG_INT4, *build_program(CFG_INT4, mms, seed=3, vadd=True))
 
 
 def test_illegal_opcode_sets_error():
@@ -219,6 +286,58 @@ def test_illegal_opcode_sets_error():
     assert regs["ERROR"] == 1
     assert regs["RETIRED"] == 1
     assert regs["AP_CTRL"] & 0b110 == 0b110
+
+
+CFG_MIN = replace(CFG, sparse=False, int4=False)
+CFG_WIDE_NO4 = replace(CFG_WIDE, act_depth=128, chain_len=12, mem_ports=3, port_bytes=32,
+                       chains=8)   # L = 12: 2L does not divide 32, no int4
+
+
+def _mm_word7(tile_mem_rows, lgm, lgr):
+    return tile_mem_rows | lgm << 16 | lgr << 19
+
+
+# (engine, w7, flags, k_words): MATMULs this engine must refuse with ERROR = 2
+ILLEGAL = [
+    (CFG, _mm_word7(10, 3, 0), 0, 2),           # M = 8 > L = 4
+    (CFG, _mm_word7(10, 1, 2), 0, 2),           # r = 4 > M = 2 (N < 1)
+    (CFG, _mm_word7(10, 2, 3), 0, 2),           # r = 8 > G
+    (CFG, _mm_word7(10, 0, 0), 0, 0),           # k_words = 0: nothing would ever be written
+    (CFG, _mm_word7(33, 0, 0), 0, 2),           # a tile's reservation > the ring (32)
+    (CFG, _mm_word7(17, 0, 0), FLAG_INT4, 2),   # int4 reserves 2 x 17 > 32
+    (CFG_MIN, _mm_word7(10, 2, 1), 0, 2),       # 2:4 without the sparse selectors
+    (CFG_MIN, _mm_word7(10, 0, 0), FLAG_INT4, 2),   # int4 without the int4 path
+    (CFG_WIDE_NO4, _mm_word7(10, 0, 0), FLAG_INT4, 2),  # int4 needs 2L | 32
+]
+
+
+@pytest.mark.parametrize("cfg,w7,flags,k_words", ILLEGAL)
+def test_illegal_mode_sets_error(cfg, w7, flags, k_words):
+    img = bytearray(64 * cfg.beat_bytes)
+    mm = bytearray(Instr(Opcode.MATMUL, flags=flags, ext=40, a=0, out=8, rows=1,
+                         k_words=k_words, n_tiles=1, n=1, words=1).encode())
+    mm[28:32] = w7.to_bytes(4, "little")
+    prog = (Instr(Opcode.LOAD, ext=8, a=0, b=cfg.beat_bytes // cfg.chain_len).encode()
+            + bytes(mm) + Instr(Opcode.END).encode())
+    img[:len(prog)] = prog
+    regs = run_accel(cfg, img, 0)
+    assert regs["ERROR"] == ERROR_ILLEGAL_MODE
+    assert regs["RETIRED"] == 1
+    assert regs["AP_CTRL"] & 0b110 == 0b110
+    assert regs["MPE_BUSY_LO"] == 0
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG_WIDE, CFG_MIN, CFG_WIDE_NO4,
+                                 AccelConfig(chains=1, chain_len=2, mem_ports=1, port_bytes=2)])
+def test_hardware_mode_check_agrees_with_the_mapper(cfg):
+    for m in (1, 2, 4, 8, 16):
+        for r in (1, 2, 4):
+            for wbits in (8, 4):
+                if m % r:
+                    continue
+                fmt = LayerFormat(m // r, m, wbits)
+                assert mode_legal(cfg, fmt.lgm, fmt.lgr, fmt.int4) == is_legal(cfg, fmt), fmt
+    assert not mode_legal(cfg, 5, 0, False) and not mode_legal(cfg, 2, 3, False)
 
 
 def test_verilog_ports_and_lint(tmp_path):

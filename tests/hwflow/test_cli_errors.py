@@ -99,3 +99,19 @@ def test_console_script_runs(argv):
     r = subprocess.run([sys.executable, "-m", "hwflow.cli", *argv], capture_output=True,
                        text=True, check=True)
     assert "u280" in r.stdout and "kv260" in r.stdout
+
+
+@pytest.mark.parametrize("flag,value,needles", [
+    ("--sparsity", "3:4", ["--sparsity 3:4", "M/N must be a power of two", "2:4"]),
+    ("--sparsity", "2:32", ["--sparsity 2:32", "M must be a power of two up to 16"]),
+    ("--sparsity", "5:4", ["--sparsity 5:4", "N must be between 1 and M"]),
+    ("--sparsity", "half", ["--sparsity half", "auto, dense or N:M"]),
+    ("--weights", "int2", ["--weights int2", "int8, int4, mixed"]),
+    ("--weights", "fp16", ["--weights fp16", "int8, int4, mixed"]),
+])
+def test_bad_weight_format_options(capsys, tmp_path, flag, value, needles):
+    out = tmp_path / "out"
+    code, err = _run(capsys, "compile", "--example", "mlp", "--board", "u280", "-o", str(out),
+                     flag, value)
+    _one_line_error(code, err, *needles)
+    assert not out.exists()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hwflow.cli import main
+from hwflow.compiler import load_graph
 from hwflow.errors import HwflowError
 from hwflow.flow import load_calibration
 from tests.e2e.test_mlp_flows import OddMLP
@@ -66,3 +67,45 @@ def test_calibration_shapes(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk")
     with pytest.raises(HwflowError, match="not a saved tensor"):
         load_calibration(tmp_path / "junk.pt", (3, 24))
+
+
+def _compile(tmp_path, *argv):
+    out = tmp_path / "o"
+    assert main(["compile", *argv, "--board", "u280", "-o", str(out)]) == 0
+    return json.loads((out / "reports" / "compile.json").read_text())
+
+
+def _formats(rep):
+    return [(f["sparsity"], f["weights"]) for f in rep["weight_formats"].values()]
+
+
+def test_sparse_example_is_detected(tmp_path, capsys):
+    rep = _compile(tmp_path, "--example", "mlp-sparse")
+    assert rep["sparsity"] == "auto" and rep["weights"] == "int8"
+    assert _formats(rep) == [("2:4", "int8"), ("2:4", "int8"), ("dense", "int8")]
+    assert {f["sparsity_from"] for f in rep["weight_formats"].values()} == {"detected"}
+    assert "pruned_float_cosine" not in rep and rep["float_cosine"] > 0.99
+    assert "weights: linear 2:4 int8, linear_1 2:4 int8, linear_2 dense int8" in \
+        capsys.readouterr().out
+
+
+def test_imposed_sparsity_reports_both_errors(tmp_path):
+    rep = _compile(tmp_path, "--example", "mlp", "--sparsity", "2:4")
+    assert rep["sparsity"] == "2:4"
+    assert _formats(rep) == [("2:4", "int8")] * 3
+    assert {f["sparsity_from"] for f in rep["weight_formats"].values()} == {"imposed"}
+    # against the model as given the pruning shows; against the pruned model only quantization
+    assert rep["pruned_float_cosine"] > 0.99 > rep["float_cosine"]
+    assert len(rep["layers"]) == 3 and all(la["macs"] > 0 for la in rep["layers"])
+
+
+def test_mixed_example(tmp_path):
+    rep = _compile(tmp_path, "--example", "mlp-mixed", "--weights", "mixed")
+    assert _formats(rep) == [("dense", "int8"), ("2:4", "int4"), ("dense", "int4"),
+                             ("dense", "int8")]
+    whys = [f["why"] for f in rep["weight_formats"].values()]
+    assert whys[0] == "mixed: first layer" and whys[-1] == "mixed: last layer"
+    assert all(w.startswith("mixed: int4 error 0.0") for w in whys[1:3])
+    assert rep["float_cosine"] > 0.99
+    final = load_graph(tmp_path / "o" / "ir" / "final")
+    assert [final.nodes[n]["op"].attrs["wbits"] for n in rep["weight_formats"]] == [8, 4, 4, 8]

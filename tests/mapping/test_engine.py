@@ -1,8 +1,16 @@
+from dataclasses import replace
+
 import pytest
 
 from hwflow.boards import load_board
 from hwflow.hw.config import AccelConfig
-from hwflow.mapping.engine import check_fit, choose_config, estimate_resources, memory_blocks
+from hwflow.mapping.engine import (
+    check_fit,
+    choose_config,
+    estimate_resources,
+    memory_blocks,
+    param_lanes,
+)
 from hwflow.mapping.errors import MappingError
 
 
@@ -11,7 +19,9 @@ def test_u280_default_engine_matches_one_row_per_cycle():
     assert (cfg.chains, cfg.chain_len, cfg.mem_ports) == (16, 16, 8)
     assert cfg.beat_bytes == cfg.row_bytes == 256
     fit = check_fit(cfg, load_board("u280"))
-    assert fit["dsp"]["used"] == 256 + 4 and fit["dsp"]["available"] == 9024
+    # 256 MAC slices, 4 epilogues of 3 multipliers, the controller's one
+    assert fit["dsp"]["used"] == 256 + 12 + 1 and fit["dsp"]["available"] == 9024
+    assert cfg.sparse and cfg.int4
 
 
 def test_kv260_engine_is_ddr_bound():
@@ -22,8 +32,8 @@ def test_kv260_engine_is_ddr_bound():
 def test_oversized_engine_is_refused_with_numbers():
     kv = load_board("kv260")
     cfg = choose_config(kv, chains=128, chain_len=16)
-    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 4
-    with pytest.raises(MappingError, match=r"DSP 2052 > 1248"):
+    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 13
+    with pytest.raises(MappingError, match=r"DSP 2061 > 1248"):
         check_fit(cfg, kv)
 
 
@@ -44,17 +54,42 @@ def test_bram_blocks_follow_the_family_block_size():
 
 
 def test_kv260_estimate_equals_yosys_synth_xilinx():
-    # Yosys 0.70 synth_xilinx -family xcup on the KV260 default: 132 DSP48E2,
-    # 22 RAMB36E2 + 32 RAMB18E2 = 38 blocks (tests/hwflow/export/test_fit.py measures a
-    # small configuration; this pins the numbers of the full one, which takes minutes).
+    # Yosys 0.70 synth_xilinx -family xcup on the KV260 default (v2 engine, sparse + int4):
+    # 141 DSP48E2 (128 MAC slices, 4 epilogues x 3, the controller's 1) and 60 blocks:
+    # activation buffer 3 ports x 16 lanes of 2048 x 8 (48 RAMB18E2 = 24), ring 16 + 12
+    # parameter lanes of 256 x 64 (28 RAMB36E2) and 16 index lanes of 256 x 32 (16 RAMB18E2 =
+    # 8); 34306 LUT. (tests/hwflow/export/test_fit.py measures a small configuration; this
+    # pins the numbers of the full one, which takes minutes.)
     kv = load_board("kv260")
-    assert estimate_resources(choose_config(kv), kv.bram_kbits) == {"dsp": 132, "bram": 38}
+    assert estimate_resources(choose_config(kv), kv.bram_kbits) == {"dsp": 141, "bram": 60}
     small = AccelConfig(chains=2, chain_len=4, mem_ports=1, port_bytes=8, act_depth=64,
                         weight_depth=16)
-    assert estimate_resources(small) == {"dsp": 12, "bram": 0}
+    assert estimate_resources(small) == {"dsp": 15, "bram": 0}
 
 
 def test_ecp5_and_ice40_count_their_own_blocks():
     ulx = load_board("ulx3s")
     assert ulx.bram_kbits == 18 and load_board("icebreaker").bram_kbits == 4
-    assert check_fit(choose_config(ulx), ulx)["bram"]["used"] == 16
+    # 4 lanes x 3 read ports of 1024 x 8 (one EBR each), 4 + 4 ring lanes of 128 x 32 and 4
+    # index lanes of 128 x 16 (one each)
+    assert check_fit(choose_config(ulx), ulx)["bram"]["used"] == 24
+
+
+def test_small_fpga_engine_drops_the_sparse_and_int4_paths():
+    ice = load_board("icebreaker")
+    cfg = choose_config(ice)
+    assert (cfg.chains, cfg.chain_len, cfg.sparse, cfg.int4) == (1, 2, False, False)
+    # 2 MAC slices + one epilogue (P = 1) + the controller; act 3 x 2 lanes, ring 2 + 2 lanes
+    # (no index lanes), one 4 Kb EBR each
+    assert estimate_resources(cfg, ice.bram_kbits) == {"dsp": 6, "bram": 10}
+    assert not choose_config(ice, sparse=True).int4 and choose_config(ice, sparse=True).sparse
+
+
+def test_param_lanes_hold_the_records_of_every_segment():
+    def cfg(L):
+        return AccelConfig(chains=8, chain_len=L, mem_ports=1, port_bytes=16, act_depth=64,
+                           weight_depth=16)
+    # records of G = 4 segments at bytes [8s, 8s + 6) of a chain's parameter bytes
+    assert [param_lanes(cfg(L)) for L in (2, 4, 8, 16)] == [2, 4, 6, 12]
+    # a dense-only engine reads segment 0's record only
+    assert param_lanes(replace(cfg(16), sparse=False)) == 6

@@ -1,28 +1,34 @@
+import struct
+
 import numpy as np
 
 from hwflow.hw.config import AccelConfig
-from hwflow.mapping.lower import pack_weight_block
 from hwflow.mapping.memory_image import (
     MAGIC,
+    VERSION,
     ImageBuilder,
     MemoryMap,
     pack_rows,
     read_tensor,
     write_tensor,
 )
+from hwflow.mapping.weight_format import DENSE_INT8, pack_weight_block
 
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256,
                   weight_depth=64)
 
 
-def test_weight_block_layout_follows_the_contract():
+def test_dense_int8_block_layout_follows_the_contract():
+    """The int8 dense tile (the v1 layout): R parameter rows, then k_words value rows; the other
+    formats are checked in test_weight_format.py."""
     rng = np.random.default_rng(1)
     n, k = 7, 9                          # not multiples of P=4 / L=4
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)
     bias = rng.integers(-2**31, 2**31, n).astype(np.int64)
     mult = rng.integers(0, 2**16, n)
     k_words, n_tiles = 3, 2
-    blk = np.frombuffer(pack_weight_block(w, bias, mult, CFG, k_words, n_tiles), np.uint8)
+    blk = np.frombuffer(pack_weight_block(CFG, DENSE_INT8, w, bias, mult, k_words, n_tiles),
+                        np.uint8)
     rows_per_tile = CFG.param_rows + k_words
     assert blk.size == n_tiles * rows_per_tile * CFG.row_bytes
     blk = blk.reshape(n_tiles, rows_per_tile, CFG.chains, CFG.chain_len)
@@ -54,3 +60,4 @@ def test_image_sections_and_io_roundtrip():
     write_tensor(img, mm, "x", -q)
     assert (read_tensor(bytes(img), mm, "x") == -q).all()
     assert mm.region("x").addr * CFG.beat_bytes >= 64 + 40
+    assert struct.unpack("<II", img[4:12]) == (VERSION, CFG.beat_bytes) and VERSION == 2

@@ -10,12 +10,22 @@ import pytest
 
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import Instr, Opcode
 from hwflow.hw.top import generate_verilog
 from hwflow.sim.isa_model import run_program
 from hwflow.sim.runner import simulate
 
-from ._asm import END, Image, act_bytes, act_rows, load, matmul_case, pack_weights, program, store
+from ._asm import (
+    END,
+    Image,
+    act_bytes,
+    act_rows,
+    load,
+    matmul_case,
+    matmul_instr,
+    pack_weights,
+    program,
+    store,
+)
 
 SMALL = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
                     weight_depth=64, addr_bits=16)
@@ -77,8 +87,7 @@ def gemv_image(cfg, K=1024, N=1024, seed=0):
     out_sb = img.reserve(N)
     image = bytearray(img.bytes())
     raw = program([load(x_sb, 0, kw),
-                   Instr(Opcode.MATMUL, shift=20, ext=w_sb, a=0, out=kw, rows=1, k_words=kw,
-                         n_tiles=N // cfg.chains, n=N, words=ow),
+                   matmul_instr(cfg, K, N, shift=20, ext=w_sb, a=0, out=kw, rows=1, words=ow),
                    store(out_sb, kw, ow), END])
     SB = cfg.beat_bytes
     image[prog * SB: prog * SB + len(raw)] = raw
