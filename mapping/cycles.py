@@ -9,9 +9,10 @@ A MATMUL overlaps three streams, and the slowest sets its length (docs/architect
   ``beats_per_row`` super-beats per tile), and on the ring side the fill decoder writes one entry
   per cycle, ``R + k_words`` entries per tile in every format (an int4 value row expands to two);
   per tile the slower side counts;
-* **epilogue**: one output channel per cycle over the tile's ``C = P·r`` channels for every row,
-  plus one cycle per (tile, row) to capture the next result, the tile's parameter rows (+1 to turn
-  around), and the bytes of a row past the last tile, zero-filled one per cycle.
+* **epilogue**: ``E`` output channels per cycle (``hw.sequencer.epilogue_lanes``: E epilogues
+  side by side) over the tile's ``C = P·r`` channels for every row, plus one cycle per row pair
+  to capture the next result, the tile's parameter rows, and the bytes of a
+  row past the last tile, zero-filled E per cycle.
 
 Constants are those of the RTL (hw/) and of the simulated memory (sim/rtl/ext_memory.v), set
 from the design; the fixed per-run overhead was measured on the v1 RTL. They are to be
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_INT4, Opcode
+from hwflow.hw.sequencer import epilogue_lanes
 
 from .weight_format import LayerFormat, channels_per_tile, tile_mem_rows
 
@@ -56,12 +58,12 @@ def matmul_fetch(i, cfg: AccelConfig) -> int:
 
 
 def matmul_epilogue(i, cfg: AccelConfig) -> int:
-    """Epilogue cycles: one output per cycle over the C channels of every tile and row."""
-    L = cfg.chain_len
+    """Epilogue cycles: E outputs per cycle over the C channels of every tile and row."""
+    L, E = cfg.chain_len, epilogue_lanes(cfg)
     C = channels_per_tile(cfg, _format(i))
     zero_fill = max(0, i.words * L - i.n_tiles * C)
-    per_tile = i.rows * (C + 1) + cfg.param_rows + 1
-    return i.n_tiles * per_tile + i.rows * zero_fill
+    per_tile = -(-i.rows * C // E) + -(-i.rows // 2) + cfg.param_rows
+    return i.n_tiles * per_tile + i.rows * -(-zero_fill // E)
 
 
 def instr_cycles(i, cfg: AccelConfig) -> int:
@@ -77,7 +79,7 @@ def instr_cycles(i, cfg: AccelConfig) -> int:
         latency = READ_LATENCY + cfg.group_len + REDUCE_STAGES + PIPELINE_EXTRA
         return ISSUE + busy + latency
     if i.op == Opcode.VADD:
-        return ISSUE + i.rows * i.words * L + PIPELINE_EXTRA
+        return ISSUE + i.rows * -(-i.words * L // epilogue_lanes(cfg)) + PIPELINE_EXTRA
     return ISSUE
 
 

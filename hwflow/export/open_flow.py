@@ -354,7 +354,10 @@ def _refuse(board, util: dict, what: str = "") -> None:
 
 def _main_clock(clocks: dict, target_mhz: float):
     """The accelerator's clock: nextpnr names it after the net; the PLL output or the
-    oscillator, whichever constraint is closest to the target (ties: the slowest)."""
+    oscillator, whichever constraint is closest to the target (ties: the slowest). Nets the
+    packer made (``$PACKER_GND_NET_$glb_clk``: a constant routed through a global buffer, which
+    nextpnr-ice40 reports at ~260 MHz) are not clocks."""
+    clocks = {k: v for k, v in clocks.items() if not k.startswith("$PACKER")}
     if not clocks:
         return None, 0.0
     name = min(clocks, key=lambda k: (abs(clocks[k][1] - target_mhz), clocks[k][0]))

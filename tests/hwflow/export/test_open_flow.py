@@ -12,7 +12,7 @@ import yaml
 
 from hwflow.boards import BOARD_DIR, load_board
 from hwflow.errors import HwflowError
-from hwflow.export.open_flow import build_open, ecp5_pll_params, parse_nextpnr
+from hwflow.export.open_flow import _main_clock, build_open, ecp5_pll_params, parse_nextpnr
 from hwflow.flow import compile_model
 from hwflow.hw.config import AccelConfig
 
@@ -119,3 +119,9 @@ def test_parse_nextpnr_log(tmp_path):
     p = parse_nextpnr(tmp_path, "t")
     assert p["cells"]["ICESTORM_LC"] == (6012, 5280)
     assert p["clocks"]["clk"] == (20.5, 12.0)
+
+
+def test_main_clock_ignores_packer_nets():
+    # nextpnr-ice40 lists a constant net it routed through a global buffer as a ~260 MHz clock
+    clocks = {"$PACKER_GND_NET_$glb_clk": (263.0, 12.0), "accel.clk": (19.8, 12.0)}
+    assert _main_clock(clocks, 12.0) == ("accel.clk", 19.8)
