@@ -2,6 +2,7 @@
 
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_INT4, Instr, Opcode
+from hwflow.hw.sequencer import epilogue_lanes
 from hwflow.mapping import cycles
 from hwflow.mapping.weight_format import LayerFormat, tile_mem_rows
 
@@ -33,12 +34,13 @@ def test_fetch_is_memory_rows_or_ring_entries():
 
 
 def test_epilogue_covers_the_tile_channels():
-    # 1:4: C = 64 channels a tile, 4 rows
+    # 1:4: C = 64 channels a tile, 4 rows (2 pairs), E = 4 epilogues, R = 2 parameter rows
+    assert epilogue_lanes(CFG) == 4 and CFG.param_rows == 2
     i = _mm(LayerFormat(1, 4), 4, 64, 128)
-    assert cycles.matmul_epilogue(i, CFG) == 2 * (4 * 65 + 2 + 1)
+    assert cycles.matmul_epilogue(i, CFG) == 2 * (4 * 64 // 4 + 2 + 2)
     # N = 100 in 2 tiles of 64: no bytes past the last tile (words·L = 112 < 128)
     i = _mm(LayerFormat(1, 4), 1, 64, 100)
-    assert cycles.matmul_epilogue(i, CFG) == 2 * (65 + 3)
+    assert cycles.matmul_epilogue(i, CFG) == 2 * (64 // 4 + 1 + 2)
 
 
 def test_gemv_is_fetch_bound_and_sparse_is_faster():
