@@ -42,14 +42,15 @@ def main() -> None:
     args = ap.parse_args()
     n = 256 if args.short else 1024
     print(f"{'layer':<24}{'cycles':>10}{'predicted':>11}{'sim s':>8}{'Mcycles/s':>11}"
-          f"{'MPE util':>10}  bit-exact")
+          f"{'MPE busy':>10}{'MACs/DSP/cyc':>14}  bit-exact")
     with tempfile.TemporaryDirectory() as td:
         for rows in (1, 16):
             r = run(n, rows, args.board, Path(td))
             name = f"{n}x{n} {'GEMV' if rows == 1 else 'GEMM'} batch {rows}"
             print(f"{name:<24}{r['cycles']:>10}{r['predicted_cycles']:>11}"
                   f"{r['sim_seconds']:>8.2f}{r['cycles_per_second'] / 1e6:>11.2f}"
-                  f"{r['mpe_utilization']:>10.3f}  {r['bit_exact']}")
+                  f"{r['mpe_utilization']:>10.3f}{r['macs_per_dsp_cycle']:>14.3f}"
+                  f"  {r['bit_exact']}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def _cmd_sim(args) -> int:
     status = "BIT-EXACT" if r["bit_exact"] else f"MISMATCH ({r['mismatches']} bytes differ)"
     print(f"RTL vs golden: {status}; {r['cycles']} cycles (predicted {r['predicted_cycles']}), "
           f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s, "
-          f"MPE utilization {r['mpe_utilization']:.3f}")
+          f"engine busy {r['mpe_utilization']:.3f} of the cycles")
     print(f"throughput: {r['macs_per_dsp_cycle']:.3f} dense-equivalent MACs per DSP slice per "
           f"cycle (ideal {r['ideal_macs_per_dsp_cycle']:.3g} for this program's layers)")
     print(f"golden vs float torch: cosine {r['float_cosine']:.5f}, "
