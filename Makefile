@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_matmul.py
+	$(BIN)/python benchmarks/bench_sparse.py
 
 lint: setup
 	$(BIN)/ruff check .
