@@ -52,6 +52,7 @@ _SCHEMA = {
 }
 _MEMORY = {"channels": int, "port_bytes": int, "bandwidth_gbps": (int, float)}
 _ENGINE = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth")
+_ENGINE_FLAGS = ("sparse", "int4")      # build the sparse selectors / the int4 dequantizer
 
 
 def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:
@@ -90,9 +91,14 @@ def _validate(data, path: Path) -> Board:
     if not isinstance(engine, dict):
         raise BoardError(f"{where}: field 'engine' must be a mapping")
     for key, v in engine.items():
+        if key in _ENGINE_FLAGS:
+            if not isinstance(v, bool):
+                raise BoardError(f"{where}: field 'engine.{key}' must be true or false")
+            continue
         if key not in _ENGINE:
-            raise BoardError(f"{where}: unknown field 'engine.{key}' (known: {', '.join(_ENGINE)})")
-        if not isinstance(v, int) or v < 1:
+            raise BoardError(f"{where}: unknown field 'engine.{key}' (known: "
+                             f"{', '.join(_ENGINE + _ENGINE_FLAGS)})")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise BoardError(f"{where}: field 'engine.{key}' must be a positive integer")
     if data["flow"] not in FLOWS:
         raise BoardError(f"{where}: field 'flow' is '{data['flow']}' (known: {', '.join(FLOWS)})")

@@ -37,6 +37,8 @@ def test_user_board_folder(tmp_path, monkeypatch):
     (lambda d: d["memory"].update(channels="many"), "memory.channels"),
     (lambda d: d["clocks"].update(kernel_mhz=0), "clocks.kernel_mhz"),
     (lambda d: d["engine"].update(chainz=4), "engine.chainz"),
+    (lambda d: d["engine"].update(sparse="no"), "engine.sparse"),
+    (lambda d: d["engine"].update(chains=True), "engine.chains"),
 ])
 def test_invalid_yaml_names_the_field(tmp_path, mutate, field):
     data = yaml.safe_load(open(load_board("u280").path))
@@ -51,3 +53,8 @@ def test_not_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     with pytest.raises(BoardError, match="not valid YAML"):
         load_board("bad", tmp_path)
+
+
+def test_engine_feature_flags_are_board_data():
+    ice = load_board("icebreaker")
+    assert ice.engine["sparse"] is False and ice.engine["int4"] is False
