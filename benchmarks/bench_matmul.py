@@ -21,14 +21,18 @@ from hwflow.flow import compile_model
 from hwflow.simulate import simulate_build
 
 
-def run(features: int, rows: int, board: str, work: Path) -> dict:
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(features, features).eval()
+def run(features: int, rows: int, board: str, work: Path, **options) -> dict:
+    """Compile one seeded ``nn.Linear(features, features)`` (exported once per size and batch)
+    with ``compile_model`` ``options`` (e.g. ``sparsity``, ``weights``) and simulate it."""
     path = work / f"linear{features}x{rows}.pt2"
-    torch.export.save(torch.export.export(layer, (torch.randn(rows, features),)), str(path))
-    out = work / f"build-{features}-{rows}"
+    if not path.exists():
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(features, features).eval()
+        torch.export.save(torch.export.export(layer, (torch.randn(rows, features),)), str(path))
+    tag = "-".join(str(v).replace(":", "of") for v in options.values())
+    out = work / f"build-{features}-{rows}{'-' + tag if tag else ''}"
     t0 = time.perf_counter()
-    compile_model(model=path, board=board, out=out)
+    compile_model(model=path, board=board, out=out, rows=rows, **options)
     t_compile = time.perf_counter() - t0
     r = simulate_build(out)
     r["compile_seconds"] = t_compile

@@ -15,33 +15,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+from bench_matmul import run  # benchmarks/ is the script's folder, first on sys.path
 
-from hwflow.flow import compile_model
 from hwflow.golden.sparse import parse_nm
-from hwflow.simulate import simulate_build
 
 CASES = (("dense", "int8"), ("2:4", "int8"), ("1:4", "int8"), ("dense", "int4"),
          ("2:4", "int4"))
-
-
-def run(features: int, rows: int, board: str, sparsity: str, weights: str, work: Path) -> dict:
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(features, features).eval()
-    path = work / f"linear{features}.pt2"
-    if not path.exists():
-        torch.export.save(torch.export.export(layer, (torch.randn(rows, features),)), str(path))
-    out = work / f"build-{sparsity.replace(':', 'of')}-{weights}"
-    t0 = time.perf_counter()
-    compile_model(model=path, board=board, out=out, rows=rows, sparsity=sparsity,
-                  weights=weights)
-    t_compile = time.perf_counter() - t0
-    r = simulate_build(out)
-    r["compile_seconds"] = t_compile
-    return r
 
 
 def main() -> None:
@@ -57,7 +38,8 @@ def main() -> None:
           f"{'of ideal':>10}{'Mcycles/s':>11}  bit-exact")
     with tempfile.TemporaryDirectory() as td:
         for sparsity, weights in CASES:
-            r = run(n, args.rows, args.board, sparsity, weights, Path(td))
+            r = run(n, args.rows, args.board, Path(td), sparsity=sparsity,
+                    weights=weights)
             nn_, mm_ = parse_nm(sparsity)
             ideal = 2 * mm_ / nn_
             eff = r["macs_per_dsp_cycle"]

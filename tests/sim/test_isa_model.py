@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -100,29 +99,35 @@ def test_vadd_in_place_on_b_and_padding():
     assert not got[:, n:].any()
 
 
-def test_gemv_1024_is_fast():
-    cfg = AccelConfig()                                # P = L = 16, SB = 256 B
-    rng = np.random.default_rng(0)
-    K = N = 1024
-    x = rng.integers(-128, 128, (1, K), dtype=np.int8)
-    w = rng.integers(-128, 128, (N, K), dtype=np.int8)
-    bias, mult = rng.integers(-1000, 1000, N), rng.integers(1, 100, N)
+def _gemv_1024(cfg, x, w, bias, mult, blk, sparsity=(1, 1), int4=False):
+    """LOAD; a 1024 x 1024 GEMV MATMUL of weight block ``blk``; STORE; END. Checks the output
+    against golden and returns the run's stats (P = L = 16, SB = 256 B)."""
+    K, N = x.shape[1], w.shape[0]
     img = Image(cfg)
     prog = img.reserve(256)
-    x_sb, w_sb = img.place(act_bytes(x, 64, 16)), img.place(pack_weights(cfg, w, bias, mult))
+    x_sb, w_sb = img.place(act_bytes(x, 64, 16)), img.place(blk)
     out_sb = img.reserve(1024)
     image = bytearray(img.bytes())
     raw = program([load(x_sb, 0, 64),
-                   matmul_instr(cfg, K, N, shift=20, ext=w_sb, a=0, out=64, rows=1, words=64),
+                   matmul_instr(cfg, K, N, sparsity, int4, shift=20, ext=w_sb, a=0, out=64,
+                                rows=1, words=64),
                    store(out_sb, 64, 64), END])
     image[prog * 256: prog * 256 + len(raw)] = raw
-    t = time.perf_counter()
     new, stats = run_program(cfg, bytes(image), prog)
-    dt = time.perf_counter() - t
     exp = golden.requantize(golden.matmul(x, w), bias, mult, 20)
     np.testing.assert_array_equal(act_rows(new[out_sb * 256:], 1, N, 64, 16), exp)
+    return stats
+
+
+def test_gemv_1024():
+    """A 1024 x 1024 layer with whole-array execution (its speed is the benchmarks' business)."""
+    cfg = AccelConfig()
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (1, 1024), dtype=np.int8)
+    w = rng.integers(-128, 128, (1024, 1024), dtype=np.int8)
+    bias, mult = rng.integers(-1000, 1000, 1024), rng.integers(1, 100, 1024)
+    stats = _gemv_1024(cfg, x, w, bias, mult, pack_weights(cfg, w, bias, mult))
     assert stats.mpe_kgroups == 64 * 64
-    assert dt < 0.1, f"1024x1024 GEMV took {dt:.3f} s in the ISA model"
 
 
 def _tiny(instrs, nbytes=256):
@@ -259,36 +264,19 @@ def test_mixed_program():
     assert stats.by_opcode == {"LOAD": 1, "MATMUL": 4, "VADD": 1, "STORE": 1, "END": 1}
 
 
-def test_gemv_1024_sparse_int4_is_fast():
+def test_gemv_1024_sparse_int4():
     """4:16 int4 on P = L = 16 (packed by the mapper's vectorized packer)."""
     # int4 reserves 2 ring entries per memory row: a K = 1024 tile of 70 rows needs 2 x 140
     cfg = AccelConfig(weight_depth=512)
-    fmt = LayerFormat(4, 16, 4)
     rng = np.random.default_rng(0)
-    K = N = 1024
-    x = rng.integers(-128, 128, (1, K), dtype=np.int8)
-    w, kw_args = random_weight(rng, N, K, (4, 16), True)
-    bias, mult = rng.integers(-1000, 1000, N), rng.integers(1, 100, N)
-    nt = n_tiles(cfg, N, (4, 16))
-    blk = pack_weight_block(cfg, fmt, w, bias, mult, 64, nt, w4=kw_args["w4"],
+    x = rng.integers(-128, 128, (1, 1024), dtype=np.int8)
+    w, kw_args = random_weight(rng, 1024, 1024, (4, 16), True)
+    bias, mult = rng.integers(-1000, 1000, 1024), rng.integers(1, 100, 1024)
+    blk = pack_weight_block(cfg, LayerFormat(4, 16, 4), w, bias, mult, 64,
+                            n_tiles(cfg, 1024, (4, 16)), w4=kw_args["w4"],
                             w4_scale=kw_args["s4"])
-    img = Image(cfg)
-    prog = img.reserve(256)
-    x_sb, w_sb = img.place(act_bytes(x, 64, 16)), img.place(blk)
-    out_sb = img.reserve(1024)
-    image = bytearray(img.bytes())
-    raw = program([load(x_sb, 0, 64),
-                   matmul_instr(cfg, K, N, (4, 16), True, shift=20, ext=w_sb, a=0, out=64,
-                                rows=1, words=64),
-                   store(out_sb, 64, 64), END])
-    image[prog * 256: prog * 256 + len(raw)] = raw
-    t = time.perf_counter()
-    new, stats = run_program(cfg, bytes(image), prog)
-    dt = time.perf_counter() - t
-    exp = golden.requantize(golden.matmul(x, w), bias, mult, 20)
-    np.testing.assert_array_equal(act_rows(new[out_sb * 256:], 1, N, 64, 16), exp)
+    stats = _gemv_1024(cfg, x, w, bias, mult, blk, (4, 16), True)
     assert stats.mpe_kgroups == 16 * 64                 # a quarter of the dense k-groups
-    assert dt < 0.2, f"1024x1024 int4 4:16 GEMV took {dt:.3f} s in the ISA model"
 
 
 @pytest.mark.parametrize("cfg,fields,msg", [
