@@ -15,6 +15,8 @@ FLAG_RELU = 1 << 0
 FLAG_RESIDUAL = 1 << 1
 #: MATMUL weights are int4 codes with group scales, dequantized in the weight-fill path.
 FLAG_INT4 = 1 << 2
+#: LOAD/STORE: the external address is ``ext + POS * pos_stride`` (POS: control register 0x34).
+FLAG_POS = 1 << 3
 
 #: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
 #: is legal on a given engine (M <= L, r <= G) is the hardware's check (ERROR = 2), not the
@@ -26,6 +28,7 @@ MAX_LGR = 2
 ERROR_OK = 0
 ERROR_ILLEGAL_OPCODE = 1
 ERROR_ILLEGAL_MODE = 2
+ERROR_GATHER_RANGE = 3
 
 
 class Opcode(IntEnum):
@@ -34,6 +37,11 @@ class Opcode(IntEnum):
     STORE = 0x02
     MATMUL = 0x03
     VADD = 0x04
+    GATHER = 0x05
+    RMSNORM = 0x06
+    ROPE = 0x07
+    SILUMUL = 0x08
+    ATTN = 0x09
 
 
 @dataclass(frozen=True)

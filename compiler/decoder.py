@@ -1,0 +1,120 @@
+"""The decoder IR: a LLaMA-family decoder-only transformer as recognised by the frontend
+(:class:`FloatDecoder`) and after quantization (:class:`QDecoder`).
+
+A transformer is a fixed repetition of the same block, so its IR is structured (a list of
+layers with named parts) instead of a free graph: the frontend recognises the blocks in the ATen
+graph (``compiler/llm_frontend.py``), the quantize pass (``compiler/llm_quant.py``) turns floats
+into the integer parameters of ``golden/llm.py`` and ``golden/int8.py``, and the mapper
+(``mapping/llm_lower.py``) lowers a :class:`QDecoder` into one decode program and the prefill
+programs. Conventions:
+
+* Linear weights are ``[out_features, in_features]`` (torch layout).
+* RMSNorm gammas are folded into the columns of the linears that read the norm's output
+  (``q``/``k``/``v`` for the attention norm, ``gate``/``up`` for the MLP norm, ``lm_head`` for the
+  final norm), so every norm is gamma-free in the IR: ``W' = W * gamma[None, :]``.
+* Heads are contiguous: ``q`` output channel ``h * head_dim + i`` is head h, element i (HF order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder"]
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """Architecture numbers of a decoder (from the recognised graph or a config)."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    max_position: int       # largest context the model supports (config max_position_embeddings)
+    rope_theta: float
+    rms_eps: float
+    rope_scaling: float = 1.0   # HF attention_scaling of the default RoPE (1.0)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FloatLayer:
+    """One decoder block in float32 (gammas already folded into q/k/v and gate/up)."""
+
+    q: np.ndarray           # [heads*head_dim, hidden]
+    k: np.ndarray           # [kv_heads*head_dim, hidden]
+    v: np.ndarray           # [kv_heads*head_dim, hidden]
+    o: np.ndarray           # [hidden, heads*head_dim]
+    gate: np.ndarray        # [intermediate, hidden]
+    up: np.ndarray          # [intermediate, hidden]
+    down: np.ndarray        # [hidden, intermediate]
+    q_bias: np.ndarray | None = None    # attention_bias models (zeros otherwise)
+    k_bias: np.ndarray | None = None
+    v_bias: np.ndarray | None = None
+    o_bias: np.ndarray | None = None
+
+
+@dataclass
+class FloatDecoder:
+    """The recognised float model: embedding, layers, folded final norm + LM head."""
+
+    name: str
+    shape: DecoderShape
+    embed: np.ndarray       # [vocab, hidden]
+    layers: list[FloatLayer]
+    lm_head: np.ndarray     # [vocab, hidden], final-norm gamma folded in
+    source: str = ""        # "hf:<folder>" or "export:<file>"
+    family: str = "llama"   # config model_type where known
+
+
+@dataclass
+class QLinear:
+    """An int8 linear with its epilogue (``golden.int8.requantize``).
+
+    ``out = requantize(x @ weight.T, bias, mult, shift, res=residual, res_mult)``.
+    """
+
+    weight: np.ndarray      # int8 [out, in]
+    bias: np.ndarray        # int32 [out] (in accumulator units)
+    mult: np.ndarray        # int64 [out], each in [0, 65535]
+    shift: int              # 0..47
+    res_mult: int = 0       # residual multiplier (o and down: the residual stream), else 0
+
+
+@dataclass
+class QLayer:
+    """One decoder block, integer parameters only (scales in ``QDecoder.scales``)."""
+
+    attn_norm: tuple[int, int, int]     # rmsnorm (eps, mult, shift) of the residual stream
+    q: QLinear
+    k: QLinear
+    v: QLinear
+    attn: tuple[int, int, int, int]     # attention (smul, sshift, omul, oshift)
+    o: QLinear                          # with residual: out = new residual stream
+    mlp_norm: tuple[int, int, int]
+    gate: QLinear                       # output at golden.llm.SILU_SCALE
+    up: QLinear
+    silu: tuple[int, int]               # silu_mul (mult, shift)
+    down: QLinear                       # with residual
+
+
+@dataclass
+class QDecoder:
+    """The quantized decoder: what the golden interpreter runs and the mapper lowers."""
+
+    name: str
+    shape: DecoderShape
+    embed: np.ndarray                   # int8 [vocab, hidden] at scale scales["embed"]
+    rope: np.ndarray                    # int16 [max_context, head_dim] (golden.llm.rope_table)
+    layers: list[QLayer]
+    final_norm: tuple[int, int, int]
+    lm_head: QLinear                    # logits int8 at scales["logits"]
+    max_context: int
+    scales: dict = field(default_factory=dict)  # float scales of every tensor, for reports

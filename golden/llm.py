@@ -1,0 +1,195 @@
+"""Integer-only kernels of the transformer path, exactly as the SFU and the attention unit compute
+them (docs/architecture.md, "Transformer path").
+
+Every function takes and returns integer numpy arrays and is bit-exact by definition: the RTL
+and the ISA functional model must reproduce it bit for bit. The float meaning of each kernel
+(what the compiler chooses the multipliers for) is in its docstring. Shifts of negative numbers
+are arithmetic (floor), as ``>>`` on numpy int64 and on signed hardware values.
+
+Fixed constants (hardware ROMs):
+
+* ``SILU_LUT``: ``round(silu(v / 16) * 256)`` for int8 ``v`` (the gate's scale is fixed at 1/16);
+* ``EXP2_LUT``: ``round(2 ** (15 - f / 256))`` for ``f < 256`` (``EXP2_LUT[0] = 32768``);
+* RoPE cos/sin: Q1.14 int16 (``round(cos * 2**14)``), from a table in external memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
+    "isqrt", "rmsnorm", "rope", "rope_table", "silu_mul", "exp2_neg", "attention_row",
+    "attention",
+]
+
+INT8_MIN, INT8_MAX = -128, 127
+
+#: The gate input of SiLU is int8 at this fixed scale (range +-8), so SiLU is one 256-entry ROM.
+SILU_SCALE = 1.0 / 16
+#: SILU_LUT[v + 128] = round(silu(v / 16) * 2**8), v in [-128, 127]; range -71..2017 (12 bits).
+SILU_LUT = np.array([int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256))
+                     for v in range(-128, 128)], dtype=np.int64)
+
+#: Fractional bits of the log2-domain scores (t = s * smul >> sshift is log2(e) * score * 2**8).
+EXP2_FRAC = 8
+#: EXP2_LUT[f] = round(2 ** (15 - f / 256)): 2**-x in Q15 for the fractional part of x.
+EXP2_LUT = np.array([int(round(2.0 ** (15 - f / 256))) for f in range(256)], dtype=np.int64)
+
+#: RoPE cos/sin are Q1.14.
+ROPE_FRAC = 14
+#: Keys per online-softmax block (the attention unit's score buffer).
+ATTN_BLOCK = 16
+#: RMSNorm: d = isqrt(S << 16) (= sqrt(S) * 2**8), r = 2**40 // d (= 2**32 / sqrt(S)).
+RSQRT_SHIFT = 40
+
+
+def _sat8(v: np.ndarray) -> np.ndarray:
+    return np.clip(v, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def _round_shift(v: np.ndarray, shift: int) -> np.ndarray:
+    """``(v + 2**(shift-1)) >> shift`` (round half up), ``v`` when shift is 0."""
+    v = np.asarray(v, dtype=np.int64)
+    return (v + (1 << (shift - 1))) >> shift if shift > 0 else v
+
+
+def isqrt(v) -> np.ndarray:
+    """Floor square root of non-negative integers (elementwise, exact for v < 2**62)."""
+    v = np.asarray(v, dtype=np.int64)
+    return np.array([math.isqrt(int(x)) for x in v.ravel()], dtype=np.int64).reshape(v.shape)
+
+
+def rmsnorm(x, eps: int, mult: int, shift: int) -> np.ndarray:
+    """RMSNorm of int8 rows (without gamma, which the compiler folds into the next linear).
+
+    Per row: ``S = sum(x**2) + eps``; ``d = isqrt(S << 16)``; ``r = 2**40 // d`` (``r = 0`` when
+    ``d = 0``); ``y = sat8((x * r * mult + 2**(shift-1)) >> shift)``.
+
+    Float meaning: ``y * s_out = x * s_x / sqrt(mean(x**2) * s_x**2 + eps_f)`` with
+    ``eps = round(eps_f * H / s_x**2)``, ``mult / 2**shift = sqrt(H) / (s_out * 2**32)``.
+    Widths: ``S < 2**32`` (H <= 2**17), ``|x * r| <= 2**32``, the product with the u16 mult < 2**49.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    s = np.sum(x * x, axis=-1, keepdims=True) + int(eps)
+    d = isqrt(s << 16)
+    r = np.where(d > 0, (1 << RSQRT_SHIFT) // np.maximum(d, 1), 0)
+    return _sat8(_round_shift(x * r * int(mult), shift))
+
+
+def rope_table(positions: int, head_dim: int, theta: float, scaling: float = 1.0) -> np.ndarray:
+    """int16 table ``[positions, head_dim]``: per position ``head_dim/2`` cos then ``head_dim/2``
+    sin, Q1.14, of the angles ``p * theta**(-2i/head_dim)`` (the Hugging Face default RoPE;
+    ``scaling`` is its ``attention_scaling``)."""
+    half = head_dim // 2
+    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) * 2 / head_dim))
+    ang = np.arange(positions, dtype=np.float64)[:, None] * inv[None, :]
+    one = float(1 << ROPE_FRAC)
+    c = np.rint(np.cos(ang) * scaling * one)
+    s = np.rint(np.sin(ang) * scaling * one)
+    return np.concatenate([c, s], axis=1).astype(np.int16)
+
+
+def rope(x, table_rows, heads: int, head_dim: int) -> np.ndarray:
+    """Rotary embedding of int8 rows ``x[rows, heads * head_dim]`` (heads contiguous).
+
+    ``table_rows[rows, head_dim]``: each row's cos/sin (``rope_table`` at its position). For
+    ``i < head_dim/2``, ``x1 = x[i]``, ``x2 = x[i + head_dim/2]``, ``c, s`` the table's i-th
+    cos and sin: ``y[i] = sat8((x1*c - x2*s + 2**13) >> 14)``,
+    ``y[i + head_dim/2] = sat8((x2*c + x1*s + 2**13) >> 14)``. Same scale in and out.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    rows = x.shape[0]
+    half = head_dim // 2
+    t = np.asarray(table_rows, dtype=np.int64)
+    c, s = t[:, None, :half], t[:, None, half:2 * half]
+    xh = x.reshape(rows, heads, head_dim)
+    x1, x2 = xh[..., :half], xh[..., half:]
+    y1 = _round_shift(x1 * c - x2 * s, ROPE_FRAC)
+    y2 = _round_shift(x2 * c + x1 * s, ROPE_FRAC)
+    return _sat8(np.concatenate([y1, y2], axis=-1).reshape(rows, heads * head_dim))
+
+
+def silu_mul(g, u, mult: int, shift: int) -> np.ndarray:
+    """SwiGLU's ``silu(gate) * up``: ``sat8((SILU_LUT[g] * u * mult + 2**(shift-1)) >> shift)``.
+
+    Float meaning: ``g`` at scale 1/16, ``u`` at ``s_u``, output at ``s_y``:
+    ``mult / 2**shift = s_u / (256 * s_y)``.
+    """
+    g = np.asarray(g, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    return _sat8(_round_shift(SILU_LUT[g + 128] * u * int(mult), shift))
+
+
+def exp2_neg(d) -> np.ndarray:
+    """``2**(-d / 256)`` in Q15 for integers ``d >= 0``: ``EXP2_LUT[d & 255] >> (d >> 8)``
+    (0 once the shift reaches 16)."""
+    d = np.asarray(d, dtype=np.int64)
+    n = d >> EXP2_FRAC
+    return np.where(n < 16, EXP2_LUT[d & 255] >> np.minimum(n, 15), 0)
+
+
+def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np.ndarray:
+    """One query row of one head against ``n >= 1`` keys: online softmax in blocks of
+    ``ATTN_BLOCK`` keys, int8 output.
+
+    ``q[hd]``, ``k[n, hd]``, ``v[n, hd]`` int8. Scores ``t_j = (q . k_j) * smul >> sshift``
+    (log2-domain, 8 fractional bits). Over blocks ``B`` of up to 16 consecutive keys:
+    ``m' = max(m, max_B t)`` (the first block: ``m' = max_B t``, ``l = acc = 0``),
+    ``alpha = exp2_neg(m' - m)``, ``p_j = exp2_neg(m' - t_j)``,
+    ``l = (l * alpha >> 15) + sum p_j``, ``acc[d] = (acc[d] * alpha >> 15) + sum p_j v[j, d]``.
+    Then ``recip = 2**31 // l`` and ``o[d] = sat8((((acc[d] * recip) >> 16) * omul + 2**(oshift-1))
+    >> oshift)``.
+
+    Float meaning: ``smul / 2**sshift = s_q s_k log2(e) 2**8 / sqrt(hd)``;
+    ``(acc * recip) >> 16`` is the softmax-weighted mean of v in Q15, so
+    ``omul / 2**oshift = s_v / (s_o * 2**15)``. Widths: ``l`` in [2**15, 2**31), ``|acc| < 2**38``
+    for n < 2**16, ``recip <= 2**16``.
+    """
+    q = np.asarray(q, dtype=np.int64)
+    k = np.asarray(k, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    n = k.shape[0]
+    t = (k @ q) * int(smul) >> int(sshift)
+    m = 0
+    l = 0
+    acc = np.zeros(v.shape[1], dtype=np.int64)
+    for j0 in range(0, n, ATTN_BLOCK):
+        tb = t[j0:j0 + ATTN_BLOCK]
+        mb = int(tb.max())
+        if j0 == 0:
+            m_new, alpha = mb, 0
+        else:
+            m_new = max(m, mb)
+            alpha = int(exp2_neg(m_new - m))
+        p = exp2_neg(m_new - tb)
+        l = ((l * alpha) >> 15) + int(p.sum())
+        acc = ((acc * alpha) >> 15) + p @ v[j0:j0 + ATTN_BLOCK]
+        m = m_new
+    recip = (1 << 31) // l
+    return _sat8(_round_shift(((acc * recip) >> 16) * int(omul), oshift))
+
+
+def attention(q, k_cache, v_cache, pos: int, heads: int, kv_heads: int, head_dim: int,
+              smul: int, sshift: int, omul: int, oshift: int) -> np.ndarray:
+    """Causal grouped-query attention of ``rows`` query rows at positions ``pos .. pos+rows-1``.
+
+    ``q[rows, heads * head_dim]``; ``k_cache``, ``v_cache``: ``[>= pos + rows, kv_heads *
+    head_dim]`` (the cache after this step's keys/values were appended). Query head ``h`` uses
+    kv head ``h // (heads // kv_heads)``; row ``b`` attends keys ``0 .. pos + b``.
+    """
+    q = np.asarray(q)
+    rows = q.shape[0]
+    group = heads // kv_heads
+    out = np.zeros((rows, heads * head_dim), dtype=np.int8)
+    for b in range(rows):
+        n = pos + b + 1
+        for h in range(heads):
+            g = h // group
+            sl = slice(g * head_dim, (g + 1) * head_dim)
+            out[b, h * head_dim:(h + 1) * head_dim] = attention_row(
+                q[b, h * head_dim:(h + 1) * head_dim], k_cache[:n, sl], v_cache[:n, sl],
+                smul, sshift, omul, oshift)
+    return out
