@@ -72,6 +72,7 @@ class FloatDecoder:
     lm_head: np.ndarray     # [vocab, hidden], final-norm gamma folded in
     source: str = ""        # "hf:<folder>" or "export:<file>"
     family: str = "llama"   # config model_type where known
+    max_context: int = 0    # context the frontend was asked to compile for (0: not set)
 
 
 @dataclass

@@ -1,0 +1,861 @@
+"""LLaMA-family frontend: a Hugging Face model folder or a ``torch.export`` archive to a
+:class:`~compiler.decoder.FloatDecoder`.
+
+Sources
+-------
+* Hugging Face folder (``config.json`` + ``*.safetensors``): the model is built by
+  ``transformers`` offline (``local_files_only``, safetensors only, float32, eval mode) and
+  ``torch.export``-ed here with an example of a few token ids, ``use_cache=False`` and a
+  dynamic sequence length. A folder with only ``pytorch_model.bin`` (a pickle) is refused
+  unless the caller trusts it.
+* ``torch.export.save`` archive whose graph holds ``aten.embedding`` (float32 model with
+  ``input_ids`` as the first user input), read with ``torch.export.load``.
+
+Both go through the same pattern recogniser on the ATen graph. The recognised patterns
+(``x`` is the residual stream; ``cast`` is a float32 ``to``/``_to_copy``, ``alias``,
+``clone``, ``contiguous``, ``detach`` or eval ``dropout``, which are looked through):
+
+* embedding: ``embedding(W, input_ids)`` -- the start of the residual stream;
+* RMSNorm: ``mul(gamma, cast(mul(x, rsqrt(add(mean(pow(x, 2), [-1], keepdim), eps)))))``
+  (either operand order); ``eps`` is the add's constant, ``gamma`` is folded into the
+  linears that read the norm;
+* linear: ``linear(x, W[, b])`` with constant ``W``/``b``;
+* attention: ``q/k/v = transpose(view(linear(n), [B, S, heads, hd]), 1, 2)``; RoPE on q and k
+  is ``add(mul(x, cos), mul(cat([neg(slice(x, -1, hd/2, end)), slice(x, -1, 0, hd/2)]), sin))``
+  with cos/sin computed from an ``inv_freq`` constant (``theta`` is recovered from it and every
+  entry is checked against the default rule; a constant multiplying ``cos``/``sin`` is the
+  ``attention_scaling``); GQA by ``repeat_kv`` (``reshape(expand(unsqueeze(k, 2)))``) or
+  ``enable_gqa``; ``scaled_dot_product_attention`` with no dropout and the default scale
+  ``1/sqrt(hd)``; its output ``reshape/transpose(1, 2)/reshape`` to ``[B, S, heads*hd]`` feeds
+  ``o_proj``; ``x = add(x, o_proj(...))``;
+* SwiGLU MLP: ``down(mul(silu(gate(n)), up(n)))``, ``x = add(x, down(...))``;
+* head: ``lm_head(final_rmsnorm(x))`` is the graph's (first) output.
+
+The attention mask and the positions are side inputs built from ``input_ids`` only; they are
+not on the hidden-state path and are not inspected (the causal mask comes from the model
+family). Instead, after recognition the decoder is checked numerically: the recognised float
+decoder must reproduce the model's logits on a few tokens, so a mask or variant that the
+patterns do not see (sliding window, soft-capping, ...) is refused, not miscompiled.
+
+Any ATen op on the hidden-state path outside these patterns raises
+:class:`~compiler.errors.UnsupportedOpError` naming the op, the node and the source line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decoder import DecoderShape, FloatDecoder, FloatLayer
+from .errors import FrontendError, UnsupportedOpError
+from .frontend import detect_format
+
+__all__ = ["is_decoder_source", "load_decoder", "decoder_from_exported_program",
+           "DEFAULT_MAX_CONTEXT"]
+
+#: Default largest context when the caller gives none (capped by max_position_embeddings).
+DEFAULT_MAX_CONTEXT = 2048
+#: Tokens of the example input used to export and to check the recognised decoder.
+EXAMPLE_TOKENS = 8
+
+_CASTS = {"to", "_to_copy", "alias", "clone", "contiguous", "detach", "dropout", "type_as",
+          "lift_fresh_copy"}
+_LAYOUT = {"view", "reshape", "_unsafe_view", "transpose", "contiguous", "clone", "alias"}
+#: Ops that may appear on the hidden-state path (as parts of the patterns above).
+_PATH_OPS = _CASTS | _LAYOUT | {
+    "embedding", "pow", "mean", "add", "rsqrt", "mul", "linear", "unsqueeze", "expand", "slice",
+    "neg", "cat", "scaled_dot_product_attention", "silu"}
+#: Ops that read a hidden-state tensor without producing one (metadata checks, sizes).
+_SIDE_OPS = {"_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride"}
+
+
+# ------------------------------------------------------------------------------ detection
+
+def _hf_weights(folder: Path) -> tuple[list[Path], list[Path]]:
+    safet = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(folder.glob("pytorch_model*.bin"))
+    return safet, pickles
+
+
+def is_decoder_source(path) -> bool:
+    """Whether ``path`` is something :func:`load_decoder` reads.
+
+    True for a Hugging Face folder (``config.json`` with ``*.safetensors`` -- or with only
+    ``pytorch_model*.bin``, so that :func:`load_decoder` can explain the trust rule) and for a
+    ``torch.export`` archive whose graph contains ``aten.embedding``. Reads no weights and runs
+    no code: the archive's graph JSON is searched as text.
+    """
+    p = Path(path)
+    if p.is_dir():
+        safet, pickles = _hf_weights(p)
+        return (p / "config.json").is_file() and bool(safet or pickles)
+    if not p.is_file() or detect_format(p) != "export":
+        return False
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for n in zf.namelist():
+                if n.endswith(".json") and ("/models/" in n or n.startswith("models/")
+                                            or n.endswith("serialized_exported_program.json")):
+                    if b"aten.embedding" in zf.read(n):
+                        return True
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return False
+
+
+# ------------------------------------------------------------------------------- loading
+
+def load_decoder(path, trust_model: bool = False, max_context: int | None = None) -> FloatDecoder:
+    """Load a LLaMA-family decoder as a :class:`FloatDecoder`.
+
+    Parameters
+    ----------
+    path : path-like
+        A Hugging Face model folder (``config.json`` + ``*.safetensors``) or a
+        ``torch.export.save`` archive of a decoder (``input_ids`` -> logits).
+    trust_model : bool
+        Allow a folder whose weights are only a pickled ``pytorch_model.bin`` (loading it runs
+        code stored in the file).
+    max_context : int, optional
+        Largest context (prompt + generated tokens) to compile for; default
+        ``min(max_position_embeddings, 2048)``. Stored in ``FloatDecoder.max_context``.
+
+    Returns
+    -------
+    FloatDecoder
+        Float32 weights with every RMSNorm gamma folded into the linears that read it.
+
+    Raises
+    ------
+    FrontendError
+        Missing or unreadable source, untrusted pickle, unknown ``model_type``, bad
+        ``max_context``.
+    UnsupportedOpError
+        An op, activation or RoPE variant outside the recognised patterns.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FrontendError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return _load_hf(p, trust_model, max_context)
+    if detect_format(p) != "export":
+        raise FrontendError(f"{p} is not a decoder source (expected a Hugging Face folder with "
+                            "config.json + *.safetensors, or a torch.export.save archive)")
+    try:
+        import transformers.modeling_outputs  # noqa: F401 -- registers HF output pytrees
+    except ImportError:
+        pass
+    try:
+        ep = torch.export.load(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{p}: cannot read the torch.export archive "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
+    name = re.sub(r"\W", "_", p.stem) or "model"
+    return decoder_from_exported_program(ep, name=name, source=f"export:{p}",
+                                         max_context=max_context)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else ""
+
+
+def _hf_config_checks(folder: Path, cfg: dict, max_context: int) -> None:
+    """Refuse configs the recogniser cannot serve before building anything."""
+    act = cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))
+    if act not in ("silu", "swish"):
+        raise UnsupportedOpError(f"{folder}/config.json: hidden_act '{act}' is not supported "
+                                 "(the MLP must be SwiGLU, hidden_act 'silu')")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if cfg.get(key):
+            raise UnsupportedOpError(f"{folder}/config.json: {key}={cfg[key]} is not supported")
+    # A window at least as long as the context is plain causal attention (Mistral's 4096).
+    window = cfg.get("sliding_window")
+    if window and cfg.get("use_sliding_window", True) and int(window) < max_context:
+        raise UnsupportedOpError(f"{folder}/config.json: sliding_window={window} is shorter than "
+                                 f"max_context {max_context}; only full causal attention is "
+                                 "supported (compile with max_context <= the window)")
+
+
+def _load_hf(folder: Path, trust_model: bool, max_context: int | None) -> FloatDecoder:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FrontendError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise FrontendError(f"{cfg_path}: not valid JSON ({_first_line(e)})") from None
+    safet, pickles = _hf_weights(folder)
+    if not safet and not pickles:
+        raise FrontendError(f"{folder}: no *.safetensors weights next to config.json")
+    if not safet and not trust_model:
+        raise FrontendError(f"{folder} holds only pickled weights (pytorch_model.bin): loading "
+                            "them would execute code stored in the file; if you trust it pass "
+                            "--trust-model (trust_model=True), or convert it to safetensors")
+    try:
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise FrontendError("reading a Hugging Face folder needs the 'transformers' package "
+                            "(pip install transformers safetensors)") from None
+    model_type = cfg.get("model_type")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        if model_type is not None:
+            raise FrontendError(f"{cfg_path}: model_type '{model_type}' is not known to "
+                                f"transformers {transformers.__version__} "
+                                f"({_first_line(e)[:120]})") from None
+        raise FrontendError(f"{cfg_path}: cannot read the config ({_first_line(e)})") from None
+    max_pos = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_MAX_CONTEXT)
+    max_context = _check_max_context(max_context, max_pos, str(folder))
+    _hf_config_checks(folder, cfg, max_context)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=bool(safet),
+            dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{folder}: transformers cannot build the model "
+                            f"({type(e).__name__}: {_first_line(e)[:160]})") from None
+    model = model.eval()
+    ids = _example_ids(int(getattr(config, "vocab_size", 2)), EXAMPLE_TOKENS)
+    ep = _export(model, ids, max_pos, str(folder))
+    rope_type = _rope_type(config)
+    fd = decoder_from_exported_program(ep, name=re.sub(r"\W", "_", folder.name) or "model",
+                                       source=f"hf:{folder}", max_context=max_context,
+                                       max_position=max_pos, family=model_type or "llama",
+                                       rope_type=rope_type, check_model=model)
+    return fd
+
+
+def _rope_type(config) -> str | None:
+    for attr in ("rope_parameters", "rope_scaling"):
+        rp = getattr(config, attr, None)
+        if isinstance(rp, dict):
+            return rp.get("rope_type") or rp.get("type")
+    return None
+
+
+def _check_max_context(max_context, max_pos: int, where: str) -> int:
+    if max_context is None:
+        return min(max_pos, DEFAULT_MAX_CONTEXT)
+    max_context = int(max_context)
+    if max_context < 1:
+        raise FrontendError(f"max_context must be >= 1, got {max_context}")
+    if max_context > max_pos:
+        raise FrontendError(f"max_context {max_context} is larger than the model's "
+                            f"max_position_embeddings {max_pos} ({where})")
+    return max_context
+
+
+def _example_ids(vocab: int, n: int) -> torch.Tensor:
+    # Distinct, deterministic, in-range ids: a spread over the vocabulary.
+    return torch.tensor([[(7 * i + 1) % max(vocab, 1) for i in range(n)]], dtype=torch.long)
+
+
+def _export(model, ids: torch.Tensor, max_pos: int, where: str):
+    """torch.export with a dynamic sequence length, falling back to the example's length."""
+    from torch.export import Dim
+
+    kwargs = {"use_cache": False}
+    try:
+        seq = Dim("seq", min=2, max=max(max_pos, ids.shape[1]))
+        return torch.export.export(model, (ids,), kwargs=kwargs,
+                                   dynamic_shapes={"input_ids": {1: seq}, "use_cache": None})
+    except Exception:  # noqa: BLE001 -- a static export serves the recogniser as well
+        pass
+    try:
+        return torch.export.export(model, (ids,), kwargs=kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"torch.export failed on {where} ({type(e).__name__}: "
+                            f"{_first_line(e)[:160]})") from None
+
+
+# ----------------------------------------------------------------------------- graph view
+
+def _opname(node) -> str:
+    """Short ATen name ('linear') of a call_function node, else its target's name."""
+    t = node.target
+    pkt = getattr(t, "overloadpacket", None)
+    if pkt is not None:
+        return pkt.__name__
+    return getattr(t, "__name__", str(t))
+
+
+def _fullname(node) -> str:
+    t = node.target
+    if hasattr(t, "overloadpacket"):
+        return str(t)  # e.g. aten.gelu.default
+    return getattr(t, "__name__", str(t))
+
+
+def _where(node) -> str:
+    """``file.py:line`` of the model code that created a node (a modeling_* file if any)."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in frames if not f[0].startswith(torch_dir)]
+    if not frames:
+        return "no source line recorded"
+    modeling = [f for f in frames if os.path.basename(f[0]).startswith("modeling_")]
+    f = (modeling or frames)[-1]
+    return f"{os.path.basename(f[0])}:{f[1]}"
+
+
+def _unsupported(node, why: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"unsupported op {_fullname(node)} (node {node.name}, "
+                              f"{_where(node)}): {why}")
+
+
+class _Graph:
+    """An ExportedProgram's top graph with its constants, HOP boundaries resolved."""
+
+    def __init__(self, ep):
+        self.ep = ep
+        self.g = ep.graph
+        self.consts: dict[str, torch.Tensor] = {}
+        self.user_inputs: list = []
+        sig = ep.graph_signature
+        kinds = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
+        state = ep.state_dict
+        constants = getattr(ep, "constants", {}) or {}
+        for n in self.g.nodes:
+            if n.op != "placeholder":
+                continue
+            spec = kinds.get(n.name)
+            if spec is None or spec.kind.name == "USER_INPUT":
+                self.user_inputs.append(n)
+                continue
+            t = state.get(spec.target) if spec.target in state else constants.get(spec.target)
+            if isinstance(t, torch.Tensor):
+                self.consts[n.name] = t.detach()
+        self.used: set = set()
+
+    def const(self, node) -> np.ndarray | None:
+        """Float32 numpy value of a constant (parameter/buffer) node, looked through casts."""
+        node = self.skip(node)
+        if getattr(node, "op", None) == "placeholder" and node.name in self.consts:
+            return self.consts[node.name].to(torch.float32).numpy().copy()
+        if getattr(node, "op", None) == "get_attr":
+            t = getattr(self.ep.graph_module, node.target, None)
+            if isinstance(t, torch.Tensor):
+                return t.detach().to(torch.float32).numpy().copy()
+        return None
+
+    def skip(self, node):
+        """Look through float32 casts and identities, marking them used."""
+        while getattr(node, "op", None) == "call_function" and _opname(node) in _CASTS:
+            name = _opname(node)
+            if name == "to" or name == "_to_copy":
+                dt = node.kwargs.get("dtype")
+                if dt is None:
+                    dt = next((a for a in node.args[1:] if isinstance(a, torch.dtype)), None)
+                if dt is not None and dt != torch.float32:
+                    raise _unsupported(node, f"cast to {dt}; export the model in float32")
+            if name == "dropout" and len(node.args) > 2 and node.args[2]:
+                raise _unsupported(node, "dropout in training mode; export in eval mode")
+            self.used.add(node)
+            node = node.args[0]
+        return node
+
+    def is_call(self, node, *names) -> bool:
+        return getattr(node, "op", None) == "call_function" and _opname(node) in names
+
+    def expect(self, node, *names, what: str):
+        node = self.skip(node)
+        if not self.is_call(node, *names):
+            if getattr(node, "op", None) == "call_function":
+                raise _unsupported(node, f"expected {what}")
+            raise FrontendError(f"graph node {getattr(node, 'name', node)} is not {what}; the "
+                                "graph is not a recognised LLaMA-family decoder")
+        self.used.add(node)
+        return node
+
+
+def _shape(node) -> tuple:
+    v = node.meta.get("val")
+    return tuple(v.shape) if v is not None and hasattr(v, "shape") else ()
+
+
+def _int(v) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------ recognisers
+
+def _match_linear(G: _Graph, node, what: str):
+    """``linear(x, W[, b])`` -> (x, W [out, in], b or None)."""
+    n = G.expect(node, "linear", what=what)
+    w = G.const(n.args[1])
+    if w is None or w.ndim != 2:
+        raise _unsupported(n, f"{what}: the weight must be a constant matrix")
+    b = G.const(n.args[2]) if len(n.args) > 2 and n.args[2] is not None else None
+    return n.args[0], w, b
+
+
+def _match_rmsnorm(G: _Graph, node, what: str):
+    """``gamma * cast(x * rsqrt(mean(x**2, -1, keepdim) + eps))`` -> (x, gamma, eps)."""
+    m = G.expect(node, "mul", what=f"the {what} RMSNorm gamma multiply")
+    a, b = m.args[0], m.args[1]
+    gamma = G.const(a)
+    normed = b
+    if gamma is None:
+        gamma, normed = G.const(b), a
+    if gamma is None or gamma.ndim != 1:
+        raise _unsupported(m, f"expected the {what} RMSNorm (gamma * normalized x)")
+    inner = G.expect(normed, "mul", what=f"the {what} RMSNorm x * rsqrt(...)")
+    x, r = inner.args
+    if not G.is_call(G.skip(r), "rsqrt"):
+        x, r = r, x
+    r = G.expect(r, "rsqrt", what=f"the {what} RMSNorm rsqrt")
+    add = G.expect(r.args[0], "add", what=f"the {what} RMSNorm mean + eps")
+    mean, eps = add.args[0], add.args[1]
+    if not isinstance(eps, (int, float)):
+        mean, eps = eps, mean
+    if not isinstance(eps, (int, float)):
+        raise _unsupported(add, f"the {what} RMSNorm eps must be a constant")
+    mean = G.expect(mean, "mean", what=f"the {what} RMSNorm mean")
+    dims = mean.args[1] if len(mean.args) > 1 else None
+    if list(dims or []) not in ([-1], [len(_shape(mean)) - 1]):
+        raise _unsupported(mean, f"the {what} RMSNorm mean must be over the last dim")
+    pw = G.expect(mean.args[0], "pow", what=f"the {what} RMSNorm x**2")
+    if pw.args[1] != 2 or G.skip(pw.args[0]) is not G.skip(x):
+        raise _unsupported(pw, f"the {what} RMSNorm must square its own input")
+    return G.skip(x), gamma, float(eps)
+
+
+def _match_heads(G: _Graph, node, what: str):
+    """``transpose(view(linear(n), [B, S, heads, hd]), 1, 2)`` -> (n, W, b, heads, hd)."""
+    t = G.expect(node, "transpose", what=f"the {what} head transpose")
+    if sorted(int(d) % 4 for d in t.args[1:3]) != [1, 2]:
+        raise _unsupported(t, f"the {what} heads must be transposed with dims (1, 2)")
+    v = G.expect(t.args[0], "view", "reshape", "_unsafe_view", what=f"the {what} head view")
+    shp = _shape(v)
+    heads, hd = (_int(shp[2]), _int(shp[3])) if len(shp) == 4 else (None, None)
+    if heads is None or hd is None:
+        raise _unsupported(v, f"the {what} head view must be [B, S, heads, head_dim]")
+    x, w, b = _match_linear(G, v.args[0], f"the {what} projection")
+    return G.skip(x), w, b, heads, hd
+
+
+def _match_rope(G: _Graph, node, what: str):
+    """rotate_half RoPE -> (x before RoPE, cos node, sin node)."""
+    add = G.expect(node, "add", what=f"the RoPE of {what} (x*cos + rotate_half(x)*sin)")
+    m1, m2 = (G.expect(a, "mul", what=f"the RoPE of {what}") for a in add.args[:2])
+    if G.is_call(G.skip(m1.args[0]), "cat") or G.is_call(G.skip(m1.args[1]), "cat"):
+        m1, m2 = m2, m1
+    x, cos = m1.args
+    rot, sin = m2.args
+    if G.is_call(G.skip(sin), "cat"):
+        rot, sin = sin, rot
+    if G.is_call(G.skip(cos), "transpose"):
+        x, cos = cos, x
+    cat = G.expect(rot, "cat", what=f"the rotate_half of {what}")
+    parts = cat.args[0]
+    if len(parts) != 2:
+        raise _unsupported(cat, f"the rotate_half of {what} must concatenate two halves")
+    neg = G.expect(parts[0], "neg", what=f"the rotate_half of {what} (-x2)")
+    hi = G.expect(neg.args[0], "slice", what=f"the rotate_half of {what} (x2)")
+    lo = G.expect(parts[1], "slice", what=f"the rotate_half of {what} (x1)")
+    xs = G.skip(x)
+    hd = _int(_shape(xs)[-1]) if _shape(xs) else None
+    for s, (start, end) in ((lo, (0, hd // 2 if hd else None)), (hi, (hd // 2 if hd else None,
+                                                                      None))):
+        dim = _int(s.args[1]) if len(s.args) > 1 else 0
+        sstart = _int(s.args[2]) if len(s.args) > 2 else 0
+        send = _int(s.args[3]) if len(s.args) > 3 else None
+        if G.skip(s.args[0]) is not xs or dim % 4 != 3 or sstart != start or (
+                end is not None and send != end) or (
+                end is None and send is not None and send < hd):
+            raise _unsupported(s, f"the rotate_half of {what} must split the head in halves")
+    return xs, cos, sin
+
+
+def _match_repeat_kv(G: _Graph, node):
+    """``reshape(expand(unsqueeze(x, 2), ...), ...)`` (repeat_kv) or x itself."""
+    n = G.skip(node)
+    if G.is_call(n, "reshape", "view", "_unsafe_view"):
+        e = G.skip(n.args[0])
+        if G.is_call(e, "expand"):
+            u = G.expect(e.args[0], "unsqueeze", what="repeat_kv's unsqueeze")
+            if _int(u.args[1]) != 2:
+                raise _unsupported(u, "repeat_kv must unsqueeze dim 2")
+            G.used.update({n, e})
+            return G.skip(u.args[0])
+    return n
+
+
+def _match_attention(G: _Graph, node):
+    """o_proj input -> attention parts (see the module docstring)."""
+    r = G.skip(node)
+    chain = []
+    while G.is_call(r, "reshape", "view", "_unsafe_view", "transpose"):
+        if _opname(r) == "transpose" and sorted(int(d) % 4 for d in r.args[1:3]) != [1, 2]:
+            raise _unsupported(r, "the attention output must be transposed with dims (1, 2)")
+        chain.append(r)
+        G.used.add(r)
+        r = G.skip(r.args[0])
+    sdpa = G.expect(r, "scaled_dot_product_attention", what="scaled_dot_product_attention "
+                    "feeding o_proj")
+    if sum(1 for c in chain if _opname(c) == "transpose") != 1:
+        raise _unsupported(sdpa, "the attention output must be transposed back to [B, S, H*hd]")
+    kw = dict(sdpa.kwargs)
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+             "enable_gqa"]
+    for i, a in enumerate(sdpa.args):
+        kw[names[i]] = a
+    if kw.get("dropout_p", 0.0):
+        raise _unsupported(sdpa, "attention dropout must be 0 (export in eval mode)")
+    if kw.get("attn_mask") is None and not kw.get("is_causal", False):
+        raise _unsupported(sdpa, "attention must be causal (a mask or is_causal=True)")
+    q_rot, cq, sq = _match_rope(G, kw["query"], "q")
+    k_rot_node = _match_repeat_kv(G, kw["key"])
+    k_pre, ck, sk = _match_rope(G, k_rot_node, "k")
+    v_pre = _match_repeat_kv(G, kw["value"])
+    xq, wq, bq, heads, hd = _match_heads(G, q_rot, "q")
+    xk, wk, bk, kv_heads, hdk = _match_heads(G, k_pre, "k")
+    xv, wv, bv, kv_heads_v, hdv = _match_heads(G, v_pre, "v")
+    if not (xq is xk is xv):
+        raise _unsupported(sdpa, "q, k and v must read the same normalized input")
+    if not (hd == hdk == hdv) or kv_heads != kv_heads_v or heads % kv_heads:
+        raise _unsupported(sdpa, f"inconsistent heads (q {heads}x{hd}, k {kv_heads}x{hdk}, "
+                           f"v {kv_heads_v}x{hdv})")
+    scale = kw.get("scale")
+    if scale is not None and abs(float(scale) * math.sqrt(hd) - 1.0) > 1e-6:
+        raise _unsupported(sdpa, f"attention scale {scale} is not 1/sqrt(head_dim)")
+    return dict(x=xq, q=(wq, bq), k=(wk, bk), v=(wv, bv), heads=heads, kv_heads=kv_heads,
+                hd=hd, rope=(cq, sq, ck, sk), node=sdpa)
+
+
+def _match_mlp(G: _Graph, node):
+    """``down(silu(gate(n)) * up(n))`` -> (n, gate, up, down)."""
+    h, wd, bd = _match_linear(G, node, "the MLP down projection")
+    m = G.expect(h, "mul", what="the SwiGLU product silu(gate) * up")
+    a, b = m.args
+    if not G.is_call(G.skip(a), "silu"):
+        a, b = b, a
+    s = G.skip(a)
+    if not G.is_call(s, "silu"):
+        bad = s if getattr(s, "op", None) == "call_function" else m
+        raise _unsupported(bad, "expected silu(gate) of a SwiGLU MLP")
+    G.used.add(s)
+    xg, wg, bg = _match_linear(G, s.args[0], "the MLP gate projection")
+    xu, wu, bu = _match_linear(G, b, "the MLP up projection")
+    if G.skip(xg) is not G.skip(xu):
+        raise _unsupported(m, "gate and up must read the same normalized input")
+    if any(v is not None for v in (bd, bg, bu)):
+        raise _unsupported(m, "MLP biases are not supported")
+    return G.skip(xg), wg, wu, wd
+
+
+def _split_residual(G: _Graph, add, is_branch):
+    """``add(x, branch)`` in either order -> (x, branch)."""
+    a, b = add.args[0], add.args[1]
+    if is_branch(b):
+        return a, b
+    if is_branch(a):
+        return b, a
+    raise _unsupported(add, "expected a residual add of a linear's output")
+
+
+def _match_layer(G: _Graph, node):
+    """The residual stream after one decoder block -> (stream before it, block parts)."""
+    add2 = G.expect(node, "add", what="the MLP residual add")
+    x1, mlp_out = _split_residual(G, add2, lambda v: G.is_call(G.skip(v), "linear"))
+    n2, wg, wu, wd = _match_mlp(G, mlp_out)
+    r, g2, eps2 = _match_rmsnorm(G, n2, "post-attention")
+    if r is not G.skip(x1):
+        raise _unsupported(add2, "the MLP norm must read the residual stream")
+    add1 = G.expect(x1, "add", what="the attention residual add")
+    x0, attn_out = _split_residual(G, add1, lambda v: G.is_call(G.skip(v), "linear"))
+    a, wo, bo = _match_linear(G, attn_out, "the attention output projection")
+    at = _match_attention(G, a)
+    xin, g1, eps1 = _match_rmsnorm(G, at["x"], "input")
+    if xin is not G.skip(x0):
+        raise _unsupported(add1, "the attention norm must read the residual stream")
+    if abs(eps1 - eps2) > 1e-12 * max(abs(eps1), 1.0):
+        raise _unsupported(add2, f"RMSNorm eps differ inside a block ({eps1} vs {eps2})")
+    fold = lambda w, g: (w * g[None, :]).astype(np.float32)  # noqa: E731
+    (wq, bq), (wk, bk), (wv, bv) = at["q"], at["k"], at["v"]
+    layer = FloatLayer(q=fold(wq, g1), k=fold(wk, g1), v=fold(wv, g1),
+                       o=wo.astype(np.float32), gate=fold(wg, g2), up=fold(wu, g2),
+                       down=wd.astype(np.float32), q_bias=bq, k_bias=bk, v_bias=bv,
+                       o_bias=bo)
+    return xin, layer, at, eps1
+
+
+# --------------------------------------------------------------------------- RoPE constants
+
+def _upstream_consts(G: _Graph, node, seen=None) -> tuple[list, list]:
+    """Constants and scalar-mul factors upstream of a cos/sin node, across HOP submodules.
+
+    Returns (constant arrays, scalar factors multiplying a cos/sin).
+    """
+    consts, factors = [], []
+    stack, seen = [(node, None)], set() if seen is None else seen
+    while stack:
+        n, hop = stack.pop()
+        if id(n) in seen or not hasattr(n, "op"):
+            continue
+        seen.add(id(n))
+        if n.op == "placeholder":
+            if hop is not None:  # a HOP submodule input: continue at the operand outside
+                sub_phs = [p for p in n.graph.nodes if p.op == "placeholder"]
+                operands = [a for a in hop.args if hasattr(a, "op") and a.op != "get_attr"]
+                idx = sub_phs.index(n)
+                if idx < len(operands):
+                    stack.append((operands[idx], None))
+                continue
+            c = G.const(n)
+            if c is not None:
+                consts.append(c)
+            continue
+        if n.op == "call_function" and getattr(n.target, "__name__", "") == "getitem":
+            src, i = n.args
+            sub = _hop_submodule(G, src)
+            if sub is not None:
+                out = next(o for o in sub.graph.nodes if o.op == "output")
+                stack.append((out.args[0][i], src))
+                continue
+        if n.op == "call_function" and _opname(n) == "mul":
+            others = [a for a in n.args if isinstance(a, (int, float))]
+            if others and any(hasattr(a, "op") and _opname(a) in ("cos", "sin")
+                              for a in n.args if hasattr(a, "op") and a.op == "call_function"):
+                factors.append(float(others[0]))
+        for a in list(n.args) + list(n.kwargs.values()):
+            for v in (a if isinstance(a, (list, tuple)) else [a]):
+                if hasattr(v, "op"):
+                    stack.append((v, hop))
+    return consts, factors
+
+
+def _hop_submodule(G: _Graph, hop):
+    """The GraphModule called by a higher-order-op node (wrap_with_set_grad_enabled, ...)."""
+    if getattr(hop, "op", None) != "call_function":
+        return None
+    for a in hop.args:
+        if getattr(a, "op", None) == "get_attr":
+            sub = getattr(G.ep.graph_module, a.target, None)
+            if isinstance(sub, torch.fx.GraphModule):
+                return sub
+    return None
+
+
+def _rope_params(G: _Graph, cos_node, hd: int, rope_type: str | None):
+    """Recover (theta, attention_scaling) from the inv_freq constant behind cos/sin."""
+    consts, factors = _upstream_consts(G, cos_node)
+    half = hd // 2
+    cands = [c for c in consts if c.ndim == 1 and c.shape[0] == half]
+    variant = f"rope_type '{rope_type}'" if rope_type else "RoPE variant"
+    where = getattr(cos_node, "name", "cos")
+    if not cands or half < 2:
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): cos/sin are not "
+                                 "computed from an inv_freq constant of head_dim/2 entries")
+    inv = cands[0].astype(np.float64)
+    if inv[1] <= 0 or inv[1] >= 1:
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): inv_freq[1] = "
+                                 f"{inv[1]:.6g} is not theta**(-2/head_dim)")
+    theta = float(inv[1] ** (-hd / 2))
+    # inv_freq is float32: theta comes back with ~1e-7 relative noise (9999.99987 for 1e4);
+    # configs use round numbers, so snap to the nearest integer when it is that close.
+    if theta >= 1 and abs(round(theta) - theta) <= 1e-6 * theta:
+        theta = float(round(theta))
+    ref = 1.0 / theta ** (np.arange(half, dtype=np.float64) * 2 / hd)
+    rel = np.max(np.abs(inv - ref) / ref)
+    if rel > 1e-6:
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): inv_freq differs from "
+                                 f"theta**(-2i/head_dim) by {rel:.2g} relative (theta "
+                                 f"{theta:.6g}); only the default RoPE is supported")
+    scaling = factors[0] if factors else 1.0
+    if len(set(factors)) > 1:
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): cos and sin are "
+                                 f"scaled differently ({sorted(set(factors))})")
+    return theta, scaling
+
+
+# ----------------------------------------------------------------------------- the program
+
+def _hidden_path(G: _Graph, start) -> list:
+    """Nodes that (transitively) consume the embedding output, in graph order."""
+    reach = {start}
+    order = []
+    for n in G.g.nodes:
+        if n is start:
+            order.append(n)
+            continue
+        if n.op != "call_function" and n.op != "output":
+            continue
+        ins = [v for a in list(n.args) + list(n.kwargs.values())
+               for v in (a if isinstance(a, (list, tuple)) else [a]) if hasattr(v, "op")]
+        if any(v in reach for v in ins):
+            if n.op == "call_function" and _opname(n) in _SIDE_OPS:
+                continue  # a size or a metadata assertion: not a tensor on the path
+            reach.add(n)
+            order.append(n)
+    return order
+
+
+def decoder_from_exported_program(ep, name: str = "model", source: str = "",
+                                  max_context: int | None = None,
+                                  max_position: int | None = None, family: str = "llama",
+                                  rope_type: str | None = None,
+                                  check_model=None) -> FloatDecoder:
+    """Recognise a LLaMA-family decoder in an ``ExportedProgram`` (see the module docstring).
+
+    Parameters
+    ----------
+    ep : torch.export.ExportedProgram
+        ``input_ids [1, S]`` (int64) -> logits (tensor, tuple or HF output with ``logits``).
+    name, source, family : str
+        Recorded in the result.
+    max_context : int, optional
+        Largest context; default ``min(max_position, 2048)``.
+    max_position : int, optional
+        Model's position limit; default the exported sequence bound if finite, else
+        ``max_context``, else 2048.
+    rope_type : str, optional
+        Named in RoPE errors.
+    check_model : callable, optional
+        The eager model to check against; default ``ep.module()``.
+
+    Returns
+    -------
+    FloatDecoder
+    """
+    G = _Graph(ep)
+    emb_nodes = [n for n in G.g.nodes if n.op == "call_function" and _opname(n) == "embedding"]
+    if len(emb_nodes) != 1:
+        raise FrontendError(f"{source or name}: expected one aten.embedding in the graph, found "
+                            f"{len(emb_nodes)}; not a decoder-only language model")
+    emb = emb_nodes[0]
+    embed = G.const(emb.args[0])
+    ids_node = emb.args[1]
+    if embed is None or getattr(ids_node, "op", None) != "placeholder" or \
+            ids_node not in G.user_inputs:
+        raise _unsupported(emb, "the embedding must read a constant table with the input ids")
+    G.used.add(emb)
+
+    # Coverage first: the first op on the hidden path outside the patterns is the error.
+    path = _hidden_path(G, emb)
+    for n in path:
+        if n.op == "call_function" and _opname(n) not in _PATH_OPS:
+            raise _unsupported(n, "not part of a recognised LLaMA block (embedding, RMSNorm, "
+                               "RoPE, GQA attention, SwiGLU MLP, residual add, lm_head)")
+
+    out_node = next(n for n in G.g.nodes if n.op == "output")
+    outs = out_node.args[0]
+    logits = outs[0] if isinstance(outs, (list, tuple)) else outs
+    xf, w_lm, b_lm = _match_linear(G, logits, "the lm_head projection")
+    if b_lm is not None:
+        raise _unsupported(G.skip(logits), "an lm_head bias is not supported")
+    x, g_final, eps = _match_rmsnorm(G, xf, "final")
+
+    layers, attn = [], []
+    while x is not emb:
+        if len(layers) > 100000:
+            break
+        x, layer, at, eps_l = _match_layer(G, x)
+        if abs(eps_l - eps) > 1e-12 * max(abs(eps), 1.0):
+            raise _unsupported(at["node"], f"RMSNorm eps differ between blocks ({eps_l} vs "
+                               f"{eps})")
+        layers.append(layer)
+        attn.append(at)
+    layers.reverse()
+    attn.reverse()
+    if not layers:
+        raise FrontendError(f"{source or name}: no decoder block between the embedding and "
+                            "the lm_head")
+
+    # Everything on the hidden path must belong to a recognised block.
+    for n in path:
+        if n.op == "call_function" and n not in G.used:
+            raise _unsupported(n, "not part of a recognised LLaMA block")
+
+    a0 = attn[0]
+    heads, kv_heads, hd = a0["heads"], a0["kv_heads"], a0["hd"]
+    for i, at in enumerate(attn):
+        if (at["heads"], at["kv_heads"], at["hd"]) != (heads, kv_heads, hd):
+            raise _unsupported(at["node"], f"block {i} has different head numbers")
+    theta, scaling = _rope_params(G, a0["rope"][0], hd, rope_type)
+    for at in attn:
+        for cs in at["rope"]:
+            t2, s2 = _rope_params(G, cs, hd, rope_type)
+            if abs(t2 - theta) > 1e-6 * theta or abs(s2 - scaling) > 1e-9:
+                raise _unsupported(at["node"], "blocks use different RoPE parameters")
+
+    if max_position is None:
+        # An archive records no position limit: take the exported length bound, else the
+        # context asked for (RoPE itself has no limit).
+        max_position = _export_seq_bound(G, ids_node) or max_context or DEFAULT_MAX_CONTEXT
+    max_context = _check_max_context(max_context, max_position, source or name)
+    inter = layers[0].gate.shape[0]
+    shape = DecoderShape(vocab=embed.shape[0], hidden=embed.shape[1], layers=len(layers),
+                         heads=heads, kv_heads=kv_heads, head_dim=hd, intermediate=inter,
+                         max_position=int(max_position), rope_theta=theta, rms_eps=eps,
+                         rope_scaling=float(scaling))
+    fd = FloatDecoder(name=name, shape=shape, embed=embed.astype(np.float32), layers=layers,
+                      lm_head=(w_lm * g_final[None, :]).astype(np.float32), source=source,
+                      family=family, max_context=max_context)
+    _check_numerics(fd, ep, ids_node, check_model, source or name)
+    return fd
+
+
+def _export_seq_bound(G: _Graph, ids_node) -> int | None:
+    shp = _shape(ids_node)
+    if len(shp) != 2:
+        return None
+    s = shp[1]
+    if _int(s) is not None and not hasattr(s, "node"):
+        return None  # static export: its length says nothing about the model's limit
+    try:
+        vr = G.ep.range_constraints.get(s.node.expr)
+        upper = int(vr.upper) if vr is not None else None
+    except Exception:  # noqa: BLE001 -- unbounded (int_oo) or unknown
+        return None
+    return upper if upper and upper < 2**31 else None
+
+
+def _check_numerics(fd: FloatDecoder, ep, ids_node, model, where: str) -> None:
+    """The recognised decoder must reproduce the model's logits (catches unseen variants)."""
+    from .llm_interpret import float_forward
+
+    shp = _shape(ids_node)
+    n = _int(shp[1]) if len(shp) == 2 and _int(shp[1]) is not None and not hasattr(
+        shp[1], "node") else EXAMPLE_TOKENS
+    ids = _example_ids(fd.shape.vocab, n)
+    with torch.no_grad():
+        try:
+            if model is not None:
+                out = model(ids, use_cache=False)
+            else:
+                mod = ep.module()
+                try:
+                    out = mod(ids)
+                except Exception:  # noqa: BLE001 -- exported with a use_cache kwarg
+                    out = mod(ids, use_cache=False)
+        except Exception as e:  # noqa: BLE001
+            raise FrontendError(f"{where}: cannot run the model to check the recognised "
+                                f"decoder ({type(e).__name__}: {_first_line(e)[:120]})") from None
+    if hasattr(out, "logits"):
+        out = out.logits
+    elif isinstance(out, (list, tuple)):
+        out = out[0]
+    ref = out.detach().to(torch.float64).numpy().reshape(n, -1)
+    got = float_forward(fd, ids[0].tolist())
+    err = float(np.max(np.abs(got - ref)))
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(ref))))
+    if not err <= tol:
+        raise UnsupportedOpError(f"{where}: the recognised LLaMA blocks do not reproduce the "
+                                 f"model's logits (max |diff| {err:.3g} > {tol:.3g}); the model "
+                                 "uses a variant the recogniser does not see (attention mask, "
+                                 "scaling, ...)")

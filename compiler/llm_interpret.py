@@ -1,0 +1,258 @@
+"""Reference runs of the decoder IR: the float model (:func:`float_forward`) and the integer
+golden model (:func:`golden_step`), which is what the accelerator computes bit for bit.
+
+The golden step runs in hardware order with only the kernels of ``golden/llm.py`` and
+``golden/int8.py``; prefill of ``T`` tokens is the same step with ``T`` rows, so chunked
+prefill, one-shot prefill and decode give identical integers for the same token at the same
+position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwflow.golden import llm as gl
+from hwflow.golden.int8 import matmul, requantize
+
+from .decoder import FloatDecoder, QDecoder, QLinear
+
+__all__ = ["float_forward", "float_generate", "KVCache", "golden_step", "GoldenRun",
+           "golden_generate", "top1_agreement", "rope_float"]
+
+
+# ------------------------------------------------------------------------------ float model
+
+def rope_float(positions, head_dim: int, theta: float, scaling: float = 1.0):
+    """(cos, sin) ``[len(positions), head_dim/2]`` of the default RoPE, float64."""
+    half = head_dim // 2
+    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) * 2 / head_dim))
+    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(ang) * scaling, np.sin(ang) * scaling
+
+
+def _rms(x: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def _rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: int, hd: int):
+    t = x.shape[0]
+    xh = x.reshape(t, heads, hd)
+    half = hd // 2
+    x1, x2 = xh[..., :half], xh[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).reshape(t, heads * hd)
+
+
+def _lin(x, w, b=None):
+    y = x @ np.asarray(w, dtype=np.float64).T
+    return y if b is None else y + np.asarray(b, dtype=np.float64)
+
+
+def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
+    """Float64 forward pass; ``record[name]`` collects every tensor the quantizer scales."""
+    s = fd.shape
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    t = ids.shape[0]
+
+    def rec(name, v):
+        if record is not None:
+            record.setdefault(name, []).append(np.asarray(v))
+
+    heads, kvh, hd = s.heads, s.kv_heads, s.head_dim
+    group = heads // kvh
+    cos, sin = rope_float(np.arange(t), hd, s.rope_theta, s.rope_scaling)
+    causal = np.triu(np.ones((t, t), dtype=bool), 1)
+    x = np.asarray(fd.embed, dtype=np.float64)[ids]
+    rec("embed", x)
+    for i, ly in enumerate(fd.layers):
+        n = _rms(x, s.rms_eps)
+        rec(f"l{i}.attn_norm", n)
+        q = _lin(n, ly.q, ly.q_bias)
+        k = _lin(n, ly.k, ly.k_bias)
+        v = _lin(n, ly.v, ly.v_bias)
+        rec(f"l{i}.q", q)
+        rec(f"l{i}.k", k)
+        q = _rope_rows(q, cos, sin, heads, hd)
+        k = _rope_rows(k, cos, sin, kvh, hd)
+        rec(f"l{i}.q", q)  # RoPE may grow an element by up to sqrt(2): both share one scale
+        rec(f"l{i}.k", k)
+        rec(f"l{i}.v", v)
+        qh = q.reshape(t, heads, hd).transpose(1, 0, 2)
+        kh = np.repeat(k.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
+        vh = np.repeat(v.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
+        sc = qh @ kh.transpose(0, 2, 1) / np.sqrt(hd)
+        sc = np.where(causal[None], -np.inf, sc)
+        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+        p = sc / sc.sum(axis=-1, keepdims=True)
+        a = (p @ vh).transpose(1, 0, 2).reshape(t, heads * hd)
+        rec(f"l{i}.attn", a)
+        x = x + _lin(a, ly.o, ly.o_bias)
+        rec(f"l{i}.attn_res", x)
+        n = _rms(x, s.rms_eps)
+        rec(f"l{i}.mlp_norm", n)
+        g = _lin(n, ly.gate)
+        u = _lin(n, ly.up)
+        rec(f"l{i}.gate", g)
+        rec(f"l{i}.up", u)
+        h = g / (1.0 + np.exp(-g)) * u
+        rec(f"l{i}.silu_mul", h)
+        x = x + _lin(h, ly.down)
+        rec(f"l{i}.mlp_res", x)
+    n = _rms(x, s.rms_eps)
+    rec("final_norm", n)
+    logits = _lin(n, fd.lm_head)
+    rec("logits", logits)
+    return logits
+
+
+def float_forward(fd: FloatDecoder, ids) -> np.ndarray:
+    """Float64 logits ``[T, vocab]`` of the token ids ``ids`` at positions ``0 .. T-1``.
+
+    Parameters
+    ----------
+    fd : FloatDecoder
+    ids : sequence of int
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``[len(ids), vocab]``.
+    """
+    return _forward(fd, ids)
+
+
+def float_generate(fd: FloatDecoder, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy generation with the float model (argmax, lowest index on ties).
+
+    Returns the ``new_tokens`` generated ids (the prompt excluded). Recomputes the whole
+    sequence per token (no cache): a reference, not a fast path.
+    """
+    seq = list(prompt)
+    out = []
+    for _ in range(int(new_tokens)):
+        tok = int(np.argmax(float_forward(fd, seq)[-1]))
+        out.append(tok)
+        seq.append(tok)
+    return out
+
+
+# ----------------------------------------------------------------------------- golden model
+
+@dataclass
+class KVCache:
+    """Per-layer int8 K (after RoPE) and V caches ``[max_context, kv_heads * head_dim]``."""
+
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+
+    @classmethod
+    def empty(cls, qd: QDecoder) -> KVCache:
+        """Zeroed caches for every layer of ``qd``."""
+        s = qd.shape
+        shape = (qd.max_context, s.kv_heads * s.head_dim)
+        return cls(k=[np.zeros(shape, dtype=np.int8) for _ in range(s.layers)],
+                   v=[np.zeros(shape, dtype=np.int8) for _ in range(s.layers)])
+
+
+def _qlin(x: np.ndarray, ql: QLinear, res: np.ndarray | None = None) -> np.ndarray:
+    """A QLinear as the matrix engine and its epilogue run it."""
+    return requantize(matmul(x, ql.weight), ql.bias, ql.mult, ql.shift,
+                      res=res, res_mult=ql.res_mult if res is not None else 0)
+
+
+def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.ndarray:
+    """Run ``len(ids)`` rows at positions ``pos .. pos+len-1`` through the integer decoder.
+
+    Appends each row's K (after RoPE) and V to ``cache`` at its position, exactly in the
+    hardware's order, and returns the int8 logits ``[len(ids), vocab]`` (at
+    ``qd.scales['logits']``). Prefill is one call with the prompt (or several chunks at
+    increasing ``pos``); decode is a call with one id.
+
+    Raises
+    ------
+    ValueError
+        Positions past ``qd.max_context`` or a token id outside the vocabulary.
+    """
+    s = qd.shape
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    rows = ids.shape[0]
+    if rows < 1:
+        raise ValueError("golden_step needs at least one token")
+    if pos < 0 or pos + rows > qd.max_context:
+        raise ValueError(f"positions {pos}..{pos + rows - 1} exceed max_context "
+                         f"{qd.max_context}")
+    if ids.min() < 0 or ids.max() >= s.vocab:
+        raise ValueError(f"token id outside the vocabulary of {s.vocab}")
+    heads, kvh, hd = s.heads, s.kv_heads, s.head_dim
+    table = qd.rope[pos:pos + rows]
+    x = qd.embed[ids]
+    for i, ly in enumerate(qd.layers):
+        xn = gl.rmsnorm(x, *ly.attn_norm)
+        q = gl.rope(_qlin(xn, ly.q), table, heads, hd)
+        k = gl.rope(_qlin(xn, ly.k), table, kvh, hd)
+        v = _qlin(xn, ly.v)
+        cache.k[i][pos:pos + rows] = k
+        cache.v[i][pos:pos + rows] = v
+        a = gl.attention(q, cache.k[i], cache.v[i], pos, heads, kvh, hd, *ly.attn)
+        x = _qlin(a, ly.o, res=x)
+        xn = gl.rmsnorm(x, *ly.mlp_norm)
+        h = gl.silu_mul(_qlin(xn, ly.gate), _qlin(xn, ly.up), *ly.silu)
+        x = _qlin(h, ly.down, res=x)
+    return _qlin(gl.rmsnorm(x, *qd.final_norm), qd.lm_head)
+
+
+@dataclass
+class GoldenRun:
+    """Result of :func:`golden_generate`."""
+
+    tokens: list[int]                                   # the new tokens only
+    step_logits: list[np.ndarray] = field(default_factory=list)  # prefill [T, V], then [1, V]s
+
+
+def golden_generate(qd: QDecoder, prompt: list[int], new_tokens: int) -> GoldenRun:
+    """Greedy generation with the integer model: one prefill step, then decode steps.
+
+    The first new token comes from the prefill's last row; each further token from one decode
+    step, so ``step_logits`` holds the prefill's ``[len(prompt), vocab]`` logits and then
+    ``new_tokens - 1`` decode logits ``[1, vocab]``. Ties pick the lowest token id.
+    """
+    prompt = [int(t) for t in prompt]
+    new_tokens = int(new_tokens)
+    if not prompt:
+        raise ValueError("golden_generate needs a non-empty prompt")
+    if len(prompt) + max(new_tokens - 1, 0) > qd.max_context:
+        raise ValueError(f"prompt {len(prompt)} + {new_tokens} new tokens exceed max_context "
+                         f"{qd.max_context}")
+    run = GoldenRun(tokens=[])
+    if new_tokens <= 0:
+        return run
+    cache = KVCache.empty(qd)
+    logits = golden_step(qd, prompt, 0, cache)
+    run.step_logits.append(logits)
+    run.tokens.append(int(np.argmax(logits[-1])))
+    pos = len(prompt)
+    while len(run.tokens) < new_tokens:
+        logits = golden_step(qd, [run.tokens[-1]], pos, cache)
+        run.step_logits.append(logits)
+        run.tokens.append(int(np.argmax(logits[-1])))
+        pos += 1
+    return run
+
+
+def top1_agreement(fd: FloatDecoder, qd: QDecoder, prompt: list[int],
+                   tokens: list[int]) -> float:
+    """Fraction of golden tokens that the float model would also pick (teacher-forced).
+
+    Runs :func:`float_forward` on ``prompt + tokens[:-1]``; position ``T-1+j`` (``T`` the
+    prompt length) predicts ``tokens[j]``. ``qd`` is not run (``tokens`` are its output); it
+    is taken for symmetry with the callers that have both.
+    """
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        return 1.0
+    prompt = [int(t) for t in prompt]
+    logits = float_forward(fd, prompt + tokens[:-1])
+    pred = np.argmax(logits[len(prompt) - 1:], axis=-1)
+    return float(np.mean(pred == np.asarray(tokens)))

@@ -1,0 +1,215 @@
+"""Quantize a :class:`FloatDecoder` into the integer :class:`QDecoder` (W8A8, static scales).
+
+* Weights: int8 per output channel (``golden.int8.quantize_weight``), gammas already folded.
+* Activations: one static scale per tensor, ``absmax / 127`` over a calibration run of the
+  float model (:func:`compiler.llm_interpret.float_forward`'s code) on seeded random token
+  sequences; the SiLU gate is fixed at ``golden.llm.SILU_SCALE``; the embedding table's scale
+  is its own absmax (every token can appear).
+* Every multiplier/shift is derived from the float meanings in ``golden/llm.py`` and
+  ``golden/int8.py``: one shift per kernel (``choose_shift`` over all of its multipliers,
+  residual included), u16 multipliers (``quantize_multiplier``).
+
+Scale names (``QDecoder.scales``): ``embed``; per layer ``l{i}.attn_norm``, ``l{i}.q``,
+``l{i}.k`` (q and k after RoPE; the KV cache holds k and v at these scales), ``l{i}.v``,
+``l{i}.attn``, ``l{i}.attn_res`` (residual stream after o), ``l{i}.mlp_norm``, ``l{i}.gate``,
+``l{i}.up``, ``l{i}.silu_mul``, ``l{i}.mlp_res`` (residual stream after down);
+``final_norm``, ``logits``, ``rope`` (2**-14).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hwflow.golden import llm as gl
+from hwflow.golden.int8 import (
+    INT32_MAX,
+    INT32_MIN,
+    choose_shift,
+    quantize,
+    quantize_multiplier,
+    quantize_weight,
+    tensor_scale,
+)
+
+from .decoder import FloatDecoder, QDecoder, QLayer, QLinear
+from .errors import CompileError
+from .llm_interpret import KVCache, _forward, float_forward, golden_generate, golden_step
+from .llm_interpret import top1_agreement as _top1
+
+__all__ = ["quantize_decoder", "quant_report", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+
+#: Default calibration: 4 random sequences of 32 tokens (positions 0..31).
+CALIB_SEQUENCES = 4
+CALIB_TOKENS = 32
+_U32_MAX = 2**32 - 1
+
+
+def _calib_sequences(fd: FloatDecoder, max_context: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, 0])
+    t = min(CALIB_TOKENS, max_context)
+    return [rng.integers(0, fd.shape.vocab, t) for _ in range(CALIB_SEQUENCES)]
+
+
+def _norm_params(s_in: float, s_out: float, eps_f: float, hidden: int) -> tuple[int, int, int]:
+    """rmsnorm (eps, mult, shift): ``eps = eps_f * H / s_in**2``,
+    ``mult / 2**shift = sqrt(H) / (s_out * 2**32)`` (golden.llm.rmsnorm)."""
+    # eps saturates at the u32 field: only a stream far below eps_f would notice.
+    eps = int(min(round(eps_f * hidden / s_in**2), _U32_MAX))
+    real = math.sqrt(hidden) / (s_out * 2.0**32)
+    shift = choose_shift(np.array([real]))
+    return eps, int(quantize_multiplier([real], shift)[0]), shift
+
+
+def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
+             s_res: float | None = None) -> QLinear:
+    """int8 linear whose epilogue maps ``acc * s_in * s_w + bias (+ res * s_res)`` to
+    ``s_out`` (golden.int8.requantize)."""
+    wq, sw = quantize_weight(w)
+    reals = s_in * sw / s_out
+    res_real = None if s_res is None else s_res / s_out
+    # One shift serves every channel and the residual: pick it for the largest multiplier.
+    shift = choose_shift(reals if res_real is None else np.append(reals, res_real))
+    mult = quantize_multiplier(reals, shift)
+    res_mult = 0 if res_real is None else int(quantize_multiplier([res_real], shift)[0])
+    if bias is None:
+        b = np.zeros(w.shape[0], dtype=np.int32)
+    else:
+        b = np.clip(np.rint(np.asarray(bias, dtype=np.float64) / (s_in * sw)),
+                    INT32_MIN, INT32_MAX).astype(np.int32)
+    return QLinear(weight=wq, bias=b, mult=mult.astype(np.int64), shift=int(shift),
+                   res_mult=res_mult)
+
+
+def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, hd: int):
+    """attention (smul, sshift, omul, oshift): ``smul/2**sshift = s_q s_k log2(e) 2**8 /
+    sqrt(hd)``, ``omul/2**oshift = s_v / (s_o 2**15)`` (golden.llm.attention_row)."""
+    sreal = s_q * s_k * math.log2(math.e) * 2.0**gl.EXP2_FRAC / math.sqrt(hd)
+    sshift = choose_shift(np.array([sreal]))
+    oreal = s_v / (s_o * 2.0**15)
+    oshift = choose_shift(np.array([oreal]))
+    return (int(quantize_multiplier([sreal], sshift)[0]), sshift,
+            int(quantize_multiplier([oreal], oshift)[0]), oshift)
+
+
+def calibrate(fd: FloatDecoder, sequences) -> dict[str, float]:
+    """Static per-tensor scales (absmax / 127) of a float run over ``sequences``."""
+    record: dict[str, list] = {}
+    for seq in sequences:
+        _forward(fd, seq, record)
+    return {k: tensor_scale(np.concatenate([np.ravel(a) for a in v]))
+            for k, v in record.items()}
+
+
+def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
+                     seed: int = 0) -> QDecoder:
+    """Quantize a float decoder to the integer IR the golden model and the mapper run.
+
+    Parameters
+    ----------
+    fd : FloatDecoder
+    max_context : int
+        Positions the KV cache and the RoPE table cover (<= ``fd.shape.max_position``).
+    calib_ids : list of sequences of int, optional
+        Calibration token sequences; default 4 seeded random sequences of 32 tokens.
+    seed : int
+        Seed of the default calibration sequences.
+
+    Returns
+    -------
+    QDecoder
+        With ``scales`` holding the float scale of every activation tensor.
+
+    Raises
+    ------
+    CompileError
+        ``max_context`` out of range, or a multiplier that does not fit its field.
+    """
+    s = fd.shape
+    max_context = int(max_context)
+    if not 1 <= max_context <= s.max_position:
+        raise CompileError(f"max_context {max_context} outside 1..{s.max_position} (the "
+                           "model's max_position_embeddings)")
+    seqs = calib_ids if calib_ids is not None else _calib_sequences(fd, max_context, seed)
+    seqs = [np.asarray(q, dtype=np.int64).reshape(-1) for q in seqs]
+    if not seqs or any(q.size == 0 or q.min() < 0 or q.max() >= s.vocab for q in seqs):
+        raise CompileError(f"calibration sequences must be non-empty token ids < {s.vocab}")
+    sc = calibrate(fd, seqs)
+    sc["embed"] = tensor_scale(fd.embed)
+    sc["rope"] = 2.0**-gl.ROPE_FRAC
+    h, hd = s.hidden, s.head_dim
+    layers = []
+    s_x = sc["embed"]
+    try:
+        for i, ly in enumerate(fd.layers):
+            p = f"l{i}."
+            sc[p + "gate"] = gl.SILU_SCALE
+            s_n, s_q, s_k, s_v = (sc[p + n] for n in ("attn_norm", "q", "k", "v"))
+            s_a, s_r1, s_m = sc[p + "attn"], sc[p + "attn_res"], sc[p + "mlp_norm"]
+            s_u, s_h, s_r2 = sc[p + "up"], sc[p + "silu_mul"], sc[p + "mlp_res"]
+            layers.append(QLayer(
+                attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
+                q=_qlinear(ly.q, ly.q_bias, s_n, s_q),
+                k=_qlinear(ly.k, ly.k_bias, s_n, s_k),
+                v=_qlinear(ly.v, ly.v_bias, s_n, s_v),
+                attn=_attn_params(s_q, s_k, s_v, s_a, hd),
+                o=_qlinear(ly.o, ly.o_bias, s_a, s_r1, s_res=s_x),
+                mlp_norm=_norm_params(s_r1, s_m, s.rms_eps, h),
+                gate=_qlinear(ly.gate, None, s_m, gl.SILU_SCALE),
+                up=_qlinear(ly.up, None, s_m, s_u),
+                silu=_silu_params(s_u, s_h),
+                down=_qlinear(ly.down, None, s_h, s_r2, s_res=s_r1)))
+            s_x = s_r2
+        final_norm = _norm_params(s_x, sc["final_norm"], s.rms_eps, h)
+        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc["logits"])
+    except ValueError as e:  # a multiplier outside its u16 field at every shift
+        raise CompileError(f"cannot quantize decoder '{fd.name}': {e}") from None
+    return QDecoder(name=fd.name, shape=s, embed=quantize(fd.embed, sc["embed"]),
+                    rope=gl.rope_table(max_context, hd, s.rope_theta, s.rope_scaling),
+                    layers=layers, final_norm=final_norm, lm_head=lm_head,
+                    max_context=max_context, scales=sc)
+
+
+def _silu_params(s_u: float, s_h: float) -> tuple[int, int]:
+    """silu_mul (mult, shift): ``mult / 2**shift = s_u / (256 * s_h)``."""
+    real = s_u / (256.0 * s_h)
+    shift = choose_shift(np.array([real]))
+    return int(quantize_multiplier([real], shift)[0]), shift
+
+
+def quant_report(fd: FloatDecoder, qd: QDecoder, seed: int = 0) -> dict:
+    """Golden-vs-float error on a held-out random sequence (not the calibration data).
+
+    Returns
+    -------
+    dict
+        ``tokens`` (sequence length), ``cosine`` (mean over positions of the cosine similarity
+        of dequantized golden logits and float logits), ``cosine_min``, ``max_abs_err`` (float
+        logit units), ``logit_absmax`` (float), ``top1`` (fraction of positions whose argmax
+        agree), ``greedy_top1`` (teacher-forced agreement of 8 golden-generated tokens after an
+        8-token prompt, :func:`compiler.llm_interpret.top1_agreement`), ``seed``.
+    """
+    rng = np.random.default_rng([seed, 1])  # calibration uses [seed, 0]: held out
+    t = min(CALIB_TOKENS, qd.max_context)
+    ids = rng.integers(0, fd.shape.vocab, t)
+    ref = float_forward(fd, ids)
+    got = golden_step(qd, ids.tolist(), 0, KVCache.empty(qd)).astype(np.float64) * \
+        qd.scales["logits"]
+    num = np.sum(ref * got, axis=-1)
+    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+    n_prompt = min(8, max(1, qd.max_context // 2))
+    n_new = min(8, qd.max_context - n_prompt + 1)
+    prompt = ids[:n_prompt].tolist()
+    run = golden_generate(qd, prompt, n_new)
+    return {
+        "tokens": int(t),
+        "cosine": float(np.mean(cos)),
+        "cosine_min": float(np.min(cos)),
+        "max_abs_err": float(np.max(np.abs(got - ref))),
+        "logit_absmax": float(np.max(np.abs(ref))),
+        "top1": float(np.mean(np.argmax(got, axis=-1) == np.argmax(ref, axis=-1))),
+        "greedy_top1": _top1(fd, qd, prompt, run.tokens),
+        "seed": int(seed),
+    }

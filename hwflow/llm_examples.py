@@ -1,0 +1,46 @@
+"""Bundled LLaMA-family example models, generated deterministically (nothing to download)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["TINY_LLAMA", "tiny_llama_config", "write_tiny_llama"]
+
+#: The tiny LLaMA of the "tiny-llama" example and the tests: GQA (6 heads over 2 kv heads,
+#: head_dim 20), widths that are not multiples of the engine sizes on purpose.
+TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, intermediate_size=200, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
+
+
+def tiny_llama_config(**overrides):
+    """``transformers.LlamaConfig`` of the tiny model, with keyword overrides."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{**TINY_LLAMA, **overrides})
+
+
+def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+    """Write a randomly initialised tiny LLaMA as a Hugging Face folder (safetensors).
+
+    Weights come from ``transformers``' own initialisation under ``torch.manual_seed(seed)``;
+    the RMSNorm gammas (all ones after init) are then drawn from U(0.5, 1.5) so that folding
+    them into the linears is visible, and any biases (``attention_bias=True``) from N(0, 0.02).
+    ``overrides`` change ``LlamaConfig`` fields (e.g. ``hidden_act="gelu"`` for an unsupported
+    model). Returns the folder.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):  # attention_bias=True: HF initialises them to 0
+                p.normal_(0.0, 0.02)
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(str(folder))
+    return Path(folder)

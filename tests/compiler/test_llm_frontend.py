@@ -1,0 +1,166 @@
+"""LLaMA frontend: pattern recognition on the ATen graph, gamma folding, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hwflow.compiler.errors import FrontendError, UnsupportedOpError
+from hwflow.compiler.llm_frontend import is_decoder_source, load_decoder
+from hwflow.compiler.llm_interpret import float_forward
+
+from .llm_models import tiny_llama
+
+IDS = [5, 17, 300, 2, 99, 45, 45, 1, 0, 319, 12, 13]
+
+
+def _hf_model(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+
+
+def _hf_logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=False).logits
+    return out[0].double().numpy()
+
+
+def _export_archive(model, path):
+    ids = torch.tensor([IDS[:6]])
+    ep = torch.export.export(model, (ids,), kwargs={"use_cache": False})
+    torch.export.save(ep, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="module")
+def fd(folder):
+    return load_decoder(folder, max_context=64)
+
+
+def test_recognises_tiny_llama(folder, fd):
+    s = fd.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (
+        320, 120, 2, 6, 2, 20, 200)
+    assert s.max_position == 256 and fd.max_context == 64
+    assert s.rope_theta == 10000.0 and s.rope_scaling == 1.0 and s.rms_eps == pytest.approx(1e-5)
+    assert fd.family == "llama" and fd.source.startswith("hf:")
+    assert is_decoder_source(folder)
+    ly = fd.layers[1]
+    assert ly.q.shape == (120, 120) and ly.k.shape == (40, 120) and ly.v.shape == (40, 120)
+    assert ly.o.shape == (120, 120) and ly.gate.shape == (200, 120) and ly.down.shape == (120, 200)
+    assert ly.q_bias is None and fd.lm_head.shape == (320, 120)
+
+
+def test_gammas_are_folded(folder, fd):
+    from safetensors.numpy import load_file
+
+    w = load_file(str(folder / "model.safetensors"))
+    g1 = w["model.layers.1.input_layernorm.weight"]
+    g2 = w["model.layers.1.post_attention_layernorm.weight"]
+    assert np.ptp(g1) > 0.5  # the builder draws gammas, so folding is visible
+    np.testing.assert_array_equal(fd.layers[1].k, w["model.layers.1.self_attn.k_proj.weight"] * g1)
+    np.testing.assert_array_equal(fd.layers[1].up, w["model.layers.1.mlp.up_proj.weight"] * g2)
+    np.testing.assert_array_equal(fd.layers[1].o, w["model.layers.1.self_attn.o_proj.weight"])
+    np.testing.assert_array_equal(fd.lm_head, w["lm_head.weight"] * w["model.norm.weight"])
+
+
+def test_float_forward_matches_hf(folder, fd):
+    ref = _hf_logits(_hf_model(folder), IDS)
+    assert np.max(np.abs(float_forward(fd, IDS) - ref)) <= 1e-4
+
+
+def test_default_max_context_and_limit(folder):
+    assert load_decoder(folder).max_context == 256  # min(max_position_embeddings, 2048)
+    with pytest.raises(FrontendError, match="max_context 300 is larger than .* 256"):
+        load_decoder(folder, max_context=300)
+
+
+def test_export_archive_same_decoder(folder, fd, tmp_path):
+    model = _hf_model(folder)
+    path = _export_archive(model, tmp_path / "tiny.pt2")
+    assert is_decoder_source(path)
+    fa = load_decoder(path, max_context=64)
+    assert fa.shape.to_dict() | {"max_position": 0} == fd.shape.to_dict() | {"max_position": 0}
+    assert fa.source.startswith("export:")
+    for a, b in zip(fa.layers, fd.layers, strict=True):
+        np.testing.assert_array_equal(a.q, b.q)
+        np.testing.assert_array_equal(a.down, b.down)
+    assert np.max(np.abs(float_forward(fa, IDS) - _hf_logits(model, IDS))) <= 1e-4
+
+
+def test_mlp_archive_is_not_a_decoder(tmp_path):
+    from .models import make
+
+    ep = torch.export.export(make(0), (torch.randn(3, 37),))
+    torch.export.save(ep, str(tmp_path / "mlp.pt2"))
+    assert not is_decoder_source(tmp_path / "mlp.pt2")
+    assert not is_decoder_source(tmp_path)
+
+
+def test_attention_bias_accepted(tmp_path):
+    f = tiny_llama(tmp_path / "biased", attention_bias=True)
+    fb = load_decoder(f, max_context=32)
+    assert fb.layers[0].q_bias.shape == (120,) and fb.layers[0].o_bias.shape == (120,)
+    assert np.max(np.abs(float_forward(fb, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_gelu_config_is_refused(tmp_path):
+    f = tiny_llama(tmp_path / "gelu", hidden_act="gelu")
+    with pytest.raises(UnsupportedOpError) as e:
+        load_decoder(f)
+    assert "hidden_act 'gelu'" in _one_line(e)
+
+
+def test_gelu_graph_names_the_op(tmp_path):
+    f = tiny_llama(tmp_path / "gelu", hidden_act="gelu")
+    path = _export_archive(_hf_model(f), tmp_path / "gelu.pt2")
+    with pytest.raises(UnsupportedOpError) as e:
+        load_decoder(path)
+    msg = _one_line(e)
+    assert msg.startswith("unsupported op aten.gelu.default (node gelu")
+    assert "modeling_llama.py:" in msg
+
+
+def test_rope_variant_is_refused(tmp_path):
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}
+    f = tiny_llama(tmp_path / "llama3", rope_parameters=rope)
+    with pytest.raises(UnsupportedOpError) as e:
+        load_decoder(f)
+    assert "rope_type 'llama3'" in _one_line(e)
+
+
+def test_pickled_weights_need_trust(tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x02not really")
+    assert is_decoder_source(d)
+    with pytest.raises(FrontendError, match="trust"):
+        load_decoder(d)
+
+
+def test_unknown_model_type(tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "frobnicator"}))
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FrontendError) as e:
+        load_decoder(d)
+    assert "model_type 'frobnicator'" in _one_line(e)
