@@ -1,0 +1,462 @@
+"""Vector special-function unit: RMSNORM, ROPE and SILUMUL on the activation buffer.
+
+Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope` and
+:func:`~hwflow.golden.llm.silu_mul` (docs/architecture.md, "Transformer path"). Elements are
+processed one at a time through a single 7-stage arithmetic pipeline, so the unit is small: one
+``x * r * mult`` multiplier path (8 x 34 bits, then 42 x 16 bits), a 256-entry SiLU ROM, and a
+sequential square root and divider used once per RMSNORM row.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .isa import Opcode
+
+__all__ = ["VectorUnit", "SILU_ROM"]
+
+#: SiLU ROM, ``SILU_ROM[v + 128] = round(silu(v / 16) * 2**8)`` for int8 ``v``: the same
+#: formula as ``golden.llm.SILU_LUT`` (hw/ may not import golden; the tests compare the two).
+#: Range -71..2017, so 12 signed bits.
+SILU_ROM = [int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256)) for v in range(-128, 128)]
+
+# RMSNORM widths. S = sum x**2 + eps < 2**32 + 65535 * 2**14 < 2**34. isqrt(S << 16) < 2**25,
+# found by 25 digit-by-digit steps (two radicand bits each, remainder < 2 * root + 1 < 2**26).
+_S_BITS = 34
+_RAD_BITS = 50
+_ROOT_BITS = 25
+_SQRT_STEPS = _RAD_BITS // 2
+# r = 2**40 // d. d >= 256 whenever S >= 1 (d = isqrt(S << 16) >= isqrt(2**16)), so r <= 2**32
+# (33 bits) and the 8 quotient bits above bit 32 are zero: the restoring divider starts from
+# the partial remainder after them (2**40 >> 33 = 128 < d) and runs only 33 steps.
+_R_BITS = 33
+_DIV_STEPS = 33
+_DIV_REM0 = 1 << (40 - _DIV_STEPS)
+# Pipeline operands. b1 (s34) is r (u33), the SiLU value (s12), +-cos/sin (s17) or x (s8);
+# p1 = a * b1 (a: s8) < 2**40 in magnitude (|x * r| <= 128 * 2**32); p2 = p1 * mult (u16)
+# < 2**56; plus the rounding term 2**(shift-1) <= 2**62 still fits a signed 64-bit v, which is
+# exactly golden's int64 arithmetic.
+_B1_BITS = 34
+_P1_BITS = 42
+_V_BITS = 64
+
+# Stage-1 actions (what the cycle after a read does with the read data).
+_K_NONE, _K_SQ, _K_ELEM, _K_LATCH, _K_ZWORD, _K_C, _K_S, _K_X1, _K_X2 = range(9)
+
+
+class VectorUnit(wiring.Component):
+    """RMSNORM (0x06), ROPE (0x07) and SILUMUL (0x08) on the activation buffer.
+
+    The controller puts the instruction on ``ins`` and pulses ``start``; ``busy`` is high from
+    the next cycle until every result has been written. Field positions are those of the v3
+    instruction table (docs/architecture.md). Results equal ``golden.llm`` bit for bit.
+
+    Element-serial datapath: a sequencer reads activation words (synchronous port: data one
+    cycle after the address, held while ``rd_en`` is low, so a word read once feeds ``L``
+    consecutive elements without a register), picks one element per cycle and pushes it
+    through one pipeline: pick byte -> select operands (SiLU ROM read) -> ``p1 = a * b1`` ->
+    ``p2 = p1 * b2`` -> ``v = (first ? round : v) + p2`` -> shift and saturate -> byte write
+    (``wr_en`` one-hot; whole words of zeros for row padding). Every element is read before it
+    is written, so ``out`` may equal an input.
+
+    Cycles (``nw = ceil(n / L)`` words holding elements, ``words`` the row stride):
+
+    * RMSNORM: per row ``2 * nw * L + (words - nw) + 67``: sum of squares (``nw * L``), 7-cycle
+      drain, 25-step isqrt, 33-step divider, normalize (``nw * L``), zero words, 2 cycles of
+      row dispatch;
+    * SILUMUL: per row ``nw * (L + 1) + (words - nw) + 2`` (one extra cycle per word reads the
+      gate word into a register);
+    * ROPE: ``4 * rows * heads * hd / 2`` (four reads per pair: cos, sin, x1, x2; two cycles per
+      element);
+
+    plus 9 cycles per instruction (13 for ROPE): decode and the final pipeline drain. These are
+    the cycles ``busy`` is high, counted from the ``start`` edge; the tests pin them.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        Only ``chain_len`` (L bytes per activation word, a power of two, 2..32) is used.
+
+    Attributes
+    ----------
+    ins : in, 256 bits
+        The instruction, w0 in bits [31:0]; stable from ``start`` until ``busy`` falls.
+    start : in, pulse
+    busy : out
+    rd_addr, rd_en : out; rd_data : in, 8*L bits
+        Activation buffer read port (word address).
+    wr_addr, wr_data : out; wr_en : out, L byte enables
+        Activation buffer write port.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        L = cfg.chain_len
+        if L < 2 or L > 32 or L & (L - 1):
+            raise ValueError(f"VectorUnit: chain_len {L} must be a power of two in 2..32")
+        self.cfg = cfg
+        self.L = L
+        self.lg = L.bit_length() - 1
+        super().__init__({
+            "ins": In(256),
+            "start": In(1),
+            "busy": Out(1),
+            "rd_addr": Out(16), "rd_en": Out(1), "rd_data": In(8 * L),
+            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, lg = self.L, self.lg
+
+        def w(k):
+            return self.ins[32 * k:32 * (k + 1)]
+
+        # ---- instruction fields, latched at start (the instruction is stable anyway; registers
+        # keep the decode logic off the sequencer's paths) -------------------------------------
+        op = Signal(8)
+        rows = Signal(16)
+        n = Signal(16)
+        words = Signal(16)
+        mult = Signal(16)
+        shift = Signal(6)
+        rnd = Signal(_V_BITS - 1)
+        eps = Signal(32)
+        nw = Signal(17)             # words holding elements, ceil(n / L)
+        end_i = Signal(18)          # nw * L: elements visited per pass
+        cs_words = Signal(16)
+        heads = Signal(16)
+        hd = Signal(16)
+        half = Signal(15)
+        head_stride = Signal(16)
+
+        is_rms = op == Opcode.RMSNORM
+        is_silu = op == Opcode.SILUMUL
+        is_rope = op == Opcode.ROPE
+
+        # ---- sequencer state -------------------------------------------------------------------
+        row = Signal(16)
+        a_row = Signal(16)
+        b_row = Signal(16)
+        out_row = Signal(16)
+        cs_row = Signal(16)
+        i = Signal(18)              # element index within the row (pass loops)
+        lat = Signal()              # SILUMUL: the gate word of this word index is latched
+        zw = Signal(17)             # zero-fill word index
+        hbase = Signal(16 + lg + 1)  # ROPE: byte address of the current head
+        k = Signal(15)              # ROPE: pair index in the head
+        h = Signal(16)              # ROPE: head index
+        ph = Signal(2)              # ROPE: read phase (cos, sin, x1, x2)
+
+        s_acc = Signal(_S_BITS)     # RMSNORM: sum of squares + eps
+        rad = Signal(_RAD_BITS)
+        root = Signal(_ROOT_BITS)
+        srem = Signal(_ROOT_BITS + 3)
+        drem = Signal(_ROOT_BITS + 2)
+        quo = Signal(_R_BITS)
+        r = Signal(_R_BITS)
+        cnt = Signal(6)
+
+        # ---- pipeline control bundles -----------------------------------------------------------
+        c0_layout = data.StructLayout({
+            "kind": 4, "j": lg, "word": 16, "zero": 1,
+        })
+        ctl_layout = data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "sq": 1, "zero": 1, "full": 1,
+            "word": 16, "lane": lg,
+        })
+        c0 = Signal(c0_layout)      # comb: what stage 1 does next cycle
+        c1 = Signal(c0_layout)
+        c2 = Signal(ctl_layout)
+        c3 = Signal(ctl_layout)
+        c4 = Signal(ctl_layout)
+        c5 = Signal(ctl_layout)
+        c6 = Signal(ctl_layout)
+        wr_valid = Signal()
+        burst = Signal()            # ROPE: the four products of a pair are being issued
+        bc = Signal(2)
+
+        # ---- sequencer --------------------------------------------------------------------------
+        j_i = i[:lg]
+        w_i = i[lg:]
+        m.d.sync += c1.eq(c0)
+
+        pipe_busy = Signal()        # an element, a ROPE product burst or a write is in flight
+        m.d.comb += pipe_busy.eq((c1.kind != _K_NONE) | c2.valid | c3.valid | c4.valid
+                                 | c5.valid | c6.valid | wr_valid | burst)
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "INIT"
+            with m.State("INIT"):
+                nv = w(5)[:16]
+                nwv = (nv + (L - 1)) >> lg
+                # ROPE's products are Q1.14 (cos/sin): a fixed round-shift by 14
+                sh = Mux(w(0)[:8] == Opcode.ROPE, 14, w(0)[16:22])
+                m.d.sync += [
+                    op.eq(w(0)[:8]),
+                    shift.eq(sh),
+                    rnd.eq((Const(1, _V_BITS - 1) << sh) >> 1),
+                    rows.eq(w(3)[16:32]),
+                    n.eq(nv), words.eq(w(5)[16:32]), nw.eq(nwv), end_i.eq(nwv << lg),
+                    mult.eq(w(6)[:16]), eps.eq(w(4)),
+                    cs_words.eq(w(3)[:16]), heads.eq(w(4)[:16]), hd.eq(w(4)[16:32]),
+                    half.eq(w(4)[17:32]), head_stride.eq(w(5)[:16]),
+                    row.eq(0),
+                    a_row.eq(w(2)[:16]), out_row.eq(w(2)[16:32]), b_row.eq(w(3)[:16]),
+                    cs_row.eq(w(2)[16:32]),
+                    hbase.eq(w(2)[:16] << lg),
+                    k.eq(0), h.eq(0), ph.eq(0),
+                ]
+                with m.If(w(0)[:8] == Opcode.ROPE):
+                    with m.If((w(3)[16:32] == 0) | (w(4)[:16] == 0) | (w(4)[17:32] == 0)):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "ROPE"
+                with m.Else():
+                    m.next = "ROW"
+
+            with m.State("ROW"):
+                m.d.sync += [i.eq(0), lat.eq(0), zw.eq(nw), s_acc.eq(eps)]
+                with m.If(row == rows):
+                    m.next = "FINISH"
+                with m.Elif(end_i == 0):
+                    # n == 0: nothing to normalize or multiply, only the zero fill
+                    m.next = "ZERO"
+                with m.Elif(is_rms):
+                    m.next = "SUMSQ"
+                with m.Else():
+                    m.next = "ELEMS"
+            with m.State("SUMSQ"):
+                # pass 1: S += x**2 over the row (read each word once, at its lane 0)
+                m.d.comb += [
+                    self.rd_en.eq(j_i == 0), self.rd_addr.eq(a_row + w_i),
+                    c0.kind.eq(_K_SQ), c0.j.eq(j_i), c0.zero.eq(i >= n),
+                ]
+                m.d.sync += i.eq(i + 1)
+                with m.If(i == end_i - 1):
+                    m.next = "SQWAIT"
+            with m.State("SQWAIT"):
+                # the last square reaches the accumulator 5 cycles after it was issued
+                with m.If(~pipe_busy):
+                    m.d.sync += [rad.eq(s_acc << 16), root.eq(0), srem.eq(0), cnt.eq(0),
+                                 i.eq(0)]
+                    m.next = "SQRT"
+            with m.State("SQRT"):
+                # digit-by-digit square root: two radicand bits per step
+                rem2 = Cat(rad[_RAD_BITS - 2:], srem)
+                trial = Cat(Const(1, 2), root)
+                ge = rem2 >= trial
+                m.d.sync += [
+                    srem.eq(Mux(ge, rem2 - trial, rem2)),
+                    root.eq(Cat(ge, root)),
+                    rad.eq(rad << 2),
+                    cnt.eq(cnt + 1),
+                ]
+                with m.If(cnt == _SQRT_STEPS - 1):
+                    m.d.sync += [drem.eq(_DIV_REM0), quo.eq(0), cnt.eq(0)]
+                    m.next = "DIV"
+            with m.State("DIV"):
+                # restoring division 2**40 // root, quotient bits 32..0
+                d2 = Cat(Const(0, 1), drem)
+                ge = d2 >= root
+                qn = Cat(ge, quo)[:_R_BITS]
+                m.d.sync += [drem.eq(Mux(ge, d2 - root, d2)), quo.eq(qn), cnt.eq(cnt + 1)]
+                with m.If(cnt == _DIV_STEPS - 1):
+                    m.d.sync += r.eq(Mux(root == 0, 0, qn))
+                    m.next = "ELEMS"
+
+            with m.State("ELEMS"):
+                # RMSNORM pass 2 / SILUMUL: one element per cycle; SILUMUL first latches the
+                # gate word of each word index (one extra cycle), then streams the up word
+                with m.If(is_silu & (j_i == 0) & ~lat):
+                    m.d.comb += [self.rd_en.eq(1), self.rd_addr.eq(a_row + w_i),
+                                 c0.kind.eq(_K_LATCH)]
+                    m.d.sync += lat.eq(1)
+                with m.Else():
+                    m.d.comb += [
+                        self.rd_en.eq(j_i == 0),
+                        self.rd_addr.eq(Mux(is_silu, b_row, a_row) + w_i),
+                        c0.kind.eq(_K_ELEM), c0.j.eq(j_i), c0.word.eq(out_row + w_i),
+                        c0.zero.eq(i >= n),
+                    ]
+                    m.d.sync += [i.eq(i + 1), lat.eq(0)]
+                    with m.If(i == end_i - 1):
+                        m.next = "ZERO"
+            with m.State("ZERO"):
+                # bytes n <= i < words * L: the rest of the last word went through ELEMS with
+                # its zero flag; the whole words after it are written in one cycle each
+                with m.If(zw < words):
+                    m.d.comb += [c0.kind.eq(_K_ZWORD), c0.word.eq(out_row + zw)]
+                    m.d.sync += zw.eq(zw + 1)
+                with m.Else():
+                    m.d.sync += [row.eq(row + 1), a_row.eq(a_row + words),
+                                 b_row.eq(b_row + words), out_row.eq(out_row + words)]
+                    m.next = "ROW"
+
+            with m.State("ROPE"):
+                # four reads per pair: cos word, sin word, x1 word, x2 word; the products are
+                # issued from a snapshot while the next pair is read
+                p1 = hbase + k
+                p2 = p1 + half
+                coff = Cat(Const(0, 1), k)
+                soff = hd + coff
+                with m.Switch(ph):
+                    with m.Case(0):
+                        m.d.comb += [self.rd_addr.eq(cs_row + (coff >> lg)),
+                                     c0.kind.eq(_K_C), c0.j.eq(coff[:lg])]
+                    with m.Case(1):
+                        m.d.comb += [self.rd_addr.eq(cs_row + (soff >> lg)),
+                                     c0.kind.eq(_K_S), c0.j.eq(soff[:lg])]
+                    with m.Case(2):
+                        m.d.comb += [self.rd_addr.eq(p1 >> lg), c0.kind.eq(_K_X1),
+                                     c0.j.eq(p1[:lg]), c0.word.eq(p1 >> lg)]
+                    with m.Case(3):
+                        m.d.comb += [self.rd_addr.eq(p2 >> lg), c0.kind.eq(_K_X2),
+                                     c0.j.eq(p2[:lg]), c0.word.eq(p2 >> lg)]
+                m.d.comb += self.rd_en.eq(1)
+                m.d.sync += ph.eq(ph + 1)
+                with m.If(ph == 3):
+                    with m.If(k != half - 1):
+                        m.d.sync += k.eq(k + 1)
+                    with m.Else():
+                        m.d.sync += k.eq(0)
+                        with m.If(h != heads - 1):
+                            m.d.sync += [h.eq(h + 1), hbase.eq(hbase + head_stride)]
+                        with m.Else():
+                            nxt = (a_row + words)[:16]
+                            m.d.sync += [h.eq(0), row.eq(row + 1), a_row.eq(nxt),
+                                         hbase.eq(nxt << lg), cs_row.eq(cs_row + cs_words)]
+                            with m.If(row == rows - 1):
+                                m.next = "FINISH"
+
+            with m.State("FINISH"):
+                with m.If(~pipe_busy):
+                    m.next = "IDLE"
+
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+
+        # ---- stage 1: pick the element from the read word ---------------------------------------
+        rom = memory.Memory(shape=signed(12), depth=256, init=SILU_ROM)
+        m.submodules.silu_rom = rom
+        rom_rd = rom.read_port()
+        aword = Signal(8 * L)       # SILUMUL: the gate word
+        byte = self.rd_data.word_select(c1.j, 8).as_signed()
+        h16 = self.rd_data.word_select(c1.j[1:] if lg > 1 else Const(0, 1), 16).as_signed()
+        gate = aword.word_select(c1.j, 8)
+        # ROM index g + 128: flipping the sign bit of the two's-complement byte
+        m.d.comb += [rom_rd.addr.eq(gate ^ 0x80), rom_rd.en.eq(1)]
+
+        oa = Signal(signed(8))      # stage 2 operand: x (RMSNORM), up (SILUMUL)
+        m.d.sync += [oa.eq(byte), c2.eq(0)]
+        c_reg = Signal(signed(16))
+        s_reg = Signal(signed(16))
+        x1_reg = Signal(signed(8))
+        w1_reg = Signal(16)
+        l1_reg = Signal(lg)
+        # ROPE pair snapshot, taken when x2 arrives: used for 4 cycles while the next pair is read
+        pc = Signal(signed(16))
+        ps = Signal(signed(16))
+        px1 = Signal(signed(8))
+        px2 = Signal(signed(8))
+        pw1 = Signal(16)
+        pl1 = Signal(lg)
+        pw2 = Signal(16)
+        pl2 = Signal(lg)
+        with m.Switch(c1.kind):
+            with m.Case(_K_SQ):
+                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.sq.eq(1), c2.zero.eq(c1.zero)]
+            with m.Case(_K_ELEM):
+                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1),
+                             c2.zero.eq(c1.zero), c2.word.eq(c1.word), c2.lane.eq(c1.j)]
+            with m.Case(_K_ZWORD):
+                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1), c2.zero.eq(1),
+                             c2.full.eq(1), c2.word.eq(c1.word)]
+            with m.Case(_K_LATCH):
+                m.d.sync += aword.eq(self.rd_data)
+            with m.Case(_K_C):
+                m.d.sync += c_reg.eq(h16)
+            with m.Case(_K_S):
+                m.d.sync += s_reg.eq(h16)
+            with m.Case(_K_X1):
+                m.d.sync += [x1_reg.eq(byte), w1_reg.eq(c1.word), l1_reg.eq(c1.j)]
+            with m.Case(_K_X2):
+                m.d.sync += [pc.eq(c_reg), ps.eq(s_reg), px1.eq(x1_reg), px2.eq(byte),
+                             pw1.eq(w1_reg), pl1.eq(l1_reg), pw2.eq(c1.word), pl2.eq(c1.j)]
+
+        # ---- stage 2: operands ------------------------------------------------------------------
+        # ROPE: y1 = x1*c + x2*(-s), y2 = x2*c + x1*s, two products accumulated per output
+        with m.If(c1.kind == _K_X2):
+            m.d.sync += [burst.eq(1), bc.eq(0)]
+        with m.Elif(burst):
+            m.d.sync += [bc.eq(bc + 1), burst.eq(bc != 3)]
+
+        ma = Signal(signed(8))
+        mb1 = Signal(signed(_B1_BITS))
+        mb2 = Signal(16)
+        m.d.sync += c3.eq(0)
+        with m.If(is_rope):
+            with m.If(burst):
+                m.d.sync += [
+                    ma.eq(Mux(bc[0] ^ bc[1], px2, px1)),
+                    mb1.eq(Mux(bc[0], Mux(bc[1], ps, -ps), pc)),
+                    mb2.eq(1),
+                    c3.valid.eq(1), c3.first.eq(~bc[0]), c3.last.eq(bc[0]),
+                    c3.word.eq(Mux(bc[1], pw2, pw1)), c3.lane.eq(Mux(bc[1], pl2, pl1)),
+                ]
+        with m.Else():
+            m.d.sync += [
+                ma.eq(oa),
+                mb1.eq(Mux(c2.sq, oa, Mux(is_rms, r, rom_rd.data))),
+                mb2.eq(Mux(c2.sq, 1, mult)),
+                c3.eq(c2),
+            ]
+
+        # ---- stages 3, 4: p1 = a * b1, p2 = p1 * b2 ---------------------------------------------
+        p1r = Signal(signed(_P1_BITS))
+        b2r = Signal(16)
+        p2r = Signal(signed(_V_BITS))
+        m.d.sync += [p1r.eq(ma * mb1), b2r.eq(mb2), c4.eq(c3),
+                     p2r.eq(p1r * b2r), c5.eq(c4)]
+
+        # ---- stage 5: accumulate (the rounding term starts each output) -------------------------
+        v = Signal(signed(_V_BITS))
+        m.d.sync += c6.eq(c5)
+        with m.If(c5.valid):
+            with m.If(c5.sq):
+                with m.If(~c5.zero):
+                    m.d.sync += s_acc.eq(s_acc + p2r)
+            with m.Else():
+                m.d.sync += v.eq(Mux(c5.first, rnd, v) + p2r)
+
+        # ---- stage 6: arithmetic shift, saturation; stage 7: byte write -------------------------
+        shv = Signal(signed(_V_BITS))
+        m.d.comb += shv.eq(v >> shift)
+        sat = Signal(signed(8))
+        with m.If(shv > 127):
+            m.d.comb += sat.eq(127)
+        with m.Elif(shv < -128):
+            m.d.comb += sat.eq(-128)
+        with m.Else():
+            m.d.comb += sat.eq(shv[:8])
+        y = Signal(8)
+        wr_word = Signal(16)
+        wr_lane = Signal(lg)
+        wr_full = Signal()
+        m.d.sync += [
+            wr_valid.eq(c6.valid & c6.last & ~c6.sq),
+            y.eq(Mux(c6.zero, 0, sat)),
+            wr_word.eq(c6.word), wr_lane.eq(c6.lane), wr_full.eq(c6.full),
+        ]
+        m.d.comb += [
+            self.wr_addr.eq(wr_word),
+            self.wr_data.eq(Cat(*([y] * L))),
+            self.wr_en.eq(Mux(wr_valid, Mux(wr_full, (1 << L) - 1, Const(1, L) << wr_lane), 0)),
+        ]
+        return m
+

@@ -1,0 +1,308 @@
+"""VectorUnit (RMSNORM, ROPE, SILUMUL) on a real ActivationBuffer against golden.llm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth import Module, Mux
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from hwflow.golden import llm as golden
+from hwflow.hw.buffers import ActivationBuffer
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import Opcode
+from hwflow.hw.sfu import SILU_ROM, VectorUnit
+
+from ._lint import assert_lints_clean
+
+
+def _cfg(L: int) -> AccelConfig:
+    return AccelConfig(chains=2, chain_len=L, mem_ports=1, port_bytes=2 * L, act_depth=256)
+
+
+class _Harness(wiring.Component):
+    """The unit on an ActivationBuffer (read port a, the write port); the testbench loads words
+    through the write port while the unit is idle and reads them back through port b."""
+
+    def __init__(self, L: int, depth: int):
+        self.L, self.depth = L, depth
+        super().__init__({
+            "ins": In(256), "start": In(1), "busy": Out(1),
+            "ld_addr": In(16), "ld_data": In(8 * L), "ld_en": In(L),
+            "rb_addr": In(16), "rb_data": Out(8 * L),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.vu = vu = VectorUnit(_cfg(self.L))
+        m.submodules.buf = buf = ActivationBuffer(self.L, self.depth)
+        aw = buf.addr_width
+        load = self.ld_en != 0
+        m.d.comb += [
+            vu.ins.eq(self.ins), vu.start.eq(self.start), self.busy.eq(vu.busy),
+            buf.a_addr.eq(vu.rd_addr[:aw]), buf.a_en.eq(vu.rd_en), vu.rd_data.eq(buf.a_data),
+            buf.w_addr.eq(Mux(load, self.ld_addr, vu.wr_addr)[:aw]),
+            buf.w_data.eq(Mux(load, self.ld_data, vu.wr_data)),
+            buf.w_en.eq(Mux(load, self.ld_en, vu.wr_en)),
+            buf.b_addr.eq(self.rb_addr[:aw]), buf.b_en.eq(1), self.rb_data.eq(buf.b_data),
+        ]
+        return m
+
+
+# ---- instruction encoding (v3 table, docs/architecture.md) ----------------------------------
+
+def _pack(*w) -> int:
+    w = list(w) + [0] * (8 - len(w))
+    return sum((x & 0xFFFFFFFF) << (32 * k) for k, x in enumerate(w))
+
+
+def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift):
+    return _pack(Opcode.RMSNORM | shift << 16, 0, a | out << 16, rows << 16, eps,
+                 n | words << 16, mult)
+
+
+def silumul_ins(a, b, out, rows, n, words, mult, shift):
+    return _pack(Opcode.SILUMUL | shift << 16, 0, a | out << 16, b | rows << 16, 0,
+                 n | words << 16, mult)
+
+
+def rope_ins(a, cs, cs_words, rows, heads, hd, head_stride, words):
+    return _pack(Opcode.ROPE, 0, a | cs << 16, cs_words | rows << 16, heads | hd << 16,
+                 head_stride | words << 16)
+
+
+# ---- reference: golden.llm applied to a byte image of the buffer -----------------------------
+
+def _field(v, lo, hi):
+    return (v >> lo) & ((1 << (hi - lo)) - 1)
+
+
+def reference(mem: np.ndarray, ins: int, L: int) -> None:
+    """Execute ``ins`` on ``mem`` (int8, depth*L bytes) in place, as the doc defines it."""
+    w = [_field(ins, 32 * k, 32 * k + 32) for k in range(8)]
+    op, shift = w[0] & 0xFF, _field(w[0], 16, 22)
+    rows = w[3] >> 16
+    if op in (Opcode.RMSNORM, Opcode.SILUMUL):
+        a, out, b = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
+        n, words, mult = w[5] & 0xFFFF, w[5] >> 16, w[6] & 0xFFFF
+        for r in range(rows):
+            x = mem[(a + r * words) * L:][:n].astype(np.int64)
+            if op == Opcode.RMSNORM:
+                y = golden.rmsnorm(x[None], w[4], mult, shift)[0]
+            else:
+                u = mem[(b + r * words) * L:][:n].astype(np.int64)
+                y = golden.silu_mul(x, u, mult, shift)
+            o = (out + r * words) * L
+            mem[o:o + words * L] = 0
+            mem[o:o + n] = y
+    elif op == Opcode.ROPE:
+        a, cs, cs_words = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
+        heads, hd, head_stride, words = w[4] & 0xFFFF, w[4] >> 16, w[5] & 0xFFFF, w[5] >> 16
+        for r in range(rows):
+            c0 = (cs + r * cs_words) * L
+            table = mem[c0:c0 + 2 * hd].view(np.int16).astype(np.int64)  # little-endian host
+            for h in range(heads):
+                p = (a + r * words) * L + h * head_stride
+                mem[p:p + hd] = golden.rope(mem[p:p + hd][None], table[None], 1, hd)[0]
+
+
+# ---- simulation ------------------------------------------------------------------------------
+
+def run(L: int, depth: int, mem: np.ndarray, program: list[int]) -> tuple[list, list]:
+    """Load ``mem``, run each instruction, read the whole buffer back after each.
+
+    Returns the images (int8 arrays) and the cycles from ``start`` until ``busy`` fell.
+    """
+    dut = _Harness(L, depth)
+    images, cycles = [], []
+
+    async def tb(ctx):
+        words = mem.view(np.uint8).reshape(depth, L)
+        for addr in range(depth):
+            ctx.set(dut.ld_addr, addr)
+            ctx.set(dut.ld_data, int.from_bytes(words[addr].tobytes(), "little"))
+            ctx.set(dut.ld_en, (1 << L) - 1)
+            await ctx.tick()
+        ctx.set(dut.ld_en, 0)
+        for ins in program:
+            ctx.set(dut.ins, ins)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            assert ctx.get(dut.busy), "busy must rise the cycle after start"
+            t = 1
+            while ctx.get(dut.busy):
+                await ctx.tick()
+                t += 1
+                assert t < 100_000, "unit hangs"
+            cycles.append(t)
+            img = bytearray()
+            for addr in range(depth):
+                ctx.set(dut.rb_addr, addr)
+                await ctx.tick()
+                img += ctx.get(dut.rb_data).to_bytes(L, "little")
+            images.append(np.frombuffer(bytes(img), dtype=np.int8).copy())
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return images, cycles
+
+
+def check(L: int, depth: int, mem: np.ndarray, program: list[int]) -> list[int]:
+    images, cycles = run(L, depth, mem, program)
+    ref = mem.copy()
+    for k, (ins, img) in enumerate(zip(program, images, strict=True)):
+        reference(ref, ins, L)
+        bad = np.flatnonzero(img != ref)
+        assert bad.size == 0, (
+            f"instruction {k} (op {ins & 0xFF:#x}): {bad.size} bytes differ, first at byte "
+            f"{bad[0]}: got {img[bad[0]]}, expected {ref[bad[0]]}")
+    return cycles
+
+
+def _rand_mem(rng: np.random.Generator, depth: int, L: int) -> np.ndarray:
+    return rng.integers(-128, 128, size=depth * L, dtype=np.int64).astype(np.int8)
+
+
+def _put(mem: np.ndarray, byte: int, values) -> None:
+    v = np.asarray(values, dtype=np.int64).astype(np.int8)
+    mem[byte:byte + v.size] = v
+
+
+def _put_table(mem: np.ndarray, byte: int, values) -> None:
+    t = np.asarray(values, dtype=np.int64).astype("<i2")
+    mem[byte:byte + 2 * t.size] = t.view(np.int8)
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def test_silu_rom_equals_golden():
+    assert SILU_ROM == [int(v) for v in golden.SILU_LUT]
+
+
+@pytest.mark.parametrize("L", [4, 16])
+def test_rmsnorm(L):
+    rng = np.random.default_rng(L)
+    depth = 128
+    mem = _rand_mem(rng, depth, L)
+    n = 22 if L == 4 else 120              # never a multiple of L
+    nw = -(-n // L)
+    words = nw + 2
+    program = []
+    # y ~ x / sqrt(S) * 2**32 * mult / 2**shift with |x / sqrt(S)| up to ~1.7 / sqrt(n): these
+    # shifts land most outputs inside int8 with some saturating
+    lg_n = int(np.log2(n)) // 2
+    # 3 random rows, separate out
+    program.append(rmsnorm_ins(0, 3 * words, 3, int(rng.integers(0, 5000)), n, words,
+                               int(rng.integers(20000, 65536)), 40 - lg_n))
+    # in place with a big eps (sqrt(S) ~ 55000), mult 65535
+    program.append(rmsnorm_ins(0, 0, 2, 3_000_000_000, n, words, 65535, 33))
+    # corner rows: all -128 (|x * r| = 2**32 exactly), all zeros (S = 0, r = 0), one spike
+    base = 6 * words
+    _put(mem, base * L, [-128] * n)
+    _put(mem, (base + words) * L, [0] * n)
+    spike = [0] * n
+    spike[n - 1] = 127
+    _put(mem, (base + 2 * words) * L, spike)
+    program.append(rmsnorm_ins(base, base, 3, 0, n, words, 65535, 40))     # eps 0
+    _put(mem, (base + words) * L, [0] * n)
+    program.append(rmsnorm_ins(base + words, 0, 1, 12345, n, words, 30000, 44))  # S = eps
+    # saturation: shift 0 and a large product; mult 1 (y = x * r rounded)
+    program.append(rmsnorm_ins(3 * words, 3 * words, 2, 7, n, words, 65535, 0))
+    program.append(rmsnorm_ins(0, 3 * words, 1, 1, n - 3, words, 1, 29 - lg_n))
+    # n = 1, x = -128, eps 0: the largest |x * r| (2**32 exactly); -65535 / 2**15 rounds to -2
+    _put(mem, base * L, [-128])
+    program.append(rmsnorm_ins(base, base + words, 1, 0, 1, 1, 65535, 47))
+    _put(mem, base * L, [-128])
+    program.append(rmsnorm_ins(base, base + words, 1, 0, 1, 1, 65535, 0))
+    # n = 0: only the zero fill
+    program.append(rmsnorm_ins(0, 0, 1, 5, 0, 2, 100, 40))
+    cycles = check(L, depth, mem, program)
+    # documented cost (VectorUnit docstring)
+    assert cycles[0] == 3 * (2 * nw * L + (words - nw) + 67) + 9, cycles
+
+
+@pytest.mark.parametrize("L", [4, 16])
+def test_silumul(L):
+    rng = np.random.default_rng(100 + L)
+    depth = 128
+    mem = _rand_mem(rng, depth, L)
+    n = 22 if L == 4 else 120              # never a multiple of L
+    nw = -(-n // L)
+    words = nw + 1
+    gate, up, out = 0, 3 * words, 6 * words
+    program = [
+        # |LUT * u| < 2**18: these shifts keep most outputs inside int8
+        silumul_ins(gate, up, out, 3, n, words, int(rng.integers(16384, 65536)), 26),
+        silumul_ins(gate, up, up, 2, n, words, 40000, 27),       # out == up
+        silumul_ins(gate, up, gate, 3, n, words, 255, 18),       # out == gate
+        silumul_ins(up, out, out, 1, n, words, 65535, 0),        # saturation, shift 0
+        silumul_ins(out, gate, up, 2, n - 1, words, 3, 11),
+    ]
+    # extremes: gate -128 / 127 (ROM ends), up -128 / 127
+    _put(mem, (out + words) * L, ([-128, 127] * n)[:n])
+    _put(mem, (gate + 2 * words) * L, ([127, -128, -128, 127] * n)[:n])
+    program.append(silumul_ins(out + words, gate + 2 * words, out, 1, n, words, 65535, 20))
+    cycles = check(L, depth, mem, program)
+    assert cycles[0] == 3 * (nw * (L + 1) + (words - nw) + 2) + 9, cycles
+
+
+@pytest.mark.parametrize("L", [4, 16])
+def test_rope(L):
+    rng = np.random.default_rng(200 + L)
+    depth = 128 if L == 16 else 256
+    mem = _rand_mem(rng, depth, L)
+    hd, heads, stride = 20, 3, 32
+    words = heads * stride // L
+    cs_words = -(-2 * hd // L) + 1          # a stride larger than the 2*hd bytes
+    rows = 3 if L == 16 else 2
+    cs = rows * words
+    half = hd // 2
+    for r in range(rows):
+        t = rng.integers(-16384, 16385, size=hd)     # cos[0:half], sin[half:hd]
+        # with x1 = x2 = -128: y2 = (2**22 + 2**13) >> 14 = 256 -> 127, y2 = -256 -> -128,
+        # then the int16 extremes (beyond Q1.14's one)
+        t[[0, half]] = [-16384, -16384]
+        t[[1, half + 1]] = [16384, 16384]
+        t[[2, half + 2]] = [32767, -32768]
+        t[[3, half + 3]] = [-32768, 32767]
+        _put_table(mem, (cs + r * cs_words) * L, t)
+    _put(mem, 0, [-128] * hd)
+    program = [rope_ins(0, cs, cs_words, rows, heads, hd, stride, words)]
+    # heads packed at unaligned byte offsets (head_stride = hd), rows 1 apart from a word 3
+    program.append(rope_ins(3, cs, cs_words, 2, 4, 8, 8, words))
+    program.append(rope_ins(1, cs, cs_words, 1, 1, 2, 0, words))          # hd = 2: one pair
+    program.append(rope_ins(0, cs, cs_words, 1, 2, hd, 21, words))   # odd byte offsets
+    program.append(rope_ins(0, cs, cs_words, 0, heads, hd, stride, words))  # rows 0: no-op
+    cycles = check(L, depth, mem, program)
+    assert cycles[0] == 4 * rows * heads * hd // 2 + 13, cycles
+
+
+@pytest.mark.parametrize("L", [2, 8])
+def test_all_ops_other_widths(L):
+    """The narrowest word and one more width: one instruction of each op, in place."""
+    rng = np.random.default_rng(300 + L)
+    n = 37                                  # odd: never a multiple of L
+    words = -(-n // L) + 1
+    hd, heads = 6, 5                        # heads at odd byte offsets, pairs straddle words
+    cs = 8 * words
+    cs_words = -(-2 * hd // L)
+    depth = cs + cs_words
+    mem = _rand_mem(rng, depth, L)
+    _put_table(mem, cs * L, rng.integers(-16384, 16385, size=cs_words * L // 2))
+    program = [
+        rmsnorm_ins(0, 0, 2, 99, n, words, 50000, 36),
+        silumul_ins(2 * words, 4 * words, 4 * words, 2, n, words, 30000, 26),
+        rope_ins(6 * words, cs, cs_words, 1, heads, hd, 7, words),
+    ]
+    check(L, depth, mem, program)
+
+
+def test_lints_clean(tmp_path):
+    v = verilog.convert(VectorUnit(_cfg(8)), name="sfu")
+    assert_lints_clean(tmp_path, v, "sfu")
