@@ -2,6 +2,9 @@
 
 Plain Python shared by the hardware decoder (field positions), the mapper (encoder) and the ISA
 functional model (decoder). Every instruction is 32 bytes: eight little-endian u32 words.
+:data:`LAYOUT` is the one table of field positions per opcode, v2 (LOAD, STORE, MATMUL, VADD)
+and v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE ``pos_stride``), as in
+docs/architecture.md; encode and decode both read it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ FLAG_RELU = 1 << 0
 FLAG_RESIDUAL = 1 << 1
 #: MATMUL weights are int4 codes with group scales, dequantized in the weight-fill path.
 FLAG_INT4 = 1 << 2
-#: LOAD/STORE: the external address is ``ext + POS * pos_stride`` (POS: control register 0x34).
+#: LOAD/STORE: the external address is ``ext + POS * pos_stride`` (POS: control register 0x200).
 FLAG_POS = 1 << 3
 
 #: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
@@ -46,25 +49,52 @@ class Opcode(IntEnum):
 
 @dataclass(frozen=True)
 class Instr:
-    """One decoded instruction; field meaning depends on the opcode (see the architecture doc)."""
+    """One decoded instruction; field meaning depends on the opcode (see the architecture doc).
+
+    Fields named by the v2 table keep their names in v3 where the doc reuses the word: ``ext``
+    (the first external address: LOAD/STORE ext, MATMUL wgt, GATHER table, ATTN K), ``a`` (the
+    first activation operand: LOAD/STORE act, MATMUL x, GATHER act, ATTN q), ``out``, ``b``
+    (LOAD/STORE length n, MATMUL res, SILUMUL up), ``rows``, ``n``, ``words`` and ``mult_b``
+    (MATMUL res_mult, VADD b_mult, RMSNORM and SILUMUL mult). ``shift`` is ATTN's oshift.
+    :data:`LAYOUT` gives every opcode's bit positions.
+    """
 
     op: Opcode
     flags: int = 0
     shift: int = 0
-    ext: int = 0          # LOAD/STORE external address; MATMUL weight address (super-beats)
-    a: int = 0            # LOAD/STORE act address; MATMUL x; VADD a
-    out: int = 0          # MATMUL/VADD output act address
-    b: int = 0            # LOAD/STORE length; MATMUL residual; VADD b
+    ext: int = 0          # LOAD/STORE ext; MATMUL wgt; GATHER table; ATTN K (super-beats)
+    a: int = 0            # LOAD/STORE/GATHER act; MATMUL x; VADD/RMSNORM/ROPE/SILUMUL a; ATTN q
+    out: int = 0          # MATMUL/VADD/RMSNORM/SILUMUL/ATTN output act address
+    b: int = 0            # LOAD/STORE length n; MATMUL residual; VADD b; SILUMUL b (up)
     rows: int = 0
     k_words: int = 0
     n_tiles: int = 0
-    n: int = 0            # valid outputs per row
+    n: int = 0            # valid outputs per row (GATHER: words per gathered row)
     words: int = 0        # output (and residual) row stride in act words
-    mult_b: int = 0       # MATMUL res_mult; VADD b_mult
+    mult_b: int = 0       # MATMUL res_mult; VADD b_mult; RMSNORM/SILUMUL mult
     mult_a: int = 0       # VADD a_mult
     tile_mem_rows: int = 0  # MATMUL: memory rows per weight tile (weight_format.tile_mem_rows)
     lgm: int = 0          # MATMUL: log2 M of the N:M mode (0: dense)
     lgr: int = 0          # MATMUL: log2 r, r = M/N output channels per chain (0: dense)
+    # -- v3 (transformer path) -------------------------------------------------------------
+    pos_stride: int = 0   # LOAD/STORE with FLAG_POS: super-beats added per unit of POS
+    ids: int = 0          # GATHER: super-beat address of the u32 token ids
+    stride: int = 0       # GATHER: super-beats between table rows
+    table_rows: int = 0   # GATHER: rows of the table (an id >= this stops with ERROR = 3)
+    eps: int = 0          # RMSNORM: u32 epsilon added to the sum of squares
+    cs: int = 0           # ROPE: act word of row 0's cos/sin table row
+    cs_words: int = 0     # ROPE: act words between table rows
+    heads: int = 0        # ROPE/ATTN: (query) heads per row
+    hd: int = 0           # ROPE: head dimension (elements rotated per head)
+    head_stride: int = 0  # ROPE: bytes between heads
+    v_ext: int = 0        # ATTN: V cache base (super-beats); K is ``ext``
+    q_words: int = 0      # ATTN: act words between rows of q and of out
+    kv_heads: int = 0     # ATTN: key/value heads
+    hd_words: int = 0     # ATTN: act words per (padded) head
+    kv_stride: int = 0    # ATTN: super-beats per cache row
+    smul: int = 0         # ATTN: score multiplier
+    omul: int = 0         # ATTN: output multiplier
+    sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
 
     @property
     def relu(self) -> bool:
@@ -78,59 +108,99 @@ class Instr:
     def int4(self) -> bool:
         return bool(self.flags & FLAG_INT4)
 
+    @property
+    def pos(self) -> bool:
+        return bool(self.flags & FLAG_POS)
+
     def encode(self) -> bytes:
         _check(self)
         w = [0] * 8
         w[0] = int(self.op) | (self.flags << 8) | (self.shift << 16)
-        if self.op in (Opcode.LOAD, Opcode.STORE):
-            w[1], w[2], w[3] = self.ext, self.a, self.b
-        elif self.op in (Opcode.MATMUL, Opcode.VADD):
-            w[1] = self.ext
-            w[2] = self.a | (self.out << 16)
-            w[3] = self.b | (self.rows << 16)
-            w[4] = self.k_words | (self.n_tiles << 16)
-            w[5] = self.n | (self.words << 16)
-            w[6] = self.mult_b | (self.mult_a << 16)
-        if self.op == Opcode.MATMUL:
-            w[7] = self.tile_mem_rows | (self.lgm << 16) | (self.lgr << 19)
+        for name, word, lo, _bits in LAYOUT.get(self.op, ()):
+            w[word] |= getattr(self, name) << lo
         return struct.pack("<8I", *w)
 
 
+#: Field positions per opcode: ``(field, word, low bit, width)`` (docs/architecture.md,
+#: "Instruction set" and "Instructions (v3 additions)"). VADD keeps v2's encoder, which also
+#: writes w1 and w4 (zero in every program the mapper emits).
+_MATMUL_COMMON = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
+                  ("rows", 3, 16, 16), ("k_words", 4, 0, 16), ("n_tiles", 4, 16, 16),
+                  ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
+                  ("mult_a", 6, 16, 16))
+_LOAD_STORE = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("b", 3, 0, 16), ("pos_stride", 4, 0, 16))
+LAYOUT: dict = {
+    Opcode.LOAD: _LOAD_STORE,
+    Opcode.STORE: _LOAD_STORE,
+    Opcode.MATMUL: _MATMUL_COMMON + (("tile_mem_rows", 7, 0, 16), ("lgm", 7, 16, 3),
+                                     ("lgr", 7, 19, 2)),
+    Opcode.VADD: _MATMUL_COMMON,
+    Opcode.GATHER: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("n", 3, 0, 16), ("rows", 3, 16, 16),
+                    ("ids", 4, 0, 32), ("stride", 5, 0, 16), ("table_rows", 6, 0, 32)),
+    Opcode.RMSNORM: (("a", 2, 0, 16), ("out", 2, 16, 16), ("rows", 3, 16, 16),
+                     ("eps", 4, 0, 32), ("n", 5, 0, 16), ("words", 5, 16, 16),
+                     ("mult_b", 6, 0, 16)),
+    Opcode.ROPE: (("a", 2, 0, 16), ("cs", 2, 16, 16), ("cs_words", 3, 0, 16),
+                  ("rows", 3, 16, 16), ("heads", 4, 0, 16), ("hd", 4, 16, 16),
+                  ("head_stride", 5, 0, 16), ("words", 5, 16, 16)),
+    Opcode.SILUMUL: (("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16), ("rows", 3, 16, 16),
+                     ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16)),
+    Opcode.ATTN: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("q_words", 3, 0, 16),
+                  ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("heads", 5, 0, 8),
+                  ("kv_heads", 5, 8, 8), ("hd_words", 5, 16, 8), ("kv_stride", 5, 24, 8),
+                  ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6)),
+}
+
+#: v2 fields: checked against their v2 widths for every opcode (as before v3), whether or not
+#: the opcode encodes them.
+_V2_WIDTHS = (("a", 16), ("out", 16), ("b", 16), ("rows", 16), ("k_words", 16),
+              ("n_tiles", 16), ("n", 16), ("words", 16), ("mult_b", 16), ("mult_a", 16),
+              ("ext", 32))
+_MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
+#: v3 fields: must be 0 on an opcode that does not encode them (they would be silently lost).
+_V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
+              "hd", "head_stride", "v_ext", "q_words", "kv_heads", "hd_words", "kv_stride",
+              "smul", "omul", "sshift")
+
+
 def _check(i: Instr) -> None:
-    for name, bits in (("flags", 8), ("shift", 6), ("a", 16), ("out", 16), ("b", 16),
-                       ("rows", 16), ("k_words", 16), ("n_tiles", 16), ("n", 16),
-                       ("words", 16), ("mult_b", 16), ("mult_a", 16), ("ext", 32)):
-        v = getattr(i, name)
+    name = i.op.name
+    for fld, bits in (("flags", 8), ("shift", 6)) + _V2_WIDTHS:
+        v = getattr(i, fld)
         if not 0 <= v < (1 << bits):
-            raise ValueError(f"{i.op.name}: field {name}={v} does not fit {bits} bits")
+            raise ValueError(f"{name}: field {fld}={v} does not fit {bits} bits")
     if i.shift > 47:
-        raise ValueError(f"{i.op.name}: shift {i.shift} > 47")
-    mode = (("tile_mem_rows", i.tile_mem_rows, (1 << 16) - 1), ("lgm", i.lgm, MAX_LGM),
-            ("lgr", i.lgr, MAX_LGR))
-    for name, v, hi in mode:
+        raise ValueError(f"{name}: shift {i.shift} > 47")
+    layout = {f: bits for f, _w, _lo, bits in LAYOUT.get(i.op, ())}
+    for fld, v, hi in (("tile_mem_rows", i.tile_mem_rows, (1 << 16) - 1), ("lgm", i.lgm, MAX_LGM),
+                       ("lgr", i.lgr, MAX_LGR)):
         if not 0 <= v <= hi:
-            raise ValueError(f"{i.op.name}: field {name}={v} outside 0..{hi}")
+            raise ValueError(f"{name}: field {fld}={v} outside 0..{hi}")
         if v and i.op != Opcode.MATMUL:
-            raise ValueError(f"{i.op.name}: field {name} is a MATMUL field, must be 0")
+            raise ValueError(f"{name}: field {fld} is a MATMUL field, must be 0")
+    for fld in _V3_FIELDS:
+        v = getattr(i, fld)
+        if fld not in layout:
+            if v:
+                raise ValueError(f"{name}: field {fld}={v} is not a field of {name}, must be 0")
+            continue
+        if not 0 <= v < (1 << layout[fld]):
+            raise ValueError(f"{name}: field {fld}={v} does not fit {layout[fld]} bits")
+    for fld, bits in layout.items():    # v2 fields narrower in a v3 layout (none today)
+        v = getattr(i, fld)
+        if fld not in _MODE_FIELDS and not 0 <= v < (1 << bits):
+            raise ValueError(f"{name}: field {fld}={v} does not fit {bits} bits")
 
 
 def decode(raw: bytes) -> Instr:
-    """Decode 32 bytes into an :class:`Instr` (raises ValueError on an unknown opcode)."""
+    """Decode 32 bytes into an :class:`Instr` (raises ValueError on an unknown opcode).
+
+    Any bit pattern of a known opcode decodes; an illegal MATMUL mode is the executor's error,
+    as in the hardware.
+    """
     w = struct.unpack("<8I", raw[:INSTR_BYTES])
     op = Opcode(w[0] & 0xFF)
     flags, shift = (w[0] >> 8) & 0xFF, (w[0] >> 16) & 0x3F
-    if op in (Opcode.LOAD, Opcode.STORE):
-        return Instr(op, flags, shift, ext=w[1], a=w[2] & 0xFFFF, b=w[3] & 0xFFFF)
-    if op in (Opcode.MATMUL, Opcode.VADD):
-        return Instr(op, flags, shift, ext=w[1], a=w[2] & 0xFFFF, out=w[2] >> 16,
-                     b=w[3] & 0xFFFF, rows=w[3] >> 16, k_words=w[4] & 0xFFFF,
-                     n_tiles=w[4] >> 16, n=w[5] & 0xFFFF, words=w[5] >> 16,
-                     mult_b=w[6] & 0xFFFF, mult_a=w[6] >> 16,
-                     **(_mode_fields(w[7]) if op == Opcode.MATMUL else {}))
-    return Instr(op, flags, shift)
-
-
-def _mode_fields(w7: int) -> dict:
-    """MATMUL's w7: tile_mem_rows[15:0], lgm[18:16], lgr[20:19] (any bit pattern decodes; an
-    illegal mode is the executor's error, as in the hardware)."""
-    return {"tile_mem_rows": w7 & 0xFFFF, "lgm": (w7 >> 16) & 0x7, "lgr": (w7 >> 19) & 0x3}
+    fields = {name: (w[word] >> lo) & ((1 << bits) - 1)
+              for name, word, lo, bits in LAYOUT.get(op, ())}
+    return Instr(op, flags, shift, **fields)

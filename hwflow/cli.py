@@ -5,11 +5,42 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hwflow.errors import USER_ERRORS
+from hwflow.errors import USER_ERRORS, HwflowError
+
+
+def _is_decoder(args) -> bool:
+    if args.example is not None:
+        from hwflow.llm_examples import LLM_EXAMPLES
+
+        return args.example in LLM_EXAMPLES
+    from hwflow.compiler.llm_frontend import is_decoder_source
+
+    return is_decoder_source(args.model)
+
+
+def _compile_decoder(args) -> int:
+    from hwflow.llm_flow import compile_decoder
+
+    out, r = compile_decoder(model=args.model, example=args.example, board=args.board,
+                             out=args.out, max_context=args.max_context,
+                             trust_model=args.trust_model, boards_dir=args.boards_dir)
+    s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
+    print(f"compiled {r['model']} ({r['family']}: {s['layers']} layers, hidden {s['hidden']}, "
+          f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab {s['vocab']}) for "
+          f"{r['board']}, max context {r['max_context']}")
+    print(f"programs: 1 decode ({p['decode']['bytes']} B) + {p['prefill']['count']} prefill "
+          f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B); one program per length "
+          f"would take {r['naive_program_bytes']:,} B ({r['program_reduction']:.0f}x more)")
+    print(f"golden vs float logits: cosine {q['cosine']:.5f}, top-1 agreement {q['top1']:.3f}")
+    print(f"wrote {out}")
+    return 0
 
 
 def _cmd_compile(args) -> int:
     from hwflow.flow import compile_model
+
+    if _is_decoder(args):
+        return _compile_decoder(args)
 
     out, report = compile_model(
         model=args.model, example=args.example, board=args.board, out=args.out,
@@ -33,8 +64,39 @@ def _cmd_compile(args) -> int:
     return 0
 
 
+def _sim_decoder(args) -> int:
+    from hwflow.llm_flow import DEFAULT_NEW_TOKENS, simulate_decoder
+
+    r = simulate_decoder(args.out, prompt=args.prompt, prompt_len=args.prompt_len,
+                         seed=args.seed, new_tokens=args.new_tokens or DEFAULT_NEW_TOKENS,
+                         waves=args.waves)
+    for i, st in enumerate(r["steps"]):
+        print(f"step {i}: {st['kind']} pos {st['pos']} ({st['tokens']} token"
+              f"{'s' if st['tokens'] > 1 else ''}): {st['cycles']} cycles, "
+              f"{'bit-exact' if st['bit_exact'] else 'MISMATCH'}")
+    status = "BIT-EXACT" if r["bit_exact"] else "MISMATCH"
+    print(f"RTL vs golden: {status}; tokens {r['tokens']} (golden {r['golden_tokens']}, "
+          f"float {r['float_tokens']}); float top-1 agreement {r['float_top1_agreement']:.3f}")
+    d = r["traffic"]["decode"]
+    print(f"decode traffic (bytes): weights {d['weights_read']:,}, kv read {d['kv_read']:,} "
+          f"written {d['kv_written']:,}, activations read {d['activations_read']} written "
+          f"{d['activations_written']}, io read {d['io_read']} written {d['io_written']}")
+    print(f"{r['decode_cycles_per_step']:.0f} cycles per decode step; "
+          f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s")
+    if r.get("waves"):
+        print(f"waveform: {r['waves']}")
+    return 0 if r["bit_exact"] else 1
+
+
 def _cmd_sim(args) -> int:
     from hwflow.simulate import simulate_build
+
+    if _build_kind(args.out) == "decoder":
+        return _sim_decoder(args)
+    for flag in ("prompt", "prompt_len", "new_tokens"):
+        if getattr(args, flag) is not None:
+            raise HwflowError(f"--{flag.replace('_', '-')} is for decoder builds; "
+                              f"{args.out} holds a {_build_kind(args.out)} build")
 
     r = simulate_build(args.out, seed=args.seed, waves=args.waves)
     status = "BIT-EXACT" if r["bit_exact"] else f"MISMATCH ({r['mismatches']} bytes differ)"
@@ -48,6 +110,16 @@ def _cmd_sim(args) -> int:
     if r.get("waves"):
         print(f"waveform: {r['waves']}")
     return 0 if r["bit_exact"] else 1
+
+
+def _build_kind(out) -> str:
+    import json
+    from pathlib import Path
+
+    conf = Path(out) / "config.json"
+    if not conf.is_file():
+        raise HwflowError(f"'{out}' is not a build folder (no config.json); run hwflow compile")
+    return json.loads(conf.read_text()).get("kind", "mlp")
 
 
 def _cmd_bitstream(args) -> int:
@@ -85,11 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model into a build folder")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("model", nargs="?", help="model file: torch.export archive, TorchScript "
+    src.add_argument("model", nargs="?", help="model: a Hugging Face model folder "
+                     "(LLaMA family, safetensors), a torch.export archive, a TorchScript "
                      "archive, or (with --trust-model) a pickled nn.Module")
     src.add_argument("--example", help="a bundled example model instead of a file: mlp, "
                      "mlp-tiny (sized for the iCE40 UP5K), mlp-sparse (hidden layers pruned "
-                     "2:4) or mlp-mixed (for --weights mixed)")
+                     "2:4), mlp-mixed (for --weights mixed) or tiny-llama (a random 2-layer "
+                     "LLaMA with grouped-query attention)")
     c.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
     c.add_argument("-o", "--out", help="build folder (default build/<model>-<board>)")
     c.add_argument("--calib", help="calibration input: a tensor saved with torch.save or .npy")
@@ -98,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", type=int, help="input rows when the file does not fix them "
                    "(TorchScript, pickled module); default 4")
     c.add_argument("--save-ir", action="store_true", help="keep the IR after every pass")
+    c.add_argument("--max-context", type=int, help="language models: longest context the "
+                   "programs serve (default: the model's, at most 2048)")
     c.add_argument("--sparsity", default="auto", metavar="auto|dense|N:M",
                    help="N:M weight sparsity: auto (default) detects the pattern already in "
                    "each layer's weights, dense ignores it, N:M (M a power of two up to 16, "
@@ -113,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="seeded random inputs instead of the calibration "
                    "sample")
     s.add_argument("--waves", action="store_true", help="write an FST waveform")
+    pr = s.add_mutually_exclusive_group()
+    pr.add_argument("--prompt", help="language models: prompt token ids, e.g. '1,5,9'")
+    pr.add_argument("--prompt-len", type=int, help="language models: a seeded random prompt of "
+                   "this many tokens (default 8)")
+    s.add_argument("--new-tokens", type=int, help="language models: greedy decode steps after "
+                   "the prompt (default 8)")
     s.set_defaults(func=_cmd_sim)
 
     bs = sub.add_parser("bitstream", help="build a bitstream (open boards) or a vendor project "

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["TINY_LLAMA", "tiny_llama_config", "write_tiny_llama"]
+__all__ = ["TINY_LLAMA", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama"]
+
+#: Bundled language-model examples (``hwflow compile --example NAME``).
+LLM_EXAMPLES = ("tiny-llama",)
 
 #: The tiny LLaMA of the "tiny-llama" example and the tests: GQA (6 heads over 2 kv heads,
 #: head_dim 20), widths that are not multiples of the engine sizes on purpose.
 TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_attention_heads=6,
-                  num_key_value_heads=2, intermediate_size=200, max_position_embeddings=256,
+                  num_key_value_heads=2, intermediate_size=200, max_position_embeddings=2048,
                   rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
 
 

@@ -17,6 +17,12 @@ I/O                   inputs, then outputs: activation row layout, row b at
                       ``b * words * L``, zero padding, each region a whole number of super-beats
 ====================  ===================================================================
 
+The transformer path (``mapping/llm_lower.py``, header version :data:`LLM_VERSION`) uses the
+same builder with sections header, program (the decode program, then one per prefill bucket),
+weights (linear weight blocks, the embedding table, the RoPE table), kv (per layer a K and a V
+cache) and io (token ids in, logits out); its header's section table lists program, weights,
+kv and io.
+
 The host API, the simulator and the compiler all use this module, so the layout cannot drift.
 """
 
@@ -32,6 +38,7 @@ from hwflow.hw.config import AccelConfig
 
 MAGIC = b"HWFL"
 VERSION = 2            # 2: weight tiles in the v2 formats (parameter records per segment)
+LLM_VERSION = 3        # 3: transformer images (sections program, weights, kv, io)
 HEADER_BYTES = 64
 
 
@@ -40,7 +47,8 @@ class Region:
     """A named byte range of the image (``addr`` in super-beats)."""
 
     name: str
-    kind: str                 # header | program | weights | input | output
+    kind: str                 # header | program | weights | input | output (MLP path);
+                              # program | weights | kv | io | activations (transformer path)
     addr: int
     nbytes: int
     shape: list = field(default_factory=list)   # logical tensor shape (I/O)
@@ -66,6 +74,11 @@ class MemoryMap:
 
     def of_kind(self, kind: str) -> list:
         return [r for r in self.regions if r.kind == kind]
+
+    def spans(self) -> list:
+        """``(start_sb, end_sb, kind)`` of every region: super-beat ranges, end exclusive (what
+        the ISA model's traffic counters classify accesses by)."""
+        return [(r.addr, r.addr + -(-r.nbytes // self.beat_bytes), r.kind) for r in self.regions]
 
     def to_json(self) -> str:
         return json.dumps({"beat_bytes": self.beat_bytes, "chain_len": self.chain_len,
@@ -102,15 +115,29 @@ class ImageBuilder:
     def reserve(self, name: str, kind: str, nbytes: int, **meta) -> Region:
         return self.append(name, kind, bytes(nbytes), **meta)
 
-    def finish(self) -> tuple[bytes, MemoryMap]:
+    def finish(self, sections=None, version: int = VERSION) -> tuple[bytes, MemoryMap]:
+        """Write the header and return ``(image, memory map)``.
+
+        Parameters
+        ----------
+        sections : list of tuple of str, optional
+            The header's section table: one (address, bytes) entry per tuple of region kinds,
+            in order. Default: program, weights, I/O (the MLP path's v2 header).
+        version : int
+            Header version (3: the transformer path's program, weights, kv, io).
+        """
         def span(kind):
             rs = [r for r in self.regions if r.kind in kind]
             if not rs:
                 return 0, 0
             end = max(r.addr * self.sb + r.nbytes for r in rs)
             return rs[0].addr, end - rs[0].addr * self.sb
-        sections = [span(("program",)), span(("weights",)), span(("input", "output"))]
-        header = MAGIC + struct.pack("<II", VERSION, self.sb)
+        if sections is None:
+            sections = [("program",), ("weights",), ("input", "output")]
+        if 12 + 8 * len(sections) > HEADER_BYTES:
+            raise ValueError(f"{len(sections)} sections do not fit the {HEADER_BYTES}-byte header")
+        sections = [span(tuple(kinds)) for kinds in sections]
+        header = MAGIC + struct.pack("<II", version, self.sb)
         header += b"".join(struct.pack("<II", a, n) for a, n in sections)
         self.buf[: len(header)] = header
         mm = MemoryMap(self.sb, self.cfg.chain_len, len(self.buf), self.regions)

@@ -1,5 +1,11 @@
 """ISA functional model: executes a program on a memory image exactly as docs/architecture.md says.
 
+The transformer instructions (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE with the POS
+flag) are defined the same way: each calls the kernel of :mod:`hwflow.golden.llm` on the bytes
+the doc's field layout names ("Transformer path (v3)"). The POS register is an argument of
+:class:`IsaModel` (and of :meth:`IsaModel.run`). Memory traffic is counted per region kind
+("Memory traffic") when the model is given the memory map.
+
 This is the executable form of the contract between the mapper and the RTL. The arithmetic is not
 re-implemented here: every number comes from :mod:`hwflow.golden.int8` (``matmul``,
 ``requantize``, ``residual_add``), and instructions are decoded with :func:`hwflow.hw.isa.decode`,
@@ -22,11 +28,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwflow.golden import int8 as golden
+from hwflow.golden import llm as golden_llm
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
+    ERROR_GATHER_RANGE,
     ERROR_ILLEGAL_MODE,
     ERROR_ILLEGAL_OPCODE,
     FLAG_INT4,
+    FLAG_POS,
     INSTR_BYTES,
     Instr,
     Opcode,
@@ -46,6 +55,8 @@ __all__ = [
     "IllegalInstruction",
     "IllegalMode",
     "AddressError",
+    "GatherRangeError",
+    "TRAFFIC_KEYS",
     "IsaStats",
     "IsaModel",
     "run_program",
@@ -86,6 +97,22 @@ class AddressError(IsaError):
     """An external or activation-buffer access falls outside the memory it addresses."""
 
 
+class GatherRangeError(IsaError):
+    """A GATHER token id is >= the table's rows; the hardware stops the run, ERROR = 3."""
+
+    error = ERROR_GATHER_RANGE
+
+
+#: Traffic counters (bytes, whole super-beats), docs/architecture.md "Memory traffic"; accesses
+#: that start outside every classified region (the header, or no map given) count as ``other``.
+TRAFFIC_KEYS = ("weights_read", "kv_read", "kv_written", "activations_read",
+                "activations_written", "io_read", "io_written", "program_read", "other_read",
+                "other_written")
+#: Region kind -> traffic category (the MLP path's ``input``/``output`` regions are I/O).
+_CATEGORY = {"weights": "weights", "kv": "kv", "activations": "activations", "io": "io",
+             "input": "io", "output": "io", "program": "program"}
+
+
 @dataclass
 class IsaStats:
     """Counters of one program run.
@@ -111,7 +138,14 @@ class IsaStats:
         Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``.
     ext_read_bytes, ext_write_bytes : int
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
-        per MATMUL, as the hardware's tiles-outer loop order does).
+        per MATMUL, as the hardware's tiles-outer loop order does), and by GATHER and ATTN.
+    traffic : dict
+        Bytes per category (:data:`TRAFFIC_KEYS`), every access counted as the whole
+        super-beats it moves and classified by the memory-map region holding its first
+        super-beat. Instruction fetch counts each super-beat of the program once per entry
+        into it (sequential fetch). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and
+        one table row per row; ATTN reads, per query row b, cache rows ``0..POS+b`` of K and of
+        V (``kv_stride`` super-beats each: every kv head of the row).
     """
 
     retired: int = 0
@@ -122,6 +156,7 @@ class IsaStats:
     weight_read_bytes: int = 0
     ext_read_bytes: int = 0
     ext_write_bytes: int = 0
+    traffic: dict = field(default_factory=lambda: dict.fromkeys(TRAFFIC_KEYS, 0))
 
     def to_dict(self) -> dict:
         return {
@@ -133,6 +168,7 @@ class IsaStats:
             "weight_read_bytes": self.weight_read_bytes,
             "ext_read_bytes": self.ext_read_bytes,
             "ext_write_bytes": self.ext_write_bytes,
+            "traffic": dict(self.traffic),
         }
 
 
@@ -149,6 +185,14 @@ class IsaModel:
         Accelerator parameters (P, L, SB, act_depth, addr_bits are used).
     image : bytes
         Initial external memory image (flat, little-endian byte address space). It is copied.
+    pos : int
+        The POS register (control register 0x200): sequence position of the first activation
+        row; :meth:`run` may override it per run.
+    regions : MemoryMap or list of (int, int, str), optional
+        Where the traffic counters classify accesses: a ``mapping.memory_image.MemoryMap``
+        or ``(start_sb, end_sb, kind)`` ranges (end exclusive). Kinds ``weights``, ``kv``,
+        ``activations``, ``io`` (also ``input``/``output``) and ``program`` are counted;
+        anything else, or no map, counts as ``other``.
 
     Attributes
     ----------
@@ -160,13 +204,59 @@ class IsaModel:
     stats : IsaStats
     """
 
-    def __init__(self, cfg: AccelConfig, image: bytes):
+    def __init__(self, cfg: AccelConfig, image: bytes, pos: int = 0, regions=None):
         self.cfg = cfg
         self.mem = np.frombuffer(bytes(image), dtype=np.uint8).copy()
         self.act = np.zeros((cfg.act_depth, cfg.chain_len), dtype=np.int8)
         self.stats = IsaStats()
+        self.pos = int(pos)
+        if regions is not None and hasattr(regions, "spans"):
+            regions = regions.spans()
+        spans = sorted((int(a), int(b), _CATEGORY.get(k, "other"))
+                       for a, b, k in (regions or ()) if b > a)
+        self._span_starts = np.array([a for a, _, _ in spans], dtype=np.int64)
+        self._spans = spans
         self._pc = 0
         self._index = 0
+        self._fetched_sb = None
+
+    def reset_stats(self) -> None:
+        """Start new counters (the memory image and the activation buffer are kept)."""
+        self.stats = IsaStats()
+
+    def write(self, byte_addr: int, data: bytes) -> None:
+        """Host write into external memory (e.g. token ids before a run)."""
+        data = np.frombuffer(bytes(data), dtype=np.uint8)
+        if byte_addr < 0 or byte_addr + data.size > self.mem.size:
+            raise AddressError(f"host write of {data.size} B at 0x{byte_addr:x} outside the "
+                               f"{self.mem.size}-byte image")
+        self.mem[byte_addr: byte_addr + data.size] = data
+
+    def read(self, byte_addr: int, nbytes: int) -> bytes:
+        """Host read from external memory (e.g. logits after a run)."""
+        if byte_addr < 0 or byte_addr + nbytes > self.mem.size:
+            raise AddressError(f"host read of {nbytes} B at 0x{byte_addr:x} outside the "
+                               f"{self.mem.size}-byte image")
+        return self.mem[byte_addr: byte_addr + nbytes].tobytes()
+
+    # -- traffic ------------------------------------------------------------------------------
+
+    def _category(self, sb: int) -> str:
+        i = int(np.searchsorted(self._span_starts, sb, side="right")) - 1
+        if i >= 0:
+            a, b, cat = self._spans[i]
+            if a <= sb < b:
+                return cat
+        return "other"
+
+    def _traffic(self, sb: int, nbytes: int, write: bool) -> None:
+        """Count an access of ``nbytes`` from super-beat ``sb`` as whole super-beats."""
+        SB = self.cfg.beat_bytes
+        cat = self._category(sb)
+        key = f"{cat}_{'written' if write else 'read'}"
+        if key not in self.stats.traffic:       # e.g. a write into the program or weights
+            key = f"other_{'written' if write else 'read'}"
+        self.stats.traffic[key] += -(-nbytes // SB) * SB
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -229,7 +319,8 @@ class IsaModel:
         if nbytes % SB:
             self._fail(IsaError, f"{name}: n={ins.b} words = {nbytes} B is not a multiple of "
                        f"the {SB}-byte super-beat")
-        lo, hi = self._ext_range(ins.ext, nbytes, name)
+        ext = ins.ext + (self.pos * ins.pos_stride if ins.flags & FLAG_POS else 0)
+        lo, hi = self._ext_range(ext, nbytes, name)
         a0, a1 = self._act_range(ins.a, ins.b, name)
         if ins.op == Opcode.LOAD:
             self.act[a0:a1] = self.mem[lo:hi].view(np.int8).reshape(-1, L)
@@ -237,6 +328,7 @@ class IsaModel:
         else:
             self.mem[lo:hi] = self.act[a0:a1].reshape(-1).view(np.uint8)
             self.stats.ext_write_bytes += nbytes
+        self._traffic(ext, nbytes, ins.op == Opcode.STORE)
 
     def _mode(self, ins: Instr) -> LayerFormat:
         """The MATMUL's weight format; IllegalMode if this engine cannot run it."""
@@ -313,6 +405,7 @@ class IsaModel:
         s.macs_valid += rows * n_out * kw * L
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
+        self._traffic(ins.ext, nbytes, False)
 
     def _vadd(self, ins: Instr) -> None:
         L = self.cfg.chain_len
@@ -332,10 +425,120 @@ class IsaModel:
         out[:, :n] = y
         self._write_rows(ins.out, words, out, "VADD out")
 
+    # -- transformer instructions (docs/architecture.md, "Instructions (v3 additions)") ------
+
+    def _check_out(self, ins: Instr, srcs, words: int) -> None:
+        """In-place rule of RMSNORM/SILUMUL: ``out`` may equal an input, not partly overlap it."""
+        o_span = self._span(ins.out, ins.rows, words, words)
+        for src, nm in srcs:
+            if src != ins.out and _overlap(*o_span, *self._span(src, ins.rows, words, words)):
+                self._fail(IsaError, f"{ins.op.name}: out overlaps {nm} without being equal to it")
+
+    def _padded(self, y: np.ndarray, words: int) -> np.ndarray:
+        out = np.zeros((y.shape[0], words * self.cfg.chain_len), dtype=np.int8)
+        out[:, :y.shape[1]] = y
+        return out
+
+    def _gather(self, ins: Instr) -> None:
+        cfg = self.cfg
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        rows, n = ins.rows, ins.n
+        nbytes = n * L
+        if nbytes % SB:
+            self._fail(IsaError, f"GATHER: n={n} words = {nbytes} B is not a multiple of the "
+                       f"{SB}-byte super-beat")
+        id_bytes = -(-4 * rows // SB) * SB
+        lo, hi = self._ext_range(ins.ids, id_bytes, "GATHER ids")
+        ids = self.mem[lo:lo + 4 * rows].view("<u4").astype(np.int64)
+        self._traffic(ins.ids, id_bytes, False)
+        self.stats.ext_read_bytes += id_bytes
+        a0, _ = self._act_range(ins.a, rows * n, "GATHER act")
+        for b, tok in enumerate(ids):
+            if tok >= ins.table_rows:
+                self._fail(GatherRangeError, f"GATHER: row {b} has token id {tok} >= "
+                           f"table_rows={ins.table_rows}")
+            sb = ins.ext + int(tok) * ins.stride
+            lo, hi = self._ext_range(sb, nbytes, "GATHER table")
+            self.act[a0 + b * n: a0 + (b + 1) * n] = self.mem[lo:hi].view(np.int8).reshape(n, L)
+            self._traffic(sb, nbytes, False)
+            self.stats.ext_read_bytes += nbytes
+
+    def _rmsnorm(self, ins: Instr) -> None:
+        L, rows, n, words = self.cfg.chain_len, ins.rows, ins.n, ins.words
+        if n > words * L:
+            self._fail(IsaError, f"RMSNORM: n={n} > words*L = {words * L}")
+        self._check_out(ins, ((ins.a, "a"),), words)
+        x = self._act_rows(ins.a, rows, words, words, "RMSNORM a")[:, :n]
+        y = golden_llm.rmsnorm(x, ins.eps, ins.mult_b, ins.shift) if rows else x
+        self._write_rows(ins.out, words, self._padded(y, words), "RMSNORM out")
+
+    def _silumul(self, ins: Instr) -> None:
+        L, rows, n, words = self.cfg.chain_len, ins.rows, ins.n, ins.words
+        if n > words * L:
+            self._fail(IsaError, f"SILUMUL: n={n} > words*L = {words * L}")
+        self._check_out(ins, ((ins.a, "a (gate)"), (ins.b, "b (up)")), words)
+        g = self._act_rows(ins.a, rows, words, words, "SILUMUL a")[:, :n]
+        u = self._act_rows(ins.b, rows, words, words, "SILUMUL b")[:, :n]
+        y = golden_llm.silu_mul(g, u, ins.mult_b, ins.shift)
+        self._write_rows(ins.out, words, self._padded(y, words), "SILUMUL out")
+
+    def _rope(self, ins: Instr) -> None:
+        L, rows, heads, hd = self.cfg.chain_len, ins.rows, ins.heads, ins.hd
+        if hd % 2 or hd == 0:
+            self._fail(IsaError, f"ROPE: hd={hd} must be even and > 0")
+        if 2 * hd > ins.cs_words * L and rows > 1:
+            self._fail(IsaError, f"ROPE: a table row of {2 * hd} B does not fit cs_words="
+                       f"{ins.cs_words} words of {L} B")
+        if heads and (heads - 1) * ins.head_stride + hd > ins.words * L:
+            self._fail(IsaError, f"ROPE: {heads} heads of {hd} B, {ins.head_stride} B apart, "
+                       f"exceed the row of words={ins.words} x {L} B")
+        if rows == 0 or heads == 0:
+            return
+        cs_w = -(-2 * hd // L)
+        tab = self._act_rows(ins.cs, rows, ins.cs_words, cs_w, "ROPE cs")
+        table = tab[:, :2 * hd].view(np.uint8).copy().view("<i2")
+        x = self._act_rows(ins.a, rows, ins.words, ins.words, "ROPE a")
+        cols = (np.arange(heads)[:, None] * ins.head_stride + np.arange(hd)[None, :]).ravel()
+        x[:, cols] = golden_llm.rope(x[:, cols], table, heads, hd)
+        self._write_rows(ins.a, ins.words, x, "ROPE a")
+
+    def _attn(self, ins: Instr) -> None:
+        cfg = self.cfg
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        rows, heads, kvh, hdw = ins.rows, ins.heads, ins.kv_heads, ins.hd_words
+        if heads == 0 or kvh == 0 or hdw == 0 or heads % kvh:
+            self._fail(IsaError, f"ATTN: heads={heads}, kv_heads={kvh}, hd_words={hdw}: need "
+                       "heads a nonzero multiple of kv_heads and hd_words > 0")
+        if heads * hdw > ins.q_words:
+            self._fail(IsaError, f"ATTN: {heads} heads x {hdw} words exceed q_words="
+                       f"{ins.q_words}")
+        row_bytes = ins.kv_stride * SB
+        if kvh * hdw * L > row_bytes:
+            self._fail(IsaError, f"ATTN: {kvh} kv heads x {hdw * L} B exceed a cache row of "
+                       f"kv_stride={ins.kv_stride} super-beats ({row_bytes} B)")
+        if rows == 0:
+            return
+        n_keys = self.pos + rows
+        hd = hdw * L
+        caches = []
+        for base, nm in ((ins.ext, "K"), (ins.v_ext, "V")):
+            lo, hi = self._ext_range(base, n_keys * row_bytes, f"ATTN {nm} cache")
+            c = self.mem[lo:hi].view(np.int8).reshape(n_keys, row_bytes)[:, :kvh * hd]
+            caches.append(c)
+            # one pass over rows 0..POS+b of the cache per query row b
+            nbytes = (rows * self.pos + rows * (rows + 1) // 2) * row_bytes
+            self._traffic(base, nbytes, False)
+            self.stats.ext_read_bytes += nbytes
+        q = self._act_rows(ins.a, rows, ins.q_words, heads * hdw, "ATTN q")
+        y = golden_llm.attention(q, caches[0], caches[1], self.pos, heads, kvh, hd,
+                                 ins.smul, ins.sshift, ins.omul, ins.shift)
+        self._write_rows(ins.out, ins.q_words, y, "ATTN out")
+
     # -- driver --------------------------------------------------------------------------------
 
-    def run(self, prog_base: int, max_instructions: int = 1_000_000) -> IsaStats:
-        """Execute from super-beat ``prog_base`` until END.
+    def run(self, prog_base: int, max_instructions: int = 1_000_000,
+            pos: int | None = None) -> IsaStats:
+        """Execute from super-beat ``prog_base`` until END (``pos``: set the POS register first).
 
         Raises
         ------
@@ -343,20 +546,33 @@ class IsaModel:
             Unknown opcode.
         IllegalMode
             MATMUL mode (N:M, int4) this engine cannot run.
+        GatherRangeError
+            A GATHER token id past the table (ERROR = 3).
         AddressError
             Fetch, LOAD/STORE, weight or activation access out of range.
         IsaError
             Malformed instruction fields, or more than ``max_instructions`` without END.
         """
-        self._pc = prog_base * self.cfg.beat_bytes
+        if pos is not None:
+            self.pos = int(pos)
+        SB = self.cfg.beat_bytes
+        self._pc = prog_base * SB
         self._index = 0
+        self._fetched_sb = None
         handlers = {Opcode.LOAD: self._load_store, Opcode.STORE: self._load_store,
-                    Opcode.MATMUL: self._matmul, Opcode.VADD: self._vadd}
+                    Opcode.MATMUL: self._matmul, Opcode.VADD: self._vadd,
+                    Opcode.GATHER: self._gather, Opcode.RMSNORM: self._rmsnorm,
+                    Opcode.ROPE: self._rope, Opcode.SILUMUL: self._silumul,
+                    Opcode.ATTN: self._attn}
         while True:
             if self._index >= max_instructions:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")
             lo, hi = self._ext_range(0, self._pc + INSTR_BYTES, "instruction fetch")
             raw = self.mem[self._pc:hi].tobytes()
+            for sb in range(self._pc // SB, (self._pc + INSTR_BYTES - 1) // SB + 1):
+                if sb != self._fetched_sb:
+                    self._traffic(sb, SB, False)
+                    self._fetched_sb = sb
             try:
                 ins = decode(raw)
             except ValueError:
@@ -376,7 +592,8 @@ class IsaModel:
 
 
 def run_program(cfg: AccelConfig, image: bytes, prog_base: int,
-                max_instructions: int = 1_000_000) -> tuple[bytes, IsaStats]:
+                max_instructions: int = 1_000_000, pos: int = 0,
+                regions=None) -> tuple[bytes, IsaStats]:
     """Run the program at super-beat ``prog_base`` of ``image`` to its END.
 
     Parameters
@@ -389,6 +606,10 @@ def run_program(cfg: AccelConfig, image: bytes, prog_base: int,
         Super-beat address of the first instruction (the PROG_BASE register).
     max_instructions : int
         Guard against a program without END.
+    pos : int
+        The POS register.
+    regions : MemoryMap or list of (int, int, str), optional
+        Memory map for the traffic counters (see :class:`IsaModel`).
 
     Returns
     -------
@@ -397,6 +618,6 @@ def run_program(cfg: AccelConfig, image: bytes, prog_base: int,
     stats : IsaStats
         Counters of the run.
     """
-    model = IsaModel(cfg, image)
+    model = IsaModel(cfg, image, pos=pos, regions=regions)
     stats = model.run(prog_base, max_instructions)
     return model.image(), stats

@@ -50,7 +50,7 @@ def test_recognises_tiny_llama(folder, fd):
     s = fd.shape
     assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (
         320, 120, 2, 6, 2, 20, 200)
-    assert s.max_position == 256 and fd.max_context == 64
+    assert s.max_position == 2048 and fd.max_context == 64
     assert s.rope_theta == 10000.0 and s.rope_scaling == 1.0 and s.rms_eps == pytest.approx(1e-5)
     assert fd.family == "llama" and fd.source.startswith("hf:")
     assert is_decoder_source(folder)
@@ -79,9 +79,9 @@ def test_float_forward_matches_hf(folder, fd):
 
 
 def test_default_max_context_and_limit(folder):
-    assert load_decoder(folder).max_context == 256  # min(max_position_embeddings, 2048)
-    with pytest.raises(FrontendError, match="max_context 300 is larger than .* 256"):
-        load_decoder(folder, max_context=300)
+    assert load_decoder(folder).max_context == 2048  # min(max_position_embeddings, 2048)
+    with pytest.raises(FrontendError, match="max_context 3000 is larger than .* 2048"):
+        load_decoder(folder, max_context=3000)
 
 
 def test_export_archive_same_decoder(folder, fd, tmp_path):

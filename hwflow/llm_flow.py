@@ -1,0 +1,381 @@
+"""``hwflow compile`` / ``hwflow sim`` for LLaMA-family decoders.
+
+Compile steps (each a small function, in this order):
+
+1. ``load``       Hugging Face folder or torch.export archive -> FloatDecoder (pattern recogniser)
+2. ``configure``  board -> accelerator configuration (must have the transformer units)
+3. ``quantize``   FloatDecoder -> QDecoder (static scales from a seeded calibration run)
+4. ``lower``      QDecoder -> one decode program, prefill bucket programs, memory image
+5. ``rtl``        Amaranth -> Verilog of the configuration
+6. ``write``      build folder, atomically, with reports/compile.json
+
+Simulation runs the prompt (prefill buckets, chunked at POS = 0, B, 2B, ...) and K greedy decode
+steps on the RTL in one Verilator process, the RTL's own argmax feeding the next step; each step's
+logits are compared byte for byte with the golden interpreter and the ISA functional model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hwflow.boards import load_board
+from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
+from hwflow.compiler import decoder as dec
+from hwflow.errors import HwflowError
+from hwflow.mapping.engine import check_fit, choose_config
+
+__all__ = ["compile_decoder", "simulate_decoder", "save_decoder", "load_saved_decoder",
+           "parse_prompt"]
+
+DEFAULT_NEW_TOKENS = 8
+DEFAULT_PROMPT_LEN = 8
+
+
+# -- saving the decoder IR without pickles ---------------------------------------------------
+
+def _flatten(obj, prefix: str, arrays: dict, meta: dict) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(v, np.ndarray):
+            arrays[key] = v
+        elif dataclasses.is_dataclass(v):
+            _flatten(v, key + ".", arrays, meta)
+        elif isinstance(v, list) and v and dataclasses.is_dataclass(v[0]):
+            meta[key] = {"list": len(v)}
+            for i, item in enumerate(v):
+                _flatten(item, f"{key}.{i}.", arrays, meta)
+        else:
+            meta[key] = list(v) if isinstance(v, tuple) else v
+
+
+def _build(cls, prefix: str, arrays, meta):
+    kw = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for name in hints:
+        key = f"{prefix}{name}"
+        if key in arrays:
+            kw[name] = arrays[key]
+        elif key in meta and isinstance(meta[key], dict) and "list" in meta[key]:
+            item_cls = {"layers": dec.QLayer if cls is dec.QDecoder else dec.FloatLayer}[name]
+            kw[name] = [_build(item_cls, f"{key}.{i}.", arrays, meta)
+                        for i in range(meta[key]["list"])]
+        elif key in meta:
+            v = meta[key]
+            kw[name] = tuple(v) if isinstance(v, list) else v
+        elif name == "shape":
+            kw[name] = _build(dec.DecoderShape, key + ".", arrays, meta)
+        elif any(k.startswith(key + ".") for k in arrays):
+            kw[name] = _build(dec.QLinear, key + ".", arrays, meta)
+    return cls(**kw)
+
+
+def save_decoder(obj, path: Path) -> None:
+    """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest)."""
+    arrays, meta = {}, {}
+    _flatten(obj, "", arrays, meta)
+    meta["__class__"] = type(obj).__name__
+    np.savez(path.with_suffix(".npz"), **arrays)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
+
+
+def load_saved_decoder(path: Path):
+    """Inverse of :func:`save_decoder` (``allow_pickle=False``)."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    cls = {"QDecoder": dec.QDecoder, "FloatDecoder": dec.FloatDecoder}[meta.pop("__class__")]
+    return _build(cls, "", arrays, meta)
+
+
+# -- compile ---------------------------------------------------------------------------------
+
+def _load(model, example, trust_model, max_context, td: Path):
+    from hwflow.compiler.errors import CompileError
+    from hwflow.compiler.llm_frontend import load_decoder
+
+    if example is not None:
+        from hwflow.llm_examples import write_tiny_llama
+
+        model = write_tiny_llama(td / example)
+    try:
+        return load_decoder(model, trust_model=trust_model, max_context=max_context)
+    except CompileError as e:
+        raise HwflowError(str(e)) from None
+
+
+def _configure(board, boards_dir):
+    brd = load_board(board, boards_dir)
+    cfg = choose_config(brd)
+    if not cfg.transformer:
+        raise HwflowError(f"board {brd.name}'s accelerator has no transformer units (SFU and "
+                          "attention; `engine: transformer: false` in its YAML); choose a "
+                          "larger board such as u280 or kv260")
+    return brd, cfg, check_fit(cfg, brd)
+
+
+def _lower(qd, cfg):
+    from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    try:
+        return lower_decoder(qd, cfg)
+    except MappingError as e:
+        raise HwflowError(str(e)) from None
+
+
+def _traffic_ranges(memory_map) -> list:
+    """Super-beat ranges and traffic categories of the memory map (at most 8, merged by kind)."""
+    cat = {"program": "program", "weights": "weights", "kv": "kv", "io": "io",
+           "activations": "activations", "input": "io", "output": "io"}
+    spans: dict = {}
+    for r in memory_map.regions:
+        c = cat.get(r.kind)
+        if c is None or r.nbytes == 0:
+            continue
+        end = r.addr + -(-r.nbytes // memory_map.beat_bytes)
+        lo, hi = spans.get(c, (r.addr, end))
+        spans[c] = (min(lo, r.addr), max(hi, end))
+    return [(lo, hi, c) for c, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1])]
+
+
+def compile_decoder(model=None, example=None, board="u280", out=None, max_context=None,
+                    trust_model=False, boards_dir=None):
+    """Compile a LLaMA-family decoder (Hugging Face folder or torch.export archive) into a build
+    folder; returns ``(out_path, report)``."""
+    import tempfile
+
+    from hwflow.compiler.llm_quant import quant_report, quantize_decoder
+
+    with tempfile.TemporaryDirectory() as td:
+        fd = _load(model, example, trust_model, max_context, Path(td))
+    name = example or fd.name
+    brd, cfg, resources = _configure(board, boards_dir)
+    qd = quantize_decoder(fd, fd.max_context)
+    lw = _lower(qd, cfg)
+    quality = quant_report(fd, qd)
+    verilog = _accelerator_verilog(cfg)
+    s = fd.shape
+    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
+    report = {
+        "model": name, "kind": "decoder", "source": fd.source, "family": fd.family,
+        "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+        "config": cfg.to_dict(), "shape": s.to_dict(), "max_context": lw.max_context,
+        "parameters": int(s.vocab * s.hidden * 2 + s.layers * (
+            s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden
+            + 3 * s.hidden * s.intermediate)),
+        "programs": lw.reports["programs"],
+        "naive_program_bytes": lw.reports["naive_program_bytes"],
+        "program_reduction": lw.reports["program_reduction"],
+        "prefill_buckets": lw.buckets,
+        "memory_image_bytes": len(lw.image),
+        "linears": lw.reports.get("layers"),
+        "golden_vs_float": quality,
+        "resources": resources,
+    }
+    with atomic_build_dir(out) as tmp:
+        (tmp / "rtl").mkdir()
+        (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
+        (tmp / "memory_image.bin").write_bytes(lw.image)
+        (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
+        (tmp / "decoder").mkdir()
+        save_decoder(qd, tmp / "decoder" / "quantized")
+        save_decoder(fd, tmp / "decoder" / "float")
+        write_json(tmp / "config.json", {
+            "kind": "decoder", "board": brd.name, "clock_mhz": brd.clock_mhz,
+            "accel": cfg.to_dict(), "max_context": lw.max_context,
+            "decode_prog_base": lw.decode_prog_base,
+            "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
+            "traffic_ranges": _traffic_ranges(lw.memory_map)})
+        write_json(tmp / "reports" / "compile.json", report)
+        digest = hashlib.sha256(lw.image + verilog.encode()).hexdigest()[:16]
+        write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "digest": digest})
+    return out, report
+
+
+def _accelerator_verilog(cfg) -> str:
+    from hwflow.flow import accelerator_verilog
+
+    return accelerator_verilog(cfg)
+
+
+# -- simulate --------------------------------------------------------------------------------
+
+def parse_prompt(text: str, vocab: int) -> list[int]:
+    """Token ids from ``--prompt``: integers separated by commas and/or spaces."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise HwflowError(f"--prompt '{text}': give token ids, integers separated by commas or "
+                          "spaces (e.g. --prompt '1,5,9')") from None
+    if not ids:
+        raise HwflowError("--prompt is empty; give at least one token id")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise HwflowError(f"--prompt: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    return ids
+
+
+def _chunks(prompt: list[int], largest: int) -> list[tuple[int, list[int]]]:
+    return [(p, prompt[p:p + largest]) for p in range(0, len(prompt), largest)]
+
+
+def _host_steps(lw, prompt: list[int], new_tokens: int) -> list:
+    """``[(HostStep, is_decode)]``: the prompt in chunks of the largest bucket, then the
+    decode steps (their token ids come from the previous step's argmax)."""
+    from hwflow.mapping.llm_lower import decode_memory_writes
+
+    steps = [(decode_memory_writes(lw, chunk, p), False)
+             for p, chunk in _chunks(prompt, lw.buckets[-1])]
+    # a decode step's id is written by the host after the previous step; 0 is a placeholder
+    steps += [(decode_memory_writes(lw, [0], len(prompt) + k), True) for k in range(new_tokens)]
+    return steps
+
+
+def _isa_run(lw, cfg, image: bytes, host: list, tokens_in: list[int]):
+    """The ISA functional model over the same steps, fed with ``tokens_in`` (the golden tokens);
+    returns per-step logits and traffic."""
+    from hwflow.mapping.llm_lower import read_logits
+    from hwflow.sim.isa_model import IsaModel
+
+    model = IsaModel(cfg, image, regions=lw.memory_map)
+    logits, traffic, k = [], [], 0
+    for st, is_decode in host:
+        for addr, data in st.writes:
+            if is_decode:
+                data = np.array([tokens_in[k]], "<u4").tobytes() + bytes(data[4:])
+            model.write(addr, data)
+        if is_decode:
+            k += 1
+        model.reset_stats()
+        model.pos = st.pos
+        model.run(st.prog_base)
+        logits.append(read_logits(st, model))
+        traffic.append(dict(model.stats.traffic))
+    return logits, traffic
+
+
+def _sum_traffic(per_step: list, mask: list) -> dict:
+    keys = ("weights_read", "kv_read", "kv_written", "activations_read", "activations_written",
+            "io_read", "io_written", "program_read")
+    return {k: int(sum(t.get(k, 0) for t, m in zip(per_step, mask, strict=True) if m))
+            for k in keys}
+
+
+def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = None,
+                     seed: int | None = None, new_tokens: int = DEFAULT_NEW_TOKENS,
+                     waves: bool = False) -> dict:
+    """Prefill + ``new_tokens`` greedy decode steps of build folder ``out`` on the RTL; writes
+    and returns ``reports/sim.json``'s content."""
+    from hwflow.compiler.llm_interpret import float_generate, golden_generate, top1_agreement
+    from hwflow.hw.config import AccelConfig
+    from hwflow.mapping.llm_lower import lower_decoder
+    from hwflow.sim.runner import SimError, simulate_steps
+
+    out = Path(out)
+    conf = json.loads((out / "config.json").read_text())
+    cfg = AccelConfig(**conf["accel"])
+    qd = load_saved_decoder(out / "decoder" / "quantized")
+    fd = load_saved_decoder(out / "decoder" / "float")
+    vocab = qd.shape.vocab
+    if new_tokens < 1:
+        raise HwflowError(f"--new-tokens {new_tokens}: give at least 1 decode step")
+    if prompt is not None:
+        ids = parse_prompt(prompt, vocab)
+    else:
+        n = DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len
+        if n < 1:
+            raise HwflowError(f"--prompt-len {n}: give at least 1 token")
+        ids = [int(t) for t in np.random.default_rng(0 if seed is None else seed).integers(
+            0, vocab, n)]
+    if len(ids) + new_tokens > qd.max_context:
+        raise HwflowError(f"{len(ids)} prompt tokens + {new_tokens} decode steps exceed the "
+                          f"build's max context of {qd.max_context}; recompile with a larger "
+                          "--max-context or shorten the run")
+    image = (out / "memory_image.bin").read_bytes()
+    lw = lower_decoder(qd, cfg)
+    if lw.image != image:
+        raise HwflowError(f"{out}/memory_image.bin does not match its decoder; recompile")
+
+    # golden: the prompt's logits, then one [1, vocab] row per decode step
+    golden = golden_generate(qd, ids, new_tokens + 1)
+    g_tokens = [int(t) for t in golden.tokens]
+    host = _host_steps(lw, ids, new_tokens)
+    n_chunks = len(host) - new_tokens
+    SB = cfg.beat_bytes
+    steps = []
+    for i, (st, is_decode) in enumerate(host):
+        step = {"prog_base": st.prog_base, "pos": st.pos,
+                "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
+                "readback": [(st.logits_addr // SB, st.tokens * st.logits_row_bytes)]}
+        if i >= n_chunks - 1:
+            step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
+                              "row": st.tokens - 1, "vocab": st.vocab,
+                              "ids_addr": lw.io.ids_addr}
+        steps.append(step)
+    try:
+        res = simulate_steps(cfg, (out / "rtl" / "hwflow_accel.v").read_text(), image, steps,
+                             work_dir=out / "sim", waves=waves,
+                             traffic=[tuple(r) for r in conf["traffic_ranges"]])
+    except SimError as e:
+        raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
+
+    # golden logits per step (the prompt's rows split like the chunks)
+    want = []
+    rows = golden.step_logits[0]
+    for _, chunk in _chunks(ids, lw.buckets[-1]):
+        want.append(rows[:len(chunk)])
+        rows = rows[len(chunk):]
+    want += list(golden.step_logits[1:])
+    isa_logits, isa_traffic = _isa_run(lw, cfg, image, host, g_tokens)
+
+    report_steps = []
+    for i, ((st, is_decode), r) in enumerate(zip(host, res.steps, strict=False)):
+        got = np.frombuffer(r.regions[0], np.int8).reshape(st.tokens, st.logits_row_bytes)
+        got = got[:, :st.vocab]
+        exact = bool(r.done and r.error == 0 and np.array_equal(got, want[i]))
+        report_steps.append({
+            "kind": "decode" if is_decode else "prefill", "pos": st.pos, "rows": st.rows,
+            "tokens": st.tokens, "cycles": r.cycles, "bit_exact": exact,
+            "isa_model_bit_exact": bool(np.array_equal(isa_logits[i], want[i])),
+            "traffic_matches_isa_model": all(r.traffic.get(k, 0) == v
+                                              for k, v in isa_traffic[i].items()),
+            "error_register": r.error, "sim_seconds": r.run_wall_s})
+    completed = len(res.steps) == len(host) and res.passed
+    decode_mask = [d for _, d in host][:len(res.steps)]
+    rtl_traffic = [r.traffic for r in res.steps]
+    tokens = res.tokens
+    float_tokens = float_generate(fd, ids, new_tokens + 1)
+    cycles = [s["cycles"] for s in report_steps]
+    dec = [s["cycles"] for s in report_steps if s["kind"] == "decode"]
+    wall = sum(r.run_wall_s for r in res.steps)
+    report = {
+        "bit_exact": bool(completed and all(s["bit_exact"] for s in report_steps)
+                          and tokens == g_tokens),
+        "completed": completed,
+        "prompt": ids, "new_tokens": new_tokens,
+        "steps": report_steps,
+        "tokens": tokens, "golden_tokens": g_tokens, "float_tokens": float_tokens,
+        "float_top1_agreement": top1_agreement(fd, qd, ids, g_tokens),
+        "isa_model_bit_exact": all(s["isa_model_bit_exact"] for s in report_steps),
+        "traffic": {"prefill": _sum_traffic(rtl_traffic, [not d for d in decode_mask]),
+                    "decode": _sum_traffic(rtl_traffic, decode_mask)},
+        "isa_model_traffic": {"prefill": _sum_traffic(isa_traffic, [not d for _, d in host]),
+                              "decode": _sum_traffic(isa_traffic, [d for _, d in host])},
+        "cycles": int(sum(cycles)),
+        "decode_cycles_per_step": (sum(dec) / len(dec)) if dec else None,
+        "sim_seconds": wall,
+        "cycles_per_second": sum(cycles) / wall if wall else 0.0,
+        "verilator_build_seconds": res.build_s,
+        "board": conf["board"],
+    }
+    if waves and res.waves:
+        report["waves"] = str(res.waves)
+    write_json(out / "reports" / "sim.json", report)
+    return report

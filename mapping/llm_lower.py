@@ -1,0 +1,717 @@
+"""Lower a quantized decoder (:class:`~hwflow.compiler.decoder.QDecoder`) to one decode program,
+the prefill programs and the memory image (docs/architecture.md, "Transformer path (v3)").
+
+Length-adaptive compilation: nothing in a program depends on the sequence position except
+through the POS register (LOAD/STORE with FLAG_POS, ATTN), so **one** decode program (rows = 1)
+serves every position and one prefill program per *bucket* of ``B`` rows serves every prompt
+chunk of up to ``B`` tokens at any start position. A program is, per run of ``rows`` rows::
+
+    GATHER ids -> x                         embedding rows of the token ids
+    LOAD(POS) rope table rows -> cs         cos/sin of positions POS .. POS+rows-1
+    per layer:
+      RMSNORM x -> h
+      MATMUL q, k, v (h)                    heads padded to hd_words*L channels (zero weights)
+      ROPE q, ROPE k                        in place
+      STORE(POS) k -> K cache, v -> V cache rows POS .. POS+rows-1
+      ATTN q, K, V -> att
+      MATMUL o (att) + x -> x               RESIDUAL: the new residual stream
+      RMSNORM x -> h
+      MATMUL gate (h) -> g, MATMUL up (h) -> u
+      SILUMUL g, u -> g                     in place
+      MATMUL down (g) + x -> x              RESIDUAL
+    RMSNORM x -> h; MATMUL lm_head (h) -> logits; STORE logits -> io; END
+
+Row strides (act words of L bytes): the residual stream ``x`` and ``h`` use ``ew`` =
+the embedding row padded to whole super-beats (GATHER writes rows ``n`` words apart and moves
+whole super-beats), so every linear that reads ``h`` has ``k_words = ew`` (zero weight columns
+past ``hidden``). ``q``/``att`` rows are ``heads * hd_words`` words, ``k``/``v`` rows
+``kv_stride * SB / L`` words (one cache row, so a STORE of ``rows`` rows fills ``rows``
+consecutive cache rows), ``g``/``u`` rows ``ceil(intermediate / L)``, ``logits`` rows the vocab
+padded to whole super-beats, ``cs`` rows one RoPE table row padded to whole super-beats.
+
+Slack rows: a prefill bucket of ``B`` rows started at a position ``p`` near ``max_context``
+runs ``B`` rows (the rows past the prompt run on token 0), so it reads RoPE rows and writes
+cache rows up to ``p + B - 1``. The RoPE table (zero rows) and every K/V cache therefore have
+``B_max - 1`` rows past ``max_context``, so those writes never reach another layer's cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwflow.compiler.decoder import QDecoder, QLinear
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import FLAG_INT4, FLAG_POS, FLAG_RESIDUAL, INSTR_BYTES, Instr, Opcode
+
+from .errors import MappingError
+from .lower import WeightPlan, plan_weights
+from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap
+from .weight_format import pack_weight_block
+
+__all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
+           "lower_decoder", "decode_memory_writes", "read_logits", "program_instructions",
+           "naive_program_bytes"]
+
+#: Smallest default prefill bucket (rows); smaller buckets only when 8 rows do not fit.
+MIN_BUCKET = 8
+#: Field limits of the instruction set the plan must respect (hw/isa.py LAYOUT).
+_U16 = (1 << 16) - 1
+_U8 = (1 << 8) - 1
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Row widths in act words and padded sizes, fixed by the model and the configuration."""
+
+    L: int
+    SB: int
+    ew: int          # residual stream / embedding row (whole super-beats)
+    hd_words: int    # one padded head
+    q_words: int     # q and att rows: heads * hd_words
+    kv_words: int    # k and v rows: one cache row
+    kv_stride: int   # super-beats per cache row
+    iw: int          # gate/up rows
+    lw: int          # logits rows (whole super-beats)
+    cs_words: int    # one RoPE table row (whole super-beats)
+
+    @classmethod
+    def of(cls, qd: QDecoder, cfg: AccelConfig) -> _Geometry:
+        s = qd.shape
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        hd_words = _cdiv(s.head_dim, L)
+        kv_stride = _cdiv(s.kv_heads * hd_words * L, SB)
+        return cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=hd_words,
+                   q_words=s.heads * hd_words, kv_words=kv_stride * SB // L,
+                   kv_stride=kv_stride, iw=_cdiv(s.intermediate, L),
+                   lw=_cdiv(s.vocab, SB) * SB // L,
+                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)    # head_dim int16 values
+
+    @property
+    def row_words(self) -> dict:
+        """Act words per row of every area of the static plan, in allocation order."""
+        return {"x": self.ew, "h": self.ew, "q": self.q_words, "k": self.kv_words,
+                "v": self.kv_words, "att": self.q_words, "gate": self.iw, "up": self.iw,
+                "cs": self.cs_words, "logits": self.lw}
+
+    @property
+    def words_per_row(self) -> int:
+        return sum(self.row_words.values())
+
+
+@dataclass(frozen=True)
+class ActPlan:
+    """Static activation-buffer plan of one program: named areas, each ``rows`` rows.
+
+    Attributes
+    ----------
+    rows : int
+        Activation rows of the program (1 for decode, ``B`` for a prefill bucket).
+    areas : dict
+        ``name -> (act word address, act words per row)``; the areas are disjoint and laid out
+        back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs, logits.
+    words : int
+        Act words used (``rows`` times the sum of the row widths).
+    """
+
+    rows: int
+    areas: dict
+    words: int
+
+    @classmethod
+    def build(cls, geo: _Geometry, rows: int) -> ActPlan:
+        areas, addr = {}, 0
+        for name, w in geo.row_words.items():
+            areas[name] = (addr, w)
+            addr += rows * w
+        return cls(rows, areas, addr)
+
+    def addr(self, name: str) -> int:
+        return self.areas[name][0]
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "words": self.words,
+                "areas": {k: {"addr": a, "words_per_row": w} for k, (a, w) in self.areas.items()}}
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """One program in the image."""
+
+    name: str            # "decode" or "prefill<B>"
+    rows: int            # activation rows it runs
+    prog_base: int       # super-beat address of its first instruction (PROG_BASE)
+    program: list        # the Instr list, END last
+    plan: ActPlan
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.program) * INSTR_BYTES
+
+
+@dataclass(frozen=True)
+class IoLayout:
+    """Host-visible I/O regions (addresses in super-beats).
+
+    ``ids``: a u32 LE token id per row at byte ``4b`` (the GATHER ids); ``logits``: row b's
+    ``vocab`` int8 logits at byte ``b * logits_words * L`` (padding bytes are 0).
+    """
+
+    ids_addr: int
+    ids_bytes: int
+    logits_addr: int
+    logits_words: int
+    logits_row_bytes: int
+    vocab: int
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """KV cache: per layer a K and a V region of ``rows`` cache rows of ``kv_stride``
+    super-beats; row j (position j), kv head g = bytes ``[g*hd_words*L, (g+1)*hd_words*L)``."""
+
+    k_bases: list
+    v_bases: list
+    kv_stride: int
+    hd_words: int
+    rows: int            # max_context + slack rows
+    max_context: int
+
+
+@dataclass
+class LoweredDecoder:
+    """Result of :func:`lower_decoder`.
+
+    Attributes
+    ----------
+    cfg : AccelConfig
+    image : bytes
+        The memory image (header, program, weights, kv, io; super-beat aligned).
+    memory_map : MemoryMap
+        Every region by name with kind ``program``, ``weights``, ``kv`` or ``io`` (no
+        ``activations`` region: nothing spills, in decode or prefill).
+    decode : ProgramInfo
+        The one decode program (rows = 1).
+    prefill : dict
+        ``bucket rows -> ProgramInfo``, ascending.
+    io : IoLayout
+    kv : KvLayout
+    max_context : int
+    reports : dict
+        ``programs`` (``{"decode": {"count", "bytes"}, "prefill": {"buckets", "count",
+        "bytes"}}``), ``naive_program_bytes``, ``program_reduction``, ``act_plans``,
+        ``layers`` (per linear: format, k_words, n_tiles, bytes).
+    """
+
+    cfg: AccelConfig
+    image: bytes
+    memory_map: MemoryMap
+    decode: ProgramInfo
+    prefill: dict
+    io: IoLayout
+    kv: KvLayout
+    max_context: int
+    reports: dict = field(default_factory=dict)
+
+    @property
+    def decode_prog_base(self) -> int:
+        return self.decode.prog_base
+
+    @property
+    def prefill_prog_bases(self) -> dict:
+        """``{bucket_rows: prog_base}``."""
+        return {b: p.prog_base for b, p in self.prefill.items()}
+
+    @property
+    def buckets(self) -> list:
+        return sorted(self.prefill)
+
+    @property
+    def naive_program_bytes(self) -> int:
+        return self.reports["naive_program_bytes"]
+
+    @property
+    def program_reduction(self) -> float:
+        return self.reports["program_reduction"]
+
+
+# ------------------------------------------------------------------------------ weights
+
+@dataclass(frozen=True)
+class _Tile:
+    k_words: int
+
+
+@dataclass(frozen=True)
+class _LinearOp:
+    """The part of an IR ``qlinear`` node :func:`mapping.lower.plan_weights` reads."""
+
+    attrs: dict
+    tile: _Tile
+
+
+@dataclass(frozen=True)
+class _Packed:
+    name: str
+    plan: WeightPlan
+    n_out: int
+    ql: QLinear
+    data: bytes
+
+
+def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
+    """Output channels of ``heads`` heads of ``hd`` rows each spread to ``hdp`` rows per head
+    (the extra rows zero weight, zero bias, zero multiplier: they compute exactly 0)."""
+    idx = (np.arange(heads)[:, None] * hdp + np.arange(hd)[None, :]).ravel()
+    w = np.zeros((heads * hdp, ql.weight.shape[1]), dtype=np.int8)
+    w[idx] = ql.weight
+    bias = np.zeros(heads * hdp, dtype=np.int64)
+    bias[idx] = ql.bias
+    mult = np.zeros(heads * hdp, dtype=np.int64)
+    mult[idx] = ql.mult
+    return w, bias, mult
+
+
+def _pad_head_cols(w: np.ndarray, heads: int, hd: int, hdp: int) -> np.ndarray:
+    idx = (np.arange(heads)[:, None] * hdp + np.arange(hd)[None, :]).ravel()
+    out = np.zeros((w.shape[0], heads * hdp), dtype=np.int8)
+    out[:, idx] = w
+    return out
+
+
+def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, bias=None,
+          mult=None) -> _Packed:
+    weight = ql.weight if weight is None else weight
+    bias = ql.bias if bias is None else bias
+    mult = ql.mult if mult is None else mult
+    if weight.shape[1] > k_words * cfg.chain_len:
+        raise MappingError(f"linear '{name}': {weight.shape[1]} input features exceed its input "
+                           f"rows of {k_words} words x {cfg.chain_len} B")
+    op = _LinearOp({"weight": np.asarray(weight, dtype=np.int8), "bias": bias, "mult": mult},
+                   _Tile(k_words))
+    plan = plan_weights(name, op, cfg)
+    try:
+        data = pack_weight_block(cfg, plan.fmt, op.attrs["weight"], bias, mult, k_words,
+                                 plan.n_tiles)
+    except ValueError as e:
+        raise MappingError(f"linear '{name}': cannot pack its weights as {plan.fmt.label}: "
+                           f"{e}") from None
+    return _Packed(name, plan, weight.shape[0], ql, data)
+
+
+def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry) -> list:
+    """Every linear packed in program order; if some do not fit the weight ring, the error
+    names the one that needs the most (so one rebuild with its weight_depth fits them all)."""
+    s = qd.shape
+    L, hd, hdp = cfg.chain_len, s.head_dim, geo.hd_words * cfg.chain_len
+    jobs = []
+    for i, ly in enumerate(qd.layers):
+        p = f"L{i}."
+        for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
+            ql = getattr(ly, nm)
+            w, b, m = _pad_heads_rows(ql, heads, hd, hdp)
+            jobs.append((p + nm, ql, geo.ew, w, b, m))
+        jobs.append((p + "o", ly.o, geo.q_words,
+                     _pad_head_cols(ly.o.weight, s.heads, hd, hdp), None, None))
+        jobs.append((p + "gate", ly.gate, geo.ew, None, None, None))
+        jobs.append((p + "up", ly.up, geo.ew, None, None, None))
+        jobs.append((p + "down", ly.down, geo.iw, None, None, None))
+    jobs.append(("lm_head", qd.lm_head, geo.ew, None, None, None))
+    out, errors = [], []
+    for name, ql, k_words, w, b, m in jobs:
+        try:
+            out.append(_pack(name, cfg, ql, k_words, w, b, m))
+        except MappingError as e:
+            errors.append((k_words, str(e)))
+    if errors:
+        worst = max(errors, key=lambda e: e[0])[1]
+        more = f" ({len(errors)} linears do not fit)" if len(errors) > 1 else ""
+        raise MappingError(worst + more)
+    assert all(pk.plan.k_words * L >= pk.ql.weight.shape[1] for pk in out)
+    return out
+
+
+# ------------------------------------------------------------------------------ programs
+
+@dataclass(frozen=True)
+class _Addrs:
+    """External addresses the programs name (super-beats)."""
+
+    embed: int
+    rope: int
+    ids: int
+    logits: int
+    weights: dict
+    k: tuple
+    v: tuple
+
+
+def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
+            res: int | None = None) -> Instr:
+    flags = FLAG_INT4 if pk.plan.fmt.int4 else 0
+    if res is not None:
+        flags |= FLAG_RESIDUAL
+    return Instr(Opcode.MATMUL, flags, int(pk.ql.shift), ext=wgt, a=x, out=out,
+                 b=0 if res is None else res, rows=rows, k_words=pk.plan.k_words,
+                 n_tiles=pk.plan.n_tiles, n=pk.n_out, words=out_words,
+                 mult_b=int(pk.ql.res_mult) if res is not None else 0,
+                 tile_mem_rows=pk.plan.tile_mem_rows, lgm=pk.plan.fmt.lgm, lgr=pk.plan.fmt.lgr)
+
+
+def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int) -> Instr:
+    eps, mult, shift = (int(v) for v in norm)
+    return Instr(Opcode.RMSNORM, shift=shift, a=a, out=out, rows=rows, eps=eps, n=n,
+                 words=words, mult_b=mult)
+
+
+def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: ActPlan,
+          ad: _Addrs) -> list:
+    """The program of ``plan.rows`` rows (see the module docstring for its shape)."""
+    s, L, SB, rows = qd.shape, geo.L, geo.SB, plan.rows
+    A = plan.addr
+    W, K, V = ad.weights, ad.k, ad.v
+    prog = [
+        Instr(Opcode.GATHER, ext=ad.embed, a=A("x"), n=geo.ew, rows=rows, ids=ad.ids,
+              stride=geo.ew * L // SB, table_rows=s.vocab),
+        Instr(Opcode.LOAD, FLAG_POS, ext=ad.rope, a=A("cs"), b=rows * geo.cs_words,
+              pos_stride=geo.cs_words * L // SB),
+    ]
+    hdp = geo.hd_words * L
+    for i, ly in enumerate(qd.layers):
+        pk = {nm: packed[f"L{i}.{nm}"] for nm in ("q", "k", "v", "o", "gate", "up", "down")}
+        w = {nm: W[f"L{i}.{nm}"] for nm in pk}
+        smul, sshift, omul, oshift = (int(v) for v in ly.attn)
+        silu_mult, silu_shift = (int(v) for v in ly.silu)
+        prog += [
+            _rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
+            _matmul(pk["q"], w["q"], A("h"), A("q"), rows, geo.q_words),
+            _matmul(pk["k"], w["k"], A("h"), A("k"), rows, geo.kv_words),
+            _matmul(pk["v"], w["v"], A("h"), A("v"), rows, geo.kv_words),
+            Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
+                  heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
+            Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
+                  heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
+            Instr(Opcode.STORE, FLAG_POS, ext=K[i], a=A("k"), b=rows * geo.kv_words,
+                  pos_stride=geo.kv_stride),
+            Instr(Opcode.STORE, FLAG_POS, ext=V[i], a=A("v"), b=rows * geo.kv_words,
+                  pos_stride=geo.kv_stride),
+            Instr(Opcode.ATTN, shift=oshift, ext=K[i], v_ext=V[i], a=A("q"), out=A("att"),
+                  q_words=geo.q_words, rows=rows, heads=s.heads, kv_heads=s.kv_heads,
+                  hd_words=geo.hd_words, kv_stride=geo.kv_stride, smul=smul, omul=omul,
+                  sshift=sshift),
+            _matmul(pk["o"], w["o"], A("att"), A("x"), rows, geo.ew, res=A("x")),
+            _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
+            _matmul(pk["gate"], w["gate"], A("h"), A("gate"), rows, geo.iw),
+            _matmul(pk["up"], w["up"], A("h"), A("up"), rows, geo.iw),
+            Instr(Opcode.SILUMUL, shift=silu_shift, a=A("gate"), out=A("gate"), b=A("up"),
+                  rows=rows, n=s.intermediate, words=geo.iw, mult_b=silu_mult),
+            _matmul(pk["down"], w["down"], A("gate"), A("x"), rows, geo.ew, res=A("x")),
+        ]
+    prog += [
+        _rmsnorm(qd.final_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
+        _matmul(packed["lm_head"], W["lm_head"], A("h"), A("logits"), rows, geo.lw),
+        Instr(Opcode.STORE, ext=ad.logits, a=A("logits"), b=rows * geo.lw),
+        Instr(Opcode.END),
+    ]
+    return prog
+
+
+def program_instructions(layers: int) -> int:
+    """Instructions of every program (decode or any bucket): ``15 * layers + 6``."""
+    return 15 * layers + 6
+
+
+def naive_program_bytes(layers: int, max_context: int, max_rows: int) -> dict:
+    """Program bytes without length-adaptive compilation (the position and the prompt length
+    compile-time constants).
+
+    Counted: one decode program per position ``p < max_context`` (the same instructions as the
+    shared decode program: the position only changes constant addresses and lengths), plus one
+    prefill program per prompt length ``T = 1 .. max_context``: a bucket-shaped program with
+    ``rows = T`` when ``T <= max_rows`` (the largest row count the activation buffer holds),
+    otherwise ``ceil(T / max_rows)`` such bodies in sequence (chunks of at most ``max_rows``
+    rows, the last one shorter) and one END. Instructions are 32 bytes.
+
+    Returns
+    -------
+    dict
+        ``decode_bytes``, ``prefill_bytes``, ``total_bytes``.
+    """
+    n = program_instructions(layers)
+    body = n - 1
+    decode = max_context * n * INSTR_BYTES
+    chunks = sum(_cdiv(t, max_rows) for t in range(1, max_context + 1))
+    prefill = (chunks * body + max_context) * INSTR_BYTES
+    return {"decode_bytes": decode, "prefill_bytes": prefill, "total_bytes": decode + prefill}
+
+
+# ------------------------------------------------------------------------------- buckets
+
+def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets) -> list:
+    wpr = geo.words_per_row
+    if wpr > cfg.act_depth:
+        raise MappingError(f"one activation row of the decoder needs {wpr} act words "
+                           f"({geo.row_words}), the activation buffer holds act_depth="
+                           f"{cfg.act_depth}; build the accelerator with act_depth >= {wpr}")
+    fits = min(cfg.act_depth // wpr, _U16)
+    if prompt_buckets is not None:
+        buckets = sorted({int(b) for b in prompt_buckets})
+        if not buckets or buckets[0] < 1:
+            raise MappingError(f"prompt buckets {list(prompt_buckets)}: need at least one "
+                               "bucket, every bucket >= 1 row")
+        if buckets[-1] > fits:
+            raise MappingError(f"prefill bucket of {buckets[-1]} rows needs "
+                               f"{buckets[-1] * wpr} act words ({wpr} per row), the activation "
+                               f"buffer holds act_depth={cfg.act_depth}")
+        return buckets
+    cap = min(fits, max(1, max_context))
+    start = MIN_BUCKET if cap >= MIN_BUCKET else 1
+    buckets, b = [], start
+    while b <= cap:
+        buckets.append(b)
+        b *= 2
+    return buckets
+
+
+# -------------------------------------------------------------------------------- lower
+
+def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
+    s = qd.shape
+    if s.heads % s.kv_heads or s.head_dim % 2:
+        raise MappingError(f"heads={s.heads}, kv_heads={s.kv_heads}, head_dim={s.head_dim}: "
+                           "need heads a multiple of kv_heads and an even head_dim")
+    for nm, v, hi in (("heads", s.heads, _U8), ("kv_heads", s.kv_heads, _U8),
+                      ("hd_words", geo.hd_words, _U8), ("kv_stride", geo.kv_stride, _U8),
+                      ("head_dim", s.head_dim, _U16), ("vocab", s.vocab, (1 << 32) - 1)):
+        if v > hi:
+            raise MappingError(f"{nm}={v} exceeds the ATTN/ROPE/GATHER field limit {hi}")
+
+
+def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> LoweredDecoder:
+    """Lower a quantized decoder to the decode program, the prefill programs and the image.
+
+    Parameters
+    ----------
+    qd : QDecoder
+        The quantized decoder (``compiler.llm_quant``), ``qd.rope`` a table of at least
+        ``max_context`` rows (``golden.llm.rope_table``).
+    cfg : AccelConfig
+        The accelerator.
+    prompt_buckets : iterable of int, optional
+        Prefill bucket sizes (rows). Default: powers of two from 8 up to the largest that
+        fits the activation buffer and ``max_context`` (from 1 if 8 rows do not fit).
+
+    Returns
+    -------
+    LoweredDecoder
+
+    Raises
+    ------
+    MappingError
+        One row does not fit the activation buffer (needs ``act_depth >= words per row``),
+        a bucket does not fit, a linear's two tiles do not fit the weight ring, a field
+        overflows, or the image exceeds the port address space.
+    """
+    s = qd.shape
+    T = int(qd.max_context)
+    geo = _Geometry.of(qd, cfg)
+    _check_fields(qd, geo)
+    if qd.rope.shape[0] < T or qd.rope.shape[1] != s.head_dim:
+        raise MappingError(f"RoPE table {list(qd.rope.shape)} does not cover max_context={T} "
+                           f"positions of head_dim={s.head_dim}")
+    buckets = _buckets(geo, cfg, T, prompt_buckets)
+    max_rows = max(buckets)
+    slack = max_rows - 1
+    L, SB = cfg.chain_len, cfg.beat_bytes
+
+    packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo)}
+    plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
+    n_instr = program_instructions(len(qd.layers))
+
+    ib = ImageBuilder(cfg)
+    prog_regions = {"decode": ib.reserve("program:decode", "program", n_instr * INSTR_BYTES,
+                                         rows=1)}
+    for b in buckets:
+        prog_regions[b] = ib.reserve(f"program:prefill{b}", "program", n_instr * INSTR_BYTES,
+                                     rows=b)
+    # weights: the gather table, the RoPE table, then the linears in program order
+    emb = np.zeros((s.vocab, geo.ew * L), dtype=np.int8)
+    emb[:, :s.hidden] = qd.embed
+    r_emb = ib.append("weights:embed", "weights", emb.tobytes(), shape=[s.vocab, s.hidden],
+                      rows=s.vocab, words=geo.ew, features=s.hidden,
+                      layout=f"GATHER table: row id at super-beat id*{geo.ew * L // SB}, "
+                             "int8, zero padded")
+    cs = np.zeros((T + slack, geo.cs_words * L), dtype=np.uint8)
+    tab = np.ascontiguousarray(qd.rope[:T].astype("<i2"))
+    cs[:T, :2 * s.head_dim] = tab.view(np.uint8).reshape(T, 2 * s.head_dim)
+    r_rope = ib.append("weights:rope", "weights", cs.tobytes(), shape=[T, s.head_dim],
+                       rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
+                       layout=f"per position: {s.head_dim // 2} int16 cos then "
+                              f"{s.head_dim // 2} int16 sin (Q1.14, LE), zero padded; "
+                              f"{slack} zero slack rows")
+    wregion, layers_report = {}, []
+    for name, pk in packed.items():
+        p = pk.plan
+        wregion[name] = ib.append(
+            f"weights:{name}", "weights", pk.data, shape=list(pk.ql.weight.shape),
+            layout=f"{p.fmt.label}: {p.n_tiles} tiles x {p.tile_mem_rows} rows of "
+                   f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
+        layers_report.append({"name": name, "format": p.fmt.label, "k_words": p.k_words,
+                              "n_tiles": p.n_tiles, "tile_mem_rows": p.tile_mem_rows,
+                              "out_features": int(pk.ql.weight.shape[0]),
+                              "in_features": int(pk.ql.weight.shape[1]),
+                              "weight_bytes": len(pk.data)})
+    kv_rows = T + slack
+    kv_bytes = kv_rows * geo.kv_stride * SB
+    k_regions, v_regions = [], []
+    for i in range(len(qd.layers)):
+        for nm, lst in (("k", k_regions), ("v", v_regions)):
+            lst.append(ib.reserve(f"kv:L{i}.{nm}", "kv", kv_bytes,
+                                  shape=[kv_rows, s.kv_heads, s.head_dim], rows=kv_rows,
+                                  words=geo.kv_words, features=s.kv_heads * geo.hd_words * L,
+                                  layout=f"row j (position j) at super-beat j*{geo.kv_stride}; "
+                                         f"kv head g at bytes [g*{geo.hd_words * L}, ...), "
+                                         f"{s.head_dim} valid; {slack} slack rows"))
+    r_ids = ib.reserve("io:ids", "io", _cdiv(4 * max_rows, SB) * SB, shape=[max_rows],
+                       rows=max_rows, layout="u32 LE token id per row at byte 4b")
+    r_logits = ib.reserve("io:logits", "io", max_rows * geo.lw * L,
+                          shape=[max_rows, s.vocab], rows=max_rows, words=geo.lw,
+                          features=s.vocab, scale=float(qd.scales.get("logits", 0.0)),
+                          layout="row b at byte b*words*L, int8, zero padded")
+    image, mm = ib.finish(sections=[("program",), ("weights",), ("kv",), ("io",)],
+                          version=LLM_VERSION)
+    if mm.total_bytes // SB > (1 << cfg.addr_bits):
+        raise MappingError(f"memory image of {mm.total_bytes // SB} super-beats exceeds the "
+                           f"{cfg.addr_bits}-bit port address space ({1 << cfg.addr_bits})")
+
+    ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
+                weights={k: r.addr for k, r in wregion.items()},
+                k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions))
+    image = bytearray(image)
+    infos = {}
+    for key, region in prog_regions.items():
+        rows = 1 if key == "decode" else key
+        prog = _emit(qd, cfg, geo, packed, plans[rows], ad)
+        code = b"".join(i.encode() for i in prog)
+        assert len(code) == region.nbytes
+        start = region.addr * SB
+        image[start:start + len(code)] = code
+        name = "decode" if key == "decode" else f"prefill{key}"
+        infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
+
+    decode = infos.pop("decode")
+    naive = naive_program_bytes(len(qd.layers), T, max_rows)
+    shared = decode.nbytes + sum(p.nbytes for p in infos.values())
+    reports = {
+        "programs": {"decode": {"count": 1, "bytes": decode.nbytes},
+                     "prefill": {"buckets": list(buckets), "count": len(buckets),
+                                 "bytes": sum(p.nbytes for p in infos.values())}},
+        "naive_program_bytes": naive["total_bytes"],
+        "naive_programs": naive,
+        "program_reduction": naive["total_bytes"] / shared,
+        "act_plans": {"decode": decode.plan.to_dict()}
+        | {f"prefill{b}": p.plan.to_dict() for b, p in infos.items()},
+        "act_words_per_row": geo.words_per_row,
+        "layers": layers_report,
+    }
+    io = IoLayout(ids_addr=r_ids.addr, ids_bytes=r_ids.nbytes, logits_addr=r_logits.addr,
+                  logits_words=geo.lw, logits_row_bytes=geo.lw * L, vocab=s.vocab,
+                  max_rows=max_rows)
+    kv = KvLayout(k_bases=[r.addr for r in k_regions], v_bases=[r.addr for r in v_regions],
+                  kv_stride=geo.kv_stride, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
+    return LoweredDecoder(cfg, bytes(image), mm, decode, dict(sorted(infos.items())), io, kv,
+                          T, reports)
+
+
+# ----------------------------------------------------------------------------- host side
+
+@dataclass(frozen=True)
+class HostStep:
+    """What the host does for one run: write ``writes``, set POS and PROG_BASE, start, then
+    read ``tokens`` rows of logits.
+
+    Attributes
+    ----------
+    prog_base : int
+        Super-beat address of the program to run (decode, or the smallest bucket that holds
+        the chunk).
+    pos : int
+        The POS register (position of the first token).
+    rows : int
+        Rows the program runs (1 or the bucket size).
+    tokens : int
+        Real tokens of the chunk (rows past it run on token 0).
+    writes : list of (int, bytes)
+        ``(byte address, data)`` to write into external memory before the start.
+    logits_addr : int
+        Byte address of row 0's logits; row b at ``logits_addr + b * logits_row_bytes``.
+    logits_row_bytes : int
+    vocab : int
+    """
+
+    prog_base: int
+    pos: int
+    rows: int
+    tokens: int
+    writes: list
+    logits_addr: int
+    logits_row_bytes: int
+    vocab: int
+
+
+def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
+    """The host's side of one run: ``ids`` (one token: the decode program; more: a prefill
+    chunk, run by the smallest bucket that holds it) at position ``pos``.
+
+    Raises
+    ------
+    ValueError
+        No tokens, an id outside the vocabulary, a chunk larger than the largest bucket (split
+        the prompt into chunks of at most that many tokens), or ``pos + len(ids)`` past
+        ``max_context``.
+    """
+    ids = [int(t) for t in np.asarray(ids).ravel()]
+    n, vocab = len(ids), lowered.io.vocab
+    if n == 0:
+        raise ValueError("no token ids to run")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"token id {bad[0]} outside the vocabulary of {vocab}")
+    if pos < 0 or pos + n > lowered.max_context:
+        raise ValueError(f"positions {pos}..{pos + n - 1} exceed max_context="
+                         f"{lowered.max_context}")
+    if n == 1:
+        prog = lowered.decode
+    else:
+        fit = [b for b in lowered.buckets if b >= n]
+        if not fit:
+            raise ValueError(f"a chunk of {n} tokens exceeds the largest prefill bucket "
+                             f"({lowered.buckets[-1]} rows); split the prompt into chunks of at "
+                             f"most {lowered.buckets[-1]} tokens")
+        prog = lowered.prefill[fit[0]]
+    SB = lowered.cfg.beat_bytes
+    data = np.zeros(_cdiv(4 * prog.rows, SB) * SB // 4, dtype="<u4")
+    data[:n] = ids
+    return HostStep(prog.prog_base, int(pos), prog.rows, n,
+                    [(lowered.io.ids_addr * SB, data.tobytes())],
+                    lowered.io.logits_addr * SB, lowered.io.logits_row_bytes, vocab)
+
+
+def read_logits(step: HostStep, memory) -> np.ndarray:
+    """int8 logits ``[step.tokens, vocab]`` from the image after the run (``memory``: bytes,
+    or anything with ``read(byte_addr, nbytes)`` such as ``sim.isa_model.IsaModel``)."""
+    nbytes = step.tokens * step.logits_row_bytes
+    if hasattr(memory, "read"):
+        raw = memory.read(step.logits_addr, nbytes)
+    else:
+        raw = bytes(memory[step.logits_addr: step.logits_addr + nbytes])
+    arr = np.frombuffer(raw, dtype=np.int8).reshape(step.tokens, step.logits_row_bytes)
+    return arr[:, :step.vocab].copy()

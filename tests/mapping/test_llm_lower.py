@@ -1,0 +1,386 @@
+"""mapping.llm_lower: one decode program and the prefill buckets, run on the ISA functional model,
+give exactly the logits of the golden composition of the decoder (golden/llm.py + golden/int8.py),
+at any position, for prompts shorter than a bucket and for prompts in several chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwflow.compiler.decoder import DecoderShape, QDecoder, QLayer, QLinear
+from hwflow.golden import int8 as g8
+from hwflow.golden import llm as gl
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import INSTR_BYTES, Opcode
+from hwflow.mapping.errors import MappingError
+from hwflow.mapping.llm_lower import (
+    decode_memory_writes,
+    lower_decoder,
+    naive_program_bytes,
+    program_instructions,
+    read_logits,
+)
+from hwflow.sim.isa_model import GatherRangeError, IsaModel
+
+#: L = 8, SB = 32 B: hidden 120 -> residual rows of 16 words, heads of 20 -> 24 B, a cache row
+#: 2 x 24 B -> 64 B (kv_stride 2).
+CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
+                  weight_depth=64)
+#: SB = 64 B: the embedding row (120 B) and the cache row (48 B) pad differently.
+CFG64 = AccelConfig(chains=8, chain_len=8, mem_ports=2, port_bytes=32, act_depth=4096,
+                    weight_depth=64)
+SHAPE = DecoderShape(vocab=320, hidden=120, layers=2, heads=6, kv_heads=2, head_dim=20,
+                     intermediate=200, max_position=2048, rope_theta=10000.0, rms_eps=1e-5)
+
+
+# ------------------------------------------------------------------- golden composition
+
+class Cache:
+    """Per layer K and V int8 ``[max_context, kv_heads * head_dim]``."""
+
+    def __init__(self, qd: QDecoder):
+        width = qd.shape.kv_heads * qd.shape.head_dim
+        self.k = [np.zeros((qd.max_context, width), dtype=np.int8) for _ in qd.layers]
+        self.v = [np.zeros((qd.max_context, width), dtype=np.int8) for _ in qd.layers]
+
+
+def _linear(ql: QLinear, x, res=None):
+    acc = g8.matmul(x, ql.weight)
+    return g8.requantize(acc, ql.bias, ql.mult, ql.shift, res=res,
+                         res_mult=ql.res_mult if res is not None else 0)
+
+
+def reference_step(qd: QDecoder, ids, pos: int, cache: Cache, calibrate=None):
+    """The decoder on ``rows`` tokens at positions ``pos..``, composed of golden kernels.
+
+    ``calibrate(kind, layer, value)`` (building the test model only) may set parameters from the
+    values flowing through before they are used.
+    """
+    s = qd.shape
+    cal = calibrate or (lambda *a: None)
+    ids = np.asarray(ids)
+    rows = len(ids)
+    x = qd.embed[ids]
+    tab = qd.rope[pos:pos + rows]
+    for i, ly in enumerate(qd.layers):
+        cal("attn_norm", ly, x)
+        h = gl.rmsnorm(x, *ly.attn_norm)
+        for nm in ("q", "k", "v"):
+            cal(nm, getattr(ly, nm), h)
+        q, k, v = (_linear(getattr(ly, nm), h) for nm in ("q", "k", "v"))
+        q = gl.rope(q, tab, s.heads, s.head_dim)
+        k = gl.rope(k, tab, s.kv_heads, s.head_dim)
+        cache.k[i][pos:pos + rows] = k
+        cache.v[i][pos:pos + rows] = v
+        cal("attn", ly, (q, cache.k[i][:pos + rows], cache.v[i][:pos + rows], pos))
+        smul, sshift, omul, oshift = ly.attn
+        a = gl.attention(q, cache.k[i], cache.v[i], pos, s.heads, s.kv_heads, s.head_dim,
+                         smul, sshift, omul, oshift)
+        cal("o", ly.o, a)
+        x = _linear(ly.o, a, res=x)
+        cal("mlp_norm", ly, x)
+        h = gl.rmsnorm(x, *ly.mlp_norm)
+        cal("gate", ly.gate, h)
+        cal("up", ly.up, h)
+        g, u = _linear(ly.gate, h), _linear(ly.up, h)
+        cal("silu", ly, (g, u))
+        y = gl.silu_mul(g, u, *ly.silu)
+        cal("down", ly.down, y)
+        x = _linear(ly.down, y, res=x)
+    cal("final_norm", qd, x)
+    h = gl.rmsnorm(x, *qd.final_norm)
+    cal("lm_head", qd.lm_head, h)
+    return _linear(qd.lm_head, h)
+
+
+# ------------------------------------------------------------------------ random model
+
+def _mult(real: float) -> tuple[int, int]:
+    shift = g8.choose_shift(np.array([real]))
+    return int(g8.quantize_multiplier(np.array([real]), shift)[0]), shift
+
+
+def _calibrate(kind, obj, value):
+    """Choose multipliers from the values seen so that activations spread over int8 without
+    saturating much (std about 25-35)."""
+    if kind in ("attn_norm", "mlp_norm", "final_norm"):
+        h = value.shape[-1]
+        mult, shift = _mult(35 * np.sqrt(h) / 2.0**32)
+        norm = (10, mult, shift)
+        if kind == "final_norm":
+            obj.final_norm = norm
+        else:
+            setattr(obj, kind, norm)
+    elif kind == "attn":
+        q, k, v, pos = value
+        hd = k.shape[1] // SHAPE.kv_heads
+        qk = q[:, :hd].astype(np.int64) @ k[:, :hd].astype(np.int64).T
+        smul, sshift = _mult(600.0 / max(qk.std(), 1.0))
+        omul, oshift = _mult(1.5 / 2**15)
+        obj.attn = (smul, sshift, omul, oshift)
+    elif kind == "silu":
+        g, u = value
+        p = gl.SILU_LUT[g.astype(np.int64) + 128] * u
+        obj.silu = _mult(30.0 / max(p.std(), 1.0))
+    else:                                   # a linear, before it runs on ``value``
+        acc = g8.matmul(value, obj.weight) + obj.bias
+        target = 16.0 if kind in ("o", "down") else 30.0
+        if kind in ("o", "down"):           # residual: shift 16, res_mult 0.85
+            obj.shift, obj.res_mult = 16, int(0.85 * 65536)
+            m = np.full(len(obj.mult), round(target / max(acc.std(), 1.0) * 65536))
+        else:
+            m1, obj.shift = _mult(target / max(acc.std(), 1.0))
+            m = np.full(len(obj.mult), m1)
+        obj.mult = np.clip(m + np.arange(len(m)) % 7 - 3, 1, 65535).astype(np.int64)
+
+
+def random_decoder(seed: int = 0, max_context: int = 64, layers: int = 2) -> QDecoder:
+    """A random QDecoder of :data:`SHAPE` with multipliers calibrated on a random prompt."""
+    rng = np.random.default_rng(seed)
+    s = SHAPE
+    shape = DecoderShape(**{**s.to_dict(), "layers": layers})
+
+    def lin(n, k):
+        return QLinear(rng.integers(-31, 32, (n, k)).astype(np.int8),
+                       rng.integers(-2000, 2000, n).astype(np.int64),
+                       np.ones(n, dtype=np.int64), 0)
+
+    q_layers = []
+    for _ in range(layers):
+        q_layers.append(QLayer(
+            attn_norm=(0, 1, 0), q=lin(s.heads * s.head_dim, s.hidden),
+            k=lin(s.kv_heads * s.head_dim, s.hidden), v=lin(s.kv_heads * s.head_dim, s.hidden),
+            attn=(1, 0, 1, 0), o=lin(s.hidden, s.heads * s.head_dim), mlp_norm=(0, 1, 0),
+            gate=lin(s.intermediate, s.hidden), up=lin(s.intermediate, s.hidden),
+            silu=(1, 0), down=lin(s.hidden, s.intermediate)))
+    qd = QDecoder("random", shape, rng.integers(-60, 61, (s.vocab, s.hidden)).astype(np.int8),
+                  gl.rope_table(max_context, s.head_dim, s.rope_theta), q_layers, (0, 1, 0),
+                  lin(s.vocab, s.hidden), max_context, {"logits": 0.1})
+    reference_step(qd, rng.integers(0, s.vocab, 24), 0, Cache(qd), calibrate=_calibrate)
+    return qd
+
+
+@pytest.fixture(scope="module")
+def qd():
+    return random_decoder()
+
+
+@pytest.fixture(scope="module")
+def lowered(qd):
+    return lower_decoder(qd, CFG)
+
+
+def _golden_steps():
+    """The reference compositions to compare with: always this file's, and the compiler's
+    golden interpreter once compiler/llm_interpret.py exists."""
+    steps = [("composition", Cache, reference_step)]
+    try:
+        from hwflow.compiler.llm_interpret import KVCache, golden_step
+    except ImportError:
+        return steps
+    steps.append(("llm_interpret", KVCache.empty, golden_step))
+    return steps
+
+
+def _run(model: IsaModel, low, ids, pos):
+    step = decode_memory_writes(low, ids, pos)
+    for addr, data in step.writes:
+        model.write(addr, data)
+    model.reset_stats()
+    stats = model.run(step.prog_base, pos=step.pos)
+    return read_logits(step, model), stats, step
+
+
+# ------------------------------------------------------------------------------- tests
+
+def test_model_values_are_spread_not_saturated(qd):
+    logits = reference_step(qd, [1, 2, 3, 4], 0, Cache(qd))
+    assert logits.std() > 10 and np.mean(np.abs(logits.astype(int)) == 128) < 0.05
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG64], ids=["SB32", "SB64"])
+def test_prefill_and_decode_match_golden(qd, cfg):
+    """A 5-token prompt in the 8-row bucket, then decode steps at positions 5 and 6; a
+    21-token prompt as two chunks (16 + 5 rows), then a decode step at 21 (keys past one
+    attention block of 16)."""
+    low = lower_decoder(qd, cfg)
+    assert low.buckets == [8, 16]
+    rng = np.random.default_rng(5)
+    for name, new_cache, step in _golden_steps():
+        model = IsaModel(cfg, low.image, regions=low.memory_map)
+        cache = new_cache(qd)
+        prompt = rng.integers(0, qd.shape.vocab, 5)
+        got, _, st = _run(model, low, prompt, 0)
+        assert st.rows == 8 and st.prog_base == low.prefill_prog_bases[8]
+        np.testing.assert_array_equal(got, step(qd, prompt, 0, cache), err_msg=name)
+        for pos in (5, 6):
+            tok = rng.integers(0, qd.shape.vocab, 1)
+            got, _, st = _run(model, low, tok, pos)
+            assert st.prog_base == low.decode_prog_base
+            np.testing.assert_array_equal(got, step(qd, tok, pos, cache), err_msg=name)
+
+        model = IsaModel(cfg, low.image, regions=low.memory_map)
+        cache = new_cache(qd)
+        prompt = rng.integers(0, qd.shape.vocab, 21)
+        for lo, hi in ((0, 16), (16, 21)):
+            got, _, _ = _run(model, low, prompt[lo:hi], lo)
+            np.testing.assert_array_equal(got, step(qd, prompt[lo:hi], lo, cache),
+                                          err_msg=name)
+        tok = rng.integers(0, qd.shape.vocab, 1)
+        got, _, _ = _run(model, low, tok, 21)
+        np.testing.assert_array_equal(got, step(qd, tok, 21, cache), err_msg=name)
+
+
+def test_one_layer_at_the_end_of_the_context(qd):
+    """One layer; a 3-token chunk in the 8-row bucket at the last positions: the bucket's five
+    extra rows land in the slack rows of the RoPE table and the caches, not in the next
+    cache."""
+    one = random_decoder(seed=3, layers=1)
+    low = lower_decoder(one, CFG)
+    model = IsaModel(CFG, low.image, regions=low.memory_map)
+    cache = Cache(one)
+    rng = np.random.default_rng(9)
+    prompt = rng.integers(0, one.shape.vocab, 61)
+    for lo in range(0, 61, 16):
+        hi = min(lo + 16, 61)
+        got, _, _ = _run(model, low, prompt[lo:hi], lo)
+        np.testing.assert_array_equal(got, reference_step(one, prompt[lo:hi], lo, cache))
+    got, _, _ = _run(model, low, prompt[:3], 61)
+    np.testing.assert_array_equal(got, reference_step(one, prompt[:3], 61, cache))
+    assert low.kv.rows == 64 + 15 and low.kv.v_bases[0] - low.kv.k_bases[0] == 79 * 2
+    # every real cache row equals golden's: the bucket's extra rows went to the slack rows
+    for base, want in ((low.kv.k_bases[0], cache.k[0]), (low.kv.v_bases[0], cache.v[0])):
+        np.testing.assert_array_equal(_cache_rows(model, low, base, 64), want)
+
+
+def _cache_rows(model, low, base, n):
+    """Cache rows ``0..n-1`` of a K/V region as ``[n, kv_heads * head_dim]`` (heads unpadded)."""
+    s, L, SB = SHAPE, CFG.chain_len, CFG.beat_bytes
+    raw = np.frombuffer(model.read(base * SB, n * low.kv.kv_stride * SB), dtype=np.int8)
+    rows = raw.reshape(n, low.kv.kv_stride * SB)
+    hdp = low.kv.hd_words * L
+    return np.concatenate([rows[:, g * hdp:g * hdp + s.head_dim] for g in range(s.kv_heads)],
+                          axis=1)
+
+
+def test_decode_program_is_one_program_for_every_position(lowered):
+    low = lowered
+    SB = CFG.beat_bytes
+    n = program_instructions(2)
+    assert len(low.decode.program) == n == 36
+    start = low.decode_prog_base * SB
+    code = low.image[start:start + n * INSTR_BYTES]
+    assert code == b"".join(i.encode() for i in low.decode.program)
+    bases = {decode_memory_writes(low, [7], p).prog_base for p in range(low.max_context)}
+    assert bases == {low.decode_prog_base}
+    # the host writes only the ids; the program bytes never change with the position
+    for p in (0, 33, 63):
+        st = decode_memory_writes(low, [7], p)
+        assert [a for a, _ in st.writes] == [low.io.ids_addr * SB]
+    ops = [i.op for i in low.decode.program]
+    assert ops[:2] == [Opcode.GATHER, Opcode.LOAD] and ops[-2:] == [Opcode.STORE, Opcode.END]
+    assert ops.count(Opcode.ATTN) == 2 and ops.count(Opcode.MATMUL) == 2 * 7 + 1
+    for b, prog in low.prefill.items():
+        assert [i.op for i in prog.program] == ops and all(
+            i.rows in (0, b) for i in prog.program)
+
+
+def test_decode_traffic_keeps_activations_on_chip(qd, lowered):
+    low = lowered
+    SB = CFG.beat_bytes
+    model = IsaModel(CFG, low.image, regions=low.memory_map)
+    _run(model, low, [3, 4, 5], 0)
+    _, stats, _ = _run(model, low, [6], 3)
+    t = stats.to_dict()["traffic"]
+    assert t["activations_read"] == t["activations_written"] == 0
+    assert t["other_read"] == t["other_written"] == 0
+    kv_row = low.kv.kv_stride * SB
+    assert t["kv_written"] == 2 * 2 * kv_row                     # K and V, 2 layers, 1 row
+    assert t["kv_read"] == 2 * 2 * 4 * kv_row                    # 4 keys per layer
+    assert t["io_read"] == SB and t["io_written"] == low.io.logits_row_bytes
+    assert t["program_read"] == program_instructions(2) * INSTR_BYTES
+    weights = sum(r.nbytes for r in low.memory_map.regions
+                  if r.kind == "weights" and r.name not in ("weights:embed", "weights:rope"))
+    emb_row = low.memory_map.region("weights:embed").words * CFG.chain_len
+    cs_row = low.memory_map.region("weights:rope").words * CFG.chain_len
+    assert t["weights_read"] == weights + emb_row + cs_row
+
+
+def test_gather_out_of_range_id(lowered):
+    low = lowered
+    model = IsaModel(CFG, low.image, regions=low.memory_map)
+    with pytest.raises(ValueError, match="token id 320 outside the vocabulary of 320"):
+        decode_memory_writes(low, [320], 0)
+    step = decode_memory_writes(low, [1], 0)
+    model.write(low.io.ids_addr * CFG.beat_bytes, np.array([320], dtype="<u4").tobytes())
+    with pytest.raises(GatherRangeError, match="token id 320 >= table_rows=320") as e:
+        model.run(step.prog_base, pos=0)
+    assert e.value.error == 3 and e.value.index == 0
+
+
+def test_host_step_checks(lowered):
+    low = lowered
+    with pytest.raises(ValueError, match="split the prompt into chunks of at most 16"):
+        decode_memory_writes(low, list(range(17)), 0)
+    with pytest.raises(ValueError, match="exceed max_context=64"):
+        decode_memory_writes(low, [1, 2], 63)
+    st = decode_memory_writes(low, [5, 6, 7], 10)
+    assert st.rows == 8 and st.tokens == 3 and st.pos == 10
+    ids = np.frombuffer(st.writes[0][1], dtype="<u4")
+    assert list(ids[:8]) == [5, 6, 7, 0, 0, 0, 0, 0]
+
+
+def test_memory_map_and_header(lowered):
+    low = lowered
+    mm = low.memory_map
+    assert {r.kind for r in mm.regions} == {"header", "program", "weights", "kv", "io"}
+    kinds = [r.kind for r in mm.regions]
+    order = ["header", "program", "weights", "kv", "io"]
+    assert sorted(kinds, key=order.index) == kinds               # sections in layout order
+    for r in mm.regions:
+        assert (r.addr * CFG.beat_bytes) % CFG.beat_bytes == 0
+    hdr = np.frombuffer(low.image[:44], dtype="<u4")
+    assert low.image[:4] == b"HWFL" and hdr[1] == 3 and hdr[2] == CFG.beat_bytes
+    assert hdr[3] == mm.region("program:decode").addr and hdr[7] == low.kv.k_bases[0]
+    assert hdr[9] == low.io.ids_addr
+    assert len(low.image) == mm.total_bytes
+    assert low.reports["programs"]["prefill"] == {"buckets": [8, 16], "count": 2,
+                                                  "bytes": 2 * 36 * INSTR_BYTES}
+
+
+def test_act_plan_areas_are_disjoint(lowered):
+    for prog in [lowered.decode, *lowered.prefill.values()]:
+        spans = sorted((a, a + prog.rows * w) for a, w in prog.plan.areas.values())
+        assert all(e0 <= s1 for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False))
+        assert spans[-1][1] == prog.plan.words <= CFG.act_depth
+
+
+def test_mapping_errors_name_the_numbers(qd):
+    from dataclasses import replace
+    with pytest.raises(MappingError, match=r"act_depth >= 182"):
+        lower_decoder(qd, replace(CFG, act_depth=150))
+    with pytest.raises(MappingError, match=r"L0.down.*weight_depth >= 58"):
+        lower_decoder(qd, replace(CFG, weight_depth=40))
+    with pytest.raises(MappingError, match=r"bucket of 32 rows needs 5824 act words"):
+        lower_decoder(qd, CFG, prompt_buckets=[8, 32])
+    small = lower_decoder(qd, replace(CFG, act_depth=182 * 5))
+    assert small.buckets == [1, 2, 4]
+
+
+def test_naive_program_bytes_at_2048():
+    qd = random_decoder(max_context=2048)
+    low = lower_decoder(qd, CFG)
+    rep = low.reports
+    shared = rep["programs"]["decode"]["bytes"] + rep["programs"]["prefill"]["bytes"]
+    n = program_instructions(2)
+    assert rep["programs"]["decode"] == {"count": 1, "bytes": n * INSTR_BYTES}
+    want = naive_program_bytes(2, 2048, max(low.buckets))
+    assert rep["naive_program_bytes"] == want["total_bytes"]
+    assert want["decode_bytes"] == 2048 * n * INSTR_BYTES
+    assert rep["program_reduction"] == pytest.approx(want["total_bytes"] / shared)
+    print(f"\nmax_context 2048, buckets {low.buckets}: shared programs {shared} B "
+          f"(decode {rep['programs']['decode']['bytes']} B + {rep['programs']['prefill']['count']}"
+          f" prefill {rep['programs']['prefill']['bytes']} B); naive {rep['naive_program_bytes']}"
+          f" B (decode {want['decode_bytes']} B, prefill {want['prefill_bytes']} B); reduction "
+          f"{rep['program_reduction']:.0f}x")
+    assert rep["program_reduction"] > 1000

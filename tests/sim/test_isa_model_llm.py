@@ -1,0 +1,287 @@
+"""ISA model, transformer instructions (docs/architecture.md, "Transformer path (v3)"): encoding
+round trips, and hand-assembled programs checked against the kernels of golden/llm.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwflow.golden import llm as gl
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import (
+    ERROR_GATHER_RANGE,
+    FLAG_POS,
+    FLAG_RELU,
+    FLAG_RESIDUAL,
+    LAYOUT,
+    Instr,
+    Opcode,
+    decode,
+)
+from hwflow.sim.isa_model import GatherRangeError, IsaError, IsaModel, run_program
+
+#: L = 4, SB = 16 B (four words), act_depth 512.
+CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
+                  weight_depth=64, addr_bits=16)
+L, SB = CFG.chain_len, CFG.beat_bytes
+
+
+# ---------------------------------------------------------------------------- encoding
+
+def _max_fields(op: Opcode) -> dict:
+    out = {}
+    for name, _w, _lo, bits in LAYOUT[op]:
+        hi = (1 << bits) - 1
+        out[name] = {"lgm": 4, "lgr": 2}.get(name, hi)
+    return out
+
+
+@pytest.mark.parametrize("op", list(LAYOUT))
+def test_round_trip_every_field_at_its_limit_and_random(op):
+    rng = np.random.default_rng(int(op))
+    ins = Instr(op, flags=0xFF if op != Opcode.MATMUL else FLAG_RELU, shift=47,
+                **_max_fields(op))
+    assert decode(ins.encode()) == ins
+    for _ in range(20):
+        f = {n: int(rng.integers(0, {"lgm": 5, "lgr": 3}.get(n, 1 << min(bits, 31))))
+             for n, _w, _lo, bits in LAYOUT[op]}
+        ins = Instr(op, flags=int(rng.integers(0, 16)), shift=int(rng.integers(0, 48)), **f)
+        assert decode(ins.encode()) == ins
+
+
+def test_v3_field_positions_match_the_doc():
+    w = np.frombuffer(Instr(Opcode.ATTN, shift=9, ext=1, v_ext=2, a=3, out=4, q_words=5,
+                            rows=6, heads=7, kv_heads=8, hd_words=9, kv_stride=10, smul=11,
+                            omul=12, sshift=13).encode(), dtype="<u4")
+    assert list(w) == [0x09 | 9 << 16, 1, 3 | 4 << 16, 5 | 6 << 16, 2,
+                       7 | 8 << 8 | 9 << 16 | 10 << 24, 11 | 12 << 16, 13]
+    w = np.frombuffer(Instr(Opcode.GATHER, ext=1, a=2, n=3, rows=4, ids=5, stride=6,
+                            table_rows=7).encode(), dtype="<u4")
+    assert list(w) == [0x05, 1, 2, 3 | 4 << 16, 5, 6, 7, 0]
+    w = np.frombuffer(Instr(Opcode.STORE, FLAG_POS, ext=1, a=2, b=3, pos_stride=4).encode(),
+                      dtype="<u4")
+    assert list(w) == [0x02 | FLAG_POS << 8, 1, 2, 3, 4, 0, 0, 0]
+    w = np.frombuffer(Instr(Opcode.ROPE, a=1, cs=2, cs_words=3, rows=4, heads=5, hd=6,
+                            head_stride=7, words=8).encode(), dtype="<u4")
+    assert list(w) == [0x07, 0, 1 | 2 << 16, 3 | 4 << 16, 5 | 6 << 16, 7 | 8 << 16, 0, 0]
+    w = np.frombuffer(Instr(Opcode.RMSNORM, shift=40, a=1, out=2, rows=3, eps=0xFFFFFFFF, n=4,
+                            words=5, mult_b=6).encode(), dtype="<u4")
+    assert list(w) == [0x06 | 40 << 16, 0, 1 | 2 << 16, 3 << 16, 0xFFFFFFFF, 4 | 5 << 16, 6, 0]
+    w = np.frombuffer(Instr(Opcode.SILUMUL, shift=3, a=1, out=2, b=3, rows=4, n=5, words=6,
+                            mult_b=7).encode(), dtype="<u4")
+    assert list(w) == [0x08 | 3 << 16, 0, 1 | 2 << 16, 3 | 4 << 16, 0, 5 | 6 << 16, 7, 0]
+
+
+@pytest.mark.parametrize("ins,msg", [
+    (Instr(Opcode.ATTN, heads=256), "heads=256 does not fit 8 bits"),
+    (Instr(Opcode.ATTN, sshift=64), "sshift=64 does not fit 6 bits"),
+    (Instr(Opcode.MATMUL, pos_stride=1), "pos_stride=1 is not a field of MATMUL"),
+    (Instr(Opcode.LOAD, pos_stride=1 << 16), "pos_stride=65536 does not fit 16 bits"),
+    (Instr(Opcode.ROPE, lgm=1), "lgm is a MATMUL field"),
+    (Instr(Opcode.GATHER, rows=1 << 16), "rows=65536 does not fit 16 bits"),
+    (Instr(Opcode.RMSNORM, eps=1 << 32), "eps=4294967296 does not fit 32 bits"),
+])
+def test_out_of_range_fields_are_refused(ins, msg):
+    with pytest.raises(ValueError, match=msg):
+        ins.encode()
+
+
+# ------------------------------------------------------------------------ hand assembly
+
+class _Image:
+    """Bump allocator of super-beat aligned regions; ``spans`` for the traffic counters."""
+
+    def __init__(self):
+        self.buf = bytearray(SB)          # super-beat 0: unclassified
+        self.spans = []
+
+    def add(self, data: bytes, kind: str) -> int:
+        addr = len(self.buf) // SB
+        self.buf += data + bytes(-len(data) % SB)
+        self.spans.append((addr, len(self.buf) // SB, kind))
+        return addr
+
+    def program(self, instrs) -> int:
+        return self.add(b"".join(i.encode() for i in instrs) + Instr(Opcode.END).encode(),
+                        "program")
+
+
+def _rows_bytes(x: np.ndarray, words: int) -> bytes:
+    out = np.zeros((x.shape[0], words * L), dtype=np.int8)
+    out[:, :x.shape[1]] = x
+    return out.tobytes()
+
+
+def _act(model: IsaModel, base: int, rows: int, words: int) -> np.ndarray:
+    return model.act[base: base + rows * words].reshape(rows, words * L)
+
+
+def _rand(rng, *shape, lo=-100, hi=100):
+    return rng.integers(lo, hi, size=shape).astype(np.int8)
+
+
+def test_gather_load_pos_and_store_pos_and_traffic():
+    rng = np.random.default_rng(0)
+    im = _Image()
+    table = _rand(rng, 9, 13)                               # 9 rows of 13 B -> 16 B (1 SB)
+    t_addr = im.add(_rows_bytes(table, 4), "weights")
+    ids = np.array([3, 8, 0, 5], dtype="<u4")
+    ids_addr = im.add(ids.tobytes(), "io")
+    kv_addr = im.add(bytes(40 * SB), "kv")
+    prog = im.program([
+        Instr(Opcode.GATHER, ext=t_addr, a=10, n=4, rows=4, ids=ids_addr, stride=1,
+              table_rows=9),
+        Instr(Opcode.STORE, FLAG_POS, ext=kv_addr, a=10, b=8, pos_stride=2),   # rows 0, 1
+        Instr(Opcode.LOAD, FLAG_POS, ext=kv_addr + 1, a=100, b=4, pos_stride=2),
+    ])
+    model = IsaModel(CFG, bytes(im.buf), pos=7, regions=im.spans)
+    st = model.run(prog)
+    np.testing.assert_array_equal(_act(model, 10, 4, 4)[:, :13], table[ids])
+    assert not _act(model, 10, 4, 4)[:, 13:].any()
+    mem = np.frombuffer(model.image(), dtype=np.int8)
+    got = mem[(kv_addr + 14) * SB:(kv_addr + 16) * SB].reshape(2, SB)
+    np.testing.assert_array_equal(got[:, :13], table[ids[:2]])
+    np.testing.assert_array_equal(model.act[100:104].reshape(-1)[:13], table[ids[1]])
+    t = st.to_dict()["traffic"]
+    assert t["weights_read"] == 4 * SB and t["io_read"] == SB
+    assert t["kv_written"] == 2 * SB and t["kv_read"] == SB
+    assert t["program_read"] == 4 * 32 and t["other_read"] == t["other_written"] == 0
+    assert t["activations_read"] == t["activations_written"] == 0
+
+    # POS moves the same program: run again at position 3
+    model.reset_stats()
+    model.run(prog, pos=3)
+    mem = np.frombuffer(model.image(), dtype=np.int8)
+    np.testing.assert_array_equal(mem[(kv_addr + 6) * SB:(kv_addr + 7) * SB][:13], table[3])
+
+
+def test_gather_id_out_of_range_stops_with_error_3():
+    im = _Image()
+    t_addr = im.add(bytes(9 * SB), "weights")
+    ids_addr = im.add(np.array([2, 9], dtype="<u4").tobytes(), "io")
+    prog = im.program([Instr(Opcode.GATHER, ext=t_addr, a=0, n=4, rows=2, ids=ids_addr,
+                             stride=1, table_rows=9)])
+    with pytest.raises(GatherRangeError, match="row 1 has token id 9 >= table_rows=9") as e:
+        run_program(CFG, bytes(im.buf), prog)
+    assert e.value.error == ERROR_GATHER_RANGE == 3 and e.value.index == 0
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rmsnorm_and_silumul_match_golden(in_place):
+    rng = np.random.default_rng(1)
+    rows, n, words = 3, 21, 8                                  # 21 valid of 32 bytes
+    x = _rand(rng, rows, n)
+    g, u = _rand(rng, rows, n), _rand(rng, rows, n)
+    im = _Image()
+    src = im.add(_rows_bytes(x, words) + _rows_bytes(g, words) + _rows_bytes(u, words),
+                 "activations")
+    out_n = 0 if in_place else 80
+    out_s = 24 if in_place else 110
+    prog = im.program([
+        Instr(Opcode.LOAD, ext=src, a=0, b=3 * rows * words),
+        Instr(Opcode.RMSNORM, shift=38, a=0, out=out_n, rows=rows, eps=77, n=n, words=words,
+              mult_b=40000),
+        Instr(Opcode.SILUMUL, shift=18, a=24, out=out_s, b=48, rows=rows, n=n, words=words,
+              mult_b=3000),
+    ])
+    # junk in the padding bytes of the outputs must come out zero
+    model = IsaModel(CFG, bytes(im.buf), regions=im.spans)
+    model.act[80:140] = 55
+    st = model.run(prog)
+    y = _act(model, out_n, rows, words)
+    np.testing.assert_array_equal(y[:, :n], gl.rmsnorm(x, 77, 40000, 38))
+    assert not y[:, n:].any()
+    z = _act(model, out_s, rows, words)
+    np.testing.assert_array_equal(z[:, :n], gl.silu_mul(g, u, 3000, 18))
+    assert not z[:, n:].any()
+    assert st.traffic["activations_read"] == 3 * rows * words * L
+
+
+def test_rmsnorm_partial_overlap_is_an_error():
+    prog_im = _Image()
+    prog = prog_im.program([Instr(Opcode.RMSNORM, a=0, out=2, rows=2, n=4, words=4)])
+    with pytest.raises(IsaError, match="out overlaps a"):
+        run_program(CFG, bytes(prog_im.buf), prog)
+
+
+def test_rope_on_padded_heads_matches_golden():
+    rng = np.random.default_rng(2)
+    rows, heads, hd, hdw = 3, 3, 6, 2                         # heads padded to 8 bytes
+    words = heads * hdw + 1
+    pos = 5
+    table = gl.rope_table(16, hd, 10000.0)
+    cs_words = 4                                              # 12 B of table -> one SB
+    x = np.zeros((rows, words * L), dtype=np.int8)
+    xv = _rand(rng, rows, heads, hd)
+    for h in range(heads):
+        x[:, h * hdw * L:h * hdw * L + hd] = xv[:, h]
+    cs = np.zeros((16, cs_words * L), dtype=np.uint8)
+    cs[:, :2 * hd] = np.ascontiguousarray(table.astype("<i2")).view(np.uint8)
+    im = _Image()
+    t_addr = im.add(cs.tobytes(), "weights")
+    x_addr = im.add(x.tobytes() + bytes(-x.nbytes % SB), "activations")
+    n_x = (x.nbytes + SB - 1) // SB * SB // L
+    prog = im.program([
+        Instr(Opcode.LOAD, ext=x_addr, a=0, b=n_x),
+        Instr(Opcode.LOAD, FLAG_POS, ext=t_addr, a=200, b=rows * cs_words, pos_stride=1),
+        Instr(Opcode.ROPE, a=0, cs=200, cs_words=cs_words, rows=rows, heads=heads, hd=hd,
+              head_stride=hdw * L, words=words),
+    ])
+    model = IsaModel(CFG, bytes(im.buf), pos=pos)
+    model.run(prog)
+    got = _act(model, 0, rows, words)
+    want = gl.rope(xv.reshape(rows, heads * hd), table[pos:pos + rows], heads, hd)
+    for h in range(heads):
+        np.testing.assert_array_equal(got[:, h * hdw * L:h * hdw * L + hd],
+                                      want[:, h * hd:(h + 1) * hd])
+        assert not got[:, h * hdw * L + hd:(h + 1) * hdw * L].any()     # padding untouched
+    assert not got[:, heads * hdw * L:].any()
+
+
+@pytest.mark.parametrize("pos,rows", [(0, 1), (20, 1), (4, 3)])
+def test_attn_matches_golden_attention(pos, rows):
+    rng = np.random.default_rng(3 + pos)
+    heads, kvh, hdw, kv_stride = 4, 2, 2, 1                  # a cache row: 2 heads x 8 B = 16 B
+    hd = hdw * L
+    n_keys = pos + rows
+    kc = _rand(rng, 40, kvh * hd)
+    vc = _rand(rng, 40, kvh * hd)
+    q = _rand(rng, rows, heads * hd)
+    im = _Image()
+    k_addr = im.add(kc.tobytes(), "kv")
+    v_addr = im.add(vc.tobytes(), "kv")
+    q_addr = im.add(q.tobytes() + bytes(-q.nbytes % SB), "activations")
+    prog = im.program([
+        Instr(Opcode.LOAD, ext=q_addr, a=0, b=-(-q.nbytes // SB) * SB // L),
+        Instr(Opcode.ATTN, shift=20, ext=k_addr, v_ext=v_addr, a=0, out=100,
+              q_words=heads * hdw, rows=rows, heads=heads, kv_heads=kvh, hd_words=hdw,
+              kv_stride=kv_stride, smul=300, omul=900, sshift=10),
+    ])
+    model = IsaModel(CFG, bytes(im.buf), pos=pos, regions=im.spans)
+    st = model.run(prog)
+    want = gl.attention(q, kc[:n_keys], vc[:n_keys], pos, heads, kvh, hd, 300, 10, 900, 20)
+    np.testing.assert_array_equal(_act(model, 100, rows, heads * hdw), want)
+    per_cache = sum(pos + b + 1 for b in range(rows)) * kv_stride * SB
+    assert st.traffic["kv_read"] == 2 * per_cache
+    assert st.traffic["kv_written"] == 0
+
+
+def test_attn_field_checks():
+    im = _Image()
+    prog = im.program([Instr(Opcode.ATTN, rows=1, heads=3, kv_heads=2, hd_words=1,
+                             q_words=3, kv_stride=1)])
+    with pytest.raises(IsaError, match="heads a nonzero multiple of kv_heads"):
+        run_program(CFG, bytes(im.buf), prog)
+    im = _Image()
+    prog = im.program([Instr(Opcode.ATTN, rows=1, heads=2, kv_heads=2, hd_words=4,
+                             q_words=8, kv_stride=1)])
+    with pytest.raises(IsaError, match="exceed a cache row"):
+        run_program(CFG, bytes(im.buf), prog)
+
+
+def test_v2_flags_still_decode_and_mlp_fields_unchanged():
+    ins = Instr(Opcode.MATMUL, FLAG_RELU | FLAG_RESIDUAL, 12, ext=7, a=1, out=2, b=3, rows=4,
+                k_words=5, n_tiles=6, n=7, words=8, mult_b=9, tile_mem_rows=10, lgm=2, lgr=1)
+    assert decode(ins.encode()) == ins
+    w = np.frombuffer(ins.encode(), dtype="<u4")
+    assert w[7] == 10 | 2 << 16 | 1 << 19
