@@ -52,7 +52,8 @@ _SCHEMA = {
 }
 _MEMORY = {"channels": int, "port_bytes": int, "bandwidth_gbps": (int, float)}
 _ENGINE = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth")
-_ENGINE_FLAGS = ("sparse", "int4")      # build the sparse selectors / the int4 dequantizer
+# build the sparse selectors / the int4 dequantizer / the transformer units
+_ENGINE_FLAGS = ("sparse", "int4", "transformer")
 
 
 def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:

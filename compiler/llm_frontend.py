@@ -202,6 +202,8 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None) -> FloatD
     try:
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM
+
+        transformers.utils.logging.disable_progress_bar()   # hwflow prints its own summary
     except ImportError:
         raise FrontendError("reading a Hugging Face folder needs the 'transformers' package "
                             "(pip install transformers safetensors)") from None

@@ -154,7 +154,7 @@ def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np
     n = k.shape[0]
     t = (k @ q) * int(smul) >> int(sshift)
     m = 0
-    l = 0
+    total = 0                   # l of the docstring: the running softmax denominator
     acc = np.zeros(v.shape[1], dtype=np.int64)
     for j0 in range(0, n, ATTN_BLOCK):
         tb = t[j0:j0 + ATTN_BLOCK]
@@ -165,10 +165,10 @@ def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np
             m_new = max(m, mb)
             alpha = int(exp2_neg(m_new - m))
         p = exp2_neg(m_new - tb)
-        l = ((l * alpha) >> 15) + int(p.sum())
+        total = ((total * alpha) >> 15) + int(p.sum())
         acc = ((acc * alpha) >> 15) + p @ v[j0:j0 + ATTN_BLOCK]
         m = m_new
-    recip = (1 << 31) // l
+    recip = (1 << 31) // total
     return _sat8(_round_shift(((acc * recip) >> 16) * int(omul), oshift))
 
 

@@ -19,6 +19,7 @@ REG = {
     "MPE_BUSY_LO": 0x20, "MPE_BUSY_HI": 0x24,
     "RETIRED": 0x28,
     "ERROR": 0x2C,
+    "POS": 0x200,
 }
 
 
@@ -46,6 +47,7 @@ class ControlRegisters(wiring.Component):
     ctrl : :func:`axi_lite_signature`
     start : out, pulse
     prog_base : out
+    pos : out, POS (0x200): sequence position of the run's first activation row
     running, done, error : in
     cycles, mpe_busy, retired : in, counters shown read-only
     irq : out
@@ -56,6 +58,7 @@ class ControlRegisters(wiring.Component):
             "ctrl": Out(axi_lite_signature()),
             "start": Out(1),
             "prog_base": Out(32),
+            "pos": Out(32),
             "running": In(1),
             "done": In(1),
             "error": In(2),
@@ -90,6 +93,10 @@ class ControlRegisters(wiring.Component):
                         with m.If(c.wstrb[i]):
                             m.d.sync += self.prog_base[8 * i:8 * i + 8].eq(
                                 c.wdata[8 * i:8 * i + 8])
+                with m.Case(REG["POS"] >> 2):
+                    for i in range(4):
+                        with m.If(c.wstrb[i]):
+                            m.d.sync += self.pos[8 * i:8 * i + 8].eq(c.wdata[8 * i:8 * i + 8])
 
         with m.If(self.start):
             m.d.sync += ap_done.eq(0)
@@ -109,6 +116,8 @@ class ControlRegisters(wiring.Component):
                         self.running | (ap_done << 1) | (~self.running << 2))
                 with m.Case(REG["PROG_BASE"] >> 2):
                     m.d.sync += c.rdata.eq(self.prog_base)
+                with m.Case(REG["POS"] >> 2):
+                    m.d.sync += c.rdata.eq(self.pos)
                 with m.Case(REG["CYCLES_LO"] >> 2):
                     m.d.sync += c.rdata.eq(self.cycles[:32])
                 with m.Case(REG["CYCLES_HI"] >> 2):

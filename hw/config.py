@@ -37,6 +37,11 @@ class AccelConfig:
         Build the N:M sparse selectors and the weight-index ring (dense-only engine if False).
     int4 : bool
         Build the int4 dequantizer in the weight-fill path (int4 layers then run as int8).
+    transformer : bool
+        Build the transformer path (docs/architecture.md, "Transformer path (v3)"): the
+        :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, ROPE, SILUMUL), the
+        :class:`~hwflow.hw.attention.AttentionUnit` (ATTN), GATHER and POS-relative LOAD/STORE.
+        Without it those instructions stop the run with ERROR = 1.
     """
 
     chains: int = 16
@@ -48,6 +53,7 @@ class AccelConfig:
     addr_bits: int = 24
     sparse: bool = True
     int4: bool = True
+    transformer: bool = True
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",

@@ -1,8 +1,9 @@
-"""Instruction controller: fetch, decode, and in-order execution of END/LOAD/STORE/MATMUL/VADD.
+"""Instruction controller: fetch, decode, and in-order execution of every instruction.
 
-Owns the datapath (activation buffer, weight ring, matrix engine, sequencers) and the super-beat
-memory streams, and multiplexes them by the instruction being executed (one at a time, in
-order, so no two users ever share a port in the same instruction).
+Owns the datapath (activation buffer, weight ring, matrix engine, sequencers and, with
+``cfg.transformer``, the vector and attention units) and the super-beat memory streams, and
+multiplexes them by the instruction being executed (one at a time, in order, so no two users
+ever share a port in the same instruction).
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
+from .attention import AttentionUnit
 from .buffers import ActivationBuffer, WeightRing
 from .config import AccelConfig
 from .gearbox import Gearbox
 from .matrix_engine import MatrixEngine
 from .mem_port import read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
+from .sfu import VectorUnit
 from .weight_fill import int4_capable
 
-__all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal"]
+__all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
 
 # LOAD read bursts; the buffer takes SB/L cycles per super-beat, so 16 beats in flight are plenty.
 LOAD_BURST_BEATS = 16
 
 _INSTR_BITS = 8 * isa.INSTR_BYTES
+
+#: Opcodes the :class:`~.sfu.VectorUnit` executes (the controller hands it the buffer ports).
+VECTOR_OPCODES = (isa.Opcode.RMSNORM, isa.Opcode.ROPE, isa.Opcode.SILUMUL)
 
 
 def mode_legal(cfg: AccelConfig, lgm: int, lgr: int, int4: bool) -> bool:
@@ -55,10 +61,14 @@ class Controller(wiring.Component):
     ----------
     start : in, pulse (ignored while running)
     prog_base : in, super-beat address of the first instruction
+    pos : in, POS: sequence position of the run's first activation row (LOAD/STORE with flag
+        POS; ATTN's causal lengths)
     running : out
     done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
-    error : out, after the run: 0 ok, 1 illegal opcode, 2 illegal MATMUL mode (until the next
-        start; :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`)
+    error : out, after the run: 0 ok, 1 illegal opcode (also the transformer opcodes and flag
+        POS without ``cfg.transformer``), 2 illegal MATMUL mode, 3 GATHER token id out of the
+        table (until the next start; :data:`~.isa.ERROR_ILLEGAL_OPCODE`,
+        :data:`~.isa.ERROR_ILLEGAL_MODE`, :data:`~.isa.ERROR_GATHER_RANGE`)
     cycles, mpe_busy, retired : out, counters of the current/last run
     rd_req, rd_data, wr : super-beat memory streams (to :class:`SuperBeatPorts`)
     """
@@ -69,6 +79,7 @@ class Controller(wiring.Component):
         super().__init__({
             "start": In(1),
             "prog_base": In(32),
+            "pos": In(32),
             "running": Out(1),
             "done": Out(1),
             "error": Out(2),
@@ -85,6 +96,10 @@ class Controller(wiring.Component):
         self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)
         self.oseq = OutputSequencer(cfg)
+        self.vec = self.attn = None
+        if cfg.transformer:
+            self.vec = VectorUnit(cfg)
+            self.attn = AttentionUnit(cfg)
 
     def elaborate(self, platform):
         m = Module()
@@ -93,6 +108,9 @@ class Controller(wiring.Component):
         wpb = SB // L                                   # act words per super-beat
         fetch_beats = max(1, isa.INSTR_BYTES // SB)     # super-beats per instruction
         slots = max(1, SB // isa.INSTR_BYTES)           # instructions per super-beat
+        id_beats = max(1, 4 // SB)                      # super-beats per GATHER token id
+        id_slots = max(1, SB // 4)                      # token ids per super-beat
+        tf = cfg.transformer
 
         m.submodules.act = act = self.act
         m.submodules.ring = ring = self.ring
@@ -101,6 +119,9 @@ class Controller(wiring.Component):
         m.submodules.oseq = oseq = self.oseq
         m.submodules.load_gb = load_gb = Gearbox(SB, L)
         m.submodules.store_gb = store_gb = Gearbox(L, SB)
+        if tf:
+            m.submodules.vec = vec = self.vec
+            m.submodules.attn = attn = self.attn
 
         # --- decoded instruction --------------------------------------------------------------
         ins = Signal(_INSTR_BITS)
@@ -116,6 +137,7 @@ class Controller(wiring.Component):
         f_mult_b, f_mult_a = w[6][0:16], w[6][16:32]
         f_tmr, f_lgm, f_lgr = w[7][0:16], w[7][16:19], w[7][19:21]
         f_int4 = flags[2]
+        f_pos = flags[3]                # LOAD/STORE: ext + POS * pos_stride (w4[15:0])
         tile_entries = Signal(17)       # ring entries of a tile: R parameter rows + k_words
         total_rows = Signal(32)         # memory rows of the weight block
         m.d.comb += tile_entries.eq(f_kw + R)
@@ -167,11 +189,12 @@ class Controller(wiring.Component):
 
         # --- mode multiplexers ----------------------------------------------------------------
         # mode selects who owns the memory streams and the buffer ports
-        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD = range(6)
-        mode = Signal(range(6))
+        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN = range(8)
+        mode = Signal(range(8))
 
         fetch_req_valid = Signal()
         fetch_req_addr = Signal(cfg.addr_bits)
+        fetch_req_len = Signal(16, init=fetch_beats)    # id_beats while GATHER reads an id
         load_req_valid = Signal()
         load_req_addr = Signal(cfg.addr_bits)
         load_req_len = Signal(16)
@@ -179,15 +202,20 @@ class Controller(wiring.Component):
             with m.Case(M_FETCH):
                 m.d.comb += [self.rd_req.valid.eq(fetch_req_valid),
                              self.rd_req.payload.addr.eq(fetch_req_addr),
-                             self.rd_req.payload.len.eq(fetch_beats)]
+                             self.rd_req.payload.len.eq(fetch_req_len)]
             with m.Case(M_LOAD):
                 m.d.comb += [self.rd_req.valid.eq(load_req_valid),
                              self.rd_req.payload.addr.eq(load_req_addr),
                              self.rd_req.payload.len.eq(load_req_len)]
             with m.Case(M_MM):
                 wiring.connect(m, ring.rd_req, wiring.flipped(self.rd_req))
+            if tf:
+                with m.Case(M_ATTN):
+                    wiring.connect(m, attn.rd_req, wiring.flipped(self.rd_req))
         m.d.comb += [load_gb.i.payload.eq(self.rd_data.payload),
                      ring.rd_data.payload.eq(self.rd_data.payload)]
+        if tf:
+            m.d.comb += attn.rd_data.payload.eq(self.rd_data.payload)
         fetch_data_ready = Signal()
         with m.Switch(mode):
             with m.Case(M_FETCH):
@@ -198,6 +226,10 @@ class Controller(wiring.Component):
             with m.Case(M_MM):
                 m.d.comb += [ring.rd_data.valid.eq(self.rd_data.valid),
                              self.rd_data.ready.eq(ring.rd_data.ready)]
+            if tf:
+                with m.Case(M_ATTN):
+                    m.d.comb += [attn.rd_data.valid.eq(self.rd_data.valid),
+                                 self.rd_data.ready.eq(attn.rd_data.ready)]
 
         # activation buffer port a / write port
         store_addr = Signal(16)
@@ -210,13 +242,28 @@ class Controller(wiring.Component):
                 m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
             with m.Case(M_STORE):
                 m.d.comb += [act.a_addr.eq(store_addr), act.a_en.eq(store_en)]
-        with m.If(mode == M_LOAD):
-            m.d.comb += [act.w_addr.eq(load_waddr), act.w_data.eq(load_gb.o.payload),
-                         act.w_en.eq(Mux(load_gb.o.valid, (1 << L) - 1, 0)),
-                         load_gb.o.ready.eq(1)]
-        with m.Else():
-            m.d.comb += [act.w_addr.eq(oseq.w_addr), act.w_data.eq(oseq.w_data),
-                         act.w_en.eq(oseq.w_en)]
+            if tf:
+                for unit_mode, unit in ((M_VEC, vec), (M_ATTN, attn)):
+                    with m.Case(unit_mode):
+                        m.d.comb += [act.a_addr.eq(unit.rd_addr), act.a_en.eq(unit.rd_en)]
+        with m.Switch(mode):
+            with m.Case(M_LOAD):
+                m.d.comb += [act.w_addr.eq(load_waddr), act.w_data.eq(load_gb.o.payload),
+                             act.w_en.eq(Mux(load_gb.o.valid, (1 << L) - 1, 0)),
+                             load_gb.o.ready.eq(1)]
+            if tf:
+                for unit_mode, unit in ((M_VEC, vec), (M_ATTN, attn)):
+                    with m.Case(unit_mode):
+                        m.d.comb += [act.w_addr.eq(unit.wr_addr), act.w_data.eq(unit.wr_data),
+                                     act.w_en.eq(unit.wr_en)]
+            with m.Default():
+                m.d.comb += [act.w_addr.eq(oseq.w_addr), act.w_data.eq(oseq.w_data),
+                             act.w_en.eq(oseq.w_en)]
+        unit_busy = Signal()
+        if tf:
+            m.d.comb += [vec.ins.eq(ins), attn.ins.eq(ins), attn.pos.eq(self.pos),
+                         vec.rd_data.eq(act.a_data), attn.act_rd_data.eq(act.a_data),
+                         unit_busy.eq(Mux(mode == M_ATTN, attn.busy, vec.busy))]
 
         # --- counters -------------------------------------------------------------------------
         with m.If(self.running):
@@ -266,6 +313,24 @@ class Controller(wiring.Component):
             ]
         with m.If(s_adv):
             m.d.sync += s1_valid.eq(store_issue)
+
+        # POS-relative LOAD/STORE and GATHER rows: one registered multiplier (addr_bits x 16),
+        # POS * pos_stride or id * stride, settled one cycle after its operands
+        is_gather = opcode == isa.Opcode.GATHER
+        id_reg = Signal(32)             # the current GATHER row's token id
+        id_beat = Signal(cfg.addr_bits)  # super-beat of the next id
+        id_slot = Signal(range(id_slots))
+        id_cnt = Signal(range(id_beats + 1))
+        # the ids' super-beat: rows b with (4b) % SB != 0 take their id from it without a read
+        # (the ISA model counts ceil(4 rows / SB) super-beats of ids)
+        idbuf = Signal(8 * SB) if id_slots > 1 else None
+        gather_row = Signal(16)
+        gather_act = Signal(16)         # act word of the current row
+        prod = Signal(cfg.addr_bits)
+        if tf:
+            ab = cfg.addr_bits
+            m.d.sync += prod.eq(Mux(is_gather, id_reg[:ab], self.pos[:ab])
+                                * Mux(is_gather, f_n, f_kw))
 
         with m.FSM():
             with m.State("IDLE"):
@@ -324,12 +389,27 @@ class Controller(wiring.Component):
                         m.d.sync += self.retired.eq(self.retired + 1)
                         m.next = "FINISH"
                     with m.Case(isa.Opcode.LOAD):
-                        m.d.sync += mode.eq(M_LOAD)
-                        m.next = "LOAD"
+                        with m.If(f_pos):
+                            if tf:
+                                m.next = "POS_ADDR"
+                            else:
+                                m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
+                                m.next = "FINISH"
+                        with m.Else():
+                            m.d.sync += mode.eq(M_LOAD)
+                            m.next = "LOAD"
                     with m.Case(isa.Opcode.STORE):
-                        # a STORE may overwrite the program: forget the buffered beat
-                        m.d.sync += [mode.eq(M_STORE), ibuf_valid.eq(0)]
-                        m.next = "STORE"
+                        with m.If(f_pos):
+                            if tf:
+                                m.d.sync += ibuf_valid.eq(0)
+                                m.next = "POS_ADDR"
+                            else:
+                                m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
+                                m.next = "FINISH"
+                        with m.Else():
+                            # a STORE may overwrite the program: forget the buffered beat
+                            m.d.sync += [mode.eq(M_STORE), ibuf_valid.eq(0)]
+                            m.next = "STORE"
                     with m.Case(isa.Opcode.MATMUL):
                         with m.If(legal):
                             m.next = "MM_START"
@@ -340,6 +420,20 @@ class Controller(wiring.Component):
                         m.d.sync += mode.eq(M_VADD)
                         m.d.comb += oseq.start_vadd.eq(1)
                         m.next = "WAIT"
+                    if tf:
+                        with m.Case(isa.Opcode.GATHER):
+                            m.d.sync += [mode.eq(M_FETCH), gather_row.eq(0),
+                                         gather_act.eq(f_a), id_beat.eq(w[4]), id_slot.eq(0),
+                                         id_cnt.eq(0)]
+                            m.next = "G_REQ"
+                        with m.Case(*VECTOR_OPCODES):
+                            m.d.sync += mode.eq(M_VEC)
+                            m.d.comb += vec.start.eq(1)
+                            m.next = "UNIT"
+                        with m.Case(isa.Opcode.ATTN):
+                            m.d.sync += mode.eq(M_ATTN)
+                            m.d.comb += attn.start.eq(1)
+                            m.next = "UNIT"
                     with m.Default():
                         m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
                         m.next = "FINISH"
@@ -359,8 +453,17 @@ class Controller(wiring.Component):
                     m.d.sync += [load_waddr.eq(load_waddr + 1), words_done.eq(words_done + 1)]
                 with m.If(words_done == f_b):
                     m.d.sync += mode.eq(M_FETCH)
-                    advance_pc()
-                    m.next = "FETCH_REQ"
+                    if tf:
+                        with m.If(is_gather):
+                            m.d.sync += [gather_row.eq(gather_row + 1),
+                                         gather_act.eq(gather_act + f_b)]
+                            m.next = "G_REQ"
+                        with m.Else():
+                            advance_pc()
+                            m.next = "FETCH_REQ"
+                    else:
+                        advance_pc()
+                        m.next = "FETCH_REQ"
 
             with m.State("STORE"):
                 with m.If(store_issue):
@@ -382,6 +485,73 @@ class Controller(wiring.Component):
                     m.d.sync += mode.eq(M_FETCH)
                     advance_pc()
                     m.next = "FETCH_REQ"
+
+            if tf:
+                with m.State("POS_ADDR"):
+                    # prod = POS * pos_stride has settled
+                    m.d.sync += [ext_addr.eq(f_ext + prod),
+                                 mode.eq(Mux(opcode == isa.Opcode.LOAD, M_LOAD, M_STORE))]
+                    with m.If(opcode == isa.Opcode.LOAD):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "STORE"
+
+                # GATHER: per row, read the id's super-beat(s), check it, LOAD the table row
+                with m.State("G_REQ"):
+                    with m.If(gather_row == f_rows):
+                        advance_pc()
+                        m.next = "FETCH_REQ"
+                    if id_slots > 1:
+                        with m.Elif(id_slot != 0):
+                            m.d.sync += id_reg.eq(idbuf.word_select(id_slot, 32))
+                            with m.If(id_slot == id_slots - 1):
+                                m.d.sync += [id_slot.eq(0), id_beat.eq(id_beat + 1)]
+                            with m.Else():
+                                m.d.sync += id_slot.eq(id_slot + 1)
+                            m.next = "G_CHECK"
+                    with m.Else():
+                        m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(id_beat),
+                                     fetch_req_len.eq(id_beats)]
+                        with m.If(self.rd_req.ready):
+                            m.next = "G_DATA"
+
+                with m.State("G_DATA"):
+                    m.d.comb += fetch_data_ready.eq(1)
+                    with m.If(self.rd_data.valid):
+                        if id_beats == 1:    # id_slot is 0 here
+                            m.d.sync += id_reg.eq(self.rd_data.payload[:32])
+                        else:       # SB < 4: the id spans id_beats super-beats, low first
+                            m.d.sync += id_reg.eq(Cat(id_reg[8 * SB:], self.rd_data.payload))
+                        with m.If(id_cnt == id_beats - 1):
+                            m.d.sync += id_cnt.eq(0)
+                            if id_slots > 1:
+                                m.d.sync += [idbuf.eq(self.rd_data.payload), id_slot.eq(1)]
+                            else:
+                                m.d.sync += id_beat.eq(id_beat + id_beats)
+                            m.next = "G_CHECK"
+                        with m.Else():
+                            m.d.sync += id_cnt.eq(id_cnt + 1)
+
+                with m.State("G_CHECK"):
+                    # prod = id * stride settles in this cycle
+                    with m.If(id_reg >= w[6]):
+                        m.d.sync += [self.error.eq(isa.ERROR_GATHER_RANGE), mode.eq(M_NONE)]
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "G_ADDR"
+
+                with m.State("G_ADDR"):
+                    m.d.sync += [ext_addr.eq(f_ext + prod), words_left.eq(f_b),
+                                 words_done.eq(0), load_waddr.eq(gather_act), mode.eq(M_LOAD)]
+                    m.next = "LOAD"
+
+                with m.State("UNIT"):
+                    # the unit raised busy in the cycle after start; it owns the buffer ports
+                    # (and, for ATTN, the memory streams) until busy falls
+                    with m.If(~unit_busy):
+                        m.d.sync += mode.eq(M_FETCH)
+                        advance_pc()
+                        m.next = "FETCH_REQ"
 
             with m.State("FINISH"):
                 m.d.comb += self.done.eq(1)

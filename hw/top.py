@@ -57,6 +57,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             ctl.start.eq(regs.start),
             ctl.prog_base.eq(regs.prog_base),
+            ctl.pos.eq(regs.pos),
             regs.running.eq(ctl.running),
             regs.done.eq(ctl.done),
             regs.error.eq(ctl.error),

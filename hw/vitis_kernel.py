@@ -22,6 +22,7 @@ port, which the host (XRT ``set_arg`` or a bare-metal driver) writes before ap_s
 | 0x14 | AXI_ERROR | RO | bit j: master j saw an SLVERR/DECERR response (sticky until reset) |
 | 0x18..0x2C | CYCLES, MPE_BUSY, RETIRED, ERROR | RO | accelerator counters |
 | 0x30 + 8j | MEM{j} lo / hi | RW | device byte address of the buffer of port j (``W``-aligned) |
+| 0x200 | POS | RW | sequence position of the run's first activation row (accelerator) |
 
 \* done, idle and ready are shown only once every accepted write has its B response.
 
@@ -48,7 +49,9 @@ KERNEL_NAME = "hwflow_kernel"
 CONTROL_PORT = "s_axi_control"
 CONTROL_RANGE = 0x1000          # 12-bit AXI4-Lite address
 KERNEL_REG = {"AP_CTRL": 0x00, "GIE": 0x04, "IER": 0x08, "ISR": 0x0C, "PROG_BASE": 0x10,
-              "AXI_ERROR": 0x14, "MEM": 0x30}
+              "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200}
+#: The MEM{j} pointers must stay below POS (0x200): at most 58 ports.
+MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
 
 
 def master_name(j: int) -> str:
@@ -77,6 +80,9 @@ class VitisKernel(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, wr_burst: int = 64):
+        if cfg.mem_ports > MAX_PORTS:
+            raise ValueError(f"{cfg.mem_ports} memory ports: the kernel's MEM pointers would "
+                             f"overlap POS (at most {MAX_PORTS})")
         self.cfg = cfg
         self.wr_burst = wr_burst
         # ap_clk is the clock of domain "ap" (a port of its own, not a signal driving a clock, so

@@ -34,6 +34,7 @@ def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, **overrides) -> P
     model). Returns the folder.
     """
     import torch
+    import transformers
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -45,5 +46,6 @@ def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, **overrides) -> P
             elif name.endswith(".bias"):  # attention_bias=True: HF initialises them to 0
                 p.normal_(0.0, 0.02)
     os.makedirs(folder, exist_ok=True)
+    transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
     return Path(folder)

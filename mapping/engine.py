@@ -58,9 +58,10 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
 
     The number of memory ports defaults to what one weight row per cycle needs
     (``chains * chain_len / port_bytes``), capped by the board's channels. ``sparse`` and
-    ``int4`` (build the sparse selectors and index ring / the int4 dequantizer) default to
-    true, except on boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's
-    5280 cells hold only a dense int8 1 x 2 engine).
+    ``int4`` (build the sparse selectors and index ring / the int4 dequantizer) and
+    ``transformer`` (the vector and attention units, GATHER, POS) default to true, except on
+    boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's 5280 cells hold only
+    a dense int8 1 x 2 engine).
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
@@ -78,7 +79,8 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            port_bytes=port_bytes, act_depth=eng.get("act_depth", 2048),
                            weight_depth=eng.get("weight_depth", 256),
                            sparse=bool(eng.get("sparse", not small)),
-                           int4=bool(eng.get("int4", not small)))
+                           int4=bool(eng.get("int4", not small)),
+                           transformer=bool(eng.get("transformer", not small)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 

@@ -13,6 +13,17 @@ Typical use::
     res = simulate(cfg, verilog, image, prog_base, readback=[(out_sb, out_bytes)],
                    work_dir="build/sim")
     res.regions[0], res.cycles, res.cycles_per_s
+
+Several runs in one simulator process (prefill, then decode steps on the KV cache the earlier
+runs left in memory; greedy decoding from the RTL's own tokens)::
+
+    res = simulate_steps(cfg, verilog, image, [
+        {"prog_base": prefill, "pos": 0, "writes": [(ids_sb, prompt_ids)],
+         "readback": [(logits_sb, nbytes)],
+         "argmax": {"region": 0, "row_bytes": rb, "row": n - 1, "vocab": V, "ids_addr": ids_sb}},
+        {"prog_base": decode, "pos": n, "readback": [(logits_sb, nbytes)], "argmax": {...}},
+    ], "build/sim", traffic=[(w_lo, w_hi, "weights"), (kv_lo, kv_hi, "kv"), ...])
+    [s.token for s in res.steps], res.steps[1].traffic["kv_read"]
 """
 
 from __future__ import annotations
@@ -33,10 +44,18 @@ from pathlib import Path
 
 from hwflow.hw.config import AccelConfig
 from hwflow.sim import testbench as tb
-from hwflow.sim.top import EXT_MEMORY_V, TOP_NAME, default_mem_depth, sim_top_verilog
+from hwflow.sim.top import (
+    EXT_MEMORY_V,
+    TOP_NAME,
+    TRAFFIC_CATEGORIES,
+    TRAFFIC_RANGES,
+    default_mem_depth,
+    sim_top_verilog,
+)
 
-__all__ = ["SimError", "BuildError", "SimResult", "Build", "build", "simulate", "verilator_env",
-           "cache_root", "BUILD_FLAGS", "wave_format"]
+__all__ = ["SimError", "BuildError", "SimResult", "StepResult", "StepsResult", "Build", "build",
+           "simulate", "simulate_steps", "verilator_env", "cache_root", "BUILD_FLAGS",
+           "wave_format"]
 
 TESTBENCH_MODULE = "hwflow_testbench"
 
@@ -95,6 +114,9 @@ class SimResult:
         Folder with the job, port hex files, dumps, result JSON, log and (if asked) ``dump.fst``.
     waves : Path or None
         The FST (or VCD) file when ``waves=True``.
+    traffic : dict
+        Bytes by category (``weights_read``, ``kv_read``, ``kv_written``, ...; see
+        :func:`simulate_steps`), all zero unless ``traffic`` ranges were given.
     """
 
     cycles: int
@@ -113,10 +135,85 @@ class SimResult:
     passed: bool = True
     work_dir: Path | None = None
     waves: Path | None = None
+    traffic: dict = field(default_factory=dict)
 
     @property
     def cycles_per_s(self) -> float:
         return self.cycles / self.run_wall_s if self.run_wall_s > 0 else 0.0
+
+
+@dataclass
+class StepResult:
+    """One run of :func:`simulate_steps`.
+
+    Attributes
+    ----------
+    cycles, mpe_busy, retired, error : int
+        The CYCLES, MPE_BUSY, RETIRED and ERROR registers after the run.
+    done : bool
+        ``irq`` rose before ``timeout_cycles``.
+    traffic : dict
+        Bytes (beats * SB) moved in this run by category and direction: ``weights_read``,
+        ``kv_read``, ``kv_written``, ``activations_read``, ``activations_written``,
+        ``io_read``, ``io_written``, ``program_read`` (and the other combinations, and
+        ``other_read``/``other_written`` for addresses outside every range,
+        as the ISA model names them).
+    regions : list of bytes
+        The step's read-back regions, in request order.
+    token : int or None
+        The argmax token (steps with ``argmax``).
+    run_wall_s : float
+        Wall-clock seconds from the start write to ``irq``.
+    mismatches : list of str
+        Regions that differed from the step's ``expect`` bytes.
+    """
+
+    cycles: int
+    mpe_busy: int
+    retired: int
+    error: int
+    done: bool
+    traffic: dict = field(default_factory=dict)
+    regions: list = field(default_factory=list)
+    token: int | None = None
+    run_wall_s: float = 0.0
+    mismatches: list = field(default_factory=list)
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.run_wall_s if self.run_wall_s > 0 else 0.0
+
+
+@dataclass
+class StepsResult:
+    """Outcome of :func:`simulate_steps`.
+
+    Attributes
+    ----------
+    steps : list of StepResult
+        One per run, in order; shorter than the steps asked for when a run timed out.
+    mem_oob : bool
+        Some port was accessed beyond its ``mem_depth`` beats.
+    passed : bool
+        The cocotb test passed (no timeout, ``mem_oob`` or mismatch).
+    total_wall_s, build_s : float
+        As in :class:`SimResult`.
+    work_dir : Path
+    waves : Path or None
+    """
+
+    steps: list
+    mem_oob: bool = False
+    passed: bool = True
+    total_wall_s: float = 0.0
+    build_s: float = 0.0
+    work_dir: Path | None = None
+    waves: Path | None = None
+
+    @property
+    def tokens(self) -> list:
+        """The argmax tokens of the steps that have one."""
+        return [s.token for s in self.steps if s.token is not None]
 
 
 @dataclass(frozen=True)
@@ -358,82 +455,55 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
 
 # -- running -------------------------------------------------------------------------------------
 
-def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
-             readback: list[tuple[int, int]], work_dir, waves: bool = False,
-             timeout_cycles: int = 10_000_000, expect: dict[int, bytes] | None = None,
-             mem_depth: int | None = None, read_latency: int = 32,
-             cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK) -> SimResult:
-    """Run the program at ``prog_base`` of ``image`` on the RTL and read regions back.
+def _traffic_job(traffic) -> list[dict]:
+    """``[(lo_sb, hi_sb, category name or index)]`` -> the job's ``traffic`` list."""
+    out = []
+    for lo, hi, cat in traffic or []:
+        idx = TRAFFIC_CATEGORIES.index(cat) if isinstance(cat, str) else int(cat)
+        if not 0 <= idx < len(TRAFFIC_CATEGORIES):
+            raise ValueError(f"traffic category {cat!r}: one of {TRAFFIC_CATEGORIES}")
+        out.append({"lo": int(lo), "hi": int(hi), "category": idx})
+    if len(out) > TRAFFIC_RANGES:
+        raise ValueError(f"{len(out)} traffic ranges, the counters have {TRAFFIC_RANGES}")
+    return out
 
-    Parameters
-    ----------
-    cfg : AccelConfig
-    verilog : str
-        Verilog of ``hwflow_accel``.
-    image : bytes
-        Flat memory image (striped over the ports here, super-beat ``s`` of port ``j`` is bytes
-        ``[s*SB + j*W, s*SB + (j+1)*W)``).
-    prog_base : int
-        PROG_BASE (super-beat address of the first instruction).
-    readback : list of (addr_superbeats, nbytes)
-        Regions to return in :attr:`SimResult.regions`.
-    work_dir : path-like
-        Folder for the job files, dumps, log and waves (created; files in it are overwritten).
-    waves : bool
-        Write ``work_dir/dump.fst`` (``dump.vcd`` where lz4/zlib headers are missing, see
-        :func:`wave_format`); uses a separate build with tracing.
-    timeout_cycles : int
-        Give up waiting for ``irq`` after this many cycles (``SimResult.done`` is then False).
-    expect : dict, optional
-        ``{region index: expected bytes}``: the testbench compares and fails on a difference
-        (listed in :attr:`SimResult.mismatches`); handy when the folder is re-run by hand.
-    mem_depth : int, optional
-        Beats per port; default: the smallest power of two >= 2**16 holding the image and the
-        read-back regions.
 
-    Raises
-    ------
-    SimError
-        The simulator did not produce a result file (crash; see ``work_dir/sim.log``).
-    """
-    from cocotb_tools.runner import get_runner
-
-    t_start = time.perf_counter()
-    NP, W, SB = cfg.mem_ports, cfg.port_bytes, cfg.beat_bytes
-    end = max([len(image)] + [(a * SB + n) for a, n in readback])
+def _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth, read_latency, cache_dir,
+             rtl_clock):
+    """Build (or reuse) the model, write the port hex files: ``(build, work, plusargs)``."""
+    SB = cfg.beat_bytes
+    end = max(end, len(image))
     if mem_depth is None:
         mem_depth = default_mem_depth(cfg, end)
     if -(-end // SB) > mem_depth:
-        raise SimError(f"image and read-back regions need {-(-end // SB)} beats a port, "
-                       f"more than mem_depth={mem_depth}")
+        raise SimError(f"image, host writes and read-back regions need {-(-end // SB)} beats "
+                       f"a port, more than mem_depth={mem_depth}")
     b = build(cfg, verilog, mem_depth=mem_depth, waves=waves, read_latency=read_latency,
               cache_dir=cache_dir, rtl_clock=rtl_clock)
-
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for old in list(work.glob("dump.p*.hex")) + [work / "result.json"]:
         old.unlink(missing_ok=True)
-    ports = tb.split_ports(image, NP, W)
+    ports = tb.split_ports(image, cfg.mem_ports, cfg.port_bytes)
     plusargs = []
-    for j in range(NP):
+    for j in range(cfg.mem_ports):
         hex_path = work / f"mem.p{j}.hex"
         tb.write_port_hex(hex_path, ports[j])
         plusargs += [f"+hwflow_mem{j}={hex_path}", f"+hwflow_dump{j}={work / f'dump.p{j}'}"]
-    regions = []
-    for k, (addr, nbytes) in enumerate(readback):
-        regions.append({"addr": int(addr), "nbytes": int(nbytes),
-                        "path": str(work / f"region{k}.bin")})
-    exp = []
-    for k, data in (expect or {}).items():
-        p = work / f"expect{k}.bin"
-        p.write_bytes(data)
-        exp.append({"region": int(k), "path": str(p)})
+    return b, work, plusargs
+
+
+def _run_job(cfg, b, work, plusargs, waves, timeout_cycles, body: dict):
+    """Write the job file, run the testbench: ``(result dict, failure or None, waves path)``."""
+    from cocotb_tools.runner import get_runner
+
+    NP, W = cfg.mem_ports, cfg.port_bytes
     job = {
-        "config": cfg.to_dict(), "mem_ports": NP, "port_bytes": W, "prog_base": int(prog_base),
+        "config": cfg.to_dict(), "mem_ports": NP, "port_bytes": W,
         "timeout_cycles": int(timeout_cycles), "clock_period_ns": CLOCK_PERIOD_NS,
         "rtl_clock": b.rtl_clock, "reset_cycles": 4,
         "dump_prefixes": [str(work / f"dump.p{j}") for j in range(NP)],
-        "readback": regions, "expect": exp, "result": str(work / "result.json"),
+        **body, "result": str(work / "result.json"),
         "plusargs": plusargs, "build_dir": str(b.path),
     }
     job_path = work / tb.JOB_FILE
@@ -462,13 +532,167 @@ def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
     if not res_path.exists():
         tail = log.read_text()[-3000:] if log.exists() else ""
         raise SimError(f"the testbench wrote no result ({failed}; see {log}):\n{tail}")
-    r = json.loads(res_path.read_text())
-    data = [Path(reg["path"]).read_bytes() for reg in regions]
     waves_path = work / ("dump.fst" if "--trace-fst" in b.flags else "dump.vcd")
+    return (json.loads(res_path.read_text()), failed,
+            waves_path if waves and waves_path.exists() else None)
+
+
+def _regions(work: Path, tag: str, readback, expect) -> tuple[list, list]:
+    regions = [{"addr": int(addr), "nbytes": int(nbytes), "path": str(work / f"{tag}{k}.bin")}
+               for k, (addr, nbytes) in enumerate(readback)]
+    exp = []
+    for k, data in (expect or {}).items():
+        p = work / f"expect.{tag}{k}.bin"
+        p.write_bytes(data)
+        exp.append({"region": int(k), "path": str(p)})
+    return regions, exp
+
+
+def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
+             readback: list[tuple[int, int]], work_dir, waves: bool = False,
+             timeout_cycles: int = 10_000_000, expect: dict[int, bytes] | None = None,
+             mem_depth: int | None = None, read_latency: int = 32,
+             cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK, pos: int = 0,
+             traffic=None) -> SimResult:
+    """Run the program at ``prog_base`` of ``image`` on the RTL and read regions back.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    verilog : str
+        Verilog of ``hwflow_accel``.
+    image : bytes
+        Flat memory image (striped over the ports here, super-beat ``s`` of port ``j`` is bytes
+        ``[s*SB + j*W, s*SB + (j+1)*W)``).
+    prog_base : int
+        PROG_BASE (super-beat address of the first instruction).
+    readback : list of (addr_superbeats, nbytes)
+        Regions to return in :attr:`SimResult.regions`.
+    work_dir : path-like
+        Folder for the job files, dumps, log and waves (created; files in it are overwritten).
+    waves : bool
+        Write ``work_dir/dump.fst`` (``dump.vcd`` where lz4/zlib headers are missing, see
+        :func:`wave_format`); uses a separate build with tracing.
+    timeout_cycles : int
+        Give up waiting for ``irq`` after this many cycles (``SimResult.done`` is then False).
+    expect : dict, optional
+        ``{region index: expected bytes}``: the testbench compares and fails on a difference
+        (listed in :attr:`SimResult.mismatches`); handy when the folder is re-run by hand.
+    mem_depth : int, optional
+        Beats per port; default: the smallest power of two >= 2**16 holding the image and the
+        read-back regions.
+    pos : int
+        The POS register (sequence position of the first activation row).
+    traffic : list of (lo_sb, hi_sb, category), optional
+        Address ranges of the traffic counters (see :func:`simulate_steps`).
+
+    Raises
+    ------
+    SimError
+        The simulator did not produce a result file (crash; see ``work_dir/sim.log``).
+    """
+    t_start = time.perf_counter()
+    SB = cfg.beat_bytes
+    end = max([len(image)] + [(a * SB + n) for a, n in readback])
+    b, work, plusargs = _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth,
+                                 read_latency, cache_dir, rtl_clock)
+    regions, exp = _regions(work, "region", readback, expect)
+    body = {"prog_base": int(prog_base), "pos": int(pos), "readback": regions, "expect": exp,
+            "traffic": _traffic_job(traffic)}
+    r, failed, waves_path = _run_job(cfg, b, work, plusargs, waves, timeout_cycles, body)
+    data = [Path(reg["path"]).read_bytes() for reg in regions]
     return SimResult(
         cycles=r["cycles"], mpe_busy=r["mpe_busy"], retired=r["retired"], error=r["error"],
         done=r["done"], regions=data, run_wall_s=r["run_wall_s"],
         total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
         mem_rd_beats=r["mem_rd_beats"], mem_wr_beats=r["mem_wr_beats"],
         mismatches=r["mismatches"], mem_oob=r["mem_oob"], passed=failed is None, work_dir=work,
-        waves=waves_path if waves and waves_path.exists() else None)
+        waves=waves_path, traffic=r.get("traffic", {}))
+
+
+def simulate_steps(cfg: AccelConfig, verilog: str, image: bytes, steps: list[dict], work_dir,
+                   waves: bool = False, timeout_cycles: int = 10_000_000,
+                   mem_depth: int | None = None, read_latency: int = 32,
+                   cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK,
+                   traffic=None) -> StepsResult:
+    """Run several programs one after another in ONE simulator process (memory persists).
+
+    Parameters
+    ----------
+    cfg, verilog, image, work_dir, waves, mem_depth, read_latency, cache_dir, rtl_clock
+        As in :func:`simulate`.
+    steps : list of dict
+        One run each, in order::
+
+            {"prog_base": sb, "pos": int (default 0),
+             "writes": [(addr_sb, bytes), ...],       # host writes before the run
+             "readback": [(addr_sb, nbytes), ...],    # after the run -> StepResult.regions
+             "expect": {region index: bytes},         # optional
+             "argmax": {"region": k, "row_bytes": int, "row": r, "vocab": V,
+                        "ids_addr": sb, "next_step_ids": True}}   # optional
+
+        ``argmax``: after the run, the argmax over the first ``V`` int8 entries of row ``r``
+        (rows ``row_bytes`` apart) of read-back region ``k`` (lowest index on ties) is the
+        step's ``token``; with ``next_step_ids`` (default) it is written as a u32 at byte 0 of
+        super-beat ``ids_addr`` before the next step (greedy decoding from the RTL's tokens).
+        A host write whose length is not whole super-beats keeps the rest of its last one.
+    timeout_cycles : int
+        Per run; a run that times out ends the job (the accelerator is still busy).
+    traffic : list of (lo_sb, hi_sb, category), optional
+        Up to 8 super-beat ranges ``[lo, hi)``, category one of ``"weights"``, ``"kv"``,
+        ``"io"``, ``"activations"``, ``"program"`` (docs/architecture.md, "Memory traffic");
+        the first range holding an access's start address classifies it.
+
+    Returns
+    -------
+    StepsResult
+
+    Raises
+    ------
+    SimError
+        The simulator did not produce a result file (crash; see ``work_dir/sim.log``).
+    """
+    if not steps:
+        raise ValueError("simulate_steps needs at least one step")
+    t_start = time.perf_counter()
+    SB = cfg.beat_bytes
+    end = len(image)
+    for st in steps:
+        for a, data in st.get("writes", []):
+            end = max(end, a * SB + len(data))
+        for a, n in st.get("readback", []):
+            end = max(end, a * SB + n)
+        if st.get("argmax"):
+            end = max(end, int(st["argmax"]["ids_addr"]) * SB + 4)
+    b, work, plusargs = _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth,
+                                 read_latency, cache_dir, rtl_clock)
+    job_steps = []
+    for i, st in enumerate(steps):
+        writes = []
+        for k, (addr, data) in enumerate(st.get("writes", [])):
+            p = work / f"write.s{i}.{k}.bin"
+            p.write_bytes(bytes(data))
+            writes.append({"addr": int(addr), "path": str(p)})
+        regions, exp = _regions(work, f"s{i}.region", st.get("readback", []), st.get("expect"))
+        js = {"prog_base": int(st["prog_base"]), "pos": int(st.get("pos", 0)),
+              "writes": writes, "readback": regions, "expect": exp}
+        if st.get("argmax"):
+            am = dict(st["argmax"])
+            js["argmax"] = {"region": int(am["region"]), "row_bytes": int(am["row_bytes"]),
+                            "row": int(am.get("row", 0)), "vocab": int(am["vocab"]),
+                            "ids_addr": int(am["ids_addr"]),
+                            "next_step_ids": bool(am.get("next_step_ids", True))}
+        job_steps.append(js)
+    body = {"prog_base": job_steps[0]["prog_base"] if job_steps else 0, "steps": job_steps,
+            "traffic": _traffic_job(traffic)}
+    r, failed, waves_path = _run_job(cfg, b, work, plusargs, waves, timeout_cycles, body)
+    out = []
+    for js, rs in zip(job_steps, r.get("steps", []), strict=False):
+        out.append(StepResult(
+            cycles=rs["cycles"], mpe_busy=rs["mpe_busy"], retired=rs["retired"],
+            error=rs["error"], done=rs["done"], traffic=rs["traffic"],
+            regions=[Path(reg["path"]).read_bytes() for reg in js["readback"]],
+            token=rs.get("token"), run_wall_s=rs["run_wall_s"], mismatches=rs["mismatches"]))
+    return StepsResult(steps=out, mem_oob=r["mem_oob"], passed=failed is None,
+                       total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
+                       work_dir=work, waves=waves_path)

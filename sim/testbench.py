@@ -1,4 +1,4 @@
-"""cocotb test module for ``hwflow_sim_top``: run one program on the accelerator, read results back.
+"""cocotb test module for ``hwflow_sim_top``: run programs on the accelerator, read results back.
 
 Self-contained on purpose (only cocotb, the standard library and numpy): it is copied into build
 and work folders and can be run there with plain pytest or any cocotb runner, without hwflow.
@@ -12,7 +12,26 @@ file::
      "dump_prefixes": ["<dir>/dump.p0", ...],      # same as the +hwflow_dump<j> plusargs
      "readback": [{"addr": super-beat, "nbytes": int, "path": "<dir>/region0.bin"}, ...],
      "expect": [{"region": 0, "path": "<file with the expected bytes>"}, ...],   # optional
+     "traffic": [{"lo": sb, "hi": sb, "category": 0..4}, ...],   # optional, at most 8
+     "steps": [...],                                 # optional, see below
      "result": "<dir>/result.json"}
+
+Without ``steps`` the job is one run of the program at ``prog_base`` (with ``pos``, default 0).
+``steps`` is a list of runs in this one simulator process (memory, so the KV cache, persists
+between them; the accelerator is reset once, before the first)::
+
+    {"prog_base": sb, "pos": int,
+     "writes": [{"addr": sb, "path": "<file with the bytes>"}, ...],   # before the run
+     "readback": [...], "expect": [...],            # as above, after the run
+     "argmax": {"region": k, "row_bytes": int, "row": r, "vocab": V, "ids_addr": sb,
+                "next_step_ids": true}}             # optional
+
+``argmax``: after the run, the int8 row ``r`` of read-back region ``k`` is taken, its argmax over
+the first ``V`` entries (the lowest index on ties) is the step's ``token``, written as a u32 at
+byte 0 of super-beat ``ids_addr`` (with ``next_step_ids``), so the next step decodes from the
+RTL's own token. The result has ``steps``: one dict per run (cycles, retired, error, done,
+``traffic`` in bytes per category and direction, ``token``); its top-level fields are the last
+run's.
 
 The memory contents come from the ``+hwflow_mem<j>=<hex file>`` plusargs (see
 ``sim/rtl/ext_memory.v``; :func:`write_port_hex` writes those files). Python never steps the clock:
@@ -36,10 +55,14 @@ JOB_ENV = "HWFLOW_SIM_JOB"
 JOB_FILE = "hwflow_job.json"
 
 # Control registers (docs/architecture.md, "Top level").
-AP_CTRL, PROG_BASE = 0x00, 0x10
+AP_CTRL, PROG_BASE, POS = 0x00, 0x10, 0x200
 CYCLES_LO, CYCLES_HI = 0x18, 0x1C
 MPE_BUSY_LO, MPE_BUSY_HI = 0x20, 0x24
 RETIRED, ERROR = 0x28, 0x2C
+
+# Traffic counter categories (sim/top.py TRAFFIC_CATEGORIES; index 7 counts unclassified beats).
+TRAFFIC_CATEGORIES = ("weights", "kv", "io", "activations", "program")
+TRAFFIC_OTHER = 7
 
 # An AXI4-Lite handshake that takes longer than this is a hung slave, not a slow one.
 AXI_TIMEOUT_CYCLES = 1000
@@ -165,84 +188,192 @@ def load_job() -> dict:
     return json.loads(Path(path).read_text())
 
 
-@cocotb.test()
-async def run_program(dut):
-    """Reset, start the program at PROG_BASE, wait for irq, read counters and result regions."""
-    job = load_job()
-    period = float(job.get("clock_period_ns", 4))
-    NP, W = int(job["mem_ports"]), int(job["port_bytes"])
-    # Either the top generates clk itself (job["rtl_clock"]) or cocotb 2's Clock toggles it from
-    # C++ (GPI); Python is not woken every cycle either way.
-    if not job.get("rtl_clock"):
-        Clock(dut.clk, period, unit="ns").start()
-    axi = AxiLiteMaster(dut, period)
-    dut.dump.value, dut.dump_id.value, dut.dump_lo.value, dut.dump_hi.value = 0, 0, 0, 0
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, int(job.get("reset_cycles", 4)))
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+def _counters(value, n: int = 8) -> list[int]:
+    v = int(value)
+    return [(v >> (64 * k)) & ((1 << 64) - 1) for k in range(n)]
 
-    result = {"done": False, "timed_out": False}
-    await axi.write(PROG_BASE, int(job["prog_base"]))
-    timeout = int(job.get("timeout_cycles", 10_000_000))
+
+def traffic_bytes(rd_beats: list[int], wr_beats: list[int], sb: int) -> dict:
+    """Bytes per category and direction from beat counts (index 7: unclassified)."""
+    out = {}
+    for k, name in enumerate(TRAFFIC_CATEGORIES):
+        out[f"{name}_read"] = rd_beats[k] * sb
+        out[f"{name}_written"] = wr_beats[k] * sb
+    out["other_read"] = rd_beats[TRAFFIC_OTHER] * sb
+    out["other_written"] = wr_beats[TRAFFIC_OTHER] * sb
+    return out
+
+
+def argmax_token(region: bytes, row_bytes: int, row: int, vocab: int) -> int:
+    """Greedy token: argmax of the int8 logits ``region[row * row_bytes:][:vocab]`` (lowest
+    index on ties)."""
+    logits = np.frombuffer(region, dtype=np.int8)[row * row_bytes: row * row_bytes + vocab]
+    return int(np.argmax(logits))
+
+
+class Memory:
+    """Host access to every port's memory between runs (dump and poke, one clock edge each)."""
+
+    def __init__(self, dut, prefixes: list[str], mem_ports: int, port_bytes: int):
+        self.dut, self.prefixes = dut, prefixes
+        self.NP, self.W = mem_ports, port_bytes
+        self.sb = mem_ports * port_bytes
+        self.n = 0                                  # file id of the next dump/poke
+
+    async def read(self, addr: int, nbytes: int) -> bytes:
+        nbeats = -(-nbytes // self.sb)
+        if nbeats == 0 or not self.prefixes:
+            return b""
+        d, k = self.dut, self.n
+        self.n += 1
+        await FallingEdge(d.clk)
+        d.dump_id.value, d.dump_lo.value, d.dump_hi.value = k % 256, addr, addr + nbeats - 1
+        d.dump.value = 1
+        await FallingEdge(d.clk)
+        d.dump.value = 0
+        per_port = [read_port_hex(f"{self.prefixes[j]}.r{k % 256}.hex", self.W)[:nbeats]
+                    for j in range(self.NP)]
+        return join_ports(per_port)[:nbytes]
+
+    async def write(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at super-beat ``addr``; a partial last super-beat keeps its other
+        bytes (read, merged, written back)."""
+        if not data:
+            return
+        nbeats = -(-len(data) // self.sb)
+        if len(data) % self.sb:
+            old = await self.read(addr, nbeats * self.sb)
+            data = data + old[len(data):]
+        d, k = self.dut, self.n % 256
+        self.n += 1
+        ports = split_ports(data, self.NP, self.W)
+        for j in range(self.NP):
+            write_port_hex(f"{self.prefixes[j]}.w{k}.hex", ports[j])
+        await FallingEdge(d.clk)
+        d.dump_id.value, d.dump_lo.value, d.dump_hi.value = k, addr, addr + nbeats - 1
+        d.poke.value = 1
+        await FallingEdge(d.clk)
+        d.poke.value = 0
+
+
+def _steps(job: dict) -> list[dict]:
+    if job.get("steps"):
+        return job["steps"]
+    return [{"prog_base": job["prog_base"], "pos": job.get("pos", 0),
+             "readback": job.get("readback", []), "expect": job.get("expect", [])}]
+
+
+async def _run_step(dut, axi, mem, step, timeout, period, sb):
+    """One run: host writes, POS, PROG_BASE, start, wait for irq, registers, traffic, read-back."""
+    for wr in step.get("writes", []):
+        await mem.write(int(wr["addr"]), Path(wr["path"]).read_bytes())
+    rd0, wr0 = _counters(dut.tr_rd.value), _counters(dut.tr_wr.value)
+    res = {"done": False, "timed_out": False}
+    await axi.write(POS, int(step.get("pos", 0)))
+    await axi.write(PROG_BASE, int(step["prog_base"]))
     t0 = time.perf_counter()
     await axi.write(AP_CTRL, 1)
     # A very short program (END first, or an illegal opcode) may be done before the write's
     # response came back; irq is a level, so look at it before waiting for its edge.
     if not dut.irq.value:
         await First(RisingEdge(dut.irq), Timer(timeout * period, unit="ns"))
-    result["run_wall_s"] = time.perf_counter() - t0
-    result["done"] = bool(dut.irq.value)
-    result["timed_out"] = not result["done"]
+    res["run_wall_s"] = time.perf_counter() - t0
+    res["done"] = bool(dut.irq.value)
+    res["timed_out"] = not res["done"]
 
-    result["ap_ctrl"] = await axi.read(AP_CTRL)
-    result["cycles"] = await axi.read64(CYCLES_LO, CYCLES_HI)
-    result["mpe_busy"] = await axi.read64(MPE_BUSY_LO, MPE_BUSY_HI)
-    result["retired"] = await axi.read(RETIRED)
-    result["error"] = await axi.read(ERROR)
-    result["mem_oob"] = bool(dut.mem_oob.value)
-    result["mem_rd_beats"] = int(dut.mem_rd_beats.value)
-    result["mem_wr_beats"] = int(dut.mem_wr_beats.value)
+    res["ap_ctrl"] = await axi.read(AP_CTRL)
+    res["cycles"] = await axi.read64(CYCLES_LO, CYCLES_HI)
+    res["mpe_busy"] = await axi.read64(MPE_BUSY_LO, MPE_BUSY_HI)
+    res["retired"] = await axi.read(RETIRED)
+    res["error"] = await axi.read(ERROR)
+    res["mem_oob"] = bool(dut.mem_oob.value)
+    res["mem_rd_beats"] = int(dut.mem_rd_beats.value)
+    res["mem_wr_beats"] = int(dut.mem_wr_beats.value)
+    rd1, wr1 = _counters(dut.tr_rd.value), _counters(dut.tr_wr.value)
+    res["traffic"] = traffic_bytes([b - a for a, b in zip(rd0, rd1, strict=True)],
+                                   [b - a for a, b in zip(wr0, wr1, strict=True)], sb)
 
     # Read-back: every memory model writes the requested beat range with $writememh at one edge;
     # the accelerator is idle by now, so nothing moves while the dumps happen.
-    sb = NP * W
-    prefixes = job.get("dump_prefixes", [])
     regions = []
-    for k, reg in enumerate(job.get("readback", [])):
-        nbeats = -(-int(reg["nbytes"]) // sb)
-        if nbeats == 0 or not prefixes:
-            regions.append(b"")
-            continue
-        await FallingEdge(dut.clk)
-        lo = int(reg["addr"])
-        dut.dump_id.value, dut.dump_lo.value, dut.dump_hi.value = k, lo, lo + nbeats - 1
-        dut.dump.value = 1
-        await FallingEdge(dut.clk)
-        dut.dump.value = 0
-        per_port = [read_port_hex(f"{prefixes[j]}.r{k}.hex", W)[:nbeats] for j in range(NP)]
-        data = join_ports(per_port)[: int(reg["nbytes"])]
+    for reg in step.get("readback", []):
+        data = await mem.read(int(reg["addr"]), int(reg["nbytes"]))
         regions.append(data)
         if reg.get("path"):
             Path(reg["path"]).write_bytes(data)
-    result["readback"] = [r.get("path") for r in job.get("readback", [])]
+    res["readback"] = [r.get("path") for r in step.get("readback", [])]
 
     mismatches = []
-    for exp in job.get("expect", []):
+    for exp in step.get("expect", []):
         want = Path(exp["path"]).read_bytes()
         got = regions[int(exp["region"])]
         if got != want:
             bad = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
                        min(len(got), len(want)))
             mismatches.append(f"region {exp['region']}: first difference at byte {bad}")
-    result["mismatches"] = mismatches
+    res["mismatches"] = mismatches
+
+    am = step.get("argmax")
+    res["token"] = None
+    if am and res["done"]:
+        tok = argmax_token(regions[int(am["region"])], int(am["row_bytes"]),
+                           int(am.get("row", 0)), int(am["vocab"]))
+        res["token"] = tok
+        if am.get("next_step_ids", True):
+            await mem.write(int(am["ids_addr"]), tok.to_bytes(4, "little"))
+    return res
+
+
+@cocotb.test()
+async def run_program(dut):
+    """Reset, then for every step: host writes, start the program at PROG_BASE with POS, wait
+    for irq, read counters, traffic and result regions (and feed back the argmax token)."""
+    job = load_job()
+    period = float(job.get("clock_period_ns", 4))
+    NP, W = int(job["mem_ports"]), int(job["port_bytes"])
+    sb = NP * W
+    # Either the top generates clk itself (job["rtl_clock"]) or cocotb 2's Clock toggles it from
+    # C++ (GPI); Python is not woken every cycle either way.
+    if not job.get("rtl_clock"):
+        Clock(dut.clk, period, unit="ns").start()
+    axi = AxiLiteMaster(dut, period)
+    dut.dump.value, dut.dump_id.value, dut.dump_lo.value, dut.dump_hi.value = 0, 0, 0, 0
+    dut.poke.value = 0
+    dut.tr_we.value, dut.tr_idx.value, dut.tr_lo.value, dut.tr_hi.value = 0, 0, 0, 0
+    dut.tr_cat.value = 0
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, int(job.get("reset_cycles", 4)))
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    # traffic ranges: one per clock edge; unused ones stay empty (lo = hi = 0)
+    for k, rng in enumerate(job.get("traffic", [])[:8]):
+        dut.tr_idx.value, dut.tr_lo.value, dut.tr_hi.value = k, int(rng["lo"]), int(rng["hi"])
+        dut.tr_cat.value = int(rng["category"])
+        dut.tr_we.value = 1
+        await FallingEdge(dut.clk)
+    dut.tr_we.value = 0
+
+    mem = Memory(dut, job.get("dump_prefixes", []), NP, W)
+    timeout = int(job.get("timeout_cycles", 10_000_000))
+    steps = []
+    for step in _steps(job):
+        res = await _run_step(dut, axi, mem, step, timeout, period, sb)
+        steps.append(res)
+        dut._log.info("hwflow run %d: %d cycles in %.3f s (%.0f cycles/s), retired %d, "
+                      "error %d", len(steps) - 1, res["cycles"], res["run_wall_s"],
+                      res["cycles"] / max(res["run_wall_s"], 1e-9), res["retired"],
+                      res["error"])
+        if not res["done"]:
+            break                   # still running: later steps cannot start
+    result = dict(steps[-1])
+    result["steps"] = steps
+    result["mismatches"] = [f"step {i}: {m}" if len(steps) > 1 else m
+                            for i, r in enumerate(steps) for m in r["mismatches"]]
+    result["timed_out"] = any(r["timed_out"] for r in steps)
+    result["mem_oob"] = bool(dut.mem_oob.value)
     if job.get("result"):
         Path(job["result"]).write_text(json.dumps(result, indent=1))
 
-    dut._log.info("hwflow run: %d cycles in %.3f s (%.0f cycles/s), retired %d, error %d",
-                  result["cycles"], result["run_wall_s"],
-                  result["cycles"] / max(result["run_wall_s"], 1e-9), result["retired"],
-                  result["error"])
     assert not result["timed_out"], f"no irq within {timeout} cycles"
     assert not result["mem_oob"], "an access fell outside the simulated memory"
-    assert not mismatches, "; ".join(mismatches)
+    assert not result["mismatches"], "; ".join(result["mismatches"])

@@ -15,7 +15,9 @@
 // +hwflow_mem<PORT>=<path> (one hex line per beat, beat 0 first), so one Verilator build serves
 // every memory image. Read-back without Python stepping cycles: while `dump` is high at a clock
 // edge, beats [dump_lo, dump_hi] are written by $writememh to <prefix>.r<dump_id>.hex, where
-// <prefix> comes from +hwflow_dump<PORT>=<prefix>.
+// <prefix> comes from +hwflow_dump<PORT>=<prefix>. Host writes between runs (token ids): while
+// `poke` is high at a clock edge, beats [dump_lo, dump_hi] are loaded by $readmemh from
+// <prefix>.w<dump_id>.hex (applied after the edge's own accesses; poke while idle).
 //
 // Accesses beyond DEPTH beats read as zero, are dropped when written, print a message and set the
 // sticky `oob` output (the testbench reports it as an error).
@@ -46,6 +48,7 @@ module ext_memory #(
     input  wire [ADDR_BITS+8*DATA_BYTES-1:0] wr_payload,
 
     input  wire                             dump,
+    input  wire                             poke,
     input  wire [7:0]                       dump_id,
     input  wire [31:0]                      dump_lo,
     input  wire [31:0]                      dump_hi,
@@ -144,6 +147,8 @@ module ext_memory #(
         end
         if (dump && dump_prefix != "")
             $writememh($sformatf("%s.r%0d.hex", dump_prefix, dump_id), mem, dump_lo, dump_hi);
+        if (poke && dump_prefix != "")
+            $readmemh($sformatf("%s.w%0d.hex", dump_prefix, dump_id), mem, dump_lo, dump_hi);
     end
 endmodule
 

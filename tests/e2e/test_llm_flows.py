@@ -1,0 +1,86 @@
+"""Language models end to end: a Hugging Face folder -> hwflow compile -> hwflow sim (Verilator).
+
+What the transformer path must show: a tiny LLaMA with grouped-query attention (6 heads over 2
+kv heads of 20) runs an 8-token prompt and 8 greedy decode steps on the RTL with every step's
+logits bit-exact and the RTL's own greedy tokens equal to golden's; during decode no activation
+crosses the memory interface; the one decode program serves every position; program bytes do
+not grow with the context.
+"""
+
+import json
+
+import pytest
+
+from hwflow.cli import main
+from hwflow.llm_examples import write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llm")
+    folder = write_tiny_llama(tmp / "tiny-llama")
+    out = tmp / "build"
+    assert main(["compile", str(folder), "--board", "u280", "--max-context", "64",
+                 "-o", str(out)]) == 0
+    return out
+
+
+def test_prefill_and_decode_are_bit_exact_in_rtl(tiny_build, capsys):
+    assert main(["sim", str(tiny_build), "--prompt-len", "8", "--new-tokens", "8"]) == 0
+    sim = json.loads((tiny_build / "reports" / "sim.json").read_text())
+    steps = sim["steps"]
+    assert [s["kind"] for s in steps] == ["prefill"] + ["decode"] * 8
+    assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in steps), steps
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert len(sim["tokens"]) == 9 and len(sim["float_tokens"]) == 9
+    assert 0.0 <= sim["float_top1_agreement"] <= 1.0
+    # the decode steps ran one program at eight positions
+    assert [s["pos"] for s in steps[1:]] == list(range(8, 16))
+    # always-on-chip decode: only weights, KV cache, the token id and the logits move
+    dec = sim["traffic"]["decode"]
+    assert dec["activations_read"] == 0 and dec["activations_written"] == 0, dec
+    assert dec["weights_read"] > 0 and dec["kv_read"] > 0 and dec["kv_written"] > 0, dec
+    assert dec["io_read"] > 0 and dec["io_written"] > 0, dec
+    # the RTL's counters equal the ISA functional model's, byte for byte, in every step
+    assert all(s["traffic_matches_isa_model"] for s in steps)
+    assert sim["traffic"] == sim["isa_model_traffic"]
+    assert "bit-exact" in capsys.readouterr().out
+
+
+def test_two_prompts_reuse_the_build(tiny_build):
+    """A prompt longer than the largest bucket runs in chunks at POS = 0, 16; given ids."""
+    ids = ",".join(str(i) for i in range(3, 3 + 19))
+    assert main(["sim", str(tiny_build), "--prompt", ids, "--new-tokens", "2"]) == 0
+    sim = json.loads((tiny_build / "reports" / "sim.json").read_text())
+    assert [(s["kind"], s["pos"]) for s in sim["steps"]] == [
+        ("prefill", 0), ("prefill", 16), ("decode", 19), ("decode", 20)]
+    assert sim["bit_exact"]
+
+
+def test_program_bytes_do_not_grow_with_context(tmp_path):
+    folder = write_tiny_llama(tmp_path / "tiny-llama")
+    reports = []
+    for ctx in (64, 2048):
+        out = tmp_path / f"b{ctx}"
+        assert main(["compile", str(folder), "--board", "u280", "--max-context", str(ctx),
+                     "-o", str(out)]) == 0
+        reports.append(json.loads((out / "reports" / "compile.json").read_text()))
+    small, full = reports
+    assert small["programs"] == full["programs"]
+    assert full["naive_program_bytes"] > 500 * (full["programs"]["decode"]["bytes"]
+                                                + full["programs"]["prefill"]["bytes"])
+    assert full["program_reduction"] > 500
+
+
+def test_unsupported_op_is_one_line(tmp_path, capsys):
+    folder = write_tiny_llama(tmp_path / "gelu-llama", hidden_act="gelu")
+    assert main(["compile", str(folder), "--board", "u280", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gelu" in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_board_without_transformer_units_is_refused(tmp_path, capsys):
+    folder = write_tiny_llama(tmp_path / "tiny-llama")
+    assert main(["compile", str(folder), "--board", "icebreaker", "-o", str(tmp_path / "b")]) == 2
+    assert "transformer" in capsys.readouterr().err
