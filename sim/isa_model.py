@@ -143,8 +143,9 @@ class IsaStats:
         Bytes per category (:data:`TRAFFIC_KEYS`), every access counted as the whole
         super-beats it moves and classified by the memory-map region holding its first
         super-beat. Instruction fetch counts each super-beat of the program once per entry
-        into it (sequential fetch). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and
-        one table row per row; ATTN reads, per query row b, cache rows ``0..POS+b`` of K and of
+        into it (sequential fetch; a STORE drops the fetched super-beat, as the controller
+        does). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and one table row per
+        row; ATTN reads, per query row b and query head, cache rows ``0..POS+b`` of K and of
         V (``kv_stride`` super-beats each: every kv head of the row).
     """
 
@@ -328,6 +329,8 @@ class IsaModel:
         else:
             self.mem[lo:hi] = self.act[a0:a1].reshape(-1).view(np.uint8)
             self.stats.ext_write_bytes += nbytes
+            # a STORE may overwrite the program: the controller drops its fetched super-beat
+            self._fetched_sb = None
         self._traffic(ext, nbytes, ins.op == Opcode.STORE)
 
     def _mode(self, ins: Instr) -> LayerFormat:
@@ -525,8 +528,9 @@ class IsaModel:
             lo, hi = self._ext_range(base, n_keys * row_bytes, f"ATTN {nm} cache")
             c = self.mem[lo:hi].view(np.int8).reshape(n_keys, row_bytes)[:, :kvh * hd]
             caches.append(c)
-            # one pass over rows 0..POS+b of the cache per query row b
-            nbytes = (rows * self.pos + rows * (rows + 1) // 2) * row_bytes
+            # the attention unit passes over rows 0..POS+b of the cache once per query row b
+            # and query head (heads sharing a kv head re-read it)
+            nbytes = heads * (rows * self.pos + rows * (rows + 1) // 2) * row_bytes
             self._traffic(base, nbytes, False)
             self.stats.ext_read_bytes += nbytes
         q = self._act_rows(ins.a, rows, ins.q_words, heads * hdw, "ATTN q")

@@ -296,7 +296,8 @@ def test_decode_traffic_keeps_activations_on_chip(qd, lowered):
     assert t["other_read"] == t["other_written"] == 0
     kv_row = low.kv.kv_stride * SB
     assert t["kv_written"] == 2 * 2 * kv_row                     # K and V, 2 layers, 1 row
-    assert t["kv_read"] == 2 * 2 * 4 * kv_row                    # 4 keys per layer
+    # K and V, 2 layers, 4 keys, once per query head
+    assert t["kv_read"] == 2 * 2 * 4 * qd.shape.heads * kv_row
     assert t["io_read"] == SB and t["io_written"] == low.io.logits_row_bytes
     assert t["program_read"] == program_instructions(2) * INSTR_BYTES
     weights = sum(r.nbytes for r in low.memory_map.regions

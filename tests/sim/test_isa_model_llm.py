@@ -261,7 +261,8 @@ def test_attn_matches_golden_attention(pos, rows):
     st = model.run(prog)
     want = gl.attention(q, kc[:n_keys], vc[:n_keys], pos, heads, kvh, hd, 300, 10, 900, 20)
     np.testing.assert_array_equal(_act(model, 100, rows, heads * hdw), want)
-    per_cache = sum(pos + b + 1 for b in range(rows)) * kv_stride * SB
+    # every query head passes over its rows of the cache (GQA heads re-read their kv head)
+    per_cache = heads * sum(pos + b + 1 for b in range(rows)) * kv_stride * SB
     assert st.traffic["kv_read"] == 2 * per_cache
     assert st.traffic["kv_written"] == 0
 
