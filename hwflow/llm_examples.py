@@ -17,28 +17,31 @@ TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_atte
                   rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
 
 
-def tiny_llama_config(**overrides):
-    """``transformers.LlamaConfig`` of the tiny model, with keyword overrides."""
-    from transformers import LlamaConfig
+def tiny_llama_config(family: str = "llama", **overrides):
+    """``transformers`` config of the tiny model (``family``: a ``model_type`` such as
+    ``llama``, ``mistral`` or ``qwen2``), with keyword overrides."""
+    from transformers import AutoConfig
 
-    return LlamaConfig(**{**TINY_LLAMA, **overrides})
+    return AutoConfig.for_model(family, **{**TINY_LLAMA, **overrides})
 
 
-def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, family: str = "llama",
+                     **overrides) -> Path:
     """Write a randomly initialised tiny LLaMA as a Hugging Face folder (safetensors).
 
     Weights come from ``transformers``' own initialisation under ``torch.manual_seed(seed)``;
     the RMSNorm gammas (all ones after init) are then drawn from U(0.5, 1.5) so that folding
     them into the linears is visible, and any biases (``attention_bias=True``) from N(0, 0.02).
-    ``overrides`` change ``LlamaConfig`` fields (e.g. ``hidden_act="gelu"`` for an unsupported
-    model). Returns the folder.
+    ``overrides`` change config fields (e.g. ``hidden_act="gelu"`` for an unsupported model);
+    ``family`` picks another LLaMA-like architecture of the same sizes (``mistral``, ``qwen2``:
+    q/k/v biases). Returns the folder.
     """
     import torch
     import transformers
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(family, **overrides)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

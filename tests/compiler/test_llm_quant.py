@@ -62,5 +62,5 @@ def test_calibration_is_seeded(fd, qd):
 
 
 def test_max_context_beyond_model(fd):
-    with pytest.raises(CompileError, match="max_context 300"):
-        quantize_decoder(fd, 300)
+    with pytest.raises(CompileError, match="max_context 3000"):
+        quantize_decoder(fd, 3000)

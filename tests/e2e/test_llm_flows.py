@@ -84,3 +84,17 @@ def test_board_without_transformer_units_is_refused(tmp_path, capsys):
     folder = write_tiny_llama(tmp_path / "tiny-llama")
     assert main(["compile", str(folder), "--board", "icebreaker", "-o", str(tmp_path / "b")]) == 2
     assert "transformer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_llama_like_families_run_without_special_code(tmp_path, family):
+    """Mistral (sliding-window config, same graph) and Qwen2 (q/k/v biases) lower to the same
+    patterns: compiled and simulated in RTL like the LLaMA, bit-exact."""
+    folder = write_tiny_llama(tmp_path / family, seed=1, family=family)
+    out = tmp_path / "b"
+    assert main(["compile", str(folder), "--board", "u280", "--max-context", "32",
+                 "-o", str(out)]) == 0
+    assert json.loads((out / "reports" / "compile.json").read_text())["family"] == family
+    assert main(["sim", str(out), "--prompt-len", "5", "--new-tokens", "3"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
