@@ -41,7 +41,8 @@ class AccelConfig:
         Build the transformer path (docs/architecture.md, "Transformer path (v3)"): the
         :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, ROPE, SILUMUL), the
         :class:`~hwflow.hw.attention.AttentionUnit` (ATTN), GATHER and POS-relative LOAD/STORE.
-        Without it those instructions stop the run with ERROR = 1.
+        Without it those instructions stop the run with ERROR = 1. Off by default (the units
+        cost about 2x in Verilator build time); boards turn it on (``engine: transformer:``).
     """
 
     chains: int = 16
@@ -53,7 +54,7 @@ class AccelConfig:
     addr_bits: int = 24
     sparse: bool = True
     int4: bool = True
-    transformer: bool = True
+    transformer: bool = False
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",

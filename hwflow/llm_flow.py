@@ -193,9 +193,72 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
             "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
             "traffic_ranges": _traffic_ranges(lw.memory_map)})
         write_json(tmp / "reports" / "compile.json", report)
+        _write_testbench(tmp / "tb", qd, lw)
         digest = hashlib.sha256(lw.image + verilog.encode()).hexdigest()[:16]
         write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "digest": digest})
     return out, report
+
+
+DECODER_TB = '''"""Standalone cocotb testbench of this language-model build: `pytest tb/`.
+
+Builds ``hwflow_sim_top`` (rtl/hwflow_accel.v plus the memory models) with Verilator through
+cocotb's runner, preloads memory_image.bin and runs the default prompt and decode steps of
+steps.json in one simulation: each run's host writes (token ids), POS and PROG_BASE, then the
+logits read-back, checked byte for byte against the golden model's (expected_*.bin, written by
+`hwflow compile`), the RTL's argmax feeding the next decode step. The cocotb test module that
+drives the AXI4-Lite registers is hwflow.sim.testbench.
+"""
+
+import json
+from pathlib import Path
+
+from hwflow.hw.config import AccelConfig
+from hwflow.sim.runner import simulate_steps
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE.parent
+
+
+def test_prompt_and_decode_match_golden(tmp_path):
+    conf = json.loads((BUILD / "config.json").read_text())
+    job = json.loads((HERE / "steps.json").read_text())
+    steps = []
+    for st in job["steps"]:
+        st = dict(st)
+        st["writes"] = [(a, (HERE / f).read_bytes()) for a, f in st["writes"]]
+        st["readback"] = [tuple(r) for r in st["readback"]]
+        st["expect"] = {0: (HERE / st.pop("expected")).read_bytes()}
+        steps.append(st)
+    res = simulate_steps(AccelConfig(**conf["accel"]),
+                         (BUILD / "rtl" / "hwflow_accel.v").read_text(),
+                         (BUILD / "memory_image.bin").read_bytes(), steps, work_dir=tmp_path,
+                         traffic=[tuple(r) for r in conf["traffic_ranges"]])
+    assert res.passed and all(s.done and s.error == 0 and not s.mismatches for s in res.steps)
+    assert res.tokens == job["golden_tokens"]
+'''
+
+
+def _write_testbench(tb: Path, qd, lw) -> None:
+    """The build folder's standalone cocotb testbench (see DECODER_TB) for the default run."""
+    from hwflow.compiler.llm_interpret import golden_generate
+
+    tb.mkdir()
+    new_tokens = max(1, min(DEFAULT_NEW_TOKENS, lw.max_context - DEFAULT_PROMPT_LEN))
+    ids = default_prompt(qd.shape.vocab)
+    golden = golden_generate(qd, ids, new_tokens + 1)
+    host, steps = rtl_steps(lw, ids, new_tokens)
+    job = []
+    for i, (st, want) in enumerate(zip(steps, golden_rows(golden, host, lw.io.logits_row_bytes),
+                                       strict=True)):
+        writes = []
+        for k, (addr, data) in enumerate(st["writes"]):
+            (tb / f"write_{i}_{k}.bin").write_bytes(bytes(data))
+            writes.append((addr, f"write_{i}_{k}.bin"))
+        (tb / f"expected_{i}.bin").write_bytes(want.astype(np.int8).tobytes())
+        job.append({**st, "writes": writes, "expected": f"expected_{i}.bin"})
+    write_json(tb / "steps.json", {"prompt": ids, "golden_tokens": [int(t) for t in golden.tokens],
+                                   "steps": job})
+    (tb / "test_accel.py").write_text(DECODER_TB)
 
 
 def _accelerator_verilog(cfg) -> str:
@@ -222,6 +285,12 @@ def parse_prompt(text: str, vocab: int) -> list[int]:
     return ids
 
 
+def default_prompt(vocab: int, n: int = DEFAULT_PROMPT_LEN, seed: int | None = None) -> list[int]:
+    """The seeded random prompt of ``--prompt-len`` (seed 0 unless ``--seed``)."""
+    return [int(t) for t in np.random.default_rng(0 if seed is None else seed).integers(
+        0, vocab, n)]
+
+
 def _chunks(prompt: list[int], largest: int) -> list[tuple[int, list[int]]]:
     return [(p, prompt[p:p + largest]) for p in range(0, len(prompt), largest)]
 
@@ -236,6 +305,39 @@ def _host_steps(lw, prompt: list[int], new_tokens: int) -> list:
     # a decode step's id is written by the host after the previous step; 0 is a placeholder
     steps += [(decode_memory_writes(lw, [0], len(prompt) + k), True) for k in range(new_tokens)]
     return steps
+
+
+def rtl_steps(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:
+    """``(host, steps)``: the host steps (:func:`_host_steps`) and the matching
+    ``sim.runner.simulate_steps`` jobs; from the last prompt chunk on, each run's argmax (the
+    RTL's greedy token) is written as the next run's token id."""
+    host = _host_steps(lw, ids, new_tokens)
+    n_chunks = len(host) - new_tokens
+    SB = lw.cfg.beat_bytes
+    steps = []
+    for i, (st, is_decode) in enumerate(host):
+        step = {"prog_base": st.prog_base, "pos": st.pos,
+                "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
+                "readback": [(st.logits_addr // SB, st.tokens * st.logits_row_bytes)]}
+        if i >= n_chunks - 1:
+            step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
+                              "row": st.tokens - 1, "vocab": st.vocab,
+                              "ids_addr": lw.io.ids_addr}
+        steps.append(step)
+    return host, steps
+
+
+def golden_rows(golden, host: list, row_bytes: int) -> list:
+    """Per run, the golden logits as the RTL stores them: ``[tokens, row_bytes]`` int8 rows,
+    zero past the vocabulary (the prompt's logits split like its chunks)."""
+    want, rows = [], golden.step_logits[0]
+    for st, is_decode in host:
+        if is_decode:
+            continue
+        want.append(rows[:st.tokens])
+        rows = rows[st.tokens:]
+    want += list(golden.step_logits[1:])
+    return [np.pad(w, ((0, 0), (0, row_bytes - w.shape[1]))) for w in want]
 
 
 def _isa_run(lw, cfg, image: bytes, host: list, tokens_in: list[int]):
@@ -292,8 +394,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
         n = DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len
         if n < 1:
             raise HwflowError(f"--prompt-len {n}: give at least 1 token")
-        ids = [int(t) for t in np.random.default_rng(0 if seed is None else seed).integers(
-            0, vocab, n)]
+        ids = default_prompt(vocab, n, seed)
     if len(ids) + new_tokens > qd.max_context:
         raise HwflowError(f"{len(ids)} prompt tokens + {new_tokens} decode steps exceed the "
                           f"build's max context of {qd.max_context}; recompile with a larger "
@@ -306,19 +407,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     # golden: the prompt's logits, then one [1, vocab] row per decode step
     golden = golden_generate(qd, ids, new_tokens + 1)
     g_tokens = [int(t) for t in golden.tokens]
-    host = _host_steps(lw, ids, new_tokens)
-    n_chunks = len(host) - new_tokens
-    SB = cfg.beat_bytes
-    steps = []
-    for i, (st, is_decode) in enumerate(host):
-        step = {"prog_base": st.prog_base, "pos": st.pos,
-                "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
-                "readback": [(st.logits_addr // SB, st.tokens * st.logits_row_bytes)]}
-        if i >= n_chunks - 1:
-            step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
-                              "row": st.tokens - 1, "vocab": st.vocab,
-                              "ids_addr": lw.io.ids_addr}
-        steps.append(step)
+    host, steps = rtl_steps(lw, ids, new_tokens)
     try:
         res = simulate_steps(cfg, (out / "rtl" / "hwflow_accel.v").read_text(), image, steps,
                              work_dir=out / "sim", waves=waves,
@@ -326,13 +415,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     except SimError as e:
         raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
 
-    # golden logits per step (the prompt's rows split like the chunks)
-    want = []
-    rows = golden.step_logits[0]
-    for _, chunk in _chunks(ids, lw.buckets[-1]):
-        want.append(rows[:len(chunk)])
-        rows = rows[len(chunk):]
-    want += list(golden.step_logits[1:])
+    want = [w[:, :vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
     isa_logits, isa_traffic = _isa_run(lw, cfg, image, host, g_tokens)
 
     report_steps = []

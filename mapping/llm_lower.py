@@ -516,10 +516,14 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     Raises
     ------
     MappingError
-        One row does not fit the activation buffer (needs ``act_depth >= words per row``),
-        a bucket does not fit, a linear's two tiles do not fit the weight ring, a field
-        overflows, or the image exceeds the port address space.
+        The accelerator has no transformer units, one row does not fit the activation buffer
+        (needs ``act_depth >= words per row``), a bucket does not fit, a linear's two tiles do
+        not fit the weight ring, a field overflows, or the image exceeds the port address
+        space.
     """
+    if not cfg.transformer:
+        raise MappingError("this accelerator has no transformer units (vector and attention "
+                           "units: AccelConfig.transformer); a decoder needs them")
     s = qd.shape
     T = int(qd.max_context)
     geo = _Geometry.of(qd, cfg)

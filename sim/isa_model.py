@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 
+#: Instructions of the transformer path (illegal on an engine built without it).
+_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.RMSNORM, Opcode.ROPE, Opcode.SILUMUL, Opcode.ATTN)
+
+
 class IsaError(Exception):
     """A program did something the architecture does not define.
 
@@ -581,6 +585,11 @@ class IsaModel:
                 ins = decode(raw)
             except ValueError:
                 self._fail(IllegalInstruction, f"illegal opcode 0x{raw[0]:02x}")
+            if not self.cfg.transformer and (ins.op in _TRANSFORMER_OPS or (
+                    ins.op in (Opcode.LOAD, Opcode.STORE) and ins.flags & FLAG_POS)):
+                # the RTL built without the transformer units stops with ERROR = 1
+                self._fail(IllegalInstruction, f"{ins.op.name} needs the transformer units "
+                           "(AccelConfig.transformer)")
             self.stats.retired += 1
             self.stats.ext_read_bytes += INSTR_BYTES
             self.stats.by_opcode[ins.op.name] = self.stats.by_opcode.get(ins.op.name, 0) + 1

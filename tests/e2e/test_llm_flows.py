@@ -8,6 +8,8 @@ not grow with the context.
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -45,6 +47,14 @@ def test_prefill_and_decode_are_bit_exact_in_rtl(tiny_build, capsys):
     assert all(s["traffic_matches_isa_model"] for s in steps)
     assert sim["traffic"] == sim["isa_model_traffic"]
     assert "bit-exact" in capsys.readouterr().out
+
+
+def test_build_folder_testbench_runs_with_plain_pytest(tiny_build):
+    """tb/ replays the default prompt and decode steps against the golden logits."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(tiny_build / "tb")], capture_output=True, text=True, cwd=tiny_build)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "1 passed" in r.stdout
 
 
 def test_two_prompts_reuse_the_build(tiny_build):

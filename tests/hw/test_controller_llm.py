@@ -29,11 +29,11 @@ from .test_top import axi_read, axi_write
 
 # P = 2, L = 8, SB = 16 B (two act words a super-beat, four token ids a super-beat)
 CFG = AccelConfig(chains=2, chain_len=8, mem_ports=2, port_bytes=8, act_depth=64,
-                  weight_depth=32)
+                  weight_depth=32, transformer=True)
 CFG_NO_TF = replace(CFG, transformer=False)
 # SB = 2 B: a token id spans two super-beats
 CFG_TINY = AccelConfig(chains=1, chain_len=2, mem_ports=1, port_bytes=2, act_depth=64,
-                       weight_depth=64, sparse=False, int4=False)
+                       weight_depth=64, sparse=False, int4=False, transformer=True)
 SB, L = CFG.beat_bytes, CFG.chain_len
 
 

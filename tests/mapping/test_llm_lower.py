@@ -25,10 +25,10 @@ from hwflow.sim.isa_model import GatherRangeError, IsaModel
 #: L = 8, SB = 32 B: hidden 120 -> residual rows of 16 words, heads of 20 -> 24 B, a cache row
 #: 2 x 24 B -> 64 B (kv_stride 2).
 CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
-                  weight_depth=64)
+                  weight_depth=64, transformer=True)
 #: SB = 64 B: the embedding row (120 B) and the cache row (48 B) pad differently.
 CFG64 = AccelConfig(chains=8, chain_len=8, mem_ports=2, port_bytes=32, act_depth=4096,
-                    weight_depth=64)
+                    weight_depth=64, transformer=True)
 SHAPE = DecoderShape(vocab=320, hidden=120, layers=2, heads=6, kv_heads=2, head_dim=20,
                      intermediate=200, max_position=2048, rope_theta=10000.0, rms_eps=1e-5)
 

@@ -22,7 +22,7 @@ from hwflow.sim.isa_model import GatherRangeError, IsaError, IsaModel, run_progr
 
 #: L = 4, SB = 16 B (four words), act_depth 512.
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
-                  weight_depth=64, addr_bits=16)
+                  weight_depth=64, addr_bits=16, transformer=True)
 L, SB = CFG.chain_len, CFG.beat_bytes
 
 
