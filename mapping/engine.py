@@ -9,7 +9,10 @@ configuration (DSP and BRAM counts equal):
   (acc+bias)*mult, a 33x17 signed product (2 slices: one covers 27 bits of one operand), and
   res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
   tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
-  dequantizer's 4x4-bit products are shift-and-add logic (no DSP).
+  dequantizer's 4x4-bit products are shift-and-add logic (no DSP). With ``transformer``, the
+  vector and attention units and the POS address multiplier add ``5 L + 10`` (fitted on
+  Yosys runs at L = 4, 8, 16 with two chains: 30, 50 and 90 more DSP48E2 than without; per
+  lane the attention unit's q.k / p.v product and its two-slice rescale and output products).
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
   stored three times (block RAMs have one read port next to the write port); the weight ring
@@ -32,6 +35,8 @@ from .errors import MappingError
 
 EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
+TRANSFORMER_DSP_PER_LANE = 5    # vector + attention units, per activation lane (L)
+TRANSFORMER_DSP_FIXED = 10
 PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
 RECORD_BYTES = 8
 ACT_READ_PORTS = 3
@@ -123,7 +128,8 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     ring = (L + param_lanes(cfg)) * memory_blocks(8 * P, D, bram_kbits)
     if cfg.sparse:
         ring += L * memory_blocks(4 * P, D, bram_kbits)
-    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP,
+    units = (TRANSFORMER_DSP_PER_LANE * L + TRANSFORMER_DSP_FIXED) if cfg.transformer else 0
+    return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
             "bram": int(-(-(act + ring) // 1))}
 
 

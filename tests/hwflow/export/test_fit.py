@@ -1,5 +1,7 @@
 """Yosys synth_xilinx utilization of a small accelerator, its cache, and the fit check."""
 
+from dataclasses import replace
+
 import pytest
 
 from hwflow.boards import load_board
@@ -50,6 +52,14 @@ def test_dsp_count_is_the_designed_slices_plus_epilogue(small_util):
     assert util["dsp"]["available"] == 9024
     assert util["meta"]["family"] == "xcup" and not util["meta"]["cached"]
     assert "Yosys" in util["meta"]["tool"] and util["meta"]["seconds"] > 0
+
+
+def test_dsp_count_with_the_transformer_units(tmp_path, monkeypatch):
+    """The vector and attention units: 5 DSP48E2 per lane + 10 (mapping/engine.py)."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg = replace(SMALL, transformer=True)
+    util = xilinx_utilization(generate_verilog(cfg), MODULE_NAME, load_board("u280"))
+    assert util["dsp"]["used"] == estimate_resources(cfg)["dsp"] == 45
 
 
 def test_second_call_hits_the_cache(small_util):
