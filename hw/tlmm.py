@@ -1,0 +1,518 @@
+"""Table-lookup ternary matmul engine: TMATMUL (opcode 0x0B), TeLLMe-style.
+
+docs/architecture.md, "Ternary path (v4 ...)": instruction fields, the weight block (written by
+``mapping/ternary_format.py``) and the numerics (``golden/ternary.py``: ``encode_groups``,
+``group_table``, ``lookup_matmul``; ``golden/int8.py``: ``requantize``), bit for bit. This module
+does not import ``golden``; the test checks :data:`GROUP_BITS` against it.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .mem_port import read_req_layout
+
+__all__ = ["TernaryLookupMatmul", "GROUP_BITS", "OPCODE_TMATMUL", "TLMM_BURST",
+           "TLMM_MAX_AHEAD"]
+
+OPCODE_TMATMUL = 0x0B
+#: Bits of one group index (golden.ternary.GROUP_BITS): 3**G combinations in 4, 5, 7 bits.
+GROUP_BITS = {2: 4, 3: 5, 4: 7}
+#: Super-beats per read request. 16-beat bursts with up to 64 beats in flight cover a 32-cycle
+#: read latency twice over, so the index stream runs at one super-beat per cycle.
+TLMM_BURST = 16
+TLMM_MAX_AHEAD = 64
+#: Epilogue pipeline depth: issue (buffer/acc/param reads), acc*m, +bias, *mult, sum, shift.
+_EPI_STAGES = 5
+
+
+def _tree_sum(terms):
+    """Balanced adder tree (log2 depth)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+    return terms[0]
+
+
+def _ceil_div_unit(m: Module, name: str, width: int, d: int):
+    """Sequential ``ceil(num / d)`` for a constant ``d``: restoring division, one quotient bit
+    per cycle (``width + 1`` cycles), so no combinational divider for non-power-of-two T, Q, SB.
+
+    Returns ``(start, num, quotient, done)``: pulse ``start`` with ``num`` valid; ``quotient``
+    is valid while ``done``.
+    """
+    nw = max(width, (d - 1).bit_length()) + 1           # num + d - 1 must fit
+    db = max(1, d.bit_length())
+    start, num = Signal(name=f"{name}_start"), Signal(width, name=f"{name}_num")
+    q = Signal(nw, name=f"{name}_q")
+    rem = Signal(db, name=f"{name}_rem")
+    cnt = Signal(range(nw + 1), name=f"{name}_cnt")
+    r2 = Cat(q[nw - 1], rem)
+    ge = r2 >= d
+    with m.If(start):
+        m.d.sync += [q.eq(num + (d - 1)), rem.eq(0), cnt.eq(nw)]
+    with m.Elif(cnt != 0):
+        m.d.sync += [rem.eq(Mux(ge, r2 - d, r2)), q.eq(Cat(ge, q[:nw - 1])), cnt.eq(cnt - 1)]
+    return start, num, q, (cnt == 0) & ~start
+
+
+class TernaryLookupMatmul(wiring.Component):
+    """Executes TMATMUL: ternary weights by table lookup, int32 accumulation, requantization.
+
+    Per activation row ``b < rows`` (rows one after another; the weights are re-streamed for
+    every row, as in decode ``rows`` is 1):
+
+    1. ``m[b]``: two byte reads of the u16 at byte ``2b`` of act words from ``m_addr``;
+    2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks):
+
+       a. load: the chunk's ``T*G`` activation bytes, byte-serial from the buffer (``T*G + 1``
+          cycles; bytes straddle words freely; the bytes of groups past ``k_groups`` are read
+          too and meet ZERO_INDEX);
+       b. build: ``T`` tables in parallel, one entry per cycle. Only entries ``0 .. H-1``,
+          ``H = (3**G + 1) / 2``, are stored (5, 14, 41 for G = 2, 3, 4): entry ``3**G - 1 - e``
+          has every digit mirrored (``2 - d``) and is ``-entry(e)``, so a lookup of an index
+          ``>= H`` reads the mirror and negates. Every table is written into one memory with
+          ``Q`` asynchronous read ports (``Q`` LUT-RAM replicas on an FPGA);
+       c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; one record per cycle does
+          ``T*Q`` lookups (``lookup`` high), an adder tree over ``T`` per channel, and the
+          read-modify-write of ``Q`` int32 accumulators (``acc`` memory, ``Q`` lanes per entry;
+          chunk 0 overwrites). Records come from a gearbox window of super-beats: a record is
+          read at any bit offset (barrel shifter), so records straddle bytes and beats.
+
+    3. epilogue: one output byte per cycle for ``n < words*L``: ``requantize(acc[n] * m[b],
+       bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL, res_mult)`` for ``n < n_out``,
+       0 past it, written with a byte enable (the residual byte is read in the same pass).
+
+    The parameters (``n_out`` records of 8 bytes) are loaded once per instruction into a
+    parameter memory of super-beat-wide entries (one per cycle); requests for the index stream
+    of every row follow, ``TLMM_BURST`` beats each, up to ``TLMM_MAX_AHEAD`` beats ahead of the
+    data side, so the memory latency is paid once per instruction. Before that, a ~80-cycle
+    setup computes ``ceil(k_groups/T)``, ``ceil(n_out/Q)``, the parameter beats and the stream
+    beats per row with sequential dividers and a shift-add multiplier (once per instruction).
+
+    Cycles per row, when memory keeps up (records of at most a super-beat):
+    ``3 + n_chunks * (T*G + 1 + H + 1 + n_blocks + 1) + 4 + words*L`` with ``n_chunks =
+    ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``; per instruction add ~``80 +
+    param_beats + latency``. A record wider than a super-beat (``T*Q*bits > 8*SB``) streams at
+    ``8*SB / (T*Q*bits)`` records per cycle.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        ``chain_len`` (L), ``beat_bytes`` (SB, a multiple of 8: whole parameter records per
+        beat), ``addr_bits``.
+    G : int
+        Group size (2, 3 or 4).
+    T : int
+        Tables (groups per record).
+    Q : int
+        Replicas of each table (output channels per record).
+    acc_depth : int
+        Largest ``n_out`` (channels): the accumulator memory holds ``ceil(acc_depth / Q)``
+        entries of ``Q`` int32 lanes, the parameter memory ``ceil(8 * acc_depth / SB)``
+        super-beats. A TMATMUL with a larger ``n_out`` is not executable.
+
+    Attributes
+    ----------
+    ins : in, 256 bits
+        The instruction (w0 in the low bits), stable from ``start`` until ``busy`` falls.
+        w0 flags bit0 RELU, bit1 RESIDUAL, w0[21:16] shift; w1 wgt (super-beats); w2 x[15:0],
+        out[31:16]; w3 res[15:0], rows[31:16]; w4 k_groups[15:0], n_out[31:16]; w5
+        x_words[15:0], words[31:16]; w6 res_mult[15:0], m_addr[31:16].
+    start : in, pulse
+    busy : out, high from the cycle after ``start`` until the last output byte was written
+    rd_addr, rd_en, act_rd_data : activation buffer read port (synchronous, data one cycle
+        after an enabled address, held while ``rd_en`` is low)
+    wr_addr, wr_data, wr_en : activation buffer write port (``wr_en``: byte enables)
+    rd_req : stream out, :func:`~.mem_port.read_req_layout` (super-beat address and length)
+    rd_data : stream in, ``8 * SB`` bits, beats in request order
+    lookup : out, high in each cycle the engine does its ``T*Q`` lookups
+    """
+
+    def __init__(self, cfg: AccelConfig, G: int, T: int, Q: int, acc_depth: int):
+        if G not in GROUP_BITS:
+            raise ValueError(f"TLMM group size G = {G} is not one of {sorted(GROUP_BITS)}")
+        if T < 1 or Q < 1 or acc_depth < 1:
+            raise ValueError(f"TLMM needs T, Q, acc_depth >= 1 (got {T}, {Q}, {acc_depth})")
+        if cfg.beat_bytes % 8:
+            raise ValueError(f"TLMM needs a super-beat of whole 8-byte parameter records "
+                             f"(SB = {cfg.beat_bytes})")
+        self.cfg, self.G, self.T, self.Q, self.acc_depth = cfg, G, T, Q, acc_depth
+        L = cfg.chain_len
+        super().__init__({
+            "ins": In(256),
+            "start": In(1),
+            "busy": Out(1),
+            "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
+            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
+            "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
+            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
+            "lookup": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, G, T, Q = self.cfg, self.G, self.T, self.Q
+        L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
+        bits = GROUP_BITS[G]
+        E = 3 ** G
+        H = (E + 1) // 2                    # stored table entries (the other half mirrored)
+        RB = T * Q * bits                   # record bits
+        SBB = 8 * SB                        # super-beat bits
+        RPB = SB // 8                       # parameter records per super-beat
+        # table entries: |sum| <= 128*G (512 at G = 4 needs 11 bits signed)
+        TW = (128 * G).bit_length() + 1
+        AD = -(-self.acc_depth // Q)        # accumulator entries
+        PD = -(-8 * self.acc_depth // SB)   # parameter memory entries (super-beats)
+        # gearbox window: a record at bit offset < SBB ends before bit SBB - 1 + RB
+        NBW = max(2, -(-(SBB - 1 + RB) // SBB))
+
+        # --- instruction fields ----------------------------------------------------------------
+        w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
+        relu, residual, shift = w[0][8], w[0][9], w[0][16:22]
+        wgt = w[1][:ab]
+        x_addr, out_addr = w[2][:16], w[2][16:32]
+        res_addr, rows = w[3][:16], w[3][16:32]
+        k_groups, n_out = w[4][:16], w[4][16:32]
+        x_words, words = w[5][:16], w[5][16:32]
+        res_mult, m_addr = w[6][:16], w[6][16:32]
+
+        # --- setup: chunk, block, beat counts (sequential: once per instruction) --------------
+        d1_go, d1_num, n_chunks, d1_done = _ceil_div_unit(m, "div_chunks", 16, T)
+        d2_go, d2_num, n_blocks, d2_done = _ceil_div_unit(m, "div_blocks", 16, Q)
+        d3_go, d3_num, param_beats, d3_done = _ceil_div_unit(m, "div_params", 16, RPB)
+        m.d.comb += [d1_num.eq(k_groups), d2_num.eq(n_out), d3_num.eq(n_out)]
+        # records per row = n_chunks * n_blocks by shift-add (16 cycles), then * RB as a sum of
+        # shifted copies (a constant: popcount(RB) adders), then / SBB
+        rec_w = 34
+        mul_a, mul_b, mul_p = Signal(rec_w), Signal(17), Signal(rec_w)
+        mul_cnt = Signal(range(18))
+        sbits_w = rec_w + RB.bit_length()
+        stream_bits = Signal(sbits_w)
+        d4_go, d4_num, stream_beats, d4_done = _ceil_div_unit(m, "div_beats", sbits_w, SBB)
+        m.d.comb += d4_num.eq(stream_bits)
+        with m.If(mul_cnt != 0):
+            m.d.sync += [mul_p.eq(mul_p + Mux(mul_b[0], mul_a, 0)), mul_a.eq(mul_a << 1),
+                         mul_b.eq(mul_b >> 1), mul_cnt.eq(mul_cnt - 1)]
+
+        # --- local memories ------------------------------------------------------------------
+        tables = []
+        for tt in range(T):
+            mem = memory.Memory(shape=signed(TW), depth=H, init=[])
+            m.submodules[f"table{tt}"] = mem
+            tables.append((mem.write_port(), [mem.read_port(domain="comb") for _ in range(Q)]))
+        m.submodules.accmem = accmem = memory.Memory(shape=32 * Q, depth=AD, init=[])
+        acc_wp, acc_rp = accmem.write_port(), accmem.read_port()
+        m.submodules.prmmem = prmmem = memory.Memory(shape=SBB, depth=PD, init=[])
+        prm_wp, prm_rp = prmmem.write_port(), prmmem.read_port()
+
+        # --- request side ----------------------------------------------------------------------
+        rq_run, rq_valid = Signal(), Signal()
+        rq_addr, rq_len = Signal(ab), Signal(16)
+        rq_next, rq_rem = Signal(ab), Signal(sbits_w)   # next beat, beats left in the region
+        rq_rows = Signal(16)                            # stream regions (rows) still to request
+        ahead = Signal(range(TLMM_MAX_AHEAD + TLMM_BURST + 1))
+        issue = self.rd_req.valid & self.rd_req.ready
+        taken = self.rd_data.valid & self.rd_data.ready
+        m.d.comb += [self.rd_req.valid.eq(rq_valid), self.rd_req.payload.addr.eq(rq_addr),
+                     self.rd_req.payload.len.eq(rq_len)]
+        m.d.sync += ahead.eq(ahead + Mux(issue, rq_len, 0) - taken)
+        blen = Mux(rq_rem > TLMM_BURST, TLMM_BURST, rq_rem[:5])
+        with m.If(issue):
+            m.d.sync += rq_valid.eq(0)
+        with m.Elif(rq_run & ~rq_valid):
+            with m.If(rq_rem != 0):
+                with m.If(ahead + blen <= TLMM_MAX_AHEAD):
+                    m.d.sync += [rq_valid.eq(1), rq_addr.eq(rq_next), rq_len.eq(blen),
+                                 rq_next.eq(rq_next + blen), rq_rem.eq(rq_rem - blen)]
+            with m.Elif(rq_rows != 0):
+                m.d.sync += [rq_rows.eq(rq_rows - 1), rq_next.eq(wgt + param_beats),
+                             rq_rem.eq(stream_beats)]
+            with m.Else():
+                m.d.sync += rq_run.eq(0)
+
+        # --- gearbox window: super-beats in, one record (RB bits at any offset) out -----------
+        win = [Signal(SBB, name=f"win{k}") for k in range(NBW)]
+        have = Signal(range(NBW + 1))
+        off = Signal(range(SBB + RB + 1))   # bit offset of the next record in win[0]
+        flush = Signal()                    # row done: drop the rest of its last beat
+        strm_mode = Signal()                # parameters taken: every further beat is stream
+        consume = Signal()
+        record = Signal(RB)
+        m.d.comb += record.eq(Cat(*win).bit_select(off, RB))
+        fits = Cat(*[(have == k) & (off + RB <= k * SBB) for k in range(1, NBW + 1)]).any()
+        rec_valid = (off < SBB) & fits & ~flush
+        off1 = Signal.like(off)
+        m.d.comb += off1.eq(off + Mux(consume, RB, 0))
+        drop = (off1 >= SBB) | (flush & (off1 != 0))
+        off2 = Mux(off1 >= SBB, off1 - SBB, Mux(flush, 0, off1))
+        have1 = Signal.like(have)
+        m.d.comb += have1.eq(have - drop)
+        win_ready = strm_mode & (have1 < NBW)
+        accept = win_ready & self.rd_data.valid
+        m.d.sync += [off.eq(off2), have.eq(have1 + accept)]
+        with m.If(flush & (off2 == 0)):
+            m.d.sync += flush.eq(0)
+        for k in range(NBW):
+            src = Mux(drop, win[k + 1], win[k]) if k + 1 < NBW else win[k]
+            m.d.sync += win[k].eq(Mux(accept & (have1 == k), self.rd_data.payload, src))
+
+        # --- byte reader (activation buffer): data one cycle after the address -----------------
+        cap_v, cap_m = Signal(), Signal()   # capture a byte next cycle; into m (else x bytes)
+        cap_lane = Signal(range(L))
+        m_reg = Signal(16)
+        acts = Signal(8 * T * G)            # chunk's bytes, shift register (first byte lowest)
+        m.d.sync += cap_v.eq(0)
+        byte_in = self.act_rd_data.word_select(cap_lane, 8)
+        with m.If(cap_v):
+            with m.If(cap_m):
+                m.d.sync += m_reg.eq(Cat(m_reg[8:], byte_in))
+            with m.Else():
+                m.d.sync += acts.eq(Cat(acts[8:], byte_in))
+
+        def read_byte(word, lane, to_m):
+            """Issue a byte read at (word, lane) and advance the pointer by one byte."""
+            m.d.comb += [self.rd_addr.eq(word), self.rd_en.eq(1)]
+            m.d.sync += [cap_v.eq(1), cap_m.eq(to_m), cap_lane.eq(lane)]
+            with m.If(lane == L - 1):
+                m.d.sync += [lane.eq(0), word.eq(word + 1)]
+            with m.Else():
+                m.d.sync += lane.eq(lane + 1)
+
+        # --- data side state -------------------------------------------------------------------
+        b = Signal(16)
+        c = Signal(16)                      # chunk
+        j = Signal(16)                      # record (channel block) in the chunk
+        x_row, x_word, x_lane = Signal(16), Signal(16), Signal(range(L))
+        m_word, m_lane = Signal(16), Signal(range(L))
+        o_row, r_row = Signal(16), Signal(16)
+        ld_i = Signal(range(T * G + 1))
+        be = Signal(range(H + 1))           # table entry being built
+        digits = [Signal(2, name=f"digit{i}") for i in range(G)]
+        pi = Signal(range(PD + 1))          # parameter beats taken
+        # epilogue position: element n = word ew, lane el; acc entry aj lane aq; param beat pb
+        # record pr (incremental counters: no division by L, Q or SB/8)
+        en_n, ew, el = Signal(32), Signal(16), Signal(range(L))
+        aj, aq = Signal(range(AD + 1)), Signal(range(Q))
+        pb, pr = Signal(range(PD + 1)), Signal(range(RPB))
+        epi_issue = Signal()
+        no_acc = Signal()                   # k_groups == 0: every acc is 0
+        pipe_busy = Signal()                # stream pipeline (lookups -> acc) not empty
+        epi_busy = Signal()
+
+        m.d.comb += self.rd_data.ready.eq(win_ready)
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.comb += [d1_go.eq(1), d2_go.eq(1), d3_go.eq(1)]
+                    m.d.sync += [strm_mode.eq(0), flush.eq(0), have.eq(0), off.eq(0),
+                                 b.eq(0), x_row.eq(x_addr), o_row.eq(out_addr),
+                                 r_row.eq(res_addr), m_word.eq(m_addr), m_lane.eq(0),
+                                 no_acc.eq(k_groups == 0), pi.eq(0)]
+                    m.next = "SETUP_DIV"
+            with m.State("SETUP_DIV"):
+                with m.If(d1_done & d2_done & d3_done):
+                    m.d.sync += [mul_a.eq(n_chunks), mul_b.eq(n_blocks), mul_p.eq(0),
+                                 mul_cnt.eq(17)]
+                    m.next = "SETUP_MUL"
+            with m.State("SETUP_MUL"):
+                with m.If(mul_cnt == 0):
+                    m.d.sync += stream_bits.eq(_tree_sum(
+                        [mul_p << k for k in range(RB.bit_length()) if (RB >> k) & 1]))
+                    m.next = "SETUP_BITS"
+            with m.State("SETUP_BITS"):
+                m.d.comb += d4_go.eq(1)
+                m.next = "SETUP_BEATS"
+            with m.State("SETUP_BEATS"):
+                with m.If(d4_done):
+                    m.d.sync += [rq_run.eq(rows != 0), rq_valid.eq(0),
+                                 rq_next.eq(wgt), rq_rem.eq(param_beats), rq_rows.eq(rows)]
+                    m.next = "PARAMS"
+            with m.State("PARAMS"):
+                # parameters arrive first: one super-beat per cycle into the parameter memory
+                m.d.comb += self.rd_data.ready.eq(pi != param_beats)
+                m.d.comb += [prm_wp.addr.eq(pi), prm_wp.data.eq(self.rd_data.payload),
+                             prm_wp.en.eq(taken)]
+                with m.If(taken):
+                    m.d.sync += pi.eq(pi + 1)
+                with m.If((pi == param_beats) | (rows == 0)):
+                    m.d.sync += strm_mode.eq(1)
+                    m.next = "ROW"
+                    with m.If(rows == 0):
+                        m.next = "DRAIN"
+            with m.State("ROW"):
+                m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0)]
+                read_byte(m_word, m_lane, 1)
+                m.next = "M1"
+            with m.State("M1"):
+                read_byte(m_word, m_lane, 1)
+                m.d.sync += ld_i.eq(0)
+                with m.If(n_chunks == 0):
+                    m.next = "EPI_WAIT"
+                with m.Else():
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(ld_i != T * G):
+                    read_byte(x_word, x_lane, 0)
+                    m.d.sync += ld_i.eq(ld_i + 1)
+                with m.Else():
+                    # the last byte is captured in this cycle; tables start next cycle
+                    m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
+                    m.next = "BUILD"
+            with m.State("BUILD"):
+                # entry be: sum_i (digit_i - 1) * a_i for every table at once
+                for tt, (wp, _) in enumerate(tables):
+                    terms = []
+                    for i in range(G):
+                        a = acts[8 * (tt * G + i):8 * (tt * G + i + 1)].as_signed()
+                        terms.append(Mux(digits[i] == 0, -a, Mux(digits[i] == 2, a, 0)))
+                    m.d.comb += [wp.addr.eq(be), wp.data.eq(_tree_sum(terms)), wp.en.eq(1)]
+                # base-3 increment of the digits (digit 0 fastest, as golden's index)
+                carry = Const(1)
+                for i in range(G):
+                    wrap = carry & (digits[i] == 2)
+                    m.d.sync += digits[i].eq(Mux(carry, Mux(wrap, 0, digits[i] + 1), digits[i]))
+                    carry = wrap
+                m.d.sync += be.eq(be + 1)
+                with m.If(be == H - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "STREAM"
+            with m.State("STREAM"):
+                with m.If(j == n_blocks):
+                    m.d.sync += [c.eq(c + 1), ld_i.eq(0)]
+                    with m.If(c == n_chunks - 1):
+                        m.next = "EPI_WAIT"
+                    with m.Else():
+                        m.next = "LOAD"
+                with m.Else():
+                    m.d.comb += consume.eq(rec_valid)
+                    with m.If(rec_valid):
+                        m.d.sync += j.eq(j + 1)
+                        with m.If((j == n_blocks - 1) & (c == n_chunks - 1)):
+                            m.d.sync += flush.eq(1)
+            with m.State("EPI_WAIT"):
+                # the last records' accumulator writes land before the epilogue reads them
+                with m.If(~pipe_busy):
+                    m.d.sync += [en_n.eq(0), ew.eq(0), el.eq(0), aj.eq(0), aq.eq(0),
+                                 pb.eq(0), pr.eq(0)]
+                    with m.If(words == 0):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.next = "EPI"
+            with m.State("EPI"):
+                m.d.comb += epi_issue.eq(1)
+                m.d.sync += en_n.eq(en_n + 1)
+                with m.If(el == L - 1):
+                    m.d.sync += [el.eq(0), ew.eq(ew + 1)]
+                with m.Else():
+                    m.d.sync += el.eq(el + 1)
+                with m.If(aq == Q - 1):
+                    m.d.sync += [aq.eq(0), aj.eq(aj + 1)]
+                with m.Else():
+                    m.d.sync += aq.eq(aq + 1)
+                with m.If(pr == RPB - 1):
+                    m.d.sync += [pr.eq(0), pb.eq(pb + 1)]
+                with m.Else():
+                    m.d.sync += pr.eq(pr + 1)
+                with m.If((el == L - 1) & (ew == words - 1)):
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.sync += [b.eq(b + 1), x_row.eq(x_row + x_words), o_row.eq(o_row + words),
+                             r_row.eq(r_row + words)]
+                with m.If(b == rows - 1):
+                    m.next = "DRAIN"
+                with m.Else():
+                    m.next = "ROW"
+            with m.State("DRAIN"):
+                with m.If(~epi_busy & ~pipe_busy):
+                    m.d.sync += strm_mode.eq(0)
+                    m.next = "IDLE"
+            m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+
+        m.d.comb += self.lookup.eq(consume)
+
+        # --- stream pipeline: S0 record register -> S1 lookups -> S2 tree -> S3 acc write -------
+        s1_v, s1_first, s1_j = Signal(), Signal(), Signal(range(AD + 1))
+        s1_rec = Signal(RB)
+        m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_j.eq(j), s1_rec.eq(record)]
+        s2_v, s2_first, s2_j = Signal(), Signal(), Signal.like(s1_j)
+        s2_lk = [[Signal(signed(TW), name=f"s2_lk{qq}_{tt}") for tt in range(T)]
+                 for qq in range(Q)]
+        for tt, (_, rps) in enumerate(tables):
+            for qq, rp in enumerate(rps):
+                e = qq * T + tt
+                idx = s1_rec[e * bits:(e + 1) * bits]
+                hi = idx >= H
+                m.d.comb += rp.addr.eq(Mux(hi, E - 1 - idx, idx))
+                m.d.sync += s2_lk[qq][tt].eq(Mux(hi, -rp.data, rp.data))
+        m.d.sync += [s2_v.eq(s1_v), s2_first.eq(s1_first), s2_j.eq(s1_j)]
+        SW = (T * 128 * G).bit_length() + 1
+        s3_v, s3_first, s3_j = Signal(), Signal(), Signal.like(s1_j)
+        s3_sum = [Signal(signed(SW), name=f"s3_sum{qq}") for qq in range(Q)]
+        for qq in range(Q):
+            m.d.sync += s3_sum[qq].eq(_tree_sum(s2_lk[qq]))
+        m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_j.eq(s2_j)]
+        new_acc = [(Mux(s3_first, 0, acc_rp.data[32 * qq:32 * (qq + 1)].as_signed())
+                    + s3_sum[qq])[:32] for qq in range(Q)]
+        m.d.comb += [acc_wp.addr.eq(s3_j), acc_wp.data.eq(Cat(*new_acc)), acc_wp.en.eq(s3_v),
+                     acc_rp.addr.eq(Mux(epi_issue, aj, s2_j))]
+        m.d.comb += pipe_busy.eq(s1_v | s2_v | s3_v)
+
+        # --- epilogue: E1 reads -> E2 acc*m -> E3 +bias -> E4 *mult, res*res_mult -> E5 sum ------
+        m.d.comb += prm_rp.addr.eq(pb)
+        with m.If(epi_issue):
+            m.d.comb += [self.rd_addr.eq(r_row + ew), self.rd_en.eq(1)]
+        e1_v, e1_zero = Signal(), Signal()
+        e1_aq, e1_pr, e1_el = Signal.like(aq), Signal.like(pr), Signal.like(el)
+        e1_wa = Signal(16)
+        m.d.sync += [e1_v.eq(epi_issue), e1_zero.eq(en_n >= n_out), e1_aq.eq(aq),
+                     e1_pr.eq(pr), e1_el.eq(el), e1_wa.eq(o_row + ew)]
+        acc_v = Mux(no_acc, 0, acc_rp.data.word_select(e1_aq, 32).as_signed())
+        prm = prm_rp.data.word_select(e1_pr, 64)
+        res_v = Mux(residual, self.act_rd_data.word_select(e1_el, 8).as_signed(), 0)
+        e2_v, e2_zero, e2_el, e2_wa = Signal(), Signal(), Signal.like(el), Signal(16)
+        e2_p = Signal(signed(49))           # int32 * u16
+        e2_bias, e2_mult, e2_res = Signal(signed(32)), Signal(16), Signal(signed(8))
+        m.d.sync += [e2_v.eq(e1_v), e2_zero.eq(e1_zero), e2_el.eq(e1_el), e2_wa.eq(e1_wa),
+                     e2_p.eq(acc_v * m_reg), e2_bias.eq(prm[:32].as_signed()),
+                     e2_mult.eq(prm[32:48]), e2_res.eq(res_v)]
+        e3_v, e3_zero, e3_el, e3_wa = Signal(), Signal(), Signal.like(el), Signal(16)
+        e3_s = Signal(signed(50))
+        e3_mult, e3_res = Signal(16), Signal(signed(8))
+        m.d.sync += [e3_v.eq(e2_v), e3_zero.eq(e2_zero), e3_el.eq(e2_el), e3_wa.eq(e2_wa),
+                     e3_s.eq(e2_p + e2_bias), e3_mult.eq(e2_mult), e3_res.eq(e2_res)]
+        # (acc*m + bias) * mult: 50 x 16 bits -> 67 bits signed; golden's int64 is exact for
+        # |acc| < 2**25 (k_groups < 2**16 groups of 4 int8), so this never differs from it
+        e4_v, e4_zero, e4_el, e4_wa = Signal(), Signal(), Signal.like(el), Signal(16)
+        e4_m, e4_r = Signal(signed(67)), Signal(signed(25))
+        e4_rnd = Signal(47)
+        m.d.sync += [e4_v.eq(e3_v), e4_zero.eq(e3_zero), e4_el.eq(e3_el), e4_wa.eq(e3_wa),
+                     e4_m.eq(e3_s * e3_mult), e4_r.eq(e3_res * res_mult),
+                     e4_rnd.eq(Mux(shift == 0, 0, (Const(1, 47) << shift) >> 1))]
+        e5_v, e5_zero, e5_el, e5_wa = Signal(), Signal(), Signal.like(el), Signal(16)
+        e5_sum = Signal(signed(68))
+        m.d.sync += [e5_v.eq(e4_v), e5_zero.eq(e4_zero), e5_el.eq(e4_el), e5_wa.eq(e4_wa),
+                     e5_sum.eq(e4_m + e4_r + e4_rnd)]
+        sh = Signal(signed(68))
+        m.d.comb += sh.eq(e5_sum >> shift)
+        sat = Signal(signed(8))
+        with m.If(e5_zero | (relu & (sh < 0))):
+            m.d.comb += sat.eq(0)
+        with m.Elif(sh > 127):
+            m.d.comb += sat.eq(127)
+        with m.Elif(sh < -128):
+            m.d.comb += sat.eq(-128)
+        with m.Else():
+            m.d.comb += sat.eq(sh[:8])
+        m.d.comb += [self.wr_addr.eq(e5_wa), self.wr_data.eq(Cat(*([sat] * L))),
+                     self.wr_en.eq(Mux(e5_v, Const(1, L) << e5_el, 0))]
+        m.d.comb += epi_busy.eq(e1_v | e2_v | e3_v | e4_v | e5_v)
+        assert _EPI_STAGES == 5
+        return m

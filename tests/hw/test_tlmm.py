@@ -1,0 +1,302 @@
+"""TernaryLookupMatmul (TMATMUL) against golden.ternary + golden.int8.requantize, bit for bit,
+with a real ActivationBuffer and a memory model with latency, request backpressure and gaps in
+the read data."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from amaranth import Elaboratable, Module, Mux, Signal
+from amaranth.back import verilog
+from amaranth.sim import Simulator
+
+from hwflow.golden import int8, ternary
+from hwflow.hw.buffers import ActivationBuffer
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.tlmm import GROUP_BITS, OPCODE_TMATMUL, TLMM_BURST, TernaryLookupMatmul
+from hwflow.mapping.ternary_format import block_layout, pack_ternary_block
+
+from ._lint import assert_lints_clean
+
+# L = 4: super-beat 16 B (128 bits): records of 56..140 bits straddle beats, some exceed one.
+CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256)
+# L = 8 with a 96 B super-beat: 12 parameter records per beat, not a power of two.
+CFG8 = AccelConfig(chains=12, chain_len=8, mem_ports=3, port_bytes=32, act_depth=256)
+ACC_DEPTH = 40
+
+
+def test_group_bits_match_golden():
+    assert GROUP_BITS == ternary.GROUP_BITS
+
+
+class _Harness(Elaboratable):
+    """The engine on a real ActivationBuffer; the testbench loads words and reads results through
+    the buffer's other ports (``ld_*`` wins the write port while ``ld_en`` is set)."""
+
+    def __init__(self, cfg: AccelConfig, G, T, Q):
+        self.cfg = cfg
+        self.unit = TernaryLookupMatmul(cfg, G, T, Q, ACC_DEPTH)
+        self.buf = ActivationBuffer(cfg.chain_len, cfg.act_depth)
+        self.ld_addr = Signal(16)
+        self.ld_data = Signal(8 * cfg.chain_len)
+        self.ld_en = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = u = self.unit
+        m.submodules.buf = b = self.buf
+        full = (1 << self.cfg.chain_len) - 1
+        m.d.comb += [
+            b.a_addr.eq(u.rd_addr), b.a_en.eq(u.rd_en), u.act_rd_data.eq(b.a_data),
+            b.w_addr.eq(Mux(self.ld_en, self.ld_addr, u.wr_addr)),
+            b.w_data.eq(Mux(self.ld_en, self.ld_data, u.wr_data)),
+            b.w_en.eq(Mux(self.ld_en, full, u.wr_en)),
+        ]
+        return m
+
+
+def _memory(req, dat, state, latency, rng, p_busy, p_gap, log):
+    """Serve super-beat reads from ``state["image"]``: data ``latency`` cycles after the request
+    is taken, in order; ``rd_req`` not ready with probability ``p_busy``; a started beat is held
+    until taken, otherwise a beat is withheld with probability ``p_gap``."""
+
+    async def proc(ctx):
+        pending = deque()
+        now = 0
+        while True:
+            _, _, rq_v, rq_r, rq_p, d_v, d_r = await ctx.tick().sample(
+                req.valid, req.ready, req.payload, dat.valid, dat.ready)
+            now += 1
+            sb = state["sb"]
+            if rq_v and rq_r:
+                pending.extend((now + latency, rq_p.addr + k) for k in range(rq_p.len))
+                log.append((rq_p.addr, rq_p.len))
+            hold = d_v and not d_r
+            if d_v and d_r:
+                pending.popleft()
+            ctx.set(req.ready, rng.random() >= p_busy)
+            if pending and pending[0][0] <= now and (hold or rng.random() >= p_gap):
+                a = pending[0][1] * sb
+                ctx.set(dat.payload, int.from_bytes(state["image"][a:a + sb], "little"))
+                ctx.set(dat.valid, 1)
+            else:
+                ctx.set(dat.valid, 0)
+
+    return proc
+
+
+def _counter(sig, state):
+    """Count the cycles in which ``sig`` is high (sampled before each clock edge)."""
+
+    async def proc(ctx):
+        async for _, _, v in ctx.tick().sample(sig):
+            state["lookups"] += int(v)
+
+    return proc
+
+
+@dataclass
+class _Case:
+    rows: int
+    K: int
+    n_out: int
+    relu: bool = False
+    residual: bool = False
+    fill: str = "random"        # random | groups (zero/+1/-1 groups) | satx (x = -128/127)
+    m_zero: tuple = ()          # rows whose m is 0
+    x_pad: int = 0              # extra words per x row
+    w_pad: int = 0              # extra words per out row
+    shift_adj: int = 0          # < 0: outputs saturate more often
+    k_zero: bool = False        # k_groups = 0 (K = 0)
+    small: bool | None = None   # small m and mult (shift <= ~16); default: when RESIDUAL
+    seed: int = 0
+
+
+def _build(cfg: AccelConfig, G, T, Q, c: _Case):
+    L, SB = cfg.chain_len, cfg.beat_bytes
+    rng = np.random.default_rng(c.seed)
+    K, N, rows = (0 if c.k_zero else c.K), c.n_out, c.rows
+    t = rng.integers(-1, 2, size=(N, K)).astype(np.int8)
+    if c.fill == "groups":
+        # whole groups all 0, all +1, all -1 (indices 13/26/0 at G = 3) in a random pattern
+        kg = -(-K // G)
+        pat = rng.integers(0, 4, size=(N, kg))
+        for n in range(N):
+            for g in range(kg):
+                if pat[n, g] < 3:
+                    t[n, g * G:(g + 1) * G] = pat[n, g] - 1
+    x = rng.integers(-128, 128, size=(rows, K))
+    if c.fill == "satx":
+        x = rng.choice([-128, 127], size=(rows, K))
+    # residual cases: small m and mult keep shift <= ~16 so res * res_mult (u16) matters
+    small = c.residual if c.small is None else c.small
+    mvals = rng.integers(1, 9 if small else 1 << 14, size=rows)
+    for r in c.m_zero:
+        mvals[r] = 0
+    res = rng.integers(-128, 128, size=(rows, N))
+    idx = ternary.encode_groups(t, G)
+    acc = ternary.lookup_matmul(x, idx, G) if K else np.zeros((rows, N), np.int64)
+    assert np.array_equal(acc, x.astype(np.int64) @ t.astype(np.int64).T)
+    am = acc * mvals[:, None]
+    top = max(1, int(np.abs(am).max()))
+    bias = rng.integers(-top, top + 1, size=N)
+    mtop = 256 if small else 1 << 16
+    mult = rng.integers(1, mtop, size=N)
+    shift = int(np.clip((2 * top * mtop).bit_length() - 8 + c.shift_adj, 0, 47))
+    res_mult = int(min(0xFFFF, rng.uniform(0.3, 1.0) * 2 ** shift))
+    want = int8.requantize(am, bias, mult, shift, c.relu, res if c.residual else None, res_mult)
+
+    x_words = -(-K // L) + c.x_pad
+    words = -(-N // L) + c.w_pad
+    m_addr = 2
+    x_addr = m_addr + -(-2 * rows // L) + 1
+    res_addr = x_addr + rows * x_words + 1
+    out_addr = res_addr + rows * words + 1
+    end = out_addr + rows * words + 1
+    assert end <= cfg.act_depth
+
+    def rand_word():
+        return int(rng.integers(0, 1 << 62)) & ((1 << (8 * L)) - 1)
+
+    words_init = {a: rand_word() for a in range(end + 1)}      # garbage everywhere
+    mb = bytearray(np.asarray(mvals, "<u2").tobytes())
+
+    def put(addr, data):
+        for i, byte in enumerate(data):
+            wa, lane = addr + i // L, i % L
+            v = words_init[wa] & ~(0xFF << (8 * lane))
+            words_init[wa] = v | (byte << (8 * lane))
+
+    put(m_addr, mb)
+    for b in range(rows):
+        put(x_addr + b * x_words, x[b].astype(np.int8).tobytes())
+        put(res_addr + b * words, res[b].astype(np.int8).tobytes())
+
+    wgt = 3
+    block = pack_ternary_block(t, bias, mult, G, T, Q, SB)
+    image = bytearray(rng.integers(0, 256, size=wgt * SB, dtype=np.uint8).tobytes())
+    image += block + rng.integers(0, 256, size=4 * SB, dtype=np.uint8).tobytes()
+
+    kg = -(-K // G)
+    flags = (1 if c.relu else 0) | (2 if c.residual else 0)
+    w = [OPCODE_TMATMUL | (flags << 8) | (shift << 16), wgt, x_addr | (out_addr << 16),
+         res_addr | (rows << 16), kg | (N << 16), x_words | (words << 16),
+         res_mult | (m_addr << 16), 0]
+    ins = int.from_bytes(struct.pack("<8I", *w), "little")
+    expect = dict(words_init)
+    for b in range(rows):
+        row = np.zeros(words * L, np.int8)
+        row[:N] = want[b]
+        for i in range(words):
+            expect[out_addr + b * words + i] = int.from_bytes(row[i * L:(i + 1) * L].tobytes(),
+                                                              "little")
+    lay = block_layout(N, K, G, T, Q, SB)
+
+    def bursts(a, n):
+        return [(a + o, min(TLMM_BURST, n - o)) for o in range(0, n, TLMM_BURST)]
+
+    want_req = bursts(wgt, lay["param_beats"])
+    for _ in range(rows):
+        want_req += bursts(wgt + lay["param_beats"], lay["stream_beats"])
+    return dict(image=image, words=words_init, ins=ins, expect=expect, want_req=want_req,
+                lookups=rows * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
+
+
+def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0):
+    """Run the cases back to back in one simulation; returns the cycles of each."""
+    h = _Harness(cfg, G, T, Q)
+    u = h.unit
+    state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
+    log, cycles = [], []
+
+    async def tb(ctx):
+        for c in cases:
+            d = _build(cfg, G, T, Q, c)
+            state["image"] = d["image"]
+            for a, val in d["words"].items():
+                ctx.set(h.ld_addr, a)
+                ctx.set(h.ld_data, val)
+                ctx.set(h.ld_en, 1)
+                await ctx.tick()
+            ctx.set(h.ld_en, 0)
+            log.clear()
+            state["lookups"] = 0
+            ctx.set(u.ins, d["ins"])
+            ctx.set(u.start, 1)
+            await ctx.tick()
+            ctx.set(u.start, 0)
+            n = 0
+            while ctx.get(u.busy):
+                await ctx.tick()
+                n += 1
+                assert n < 100_000, "TMATMUL did not finish"
+            cycles.append(n)
+            assert log == d["want_req"], c
+            assert state["lookups"] == d["lookups"], (c, state["lookups"], d["lookups"])
+            for a, exp in d["expect"].items():
+                ctx.set(h.buf.b_addr, a)
+                ctx.set(h.buf.b_en, 1)
+                await ctx.tick()
+                got = ctx.get(h.buf.b_data)
+                assert got == exp, (c, a, hex(got), hex(exp))
+
+    sim = Simulator(h)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.add_process(_memory(u.rd_req, u.rd_data, state, latency, random.Random(seed), p_busy,
+                            p_gap, log))
+    sim.add_process(_counter(u.lookup, state))
+    sim.run()
+    return cycles
+
+
+CASES = [
+    # odd K (not a multiple of G or T*G), n_out not a multiple of Q, 3 rows, RELU
+    _Case(rows=3, K=23, n_out=13, relu=True, seed=1),
+    # no RESIDUAL at a small shift: the res bytes (garbage here) must not leak in
+    _Case(rows=2, K=14, n_out=9, small=True, seed=8),
+    # one row, residual, padded row strides, a row with m = 0 is covered below
+    _Case(rows=1, K=37, n_out=29, residual=True, x_pad=1, w_pad=1, seed=2),
+    # zero / +1 / -1 groups, saturating activations, m = 0 rows, saturating outputs
+    _Case(rows=3, K=17, n_out=7, fill="groups", m_zero=(1,), residual=True, relu=True, seed=3),
+    _Case(rows=2, K=20, n_out=11, fill="satx", m_zero=(0,), shift_adj=-6, seed=4),
+    # tiny: one channel, one group
+    _Case(rows=1, K=1, n_out=1, seed=5),
+    # k_groups = 0: acc = 0, out = requantize(bias...)
+    _Case(rows=2, K=5, n_out=6, k_zero=True, residual=True, seed=6),
+]
+
+CONFIGS = [
+    (CFG4, 2, 1, 1), (CFG4, 3, 2, 4), (CFG4, 4, 4, 2), (CFG4, 3, 3, 5), (CFG4, 4, 4, 5),
+    (CFG8, 2, 3, 5), (CFG8, 3, 4, 2), (CFG8, 4, 2, 4), (CFG8, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("cfg,G,T,Q", CONFIGS,
+                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in CONFIGS])
+def test_tlmm_matches_golden(cfg, G, T, Q):
+    _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q)
+
+
+def test_tlmm_throughput():
+    """No memory stalls: cycles within the docstring's formula (plus a small margin)."""
+    cfg, G, T, Q = CFG4, 3, 2, 4
+    c = _Case(rows=2, K=60, n_out=37, seed=7)     # 10 chunks x 10 records per row
+    (cyc,) = _run(cfg, G, T, Q, [c], latency=32, p_busy=0.0, p_gap=0.0)
+    d = _build(cfg, G, T, Q, c)
+    lay = d["lay"]
+    H = (3 ** G + 1) // 2
+    per_row = 3 + lay["n_chunks"] * (T * G + 1 + H + 1 + lay["n_blocks"] + 1) + 4 \
+        + d["words_n"] * cfg.chain_len
+    bound = c.rows * per_row + 80 + lay["param_beats"] + 32 + 10
+    assert cyc <= bound, (cyc, bound)
+
+
+def test_verilator_lint(tmp_path):
+    v = verilog.convert(TernaryLookupMatmul(CFG8, 3, 4, 2, 64), name="tlmm")
+    assert_lints_clean(tmp_path, v, "tlmm")
