@@ -11,7 +11,10 @@ programs. Conventions:
 * Linear weights are ``[out_features, in_features]`` (torch layout).
 * RMSNorm gammas are folded into the columns of the linears that read the norm's output
   (``q``/``k``/``v`` for the attention norm, ``gate``/``up`` for the MLP norm, ``lm_head`` for the
-  final norm), so every norm is gamma-free in the IR: ``W' = W * gamma[None, :]``.
+  final norm), so every norm is gamma-free in the IR: ``W' = W * gamma[None, :]``. Exception:
+  a :class:`FloatLayer` whose ``*_gamma`` field is set keeps that gamma unfolded (BitNet: a
+  ternary weight cannot absorb a gamma); the norm kernels stay gamma-free and the gamma is
+  applied to the normalized activation (float) or by ``absmax_quant`` as int8 codes (integer).
 * Heads are contiguous: ``q`` output channel ``h * head_dim + i`` is head h, element i (HF order).
 """
 
@@ -46,7 +49,16 @@ class DecoderShape:
 
 @dataclass
 class FloatLayer:
-    """One decoder block in float32 (gammas already folded into q/k/v and gate/up)."""
+    """One decoder block in float32 (gammas folded into q/k/v and gate/up unless recorded).
+
+    The block (``rms`` is the gamma-free RMSNorm, ``*`` an elementwise product):
+    ``n = rms(x) [* attn_gamma]``; ``a = attention(rope(q(n)), rope(k(n)), v(n))``;
+    ``a = rms(a) [* attn_sub_gamma]`` if ``attn_sub_norm``; ``x = x + o(a)``;
+    ``n = rms(x) [* mlp_gamma]``; ``p = act(gate(n)) * up(n)`` (``act``: ``silu`` or
+    ``relu2`` = ``relu(.)**2``); ``p = rms(p) [* mlp_sub_gamma]`` if ``mlp_sub_norm``;
+    ``x = x + down(p)``. A gamma field that is None is folded into the linear(s) reading that
+    norm (or the norm is absent); one that is set is not, and the linear holds the raw weight.
+    """
 
     q: np.ndarray           # [heads*head_dim, hidden]
     k: np.ndarray           # [kv_heads*head_dim, hidden]
@@ -59,6 +71,14 @@ class FloatLayer:
     k_bias: np.ndarray | None = None
     v_bias: np.ndarray | None = None
     o_bias: np.ndarray | None = None
+    # BitNet b1.58 blocks (HF BitNetForCausalLM) and ternary compiles of other decoders.
+    act: str = "silu"                       # "silu" or "relu2"
+    attn_sub_norm: bool = False             # RMSNorm on the attention output, before o
+    mlp_sub_norm: bool = False              # RMSNorm on act(gate) * up, before down
+    attn_gamma: np.ndarray | None = None    # [hidden] input-norm gamma, unfolded (q/k/v raw)
+    attn_sub_gamma: np.ndarray | None = None  # [heads*head_dim] sub-norm gamma, unfolded (o raw)
+    mlp_gamma: np.ndarray | None = None     # [hidden] post-attention-norm gamma (gate/up raw)
+    mlp_sub_gamma: np.ndarray | None = None  # [intermediate] ffn sub-norm gamma (down raw)
 
 
 @dataclass
@@ -82,11 +102,15 @@ class QLinear:
     ``out = requantize(x @ weight.T, bias, mult, shift, res=residual, res_mult)``.
     """
 
-    weight: np.ndarray      # int8 [out, in]
-    bias: np.ndarray        # int32 [out] (in accumulator units)
+    weight: np.ndarray      # int8 [out, in] (ternary: values in {-1, 0, 1})
+    bias: np.ndarray        # int32 [out] (in accumulator units; ternary: units of acc * m)
     mult: np.ndarray        # int64 [out], each in [0, 65535]
     shift: int              # 0..47
     res_mult: int = 0       # residual multiplier (o and down: the residual stream), else 0
+    #: BitNet ternary linear (docs/architecture.md, "Ternary path"): its input row is first
+    #: quantized per token (golden.ternary.absmax_quant, with the layer's gamma codes if any),
+    #: then ``out = requantize((xq @ weight.T) * m, bias, mult, shift, res, res_mult)``.
+    ternary: bool = False
 
 
 @dataclass
@@ -102,8 +126,24 @@ class QLayer:
     mlp_norm: tuple[int, int, int]
     gate: QLinear                       # output at golden.llm.SILU_SCALE
     up: QLinear
-    silu: tuple[int, int]               # silu_mul (mult, shift)
+    silu: tuple[int, int]               # silu_mul (mult, shift) (relu2_mul when act == relu2)
     down: QLinear                       # with residual
+    # BitNet b1.58 blocks (HF BitNetForCausalLM): squared-ReLU gate, RMSNorms inside the
+    # attention (before o) and the MLP (before down), and gammas that cannot be folded into
+    # ternary weights: int8 gamma codes applied by ABSQUANT before each ternary linear
+    # (attn_gamma before q/k/v, attn_sub_gamma before o, mlp_gamma before gate/up,
+    # mlp_sub_gamma before down); None where folded or absent.
+    act: str = "silu"                   # "silu" or "relu2"
+    attn_sub_norm: tuple[int, int, int] | None = None
+    mlp_sub_norm: tuple[int, int, int] | None = None
+    attn_gamma: np.ndarray | None = None
+    attn_sub_gamma: np.ndarray | None = None
+    mlp_gamma: np.ndarray | None = None
+    mlp_sub_gamma: np.ndarray | None = None
+    # Unfused residual adds after o and down (ternary layers: VADD, golden.int8.residual_add
+    # (a_mult, b_mult, shift) of the linear's output and the residual stream); None: fused.
+    attn_add: tuple[int, int, int] | None = None
+    mlp_add: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -119,3 +159,7 @@ class QDecoder:
     lm_head: QLinear                    # logits int8 at scales["logits"]
     max_context: int
     scales: dict = field(default_factory=dict)  # float scales of every tensor, for reports
+    #: Per linear (``l{i}.q`` .. ``l{i}.down``, ``lm_head``), what it got and why: ``weights``
+    #: ("int8" or "ternary"), for ternary ``ternary_from`` ("detected": the float weight was
+    #: already 0/+-s; "absmean": BitNet's rule) and ``scale`` (gamma_w). Empty: all int8.
+    weight_formats: dict = field(default_factory=dict)

@@ -35,8 +35,8 @@ class FlowOptions:
         ``"dense"`` or ``"N:M"`` (magnitude-prune every linear to it), see
         :func:`passes.parse_sparsity`.
     weights : str
-        For ``precision``: ``"int8"`` (default), ``"int4"`` or ``"mixed"`` (the rule in
-        :func:`passes.precision`).
+        For ``precision``: ``"int8"`` (default), ``"int4"``, ``"mixed"`` (the rule in
+        :func:`passes.precision`) or ``"ternary"`` (BitNet b1.58 weights on the TLMM engine).
 
     Raises
     ------

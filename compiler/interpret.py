@@ -1,6 +1,7 @@
 """Reference interpreter: executes any IR graph (float or quantized, before or after any pass).
 
-The integer ops call the golden definitions (``hwflow.golden.int8``), so a quantized graph run
+The integer ops call the golden definitions (``hwflow.golden.int8``; a ternary
+``qlinear`` also ``hwflow.golden.ternary``), so a quantized graph run
 here gives exactly the int8 tensors the accelerator must produce. Tile and memory information is
 layout only and does not change any value, which is what lets every pass be tested by running
 the graph before and after it.
@@ -14,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from hwflow.golden import int8 as g8
+from hwflow.golden import ternary as gt
 
 from .errors import CompileError
 from .ir import Graph, op_of
@@ -60,7 +62,12 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
         elif op.kind == "add":
             v = args[0] + args[1]
         elif op.kind == "qlinear":
-            acc = g8.matmul(args[0], a["weight"])
+            if a.get("ternary"):
+                # TLMM: per-token absmax quantization, ternary sums, epilogue on acc * m.
+                xq, m = gt.absmax_quant(args[0])
+                acc = g8.matmul(xq, a["weight"]) * m[..., None]
+            else:
+                acc = g8.matmul(args[0], a["weight"])
             res = args[1] if len(args) > 1 else None
             v = g8.requantize(acc, a["bias"], a["mult"], a["shift"], a["relu"], res,
                               a["res_mult"])

@@ -29,6 +29,9 @@ Both go through the same pattern recogniser on the ATen graph. The recognised pa
   ``1/sqrt(hd)``; its output ``reshape/transpose(1, 2)/reshape`` to ``[B, S, heads*hd]`` feeds
   ``o_proj``; ``x = add(x, o_proj(...))``;
 * SwiGLU MLP: ``down(mul(silu(gate(n)), up(n)))``, ``x = add(x, down(...))``;
+* BitNet b1.58 (``model_type`` ``bitnet``): the MLP's activation is ``square(relu(gate(n)))``
+  (``hidden_act`` ``relu2``) and an RMSNorm may sit on the product before ``down``
+  (``ffn_sub_norm``) and on the attention output before ``o_proj`` (``attn_sub_norm``);
 * head: ``lm_head(final_rmsnorm(x))`` is the graph's (first) output.
 
 The attention mask and the positions are side inputs built from ``input_ids`` only; they are
@@ -71,7 +74,7 @@ _LAYOUT = {"view", "reshape", "_unsafe_view", "transpose", "contiguous", "clone"
 #: Ops that may appear on the hidden-state path (as parts of the patterns above).
 _PATH_OPS = _CASTS | _LAYOUT | {
     "embedding", "pow", "mean", "add", "rsqrt", "mul", "linear", "unsqueeze", "expand", "slice",
-    "neg", "cat", "scaled_dot_product_attention", "silu"}
+    "neg", "cat", "scaled_dot_product_attention", "silu", "relu", "square"}
 #: Ops that read a hidden-state tensor without producing one (metadata checks, sizes).
 _SIDE_OPS = {"_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride"}
 
@@ -112,7 +115,8 @@ def is_decoder_source(path) -> bool:
 
 # ------------------------------------------------------------------------------- loading
 
-def load_decoder(path, trust_model: bool = False, max_context: int | None = None) -> FloatDecoder:
+def load_decoder(path, trust_model: bool = False, max_context: int | None = None,
+                 fold_gammas: bool | None = None) -> FloatDecoder:
     """Load a LLaMA-family decoder as a :class:`FloatDecoder`.
 
     Parameters
@@ -126,11 +130,17 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
     max_context : int, optional
         Largest context (prompt + generated tokens) to compile for; default
         ``min(max_position_embeddings, 2048)``. Stored in ``FloatDecoder.max_context``.
+    fold_gammas : bool, optional
+        Fold the block RMSNorm gammas into the linears that read them (``True``), or keep
+        them in the ``FloatLayer.*_gamma`` fields with raw weights (``False``: what a ternary
+        compile needs, since a ternary weight cannot absorb a gamma). Default: fold, except
+        for BitNet (``model_type`` ``bitnet``). The final norm's gamma is always folded into
+        the LM head.
 
     Returns
     -------
     FloatDecoder
-        Float32 weights with every RMSNorm gamma folded into the linears that read it.
+        Float32 weights with the RMSNorm gammas folded as ``fold_gammas`` says.
 
     Raises
     ------
@@ -144,7 +154,7 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
     if not p.exists():
         raise FrontendError(f"{p}: no such file or folder")
     if p.is_dir():
-        return _load_hf(p, trust_model, max_context)
+        return _load_hf(p, trust_model, max_context, fold_gammas)
     if detect_format(p) != "export":
         raise FrontendError(f"{p} is not a decoder source (expected a Hugging Face folder with "
                             "config.json + *.safetensors, or a torch.export.save archive)")
@@ -159,7 +169,7 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
                             f"({type(e).__name__}: {_first_line(e)})") from None
     name = re.sub(r"\W", "_", p.stem) or "model"
     return decoder_from_exported_program(ep, name=name, source=f"export:{p}",
-                                         max_context=max_context)
+                                         max_context=max_context, fold_gammas=fold_gammas)
 
 
 def _first_line(e: BaseException) -> str:
@@ -170,9 +180,10 @@ def _first_line(e: BaseException) -> str:
 def _hf_config_checks(folder: Path, cfg: dict, max_context: int) -> None:
     """Refuse configs the recogniser cannot serve before building anything."""
     act = cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))
-    if act not in ("silu", "swish"):
+    if act not in ("silu", "swish", "relu2"):
         raise UnsupportedOpError(f"{folder}/config.json: hidden_act '{act}' is not supported "
-                                 "(the MLP must be SwiGLU, hidden_act 'silu')")
+                                 "(the MLP must be SwiGLU, hidden_act 'silu', or BitNet's "
+                                 "squared ReLU, 'relu2')")
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if cfg.get(key):
             raise UnsupportedOpError(f"{folder}/config.json: {key}={cfg[key]} is not supported")
@@ -184,7 +195,8 @@ def _hf_config_checks(folder: Path, cfg: dict, max_context: int) -> None:
                                  "supported (compile with max_context <= the window)")
 
 
-def _load_hf(folder: Path, trust_model: bool, max_context: int | None) -> FloatDecoder:
+def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
+             fold_gammas: bool | None = None) -> FloatDecoder:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FrontendError(f"{folder}: not a Hugging Face model folder (no config.json)")
@@ -233,7 +245,8 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None) -> FloatD
     fd = decoder_from_exported_program(ep, name=re.sub(r"\W", "_", folder.name) or "model",
                                        source=f"hf:{folder}", max_context=max_context,
                                        max_position=max_pos, family=model_type or "llama",
-                                       rope_type=rope_type, check_model=model)
+                                       rope_type=rope_type, check_model=model,
+                                       fold_gammas=fold_gammas)
     return fd
 
 
@@ -539,25 +552,56 @@ def _match_attention(G: _Graph, node):
                 hd=hd, rope=(cq, sq, ck, sk), node=sdpa)
 
 
+def _is_rmsnorm(G: _Graph, node) -> bool:
+    """Whether ``node`` looks like an RMSNorm output (a multiply by a 1-D constant gamma)."""
+    n = G.skip(node)
+    if not G.is_call(n, "mul"):
+        return False
+    consts = [G.const(a) for a in n.args[:2] if hasattr(a, "op")]
+    return any(c is not None and c.ndim == 1 for c in consts)
+
+
+def _match_act(G: _Graph, node):
+    """``silu(g)`` -> (g, "silu"); ``square(relu(g))`` or ``pow(relu(g), 2)`` -> (g, "relu2");
+    None otherwise (nothing marked used)."""
+    s = G.skip(node)
+    if G.is_call(s, "silu"):
+        G.used.add(s)
+        return s.args[0], "silu"
+    if G.is_call(s, "square", "pow") and (_opname(s) == "square" or s.args[1] == 2):
+        r = G.skip(s.args[0])
+        if G.is_call(r, "relu"):
+            G.used.update({s, r})
+            return r.args[0], "relu2"
+    return None
+
+
 def _match_mlp(G: _Graph, node):
-    """``down(silu(gate(n)) * up(n))`` -> (n, gate, up, down)."""
+    """``down([sub_norm](act(gate(n)) * up(n)))`` -> (n, gate, up, down, act, sub-norm gamma
+    or None, sub-norm eps or None); ``act``: SiLU (SwiGLU) or squared ReLU (BitNet)."""
     h, wd, bd = _match_linear(G, node, "the MLP down projection")
-    m = G.expect(h, "mul", what="the SwiGLU product silu(gate) * up")
+    g_sub = eps_sub = None
+    if _is_rmsnorm(G, h):
+        h, g_sub, eps_sub = _match_rmsnorm(G, h, "MLP sub-")
+    m = G.expect(h, "mul", what="the gated product act(gate) * up")
     a, b = m.args
-    if not G.is_call(G.skip(a), "silu"):
+    got = _match_act(G, a)
+    if got is None:
         a, b = b, a
-    s = G.skip(a)
-    if not G.is_call(s, "silu"):
+        got = _match_act(G, a)
+    if got is None:
+        s = G.skip(a)
         bad = s if getattr(s, "op", None) == "call_function" else m
-        raise _unsupported(bad, "expected silu(gate) of a SwiGLU MLP")
-    G.used.add(s)
-    xg, wg, bg = _match_linear(G, s.args[0], "the MLP gate projection")
+        raise _unsupported(bad, "expected silu(gate) of a SwiGLU MLP or relu(gate)**2 of a "
+                           "BitNet MLP")
+    gate_in, act = got
+    xg, wg, bg = _match_linear(G, gate_in, "the MLP gate projection")
     xu, wu, bu = _match_linear(G, b, "the MLP up projection")
     if G.skip(xg) is not G.skip(xu):
         raise _unsupported(m, "gate and up must read the same normalized input")
     if any(v is not None for v in (bd, bg, bu)):
         raise _unsupported(m, "MLP biases are not supported")
-    return G.skip(xg), wg, wu, wd
+    return G.skip(xg), wg, wu, wd, act, g_sub, eps_sub
 
 
 def _split_residual(G: _Graph, add, is_branch):
@@ -570,29 +614,47 @@ def _split_residual(G: _Graph, add, is_branch):
     raise _unsupported(add, "expected a residual add of a linear's output")
 
 
-def _match_layer(G: _Graph, node):
-    """The residual stream after one decoder block -> (stream before it, block parts)."""
+def _match_layer(G: _Graph, node, fold_gammas: bool = True):
+    """The residual stream after one decoder block -> (stream before it, block parts).
+
+    ``fold_gammas``: fold every RMSNorm gamma of the block into the linears reading the norm
+    (LLaMA), or keep them unfolded in the ``*_gamma`` fields (BitNet, ternary compiles).
+    """
     add2 = G.expect(node, "add", what="the MLP residual add")
     x1, mlp_out = _split_residual(G, add2, lambda v: G.is_call(G.skip(v), "linear"))
-    n2, wg, wu, wd = _match_mlp(G, mlp_out)
+    n2, wg, wu, wd, act, g_ms, eps_ms = _match_mlp(G, mlp_out)
     r, g2, eps2 = _match_rmsnorm(G, n2, "post-attention")
     if r is not G.skip(x1):
         raise _unsupported(add2, "the MLP norm must read the residual stream")
     add1 = G.expect(x1, "add", what="the attention residual add")
     x0, attn_out = _split_residual(G, add1, lambda v: G.is_call(G.skip(v), "linear"))
     a, wo, bo = _match_linear(G, attn_out, "the attention output projection")
+    g_as = eps_as = None
+    if _is_rmsnorm(G, a):
+        a, g_as, eps_as = _match_rmsnorm(G, a, "attention sub-")
     at = _match_attention(G, a)
     xin, g1, eps1 = _match_rmsnorm(G, at["x"], "input")
     if xin is not G.skip(x0):
         raise _unsupported(add1, "the attention norm must read the residual stream")
-    if abs(eps1 - eps2) > 1e-12 * max(abs(eps1), 1.0):
-        raise _unsupported(add2, f"RMSNorm eps differ inside a block ({eps1} vs {eps2})")
-    fold = lambda w, g: (w * g[None, :]).astype(np.float32)  # noqa: E731
+    for e in (eps2, eps_as, eps_ms):
+        if e is not None and abs(eps1 - e) > 1e-12 * max(abs(eps1), 1.0):
+            raise _unsupported(add2, f"RMSNorm eps differ inside a block ({eps1} vs {e})")
+
+    def fold(w, g):
+        w = np.asarray(w, dtype=np.float32)
+        return (w * g[None, :]).astype(np.float32) if fold_gammas and g is not None else w
+
+    def kept(g):
+        return None if fold_gammas or g is None else np.asarray(g, dtype=np.float32)
+
     (wq, bq), (wk, bk), (wv, bv) = at["q"], at["k"], at["v"]
     layer = FloatLayer(q=fold(wq, g1), k=fold(wk, g1), v=fold(wv, g1),
-                       o=wo.astype(np.float32), gate=fold(wg, g2), up=fold(wu, g2),
-                       down=wd.astype(np.float32), q_bias=bq, k_bias=bk, v_bias=bv,
-                       o_bias=bo)
+                       o=fold(wo, g_as), gate=fold(wg, g2), up=fold(wu, g2),
+                       down=fold(wd, g_ms), q_bias=bq, k_bias=bk, v_bias=bv,
+                       o_bias=bo, act=act, attn_sub_norm=g_as is not None,
+                       mlp_sub_norm=g_ms is not None, attn_gamma=kept(g1),
+                       attn_sub_gamma=kept(g_as), mlp_gamma=kept(g2),
+                       mlp_sub_gamma=kept(g_ms))
     return xin, layer, at, eps1
 
 
@@ -711,7 +773,8 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                                   max_context: int | None = None,
                                   max_position: int | None = None, family: str = "llama",
                                   rope_type: str | None = None,
-                                  check_model=None) -> FloatDecoder:
+                                  check_model=None,
+                                  fold_gammas: bool | None = None) -> FloatDecoder:
     """Recognise a LLaMA-family decoder in an ``ExportedProgram`` (see the module docstring).
 
     Parameters
@@ -729,11 +792,16 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
         Named in RoPE errors.
     check_model : callable, optional
         The eager model to check against; default ``ep.module()``.
+    fold_gammas : bool, optional
+        Fold the block RMSNorm gammas into the linears (see :func:`load_decoder`); default:
+        fold unless ``family`` is ``"bitnet"``.
 
     Returns
     -------
     FloatDecoder
     """
+    if fold_gammas is None:
+        fold_gammas = family != "bitnet"
     G = _Graph(ep)
     emb_nodes = [n for n in G.g.nodes if n.op == "call_function" and _opname(n) == "embedding"]
     if len(emb_nodes) != 1:
@@ -766,7 +834,7 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     while x is not emb:
         if len(layers) > 100000:
             break
-        x, layer, at, eps_l = _match_layer(G, x)
+        x, layer, at, eps_l = _match_layer(G, x, fold_gammas)
         if abs(eps_l - eps) > 1e-12 * max(abs(eps), 1.0):
             raise _unsupported(at["node"], f"RMSNorm eps differ between blocks ({eps_l} vs "
                                f"{eps})")

@@ -1,10 +1,10 @@
 """Reference runs of the decoder IR: the float model (:func:`float_forward`) and the integer
 golden model (:func:`golden_step`), which is what the accelerator computes bit for bit.
 
-The golden step runs in hardware order with only the kernels of ``golden/llm.py`` and
-``golden/int8.py``; prefill of ``T`` tokens is the same step with ``T`` rows, so chunked
-prefill, one-shot prefill and decode give identical integers for the same token at the same
-position.
+The golden step runs in hardware order with only the kernels of ``golden/llm.py``,
+``golden/int8.py`` and (ternary linears) ``golden/ternary.py``; prefill of ``T`` tokens is the
+same step with ``T`` rows, so chunked prefill, one-shot prefill and decode give identical
+integers for the same token at the same position.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwflow.golden import llm as gl
-from hwflow.golden.int8 import matmul, requantize
+from hwflow.golden.int8 import matmul, requantize, residual_add
+from hwflow.golden.ternary import absmax_quant
 
 from .decoder import FloatDecoder, QDecoder, QLinear
 
@@ -50,8 +51,17 @@ def _lin(x, w, b=None):
     return y if b is None else y + np.asarray(b, dtype=np.float64)
 
 
+def _gamma(x: np.ndarray, gamma) -> np.ndarray:
+    """An unfolded RMSNorm gamma applied to the normalized rows (None: folded, no-op)."""
+    return x if gamma is None else x * np.asarray(gamma, dtype=np.float64)
+
+
 def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
-    """Float64 forward pass; ``record[name]`` collects every tensor the quantizer scales."""
+    """Float64 forward pass; ``record[name]`` collects every tensor the quantizer scales.
+
+    Norm outputs are recorded gamma-free (what ``golden.llm.rmsnorm`` produces); the
+    ``silu_mul`` record is ``act(gate) * up`` for either activation.
+    """
     s = fd.shape
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     t = ids.shape[0]
@@ -69,6 +79,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     for i, ly in enumerate(fd.layers):
         n = _rms(x, s.rms_eps)
         rec(f"l{i}.attn_norm", n)
+        n = _gamma(n, ly.attn_gamma)
         q = _lin(n, ly.q, ly.q_bias)
         k = _lin(n, ly.k, ly.k_bias)
         v = _lin(n, ly.v, ly.v_bias)
@@ -88,17 +99,33 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
         p = sc / sc.sum(axis=-1, keepdims=True)
         a = (p @ vh).transpose(1, 0, 2).reshape(t, heads * hd)
         rec(f"l{i}.attn", a)
-        x = x + _lin(a, ly.o, ly.o_bias)
+        if ly.attn_sub_norm:
+            a = _rms(a, s.rms_eps)
+            rec(f"l{i}.attn_sub_norm", a)
+            a = _gamma(a, ly.attn_sub_gamma)
+        o = _lin(a, ly.o, ly.o_bias)
+        rec(f"l{i}.o_out", o)
+        x = x + o
         rec(f"l{i}.attn_res", x)
         n = _rms(x, s.rms_eps)
         rec(f"l{i}.mlp_norm", n)
+        n = _gamma(n, ly.mlp_gamma)
         g = _lin(n, ly.gate)
         u = _lin(n, ly.up)
         rec(f"l{i}.gate", g)
         rec(f"l{i}.up", u)
-        h = g / (1.0 + np.exp(-g)) * u
+        if ly.act == "relu2":
+            h = np.maximum(g, 0.0) ** 2 * u
+        else:
+            h = g / (1.0 + np.exp(-g)) * u
         rec(f"l{i}.silu_mul", h)
-        x = x + _lin(h, ly.down)
+        if ly.mlp_sub_norm:
+            h = _rms(h, s.rms_eps)
+            rec(f"l{i}.mlp_sub_norm", h)
+            h = _gamma(h, ly.mlp_sub_gamma)
+        d = _lin(h, ly.down)
+        rec(f"l{i}.down_out", d)
+        x = x + d
         rec(f"l{i}.mlp_res", x)
     n = _rms(x, s.rms_eps)
     rec("final_norm", n)
@@ -156,10 +183,39 @@ class KVCache:
                    v=[np.zeros(shape, dtype=np.int8) for _ in range(s.layers)])
 
 
-def _qlin(x: np.ndarray, ql: QLinear, res: np.ndarray | None = None) -> np.ndarray:
-    """A QLinear as the matrix engine and its epilogue run it."""
+def _absq(x: np.ndarray, gamma, *readers: QLinear):
+    """The input of ``readers`` (linears that read one tensor): ``x`` itself for int8 linears;
+    for ternary ones the per-token quantized ``(xq, m) = golden.ternary.absmax_quant(x, gamma)``
+    (ABSQUANT, computed once and shared by every reader)."""
+    ternary = {ql.ternary for ql in readers}
+    if len(ternary) != 1:
+        raise ValueError("linears that read one tensor must be all ternary or all int8")
+    if not ternary.pop():
+        return x
+    return absmax_quant(x, gamma)
+
+
+def _qlin(x, ql: QLinear, res: np.ndarray | None = None) -> np.ndarray:
+    """A QLinear as the matrix engine (or, ternary, the TLMM engine: ``x`` is then the
+    ``(xq, m)`` of :func:`_absq`) and its epilogue run it."""
+    res_mult = ql.res_mult if res is not None else 0
+    if ql.ternary:
+        xq, m = x
+        # matmul == golden.ternary.lookup_matmul of the group indices (the TLMM engine's sums).
+        acc = matmul(xq, ql.weight) * m[:, None]
+        return requantize(acc, ql.bias, ql.mult, ql.shift, res=res, res_mult=res_mult)
     return requantize(matmul(x, ql.weight), ql.bias, ql.mult, ql.shift,
-                      res=res, res_mult=ql.res_mult if res is not None else 0)
+                      res=res, res_mult=res_mult)
+
+
+def _residual(xin, ql: QLinear, x: np.ndarray, add) -> np.ndarray:
+    """The residual stream after o or down: fused into the linear's epilogue (``add`` None),
+    or, for ternary linears (whose ``acc * m`` is ~2**20 times an int8 accumulator, so one
+    shared shift cannot also hold the residual's multiplier), a separate
+    ``residual_add(linear, x, *add)`` (VADD)."""
+    if add is None:
+        return _qlin(xin, ql, res=x)
+    return residual_add(_qlin(xin, ql), x, *add)
 
 
 def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.ndarray:
@@ -169,6 +225,14 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
     hardware's order, and returns the int8 logits ``[len(ids), vocab]`` (at
     ``qd.scales['logits']``). Prefill is one call with the prompt (or several chunks at
     increasing ``pos``); decode is a call with one id.
+
+    Per layer: ``h = rmsnorm(x, *attn_norm)``; q/k/v of ``h`` (ternary linears: of ``(hq, m) =
+    absmax_quant(h, attn_gamma)``, then ``requantize((hq @ t.T) * m, ...)``); RoPE; cache
+    append; attention; ``rmsnorm`` with ``attn_sub_norm`` if set; o (ternary: absmax_quant with
+    ``attn_sub_gamma``) with the residual ``x``; ``rmsnorm(x, *mlp_norm)``; gate/up (ternary:
+    absmax_quant with ``mlp_gamma``); ``relu2_mul`` (``act == "relu2"``) or ``silu_mul``;
+    ``rmsnorm`` with ``mlp_sub_norm`` if set; down (ternary: ``mlp_sub_gamma``) with the
+    residual. Then the final norm and the int8 LM head.
 
     Raises
     ------
@@ -189,17 +253,22 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
     table = qd.rope[pos:pos + rows]
     x = qd.embed[ids]
     for i, ly in enumerate(qd.layers):
-        xn = gl.rmsnorm(x, *ly.attn_norm)
+        xn = _absq(gl.rmsnorm(x, *ly.attn_norm), ly.attn_gamma, ly.q, ly.k, ly.v)
         q = gl.rope(_qlin(xn, ly.q), table, heads, hd)
         k = gl.rope(_qlin(xn, ly.k), table, kvh, hd)
         v = _qlin(xn, ly.v)
         cache.k[i][pos:pos + rows] = k
         cache.v[i][pos:pos + rows] = v
         a = gl.attention(q, cache.k[i], cache.v[i], pos, heads, kvh, hd, *ly.attn)
-        x = _qlin(a, ly.o, res=x)
-        xn = gl.rmsnorm(x, *ly.mlp_norm)
-        h = gl.silu_mul(_qlin(xn, ly.gate), _qlin(xn, ly.up), *ly.silu)
-        x = _qlin(h, ly.down, res=x)
+        if ly.attn_sub_norm is not None:
+            a = gl.rmsnorm(a, *ly.attn_sub_norm)
+        x = _residual(_absq(a, ly.attn_sub_gamma, ly.o), ly.o, x, ly.attn_add)
+        xn = _absq(gl.rmsnorm(x, *ly.mlp_norm), ly.mlp_gamma, ly.gate, ly.up)
+        mul = gl.relu2_mul if ly.act == "relu2" else gl.silu_mul
+        h = mul(_qlin(xn, ly.gate), _qlin(xn, ly.up), *ly.silu)
+        if ly.mlp_sub_norm is not None:
+            h = gl.rmsnorm(h, *ly.mlp_sub_norm)
+        x = _residual(_absq(h, ly.mlp_sub_gamma, ly.down), ly.down, x, ly.mlp_add)
     return _qlin(gl.rmsnorm(x, *qd.final_norm), qd.lm_head)
 
 

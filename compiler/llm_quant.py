@@ -14,15 +14,31 @@ Scale names (``QDecoder.scales``): ``embed``; per layer ``l{i}.attn_norm``, ``l{
 ``l{i}.attn``, ``l{i}.attn_res`` (residual stream after o), ``l{i}.mlp_norm``, ``l{i}.gate``,
 ``l{i}.up``, ``l{i}.silu_mul``, ``l{i}.mlp_res`` (residual stream after down);
 ``final_norm``, ``logits``, ``rope`` (2**-14).
+
+Ternary (``weights="ternary"``, the default for BitNet; docs/architecture.md, "Ternary path"):
+q/k/v/o/gate/up/down become ternary :class:`QLinear` (``ternary=True``, ``weight`` = ``t``):
+``t, gamma_w`` = the float weight's own ternary values when it is already ``0/+-s``
+(``golden.ternary.detect_ternary``), else BitNet's absmean rule. Calibration runs on the float
+model with those weights (``gamma_w * t``, :func:`ternarize_decoder`). Unfolded RMSNorm gammas
+(:class:`FloatLayer` ``*_gamma``) become int8 codes ``round(gamma / s_g)``, ``s_g = max|gamma| /
+127`` (``QLayer.attn_gamma`` ...), applied by ``absmax_quant``; a linear reading ``v = x *
+codes`` (scale ``s_x = s_in * s_g``; ``s_g = 1`` without codes) gets ``bias = round(b * 127 /
+(s_x * gamma_w))`` and ``mult / 2**shift = s_x * gamma_w / (127 * s_out)``. Sub-norms are
+``(eps, mult, shift)`` like every RMSNorm. The LM head stays int8. Extra scale names:
+``l{i}.attn_sub_norm``, ``l{i}.mlp_sub_norm`` (sub-norm outputs, gamma-free), and the gamma
+code scales ``l{i}.attn_gamma``, ``l{i}.attn_sub_gamma``, ``l{i}.mlp_gamma``,
+``l{i}.mlp_sub_gamma``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from hwflow.golden import llm as gl
+from hwflow.golden import ternary as gt
 from hwflow.golden.int8 import (
     INT32_MAX,
     INT32_MIN,
@@ -33,12 +49,18 @@ from hwflow.golden.int8 import (
     tensor_scale,
 )
 
-from .decoder import FloatDecoder, QDecoder, QLayer, QLinear
+from .decoder import FloatDecoder, FloatLayer, QDecoder, QLayer, QLinear
 from .errors import CompileError
 from .llm_interpret import KVCache, _forward, float_forward, golden_generate, golden_step
 from .llm_interpret import top1_agreement as _top1
 
-__all__ = ["quantize_decoder", "quant_report", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+__all__ = ["quantize_decoder", "quant_report", "ternarize_decoder", "gamma_codes",
+           "DECODER_WEIGHTS", "TERNARY_LINEARS", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+
+#: What ``quantize_decoder(weights=...)`` accepts.
+DECODER_WEIGHTS = ("int8", "ternary")
+#: The linears of a block that become ternary (the LM head stays int8).
+TERNARY_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 #: Default calibration: 4 random sequences of 32 tokens (positions 0..31).
 CALIB_SEQUENCES = 4
@@ -102,8 +124,80 @@ def calibrate(fd: FloatDecoder, sequences) -> dict[str, float]:
             for k, v in record.items()}
 
 
+def gamma_codes(gamma) -> tuple[np.ndarray, float]:
+    """int8 codes of an RMSNorm gamma: ``(round(gamma / s_g), s_g)``, ``s_g = max|gamma| / 127``
+    (1.0 for an all-zero gamma)."""
+    g = np.asarray(gamma, dtype=np.float64)
+    s_g = tensor_scale(g)
+    return quantize(g, s_g), s_g
+
+
+def ternarize_decoder(fd: FloatDecoder) -> tuple[FloatDecoder, dict]:
+    """The float decoder with every q/k/v/o/gate/up/down weight ternary (``gamma_w * t``).
+
+    A weight already ternary with one scale (``golden.ternary.detect_ternary``) keeps its exact
+    ``t`` and ``s`` (``ternary_from: detected``); any other is ternarized with BitNet's absmean
+    rule (``golden.ternary.ternarize_absmean``, ``ternary_from: absmean``). The weights are the
+    ones the layer multiplies with: raw where the layer's gammas are unfolded, gamma-folded
+    where they are folded (then no gamma codes exist for that norm).
+
+    Returns
+    -------
+    (FloatDecoder, dict)
+        The ternarized copy (float32 weights ``gamma_w * t``) and ``{"l{i}.q": {"weights":
+        "ternary", "ternary_from": ..., "scale": gamma_w, "t": int8 t}, ...}``.
+    """
+    layers, formats = [], {}
+    for i, ly in enumerate(fd.layers):
+        new = {}
+        for name in TERNARY_LINEARS:
+            w = getattr(ly, name)
+            det = gt.detect_ternary(w)
+            if det is not None:
+                (t, s), how = det, "detected"
+                w_t = np.asarray(w, dtype=np.float32)   # already t * s: keep it bit for bit
+            else:
+                (t, s), how = gt.ternarize_absmean(w), "absmean"
+                w_t = (t * s).astype(np.float32)
+            new[name] = w_t
+            formats[f"l{i}.{name}"] = {"weights": "ternary", "ternary_from": how,
+                                       "scale": float(s), "t": t}
+        layers.append(replace(ly, **new))
+    return replace(fd, layers=layers), formats
+
+
+def _norm_gammas(ly: FloatLayer):
+    """(attn, attn_sub, mlp, mlp_sub) unfolded gammas of a layer (None where folded)."""
+    return ly.attn_gamma, ly.attn_sub_gamma, ly.mlp_gamma, ly.mlp_sub_gamma
+
+
+def _fold(w, gamma):
+    return w if gamma is None else (np.asarray(w, dtype=np.float64)
+                                    * np.asarray(gamma, dtype=np.float64)[None, :])
+
+
+def _tlinear(t: np.ndarray, gw: float, bias, s_x: float, s_out: float,
+             s_res: float | None = None) -> QLinear:
+    """Ternary linear whose epilogue maps ``acc * m`` (``acc = xq @ t.T``, ``xq, m`` of
+    ``absmax_quant`` of a row at scale ``s_x``) plus bias (plus ``res * s_res``) to ``s_out``:
+    ``mult / 2**shift = s_x * gw / (127 * s_out)``, ``bias = round(b * 127 / (s_x * gw))``."""
+    n = t.shape[0]
+    reals = np.full(n, s_x * gw / (127.0 * s_out))
+    res_real = None if s_res is None else s_res / s_out
+    shift = choose_shift(reals if res_real is None else np.append(reals, res_real))
+    mult = quantize_multiplier(reals, shift)
+    res_mult = 0 if res_real is None else int(quantize_multiplier([res_real], shift)[0])
+    if bias is None:
+        b = np.zeros(n, dtype=np.int32)
+    else:
+        b = np.clip(np.rint(np.asarray(bias, dtype=np.float64) * 127.0 / (s_x * gw)),
+                    INT32_MIN, INT32_MAX).astype(np.int32)
+    return QLinear(weight=np.asarray(t, dtype=np.int8), bias=b, mult=mult.astype(np.int64),
+                   shift=int(shift), res_mult=res_mult, ternary=True)
+
+
 def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
-                     seed: int = 0) -> QDecoder:
+                     seed: int = 0, weights: str | None = None) -> QDecoder:
     """Quantize a float decoder to the integer IR the golden model and the mapper run.
 
     Parameters
@@ -115,18 +209,29 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
         Calibration token sequences; default 4 seeded random sequences of 32 tokens.
     seed : int
         Seed of the default calibration sequences.
+    weights : {"int8", "ternary"}, optional
+        Block linears int8 (per channel) or ternary (BitNet b1.58, see the module docstring).
+        Default: ``"ternary"`` for a BitNet decoder (``fd.family == "bitnet"``), else
+        ``"int8"``. int8 folds any unfolded gamma into its linears.
 
     Returns
     -------
     QDecoder
-        With ``scales`` holding the float scale of every activation tensor.
+        With ``scales`` holding the float scale of every activation tensor and
+        ``weight_formats`` what each linear got.
 
     Raises
     ------
     CompileError
-        ``max_context`` out of range, or a multiplier that does not fit its field.
+        ``max_context`` out of range, an unknown ``weights``, or a multiplier that does not fit
+        its field.
     """
     s = fd.shape
+    if weights is None:
+        weights = "ternary" if fd.family == "bitnet" else "int8"
+    if weights not in DECODER_WEIGHTS:
+        raise CompileError(f"weights '{weights}': use {', '.join(DECODER_WEIGHTS)} for a "
+                           "decoder")
     max_context = int(max_context)
     if not 1 <= max_context <= s.max_position:
         raise CompileError(f"max_context {max_context} outside 1..{s.max_position} (the "
@@ -135,40 +240,98 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
     seqs = [np.asarray(q, dtype=np.int64).reshape(-1) for q in seqs]
     if not seqs or any(q.size == 0 or q.min() < 0 or q.max() >= s.vocab for q in seqs):
         raise CompileError(f"calibration sequences must be non-empty token ids < {s.vocab}")
-    sc = calibrate(fd, seqs)
+    ternary = weights == "ternary"
+    formats: dict = {}
+    if ternary:
+        fd_run, formats = ternarize_decoder(fd)
+    else:
+        fd_run = fd
+    sc = calibrate(fd_run, seqs)
     sc["embed"] = tensor_scale(fd.embed)
     sc["rope"] = 2.0**-gl.ROPE_FRAC
     h, hd = s.hidden, s.head_dim
     layers = []
     s_x = sc["embed"]
     try:
-        for i, ly in enumerate(fd.layers):
+        for i, ly in enumerate(fd_run.layers):
             p = f"l{i}."
             sc[p + "gate"] = gl.SILU_SCALE
             s_n, s_q, s_k, s_v = (sc[p + n] for n in ("attn_norm", "q", "k", "v"))
             s_a, s_r1, s_m = sc[p + "attn"], sc[p + "attn_res"], sc[p + "mlp_norm"]
             s_u, s_h, s_r2 = sc[p + "up"], sc[p + "silu_mul"], sc[p + "mlp_res"]
+            # Inputs of o and down: the attention / act output, or its sub-norm's output.
+            s_ao = sc[p + "attn_sub_norm"] if ly.attn_sub_norm else s_a
+            s_ho = sc[p + "mlp_sub_norm"] if ly.mlp_sub_norm else s_h
+            extra = dict(
+                act=ly.act,
+                attn_sub_norm=(_norm_params(s_a, s_ao, s.rms_eps, ly.o.shape[1])
+                               if ly.attn_sub_norm else None),
+                mlp_sub_norm=(_norm_params(s_h, s_ho, s.rms_eps, ly.down.shape[1])
+                              if ly.mlp_sub_norm else None))
+            if ternary:
+                codes = {}
+                for key, g in zip(("attn_gamma", "attn_sub_gamma", "mlp_gamma",
+                                   "mlp_sub_gamma"), _norm_gammas(ly), strict=True):
+                    if g is None:
+                        codes[key], sg = None, 1.0
+                    else:
+                        codes[key], sg = gamma_codes(g)
+                        sc[p + key] = sg
+                    extra[key] = codes[key]
+                    codes[key + "_scale"] = sg
+
+                def tl(name, bias, s_in, s_out, g_key, s_res=None, _i=i, _c=codes):
+                    f = formats[f"l{_i}.{name}"]
+                    return _tlinear(f["t"], f["scale"], bias, s_in * _c[g_key + "_scale"],
+                                    s_out, s_res)
+
+                lin = dict(
+                    q=tl("q", ly.q_bias, s_n, s_q, "attn_gamma"),
+                    k=tl("k", ly.k_bias, s_n, s_k, "attn_gamma"),
+                    v=tl("v", ly.v_bias, s_n, s_v, "attn_gamma"),
+                    o=tl("o", ly.o_bias, s_ao, sc[p + "o_out"], "attn_sub_gamma"),
+                    gate=tl("gate", None, s_m, gl.SILU_SCALE, "mlp_gamma"),
+                    up=tl("up", None, s_m, s_u, "mlp_gamma"),
+                    down=tl("down", None, s_ho, sc[p + "down_out"], "mlp_sub_gamma"))
+                # unfused residual adds (see llm_interpret._residual)
+                extra["attn_add"] = _add_params(sc[p + "o_out"], s_x, s_r1)
+                extra["mlp_add"] = _add_params(sc[p + "down_out"], s_r1, s_r2)
+            else:
+                g_a, g_as, g_m, g_ms = _norm_gammas(ly)
+                lin = dict(
+                    q=_qlinear(_fold(ly.q, g_a), ly.q_bias, s_n, s_q),
+                    k=_qlinear(_fold(ly.k, g_a), ly.k_bias, s_n, s_k),
+                    v=_qlinear(_fold(ly.v, g_a), ly.v_bias, s_n, s_v),
+                    o=_qlinear(_fold(ly.o, g_as), ly.o_bias, s_ao, s_r1, s_res=s_x),
+                    gate=_qlinear(_fold(ly.gate, g_m), None, s_m, gl.SILU_SCALE),
+                    up=_qlinear(_fold(ly.up, g_m), None, s_m, s_u),
+                    down=_qlinear(_fold(ly.down, g_ms), None, s_ho, s_r2, s_res=s_r1))
             layers.append(QLayer(
                 attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
-                q=_qlinear(ly.q, ly.q_bias, s_n, s_q),
-                k=_qlinear(ly.k, ly.k_bias, s_n, s_k),
-                v=_qlinear(ly.v, ly.v_bias, s_n, s_v),
                 attn=_attn_params(s_q, s_k, s_v, s_a, hd),
-                o=_qlinear(ly.o, ly.o_bias, s_a, s_r1, s_res=s_x),
                 mlp_norm=_norm_params(s_r1, s_m, s.rms_eps, h),
-                gate=_qlinear(ly.gate, None, s_m, gl.SILU_SCALE),
-                up=_qlinear(ly.up, None, s_m, s_u),
-                silu=_silu_params(s_u, s_h),
-                down=_qlinear(ly.down, None, s_h, s_r2, s_res=s_r1)))
+                silu=_silu_params(s_u, s_h), **lin, **extra))
             s_x = s_r2
         final_norm = _norm_params(s_x, sc["final_norm"], s.rms_eps, h)
         lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc["logits"])
     except ValueError as e:  # a multiplier outside its u16 field at every shift
         raise CompileError(f"cannot quantize decoder '{fd.name}': {e}") from None
+    report = {k: {kk: vv for kk, vv in f.items() if kk != "t"} for k, f in formats.items()}
+    if ternary:
+        report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
     return QDecoder(name=fd.name, shape=s, embed=quantize(fd.embed, sc["embed"]),
                     rope=gl.rope_table(max_context, hd, s.rope_theta, s.rope_scaling),
                     layers=layers, final_norm=final_norm, lm_head=lm_head,
-                    max_context=max_context, scales=sc)
+                    max_context=max_context, scales=sc, weight_formats=report)
+
+
+def _add_params(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:
+    """residual_add (a_mult, b_mult, shift) of ``a`` at ``s_a`` plus ``b`` at ``s_b`` into
+    ``s_out``: ``a_mult / 2**shift = s_a / s_out``, ``b_mult / 2**shift = s_b / s_out``."""
+    reals = np.array([s_a / s_out, s_b / s_out])
+    shift = choose_shift(reals)
+    a_mult, b_mult = (int(v) for v in quantize_multiplier(reals, shift))
+    return a_mult, b_mult, shift
 
 
 def _silu_params(s_u: float, s_h: float) -> tuple[int, int]:

@@ -23,7 +23,8 @@ OP_KINDS: dict[str, str] = {
     "reshape": "same elements, new shape (x,); row-major order kept",
     # float level
     "linear": "x @ weight.T + bias (x,); attrs weight f32 [N,K], bias f32 [N] or None; after "
-              "sparsify/precision also sparsity (n, m) and wbits 8|4",
+              "sparsify/precision also sparsity (n, m) and wbits 8|4|2 (2: ternary, weight "
+              "s*t, dense)",
     "add": "a + b (a, b), same shapes",
     # quantized level
     "qlinear": "requantize(matmul(x, weight), bias, mult, shift, relu, residual, res_mult) "
@@ -31,7 +32,11 @@ OP_KINDS: dict[str, str] = {
                "shift, relu, res_mult (0 without residual), w_scale f64 [N], sparsity (n, m) "
                "((1, 1) dense; weight obeys it), wbits 8|4; int4 adds w4 i8 [N,K] in -8..7 "
                "and w4_scale u8 [N,ceil(K/32)] in 1..15 with weight == w4*w4_scale "
-               "(w_scale is then golden.int4's c); missing sparsity/wbits: dense int8",
+               "(w_scale is then golden.int4's c); ternary (TLMM engine): wbits 2, ternary "
+               "True, weight t in {-1,0,1}, w_scale s per channel, dense, and the value is "
+               "requantize(matmul(xq, t) * m, ...) with xq, m = golden.ternary.absmax_quant(x),"
+               " bias and mult in units of acc*m (bias = round(b*127/(s_x*s)), mult/2**shift "
+               "= s_x*s/(127*s_out)); missing sparsity/wbits: dense int8",
     "qadd": "residual_add(a, b, a_mult, b_mult, shift, relu) (a, b); attrs a_mult, b_mult, "
             "shift, relu",
 }

@@ -4,8 +4,8 @@ In flow order (``compiler/flow.py``):
 
 * :func:`sparsify` -- the N:M sparsity of every linear layer: detected in the float weights
   (``auto``), imposed by magnitude pruning (``N:M``), or none (``dense``); recorded per layer;
-* :func:`precision` -- int8 or int4 weights per linear layer (``int8``, ``int4`` or the
-  ``mixed`` rule, see :data:`INT4_MAX_ERROR`); recorded per layer;
+* :func:`precision` -- int8, int4 or ternary weights per linear layer (``int8``, ``int4``,
+  ``ternary`` or the ``mixed`` rule, see :data:`INT4_MAX_ERROR`); recorded per layer;
 * :func:`quantize` -- float IR to W8A8 (int8 weights per output channel, or int4 codes with
   group-wise scales dequantized to int8; static int8 activation scales from a calibration
   sample);
@@ -16,8 +16,8 @@ In flow order (``compiler/flow.py``):
 * :func:`memory_plan` -- an address in the on-chip activation buffer for every int8 tensor.
 
 The two weight-format passes write op attributes (``sparsity`` = (n, m), (1, 1) when dense;
-``wbits`` = 8 or 4) that :func:`quantize` turns into the quantized weight and that the mapper
-reads to pick the engine mode, and a readable record per layer in
+``wbits`` = 8, 4 or 2 (ternary)) that :func:`quantize` turns into the quantized weight and
+that the mapper reads to pick the engine mode, and a readable record per layer in
 ``graph.graph['weight_formats']`` (``{layer: {"sparsity": "2:4", "sparsity_from": ...,
 "weights": "int4", "int4_error": ..., "why": ...}}``) that ``hwflow compile`` reports.
 
@@ -40,6 +40,7 @@ import numpy as np
 from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
 from hwflow.golden import sparse as gs
+from hwflow.golden import ternary as gt
 
 from .errors import CompileError
 from .interpret import evaluate
@@ -155,7 +156,7 @@ def sparsify(graph: Graph, mode="auto") -> Graph:
 # ----------------------------------------------------------------------------------- precision
 
 #: What ``weights`` accepts (``FlowOptions.weights``, ``hwflow compile --weights``).
-WEIGHT_CHOICES = ("int8", "int4", "mixed")
+WEIGHT_CHOICES = ("int8", "int4", "mixed", "ternary")
 
 #: The ``mixed`` rule's limit on a layer's int4 relative reconstruction error
 #: ``||w - c s q|| / ||w||``. Measured with ``golden.int4`` (groups of 32): 0.07 for uniform
@@ -177,10 +178,23 @@ def int4_error(w: np.ndarray) -> float:
     return float(np.linalg.norm(w - c[:, None] * g4.dequantize_int4(q, s)) / norm)
 
 
-def precision(graph: Graph, weights: str = "int8") -> Graph:
-    """Choose int8 or int4 weights for every ``linear`` (attribute ``wbits`` = 8 or 4).
+def ternary_weight(w) -> tuple[np.ndarray, float, str]:
+    """``(t, s, how)``: the weight's own ternary values if it is already ``0/+-s`` with one
+    ``s`` (``golden.ternary.detect_ternary``, ``how = "detected"``), else BitNet's absmean rule
+    (``golden.ternary.ternarize_absmean``, ``how = "absmean"``)."""
+    det = gt.detect_ternary(w)
+    if det is not None:
+        return det[0], det[1], "detected"
+    t, s = gt.ternarize_absmean(w)
+    return t, s, "absmean"
 
-    ``weights``: ``"int8"`` or ``"int4"`` for every layer, or ``"mixed"``, whose rule is:
+
+def precision(graph: Graph, weights: str = "int8") -> Graph:
+    """Choose int8, int4 or ternary weights for every ``linear`` (attribute ``wbits`` = 8, 4
+    or 2).
+
+    ``weights``: ``"int8"`` or ``"int4"`` for every layer, ``"ternary"`` (BitNet b1.58, every
+    layer on the TLMM engine), or ``"mixed"``, whose rule is:
 
     1. the first and the last linear layer in execution order stay int8 -- they are the most
        sensitive (the input embedding/feature layer sees the raw input; the classifier/LM head
@@ -189,8 +203,17 @@ def precision(graph: Graph, weights: str = "int8") -> Graph:
        (:func:`int4_error`, on the weight after :func:`sparsify`) exceeds
        :data:`INT4_MAX_ERROR` = 0.15; then it stays int8.
 
+    ``ternary``: a weight that is already ternary (``0/+-s`` for one ``s``) keeps its exact
+    ``t`` and ``s`` (``ternary_from: detected``); any other is replaced by its absmean
+    ternarization ``s * t`` (``ternary_from: absmean``; like imposed pruning this changes what
+    the layer computes: calibration then sees the ternary layer, the float reference stays the
+    model as given). Ternary layers are dense (attribute ``sparsity`` (1, 1)): the TLMM engine
+    has no N:M mode; an N:M pattern that :func:`sparsify` found or imposed stays in the weight
+    as zeros.
+
     Every layer's ``weight_formats`` record gets ``weights`` and ``why``; under ``mixed`` the
-    middle layers also get ``int4_error``.
+    middle layers also get ``int4_error``; under ``ternary`` every layer gets
+    ``ternary_from``, ``ternary_scale`` (s) and ``ternary_error`` (``||w - s t|| / ||w||``).
 
     Raises
     ------
@@ -204,6 +227,21 @@ def precision(graph: Graph, weights: str = "int8") -> Graph:
     for i, name in enumerate(layers):
         op = op_of(g, name)
         extra = {}
+        if weights == "ternary":
+            w = np.asarray(op.attrs["weight"], dtype=np.float64)
+            t, s, how = ternary_weight(w)
+            norm = float(np.linalg.norm(w))
+            err = float(np.linalg.norm(w - s * t) / norm) if norm else 0.0
+            new_w = op.attrs["weight"] if how == "detected" else (s * t).astype(np.float32)
+            nm = tuple(int(v) for v in op.attrs.get("sparsity", (1, 1)))
+            set_op(g, name, op.with_attrs(weight=new_w, wbits=2, sparsity=(1, 1)))
+            if nm != (1, 1):
+                extra["note"] = (f"ternary runs dense on the TLMM engine: sparsity "
+                                 f"{nm_text(nm)} not used (its zeros stay in the weight)")
+            _note(g, name, weights="ternary", why="ternary: every layer", ternary_from=how,
+                  ternary_scale=float(s), ternary_error=round(err, 6), sparsity="dense",
+                  **extra)
+            continue
         if weights != "mixed":
             bits, why = (4 if weights == "int4" else 8), f"{weights}: every layer"
         elif i == 0 or i == len(layers) - 1:
@@ -274,7 +312,9 @@ def _requant_params(reals: np.ndarray, what: str) -> tuple[np.ndarray, int]:
 def _quantize_weight(g: Graph, name: str, op: Op) -> dict:
     """The weight attributes of a ``qlinear`` (see ``ops.OP_KINDS``) for float ``linear`` op.
 
-    int8: ``golden.quantize_weight`` (per-channel scale ``w_scale``). int4:
+    ternary (``wbits`` 2): ``t`` int8 in {-1, 0, 1} as ``weight``, ``w_scale`` = ``s`` per
+    channel, ``ternary=True`` (see :func:`ternary_weight`). int8: ``golden.quantize_weight``
+    (per-channel scale ``w_scale``). int4:
     ``golden.int4.quantize_weight_int4`` -> codes ``w4``, group scales ``w4_scale`` and
     per-channel ``w_scale = c``; ``weight`` is the int8 the engine computes with,
     ``dequantize_int4(w4, w4_scale)``. Both map 0 to 0, so the recorded N:M pattern survives;
@@ -284,6 +324,10 @@ def _quantize_weight(g: Graph, name: str, op: Op) -> dict:
     w = np.asarray(op.attrs["weight"], dtype=np.float64)
     nm = tuple(int(v) for v in op.attrs.get("sparsity", (1, 1)))
     bits = int(op.attrs.get("wbits", 8))
+    if bits == 2:
+        t, s, _ = ternary_weight(w)
+        return {"weight": t, "w_scale": np.full(w.shape[0], s), "ternary": True,
+                "sparsity": (1, 1), "wbits": 2}
     if bits == 4:
         w4, w4_scale, c = g4.quantize_weight_int4(w)
         out = {"weight": g4.dequantize_int4(w4, w4_scale), "w_scale": c, "w4": w4,
@@ -309,6 +353,9 @@ def quantize(graph: Graph, calib) -> Graph:
     over a float run of ``calib``; ``relu`` and ``reshape`` keep their input's scale (``max(q, 0)``
     is exact on int8). ``linear`` becomes ``qlinear`` with ``bias_q = round(b / (s_x s_w[n]))``
     and multipliers ``real[n] = s_x s_w[n] / s_y`` at one shift (``golden.choose_shift``);
+    a ternary linear (``wbits`` 2) gets ``ternary=True``, ``weight`` = ``t``, and bias and
+    multipliers in units of ``acc * m`` (``golden.ternary.absmax_quant`` of its input):
+    ``bias_q = round(b * 127 / (s_x s_w))``, ``real = s_x s_w / (127 s_y)``;
     ``add`` becomes ``qadd`` with ``s_a / s_y`` and ``s_b / s_y`` at one shift.
 
     Parameters
@@ -339,12 +386,15 @@ def quantize(graph: Graph, calib) -> Graph:
             n = w_q.shape[0]
             b = op.attrs.get("bias")
             b = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64)
-            bias = np.rint(b / (s_x * s_w))
+            # A ternary layer's epilogue sees acc * m with xq ~ x * 127 / m: units of
+            # s_x * s_w / 127 (docs/architecture.md, "Ternary path").
+            unit = s_x * s_w / (g8.INT8_MAX if wattrs.get("ternary") else 1)
+            bias = np.rint(b / unit)
             if np.abs(bias).max(initial=0) >= g8.INT32_MAX:
                 raise CompileError(f"node '{name}': quantized bias does not fit int32 "
                                    f"(input scale {s_x:.3g} is too small for bias "
                                    f"{np.abs(b).max():.3g})")
-            mult, shift = _requant_params(s_x * s_w / s, f"node '{name}'")
+            mult, shift = _requant_params(unit / s, f"node '{name}'")
             new = Op("qlinear", op.inputs, out,
                      {**wattrs, "bias": bias.astype(np.int32), "mult": mult,
                       "shift": shift, "relu": False, "res_mult": 0}, source=op.source)
@@ -383,7 +433,7 @@ def _fuse_residual(g: Graph) -> None:
             lin_name, res_name = add.inputs[i], add.inputs[1 - i]
             lin = op_of(g, lin_name)
             if (lin.kind != "qlinear" or len(lin.inputs) != 1 or lin.attrs["relu"]
-                    or not _single_user(g, lin_name)):
+                    or lin.attrs.get("ternary") or not _single_user(g, lin_name)):
                 continue
             s_x, s_out = op_of(g, lin.inputs[0]).out.scale, add.out.scale
             s_r = op_of(g, res_name).out.scale
@@ -426,13 +476,19 @@ def _relu_to_qadd(g: Graph) -> None:
 def fuse(graph: Graph) -> Graph:
     """Fold ReLUs and residual adds into the matmul epilogue.
 
-    In order: ``qadd(qlinear(x), r)`` with the qlinear's only user being the add becomes
+    In order: ``qadd(qlinear(x), r)`` with the qlinear's only user being the add (and the
+    qlinear not ternary, see below) becomes
     ``qlinear(x, r)`` with ``mult = s_x s_w / s_out`` and ``res_mult = s_r / s_out`` at a joint
     shift (one rounding instead of two: not bit-identical to the unfused graph, within one
     output LSB plus the int8 rounding of the skipped intermediate); ``relu`` after a
     single-user ``qlinear``/``qadd`` sets its ``relu`` flag (exact); any other ``relu`` becomes
     an identity ``qadd`` with ``relu=True`` (exact). Afterwards only ``input``, ``qlinear``,
     ``qadd``, ``reshape`` and ``output`` remain.
+
+    A ternary qlinear keeps its residual ``qadd``: its epilogue input ``acc * m`` is about
+    ``127 * max|x|`` times larger than ``acc`` of an int8 layer, so its multipliers are that
+    much smaller than the residual's (about 2**-10 .. 2**-14 of it), and one shift with u16
+    multipliers would leave them only a few significant bits.
     """
     g = copy_graph(graph)
     _fuse_residual(g)

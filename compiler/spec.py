@@ -60,9 +60,11 @@ def _check_u16(name, op, key, v):
 
 
 def _check_weight_format(name, op, w):
-    """``sparsity`` (n, m) and ``wbits`` (8 or 4), both optional (missing: dense int8): legal
+    """``sparsity`` (n, m) and ``wbits`` (8, 4 or 2), both optional (missing: dense int8): legal
     values, the weight satisfies the pattern, and at the quantized level an int4 layer's
-    ``weight`` is exactly ``w4 * w4_scale`` (``golden.int4.dequantize_int4``)."""
+    ``weight`` is exactly ``w4 * w4_scale`` (``golden.int4.dequantize_int4``); a ternary layer
+    (``wbits`` 2, attribute ``ternary`` True, dense) has weights in {-1, 0, 1} and a positive
+    ``w_scale`` per channel."""
     a = op.attrs
     nm = a.get("sparsity", (1, 1))
     if (not isinstance(nm, tuple) or len(nm) != 2 or not all(_is_int(v) for v in nm)):
@@ -74,9 +76,25 @@ def _check_weight_format(name, op, w):
         _fail(name, op, f"weight does not satisfy its recorded {n}:{m} sparsity (a group of "
                         f"{m} along K has more than {n} nonzeros)")
     bits = a.get("wbits", 8)
-    if not _is_int(bits) or bits not in (4, 8):
-        _fail(name, op, f"attribute 'wbits' must be 8 or 4, got {bits!r}")
+    if not _is_int(bits) or bits not in (2, 4, 8):
+        _fail(name, op, f"attribute 'wbits' must be 8, 4 or 2, got {bits!r}")
+    if bits == 2 and nm != (1, 1):
+        _fail(name, op, f"a ternary layer (wbits 2) must be dense, got sparsity {n}:{m}")
     if op.kind != "qlinear":
+        return
+    ternary = a.get("ternary", False)
+    if not isinstance(ternary, bool) or ternary != (bits == 2):
+        _fail(name, op, f"attribute 'ternary' ({ternary!r}) must be True exactly when wbits is "
+                        f"2 (wbits {bits})")
+    if ternary:
+        if w.size and (w.min() < -1 or w.max() > 1):
+            _fail(name, op, "ternary weight values outside {-1, 0, 1}")
+        ws = a.get("w_scale")
+        if not isinstance(ws, np.ndarray) or ws.shape != (w.shape[0],) or not np.all(ws > 0):
+            _fail(name, op, f"a ternary layer needs w_scale: {w.shape[0]} positive scales")
+        for key in ("w4", "w4_scale"):
+            if key in a:
+                _fail(name, op, f"attribute '{key}' belongs to int4 layers only (wbits is 2)")
         return
     if bits == 8:
         for key in ("w4", "w4_scale"):
@@ -178,7 +196,10 @@ def _check_node(graph: Graph, name: str, op: Op, level: str):
             _fail(name, op, "res_mult must be 0 without a residual input")
         if len(op.inputs) == 2 and ins[1].shape != t.shape:
             _fail(name, op, f"residual shape {list(ins[1].shape)} != output {list(t.shape)}")
-        bound = k * 128 * 128 + (int(np.abs(bias.astype(np.int64)).max()) if n else 0)
+        # Ternary: |acc| <= K * 128 (weights +-1), the int32 bound of the TLMM accumulator;
+        # bias is added to acc * m in the epilogue, so it is not part of the accumulator.
+        bound = k * 128 * (1 if a.get("ternary") else 128) + (
+            0 if a.get("ternary") or not n else int(np.abs(bias.astype(np.int64)).max()))
         if bound >= ACC_LIMIT:
             _fail(name, op, f"int32 accumulator bound K*128*128 + max|bias| = {bound} "
                             f"reaches 2^31 (K={k})")

@@ -22,7 +22,7 @@ import numpy as np
 __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
     "isqrt", "rmsnorm", "rope", "rope_table", "silu_mul", "exp2_neg", "attention_row",
-    "attention",
+    "attention", "RELU2_LUT", "relu2_mul",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -32,6 +32,10 @@ SILU_SCALE = 1.0 / 16
 #: SILU_LUT[v + 128] = round(silu(v / 16) * 2**8), v in [-128, 127]; range -71..2017 (12 bits).
 SILU_LUT = np.array([int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256))
                      for v in range(-128, 128)], dtype=np.int64)
+
+#: RELU2_LUT[v + 128] = round(relu(v / 16)**2 * 2**8) = v**2 for v > 0, else 0 (BitNet's
+#: squared-ReLU gate at the same fixed scale 1/16; 14 bits).
+RELU2_LUT = np.array([v * v if v > 0 else 0 for v in range(-128, 128)], dtype=np.int64)
 
 #: Fractional bits of the log2-domain scores (t = s * smul >> sshift is log2(e) * score * 2**8).
 EXP2_FRAC = 8
@@ -121,6 +125,14 @@ def silu_mul(g, u, mult: int, shift: int) -> np.ndarray:
     g = np.asarray(g, dtype=np.int64)
     u = np.asarray(u, dtype=np.int64)
     return _sat8(_round_shift(SILU_LUT[g + 128] * u * int(mult), shift))
+
+
+def relu2_mul(g, u, mult: int, shift: int) -> np.ndarray:
+    """BitNet's ``relu(gate)**2 * up``: :func:`silu_mul` with ``RELU2_LUT`` (SILUMUL with flag
+    RELU2): ``sat8((RELU2_LUT[g] * u * mult + 2**(shift-1)) >> shift)``."""
+    g = np.asarray(g, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    return _sat8(_round_shift(RELU2_LUT[g + 128] * u * int(mult), shift))
 
 
 def exp2_neg(d) -> np.ndarray:

@@ -1,14 +1,16 @@
-"""Bundled LLaMA-family example models, generated deterministically (nothing to download)."""
+"""Bundled decoder example models (LLaMA family, BitNet b1.58), generated deterministically
+(nothing to download)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["TINY_LLAMA", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama"]
+__all__ = ["TINY_LLAMA", "TINY_BITNET", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama",
+           "tiny_bitnet_config", "write_tiny_bitnet", "write_example"]
 
 #: Bundled language-model examples (``hwflow compile --example NAME``).
-LLM_EXAMPLES = ("tiny-llama",)
+LLM_EXAMPLES = ("tiny-llama", "tiny-bitnet")
 
 #: The tiny LLaMA of the "tiny-llama" example and the tests: GQA (6 heads over 2 kv heads,
 #: head_dim 20), widths that are not multiples of the engine sizes on purpose.
@@ -52,3 +54,71 @@ def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, family: str = "ll
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
     return Path(folder)
+
+
+#: The tiny BitNet b1.58 of the "tiny-bitnet" example and the tests: the sizes of
+#: :data:`TINY_LLAMA` with BitNet's squared-ReLU MLP and sub-norms (``BitNetConfig``; its
+#: default RoPE theta 500000).
+TINY_BITNET = {**TINY_LLAMA, "hidden_act": "relu2"}
+
+#: Linears of a BitNet block whose weights are ternary (the LM head and embedding are not).
+BITNET_TERNARY_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                          "down_proj")
+
+
+def tiny_bitnet_config(**overrides):
+    """``transformers.BitNetConfig`` of the tiny BitNet, with keyword overrides."""
+    from transformers import BitNetConfig
+
+    return BitNetConfig(**{**TINY_BITNET, "bos_token_id": None, "eos_token_id": None,
+                           **overrides})
+
+
+def write_tiny_bitnet(folder: str | os.PathLike, seed: int = 0, ternary_weights: bool = False,
+                      **overrides) -> Path:
+    """Write a randomly initialised tiny BitNet b1.58 as a Hugging Face folder (safetensors).
+
+    Weights come from ``transformers``' own initialisation under ``torch.manual_seed(seed)``;
+    every RMSNorm gamma (input, post-attention, ``attn_sub_norm``, ``ffn_sub_norm``, final) is
+    then drawn from U(0.5, 1.5). The block linears stay float (the compiler ternarizes them
+    with BitNet's absmean rule) unless ``ternary_weights``: then every q/k/v/o/gate/up/down
+    weight ``W`` is replaced by its absmean ternarization ``gamma * t``
+    (``golden.ternary.ternarize_absmean``), a model whose weights are already ternary.
+    ``overrides`` change config fields. Returns the folder.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from hwflow.golden.ternary import ternarize_absmean
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_bitnet_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.02)
+            elif ternary_weights and name.endswith(".weight") and \
+                    name.split(".")[-2] in BITNET_TERNARY_LINEARS:
+                t, gamma = ternarize_absmean(p.detach().numpy())
+                p.copy_(torch.from_numpy((t * gamma).astype("float32")))
+    os.makedirs(folder, exist_ok=True)
+    transformers.utils.logging.disable_progress_bar()
+    model.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def write_example(name: str, folder: str | os.PathLike) -> Path:
+    """Write the bundled example ``name`` (one of :data:`LLM_EXAMPLES`) into ``folder``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    """
+    writers = {"tiny-llama": write_tiny_llama, "tiny-bitnet": write_tiny_bitnet}
+    if name not in writers:
+        raise ValueError(f"unknown example '{name}' (known: {', '.join(LLM_EXAMPLES)})")
+    return writers[name](folder)

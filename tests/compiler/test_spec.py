@@ -201,7 +201,10 @@ def test_sparsity_and_wbits_values(fused, float_graph):
     _raises(_broken(fused, q, sparsity=(2, 6)), q, "M must be a power of two up to 16")
     _raises(_broken(fused, q, sparsity=(5, 4)), q, "1 <= N <= M")
     _raises(_broken(fused, q, sparsity=2), q, "pair of ints")
-    _raises(_broken(fused, q, wbits=2), q, "'wbits' must be 8 or 4")
+    _raises(_broken(fused, q, wbits=3), q, "'wbits' must be 8, 4 or 2")
+    # wbits 2 is ternary: the flag must say so (and vice versa)
+    _raises(_broken(fused, q, wbits=2), q, "must be True exactly when wbits is 2")
+    _raises(_broken(fused, q, ternary=True), q, "must be True exactly when wbits is 2")
     _raises(_broken(fused, q, wbits=4), q, "attribute 'w4' must be an array")
     _raises(_broken(fused, q, w4=np.zeros((1, 1), np.int8)), q, "int4 layers only")
     # the float level checks the recorded pattern too
