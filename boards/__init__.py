@@ -51,9 +51,11 @@ _SCHEMA = {
     "resources": dict, "memory": dict, "clocks": dict, "flow": str,
 }
 _MEMORY = {"channels": int, "port_bytes": int, "bandwidth_gbps": (int, float)}
-_ENGINE = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth")
-# build the sparse selectors / the int4 dequantizer / the transformer units
-_ENGINE_FLAGS = ("sparse", "int4", "transformer")
+_ENGINE = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth",
+           "tlmm_g", "tlmm_t", "tlmm_q", "tlmm_acc_depth")
+# build the sparse selectors / the int4 dequantizer / the transformer units / the ternary
+# table-lookup engine
+_ENGINE_FLAGS = ("sparse", "int4", "transformer", "tlmm")
 
 
 def _search_dirs(extra: str | os.PathLike | None) -> list[Path]:

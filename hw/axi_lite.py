@@ -20,6 +20,7 @@ REG = {
     "RETIRED": 0x28,
     "ERROR": 0x2C,
     "POS": 0x200,
+    "TLMM_BUSY_LO": 0x208, "TLMM_BUSY_HI": 0x20C,
 }
 
 
@@ -50,6 +51,7 @@ class ControlRegisters(wiring.Component):
     pos : out, POS (0x200): sequence position of the run's first activation row
     running, done, error : in
     cycles, mpe_busy, retired : in, counters shown read-only
+    tlmm_busy : in, TLMM_BUSY (0x208 / 0x20C): cycles in which the TLMM engine did its lookups
     irq : out
     """
 
@@ -64,6 +66,7 @@ class ControlRegisters(wiring.Component):
             "error": In(2),
             "cycles": In(64),
             "mpe_busy": In(64),
+            "tlmm_busy": In(64),
             "retired": In(32),
             "irq": Out(1),
         })
@@ -126,6 +129,10 @@ class ControlRegisters(wiring.Component):
                     m.d.sync += c.rdata.eq(self.mpe_busy[:32])
                 with m.Case(REG["MPE_BUSY_HI"] >> 2):
                     m.d.sync += c.rdata.eq(self.mpe_busy[32:])
+                with m.Case(REG["TLMM_BUSY_LO"] >> 2):
+                    m.d.sync += c.rdata.eq(self.tlmm_busy[:32])
+                with m.Case(REG["TLMM_BUSY_HI"] >> 2):
+                    m.d.sync += c.rdata.eq(self.tlmm_busy[32:])
                 with m.Case(REG["RETIRED"] >> 2):
                     m.d.sync += c.rdata.eq(self.retired)
                 with m.Case(REG["ERROR"] >> 2):

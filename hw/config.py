@@ -11,6 +11,8 @@ MAX_GROUPS = 4
 #: Most slices per group: 7 packed products of two int8 (7 * 128 * 128 < 2**17) keep the low
 #: field of the packed multiply exact (docs/architecture.md, "Matrix engine").
 MAX_GROUP_LEN = 7
+#: Legal TLMM group sizes G (ternary weights per table index; golden.ternary.GROUP_BITS).
+TLMM_GROUPS = (2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,20 @@ class AccelConfig:
         :class:`~hwflow.hw.attention.AttentionUnit` (ATTN), GATHER and POS-relative LOAD/STORE.
         Without it those instructions stop the run with ERROR = 1. Off by default (the units
         cost about 2x in Verilator build time); boards turn it on (``engine: transformer:``).
+    tlmm : bool
+        Build the ternary table-lookup matmul engine (docs/architecture.md, "Ternary path
+        (v4)"): TMATMUL. The :class:`~hwflow.hw.sfu.VectorUnit` is built when ``transformer``
+        or ``tlmm`` (:attr:`vector_unit`): ABSQUANT, RMSNORM and SILUMUL need only it; GATHER,
+        ROPE, ATTN and POS need ``transformer``; TMATMUL needs ``tlmm``. Off by default.
+    tlmm_g : int
+        G, ternary weights per group index (2, 3 or 4: 9, 27 or 81 table entries).
+    tlmm_t : int
+        T, lookup tables (activation groups looked up per cycle).
+    tlmm_q : int
+        Q, replicas of each table (output channels looked up per cycle); ``T * Q`` lookups,
+        ``T * Q * G`` ternary MACs per cycle.
+    tlmm_acc_depth : int
+        Depth of the int32 accumulator: the largest ``n_out`` of a TMATMUL.
     """
 
     chains: int = 16
@@ -55,12 +71,20 @@ class AccelConfig:
     sparse: bool = True
     int4: bool = True
     transformer: bool = False
+    tlmm: bool = False
+    tlmm_g: int = 3
+    tlmm_t: int = 4
+    tlmm_q: int = 4
+    tlmm_acc_depth: int = 1024
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
-                     "weight_depth", "addr_bits"):
+                     "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AccelConfig.{name} must be >= 1")
+        if self.tlmm_g not in TLMM_GROUPS:
+            raise ValueError(f"AccelConfig.tlmm_g is {self.tlmm_g}, must be one of "
+                             f"{', '.join(map(str, TLMM_GROUPS))}")
         if self.beat_bytes % self.chain_len:
             raise ValueError(
                 f"super-beat ({self.beat_bytes} B) must be a multiple of chain_len "
@@ -75,6 +99,11 @@ class AccelConfig:
             raise ValueError(
                 f"chain_len {self.chain_len} must split into {self.groups} DSP groups of at most "
                 f"{MAX_GROUP_LEN} slices (the packed multiply's 18-bit low field)")
+
+    @property
+    def vector_unit(self) -> bool:
+        """Whether the :class:`~hwflow.hw.sfu.VectorUnit` is built (``transformer or tlmm``)."""
+        return self.transformer or self.tlmm
 
     @property
     def beat_bytes(self) -> int:

@@ -1,7 +1,8 @@
 """Instruction controller: fetch, decode, and in-order execution of every instruction.
 
-Owns the datapath (activation buffer, weight ring, matrix engine, sequencers and, with
-``cfg.transformer``, the vector and attention units) and the super-beat memory streams, and
+Owns the datapath (activation buffer, weight ring, matrix engine, sequencers; the vector unit
+with ``cfg.transformer`` or ``cfg.tlmm``, the attention unit with ``cfg.transformer``, the
+ternary table-lookup engine with ``cfg.tlmm``) and the super-beat memory streams, and
 multiplexes them by the instruction being executed (one at a time, in order, so no two users
 ever share a port in the same instruction).
 """
@@ -21,6 +22,7 @@ from .matrix_engine import MatrixEngine
 from .mem_port import read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
 from .sfu import VectorUnit
+from .tlmm import TernaryLookupMatmul
 from .weight_fill import int4_capable
 
 __all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
@@ -31,7 +33,10 @@ LOAD_BURST_BEATS = 16
 _INSTR_BITS = 8 * isa.INSTR_BYTES
 
 #: Opcodes the :class:`~.sfu.VectorUnit` executes (the controller hands it the buffer ports).
-VECTOR_OPCODES = (isa.Opcode.RMSNORM, isa.Opcode.ROPE, isa.Opcode.SILUMUL)
+VECTOR_OPCODES = (isa.Opcode.RMSNORM, isa.Opcode.ROPE, isa.Opcode.SILUMUL, isa.Opcode.ABSQUANT)
+#: Vector opcodes legal on an engine whose vector unit was built for ``cfg.tlmm`` alone (ROPE
+#: belongs to the transformer path).
+_VU_BASE_OPCODES = (isa.Opcode.RMSNORM, isa.Opcode.SILUMUL, isa.Opcode.ABSQUANT)
 
 
 def mode_legal(cfg: AccelConfig, lgm: int, lgr: int, int4: bool) -> bool:
@@ -65,11 +70,15 @@ class Controller(wiring.Component):
         POS; ATTN's causal lengths)
     running : out
     done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
-    error : out, after the run: 0 ok, 1 illegal opcode (also the transformer opcodes and flag
-        POS without ``cfg.transformer``), 2 illegal MATMUL mode, 3 GATHER token id out of the
-        table (until the next start; :data:`~.isa.ERROR_ILLEGAL_OPCODE`,
-        :data:`~.isa.ERROR_ILLEGAL_MODE`, :data:`~.isa.ERROR_GATHER_RANGE`)
+    error : out, after the run: 0 ok, 1 illegal opcode (also GATHER, ROPE, ATTN and flag POS
+        without ``cfg.transformer``; RMSNORM, SILUMUL and ABSQUANT without the vector unit,
+        ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``), 2 illegal MATMUL mode,
+        3 GATHER token id out of the table (until the next start;
+        :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`,
+        :data:`~.isa.ERROR_GATHER_RANGE`)
     cycles, mpe_busy, retired : out, counters of the current/last run
+    tlmm_busy : out, cycles of the current/last run in which the TLMM engine did its ``T * Q``
+        lookups (its ``lookup`` output; 0 without ``cfg.tlmm``)
     rd_req, rd_data, wr : super-beat memory streams (to :class:`SuperBeatPorts`)
     """
 
@@ -85,6 +94,7 @@ class Controller(wiring.Component):
             "error": Out(2),
             "cycles": Out(64),
             "mpe_busy": Out(64),
+            "tlmm_busy": Out(64),
             "retired": Out(32),
             "rd_req": Out(stream.Signature(read_req_layout(ab))),
             "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
@@ -96,10 +106,14 @@ class Controller(wiring.Component):
         self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)
         self.oseq = OutputSequencer(cfg)
-        self.vec = self.attn = None
-        if cfg.transformer:
+        self.vec = self.attn = self.tlmm = None
+        if cfg.vector_unit:
             self.vec = VectorUnit(cfg)
+        if cfg.transformer:
             self.attn = AttentionUnit(cfg)
+        if cfg.tlmm:
+            self.tlmm = TernaryLookupMatmul(cfg, cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q,
+                                            cfg.tlmm_acc_depth)
 
     def elaborate(self, platform):
         m = Module()
@@ -111,6 +125,11 @@ class Controller(wiring.Component):
         id_beats = max(1, 4 // SB)                      # super-beats per GATHER token id
         id_slots = max(1, SB // 4)                      # token ids per super-beat
         tf = cfg.transformer
+        vu = cfg.vector_unit
+        tl = cfg.tlmm
+        # units that take over the buffer ports (and, ATTN and TMATMUL, the read streams) from
+        # start until busy falls
+        units = []
 
         m.submodules.act = act = self.act
         m.submodules.ring = ring = self.ring
@@ -119,9 +138,13 @@ class Controller(wiring.Component):
         m.submodules.oseq = oseq = self.oseq
         m.submodules.load_gb = load_gb = Gearbox(SB, L)
         m.submodules.store_gb = store_gb = Gearbox(L, SB)
-        if tf:
+        vec = attn = tlmm = None
+        if vu:
             m.submodules.vec = vec = self.vec
+        if tf:
             m.submodules.attn = attn = self.attn
+        if tl:
+            m.submodules.tlmm = tlmm = self.tlmm
 
         # --- decoded instruction --------------------------------------------------------------
         ins = Signal(_INSTR_BITS)
@@ -189,8 +212,16 @@ class Controller(wiring.Component):
 
         # --- mode multiplexers ----------------------------------------------------------------
         # mode selects who owns the memory streams and the buffer ports
-        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN = range(8)
-        mode = Signal(range(8))
+        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN, M_TLMM = range(9)
+        mode = Signal(range(9))
+        if vu:
+            units.append((M_VEC, vec))
+        if tf:
+            units.append((M_ATTN, attn))
+        if tl:
+            units.append((M_TLMM, tlmm))
+        # the units with their own memory read stream
+        streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM)]
 
         fetch_req_valid = Signal()
         fetch_req_addr = Signal(cfg.addr_bits)
@@ -209,13 +240,13 @@ class Controller(wiring.Component):
                              self.rd_req.payload.len.eq(load_req_len)]
             with m.Case(M_MM):
                 wiring.connect(m, ring.rd_req, wiring.flipped(self.rd_req))
-            if tf:
-                with m.Case(M_ATTN):
-                    wiring.connect(m, attn.rd_req, wiring.flipped(self.rd_req))
+            for unit_mode, unit in streamers:
+                with m.Case(unit_mode):
+                    wiring.connect(m, unit.rd_req, wiring.flipped(self.rd_req))
         m.d.comb += [load_gb.i.payload.eq(self.rd_data.payload),
                      ring.rd_data.payload.eq(self.rd_data.payload)]
-        if tf:
-            m.d.comb += attn.rd_data.payload.eq(self.rd_data.payload)
+        for _, unit in streamers:
+            m.d.comb += unit.rd_data.payload.eq(self.rd_data.payload)
         fetch_data_ready = Signal()
         with m.Switch(mode):
             with m.Case(M_FETCH):
@@ -226,10 +257,10 @@ class Controller(wiring.Component):
             with m.Case(M_MM):
                 m.d.comb += [ring.rd_data.valid.eq(self.rd_data.valid),
                              self.rd_data.ready.eq(ring.rd_data.ready)]
-            if tf:
-                with m.Case(M_ATTN):
-                    m.d.comb += [attn.rd_data.valid.eq(self.rd_data.valid),
-                                 self.rd_data.ready.eq(attn.rd_data.ready)]
+            for unit_mode, unit in streamers:
+                with m.Case(unit_mode):
+                    m.d.comb += [unit.rd_data.valid.eq(self.rd_data.valid),
+                                 self.rd_data.ready.eq(unit.rd_data.ready)]
 
         # activation buffer port a / write port
         store_addr = Signal(16)
@@ -242,28 +273,35 @@ class Controller(wiring.Component):
                 m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
             with m.Case(M_STORE):
                 m.d.comb += [act.a_addr.eq(store_addr), act.a_en.eq(store_en)]
-            if tf:
-                for unit_mode, unit in ((M_VEC, vec), (M_ATTN, attn)):
-                    with m.Case(unit_mode):
-                        m.d.comb += [act.a_addr.eq(unit.rd_addr), act.a_en.eq(unit.rd_en)]
+            for unit_mode, unit in units:
+                with m.Case(unit_mode):
+                    m.d.comb += [act.a_addr.eq(unit.rd_addr), act.a_en.eq(unit.rd_en)]
         with m.Switch(mode):
             with m.Case(M_LOAD):
                 m.d.comb += [act.w_addr.eq(load_waddr), act.w_data.eq(load_gb.o.payload),
                              act.w_en.eq(Mux(load_gb.o.valid, (1 << L) - 1, 0)),
                              load_gb.o.ready.eq(1)]
-            if tf:
-                for unit_mode, unit in ((M_VEC, vec), (M_ATTN, attn)):
-                    with m.Case(unit_mode):
-                        m.d.comb += [act.w_addr.eq(unit.wr_addr), act.w_data.eq(unit.wr_data),
-                                     act.w_en.eq(unit.wr_en)]
+            for unit_mode, unit in units:
+                with m.Case(unit_mode):
+                    m.d.comb += [act.w_addr.eq(unit.wr_addr), act.w_data.eq(unit.wr_data),
+                                 act.w_en.eq(unit.wr_en)]
             with m.Default():
                 m.d.comb += [act.w_addr.eq(oseq.w_addr), act.w_data.eq(oseq.w_data),
                              act.w_en.eq(oseq.w_en)]
         unit_busy = Signal()
+        for unit_mode, unit in units:
+            m.d.comb += unit.ins.eq(ins)
+            if unit is vec:
+                m.d.comb += unit.rd_data.eq(act.a_data)
+            else:
+                m.d.comb += unit.act_rd_data.eq(act.a_data)
+            with m.If(mode == unit_mode):
+                m.d.comb += unit_busy.eq(unit.busy)
         if tf:
-            m.d.comb += [vec.ins.eq(ins), attn.ins.eq(ins), attn.pos.eq(self.pos),
-                         vec.rd_data.eq(act.a_data), attn.act_rd_data.eq(act.a_data),
-                         unit_busy.eq(Mux(mode == M_ATTN, attn.busy, vec.busy))]
+            m.d.comb += attn.pos.eq(self.pos)
+        if tl:
+            with m.If(tlmm.lookup):
+                m.d.sync += self.tlmm_busy.eq(self.tlmm_busy + 1)
 
         # --- counters -------------------------------------------------------------------------
         with m.If(self.running):
@@ -338,7 +376,8 @@ class Controller(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [
                         self.running.eq(1), self.error.eq(0),
-                        self.cycles.eq(0), self.mpe_busy.eq(0), self.retired.eq(0),
+                        self.cycles.eq(0), self.mpe_busy.eq(0), self.tlmm_busy.eq(0),
+                        self.retired.eq(0),
                         pc_beat.eq(self.prog_base), pc_slot.eq(0), ibuf_valid.eq(0),
                         mode.eq(M_FETCH), fetch_cnt.eq(0),
                     ]
@@ -426,13 +465,23 @@ class Controller(wiring.Component):
                                          gather_act.eq(f_a), id_beat.eq(w[4]), id_slot.eq(0),
                                          id_cnt.eq(0)]
                             m.next = "G_REQ"
-                        with m.Case(*VECTOR_OPCODES):
+                        with m.Case(isa.Opcode.ROPE):
                             m.d.sync += mode.eq(M_VEC)
                             m.d.comb += vec.start.eq(1)
                             m.next = "UNIT"
                         with m.Case(isa.Opcode.ATTN):
                             m.d.sync += mode.eq(M_ATTN)
                             m.d.comb += attn.start.eq(1)
+                            m.next = "UNIT"
+                    if vu:
+                        with m.Case(*_VU_BASE_OPCODES):
+                            m.d.sync += mode.eq(M_VEC)
+                            m.d.comb += vec.start.eq(1)
+                            m.next = "UNIT"
+                    if tl:
+                        with m.Case(isa.Opcode.TMATMUL):
+                            m.d.sync += mode.eq(M_TLMM)
+                            m.d.comb += tlmm.start.eq(1)
                             m.next = "UNIT"
                     with m.Default():
                         m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
@@ -545,9 +594,10 @@ class Controller(wiring.Component):
                                  words_done.eq(0), load_waddr.eq(gather_act), mode.eq(M_LOAD)]
                     m.next = "LOAD"
 
+            if units:
                 with m.State("UNIT"):
                     # the unit raised busy in the cycle after start; it owns the buffer ports
-                    # (and, for ATTN, the memory streams) until busy falls
+                    # (and, for ATTN and TMATMUL, the memory read streams) until busy falls
                     with m.If(~unit_busy):
                         m.d.sync += mode.eq(M_FETCH)
                         advance_pc()

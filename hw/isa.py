@@ -2,9 +2,9 @@
 
 Plain Python shared by the hardware decoder (field positions), the mapper (encoder) and the ISA
 functional model (decoder). Every instruction is 32 bytes: eight little-endian u32 words.
-:data:`LAYOUT` is the one table of field positions per opcode, v2 (LOAD, STORE, MATMUL, VADD)
-and v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE ``pos_stride``), as in
-docs/architecture.md; encode and decode both read it.
+:data:`LAYOUT` is the one table of field positions per opcode, v2 (LOAD, STORE, MATMUL, VADD),
+v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE ``pos_stride``) and v4 (ABSQUANT, TMATMUL;
+SILUMUL flag RELU2), as in docs/architecture.md; encode and decode both read it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ FLAG_RESIDUAL = 1 << 1
 FLAG_INT4 = 1 << 2
 #: LOAD/STORE: the external address is ``ext + POS * pos_stride`` (POS: control register 0x200).
 FLAG_POS = 1 << 3
+#: SILUMUL: ``golden.llm.relu2_mul`` (BitNet's squared ReLU) instead of ``silu_mul``.
+FLAG_RELU2 = 1 << 4
+#: ABSQUANT: multiply every element by the int8 gamma codes at act word ``g`` first.
+FLAG_GAMMA = 1 << 5
 
 #: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
 #: is legal on a given engine (M <= L, r <= G) is the hardware's check (ERROR = 2), not the
@@ -45,18 +49,21 @@ class Opcode(IntEnum):
     ROPE = 0x07
     SILUMUL = 0x08
     ATTN = 0x09
+    ABSQUANT = 0x0A
+    TMATMUL = 0x0B
 
 
 @dataclass(frozen=True)
 class Instr:
     """One decoded instruction; field meaning depends on the opcode (see the architecture doc).
 
-    Fields named by the v2 table keep their names in v3 where the doc reuses the word: ``ext``
-    (the first external address: LOAD/STORE ext, MATMUL wgt, GATHER table, ATTN K), ``a`` (the
-    first activation operand: LOAD/STORE act, MATMUL x, GATHER act, ATTN q), ``out``, ``b``
-    (LOAD/STORE length n, MATMUL res, SILUMUL up), ``rows``, ``n``, ``words`` and ``mult_b``
-    (MATMUL res_mult, VADD b_mult, RMSNORM and SILUMUL mult). ``shift`` is ATTN's oshift.
-    :data:`LAYOUT` gives every opcode's bit positions.
+    Fields named by the v2 table keep their names in v3 and v4 where the doc reuses the word:
+    ``ext`` (the first external address: LOAD/STORE ext, MATMUL and TMATMUL wgt, GATHER table,
+    ATTN K), ``a`` (the first activation operand: LOAD/STORE act, MATMUL and TMATMUL x, GATHER
+    act, ATTN q), ``out``, ``b`` (LOAD/STORE length n, MATMUL and TMATMUL res, SILUMUL up),
+    ``rows``, ``n``, ``words`` and ``mult_b`` (MATMUL and TMATMUL res_mult, VADD b_mult, RMSNORM
+    and SILUMUL mult). ``shift`` is ATTN's oshift. :data:`LAYOUT` gives every opcode's bit
+    positions.
     """
 
     op: Opcode
@@ -95,6 +102,12 @@ class Instr:
     smul: int = 0         # ATTN: score multiplier
     omul: int = 0         # ATTN: output multiplier
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
+    # -- v4 (ternary path) -----------------------------------------------------------------
+    g: int = 0            # ABSQUANT: act word of the int8 gamma codes (flag GAMMA)
+    m_addr: int = 0       # ABSQUANT/TMATMUL: act word of the rows' absmax m (u16 LE at byte 2b)
+    k_groups: int = 0     # TMATMUL: groups of G activations per row (ceil(K / G))
+    n_out: int = 0        # TMATMUL: output channels
+    x_words: int = 0      # TMATMUL: act words between rows of x
 
     @property
     def relu(self) -> bool:
@@ -112,6 +125,14 @@ class Instr:
     def pos(self) -> bool:
         return bool(self.flags & FLAG_POS)
 
+    @property
+    def relu2(self) -> bool:
+        return bool(self.flags & FLAG_RELU2)
+
+    @property
+    def gamma(self) -> bool:
+        return bool(self.flags & FLAG_GAMMA)
+
     def encode(self) -> bytes:
         _check(self)
         w = [0] * 8
@@ -122,8 +143,8 @@ class Instr:
 
 
 #: Field positions per opcode: ``(field, word, low bit, width)`` (docs/architecture.md,
-#: "Instruction set" and "Instructions (v3 additions)"). VADD keeps v2's encoder, which also
-#: writes w1 and w4 (zero in every program the mapper emits).
+#: "Instruction set", "Instructions (v3 additions)" and "Ternary path (v4)"). VADD keeps v2's
+#: encoder, which also writes w1 and w4 (zero in every program the mapper emits).
 _MATMUL_COMMON = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
                   ("rows", 3, 16, 16), ("k_words", 4, 0, 16), ("n_tiles", 4, 16, 16),
                   ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
@@ -149,6 +170,12 @@ LAYOUT: dict = {
                   ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("heads", 5, 0, 8),
                   ("kv_heads", 5, 8, 8), ("hd_words", 5, 16, 8), ("kv_stride", 5, 24, 8),
                   ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6)),
+    Opcode.ABSQUANT: (("a", 2, 0, 16), ("out", 2, 16, 16), ("g", 3, 0, 16), ("rows", 3, 16, 16),
+                      ("m_addr", 4, 0, 16), ("n", 5, 0, 16), ("words", 5, 16, 16)),
+    Opcode.TMATMUL: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
+                     ("rows", 3, 16, 16), ("k_groups", 4, 0, 16), ("n_out", 4, 16, 16),
+                     ("x_words", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
+                     ("m_addr", 6, 16, 16)),
 }
 
 #: v2 fields: checked against their v2 widths for every opcode (as before v3), whether or not
@@ -157,10 +184,11 @@ _V2_WIDTHS = (("a", 16), ("out", 16), ("b", 16), ("rows", 16), ("k_words", 16),
               ("n_tiles", 16), ("n", 16), ("words", 16), ("mult_b", 16), ("mult_a", 16),
               ("ext", 32))
 _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
-#: v3 fields: must be 0 on an opcode that does not encode them (they would be silently lost).
+#: v3 and v4 fields: must be 0 on an opcode that does not encode them (they would be silently
+#: lost).
 _V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
               "hd", "head_stride", "v_ext", "q_words", "kv_heads", "hd_words", "kv_stride",
-              "smul", "omul", "sshift")
+              "smul", "omul", "sshift", "g", "m_addr", "k_groups", "n_out", "x_words")
 
 
 def _check(i: Instr) -> None:

@@ -1,10 +1,11 @@
-"""Vector special-function unit: RMSNORM, ROPE and SILUMUL on the activation buffer.
+"""Vector special-function unit: RMSNORM, ROPE, SILUMUL and ABSQUANT on the activation buffer.
 
-Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope` and
-:func:`~hwflow.golden.llm.silu_mul` (docs/architecture.md, "Transformer path"). Elements are
+Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope`,
+:func:`~hwflow.golden.llm.silu_mul` / :func:`~hwflow.golden.llm.relu2_mul` (docs/architecture.md,
+"Transformer path") and :func:`hwflow.golden.ternary.absmax_quant` ("Ternary path"). Elements are
 processed one at a time through a single 7-stage arithmetic pipeline, so the unit is small: one
-``x * r * mult`` multiplier path (8 x 34 bits, then 42 x 16 bits), a 256-entry SiLU ROM, and a
-sequential square root and divider used once per RMSNORM row.
+``x * r * mult`` multiplier path (8 x 34 bits, then 42 x 17 bits), a 512-entry ROM (SiLU and
+ReLU**2), and a sequential square root and divider used once per RMSNORM / ABSQUANT row.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
-from .isa import Opcode
+from .isa import FLAG_GAMMA, FLAG_RELU2, Opcode
 
-__all__ = ["VectorUnit", "SILU_ROM"]
+__all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM"]
 
 #: SiLU ROM, ``SILU_ROM[v + 128] = round(silu(v / 16) * 2**8)`` for int8 ``v``: the same
 #: formula as ``golden.llm.SILU_LUT`` (hw/ may not import golden; the tests compare the two).
 #: Range -71..2017, so 12 signed bits.
 SILU_ROM = [int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256)) for v in range(-128, 128)]
+#: ReLU**2 ROM, ``RELU2_ROM[v + 128] = round(relu(v / 16)**2 * 2**8) = v**2`` for ``v > 0``, else
+#: 0 (``golden.llm.RELU2_LUT``; the tests compare the two). Range 0..16129, so 16 signed bits.
+RELU2_ROM = [v * v if v > 0 else 0 for v in range(-128, 128)]
 
 # RMSNORM widths. S = sum x**2 + eps < 2**32 + 65535 * 2**14 < 2**34. isqrt(S << 16) < 2**25,
 # found by 25 digit-by-digit steps (two radicand bits each, remainder < 2 * root + 1 < 2**26).
@@ -37,24 +41,33 @@ _SQRT_STEPS = _RAD_BITS // 2
 _R_BITS = 33
 _DIV_STEPS = 33
 _DIV_REM0 = 1 << (40 - _DIV_STEPS)
-# Pipeline operands. b1 (s34) is r (u33), the SiLU value (s12), +-cos/sin (s17) or x (s8);
-# p1 = a * b1 (a: s8) < 2**40 in magnitude (|x * r| <= 128 * 2**32); p2 = p1 * mult (u16)
-# < 2**56; plus the rounding term 2**(shift-1) <= 2**62 still fits a signed 64-bit v, which is
-# exactly golden's int64 arithmetic.
+# ABSQUANT: R = (127 << 24) // m by the same divider: the dividend's 33 bits enter from the top
+# of rad (zero after the square root for RMSNORM), one per step, below a zero remainder.
+_ABSQ_DIVIDEND = 127 << 24
+_ABSQ_SHIFT = 24
+_M_BITS = 15                # m = max |x * gamma| <= 2**14
+# Pipeline operands. b1 (s34) is r (u33), the ROM value (s16), +-cos/sin (s17), gamma or x (s8);
+# b2 (s17) is mult (u16), gamma (s8) or 1. p1 = a * b1 (a: s8) < 2**40 in magnitude
+# (|x * r| <= 128 * 2**32); p2 = p1 * b2 < 2**56 (ABSQUANT: |x * R * gamma| < 2**45); plus the
+# rounding term 2**(shift-1) <= 2**62 still fits a signed 64-bit v, which is exactly golden's
+# int64 arithmetic.
 _B1_BITS = 34
+_B2_BITS = 17
 _P1_BITS = 42
 _V_BITS = 64
 
 # Stage-1 actions (what the cycle after a read does with the read data).
-_K_NONE, _K_SQ, _K_ELEM, _K_LATCH, _K_ZWORD, _K_C, _K_S, _K_X1, _K_X2 = range(9)
+_K_NONE, _K_SQ, _K_ELEM, _K_LATCH, _K_ZWORD, _K_C, _K_S, _K_X1, _K_X2, _K_MAX = range(10)
 
 
 class VectorUnit(wiring.Component):
-    """RMSNORM (0x06), ROPE (0x07) and SILUMUL (0x08) on the activation buffer.
+    """RMSNORM (0x06), ROPE (0x07), SILUMUL (0x08, flag RELU2) and ABSQUANT (0x0A, flag GAMMA) on
+    the activation buffer.
 
     The controller puts the instruction on ``ins`` and pulses ``start``; ``busy`` is high from
-    the next cycle until every result has been written. Field positions are those of the v3
-    instruction table (docs/architecture.md). Results equal ``golden.llm`` bit for bit.
+    the next cycle until every result has been written. Field positions are those of the v3 and
+    v4 instruction tables (docs/architecture.md). Results equal ``golden.llm`` and
+    ``golden.ternary.absmax_quant`` bit for bit.
 
     Element-serial datapath: a sequencer reads activation words (synchronous port: data one
     cycle after the address, held while ``rd_en`` is low, so a word read once feeds ``L``
@@ -64,6 +77,13 @@ class VectorUnit(wiring.Component):
     (``wr_en`` one-hot; whole words of zeros for row padding). Every element is read before it
     is written, so ``out`` may equal an input.
 
+    ABSQUANT makes two passes over each row: ``m = max |x * gamma|`` (the same pipeline, ``p2``
+    into a running maximum instead of a write), then, after the pipeline drained, it writes ``m``
+    (u16 LE, two byte enables at byte ``2b`` of the words from ``m_addr``) and divides
+    ``R = (127 << 24) // m`` (0 when ``m = 0``) on the RMSNORM divider, then quantizes
+    ``sat8((x * R * gamma + 2**23) >> 24)`` element by element. With flag GAMMA each word index
+    first reads the gamma word into a register (as SILUMUL's gate), in both passes.
+
     Cycles (``nw = ceil(n / L)`` words holding elements, ``words`` the row stride):
 
     * RMSNORM: per row ``2 * nw * L + (words - nw) + 67``: sum of squares (``nw * L``), 7-cycle
@@ -71,6 +91,8 @@ class VectorUnit(wiring.Component):
       row dispatch;
     * SILUMUL: per row ``nw * (L + 1) + (words - nw) + 2`` (one extra cycle per word reads the
       gate word into a register);
+    * ABSQUANT: per row ``2 * nw * (L + gam) + (words - nw) + 42`` (``gam`` = 1 with flag GAMMA):
+      the max pass, 7-cycle drain, 33-step divider, the quantize pass, zero words, row dispatch;
     * ROPE: ``4 * rows * heads * hd / 2`` (four reads per pair: cos, sin, x1, x2; two cycles per
       element);
 
@@ -81,6 +103,8 @@ class VectorUnit(wiring.Component):
     ----------
     cfg : AccelConfig
         Only ``chain_len`` (L bytes per activation word, a power of two, 2..32) is used.
+        Every opcode is executed: which ones a program may issue is the controller's decision
+        (ROPE needs ``cfg.transformer``).
 
     Attributes
     ----------
@@ -133,10 +157,15 @@ class VectorUnit(wiring.Component):
         hd = Signal(16)
         half = Signal(15)
         head_stride = Signal(16)
+        gam = Signal()              # ABSQUANT flag GAMMA
+        relu2 = Signal()            # SILUMUL flag RELU2
 
         is_rms = op == Opcode.RMSNORM
         is_silu = op == Opcode.SILUMUL
         is_rope = op == Opcode.ROPE
+        is_absq = op == Opcode.ABSQUANT
+        # SILUMUL (gate) and ABSQUANT with GAMMA latch a second word per word index
+        two_words = is_silu | (is_absq & gam)
 
         # ---- sequencer state -------------------------------------------------------------------
         row = Signal(16)
@@ -160,13 +189,16 @@ class VectorUnit(wiring.Component):
         quo = Signal(_R_BITS)
         r = Signal(_R_BITS)
         cnt = Signal(6)
+        amax = Signal(_M_BITS)      # ABSQUANT: m of the current row
+        mbyte = Signal(16 + lg)     # ABSQUANT: byte address of the current row's m
+        m_wr = Signal()             # ABSQUANT: write m (the pipeline is idle)
 
         # ---- pipeline control bundles -----------------------------------------------------------
         c0_layout = data.StructLayout({
             "kind": 4, "j": lg, "word": 16, "zero": 1,
         })
         ctl_layout = data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "sq": 1, "zero": 1, "full": 1,
+            "valid": 1, "first": 1, "last": 1, "sq": 1, "mx": 1, "zero": 1, "full": 1,
             "word": 16, "lane": lg,
         })
         c0 = Signal(c0_layout)      # comb: what stage 1 does next cycle
@@ -197,9 +229,13 @@ class VectorUnit(wiring.Component):
                 nv = w(5)[:16]
                 nwv = (nv + (L - 1)) >> lg
                 # ROPE's products are Q1.14 (cos/sin): a fixed round-shift by 14
-                sh = Mux(w(0)[:8] == Opcode.ROPE, 14, w(0)[16:22])
+                sh = Mux(w(0)[:8] == Opcode.ROPE, 14,
+                         Mux(w(0)[:8] == Opcode.ABSQUANT, _ABSQ_SHIFT, w(0)[16:22]))
                 m.d.sync += [
                     op.eq(w(0)[:8]),
+                    relu2.eq(w(0)[8 + FLAG_RELU2.bit_length() - 1]),
+                    gam.eq(w(0)[8 + FLAG_GAMMA.bit_length() - 1]),
+                    mbyte.eq(w(4)[:16] << lg),
                     shift.eq(sh),
                     rnd.eq((Const(1, _V_BITS - 1) << sh) >> 1),
                     rows.eq(w(3)[16:32]),
@@ -222,9 +258,15 @@ class VectorUnit(wiring.Component):
                     m.next = "ROW"
 
             with m.State("ROW"):
-                m.d.sync += [i.eq(0), lat.eq(0), zw.eq(nw), s_acc.eq(eps)]
+                m.d.sync += [i.eq(0), lat.eq(0), zw.eq(nw), s_acc.eq(eps), amax.eq(0)]
                 with m.If(row == rows):
                     m.next = "FINISH"
+                with m.Elif(is_absq):
+                    # n == 0: m = 0 is still written
+                    with m.If(end_i == 0):
+                        m.next = "MWAIT"
+                    with m.Else():
+                        m.next = "AMAX"
                 with m.Elif(end_i == 0):
                     # n == 0: nothing to normalize or multiply, only the zero fill
                     m.next = "ZERO"
@@ -259,23 +301,55 @@ class VectorUnit(wiring.Component):
                     cnt.eq(cnt + 1),
                 ]
                 with m.If(cnt == _SQRT_STEPS - 1):
-                    m.d.sync += [drem.eq(_DIV_REM0), quo.eq(0), cnt.eq(0)]
+                    m.d.sync += [drem.eq(_DIV_REM0), quo.eq(0), cnt.eq(0), rad.eq(0)]
+                    m.next = "DIV"
+            with m.State("AMAX"):
+                # ABSQUANT pass 1: m = max |x * gamma| (with GAMMA, each word index first
+                # latches the gamma word, as SILUMUL's gate)
+                with m.If(gam & (j_i == 0) & ~lat):
+                    m.d.comb += [self.rd_en.eq(1), self.rd_addr.eq(b_row + w_i),
+                                 c0.kind.eq(_K_LATCH)]
+                    m.d.sync += lat.eq(1)
+                with m.Else():
+                    m.d.comb += [
+                        self.rd_en.eq(j_i == 0), self.rd_addr.eq(a_row + w_i),
+                        c0.kind.eq(_K_MAX), c0.j.eq(j_i), c0.zero.eq(i >= n),
+                    ]
+                    m.d.sync += [i.eq(i + 1), lat.eq(0)]
+                    with m.If(i == end_i - 1):
+                        m.next = "MWAIT"
+            with m.State("MWAIT"):
+                # the last |p2| reaches amax 5 cycles after it was issued; then m is written
+                # (the pipeline and the write port are idle) and R = (127 << 24) // m divided
+                with m.If(~pipe_busy):
+                    m.d.comb += m_wr.eq(1)
+                    m.d.sync += [rad.eq(_ABSQ_DIVIDEND << (_RAD_BITS - _DIV_STEPS)),
+                                 drem.eq(0), quo.eq(0), cnt.eq(0), root.eq(amax), i.eq(0),
+                                 lat.eq(0)]
                     m.next = "DIV"
             with m.State("DIV"):
-                # restoring division 2**40 // root, quotient bits 32..0
-                d2 = Cat(Const(0, 1), drem)
+                # restoring division, quotient bits 32..0: 2**40 // root (RMSNORM: the dividend's
+                # one bit is in the initial remainder, rad is 0), (127 << 24) // m (ABSQUANT:
+                # the dividend enters from the top of rad)
+                d2 = Cat(rad[-1], drem)
                 ge = d2 >= root
                 qn = Cat(ge, quo)[:_R_BITS]
-                m.d.sync += [drem.eq(Mux(ge, d2 - root, d2)), quo.eq(qn), cnt.eq(cnt + 1)]
+                m.d.sync += [drem.eq(Mux(ge, d2 - root, d2)), quo.eq(qn), cnt.eq(cnt + 1),
+                             rad.eq(rad << 1)]
                 with m.If(cnt == _DIV_STEPS - 1):
                     m.d.sync += r.eq(Mux(root == 0, 0, qn))
-                    m.next = "ELEMS"
+                    with m.If(end_i == 0):
+                        m.next = "ZERO"
+                    with m.Else():
+                        m.next = "ELEMS"
 
             with m.State("ELEMS"):
-                # RMSNORM pass 2 / SILUMUL: one element per cycle; SILUMUL first latches the
-                # gate word of each word index (one extra cycle), then streams the up word
-                with m.If(is_silu & (j_i == 0) & ~lat):
-                    m.d.comb += [self.rd_en.eq(1), self.rd_addr.eq(a_row + w_i),
+                # RMSNORM / ABSQUANT pass 2, SILUMUL: one element per cycle; SILUMUL (ABSQUANT
+                # with GAMMA) first latches the gate (gamma) word of each word index (one extra
+                # cycle), then streams the up (x) word
+                with m.If(two_words & (j_i == 0) & ~lat):
+                    m.d.comb += [self.rd_en.eq(1),
+                                 self.rd_addr.eq(Mux(is_absq, b_row, a_row) + w_i),
                                  c0.kind.eq(_K_LATCH)]
                     m.d.sync += lat.eq(1)
                 with m.Else():
@@ -295,8 +369,10 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [c0.kind.eq(_K_ZWORD), c0.word.eq(out_row + zw)]
                     m.d.sync += zw.eq(zw + 1)
                 with m.Else():
+                    # ABSQUANT's gamma (in b_row) is one vector for every row
                     m.d.sync += [row.eq(row + 1), a_row.eq(a_row + words),
-                                 b_row.eq(b_row + words), out_row.eq(out_row + words)]
+                                 b_row.eq(b_row + Mux(is_absq, 0, words)),
+                                 out_row.eq(out_row + words), mbyte.eq(mbyte + 2)]
                     m.next = "ROW"
 
             with m.State("ROPE"):
@@ -342,7 +418,8 @@ class VectorUnit(wiring.Component):
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
         # ---- stage 1: pick the element from the read word ---------------------------------------
-        rom = memory.Memory(shape=signed(12), depth=256, init=SILU_ROM)
+        # SiLU in entries 0..255, ReLU**2 in 256..511 (SILUMUL flag RELU2)
+        rom = memory.Memory(shape=signed(16), depth=512, init=SILU_ROM + RELU2_ROM)
         m.submodules.silu_rom = rom
         rom_rd = rom.read_port()
         aword = Signal(8 * L)       # SILUMUL: the gate word
@@ -350,10 +427,11 @@ class VectorUnit(wiring.Component):
         h16 = self.rd_data.word_select(c1.j[1:] if lg > 1 else Const(0, 1), 16).as_signed()
         gate = aword.word_select(c1.j, 8)
         # ROM index g + 128: flipping the sign bit of the two's-complement byte
-        m.d.comb += [rom_rd.addr.eq(gate ^ 0x80), rom_rd.en.eq(1)]
+        m.d.comb += [rom_rd.addr.eq(Cat(gate ^ 0x80, relu2)), rom_rd.en.eq(1)]
 
-        oa = Signal(signed(8))      # stage 2 operand: x (RMSNORM), up (SILUMUL)
-        m.d.sync += [oa.eq(byte), c2.eq(0)]
+        oa = Signal(signed(8))      # stage 2 operand: x (RMSNORM, ABSQUANT), up (SILUMUL)
+        og = Signal(signed(8))      # stage 2 operand: ABSQUANT's gamma (1 without GAMMA)
+        m.d.sync += [oa.eq(byte), og.eq(Mux(gam, gate.as_signed(), 1)), c2.eq(0)]
         c_reg = Signal(signed(16))
         s_reg = Signal(signed(16))
         x1_reg = Signal(signed(8))
@@ -371,6 +449,8 @@ class VectorUnit(wiring.Component):
         with m.Switch(c1.kind):
             with m.Case(_K_SQ):
                 m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.sq.eq(1), c2.zero.eq(c1.zero)]
+            with m.Case(_K_MAX):
+                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.mx.eq(1), c2.zero.eq(c1.zero)]
             with m.Case(_K_ELEM):
                 m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1),
                              c2.zero.eq(c1.zero), c2.word.eq(c1.word), c2.lane.eq(c1.j)]
@@ -398,7 +478,7 @@ class VectorUnit(wiring.Component):
 
         ma = Signal(signed(8))
         mb1 = Signal(signed(_B1_BITS))
-        mb2 = Signal(16)
+        mb2 = Signal(signed(_B2_BITS))
         m.d.sync += c3.eq(0)
         with m.If(is_rope):
             with m.If(burst):
@@ -410,16 +490,18 @@ class VectorUnit(wiring.Component):
                     c3.word.eq(Mux(bc[1], pw2, pw1)), c3.lane.eq(Mux(bc[1], pl2, pl1)),
                 ]
         with m.Else():
+            # x * x (sum of squares), x * gamma (ABSQUANT max), x * r * mult (RMSNORM),
+            # x * R * gamma (ABSQUANT), up * ROM[gate] * mult (SILUMUL)
             m.d.sync += [
                 ma.eq(oa),
-                mb1.eq(Mux(c2.sq, oa, Mux(is_rms, r, rom_rd.data))),
-                mb2.eq(Mux(c2.sq, 1, mult)),
+                mb1.eq(Mux(c2.sq, oa, Mux(c2.mx, og, Mux(is_rms | is_absq, r, rom_rd.data)))),
+                mb2.eq(Mux(c2.sq | c2.mx, 1, Mux(is_absq, og, mult))),
                 c3.eq(c2),
             ]
 
         # ---- stages 3, 4: p1 = a * b1, p2 = p1 * b2 ---------------------------------------------
         p1r = Signal(signed(_P1_BITS))
-        b2r = Signal(16)
+        b2r = Signal(signed(_B2_BITS))
         p2r = Signal(signed(_V_BITS))
         m.d.sync += [p1r.eq(ma * mb1), b2r.eq(mb2), c4.eq(c3),
                      p2r.eq(p1r * b2r), c5.eq(c4)]
@@ -431,6 +513,10 @@ class VectorUnit(wiring.Component):
             with m.If(c5.sq):
                 with m.If(~c5.zero):
                     m.d.sync += s_acc.eq(s_acc + p2r)
+            with m.Elif(c5.mx):
+                mag = Mux(p2r < 0, -p2r, p2r)[:_M_BITS]
+                with m.If(~c5.zero & (mag > amax)):
+                    m.d.sync += amax.eq(mag)
             with m.Else():
                 m.d.sync += v.eq(Mux(c5.first, rnd, v) + p2r)
 
@@ -449,14 +535,23 @@ class VectorUnit(wiring.Component):
         wr_lane = Signal(lg)
         wr_full = Signal()
         m.d.sync += [
-            wr_valid.eq(c6.valid & c6.last & ~c6.sq),
+            wr_valid.eq(c6.valid & c6.last & ~c6.sq & ~c6.mx),
             y.eq(Mux(c6.zero, 0, sat)),
             wr_word.eq(c6.word), wr_lane.eq(c6.lane), wr_full.eq(c6.full),
         ]
-        m.d.comb += [
-            self.wr_addr.eq(wr_word),
-            self.wr_data.eq(Cat(*([y] * L))),
-            self.wr_en.eq(Mux(wr_valid, Mux(wr_full, (1 << L) - 1, Const(1, L) << wr_lane), 0)),
-        ]
+        with m.If(m_wr):
+            # ABSQUANT's m: u16 LE at an even byte, so both bytes are in one word (L >= 2)
+            m.d.comb += [
+                self.wr_addr.eq(mbyte >> lg),
+                self.wr_data.eq(Cat(*([Cat(amax, Const(0, 16 - _M_BITS))] * (L // 2)))),
+                self.wr_en.eq(Const(0b11, L) << mbyte[:lg]),
+            ]
+        with m.Else():
+            m.d.comb += [
+                self.wr_addr.eq(wr_word),
+                self.wr_data.eq(Cat(*([y] * L))),
+                self.wr_en.eq(Mux(wr_valid, Mux(wr_full, (1 << L) - 1, Const(1, L) << wr_lane),
+                                  0)),
+            ]
         return m
 

@@ -17,8 +17,9 @@ MODULE_NAME = "hwflow_accel"
 
 
 class Accelerator(wiring.Component):
-    """The int8 matrix accelerator (dense or N:M sparse, int8 or int4 weights; A8) for one
-    :class:`AccelConfig` (docs/architecture.md).
+    """The int8 matrix accelerator (dense or N:M sparse, int8 or int4 weights; A8; with
+    ``cfg.tlmm`` also the ternary table-lookup engine) for one :class:`AccelConfig`
+    (docs/architecture.md).
 
     Parameters
     ----------
@@ -63,6 +64,7 @@ class Accelerator(wiring.Component):
             regs.error.eq(ctl.error),
             regs.cycles.eq(ctl.cycles),
             regs.mpe_busy.eq(ctl.mpe_busy),
+            regs.tlmm_busy.eq(ctl.tlmm_busy),
             regs.retired.eq(ctl.retired),
             self.irq.eq(regs.irq),
         ]

@@ -23,6 +23,7 @@ port, which the host (XRT ``set_arg`` or a bare-metal driver) writes before ap_s
 | 0x18..0x2C | CYCLES, MPE_BUSY, RETIRED, ERROR | RO | accelerator counters |
 | 0x30 + 8j | MEM{j} lo / hi | RW | device byte address of the buffer of port j (``W``-aligned) |
 | 0x200 | POS | RW | sequence position of the run's first activation row (accelerator) |
+| 0x208 / 0x20C | TLMM_BUSY lo / hi | RO | cycles the TLMM engine did its lookups (accelerator) |
 
 \* done, idle and ready are shown only once every accepted write has its B response.
 
@@ -49,7 +50,8 @@ KERNEL_NAME = "hwflow_kernel"
 CONTROL_PORT = "s_axi_control"
 CONTROL_RANGE = 0x1000          # 12-bit AXI4-Lite address
 KERNEL_REG = {"AP_CTRL": 0x00, "GIE": 0x04, "IER": 0x08, "ISR": 0x0C, "PROG_BASE": 0x10,
-              "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200}
+              "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200, "TLMM_BUSY_LO": 0x208,
+              "TLMM_BUSY_HI": 0x20C}
 #: The MEM{j} pointers must stay below POS (0x200): at most 58 ports.
 MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
 

@@ -23,7 +23,8 @@ def _compile_decoder(args) -> int:
 
     out, r = compile_decoder(model=args.model, example=args.example, board=args.board,
                              out=args.out, max_context=args.max_context,
-                             trust_model=args.trust_model, boards_dir=args.boards_dir)
+                             trust_model=args.trust_model, boards_dir=args.boards_dir,
+                             weights=_decoder_weights(args))
     s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
     print(f"compiled {r['model']} ({r['family']}: {s['layers']} layers, hidden {s['hidden']}, "
           f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab {s['vocab']}) for "
@@ -32,8 +33,24 @@ def _compile_decoder(args) -> int:
           f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B); one program per length "
           f"would take {r['naive_program_bytes']:,} B ({r['program_reduction']:.0f}x more)")
     print(f"golden vs float logits: cosine {q['cosine']:.5f}, top-1 agreement {q['top1']:.3f}")
+    if r.get("tlmm"):
+        t, z = r["tlmm"], r["tlmm"]["sizing"]
+        how = ("from the board YAML" if z["source"] == "board" else
+               f"sized for {z['lut_share']:.0%} of the LUTs: {z['resources']['lut']:,} LUT of a "
+               f"{z['lut_budget']:,} budget, records of T*Q*bits <= 8*SB = {8 * z['SB']} bits")
+        print(f"ternary linears on the TLMM engine: G={t['G']} T={t['T']} Q={t['Q']} "
+              f"({t['lookups_per_cycle']} lookups/cycle; {how})")
     print(f"wrote {out}")
     return 0
+
+
+def _decoder_weights(args):
+    """``--weights`` for a decoder: int8 or ternary; not given: None (the decoder's own
+    default: ternary for BitNet, else int8)."""
+    w = args.weights
+    if w not in (None, "int8", "ternary"):
+        raise HwflowError(f"--weights {w}: a language model takes int8 or ternary")
+    return w
 
 
 def _cmd_compile(args) -> int:
@@ -45,7 +62,8 @@ def _cmd_compile(args) -> int:
     out, report = compile_model(
         model=args.model, example=args.example, board=args.board, out=args.out,
         calib=args.calib, trust_model=args.trust_model, boards_dir=args.boards_dir,
-        save_ir=args.save_ir, rows=args.rows, sparsity=args.sparsity, weights=args.weights)
+        save_ir=args.save_ir, rows=args.rows, sparsity=args.sparsity,
+        weights=args.weights or "int8")
     print(f"compiled {report['model']} for {report['board']}: {report['ops_total']} ops, "
           f"{report['instructions']} instructions, {report['program_bytes']} B program, "
           f"{report['memory_image_bytes']} B memory image, "
@@ -56,7 +74,7 @@ def _cmd_compile(args) -> int:
         print(f"golden vs the pruned float model: cosine {report['pruned_float_cosine']:.5f}, "
               f"max abs error {report['pruned_float_max_abs_error']:.4g}")
     formats = report.get("weight_formats", {})
-    if args.sparsity != "auto" or args.weights != "int8" or any(
+    if args.sparsity != "auto" or (args.weights or "int8") != "int8" or any(
             f["sparsity"] != "dense" for f in formats.values()):
         print("weights: " + ", ".join(f"{name} {f['sparsity']} {f['weights']}"
                                       for name, f in formats.items()))
@@ -178,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N:M weight sparsity: auto (default) detects the pattern already in "
                    "each layer's weights, dense ignores it, N:M (M a power of two up to 16, "
                    "e.g. 2:4) prunes every linear layer to it by magnitude")
-    c.add_argument("--weights", default="int8", metavar="int8|int4|mixed",
+    c.add_argument("--weights", metavar="int8|int4|mixed|ternary",
                    help="weight precision: int8 (default), int4 (group-wise scales), or mixed: "
                    "first and last linear layer int8, the others int4 unless their int4 "
-                   "relative error exceeds 0.15")
+                   "relative error exceeds 0.15; language models: int8 or ternary (BitNet "
+                   "b1.58 on the table-lookup engine; the default for BitNet models)")
     c.set_defaults(func=_cmd_compile)
 
     s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")

@@ -100,9 +100,9 @@ def _load(model, example, trust_model, max_context, td: Path):
     from hwflow.compiler.llm_frontend import load_decoder
 
     if example is not None:
-        from hwflow.llm_examples import write_tiny_llama
+        from hwflow.llm_examples import write_example
 
-        model = write_tiny_llama(td / example)
+        model = write_example(example, td / example)
     try:
         return load_decoder(model, trust_model=trust_model, max_context=max_context)
     except CompileError as e:
@@ -117,6 +117,34 @@ def _configure(board, boards_dir):
                           "attention; `engine: transformer: false` in its YAML); choose a "
                           "larger board such as u280 or kv260")
     return brd, cfg, check_fit(cfg, brd)
+
+
+def _ternary_engine(brd, cfg, qd):
+    """The configuration with the TLMM engine when ``qd`` has ternary layers (``T``, ``Q``
+    from the board YAML or sized by ``mapping.engine.size_tlmm``; the accumulator as deep as
+    the widest ternary linear), its fit check and the sizing report; else ``cfg`` unchanged
+    and no report."""
+    from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
+    from hwflow.mapping.errors import MappingError
+
+    tern = [ql for ly in qd.layers for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)
+            if getattr(ql, "ternary", False)]
+    if not tern:
+        return cfg, check_fit(cfg, brd), None
+    if brd.engine.get("tlmm", True) is False:
+        raise HwflowError(f"board {brd.name} is built without the ternary table-lookup engine "
+                          "(`engine: tlmm: false` in its YAML) and this decoder has ternary "
+                          "linears; compile with --weights int8 or for a board with one "
+                          "(kv260, u280)")
+    s = qd.shape
+    L = cfg.chain_len
+    hdp = -(-s.head_dim // L) * L      # q/k/v heads are padded to whole act words
+    widest = max(max(ql.weight.shape[0] for ql in tern), s.heads * hdp)
+    try:
+        cfg, sizing = tlmm_config(brd, cfg, acc_depth=widest)
+        return cfg, check_fit_tlmm(cfg, brd), sizing
+    except MappingError as e:
+        raise HwflowError(str(e)) from None
 
 
 def _lower(qd, cfg):
@@ -145,18 +173,31 @@ def _traffic_ranges(memory_map) -> list:
 
 
 def compile_decoder(model=None, example=None, board="u280", out=None, max_context=None,
-                    trust_model=False, boards_dir=None):
-    """Compile a LLaMA-family decoder (Hugging Face folder or torch.export archive) into a build
-    folder; returns ``(out_path, report)``."""
+                    trust_model=False, boards_dir=None, weights=None):
+    """Compile a LLaMA-family or BitNet decoder (Hugging Face folder or torch.export archive)
+    into a build folder; returns ``(out_path, report)``.
+
+    ``weights``: ``"int8"`` or ``"ternary"`` block linears (``compiler.llm_quant``); default
+    ternary for BitNet models, int8 otherwise. Ternary layers run on the TLMM engine, which is
+    then built into the accelerator (``T``, ``Q`` from the board YAML or sized by
+    ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and why.
+    """
     import tempfile
 
+    from hwflow.compiler.errors import CompileError
     from hwflow.compiler.llm_quant import quant_report, quantize_decoder
 
+    if weights not in (None, "int8", "ternary"):
+        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
     with tempfile.TemporaryDirectory() as td:
         fd = _load(model, example, trust_model, max_context, Path(td))
     name = example or fd.name
     brd, cfg, resources = _configure(board, boards_dir)
-    qd = quantize_decoder(fd, fd.max_context)
+    try:
+        qd = quantize_decoder(fd, fd.max_context, weights=weights)
+    except CompileError as e:
+        raise HwflowError(str(e)) from None
+    cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
     lw = _lower(qd, cfg)
     quality = quant_report(fd, qd)
     verilog = _accelerator_verilog(cfg)
@@ -175,9 +216,12 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
         "prefill_buckets": lw.buckets,
         "memory_image_bytes": len(lw.image),
         "linears": lw.reports.get("layers"),
+        "engines": _engines_per_layer(lw.reports.get("layers") or []),
         "golden_vs_float": quality,
         "resources": resources,
     }
+    if sizing is not None:
+        report["tlmm"] = {**lw.reports["tlmm"], "sizing": sizing}
     with atomic_build_dir(out) as tmp:
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
@@ -197,6 +241,18 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
         digest = hashlib.sha256(lw.image + verilog.encode()).hexdigest()[:16]
         write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "digest": digest})
     return out, report
+
+
+def _engines_per_layer(linears: list) -> dict:
+    """``{"L0": {"q": "tlmm", ...}, ..., "lm_head": "mpe"}``: the engine of every linear."""
+    out: dict = {}
+    for r in linears:
+        layer, _, lin = r["name"].partition(".")
+        if lin:
+            out.setdefault(layer, {})[lin] = r.get("engine", "mpe")
+        else:
+            out[layer] = r.get("engine", "mpe")
+    return out
 
 
 DECODER_TB = '''"""Standalone cocotb testbench of this language-model build: `pytest tb/`.
@@ -370,6 +426,23 @@ def _sum_traffic(per_step: list, mask: list) -> dict:
             for k in keys}
 
 
+def _tlmm_sim_report(cfg, steps: list) -> dict:
+    """TLMM use in the simulation: ``tlmm_lookups_per_cycle`` (lookups the engine did over the
+    cycles of the decode steps: ``T*Q`` per TLMM_BUSY cycle) when the simulator reports
+    TLMM_BUSY, else None with the reason."""
+    tq = cfg.tlmm_t * cfg.tlmm_q
+    rep = {"G": cfg.tlmm_g, "T": cfg.tlmm_t, "Q": cfg.tlmm_q, "peak_lookups_per_cycle": tq}
+    dec = [st for st in steps if st["kind"] == "decode"]
+    if not dec or any("tlmm_busy" not in st for st in dec):
+        return {**rep, "tlmm_lookups_per_cycle": None,
+                "note": "the simulation result has no TLMM_BUSY count"}
+    busy = sum(st["tlmm_busy"] for st in dec)
+    cycles = sum(st["cycles"] for st in dec)
+    return {**rep, "decode_tlmm_busy_cycles": busy, "decode_cycles": cycles,
+            "tlmm_lookups_per_cycle": busy * tq / cycles if cycles else 0.0,
+            "tlmm_busy_fraction": busy / cycles if cycles else 0.0}
+
+
 def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = None,
                      seed: int | None = None, new_tokens: int = DEFAULT_NEW_TOKENS,
                      waves: bool = False) -> dict:
@@ -429,7 +502,9 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
             "isa_model_bit_exact": bool(np.array_equal(isa_logits[i], want[i])),
             "traffic_matches_isa_model": all(r.traffic.get(k, 0) == v
                                               for k, v in isa_traffic[i].items()),
-            "error_register": r.error, "sim_seconds": r.run_wall_s})
+            "error_register": r.error, "sim_seconds": r.run_wall_s,
+            **({"tlmm_busy": int(r.tlmm_busy)} if getattr(r, "tlmm_busy", None) is not None
+               else {})})
     completed = len(res.steps) == len(host) and res.passed
     decode_mask = [d for _, d in host][:len(res.steps)]
     rtl_traffic = [r.traffic for r in res.steps]
@@ -458,6 +533,8 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
         "verilator_build_seconds": res.build_s,
         "board": conf["board"],
     }
+    if cfg.tlmm:
+        report["tlmm"] = _tlmm_sim_report(cfg, report_steps)
     if waves and res.waves:
         report["waves"] = str(res.waves)
     write_json(out / "reports" / "sim.json", report)

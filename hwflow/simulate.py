@@ -11,7 +11,13 @@ int8 MACs per cycle, and an N:M layer runs r = M/N output channels per chain per
 layer's ideal is ``2 r`` (``ideal_macs_per_dsp_cycle_by_layer``); ``ideal_macs_per_dsp_cycle``
 is the rate of the whole program if every layer ran at its ideal and nothing else took time.
 ``mpe_utilization`` is the engine's own view: the fraction of cycles in which it accepted a
-k-group (the MPE_BUSY counter over all cycles), whatever the weight format.
+k-group (the MPE_BUSY counter over all cycles), whatever the weight format. Ternary layers run
+on the TLMM engine, not the DSP chains, and are left out of the MPE rates.
+
+TLMM (programs with TMATMULs, docs/architecture.md "Ternary path (v4)"): ``tlmm_busy_cycles``
+is the TLMM_BUSY register (cycles in which the engine did its ``T·Q`` lookups), checked against
+the ISA model's count (``tlmm_busy_isa_model``); ``tlmm_utilization`` = busy / cycles and
+``tlmm_lookups_per_cycle`` = busy · T · Q / cycles (its ideal is ``T·Q``).
 """
 
 from __future__ import annotations
@@ -55,11 +61,22 @@ def _engine_ratio(layer: dict, formats: dict, cfg: AccelConfig) -> int:
     return max(1, min(m // n, cfg.groups))
 
 
+def tlmm_rates(cfg: AccelConfig, busy: int, cycles: int) -> dict:
+    """TLMM counters of a run: ``tlmm_busy_cycles``, ``tlmm_utilization`` (busy / cycles) and
+    ``tlmm_lookups_per_cycle`` (busy · T · Q / cycles)."""
+    lookups = cfg.tlmm_t * cfg.tlmm_q
+    return {"tlmm_busy_cycles": busy,
+            "tlmm_utilization": busy / cycles if cycles else 0.0,
+            "tlmm_lookups_per_cycle": busy * lookups / cycles if cycles else 0.0,
+            "tlmm_ideal_lookups_per_cycle": lookups}
+
+
 def throughput(compile_report: dict, cfg: AccelConfig, cycles: int) -> dict:
     """``macs_per_dsp_cycle`` of a run of ``cycles`` and its ideal, overall and per layer
     (see the module docstring)."""
     formats = compile_report.get("weight_formats", {})
-    layers = [la for la in compile_report["layers"] if la.get("kind") == "qlinear"]
+    layers = [la for la in compile_report["layers"]
+              if la.get("kind") == "qlinear" and la.get("engine", "mpe") == "mpe"]
     macs = sum(int(la["macs"]) for la in layers)
     ideal = {la["name"]: 2.0 * _engine_ratio(la, formats, cfg) for la in layers}
     busy = sum(la["macs"] / ideal[la["name"]] for la in layers)
@@ -83,6 +100,7 @@ class _Reference:
     golden_out: dict        # output name -> golden float result
     float_out: dict         # output name -> float (torch) IR result
     isa_exact: bool
+    isa_stats: object       # IsaStats of the ISA functional model's run
 
 
 def _reference(out: Path, seed) -> _Reference:
@@ -105,12 +123,12 @@ def _reference(out: Path, seed) -> _Reference:
     image = bytes(image)
 
     # golden == ISA functional model
-    model_image, _ = run_program(cfg, image, conf["prog_base"])
+    model_image, stats = run_program(cfg, image, conf["prog_base"])
     golden_q = {o: values[final.nodes[o]["op"].inputs[0]] for o in outputs}
     isa_exact = all(np.array_equal(read_tensor(model_image, mm, o), golden_q[o])
                     for o in outputs)
     return _Reference(conf, cfg, mm, image, model_image, golden_q, golden_out, float_out,
-                      isa_exact)
+                      isa_exact, stats)
 
 
 def check_isa_model(out, seed: int | None = None) -> bool:
@@ -167,6 +185,9 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
         "inputs": "calibration" if seed is None else f"seed {seed}",
         "board": conf["board"],
     }
+    if compile_report.get("instruction_kinds", {}).get("TMATMUL"):
+        report.update(tlmm_rates(cfg, res.tlmm_busy, res.cycles))
+        report["tlmm_busy_isa_model"] = p.isa_stats.tlmm_busy_cycles
     if waves and res.waves:
         report["waves"] = str(res.waves)
     write_json(out / "reports" / "sim.json", report)

@@ -66,7 +66,9 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     ``int4`` (build the sparse selectors and index ring / the int4 dequantizer) and
     ``transformer`` (the vector and attention units, GATHER, POS) default to true, except on
     boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's 5280 cells hold only
-    a dense int8 1 x 2 engine).
+    a dense int8 1 x 2 engine). ``tlmm`` (the ternary table-lookup engine) defaults to false;
+    its sizes ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth`` to AccelConfig's (3, 4, 4,
+    1024) unless the board's YAML or an override names them.
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
@@ -85,7 +87,11 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            weight_depth=eng.get("weight_depth", 256),
                            sparse=bool(eng.get("sparse", not small)),
                            int4=bool(eng.get("int4", not small)),
-                           transformer=bool(eng.get("transformer", not small)))
+                           transformer=bool(eng.get("transformer", not small)),
+                           tlmm=bool(eng.get("tlmm", False)),
+                           tlmm_g=eng.get("tlmm_g", 3), tlmm_t=eng.get("tlmm_t", 4),
+                           tlmm_q=eng.get("tlmm_q", 4),
+                           tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
@@ -143,3 +149,236 @@ def check_fit(cfg: AccelConfig, board: Board) -> dict:
         raise MappingError(f"design does not fit {board.name}: " + ", ".join(over)
                            + " (needed > available); use a smaller engine")
     return report
+
+
+# ------------------------------------------------------------------------- TLMM sizing
+
+#: Group index bits per G (golden.ternary.GROUP_BITS; the engine's record entries).
+TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
+#: Share of the board's LUTs and block RAM the TLMM engine may take when the mapper sizes it
+#: (the rest: matrix engine, vector and attention units, controller, memory ports, shell).
+TLMM_LUT_SHARE = 0.25
+TLMM_BRAM_SHARE = 0.25
+#: Largest T and Q the sizing search tries (powers of two).
+TLMM_MAX_TQ = 64
+#: Reference layer of the cycle objective (a square GEMV of a 2k-wide model).
+TLMM_REF_LAYER = (2048, 2048)
+#: LUT model constants of :func:`tlmm_resources` (LUT6 + LUT-RAM cells): per lookup (``lookup``:
+#: the H-entry table read mux and its adder-tree node), per output lane (``lane``: the int32
+#: accumulate, mirror negation and write-back), the index gearbox's barrel shifter
+#: (``shifter``, times ``(T*Q)**2``: its record width and its window both grow with ``T*Q``),
+#: and the rest (``fixed``: control, sequential dividers, epilogue, activation byte reader).
+TLMM_LUT = {"lookup": 23.97, "lane": 183.92, "shifter": 1.791, "fixed": 2867.8}
+#: How the constants were obtained (reported with the sizing).
+TLMM_LUT_SOURCE = ("fitted (least squares): Yosys synth_xilinx -family xcup "
+                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul in flat ports, G=3, "
+                   "SB=16 B, acc_depth 1024, at (T, Q) = (2, 2), (4, 4), (8, 4), (4, 8), "
+                   "(8, 8): LUT + LUTRAM 3402, 4354, 6233, 6970, 13199; model 3360, 4445, "
+                   "6204, 6940, 13208 (within 2.1%); other G and SB extrapolated")
+#: DSP48E2 of the TLMM epilogue (acc*m, (acc*m + bias)*mult, res*res_mult): 6 in every
+#: synthesized point.
+TLMM_DSP = 6
+
+
+def _tlmm_dims(G: int, T: int, Q: int, acc_depth: int, SB: int) -> dict:
+    """The engine's sizes the resource model reads (hw/tlmm.py: ``TernaryLookupMatmul``)."""
+    bits = TLMM_GROUP_BITS[G]
+    sbb = 8 * SB
+    rb = T * Q * bits
+    return {"H": (3 ** G + 1) // 2, "TW": (128 * G).bit_length() + 1, "record_bits": rb,
+            "window_bits": max(2, -(-(sbb - 1 + rb) // sbb)) * sbb,
+            "shift_levels": max(1, (sbb - 1).bit_length()),
+            "acc_entries": -(-acc_depth // Q), "param_entries": -(-8 * acc_depth // SB)}
+
+
+def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
+                   bram_kbits: int = 36) -> dict:
+    """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports.
+
+    The engine stores ``H = (3**G + 1) / 2`` entries per table (the other half are the
+    negated mirror), ``TW = bits(128 G) + 1`` bits each, with ``Q`` asynchronous read ports;
+    every cycle it does ``T*Q`` lookups, sums ``T`` of them per output lane in an adder tree
+    and read-modify-writes ``Q`` int32 accumulator lanes; the index records (``RB = T*Q*bits``
+    bits) come out of a gearbox window of ``W = max(2, ceil((8*SB - 1 + RB) / (8*SB))) * 8*SB``
+    bits through a barrel shifter of ``lv = bits(8*SB - 1)`` levels::
+
+        LUT  = a * T*Q * (H*TW / 140)         lookups (table read mux + adder-tree node)
+             + b * Q                          accumulator lanes
+             + c * (T*Q)**2 * (lv / 7)        barrel shifter of the index gearbox
+             + d                              control, dividers, epilogue, activation reader
+        BRAM = blocks(32*Q, ceil(acc_depth / Q))      accumulators (Q lanes per entry)
+             + blocks(8*SB, ceil(8*acc_depth / SB))   parameter memory (always block RAM)
+        DSP  = 6                                      epilogue multipliers
+        URAM = 0
+
+    ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, d``
+    = :data:`TLMM_LUT` (``lookup``, ``lane``, ``shifter``, ``fixed``), fitted at G = 3 and SB =
+    16 B (:data:`TLMM_LUT_SOURCE`), where ``H*TW = 140`` and ``lv = 7``; the two ratios carry the
+    fit to other G and SB as estimates (not synthesized). BRAM: 3, 4, 4 at (T, Q) = (2, 2),
+    (4, 4), (8, 4) equal Yosys; at (4, 8) and (8, 8) the model says 6 and 6, Yosys 8 and 11
+    (it spreads the 32*Q-bit accumulator entries over more blocks).
+
+    Returns
+    -------
+    dict
+        ``lut``, ``bram``, ``dsp``, ``uram`` and ``terms`` (the LUT terms by name).
+    """
+    d = _tlmm_dims(G, T, Q, acc_depth, SB)
+    c = TLMM_LUT
+    size = d["H"] * d["TW"] / 140           # 140 = H * TW at G = 3, where a was fitted
+    terms = {"lookup": c["lookup"] * size * T * Q,
+             "lane": c["lane"] * Q,
+             "shifter": c["shifter"] * (T * Q) ** 2 * d["shift_levels"] / 7,
+             "fixed": c["fixed"]}
+    bram = (_blocks(32 * Q, d["acc_entries"], bram_kbits)
+            + _blocks(8 * SB, d["param_entries"], bram_kbits))
+    return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": TLMM_DSP,
+            "uram": 0, "terms": {k: round(v, 1) for k, v in terms.items()}}
+
+
+def _blocks(width: int, depth: int, kbits: int) -> float:
+    """Block RAM of one memory, never distributed RAM (as Yosys maps the TLMM's memories)."""
+    return min(-(-width // w) * -(-depth // dd) * cost for dd, w, cost in _shapes(kbits))
+
+
+def tlmm_row_cycles(G: int, T: int, Q: int, k: int, n: int) -> int:
+    """Cycles of one activation row of a ``k -> n`` ternary linear (hw/tlmm.py, memory keeping
+    up, output bytes excluded): ``ceil(k_groups/T) * (T*G + 1 + H + 1 + ceil(n/Q) + 1)``."""
+    kg = -(-k // G)
+    H = (3 ** G + 1) // 2
+    return -(-kg // T) * (T * G + H + 3 + -(-n // Q))
+
+
+def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = None,
+              lut_share: float = TLMM_LUT_SHARE, bram_share: float = TLMM_BRAM_SHARE,
+              ref_layer: tuple = TLMM_REF_LAYER) -> dict:
+    """Choose the TLMM's ``T`` and ``Q`` for ``board``.
+
+    Candidates are powers of two up to :data:`TLMM_MAX_TQ`. A candidate is feasible when its
+    :func:`tlmm_resources` fit ``lut_share`` of the board's LUTs and ``bram_share`` of its block
+    RAM, and its index record fits one super-beat (``T*Q*bits <= 8*SB``: a wider record streams
+    slower than one per cycle, so more lookups would idle on the memory). Among the feasible
+    candidates with the most lookups per cycle (``T*Q``), the one with the smallest
+    ``LUT * cycles`` of the reference layer (:func:`tlmm_row_cycles` of ``ref_layer``) wins.
+
+    Parameters
+    ----------
+    board : Board
+    G : int
+        Group size (2, 3, 4).
+    acc_depth : int
+        Accumulator depth (the largest ``n_out``).
+    SB : int, optional
+        Super-beat bytes (default: the board's one-port beat times its channels, as
+        :func:`choose_config` sizes the ports).
+    lut_share, bram_share : float
+        The engine's share of the board.
+    ref_layer : (int, int)
+        ``(K, N)`` of the layer the cycle tie-break uses.
+
+    Returns
+    -------
+    dict
+        ``T``, ``Q``, ``lookups_per_cycle``, ``resources`` (of the choice), and the formula
+        inputs: ``G``, ``acc_depth``, ``SB``, ``lut_budget``, ``bram_budget``,
+        ``max_lookups`` (the super-beat limit), ``constants``, ``constants_source``.
+
+    Raises
+    ------
+    MappingError
+        Not even ``T = Q = 1`` fits the budget.
+    """
+    if G not in TLMM_GROUP_BITS:
+        raise MappingError(f"TLMM group size G={G}: must be one of {sorted(TLMM_GROUP_BITS)}")
+    if SB is None:
+        eng = dict(board.engine)
+        pb = int(board.memory["port_bytes"])
+        want = max(1, eng.get("chains", 8) * eng.get("chain_len", 16) // pb)
+        SB = pb * eng.get("mem_ports", min(want, int(board.memory["channels"])))
+    kb = getattr(board, "bram_kbits", 36)
+    lut_budget = lut_share * board.resources["lut"]
+    bram_budget = bram_share * board.resources["bram"]
+    max_lookups = 8 * SB // TLMM_GROUP_BITS[G]
+    pows = [1 << i for i in range(TLMM_MAX_TQ.bit_length()) if 1 << i <= TLMM_MAX_TQ]
+    feasible = []
+    for T in pows:
+        for Q in pows:
+            if T * Q > max(1, max_lookups):
+                continue
+            r = tlmm_resources(G, T, Q, acc_depth, SB, kb)
+            if r["lut"] <= lut_budget and r["bram"] <= bram_budget:
+                cyc = tlmm_row_cycles(G, T, Q, *ref_layer)
+                feasible.append((-(T * Q), r["lut"] * cyc, T, Q, r, cyc))
+    if not feasible:
+        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb)
+        raise MappingError(f"board {board.name}: the smallest TLMM engine (T = Q = 1) needs "
+                           f"LUT {r['lut']}, BRAM {r['bram']:g}; its budget is LUT "
+                           f"{lut_budget:.0f}, BRAM {bram_budget:.0f} ({lut_share:.0%} / "
+                           f"{bram_share:.0%} of the board; needed > available)")
+    _, _, T, Q, res, cyc = min(feasible)
+    return {"T": T, "Q": Q, "G": G, "lookups_per_cycle": T * Q, "acc_depth": acc_depth,
+            "SB": SB, "lut_budget": int(lut_budget), "bram_budget": bram_budget,
+            "lut_share": lut_share, "bram_share": bram_share, "max_lookups": max_lookups,
+            "ref_layer": list(ref_layer), "ref_layer_row_cycles": cyc, "resources": res,
+            "constants": dict(TLMM_LUT), "constants_source": TLMM_LUT_SOURCE,
+            "candidates": len(feasible)}
+
+
+def tlmm_config(board: Board, cfg: AccelConfig, acc_depth: int | None = None) -> tuple:
+    """``cfg`` with the TLMM engine on, and the sizing report.
+
+    ``tlmm_g``, ``tlmm_t``, ``tlmm_q`` and ``tlmm_acc_depth`` come from the board YAML's
+    ``engine:`` where it sets them; ``T`` and ``Q`` not set there are chosen by
+    :func:`size_tlmm`. ``acc_depth`` (the largest ``n_out`` a model needs) raises the
+    accumulator depth above the YAML's (or the default 1024).
+
+    Returns
+    -------
+    (AccelConfig, dict)
+        The configuration and ``{"source": "board" | "sized", ...}`` (with :func:`size_tlmm`'s
+        formula inputs when sized).
+    """
+    from dataclasses import replace
+
+    eng = board.engine
+    G = int(eng.get("tlmm_g", cfg.tlmm_g))
+    depth = max(int(eng.get("tlmm_acc_depth", cfg.tlmm_acc_depth)), int(acc_depth or 0))
+    if "tlmm_t" in eng and "tlmm_q" in eng:
+        T, Q = int(eng["tlmm_t"]), int(eng["tlmm_q"])
+        rep = {"source": "board", "G": G, "T": T, "Q": Q, "acc_depth": depth,
+               "resources": tlmm_resources(G, T, Q, depth, cfg.beat_bytes,
+                                           getattr(board, "bram_kbits", 36))}
+    else:
+        rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes)}
+        T = int(eng.get("tlmm_t", rep["T"]))
+        Q = int(eng.get("tlmm_q", rep["Q"]))
+        rep["T"], rep["Q"] = T, Q
+    try:
+        out = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=depth)
+    except ValueError as e:
+        raise MappingError(f"board {board.name}: invalid TLMM configuration: {e}") from None
+    return out, rep
+
+
+def check_fit_tlmm(cfg: AccelConfig, board: Board) -> dict:
+    """:func:`check_fit` plus the TLMM engine of ``cfg`` (when ``cfg.tlmm``): its block RAM and
+    DSPs are added to the accelerator's, and its LUTs (:func:`tlmm_resources`) are checked
+    against the board's (the only LUT figure the model has: the other units' LUTs are not
+    estimated). Raises :class:`MappingError` with the numbers if anything does not fit."""
+    report = check_fit(cfg, board)
+    if not cfg.tlmm:
+        return report
+    t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth, cfg.beat_bytes,
+                       getattr(board, "bram_kbits", 36))
+    out = {k: dict(v) for k, v in report.items()}
+    out["dsp"]["used"] += t["dsp"]
+    out["bram"]["used"] = int(-(-(out["bram"]["used"] + t["bram"]) // 1))
+    out["lut_tlmm"] = {"used": t["lut"], "available": board.resources["lut"]}
+    over = [f"{k.upper()} {out[k]['used']} > {out[k]['available']}" for k in out
+            if out[k]["used"] > out[k]["available"]]
+    if over:
+        raise MappingError(f"design with the TLMM engine (G={cfg.tlmm_g}, T={cfg.tlmm_t}, "
+                           f"Q={cfg.tlmm_q}) does not fit {board.name}: " + ", ".join(over)
+                           + " (needed > available); use smaller tlmm_t/tlmm_q")
+    out["tlmm"] = t
+    return out

@@ -37,13 +37,22 @@ cache rows up to ``p + B - 1``. The RoPE table (zero rows) and every K/V cache t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from hwflow.compiler.decoder import QDecoder, QLinear
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_INT4, FLAG_POS, FLAG_RESIDUAL, INSTR_BYTES, Instr, Opcode
+from hwflow.hw.isa import (
+    FLAG_GAMMA,
+    FLAG_INT4,
+    FLAG_POS,
+    FLAG_RELU2,
+    FLAG_RESIDUAL,
+    INSTR_BYTES,
+    Instr,
+    Opcode,
+)
 
 from .errors import MappingError
 from .lower import WeightPlan, plan_weights
@@ -61,8 +70,28 @@ _U16 = (1 << 16) - 1
 _U8 = (1 << 8) - 1
 
 
+#: Gamma codes a ternary layer may carry (compiler.decoder.QLayer), in slot order.
+GAMMAS = ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma")
+_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _layer_ternary(ly, i: int) -> bool:
+    """Whether layer ``i``'s linears are ternary (all seven, or none)."""
+    flags = {nm: bool(getattr(getattr(ly, nm), "ternary", False)) for nm in _LINEARS}
+    if len(set(flags.values())) > 1:
+        tern = [nm for nm, t in flags.items() if t]
+        raise MappingError(f"layer {i}: linears {tern} are ternary and the others int8; the "
+                           "mapper needs all seven linears of a layer in one format")
+    return flags["q"]
+
+
+def _is_ternary(qd: QDecoder) -> bool:
+    """Whether any layer of ``qd`` is ternary (BitNet b1.58: TMATMUL on the TLMM engine)."""
+    return any(_layer_ternary(ly, i) for i, ly in enumerate(qd.layers))
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -81,6 +110,13 @@ class _Geometry:
     iw: int          # gate/up rows
     lw: int          # logits rows (whole super-beats)
     cs_words: int    # one RoPE table row (whole super-beats)
+    #: Ternary decoders only (0 / empty otherwise, so an int8 decoder's plan is unchanged):
+    #: ``mw`` act words per row of the ``m`` area (ABSQUANT's u16 absmax per row, 2 bytes),
+    #: ``gw`` words of the one ``gamma`` area (not per row) and its slots ``(name, word
+    #: offset, words)``.
+    mw: int = 0
+    gw: int = 0
+    gslots: tuple = ()
 
     @classmethod
     def of(cls, qd: QDecoder, cfg: AccelConfig) -> _Geometry:
@@ -88,18 +124,37 @@ class _Geometry:
         L, SB = cfg.chain_len, cfg.beat_bytes
         hd_words = _cdiv(s.head_dim, L)
         kv_stride = _cdiv(s.kv_heads * hd_words * L, SB)
-        return cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=hd_words,
-                   q_words=s.heads * hd_words, kv_words=kv_stride * SB // L,
-                   kv_stride=kv_stride, iw=_cdiv(s.intermediate, L),
-                   lw=_cdiv(s.vocab, SB) * SB // L,
-                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)    # head_dim int16 values
+        geo = cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=hd_words,
+                  q_words=s.heads * hd_words, kv_words=kv_stride * SB // L,
+                  kv_stride=kv_stride, iw=_cdiv(s.intermediate, L),
+                  lw=_cdiv(s.vocab, SB) * SB // L,
+                  cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)     # head_dim int16 values
+        if not _is_ternary(qd):
+            return geo
+        width = {"attn_gamma": geo.ew, "attn_sub_gamma": geo.q_words, "mlp_gamma": geo.ew,
+                 "mlp_sub_gamma": geo.iw}
+        slots, off = [], 0
+        for nm in GAMMAS:       # a slot for every gamma that some layer has
+            if any(getattr(ly, nm) is not None for ly in qd.layers):
+                slots.append((nm, off, width[nm]))
+                off += width[nm]
+        gw = _cdiv(off, SB // L) * (SB // L)    # one LOAD moves whole super-beats
+        return replace(geo, mw=_cdiv(2, L), gw=gw, gslots=tuple(slots))
 
     @property
     def row_words(self) -> dict:
         """Act words per row of every area of the static plan, in allocation order."""
-        return {"x": self.ew, "h": self.ew, "q": self.q_words, "k": self.kv_words,
-                "v": self.kv_words, "att": self.q_words, "gate": self.iw, "up": self.iw,
-                "cs": self.cs_words, "logits": self.lw}
+        words = {"x": self.ew, "h": self.ew, "q": self.q_words, "k": self.kv_words,
+                 "v": self.kv_words, "att": self.q_words, "gate": self.iw, "up": self.iw,
+                 "cs": self.cs_words, "logits": self.lw}
+        if self.mw:
+            words["m"] = self.mw
+        return words
+
+    @property
+    def fixed_words(self) -> dict:
+        """Areas of a fixed size (not per row), allocated after the row areas."""
+        return {"gamma": self.gw} if self.gw else {}
 
     @property
     def words_per_row(self) -> int:
@@ -116,14 +171,19 @@ class ActPlan:
         Activation rows of the program (1 for decode, ``B`` for a prefill bucket).
     areas : dict
         ``name -> (act word address, act words per row)``; the areas are disjoint and laid out
-        back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs, logits.
+        back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs, logits (then,
+        for a ternary decoder, ``m`` and the fixed-size ``gamma`` area, whose second number is
+        its size in words).
     words : int
-        Act words used (``rows`` times the sum of the row widths).
+        Act words used (``rows`` times the sum of the row widths, plus the fixed areas).
+    fixed : tuple
+        Names of the areas whose size does not scale with ``rows`` (``gamma``).
     """
 
     rows: int
     areas: dict
     words: int
+    fixed: tuple = ()
 
     @classmethod
     def build(cls, geo: _Geometry, rows: int) -> ActPlan:
@@ -131,14 +191,24 @@ class ActPlan:
         for name, w in geo.row_words.items():
             areas[name] = (addr, w)
             addr += rows * w
-        return cls(rows, areas, addr)
+        for name, w in geo.fixed_words.items():
+            areas[name] = (addr, w)
+            addr += w
+        return cls(rows, areas, addr, tuple(geo.fixed_words))
 
     def addr(self, name: str) -> int:
         return self.areas[name][0]
 
+    def span(self, name: str) -> tuple[int, int]:
+        """``(first word, end word)`` of area ``name``."""
+        a, w = self.areas[name]
+        return a, a + (w if name in self.fixed else self.rows * w)
+
     def to_dict(self) -> dict:
         return {"rows": self.rows, "words": self.words,
-                "areas": {k: {"addr": a, "words_per_row": w} for k, (a, w) in self.areas.items()}}
+                "areas": {k: ({"addr": a, "words": w} if k in self.fixed else
+                              {"addr": a, "words_per_row": w})
+                          for k, (a, w) in self.areas.items()}}
 
 
 @dataclass(frozen=True)
@@ -307,36 +377,122 @@ def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, b
     return _Packed(name, plan, weight.shape[0], ql, data)
 
 
+@dataclass(frozen=True)
+class _TPacked:
+    """A ternary linear packed as a TMATMUL weight block (``mapping/ternary_format.py``)."""
+
+    name: str
+    ql: QLinear
+    n_out: int
+    k: int               # input features (after head padding)
+    k_groups: int        # ceil(k / G)
+    data: bytes
+    G: int
+    T: int
+    Q: int
+
+    @property
+    def index_records(self) -> int:
+        """Records of ``T * Q`` indices: ``ceil(k_groups / T) * ceil(n_out / Q)``."""
+        return _cdiv(self.k_groups, self.T) * _cdiv(self.n_out, self.Q)
+
+
+def _pack_ternary(name: str, cfg: AccelConfig, ql: QLinear, weight=None, bias=None,
+                  mult=None) -> _TPacked:
+    from .ternary_format import pack_ternary_block
+
+    weight = np.asarray(ql.weight if weight is None else weight, dtype=np.int8)
+    bias = np.asarray(ql.bias if bias is None else bias, dtype=np.int64)
+    mult = np.asarray(ql.mult if mult is None else mult, dtype=np.int64)
+    if np.any(np.abs(weight) > 1):
+        raise MappingError(f"linear '{name}' is marked ternary but has weights outside "
+                           "{-1, 0, 1}")
+    n_out, k = weight.shape
+    G, T, Q = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q
+    k_groups = _cdiv(k, G)
+    if n_out > cfg.tlmm_acc_depth:
+        raise MappingError(f"linear '{name}': {n_out} output channels exceed the TLMM "
+                           f"accumulator (tlmm_acc_depth={cfg.tlmm_acc_depth}); build the "
+                           f"accelerator with tlmm_acc_depth >= {n_out}")
+    if max(n_out, k_groups) > _U16:
+        raise MappingError(f"linear '{name}': n_out={n_out} or k_groups={k_groups} exceeds "
+                           f"the TMATMUL field limit {_U16}")
+    try:
+        data = pack_ternary_block(weight, bias, mult, G, T, Q, cfg.beat_bytes)
+    except ValueError as e:
+        raise MappingError(f"linear '{name}': cannot pack its ternary weights: {e}") from None
+    return _TPacked(name, ql, n_out, k, k_groups, bytes(data), G, T, Q)
+
+
 def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry) -> list:
     """Every linear packed in program order; if some do not fit the weight ring, the error
-    names the one that needs the most (so one rebuild with its weight_depth fits them all)."""
+    names the one that needs the most (so one rebuild with its weight_depth fits them all).
+    Ternary layers' linears become TMATMUL blocks (:class:`_TPacked`), the others MATMUL
+    weight tiles."""
     s = qd.shape
     L, hd, hdp = cfg.chain_len, s.head_dim, geo.hd_words * cfg.chain_len
     jobs = []
     for i, ly in enumerate(qd.layers):
         p = f"L{i}."
+        tern = _layer_ternary(ly, i)
         for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
             ql = getattr(ly, nm)
             w, b, m = _pad_heads_rows(ql, heads, hd, hdp)
-            jobs.append((p + nm, ql, geo.ew, w, b, m))
-        jobs.append((p + "o", ly.o, geo.q_words,
+            jobs.append((p + nm, tern, ql, geo.ew, w, b, m))
+        jobs.append((p + "o", tern, ly.o, geo.q_words,
                      _pad_head_cols(ly.o.weight, s.heads, hd, hdp), None, None))
-        jobs.append((p + "gate", ly.gate, geo.ew, None, None, None))
-        jobs.append((p + "up", ly.up, geo.ew, None, None, None))
-        jobs.append((p + "down", ly.down, geo.iw, None, None, None))
-    jobs.append(("lm_head", qd.lm_head, geo.ew, None, None, None))
+        jobs.append((p + "gate", tern, ly.gate, geo.ew, None, None, None))
+        jobs.append((p + "up", tern, ly.up, geo.ew, None, None, None))
+        jobs.append((p + "down", tern, ly.down, geo.iw, None, None, None))
+    if getattr(qd.lm_head, "ternary", False):
+        raise MappingError("lm_head is marked ternary; the mapper runs the LM head as an int8 "
+                           "MATMUL (BitNet keeps it in high precision): quantize it to int8")
+    jobs.append(("lm_head", False, qd.lm_head, geo.ew, None, None, None))
     out, errors = [], []
-    for name, ql, k_words, w, b, m in jobs:
+    for name, tern, ql, k_words, w, b, m in jobs:
         try:
-            out.append(_pack(name, cfg, ql, k_words, w, b, m))
+            if tern:
+                out.append(_pack_ternary(name, cfg, ql, w, b, m))
+            else:
+                out.append(_pack(name, cfg, ql, k_words, w, b, m))
         except MappingError as e:
+            if tern:
+                raise
             errors.append((k_words, str(e)))
     if errors:
         worst = max(errors, key=lambda e: e[0])[1]
         more = f" ({len(errors)} linears do not fit)" if len(errors) > 1 else ""
         raise MappingError(worst + more)
-    assert all(pk.plan.k_words * L >= pk.ql.weight.shape[1] for pk in out)
+    assert all(pk.plan.k_words * L >= pk.ql.weight.shape[1] for pk in out
+               if isinstance(pk, _Packed))
     return out
+
+
+def _gamma_block(ly, geo: _Geometry, s) -> np.ndarray | None:
+    """Layer ``ly``'s gamma codes as the ``gamma`` act area holds them (int8, ``gw * L``
+    bytes): slot by slot, element i at byte i of the slot (the o input's gammas spread to the
+    padded heads, zero in the padding); None when the layer has none."""
+    if not any(getattr(ly, nm) is not None for nm in GAMMAS):
+        return None
+    L, hdp = geo.L, geo.hd_words * geo.L
+    blk = np.zeros(geo.gw * L, dtype=np.int8)
+    for nm, off, words in geo.gslots:
+        g = getattr(ly, nm)
+        if g is None:
+            continue
+        g = np.asarray(g).astype(np.int8).ravel()
+        if nm == "attn_sub_gamma":
+            want = s.heads * s.head_dim
+            idx = (np.arange(s.heads)[:, None] * hdp + np.arange(s.head_dim)[None, :]).ravel()
+        else:
+            want = s.intermediate if nm == "mlp_sub_gamma" else s.hidden
+            idx = np.arange(want)
+        if g.size != want:
+            raise MappingError(f"{nm}: {g.size} gamma codes, the layer needs {want}")
+        slot = np.zeros(words * L, dtype=np.int8)
+        slot[idx] = g
+        blk[off * L:(off + words) * L] = slot
+    return blk
 
 
 # ------------------------------------------------------------------------------ programs
@@ -352,6 +508,7 @@ class _Addrs:
     weights: dict
     k: tuple
     v: tuple
+    gammas: dict = field(default_factory=dict)   # ternary: layer -> its gamma block
 
 
 def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
@@ -372,6 +529,118 @@ def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int) -> Instr:
                  words=words, mult_b=mult)
 
 
+def _tmatmul(pk: _TPacked, wgt: int, x: int, x_words: int, out: int, rows: int,
+             out_words: int, m_addr: int, res: int | None = None) -> Instr:
+    return Instr(Opcode.TMATMUL, FLAG_RESIDUAL if res is not None else 0, int(pk.ql.shift),
+                 ext=wgt, a=x, out=out, b=0 if res is None else res, rows=rows,
+                 k_groups=pk.k_groups, n_out=pk.n_out, x_words=x_words, words=out_words,
+                 mult_b=int(pk.ql.res_mult) if res is not None else 0, m_addr=m_addr)
+
+
+def _absquant(a: int, rows: int, n: int, words: int, m_addr: int,
+              gamma: int | None) -> Instr:
+    """ABSQUANT in place (``out = a``): the ternary linear's per-token int8 input and ``m``."""
+    return Instr(Opcode.ABSQUANT, FLAG_GAMMA if gamma is not None else 0, a=a, out=a,
+                 g=0 if gamma is None else gamma, rows=rows, m_addr=m_addr, n=n, words=words)
+
+
+def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan: ActPlan,
+                   ad: _Addrs) -> list:
+    """One BitNet block (docs/architecture.md, "Ternary path (v4)"), the order of the golden
+    step: every ternary linear's input is quantized per token by ABSQUANT (in place, with the
+    layer's gamma codes where it has them), then TMATMUL."""
+    s, L, rows, A = qd.shape, geo.L, plan.rows, plan.addr
+    ly = qd.layers[i]
+    hdp = geo.hd_words * L
+    m = A("m")
+    slot = {nm: A("gamma") + off for nm, off, _ in geo.gslots}
+
+    def gam(nm):
+        return slot[nm] if getattr(ly, nm) is not None else None
+
+    smul, sshift, omul, oshift = (int(v) for v in ly.attn)
+    act_mult, act_shift = (int(v) for v in ly.silu)
+    prog = [_rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew)]
+    if i in ad.gammas:
+        prog.append(Instr(Opcode.LOAD, ext=ad.gammas[i], a=A("gamma"), b=geo.gw))
+    prog += [
+        _absquant(A("h"), rows, s.hidden, geo.ew, m, gam("attn_gamma")),
+        _tmatmul(pk["q"], w["q"], A("h"), geo.ew, A("q"), rows, geo.q_words, m),
+        _tmatmul(pk["k"], w["k"], A("h"), geo.ew, A("k"), rows, geo.kv_words, m),
+        _tmatmul(pk["v"], w["v"], A("h"), geo.ew, A("v"), rows, geo.kv_words, m),
+        Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
+              heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
+        Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
+              heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
+        Instr(Opcode.STORE, FLAG_POS, ext=ad.k[i], a=A("k"), b=rows * geo.kv_words,
+              pos_stride=geo.kv_stride),
+        Instr(Opcode.STORE, FLAG_POS, ext=ad.v[i], a=A("v"), b=rows * geo.kv_words,
+              pos_stride=geo.kv_stride),
+        Instr(Opcode.ATTN, shift=oshift, ext=ad.k[i], v_ext=ad.v[i], a=A("q"), out=A("att"),
+              q_words=geo.q_words, rows=rows, heads=s.heads, kv_heads=s.kv_heads,
+              hd_words=geo.hd_words, kv_stride=geo.kv_stride, smul=smul, omul=omul,
+              sshift=sshift),
+    ]
+    # the attention output's padded head bytes are 0, so a norm over the padded row (sum of
+    # squares, golden.llm.rmsnorm) and the absmax see the heads' values only
+    att_n = s.heads * hdp
+    if ly.attn_sub_norm is not None:
+        prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, att_n, geo.q_words))
+    prog += [
+        _absquant(A("att"), rows, att_n, geo.q_words, m, gam("attn_sub_gamma")),
+        *_tresidual(pk["o"], w["o"], A("att"), geo.q_words, rows, m, ly.attn_add, A, s, geo),
+        _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
+        _absquant(A("h"), rows, s.hidden, geo.ew, m, gam("mlp_gamma")),
+        _tmatmul(pk["gate"], w["gate"], A("h"), geo.ew, A("gate"), rows, geo.iw, m),
+        _tmatmul(pk["up"], w["up"], A("h"), geo.ew, A("up"), rows, geo.iw, m),
+        Instr(Opcode.SILUMUL, FLAG_RELU2 if ly.act == "relu2" else 0, act_shift,
+              a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
+              words=geo.iw, mult_b=act_mult),
+    ]
+    if ly.mlp_sub_norm is not None:
+        prog.append(_rmsnorm(ly.mlp_sub_norm, A("gate"), A("gate"), rows, s.intermediate,
+                             geo.iw))
+    prog += [
+        _absquant(A("gate"), rows, s.intermediate, geo.iw, m, gam("mlp_sub_gamma")),
+        *_tresidual(pk["down"], w["down"], A("gate"), geo.iw, rows, m, ly.mlp_add, A, s, geo),
+    ]
+    return prog
+
+
+def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s, geo) -> list:
+    """The residual stream after a ternary o or down: fused into the TMATMUL epilogue, or, with
+    ``add`` (``QLayer.attn_add`` / ``mlp_add``; docs/architecture.md, "Residuals of ternary
+    layers"), the linear into ``h`` (free by then) and a VADD ``x = residual_add(h, x, *add)``."""
+    if add is None:
+        return [_tmatmul(pk, wgt, x, x_words, A("x"), rows, geo.ew, m, res=A("x"))]
+    a_mult, b_mult, shift = (int(v) for v in add)
+    return [_tmatmul(pk, wgt, x, x_words, A("h"), rows, geo.ew, m),
+            Instr(Opcode.VADD, shift=shift, a=A("h"), out=A("x"), b=A("x"), rows=rows,
+                  n=s.hidden, words=geo.ew, mult_a=a_mult, mult_b=b_mult)]
+
+
+def _layer_instructions(ly, has_gamma: bool) -> int:
+    """Instructions of one layer: 15 (int8); ternary: 19, plus 1 per sub-norm, 1 per unfused
+    residual add and 1 for the gamma LOAD."""
+    subs = (ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
+    if not _layer_ternary(ly, 0):
+        return 15 + subs
+    adds = (ly.attn_add is not None) + (ly.mlp_add is not None)
+    return 19 + subs + adds + bool(has_gamma)
+
+
+def _check_layer(ly, i: int) -> None:
+    if ly.act not in ("silu", "relu2"):
+        raise MappingError(f"layer {i}: activation '{ly.act}' is not one the vector unit has "
+                           "(silu, relu2)")
+    if not _layer_ternary(ly, i):
+        has = [nm for nm in GAMMAS if getattr(ly, nm) is not None]
+        if has:
+            raise MappingError(f"layer {i}: int8 linears with gamma codes {has}; gammas are "
+                               "applied by ABSQUANT before ternary linears only (fold them "
+                               "into int8 weights)")
+
+
 def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: ActPlan,
           ad: _Addrs) -> list:
     """The program of ``plan.rows`` rows (see the module docstring for its shape)."""
@@ -388,6 +657,9 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
     for i, ly in enumerate(qd.layers):
         pk = {nm: packed[f"L{i}.{nm}"] for nm in ("q", "k", "v", "o", "gate", "up", "down")}
         w = {nm: W[f"L{i}.{nm}"] for nm in pk}
+        if isinstance(pk["q"], _TPacked):
+            prog += _ternary_layer(qd, i, geo, pk, w, plan, ad)
+            continue
         smul, sshift, omul, oshift = (int(v) for v in ly.attn)
         silu_mult, silu_shift = (int(v) for v in ly.silu)
         prog += [
@@ -407,14 +679,24 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
                   q_words=geo.q_words, rows=rows, heads=s.heads, kv_heads=s.kv_heads,
                   hd_words=geo.hd_words, kv_stride=geo.kv_stride, smul=smul, omul=omul,
                   sshift=sshift),
+        ]
+        if ly.attn_sub_norm is not None:    # BitNet block with int8 weights
+            prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, s.heads * hdp,
+                                 geo.q_words))
+        prog += [
             _matmul(pk["o"], w["o"], A("att"), A("x"), rows, geo.ew, res=A("x")),
             _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
             _matmul(pk["gate"], w["gate"], A("h"), A("gate"), rows, geo.iw),
             _matmul(pk["up"], w["up"], A("h"), A("up"), rows, geo.iw),
-            Instr(Opcode.SILUMUL, shift=silu_shift, a=A("gate"), out=A("gate"), b=A("up"),
-                  rows=rows, n=s.intermediate, words=geo.iw, mult_b=silu_mult),
-            _matmul(pk["down"], w["down"], A("gate"), A("x"), rows, geo.ew, res=A("x")),
+            Instr(Opcode.SILUMUL, FLAG_RELU2 if ly.act == "relu2" else 0, silu_shift,
+                  a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
+                  words=geo.iw, mult_b=silu_mult),
         ]
+        if ly.mlp_sub_norm is not None:
+            prog.append(_rmsnorm(ly.mlp_sub_norm, A("gate"), A("gate"), rows, s.intermediate,
+                                 geo.iw))
+        prog.append(_matmul(pk["down"], w["down"], A("gate"), A("x"), rows, geo.ew,
+                            res=A("x")))
     prog += [
         _rmsnorm(qd.final_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
         _matmul(packed["lm_head"], W["lm_head"], A("h"), A("logits"), rows, geo.lw),
@@ -424,12 +706,19 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
     return prog
 
 
-def program_instructions(layers: int) -> int:
-    """Instructions of every program (decode or any bucket): ``15 * layers + 6``."""
+def program_instructions(layers) -> int:
+    """Instructions of every program (decode or any bucket): ``15 * layers + 6`` for an int8
+    LLaMA decoder (``layers`` a count); given a :class:`QDecoder`, its exact count (ternary
+    layers: 19 each, plus one per sub-norm and one gamma LOAD per layer that has gammas)."""
+    if isinstance(layers, QDecoder):
+        return 6 + sum(_layer_instructions(ly, any(getattr(ly, nm) is not None
+                                                   for nm in GAMMAS))
+                       for ly in layers.layers)
     return 15 * layers + 6
 
 
-def naive_program_bytes(layers: int, max_context: int, max_rows: int) -> dict:
+def naive_program_bytes(layers: int, max_context: int, max_rows: int,
+                        instructions: int | None = None) -> dict:
     """Program bytes without length-adaptive compilation (the position and the prompt length
     compile-time constants).
 
@@ -444,8 +733,10 @@ def naive_program_bytes(layers: int, max_context: int, max_rows: int) -> dict:
     -------
     dict
         ``decode_bytes``, ``prefill_bytes``, ``total_bytes``.
+
+    ``instructions`` overrides ``program_instructions(layers)`` (a ternary decoder's count).
     """
-    n = program_instructions(layers)
+    n = program_instructions(layers) if instructions is None else instructions
     body = n - 1
     decode = max_context * n * INSTR_BYTES
     chunks = sum(_cdiv(t, max_rows) for t in range(1, max_context + 1))
@@ -457,11 +748,14 @@ def naive_program_bytes(layers: int, max_context: int, max_rows: int) -> dict:
 
 def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets) -> list:
     wpr = geo.words_per_row
-    if wpr > cfg.act_depth:
+    fixed = sum(geo.fixed_words.values())   # the gamma area of a ternary decoder, else 0
+    if wpr + fixed > cfg.act_depth:
+        more = f" plus {fixed} words of gamma codes" if fixed else ""
         raise MappingError(f"one activation row of the decoder needs {wpr} act words "
-                           f"({geo.row_words}), the activation buffer holds act_depth="
-                           f"{cfg.act_depth}; build the accelerator with act_depth >= {wpr}")
-    fits = min(cfg.act_depth // wpr, _U16)
+                           f"({geo.row_words}){more}, the activation buffer holds act_depth="
+                           f"{cfg.act_depth}; build the accelerator with act_depth >= "
+                           f"{wpr + fixed}")
+    fits = min((cfg.act_depth - fixed) // wpr, _U16)
     if prompt_buckets is not None:
         buckets = sorted({int(b) for b in prompt_buckets})
         if not buckets or buckets[0] < 1:
@@ -469,8 +763,8 @@ def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets)
                                "bucket, every bucket >= 1 row")
         if buckets[-1] > fits:
             raise MappingError(f"prefill bucket of {buckets[-1]} rows needs "
-                               f"{buckets[-1] * wpr} act words ({wpr} per row), the activation "
-                               f"buffer holds act_depth={cfg.act_depth}")
+                               f"{buckets[-1] * wpr + fixed} act words ({wpr} per row), the "
+                               f"activation buffer holds act_depth={cfg.act_depth}")
         return buckets
     cap = min(fits, max(1, max_context))
     start = MIN_BUCKET if cap >= MIN_BUCKET else 1
@@ -524,6 +818,15 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     if not cfg.transformer:
         raise MappingError("this accelerator has no transformer units (vector and attention "
                            "units: AccelConfig.transformer); a decoder needs them")
+    for i, ly in enumerate(qd.layers):
+        _check_layer(ly, i)
+    ternary = _is_ternary(qd)
+    if ternary and not cfg.tlmm:
+        tl = [f"L{i}" for i, ly in enumerate(qd.layers) if _layer_ternary(ly, i)]
+        raise MappingError(f"decoder '{qd.name}' has ternary linears (layers "
+                           f"{', '.join(tl)}: TMATMUL) and this accelerator has no TLMM engine "
+                           "(AccelConfig.tlmm); build it with tlmm (board YAML `engine: tlmm: "
+                           "true`) or quantize the weights to int8")
     s = qd.shape
     T = int(qd.max_context)
     geo = _Geometry.of(qd, cfg)
@@ -538,7 +841,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
 
     packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
-    n_instr = program_instructions(len(qd.layers))
+    n_instr = program_instructions(qd)
 
     ib = ImageBuilder(cfg)
     prog_regions = {"decode": ib.reserve("program:decode", "program", n_instr * INSTR_BYTES,
@@ -563,16 +866,40 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
                               f"{slack} zero slack rows")
     wregion, layers_report = {}, []
     for name, pk in packed.items():
+        if isinstance(pk, _TPacked):
+            wregion[name] = ib.append(
+                f"weights:{name}", "weights", pk.data, shape=list(pk.ql.weight.shape),
+                layout=f"TMATMUL block, G={pk.G} T={pk.T} Q={pk.Q}: {pk.n_out} parameter "
+                       f"records, then {pk.index_records} index records of {pk.T * pk.Q} "
+                       "(docs/architecture.md, TMATMUL weight block)")
+            layers_report.append({"name": name, "engine": "tlmm", "format": "ternary",
+                                  "k_groups": pk.k_groups, "n_out": pk.n_out,
+                                  "index_records": pk.index_records,
+                                  "tlmm": {"G": pk.G, "T": pk.T, "Q": pk.Q},
+                                  "out_features": int(pk.ql.weight.shape[0]),
+                                  "in_features": int(pk.ql.weight.shape[1]),
+                                  "weight_bytes": len(pk.data)})
+            continue
         p = pk.plan
         wregion[name] = ib.append(
             f"weights:{name}", "weights", pk.data, shape=list(pk.ql.weight.shape),
             layout=f"{p.fmt.label}: {p.n_tiles} tiles x {p.tile_mem_rows} rows of "
                    f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
-        layers_report.append({"name": name, "format": p.fmt.label, "k_words": p.k_words,
-                              "n_tiles": p.n_tiles, "tile_mem_rows": p.tile_mem_rows,
+        layers_report.append({"name": name, "engine": "mpe", "format": p.fmt.label,
+                              "k_words": p.k_words, "n_tiles": p.n_tiles,
+                              "tile_mem_rows": p.tile_mem_rows,
                               "out_features": int(pk.ql.weight.shape[0]),
                               "in_features": int(pk.ql.weight.shape[1]),
                               "weight_bytes": len(pk.data)})
+    gregion = {}
+    for i, ly in enumerate(qd.layers):
+        blk = _gamma_block(ly, geo, s) if ternary else None
+        if blk is not None:
+            gregion[i] = ib.append(
+                f"weights:L{i}.gamma", "weights", blk.tobytes(), shape=[geo.gw * L],
+                words=geo.gw,
+                layout="int8 gamma codes of ABSQUANT, slots (name, word, words) "
+                       f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
     kv_rows = T + slack
     kv_bytes = kv_rows * geo.kv_stride * SB
     k_regions, v_regions = [], []
@@ -598,7 +925,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
 
     ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
                 weights={k: r.addr for k, r in wregion.items()},
-                k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions))
+                k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions),
+                gammas={i: r.addr for i, r in gregion.items()})
     image = bytearray(image)
     infos = {}
     for key, region in prog_regions.items():
@@ -612,7 +940,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
         infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
 
     decode = infos.pop("decode")
-    naive = naive_program_bytes(len(qd.layers), T, max_rows)
+    naive = naive_program_bytes(len(qd.layers), T, max_rows, instructions=n_instr)
     shared = decode.nbytes + sum(p.nbytes for p in infos.values())
     reports = {
         "programs": {"decode": {"count": 1, "bytes": decode.nbytes},
@@ -626,6 +954,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
         "act_words_per_row": geo.words_per_row,
         "layers": layers_report,
     }
+    if ternary:
+        reports["tlmm"] = {"G": cfg.tlmm_g, "T": cfg.tlmm_t, "Q": cfg.tlmm_q,
+                           "acc_depth": cfg.tlmm_acc_depth,
+                           "lookups_per_cycle": cfg.tlmm_t * cfg.tlmm_q,
+                           "ternary_macs_per_cycle": cfg.tlmm_t * cfg.tlmm_q * cfg.tlmm_g,
+                           "gamma_bytes": sum(r.nbytes for r in gregion.values())}
     io = IoLayout(ids_addr=r_ids.addr, ids_bytes=r_ids.nbytes, logits_addr=r_logits.addr,
                   logits_words=geo.lw, logits_row_bytes=geo.lw * L, vocab=s.vocab,
                   max_rows=max_rows)

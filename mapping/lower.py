@@ -4,6 +4,11 @@ This is the only place that knows both the IR (``hwflow.compiler``) and the hard
 (``hwflow.hw``): one MATMUL per ``qlinear``, one VADD per ``qadd``, LOAD for every input,
 STORE for every output, END.
 
+A ternary ``qlinear`` (attribute ``ternary``, docs/architecture.md "Ternary path (v4)") runs on
+the TLMM engine instead: ABSQUANT of its input into a scratch area above every allocation of
+the memory plan (the quantized rows ``xq`` and the rows' absmax ``m``), then TMATMUL on them
+with the weight block of ``mapping.ternary_format``. An engine without TLMM refuses it.
+
 Every ``qlinear`` runs in the weight format :func:`weight_format.choose_format` picks for the
 engine: the layer's own N:M sparsity and weight width when the engine runs them, otherwise the
 fastest mode its effective int8 weight satisfies (always exact). The per-layer report says which
@@ -20,6 +25,7 @@ from hwflow.hw.isa import FLAG_INT4, FLAG_RELU, FLAG_RESIDUAL, INSTR_BYTES, Inst
 
 from .errors import MappingError
 from .memory_image import ImageBuilder, MemoryMap, pack_rows
+from .ternary_format import block_layout, pack_ternary_block
 from .weight_format import (
     LayerFormat,
     channels_per_tile,
@@ -140,8 +146,112 @@ def _layer_report(name: str, op, rows: int, plan: WeightPlan, nbytes: int) -> di
             "macs": rows * n * k, "weight_bytes": nbytes}
 
 
+def is_ternary(op) -> bool:
+    """Whether a ``qlinear`` carries ternary weights (the TLMM engine's layers)."""
+    return op.kind == "qlinear" and bool(op.attrs.get("ternary", False))
+
+
+@dataclass(frozen=True)
+class TernaryPlan:
+    """How one ternary ``qlinear`` runs on the TLMM engine (the TMATMUL's fields).
+
+    Attributes
+    ----------
+    G, T, Q : int
+        Engine group size, tables and table replicas (``AccelConfig.tlmm_g/t/q``).
+    k_groups : int
+        ``ceil(K / G)``.
+    layout : dict
+        :func:`mapping.ternary_format.block_layout` of the weight block.
+    x_words : int
+        Act words between rows of the input (and of its quantized copy ``xq``).
+    scratch_words : int
+        Words of the ``xq`` area: the rows at ``x_words`` apart plus what the engine reads past
+        the last row's K (whole chunks of ``T * G`` bytes).
+    """
+
+    G: int
+    T: int
+    Q: int
+    k_groups: int
+    layout: dict
+    x_words: int
+    scratch_words: int
+
+
+def plan_ternary(name: str, op, x_mem, cfg: AccelConfig) -> TernaryPlan:
+    """Check that the engine runs a ternary ``qlinear`` and size its TMATMUL.
+
+    Raises
+    ------
+    MappingError
+        The engine has no TLMM unit, or the layer has more output channels than its
+        accumulator (``tlmm_acc_depth``).
+    """
+    n, k = op.attrs["weight"].shape
+    if not cfg.tlmm:
+        raise MappingError(
+            f"layer '{name}' has ternary weights, but this board's accelerator has no TLMM "
+            "engine; use a board whose YAML has `engine: tlmm: true`, or compile with "
+            "--weights int8")
+    if n > cfg.tlmm_acc_depth:
+        raise MappingError(
+            f"layer '{name}' has {n} output channels, the TLMM accumulator holds "
+            f"tlmm_acc_depth={cfg.tlmm_acc_depth}; build the engine with tlmm_acc_depth >= {n}")
+    G, T, Q, L = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len
+    lay = block_layout(n, k, G, T, Q, cfg.beat_bytes)
+    read = -(-lay["n_chunks"] * T * G // L)        # words the engine reads from a row's start
+    scratch = (x_mem.rows - 1) * x_mem.words + max(x_mem.words, read) if x_mem.rows else 0
+    return TernaryPlan(G, T, Q, lay["k_groups"], lay, x_mem.words, scratch)
+
+
+def _alloc_top(graph) -> int:
+    """First activation word above every allocation of the memory plan."""
+    return max((op.mem.addr + op.mem.span for op in (graph.nodes[n]["op"] for n in graph.nodes)
+                if op.mem is not None), default=0)
+
+
+def _ternary_report(name: str, op, rows: int, tp: TernaryPlan, nbytes: int) -> dict:
+    a = op.attrs
+    n, k = a["weight"].shape
+    return {"name": name, "kind": "qlinear", "engine": "tlmm", "rows": rows,
+            "in_features": k, "out_features": n, "k_groups": tp.k_groups,
+            "index_records": tp.layout["records"], "format": "ternary", "sparsity": "dense",
+            "weights": "ternary", "requested_format": "ternary",
+            "relu": bool(a["relu"]), "residual": len(op.inputs) > 1,
+            "macs": rows * n * k, "weight_bytes": nbytes,
+            "tlmm": {"G": tp.G, "T": tp.T, "Q": tp.Q,
+                     "lookups": rows * tp.layout["records"]}}
+
+
 def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
-    """Lower a memory-planned graph; ``inputs`` maps input names to int8 arrays for the image."""
+    """Lower a memory-planned graph; ``inputs`` maps input names to int8 arrays for the image.
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        Scheduled, memory-planned IR (``qlinear``, ``qadd``, ``reshape``, ``input``,
+        ``output``).
+    cfg : AccelConfig
+        The accelerator the program is for.
+    inputs : dict
+        Input name -> int8 array written into the image's input region.
+
+    Returns
+    -------
+    Lowered
+        The program, the memory image and map, and one report per ``qlinear``/``qadd``
+        (``engine``: ``"mpe"``, ``"tlmm"`` or ``"epilogue"``; TLMM layers also
+        ``tlmm: {G, T, Q, lookups}``, ``lookups`` the layer's lookup records: cycles of ``T·Q``
+        lookups).
+
+    Raises
+    ------
+    MappingError
+        A node without a hardware mapping, a missing allocation, a weight ring or TLMM
+        accumulator too small, a ternary layer on an engine without TLMM, or an activation
+        buffer without room for the TLMM scratch area.
+    """
     schedule = graph.graph["schedule"]
     in_names = [n for n in schedule if _op(graph, n).kind == "input"]
     out_names = [n for n in schedule if _op(graph, n).kind == "output"]
@@ -152,14 +262,31 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         op = _op(graph, unknown[0])
         raise MappingError(f"node '{unknown[0]}' ({op.kind}) has no hardware mapping; "
                            "run the fuse pass first")
-    n_instr = len(in_names) + len(compute) + len(out_names) + 1
+    ternary = [n for n in compute if is_ternary(_op(graph, n))]
+    n_instr = len(in_names) + len(compute) + len(ternary) + len(out_names) + 1
 
     b = ImageBuilder(cfg)
     prog_region = b.reserve("program", "program", n_instr * INSTR_BYTES)
-    layers, wregion, plans = [], {}, {}
+    layers, wregion, plans, tplans = [], {}, {}, {}
     for name in compute:
         op = _op(graph, name)
         if op.kind != "qlinear":
+            continue
+        if is_ternary(op):
+            tplans[name] = tp = plan_ternary(name, op, _mem(graph, op.inputs[0]), cfg)
+            a = op.attrs
+            try:
+                data = pack_ternary_block(a["weight"], a["bias"], a["mult"], tp.G, tp.T, tp.Q,
+                                          cfg.beat_bytes)
+            except ValueError as e:
+                raise MappingError(f"layer '{name}': cannot pack its ternary weights: {e}") \
+                    from None
+            n_out = a["weight"].shape[0]
+            layout = (f"TMATMUL block, G={tp.G} T={tp.T} Q={tp.Q}: {n_out} parameter records, "
+                      f"then {tp.layout['records']} index records of {tp.T * tp.Q} "
+                      "(docs/architecture.md, TMATMUL weight block)")
+            wregion[name] = b.append(f"weights:{name}", "weights", data,
+                                     shape=list(a["weight"].shape), layout=layout)
             continue
         plans[name] = plan_weights(name, op, cfg)
         data = _pack_layer(name, op, cfg, plans[name])
@@ -181,6 +308,17 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         b.append(name, op.kind, data, shape=shape, rows=mem.rows, words=mem.words,
                  features=features, scale=float(scale))
 
+    # TLMM scratch, shared by every ternary layer (one runs at a time): xq rows, then m
+    xq_addr = _alloc_top(graph)
+    m_addr = xq_addr + max((tp.scratch_words for tp in tplans.values()), default=0)
+    if tplans:
+        m_words = max(-(-2 * _mem(graph, n).rows // cfg.chain_len) for n in tplans)
+        if m_addr + m_words > cfg.act_depth:
+            raise MappingError(
+                f"the TLMM scratch area (quantized rows and absmax, {m_addr + m_words - xq_addr} "
+                f"words) does not fit above the activations ({xq_addr} words): "
+                f"{m_addr + m_words} words needed, act_depth={cfg.act_depth}")
+
     image, mm = b.finish()
     prog = []
     for name in in_names:
@@ -192,7 +330,21 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         a = op.attrs
         mem = _mem(graph, name)
         flags = FLAG_RELU if a["relu"] else 0
-        if op.kind == "qlinear":
+        if is_ternary(op):
+            x = _mem(graph, op.inputs[0])
+            tp = tplans[name]
+            n, k = a["weight"].shape
+            res = _mem(graph, op.inputs[1]).addr if len(op.inputs) > 1 else 0
+            if len(op.inputs) > 1:
+                flags |= FLAG_RESIDUAL
+            prog.append(Instr(Opcode.ABSQUANT, a=x.addr, out=xq_addr, rows=x.rows,
+                              m_addr=m_addr, n=k, words=x.words))
+            prog.append(Instr(Opcode.TMATMUL, flags, a["shift"], ext=wregion[name].addr,
+                              a=xq_addr, out=mem.addr, b=res, rows=mem.rows,
+                              k_groups=tp.k_groups, n_out=n, x_words=tp.x_words,
+                              words=mem.words, mult_b=int(a["res_mult"]), m_addr=m_addr))
+            layers.append(_ternary_report(name, op, mem.rows, tp, wregion[name].nbytes))
+        elif op.kind == "qlinear":
             x = _mem(graph, op.inputs[0])
             n = a["weight"].shape[0]
             plan = plans[name]

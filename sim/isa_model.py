@@ -6,6 +6,12 @@ the doc's field layout names ("Transformer path (v3)"). The POS register is an a
 :class:`IsaModel` (and of :meth:`IsaModel.run`). Memory traffic is counted per region kind
 ("Memory traffic") when the model is given the memory map.
 
+The ternary instructions ("Ternary path (v4)") are ABSQUANT (``golden.ternary.absmax_quant``)
+and TMATMUL: its weight block is decoded by
+:func:`hwflow.mapping.ternary_format.unpack_ternary_block`, the group indices are looked up in
+the tables ``golden.ternary.group_table`` defines, and the epilogue is
+``golden.int8.requantize(acc * m, ...)``; SILUMUL with flag RELU2 is ``golden.llm.relu2_mul``.
+
 This is the executable form of the contract between the mapper and the RTL. The arithmetic is not
 re-implemented here: every number comes from :mod:`hwflow.golden.int8` (``matmul``,
 ``requantize``, ``residual_add``), and instructions are decoded with :func:`hwflow.hw.isa.decode`,
@@ -29,18 +35,22 @@ import numpy as np
 
 from hwflow.golden import int8 as golden
 from hwflow.golden import llm as golden_llm
+from hwflow.golden import ternary as golden_t
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     ERROR_GATHER_RANGE,
     ERROR_ILLEGAL_MODE,
     ERROR_ILLEGAL_OPCODE,
+    FLAG_GAMMA,
     FLAG_INT4,
     FLAG_POS,
+    FLAG_RELU2,
     INSTR_BYTES,
     Instr,
     Opcode,
     decode,
 )
+from hwflow.mapping.ternary_format import block_layout, unpack_ternary_block
 from hwflow.mapping.weight_format import (
     LayerFormat,
     channels_per_tile,
@@ -64,7 +74,10 @@ __all__ = [
 
 
 #: Instructions of the transformer path (illegal on an engine built without it).
-_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.RMSNORM, Opcode.ROPE, Opcode.SILUMUL, Opcode.ATTN)
+_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN)
+#: Instructions of the vector unit, built with the transformer path or the TLMM engine
+#: (``AccelConfig.vector_unit``).
+_VECTOR_OPS = (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT)
 
 
 class IsaError(Exception):
@@ -139,7 +152,8 @@ class IsaStats:
         channels (an N:M layer does them in ``1/r`` of the slots; the K padding to a multiple of
         L is still counted, the mapper knows the true K).
     weight_read_bytes : int
-        Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``.
+        Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``, and over
+        TMATMULs of the parameter super-beats plus ``rows`` times the index stream's.
     ext_read_bytes, ext_write_bytes : int
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
         per MATMUL, as the hardware's tiles-outer loop order does), and by GATHER and ATTN.
@@ -150,7 +164,18 @@ class IsaStats:
         into it (sequential fetch; a STORE drops the fetched super-beat, as the controller
         does). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and one table row per
         row; ATTN reads, per query row b and query head, cache rows ``0..POS+b`` of K and of
-        V (``kv_stride`` super-beats each: every kv head of the row).
+        V (``kv_stride`` super-beats each: every kv head of the row). TMATMUL reads its
+        parameter super-beats once and its index stream once per row (the engine re-streams
+        the indices for every row).
+    tlmm_lookups : int
+        TLMM lookup records: sum over TMATMULs of ``rows * ceil(k_groups / T) * ceil(n_out /
+        Q)``; each record is ``T * Q`` lookups (``T * Q * G`` ternary MACs, padding included).
+    tlmm_busy_cycles : int
+        Cycles in which the TLMM engine did its ``T * Q`` lookups: one per record, the RTL's
+        TLMM_BUSY register (0x208/0x20C) when the engine is never stalled mid-record.
+    tlmm_macs_valid : int
+        Sum over TMATMULs of ``rows * n_out * k_groups * G``: ternary MACs on valid output
+        channels (K padded to whole groups).
     """
 
     retired: int = 0
@@ -162,6 +187,9 @@ class IsaStats:
     ext_read_bytes: int = 0
     ext_write_bytes: int = 0
     traffic: dict = field(default_factory=lambda: dict.fromkeys(TRAFFIC_KEYS, 0))
+    tlmm_lookups: int = 0
+    tlmm_busy_cycles: int = 0
+    tlmm_macs_valid: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -174,6 +202,9 @@ class IsaStats:
             "ext_read_bytes": self.ext_read_bytes,
             "ext_write_bytes": self.ext_write_bytes,
             "traffic": dict(self.traffic),
+            "tlmm_lookups": self.tlmm_lookups,
+            "tlmm_busy_cycles": self.tlmm_busy_cycles,
+            "tlmm_macs_valid": self.tlmm_macs_valid,
         }
 
 
@@ -486,7 +517,8 @@ class IsaModel:
         self._check_out(ins, ((ins.a, "a (gate)"), (ins.b, "b (up)")), words)
         g = self._act_rows(ins.a, rows, words, words, "SILUMUL a")[:, :n]
         u = self._act_rows(ins.b, rows, words, words, "SILUMUL b")[:, :n]
-        y = golden_llm.silu_mul(g, u, ins.mult_b, ins.shift)
+        kernel = golden_llm.relu2_mul if ins.flags & FLAG_RELU2 else golden_llm.silu_mul
+        y = kernel(g, u, ins.mult_b, ins.shift)
         self._write_rows(ins.out, words, self._padded(y, words), "SILUMUL out")
 
     def _rope(self, ins: Instr) -> None:
@@ -542,7 +574,109 @@ class IsaModel:
                                  ins.smul, ins.sshift, ins.omul, ins.shift)
         self._write_rows(ins.out, ins.q_words, y, "ATTN out")
 
-    # -- driver --------------------------------------------------------------------------------
+    # -- ternary instructions (docs/architecture.md, "Ternary path (v4)") ---------------------
+
+    def _m_bytes(self, m_addr: int, rows: int, what: str) -> tuple[int, int]:
+        """Byte range ``[lo, hi)`` of the rows' u16 absmax values in the flat activation buffer."""
+        L = self.cfg.chain_len
+        self._act_range(m_addr, -(-2 * rows // L), what)
+        return m_addr * L, m_addr * L + 2 * rows
+
+    def _absquant(self, ins: Instr) -> None:
+        L, rows, n, words = self.cfg.chain_len, ins.rows, ins.n, ins.words
+        if n > words * L:
+            self._fail(IsaError, f"ABSQUANT: n={n} > words*L = {words * L}")
+        self._check_out(ins, ((ins.a, "a"),), words)
+        m_lo, m_hi = self._m_bytes(ins.m_addr, rows, "ABSQUANT m")
+        o0, o1 = self._span(ins.out, rows, words, words)
+        if rows and _overlap(m_lo, m_hi, o0 * L, o1 * L):
+            self._fail(IsaError, "ABSQUANT: the m area overlaps the output rows")
+        x = self._act_rows(ins.a, rows, words, words, "ABSQUANT a")[:, :n]
+        gamma = None
+        if ins.flags & FLAG_GAMMA:
+            gamma = self._act_rows(ins.g, 1, 1, -(-n // L), "ABSQUANT gamma")[0, :n]
+        xq, m = golden_t.absmax_quant(x, gamma)
+        self._write_rows(ins.out, words, self._padded(xq, words), "ABSQUANT out")
+        if rows:
+            flat = self.act.reshape(-1).view(np.uint8)
+            flat[m_lo:m_hi] = m.astype("<u2").view(np.uint8)
+
+    def _tmatmul(self, ins: Instr) -> None:
+        cfg = self.cfg
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        G, T, Q = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q
+        rows, kg, n_out, xw, words = ins.rows, ins.k_groups, ins.n_out, ins.x_words, ins.words
+        if kg == 0 or n_out == 0:
+            self._fail(IsaError, f"TMATMUL: k_groups={kg}, n_out={n_out} must be > 0")
+        if n_out > cfg.tlmm_acc_depth:
+            self._fail(IsaError, f"TMATMUL: n_out={n_out} > tlmm_acc_depth="
+                       f"{cfg.tlmm_acc_depth} (the accumulator's depth)")
+        if n_out > words * L:
+            self._fail(IsaError, f"TMATMUL: n_out={n_out} > words*L = {words * L}")
+        lay = block_layout(n_out, kg * G, G, T, Q, SB)
+        # the engine reads whole chunks of T*G bytes of every row (bytes past the row's K are
+        # looked up with the padding index, so their value does not matter)
+        xread = -(-lay["n_chunks"] * T * G // L)
+        o_span = self._span(ins.out, rows, words, words)
+        if _overlap(*o_span, *self._span(ins.a, rows, xw, xread)):
+            self._fail(IsaError, "TMATMUL: output rows overlap the input rows x")
+        m_lo, m_hi = self._m_bytes(ins.m_addr, rows, "TMATMUL m")
+        if rows and _overlap(m_lo, m_hi, o_span[0] * L, o_span[1] * L):
+            self._fail(IsaError, "TMATMUL: the m area overlaps the output rows")
+
+        param_bytes, stream_bytes = lay["param_beats"] * SB, lay["stream_beats"] * SB
+        lo, hi = self._ext_range(ins.ext, param_bytes + stream_bytes, "TMATMUL weights")
+        try:
+            t, bias, mult = unpack_ternary_block(self.mem[lo:hi].tobytes(), n_out, kg * G, G,
+                                                 T, Q, SB)
+        except ValueError as e:
+            self._fail(IsaError, f"TMATMUL: malformed weight block: {e}")
+        idx = golden_t.encode_groups(t, G)                      # [n_out, k_groups]
+
+        x = self._act_rows(ins.a, rows, xw, xread, "TMATMUL x")[:, :kg * G].astype(np.int64)
+        m = self.act.reshape(-1).view(np.uint8)[m_lo:m_hi].copy().view("<u2").astype(np.int64)
+        # golden.ternary.lookup_matmul, vectorized: per row and group the 3**G-entry table
+        # (column i of `digits` is group_table of the unit vector e_i), indexed by the weights
+        digits = np.stack([golden_t.group_table(e) for e in np.eye(G, dtype=np.int64)], axis=1)
+        tables = x.reshape(rows, kg, G) @ digits.T              # [rows, k_groups, 3**G]
+        acc = tables[:, np.arange(kg)[None, :], idx].sum(axis=-1)   # [rows, n_out]
+        res = None
+        if ins.residual:
+            res = self._act_rows(ins.b, rows, words, words, "TMATMUL res")[:, :n_out]
+        y = golden.requantize(acc * m[:, None], bias, mult, ins.shift, ins.relu, res=res,
+                              res_mult=ins.mult_b)
+        out = np.zeros((rows, words * L), dtype=np.int8)
+        out[:, :n_out] = y
+        self._write_rows(ins.out, words, out, "TMATMUL out")
+
+        s = self.stats
+        records = rows * lay["records"]
+        s.tlmm_lookups += records
+        s.tlmm_busy_cycles += records
+        s.tlmm_macs_valid += rows * n_out * kg * G
+        # parameters once per instruction, the index stream again for every row
+        nbytes = param_bytes + rows * stream_bytes
+        s.weight_read_bytes += nbytes
+        s.ext_read_bytes += nbytes
+        self._traffic(ins.ext, param_bytes, False)
+        stream_sb = ins.ext + lay["param_beats"]
+        for _ in range(rows):
+            self._traffic(stream_sb, stream_bytes, False)
+
+    def _check_built(self, ins: Instr) -> None:
+        """IllegalInstruction for an instruction of a unit this engine was built without: the
+        RTL stops with ERROR = 1 (docs/architecture.md, "Transformer path", "Ternary path")."""
+        cfg = self.cfg
+        if not cfg.transformer and (ins.op in _TRANSFORMER_OPS or (
+                ins.op in (Opcode.LOAD, Opcode.STORE) and ins.flags & FLAG_POS)):
+            self._fail(IllegalInstruction, f"{ins.op.name} needs the transformer units "
+                       "(AccelConfig.transformer)")
+        if not cfg.vector_unit and ins.op in _VECTOR_OPS:
+            self._fail(IllegalInstruction, f"{ins.op.name} needs the vector unit "
+                       "(AccelConfig.transformer or AccelConfig.tlmm)")
+        if not cfg.tlmm and ins.op == Opcode.TMATMUL:
+            self._fail(IllegalInstruction, "TMATMUL needs the TLMM engine (AccelConfig.tlmm; "
+                       "boards: engine: tlmm: true)")
 
     def run(self, prog_base: int, max_instructions: int = 1_000_000,
             pos: int | None = None) -> IsaStats:
@@ -551,7 +685,8 @@ class IsaModel:
         Raises
         ------
         IllegalInstruction
-            Unknown opcode.
+            Unknown opcode, or an instruction of a unit the engine was built without
+            (transformer path, vector unit, TLMM engine).
         IllegalMode
             MATMUL mode (N:M, int4) this engine cannot run.
         GatherRangeError
@@ -571,7 +706,8 @@ class IsaModel:
                     Opcode.MATMUL: self._matmul, Opcode.VADD: self._vadd,
                     Opcode.GATHER: self._gather, Opcode.RMSNORM: self._rmsnorm,
                     Opcode.ROPE: self._rope, Opcode.SILUMUL: self._silumul,
-                    Opcode.ATTN: self._attn}
+                    Opcode.ATTN: self._attn, Opcode.ABSQUANT: self._absquant,
+                    Opcode.TMATMUL: self._tmatmul}
         while True:
             if self._index >= max_instructions:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")
@@ -585,11 +721,7 @@ class IsaModel:
                 ins = decode(raw)
             except ValueError:
                 self._fail(IllegalInstruction, f"illegal opcode 0x{raw[0]:02x}")
-            if not self.cfg.transformer and (ins.op in _TRANSFORMER_OPS or (
-                    ins.op in (Opcode.LOAD, Opcode.STORE) and ins.flags & FLAG_POS)):
-                # the RTL built without the transformer units stops with ERROR = 1
-                self._fail(IllegalInstruction, f"{ins.op.name} needs the transformer units "
-                           "(AccelConfig.transformer)")
+            self._check_built(ins)
             self.stats.retired += 1
             self.stats.ext_read_bytes += INSTR_BYTES
             self.stats.by_opcode[ins.op.name] = self.stats.by_opcode.get(ins.op.name, 0) + 1

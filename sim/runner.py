@@ -92,6 +92,9 @@ class SimResult:
     ----------
     cycles, mpe_busy, retired, error : int
         The CYCLES, MPE_BUSY, RETIRED and ERROR registers after the run.
+    tlmm_busy : int
+        The TLMM_BUSY register (0x208/0x20C): cycles in which the TLMM engine did its ``T·Q``
+        lookups (0 on an engine without TLMM).
     done : bool
         ``irq`` rose before ``timeout_cycles``.
     regions : list of bytes
@@ -127,6 +130,7 @@ class SimResult:
     regions: list = field(default_factory=list)
     run_wall_s: float = 0.0
     total_wall_s: float = 0.0
+    tlmm_busy: int = 0
     build_s: float = 0.0
     mem_rd_beats: int = 0
     mem_wr_beats: int = 0
@@ -150,6 +154,9 @@ class StepResult:
     ----------
     cycles, mpe_busy, retired, error : int
         The CYCLES, MPE_BUSY, RETIRED and ERROR registers after the run.
+    tlmm_busy : int
+        The TLMM_BUSY register (0x208/0x20C): cycles in which the TLMM engine did its ``T·Q``
+        lookups (0 on an engine without TLMM).
     done : bool
         ``irq`` rose before ``timeout_cycles``.
     traffic : dict
@@ -178,6 +185,7 @@ class StepResult:
     token: int | None = None
     run_wall_s: float = 0.0
     mismatches: list = field(default_factory=list)
+    tlmm_busy: int = 0
 
     @property
     def cycles_per_s(self) -> float:
@@ -604,6 +612,7 @@ def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
     return SimResult(
         cycles=r["cycles"], mpe_busy=r["mpe_busy"], retired=r["retired"], error=r["error"],
         done=r["done"], regions=data, run_wall_s=r["run_wall_s"],
+        tlmm_busy=r.get("tlmm_busy", 0),
         total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
         mem_rd_beats=r["mem_rd_beats"], mem_wr_beats=r["mem_wr_beats"],
         mismatches=r["mismatches"], mem_oob=r["mem_oob"], passed=failed is None, work_dir=work,
@@ -692,7 +701,8 @@ def simulate_steps(cfg: AccelConfig, verilog: str, image: bytes, steps: list[dic
             cycles=rs["cycles"], mpe_busy=rs["mpe_busy"], retired=rs["retired"],
             error=rs["error"], done=rs["done"], traffic=rs["traffic"],
             regions=[Path(reg["path"]).read_bytes() for reg in js["readback"]],
-            token=rs.get("token"), run_wall_s=rs["run_wall_s"], mismatches=rs["mismatches"]))
+            token=rs.get("token"), run_wall_s=rs["run_wall_s"], mismatches=rs["mismatches"],
+            tlmm_busy=rs.get("tlmm_busy", 0)))
     return StepsResult(steps=out, mem_oob=r["mem_oob"], passed=failed is None,
                        total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
                        work_dir=work, waves=waves_path)

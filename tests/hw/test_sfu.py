@@ -1,4 +1,5 @@
-"""VectorUnit (RMSNORM, ROPE, SILUMUL) on a real ActivationBuffer against golden.llm."""
+"""VectorUnit (RMSNORM, ROPE, SILUMUL with and without RELU2, ABSQUANT) on a real
+ActivationBuffer against golden.llm and golden.ternary."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hwflow.golden import llm as golden
+from hwflow.golden import ternary
 from hwflow.hw.buffers import ActivationBuffer
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import Opcode
-from hwflow.hw.sfu import SILU_ROM, VectorUnit
+from hwflow.hw.isa import FLAG_GAMMA, FLAG_RELU2, Opcode
+from hwflow.hw.sfu import RELU2_ROM, SILU_ROM, VectorUnit
 
 from ._lint import assert_lints_clean
 
@@ -64,9 +66,16 @@ def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift):
                  n | words << 16, mult)
 
 
-def silumul_ins(a, b, out, rows, n, words, mult, shift):
-    return _pack(Opcode.SILUMUL | shift << 16, 0, a | out << 16, b | rows << 16, 0,
+def silumul_ins(a, b, out, rows, n, words, mult, shift, relu2=False):
+    flags = FLAG_RELU2 if relu2 else 0
+    return _pack(Opcode.SILUMUL | flags << 8 | shift << 16, 0, a | out << 16, b | rows << 16, 0,
                  n | words << 16, mult)
+
+
+def absquant_ins(a, out, g, rows, m_addr, n, words, gamma=False):
+    flags = FLAG_GAMMA if gamma else 0
+    return _pack(Opcode.ABSQUANT | flags << 8, 0, a | out << 16, g | rows << 16, m_addr,
+                 n | words << 16)
 
 
 def rope_ins(a, cs, cs_words, rows, heads, hd, head_stride, words):
@@ -83,9 +92,21 @@ def _field(v, lo, hi):
 def reference(mem: np.ndarray, ins: int, L: int) -> None:
     """Execute ``ins`` on ``mem`` (int8, depth*L bytes) in place, as the doc defines it."""
     w = [_field(ins, 32 * k, 32 * k + 32) for k in range(8)]
-    op, shift = w[0] & 0xFF, _field(w[0], 16, 22)
+    op, flags, shift = w[0] & 0xFF, _field(w[0], 8, 16), _field(w[0], 16, 22)
     rows = w[3] >> 16
-    if op in (Opcode.RMSNORM, Opcode.SILUMUL):
+    if op == Opcode.ABSQUANT:
+        a, out, g, m_addr = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF, w[4] & 0xFFFF
+        n, words = w[5] & 0xFFFF, w[5] >> 16
+        gamma = mem[g * L:g * L + n].astype(np.int64) if flags & FLAG_GAMMA else None
+        for r in range(rows):
+            x = mem[(a + r * words) * L:][:n].astype(np.int64)
+            xq, m = ternary.absmax_quant(x[None], None if gamma is None else gamma[None])
+            mb = m_addr * L + 2 * r
+            mem[mb:mb + 2] = np.array([m[0]], dtype="<u2").view(np.int8)
+            o = (out + r * words) * L
+            mem[o:o + words * L] = 0
+            mem[o:o + n] = xq[0]
+    elif op in (Opcode.RMSNORM, Opcode.SILUMUL):
         a, out, b = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
         n, words, mult = w[5] & 0xFFFF, w[5] >> 16, w[6] & 0xFFFF
         for r in range(rows):
@@ -94,7 +115,8 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
                 y = golden.rmsnorm(x[None], w[4], mult, shift)[0]
             else:
                 u = mem[(b + r * words) * L:][:n].astype(np.int64)
-                y = golden.silu_mul(x, u, mult, shift)
+                fn = golden.relu2_mul if flags & FLAG_RELU2 else golden.silu_mul
+                y = fn(x, u, mult, shift)
             o = (out + r * words) * L
             mem[o:o + words * L] = 0
             mem[o:o + n] = y
@@ -185,6 +207,10 @@ def test_silu_rom_equals_golden():
     assert SILU_ROM == [int(v) for v in golden.SILU_LUT]
 
 
+def test_relu2_rom_equals_golden():
+    assert RELU2_ROM == [int(v) for v in golden.RELU2_LUT]
+
+
 @pytest.mark.parametrize("L", [4, 16])
 def test_rmsnorm(L):
     rng = np.random.default_rng(L)
@@ -253,6 +279,91 @@ def test_silumul(L):
 
 
 @pytest.mark.parametrize("L", [4, 16])
+def test_silumul_relu2(L):
+    """SILUMUL with flag RELU2 (golden.llm.relu2_mul), mixed with plain SILUMUL."""
+    rng = np.random.default_rng(150 + L)
+    depth = 128
+    mem = _rand_mem(rng, depth, L)
+    n = 22 if L == 4 else 120
+    words = -(-n // L) + 1
+    gate, up, out = 0, 3 * words, 6 * words
+    # ROM[127] * 127 * 65535 ~ 2**37: extremes of the ROM and of up, saturating both ways
+    _put(mem, (gate + 2 * words) * L, ([127, -128, 1, 0, 127, 126] * n)[:n])
+    _put(mem, (up + 2 * words) * L, ([-128, 127, 127, -128] * n)[:n])
+    program = [
+        silumul_ins(gate, up, out, 3, n, words, int(rng.integers(1, 65536)), 30, relu2=True),
+        silumul_ins(gate, up, out, 3, n, words, 65535, 0, relu2=True),       # saturation
+        silumul_ins(gate, up, gate, 2, n - 1, words, 300, 20, relu2=True),   # out == gate
+        silumul_ins(up, gate, up, 2, n, words, 40000, 27),                   # SILU again
+        silumul_ins(gate + 2 * words, up + 2 * words, out, 1, n, words, 65535, 37, relu2=True),
+    ]
+    cycles = check(L, depth, mem, program)
+    nw = -(-n // L)
+    assert cycles[0] == 3 * (nw * (L + 1) + (words - nw) + 2) + 9, cycles
+
+
+def _absquant_cycles(rows, n, words, L, gamma):
+    nw = -(-n // L)
+    return rows * (2 * nw * (L + int(gamma)) + (words - nw) + 42) + 9
+
+
+@pytest.mark.parametrize("L", [4, 16])
+def test_absquant(L):
+    """ABSQUANT vs golden.ternary.absmax_quant: random rows with and without gamma (negative
+    entries included), in place, m = 0 rows, the largest m (-128 * -128 = 16384), n not a
+    multiple of L, n = 0, m written as u16 at byte 2b of the words from m_addr."""
+    rng = np.random.default_rng(400 + L)
+    depth = 128
+    mem = _rand_mem(rng, depth, L)
+    n = 22 if L == 4 else 120              # never a multiple of L
+    nw = -(-n // L)
+    words = nw + 1
+    x, out, g, ma = 0, 4 * words, 8 * words, 9 * words
+    # row 2 of x: small values (m small, R large); row 3: all zero (m = 0)
+    _put(mem, (x + 2 * words) * L, rng.integers(-3, 4, size=n))
+    _put(mem, (x + 3 * words) * L, [0] * n)
+    gvec = rng.integers(-128, 128, size=n)
+    gvec[:4] = [-128, 0, 127, -1]
+    _put(mem, g * L, gvec)
+    program = [
+        absquant_ins(x, out, g, 4, ma, n, words),                   # no gamma, m = 0 row
+        absquant_ins(x, out, g, 4, ma + 2, n, words, gamma=True),   # gamma, m at word ma + 2
+        absquant_ins(x, x, g, 3, ma, n - 5, words, gamma=True),     # in place
+        absquant_ins(out, out, g, 2, ma, n, words),                 # in place, no gamma
+        absquant_ins(x, out, g, 1, ma, 0, words),                   # n = 0: m = 0, zero fill
+    ]
+    # the largest m: x = -128 and gamma = -128 in one element (16384 = 2**14); -128 with
+    # gamma 127 elsewhere (-16256), and 1 * gamma (tiny values round to 0 or +-1)
+    big = x + 2 * words
+    row = rng.integers(-128, 128, size=n)
+    row[[0, 1, 2]] = [-128, -128, 1]
+    _put(mem, big * L, row)
+    program.append(absquant_ins(big, out, g, 1, ma, n, words, gamma=True))
+    # m = 0 with gamma (gamma 0 everywhere x is nonzero): a zero row out
+    _put(mem, (g + 1) * L, [0] * n)
+    program.append(absquant_ins(x, out, g + 1, 2, ma + 1, n, words, gamma=True))
+    cycles = check(L, depth, mem, program)
+    assert cycles[0] == _absquant_cycles(4, n, words, L, False), cycles
+    assert cycles[1] == _absquant_cycles(4, n, words, L, True), cycles
+
+
+def test_absquant_largest_m_and_m_zero():
+    """Direct checks of the two ends of m: 16384 (-128 * -128, the largest) and 0 (R = 0)."""
+    L, depth = 8, 16
+    mem = np.zeros(depth * L, dtype=np.int8)
+    _put(mem, 0, [-128, 5, -7, 100, 0, 0, 0, 0, 1])   # row 0 (words 0-1); row 1 is zero
+    _put(mem, 8 * L, [-128] + [3] * 8)                 # gamma
+    mem[4 * L:8 * L] = 99                              # out rows: overwritten
+    images, _ = run(L, depth, mem, [absquant_ins(0, 4, 8, 2, 10, 9, 2, gamma=True)])
+    img = images[0]
+    assert list(img[10 * L:10 * L + 4].view("<u2")) == [16384, 0]
+    xq, m = ternary.absmax_quant(mem[:9][None], mem[8 * L:8 * L + 9][None])
+    assert m[0] == 16384 and xq[0][0] == 127
+    np.testing.assert_array_equal(img[4 * L:4 * L + 9], xq[0])
+    np.testing.assert_array_equal(img[4 * L + 9:8 * L], 0)     # padding and the m = 0 row
+
+
+@pytest.mark.parametrize("L", [4, 16])
 def test_rope(L):
     rng = np.random.default_rng(200 + L)
     depth = 128 if L == 16 else 256
@@ -299,6 +410,9 @@ def test_all_ops_other_widths(L):
         rmsnorm_ins(0, 0, 2, 99, n, words, 50000, 36),
         silumul_ins(2 * words, 4 * words, 4 * words, 2, n, words, 30000, 26),
         rope_ins(6 * words, cs, cs_words, 1, heads, hd, 7, words),
+        silumul_ins(0, 2 * words, 0, 2, n, words, 700, 20, relu2=True),
+        absquant_ins(2 * words, 2 * words, 0, 2, 4 * words, n, words, gamma=True),
+        absquant_ins(0, 4 * words, 0, 1, 7 * words, n - 1, words),
     ]
     check(L, depth, mem, program)
 
