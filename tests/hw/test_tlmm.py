@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hwflow.golden import int8, ternary
-from hwflow.hw.buffers import ActivationBuffer
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.tlmm import GROUP_BITS, OPCODE_TMATMUL, TLMM_BURST, TernaryLookupMatmul
 from hwflow.mapping.ternary_format import block_layout, pack_ternary_block
 
 from ._lint import assert_lints_clean
+from ._memory import UnitHarness, stream_memory
 
 # L = 4: super-beat 16 B (128 bits): records of 56..140 bits straddle beats, some exceed one.
 CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256)
@@ -32,62 +30,6 @@ ACC_DEPTH = 40
 
 def test_group_bits_match_golden():
     assert GROUP_BITS == ternary.GROUP_BITS
-
-
-class _Harness(Elaboratable):
-    """The engine on a real ActivationBuffer; the testbench loads words and reads results through
-    the buffer's other ports (``ld_*`` wins the write port while ``ld_en`` is set)."""
-
-    def __init__(self, cfg: AccelConfig, G, T, Q):
-        self.cfg = cfg
-        self.unit = TernaryLookupMatmul(cfg, G, T, Q, ACC_DEPTH)
-        self.buf = ActivationBuffer(cfg.chain_len, cfg.act_depth)
-        self.ld_addr = Signal(16)
-        self.ld_data = Signal(8 * cfg.chain_len)
-        self.ld_en = Signal()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.unit = u = self.unit
-        m.submodules.buf = b = self.buf
-        full = (1 << self.cfg.chain_len) - 1
-        m.d.comb += [
-            b.a_addr.eq(u.rd_addr), b.a_en.eq(u.rd_en), u.act_rd_data.eq(b.a_data),
-            b.w_addr.eq(Mux(self.ld_en, self.ld_addr, u.wr_addr)),
-            b.w_data.eq(Mux(self.ld_en, self.ld_data, u.wr_data)),
-            b.w_en.eq(Mux(self.ld_en, full, u.wr_en)),
-        ]
-        return m
-
-
-def _memory(req, dat, state, latency, rng, p_busy, p_gap, log):
-    """Serve super-beat reads from ``state["image"]``: data ``latency`` cycles after the request
-    is taken, in order; ``rd_req`` not ready with probability ``p_busy``; a started beat is held
-    until taken, otherwise a beat is withheld with probability ``p_gap``."""
-
-    async def proc(ctx):
-        pending = deque()
-        now = 0
-        while True:
-            _, _, rq_v, rq_r, rq_p, d_v, d_r = await ctx.tick().sample(
-                req.valid, req.ready, req.payload, dat.valid, dat.ready)
-            now += 1
-            sb = state["sb"]
-            if rq_v and rq_r:
-                pending.extend((now + latency, rq_p.addr + k) for k in range(rq_p.len))
-                log.append((rq_p.addr, rq_p.len))
-            hold = d_v and not d_r
-            if d_v and d_r:
-                pending.popleft()
-            ctx.set(req.ready, rng.random() >= p_busy)
-            if pending and pending[0][0] <= now and (hold or rng.random() >= p_gap):
-                a = pending[0][1] * sb
-                ctx.set(dat.payload, int.from_bytes(state["image"][a:a + sb], "little"))
-                ctx.set(dat.valid, 1)
-            else:
-                ctx.set(dat.valid, 0)
-
-    return proc
 
 
 def _counter(sig, state):
@@ -209,7 +151,7 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
 
 def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0):
     """Run the cases back to back in one simulation; returns the cycles of each."""
-    h = _Harness(cfg, G, T, Q)
+    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, ACC_DEPTH))
     u = h.unit
     state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
     log, cycles = [], []
@@ -248,7 +190,7 @@ def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0):
     sim = Simulator(h)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
-    sim.add_process(_memory(u.rd_req, u.rd_data, state, latency, random.Random(seed), p_busy,
+    sim.add_process(stream_memory(u.rd_req, u.rd_data, state, latency, random.Random(seed), p_busy,
                             p_gap, log))
     sim.add_process(_counter(u.lookup, state))
     sim.run()

@@ -192,6 +192,26 @@ class Image:
         return bytes(self.buf) + b"\0" * (cdiv(len(self.buf), SB) * SB - len(self.buf))
 
 
+class SpanImage:
+    """Bump allocator of super-beat aligned regions, each with a traffic kind (``spans``, for
+    the ISA model's counters); super-beat 0 is left unclassified."""
+
+    def __init__(self, sb: int):
+        self.sb = sb
+        self.buf = bytearray(sb)
+        self.spans = []
+
+    def add(self, data: bytes, kind: str) -> int:
+        addr = len(self.buf) // self.sb
+        self.buf += data + bytes(-len(data) % self.sb)
+        self.spans.append((addr, len(self.buf) // self.sb, kind))
+        return addr
+
+    def program(self, instrs) -> int:
+        return self.add(b"".join(i.encode() for i in instrs) + Instr(Opcode.END).encode(),
+                        "program")
+
+
 def program(instrs: list[Instr]) -> bytes:
     raw = b"".join(i.encode() for i in instrs)
     assert len(raw) % INSTR_BYTES == 0

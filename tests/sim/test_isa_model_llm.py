@@ -20,6 +20,8 @@ from hwflow.hw.isa import (
 )
 from hwflow.sim.isa_model import GatherRangeError, IsaError, IsaModel, run_program
 
+from ._asm import SpanImage, act_bytes
+
 #: L = 4, SB = 16 B (four words), act_depth 512.
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
                   weight_depth=64, addr_bits=16, transformer=True)
@@ -88,30 +90,6 @@ def test_out_of_range_fields_are_refused(ins, msg):
 
 # ------------------------------------------------------------------------ hand assembly
 
-class _Image:
-    """Bump allocator of super-beat aligned regions; ``spans`` for the traffic counters."""
-
-    def __init__(self):
-        self.buf = bytearray(SB)          # super-beat 0: unclassified
-        self.spans = []
-
-    def add(self, data: bytes, kind: str) -> int:
-        addr = len(self.buf) // SB
-        self.buf += data + bytes(-len(data) % SB)
-        self.spans.append((addr, len(self.buf) // SB, kind))
-        return addr
-
-    def program(self, instrs) -> int:
-        return self.add(b"".join(i.encode() for i in instrs) + Instr(Opcode.END).encode(),
-                        "program")
-
-
-def _rows_bytes(x: np.ndarray, words: int) -> bytes:
-    out = np.zeros((x.shape[0], words * L), dtype=np.int8)
-    out[:, :x.shape[1]] = x
-    return out.tobytes()
-
-
 def _act(model: IsaModel, base: int, rows: int, words: int) -> np.ndarray:
     return model.act[base: base + rows * words].reshape(rows, words * L)
 
@@ -122,9 +100,9 @@ def _rand(rng, *shape, lo=-100, hi=100):
 
 def test_gather_load_pos_and_store_pos_and_traffic():
     rng = np.random.default_rng(0)
-    im = _Image()
+    im = SpanImage(SB)
     table = _rand(rng, 9, 13)                               # 9 rows of 13 B -> 16 B (1 SB)
-    t_addr = im.add(_rows_bytes(table, 4), "weights")
+    t_addr = im.add(act_bytes(table, 4, L), "weights")
     ids = np.array([3, 8, 0, 5], dtype="<u4")
     ids_addr = im.add(ids.tobytes(), "io")
     kv_addr = im.add(bytes(40 * SB), "kv")
@@ -156,7 +134,7 @@ def test_gather_load_pos_and_store_pos_and_traffic():
 
 
 def test_gather_id_out_of_range_stops_with_error_3():
-    im = _Image()
+    im = SpanImage(SB)
     t_addr = im.add(bytes(9 * SB), "weights")
     ids_addr = im.add(np.array([2, 9], dtype="<u4").tobytes(), "io")
     prog = im.program([Instr(Opcode.GATHER, ext=t_addr, a=0, n=4, rows=2, ids=ids_addr,
@@ -172,8 +150,8 @@ def test_rmsnorm_and_silumul_match_golden(in_place):
     rows, n, words = 3, 21, 8                                  # 21 valid of 32 bytes
     x = _rand(rng, rows, n)
     g, u = _rand(rng, rows, n), _rand(rng, rows, n)
-    im = _Image()
-    src = im.add(_rows_bytes(x, words) + _rows_bytes(g, words) + _rows_bytes(u, words),
+    im = SpanImage(SB)
+    src = im.add(act_bytes(x, words, L) + act_bytes(g, words, L) + act_bytes(u, words, L),
                  "activations")
     out_n = 0 if in_place else 80
     out_s = 24 if in_place else 110
@@ -198,7 +176,7 @@ def test_rmsnorm_and_silumul_match_golden(in_place):
 
 
 def test_rmsnorm_partial_overlap_is_an_error():
-    prog_im = _Image()
+    prog_im = SpanImage(SB)
     prog = prog_im.program([Instr(Opcode.RMSNORM, a=0, out=2, rows=2, n=4, words=4)])
     with pytest.raises(IsaError, match="out overlaps a"):
         run_program(CFG, bytes(prog_im.buf), prog)
@@ -217,7 +195,7 @@ def test_rope_on_padded_heads_matches_golden():
         x[:, h * hdw * L:h * hdw * L + hd] = xv[:, h]
     cs = np.zeros((16, cs_words * L), dtype=np.uint8)
     cs[:, :2 * hd] = np.ascontiguousarray(table.astype("<i2")).view(np.uint8)
-    im = _Image()
+    im = SpanImage(SB)
     t_addr = im.add(cs.tobytes(), "weights")
     x_addr = im.add(x.tobytes() + bytes(-x.nbytes % SB), "activations")
     n_x = (x.nbytes + SB - 1) // SB * SB // L
@@ -247,7 +225,7 @@ def test_attn_matches_golden_attention(pos, rows):
     kc = _rand(rng, 40, kvh * hd)
     vc = _rand(rng, 40, kvh * hd)
     q = _rand(rng, rows, heads * hd)
-    im = _Image()
+    im = SpanImage(SB)
     k_addr = im.add(kc.tobytes(), "kv")
     v_addr = im.add(vc.tobytes(), "kv")
     q_addr = im.add(q.tobytes() + bytes(-q.nbytes % SB), "activations")
@@ -268,12 +246,12 @@ def test_attn_matches_golden_attention(pos, rows):
 
 
 def test_attn_field_checks():
-    im = _Image()
+    im = SpanImage(SB)
     prog = im.program([Instr(Opcode.ATTN, rows=1, heads=3, kv_heads=2, hd_words=1,
                              q_words=3, kv_stride=1)])
     with pytest.raises(IsaError, match="heads a nonzero multiple of kv_heads"):
         run_program(CFG, bytes(im.buf), prog)
-    im = _Image()
+    im = SpanImage(SB)
     prog = im.program([Instr(Opcode.ATTN, rows=1, heads=2, kv_heads=2, hd_words=4,
                              q_words=8, kv_stride=1)])
     with pytest.raises(IsaError, match="exceed a cache row"):

@@ -33,6 +33,8 @@ from hwflow.hw.isa import (
 from hwflow.mapping.ternary_format import pack_ternary_block
 from hwflow.sim.isa_model import IllegalInstruction, IsaError, IsaModel, run_program
 
+from ._asm import SpanImage, act_bytes
+
 #: L = 4, SB = 16 B (four words), act_depth 512; TLMM G = 3, T = 2, Q = 3 (odd sizes on purpose:
 #: partial chunks and channel blocks).
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
@@ -87,30 +89,6 @@ def test_v4_fields_are_checked(ins, msg):
 
 
 # ------------------------------------------------------------------------ hand assembly
-
-class _Image:
-    """Bump allocator of super-beat aligned regions; ``spans`` for the traffic counters."""
-
-    def __init__(self):
-        self.buf = bytearray(SB)          # super-beat 0: unclassified
-        self.spans = []
-
-    def add(self, data: bytes, kind: str) -> int:
-        addr = len(self.buf) // SB
-        self.buf += data + bytes(-len(data) % SB)
-        self.spans.append((addr, len(self.buf) // SB, kind))
-        return addr
-
-    def program(self, instrs) -> int:
-        return self.add(b"".join(i.encode() for i in instrs) + Instr(Opcode.END).encode(),
-                        "program")
-
-
-def _rows_bytes(x: np.ndarray, words: int) -> bytes:
-    out = np.zeros((x.shape[0], words * L), dtype=np.int8)
-    out[:, :x.shape[1]] = x
-    return out.tobytes()
-
 
 def _act(model: IsaModel, base: int, rows: int, words: int) -> np.ndarray:
     return model.act[base: base + rows * words].reshape(rows, words * L)
@@ -171,8 +149,8 @@ def test_absquant_matches_golden(gamma, in_place):
     x[2] = 0                                               # m = 0: xq = 0
     x[3, 7] = -128
     gam = _rand(rng, 1, n, lo=-128, hi=128)
-    im = _Image()
-    src = im.add(_rows_bytes(x, words) + _rows_bytes(gam, words), "activations")
+    im = SpanImage(SB)
+    src = im.add(act_bytes(x, words, L) + act_bytes(gam, words, L), "activations")
     out = 0 if in_place else 100
     prog = im.program([
         Instr(Opcode.LOAD, ext=src, a=0, b=(rows + 1) * words),
@@ -193,7 +171,7 @@ def test_absquant_matches_golden(gamma, in_place):
 
 
 def test_absquant_is_legal_with_tlmm_or_transformer_only():
-    im = _Image()
+    im = SpanImage(SB)
     prog = im.program([Instr(Opcode.ABSQUANT, a=0, out=8, rows=1, m_addr=16, n=4, words=1)])
     for tf, tl in ((True, False), (False, True)):
         cfg = AccelConfig(**{**CFG.to_dict(), "transformer": tf, "tlmm": tl})
@@ -205,7 +183,7 @@ def test_absquant_is_legal_with_tlmm_or_transformer_only():
 
 
 def test_absquant_partial_overlap_is_an_error():
-    im = _Image()
+    im = SpanImage(SB)
     prog = im.program([Instr(Opcode.ABSQUANT, a=0, out=2, rows=2, m_addr=16, n=4, words=4)])
     with pytest.raises(IsaError, match="out overlaps a without being equal"):
         run_program(CFG, bytes(im.buf), prog)
@@ -220,8 +198,8 @@ def test_silumul_relu2_matches_golden():
     rng = np.random.default_rng(5)
     rows, n, words = 3, 13, 4
     g, u = _rand(rng, rows, n, lo=-128, hi=128), _rand(rng, rows, n, lo=-128, hi=128)
-    im = _Image()
-    src = im.add(_rows_bytes(g, words) + _rows_bytes(u, words), "activations")
+    im = SpanImage(SB)
+    src = im.add(act_bytes(g, words, L) + act_bytes(u, words, L), "activations")
     prog = im.program([
         Instr(Opcode.LOAD, ext=src, a=0, b=2 * rows * words),
         Instr(Opcode.SILUMUL, FLAG_RELU2, 16, a=0, out=40, b=rows * words, rows=rows, n=n,
@@ -270,8 +248,8 @@ def test_absquant_then_tmatmul_matches_golden(rows, n_out, K, residual, relu):
     G, T, Q = CFG.tlmm_g, CFG.tlmm_t, CFG.tlmm_q
     xw = cdiv(K, L)
     ow = cdiv(n_out, L) + 1                                  # an extra, zero-filled word
-    im = _Image()
-    x_addr = im.add(_rows_bytes(c["x"], xw) + _rows_bytes(c["res"], ow), "activations")
+    im = SpanImage(SB)
+    x_addr = im.add(act_bytes(c["x"], xw, L) + act_bytes(c["res"], ow, L), "activations")
     blk = doc_block(c["t"], c["bias"], c["mult"])
     w_addr = im.add(blk, "weights")
     kg = cdiv(K, G)
@@ -308,7 +286,7 @@ def test_tmatmul_ignores_activation_bytes_past_k():
     rows, n_out, K = 2, 4, 7                                  # 3 groups: 9 bytes, 2 chunks
     c = _linear_case(rng, rows, n_out, K, False, False)
     xq, m = gt.absmax_quant(c["x"])
-    im = _Image()
+    im = SpanImage(SB)
     w_addr = im.add(doc_block(c["t"], c["bias"], c["mult"]), "weights")
     prog = im.program([Instr(Opcode.TMATMUL, 0, c["shift"], ext=w_addr, a=0, out=40, rows=rows,
                              k_groups=3, n_out=n_out, x_words=2, words=1, m_addr=20)])
@@ -322,7 +300,7 @@ def test_tmatmul_ignores_activation_bytes_past_k():
 
 
 def test_tmatmul_needs_the_tlmm_engine():
-    im = _Image()
+    im = SpanImage(SB)
     w = im.add(doc_block(np.ones((1, 3), np.int8), [0], [1]), "weights")
     prog = im.program([Instr(Opcode.TMATMUL, ext=w, a=0, out=8, rows=1, k_groups=1, n_out=1,
                              x_words=1, words=1, m_addr=16)])
@@ -342,7 +320,7 @@ def test_tmatmul_needs_the_tlmm_engine():
     (dict(m_addr=8), "m area overlaps the output rows"),
 ])
 def test_malformed_tmatmul_is_an_error(fields, msg):
-    im = _Image()
+    im = SpanImage(SB)
     w = im.add(doc_block(np.ones((4, 3), np.int8), [0] * 4, [1] * 4), "weights")
     f = dict(ext=w, a=0, out=8, rows=1, k_groups=1, n_out=4, x_words=1, words=1, m_addr=16)
     f.update(fields)
@@ -352,7 +330,7 @@ def test_malformed_tmatmul_is_an_error(fields, msg):
 
 
 def test_tmatmul_malformed_block_is_an_error():
-    im = _Image()
+    im = SpanImage(SB)
     blk = bytearray(doc_block(np.ones((1, 3), np.int8), [0], [1]))
     blk[SB] = 0xFF                                            # index 31 >= 27
     w = im.add(bytes(blk), "weights")
