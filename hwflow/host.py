@@ -9,6 +9,10 @@ The host does what docs/architecture.md describes, in this order:
 4. read every output region back (``unpack_rows``, the decoder behind ``read_tensor``) and
    dequantize it with the output scale.
 
+A decoder build (``config.json``'s ``"kind": "decoder"``) runs through :func:`generate`
+instead: the image is written once, then each run writes its token ids, POS (0x200) and
+PROG_BASE, starts and reads its logits rows (docs/architecture.md, "Transformer path (v3)").
+
 The image layout comes from :mod:`hwflow.mapping.memory_image` and the register offsets from
 :data:`hwflow.hw.axi_lite.REG`, the same code the compiler, the simulator and the RTL use, so the
 host cannot drift from them. What differs between boards is only a :class:`Device`:
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -41,7 +46,7 @@ from hwflow.mapping.memory_image import MemoryMap, unpack_rows, write_tensor
 
 __all__ = [
     "AP_START", "AP_DONE", "AP_IDLE", "PORT_BASE_REGS", "Device", "ModelDevice", "XrtDevice",
-    "PynqDevice", "Build", "load_build", "run", "split_ports", "join_ports",
+    "PynqDevice", "Build", "load_build", "run", "generate", "split_ports", "join_ports",
 ]
 
 AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
@@ -150,7 +155,8 @@ def _poll_done(dev, timeout_s: float) -> None:
 class ModelDevice:
     """In-process device: a ``bytearray`` memory and the ISA functional model as the engine.
 
-    Writing ``ap_start`` runs ``sim.isa_model.run_program`` on the memory at PROG_BASE, fills
+    Writing ``ap_start`` runs ``sim.isa_model.run_program`` on the memory at PROG_BASE (with the
+    POS register as the run's position, for decoder programs), fills
     RETIRED / MPE_BUSY / ERROR like the RTL (MPE_BUSY as the model's k-group count; CYCLES reads
     0, the model has no clock: ``mapping.cycles.predict`` estimates it) and sets ``ap_done``.
     Same results, bit for bit, as the RTL (that is what ``hwflow sim`` checks), so a host program
@@ -200,7 +206,8 @@ class ModelDevice:
         from hwflow.sim.isa_model import IllegalInstruction, run_program
 
         try:
-            image, stats = run_program(self.cfg, bytes(self.mem), self.regs[REG["PROG_BASE"]])
+            image, stats = run_program(self.cfg, bytes(self.mem), self.regs[REG["PROG_BASE"]],
+                                       pos=self.regs[REG["POS"]])
         except IllegalInstruction:
             self.regs[REG["ERROR"]] = 1
             self.regs[REG["AP_CTRL"]] = AP_DONE | AP_IDLE
@@ -422,3 +429,111 @@ def run(build_dir, inputs: dict, device: Device, timeout_s: float = 10.0,
         q = unpack_rows(device.read_mem(r.addr * sb, r.nbytes), r, b.memory_map.chain_len)
         outs[name] = g8.dequantize(q, b.output_scale(name))
     return outs
+
+
+def _load_decoder_build(build_dir):
+    """``(quantized decoder, lowered decoder)`` of a decoder build folder; the re-lowered image
+    must equal the folder's ``memory_image.bin`` (as ``hwflow sim`` checks)."""
+    from hwflow.buildfolder import is_build
+    from hwflow.llm_flow import load_saved_decoder
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    path = Path(build_dir)
+    if not is_build(path):
+        raise HwflowError(f"'{path}' is not an hwflow build folder; create one with "
+                          "`hwflow compile MODEL --board BOARD -o OUT`")
+    conf = json.loads((path / "config.json").read_text())
+    if conf.get("kind") != "decoder":
+        raise HwflowError(f"'{path}' is not a decoder build; run it with hwflow.host.run")
+    qd = load_saved_decoder(path / "decoder" / "quantized")
+    lw = lower_decoder(qd, AccelConfig(**conf["accel"]))
+    if lw.image != (path / "memory_image.bin").read_bytes():
+        raise HwflowError(f"{path}/memory_image.bin does not match its decoder; recompile")
+    return qd, lw
+
+
+def _argmax_last_row(logits: np.ndarray) -> int:
+    return int(np.argmax(logits[-1]))  # first maximum: the lowest token id on ties
+
+
+def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
+             timeout_s: float = 10.0) -> dict:
+    """Greedy generation with a decoder build on ``dev``: the prompt, then decode steps.
+
+    The memory image is reserved and written once. The prompt runs in chunks of at most the
+    largest prefill bucket (at POS = 0, B, 2B, ...), then ``new_tokens`` decode steps run one
+    token each. Per run the host writes the token ids (``mapping.llm_lower.
+    decode_memory_writes``), POS, PROG_BASE and ``ap_start``, waits for ``ap_done`` and reads
+    the logits rows; the argmax of the last row's first ``vocab`` entries (lowest id on ties)
+    is the next token, the next decode step's input.
+
+    Parameters
+    ----------
+    dev : Device
+        :class:`ModelDevice`, :class:`XrtDevice` or :class:`PynqDevice`, for the build's
+        configuration.
+    build_dir : path
+        Decoder build folder from ``hwflow compile`` (``config.json``'s ``"kind": "decoder"``).
+    prompt : list of int
+        Token ids, at least one.
+    new_tokens : int
+        Decode steps after the prompt (``>= 0``).
+    timeout_s : float
+        How long to wait for ``ap_done`` per run.
+
+    Returns
+    -------
+    dict
+        ``tokens``: the ``new_tokens + 1`` generated ids (the prompt's next token, then one per
+        decode step, like ``reports/sim.json``'s tokens); ``logits``: per run, the int8
+        ``[tokens of the run, vocab]`` logits; ``cycles``: per run, the CYCLES register.
+
+    Raises
+    ------
+    HwflowError
+        Not a decoder build, an image that does not match its decoder, a bad prompt (empty, an
+        id outside the vocabulary, past ``max_context``), ERROR set after a run, or no
+        ``ap_done`` in time.
+    """
+    from hwflow.mapping.llm_lower import decode_memory_writes, read_logits
+
+    _, lw = _load_decoder_build(build_dir)
+    prompt = [int(t) for t in prompt]
+    if new_tokens < 0:
+        raise HwflowError(f"new_tokens must be >= 0, got {new_tokens}")
+    if not prompt:
+        raise HwflowError("the prompt is empty; give at least one token id")
+
+    mem = SimpleNamespace(read=dev.read_mem)  # read_logits' ``read(byte_addr, nbytes)``
+    out: dict = {"tokens": [], "logits": [], "cycles": []}
+
+    def one_run(ids: list[int], pos: int) -> np.ndarray:
+        try:
+            st = decode_memory_writes(lw, ids, pos)
+        except ValueError as e:
+            raise HwflowError(str(e)) from None
+        for addr, data in st.writes:
+            dev.write_mem(addr, data)
+        dev.write_reg(REG["POS"], st.pos)
+        dev.write_reg(REG["PROG_BASE"], st.prog_base)
+        dev.write_reg(REG["AP_CTRL"], AP_START)
+        dev.wait_done(timeout_s)
+        if dev.read_reg(REG["ERROR"]):
+            raise HwflowError(f"the accelerator stopped with ERROR = {dev.read_reg(REG['ERROR'])}"
+                              f" (run at POS {pos}); is the bitstream built for this "
+                              "configuration?")
+        rd = dev.read_reg
+        out["cycles"].append(rd(REG["CYCLES_LO"]) | rd(REG["CYCLES_HI"]) << 32)
+        logits = read_logits(st, mem)
+        out["logits"].append(logits)
+        return logits
+
+    dev.reserve(len(lw.image))
+    dev.write_mem(0, lw.image)
+    largest = lw.buckets[-1]
+    for p in range(0, len(prompt), largest):
+        logits = one_run(prompt[p:p + largest], p)
+    out["tokens"].append(_argmax_last_row(logits))
+    for k in range(new_tokens):
+        out["tokens"].append(_argmax_last_row(one_run([out["tokens"][-1]], len(prompt) + k)))
+    return out

@@ -135,3 +135,70 @@ def test_missing_runtime_is_one_line(monkeypatch, cls, module):
     with pytest.raises(HwflowError) as e:
         cls("x.bin", AccelConfig())
     assert module in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def llama_build(tmp_path_factory):
+    from hwflow.cli import main
+
+    out = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    assert main(["compile", "--example", "tiny-llama", "--board", "u280",
+                 "--max-context", "32", "-o", str(out)]) == 0
+    return out
+
+
+def _decoder_of(build_dir):
+    from hwflow.llm_flow import load_saved_decoder
+
+    conf = json.loads((build_dir / "config.json").read_text())
+    return AccelConfig(**conf["accel"]), load_saved_decoder(build_dir / "decoder" / "quantized")
+
+
+def test_generate_matches_golden_run_by_run(llama_build):
+    from hwflow.compiler.llm_interpret import golden_generate
+    from hwflow.host import generate
+
+    cfg, qd = _decoder_of(llama_build)
+    prompt, new = [3, 17, 250, 9, 64], 3
+    dev = ModelDevice(cfg)
+    got = generate(dev, llama_build, prompt, new)
+    want = golden_generate(qd, prompt, new + 1)
+    assert got["tokens"] == want.tokens and len(got["tokens"]) == new + 1
+    # one prefill run (5 tokens fit the smallest bucket), then one run per decode step
+    assert len(got["logits"]) == len(want.step_logits) == len(got["cycles"]) == new + 1
+    for run_logits, step in zip(got["logits"], want.step_logits, strict=True):
+        assert run_logits.dtype == np.int8
+        assert np.array_equal(run_logits, step)
+    assert dev.read_reg(REG["POS"]) == len(prompt) + new - 1  # the last decode step's position
+
+    # a prompt longer than the largest bucket (16) runs in chunks at POS 0, 16
+    long_prompt = list(range(1, 20))
+    got = generate(ModelDevice(cfg), llama_build, long_prompt, 2)
+    assert got["tokens"] == golden_generate(qd, long_prompt, 3).tokens
+    assert [lg.shape[0] for lg in got["logits"]] == [16, 3, 1, 1]
+
+
+def test_generate_rejects_other_builds_and_bad_prompts(build, llama_build):
+    from hwflow.host import generate
+
+    cfg, _ = _decoder_of(llama_build)
+    with pytest.raises(HwflowError, match="not a decoder build"):
+        generate(ModelDevice(cfg), build, [1], 1)
+    with pytest.raises(HwflowError, match="outside the vocabulary"):
+        generate(ModelDevice(cfg), llama_build, [100000], 1)
+    with pytest.raises(HwflowError, match="max_context"):
+        generate(ModelDevice(cfg), llama_build, [1] * 30, 5)
+
+
+def test_host_run_example_generates(llama_build, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "host_run.py"
+    spec = importlib.util.spec_from_file_location("host_run_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(llama_build), "--prompt", "1,2,3", "--new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens [" in out and "cycles per run" in out
+    assert mod.main([str(llama_build), "--new-tokens", "1"]) == 0  # seeded prompt of 8
