@@ -11,6 +11,7 @@ from amaranth import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import tree_sum
 from .config import AccelConfig
 from .mem_port import read_req_layout
 
@@ -39,15 +40,6 @@ _MAX_AHEAD = 4
 _K, _V, _O = 0, 1, 2    # item kinds in the shared pipeline: key word, value word, output word
 
 
-def _tree_sum(terms):
-    """Balanced adder tree (log2 depth instead of a chain of len(terms) adders)."""
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 class AttentionUnit(wiring.Component):
@@ -418,7 +410,7 @@ class AttentionUnit(wiring.Component):
         m.d.comb += [acc_wp.addr.eq(s2_d), acc_wp.data.eq(Cat(new_acc)),
                      acc_wp.en.eq(s2_v & (s2_kind == _V))]
         m.d.sync += [s3_kv.eq(s2_v & (s2_kind == _K)), s3_ov.eq(s2_v & is_o),
-                     s3_part.eq(_tree_sum(s2_prod)), s3_first.eq(s2_first),
+                     s3_part.eq(tree_sum(s2_prod)), s3_first.eq(s2_first),
                      s3_last.eq(s2_last), s3_j.eq(s2_j), s3_d.eq(s2_d)]
 
         # S3: K -> s accumulation over the head's words; O -> * omul

@@ -13,6 +13,8 @@ from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import tree_sum
+
 __all__ = ["TernaryAddArray", "TableLookupDatapath", "CODE_NEG", "CODE_ZERO", "CODE_POS"]
 
 #: 2-bit weight codes: ``t + 1``, the digit of ``golden.ternary.encode_groups`` (a group of
@@ -93,20 +95,13 @@ class TernaryAddArray(wiring.Component):
                 terms.append(Mux(code == CODE_POS, x,
                                  Mux(code == CODE_NEG, -x, Const(0, signed(9)))))
             s1_sum = Signal(signed(sum_bits), name=f"s1_sum_{o}")
-            m.d.sync += s1_sum.eq(_tree_sum(terms))
+            m.d.sync += s1_sum.eq(tree_sum(terms))
             acc = self.acc[o]
             with m.If(s1_valid):
                 m.d.sync += acc.eq(Mux(s1_first, s1_sum, (acc + s1_sum)[:32]))
         return m
 
 
-def _tree_sum(values):
-    """Balanced binary adder tree (Amaranth widens each adder by one bit)."""
-    values = list(values)
-    while len(values) > 1:
-        values = [values[k] + values[k + 1] if k + 1 < len(values) else values[k]
-                  for k in range(0, len(values), 2)]
-    return values[0]
 
 
 
@@ -202,7 +197,7 @@ class TableLookupDatapath(wiring.Component):
                 mem = memory.Memory(shape=signed(eb), depth=E, init=[])
                 m.submodules[f"table_{t}"] = mem
                 wp = mem.write_port()
-                m.d.comb += [wp.addr.eq(addr), wp.data.eq(_tree_sum(terms)),
+                m.d.comb += [wp.addr.eq(addr), wp.data.eq(tree_sum(terms)),
                              wp.en.eq(self.busy)]
                 for q in range(Q):
                     rp = mem.read_port(domain="comb")
@@ -213,7 +208,7 @@ class TableLookupDatapath(wiring.Component):
         sum_bits = eb + (T - 1).bit_length()
         for q in range(Q):
             s1_sum = Signal(signed(sum_bits), name=f"s1_sum_{q}")
-            m.d.sync += s1_sum.eq(_tree_sum(lookups[q]))
+            m.d.sync += s1_sum.eq(tree_sum(lookups[q]))
             acc = self.acc[q]
             with m.If(s1_valid):
                 m.d.sync += acc.eq(Mux(s1_first, s1_sum, (acc + s1_sum)[:32]))

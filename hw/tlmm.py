@@ -12,6 +12,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import tree_sum
 from .config import AccelConfig
 from .mem_port import read_req_layout
 
@@ -29,15 +30,6 @@ TLMM_MAX_AHEAD = 64
 _EPI_STAGES = 5
 
 
-def _tree_sum(terms):
-    """Balanced adder tree (log2 depth)."""
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 def _ceil_div_unit(m: Module, name: str, width: int, d: int):
@@ -324,7 +316,7 @@ class TernaryLookupMatmul(wiring.Component):
                     m.next = "SETUP_MUL"
             with m.State("SETUP_MUL"):
                 with m.If(mul_cnt == 0):
-                    m.d.sync += stream_bits.eq(_tree_sum(
+                    m.d.sync += stream_bits.eq(tree_sum(
                         [mul_p << k for k in range(RB.bit_length()) if (RB >> k) & 1]))
                     m.next = "SETUP_BITS"
             with m.State("SETUP_BITS"):
@@ -373,7 +365,7 @@ class TernaryLookupMatmul(wiring.Component):
                     for i in range(G):
                         a = acts[8 * (tt * G + i):8 * (tt * G + i + 1)].as_signed()
                         terms.append(Mux(digits[i] == 0, -a, Mux(digits[i] == 2, a, 0)))
-                    m.d.comb += [wp.addr.eq(be), wp.data.eq(_tree_sum(terms)), wp.en.eq(1)]
+                    m.d.comb += [wp.addr.eq(be), wp.data.eq(tree_sum(terms)), wp.en.eq(1)]
                 # base-3 increment of the digits (digit 0 fastest, as golden's index)
                 carry = Const(1)
                 for i in range(G):
@@ -457,7 +449,7 @@ class TernaryLookupMatmul(wiring.Component):
         s3_v, s3_first, s3_j = Signal(), Signal(), Signal.like(s1_j)
         s3_sum = [Signal(signed(SW), name=f"s3_sum{qq}") for qq in range(Q)]
         for qq in range(Q):
-            m.d.sync += s3_sum[qq].eq(_tree_sum(s2_lk[qq]))
+            m.d.sync += s3_sum[qq].eq(tree_sum(s2_lk[qq]))
         m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_j.eq(s2_j)]
         new_acc = [(Mux(s3_first, 0, acc_rp.data[32 * qq:32 * (qq + 1)].as_signed())
                     + s3_sum[qq])[:32] for qq in range(Q)]

@@ -205,33 +205,3 @@ def test_vector_and_attention_instructions_match_golden():
     for name, w0, w1 in (("x", 0, 4), ("rmsnorm", 4, 8), ("g/u", 8, 16), ("silumul", 16, 20),
                          ("rope", 20, 24), ("cs/q", 24, 32), ("attn", 32, 36)):
         np.testing.assert_array_equal(got[w0:w1], want[w0:w1], err_msg=name)
-
-
-def test_vitis_kernel_passes_pos_through():
-    """POS at 0x200 of the kernel's register map reaches the accelerator's register."""
-    from hwflow.hw.axi_lite import axi_lite_signature
-    from hwflow.hw.vitis_kernel import KERNEL_REG, VitisKernel
-
-    from .test_vitis_kernel import _bundle
-    from .test_vitis_kernel import axi_read as k_read
-    from .test_vitis_kernel import axi_write as k_write
-
-    dut = VitisKernel(CFG_NO_TF)
-    ctrl = _bundle(dut, "s_axi_control", axi_lite_signature())
-    got = {}
-
-    async def host(ctx):
-        ctx.set(dut.ap_rst_n, 0)
-        for _ in range(3):
-            await ctx.tick("ap")
-        ctx.set(dut.ap_rst_n, 1)
-        for _ in range(2):
-            await ctx.tick("ap")
-        await k_write(ctx, ctrl, KERNEL_REG["POS"], 0x1234_5678)
-        got["pos"] = await k_read(ctx, ctrl, KERNEL_REG["POS"])
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8, domain="ap")
-    sim.add_testbench(host)
-    sim.run()
-    assert got["pos"] == 0x1234_5678

@@ -245,8 +245,9 @@ def test_rope_needs_the_transformer_on_a_tlmm_engine():
     assert regs["ERROR"] == ERROR_ILLEGAL_OPCODE and regs["RETIRED"] == 1
 
 
-def test_vitis_kernel_passes_tlmm_busy_through():
-    """TLMM_BUSY at 0x208/0x20C of the kernel's map reads the accelerator's (0 after reset)."""
+def test_vitis_kernel_passes_pos_and_tlmm_busy_through():
+    """POS at 0x200 of the kernel's register map reaches the accelerator's register; TLMM_BUSY
+    at 0x208/0x20C reads the accelerator's (0 after reset)."""
     from hwflow.hw.axi_lite import axi_lite_signature
     from hwflow.hw.vitis_kernel import KERNEL_REG, VitisKernel
 
@@ -265,7 +266,7 @@ def test_vitis_kernel_passes_tlmm_busy_through():
         ctx.set(dut.ap_rst_n, 1)
         for _ in range(2):
             await ctx.tick("ap")
-        await k_write(ctx, ctrl, KERNEL_REG["POS"], 77)
+        await k_write(ctx, ctrl, KERNEL_REG["POS"], 0x1234_5678)
         for name in ("TLMM_BUSY_LO", "TLMM_BUSY_HI", "POS"):
             got[name] = await k_read(ctx, ctrl, KERNEL_REG[name])
 
@@ -273,6 +274,6 @@ def test_vitis_kernel_passes_tlmm_busy_through():
     sim.add_clock(1e-8, domain="ap")
     sim.add_testbench(host)
     sim.run()
-    assert got == {"TLMM_BUSY_LO": 0, "TLMM_BUSY_HI": 0, "POS": 77}
+    assert got == {"TLMM_BUSY_LO": 0, "TLMM_BUSY_HI": 0, "POS": 0x1234_5678}
     assert KERNEL_REG["TLMM_BUSY_LO"] == REG["TLMM_BUSY_LO"] == 0x208
     assert KERNEL_REG["TLMM_BUSY_HI"] == REG["TLMM_BUSY_HI"] == 0x20C

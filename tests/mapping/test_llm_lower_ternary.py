@@ -20,12 +20,12 @@ from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_GAMMA, FLAG_RELU2, FLAG_RESIDUAL, Opcode
 from hwflow.mapping.errors import MappingError
 from hwflow.mapping.llm_lower import (
-    decode_memory_writes,
     lower_decoder,
     program_instructions,
-    read_logits,
 )
 from hwflow.sim.isa_model import IsaModel
+
+from .test_llm_lower import _run
 
 #: L = 8, SB = 32 B, the TLMM engine with G = 3, 4 tables x 4 replicas.
 CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
@@ -185,15 +185,6 @@ def random_bitnet(seed: int = 0, max_context: int = 64, layers: int = 2,
 @pytest.fixture(scope="module")
 def qd():
     return random_bitnet()
-
-
-def _run(model: IsaModel, low, ids, pos):
-    step = decode_memory_writes(low, ids, pos)
-    for addr, data in step.writes:
-        model.write(addr, data)
-    model.reset_stats()
-    stats = model.run(step.prog_base, pos=step.pos)
-    return read_logits(step, model), stats, step
 
 
 # ------------------------------------------------------------------------------- tests
