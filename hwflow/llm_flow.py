@@ -29,8 +29,8 @@ from hwflow.compiler import decoder as dec
 from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
 
-__all__ = ["compile_decoder", "simulate_decoder", "save_decoder", "load_saved_decoder",
-           "parse_prompt"]
+__all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
+           "save_decoder", "load_saved_decoder", "parse_prompt"]
 
 DEFAULT_NEW_TOKENS = 8
 DEFAULT_PROMPT_LEN = 8
@@ -109,8 +109,12 @@ def _load(model, example, trust_model, max_context, td: Path):
         raise HwflowError(str(e)) from None
 
 
-def _configure(board, boards_dir):
+def _configure(board, boards_dir, config_overrides=None):
     brd = load_board(board, boards_dir)
+    if config_overrides:    # hwflow dse --verify: the sweep point's engine, not the board's
+        from dataclasses import replace
+
+        brd = replace(brd, engine={**brd.engine, **config_overrides})
     cfg = choose_config(brd)
     if not cfg.transformer:
         raise HwflowError(f"board {brd.name}'s accelerator has no transformer units (SFU and "
@@ -173,7 +177,7 @@ def _traffic_ranges(memory_map) -> list:
 
 
 def compile_decoder(model=None, example=None, board="u280", out=None, max_context=None,
-                    trust_model=False, boards_dir=None, weights=None):
+                    trust_model=False, boards_dir=None, weights=None, config_overrides=None):
     """Compile a LLaMA-family or BitNet decoder (Hugging Face folder or torch.export archive)
     into a build folder; returns ``(out_path, report)``.
 
@@ -181,6 +185,8 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     ternary for BitNet models, int8 otherwise. Ternary layers run on the TLMM engine, which is
     then built into the accelerator (``T``, ``Q`` from the board YAML or sized by
     ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and why.
+    ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes them)
+    replace the board's engine (``hwflow dse --verify`` builds its points with them).
     """
     import tempfile
 
@@ -192,7 +198,7 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     with tempfile.TemporaryDirectory() as td:
         fd = _load(model, example, trust_model, max_context, Path(td))
     name = example or fd.name
-    brd, cfg, resources = _configure(board, boards_dir)
+    brd, cfg, resources = _configure(board, boards_dir, config_overrides)
     try:
         qd = quantize_decoder(fd, fd.max_context, weights=weights)
     except CompileError as e:
@@ -241,6 +247,143 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
         digest = hashlib.sha256(lw.image + verilog.encode()).hexdigest()[:16]
         write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "digest": digest})
     return out, report
+
+
+# -- shape-only compile and predictions -------------------------------------------------------
+
+def compile_shape_only(model=None, example=None, board="u280", out=None, max_context=None,
+                       boards_dir=None, weights=None):
+    """Programs, memory map and predictions of a decoder from its ``transformers`` config
+    alone (``hwflow compile CONFIG --shape-only``); returns ``(out_path, report)``.
+
+    The model is instantiated on the meta device (``compiler.llm_config``: no weights are
+    read or allocated), lowered from its shapes (``mapping.llm_lower``, ``shape_only``) and
+    predicted (``hwflow.predict``). The build folder holds ``programs/*.bin`` (the decode and
+    prefill bucket programs, 32-byte instructions), ``memory_map.json``, ``config.json``
+    (``shape_only: true``), ``reports/compile.json`` and ``reports/predict.json``; no memory
+    image, no RTL (it cannot be simulated).
+
+    ``weights``: ``"int8"`` or ``"ternary"`` block linears; default ternary for BitNet configs.
+    """
+    from hwflow.compiler.errors import CompileError
+    from hwflow.predict import _config_shape, lower_shape, predict_decoder
+
+    if weights not in (None, "int8", "ternary"):
+        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
+    if model is None and example is None:
+        raise HwflowError("--shape-only needs a transformers config (config.json or a folder "
+                          "holding one) or --example")
+    try:
+        cs = _config_shape(example if example is not None else model)
+    except CompileError as e:
+        raise HwflowError(str(e)) from None
+    s = cs.shape
+    if max_context is None:
+        max_context = min(s.max_position, 2048)
+    if not 1 <= int(max_context) <= s.max_position:
+        raise HwflowError(f"--max-context {max_context}: give 1..{s.max_position} (the "
+                          "model's max_position_embeddings)")
+    ternary = (weights or ("ternary" if cs.ternary else "int8")) == "ternary"
+    brd = load_board(board, boards_dir)
+    cfg = choose_config(brd)
+    if not cfg.transformer:
+        raise HwflowError(f"board {brd.name}'s accelerator has no transformer units; choose a "
+                          "larger board such as u280 or kv260")
+    lw, cfg, notes = lower_shape(s, cfg, brd, ternary=ternary, max_context=int(max_context),
+                                 family=cs.family)
+    pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
+    pred["notes"] = notes
+    name = example or Path(cs.source).stem
+    if name == "config":
+        name = Path(cs.source).parent.name
+    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
+    report = {
+        "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
+        "family": cs.family, "weights": "ternary" if ternary else "int8",
+        "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+        "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
+        "max_context": lw.max_context, "parameters": cs.parameters,
+        "programs": lw.reports["programs"],
+        "naive_program_bytes": lw.reports["naive_program_bytes"],
+        "program_reduction": lw.reports["program_reduction"],
+        "prefill_buckets": lw.buckets,
+        "memory_image_bytes": lw.memory_map.total_bytes,
+        "linears": lw.reports.get("layers"),
+        "engines": _engines_per_layer(lw.reports.get("layers") or []),
+        "resources": pred["resources"], "resource_fit": pred["resource_fit"],
+        "fits": pred["fits"],
+    }
+    if cfg.tlmm and ternary:
+        report["tlmm"] = lw.reports.get("tlmm")
+    with atomic_build_dir(out) as tmp:
+        _write_programs(tmp, lw)
+        (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
+        write_json(tmp / "config.json", {
+            "kind": "decoder", "shape_only": True, "board": brd.name,
+            "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
+            "shape": s.to_dict(), "family": cs.family, "act": cs.act,
+            "sub_norms": cs.sub_norms, "weights": report["weights"], "source": cs.source,
+            "decode_prog_base": lw.decode_prog_base,
+            "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
+            "traffic_ranges": _traffic_ranges(lw.memory_map)})
+        write_json(tmp / "reports" / "compile.json", report)
+        write_json(tmp / "reports" / "predict.json", pred)
+        code = b"".join(i.encode() for p in [lw.decode, *lw.prefill.values()] for i in p.program)
+        write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "shape_only": True,
+                                  "digest": hashlib.sha256(code).hexdigest()[:16]})
+    return out, {**report, "prediction": pred}
+
+
+def _write_programs(tmp: Path, lw) -> None:
+    """``programs/decode.bin`` and ``programs/prefill<B>.bin``: each program's instructions
+    as the image holds them (32 bytes each, END last) at its ``prog_base``."""
+    d = tmp / "programs"
+    d.mkdir()
+    for info in [lw.decode, *lw.prefill.values()]:
+        (d / f"{info.name}.bin").write_bytes(b"".join(i.encode() for i in info.program))
+
+
+def _shape_only_lowering(conf: dict):
+    """The lowering of a shape-only build folder, rebuilt from its config.json."""
+    from hwflow.compiler.decoder import DecoderShape
+    from hwflow.compiler.llm_config import ConfigShape, shape_decoder
+    from hwflow.hw.config import AccelConfig
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    shape = DecoderShape(**conf["shape"])
+    cs = ConfigShape(shape, conf["family"], conf["act"], bool(conf["sub_norms"]),
+                     conf["weights"] == "ternary", 0, conf.get("source", ""))
+    qd = shape_decoder(cs, conf["max_context"], conf["weights"])
+    return lower_decoder(qd, AccelConfig(**conf["accel"]), shape_only=True), shape, \
+        conf["weights"] == "ternary"
+
+
+def predict_build(out, boards_dir=None, calib=None) -> dict:
+    """Predictions (``hwflow.predict.predict_decoder``) of a decoder build folder, shape-only
+    or full; writes and returns ``reports/predict.json``'s content."""
+    from hwflow.hw.config import AccelConfig
+    from hwflow.mapping.llm_lower import lower_decoder
+    from hwflow.predict import predict_decoder
+
+    out = Path(out)
+    conf_path = out / "config.json"
+    if not conf_path.is_file():
+        raise HwflowError(f"'{out}' is not a build folder (no config.json); run hwflow compile")
+    conf = json.loads(conf_path.read_text())
+    if conf.get("kind") != "decoder":
+        raise HwflowError(f"{out} holds a {conf.get('kind', 'mlp')} build; hwflow predict is "
+                          "for language-model (decoder) builds")
+    brd = load_board(conf["board"], boards_dir)
+    if conf.get("shape_only"):
+        lw, shape, ternary = _shape_only_lowering(conf)
+    else:
+        qd = load_saved_decoder(out / "decoder" / "quantized")
+        lw = lower_decoder(qd, AccelConfig(**conf["accel"]), shape_only=True)
+        shape, ternary = qd.shape, bool(lw.reports.get("tlmm"))
+    pred = predict_decoder(shape, lw.cfg, brd, ternary=ternary, lowered=lw,
+                           clock_mhz=conf.get("clock_mhz"), calib=calib)
+    write_json(out / "reports" / "predict.json", pred)
+    return pred
 
 
 def _engines_per_layer(linears: list) -> dict:
@@ -455,6 +598,10 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
 
     out = Path(out)
     conf = json.loads((out / "config.json").read_text())
+    if conf.get("shape_only"):
+        raise HwflowError(f"{out} is a shape-only build (compiled from a config: no weights, "
+                          "no memory image, no RTL); it cannot be simulated. Use `hwflow "
+                          "predict` on it, or compile the model's weights to simulate")
     cfg = AccelConfig(**conf["accel"])
     qd = load_saved_decoder(out / "decoder" / "quantized")
     fd = load_saved_decoder(out / "decoder" / "float")

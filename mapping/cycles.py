@@ -1,6 +1,6 @@
 """Analytic cycle model of the accelerator, one prediction per instruction.
 
-A MATMUL overlaps three streams, and the slowest sets its length (docs/architecture.md):
+A MATMUL overlaps three streams (docs/architecture.md):
 
 * **compute**: one k-group per cycle, an activation word of a row pair ``(b, b+1)`` for every
   chain (the packed multiply), so ``n_tiles · ceil(rows/2) · k_words`` cycles. An N:M layer of
@@ -14,40 +14,88 @@ A MATMUL overlaps three streams, and the slowest sets its length (docs/architect
   to capture the next result, the tile's parameter rows, and the bytes of a
   row past the last tile, zero-filled E per cycle.
 
+The slowest stream bounds the length (:func:`matmul_bound`), but it does not set it: the first
+tile's fetch and the last row pair's epilogue overlap nothing, and a short tile's epilogue
+follows its k-groups. :func:`matmul_pipeline` runs the three streams as a pipeline, tile by
+tile and row pair by row pair (the ring's run-ahead, the engine's result FIFO), which the RTL
+follows to within a few percent (a few cycles per instruction).
+
 The ternary path (docs/architecture.md, "Ternary path (v4)") adds two terms, both the cycle
 formulas the RTL documents and its tests pin:
 
 * **TMATMUL** (``hw.tlmm.TernaryLookupMatmul``): rows one after another, the index stream
-  re-read for every row; per row ``3 + chunks · (T·G + 1 + H + 1 + stream + 1) + 4 + words·L``
-  with ``chunks = ceil(k_groups/T)``, ``H = (3**G + 1)/2`` table entries built,
-  ``stream = ceil(n_out/Q)`` records (one per cycle, or fewer when a record is wider than a
-  super-beat), then the byte-serial epilogue; per instruction ~80 setup cycles, the parameter
-  super-beats and one read latency;
+  re-read for every row; per row ``6 + chunks · (T·G + NE + stream + 3) + words·L`` with
+  ``chunks = ceil(k_groups/T)``, ``NE = hw.tlmm.table_entries(G)`` table entries built (27 at
+  G = 3), ``stream = blocks·BPR − (BPR − 1)`` cycles for ``blocks = ceil(n_out/Q)`` records
+  of ``BPR = ceil(T·Q·bits / (8·SB))`` super-beats each (one record per cycle when it fits a
+  beat), then the byte-serial epilogue; per instruction the setup (its dividers and
+  multiplier: 11 to ~60 cycles), 8 cycles, the parameter super-beats and one read latency;
 * **ABSQUANT** (``hw.sfu.VectorUnit``): two passes over the row (max, then quantize), per row
   ``2·nw·(L + gamma) + (words − nw) + 42`` with ``nw = ceil(n/L)``, plus 9 per instruction.
 
-Constants are those of the RTL (hw/) and of the simulated memory (sim/rtl/ext_memory.v), set
-from the design; the fixed per-run overhead was measured on the v1 RTL. They are to be
-recalibrated on the v2 RTL (``benchmarks/cycle_model.py`` prints predicted vs simulated cycles).
+Every other instruction has its own term, from the structure of the unit that runs it
+(instructions run one at a time, in order, so a program's cycles are the sum of its
+instructions' cycles, their fetches and a fixed per-run overhead):
+
+* **LOAD / STORE** (``hw.controller``): one activation word per cycle through the gearbox (a
+  super-beat per cycle on the memory side, so ``max(words, beats)``), one read latency for a
+  LOAD; flag POS adds the ``POS · pos_stride`` address cycle;
+* **GATHER**: per row a LOAD of ``n`` words (one read latency each) and its id check, plus one
+  read round trip per super-beat of ids (``ceil(4·rows/SB)``);
+* **RMSNORM / SILUMUL (RELU2 alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, element-serial):
+  per row ``2·nw·L`` (RMSNORM: sum of squares and normalize), ``nw·(L+1)`` (SILUMUL: the gate
+  word latch), ``2·nw·(L+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work
+  (isqrt and divider); ROPE four buffer reads per rotated pair;
+* **ATTN** (``hw.attention.AttentionUnit``): per query row b (``n = POS + b + 1`` causal keys)
+  and head, ``2·n·c_row`` (a K and a V pass; ``c_row`` = cycles per cache row = the kv head's
+  words plus one per other super-beat of the row, memory delivering one super-beat per cycle),
+  a per-block cost for every block of 16 keys, a per-(row, head) cost (q copy, 33-cycle divider,
+  output pipeline) and the head's words; requests run ahead, so one read latency per instruction;
+* **instruction fetch**: a read round trip whenever the next instruction is in another
+  super-beat than the last one fetched (``SB/32`` instructions per super-beat; every instruction
+  when ``SB < 32``) or after a STORE (which drops the fetched super-beat), one cycle otherwise.
+
+Each term is linear in a few parameters (a fixed cost and per-element / per-row / per-beat
+slopes, :data:`TERMS`), whose built-in values come from the RTL's documented cycle formulas.
+``hwflow calibrate --board B`` fits them by least squares on RTL micro-runs
+(:mod:`hwflow.calibrate`) and stores them in ``mapping/calibration/<board>.json``;
+:func:`predict` and :func:`instr_cycles` use, by default, the stored calibration whose
+configuration digest equals the engine's (else one fitted on an engine with the same
+``chains``, ``chain_len``, ``mem_ports`` and ``port_bytes``; else the built-in values), see
+:func:`calibration_for`. Read latency is a separate input (``Calibration.read_latency``, the
+simulated memory's 32 cycles by default): it multiplies each term's read round trips.
 """
 
 from __future__ import annotations
 
-from hwflow.golden.ternary import GROUP_BITS
-from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, Opcode
-from hwflow.hw.sequencer import epilogue_lanes
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-from .weight_format import LayerFormat, channels_per_tile, tile_mem_rows
+from hwflow.golden.ternary import GROUP_BITS
+from hwflow.hw.attention import ATTN_BLOCK
+from hwflow.hw.buffers import RING_BURST_BEATS
+from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, INSTR_BYTES, Opcode
+from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH
+from hwflow.hw.sequencer import epilogue_lanes
+from hwflow.hw.tlmm import table_entries
+
+from .weight_format import LayerFormat, channels_per_tile, ring_reserve, tile_mem_rows
 
 READ_LATENCY = 32      # cycles, request to first beat (HBM ~100 ns at 300 MHz)
 ISSUE = 4              # cycles to decode and dispatch one instruction
 REDUCE_STAGES = 2      # reduction node (split the packed fields, accumulate) + segment combine
 PIPELINE_EXTRA = 8     # epilogue stages + output write after the DSP group's cascade
-TLMM_SETUP = 80        # TMATMUL: sequential dividers and multiplier, once per instruction
-TLMM_ROW_FIXED = 3 + 4  # TMATMUL: per row, m read and row dispatch (3) and epilogue drain (4)
+TLMM_SETUP = 8         # TMATMUL: once per instruction, besides its dividers and multiplier
+TLMM_ROW_FIXED = 6     # TMATMUL: per row, m read and row dispatch, stream drain, next row
 VECTOR_FIXED = 9       # vector unit: decode and the final pipeline drain, once per instruction
 ABSQ_ROW_FIXED = 42    # ABSQUANT per row: 7-cycle drain, 33-step divider, row dispatch
+#: MATMUL: cycles from a tile's last epilogue issue to the ring request its release allows (the
+#: last group's 6-cycle write, the release pulse, the registered room flag, the cooldown, the
+#: fill decoder): 12 reproduces the RTL on rings that hold only two tiles (small engines)
+RELEASE_DELAY = 12
 RUN_OVERHEAD = 50      # start, first fetch decode and the drain of the last STORE's writes
                        # (measured on v1: RTL minus model on 8 single-layer programs, 50-56)
 
@@ -83,6 +131,141 @@ def matmul_epilogue(i, cfg: AccelConfig) -> int:
     return i.n_tiles * per_tile + i.rows * -(-zero_fill // E)
 
 
+#: Extrapolate the steady state of a MATMUL's tiles (off only to test that it is exact).
+_EXTRAPOLATE = True
+_NEVER = -1.0e18     # "no result in flight" in the pipeline's history of epilogue ends
+
+
+def _pairs(cfg, c_free, e_free, hist, fetched, pairs, lone, kw, ep_full, ep_lone):
+    """Row pairs of one MATMUL tile (see :func:`matmul_pipeline`): the new ``(c_free, e_free,
+    hist)``. Pairs after the first are alike, so once two of them advanced the state by the
+    same amount the rest (but a lone last row) are added at once."""
+    R, depth = cfg.param_rows, len(hist)
+    prev = None
+    j = 0
+    while j < pairs:
+        start = max(c_free, hist[0] - kw)    # a free result slot: the oldest epilogue ended
+        c_end = max(start + kw, fetched if j == 0 else _NEVER)
+        ep = (ep_lone if lone and j == pairs - 1 else ep_full) + (R + 1 if j == 0 else 0)
+        e_end = max(c_end, e_free) + ep
+        inc = (c_end - c_free, e_end - e_free)
+        c_free, e_free, hist = c_end, e_end, hist[1:] + (e_end,)
+        j += 1
+        last = pairs - 1 if lone else pairs          # pairs alike from here to ``last``
+        linear = hist[-1] - hist[0] == inc[1] * (depth - 1)
+        if j > depth + 1 and inc == prev and j < last and linear:
+            k = last - j
+            c_free += inc[0] * k
+            e_free += inc[1] * k
+            hist = tuple(e_free - inc[1] * (depth - 1 - d) for d in range(depth))
+            j = last
+        prev = inc
+    return c_free, e_free, hist
+
+
+class _RingFetch:
+    """The weight ring's request side (``hw.buffers.WeightRing``), burst by burst: bursts of
+    ``B = min(D/2, RING_BURST_BEATS / beats_per_row)`` memory rows (single rows for the last
+    ``< B``), one request every other cycle at most, each reserving its rows' entries (2 per
+    int4 row) and waiting until the ring has room for them: room comes back when a tile is
+    released (its last epilogue). Data of a request start ``read_latency`` cycles after it,
+    behind the rows already streaming; rows stream at ``row_cycles`` each."""
+
+    def __init__(self, cfg, total_rows, tile_rows, per_row, row_cycles, read_latency):
+        self.D, self.total, self.tile_rows, self.k = cfg.weight_depth, total_rows, tile_rows, \
+            per_row
+        self.B = max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
+        self.row_c, self.lat = row_cycles, read_latency
+        self.req_row, self.last_req, self.stream_end = 0, -2.0, 0.0
+        self.bursts: list = []       # (first row, rows, stream start)
+
+    def arrival(self, row: int, ends: list) -> float:
+        """Cycle at which memory row ``row`` is in the ring; ``ends``: release times of the
+        tiles so far (ascending)."""
+        while not self.bursts or self.bursts[-1][0] + self.bursts[-1][1] <= row:
+            n = self.B if self.total - self.req_row >= self.B else 1
+            need = (self.req_row + n) * self.k - self.D       # entries to be released first
+            at = self.last_req + 2
+            if need > 0:
+                tiles = -(-need // (self.tile_rows * self.k))
+                if ends:
+                    at = max(at, ends[min(tiles, len(ends)) - 1] + RELEASE_DELAY)
+            start = max(at + self.lat, self.stream_end)
+            self.bursts.append((self.req_row, n, start))
+            self.last_req, self.req_row = at, self.req_row + n
+            self.stream_end = start + n * self.row_c
+        for r0, _n, start in reversed(self.bursts):
+            if r0 <= row:
+                return start + (row - r0 + 1) * self.row_c
+        raise AssertionError(row)
+
+    def shift(self, rows: int, dt: float) -> None:
+        """Jump ``rows`` ahead in ``dt`` cycles (the steady state of whole tiles)."""
+        self.req_row += rows
+        self.last_req += dt
+        self.stream_end += dt
+        self.bursts = [(r0 + rows, n, st + dt) for r0, n, st in self.bursts[-4:]]
+
+
+@lru_cache(maxsize=4096)
+def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY) -> int:
+    """Busy cycles of a MATMUL from its three streams as a pipeline, tile by tile and row pair
+    by row pair (weight fetch -> k-groups -> epilogue), rather than the slowest stream alone.
+
+    The fetch is the ring's request side burst by burst (:class:`_RingFetch`: bursts wait for
+    room in the ring, which a tile's release gives back, then for the read latency), streaming
+    a tile's ``tile_mem_rows`` rows in ``f = matmul_fetch / n_tiles`` cycles; a row pair's
+    k-groups take ``k_words`` cycles and a tile's first pair cannot end before the tile's last
+    row arrived; the engine holds :data:`~hwflow.hw.matrix_engine.RESULT_FIFO_DEPTH` results,
+    so the k-groups stall while the epilogue is that far behind; a pair's epilogue takes
+    ``ceil(2·C/E)`` cycles (``ceil(C/E)`` for a lone last row) plus ``R + 1`` parameter cycles
+    at a tile's first pair, after its k-groups and the previous epilogue. The result is the end
+    of the last epilogue plus the zero fill of the row bytes past the last tile, less the first
+    read latency (the instruction's read round trip, counted by :func:`features`). Tiles (and
+    row pairs) are alike, so once the pipeline is in a steady state the rest is extrapolated:
+    a few steps per instruction, not one per tile and pair.
+    """
+    L, E = cfg.chain_len, epilogue_lanes(cfg)
+    fmt = _format(i)
+    n = max(1, i.n_tiles)
+    C = channels_per_tile(cfg, fmt)
+    f = matmul_fetch(i, cfg) / n
+    pairs, lone, kw = -(-i.rows // 2), i.rows % 2, i.k_words
+    if pairs == 0:
+        return 0
+    tmr = i.tile_mem_rows or tile_mem_rows(cfg, fmt, kw)
+    ring = _RingFetch(cfg, n * tmr, tmr, 2 if fmt.int4 else 1, f / tmr, read_latency)
+    ahead = max(1, cfg.weight_depth // max(1, ring_reserve(cfg, fmt, kw)))
+    ep_full, ep_lone = -(-2 * C // E), -(-C // E)
+    fetched, c_free, e_free = 0.0, 0.0, 0.0
+    hist = (_NEVER,) * RESULT_FIFO_DEPTH
+    ends: list = []                 # epilogue end of every tile (its ring space is released)
+    incs: list = []
+    t = 0
+    while t < n:
+        state0 = (fetched, c_free, e_free)
+        fetched = ring.arrival((t + 1) * tmr - 1, ends)
+        c_free, e_free, hist = _pairs(cfg, c_free, e_free, hist, fetched, pairs, lone, kw,
+                                      ep_full, ep_lone)
+        ends.append(e_free)
+        incs.append((fetched - state0[0], c_free - state0[1], e_free - state0[2]))
+        t += 1
+        # steady: the last ahead + 2 tiles advanced everything alike; jump to the last tiles
+        w = ahead + 2
+        if _EXTRAPOLATE and t < n - 2 and len(incs) > w and all(x == incs[-1] for x in incs[-w:]):
+            k = n - 2 - t
+            df, dc, de = incs[-1]
+            fetched += df * k
+            c_free += dc * k
+            e_free += de * k
+            hist = tuple(h + de * k for h in hist)
+            ends += [ends[-1] + de * (m + 1) for m in range(k)]
+            ring.shift(k * tmr, df * k)
+            t = n - 2
+    zero_fill = i.rows * -(-max(0, i.words * L - i.n_tiles * C) // E)
+    return round(e_free - read_latency) + zero_fill
+
+
 def tmatmul_records(i, cfg: AccelConfig) -> int:
     """Lookup records of one TMATMUL row: ``ceil(k_groups/T) · ceil(n_out/Q)`` (each ``T·Q``
     lookups in one cycle; the RTL's TLMM_BUSY counts them)."""
@@ -90,15 +273,26 @@ def tmatmul_records(i, cfg: AccelConfig) -> int:
 
 
 def tmatmul_cycles(i, cfg: AccelConfig) -> int:
-    """Busy cycles of a TMATMUL (``hw.tlmm.TernaryLookupMatmul``'s formula, module docstring)."""
+    """Busy cycles of a TMATMUL (``hw.tlmm.TernaryLookupMatmul``'s formula, module docstring),
+    exact when memory delivers a super-beat per cycle after ``READ_LATENCY``."""
     G, T, Q, L, SB = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len, cfg.beat_bytes
     chunks, blocks = -(-i.k_groups // T), -(-i.n_out // Q)
-    H = (3 ** G + 1) // 2
-    # one record per cycle, unless a record is wider than the super-beat the stream delivers
-    stream = max(blocks, -(-blocks * T * Q * GROUP_BITS[G] // (8 * SB)))
-    per_row = TLMM_ROW_FIXED + chunks * (T * G + 1 + H + 1 + stream + 1) + i.words * L
+    # records never straddle a super-beat: KR per beat, or BPR beats each
+    rb, sbb = T * Q * GROUP_BITS[G], 8 * SB
+    kr, bpr = max(1, sbb // rb), -(-rb // sbb)
+    stream = blocks * bpr - (bpr - 1)
+    per_row = TLMM_ROW_FIXED + chunks * (T * G + table_entries(G) + stream + 3) + i.words * L
+    # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
+    # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
+    def pow2(d):
+        return d & (d - 1) == 0
+
+    acc_bits = (-(-cfg.tlmm_acc_depth // Q)).bit_length()
+    rec_bits = (-(-0xFFFF // T)).bit_length() + acc_bits
+    setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) else 18) + acc_bits + 1 \
+        + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
     param_beats = -(-8 * i.n_out // SB)
-    return TLMM_SETUP + param_beats + READ_LATENCY + i.rows * per_row
+    return TLMM_SETUP + setup + param_beats + READ_LATENCY + i.rows * per_row
 
 
 def absquant_cycles(i, cfg: AccelConfig) -> int:
@@ -109,31 +303,286 @@ def absquant_cycles(i, cfg: AccelConfig) -> int:
     return VECTOR_FIXED + i.rows * (2 * nw * (L + gam) + (i.words - nw) + ABSQ_ROW_FIXED)
 
 
-def instr_cycles(i, cfg: AccelConfig) -> int:
-    """Predicted cycles of one instruction (:class:`hwflow.hw.isa.Instr`)."""
-    L, sb = cfg.chain_len, cfg.beat_bytes
-    if i.op in (Opcode.LOAD, Opcode.STORE):
-        beats = i.b * L // sb
-        # the gearbox moves one act word per cycle; a super-beat carries SB/L of them
-        move = max(beats, i.b)
-        return ISSUE + move + (READ_LATENCY if i.op == Opcode.LOAD else 0)
-    if i.op == Opcode.MATMUL:
-        busy = max(matmul_compute(i), matmul_fetch(i, cfg), matmul_epilogue(i, cfg))
-        latency = READ_LATENCY + cfg.group_len + REDUCE_STAGES + PIPELINE_EXTRA
-        return ISSUE + busy + latency
-    if i.op == Opcode.VADD:
-        return ISSUE + i.rows * -(-i.words * L // epilogue_lanes(cfg)) + PIPELINE_EXTRA
-    if i.op == Opcode.TMATMUL:
-        return ISSUE + tmatmul_cycles(i, cfg)
-    if i.op == Opcode.ABSQUANT:
-        return ISSUE + absquant_cycles(i, cfg)
-    return ISSUE
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def predict(program, cfg: AccelConfig) -> dict:
-    """Per-instruction and total predicted cycles, plus instruction-fetch latency."""
-    per = [instr_cycles(i, cfg) for i in program]
-    per_sb = max(1, cfg.beat_bytes // 32)
-    fetch = -(-len(program) // per_sb) * READ_LATENCY
-    return {"total": sum(per) + fetch + RUN_OVERHEAD, "per_instruction": per,
-            "instruction_fetch": fetch}
+#: Parameters of every term, ``kind: ((term, built-in value), ...)``: the cycles of an
+#: instruction of that kind are ``sum(value · feature)`` over its terms (:func:`features`) plus
+#: its read round trips times the read latency. Built-in values are the RTL's documented cycle
+#: formulas (``hw/sfu.py``, ``hw/attention.py``, ``hw/controller.py``); a calibration replaces
+#: them with values fitted on RTL micro-runs. ``FETCH`` and ``RUN`` are the program-level terms:
+#: instruction fetch (``hit``: from the fetched super-beat; ``miss``: a memory read, plus one
+#: read latency) and the fixed cost of a run (start, END, the drain of the last writes).
+TERMS: dict[str, tuple] = {
+    "LOAD": (("fixed", ISSUE), ("move", 1.0), ("pos", 2.0)),
+    "STORE": (("fixed", ISSUE), ("move", 1.0), ("pos", 2.0)),
+    "MATMUL": (("fixed", ISSUE + REDUCE_STAGES + PIPELINE_EXTRA), ("cascade", 1.0),
+               ("pipeline", 1.0), ("tiles", 0.0), ("int4_tiles", 0.0)),
+    "VADD": (("fixed", ISSUE + PIPELINE_EXTRA), ("elems", 1.0), ("rows", 0.0)),
+    "GATHER": (("fixed", ISSUE), ("rows", 4.0), ("move", 1.0), ("id_beats", 2.0)),
+    "RMSNORM": (("fixed", ISSUE + VECTOR_FIXED), ("rows", 67.0), ("elems", 1.0),
+                ("zero_words", 1.0)),
+    "SILUMUL": (("fixed", ISSUE + VECTOR_FIXED), ("rows", 2.0), ("elems", 1.0),
+                ("zero_words", 1.0)),
+    "ROPE": (("fixed", ISSUE + VECTOR_FIXED + 4), ("pairs", 4.0), ("row_heads", 0.0)),
+    "ATTN": (("fixed", ISSUE + 2), ("group", 1.0), ("kv_words", 1.0), ("blocks", 10.0),
+             ("row_heads", 45.0), ("head_words", 2.0), ("setup_beats", 1.0)),
+    "ABSQUANT": (("fixed", ISSUE + VECTOR_FIXED), ("rows", ABSQ_ROW_FIXED), ("elems", 1.0),
+                 ("zero_words", 1.0)),
+    "TMATMUL": (("fixed", ISSUE), ("engine", 1.0)),
+    "FETCH": (("hit", 1.0), ("miss", 3.0)),
+    "RUN": (("fixed", RUN_OVERHEAD),),
+}
+
+#: Where ``hwflow calibrate`` stores its results (one JSON file per board).
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+#: AccelConfig fields that must be equal for a calibration fitted on another digest to be used.
+_SHAPE_FIELDS = ("chains", "chain_len", "mem_ports", "port_bytes")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Values of the :data:`TERMS` parameters, built in or fitted on the RTL.
+
+    Attributes
+    ----------
+    params : dict
+        ``{kind: {term: value}}``; a kind or term not named keeps its built-in value.
+    read_latency : int
+        Cycles from a read request to its first beat (the simulated memory's 32 by default).
+    source : str
+        ``"built-in"`` or where the values came from (a calibration file).
+    config_digest : str or None
+        :meth:`AccelConfig.digest` of the engine the values were fitted on.
+    """
+
+    params: dict = field(default_factory=dict)
+    read_latency: int = READ_LATENCY
+    source: str = "built-in"
+    config_digest: str | None = None
+
+    def values(self, kind: str) -> dict:
+        """``{term: value}`` of one kind, fitted values over the built-in ones."""
+        return {**dict(TERMS[kind]), **self.params.get(kind, {})}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "calibration data") -> Calibration:
+        """From the JSON that ``hwflow calibrate`` writes (``kinds.<KIND>.params``)."""
+        params = {k: dict(v["params"]) for k, v in data.get("kinds", {}).items()
+                  if k in TERMS and "params" in v}
+        return cls(params, int(data.get("read_latency", READ_LATENCY)), source,
+                   data.get("config_digest"))
+
+
+BUILTIN = Calibration()
+
+
+@lru_cache(maxsize=1)
+def _stored() -> tuple:
+    """``((path, data), ...)`` of the calibration files in :data:`CALIBRATION_DIR`."""
+    out = []
+    for path in sorted(CALIBRATION_DIR.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue        # a damaged file is not a calibration; the built-in values apply
+        # the folder holds other fitted models too (resources.json): cycle calibrations only
+        if isinstance(data, dict) and "kinds" in data and "config_digest" in data:
+            out.append((path, data))
+    return tuple(out)
+
+
+def stored_calibration(cfg: AccelConfig) -> Calibration | None:
+    """The stored calibration for ``cfg``: the file whose ``config_digest`` equals
+    ``cfg.digest()``, else the first one fitted on an engine with the same ``chains``,
+    ``chain_len``, ``mem_ports`` and ``port_bytes`` (it differs in buffer depths, unit options or
+    TLMM sizes, which the terms take as inputs), else None."""
+    digest = cfg.digest()
+    near = None
+    for path, data in _stored():
+        if data.get("config_digest") == digest:
+            return Calibration.from_dict(data, str(path))
+        conf = data.get("config", {})
+        if near is None and all(conf.get(f) == getattr(cfg, f) for f in _SHAPE_FIELDS):
+            near = Calibration.from_dict(data, str(path))
+    return near
+
+
+def calibration_for(cfg: AccelConfig, calib=None) -> Calibration:
+    """Resolve the ``calib`` argument of :func:`predict` / :func:`instr_cycles`.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    calib : None, False, str, Path, dict or Calibration
+        None: the stored calibration for ``cfg`` (:func:`stored_calibration`), else the built-in
+        values; False: the built-in values; a str or Path: a calibration JSON file, or a board
+        name (``mapping/calibration/<name>.json``); a dict: calibration JSON data.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``calib`` names neither a file nor a stored board calibration.
+    """
+    if calib is None:
+        return stored_calibration(cfg) or BUILTIN
+    if calib is False:
+        return BUILTIN
+    if isinstance(calib, Calibration):
+        return calib
+    if isinstance(calib, dict):
+        return Calibration.from_dict(calib)
+    path = Path(calib)
+    if not path.is_file():
+        path = CALIBRATION_DIR / f"{calib}.json"
+    if not path.is_file():
+        known = ", ".join(p.stem for p, _ in _stored()) or "none"
+        raise FileNotFoundError(f"no calibration file {calib!r} and no stored calibration of "
+                                f"a board of that name (stored: {known})")
+    return Calibration.from_dict(json.loads(path.read_text()), str(path))
+
+
+def matmul_bound(i, cfg: AccelConfig) -> tuple[str, int]:
+    """The MATMUL term that sets its length (``"compute"``, ``"fetch"`` or ``"epilogue"``) and
+    its cycles: the three streams overlap, the slowest counts."""
+    terms = {"compute": matmul_compute(i), "fetch": matmul_fetch(i, cfg),
+             "epilogue": matmul_epilogue(i, cfg)}
+    name = max(terms, key=terms.get)
+    return name, terms[name]
+
+
+def attn_row_cycles(i, cfg: AccelConfig, g: int) -> int:
+    """``c_row``: cycles the attention unit spends on one cache row of kv head ``g``: one per
+    word of the head, one per other super-beat of the row (``kv_stride`` super-beats)."""
+    L, SB = cfg.chain_len, cfg.beat_bytes
+    wpb = max(1, SB // L)
+    if i.hd_words == 0:
+        return i.kv_stride
+    first, last = g * i.hd_words, (g + 1) * i.hd_words - 1
+    touched = last // wpb - first // wpb + 1
+    return max(i.kv_stride - touched, 0) + i.hd_words
+
+
+def features(i, cfg: AccelConfig, pos: int = 0,
+             read_latency: int = READ_LATENCY) -> tuple[str | None, dict, int]:
+    """``(kind, {term: feature}, read round trips)`` of one instruction; kind None for END
+    (its cost is in the ``RUN`` term) and for an opcode the model does not know.
+
+    ``pos`` is the POS register of the run (ATTN's causal key counts; LOAD/STORE with flag
+    POS only add their address cycle, whatever POS is); ``read_latency`` enters the MATMUL
+    pipeline (a weight read after a ring release waits for it).
+    """
+    L, SB = cfg.chain_len, cfg.beat_bytes
+    op = i.op
+    if op in (Opcode.LOAD, Opcode.STORE):
+        move = max(i.b, _cdiv(i.b * L, SB))
+        # a LOAD of n = 0 words issues no read
+        trips = 1 if op == Opcode.LOAD and i.b else 0
+        return op.name, {"fixed": 1, "move": move, "pos": 1 if i.flags & FLAG_POS else 0}, trips
+    if op == Opcode.MATMUL:
+        # the three streams as a pipeline (matmul_pipeline); one read latency before the
+        # weight stream's first beat, the DSP group's cascade (S0 slices) before a result
+        # per tile (and per int4 tile: scale rows latched by the fill decoder) hand-offs the
+        # pipeline leaves out; zero unless a calibration finds them
+        return "MATMUL", {"fixed": 1, "cascade": cfg.group_len,
+                          "pipeline": matmul_pipeline(i, cfg, read_latency),
+                          "tiles": i.n_tiles,
+                          "int4_tiles": i.n_tiles if i.flags & FLAG_INT4 else 0}, \
+            1 if i.rows else 0
+    if op == Opcode.VADD:
+        return "VADD", {"fixed": 1, "elems": i.rows * _cdiv(i.words * L, epilogue_lanes(cfg)),
+                        "rows": i.rows}, 0
+    if op == Opcode.GATHER:
+        id_beats = _cdiv(4 * i.rows, SB)
+        return "GATHER", {"fixed": 1, "rows": i.rows, "move": i.rows * max(i.n, _cdiv(i.n * L, SB)),
+                          "id_beats": id_beats}, i.rows + id_beats
+    if op in (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT):
+        nw = _cdiv(i.n, L)
+        per_word = {Opcode.RMSNORM: 2 * L, Opcode.SILUMUL: L + 1,
+                    Opcode.ABSQUANT: 2 * (L + (1 if i.flags & FLAG_GAMMA else 0))}[op]
+        return op.name, {"fixed": 1, "rows": i.rows, "elems": i.rows * nw * per_word,
+                         "zero_words": i.rows * max(0, i.words - nw)}, 0
+    if op == Opcode.ROPE:
+        return "ROPE", {"fixed": 1, "pairs": i.rows * i.heads * (i.hd // 2),
+                        "row_heads": i.rows * i.heads}, 0
+    if op == Opcode.ATTN:
+        heads, kvh = i.heads, max(1, i.kv_heads)
+        group = max(1, heads // kvh)
+        keys = i.rows * pos + i.rows * (i.rows + 1) // 2          # sum of n over the rows
+        c_rows = sum(attn_row_cycles(i, cfg, h // group) for h in range(heads))
+        blocks = heads * sum(_cdiv(pos + b + 1, ATTN_BLOCK) for b in range(i.rows))
+        # per (row, head) setup: the kv head's last word is located in the cache row by
+        # repeated subtraction of SB/L, one super-beat per cycle, beside the q copy
+        wpb = max(1, SB // L)
+        skip = sum(max(0, ((h // group + 1) * i.hd_words - 1) // wpb + 1 - i.hd_words)
+                   for h in range(heads))
+        return "ATTN", {"fixed": 1, "group": group, "kv_words": 2 * keys * c_rows,
+                        "blocks": blocks, "row_heads": i.rows * heads,
+                        "head_words": i.rows * heads * i.hd_words,
+                        "setup_beats": i.rows * skip}, 1 if i.rows and heads else 0
+    if op == Opcode.TMATMUL:
+        return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg)}, 0
+    return None, {}, 0
+
+
+def _dot(values: dict, feats: dict) -> float:
+    return sum(values[t] * v for t, v in feats.items())
+
+
+def instr_cycles(i, cfg: AccelConfig, pos: int = 0, calib=None) -> int:
+    """Predicted cycles of one instruction (:class:`hwflow.hw.isa.Instr`), its fetch excluded.
+
+    Parameters
+    ----------
+    i : Instr
+    cfg : AccelConfig
+    pos : int
+        The POS register of the run (ATTN reads ``POS + b + 1`` keys for row b).
+    calib : optional
+        The term values (see :func:`calibration_for`; default: the stored calibration of
+        ``cfg``, else the built-in values).
+    """
+    cal = calibration_for(cfg, calib)
+    kind, feats, trips = features(i, cfg, pos, cal.read_latency)
+    if kind is None:
+        return 0 if i.op == Opcode.END else ISSUE
+    return max(0, round(_dot(cal.values(kind), feats) + trips * cal.read_latency))
+
+
+def fetch_misses(program, cfg: AccelConfig) -> list[bool]:
+    """Per instruction: is it fetched from memory (True) or from the controller's last fetched
+    super-beat? A miss at every new super-beat (``SB/32`` instructions each; every instruction
+    when ``SB < 32``) and after any STORE."""
+    slots = max(1, cfg.beat_bytes // INSTR_BYTES)
+    out, prev_store = [], False
+    for k, i in enumerate(program):
+        out.append(k % slots == 0 or prev_store)
+        prev_store = i.op == Opcode.STORE
+    return out
+
+
+def predict(program, cfg: AccelConfig, pos: int = 0, calib=None) -> dict:
+    """Predicted cycles of a program run (straight-line, END last) with POS = ``pos``.
+
+    Returns
+    -------
+    dict
+        ``total`` (cycles from start to done), ``per_instruction`` (list, fetch excluded; END
+        is 0), ``instruction_fetch`` (cycles of all fetches), ``run_overhead``, ``by_kind``
+        (``{kind: cycles}`` of the instructions) and ``calibration`` (where the values came
+        from).
+    """
+    cal = calibration_for(cfg, calib)
+    per = [instr_cycles(i, cfg, pos, cal) for i in program]
+    fv = cal.values("FETCH")
+    miss = fetch_misses(program, cfg)
+    n_miss = sum(miss)
+    fetch = round(n_miss * (fv["miss"] + cal.read_latency) + (len(program) - n_miss) * fv["hit"])
+    run = round(cal.values("RUN")["fixed"])
+    by_kind: dict = {}
+    for i, c in zip(program, per, strict=True):
+        by_kind[i.op.name] = by_kind.get(i.op.name, 0) + c
+    return {"total": sum(per) + fetch + run, "per_instruction": per,
+            "instruction_fetch": fetch, "run_overhead": run, "by_kind": by_kind,
+            "calibration": cal.source}

@@ -56,12 +56,12 @@ from hwflow.hw.isa import (
 
 from .errors import MappingError
 from .lower import WeightPlan, plan_weights
-from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap
+from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap, Region
 from .weight_format import pack_weight_block
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
-           "lower_decoder", "decode_memory_writes", "read_logits", "program_instructions",
-           "naive_program_bytes"]
+           "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits",
+           "program_instructions", "naive_program_bytes"]
 
 #: Smallest default prefill bucket (rows); smaller buckets only when 8 rows do not fit.
 MIN_BUCKET = 8
@@ -290,6 +290,9 @@ class LoweredDecoder:
     kv: KvLayout
     max_context: int
     reports: dict = field(default_factory=dict)
+    #: Built from shapes alone (``lower_decoder(..., shape_only=True)``): ``image`` is empty,
+    #: the programs, memory map and reports are those of the full lowering.
+    shape_only: bool = False
 
     @property
     def decode_prog_base(self) -> int:
@@ -334,7 +337,8 @@ class _Packed:
     plan: WeightPlan
     n_out: int
     ql: QLinear
-    data: bytes
+    data: bytes | None      # None when lowered from shapes alone
+    nbytes: int
 
 
 def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
@@ -358,7 +362,7 @@ def _pad_head_cols(w: np.ndarray, heads: int, hd: int, hdp: int) -> np.ndarray:
 
 
 def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, bias=None,
-          mult=None) -> _Packed:
+          mult=None, size_only: bool = False) -> _Packed:
     weight = ql.weight if weight is None else weight
     bias = ql.bias if bias is None else bias
     mult = ql.mult if mult is None else mult
@@ -367,14 +371,21 @@ def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, b
                            f"rows of {k_words} words x {cfg.chain_len} B")
     op = _LinearOp({"weight": np.asarray(weight, dtype=np.int8), "bias": bias, "mult": mult},
                    _Tile(k_words))
+    # The decoder's linears carry no N:M or int4 request, so plan_weights takes dense int8
+    # without scanning the weight (golden.sparse.satisfies_nm(w, 1, 1) is True outright): a
+    # zero-stride shape-only weight gets the plan a real one gets.
     plan = plan_weights(name, op, cfg)
+    if size_only:
+        # pack_weight_block's size: n_tiles tiles of tile_mem_rows rows of P*L bytes
+        return _Packed(name, plan, weight.shape[0], ql, None,
+                       plan.n_tiles * plan.tile_mem_rows * cfg.row_bytes)
     try:
         data = pack_weight_block(cfg, plan.fmt, op.attrs["weight"], bias, mult, k_words,
                                  plan.n_tiles)
     except ValueError as e:
         raise MappingError(f"linear '{name}': cannot pack its weights as {plan.fmt.label}: "
                            f"{e}") from None
-    return _Packed(name, plan, weight.shape[0], ql, data)
+    return _Packed(name, plan, weight.shape[0], ql, data, len(data))
 
 
 @dataclass(frozen=True)
@@ -386,10 +397,11 @@ class _TPacked:
     n_out: int
     k: int               # input features (after head padding)
     k_groups: int        # ceil(k / G)
-    data: bytes
+    data: bytes | None   # None when lowered from shapes alone
     G: int
     T: int
     Q: int
+    nbytes: int = 0
 
     @property
     def index_records(self) -> int:
@@ -398,13 +410,13 @@ class _TPacked:
 
 
 def _pack_ternary(name: str, cfg: AccelConfig, ql: QLinear, weight=None, bias=None,
-                  mult=None) -> _TPacked:
-    from .ternary_format import pack_ternary_block
+                  mult=None, size_only: bool = False) -> _TPacked:
+    from .ternary_format import block_layout, pack_ternary_block
 
     weight = np.asarray(ql.weight if weight is None else weight, dtype=np.int8)
     bias = np.asarray(ql.bias if bias is None else bias, dtype=np.int64)
     mult = np.asarray(ql.mult if mult is None else mult, dtype=np.int64)
-    if np.any(np.abs(weight) > 1):
+    if not size_only and np.any(np.abs(weight) > 1):
         raise MappingError(f"linear '{name}' is marked ternary but has weights outside "
                            "{-1, 0, 1}")
     n_out, k = weight.shape
@@ -417,18 +429,27 @@ def _pack_ternary(name: str, cfg: AccelConfig, ql: QLinear, weight=None, bias=No
     if max(n_out, k_groups) > _U16:
         raise MappingError(f"linear '{name}': n_out={n_out} or k_groups={k_groups} exceeds "
                            f"the TMATMUL field limit {_U16}")
+    if size_only:
+        size = block_layout(n_out, k, G, T, Q, cfg.beat_bytes)["total_beats"] * cfg.beat_bytes
+        return _TPacked(name, ql, n_out, k, k_groups, None, G, T, Q, size)
     try:
         data = pack_ternary_block(weight, bias, mult, G, T, Q, cfg.beat_bytes)
     except ValueError as e:
         raise MappingError(f"linear '{name}': cannot pack its ternary weights: {e}") from None
-    return _TPacked(name, ql, n_out, k, k_groups, bytes(data), G, T, Q)
+    return _TPacked(name, ql, n_out, k, k_groups, bytes(data), G, T, Q, len(data))
 
 
-def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry) -> list:
+def _zero_view(shape, dtype=np.int8) -> np.ndarray:
+    """A read-only zero array of ``shape`` that holds one element (shape-only lowering)."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
+
+
+def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, size_only: bool = False) -> list:
     """Every linear packed in program order; if some do not fit the weight ring, the error
     names the one that needs the most (so one rebuild with its weight_depth fits them all).
     Ternary layers' linears become TMATMUL blocks (:class:`_TPacked`), the others MATMUL
-    weight tiles."""
+    weight tiles. ``size_only``: plans and sizes only, no bytes (the head-padded weights are
+    zero-stride views of their shapes)."""
     s = qd.shape
     L, hd, hdp = cfg.chain_len, s.head_dim, geo.hd_words * cfg.chain_len
     jobs = []
@@ -437,10 +458,16 @@ def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry) -> list:
         tern = _layer_ternary(ly, i)
         for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
             ql = getattr(ly, nm)
-            w, b, m = _pad_heads_rows(ql, heads, hd, hdp)
+            if size_only:
+                n = heads * hdp
+                w = _zero_view((n, ql.weight.shape[1]))
+                b, m = _zero_view((n,), np.int64), _zero_view((n,), np.int64)
+            else:
+                w, b, m = _pad_heads_rows(ql, heads, hd, hdp)
             jobs.append((p + nm, tern, ql, geo.ew, w, b, m))
-        jobs.append((p + "o", tern, ly.o, geo.q_words,
-                     _pad_head_cols(ly.o.weight, s.heads, hd, hdp), None, None))
+        o_w = (_zero_view((ly.o.weight.shape[0], s.heads * hdp)) if size_only else
+               _pad_head_cols(ly.o.weight, s.heads, hd, hdp))
+        jobs.append((p + "o", tern, ly.o, geo.q_words, o_w, None, None))
         jobs.append((p + "gate", tern, ly.gate, geo.ew, None, None, None))
         jobs.append((p + "up", tern, ly.up, geo.ew, None, None, None))
         jobs.append((p + "down", tern, ly.down, geo.iw, None, None, None))
@@ -452,9 +479,9 @@ def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry) -> list:
     for name, tern, ql, k_words, w, b, m in jobs:
         try:
             if tern:
-                out.append(_pack_ternary(name, cfg, ql, w, b, m))
+                out.append(_pack_ternary(name, cfg, ql, w, b, m, size_only=size_only))
             else:
-                out.append(_pack(name, cfg, ql, k_words, w, b, m))
+                out.append(_pack(name, cfg, ql, k_words, w, b, m, size_only=size_only))
         except MappingError as e:
             if tern:
                 raise
@@ -746,6 +773,14 @@ def naive_program_bytes(layers: int, max_context: int, max_rows: int,
 
 # ------------------------------------------------------------------------------- buckets
 
+def act_row_words(qd: QDecoder, cfg: AccelConfig) -> tuple[int, int]:
+    """``(words per activation row, fixed words)`` of ``qd``'s programs on ``cfg``: a program
+    of ``B`` rows needs ``act_depth >= B * words + fixed`` (the ternary gamma area is the fixed
+    part; 0 for int8)."""
+    geo = _Geometry.of(qd, cfg)
+    return geo.words_per_row, sum(geo.fixed_words.values())
+
+
 def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets) -> list:
     wpr = geo.words_per_row
     fixed = sum(geo.fixed_words.values())   # the gamma area of a ternary decoder, else 0
@@ -789,7 +824,30 @@ def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
             raise MappingError(f"{nm}={v} exceeds the ATTN/ROPE/GATHER field limit {hi}")
 
 
-def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> LoweredDecoder:
+class _LayoutBuilder(ImageBuilder):
+    """:class:`ImageBuilder`'s layout (same regions, addresses and padding) without the bytes:
+    ``append`` takes a byte count where the image builder takes the data."""
+
+    def __init__(self, cfg: AccelConfig):
+        super().__init__(cfg)
+        self.size = len(self.buf)
+
+    def append(self, name: str, kind: str, data, **meta) -> Region:
+        n = data if isinstance(data, int) else len(data)
+        r = Region(name, kind, self.size // self.sb, n, **meta)
+        self.size += -(-n // self.sb) * self.sb
+        self.regions.append(r)
+        return r
+
+    def reserve(self, name: str, kind: str, nbytes: int, **meta) -> Region:
+        return self.append(name, kind, int(nbytes), **meta)
+
+    def finish(self, sections=None, version: int = LLM_VERSION) -> tuple[bytes, MemoryMap]:
+        return b"", MemoryMap(self.sb, self.cfg.chain_len, self.size, self.regions)
+
+
+def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
+                  shape_only: bool = False) -> LoweredDecoder:
     """Lower a quantized decoder to the decode program, the prefill programs and the image.
 
     Parameters
@@ -802,6 +860,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     prompt_buckets : iterable of int, optional
         Prefill bucket sizes (rows). Default: powers of two from 8 up to the largest that
         fits the activation buffer and ``max_context`` (from 1 if 8 rows do not fit).
+    shape_only : bool
+        Build the programs, the memory map and the reports from ``qd``'s shapes and epilogue
+        constants alone: no weight is packed and no image is built (``image`` is empty), so a
+        full-size decoder whose arrays are zero-stride views
+        (``compiler.llm_config.shape_decoder``) lowers without weight-sized memory. Given a
+        real decoder, the programs and the memory map equal the full lowering's.
 
     Returns
     -------
@@ -839,27 +903,40 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     slack = max_rows - 1
     L, SB = cfg.chain_len, cfg.beat_bytes
 
-    packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo)}
+    packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
     n_instr = program_instructions(qd)
 
-    ib = ImageBuilder(cfg)
+    def payload(make, nbytes: int):
+        """The bytes of a region, or (shape-only) just their count."""
+        return nbytes if shape_only else make()
+
+    ib = _LayoutBuilder(cfg) if shape_only else ImageBuilder(cfg)
     prog_regions = {"decode": ib.reserve("program:decode", "program", n_instr * INSTR_BYTES,
                                          rows=1)}
     for b in buckets:
         prog_regions[b] = ib.reserve(f"program:prefill{b}", "program", n_instr * INSTR_BYTES,
                                      rows=b)
     # weights: the gather table, the RoPE table, then the linears in program order
-    emb = np.zeros((s.vocab, geo.ew * L), dtype=np.int8)
-    emb[:, :s.hidden] = qd.embed
-    r_emb = ib.append("weights:embed", "weights", emb.tobytes(), shape=[s.vocab, s.hidden],
+    def emb_bytes() -> bytes:
+        emb = np.zeros((s.vocab, geo.ew * L), dtype=np.int8)
+        emb[:, :s.hidden] = qd.embed
+        return emb.tobytes()
+
+    def rope_bytes() -> bytes:
+        cs = np.zeros((T + slack, geo.cs_words * L), dtype=np.uint8)
+        tab = np.ascontiguousarray(qd.rope[:T].astype("<i2"))
+        cs[:T, :2 * s.head_dim] = tab.view(np.uint8).reshape(T, 2 * s.head_dim)
+        return cs.tobytes()
+
+    r_emb = ib.append("weights:embed", "weights", payload(emb_bytes, s.vocab * geo.ew * L),
+                      shape=[s.vocab, s.hidden],
                       rows=s.vocab, words=geo.ew, features=s.hidden,
                       layout=f"GATHER table: row id at super-beat id*{geo.ew * L // SB}, "
                              "int8, zero padded")
-    cs = np.zeros((T + slack, geo.cs_words * L), dtype=np.uint8)
-    tab = np.ascontiguousarray(qd.rope[:T].astype("<i2"))
-    cs[:T, :2 * s.head_dim] = tab.view(np.uint8).reshape(T, 2 * s.head_dim)
-    r_rope = ib.append("weights:rope", "weights", cs.tobytes(), shape=[T, s.head_dim],
+    r_rope = ib.append("weights:rope", "weights",
+                       payload(rope_bytes, (T + slack) * geo.cs_words * L),
+                       shape=[T, s.head_dim],
                        rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
                        layout=f"per position: {s.head_dim // 2} int16 cos then "
                               f"{s.head_dim // 2} int16 sin (Q1.14, LE), zero padded; "
@@ -868,7 +945,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     for name, pk in packed.items():
         if isinstance(pk, _TPacked):
             wregion[name] = ib.append(
-                f"weights:{name}", "weights", pk.data, shape=list(pk.ql.weight.shape),
+                f"weights:{name}", "weights", payload(lambda pk=pk: pk.data, pk.nbytes),
+                shape=list(pk.ql.weight.shape),
                 layout=f"TMATMUL block, G={pk.G} T={pk.T} Q={pk.Q}: {pk.n_out} parameter "
                        f"records, then {pk.index_records} index records of {pk.T * pk.Q} "
                        "(docs/architecture.md, TMATMUL weight block)")
@@ -878,11 +956,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
                                   "tlmm": {"G": pk.G, "T": pk.T, "Q": pk.Q},
                                   "out_features": int(pk.ql.weight.shape[0]),
                                   "in_features": int(pk.ql.weight.shape[1]),
-                                  "weight_bytes": len(pk.data)})
+                                  "weight_bytes": pk.nbytes})
             continue
         p = pk.plan
         wregion[name] = ib.append(
-            f"weights:{name}", "weights", pk.data, shape=list(pk.ql.weight.shape),
+            f"weights:{name}", "weights", payload(lambda pk=pk: pk.data, pk.nbytes),
+            shape=list(pk.ql.weight.shape),
             layout=f"{p.fmt.label}: {p.n_tiles} tiles x {p.tile_mem_rows} rows of "
                    f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
         layers_report.append({"name": name, "engine": "mpe", "format": p.fmt.label,
@@ -890,13 +969,14 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
                               "tile_mem_rows": p.tile_mem_rows,
                               "out_features": int(pk.ql.weight.shape[0]),
                               "in_features": int(pk.ql.weight.shape[1]),
-                              "weight_bytes": len(pk.data)})
+                              "weight_bytes": pk.nbytes})
     gregion = {}
     for i, ly in enumerate(qd.layers):
         blk = _gamma_block(ly, geo, s) if ternary else None
         if blk is not None:
             gregion[i] = ib.append(
-                f"weights:L{i}.gamma", "weights", blk.tobytes(), shape=[geo.gw * L],
+                f"weights:L{i}.gamma", "weights", payload(blk.tobytes, blk.nbytes),
+                shape=[geo.gw * L],
                 words=geo.gw,
                 layout="int8 gamma codes of ABSQUANT, slots (name, word, words) "
                        f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
@@ -934,8 +1014,9 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
         prog = _emit(qd, cfg, geo, packed, plans[rows], ad)
         code = b"".join(i.encode() for i in prog)
         assert len(code) == region.nbytes
-        start = region.addr * SB
-        image[start:start + len(code)] = code
+        if not shape_only:
+            start = region.addr * SB
+            image[start:start + len(code)] = code
         name = "decode" if key == "decode" else f"prefill{key}"
         infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
 
@@ -966,7 +1047,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None) -> Lowere
     kv = KvLayout(k_bases=[r.addr for r in k_regions], v_bases=[r.addr for r in v_regions],
                   kv_stride=geo.kv_stride, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
     return LoweredDecoder(cfg, bytes(image), mm, decode, dict(sorted(infos.items())), io, kv,
-                          T, reports)
+                          T, reports, shape_only=shape_only)
 
 
 # ----------------------------------------------------------------------------- host side

@@ -385,3 +385,46 @@ def test_naive_program_bytes_at_2048():
           f" B (decode {want['decode_bytes']} B, prefill {want['prefill_bytes']} B); reduction "
           f"{rep['program_reduction']:.0f}x")
     assert rep["program_reduction"] > 1000
+
+
+# ------------------------------------------------------------------------ shape-only path
+
+def _program_bytes(low) -> dict:
+    return {p.name: b"".join(i.encode() for i in p.program)
+            for p in [low.decode, *low.prefill.values()]}
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG64], ids=["SB32", "SB64"])
+def test_shape_only_lowering_equals_the_full_one(qd, cfg):
+    """From the decoder's shapes alone: the same instruction bytes, memory map and reports as
+    the full lowering, and no image."""
+    full = lower_decoder(qd, cfg)
+    shape = lower_decoder(qd, cfg, shape_only=True)
+    assert shape.shape_only and not full.shape_only and shape.image == b""
+    assert _program_bytes(shape) == _program_bytes(full)
+    assert shape.memory_map.to_json() == full.memory_map.to_json()
+    assert shape.memory_map.total_bytes == len(full.image)
+    assert shape.reports == full.reports
+    assert (shape.io, shape.kv, shape.buckets) == (full.io, full.kv, full.buckets)
+
+
+def test_weightless_decoder_gives_the_programs_up_to_epilogue_constants(qd):
+    """compiler.llm_config.shape_decoder of the same shape: every instruction equal except the
+    epilogue constants (calibrated on real weights), the same memory regions."""
+    from dataclasses import replace
+
+    from hwflow.compiler.llm_config import ConfigShape, shape_decoder
+
+    cs = ConfigShape(qd.shape, "llama", "silu", False, False, 0, "")
+    sk = shape_decoder(cs, qd.max_context, "int8")
+    full = lower_decoder(qd, CFG)
+    shape = lower_decoder(sk, CFG, shape_only=True)
+    consts = dict(shift=0, mult_a=0, mult_b=0, eps=0, smul=0, omul=0, sshift=0)
+    for a, b in zip([full.decode, *full.prefill.values()],
+                    [shape.decode, *shape.prefill.values()], strict=True):
+        assert [replace(i, **consts) for i in a.program] == \
+            [replace(i, **consts) for i in b.program]
+        assert a.program != b.program       # the constants themselves do differ
+    # the same regions at the same addresses (the logits' float scale is not known)
+    assert [(r.name, r.kind, r.addr, r.nbytes) for r in shape.memory_map.regions] == \
+        [(r.name, r.kind, r.addr, r.nbytes) for r in full.memory_map.regions]

@@ -1,0 +1,296 @@
+"""A decoder's architecture from a ``transformers`` config alone: no weights are read or
+allocated (``hwflow compile CONFIG --shape-only``, README "Full-size models without weights").
+
+:func:`shape_from_config` builds the model with ``AutoModelForCausalLM.from_config`` under
+``torch.device("meta")`` (parameters carry shapes, no storage: a LLaMA-2-7B costs no 13 GB)
+and reads the :class:`~compiler.decoder.DecoderShape` off the parameters' shapes, checked
+against the config. :func:`shape_decoder` turns that shape into a :class:`QDecoder` with the
+*structure* ``compiler.llm_quant.quantize_decoder`` gives a real model of that family (the same
+layers, sub-norms, gamma codes, unfused residual adds), whose weight and embedding arrays are
+zero-stride views (``numpy.broadcast_to``: one byte each, whatever their shape) and whose
+epilogue constants are placeholders. The mapper's shape-only lowering
+(``mapping.llm_lower.lower_decoder(..., shape_only=True)``) reads only its shapes and
+structure, so the programs, the memory map and the predictions of a full-size model come out
+without its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .decoder import DecoderShape, QDecoder, QLayer, QLinear
+from .errors import FrontendError, UnsupportedOpError
+
+__all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder"]
+
+#: ``model_type``\ s whose blocks the shape-only path knows (the families the pattern
+#: recogniser of ``compiler.llm_frontend`` is tested on).
+SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "bitnet")
+
+#: Parameters of one block, relative to ``model.layers.<i>.`` (``bias`` where the config has
+#: attention_bias, the sub-norms for BitNet): anything else is a feature the mapper lacks.
+_BLOCK = {"input_layernorm.weight", "post_attention_layernorm.weight",
+          "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+          "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+          "mlp.down_proj.weight"}
+_BIASES = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+           "self_attn.o_proj.bias"}
+_SUB_NORMS = {"self_attn.attn_sub_norm.weight", "mlp.ffn_sub_norm.weight"}
+_TOP = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+
+
+@dataclass(frozen=True)
+class ConfigShape:
+    """What a config says about a decoder: its shape and the structure the mapper needs.
+
+    Attributes
+    ----------
+    shape : DecoderShape
+    family : str
+        The config's ``model_type``.
+    act : str
+        MLP activation: ``"silu"`` (SwiGLU) or ``"relu2"`` (BitNet's squared ReLU).
+    sub_norms : bool
+        RMSNorms before ``o`` and ``down`` (BitNet's ``attn_sub_norm`` / ``ffn_sub_norm``).
+    ternary : bool
+        Whether the block linears are ternary by default (BitNet b1.58).
+    parameters : int
+        Parameters of the meta model (embedding and LM head counted apart even when tied).
+    source : str
+        The config file.
+    """
+
+    shape: DecoderShape
+    family: str
+    act: str
+    sub_norms: bool
+    ternary: bool
+    parameters: int
+    source: str
+
+
+def _config_file(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise FrontendError(f"{path}: no such config (give a transformers config.json or a "
+                            "folder holding one)")
+    return p
+
+
+def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
+    """Read a ``transformers`` config and derive the decoder's shape from its meta model.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``config.json`` or a folder holding one (weights next to it are not read).
+    max_context : int, optional
+        Context to check against the config's ``max_position_embeddings`` and sliding window.
+
+    Returns
+    -------
+    ConfigShape
+
+    Raises
+    ------
+    FrontendError
+        Missing or unreadable config, a ``model_type`` transformers does not know, or a
+        ``max_context`` past the model's positions.
+    UnsupportedOpError
+        A family outside :data:`SHAPE_FAMILIES`, a RoPE variant other than the default, an
+        activation, soft-capping, sliding window or block parameter the mapper has no unit for.
+    """
+    from .llm_frontend import _check_max_context, _hf_config_checks
+
+    cfg_path = _config_file(path)
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise FrontendError(f"{cfg_path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise FrontendError(f"{cfg_path}: not a transformers config (a JSON object)")
+    model_type = raw.get("model_type")
+    if model_type not in SHAPE_FAMILIES:
+        raise UnsupportedOpError(f"{cfg_path}: model_type '{model_type}' is not supported by "
+                                 f"the decoder path (supported: {', '.join(SHAPE_FAMILIES)})")
+    try:
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise FrontendError("reading a transformers config needs the 'transformers' package "
+                            "(pip install transformers)") from None
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        config = AutoConfig.for_model(**raw)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{cfg_path}: transformers {transformers.__version__} cannot read "
+                            f"this config ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    max_pos = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    max_context = _check_max_context(max_context, max_pos, str(cfg_path))
+    _hf_config_checks(cfg_path.parent, raw, max_context)
+    rope_type, theta = _rope(config)
+    if rope_type not in (None, "default"):
+        raise UnsupportedOpError(f"{cfg_path}: rope_type '{rope_type}' is not supported; only "
+                                 "the default RoPE is")
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{cfg_path}: transformers cannot build the model from its config "
+                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
+                            ) from None
+    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert all(p.is_meta for p in model.parameters())    # nothing was allocated
+    return _derive(cfg_path, config, model_type, params, max_pos, theta)
+
+
+def _rope(config) -> tuple:
+    """``(rope_type, theta)`` of a config (transformers 5 ``rope_parameters`` or 4.x keys)."""
+    rp = getattr(config, "rope_parameters", None)
+    if isinstance(rp, dict):
+        rtype = rp.get("rope_type") or rp.get("type")
+        theta = rp.get("rope_theta", getattr(config, "rope_theta", None))
+    else:
+        rs = getattr(config, "rope_scaling", None)
+        rtype = (rs.get("rope_type") or rs.get("type")) if isinstance(rs, dict) else None
+        theta = getattr(config, "rope_theta", None)
+    return rtype, float(theta if theta is not None else 10000.0)
+
+
+def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
+            theta: float) -> ConfigShape:
+    layers = sorted({int(n.split(".")[2]) for n in params if n.startswith("model.layers.")})
+    if not layers or layers != list(range(len(layers))):
+        raise UnsupportedOpError(f"{cfg_path}: the model has no numbered decoder blocks "
+                                 "(model.layers.<i>)")
+    allowed = _BLOCK | _BIASES | _SUB_NORMS
+    for n in params:
+        rel = n.split(".", 3)[3] if n.startswith("model.layers.") else None
+        if (rel is None and n not in _TOP) or (rel is not None and rel not in allowed):
+            raise UnsupportedOpError(f"{cfg_path}: parameter '{n}' is not part of a LLaMA or "
+                                     "BitNet block; the mapper has no unit for it")
+    p0 = "model.layers.0."
+    vocab, hidden = params["model.embed_tokens.weight"]
+    n_q, _ = params[p0 + "self_attn.q_proj.weight"]
+    n_kv, _ = params[p0 + "self_attn.k_proj.weight"]
+    inter, _ = params[p0 + "mlp.gate_proj.weight"]
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    if n_q != heads * head_dim or n_kv != kv_heads * head_dim:
+        raise UnsupportedOpError(f"{cfg_path}: q_proj has {n_q} outputs and k_proj {n_kv}, "
+                                 f"not heads*head_dim = {heads}*{head_dim} and kv_heads*head_dim "
+                                 f"= {kv_heads}*{head_dim}")
+    for i in layers:   # every block the same shape (the programs repeat one block)
+        p = f"model.layers.{i}."
+        for nm in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.gate_proj.weight",
+                   "mlp.down_proj.weight"):
+            if params[p + nm] != params[p0 + nm]:
+                raise UnsupportedOpError(f"{cfg_path}: block {i}'s {nm} is "
+                                         f"{list(params[p + nm])}, block 0's "
+                                         f"{list(params[p0 + nm])}; blocks must be alike")
+    sub = any(n.endswith(("attn_sub_norm.weight", "ffn_sub_norm.weight")) for n in params)
+    act = getattr(config, "hidden_act", "silu")
+    act = "silu" if act == "swish" else act
+    shape = DecoderShape(vocab=int(vocab), hidden=int(hidden), layers=len(layers), heads=heads,
+                         kv_heads=kv_heads, head_dim=head_dim, intermediate=int(inter),
+                         max_position=max_pos, rope_theta=theta,
+                         rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)))
+    n_params = sum(int(np.prod(s, dtype=np.int64)) for s in params.values())
+    if "lm_head.weight" not in params:     # tied: the IR keeps the LM head apart
+        n_params += int(vocab) * int(hidden)
+    return ConfigShape(shape, family, act, sub, family == "bitnet", n_params, str(cfg_path))
+
+
+# ------------------------------------------------------------------------ shape decoder
+
+#: Placeholder epilogue constants of a shape-only decoder. They only fill instruction fields
+#: that no cycle, byte or address count reads (shift, multipliers, eps); the real values come
+#: from calibration on real weights.
+_NORM = (1, 1 << 14, 14)
+_ATTN = (1 << 14, 14, 1 << 14, 14)
+_ACT = (1 << 14, 14)
+_ADD = (1 << 14, 1 << 14, 15)
+_SHIFT = 16
+
+
+def _zeros(shape, dtype) -> np.ndarray:
+    """A read-only all-zero array of ``shape`` that owns one element (zero strides)."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(s) for s in shape))
+
+
+def _linear(n_out: int, n_in: int, ternary: bool, residual: bool) -> QLinear:
+    return QLinear(weight=_zeros((n_out, n_in), np.int8), bias=_zeros((n_out,), np.int64),
+                   mult=np.broadcast_to(np.int64(1 << 14), (n_out,)), shift=_SHIFT,
+                   res_mult=(1 << 14) if residual and not ternary else 0, ternary=ternary)
+
+
+def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
+                  name: str = "model") -> QDecoder:
+    """A weightless :class:`QDecoder` with the structure of ``cs``'s family.
+
+    Parameters
+    ----------
+    cs : ConfigShape
+    max_context : int
+        Positions of the KV caches and the RoPE table.
+    weights : {"int8", "ternary"}, optional
+        Block linears' format; default ternary for BitNet, int8 otherwise (as
+        ``quantize_decoder``). Ternary layers carry the unfused residual adds, and BitNet's
+        unfolded gammas (input, sub-norm, post-attention and FFN sub-norm) become gamma codes;
+        int8 folds gammas away.
+
+    Returns
+    -------
+    QDecoder
+        Arrays are zero-stride views (no weight-sized allocation); ``rope`` is zeros of
+        ``[max_context, head_dim]`` (int16, 256 KiB at 2048 x 64).
+    """
+    s = cs.shape
+    if weights is None:
+        weights = "ternary" if cs.ternary else "int8"
+    if weights not in ("int8", "ternary"):
+        raise FrontendError(f"weights '{weights}': use int8 or ternary for a decoder")
+    if not 1 <= int(max_context) <= s.max_position:
+        raise FrontendError(f"max_context {max_context} outside 1..{s.max_position} (the "
+                            "model's max_position_embeddings)")
+    tern = weights == "ternary"
+    qd_q, qd_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    # BitNet keeps its block gammas unfolded (compiler.llm_frontend, fold_gammas): ternary
+    # compiles carry them as ABSQUANT gamma codes; other families fold them into the weights.
+    gammas = tern and cs.family == "bitnet"
+
+    def g(n):
+        return _zeros((n,), np.int8) if gammas else None
+
+    layers = []
+    for _ in range(s.layers):
+        extra = {}
+        if tern:
+            extra = dict(attn_gamma=g(s.hidden), attn_sub_gamma=g(qd_q) if cs.sub_norms else None,
+                         mlp_gamma=g(s.hidden),
+                         mlp_sub_gamma=g(s.intermediate) if cs.sub_norms else None,
+                         attn_add=_ADD, mlp_add=_ADD)
+        layers.append(QLayer(
+            attn_norm=_NORM, q=_linear(qd_q, s.hidden, tern, False),
+            k=_linear(qd_kv, s.hidden, tern, False), v=_linear(qd_kv, s.hidden, tern, False),
+            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, True), mlp_norm=_NORM,
+            gate=_linear(s.intermediate, s.hidden, tern, False),
+            up=_linear(s.intermediate, s.hidden, tern, False), silu=_ACT,
+            down=_linear(s.hidden, s.intermediate, tern, True), act=cs.act,
+            attn_sub_norm=_NORM if cs.sub_norms else None,
+            mlp_sub_norm=_NORM if cs.sub_norms else None, **extra))
+    return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),
+                    rope=np.zeros((int(max_context), s.head_dim), dtype=np.int16),
+                    layers=layers, final_norm=_NORM,
+                    lm_head=_linear(s.vocab, s.hidden, False, False),
+                    max_context=int(max_context), scales={},
+                    weight_formats={"shape_only": True, "weights": weights})

@@ -1,0 +1,551 @@
+"""Predictions of a decoder on an accelerator: decode tokens/s, prefill time-to-first-token,
+external-memory bandwidth, resources and fit -- from the architecture alone (no weights).
+
+The numbers come from the programs the mapper emits for the shape (``mapping.llm_lower``,
+``shape_only=True``: the same instructions a real checkpoint of that shape gets, with
+placeholder epilogue constants that no cycle or byte count reads) and the cycle model
+(``mapping.cycles.predict``). What each figure means:
+
+* **decode** -- cycles of one run of the decode program, averaged over the positions
+  ``0 .. max_context-1`` (the attention reads ``pos + 1`` cache rows, so a step gets slower as
+  the context grows); tokens/s = clock / cycles. ``cycles_first`` / ``cycles_last`` are the
+  steps at position 0 and ``max_context - 1``.
+* **prefill** -- what the host runs for a prompt of ``n`` tokens (``hwflow.llm_flow``): chunks
+  of the largest bucket at positions ``0, B, 2B, ...``, each run by the smallest bucket that
+  holds it (a 1-token chunk by the decode program). The last chunk writes the logits of the
+  prompt's last token, whose argmax is the first generated token, so TTFT = the chunks'
+  cycles / clock; host time between runs is not counted.
+* **bandwidth** -- external bytes one decode step moves (:func:`program_traffic`: weights,
+  KV cache reads and writes, token ids and logits, instruction fetch; counted as the ISA
+  functional model counts them) at the mean position, over its time; against the engine's
+  port peak (``beat_bytes`` per cycle) and the board's ``memory.bandwidth_gbps``.
+* **resources** -- ``mapping.engine.estimate_resources`` (plus the TLMM engine for ternary
+  decoders) and the fit check; ``memory`` -- the image (weights, KV caches for
+  ``max_context``, programs, I/O) against the board's ``memory.capacity_gb``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from hwflow.compiler.decoder import DecoderShape
+from hwflow.compiler.llm_config import ConfigShape, shape_decoder, shape_from_config
+from hwflow.errors import HwflowError
+from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
+
+__all__ = ["load_shape", "predict_decoder", "program_traffic", "decode_cycles",
+           "prefill_chunks", "format_prediction", "PROMPT_LENS"]
+
+#: Prompt lengths of the TTFT figures.
+PROMPT_LENS = (64, 128, 512)
+#: Positions sampled for the mean decode step (evenly spaced, both ends included). With the
+#: attention linear in the position this mean equals the mean over every position.
+DECODE_SAMPLES = 33
+#: Smallest prefill bucket the act_depth sizing aims for (mapping.llm_lower.MIN_BUCKET).
+MIN_BUCKET = 8
+
+
+# -------------------------------------------------------------------------------- shapes
+
+def _config_shape(model) -> ConfigShape:
+    from hwflow.llm_examples import LLM_EXAMPLES
+
+    if str(model) in LLM_EXAMPLES:
+        from hwflow.llm_examples import tiny_bitnet_config, tiny_llama_config
+
+        conf = tiny_bitnet_config() if model == "tiny-bitnet" else tiny_llama_config()
+        with tempfile.TemporaryDirectory() as td:
+            conf.save_pretrained(td)
+            cs = shape_from_config(td)
+        return replace(cs, source=f"example:{model}")
+    return shape_from_config(model)
+
+
+def load_shape(model: str) -> tuple[DecoderShape, str, bool]:
+    """(shape, family, ternary) from a config.json path, a folder holding one, or a built-in
+    example name (tiny-llama, tiny-bitnet).
+
+    The model is instantiated on the meta device (``compiler.llm_config``): no weights are
+    read or allocated. ``ternary``: the block linears are ternary by default (BitNet b1.58).
+
+    Raises
+    ------
+    hwflow.compiler.errors.CompileError
+        Missing or unreadable config, an unsupported architecture or feature (one line).
+    """
+    cs = _config_shape(model)
+    return cs.shape, cs.family, cs.ternary
+
+
+def _structure(shape: DecoderShape, family: str | None, ternary: bool) -> ConfigShape:
+    """The block structure of ``family`` (default: BitNet's for ternary, LLaMA's otherwise)."""
+    family = family or ("bitnet" if ternary else "llama")
+    bitnet = family == "bitnet"
+    return ConfigShape(shape, family, "relu2" if bitnet else "silu", bitnet, bitnet, 0, "")
+
+
+# ----------------------------------------------------------------------------- programs
+
+def program_traffic(program, cfg, pos: int) -> dict:
+    """External-memory bytes of one run of ``program`` at position ``pos``, by category.
+
+    Counted as ``sim.isa_model.IsaModel`` counts its traffic (whole super-beats): MATMUL its
+    weight block, TMATMUL its parameters once and its index stream per row, GATHER the
+    embedding rows and the token ids, LOAD the RoPE rows (POS) or the gamma codes, STORE the
+    new K/V rows (POS) or the logits, ATTN ``heads`` passes over rows ``0 .. pos + b`` of the K
+    and of the V cache per query row ``b``, and the instruction fetch (a super-beat at a time,
+    fetched again after a STORE).
+
+    Returns
+    -------
+    dict
+        ``weights_read``, ``kv_read``, ``kv_written``, ``io_read``, ``io_written``,
+        ``program_read`` and ``total``.
+    """
+    from hwflow.mapping.ternary_format import block_layout
+
+    L, SB = cfg.chain_len, cfg.beat_bytes
+
+    def whole(n):
+        return -(-n // SB) * SB
+
+    t = dict.fromkeys(("weights_read", "kv_read", "kv_written", "io_read", "io_written",
+                       "program_read"), 0)
+    fetched = None     # the super-beat of instructions the controller holds
+    for idx, i in enumerate(program):
+        pc = idx * INSTR_BYTES      # programs start on a super-beat
+        for sb in range(pc // SB, (pc + INSTR_BYTES - 1) // SB + 1):
+            if sb != fetched:
+                t["program_read"] += SB
+                fetched = sb
+        if i.op == Opcode.MATMUL:
+            t["weights_read"] += i.n_tiles * i.tile_mem_rows * cfg.row_bytes
+        elif i.op == Opcode.TMATMUL:
+            lay = block_layout(i.n_out, i.k_groups * cfg.tlmm_g, cfg.tlmm_g, cfg.tlmm_t,
+                               cfg.tlmm_q, SB)
+            t["weights_read"] += (lay["param_beats"] + i.rows * lay["stream_beats"]) * SB
+        elif i.op == Opcode.GATHER:
+            t["io_read"] += whole(4 * i.rows)
+            t["weights_read"] += i.rows * whole(i.n * L)
+        elif i.op == Opcode.LOAD:
+            t["weights_read"] += whole(i.b * L)
+        elif i.op == Opcode.STORE:
+            t["kv_written" if i.flags & FLAG_POS else "io_written"] += whole(i.b * L)
+            fetched = None      # a STORE may overwrite the program: the super-beat is refetched
+        elif i.op == Opcode.ATTN:
+            rows = i.rows
+            row_bytes = i.kv_stride * SB
+            per_cache = i.heads * (rows * pos + rows * (rows + 1) // 2) * row_bytes
+            t["kv_read"] += 2 * whole(per_cache)
+    t["total"] = sum(t.values())
+    return t
+
+
+def _predict_fn():
+    """``mapping.cycles.predict`` and whether it takes ``pos`` / ``calib`` (the LLM terms and
+    the calibration are being added there; without them the position does not matter)."""
+    from hwflow.mapping.cycles import predict
+
+    params = inspect.signature(predict).parameters
+    return predict, "pos" in params, "calib" in params
+
+
+class _Timer:
+    """Cycles of a program run at a position, for many positions.
+
+    ``mapping.cycles.predict`` is a sum over instructions plus fetch and run overheads, and
+    only the position-dependent instructions (ATTN: ``pos + b + 1`` keys; POS LOAD/STORE)
+    change with the position. When the model is that sum (checked on its own result at the
+    first and the last position), a run at another position costs only those instructions'
+    ``instr_cycles``; otherwise every position calls ``predict`` (the same numbers, slower:
+    a 512-token TTFT on 1-row buckets is 512 runs of a 486-instruction program)."""
+
+    def __init__(self, cfg, calib, last_pos: int):
+        self.cfg, self.calib, self.last = cfg, calib, int(last_pos)
+        self._split: dict = {}
+        self._memo: dict = {}
+
+    def _predict(self, program, pos: int) -> dict:
+        predict, has_pos, has_calib = _predict_fn()
+        kw = {}
+        if has_pos:
+            kw["pos"] = int(pos)
+        if has_calib and self.calib is not None:
+            kw["calib"] = self.calib
+        return predict(program, self.cfg, **kw)
+
+    def _prepare(self, name: str, program):
+        from hwflow.mapping.cycles import instr_cycles
+
+        r0, r1 = self._predict(program, 0), self._predict(program, self.last)
+        self._memo[(name, 0)], self._memo[(name, self.last)] = r0["total"], r1["total"]
+        per0, per1 = r0.get("per_instruction"), r1.get("per_instruction")
+        if per0 is None or per1 is None or not _predict_fn()[1] or \
+                "pos" not in inspect.signature(instr_cycles).parameters:
+            return None
+        dep = [k for k, i in enumerate(program)
+               if i.op == Opcode.ATTN or i.flags & FLAG_POS and i.op in (Opcode.LOAD,
+                                                                          Opcode.STORE)
+               or per0[k] != per1[k]]
+        rest0 = r0["total"] - sum(per0[k] for k in dep)
+        rest1 = r1["total"] - sum(per1[k] for k in dep)
+        if rest0 != rest1:      # not a sum of instructions: no shortcut
+            return None
+        cal = self.calib
+        if cal is None:
+            from hwflow.mapping import cycles
+
+            if hasattr(cycles, "calibration_for"):      # resolve the default once
+                cal = cycles.calibration_for(self.cfg, None)
+        return rest0, [program[k] for k in dep], cal
+
+    def cycles(self, name: str, program, pos: int) -> int:
+        key = (name, int(pos))
+        if key in self._memo:
+            return int(self._memo[key])
+        if name not in self._split:
+            self._split[name] = self._prepare(name, program)
+            if key in self._memo:
+                return int(self._memo[key])
+        split = self._split[name]
+        if split is None:
+            total = self._predict(program, pos)["total"]
+        else:
+            from hwflow.mapping.cycles import instr_cycles
+
+            rest, dep, cal = split
+            kw = {"calib": cal} if cal is not None else {}
+            total = rest + sum(instr_cycles(i, self.cfg, int(pos), **kw) for i in dep)
+        self._memo[key] = total
+        return int(total)
+
+
+def _sample_positions(max_context: int, samples: int = DECODE_SAMPLES) -> list[int]:
+    if max_context <= samples:
+        return list(range(max_context))
+    last = max_context - 1
+    return sorted({round(k * last / (samples - 1)) for k in range(samples)})
+
+
+def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
+    """Decode-step cycles of a lowered decoder: the mean over positions ``0 .. max_context-1``
+    (:data:`DECODE_SAMPLES` evenly spaced, both ends included), the first and the last."""
+    timer = timer or _Timer(lowered.cfg, calib, lowered.max_context - 1)
+    prog = lowered.decode.program
+    pts = _sample_positions(lowered.max_context)
+    cyc = [timer.cycles("decode", prog, p) for p in pts]
+    mean_pos = sum(pts) / len(pts)
+    return {"cycles_per_token": sum(cyc) / len(cyc), "cycles_first": cyc[0],
+            "cycles_last": cyc[-1], "mean_pos": mean_pos, "positions_sampled": len(pts)}
+
+
+def prefill_chunks(lowered, n: int) -> list[tuple[int, int, str]]:
+    """``[(pos, tokens, program name)]`` the host runs for an ``n``-token prompt (chunks of
+    the largest bucket, each on the smallest bucket that holds it; one token: decode)."""
+    largest = lowered.buckets[-1]
+    out = []
+    for p in range(0, n, largest):
+        k = min(largest, n - p)
+        if k == 1:
+            out.append((p, 1, "decode"))
+        else:
+            out.append((p, k, f"prefill{min(b for b in lowered.buckets if b >= k)}"))
+    return out
+
+
+def _program(lowered, name: str):
+    if name == "decode":
+        return lowered.decode
+    return lowered.prefill[int(name.removeprefix("prefill"))]
+
+
+# -------------------------------------------------------------------------- configuring
+
+def _size_act_depth(qd, cfg, board) -> tuple:
+    """``cfg`` with an activation buffer that holds the decoder, and why it changed (or None).
+
+    The programs keep every activation of ``B`` rows on chip (``B * words_per_row`` act
+    words; a 32000-token vocabulary's logits row alone is 2000 words at L = 16). When the
+    configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
+    that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
+    board's block RAM, else to the smallest that holds one row (prefill token by token)."""
+    from hwflow.mapping.engine import check_fit, check_fit_tlmm
+    from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import act_row_words
+
+    words, fixed = act_row_words(qd, cfg)
+    if cfg.act_depth >= words + fixed:
+        return cfg, None
+
+    def pow2(n):
+        return 1 << (int(n) - 1).bit_length()
+
+    chosen = None
+    for rows in (MIN_BUCKET, 1):
+        cand = replace(cfg, act_depth=pow2(rows * words + fixed))
+        chosen = cand
+        try:
+            (check_fit_tlmm if cand.tlmm else check_fit)(cand, board)
+            break
+        except MappingError:
+            continue
+    rows = (chosen.act_depth - fixed) // words
+    why = (f"act_depth {cfg.act_depth} cannot hold one activation row of {words + fixed} "
+           f"words; raised to {chosen.act_depth} (prefill buckets of up to {rows} "
+           f"row{'s' if rows > 1 else ''})")
+    return chosen, why
+
+
+def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
+    """``cfg`` with a weight ring that holds two tiles of the widest int8 linear, and why it
+    changed (or None): ``2 * ring_reserve`` of the largest ``k_words`` (``down``'s
+    ``ceil(intermediate / L)``, ``o``'s padded heads, the residual row), raised to a power of
+    two (LLaMA-2-7B's down, K = 11008, needs 1380 entries at L = 16: 2048)."""
+    from hwflow.mapping.weight_format import DENSE_INT8, ring_reserve
+
+    s, L, SB = qd.shape, cfg.chain_len, cfg.beat_bytes
+    ew = -(-s.hidden // SB) * SB // L
+    widths = [ew] if ternary else [ew, s.heads * -(-s.head_dim // L), -(-s.intermediate // L)]
+    need = 2 * max(ring_reserve(cfg, DENSE_INT8, k) for k in widths)
+    if cfg.weight_depth >= need:
+        return cfg, None
+    depth = 1 << (need - 1).bit_length()
+    return replace(cfg, weight_depth=depth), (
+        f"weight_depth {cfg.weight_depth} cannot hold two tiles of the widest linear ({need} "
+        f"entries); raised to {depth}")
+
+
+def _tlmm_cfg(qd, cfg, board):
+    """The configuration with the TLMM engine sized for ``qd`` (``hwflow.llm_flow``'s rule)."""
+    from hwflow.mapping.engine import tlmm_config
+
+    s = qd.shape
+    hdp = -(-s.head_dim // cfg.chain_len) * cfg.chain_len
+    widest = max(max(ql.weight.shape[0] for ly in qd.layers
+                     for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)),
+                 s.heads * hdp)
+    if board.engine.get("tlmm", True) is False:
+        raise HwflowError(f"board {board.name} is built without the ternary table-lookup "
+                          "engine (`engine: tlmm: false`); predict with ternary=False (int8)")
+    return tlmm_config(board, cfg, acc_depth=max(widest, cfg.tlmm_acc_depth))[0]
+
+
+def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
+    """``(estimate_resources, extra, fits, why not)``: the accelerator's estimate as
+    ``mapping.engine.estimate_resources`` gives it; ``extra`` holds the TLMM engine's share
+    (``tlmm_resources``, when built), the board's resources and the fit report (used vs
+    available, TLMM included)."""
+    from hwflow.mapping.engine import check_fit, check_fit_tlmm, estimate_resources
+    from hwflow.mapping.errors import MappingError
+
+    kbits = getattr(board, "bram_kbits", 36)
+    extra = {"available": dict(board.resources)}
+    try:
+        est = estimate_resources(cfg, kbits)
+    except MappingError as e:      # the resource model's data missing or unreadable
+        return {}, extra, False, str(e)
+    if cfg.tlmm:
+        from hwflow.mapping.engine import tlmm_resources
+
+        extra["tlmm"] = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
+                                       cfg.beat_bytes, kbits)
+    try:
+        extra["fit"] = (check_fit_tlmm if cfg.tlmm else check_fit)(cfg, board)
+        return est, extra, True, None
+    except MappingError as e:
+        return est, extra, False, str(e)
+
+
+# ------------------------------------------------------------------------------ predict
+
+def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
+                adjust=True):
+    """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
+    ``cfg`` as adjusted (TLMM engine for ternary; with ``adjust``, the weight ring, the
+    activation buffer and the address width sized for the model) and ``notes`` the reasons.
+    Without ``adjust`` a configuration too small for the model is an error."""
+    from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    cs = _structure(shape, family, ternary)
+    max_context = min(int(max_context), shape.max_position)
+    qd = shape_decoder(cs, max_context, "ternary" if ternary else "int8")
+    notes = []
+    if ternary and not cfg.tlmm:
+        cfg = _tlmm_cfg(qd, cfg, board)
+        notes.append(f"TLMM engine added (G={cfg.tlmm_g} T={cfg.tlmm_t} Q={cfg.tlmm_q})")
+    if adjust:
+        cfg, why = _size_weight_depth(qd, cfg, ternary)
+        if why:
+            notes.append(why)
+        cfg, why = _size_act_depth(qd, cfg, board)
+        if why:
+            notes.append(why)
+    try:
+        # lowered with the widest address the ISA has (32-bit ext fields), then the ports'
+        # address width set to what the image needs: nothing in the programs depends on it
+        lw = lower_decoder(qd, replace(cfg, addr_bits=32) if adjust else cfg,
+                           shape_only=True)
+    except MappingError as e:
+        raise HwflowError(f"cannot map this decoder on the configuration: {e}") from None
+    need = max(1, -(-lw.memory_map.total_bytes // cfg.beat_bytes) - 1).bit_length()
+    if need > cfg.addr_bits:
+        gib = lw.memory_map.total_bytes / 2**30
+        notes.append(f"addr_bits {cfg.addr_bits} cannot address the {gib:.2f} GiB image; "
+                     f"raised to {need}")
+        cfg = replace(cfg, addr_bits=need)
+    lw.cfg = cfg
+    return lw, cfg, notes
+
+
+def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
+                    prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
+                    lowered=None, adjust=True) -> dict:
+    """Predict a decoder of ``shape`` on accelerator ``cfg`` of ``board`` (see the module
+    docstring for what each figure means).
+
+    Parameters
+    ----------
+    shape : DecoderShape
+    cfg : AccelConfig
+        The accelerator; a ternary decoder gets the TLMM engine if ``cfg`` lacks it, and (with
+        ``adjust``) a weight ring, activation buffer or address width too small for the model
+        is enlarged (all in ``notes``; ``config`` is what was predicted).
+    board : hwflow.boards.Board
+    ternary : bool
+        Block linears ternary (TMATMUL on the TLMM engine) instead of int8.
+    max_context : int
+        KV cache length (capped by ``shape.max_position``).
+    prompt_lens : iterable of int
+        Prompt lengths of the TTFT figures (longer than ``max_context``: ``None`` figures).
+    clock_mhz : float, optional
+        Default the board's kernel clock.
+    calib : optional
+        Calibration of the cycle model, passed to ``mapping.cycles.predict`` where it takes one.
+    family : str, optional
+        Block structure: ``"bitnet"`` (sub-norms, gamma codes) or a LLaMA family; default
+        BitNet's for ternary, LLaMA's otherwise.
+    lowered : LoweredDecoder, optional
+        An existing lowering to predict (a full build's); ``shape``/``ternary`` then only
+        label the result.
+    adjust : bool
+        Size the engine for the model where it is too small (default); False: such a
+        configuration raises :class:`~hwflow.errors.HwflowError` (one line).
+
+    Returns
+    -------
+    dict
+        ``{"decode": {"cycles_per_token", "tokens_per_s", "context", ...}, "prefill": {"64":
+        {"cycles", "ttft_ms", "chunks"}, ...}, "bandwidth": {"bytes_per_token",
+        "achieved_gbps", "port_peak_gbps", "board_peak_gbps", "utilization", ...},
+        "resources": {...estimate_resources...}, "resource_fit": {"tlmm", "available",
+        "fit"}, "memory": {...}, "fits": bool, "clock_mhz": float, "config":
+        cfg.to_dict(), "notes": [...]}``.
+    """
+    if lowered is None:
+        lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
+                                     max_context=max_context, family=family, adjust=adjust)
+    else:
+        lw, cfg, notes = lowered, lowered.cfg, []
+    clock = float(clock_mhz or board.clock_mhz)
+    hz = clock * 1e6
+    T = lw.max_context
+
+    timer = _Timer(cfg, calib, T - 1)
+    dec = decode_cycles(lw, calib, timer)
+    cpt = dec["cycles_per_token"]
+    decode = {"cycles_per_token": cpt, "tokens_per_s": hz / cpt,
+              "context": f"mean over positions 0..{T - 1} ({dec['positions_sampled']} evenly "
+                         "spaced samples)",
+              "cycles_first": dec["cycles_first"], "cycles_last": dec["cycles_last"],
+              "ms_per_token": 1e3 * cpt / hz}
+    _, has_pos, _ = _predict_fn()
+    if not has_pos:
+        decode["context"] += "; the cycle model has no position term yet"
+
+    prefill = {}
+    for n in prompt_lens:
+        n = int(n)
+        if not 1 <= n <= T:
+            prefill[str(n)] = {"cycles": None, "ttft_ms": None,
+                               "note": f"prompt longer than max_context {T}"}
+            continue
+        chunks = prefill_chunks(lw, n)
+        cyc = sum(timer.cycles(name, _program(lw, name).program, p) for p, _, name in chunks)
+        prefill[str(n)] = {"cycles": cyc, "ttft_ms": 1e3 * cyc / hz, "chunks": len(chunks),
+                           "bucket": chunks[0][2]}
+
+    mean_pos = int(round(dec["mean_pos"]))
+    traffic = program_traffic(lw.decode.program, cfg, mean_pos)
+    achieved = traffic["total"] * hz / cpt / 1e9
+    port_peak = cfg.beat_bytes * hz / 1e9
+    board_peak = float(board.memory["bandwidth_gbps"])
+    bandwidth = {"bytes_per_token": traffic["total"], "traffic": traffic,
+                 "weight_bytes_per_token": traffic["weights_read"],
+                 "achieved_gbps": achieved, "port_peak_gbps": port_peak,
+                 "board_peak_gbps": board_peak, "utilization": achieved / port_peak,
+                 "board_utilization": achieved / board_peak, "at_pos": mean_pos}
+
+    resources, res_extra, fits, why = _resources(cfg, board)
+    image = lw.memory_map.total_bytes
+    cap = float(board.memory.get("capacity_gb", 0)) * 2**30
+    by_kind: dict = {}
+    for r in lw.memory_map.regions:
+        by_kind[r.kind] = by_kind.get(r.kind, 0) + r.nbytes
+    memory = {"image_bytes": image, "by_kind": by_kind, "capacity_bytes": int(cap),
+              "fits": bool(cap and image <= cap)}
+    if not memory["fits"]:
+        fits = False
+        why = (why + "; " if why else "") + (
+            f"memory image {image / 2**30:.2f} GiB > the board's {cap / 2**30:.0f} GiB")
+    out = {"decode": decode, "prefill": prefill, "bandwidth": bandwidth,
+           "resources": resources, "resource_fit": res_extra, "memory": memory,
+           "fits": fits, "clock_mhz": clock,
+           "config": cfg.to_dict(), "max_context": T, "prefill_buckets": lw.buckets,
+           "ternary": bool(cfg.tlmm and ternary), "notes": notes,
+           "shape": shape.to_dict() if shape is not None else lw.reports.get("shape")}
+    if why:
+        out["fit_error"] = why
+    return out
+
+
+# ------------------------------------------------------------------------------ printing
+
+def format_prediction(p: dict) -> list[str]:
+    """The prediction as a few lines for the terminal."""
+    d, b = p["decode"], p["bandwidth"]
+    lines = [f"decode: {d['tokens_per_s']:.2f} tokens/s ({d['cycles_per_token']:,.0f} cycles "
+             f"per token at {p['clock_mhz']:g} MHz; {d['context']})"]
+    ttft = ", ".join(f"{n}: {v['ttft_ms']:.1f} ms" if v["ttft_ms"] is not None else f"{n}: -"
+                     for n, v in p["prefill"].items())
+    lines.append(f"time to first token (prompt tokens: TTFT): {ttft} (prefill buckets "
+                 f"{p['prefill_buckets']})")
+    lines.append(f"external memory: {b['bytes_per_token'] / 1e6:,.1f} MB per decode token "
+                 f"(weights {b['weight_bytes_per_token'] / 1e6:,.1f} MB), "
+                 f"{b['achieved_gbps']:.1f} GB/s = {b['utilization']:.1%} of the engine's "
+                 f"{b['port_peak_gbps']:.1f} GB/s ports, {b['board_utilization']:.1%} of the "
+                 f"board's {b['board_peak_gbps']:g} GB/s")
+    acc, extra = p["resources"], p.get("resource_fit", {})
+    parts = [f"{k.upper()} {v:,}" for k, v in acc.items() if isinstance(v, (int, float))]
+    if "tlmm" in extra:
+        t = extra["tlmm"]
+        parts.append(f"TLMM +{t['lut']:,} LUT +{t['bram']:g} BRAM +{t['dsp']} DSP")
+    m = p["memory"]
+    lines.append("resources: " + ", ".join(parts) + f"; memory image "
+                 f"{m['image_bytes'] / 2**30:.2f} GiB of {m['capacity_bytes'] / 2**30:.0f} GiB")
+    lines.append("fits the board: " + ("yes" if p["fits"] else f"NO ({p.get('fit_error')})"))
+    for n in p.get("notes", []):
+        lines.append(f"note: {n}")
+    return lines
+
+
+def load_prediction(out) -> dict:
+    """``reports/predict.json`` of a build folder (raises HwflowError if absent)."""
+    f = Path(out) / "reports" / "predict.json"
+    if not f.is_file():
+        raise HwflowError(f"{out}: no reports/predict.json")
+    return json.loads(f.read_text())

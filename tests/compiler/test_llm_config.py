@@ -1,0 +1,101 @@
+"""compiler.llm_config: a decoder's shape from a transformers config on the meta device, and
+the weightless QDecoder the shape-only lowering reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwflow.compiler.errors import FrontendError, UnsupportedOpError
+from hwflow.compiler.llm_config import shape_decoder, shape_from_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def test_llama_2_7b_config():
+    cs = shape_from_config(CONFIGS / "llama-2-7b.json")
+    s = cs.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate,
+            s.max_position) == (32000, 4096, 32, 32, 32, 128, 11008, 4096)
+    assert (s.rope_theta, s.rms_eps) == (10000.0, 1e-5)
+    assert (cs.family, cs.act, cs.sub_norms, cs.ternary) == ("llama", "silu", False, False)
+    # LLaMA-2-7B's published parameter count: 6,738,415,616
+    assert cs.parameters == 6_738_415_616
+
+
+def test_bitnet_0_7b_config_from_a_folder(tmp_path):
+    (tmp_path / "config.json").write_text((CONFIGS / "bitnet-b1.58-0.7b.json").read_text())
+    cs = shape_from_config(tmp_path)
+    s = cs.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate,
+            s.max_position) == (32002, 1536, 24, 16, 16, 96, 4096, 2048)
+    assert cs.family == "bitnet" and cs.ternary and cs.sub_norms
+
+
+def test_gqa_and_head_dim_come_from_the_meta_parameters(tmp_path):
+    from hwflow.llm_examples import tiny_llama_config
+
+    tiny_llama_config("qwen2").save_pretrained(tmp_path)
+    cs = shape_from_config(tmp_path / "config.json", max_context=64)
+    s = cs.shape
+    assert (s.heads, s.kv_heads, s.head_dim, s.hidden, s.intermediate) == (6, 2, 20, 120, 200)
+    assert cs.family == "qwen2"
+
+
+def _write(tmp_path, **over) -> Path:
+    conf = json.loads((CONFIGS / "llama-2-7b.json").read_text())
+    conf.update(over)
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(conf))
+    return f
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
+    ({"model_type": "mistral", "sliding_window": 512}, "sliding_window=512"),
+])
+def test_unsupported_architectures_are_refused_in_one_line(tmp_path, over, words):
+    with pytest.raises(UnsupportedOpError) as e:
+        shape_from_config(_write(tmp_path, **over))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_and_broken_configs(tmp_path):
+    with pytest.raises(FrontendError, match="no such config"):
+        shape_from_config(tmp_path / "nothing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(FrontendError, match="not valid JSON"):
+        shape_from_config(bad)
+    with pytest.raises(FrontendError, match="max_position_embeddings"):
+        shape_from_config(CONFIGS / "llama-2-7b.json", max_context=8192)
+
+
+@pytest.mark.parametrize("weights", ["int8", "ternary"])
+def test_shape_decoder_allocates_no_weights(weights):
+    cs = shape_from_config(CONFIGS / "llama-2-7b.json")
+    qd = shape_decoder(cs, 2048, weights)
+    arrays = [qd.embed, qd.lm_head.weight] + [getattr(ly, nm).weight for ly in qd.layers
+                                              for nm in ("q", "k", "v", "o", "gate", "up",
+                                                         "down")]
+    assert all(a.strides == (0, 0) for a in arrays)      # one element each, any shape
+    assert qd.layers[0].down.weight.shape == (4096, 11008)
+    assert all(ly.q.ternary == (weights == "ternary") for ly in qd.layers)
+    assert qd.lm_head.ternary is False and qd.rope.shape == (2048, 128)
+    # ternary layers carry the unfused residual adds quantize_decoder gives them
+    assert all((ly.attn_add is not None) == (weights == "ternary") for ly in qd.layers)
+
+
+def test_bitnet_shape_decoder_has_the_bitnet_structure():
+    cs = shape_from_config(CONFIGS / "bitnet-b1.58-0.7b.json")
+    ly = shape_decoder(cs, 512).layers[0]
+    assert ly.attn_sub_norm is not None and ly.mlp_sub_norm is not None
+    assert all(getattr(ly, g) is not None and np.all(getattr(ly, g) == 0)
+               for g in ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma"))
+    ly8 = shape_decoder(cs, 512, "int8").layers[0]
+    assert ly8.attn_gamma is None and not ly8.q.ternary and ly8.attn_sub_norm is not None

@@ -1,0 +1,270 @@
+"""hwflow.predict and ``hwflow compile --shape-only`` / ``hwflow predict``: full-size decoders
+from their configs alone (LLaMA-2-7B on the U280, BitNet b1.58 0.7B on the KV260), the traffic
+count against the ISA functional model, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwflow.cli import main
+from hwflow.mapping.llm_lower import decode_memory_writes, lower_decoder
+from hwflow.predict import load_shape, prefill_chunks, program_traffic
+from hwflow.sim.isa_model import IsaModel
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+TRAFFIC_KEYS = ("weights_read", "kv_read", "kv_written", "io_read", "io_written",
+                "program_read")
+
+
+# ------------------------------------------------------------------ traffic vs ISA model
+
+def _isa_traffic(low, ids, pos) -> dict:
+    model = IsaModel(low.cfg, low.image, regions=low.memory_map)
+    step = decode_memory_writes(low, ids, pos)
+    for addr, data in step.writes:
+        model.write(addr, data)
+    model.reset_stats()
+    model.pos = pos
+    model.run(step.prog_base)
+    return {k: model.stats.traffic.get(k, 0) for k in TRAFFIC_KEYS}
+
+
+def _decoders():
+    from tests.mapping.test_llm_lower import CFG, random_decoder
+    from tests.mapping.test_llm_lower_ternary import CFG as TCFG
+    from tests.mapping.test_llm_lower_ternary import random_bitnet
+
+    return {"int8": (random_decoder(), CFG), "ternary": (random_bitnet(), TCFG)}
+
+
+@pytest.mark.parametrize("kind", ["int8", "ternary"])
+def test_program_traffic_equals_the_isa_model(kind):
+    """Every category of external traffic, counted from the instructions alone, equals what
+    the ISA functional model moves: decode at three positions, prefill chunks of 5 and 16
+    tokens (a bucket of 8 with 3 idle rows, a full 16-row bucket) at positions past 0."""
+    qd, cfg = _decoders()[kind]
+    low = lower_decoder(qd, cfg)
+    rng = np.random.default_rng(1)
+    for n, pos in ((1, 0), (1, 17), (1, 63), (5, 3), (16, 40)):
+        ids = rng.integers(0, qd.shape.vocab, n)
+        prog = low.decode if n == 1 else low.prefill[min(b for b in low.buckets if b >= n)]
+        got = program_traffic(prog.program, cfg, pos)
+        want = _isa_traffic(low, ids, pos)
+        assert {k: got[k] for k in TRAFFIC_KEYS} == want, (n, pos)
+        assert got["total"] == sum(want.values())
+
+
+def test_prefill_chunks_follow_the_host():
+    qd, cfg = _decoders()["int8"]
+    low = lower_decoder(qd, cfg, shape_only=True)
+    big = low.buckets[-1]
+    assert prefill_chunks(low, 5) == [(0, 5, "prefill8")]
+    assert prefill_chunks(low, big + 1) == [(0, big, f"prefill{big}"), (big, 1, "decode")]
+    assert sum(k for _, k, _ in prefill_chunks(low, 50)) == 50
+
+
+def test_load_shape_of_examples_and_configs():
+    s, fam, tern = load_shape("tiny-bitnet")
+    assert (s.hidden, s.layers, fam, tern) == (120, 2, "bitnet", True)
+    s, fam, tern = load_shape(str(CONFIGS / "llama-2-7b.json"))
+    assert (s.hidden, s.layers, fam, tern) == (4096, 32, "llama", False)
+
+
+# --------------------------------------------------------------- full-size, shape only
+
+def _compile(capsys, config: str, board: str, out: Path, *extra) -> tuple[dict, dict, str]:
+    code = main(["compile", str(CONFIGS / config), "--shape-only", "--board", board,
+                 "-o", str(out), *extra])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    for f in ("config.json", "memory_map.json", "reports/compile.json", "reports/predict.json",
+              "programs/decode.bin"):
+        assert (out / f).is_file(), f
+    assert not (out / "memory_image.bin").exists() and not (out / "rtl").exists()
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    pred = json.loads((out / "reports" / "predict.json").read_text())
+    assert "tokens/s" in text and "time to first token" in text and "GB/s" in text
+    return rep, pred, text
+
+
+def _check_common(pred: dict, rep: dict, out: Path, capsys) -> None:
+    d, b = pred["decode"], pred["bandwidth"]
+    assert d["tokens_per_s"] > 0 and d["cycles_per_token"] > 0
+    assert d["cycles_last"] >= d["cycles_first"]          # a longer context is not faster
+    ttft = [pred["prefill"][str(n)]["ttft_ms"] for n in (64, 128, 512)]
+    assert all(t > 0 for t in ttft) and ttft[0] < ttft[1] < ttft[2]
+    assert 0 < b["utilization"] <= 1.0 and b["achieved_gbps"] > 0
+    assert b["port_peak_gbps"] == pytest.approx(pred["config"]["mem_ports"]
+                                                * pred["config"]["port_bytes"]
+                                                * pred["clock_mhz"] / 1e3)
+    assert pred["memory"]["image_bytes"] == rep["memory_image_bytes"]
+    # the decode program on disk is the one predicted: one 32-byte instruction each
+    n_instr = len((out / "programs" / "decode.bin").read_bytes()) // 32
+    assert n_instr * 32 == rep["programs"]["decode"]["bytes"]
+    # hwflow predict recomputes the same figures from the build folder
+    assert main(["predict", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["decode"] == pred["decode"] and again["prefill"] == pred["prefill"]
+    assert again["bandwidth"] == pred["bandwidth"]
+
+
+def _weights_per_token_from_map(out: Path, pred: dict) -> int:
+    """Weight bytes a decode step must read: every weight region once, except the embedding
+    and RoPE tables, of which one row each."""
+    mm = json.loads((out / "memory_map.json").read_text())
+    regions = {r["name"]: r for r in mm["regions"]}
+    total = sum(r["nbytes"] for r in mm["regions"] if r["kind"] == "weights")
+    emb, rope = regions["weights:embed"], regions["weights:rope"]
+    return (total - emb["nbytes"] - rope["nbytes"] + emb["nbytes"] // emb["rows"]
+            + rope["nbytes"] // rope["rows"])
+
+
+def test_llama_2_7b_on_u280_from_its_config(tmp_path, capsys):
+    out = tmp_path / "llama7b"
+    rep, pred, _ = _compile(capsys, "llama-2-7b.json", "u280", out)
+    s = rep["shape"]
+    assert rep["parameters"] == 6_738_415_616 and rep["weights"] == "int8"
+    b = pred["bandwidth"]
+    # int8: a decode token reads every block and LM-head weight once, one byte each (plus the
+    # per-channel bias/multiplier records): the parameters less the embedding table
+    params = rep["parameters"] - s["vocab"] * s["hidden"]
+    assert b["weight_bytes_per_token"] == pytest.approx(params, rel=0.02)
+    assert b["weight_bytes_per_token"] == _weights_per_token_from_map(out, pred)
+    # the image holds the int8 weights and the KV caches of 2048 positions (1 GiB)
+    kv = 2 * s["layers"] * 2048 * s["kv_heads"] * s["head_dim"]
+    assert pred["memory"]["by_kind"]["kv"] >= kv
+    assert pred["memory"]["image_bytes"] > params + kv
+    _check_common(pred, rep, out, capsys)
+    # a shape-only build is not simulated
+    assert main(["sim", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shape-only build" in err[0]
+
+
+def test_bitnet_0_7b_on_kv260_from_its_config(tmp_path, capsys):
+    out = tmp_path / "bitnet"
+    rep, pred, _ = _compile(capsys, "bitnet-b1.58-0.7b.json", "kv260", out)
+    s = rep["shape"]
+    assert rep["weights"] == "ternary" and rep["config"]["tlmm"]
+    assert set(rep["engines"]["L0"].values()) == {"tlmm"} and rep["engines"]["lm_head"] == "mpe"
+    b = pred["bandwidth"]
+    assert b["weight_bytes_per_token"] == _weights_per_token_from_map(out, pred)
+    # ternary block linears at 5 bits per 3 weights (plus record padding) and the int8 LM head
+    h, i, n = s["hidden"], s["intermediate"], s["layers"]
+    ternary_params = n * (4 * h * h + 3 * h * i)
+    lm_head = s["vocab"] * h
+    assert lm_head + ternary_params * 5 / 24 <= b["weight_bytes_per_token"] \
+        <= lm_head + ternary_params * 0.3
+    _check_common(pred, rep, out, capsys)
+
+
+def test_weights_and_context_options(tmp_path, capsys):
+    """--weights int8 puts a BitNet config on the matrix engine; --max-context sizes the KV
+    caches (and a longer prompt than the context has no TTFT)."""
+    out = tmp_path / "b8"
+    rep, pred, _ = _compile(capsys, "bitnet-b1.58-0.7b.json", "u280", out, "--weights", "int8",
+                            "--max-context", "256")
+    assert rep["weights"] == "int8" and set(rep["engines"]["L0"].values()) == {"mpe"}
+    assert rep["max_context"] == 256 and pred["prefill"]["512"]["ttft_ms"] is None
+    s = rep["shape"]
+    assert pred["memory"]["by_kind"]["kv"] >= 2 * s["layers"] * 256 * s["hidden"]
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+def _one_line(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwflow: error: "), err
+    return err[0]
+
+
+def test_bad_configs_exit_with_one_line(tmp_path, capsys):
+    line = _one_line(capsys, "compile", str(tmp_path / "missing.json"), "--shape-only",
+                     "--board", "u280", "-o", str(tmp_path / "o1"))
+    assert "no such config" in line
+    conf = json.loads((CONFIGS / "llama-2-7b.json").read_text())
+    bad = tmp_path / "gpt2"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**conf, "model_type": "gpt2"}))
+    line = _one_line(capsys, "compile", str(bad), "--shape-only", "--board", "u280",
+                     "-o", str(tmp_path / "o2"))
+    assert "model_type 'gpt2' is not supported" in line
+    line = _one_line(capsys, "compile", str(CONFIGS / "llama-2-7b.json"), "--shape-only",
+                     "--board", "u280", "--max-context", "9000", "-o", str(tmp_path / "o3"))
+    assert "9000" in line
+    assert not any((tmp_path / f"o{k}").exists() for k in (1, 2, 3))
+    assert "not a build folder" in _one_line(capsys, "predict", str(tmp_path))
+
+
+def test_predict_of_a_full_tiny_build(tmp_path, capsys):
+    """hwflow predict on a build compiled from weights: the same functions on its programs."""
+    out = tmp_path / "tiny"
+    assert main(["compile", "--example", "tiny-llama", "--board", "u280", "-o", str(out),
+                 "--max-context", "128"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tokens/s" in text
+    pred = json.loads((out / "reports" / "predict.json").read_text())
+    assert pred["decode"]["tokens_per_s"] > 0 and pred["prefill"]["512"]["ttft_ms"] is None
+    assert pred["prefill"]["64"]["ttft_ms"] < pred["prefill"]["128"]["ttft_ms"]
+    assert pred["memory"]["image_bytes"] == (out / "memory_image.bin").stat().st_size
+
+
+@pytest.mark.parametrize("kind", ["int8", "ternary"])
+def test_position_shortcut_equals_the_cycle_model(kind):
+    """The per-position evaluation (only the position-dependent instructions recomputed)
+    gives exactly mapping.cycles.predict's totals."""
+    from hwflow.mapping.cycles import predict
+    from hwflow.predict import _Timer
+
+    qd, cfg = _decoders()[kind]
+    low = lower_decoder(qd, cfg, shape_only=True)
+    timer = _Timer(cfg, None, low.max_context - 1)
+    for info in [low.decode, *low.prefill.values()]:
+        for pos in (0, 1, 7, 30, low.max_context - info.rows):
+            assert timer.cycles(info.name, info.program, pos) == \
+                predict(info.program, cfg, pos=pos)["total"], (info.name, pos)
+    assert timer._split["decode"] is not None          # the shortcut was taken
+
+
+def test_a_too_small_engine_is_sized_or_refused():
+    """LLaMA-2-7B's down projection (K = 11008) needs a 2048-entry weight ring on the U280
+    engine (1024 in its YAML) and one activation row 4928 words: sized, with notes, by
+    default; one error line with adjust=False."""
+    from hwflow.boards import load_board
+    from hwflow.errors import HwflowError
+    from hwflow.mapping.engine import choose_config
+    from hwflow.predict import predict_decoder
+
+    shape, _, _ = load_shape(str(CONFIGS / "llama-2-7b.json"))
+    brd = load_board("u280")
+    cfg = choose_config(brd)
+    p = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,))
+    assert p["config"]["weight_depth"] == 2048 and p["config"]["act_depth"] >= 4928
+    assert any("weight_depth" in n for n in p["notes"])
+    assert p["config"]["addr_bits"] > cfg.addr_bits     # a 6.6 GiB image
+    with pytest.raises(HwflowError, match="act_depth >= 4928"):
+        predict_decoder(shape, cfg, brd, max_context=256, adjust=False)
+
+
+def test_a_7b_shape_never_holds_its_weights(tmp_path):
+    """The whole shape-only compile of LLaMA-2-7B (6.7 GB of int8 weights, 13.5 GB in
+    fp16) peaks far below one weight-sized array: the process's peak RSS stays under 1.5 GiB
+    (measured: ~0.37 GiB, torch and transformers included)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\nfrom hwflow.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    r = subprocess.run([sys.executable, "-c", code, "compile", str(CONFIGS / "llama-2-7b.json"),
+                        "--shape-only", "--board", "u280", "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, check=True)
+    rc, rss_kb = (int(v) for v in r.stdout.strip().splitlines()[-1].split())
+    assert rc == 0 and rss_kb < 1.5 * 2**20, rss_kb
