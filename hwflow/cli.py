@@ -53,9 +53,32 @@ def _decoder_weights(args):
     return w
 
 
+def _compile_shape_only(args) -> int:
+    from hwflow.llm_flow import compile_shape_only
+    from hwflow.predict import format_prediction
+
+    out, r = compile_shape_only(model=args.model, example=args.example, board=args.board,
+                                out=args.out, max_context=args.max_context,
+                                boards_dir=args.boards_dir, weights=_decoder_weights(args))
+    s, p, n = r["shape"], r["programs"], r["parameters"]
+    params = f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n:,}"
+    print(f"shape-only compile of {r['model']} ({r['family']}, {r['weights']} weights: "
+          f"{params} parameters, {s['layers']} layers, hidden "
+          f"{s['hidden']}, {s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab "
+          f"{s['vocab']}) for {r['board']}, max context {r['max_context']}; no weights read")
+    print(f"programs: 1 decode ({p['decode']['bytes']} B) + {p['prefill']['count']} prefill "
+          f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B)")
+    for line in format_prediction(r["prediction"]):
+        print(line)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_compile(args) -> int:
     from hwflow.flow import compile_model
 
+    if getattr(args, "shape_only", False):
+        return _compile_shape_only(args)
     if _is_decoder(args):
         return _compile_decoder(args)
 
@@ -167,6 +190,64 @@ def _cmd_boards(args) -> int:
     return 0
 
 
+def _cmd_dse(args) -> int:
+    from hwflow.dse import run_dse
+
+    r = run_dse(model=args.model, example=args.example, board=args.board, space=args.space,
+                trials=args.trials, jobs=args.jobs, study=args.study, scheduler=args.scheduler,
+                out=args.out, sampler=args.sampler, seed=args.seed, verify=args.verify,
+                trust_model=args.trust_model, boards_dir=args.boards_dir)
+    c, s, info = r["counts"], r["search"], r["info"]
+    retried = f", {s['retried']} retried" if s["retried"] else ""
+    print(f"dse {info['model']} ({info['kind']}) on {info['board']}: {c['points']} points of "
+          f"{r['space_size']} ({s['evaluated']} evaluated now, {s['resumed']} from the study"
+          f"{retried}) in {r['wall_s']:.1f} s; "
+          f"{c['feasible']} feasible, {c['infeasible']} infeasible, {c['invalid']} invalid, "
+          f"{c['error']} errors")
+    print(f"Pareto set: {c['pareto']} points" + (":" if r["pareto"] else ""))
+    for p in r["pareto"][:10]:
+        m = p["metrics"]
+        print(f"  point {p['point_id']}: " + ", ".join(f"{k}={v}" for k, v in p["params"].items())
+              + f" -> {m['throughput']:.4g} {m.get('throughput_unit', '')}, "
+              f"{m['resource_fraction']:.1%} of the {m['dominant_resource'].upper()}")
+    if len(r["pareto"]) > 10:
+        print(f"  ... {len(r['pareto']) - 10} more in pareto.json")
+    for v in r["verify"] or []:
+        print(f"verify point {v['point_id']}: {v['summary']}")
+    print(f"wrote {r['out']} (points.csv, points.json, pareto.json, summary.html, "
+          f"{len(r['plots'])} plots)")
+    bad = [v for v in r["verify"] or [] if v.get("verified") and not v["bit_exact"]]
+    return 1 if bad else 0
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from hwflow.llm_flow import predict_build
+    from hwflow.predict import format_prediction
+
+    r = predict_build(args.out, boards_dir=args.boards_dir)
+    if args.json:
+        print(json.dumps(r, indent=1, default=float))
+        return 0
+    for line in format_prediction(r):
+        print(line)
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from hwflow.calibrate import calibrate, format_table, write_calibration
+    from hwflow.mapping.cycles import CALIBRATION_DIR
+
+    if args.jobs < 1:
+        raise HwflowError(f"--jobs {args.jobs}: give at least 1")
+    data = calibrate(args.board, jobs=args.jobs, boards_dir=args.boards_dir)
+    out = write_calibration(data, args.out or CALIBRATION_DIR / f"{data['board']}.json")
+    print(format_table(data))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hwflow", description="PyTorch model -> verified FPGA accelerator.")
@@ -192,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save-ir", action="store_true", help="keep the IR after every pass")
     c.add_argument("--max-context", type=int, help="language models: longest context the "
                    "programs serve (default: the model's, at most 2048)")
+    c.add_argument("--shape-only", action="store_true",
+                   help="language models: MODEL is a transformers config (config.json or a "
+                   "folder holding one); build the programs, memory map and predictions "
+                   "(reports/predict.json) from its shapes alone, without weights")
     c.add_argument("--sparsity", default="auto", metavar="auto|dense|N:M",
                    help="N:M weight sparsity: auto (default) detects the pattern already in "
                    "each layer's weights, dense ignores it, N:M (M a power of two up to 16, "
@@ -216,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the prompt (default 8)")
     s.set_defaults(func=_cmd_sim)
 
+    pd = sub.add_parser("predict", help="language models: predicted decode tokens/s, "
+                        "time to first token, memory bandwidth and resources of a build folder")
+    pd.add_argument("out", help="build folder written by `hwflow compile` (also --shape-only)")
+    pd.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    pd.set_defaults(func=_cmd_predict)
+
     bs = sub.add_parser("bitstream", help="build a bitstream (open boards) or a vendor project "
                         "(Xilinx), after a resource fit check")
     bs.add_argument("out", help="build folder written by `hwflow compile`")
@@ -223,8 +314,44 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fail (exit 3) when the vendor tool needed for a bitstream is missing")
     bs.set_defaults(func=_cmd_bitstream)
 
+    d = sub.add_parser("dse", help="sweep a design space (engine sizes, precisions, sparsity, "
+                       "buffers, clock): Pareto set, plots; resumable, local or on Dask")
+    dsrc = d.add_mutually_exclusive_group(required=True)
+    dsrc.add_argument("model", nargs="?", help="an MLP model file (as `hwflow compile` takes) "
+                      "or a decoder: a transformers config.json, a folder holding one, or an "
+                      "example name")
+    dsrc.add_argument("--example", help="a bundled example model (mlp, mlp-sparse, ...)")
+    d.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
+    d.add_argument("--space", required=True, help="space file (YAML; see README, "
+                   "'Design-space sweeps')")
+    d.add_argument("--trials", type=int, help="grid: only the first N points; nsga2: distinct "
+                   "points to evaluate (default 100)")
+    d.add_argument("--jobs", type=int, default=2, help="local worker processes (default 2; 1: "
+                   "in this process), or points in flight on a Dask cluster")
+    d.add_argument("--study", help="SQLite study file (default OUT/study.db); the same study "
+                   "resumes an interrupted sweep")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (e.g. "
+                   "tcp://host:8786) to evaluate the points on a cluster")
+    d.add_argument("-o", "--out", help="output folder (default build/dse-<model>-<board>)")
+    d.add_argument("--sampler", default="grid", metavar="grid|nsga2",
+                   help="grid (every point, in order; default) or nsga2 (Optuna NSGA-II)")
+    d.add_argument("--seed", type=int, default=0, help="NSGA-II seed (default 0)")
+    d.add_argument("--verify", type=int, default=0, metavar="K", help="compile and simulate "
+                   "in RTL the K best Pareto points small enough to simulate")
+    d.add_argument("--trust-model", action="store_true",
+                   help="allow loading a pickled nn.Module (executes code from the file)")
+    d.set_defaults(func=_cmd_dse)
+
     b = sub.add_parser("boards", help="list the supported boards")
     b.set_defaults(func=_cmd_boards)
+
+    cal = sub.add_parser("calibrate", help="fit the cycle model on RTL micro-runs of a board's "
+                         "engine; print its held-out error, write the calibration JSON")
+    cal.add_argument("--board", required=True, help="board whose engine is calibrated")
+    cal.add_argument("--out", help="calibration JSON to write (default: the stored one, "
+                     "mapping/calibration/<board>.json)")
+    cal.add_argument("--jobs", type=int, default=1, help="simulator processes side by side")
+    cal.set_defaults(func=_cmd_calibrate)
     return p
 
 

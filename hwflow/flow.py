@@ -154,12 +154,14 @@ def check_weight_options(sparsity: str, weights: str) -> None:
 
 def compile_model(model=None, example=None, board="u280", out=None, calib=None,
                   trust_model=False, boards_dir=None, save_ir=False, rows=None,
-                  sparsity="auto", weights="int8"):
+                  sparsity="auto", weights="int8", config_overrides=None):
     """Run the compile flow and write the build folder; returns ``(out_path, report)``.
 
     ``sparsity`` (``auto``, ``dense`` or ``N:M``) and ``weights`` (``int8``, ``int4`` or
     ``mixed``) choose the weight formats (see ``hwflow.compiler.passes.sparsify`` and
     ``precision``); the report's ``weight_formats`` says what every layer got and why.
+    ``config_overrides`` (engine sizes and flags, as :func:`choose_config` takes them) replace
+    the board's default engine (``hwflow dse --verify`` builds its points with them).
     """
     check_weight_options(sparsity, weights)
     brd = load_board(board, boards_dir)
@@ -185,7 +187,7 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     in_shape = tuple(graph.nodes[in_name]["op"].out.shape)
 
     calib_x = load_calibration(calib, in_shape) if calib else default_calibration(in_shape)
-    cfg = choose_config(brd)
+    cfg = choose_config(brd, **(config_overrides or {}))
     resources = check_fit(cfg, brd)
     target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
                         cfg.weight_depth)

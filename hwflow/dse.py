@@ -1,0 +1,1038 @@
+"""``hwflow dse``: design-space sweeps of a model on a board, resumable, local or on Dask.
+
+The flow of one sweep (:func:`run_dse`):
+
+1. ``resolve``   the model (an MLP file / example, or a decoder config / folder / example),
+                 the board and the space file (:mod:`hwflow.dse_space`), checked up front;
+2. ``fit check`` every grid point's engine resources against the board, cheaply, so that a
+                 space with no point that fits is one error line naming the shortfall;
+3. ``search``    plain grid (every point, in the space's order) or Optuna NSGA-II (seeded),
+                 through Optuna's ask-and-tell interface: the driver asks trials, hands the
+                 evaluations (:func:`evaluate_point`) to local worker processes or a Dask
+                 ``Client``, and tells each result the moment it finishes, so every evaluated
+                 point is in the SQLite study at once;
+4. ``outputs``   points.csv / points.json (all points), pareto.json (the feasible Pareto set),
+                 PNG plots and summary.html, each written atomically, rebuilt from the study;
+5. ``verify``    (``--verify K``) compile + RTL simulation of the best Pareto points that are
+                 small enough, predicted vs simulated cycles.
+
+Resume: re-running the same command on the same study continues it. A trial a killed driver
+left RUNNING is told FAIL and its point evaluated again; a point with a stored result is
+never evaluated again (NSGA-II proposing it a second time gets the stored result).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import functools
+import html
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from hwflow.boards import load_board
+from hwflow.dse_space import (
+    DECODER,
+    ENGINE_PARAMETERS,
+    MLP,
+    RESOURCE_KINDS,
+    Space,
+    load_space,
+)
+from hwflow.errors import USER_ERRORS, HwflowError
+
+STUDY_NAME = "hwflow-dse"
+#: Result of a point, stored as this trial user attribute (a JSON-able dict).
+RESULT_ATTR = "dse_result"
+#: Verification refuses points whose RTL run would be long: more predicted cycles than this
+#: (the bundled MLPs take 700-1200; Verilator + cocotb runs ~0.3 M cycles/s, so 2 M is ~7 s)
+#: or a matrix engine of more DSP slices (Verilator build time grows with the engine; the
+#: u280 default 16 x 16 = 256 builds in about a minute).
+VERIFY_MAX_CYCLES = 2_000_000
+VERIFY_MAX_DSP_SLICES = 256
+#: Decoders the sweep can verify in RTL: the bundled tiny examples.
+VERIFY_DECODERS = ("tiny-llama", "tiny-bitnet")
+
+
+# ------------------------------------------------------------------------------ model kinds
+
+def resolve_model(model=None, example=None, trust_model=False) -> dict:
+    """The sweep's model as a picklable spec: ``kind`` (mlp or decoder), ``name`` and where
+    to load it from. Decoders are a ``transformers`` config.json, a folder holding one, or a
+    bundled example name; MLPs a model file as ``hwflow compile`` takes, or ``--example``."""
+    from hwflow.examples import EXAMPLES
+
+    if example is not None:
+        if example in EXAMPLES:
+            return {"kind": MLP, "name": example, "example": example}
+        from hwflow.llm_examples import LLM_EXAMPLES
+
+        if example in LLM_EXAMPLES:
+            return {"kind": DECODER, "name": example, "source": example}
+        raise HwflowError(f"unknown example '{example}' (known: "
+                          f"{', '.join([*EXAMPLES, *LLM_EXAMPLES])})")
+    p = Path(model)
+    if p.is_dir() or p.suffix == ".json":
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise HwflowError(f"'{model}' is a folder without config.json; dse takes a decoder "
+                              f"as a transformers config.json or a folder holding one")
+        if not p.exists():
+            raise HwflowError(f"model config '{model}' not found")
+        name = p.name if p.is_dir() else (p.stem if p.stem != "config" else p.parent.name)
+        return {"kind": DECODER, "name": name, "source": str(p.resolve())}
+    if p.is_file():
+        from hwflow.compiler.llm_frontend import is_decoder_source
+
+        if is_decoder_source(p):
+            raise HwflowError(f"'{model}' is a language-model archive; dse predicts decoders "
+                              f"from their config: pass the model's config.json or folder")
+        return {"kind": MLP, "name": p.name.split(".")[0] or "model", "path": str(p.resolve()),
+                "trust_model": bool(trust_model)}
+    # a decoder example name the predictor knows (e.g. a bundled full-size config)
+    try:
+        _load_decoder({"source": model})
+    except USER_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - anything else: the name is simply not a model
+        raise HwflowError(f"model '{model}' not found (a model file, a decoder config.json or "
+                          f"folder, or an example name)") from None
+    return {"kind": DECODER, "name": Path(model).name, "source": model}
+
+
+_CACHE: dict = {}
+
+
+def _load_board(name, boards_dir):
+    key = ("board", name, boards_dir)
+    if key not in _CACHE:
+        _CACHE[key] = load_board(name, boards_dir)
+    return _CACHE[key]
+
+
+def _load_decoder(spec: dict):
+    key = ("decoder", spec["source"])
+    if key not in _CACHE:
+        from hwflow.predict import load_shape
+
+        _CACHE[key] = load_shape(spec["source"])
+    return _CACHE[key]
+
+
+def _load_mlp(spec: dict):
+    """``(float graph, input name, input shape, calibration sample)``, loaded once per process
+    (a worker evaluates many points of the same model)."""
+    key = ("mlp", spec.get("path") or spec["example"])
+    if key in _CACHE:
+        return _CACHE[key]
+    import tempfile
+
+    from hwflow.compiler import load_model
+    from hwflow.flow import default_calibration
+
+    with tempfile.TemporaryDirectory() as td:
+        path = spec.get("path")
+        if path is None:
+            from hwflow.examples import export_example
+
+            path = Path(td) / f"{spec['example']}.pt2"
+            export_example(spec["example"], path)
+        graph = load_model(path, trust_model=spec.get("trust_model", False))
+    if len(graph.graph["inputs"]) != 1:
+        raise HwflowError("models with more than one input are not supported yet")
+    in_name = graph.graph["inputs"][0]
+    shape = tuple(graph.nodes[in_name]["op"].out.shape)
+    _CACHE[key] = (graph, in_name, shape, default_calibration(shape))
+    return _CACHE[key]
+
+
+# ---------------------------------------------------------------------------- one point
+
+def engine_overrides(board, params: dict, kind: str) -> dict:
+    """The :func:`~hwflow.mapping.engine.choose_config` overrides of a point.
+
+    Engine sizes come from the point; ``mem_ports``, if the point does not set it, follows
+    the engine's width (one weight row per cycle, capped by the board's channels: the
+    board's own ``mem_ports`` is sized for its default engine). The optional units follow
+    the precision: MLPs build the sparse selectors unless ``sparsity`` is dense, the int4
+    dequantizer for int4/mixed weights, the TLMM for ternary weights, and no transformer
+    units (MLPs never use them: 5 L + 10 DSPs saved); decoders build the transformer units,
+    the TLMM for ternary weights, and neither sparse selectors nor the int4 path (the
+    decoder flow runs dense int8 or ternary weights).
+    """
+    eng = {k: params[k] for k in ENGINE_PARAMETERS if k in params}
+    if "mem_ports" not in eng and ({"chains", "chain_len"} & set(eng)):
+        chains = eng.get("chains", board.engine.get("chains", 8))
+        chain_len = eng.get("chain_len", board.engine.get("chain_len", 16))
+        want = max(1, chains * chain_len // int(board.memory["port_bytes"]))
+        eng["mem_ports"] = min(want, int(board.memory["channels"]))
+    weights = params.get("weights")
+    if kind == MLP:
+        weights = weights or "int8"
+        eng.setdefault("sparse", params.get("sparsity", "auto") != "dense"
+                       and board.engine.get("sparse", True))
+        eng.setdefault("int4", weights in ("int4", "mixed") and board.engine.get("int4", True))
+        eng["tlmm"] = weights == "ternary"
+        eng["transformer"] = False
+    else:
+        eng.update(sparse=False, int4=False, transformer=True)
+        if weights is not None:
+            eng["tlmm"] = weights == "ternary"
+    return eng
+
+
+def point_resources(cfg, board) -> dict:
+    """``{kind: used}`` of an engine configuration: the mapper's resource model
+    (:func:`~hwflow.mapping.engine.estimate_resources`, every kind it returns for the board's
+    family, the TLMM engine included when ``cfg.tlmm``)."""
+    from hwflow.mapping.engine import estimate_resources
+
+    used = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
+    return {k: v for k, v in used.items() if k in RESOURCE_KINDS}
+
+
+def resource_metrics(used: dict, board) -> dict:
+    """Used, fraction of the board, the dominant fraction and kind, and what does not fit."""
+    out, fr = {}, {}
+    for k, v in used.items():
+        avail = board.resources.get(k, 0)
+        out[k] = v
+        fr[k] = v / avail if avail else (math.inf if v else 0.0)
+        out[f"{k}_fraction"] = fr[k]
+    dom = max(fr, key=lambda k: fr[k]) if fr else ""
+    out["resource_fraction"] = fr[dom] if fr else 0.0
+    out["dominant_resource"] = dom
+    over = [f"{k.upper()} {used[k]:g} > {board.resources.get(k, 0)}" for k in used
+            if fr[k] > 1]
+    return {"metrics": out, "over": over}
+
+
+def _engine(board, params, kind):
+    from hwflow.mapping.engine import choose_config
+
+    return choose_config(board, **engine_overrides(board, params, kind))
+
+
+def evaluate_point(task: dict) -> dict:
+    """Evaluate one point of a sweep (module level and picklable: runs in worker processes
+    and on Dask workers).
+
+    Parameters
+    ----------
+    task : dict
+        ``model`` (:func:`resolve_model`'s spec), ``board``, ``boards_dir``, ``point_id``,
+        ``params`` (``{name: value}``).
+
+    Returns
+    -------
+    dict
+        ``point_id``, ``params``, ``status`` (``ok``; ``invalid``: no such engine or the
+        model does not map onto it; ``error``: an unexpected failure, with its reason),
+        ``fits`` (the engine fits the board at its clock), ``reason``, ``metrics``
+        (throughput, latency_ms, cycles, clock_mhz, resources and their board fractions;
+        decoders also prefill time-to-first-token and bandwidth) and ``eval_s``.
+    """
+    t0 = time.perf_counter()
+    spec, params = task["model"], task["params"]
+    res = {"point_id": task["point_id"], "params": params, "status": "ok", "fits": False,
+           "reason": "", "metrics": {}}
+    try:
+        board = _load_board(task["board"], task.get("boards_dir"))
+        clock = float(params.get("clock_mhz", board.clock_mhz))
+        if spec["kind"] == MLP:
+            m = _evaluate_mlp(spec, board, params, clock)
+        else:
+            m = _evaluate_decoder(spec, board, params, clock)
+        r = resource_metrics(m.pop("resources"), board)
+        res["metrics"] = {**m, **r["metrics"]}
+        over = list(r["over"])
+        if clock > board.clock_mhz:
+            over.append(f"clock {clock:g} MHz > the board's kernel clock {board.clock_mhz:g} MHz")
+        if m.get("fits") is False and not over:
+            over.append(m["fit_reason"])
+        res["metrics"].pop("fits", None)
+        res["metrics"].pop("fit_reason", None)
+        res["fits"] = not over
+        res["reason"] = "; ".join(over)
+    except USER_ERRORS as e:
+        res.update(status="invalid", reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - a point's failure is recorded, never the sweep's
+        res.update(status="error", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                   if str(e) else type(e).__name__)
+    res["eval_s"] = time.perf_counter() - t0
+    return res
+
+
+def _evaluate_mlp(spec, board, params, clock) -> dict:
+    from hwflow.compiler import FlowOptions, TileTarget, run_flow
+    from hwflow.flow import program_inputs
+    from hwflow.golden import int8 as g8
+    from hwflow.mapping import cycles
+    from hwflow.mapping.lower import lower
+
+    graph, in_name, shape, calib = _load_mlp(spec)
+    cfg = _engine(board, params, MLP)
+    used = point_resources(cfg, board)
+    target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
+                        cfg.weight_depth)
+    q = run_flow(graph, FlowOptions(target, calib=calib,
+                                    sparsity=params.get("sparsity", "auto"),
+                                    weights=params.get("weights", "int8")))
+    x = program_inputs(calib, shape)
+    lw = lower(q, cfg, {in_name: g8.quantize(x, q.nodes[in_name]["op"].out.scale)})
+    total = cycles.predict(lw.program, cfg)["total"]
+    seconds = total / (clock * 1e6)
+    return {"throughput": shape[0] / seconds, "throughput_unit": "inferences/s",
+            "latency_ms": seconds * 1e3, "cycles": total, "clock_mhz": clock,
+            "instructions": len(lw.program), "resources": used}
+
+
+def _evaluate_decoder(spec, board, params, clock) -> dict:
+    from hwflow.hw.config import AccelConfig
+    from hwflow.predict import predict_decoder
+
+    shape, family, ternary = _load_decoder(spec)
+    if "weights" in params:
+        ternary = params["weights"] == "ternary"
+    cfg = _engine(board, {**params, "weights": "ternary" if ternary else "int8"}, DECODER)
+    kw = {"max_context": params["max_context"]} if "max_context" in params else {}
+    # cycles do not depend on the clock: points that differ only in clock_mhz share one
+    # prediction per worker (a LLaMA-2-7B prediction on a small engine takes 10-40 s)
+    key = ("prediction", spec["source"], cfg.digest(), ternary, json.dumps(kw))
+    if key not in _CACHE:
+        _CACHE[key] = predict_decoder(shape, cfg, board, ternary=ternary, **kw)
+    p = _CACHE[key]
+    hz = clock * 1e6
+    d, bw = p["decode"], p.get("bandwidth", {})
+    cpt = float(d["cycles_per_token"])
+    # the predictor raises buffers too small for the model (its notes say which): the
+    # resources are those of the engine it predicted
+    used = point_resources(AccelConfig(**p["config"]), board)
+    out = {"throughput": hz / cpt, "throughput_unit": "tokens/s", "latency_ms": 1e3 * cpt / hz,
+           "cycles": cpt, "clock_mhz": clock, "resources": used,
+           "fits": bool(p.get("fits", True)),
+           "fit_reason": p.get("fit_error") or "the predictor says it does not fit"}
+    for n, pf in sorted((p.get("prefill") or {}).items(), key=lambda kv: int(kv[0])):
+        out[f"ttft_ms_{n}"] = None if pf.get("cycles") is None else 1e3 * pf["cycles"] / hz
+    if "bytes_per_token" in bw:
+        out["bandwidth_bytes_per_token"] = bw["bytes_per_token"]
+        out["bandwidth_achieved_gbps"] = bw["bytes_per_token"] * hz / cpt / 1e9
+    if "utilization" in bw:          # of the engine's ports: both sides scale with the clock
+        out["bandwidth_utilization"] = bw["utilization"]
+    out["adjusted"] = "; ".join(p.get("notes") or [])
+    return out
+
+
+# ------------------------------------------------------------------------- fit check
+
+def check_space_fits(space: Space, board, kind: str) -> dict:
+    """Engine resources of every grid point against the board (no compile: resources depend
+    only on the configuration). Raises :class:`HwflowError` naming the resource and the
+    shortfall of the smallest point when no point fits; returns ``{"fitting": n,
+    "invalid": n, "points": n}``."""
+    from hwflow.mapping.engine import choose_config
+
+    cache, fitting, invalid, best, first_invalid = {}, 0, 0, None, None
+    for _, params in space.points():
+        eng = engine_overrides(board, params, kind)
+        clock = float(params.get("clock_mhz", board.clock_mhz))
+        key = (json.dumps(eng, sort_keys=True), clock > board.clock_mhz)
+        if key not in cache:
+            try:
+                cfg = choose_config(board, **eng)
+            except USER_ERRORS as e:
+                cache[key] = ("invalid", str(e))
+            else:
+                used = point_resources(cfg, board)
+                fr = max(used[k] / board.resources[k] if board.resources.get(k) else
+                         (math.inf if used[k] else 0) for k in used)
+                cache[key] = ("ok", (fr if not key[1] else math.inf, used, params, clock))
+        status, info = cache[key]
+        if status == "invalid":
+            invalid += 1
+            first_invalid = first_invalid or (params, info)
+            continue
+        if info[0] <= 1:
+            fitting += 1
+        elif best is None or info[0] < best[0]:
+            best = info
+    if fitting:
+        return {"fitting": fitting, "invalid": invalid, "points": space.size}
+    if best is None:
+        params, why = first_invalid
+        raise HwflowError(f"{space.source}: no valid engine configuration in the space "
+                          f"({_fmt(params)}: {why})")
+    fr, used, params, clock = best
+    if math.isinf(fr) and clock > board.clock_mhz:
+        raise HwflowError(f"{space.source}: infeasible for the board {board.name}: every clock "
+                          f"is above its kernel clock {board.clock_mhz:g} MHz")
+    over = [f"{k.upper()} {used[k]:g} > {board.resources[k]} (by {used[k] - board.resources[k]:g}"
+            f", {used[k] / board.resources[k] - 1:.0%} over)"
+            for k in used if board.resources.get(k) and used[k] > board.resources[k]]
+    raise HwflowError(f"{space.source}: infeasible for the board {board.name}: no point fits; "
+                      f"the smallest ({_fmt(params)}) needs {', '.join(over)}")
+
+
+def _fmt(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------------------- executors
+
+def _warm(spec):
+    """Worker initializer: load the model once, before the first point."""
+    try:
+        (_load_mlp if spec["kind"] == MLP else _load_decoder)(spec)
+    except Exception:  # noqa: BLE001 - the points report the failure themselves
+        pass
+
+
+class _InlineExecutor:
+    """``--jobs 1``: evaluate in the driver process (no worker start-up)."""
+
+    def submit(self, fn, arg):
+        f = cf.Future()
+        f.set_result(fn(arg))
+        return f
+
+    def wait_any(self, futures):
+        return [next(iter(futures))]
+
+    @property
+    def slots(self):
+        return 1
+
+    def close(self):
+        pass
+
+
+class _LocalExecutor:
+    """Local worker processes (spawned: the driver holds an SQLite connection and maybe
+    torch's threads, neither of which survives a fork well)."""
+
+    def __init__(self, jobs: int, spec: dict):
+        import multiprocessing as mp
+
+        self._pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                                            initializer=_warm, initargs=(spec,))
+        self.slots = jobs
+
+    def submit(self, fn, arg):
+        return self._pool.submit(fn, arg)
+
+    def wait_any(self, futures):
+        return list(cf.wait(list(futures), return_when=cf.FIRST_COMPLETED).done)
+
+    def close(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _DaskExecutor:
+    """A Dask distributed ``Client`` at ``address`` (its workers need the model's path)."""
+
+    def __init__(self, address, jobs: int, spec: dict):
+        from distributed import Client
+
+        try:
+            self._client = address if hasattr(address, "submit") else Client(address,
+                                                                             timeout="20s")
+        except OSError as e:
+            raise HwflowError(f"--scheduler {address}: cannot connect ({e})") from None
+        self._own = not hasattr(address, "submit")
+        threads = sum(self._client.nthreads().values()) or 1
+        self.slots = max(jobs, threads)
+
+    def submit(self, fn, arg):
+        return self._client.submit(fn, arg, pure=False)
+
+    def wait_any(self, futures):
+        from distributed import wait
+
+        return list(wait(list(futures), return_when="FIRST_COMPLETED").done)
+
+    def close(self):
+        if self._own:
+            self._client.close()
+
+
+# ------------------------------------------------------------------------------ search
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def point_feasibility(result: dict, space: Space) -> tuple:
+    """``(feasible, violations)`` of a result: it must be valid, fit the board and meet the
+    space's constraints. ``violations`` are NSGA-II constraint values (<= 0 met)."""
+    if result["status"] != "ok":
+        return False, [1.0]
+    viol = [0.0 if result["fits"] else 1.0]
+    m = result["metrics"]
+    for name, bound in space.constraints.items():
+        v = m.get(name)
+        if v is None:
+            viol.append(1.0)
+            continue
+        if "max" in bound:
+            viol.append(float(v) - float(bound["max"]))
+        if "min" in bound:
+            viol.append(float(bound["min"]) - float(v))
+    return all(x <= 0 for x in viol), viol
+
+
+def _objective_values(result: dict, space: Space) -> list:
+    vals = []
+    for name in space.objectives:
+        v = float(result["metrics"].get(name, math.nan))
+        vals.append(v if math.isfinite(v) else 1e300)
+    return vals
+
+
+def _sqlite_connect(path: str):
+    """The study's SQLite connection: write-ahead log, and ``synchronous=NORMAL`` so that a
+    commit is not an fsync. Optuna commits about 15 times per point (ask, each parameter,
+    constraints, result, tell); at ~10 ms per fsync that was 0.15 s per point, several times
+    an MLP point's evaluation. A committed point still survives the driver being killed
+    (``kill -9``: the log is in the OS's cache and is replayed on the next open); only a
+    power loss may drop the last few points, which the resume then evaluates again."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    return con
+
+
+def _open_study(path: Path, space: Space, sampler, sweep: dict):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={
+        "creator": functools.partial(_sqlite_connect, str(path))})
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME,
+                                directions=directions, sampler=sampler, load_if_exists=True)
+    stored = study.user_attrs.get("sweep")
+    if stored is None:
+        study.set_user_attr("sweep", sweep)
+    elif stored != json.loads(json.dumps(sweep)):
+        diff = [k for k in sweep if stored.get(k) != json.loads(json.dumps(sweep[k]))]
+        raise HwflowError(f"study '{path}' holds another sweep (its {', '.join(diff)} differ); "
+                          f"use another --study or -o")
+    return study
+
+
+def _recover(study, space: Space) -> tuple:
+    """Resume: results stored so far by point key, and the points of trials a killed driver
+    left RUNNING or WAITING (told FAIL, to be evaluated again unless a result is stored)."""
+    from optuna.trial import TrialState
+
+    done, redo = {}, []
+    for t in study.get_trials(deepcopy=False):
+        r = t.user_attrs.get(RESULT_ATTR)
+        if t.state == TrialState.RUNNING:
+            if r is not None:          # killed between storing the result and telling it
+                _tell(study, t.number, r, space)
+            else:
+                study.tell(t.number, state=TrialState.FAIL)
+                redo.append(dict(t.params))
+        elif t.state == TrialState.WAITING:
+            redo.append(dict(t.system_attrs.get("fixed_params", {})))
+        if r is not None:
+            done.setdefault(_key(r["params"]), r)
+    while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        t = study.ask()                # pop enqueued-never-asked trials; redone below
+        study.tell(t, state=TrialState.FAIL)
+    redo = [p for p in redo if p and _key(p) not in done]
+    return done, list({_key(p): p for p in redo}.values())
+
+
+def _tell(study, trial, result: dict, space: Space, store: bool = True):
+    """Record ``result`` on ``trial`` (a Trial, or a trial number when resuming) and tell
+    it: NSGA-II's constraint values (``<= 0`` met: the board fit, then the space's
+    constraints), the result itself (unless ``store`` is off: a duplicate proposal), then
+    the objective values (FAIL for a point with no metrics)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if isinstance(trial, int):
+        trial = optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, trial))
+    have = study._storage.get_trial_system_attrs(trial._trial_id)
+    for i, v in enumerate(point_feasibility(result, space)[1]):
+        if not any(k.endswith(f":c{i}") for k in have):
+            trial.set_constraint(f"c{i}", v)
+    if store:
+        trial.set_user_attr(RESULT_ATTR, result)
+    if result["status"] != "ok":
+        return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    return study.tell(trial, _objective_values(result, space), skip_if_finished=True)
+
+
+def _ask(study, space: Space, params: dict | None):
+    """Ask a trial; with ``params``, that exact point (enqueued first)."""
+    if params is not None:
+        study.enqueue_trial(params, skip_if_exists=False)
+    trial = study.ask()
+    return trial, {n: trial.suggest_categorical(n, v) for n, v in space.parameters.items()}
+
+
+def evaluate_points(tasks: list) -> list:
+    """:func:`evaluate_point` of several points in one worker call: points that differ only
+    in ``clock_mhz`` share one prediction (the cycles do not depend on the clock)."""
+    return [evaluate_point(t) for t in tasks]
+
+
+def _clock_groups(points: list) -> list:
+    """Consecutive points that differ only in ``clock_mhz``, as lists (the grid varies its
+    last parameter fastest, so a space that lists clock_mhz last groups them all)."""
+    groups: list = []
+    for p in points:
+        base = _key({k: v for k, v in p.items() if k != "clock_mhz"})
+        if groups and groups[-1][0] == base:
+            groups[-1][1].append(p)
+        else:
+            groups.append((base, [p]))
+    return [g for _, g in groups]
+
+
+def run_search(study, space: Space, task_base: dict, executor, *, sampler_name: str,
+               trials: int | None, progress: bool = True) -> dict:
+    """Ask, evaluate and tell until the sweep is complete; returns the counts.
+
+    Grid: the points not in the study, in order, a group of clock variants per worker call;
+    NSGA-II: the points a killed run left, then one asked point per worker call until
+    ``trials`` distinct points are stored. Each result is told as its call finishes."""
+    from optuna.trial import TrialState
+    from tqdm import tqdm
+
+    done, redo = _recover(study, space)
+    counts = {"resumed": len(done), "evaluated": 0, "duplicates": 0, "retried": len(redo)}
+    if sampler_name == "grid":
+        limit = space.size if trials is None else min(trials, space.size)
+        source = iter(_clock_groups([p for i, p in space.points()
+                                     if i < limit and _key(p) not in done]))
+    else:
+        limit = min(trials or 100, space.size)
+        source = iter([[p] for p in redo])
+
+    inflight: dict = {}          # future -> [(trial, key)]
+    bar = tqdm(total=limit, initial=min(len(done), limit), unit="pt", desc="dse",
+               disable=None if progress else True, dynamic_ncols=True)
+    asks_without_new = 0
+    try:
+        while True:
+            while len(inflight) < executor.slots:
+                group = next(source, None)
+                if group is None and sampler_name == "grid":
+                    break
+                if group is None:
+                    running = sum(len(v) for v in inflight.values())
+                    if len(done) + running >= limit or asks_without_new > 50 * limit:
+                        break
+                    trial, params = _ask(study, space, None)
+                    key = _key(params)
+                    if key in done:         # proposed again: the stored result, no evaluation
+                        trial.set_user_attr("dse_duplicate_of", done[key]["point_id"])
+                        _tell(study, trial, done[key], space, store=False)
+                        counts["duplicates"] += 1
+                        asks_without_new += 1
+                        continue
+                    if any(k == key for v in inflight.values() for _, k in v):
+                        study.tell(trial, state=TrialState.FAIL)
+                        asks_without_new += 1
+                        continue
+                    asks_without_new = 0
+                    asked = [(trial, params)]
+                else:
+                    asked = [_ask(study, space, params) for params in group]
+                tasks = [{**task_base, "params": params, "point_id": space.point_id(params)}
+                         for _, params in asked]
+                fut = executor.submit(evaluate_points, tasks)
+                inflight[fut] = [(trial, _key(params)) for trial, params in asked]
+            if not inflight:
+                break
+            for fut in executor.wait_any(inflight):
+                asked = inflight.pop(fut)
+                try:
+                    results = fut.result()
+                except Exception as e:  # noqa: BLE001 - a worker died (OOM, cluster loss)
+                    raise HwflowError(f"a worker failed ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0][:120] if str(e) else ''}); "
+                                      f"the points finished so far are in the study: run "
+                                      f"the same command again to resume") from None
+                for (trial, key), result in zip(asked, results, strict=True):
+                    _tell(study, trial, result, space)
+                    done[key] = result
+                    counts["evaluated"] += 1
+                    bar.update(1)
+    finally:
+        bar.close()
+    counts["points"] = len(done)
+    return counts
+
+
+def study_results(study) -> list:
+    """Every stored point result, one per point, in point order."""
+    by_id = {}
+    for t in study.get_trials(deepcopy=False):
+        r = t.user_attrs.get(RESULT_ATTR)
+        if r is not None:
+            by_id.setdefault(r["point_id"], r)
+    return [by_id[k] for k in sorted(by_id)]
+
+
+# ------------------------------------------------------------------------------ outputs
+
+def pareto_front(rows: list, objectives: dict) -> list:
+    """The non-dominated rows (feasible only) over ``objectives`` (metric -> max/min)."""
+    cand = [r for r in rows if r["feasible"]]
+    sign = {m: (-1 if d == "max" else 1) for m, d in objectives.items()}
+
+    def vec(r):
+        return [sign[m] * float(r["metrics"].get(m, math.inf)) for m in objectives]
+
+    vs = [vec(r) for r in cand]
+    front = []
+    for i, a in enumerate(vs):
+        dominated = any(all(b[j] <= a[j] for j in range(len(a))) and b != a
+                        for k, b in enumerate(vs) if k != i)
+        if not dominated:
+            front.append(cand[i])
+    first = next(iter(objectives))
+    front.sort(key=lambda r: (sign[first] * r["metrics"][first], r["point_id"]))
+    return front
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def table_rows(results: list, space: Space) -> list:
+    """Results with their feasibility under the space's constraints."""
+    rows = []
+    for r in results:
+        feasible, _ = point_feasibility(r, space)
+        rows.append({**r, "feasible": feasible})
+    return rows
+
+
+def points_csv(rows: list, space: Space) -> str:
+    metric_cols = []
+    for r in rows:
+        for k in r["metrics"]:
+            if k not in metric_cols and k not in space.parameters:   # clock_mhz: one column
+                metric_cols.append(k)
+    cols = ["point_id", *space.names, "status", "fits", "feasible", "reason", *metric_cols,
+            "eval_s"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        vals = {"point_id": r["point_id"], **r["params"], "status": r["status"],
+                "fits": r["fits"], "feasible": r["feasible"], "reason": r["reason"],
+                **r["metrics"], "eval_s": f"{r['eval_s']:.4f}"}
+        w.writerow(["" if vals.get(c) is None else (f"{vals[c]:.6g}" if isinstance(vals[c],
+                    float) and c != "eval_s" else vals[c]) for c in cols])
+    return buf.getvalue()
+
+
+def _plots(out: Path, rows: list, front: list, space: Space, title: str) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = ["resource_fraction"] + [k for k in RESOURCE_KINDS
+                                     if any(k in r["metrics"] for r in rows)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    front_ids = {r["point_id"] for r in front}
+    files = []
+    for kind in kinds:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+        for sel, style in (([r for r in ok if not r["feasible"]],
+                            dict(c="0.7", marker="x", s=14, label="infeasible")),
+                           ([r for r in ok if r["feasible"] and r["point_id"] not in front_ids],
+                            dict(c="tab:blue", marker="o", s=14, alpha=.6, label="feasible"))):
+            if sel:
+                ax.scatter([r["metrics"].get(kind, 0) for r in sel],
+                           [r["metrics"]["throughput"] for r in sel], **style)
+        if front:
+            pts = sorted((r["metrics"].get(kind, 0), r["metrics"]["throughput"]) for r in front)
+            ax.scatter(*zip(*pts, strict=True), c="tab:red", marker="*", s=60, zorder=3,
+                       label=f"Pareto ({len(front)})")
+            if kind == "resource_fraction" and list(space.objectives) == ["throughput",
+                                                                          "resource_fraction"]:
+                ax.plot(*zip(*pts, strict=True), c="tab:red", lw=1, drawstyle="steps-post")
+        unit = ok[0]["metrics"].get("throughput_unit", "") if ok else ""
+        ax.set_xlabel(kind.replace("_", " ") + ("" if "fraction" in kind else " (used)"))
+        ax.set_ylabel(f"throughput ({unit})")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+        name = f"throughput_vs_{kind}.png"
+        _atomic_write(out / name, buf.getvalue())
+        files.append(name)
+    return files
+
+
+def _summary_html(rows, front, space, info: dict, plots: list, verify: list) -> str:
+    e = html.escape
+    objs = ", ".join(f"{d}imize {m}" for m, d in space.objectives.items())
+    cons = ", ".join(f"{m} {' '.join(f'{k} {v}' for k, v in b.items())}"
+                     for m, b in space.constraints.items()) or "the board's resources"
+    head = ["point", *space.names, "throughput", "latency_ms", "resource_fraction",
+            "dominant_resource"]
+    tr = "".join("<tr>" + "".join(
+        f"<td>{e(str(v))}</td>" for v in
+        [r["point_id"], *r["params"].values(),
+         *(f"{r['metrics'].get(k):.4g}" if isinstance(r["metrics"].get(k), float)
+           else r["metrics"].get(k) for k in head[len(space.names) + 1:])]) + "</tr>"
+        for r in front)
+    params = "".join(f"<li><b>{e(k)}</b>: {e(', '.join(map(str, v)))}</li>"
+                     for k, v in space.parameters.items())
+    imgs = "".join(f'<p><img src="{e(p)}" alt="{e(p)}"></p>' for p in plots)
+    ver = ""
+    if verify:
+        ver = "<h2>Verified in RTL</h2><table><tr><th>point</th><th>result</th></tr>" + "".join(
+            f"<tr><td>{v['point_id']}</td><td>{e(v['summary'])}</td></tr>" for v in verify
+        ) + "</table>"
+    c = info["counts"]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8">
+<title>hwflow dse: {e(info['model'])} on {e(info['board'])}</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
+table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
+<h1>hwflow dse: {e(info['model'])} ({e(info['kind'])}) on {e(info['board'])}</h1>
+<p>Sampler {e(info['sampler'])}; objectives: {e(objs)}; constraints: {e(cons)}.</p>
+<p>{c['points']} points evaluated of a space of {space.size}: {c['feasible']} feasible,
+{c['infeasible']} infeasible (do not fit or break a constraint), {c['invalid']} invalid
+configurations, {c['error']} errors; {len(front)} on the Pareto front.</p>
+<h2>Space</h2><ul>{params}</ul>
+<h2>Pareto set</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in head)}</tr>{tr}</table>
+{ver}<h2>Plots</h2>{imgs}
+</body></html>
+"""
+
+
+def write_outputs(out: Path, results: list, space: Space, info: dict,
+                  verify: list | None = None) -> dict:
+    """points.csv, points.json, pareto.json, the plots and summary.html, each atomically."""
+    rows = table_rows(results, space)
+    front = pareto_front(rows, space.objectives)
+    counts = {"points": len(rows), "feasible": sum(r["feasible"] for r in rows),
+              "infeasible": sum(r["status"] == "ok" and not r["feasible"] for r in rows),
+              "invalid": sum(r["status"] == "invalid" for r in rows),
+              "error": sum(r["status"] == "error" for r in rows), "pareto": len(front)}
+    info = {**info, "counts": counts}
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "points.csv", points_csv(rows, space))
+    meta = {k: v for k, v in info.items() if k != "counts"}
+    _atomic_write(out / "points.json", json.dumps(
+        {**meta, "space": space.to_dict(), "counts": counts, "points": rows}, indent=1) + "\n")
+    _atomic_write(out / "pareto.json", json.dumps(
+        {**meta, "objectives": space.objectives, "points": front}, indent=1) + "\n")
+    title = f"{info['model']} on {info['board']}: {counts['points']} points"
+    plots = _plots(out, rows, front, space, title)
+    if verify is not None:
+        _atomic_write(out / "verify.json", json.dumps(verify, indent=1) + "\n")
+    _atomic_write(out / "summary.html", _summary_html(rows, front, space, info, plots,
+                                                      verify or []))
+    return {"counts": counts, "pareto": front, "plots": plots}
+
+
+# ----------------------------------------------------------------------------- verify
+
+def verify_points(front: list, k: int, spec: dict, board_name: str, boards_dir,
+                  out: Path) -> list:
+    """Compile and simulate in RTL the ``k`` first Pareto points that are small enough;
+    predicted vs simulated cycles and bit-exactness for each, a refusal line for the rest."""
+    board = _load_board(board_name, boards_dir)
+    report = []
+    for r in front[:k]:
+        p, pid = r["params"], r["point_id"]
+        cfg = _engine(board, p, spec["kind"])
+        why = None
+        if spec["kind"] == DECODER and spec.get("source") not in VERIFY_DECODERS:
+            why = (f"a {spec['name']}-sized decoder is too large to simulate in RTL (only the "
+                   f"examples {', '.join(VERIFY_DECODERS)} are)")
+        elif spec["kind"] == MLP and r["metrics"]["cycles"] > VERIFY_MAX_CYCLES:
+            why = (f"{r['metrics']['cycles']:,} predicted cycles > {VERIFY_MAX_CYCLES:,}: too "
+                   f"long to simulate")
+        elif cfg.dsp_slices > VERIFY_MAX_DSP_SLICES:
+            why = (f"{cfg.dsp_slices} DSP slices > {VERIFY_MAX_DSP_SLICES}: too large to "
+                   f"build in Verilator here")
+        if why:
+            report.append({"point_id": pid, "params": p, "verified": False,
+                           "summary": f"refused: {why}"})
+            continue
+        build = out / "verify" / f"point-{pid}"
+        run = _verify_mlp if spec["kind"] == MLP else _verify_decoder
+        report.append({"point_id": pid, "params": p, "verified": True, "build": str(build),
+                       **run(spec, board, p, r, build, boards_dir)})
+    return report
+
+
+def _verify_mlp(spec, board, p, r, build, boards_dir) -> dict:
+    from hwflow.flow import compile_model
+    from hwflow.simulate import simulate_build
+
+    _, comp = compile_model(model=spec.get("path"), example=spec.get("example"),
+                            board=board.name, out=build, boards_dir=boards_dir,
+                            trust_model=spec.get("trust_model", False),
+                            sparsity=p.get("sparsity", "auto"), weights=p.get("weights", "int8"),
+                            config_overrides=engine_overrides(board, p, MLP))
+    sim = simulate_build(build)
+    pred, got = comp["predicted_cycles"], sim["cycles"]
+    if pred != r["metrics"]["cycles"]:
+        raise HwflowError(f"point {r['point_id']}: the compile predicted {pred} cycles, the "
+                          f"sweep {r['metrics']['cycles']} (internal inconsistency)")
+    err = (pred - got) / got if got else 0.0
+    return {"predicted_cycles": pred, "simulated_cycles": got, "cycle_error": err,
+            "bit_exact": bool(sim["bit_exact"]),
+            "summary": f"{'BIT-EXACT' if sim['bit_exact'] else 'MISMATCH'}; {got} cycles "
+                       f"simulated, {pred} predicted ({err:+.1%})"}
+
+
+#: A decoder point is verified at this context: an 8-token prompt (one prefill) and greedy
+#: decode steps up to the last position, whose cycles the predictor gives (``cycles_last``).
+VERIFY_CONTEXT, VERIFY_PROMPT = 16, 8
+
+
+def _verify_decoder(spec, board, p, r, build, boards_dir) -> dict:
+    from hwflow.hw.config import AccelConfig
+    from hwflow.llm_flow import compile_decoder, simulate_decoder
+    from hwflow.predict import predict_decoder
+
+    shape, _family, ternary = _load_decoder(spec)
+    if "weights" in p:
+        ternary = p["weights"] == "ternary"
+    weights = "ternary" if ternary else "int8"
+    _, comp = compile_decoder(example=spec["source"], board=board.name, out=build,
+                              max_context=VERIFY_CONTEXT, boards_dir=boards_dir, weights=weights,
+                              config_overrides=engine_overrides(board, {**p, "weights": weights},
+                                                                DECODER))
+    sim = simulate_decoder(build, prompt_len=VERIFY_PROMPT,
+                           new_tokens=VERIFY_CONTEXT - VERIFY_PROMPT)
+    pr = predict_decoder(shape, AccelConfig(**comp["config"]), board, ternary=ternary,
+                         max_context=VERIFY_CONTEXT, prompt_lens=(VERIFY_PROMPT,))
+    pre = [s for s in sim["steps"] if s["kind"] == "prefill"]
+    dec = [s for s in sim["steps"] if s["kind"] == "decode"]
+    pairs = {"prefill": (pr["prefill"][str(VERIFY_PROMPT)]["cycles"], sum(s["cycles"]
+                                                                           for s in pre)),
+             "decode_last": (pr["decode"]["cycles_last"], dec[-1]["cycles"])}
+    errs = {k: (a - b) / b if b else 0.0 for k, (a, b) in pairs.items()}
+    return {"predicted_cycles": {k: a for k, (a, _) in pairs.items()},
+            "simulated_cycles": {k: b for k, (_, b) in pairs.items()},
+            "cycle_error": errs, "bit_exact": bool(sim["bit_exact"]),
+            "context": f"max context {VERIFY_CONTEXT}, {VERIFY_PROMPT}-token prompt, decode to "
+                       f"position {dec[-1]['pos']}",
+            "summary": f"{'BIT-EXACT' if sim['bit_exact'] else 'MISMATCH'} at max context "
+                       f"{VERIFY_CONTEXT}; prefill of {VERIFY_PROMPT} tokens "
+                       f"{pairs['prefill'][1]} cycles simulated, {pairs['prefill'][0]:.0f} "
+                       f"predicted ({errs['prefill']:+.1%}); decode at position "
+                       f"{dec[-1]['pos']} {pairs['decode_last'][1]} simulated, "
+                       f"{pairs['decode_last'][0]:.0f} predicted ({errs['decode_last']:+.1%})"}
+
+
+# ------------------------------------------------------------------------------- driver
+
+SAMPLERS = ("grid", "nsga2")
+
+
+def run_dse(model=None, example=None, board="u280", space=None, *, trials=None, jobs=2,
+            study=None, scheduler=None, out=None, sampler="grid", seed=0, verify=0,
+            trust_model=False, boards_dir=None, progress=True) -> dict:
+    """Run (or resume) a sweep and write its outputs; returns a summary dict.
+
+    Parameters
+    ----------
+    model, example : str
+        The model (see :func:`resolve_model`).
+    board : str
+    space : path
+        The space file (:mod:`hwflow.dse_space`).
+    trials : int, optional
+        Grid: evaluate only the first ``trials`` points; NSGA-II: distinct points to evaluate
+        (default 100, at most the space's size).
+    jobs : int
+        Local worker processes (1: in the driver), or the least number of points in flight
+        on a Dask cluster.
+    study : path, optional
+        SQLite study (default ``OUT/study.db``); the same study resumes the sweep.
+    scheduler : str or distributed.Client, optional
+        Dask scheduler address (or a Client) instead of local workers.
+    out : path, optional
+        Output folder (default ``build/dse-<model>-<board>``).
+    sampler : str
+        ``grid`` or ``nsga2``.
+    seed : int
+        NSGA-II seed.
+    verify : int
+        Compile + simulate in RTL this many Pareto points (the small enough ones).
+    """
+    if sampler not in SAMPLERS:
+        raise HwflowError(f"--sampler {sampler}: use {' or '.join(SAMPLERS)}")
+    for flag, v in (("--jobs", jobs), ("--trials", trials), ("--verify", verify)):
+        if v is not None and (v < (1 if flag != "--verify" else 0)):
+            raise HwflowError(f"{flag} {v}: must be >= {1 if flag != '--verify' else 0}")
+    if space is None:
+        raise HwflowError("--space FILE is required (see README, 'Design-space sweeps')")
+    spec = resolve_model(model, example, trust_model)
+    brd = load_board(board, boards_dir)
+    sp = load_space(space, spec["kind"])
+    fit = check_space_fits(sp, brd, spec["kind"])
+    if spec["kind"] == MLP:
+        _load_mlp(spec)                      # a broken model is one error line, not N points
+    else:
+        _load_decoder(spec)
+    out = Path(out) if out else Path("build") / f"dse-{spec['name']}-{brd.name}"
+    study_path = Path(study) if study else out / "study.db"
+
+    import optuna
+
+    if sampler == "nsga2":
+        pop = max(4, min(50, (trials or 100) // 4))
+        smp = optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
+    else:
+        smp = optuna.samplers.RandomSampler(seed=seed)   # never used: every grid point is enqueued
+    sweep = {"model": spec["name"], "kind": spec["kind"], "board": brd.name,
+             "space": sp.to_dict(), "sampler": sampler,
+             **({"seed": seed} if sampler == "nsga2" else {})}
+    task_base = {"model": spec, "board": brd.name,
+                 "boards_dir": str(boards_dir) if boards_dir else None}
+    if scheduler is not None:
+        ex = _DaskExecutor(scheduler, jobs, spec)
+    elif jobs == 1:
+        ex = _InlineExecutor()
+    else:
+        ex = _LocalExecutor(jobs, spec)
+    t0 = time.perf_counter()
+    try:
+        st = _open_study(study_path, sp, smp, sweep)
+        counts = run_search(st, sp, task_base, ex, sampler_name=sampler, trials=trials,
+                            progress=progress)
+    finally:
+        ex.close()
+    wall = time.perf_counter() - t0
+    info = {"model": spec["name"], "kind": spec["kind"], "board": brd.name, "sampler": sampler,
+            "study": str(study_path), "space_file": str(space)}
+    results = study_results(st)
+    w = write_outputs(out, results, sp, info)
+    ver = None
+    if verify:
+        ver = verify_points(w["pareto"], verify, spec, brd.name, boards_dir, out)
+        w = write_outputs(out, results, sp, info, ver)
+    return {"out": out, "wall_s": wall, "search": counts, "fit_check": fit, **w,
+            "verify": ver, "info": info, "space_size": sp.size}
