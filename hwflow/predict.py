@@ -26,7 +26,6 @@ placeholder epilogue constants that no cycle or byte count reads) and the cycle 
 
 from __future__ import annotations
 
-import inspect
 import json
 import tempfile
 from dataclasses import replace
@@ -47,6 +46,8 @@ PROMPT_LENS = (64, 128, 512)
 DECODE_SAMPLES = 33
 #: Smallest prefill bucket the act_depth sizing aims for (mapping.llm_lower.MIN_BUCKET).
 MIN_BUCKET = 8
+#: Activation-buffer words the ISA can address (16-bit word fields: x, out, res, a of w2/w3).
+ACT_ADDR_WORDS = 1 << 16
 
 
 # -------------------------------------------------------------------------------- shapes
@@ -145,15 +146,6 @@ def program_traffic(program, cfg, pos: int) -> dict:
     return t
 
 
-def _predict_fn():
-    """``mapping.cycles.predict`` and whether it takes ``pos`` / ``calib`` (the LLM terms and
-    the calibration are being added there; without them the position does not matter)."""
-    from hwflow.mapping.cycles import predict
-
-    params = inspect.signature(predict).parameters
-    return predict, "pos" in params, "calib" in params
-
-
 class _Timer:
     """Cycles of a program run at a position, for many positions.
 
@@ -170,22 +162,15 @@ class _Timer:
         self._memo: dict = {}
 
     def _predict(self, program, pos: int) -> dict:
-        predict, has_pos, has_calib = _predict_fn()
-        kw = {}
-        if has_pos:
-            kw["pos"] = int(pos)
-        if has_calib and self.calib is not None:
-            kw["calib"] = self.calib
-        return predict(program, self.cfg, **kw)
+        from hwflow.mapping.cycles import predict
+
+        return predict(program, self.cfg, pos=int(pos), calib=self.calib)
 
     def _prepare(self, name: str, program):
-        from hwflow.mapping.cycles import instr_cycles
-
         r0, r1 = self._predict(program, 0), self._predict(program, self.last)
         self._memo[(name, 0)], self._memo[(name, self.last)] = r0["total"], r1["total"]
         per0, per1 = r0.get("per_instruction"), r1.get("per_instruction")
-        if per0 is None or per1 is None or not _predict_fn()[1] or \
-                "pos" not in inspect.signature(instr_cycles).parameters:
+        if per0 is None or per1 is None:
             return None
         dep = [k for k, i in enumerate(program)
                if i.op == Opcode.ATTN or i.flags & FLAG_POS and i.op in (Opcode.LOAD,
@@ -195,12 +180,10 @@ class _Timer:
         rest1 = r1["total"] - sum(per1[k] for k in dep)
         if rest0 != rest1:      # not a sum of instructions: no shortcut
             return None
-        cal = self.calib
-        if cal is None:
-            from hwflow.mapping import cycles
+        from hwflow.mapping.cycles import calibration_for
 
-            if hasattr(cycles, "calibration_for"):      # resolve the default once
-                cal = cycles.calibration_for(self.cfg, None)
+        # resolve the default calibration once, not per position
+        cal = self.calib if self.calib is not None else calibration_for(self.cfg, None)
         return rest0, [program[k] for k in dep], cal
 
     def cycles(self, name: str, program, pos: int) -> int:
@@ -287,12 +270,18 @@ def _size_act_depth(qd, cfg, board) -> tuple:
     chosen = None
     for rows in (MIN_BUCKET, 1):
         cand = replace(cfg, act_depth=pow2(rows * words + fixed))
+        if cand.act_depth > ACT_ADDR_WORDS:
+            continue
         chosen = cand
         try:
             (check_fit_tlmm if cand.tlmm else check_fit)(cand, board)
             break
         except MappingError:
             continue
+    if chosen is None:
+        raise HwflowError(f"one activation row of this decoder needs {words + fixed} words at "
+                          f"L = {cfg.chain_len}, more than the {ACT_ADDR_WORDS} the ISA's 16-bit "
+                          "activation addresses reach; use a wider chain_len")
     rows = (chosen.act_depth - fixed) // words
     why = (f"act_depth {cfg.act_depth} cannot hold one activation row of {words + fixed} "
            f"words; raised to {chosen.act_depth} (prefill buckets of up to {rows} "
@@ -463,9 +452,6 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                          "spaced samples)",
               "cycles_first": dec["cycles_first"], "cycles_last": dec["cycles_last"],
               "ms_per_token": 1e3 * cpt / hz}
-    _, has_pos, _ = _predict_fn()
-    if not has_pos:
-        decode["context"] += "; the cycle model has no position term yet"
 
     prefill = {}
     for n in prompt_lens:
