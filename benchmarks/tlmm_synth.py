@@ -4,34 +4,41 @@ TeLLMe's premise: looking up a precomputed table of the ``3**G`` signed sums of 
 activations does ``G`` ternary MACs per lookup, so a table-lookup engine needs fewer LUTs per
 ternary MAC than adding/subtracting every activation. This script synthesizes, with Yosys
 ``synth_xilinx -family xcup`` (UltraScale+, the same script and options as
-:mod:`hwflow.export.fit`), for each point ``(G, T, Q)``:
+:mod:`hwflow.export.fit`), for each point ``(G, T, Q, SB)``:
 
 ``tlmm``
     The whole TLMM engine (:class:`hwflow.hw.tlmm.TernaryLookupMatmul`): table build, the
-    ``T * Q`` lookups and adder trees, and also its index/activation streaming, the int32
-    accumulator memory (``tlmm_acc_depth``), the requantizing epilogue and the control.
+    ``T * Q`` lookups and adder trees, and also its index/activation streaming, the
+    accumulator memory (``tlmm_acc_depth`` = :data:`ACC_DEPTH`), the parameter memory, the
+    requantizing epilogue and the control, at the super-beat ``SB`` of the point (the width
+    of its read data and parameter memory: the board's, for the board points).
 ``dp-lutram``, ``dp-reg``
     The lookup datapath alone (:class:`hwflow.hw.ternary_array.TableLookupDatapath`: ``T``
     tables of ``3**G`` entries, ``T * Q`` lookups, an adder tree over ``T`` and ``Q`` int32
     accumulators in registers), with the tables in LUTRAM (``Q`` asynchronous read ports, as
     the engine builds them) or in registers (each lookup a ``3**G``-to-1 mux). The engine does
     not expose its own lookup datapath as a sub-component, so this is a reference datapath of
-    the same scheme, not a cut-out of the engine (the engine stores only half of each table
-    and negates the mirrored half on lookup: ``(3**G + 1) / 2`` entries).
+    the same scheme, not a cut-out of the engine (which, like it, stores whole tables for
+    G = 2, 3, but only half of each table for G = 4, negating the mirrored half on lookup).
 ``array``
     :class:`hwflow.hw.ternary_array.TernaryAddArray` of equal throughput: ``lanes = T * G``,
     ``outputs = Q``, i.e. ``T * Q * G`` ternary MACs per cycle (an add/subtract tree per
     output and ``Q`` int32 accumulators in registers: datapath only).
 
 So ``array / dp-*`` compares datapath with datapath, ``array / tlmm`` a bare datapath with a
-whole engine (which flatters the array). Every design is wrapped in flat ports (see
-:func:`flat_verilog`). The LUT column counts logic LUTs; LUTRAM counts the LUTs
-used as distributed RAM (:data:`LUTRAM_LUTS`, not cells); "LUT/MAC" is ``(LUT + LUTRAM +
-SRL) / (ternary MACs per cycle)``.
+whole engine (which flatters the array: it has no memory interface, no epilogue, no
+control). Every design is wrapped in flat ports (see :func:`flat_verilog`). The LUT column
+counts logic LUTs; LUTRAM counts the LUTs used as distributed RAM (:data:`LUTRAM_LUTS`, not
+cells); "LUT/MAC" is ``(LUT + LUTRAM + SRL) / (ternary MACs per cycle)``.
 
-    python benchmarks/tlmm_synth.py            # G=3 at (T, Q) = (4, 4), (8, 8); G=2, 4 at (4, 4)
-    python benchmarks/tlmm_synth.py --short    # G = 3, (T, Q) = (2, 2) (CI)
-    python benchmarks/tlmm_synth.py --point 3,8,8 --json
+Points (:data:`POINTS`): G = 3 at (T, Q) = (4, 4), the KV260's engine (8, 8) at its 16-byte
+super-beat (one 128-bit DDR port: 320-bit records take 3 beats) and the U280's (16, 8) at its
+256-byte super-beat (8 HBM ports: 3 records of 640 bits per beat); G = 2 and 4 at (4, 4).
+The (4, 4) points use 16 B (the smallest super-beat of the flow; a record fits one beat).
+
+    python benchmarks/tlmm_synth.py              # all POINTS (Yosys, ~15 min on 2 cores)
+    python benchmarks/tlmm_synth.py --short      # G = 3, (T, Q) = (2, 2), SB = 16 (CI)
+    python benchmarks/tlmm_synth.py --point 3,8,8,16 --json
 """
 
 from __future__ import annotations
@@ -48,13 +55,13 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Flow
 
 from hwflow.export import fit
-from hwflow.golden.ternary import GROUP_BITS
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.ternary_array import TableLookupDatapath, TernaryAddArray
 
-#: (G, T, Q) points of the full run and of ``--short``.
-POINTS = [(3, 4, 4), (3, 8, 8), (2, 4, 4), (4, 4, 4)]
-SHORT_POINTS = [(3, 2, 2)]
+#: (G, T, Q, SB) points of the full run and of ``--short`` (SB: super-beat bytes of the
+#: engine; (3, 8, 8, 16) is boards/kv260.yaml's engine, (3, 16, 8, 256) boards/u280.yaml's).
+POINTS = [(3, 4, 4, 16), (3, 8, 8, 16), (3, 16, 8, 256), (2, 4, 4, 16), (4, 4, 4, 16)]
+SHORT_POINTS = [(3, 2, 2, 16)]
 #: Accumulator depth of the synthesized engines (the AccelConfig default: one BRAM-sized
 #: memory per accumulator lane; it does not change the lookup datapath).
 ACC_DEPTH = 1024
@@ -84,29 +91,29 @@ def flat_verilog(component: wiring.Component, top: str) -> str:
     return verilog.convert(m, name=top, ports=ports)
 
 
-def tlmm_config(G: int, T: int, Q: int) -> AccelConfig:
-    """A small valid accelerator configuration carrying the TLMM parameters. The engine
-    depends on the matrix engine's sizes only through the super-beat ``SB``, the width of its
-    index-stream window and barrel shifter: the smallest of 16, 32, 64, ... bytes that holds a
-    record of ``T * Q`` indices (so a record needs at most one beat, the engine's full rate)."""
-    sb = 16
-    while 8 * sb < T * Q * GROUP_BITS[G]:
-        sb *= 2
-    return AccelConfig(chains=sb // 16, chain_len=16, mem_ports=max(1, sb // 32),
-                       port_bytes=min(sb, 32), tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q,
+def tlmm_config(G: int, T: int, Q: int, SB: int) -> AccelConfig:
+    """A valid accelerator configuration of super-beat ``SB`` (16 B: one 16-byte port, as the
+    KV260; larger: ``SB / 32`` ports of 32 B, as the U280's 8) carrying the TLMM parameters.
+    The engine depends on the matrix engine's sizes only through ``SB`` (its read data and
+    parameter memory width, and how many index records a beat holds) and ``L = 16``."""
+    if SB % 16 or (SB > 16 and SB % 32):
+        raise ValueError(f"super-beat SB = {SB}: must be 16 or a multiple of 32 bytes")
+    return AccelConfig(chains=SB // 16, chain_len=16, mem_ports=max(1, SB // 32),
+                       port_bytes=min(SB, 32), tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q,
                        tlmm_acc_depth=ACC_DEPTH)
 
 
-def tlmm_engine(G: int, T: int, Q: int):
+def tlmm_engine(G: int, T: int, Q: int, SB: int):
     from hwflow.hw.tlmm import TernaryLookupMatmul
 
-    return TernaryLookupMatmul(tlmm_config(G, T, Q), G, T, Q, ACC_DEPTH)
+    return TernaryLookupMatmul(tlmm_config(G, T, Q, SB), G, T, Q, ACC_DEPTH)
 
 
-def designs(G: int, T: int, Q: int) -> list[tuple[str, str, object]]:
+def designs(G: int, T: int, Q: int, SB: int) -> list[tuple[str, str, object]]:
     """``(kind, label, component factory)`` for one point, in :data:`KINDS` order."""
-    sb = tlmm_config(G, T, Q).beat_bytes
-    return [("tlmm", f"TLMM engine G={G} T={T} Q={Q} SB={sb}", lambda: tlmm_engine(G, T, Q)),
+    tlmm_config(G, T, Q, SB)                            # a bad SB fails before any synthesis
+    return [("tlmm", f"TLMM engine G={G} T={T} Q={Q} SB={SB}",
+             lambda: tlmm_engine(G, T, Q, SB)),
             ("dp-lutram", f"datapath LUTRAM G={G} T={T} Q={Q}",
              lambda: TableLookupDatapath(G, T, Q, lutram=True)),
             ("dp-reg", f"datapath reg G={G} T={T} Q={Q}",
@@ -142,6 +149,7 @@ def measure(kind: str, label: str, factory, macs: int, point, cache: bool) -> di
     lutram = sum(n * LUTRAM_LUTS.get(c, 0) for c, n in cells.items())
     return {
         "kind": kind, "design": label, "G": point[0], "T": point[1], "Q": point[2],
+        "SB": point[3],
         "macs": macs, "lut": used["lut"], "ff": used["ff"], "dsp": used["dsp"],
         "bram": used["bram"], "uram": used["uram"], "lutram": lutram, "srl": used["srl"],
         "lut_per_mac": round((used["lut"] + lutram + used["srl"]) / macs, 2),
@@ -149,10 +157,11 @@ def measure(kind: str, label: str, factory, macs: int, point, cache: bool) -> di
     }
 
 
-def run(points, jobs: int = 2, cache: bool = True) -> list[dict]:
-    """Synthesize every design of every point (``jobs`` Yosys runs at a time)."""
-    tasks = [(kind, label, factory, G * T * Q, (G, T, Q), cache)
-             for G, T, Q in points for kind, label, factory in designs(G, T, Q)]
+def run(points, jobs: int = 2, cache: bool = True, kinds=KINDS) -> list[dict]:
+    """Synthesize the ``kinds`` designs of every point (``jobs`` Yosys runs at a time)."""
+    tasks = [(kind, label, factory, G * T * Q, (G, T, Q, SB), cache)
+             for G, T, Q, SB in points for kind, label, factory in designs(G, T, Q, SB)
+             if kind in kinds]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         rows = list(pool.map(lambda t: measure(*t), tasks))
     return rows
@@ -165,13 +174,13 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     by_point = {}
     for r in rows:
-        by_point.setdefault((r["G"], r["T"], r["Q"]), {})[r["kind"]] = r
+        by_point.setdefault((r["G"], r["T"], r["Q"], r["SB"]), {})[r["kind"]] = r
         lines.append(f"{r['design']:<32} {r['macs']:>7} {r['lut']:>7} {r['ff']:>7} "
                      f"{r['dsp']:>4} {r['bram']:>5} {r['lutram']:>6} {r['srl']:>4} "
                      f"{r['lut_per_mac']:>8.2f} {r['yosys_seconds']:>7.1f}"
                      f"{'c' if r['cached'] else ' '}")
     lines.append("")
-    for (G, T, Q), d in by_point.items():
+    for (G, T, Q, SB), d in by_point.items():
         arr = d.get("array")
         if arr is None:
             continue
@@ -179,7 +188,7 @@ def table(rows: list[dict]) -> str:
                            ("dp-reg", "register datapath")):
             if kind in d:
                 ratio = arr["lut_per_mac"] / d[kind]["lut_per_mac"]
-                lines.append(f"G={G} T={T} Q={Q}: array / {what}: LUT per MAC "
+                lines.append(f"G={G} T={T} Q={Q} SB={SB}: array / {what}: LUT per MAC "
                              f"{arr['lut_per_mac']:.2f} / {d[kind]['lut_per_mac']:.2f} = "
                              f"{ratio:.2f}x")
     lines.append("(c = cached synthesis result; LUTRAM in LUTs; "
@@ -187,23 +196,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_point(text: str) -> tuple[int, int, int]:
-    g, t, q = (int(v) for v in text.split(","))
-    return g, t, q
+def parse_point(text: str) -> tuple[int, int, int, int]:
+    """``G,T,Q[,SB]`` (SB defaults to 16 bytes)."""
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"point {text!r}: expected G,T,Q or G,T,Q,SB")
+    return (*vals, 16) if len(vals) == 3 else tuple(vals)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true", help=f"only {SHORT_POINTS} (CI)")
+    ap.add_argument("--kind", choices=KINDS, action="append",
+                    help="only these designs (repeatable); default: all")
     ap.add_argument("--point", type=parse_point, action="append",
-                    help="G,T,Q (repeatable); default: " + " ".join(map(str, POINTS)))
+                    help="G,T,Q[,SB] (repeatable); default: "
+                    + " ".join(",".join(map(str, p)) for p in POINTS))
     ap.add_argument("--jobs", type=int, default=2, help="Yosys runs at a time (2)")
     ap.add_argument("--no-cache", action="store_true", help="always run Yosys")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args(argv)
     points = args.point or (SHORT_POINTS if args.short else POINTS)
     try:
-        rows = run(points, args.jobs, not args.no_cache)
+        rows = run(points, args.jobs, not args.no_cache, args.kind or KINDS)
     except ValueError as e:             # an invalid configuration
         print(f"error: {e}", file=sys.stderr)
         return 2

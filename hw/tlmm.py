@@ -17,7 +17,7 @@ from .config import AccelConfig
 from .mem_port import read_req_layout
 
 __all__ = ["TernaryLookupMatmul", "GROUP_BITS", "OPCODE_TMATMUL", "TLMM_BURST",
-           "TLMM_MAX_AHEAD"]
+           "TLMM_MAX_AHEAD", "ACC_BITS", "table_entries"]
 
 OPCODE_TMATMUL = 0x0B
 #: Bits of one group index (golden.ternary.GROUP_BITS): 3**G combinations in 4, 5, 7 bits.
@@ -28,20 +28,37 @@ TLMM_BURST = 16
 TLMM_MAX_AHEAD = 64
 #: Epilogue pipeline depth: issue (buffer/acc/param reads), acc*m, +bias, *mult, sum, shift.
 _EPI_STAGES = 5
+#: Accumulator bits: ``k_groups < 2**16`` groups of entries ``|e| <= 128*G`` keep ``|acc| <
+#: 2**25`` (26 bits signed), so the int32 sum of golden never needs more and never wraps.
+ACC_BITS = {g: (0xFFFF * 128 * g).bit_length() + 1 for g in GROUP_BITS}
+#: Deepest table stored whole: a 32-deep LUT-RAM holds 3**G = 9 or 27 entries as cheaply as 14.
+_FULL_TABLE_MAX = 32
 
+
+def table_entries(G: int) -> int:
+    """Entries the engine stores per table: all ``3**G`` when they fit a 32-deep LUT-RAM (G = 2,
+    3), else the half ``H = (3**G + 1) / 2`` (G = 4: 41 fit a 64-deep RAM, 81 would need 128)
+    with the mirrored half read as ``-entry(3**G - 1 - e)``. Also the build cycles per chunk."""
+    E = 3 ** G
+    return E if E <= _FULL_TABLE_MAX else (E + 1) // 2
 
 
 
 def _ceil_div_unit(m: Module, name: str, width: int, d: int):
-    """Sequential ``ceil(num / d)`` for a constant ``d``: restoring division, one quotient bit
-    per cycle (``width + 1`` cycles), so no combinational divider for non-power-of-two T, Q, SB.
+    """``ceil(num / d)`` for a constant ``d``, once per instruction. A power of two is an add
+    and a shift (ready at once); any other ``d`` a restoring division, one quotient bit per
+    cycle (``width + 1`` cycles), so no combinational divider for non-power-of-two T, Q, SB.
 
     Returns ``(start, num, quotient, done)``: pulse ``start`` with ``num`` valid; ``quotient``
-    is valid while ``done``.
+    is valid while ``done`` (and, for a power of two, while ``num`` is).
     """
+    start, num = Signal(name=f"{name}_start"), Signal(width, name=f"{name}_num")
+    if d & (d - 1) == 0:
+        q = Signal(width + 1 - (d.bit_length() - 1), name=f"{name}_q")
+        m.d.comb += q.eq((num + (d - 1)) >> (d.bit_length() - 1))
+        return start, num, q, Const(1)
     nw = max(width, (d - 1).bit_length()) + 1           # num + d - 1 must fit
     db = max(1, d.bit_length())
-    start, num = Signal(name=f"{name}_start"), Signal(width, name=f"{name}_num")
     q = Signal(nw, name=f"{name}_q")
     rem = Signal(db, name=f"{name}_rem")
     cnt = Signal(range(nw + 1), name=f"{name}_cnt")
@@ -54,8 +71,21 @@ def _ceil_div_unit(m: Module, name: str, width: int, d: int):
     return start, num, q, (cnt == 0) & ~start
 
 
+def _select(value, sel, width: int):
+    """Word ``sel`` of ``value`` (``width``-bit words) as a binary tree of 2:1 muxes on the
+    bits of ``sel`` (``word_select`` with a variable index is a wide shifter to Yosys).
+    ``sel`` must be below the number of words (past it, some word is selected)."""
+    words = [value[i * width:(i + 1) * width] for i in range(len(value) // width)]
+    level = 0
+    while len(words) > 1:
+        words = [Mux(sel[level], words[i + 1], words[i]) if i + 1 < len(words) else words[i]
+                 for i in range(0, len(words), 2)]
+        level += 1
+    return words[0]
+
+
 class TernaryLookupMatmul(wiring.Component):
-    """Executes TMATMUL: ternary weights by table lookup, int32 accumulation, requantization.
+    """Executes TMATMUL: ternary weights by table lookup, exact accumulation, requantization.
 
     Per activation row ``b < rows`` (rows one after another; the weights are re-streamed for
     every row, as in decode ``rows`` is 1):
@@ -66,33 +96,50 @@ class TernaryLookupMatmul(wiring.Component):
        a. load: the chunk's ``T*G`` activation bytes, byte-serial from the buffer (``T*G + 1``
           cycles; bytes straddle words freely; the bytes of groups past ``k_groups`` are read
           too and meet ZERO_INDEX);
-       b. build: ``T`` tables in parallel, one entry per cycle. Only entries ``0 .. H-1``,
-          ``H = (3**G + 1) / 2``, are stored (5, 14, 41 for G = 2, 3, 4): entry ``3**G - 1 - e``
-          has every digit mirrored (``2 - d``) and is ``-entry(e)``, so a lookup of an index
-          ``>= H`` reads the mirror and negates. Every table is written into one memory with
-          ``Q`` asynchronous read ports (``Q`` LUT-RAM replicas on an FPGA);
-       c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; one record per cycle does
-          ``T*Q`` lookups (``lookup`` high), an adder tree over ``T`` per channel, and the
-          read-modify-write of ``Q`` int32 accumulators (``acc`` memory, ``Q`` lanes per entry;
-          chunk 0 overwrites). Records come from a gearbox window of super-beats: a record is
-          read at any bit offset (barrel shifter), so records straddle bytes and beats.
+       b. build: ``T`` tables in parallel, ``NE =`` :func:`table_entries` entries, one per
+          cycle after a cycle that loads entry 0 (``NE + 1`` cycles; 9 and 27 for G = 2, 3:
+          the whole table; 41 for G = 4,
+          where entry ``3**G - 1 - e`` has every digit mirrored (``2 - d``) and is
+          ``-entry(e)``, so a lookup of an index ``>= 41`` reads the mirror and negates). Every
+          table is written into one memory with ``Q`` asynchronous read ports (``Q`` LUT-RAM
+          replicas on an FPGA). Each table has one adder: entry ``e + 1`` is entry ``e`` plus
+          ``a_i - 2*(a_0 + .. + a_{i-1})`` where digits ``0..i-1`` of ``e`` wrap, steps
+          computed while the bytes arrive (one shared adder pair);
+       c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; a record does ``T*Q``
+          lookups in one cycle (``lookup`` high), an adder tree over ``T`` per channel, and the
+          read-modify-write of ``Q`` accumulators of :data:`ACC_BITS` bits (``acc`` memory, ``Q``
+          lanes per entry; chunk 0 overwrites). Records never straddle a super-beat
+          (``mapping/ternary_format.py``): ``KR = 8*SB // RB`` of them sit in one beat and are
+          taken with a ``KR``-way select straight from the read data (the beat is accepted with
+          its last record, or the row's last), or a record of ``BPR = ceil(RB / (8*SB))``
+          beats is the concatenation of ``BPR - 1`` registered beats and the arriving one.
 
     3. epilogue: one output byte per cycle for ``n < words*L``: ``requantize(acc[n] * m[b],
        bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL, res_mult)`` for ``n < n_out``,
        0 past it, written with a byte enable (the residual byte is read in the same pass).
+       Exact in 60 bits for ``shift <= 47`` (``golden.int8.SHIFT_MAX``).
 
     The parameters (``n_out`` records of 8 bytes) are loaded once per instruction into a
-    parameter memory of super-beat-wide entries (one per cycle); requests for the index stream
+    block-RAM parameter memory of one super-beat's records per entry (their 48 used bits,
+    one entry per cycle; the epilogue reads an entry a cycle ahead and selects its record in
+    two pipelined levels); requests for the index stream
     of every row follow, ``TLMM_BURST`` beats each, up to ``TLMM_MAX_AHEAD`` beats ahead of the
-    data side, so the memory latency is paid once per instruction. Before that, a ~80-cycle
-    setup computes ``ceil(k_groups/T)``, ``ceil(n_out/Q)``, the parameter beats and the stream
-    beats per row with sequential dividers and a shift-add multiplier (once per instruction).
+    data side, so the memory latency is paid once per instruction. Before that, a setup
+    computes ``ceil(k_groups/T)``, ``ceil(n_out/Q)``, the parameter beats (an add and a shift
+    for a power of two, else a sequential divider) and the stream beats per row
+    (``ceil(records / KR) * BPR``, records by a shift-add multiplier of ``bits(acc_depth/Q)``
+    steps), once per instruction.
 
-    Cycles per row, when memory keeps up (records of at most a super-beat):
-    ``3 + n_chunks * (T*G + 1 + H + 1 + n_blocks + 1) + 4 + words*L`` with ``n_chunks =
-    ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``; per instruction add ~``80 +
-    param_beats + latency``. A record wider than a super-beat (``T*Q*bits > 8*SB``) streams at
-    ``8*SB / (T*Q*bits)`` records per cycle.
+    Cycles per row, when memory keeps up (one beat per cycle)::
+
+        6 + n_chunks * (T*G + 1 + 1 + NE + stream + 1) + words*L
+                 (load, its last capture, entry 0, build, stream, chunk step)
+        stream = n_blocks                      (RB <= 8*SB: one record per cycle)
+               = n_blocks*BPR - (BPR - 1)      (RB > 8*SB: one beat per cycle; the first
+                                                record's first beats arrive during LOAD/BUILD)
+
+    with ``n_chunks = ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``; per instruction add
+    the setup (``TLMM_SETUP`` in ``mapping/cycles.py``), ``param_beats`` and one read latency.
 
     Parameters
     ----------
@@ -107,8 +154,8 @@ class TernaryLookupMatmul(wiring.Component):
         Replicas of each table (output channels per record).
     acc_depth : int
         Largest ``n_out`` (channels): the accumulator memory holds ``ceil(acc_depth / Q)``
-        entries of ``Q`` int32 lanes, the parameter memory ``ceil(8 * acc_depth / SB)``
-        super-beats. A TMATMUL with a larger ``n_out`` is not executable.
+        entries of ``Q`` lanes of :data:`ACC_BITS` bits, the parameter memory ``ceil(8 *
+        acc_depth / SB)`` super-beats. A TMATMUL with a larger ``n_out`` is not executable.
 
     Attributes
     ----------
@@ -154,16 +201,18 @@ class TernaryLookupMatmul(wiring.Component):
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         bits = GROUP_BITS[G]
         E = 3 ** G
-        H = (E + 1) // 2                    # stored table entries (the other half mirrored)
+        NE = table_entries(G)               # stored entries: E, or the half H with a mirror
+        mirror = NE < E
         RB = T * Q * bits                   # record bits
         SBB = 8 * SB                        # super-beat bits
+        KR = max(1, SBB // RB)              # records per super-beat
+        BPR = -(-RB // SBB)                 # super-beats per record
         RPB = SB // 8                       # parameter records per super-beat
         # table entries: |sum| <= 128*G (512 at G = 4 needs 11 bits signed)
         TW = (128 * G).bit_length() + 1
+        AW = ACC_BITS[G]                    # accumulator lanes: exact, never wrap
         AD = -(-self.acc_depth // Q)        # accumulator entries
         PD = -(-8 * self.acc_depth // SB)   # parameter memory entries (super-beats)
-        # gearbox window: a record at bit offset < SBB ends before bit SBB - 1 + RB
-        NBW = max(2, -(-(SBB - 1 + RB) // SBB))
 
         # --- instruction fields ----------------------------------------------------------------
         w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
@@ -175,20 +224,24 @@ class TernaryLookupMatmul(wiring.Component):
         x_words, words = w[5][:16], w[5][16:32]
         res_mult, m_addr = w[6][:16], w[6][16:32]
 
-        # --- setup: chunk, block, beat counts (sequential: once per instruction) --------------
+        # --- setup: chunk, block, beat counts (once per instruction) ---------------------------
         d1_go, d1_num, n_chunks, d1_done = _ceil_div_unit(m, "div_chunks", 16, T)
         d2_go, d2_num, n_blocks, d2_done = _ceil_div_unit(m, "div_blocks", 16, Q)
         d3_go, d3_num, param_beats, d3_done = _ceil_div_unit(m, "div_params", 16, RPB)
         m.d.comb += [d1_num.eq(k_groups), d2_num.eq(n_out), d3_num.eq(n_out)]
-        # records per row = n_chunks * n_blocks by shift-add (16 cycles), then * RB as a sum of
-        # shifted copies (a constant: popcount(RB) adders), then / SBB
-        rec_w = 34
-        mul_a, mul_b, mul_p = Signal(rec_w), Signal(17), Signal(rec_w)
-        mul_cnt = Signal(range(18))
-        sbits_w = rec_w + RB.bit_length()
-        stream_bits = Signal(sbits_w)
-        d4_go, d4_num, stream_beats, d4_done = _ceil_div_unit(m, "div_beats", sbits_w, SBB)
-        m.d.comb += d4_num.eq(stream_bits)
+        # records per row = n_chunks * n_blocks by shift-add over the bits of n_blocks (an
+        # executable n_out <= acc_depth has at most bits(AD) of them), then the stream beats
+        # per row: ceil(records / KR) (KR > 1) or records * BPR (a constant: BPR <= 2 adds)
+        cw, bw = (-(-0xFFFF // T)).bit_length(), AD.bit_length()
+        rec_w = cw + bw
+        mul_a, mul_b, mul_p = Signal(rec_w), Signal(bw), Signal(rec_w)
+        mul_cnt = Signal(range(bw + 2))
+        beats_w = rec_w + BPR.bit_length() + 1
+        d4_go, d4_num, d4_q, d4_done = _ceil_div_unit(m, "div_beats", rec_w, KR)
+        m.d.comb += d4_num.eq(mul_p)
+        stream_beats = Signal(beats_w)
+        m.d.comb += stream_beats.eq(tree_sum([d4_q << k for k in range(BPR.bit_length())
+                                              if (BPR >> k) & 1]))
         with m.If(mul_cnt != 0):
             m.d.sync += [mul_p.eq(mul_p + Mux(mul_b[0], mul_a, 0)), mul_a.eq(mul_a << 1),
                          mul_b.eq(mul_b >> 1), mul_cnt.eq(mul_cnt - 1)]
@@ -196,18 +249,21 @@ class TernaryLookupMatmul(wiring.Component):
         # --- local memories ------------------------------------------------------------------
         tables = []
         for tt in range(T):
-            mem = memory.Memory(shape=signed(TW), depth=H, init=[])
+            mem = memory.Memory(shape=signed(TW), depth=NE, init=[])
             m.submodules[f"table{tt}"] = mem
             tables.append((mem.write_port(), [mem.read_port(domain="comb") for _ in range(Q)]))
-        m.submodules.accmem = accmem = memory.Memory(shape=32 * Q, depth=AD, init=[])
+        m.submodules.accmem = accmem = memory.Memory(shape=AW * Q, depth=AD, init=[])
         acc_wp, acc_rp = accmem.write_port(), accmem.read_port()
-        m.submodules.prmmem = prmmem = memory.Memory(shape=SBB, depth=PD, init=[])
+        # parameters: the 48 used bits of each 8-byte record (bias, mult), RPB per entry, in
+        # block RAM (Yosys would put a shallow, wide one in LUT-RAM: 1.1k LUTs at SB = 256 B)
+        m.submodules.prmmem = prmmem = memory.Memory(shape=48 * RPB, depth=PD, init=[],
+                                                     attrs={"ram_style": "block"})
         prm_wp, prm_rp = prmmem.write_port(), prmmem.read_port()
 
         # --- request side ----------------------------------------------------------------------
         rq_run, rq_valid = Signal(), Signal()
         rq_addr, rq_len = Signal(ab), Signal(16)
-        rq_next, rq_rem = Signal(ab), Signal(sbits_w)   # next beat, beats left in the region
+        rq_next, rq_rem = Signal(ab), Signal(beats_w)   # next beat, beats left in the region
         rq_rows = Signal(16)                            # stream regions (rows) still to request
         ahead = Signal(range(TLMM_MAX_AHEAD + TLMM_BURST + 1))
         issue = self.rd_req.valid & self.rd_req.ready
@@ -229,44 +285,67 @@ class TernaryLookupMatmul(wiring.Component):
             with m.Else():
                 m.d.sync += rq_run.eq(0)
 
-        # --- gearbox window: super-beats in, one record (RB bits at any offset) out -----------
-        win = [Signal(SBB, name=f"win{k}") for k in range(NBW)]
-        have = Signal(range(NBW + 1))
-        off = Signal(range(SBB + RB + 1))   # bit offset of the next record in win[0]
-        flush = Signal()                    # row done: drop the rest of its last beat
+        # --- records straight from the beats (records never straddle a super-beat) ------------
         strm_mode = Signal()                # parameters taken: every further beat is stream
-        consume = Signal()
+        consume = Signal()                  # a record is looked up this cycle
+        row_last = Signal()                 # ... and it is the row's last record
         record = Signal(RB)
-        m.d.comb += record.eq(Cat(*win).bit_select(off, RB))
-        fits = Cat(*[(have == k) & (off + RB <= k * SBB) for k in range(1, NBW + 1)]).any()
-        rec_valid = (off < SBB) & fits & ~flush
-        off1 = Signal.like(off)
-        m.d.comb += off1.eq(off + Mux(consume, RB, 0))
-        drop = (off1 >= SBB) | (flush & (off1 != 0))
-        off2 = Mux(off1 >= SBB, off1 - SBB, Mux(flush, 0, off1))
-        have1 = Signal.like(have)
-        m.d.comb += have1.eq(have - drop)
-        win_ready = strm_mode & (have1 < NBW)
-        accept = win_ready & self.rd_data.valid
-        m.d.sync += [off.eq(off2), have.eq(have1 + accept)]
-        with m.If(flush & (off2 == 0)):
-            m.d.sync += flush.eq(0)
-        for k in range(NBW):
-            src = Mux(drop, win[k + 1], win[k]) if k + 1 < NBW else win[k]
-            m.d.sync += win[k].eq(Mux(accept & (have1 == k), self.rd_data.payload, src))
+        strm_ready = Signal()
+        if BPR == 1:
+            # KR records per beat at bit offsets i*RB: a KR-way select; the beat is taken with
+            # its last record (or the row's last record: the rest of that beat is padding)
+            slot = Signal(range(KR))
+            m.d.comb += [record.eq(_select(self.rd_data.payload[:KR * RB], slot, RB)
+                                   if KR > 1 else self.rd_data.payload[:RB]),
+                         strm_ready.eq(consume & (row_last | (slot == KR - 1)))]
+            rec_valid = self.rd_data.valid
+            if KR > 1:
+                with m.If(consume):
+                    m.d.sync += slot.eq(Mux(row_last | (slot == KR - 1), 0, slot + 1))
+        else:
+            # a record of BPR beats: the first BPR - 1 are shifted into registers as soon as
+            # they arrive (also ahead of the STREAM state), the last is used as it comes
+            part = [Signal(SBB, name=f"part{i}") for i in range(BPR - 1)]
+            have = Signal(range(BPR))
+            m.d.comb += record.eq(Cat(*part, self.rd_data.payload)[:RB])
+            rec_valid = self.rd_data.valid & (have == BPR - 1)
+            collect = strm_mode & (have != BPR - 1)
+            m.d.comb += strm_ready.eq(collect | consume)
+            with m.If(collect & self.rd_data.valid):
+                m.d.sync += [have.eq(have + 1)] + [
+                    part[i].eq(part[i + 1] if i + 1 < BPR - 1 else self.rd_data.payload)
+                    for i in range(BPR - 1)]
+            with m.If(consume):
+                m.d.sync += have.eq(0)
 
         # --- byte reader (activation buffer): data one cycle after the address -----------------
         cap_v, cap_m = Signal(), Signal()   # capture a byte next cycle; into m (else x bytes)
         cap_lane = Signal(range(L))
         m_reg = Signal(16)
-        acts = Signal(8 * T * G)            # chunk's bytes, shift register (first byte lowest)
         m.d.sync += cap_v.eq(0)
-        byte_in = self.act_rd_data.word_select(cap_lane, 8)
+        byte_in = _select(self.act_rd_data, cap_lane, 8)
+        # table steps, computed as the chunk's bytes arrive (one shared adder pair): walking the
+        # entries in index order (digit 0 fastest), the step to the next entry when digits
+        # 0..i-1 wrap (2 -> 0) and digit i increments is delta_i = a_i - 2*(a_0 + .. + a_{i-1});
+        # entry 0 (every digit 0) is -(a_0 + .. + a_{G-1}). Shift registers: deltas[tt*G + i],
+        # first0[tt] (the first byte captured ends lowest), so no per-table write decoder.
+        DW = (128 * (2 * G - 1)).bit_length() + 1
+        dpos = Signal(range(G))             # digit position of the next captured x byte
+        psum = Signal(signed(TW))           # a_0 + .. + a_{dpos-1} of the current group
+        deltas = [Signal(signed(DW), name=f"delta{k}") for k in range(T * G)]
+        first0 = [Signal(signed(TW), name=f"entry0_{tt}") for tt in range(T)]
+        a_in = byte_in.as_signed()
         with m.If(cap_v):
             with m.If(cap_m):
                 m.d.sync += m_reg.eq(Cat(m_reg[8:], byte_in))
             with m.Else():
-                m.d.sync += acts.eq(Cat(acts[8:], byte_in))
+                sum_in = psum + a_in
+                m.d.sync += [deltas[k].eq(deltas[k + 1]) for k in range(T * G - 1)]
+                m.d.sync += [deltas[-1].eq(a_in - (psum << 1)), psum.eq(sum_in),
+                             dpos.eq(dpos + 1)]
+                with m.If(dpos == G - 1):
+                    m.d.sync += [first0[k].eq(first0[k + 1]) for k in range(T - 1)]
+                    m.d.sync += [first0[-1].eq(-sum_in), psum.eq(0), dpos.eq(0)]
 
         def read_byte(word, lane, to_m):
             """Issue a byte read at (word, lane) and advance the pointer by one byte."""
@@ -285,12 +364,24 @@ class TernaryLookupMatmul(wiring.Component):
         m_word, m_lane = Signal(16), Signal(range(L))
         o_row, r_row = Signal(16), Signal(16)
         ld_i = Signal(range(T * G + 1))
-        be = Signal(range(H + 1))           # table entry being built
+        be = Signal(range(NE + 1))          # table entry being built
         digits = [Signal(2, name=f"digit{i}") for i in range(G)]
+        # the entry being written per table: one adder each. INIT loads entry 0 (0 + first0),
+        # BUILD adds the step of the digits' carry: delta_i for i = trailing 2s of the digits
+        ents = [Signal(signed(TW), name=f"ent{tt}") for tt in range(T)]
+        ent_init, ent_step = Signal(), Signal()
+        for tt in range(T):
+            step = deltas[tt * G + G - 1]
+            for i in reversed(range(G - 1)):
+                step = Mux(digits[i] != 2, deltas[tt * G + i], step)
+            with m.If(ent_init | ent_step):
+                m.d.sync += ents[tt].eq((Mux(ent_init, 0, ents[tt])
+                                         + Mux(ent_init, first0[tt], step))[:TW])
         pi = Signal(range(PD + 1))          # parameter beats taken
         # epilogue position: element n = word ew, lane el; acc entry aj lane aq; param beat pb
         # record pr (incremental counters: no division by L, Q or SB/8)
-        en_n, ew, el = Signal(32), Signal(16), Signal(range(L))
+        en_n, ew, el = Signal(16), Signal(16), Signal(range(L))
+        e_past = Signal()                   # en_n >= n_out: the byte is padding (0)
         aj, aq = Signal(range(AD + 1)), Signal(range(Q))
         pb, pr = Signal(range(PD + 1)), Signal(range(RPB))
         epi_issue = Signal()
@@ -298,30 +389,26 @@ class TernaryLookupMatmul(wiring.Component):
         pipe_busy = Signal()                # stream pipeline (lookups -> acc) not empty
         epi_busy = Signal()
 
-        m.d.comb += self.rd_data.ready.eq(win_ready)
+        m.d.comb += row_last.eq((j == n_blocks - 1) & (c == n_chunks - 1))
+        m.d.comb += self.rd_data.ready.eq(Mux(strm_mode, strm_ready, 0))
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.comb += [d1_go.eq(1), d2_go.eq(1), d3_go.eq(1)]
-                    m.d.sync += [strm_mode.eq(0), flush.eq(0), have.eq(0), off.eq(0),
-                                 b.eq(0), x_row.eq(x_addr), o_row.eq(out_addr),
+                    m.d.sync += [strm_mode.eq(0), b.eq(0), x_row.eq(x_addr), o_row.eq(out_addr),
                                  r_row.eq(res_addr), m_word.eq(m_addr), m_lane.eq(0),
-                                 no_acc.eq(k_groups == 0), pi.eq(0)]
+                                 no_acc.eq(k_groups == 0), pi.eq(0), dpos.eq(0), psum.eq(0)]
                     m.next = "SETUP_DIV"
             with m.State("SETUP_DIV"):
                 with m.If(d1_done & d2_done & d3_done):
                     m.d.sync += [mul_a.eq(n_chunks), mul_b.eq(n_blocks), mul_p.eq(0),
-                                 mul_cnt.eq(17)]
+                                 mul_cnt.eq(bw)]
                     m.next = "SETUP_MUL"
             with m.State("SETUP_MUL"):
                 with m.If(mul_cnt == 0):
-                    m.d.sync += stream_bits.eq(tree_sum(
-                        [mul_p << k for k in range(RB.bit_length()) if (RB >> k) & 1]))
-                    m.next = "SETUP_BITS"
-            with m.State("SETUP_BITS"):
-                m.d.comb += d4_go.eq(1)
-                m.next = "SETUP_BEATS"
+                    m.d.comb += d4_go.eq(1)
+                    m.next = "SETUP_BEATS"
             with m.State("SETUP_BEATS"):
                 with m.If(d4_done):
                     m.d.sync += [rq_run.eq(rows != 0), rq_valid.eq(0),
@@ -330,8 +417,8 @@ class TernaryLookupMatmul(wiring.Component):
             with m.State("PARAMS"):
                 # parameters arrive first: one super-beat per cycle into the parameter memory
                 m.d.comb += self.rd_data.ready.eq(pi != param_beats)
-                m.d.comb += [prm_wp.addr.eq(pi), prm_wp.data.eq(self.rd_data.payload),
-                             prm_wp.en.eq(taken)]
+                m.d.comb += [prm_wp.addr.eq(pi), prm_wp.en.eq(taken), prm_wp.data.eq(
+                    Cat(*[self.rd_data.payload[64 * r:64 * r + 48] for r in range(RPB)]))]
                 with m.If(taken):
                     m.d.sync += pi.eq(pi + 1)
                 with m.If((pi == param_beats) | (rows == 0)):
@@ -355,17 +442,17 @@ class TernaryLookupMatmul(wiring.Component):
                     read_byte(x_word, x_lane, 0)
                     m.d.sync += ld_i.eq(ld_i + 1)
                 with m.Else():
-                    # the last byte is captured in this cycle; tables start next cycle
+                    # the last byte (and its group's steps) is captured in this cycle
                     m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
-                    m.next = "BUILD"
+                    m.next = "INIT"
+            with m.State("INIT"):
+                m.d.comb += ent_init.eq(1)
+                m.next = "BUILD"
             with m.State("BUILD"):
-                # entry be: sum_i (digit_i - 1) * a_i for every table at once
+                # entry be of every table at once: ent (entry 0, then ent + step)
+                m.d.comb += ent_step.eq(1)
                 for tt, (wp, _) in enumerate(tables):
-                    terms = []
-                    for i in range(G):
-                        a = acts[8 * (tt * G + i):8 * (tt * G + i + 1)].as_signed()
-                        terms.append(Mux(digits[i] == 0, -a, Mux(digits[i] == 2, a, 0)))
-                    m.d.comb += [wp.addr.eq(be), wp.data.eq(tree_sum(terms)), wp.en.eq(1)]
+                    m.d.comb += [wp.addr.eq(be), wp.data.eq(ents[tt]), wp.en.eq(1)]
                 # base-3 increment of the digits (digit 0 fastest, as golden's index)
                 carry = Const(1)
                 for i in range(G):
@@ -373,7 +460,7 @@ class TernaryLookupMatmul(wiring.Component):
                     m.d.sync += digits[i].eq(Mux(carry, Mux(wrap, 0, digits[i] + 1), digits[i]))
                     carry = wrap
                 m.d.sync += be.eq(be + 1)
-                with m.If(be == H - 1):
+                with m.If(be == NE - 1):
                     m.d.sync += j.eq(0)
                     m.next = "STREAM"
             with m.State("STREAM"):
@@ -387,13 +474,11 @@ class TernaryLookupMatmul(wiring.Component):
                     m.d.comb += consume.eq(rec_valid)
                     with m.If(rec_valid):
                         m.d.sync += j.eq(j + 1)
-                        with m.If((j == n_blocks - 1) & (c == n_chunks - 1)):
-                            m.d.sync += flush.eq(1)
             with m.State("EPI_WAIT"):
                 # the last records' accumulator writes land before the epilogue reads them
                 with m.If(~pipe_busy):
-                    m.d.sync += [en_n.eq(0), ew.eq(0), el.eq(0), aj.eq(0), aq.eq(0),
-                                 pb.eq(0), pr.eq(0)]
+                    m.d.sync += [en_n.eq(0), e_past.eq(n_out == 0), ew.eq(0), el.eq(0),
+                                 aj.eq(0), aq.eq(0), pb.eq(0), pr.eq(0)]
                     with m.If(words == 0):
                         m.next = "NEXT"
                     with m.Else():
@@ -401,6 +486,8 @@ class TernaryLookupMatmul(wiring.Component):
             with m.State("EPI"):
                 m.d.comb += epi_issue.eq(1)
                 m.d.sync += en_n.eq(en_n + 1)
+                with m.If(en_n == n_out - 1):
+                    m.d.sync += e_past.eq(1)
                 with m.If(el == L - 1):
                     m.d.sync += [el.eq(0), ew.eq(ew + 1)]
                 with m.Else():
@@ -441,9 +528,14 @@ class TernaryLookupMatmul(wiring.Component):
             for qq, rp in enumerate(rps):
                 e = qq * T + tt
                 idx = s1_rec[e * bits:(e + 1) * bits]
-                hi = idx >= H
-                m.d.comb += rp.addr.eq(Mux(hi, E - 1 - idx, idx))
-                m.d.sync += s2_lk[qq][tt].eq(Mux(hi, -rp.data, rp.data))
+                if mirror:
+                    # G = 4: entry E - 1 - e (every digit mirrored) is -entry(e)
+                    hi = idx >= NE
+                    m.d.comb += rp.addr.eq(Mux(hi, E - 1 - idx, idx))
+                    m.d.sync += s2_lk[qq][tt].eq(Mux(hi, -rp.data, rp.data))
+                else:
+                    m.d.comb += rp.addr.eq(idx)
+                    m.d.sync += s2_lk[qq][tt].eq(rp.data)
         m.d.sync += [s2_v.eq(s1_v), s2_first.eq(s1_first), s2_j.eq(s1_j)]
         SW = (T * 128 * G).bit_length() + 1
         s3_v, s3_first, s3_j = Signal(), Signal(), Signal.like(s1_j)
@@ -451,58 +543,78 @@ class TernaryLookupMatmul(wiring.Component):
         for qq in range(Q):
             m.d.sync += s3_sum[qq].eq(tree_sum(s2_lk[qq]))
         m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_j.eq(s2_j)]
-        new_acc = [(Mux(s3_first, 0, acc_rp.data[32 * qq:32 * (qq + 1)].as_signed())
-                    + s3_sum[qq])[:32] for qq in range(Q)]
+        new_acc = [(Mux(s3_first, 0, acc_rp.data[AW * qq:AW * (qq + 1)].as_signed())
+                    + s3_sum[qq])[:AW] for qq in range(Q)]
         m.d.comb += [acc_wp.addr.eq(s3_j), acc_wp.data.eq(Cat(*new_acc)), acc_wp.en.eq(s3_v),
                      acc_rp.addr.eq(Mux(epi_issue, aj, s2_j))]
         m.d.comb += pipe_busy.eq(s1_v | s2_v | s3_v)
 
         # --- epilogue: E1 reads -> E2 acc*m -> E3 +bias -> E4 *mult, res*res_mult -> E5 sum ------
-        m.d.comb += prm_rp.addr.eq(pb)
+        # widths from |acc| < 2**25 (ACC_BITS), m < 2**16, |bias| < 2**31, mult < 2**16,
+        # shift <= 47 (golden.int8.SHIFT_MAX): |acc*m| < 2**41, |+bias| < 2**42, |*mult| <
+        # 2**58, + res*res_mult (< 2**23) < 2**59: 60 bits signed, exact
+        # parameters: the word of element n is read one cycle ahead (at n - 1's issue; word 0
+        # outside EPI), so that the RPB:1 record select takes two pipelined levels at no extra
+        # latency: 4:1 within groups of 4 records at issue, then among the groups in E1 (at
+        # SB = 256 B: 528 instead of 790 LUTs for 48 bits of 32:1, as Yosys maps them)
+        m.d.comb += prm_rp.addr.eq(Mux(epi_issue, Mux(pr == RPB - 1, pb + 1, pb), 0))
+        ngrp = -(-RPB // 4)
+        e1_grp = Signal(48 * ngrp)
+        m.d.sync += e1_grp.eq(Cat(*[_select(prm_rp.data[192 * g:min(192 * (g + 1), 48 * RPB)],
+                                            pr[:2], 48) for g in range(ngrp)]))
         with m.If(epi_issue):
             m.d.comb += [self.rd_addr.eq(r_row + ew), self.rd_en.eq(1)]
         e1_v, e1_zero = Signal(), Signal()
         e1_aq, e1_pr, e1_el = Signal.like(aq), Signal.like(pr), Signal.like(el)
         e1_wa = Signal(16)
-        m.d.sync += [e1_v.eq(epi_issue), e1_zero.eq(en_n >= n_out), e1_aq.eq(aq),
+        m.d.sync += [e1_v.eq(epi_issue), e1_zero.eq(e_past), e1_aq.eq(aq),
                      e1_pr.eq(pr), e1_el.eq(el), e1_wa.eq(o_row + ew)]
-        acc_v = Mux(no_acc, 0, acc_rp.data.word_select(e1_aq, 32).as_signed())
-        prm = prm_rp.data.word_select(e1_pr, 64)
-        res_v = Mux(residual, self.act_rd_data.word_select(e1_el, 8).as_signed(), 0)
+        acc_v = Mux(no_acc, 0, _select(acc_rp.data, e1_aq, AW).as_signed())
+        prm = _select(e1_grp, e1_pr[2:], 48)
+        res_v = Mux(residual, _select(self.act_rd_data, e1_el, 8).as_signed(), 0)
         e2_v, e2_zero, e2_el, e2_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e2_p = Signal(signed(49))           # int32 * u16
+        e2_p = Signal(signed(42))           # acc * m
         e2_bias, e2_mult, e2_res = Signal(signed(32)), Signal(16), Signal(signed(8))
         m.d.sync += [e2_v.eq(e1_v), e2_zero.eq(e1_zero), e2_el.eq(e1_el), e2_wa.eq(e1_wa),
                      e2_p.eq(acc_v * m_reg), e2_bias.eq(prm[:32].as_signed()),
                      e2_mult.eq(prm[32:48]), e2_res.eq(res_v)]
         e3_v, e3_zero, e3_el, e3_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e3_s = Signal(signed(50))
+        e3_s = Signal(signed(43))
         e3_mult, e3_res = Signal(16), Signal(signed(8))
         m.d.sync += [e3_v.eq(e2_v), e3_zero.eq(e2_zero), e3_el.eq(e2_el), e3_wa.eq(e2_wa),
                      e3_s.eq(e2_p + e2_bias), e3_mult.eq(e2_mult), e3_res.eq(e2_res)]
-        # (acc*m + bias) * mult: 50 x 16 bits -> 67 bits signed; golden's int64 is exact for
-        # |acc| < 2**25 (k_groups < 2**16 groups of 4 int8), so this never differs from it
         e4_v, e4_zero, e4_el, e4_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e4_m, e4_r = Signal(signed(67)), Signal(signed(25))
-        e4_rnd = Signal(47)
+        e4_m, e4_r = Signal(signed(59)), Signal(signed(25))
         m.d.sync += [e4_v.eq(e3_v), e4_zero.eq(e3_zero), e4_el.eq(e3_el), e4_wa.eq(e3_wa),
-                     e4_m.eq(e3_s * e3_mult), e4_r.eq(e3_res * res_mult),
-                     e4_rnd.eq(Mux(shift == 0, 0, (Const(1, 47) << shift) >> 1))]
+                     e4_m.eq(e3_s * e3_mult), e4_r.eq(e3_res * res_mult)]
         e5_v, e5_zero, e5_el, e5_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e5_sum = Signal(signed(68))
+        e5_sum = Signal(signed(60))
         m.d.sync += [e5_v.eq(e4_v), e5_zero.eq(e4_zero), e5_el.eq(e4_el), e5_wa.eq(e4_wa),
-                     e5_sum.eq(e4_m + e4_r + e4_rnd)]
-        sh = Signal(signed(68))
-        m.d.comb += sh.eq(e5_sum >> shift)
+                     e5_sum.eq(e4_m + e4_r)]
+        # round and shift without a rounding addend: (v + 2**(s-1)) >> s = ((v >> (s-1)) + 1)
+        # >> 1 for s >= 1. t = v >> max(s-1, 0) is needed only in a 10-bit window: whether
+        # it leaves the window (bits s-1+9 .. 59 of v not all the sign: a thermometer mask,
+        # no full-width shifter) saturates by the sign; inside, 9 bits of t and the sign are it
+        neg = e5_sum[-1]
+        sa = Signal(6)
+        m.d.comb += sa.eq(Mux(shift == 0, 0, shift - 1))
+        t_low = Signal(9)
+        m.d.comb += t_low.eq((e5_sum >> sa)[:9])
+        window = Signal(60)
+        m.d.comb += window.eq(Const((1 << 60) - 1, 60) << (sa + 9))
+        out_win = ((e5_sum ^ Mux(neg, (1 << 60) - 1, 0)) & window).any()
+        t = Cat(t_low, neg).as_signed()
+        r = Signal(signed(10))
+        m.d.comb += r.eq(Mux(shift == 0, t, (t + 1) >> 1))
         sat = Signal(signed(8))
-        with m.If(e5_zero | (relu & (sh < 0))):
+        with m.If(e5_zero | (relu & neg)):
             m.d.comb += sat.eq(0)
-        with m.Elif(sh > 127):
+        with m.Elif((out_win & ~neg) | (r > 127)):
             m.d.comb += sat.eq(127)
-        with m.Elif(sh < -128):
+        with m.Elif((out_win & neg) | (r < -128)):
             m.d.comb += sat.eq(-128)
         with m.Else():
-            m.d.comb += sat.eq(sh[:8])
+            m.d.comb += sat.eq(r[:8])
         m.d.comb += [self.wr_addr.eq(e5_wa), self.wr_data.eq(Cat(*([sat] * L))),
                      self.wr_en.eq(Mux(e5_v, Const(1, L) << e5_el, 0))]
         m.d.comb += epi_busy.eq(e1_v | e2_v | e3_v | e4_v | e5_v)

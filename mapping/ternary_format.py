@@ -8,9 +8,18 @@ A block is, from super-beat ``wgt``:
 2. the index stream: for chunk ``c < ceil(k_groups / T)``, for channel block ``j < ceil(n_out /
    Q)``, one record of ``T*Q`` group indices, entry ``qq*T + tt`` = the index of channel
    ``j*Q + qq``, group ``c*T + tt`` (:func:`hwflow.golden.ternary.encode_groups`); channels and
-   groups past the layer hold :func:`ZERO_INDEX`. Indices are ``GROUP_BITS[G]`` bits, packed
-   densely LSB first over the records back to back (:func:`hwflow.golden.ternary.pack_indices`),
-   padded with zeros to whole super-beats.
+   groups past the layer hold :func:`ZERO_INDEX`. A record is its indices packed densely,
+   ``GROUP_BITS[G]`` bits each, LSB first (:func:`hwflow.golden.ternary.pack_indices`), ``RB =
+   T*Q*GROUP_BITS[G]`` bits, and never straddles a super-beat (``8*SB`` bits):
+
+   * ``RB <= 8*SB``: ``k = (8*SB) // RB`` records per super-beat, record ``r`` of the stream in
+     beat ``r // k`` at bit offset ``(r % k) * RB``; the rest of every beat is zero;
+   * ``RB > 8*SB``: every record takes ``ceil(RB / (8*SB))`` whole super-beats (bit ``i`` of
+     the record is bit ``i % (8*SB)`` of its beat ``i // (8*SB)``), zero past ``RB``.
+
+   So the engine takes a record out of one beat with a ``k``-way select, or concatenates whole
+   beats, with no bit-offset shifter. The stream is ``ceil(records / k) * beats_per_record``
+   super-beats; the engine ignores the zero padding (the unpacker too).
 
 :func:`pack_ternary_block` writes it, :func:`unpack_ternary_block` is its exact inverse (the ISA
 functional model executes that), :func:`block_layout` gives the sizes both sides agree on.
@@ -68,8 +77,10 @@ def block_layout(n_out: int, K: int, G: int, T: int, Q: int, SB: int) -> dict:
     dict
         ``k_groups`` (``ceil(K / G)``), ``n_chunks`` (``ceil(k_groups / T)``), ``n_blocks``
         (``ceil(n_out / Q)``), ``records`` (``n_chunks * n_blocks``, per activation row),
-        ``record_bits`` (``T * Q * GROUP_BITS[G]``), ``stream_bits``, ``param_beats``,
-        ``stream_beats`` (super-beats of the index stream, re-read for every row),
+        ``record_bits`` (``RB = T * Q * GROUP_BITS[G]``), ``records_per_beat`` (``k = (8*SB)
+        // RB``, at least 1), ``beats_per_record`` (``ceil(RB / (8*SB))``: 1 unless a record
+        is wider than a super-beat), ``param_beats``, ``stream_beats`` (super-beats of the
+        index stream, ``ceil(records / k) * beats_per_record``, re-read for every row),
         ``total_beats`` (the whole block).
     """
     _check_g(G)
@@ -80,12 +91,14 @@ def block_layout(n_out: int, K: int, G: int, T: int, Q: int, SB: int) -> dict:
     n_blocks = _cdiv(n_out, Q)
     record_bits = T * Q * GROUP_BITS[G]
     records = n_chunks * n_blocks
-    stream_bits = records * record_bits
+    per_beat = max(1, 8 * SB // record_bits)
+    beats_per_record = _cdiv(record_bits, 8 * SB)
     param_beats = _cdiv(PARAM_RECORD_BYTES * n_out, SB)
-    stream_beats = _cdiv(stream_bits, 8 * SB)
+    stream_beats = _cdiv(records, per_beat) * beats_per_record
     return {
         "k_groups": k_groups, "n_chunks": n_chunks, "n_blocks": n_blocks,
-        "records": records, "record_bits": record_bits, "stream_bits": stream_bits,
+        "records": records, "record_bits": record_bits, "records_per_beat": per_beat,
+        "beats_per_record": beats_per_record,
         "param_beats": param_beats, "stream_beats": stream_beats,
         "total_beats": param_beats + stream_beats,
     }
@@ -132,10 +145,17 @@ def pack_ternary_block(t, bias, mult, G: int, T: int, Q: int, SB: int) -> bytes:
     idx = np.full((nb * Q, nc * T), ZERO_INDEX(G), dtype=np.int64)
     if n_out and K:
         idx[:n_out, :lay["k_groups"]] = encode_groups(t, G)
-    # [nb, Q, nc, T] -> [nc, nb, Q, T]: chunk-major records, entry qq*T + tt
-    recs = idx.reshape(nb, Q, nc, T).transpose(2, 0, 1, 3)
-    body = pack_indices(recs, G).ljust(lay["stream_beats"] * SB, b"\0")
-    return head + body
+    # [nb, Q, nc, T] -> [nc * nb, Q * T]: chunk-major records, entry qq*T + tt
+    recs = idx.reshape(nb, Q, nc, T).transpose(2, 0, 1, 3).reshape(nc * nb, Q * T)
+    body = bytearray(lay["stream_beats"] * SB)
+    k, slot = lay["records_per_beat"], lay["beats_per_record"] * SB
+    for beat in range(0, lay["records"], k):
+        # k records back to back at bit offsets i*RB: one dense packing of their indices;
+        # a record of several beats is its dense packing, zero-padded to whole beats
+        group = pack_indices(recs[beat:beat + k], G)
+        base = (beat // k) * slot
+        body[base:base + len(group)] = group
+    return head + bytes(body)
 
 
 def unpack_ternary_block(data, n_out: int, K: int, G: int, T: int, Q: int, SB: int):
@@ -156,8 +176,11 @@ def unpack_ternary_block(data, n_out: int, K: int, G: int, T: int, Q: int, SB: i
 
     nc, nb = lay["n_chunks"], lay["n_blocks"]
     start = lay["param_beats"] * SB
-    flat = unpack_indices(data[start:start + lay["stream_beats"] * SB], G,
-                          lay["records"] * T * Q)
+    k, slot = lay["records_per_beat"], lay["beats_per_record"] * SB
+    flat = np.concatenate([np.zeros(0, np.int64)] + [
+        unpack_indices(data[start + (r // k) * slot:start + (r // k + 1) * slot], G,
+                       min(k, lay["records"] - r) * T * Q)
+        for r in range(0, lay["records"], k)])
     if flat.size and flat.max() >= 3 ** G:
         raise ValueError(f"group index {int(flat.max())} >= 3**{G}")
     idx = flat.reshape(nc, nb, Q, T).transpose(1, 2, 0, 3).reshape(nb * Q, nc * T)

@@ -80,8 +80,9 @@ def pack_block(t: np.ndarray, bias, mult, G: int, T: int, Q: int, sb: int) -> by
     """TMATMUL weight block, read off docs/architecture.md ("TMATMUL weight block"), as an
     independent check of ``mapping.ternary_format.pack_ternary_block``: 8-byte
     parameter records padded to whole super-beats, then the index stream (per chunk of T
-    groups, per block of Q channels, entry ``qq * T + tt``; ZERO_INDEX padding), packed
-    ``GROUP_BITS[G]`` bits each and padded to whole super-beats."""
+    groups, per block of Q channels, entry ``qq * T + tt``; ZERO_INDEX padding), each record
+    packed ``GROUP_BITS[G]`` bits an index: ``k = 8*sb // RB`` records per super-beat at bit
+    offsets ``i * RB`` (zero after), or ``ceil(RB / (8*sb))`` whole beats per record."""
     n_out = t.shape[0]
     rec = np.zeros((n_out, 8), dtype=np.uint8)
     rec[:, :4] = np.asarray(bias, dtype="<i4").view(np.uint8).reshape(n_out, 4)
@@ -96,8 +97,15 @@ def pack_block(t: np.ndarray, bias, mult, G: int, T: int, Q: int, sb: int) -> by
     full[:n_out, :kg] = idx
     records = [full[j * Q:(j + 1) * Q, c * T:(c + 1) * T].reshape(-1)      # qq * T + tt
                for c in range(chunks) for j in range(blocks)]
-    stream = ternary.pack_indices(np.concatenate(records), G)
-    return params + stream + bytes(-len(stream) % sb)
+    rb = T * Q * ternary.GROUP_BITS[G]
+    k, nbeats = max(1, 8 * sb // rb), -(-rb // (8 * sb))
+    stream = b""
+    for r0 in range(0, len(records), k):
+        beat = 0
+        for i, rec in enumerate(records[r0:r0 + k]):
+            beat |= int.from_bytes(ternary.pack_indices(rec, G), "little") << (i * rb)
+        stream += beat.to_bytes(nbeats * sb, "little")
+    return params + stream
 
 
 @pytest.mark.parametrize("G, T, Q, n_out, K", [(3, 2, 2, 5, 20), (2, 3, 1, 4, 7),

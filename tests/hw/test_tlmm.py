@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -15,15 +15,26 @@ from amaranth.sim import Simulator
 
 from hwflow.golden import int8, ternary
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.tlmm import GROUP_BITS, OPCODE_TMATMUL, TLMM_BURST, TernaryLookupMatmul
+from hwflow.hw.isa import Instr, Opcode
+from hwflow.hw.tlmm import (
+    ACC_BITS,
+    GROUP_BITS,
+    OPCODE_TMATMUL,
+    TLMM_BURST,
+    TernaryLookupMatmul,
+    table_entries,
+)
+from hwflow.mapping import cycles
 from hwflow.mapping.ternary_format import block_layout, pack_ternary_block
 
 from ._lint import assert_lints_clean
 from ._memory import UnitHarness, stream_memory
 
-# L = 4: super-beat 16 B (128 bits): records of 56..140 bits straddle beats, some exceed one.
+# L = 4: super-beat 16 B (128 bits): records of 4..140 bits, several per beat (KR = 32 at
+# G = 2, T = Q = 1), one per beat, or two beats per record (G = 4, T = 4, Q = 5: 140 bits).
 CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256)
-# L = 8 with a 96 B super-beat: 12 parameter records per beat, not a power of two.
+# L = 8 with a 96 B super-beat: 12 parameter records per beat and KR = 768 // RB records per
+# beat, neither a power of two (sequential dividers).
 CFG8 = AccelConfig(chains=12, chain_len=8, mem_ports=3, port_bytes=32, act_depth=256)
 ACC_DEPTH = 40
 
@@ -56,6 +67,7 @@ class _Case:
     shift_adj: int = 0          # < 0: outputs saturate more often
     k_zero: bool = False        # k_groups = 0 (K = 0)
     small: bool | None = None   # small m and mult (shift <= ~16); default: when RESIDUAL
+    shift: int | None = None    # force the shift (0, 1: the rounding and window edge cases)
     seed: int = 0
 
 
@@ -90,6 +102,8 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
     mtop = 256 if small else 1 << 16
     mult = rng.integers(1, mtop, size=N)
     shift = int(np.clip((2 * top * mtop).bit_length() - 8 + c.shift_adj, 0, 47))
+    if c.shift is not None:
+        shift = c.shift
     res_mult = int(min(0xFFFF, rng.uniform(0.3, 1.0) * 2 ** shift))
     want = int8.requantize(am, bias, mult, shift, c.relu, res if c.residual else None, res_mult)
 
@@ -211,10 +225,15 @@ CASES = [
     _Case(rows=1, K=1, n_out=1, seed=5),
     # k_groups = 0: acc = 0, out = requantize(bias...)
     _Case(rows=2, K=5, n_out=6, k_zero=True, residual=True, seed=6),
+    # shift 0 (no rounding) and 1, 2: results near and past the int8 range
+    _Case(rows=2, K=5, n_out=6, k_zero=True, residual=True, shift=0, seed=9),
+    _Case(rows=2, K=4, n_out=9, k_zero=True, residual=True, shift=1, seed=10),
+    _Case(rows=1, K=3, n_out=7, k_zero=True, residual=True, relu=True, shift=2, seed=11),
 ]
 
 CONFIGS = [
     (CFG4, 2, 1, 1), (CFG4, 3, 2, 4), (CFG4, 4, 4, 2), (CFG4, 3, 3, 5), (CFG4, 4, 4, 5),
+    (CFG4, 3, 8, 8),    # the KV260's engine: 320-bit records of 3 beats
     (CFG8, 2, 3, 5), (CFG8, 3, 4, 2), (CFG8, 4, 2, 4), (CFG8, 3, 1, 1),
 ]
 
@@ -225,18 +244,36 @@ def test_tlmm_matches_golden(cfg, G, T, Q):
     _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q)
 
 
-def test_tlmm_throughput():
-    """No memory stalls: cycles within the docstring's formula (plus a small margin)."""
-    cfg, G, T, Q = CFG4, 3, 2, 4
-    c = _Case(rows=2, K=60, n_out=37, seed=7)     # 10 chunks x 10 records per row
-    (cyc,) = _run(cfg, G, T, Q, [c], latency=32, p_busy=0.0, p_gap=0.0)
-    d = _build(cfg, G, T, Q, c)
-    lay = d["lay"]
-    H = (3 ** G + 1) // 2
-    per_row = 3 + lay["n_chunks"] * (T * G + 1 + H + 1 + lay["n_blocks"] + 1) + 4 \
-        + d["words_n"] * cfg.chain_len
-    bound = c.rows * per_row + 80 + lay["param_beats"] + 32 + 10
-    assert cyc <= bound, (cyc, bound)
+THROUGHPUT = [
+    # (cfg, G, T, Q): records per beat KR / beats per record BPR at K = 60, n_out = 37
+    (CFG4, 3, 2, 4),     # 40-bit records, KR = 3 per 128-bit beat
+    (CFG4, 3, 3, 5),     # 75-bit records, KR = 1
+    (CFG4, 4, 4, 5),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
+    (CFG8, 3, 4, 2),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
+    (CFG4, 2, 1, 1),     # 4-bit records, KR = 32
+]
+
+
+@pytest.mark.parametrize("cfg,G,T,Q", THROUGHPUT,
+                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in THROUGHPUT])
+def test_tlmm_cycles_match_the_model(cfg, G, T, Q):
+    """No memory stalls (latency 32 = cycles.READ_LATENCY, no gaps): the busy cycles equal
+    mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows."""
+    for rows in (1, 2):
+        c = _Case(rows=rows, K=60, n_out=37, seed=7)
+        (cyc,) = _run(cfg, G, T, Q, [c], latency=cycles.READ_LATENCY, p_busy=0.0, p_gap=0.0)
+        d = _build(cfg, G, T, Q, c)
+        ins = Instr(Opcode.TMATMUL, rows=rows, k_groups=d["lay"]["k_groups"], n_out=37,
+                    words=d["words_n"])
+        tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=ACC_DEPTH)
+        assert cyc == cycles.tmatmul_cycles(ins, tcfg), (rows, cyc)
+
+
+def test_tlmm_full_and_half_tables():
+    """G = 2, 3 store the whole 3**G-entry table (one 32-deep LUT-RAM either way), G = 4 the
+    41-entry half with the mirror."""
+    assert [table_entries(g) for g in (2, 3, 4)] == [9, 27, 41]
+    assert ACC_BITS == {2: 25, 3: 26, 4: 26}
 
 
 def test_verilator_lint(tmp_path):

@@ -293,3 +293,18 @@ def test_mixed_formats_in_one_layer_are_refused(qd):
                                                                ternary=False))])
     with pytest.raises(MappingError, match=r"layer 0: linears .* ternary and the others int8"):
         lower_decoder(bad, CFG)
+
+
+@pytest.mark.parametrize("name", sorted(CFGS))
+def test_shape_only_lowering_equals_the_full_one(qd, name):
+    """Ternary decoders too: TMATMUL block sizes from the layout alone, the same programs,
+    memory map and reports, no image."""
+    cfg = CFGS[name]
+    full = lower_decoder(qd, cfg)
+    shape = lower_decoder(qd, cfg, shape_only=True)
+    assert shape.image == b"" and shape.memory_map.total_bytes == len(full.image)
+    for a, b in zip([full.decode, *full.prefill.values()],
+                    [shape.decode, *shape.prefill.values()], strict=True):
+        assert [i.encode() for i in a.program] == [i.encode() for i in b.program]
+    assert shape.memory_map.to_json() == full.memory_map.to_json()
+    assert shape.reports == full.reports

@@ -117,15 +117,22 @@ def doc_block(t, bias, mult, cfg=CFG) -> bytes:
     params += bytes(-len(params) % SB)
     idx = gt.encode_groups(t, G)
     zero = (3 ** G - 1) // 2
+    rb = T * Q * gt.GROUP_BITS[G]
+    per_beat, beats = max(1, 8 * SB // rb), cdiv(rb, 8 * SB)   # records never straddle beats
     recs = []
     for c in range(cdiv(kg, T)):
         for j in range(cdiv(n_out, Q)):
+            rec = []
             for qq in range(Q):
                 for tt in range(T):
                     n, g = j * Q + qq, c * T + tt
-                    recs.append(int(idx[n, g]) if n < n_out and g < kg else zero)
-    stream = gt.pack_indices(np.array(recs), G)
-    return params + stream + bytes(-len(stream) % SB)
+                    rec.append(int(idx[n, g]) if n < n_out and g < kg else zero)
+            recs.append(int.from_bytes(gt.pack_indices(np.array(rec), G), "little"))
+    stream = b"".join(
+        sum(r << (i * rb) for i, r in enumerate(recs[b:b + per_beat])).to_bytes(beats * SB,
+                                                                                "little")
+        for b in range(0, len(recs), per_beat))
+    return params + stream
 
 
 def test_doc_block_equals_the_mapper_packer():
