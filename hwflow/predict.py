@@ -256,7 +256,7 @@ def _size_act_depth(qd, cfg, board) -> tuple:
     configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
     that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
     board's block RAM, else to the smallest that holds one row (prefill token by token)."""
-    from hwflow.mapping.engine import check_fit, check_fit_tlmm
+    from hwflow.mapping.engine import check_fit
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import act_row_words
 
@@ -274,7 +274,7 @@ def _size_act_depth(qd, cfg, board) -> tuple:
             continue
         chosen = cand
         try:
-            (check_fit_tlmm if cand.tlmm else check_fit)(cand, board)
+            check_fit(cand, board)
             break
         except MappingError:
             continue
@@ -325,28 +325,24 @@ def _tlmm_cfg(qd, cfg, board):
 
 def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
     """``(estimate_resources, extra, fits, why not)``: the accelerator's estimate as
-    ``mapping.engine.estimate_resources`` gives it; ``extra`` holds the TLMM engine's share
-    (``tlmm_resources``, when built), the board's resources and the fit report (used vs
-    available, TLMM included)."""
-    from hwflow.mapping.engine import check_fit, check_fit_tlmm, estimate_resources
+    ``mapping.engine.estimate_resources`` gives it (the TLMM engine included when built);
+    ``extra`` holds the board's resources and the fit report (used vs available, and the TLMM
+    engine's share under ``tlmm``)."""
+    from hwflow.mapping.engine import check_fit_tlmm, estimate_resources
     from hwflow.mapping.errors import MappingError
 
-    kbits = getattr(board, "bram_kbits", 36)
     extra = {"available": dict(board.resources)}
     try:
-        est = estimate_resources(cfg, kbits)
+        est = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
     except MappingError as e:      # the resource model's data missing or unreadable
         return {}, extra, False, str(e)
-    if cfg.tlmm:
-        from hwflow.mapping.engine import tlmm_resources
-
-        extra["tlmm"] = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                                       cfg.beat_bytes, kbits)
     try:
-        extra["fit"] = (check_fit_tlmm if cfg.tlmm else check_fit)(cfg, board)
-        return est, extra, True, None
+        extra["fit"] = check_fit_tlmm(cfg, board)
     except MappingError as e:
         return est, extra, False, str(e)
+    if "tlmm" in extra["fit"]:
+        extra["tlmm"] = extra["fit"]["tlmm"]
+    return est, extra, True, None
 
 
 # ------------------------------------------------------------------------------ predict
@@ -519,7 +515,8 @@ def format_prediction(p: dict) -> list[str]:
     parts = [f"{k.upper()} {v:,}" for k, v in acc.items() if isinstance(v, (int, float))]
     if "tlmm" in extra:
         t = extra["tlmm"]
-        parts.append(f"TLMM +{t['lut']:,} LUT +{t['bram']:g} BRAM +{t['dsp']} DSP")
+        parts.append(f"of which the TLMM engine LUT {t['lut']:,}, BRAM {t['bram']:g}, "
+                     f"DSP {t['dsp']}")
     m = p["memory"]
     lines.append("resources: " + ", ".join(parts) + f"; memory image "
                  f"{m['image_bytes'] / 2**30:.2f} GiB of {m['capacity_bytes'] / 2**30:.0f} GiB")

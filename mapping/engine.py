@@ -21,15 +21,27 @@ configuration (DSP and BRAM counts equal):
   :func:`param_lanes`; the other lanes of its copy are trimmed), plus, with ``sparse``, L
   index lanes of 4P bits read by the engine only. Each lane memory takes the cheapest aspect
   ratio of the family's block (:data:`BRAM_SHAPES`: Xilinx RAMB36E2 / RAMB18E2, ECP5 DP16KD,
-  iCE40 SB_RAM40_4K); memories of at most ``LUTRAM_DEPTH`` words go to distributed RAM, as
-  Yosys maps them.
+  iCE40 SB_RAM40_4K); memories go to distributed RAM as Yosys maps them: on Xilinx when
+  their LUT-RAM cost is below their block RAM cost (:func:`lutram_cells`: Yosys
+  ``memory_libmap`` costs, e.g. a 256 x 8 index lane goes to LUT-RAM, 256 x 16 to a RAMB18E2),
+  on ECP5 up to ``LUTRAM_DEPTH`` words, on iCE40 never.
+- LUT, FF and URAM (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
+  :func:`resource_features` with coefficients fitted by least squares on Yosys
+  ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
+  in ``mapping/calibration/resources.json``, refreshed by ``benchmarks/fit_resources.py``,
+  which also reports the error on held-out parameter sets); see :func:`estimate_resources`.
 """
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
+
 from hwflow.boards import Board
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.sequencer import epilogue_lanes
+from hwflow.hw.weight_fill import int4_capable
 
 from .errors import MappingError
 
@@ -56,6 +68,14 @@ BRAM_SHAPES = {
 # Largest depth kept in distributed RAM per block size: Xilinx LUTRAM (RAM64M8 and friends),
 # ECP5 DPR16X4; iCE40 has none. The test configuration's 64-word buffers land in LUTRAM.
 LUTRAM_DEPTH = {36: 64, 18: 16, 4: 0}
+#: Xilinx LUT-RAM cells of one read and one write port (Yosys share/xilinx/lutrams_xcu.txt):
+#: (depth, width) of RAM32M16 (SDP 32 x 14), RAM64M8 (SDP 64 x 7), RAM128X1D (DP 128 x 1 x
+#: 2: 128 x 2 in the libmap's terms) and RAM256X1D (256 x 1).
+XILINX_LUTRAM_CELLS = ((32, 14), (64, 7), (128, 2), (256, 1))
+#: Yosys memory_libmap costs: a LUT-RAM cell 16 (scaled by the share of its width used), a
+#: RAMB18E2 129 and a RAMB36E2 257 (share/xilinx/brams_xc4v.txt): 258 per 36 Kb block.
+LUTRAM_CELL_COST = 16
+BRAM36_COST = 258
 
 
 def choose_config(board: Board, **overrides) -> AccelConfig:
@@ -103,11 +123,20 @@ def _shapes(kbits: int) -> list:
     return [(bits // w, w, 1) for w in (1, 2, 4, 8, 16, 32, 64) if bits // w >= 1]
 
 
+def lutram_cells(width: int, depth: int) -> float:
+    """Xilinx LUT-RAM cells (:data:`XILINX_LUTRAM_CELLS`, width used as a fraction) of the
+    cheapest mapping of one ``width`` x ``depth`` memory with one read port."""
+    return min(-(-depth // d) * width / w for d, w in XILINX_LUTRAM_CELLS)
+
+
 def memory_blocks(width: int, depth: int, kbits: int = 36) -> float:
-    """Blocks (of ``kbits`` Kb) for one ``width`` x ``depth`` memory with one read port."""
-    if depth <= LUTRAM_DEPTH.get(kbits, 0):
-        return 0
-    return min(-(-width // w) * -(-depth // d) * cost for d, w, cost in _shapes(kbits))
+    """Blocks (of ``kbits`` Kb) for one ``width`` x ``depth`` memory with one read port; 0 when
+    it goes to distributed RAM (module docstring)."""
+    blocks = min(-(-width // w) * -(-depth // d) * cost for d, w, cost in _shapes(kbits))
+    if kbits == 36:
+        return 0 if LUTRAM_CELL_COST * lutram_cells(width, depth) < BRAM36_COST * blocks \
+            else blocks
+    return 0 if depth <= LUTRAM_DEPTH.get(kbits, 0) else blocks
 
 
 def param_lanes(cfg: AccelConfig) -> int:
@@ -119,16 +148,71 @@ def param_lanes(cfg: AccelConfig) -> int:
                 if j % RECORD_BYTES < PARAM_BYTES})
 
 
-def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
-    """Analytic resource estimate: ``{kind: used}`` for dsp and bram (see module docstring).
+#: Resource kinds of the estimate (the keys of a board's ``resources:``).
+RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")
+#: The fitted LUT / FF / URAM model (``hwflow.resource_fit``, ``benchmarks/fit_resources.py``).
+RESOURCES_JSON = Path(__file__).resolve().parent / "calibration" / "resources.json"
+#: Features of each fitted kind (:func:`resource_features`); ``dsp`` and ``bram`` are the
+#: analytic counts (module docstring), named here by their formula.
+RESOURCE_FEATURES = {
+    # the subsets of resource_features() with the smallest leave-one-out error (max abs %)
+    # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
+    "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
+    "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
+    "dsp": "P*L + 3*E + 1 + transformer*(5*L + 10)",
+    "bram": "3*L*blocks(8, act_depth) + (L + param_lanes)*blocks(8*P, weight_depth)"
+            " + sparse*L*blocks(4*P, weight_depth)",
+    "uram": ("1",),
+}
 
-    Parameters
-    ----------
-    cfg : AccelConfig
-    bram_kbits : int
-        Block RAM size of the target family (``Board.bram_kbits``): 36 (Xilinx), 18 (ECP5),
-        4 (iCE40). ``bram`` is counted in blocks of that size.
+
+def resource_features(cfg: AccelConfig) -> dict:
+    """Features of the fitted LUT / FF / URAM model (Xilinx UltraScale+ fabric).
+
+    ``1`` (controller, memory ports, control registers), ``PL`` (MAC slices: Yosys maps each
+    slice's A/B/M/P registers and its cascade adder to fabric), ``PL_sparse`` (the N:M
+    selectors, one per slice, with ``sparse``), ``P`` (per chain: result FIFO, group
+    reduction), ``L`` (per activation lane: buffer ports, gearboxes, output sequencer),
+    ``SB`` (super-beat bytes: memory-port and beat-to-row gearboxes), ``PL_int4`` (the int4
+    dequantizer and scale latch of the weight fill, per weight-row byte, when the int4 path
+    is built: :func:`hwflow.hw.weight_fill.int4_capable`), ``E`` (epilogue lanes),
+    ``lutram`` (:func:`lutram_cells` of the buffer lanes that go to distributed RAM, per read
+    copy: activation lanes, ring lanes and index lanes), ``tf`` and ``tf_L`` (the vector and
+    attention units, GATHER and POS with ``transformer``: fixed and per lane).
     """
+    L, P, D = cfg.chain_len, cfg.chains, cfg.weight_depth
+
+    def lutram(width, depth, copies):
+        return copies * lutram_cells(width, depth) if memory_blocks(width, depth) == 0 else 0.0
+
+    lr = (lutram(8, cfg.act_depth, ACT_READ_PORTS * L)
+          + lutram(8 * P, D, L + param_lanes(cfg))
+          + (lutram(4 * P, D, L) if cfg.sparse else 0.0))
+    tf = 1.0 if cfg.transformer else 0.0
+    return {"1": 1.0, "PL": float(P * L), "PL_sparse": float(P * L) * cfg.sparse,
+            "P": float(P), "L": float(L), "SB": float(cfg.beat_bytes),
+            "PL_int4": float(P * L) * int4_capable(cfg), "E": float(epilogue_lanes(cfg)),
+            "lutram": lr, "tf": tf, "tf_L": tf * L}
+
+
+@lru_cache(maxsize=1)
+def resource_fit() -> dict:
+    """The fitted model (:data:`RESOURCES_JSON`): ``{"model": {kind: {...}}, "points": ...}``.
+
+    Raises
+    ------
+    MappingError
+        The file is missing or damaged (refresh it with ``benchmarks/fit_resources.py``).
+    """
+    try:
+        return json.loads(RESOURCES_JSON.read_text())
+    except (OSError, ValueError) as e:
+        raise MappingError(f"resource model {RESOURCES_JSON} unreadable ({e}); regenerate it "
+                           "with `python benchmarks/fit_resources.py`") from None
+
+
+def estimate_dsp_bram(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """The analytic DSP and block RAM counts (module docstring), ``bram`` not rounded up."""
     L, P, D = cfg.chain_len, cfg.chains, cfg.weight_depth
     act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
     ring = (L + param_lanes(cfg)) * memory_blocks(8 * P, D, bram_kbits)
@@ -136,18 +220,88 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         ring += L * memory_blocks(4 * P, D, bram_kbits)
     units = (TRANSFORMER_DSP_PER_LANE * L + TRANSFORMER_DSP_FIXED) if cfg.transformer else 0
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
-            "bram": int(-(-(act + ring) // 1))}
+            "bram": act + ring}
+
+
+def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """Resource estimate ``{kind: used}`` for lut, ff, dsp, bram, uram.
+
+    ``dsp`` and ``bram`` are the analytic counts of the module docstring (equal to Yosys on
+    every synthesized point of the fit); ``lut`` (CLB LUTs: logic + distributed RAM + shift
+    registers), ``ff`` and ``uram`` are linear in :func:`resource_features`, over the features
+    :data:`RESOURCE_FEATURES` names per kind (chosen by leave-one-out error on the fit points)::
+
+        LUT  = c1 + cPL*P*L + cPLs*sparse*P*L + cPLi*int4*P*L + cSB*SB + cE*E + cR*lutram
+               + cT*transformer + cTL*transformer*L
+        FF   = c1 + cPL*P*L + cPLs*sparse*P*L + cPLi*int4*P*L + cE*E + cR*lutram
+               + cT*transformer + cTL*transformer*L
+        URAM = c1                  (0: Yosys maps none of the buffers to URAM288)
+
+    with the coefficients of :data:`RESOURCES_JSON`, fitted by least squares on Yosys 0.70
+    ``synth_xilinx -family xcup -flatten`` runs of the whole accelerator
+    (``hwflow.resource_fit.POINTS``: P = 2..16, L = 4..16, SB = 8..256 B, dense / sparse,
+    int4 on / off, LUT-RAM and block-RAM buffers, transformer units at L = 4, 8, 16); the
+    file also holds every point's figures and the error on the held-out points
+    (``benchmarks/fit_resources.py`` prints it). With ``cfg.tlmm`` the ternary engine's share
+    (:func:`tlmm_resources`: its LUT, block RAM, DSP, URAM; its FFs are not modelled) is
+    added.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+    bram_kbits : int
+        Block RAM size of the target family (``Board.bram_kbits``): 36 (Xilinx), 18 (ECP5),
+        4 (iCE40). ``bram`` is counted in blocks of that size. The LUT / FF fit is of the
+        UltraScale+ fabric (LUT6): for the other families (LUT4) ``lut`` and ``ff`` are left
+        out.
+
+    Returns
+    -------
+    dict
+        ``{kind: int}``.
+    """
+    db = estimate_dsp_bram(cfg, bram_kbits)
+    model = resource_fit()["model"]
+    feats = resource_features(cfg)
+
+    def fitted(kind):
+        return max(0.0, sum(c * feats[n] for n, c in model[kind]["coefficients"].items()))
+
+    out = {"dsp": db["dsp"], "bram": db["bram"], "uram": fitted("uram")}
+    if bram_kbits == 36:
+        out["lut"], out["ff"] = fitted("lut"), fitted("ff")
+    if cfg.tlmm:
+        t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
+                           cfg.beat_bytes, bram_kbits)
+        for kind in ("dsp", "bram", "uram") + (("lut",) if "lut" in out else ()):
+            out[kind] += t[kind]
+    out["bram"] = -(-out["bram"] // 1)
+    return {k: int(round(out[k])) for k in RESOURCE_KINDS if k in out}
 
 
 def check_fit(cfg: AccelConfig, board: Board) -> dict:
-    """Compare the estimate with the board; raise :class:`MappingError` with the numbers if not."""
+    """Compare the estimate with every resource the board lists; raise :class:`MappingError`
+    naming each kind over budget with its numbers (``LUT 140000 > 117120``).
+
+    Returns
+    -------
+    dict
+        ``{kind: {"used": n, "available": m}}`` for every kind both the board and the estimate
+        have (lut and ff only on 36 Kb block RAM families, see :func:`estimate_resources`).
+    """
     used = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
-    report = {k: {"used": v, "available": board.resources[k]} for k, v in used.items()}
+    report = {k: {"used": used[k], "available": board.resources[k]}
+              for k in RESOURCE_KINDS if k in used and k in board.resources}
     over = [f"{k.upper()} {r['used']} > {r['available']}" for k, r in report.items()
             if r["used"] > r["available"]]
     if over:
-        raise MappingError(f"design does not fit {board.name}: " + ", ".join(over)
-                           + " (needed > available); use a smaller engine")
+        what, fix = "design", "use a smaller engine"
+        if cfg.tlmm:
+            what = (f"design with the TLMM engine (G={cfg.tlmm_g}, T={cfg.tlmm_t}, "
+                    f"Q={cfg.tlmm_q})")
+            fix += " or smaller tlmm_t/tlmm_q"
+        raise MappingError(f"{what} does not fit {board.name}: " + ", ".join(over)
+                           + f" (needed > available); {fix}")
     return report
 
 
@@ -164,30 +318,37 @@ TLMM_MAX_TQ = 64
 #: Reference layer of the cycle objective (a square GEMV of a 2k-wide model).
 TLMM_REF_LAYER = (2048, 2048)
 #: LUT model constants of :func:`tlmm_resources` (LUT6 + LUT-RAM cells): per lookup (``lookup``:
-#: the H-entry table read mux and its adder-tree node), per output lane (``lane``: the int32
-#: accumulate, mirror negation and write-back), the index gearbox's barrel shifter
-#: (``shifter``, times ``(T*Q)**2``: its record width and its window both grow with ``T*Q``),
-#: and the rest (``fixed``: control, sequential dividers, epilogue, activation byte reader).
-TLMM_LUT = {"lookup": 23.97, "lane": 183.92, "shifter": 1.791, "fixed": 2867.8}
+#: the LUT-RAM read port, its adder-tree node and its share of the accumulate lane), per table
+#: (``table``: its build adder and step select), per counted select LUT (``select``: the
+#: record and parameter selects, see :func:`tlmm_resources`) and the rest (``fixed``: control
+#: and counters, setup, request side, the epilogue's multiplier glue and saturating shift, the
+#: activation byte reader).
+TLMM_LUT = {"lookup": 26.90, "table": 45.94, "select": 2.188, "fixed": 1184.7}
 #: How the constants were obtained (reported with the sizing).
 TLMM_LUT_SOURCE = ("fitted (least squares): Yosys synth_xilinx -family xcup "
-                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul in flat ports, G=3, "
-                   "SB=16 B, acc_depth 1024, at (T, Q) = (2, 2), (4, 4), (8, 4), (4, 8), "
-                   "(8, 8): LUT + LUTRAM 3402, 4354, 6233, 6970, 13199; model 3360, 4445, "
-                   "6204, 6940, 13208 (within 2.1%); other G and SB extrapolated")
-#: DSP48E2 of the TLMM epilogue (acc*m, (acc*m + bias)*mult, res*res_mult): 6 in every
+                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul in flat ports "
+                   "(benchmarks/tlmm_synth.py), G=3, acc_depth 1024, at (T, Q, SB) = (2, 2, 16), "
+                   "(4, 4, 16), (8, 4, 16), (4, 8, 16), (8, 8, 16), (16, 8, 16), (16, 8, 128), "
+                   "(16, 8, 256): LUT + LUTRAM 1723, 1885, 2489, 2282, 3335, 5364, 6182, 7979; "
+                   "model 1620, 1904, 2518, 2334, 3379, 5468, 5993, 8023 (within 3.1% from "
+                   "16 lookups up, 5.9% at T = Q = 2); G = 2, 4 at T = Q = 4 (not fitted): "
+                   "1923, 2350; model 2044, 2420 (+6.3%, +3.0%)")
+#: DSP48E2 of the TLMM epilogue (acc*m, (acc*m + bias)*mult: 2, res*res_mult): 4 in every
 #: synthesized point.
-TLMM_DSP = 6
+TLMM_DSP = 4
+#: Accumulator bits (hw/tlmm.py ACC_BITS: |acc| < 2**25) and the used bits of a parameter
+#: record (bias 32 + mult 16) in the engine's memories.
+TLMM_ACC_BITS = 26
+TLMM_PARAM_BITS = 48
 
 
 def _tlmm_dims(G: int, T: int, Q: int, acc_depth: int, SB: int) -> dict:
     """The engine's sizes the resource model reads (hw/tlmm.py: ``TernaryLookupMatmul``)."""
-    bits = TLMM_GROUP_BITS[G]
+    rb = T * Q * TLMM_GROUP_BITS[G]
     sbb = 8 * SB
-    rb = T * Q * bits
-    return {"H": (3 ** G + 1) // 2, "TW": (128 * G).bit_length() + 1, "record_bits": rb,
-            "window_bits": max(2, -(-(sbb - 1 + rb) // sbb)) * sbb,
-            "shift_levels": max(1, (sbb - 1).bit_length()),
+    return {"NE": 3 ** G if 3 ** G <= 32 else (3 ** G + 1) // 2,
+            "TW": (128 * G).bit_length() + 1, "record_bits": rb,
+            "records_per_beat": max(1, sbb // rb), "params_per_beat": SB // 8,
             "acc_entries": -(-acc_depth // Q), "param_entries": -(-8 * acc_depth // SB)}
 
 
@@ -195,28 +356,33 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
                    bram_kbits: int = 36) -> dict:
     """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports.
 
-    The engine stores ``H = (3**G + 1) / 2`` entries per table (the other half are the
-    negated mirror), ``TW = bits(128 G) + 1`` bits each, with ``Q`` asynchronous read ports;
-    every cycle it does ``T*Q`` lookups, sums ``T`` of them per output lane in an adder tree
-    and read-modify-writes ``Q`` int32 accumulator lanes; the index records (``RB = T*Q*bits``
-    bits) come out of a gearbox window of ``W = max(2, ceil((8*SB - 1 + RB) / (8*SB))) * 8*SB``
-    bits through a barrel shifter of ``lv = bits(8*SB - 1)`` levels::
+    The engine stores ``NE`` entries per table (all ``3**G`` for G = 2, 3; the half of 41 for
+    G = 4, whose other half is read negated), ``TW = bits(128 G) + 1`` bits each, with ``Q``
+    asynchronous read ports (``ceil(NE/32)`` 32-deep LUT-RAM units per bit); every cycle it
+    does ``T*Q`` lookups, sums ``T`` of them per output lane in an adder tree and
+    read-modify-writes ``Q`` accumulator lanes of 26 bits; a table is built by one adder.
+    Index records (``RB = T*Q*bits``) never straddle a super-beat: ``KR = 8*SB // RB`` per beat
+    are taken with a ``KR``-way select (a tree of 2:1 muxes, ``ceil((KR - 1) / 2)`` LUT6 per
+    bit), and the epilogue selects one of the ``RPB = SB/8`` parameter records (48 bits) of a
+    parameter-memory word in two levels (4:1 in ``ng = ceil(RPB/4)`` groups, then ``ng:1``)::
 
-        LUT  = a * T*Q * (H*TW / 140)         lookups (table read mux + adder-tree node)
-             + b * Q                          accumulator lanes
-             + c * (T*Q)**2 * (lv / 7)        barrel shifter of the index gearbox
-             + d                              control, dividers, epilogue, activation reader
-        BRAM = blocks(32*Q, ceil(acc_depth / Q))      accumulators (Q lanes per entry)
-             + blocks(8*SB, ceil(8*acc_depth / SB))   parameter memory (always block RAM)
-        DSP  = 6                                      epilogue multipliers
+        LUT  = a * T*Q * (TW * ceil(NE/32) / 10)     lookups (size ratio 1 at G = 3)
+             + b * T                                  table builds
+             + c * (RB * ceil((KR - 1) / 2)           record select
+                    + 48 * (ng + ceil((ng - 1) / 2)))  parameter select (0 if RPB = 1)
+             + d                                      the rest
+        BRAM = blocks(26*Q, ceil(acc_depth / Q))      accumulators (Q lanes per entry)
+             + blocks(48*RPB, ceil(8*acc_depth/SB))   parameter memory (block RAM)
+        DSP  = 4                                      epilogue multipliers
         URAM = 0
 
     ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, d``
-    = :data:`TLMM_LUT` (``lookup``, ``lane``, ``shifter``, ``fixed``), fitted at G = 3 and SB =
-    16 B (:data:`TLMM_LUT_SOURCE`), where ``H*TW = 140`` and ``lv = 7``; the two ratios carry the
-    fit to other G and SB as estimates (not synthesized). BRAM: 3, 4, 4 at (T, Q) = (2, 2),
-    (4, 4), (8, 4) equal Yosys; at (4, 8) and (8, 8) the model says 6 and 6, Yosys 8 and 11
-    (it spreads the 32*Q-bit accumulator entries over more blocks).
+    = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``fixed``), fitted at G = 3 and
+    SB = 16, 128, 256 B (:data:`TLMM_LUT_SOURCE`: within 3.1% from 16 lookups per cycle up;
+    ``c`` ~2: the selects cost about twice the counted LUTs in the engine); the lookup size
+    ratio carries the fit to G = 2, 4 (+6.3%, +3.0% at T = Q = 4). BRAM,
+    rounded up to whole 36 Kb blocks as Yosys counts a lone 18 Kb one, equals Yosys at every
+    synthesized point (3 to 25 blocks).
 
     Returns
     -------
@@ -225,13 +391,17 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     """
     d = _tlmm_dims(G, T, Q, acc_depth, SB)
     c = TLMM_LUT
-    size = d["H"] * d["TW"] / 140           # 140 = H * TW at G = 3, where a was fitted
+    size = d["TW"] * -(-d["NE"] // 32) / 10     # 10 = TW * 1 at G = 3, where a was fitted
+    rpb = d["params_per_beat"]
+    ng = -(-rpb // 4)
+    select = (d["record_bits"] * -(-(d["records_per_beat"] - 1) // 2)
+              + TLMM_PARAM_BITS * ((ng if rpb > 1 else 0) + -(-(ng - 1) // 2)))
     terms = {"lookup": c["lookup"] * size * T * Q,
-             "lane": c["lane"] * Q,
-             "shifter": c["shifter"] * (T * Q) ** 2 * d["shift_levels"] / 7,
+             "table": c["table"] * T,
+             "select": c["select"] * select,
              "fixed": c["fixed"]}
-    bram = (_blocks(32 * Q, d["acc_entries"], bram_kbits)
-            + _blocks(8 * SB, d["param_entries"], bram_kbits))
+    bram = (_blocks(TLMM_ACC_BITS * Q, d["acc_entries"], bram_kbits)
+            + _blocks(TLMM_PARAM_BITS * d["params_per_beat"], d["param_entries"], bram_kbits))
     return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": TLMM_DSP,
             "uram": 0, "terms": {k: round(v, 1) for k, v in terms.items()}}
 
@@ -243,10 +413,11 @@ def _blocks(width: int, depth: int, kbits: int) -> float:
 
 def tlmm_row_cycles(G: int, T: int, Q: int, k: int, n: int) -> int:
     """Cycles of one activation row of a ``k -> n`` ternary linear (hw/tlmm.py, memory keeping
-    up, output bytes excluded): ``ceil(k_groups/T) * (T*G + 1 + H + 1 + ceil(n/Q) + 1)``."""
+    up, a record per super-beat or less, output bytes excluded): ``ceil(k_groups/T) * (T*G +
+    NE + ceil(n/Q) + 3)`` with ``NE`` table entries built (9, 27, 41 for G = 2, 3, 4)."""
     kg = -(-k // G)
-    H = (3 ** G + 1) // 2
-    return -(-kg // T) * (T * G + H + 3 + -(-n // Q))
+    ne = 3 ** G if 3 ** G <= 32 else (3 ** G + 1) // 2
+    return -(-kg // T) * (T * G + ne + 3 + -(-n // Q))
 
 
 def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = None,
@@ -361,24 +532,11 @@ def tlmm_config(board: Board, cfg: AccelConfig, acc_depth: int | None = None) ->
 
 
 def check_fit_tlmm(cfg: AccelConfig, board: Board) -> dict:
-    """:func:`check_fit` plus the TLMM engine of ``cfg`` (when ``cfg.tlmm``): its block RAM and
-    DSPs are added to the accelerator's, and its LUTs (:func:`tlmm_resources`) are checked
-    against the board's (the only LUT figure the model has: the other units' LUTs are not
-    estimated). Raises :class:`MappingError` with the numbers if anything does not fit."""
+    """:func:`check_fit` (whose estimate includes the TLMM engine when ``cfg.tlmm``) with the
+    engine's own share under ``tlmm`` (:func:`tlmm_resources`: lut, bram, dsp). Raises
+    :class:`MappingError` with the numbers if anything does not fit."""
     report = check_fit(cfg, board)
-    if not cfg.tlmm:
-        return report
-    t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth, cfg.beat_bytes,
-                       getattr(board, "bram_kbits", 36))
-    out = {k: dict(v) for k, v in report.items()}
-    out["dsp"]["used"] += t["dsp"]
-    out["bram"]["used"] = int(-(-(out["bram"]["used"] + t["bram"]) // 1))
-    out["lut_tlmm"] = {"used": t["lut"], "available": board.resources["lut"]}
-    over = [f"{k.upper()} {out[k]['used']} > {out[k]['available']}" for k in out
-            if out[k]["used"] > out[k]["available"]]
-    if over:
-        raise MappingError(f"design with the TLMM engine (G={cfg.tlmm_g}, T={cfg.tlmm_t}, "
-                           f"Q={cfg.tlmm_q}) does not fit {board.name}: " + ", ".join(over)
-                           + " (needed > available); use smaller tlmm_t/tlmm_q")
-    out["tlmm"] = t
-    return out
+    if cfg.tlmm:
+        report["tlmm"] = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
+                                        cfg.beat_bytes, getattr(board, "bram_kbits", 36))
+    return report

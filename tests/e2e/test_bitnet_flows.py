@@ -35,7 +35,7 @@ def test_compile_puts_the_ternary_linears_on_the_tlmm_engine(bitnet_build):
                                         conf["accel"]["tlmm_q"])
     assert t["lookups_per_cycle"] == t["T"] * t["Q"]
     assert t["sizing"]["source"] in ("board", "sized") and "resources" in t["sizing"]
-    assert rep["resources"]["lut_tlmm"]["used"] == t["sizing"]["resources"]["lut"]
+    assert rep["resources"]["tlmm"]["lut"] == t["sizing"]["resources"]["lut"]
     lin = {r["name"]: r for r in rep["linears"]}
     assert lin["L0.q"]["tlmm"] == {"G": t["G"], "T": t["T"], "Q": t["Q"]}
 
