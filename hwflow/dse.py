@@ -205,7 +205,7 @@ def resource_metrics(used: dict, board) -> dict:
     dom = max(fr, key=lambda k: fr[k]) if fr else ""
     out["resource_fraction"] = fr[dom] if fr else 0.0
     out["dominant_resource"] = dom
-    over = [f"{k.upper()} {used[k]:g} > {board.resources.get(k, 0)}" for k in used
+    over = [f"{k.upper()} {used[k]:,.0f} > {board.resources.get(k, 0):,}" for k in used
             if fr[k] > 1]
     return {"metrics": out, "over": over}
 
@@ -369,8 +369,8 @@ def check_space_fits(space: Space, board, kind: str) -> dict:
     if math.isinf(fr) and clock > board.clock_mhz:
         raise HwflowError(f"{space.source}: infeasible for the board {board.name}: every clock "
                           f"is above its kernel clock {board.clock_mhz:g} MHz")
-    over = [f"{k.upper()} {used[k]:g} > {board.resources[k]} (by {used[k] - board.resources[k]:g}"
-            f", {used[k] / board.resources[k] - 1:.0%} over)"
+    over = [f"{k.upper()} {used[k]:,.0f} > {board.resources[k]:,} (by "
+            f"{used[k] - board.resources[k]:,.0f}, {used[k] / board.resources[k] - 1:.0%} over)"
             for k in used if board.resources.get(k) and used[k] > board.resources[k]]
     raise HwflowError(f"{space.source}: infeasible for the board {board.name}: no point fits; "
                       f"the smallest ({_fmt(params)}) needs {', '.join(over)}")

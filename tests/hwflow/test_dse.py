@@ -160,9 +160,8 @@ def test_nsga2_runs_and_persists(tmp_path):
 
 def test_infeasible_points_are_recorded_with_the_reason(tmp_path):
     space = tmp_path / "space.yaml"
-    # on the KV260 (1248 DSP, 144 BRAM): 4 x 16 fits, 64 x 16 does not (block RAM); a
-    # 3 x 16 engine's 48 B weight row is no multiple of the 16 B beat... it is; 5 x 3 is no
-    # valid engine (chain_len 3 does not split into 3 DSP groups of a 16 B beat)
+    # on the KV260 (1248 DSP, 144 BRAM): 4 x 16 fits, 64 x 16 does not (block RAM), and
+    # chain_len 3 is no valid engine (a 16 B super-beat is no multiple of a 3 B word)
     space.write_text("parameters:\n  chains: [4, 64]\n  chain_len: [16, 3]\n"
                      "  clock_mhz: [250, 400]\n")
     r = run_dse(example="mlp", board="kv260", space=space, out=tmp_path / "o", jobs=1,

@@ -65,7 +65,7 @@ def test_infeasible_for_the_board_names_resource_and_shortfall(capsys, tmp_path)
                 board="kv260")
     assert "infeasible for the board kv260: no point fits" in line
     assert "the smallest (chains=96, chain_len=16) needs " in line
-    assert "DSP 1" in line and "> 1248 (by " in line and "over)" in line
+    assert "DSP 1," in line and "> 1,248 (by " in line and "over)" in line
 
 
 def test_bad_objective_and_constraint(capsys, tmp_path):
