@@ -749,8 +749,9 @@ def _plots(out: Path, rows: list, front: list, space: Space, title: str) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one plot per resource some point uses (URAM stays 0 in every design today)
     kinds = ["resource_fraction"] + [k for k in RESOURCE_KINDS
-                                     if any(k in r["metrics"] for r in rows)]
+                                     if any(r["metrics"].get(k) for r in rows)]
     ok = [r for r in rows if r["status"] == "ok"]
     front_ids = {r["point_id"] for r in front}
     files = []
