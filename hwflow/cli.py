@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 
-from hwflow.errors import USER_ERRORS, HwflowError
+
+# Ctrl-C before main() has set up its handlers (while torch imports, about 2 s) must not print
+# a traceback either: the default handler is replaced first thing, and main() restores it.
+def _interrupted_at_start(*_):
+    print("hwflow: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_at_start)
+
+from hwflow.errors import USER_ERRORS, HwflowError  # noqa: E402
 
 
 def _is_decoder(args) -> bool:
@@ -248,8 +261,17 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with hwflow's error convention: one line on stderr (no usage block), exit 2."""
+
+    def error(self, message):
+        print(f"hwflow: error: {' '.join(message.split())} (see `{self.prog} --help`)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hwflow", description="PyTorch model -> verified FPGA accelerator.")
     p.add_argument("--boards-dir", help="extra folder of board YAML files (or $HWFLOW_BOARDS)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -355,10 +377,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep the libraries hwflow drives from writing to stderr: their warnings (numpy casts,
+    torch.export deprecations), log records (transformers load reports, torch's deserializer)
+    and progress bars would surround hwflow's own one-line error or summary. ``HWFLOW_DEBUG=1``
+    lets them through."""
+    if os.environ.get("HWFLOW_DEBUG"):
+        yield
+        return
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        args = build_parser().parse_args(argv)
+        with quiet_libraries():
+            return args.func(args)
     except USER_ERRORS as e:
         print(f"hwflow: error: {e}", file=sys.stderr)
         return 2
