@@ -3,7 +3,9 @@
 Three file formats, recognised by content (never by extension):
 
 * ``torch.export.save`` archive (zip holding ``*/models/*.json`` or
-  ``serialized_exported_program.json``): the primary path, read with ``torch.export.load``;
+  ``serialized_exported_program.json``): the primary path, read by
+  :func:`~hwflow.compiler.export_archive.load_exported_program`, which never unpickles a
+  member unless the caller trusts the file;
 * TorchScript archive (zip holding ``*/code/`` and ``*/constants.pkl``): read with
   ``torch.jit.load`` and lowered from its inlined graph; the input is ``[rows, in_features]``
   of the first linear layer;
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from .errors import FrontendError, UnsupportedOpError
+from .export_archive import load_exported_program
 from .ir import Graph, add_op, new_graph, op_of, replace_uses, set_op, unique_name
 from .ops import Op, TensorType
 from .spec import check
@@ -118,12 +121,7 @@ def load_model(path: str | os.PathLike, trust_model: bool = False,
     name = re.sub(r"\W", "_", path.stem) or "model"
     fmt = detect_format(path)
     if fmt == "export":
-        try:
-            ep = torch.export.load(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise FrontendError(f"{path}: cannot read the torch.export archive "
-                                f"({type(e).__name__}: {_first_line(e)})") from None
-        return from_exported_program(ep, name, rows)
+        return from_exported_program(load_exported_program(path, trust_model), name, rows)
     if fmt == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -327,6 +325,29 @@ def _const(t) -> np.ndarray:
     return t.detach().cpu().to(torch.float32).numpy().copy()
 
 
+def check_finite(named_tensors, where: str) -> None:
+    """Refuse NaN or Inf in a model's float weights, naming the first such tensor.
+
+    Quantization would turn them into arbitrary int8 codes, and golden, the ISA model and the
+    RTL would then agree bit for bit on garbage; nothing downstream could notice.
+    """
+    for fqn, t in named_tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            bad = ~torch.isfinite(t.detach())
+            if bool(bad.any()):
+                n = int(bad.sum())
+                kind = "NaN" if bool(torch.isnan(t.detach()).any()) else "Inf"
+                raise FrontendError(f"{where}: tensor '{fqn}' holds {n} non-finite value"
+                                    f"{'s' if n > 1 else ''} ({kind}); fix or retrain the "
+                                    "model before compiling it")
+
+
+def program_tensors(ep):
+    """``(name, tensor)`` of an exported program's parameters, buffers and constants."""
+    yield from ep.state_dict.items()
+    yield from ep.constants.items()
+
+
 def from_exported_program(ep, name: str = "model", rows: int = DEFAULT_ROWS) -> Graph:
     """Lower a ``torch.export.ExportedProgram`` to the float IR.
 
@@ -340,6 +361,7 @@ def from_exported_program(ep, name: str = "model", rows: int = DEFAULT_ROWS) -> 
     """
     from torch.export.graph_signature import InputKind, OutputKind
 
+    check_finite(program_tensors(ep), f"model '{name}'")
     b = _Builder(name)
     sig = ep.graph_signature
     const_of = {}
@@ -470,6 +492,7 @@ def from_torchscript(module, name: str = "model", rows: int = DEFAULT_ROWS) -> G
 
     The graph input is ``[rows, in_features]`` of the first linear layer met in the graph.
     """
+    check_finite(module.state_dict().items(), f"model '{name}'")
     graph = module.inlined_graph if hasattr(module, "inlined_graph") else module.graph
     b = _Builder(name)
     env: dict = {}
@@ -477,6 +500,14 @@ def from_torchscript(module, name: str = "model", rows: int = DEFAULT_ROWS) -> G
     if not ins:
         raise FrontendError("TorchScript graph has no inputs")
     env[ins[0].unique()] = module  # 'self'
+    for n in graph.nodes():
+        if n.kind() in ("prim::If", "prim::Loop"):
+            # Branches and loops hide their layers in sub-blocks; the accelerator runs a
+            # straight-line program, so the model must be traced, not scripted.
+            name = _ts_name(next(iter(n.outputs()))) if n.outputsSize() else n.kind()
+            raise _unsupported(n.kind(), name, _ts_source(n),
+                               "data-dependent control flow; export the model with "
+                               "torch.export.save, which records one straight-line path")
     user_inputs = ins[1:]
     if len(user_inputs) != 1:
         raise FrontendError(f"TorchScript model takes {len(user_inputs)} inputs; only models "

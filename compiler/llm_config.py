@@ -106,7 +106,7 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
         A family outside :data:`SHAPE_FAMILIES`, a RoPE variant other than the default, an
         activation, soft-capping, sliding window or block parameter the mapper has no unit for.
     """
-    from .llm_frontend import _check_max_context, _hf_config_checks
+    from .llm_frontend import _check_max_context, _hf_config_checks, config_error
 
     cfg_path = _config_file(path)
     try:
@@ -130,9 +130,7 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
     try:
         config = AutoConfig.for_model(**raw)
     except Exception as e:  # noqa: BLE001
-        raise FrontendError(f"{cfg_path}: transformers {transformers.__version__} cannot read "
-                            f"this config ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:120]})") from None
+        raise config_error(cfg_path, model_type, e) from None
     max_pos = int(getattr(config, "max_position_embeddings", 0) or 2048)
     max_context = _check_max_context(max_context, max_pos, str(cfg_path))
     _hf_config_checks(cfg_path.parent, raw, max_context)

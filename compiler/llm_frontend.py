@@ -9,7 +9,9 @@ Sources
   dynamic sequence length. A folder with only ``pytorch_model.bin`` (a pickle) is refused
   unless the caller trusts it.
 * ``torch.export.save`` archive whose graph holds ``aten.embedding`` (float32 model with
-  ``input_ids`` as the first user input), read with ``torch.export.load``.
+  ``input_ids`` as the first user input), read by
+  :func:`~hwflow.compiler.export_archive.load_exported_program` (nothing in it is unpickled
+  unless the caller trusts the file).
 
 Both go through the same pattern recogniser on the ATen graph. The recognised patterns
 (``x`` is the residual stream; ``cast`` is a float32 ``to``/``_to_copy``, ``alias``,
@@ -58,7 +60,8 @@ import torch
 
 from .decoder import DecoderShape, FloatDecoder, FloatLayer
 from .errors import FrontendError, UnsupportedOpError
-from .frontend import detect_format
+from .export_archive import load_exported_program, machine_memory_bytes
+from .frontend import check_finite, detect_format, program_tensors
 
 __all__ = ["is_decoder_source", "load_decoder", "decoder_from_exported_program",
            "DEFAULT_MAX_CONTEXT"]
@@ -158,18 +161,33 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
     if detect_format(p) != "export":
         raise FrontendError(f"{p} is not a decoder source (expected a Hugging Face folder with "
                             "config.json + *.safetensors, or a torch.export.save archive)")
-    try:
-        import transformers.modeling_outputs  # noqa: F401 -- registers HF output pytrees
-    except ImportError:
-        pass
-    try:
-        ep = torch.export.load(str(p))
-    except Exception as e:  # noqa: BLE001
-        raise FrontendError(f"{p}: cannot read the torch.export archive "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+    ep = load_exported_program(p, trust_model)
     name = re.sub(r"\W", "_", p.stem) or "model"
     return decoder_from_exported_program(ep, name=name, source=f"export:{p}",
                                          max_context=max_context, fold_gammas=fold_gammas)
+
+
+def config_error(cfg_path, model_type, e: BaseException) -> FrontendError:
+    """The one-line error for a config transformers refuses: an unknown ``model_type``, or the
+    reason its validators give (e.g. a hidden size that is not a multiple of the heads)."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    if model_type is None or model_type not in CONFIG_MAPPING:
+        known = "no model_type" if model_type is None else f"model_type '{model_type}'"
+        return FrontendError(f"{cfg_path}: {known} is not a model transformers "
+                             f"{transformers.__version__} knows; give a config.json with a "
+                             "known model_type (llama, mistral, qwen2, bitnet, ...)")
+    return FrontendError(f"{cfg_path}: not a valid {model_type} config "
+                         f"({_innermost_reason(e)[:200]})")
+
+
+def _innermost_reason(e: BaseException) -> str:
+    """transformers' validation errors put the reason on their last line
+    (``Class validation error ...:\n    ValueError: The hidden size (32) is not a multiple
+    ...``)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:
@@ -199,11 +217,16 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
              fold_gammas: bool | None = None) -> FloatDecoder:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FrontendError(f"{folder}: not a Hugging Face model folder (no config.json)")
+        raise FrontendError(f"{folder}: not a Hugging Face model folder (no config.json); a "
+                            "model folder holds config.json and *.safetensors, as "
+                            "save_pretrained writes them")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise FrontendError(f"{cfg_path}: not valid JSON ({_first_line(e)})") from None
+    if not isinstance(cfg, dict):
+        raise FrontendError(f"{cfg_path}: holds a JSON {type(cfg).__name__}, not a transformers "
+                            "config (a JSON object with model_type, hidden_size, ...)")
     safet, pickles = _hf_weights(folder)
     if not safet and not pickles:
         raise FrontendError(f"{folder}: no *.safetensors weights next to config.json")
@@ -223,21 +246,21 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001
-        if model_type is not None:
-            raise FrontendError(f"{cfg_path}: model_type '{model_type}' is not known to "
-                                f"transformers {transformers.__version__} "
-                                f"({_first_line(e)[:120]})") from None
-        raise FrontendError(f"{cfg_path}: cannot read the config ({_first_line(e)})") from None
+        raise config_error(cfg_path, model_type, e) from None
     max_pos = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_MAX_CONTEXT)
     max_context = _check_max_context(max_context, max_pos, str(folder))
     _hf_config_checks(folder, cfg, max_context)
+    _check_model_fits_memory(cfg_path, config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        # ignore_mismatched_sizes: report a mis-shaped tensor in the loading info (refused
+        # below, by name) instead of transformers' multi-line RuntimeError.
+        model, info = AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=bool(safet),
-            dtype=torch.float32)
+            dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:  # noqa: BLE001
         raise FrontendError(f"{folder}: transformers cannot build the model "
                             f"({type(e).__name__}: {_first_line(e)[:160]})") from None
+    _check_loading_info(folder, info)
     model = model.eval()
     ids = _example_ids(int(getattr(config, "vocab_size", 2)), EXAMPLE_TOKENS)
     ep = _export(model, ids, max_pos, str(folder))
@@ -248,6 +271,62 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
                                        rope_type=rope_type, check_model=model,
                                        fold_gammas=fold_gammas)
     return fd
+
+
+# Compiling from weights holds the float32 model, its exported program's tensors and their
+# numpy copies at once: about three times the float32 parameter bytes (measured on the tiny
+# LLaMA: peak RSS grows by 2.6x the parameter bytes over the import baseline).
+_COPIES_IN_MEMORY = 3
+
+
+def _check_model_fits_memory(cfg_path: Path, config) -> None:
+    """Refuse, before transformers allocates anything, a config whose float32 weights cannot
+    be held in this machine's memory (a config can declare any size)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            shell = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001 -- the real build below reports it
+        del e
+        return
+    n = sum(p.numel() for p in shell.parameters())
+    need, have = n * 4 * _COPIES_IN_MEMORY, machine_memory_bytes()
+    if need > have:
+        raise FrontendError(f"{cfg_path} declares {n / 1e9:.2f} B parameters ({n * 4 / 1e9:.1f} "
+                            f"GB in float32); compiling them from weights needs about "
+                            f"{need / 1e9:.0f} GB of memory, this machine has {have / 1e9:.0f} "
+                            "GB; predict it without weights with `hwflow compile CONFIG "
+                            "--shape-only`")
+
+
+def _check_loading_info(folder: Path, info: dict) -> None:
+    """Refuse a checkpoint that does not fill the model exactly: transformers initialises a
+    missing or mis-shaped tensor at random (a different model on every run) and only prints a
+    table; an unexpected tensor means the checkpoint is not this architecture."""
+    what = "safetensors weights"
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        key, ckpt, want = (tuple(mismatched[0]) + (None, None))[:3]
+        shapes = (f" has shape {list(ckpt)} in the checkpoint, the config needs {list(want)}"
+                  if ckpt is not None and want is not None else " has the wrong shape")
+        raise FrontendError(f"{folder}: tensor '{key}'{shapes}"
+                            f"{_more(mismatched)}; the {what} do not match config.json")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise FrontendError(f"{folder}: tensor '{missing[0]}' is missing from the {what}"
+                            f"{_more(missing)}; transformers would fill it with random values")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise FrontendError(f"{folder}: tensor '{unexpected[0]}' in the {what} is not part of "
+                            f"the model config.json describes{_more(unexpected)}")
+    errors = info.get("error_msgs") or []
+    if errors:
+        raise FrontendError(f"{folder}: the weights do not load ({_first_line(errors[0])})")
+
+
+def _more(items) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
 def _rope_type(config) -> str | None:
@@ -802,6 +881,7 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     """
     if fold_gammas is None:
         fold_gammas = family != "bitnet"
+    check_finite(program_tensors(ep), source or name)
     G = _Graph(ep)
     emb_nodes = [n for n in G.g.nodes if n.op == "call_function" and _opname(n) == "embedding"]
     if len(emb_nodes) != 1:

@@ -210,3 +210,60 @@ def test_unsupported_add_alpha():
 def test_make_is_deterministic():
     a, b = make(3), make(3)
     assert torch.equal(a.up.weight, b.up.weight)
+
+
+# ------------------------------------------------------------------- hostile and broken models
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("value,kind", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+def test_non_finite_weights_are_refused_by_name(capfd, tmp_path, value, kind):
+    from tests._cli import assert_no_build_left, assert_one_line_error, run_cli
+
+    m = _Linear()
+    with torch.no_grad():
+        m.fc.weight[1, 2] = value
+    path = tmp_path / "nan.pt2"
+    torch.export.save(torch.export.export(m, (torch.randn(2, 8),)), str(path))
+    code, out, err = run_cli(capfd, "compile", path, "--board", "u280", "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "tensor 'fc.weight'", "1 non-finite value", kind)
+    assert "nan" not in out.lower()
+    assert_no_build_left(tmp_path)
+
+
+def test_non_finite_torchscript_weights_are_refused(tmp_path):
+    m = _Linear()
+    with torch.no_grad():
+        m.fc.bias[:] = float("-inf")
+    path = tmp_path / "inf.pt"
+    torch.jit.save(torch.jit.trace(m, torch.randn(2, 8)), str(path))
+    with pytest.raises(FrontendError, match="tensor 'fc.bias' holds 4 non-finite values"):
+        load_model(path)
+
+
+class _Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        if bool(x.sum() > 0):
+            return self.fc(x)
+        return self.fc(-x)
+
+
+def test_torchscript_control_flow_is_named_not_blamed_on_linears(tmp_path):
+    path = tmp_path / "branchy.pt"
+    torch.jit.save(torch.jit.script(_Branchy()), str(path))
+    with pytest.raises(UnsupportedOpError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert "prim::If" in msg and "control flow" in msg and "torch.export" in msg
+    assert "test_frontend.py:" in msg and "no linear layer" not in msg

@@ -164,3 +164,105 @@ def test_unknown_model_type(tmp_path):
     with pytest.raises(FrontendError) as e:
         load_decoder(d)
     assert "model_type 'frobnicator'" in _one_line(e)
+
+
+# ---------------------------------------------------------- broken and hostile model folders
+
+def _edit_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "model.safetensors"
+    sd = load_file(str(f))
+    edit(sd)
+    save_file(sd, str(f), metadata={"format": "pt"})
+    return folder
+
+
+def _copy(folder, dst):
+    import shutil
+
+    shutil.copytree(folder, dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight"),
+     ["tensor 'model.layers.1.mlp.up_proj.weight' is missing", "random values"]),
+    (lambda sd: sd.update({"model.layers.0.self_attn.k_proj.weight": torch.zeros(39, 120)}),
+     ["tensor 'model.layers.0.self_attn.k_proj.weight' has shape [39, 120]", "needs [40, 120]"]),
+    (lambda sd: sd.update({"model.layers.7.extra.weight": torch.zeros(3)}),
+     ["tensor 'model.layers.7.extra.weight'", "not part of the model"]),
+])
+def test_checkpoint_that_does_not_fill_the_model_is_refused(folder, tmp_path, edit, needles):
+    bad = _edit_weights(_copy(folder, tmp_path / "bad"), edit)
+    with pytest.raises(FrontendError) as e:
+        load_decoder(bad)
+    msg = _one_line(e)
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_nan_weights_are_named_not_blamed_on_a_variant(folder, tmp_path):
+    def edit(sd):
+        sd["model.layers.0.mlp.down_proj.weight"][3, 4] = float("nan")
+    bad = _edit_weights(_copy(folder, tmp_path / "nan"), edit)
+    with pytest.raises(FrontendError) as e:
+        load_decoder(bad)
+    msg = _one_line(e)
+    assert "model.layers.0.mlp.down_proj.weight" in msg and "NaN" in msg
+    assert "variant" not in msg
+
+
+@pytest.mark.parametrize("config,needles", [
+    ([1, 2], ["holds a JSON list", "not a transformers config"]),
+    ("not json", ["not valid JSON"]),
+])
+def test_config_that_is_not_an_object(tmp_path, config, needles):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FrontendError) as e:
+        load_decoder(d)
+    for n in needles:
+        assert n in _one_line(e)
+
+
+def test_invalid_architecture_names_the_reason_not_the_model_type(folder, tmp_path):
+    bad = _copy(folder, tmp_path / "heads")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_attention_heads"] = 7            # hidden 120 is not a multiple of 7
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FrontendError) as e:
+        load_decoder(bad)
+    msg = _one_line(e)
+    assert "not a valid llama config" in msg
+    assert "hidden size (120) is not a multiple of the number of attention heads (7)" in msg
+    assert "not known" not in msg
+
+
+def test_enormous_declared_model_is_refused_before_allocating(folder, tmp_path, monkeypatch):
+    import hwflow.compiler.llm_frontend as lf
+
+    monkeypatch.setattr(lf, "machine_memory_bytes", lambda: 10**6)   # the tiny model is ~2 MB
+    with pytest.raises(FrontendError) as e:
+        load_decoder(folder)
+    msg = _one_line(e)
+    assert "declares" in msg and "--shape-only" in msg
+
+
+@pytest.mark.parametrize("files,needles", [
+    ((), ["no config.json", "save_pretrained"]),
+    (("config.json",), ["no *.safetensors weights"]),
+    (("model.safetensors",), ["no config.json"]),
+])
+def test_incomplete_folder_names_what_is_missing(capfd, folder, tmp_path, files, needles):
+    from tests._cli import assert_one_line_error, run_cli
+
+    d = tmp_path / "partial"
+    d.mkdir()
+    for f in files:
+        (d / f).write_bytes((folder / f).read_bytes())
+    code, out, err = run_cli(capfd, "compile", d, "--board", "u280", "-o", tmp_path / "out")
+    line = assert_one_line_error(code, err, *needles)
+    assert "not found" not in line

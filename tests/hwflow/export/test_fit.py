@@ -22,7 +22,7 @@ vendor: xilinx
 part: xcup-tiny
 family: zynq-ultrascale-plus
 resources: {lut: 1000, ff: 100000, dsp: 10, bram: 4, uram: 0}
-memory: {type: ddr4, channels: 1, port_bytes: 8, bandwidth_gbps: 1}
+memory: {type: ddr4, channels: 1, port_bytes: 8, capacity_gb: 4, bandwidth_gbps: 1}
 clocks: {kernel_mhz: 100}
 flow: vivado
 """
