@@ -477,8 +477,9 @@ def calibrate(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
     """
     from hwflow.boards import BoardError, load_board
     from hwflow.hw.top import generate_verilog
-    from hwflow.rtl_cache import cached_verilog
+    from hwflow.rtl_cache import cached_verilog, check_cache_writable
 
+    check_cache_writable()          # minutes of Verilator builds and runs go through the cache
     if cfg is None:
         from hwflow.mapping.engine import choose_config
 

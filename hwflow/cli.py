@@ -26,9 +26,12 @@ def _is_decoder(args) -> bool:
         from hwflow.llm_examples import LLM_EXAMPLES
 
         return args.example in LLM_EXAMPLES
+    from pathlib import Path
+
     from hwflow.compiler.llm_frontend import is_decoder_source
 
-    return is_decoder_source(args.model)
+    # A folder can only be a Hugging Face model: its loader says what the folder lacks.
+    return Path(args.model).is_dir() or is_decoder_source(args.model)
 
 
 def _compile_decoder(args) -> int:
@@ -87,13 +90,35 @@ def _compile_shape_only(args) -> int:
     return 0
 
 
+# compile options that only MLP builds read (a language model's compile would ignore them)
+_MLP_FLAGS = ("rows", "sparsity", "save_ir", "calib")
+
+
+def _refuse_flags(args, flags, why: str) -> None:
+    """Refuse an option the chosen compile would silently ignore, saying ``why``."""
+    for f in flags:
+        if getattr(args, f, None) not in (None, False):
+            raise HwflowError(f"--{f.replace('_', '-')} {why}; drop the option")
+
+
+def _source_name(args) -> str:
+    return f"--example {args.example}" if args.example else f"'{args.model}'"
+
+
 def _cmd_compile(args) -> int:
     from hwflow.flow import compile_model
 
     if getattr(args, "shape_only", False):
+        _refuse_flags(args, _MLP_FLAGS + ("trust_model",),
+                      "is not read by a --shape-only compile (a config, no weights)")
         return _compile_shape_only(args)
     if _is_decoder(args):
+        _refuse_flags(args, _MLP_FLAGS, f"is for MLP models; {_source_name(args)} is a "
+                      "language model")
         return _compile_decoder(args)
+    _refuse_flags(args, ("max_context",), f"is for language models; {_source_name(args)} is "
+                  "an MLP model")
+    args.sparsity = args.sparsity or "auto"
 
     out, report = compile_model(
         model=args.model, example=args.example, board=args.board, out=args.out,
@@ -122,7 +147,9 @@ def _sim_decoder(args) -> int:
     from hwflow.llm_flow import DEFAULT_NEW_TOKENS, simulate_decoder
 
     r = simulate_decoder(args.out, prompt=args.prompt, prompt_len=args.prompt_len,
-                         seed=args.seed, new_tokens=args.new_tokens or DEFAULT_NEW_TOKENS,
+                         seed=args.seed,
+                         new_tokens=DEFAULT_NEW_TOKENS if args.new_tokens is None
+                         else args.new_tokens,
                          waves=args.waves)
     for i, st in enumerate(r["steps"]):
         print(f"step {i}: {st['kind']} pos {st['pos']} ({st['tokens']} token"
@@ -167,13 +194,9 @@ def _cmd_sim(args) -> int:
 
 
 def _build_kind(out) -> str:
-    import json
-    from pathlib import Path
+    from hwflow.buildfolder import build_kind
 
-    conf = Path(out) / "config.json"
-    if not conf.is_file():
-        raise HwflowError(f"'{out}' is not a build folder (no config.json); run hwflow compile")
-    return json.loads(conf.read_text()).get("kind", "mlp")
+    return build_kind(out)
 
 
 def _cmd_bitstream(args) -> int:
@@ -261,6 +284,17 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """A seed for numpy's generators: a non-negative integer."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v}: a seed must be a non-negative integer")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with hwflow's error convention: one line on stderr (no usage block), exit 2."""
 
@@ -299,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language models: MODEL is a transformers config (config.json or a "
                    "folder holding one); build the programs, memory map and predictions "
                    "(reports/predict.json) from its shapes alone, without weights")
-    c.add_argument("--sparsity", default="auto", metavar="auto|dense|N:M",
+    c.add_argument("--sparsity", metavar="auto|dense|N:M",
                    help="N:M weight sparsity: auto (default) detects the pattern already in "
                    "each layer's weights, dense ignores it, N:M (M a power of two up to 16, "
                    "e.g. 2:4) prunes every linear layer to it by magnitude")
@@ -312,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")
     s.add_argument("out", help="build folder written by `hwflow compile`")
-    s.add_argument("--seed", type=int, help="seeded random inputs instead of the calibration "
-                   "sample")
+    s.add_argument("--seed", type=_seed, help="seeded random inputs instead of the calibration "
+                   "sample (a non-negative integer)")
     s.add_argument("--waves", action="store_true", help="write an FST waveform")
     pr = s.add_mutually_exclusive_group()
     pr.add_argument("--prompt", help="language models: prompt token ids, e.g. '1,5,9'")
@@ -357,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", help="output folder (default build/dse-<model>-<board>)")
     d.add_argument("--sampler", default="grid", metavar="grid|nsga2",
                    help="grid (every point, in order; default) or nsga2 (Optuna NSGA-II)")
-    d.add_argument("--seed", type=int, default=0, help="NSGA-II seed (default 0)")
+    d.add_argument("--seed", type=_seed, default=0, help="NSGA-II seed (default 0)")
     d.add_argument("--verify", type=int, default=0, metavar="K", help="compile and simulate "
                    "in RTL the K best Pareto points small enough to simulate")
     d.add_argument("--trust-model", action="store_true",
@@ -401,11 +435,106 @@ def quiet_libraries():
         logging.disable(previous)
 
 
+# errno name -> (what went wrong, what to do) for the OSErrors the environment causes: a full
+# disk, a read-only or foreign folder, a long name, a file where a folder should be.
+OS_ERRORS = {
+    "ENOSPC": ("no space left on the device", "free some space or write to another disk"),
+    "EDQUOT": ("disk quota exceeded", "free some space or write to another disk"),
+    "EROFS": ("the file system is read-only", "write to a folder on a writable file system"),
+    "EACCES": ("permission denied", "choose a path you may use, or fix its permissions"),
+    "EPERM": ("operation not permitted", "choose a path you may use, or fix its permissions"),
+    "ENAMETOOLONG": ("the name is too long for the file system", "choose a shorter name"),
+    "ENOTDIR": ("a part of the path is a file, not a folder", "check the path"),
+    "EISDIR": ("it is a folder, not a file", "give the path of a file"),
+    "EEXIST": ("it already exists", "remove it or choose another path"),
+    "ENOENT": ("no such file or folder (or a dangling symbolic link)", "check the path"),
+    "ELOOP": ("too many levels of symbolic links", "fix the links in the path"),
+    "EMFILE": ("too many open files", "raise the limit (ulimit -n) and run again"),
+    "ENFILE": ("too many open files on the system", "close other programs and run again"),
+    "ENOMEM": ("out of memory", "close other programs or use a machine with more memory"),
+    "EIO": ("input/output error", "check the disk and run again"),
+    "ETXTBSY": ("the file is in use by a running program", "wait for it to end, run again"),
+    "EBUSY": ("the device or resource is busy", "run again later"),
+    "EPIPE": ("the reading end of a pipe was closed", "keep the reader open until hwflow ends"),
+}
+# The cache has its own remedy: HWFLOW_CACHE moves all of it (hwflow.rtl_cache).
+CACHE_FIX = {"ENOSPC": "free some space or set HWFLOW_CACHE to a folder on another disk",
+             "EDQUOT": "free some space or set HWFLOW_CACHE to a folder on another disk"}
+CACHE_FIX_DEFAULT = "set HWFLOW_CACHE to a writable folder"
+MEMORY_ERROR = ("out of memory; close other programs, use a machine with more memory, or "
+                "compile a smaller model (or a smaller --max-context)")
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError that reached the command line: what failed, the path, the cause
+    and what to do.
+
+    Parameters
+    ----------
+    e : OSError
+        The error, with ``errno`` and ``filename`` where the OS gave them.
+
+    Returns
+    -------
+    str
+        The text after ``hwflow: error: `` (one line).
+    """
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    cause, fix = OS_ERRORS.get(name, (e.strerror or str(e) or type(e).__name__,
+                                      "check the path and run again"))
+    if e.filename is None:
+        return " ".join(f"{cause} ({name or type(e).__name__}); {fix}".split())
+    what = f"'{e.filename}'" + (f" (to '{e.filename2}')" if e.filename2 else "")
+    if _ran_a_program(e):
+        verb = "cannot run"
+        if name == "ENOENT":
+            cause, fix = "no such program", "install it or put it on PATH"
+    elif _in_cache(e.filename):
+        verb, what = "cannot use", f"the hwflow cache path {what}"
+        fix = CACHE_FIX.get(name, CACHE_FIX_DEFAULT)
+    else:
+        verb = {"ENOSPC": "cannot write", "EDQUOT": "cannot write", "EROFS": "cannot write",
+                "ENAMETOOLONG": "cannot create", "ENOENT": "cannot find"}.get(name, "cannot use")
+    return " ".join(f"{verb} {what}: {cause}; {fix}".split())
+
+
+def _ran_a_program(e: OSError) -> bool:
+    """The error came from starting a program (subprocess), whose name is ``e.filename``."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith("subprocess.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _in_cache(filename) -> bool:
+    try:
+        from hwflow.rtl_cache import cache_base
+
+        base = os.path.abspath(cache_base())
+        return os.path.commonpath([base, os.path.abspath(os.fsdecode(filename))]) == base
+    except Exception:           # an error while explaining an error: keep the plain message
+        return False
+
+
+def _check_boards_dir(args) -> None:
+    """``--boards-dir`` (or $HWFLOW_BOARDS) must name a folder for every command, also those
+    that read no board (sim, predict): a typo must not pass silently."""
+    if getattr(args, "boards_dir", None) is not None or os.environ.get("HWFLOW_BOARDS"):
+        from hwflow.boards import board_dirs
+
+        board_dirs(args.boards_dir)
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = build_parser().parse_args(argv)
         with quiet_libraries():
+            _check_boards_dir(args)
             return args.func(args)
     except USER_ERRORS as e:
         print(f"hwflow: error: {e}", file=sys.stderr)
@@ -413,6 +542,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("hwflow: interrupted; nothing was left half-written", file=sys.stderr)
         return 130
+    except OSError as e:
+        print(f"hwflow: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"hwflow: error: {MEMORY_ERROR}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

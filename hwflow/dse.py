@@ -19,11 +19,17 @@ The flow of one sweep (:func:`run_dse`):
 Resume: re-running the same command on the same study continues it. A trial a killed driver
 left RUNNING is told FAIL and its point evaluated again; a point with a stored result is
 never evaluated again (NSGA-II proposing it a second time gets the stored result).
+
+Nothing of the user's is written over: the output folder must be new, empty or marked as a
+dse folder (:data:`DSE_MARKER`), and the study a new file or an Optuna database that hwflow
+created (its only study is :data:`STUDY_NAME`, with the sweep stored on it); both are checked
+before the first write. Local workers die with the driver, even when it is killed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import functools
 import html
@@ -31,6 +37,10 @@ import io
 import json
 import math
 import os
+import signal
+import sqlite3
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +56,23 @@ from hwflow.dse_space import (
 from hwflow.errors import USER_ERRORS, HwflowError
 
 STUDY_NAME = "hwflow-dse"
+#: The file that marks an output folder as hwflow dse's own: only such a folder (or a new or
+#: empty one) is written into.
+DSE_MARKER = "hwflow-dse.json"
+#: What a dse folder holds (beside the plots, ``throughput_vs_*.png``): a folder of only these
+#: and an hwflow study, from before the marker existed, is taken as a dse folder too.
+DSE_OUTPUTS = ("points.csv", "points.json", "pareto.json", "summary.html", "verify.json",
+               "verify", "study.db", "study.db-wal", "study.db-shm", "study.db-journal")
+#: The tables (and schema version table) of an Optuna RDB storage.
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes",
+    "trials", "trial_params", "trial_values", "trial_intermediate_values",
+    "trial_user_attributes", "trial_system_attributes", "trial_heartbeats", "version_info",
+    "alembic_version"})
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: The longest database path SQLite opens, in bytes once made absolute (its 512-byte path
+#: limit, less the room it keeps for a "-journal" suffix).
+SQLITE_MAX_PATH = 504
 #: Result of a point, stored as this trial user attribute (a JSON-able dict).
 RESULT_ATTR = "dse_result"
 #: Verification refuses points whose RTL run would be long: more predicted cycles than this
@@ -383,11 +410,52 @@ def _fmt(params: dict) -> str:
 # ---------------------------------------------------------------------------- executors
 
 def _warm(spec):
-    """Worker initializer: load the model once, before the first point."""
+    """Load the model once, before the first point."""
     try:
         (_load_mlp if spec["kind"] == MLP else _load_decoder)(spec)
     except Exception:  # noqa: BLE001 - the points report the failure themselves
         pass
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+#: How often a worker's watchdog checks that its driver is alive (seconds).
+_WATCHDOG_S = 1.0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker exit when the driver ``parent`` dies, however it dies.
+
+    A worker blocks on its task queue, whose pipe it holds both ends of, so a driver killed
+    by ``kill -9`` never wakes it: it would stay, holding its model (hundreds of MB), for
+    good. On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); a
+    watchdog thread polling the parent's pid covers the other systems. The driver may
+    already be gone before either is set up: then the parent is no longer ``parent``.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="hwflow-dse-watchdog",
+                     daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_WATCHDOG_S)
+    os._exit(1)
+
+
+def _worker_init(spec, parent: int) -> None:
+    """Local worker initializer: die with the driver, leave Ctrl-C to the driver (which
+    stops the workers; a KeyboardInterrupt here would print a traceback per worker), and
+    load the model once."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _warm(spec)
 
 
 class _InlineExecutor:
@@ -405,7 +473,7 @@ class _InlineExecutor:
     def slots(self):
         return 1
 
-    def close(self):
+    def close(self, abort=False):
         pass
 
 
@@ -417,7 +485,8 @@ class _LocalExecutor:
         import multiprocessing as mp
 
         self._pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                                            initializer=_warm, initargs=(spec,))
+                                            initializer=_worker_init,
+                                            initargs=(spec, os.getpid()))
         self.slots = jobs
 
     def submit(self, fn, arg):
@@ -426,8 +495,15 @@ class _LocalExecutor:
     def wait_any(self, futures):
         return list(cf.wait(list(futures), return_when=cf.FIRST_COMPLETED).done)
 
-    def close(self):
+    def close(self, abort=False):
+        """Stop the workers; ``abort`` (an error or Ctrl-C) kills them at once rather than
+        letting them finish points nobody will tell (a decoder point may take a minute)."""
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if abort:
+            for proc in procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
 
 
 class _DaskExecutor:
@@ -439,7 +515,7 @@ class _DaskExecutor:
         try:
             self._client = address if hasattr(address, "submit") else Client(address,
                                                                              timeout="20s")
-        except OSError as e:
+        except (OSError, ValueError, TypeError) as e:   # unreachable, or no address at all
             raise HwflowError(f"--scheduler {address}: cannot connect ({e})") from None
         self._own = not hasattr(address, "submit")
         threads = sum(self._client.nthreads().values()) or 1
@@ -453,7 +529,7 @@ class _DaskExecutor:
 
         return list(wait(list(futures), return_when="FIRST_COMPLETED").done)
 
-    def close(self):
+    def close(self, abort=False):
         if self._own:
             self._client.close()
 
@@ -506,24 +582,213 @@ def _sqlite_connect(path: str):
     return con
 
 
-def _open_study(path: Path, space: Space, sampler, sweep: dict):
+def _open_study(path: Path, sampler, sweep: dict):
+    """Open the study at ``path`` (an hwflow study: :func:`_prepare_outputs` created or
+    checked it) for the sweep ``sweep``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={
+        "creator": functools.partial(_sqlite_connect, str(path))})
+    study = optuna.load_study(storage=storage, study_name=STUDY_NAME, sampler=sampler)
+    check_same_sweep(path, study.user_attrs.get("sweep"), sweep)
+    return study
+
+
+# ------------------------------------------------------- output folder and study: ours only
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that hwflow dse did not create (nothing is written yet).
+
+    ``out`` may be absent, an empty folder, or a dse folder: one holding :data:`DSE_MARKER`,
+    or, from before the marker, only dse outputs (:data:`DSE_OUTPUTS`) beside an hwflow
+    study. Anything else (a user's folder, a compile build, a file) is refused, so that no
+    file of the user's is written over.
+    """
+    if out.is_symlink() and not out.exists():
+        raise HwflowError(f"-o '{out}' is a dangling symbolic link; choose another output "
+                          f"folder with -o")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise HwflowError(f"-o '{out}' is a file, not a folder; choose another output folder "
+                          f"with -o")
+    if (out / DSE_MARKER).is_file() or not any(out.iterdir()) or _is_unmarked_dse_folder(out):
+        return
+    raise HwflowError(f"'{out}' exists and is not an hwflow dse folder (no {DSE_MARKER}); "
+                      f"choose another output folder with -o")
+
+
+def _is_unmarked_dse_folder(out: Path) -> bool:
+    """A folder an earlier hwflow (without the marker) wrote: only dse outputs and hidden
+    temporaries, and an hwflow study as ``study.db``."""
+    for p in out.iterdir():
+        n = p.name
+        if not (n in DSE_OUTPUTS or (n.startswith("throughput_vs_") and n.endswith(".png"))
+                or (n.startswith(".") and ".tmp-" in n)):
+            return False
+    try:
+        return read_study_sweep(out / "study.db") is not None
+    except HwflowError:
+        return False
+
+
+def read_study_sweep(path: Path) -> dict | None:
+    """The sweep stored in the study file ``path``; None when there is no file yet (a new
+    study is created there). Reads without writing anything (SQLite's ``immutable`` mode).
+
+    Raises
+    ------
+    HwflowError
+        ``path`` is not a file hwflow created: not an SQLite database, a database holding
+        tables other than Optuna's, or an Optuna storage without hwflow's study (exactly one
+        study, :data:`STUDY_NAME`, carrying its ``sweep``).
+    """
+    n = len(os.fsencode(os.path.abspath(path)))
+    if n > SQLITE_MAX_PATH:
+        raise HwflowError(f"study '{path}': its full path is {n} bytes, longer than SQLite "
+                          f"opens ({SQLITE_MAX_PATH}); choose a shorter --study or -o")
+    if path.is_symlink() and not path.exists():
+        raise HwflowError(f"study '{path}' is a dangling symbolic link; choose another study "
+                          f"file with --study")
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise HwflowError(f"study '{path}' is not a file; choose another study file with "
+                          f"--study")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise HwflowError(f"study '{path}' is not an SQLite database (hwflow leaves it "
+                          f"unchanged); choose a new study file with --study")
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
+        try:
+            return _hwflow_sweep(con, path)
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise HwflowError(f"study '{path}' cannot be read as an SQLite database ({e}); choose "
+                          f"a new study file with --study") from None
+
+
+def _hwflow_sweep(con, path: Path) -> dict:
+    """The sweep of an open study database; raises :class:`HwflowError` if it is not
+    hwflow's."""
+    names = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type IN "
+                                       "('table', 'view', 'trigger')")}
+    foreign = sorted(n for n in names - OPTUNA_TABLES if not n.startswith("sqlite_"))
+    if foreign:
+        raise HwflowError(f"study '{path}' is an SQLite database that hwflow did not create "
+                          f"(it holds '{foreign[0]}'), and hwflow adds no tables to it; "
+                          f"choose a new study file with --study")
+    studies, sweep = [], []
+    if {"studies", "study_user_attributes"} <= names:
+        studies = con.execute("SELECT study_id, study_name FROM studies").fetchall()
+        if len(studies) == 1:
+            sweep = con.execute("SELECT value_json FROM study_user_attributes WHERE study_id = "
+                                "? AND key = 'sweep'", (studies[0][0],)).fetchall()
+    if [n for _, n in studies] != [STUDY_NAME] or len(sweep) != 1:
+        raise HwflowError(f"study '{path}' is a database that hwflow dse did not create (no "
+                          f"'{STUDY_NAME}' study of its own); choose a new study file with "
+                          f"--study")
+    try:
+        return json.loads(sweep[0][0])
+    except ValueError:
+        raise HwflowError(f"study '{path}': its stored sweep is damaged; choose a new study "
+                          f"file with --study") from None
+
+
+def check_same_sweep(path: Path, stored, sweep: dict) -> None:
+    """Refuse to resume a study of another sweep (model, board, space, sampler or seed)."""
+    want = json.loads(json.dumps(sweep))
+    if stored == want:
+        return
+    stored = stored if isinstance(stored, dict) else {}
+    diff = [k for k in want if stored.get(k) != want[k]] or ["settings"]
+    raise HwflowError(f"study '{path}' holds another sweep (its {', '.join(diff)} differ); "
+                      f"use another --study or -o")
+
+
+def _prepare_outputs(out: Path, study_path: Path, directions: list, sweep: dict,
+                     marker: dict) -> None:
+    """The sweep's first writes, after every check: the output folder and its marker, and
+    the study if it is new. Fails early, as one line, where a folder cannot be written."""
+    with _write_faults("choose another output folder with -o (or study file with --study)"):
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / DSE_MARKER).is_file():
+            _atomic_write(out / DSE_MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        _remove_stale_temporaries(out)
+        if not study_path.exists():
+            _create_study_file(study_path, directions, sweep)
+    # a file another process put there first is held to the same rule
+    check_same_sweep(study_path, read_study_sweep(study_path), sweep)
+
+
+def _create_study_file(path: Path, directions: list, sweep: dict) -> None:
+    """A new study at ``path``, complete with hwflow's mark (the study and its sweep) before
+    it appears there: built in a hidden sibling file and linked into place. So a file at
+    ``path`` is a whole hwflow study or not hwflow's, never a half-made one that a resume
+    could not tell from a user's database; and a file that appeared meanwhile is kept."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path.parent.mkdir(parents=True, exist_ok=True)
-    directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={
-        "creator": functools.partial(_sqlite_connect, str(path))})
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME,
-                                directions=directions, sampler=sampler, load_if_exists=True)
-    stored = study.user_attrs.get("sweep")
-    if stored is None:
-        study.set_user_attr("sweep", sweep)
-    elif stored != json.loads(json.dumps(sweep)):
-        diff = [k for k in sweep if stored.get(k) != json.loads(json.dumps(sweep[k]))]
-        raise HwflowError(f"study '{path}' holds another sweep (its {', '.join(diff)} differ); "
-                          f"use another --study or -o")
-    return study
+    tmp = path.parent / f".{path.name[:100]}.tmp-{os.getpid()}"   # a long name stays legal
+    tmp.unlink(missing_ok=True)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+        try:
+            study = optuna.create_study(storage=storage, study_name=STUDY_NAME,
+                                        directions=directions)
+            study.set_user_attr("sweep", sweep)
+        finally:
+            storage.engine.dispose()
+        try:
+            os.link(tmp, path)         # unlike a rename, never replaces an existing file
+        except FileExistsError:
+            pass
+        except OSError:                # a file system without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the hidden ``.NAME.tmp-PID`` files that killed runs left in the dse folder
+    ``folder`` (their PID is gone)."""
+    for p in folder.glob(".*.tmp-*"):
+        pid = p.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                    # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _write_faults(hint: str):
+    """Turn a failed write (an unwritable folder, a full disk, a database error) into one
+    error line ending with ``hint``."""
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    try:
+        yield
+    except OSError as e:
+        where = f" '{e.filename}'" if e.filename else ""
+        raise HwflowError(f"cannot write{where}: {e.strerror or e}; {hint}") from None
+    except (sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
+        why = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise HwflowError(f"the study cannot be written ({why}); {hint}") from None
 
 
 def _recover(study, space: Space) -> tuple:
@@ -950,6 +1215,20 @@ def _verify_decoder(spec, board, p, r, build, boards_dir) -> dict:
 # ------------------------------------------------------------------------------- driver
 
 SAMPLERS = ("grid", "nsga2")
+#: NSGA-II seeds numpy's legacy generator, which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _check_options(sampler, jobs, trials, verify, seed) -> None:
+    """One error line for an option out of range, before anything is loaded."""
+    if sampler not in SAMPLERS:
+        raise HwflowError(f"--sampler {sampler}: use {' or '.join(SAMPLERS)}")
+    for flag, v, least in (("--jobs", jobs, 1), ("--trials", trials, 1),
+                           ("--verify", verify, 0)):
+        if v is not None and v < least:
+            raise HwflowError(f"{flag} {v}: must be >= {least}")
+    if sampler == "nsga2" and not 0 <= seed <= MAX_SEED:
+        raise HwflowError(f"--seed {seed}: must be between 0 and {MAX_SEED}")
 
 
 def run_dse(model=None, example=None, board="u280", space=None, *, trials=None, jobs=2,
@@ -971,11 +1250,13 @@ def run_dse(model=None, example=None, board="u280", space=None, *, trials=None, 
         Local worker processes (1: in the driver), or the least number of points in flight
         on a Dask cluster.
     study : path, optional
-        SQLite study (default ``OUT/study.db``); the same study resumes the sweep.
+        SQLite study (default ``OUT/study.db``); the same study resumes the sweep. A new file,
+        or a study hwflow created: any other file is refused and left unchanged.
     scheduler : str or distributed.Client, optional
         Dask scheduler address (or a Client) instead of local workers.
     out : path, optional
-        Output folder (default ``build/dse-<model>-<board>``).
+        Output folder (default ``build/dse-<model>-<board>``): new, empty or a dse folder
+        (marked by :data:`DSE_MARKER`); any other is refused.
     sampler : str
         ``grid`` or ``nsga2``.
     seed : int
@@ -983,23 +1264,29 @@ def run_dse(model=None, example=None, board="u280", space=None, *, trials=None, 
     verify : int
         Compile + simulate in RTL this many Pareto points (the small enough ones).
     """
-    if sampler not in SAMPLERS:
-        raise HwflowError(f"--sampler {sampler}: use {' or '.join(SAMPLERS)}")
-    for flag, v in (("--jobs", jobs), ("--trials", trials), ("--verify", verify)):
-        if v is not None and (v < (1 if flag != "--verify" else 0)):
-            raise HwflowError(f"{flag} {v}: must be >= {1 if flag != '--verify' else 0}")
+    _check_options(sampler, jobs, trials, verify, seed)
     if space is None:
         raise HwflowError("--space FILE is required (see README, 'Design-space sweeps')")
     spec = resolve_model(model, example, trust_model)
     brd = load_board(board, boards_dir)
     sp = load_space(space, spec["kind"])
     fit = check_space_fits(sp, brd, spec["kind"])
-    if spec["kind"] == MLP:
-        _load_mlp(spec)                      # a broken model is one error line, not N points
-    else:
-        _load_decoder(spec)
     out = Path(out) if out else Path("build") / f"dse-{spec['name']}-{brd.name}"
     study_path = Path(study) if study else out / "study.db"
+    sweep = {"model": spec["name"], "kind": spec["kind"], "board": brd.name,
+             "space": sp.to_dict(), "sampler": sampler,
+             **({"seed": seed} if sampler == "nsga2" else {})}
+    # refusals before any write or long work: someone else's folder or database, a study of
+    # another sweep, then a model that does not load (one error line, not N failed points)
+    with _write_faults("choose another output folder with -o (or study file with --study)"):
+        check_out_folder(out)
+        stored = read_study_sweep(study_path)
+        if stored is not None:
+            check_same_sweep(study_path, stored, sweep)
+    if spec["kind"] == MLP:
+        _load_mlp(spec)
+    else:
+        _load_decoder(spec)
 
     import optuna
 
@@ -1008,32 +1295,39 @@ def run_dse(model=None, example=None, board="u280", space=None, *, trials=None, 
         smp = optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     else:
         smp = optuna.samplers.RandomSampler(seed=seed)   # never used: every grid point is enqueued
-    sweep = {"model": spec["name"], "kind": spec["kind"], "board": brd.name,
-             "space": sp.to_dict(), "sampler": sampler,
-             **({"seed": seed} if sampler == "nsga2" else {})}
     task_base = {"model": spec, "board": brd.name,
                  "boards_dir": str(boards_dir) if boards_dir else None}
+    # a cluster is connected to before the first write: an unreachable one leaves nothing
     if scheduler is not None:
         ex = _DaskExecutor(scheduler, jobs, spec)
     elif jobs == 1:
         ex = _InlineExecutor()
     else:
         ex = _LocalExecutor(jobs, spec)
+    directions = ["maximize" if d == "max" else "minimize" for d in sp.objectives.values()]
+    resume = "the points finished so far are in the study: run the same command again to resume"
     t0 = time.perf_counter()
+    aborted = True
     try:
-        st = _open_study(study_path, sp, smp, sweep)
-        counts = run_search(st, sp, task_base, ex, sampler_name=sampler, trials=trials,
-                            progress=progress)
+        _prepare_outputs(out, study_path, directions, sweep,
+                         {"hwflow": "dse", "model": spec["name"], "board": brd.name,
+                          "study": str(study_path)})
+        with _write_faults(resume):
+            st = _open_study(study_path, smp, sweep)
+            counts = run_search(st, sp, task_base, ex, sampler_name=sampler, trials=trials,
+                                progress=progress)
+        aborted = False
     finally:
-        ex.close()
+        ex.close(abort=aborted)
     wall = time.perf_counter() - t0
     info = {"model": spec["name"], "kind": spec["kind"], "board": brd.name, "sampler": sampler,
             "study": str(study_path), "space_file": str(space)}
-    results = study_results(st)
-    w = write_outputs(out, results, sp, info)
-    ver = None
-    if verify:
-        ver = verify_points(w["pareto"], verify, spec, brd.name, boards_dir, out)
-        w = write_outputs(out, results, sp, info, ver)
+    with _write_faults(resume):
+        results = study_results(st)
+        w = write_outputs(out, results, sp, info)
+        ver = None
+        if verify:
+            ver = verify_points(w["pareto"], verify, spec, brd.name, boards_dir, out)
+            w = write_outputs(out, results, sp, info, ver)
     return {"out": out, "wall_s": wall, "search": counts, "fit_check": fit, **w,
             "verify": ver, "info": info, "space_size": sp.size}

@@ -171,7 +171,7 @@ def _expand(where: str, name: str, spec) -> list:
         if "values" in keys:
             if keys != {"values"}:
                 _fail(where, f"parameter '{name}': 'values' cannot be combined with "
-                      f"{', '.join(sorted(keys - {'values'}))}")
+                      f"{', '.join(sorted(map(str, keys - {'values'})))}")
             spec = spec["values"]
             if not isinstance(spec, list):
                 _fail(where, f"parameter '{name}': 'values' must be a list")
@@ -179,32 +179,19 @@ def _expand(where: str, name: str, spec) -> list:
             extra = keys - {"min", "max", "step", "factor"}
             if extra or not {"min", "max"} <= keys or {"step", "factor"} <= keys:
                 _fail(where, f"parameter '{name}': a range is {{min, max}} with an optional "
-                      f"step or factor (got {', '.join(sorted(keys)) or 'nothing'})")
-            lo, hi = spec["min"], spec["max"]
+                      f"step or factor (got {', '.join(sorted(map(str, keys))) or 'nothing'})")
             for k in ("min", "max", "step", "factor"):
-                v = spec.get(k, 1 if k == "step" else None)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                    _fail(where, f"parameter '{name}': {k} {v!r} is a {_type_name(v)}, "
-                          f"expected a number")
+                if k in spec:
+                    _check_bound(where, name, k, spec[k])
+            lo, hi = spec["min"], spec["max"]
             if lo > hi:
                 _fail(where, f"parameter '{name}': empty range (min {lo} > max {hi})")
             if "factor" in spec:
-                f = spec["factor"]
-                if not f > 1:
-                    _fail(where, f"parameter '{name}': factor {f} must be > 1")
-                if not lo > 0:
-                    _fail(where, f"parameter '{name}': a geometric range needs min > 0")
-                out, v = [], lo
-                while v <= hi * (1 + 1e-12):
-                    out.append(v)
-                    v = v * f
-                return out
+                return _geometric(where, name, lo, hi, spec["factor"])
             step = spec.get("step", 1)
             if not step > 0:
                 _fail(where, f"parameter '{name}': step {step} must be > 0")
-            n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-            if n > MAX_POINTS:
-                _fail(where, f"parameter '{name}': {n:,} values; at most {MAX_POINTS:,}")
+            n = _range_count(where, name, (hi - lo) / step)
             if all(isinstance(v, int) for v in (lo, hi, step)):
                 return [lo + i * step for i in range(n)]
             return [round(lo + i * step, 12) for i in range(n)]
@@ -215,8 +202,39 @@ def _expand(where: str, name: str, spec) -> list:
     return spec
 
 
+def _check_bound(where: str, name: str, key: str, v) -> None:
+    """A range's ``min``, ``max``, ``step`` or ``factor``: a finite number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _fail(where, f"parameter '{name}': {key} {v!r} is a {_type_name(v)}, expected a "
+              f"number")
+    if not math.isfinite(v):
+        _fail(where, f"parameter '{name}': {key} {v} must be a finite number")
+
+
+def _range_count(where: str, name: str, span: float) -> int:
+    """Values in a range ``span`` steps long, refused beyond :data:`MAX_POINTS` (before
+    they are listed: a range of 10**300 values would never end)."""
+    if not span < MAX_POINTS:
+        _fail(where, f"parameter '{name}': more than {MAX_POINTS:,} values")
+    return int(math.floor(span + 1e-9)) + 1
+
+
+def _geometric(where: str, name: str, lo, hi, f) -> list:
+    """``lo, lo*f, lo*f**2, ...`` up to ``hi``."""
+    if not f > 1:
+        _fail(where, f"parameter '{name}': factor {f} must be > 1")
+    if not lo > 0:
+        _fail(where, f"parameter '{name}': a geometric range needs min > 0")
+    _range_count(where, name, math.log(hi / lo) / math.log(f))
+    out, v = [], lo
+    while v <= hi * (1 + 1e-12):
+        out.append(v)
+        v = v * f
+    return out
+
+
 def _metric(where: str, what: str, name) -> str:
-    if name not in METRICS:
+    if not isinstance(name, str) or name not in METRICS:
         _fail(where, f"{what} '{name}' is not a metric (known: {', '.join(METRICS)})")
     return name
 
@@ -238,8 +256,8 @@ def parse_space(data, model_kind: str = MLP, where: str = "space") -> Space:
               "'constraints')")
     extra = set(data) - {"parameters", "objectives", "constraints"}
     if extra:
-        _fail(where, f"unknown section '{sorted(extra)[0]}' (known: parameters, objectives, "
-              f"constraints)")
+        _fail(where, f"unknown section '{sorted(map(str, extra))[0]}' (known: parameters, "
+              f"objectives, constraints)")
     params = data.get("parameters")
     if not isinstance(params, dict) or not params:
         _fail(where, "'parameters' must be a non-empty mapping of parameter -> values")
@@ -267,7 +285,7 @@ def parse_space(data, model_kind: str = MLP, where: str = "space") -> Space:
     objs = {}
     for m, d in objectives.items():
         _metric(where, "objective", m)
-        if d not in DIRECTIONS:
+        if not isinstance(d, str) or d not in DIRECTIONS:
             _fail(where, f"objective '{m}': direction {d!r} must be max or min")
         objs[m] = DIRECTIONS[d]
 
@@ -279,7 +297,7 @@ def parse_space(data, model_kind: str = MLP, where: str = "space") -> Space:
         _metric(where, "constraint", m)
         if (not isinstance(bound, dict) or not bound or set(bound) - {"max", "min"}
                 or any(isinstance(b, bool) or not isinstance(b, (int, float))
-                       for b in bound.values())):
+                       or math.isnan(b) for b in bound.values())):
             _fail(where, f"constraint '{m}': expected {{max: NUMBER}} and/or {{min: NUMBER}}")
         cons[m] = dict(bound)
 
@@ -292,10 +310,21 @@ def parse_space(data, model_kind: str = MLP, where: str = "space") -> Space:
 def load_space(path, model_kind: str = MLP) -> Space:
     """Read and validate a space file (see the module docstring)."""
     p = Path(path)
+    if p.is_dir():
+        raise HwflowError(f"space file '{path}' is a folder; pass the YAML space file")
     if not p.is_file():
         raise HwflowError(f"space file '{path}' not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HwflowError(f"{p.name}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start}); a space file is YAML") from None
+    except OSError as e:
+        raise HwflowError(f"space file '{path}' cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise HwflowError(f"{p.name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:             # deeply nested brackets
+        raise HwflowError(f"{p.name}: not valid YAML (nested too deeply)") from None
     return parse_space(data, model_kind, where=p.name)

@@ -15,15 +15,15 @@ Steps (each a small function; the compiler's own passes are listed in hwflow.com
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hwflow.boards import load_board
-from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
+from hwflow.buildfolder import BuildOutput, compile_command, write_json
 from hwflow.compiler import (
     CompileError,
     FlowOptions,
@@ -35,13 +35,14 @@ from hwflow.compiler import (
 )
 from hwflow.compiler.passes import SPARSITY_CHOICES, WEIGHT_CHOICES, parse_sparsity
 from hwflow.errors import HwflowError
+from hwflow.export.open_flow import check_image
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
 from hwflow.hw.top import generate_verilog
 from hwflow.mapping import cycles
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.lower import lower
-from hwflow.rtl_cache import cached_verilog
+from hwflow.rtl_cache import cached_verilog, check_cache_writable
 
 CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
 CALIB_SEED = 0
@@ -102,6 +103,16 @@ def load_calibration(path, shape) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any load failure is the same user error
         raise HwflowError(f"calibration file '{path}' is not a saved tensor or .npy array "
                           f"({str(e).splitlines()[0][:80]})") from None
+    if x.size == 0:
+        raise HwflowError(f"calibration file '{path}' holds an empty tensor (shape "
+                          f"{list(x.shape)}); give at least one row of {list(shape[1:])}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise HwflowError(f"calibration file '{path}' holds {x.dtype} values; give real "
+                          "numbers")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise HwflowError(f"calibration file '{path}' holds {bad} NaN or Inf value"
+                          f"{'s' if bad > 1 else ''}; activation scales need finite samples")
     feat = int(np.prod(shape[1:], dtype=np.int64))
     if x.ndim == len(shape) - 1 and tuple(x.shape) == tuple(shape[1:]):
         x = x[None]                                  # a single sample
@@ -162,22 +173,64 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     ``precision``); the report's ``weight_formats`` says what every layer got and why.
     ``config_overrides`` (engine sizes and flags, as :func:`choose_config` takes them) replace
     the board's default engine (``hwflow dse --verify`` builds its points with them).
+
+    The output folder is claimed (name, permissions, lock: ``buildfolder.BuildOutput``) before
+    the flow runs, and a memory image larger than the board's memory is refused here with the
+    rule ``hwflow bitstream`` applies (``export.open_flow.check_image``).
     """
     check_weight_options(sparsity, weights)
     brd = load_board(board, boards_dir)
-    with tempfile.TemporaryDirectory() as td:
-        if example is not None:
-            from hwflow.examples import EXAMPLES, export_example
+    if example is not None:
+        from hwflow.examples import EXAMPLES
 
-            if example not in EXAMPLES:
-                raise HwflowError(f"unknown example '{example}' (known: {', '.join(EXAMPLES)})")
-            model = Path(td) / f"{example}.pt2"
-            export_example(example, model)
-            name = example
-        else:
-            name = Path(model).name.split(".")[0] or "model"
+        if example not in EXAMPLES:
+            raise HwflowError(f"unknown example '{example}' (known: {', '.join(EXAMPLES)})")
+        name = example
+    else:
         if not Path(model).is_file():
             raise HwflowError(f"model file '{model}' not found")
+        name = Path(model).name.split(".")[0] or "model"
+    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
+    rebuild = None if config_overrides else compile_command(
+        *([model] if example is None else ["--example", example]), board=brd.name,
+        calib=calib, trust_model=trust_model, rows=rows, save_ir=save_ir,
+        sparsity=None if sparsity == "auto" else sparsity,
+        weights=None if weights == "int8" else weights, boards_dir=boards_dir)
+    with BuildOutput(out, rebuild) as claim:
+        check_cache_writable()          # before the work: the Verilog goes through the cache
+        made = _run_steps(model, example, name, brd, calib, trust_model, rows, sparsity,
+                          weights, config_overrides, claim.tmp / "ir" if save_ir else None)
+        check_image(made.lowered.image, brd, made.cfg)
+        digest = hashlib.sha256(made.lowered.image + made.verilog.encode()).hexdigest()[:16]
+        with claim.writing({"kind": "mlp", "digest": digest}) as tmp:
+            _write_build(tmp, made)
+    return out, made.report
+
+
+@dataclass
+class _Compiled:
+    """What the compile steps made, for :func:`_write_build`."""
+
+    graph: object           # float IR
+    qgraph: object          # final IR
+    cfg: object             # AccelConfig
+    lowered: object         # mapping.lower result: program, image, memory map
+    calib: np.ndarray
+    in_name: str
+    model_bytes: bytes | None
+    verilog: str
+    report: dict
+
+
+def _run_steps(model, example, name, brd, calib, trust_model, rows, sparsity, weights,
+               config_overrides, ir_steps) -> _Compiled:
+    """Steps 1-6 of the module docstring (``ir_steps``: folder for ``--save-ir``)."""
+    with tempfile.TemporaryDirectory() as td:
+        if example is not None:
+            from hwflow.examples import export_example
+
+            model = Path(td) / f"{example}.pt2"
+            export_example(example, model)
         graph = load_model(model, trust_model=trust_model, rows=rows)
         model_bytes = Path(model).read_bytes() if example is not None else None
     graph.graph["name"] = name
@@ -191,9 +244,8 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     resources = check_fit(cfg, brd)
     target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
                         cfg.weight_depth)
-    ir_steps = tempfile.TemporaryDirectory()
     options = FlowOptions(target, calib=calib_x, sparsity=sparsity, weights=weights)
-    qgraph = run_flow(graph, options, save_dir=ir_steps.name if save_ir else None)
+    qgraph = run_flow(graph, options, save_dir=ir_steps)
 
     x = program_inputs(calib_x, in_shape)
     q_in = {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)}
@@ -212,7 +264,6 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         pruned = {"pruned_float_cosine": cosine(golden_out[o], p_out),
                   "pruned_float_max_abs_error": max_abs_error(golden_out[o], p_out)}
 
-    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
     ops = Counter(qgraph.nodes[n]["op"].kind for n in qgraph.nodes)
     instr_kinds = Counter(i.op.name for i in lowered.program)
     macs = sum(layer.get("macs", 0) for layer in lowered.layers)
@@ -230,28 +281,27 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         "float_cosine": cos, "float_max_abs_error": mae, **pruned,
         "sparsity": sparsity, "weights": weights, "weight_formats": formats,
     }
-    verilog = accelerator_verilog(cfg)
-    with atomic_build_dir(out) as tmp:
-        (tmp / "rtl").mkdir()
-        (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
-        (tmp / "program.bin").write_bytes(b"".join(i.encode() for i in lowered.program))
-        (tmp / "memory_image.bin").write_bytes(lowered.image)
-        (tmp / "memory_map.json").write_text(lowered.memory_map.to_json() + "\n")
-        np.save(tmp / "calib.npy", calib_x)
-        ir_dir = tmp / "ir"
-        ir_dir.mkdir()
-        save_graph(graph, ir_dir / "float")
-        save_graph(qgraph, ir_dir / "final")
-        for f in sorted(Path(ir_steps.name).iterdir()):
-            shutil.copy(f, ir_dir / f.name)
-        if model_bytes is not None:
-            (tmp / "model.pt2").write_bytes(model_bytes)
-        write_json(tmp / "config.json", {"board": brd.name, "clock_mhz": brd.clock_mhz,
-                                         "accel": cfg.to_dict(), "prog_base": lowered.prog_base,
-                                         "input": in_name, "outputs": qgraph.graph["outputs"]})
-        write_json(tmp / "reports" / "compile.json", report)
-        _write_testbench(tmp / "tb", cfg, lowered)
-        digest = hashlib.sha256(lowered.image + verilog.encode()).hexdigest()[:16]
-        write_json(tmp / MARKER, {"hwflow_build": 1, "digest": digest})
-    ir_steps.cleanup()
-    return out, report
+    return _Compiled(graph, qgraph, cfg, lowered, calib_x, in_name, model_bytes,
+                     accelerator_verilog(cfg), report)
+
+
+def _write_build(tmp: Path, c: _Compiled) -> None:
+    """Step 7: the files of the build folder (README.md, "The build folder")."""
+    (tmp / "rtl").mkdir()
+    (tmp / "rtl" / "hwflow_accel.v").write_text(c.verilog)
+    (tmp / "program.bin").write_bytes(b"".join(i.encode() for i in c.lowered.program))
+    (tmp / "memory_image.bin").write_bytes(c.lowered.image)
+    (tmp / "memory_map.json").write_text(c.lowered.memory_map.to_json() + "\n")
+    np.save(tmp / "calib.npy", c.calib)
+    ir_dir = tmp / "ir"
+    ir_dir.mkdir(exist_ok=True)             # --save-ir: the steps are already in it
+    save_graph(c.graph, ir_dir / "float")
+    save_graph(c.qgraph, ir_dir / "final")
+    if c.model_bytes is not None:
+        (tmp / "model.pt2").write_bytes(c.model_bytes)
+    write_json(tmp / "config.json", {"board": c.report["board"],
+                                     "clock_mhz": c.report["clock_mhz"],
+                                     "accel": c.cfg.to_dict(), "prog_base": c.lowered.prog_base,
+                                     "input": c.in_name, "outputs": c.qgraph.graph["outputs"]})
+    write_json(tmp / "reports" / "compile.json", c.report)
+    _write_testbench(tmp / "tb", c.cfg, c.lowered)

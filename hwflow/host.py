@@ -30,7 +30,6 @@ the port's base-address register (:data:`PORT_BASE_REGS`, a 64-bit pair per port
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -338,13 +337,13 @@ class Build:
     """What the host needs from a build folder (see :func:`load_build`)."""
 
     def __init__(self, path: Path):
-        from hwflow.buildfolder import is_build
+        from hwflow.buildfolder import open_build
         from hwflow.compiler import load_graph
 
-        if not is_build(path):
-            raise HwflowError(f"'{path}' is not an hwflow build folder; create one with "
-                              "`hwflow compile MODEL --board BOARD -o OUT`")
-        conf = json.loads((path / "config.json").read_text())
+        conf = open_build(path)               # every file checked against its digest
+        if conf.get("kind", "mlp") != "mlp":
+            raise HwflowError(f"'{path}' is a {conf['kind']} build; run it with "
+                              "hwflow.host.generate")
         self.path = path
         self.cfg = AccelConfig(**conf["accel"])
         self.prog_base = int(conf["prog_base"])
@@ -434,15 +433,12 @@ def run(build_dir, inputs: dict, device: Device, timeout_s: float = 10.0,
 def _load_decoder_build(build_dir):
     """``(quantized decoder, lowered decoder)`` of a decoder build folder; the re-lowered image
     must equal the folder's ``memory_image.bin`` (as ``hwflow sim`` checks)."""
-    from hwflow.buildfolder import is_build
+    from hwflow.buildfolder import open_build
     from hwflow.llm_flow import load_saved_decoder
     from hwflow.mapping.llm_lower import lower_decoder
 
     path = Path(build_dir)
-    if not is_build(path):
-        raise HwflowError(f"'{path}' is not an hwflow build folder; create one with "
-                          "`hwflow compile MODEL --board BOARD -o OUT`")
-    conf = json.loads((path / "config.json").read_text())
+    conf = open_build(path)                   # every file checked against its digest
     if conf.get("kind") != "decoder":
         raise HwflowError(f"'{path}' is not a decoder build; run it with hwflow.host.run")
     qd = load_saved_decoder(path / "decoder" / "quantized")

@@ -19,15 +19,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from hwflow.boards import load_board
-from hwflow.buildfolder import MARKER, atomic_build_dir, write_json
+from hwflow.buildfolder import BuildOutput, compile_command, open_build, write_json, write_npz
 from hwflow.compiler import decoder as dec
 from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
+from hwflow.mapping.llm_lower import kv_cache_bytes
+from hwflow.rtl_cache import check_cache_writable
 
 __all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
            "save_decoder", "load_saved_decoder", "parse_prompt"]
@@ -76,11 +79,12 @@ def _build(cls, prefix: str, arrays, meta):
 
 
 def save_decoder(obj, path: Path) -> None:
-    """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest)."""
+    """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest);
+    the same decoder gives the same bytes (``buildfolder.write_npz``: fixed zip timestamps)."""
     arrays, meta = {}, {}
     _flatten(obj, "", arrays, meta)
     meta["__class__"] = type(obj).__name__
-    np.savez(path.with_suffix(".npz"), **arrays)
+    write_npz(path.with_suffix(".npz"), arrays)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
 
 
@@ -187,18 +191,79 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and why.
     ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes them)
     replace the board's engine (``hwflow dse --verify`` builds its points with them).
+
+    The output folder is claimed (``buildfolder.BuildOutput``) before the model is read, and a
+    memory image larger than the board's memory is refused (``export.open_flow.check_image``).
     """
+    from hwflow.export.open_flow import check_image
+
+    if weights not in (None, "int8", "ternary"):
+        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
+    brd = load_board(board, boards_dir)
+    out = Path(out) if out else Path("build") / f"{example or _source_name(model)}-{brd.name}"
+    rebuild = None if config_overrides else compile_command(
+        *([model] if example is None else ["--example", example]), board=brd.name,
+        max_context=max_context, trust_model=trust_model, weights=weights,
+        boards_dir=boards_dir)
+    with BuildOutput(out, rebuild) as claim:
+        check_cache_writable()          # before the work: the Verilog goes through the cache
+        d = _decoder_steps(model, example, board, boards_dir, max_context, trust_model,
+                           weights, config_overrides)
+        check_image(d.lw.image, d.brd, d.cfg)
+        digest = hashlib.sha256(d.lw.image + d.verilog.encode()).hexdigest()[:16]
+        with claim.writing({"kind": "decoder", "digest": digest}) as tmp:
+            _write_decoder_build(tmp, d)
+    return out, d.report
+
+
+def _source_name(model) -> str:
+    """The model's name as the frontend gives it (folder name or file stem, ``\\W`` -> ``_``),
+    known before the model is read, for the default output folder."""
+    p = Path(model)
+    return re.sub(r"\W", "_", p.name if p.is_dir() else p.stem) or "model"
+
+
+@dataclasses.dataclass
+class _CompiledDecoder:
+    """What the decoder compile steps made, for :func:`_write_decoder_build`."""
+
+    fd: object              # FloatDecoder
+    qd: object              # QDecoder
+    brd: object             # Board
+    cfg: object             # AccelConfig (with the TLMM engine when ternary)
+    lw: object              # mapping.llm_lower result
+    verilog: str
+    report: dict
+
+
+def check_context_fits(shape, max_context: int, brd) -> None:
+    """Refuse a ``--max-context`` whose KV cache alone exceeds the board's memory, before the
+    RoPE table and the cache (``max_context`` rows each) are built: a context of 10^9 would
+    otherwise allocate terabytes on the host first."""
+    kv = kv_cache_bytes(shape, max_context)
+    if kv > brd.capacity_bytes:
+        raise HwflowError(f"--max-context {max_context}: the KV cache alone needs {kv / 1e9:,.1f} "
+                          f"GB ({shape.layers} layers x K and V x {max_context} positions x "
+                          f"{shape.kv_heads * shape.head_dim} bytes), the {brd.name} has "
+                          f"{brd.capacity_bytes / 1e9:,.1f} GB of memory; give a smaller "
+                          "--max-context")
+
+
+def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, weights,
+                   config_overrides) -> _CompiledDecoder:
+    """Steps 1-5 of the module docstring."""
     import tempfile
 
     from hwflow.compiler.errors import CompileError
     from hwflow.compiler.llm_quant import quant_report, quantize_decoder
 
-    if weights not in (None, "int8", "ternary"):
-        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
     with tempfile.TemporaryDirectory() as td:
         fd = _load(model, example, trust_model, max_context, Path(td))
+    if example is not None:     # not the temporary folder it was written to: same bytes per run
+        fd = dataclasses.replace(fd, source=f"example:{example}")
     name = example or fd.name
     brd, cfg, resources = _configure(board, boards_dir, config_overrides)
+    check_context_fits(fd.shape, fd.max_context, brd)
     try:
         qd = quantize_decoder(fd, fd.max_context, weights=weights)
     except CompileError as e:
@@ -208,7 +273,6 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     quality = quant_report(fd, qd)
     verilog = _accelerator_verilog(cfg)
     s = fd.shape
-    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
     report = {
         "model": name, "kind": "decoder", "source": fd.source, "family": fd.family,
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
@@ -228,25 +292,27 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     }
     if sizing is not None:
         report["tlmm"] = {**lw.reports["tlmm"], "sizing": sizing}
-    with atomic_build_dir(out) as tmp:
-        (tmp / "rtl").mkdir()
-        (tmp / "rtl" / "hwflow_accel.v").write_text(verilog)
-        (tmp / "memory_image.bin").write_bytes(lw.image)
-        (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
-        (tmp / "decoder").mkdir()
-        save_decoder(qd, tmp / "decoder" / "quantized")
-        save_decoder(fd, tmp / "decoder" / "float")
-        write_json(tmp / "config.json", {
-            "kind": "decoder", "board": brd.name, "clock_mhz": brd.clock_mhz,
-            "accel": cfg.to_dict(), "max_context": lw.max_context,
-            "decode_prog_base": lw.decode_prog_base,
-            "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-            "traffic_ranges": _traffic_ranges(lw.memory_map)})
-        write_json(tmp / "reports" / "compile.json", report)
-        _write_testbench(tmp / "tb", qd, lw)
-        digest = hashlib.sha256(lw.image + verilog.encode()).hexdigest()[:16]
-        write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "digest": digest})
-    return out, report
+    return _CompiledDecoder(fd, qd, brd, cfg, lw, verilog, report)
+
+
+def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
+    """Step 6: the files of the build folder."""
+    lw = d.lw
+    (tmp / "rtl").mkdir()
+    (tmp / "rtl" / "hwflow_accel.v").write_text(d.verilog)
+    (tmp / "memory_image.bin").write_bytes(lw.image)
+    (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
+    (tmp / "decoder").mkdir()
+    save_decoder(d.qd, tmp / "decoder" / "quantized")
+    save_decoder(d.fd, tmp / "decoder" / "float")
+    write_json(tmp / "config.json", {
+        "kind": "decoder", "board": d.brd.name, "clock_mhz": d.brd.clock_mhz,
+        "accel": d.cfg.to_dict(), "max_context": lw.max_context,
+        "decode_prog_base": lw.decode_prog_base,
+        "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
+        "traffic_ranges": _traffic_ranges(lw.memory_map)})
+    write_json(tmp / "reports" / "compile.json", d.report)
+    _write_testbench(tmp / "tb", d.qd, lw)
 
 
 # -- shape-only compile and predictions -------------------------------------------------------
@@ -278,6 +344,7 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     except CompileError as e:
         raise HwflowError(str(e)) from None
     s = cs.shape
+    given_context = max_context
     if max_context is None:
         max_context = min(s.max_position, 2048)
     if not 1 <= int(max_context) <= s.max_position:
@@ -285,53 +352,63 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
                           "model's max_position_embeddings)")
     ternary = (weights or ("ternary" if cs.ternary else "int8")) == "ternary"
     brd = load_board(board, boards_dir)
+    check_context_fits(s, int(max_context), brd)
     cfg = choose_config(brd)
     if not cfg.transformer:
         raise HwflowError(f"board {brd.name}'s accelerator has no transformer units; choose a "
                           "larger board such as u280 or kv260")
-    lw, cfg, notes = lower_shape(s, cfg, brd, ternary=ternary, max_context=int(max_context),
-                                 family=cs.family)
-    pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
-    pred["notes"] = notes
     name = example or Path(cs.source).stem
     if name == "config":
         name = Path(cs.source).parent.name
     out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
-    report = {
-        "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
-        "family": cs.family, "weights": "ternary" if ternary else "int8",
-        "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
-        "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
-        "max_context": lw.max_context, "parameters": cs.parameters,
-        "programs": lw.reports["programs"],
-        "naive_program_bytes": lw.reports["naive_program_bytes"],
-        "program_reduction": lw.reports["program_reduction"],
-        "prefill_buckets": lw.buckets,
-        "memory_image_bytes": lw.memory_map.total_bytes,
-        "linears": lw.reports.get("layers"),
-        "engines": _engines_per_layer(lw.reports.get("layers") or []),
-        "resources": pred["resources"], "resource_fit": pred["resource_fit"],
-        "fits": pred["fits"],
-    }
-    if cfg.tlmm and ternary:
-        report["tlmm"] = lw.reports.get("tlmm")
-    with atomic_build_dir(out) as tmp:
-        _write_programs(tmp, lw)
-        (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
-        write_json(tmp / "config.json", {
-            "kind": "decoder", "shape_only": True, "board": brd.name,
-            "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
-            "shape": s.to_dict(), "family": cs.family, "act": cs.act,
-            "sub_norms": cs.sub_norms, "weights": report["weights"], "source": cs.source,
-            "decode_prog_base": lw.decode_prog_base,
-            "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-            "traffic_ranges": _traffic_ranges(lw.memory_map)})
-        write_json(tmp / "reports" / "compile.json", report)
-        write_json(tmp / "reports" / "predict.json", pred)
+    rebuild = compile_command(*([model] if example is None else ["--example", example]),
+                              shape_only=True, board=brd.name, max_context=given_context,
+                              weights=weights, boards_dir=boards_dir)
+    with BuildOutput(out, rebuild) as claim:
+        lw, cfg, notes = lower_shape(s, cfg, brd, ternary=ternary, max_context=int(max_context),
+                                     family=cs.family)
+        pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
+        pred["notes"] = notes
+        report = {
+            "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
+            "family": cs.family, "weights": "ternary" if ternary else "int8",
+            "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+            "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
+            "max_context": lw.max_context, "parameters": cs.parameters,
+            "programs": lw.reports["programs"],
+            "naive_program_bytes": lw.reports["naive_program_bytes"],
+            "program_reduction": lw.reports["program_reduction"],
+            "prefill_buckets": lw.buckets,
+            "memory_image_bytes": lw.memory_map.total_bytes,
+            "linears": lw.reports.get("layers"),
+            "engines": _engines_per_layer(lw.reports.get("layers") or []),
+            "resources": pred["resources"], "resource_fit": pred["resource_fit"],
+            "fits": pred["fits"],
+        }
+        if cfg.tlmm and ternary:
+            report["tlmm"] = lw.reports.get("tlmm")
         code = b"".join(i.encode() for p in [lw.decode, *lw.prefill.values()] for i in p.program)
-        write_json(tmp / MARKER, {"hwflow_build": 1, "kind": "decoder", "shape_only": True,
-                                  "digest": hashlib.sha256(code).hexdigest()[:16]})
+        with claim.writing({"kind": "decoder", "shape_only": True,
+                            "digest": hashlib.sha256(code).hexdigest()[:16]}) as tmp:
+            _write_shape_only_build(tmp, lw, cs, brd, cfg, report, pred)
     return out, {**report, "prediction": pred}
+
+
+def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dict) -> None:
+    """The files of a shape-only build folder (see :func:`compile_shape_only`)."""
+    s = cs.shape
+    _write_programs(tmp, lw)
+    (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
+    write_json(tmp / "config.json", {
+        "kind": "decoder", "shape_only": True, "board": brd.name,
+        "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
+        "shape": s.to_dict(), "family": cs.family, "act": cs.act,
+        "sub_norms": cs.sub_norms, "weights": report["weights"], "source": cs.source,
+        "decode_prog_base": lw.decode_prog_base,
+        "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
+        "traffic_ranges": _traffic_ranges(lw.memory_map)})
+    write_json(tmp / "reports" / "compile.json", report)
+    write_json(tmp / "reports" / "predict.json", pred)
 
 
 def _write_programs(tmp: Path, lw) -> None:
@@ -366,10 +443,8 @@ def predict_build(out, boards_dir=None, calib=None) -> dict:
     from hwflow.predict import predict_decoder
 
     out = Path(out)
-    conf_path = out / "config.json"
-    if not conf_path.is_file():
-        raise HwflowError(f"'{out}' is not a build folder (no config.json); run hwflow compile")
-    conf = json.loads(conf_path.read_text())
+    # the image is not read here: its size is checked, hashing gigabytes would be wasted
+    conf = open_build(out, size_only=("memory_image.bin",))
     if conf.get("kind") != "decoder":
         raise HwflowError(f"{out} holds a {conf.get('kind', 'mlp')} build; hwflow predict is "
                           "for language-model (decoder) builds")
@@ -597,7 +672,8 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     from hwflow.sim.runner import SimError, simulate_steps
 
     out = Path(out)
-    conf = json.loads((out / "config.json").read_text())
+    conf = open_build(out)          # every file as compile wrote it, or one line naming it
+    check_cache_writable()          # the Verilator build is cached
     if conf.get("shape_only"):
         raise HwflowError(f"{out} is a shape-only build (compiled from a config: no weights, "
                           "no memory image, no RTL); it cannot be simulated. Use `hwflow "
@@ -614,6 +690,10 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
         n = DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len
         if n < 1:
             raise HwflowError(f"--prompt-len {n}: give at least 1 token")
+        if n + new_tokens > qd.max_context:     # before drawing n random ids (n may be 10^9)
+            raise HwflowError(f"--prompt-len {n} + {new_tokens} decode steps exceed the "
+                              f"build's max context of {qd.max_context}; recompile with a "
+                              "larger --max-context or shorten the run")
         ids = default_prompt(vocab, n, seed)
     if len(ids) + new_tokens > qd.max_context:
         raise HwflowError(f"{len(ids)} prompt tokens + {new_tokens} decode steps exceed the "

@@ -474,7 +474,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
 
     resources, res_extra, fits, why = _resources(cfg, board)
     image = lw.memory_map.total_bytes
-    cap = float(board.memory.get("capacity_gb", 0)) * 2**30
+    cap = board.capacity_bytes                  # memory.capacity_gb, validated by boards/
     by_kind: dict = {}
     for r in lw.memory_map.regions:
         by_kind[r.kind] = by_kind.get(r.kind, 0) + r.nbytes
@@ -483,7 +483,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     if not memory["fits"]:
         fits = False
         why = (why + "; " if why else "") + (
-            f"memory image {image / 2**30:.2f} GiB > the board's {cap / 2**30:.0f} GiB")
+            f"memory image {image / 1e9:.2f} GB > the board's {cap / 1e9:.1f} GB")
     out = {"decode": decode, "prefill": prefill, "bandwidth": bandwidth,
            "resources": resources, "resource_fit": res_extra, "memory": memory,
            "fits": fits, "clock_mhz": clock,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwflow.buildfolder import is_build, write_json
+from hwflow.buildfolder import open_build, write_json
 from hwflow.compiler import load_graph, run
 from hwflow.errors import HwflowError
 from hwflow.flow import program_inputs
@@ -36,6 +36,7 @@ from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
 from hwflow.hw.config import AccelConfig
 from hwflow.mapping.memory_image import MemoryMap, read_tensor, unpack_rows, write_tensor
+from hwflow.rtl_cache import check_cache_writable
 from hwflow.sim.isa_model import run_program
 from hwflow.sim.runner import SimError, simulate
 
@@ -104,10 +105,10 @@ class _Reference:
 
 
 def _reference(out: Path, seed) -> _Reference:
-    if not is_build(out):
-        raise HwflowError(f"'{out}' is not an hwflow build folder; create one with "
-                          "`hwflow compile MODEL --board BOARD -o OUT`")
-    conf = json.loads((out / "config.json").read_text())
+    conf = open_build(out)          # every file as compile wrote it, or one line naming it
+    if conf.get("kind", "mlp") != "mlp":
+        raise HwflowError(f"{out} holds a {conf['kind']} build; simulate it with "
+                          "hwflow.llm_flow.simulate_decoder (`hwflow sim` picks it)")
     cfg = AccelConfig(**conf["accel"])
     mm = MemoryMap.from_json((out / "memory_map.json").read_text())
     final = load_graph(out / "ir" / "final")
@@ -140,6 +141,7 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
     """Simulate build folder ``out``; writes and returns ``reports/sim.json``'s content."""
     out = Path(out)
     p = _reference(out, seed)
+    check_cache_writable()          # the Verilator build is cached
     conf, cfg, mm, outputs = p.conf, p.cfg, p.mm, p.conf["outputs"]
     compile_report = json.loads((out / "reports" / "compile.json").read_text())
 

@@ -773,6 +773,14 @@ def naive_program_bytes(layers: int, max_context: int, max_rows: int,
 
 # ------------------------------------------------------------------------------- buckets
 
+def kv_cache_bytes(shape, max_context: int) -> int:
+    """Bytes of a decoder's int8 KV cache for ``max_context`` positions, before padding:
+    every layer's K and V, ``kv_heads * head_dim`` bytes per position. A lower bound of the
+    cache region :func:`lower_decoder` reserves (which pads heads to words and rows to
+    super-beats)."""
+    return 2 * shape.layers * int(max_context) * shape.kv_heads * shape.head_dim
+
+
 def act_row_words(qd: QDecoder, cfg: AccelConfig) -> tuple[int, int]:
     """``(words per activation row, fixed words)`` of ``qd``'s programs on ``cfg``: a program
     of ``B`` rows needs ``act_depth >= B * words + fixed`` (the ternary gamma area is the fixed

@@ -5,7 +5,10 @@ loaded from per-port hex files named by plusargs at time 0, so a build depends o
 accelerator Verilog, the simulation top, ``sim/rtl`` and the tools. Builds are cached under
 ``$HWFLOW_CACHE/verilator/<key>`` (default ``~/.cache/hwflow/verilator/<key>``), where ``key``
 hashes all of those plus the Verilator version and flags; a file lock per key lets concurrent runs
-share the cache (the second waits for the first build and reuses it).
+share the cache (the second waits for the first build and reuses it). Each entry's marker,
+``hwflow_build.json``, records the sha256 of the files a run needs (the simulator executable); an
+entry that no longer matches (truncated by a full disk, edited, half-copied) is built again, and
+the run says so in one line on stderr instead of crashing the simulator.
 
 Typical use::
 
@@ -55,7 +58,7 @@ from hwflow.sim.top import (
 
 __all__ = ["SimError", "BuildError", "SimResult", "StepResult", "StepsResult", "Build", "build",
            "simulate", "simulate_steps", "verilator_env", "cache_root", "BUILD_FLAGS",
-           "wave_format"]
+           "wave_format", "warn_damaged_entry"]
 
 TESTBENCH_MODULE = "hwflow_testbench"
 
@@ -301,6 +304,74 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# -- cache entry integrity -----------------------------------------------------------------------
+
+BUILD_MARKER = "hwflow_build.json"
+# Bumped when an entry's layout changes: it is part of the key, so entries of an older layout
+# (format 1 recorded no digests) are never looked up again rather than reported as damaged.
+CACHE_FORMAT = "2"
+# What a run reads from a build folder: only the executable (cocotb starts it; the testbench, job
+# and memory files live in the run's own work folder).
+RUN_FILES = (TOP_NAME,)
+
+# (path, device, inode, size, mtime) -> sha256: a calibration or sweep runs hundreds of
+# simulations on one build in one process; its ~0.4-40 MB executable is hashed once.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of ``path``, remembered for this process while the file's size and mtime stay."""
+    st = path.stat()
+    memo = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]
+
+
+def _entry_damage(path: Path) -> str | None:
+    """Why the cached build at ``path`` cannot be used, or None when every file a run needs
+    matches the sha256 its marker records."""
+    try:
+        files = json.loads((path / BUILD_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return f"{BUILD_MARKER} unreadable"
+    if not isinstance(files, dict) or sorted(files) != sorted(RUN_FILES):
+        return f"{BUILD_MARKER} records no digests"
+    for name in RUN_FILES:
+        try:
+            digest = _file_sha256(path / name)
+        except OSError as e:
+            return f"{name}: {e.strerror or e}"
+        if digest != files[name]:
+            return f"{name}: sha256 mismatch"
+    return None
+
+
+def warn_damaged_entry(path: Path, why: str) -> None:
+    """Say on stderr, in one line, that the cache entry ``path`` is damaged and made again."""
+    print(f"hwflow: cache entry {path} was damaged ({why}); rebuilding it", file=sys.stderr)
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove an interrupted or damaged entry, whatever it became (folder, file or link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_marker(marker: Path, record: dict) -> None:
+    """Write the marker last and atomically: a run killed before this leaves no marker (the
+    entry is rebuilt silently), never a marker without its digests."""
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(marker)
+
+
 def wave_format() -> str:
     """``"fst"`` when the C++ compiler finds ``lz4.h`` and ``zlib.h`` (needed by Verilator's FST
     writer), else ``"vcd"``."""
@@ -421,18 +492,21 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
     h = hashlib.sha256()
     for part in (cfg.digest(), verilog, top, vlt, EXT_MEMORY_V.read_text(), _verilator_version(),
                  _cocotb_version(), json.dumps(flags + make_vars), str(waves), sys.version,
-                 _cpu_id()):
+                 _cpu_id(), CACHE_FORMAT):
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]
     root = Path(cache_dir) if cache_dir else cache_root()
     path = root / key
-    marker = path / "hwflow_build.json"
+    marker = path / BUILD_MARKER
+    # Checked and rebuilt under the key's lock: a concurrent run waits, then finds a good entry.
     with _locked(root / f"{key}.lock"):
         if marker.exists():
-            return Build(path, key, depth, waves, 0.0, tuple(flags), rtl_clock)
-        if path.exists():                       # an interrupted build: start over
-            shutil.rmtree(path)
+            why = _entry_damage(path)
+            if why is None:
+                return Build(path, key, depth, waves, 0.0, tuple(flags), rtl_clock)
+            warn_damaged_entry(path, why)
+        _remove_entry(path)                     # an interrupted or damaged build: start over
         src = path / "src"
         src.mkdir(parents=True)
         (src / "hwflow_accel.v").write_text(verilog)
@@ -456,8 +530,13 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
                 raise BuildError(f"Verilator build of {TOP_NAME} failed ({e}); log {log}:\n"
                                  f"{tail}") from None
         dt = time.perf_counter() - t0
-        marker.write_text(json.dumps({"config": cfg.to_dict(), "mem_depth": depth,
-                                      "waves": waves, "flags": flags, "build_s": dt}, indent=1))
+        try:
+            files = {name: _file_sha256(path / name) for name in RUN_FILES}
+        except FileNotFoundError as e:
+            raise BuildError(f"Verilator build of {TOP_NAME} made no {Path(e.filename).name}; "
+                             f"log {log}") from None
+        _write_marker(marker, {"config": cfg.to_dict(), "mem_depth": depth, "waves": waves,
+                               "flags": flags, "build_s": dt, "files": files})
         return Build(path, key, depth, waves, dt, tuple(flags), rtl_clock)
 
 

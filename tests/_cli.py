@@ -8,11 +8,14 @@ traceback, and leaves no folder that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from hwflow.cli import main
 
@@ -80,3 +83,22 @@ def assert_no_build_left(parent: Path, name: str | None = None) -> None:
             continue
         assert not (p / "hwflow-build.json").exists(), f"{p} looks like a complete build"
         assert not (p.name.startswith(".") and ".tmp-" in p.name), f"temporary {p} left"
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """``path`` made unwritable: mode 555, or for root (whom modes do not stop) immutable."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no read-only folder")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

@@ -62,7 +62,7 @@ YOSYS_FAMILY = {
 # engine (`count_id(wire->name) == 0` in ABC_OPS_REINTEGRATE); flattened it maps cleanly.
 # -noiopad / -noclkbuf: the accelerator is a kernel inside a shell, not a chip top level.
 SYNTH_OPTIONS = "-flatten -noiopad -noclkbuf"
-SCRIPT_VERSION = 1          # bump when the script or the parsing changes (part of the cache key)
+SCRIPT_VERSION = 2          # bump when the script, parsing or entry format changes (in the key)
 
 _CELL_KINDS = {
     "lut": ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6"),
@@ -163,18 +163,16 @@ def xilinx_utilization(verilog: str, top: str, board, cache: bool = True,
     for part in (verilog, top, family, SYNTH_OPTIONS, str(SCRIPT_VERSION), version):
         key.update(part.encode() + b"\0")
     path = synth_cache_dir() / f"{key.hexdigest()[:24]}.json"
-    if cache and path.is_file():
-        cells, meta = _load(path)
+    entry = _load(path) if cache and path.is_file() else None
+    if entry is not None:
+        cells, meta = entry
         meta["cached"] = True
     else:
         cells, seconds = _run_yosys(exe, verilog, top, family, timeout_s)
         meta = {"tool": version, "family": family, "options": SYNTH_OPTIONS,
                 "seconds": round(seconds, 2), "cached": False}
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"cells": cells, "meta": meta}, indent=1, sort_keys=True))
-            tmp.replace(path)
+            _store(path, cells, meta)
     if proxy:
         meta["proxy"] = proxy
     used = parse_cells(cells)
@@ -186,9 +184,35 @@ def xilinx_utilization(verilog: str, top: str, board, cache: bool = True,
     return util
 
 
-def _load(path: Path) -> tuple[dict, dict]:
-    d = json.loads(path.read_text())
-    return d["cells"], dict(d["meta"])
+def _digest(cells: dict, meta: dict) -> str:
+    return hashlib.sha256(json.dumps({"cells": cells, "meta": meta}, sort_keys=True)
+                          .encode()).hexdigest()
+
+
+def _store(path: Path, cells: dict, meta: dict) -> None:
+    """Write a cache entry with the sha256 of its content, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"cells": cells, "meta": meta, "sha256": _digest(cells, meta)},
+                              indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _load(path: Path) -> tuple[dict, dict] | None:
+    """A cache entry's ``(cells, meta)``; ``None`` (after saying so in one line) when it is
+    damaged: unreadable, not JSON, or not matching its recorded digest."""
+    from hwflow.sim.runner import warn_damaged_entry
+
+    try:
+        d = json.loads(path.read_text())
+        cells, meta = d["cells"], dict(d["meta"])
+        ok = d.get("sha256") == _digest(cells, meta)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        warn_damaged_entry(path, "sha256 mismatch or unreadable")
+        return None
+    return cells, meta
 
 
 def _run_yosys(exe: str, verilog: str, top: str, family: str,

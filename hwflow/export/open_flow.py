@@ -367,17 +367,23 @@ def _main_clock(clocks: dict, target_mhz: float):
 # --- the flow ------------------------------------------------------------------------------------
 
 def check_image(image: bytes, board, cfg) -> int:
-    """Block RAMs the memory image needs per the board's budget; refuse with numbers if over."""
+    """The one memory rule, applied by ``hwflow compile`` and ``hwflow bitstream``: the image
+    must fit the board's ``memory.capacity_gb`` and, on open-toolchain boards (image in block
+    RAM), its block RAMs; refuse with numbers if over. Returns the block RAMs it needs (0 on
+    boards with external memory)."""
+    cap = board.capacity_bytes              # memory.capacity_gb: required and > 0 (boards/)
+    if len(image) > cap:
+        where = "on-chip memory reserved for it" if board.flow in BRAM_BYTES else "memory"
+        raise HwflowError(f"memory image does not fit {board.name}: {len(image)} B > {cap} B of "
+                          f"{where} (memory.capacity_gb; needed > available); use a smaller "
+                          f"model (e.g. --example mlp-tiny)")
+    if board.flow not in BRAM_BYTES:
+        return 0
     per = BRAM_BYTES[board.flow]
     # each port is its own RAM of 8*W bits: whole blocks per port (width is the limit when W is
     # wide, depth otherwise)
     beats = max(1, -(-len(image) // cfg.beat_bytes))
     blocks = cfg.mem_ports * max(-(-beats * cfg.port_bytes // per), -(-cfg.port_bytes * 8 // 36))
-    cap = int(float(board.memory.get("capacity_gb", 0)) * 1e9)
-    if cap and len(image) > cap:
-        raise HwflowError(f"memory image does not fit {board.name}: {len(image)} B > {cap} B of "
-                          f"on-chip memory reserved for it (memory.capacity_gb); use a smaller "
-                          f"model (e.g. --example mlp-tiny)")
     if blocks > board.resources["bram"]:
         raise HwflowError(f"memory image does not fit {board.name}: BRAM {blocks} > "
                           f"{board.resources['bram']} (needed > available) for "

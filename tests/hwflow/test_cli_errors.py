@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,47 @@ def test_bad_weight_format_options(capsys, tmp_path, flag, value, needles):
                      flag, value)
     _one_line_error(code, err, *needles)
     assert not out.exists()
+
+
+# --------------------------------------------------------- values and options that were ignored
+
+@pytest.fixture(scope="module")
+def llm_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    assert main(["compile", "--example", "tiny-llama", "--board", "u280", "--max-context", "64",
+                 "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--seed", "-1"], ["--seed", "non-negative"]),
+    (["--seed", "x"], ["--seed", "not an integer"]),
+    (["--new-tokens", "0"], ["--new-tokens 0", "at least 1"]),
+    (["--prompt-len", "1000000000"], ["--prompt-len 1000000000", "max context of 64"]),
+    (["--prompt-len", "0"], ["--prompt-len 0"]),
+])
+def test_bad_sim_values_of_a_language_model(capfd, llm_build, argv, needles):
+    from tests._cli import assert_one_line_error, run_cli, snapshot
+
+    before = snapshot(llm_build)
+    code, out, err = run_cli(capfd, "sim", llm_build, *argv)
+    assert_one_line_error(code, err, *needles)
+    assert snapshot(llm_build) == before
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--example", "mlp", "--max-context", "64"], ["--max-context is for language models",
+                                                   "--example mlp is an MLP"]),
+    (["--example", "tiny-llama", "--rows", "3"], ["--rows is for MLP models"]),
+    (["--example", "tiny-llama", "--sparsity", "2:4"], ["--sparsity is for MLP models"]),
+    (["--example", "tiny-llama", "--calib", "x.npy"], ["--calib is for MLP models"]),
+    ([str(Path(__file__).parents[2] / "examples/configs/llama-2-7b.json"), "--shape-only",
+      "--save-ir"],
+     ["--save-ir is not read by a --shape-only compile"]),
+])
+def test_options_a_compile_would_ignore_are_refused(capfd, tmp_path, argv, needles):
+    from tests._cli import assert_one_line_error, run_cli
+
+    code, out, err = run_cli(capfd, "compile", *argv, "--board", "u280", "-o", tmp_path / "o")
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()

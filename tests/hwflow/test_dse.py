@@ -37,8 +37,11 @@ def _rows(out: Path) -> list:
 
 
 def _stored(study: Path) -> int:
+    """Results stored so far; read-only: a plain connect would create an empty file where the
+    sweep is about to create its study (and the sweep rightly refuses a file it did not make)."""
     try:
-        with sqlite3.connect(study, timeout=1) as c:
+        with sqlite3.connect(Path(study).resolve().as_uri() + "?mode=ro", uri=True,
+                             timeout=1) as c:
             return c.execute("SELECT count(*) FROM trial_user_attributes WHERE key = ?",
                              (RESULT_ATTR,)).fetchone()[0]
     except sqlite3.Error:
@@ -58,7 +61,7 @@ def local_sweep(tmp_path_factory):
 def test_grid_sweep_outputs(local_sweep):
     out = local_sweep
     for f in ("points.csv", "points.json", "pareto.json", "summary.html", "study.db",
-              "throughput_vs_resource_fraction.png", "throughput_vs_dsp.png"):
+              "throughput_vs_resource_fraction.png", "throughput_vs_dsp.png", "hwflow-dse.json"):
         assert (out / f).is_file(), f
     assert (out / "throughput_vs_dsp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pts = json.loads((out / "points.json").read_text())
@@ -257,6 +260,7 @@ def test_a_study_of_another_sweep_is_refused(local_sweep, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "holds another sweep (its space differ); use another --study or -o" in err[0]
+    assert not (tmp_path / "o").exists()          # refused before anything is written
 
 
 @pytest.mark.parametrize("flags, needle", [

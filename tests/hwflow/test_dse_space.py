@@ -120,3 +120,49 @@ def test_example_spaces_are_valid():
     assert big.size >= 200
     assert parse_space(yaml.safe_load((root / "mlp.yaml").read_text()), MLP).size >= 200
     assert parse_space(yaml.safe_load((root / "mlp-small.yaml").read_text()), MLP).size == 12
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("chains: {min: 1, max: .inf}", "parameter 'chains': max inf must be a finite number"),
+    ("chains: {min: .nan, max: 4}", "parameter 'chains': min nan must be a finite number"),
+    ("chains: {min: 1, max: 4, factor: .inf}", "factor inf must be a finite number"),
+    ("chains: {min: 1, max: 4, step: .nan}", "step nan must be a finite number"),
+    ("chains: {min: null, max: 4}", "min None is a null, expected a number"),
+    # 10**9 values: refused before they are listed (this used to run until killed)
+    ("clock_mhz: {min: 1, max: 1.0e+300, factor: 1.0000001}", "more than 1,000,000 values"),
+    ("clock_mhz: {min: 0.0, max: 1.0e+300, step: 1.0e-300}", "more than 1,000,000 values"),
+])
+def test_ranges_that_are_not_finite(capsys, tmp_path, text, needle):
+    assert needle in _dse(capsys, tmp_path, f"parameters:\n  {text}\n")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("parameters:\n  chains: [4]\nobjectives: [[throughput]]\n", "objective '['throughput']' "
+     "is not a metric"),
+    ("parameters:\n  chains: [4]\nobjectives: {throughput: [max]}\n", "direction ['max'] must "
+     "be max or min"),
+    ("parameters:\n  chains: [4]\nconstraints: {dsp: {max: .nan}}\n", "constraint 'dsp': "
+     "expected {max: NUMBER}"),
+    ("parameters:\n  chains: [4]\n1: 2\nfoo: 3\n", "unknown section '1'"),
+    ("parameters:\n  chains: {min: 1, max: 4, 7: 1}\n", "a range is {min, max} with an "
+     "optional step or factor (got 7, max, min)"),
+    ("parameters:\n  chains: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),
+    ("parameters: [\n", "not valid YAML"),
+])
+def test_wrong_structure(capsys, tmp_path, text, needle):
+    assert needle in _dse(capsys, tmp_path, text)
+
+
+def test_a_space_file_that_is_not_utf8_or_not_a_file(capsys, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_bytes(b"parameters:\n  chains: [4]\n# \xff\xfe\n")
+    code = main(["dse", "--example", "mlp", "--board", "u280", "--space", str(space),
+                 "-o", str(tmp_path / "out"), "--jobs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["hwflow: error: space.yaml: not UTF-8 text (byte 0xff at "
+                                 "offset 28); a space file is YAML"]
+    code = main(["dse", "--example", "mlp", "--board", "u280", "--space", str(tmp_path),
+                 "-o", str(tmp_path / "out"), "--jobs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a folder; pass the YAML space file" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -109,3 +109,32 @@ def test_mixed_example(tmp_path):
     assert rep["float_cosine"] > 0.99
     final = load_graph(tmp_path / "o" / "ir" / "final")
     assert [final.nodes[n]["op"].attrs["wbits"] for n in rep["weight_formats"]] == [8, 4, 4, 8]
+
+
+@pytest.mark.parametrize("values,needles", [
+    (np.array([[0.5] * 37, [np.nan] * 37]), ["37 NaN or Inf values"]),
+    (np.array([[np.inf] + [0.0] * 36]), ["1 NaN or Inf value;"]),
+    (np.zeros((0, 37)), ["empty tensor", "[0, 37]"]),
+    (np.array([["a"] * 37]), ["<U1 values", "real numbers"]),
+])
+def test_bad_calibration_values_are_refused(tmp_path, values, needles):
+    f = tmp_path / "calib.npy"
+    np.save(f, values)
+    with pytest.raises(HwflowError) as e:
+        load_calibration(f, (4, 37))
+    for n in needles:
+        assert n in str(e.value)
+
+
+def test_inf_calibration_through_the_cli_never_prints_nan(capfd, tmp_path):
+    from tests._cli import assert_no_build_left, assert_one_line_error, run_cli
+
+    t = torch.randn(8, 96)          # the example MLP's input width
+    t[3, 5] = float("inf")
+    f = tmp_path / "calib.pt"
+    torch.save(t, f)
+    code, out, err = run_cli(capfd, "compile", "--example", "mlp", "--board", "u280",
+                             "--calib", f, "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "calib.pt", "1 NaN or Inf value")
+    assert "nan" not in out.lower()
+    assert_no_build_left(tmp_path)

@@ -95,3 +95,33 @@ def test_parse_cells_counts_bram_in_36kb_units():
     used = parse_cells({"LUT6": 3, "LUT1": 1, "FDRE": 5, "FDCE": 1, "DSP48E2": 2,
                         "RAMB36E2": 2, "RAMB18E2": 3, "URAM288": 1, "RAM64M8": 4, "SRL16E": 2})
     assert used == {"lut": 4, "ff": 6, "dsp": 2, "bram": 4, "uram": 1, "lutram": 4, "srl": 2}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_text(p.read_text()[:40]),                        # truncated
+    lambda p: p.write_text(p.read_text().replace('"cached": false', '"cached": true')),
+    lambda p: p.write_text("[]"),                                      # valid JSON, wrong shape
+])
+def test_damaged_synthesis_cache_entry_is_redone_with_one_line(tmp_path, monkeypatch, capfd,
+                                                               damage):
+    """A cached Yosys result is checked against its recorded sha256 before it is believed."""
+    import hwflow.export.fit as fit
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    runs = []
+
+    def fake_yosys(exe, verilog, top, family, timeout_s):
+        runs.append(top)
+        return {"LUT6": 10, "DSP48E2": 2}, 0.5
+    monkeypatch.setattr(fit, "_run_yosys", fake_yosys)
+    board = load_board("u280")
+    first = xilinx_utilization("module m; endmodule", "m", board)
+    (entry,) = fit.synth_cache_dir().glob("*.json")
+    damage(entry)
+    capfd.readouterr()
+    again = xilinx_utilization("module m; endmodule", "m", board)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(runs) == 2 and len(err) == 1 and "was damaged" in err[0] and str(entry) in err[0]
+    assert again["dsp"] == first["dsp"]
+    third = xilinx_utilization("module m; endmodule", "m", board)
+    assert len(runs) == 2 and third["meta"]["cached"]
