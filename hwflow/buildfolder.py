@@ -301,7 +301,7 @@ def build_kind(out) -> str:
 def _read_marker(out: Path) -> dict:
     path = out / MARKER
     if not path.is_file():
-        raise HwflowError(f"'{out}' is not a build folder (no {MARKER}); create one with "
+        raise HwflowError(f"'{out}' is not an hwflow build folder (no {MARKER}); create one with "
                           f"`{_GENERIC_REBUILD} -o {shlex.quote(str(out))}`")
     damaged = (f"{out}: {MARKER} is damaged; rebuild with "
                f"{_rebuild_hint(out, None)}")

@@ -201,7 +201,7 @@ def test_manifest_entries_stay_inside_the_folder(tmp_path):
 def test_a_folder_that_is_not_a_build(tmp_path, capfd):
     for command in ("sim", "predict", "bitstream"):
         code, _, err = run_cli(capfd, command, tmp_path)
-        assert_one_line_error(code, err, "not a build folder", str(tmp_path))
+        assert_one_line_error(code, err, "not an hwflow build folder", str(tmp_path))
 
 
 # -- claiming and writing the output folder (fast: tiny fake builds) --------------------------
