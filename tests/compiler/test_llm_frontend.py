@@ -266,3 +266,16 @@ def test_incomplete_folder_names_what_is_missing(capfd, folder, tmp_path, files,
     code, out, err = run_cli(capfd, "compile", d, "--board", "u280", "-o", tmp_path / "out")
     line = assert_one_line_error(code, err, *needles)
     assert "not found" not in line
+
+
+def test_missing_tensor_through_the_cli_is_one_line_without_the_load_report(capfd, folder,
+                                                                            tmp_path):
+    """transformers prints a load-report table for a missing tensor; the CLI shows one line."""
+    from tests._cli import assert_no_build_left, assert_one_line_error, run_cli
+
+    bad = _edit_weights(_copy(folder, tmp_path / "bad"),
+                        lambda sd: sd.pop("model.norm.weight"))
+    code, out, err = run_cli(capfd, "compile", bad, "--board", "u280", "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "tensor 'model.norm.weight' is missing")
+    assert out == ""
+    assert_no_build_left(tmp_path)

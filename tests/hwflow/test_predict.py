@@ -198,7 +198,7 @@ def test_bad_configs_exit_with_one_line(tmp_path, capsys):
                      "--board", "u280", "--max-context", "9000", "-o", str(tmp_path / "o3"))
     assert "9000" in line
     assert not any((tmp_path / f"o{k}").exists() for k in (1, 2, 3))
-    assert "not a build folder" in _one_line(capsys, "predict", str(tmp_path))
+    assert "not an hwflow build folder" in _one_line(capsys, "predict", str(tmp_path))
 
 
 def test_predict_of_a_full_tiny_build(tmp_path, capsys):
