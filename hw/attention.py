@@ -1,8 +1,10 @@
-"""Attention unit: ATTN (opcode 0x09), causal grouped-query attention with an online softmax.
+"""Attention unit: ATTN (opcode 0x09), causal grouped-query attention with an online softmax,
+``H`` query heads at once over a head-major KV cache read once per pass.
 
-docs/architecture.md, "Transformer path (v3)": instruction fields, layouts and the unit's ports.
-The arithmetic is :func:`hwflow.golden.llm.attention_row`, bit for bit (this module does not
-import ``golden``; the test checks the ROM below against ``golden.llm.EXP2_LUT``).
+docs/architecture.md, "Attention over a head-major KV cache": instruction fields, the cache
+layout and the unit's ports. The arithmetic is :func:`hwflow.golden.llm.attention_row`, bit for
+bit, for every query head (this module does not import ``golden``; the test checks the ROM
+below against ``golden.llm.EXP2_LUT``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .mem_port import read_req_layout
 
 __all__ = ["AttentionUnit", "ATTN_BLOCK", "EXP2_ROM"]
 
-#: Keys per online-softmax block: the score buffer's depth (golden.llm.ATTN_BLOCK).
+#: Keys per online-softmax block: the score buffers' depth (golden.llm.ATTN_BLOCK).
 ATTN_BLOCK = 16
 #: 2**(15 - f/256) in Q15 for the fractional part f of a log2-domain difference (8 fraction
 #: bits); the same formula as golden.llm.EXP2_LUT. 32768 at f = 0 needs 16 bits.
@@ -37,53 +39,56 @@ _L_BITS = 32
 # current block's K and V and the next block's, so the next K arrives while V is consumed.
 _MAX_AHEAD = 4
 
-_K, _V, _O = 0, 1, 2    # item kinds in the shared pipeline: key word, value word, output word
-
-
+_K, _V, _O = 0, 1, 2    # item kinds in the shared pipeline: key slot, value slot, output word
 
 
 class AttentionUnit(wiring.Component):
-    """Executes ATTN: for each query row and head, online softmax over the causal keys.
+    """Executes ATTN: one pass of up to ``H`` query heads over the keys of their kv heads.
 
-    For row ``b < rows`` (position ``pos + b``, ``n = pos + b + 1`` keys) and head ``h <
-    heads`` (kv head ``g = h // (heads // kv_heads)``) the unit writes
-    ``golden.llm.attention_row(q head, K[:n, g], V[:n, g], smul, sshift, omul, oshift)`` to the
-    head's ``hd_words`` activation words at ``out + b*q_words + h*hd_words``.
+    The cache of a pass (``slots`` kv heads) is head-major and word-interleaved: position
+    ``j``'s block is the ``pos_sb`` super-beats at ``K + j * pos_sb``; its word
+    ``d * slots + k`` is word ``d`` of kv head ``k`` (``d < hd_words``; the rest of the block is
+    padding). Lane ``h < lanes`` computes query head ``h`` of the pass, whose kv head is
+    ``k_h = h // grp``; its q and out heads are the ``hd_words`` activation words at
+    ``q + b * q_words + h * hd_words`` (``out`` likewise). For row ``b < rows`` (position
+    ``pos + b``, ``n = pos + b + 1`` keys) every lane writes
+    ``golden.llm.attention_row(q head, K[:n, k_h], V[:n, k_h], smul, sshift, omul, oshift)``.
 
-    Per (row, head), word-parallel (one activation word of ``L`` lanes per cycle):
+    Each cache byte of the pass is read once per row for all its query heads: a *slot* (``d``
+    for every kv head, ``slots`` words) enters per cycle and every lane takes its kv head's
+    word, so the unit eats ``slots * L`` bytes of K (then of V) per cycle. ``slots`` divides
+    the words of a super-beat (``SB / L``); at ``slots = SB / L`` the unit takes a whole
+    super-beat per cycle, the memory's rate.
 
-    1. setup: the q head (``hd_words`` words) is copied from the activation buffer into a local
-       memory, and the kv head's word range inside a cache row is located (beat and word);
-    2. per block of up to 16 keys: the K rows arrive as ONE burst (``nk * kv_stride``
-       super-beats at ``K + j0 * kv_stride``); each word of the head is one pipeline item:
-       ``L`` int8 products and an adder tree, summed over the head's words into ``s``; then
-       ``t = s * smul >> sshift`` goes to a 16-entry score buffer and the block max. The block's
-       ``alpha`` and ``p_j`` come from a 256-entry EXP2 ROM and a shifter, one per cycle, with
-       ``l = (l * alpha >> 15) + sum p``; then the V burst streams through the same ``L``
-       multipliers (``p_j * v``) into the accumulator memory (``hd_words`` words of ``L`` 40-bit
-       lanes), rescaled by ``alpha`` at each word's first key of the block;
-    3. ``recip = 2**31 // l`` by a restoring divider (one bit per cycle, 32 cycles; no
-       combinational divider), then each accumulator word goes through ``(acc * recip) >> 16``
-       (the rescale multipliers), ``* omul``, round, saturate, and is written back.
+    Per (row, pass), in lockstep over the lanes:
 
-    The per-block ``alpha``/``p`` pass (one ``p`` per cycle from the EXP2 ROM) runs while the V
-    burst streams: a value word of key ``j`` waits only until ``p_j`` is written.
+    1. setup: every lane's q head (``lanes * hd_words`` words) is copied from the activation
+       buffer into the lane's q memory;
+    2. per block of up to 16 keys: the K blocks arrive as ONE burst (``nk * pos_sb``
+       super-beats at ``K + j0 * pos_sb``); each slot is one pipeline item: per lane ``L``
+       int8 products and an adder tree, summed over the head's words into ``s``; then
+       ``t = s * smul >> sshift`` goes to the lane's 16-entry score buffer and block max. The
+       lanes' ``alpha`` and ``p_j`` come from their 256-entry EXP2 ROMs and shifters, one per
+       cycle, with ``l = (l * alpha >> 15) + sum p``; then the V burst streams through the same
+       multipliers (``p_j * v``) into each lane's accumulator memory (``hd_words`` words of
+       ``L`` 40-bit lanes), rescaled by ``alpha`` at each word's first key of the block;
+    3. ``recip = 2**31 // l`` by a restoring divider per lane (one bit per cycle, 32 cycles),
+       then lane by lane each accumulator word goes through ``(acc * recip) >> 16`` (the lane's
+       rescale multipliers), ``* omul`` (one set of multipliers shared by the lanes), round,
+       saturate, and is written back.
 
-    Cycles per (row, head), when memory keeps up, with ``c_row`` = the sum over a cache row's
-    super-beats of max(1, head words in that beat) (``hd_words + kv_stride - 1`` when the head
-    lies in one beat; a beat without head words takes one cycle):
-    ``2 * n * c_row + 10 * ceil(n / 16) + 45 + 2 * hd_words``, about. That is ``2 * c_row``
-    cycles per key (K word, V word), ~10 per block of 16 (pipeline drain before the block max
-    is known, ``p`` latency) and ~45 fixed (setup, 33-cycle divider, output pipeline).
-    Measured at L = 4, ``n = 64``, ``kv_stride = 1``: 347 cycles with ``hd_words = 2``, 218
-    with ``hd_words = 1`` (3.4 per key). Read requests run up to 4 bursts ahead (the next
-    block's K and V), so memory latency is paid about once per instruction, not per block.
+    Cycles per (row, pass), when memory keeps up: ``2 * n * c_pos + 10 * ceil(n / 16) +
+    lanes * (2 * hd_words + 1) + 45`` about, with ``c_pos`` the cycles per position block
+    (``hd_words`` slots, plus one per super-beat of the block holding no slot); requests run up
+    to 4 bursts ahead (the next block's K and V), so memory latency is paid about once per
+    instruction, not per block.
 
     Parameters
     ----------
     cfg : AccelConfig
+        ``attn_heads`` is ``H``, the lanes.
     max_head_dim : int
-        Largest head (in int8 channels) the local q and accumulator memories hold:
+        Largest head (in int8 channels) the lanes' q and accumulator memories hold:
         ``ceil(max_head_dim / L)`` words. An ATTN with more ``hd_words`` is not executable.
 
     Attributes
@@ -91,8 +96,9 @@ class AttentionUnit(wiring.Component):
     ins : in, 256 bits
         The instruction (w0 in the low bits), stable from ``start`` until ``busy`` falls.
         w1 K base, w4 V base (super-beats); w2 q[15:0], out[31:16] (act words);
-        w3 q_words[15:0], rows[31:16]; w5 heads[7:0], kv_heads[15:8], hd_words[23:16],
-        kv_stride[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0]; w0[21:16] oshift.
+        w3 q_words[15:0], rows[31:16]; w5 lanes[7:0], grp[15:8], hd_words[23:16],
+        pos_sb[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0], slots[15:8];
+        w0[21:16] oshift.
     start : in, pulse
     busy : out, high from the cycle after ``start`` until the last output word was written
     pos : in, POS (sampled at ``start``)
@@ -124,6 +130,7 @@ class AttentionUnit(wiring.Component):
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         WPB = SB // L                   # activation words per super-beat
         HW = self.head_words
+        H = cfg.attn_heads
 
         # --- instruction fields ----------------------------------------------------------------
         w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
@@ -131,28 +138,17 @@ class AttentionUnit(wiring.Component):
         k_base, v_base = w[1][:ab], w[4][:ab]
         q_addr, out_addr = w[2][:16], w[2][16:32]
         q_words, rows = w[3][:16], w[3][16:32]
-        heads, kv_heads, hd_words, kv_stride = w[5][0:8], w[5][8:16], w[5][16:24], w[5][24:32]
+        lanes, grp, hd_words, pos_sb = w[5][0:8], w[5][8:16], w[5][16:24], w[5][24:32]
         smul, omul = w[6][:16], w[6][16:32]
-        sshift = w[7][:6]
-
-        # --- local memories ------------------------------------------------------------------
-        m.submodules.qmem = qmem = memory.Memory(shape=8 * L, depth=HW, init=[])
-        q_wp, q_rp = qmem.write_port(), qmem.read_port()
-        m.submodules.accmem = accmem = memory.Memory(shape=_ACC_BITS * L, depth=HW, init=[])
-        acc_wp = accmem.write_port()
-        # Transparent: a value word's read-modify-write takes one cycle (read in S1, write in
-        # S2), so with hd_words = 1 the next key's read of the same word must see this write.
-        acc_rp = accmem.read_port(transparent_for=(acc_wp,))
-        m.submodules.exp2 = exp2 = memory.Memory(shape=_P_BITS, depth=256, init=EXP2_ROM)
-        exp2_rp = exp2.read_port()
+        sshift, slots = w[7][:6], w[7][8:16]
 
         # --- request side: K and V burst per block, in the data side's order ------------------
         ahead = Signal(range(_MAX_AHEAD + 1))   # bursts requested, not yet fully consumed
         burst_done = Signal()                   # data side: last beat of a burst taken
         rq_run, rq_valid, rq_is_v = Signal(), Signal(), Signal()
-        rq_b, rq_h = Signal(16), Signal(8)
+        rq_b = Signal(16)
         rq_n, rq_rem = Signal(33), Signal(33)   # keys of the row; keys from this block on
-        rq_off = Signal(ab)                     # j0 * kv_stride
+        rq_off = Signal(ab)                     # j0 * pos_sb
         rq_addr, rq_len = Signal(ab), Signal(16)
         issue = self.rd_req.valid & self.rd_req.ready
         m.d.comb += [self.rd_req.valid.eq(rq_valid), self.rd_req.payload.addr.eq(rq_addr),
@@ -160,139 +156,131 @@ class AttentionUnit(wiring.Component):
         m.d.sync += ahead.eq(ahead + issue - burst_done)
         with m.If(rq_run & ~rq_valid & (ahead < _MAX_AHEAD)):
             rq_nk = Mux(rq_rem > ATTN_BLOCK, ATTN_BLOCK, rq_rem[:5])
-            m.d.sync += [rq_valid.eq(1), rq_len.eq(rq_nk * kv_stride),
+            m.d.sync += [rq_valid.eq(1), rq_len.eq(rq_nk * pos_sb),
                          rq_addr.eq(Mux(rq_is_v, v_base, k_base) + rq_off)]
         with m.If(issue):
             m.d.sync += [rq_valid.eq(0), rq_is_v.eq(~rq_is_v)]
             with m.If(rq_is_v):
                 with m.If(rq_rem > ATTN_BLOCK):
                     m.d.sync += [rq_rem.eq(rq_rem - ATTN_BLOCK),
-                                 rq_off.eq(rq_off + (kv_stride << 4))]
+                                 rq_off.eq(rq_off + (pos_sb << 4))]
                 with m.Else():
-                    m.d.sync += rq_off.eq(0)
-                    with m.If(rq_h == heads - 1):
-                        m.d.sync += [rq_h.eq(0), rq_b.eq(rq_b + 1), rq_n.eq(rq_n + 1),
-                                     rq_rem.eq(rq_n + 1)]
-                        with m.If(rq_b == rows - 1):
-                            m.d.sync += rq_run.eq(0)
-                    with m.Else():
-                        m.d.sync += [rq_h.eq(rq_h + 1), rq_rem.eq(rq_n)]
+                    m.d.sync += [rq_off.eq(0), rq_b.eq(rq_b + 1), rq_n.eq(rq_n + 1),
+                                 rq_rem.eq(rq_n + 1)]
+                    with m.If(rq_b == rows - 1):
+                        m.d.sync += rq_run.eq(0)
 
-        # --- data side state -------------------------------------------------------------------
-        group, grem = Signal(8), Signal(8)      # heads per kv head (by repeated subtraction)
-        c_b, c_h, c_hh = Signal(16), Signal(8), Signal(8)   # row, head, head within its group
-        lo_g = Signal(16)                       # g * hd_words: the kv head's first word in a row
+        # --- data side state (shared by the lanes) ---------------------------------------------
+        c_b = Signal(16)                        # row
         c_n, c_rem = Signal(33), Signal(33)     # keys of the row; keys from this block on
         nk = Signal(range(ATTN_BLOCK + 1))      # keys in this block
         m.d.comb += nk.eq(Mux(c_rem > ATTN_BLOCK, ATTN_BLOCK, c_rem[:5]))
         first_blk = Signal()
-        q_row, q_ptr, o_row, o_ptr = Signal(16), Signal(16), Signal(16), Signal(16)
-        # kv head's words in a cache row: from word k_lo of beat b_lo to word k_hi of beat b_hi
-        k_lo, k_hi = Signal(16), Signal(16)
-        b_lo, b_hi = Signal(8), Signal(8)
-        ql_i = Signal(9)                        # q words requested from the activation buffer
-        ql_wv, ql_wa = Signal(), Signal(range(max(HW, 2)))
-        # stream position: beat in row, word in beat, word in head, key in block
+        q_row, o_row = Signal(16), Signal(16)
+        ql_a = Signal(16)                       # next q word to read (act address)
+        ql_h, ql_d = Signal(range(max(H, 2))), Signal(8)   # its lane and word
+        ql_left = Signal(17)                    # q words still to read
+        ql_wv = Signal()                        # a q word arrives this cycle (for lane ql_wh)
+        ql_wh, ql_wd = Signal.like(ql_h), Signal(8)
+        # lane -> kv head slot (h // grp), by counting once per instruction
+        kv_of = [Signal(range(max(WPB, 2)), name=f"kv_of{h}") for h in range(H)]
+        map_h, map_k, map_g = Signal(range(H + 1)), Signal(8), Signal(8)
+        # stream position: beat in the position block, word offset of the slot in the beat,
+        # slots taken of the position (word of the head), key in block
         br = Signal(8)
-        kk = Signal(range(max(WPB, 2)))
-        cd = Signal(8)
+        so = Signal(range(max(WPB, 2)))
+        cd = Signal(9)
         cj = Signal(range(ATTN_BLOCK))
-
-        m_run = Signal(signed(_T_BITS))         # running max m
-        m_new = Signal(signed(_T_BITS))
-        bmax = Signal(signed(_T_BITS))          # this block's max score
-        l_sum = Signal(_L_BITS)
-        alpha = Signal(_P_BITS)
-        psum = Signal(_L_BITS)
-        recip = Signal(32)
-        dv_rem = Signal(33)
+        # output: lane and word
+        oh, oi = Signal(range(max(H, 2))), Signal(8)
         dv_i = Signal(5)
-        oi = Signal(8)
         pi = Signal(range(ATTN_BLOCK + 2))      # p pass: 0 = alpha, 1 + j = key j
         p_run = Signal()                        # p pass of the current block under way
         p_cnt = Signal(range(ATTN_BLOCK + 1))   # p_j written so far (alpha before p_0)
-        scores = Array(Signal(signed(_T_BITS), name=f"score{j}") for j in range(ATTN_BLOCK))
-        pbuf = Array(Signal(_P_BITS, name=f"p{j}") for j in range(ATTN_BLOCK))
+
+        beat = self.rd_data.payload
+        has_slot = cd < hd_words
+        last_in_beat = (so + slots >= WPB) | (cd == hd_words - 1)
+        row_end = br == pos_sb - 1
+        active = [Signal(name=f"active{h}") for h in range(H)]
+        for h in range(H):
+            m.d.comb += active[h].eq(h < lanes)
 
         # S0 item (combinational), filled in by the FSM
         s0_v, s0_kind = Signal(), Signal(2)
-        s0_word, s0_d = Signal(8 * L), Signal(8)
-        m.d.comb += q_rp.addr.eq(cd)            # K items carry d = cd (q word read for S1)
-
-        # --- q preload writes (act data one cycle after the enabled address) ------------------
-        m.d.comb += [q_wp.addr.eq(ql_wa), q_wp.data.eq(self.act_rd_data), q_wp.en.eq(ql_wv)]
-        m.d.sync += ql_wv.eq(0)
-
-        # --- p pass pipeline registers ----------------------------------------------------------
-        p0_v, p1_v = Signal(), Signal()
-        p0_i, p1_i = Signal.like(pi), Signal.like(pi)
-        p0_d = Signal(signed(_T_BITS + 1))      # m' - x >= 0
-        p1_big, p1_sh = Signal(), Signal(4)
-        m.d.sync += p0_v.eq(0)
-
-        beat = self.rd_data.payload
-        in_range = (br >= b_lo) & (br <= b_hi)
-        last_in_beat = Mux(br == b_hi, kk == k_hi, kk == WPB - 1)
-        row_end = br == kv_stride - 1
-        br_next = Mux(row_end, 0, br + 1)
+        s0_d = Signal(9)
+        s0_words = [Signal(8 * L, name=f"s0_word{h}") for h in range(H)]
 
         def consume(kind):
-            """Take the head's words of the burst's beats; skip beats without any."""
+            """Take the slots of the burst's beats; skip padding beats."""
             ok = (p_cnt > cj) if kind == _V else 1
-            take = self.rd_data.valid & (~in_range | (last_in_beat & ok))
-            emit = self.rd_data.valid & in_range & ok
+            take = self.rd_data.valid & (~has_slot | (last_in_beat & ok))
+            emit = self.rd_data.valid & has_slot & ok
             m.d.comb += [self.rd_data.ready.eq(take), s0_v.eq(emit), s0_kind.eq(kind),
-                         s0_word.eq(beat.word_select(kk, 8 * L)), s0_d.eq(cd)]
+                         s0_d.eq(cd)]
+            for h in range(H):
+                m.d.comb += s0_words[h].eq(beat.word_select(so + kv_of[h], 8 * L))
             with m.If(emit):
-                m.d.sync += cd.eq(Mux(cd == hd_words - 1, 0, cd + 1))
+                m.d.sync += cd.eq(cd + 1)
                 with m.If(~last_in_beat):
-                    m.d.sync += kk.eq(kk + 1)
+                    m.d.sync += so.eq(so + slots)
             with m.If(take):
-                m.d.sync += [br.eq(br_next), kk.eq(Mux(br_next == b_lo, k_lo, 0))]
+                m.d.sync += [br.eq(Mux(row_end, 0, br + 1)), so.eq(0)]
                 with m.If(row_end):
-                    m.d.sync += cj.eq(cj + 1)
+                    m.d.sync += [cj.eq(cj + 1), cd.eq(0)]
             return take & row_end & (cj == nk - 1)
 
         def block_init():
-            m.d.sync += [br.eq(0), kk.eq(Mux(b_lo == 0, k_lo, 0)), cd.eq(0), cj.eq(0)]
+            m.d.sync += [br.eq(0), so.eq(0), cd.eq(0), cj.eq(0)]
 
         pipe_empty = Signal()
+        div_go = Signal()                       # start the lanes' dividers
+        pass_start = Signal()                   # a new block: p pass bookkeeping
+        block_first = Signal()
+
+        # --- q preload writes (act data one cycle after the enabled address) -----------------
+        m.d.sync += ql_wv.eq(0)
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     n0 = self.pos + 1
                     m.d.sync += [
-                        rq_run.eq((rows != 0) & (heads != 0)), rq_valid.eq(0), rq_is_v.eq(0),
-                        rq_b.eq(0), rq_h.eq(0), rq_n.eq(n0), rq_rem.eq(n0), rq_off.eq(0),
-                        c_b.eq(0), c_h.eq(0), c_hh.eq(0), lo_g.eq(0), c_n.eq(n0),
-                        q_row.eq(q_addr), q_ptr.eq(q_addr), o_row.eq(out_addr),
-                        o_ptr.eq(out_addr), grem.eq(heads), group.eq(0),
+                        rq_run.eq((rows != 0) & (lanes != 0)), rq_valid.eq(0), rq_is_v.eq(0),
+                        rq_b.eq(0), rq_n.eq(n0), rq_rem.eq(n0), rq_off.eq(0),
+                        c_b.eq(0), c_n.eq(n0), q_row.eq(q_addr), o_row.eq(out_addr),
+                        map_h.eq(0), map_k.eq(0), map_g.eq(0),
                     ]
-                    m.next = "GROUP"
-            with m.State("GROUP"):
-                # heads // kv_heads in at most heads cycles, once per instruction
-                with m.If((grem >= kv_heads) & (kv_heads != 0)):
-                    m.d.sync += [grem.eq(grem - kv_heads), group.eq(group + 1)]
-                with m.Elif((rows == 0) | (heads == 0)):
-                    m.next = "IDLE"
+                    m.next = "MAP"
+            with m.State("MAP"):
+                # kv slot of every lane, h // grp, once per instruction (H cycles)
+                for h in range(H):
+                    with m.If(map_h == h):
+                        m.d.sync += kv_of[h].eq(map_k)
+                with m.If(map_g == grp - 1):
+                    m.d.sync += [map_g.eq(0), map_k.eq(map_k + 1)]
                 with m.Else():
+                    m.d.sync += map_g.eq(map_g + 1)
+                m.d.sync += map_h.eq(map_h + 1)
+                with m.If((rows == 0) | (lanes == 0) | (grp == 0)):
+                    m.next = "IDLE"
+                with m.Elif(map_h == H - 1):
                     m.next = "SETUP0"
             with m.State("SETUP0"):
-                m.d.sync += [k_lo.eq(lo_g), b_lo.eq(0), k_hi.eq(lo_g + hd_words - 1),
-                             b_hi.eq(0), ql_i.eq(0), c_rem.eq(c_n), first_blk.eq(1)]
+                m.d.sync += [ql_a.eq(q_row), ql_h.eq(0), ql_d.eq(0),
+                             ql_left.eq(lanes * hd_words), c_rem.eq(c_n), first_blk.eq(1)]
                 m.next = "SETUP"
             with m.State("SETUP"):
-                rd = ql_i < hd_words
-                m.d.comb += [self.rd_addr.eq(q_ptr + ql_i), self.rd_en.eq(rd)]
+                rd = ql_left != 0
+                m.d.comb += [self.rd_addr.eq(ql_a), self.rd_en.eq(rd)]
                 with m.If(rd):
-                    m.d.sync += [ql_i.eq(ql_i + 1), ql_wv.eq(1), ql_wa.eq(ql_i)]
-                # word -> (beat, word in beat) by repeated subtraction: <= kv_stride cycles
-                with m.If(k_lo >= WPB):
-                    m.d.sync += [k_lo.eq(k_lo - WPB), b_lo.eq(b_lo + 1)]
-                with m.If(k_hi >= WPB):
-                    m.d.sync += [k_hi.eq(k_hi - WPB), b_hi.eq(b_hi + 1)]
-                with m.If(~rd & ~ql_wv & (k_lo < WPB) & (k_hi < WPB)):
+                    m.d.sync += [ql_a.eq(ql_a + 1), ql_left.eq(ql_left - 1), ql_wv.eq(1),
+                                 ql_wh.eq(ql_h), ql_wd.eq(ql_d)]
+                    with m.If(ql_d == hd_words - 1):
+                        m.d.sync += [ql_d.eq(0), ql_h.eq(ql_h + 1)]
+                    with m.Else():
+                        m.d.sync += ql_d.eq(ql_d + 1)
+                with m.If(~rd & ~ql_wv):
                     block_init()
                     m.next = "KEYS"
             with m.State("KEYS"):
@@ -302,8 +290,8 @@ class AttentionUnit(wiring.Component):
                     m.next = "KDRAIN"
             with m.State("KDRAIN"):
                 with m.If(pipe_empty & ~p_run):
-                    m.d.sync += [m_new.eq(Mux(first_blk | (bmax > m_run), bmax, m_run)),
-                                 pi.eq(0), psum.eq(0), p_cnt.eq(0), p_run.eq(1)]
+                    m.d.comb += pass_start.eq(1)
+                    m.d.sync += [pi.eq(0), p_cnt.eq(0), p_run.eq(1)]
                     block_init()
                     m.next = "VALUES"
             with m.State("VALUES"):
@@ -317,87 +305,185 @@ class AttentionUnit(wiring.Component):
                         m.next = "VDRAIN"
             with m.State("VDRAIN"):
                 with m.If(pipe_empty & ~p_run):
-                    m.d.sync += [dv_rem.eq(0), dv_i.eq(31), recip.eq(0)]
+                    m.d.comb += div_go.eq(1)
+                    m.d.sync += dv_i.eq(31)
                     m.next = "DIV"
             with m.State("DIV"):
-                # restoring division 2**31 // l, MSB first: dividend bit i is 1 only at i = 31
-                r2 = Cat(dv_i == 31, dv_rem[:32])
-                ge = r2 >= l_sum
-                m.d.sync += [dv_rem.eq(Mux(ge, r2 - l_sum, r2)), recip.eq(Cat(ge, recip[:31])),
-                             dv_i.eq(dv_i - 1)]
+                m.d.sync += dv_i.eq(dv_i - 1)
                 with m.If(dv_i == 0):
-                    m.d.sync += oi.eq(0)
+                    m.d.sync += [oh.eq(0), oi.eq(0)]
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [s0_v.eq(1), s0_kind.eq(_O), s0_d.eq(oi)]
-                m.d.sync += oi.eq(oi + 1)
                 with m.If(oi == hd_words - 1):
-                    m.next = "ODRAIN"
+                    m.d.sync += [oi.eq(0), oh.eq(oh + 1)]
+                    with m.If(oh == lanes - 1):
+                        m.next = "ODRAIN"
+                with m.Else():
+                    m.d.sync += oi.eq(oi + 1)
             with m.State("ODRAIN"):
                 with m.If(pipe_empty):
                     m.next = "NEXT"
             with m.State("NEXT"):
-                m.next = "SETUP0"
-                with m.If(c_h == heads - 1):
-                    m.d.sync += [c_h.eq(0), c_hh.eq(0), lo_g.eq(0), c_b.eq(c_b + 1),
-                                 c_n.eq(c_n + 1), q_row.eq(q_row + q_words),
-                                 q_ptr.eq(q_row + q_words), o_row.eq(o_row + q_words),
-                                 o_ptr.eq(o_row + q_words)]
-                    with m.If(c_b == rows - 1):
-                        m.next = "IDLE"
+                m.d.sync += [c_b.eq(c_b + 1), c_n.eq(c_n + 1), q_row.eq(q_row + q_words),
+                             o_row.eq(o_row + q_words)]
+                with m.If(c_b == rows - 1):
+                    m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [c_h.eq(c_h + 1), q_ptr.eq(q_ptr + hd_words),
-                                 o_ptr.eq(o_ptr + hd_words)]
-                    with m.If(c_hh == group - 1):
-                        m.d.sync += [c_hh.eq(0), lo_g.eq(lo_g + hd_words)]
-                    with m.Else():
-                        m.d.sync += c_hh.eq(c_hh + 1)
+                    m.next = "SETUP0"
             m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += block_first.eq(first_blk)
 
-        # --- p pass: item pi = 0 is alpha, pi = 1 + j is p_j; one per cycle, 3 stages -----------
-        # It runs while the block's V burst streams: a value word of key j waits only until p_j
+        # --- p pass control (shared): item pi = 0 is alpha, pi = 1 + j is p_j; 3 stages ---------
+        # It runs while the block's V burst streams: a value slot of key j waits only until p_j
         # is written (p_cnt > j), so the pass costs ~4 cycles per block instead of nk + 4.
-        with m.If(p_run & (pi <= nk)):
+        p0_v, p1_v = Signal(), Signal()
+        p0_i, p1_i = Signal.like(pi), Signal.like(pi)
+        p_issue = p_run & (pi <= nk)
+        p_close = p_run & (pi > nk) & ~p0_v & ~p1_v
+        with m.If(p_issue):
+            m.d.sync += [p0_v.eq(1), p0_i.eq(pi), pi.eq(pi + 1)]
+        with m.Else():
+            m.d.sync += p0_v.eq(0)
+        with m.If(p_close):
+            m.d.sync += p_run.eq(0)
+        m.d.sync += [p1_v.eq(p0_v), p1_i.eq(p0_i)]
+        with m.If(p1_v & (p1_i != 0)):
+            m.d.sync += p_cnt.eq(p_cnt + 1)
+
+        # --- shared word pipeline control: S0 -> S1 -> S2 -> S3 -> S4 -> S5 ---------------------
+        s1_v, s1_kind, s1_d = Signal(), Signal(2), Signal(9)
+        s1_j0, s1_first, s1_last, s1_j = Signal(), Signal(), Signal(), Signal(4)
+        s1_oh = Signal.like(oh)
+        m.d.sync += [s1_v.eq(s0_v), s1_kind.eq(s0_kind), s1_d.eq(s0_d), s1_j0.eq(cj == 0),
+                     s1_first.eq(cd == 0), s1_last.eq(cd == hd_words - 1), s1_j.eq(cj),
+                     s1_oh.eq(oh)]
+        s2_v, s2_kind, s2_d = Signal(), Signal(2), Signal(9)
+        s2_j0, s2_first, s2_last, s2_j = Signal(), Signal(), Signal(), Signal(4)
+        s2_oh = Signal.like(oh)
+        m.d.sync += [s2_v.eq(s1_v), s2_kind.eq(s1_kind), s2_d.eq(s1_d), s2_j0.eq(s1_j0),
+                     s2_first.eq(s1_first), s2_last.eq(s1_last), s2_j.eq(s1_j),
+                     s2_oh.eq(s1_oh)]
+        s3_kv, s3_ov, s3_first, s3_last, s3_j = Signal(), Signal(), Signal(), Signal(), Signal(4)
+        s3_d = Signal(9)
+        s3_oh = Signal.like(oh)
+        m.d.sync += [s3_kv.eq(s2_v & (s2_kind == _K)), s3_ov.eq(s2_v & (s2_kind == _O)),
+                     s3_first.eq(s2_first), s3_last.eq(s2_last), s3_j.eq(s2_j), s3_d.eq(s2_d),
+                     s3_oh.eq(s2_oh)]
+        s4_kv, s4_ov, s4_j, s4_d = Signal(), Signal(), Signal(4), Signal(9)
+        s4_oh = Signal.like(oh)
+        m.d.sync += [s4_kv.eq(s3_kv & s3_last), s4_j.eq(s3_j), s4_ov.eq(s3_ov), s4_d.eq(s3_d),
+                     s4_oh.eq(s3_oh)]
+        s5_kv, s5_j = Signal(), Signal(4)
+        m.d.sync += [s5_kv.eq(s4_kv), s5_j.eq(s4_j)]
+        m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv))
+
+        # --- the lanes -------------------------------------------------------------------------
+        s3_r_lanes = []                          # per lane: L values of (acc * recip) >> 16
+        for h in range(H):
+            s3_r_lanes.append(self._lane(m, h, L, HW, s0_words[h], active[h], ql_wv & (ql_wh == h),
+                                         ql_wd, cd, cj, s1_v, s1_kind, s1_d, s1_j0, s1_j, s2_v,
+                                         s2_kind, s2_d, s2_j0, s2_oh, s3_kv, s3_first, s4_kv,
+                                         s5_kv, s5_j, smul, sshift, p_issue, p_close, pi,
+                                         p1_v, p1_i, block_first, pass_start, div_go, nk,
+                                         oh))
+
+        # --- shared output stage: S3 -> * omul -> S4 -> round, saturate, write -----------------
+        s3_r = Array(s3_r_lanes)[s3_oh]
+        s4_o = [Signal(signed(_ACC_BITS + 2 + 17), name=f"s4_o{i}") for i in range(L)]
+        for i in range(L):
+            m.d.sync += s4_o[i].eq(s3_r[i] * omul)
+        sh1 = Signal(6)
+        m.d.comb += sh1.eq(oshift - 1)
+        out_bytes = []
+        for i in range(L):
+            v = s4_o[i]
+            # (v + 2**(s-1)) >> s == ((v >> (s-1)) + 1) >> 1 for s > 0: no 2**63 constant
+            r = Mux(oshift == 0, v, ((v >> sh1) + 1) >> 1)
+            out_bytes.append(Mux(r > 127, 127, Mux(r < -128, -128, r))[:8])
+        m.d.comb += [self.wr_addr.eq(o_row + s4_oh * hd_words + s4_d),
+                     self.wr_data.eq(Cat(out_bytes)),
+                     self.wr_en.eq(Mux(s4_ov, (1 << L) - 1, 0))]
+        return m
+
+    def _lane(self, m, h, L, HW, word, active, q_we, q_wd, cd, cj, s1_v, s1_kind, s1_d, s1_j0,
+              s1_j, s2_v, s2_kind, s2_d, s2_j0, s2_oh, s3_kv, s3_first, s4_kv, s5_kv, s5_j,
+              smul, sshift, p_issue, p_close, pi, p1_v, p1_i, block_first, pass_start,
+              div_go, nk, oh):
+        """One query head's datapath (lane ``h``): q and accumulator memories, products, score
+        buffer and block max, p pass, divider and the first output multiply. Returns the
+        lane's ``(acc * recip) >> 16`` values (S3) for the shared output stage."""
+        pre = f"l{h}_"
+        qmem = memory.Memory(shape=8 * L, depth=HW, init=[])
+        accmem = memory.Memory(shape=_ACC_BITS * L, depth=HW, init=[])
+        exp2 = memory.Memory(shape=_P_BITS, depth=256, init=EXP2_ROM)
+        m.submodules[pre + "qmem"] = qmem
+        m.submodules[pre + "accmem"] = accmem
+        m.submodules[pre + "exp2"] = exp2
+        q_wp, q_rp = qmem.write_port(), qmem.read_port()
+        acc_wp = accmem.write_port()
+        # Transparent: a value word's read-modify-write takes one cycle (read in S1, write in
+        # S2), so with hd_words = 1 the next key's read of the same word must see this write.
+        acc_rp = accmem.read_port(transparent_for=(acc_wp,))
+        exp2_rp = exp2.read_port()
+        m.d.comb += [q_wp.addr.eq(q_wd), q_wp.data.eq(self.act_rd_data), q_wp.en.eq(q_we),
+                     q_rp.addr.eq(cd)]
+
+        m_run = Signal(signed(_T_BITS), name=pre + "m_run")
+        m_new = Signal(signed(_T_BITS), name=pre + "m_new")
+        bmax = Signal(signed(_T_BITS), name=pre + "bmax")
+        l_sum = Signal(_L_BITS, name=pre + "l_sum")
+        alpha = Signal(_P_BITS, name=pre + "alpha")
+        psum = Signal(_L_BITS, name=pre + "psum")
+        recip = Signal(32, name=pre + "recip")
+        dv_rem = Signal(33, name=pre + "dv_rem")
+        dv_k = Signal(6, name=pre + "dv_k")
+        scores = Array(Signal(signed(_T_BITS), name=f"{pre}score{j}") for j in range(ATTN_BLOCK))
+        pbuf = Array(Signal(_P_BITS, name=f"{pre}p{j}") for j in range(ATTN_BLOCK))
+
+        # p pass (control shared, data per lane)
+        p0_d = Signal(signed(_T_BITS + 1), name=pre + "p0_d")      # m' - x >= 0
+        p1_big, p1_sh = Signal(name=pre + "p1_big"), Signal(4, name=pre + "p1_sh")
+        with m.If(pass_start):
+            m.d.sync += [m_new.eq(Mux(block_first | (bmax > m_run), bmax, m_run)),
+                         psum.eq(0)]
+        with m.If(p_issue):
             x = Mux(pi == 0, m_run, scores[(pi - 1)[:4]])
-            m.d.sync += [p0_v.eq(1), p0_i.eq(pi), p0_d.eq(m_new - x), pi.eq(pi + 1)]
-        with m.If(p_run & (pi > nk) & ~p0_v & ~p1_v):
-            m.d.sync += [l_sum.eq(((l_sum * alpha) >> 15) + psum), m_run.eq(m_new), p_run.eq(0)]
+            m.d.sync += p0_d.eq(m_new - x)
+        with m.If(p_close):
+            m.d.sync += [l_sum.eq(((l_sum * alpha) >> 15) + psum), m_run.eq(m_new)]
         m.d.comb += exp2_rp.addr.eq(p0_d[:8])
-        m.d.sync += [p1_v.eq(p0_v), p1_i.eq(p0_i), p1_big.eq(p0_d[8:] >= 16),
-                     p1_sh.eq(p0_d[8:12])]
+        m.d.sync += [p1_big.eq(p0_d[8:] >= 16), p1_sh.eq(p0_d[8:12])]
         p_val = Mux(p1_big, 0, exp2_rp.data >> p1_sh)    # golden.llm.exp2_neg
         with m.If(p1_v):
             with m.If(p1_i == 0):
                 # first block: l = acc = 0 in golden; alpha = 0 clears the stale accumulators
-                m.d.sync += alpha.eq(Mux(first_blk, 0, p_val))
+                m.d.sync += alpha.eq(Mux(block_first, 0, p_val))
             with m.Else():
-                m.d.sync += [pbuf[(p1_i - 1)[:4]].eq(p_val), psum.eq(psum + p_val),
-                             p_cnt.eq(p_cnt + 1)]
+                m.d.sync += [pbuf[(p1_i - 1)[:4]].eq(p_val), psum.eq(psum + p_val)]
 
-        # --- shared word pipeline: S0 -> S1 (multiply) -> S2 (tree / acc) -> S3.. -----------------
-        s1_v, s1_kind, s1_word, s1_d = Signal(), Signal(2), Signal(8 * L), Signal(8)
-        s1_j0, s1_first, s1_last, s1_j = Signal(), Signal(), Signal(), Signal(4)
-        s1_p = Signal(_P_BITS)
-        m.d.sync += [s1_v.eq(s0_v), s1_kind.eq(s0_kind), s1_word.eq(s0_word), s1_d.eq(s0_d),
-                     s1_j0.eq(cj == 0), s1_first.eq(cd == 0), s1_last.eq(cd == hd_words - 1),
-                     s1_j.eq(cj), s1_p.eq(pbuf[cj])]
+        # divider: recip = 2**31 // l, restoring, MSB first: dividend bit i is 1 only at i = 31
+        with m.If(div_go):
+            m.d.sync += [dv_rem.eq(0), dv_k.eq(32), recip.eq(0)]
+        with m.Elif(dv_k != 0):
+            r2 = Cat(dv_k == 32, dv_rem[:32])
+            ge = r2 >= l_sum
+            m.d.sync += [dv_rem.eq(Mux(ge, r2 - l_sum, r2)), recip.eq(Cat(ge, recip[:31])),
+                         dv_k.eq(dv_k - 1)]
 
         # S1: L multipliers, int8 x (int8 q lane | u16 p): 17 x 8 bits signed
-        s2_v, s2_kind, s2_d = Signal(), Signal(2), Signal(8)
-        s2_j0, s2_first, s2_last, s2_j = Signal(), Signal(), Signal(), Signal(4)
-        s2_prod = [Signal(signed(25), name=f"s2_prod{i}") for i in range(L)]
+        s1_word = Signal(8 * L, name=pre + "s1_word")
+        s1_p = Signal(_P_BITS, name=pre + "s1_p")
+        m.d.sync += [s1_word.eq(word), s1_p.eq(pbuf[cj])]
+        s2_prod = [Signal(signed(25), name=f"{pre}s2_prod{i}") for i in range(L)]
         for i in range(L):
             a = Mux(s1_kind == _K, q_rp.data[8 * i:8 * (i + 1)].as_signed(), s1_p)
             m.d.sync += s2_prod[i].eq(a * s1_word[8 * i:8 * (i + 1)].as_signed())
-        m.d.sync += [s2_v.eq(s1_v), s2_kind.eq(s1_kind), s2_d.eq(s1_d), s2_j0.eq(s1_j0),
-                     s2_first.eq(s1_first), s2_last.eq(s1_last), s2_j.eq(s1_j)]
         m.d.comb += acc_rp.addr.eq(s1_d)
 
         # S2: K -> adder tree; V -> acc read-modify-write; O -> (acc * recip) >> 16
-        s3_kv, s3_ov, s3_first, s3_last, s3_j = Signal(), Signal(), Signal(), Signal(), Signal(4)
-        s3_part = Signal(signed(_S_BITS))
-        s3_d = Signal(8)
-        s3_r = [Signal(signed(_ACC_BITS + 2), name=f"s3_r{i}") for i in range(L)]
+        s3_part = Signal(signed(_S_BITS), name=pre + "s3_part")
+        s3_r = [Signal(signed(_ACC_BITS + 2), name=f"{pre}s3_r{i}") for i in range(L)]
         is_o = s2_kind == _O
         mulv = Mux(is_o, recip[:17], alpha)     # recip <= 2**16, alpha <= 2**15
         new_acc = []
@@ -408,44 +494,22 @@ class AttentionUnit(wiring.Component):
             new_acc.append((Mux(s2_j0, scaled, acc_i) + s2_prod[i])[:_ACC_BITS])
             m.d.sync += s3_r[i].eq(scaled)
         m.d.comb += [acc_wp.addr.eq(s2_d), acc_wp.data.eq(Cat(new_acc)),
-                     acc_wp.en.eq(s2_v & (s2_kind == _V))]
-        m.d.sync += [s3_kv.eq(s2_v & (s2_kind == _K)), s3_ov.eq(s2_v & is_o),
-                     s3_part.eq(tree_sum(s2_prod)), s3_first.eq(s2_first),
-                     s3_last.eq(s2_last), s3_j.eq(s2_j), s3_d.eq(s2_d)]
+                     acc_wp.en.eq(s2_v & (s2_kind == _V) & active)]
+        m.d.sync += s3_part.eq(tree_sum(s2_prod))
 
-        # S3: K -> s accumulation over the head's words; O -> * omul
-        s_acc = Signal(signed(_S_BITS))
-        s4_kv, s4_ov, s4_j, s4_d = Signal(), Signal(), Signal(4), Signal(8)
-        s4_s = Signal(signed(_S_BITS))
-        s4_o = [Signal(signed(_ACC_BITS + 2 + 17), name=f"s4_o{i}") for i in range(L)]
+        # S3: K -> s accumulation over the head's words
+        s_acc = Signal(signed(_S_BITS), name=pre + "s_acc")
+        s4_s = Signal(signed(_S_BITS), name=pre + "s4_s")
         s_new = Mux(s3_first, 0, s_acc) + s3_part
         with m.If(s3_kv):
             m.d.sync += s_acc.eq(s_new)
-        m.d.sync += [s4_kv.eq(s3_kv & s3_last), s4_s.eq(s_new), s4_j.eq(s3_j),
-                     s4_ov.eq(s3_ov), s4_d.eq(s3_d)]
-        for i in range(L):
-            m.d.sync += s4_o[i].eq(s3_r[i] * omul)
+        m.d.sync += s4_s.eq(s_new)
 
-        # S4: K -> s * smul; O -> round, saturate, write the output word
-        s5_kv, s5_j = Signal(), Signal(4)
-        s5_tm = Signal(signed(_T_BITS))
-        m.d.sync += [s5_kv.eq(s4_kv), s5_j.eq(s4_j), s5_tm.eq(s4_s * smul)]
-        sh1 = Signal(6)
-        m.d.comb += sh1.eq(oshift - 1)
-        out_bytes = []
-        for i in range(L):
-            v = s4_o[i]
-            # (v + 2**(s-1)) >> s == ((v >> (s-1)) + 1) >> 1 for s > 0: no 2**63 constant
-            r = Mux(oshift == 0, v, ((v >> sh1) + 1) >> 1)
-            out_bytes.append(Mux(r > 127, 127, Mux(r < -128, -128, r))[:8])
-        m.d.comb += [self.wr_addr.eq(o_ptr + s4_d), self.wr_data.eq(Cat(out_bytes)),
-                     self.wr_en.eq(Mux(s4_ov, (1 << L) - 1, 0))]
-
-        # S5: K -> t = s * smul >> sshift (arithmetic) into the score buffer and the block max
-        t = Signal(signed(_T_BITS))
+        # S4: K -> s * smul; S5: t = s * smul >> sshift into the score buffer and the block max
+        s5_tm = Signal(signed(_T_BITS), name=pre + "s5_tm")
+        m.d.sync += s5_tm.eq(s4_s * smul)
+        t = Signal(signed(_T_BITS), name=pre + "t")
         m.d.comb += t.eq(s5_tm >> sshift)
         with m.If(s5_kv):
             m.d.sync += [scores[s5_j].eq(t), bmax.eq(Mux((s5_j == 0) | (t > bmax), t, bmax))]
-
-        m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv))
-        return m
+        return s3_r

@@ -59,6 +59,11 @@ class AccelConfig:
         ``T * Q * G`` ternary MACs per cycle.
     tlmm_acc_depth : int
         Depth of the int32 accumulator: the largest ``n_out`` of a TMATMUL.
+    attn_heads : int
+        H, lanes of the :class:`~hwflow.hw.attention.AttentionUnit`: query heads computed at
+        once from one read of their kv heads' cache (``L`` int8 MACs each per cycle). Its own
+        parameter, independent of ``chain_len``; the mapper sizes the passes of every ATTN to
+        it (docs/architecture.md, "Attention over a head-major KV cache").
     """
 
     chains: int = 16
@@ -76,10 +81,12 @@ class AccelConfig:
     tlmm_t: int = 4
     tlmm_q: int = 4
     tlmm_acc_depth: int = 1024
+    attn_heads: int = 4
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
-                     "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth"):
+                     "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth",
+                     "attn_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AccelConfig.{name} must be >= 1")
         if self.tlmm_g not in TLMM_GROUPS:

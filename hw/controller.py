@@ -115,6 +115,22 @@ class Controller(wiring.Component):
             self.tlmm = TernaryLookupMatmul(cfg, cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q,
                                             cfg.tlmm_acc_depth)
 
+    @staticmethod
+    def _kv_step(m, kv_row, kv_koff, kv_d, kv_k, kv_w, kv_pad, kv_block, slots, hd_words,
+                 row_words):
+        """KVSTORE's read order: ``d`` outer, kv head ``k`` inner, then the block's padding;
+        the next row at ``row_words``."""
+        with m.If(~kv_pad):
+            with m.If(kv_k == slots - 1):
+                m.d.sync += [kv_k.eq(0), kv_koff.eq(0), kv_d.eq(kv_d + 1)]
+            with m.Else():
+                m.d.sync += [kv_k.eq(kv_k + 1), kv_koff.eq(kv_koff + hd_words)]
+        with m.If(kv_w == kv_block - 1):
+            m.d.sync += [kv_w.eq(0), kv_k.eq(0), kv_koff.eq(0), kv_d.eq(0),
+                         kv_row.eq(kv_row + row_words)]
+        with m.Else():
+            m.d.sync += kv_w.eq(kv_w + 1)
+
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
@@ -166,6 +182,23 @@ class Controller(wiring.Component):
         m.d.comb += tile_entries.eq(f_kw + R)
         # settled one cycle after fetch (one DSP slice: 16 x 16 bits)
         m.d.sync += total_rows.eq(f_nt * f_tmr)
+        # KVSTORE (docs/architecture.md, "Attention over a head-major KV cache"): rows position
+        # blocks of pos_stride super-beats; word d * slots + k of a block is act word
+        # a + b * words + k * hd_words + d, the rest of the block zero. Settled one cycle
+        # after fetch, like total_rows.
+        is_kv = opcode == isa.Opcode.KVSTORE
+        f_slots, f_hdw = w[5][0:8], w[5][8:16]
+        kv_block = Signal(24)           # words per position block: pos_stride * SB / L
+        kv_data = Signal(16)            # data words per block: slots * hd_words
+        kv_total = Signal(32)           # words of the whole KVSTORE: rows * block
+        m.d.sync += [kv_block.eq(f_kw * wpb), kv_data.eq(f_slots * f_hdw),
+                     kv_total.eq(f_rows * f_kw * wpb)]
+        kv_row = Signal(16)             # act word of row b's first head
+        kv_koff = Signal(16)            # k * hd_words
+        kv_d = Signal(8)
+        kv_k = Signal(8)
+        kv_w = Signal(24)               # word in the position block
+        kv_pad = kv_w >= kv_data
         # legal modes: a 64-entry table indexed by (lgr, lgm, int4). Refused too, as they would
         # hang the run: k_words = 0 (no k-group ever produces a result to write) and a tile
         # whose ring reservation exceeds the ring (its last rows could never be fetched).
@@ -272,7 +305,8 @@ class Controller(wiring.Component):
             with m.Case(M_VADD):
                 m.d.comb += [act.a_addr.eq(oseq.a_addr), act.a_en.eq(oseq.a_en)]
             with m.Case(M_STORE):
-                m.d.comb += [act.a_addr.eq(store_addr), act.a_en.eq(store_en)]
+                m.d.comb += [act.a_addr.eq(Mux(is_kv, kv_row + kv_koff + kv_d, store_addr)),
+                             act.a_en.eq(store_en)]
             for unit_mode, unit in units:
                 with m.Case(unit_mode):
                     m.d.comb += [act.a_addr.eq(unit.rd_addr), act.a_en.eq(unit.rd_en)]
@@ -326,18 +360,19 @@ class Controller(wiring.Component):
                 m.d.sync += pc_beat.eq(pc_beat + fetch_beats)
 
         # LOAD / STORE bookkeeping (in act words; a super-beat is wpb words)
-        words_left = Signal(17)     # words still to request (LOAD) / to read (STORE)
-        words_done = Signal(17)     # words written to the buffer (LOAD) / to memory (STORE)
+        words_left = Signal(33)     # words still to request (LOAD) / to read (STORE, KVSTORE)
+        words_done = Signal(33)     # words written to the buffer (LOAD) / to memory (STORE)
         ext_addr = Signal(cfg.addr_bits)
         big = words_left >= LOAD_BURST_BEATS * wpb
 
         # STORE: buffer reads -> L-to-SB gearbox -> write beats
         s1_valid = Signal()
+        s1_zero = Signal()              # KVSTORE: a padding word of a position block
         s_adv = Signal()
         m.d.comb += [
             s_adv.eq(~s1_valid | store_gb.i.ready),
             store_gb.i.valid.eq(s1_valid),
-            store_gb.i.payload.eq(act.a_data),
+            store_gb.i.payload.eq(Mux(s1_zero, 0, act.a_data)),
             self.wr.payload.addr.eq(ext_addr),
             self.wr.payload.data.eq(store_gb.o.payload),
         ]
@@ -350,7 +385,7 @@ class Controller(wiring.Component):
                 store_gb.o.ready.eq(self.wr.ready),
             ]
         with m.If(s_adv):
-            m.d.sync += s1_valid.eq(store_issue)
+            m.d.sync += [s1_valid.eq(store_issue), s1_zero.eq(is_kv & kv_pad)]
 
         # POS-relative LOAD/STORE and GATHER rows: one registered multiplier (addr_bits x 16),
         # POS * pos_stride or id * stride, settled one cycle after its operands
@@ -421,8 +456,9 @@ class Controller(wiring.Component):
 
             with m.State("DECODE"):
                 # total_rows is registered from the fields: settles in this cycle
-                m.d.sync += [words_left.eq(f_b), words_done.eq(0), ext_addr.eq(f_ext),
-                             load_waddr.eq(f_a), store_addr.eq(f_a)]
+                m.d.sync += [words_left.eq(f_b), words_done.eq(0),
+                             ext_addr.eq(f_ext), load_waddr.eq(f_a), store_addr.eq(f_a),
+                             kv_row.eq(f_a), kv_koff.eq(0), kv_d.eq(0), kv_k.eq(0), kv_w.eq(0)]
                 with m.Switch(opcode):
                     with m.Case(isa.Opcode.END):
                         m.d.sync += self.retired.eq(self.retired + 1)
@@ -473,6 +509,10 @@ class Controller(wiring.Component):
                             m.d.sync += mode.eq(M_ATTN)
                             m.d.comb += attn.start.eq(1)
                             m.next = "UNIT"
+                        with m.Case(isa.Opcode.KVSTORE):
+                            # a KVSTORE may overwrite the program: forget the buffered beat
+                            m.d.sync += ibuf_valid.eq(0)
+                            m.next = "KV_START"
                     if vu:
                         with m.Case(*_VU_BASE_OPCODES):
                             m.d.sync += mode.eq(M_VEC)
@@ -517,9 +557,12 @@ class Controller(wiring.Component):
             with m.State("STORE"):
                 with m.If(store_issue):
                     m.d.sync += [store_addr.eq(store_addr + 1), words_left.eq(words_left - 1)]
+                    if tf:
+                        self._kv_step(m, kv_row, kv_koff, kv_d, kv_k, kv_w, kv_pad, kv_block,
+                                      f_slots, f_hdw, f_b)
                 with m.If(self.wr.valid & self.wr.ready):
                     m.d.sync += [ext_addr.eq(ext_addr + 1), words_done.eq(words_done + wpb)]
-                with m.If(words_done == f_b):
+                with m.If(words_done == Mux(is_kv, kv_total, f_b)):
                     m.d.sync += mode.eq(M_FETCH)
                     advance_pc()
                     m.next = "FETCH_REQ"
@@ -536,6 +579,15 @@ class Controller(wiring.Component):
                     m.next = "FETCH_REQ"
 
             if tf:
+                with m.State("KV_START"):
+                    # kv_total (rows * pos_stride * SB / L) settles one cycle after DECODE
+                    m.d.sync += words_left.eq(kv_total)
+                    with m.If(f_pos):
+                        m.next = "POS_ADDR"
+                    with m.Else():
+                        m.d.sync += mode.eq(M_STORE)
+                        m.next = "STORE"
+
                 with m.State("POS_ADDR"):
                     # prod = POS * pos_stride has settled
                     m.d.sync += [ext_addr.eq(f_ext + prod),

@@ -51,6 +51,7 @@ class Opcode(IntEnum):
     ATTN = 0x09
     ABSQUANT = 0x0A
     TMATMUL = 0x0B
+    KVSTORE = 0x0C
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,13 @@ class Instr:
     heads: int = 0        # ROPE/ATTN: (query) heads per row
     hd: int = 0           # ROPE: head dimension (elements rotated per head)
     head_stride: int = 0  # ROPE: bytes between heads
-    v_ext: int = 0        # ATTN: V cache base (super-beats); K is ``ext``
+    v_ext: int = 0        # ATTN: V base of the pass's cache region (super-beats); K is ``ext``
     q_words: int = 0      # ATTN: act words between rows of q and of out
-    kv_heads: int = 0     # ATTN: key/value heads
-    hd_words: int = 0     # ATTN: act words per (padded) head
-    kv_stride: int = 0    # ATTN: super-beats per cache row
+    lanes: int = 0        # ATTN: query heads of the pass (one per lane of the unit)
+    grp: int = 0          # ATTN: query heads per kv head in the pass
+    slots: int = 0        # ATTN/KVSTORE: kv heads of the pass (words per slot of the cache)
+    hd_words: int = 0     # ATTN/KVSTORE: act words per (padded) head
+    pos_sb: int = 0       # ATTN: super-beats per position block of the pass's cache region
     smul: int = 0         # ATTN: score multiplier
     omul: int = 0         # ATTN: output multiplier
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
@@ -167,9 +170,13 @@ LAYOUT: dict = {
     Opcode.SILUMUL: (("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16), ("rows", 3, 16, 16),
                      ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16)),
     Opcode.ATTN: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("q_words", 3, 0, 16),
-                  ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("heads", 5, 0, 8),
-                  ("kv_heads", 5, 8, 8), ("hd_words", 5, 16, 8), ("kv_stride", 5, 24, 8),
-                  ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6)),
+                  ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("lanes", 5, 0, 8),
+                  ("grp", 5, 8, 8), ("hd_words", 5, 16, 8), ("pos_sb", 5, 24, 8),
+                  ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6),
+                  ("slots", 7, 8, 8)),
+    Opcode.KVSTORE: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("words", 3, 0, 16),
+                     ("rows", 3, 16, 16), ("pos_stride", 4, 0, 16), ("slots", 5, 0, 8),
+                     ("hd_words", 5, 8, 8)),
     Opcode.ABSQUANT: (("a", 2, 0, 16), ("out", 2, 16, 16), ("g", 3, 0, 16), ("rows", 3, 16, 16),
                       ("m_addr", 4, 0, 16), ("n", 5, 0, 16), ("words", 5, 16, 16)),
     Opcode.TMATMUL: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
@@ -187,7 +194,8 @@ _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
 #: v3 and v4 fields: must be 0 on an opcode that does not encode them (they would be silently
 #: lost).
 _V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
-              "hd", "head_stride", "v_ext", "q_words", "kv_heads", "hd_words", "kv_stride",
+              "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots", "hd_words",
+              "pos_sb",
               "smul", "omul", "sshift", "g", "m_addr", "k_groups", "n_out", "x_words")
 
 

@@ -64,8 +64,8 @@ DEFAULT_BOARDS = ("u280", "kv260")
 #: Micro-runs per simulator process: one progress step each.
 BATCH = 24
 #: Kinds the per-kind table lists, in order.
-KINDS = ("LOAD", "STORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL", "ROPE", "ATTN",
-         "ABSQUANT", "TMATMUL")
+KINDS = ("LOAD", "STORE", "KVSTORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL", "ROPE",
+         "ATTN", "ABSQUANT", "TMATMUL")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -259,27 +259,51 @@ def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
                     [Instr(Opcode.GATHER, ext=table, a=0, n=n, rows=rows, ids=ids,
                            stride=_cdiv(n * L, SB), table_rows=4)])
 
-        # ATTN: (heads, kv_heads, hd_words, rows, pos)
-        a_fit = ((2, 1, 1, 1, 0), (2, 1, 2, 1, 20), (4, 2, 2, 1, 40), (6, 2, 2, 4, 0),
-                 (1, 1, 4, 2, 70), (4, 4, 1, 1, 100), (6, 2, 2, 1, 15), (2, 2, 2, 8, 30),
-                 (8, 2, 1, 1, 60), (4, 1, 3, 2, 25), (6, 3, 2, 1, 47), (2, 2, 4, 1, 10),
-                 (3, 3, 1, 6, 3), (8, 8, 1, 1, 20), (1, 1, 2, 1, 130), (6, 6, 2, 1, 5))
-        a_held = ((6, 2, 2, 1, 33), (3, 1, 2, 3, 50), (4, 2, 1, 8, 7), (2, 2, 3, 1, 90),
-                  (6, 2, 2, 1, 120), (8, 4, 2, 2, 16), (5, 5, 1, 1, 64))
-        keys = max(p + r for *_, r, p in a_fit + a_held)
-        strides = [_cdiv(kvh * hdw * L, SB) for _, kvh, hdw, _, _ in a_fit + a_held]
-        kcache = lay.alloc("K", keys * max(strides) * SB)
-        vcache = lay.alloc("V", keys * max(strides) * SB)
+        # ATTN: (slots, grp, hd_words, rows, pos, extra beats per position block); passes
+        # this unit runs (slots | SB/L, slots * grp <= attn_heads)
+        a_fit = ((1, 2, 1, 1, 0, 0), (1, 2, 2, 1, 20, 0), (2, 2, 2, 1, 40, 0),
+                 (2, 3, 2, 4, 0, 0), (1, 1, 4, 2, 70, 0), (4, 1, 1, 1, 100, 0),
+                 (2, 3, 2, 1, 15, 1), (2, 1, 2, 8, 30, 0), (2, 4, 1, 1, 60, 0),
+                 (1, 4, 3, 2, 25, 0), (2, 1, 3, 1, 47, 1), (2, 1, 4, 1, 10, 0),
+                 (1, 3, 1, 6, 3, 0), (4, 2, 1, 1, 20, 0), (1, 1, 2, 1, 130, 2),
+                 (2, 3, 2, 1, 5, 0))
+        a_held = ((2, 3, 2, 1, 33, 0), (1, 3, 2, 3, 50, 1), (2, 2, 1, 8, 7, 0),
+                  (2, 1, 3, 1, 90, 0), (2, 3, 2, 1, 120, 0), (4, 2, 2, 2, 16, 0),
+                  (1, 1, 1, 1, 64, 1))
+
+        def runs_here(sizes):
+            return [t for t in sizes if wpb % t[0] == 0 and t[0] * t[1] <= cfg.attn_heads]
+
+        a_fit, a_held = runs_here(a_fit), runs_here(a_held)
+        keys = max(p + r for *_, r, p, _x in a_fit + a_held)
+        blocks = [_cdiv(sl * hdw, wpb) + x for sl, _, hdw, _, _, x in a_fit + a_held]
+        kcache = lay.alloc("K", keys * max(blocks) * SB)
+        vcache = lay.alloc("V", keys * max(blocks) * SB)
         for role, sizes in (("fit", a_fit), ("heldout", a_held)):
-            for heads, kvh, hdw, rows, pos in sizes:
-                qw = heads * hdw
+            for slots, grp, hdw, rows, pos, extra in sizes:
+                lanes = slots * grp
+                qw = lanes * hdw
                 if 2 * rows * qw + 8 > depth:
                     continue
-                add("ATTN", role, f"ATTN h{heads}/{kvh} hd{hdw}w rows{rows} pos{pos}",
+                add("ATTN", role, f"ATTN {slots}x{grp} hd{hdw}w rows{rows} pos{pos}+{extra}",
                     [Instr(Opcode.ATTN, ext=kcache, v_ext=vcache, a=0, out=rows * qw + 8,
-                           q_words=qw, rows=rows, heads=heads, kv_heads=kvh, hd_words=hdw,
-                           kv_stride=_cdiv(kvh * hdw * L, SB), smul=1, omul=1, sshift=0)],
+                           q_words=qw, rows=rows, lanes=lanes, grp=grp, slots=slots,
+                           hd_words=hdw, pos_sb=_cdiv(slots * hdw, wpb) + extra, smul=1,
+                           omul=1, sshift=0)],
                     pos)
+        # KVSTORE: (rows, slots, hd_words, extra beats per block, pos)
+        for role, sizes in (("fit", ((1, 1, 1, 0, 0), (2, 2, 2, 0, 3), (4, 1, 3, 1, 1),
+                                     (1, 2, 4, 0, 5), (8, 2, 1, 0, 0), (3, 1, 2, 2, 2))),
+                            ("heldout", ((2, 1, 2, 0, 4), (5, 2, 2, 1, 1), (1, 1, 6, 0, 9)))):
+            for rows, slots, hdw, extra, pos in sizes:
+                if wpb % slots or rows * 2 * slots * hdw > scratch_words:
+                    continue
+                pst = _cdiv(slots * hdw, wpb) + extra
+                if (pos + rows) * pst * wpb > scratch_words:
+                    continue
+                add("KVSTORE", role, f"KVSTORE {rows}x{slots}x{hdw}w+{extra} pos{pos}",
+                    [Instr(Opcode.KVSTORE, FLAG_POS, ext=scratch, a=0, words=slots * hdw,
+                           rows=rows, pos_stride=pst, slots=slots, hd_words=hdw)], pos)
 
     if cfg.tlmm:
         from hwflow.mapping.ternary_format import block_layout

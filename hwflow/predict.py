@@ -97,9 +97,10 @@ def program_traffic(program, cfg, pos: int) -> dict:
     Counted as ``sim.isa_model.IsaModel`` counts its traffic (whole super-beats): MATMUL its
     weight block, TMATMUL its parameters once and its index stream per row, GATHER the
     embedding rows and the token ids, LOAD the RoPE rows (POS) or the gamma codes, STORE the
-    new K/V rows (POS) or the logits, ATTN ``heads`` passes over rows ``0 .. pos + b`` of the K
-    and of the V cache per query row ``b``, and the instruction fetch (a super-beat at a time,
-    fetched again after a STORE).
+    logits, KVSTORE the new K/V position blocks (POS), ATTN one pass over position blocks
+    ``0 .. pos + b`` of its K and V regions per query row ``b`` (for all the pass's query
+    heads), and the instruction fetch (a super-beat at a time, fetched again after a STORE or
+    KVSTORE).
 
     Returns
     -------
@@ -137,11 +138,14 @@ def program_traffic(program, cfg, pos: int) -> dict:
         elif i.op == Opcode.STORE:
             t["kv_written" if i.flags & FLAG_POS else "io_written"] += whole(i.b * L)
             fetched = None      # a STORE may overwrite the program: the super-beat is refetched
+        elif i.op == Opcode.KVSTORE:
+            t["kv_written"] += i.rows * i.pos_stride * SB
+            fetched = None
         elif i.op == Opcode.ATTN:
             rows = i.rows
-            row_bytes = i.kv_stride * SB
-            per_cache = i.heads * (rows * pos + rows * (rows + 1) // 2) * row_bytes
-            t["kv_read"] += 2 * whole(per_cache)
+            # the pass reads position blocks 0 .. pos + b of its K and V regions once per row
+            per_cache = (rows * pos + rows * (rows + 1) // 2) * i.pos_sb * SB
+            t["kv_read"] += 2 * per_cache
     t["total"] = sum(t.values())
     return t
 
@@ -173,8 +177,8 @@ class _Timer:
         if per0 is None or per1 is None:
             return None
         dep = [k for k, i in enumerate(program)
-               if i.op == Opcode.ATTN or i.flags & FLAG_POS and i.op in (Opcode.LOAD,
-                                                                          Opcode.STORE)
+               if i.op == Opcode.ATTN or i.flags & FLAG_POS and i.op in (
+                   Opcode.LOAD, Opcode.STORE, Opcode.KVSTORE)
                or per0[k] != per1[k]]
         rest0 = r0["total"] - sum(per0[k] for k in dep)
         rest1 = r1["total"] - sum(per1[k] for k in dep)

@@ -46,11 +46,15 @@ instructions' cycles, their fetches and a fixed per-run overhead):
   per row ``2·nw·L`` (RMSNORM: sum of squares and normalize), ``nw·(L+1)`` (SILUMUL: the gate
   word latch), ``2·nw·(L+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work
   (isqrt and divider); ROPE four buffer reads per rotated pair;
-* **ATTN** (``hw.attention.AttentionUnit``): per query row b (``n = POS + b + 1`` causal keys)
-  and head, ``2·n·c_row`` (a K and a V pass; ``c_row`` = cycles per cache row = the kv head's
-  words plus one per other super-beat of the row, memory delivering one super-beat per cycle),
-  a per-block cost for every block of 16 keys, a per-(row, head) cost (q copy, 33-cycle divider,
-  output pipeline) and the head's words; requests run ahead, so one read latency per instruction;
+* **ATTN** (``hw.attention.AttentionUnit``, one pass of up to ``attn_heads`` query heads):
+  per query row b (``n = POS + b + 1`` causal keys) ``2·n·hd_words`` (a K and a V slot per
+  word of the head, memory delivering one super-beat per cycle) plus the position blocks'
+  beats holding no slot, a per-block cost for every block of 16 keys, a per-row cost (33-cycle
+  dividers, pipeline drains) and ``2·lanes·hd_words`` (the q copy and the output words, one
+  per cycle), plus the lane map (``attn_heads`` cycles) per instruction; requests run ahead,
+  so one read latency per instruction;
+* **KVSTORE**: one activation word per cycle into the gearbox, ``rows·pos_stride`` super-beats
+  (position blocks with their zero padding), like a STORE; flag POS adds the address cycle;
 * **instruction fetch**: a read round trip whenever the next instruction is in another
   super-beat than the last one fetched (``SB/32`` instructions per super-beat; every instruction
   when ``SB < 32``) or after a STORE (which drops the fetched super-beat), one cycle otherwise.
@@ -317,6 +321,7 @@ def _cdiv(a: int, b: int) -> int:
 TERMS: dict[str, tuple] = {
     "LOAD": (("fixed", ISSUE), ("move", 1.0), ("pos", 2.0)),
     "STORE": (("fixed", ISSUE), ("move", 1.0), ("pos", 2.0)),
+    "KVSTORE": (("fixed", ISSUE), ("move", 1.0), ("pos", 2.0)),
     "MATMUL": (("fixed", ISSUE + REDUCE_STAGES + PIPELINE_EXTRA), ("cascade", 1.0),
                ("pipeline", 1.0), ("tiles", 0.0), ("int4_tiles", 0.0)),
     "VADD": (("fixed", ISSUE + PIPELINE_EXTRA), ("elems", 1.0), ("rows", 0.0)),
@@ -326,8 +331,9 @@ TERMS: dict[str, tuple] = {
     "SILUMUL": (("fixed", ISSUE + VECTOR_FIXED), ("rows", 2.0), ("elems", 1.0),
                 ("zero_words", 1.0)),
     "ROPE": (("fixed", ISSUE + VECTOR_FIXED + 4), ("pairs", 4.0), ("row_heads", 0.0)),
-    "ATTN": (("fixed", ISSUE + 2), ("group", 1.0), ("kv_words", 1.0), ("blocks", 10.0),
-             ("row_heads", 45.0), ("head_words", 2.0), ("setup_beats", 1.0)),
+    # fixed: issue and the lane map (attn_heads cycles, a constant of the configuration)
+    "ATTN": (("fixed", ISSUE + 2 + 4), ("slots", 1.0), ("blocks", 10.0), ("rows", 45.0),
+             ("head_words", 2.0), ("skip_beats", 1.0)),
     "ABSQUANT": (("fixed", ISSUE + VECTOR_FIXED), ("rows", ABSQ_ROW_FIXED), ("elems", 1.0),
                  ("zero_words", 1.0)),
     "TMATMUL": (("fixed", ISSUE), ("engine", 1.0)),
@@ -452,16 +458,13 @@ def matmul_bound(i, cfg: AccelConfig) -> tuple[str, int]:
     return name, terms[name]
 
 
-def attn_row_cycles(i, cfg: AccelConfig, g: int) -> int:
-    """``c_row``: cycles the attention unit spends on one cache row of kv head ``g``: one per
-    word of the head, one per other super-beat of the row (``kv_stride`` super-beats)."""
-    L, SB = cfg.chain_len, cfg.beat_bytes
-    wpb = max(1, SB // L)
-    if i.hd_words == 0:
-        return i.kv_stride
-    first, last = g * i.hd_words, (g + 1) * i.hd_words - 1
-    touched = last // wpb - first // wpb + 1
-    return max(i.kv_stride - touched, 0) + i.hd_words
+def attn_block_cycles(i, cfg: AccelConfig) -> tuple[int, int]:
+    """``(slots, skipped beats)`` of one position block of an ATTN pass: the unit takes one
+    slot per cycle (``hd_words`` of them) and one cycle per super-beat of the block holding
+    no slot (``pos_sb`` beyond the slots' beats)."""
+    wpb = max(1, cfg.beat_bytes // cfg.chain_len)
+    used = _cdiv(i.slots * i.hd_words, wpb)
+    return i.hd_words, max(0, i.pos_sb - used)
 
 
 def features(i, cfg: AccelConfig, pos: int = 0,
@@ -475,6 +478,10 @@ def features(i, cfg: AccelConfig, pos: int = 0,
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
     op = i.op
+    if op == Opcode.KVSTORE:
+        words = i.rows * i.pos_stride * (SB // L)
+        return "KVSTORE", {"fixed": 1, "move": max(words, i.rows * i.pos_stride),
+                           "pos": 1 if i.flags & FLAG_POS else 0}, 0
     if op in (Opcode.LOAD, Opcode.STORE):
         move = max(i.b, _cdiv(i.b * L, SB))
         # a LOAD of n = 0 words issues no read
@@ -507,20 +514,12 @@ def features(i, cfg: AccelConfig, pos: int = 0,
         return "ROPE", {"fixed": 1, "pairs": i.rows * i.heads * (i.hd // 2),
                         "row_heads": i.rows * i.heads}, 0
     if op == Opcode.ATTN:
-        heads, kvh = i.heads, max(1, i.kv_heads)
-        group = max(1, heads // kvh)
         keys = i.rows * pos + i.rows * (i.rows + 1) // 2          # sum of n over the rows
-        c_rows = sum(attn_row_cycles(i, cfg, h // group) for h in range(heads))
-        blocks = heads * sum(_cdiv(pos + b + 1, ATTN_BLOCK) for b in range(i.rows))
-        # per (row, head) setup: the kv head's last word is located in the cache row by
-        # repeated subtraction of SB/L, one super-beat per cycle, beside the q copy
-        wpb = max(1, SB // L)
-        skip = sum(max(0, ((h // group + 1) * i.hd_words - 1) // wpb + 1 - i.hd_words)
-                   for h in range(heads))
-        return "ATTN", {"fixed": 1, "group": group, "kv_words": 2 * keys * c_rows,
-                        "blocks": blocks, "row_heads": i.rows * heads,
-                        "head_words": i.rows * heads * i.hd_words,
-                        "setup_beats": i.rows * skip}, 1 if i.rows and heads else 0
+        slots, skip = attn_block_cycles(i, cfg)
+        blocks = sum(_cdiv(pos + b + 1, ATTN_BLOCK) for b in range(i.rows))
+        return "ATTN", {"fixed": 1, "slots": 2 * keys * slots,
+                        "skip_beats": 2 * keys * skip, "blocks": blocks, "rows": i.rows,
+                        "head_words": i.rows * i.lanes * i.hd_words}, 1 if i.rows else 0
     if op == Opcode.TMATMUL:
         return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg)}, 0
     return None, {}, 0
@@ -558,7 +557,7 @@ def fetch_misses(program, cfg: AccelConfig) -> list[bool]:
     out, prev_store = [], False
     for k, i in enumerate(program):
         out.append(k % slots == 0 or prev_store)
-        prev_store = i.op == Opcode.STORE
+        prev_store = i.op in (Opcode.STORE, Opcode.KVSTORE)
     return out
 
 

@@ -78,6 +78,13 @@ LUTRAM_CELL_COST = 16
 BRAM36_COST = 258
 
 
+def default_attn_heads(beat_bytes: int, chain_len: int) -> int:
+    """Attention lanes when the board does not name them: a whole super-beat of K per cycle
+    for models without GQA (``SB / L`` kv heads of one query head each), and at least 4, so
+    that GQA groups of up to 4 query heads need no second read of their kv head."""
+    return max(4, beat_bytes // chain_len)
+
+
 def choose_config(board: Board, **overrides) -> AccelConfig:
     """The board's default engine (``engine:`` in its YAML) with optional overrides.
 
@@ -88,7 +95,8 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's 5280 cells hold only
     a dense int8 1 x 2 engine). ``tlmm`` (the ternary table-lookup engine) defaults to false;
     its sizes ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth`` to AccelConfig's (3, 4, 4,
-    1024) unless the board's YAML or an override names them.
+    1024) unless the board's YAML or an override names them; ``attn_heads`` to
+    :func:`default_attn_heads`.
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
@@ -111,7 +119,9 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            tlmm=bool(eng.get("tlmm", False)),
                            tlmm_g=eng.get("tlmm_g", 3), tlmm_t=eng.get("tlmm_t", 4),
                            tlmm_q=eng.get("tlmm_q", 4),
-                           tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024))
+                           tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024),
+                           attn_heads=eng.get("attn_heads", default_attn_heads(
+                               ports * port_bytes, chain_len)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 

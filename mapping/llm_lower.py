@@ -61,7 +61,8 @@ from .weight_format import pack_weight_block
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
            "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits",
-           "program_instructions", "naive_program_bytes"]
+           "program_instructions", "naive_program_bytes", "AttnPass", "attention_passes",
+           "attention_instructions", "kv_cache_bytes"]
 
 #: Smallest default prefill bucket (rows); smaller buckets only when 8 rows do not fit.
 MIN_BUCKET = 8
@@ -97,6 +98,58 @@ def _is_ternary(qd: QDecoder) -> bool:
 # ----------------------------------------------------------------------------- geometry
 
 @dataclass(frozen=True)
+class AttnPass:
+    """One ATTN instruction of a layer: query heads ``q0 .. q0 + slots * grp - 1`` (lanes of
+    the attention unit) over kv heads ``kv0 .. kv0 + slots - 1``, whose cache region holds
+    position blocks of ``pos_sb`` super-beats (docs/architecture.md, "Attention over a
+    head-major KV cache")."""
+
+    kv0: int
+    slots: int
+    q0: int
+    grp: int
+    pos_sb: int
+
+    @property
+    def lanes(self) -> int:
+        return self.slots * self.grp
+
+
+def attention_passes(heads: int, kv_heads: int, hd_words: int, cfg: AccelConfig) -> tuple:
+    """The ATTN passes of a layer on ``cfg``'s attention unit (``attn_heads`` lanes).
+
+    A pass takes ``slots`` kv heads with all their query heads (``grp = heads // kv_heads``
+    each, ``slots * grp <= attn_heads``); ``slots`` divides the words of a super-beat (a slot
+    of the cache never straddles a beat), as large as the lanes allow, so each cache byte is
+    read once per step. A group wider than the unit (``grp > attn_heads``) is split into
+    passes of ``attn_heads`` query heads over the same kv head, which re-read its cache.
+    """
+    if kv_heads < 1 or heads % kv_heads:
+        raise MappingError(f"heads={heads}, kv_heads={kv_heads}: need heads a multiple of "
+                           "kv_heads")
+    wpb = cfg.beat_bytes // cfg.chain_len
+    grp, H = heads // kv_heads, cfg.attn_heads
+    divisors = [d for d in range(1, wpb + 1) if wpb % d == 0]
+
+    def pos_sb(slots):
+        return _cdiv(slots * hd_words, wpb)
+
+    passes = []
+    if grp <= H:
+        widest = max(d for d in divisors if d * grp <= H and d <= kv_heads)
+        k = 0
+        while k < kv_heads:
+            n = max(d for d in divisors if d <= min(widest, kv_heads - k))
+            passes.append(AttnPass(k, n, k * grp, grp, pos_sb(n)))
+            k += n
+    else:
+        for k in range(kv_heads):
+            for s0 in range(0, grp, H):
+                passes.append(AttnPass(k, 1, k * grp + s0, min(H, grp - s0), pos_sb(1)))
+    return tuple(passes)
+
+
+@dataclass(frozen=True)
 class _Geometry:
     """Row widths in act words and padded sizes, fixed by the model and the configuration."""
 
@@ -105,8 +158,7 @@ class _Geometry:
     ew: int          # residual stream / embedding row (whole super-beats)
     hd_words: int    # one padded head
     q_words: int     # q and att rows: heads * hd_words
-    kv_words: int    # k and v rows: one cache row
-    kv_stride: int   # super-beats per cache row
+    kv_words: int    # k and v rows: kv_heads * hd_words
     iw: int          # gate/up rows
     lw: int          # logits rows (whole super-beats)
     cs_words: int    # one RoPE table row (whole super-beats)
@@ -117,16 +169,37 @@ class _Geometry:
     mw: int = 0
     gw: int = 0
     gslots: tuple = ()
+    #: The attention passes (:func:`attention_passes`): ATTN instructions of a layer.
+    passes: tuple = ()
+
+    @property
+    def regions(self) -> tuple:
+        """The distinct cache regions of a layer's K (and of its V), in pass order:
+        ``(kv0, slots, pos_sb)`` each."""
+        return tuple(dict.fromkeys((p.kv0, p.slots, p.pos_sb) for p in self.passes))
+
+    def region_offset(self, kv_rows: int, kv0: int) -> int:
+        """Super-beats from the layer's K (or V) base to the region of kv head ``kv0``."""
+        off = 0
+        for k0, _slots, pos_sb in self.regions:
+            if k0 == kv0:
+                return off
+            off += kv_rows * pos_sb
+        raise KeyError(kv0)
+
+    def kv_region_sb(self, kv_rows: int) -> int:
+        """Super-beats of one layer's K (or V) cache: every region of ``kv_rows`` positions."""
+        return kv_rows * sum(pos_sb for _k0, _s, pos_sb in self.regions)
 
     @classmethod
     def of(cls, qd: QDecoder, cfg: AccelConfig) -> _Geometry:
         s = qd.shape
         L, SB = cfg.chain_len, cfg.beat_bytes
         hd_words = _cdiv(s.head_dim, L)
-        kv_stride = _cdiv(s.kv_heads * hd_words * L, SB)
         geo = cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=hd_words,
-                  q_words=s.heads * hd_words, kv_words=kv_stride * SB // L,
-                  kv_stride=kv_stride, iw=_cdiv(s.intermediate, L),
+                  q_words=s.heads * hd_words, kv_words=s.kv_heads * hd_words,
+                  passes=attention_passes(s.heads, s.kv_heads, hd_words, cfg),
+                  iw=_cdiv(s.intermediate, L),
                   lw=_cdiv(s.vocab, SB) * SB // L,
                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)     # head_dim int16 values
         if not _is_ternary(qd):
@@ -245,12 +318,14 @@ class IoLayout:
 
 @dataclass(frozen=True)
 class KvLayout:
-    """KV cache: per layer a K and a V region of ``rows`` cache rows of ``kv_stride``
-    super-beats; row j (position j), kv head g = bytes ``[g*hd_words*L, (g+1)*hd_words*L)``."""
+    """KV cache, head-major: per layer a K and a V area, each the cache regions of the
+    attention passes (``regions``: ``(kv0, slots, pos_sb)``, back to back, ``rows`` position
+    blocks of ``pos_sb`` super-beats each); in a region's block of position j, word
+    ``d * slots + k`` is word ``d`` of kv head ``kv0 + k``."""
 
     k_bases: list
     v_bases: list
-    kv_stride: int
+    regions: tuple
     hd_words: int
     rows: int            # max_context + slack rows
     max_context: int
@@ -536,6 +611,7 @@ class _Addrs:
     k: tuple
     v: tuple
     gammas: dict = field(default_factory=dict)   # ternary: layer -> its gamma block
+    kv_rows: int = 0                             # positions of every cache region
 
 
 def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
@@ -585,7 +661,6 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
     def gam(nm):
         return slot[nm] if getattr(ly, nm) is not None else None
 
-    smul, sshift, omul, oshift = (int(v) for v in ly.attn)
     act_mult, act_shift = (int(v) for v in ly.silu)
     prog = [_rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew)]
     if i in ad.gammas:
@@ -599,14 +674,7 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
               heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
         Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
               heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-        Instr(Opcode.STORE, FLAG_POS, ext=ad.k[i], a=A("k"), b=rows * geo.kv_words,
-              pos_stride=geo.kv_stride),
-        Instr(Opcode.STORE, FLAG_POS, ext=ad.v[i], a=A("v"), b=rows * geo.kv_words,
-              pos_stride=geo.kv_stride),
-        Instr(Opcode.ATTN, shift=oshift, ext=ad.k[i], v_ext=ad.v[i], a=A("q"), out=A("att"),
-              q_words=geo.q_words, rows=rows, heads=s.heads, kv_heads=s.kv_heads,
-              hd_words=geo.hd_words, kv_stride=geo.kv_stride, smul=smul, omul=omul,
-              sshift=sshift),
+        *_attention(ly, geo, plan, ad.k[i], ad.v[i], ad.kv_rows),
     ]
     # the attention output's padded head bytes are 0, so a norm over the padded row (sum of
     # squares, golden.llm.rmsnorm) and the absmax see the heads' values only
@@ -634,6 +702,29 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
     return prog
 
 
+def _attention(ly, geo: _Geometry, plan: ActPlan, k_base: int, v_base: int,
+               kv_rows: int) -> list:
+    """A layer's KV appends and attention: per cache region a KVSTORE of k and one of v (the
+    rows' kv heads into their position blocks, at POS), then one ATTN per pass."""
+    A, rows, hdw = plan.addr, plan.rows, geo.hd_words
+    smul, sshift, omul, oshift = (int(v) for v in ly.attn)
+    prog = []
+    for area, base in (("k", k_base), ("v", v_base)):
+        for k0, slots, pos_sb in geo.regions:
+            prog.append(Instr(Opcode.KVSTORE, FLAG_POS,
+                              ext=base + geo.region_offset(kv_rows, k0), a=A(area) + k0 * hdw,
+                              words=geo.kv_words, rows=rows, pos_stride=pos_sb, slots=slots,
+                              hd_words=hdw))
+    for p in geo.passes:
+        off = geo.region_offset(kv_rows, p.kv0)
+        prog.append(Instr(Opcode.ATTN, shift=oshift, ext=k_base + off, v_ext=v_base + off,
+                          a=A("q") + p.q0 * hdw, out=A("att") + p.q0 * hdw,
+                          q_words=geo.q_words, rows=rows, lanes=p.lanes, grp=p.grp,
+                          slots=p.slots, hd_words=hdw, pos_sb=p.pos_sb, smul=smul, omul=omul,
+                          sshift=sshift))
+    return prog
+
+
 def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s, geo) -> list:
     """The residual stream after a ternary o or down: fused into the TMATMUL epilogue, or, with
     ``add`` (``QLayer.attn_add`` / ``mlp_add``; docs/architecture.md, "Residuals of ternary
@@ -646,14 +737,20 @@ def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s,
                   n=s.hidden, words=geo.ew, mult_a=a_mult, mult_b=b_mult)]
 
 
-def _layer_instructions(ly, has_gamma: bool) -> int:
-    """Instructions of one layer: 15 (int8); ternary: 19, plus 1 per sub-norm, 1 per unfused
-    residual add and 1 for the gamma LOAD."""
+def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
+    """Instructions of one layer: 12 (int8); ternary: 16, plus 1 per sub-norm, 1 per unfused
+    residual add and 1 for the gamma LOAD; plus ``attn``, the KVSTOREs and ATTNs of the
+    attention passes (:func:`attention_instructions`)."""
     subs = (ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
     if not _layer_ternary(ly, 0):
-        return 15 + subs
+        return 12 + subs + attn
     adds = (ly.attn_add is not None) + (ly.mlp_add is not None)
-    return 19 + subs + adds + bool(has_gamma)
+    return 16 + subs + adds + bool(has_gamma) + attn
+
+
+def attention_instructions(passes) -> int:
+    """KVSTOREs (K and V per cache region) and ATTNs (one per pass) of one layer."""
+    return 2 * len({(p.kv0, p.slots) for p in passes}) + len(passes)
 
 
 def _check_layer(ly, i: int) -> None:
@@ -687,7 +784,6 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
         if isinstance(pk["q"], _TPacked):
             prog += _ternary_layer(qd, i, geo, pk, w, plan, ad)
             continue
-        smul, sshift, omul, oshift = (int(v) for v in ly.attn)
         silu_mult, silu_shift = (int(v) for v in ly.silu)
         prog += [
             _rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
@@ -698,14 +794,7 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
                   heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
             Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
                   heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-            Instr(Opcode.STORE, FLAG_POS, ext=K[i], a=A("k"), b=rows * geo.kv_words,
-                  pos_stride=geo.kv_stride),
-            Instr(Opcode.STORE, FLAG_POS, ext=V[i], a=A("v"), b=rows * geo.kv_words,
-                  pos_stride=geo.kv_stride),
-            Instr(Opcode.ATTN, shift=oshift, ext=K[i], v_ext=V[i], a=A("q"), out=A("att"),
-                  q_words=geo.q_words, rows=rows, heads=s.heads, kv_heads=s.kv_heads,
-                  hd_words=geo.hd_words, kv_stride=geo.kv_stride, smul=smul, omul=omul,
-                  sshift=sshift),
+            *_attention(ly, geo, plan, K[i], V[i], ad.kv_rows),
         ]
         if ly.attn_sub_norm is not None:    # BitNet block with int8 weights
             prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, s.heads * hdp,
@@ -733,15 +822,17 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
     return prog
 
 
-def program_instructions(layers) -> int:
-    """Instructions of every program (decode or any bucket): ``15 * layers + 6`` for an int8
-    LLaMA decoder (``layers`` a count); given a :class:`QDecoder`, its exact count (ternary
-    layers: 19 each, plus one per sub-norm and one gamma LOAD per layer that has gammas)."""
+def program_instructions(layers, attn: int = 3) -> int:
+    """Instructions of every program (decode or any bucket): ``(12 + attn) * layers + 6`` for
+    an int8 LLaMA decoder (``layers`` a count; ``attn`` the attention instructions of a layer,
+    :func:`attention_instructions`: 3 for one cache region and one pass); given a
+    :class:`QDecoder`, its exact count (ternary layers: 16 + attn each, plus one per sub-norm
+    and one gamma LOAD per layer that has gammas)."""
     if isinstance(layers, QDecoder):
         return 6 + sum(_layer_instructions(ly, any(getattr(ly, nm) is not None
-                                                   for nm in GAMMAS))
+                                                   for nm in GAMMAS), attn)
                        for ly in layers.layers)
-    return 15 * layers + 6
+    return (12 + attn) * layers + 6
 
 
 def naive_program_bytes(layers: int, max_context: int, max_rows: int,
@@ -825,8 +916,9 @@ def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
     if s.heads % s.kv_heads or s.head_dim % 2:
         raise MappingError(f"heads={s.heads}, kv_heads={s.kv_heads}, head_dim={s.head_dim}: "
                            "need heads a multiple of kv_heads and an even head_dim")
+    pos_sb = max((p.pos_sb for p in geo.passes), default=0)
     for nm, v, hi in (("heads", s.heads, _U8), ("kv_heads", s.kv_heads, _U8),
-                      ("hd_words", geo.hd_words, _U8), ("kv_stride", geo.kv_stride, _U8),
+                      ("hd_words", geo.hd_words, _U8), ("pos_sb", pos_sb, _U8),
                       ("head_dim", s.head_dim, _U16), ("vocab", s.vocab, (1 << 32) - 1)):
         if v > hi:
             raise MappingError(f"{nm}={v} exceeds the ATTN/ROPE/GATHER field limit {hi}")
@@ -913,7 +1005,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
 
     packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
-    n_instr = program_instructions(qd)
+    n_instr = program_instructions(qd, attention_instructions(geo.passes))
 
     def payload(make, nbytes: int):
         """The bytes of a region, or (shape-only) just their count."""
@@ -989,16 +1081,19 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                 layout="int8 gamma codes of ABSQUANT, slots (name, word, words) "
                        f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
     kv_rows = T + slack
-    kv_bytes = kv_rows * geo.kv_stride * SB
+    kv_bytes = geo.kv_region_sb(kv_rows) * SB
+    regions = ", ".join(f"kv heads {k0}..{k0 + n - 1} at +{geo.region_offset(kv_rows, k0)} "
+                        f"({pb} per position)" for k0, n, pb in geo.regions)
     k_regions, v_regions = [], []
     for i in range(len(qd.layers)):
         for nm, lst in (("k", k_regions), ("v", v_regions)):
             lst.append(ib.reserve(f"kv:L{i}.{nm}", "kv", kv_bytes,
                                   shape=[kv_rows, s.kv_heads, s.head_dim], rows=kv_rows,
                                   words=geo.kv_words, features=s.kv_heads * geo.hd_words * L,
-                                  layout=f"row j (position j) at super-beat j*{geo.kv_stride}; "
-                                         f"kv head g at bytes [g*{geo.hd_words * L}, ...), "
-                                         f"{s.head_dim} valid; {slack} slack rows"))
+                                  layout=f"head-major regions (super-beats): {regions}; "
+                                         f"position j's block at region + j * pos_sb, word "
+                                         f"d*slots+k = word d of the region's kv head k; "
+                                         f"{s.head_dim} valid per head; {slack} slack rows"))
     r_ids = ib.reserve("io:ids", "io", _cdiv(4 * max_rows, SB) * SB, shape=[max_rows],
                        rows=max_rows, layout="u32 LE token id per row at byte 4b")
     r_logits = ib.reserve("io:logits", "io", max_rows * geo.lw * L,
@@ -1014,7 +1109,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
                 weights={k: r.addr for k, r in wregion.items()},
                 k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions),
-                gammas={i: r.addr for i, r in gregion.items()})
+                gammas={i: r.addr for i, r in gregion.items()}, kv_rows=kv_rows)
     image = bytearray(image)
     infos = {}
     for key, region in prog_regions.items():
@@ -1053,7 +1148,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                   logits_words=geo.lw, logits_row_bytes=geo.lw * L, vocab=s.vocab,
                   max_rows=max_rows)
     kv = KvLayout(k_bases=[r.addr for r in k_regions], v_bases=[r.addr for r in v_regions],
-                  kv_stride=geo.kv_stride, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
+                  regions=geo.regions, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
     return LoweredDecoder(cfg, bytes(image), mm, decode, dict(sorted(infos.items())), io, kv,
                           T, reports, shape_only=shape_only)
 

@@ -74,7 +74,7 @@ __all__ = [
 
 
 #: Instructions of the transformer path (illegal on an engine built without it).
-_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN)
+_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN, Opcode.KVSTORE)
 #: Instructions of the vector unit, built with the transformer path or the TLMM engine
 #: (``AccelConfig.vector_unit``).
 _VECTOR_OPS = (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT)
@@ -163,8 +163,9 @@ class IsaStats:
         super-beat. Instruction fetch counts each super-beat of the program once per entry
         into it (sequential fetch; a STORE drops the fetched super-beat, as the controller
         does). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and one table row per
-        row; ATTN reads, per query row b and query head, cache rows ``0..POS+b`` of K and of
-        V (``kv_stride`` super-beats each: every kv head of the row). TMATMUL reads its
+        row; ATTN reads, per query row b, position blocks ``0..POS+b`` of its pass's K and V
+        regions (``pos_sb`` super-beats each), once for all the pass's query heads; KVSTORE
+        writes ``rows`` position blocks. TMATMUL reads its
         parameter super-beats once and its index stream once per row (the engine re-streams
         the indices for every row).
     tlmm_lookups : int
@@ -542,37 +543,68 @@ class IsaModel:
         self._write_rows(ins.a, ins.words, x, "ROPE a")
 
     def _attn(self, ins: Instr) -> None:
+        """One ATTN pass (docs/architecture.md, "Attention over a head-major KV cache")."""
         cfg = self.cfg
         L, SB = cfg.chain_len, cfg.beat_bytes
-        rows, heads, kvh, hdw = ins.rows, ins.heads, ins.kv_heads, ins.hd_words
-        if heads == 0 or kvh == 0 or hdw == 0 or heads % kvh:
-            self._fail(IsaError, f"ATTN: heads={heads}, kv_heads={kvh}, hd_words={hdw}: need "
-                       "heads a nonzero multiple of kv_heads and hd_words > 0")
-        if heads * hdw > ins.q_words:
-            self._fail(IsaError, f"ATTN: {heads} heads x {hdw} words exceed q_words="
+        wpb = SB // L
+        rows, lanes, grp, slots, hdw = ins.rows, ins.lanes, ins.grp, ins.slots, ins.hd_words
+        if lanes == 0 or grp == 0 or hdw == 0 or slots * grp != lanes:
+            self._fail(IsaError, f"ATTN: lanes={lanes}, grp={grp}, slots={slots}, "
+                       f"hd_words={hdw}: need lanes = slots x grp > 0 and hd_words > 0")
+        if lanes > cfg.attn_heads:
+            self._fail(IsaError, f"ATTN: {lanes} lanes exceed the unit's attn_heads="
+                       f"{cfg.attn_heads}")
+        if wpb % slots:
+            self._fail(IsaError, f"ATTN: slots={slots} does not divide the {wpb} words of a "
+                       "super-beat")
+        if slots * hdw > ins.pos_sb * wpb:
+            self._fail(IsaError, f"ATTN: {slots} kv heads x {hdw} words exceed a position "
+                       f"block of pos_sb={ins.pos_sb} super-beats")
+        if lanes * hdw > ins.q_words:
+            self._fail(IsaError, f"ATTN: {lanes} heads x {hdw} words exceed q_words="
                        f"{ins.q_words}")
-        row_bytes = ins.kv_stride * SB
-        if kvh * hdw * L > row_bytes:
-            self._fail(IsaError, f"ATTN: {kvh} kv heads x {hdw * L} B exceed a cache row of "
-                       f"kv_stride={ins.kv_stride} super-beats ({row_bytes} B)")
         if rows == 0:
             return
         n_keys = self.pos + rows
-        hd = hdw * L
+        block = ins.pos_sb * SB
         caches = []
         for base, nm in ((ins.ext, "K"), (ins.v_ext, "V")):
-            lo, hi = self._ext_range(base, n_keys * row_bytes, f"ATTN {nm} cache")
-            c = self.mem[lo:hi].view(np.int8).reshape(n_keys, row_bytes)[:, :kvh * hd]
+            lo, hi = self._ext_range(base, n_keys * block, f"ATTN {nm} cache")
+            c = self.mem[lo:hi].view(np.int8).reshape(n_keys, block)[:, :slots * hdw * L]
+            # word d * slots + k of a position block is word d of kv head k
+            c = c.reshape(n_keys, hdw, slots, L).transpose(0, 2, 1, 3).reshape(n_keys, -1)
             caches.append(c)
-            # the attention unit passes over rows 0..POS+b of the cache once per query row b
-            # and query head (heads sharing a kv head re-read it)
-            nbytes = heads * (rows * self.pos + rows * (rows + 1) // 2) * row_bytes
+            # per query row b the unit reads position blocks 0..POS+b once for all its lanes
+            nbytes = (rows * self.pos + rows * (rows + 1) // 2) * block
             self._traffic(base, nbytes, False)
             self.stats.ext_read_bytes += nbytes
-        q = self._act_rows(ins.a, rows, ins.q_words, heads * hdw, "ATTN q")
-        y = golden_llm.attention(q, caches[0], caches[1], self.pos, heads, kvh, hd,
+        q = self._act_rows(ins.a, rows, ins.q_words, lanes * hdw, "ATTN q")
+        y = golden_llm.attention(q, caches[0], caches[1], self.pos, lanes, slots, hdw * L,
                                  ins.smul, ins.sshift, ins.omul, ins.shift)
         self._write_rows(ins.out, ins.q_words, y, "ATTN out")
+
+    def _kvstore(self, ins: Instr) -> None:
+        """KVSTORE: rows of k or v heads into position blocks of a pass's cache region, word
+        ``d`` of kv head ``k`` at word ``d * slots + k``, zero padding to the block's end."""
+        cfg = self.cfg
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        rows, slots, hdw, pst = ins.rows, ins.slots, ins.hd_words, ins.pos_stride
+        if slots == 0 or hdw == 0 or slots * hdw * L > pst * SB:
+            self._fail(IsaError, f"KVSTORE: {slots} heads x {hdw} words do not fit a position "
+                       f"block of pos_stride={pst} super-beats")
+        if rows == 0:
+            return
+        ext = ins.ext + (self.pos * pst if ins.flags & FLAG_POS else 0)
+        nbytes = rows * pst * SB
+        lo, hi = self._ext_range(ext, nbytes, "KVSTORE")
+        x = self._act_rows(ins.a, rows, ins.words, slots * hdw, "KVSTORE")
+        blocks = np.zeros((rows, pst * SB), dtype=np.int8)
+        blocks[:, :slots * hdw * L] = x.reshape(rows, slots, hdw, L).transpose(
+            0, 2, 1, 3).reshape(rows, -1)
+        self.mem[lo:hi] = blocks.reshape(-1).view(np.uint8)
+        self.stats.ext_write_bytes += nbytes
+        self._fetched_sb = None             # as STORE: the program may have been overwritten
+        self._traffic(ext, nbytes, True)
 
     # -- ternary instructions (docs/architecture.md, "Ternary path (v4)") ---------------------
 
@@ -707,7 +739,7 @@ class IsaModel:
                     Opcode.GATHER: self._gather, Opcode.RMSNORM: self._rmsnorm,
                     Opcode.ROPE: self._rope, Opcode.SILUMUL: self._silumul,
                     Opcode.ATTN: self._attn, Opcode.ABSQUANT: self._absquant,
-                    Opcode.TMATMUL: self._tmatmul}
+                    Opcode.TMATMUL: self._tmatmul, Opcode.KVSTORE: self._kvstore}
         while True:
             if self._index >= max_instructions:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")

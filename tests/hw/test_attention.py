@@ -4,7 +4,6 @@ and a memory model with latency, request backpressure and gaps in the read data.
 from __future__ import annotations
 
 import random
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,15 +14,20 @@ from amaranth.sim import Simulator
 from hwflow.golden import llm
 from hwflow.hw.attention import ATTN_BLOCK, EXP2_ROM, AttentionUnit
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.isa import Instr, Opcode
 
 from ._lint import assert_lints_clean
 from ._memory import UnitHarness, stream_memory
 
-# L = 4: super-beat 16 B = 4 words (a head can straddle beats); L = 16: super-beat 32 B = 2 words.
-CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256)
-CFG16 = AccelConfig(chains=2, chain_len=16, mem_ports=1, port_bytes=32, act_depth=128)
-# L = 8 with a 96 B super-beat: 12 words per beat, not a power of two
-CFG8 = AccelConfig(chains=12, chain_len=8, mem_ports=3, port_bytes=32, act_depth=128)
+# L = 4: super-beat 16 B = 4 words; 6 lanes (a 2 x 3 GQA pass fills them).
+CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=256,
+                   attn_heads=6)
+# L = 16: super-beat 32 B = 2 words; 4 lanes.
+CFG16 = AccelConfig(chains=2, chain_len=16, mem_ports=1, port_bytes=32, act_depth=128,
+                    attn_heads=4)
+# L = 8 with a 96 B super-beat: 12 words per beat, not a power of two; 6 lanes
+CFG8 = AccelConfig(chains=12, chain_len=8, mem_ports=3, port_bytes=32, act_depth=128,
+                   attn_heads=6)
 
 
 def test_exp2_rom_matches_golden():
@@ -33,12 +37,12 @@ def test_exp2_rom_matches_golden():
 
 @dataclass
 class _Case:
-    heads: int
-    kv_heads: int
+    slots: int                      # kv heads of the pass
+    grp: int                        # query heads per kv head (lanes = slots * grp)
     hd: int
     pos: int
     rows: int
-    kv_pad: int = 0                 # extra super-beats per cache row (kv_stride > minimal)
+    pos_pad: int = 0                # extra super-beats per position block (pos_sb > minimal)
     fill: str = "random"            # random | min (all -128) | zero_q | onehot
     seed: int = 0
     smul: int = 0
@@ -47,22 +51,27 @@ class _Case:
     oshift: int = 0
     extra: dict = field(default_factory=dict)
 
+    @property
+    def lanes(self) -> int:
+        return self.slots * self.grp
+
 
 def _build(cfg: AccelConfig, c: _Case):
     """Tensors, memory image, activation words and instruction of one case, and the golden."""
     L, SB = cfg.chain_len, cfg.beat_bytes
+    wpb = SB // L
     rng = np.random.default_rng(c.seed)
     hdw = -(-c.hd // L)
     n_max = c.pos + c.rows
-    kv_stride = -(-(c.kv_heads * hdw * L) // SB) + c.kv_pad
-    q_words = c.heads * hdw + 1          # one spare word per row: must stay untouched
+    pos_sb = -(-(c.slots * hdw) // wpb) + c.pos_pad
+    q_words = c.lanes * hdw + 1          # one spare word per row: must stay untouched
 
     def rand(shape):
         return rng.integers(-128, 128, size=shape, dtype=np.int64)
 
-    q = rand((c.rows, c.heads * c.hd))
-    k = rand((n_max, c.kv_heads * c.hd))
-    v = rand((n_max, c.kv_heads * c.hd))
+    q = rand((c.rows, c.lanes * c.hd))
+    k = rand((n_max, c.slots * c.hd))
+    v = rand((n_max, c.slots * c.hd))
     smul = c.smul or int(rng.integers(8000, 40000))
     sshift = c.sshift or int(rng.integers(14, 19))
     # omul / 2**oshift ~ 2**-15 (o is a Q15 mean of v): 0.7 .. 1.4 times v
@@ -74,50 +83,51 @@ def _build(cfg: AccelConfig, c: _Case):
         q[:] = 0
     elif c.fill == "onehot":
         smul, sshift = 65535, 0
-    want = llm.attention(q, k, v, c.pos, c.heads, c.kv_heads, c.hd, smul, sshift, omul, oshift)
+    want = llm.attention(q, k, v, c.pos, c.lanes, c.slots, c.hd, smul, sshift, omul, oshift)
 
-    def pad_heads(x, heads):            # [r, heads*hd] -> [r, heads*hdw*L], zero lanes
+    def pad_heads(x, heads):            # [r, heads*hd] -> [r, heads, hdw*L], zero lanes
         out = np.zeros((x.shape[0], heads, hdw * L), dtype=np.int64)
         out[:, :, :c.hd] = x.reshape(x.shape[0], heads, c.hd)
-        return out.reshape(x.shape[0], -1)
+        return out
 
-    # memory: K at beat 3, V after it; bytes of other kv heads and row padding are garbage
+    # memory: K at beat 3, V after it; each position block holds word d of kv head k at word
+    # d * slots + k; the block's padding words and beats are garbage (the unit must skip them)
     k_base = 3
-    v_base = k_base + n_max * kv_stride + 5
-    image = bytearray(rng.integers(0, 256, size=(v_base + n_max * kv_stride + 4) * SB,
+    v_base = k_base + n_max * pos_sb + 5
+    image = bytearray(rng.integers(0, 256, size=(v_base + n_max * pos_sb + 4) * SB,
                                    dtype=np.uint8).tobytes())
     for base, x in ((k_base, k), (v_base, v)):
-        xp = pad_heads(x, c.kv_heads).astype(np.int8)
+        xp = pad_heads(x, c.slots).reshape(n_max, c.slots, hdw, L).transpose(0, 2, 1, 3)
+        xp = xp.reshape(n_max, -1).astype(np.int8)
         for j in range(n_max):
-            a = (base + j * kv_stride) * SB
+            a = (base + j * pos_sb) * SB
             image[a:a + xp.shape[1]] = xp[j].tobytes()
 
     # activation buffer: q rows at word 5, output rows after them (pre-filled with garbage)
     q_addr = 5
     out_addr = q_addr + c.rows * q_words + 2
     words = {}
-    qp = pad_heads(q, c.heads).astype(np.int8)
+    qp = pad_heads(q, c.lanes).reshape(c.rows, -1).astype(np.int8)
     for b in range(c.rows):
         for wi in range(q_words):
-            raw = (qp[b, wi * L:(wi + 1) * L].tobytes() if wi < c.heads * hdw
+            raw = (qp[b, wi * L:(wi + 1) * L].tobytes() if wi < c.lanes * hdw
                    else rng.integers(0, 256, size=L, dtype=np.uint8).tobytes())
             words[q_addr + b * q_words + wi] = int.from_bytes(raw, "little")
             words[out_addr + b * q_words + wi] = int(rng.integers(0, 1 << 62))
     assert out_addr + c.rows * q_words <= cfg.act_depth
 
-    w = [0x09 | (oshift << 16), k_base, q_addr | (out_addr << 16), q_words | (c.rows << 16),
-         v_base, c.heads | (c.kv_heads << 8) | (hdw << 16) | (kv_stride << 24),
-         smul | (omul << 16), sshift]
-    ins = int.from_bytes(struct.pack("<8I", *w), "little")
+    ins = Instr(Opcode.ATTN, shift=oshift, ext=k_base, v_ext=v_base, a=q_addr, out=out_addr,
+                q_words=q_words, rows=c.rows, lanes=c.lanes, grp=c.grp, slots=c.slots,
+                hd_words=hdw, pos_sb=pos_sb, smul=smul, omul=omul, sshift=sshift)
     expect = {}                          # act word -> expected value (garbage words unchanged)
-    wp = pad_heads(want.astype(np.int64), c.heads).astype(np.int8)
+    wp = pad_heads(want.astype(np.int64), c.lanes).reshape(c.rows, -1).astype(np.int8)
     for b in range(c.rows):
         for wi in range(q_words):
             a = out_addr + b * q_words + wi
             expect[a] = (int.from_bytes(wp[b, wi * L:(wi + 1) * L].tobytes(), "little")
-                         if wi < c.heads * hdw else words[a])
-    return dict(image=image, words=words, ins=ins, expect=expect, kv_stride=kv_stride,
-                hdw=hdw, k_base=k_base, v_base=v_base)
+                         if wi < c.lanes * hdw else words[a])
+    return dict(image=image, words=words, ins=int.from_bytes(ins.encode(), "little"),
+                expect=expect, pos_sb=pos_sb, hdw=hdw, k_base=k_base, v_base=v_base)
 
 
 def _run(cfg: AccelConfig, cases, latency=6, p_busy=0.3, p_gap=0.2, seed=0):
@@ -153,15 +163,15 @@ def _run(cfg: AccelConfig, cases, latency=6, p_busy=0.3, p_gap=0.2, seed=0):
                 n += 1
                 assert n < 200_000, "ATTN did not finish"
             cycles.append(n)
-            # one K and one V burst per block, nk * kv_stride beats each
+            # one K and one V burst per block, nk * pos_sb beats each, once per row for all
+            # the lanes
             want_req = []
             for b in range(c.rows):
-                for _ in range(c.heads):
-                    nkeys = c.pos + b + 1
-                    for j0 in range(0, nkeys, ATTN_BLOCK):
-                        ln = min(ATTN_BLOCK, nkeys - j0) * d["kv_stride"]
-                        want_req += [(d["k_base"] + j0 * d["kv_stride"], ln),
-                                     (d["v_base"] + j0 * d["kv_stride"], ln)]
+                nkeys = c.pos + b + 1
+                for j0 in range(0, nkeys, ATTN_BLOCK):
+                    ln = min(ATTN_BLOCK, nkeys - j0) * d["pos_sb"]
+                    want_req += [(d["k_base"] + j0 * d["pos_sb"], ln),
+                                 (d["v_base"] + j0 * d["pos_sb"], ln)]
             assert log == want_req, c
             for a, exp in d["expect"].items():
                 ctx.set(h.buf.b_addr, a)
@@ -180,51 +190,54 @@ def _run(cfg: AccelConfig, cases, latency=6, p_busy=0.3, p_gap=0.2, seed=0):
 
 
 CASES = [
-    # prefill from position 0, GQA 3:1, head padded (6 of 8 lanes at L=4)
-    _Case(heads=3, kv_heads=1, hd=6, pos=0, rows=3, seed=1),
-    # decode at 16 keys (one full block), GQA 2:1, 5 of 8 lanes
-    _Case(heads=4, kv_heads=2, hd=5, pos=15, rows=1, seed=2),
-    # 17 keys: a 1-key second block; kv_stride 2 (a padding beat per row)
-    _Case(heads=4, kv_heads=2, hd=8, pos=16, rows=1, kv_pad=1, seed=3),
-    # prefill chunk at position 5 (n = 6..8), one-word heads
-    _Case(heads=3, kv_heads=1, hd=3, pos=5, rows=3, seed=4),
-    # 40 keys (16 + 16 + 8), 3-word heads straddling super-beats at L=4, kv_stride 2
-    _Case(heads=4, kv_heads=2, hd=10, pos=39, rows=1, kv_pad=1, seed=5),
-    # one key (decode at position 0)
-    _Case(heads=4, kv_heads=2, hd=7, pos=0, rows=1, seed=6),
+    # prefill from position 0, GQA 3:1 over 2 kv heads (6 lanes), head padded (6 of 8 lanes)
+    _Case(slots=2, grp=3, hd=6, pos=0, rows=3, seed=1),
+    # decode at 16 keys (one full block), 4 kv heads of one query head each, 5 of 8 lanes
+    _Case(slots=4, grp=1, hd=5, pos=15, rows=1, seed=2),
+    # 17 keys: a 1-key second block; a padding beat per position block
+    _Case(slots=2, grp=2, hd=8, pos=16, rows=1, pos_pad=1, seed=3),
+    # prefill chunk at position 5 (n = 6..8), one-word heads, one kv head of 3 query heads
+    _Case(slots=1, grp=3, hd=3, pos=5, rows=3, seed=4),
+    # 40 keys (16 + 16 + 8), 3-word heads: position blocks of 6 words straddle beats
+    _Case(slots=2, grp=2, hd=10, pos=39, rows=1, seed=5),
+    # one key (decode at position 0), fewer lanes than the unit has
+    _Case(slots=1, grp=2, hd=7, pos=0, rows=1, seed=6),
     # extremes: everything -128; q = 0 (uniform softmax); huge smul (one-hot softmax)
-    _Case(heads=3, kv_heads=1, hd=8, pos=14, rows=3, fill="min", seed=7),
-    _Case(heads=4, kv_heads=2, hd=6, pos=30, rows=1, fill="zero_q", seed=8),
-    _Case(heads=4, kv_heads=2, hd=6, pos=18, rows=2, fill="onehot", seed=9),
+    _Case(slots=1, grp=3, hd=8, pos=14, rows=3, fill="min", seed=7),
+    _Case(slots=2, grp=2, hd=6, pos=30, rows=1, fill="zero_q", seed=8),
+    _Case(slots=2, grp=2, hd=6, pos=18, rows=2, fill="onehot", seed=9),
     # oshift 0: ((acc * recip) >> 16) * omul saturates
-    _Case(heads=3, kv_heads=1, hd=4, pos=2, rows=1, omul=1, oshift=0, seed=10),
+    _Case(slots=1, grp=3, hd=4, pos=2, rows=1, omul=1, oshift=0, seed=10),
 ]
 
 
 @pytest.mark.parametrize("cfg", [CFG4, CFG16, CFG8], ids=["L4", "L16", "L8_sb96"])
 def test_attention_matches_golden(cfg):
-    cases = CASES
+    wpb = cfg.beat_bytes // cfg.chain_len
+    cases = [c for c in CASES if c.lanes <= cfg.attn_heads and wpb % c.slots == 0]
     if cfg.chain_len == 8:
-        cases = [CASES[i] for i in (0, 2, 4, 8)]
+        cases = cases[:3] + [_Case(slots=3, grp=2, hd=12, pos=20, rows=2, seed=14),
+                             _Case(slots=6, grp=1, hd=8, pos=3, rows=1, seed=15)]
     if cfg.chain_len == 16:
         # at L = 16 the same shapes are one-word heads; add two- and three-word heads
-        # (a 3-word head at word 3 straddles 2-word super-beats) and kv_stride 2
-        cases = CASES + [
-            _Case(heads=4, kv_heads=2, hd=20, pos=16, rows=1, kv_pad=1, seed=11),
-            _Case(heads=4, kv_heads=2, hd=40, pos=3, rows=3, seed=12),
+        # (a 3-word head's slots straddle 2-word super-beats) and a padding beat
+        cases = cases + [
+            _Case(slots=2, grp=2, hd=20, pos=16, rows=1, pos_pad=1, seed=11),
+            _Case(slots=1, grp=4, hd=40, pos=3, rows=3, seed=12),
         ]
+    assert len(cases) >= 5
     _run(cfg, cases)
 
 
 def test_attention_throughput():
-    """No memory stalls: cycles per (row, head) within the docstring's formula."""
+    """No memory stalls: cycles per (row, pass) within the docstring's formula; the unit takes
+    a whole super-beat of K (then V) per cycle when slots = SB / L."""
     cfg = CFG4
-    c = _Case(heads=2, kv_heads=1, hd=8, pos=39, rows=1, seed=13)     # 2 words, 1 beat/row
+    c = _Case(slots=4, grp=1, hd=8, pos=39, rows=1, seed=13)     # 2 slots per position
     (cyc,) = _run(cfg, [c], latency=6, p_busy=0.0, p_gap=0.0)
-    n, hdw, c_row, blocks = 40, 2, 2, 3
-    per_head = cyc / c.heads
-    bound = 2 * n * c_row + 10 * blocks + 45 + 2 * hdw + 10    # docstring formula + 10
-    assert per_head <= bound, (per_head, bound)
+    n, hdw, blocks = 40, 2, 3
+    bound = 2 * n * hdw + 10 * blocks + c.lanes * (2 * hdw + 1) + 45 + cfg.attn_heads + 10
+    assert cyc <= bound, (cyc, bound)
 
 
 def test_verilator_lint(tmp_path):

@@ -23,6 +23,7 @@ from hwflow.hw.isa import (
     Opcode,
 )
 from hwflow.hw.top import Accelerator
+from hwflow.sim.isa_model import IsaModel
 
 from ._memory import port_process
 from .test_top import axi_read, axi_write
@@ -131,13 +132,43 @@ def test_gather_out_of_range_stops_with_error_3():
     assert bytes(img) == orig                          # the STORE never ran
 
 
+@pytest.mark.parametrize("slots,hdw,pos,rows,extra", [(2, 3, 5, 2, 0), (1, 1, 2, 3, 0),
+                                                       (2, 1, 0, 1, 1)])
+def test_kvstore_writes_head_major_position_blocks(slots, hdw, pos, rows, extra):
+    """KVSTORE at POS: word d * slots + k of each row's position block is act word
+    a + b * words + k * hd_words + d, the block's padding zero; equal to the ISA model."""
+    words = slots * hdw + 1                            # a spare word between rows
+    wpb = SB // L
+    pst = -(-slots * hdw // wpb) + extra
+    prog = [Instr(Opcode.LOAD, ext=60, a=0, b=rows * words + (-rows * words) % wpb),
+            Instr(Opcode.KVSTORE, flags=FLAG_POS, ext=100, a=0, words=words, rows=rows,
+                  pos_stride=pst, slots=slots, hd_words=hdw),
+            Instr(Opcode.END)]
+    img = _image(prog, seed=11)
+    want = IsaModel(CFG, bytes(img), pos=pos)
+    want.run(0)
+    regs = run(CFG, img, pos=pos)
+    assert regs["ERROR"] == 0 and regs["RETIRED"] == len(prog)
+    assert bytes(img) == want.mem.tobytes()
+    lo = (100 + pos * pst) * SB
+    block = np.frombuffer(bytes(img[lo:lo + pst * SB]), np.int8)
+    act = np.frombuffer(sb(img, 60, 8), np.int8).reshape(-1, L)
+    for d in range(hdw):
+        for k in range(slots):
+            np.testing.assert_array_equal(block[(d * slots + k) * L:(d * slots + k + 1) * L],
+                                          act[k * hdw + d])
+    assert not block[slots * hdw * L:].any()
+
+
 def test_transformer_opcodes_illegal_without_transformer():
     for ins in (Instr(Opcode.GATHER, ext=64, a=0, n=2, rows=1, ids=200, stride=1,
                       table_rows=10),
                 Instr(Opcode.LOAD, flags=FLAG_POS, ext=40, a=0, b=2, pos_stride=1),
                 Instr(Opcode.RMSNORM, a=0, out=2, rows=1, n=8, words=1, mult_b=1),
-                Instr(Opcode.ATTN, ext=40, v_ext=50, a=0, out=2, q_words=1, rows=1, heads=1,
-                      kv_heads=1, hd_words=1, kv_stride=1)):
+                Instr(Opcode.ATTN, ext=40, v_ext=50, a=0, out=2, q_words=1, rows=1, lanes=1,
+                      grp=1, slots=1, hd_words=1, pos_sb=1),
+                Instr(Opcode.KVSTORE, flags=FLAG_POS, ext=40, a=0, words=1, rows=1,
+                      pos_stride=1, slots=1, hd_words=1)):
         img = _image([Instr(Opcode.LOAD, ext=40, a=0, b=2), ins, Instr(Opcode.END)])
         regs = run(CFG_NO_TF, img, pos=1)
         assert regs["ERROR"] == ERROR_ILLEGAL_OPCODE, ins.op
@@ -163,7 +194,7 @@ def test_vector_and_attention_instructions_match_golden():
             Instr(Opcode.ROPE, a=20, cs=24, cs_words=2, rows=rows, heads=heads, hd=hd,
                   head_stride=L, words=2),
             Instr(Opcode.ATTN, shift=oshift, ext=K_SB, v_ext=V_SB, a=28, out=32, q_words=2,
-                  rows=rows, heads=2, kv_heads=1, hd_words=1, kv_stride=1, smul=smul,
+                  rows=rows, lanes=2, grp=2, slots=1, hd_words=1, pos_sb=1, smul=smul,
                   omul=omul, sshift=sshift),
             Instr(Opcode.STORE, ext=OUT_SB, a=0, b=36),
             Instr(Opcode.END)]

@@ -161,7 +161,7 @@ def test_pipeline_extrapolation_follows_the_stepped_pipeline(monkeypatch):
 TF = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
                  weight_depth=64, addr_bits=16, transformer=True)    # SB = 16 = 4 act words
 U280 = AccelConfig(chains=16, chain_len=16, mem_ports=8, port_bytes=32, act_depth=4096,
-                   weight_depth=1024, transformer=True)               # SB = 256: 8 instructions
+                   weight_depth=1024, transformer=True, attn_heads=16)  # SB = 256: 8 instructions
 
 
 def _builtin(i, cfg, pos=0):
@@ -207,10 +207,11 @@ def test_gather_pays_a_read_per_row_and_per_id_superbeat():
     assert five - four == per_row + cycles.READ_LATENCY + 2
 
 
-def _attn(rows=1, heads=6, kvh=2, hdw=2, cfg=U280):
-    stride = -(-kvh * hdw * cfg.chain_len // cfg.beat_bytes)
-    return Instr(Opcode.ATTN, ext=0, v_ext=0, a=0, out=0, q_words=heads * hdw, rows=rows,
-                 heads=heads, kv_heads=kvh, hd_words=hdw, kv_stride=stride)
+def _attn(rows=1, slots=2, grp=3, hdw=2, cfg=U280, extra=0):
+    wpb = cfg.beat_bytes // cfg.chain_len
+    return Instr(Opcode.ATTN, ext=0, v_ext=0, a=0, out=0, q_words=slots * grp * hdw, rows=rows,
+                 lanes=slots * grp, grp=grp, slots=slots, hd_words=hdw,
+                 pos_sb=-(-slots * hdw // wpb) + extra)
 
 
 def test_attention_grows_with_pos_in_blocks_of_16_keys():
@@ -222,10 +223,16 @@ def test_attention_grows_with_pos_in_blocks_of_16_keys():
     assert steps[15] > steps[14] and steps[31] > steps[30] and steps[16] == steps[14]
     # a prefill of 4 rows at pos p = its rows' keys p+1 .. p+4
     four = cycles.features(_attn(rows=4), U280, 10)[1]
-    assert four["kv_words"] == sum(cycles.features(i, U280, 10 + b)[1]["kv_words"]
-                                   for b in range(4))
-    # more query heads on the same kv heads (GQA) cost per head, not per kv head
-    assert _builtin(_attn(heads=6, kvh=2), U280, 9) > _builtin(_attn(heads=2, kvh=2), U280, 9)
+    assert four["slots"] == sum(cycles.features(i, U280, 10 + b)[1]["slots"]
+                                for b in range(4))
+    # a key costs a K and a V slot per word of the head, whatever the query heads of the
+    # pass; more query heads cost only their q copy and output words
+    one = cycles.features(_attn(grp=1), U280, 9)[1]
+    three = cycles.features(_attn(grp=3), U280, 9)[1]
+    assert one["slots"] == three["slots"] == 2 * 10 * 2
+    assert three["head_words"] == 3 * one["head_words"]
+    # a position block's beats without a slot are skipped one per cycle
+    assert cycles.features(_attn(extra=2), U280, 9)[1]["skip_beats"] == 2 * 10 * 2
 
 
 def _isa(cfg, prog, pos=0, extra=b""):
@@ -239,16 +246,17 @@ def _isa(cfg, prog, pos=0, extra=b""):
 
 
 def test_attention_key_traffic_matches_the_isa_model():
-    # one act word per super-beat (SB = L): c_row = kv_stride, so the unit's cycles per key
-    # are the super-beats of K and V the ISA model counts
+    # one act word per super-beat (SB = L): a slot is one kv head's word, a position block
+    # hd_words super-beats, so the unit's K and V slots per key are the super-beats the ISA
+    # model counts
     cfg = AccelConfig(chains=8, chain_len=16, mem_ports=1, port_bytes=16, act_depth=2048,
-                      transformer=True)
-    for rows, heads, kvh, hdw, pos in ((1, 6, 2, 2, 13), (3, 4, 4, 1, 0), (2, 2, 1, 3, 40)):
-        i = replace(_attn(rows, heads, kvh, hdw, cfg), ext=64, v_ext=64 + 2048, a=0,
-                    out=rows * heads * hdw)
+                      transformer=True, attn_heads=4)
+    for rows, grp, hdw, pos in ((1, 3, 2, 13), (3, 4, 1, 0), (2, 2, 3, 40)):
+        i = replace(_attn(rows, 1, grp, hdw, cfg), ext=64, v_ext=64 + 2048, a=0,
+                    out=rows * grp * hdw)
         stats = _isa(cfg, [i], pos)
         f = cycles.features(i, cfg, pos)[1]
-        assert f["kv_words"] * cfg.beat_bytes == stats.traffic["kv_read"]
+        assert (f["slots"] + f["skip_beats"]) * cfg.beat_bytes == stats.traffic["kv_read"]
 
 
 def test_fetch_misses_match_the_isa_model_program_reads():

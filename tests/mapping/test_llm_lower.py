@@ -22,13 +22,14 @@ from hwflow.mapping.llm_lower import (
 )
 from hwflow.sim.isa_model import GatherRangeError, IsaModel
 
-#: L = 8, SB = 32 B: hidden 120 -> residual rows of 16 words, heads of 20 -> 24 B, a cache row
-#: 2 x 24 B -> 64 B (kv_stride 2).
+#: L = 8, SB = 32 B: hidden 120 -> residual rows of 16 words, heads of 20 -> 24 B; 6 attention
+#: lanes: one pass takes both kv heads with their 3 query heads each, a position block of
+#: 2 x 3 words -> 64 B (pos_sb 2).
 CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
-                  weight_depth=64, transformer=True)
-#: SB = 64 B: the embedding row (120 B) and the cache row (48 B) pad differently.
+                  weight_depth=64, transformer=True, attn_heads=6)
+#: SB = 64 B: the embedding row (120 B) and the position block (48 B) pad differently.
 CFG64 = AccelConfig(chains=8, chain_len=8, mem_ports=2, port_bytes=32, act_depth=4096,
-                    weight_depth=64, transformer=True)
+                    weight_depth=64, transformer=True, attn_heads=6)
 SHAPE = DecoderShape(vocab=320, hidden=120, layers=2, heads=6, kv_heads=2, head_dim=20,
                      intermediate=200, max_position=2048, rope_theta=10000.0, rms_eps=1e-5)
 
@@ -248,19 +249,26 @@ def test_one_layer_at_the_end_of_the_context(qd):
     got, _, _ = _run(model, low, prompt[:3], 61)
     np.testing.assert_array_equal(got, reference_step(one, prompt[:3], 61, cache))
     assert low.kv.rows == 64 + 15 and low.kv.v_bases[0] - low.kv.k_bases[0] == 79 * 2
+    assert low.kv.regions == ((0, 2, 2),)
     # every real cache row equals golden's: the bucket's extra rows went to the slack rows
     for base, want in ((low.kv.k_bases[0], cache.k[0]), (low.kv.v_bases[0], cache.v[0])):
         np.testing.assert_array_equal(_cache_rows(model, low, base, 64), want)
 
 
 def _cache_rows(model, low, base, n):
-    """Cache rows ``0..n-1`` of a K/V region as ``[n, kv_heads * head_dim]`` (heads unpadded)."""
+    """Positions ``0..n-1`` of a layer's K/V cache as ``[n, kv_heads * head_dim]`` (heads
+    unpadded), read back from its head-major regions (word ``d * slots + k`` of a position
+    block is word ``d`` of the region's kv head ``k``)."""
     s, L, SB = SHAPE, CFG.chain_len, CFG.beat_bytes
-    raw = np.frombuffer(model.read(base * SB, n * low.kv.kv_stride * SB), dtype=np.int8)
-    rows = raw.reshape(n, low.kv.kv_stride * SB)
-    hdp = low.kv.hd_words * L
-    return np.concatenate([rows[:, g * hdp:g * hdp + s.head_dim] for g in range(s.kv_heads)],
-                          axis=1)
+    hdw = low.kv.hd_words
+    heads, off = [], 0
+    for _k0, slots, pos_sb in low.kv.regions:
+        raw = np.frombuffer(model.read((base + off) * SB, n * pos_sb * SB), dtype=np.int8)
+        blk = raw.reshape(n, pos_sb * SB)[:, :slots * hdw * L].reshape(n, hdw, slots, L)
+        for k in range(slots):
+            heads.append(blk[:, :, k, :].reshape(n, hdw * L)[:, :s.head_dim])
+        off += low.kv.rows * pos_sb
+    return np.concatenate(heads, axis=1)
 
 
 def test_decode_program_is_one_program_for_every_position(lowered):
@@ -294,10 +302,11 @@ def test_decode_traffic_keeps_activations_on_chip(qd, lowered):
     t = stats.to_dict()["traffic"]
     assert t["activations_read"] == t["activations_written"] == 0
     assert t["other_read"] == t["other_written"] == 0
-    kv_row = low.kv.kv_stride * SB
-    assert t["kv_written"] == 2 * 2 * kv_row                     # K and V, 2 layers, 1 row
-    # K and V, 2 layers, 4 keys, once per query head
-    assert t["kv_read"] == 2 * 2 * 4 * qd.shape.heads * kv_row
+    block = sum(pos_sb for *_, pos_sb in low.kv.regions) * SB
+    assert t["kv_written"] == 2 * 2 * block                      # K and V, 2 layers, 1 row
+    # K and V, 2 layers, 4 keys, read once for all 6 query heads (the useful 2 x 2 x 4 x
+    # 2 kv heads x 20 B, up to the heads' padding to words and the block's to super-beats)
+    assert t["kv_read"] == 2 * 2 * 4 * block
     assert t["io_read"] == SB and t["io_written"] == low.io.logits_row_bytes
     assert t["program_read"] == program_instructions(2) * INSTR_BYTES
     weights = sum(r.nbytes for r in low.memory_map.regions
@@ -358,11 +367,13 @@ def test_act_plan_areas_are_disjoint(lowered):
 
 def test_mapping_errors_name_the_numbers(qd):
     from dataclasses import replace
-    with pytest.raises(MappingError, match=r"act_depth >= 182"):
+    # 178 words: x 16, h 16, q 18, k 6, v 6 (kv heads x 3 words: KVSTORE reads any word, so
+    # the k and v rows need not be whole super-beats), att 18, gate 25, up 25, cs 8, logits 40
+    with pytest.raises(MappingError, match=r"act_depth >= 178"):
         lower_decoder(qd, replace(CFG, act_depth=150))
     with pytest.raises(MappingError, match=r"L0.down.*weight_depth >= 58"):
         lower_decoder(qd, replace(CFG, weight_depth=40))
-    with pytest.raises(MappingError, match=r"bucket of 32 rows needs 5824 act words"):
+    with pytest.raises(MappingError, match=r"bucket of 32 rows needs 5696 act words"):
         lower_decoder(qd, CFG, prompt_buckets=[8, 32])
     small = lower_decoder(qd, replace(CFG, act_depth=182 * 5))
     assert small.buckets == [1, 2, 4]

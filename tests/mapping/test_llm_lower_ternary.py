@@ -27,10 +27,11 @@ from hwflow.sim.isa_model import IsaModel
 
 from .test_llm_lower import _run
 
-#: L = 8, SB = 32 B, the TLMM engine with G = 3, 4 tables x 4 replicas.
+#: L = 8, SB = 32 B, the TLMM engine with G = 3, 4 tables x 4 replicas; 6 attention lanes (one
+#: pass of 2 kv heads x 3 query heads per layer).
 CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
                   weight_depth=64, transformer=True, tlmm=True, tlmm_g=3, tlmm_t=4, tlmm_q=4,
-                  tlmm_acc_depth=256)
+                  tlmm_acc_depth=256, attn_heads=6)
 #: Same engine, other TLMM shapes: G = 2 and 4, T and Q that divide none of the widths.
 CFGS = {"G3T4Q4": CFG,
         "G2T3Q5": replace(CFG, tlmm_g=2, tlmm_t=3, tlmm_q=5),

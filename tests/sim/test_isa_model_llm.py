@@ -24,7 +24,7 @@ from ._asm import SpanImage, act_bytes
 
 #: L = 4, SB = 16 B (four words), act_depth 512.
 CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
-                  weight_depth=64, addr_bits=16, transformer=True)
+                  weight_depth=64, addr_bits=16, transformer=True, attn_heads=4)
 L, SB = CFG.chain_len, CFG.beat_bytes
 
 
@@ -53,10 +53,13 @@ def test_round_trip_every_field_at_its_limit_and_random(op):
 
 def test_v3_field_positions_match_the_doc():
     w = np.frombuffer(Instr(Opcode.ATTN, shift=9, ext=1, v_ext=2, a=3, out=4, q_words=5,
-                            rows=6, heads=7, kv_heads=8, hd_words=9, kv_stride=10, smul=11,
-                            omul=12, sshift=13).encode(), dtype="<u4")
+                            rows=6, lanes=7, grp=8, hd_words=9, pos_sb=10, smul=11,
+                            omul=12, sshift=13, slots=14).encode(), dtype="<u4")
     assert list(w) == [0x09 | 9 << 16, 1, 3 | 4 << 16, 5 | 6 << 16, 2,
-                       7 | 8 << 8 | 9 << 16 | 10 << 24, 11 | 12 << 16, 13]
+                       7 | 8 << 8 | 9 << 16 | 10 << 24, 11 | 12 << 16, 13 | 14 << 8]
+    w = np.frombuffer(Instr(Opcode.KVSTORE, FLAG_POS, ext=1, a=2, words=3, rows=4,
+                            pos_stride=5, slots=6, hd_words=7).encode(), dtype="<u4")
+    assert list(w) == [0x0C | FLAG_POS << 8, 1, 2, 3 | 4 << 16, 5, 6 | 7 << 8, 0, 0]
     w = np.frombuffer(Instr(Opcode.GATHER, ext=1, a=2, n=3, rows=4, ids=5, stride=6,
                             table_rows=7).encode(), dtype="<u4")
     assert list(w) == [0x05, 1, 2, 3 | 4 << 16, 5, 6, 7, 0]
@@ -75,7 +78,9 @@ def test_v3_field_positions_match_the_doc():
 
 
 @pytest.mark.parametrize("ins,msg", [
-    (Instr(Opcode.ATTN, heads=256), "heads=256 does not fit 8 bits"),
+    (Instr(Opcode.ATTN, lanes=256), "lanes=256 does not fit 8 bits"),
+    (Instr(Opcode.ATTN, heads=2), "heads=2 is not a field of ATTN"),
+    (Instr(Opcode.KVSTORE, slots=256), "slots=256 does not fit 8 bits"),
     (Instr(Opcode.ATTN, sshift=64), "sshift=64 does not fit 6 bits"),
     (Instr(Opcode.MATMUL, pos_stride=1), "pos_stride=1 is not a field of MATMUL"),
     (Instr(Opcode.LOAD, pos_stride=1 << 16), "pos_stride=65536 does not fit 16 bits"),
@@ -216,46 +221,82 @@ def test_rope_on_padded_heads_matches_golden():
     assert not got[:, heads * hdw * L:].any()
 
 
+def _blocks(x: np.ndarray, slots: int, hdw: int, pos_sb: int) -> np.ndarray:
+    """Rows ``[n, slots*hdw*L]`` (kv heads contiguous) as position blocks of ``pos_sb``
+    super-beats: word ``d * slots + k`` = word ``d`` of head ``k``, zero padding."""
+    n = x.shape[0]
+    out = np.zeros((n, pos_sb * SB), dtype=np.int8)
+    out[:, :slots * hdw * L] = x.reshape(n, slots, hdw, L).transpose(0, 2, 1, 3).reshape(n, -1)
+    return out
+
+
 @pytest.mark.parametrize("pos,rows", [(0, 1), (20, 1), (4, 3)])
-def test_attn_matches_golden_attention(pos, rows):
+def test_kvstore_then_attn_match_golden_attention(pos, rows):
+    """KVSTORE writes k and v rows into head-major position blocks at POS; one ATTN pass of
+    2 kv heads x 2 query heads reads them back (with the older positions already there)."""
     rng = np.random.default_rng(3 + pos)
-    heads, kvh, hdw, kv_stride = 4, 2, 2, 1                  # a cache row: 2 heads x 8 B = 16 B
-    hd = hdw * L
+    slots, grp, hdw = 2, 2, 3                # a position block: 6 words = 1.5 super-beats
+    lanes, hd = slots * grp, hdw * L
+    pos_sb = -(-(slots * hdw) // (SB // L))
     n_keys = pos + rows
-    kc = _rand(rng, 40, kvh * hd)
-    vc = _rand(rng, 40, kvh * hd)
-    q = _rand(rng, rows, heads * hd)
+    kc = _rand(rng, 40, slots * hd)
+    vc = _rand(rng, 40, slots * hd)
+    q = _rand(rng, rows, lanes * hd)
     im = SpanImage(SB)
-    k_addr = im.add(kc.tobytes(), "kv")
-    v_addr = im.add(vc.tobytes(), "kv")
-    q_addr = im.add(q.tobytes() + bytes(-q.nbytes % SB), "activations")
+    # the cache before this run: positions 0..pos-1 written, the rest garbage
+    k_addr = im.add(_blocks(kc, slots, hdw, pos_sb).tobytes(), "kv")
+    v_addr = im.add(_blocks(vc, slots, hdw, pos_sb).tobytes(), "kv")
+    new = np.concatenate([q, kc[pos:n_keys], vc[pos:n_keys]], axis=1)
+    act_addr = im.add(new.tobytes() + bytes(-new.nbytes % SB), "activations")
+    rw = new.shape[1] // L                   # act words per row: q | k | v
+    kw, vw = lanes * hdw, lanes * hdw + slots * hdw
     prog = im.program([
-        Instr(Opcode.LOAD, ext=q_addr, a=0, b=-(-q.nbytes // SB) * SB // L),
-        Instr(Opcode.ATTN, shift=20, ext=k_addr, v_ext=v_addr, a=0, out=100,
-              q_words=heads * hdw, rows=rows, heads=heads, kv_heads=kvh, hd_words=hdw,
-              kv_stride=kv_stride, smul=300, omul=900, sshift=10),
+        Instr(Opcode.LOAD, ext=act_addr, a=0, b=-(-new.nbytes // SB) * SB // L),
+        Instr(Opcode.KVSTORE, FLAG_POS, ext=k_addr, a=kw, words=rw, rows=rows,
+              pos_stride=pos_sb, slots=slots, hd_words=hdw),
+        Instr(Opcode.KVSTORE, FLAG_POS, ext=v_addr, a=vw, words=rw, rows=rows,
+              pos_stride=pos_sb, slots=slots, hd_words=hdw),
+        Instr(Opcode.ATTN, shift=20, ext=k_addr, v_ext=v_addr, a=0, out=300, q_words=rw,
+              rows=rows, lanes=lanes, grp=grp, slots=slots, hd_words=hdw, pos_sb=pos_sb,
+              smul=300, omul=900, sshift=10),
     ])
-    model = IsaModel(CFG, bytes(im.buf), pos=pos, regions=im.spans)
+    garbage = _rand(rng, 40, slots * hd)             # what the new positions held before
+    buf = bytearray(im.buf)
+    for addr in (k_addr, v_addr):
+        for j in range(pos, n_keys):
+            a = (addr + j * pos_sb) * SB
+            buf[a:a + pos_sb * SB] = _blocks(garbage[j:j + 1], slots, hdw, pos_sb).tobytes()
+    model = IsaModel(CFG, bytes(buf), pos=pos, regions=im.spans)
     st = model.run(prog)
-    want = gl.attention(q, kc[:n_keys], vc[:n_keys], pos, heads, kvh, hd, 300, 10, 900, 20)
-    np.testing.assert_array_equal(_act(model, 100, rows, heads * hdw), want)
-    # every query head passes over its rows of the cache (GQA heads re-read their kv head)
-    per_cache = heads * sum(pos + b + 1 for b in range(rows)) * kv_stride * SB
+    want = gl.attention(q, kc[:n_keys], vc[:n_keys], pos, lanes, slots, hd, 300, 10, 900, 20)
+    got = model.act[300:300 + rows * rw].reshape(rows, rw * L)[:, :lanes * hd]
+    np.testing.assert_array_equal(got, want)
+    # one read of every position block per query row for all the pass's query heads
+    per_cache = sum(pos + b + 1 for b in range(rows)) * pos_sb * SB
     assert st.traffic["kv_read"] == 2 * per_cache
-    assert st.traffic["kv_written"] == 0
+    assert st.traffic["kv_written"] == 2 * rows * pos_sb * SB
+    k_mem = model.mem[k_addr * SB:(k_addr + n_keys * pos_sb) * SB].view(np.int8)
+    np.testing.assert_array_equal(k_mem.reshape(n_keys, -1),
+                                  _blocks(kc[:n_keys], slots, hdw, pos_sb))
 
 
 def test_attn_field_checks():
-    im = SpanImage(SB)
-    prog = im.program([Instr(Opcode.ATTN, rows=1, heads=3, kv_heads=2, hd_words=1,
-                             q_words=3, kv_stride=1)])
-    with pytest.raises(IsaError, match="heads a nonzero multiple of kv_heads"):
-        run_program(CFG, bytes(im.buf), prog)
-    im = SpanImage(SB)
-    prog = im.program([Instr(Opcode.ATTN, rows=1, heads=2, kv_heads=2, hd_words=4,
-                             q_words=8, kv_stride=1)])
-    with pytest.raises(IsaError, match="exceed a cache row"):
-        run_program(CFG, bytes(im.buf), prog)
+    for ins, msg in [
+        (Instr(Opcode.ATTN, rows=1, lanes=3, grp=2, slots=2, hd_words=1, q_words=3,
+               pos_sb=1), "need lanes = slots x grp"),
+        (Instr(Opcode.ATTN, rows=1, lanes=3, grp=1, slots=3, hd_words=1, q_words=6,
+               pos_sb=1), "slots=3 does not divide"),
+        (Instr(Opcode.ATTN, rows=1, lanes=2, grp=1, slots=2, hd_words=4, q_words=8,
+               pos_sb=1), "exceed a position block"),
+        (Instr(Opcode.ATTN, rows=1, lanes=8, grp=4, slots=2, hd_words=1, q_words=8,
+               pos_sb=1), "exceed the unit's attn_heads"),
+        (Instr(Opcode.KVSTORE, rows=1, slots=2, hd_words=4, pos_stride=1),
+         "do not fit a position block"),
+    ]:
+        im = SpanImage(SB)
+        prog = im.program([ins])
+        with pytest.raises(IsaError, match=msg):
+            run_program(CFG, bytes(im.buf), prog)
 
 
 def test_v2_flags_still_decode_and_mlp_fields_unchanged():
