@@ -191,8 +191,9 @@ class AttentionUnit(wiring.Component):
         so = Signal(range(max(WPB, 2)))
         cd = Signal(9)
         cj = Signal(range(ATTN_BLOCK))
-        # output: lane and word
+        # output: lane, word, and the lane's first output word (o_row + oh * hd_words, summed)
         oh, oi = Signal(range(max(H, 2))), Signal(8)
+        o_head = Signal(16)
         dv_i = Signal(5)
         pi = Signal(range(ATTN_BLOCK + 2))      # p pass: 0 = alpha, 1 + j = key j
         p_run = Signal()                        # p pass of the current block under way
@@ -209,6 +210,7 @@ class AttentionUnit(wiring.Component):
         # S0 item (combinational), filled in by the FSM
         s0_v, s0_kind = Signal(), Signal(2)
         s0_d = Signal(9)
+        s0_oaddr = Signal(16)                   # O items: the act word they write
         s0_words = [Signal(8 * L, name=f"s0_word{h}") for h in range(H)]
 
         def consume(kind):
@@ -311,12 +313,12 @@ class AttentionUnit(wiring.Component):
             with m.State("DIV"):
                 m.d.sync += dv_i.eq(dv_i - 1)
                 with m.If(dv_i == 0):
-                    m.d.sync += [oh.eq(0), oi.eq(0)]
+                    m.d.sync += [oh.eq(0), oi.eq(0), o_head.eq(o_row)]
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [s0_v.eq(1), s0_kind.eq(_O), s0_d.eq(oi)]
+                m.d.comb += [s0_v.eq(1), s0_kind.eq(_O), s0_d.eq(oi), s0_oaddr.eq(o_head + oi)]
                 with m.If(oi == hd_words - 1):
-                    m.d.sync += [oi.eq(0), oh.eq(oh + 1)]
+                    m.d.sync += [oi.eq(0), oh.eq(oh + 1), o_head.eq(o_head + hd_words)]
                     with m.If(oh == lanes - 1):
                         m.next = "ODRAIN"
                 with m.Else():
@@ -354,26 +356,25 @@ class AttentionUnit(wiring.Component):
         # --- shared word pipeline control: S0 -> S1 -> S2 -> S3 -> S4 -> S5 ---------------------
         s1_v, s1_kind, s1_d = Signal(), Signal(2), Signal(9)
         s1_j0, s1_first, s1_last, s1_j = Signal(), Signal(), Signal(), Signal(4)
-        s1_oh = Signal.like(oh)
+        s1_oh, s1_oa = Signal.like(oh), Signal(16)
         m.d.sync += [s1_v.eq(s0_v), s1_kind.eq(s0_kind), s1_d.eq(s0_d), s1_j0.eq(cj == 0),
                      s1_first.eq(cd == 0), s1_last.eq(cd == hd_words - 1), s1_j.eq(cj),
-                     s1_oh.eq(oh)]
+                     s1_oh.eq(oh), s1_oa.eq(s0_oaddr)]
         s2_v, s2_kind, s2_d = Signal(), Signal(2), Signal(9)
         s2_j0, s2_first, s2_last, s2_j = Signal(), Signal(), Signal(), Signal(4)
-        s2_oh = Signal.like(oh)
+        s2_oh, s2_oa = Signal.like(oh), Signal(16)
         m.d.sync += [s2_v.eq(s1_v), s2_kind.eq(s1_kind), s2_d.eq(s1_d), s2_j0.eq(s1_j0),
                      s2_first.eq(s1_first), s2_last.eq(s1_last), s2_j.eq(s1_j),
-                     s2_oh.eq(s1_oh)]
+                     s2_oh.eq(s1_oh), s2_oa.eq(s1_oa)]
         s3_kv, s3_ov, s3_first, s3_last, s3_j = Signal(), Signal(), Signal(), Signal(), Signal(4)
-        s3_d = Signal(9)
-        s3_oh = Signal.like(oh)
+        s3_oh, s3_oa = Signal.like(oh), Signal(16)
         m.d.sync += [s3_kv.eq(s2_v & (s2_kind == _K)), s3_ov.eq(s2_v & (s2_kind == _O)),
-                     s3_first.eq(s2_first), s3_last.eq(s2_last), s3_j.eq(s2_j), s3_d.eq(s2_d),
-                     s3_oh.eq(s2_oh)]
-        s4_kv, s4_ov, s4_j, s4_d = Signal(), Signal(), Signal(4), Signal(9)
-        s4_oh = Signal.like(oh)
-        m.d.sync += [s4_kv.eq(s3_kv & s3_last), s4_j.eq(s3_j), s4_ov.eq(s3_ov), s4_d.eq(s3_d),
-                     s4_oh.eq(s3_oh)]
+                     s3_first.eq(s2_first), s3_last.eq(s2_last), s3_j.eq(s2_j),
+                     s3_oh.eq(s2_oh), s3_oa.eq(s2_oa)]
+        s4_kv, s4_ov, s4_j = Signal(), Signal(), Signal(4)
+        s4_oa = Signal(16)
+        m.d.sync += [s4_kv.eq(s3_kv & s3_last), s4_j.eq(s3_j), s4_ov.eq(s3_ov),
+                     s4_oa.eq(s3_oa)]
         s5_kv, s5_j = Signal(), Signal(4)
         m.d.sync += [s5_kv.eq(s4_kv), s5_j.eq(s4_j)]
         m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv))
@@ -401,7 +402,7 @@ class AttentionUnit(wiring.Component):
             # (v + 2**(s-1)) >> s == ((v >> (s-1)) + 1) >> 1 for s > 0: no 2**63 constant
             r = Mux(oshift == 0, v, ((v >> sh1) + 1) >> 1)
             out_bytes.append(Mux(r > 127, 127, Mux(r < -128, -128, r))[:8])
-        m.d.comb += [self.wr_addr.eq(o_row + s4_oh * hd_words + s4_d),
+        m.d.comb += [self.wr_addr.eq(s4_oa),
                      self.wr_data.eq(Cat(out_bytes)),
                      self.wr_en.eq(Mux(s4_ov, (1 << L) - 1, 0))]
         return m

@@ -186,7 +186,7 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     board's own ``mem_ports`` is sized for its default engine). The optional units follow
     the precision: MLPs build the sparse selectors unless ``sparsity`` is dense, the int4
     dequantizer for int4/mixed weights, the TLMM for ternary weights, and no transformer
-    units (MLPs never use them: 5 L + 10 DSPs saved); decoders build the transformer units,
+    units (MLPs never use them: their DSPs and LUTs saved); decoders build the transformer units,
     the TLMM for ternary weights, and neither sparse selectors nor the int4 path (the
     decoder flow runs dense int8 or ternary weights).
     """

@@ -523,7 +523,7 @@ def format_prediction(p: dict) -> list[str]:
                      f"DSP {t['dsp']}")
     m = p["memory"]
     lines.append("resources: " + ", ".join(parts) + f"; memory image "
-                 f"{m['image_bytes'] / 2**30:.2f} GiB of {m['capacity_bytes'] / 2**30:.0f} GiB")
+                 f"{m['image_bytes'] / 1e9:.2f} GB of {m['capacity_bytes'] / 1e9:.1f} GB")
     lines.append("fits the board: " + ("yes" if p["fits"] else f"NO ({p.get('fit_error')})"))
     for n in p.get("notes", []):
         lines.append(f"note: {n}")

@@ -10,9 +10,14 @@ configuration (DSP and BRAM counts equal):
   res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
   tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
   dequantizer's 4x4-bit products are shift-and-add logic (no DSP). With ``transformer``, the
-  vector and attention units and the POS address multiplier add ``5 L + 10`` (fitted on
-  Yosys runs at L = 4, 8, 16 with two chains: 30, 50 and 90 more DSP48E2 than without; per
-  lane the attention unit's q.k / p.v product and its two-slice rescale and output products).
+  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 6``
+  (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
+  each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
+  ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and two; the
+  vector unit 4. Equal to Yosys on the attention unit alone at (L, H) = (4, 1), (4, 2),
+  (8, 1), (16, 2) (26, 42, 46, 138 DSP48E2, ``tests/mapping/test_engine.py``) and, at
+  H = 1, the ``5 L + 10`` of the earlier single-lane unit, fitted on whole-accelerator runs
+  at L = 4, 8, 16.
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
   stored three times (block RAMs have one read port next to the write port); the weight ring
@@ -47,8 +52,10 @@ from .errors import MappingError
 
 EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
-TRANSFORMER_DSP_PER_LANE = 5    # vector + attention units, per activation lane (L)
-TRANSFORMER_DSP_FIXED = 10
+#: Transformer units' DSP48E2 (module docstring): per attention lane ``3 L + 4``, shared
+#: ``2 L + 6`` (the lanes' output products, the vector unit, the POS multiplier).
+ATTN_LANE_DSP_PER_BYTE, ATTN_LANE_DSP_FIXED = 3, 4
+TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 6
 PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
 RECORD_BYTES = 8
 ACT_READ_PORTS = 3
@@ -169,7 +176,7 @@ RESOURCE_FEATURES = {
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
-    "dsp": "P*L + 3*E + 1 + transformer*(5*L + 10)",
+    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)",
     "bram": "3*L*blocks(8, act_depth) + (L + param_lanes)*blocks(8*P, weight_depth)"
             " + sparse*L*blocks(4*P, weight_depth)",
     "uram": ("1",),
@@ -221,6 +228,35 @@ def resource_fit() -> dict:
                            "with `python benchmarks/fit_resources.py`") from None
 
 
+#: LUT and FF of one attention lane, ``a + b * L`` (Yosys ``synth_xilinx -family xcup`` of
+#: ``hw.attention.AttentionUnit`` alone at (L, H) = (4, 1), (4, 2), (4, 4), (8, 1), (8, 2),
+#: (8, 3), (16, 1), (16, 2); with a fixed ``c + d * L`` the fit is within 0.54% (LUT) and
+#: 0.52% (FF) of every point). The whole-accelerator fit (``tf``, ``tf_L``) was made with a
+#: one-lane unit, so the estimate adds the lanes past the first.
+ATTN_LANE_LUT = (1159.0, 225.5)
+ATTN_LANE_FF = (1567.8, 80.3)
+#: The unit's shared part in the same fit (request side, control, the shared output stage).
+ATTN_SHARED_LUT = (715.5, 447.3)
+ATTN_SHARED_FF = (421.9, 63.8)
+
+
+def attention_lane_resources(cfg: AccelConfig) -> dict:
+    """LUT and FF of the attention lanes past the first (0 without ``transformer``)."""
+    extra = cfg.attn_heads - 1 if cfg.transformer else 0
+    L = cfg.chain_len
+    return {"lut": extra * (ATTN_LANE_LUT[0] + ATTN_LANE_LUT[1] * L),
+            "ff": extra * (ATTN_LANE_FF[0] + ATTN_LANE_FF[1] * L)}
+
+
+def transformer_dsp(cfg: AccelConfig) -> int:
+    """DSP48E2 of the vector and attention units (0 without ``transformer``)."""
+    if not cfg.transformer:
+        return 0
+    L = cfg.chain_len
+    lane = ATTN_LANE_DSP_PER_BYTE * L + ATTN_LANE_DSP_FIXED
+    return cfg.attn_heads * lane + TRANSFORMER_DSP_PER_BYTE * L + TRANSFORMER_DSP_FIXED
+
+
 def estimate_dsp_bram(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """The analytic DSP and block RAM counts (module docstring), ``bram`` not rounded up."""
     L, P, D = cfg.chain_len, cfg.chains, cfg.weight_depth
@@ -228,7 +264,7 @@ def estimate_dsp_bram(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     ring = (L + param_lanes(cfg)) * memory_blocks(8 * P, D, bram_kbits)
     if cfg.sparse:
         ring += L * memory_blocks(4 * P, D, bram_kbits)
-    units = (TRANSFORMER_DSP_PER_LANE * L + TRANSFORMER_DSP_FIXED) if cfg.transformer else 0
+    units = transformer_dsp(cfg)
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
             "bram": act + ring}
 
@@ -279,7 +315,9 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
 
     out = {"dsp": db["dsp"], "bram": db["bram"], "uram": fitted("uram")}
     if bram_kbits == 36:
-        out["lut"], out["ff"] = fitted("lut"), fitted("ff")
+        lanes = attention_lane_resources(cfg)
+        out["lut"] = fitted("lut") + lanes["lut"]
+        out["ff"] = fitted("ff") + lanes["ff"]
     if cfg.tlmm:
         t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
                            cfg.beat_bytes, bram_kbits)

@@ -70,7 +70,7 @@ def test_kv260_estimate_equals_yosys_synth_xilinx():
     # parameter lanes of 256 x 64 (28 RAMB36E2) and 16 index lanes of 256 x 32 (16 RAMB18E2 =
     # 8); 34306 LUT. (tests/hwflow/export/test_fit.py measures a small configuration; this
     # pins the numbers of the full one, which takes minutes.)
-    # The transformer units (on for the KV260) add 5 DSP48E2 per lane + 10 (test_fit.py).
+    # The transformer units (on for the KV260) add H (3 L + 4) + 2 L + 6 DSP48E2 (test_fit.py).
     kv = load_board("kv260")
     no_units = replace(choose_config(kv), transformer=False, tlmm=False)
     est = estimate_resources(no_units, kv.bram_kbits)
