@@ -111,6 +111,11 @@ class QLinear:
     #: quantized per token (golden.ternary.absmax_quant, with the layer's gamma codes if any),
     #: then ``out = requantize((xq @ weight.T) * m, bias, mult, shift, res, res_mult)``.
     ternary: bool = False
+    #: int4 linear (``golden.int4``, W4A8): ``weight`` is the int8 the engine computes with,
+    #: ``w4 * w4_scale`` per group of 32 along K; the codes ``w4`` (-8..7) and group scales
+    #: ``w4_scale`` (1..15, ``[out, ceil(in / 32)]``) are what the memory holds.
+    w4: np.ndarray | None = None
+    w4_scale: np.ndarray | None = None
 
 
 @dataclass

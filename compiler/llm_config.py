@@ -225,10 +225,15 @@ def _zeros(shape, dtype) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(s) for s in shape))
 
 
-def _linear(n_out: int, n_in: int, ternary: bool, residual: bool) -> QLinear:
+def _linear(n_out: int, n_in: int, ternary: bool, residual: bool, int4: bool = False) -> QLinear:
+    i4 = {}
+    if int4:            # codes and group scales (golden.int4.GROUP = 32 along K) as views
+        i4 = dict(w4=_zeros((n_out, n_in), np.int8),
+                  w4_scale=np.broadcast_to(np.uint8(1), (n_out, -(-n_in // 32))))
     return QLinear(weight=_zeros((n_out, n_in), np.int8), bias=_zeros((n_out,), np.int64),
                    mult=np.broadcast_to(np.int64(1 << 14), (n_out,)), shift=_SHIFT,
-                   res_mult=(1 << 14) if residual and not ternary else 0, ternary=ternary)
+                   res_mult=(1 << 14) if residual and not ternary else 0, ternary=ternary,
+                   **i4)
 
 
 def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
@@ -240,11 +245,12 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     cs : ConfigShape
     max_context : int
         Positions of the KV caches and the RoPE table.
-    weights : {"int8", "ternary"}, optional
+    weights : {"int8", "int4", "mixed", "ternary"}, optional
         Block linears' format; default ternary for BitNet, int8 otherwise (as
         ``quantize_decoder``). Ternary layers carry the unfused residual adds, and BitNet's
         unfolded gammas (input, sub-norm, post-attention and FFN sub-norm) become gamma codes;
-        int8 folds gammas away.
+        int8 folds gammas away. int4: every linear W4A8, the LM head too; mixed (no weights
+        to measure the int4 error on): the block linears int4, the LM head int8.
 
     Returns
     -------
@@ -255,12 +261,14 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     s = cs.shape
     if weights is None:
         weights = "ternary" if cs.ternary else "int8"
-    if weights not in ("int8", "ternary"):
-        raise FrontendError(f"weights '{weights}': use int8 or ternary for a decoder")
+    if weights not in ("int8", "int4", "mixed", "ternary"):
+        raise FrontendError(f"weights '{weights}': use int8, int4, mixed or ternary for a "
+                            "decoder")
     if not 1 <= int(max_context) <= s.max_position:
         raise FrontendError(f"max_context {max_context} outside 1..{s.max_position} (the "
                             "model's max_position_embeddings)")
     tern = weights == "ternary"
+    w4 = weights in ("int4", "mixed")
     qd_q, qd_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     # BitNet keeps its block gammas unfolded (compiler.llm_frontend, fold_gammas): ternary
     # compiles carry them as ABSQUANT gamma codes; other families fold them into the weights.
@@ -278,17 +286,18 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
                          mlp_sub_gamma=g(s.intermediate) if cs.sub_norms else None,
                          attn_add=_ADD, mlp_add=_ADD)
         layers.append(QLayer(
-            attn_norm=_NORM, q=_linear(qd_q, s.hidden, tern, False),
-            k=_linear(qd_kv, s.hidden, tern, False), v=_linear(qd_kv, s.hidden, tern, False),
-            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, True), mlp_norm=_NORM,
-            gate=_linear(s.intermediate, s.hidden, tern, False),
-            up=_linear(s.intermediate, s.hidden, tern, False), silu=_ACT,
-            down=_linear(s.hidden, s.intermediate, tern, True), act=cs.act,
+            attn_norm=_NORM, q=_linear(qd_q, s.hidden, tern, False, w4),
+            k=_linear(qd_kv, s.hidden, tern, False, w4),
+            v=_linear(qd_kv, s.hidden, tern, False, w4),
+            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, True, w4), mlp_norm=_NORM,
+            gate=_linear(s.intermediate, s.hidden, tern, False, w4),
+            up=_linear(s.intermediate, s.hidden, tern, False, w4), silu=_ACT,
+            down=_linear(s.hidden, s.intermediate, tern, True, w4), act=cs.act,
             attn_sub_norm=_NORM if cs.sub_norms else None,
             mlp_sub_norm=_NORM if cs.sub_norms else None, **extra))
     return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),
                     rope=np.zeros((int(max_context), s.head_dim), dtype=np.int16),
                     layers=layers, final_norm=_NORM,
-                    lm_head=_linear(s.vocab, s.hidden, False, False),
+                    lm_head=_linear(s.vocab, s.hidden, False, False, weights == "int4"),
                     max_context=int(max_context), scales={},
                     weight_formats={"shape_only": True, "weights": weights})

@@ -37,6 +37,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from hwflow.golden import int4 as g4
 from hwflow.golden import llm as gl
 from hwflow.golden import ternary as gt
 from hwflow.golden.int8 import (
@@ -53,12 +54,13 @@ from .decoder import FloatDecoder, FloatLayer, QDecoder, QLayer, QLinear
 from .errors import CompileError
 from .llm_interpret import KVCache, _forward, float_forward, golden_generate, golden_step
 from .llm_interpret import top1_agreement as _top1
+from .passes import INT4_MAX_ERROR, int4_error
 
 __all__ = ["quantize_decoder", "quant_report", "ternarize_decoder", "gamma_codes",
            "DECODER_WEIGHTS", "TERNARY_LINEARS", "CALIB_SEQUENCES", "CALIB_TOKENS"]
 
 #: What ``quantize_decoder(weights=...)`` accepts.
-DECODER_WEIGHTS = ("int8", "ternary")
+DECODER_WEIGHTS = ("int8", "int4", "mixed", "ternary")
 #: The linears of a block that become ternary (the LM head stays int8).
 TERNARY_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -85,10 +87,16 @@ def _norm_params(s_in: float, s_out: float, eps_f: float, hidden: int) -> tuple[
 
 
 def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
-             s_res: float | None = None) -> QLinear:
+             s_res: float | None = None, wbits: int = 8) -> QLinear:
     """int8 linear whose epilogue maps ``acc * s_in * s_w + bias (+ res * s_res)`` to
-    ``s_out`` (golden.int8.requantize)."""
-    wq, sw = quantize_weight(w)
+    ``s_out`` (golden.int8.requantize); ``wbits = 4``: the weight is int4 codes with group
+    scales (``golden.int4``), ``s_w`` its per-channel scale ``c``."""
+    w4 = w4s = None
+    if wbits == 4:
+        w4, w4s, sw = g4.quantize_weight_int4(w)
+        wq = g4.dequantize_int4(w4, w4s)
+    else:
+        wq, sw = quantize_weight(w)
     reals = s_in * sw / s_out
     res_real = None if s_res is None else s_res / s_out
     # One shift serves every channel and the residual: pick it for the largest multiplier.
@@ -101,7 +109,7 @@ def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
         b = np.clip(np.rint(np.asarray(bias, dtype=np.float64) / (s_in * sw)),
                     INT32_MIN, INT32_MAX).astype(np.int32)
     return QLinear(weight=wq, bias=b, mult=mult.astype(np.int64), shift=int(shift),
-                   res_mult=res_mult)
+                   res_mult=res_mult, w4=w4, w4_scale=w4s)
 
 
 def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, hd: int):
@@ -209,8 +217,11 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
         Calibration token sequences; default 4 seeded random sequences of 32 tokens.
     seed : int
         Seed of the default calibration sequences.
-    weights : {"int8", "ternary"}, optional
-        Block linears int8 (per channel) or ternary (BitNet b1.58, see the module docstring).
+    weights : {"int8", "int4", "mixed", "ternary"}, optional
+        Block linears int8 (per channel), int4 (W4A8: ``golden.int4`` codes with a scale per
+        group of 32 along K, the LM head too), mixed (int4 where the layer's int4 error is at
+        most ``compiler.passes.INT4_MAX_ERROR``, the LM head int8; :func:`_weight_bits`) or
+        ternary (BitNet b1.58, see the module docstring).
         Default: ``"ternary"`` for a BitNet decoder (``fd.family == "bitnet"``), else
         ``"int8"``. int8 folds any unfolded gamma into its linears.
 
@@ -298,14 +309,23 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                 extra["mlp_add"] = _add_params(sc[p + "down_out"], s_r1, s_r2)
             else:
                 g_a, g_as, g_m, g_ms = _norm_gammas(ly)
+                folded = dict(q=_fold(ly.q, g_a), k=_fold(ly.k, g_a), v=_fold(ly.v, g_a),
+                              o=_fold(ly.o, g_as), gate=_fold(ly.gate, g_m),
+                              up=_fold(ly.up, g_m), down=_fold(ly.down, g_ms))
+                bits = {nm: _weight_bits(weights, f"l{i}.{nm}", w, formats)
+                        for nm, w in folded.items()}
+
+                def ql(nm, bias, s_in, s_out, s_res=None, _w=folded, _b=bits):
+                    return _qlinear(_w[nm], bias, s_in, s_out, s_res=s_res, wbits=_b[nm])
+
                 lin = dict(
-                    q=_qlinear(_fold(ly.q, g_a), ly.q_bias, s_n, s_q),
-                    k=_qlinear(_fold(ly.k, g_a), ly.k_bias, s_n, s_k),
-                    v=_qlinear(_fold(ly.v, g_a), ly.v_bias, s_n, s_v),
-                    o=_qlinear(_fold(ly.o, g_as), ly.o_bias, s_ao, s_r1, s_res=s_x),
-                    gate=_qlinear(_fold(ly.gate, g_m), None, s_m, gl.SILU_SCALE),
-                    up=_qlinear(_fold(ly.up, g_m), None, s_m, s_u),
-                    down=_qlinear(_fold(ly.down, g_ms), None, s_ho, s_r2, s_res=s_r1))
+                    q=ql("q", ly.q_bias, s_n, s_q),
+                    k=ql("k", ly.k_bias, s_n, s_k),
+                    v=ql("v", ly.v_bias, s_n, s_v),
+                    o=ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x),
+                    gate=ql("gate", None, s_m, gl.SILU_SCALE),
+                    up=ql("up", None, s_m, s_u),
+                    down=ql("down", None, s_ho, s_r2, s_res=s_r1))
             layers.append(QLayer(
                 attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
                 attn=_attn_params(s_q, s_k, s_v, s_a, hd),
@@ -313,7 +333,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                 silu=_silu_params(s_u, s_h), **lin, **extra))
             s_x = s_r2
         final_norm = _norm_params(s_x, sc["final_norm"], s.rms_eps, h)
-        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc["logits"])
+        head_bits = _weight_bits(weights, "lm_head", fd.lm_head, formats, head=True)
+        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc["logits"], wbits=head_bits)
     except ValueError as e:  # a multiplier outside its u16 field at every shift
         raise CompileError(f"cannot quantize decoder '{fd.name}': {e}") from None
     report = {k: {kk: vv for kk, vv in f.items() if kk != "t"} for k, f in formats.items()}
@@ -323,6 +344,28 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                     rope=gl.rope_table(max_context, hd, s.rope_theta, s.rope_scaling),
                     layers=layers, final_norm=final_norm, lm_head=lm_head,
                     max_context=max_context, scales=sc, weight_formats=report)
+
+
+def _weight_bits(weights: str, name: str, w: np.ndarray, formats: dict,
+                 head: bool = False) -> int:
+    """4 or 8 for a linear under ``weights`` (``int8``, ``int4``, ``mixed``), recorded in
+    ``formats[name]``: ``int4`` makes every block linear and the LM head W4A8; ``mixed`` every
+    block linear whose int4 relative error (``compiler.passes.int4_error``) is at most
+    ``INT4_MAX_ERROR``, the LM head int8 (the most sensitive layer, as the MLP rule)."""
+    if weights == "int8":
+        return 8
+    if weights == "int4":
+        formats[name] = {"weights": "int4", "why": "int4: every linear"}
+        return 4
+    if head:
+        formats[name] = {"weights": "int8", "why": "mixed: the LM head stays int8"}
+        return 8
+    err = int4_error(w)
+    ok = err <= INT4_MAX_ERROR
+    formats[name] = {"weights": "int4" if ok else "int8", "int4_error": err,
+                     "why": f"mixed: int4 error {err:.3f} {'<=' if ok else '>'} "
+                            f"{INT4_MAX_ERROR}"}
+    return 4 if ok else 8
 
 
 def _add_params(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:

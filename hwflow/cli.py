@@ -61,11 +61,11 @@ def _compile_decoder(args) -> int:
 
 
 def _decoder_weights(args):
-    """``--weights`` for a decoder: int8 or ternary; not given: None (the decoder's own
-    default: ternary for BitNet, else int8)."""
+    """``--weights`` for a decoder: int8, int4, mixed or ternary; not given: None (the
+    decoder's own default: ternary for BitNet, else int8)."""
     w = args.weights
-    if w not in (None, "int8", "ternary"):
-        raise HwflowError(f"--weights {w}: a language model takes int8 or ternary")
+    if w not in (None, "int8", "int4", "mixed", "ternary"):
+        raise HwflowError(f"--weights {w}: a language model takes int8, int4, mixed or ternary")
     return w
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from hwflow.boards import load_board
 from hwflow.buildfolder import BuildOutput, compile_command, open_build, write_json, write_npz
 from hwflow.compiler import decoder as dec
+from hwflow.compiler.llm_quant import DECODER_WEIGHTS
 from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.llm_lower import kv_cache_bytes
@@ -197,8 +198,8 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     """
     from hwflow.export.open_flow import check_image
 
-    if weights not in (None, "int8", "ternary"):
-        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
+    if weights not in (None, *DECODER_WEIGHTS):
+        raise HwflowError(f"--weights {weights}: a decoder takes {', '.join(DECODER_WEIGHTS)}")
     brd = load_board(board, boards_dir)
     out = Path(out) if out else Path("build") / f"{example or _source_name(model)}-{brd.name}"
     rebuild = None if config_overrides else compile_command(
@@ -334,8 +335,8 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     from hwflow.compiler.errors import CompileError
     from hwflow.predict import _config_shape, lower_shape, predict_decoder
 
-    if weights not in (None, "int8", "ternary"):
-        raise HwflowError(f"--weights {weights}: a decoder takes int8 or ternary")
+    if weights not in (None, *DECODER_WEIGHTS):
+        raise HwflowError(f"--weights {weights}: a decoder takes {', '.join(DECODER_WEIGHTS)}")
     if model is None and example is None:
         raise HwflowError("--shape-only needs a transformers config (config.json or a folder "
                           "holding one) or --example")
@@ -350,7 +351,9 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     if not 1 <= int(max_context) <= s.max_position:
         raise HwflowError(f"--max-context {max_context}: give 1..{s.max_position} (the "
                           "model's max_position_embeddings)")
-    ternary = (weights or ("ternary" if cs.ternary else "int8")) == "ternary"
+    given_weights = weights
+    weights = weights or ("ternary" if cs.ternary else "int8")
+    ternary = weights == "ternary"
     brd = load_board(board, boards_dir)
     check_context_fits(s, int(max_context), brd)
     cfg = choose_config(brd)
@@ -363,15 +366,15 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
     rebuild = compile_command(*([model] if example is None else ["--example", example]),
                               shape_only=True, board=brd.name, max_context=given_context,
-                              weights=weights, boards_dir=boards_dir)
+                              weights=given_weights, boards_dir=boards_dir)
     with BuildOutput(out, rebuild) as claim:
-        lw, cfg, notes = lower_shape(s, cfg, brd, ternary=ternary, max_context=int(max_context),
+        lw, cfg, notes = lower_shape(s, cfg, brd, weights=weights, max_context=int(max_context),
                                      family=cs.family)
         pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
         pred["notes"] = notes
         report = {
             "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
-            "family": cs.family, "weights": "ternary" if ternary else "int8",
+            "family": cs.family, "weights": weights,
             "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
             "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
             "max_context": lw.max_context, "parameters": cs.parameters,

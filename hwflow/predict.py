@@ -352,17 +352,21 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
 # ------------------------------------------------------------------------------ predict
 
 def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
-                adjust=True):
+                adjust=True, weights=None):
     """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
     ``cfg`` as adjusted (TLMM engine for ternary; with ``adjust``, the weight ring, the
     activation buffer and the address width sized for the model) and ``notes`` the reasons.
-    Without ``adjust`` a configuration too small for the model is an error."""
+    Without ``adjust`` a configuration too small for the model is an error. ``weights``
+    (``int8``, ``int4``, ``mixed``, ``ternary``; ``compiler.llm_config.shape_decoder``)
+    overrides ``ternary``."""
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import lower_decoder
 
+    weights = weights or ("ternary" if ternary else "int8")
+    ternary = weights == "ternary"
     cs = _structure(shape, family, ternary)
     max_context = min(int(max_context), shape.max_position)
-    qd = shape_decoder(cs, max_context, "ternary" if ternary else "int8")
+    qd = shape_decoder(cs, max_context, weights)
     notes = []
     if ternary and not cfg.tlmm:
         cfg = _tlmm_cfg(qd, cfg, board)
@@ -393,7 +397,7 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
 
 def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                     prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
-                    lowered=None, adjust=True) -> dict:
+                    lowered=None, adjust=True, weights=None) -> dict:
     """Predict a decoder of ``shape`` on accelerator ``cfg`` of ``board`` (see the module
     docstring for what each figure means).
 
@@ -437,7 +441,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     """
     if lowered is None:
         lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
-                                     max_context=max_context, family=family, adjust=adjust)
+                                     max_context=max_context, family=family, adjust=adjust,
+                                     weights=weights)
     else:
         lw, cfg, notes = lowered, lowered.cfg, []
     clock = float(clock_mhz or board.clock_mhz)

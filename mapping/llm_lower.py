@@ -418,7 +418,8 @@ class _Packed:
 
 def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
     """Output channels of ``heads`` heads of ``hd`` rows each spread to ``hdp`` rows per head
-    (the extra rows zero weight, zero bias, zero multiplier: they compute exactly 0)."""
+    (the extra rows zero weight, zero bias, zero multiplier: they compute exactly 0); int4
+    codes and group scales likewise (padding rows: codes 0, scale 1)."""
     idx = (np.arange(heads)[:, None] * hdp + np.arange(hd)[None, :]).ravel()
     w = np.zeros((heads * hdp, ql.weight.shape[1]), dtype=np.int8)
     w[idx] = ql.weight
@@ -426,7 +427,13 @@ def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
     bias[idx] = ql.bias
     mult = np.zeros(heads * hdp, dtype=np.int64)
     mult[idx] = ql.mult
-    return w, bias, mult
+    w4 = s4 = None
+    if ql.w4 is not None:
+        w4 = np.zeros((heads * hdp, ql.w4.shape[1]), dtype=np.int8)
+        w4[idx] = ql.w4
+        s4 = np.ones((heads * hdp, ql.w4_scale.shape[1]), dtype=np.uint8)
+        s4[idx] = ql.w4_scale
+    return w, bias, mult, w4, s4
 
 
 def _pad_head_cols(w: np.ndarray, heads: int, hd: int, hdp: int) -> np.ndarray:
@@ -437,16 +444,23 @@ def _pad_head_cols(w: np.ndarray, heads: int, hd: int, hdp: int) -> np.ndarray:
 
 
 def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, bias=None,
-          mult=None, size_only: bool = False) -> _Packed:
+          mult=None, size_only: bool = False, int4=None) -> _Packed:
+    """A MATMUL weight block of ``ql`` (``weight``, ``bias``, ``mult``: its head-padded
+    arrays where given); ``int4``: the padded ``(codes, group scales)``, or False when the
+    padding moved the int4 groups (the layer then runs int8 on its effective weight)."""
     weight = ql.weight if weight is None else weight
     bias = ql.bias if bias is None else bias
     mult = ql.mult if mult is None else mult
     if weight.shape[1] > k_words * cfg.chain_len:
         raise MappingError(f"linear '{name}': {weight.shape[1]} input features exceed its input "
                            f"rows of {k_words} words x {cfg.chain_len} B")
-    op = _LinearOp({"weight": np.asarray(weight, dtype=np.int8), "bias": bias, "mult": mult},
-                   _Tile(k_words))
-    # The decoder's linears carry no N:M or int4 request, so plan_weights takes dense int8
+    attrs = {"weight": np.asarray(weight, dtype=np.int8), "bias": bias, "mult": mult}
+    if int4 is None and ql.w4 is not None:
+        int4 = (ql.w4, ql.w4_scale)
+    if int4:
+        attrs.update(wbits=4, w4=int4[0], w4_scale=int4[1])
+    op = _LinearOp(attrs, _Tile(k_words))
+    # The decoder's linears carry no N:M request, so plan_weights takes dense int8 (or int4)
     # without scanning the weight (golden.sparse.satisfies_nm(w, 1, 1) is True outright): a
     # zero-stride shape-only weight gets the plan a real one gets.
     plan = plan_weights(name, op, cfg)
@@ -456,7 +470,7 @@ def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, b
                        plan.n_tiles * plan.tile_mem_rows * cfg.row_bytes)
     try:
         data = pack_weight_block(cfg, plan.fmt, op.attrs["weight"], bias, mult, k_words,
-                                 plan.n_tiles)
+                                 plan.n_tiles, w4=attrs.get("w4"), w4_scale=attrs.get("w4_scale"))
     except ValueError as e:
         raise MappingError(f"linear '{name}': cannot pack its weights as {plan.fmt.label}: "
                            f"{e}") from None
@@ -533,30 +547,38 @@ def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, size_only: bool = 
         tern = _layer_ternary(ly, i)
         for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
             ql = getattr(ly, nm)
+            i4 = None
             if size_only:
                 n = heads * hdp
                 w = _zero_view((n, ql.weight.shape[1]))
                 b, m = _zero_view((n,), np.int64), _zero_view((n,), np.int64)
+                if ql.w4 is not None:
+                    i4 = (_zero_view((n, ql.w4.shape[1])),
+                          np.broadcast_to(np.uint8(1), (n, ql.w4_scale.shape[1])))
             else:
-                w, b, m = _pad_heads_rows(ql, heads, hd, hdp)
-            jobs.append((p + nm, tern, ql, geo.ew, w, b, m))
+                w, b, m, w4, s4 = _pad_heads_rows(ql, heads, hd, hdp)
+                i4 = None if w4 is None else (w4, s4)
+            jobs.append((p + nm, tern, ql, geo.ew, w, b, m, i4))
         o_w = (_zero_view((ly.o.weight.shape[0], s.heads * hdp)) if size_only else
                _pad_head_cols(ly.o.weight, s.heads, hd, hdp))
-        jobs.append((p + "o", tern, ly.o, geo.q_words, o_w, None, None))
-        jobs.append((p + "gate", tern, ly.gate, geo.ew, None, None, None))
-        jobs.append((p + "up", tern, ly.up, geo.ew, None, None, None))
-        jobs.append((p + "down", tern, ly.down, geo.iw, None, None, None))
+        # padding the heads' columns would move o's int4 groups of 32 along K: int8 then
+        o_i4 = False if hdp != hd else None
+        jobs.append((p + "o", tern, ly.o, geo.q_words, o_w, None, None, o_i4))
+        jobs.append((p + "gate", tern, ly.gate, geo.ew, None, None, None, None))
+        jobs.append((p + "up", tern, ly.up, geo.ew, None, None, None, None))
+        jobs.append((p + "down", tern, ly.down, geo.iw, None, None, None, None))
     if getattr(qd.lm_head, "ternary", False):
         raise MappingError("lm_head is marked ternary; the mapper runs the LM head as an int8 "
                            "MATMUL (BitNet keeps it in high precision): quantize it to int8")
-    jobs.append(("lm_head", False, qd.lm_head, geo.ew, None, None, None))
+    jobs.append(("lm_head", False, qd.lm_head, geo.ew, None, None, None, None))
     out, errors = [], []
-    for name, tern, ql, k_words, w, b, m in jobs:
+    for name, tern, ql, k_words, w, b, m, i4 in jobs:
         try:
             if tern:
                 out.append(_pack_ternary(name, cfg, ql, w, b, m, size_only=size_only))
             else:
-                out.append(_pack(name, cfg, ql, k_words, w, b, m, size_only=size_only))
+                out.append(_pack(name, cfg, ql, k_words, w, b, m, size_only=size_only,
+                                 int4=i4))
         except MappingError as e:
             if tern:
                 raise
