@@ -1,10 +1,11 @@
 """Benchmark: shape-only compiles and predictions of full-size decoders from their configs.
 
 Runs ``hwflow compile CONFIG --shape-only --board B`` (meta-device model, shape-only lowering,
-predictions) in a fresh process for LLaMA-2-7B on the U280 and BitNet b1.58 0.7B on the KV260
-(``examples/configs/``), then ``hwflow predict`` on each build folder, and prints each
-command's wall time and peak resident memory and the predicted figures (decode tokens/s, TTFT
-at 64/128/512 prompt tokens, bandwidth utilization, resources). Not a test: it measures.
+predictions) in a fresh process for LLaMA-2-7B on the U280 with int8 and with int4 (W4A8)
+linears and BitNet b1.58 0.7B on the KV260 (``examples/configs/``), then ``hwflow predict``
+on each build folder, and prints each command's wall time and peak resident memory and the
+predicted figures (decode tokens/s, TTFT at 64/128/512 prompt tokens, bandwidth utilization,
+resources). Not a test: it measures.
 
     python benchmarks/bench_shape_only.py
 """
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [("llama-2-7b.json", "u280"), ("bitnet-b1.58-0.7b.json", "kv260")]
+CASES = [("llama-2-7b.json", "u280", "int8"), ("llama-2-7b.json", "u280", "int4"),
+         ("bitnet-b1.58-0.7b.json", "kv260", None)]
 
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
@@ -41,19 +43,20 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as td:
-        for config, board in CASES:
-            out = Path(td) / f"{config}-{board}"
+        for config, board, weights in CASES:
+            out = Path(td) / f"{config}-{board}-{weights}"
+            extra = ["--weights", weights] if weights else []
             wall, rss, text = _run(["compile", str(ROOT / "examples" / "configs" / config),
-                                    "--shape-only", "--board", board, "-o", str(out)])
-            print(f"== {config} on {board}: shape-only compile + prediction {wall:.1f} s wall, "
-                  f"peak RSS {rss:.0f} MiB")
+                                    "--shape-only", "--board", board, "-o", str(out), *extra])
+            print(f"== {config} on {board}{' (' + weights + ')' if weights else ''}: shape-only "
+                  f"compile + prediction {wall:.1f} s wall, peak RSS {rss:.0f} MiB")
             print(text.rstrip())
             wall2, rss2, _ = _run(["predict", str(out)])
             print(f"hwflow predict: {wall2:.1f} s wall, peak RSS {rss2:.0f} MiB")
             p = json.loads((out / "reports" / "predict.json").read_text())
             print(json.dumps({"config": {k: p["config"][k] for k in (
                 "chains", "chain_len", "mem_ports", "port_bytes", "act_depth", "weight_depth",
-                "tlmm", "tlmm_t", "tlmm_q")}, "clock_mhz": p["clock_mhz"],
+                "attn_heads", "tlmm", "tlmm_t", "tlmm_q")}, "clock_mhz": p["clock_mhz"],
                 "resources": p["resources"], "fit": p["resource_fit"].get("fit"),
                 "fits": p["fits"]}, default=float))
             print()

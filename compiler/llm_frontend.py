@@ -808,7 +808,11 @@ def _rope_params(G: _Graph, cos_node, hd: int, rope_type: str | None):
     if inv[1] <= 0 or inv[1] >= 1:
         raise UnsupportedOpError(f"unsupported {variant} (node {where}): inv_freq[1] = "
                                  f"{inv[1]:.6g} is not theta**(-2/head_dim)")
-    theta = float(inv[1] ** (-hd / 2))
+    # inv[i] = theta**(-2i/hd): fit log(theta) over every entry. From inv[1] alone the float32
+    # rounding of inv (~6e-8) grows by hd/2 (4e-6 at head_dim 128, past the snap below); the
+    # fit weights the entries with the largest exponents most, whose error is not amplified.
+    e = np.arange(1, half, dtype=np.float64) * 2 / hd
+    theta = float(np.exp(-np.sum(e * np.log(inv[1:])) / np.sum(e * e)))
     # inv_freq is float32: theta comes back with ~1e-7 relative noise (9999.99987 for 1e4);
     # configs use round numbers, so snap to the nearest integer when it is that close.
     if theta >= 1 and abs(round(theta) - theta) <= 1e-6 * theta:

@@ -81,7 +81,7 @@ class AccelConfig:
     tlmm_t: int = 4
     tlmm_q: int = 4
     tlmm_acc_depth: int = 1024
-    attn_heads: int = 4
+    attn_heads: int = 1
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",

@@ -116,20 +116,27 @@ class Controller(wiring.Component):
                                             cfg.tlmm_acc_depth)
 
     @staticmethod
-    def _kv_step(m, kv_row, kv_koff, kv_d, kv_k, kv_w, kv_pad, kv_block, slots, hd_words,
-                 row_words):
-        """KVSTORE's read order: ``d`` outer, kv head ``k`` inner, then the block's padding;
-        the next row at ``row_words``."""
-        with m.If(~kv_pad):
-            with m.If(kv_k == slots - 1):
-                m.d.sync += [kv_k.eq(0), kv_koff.eq(0), kv_d.eq(kv_d + 1)]
+    def _kv_step(m, kv, slots, hd_words, row_words, pos_stride, wpb, words_left):
+        """KVSTORE's read order: ``d`` outer, kv head ``k`` inner, then the block's padding to
+        its last super-beat; the next row at ``row_words``; after the last row's block, stop
+        issuing (``words_left`` 0)."""
+        with m.If(~kv["pad"]):
+            with m.If(kv["k"] == slots - 1):
+                m.d.sync += [kv["k"].eq(0), kv["koff"].eq(0), kv["d"].eq(kv["d"] + 1)]
             with m.Else():
-                m.d.sync += [kv_k.eq(kv_k + 1), kv_koff.eq(kv_koff + hd_words)]
-        with m.If(kv_w == kv_block - 1):
-            m.d.sync += [kv_w.eq(0), kv_k.eq(0), kv_koff.eq(0), kv_d.eq(0),
-                         kv_row.eq(kv_row + row_words)]
-        with m.Else():
-            m.d.sync += kv_w.eq(kv_w + 1)
+                m.d.sync += [kv["k"].eq(kv["k"] + 1), kv["koff"].eq(kv["koff"] + hd_words)]
+        m.d.sync += kv["issued"].eq(kv["issued"] + 1)
+        beat_end = kv["wb"] == wpb - 1
+        block_end = beat_end & (kv["beat"] == pos_stride - 1)
+        m.d.sync += kv["wb"].eq(Mux(beat_end, 0, kv["wb"] + 1))
+        with m.If(beat_end):
+            m.d.sync += kv["beat"].eq(kv["beat"] + 1)
+        with m.If(block_end):
+            m.d.sync += [kv["beat"].eq(0), kv["k"].eq(0), kv["koff"].eq(0), kv["d"].eq(0),
+                         kv["row"].eq(kv["row"] + row_words),
+                         kv["rows_left"].eq(kv["rows_left"] - 1)]
+            with m.If(kv["rows_left"] == 1):
+                m.d.sync += words_left.eq(0)
 
     def elaborate(self, platform):
         m = Module()
@@ -184,21 +191,22 @@ class Controller(wiring.Component):
         m.d.sync += total_rows.eq(f_nt * f_tmr)
         # KVSTORE (docs/architecture.md, "Attention over a head-major KV cache"): rows position
         # blocks of pos_stride super-beats; word d * slots + k of a block is act word
-        # a + b * words + k * hd_words + d, the rest of the block zero. Settled one cycle
-        # after fetch, like total_rows.
+        # a + b * words + k * hd_words + d, the rest of the block zero. Counters only, no
+        # multiplier: (d, k) walk the data words, (beat, word in beat) the block, and the
+        # instruction ends when every issued word was written.
         is_kv = opcode == isa.Opcode.KVSTORE
         f_slots, f_hdw = w[5][0:8], w[5][8:16]
-        kv_block = Signal(24)           # words per position block: pos_stride * SB / L
-        kv_data = Signal(16)            # data words per block: slots * hd_words
-        kv_total = Signal(32)           # words of the whole KVSTORE: rows * block
-        m.d.sync += [kv_block.eq(f_kw * wpb), kv_data.eq(f_slots * f_hdw),
-                     kv_total.eq(f_rows * f_kw * wpb)]
         kv_row = Signal(16)             # act word of row b's first head
         kv_koff = Signal(16)            # k * hd_words
         kv_d = Signal(8)
         kv_k = Signal(8)
-        kv_w = Signal(24)               # word in the position block
-        kv_pad = kv_w >= kv_data
+        kv_beat = Signal(16)            # super-beat of the position block
+        kv_wb = Signal(range(max(wpb, 2)))  # word of the super-beat
+        kv_rows_left = Signal(16)
+        kv_issued = Signal(33)          # words issued (data and padding)
+        kv_pad = kv_d >= f_hdw          # every (d, k) of the block taken: padding words
+        kv = {"row": kv_row, "koff": kv_koff, "d": kv_d, "k": kv_k, "beat": kv_beat,
+              "wb": kv_wb, "rows_left": kv_rows_left, "issued": kv_issued, "pad": kv_pad}
         # legal modes: a 64-entry table indexed by (lgr, lgm, int4). Refused too, as they would
         # hang the run: k_words = 0 (no k-group ever produces a result to write) and a tile
         # whose ring reservation exceeds the ring (its last rows could never be fetched).
@@ -458,7 +466,8 @@ class Controller(wiring.Component):
                 # total_rows is registered from the fields: settles in this cycle
                 m.d.sync += [words_left.eq(f_b), words_done.eq(0),
                              ext_addr.eq(f_ext), load_waddr.eq(f_a), store_addr.eq(f_a),
-                             kv_row.eq(f_a), kv_koff.eq(0), kv_d.eq(0), kv_k.eq(0), kv_w.eq(0)]
+                             kv_row.eq(f_a), kv_koff.eq(0), kv_d.eq(0), kv_k.eq(0),
+                             kv_beat.eq(0), kv_wb.eq(0), kv_issued.eq(0), kv_rows_left.eq(f_rows)]
                 with m.Switch(opcode):
                     with m.Case(isa.Opcode.END):
                         m.d.sync += self.retired.eq(self.retired + 1)
@@ -556,13 +565,20 @@ class Controller(wiring.Component):
 
             with m.State("STORE"):
                 with m.If(store_issue):
-                    m.d.sync += [store_addr.eq(store_addr + 1), words_left.eq(words_left - 1)]
+                    m.d.sync += store_addr.eq(store_addr + 1)
                     if tf:
-                        self._kv_step(m, kv_row, kv_koff, kv_d, kv_k, kv_w, kv_pad, kv_block,
-                                      f_slots, f_hdw, f_b)
+                        with m.If(is_kv):
+                            self._kv_step(m, kv, f_slots, f_hdw, f_b, f_kw, wpb, words_left)
+                        with m.Else():
+                            m.d.sync += words_left.eq(words_left - 1)
+                    else:
+                        m.d.sync += words_left.eq(words_left - 1)
                 with m.If(self.wr.valid & self.wr.ready):
                     m.d.sync += [ext_addr.eq(ext_addr + 1), words_done.eq(words_done + wpb)]
-                with m.If(words_done == Mux(is_kv, kv_total, f_b)):
+                done = words_done == f_b
+                if tf:
+                    done = Mux(is_kv, (words_left == 0) & (words_done == kv_issued), done)
+                with m.If(done):
                     m.d.sync += mode.eq(M_FETCH)
                     advance_pc()
                     m.next = "FETCH_REQ"
@@ -580,8 +596,9 @@ class Controller(wiring.Component):
 
             if tf:
                 with m.State("KV_START"):
-                    # kv_total (rows * pos_stride * SB / L) settles one cycle after DECODE
-                    m.d.sync += words_left.eq(kv_total)
+                    # words_left: nonzero until the last row's block is issued (_kv_step); a
+                    # KVSTORE of no rows or an empty block writes nothing
+                    m.d.sync += words_left.eq((f_rows != 0) & (f_kw != 0))
                     with m.If(f_pos):
                         m.next = "POS_ADDR"
                     with m.Else():

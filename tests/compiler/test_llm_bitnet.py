@@ -169,8 +169,8 @@ def test_llama_ternary_uses_gamma_codes(tmp_path):
     cache = KVCache.empty(qd)
     golden_step(qd, IDS[:11], 0, cache)
     np.testing.assert_array_equal(golden_step(qd, [IDS[11]], 11, cache)[0], full[11])
-    with pytest.raises(CompileError, match="weights 'int4'"):
-        quantize_decoder(fd, 32, weights="int4")
+    with pytest.raises(CompileError, match="weights 'int2'"):
+        quantize_decoder(fd, 32, weights="int2")
 
 
 def test_examples_dispatcher(tmp_path):

@@ -279,3 +279,13 @@ def test_missing_tensor_through_the_cli_is_one_line_without_the_load_report(capf
     assert_one_line_error(code, err, "tensor 'model.norm.weight' is missing")
     assert out == ""
     assert_no_build_left(tmp_path)
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+def test_rope_theta_recovered_exactly_at_head_dim_128(tmp_path, theta):
+    """theta from every inv_freq entry: from inv_freq[1] alone float32 rounding grows by
+    head_dim/2 (4e-6 at 128) and a real 7B-class model was refused as a RoPE variant."""
+    f = tiny_llama(tmp_path / "hd128", num_attention_heads=2, num_key_value_heads=1,
+                   head_dim=128, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    fd = load_decoder(f, max_context=32)
+    assert fd.shape.head_dim == 128 and fd.shape.rope_theta == theta

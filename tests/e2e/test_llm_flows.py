@@ -108,3 +108,52 @@ def test_llama_like_families_run_without_special_code(tmp_path, family):
     assert main(["sim", str(out), "--prompt-len", "5", "--new-tokens", "3"]) == 0
     sim = json.loads((out / "reports" / "sim.json").read_text())
     assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+
+
+#: A small HBM-like board for the decode mechanisms (issue "decode at the memory roofline"):
+#: one 8-byte port (SB = 8 B, two act words of L = 4), an engine twice the beat wide (P x L =
+#: 16 = 2 SB: an int4 memory row of two k-groups fills two ring entries in the two cycles it
+#: takes to arrive, so int4 runs at the port's rate), 6 attention lanes (the 2 kv heads with
+#: their 3 query heads each in one pass). The tiny LLaMA's heads of 20 B are 5 words: a
+#: position block of 2 heads is 40 B = 5 super-beats, no padding.
+DECODE_BOARD = """\
+name: hbm-tiny
+description: a one-port HBM-like test card
+vendor: xilinx
+part: xcu280-fsvh2892-2L-e
+family: virtex-ultrascale-plus-hbm
+resources: {lut: 1303680, ff: 2607360, dsp: 9024, bram: 2016, uram: 960}
+memory: {type: hbm2, channels: 1, port_bytes: 8, capacity_gb: 1, bandwidth_gbps: 2.4}
+clocks: {kernel_mhz: 300}
+flow: vitis
+engine: {chains: 4, chain_len: 4, mem_ports: 1, act_depth: 2048, weight_depth: 512,
+         transformer: true, attn_heads: 6}
+"""
+
+
+def test_int4_decode_on_a_head_major_cache_is_bit_exact_with_useful_kv_bytes(tmp_path):
+    """GQA group of 3 (6 heads over 2 kv heads of 20: not powers of two), int4 linears, the
+    head-major KV cache read once per step for all query heads of a kv head: 8 prompt tokens
+    and 8 decode steps in RTL, every step bit-exact, tokens equal golden, no activation off
+    chip, and the KV bytes read per decode step equal to the useful bytes, counted by the
+    RTL's memory model and by the ISA model alike."""
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "hbm-tiny.yaml").write_text(DECODE_BOARD)
+    folder = write_tiny_llama(tmp_path / "tiny-llama")
+    out = tmp_path / "build"
+    assert main(["--boards-dir", str(boards), "compile", str(folder), "--board", "hbm-tiny",
+                 "--max-context", "32", "--weights", "int4", "-o", str(out)]) == 0
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    formats = {la["name"]: la["format"] for la in rep["linears"]}
+    assert all(f.startswith("int4") for f in formats.values()), formats
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "8"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert all(s["bit_exact"] and s["traffic_matches_isa_model"] for s in sim["steps"])
+    dec = sim["traffic"]["decode"]
+    assert dec["activations_read"] == dec["activations_written"] == 0
+    # decode steps at positions 8..15 read keys 0..pos: K and V, 2 layers, 2 kv heads x 20 B
+    keys = sum(p + 1 for p in range(8, 16))
+    assert dec["kv_read"] == 2 * 2 * keys * 2 * 20
+    assert dec["kv_written"] == 8 * 2 * 2 * 2 * 20
