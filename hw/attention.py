@@ -139,6 +139,8 @@ class AttentionUnit(wiring.Component):
         q_addr, out_addr = w[2][:16], w[2][16:32]
         q_words, rows = w[3][:16], w[3][16:32]
         lanes, grp, hd_words, pos_sb = w[5][0:8], w[5][8:16], w[5][16:24], w[5][24:32]
+        # more lanes than the unit has are not computed (the ISA model refuses the field)
+        lanes = Mux(lanes > H, H, lanes)
         smul, omul = w[6][:16], w[6][16:32]
         sshift, slots = w[7][:6], w[7][8:16]
 
@@ -178,8 +180,7 @@ class AttentionUnit(wiring.Component):
         first_blk = Signal()
         q_row, o_row = Signal(16), Signal(16)
         ql_a = Signal(16)                       # next q word to read (act address)
-        ql_h, ql_d = Signal(range(max(H, 2))), Signal(8)   # its lane and word
-        ql_left = Signal(17)                    # q words still to read
+        ql_h, ql_d = Signal(range(H + 1)), Signal(8)   # its lane and word
         ql_wv = Signal()                        # a q word arrives this cycle (for lane ql_wh)
         ql_wh, ql_wd = Signal.like(ql_h), Signal(8)
         # lane -> kv head slot (h // grp), by counting once per instruction
@@ -270,13 +271,13 @@ class AttentionUnit(wiring.Component):
                     m.next = "SETUP0"
             with m.State("SETUP0"):
                 m.d.sync += [ql_a.eq(q_row), ql_h.eq(0), ql_d.eq(0),
-                             ql_left.eq(lanes * hd_words), c_rem.eq(c_n), first_blk.eq(1)]
+                             c_rem.eq(c_n), first_blk.eq(1)]
                 m.next = "SETUP"
             with m.State("SETUP"):
-                rd = ql_left != 0
+                rd = ql_h < lanes               # lane by lane, hd_words words each
                 m.d.comb += [self.rd_addr.eq(ql_a), self.rd_en.eq(rd)]
                 with m.If(rd):
-                    m.d.sync += [ql_a.eq(ql_a + 1), ql_left.eq(ql_left - 1), ql_wv.eq(1),
+                    m.d.sync += [ql_a.eq(ql_a + 1), ql_wv.eq(1),
                                  ql_wh.eq(ql_h), ql_wd.eq(ql_d)]
                     with m.If(ql_d == hd_words - 1):
                         m.d.sync += [ql_d.eq(0), ql_h.eq(ql_h + 1)]

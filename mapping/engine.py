@@ -10,15 +10,14 @@ configuration (DSP and BRAM counts equal):
   res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
   tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
   dequantizer's 4x4-bit products are shift-and-add logic (no DSP). With ``transformer``, the
-  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 7``
+  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 6``
   (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
   each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
-  ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``), the burst
-  length and the q-copy length (one each); the vector unit 4; the controller's POS x
-  pos_stride 1. Equal to Yosys on the attention unit alone at (L, H) = (4, 1), (4, 2),
-  (4, 4), (8, 1), (8, 2), (8, 3), (16, 1), (16, 2) (``H (3 L + 4) + 2 L + 2``:
-  ``tests/hwflow/export/test_fit.py``), on the whole accelerator at L = 4, H = 2 (62), and,
-  at H = 1, to the ``5 L + 10`` of the earlier single-lane unit.
+  ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and the burst
+  length (one); the vector unit 4; the controller's POS x pos_stride 1. Equal to Yosys on the
+  attention unit alone (``H (3 L + 4) + 2 L + 1``: ``tests/hwflow/export/test_fit.py``), on
+  the whole accelerator at L = 4, H = 2 (61), and, at H = 1, to the ``5 L + 10`` of the
+  earlier single-lane unit (the fit points of ``mapping/calibration/resources.json``).
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
   stored three times (block RAMs have one read port next to the write port); the weight ring
@@ -54,10 +53,10 @@ from .errors import MappingError
 EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
 #: Transformer units' DSP48E2 (module docstring): per attention lane ``3 L + 4``, shared
-#: ``2 L + 7`` (the lanes' output products and two lengths, the vector unit, the POS
+#: ``2 L + 6`` (the lanes' output products and burst length, the vector unit, the POS
 #: multiplier).
 ATTN_LANE_DSP_PER_BYTE, ATTN_LANE_DSP_FIXED = 3, 4
-TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 7
+TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 6
 PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
 RECORD_BYTES = 8
 ACT_READ_PORTS = 3
@@ -178,7 +177,7 @@ RESOURCE_FEATURES = {
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
-    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 7)",
+    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)",
     "bram": "3*L*blocks(8, act_depth) + (L + param_lanes)*blocks(8*P, weight_depth)"
             " + sparse*L*blocks(4*P, weight_depth)",
     "uram": ("1",),
