@@ -211,6 +211,10 @@ class _Timer:
         return int(total)
 
 
+#: The short-context decode figure: the mean over positions ``0 .. SHORT_CONTEXT - 1``.
+SHORT_CONTEXT = 128
+
+
 def _sample_positions(max_context: int, samples: int = DECODE_SAMPLES) -> list[int]:
     if max_context <= samples:
         return list(range(max_context))
@@ -226,8 +230,11 @@ def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
     pts = _sample_positions(lowered.max_context)
     cyc = [timer.cycles("decode", prog, p) for p in pts]
     mean_pos = sum(pts) / len(pts)
+    short = _sample_positions(min(SHORT_CONTEXT, lowered.max_context))
+    cyc_short = [timer.cycles("decode", prog, p) for p in short]
     return {"cycles_per_token": sum(cyc) / len(cyc), "cycles_first": cyc[0],
-            "cycles_last": cyc[-1], "mean_pos": mean_pos, "positions_sampled": len(pts)}
+            "cycles_last": cyc[-1], "mean_pos": mean_pos, "positions_sampled": len(pts),
+            "cycles_per_token_short": sum(cyc_short) / len(cyc_short)}
 
 
 def prefill_chunks(lowered, n: int) -> list[tuple[int, int, str]]:
@@ -351,6 +358,33 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
 
 # ------------------------------------------------------------------------------ predict
 
+def _size_ports(image_bytes: int, cfg, board, int4: bool = False) -> tuple:
+    """Memory ports for an image of ``image_bytes``: every port is wired to its own channel,
+    which holds the port's stripe, so the ports must be enough for the image to fit channel by
+    channel; when the configured ports are not, every channel of the board is used (decode is
+    bound by the memory: the bandwidth comes with the channels). The engine's rows stay whole
+    super-beats (``chains * chain_len`` a multiple of ``mem_ports * port_bytes``), so chains
+    grow with the ports, to twice the super-beat for int4 weights (a memory row of two
+    k-groups then fills two ring entries in the two cycles it arrives in: the port's rate);
+    the attention lanes follow ``default_attn_heads`` unless the board names them."""
+    from hwflow.mapping.engine import default_attn_heads
+
+    channels = int(board.memory["channels"])
+    per_channel = board.capacity_bytes / channels
+    if image_bytes / cfg.mem_ports <= per_channel or cfg.mem_ports >= channels:
+        return cfg, None
+    ports = channels
+    sb = ports * cfg.port_bytes
+    chains = max(cfg.chains, (2 if int4 else 1) * -(-sb // cfg.chain_len))
+    attn = cfg.attn_heads if "attn_heads" in board.engine else default_attn_heads(
+        sb, cfg.chain_len)
+    why = (f"mem_ports {cfg.mem_ports}: the {image_bytes / 1e9:.2f} GB image is "
+           f"{image_bytes / cfg.mem_ports / 1e6:,.0f} MB per port, a channel holds "
+           f"{per_channel / 1e6:,.0f} MB; raised to {ports} ports ({sb} B super-beat), "
+           f"chains to {chains}")
+    return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn), why
+
+
 def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
                 adjust=True, weights=None):
     """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
@@ -385,6 +419,22 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
                            shape_only=True)
     except MappingError as e:
         raise HwflowError(f"cannot map this decoder on the configuration: {e}") from None
+    if adjust:
+        wider, why = _size_ports(lw.memory_map.total_bytes, cfg, board,
+                                 int4=weights in ("int4", "mixed"))
+        if why:
+            notes.append(why)
+            cfg, why = _size_act_depth(qd, wider, board)
+            if why:
+                notes.append(why)
+            cfg, why = _size_weight_depth(qd, cfg, ternary)
+            if why:
+                notes.append(why)
+            try:
+                lw = lower_decoder(qd, replace(cfg, addr_bits=32), shape_only=True)
+            except MappingError as e:
+                raise HwflowError(f"cannot map this decoder on the configuration: {e}") \
+                    from None
     need = max(1, -(-lw.memory_map.total_bytes // cfg.beat_bytes) - 1).bit_length()
     if need > cfg.addr_bits:
         gib = lw.memory_map.total_bytes / 2**30
@@ -456,7 +506,9 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
               "context": f"mean over positions 0..{T - 1} ({dec['positions_sampled']} evenly "
                          "spaced samples)",
               "cycles_first": dec["cycles_first"], "cycles_last": dec["cycles_last"],
-              "ms_per_token": 1e3 * cpt / hz}
+              "ms_per_token": 1e3 * cpt / hz,
+              "tokens_per_s_short": hz / dec["cycles_per_token_short"],
+              "short_context": min(SHORT_CONTEXT, T)}
 
     prefill = {}
     for n in prompt_lens:
@@ -474,12 +526,23 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     traffic = program_traffic(lw.decode.program, cfg, mean_pos)
     achieved = traffic["total"] * hz / cpt / 1e9
     port_peak = cfg.beat_bytes * hz / 1e9
-    board_peak = float(board.memory["bandwidth_gbps"])
+    board_peak = float(board.memory["bandwidth_gbps"])     # delivered, per the board file
+    # the roofline: no configuration moves more bytes per second than the memory delivers
+    delivered = min(port_peak, board_peak)
+    roofline = delivered * 1e9 / traffic["total"] if traffic["total"] else float("inf")
+    if decode["tokens_per_s"] > roofline:
+        notes.append(f"decode capped at the delivered-bandwidth roofline ({roofline:.2f} "
+                     f"tokens/s: {traffic['total'] / 1e6:,.1f} MB per token at "
+                     f"{delivered:g} GB/s); the cycle model gave {decode['tokens_per_s']:.2f}")
+        decode["tokens_per_s"] = roofline
+        decode["cycles_per_token"] = hz / roofline
+        achieved = delivered
     bandwidth = {"bytes_per_token": traffic["total"], "traffic": traffic,
                  "weight_bytes_per_token": traffic["weights_read"],
                  "achieved_gbps": achieved, "port_peak_gbps": port_peak,
                  "board_peak_gbps": board_peak, "utilization": achieved / port_peak,
-                 "board_utilization": achieved / board_peak, "at_pos": mean_pos}
+                 "board_utilization": achieved / board_peak, "at_pos": mean_pos,
+                 "roofline_tokens_per_s": roofline, "delivered_gbps": delivered}
 
     resources, res_extra, fits, why = _resources(cfg, board)
     image = lw.memory_map.total_bytes
@@ -487,12 +550,21 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     by_kind: dict = {}
     for r in lw.memory_map.regions:
         by_kind[r.kind] = by_kind.get(r.kind, 0) + r.nbytes
+    # every port is wired to its own channel, which holds its stripe of the image
+    # (architecture.md, "External memory"): the image fits per channel, not just in total
+    channel_cap = cap / int(board.memory["channels"])
+    per_port = image / cfg.mem_ports
     memory = {"image_bytes": image, "by_kind": by_kind, "capacity_bytes": int(cap),
-              "fits": bool(cap and image <= cap)}
+              "channels": int(board.memory["channels"]), "ports": cfg.mem_ports,
+              "bytes_per_port": int(per_port), "channel_capacity_bytes": int(channel_cap),
+              "fits": bool(cap and image <= cap and per_port <= channel_cap)}
     if not memory["fits"]:
         fits = False
         why = (why + "; " if why else "") + (
-            f"memory image {image / 1e9:.2f} GB > the board's {cap / 1e9:.1f} GB")
+            f"memory image {image / 1e9:.2f} GB > the board's {cap / 1e9:.1f} GB"
+            if image > cap else
+            f"memory image {image / 1e9:.2f} GB over {cfg.mem_ports} ports = "
+            f"{per_port / 1e9:.2f} GB per port > {channel_cap / 1e9:.3f} GB per channel")
     out = {"decode": decode, "prefill": prefill, "bandwidth": bandwidth,
            "resources": resources, "resource_fit": res_extra, "memory": memory,
            "fits": fits, "clock_mhz": clock,
@@ -510,7 +582,9 @@ def format_prediction(p: dict) -> list[str]:
     """The prediction as a few lines for the terminal."""
     d, b = p["decode"], p["bandwidth"]
     lines = [f"decode: {d['tokens_per_s']:.2f} tokens/s ({d['cycles_per_token']:,.0f} cycles "
-             f"per token at {p['clock_mhz']:g} MHz; {d['context']})"]
+             f"per token at {p['clock_mhz']:g} MHz; {d['context']}); "
+             f"{d.get('tokens_per_s_short', d['tokens_per_s']):.2f} tokens/s over positions "
+             f"0..{d.get('short_context', 128) - 1}"]
     ttft = ", ".join(f"{n}: {v['ttft_ms']:.1f} ms" if v["ttft_ms"] is not None else f"{n}: -"
                      for n, v in p["prefill"].items())
     lines.append(f"time to first token (prompt tokens: TTFT): {ttft} (prefill buckets "
@@ -519,7 +593,8 @@ def format_prediction(p: dict) -> list[str]:
                  f"(weights {b['weight_bytes_per_token'] / 1e6:,.1f} MB), "
                  f"{b['achieved_gbps']:.1f} GB/s = {b['utilization']:.1%} of the engine's "
                  f"{b['port_peak_gbps']:.1f} GB/s ports, {b['board_utilization']:.1%} of the "
-                 f"board's {b['board_peak_gbps']:g} GB/s")
+                 f"board's delivered {b['board_peak_gbps']:g} GB/s; roofline "
+                 f"{b.get('roofline_tokens_per_s', 0):.1f} tokens/s")
     acc, extra = p["resources"], p.get("resource_fit", {})
     parts = [f"{k.upper()} {v:,}" for k, v in acc.items() if isinstance(v, (int, float))]
     if "tlmm" in extra:
@@ -527,8 +602,12 @@ def format_prediction(p: dict) -> list[str]:
         parts.append(f"of which the TLMM engine LUT {t['lut']:,}, BRAM {t['bram']:g}, "
                      f"DSP {t['dsp']}")
     m = p["memory"]
+    per_port = (f", {m['bytes_per_port'] / 1e9:.3f} GB per port of {m['ports']} "
+                f"(channel {m['channel_capacity_bytes'] / 1e9:.3f} GB)"
+                if "bytes_per_port" in m else "")
     lines.append("resources: " + ", ".join(parts) + f"; memory image "
-                 f"{m['image_bytes'] / 1e9:.2f} GB of {m['capacity_bytes'] / 1e9:.1f} GB")
+                 f"{m['image_bytes'] / 1e9:.2f} GB of {m['capacity_bytes'] / 1e9:.1f} GB"
+                 + per_port)
     lines.append("fits the board: " + ("yes" if p["fits"] else f"NO ({p.get('fit_error')})"))
     for n in p.get("notes", []):
         lines.append(f"note: {n}")

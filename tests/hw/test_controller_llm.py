@@ -30,7 +30,7 @@ from .test_top import axi_read, axi_write
 
 # P = 2, L = 8, SB = 16 B (two act words a super-beat, four token ids a super-beat)
 CFG = AccelConfig(chains=2, chain_len=8, mem_ports=2, port_bytes=8, act_depth=64,
-                  weight_depth=32, transformer=True)
+                  weight_depth=32, transformer=True, attn_heads=2)
 CFG_NO_TF = replace(CFG, transformer=False)
 # SB = 2 B: a token id spans two super-beats
 CFG_TINY = AccelConfig(chains=1, chain_len=2, mem_ports=1, port_bytes=2, act_depth=64,

@@ -14,7 +14,7 @@ from hwflow.sim.isa_model import IsaModel
 # The configuration of tests/sim/test_runner_steps.py (its Verilator build is shared): SB = 16,
 # so every instruction is fetched from memory, 4 act words per super-beat.
 SMALL = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
-                    weight_depth=64, addr_bits=16, transformer=True)
+                    weight_depth=64, addr_bits=16, transformer=True, attn_heads=4)
 
 
 def test_micro_runs_are_legal_programs():
@@ -22,8 +22,8 @@ def test_micro_runs_are_legal_programs():
 
     runs, lay = micro_runs(SMALL)
     kinds = {r.kind for r in runs}
-    assert {"LOAD", "STORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL", "ROPE", "ATTN",
-            "ABSQUANT", None, "program"} <= kinds and "TMATMUL" not in kinds   # no TLMM here
+    assert {"LOAD", "STORE", "KVSTORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL",
+            "ROPE", "ATTN", "ABSQUANT", None, "program"} <= kinds and "TMATMUL" not in kinds
     for kind in kinds - {None, "program"}:
         roles = {r.role for r in runs if r.kind == kind}
         assert roles == {"fit", "heldout"}, kind
@@ -39,8 +39,8 @@ def test_fit_reproduces_held_out_rtl_cycles(tmp_path):
                      programs=False)
     assert data["config_digest"] == SMALL.digest()
     kinds = data["kinds"]
-    for kind in ("LOAD", "STORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL", "ROPE",
-                 "ATTN", "ABSQUANT"):
+    for kind in ("LOAD", "STORE", "KVSTORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL",
+                 "ROPE", "ATTN", "ABSQUANT"):
         e = kinds[kind]
         assert len(e["fit"]) >= 3 and len(e["heldout"]) >= 2, kind
         assert e["heldout_max_abs_error_pct"] <= 10.0, (kind, e["heldout"])

@@ -14,7 +14,7 @@ from hwflow.sim.runner import simulate_steps
 
 # The configuration of tests/sim/test_rtl_vs_isa.py with the transformer units.
 SMALL = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=512,
-                    weight_depth=64, addr_bits=16, transformer=True)
+                    weight_depth=64, addr_bits=16, transformer=True, attn_heads=4)
 SB = SMALL.beat_bytes                   # 16 B: an instruction is 2 super-beats, 4 act words 1
 P1, P2, P3 = 0, 6, 16                   # program super-beats (3, 5 and 3 instructions)
 IN, KV, OUT, OUT2, IDS, TABLE = 300, 400, 500, 520, 600, 700
