@@ -187,8 +187,8 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     the precision: MLPs build the sparse selectors unless ``sparsity`` is dense, the int4
     dequantizer for int4/mixed weights, the TLMM for ternary weights, and no transformer
     units (MLPs never use them: their DSPs and LUTs saved); decoders build the transformer units,
-    the TLMM for ternary weights, and neither sparse selectors nor the int4 path (the
-    decoder flow runs dense int8 or ternary weights).
+    the TLMM for ternary weights, the int4 path for int4/mixed weights, and no sparse
+    selectors (the decoder flow runs dense weights).
     """
     eng = {k: params[k] for k in ENGINE_PARAMETERS if k in params}
     if "mem_ports" not in eng and ({"chains", "chain_len"} & set(eng)):
@@ -205,7 +205,7 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
         eng["tlmm"] = weights == "ternary"
         eng["transformer"] = False
     else:
-        eng.update(sparse=False, int4=False, transformer=True)
+        eng.update(sparse=False, int4=weights in ("int4", "mixed"), transformer=True)
         if weights is not None:
             eng["tlmm"] = weights == "ternary"
     return eng
@@ -322,15 +322,14 @@ def _evaluate_decoder(spec, board, params, clock) -> dict:
     from hwflow.predict import predict_decoder
 
     shape, family, ternary = _load_decoder(spec)
-    if "weights" in params:
-        ternary = params["weights"] == "ternary"
-    cfg = _engine(board, {**params, "weights": "ternary" if ternary else "int8"}, DECODER)
+    weights = params.get("weights") or ("ternary" if ternary else "int8")
+    cfg = _engine(board, {**params, "weights": weights}, DECODER)
     kw = {"max_context": params["max_context"]} if "max_context" in params else {}
     # cycles do not depend on the clock: points that differ only in clock_mhz share one
     # prediction per worker (a LLaMA-2-7B prediction on a small engine takes 10-40 s)
-    key = ("prediction", spec["source"], cfg.digest(), ternary, json.dumps(kw))
+    key = ("prediction", spec["source"], cfg.digest(), weights, json.dumps(kw))
     if key not in _CACHE:
-        _CACHE[key] = predict_decoder(shape, cfg, board, ternary=ternary, **kw)
+        _CACHE[key] = predict_decoder(shape, cfg, board, weights=weights, **kw)
     p = _CACHE[key]
     hz = clock * 1e6
     d, bw = p["decode"], p.get("bandwidth", {})
@@ -1182,16 +1181,14 @@ def _verify_decoder(spec, board, p, r, build, boards_dir) -> dict:
     from hwflow.predict import predict_decoder
 
     shape, _family, ternary = _load_decoder(spec)
-    if "weights" in p:
-        ternary = p["weights"] == "ternary"
-    weights = "ternary" if ternary else "int8"
+    weights = p.get("weights") or ("ternary" if ternary else "int8")
     _, comp = compile_decoder(example=spec["source"], board=board.name, out=build,
                               max_context=VERIFY_CONTEXT, boards_dir=boards_dir, weights=weights,
                               config_overrides=engine_overrides(board, {**p, "weights": weights},
                                                                 DECODER))
     sim = simulate_decoder(build, prompt_len=VERIFY_PROMPT,
                            new_tokens=VERIFY_CONTEXT - VERIFY_PROMPT)
-    pr = predict_decoder(shape, AccelConfig(**comp["config"]), board, ternary=ternary,
+    pr = predict_decoder(shape, AccelConfig(**comp["config"]), board, weights=weights,
                          max_context=VERIFY_CONTEXT, prompt_lens=(VERIFY_PROMPT,))
     pre = [s for s in sim["steps"] if s["kind"] == "prefill"]
     dec = [s for s in sim["steps"] if s["kind"] == "decode"]

@@ -60,8 +60,11 @@ PARAMETERS = {
     "tlmm_t": Parameter("int", doc="TLMM lookup tables"),
     "tlmm_q": Parameter("int", doc="TLMM replicas of each table"),
     "tlmm_acc_depth": Parameter("int", doc="TLMM accumulator depth"),
+    "attn_heads": Parameter("int", applies=(DECODER,),
+                            doc="attention lanes (query heads from one kv-head read)"),
     "weights": Parameter("choice", doc="weight precision",
-                         choices=((MLP, WEIGHT_CHOICES), (DECODER, ("int8", "ternary")))),
+                         choices=((MLP, WEIGHT_CHOICES),
+                                  (DECODER, ("int8", "int4", "mixed", "ternary")))),
     "sparsity": Parameter("choice", applies=(MLP,),
                           doc="N:M weight sparsity: dense, auto or N:M (MLP models; the "
                           "decoder predictor models dense weights)"),
@@ -69,7 +72,7 @@ PARAMETERS = {
     "max_context": Parameter("int", applies=(DECODER,), doc="decoder KV-cache length"),
 }
 ENGINE_PARAMETERS = ("chains", "chain_len", "mem_ports", "act_depth", "weight_depth",
-                     "tlmm_g", "tlmm_t", "tlmm_q", "tlmm_acc_depth")
+                     "tlmm_g", "tlmm_t", "tlmm_q", "tlmm_acc_depth", "attn_heads")
 
 #: Metrics an objective or a constraint may name, with the default direction.
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")

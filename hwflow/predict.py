@@ -405,6 +405,9 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     if ternary and not cfg.tlmm:
         cfg = _tlmm_cfg(qd, cfg, board)
         notes.append(f"TLMM engine added (G={cfg.tlmm_g} T={cfg.tlmm_t} Q={cfg.tlmm_q})")
+    elif not ternary and cfg.tlmm and adjust:
+        cfg = replace(cfg, tlmm=False)
+        notes.append("TLMM engine left out: no ternary linear runs on it")
     if adjust:
         cfg, why = _size_weight_depth(qd, cfg, ternary)
         if why:

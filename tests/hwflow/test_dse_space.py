@@ -55,8 +55,10 @@ def test_parameter_that_does_not_apply_to_a_decoder(capsys, tmp_path):
     line = _dse(capsys, tmp_path, "parameters:\n  sparsity: ['2:4']\n", "--example",
                 "tiny-llama")
     assert "parameter 'sparsity' does not apply to a decoder model" in line
-    line = _dse(capsys, tmp_path, "parameters:\n  weights: [int4]\n", "--example", "tiny-llama")
-    assert "value 'int4' is not one of int8, ternary (for a decoder model)" in line
+    line = _dse(capsys, tmp_path, "parameters:\n  weights: [int2]\n", "--example", "tiny-llama")
+    assert "value 'int2' is not one of int8, int4, mixed, ternary (for a decoder model)" in line
+    line = _dse(capsys, tmp_path, "parameters:\n  attn_heads: [4]\n")      # the MLP example
+    assert "parameter 'attn_heads' does not apply to a mlp model" in line
 
 
 def test_infeasible_for_the_board_names_resource_and_shortfall(capsys, tmp_path):

@@ -235,8 +235,8 @@ def test_position_shortcut_equals_the_cycle_model(kind):
 
 def test_a_too_small_engine_is_sized_or_refused():
     """LLaMA-2-7B's down projection (K = 11008) needs a 2048-entry weight ring on the U280
-    engine (1024 in its YAML) and one activation row 4928 words: sized, with notes, by
-    default; one error line with adjust=False."""
+    engine (1024 in its YAML), one activation row 4928 words and, for its image, all 32 HBM
+    channels: sized, with notes, by default; one error line with adjust=False."""
     from hwflow.boards import load_board
     from hwflow.errors import HwflowError
     from hwflow.mapping.engine import choose_config
@@ -248,7 +248,12 @@ def test_a_too_small_engine_is_sized_or_refused():
     p = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,))
     assert p["config"]["weight_depth"] == 2048 and p["config"]["act_depth"] >= 4928
     assert any("weight_depth" in n for n in p["notes"])
-    assert p["config"]["addr_bits"] > cfg.addr_bits     # a 6.6 GiB image
+    # a 7.3 GB image: 915 MB per port on the YAML's 8 ports, each a 256 MiB pseudo-channel;
+    # every one of the 32 channels is used, and the addresses reach the whole image
+    assert p["config"]["mem_ports"] == 32 and any("raised to 32 ports" in n for n in p["notes"])
+    assert p["memory"]["fits"] and p["memory"]["bytes_per_port"] <= p["memory"][
+        "channel_capacity_bytes"]
+    assert 2 ** p["config"]["addr_bits"] * 32 * 32 >= p["memory"]["image_bytes"]
     with pytest.raises(HwflowError, match="act_depth >= 4928"):
         predict_decoder(shape, cfg, brd, max_context=256, adjust=False)
 
