@@ -9,6 +9,8 @@ below against ``golden.llm.EXP2_LUT``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -40,6 +42,36 @@ _L_BITS = 32
 _MAX_AHEAD = 4
 
 _K, _V, _O = 0, 1, 2    # item kinds in the shared pipeline: key slot, value slot, output word
+
+
+@dataclass(frozen=True)
+class _LaneControl:
+    """The control every lane follows in lockstep (the unit's FSM, p pass and pipeline
+    stages): what :meth:`AttentionUnit._lane` reads besides its own datapath."""
+
+    q_wd: object            # q preload: the word being written
+    cd: object              # word of the head the stream is at (q read address)
+    cj: object              # key of the block (p read index)
+    s1_kind: object
+    s1_d: object
+    s2_v: object
+    s2_kind: object
+    s2_d: object
+    s2_j0: object           # first key of the block: rescale by alpha
+    s3_kv: object
+    s3_first: object
+    s5_kv: object
+    s5_j: object
+    smul: object
+    sshift: object
+    p_issue: object         # p pass: item pi enters (alpha, then p_j)
+    p_close: object         # p pass: the block's l and m are updated
+    pi: object
+    p1_v: object
+    p1_i: object
+    block_first: object     # the row's first block
+    pass_start: object      # a block's p pass begins (m' chosen)
+    div_go: object          # the dividers start
 
 
 class AttentionUnit(wiring.Component):
@@ -129,7 +161,6 @@ class AttentionUnit(wiring.Component):
         cfg = self.cfg
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         WPB = SB // L                   # activation words per super-beat
-        HW = self.head_words
         H = cfg.attn_heads
 
         # --- instruction fields ----------------------------------------------------------------
@@ -381,14 +412,16 @@ class AttentionUnit(wiring.Component):
         m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv))
 
         # --- the lanes -------------------------------------------------------------------------
+        ctl = _LaneControl(q_wd=ql_wd, cd=cd, cj=cj, s1_kind=s1_kind, s1_d=s1_d, s2_v=s2_v,
+                           s2_kind=s2_kind, s2_d=s2_d, s2_j0=s2_j0, s3_kv=s3_kv,
+                           s3_first=s3_first, s5_kv=s5_kv, s5_j=s5_j, smul=smul,
+                           sshift=sshift, p_issue=p_issue, p_close=p_close, pi=pi, p1_v=p1_v,
+                           p1_i=p1_i, block_first=block_first, pass_start=pass_start,
+                           div_go=div_go)
         s3_r_lanes = []                          # per lane: L values of (acc * recip) >> 16
         for h in range(H):
-            s3_r_lanes.append(self._lane(m, h, L, HW, s0_words[h], active[h], ql_wv & (ql_wh == h),
-                                         ql_wd, cd, cj, s1_v, s1_kind, s1_d, s1_j0, s1_j, s2_v,
-                                         s2_kind, s2_d, s2_j0, s2_oh, s3_kv, s3_first, s4_kv,
-                                         s5_kv, s5_j, smul, sshift, p_issue, p_close, pi,
-                                         p1_v, p1_i, block_first, pass_start, div_go, nk,
-                                         oh))
+            s3_r_lanes.append(self._lane(m, h, s0_words[h], active[h], ql_wv & (ql_wh == h),
+                                         ctl))
 
         # --- shared output stage: S3 -> * omul -> S4 -> round, saturate, write -----------------
         s3_r = Array(s3_r_lanes)[s3_oh]
@@ -408,13 +441,11 @@ class AttentionUnit(wiring.Component):
                      self.wr_en.eq(Mux(s4_ov, (1 << L) - 1, 0))]
         return m
 
-    def _lane(self, m, h, L, HW, word, active, q_we, q_wd, cd, cj, s1_v, s1_kind, s1_d, s1_j0,
-              s1_j, s2_v, s2_kind, s2_d, s2_j0, s2_oh, s3_kv, s3_first, s4_kv, s5_kv, s5_j,
-              smul, sshift, p_issue, p_close, pi, p1_v, p1_i, block_first, pass_start,
-              div_go, nk, oh):
+    def _lane(self, m, h: int, word, active, q_we, c: _LaneControl):
         """One query head's datapath (lane ``h``): q and accumulator memories, products, score
         buffer and block max, p pass, divider and the first output multiply. Returns the
         lane's ``(acc * recip) >> 16`` values (S3) for the shared output stage."""
+        L, HW = self.cfg.chain_len, self.head_words
         pre = f"l{h}_"
         qmem = memory.Memory(shape=8 * L, depth=HW, init=[])
         accmem = memory.Memory(shape=_ACC_BITS * L, depth=HW, init=[])
@@ -428,8 +459,8 @@ class AttentionUnit(wiring.Component):
         # S2), so with hd_words = 1 the next key's read of the same word must see this write.
         acc_rp = accmem.read_port(transparent_for=(acc_wp,))
         exp2_rp = exp2.read_port()
-        m.d.comb += [q_wp.addr.eq(q_wd), q_wp.data.eq(self.act_rd_data), q_wp.en.eq(q_we),
-                     q_rp.addr.eq(cd)]
+        m.d.comb += [q_wp.addr.eq(c.q_wd), q_wp.data.eq(self.act_rd_data), q_wp.en.eq(q_we),
+                     q_rp.addr.eq(c.cd)]
 
         m_run = Signal(signed(_T_BITS), name=pre + "m_run")
         m_new = Signal(signed(_T_BITS), name=pre + "m_new")
@@ -446,26 +477,26 @@ class AttentionUnit(wiring.Component):
         # p pass (control shared, data per lane)
         p0_d = Signal(signed(_T_BITS + 1), name=pre + "p0_d")      # m' - x >= 0
         p1_big, p1_sh = Signal(name=pre + "p1_big"), Signal(4, name=pre + "p1_sh")
-        with m.If(pass_start):
-            m.d.sync += [m_new.eq(Mux(block_first | (bmax > m_run), bmax, m_run)),
+        with m.If(c.pass_start):
+            m.d.sync += [m_new.eq(Mux(c.block_first | (bmax > m_run), bmax, m_run)),
                          psum.eq(0)]
-        with m.If(p_issue):
-            x = Mux(pi == 0, m_run, scores[(pi - 1)[:4]])
+        with m.If(c.p_issue):
+            x = Mux(c.pi == 0, m_run, scores[(c.pi - 1)[:4]])
             m.d.sync += p0_d.eq(m_new - x)
-        with m.If(p_close):
+        with m.If(c.p_close):
             m.d.sync += [l_sum.eq(((l_sum * alpha) >> 15) + psum), m_run.eq(m_new)]
         m.d.comb += exp2_rp.addr.eq(p0_d[:8])
         m.d.sync += [p1_big.eq(p0_d[8:] >= 16), p1_sh.eq(p0_d[8:12])]
         p_val = Mux(p1_big, 0, exp2_rp.data >> p1_sh)    # golden.llm.exp2_neg
-        with m.If(p1_v):
-            with m.If(p1_i == 0):
+        with m.If(c.p1_v):
+            with m.If(c.p1_i == 0):
                 # first block: l = acc = 0 in golden; alpha = 0 clears the stale accumulators
-                m.d.sync += alpha.eq(Mux(block_first, 0, p_val))
+                m.d.sync += alpha.eq(Mux(c.block_first, 0, p_val))
             with m.Else():
-                m.d.sync += [pbuf[(p1_i - 1)[:4]].eq(p_val), psum.eq(psum + p_val)]
+                m.d.sync += [pbuf[(c.p1_i - 1)[:4]].eq(p_val), psum.eq(psum + p_val)]
 
         # divider: recip = 2**31 // l, restoring, MSB first: dividend bit i is 1 only at i = 31
-        with m.If(div_go):
+        with m.If(c.div_go):
             m.d.sync += [dv_rem.eq(0), dv_k.eq(32), recip.eq(0)]
         with m.Elif(dv_k != 0):
             r2 = Cat(dv_k == 32, dv_rem[:32])
@@ -476,42 +507,42 @@ class AttentionUnit(wiring.Component):
         # S1: L multipliers, int8 x (int8 q lane | u16 p): 17 x 8 bits signed
         s1_word = Signal(8 * L, name=pre + "s1_word")
         s1_p = Signal(_P_BITS, name=pre + "s1_p")
-        m.d.sync += [s1_word.eq(word), s1_p.eq(pbuf[cj])]
+        m.d.sync += [s1_word.eq(word), s1_p.eq(pbuf[c.cj])]
         s2_prod = [Signal(signed(25), name=f"{pre}s2_prod{i}") for i in range(L)]
         for i in range(L):
-            a = Mux(s1_kind == _K, q_rp.data[8 * i:8 * (i + 1)].as_signed(), s1_p)
+            a = Mux(c.s1_kind == _K, q_rp.data[8 * i:8 * (i + 1)].as_signed(), s1_p)
             m.d.sync += s2_prod[i].eq(a * s1_word[8 * i:8 * (i + 1)].as_signed())
-        m.d.comb += acc_rp.addr.eq(s1_d)
+        m.d.comb += acc_rp.addr.eq(c.s1_d)
 
         # S2: K -> adder tree; V -> acc read-modify-write; O -> (acc * recip) >> 16
         s3_part = Signal(signed(_S_BITS), name=pre + "s3_part")
         s3_r = [Signal(signed(_ACC_BITS + 2), name=f"{pre}s3_r{i}") for i in range(L)]
-        is_o = s2_kind == _O
+        is_o = c.s2_kind == _O
         mulv = Mux(is_o, recip[:17], alpha)     # recip <= 2**16, alpha <= 2**15
         new_acc = []
         for i in range(L):
             acc_i = acc_rp.data[_ACC_BITS * i:_ACC_BITS * (i + 1)].as_signed()
             prod = acc_i * mulv
             scaled = Mux(is_o, prod >> 16, prod >> 15)
-            new_acc.append((Mux(s2_j0, scaled, acc_i) + s2_prod[i])[:_ACC_BITS])
+            new_acc.append((Mux(c.s2_j0, scaled, acc_i) + s2_prod[i])[:_ACC_BITS])
             m.d.sync += s3_r[i].eq(scaled)
-        m.d.comb += [acc_wp.addr.eq(s2_d), acc_wp.data.eq(Cat(new_acc)),
-                     acc_wp.en.eq(s2_v & (s2_kind == _V) & active)]
+        m.d.comb += [acc_wp.addr.eq(c.s2_d), acc_wp.data.eq(Cat(new_acc)),
+                     acc_wp.en.eq(c.s2_v & (c.s2_kind == _V) & active)]
         m.d.sync += s3_part.eq(tree_sum(s2_prod))
 
         # S3: K -> s accumulation over the head's words
         s_acc = Signal(signed(_S_BITS), name=pre + "s_acc")
         s4_s = Signal(signed(_S_BITS), name=pre + "s4_s")
-        s_new = Mux(s3_first, 0, s_acc) + s3_part
-        with m.If(s3_kv):
+        s_new = Mux(c.s3_first, 0, s_acc) + s3_part
+        with m.If(c.s3_kv):
             m.d.sync += s_acc.eq(s_new)
         m.d.sync += s4_s.eq(s_new)
 
         # S4: K -> s * smul; S5: t = s * smul >> sshift into the score buffer and the block max
         s5_tm = Signal(signed(_T_BITS), name=pre + "s5_tm")
-        m.d.sync += s5_tm.eq(s4_s * smul)
+        m.d.sync += s5_tm.eq(s4_s * c.smul)
         t = Signal(signed(_T_BITS), name=pre + "t")
-        m.d.comb += t.eq(s5_tm >> sshift)
-        with m.If(s5_kv):
-            m.d.sync += [scores[s5_j].eq(t), bmax.eq(Mux((s5_j == 0) | (t > bmax), t, bmax))]
+        m.d.comb += t.eq(s5_tm >> c.sshift)
+        with m.If(c.s5_kv):
+            m.d.sync += [scores[c.s5_j].eq(t), bmax.eq(Mux((c.s5_j == 0) | (t > bmax), t, bmax))]
         return s3_r

@@ -287,7 +287,7 @@ def test_schema_families_are_known_to_the_export():
 
 def test_capacity_is_decimal_gigabytes():
     assert load_board("ulx3s").capacity_bytes == 131_000           # 0.000131 GB
-    assert load_board("u280").capacity_bytes == 8 * 10**9
+    assert load_board("u280").capacity_bytes == 8_590_000_000      # 8.59 GB: 8 GiB of HBM2
 
 
 def test_optional_fields_may_be_null_and_bram_kbits_follows_the_flow(tmp_path):
