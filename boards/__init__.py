@@ -266,6 +266,8 @@ SCHEMA: tuple[BoardField, ...] = (
                  "true (false under 20k LUTs)"),
     _engine_flag("tlmm", "build the ternary table-lookup matmul engine",
                  "false; a ternary build sizes one unless the board says false"),
+    _engine_flag("ring_uram", "place the weight ring in UltraRAM (resources.uram > 0)",
+                 "false; predictions move it there when block RAM is short"),
 )
 
 

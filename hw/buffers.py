@@ -161,8 +161,11 @@ class WeightRing(wiring.Component):
         m.submodules.fill = fill = WeightFill(cfg)
         skewed = skew_line(m, self.eng_addr, S0)
         wptr = Signal(range(D))
+        # the synthesis placement of the ring lanes (AccelConfig.ring_uram); no effect on
+        # behaviour
+        ram = {"ram_style": "ultra"} if cfg.ring_uram else None
         for i in range(L):
-            mem = memory.Memory(shape=8 * P, depth=D, init=[])
+            mem = memory.Memory(shape=8 * P, depth=D, init=[], attrs=ram)
             m.submodules[f"lane{i}"] = mem
             wp = mem.write_port()
             re = mem.read_port()
@@ -176,7 +179,7 @@ class WeightRing(wiring.Component):
                 rp.addr.eq(self.prm_addr), rp.en.eq(self.prm_en), self.prm_data[lane].eq(rp.data),
             ]
             if cfg.sparse:
-                imem = memory.Memory(shape=4 * P, depth=D, init=[])
+                imem = memory.Memory(shape=4 * P, depth=D, init=[], attrs=ram)
                 m.submodules[f"idx{i}"] = imem
                 iwp = imem.write_port()
                 ire = imem.read_port()

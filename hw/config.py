@@ -64,6 +64,12 @@ class AccelConfig:
         once from one read of their kv heads' cache (``L`` int8 MACs each per cycle). Its own
         parameter, independent of ``chain_len``; the mapper sizes the passes of every ATTN to
         it (docs/architecture.md, "Attention over a head-major KV cache").
+    ring_uram : bool
+        Place the weight ring and its index ring in UltraRAM (``ram_style = "ultra"`` on their
+        lane memories, honoured by Vivado and by Yosys ``synth_xilinx -uram``) instead of
+        block RAM. Placement only: the RTL behaves identically. A 72-bit x 4096 URAM288 holds
+        8x a RAMB36E2, so the multi-MiB rings of the full-size engines fit the UltraScale+
+        parts that have it (U280: 960 URAM288 beside 2016 RAMB36E2).
     """
 
     chains: int = 16
@@ -82,6 +88,7 @@ class AccelConfig:
     tlmm_q: int = 4
     tlmm_acc_depth: int = 1024
     attn_heads: int = 1
+    ring_uram: bool = False
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",

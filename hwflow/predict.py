@@ -366,7 +366,9 @@ def _size_ports(image_bytes: int, cfg, board, int4: bool = False) -> tuple:
     super-beats (``chains * chain_len`` a multiple of ``mem_ports * port_bytes``), so chains
     grow with the ports, to twice the super-beat for int4 weights (a memory row of two
     k-groups then fills two ring entries in the two cycles it arrives in: the port's rate);
-    the attention lanes follow ``default_attn_heads`` unless the board names them."""
+    the attention lanes follow ``default_attn_heads``, or, where the board names them, grow
+    with the super-beat (the U280's 16 lanes read its 8 ports' 256 B super-beat of K per
+    cycle; 32 ports bring 1024 B, which 64 lanes read)."""
     from hwflow.mapping.engine import default_attn_heads
 
     channels = int(board.memory["channels"])
@@ -376,12 +378,12 @@ def _size_ports(image_bytes: int, cfg, board, int4: bool = False) -> tuple:
     ports = channels
     sb = ports * cfg.port_bytes
     chains = max(cfg.chains, (2 if int4 else 1) * -(-sb // cfg.chain_len))
-    attn = cfg.attn_heads if "attn_heads" in board.engine else default_attn_heads(
-        sb, cfg.chain_len)
+    attn = (cfg.attn_heads * sb // cfg.beat_bytes if "attn_heads" in board.engine
+            else default_attn_heads(sb, cfg.chain_len))
     why = (f"mem_ports {cfg.mem_ports}: the {image_bytes / 1e9:.2f} GB image is "
            f"{image_bytes / cfg.mem_ports / 1e6:,.0f} MB per port, a channel holds "
            f"{per_channel / 1e6:,.0f} MB; raised to {ports} ports ({sb} B super-beat), "
-           f"chains to {chains}")
+           f"chains to {chains}, attention lanes to {attn}")
     return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn), why
 
 
@@ -393,6 +395,7 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     Without ``adjust`` a configuration too small for the model is an error. ``weights``
     (``int8``, ``int4``, ``mixed``, ``ternary``; ``compiler.llm_config.shape_decoder``)
     overrides ``ternary``."""
+    from hwflow.mapping.engine import place_ring
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import lower_decoder
 
@@ -438,6 +441,10 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
             except MappingError as e:
                 raise HwflowError(f"cannot map this decoder on the configuration: {e}") \
                     from None
+    if adjust:
+        cfg, why = place_ring(cfg, board)
+        if why:
+            notes.append(why)
     need = max(1, -(-lw.memory_map.total_bytes // cfg.beat_bytes) - 1).bit_length()
     if need > cfg.addr_bits:
         gib = lw.memory_map.total_bytes / 2**30

@@ -13,9 +13,9 @@ the model's terms split the total by the parameters that size each part
 Per resource kind the model is linear in those features; the coefficients are fitted by least
 squares (numpy) on the points of role ``"fit"`` and checked on the held-out points (role
 ``"holdout"``: parameter sets not used for fitting), whose error is reported as the model's
-error. DSP and BRAM stay the analytic counts of :func:`hwflow.mapping.engine.estimate_resources`
-(exact on the synthesized points; their error against Yosys is reported over all points), and
-URAM is fitted like LUT and FF (Yosys maps none of these memories to URAM288).
+error. DSP, BRAM and URAM stay the analytic counts of
+:func:`hwflow.mapping.engine.estimate_analytic` (exact on the synthesized points; their error
+against Yosys is reported over all points).
 
 The result (coefficients, the synthesized figures of every point and the held-out errors) is
 written as JSON to ``mapping/calibration/resources.json`` by ``benchmarks/fit_resources.py``;
@@ -38,10 +38,11 @@ import numpy as np
 from hwflow.export import fit
 from hwflow.hw.config import AccelConfig
 from hwflow.mapping.engine import (
+    ANALYTIC_KINDS,
     RESOURCE_FEATURES,
     RESOURCE_KINDS,
     RESOURCES_JSON,
-    estimate_dsp_bram,
+    estimate_analytic,
     resource_features,
 )
 
@@ -119,14 +120,14 @@ def synth_cells(verilog: str, top: str = TOP) -> tuple[dict, float, bool]:
     exe = fit._yosys()
     version = fit._yosys_version(exe)
     key = hashlib.sha256()
-    for part in (verilog, top, FAMILY, fit.SYNTH_OPTIONS, str(fit.SCRIPT_VERSION), version):
+    for part in (verilog, top, FAMILY, fit.synth_options(FAMILY), str(fit.SCRIPT_VERSION), version):
         key.update(part.encode() + b"\0")
     path = fit.synth_cache_dir() / f"{key.hexdigest()[:24]}.json"
     if path.is_file():
         d = json.loads(path.read_text())
         return dict(d["cells"]), float(d["meta"]["seconds"]), True
     cells, seconds = fit._run_yosys(exe, verilog, top, FAMILY, None)
-    meta = {"tool": version, "family": FAMILY, "options": fit.SYNTH_OPTIONS,
+    meta = {"tool": version, "family": FAMILY, "options": fit.synth_options(FAMILY),
             "seconds": round(seconds, 2), "cached": False}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -183,10 +184,10 @@ def fit_model(rows: list[dict]) -> dict:
     held = [r for r in rows if r["role"] == "holdout"]
     model = {}
     for kind in RESOURCE_KINDS:
-        if kind in ("dsp", "bram"):
+        if kind in ANALYTIC_KINDS:
             # analytic counts (mapping.engine); nothing fitted, every point is a check
             def pred(r, kind=kind):         # bram: whole 36 Kb blocks, as Yosys counts
-                return -(-estimate_dsp_bram(AccelConfig(**r["params"]))[kind] // 1)
+                return -(-estimate_analytic(AccelConfig(**r["params"]))[kind] // 1)
             model[kind] = {"method": "analytic", "formula": RESOURCE_FEATURES[kind],
                            "fit_error": _errors(fitrows, kind, pred),
                            "holdout_error": _errors(held, kind, pred)}
@@ -229,7 +230,7 @@ def run_resource_fit(out_path=None, points=None, jobs: int = 1, progress: bool =
     if not any(p.role == "holdout" for p in points):
         raise ValueError("resource fit: no held-out point (role 'holdout') to report the "
                          "error on")
-    need = max(len(v) for k, v in RESOURCE_FEATURES.items() if k not in ("dsp", "bram"))
+    need = max(len(v) for k, v in RESOURCE_FEATURES.items() if k not in ANALYTIC_KINDS)
     if sum(p.role == "fit" for p in points) < need:
         raise ValueError(f"resource fit: {need} fit points needed at least (features per kind)")
     t0 = time.monotonic()
@@ -251,7 +252,7 @@ def run_resource_fit(out_path=None, points=None, jobs: int = 1, progress: bool =
         rows = [one(p) for p in points]
     result = {
         "tool": fit._yosys_version(fit._yosys()), "family": FAMILY,
-        "options": fit.SYNTH_OPTIONS, "top": TOP,
+        "options": fit.synth_options(FAMILY), "top": TOP,
         "lut_counts": "LUT1..LUT6 + LUTs used as distributed RAM + SRL16E/SRLC32E",
         "features": {k: v for k, v in RESOURCE_FEATURES.items()},
         "model": fit_model(rows),

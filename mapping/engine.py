@@ -30,7 +30,12 @@ configuration (DSP and BRAM counts equal):
   their LUT-RAM cost is below their block RAM cost (:func:`lutram_cells`: Yosys
   ``memory_libmap`` costs, e.g. a 256 x 8 index lane goes to LUT-RAM, 256 x 16 to a RAMB18E2),
   on ECP5 up to ``LUTRAM_DEPTH`` words, on iCE40 never.
-- LUT, FF and URAM (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
+- UltraRAM: with ``ring_uram`` (:func:`place_ring`) the ring's lane memories (the engine's
+  and the parameter reader's copies, and the index lanes) are marked ``ram_style = "ultra"``
+  and each takes ``ceil(width / 72) * ceil(depth / 4096)`` URAM288 (:func:`uram_blocks`;
+  Yosys ``synth_xilinx -uram`` maps a marked memory to URAM288 whatever its size) instead of
+  block RAM; nothing else goes to URAM.
+- LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
   in ``mapping/calibration/resources.json``, refreshed by ``benchmarks/fit_resources.py``,
@@ -40,6 +45,7 @@ configuration (DSP and BRAM counts equal):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,7 +135,8 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            tlmm_q=eng.get("tlmm_q", 4),
                            tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024),
                            attn_heads=eng.get("attn_heads", default_attn_heads(
-                               ports * port_bytes, chain_len)))
+                               ports * port_bytes, chain_len)),
+                           ring_uram=bool(eng.get("ring_uram", False)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
@@ -157,6 +164,17 @@ def memory_blocks(width: int, depth: int, kbits: int = 36) -> float:
     return 0 if depth <= LUTRAM_DEPTH.get(kbits, 0) else blocks
 
 
+#: URAM288 aspect ratio in simple dual port (Yosys share/xilinx/urams.txt: 12 address bits,
+#: 72 data bits); the 144-bit mode is single port, which the ring's separate write and read
+#: ports cannot use.
+URAM_DEPTH, URAM_WIDTH = 4096, 72
+
+
+def uram_blocks(width: int, depth: int) -> int:
+    """URAM288 for one ``width`` x ``depth`` memory with one read port."""
+    return -(-width // URAM_WIDTH) * -(-depth // URAM_DEPTH)
+
+
 def param_lanes(cfg: AccelConfig) -> int:
     """Ring lanes the parameter reader uses: lane ``j mod L`` of every record byte ``j`` (bias
     and multiplier of segment ``j // 8``) of a chain's parameter rows; segments ``< G``, or only
@@ -168,24 +186,27 @@ def param_lanes(cfg: AccelConfig) -> int:
 
 #: Resource kinds of the estimate (the keys of a board's ``resources:``).
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")
-#: The fitted LUT / FF / URAM model (``hwflow.resource_fit``, ``benchmarks/fit_resources.py``).
+#: The fitted LUT / FF model (``hwflow.resource_fit``, ``benchmarks/fit_resources.py``).
 RESOURCES_JSON = Path(__file__).resolve().parent / "calibration" / "resources.json"
-#: Features of each fitted kind (:func:`resource_features`); ``dsp`` and ``bram`` are the
-#: analytic counts (module docstring), named here by their formula.
+#: Features of each fitted kind (:func:`resource_features`); ``dsp``, ``bram`` and ``uram`` are
+#: the analytic counts (module docstring), named here by their formula.
 RESOURCE_FEATURES = {
     # the subsets of resource_features() with the smallest leave-one-out error (max abs %)
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
     "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)",
-    "bram": "3*L*blocks(8, act_depth) + (L + param_lanes)*blocks(8*P, weight_depth)"
-            " + sparse*L*blocks(4*P, weight_depth)",
-    "uram": ("1",),
+    "bram": "3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
+            "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))",
+    "uram": "ring_uram*((L + param_lanes)*urams(8*P, weight_depth)"
+            " + sparse*L*urams(4*P, weight_depth))",
 }
+#: The kinds counted from the configuration, not fitted.
+ANALYTIC_KINDS = ("dsp", "bram", "uram")
 
 
 def resource_features(cfg: AccelConfig) -> dict:
-    """Features of the fitted LUT / FF / URAM model (Xilinx UltraScale+ fabric).
+    """Features of the fitted LUT / FF model (Xilinx UltraScale+ fabric).
 
     ``1`` (controller, memory ports, control registers), ``PL`` (MAC slices: Yosys maps each
     slice's A/B/M/P registers and its cascade adder to fabric), ``PL_sparse`` (the N:M
@@ -203,9 +224,9 @@ def resource_features(cfg: AccelConfig) -> dict:
     def lutram(width, depth, copies):
         return copies * lutram_cells(width, depth) if memory_blocks(width, depth) == 0 else 0.0
 
-    lr = (lutram(8, cfg.act_depth, ACT_READ_PORTS * L)
-          + lutram(8 * P, D, L + param_lanes(cfg))
-          + (lutram(4 * P, D, L) if cfg.sparse else 0.0))
+    ring = 0.0 if cfg.ring_uram else (lutram(8 * P, D, L + param_lanes(cfg))
+                                      + (lutram(4 * P, D, L) if cfg.sparse else 0.0))
+    lr = lutram(8, cfg.act_depth, ACT_READ_PORTS * L) + ring
     tf = 1.0 if cfg.transformer else 0.0
     return {"1": 1.0, "PL": float(P * L), "PL_sparse": float(P * L) * cfg.sparse,
             "P": float(P), "L": float(L), "SB": float(cfg.beat_bytes),
@@ -258,31 +279,35 @@ def transformer_dsp(cfg: AccelConfig) -> int:
     return cfg.attn_heads * lane + TRANSFORMER_DSP_PER_BYTE * L + TRANSFORMER_DSP_FIXED
 
 
-def estimate_dsp_bram(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
-    """The analytic DSP and block RAM counts (module docstring), ``bram`` not rounded up."""
+def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """The analytic DSP, block RAM and URAM counts (module docstring), ``bram`` not rounded
+    up."""
     L, P, D = cfg.chain_len, cfg.chains, cfg.weight_depth
+
+    def ring(blocks):
+        n = (L + param_lanes(cfg)) * blocks(8 * P, D)
+        return n + (L * blocks(4 * P, D) if cfg.sparse else 0)
+
     act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
-    ring = (L + param_lanes(cfg)) * memory_blocks(8 * P, D, bram_kbits)
-    if cfg.sparse:
-        ring += L * memory_blocks(4 * P, D, bram_kbits)
     units = transformer_dsp(cfg)
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
-            "bram": act + ring}
+            "bram": act + (0 if cfg.ring_uram else
+                           ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
+            "uram": ring(uram_blocks) if cfg.ring_uram else 0}
 
 
 def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """Resource estimate ``{kind: used}`` for lut, ff, dsp, bram, uram.
 
-    ``dsp`` and ``bram`` are the analytic counts of the module docstring (equal to Yosys on
-    every synthesized point of the fit); ``lut`` (CLB LUTs: logic + distributed RAM + shift
-    registers), ``ff`` and ``uram`` are linear in :func:`resource_features`, over the features
+    ``dsp``, ``bram`` and ``uram`` are the analytic counts of the module docstring (equal to
+    Yosys on every synthesized point of the fit); ``lut`` (CLB LUTs: logic + distributed RAM +
+    shift registers) and ``ff`` are linear in :func:`resource_features`, over the features
     :data:`RESOURCE_FEATURES` names per kind (chosen by leave-one-out error on the fit points)::
 
         LUT  = c1 + cPL*P*L + cPLs*sparse*P*L + cPLi*int4*P*L + cSB*SB + cE*E + cR*lutram
                + cT*transformer + cTL*transformer*L
         FF   = c1 + cPL*P*L + cPLs*sparse*P*L + cPLi*int4*P*L + cE*E + cR*lutram
                + cT*transformer + cTL*transformer*L
-        URAM = c1                  (0: Yosys maps none of the buffers to URAM288)
 
     with the coefficients of :data:`RESOURCES_JSON`, fitted by least squares on Yosys 0.70
     ``synth_xilinx -family xcup -flatten`` runs of the whole accelerator
@@ -307,14 +332,13 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     dict
         ``{kind: int}``.
     """
-    db = estimate_dsp_bram(cfg, bram_kbits)
+    out = estimate_analytic(cfg, bram_kbits)
     model = resource_fit()["model"]
     feats = resource_features(cfg)
 
     def fitted(kind):
         return max(0.0, sum(c * feats[n] for n, c in model[kind]["coefficients"].items()))
 
-    out = {"dsp": db["dsp"], "bram": db["bram"], "uram": fitted("uram")}
     if bram_kbits == 36:
         lanes = attention_lane_resources(cfg)
         out["lut"] = fitted("lut") + lanes["lut"]
@@ -326,6 +350,28 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
             out[kind] += t[kind]
     out["bram"] = -(-out["bram"] // 1)
     return {k: int(round(out[k])) for k in RESOURCE_KINDS if k in out}
+
+
+def place_ring(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, str | None]:
+    """``(cfg, why)``: the weight ring moved to UltraRAM (``ring_uram``) when the estimate's
+    block RAM exceeds the board's and the board's URAM holds the ring; otherwise ``cfg``
+    unchanged and ``why`` None. The multi-MiB rings of full-size engines are what overflows
+    block RAM (LLaMA-2-7B int4 on the U280: a 4 MiB ring of 2048 rows of 2 KiB), and a
+    URAM288 holds 8x a RAMB36E2."""
+    kb = getattr(board, "bram_kbits", 36)
+    have_bram, have_uram = board.resources["bram"], board.resources.get("uram", 0)
+    if cfg.ring_uram or not have_uram or kb != 36:
+        return cfg, None
+    bram = estimate_resources(cfg, kb)["bram"]
+    if bram <= have_bram:
+        return cfg, None
+    moved = replace(cfg, ring_uram=True)
+    est = estimate_resources(moved, kb)
+    if est["uram"] > have_uram:
+        return cfg, None
+    return moved, (f"weight ring placed in URAM (ring_uram): block RAM {bram} > {have_bram} "
+                   f"with it in block RAM; {est['bram']} block RAM + {est['uram']} URAM288 "
+                   f"of {have_uram} with it in URAM")
 
 
 def check_fit(cfg: AccelConfig, board: Board) -> dict:

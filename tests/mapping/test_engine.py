@@ -10,7 +10,9 @@ from hwflow.mapping.engine import (
     estimate_resources,
     memory_blocks,
     param_lanes,
+    place_ring,
     resource_fit,
+    uram_blocks,
 )
 from hwflow.mapping.errors import MappingError
 
@@ -180,6 +182,29 @@ def test_check_fit_names_each_kind_over_budget_with_numbers():
     # a board on the LUT4 families: LUT / FF not estimated, so not compared
     ice = load_board("icebreaker")
     assert set(check_fit(choose_config(ice), ice)) == {"dsp", "bram", "uram"}
+
+
+def test_ring_moves_to_uram_only_when_block_ram_is_short():
+    u280 = load_board("u280")
+    # the 7B int4 engine: 128 chains x 16, a 2048-row ring of 2 KiB rows: 2,820 RAMB36 > 2,016
+    big = replace(choose_config(u280), chains=128, mem_ports=32, weight_depth=2048,
+                  act_depth=65536, attn_heads=16, tlmm=False)
+    assert estimate_resources(big)["bram"] == 2820 > u280.resources["bram"]
+    moved, why = place_ring(big, u280)
+    assert moved == replace(big, ring_uram=True) and "URAM" in why
+    est = estimate_resources(moved)
+    # ring lanes 1024 bits x 2048: 15 URAM288 per copy (72-bit words), 16 engine + the
+    # parameter reader's copies; index lanes 512 bits: 8 each
+    assert est["uram"] == (16 + param_lanes(big)) * 15 + 16 * 8 == uram_blocks(1024, 2048) * (
+        16 + param_lanes(big)) + 16 * uram_blocks(512, 2048)
+    assert est["bram"] == 3 * 16 * 16 <= u280.resources["bram"]     # the activation buffer
+    assert est["lut"] == estimate_resources(big)["lut"]      # the ring was block RAM, not LUTs
+    check_fit(moved, u280)
+    # the board default fits block RAM: left alone; no URAM on the board: left alone
+    assert place_ring(choose_config(u280), u280) == (choose_config(u280), None)
+    none = replace(u280, resources={**u280.resources, "uram": 0})
+    assert place_ring(big, none) == (big, None)
+    assert uram_blocks(72, 4096) == 1 and uram_blocks(73, 4097) == 4
 
 
 def test_estimate_is_monotonic_in_chains_and_chain_len():

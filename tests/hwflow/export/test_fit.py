@@ -9,7 +9,7 @@ from hwflow.export.fit import check_fit, parse_cells, xilinx_utilization
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.sequencer import epilogue_lanes
 from hwflow.hw.top import MODULE_NAME, generate_verilog
-from hwflow.mapping.engine import estimate_resources
+from hwflow.mapping.engine import estimate_resources, param_lanes
 from hwflow.mapping.errors import MappingError
 
 SMALL = AccelConfig(chains=2, chain_len=4, mem_ports=1, port_bytes=8, act_depth=64,
@@ -60,6 +60,23 @@ def test_dsp_count_with_the_transformer_units(tmp_path, monkeypatch):
     cfg = replace(SMALL, transformer=True, attn_heads=2)
     util = xilinx_utilization(generate_verilog(cfg), MODULE_NAME, load_board("u280"))
     assert util["dsp"]["used"] == estimate_resources(cfg)["dsp"] == 15 + 2 * 16 + 14
+
+
+def test_ring_in_uram_is_mapped_to_uram288_as_estimated(tmp_path, monkeypatch):
+    """``ring_uram``: every ring lane memory (the engine's and the parameter reader's copies,
+    the index lanes) becomes URAM288 under ``synth_xilinx -uram``, counted as the analytic
+    estimate; the activation buffer stays where it was."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg = replace(SMALL, weight_depth=64, ring_uram=True)
+    verilog = generate_verilog(cfg)
+    assert verilog.count('ram_style = "ultra"') == 2 * cfg.chain_len    # ring + index lanes
+    util = xilinx_utilization(verilog, MODULE_NAME, load_board("u280"))
+    est = estimate_resources(cfg)
+    assert est["uram"] == cfg.chain_len + param_lanes(cfg) + cfg.chain_len > 0
+    assert util["uram"]["used"] == est["uram"]
+    assert util["bram"]["used"] == est["bram"] == 0
+    assert util["dsp"]["used"] == est["dsp"]
+    assert "-uram" in util["meta"]["options"]
 
 
 def test_attention_unit_lanes_equal_the_lane_model(tmp_path, monkeypatch):
