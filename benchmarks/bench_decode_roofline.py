@@ -4,10 +4,11 @@ A random LLaMA whose weights dominate its bytes (hidden 1024, one layer, 8 heads
 heads of 128, intermediate 2816, vocabulary 512) is compiled with int4 (W4A8) or int8 linears
 for a small HBM-like board: one 8-byte port (SB = 8 B), an engine twice the beat wide (P x L =
 4 x 4 = 16 B: an int4 memory row fills two ring entries in the two cycles it takes to arrive),
-6 attention lanes. A short prompt and a few decode steps run in Verilator through ``hwflow sim``
-(every step bit-exact against golden); the benchmark prints, per decode step, the RTL's
-cycles, the bytes the step moved (the RTL memory model's counters) and their ratio to the
-cycles those bytes need at the port's rate (one super-beat per cycle). Not a test: it measures.
+6 attention lanes, a 4-lane vector unit (a whole act word per cycle). A short prompt and a
+few decode steps run in Verilator through ``hwflow sim`` (every step bit-exact against
+golden); the benchmark prints, per decode step, the RTL's cycles, the bytes the step moved
+(the RTL memory model's counters) and their ratio to the cycles those bytes need at the
+port's rate (one super-beat per cycle). Not a test: it measures.
 
     python benchmarks/bench_decode_roofline.py                # int4 and int8, 2 decode steps
     python benchmarks/bench_decode_roofline.py --weights int4 --new-tokens 1
@@ -31,7 +32,7 @@ memory: {type: hbm2, channels: 1, port_bytes: 8, capacity_gb: 1, bandwidth_gbps:
 clocks: {kernel_mhz: 300}
 flow: vitis
 engine: {chains: 4, chain_len: 4, mem_ports: 1, act_depth: 8192, weight_depth: 2048,
-         transformer: true, attn_heads: 6}
+         transformer: true, attn_heads: 6, vec_lanes: 4}
 """
 MODEL = dict(vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=1,
              num_attention_heads=8, num_key_value_heads=4, head_dim=128,

@@ -259,6 +259,8 @@ SCHEMA: tuple[BoardField, ...] = (
     _engine_int("tlmm_acc_depth", "channels", "int32 accumulator depth: the largest TMATMUL n_out"),
     _engine_int("attn_heads", "query heads", "H, attention lanes: query heads computed from one "
                 "read of their kv heads' cache"),
+    _engine_int("vec_lanes", "elements", "V, vector unit lanes: RMSNORM/SILUMUL elements per "
+                "cycle (ROPE pairs up to min(V, chain_len/2)); must divide chain_len"),
     _engine_flag("sparse", "build the N:M sparse selectors and the index ring",
                  "true (false under 20k LUTs)"),
     _engine_flag("int4", "build the int4 dequantizer", "true (false under 20k LUTs)"),

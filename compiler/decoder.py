@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwflow.golden.llm import default_inv_freq
+
 __all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder"]
 
 
@@ -41,7 +43,22 @@ class DecoderShape:
     max_position: int       # largest context the model supports (config max_position_embeddings)
     rope_theta: float
     rms_eps: float
-    rope_scaling: float = 1.0   # HF attention_scaling of the default RoPE (1.0)
+    rope_scaling: float = 1.0   # HF attention_scaling (1.0 but for YaRN and LongRoPE)
+    #: The model's rotary inverse frequencies (head_dim/2), when they are not the default
+    #: ``rope_theta**(-2i/head_dim)``: llama3, linear, YaRN, ... (``inv_freq()`` is the one
+    #: source of the table).
+    rope_inv_freq: tuple = ()
+    rope_type: str = "default"  # the config's rope_type (reports)
+
+    def __post_init__(self):
+        object.__setattr__(self, "rope_inv_freq", tuple(float(v) for v in self.rope_inv_freq))
+
+    def inv_freq(self) -> np.ndarray:
+        """The rotary inverse frequencies (``head_dim/2``, float64) the RoPE table is built
+        from: the model's own, or the default RoPE's of ``rope_theta``."""
+        if self.rope_inv_freq:
+            return np.asarray(self.rope_inv_freq, dtype=np.float64)
+        return default_inv_freq(self.head_dim, self.rope_theta)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -134,10 +134,8 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
     max_pos = int(getattr(config, "max_position_embeddings", 0) or 2048)
     max_context = _check_max_context(max_context, max_pos, str(cfg_path))
     _hf_config_checks(cfg_path.parent, raw, max_context)
-    rope_type, theta = _rope(config)
-    if rope_type not in (None, "default"):
-        raise UnsupportedOpError(f"{cfg_path}: rope_type '{rope_type}' is not supported; only "
-                                 "the default RoPE is")
+    rope_type, theta = rope_type_and_theta(config)
+    rope = rope_frequencies(config, rope_type, max_context, str(cfg_path))
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -147,10 +145,43 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
                             ) from None
     params = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert all(p.is_meta for p in model.parameters())    # nothing was allocated
-    return _derive(cfg_path, config, model_type, params, max_pos, theta)
+    return _derive(cfg_path, config, model_type, params, max_pos, theta, rope)
 
 
-def _rope(config) -> tuple:
+def rope_frequencies(config, rope_type: str | None, max_context: int, where: str) -> dict:
+    """The rotary frequencies of a config's rope type, from transformers' own initialisation
+    (``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``, what the model's rotary module
+    runs): ``{}`` for the default RoPE, else ``rope_inv_freq``, ``rope_scaling`` (the attention
+    factor) and ``rope_type`` for :class:`DecoderShape`. ``dynamic`` and ``longrope`` depend on
+    the sequence length: they are taken at ``max_context``, the fixed length the programs are
+    compiled for. A rope type transformers does not know is refused."""
+    if rope_type in (None, "default"):
+        return {}
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise UnsupportedOpError(f"{where}: rope_type '{rope_type}' is not one transformers "
+                                 f"defines ({', '.join(sorted(ROPE_INIT_FUNCTIONS))}, default)")
+    try:
+        inv, factor = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", seq_len=int(max_context))
+    except Exception as e:  # noqa: BLE001 -- a config transformers cannot initialise
+        raise UnsupportedOpError(f"{where}: rope_type '{rope_type}': transformers cannot build "
+                                 f"its frequencies ({type(e).__name__}: "
+                                 f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    factor = float(factor)
+    inv = inv.double().numpy()
+    theta = rope_type_and_theta(config)[1]
+    default = 1.0 / theta ** (np.arange(len(inv), dtype=np.float64) * 2 / (2 * len(inv)))
+    if np.max(np.abs(inv - default) / default) <= 1e-6:
+        inv = ()        # the default frequencies (dynamic within its original context)
+    if not 0 < factor < 2:
+        raise UnsupportedOpError(f"{where}: rope_type '{rope_type}' scales cos/sin by "
+                                 f"{factor:.6g}; the Q1.14 RoPE table holds a scale below 2")
+    return {"rope_inv_freq": tuple(float(v) for v in inv), "rope_scaling": factor,
+            "rope_type": rope_type}
+
+
+def rope_type_and_theta(config) -> tuple:
     """``(rope_type, theta)`` of a config (transformers 5 ``rope_parameters`` or 4.x keys)."""
     rp = getattr(config, "rope_parameters", None)
     if isinstance(rp, dict):
@@ -164,7 +195,7 @@ def _rope(config) -> tuple:
 
 
 def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
-            theta: float) -> ConfigShape:
+            theta: float, rope: dict) -> ConfigShape:
     layers = sorted({int(n.split(".")[2]) for n in params if n.startswith("model.layers.")})
     if not layers or layers != list(range(len(layers))):
         raise UnsupportedOpError(f"{cfg_path}: the model has no numbered decoder blocks "
@@ -201,7 +232,11 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
     shape = DecoderShape(vocab=int(vocab), hidden=int(hidden), layers=len(layers), heads=heads,
                          kv_heads=kv_heads, head_dim=head_dim, intermediate=int(inter),
                          max_position=max_pos, rope_theta=theta,
-                         rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)))
+                         rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)), **rope)
+    if len(shape.inv_freq()) != head_dim // 2:
+        raise UnsupportedOpError(f"{cfg_path}: rope_type '{shape.rope_type}' rotates "
+                                 f"{2 * len(shape.inv_freq())} of the {head_dim} dimensions of a "
+                                 "head (partial rotary); the ROPE unit rotates whole heads")
     n_params = sum(int(np.prod(s, dtype=np.int64)) for s in params.values())
     if "lm_head.weight" not in params:     # tied: the IR keeps the LM head apart
         n_params += int(vocab) * int(hidden)

@@ -24,9 +24,10 @@ Both go through the same pattern recogniser on the ATen graph. The recognised pa
 * linear: ``linear(x, W[, b])`` with constant ``W``/``b``;
 * attention: ``q/k/v = transpose(view(linear(n), [B, S, heads, hd]), 1, 2)``; RoPE on q and k
   is ``add(mul(x, cos), mul(cat([neg(slice(x, -1, hd/2, end)), slice(x, -1, 0, hd/2)]), sin))``
-  with cos/sin computed from an ``inv_freq`` constant (``theta`` is recovered from it and every
-  entry is checked against the default rule; a constant multiplying ``cos``/``sin`` is the
-  ``attention_scaling``); GQA by ``repeat_kv`` (``reshape(expand(unsqueeze(k, 2)))``) or
+  with cos/sin computed from an ``inv_freq`` constant: the model's own rotary frequencies, which
+  the RoPE table is built from (so every rope type that only rescales them works: llama3,
+  linear, YaRN, ...; ``theta`` is recovered for reports); a constant multiplying ``cos``/``sin``
+  is the ``attention_scaling``; GQA by ``repeat_kv`` (``reshape(expand(unsqueeze(k, 2)))``) or
   ``enable_gqa``; ``scaled_dot_product_attention`` with no dropout and the default scale
   ``1/sqrt(hd)``; its output ``reshape/transpose(1, 2)/reshape`` to ``[B, S, heads*hd]`` feeds
   ``o_proj``; ``x = add(x, o_proj(...))``;
@@ -62,6 +63,7 @@ from .decoder import DecoderShape, FloatDecoder, FloatLayer
 from .errors import FrontendError, UnsupportedOpError
 from .export_archive import load_exported_program, machine_memory_bytes
 from .frontend import check_finite, detect_format, program_tensors
+from .llm_config import rope_type_and_theta
 
 __all__ = ["is_decoder_source", "load_decoder", "decoder_from_exported_program",
            "DEFAULT_MAX_CONTEXT"]
@@ -264,11 +266,12 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
     model = model.eval()
     ids = _example_ids(int(getattr(config, "vocab_size", 2)), EXAMPLE_TOKENS)
     ep = _export(model, ids, max_pos, str(folder))
-    rope_type = _rope_type(config)
+    rope_type, rope_theta = rope_type_and_theta(config)
     fd = decoder_from_exported_program(ep, name=re.sub(r"\W", "_", folder.name) or "model",
                                        source=f"hf:{folder}", max_context=max_context,
                                        max_position=max_pos, family=model_type or "llama",
-                                       rope_type=rope_type, check_model=model,
+                                       rope_type=rope_type, rope_theta=rope_theta,
+                                       check_model=model,
                                        fold_gammas=fold_gammas)
     return fd
 
@@ -329,12 +332,6 @@ def _more(items) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-def _rope_type(config) -> str | None:
-    for attr in ("rope_parameters", "rope_scaling"):
-        rp = getattr(config, attr, None)
-        if isinstance(rp, dict):
-            return rp.get("rope_type") or rp.get("type")
-    return None
 
 
 def _check_max_context(max_context, max_pos: int, where: str) -> int:
@@ -795,7 +792,10 @@ def _hop_submodule(G: _Graph, hop):
 
 
 def _rope_params(G: _Graph, cos_node, hd: int, rope_type: str | None):
-    """Recover (theta, attention_scaling) from the inv_freq constant behind cos/sin."""
+    """``(theta, attention_scaling, inv_freq)`` from the inv_freq constant behind cos/sin:
+    ``inv_freq`` is the constant itself (the model's own frequencies: llama3, linear, YaRN,
+    ...) where it is not the default RoPE's ``theta**(-2i/head_dim)`` of the fitted theta, and
+    ``()`` where it is (the table is then computed from theta, in float64, as before)."""
     consts, factors = _upstream_consts(G, cos_node)
     half = hd // 2
     cands = [c for c in consts if c.ndim == 1 and c.shape[0] == half]
@@ -805,9 +805,10 @@ def _rope_params(G: _Graph, cos_node, hd: int, rope_type: str | None):
         raise UnsupportedOpError(f"unsupported {variant} (node {where}): cos/sin are not "
                                  "computed from an inv_freq constant of head_dim/2 entries")
     inv = cands[0].astype(np.float64)
-    if inv[1] <= 0 or inv[1] >= 1:
-        raise UnsupportedOpError(f"unsupported {variant} (node {where}): inv_freq[1] = "
-                                 f"{inv[1]:.6g} is not theta**(-2/head_dim)")
+    if not (np.all(np.isfinite(inv)) and np.all(inv > 0) and inv[1] < 1):
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): the inv_freq constant "
+                                 "is not a set of rotary frequencies (positive, finite, "
+                                 "inv_freq[1] < 1)")
     # inv[i] = theta**(-2i/hd): fit log(theta) over every entry. From inv[1] alone the float32
     # rounding of inv (~6e-8) grows by hd/2 (4e-6 at head_dim 128, past the snap below); the
     # fit weights the entries with the largest exponents most, whose error is not amplified.
@@ -819,15 +820,14 @@ def _rope_params(G: _Graph, cos_node, hd: int, rope_type: str | None):
         theta = float(round(theta))
     ref = 1.0 / theta ** (np.arange(half, dtype=np.float64) * 2 / hd)
     rel = np.max(np.abs(inv - ref) / ref)
-    if rel > 1e-6:
-        raise UnsupportedOpError(f"unsupported {variant} (node {where}): inv_freq differs from "
-                                 f"theta**(-2i/head_dim) by {rel:.2g} relative (theta "
-                                 f"{theta:.6g}); only the default RoPE is supported")
     scaling = factors[0] if factors else 1.0
     if len(set(factors)) > 1:
         raise UnsupportedOpError(f"unsupported {variant} (node {where}): cos and sin are "
                                  f"scaled differently ({sorted(set(factors))})")
-    return theta, scaling
+    if not 0 < abs(scaling) < 2:
+        raise UnsupportedOpError(f"unsupported {variant} (node {where}): cos and sin scaled by "
+                                 f"{scaling:.6g}; the Q1.14 RoPE table holds |scale| < 2")
+    return theta, scaling, (() if rel <= 1e-6 else tuple(inv))
 
 
 # ----------------------------------------------------------------------------- the program
@@ -856,6 +856,7 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                                   max_context: int | None = None,
                                   max_position: int | None = None, family: str = "llama",
                                   rope_type: str | None = None,
+                                  rope_theta: float | None = None,
                                   check_model=None,
                                   fold_gammas: bool | None = None) -> FloatDecoder:
     """Recognise a LLaMA-family decoder in an ``ExportedProgram`` (see the module docstring).
@@ -872,7 +873,10 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
         Model's position limit; default the exported sequence bound if finite, else
         ``max_context``, else 2048.
     rope_type : str, optional
-        Named in RoPE errors.
+        Named in RoPE errors, recorded in the shape.
+    rope_theta : float, optional
+        The config's theta, recorded where the frequencies are not the default RoPE's (which
+        the fitted theta names exactly).
     check_model : callable, optional
         The eager model to check against; default ``ep.module()``.
     fold_gammas : bool, optional
@@ -940,12 +944,14 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     for i, at in enumerate(attn):
         if (at["heads"], at["kv_heads"], at["hd"]) != (heads, kv_heads, hd):
             raise _unsupported(at["node"], f"block {i} has different head numbers")
-    theta, scaling = _rope_params(G, a0["rope"][0], hd, rope_type)
+    theta, scaling, inv = _rope_params(G, a0["rope"][0], hd, rope_type)
     for at in attn:
         for cs in at["rope"]:
-            t2, s2 = _rope_params(G, cs, hd, rope_type)
-            if abs(t2 - theta) > 1e-6 * theta or abs(s2 - scaling) > 1e-9:
+            t2, s2, inv2 = _rope_params(G, cs, hd, rope_type)
+            if abs(t2 - theta) > 1e-6 * theta or abs(s2 - scaling) > 1e-9 or inv2 != inv:
                 raise _unsupported(at["node"], "blocks use different RoPE parameters")
+    if inv and rope_theta is not None:
+        theta = float(rope_theta)      # the fit names no theta of rescaled frequencies
 
     if max_position is None:
         # An archive records no position limit: take the exported length bound, else the
@@ -956,7 +962,8 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     shape = DecoderShape(vocab=embed.shape[0], hidden=embed.shape[1], layers=len(layers),
                          heads=heads, kv_heads=kv_heads, head_dim=hd, intermediate=inter,
                          max_position=int(max_position), rope_theta=theta, rms_eps=eps,
-                         rope_scaling=float(scaling))
+                         rope_scaling=float(scaling), rope_inv_freq=inv,
+                         rope_type=rope_type or "default")
     fd = FloatDecoder(name=name, shape=shape, embed=embed.astype(np.float32), layers=layers,
                       lm_head=(w_lm * g_final[None, :]).astype(np.float32), source=source,
                       family=family, max_context=max_context)

@@ -25,10 +25,10 @@ __all__ = ["float_forward", "float_generate", "KVCache", "golden_step", "GoldenR
 
 # ------------------------------------------------------------------------------ float model
 
-def rope_float(positions, head_dim: int, theta: float, scaling: float = 1.0):
-    """(cos, sin) ``[len(positions), head_dim/2]`` of the default RoPE, float64."""
-    half = head_dim // 2
-    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) * 2 / head_dim))
+def rope_float(positions, inv_freq, scaling: float = 1.0):
+    """(cos, sin) ``[len(positions), head_dim/2]`` of the rotary frequencies ``inv_freq``
+    (``DecoderShape.inv_freq()``), times ``scaling``, float64."""
+    inv = np.asarray(inv_freq, dtype=np.float64)
     ang = np.asarray(positions, dtype=np.float64)[:, None] * inv[None, :]
     return np.cos(ang) * scaling, np.sin(ang) * scaling
 
@@ -72,7 +72,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
 
     heads, kvh, hd = s.heads, s.kv_heads, s.head_dim
     group = heads // kvh
-    cos, sin = rope_float(np.arange(t), hd, s.rope_theta, s.rope_scaling)
+    cos, sin = rope_float(np.arange(t), s.inv_freq(), s.rope_scaling)
     causal = np.triu(np.ones((t, t), dtype=bool), 1)
     x = np.asarray(fd.embed, dtype=np.float64)[ids]
     rec("embed", x)

@@ -341,7 +341,7 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
     if ternary:
         report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
     return QDecoder(name=fd.name, shape=s, embed=quantize(fd.embed, sc["embed"]),
-                    rope=gl.rope_table(max_context, hd, s.rope_theta, s.rope_scaling),
+                    rope=gl.rope_table(max_context, s.inv_freq(), s.rope_scaling),
                     layers=layers, final_norm=final_norm, lm_head=lm_head,
                     max_context=max_context, scales=sc, weight_formats=report)
 

@@ -21,8 +21,8 @@ import numpy as np
 
 __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
-    "isqrt", "rmsnorm", "rope", "rope_table", "silu_mul", "exp2_neg", "attention_row",
-    "attention", "RELU2_LUT", "relu2_mul",
+    "isqrt", "rmsnorm", "rope", "rope_table", "default_inv_freq", "silu_mul", "exp2_neg",
+    "attention_row", "attention", "RELU2_LUT", "relu2_mul",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -83,12 +83,22 @@ def rmsnorm(x, eps: int, mult: int, shift: int) -> np.ndarray:
     return _sat8(_round_shift(x * r * int(mult), shift))
 
 
-def rope_table(positions: int, head_dim: int, theta: float, scaling: float = 1.0) -> np.ndarray:
+def default_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """The default RoPE's inverse frequencies ``theta**(-2i/head_dim)``, ``i < head_dim/2``
+    (float64)."""
+    return 1.0 / (theta ** (np.arange(head_dim // 2, dtype=np.float64) * 2 / head_dim))
+
+
+def rope_table(positions: int, inv_freq, scaling: float = 1.0) -> np.ndarray:
     """int16 table ``[positions, head_dim]``: per position ``head_dim/2`` cos then ``head_dim/2``
-    sin, Q1.14, of the angles ``p * theta**(-2i/head_dim)`` (the Hugging Face default RoPE;
-    ``scaling`` is its ``attention_scaling``)."""
-    half = head_dim // 2
-    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) * 2 / head_dim))
+    sin, Q1.14, of the angles ``p * inv_freq[i]`` times ``scaling``. ``inv_freq`` (``head_dim/2``
+    entries) is the model's rotary module's (:func:`default_inv_freq` for the default RoPE;
+    llama3, YaRN, linear, ... rescale it), ``scaling`` its ``attention_scaling`` (1 but for
+    YaRN and LongRoPE). Q1.14 holds ``|cos * scaling| < 2``."""
+    inv = np.asarray(inv_freq, dtype=np.float64)
+    if not 0 < abs(scaling) < 2:
+        raise ValueError(f"RoPE attention scaling {scaling} outside (0, 2): the Q1.14 table "
+                         "cannot hold it")
     ang = np.arange(positions, dtype=np.float64)[:, None] * inv[None, :]
     one = float(1 << ROPE_FRAC)
     c = np.rint(np.cos(ang) * scaling * one)

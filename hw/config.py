@@ -70,6 +70,11 @@ class AccelConfig:
         block RAM. Placement only: the RTL behaves identically. A 72-bit x 4096 URAM288 holds
         8x a RAMB36E2, so the multi-MiB rings of the full-size engines fit the UltraScale+
         parts that have it (U280: 960 URAM288 beside 2016 RAMB36E2).
+    vec_lanes : int
+        V, elements per cycle of the :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, SILUMUL,
+        ABSQUANT; ROPE takes up to ``min(V, L/2)`` pairs per step): V copies of its
+        multiplier path (4 DSP48E2 each) on V consecutive bytes of an activation word. Must
+        divide ``chain_len``; 1 (the default) is the element-serial unit.
     """
 
     chains: int = 16
@@ -89,11 +94,12 @@ class AccelConfig:
     tlmm_acc_depth: int = 1024
     attn_heads: int = 1
     ring_uram: bool = False
+    vec_lanes: int = 1
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
                      "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth",
-                     "attn_heads"):
+                     "attn_heads", "vec_lanes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AccelConfig.{name} must be >= 1")
         if self.tlmm_g not in TLMM_GROUPS:
@@ -109,6 +115,10 @@ class AccelConfig:
                 f"the super-beat ({self.beat_bytes} B = mem_ports x port_bytes)")
         if self.beat_bytes % 32 and 32 % self.beat_bytes:
             raise ValueError("super-beat must divide or be a multiple of 32 B (one instruction)")
+        if self.chain_len % self.vec_lanes:
+            raise ValueError(
+                f"AccelConfig.vec_lanes ({self.vec_lanes}) must divide chain_len "
+                f"({self.chain_len}): the vector unit's lanes split an activation word evenly")
         if self.chain_len % self.groups or self.group_len > MAX_GROUP_LEN:
             raise ValueError(
                 f"chain_len {self.chain_len} must split into {self.groups} DSP groups of at most "

@@ -3,9 +3,11 @@
 Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope`,
 :func:`~hwflow.golden.llm.silu_mul` / :func:`~hwflow.golden.llm.relu2_mul` (docs/architecture.md,
 "Transformer path") and :func:`hwflow.golden.ternary.absmax_quant` ("Ternary path"). Elements are
-processed one at a time through a single 7-stage arithmetic pipeline, so the unit is small: one
-``x * r * mult`` multiplier path (8 x 34 bits, then 42 x 17 bits), a 512-entry ROM (SiLU and
-ReLU**2), and a sequential square root and divider used once per RMSNORM / ABSQUANT row.
+processed ``V = AccelConfig.vec_lanes`` at a time through ``V`` copies of a 7-stage arithmetic
+pipeline (one at a time at ``V = 1``, the smallest unit): per lane one ``x * r * mult``
+multiplier path (8 x 34 bits, then 42 x 17 bits: 4 DSP48E2) and a 512-entry ROM (SiLU and
+ReLU**2); shared by the lanes, a sequential square root and divider used once per RMSNORM /
+ABSQUANT row.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from .config import AccelConfig
 from .isa import FLAG_GAMMA, FLAG_RELU2, Opcode
 
-__all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM"]
+__all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM", "rope_head_steps", "rope_pairs_per_step"]
 
 #: SiLU ROM, ``SILU_ROM[v + 128] = round(silu(v / 16) * 2**8)`` for int8 ``v``: the same
 #: formula as ``golden.llm.SILU_LUT`` (hw/ may not import golden; the tests compare the two).
@@ -60,6 +62,33 @@ _V_BITS = 64
 _K_NONE, _K_SQ, _K_ELEM, _K_LATCH, _K_ZWORD, _K_C, _K_S, _K_X1, _K_X2, _K_MAX = range(10)
 
 
+def rope_pairs_per_step(L: int, V: int) -> int:
+    """Most ROPE pairs one step takes: ``min(V, L/2)`` (a word holds ``L/2`` int16 cos)."""
+    return min(V, L // 2)
+
+
+def rope_head_steps(L: int, V: int, hd: int, offset: int) -> int:
+    """ROPE steps (four buffer reads each) of one head of ``hd`` bytes at byte ``offset`` of a
+    word (any byte address; only ``offset % L`` matters) on ``V`` lanes of ``L``-byte words.
+
+    Greedy, as the sequencer: from pair ``k``, a step takes ``P = min(Vr, half - k)`` pairs
+    (``Vr`` = :func:`rope_pairs_per_step`), fewer where one of its four groups would cross a
+    word: the x1 bytes at ``offset + k``, the x2 bytes ``half`` later, the int16 cos at table
+    byte ``2k`` and sin at ``hd + 2k`` (the table row starts a word). ``half / Vr`` steps when
+    ``offset`` and ``half`` are multiples of ``Vr``; ``half`` steps at ``V = 1``.
+    """
+    half, vr = hd // 2, rope_pairs_per_step(L, V)
+    if vr == 1:
+        return half
+    k = steps = 0
+    while k < half:
+        p1 = offset + k
+        k += min(vr, half - k, L - p1 % L, L - (p1 + half) % L, (L - 2 * k % L) // 2,
+                 (L - (hd + 2 * k) % L) // 2)
+        steps += 1
+    return steps
+
+
 class VectorUnit(wiring.Component):
     """RMSNORM (0x06), ROPE (0x07), SILUMUL (0x08, flag RELU2) and ABSQUANT (0x0A, flag GAMMA) on
     the activation buffer.
@@ -69,32 +98,46 @@ class VectorUnit(wiring.Component):
     v4 instruction tables (docs/architecture.md). Results equal ``golden.llm`` and
     ``golden.ternary.absmax_quant`` bit for bit.
 
-    Element-serial datapath: a sequencer reads activation words (synchronous port: data one
-    cycle after the address, held while ``rd_en`` is low, so a word read once feeds ``L``
-    consecutive elements without a register), picks one element per cycle and pushes it
-    through one pipeline: pick byte -> select operands (SiLU ROM read) -> ``p1 = a * b1`` ->
-    ``p2 = p1 * b2`` -> ``v = (first ? round : v) + p2`` -> shift and saturate -> byte write
-    (``wr_en`` one-hot; whole words of zeros for row padding). Every element is read before it
-    is written, so ``out`` may equal an input.
+    Datapath of ``V = cfg.vec_lanes`` lanes: a sequencer reads activation words (synchronous
+    port: data one cycle after the address, held while ``rd_en`` is low, so a word read once
+    feeds its ``G = L / V`` lane groups without a register), picks one group of ``V``
+    consecutive elements per cycle and pushes it through ``V`` copies of one pipeline: pick
+    bytes -> select operands (SiLU ROM read, one port per lane) -> ``p1 = a * b1`` ->
+    ``p2 = p1 * b2`` -> ``v = (first ? round : v) + p2`` -> shift and saturate -> write of the
+    group's ``V`` bytes (``wr_en``: ``V`` byte enables; whole words of zeros for row padding).
+    Reductions take the ``V`` lanes at once: an adder tree (RMSNORM's sum of squares) or a max
+    tree (ABSQUANT's ``m``) into a register, then the running sum / maximum; the square root
+    and the divider (once per row) are shared and serial. Every element is read before it is
+    written, so ``out`` may equal an input. ``V = 1`` is the element-serial unit.
 
     ABSQUANT makes two passes over each row: ``m = max |x * gamma|`` (the same pipeline, ``p2``
     into a running maximum instead of a write), then, after the pipeline drained, it writes ``m``
     (u16 LE, two byte enables at byte ``2b`` of the words from ``m_addr``) and divides
     ``R = (127 << 24) // m`` (0 when ``m = 0``) on the RMSNORM divider, then quantizes
-    ``sat8((x * R * gamma + 2**23) >> 24)`` element by element. With flag GAMMA each word index
+    ``sat8((x * R * gamma + 2**23) >> 24)`` group by group. With flag GAMMA each word index
     first reads the gamma word into a register (as SILUMUL's gate), in both passes.
 
-    Cycles (``nw = ceil(n / L)`` words holding elements, ``words`` the row stride):
+    ROPE runs in steps of four reads (cos word, sin word, x1 word, x2 word) while the previous
+    step's four products per pair (``x1 c``, ``-x2 s``, ``x2 c``, ``x1 s``) go through the lanes,
+    one per cycle, and its y1 and y2 bytes are written (one partial word each). A step takes
+    ``P <= Vr = min(V, L/2)`` consecutive pairs of a head (a word holds ``L/2`` int16 cos), as
+    many as keep each of its four groups inside one word (:func:`rope_head_steps`).
 
-    * RMSNORM: per row ``2 * nw * L + (words - nw) + 67``: sum of squares (``nw * L``), 7-cycle
-      drain, 25-step isqrt, 33-step divider, normalize (``nw * L``), zero words, 2 cycles of
+    Cycles (``G = L / V`` lane groups per word, ``nw = ceil(n / L)`` words holding elements,
+    ``words`` the row stride):
+
+    * RMSNORM: per row ``2 * nw * G + (words - nw) + 67``: sum of squares (``nw * G``), 7-cycle
+      drain, 25-step isqrt, 33-step divider, normalize (``nw * G``), zero words, 2 cycles of
       row dispatch;
-    * SILUMUL: per row ``nw * (L + 1) + (words - nw) + 2`` (one extra cycle per word reads the
+    * SILUMUL: per row ``nw * (G + 1) + (words - nw) + 2`` (one extra cycle per word reads the
       gate word into a register);
-    * ABSQUANT: per row ``2 * nw * (L + gam) + (words - nw) + 42`` (``gam`` = 1 with flag GAMMA):
-      the max pass, 7-cycle drain, 33-step divider, the quantize pass, zero words, row dispatch;
-    * ROPE: ``4 * rows * heads * hd / 2`` (four reads per pair: cos, sin, x1, x2; two cycles per
-      element);
+    * ABSQUANT: per row ``2 * nw * (G + gam) + (words - nw) + 42`` (``gam`` = 1 with flag
+      GAMMA): the max pass, 7-cycle drain, 33-step divider, the quantize pass, zero words, row
+      dispatch;
+    * ROPE: ``4 * rows * sum_h steps(h)`` with ``steps(h) =``
+      :func:`rope_head_steps` ``(L, V, hd, h * head_stride)``: ``hd / 2`` at ``V = 1`` (two
+      cycles per element), ``hd / (2 Vr)`` when ``head_stride`` and ``hd / 2`` are multiples
+      of ``Vr``;
 
     plus 9 cycles per instruction (13 for ROPE): decode and the final pipeline drain. These are
     the cycles ``busy`` is high, counted from the ``start`` edge; the tests pin them.
@@ -102,9 +145,9 @@ class VectorUnit(wiring.Component):
     Parameters
     ----------
     cfg : AccelConfig
-        Only ``chain_len`` (L bytes per activation word, a power of two, 2..32) is used.
-        Every opcode is executed: which ones a program may issue is the controller's decision
-        (ROPE needs ``cfg.transformer``).
+        ``chain_len`` (L bytes per activation word, a power of two, 2..32) and ``vec_lanes``
+        (V lanes, dividing L) are used. Every opcode is executed: which ones a program may
+        issue is the controller's decision (ROPE needs ``cfg.transformer``).
 
     Attributes
     ----------
@@ -119,12 +162,15 @@ class VectorUnit(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig):
-        L = cfg.chain_len
+        L, V = cfg.chain_len, cfg.vec_lanes
         if L < 2 or L > 32 or L & (L - 1):
             raise ValueError(f"VectorUnit: chain_len {L} must be a power of two in 2..32")
+        if V < 1 or L % V:
+            raise ValueError(f"VectorUnit: vec_lanes {V} must divide chain_len {L}")
         self.cfg = cfg
-        self.L = L
+        self.L, self.V = L, V
         self.lg = L.bit_length() - 1
+        self.lv = V.bit_length() - 1
         super().__init__({
             "ins": In(256),
             "start": In(1),
@@ -135,7 +181,10 @@ class VectorUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L, lg = self.L, self.lg
+        L, lg, V, lv = self.L, self.lg, self.V, self.lv
+        G = L // V                  # lane groups per word
+        VR = rope_pairs_per_step(L, V)
+        ones = (1 << V) - 1
 
         def w(k):
             return self.ins[32 * k:32 * (k + 1)]
@@ -173,7 +222,7 @@ class VectorUnit(wiring.Component):
         b_row = Signal(16)
         out_row = Signal(16)
         cs_row = Signal(16)
-        i = Signal(18)              # element index within the row (pass loops)
+        i = Signal(18)              # element index within the row (pass loops), steps of V
         lat = Signal()              # SILUMUL: the gate word of this word index is latched
         zw = Signal(17)             # zero-fill word index
         hbase = Signal(16 + lg + 1)  # ROPE: byte address of the current head
@@ -194,12 +243,15 @@ class VectorUnit(wiring.Component):
         m_wr = Signal()             # ABSQUANT: write m (the pipeline is idle)
 
         # ---- pipeline control bundles -----------------------------------------------------------
+        # j: byte offset of the lane group (ROPE: of the step's first byte) in the word read;
+        # zero: lanes past the row's n (written as 0, left out of the reductions); mask: lanes
+        # written (ROPE: the step's P pairs)
         c0_layout = data.StructLayout({
-            "kind": 4, "j": lg, "word": 16, "zero": 1,
+            "kind": 4, "j": lg, "word": 16, "zero": V, "mask": V,
         })
         ctl_layout = data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "sq": 1, "mx": 1, "zero": 1, "full": 1,
-            "word": 16, "lane": lg,
+            "valid": 1, "first": 1, "last": 1, "sq": 1, "mx": 1, "zero": V, "full": 1,
+            "word": 16, "lane": lg, "mask": V,
         })
         c0 = Signal(c0_layout)      # comb: what stage 1 does next cycle
         c1 = Signal(c0_layout)
@@ -209,12 +261,14 @@ class VectorUnit(wiring.Component):
         c5 = Signal(ctl_layout)
         c6 = Signal(ctl_layout)
         wr_valid = Signal()
-        burst = Signal()            # ROPE: the four products of a pair are being issued
+        burst = Signal()            # ROPE: the four products of a step are being issued
         bc = Signal(2)
 
         # ---- sequencer --------------------------------------------------------------------------
         j_i = i[:lg]
         w_i = i[lg:]
+        # lanes of the group at i past the row's last element
+        zmask = Cat(*[i + lane >= n for lane in range(V)])
         m.d.sync += c1.eq(c0)
 
         pipe_busy = Signal()        # an element, a ROPE product burst or a write is in flight
@@ -275,16 +329,16 @@ class VectorUnit(wiring.Component):
                 with m.Else():
                     m.next = "ELEMS"
             with m.State("SUMSQ"):
-                # pass 1: S += x**2 over the row (read each word once, at its lane 0)
+                # pass 1: S += x**2 over the row (read each word once, at its first group)
                 m.d.comb += [
                     self.rd_en.eq(j_i == 0), self.rd_addr.eq(a_row + w_i),
-                    c0.kind.eq(_K_SQ), c0.j.eq(j_i), c0.zero.eq(i >= n),
+                    c0.kind.eq(_K_SQ), c0.j.eq(j_i), c0.zero.eq(zmask),
                 ]
-                m.d.sync += i.eq(i + 1)
-                with m.If(i == end_i - 1):
+                m.d.sync += i.eq(i + V)
+                with m.If(i == end_i - V):
                     m.next = "SQWAIT"
             with m.State("SQWAIT"):
-                # the last square reaches the accumulator 5 cycles after it was issued
+                # the last squares reach the running sum 6 cycles after they were issued (lane tree)
                 with m.If(~pipe_busy):
                     m.d.sync += [rad.eq(s_acc << 16), root.eq(0), srem.eq(0), cnt.eq(0),
                                  i.eq(0)]
@@ -313,13 +367,13 @@ class VectorUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += [
                         self.rd_en.eq(j_i == 0), self.rd_addr.eq(a_row + w_i),
-                        c0.kind.eq(_K_MAX), c0.j.eq(j_i), c0.zero.eq(i >= n),
+                        c0.kind.eq(_K_MAX), c0.j.eq(j_i), c0.zero.eq(zmask),
                     ]
-                    m.d.sync += [i.eq(i + 1), lat.eq(0)]
-                    with m.If(i == end_i - 1):
+                    m.d.sync += [i.eq(i + V), lat.eq(0)]
+                    with m.If(i == end_i - V):
                         m.next = "MWAIT"
             with m.State("MWAIT"):
-                # the last |p2| reaches amax 5 cycles after it was issued; then m is written
+                # the last |p2| reach amax 6 cycles after they were issued; then m is written
                 # (the pipeline and the write port are idle) and R = (127 << 24) // m divided
                 with m.If(~pipe_busy):
                     m.d.comb += m_wr.eq(1)
@@ -344,7 +398,7 @@ class VectorUnit(wiring.Component):
                         m.next = "ELEMS"
 
             with m.State("ELEMS"):
-                # RMSNORM / ABSQUANT pass 2, SILUMUL: one element per cycle; SILUMUL (ABSQUANT
+                # RMSNORM / ABSQUANT pass 2, SILUMUL: one lane group per cycle; SILUMUL (ABSQUANT
                 # with GAMMA) first latches the gate (gamma) word of each word index (one extra
                 # cycle), then streams the up (x) word
                 with m.If(two_words & (j_i == 0) & ~lat):
@@ -357,14 +411,14 @@ class VectorUnit(wiring.Component):
                         self.rd_en.eq(j_i == 0),
                         self.rd_addr.eq(Mux(is_silu, b_row, a_row) + w_i),
                         c0.kind.eq(_K_ELEM), c0.j.eq(j_i), c0.word.eq(out_row + w_i),
-                        c0.zero.eq(i >= n),
+                        c0.zero.eq(zmask),
                     ]
-                    m.d.sync += [i.eq(i + 1), lat.eq(0)]
-                    with m.If(i == end_i - 1):
+                    m.d.sync += [i.eq(i + V), lat.eq(0)]
+                    with m.If(i == end_i - V):
                         m.next = "ZERO"
             with m.State("ZERO"):
                 # bytes n <= i < words * L: the rest of the last word went through ELEMS with
-                # its zero flag; the whole words after it are written in one cycle each
+                # its zero flags; the whole words after it are written in one cycle each
                 with m.If(zw < words):
                     m.d.comb += [c0.kind.eq(_K_ZWORD), c0.word.eq(out_row + zw)]
                     m.d.sync += zw.eq(zw + 1)
@@ -376,12 +430,27 @@ class VectorUnit(wiring.Component):
                     m.next = "ROW"
 
             with m.State("ROPE"):
-                # four reads per pair: cos word, sin word, x1 word, x2 word; the products are
-                # issued from a snapshot while the next pair is read
+                # four reads per step: cos word, sin word, x1 word, x2 word; the products are
+                # issued from a snapshot while the next step is read
                 p1 = hbase + k
                 p2 = p1 + half
                 coff = Cat(Const(0, 1), k)
                 soff = hd + coff
+                if VR == 1:
+                    npairs = Const(1, 1)
+                else:
+                    # P pairs: at most Vr and the rest of the head, and no group crosses a word;
+                    # k is stable through a step, so P is registered (used at phase 3 only)
+                    def vmin(a, b):
+                        return Mux(a < b, a, b)
+                    rest = half - k
+                    pn = Mux(rest < VR, rest, VR)[:lg]
+                    for lim in (L - p1[:lg], L - p2[:lg], (L - coff[:lg]) >> 1,
+                                (L - soff[:lg]) >> 1):
+                        pn = vmin(pn, lim)[:lg]
+                    npairs = Signal(lg)
+                    m.d.sync += npairs.eq(pn)
+                pmask = Cat(*[npairs > lane for lane in range(V)])
                 with m.Switch(ph):
                     with m.Case(0):
                         m.d.comb += [self.rd_addr.eq(cs_row + (coff >> lg)),
@@ -394,12 +463,13 @@ class VectorUnit(wiring.Component):
                                      c0.j.eq(p1[:lg]), c0.word.eq(p1 >> lg)]
                     with m.Case(3):
                         m.d.comb += [self.rd_addr.eq(p2 >> lg), c0.kind.eq(_K_X2),
-                                     c0.j.eq(p2[:lg]), c0.word.eq(p2 >> lg)]
+                                     c0.j.eq(p2[:lg]), c0.word.eq(p2 >> lg),
+                                     c0.mask.eq(pmask)]
                 m.d.comb += self.rd_en.eq(1)
                 m.d.sync += ph.eq(ph + 1)
                 with m.If(ph == 3):
-                    with m.If(k != half - 1):
-                        m.d.sync += k.eq(k + 1)
+                    with m.If(k + npairs != half):
+                        m.d.sync += k.eq(k + npairs)
                     with m.Else():
                         m.d.sync += k.eq(0)
                         with m.If(h != heads - 1):
@@ -417,35 +487,66 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
-        # ---- stage 1: pick the element from the read word ---------------------------------------
-        # SiLU in entries 0..255, ReLU**2 in 256..511 (SILUMUL flag RELU2)
-        rom = memory.Memory(shape=signed(16), depth=512, init=SILU_ROM + RELU2_ROM)
-        m.submodules.silu_rom = rom
-        rom_rd = rom.read_port()
+        # ---- stage 1: pick the lane group from the read word ------------------------------------
+        # SiLU in entries 0..255, ReLU**2 in 256..511 (SILUMUL flag RELU2); one ROM per lane
+        # (one ROM of V read ports is the same logic, but Yosys' memory_libmap gives up on it
+        # at V = 16)
+        rom_rd = []
+        for lane in range(V):
+            rom = memory.Memory(shape=signed(16), depth=512, init=SILU_ROM + RELU2_ROM)
+            m.submodules["silu_rom" if V == 1 else f"silu_rom{lane}"] = rom
+            rom_rd.append(rom.read_port())
         aword = Signal(8 * L)       # SILUMUL: the gate word
-        byte = self.rd_data.word_select(c1.j, 8).as_signed()
-        h16 = self.rd_data.word_select(c1.j[1:] if lg > 1 else Const(0, 1), 16).as_signed()
-        gate = aword.word_select(c1.j, 8)
+        if V == 1:
+            byte = [self.rd_data.word_select(c1.j, 8).as_signed()]
+            gate = [aword.word_select(c1.j, 8)]
+            # ROPE: x (a byte) and cos / sin (int16 at an even byte) at any offset
+            rbyte = byte
+            h16 = [self.rd_data.word_select(c1.j[1:] if lg > 1 else Const(0, 1), 16).as_signed()]
+        else:
+            grp = self.rd_data if G == 1 else self.rd_data.word_select(c1.j[lv:], 8 * V)
+            agrp = aword if G == 1 else aword.word_select(c1.j[lv:], 8 * V)
+            byte = [grp[8 * lane:8 * lane + 8].as_signed() for lane in range(V)]
+            gate = [agrp[8 * lane:8 * lane + 8] for lane in range(V)]
+            # ROPE: the step's bytes start anywhere in the word (the sequencer keeps them in
+            # it): rotate the word right by the offset
+            rot = Cat(self.rd_data, self.rd_data).bit_select(Cat(Const(0, 3), c1.j),
+                                                            16 * VR)
+            rbyte = [rot[8 * lane:8 * lane + 8].as_signed() for lane in range(VR)]
+            h16 = [rot[16 * lane:16 * lane + 16].as_signed() for lane in range(VR)]
         # ROM index g + 128: flipping the sign bit of the two's-complement byte
-        m.d.comb += [rom_rd.addr.eq(Cat(gate ^ 0x80, relu2)), rom_rd.en.eq(1)]
+        for lane in range(V):
+            m.d.comb += [rom_rd[lane].addr.eq(Cat(gate[lane] ^ 0x80, relu2)),
+                         rom_rd[lane].en.eq(1)]
 
-        oa = Signal(signed(8))      # stage 2 operand: x (RMSNORM, ABSQUANT), up (SILUMUL)
-        og = Signal(signed(8))      # stage 2 operand: ABSQUANT's gamma (1 without GAMMA)
-        m.d.sync += [oa.eq(byte), og.eq(Mux(gam, gate.as_signed(), 1)), c2.eq(0)]
-        c_reg = Signal(signed(16))
-        s_reg = Signal(signed(16))
-        x1_reg = Signal(signed(8))
+        # stage 2 operands: x (RMSNORM, ABSQUANT), up (SILUMUL); ABSQUANT's gamma (1 without
+        # GAMMA)
+        oa = [Signal(signed(8), name=f"oa{lane}") for lane in range(V)]
+        og = [Signal(signed(8), name=f"og{lane}") for lane in range(V)]
+        for lane in range(V):
+            m.d.sync += [oa[lane].eq(byte[lane]),
+                         og[lane].eq(Mux(gam, gate[lane].as_signed(), 1))]
+        m.d.sync += c2.eq(0)
+
+        def lanes(name, shape, count=VR):
+            return [Signal(shape, name=f"{name}{lane}") for lane in range(count)]
+
+        c_reg = lanes("c_reg", signed(16))
+        s_reg = lanes("s_reg", signed(16))
+        x1_reg = lanes("x1_reg", signed(8))
         w1_reg = Signal(16)
         l1_reg = Signal(lg)
-        # ROPE pair snapshot, taken when x2 arrives: used for 4 cycles while the next pair is read
-        pc = Signal(signed(16))
-        ps = Signal(signed(16))
-        px1 = Signal(signed(8))
-        px2 = Signal(signed(8))
+        # ROPE step snapshot, taken when x2 arrives: used for 4 cycles while the next step is
+        # read
+        pc = lanes("pc", signed(16))
+        ps = lanes("ps", signed(16))
+        px1 = lanes("px1", signed(8))
+        px2 = lanes("px2", signed(8))
         pw1 = Signal(16)
         pl1 = Signal(lg)
         pw2 = Signal(16)
         pl2 = Signal(lg)
+        pmask_r = Signal(V)
         with m.Switch(c1.kind):
             with m.Case(_K_SQ):
                 m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.sq.eq(1), c2.zero.eq(c1.zero)]
@@ -453,21 +554,26 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.mx.eq(1), c2.zero.eq(c1.zero)]
             with m.Case(_K_ELEM):
                 m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1),
-                             c2.zero.eq(c1.zero), c2.word.eq(c1.word), c2.lane.eq(c1.j)]
+                             c2.zero.eq(c1.zero), c2.word.eq(c1.word), c2.lane.eq(c1.j),
+                             c2.mask.eq(ones)]
             with m.Case(_K_ZWORD):
-                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1), c2.zero.eq(1),
-                             c2.full.eq(1), c2.word.eq(c1.word)]
+                m.d.sync += [c2.valid.eq(1), c2.first.eq(1), c2.last.eq(1), c2.zero.eq(ones),
+                             c2.full.eq(1), c2.word.eq(c1.word), c2.mask.eq(ones)]
             with m.Case(_K_LATCH):
                 m.d.sync += aword.eq(self.rd_data)
             with m.Case(_K_C):
-                m.d.sync += c_reg.eq(h16)
+                m.d.sync += [c_reg[lane].eq(h16[lane]) for lane in range(VR)]
             with m.Case(_K_S):
-                m.d.sync += s_reg.eq(h16)
+                m.d.sync += [s_reg[lane].eq(h16[lane]) for lane in range(VR)]
             with m.Case(_K_X1):
-                m.d.sync += [x1_reg.eq(byte), w1_reg.eq(c1.word), l1_reg.eq(c1.j)]
+                m.d.sync += [x1_reg[lane].eq(rbyte[lane]) for lane in range(VR)]
+                m.d.sync += [w1_reg.eq(c1.word), l1_reg.eq(c1.j)]
             with m.Case(_K_X2):
-                m.d.sync += [pc.eq(c_reg), ps.eq(s_reg), px1.eq(x1_reg), px2.eq(byte),
-                             pw1.eq(w1_reg), pl1.eq(l1_reg), pw2.eq(c1.word), pl2.eq(c1.j)]
+                for lane in range(VR):
+                    m.d.sync += [pc[lane].eq(c_reg[lane]), ps[lane].eq(s_reg[lane]),
+                                 px1[lane].eq(x1_reg[lane]), px2[lane].eq(rbyte[lane])]
+                m.d.sync += [pw1.eq(w1_reg), pl1.eq(l1_reg), pw2.eq(c1.word), pl2.eq(c1.j),
+                             pmask_r.eq(c1.mask)]
 
         # ---- stage 2: operands ------------------------------------------------------------------
         # ROPE: y1 = x1*c + x2*(-s), y2 = x2*c + x1*s, two products accumulated per output
@@ -476,69 +582,95 @@ class VectorUnit(wiring.Component):
         with m.Elif(burst):
             m.d.sync += [bc.eq(bc + 1), burst.eq(bc != 3)]
 
-        ma = Signal(signed(8))
-        mb1 = Signal(signed(_B1_BITS))
-        mb2 = Signal(signed(_B2_BITS))
+        ma = lanes("ma", signed(8), V)
+        mb1 = lanes("mb1", signed(_B1_BITS), V)
+        mb2 = lanes("mb2", signed(_B2_BITS), V)
         m.d.sync += c3.eq(0)
         with m.If(is_rope):
             with m.If(burst):
+                for lane in range(VR):
+                    m.d.sync += [
+                        ma[lane].eq(Mux(bc[0] ^ bc[1], px2[lane], px1[lane])),
+                        mb1[lane].eq(Mux(bc[0], Mux(bc[1], ps[lane], -ps[lane]), pc[lane])),
+                        mb2[lane].eq(1),
+                    ]
                 m.d.sync += [
-                    ma.eq(Mux(bc[0] ^ bc[1], px2, px1)),
-                    mb1.eq(Mux(bc[0], Mux(bc[1], ps, -ps), pc)),
-                    mb2.eq(1),
                     c3.valid.eq(1), c3.first.eq(~bc[0]), c3.last.eq(bc[0]),
                     c3.word.eq(Mux(bc[1], pw2, pw1)), c3.lane.eq(Mux(bc[1], pl2, pl1)),
+                    c3.mask.eq(pmask_r),
                 ]
         with m.Else():
             # x * x (sum of squares), x * gamma (ABSQUANT max), x * r * mult (RMSNORM),
             # x * R * gamma (ABSQUANT), up * ROM[gate] * mult (SILUMUL)
-            m.d.sync += [
-                ma.eq(oa),
-                mb1.eq(Mux(c2.sq, oa, Mux(c2.mx, og, Mux(is_rms | is_absq, r, rom_rd.data)))),
-                mb2.eq(Mux(c2.sq | c2.mx, 1, Mux(is_absq, og, mult))),
-                c3.eq(c2),
-            ]
+            for lane in range(V):
+                m.d.sync += [
+                    ma[lane].eq(oa[lane]),
+                    mb1[lane].eq(Mux(c2.sq, oa[lane],
+                                     Mux(c2.mx, og[lane],
+                                         Mux(is_rms | is_absq, r, rom_rd[lane].data)))),
+                    mb2[lane].eq(Mux(c2.sq | c2.mx, 1, Mux(is_absq, og[lane], mult))),
+                ]
+            m.d.sync += c3.eq(c2)
 
         # ---- stages 3, 4: p1 = a * b1, p2 = p1 * b2 ---------------------------------------------
-        p1r = Signal(signed(_P1_BITS))
-        b2r = Signal(signed(_B2_BITS))
-        p2r = Signal(signed(_V_BITS))
-        m.d.sync += [p1r.eq(ma * mb1), b2r.eq(mb2), c4.eq(c3),
-                     p2r.eq(p1r * b2r), c5.eq(c4)]
+        p1r = lanes("p1r", signed(_P1_BITS), V)
+        b2r = lanes("b2r", signed(_B2_BITS), V)
+        p2r = lanes("p2r", signed(_V_BITS), V)
+        for lane in range(V):
+            m.d.sync += [p1r[lane].eq(ma[lane] * mb1[lane]), b2r[lane].eq(mb2[lane]),
+                         p2r[lane].eq(p1r[lane] * b2r[lane])]
+        m.d.sync += [c4.eq(c3), c5.eq(c4)]
 
-        # ---- stage 5: accumulate (the rounding term starts each output) -------------------------
-        v = Signal(signed(_V_BITS))
+        # ---- stage 5: accumulate (the rounding term starts each output); the reductions' lane
+        # trees into registers ---------------------------------------------------------------
+        v = lanes("v", signed(_V_BITS), V)
         m.d.sync += c6.eq(c5)
-        with m.If(c5.valid):
-            with m.If(c5.sq):
-                with m.If(~c5.zero):
-                    m.d.sync += s_acc.eq(s_acc + p2r)
-            with m.Elif(c5.mx):
-                mag = Mux(p2r < 0, -p2r, p2r)[:_M_BITS]
-                with m.If(~c5.zero & (mag > amax)):
-                    m.d.sync += amax.eq(mag)
-            with m.Else():
-                m.d.sync += v.eq(Mux(c5.first, rnd, v) + p2r)
+        with m.If(c5.valid & ~c5.sq & ~c5.mx):
+            m.d.sync += [v[lane].eq(Mux(c5.first, rnd, v[lane]) + p2r[lane])
+                         for lane in range(V)]
+        # x**2 <= 2**14 and |x * gamma| <= 2**14: _M_BITS (15) bits per lane
+        sq_sum = Signal(_M_BITS + lv)
+        mx_max = Signal(_M_BITS)
+        sq_terms = [Mux(c5.zero[lane], 0, p2r[lane][:_M_BITS]) for lane in range(V)]
+        mx_terms = [Mux(c5.zero[lane], 0, Mux(p2r[lane] < 0, -p2r[lane], p2r[lane])[:_M_BITS])
+                    for lane in range(V)]
+        while len(sq_terms) > 1:
+            sq_terms = [a + b for a, b in zip(sq_terms[::2], sq_terms[1::2], strict=True)]
+            mx_terms = [Mux(a > b, a, b) for a, b in zip(mx_terms[::2], mx_terms[1::2],
+                                                         strict=True)]
+        m.d.sync += [sq_sum.eq(sq_terms[0]), mx_max.eq(mx_terms[0])]
 
-        # ---- stage 6: arithmetic shift, saturation; stage 7: byte write -------------------------
-        shv = Signal(signed(_V_BITS))
-        m.d.comb += shv.eq(v >> shift)
-        sat = Signal(signed(8))
-        with m.If(shv > 127):
-            m.d.comb += sat.eq(127)
-        with m.Elif(shv < -128):
-            m.d.comb += sat.eq(-128)
-        with m.Else():
-            m.d.comb += sat.eq(shv[:8])
-        y = Signal(8)
+        # ---- stage 6: running sum / maximum; arithmetic shift, saturation; stage 7: write -------
+        with m.If(c6.valid & c6.sq):
+            m.d.sync += s_acc.eq(s_acc + sq_sum)
+        with m.If(c6.valid & c6.mx & (mx_max > amax)):
+            m.d.sync += amax.eq(mx_max)
+        y = lanes("y", 8, V)
+        for lane in range(V):
+            shv = Signal(signed(_V_BITS), name=f"shv{lane}")
+            m.d.comb += shv.eq(v[lane] >> shift)
+            sat = Signal(signed(8), name=f"sat{lane}")
+            with m.If(shv > 127):
+                m.d.comb += sat.eq(127)
+            with m.Elif(shv < -128):
+                m.d.comb += sat.eq(-128)
+            with m.Else():
+                m.d.comb += sat.eq(shv[:8])
+            m.d.sync += y[lane].eq(Mux(c6.zero[lane], 0, sat))
         wr_word = Signal(16)
         wr_lane = Signal(lg)
         wr_full = Signal()
+        wr_mask = Signal(V)
         m.d.sync += [
             wr_valid.eq(c6.valid & c6.last & ~c6.sq & ~c6.mx),
-            y.eq(Mux(c6.zero, 0, sat)),
-            wr_word.eq(c6.word), wr_lane.eq(c6.lane), wr_full.eq(c6.full),
+            wr_word.eq(c6.word), wr_lane.eq(c6.lane), wr_full.eq(c6.full), wr_mask.eq(c6.mask),
         ]
+        ybus = Cat(*y)
+        if V > 1:
+            # lane l to byte wr_lane + l: rotate the lanes left by wr_lane mod V (0 but for
+            # ROPE), then repeat them over the word
+            rot_by = (Const(V, lv + 1) - wr_lane[:lv])[:lv + 1]
+            ybus = Cat(ybus, ybus).bit_select(Cat(Const(0, 3), rot_by), 8 * V)
         with m.If(m_wr):
             # ABSQUANT's m: u16 LE at an even byte, so both bytes are in one word (L >= 2)
             m.d.comb += [
@@ -549,9 +681,9 @@ class VectorUnit(wiring.Component):
         with m.Else():
             m.d.comb += [
                 self.wr_addr.eq(wr_word),
-                self.wr_data.eq(Cat(*([y] * L))),
-                self.wr_en.eq(Mux(wr_valid, Mux(wr_full, (1 << L) - 1, Const(1, L) << wr_lane),
+                self.wr_data.eq(Cat(*([ybus] * G))),
+                self.wr_en.eq(Mux(wr_valid, Mux(wr_full, (1 << L) - 1,
+                                                (Cat(wr_mask, Const(0, L)) << wr_lane)[:L]),
                                   0)),
             ]
         return m
-

@@ -39,10 +39,10 @@ MARKER = "hwflow-build.json"
 #: Version of the marker: 1 (hwflow before the manifest) recorded no file digests.
 BUILD_FORMAT = 2
 
-#: Files and top-level folders that ``sim``, ``predict`` and ``bitstream`` write into a build
-#: after compile: never in the manifest, free to change.
-LATER_FILES = ("reports/sim.json", "reports/predict.json", "reports/timing.json",
-               "reports/utilization.json")
+#: Files and top-level folders that ``sim``, ``predict``, ``eval`` and ``bitstream`` write into
+#: a build after compile: never in the manifest, free to change.
+LATER_FILES = ("reports/sim.json", "reports/predict.json", "reports/eval.json",
+               "reports/timing.json", "reports/utilization.json")
 LATER_DIRS = ("sim", "bitstream", "vitis", "vivado")
 
 _GENERIC_REBUILD = "hwflow compile MODEL --board BOARD"

@@ -49,6 +49,8 @@ def _compile_decoder(args) -> int:
           f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B); one program per length "
           f"would take {r['naive_program_bytes']:,} B ({r['program_reduction']:.0f}x more)")
     print(f"golden vs float logits: cosine {q['cosine']:.5f}, top-1 agreement {q['top1']:.3f}")
+    for note in r.get("config_notes", []):
+        print(f"note: {note}")
     if r.get("tlmm"):
         t, z = r["tlmm"], r["tlmm"]["sizing"]
         how = ("from the board YAML" if z["source"] == "board" else
@@ -271,6 +273,20 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from hwflow.evaluate import evaluate_build
+
+    r = evaluate_build(args.out, text=args.text, tokens=args.tokens, max_tokens=args.max_tokens)
+    ratio = r["perplexity_ratio"] - 1
+    print(f"{r['tokens']} positions of {r['input'].partition(':')[2]} predicted teacher-forced "
+          f"by {r['model']} ({r['weights']} weights) in {r['windows']} window"
+          f"{'s' if r['windows'] > 1 else ''} of up to {r['context']} tokens (the max context)")
+    print(f"perplexity: float {r['float_perplexity']:.3f}, golden {r['golden_perplexity']:.3f} "
+          f"({ratio:+.2%}); top-1 agreement float vs golden {r['top1_agreement']:.3f}")
+    print(f"wrote {args.out}/reports/eval.json")
+    return 0
+
+
 def _cmd_calibrate(args) -> int:
     from hwflow.calibrate import calibrate, format_table, write_calibration
     from hwflow.mapping.cycles import CALIBRATION_DIR
@@ -340,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", metavar="int8|int4|mixed|ternary",
                    help="weight precision: int8 (default), int4 (group-wise scales), or mixed: "
                    "first and last linear layer int8, the others int4 unless their int4 "
-                   "relative error exceeds 0.15; language models: int8 or ternary (BitNet "
-                   "b1.58 on the table-lookup engine; the default for BitNet models)")
+                   "relative error exceeds 0.15; language models: int8, int4 (every linear "
+                   "and the LM head, groups of 32 along K), mixed (the rule above, LM head "
+                   "int8) or ternary (BitNet b1.58 on the table-lookup engine; the default for "
+                   "BitNet models)")
     c.set_defaults(func=_cmd_compile)
 
     s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")
@@ -397,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trust-model", action="store_true",
                    help="allow loading a pickled nn.Module (executes code from the file)")
     d.set_defaults(func=_cmd_dse)
+
+    ev = sub.add_parser("eval", help="language models: perplexity and top-1 agreement of the "
+                        "float and golden (integer) models on a text, teacher-forced")
+    ev.add_argument("out", help="build folder written by `hwflow compile` from a language "
+                    "model's weights")
+    evin = ev.add_mutually_exclusive_group(required=True)
+    evin.add_argument("--text", metavar="FILE", help="UTF-8 text, tokenized offline with the "
+                      "tokenizer of the Hugging Face folder the build was compiled from")
+    evin.add_argument("--tokens", metavar="FILE.npy", help="token ids: a 1-D integer .npy array")
+    ev.add_argument("--max-tokens", type=int, metavar="N", help="predict at most N positions "
+                    "(default: every token after the first)")
+    ev.set_defaults(func=_cmd_eval)
 
     b = sub.add_parser("boards", help="list the supported boards")
     b.set_defaults(func=_cmd_boards)

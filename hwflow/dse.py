@@ -329,7 +329,8 @@ def _evaluate_decoder(spec, board, params, clock) -> dict:
     # prediction per worker (a LLaMA-2-7B prediction on a small engine takes 10-40 s)
     key = ("prediction", spec["source"], cfg.digest(), weights, json.dumps(kw))
     if key not in _CACHE:
-        _CACHE[key] = predict_decoder(shape, cfg, board, weights=weights, **kw)
+        # the point's engine as swept: ports raised only where the image needs them
+        _CACHE[key] = predict_decoder(shape, cfg, board, weights=weights, widen=False, **kw)
     p = _CACHE[key]
     hz = clock * 1e6
     d, bw = p["decode"], p.get("bandwidth", {})
@@ -1189,7 +1190,7 @@ def _verify_decoder(spec, board, p, r, build, boards_dir) -> dict:
     sim = simulate_decoder(build, prompt_len=VERIFY_PROMPT,
                            new_tokens=VERIFY_CONTEXT - VERIFY_PROMPT)
     pr = predict_decoder(shape, AccelConfig(**comp["config"]), board, weights=weights,
-                         max_context=VERIFY_CONTEXT, prompt_lens=(VERIFY_PROMPT,))
+                         max_context=VERIFY_CONTEXT, prompt_lens=(VERIFY_PROMPT,), widen=False)
     pre = [s for s in sim["steps"] if s["kind"] == "prefill"]
     dec = [s for s in sim["steps"] if s["kind"] == "decode"]
     pairs = {"prefill": (pr["prefill"][str(VERIFY_PROMPT)]["cycles"], sum(s["cycles"]

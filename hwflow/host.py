@@ -448,20 +448,21 @@ def _load_decoder_build(build_dir):
     return qd, lw
 
 
-def _argmax_last_row(logits: np.ndarray) -> int:
-    return int(np.argmax(logits[-1]))  # first maximum: the lowest token id on ties
+def _argmax(logits: np.ndarray) -> int:
+    return int(np.argmax(logits))  # first maximum: the lowest token id on ties
 
 
 def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
              timeout_s: float = 10.0) -> dict:
     """Greedy generation with a decoder build on ``dev``: the prompt, then decode steps.
 
-    The memory image is reserved and written once. The prompt runs in chunks of at most the
-    largest prefill bucket (at POS = 0, B, 2B, ...), then ``new_tokens`` decode steps run one
-    token each. Per run the host writes the token ids (``mapping.llm_lower.
-    decode_memory_writes``), POS, PROG_BASE and ``ap_start``, waits for ``ap_done`` and reads
-    the logits rows; the argmax of the last row's first ``vocab`` entries (lowest id on ties)
-    is the next token, the next decode step's input.
+    The memory image is reserved and written once. The prompt runs as
+    ``mapping.llm_lower.prompt_runs`` splits it (runs of the largest prefill bucket, the last
+    one ending on the prompt's last token), then ``new_tokens`` decode steps run one token
+    each. Per run the host writes the token ids (``mapping.llm_lower.decode_memory_writes``),
+    POS, PROG_BASE and ``ap_start``, waits for ``ap_done`` and reads the logits of the run's
+    last row; the argmax of their first ``vocab`` entries (lowest id on ties) is the next
+    token, the next decode step's input.
 
     Parameters
     ----------
@@ -482,7 +483,7 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
     dict
         ``tokens``: the ``new_tokens + 1`` generated ids (the prompt's next token, then one per
         decode step, like ``reports/sim.json``'s tokens); ``logits``: per run, the int8
-        ``[tokens of the run, vocab]`` logits; ``cycles``: per run, the CYCLES register.
+        ``[vocab]`` logits of its last row; ``cycles``: per run, the CYCLES register.
 
     Raises
     ------
@@ -491,7 +492,7 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
         id outside the vocabulary, past ``max_context``), ERROR set after a run, or no
         ``ap_done`` in time.
     """
-    from hwflow.mapping.llm_lower import decode_memory_writes, read_logits
+    from hwflow.mapping.llm_lower import decode_memory_writes, prompt_runs, read_logits
 
     _, lw = _load_decoder_build(build_dir)
     prompt = [int(t) for t in prompt]
@@ -526,10 +527,9 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
 
     dev.reserve(len(lw.image))
     dev.write_mem(0, lw.image)
-    largest = lw.buckets[-1]
-    for p in range(0, len(prompt), largest):
-        logits = one_run(prompt[p:p + largest], p)
-    out["tokens"].append(_argmax_last_row(logits))
+    for p, k in prompt_runs(len(prompt), lw.buckets):
+        logits = one_run(prompt[p:p + k], p)
+    out["tokens"].append(_argmax(logits))
     for k in range(new_tokens):
-        out["tokens"].append(_argmax_last_row(one_run([out["tokens"][-1]], len(prompt) + k)))
+        out["tokens"].append(_argmax(one_run([out["tokens"][-1]], len(prompt) + k)))
     return out

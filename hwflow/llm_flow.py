@@ -156,6 +156,25 @@ def _ternary_engine(brd, cfg, qd):
         raise HwflowError(str(e)) from None
 
 
+def _size_buffers(qd, cfg, brd):
+    """The board's engine with the weight ring and activation buffer the decoder needs
+    (``hwflow.predict.size_buffers``, the shape-only compile's rule) and the notes."""
+    from hwflow.predict import size_buffers
+
+    return size_buffers(qd, cfg, brd, ternary=cfg.tlmm)
+
+
+def _fit(cfg, brd) -> dict:
+    """The fit report of an enlarged engine; one line naming what the board lacks."""
+    from hwflow.mapping.engine import check_fit, check_fit_tlmm
+    from hwflow.mapping.errors import MappingError
+
+    try:
+        return check_fit_tlmm(cfg, brd) if cfg.tlmm else check_fit(cfg, brd)
+    except MappingError as e:
+        raise HwflowError(f"{e} (the engine enlarged for this model)") from None
+
+
 def _lower(qd, cfg):
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import lower_decoder
@@ -270,6 +289,9 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     except CompileError as e:
         raise HwflowError(str(e)) from None
     cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
+    cfg, notes = _size_buffers(qd, cfg, brd)
+    if notes:
+        resources = _fit(cfg, brd)
     lw = _lower(qd, cfg)
     quality = quant_report(fd, qd)
     verilog = _accelerator_verilog(cfg)
@@ -277,7 +299,8 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     report = {
         "model": name, "kind": "decoder", "source": fd.source, "family": fd.family,
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
-        "config": cfg.to_dict(), "shape": s.to_dict(), "max_context": lw.max_context,
+        "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
+        "max_context": lw.max_context,
         "parameters": int(s.vocab * s.hidden * 2 + s.layers * (
             s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden
             + 3 * s.hidden * s.intermediate)),
@@ -568,17 +591,14 @@ def default_prompt(vocab: int, n: int = DEFAULT_PROMPT_LEN, seed: int | None = N
         0, vocab, n)]
 
 
-def _chunks(prompt: list[int], largest: int) -> list[tuple[int, list[int]]]:
-    return [(p, prompt[p:p + largest]) for p in range(0, len(prompt), largest)]
-
-
 def _host_steps(lw, prompt: list[int], new_tokens: int) -> list:
-    """``[(HostStep, is_decode)]``: the prompt in chunks of the largest bucket, then the
-    decode steps (their token ids come from the previous step's argmax)."""
-    from hwflow.mapping.llm_lower import decode_memory_writes
+    """``[(HostStep, is_decode)]``: the prompt's runs (``mapping.llm_lower.prompt_runs``: the
+    last prompt token is a run's last row), then the decode steps (their token ids come from
+    the previous step's argmax)."""
+    from hwflow.mapping.llm_lower import decode_memory_writes, prompt_runs
 
-    steps = [(decode_memory_writes(lw, chunk, p), False)
-             for p, chunk in _chunks(prompt, lw.buckets[-1])]
+    steps = [(decode_memory_writes(lw, prompt[p:p + k], p), False)
+             for p, k in prompt_runs(len(prompt), lw.buckets)]
     # a decode step's id is written by the host after the previous step; 0 is a placeholder
     steps += [(decode_memory_writes(lw, [0], len(prompt) + k), True) for k in range(new_tokens)]
     return steps
@@ -595,26 +615,22 @@ def rtl_steps(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:
     for i, (st, is_decode) in enumerate(host):
         step = {"prog_base": st.prog_base, "pos": st.pos,
                 "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
-                "readback": [(st.logits_addr // SB, st.tokens * st.logits_row_bytes)]}
+                "readback": [(st.logits_addr // SB, st.logits_row_bytes)]}
         if i >= n_chunks - 1:
             step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
-                              "row": st.tokens - 1, "vocab": st.vocab,
+                              "row": 0, "vocab": st.vocab,
                               "ids_addr": lw.io.ids_addr}
         steps.append(step)
     return host, steps
 
 
 def golden_rows(golden, host: list, row_bytes: int) -> list:
-    """Per run, the golden logits as the RTL stores them: ``[tokens, row_bytes]`` int8 rows,
-    zero past the vocabulary (the prompt's logits split like its chunks)."""
-    want, rows = [], golden.step_logits[0]
-    for st, is_decode in host:
-        if is_decode:
-            continue
-        want.append(rows[:st.tokens])
-        rows = rows[st.tokens:]
-    want += list(golden.step_logits[1:])
-    return [np.pad(w, ((0, 0), (0, row_bytes - w.shape[1]))) for w in want]
+    """Per run, the golden logits of its last row as the RTL stores them: ``[row_bytes]``
+    int8, zero past the vocabulary (a prompt run's: the prompt row ``pos + tokens - 1``)."""
+    prompt = golden.step_logits[0]
+    want = [prompt[st.pos + st.tokens - 1] for st, is_decode in host if not is_decode]
+    want += [row[0] for row in golden.step_logits[1:]]
+    return [np.pad(w, (0, row_bytes - w.shape[0])) for w in want]
 
 
 def _isa_run(lw, cfg, image: bytes, host: list, tokens_in: list[int]):
@@ -718,13 +734,12 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     except SimError as e:
         raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
 
-    want = [w[:, :vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
+    want = [w[:vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
     isa_logits, isa_traffic = _isa_run(lw, cfg, image, host, g_tokens)
 
     report_steps = []
     for i, ((st, is_decode), r) in enumerate(zip(host, res.steps, strict=False)):
-        got = np.frombuffer(r.regions[0], np.int8).reshape(st.tokens, st.logits_row_bytes)
-        got = got[:, :st.vocab]
+        got = np.frombuffer(r.regions[0], np.int8)[:st.vocab]
         exact = bool(r.done and r.error == 0 and np.array_equal(got, want[i]))
         report_steps.append({
             "kind": "decode" if is_decode else "prefill", "pos": st.pos, "rows": st.rows,

@@ -238,17 +238,13 @@ def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
 
 
 def prefill_chunks(lowered, n: int) -> list[tuple[int, int, str]]:
-    """``[(pos, tokens, program name)]`` the host runs for an ``n``-token prompt (chunks of
-    the largest bucket, each on the smallest bucket that holds it; one token: decode)."""
-    largest = lowered.buckets[-1]
-    out = []
-    for p in range(0, n, largest):
-        k = min(largest, n - p)
-        if k == 1:
-            out.append((p, 1, "decode"))
-        else:
-            out.append((p, k, f"prefill{min(b for b in lowered.buckets if b >= k)}"))
-    return out
+    """``[(pos, tokens, program name)]`` the host runs for an ``n``-token prompt
+    (``mapping.llm_lower.prompt_runs``: runs of the largest bucket, the last one ending on the
+    prompt's last token; one token: decode)."""
+    from hwflow.mapping.llm_lower import prompt_runs
+
+    return [(p, k, "decode" if k == 1 else f"prefill{k}")
+            for p, k in prompt_runs(n, lowered.buckets)]
 
 
 def _program(lowered, name: str):
@@ -298,6 +294,20 @@ def _size_act_depth(qd, cfg, board) -> tuple:
            f"words; raised to {chosen.act_depth} (prefill buckets of up to {rows} "
            f"row{'s' if rows > 1 else ''})")
     return chosen, why
+
+
+def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
+    """``(cfg, notes)``: the weight ring and the activation buffer sized for decoder ``qd``
+    (:func:`_size_weight_depth`, :func:`_size_act_depth`), with one ``note`` per change. The
+    one rule of the compile from weights and the shape-only compile: a board's engine that
+    cannot hold the model is enlarged, and the fit check then decides whether the board can
+    hold that."""
+    notes = []
+    cfg, why = _size_weight_depth(qd, cfg, ternary)
+    notes += [why] if why else []
+    cfg, why = _size_act_depth(qd, cfg, board)
+    notes += [why] if why else []
+    return cfg, notes
 
 
 def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
@@ -358,43 +368,87 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
 
 # ------------------------------------------------------------------------------ predict
 
-def _size_ports(image_bytes: int, cfg, board, int4: bool = False) -> tuple:
-    """Memory ports for an image of ``image_bytes``: every port is wired to its own channel,
-    which holds the port's stripe, so the ports must be enough for the image to fit channel by
-    channel; when the configured ports are not, every channel of the board is used (decode is
-    bound by the memory: the bandwidth comes with the channels). The engine's rows stay whole
-    super-beats (``chains * chain_len`` a multiple of ``mem_ports * port_bytes``), so chains
-    grow with the ports, to twice the super-beat for int4 weights (a memory row of two
-    k-groups then fills two ring entries in the two cycles it arrives in: the port's rate);
-    the attention lanes follow ``default_attn_heads``, or, where the board names them, grow
-    with the super-beat (the U280's 16 lanes read its 8 ports' 256 B super-beat of K per
-    cycle; 32 ports bring 1024 B, which 64 lanes read)."""
+def _widen(cfg, board, ports: int, int4: bool):
+    """``cfg`` on ``ports`` memory ports: chains grown so a weight row stays whole super-beats
+    (twice the super-beat for int4: a memory row of two k-groups fills two ring entries in the
+    two cycles it arrives in, the port's rate), attention lanes following the super-beat."""
     from hwflow.mapping.engine import default_attn_heads
 
-    channels = int(board.memory["channels"])
-    per_channel = board.capacity_bytes / channels
-    if image_bytes / cfg.mem_ports <= per_channel or cfg.mem_ports >= channels:
-        return cfg, None
-    ports = channels
     sb = ports * cfg.port_bytes
     chains = max(cfg.chains, (2 if int4 else 1) * -(-sb // cfg.chain_len))
-    attn = (cfg.attn_heads * sb // cfg.beat_bytes if "attn_heads" in board.engine
-            else default_attn_heads(sb, cfg.chain_len))
-    why = (f"mem_ports {cfg.mem_ports}: the {image_bytes / 1e9:.2f} GB image is "
-           f"{image_bytes / cfg.mem_ports / 1e6:,.0f} MB per port, a channel holds "
-           f"{per_channel / 1e6:,.0f} MB; raised to {ports} ports ({sb} B super-beat), "
-           f"chains to {chains}, attention lanes to {attn}")
-    return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn), why
+    attn = (max(cfg.attn_heads, cfg.attn_heads * sb // cfg.beat_bytes)
+            if "attn_heads" in board.engine else default_attn_heads(sb, cfg.chain_len))
+    return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn)
+
+
+def _fits(qd, cfg, board, ternary: bool) -> bool:
+    """Whether ``cfg``, with the buffers and ring placement the model needs, fits the board."""
+    from hwflow.mapping.engine import check_fit, check_fit_tlmm, place_ring
+    from hwflow.mapping.errors import MappingError
+
+    try:
+        sized, _ = size_buffers(qd, cfg, board, ternary)
+        placed, _ = place_ring(sized, board)
+        (check_fit_tlmm if placed.tlmm else check_fit)(placed, board)
+        return True
+    except (MappingError, HwflowError):
+        return False
+
+
+def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
+                int4: bool = False, widen: bool = True) -> tuple:
+    """``(cfg, why)``: the memory ports and the engine behind them for a decoder's image.
+
+    Decode is bound by the memory, and its bandwidth comes with the channels: every port is
+    wired to its own channel (which holds the port's stripe of the image), so the engine gets
+    every channel the board has when that engine fits the board, else the most that fit
+    (halving), and never fewer than the image needs channel by channel (an engine that does
+    not fit then is reported as such). Chains and attention lanes follow (:func:`_widen`);
+    int4 weights get twice the super-beat of chains even where the ports stay. Without
+    ``widen`` (a sweep point's engine, kept as the point chose it) only what the image needs
+    is raised."""
+    channels = int(board.memory["channels"])
+    per_channel = board.capacity_bytes / channels
+    need = -(-image_bytes // int(per_channel))       # ports whose channels hold the image
+    cands, p = [], channels
+    while p > cfg.mem_ports:
+        cands.append(p)
+        p //= 2
+    cands.append(cfg.mem_ports)
+    for i, ports in enumerate(cands):
+        forced = need > cfg.mem_ports and (i + 1 == len(cands) - 1 or cands[i + 1] < need)
+        cand = _widen(cfg, board, ports, int4)
+        if cand == cfg:
+            return cfg, None
+        if not (forced or widen and _fits(qd, cand, board, ternary)):
+            continue
+        if ports == cfg.mem_ports:
+            why = f"int4 weights: chains to {cand.chains} (the weight fill at the port rate)"
+        else:
+            per_port = image_bytes / 1e6 / cfg.mem_ports
+            reason = (f"the {image_bytes / 1e9:.2f} GB image is {per_port:,.0f} MB per port, "
+                      f"a channel holds {per_channel / 1e6:,.0f} MB"
+                      if need > cfg.mem_ports else
+                      f"decode is memory-bound: {ports} channels bring "
+                      f"{ports // cfg.mem_ports}x the bandwidth and the engine for them fits "
+                      "the board")
+            why = (f"mem_ports {cfg.mem_ports}: {reason}; raised to {ports} ports "
+                   f"({cand.beat_bytes} B super-beat), chains to {cand.chains}, attention "
+                   f"lanes to {cand.attn_heads}")
+        return cand, why
+    return cfg, None
 
 
 def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
-                adjust=True, weights=None):
+                adjust=True, weights=None, widen=True):
     """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
     ``cfg`` as adjusted (TLMM engine for ternary; with ``adjust``, the weight ring, the
     activation buffer and the address width sized for the model) and ``notes`` the reasons.
     Without ``adjust`` a configuration too small for the model is an error. ``weights``
     (``int8``, ``int4``, ``mixed``, ``ternary``; ``compiler.llm_config.shape_decoder``)
-    overrides ``ternary``."""
+    overrides ``ternary``. With ``adjust`` and ``widen`` the engine also takes every memory
+    channel it fits with (:func:`_size_ports`); a sweep passes ``widen=False`` to keep its
+    points' engines."""
     from hwflow.mapping.engine import place_ring
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import lower_decoder
@@ -412,12 +466,8 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
         cfg = replace(cfg, tlmm=False)
         notes.append("TLMM engine left out: no ternary linear runs on it")
     if adjust:
-        cfg, why = _size_weight_depth(qd, cfg, ternary)
-        if why:
-            notes.append(why)
-        cfg, why = _size_act_depth(qd, cfg, board)
-        if why:
-            notes.append(why)
+        cfg, why = size_buffers(qd, cfg, board, ternary)
+        notes += why
     try:
         # lowered with the widest address the ISA has (32-bit ext fields), then the ports'
         # address width set to what the image needs: nothing in the programs depends on it
@@ -426,8 +476,8 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     except MappingError as e:
         raise HwflowError(f"cannot map this decoder on the configuration: {e}") from None
     if adjust:
-        wider, why = _size_ports(lw.memory_map.total_bytes, cfg, board,
-                                 int4=weights in ("int4", "mixed"))
+        wider, why = _size_ports(lw.memory_map.total_bytes, cfg, board, qd, ternary,
+                                 int4=weights in ("int4", "mixed"), widen=widen)
         if why:
             notes.append(why)
             cfg, why = _size_act_depth(qd, wider, board)
@@ -457,7 +507,7 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
 
 def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                     prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
-                    lowered=None, adjust=True, weights=None) -> dict:
+                    lowered=None, adjust=True, weights=None, widen=True) -> dict:
     """Predict a decoder of ``shape`` on accelerator ``cfg`` of ``board`` (see the module
     docstring for what each figure means).
 
@@ -488,6 +538,9 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     adjust : bool
         Size the engine for the model where it is too small (default); False: such a
         configuration raises :class:`~hwflow.errors.HwflowError` (one line).
+    widen : bool
+        With ``adjust``: give the engine every memory channel it fits with (default); False
+        keeps the ports unless the image needs more (a sweep point's engine).
 
     Returns
     -------
@@ -502,7 +555,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     if lowered is None:
         lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
                                      max_context=max_context, family=family, adjust=adjust,
-                                     weights=weights)
+                                     weights=weights, widen=widen)
     else:
         lw, cfg, notes = lowered, lowered.cfg, []
     clock = float(clock_mhz or board.clock_mhz)

@@ -31,7 +31,8 @@ formulas the RTL documents and its tests pin:
   beat), then the byte-serial epilogue; per instruction the setup (its dividers and
   multiplier: 11 to ~60 cycles), 8 cycles, the parameter super-beats and one read latency;
 * **ABSQUANT** (``hw.sfu.VectorUnit``): two passes over the row (max, then quantize), per row
-  ``2·nw·(L + gamma) + (words − nw) + 42`` with ``nw = ceil(n/L)``, plus 9 per instruction.
+  ``2·nw·(G + gamma) + (words − nw) + 42`` with ``nw = ceil(n/L)`` and ``G = L/V`` lane groups
+  per word (``V = vec_lanes``), plus 9 per instruction.
 
 Every other instruction has its own term, from the structure of the unit that runs it
 (instructions run one at a time, in order, so a program's cycles are the sum of its
@@ -42,10 +43,12 @@ instructions' cycles, their fetches and a fixed per-run overhead):
   LOAD; flag POS adds the ``POS · pos_stride`` address cycle;
 * **GATHER**: per row a LOAD of ``n`` words (one read latency each) and its id check, plus one
   read round trip per super-beat of ids (``ceil(4·rows/SB)``);
-* **RMSNORM / SILUMUL (RELU2 alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, element-serial):
-  per row ``2·nw·L`` (RMSNORM: sum of squares and normalize), ``nw·(L+1)`` (SILUMUL: the gate
-  word latch), ``2·nw·(L+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work
-  (isqrt and divider); ROPE four buffer reads per rotated pair;
+* **RMSNORM / SILUMUL (RELU2 alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, ``V =
+  vec_lanes`` elements per cycle, ``G = L/V`` lane groups per word): per row ``2·nw·G``
+  (RMSNORM: sum of squares and normalize), ``nw·(G+1)`` (SILUMUL: the gate word latch),
+  ``2·nw·(G+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work (isqrt and
+  divider); ROPE four buffer reads per step of up to ``min(V, L/2)`` pairs
+  (``hw.sfu.rope_head_steps``; one pair per step at ``V = 1``);
 * **ATTN** (``hw.attention.AttentionUnit``, one pass of up to ``attn_heads`` query heads):
   per query row b (``n = POS + b + 1`` causal keys) ``2·n·hd_words`` (a K and a V slot per
   word of the head, memory delivering one super-beat per cycle) plus the position blocks'
@@ -84,6 +87,7 @@ from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, INSTR_BYTES, Opcode
 from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH
 from hwflow.hw.sequencer import epilogue_lanes
+from hwflow.hw.sfu import rope_head_steps
 from hwflow.hw.tlmm import table_entries
 
 from .weight_format import LayerFormat, channels_per_tile, ring_reserve, tile_mem_rows
@@ -300,11 +304,30 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
 
 
 def absquant_cycles(i, cfg: AccelConfig) -> int:
-    """Busy cycles of an ABSQUANT: two passes over every row (``hw.sfu.VectorUnit``)."""
+    """Busy cycles of an ABSQUANT: two passes over every row (``hw.sfu.VectorUnit``), each
+    ``G = L / vec_lanes`` lane groups per word."""
     L = cfg.chain_len
+    G = L // cfg.vec_lanes
     nw = -(-i.n // L)
     gam = 1 if i.flags & FLAG_GAMMA else 0
-    return VECTOR_FIXED + i.rows * (2 * nw * (L + gam) + (i.words - nw) + ABSQ_ROW_FIXED)
+    return VECTOR_FIXED + i.rows * (2 * nw * (G + gam) + (i.words - nw) + ABSQ_ROW_FIXED)
+
+
+@lru_cache(maxsize=4096)
+def _head_steps(L: int, V: int, hd: int, offset: int) -> int:
+    return rope_head_steps(L, V, hd, offset)
+
+
+def rope_steps(i, cfg: AccelConfig) -> int:
+    """ROPE steps of an instruction (four buffer reads each, ``hw.sfu.VectorUnit``): per row and
+    head :func:`hwflow.hw.sfu.rope_head_steps` at the head's byte offset in its word (rows
+    start at words, so every row alike); ``rows·heads·hd/2`` (one pair per step) at
+    ``vec_lanes = 1``."""
+    L, V = cfg.chain_len, cfg.vec_lanes
+    if min(V, L // 2) == 1:
+        return i.rows * i.heads * (i.hd // 2)
+    per_row = sum(_head_steps(L, V, i.hd, h * i.head_stride % L) for h in range(i.heads))
+    return i.rows * per_row
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -505,13 +528,15 @@ def features(i, cfg: AccelConfig, pos: int = 0,
         return "GATHER", {"fixed": 1, "rows": i.rows, "move": i.rows * max(i.n, _cdiv(i.n * L, SB)),
                           "id_beats": id_beats}, i.rows + id_beats
     if op in (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT):
-        nw = _cdiv(i.n, L)
-        per_word = {Opcode.RMSNORM: 2 * L, Opcode.SILUMUL: L + 1,
-                    Opcode.ABSQUANT: 2 * (L + (1 if i.flags & FLAG_GAMMA else 0))}[op]
+        # element steps: G = L / vec_lanes lane groups per word (L at vec_lanes = 1)
+        nw, G = _cdiv(i.n, L), L // cfg.vec_lanes
+        per_word = {Opcode.RMSNORM: 2 * G, Opcode.SILUMUL: G + 1,
+                    Opcode.ABSQUANT: 2 * (G + (1 if i.flags & FLAG_GAMMA else 0))}[op]
         return op.name, {"fixed": 1, "rows": i.rows, "elems": i.rows * nw * per_word,
                          "zero_words": i.rows * max(0, i.words - nw)}, 0
     if op == Opcode.ROPE:
-        return "ROPE", {"fixed": 1, "pairs": i.rows * i.heads * (i.hd // 2),
+        # "pairs": steps of four reads (one pair each at vec_lanes = 1, up to min(V, L/2))
+        return "ROPE", {"fixed": 1, "pairs": rope_steps(i, cfg),
                         "row_heads": i.rows * i.heads}, 0
     if op == Opcode.ATTN:
         keys = i.rows * pos + i.rows * (i.rows + 1) // 2          # sum of n over the rows

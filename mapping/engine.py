@@ -14,7 +14,8 @@ configuration (DSP and BRAM counts equal):
   (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
   each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
   ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and the burst
-  length (one); the vector unit 4; the controller's POS x pos_stride 1. Equal to Yosys on the
+  length (one); the vector unit 4 (``4 V`` with ``V = vec_lanes`` lanes, one ``x * r * mult``
+  path each); the controller's POS x pos_stride 1. Equal to Yosys on the
   attention unit alone (``H (3 L + 4) + 2 L + 1``: ``tests/hwflow/export/test_fit.py``), on
   the whole accelerator at L = 4, H = 2 (61), and, at H = 1, to the ``5 L + 10`` of the
   earlier single-lane unit (the fit points of ``mapping/calibration/resources.json``).
@@ -45,6 +46,7 @@ configuration (DSP and BRAM counts equal):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -110,7 +112,8 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     a dense int8 1 x 2 engine). ``tlmm`` (the ternary table-lookup engine) defaults to false;
     its sizes ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth`` to AccelConfig's (3, 4, 4,
     1024) unless the board's YAML or an override names them; ``attn_heads`` to
-    :func:`default_attn_heads`.
+    :func:`default_attn_heads`; ``vec_lanes`` to the board's (1 if it names none), within one
+    activation word of the chosen ``chain_len`` (their gcd).
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
@@ -136,7 +139,9 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024),
                            attn_heads=eng.get("attn_heads", default_attn_heads(
                                ports * port_bytes, chain_len)),
-                           ring_uram=bool(eng.get("ring_uram", False)))
+                           ring_uram=bool(eng.get("ring_uram", False)),
+                           # the board's lanes, within one activation word of this chain_len
+                           vec_lanes=math.gcd(eng.get("vec_lanes", 1), chain_len))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
@@ -195,7 +200,8 @@ RESOURCE_FEATURES = {
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
-    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)",
+    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)"
+           " + vector_unit*4*(vec_lanes - 1)",
     "bram": "3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
             "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))",
     "uram": "ring_uram*((L + param_lanes)*urams(8*P, weight_depth)"
@@ -262,6 +268,23 @@ ATTN_SHARED_LUT = (715.5, 447.3)
 ATTN_SHARED_FF = (421.9, 63.8)
 
 
+#: DSP48E2, LUT and FF of each vector-unit lane past the first (``hw.sfu.VectorUnit`` alone,
+#: Yosys ``synth_xilinx -family xcup`` at L = 16, V = 1, 4, 16: DSP 4, 16, 64 (4 per lane:
+#: the lane's ``x * r * mult`` path); LUT 2263, 4828, 14181 and FF 1423, 2571, 6437, whose
+#: slopes from V = 1 to 16 are 795 LUT and 334 FF per lane (855 / 383 from 1 to 4). Most of a
+#: lane's LUTs are its SiLU/ReLU² ROM, built from LUTs.
+VECTOR_LANE_DSP = 4
+VECTOR_LANE_LUT = 795.0
+VECTOR_LANE_FF = 334.0
+
+
+def vector_lane_resources(cfg: AccelConfig) -> dict:
+    """DSP, LUT and FF of the vector unit's lanes past the first (0 without the unit)."""
+    extra = cfg.vec_lanes - 1 if cfg.vector_unit else 0
+    return {"dsp": extra * VECTOR_LANE_DSP, "lut": extra * VECTOR_LANE_LUT,
+            "ff": extra * VECTOR_LANE_FF}
+
+
 def attention_lane_resources(cfg: AccelConfig) -> dict:
     """LUT and FF of the attention lanes past the first (0 without ``transformer``)."""
     extra = cfg.attn_heads - 1 if cfg.transformer else 0
@@ -289,7 +312,7 @@ def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         return n + (L * blocks(4 * P, D) if cfg.sparse else 0)
 
     act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
-    units = transformer_dsp(cfg)
+    units = transformer_dsp(cfg) + vector_lane_resources(cfg)["dsp"]
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
             "bram": act + (0 if cfg.ring_uram else
                            ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
@@ -340,9 +363,9 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         return max(0.0, sum(c * feats[n] for n, c in model[kind]["coefficients"].items()))
 
     if bram_kbits == 36:
-        lanes = attention_lane_resources(cfg)
-        out["lut"] = fitted("lut") + lanes["lut"]
-        out["ff"] = fitted("ff") + lanes["ff"]
+        lanes, vec = attention_lane_resources(cfg), vector_lane_resources(cfg)
+        out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"]
+        out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"]
     if cfg.tlmm:
         t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
                            cfg.beat_bytes, bram_kbits)

@@ -19,15 +19,22 @@ chunk of up to ``B`` tokens at any start position. A program is, per run of ``ro
       MATMUL gate (h) -> g, MATMUL up (h) -> u
       SILUMUL g, u -> g                     in place
       MATMUL down (g) + x -> x              RESIDUAL
-    RMSNORM x -> h; MATMUL lm_head (h) -> logits; STORE logits -> io; END
+    RMSNORM x -> h, MATMUL lm_head (h) -> logits: the last row only; STORE logits -> io; END
+
+Only the last row's logits are computed: they predict the token after the run, the only one the
+host needs (a prompt's earlier rows are known tokens). The host therefore runs a prompt so that
+its last token is a program's last row (:func:`prompt_runs`); the logits area is one row
+whatever the bucket, so prefill buckets are not sized by the vocabulary (a 128k vocabulary's
+logits row is 8016 words at L = 16).
 
 Row strides (act words of L bytes): the residual stream ``x`` and ``h`` use ``ew`` =
 the embedding row padded to whole super-beats (GATHER writes rows ``n`` words apart and moves
 whole super-beats), so every linear that reads ``h`` has ``k_words = ew`` (zero weight columns
 past ``hidden``). ``q``/``att`` rows are ``heads * hd_words`` words, ``k``/``v`` rows
 ``kv_stride * SB / L`` words (one cache row, so a STORE of ``rows`` rows fills ``rows``
-consecutive cache rows), ``g``/``u`` rows ``ceil(intermediate / L)``, ``logits`` rows the vocab
-padded to whole super-beats, ``cs`` rows one RoPE table row padded to whole super-beats.
+consecutive cache rows), ``g``/``u`` rows ``ceil(intermediate / L)``, ``cs`` rows one RoPE table
+row padded to whole super-beats; the one ``logits`` row is the vocab padded to whole
+super-beats.
 
 Slack rows: a prefill bucket of ``B`` rows started at a position ``p`` near ``max_context``
 runs ``B`` rows (the rows past the prompt run on token 0), so it reads RoPE rows and writes
@@ -37,6 +44,7 @@ cache rows up to ``p + B - 1``. The RoPE table (zero rows) and every K/V cache t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,12 +63,12 @@ from hwflow.hw.isa import (
 )
 
 from .errors import MappingError
-from .lower import WeightPlan, plan_weights
+from .lower import WeightPlan, encode_program, plan_weights
 from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap, Region
-from .weight_format import pack_weight_block
+from .weight_format import channels_per_tile, pack_weight_block
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
-           "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits",
+           "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits", "prompt_runs",
            "program_instructions", "naive_program_bytes", "AttnPass", "attention_passes",
            "attention_instructions", "kv_cache_bytes"]
 
@@ -160,7 +168,7 @@ class _Geometry:
     q_words: int     # q and att rows: heads * hd_words
     kv_words: int    # k and v rows: kv_heads * hd_words
     iw: int          # gate/up rows
-    lw: int          # logits rows (whole super-beats)
+    lw: int          # the logits row (whole super-beats)
     cs_words: int    # one RoPE table row (whole super-beats)
     #: Ternary decoders only (0 / empty otherwise, so an int8 decoder's plan is unchanged):
     #: ``mw`` act words per row of the ``m`` area (ABSQUANT's u16 absmax per row, 2 bytes),
@@ -219,15 +227,16 @@ class _Geometry:
         """Act words per row of every area of the static plan, in allocation order."""
         words = {"x": self.ew, "h": self.ew, "q": self.q_words, "k": self.kv_words,
                  "v": self.kv_words, "att": self.q_words, "gate": self.iw, "up": self.iw,
-                 "cs": self.cs_words, "logits": self.lw}
+                 "cs": self.cs_words}
         if self.mw:
             words["m"] = self.mw
         return words
 
     @property
     def fixed_words(self) -> dict:
-        """Areas of a fixed size (not per row), allocated after the row areas."""
-        return {"gamma": self.gw} if self.gw else {}
+        """Areas of a fixed size (not per row), allocated after the row areas: the one
+        ``logits`` row (the last row's), and a ternary decoder's ``gamma`` codes."""
+        return {"logits": self.lw} | ({"gamma": self.gw} if self.gw else {})
 
     @property
     def words_per_row(self) -> int:
@@ -244,13 +253,13 @@ class ActPlan:
         Activation rows of the program (1 for decode, ``B`` for a prefill bucket).
     areas : dict
         ``name -> (act word address, act words per row)``; the areas are disjoint and laid out
-        back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs, logits (then,
-        for a ternary decoder, ``m`` and the fixed-size ``gamma`` area, whose second number is
-        its size in words).
+        back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs (then, for a
+        ternary decoder, ``m``), then the fixed-size areas, whose second number is their size
+        in words: the one ``logits`` row and, for a ternary decoder, ``gamma``.
     words : int
         Act words used (``rows`` times the sum of the row widths, plus the fixed areas).
     fixed : tuple
-        Names of the areas whose size does not scale with ``rows`` (``gamma``).
+        Names of the areas whose size does not scale with ``rows`` (``logits``, ``gamma``).
     """
 
     rows: int
@@ -636,6 +645,20 @@ class _Addrs:
     kv_rows: int = 0                             # positions of every cache region
 
 
+#: Largest output count of one MATMUL: its ``n`` field is 16 bits (``hw.isa.LAYOUT``).
+LM_HEAD_CHANNELS = (1 << 16) - 1
+
+
+def _lm_head_parts(pk: _Packed, cfg: AccelConfig) -> list[tuple[int, int]]:
+    """``[(first channel, channels)]`` of the LM head's MATMULs: at most
+    :data:`LM_HEAD_CHANNELS` each, every part starting a weight tile and an act word (whole
+    multiples of ``lcm(C, L)`` channels)."""
+    C = channels_per_tile(cfg, pk.plan.fmt)
+    unit = C * cfg.chain_len // math.gcd(C, cfg.chain_len)
+    per = LM_HEAD_CHANNELS // unit * unit
+    return [(c0, min(per, pk.n_out - c0)) for c0 in range(0, pk.n_out, per)]
+
+
 def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
             res: int | None = None) -> Instr:
     flags = FLAG_INT4 if pk.plan.fmt.int4 else 0
@@ -835,13 +858,29 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
                                  geo.iw))
         prog.append(_matmul(pk["down"], w["down"], A("gate"), A("x"), rows, geo.ew,
                             res=A("x")))
-    prog += [
-        _rmsnorm(qd.final_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
-        _matmul(packed["lm_head"], W["lm_head"], A("h"), A("logits"), rows, geo.lw),
-        Instr(Opcode.STORE, ext=ad.logits, a=A("logits"), b=rows * geo.lw),
-        Instr(Opcode.END),
-    ]
+    last = (rows - 1) * geo.ew      # the last row: the one whose logits the host reads
+    prog += [_rmsnorm(qd.final_norm, A("x") + last, A("h") + last, 1, s.hidden, geo.ew)]
+    prog += _lm_head(packed["lm_head"], W["lm_head"], A("h") + last, A("logits"), geo, cfg)
+    prog += [Instr(Opcode.STORE, ext=ad.logits, a=A("logits"), b=geo.lw), Instr(Opcode.END)]
     return prog
+
+
+def _lm_head(pk: _Packed, wgt: int, x: int, out: int, geo: _Geometry,
+             cfg: AccelConfig) -> list:
+    """The LM head on one row as MATMULs of at most :data:`LM_HEAD_CHANNELS` outputs: a
+    vocabulary past the 16-bit ``n`` field (every Llama 3 and Qwen: 128k-152k) is split at
+    tile boundaries; part ``c`` reads the weight tiles from its first one (tiles are stored
+    one after another, ``tile_mem_rows`` memory rows each) and writes its outputs at word
+    ``first channel / L`` of the one logits row, as its own ``out_words``-word row."""
+    C, L = channels_per_tile(cfg, pk.plan.fmt), cfg.chain_len
+    tile_sb = pk.plan.tile_mem_rows * cfg.beats_per_row
+    out_instr = []
+    for c0, n in _lm_head_parts(pk, cfg):
+        t0, nt = c0 // C, _cdiv(n, C)
+        part = replace(pk, n_out=n, plan=replace(pk.plan, n_tiles=nt))
+        words = geo.lw - c0 // L if c0 + n == pk.n_out else n // L
+        out_instr.append(_matmul(part, wgt + t0 * tile_sb, x, out + c0 // L, 1, words))
+    return out_instr
 
 
 def program_instructions(layers, attn: int = 3) -> int:
@@ -904,9 +943,9 @@ def act_row_words(qd: QDecoder, cfg: AccelConfig) -> tuple[int, int]:
 
 def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets) -> list:
     wpr = geo.words_per_row
-    fixed = sum(geo.fixed_words.values())   # the gamma area of a ternary decoder, else 0
+    fixed = sum(geo.fixed_words.values())   # the logits row, a ternary decoder's gamma codes
     if wpr + fixed > cfg.act_depth:
-        more = f" plus {fixed} words of gamma codes" if fixed else ""
+        more = " plus " + ", ".join(f"{w} words of {nm}" for nm, w in geo.fixed_words.items())
         raise MappingError(f"one activation row of the decoder needs {wpr} act words "
                            f"({geo.row_words}){more}, the activation buffer holds act_depth="
                            f"{cfg.act_depth}; build the accelerator with act_depth >= "
@@ -919,7 +958,8 @@ def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets)
                                "bucket, every bucket >= 1 row")
         if buckets[-1] > fits:
             raise MappingError(f"prefill bucket of {buckets[-1]} rows needs "
-                               f"{buckets[-1] * wpr + fixed} act words ({wpr} per row), the "
+                               f"{buckets[-1] * wpr + fixed} act words ({wpr} per row, "
+                               f"{fixed} for the logits row and fixed areas), the "
                                f"activation buffer holds act_depth={cfg.act_depth}")
         return buckets
     cap = min(fits, max(1, max_context))
@@ -1027,7 +1067,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
 
     packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
-    n_instr = program_instructions(qd, attention_instructions(geo.passes))
+    n_instr = (program_instructions(qd, attention_instructions(geo.passes))
+               + len(_lm_head_parts(packed["lm_head"], cfg)) - 1)
 
     def payload(make, nbytes: int):
         """The bytes of a region, or (shape-only) just their count."""
@@ -1118,10 +1159,10 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                                          f"{s.head_dim} valid per head; {slack} slack rows"))
     r_ids = ib.reserve("io:ids", "io", _cdiv(4 * max_rows, SB) * SB, shape=[max_rows],
                        rows=max_rows, layout="u32 LE token id per row at byte 4b")
-    r_logits = ib.reserve("io:logits", "io", max_rows * geo.lw * L,
-                          shape=[max_rows, s.vocab], rows=max_rows, words=geo.lw,
+    r_logits = ib.reserve("io:logits", "io", geo.lw * L,
+                          shape=[1, s.vocab], rows=1, words=geo.lw,
                           features=s.vocab, scale=float(qd.scales.get("logits", 0.0)),
-                          layout="row b at byte b*words*L, int8, zero padded")
+                          layout="the run's last row, int8, zero padded")
     image, mm = ib.finish(sections=[("program",), ("weights",), ("kv",), ("io",)],
                           version=LLM_VERSION)
     if mm.total_bytes // SB > (1 << cfg.addr_bits):
@@ -1137,12 +1178,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     for key, region in prog_regions.items():
         rows = 1 if key == "decode" else key
         prog = _emit(qd, cfg, geo, packed, plans[rows], ad)
-        code = b"".join(i.encode() for i in prog)
+        name = "decode" if key == "decode" else f"prefill{key}"
+        code = encode_program(prog, f"the {name} program")
         assert len(code) == region.nbytes
         if not shape_only:
             start = region.addr * SB
             image[start:start + len(code)] = code
-        name = "decode" if key == "decode" else f"prefill{key}"
         infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
 
     decode = infos.pop("decode")
@@ -1180,7 +1221,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
 @dataclass(frozen=True)
 class HostStep:
     """What the host does for one run: write ``writes``, set POS and PROG_BASE, start, then
-    read ``tokens`` rows of logits.
+    read the logits of the run's last row (those of token ``pos + rows - 1``; real only when
+    ``tokens == rows``, see :attr:`has_logits`).
 
     Attributes
     ----------
@@ -1196,7 +1238,7 @@ class HostStep:
     writes : list of (int, bytes)
         ``(byte address, data)`` to write into external memory before the start.
     logits_addr : int
-        Byte address of row 0's logits; row b at ``logits_addr + b * logits_row_bytes``.
+        Byte address of the logits row.
     logits_row_bytes : int
     vocab : int
     """
@@ -1210,6 +1252,41 @@ class HostStep:
     logits_row_bytes: int
     vocab: int
 
+    @property
+    def has_logits(self) -> bool:
+        """Whether the run's last row is a real token (its logits predict token ``pos +
+        tokens``); a padded run's last row runs on token 0."""
+        return self.tokens == self.rows
+
+
+def prompt_runs(n: int, buckets) -> list[tuple[int, int]]:
+    """``[(pos, tokens)]``: the runs the host makes for an ``n``-token prompt, so that the last
+    prompt token is the last row of a run (the only row whose logits a program computes).
+
+    Whole runs of the largest bucket while more than it is left; then, of the rest ``r``: one
+    run of ``r`` tokens when ``r`` is 1 (the decode program) or a bucket; else the smallest
+    bucket ``b > r`` ending at the prompt's end when ``b <= n`` (it recomputes ``b - r``
+    tokens, whose cache rows it rewrites with the same values: a token's keys and values
+    depend only on the tokens before it); else a run of the largest bucket below ``r`` and the
+    same choice for what is left; with no bucket below ``r``, one-token runs of the decode
+    program. No run is padded, so every run's logits are real and checked.
+    """
+    buckets = sorted(buckets)
+    runs, p = [], 0
+    while n - p > buckets[-1]:
+        runs.append((p, buckets[-1]))
+        p += buckets[-1]
+    while n - p > 1 and n - p not in buckets:
+        r = n - p
+        b = min(x for x in buckets if x >= r)
+        if b <= n:
+            return runs + [(n - b, b)]
+        below = [x for x in buckets if x < r]
+        if not below:
+            return runs + [(p + k, 1) for k in range(r)]
+        runs.append((p, below[-1]))
+        p += below[-1]
+    return runs + ([(p, n - p)] if n > p else [])
 
 def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
     """The host's side of one run: ``ids`` (one token: the decode program; more: a prefill
@@ -1250,12 +1327,12 @@ def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
 
 
 def read_logits(step: HostStep, memory) -> np.ndarray:
-    """int8 logits ``[step.tokens, vocab]`` from the image after the run (``memory``: bytes,
-    or anything with ``read(byte_addr, nbytes)`` such as ``sim.isa_model.IsaModel``)."""
-    nbytes = step.tokens * step.logits_row_bytes
+    """int8 logits ``[vocab]`` of the run's last row from the image after the run (``memory``:
+    bytes, or anything with ``read(byte_addr, nbytes)`` such as ``sim.isa_model.IsaModel``);
+    meaningful when ``step.has_logits``."""
+    nbytes = step.logits_row_bytes
     if hasattr(memory, "read"):
         raw = memory.read(step.logits_addr, nbytes)
     else:
         raw = bytes(memory[step.logits_addr: step.logits_addr + nbytes])
-    arr = np.frombuffer(raw, dtype=np.int8).reshape(step.tokens, step.logits_row_bytes)
-    return arr[:, :step.vocab].copy()
+    return np.frombuffer(raw, dtype=np.int8)[:step.vocab].copy()

@@ -36,6 +36,20 @@ from .weight_format import (
 )
 
 
+def encode_program(prog: list, what: str) -> bytes:
+    """The instructions' bytes; an operand the ISA's field cannot hold (``hw.isa.LAYOUT``) is a
+    :class:`MappingError` naming the program, the instruction and the field's limit, not an
+    encoder traceback."""
+    out = []
+    for k, ins in enumerate(prog):
+        try:
+            out.append(ins.encode())
+        except ValueError as e:
+            raise MappingError(f"{what}, instruction {k} ({ins.op.name}): {e}; the model or "
+                               "configuration exceeds what the instruction set can name"
+                               ) from None
+    return b"".join(out)
+
 @dataclass
 class Lowered:
     """Result of lowering: the program, the image and per-layer facts for the reports."""
@@ -375,7 +389,7 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
         prog.append(Instr(Opcode.STORE, ext=mm.region(name).addr, a=mem.addr,
                           b=transfer_words(mem, cfg)))
     prog.append(Instr(Opcode.END))
-    code = b"".join(i.encode() for i in prog)
+    code = encode_program(prog, "the program")
     image = bytearray(image)
     start = prog_region.addr * cfg.beat_bytes
     image[start: start + len(code)] = code

@@ -11,6 +11,7 @@ import pytest
 
 from hwflow.compiler.errors import FrontendError, UnsupportedOpError
 from hwflow.compiler.llm_config import shape_decoder, shape_from_config
+from hwflow.golden import llm as gl
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
@@ -56,13 +57,59 @@ def _write(tmp_path, **over) -> Path:
 @pytest.mark.parametrize("over, words", [
     ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
+    ({"rope_scaling": {"rope_type": "ntk-magic", "factor": 2.0}}, "rope_type 'ntk-magic' is not"),
     ({"model_type": "mistral", "sliding_window": 512}, "sliding_window=512"),
 ])
 def test_unsupported_architectures_are_refused_in_one_line(tmp_path, over, words):
     with pytest.raises(UnsupportedOpError) as e:
         shape_from_config(_write(tmp_path, **over))
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 2.0},
+    {"rope_type": "dynamic", "factor": 2.0},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 1024},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+    {"rope_type": "longrope", "short_factor": [1.0] * 64, "long_factor": [2.0] * 64,
+     "original_max_position_embeddings": 1024},
+])
+def test_rope_variants_take_the_models_own_frequencies(tmp_path, rope):
+    """Every rope type transformers defines that rescales the frequencies (or cos/sin): the
+    table comes from the model's own rotary module, at the compiled max context."""
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    f = _write(tmp_path, rope_scaling=rope, max_position_embeddings=4096)
+    cs = shape_from_config(f, max_context=2048)
+    s = cs.shape
+    assert s.rope_type == rope["rope_type"] and len(s.inv_freq()) == 64
+    config = AutoConfig.from_pretrained(str(tmp_path), local_files_only=True)
+    emb = LlamaRotaryEmbedding(config)
+    # what the model computes over the compiled context (LongRoPE switches to its long
+    # factors past original_max_position_embeddings, as its forward does)
+    cos, sin = emb(torch.zeros(1, 2048, 128), torch.arange(2048)[None])
+    cos, sin = cos[:, :256], sin[:, :256]
+    assert s.rope_scaling == pytest.approx(emb.attention_scaling, rel=1e-12)
+    if s.rope_inv_freq:     # the module's own float32 frequencies
+        np.testing.assert_array_equal(s.inv_freq(), emb.inv_freq.double().numpy())
+    table = gl.rope_table(256, s.inv_freq(), s.rope_scaling)
+    one = float(1 << gl.ROPE_FRAC)
+    # within one unit of Q1.14 (rounding plus transformers' float32 angles; at thousands of
+    # positions its float32 angle error alone grows past 2 units: the float64 table is the
+    # exact value of the same frequencies)
+    np.testing.assert_allclose(table[:, :64] / one, cos[0, :, :64].numpy(), atol=1 / one)
+    np.testing.assert_allclose(table[:, 64:] / one, sin[0, :, :64].numpy(), atol=1 / one)
+    if rope["rope_type"] in ("yarn", "longrope"):
+        assert s.rope_scaling > 1.0                 # the attention factor scales cos/sin
+    else:
+        assert s.rope_scaling == 1.0
+    # dynamic rescales only past max_position_embeddings, which no compiled context reaches
+    default = rope["rope_type"] == "dynamic"
+    assert (s.rope_inv_freq == ()) == default
+    assert np.allclose(s.inv_freq(), gl.default_inv_freq(128, s.rope_theta)) == default
 
 
 def test_missing_and_broken_configs(tmp_path):

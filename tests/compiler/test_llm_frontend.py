@@ -11,6 +11,7 @@ import torch
 from hwflow.compiler.errors import FrontendError, UnsupportedOpError
 from hwflow.compiler.llm_frontend import is_decoder_source, load_decoder
 from hwflow.compiler.llm_interpret import float_forward
+from hwflow.golden import llm as gl
 
 from .llm_models import tiny_llama
 
@@ -136,14 +137,18 @@ def test_gelu_graph_names_the_op(tmp_path):
     assert "modeling_llama.py:" in msg
 
 
-def test_rope_variant_is_refused(tmp_path):
+def test_rope_variant_takes_the_traced_frequencies(tmp_path):
+    """Llama 3's rope (rescaled low frequencies): the table is built from the inv_freq
+    constant the model's rotary module computes, not from theta."""
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64}
     f = tiny_llama(tmp_path / "llama3", rope_parameters=rope)
-    with pytest.raises(UnsupportedOpError) as e:
-        load_decoder(f)
-    assert "rope_type 'llama3'" in _one_line(e)
+    fd = load_decoder(f)
+    want = _hf_model(f).model.rotary_emb.inv_freq.double().numpy()
+    assert fd.shape.rope_type == "llama3" and fd.shape.rope_theta == 10000.0
+    np.testing.assert_array_equal(fd.shape.inv_freq(), want)
+    assert not np.allclose(want, gl.default_inv_freq(fd.shape.head_dim, 10000.0))
 
 
 def test_pickled_weights_need_trust(tmp_path):

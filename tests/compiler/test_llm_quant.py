@@ -32,7 +32,7 @@ def _linears(qd):
 def test_integer_fields_in_range(qd):
     assert qd.embed.dtype == np.int8 and qd.embed.shape == (320, 120)
     assert qd.rope.shape == (64, 20) and qd.rope.dtype == np.int16
-    np.testing.assert_array_equal(qd.rope, gl.rope_table(64, 20, 10000.0))
+    np.testing.assert_array_equal(qd.rope, gl.rope_table(64, gl.default_inv_freq(20, 10000.0)))
     for ql in _linears(qd):
         assert ql.weight.dtype == np.int8 and ql.bias.dtype == np.int32
         assert 0 <= ql.mult.min() and ql.mult.max() <= 65535 and 0 <= ql.shift <= 47

@@ -58,13 +58,36 @@ def test_build_folder_testbench_runs_with_plain_pytest(tiny_build):
 
 
 def test_two_prompts_reuse_the_build(tiny_build):
-    """A prompt longer than the largest bucket runs in chunks at POS = 0, 16; given ids."""
+    """A prompt longer than the largest bucket (given ids): 16 rows at POS 0, then the 8-row
+    bucket ending on the last prompt token (POS 11: rows 11..15 recomputed, their cache rows
+    rewritten with the same values), whose last row's logits give the first new token."""
     ids = ",".join(str(i) for i in range(3, 3 + 19))
     assert main(["sim", str(tiny_build), "--prompt", ids, "--new-tokens", "2"]) == 0
     sim = json.loads((tiny_build / "reports" / "sim.json").read_text())
-    assert [(s["kind"], s["pos"]) for s in sim["steps"]] == [
-        ("prefill", 0), ("prefill", 16), ("decode", 19), ("decode", 20)]
+    assert [(s["kind"], s["pos"], s["rows"]) for s in sim["steps"]] == [
+        ("prefill", 0, 16), ("prefill", 11, 8), ("decode", 19, 1), ("decode", 20, 1)]
     assert sim["bit_exact"]
+
+
+def test_llama3_rope_and_a_vocabulary_past_16_bits(tmp_path):
+    """Llama 3's shape of problem at tiny size: rope_type llama3 (the table from the model's own
+    rescaled frequencies) and a 70,000-token vocabulary, past the MATMUL's 16-bit output
+    count: the LM head runs as two MATMULs into one logits row. Prompt and decode in RTL,
+    bit-exact, tokens equal golden."""
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16}
+    folder = write_tiny_llama(tmp_path / "llama3", seed=2, vocab_size=70000,
+                              rope_parameters=rope)
+    out = tmp_path / "b"
+    assert main(["compile", str(folder), "--board", "u280", "--max-context", "32",
+                 "-o", str(out)]) == 0
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    assert rep["shape"]["vocab"] == 70000 and rep["shape"]["rope_type"] == "llama3"
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "3"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in sim["steps"])
 
 
 def test_program_bytes_do_not_grow_with_context(tmp_path):
@@ -114,8 +137,9 @@ def test_llama_like_families_run_without_special_code(tmp_path, family):
 #: one 8-byte port (SB = 8 B, two act words of L = 4), an engine twice the beat wide (P x L =
 #: 16 = 2 SB: an int4 memory row of two k-groups fills two ring entries in the two cycles it
 #: takes to arrive, so int4 runs at the port's rate), 6 attention lanes (the 2 kv heads with
-#: their 3 query heads each in one pass). The tiny LLaMA's heads of 20 B are 5 words: a
-#: position block of 2 heads is 40 B = 5 super-beats, no padding.
+#: their 3 query heads each in one pass), a 4-lane vector unit (a whole act word per cycle).
+#: The tiny LLaMA's heads of 20 B are 5 words: a position block of 2 heads is 40 B = 5
+#: super-beats, no padding.
 DECODE_BOARD = """\
 name: hbm-tiny
 description: a one-port HBM-like test card
@@ -127,7 +151,7 @@ memory: {type: hbm2, channels: 1, port_bytes: 8, capacity_gb: 1, bandwidth_gbps:
 clocks: {kernel_mhz: 300}
 flow: vitis
 engine: {chains: 4, chain_len: 4, mem_ports: 1, act_depth: 2048, weight_depth: 512,
-         transformer: true, attn_heads: 6}
+         transformer: true, attn_heads: 6, vec_lanes: 4}
 """
 
 

@@ -200,7 +200,7 @@ def test_vector_and_attention_instructions_match_golden():
             Instr(Opcode.END)]
     img = _image(prog, seed=9)
     act = rng.integers(-128, 128, size=(36, L)).astype(np.int8)
-    table = llm.rope_table(8, hd, 10000.0)
+    table = llm.rope_table(8, llm.default_inv_freq(hd, 10000.0))
     for b in range(rows):                              # cs rows: hd/2 cos, hd/2 sin (int16)
         t = np.zeros(2 * L, dtype=np.uint8)
         t[:2 * hd] = np.frombuffer(table[pos + b].astype("<i2").tobytes(), np.uint8)

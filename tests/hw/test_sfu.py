@@ -21,16 +21,17 @@ from hwflow.hw.sfu import RELU2_ROM, SILU_ROM, VectorUnit
 from ._lint import assert_lints_clean
 
 
-def _cfg(L: int) -> AccelConfig:
-    return AccelConfig(chains=2, chain_len=L, mem_ports=1, port_bytes=2 * L, act_depth=256)
+def _cfg(L: int, V: int = 1) -> AccelConfig:
+    return AccelConfig(chains=2, chain_len=L, mem_ports=1, port_bytes=2 * L, act_depth=256,
+                       vec_lanes=V)
 
 
 class _Harness(wiring.Component):
     """The unit on an ActivationBuffer (read port a, the write port); the testbench loads words
     through the write port while the unit is idle and reads them back through port b."""
 
-    def __init__(self, L: int, depth: int):
-        self.L, self.depth = L, depth
+    def __init__(self, L: int, depth: int, V: int = 1):
+        self.L, self.depth, self.V = L, depth, V
         super().__init__({
             "ins": In(256), "start": In(1), "busy": Out(1),
             "ld_addr": In(16), "ld_data": In(8 * L), "ld_en": In(L),
@@ -39,7 +40,7 @@ class _Harness(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.vu = vu = VectorUnit(_cfg(self.L))
+        m.submodules.vu = vu = VectorUnit(_cfg(self.L, self.V))
         m.submodules.buf = buf = ActivationBuffer(self.L, self.depth)
         aw = buf.addr_width
         load = self.ld_en != 0
@@ -133,12 +134,14 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
 
 # ---- simulation ------------------------------------------------------------------------------
 
-def run(L: int, depth: int, mem: np.ndarray, program: list[int]) -> tuple[list, list]:
-    """Load ``mem``, run each instruction, read the whole buffer back after each.
+def run(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1
+        ) -> tuple[list, list]:
+    """Load ``mem``, run each instruction on a unit of ``V`` lanes, read the whole buffer back
+    after each.
 
     Returns the images (int8 arrays) and the cycles from ``start`` until ``busy`` fell.
     """
-    dut = _Harness(L, depth)
+    dut = _Harness(L, depth, V)
     images, cycles = [], []
 
     async def tb(ctx):
@@ -175,8 +178,8 @@ def run(L: int, depth: int, mem: np.ndarray, program: list[int]) -> tuple[list, 
     return images, cycles
 
 
-def check(L: int, depth: int, mem: np.ndarray, program: list[int]) -> list[int]:
-    images, cycles = run(L, depth, mem, program)
+def check(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1) -> list[int]:
+    images, cycles = run(L, depth, mem, program, V)
     ref = mem.copy()
     for k, (ins, img) in enumerate(zip(program, images, strict=True)):
         reference(ref, ins, L)
@@ -417,6 +420,218 @@ def test_all_ops_other_widths(L):
     check(L, depth, mem, program)
 
 
+# ---- V lanes (AccelConfig.vec_lanes) ---------------------------------------------------------
+
+#: (L, V): two lanes and a whole word of lanes, at two word widths
+WIDE = [(4, 2), (4, 4), (16, 2), (16, 16)]
+
+
+def _rope_head_steps(L, V, hd, offset):
+    """The docstring's ROPE steps of one head at byte ``offset``: greedy, up to min(V, L/2)
+    pairs, none of the four groups (x1, x2, int16 cos, int16 sin) crossing a word."""
+    half, vr = hd // 2, min(V, L // 2)
+    k = steps = 0
+    while k < half:
+        a = offset + k
+        k += min(vr, half - k, L - a % L, L - (a + half) % L, (L - 2 * k % L) // 2,
+                 (L - (hd + 2 * k) % L) // 2)
+        steps += 1
+    return steps
+
+
+def documented_cycles(ins: int, L: int, V: int) -> int:
+    """The VectorUnit docstring's cycles of ``ins`` (n > 0 and rows > 0) at V lanes."""
+    w = [_field(ins, 32 * k, 32 * k + 32) for k in range(8)]
+    op, flags, rows = w[0] & 0xFF, _field(w[0], 8, 16), w[3] >> 16
+    G = L // V
+    if op == Opcode.ROPE:
+        heads, hd, stride = w[4] & 0xFFFF, w[4] >> 16, w[5] & 0xFFFF
+        a = w[2] & 0xFFFF
+        steps = sum(_rope_head_steps(L, V, hd, (a * L + h * stride) % L) for h in range(heads))
+        return 4 * rows * steps + 13
+    n, words = w[5] & 0xFFFF, w[5] >> 16
+    nw = -(-n // L)
+    if op == Opcode.RMSNORM:
+        row = 2 * nw * G + (words - nw) + 67
+    elif op == Opcode.SILUMUL:
+        row = nw * (G + 1) + (words - nw) + 2
+    else:
+        row = 2 * nw * (G + int(bool(flags & FLAG_GAMMA))) + (words - nw) + 42
+    return rows * row + 9
+
+
+def check_wide(L, V, depth, mem, program) -> list[int]:
+    """Bit-exact against golden, and every live instruction (rows, n > 0) takes the documented
+    cycles, which the cycle model's built-in terms reproduce (less the instruction issue)."""
+    from hwflow.hw.isa import decode
+    from hwflow.mapping import cycles as model
+
+    got = check(L, depth, mem, program, V)
+    cfg = _cfg(L, V)
+    for k, (ins, c) in enumerate(zip(program, got, strict=True)):
+        i = decode(ins.to_bytes(32, "little"))
+        if i.rows == 0 or (i.op != Opcode.ROPE and i.n == 0):
+            continue
+        assert c == documented_cycles(ins, L, V), (k, c, documented_cycles(ins, L, V))
+        assert model.instr_cycles(i, cfg, calib=False) == model.ISSUE + c, k
+    return got
+
+
+@pytest.mark.parametrize("L,V", WIDE)
+def test_rmsnorm_lanes(L, V):
+    rng = np.random.default_rng(500 + 10 * L + V)
+    depth = 64
+    mem = _rand_mem(rng, depth, L)
+    n = 21 if L == 4 else 93                # odd: a multiple of neither L nor V
+    nw = -(-n // L)
+    words = nw + 2                          # two zero-fill words per row
+    lg_n = int(np.log2(n)) // 2
+    base = 6 * words
+    _put(mem, base * L, [-128] * n)         # |x * r| = 2**32
+    _put(mem, (base + words) * L, [0] * n)  # S = eps = 0: r = 0
+    program = [
+        rmsnorm_ins(0, 3 * words, 3, int(rng.integers(0, 5000)), n, words,
+                    int(rng.integers(20000, 65536)), 40 - lg_n),
+        rmsnorm_ins(0, 0, 2, 3_000_000_000, n, words, 65535, 33),        # in place, big eps
+        rmsnorm_ins(base, base, 2, 0, n, words, 65535, 40),
+        rmsnorm_ins(3 * words, 3 * words, 2, 7, n, words, 65535, 0),     # saturation
+        rmsnorm_ins(0, 3 * words, 1, 1, n - V - 1, words, 1, 29 - lg_n),
+        rmsnorm_ins(base, base + words, 1, 0, 1, 1, 65535, 47),          # n = 1
+        rmsnorm_ins(0, 0, 1, 5, 0, 2, 100, 40),                          # n = 0: zero fill
+    ]
+    cycles = check_wide(L, V, depth, mem, program)
+    assert cycles[0] == 3 * (2 * nw * (L // V) + (words - nw) + 67) + 9
+
+
+@pytest.mark.parametrize("L,V", WIDE)
+def test_silumul_lanes(L, V):
+    """SILUMUL with and without RELU2, in place on either input, the ROM's ends."""
+    rng = np.random.default_rng(600 + 10 * L + V)
+    depth = 64
+    mem = _rand_mem(rng, depth, L)
+    n = 21 if L == 4 else 93
+    nw = -(-n // L)
+    words = nw + 1
+    gate, up, out = 0, 3 * words, 6 * words
+    _put(mem, (gate + 2 * words) * L, ([127, -128, 1, 0, 127, 126] * n)[:n])
+    _put(mem, (up + 2 * words) * L, ([-128, 127, 127, -128] * n)[:n])
+    program = [
+        silumul_ins(gate, up, out, 3, n, words, int(rng.integers(16384, 65536)), 26),
+        silumul_ins(gate, up, out, 3, n, words, int(rng.integers(1, 65536)), 30, relu2=True),
+        silumul_ins(gate, up, up, 2, n, words, 40000, 27),                   # out == up
+        silumul_ins(gate, up, gate, 2, n - V - 1, words, 300, 20, relu2=True),  # out == gate
+        silumul_ins(up, out, out, 1, n, words, 65535, 0),                    # saturation
+        silumul_ins(gate + 2 * words, up + 2 * words, out, 1, n, words, 65535, 37, relu2=True),
+        silumul_ins(gate, up, out, 1, 0, words, 5, 3),                       # n = 0
+    ]
+    cycles = check_wide(L, V, depth, mem, program)
+    assert cycles[0] == 3 * (nw * (L // V + 1) + (words - nw) + 2) + 9
+
+
+@pytest.mark.parametrize("L,V", WIDE)
+def test_absquant_lanes(L, V):
+    """ABSQUANT with and without GAMMA: m = 0 rows, the largest m, in place, n = 0."""
+    rng = np.random.default_rng(700 + 10 * L + V)
+    depth = 72
+    mem = _rand_mem(rng, depth, L)
+    n = 21 if L == 4 else 93
+    nw = -(-n // L)
+    words = nw + 1
+    x, out, g, ma = 0, 4 * words, 8 * words, 9 * words
+    _put(mem, (x + 2 * words) * L, rng.integers(-3, 4, size=n))
+    _put(mem, (x + 3 * words) * L, [0] * n)
+    gvec = rng.integers(-128, 128, size=n)
+    gvec[:4] = [-128, 0, 127, -1]
+    _put(mem, g * L, gvec)
+    _put(mem, (g + 1) * L, [0] * n)          # gamma 0: m = 0 with GAMMA
+    program = [
+        absquant_ins(x, out, g, 4, ma, n, words),
+        absquant_ins(x, out, g, 4, ma + 2, n, words, gamma=True),
+        absquant_ins(x, x, g, 3, ma, n - V - 1, words, gamma=True),     # in place
+        absquant_ins(x, out, g + 1, 2, ma + 1, n, words, gamma=True),   # m = 0
+        absquant_ins(x, out, g, 1, ma, 0, words),                       # n = 0
+    ]
+    big = x + 2 * words
+    row = rng.integers(-128, 128, size=n)
+    row[[0, 1, 2]] = [-128, -128, 1]
+    _put(mem, big * L, row)
+    program.append(absquant_ins(big, out, g, 1, ma, n, words, gamma=True))  # m = 16384
+    cycles = check_wide(L, V, depth, mem, program)
+    G = L // V
+    assert cycles[0] == 4 * (2 * nw * G + (words - nw) + 42) + 9
+    assert cycles[1] == 4 * (2 * nw * (G + 1) + (words - nw) + 42) + 9
+
+
+@pytest.mark.parametrize("L,V", WIDE + [(16, 4)])
+def test_rope_lanes(L, V):
+    """ROPE on V lanes: hd = 20 (half 10, a multiple of neither V nor L) at aligned and odd
+    head offsets, packed heads, one pair, and hd = 128 heads (the LLaMA shape, half / Vr
+    steps of Vr = min(V, L/2) pairs)."""
+    rng = np.random.default_rng(800 + 10 * L + V)
+    depth = 160 if L == 16 else 640
+    mem = _rand_mem(rng, depth, L)
+    hd, heads, stride = 20, 3, 32
+    words = 256 // L                        # two heads of 128 fit a row
+    cs_words = 2 * 128 // L + 1
+    rows = 2
+    cs = rows * words
+    for r in range(rows):
+        t = rng.integers(-16384, 16385, size=128)
+        t[[0, 10, 64]] = -16384
+        t[[1, 11, 65]] = [32767, -32768, 32767]
+        _put_table(mem, (cs + r * cs_words) * L, t)
+    _put(mem, 0, [-128] * hd)
+    program = [
+        rope_ins(0, cs, cs_words, rows, heads, hd, stride, words),
+        rope_ins(1, cs, cs_words, rows, 4, hd, hd, words),         # packed: offsets 0, 20, 40
+        rope_ins(0, cs, cs_words, 1, 3, hd, 21, words),            # odd byte offsets
+        rope_ins(1, cs, cs_words, 1, 1, 2, 0, words),              # hd = 2: one pair
+        rope_ins(0, cs, cs_words, rows, 2, 128, 128, words),       # LLaMA heads
+        rope_ins(0, cs, cs_words, 0, heads, hd, stride, words),    # rows 0: no-op
+    ]
+    cycles = check_wide(L, V, depth, mem, program)
+    vr = min(V, L // 2)
+    assert cycles[4] == 4 * rows * 2 * (64 // vr) + 13
+    # never slower than one pair per step (V = 1)
+    assert cycles[0] <= 4 * rows * heads * hd // 2 + 13
+
+
+@pytest.mark.parametrize("L,V", [(2, 2), (8, 4)])
+def test_all_ops_lanes_other_widths(L, V):
+    """The narrowest word (V = L = 2: ROPE one pair per step) and L = 8 on 4 lanes."""
+    rng = np.random.default_rng(900 + L)
+    n = 37
+    words = -(-n // L) + 1
+    hd, heads = 6, 5
+    cs = 8 * words
+    cs_words = -(-2 * hd // L)
+    depth = cs + cs_words
+    mem = _rand_mem(rng, depth, L)
+    _put_table(mem, cs * L, rng.integers(-16384, 16385, size=cs_words * L // 2))
+    program = [
+        rmsnorm_ins(0, 0, 2, 99, n, words, 50000, 36),
+        silumul_ins(2 * words, 4 * words, 4 * words, 2, n, words, 30000, 26),
+        rope_ins(6 * words, cs, cs_words, 1, heads, hd, 7, words),
+        rope_ins(6 * words, cs, cs_words, 1, 2, hd, 8, words),
+        silumul_ins(0, 2 * words, 0, 2, n, words, 700, 20, relu2=True),
+        absquant_ins(2 * words, 2 * words, 0, 2, 4 * words, n, words, gamma=True),
+        absquant_ins(0, 4 * words, 0, 1, 7 * words, n - 1, words),
+    ]
+    check_wide(L, V, depth, mem, program)
+
+
+def test_vec_lanes_must_divide_the_word():
+    with pytest.raises(ValueError, match="vec_lanes .3. must divide chain_len .16."):
+        AccelConfig(vec_lanes=3)
+    with pytest.raises(ValueError, match="vec_lanes must be >= 1"):
+        AccelConfig(vec_lanes=0)
+
+
 def test_lints_clean(tmp_path):
     v = verilog.convert(VectorUnit(_cfg(8)), name="sfu")
+    assert_lints_clean(tmp_path, v, "sfu")
+
+
+def test_lints_clean_lanes(tmp_path):
+    v = verilog.convert(VectorUnit(_cfg(8, 4)), name="sfu")
     assert_lints_clean(tmp_path, v, "sfu")

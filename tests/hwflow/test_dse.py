@@ -211,7 +211,7 @@ def test_decoder_sweep_predicts_tokens_per_second(tmp_path):
     cfg = choose_config(board, **engine_overrides(board, {"chains": 8, "weights": "ternary"},
                                                   "decoder"))
     want = predict_decoder(load_shape("tiny-llama")[0], cfg, board, ternary=True,
-                           max_context=256, clock_mhz=225)
+                           max_context=256, clock_mhz=225, widen=False)
     got = pts[(8, "ternary", 256)]
     assert got["throughput"] == pytest.approx(want["decode"]["tokens_per_s"], rel=1e-12)
     assert got["ttft_ms_128"] == pytest.approx(want["prefill"]["128"]["ttft_ms"], rel=1e-12)

@@ -164,18 +164,24 @@ def test_generate_matches_golden_run_by_run(llama_build):
     got = generate(dev, llama_build, prompt, new)
     want = golden_generate(qd, prompt, new + 1)
     assert got["tokens"] == want.tokens and len(got["tokens"]) == new + 1
-    # one prefill run (5 tokens fit the smallest bucket), then one run per decode step
-    assert len(got["logits"]) == len(want.step_logits) == len(got["cycles"]) == new + 1
-    for run_logits, step in zip(got["logits"], want.step_logits, strict=True):
+    # 5 tokens, shorter than the smallest bucket (8): token by token on the decode program (a
+    # run's logits are its last row's), then one run per decode step
+    want_rows = list(want.step_logits[0]) + [s[0] for s in want.step_logits[1:]]
+    assert len(got["logits"]) == len(got["cycles"]) == len(prompt) + new == len(want_rows)
+    for run_logits, row in zip(got["logits"], want_rows, strict=True):
         assert run_logits.dtype == np.int8
-        assert np.array_equal(run_logits, step)
+        assert np.array_equal(run_logits, row)
     assert dev.read_reg(REG["POS"]) == len(prompt) + new - 1  # the last decode step's position
 
-    # a prompt longer than the largest bucket (16) runs in chunks at POS 0, 16
+    # a prompt longer than the largest bucket (16): 16 rows at POS 0, then the 8-row bucket
+    # ending on the last prompt token (POS 11)
     long_prompt = list(range(1, 20))
-    got = generate(ModelDevice(cfg), llama_build, long_prompt, 2)
-    assert got["tokens"] == golden_generate(qd, long_prompt, 3).tokens
-    assert [lg.shape[0] for lg in got["logits"]] == [16, 3, 1, 1]
+    dev = ModelDevice(cfg)
+    got = generate(dev, llama_build, long_prompt, 2)
+    want = golden_generate(qd, long_prompt, 3)
+    assert got["tokens"] == want.tokens
+    assert np.array_equal(got["logits"][1], want.step_logits[0][18])
+    assert [lg.shape for lg in got["logits"]] == [(qd.shape.vocab,)] * 4
 
 
 def test_generate_rejects_other_builds_and_bad_prompts(build, llama_build):

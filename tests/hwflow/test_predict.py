@@ -62,9 +62,15 @@ def test_prefill_chunks_follow_the_host():
     qd, cfg = _decoders()["int8"]
     low = lower_decoder(qd, cfg, shape_only=True)
     big = low.buckets[-1]
-    assert prefill_chunks(low, 5) == [(0, 5, "prefill8")]
+    # the last prompt token is a run's last row: shorter than the smallest bucket, token by
+    # token; a rest that is no bucket, the smallest bucket ending on the last token
+    assert low.buckets[0] == 8
+    assert prefill_chunks(low, 5) == [(p, 1, "decode") for p in range(5)]
+    assert prefill_chunks(low, 8) == [(0, 8, "prefill8")]
     assert prefill_chunks(low, big + 1) == [(0, big, f"prefill{big}"), (big, 1, "decode")]
-    assert sum(k for _, k, _ in prefill_chunks(low, 50)) == 50
+    assert prefill_chunks(low, big + 5) == [(0, big, f"prefill{big}"), (big - 3, 8, "prefill8")]
+    runs = prefill_chunks(low, 50)
+    assert runs[-1][0] + runs[-1][1] == 50 and all(p + k <= 50 for p, k, _ in runs)
 
 
 def test_load_shape_of_examples_and_configs():
@@ -279,3 +285,26 @@ def test_a_7b_shape_never_holds_its_weights(tmp_path):
                        capture_output=True, text=True, check=True)
     rc, rss_kb = (int(v) for v in r.stdout.strip().splitlines()[-1].split())
     assert rc == 0 and rss_kb < 1.5 * 2**20, rss_kb
+
+
+def test_a_memory_bound_decoder_gets_every_channel_that_fits():
+    """Qwen2.5-0.5B fits the U280's 8-port stripes, but decode is memory-bound: the engine
+    takes all 32 HBM channels (chains and lanes grown with them) because that engine fits the
+    board; a sweep's point (widen=False) keeps its 8 ports; int4 gets twice the super-beat of
+    chains."""
+    from hwflow.boards import load_board
+    from hwflow.mapping.engine import choose_config
+    from hwflow.predict import predict_decoder
+
+    shape, _, _ = load_shape(str(CONFIGS / "qwen2.5-0.5b.json"))
+    brd = load_board("u280")
+    cfg = choose_config(brd)
+    wide = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,))
+    assert (wide["config"]["mem_ports"], wide["config"]["chains"]) == (32, 64) and wide["fits"]
+    assert any("memory-bound" in n for n in wide["notes"])
+    kept = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,), widen=False)
+    assert (kept["config"]["mem_ports"], kept["config"]["chains"]) == (8, 16)
+    assert wide["decode"]["tokens_per_s"] > 3 * kept["decode"]["tokens_per_s"]
+    int4 = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,),
+                           weights="int4")
+    assert (int4["config"]["mem_ports"], int4["config"]["chains"]) == (32, 128)

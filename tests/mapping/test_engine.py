@@ -31,10 +31,10 @@ def test_u280_default_engine_matches_one_row_per_cycle():
     assert cfg.beat_bytes == cfg.row_bytes == 256
     fit = check_fit(cfg, load_board("u280"))
     # 256 MAC slices, 4 epilogues of 3 multipliers, the controller's one, the transformer
-    # units (16 attention lanes of 3 L + 4, and 2 L + 6) and the TLMM engine's epilogue (4;
-    # tlmm is on in the YAML)
-    assert cfg.attn_heads == 16
-    assert fit["dsp"]["used"] == 256 + 12 + 1 + 16 * 52 + 38 + 4
+    # units (16 attention lanes of 3 L + 4, and 2 L + 6; 15 vector lanes past the first, 4
+    # each) and the TLMM engine's epilogue (4; tlmm is on in the YAML)
+    assert cfg.attn_heads == 16 and cfg.vec_lanes == 16
+    assert fit["dsp"]["used"] == 256 + 12 + 1 + 16 * 52 + 38 + 15 * 4 + 4
     assert fit["dsp"]["available"] == 9024
     assert cfg.sparse and cfg.int4
 
@@ -47,9 +47,9 @@ def test_kv260_engine_is_ddr_bound():
 def test_oversized_engine_is_refused_with_numbers():
     kv = load_board("kv260")
     cfg = choose_config(kv, chains=128, chain_len=16)
-    # 4 attention lanes (the YAML) of 3 L + 4, 2 L + 6, the TLMM's 4
-    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 13 + 4 * 52 + 38 + 4
-    with pytest.raises(MappingError, match=r"DSP 2311 > 1248"):
+    # 4 attention lanes (the YAML) of 3 L + 4, 2 L + 6, 15 vector lanes of 4, the TLMM's 4
+    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 13 + 4 * 52 + 38 + 15 * 4 + 4
+    with pytest.raises(MappingError, match=r"DSP 2371 > 1248"):
         check_fit(cfg, kv)
 
 
@@ -149,9 +149,9 @@ def test_kv260_core_lut_ff_estimate_against_yosys():
     kv = load_board("kv260")
     core = replace(choose_config(kv), transformer=False, tlmm=False)
     point = next(r for r in resource_fit()["points"] if r["name"] == "p8l16")
-    def untlmm(c):          # the TLMM and attention sizes do not matter with the units off
+    def untlmm(c):          # the TLMM, attention and vector sizes do not matter without units
         return {k: v for k, v in c.to_dict().items()
-                if not k.startswith("tlmm_") and k != "attn_heads"}
+                if not k.startswith("tlmm_") and k not in ("attn_heads", "vec_lanes")}
     assert untlmm(AccelConfig(**point["params"])) == untlmm(core)
     est = estimate_resources(core)
     for kind, measured in KV260_CORE_YOSYS.items():

@@ -18,6 +18,7 @@ from hwflow.mapping.llm_lower import (
     lower_decoder,
     naive_program_bytes,
     program_instructions,
+    prompt_runs,
     read_logits,
 )
 from hwflow.sim.isa_model import GatherRangeError, IsaModel
@@ -155,7 +156,7 @@ def random_decoder(seed: int = 0, max_context: int = 64, layers: int = 2) -> QDe
             gate=lin(s.intermediate, s.hidden), up=lin(s.intermediate, s.hidden),
             silu=(1, 0), down=lin(s.hidden, s.intermediate)))
     qd = QDecoder("random", shape, rng.integers(-60, 61, (s.vocab, s.hidden)).astype(np.int8),
-                  gl.rope_table(max_context, s.head_dim, s.rope_theta), q_layers, (0, 1, 0),
+                  gl.rope_table(max_context, s.inv_freq()), q_layers, (0, 1, 0),
                   lin(s.vocab, s.hidden), max_context, {"logits": 0.1})
     reference_step(qd, rng.integers(0, s.vocab, 24), 0, Cache(qd), calibrate=_calibrate)
     return qd
@@ -192,6 +193,16 @@ def _run(model: IsaModel, low, ids, pos):
     return read_logits(step, model), stats, step
 
 
+def _check(model, low, ids, pos, want_rows, err_msg=""):
+    """Run ``ids`` at ``pos``; the logits (its last row's) equal the reference's last row when
+    that row is a real token (a padded run's last row runs on token 0). Returns the step."""
+    got, _, st = _run(model, low, ids, pos)
+    assert st.has_logits == (len(ids) == st.rows)
+    if st.has_logits:
+        np.testing.assert_array_equal(got, want_rows[-1], err_msg=err_msg)
+    return st
+
+
 # ------------------------------------------------------------------------------- tests
 
 def test_model_values_are_spread_not_saturated(qd):
@@ -201,9 +212,10 @@ def test_model_values_are_spread_not_saturated(qd):
 
 @pytest.mark.parametrize("cfg", [CFG, CFG64], ids=["SB32", "SB64"])
 def test_prefill_and_decode_match_golden(qd, cfg):
-    """A 5-token prompt in the 8-row bucket, then decode steps at positions 5 and 6; a
-    21-token prompt as two chunks (16 + 5 rows), then a decode step at 21 (keys past one
-    attention block of 16)."""
+    """A 5-token chunk padded to the 8-row bucket (its cache rows checked by the decode steps
+    at positions 5 and 6 that read them); a 21-token prompt as the host runs it (16 rows, then
+    the 8-row bucket ending on the last token: rows 13..15 recomputed), then a decode step at 21
+    (keys past one attention block of 16). The logits are the last row's."""
     low = lower_decoder(qd, cfg)
     assert low.buckets == [8, 16]
     rng = np.random.default_rng(5)
@@ -211,25 +223,24 @@ def test_prefill_and_decode_match_golden(qd, cfg):
         model = IsaModel(cfg, low.image, regions=low.memory_map)
         cache = new_cache(qd)
         prompt = rng.integers(0, qd.shape.vocab, 5)
-        got, _, st = _run(model, low, prompt, 0)
+        st = _check(model, low, prompt, 0, step(qd, prompt, 0, cache), name)
         assert st.rows == 8 and st.prog_base == low.prefill_prog_bases[8]
-        np.testing.assert_array_equal(got, step(qd, prompt, 0, cache), err_msg=name)
+        assert not st.has_logits
         for pos in (5, 6):
             tok = rng.integers(0, qd.shape.vocab, 1)
-            got, _, st = _run(model, low, tok, pos)
-            assert st.prog_base == low.decode_prog_base
-            np.testing.assert_array_equal(got, step(qd, tok, pos, cache), err_msg=name)
+            st = _check(model, low, tok, pos, step(qd, tok, pos, cache), name)
+            assert st.prog_base == low.decode_prog_base and st.has_logits
 
         model = IsaModel(cfg, low.image, regions=low.memory_map)
         cache = new_cache(qd)
         prompt = rng.integers(0, qd.shape.vocab, 21)
-        for lo, hi in ((0, 16), (16, 21)):
-            got, _, _ = _run(model, low, prompt[lo:hi], lo)
-            np.testing.assert_array_equal(got, step(qd, prompt[lo:hi], lo, cache),
-                                          err_msg=name)
+        assert prompt_runs(21, low.buckets) == [(0, 16), (13, 8)]
+        for lo, k in prompt_runs(21, low.buckets):
+            st = _check(model, low, prompt[lo:lo + k], lo,
+                        step(qd, prompt[lo:lo + k], lo, cache), name)
+            assert st.has_logits
         tok = rng.integers(0, qd.shape.vocab, 1)
-        got, _, _ = _run(model, low, tok, 21)
-        np.testing.assert_array_equal(got, step(qd, tok, 21, cache), err_msg=name)
+        _check(model, low, tok, 21, step(qd, tok, 21, cache), name)
 
 
 def test_one_layer_at_the_end_of_the_context(qd):
@@ -244,10 +255,8 @@ def test_one_layer_at_the_end_of_the_context(qd):
     prompt = rng.integers(0, one.shape.vocab, 61)
     for lo in range(0, 61, 16):
         hi = min(lo + 16, 61)
-        got, _, _ = _run(model, low, prompt[lo:hi], lo)
-        np.testing.assert_array_equal(got, reference_step(one, prompt[lo:hi], lo, cache))
-    got, _, _ = _run(model, low, prompt[:3], 61)
-    np.testing.assert_array_equal(got, reference_step(one, prompt[:3], 61, cache))
+        _check(model, low, prompt[lo:hi], lo, reference_step(one, prompt[lo:hi], lo, cache))
+    _check(model, low, prompt[:3], 61, reference_step(one, prompt[:3], 61, cache))
     assert low.kv.rows == 64 + 15 and low.kv.v_bases[0] - low.kv.k_bases[0] == 79 * 2
     assert low.kv.regions == ((0, 2, 2),)
     # every real cache row equals golden's: the bucket's extra rows went to the slack rows
@@ -289,8 +298,10 @@ def test_decode_program_is_one_program_for_every_position(lowered):
     assert ops[:2] == [Opcode.GATHER, Opcode.LOAD] and ops[-2:] == [Opcode.STORE, Opcode.END]
     assert ops.count(Opcode.ATTN) == 2 and ops.count(Opcode.MATMUL) == 2 * 7 + 1
     for b, prog in low.prefill.items():
+        # every row through the blocks; the final norm and the LM head on the last row only
         assert [i.op for i in prog.program] == ops and all(
-            i.rows in (0, b) for i in prog.program)
+            i.rows in (0, b) for i in prog.program[:-4])
+        assert [i.rows for i in prog.program[-4:-2]] == [1, 1]
 
 
 def test_decode_traffic_keeps_activations_on_chip(qd, lowered):
@@ -360,22 +371,25 @@ def test_memory_map_and_header(lowered):
 
 def test_act_plan_areas_are_disjoint(lowered):
     for prog in [lowered.decode, *lowered.prefill.values()]:
-        spans = sorted((a, a + prog.rows * w) for a, w in prog.plan.areas.values())
+        spans = sorted(prog.plan.span(name) for name in prog.plan.areas)
+        assert prog.plan.span("logits")[1] - prog.plan.span("logits")[0] == 40   # one row
         assert all(e0 <= s1 for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False))
         assert spans[-1][1] == prog.plan.words <= CFG.act_depth
 
 
 def test_mapping_errors_name_the_numbers(qd):
     from dataclasses import replace
-    # 178 words: x 16, h 16, q 18, k 6, v 6 (kv heads x 3 words: KVSTORE reads any word, so
-    # the k and v rows need not be whole super-beats), att 18, gate 25, up 25, cs 8, logits 40
-    with pytest.raises(MappingError, match=r"act_depth >= 178"):
+    # 178 words: per row x 16, h 16, q 18, k 6, v 6 (kv heads x 3 words: KVSTORE reads any
+    # word, so the k and v rows need not be whole super-beats), att 18, gate 25, up 25, cs 8;
+    # and one logits row of 40 (the last row's, whatever the bucket)
+    with pytest.raises(MappingError, match=r"138 act words .* plus 40 words of logits.*"
+                                           r"act_depth >= 178"):
         lower_decoder(qd, replace(CFG, act_depth=150))
     with pytest.raises(MappingError, match=r"L0.down.*weight_depth >= 58"):
         lower_decoder(qd, replace(CFG, weight_depth=40))
-    with pytest.raises(MappingError, match=r"bucket of 32 rows needs 5696 act words"):
+    with pytest.raises(MappingError, match=r"bucket of 32 rows needs 4456 act words"):
         lower_decoder(qd, CFG, prompt_buckets=[8, 32])
-    small = lower_decoder(qd, replace(CFG, act_depth=182 * 5))
+    small = lower_decoder(qd, replace(CFG, act_depth=138 * 7 + 40))    # 7 rows: no 8-row bucket
     assert small.buckets == [1, 2, 4]
 
 

@@ -22,6 +22,7 @@ from hwflow.mapping.errors import MappingError
 from hwflow.mapping.llm_lower import (
     lower_decoder,
     program_instructions,
+    prompt_runs,
 )
 from hwflow.sim.isa_model import IsaModel
 
@@ -177,7 +178,7 @@ def random_bitnet(seed: int = 0, max_context: int = 64, layers: int = 2,
                  np.ones(s.vocab, dtype=np.int64), 0)
     qd = QDecoder("random-bitnet", shape,
                   rng.integers(-60, 61, (s.vocab, s.hidden)).astype(np.int8),
-                  gl.rope_table(max_context, s.head_dim, s.rope_theta), q_layers, (0, 1, 0),
+                  gl.rope_table(max_context, s.inv_freq()), q_layers, (0, 1, 0),
                   lm, max_context, {"logits": 0.1})
     reference_step(qd, rng.integers(0, s.vocab, 24), 0, Cache(qd), calibrate=_calibrate)
     return qd
@@ -199,8 +200,10 @@ def test_model_values_are_spread_not_saturated(qd):
 
 @pytest.mark.parametrize("name", list(CFGS))
 def test_prefill_and_decode_match_golden(qd, name):
-    """A 5-token prompt in the 8-row bucket, decode at 5 and 6; a 21-token prompt in two
-    chunks (16 + 5 rows), decode at 21: ISA model == golden composition == golden_step."""
+    """A 5-token chunk padded to the 8-row bucket (no logits: its last row is padding; its
+    cache rows checked by the decode steps at 5 and 6); a 21-token prompt as the host runs it
+    (16 rows, then 8 ending on the last token), decode at 21: ISA model == golden composition
+    == golden_step, the last row's logits."""
     cfg = CFGS[name]
     low = lower_decoder(qd, cfg)
     assert low.buckets == [8, 16]
@@ -209,15 +212,15 @@ def test_prefill_and_decode_match_golden(qd, name):
     ref, gold = Cache(qd), KVCache.empty(qd)
     prompt = rng.integers(0, qd.shape.vocab, 5)
     got, _, st = _run(model, low, prompt, 0)
-    assert st.rows == 8
-    np.testing.assert_array_equal(got, reference_step(qd, prompt, 0, ref))
-    np.testing.assert_array_equal(got, golden_step(qd, prompt, 0, gold))
+    assert st.rows == 8 and not st.has_logits
+    np.testing.assert_array_equal(reference_step(qd, prompt, 0, ref),
+                                  golden_step(qd, prompt, 0, gold))
     for pos in (5, 6):
         tok = rng.integers(0, qd.shape.vocab, 1)
         got, stats, st = _run(model, low, tok, pos)
         assert st.prog_base == low.decode_prog_base
-        np.testing.assert_array_equal(got, reference_step(qd, tok, pos, ref))
-        np.testing.assert_array_equal(got, golden_step(qd, tok, pos, gold))
+        np.testing.assert_array_equal(got, reference_step(qd, tok, pos, ref)[-1])
+        np.testing.assert_array_equal(got, golden_step(qd, tok, pos, gold)[-1])
     # decode: 7 TMATMULs per layer, each ceil(k_groups/T) * ceil(n_out/Q) lookup records
     G, T, Q = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q
     def cdiv(a, b):
@@ -231,12 +234,13 @@ def test_prefill_and_decode_match_golden(qd, name):
     model = IsaModel(cfg, low.image, regions=low.memory_map)
     ref = Cache(qd)
     prompt = rng.integers(0, qd.shape.vocab, 21)
-    for lo, hi in ((0, 16), (16, 21)):
-        got, _, _ = _run(model, low, prompt[lo:hi], lo)
-        np.testing.assert_array_equal(got, reference_step(qd, prompt[lo:hi], lo, ref))
+    for lo, k in prompt_runs(21, low.buckets):
+        got, _, st = _run(model, low, prompt[lo:lo + k], lo)
+        assert st.has_logits
+        np.testing.assert_array_equal(got, reference_step(qd, prompt[lo:lo + k], lo, ref)[-1])
     tok = rng.integers(0, qd.shape.vocab, 1)
     got, _, _ = _run(model, low, tok, 21)
-    np.testing.assert_array_equal(got, reference_step(qd, tok, 21, ref))
+    np.testing.assert_array_equal(got, reference_step(qd, tok, 21, ref)[-1])
 
 
 def test_program_shape_and_reports(qd):
@@ -278,8 +282,9 @@ def test_without_gammas_no_load_and_no_gamma_flag():
     assert [i.op for i in prog].count(Opcode.LOAD) == 1           # the RoPE rows only
     assert not any(i.flags & FLAG_GAMMA for i in prog if i.op == Opcode.ABSQUANT)
     model = IsaModel(CFG, low.image, regions=low.memory_map)
-    got, _, _ = _run(model, low, [4, 9, 2], 0)
-    np.testing.assert_array_equal(got, golden_step(qd, [4, 9, 2], 0, KVCache.empty(qd)))
+    got, _, _ = _run(model, low, [4, 9, 2, 7, 1, 0, 3, 5], 0)         # a whole 8-row bucket
+    np.testing.assert_array_equal(got, golden_step(qd, [4, 9, 2, 7, 1, 0, 3, 5], 0,
+                                                   KVCache.empty(qd))[-1])
 
 
 def test_ternary_decoder_needs_the_tlmm_engine(qd):

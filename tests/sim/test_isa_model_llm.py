@@ -192,7 +192,7 @@ def test_rope_on_padded_heads_matches_golden():
     rows, heads, hd, hdw = 3, 3, 6, 2                         # heads padded to 8 bytes
     words = heads * hdw + 1
     pos = 5
-    table = gl.rope_table(16, hd, 10000.0)
+    table = gl.rope_table(16, gl.default_inv_freq(hd, 10000.0))
     cs_words = 4                                              # 12 B of table -> one SB
     x = np.zeros((rows, words * L), dtype=np.int8)
     xv = _rand(rng, rows, heads, hd)
