@@ -128,7 +128,7 @@ def synth_cells(verilog_text: str, top: str, cache: bool) -> tuple[dict, float, 
     a LUTRAM cell is 1 to 8 LUTs (:data:`LUTRAM_LUTS`). Same script and options as
     :mod:`hwflow.export.fit`; cached in ``<synth cache>/tlmm_synth``.
     """
-    key = hashlib.sha256("\0".join([verilog_text, top, fit.synth_options("xcup"),
+    key = hashlib.sha256("\0".join([verilog_text, top, fit.SYNTH_OPTIONS,
                                      str(fit.SCRIPT_VERSION)]).encode()).hexdigest()[:24]
     path = fit.synth_cache_dir() / "tlmm_synth" / f"{key}.json"
     if cache and path.is_file():

@@ -171,8 +171,10 @@ def rope_frequencies(config, rope_type: str | None, max_context: int, where: str
     factor = float(factor)
     inv = inv.double().numpy()
     theta = rope_type_and_theta(config)[1]
-    default = 1.0 / theta ** (np.arange(len(inv), dtype=np.float64) * 2 / (2 * len(inv)))
-    if np.max(np.abs(inv - default) / default) <= 1e-6:
+    head_dim = int(getattr(config, "head_dim", None)
+                   or config.hidden_size // config.num_attention_heads)
+    default = 1.0 / theta ** (np.arange(head_dim // 2, dtype=np.float64) * 2 / head_dim)
+    if len(inv) == len(default) and np.max(np.abs(inv - default) / default) <= 1e-6:
         inv = ()        # the default frequencies (dynamic within its original context)
     if not 0 < factor < 2:
         raise UnsupportedOpError(f"{where}: rope_type '{rope_type}' scales cos/sin by "

@@ -332,8 +332,6 @@ def _more(items) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-
-
 def _check_max_context(max_context, max_pos: int, where: str) -> int:
     if max_context is None:
         return min(max_pos, DEFAULT_MAX_CONTEXT)
@@ -963,7 +961,7 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                          heads=heads, kv_heads=kv_heads, head_dim=hd, intermediate=inter,
                          max_position=int(max_position), rope_theta=theta, rms_eps=eps,
                          rope_scaling=float(scaling), rope_inv_freq=inv,
-                         rope_type=rope_type or "default")
+                         rope_type=rope_type or ("custom" if inv else "default"))
     fd = FloatDecoder(name=name, shape=shape, embed=embed.astype(np.float32), layers=layers,
                       lm_head=(w_lm * g_final[None, :]).astype(np.float32), source=source,
                       family=family, max_context=max_context)

@@ -66,7 +66,7 @@ class AccelConfig:
         it (docs/architecture.md, "Attention over a head-major KV cache").
     ring_uram : bool
         Place the weight ring and its index ring in UltraRAM (``ram_style = "ultra"`` on their
-        lane memories, honoured by Vivado and by Yosys ``synth_xilinx -uram``) instead of
+        lane memories, honoured by Vivado and by Yosys ``synth_xilinx -family xcup``) instead of
         block RAM. Placement only: the RTL behaves identically. A 72-bit x 4096 URAM288 holds
         8x a RAMB36E2, so the multi-MiB rings of the full-size engines fit the UltraScale+
         parts that have it (U280: 960 URAM288 beside 2016 RAMB36E2).

@@ -11,7 +11,8 @@ The host does what docs/architecture.md describes, in this order:
 
 A decoder build (``config.json``'s ``"kind": "decoder"``) runs through :func:`generate`
 instead: the image is written once, then each run writes its token ids, POS (0x200) and
-PROG_BASE, starts and reads its logits rows (docs/architecture.md, "Transformer path (v3)").
+PROG_BASE, starts and reads the logits of its last row (docs/architecture.md, "Runtime
+register and program sharing").
 
 The image layout comes from :mod:`hwflow.mapping.memory_image` and the register offsets from
 :data:`hwflow.hw.axi_lite.REG`, the same code the compiler, the simulator and the RTL use, so the

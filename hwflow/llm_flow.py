@@ -156,12 +156,13 @@ def _ternary_engine(brd, cfg, qd):
         raise HwflowError(str(e)) from None
 
 
-def _size_buffers(qd, cfg, brd):
-    """The board's engine with the weight ring and activation buffer the decoder needs
-    (``hwflow.predict.size_buffers``, the shape-only compile's rule) and the notes."""
+def _size_buffers(qd, cfg, brd, ternary: bool):
+    """The board's engine with the weight ring, activation buffer and ring placement the
+    decoder needs (``hwflow.predict.size_buffers``, the shape-only compile's rule) and the
+    notes; ``ternary``: the decoder has ternary linears."""
     from hwflow.predict import size_buffers
 
-    return size_buffers(qd, cfg, brd, ternary=cfg.tlmm)
+    return size_buffers(qd, cfg, brd, ternary=ternary)
 
 
 def _fit(cfg, brd) -> dict:
@@ -289,7 +290,7 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     except CompileError as e:
         raise HwflowError(str(e)) from None
     cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
-    cfg, notes = _size_buffers(qd, cfg, brd)
+    cfg, notes = _size_buffers(qd, cfg, brd, ternary=sizing is not None)
     if notes:
         resources = _fit(cfg, brd)
     lw = _lower(qd, cfg)

@@ -259,11 +259,11 @@ def _size_act_depth(qd, cfg, board) -> tuple:
     """``cfg`` with an activation buffer that holds the decoder, and why it changed (or None).
 
     The programs keep every activation of ``B`` rows on chip (``B * words_per_row`` act
-    words; a 32000-token vocabulary's logits row alone is 2000 words at L = 16). When the
+    words, plus the one logits row: a 32000-token vocabulary's is 2000 words at L = 16). When the
     configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
     that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
     board's block RAM, else to the smallest that holds one row (prefill token by token)."""
-    from hwflow.mapping.engine import check_fit
+    from hwflow.mapping.engine import check_fit, place_ring
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import act_row_words
 
@@ -281,7 +281,7 @@ def _size_act_depth(qd, cfg, board) -> tuple:
             continue
         chosen = cand
         try:
-            check_fit(cand, board)
+            check_fit(place_ring(cand, board)[0], board)    # with the ring where it would go
             break
         except MappingError:
             continue
@@ -298,15 +298,18 @@ def _size_act_depth(qd, cfg, board) -> tuple:
 
 def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
     """``(cfg, notes)``: the weight ring and the activation buffer sized for decoder ``qd``
-    (:func:`_size_weight_depth`, :func:`_size_act_depth`), with one ``note`` per change. The
+    (:func:`_size_weight_depth`, :func:`_size_act_depth`) and the ring placed in URAM where
+    block RAM is short (``mapping.engine.place_ring``), with one ``note`` per change. The
     one rule of the compile from weights and the shape-only compile: a board's engine that
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
+    from hwflow.mapping.engine import place_ring
+
     notes = []
-    cfg, why = _size_weight_depth(qd, cfg, ternary)
-    notes += [why] if why else []
-    cfg, why = _size_act_depth(qd, cfg, board)
-    notes += [why] if why else []
+    for step in (lambda c: _size_weight_depth(qd, c, ternary),
+                 lambda c: _size_act_depth(qd, c, board), lambda c: place_ring(c, board)):
+        cfg, why = step(cfg)
+        notes += [why] if why else []
     return cfg, notes
 
 
@@ -368,28 +371,30 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
 
 # ------------------------------------------------------------------------------ predict
 
-def _widen(cfg, board, ports: int, int4: bool):
-    """``cfg`` on ``ports`` memory ports: chains grown so a weight row stays whole super-beats
-    (twice the super-beat for int4: a memory row of two k-groups fills two ring entries in the
-    two cycles it arrives in, the port's rate), attention lanes following the super-beat."""
+def _widen(cfg, board, ports: int, int4: bool, heads: int):
+    """``cfg`` on ``ports`` memory ports: chains a multiple of what keeps a weight row whole
+    super-beats (twice the super-beat for int4: a memory row of two k-groups fills two ring
+    entries in the two cycles it arrives in, the port's rate), attention lanes following the
+    super-beat up to the model's ``heads`` query heads (a lane past them never runs)."""
     from hwflow.mapping.engine import default_attn_heads
 
     sb = ports * cfg.port_bytes
-    chains = max(cfg.chains, (2 if int4 else 1) * -(-sb // cfg.chain_len))
-    attn = (max(cfg.attn_heads, cfg.attn_heads * sb // cfg.beat_bytes)
-            if "attn_heads" in board.engine else default_attn_heads(sb, cfg.chain_len))
+    unit = (2 if int4 else 1) * -(-sb // cfg.chain_len)
+    chains = -(-max(cfg.chains, unit) // unit) * unit
+    grown = (cfg.attn_heads * sb // cfg.beat_bytes if "attn_heads" in board.engine
+             else default_attn_heads(sb, cfg.chain_len))
+    attn = max(cfg.attn_heads, min(grown, heads))
     return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn)
 
 
 def _fits(qd, cfg, board, ternary: bool) -> bool:
     """Whether ``cfg``, with the buffers and ring placement the model needs, fits the board."""
-    from hwflow.mapping.engine import check_fit, check_fit_tlmm, place_ring
+    from hwflow.mapping.engine import check_fit, check_fit_tlmm
     from hwflow.mapping.errors import MappingError
 
     try:
         sized, _ = size_buffers(qd, cfg, board, ternary)
-        placed, _ = place_ring(sized, board)
-        (check_fit_tlmm if placed.tlmm else check_fit)(placed, board)
+        (check_fit_tlmm if sized.tlmm else check_fit)(sized, board)
         return True
     except (MappingError, HwflowError):
         return False
@@ -404,9 +409,9 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
     every channel the board has when that engine fits the board, else the most that fit
     (halving), and never fewer than the image needs channel by channel (an engine that does
     not fit then is reported as such). Chains and attention lanes follow (:func:`_widen`);
-    int4 weights get twice the super-beat of chains even where the ports stay. Without
-    ``widen`` (a sweep point's engine, kept as the point chose it) only what the image needs
-    is raised."""
+    int4 weights get twice the super-beat of chains where the ports stay, if that fits.
+    Without ``widen`` (a sweep point's engine, kept as the point chose it) only what the image
+    needs is raised."""
     channels = int(board.memory["channels"])
     per_channel = board.capacity_bytes / channels
     need = -(-image_bytes // int(per_channel))       # ports whose channels hold the image
@@ -414,10 +419,12 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
     while p > cfg.mem_ports:
         cands.append(p)
         p //= 2
+    # the fewest ports, from the board's channels halving, whose channels hold the image
+    target = min((c for c in cands if c >= need), default=cands[0]) if cands else None
     cands.append(cfg.mem_ports)
-    for i, ports in enumerate(cands):
-        forced = need > cfg.mem_ports and (i + 1 == len(cands) - 1 or cands[i + 1] < need)
-        cand = _widen(cfg, board, ports, int4)
+    for ports in cands:
+        forced = need > cfg.mem_ports and ports == target
+        cand = _widen(cfg, board, ports, int4, qd.shape.heads)
         if cand == cfg:
             return cfg, None
         if not (forced or widen and _fits(qd, cand, board, ternary)):
@@ -449,7 +456,6 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     overrides ``ternary``. With ``adjust`` and ``widen`` the engine also takes every memory
     channel it fits with (:func:`_size_ports`); a sweep passes ``widen=False`` to keep its
     points' engines."""
-    from hwflow.mapping.engine import place_ring
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import lower_decoder
 
@@ -465,6 +471,7 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     elif not ternary and cfg.tlmm and adjust:
         cfg = replace(cfg, tlmm=False)
         notes.append("TLMM engine left out: no ternary linear runs on it")
+    base = cfg
     if adjust:
         cfg, why = size_buffers(qd, cfg, board, ternary)
         notes += why
@@ -476,25 +483,19 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     except MappingError as e:
         raise HwflowError(f"cannot map this decoder on the configuration: {e}") from None
     if adjust:
-        wider, why = _size_ports(lw.memory_map.total_bytes, cfg, board, qd, ternary,
+        # widened from the sized buffers, the ring placement decided again for the new engine
+        unplaced = replace(cfg, ring_uram=base.ring_uram)
+        wider, why = _size_ports(lw.memory_map.total_bytes, unplaced, board, qd, ternary,
                                  int4=weights in ("int4", "mixed"), widen=widen)
         if why:
             notes.append(why)
-            cfg, why = _size_act_depth(qd, wider, board)
-            if why:
-                notes.append(why)
-            cfg, why = _size_weight_depth(qd, cfg, ternary)
-            if why:
-                notes.append(why)
+            cfg, whys = size_buffers(qd, wider, board, ternary)
+            notes += whys
             try:
                 lw = lower_decoder(qd, replace(cfg, addr_bits=32), shape_only=True)
             except MappingError as e:
                 raise HwflowError(f"cannot map this decoder on the configuration: {e}") \
                     from None
-    if adjust:
-        cfg, why = place_ring(cfg, board)
-        if why:
-            notes.append(why)
     need = max(1, -(-lw.memory_map.total_bytes // cfg.beat_bytes) - 1).bit_length()
     if need > cfg.addr_bits:
         gib = lw.memory_map.total_bytes / 2**30

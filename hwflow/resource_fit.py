@@ -120,14 +120,14 @@ def synth_cells(verilog: str, top: str = TOP) -> tuple[dict, float, bool]:
     exe = fit._yosys()
     version = fit._yosys_version(exe)
     key = hashlib.sha256()
-    for part in (verilog, top, FAMILY, fit.synth_options(FAMILY), str(fit.SCRIPT_VERSION), version):
+    for part in (verilog, top, FAMILY, fit.SYNTH_OPTIONS, str(fit.SCRIPT_VERSION), version):
         key.update(part.encode() + b"\0")
     path = fit.synth_cache_dir() / f"{key.hexdigest()[:24]}.json"
     if path.is_file():
         d = json.loads(path.read_text())
         return dict(d["cells"]), float(d["meta"]["seconds"]), True
     cells, seconds = fit._run_yosys(exe, verilog, top, FAMILY, None)
-    meta = {"tool": version, "family": FAMILY, "options": fit.synth_options(FAMILY),
+    meta = {"tool": version, "family": FAMILY, "options": fit.SYNTH_OPTIONS,
             "seconds": round(seconds, 2), "cached": False}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -252,7 +252,7 @@ def run_resource_fit(out_path=None, points=None, jobs: int = 1, progress: bool =
         rows = [one(p) for p in points]
     result = {
         "tool": fit._yosys_version(fit._yosys()), "family": FAMILY,
-        "options": fit.synth_options(FAMILY), "top": TOP,
+        "options": fit.SYNTH_OPTIONS, "top": TOP,
         "lut_counts": "LUT1..LUT6 + LUTs used as distributed RAM + SRL16E/SRLC32E",
         "features": {k: v for k, v in RESOURCE_FEATURES.items()},
         "model": fit_model(rows),

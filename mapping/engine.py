@@ -34,8 +34,8 @@ configuration (DSP and BRAM counts equal):
 - UltraRAM: with ``ring_uram`` (:func:`place_ring`) the ring's lane memories (the engine's
   and the parameter reader's copies, and the index lanes) are marked ``ram_style = "ultra"``
   and each takes ``ceil(width / 72) * ceil(depth / 4096)`` URAM288 (:func:`uram_blocks`;
-  Yosys ``synth_xilinx -uram`` maps a marked memory to URAM288 whatever its size) instead of
-  block RAM; nothing else goes to URAM.
+  Yosys ``synth_xilinx -family xcup`` maps a marked memory to URAM288 whatever its size)
+  instead of block RAM; nothing else goes to URAM.
 - LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
@@ -113,7 +113,7 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     its sizes ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth`` to AccelConfig's (3, 4, 4,
     1024) unless the board's YAML or an override names them; ``attn_heads`` to
     :func:`default_attn_heads`; ``vec_lanes`` to the board's (1 if it names none), within one
-    activation word of the chosen ``chain_len`` (their gcd).
+    activation word of the chosen ``chain_len`` (their gcd) unless an override names it.
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
@@ -140,8 +140,10 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            attn_heads=eng.get("attn_heads", default_attn_heads(
                                ports * port_bytes, chain_len)),
                            ring_uram=bool(eng.get("ring_uram", False)),
-                           # the board's lanes, within one activation word of this chain_len
-                           vec_lanes=math.gcd(eng.get("vec_lanes", 1), chain_len))
+                           # the board's lanes, within one activation word of an overridden
+                           # chain_len; an explicit value is taken as given (and checked)
+                           vec_lanes=(overrides["vec_lanes"] if overrides.get("vec_lanes")
+                                      else math.gcd(eng.get("vec_lanes", 1), chain_len)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 

@@ -312,8 +312,8 @@ class ProgramInfo:
 class IoLayout:
     """Host-visible I/O regions (addresses in super-beats).
 
-    ``ids``: a u32 LE token id per row at byte ``4b`` (the GATHER ids); ``logits``: row b's
-    ``vocab`` int8 logits at byte ``b * logits_words * L`` (padding bytes are 0).
+    ``ids``: a u32 LE token id per row at byte ``4b`` (the GATHER ids); ``logits``: the run's
+    last row's ``vocab`` int8 logits (``logits_words * L`` bytes, padding bytes 0).
     """
 
     ids_addr: int
@@ -887,8 +887,9 @@ def program_instructions(layers, attn: int = 3) -> int:
     """Instructions of every program (decode or any bucket): ``(12 + attn) * layers + 6`` for
     an int8 LLaMA decoder (``layers`` a count; ``attn`` the attention instructions of a layer,
     :func:`attention_instructions`: 3 for one cache region and one pass); given a
-    :class:`QDecoder`, its exact count (ternary layers: 16 + attn each, plus one per sub-norm
-    and one gamma LOAD per layer that has gammas)."""
+    :class:`QDecoder`, its count (ternary layers: 16 + attn each, plus one per sub-norm and
+    one gamma LOAD per layer that has gammas) with the LM head as one MATMUL: a vocabulary past
+    65,535 adds one per further part (:func:`_lm_head_parts`)."""
     if isinstance(layers, QDecoder):
         return 6 + sum(_layer_instructions(ly, any(getattr(ly, nm) is not None
                                                    for nm in GAMMAS), attn)
@@ -1288,6 +1289,7 @@ def prompt_runs(n: int, buckets) -> list[tuple[int, int]]:
         p += below[-1]
     return runs + ([(p, n - p)] if n > p else [])
 
+
 def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
     """The host's side of one run: ``ids`` (one token: the decode program; more: a prefill
     chunk, run by the smallest bucket that holds it) at position ``pos``.
@@ -1315,8 +1317,8 @@ def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
         fit = [b for b in lowered.buckets if b >= n]
         if not fit:
             raise ValueError(f"a chunk of {n} tokens exceeds the largest prefill bucket "
-                             f"({lowered.buckets[-1]} rows); split the prompt into chunks of at "
-                             f"most {lowered.buckets[-1]} tokens")
+                             f"({lowered.buckets[-1]} rows); split the prompt with "
+                             "mapping.llm_lower.prompt_runs")
         prog = lowered.prefill[fit[0]]
     SB = lowered.cfg.beat_bytes
     data = np.zeros(_cdiv(4 * prog.rows, SB) * SB // 4, dtype="<u4")
@@ -1328,8 +1330,17 @@ def decode_memory_writes(lowered: LoweredDecoder, ids, pos: int) -> HostStep:
 
 def read_logits(step: HostStep, memory) -> np.ndarray:
     """int8 logits ``[vocab]`` of the run's last row from the image after the run (``memory``:
-    bytes, or anything with ``read(byte_addr, nbytes)`` such as ``sim.isa_model.IsaModel``);
-    meaningful when ``step.has_logits``."""
+    bytes, or anything with ``read(byte_addr, nbytes)`` such as ``sim.isa_model.IsaModel``).
+
+    Raises
+    ------
+    ValueError
+        The run was padded (``not step.has_logits``): its last row ran on token 0.
+    """
+    if not step.has_logits:
+        raise ValueError(f"the run of {step.tokens} tokens at POS {step.pos} was padded to "
+                         f"{step.rows} rows: its last row, whose logits a program computes, is "
+                         "padding; run the prompt as mapping.llm_lower.prompt_runs splits it")
     nbytes = step.logits_row_bytes
     if hasattr(memory, "read"):
         raw = memory.read(step.logits_addr, nbytes)

@@ -50,6 +50,7 @@ def encode_program(prog: list, what: str) -> bytes:
                                ) from None
     return b"".join(out)
 
+
 @dataclass
 class Lowered:
     """Result of lowering: the program, the image and per-layer facts for the reports."""

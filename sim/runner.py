@@ -23,7 +23,7 @@ runs left in memory; greedy decoding from the RTL's own tokens)::
     res = simulate_steps(cfg, verilog, image, [
         {"prog_base": prefill, "pos": 0, "writes": [(ids_sb, prompt_ids)],
          "readback": [(logits_sb, nbytes)],
-         "argmax": {"region": 0, "row_bytes": rb, "row": n - 1, "vocab": V, "ids_addr": ids_sb}},
+         "argmax": {"region": 0, "row_bytes": rb, "row": 0, "vocab": V, "ids_addr": ids_sb}},
         {"prog_base": decode, "pos": n, "readback": [(logits_sb, nbytes)], "argmax": {...}},
     ], "build/sim", traffic=[(w_lo, w_hi, "weights"), (kv_lo, kv_hi, "kv"), ...])
     [s.token for s in res.steps], res.steps[1].traffic["kv_read"]

@@ -40,8 +40,7 @@ from pathlib import Path
 
 from hwflow.mapping.errors import MappingError
 
-__all__ = ["YOSYS_FAMILY", "synth_options", "xilinx_utilization", "parse_cells", "check_fit",
-           "synth_cache_dir"]
+__all__ = ["YOSYS_FAMILY", "xilinx_utilization", "parse_cells", "check_fit", "synth_cache_dir"]
 
 # board family (boards/*.yaml) -> (synth_xilinx -family, proxy note or "")
 YOSYS_FAMILY = {
@@ -62,16 +61,10 @@ YOSYS_FAMILY = {
 # -flatten: without it Yosys 0.70's abc9 asserts on the hierarchical netlist of the matrix
 # engine (`count_id(wire->name) == 0` in ABC_OPS_REINTEGRATE); flattened it maps cleanly.
 # -noiopad / -noclkbuf: the accelerator is a kernel inside a shell, not a chip top level.
+# No -uram: on xcup synth_xilinx maps a memory marked ram_style = "ultra" (AccelConfig.ring_uram)
+# to URAM288 without it, and -uram would also move unmarked memories there by cost (a 72 x 4096
+# act lane: 8 RAMB36E2 become 1 URAM288), which the analytic block RAM count does not model.
 SYNTH_OPTIONS = "-flatten -noiopad -noclkbuf"
-
-
-def synth_options(family: str) -> str:
-    """``synth_xilinx`` options for ``family``: :data:`SYNTH_OPTIONS`, plus ``-uram`` on
-    UltraScale+ (``xcup``, the only family with URAM288), which maps the memories marked
-    ``ram_style = "ultra"`` (``AccelConfig.ring_uram``) to URAM288; memories without the mark
-    map as before (measured: a 1024-bit x 2048 ring lane with two read ports is 114 RAMB36E2
-    unmarked and 30 URAM288 marked)."""
-    return SYNTH_OPTIONS + (" -uram" if family == "xcup" else "")
 SCRIPT_VERSION = 2          # bump when the script, parsing or entry format changes (in the key)
 
 _CELL_KINDS = {
@@ -170,8 +163,7 @@ def xilinx_utilization(verilog: str, top: str, board, cache: bool = True,
     exe = _yosys()
     version = _yosys_version(exe)
     key = hashlib.sha256()
-    options = synth_options(family)
-    for part in (verilog, top, family, options, str(SCRIPT_VERSION), version):
+    for part in (verilog, top, family, SYNTH_OPTIONS, str(SCRIPT_VERSION), version):
         key.update(part.encode() + b"\0")
     path = synth_cache_dir() / f"{key.hexdigest()[:24]}.json"
     entry = _load(path) if cache and path.is_file() else None
@@ -180,7 +172,7 @@ def xilinx_utilization(verilog: str, top: str, board, cache: bool = True,
         meta["cached"] = True
     else:
         cells, seconds = _run_yosys(exe, verilog, top, family, timeout_s)
-        meta = {"tool": version, "family": family, "options": options,
+        meta = {"tool": version, "family": family, "options": SYNTH_OPTIONS,
                 "seconds": round(seconds, 2), "cached": False}
         if cache:
             _store(path, cells, meta)
@@ -235,7 +227,7 @@ def _run_yosys(exe: str, verilog: str, top: str, family: str,
         # the U280 engine, far too much for a pipe, and the log file is what a user reads.
         (td / "synth.ys").write_text(
             "read_verilog design.v\n"
-            f"synth_xilinx -family {family} -top {top} {synth_options(family)}\n"
+            f"synth_xilinx -family {family} -top {top} {SYNTH_OPTIONS}\n"
             "tee -q -o stat.json stat -json\n")
         t0 = time.monotonic()
         try:

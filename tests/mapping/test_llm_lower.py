@@ -190,7 +190,7 @@ def _run(model: IsaModel, low, ids, pos):
         model.write(addr, data)
     model.reset_stats()
     stats = model.run(step.prog_base, pos=step.pos)
-    return read_logits(step, model), stats, step
+    return (read_logits(step, model) if step.has_logits else None), stats, step
 
 
 def _check(model, low, ids, pos, want_rows, err_msg=""):
@@ -200,6 +200,9 @@ def _check(model, low, ids, pos, want_rows, err_msg=""):
     assert st.has_logits == (len(ids) == st.rows)
     if st.has_logits:
         np.testing.assert_array_equal(got, want_rows[-1], err_msg=err_msg)
+    else:
+        with pytest.raises(ValueError, match=f"padded to {st.rows} rows"):
+            read_logits(st, model)
     return st
 
 
@@ -341,7 +344,7 @@ def test_gather_out_of_range_id(lowered):
 
 def test_host_step_checks(lowered):
     low = lowered
-    with pytest.raises(ValueError, match="split the prompt into chunks of at most 16"):
+    with pytest.raises(ValueError, match="exceeds the largest prefill bucket .16 rows.; split"):
         decode_memory_writes(low, list(range(17)), 0)
     with pytest.raises(ValueError, match="exceed max_context=64"):
         decode_memory_writes(low, [1, 2], 63)
