@@ -323,10 +323,18 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="hwflow", description="PyTorch model -> verified FPGA accelerator.")
-    p.add_argument("--boards-dir", help="extra folder of board YAML files (or $HWFLOW_BOARDS)")
+    boards_help = "extra folder of board YAML files (or $HWFLOW_BOARDS)"
+    p.add_argument("--boards-dir", help=boards_help)
+    # also after the subcommand: `hwflow compile ... --boards-dir D` (SUPPRESS: a subcommand
+    # that is not given it keeps the value given before it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--boards-dir", default=argparse.SUPPRESS, help=boards_help)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compile", help="compile a model into a build folder")
+    def command(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    c = command("compile", help="compile a model into a build folder")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("model", nargs="?", help="model: a Hugging Face model folder "
                      "(LLaMA family, safetensors), a torch.export archive, a TorchScript "
@@ -362,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "BitNet models)")
     c.set_defaults(func=_cmd_compile)
 
-    s = sub.add_parser("sim", help="simulate a build folder in Verilator, check against golden")
+    s = command("sim", help="simulate a build folder in Verilator, check against golden")
     s.add_argument("out", help="build folder written by `hwflow compile`")
     s.add_argument("--seed", type=_seed, help="seeded random inputs instead of the calibration "
                    "sample (a non-negative integer)")
@@ -375,20 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "the prompt (default 8)")
     s.set_defaults(func=_cmd_sim)
 
-    pd = sub.add_parser("predict", help="language models: predicted decode tokens/s, "
+    pd = command("predict", help="language models: predicted decode tokens/s, "
                         "time to first token, memory bandwidth and resources of a build folder")
     pd.add_argument("out", help="build folder written by `hwflow compile` (also --shape-only)")
     pd.add_argument("--json", action="store_true", help="print the predictions as JSON")
     pd.set_defaults(func=_cmd_predict)
 
-    bs = sub.add_parser("bitstream", help="build a bitstream (open boards) or a vendor project "
+    bs = command("bitstream", help="build a bitstream (open boards) or a vendor project "
                         "(Xilinx), after a resource fit check")
     bs.add_argument("out", help="build folder written by `hwflow compile`")
     bs.add_argument("--require-bitstream", action="store_true",
                     help="fail (exit 3) when the vendor tool needed for a bitstream is missing")
     bs.set_defaults(func=_cmd_bitstream)
 
-    d = sub.add_parser("dse", help="sweep a design space (engine sizes, precisions, sparsity, "
+    d = command("dse", help="sweep a design space (engine sizes, precisions, sparsity, "
                        "buffers, clock): Pareto set, plots; resumable, local or on Dask")
     dsrc = d.add_mutually_exclusive_group(required=True)
     dsrc.add_argument("model", nargs="?", help="an MLP model file (as `hwflow compile` takes) "
@@ -416,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow loading a pickled nn.Module (executes code from the file)")
     d.set_defaults(func=_cmd_dse)
 
-    ev = sub.add_parser("eval", help="language models: perplexity and top-1 agreement of the "
+    ev = command("eval", help="language models: perplexity and top-1 agreement of the "
                         "float and golden (integer) models on a text, teacher-forced")
     ev.add_argument("out", help="build folder written by `hwflow compile` from a language "
                     "model's weights")
@@ -428,10 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: every token after the first)")
     ev.set_defaults(func=_cmd_eval)
 
-    b = sub.add_parser("boards", help="list the supported boards")
+    b = command("boards", help="list the supported boards")
     b.set_defaults(func=_cmd_boards)
 
-    cal = sub.add_parser("calibrate", help="fit the cycle model on RTL micro-runs of a board's "
+    cal = command("calibrate", help="fit the cycle model on RTL micro-runs of a board's "
                          "engine; print its held-out error, write the calibration JSON")
     cal.add_argument("--board", required=True, help="board whose engine is calibrated")
     cal.add_argument("--out", help="calibration JSON to write (default: the stored one, "

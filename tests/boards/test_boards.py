@@ -48,6 +48,21 @@ def test_user_board_folder(tmp_path, monkeypatch):
     assert "myboard" in {b.name for b in list_boards()}
 
 
+def test_boards_dir_before_or_after_the_subcommand(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("HWFLOW_BOARDS", raising=False)
+    data = yaml.safe_load(open(load_board("kv260").path))
+    data["name"] = "myboard"
+    _write(tmp_path, "myboard", data)
+    for args in (("--boards-dir", tmp_path, "boards"), ("boards", "--boards-dir", tmp_path)):
+        code, out, err = run_cli(capfd, *args)
+        assert code == 0 and "myboard" in out, (args, err)
+    code, out, _ = run_cli(capfd, "boards")
+    assert code == 0 and "myboard" not in out
+    bad = tmp_path / "nowhere"
+    code, _, err = run_cli(capfd, "boards", "--boards-dir", bad)
+    assert_one_line_error(code, err, "--boards-dir", str(bad), "does not exist")
+
+
 @pytest.mark.parametrize("mutate,field", [
     (lambda d: d.pop("part"), "part"),
     (lambda d: d["resources"].update(dsp=-1), "resources.dsp"),
