@@ -110,6 +110,10 @@ class FloatDecoder:
     source: str = ""        # "hf:<folder>" or "export:<file>"
     family: str = "llama"   # config model_type where known
     max_context: int = 0    # context the frontend was asked to compile for (0: not set)
+    #: The checkpoint's block linears are already ternary (every q/k/v/o/gate/up/down weight
+    #: ``0/+-s`` for one ``s``), though its family is not ``bitnet``: gammas left unfolded so
+    #: the ternary values survive, and ternary is the default weight format.
+    ternary_weights: bool = False
 
 
 @dataclass

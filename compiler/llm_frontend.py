@@ -49,6 +49,7 @@ Any ATen op on the hidden-state path outside these patterns raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -267,13 +268,30 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
     ids = _example_ids(int(getattr(config, "vocab_size", 2)), EXAMPLE_TOKENS)
     ep = _export(model, ids, max_pos, str(folder))
     rope_type, rope_theta = rope_type_and_theta(config)
+    # a LLaMA-typed checkpoint whose block linears are already ternary: keep the gammas out of
+    # them (folding would scale every column) so that they stay ternary
+    ternary = model_type != "bitnet" and _ternary_linears(model)
+    if ternary:
+        fold_gammas = False
     fd = decoder_from_exported_program(ep, name=re.sub(r"\W", "_", folder.name) or "model",
                                        source=f"hf:{folder}", max_context=max_context,
                                        max_position=max_pos, family=model_type or "llama",
                                        rope_type=rope_type, rope_theta=rope_theta,
                                        check_model=model,
                                        fold_gammas=fold_gammas)
-    return fd
+    return dataclasses.replace(fd, ternary_weights=True) if ternary else fd
+
+
+def _ternary_linears(model) -> bool:
+    """Whether every q/k/v/o/gate/up/down weight of every block is ``0/+-s`` for one ``s``
+    (``golden.ternary.detect_ternary``)."""
+    from hwflow.golden.ternary import detect_ternary
+
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    found = [p for n, p in model.named_parameters()
+             if n.endswith(".weight") and n.split(".")[-2] in names]
+    return bool(found) and all(
+        detect_ternary(p.detach().to(torch.float64).numpy()) is not None for p in found)
 
 
 # Compiling from weights holds the float32 model, its exported program's tensors and their

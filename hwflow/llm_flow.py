@@ -283,6 +283,12 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     if example is not None:     # not the temporary folder it was written to: same bytes per run
         fd = dataclasses.replace(fd, source=f"example:{example}")
     name = example or fd.name
+    notes = []
+    if weights is None and fd.ternary_weights:
+        weights = "ternary"
+        notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
+                     "compiled as ternary on the table-lookup engine (--weights int8 to "
+                     "quantize them as int8)")
     brd, cfg, resources = _configure(board, boards_dir, config_overrides)
     check_context_fits(fd.shape, fd.max_context, brd)
     try:
@@ -290,9 +296,10 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     except CompileError as e:
         raise HwflowError(str(e)) from None
     cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
-    cfg, notes = _size_buffers(qd, cfg, brd, ternary=sizing is not None)
-    if notes:
+    cfg, sized = _size_buffers(qd, cfg, brd, ternary=sizing is not None)
+    if sized:
         resources = _fit(cfg, brd)
+    notes += sized
     lw = _lower(qd, cfg)
     quality = quant_report(fd, qd)
     verilog = _accelerator_verilog(cfg)

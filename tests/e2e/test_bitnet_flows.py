@@ -55,3 +55,37 @@ def test_prefill_and_decode_are_bit_exact_in_rtl(bitnet_build, capsys):
     if t["tlmm_lookups_per_cycle"] is not None:    # the simulator reports TLMM_BUSY
         assert 0 < t["tlmm_lookups_per_cycle"] <= t["peak_lookups_per_cycle"]
     assert "BIT-EXACT" in capsys.readouterr().out
+
+
+def test_llama_typed_ternary_checkpoint_compiles_as_ternary(tmp_path, capsys):
+    """A checkpoint that says model_type llama but whose block linears are 0/+-s per tensor
+    (as a BitNet b1.58 model exported as LLaMA): reported, compiled on the table-lookup engine
+    with the ternary values exact, simulated bit-exact; --weights int8 still overrides."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hwflow.llm_examples import write_tiny_llama
+
+    folder = write_tiny_llama(tmp_path / "ternary-llama", seed=4)
+    path = next(folder.glob("*.safetensors"))
+    tensors = load_file(str(path))
+    for name, w in tensors.items():
+        if name.endswith("_proj.weight"):
+            s = w.abs().mean()
+            tensors[name] = (torch.clamp(torch.round(w / s), -1, 1) * s).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    out = tmp_path / "b"
+    assert main(["compile", str(folder), "--board", "kv260", "--max-context", "32",
+                 "-o", str(out)]) == 0
+    assert "note: the block linears are ternary in the checkpoint" in capsys.readouterr().out
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    assert all(set(rep["engines"][la].values()) == {"tlmm"} for la in ("L0", "L1"))
+    assert rep["family"] == "llama"
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "2"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    out8 = tmp_path / "b8"
+    assert main(["compile", str(folder), "--board", "kv260", "--max-context", "32",
+                 "--weights", "int8", "-o", str(out8)]) == 0
+    rep8 = json.loads((out8 / "reports" / "compile.json").read_text())
+    assert set(rep8["engines"]["L0"].values()) == {"mpe"}
