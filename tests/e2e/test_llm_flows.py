@@ -79,11 +79,19 @@ def test_llama3_rope_and_a_vocabulary_past_16_bits(tmp_path):
             "original_max_position_embeddings": 16}
     folder = write_tiny_llama(tmp_path / "llama3", seed=2, vocab_size=70000,
                               rope_parameters=rope)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "hbm-tiny.yaml").write_text(DECODE_BOARD)      # a small engine: a quick build
     out = tmp_path / "b"
-    assert main(["compile", str(folder), "--board", "u280", "--max-context", "32",
-                 "-o", str(out)]) == 0
+    assert main(["compile", str(folder), "--board", "hbm-tiny", "--boards-dir", str(boards),
+                 "--max-context", "32", "-o", str(out)]) == 0
     rep = json.loads((out / "reports" / "compile.json").read_text())
     assert rep["shape"]["vocab"] == 70000 and rep["shape"]["rope_type"] == "llama3"
+    # the 17,500-word logits row (L = 4) needs a larger activation buffer: sized, with a note
+    assert any("act_depth" in n for n in rep["config_notes"])
+    # the LM head is two MATMULs (65,532 + 4,468 outputs): one instruction more than the
+    # 36 of the tiny LLaMA's decode program on this board
+    assert rep["programs"]["decode"]["bytes"] == (36 + 1) * 32
     assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "3"]) == 0
     sim = json.loads((out / "reports" / "sim.json").read_text())
     assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
