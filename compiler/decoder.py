@@ -49,9 +49,20 @@ class DecoderShape:
     #: source of the table).
     rope_inv_freq: tuple = ()
     rope_type: str = "default"  # the config's rope_type (reports)
+    #: Sliding attention window per layer (``golden.llm.attended``: a query at position p
+    #: attends keys ``p - window + 1 .. p``); 0 is full causal attention. Empty: every layer
+    #: full. Mistral and Phi-3 slide every layer, Gemma 2 every other one.
+    windows: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "rope_inv_freq", tuple(float(v) for v in self.rope_inv_freq))
+        object.__setattr__(self, "windows", tuple(int(w) for w in self.windows))
+        if self.windows and len(self.windows) != self.layers:
+            raise ValueError(f"{len(self.windows)} attention windows for {self.layers} layers")
+
+    def window(self, layer: int) -> int:
+        """Layer ``layer``'s sliding attention window (0: full causal attention)."""
+        return self.windows[layer] if self.windows else 0
 
     def inv_freq(self) -> np.ndarray:
         """The rotary inverse frequencies (``head_dim/2``, float64) the RoPE table is built

@@ -25,14 +25,16 @@ import numpy as np
 from .decoder import DecoderShape, QDecoder, QLayer, QLinear
 from .errors import FrontendError, UnsupportedOpError
 
-__all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder"]
+__all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder",
+           "attention_windows"]
 
 #: ``model_type``\ s whose blocks the shape-only path knows (the families the pattern
 #: recogniser of ``compiler.llm_frontend`` is tested on).
-SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "bitnet")
+SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "bitnet", "phi3")
 
 #: Parameters of one block, relative to ``model.layers.<i>.`` (``bias`` where the config has
-#: attention_bias, the sub-norms for BitNet): anything else is a feature the mapper lacks.
+#: attention_bias, the sub-norms for BitNet; fused linears count as their parts, see
+#: ``_unfused``): anything else is a feature the mapper lacks.
 _BLOCK = {"input_layernorm.weight", "post_attention_layernorm.weight",
           "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
           "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
@@ -104,7 +106,7 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
         ``max_context`` past the model's positions.
     UnsupportedOpError
         A family outside :data:`SHAPE_FAMILIES`, a RoPE variant other than the default, an
-        activation, soft-capping, sliding window or block parameter the mapper has no unit for.
+        activation, soft-capping or block parameter the mapper has no unit for.
     """
     from .llm_frontend import _check_max_context, _hf_config_checks, config_error
 
@@ -133,7 +135,7 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
         raise config_error(cfg_path, model_type, e) from None
     max_pos = int(getattr(config, "max_position_embeddings", 0) or 2048)
     max_context = _check_max_context(max_context, max_pos, str(cfg_path))
-    _hf_config_checks(cfg_path.parent, raw, max_context)
+    _hf_config_checks(cfg_path.parent, raw)
     rope_type, theta = rope_type_and_theta(config)
     rope = rope_frequencies(config, rope_type, max_context, str(cfg_path))
     try:
@@ -196,8 +198,53 @@ def rope_type_and_theta(config) -> tuple:
     return rtype, float(theta if theta is not None else 10000.0)
 
 
+def attention_windows(config, layers: int) -> tuple:
+    """Per layer, the sliding attention window a ``transformers`` config gives (0: full).
+
+    ``layer_types`` names each layer's attention where the config has it (Qwen2/3 past
+    ``max_window_layers``, Gemma 2's alternation): ``sliding_attention`` layers get
+    ``sliding_window``. Otherwise ``sliding_window`` applies to every layer (Mistral, Phi-3)
+    unless ``use_sliding_window`` is false. A window is the number of keys a query attends,
+    itself included (``golden.llm.attended``)."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return ()
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return (int(window),) * layers
+    if len(types) != layers:
+        raise UnsupportedOpError(f"layer_types names {len(types)} layers, the model has "
+                                 f"{layers}")
+    wins = tuple(int(window) if t == "sliding_attention" else 0 for t in types)
+    return wins if any(wins) else ()
+
+
+def _unfused(config, params: dict) -> dict:
+    """``params`` with each fused block linear (Phi-3's ``qkv_proj``, ``gate_up_proj``)
+    replaced by the shapes of its parts, the linears ``compiler.llm_frontend`` splits it into
+    at load (rows ``[q | k | v]``, ``[gate | up]``)."""
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    hd = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    out = {}
+    for n, shp in params.items():
+        stem, _, rel = n.rpartition(".self_attn.qkv_proj.")
+        if stem and rel == "weight" and shp[0] == (heads + 2 * kv) * hd:
+            out.update({f"{stem}.self_attn.{p}_proj.weight": (r, shp[1])
+                        for p, r in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd))})
+            continue
+        stem, _, rel = n.rpartition(".mlp.gate_up_proj.")
+        if stem and rel == "weight" and shp[0] % 2 == 0:
+            out.update({f"{stem}.mlp.{p}_proj.weight": (shp[0] // 2, shp[1])
+                        for p in ("gate", "up")})
+            continue
+        out[n] = shp       # anything else (a fused linear of other rows too) is checked below
+    return out
+
+
 def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
             theta: float, rope: dict) -> ConfigShape:
+    params = _unfused(config, params)
     layers = sorted({int(n.split(".")[2]) for n in params if n.startswith("model.layers.")})
     if not layers or layers != list(range(len(layers))):
         raise UnsupportedOpError(f"{cfg_path}: the model has no numbered decoder blocks "
@@ -234,7 +281,15 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
     shape = DecoderShape(vocab=int(vocab), hidden=int(hidden), layers=len(layers), heads=heads,
                          kv_heads=kv_heads, head_dim=head_dim, intermediate=int(inter),
                          max_position=max_pos, rope_theta=theta,
-                         rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)), **rope)
+                         rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
+                         windows=attention_windows(config, len(layers)), **rope)
+    rp = getattr(config, "rope_parameters", None)
+    partial = (rp.get("partial_rotary_factor") if isinstance(rp, dict) else None) or getattr(
+        config, "partial_rotary_factor", None) or 1.0
+    if float(partial) != 1.0:      # a default RoPE's frequencies do not show it (head_dim/2)
+        raise UnsupportedOpError(f"{cfg_path}: partial_rotary_factor {float(partial):g} rotates "
+                                 f"{int(head_dim * float(partial))} of the {head_dim} dimensions "
+                                 "of a head; the ROPE unit rotates whole heads")
     if len(shape.inv_freq()) != head_dim // 2:
         raise UnsupportedOpError(f"{cfg_path}: rope_type '{shape.rope_type}' rotates "
                                  f"{2 * len(shape.inv_freq())} of the {head_dim} dimensions of a "

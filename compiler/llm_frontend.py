@@ -21,13 +21,18 @@ Both go through the same pattern recogniser on the ATen graph. The recognised pa
 * RMSNorm: ``mul(gamma, cast(mul(x, rsqrt(add(mean(pow(x, 2), [-1], keepdim), eps)))))``
   (either operand order); ``eps`` is the add's constant, ``gamma`` is folded into the
   linears that read the norm;
-* linear: ``linear(x, W[, b])`` with constant ``W``/``b``;
+* linear: ``linear(x, W[, b])`` with constant ``W``/``b``; a contiguous part of a linear's
+  output along its last dim -- ``slice(linear, -1, a, b)`` or ``getitem(chunk/split(linear,
+  ..., -1), i)`` -- is the linear of rows ``a:b`` of ``W``/``b``, so fused projections (Phi-3's
+  ``qkv_proj`` and ``gate_up_proj``) come out as separate q/k/v and gate/up linears;
 * attention: ``q/k/v = transpose(view(linear(n), [B, S, heads, hd]), 1, 2)``; RoPE on q and k
   is ``add(mul(x, cos), mul(cat([neg(slice(x, -1, hd/2, end)), slice(x, -1, 0, hd/2)]), sin))``
   with cos/sin computed from an ``inv_freq`` constant: the model's own rotary frequencies, which
   the RoPE table is built from (so every rope type that only rescales them works: llama3,
   linear, YaRN, ...; ``theta`` is recovered for reports); a constant multiplying ``cos``/``sin``
-  is the ``attention_scaling``; GQA by ``repeat_kv`` (``reshape(expand(unsqueeze(k, 2)))``) or
+  is the ``attention_scaling``; ``cat([rope(x), slice(x, -1, hd, end)], -1)`` (Phi-3's
+  partial-rotary code with nothing passed through) is the RoPE itself, a non-empty pass-through
+  (a partial rotary) is refused; GQA by ``repeat_kv`` (``reshape(expand(unsqueeze(k, 2)))``) or
   ``enable_gqa``; ``scaled_dot_product_attention`` with no dropout and the default scale
   ``1/sqrt(hd)``; its output ``reshape/transpose(1, 2)/reshape`` to ``[B, S, heads*hd]`` feeds
   ``o_proj``; ``x = add(x, o_proj(...))``;
@@ -38,10 +43,12 @@ Both go through the same pattern recogniser on the ATen graph. The recognised pa
 * head: ``lm_head(final_rmsnorm(x))`` is the graph's (first) output.
 
 The attention mask and the positions are side inputs built from ``input_ids`` only; they are
-not on the hidden-state path and are not inspected (the causal mask comes from the model
-family). Instead, after recognition the decoder is checked numerically: the recognised float
-decoder must reproduce the model's logits on a few tokens, so a mask or variant that the
-patterns do not see (sliding window, soft-capping, ...) is refused, not miscompiled.
+not on the hidden-state path and are not inspected: the mask is causal, with the sliding
+window per layer that a Hugging Face config gives (``llm_config.attention_windows``; an
+archive carries no config, so its attention is full causal). After recognition the decoder is
+checked numerically: the recognised float decoder must reproduce the model's logits on a few
+tokens, so a mask or variant that the patterns do not see (soft-capping, ...) is refused, not
+miscompiled.
 
 Any ATen op on the hidden-state path outside these patterns raises
 :class:`~compiler.errors.UnsupportedOpError` naming the op, the node and the source line.
@@ -64,7 +71,7 @@ from .decoder import DecoderShape, FloatDecoder, FloatLayer
 from .errors import FrontendError, UnsupportedOpError
 from .export_archive import load_exported_program, machine_memory_bytes
 from .frontend import check_finite, detect_format, program_tensors
-from .llm_config import rope_type_and_theta
+from .llm_config import attention_windows, rope_type_and_theta
 
 __all__ = ["is_decoder_source", "load_decoder", "decoder_from_exported_program",
            "DEFAULT_MAX_CONTEXT"]
@@ -80,7 +87,8 @@ _LAYOUT = {"view", "reshape", "_unsafe_view", "transpose", "contiguous", "clone"
 #: Ops that may appear on the hidden-state path (as parts of the patterns above).
 _PATH_OPS = _CASTS | _LAYOUT | {
     "embedding", "pow", "mean", "add", "rsqrt", "mul", "linear", "unsqueeze", "expand", "slice",
-    "neg", "cat", "scaled_dot_product_attention", "silu", "relu", "square"}
+    "neg", "cat", "scaled_dot_product_attention", "silu", "relu", "square", "chunk", "split",
+    "split_with_sizes", "getitem"}
 #: Ops that read a hidden-state tensor without producing one (metadata checks, sizes).
 _SIDE_OPS = {"_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride"}
 
@@ -198,7 +206,7 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else ""
 
 
-def _hf_config_checks(folder: Path, cfg: dict, max_context: int) -> None:
+def _hf_config_checks(folder: Path, cfg: dict) -> None:
     """Refuse configs the recogniser cannot serve before building anything."""
     act = cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))
     if act not in ("silu", "swish", "relu2"):
@@ -208,12 +216,6 @@ def _hf_config_checks(folder: Path, cfg: dict, max_context: int) -> None:
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if cfg.get(key):
             raise UnsupportedOpError(f"{folder}/config.json: {key}={cfg[key]} is not supported")
-    # A window at least as long as the context is plain causal attention (Mistral's 4096).
-    window = cfg.get("sliding_window")
-    if window and cfg.get("use_sliding_window", True) and int(window) < max_context:
-        raise UnsupportedOpError(f"{folder}/config.json: sliding_window={window} is shorter than "
-                                 f"max_context {max_context}; only full causal attention is "
-                                 "supported (compile with max_context <= the window)")
 
 
 def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
@@ -252,7 +254,7 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
         raise config_error(cfg_path, model_type, e) from None
     max_pos = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_MAX_CONTEXT)
     max_context = _check_max_context(max_context, max_pos, str(folder))
-    _hf_config_checks(folder, cfg, max_context)
+    _hf_config_checks(folder, cfg)
     _check_model_fits_memory(cfg_path, config)
     try:
         # ignore_mismatched_sizes: report a mis-shaped tensor in the loading info (refused
@@ -278,16 +280,19 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
                                        max_position=max_pos, family=model_type or "llama",
                                        rope_type=rope_type, rope_theta=rope_theta,
                                        check_model=model,
-                                       fold_gammas=fold_gammas)
+                                       fold_gammas=fold_gammas,
+                                       windows=attention_windows(
+                                           config, int(config.num_hidden_layers)))
     return dataclasses.replace(fd, ternary_weights=True) if ternary else fd
 
 
 def _ternary_linears(model) -> bool:
-    """Whether every q/k/v/o/gate/up/down weight of every block is ``0/+-s`` for one ``s``
-    (``golden.ternary.detect_ternary``)."""
+    """Whether every q/k/v/o/gate/up/down weight of every block (fused ones included: Phi-3's
+    qkv_proj, gate_up_proj) is ``0/+-s`` for one ``s`` (``golden.ternary.detect_ternary``)."""
     from hwflow.golden.ternary import detect_ternary
 
-    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+             "qkv_proj", "gate_up_proj")
     found = [p for n, p in model.named_parameters()
              if n.endswith(".weight") and n.split(".")[-2] in names]
     return bool(found) and all(
@@ -500,13 +505,53 @@ def _int(v) -> int | None:
 
 # ------------------------------------------------------------------------------ recognisers
 
+def _output_part(G: _Graph, node, what: str):
+    """A last-dim part of a linear's output -> (linear node, ``slice`` of its output rows);
+    ``(node, None)`` when ``node`` is no ``slice`` or ``getitem`` of a ``chunk``/``split``."""
+    n = G.skip(node)
+    if G.is_call(n, "slice"):
+        src, dim = n.args[0], (n.args[1] if len(n.args) > 1 else 0)
+        start, end = (n.args[2] if len(n.args) > 2 else None), (
+            n.args[3] if len(n.args) > 3 else None)
+        if (n.args[4] if len(n.args) > 4 else 1) != 1:
+            raise _unsupported(n, f"{what}: a strided slice of a linear's output")
+    elif getattr(n, "op", None) == "call_function" and _opname(n) == "getitem" and \
+            G.is_call(G.skip(n.args[0]), "chunk", "split", "split_with_sizes"):
+        parts = G.skip(n.args[0])
+        src = parts.args[0]
+        dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0)
+        # the parts' extents along dim, as traced (chunk's rounding, split's last remainder)
+        sizes = [_int(v.shape[int(dim)]) for v in parts.meta.get("val") or ()]
+        if not sizes or None in sizes:
+            raise _unsupported(parts, f"{what}: the parts of a linear's output need known sizes")
+        i = int(n.args[1])
+        start, end = sum(sizes[:i]), sum(sizes[:i + 1])
+        G.used.add(parts)
+    else:
+        return node, None
+    lin = G.skip(src)
+    rank = len(_shape(lin))
+    if not G.is_call(lin, "linear") or _int(dim) is None or int(dim) % max(rank, 1) != rank - 1:
+        raise _unsupported(n, f"{what}: only a linear's output may be split, along its last dim")
+    out = _int(_shape(lin)[-1])
+    rows = slice(*slice(_int(start), _int(end)).indices(out or 0))
+    if rows.start >= rows.stop:
+        raise _unsupported(n, f"{what}: an empty part of a linear's output")
+    G.used.add(n)
+    return lin, rows
+
+
 def _match_linear(G: _Graph, node, what: str):
-    """``linear(x, W[, b])`` -> (x, W [out, in], b or None)."""
+    """``linear(x, W[, b])`` -> (x, W [out, in], b or None); a part of a linear's output along
+    its last dim (:func:`_output_part`) is the linear of that part of ``W``'s rows and ``b``."""
+    node, rows = _output_part(G, node, what)
     n = G.expect(node, "linear", what=what)
     w = G.const(n.args[1])
     if w is None or w.ndim != 2:
         raise _unsupported(n, f"{what}: the weight must be a constant matrix")
     b = G.const(n.args[2]) if len(n.args) > 2 and n.args[2] is not None else None
+    if rows is not None:
+        w, b = w[rows].copy(), (None if b is None else b[rows].copy())
     return n.args[0], w, b
 
 
@@ -557,6 +602,10 @@ def _match_heads(G: _Graph, node, what: str):
 
 def _match_rope(G: _Graph, node, what: str):
     """rotate_half RoPE -> (x before RoPE, cos node, sin node)."""
+    outer = G.skip(node)
+    whole = _rope_pass_through(G, node, what)
+    if whole is not None:
+        node = outer.args[0][0]
     add = G.expect(node, "add", what=f"the RoPE of {what} (x*cos + rotate_half(x)*sin)")
     m1, m2 = (G.expect(a, "mul", what=f"the RoPE of {what}") for a in add.args[:2])
     if G.is_call(G.skip(m1.args[0]), "cat") or G.is_call(G.skip(m1.args[1]), "cat"):
@@ -585,7 +634,34 @@ def _match_rope(G: _Graph, node, what: str):
                 end is not None and send != end) or (
                 end is None and send is not None and send < hd):
             raise _unsupported(s, f"the rotate_half of {what} must split the head in halves")
+    if whole is not None and whole is not xs:
+        raise _unsupported(outer, f"the RoPE of {what} and its pass-through must read the "
+                           "same heads")
     return xs, cos, sin
+
+
+def _rope_pass_through(G: _Graph, node, what: str):
+    """The heads ``x`` of ``cat([rope, slice(x, -1, r, end)], -1)`` when the slice is empty
+    (``r`` = head_dim: a partial-rotary model's code with every dim rotated, as Phi-3's);
+    None when ``node`` is no such ``cat``. A partial rotary (``r`` < head_dim) is refused."""
+    n = G.skip(node)
+    if not G.is_call(n, "cat") or len(n.args[0]) != 2 or \
+            not G.is_call(G.skip(n.args[0][1]), "slice"):
+        return None
+    s = G.expect(n.args[0][1], "slice", what=f"the RoPE pass-through of {what}")
+    x = G.skip(s.args[0])
+    hd = _int(_shape(x)[-1]) if len(_shape(x)) == 4 else None
+    dims = (_int(n.args[1] if len(n.args) > 1 else 0), _int(s.args[1] if len(s.args) > 1 else 0))
+    r = _int(s.args[2]) if len(s.args) > 2 else None
+    if hd is None or None in dims or any(d % 4 != 3 for d in dims) or r is None or r < 0:
+        raise _unsupported(n, f"expected the RoPE of {what} and a pass-through of the rest of "
+                           "each head, along the head dim")
+    if r < hd:
+        raise _unsupported(n, f"partial rotary embedding: only {r} of the {hd} dims of each "
+                           f"{what} head are rotated (partial_rotary_factor {r / hd:g}); the "
+                           "ROPE unit rotates whole heads (factor 1.0)")
+    G.used.add(n)
+    return x
 
 
 def _match_repeat_kv(G: _Graph, node):
@@ -874,7 +950,8 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                                   rope_type: str | None = None,
                                   rope_theta: float | None = None,
                                   check_model=None,
-                                  fold_gammas: bool | None = None) -> FloatDecoder:
+                                  fold_gammas: bool | None = None,
+                                  windows: tuple = ()) -> FloatDecoder:
     """Recognise a LLaMA-family decoder in an ``ExportedProgram`` (see the module docstring).
 
     Parameters
@@ -898,6 +975,9 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     fold_gammas : bool, optional
         Fold the block RMSNorm gammas into the linears (see :func:`load_decoder`); default:
         fold unless ``family`` is ``"bitnet"``.
+    windows : tuple of int, optional
+        Per layer sliding attention window (``DecoderShape.windows``; from the config, as
+        the graph's mask is not inspected); default full causal attention everywhere.
 
     Returns
     -------
@@ -979,7 +1059,8 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                          heads=heads, kv_heads=kv_heads, head_dim=hd, intermediate=inter,
                          max_position=int(max_position), rope_theta=theta, rms_eps=eps,
                          rope_scaling=float(scaling), rope_inv_freq=inv,
-                         rope_type=rope_type or ("custom" if inv else "default"))
+                         rope_type=rope_type or ("custom" if inv else "default"),
+                         windows=windows)
     fd = FloatDecoder(name=name, shape=shape, embed=embed.astype(np.float32), layers=layers,
                       lm_head=(w_lm * g_final[None, :]).astype(np.float32), source=source,
                       family=family, max_context=max_context)

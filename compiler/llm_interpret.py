@@ -73,7 +73,10 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     heads, kvh, hd = s.heads, s.kv_heads, s.head_dim
     group = heads // kvh
     cos, sin = rope_float(np.arange(t), s.inv_freq(), s.rope_scaling)
-    causal = np.triu(np.ones((t, t), dtype=bool), 1)
+    # masked[i][p, j]: layer i's query p does not attend key j (golden.llm.attended)
+    pj = np.arange(t)[:, None] - np.arange(t)[None, :]
+    masked = [(pj < 0) | ((pj >= s.window(i)) if s.window(i) else False)
+              for i in range(s.layers)]
     x = np.asarray(fd.embed, dtype=np.float64)[ids]
     rec("embed", x)
     for i, ly in enumerate(fd.layers):
@@ -94,7 +97,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
         kh = np.repeat(k.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
         vh = np.repeat(v.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
         sc = qh @ kh.transpose(0, 2, 1) / np.sqrt(hd)
-        sc = np.where(causal[None], -np.inf, sc)
+        sc = np.where(masked[i][None], -np.inf, sc)
         sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
         p = sc / sc.sum(axis=-1, keepdims=True)
         a = (p @ vh).transpose(1, 0, 2).reshape(t, heads * hd)
@@ -259,7 +262,8 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
         v = _qlin(xn, ly.v)
         cache.k[i][pos:pos + rows] = k
         cache.v[i][pos:pos + rows] = v
-        a = gl.attention(q, cache.k[i], cache.v[i], pos, heads, kvh, hd, *ly.attn)
+        a = gl.attention(q, cache.k[i], cache.v[i], pos, heads, kvh, hd, *ly.attn,
+                         window=s.window(i))
         if ly.attn_sub_norm is not None:
             a = gl.rmsnorm(a, *ly.attn_sub_norm)
         x = _residual(_absq(a, ly.attn_sub_gamma, ly.o), ly.o, x, ly.attn_add)

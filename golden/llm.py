@@ -22,7 +22,7 @@ import numpy as np
 __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
     "isqrt", "rmsnorm", "rope", "rope_table", "default_inv_freq", "silu_mul", "exp2_neg",
-    "attention_row", "attention", "RELU2_LUT", "relu2_mul",
+    "attention_row", "attention", "attended", "attended_total", "RELU2_LUT", "relu2_mul",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -194,24 +194,43 @@ def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np
     return _sat8(_round_shift(((acc * recip) >> 16) * int(omul), oshift))
 
 
+def attended(p: int, window: int = 0) -> tuple[int, int]:
+    """The keys a query at position ``p`` attends, ``(first, count)``: keys ``0 .. p``, or with
+    a sliding ``window > 0`` the last ``window`` of them, ``max(0, p + 1 - window) .. p`` (the
+    Hugging Face rule ``p - j < window``: Mistral, Phi-3, Gemma 2's local layers)."""
+    first = max(0, p + 1 - window) if window > 0 else 0
+    return first, p + 1 - first
+
+
+def attended_total(pos: int, rows: int, window: int = 0) -> int:
+    """Keys attended by ``rows`` query rows at positions ``pos .. pos + rows - 1`` in all: what
+    an ATTN reads per cache (in position blocks) and computes per head."""
+    if window <= 0:
+        return rows * pos + rows * (rows + 1) // 2
+    return sum(attended(pos + b, window)[1] for b in range(rows))
+
+
 def attention(q, k_cache, v_cache, pos: int, heads: int, kv_heads: int, head_dim: int,
-              smul: int, sshift: int, omul: int, oshift: int) -> np.ndarray:
+              smul: int, sshift: int, omul: int, oshift: int, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention of ``rows`` query rows at positions ``pos .. pos+rows-1``.
 
     ``q[rows, heads * head_dim]``; ``k_cache``, ``v_cache``: ``[>= pos + rows, kv_heads *
     head_dim]`` (the cache after this step's keys/values were appended). Query head ``h`` uses
-    kv head ``h // (heads // kv_heads)``; row ``b`` attends keys ``0 .. pos + b``.
+    kv head ``h // (heads // kv_heads)``; row ``b`` attends the keys :func:`attended` gives
+    for position ``pos + b`` (``0 .. pos + b``; with a sliding ``window > 0`` its last
+    ``window``), online-softmax blocks counted from the first of them.
     """
     q = np.asarray(q)
     rows = q.shape[0]
     group = heads // kv_heads
     out = np.zeros((rows, heads * head_dim), dtype=np.int8)
     for b in range(rows):
-        n = pos + b + 1
+        first, count = attended(pos + b, window)
+        keys = slice(first, first + count)
         for h in range(heads):
             g = h // group
             sl = slice(g * head_dim, (g + 1) * head_dim)
             out[b, h * head_dim:(h + 1) * head_dim] = attention_row(
-                q[b, h * head_dim:(h + 1) * head_dim], k_cache[:n, sl], v_cache[:n, sl],
+                q[b, h * head_dim:(h + 1) * head_dim], k_cache[keys, sl], v_cache[keys, sl],
                 smul, sshift, omul, oshift)
     return out

@@ -84,7 +84,9 @@ class AttentionUnit(wiring.Component):
     ``k_h = h // grp``; its q and out heads are the ``hd_words`` activation words at
     ``q + b * q_words + h * hd_words`` (``out`` likewise). For row ``b < rows`` (position
     ``pos + b``, ``n = pos + b + 1`` keys) every lane writes
-    ``golden.llm.attention_row(q head, K[:n, k_h], V[:n, k_h], smul, sshift, omul, oshift)``.
+    ``golden.llm.attention_row(q head, K[f:n, k_h], V[f:n, k_h], smul, sshift, omul, oshift)``
+    with ``f = 0``, or ``f = max(0, n - window)`` for a sliding ``window`` (nonzero): the
+    window's keys alone are streamed, so its cost does not grow with the position.
 
     Each cache byte of the pass is read once per row for all its query heads: a *slot* (``d``
     for every kv head, ``slots`` words) enters per cycle and every lane takes its kv head's
@@ -129,8 +131,8 @@ class AttentionUnit(wiring.Component):
         The instruction (w0 in the low bits), stable from ``start`` until ``busy`` falls.
         w1 K base, w4 V base (super-beats); w2 q[15:0], out[31:16] (act words);
         w3 q_words[15:0], rows[31:16]; w5 lanes[7:0], grp[15:8], hd_words[23:16],
-        pos_sb[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0], slots[15:8];
-        w0[21:16] oshift.
+        pos_sb[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0], slots[15:8],
+        window[31:16]; w0[21:16] oshift.
     start : in, pulse
     busy : out, high from the cycle after ``start`` until the last output word was written
     pos : in, POS (sampled at ``start``)
@@ -173,7 +175,11 @@ class AttentionUnit(wiring.Component):
         # more lanes than the unit has are not computed (the ISA model refuses the field)
         lanes = Mux(lanes > H, H, lanes)
         smul, omul = w[6][:16], w[6][16:32]
-        sshift, slots = w[7][:6], w[7][8:16]
+        sshift, slots, window = w[7][:6], w[7][8:16], w[7][16:32]
+
+        def keys_of(n):
+            """Keys a row with ``n`` keys up to its position attends: the last ``window``."""
+            return Mux((window != 0) & (n > window), window, n)
 
         # --- request side: K and V burst per block, in the data side's order ------------------
         ahead = Signal(range(_MAX_AHEAD + 1))   # bursts requested, not yet fully consumed
@@ -182,6 +188,7 @@ class AttentionUnit(wiring.Component):
         rq_b = Signal(16)
         rq_n, rq_rem = Signal(33), Signal(33)   # keys of the row; keys from this block on
         rq_off = Signal(ab)                     # j0 * pos_sb
+        rq_base = Signal(ab)                    # the row's first key * pos_sb (window start)
         rq_addr, rq_len = Signal(ab), Signal(16)
         issue = self.rd_req.valid & self.rd_req.ready
         m.d.comb += [self.rd_req.valid.eq(rq_valid), self.rd_req.payload.addr.eq(rq_addr),
@@ -198,8 +205,10 @@ class AttentionUnit(wiring.Component):
                     m.d.sync += [rq_rem.eq(rq_rem - ATTN_BLOCK),
                                  rq_off.eq(rq_off + (pos_sb << 4))]
                 with m.Else():
-                    m.d.sync += [rq_off.eq(0), rq_b.eq(rq_b + 1), rq_n.eq(rq_n + 1),
-                                 rq_rem.eq(rq_n + 1)]
+                    # the window's first key moves on by one once the row has more keys
+                    base = rq_base + Mux((window != 0) & (rq_n >= window), pos_sb, 0)
+                    m.d.sync += [rq_off.eq(base), rq_base.eq(base), rq_b.eq(rq_b + 1),
+                                 rq_n.eq(rq_n + 1), rq_rem.eq(keys_of(rq_n + 1))]
                     with m.If(rq_b == rows - 1):
                         m.d.sync += rq_run.eq(0)
 
@@ -279,9 +288,11 @@ class AttentionUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     n0 = self.pos + 1
+                    base0 = (n0 - keys_of(n0)) * pos_sb     # once per instruction
                     m.d.sync += [
                         rq_run.eq((rows != 0) & (lanes != 0)), rq_valid.eq(0), rq_is_v.eq(0),
-                        rq_b.eq(0), rq_n.eq(n0), rq_rem.eq(n0), rq_off.eq(0),
+                        rq_b.eq(0), rq_n.eq(n0), rq_rem.eq(keys_of(n0)), rq_off.eq(base0),
+                        rq_base.eq(base0),
                         c_b.eq(0), c_n.eq(n0), q_row.eq(q_addr), o_row.eq(out_addr),
                         map_h.eq(0), map_k.eq(0), map_g.eq(0),
                     ]
@@ -302,7 +313,7 @@ class AttentionUnit(wiring.Component):
                     m.next = "SETUP0"
             with m.State("SETUP0"):
                 m.d.sync += [ql_a.eq(q_row), ql_h.eq(0), ql_d.eq(0),
-                             c_rem.eq(c_n), first_blk.eq(1)]
+                             c_rem.eq(keys_of(c_n)), first_blk.eq(1)]
                 m.next = "SETUP"
             with m.State("SETUP"):
                 rd = ql_h < lanes               # lane by lane, hd_words words each

@@ -105,6 +105,7 @@ class Instr:
     smul: int = 0         # ATTN: score multiplier
     omul: int = 0         # ATTN: output multiplier
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
+    window: int = 0       # ATTN: sliding window (keys per query, the newest; 0: all)
     # -- v4 (ternary path) -----------------------------------------------------------------
     g: int = 0            # ABSQUANT: act word of the int8 gamma codes (flag GAMMA)
     m_addr: int = 0       # ABSQUANT/TMATMUL: act word of the rows' absmax m (u16 LE at byte 2b)
@@ -173,7 +174,7 @@ LAYOUT: dict = {
                   ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("lanes", 5, 0, 8),
                   ("grp", 5, 8, 8), ("hd_words", 5, 16, 8), ("pos_sb", 5, 24, 8),
                   ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6),
-                  ("slots", 7, 8, 8)),
+                  ("slots", 7, 8, 8), ("window", 7, 16, 16)),
     Opcode.KVSTORE: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("words", 3, 0, 16),
                      ("rows", 3, 16, 16), ("pos_stride", 4, 0, 16), ("slots", 5, 0, 8),
                      ("hd_words", 5, 8, 8)),
@@ -196,7 +197,7 @@ _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
 _V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
               "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots", "hd_words",
               "pos_sb",
-              "smul", "omul", "sshift", "g", "m_addr", "k_groups", "n_out", "x_words")
+              "smul", "omul", "sshift", "window", "g", "m_addr", "k_groups", "n_out", "x_words")
 
 
 def _check(i: Instr) -> None:

@@ -19,12 +19,21 @@ TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_atte
                   rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
 
 
+#: Per family, config fields that the tiny sizes need besides :data:`TINY_LLAMA`: Phi-3's
+#: default pad/eos ids (32000) lie outside the tiny vocabulary (the embedding refuses a
+#: ``padding_idx`` past it), and its window stays off (Phi-3-mini's is 2047; the tiny model is
+#: plain causal, like the tiny LLaMA).
+_FAMILY_FIELDS = {"phi3": dict(bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                               sliding_window=None)}
+
+
 def tiny_llama_config(family: str = "llama", **overrides):
     """``transformers`` config of the tiny model (``family``: a ``model_type`` such as
-    ``llama``, ``mistral`` or ``qwen2``), with keyword overrides."""
+    ``llama``, ``mistral``, ``qwen2`` or ``phi3``), with keyword overrides."""
     from transformers import AutoConfig
 
-    return AutoConfig.for_model(family, **{**TINY_LLAMA, **overrides})
+    return AutoConfig.for_model(family, **{**TINY_LLAMA, **_FAMILY_FIELDS.get(family, {}),
+                                           **overrides})
 
 
 def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, family: str = "llama",
@@ -36,7 +45,7 @@ def write_tiny_llama(folder: str | os.PathLike, seed: int = 0, family: str = "ll
     them into the linears is visible, and any biases (``attention_bias=True``) from N(0, 0.02).
     ``overrides`` change config fields (e.g. ``hidden_act="gelu"`` for an unsupported model);
     ``family`` picks another LLaMA-like architecture of the same sizes (``mistral``, ``qwen2``:
-    q/k/v biases). Returns the folder.
+    q/k/v biases; ``phi3``: fused ``qkv_proj`` and ``gate_up_proj``). Returns the folder.
     """
     import torch
     import transformers

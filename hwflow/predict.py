@@ -34,6 +34,7 @@ from pathlib import Path
 from hwflow.compiler.decoder import DecoderShape
 from hwflow.compiler.llm_config import ConfigShape, shape_decoder, shape_from_config
 from hwflow.errors import HwflowError
+from hwflow.golden.llm import attended_total
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
 
 __all__ = ["load_shape", "predict_decoder", "program_traffic", "decode_cycles",
@@ -143,8 +144,9 @@ def program_traffic(program, cfg, pos: int) -> dict:
             fetched = None
         elif i.op == Opcode.ATTN:
             rows = i.rows
-            # the pass reads position blocks 0 .. pos + b of its K and V regions once per row
-            per_cache = (rows * pos + rows * (rows + 1) // 2) * i.pos_sb * SB
+            # the pass reads the position blocks of row b's keys (0 .. pos + b, or the sliding
+            # window's) of its K and V regions once per row
+            per_cache = attended_total(pos, rows, i.window) * i.pos_sb * SB
             t["kv_read"] += 2 * per_cache
     t["total"] = sum(t.values())
     return t

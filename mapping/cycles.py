@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from hwflow.golden.llm import attended
 from hwflow.golden.ternary import GROUP_BITS
 from hwflow.hw.attention import ATTN_BLOCK
 from hwflow.hw.buffers import RING_BURST_BEATS
@@ -539,9 +540,10 @@ def features(i, cfg: AccelConfig, pos: int = 0,
         return "ROPE", {"fixed": 1, "pairs": rope_steps(i, cfg),
                         "row_heads": i.rows * i.heads}, 0
     if op == Opcode.ATTN:
-        keys = i.rows * pos + i.rows * (i.rows + 1) // 2          # sum of n over the rows
+        counts = [attended(pos + b, i.window)[1] for b in range(i.rows)]    # keys per row
+        keys = sum(counts)
         slots, skip = attn_block_cycles(i, cfg)
-        blocks = sum(_cdiv(pos + b + 1, ATTN_BLOCK) for b in range(i.rows))
+        blocks = sum(_cdiv(n, ATTN_BLOCK) for n in counts)
         return "ATTN", {"fixed": 1, "slots": 2 * keys * slots,
                         "skip_beats": 2 * keys * skip, "blocks": blocks, "rows": i.rows,
                         "head_words": i.rows * i.lanes * i.hd_words}, 1 if i.rows else 0

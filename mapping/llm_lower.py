@@ -719,7 +719,7 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
               heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
         Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
               heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-        *_attention(ly, geo, plan, ad.k[i], ad.v[i], ad.kv_rows),
+        *_attention(ly, geo, plan, ad.k[i], ad.v[i], ad.kv_rows, attn_window(qd, i)),
     ]
     # the attention output's padded head bytes are 0, so a norm over the padded row (sum of
     # squares, golden.llm.rmsnorm) and the absmax see the heads' values only
@@ -747,10 +747,18 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
     return prog
 
 
+def attn_window(qd: QDecoder, layer: int) -> int:
+    """The ATTN ``window`` field of a layer: its sliding window, 0 (full causal attention)
+    where there is none or it spans the whole context (the same keys, one field value)."""
+    w = qd.shape.window(layer)
+    return w if 0 < w < qd.max_context else 0
+
+
 def _attention(ly, geo: _Geometry, plan: ActPlan, k_base: int, v_base: int,
-               kv_rows: int) -> list:
+               kv_rows: int, window: int) -> list:
     """A layer's KV appends and attention: per cache region a KVSTORE of k and one of v (the
-    rows' kv heads into their position blocks, at POS), then one ATTN per pass."""
+    rows' kv heads into their position blocks, at POS), then one ATTN per pass (``window``:
+    its sliding window, :func:`attn_window`)."""
     A, rows, hdw = plan.addr, plan.rows, geo.hd_words
     smul, sshift, omul, oshift = (int(v) for v in ly.attn)
     prog = []
@@ -766,7 +774,7 @@ def _attention(ly, geo: _Geometry, plan: ActPlan, k_base: int, v_base: int,
                           a=A("q") + p.q0 * hdw, out=A("att") + p.q0 * hdw,
                           q_words=geo.q_words, rows=rows, lanes=p.lanes, grp=p.grp,
                           slots=p.slots, hd_words=hdw, pos_sb=p.pos_sb, smul=smul, omul=omul,
-                          sshift=sshift))
+                          sshift=sshift, window=window))
     return prog
 
 
@@ -839,7 +847,7 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
                   heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
             Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
                   heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-            *_attention(ly, geo, plan, K[i], V[i], ad.kv_rows),
+            *_attention(ly, geo, plan, K[i], V[i], ad.kv_rows, attn_window(qd, i)),
         ]
         if ly.attn_sub_norm is not None:    # BitNet block with int8 weights
             prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, s.heads * hdp,
@@ -982,7 +990,9 @@ def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
     pos_sb = max((p.pos_sb for p in geo.passes), default=0)
     for nm, v, hi in (("heads", s.heads, _U8), ("kv_heads", s.kv_heads, _U8),
                       ("hd_words", geo.hd_words, _U8), ("pos_sb", pos_sb, _U8),
-                      ("head_dim", s.head_dim, _U16), ("vocab", s.vocab, (1 << 32) - 1)):
+                      ("head_dim", s.head_dim, _U16), ("vocab", s.vocab, (1 << 32) - 1),
+                      ("sliding window", max(attn_window(qd, i) for i in range(s.layers)),
+                       _U16)):
         if v > hi:
             raise MappingError(f"{nm}={v} exceeds the ATTN/ROPE/GATHER field limit {hi}")
 

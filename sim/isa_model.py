@@ -574,13 +574,14 @@ class IsaModel:
             # word d * slots + k of a position block is word d of kv head k
             c = c.reshape(n_keys, hdw, slots, L).transpose(0, 2, 1, 3).reshape(n_keys, -1)
             caches.append(c)
-            # per query row b the unit reads position blocks 0..POS+b once for all its lanes
-            nbytes = (rows * self.pos + rows * (rows + 1) // 2) * block
+            # per query row b the unit reads the position blocks of its keys once for all its
+            # lanes (golden.llm.attended: 0..POS+b, or the window's last ones)
+            nbytes = golden_llm.attended_total(self.pos, rows, ins.window) * block
             self._traffic(base, nbytes, False)
             self.stats.ext_read_bytes += nbytes
         q = self._act_rows(ins.a, rows, ins.q_words, lanes * hdw, "ATTN q")
         y = golden_llm.attention(q, caches[0], caches[1], self.pos, lanes, slots, hdw * L,
-                                 ins.smul, ins.sshift, ins.omul, ins.shift)
+                                 ins.smul, ins.sshift, ins.omul, ins.shift, window=ins.window)
         self._write_rows(ins.out, ins.q_words, y, "ATTN out")
 
     def _kvstore(self, ins: Instr) -> None:

@@ -36,6 +36,23 @@ def test_bitnet_0_7b_config_from_a_folder(tmp_path):
     assert cs.family == "bitnet" and cs.ternary and cs.sub_norms
 
 
+def test_phi3_mini_config_counts_its_fused_linears_as_their_parts(tmp_path):
+    cs = shape_from_config(CONFIGS / "phi-3-mini-4k.json", max_context=2047)
+    s = cs.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate,
+            s.max_position) == (32064, 3072, 32, 32, 32, 96, 8192, 4096)
+    assert (s.rope_theta, s.rms_eps, s.rope_type) == (10000.0, 1e-5, "default")
+    assert (cs.family, cs.act, cs.sub_norms, cs.ternary) == ("phi3", "silu", False, False)
+    # Phi-3-mini's published parameter count: 3,821,079,552 (qkv_proj and gate_up_proj whole)
+    assert cs.parameters == 3_821_079_552
+    conf = json.loads((CONFIGS / "phi-3-mini-4k.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "partial_rotary_factor": 0.75}))
+    with pytest.raises(UnsupportedOpError) as e:
+        shape_from_config(tmp_path, max_context=1024)
+    assert "partial_rotary_factor 0.75 rotates 72 of the 96" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_gqa_and_head_dim_come_from_the_meta_parameters(tmp_path):
     from hwflow.llm_examples import tiny_llama_config
 
@@ -58,12 +75,23 @@ def _write(tmp_path, **over) -> Path:
     ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"rope_scaling": {"rope_type": "ntk-magic", "factor": 2.0}}, "rope_type 'ntk-magic' is not"),
-    ({"model_type": "mistral", "sliding_window": 512}, "sliding_window=512"),
 ])
 def test_unsupported_architectures_are_refused_in_one_line(tmp_path, over, words):
     with pytest.raises(UnsupportedOpError) as e:
         shape_from_config(_write(tmp_path, **over))
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("over, windows", [
+    ({"model_type": "mistral", "sliding_window": 512}, (512,) * 32),
+    ({"model_type": "mistral", "sliding_window": None}, ()),
+    # Qwen2: layers from max_window_layers on slide, and only with use_sliding_window
+    ({"model_type": "qwen2", "sliding_window": 1024, "use_sliding_window": True,
+      "max_window_layers": 28}, (0,) * 28 + (1024,) * 4),
+    ({"model_type": "qwen2", "sliding_window": 1024, "use_sliding_window": False}, ()),
+])
+def test_sliding_windows_per_layer(tmp_path, over, windows):
+    assert shape_from_config(_write(tmp_path, **over), max_context=2048).shape.windows == windows
 
 
 @pytest.mark.parametrize("rope", [

@@ -114,6 +114,43 @@ def test_attention_bias_accepted(tmp_path):
     assert np.max(np.abs(float_forward(fb, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
 
 
+def test_phi3_fused_projections_are_split(tmp_path):
+    """Phi-3's qkv_proj (sliced into q, k, v) and gate_up_proj (chunked into gate, up) come
+    out as the separate linears of the LLaMA block: rows of the fused weights, gammas folded."""
+    from safetensors.numpy import load_file
+
+    f = tiny_llama(tmp_path / "phi3", family="phi3")
+    fp = load_decoder(f, max_context=32)
+    s = fp.shape
+    assert (s.heads, s.kv_heads, s.head_dim, s.intermediate, s.layers) == (6, 2, 20, 200, 2)
+    assert fp.family == "phi3" and s.windows == ()
+    w = load_file(str(f / "model.safetensors"))
+    for i, ly in enumerate(fp.layers):
+        p = f"model.layers.{i}."
+        qkv, gate_up = w[p + "self_attn.qkv_proj.weight"], w[p + "mlp.gate_up_proj.weight"]
+        assert qkv.shape == (200, 120) and gate_up.shape == (400, 120)
+        g1, g2 = w[p + "input_layernorm.weight"], w[p + "post_attention_layernorm.weight"]
+        np.testing.assert_array_equal(ly.q, qkv[:120] * g1)
+        np.testing.assert_array_equal(ly.k, qkv[120:160] * g1)
+        np.testing.assert_array_equal(ly.v, qkv[160:] * g1)
+        np.testing.assert_array_equal(ly.gate, gate_up[:200] * g2)   # chunk(2): gate first
+        np.testing.assert_array_equal(ly.up, gate_up[200:] * g2)
+        np.testing.assert_array_equal(ly.o, w[p + "self_attn.o_proj.weight"])
+        assert ly.q_bias is None and ly.act == "silu"
+    assert np.max(np.abs(float_forward(fp, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
+
+
+def test_phi3_partial_rotary_is_refused(tmp_path):
+    """Phi-3's RoPE code passes the head dims past ``partial_rotary_factor * head_dim`` through
+    unrotated: the ROPE unit rotates whole heads, so a factor below 1 is refused by name."""
+    f = tiny_llama(tmp_path / "phi3", family="phi3", partial_rotary_factor=0.5)
+    with pytest.raises(UnsupportedOpError) as e:
+        load_decoder(f, max_context=32)
+    msg = _one_line(e)
+    assert msg.startswith("unsupported op aten.cat.default") and "modeling_phi3.py:" in msg
+    assert "only 10 of the 20 dims" in msg and "partial_rotary_factor 0.5" in msg
+
+
 def _one_line(e) -> str:
     msg = str(e.value)
     assert "\n" not in msg

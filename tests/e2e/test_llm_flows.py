@@ -127,18 +127,25 @@ def test_board_without_transformer_units_is_refused(tmp_path, capsys):
     assert "transformer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3"])
 def test_llama_like_families_run_without_special_code(tmp_path, family):
-    """Mistral (sliding-window config, same graph) and Qwen2 (q/k/v biases) lower to the same
-    patterns: compiled and simulated in RTL like the LLaMA, bit-exact."""
-    folder = write_tiny_llama(tmp_path / family, seed=1, family=family)
+    """Mistral, Qwen2 (q/k/v biases) and Phi-3 (fused qkv_proj and gate_up_proj, split at
+    load) lower to the same patterns: compiled and simulated in RTL like the LLaMA, bit-exact.
+    The Mistral's sliding window (6 keys) is shorter than its
+    prompt (8, one prefill bucket whose rows cross the window) plus 4 decode steps: ATTN reads
+    the window's keys alone, its start moving with POS in the one decode program."""
+    extra = {"sliding_window": 6} if family == "mistral" else {}
+    folder = write_tiny_llama(tmp_path / family, seed=1, family=family, **extra)
     out = tmp_path / "b"
     assert main(["compile", str(folder), "--board", "u280", "--max-context", "32",
                  "-o", str(out)]) == 0
-    assert json.loads((out / "reports" / "compile.json").read_text())["family"] == family
-    assert main(["sim", str(out), "--prompt-len", "5", "--new-tokens", "3"]) == 0
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    assert rep["family"] == family
+    assert rep["shape"]["windows"] == ([6, 6] if family == "mistral" else [])
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "5"]) == 0
     sim = json.loads((out / "reports" / "sim.json").read_text())
     assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in sim["steps"])
 
 
 #: A small HBM-like board for the decode mechanisms (issue "decode at the memory roofline"):

@@ -49,6 +49,7 @@ class _Case:
     sshift: int = 0
     omul: int = 0
     oshift: int = 0
+    window: int = 0                 # sliding window (0: full causal)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -83,7 +84,8 @@ def _build(cfg: AccelConfig, c: _Case):
         q[:] = 0
     elif c.fill == "onehot":
         smul, sshift = 65535, 0
-    want = llm.attention(q, k, v, c.pos, c.lanes, c.slots, c.hd, smul, sshift, omul, oshift)
+    want = llm.attention(q, k, v, c.pos, c.lanes, c.slots, c.hd, smul, sshift, omul, oshift,
+                         window=c.window)
 
     def pad_heads(x, heads):            # [r, heads*hd] -> [r, heads, hdw*L], zero lanes
         out = np.zeros((x.shape[0], heads, hdw * L), dtype=np.int64)
@@ -118,7 +120,8 @@ def _build(cfg: AccelConfig, c: _Case):
 
     ins = Instr(Opcode.ATTN, shift=oshift, ext=k_base, v_ext=v_base, a=q_addr, out=out_addr,
                 q_words=q_words, rows=c.rows, lanes=c.lanes, grp=c.grp, slots=c.slots,
-                hd_words=hdw, pos_sb=pos_sb, smul=smul, omul=omul, sshift=sshift)
+                hd_words=hdw, pos_sb=pos_sb, smul=smul, omul=omul, sshift=sshift,
+                window=c.window)
     expect = {}                          # act word -> expected value (garbage words unchanged)
     wp = pad_heads(want.astype(np.int64), c.lanes).reshape(c.rows, -1).astype(np.int8)
     for b in range(c.rows):
@@ -164,12 +167,12 @@ def _run(cfg: AccelConfig, cases, latency=6, p_busy=0.3, p_gap=0.2, seed=0):
                 assert n < 200_000, "ATTN did not finish"
             cycles.append(n)
             # one K and one V burst per block, nk * pos_sb beats each, once per row for all
-            # the lanes
+            # the lanes; a sliding window's blocks start at its first key
             want_req = []
             for b in range(c.rows):
-                nkeys = c.pos + b + 1
-                for j0 in range(0, nkeys, ATTN_BLOCK):
-                    ln = min(ATTN_BLOCK, nkeys - j0) * d["pos_sb"]
+                first, nkeys = llm.attended(c.pos + b, c.window)
+                for j0 in range(first, first + nkeys, ATTN_BLOCK):
+                    ln = min(ATTN_BLOCK, first + nkeys - j0) * d["pos_sb"]
                     want_req += [(d["k_base"] + j0 * d["pos_sb"], ln),
                                  (d["v_base"] + j0 * d["pos_sb"], ln)]
             assert log == want_req, c
@@ -208,6 +211,11 @@ CASES = [
     _Case(slots=2, grp=2, hd=6, pos=18, rows=2, fill="onehot", seed=9),
     # oshift 0: ((acc * recip) >> 16) * omul saturates
     _Case(slots=1, grp=3, hd=4, pos=2, rows=1, omul=1, oshift=0, seed=10),
+    # sliding windows: a prefill chunk whose rows cross the window's length (7 keys, then the
+    # last 7 of 8 and 9), and a decode row past it (the last 20 of 41 keys, blocks 16 + 4
+    # from key 21)
+    _Case(slots=2, grp=2, hd=6, pos=6, rows=3, window=7, seed=16),
+    _Case(slots=1, grp=3, hd=8, pos=40, rows=1, window=20, seed=17),
 ]
 
 

@@ -308,3 +308,27 @@ def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     int4 = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,),
                            weights="int4")
     assert (int4["config"]["mem_ports"], int4["config"]["chains"]) == (32, 128)
+
+
+def test_a_sliding_window_bounds_the_decode_step():
+    """Mistral-7B's shape with a 512-key window at a 2048 context (its real 4096 at 8192 is
+    ``hwflow predict`` in the README): past the window a decode step reads and computes the
+    same keys whatever the position, so the last position costs what position 511 costs and
+    the mean over the context is faster than full attention's."""
+    import dataclasses
+
+    from hwflow.boards import load_board
+    from hwflow.mapping.engine import choose_config
+    from hwflow.predict import predict_decoder
+
+    shape, _, _ = load_shape(str(CONFIGS / "mistral-7b-v0.1.json"))
+    assert shape.windows == (4096,) * 32
+    brd = load_board("u280")
+    cfg = choose_config(brd)
+    win = dataclasses.replace(shape, windows=(512,) * 32)
+    runs = {nm: predict_decoder(s, cfg, brd, max_context=2048, prompt_lens=(64,))["decode"]
+            for nm, s in (("window", win), ("full", dataclasses.replace(shape, windows=())))}
+    at512 = predict_decoder(win, cfg, brd, max_context=513, prompt_lens=(64,))["decode"]
+    assert runs["window"]["cycles_last"] == at512["cycles_last"]
+    assert runs["full"]["cycles_last"] > runs["window"]["cycles_last"]
+    assert runs["window"]["tokens_per_s"] > runs["full"]["tokens_per_s"]
