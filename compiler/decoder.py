@@ -80,7 +80,8 @@ class FloatLayer:
     """One decoder block in float32 (gammas folded into q/k/v and gate/up unless recorded).
 
     The block (``rms`` is the gamma-free RMSNorm, ``*`` an elementwise product):
-    ``n = rms(x) [* attn_gamma]``; ``a = attention(rope(q(n)), rope(k(n)), v(n))``;
+    ``n = rms(x) [* attn_gamma]``; ``a = attention(rope(q(n)), rope(k(n)), v(n))`` (with
+    ``q_norm``/``k_norm``: ``rope(rms_head(q(n)) * q_norm)``, each head normalized alone);
     ``a = rms(a) [* attn_sub_gamma]`` if ``attn_sub_norm``; ``x = x + o(a)``;
     ``n = rms(x) [* mlp_gamma]``; ``p = act(gate(n)) * up(n)`` (``act``: ``silu`` or
     ``relu2`` = ``relu(.)**2``); ``p = rms(p) [* mlp_sub_gamma]`` if ``mlp_sub_norm``;
@@ -107,6 +108,10 @@ class FloatLayer:
     attn_sub_gamma: np.ndarray | None = None  # [heads*head_dim] sub-norm gamma, unfolded (o raw)
     mlp_gamma: np.ndarray | None = None     # [hidden] post-attention-norm gamma (gate/up raw)
     mlp_sub_gamma: np.ndarray | None = None  # [intermediate] ffn sub-norm gamma (down raw)
+    #: Qwen3: RMSNorm of every q (k) head after its projection and before RoPE, with this
+    #: gamma ([head_dim], shared by the heads; RoPE mixes elements, so it is not folded).
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -181,6 +186,12 @@ class QLayer:
     # (a_mult, b_mult, shift) of the linear's output and the residual stream); None: fused.
     attn_add: tuple[int, int, int] | None = None
     mlp_add: tuple[int, int, int] | None = None
+    # Qwen3's per-head q/k RMSNorms: rmsnorm (eps, mult, shift) of each head of q (k) with
+    # the int8 gamma codes ``*_gamma`` ([head_dim]); None where the model has none.
+    q_norm: tuple[int, int, int] | None = None
+    k_norm: tuple[int, int, int] | None = None
+    q_norm_gamma: np.ndarray | None = None
+    k_norm_gamma: np.ndarray | None = None
 
 
 @dataclass

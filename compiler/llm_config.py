@@ -30,7 +30,7 @@ __all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder"
 
 #: ``model_type``\ s whose blocks the shape-only path knows (the families the pattern
 #: recogniser of ``compiler.llm_frontend`` is tested on).
-SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "bitnet", "phi3")
+SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "bitnet", "phi3")
 
 #: Parameters of one block, relative to ``model.layers.<i>.`` (``bias`` where the config has
 #: attention_bias, the sub-norms for BitNet; fused linears count as their parts, see
@@ -42,6 +42,7 @@ _BLOCK = {"input_layernorm.weight", "post_attention_layernorm.weight",
 _BIASES = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
            "self_attn.o_proj.bias"}
 _SUB_NORMS = {"self_attn.attn_sub_norm.weight", "mlp.ffn_sub_norm.weight"}
+_HEAD_NORMS = {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}     # Qwen3
 _TOP = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 
 
@@ -64,6 +65,8 @@ class ConfigShape:
         Parameters of the meta model (embedding and LM head counted apart even when tied).
     source : str
         The config file.
+    head_norms : bool
+        RMSNorms of every q and k head before RoPE (Qwen3's ``q_norm`` / ``k_norm``).
     """
 
     shape: DecoderShape
@@ -73,6 +76,7 @@ class ConfigShape:
     ternary: bool
     parameters: int
     source: str
+    head_norms: bool = False
 
 
 def _config_file(path) -> Path:
@@ -249,7 +253,7 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
     if not layers or layers != list(range(len(layers))):
         raise UnsupportedOpError(f"{cfg_path}: the model has no numbered decoder blocks "
                                  "(model.layers.<i>)")
-    allowed = _BLOCK | _BIASES | _SUB_NORMS
+    allowed = _BLOCK | _BIASES | _SUB_NORMS | _HEAD_NORMS
     for n in params:
         rel = n.split(".", 3)[3] if n.startswith("model.layers.") else None
         if (rel is None and n not in _TOP) or (rel is not None and rel not in allowed):
@@ -297,7 +301,9 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
     n_params = sum(int(np.prod(s, dtype=np.int64)) for s in params.values())
     if "lm_head.weight" not in params:     # tied: the IR keeps the LM head apart
         n_params += int(vocab) * int(hidden)
-    return ConfigShape(shape, family, act, sub, family == "bitnet", n_params, str(cfg_path))
+    heads_normed = any(n.endswith("self_attn.q_norm.weight") for n in params)
+    return ConfigShape(shape, family, act, sub, family == "bitnet", n_params, str(cfg_path),
+                       heads_normed)
 
 
 # ------------------------------------------------------------------------ shape decoder
@@ -369,6 +375,9 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     def g(n):
         return _zeros((n,), np.int8) if gammas else None
 
+    # Qwen3's per-head q/k norms: gamma codes whatever the weights (RoPE follows them)
+    head = dict(q_norm=_NORM, k_norm=_NORM, q_norm_gamma=_zeros((s.head_dim,), np.int8),
+                k_norm_gamma=_zeros((s.head_dim,), np.int8)) if cs.head_norms else {}
     layers = []
     for _ in range(s.layers):
         extra = {}
@@ -386,7 +395,7 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
             up=_linear(s.intermediate, s.hidden, tern, False, w4), silu=_ACT,
             down=_linear(s.hidden, s.intermediate, tern, True, w4), act=cs.act,
             attn_sub_norm=_NORM if cs.sub_norms else None,
-            mlp_sub_norm=_NORM if cs.sub_norms else None, **extra))
+            mlp_sub_norm=_NORM if cs.sub_norms else None, **extra, **head))
     return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),
                     rope=np.zeros((int(max_context), s.head_dim), dtype=np.int16),
                     layers=layers, final_norm=_NORM,

@@ -57,6 +57,7 @@ Any ATen op on the hidden-state path outside these patterns raises
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -174,8 +175,11 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
                             "config.json + *.safetensors, or a torch.export.save archive)")
     ep = load_exported_program(p, trust_model)
     name = re.sub(r"\W", "_", p.stem) or "model"
-    return decoder_from_exported_program(ep, name=name, source=f"export:{p}",
-                                         max_context=max_context, fold_gammas=fold_gammas)
+    fd = decoder_from_exported_program(ep, name=name, source=f"export:{p}",
+                                       max_context=max_context, fold_gammas=fold_gammas)
+    del ep              # its reference cycles keep the weights otherwise (see _load_hf)
+    gc.collect()
+    return fd
 
 
 def config_error(cfg_path, model_type, e: BaseException) -> FrontendError:
@@ -283,6 +287,12 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
                                        fold_gammas=fold_gammas,
                                        windows=attention_windows(
                                            config, int(config.num_hidden_layers)))
+    # The model and its program hold reference cycles: without a collection here their float32
+    # parameters (5 GB for Llama-3.2-1B; fd keeps views of the ones it did not fold, the
+    # embedding there) would stay until the next full collection, through quantization and
+    # lowering.
+    del model, ep
+    gc.collect()
     return dataclasses.replace(fd, ternary_weights=True) if ternary else fd
 
 
@@ -451,15 +461,24 @@ class _Graph:
         self.used: set = set()
 
     def const(self, node) -> np.ndarray | None:
-        """Float32 numpy value of a constant (parameter/buffer) node, looked through casts."""
+        """Float32 numpy value of a constant (parameter/buffer) node, looked through casts.
+
+        Read-only, and a view of the program's tensor where that is float32 already: a copy
+        of every weight would hold the model twice while it is recognised (the embedding of
+        Llama-3.2-1B alone is 1 GB), and nothing may write into the model that the
+        recognised decoder is checked against.
+        """
         node = self.skip(node)
+        t = None
         if getattr(node, "op", None) == "placeholder" and node.name in self.consts:
-            return self.consts[node.name].to(torch.float32).numpy().copy()
-        if getattr(node, "op", None) == "get_attr":
+            t = self.consts[node.name]
+        elif getattr(node, "op", None) == "get_attr":
             t = getattr(self.ep.graph_module, node.target, None)
-            if isinstance(t, torch.Tensor):
-                return t.detach().to(torch.float32).numpy().copy()
-        return None
+        if not isinstance(t, torch.Tensor):
+            return None
+        a = t.detach().to(torch.float32).numpy()
+        a.flags.writeable = False
+        return a
 
     def skip(self, node):
         """Look through float32 casts and identities, marking them used."""
@@ -587,17 +606,26 @@ def _match_rmsnorm(G: _Graph, node, what: str):
 
 
 def _match_heads(G: _Graph, node, what: str):
-    """``transpose(view(linear(n), [B, S, heads, hd]), 1, 2)`` -> (n, W, b, heads, hd)."""
+    """``transpose(view(linear(n), [B, S, heads, hd]), 1, 2)`` -> (n, W, b, heads, hd, norm);
+    ``norm`` is ``(gamma, eps)`` of an RMSNorm of each head between the view and the
+    transpose (Qwen3's q/k norms), else None."""
     t = G.expect(node, "transpose", what=f"the {what} head transpose")
     if sorted(int(d) % 4 for d in t.args[1:3]) != [1, 2]:
         raise _unsupported(t, f"the {what} heads must be transposed with dims (1, 2)")
-    v = G.expect(t.args[0], "view", "reshape", "_unsafe_view", what=f"the {what} head view")
+    norm, heads_in = None, t.args[0]
+    if _is_rmsnorm(G, heads_in):
+        heads_in, gamma, eps = _match_rmsnorm(G, heads_in, f"{what} head")
+        norm = (np.asarray(gamma, dtype=np.float32), eps)
+    v = G.expect(heads_in, "view", "reshape", "_unsafe_view", what=f"the {what} head view")
     shp = _shape(v)
     heads, hd = (_int(shp[2]), _int(shp[3])) if len(shp) == 4 else (None, None)
     if heads is None or hd is None:
         raise _unsupported(v, f"the {what} head view must be [B, S, heads, head_dim]")
+    if norm is not None and norm[0].shape != (hd,):
+        raise _unsupported(t, f"the {what} head RMSNorm's gamma has {norm[0].size} elements, "
+                           f"a head {hd}")
     x, w, b = _match_linear(G, v.args[0], f"the {what} projection")
-    return G.skip(x), w, b, heads, hd
+    return G.skip(x), w, b, heads, hd, norm
 
 
 def _match_rope(G: _Graph, node, what: str):
@@ -705,11 +733,13 @@ def _match_attention(G: _Graph, node):
     k_rot_node = _match_repeat_kv(G, kw["key"])
     k_pre, ck, sk = _match_rope(G, k_rot_node, "k")
     v_pre = _match_repeat_kv(G, kw["value"])
-    xq, wq, bq, heads, hd = _match_heads(G, q_rot, "q")
-    xk, wk, bk, kv_heads, hdk = _match_heads(G, k_pre, "k")
-    xv, wv, bv, kv_heads_v, hdv = _match_heads(G, v_pre, "v")
+    xq, wq, bq, heads, hd, nq = _match_heads(G, q_rot, "q")
+    xk, wk, bk, kv_heads, hdk, nk = _match_heads(G, k_pre, "k")
+    xv, wv, bv, kv_heads_v, hdv, nv = _match_heads(G, v_pre, "v")
     if not (xq is xk is xv):
         raise _unsupported(sdpa, "q, k and v must read the same normalized input")
+    if (nq is None) != (nk is None) or nv is not None:
+        raise _unsupported(sdpa, "head RMSNorms must be on q and k both (Qwen3), not on v")
     if not (hd == hdk == hdv) or kv_heads != kv_heads_v or heads % kv_heads:
         raise _unsupported(sdpa, f"inconsistent heads (q {heads}x{hd}, k {kv_heads}x{hdk}, "
                            f"v {kv_heads_v}x{hdv})")
@@ -717,7 +747,7 @@ def _match_attention(G: _Graph, node):
     if scale is not None and abs(float(scale) * math.sqrt(hd) - 1.0) > 1e-6:
         raise _unsupported(sdpa, f"attention scale {scale} is not 1/sqrt(head_dim)")
     return dict(x=xq, q=(wq, bq), k=(wk, bk), v=(wv, bv), heads=heads, kv_heads=kv_heads,
-                hd=hd, rope=(cq, sq, ck, sk), node=sdpa)
+                hd=hd, rope=(cq, sq, ck, sk), node=sdpa, head_norms=(nq, nk) if nq else None)
 
 
 def _is_rmsnorm(G: _Graph, node) -> bool:
@@ -804,13 +834,15 @@ def _match_layer(G: _Graph, node, fold_gammas: bool = True):
     xin, g1, eps1 = _match_rmsnorm(G, at["x"], "input")
     if xin is not G.skip(x0):
         raise _unsupported(add1, "the attention norm must read the residual stream")
-    for e in (eps2, eps_as, eps_ms):
+    hn = at["head_norms"]
+    for e in (eps2, eps_as, eps_ms) + ((hn[0][1], hn[1][1]) if hn else ()):
         if e is not None and abs(eps1 - e) > 1e-12 * max(abs(eps1), 1.0):
             raise _unsupported(add2, f"RMSNorm eps differ inside a block ({eps1} vs {e})")
 
     def fold(w, g):
         w = np.asarray(w, dtype=np.float32)
-        return (w * g[None, :]).astype(np.float32) if fold_gammas and g is not None else w
+        return (w * g[None, :]).astype(np.float32, copy=False) if fold_gammas and \
+            g is not None else w
 
     def kept(g):
         return None if fold_gammas or g is None else np.asarray(g, dtype=np.float32)
@@ -822,7 +854,8 @@ def _match_layer(G: _Graph, node, fold_gammas: bool = True):
                        o_bias=bo, act=act, attn_sub_norm=g_as is not None,
                        mlp_sub_norm=g_ms is not None, attn_gamma=kept(g1),
                        attn_sub_gamma=kept(g_as), mlp_gamma=kept(g2),
-                       mlp_sub_gamma=kept(g_ms))
+                       mlp_sub_gamma=kept(g_ms), q_norm=hn[0][0] if hn else None,
+                       k_norm=hn[1][0] if hn else None)
     return xin, layer, at, eps1
 
 
@@ -1061,8 +1094,11 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                          rope_scaling=float(scaling), rope_inv_freq=inv,
                          rope_type=rope_type or ("custom" if inv else "default"),
                          windows=windows)
-    fd = FloatDecoder(name=name, shape=shape, embed=embed.astype(np.float32), layers=layers,
-                      lm_head=(w_lm * g_final[None, :]).astype(np.float32), source=source,
+    # embed: G.const's float32 view (no second 1 GB table); the products are float32 already
+    fd = FloatDecoder(name=name, shape=shape, embed=np.asarray(embed, dtype=np.float32),
+                      layers=layers,
+                      lm_head=(w_lm * g_final[None, :]).astype(np.float32, copy=False),
+                      source=source,
                       family=family, max_context=max_context)
     _check_numerics(fd, ep, ids_node, check_model, source or name)
     return fd

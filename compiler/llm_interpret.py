@@ -37,6 +37,12 @@ def _rms(x: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
+def _head_rms(x: np.ndarray, heads: int, hd: int, eps: float, gamma) -> np.ndarray:
+    """RMSNorm of every head of rows ``x[t, heads * hd]`` alone, times ``gamma[hd]``."""
+    t = x.shape[0]
+    return (_rms(x.reshape(t, heads, hd), eps) * np.asarray(gamma, np.float64)).reshape(t, -1)
+
+
 def _rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: int, hd: int):
     t = x.shape[0]
     xh = x.reshape(t, heads, hd)
@@ -77,7 +83,8 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     pj = np.arange(t)[:, None] - np.arange(t)[None, :]
     masked = [(pj < 0) | ((pj >= s.window(i)) if s.window(i) else False)
               for i in range(s.layers)]
-    x = np.asarray(fd.embed, dtype=np.float64)[ids]
+    # the rows first: a float64 copy of the whole table is 2.1 GB at Llama-3's vocabulary
+    x = np.asarray(np.asarray(fd.embed)[ids], dtype=np.float64)
     rec("embed", x)
     for i, ly in enumerate(fd.layers):
         n = _rms(x, s.rms_eps)
@@ -86,6 +93,11 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
         q = _lin(n, ly.q, ly.q_bias)
         k = _lin(n, ly.k, ly.k_bias)
         v = _lin(n, ly.v, ly.v_bias)
+        if ly.q_norm is not None:       # Qwen3: every head normalized alone, before RoPE
+            rec(f"l{i}.q_proj", q)
+            rec(f"l{i}.k_proj", k)
+            q = _head_rms(q, heads, hd, s.rms_eps, ly.q_norm)
+            k = _head_rms(k, kvh, hd, s.rms_eps, ly.k_norm)
         rec(f"l{i}.q", q)
         rec(f"l{i}.k", k)
         q = _rope_rows(q, cos, sin, heads, hd)
@@ -230,7 +242,8 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
     increasing ``pos``); decode is a call with one id.
 
     Per layer: ``h = rmsnorm(x, *attn_norm)``; q/k/v of ``h`` (ternary linears: of ``(hq, m) =
-    absmax_quant(h, attn_gamma)``, then ``requantize((hq @ t.T) * m, ...)``); RoPE; cache
+    absmax_quant(h, attn_gamma)``, then ``requantize((hq @ t.T) * m, ...)``); per-head
+    ``rmsnorm`` of q and k with gamma codes if ``q_norm`` (Qwen3); RoPE; cache
     append; attention; ``rmsnorm`` with ``attn_sub_norm`` if set; o (ternary: absmax_quant with
     ``attn_sub_gamma``) with the residual ``x``; ``rmsnorm(x, *mlp_norm)``; gate/up (ternary:
     absmax_quant with ``mlp_gamma``); ``relu2_mul`` (``act == "relu2"``) or ``silu_mul``;
@@ -257,8 +270,14 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
     x = qd.embed[ids]
     for i, ly in enumerate(qd.layers):
         xn = _absq(gl.rmsnorm(x, *ly.attn_norm), ly.attn_gamma, ly.q, ly.k, ly.v)
-        q = gl.rope(_qlin(xn, ly.q), table, heads, hd)
-        k = gl.rope(_qlin(xn, ly.k), table, kvh, hd)
+        q, k = _qlin(xn, ly.q), _qlin(xn, ly.k)
+        if ly.q_norm is not None:       # per-head RMSNORMs with gamma codes (Qwen3)
+            q = gl.rmsnorm(q.reshape(rows * heads, hd), *ly.q_norm,
+                           gamma=ly.q_norm_gamma).reshape(rows, -1)
+            k = gl.rmsnorm(k.reshape(rows * kvh, hd), *ly.k_norm,
+                           gamma=ly.k_norm_gamma).reshape(rows, -1)
+        q = gl.rope(q, table, heads, hd)
+        k = gl.rope(k, table, kvh, hd)
         v = _qlin(xn, ly.v)
         cache.k[i][pos:pos + rows] = k
         cache.v[i][pos:pos + rows] = v

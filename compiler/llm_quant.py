@@ -13,7 +13,10 @@ Scale names (``QDecoder.scales``): ``embed``; per layer ``l{i}.attn_norm``, ``l{
 ``l{i}.k`` (q and k after RoPE; the KV cache holds k and v at these scales), ``l{i}.v``,
 ``l{i}.attn``, ``l{i}.attn_res`` (residual stream after o), ``l{i}.mlp_norm``, ``l{i}.gate``,
 ``l{i}.up``, ``l{i}.silu_mul``, ``l{i}.mlp_res`` (residual stream after down);
-``final_norm``, ``logits``, ``rope`` (2**-14).
+``final_norm``, ``logits``, ``rope`` (2**-14). Qwen3's per-head q/k norms (``FloatLayer.q_norm``):
+``l{i}.q_proj``, ``l{i}.k_proj`` (the linears' outputs, the norms' inputs; ``l{i}.q``/``k``
+are the norms' outputs), their gamma codes (``gamma_codes``) at ``l{i}.q_norm_gamma``,
+``l{i}.k_norm_gamma``.
 
 Ternary (``weights="ternary"``, the default for BitNet; docs/architecture.md, "Ternary path"):
 q/k/v/o/gate/up/down become ternary :class:`QLinear` (``ternary=True``, ``weight`` = ``t``):
@@ -86,6 +89,25 @@ def _norm_params(s_in: float, s_out: float, eps_f: float, hidden: int) -> tuple[
     return eps, int(quantize_multiplier([real], shift)[0]), shift
 
 
+#: Elements per call of :func:`_by_rows`: 64 MiB as float64 (4096 rows of a 2048-wide weight).
+_ROWS_ELEMENTS = 2**23
+
+
+def _by_rows(w: np.ndarray, f):
+    """``f(w)`` computed on blocks of rows and joined: the same values, as ``f`` treats each
+    row alone (``quantize_weight``: per-channel scales; ``quantize``: per element), without
+    ``f``'s float64 temporaries of the whole tensor (three of 2.1 GB each at once for
+    Llama-3's 128256 x 2048 embedding and LM head)."""
+    w = np.asarray(w)
+    step = max(1, _ROWS_ELEMENTS // max(1, int(np.prod(w.shape[1:], dtype=np.int64))))
+    if w.ndim == 0 or w.shape[0] <= step:
+        return f(w)
+    parts = [f(w[a:a + step]) for a in range(0, w.shape[0], step)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+    return np.concatenate(parts)
+
+
 def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
              s_res: float | None = None, wbits: int = 8) -> QLinear:
     """int8 linear whose epilogue maps ``acc * s_in * s_w + bias (+ res * s_res)`` to
@@ -96,7 +118,7 @@ def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
         w4, w4s, sw = g4.quantize_weight_int4(w)
         wq = g4.dequantize_int4(w4, w4s)
     else:
-        wq, sw = quantize_weight(w)
+        wq, sw = _by_rows(w, quantize_weight)
     reals = s_in * sw / s_out
     res_real = None if s_res is None else s_res / s_out
     # One shift serves every channel and the residual: pick it for the largest multiplier.
@@ -268,6 +290,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
             p = f"l{i}."
             sc[p + "gate"] = gl.SILU_SCALE
             s_n, s_q, s_k, s_v = (sc[p + n] for n in ("attn_norm", "q", "k", "v"))
+            # q and k linears' outputs: q/k themselves, or (Qwen3) the per-head norms' inputs
+            s_qo, s_ko = (sc.get(p + n, d) for n, d in (("q_proj", s_q), ("k_proj", s_k)))
             s_a, s_r1, s_m = sc[p + "attn"], sc[p + "attn_res"], sc[p + "mlp_norm"]
             s_u, s_h, s_r2 = sc[p + "up"], sc[p + "silu_mul"], sc[p + "mlp_res"]
             # Inputs of o and down: the attention / act output, or its sub-norm's output.
@@ -279,6 +303,13 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                                if ly.attn_sub_norm else None),
                 mlp_sub_norm=(_norm_params(s_h, s_ho, s.rms_eps, ly.down.shape[1])
                               if ly.mlp_sub_norm else None))
+            if ly.q_norm is not None:
+                for nm, g, s_in, s_out in (("q", ly.q_norm, s_qo, s_q),
+                                           ("k", ly.k_norm, s_ko, s_k)):
+                    codes, sg = gamma_codes(g)
+                    sc[f"{p}{nm}_norm_gamma"] = sg
+                    extra[f"{nm}_norm"] = _norm_params(s_in, s_out / sg, s.rms_eps, hd)
+                    extra[f"{nm}_norm_gamma"] = codes
             if ternary:
                 codes = {}
                 for key, g in zip(("attn_gamma", "attn_sub_gamma", "mlp_gamma",
@@ -297,8 +328,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                                     s_out, s_res)
 
                 lin = dict(
-                    q=tl("q", ly.q_bias, s_n, s_q, "attn_gamma"),
-                    k=tl("k", ly.k_bias, s_n, s_k, "attn_gamma"),
+                    q=tl("q", ly.q_bias, s_n, s_qo, "attn_gamma"),
+                    k=tl("k", ly.k_bias, s_n, s_ko, "attn_gamma"),
                     v=tl("v", ly.v_bias, s_n, s_v, "attn_gamma"),
                     o=tl("o", ly.o_bias, s_ao, sc[p + "o_out"], "attn_sub_gamma"),
                     gate=tl("gate", None, s_m, gl.SILU_SCALE, "mlp_gamma"),
@@ -319,8 +350,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                     return _qlinear(_w[nm], bias, s_in, s_out, s_res=s_res, wbits=_b[nm])
 
                 lin = dict(
-                    q=ql("q", ly.q_bias, s_n, s_q),
-                    k=ql("k", ly.k_bias, s_n, s_k),
+                    q=ql("q", ly.q_bias, s_n, s_qo),
+                    k=ql("k", ly.k_bias, s_n, s_ko),
                     v=ql("v", ly.v_bias, s_n, s_v),
                     o=ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x),
                     gate=ql("gate", None, s_m, gl.SILU_SCALE),
@@ -340,7 +371,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
     report = {k: {kk: vv for kk, vv in f.items() if kk != "t"} for k, f in formats.items()}
     if ternary:
         report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
-    return QDecoder(name=fd.name, shape=s, embed=quantize(fd.embed, sc["embed"]),
+    embed = _by_rows(fd.embed, lambda rows: quantize(rows, sc["embed"]))
+    return QDecoder(name=fd.name, shape=s, embed=embed,
                     rope=gl.rope_table(max_context, s.inv_freq(), s.rope_scaling),
                     layers=layers, final_norm=final_norm, lm_head=lm_head,
                     max_context=max_context, scales=sc, weight_formats=report)

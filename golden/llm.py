@@ -66,21 +66,27 @@ def isqrt(v) -> np.ndarray:
     return np.array([math.isqrt(int(x)) for x in v.ravel()], dtype=np.int64).reshape(v.shape)
 
 
-def rmsnorm(x, eps: int, mult: int, shift: int) -> np.ndarray:
-    """RMSNorm of int8 rows (without gamma, which the compiler folds into the next linear).
+def rmsnorm(x, eps: int, mult: int, shift: int, gamma=None) -> np.ndarray:
+    """RMSNorm of int8 rows; its gamma is folded by the compiler into the next linear, or
+    given here as int8 codes (``gamma``, one per element of a row, the same for every row:
+    Qwen3's per-head q/k norms, whose gamma cannot pass through RoPE).
 
     Per row: ``S = sum(x**2) + eps``; ``d = isqrt(S << 16)``; ``r = 2**40 // d`` (``r = 0`` when
-    ``d = 0``); ``y = sat8((x * r * mult + 2**(shift-1)) >> shift)``.
+    ``d = 0``); ``y = sat8((x * g * r * mult + 2**(shift-1)) >> shift)`` (``g`` the code, 1
+    without ``gamma``).
 
-    Float meaning: ``y * s_out = x * s_x / sqrt(mean(x**2) * s_x**2 + eps_f)`` with
-    ``eps = round(eps_f * H / s_x**2)``, ``mult / 2**shift = sqrt(H) / (s_out * 2**32)``.
-    Widths: ``S < 2**32`` (H <= 2**17), ``|x * r| <= 2**32``, the product with the u16 mult < 2**49.
+    Float meaning: ``y * s_out = x * s_x / sqrt(mean(x**2) * s_x**2 + eps_f) * g * s_g`` with
+    ``eps = round(eps_f * H / s_x**2)``, ``mult / 2**shift = sqrt(H) * s_g / (s_out * 2**32)``
+    (``s_g = 1`` without codes).
+    Widths: ``S < 2**32`` (H <= 2**17), ``|x * r| <= 2**32``, ``|x * g * r| <= 2**39``, the
+    product with the u16 mult < 2**56.
     """
     x = np.asarray(x, dtype=np.int64)
     s = np.sum(x * x, axis=-1, keepdims=True) + int(eps)
     d = isqrt(s << 16)
     r = np.where(d > 0, (1 << RSQRT_SHIFT) // np.maximum(d, 1), 0)
-    return _sat8(_round_shift(x * r * int(mult), shift))
+    xg = x if gamma is None else x * np.asarray(gamma, dtype=np.int64)
+    return _sat8(_round_shift(xg * r * int(mult), shift))
 
 
 def default_inv_freq(head_dim: int, theta: float) -> np.ndarray:

@@ -73,7 +73,7 @@ class AccelConfig:
     vec_lanes : int
         V, elements per cycle of the :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, SILUMUL,
         ABSQUANT; ROPE takes up to ``min(V, L/2)`` pairs per step): V copies of its
-        multiplier path (4 DSP48E2 each) on V consecutive bytes of an activation word. Must
+        multiplier path (5 DSP48E2 each) on V consecutive bytes of an activation word. Must
         divide ``chain_len``; 1 (the default) is the element-serial unit.
     """
 

@@ -22,7 +22,8 @@ FLAG_INT4 = 1 << 2
 FLAG_POS = 1 << 3
 #: SILUMUL: ``golden.llm.relu2_mul`` (BitNet's squared ReLU) instead of ``silu_mul``.
 FLAG_RELU2 = 1 << 4
-#: ABSQUANT: multiply every element by the int8 gamma codes at act word ``g`` first.
+#: ABSQUANT, RMSNORM: multiply every element by the int8 gamma codes at act word ``g`` (one
+#: vector for every row).
 FLAG_GAMMA = 1 << 5
 
 #: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
@@ -107,7 +108,7 @@ class Instr:
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
     window: int = 0       # ATTN: sliding window (keys per query, the newest; 0: all)
     # -- v4 (ternary path) -----------------------------------------------------------------
-    g: int = 0            # ABSQUANT: act word of the int8 gamma codes (flag GAMMA)
+    g: int = 0            # ABSQUANT/RMSNORM: act word of the int8 gamma codes (flag GAMMA)
     m_addr: int = 0       # ABSQUANT/TMATMUL: act word of the rows' absmax m (u16 LE at byte 2b)
     k_groups: int = 0     # TMATMUL: groups of G activations per row (ceil(K / G))
     n_out: int = 0        # TMATMUL: output channels
@@ -162,7 +163,7 @@ LAYOUT: dict = {
     Opcode.VADD: _MATMUL_COMMON,
     Opcode.GATHER: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("n", 3, 0, 16), ("rows", 3, 16, 16),
                     ("ids", 4, 0, 32), ("stride", 5, 0, 16), ("table_rows", 6, 0, 32)),
-    Opcode.RMSNORM: (("a", 2, 0, 16), ("out", 2, 16, 16), ("rows", 3, 16, 16),
+    Opcode.RMSNORM: (("a", 2, 0, 16), ("out", 2, 16, 16), ("g", 3, 0, 16), ("rows", 3, 16, 16),
                      ("eps", 4, 0, 32), ("n", 5, 0, 16), ("words", 5, 16, 16),
                      ("mult_b", 6, 0, 16)),
     Opcode.ROPE: (("a", 2, 0, 16), ("cs", 2, 16, 16), ("cs_words", 3, 0, 16),

@@ -5,9 +5,9 @@ Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope
 "Transformer path") and :func:`hwflow.golden.ternary.absmax_quant` ("Ternary path"). Elements are
 processed ``V = AccelConfig.vec_lanes`` at a time through ``V`` copies of a 7-stage arithmetic
 pipeline (one at a time at ``V = 1``, the smallest unit): per lane one ``x * r * mult``
-multiplier path (8 x 34 bits, then 42 x 17 bits: 4 DSP48E2) and a 512-entry ROM (SiLU and
-ReLU**2); shared by the lanes, a sequential square root and divider used once per RMSNORM /
-ABSQUANT row.
+multiplier path (16 x 34 bits, then 42 x 17 bits; an 8 x 8 product of x and gamma before it:
+5 DSP48E2) and a 512-entry ROM (SiLU and ReLU**2); shared by the lanes, a sequential square
+root and divider used once per RMSNORM / ABSQUANT row.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ _DIV_REM0 = 1 << (40 - _DIV_STEPS)
 _ABSQ_DIVIDEND = 127 << 24
 _ABSQ_SHIFT = 24
 _M_BITS = 15                # m = max |x * gamma| <= 2**14
-# Pipeline operands. b1 (s34) is r (u33), the ROM value (s16), +-cos/sin (s17), gamma or x (s8);
-# b2 (s17) is mult (u16), gamma (s8) or 1. p1 = a * b1 (a: s8) < 2**40 in magnitude
-# (|x * r| <= 128 * 2**32); p2 = p1 * b2 < 2**56 (ABSQUANT: |x * R * gamma| < 2**45); plus the
+# Pipeline operands. a (s16) is x, up, x1/x2 (s8) or RMSNORM's x * gamma (s15); b1 (s34) is r
+# (u33), the ROM value (s16), +-cos/sin (s17), gamma or x (s8); b2 (s17) is mult (u16), gamma
+# (s8) or 1. p1 = a * b1 < 2**40 in magnitude (|x * r| <= 2**32, |x * gamma * r| <= 2**39);
+# p2 = p1 * b2 < 2**56 (ABSQUANT: |x * R * gamma| < 2**45); plus the
 # rounding term 2**(shift-1) <= 2**62 still fits a signed 64-bit v, which is exactly golden's
 # int64 arithmetic.
 _B1_BITS = 34
@@ -90,8 +91,8 @@ def rope_head_steps(L: int, V: int, hd: int, offset: int) -> int:
 
 
 class VectorUnit(wiring.Component):
-    """RMSNORM (0x06), ROPE (0x07), SILUMUL (0x08, flag RELU2) and ABSQUANT (0x0A, flag GAMMA) on
-    the activation buffer.
+    """RMSNORM (0x06, flag GAMMA), ROPE (0x07), SILUMUL (0x08, flag RELU2) and ABSQUANT (0x0A,
+    flag GAMMA) on the activation buffer.
 
     The controller puts the instruction on ``ins`` and pulses ``start``; ``busy`` is high from
     the next cycle until every result has been written. Field positions are those of the v3 and
@@ -126,8 +127,9 @@ class VectorUnit(wiring.Component):
     Cycles (``G = L / V`` lane groups per word, ``nw = ceil(n / L)`` words holding elements,
     ``words`` the row stride):
 
-    * RMSNORM: per row ``2 * nw * G + (words - nw) + 67``: sum of squares (``nw * G``), 7-cycle
-      drain, 25-step isqrt, 33-step divider, normalize (``nw * G``), zero words, 2 cycles of
+    * RMSNORM: per row ``2 * nw * G + nw * gam + (words - nw) + 67``: sum of squares
+      (``nw * G``), 7-cycle drain, 25-step isqrt, 33-step divider, normalize (``nw * G``, and
+      with flag GAMMA one gamma word read per word index, as ABSQUANT), zero words, 2 cycles of
       row dispatch;
     * SILUMUL: per row ``nw * (G + 1) + (words - nw) + 2`` (one extra cycle per word reads the
       gate word into a register);
@@ -206,15 +208,15 @@ class VectorUnit(wiring.Component):
         hd = Signal(16)
         half = Signal(15)
         head_stride = Signal(16)
-        gam = Signal()              # ABSQUANT flag GAMMA
+        gam = Signal()              # ABSQUANT, RMSNORM flag GAMMA
         relu2 = Signal()            # SILUMUL flag RELU2
 
         is_rms = op == Opcode.RMSNORM
         is_silu = op == Opcode.SILUMUL
         is_rope = op == Opcode.ROPE
         is_absq = op == Opcode.ABSQUANT
-        # SILUMUL (gate) and ABSQUANT with GAMMA latch a second word per word index
-        two_words = is_silu | (is_absq & gam)
+        # SILUMUL (gate), ABSQUANT and RMSNORM with GAMMA latch a second word per word index
+        two_words = is_silu | ((is_absq | is_rms) & gam)
 
         # ---- sequencer state -------------------------------------------------------------------
         row = Signal(16)
@@ -399,11 +401,11 @@ class VectorUnit(wiring.Component):
 
             with m.State("ELEMS"):
                 # RMSNORM / ABSQUANT pass 2, SILUMUL: one lane group per cycle; SILUMUL (ABSQUANT
-                # with GAMMA) first latches the gate (gamma) word of each word index (one extra
-                # cycle), then streams the up (x) word
+                # and RMSNORM with GAMMA) first latches the gate (gamma) word of each word index
+                # (one extra cycle), then streams the up (x) word
                 with m.If(two_words & (j_i == 0) & ~lat):
                     m.d.comb += [self.rd_en.eq(1),
-                                 self.rd_addr.eq(Mux(is_absq, b_row, a_row) + w_i),
+                                 self.rd_addr.eq(Mux(is_absq | is_rms, b_row, a_row) + w_i),
                                  c0.kind.eq(_K_LATCH)]
                     m.d.sync += lat.eq(1)
                 with m.Else():
@@ -423,9 +425,9 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [c0.kind.eq(_K_ZWORD), c0.word.eq(out_row + zw)]
                     m.d.sync += zw.eq(zw + 1)
                 with m.Else():
-                    # ABSQUANT's gamma (in b_row) is one vector for every row
+                    # ABSQUANT's and RMSNORM's gamma (in b_row) is one vector for every row
                     m.d.sync += [row.eq(row + 1), a_row.eq(a_row + words),
-                                 b_row.eq(b_row + Mux(is_absq, 0, words)),
+                                 b_row.eq(b_row + Mux(is_absq | is_rms, 0, words)),
                                  out_row.eq(out_row + words), mbyte.eq(mbyte + 2)]
                     m.next = "ROW"
 
@@ -582,7 +584,7 @@ class VectorUnit(wiring.Component):
         with m.Elif(burst):
             m.d.sync += [bc.eq(bc + 1), burst.eq(bc != 3)]
 
-        ma = lanes("ma", signed(8), V)
+        ma = lanes("ma", signed(16), V)
         mb1 = lanes("mb1", signed(_B1_BITS), V)
         mb2 = lanes("mb2", signed(_B2_BITS), V)
         m.d.sync += c3.eq(0)
@@ -600,11 +602,12 @@ class VectorUnit(wiring.Component):
                     c3.mask.eq(pmask_r),
                 ]
         with m.Else():
-            # x * x (sum of squares), x * gamma (ABSQUANT max), x * r * mult (RMSNORM),
-            # x * R * gamma (ABSQUANT), up * ROM[gate] * mult (SILUMUL)
+            # x * x (sum of squares), x * gamma (ABSQUANT max), (x * gamma) * r * mult
+            # (RMSNORM; gamma 1 without GAMMA), x * R * gamma (ABSQUANT), up * ROM[gate] * mult
+            # (SILUMUL)
             for lane in range(V):
                 m.d.sync += [
-                    ma[lane].eq(oa[lane]),
+                    ma[lane].eq(Mux(is_rms & ~c2.sq, oa[lane] * og[lane], oa[lane])),
                     mb1[lane].eq(Mux(c2.sq, oa[lane],
                                      Mux(c2.mx, og[lane],
                                          Mux(is_rms | is_absq, r, rom_rd[lane].data)))),

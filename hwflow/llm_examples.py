@@ -22,9 +22,10 @@ TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_atte
 #: Per family, config fields that the tiny sizes need besides :data:`TINY_LLAMA`: Phi-3's
 #: default pad/eos ids (32000) lie outside the tiny vocabulary (the embedding refuses a
 #: ``padding_idx`` past it), and its window stays off (Phi-3-mini's is 2047; the tiny model is
-#: plain causal, like the tiny LLaMA).
+#: plain causal, like the tiny LLaMA); Qwen3 names its head size (the LLaMA derives it).
 _FAMILY_FIELDS = {"phi3": dict(bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                               sliding_window=None)}
+                               sliding_window=None),
+                  "qwen3": dict(head_dim=20)}     # Qwen3's config defaults to heads of 128
 
 
 def tiny_llama_config(family: str = "llama", **overrides):

@@ -437,7 +437,8 @@ def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dic
         "kind": "decoder", "shape_only": True, "board": brd.name,
         "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
         "shape": s.to_dict(), "family": cs.family, "act": cs.act,
-        "sub_norms": cs.sub_norms, "weights": report["weights"], "source": cs.source,
+        "sub_norms": cs.sub_norms, "head_norms": cs.head_norms, "weights": report["weights"],
+        "source": cs.source,
         "decode_prog_base": lw.decode_prog_base,
         "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
         "traffic_ranges": _traffic_ranges(lw.memory_map)})
@@ -463,7 +464,8 @@ def _shape_only_lowering(conf: dict):
 
     shape = DecoderShape(**conf["shape"])
     cs = ConfigShape(shape, conf["family"], conf["act"], bool(conf["sub_norms"]),
-                     conf["weights"] == "ternary", 0, conf.get("source", ""))
+                     conf["weights"] == "ternary", 0, conf.get("source", ""),
+                     bool(conf.get("head_norms", False)))
     qd = shape_decoder(cs, conf["max_context"], conf["weights"])
     return lower_decoder(qd, AccelConfig(**conf["accel"]), shape_only=True), shape, \
         conf["weights"] == "ternary"

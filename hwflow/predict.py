@@ -84,10 +84,12 @@ def load_shape(model: str) -> tuple[DecoderShape, str, bool]:
 
 
 def _structure(shape: DecoderShape, family: str | None, ternary: bool) -> ConfigShape:
-    """The block structure of ``family`` (default: BitNet's for ternary, LLaMA's otherwise)."""
+    """The block structure of ``family`` (default: BitNet's for ternary, LLaMA's otherwise;
+    Qwen3's head norms)."""
     family = family or ("bitnet" if ternary else "llama")
     bitnet = family == "bitnet"
-    return ConfigShape(shape, family, "relu2" if bitnet else "silu", bitnet, bitnet, 0, "")
+    return ConfigShape(shape, family, "relu2" if bitnet else "silu", bitnet, bitnet, 0, "",
+                       head_norms=family == "qwen3")
 
 
 # ----------------------------------------------------------------------------- programs
@@ -299,9 +301,10 @@ def _size_act_depth(qd, cfg, board) -> tuple:
 
 
 def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
-    """``(cfg, notes)``: the weight ring and the activation buffer sized for decoder ``qd``
-    (:func:`_size_weight_depth`, :func:`_size_act_depth`) and the ring placed in URAM where
-    block RAM is short (``mapping.engine.place_ring``), with one ``note`` per change. The
+    """``(cfg, notes)``: the weight ring, the activation buffer and the TLMM accumulator sized
+    for decoder ``qd`` (:func:`_size_weight_depth`, :func:`_size_act_depth`,
+    :func:`_size_tlmm_acc`) and the ring placed in URAM where block RAM is short
+    (``mapping.engine.place_ring``), with one ``note`` per change. The
     one rule of the compile from weights and the shape-only compile: a board's engine that
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
@@ -309,7 +312,8 @@ def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[st
 
     notes = []
     for step in (lambda c: _size_weight_depth(qd, c, ternary),
-                 lambda c: _size_act_depth(qd, c, board), lambda c: place_ring(c, board)):
+                 lambda c: _size_act_depth(qd, c, board), lambda c: _size_tlmm_acc(qd, c),
+                 lambda c: place_ring(c, board)):
         cfg, why = step(cfg)
         notes += [why] if why else []
     return cfg, notes
@@ -332,6 +336,19 @@ def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
     return replace(cfg, weight_depth=depth), (
         f"weight_depth {cfg.weight_depth} cannot hold two tiles of the widest linear ({need} "
         f"entries); raised to {depth}")
+
+
+def _size_tlmm_acc(qd, cfg) -> tuple:
+    """``cfg`` with a TLMM accumulator deep enough for the widest ternary linear's outputs
+    (BitNet b1.58 2B4T's gate/up: 6912), and why it changed (or None)."""
+    widest = max((ql.weight.shape[0] for ly in qd.layers
+                  for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down) if ql.ternary),
+                 default=0)
+    if not cfg.tlmm or widest <= cfg.tlmm_acc_depth:
+        return cfg, None
+    return replace(cfg, tlmm_acc_depth=widest), (
+        f"tlmm_acc_depth {cfg.tlmm_acc_depth} cannot hold the {widest} outputs of the widest "
+        f"ternary linear; raised to {widest}")
 
 
 def _tlmm_cfg(qd, cfg, board):

@@ -44,8 +44,9 @@ instructions' cycles, their fetches and a fixed per-run overhead):
 * **GATHER**: per row a LOAD of ``n`` words (one read latency each) and its id check, plus one
   read round trip per super-beat of ids (``ceil(4·rows/SB)``);
 * **RMSNORM / SILUMUL (RELU2 alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, ``V =
-  vec_lanes`` elements per cycle, ``G = L/V`` lane groups per word): per row ``2·nw·G``
-  (RMSNORM: sum of squares and normalize), ``nw·(G+1)`` (SILUMUL: the gate word latch),
+  vec_lanes`` elements per cycle, ``G = L/V`` lane groups per word): per row ``2·nw·G + nw·gam``
+  (RMSNORM: sum of squares and normalize; flag GAMMA reads a gamma word per word index),
+  ``nw·(G+1)`` (SILUMUL: the gate word latch),
   ``2·nw·(G+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work (isqrt and
   divider); ROPE four buffer reads per step of up to ``min(V, L/2)`` pairs
   (``hw.sfu.rope_head_steps``; one pair per step at ``V = 1``);
@@ -531,8 +532,9 @@ def features(i, cfg: AccelConfig, pos: int = 0,
     if op in (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT):
         # element steps: G = L / vec_lanes lane groups per word (L at vec_lanes = 1)
         nw, G = _cdiv(i.n, L), L // cfg.vec_lanes
-        per_word = {Opcode.RMSNORM: 2 * G, Opcode.SILUMUL: G + 1,
-                    Opcode.ABSQUANT: 2 * (G + (1 if i.flags & FLAG_GAMMA else 0))}[op]
+        gam = 1 if i.flags & FLAG_GAMMA else 0      # a gamma word read per word index
+        per_word = {Opcode.RMSNORM: 2 * G + gam, Opcode.SILUMUL: G + 1,
+                    Opcode.ABSQUANT: 2 * (G + gam)}[op]
         return op.name, {"fixed": 1, "rows": i.rows, "elems": i.rows * nw * per_word,
                          "zero_words": i.rows * max(0, i.words - nw)}, 0
     if op == Opcode.ROPE:

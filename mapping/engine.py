@@ -10,7 +10,7 @@ configuration (DSP and BRAM counts equal):
   res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
   tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
   dequantizer's 4x4-bit products are shift-and-add logic (no DSP). With ``transformer``, the
-  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 6``
+  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 9``
   (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
   each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
   ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and the burst
@@ -61,10 +61,10 @@ from .errors import MappingError
 EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
 #: Transformer units' DSP48E2 (module docstring): per attention lane ``3 L + 4``, shared
-#: ``2 L + 6`` (the lanes' output products and burst length, the vector unit, the POS
-#: multiplier).
+#: ``2 L + 9`` (the lanes' output products and burst length, the vector unit's first lane, the
+#: POS multiplier, and the sliding window's first key times ``pos_sb``, 33 x 8 bits: 2).
 ATTN_LANE_DSP_PER_BYTE, ATTN_LANE_DSP_FIXED = 3, 4
-TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 6
+TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 9
 PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
 RECORD_BYTES = 8
 ACT_READ_PORTS = 3
@@ -272,10 +272,12 @@ ATTN_SHARED_FF = (421.9, 63.8)
 
 #: DSP48E2, LUT and FF of each vector-unit lane past the first (``hw.sfu.VectorUnit`` alone,
 #: Yosys ``synth_xilinx -family xcup`` at L = 16, V = 1, 4, 16: DSP 4, 16, 64 (4 per lane:
-#: the lane's ``x * r * mult`` path); LUT 2263, 4828, 14181 and FF 1423, 2571, 6437, whose
+#: the lane's ``x * r * mult`` path; 5 since RMSNORM's flag GAMMA added the 8 x 8 ``x * g``
+#: product, measured at V = 1 and 4 in tests/hwflow/export/test_fit.py); LUT 2263, 4828,
+#: 14181 and FF 1423, 2571, 6437, whose
 #: slopes from V = 1 to 16 are 795 LUT and 334 FF per lane (855 / 383 from 1 to 4). Most of a
 #: lane's LUTs are its SiLU/ReLU² ROM, built from LUTs.
-VECTOR_LANE_DSP = 4
+VECTOR_LANE_DSP = 5
 VECTOR_LANE_LUT = 795.0
 VECTOR_LANE_FF = 334.0
 

@@ -81,6 +81,10 @@ _U8 = (1 << 8) - 1
 
 #: Gamma codes a ternary layer may carry (compiler.decoder.QLayer), in slot order.
 GAMMAS = ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma")
+#: Gamma codes of the per-head q/k RMSNORMs (Qwen3), for int8 and ternary layers alike.
+HEAD_NORM_GAMMAS = ("q_norm_gamma", "k_norm_gamma")
+#: Every slot of the ``gamma`` area, in slot order.
+GAMMA_SLOTS = GAMMAS + HEAD_NORM_GAMMAS
 _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -170,10 +174,10 @@ class _Geometry:
     iw: int          # gate/up rows
     lw: int          # the logits row (whole super-beats)
     cs_words: int    # one RoPE table row (whole super-beats)
-    #: Ternary decoders only (0 / empty otherwise, so an int8 decoder's plan is unchanged):
-    #: ``mw`` act words per row of the ``m`` area (ABSQUANT's u16 absmax per row, 2 bytes),
-    #: ``gw`` words of the one ``gamma`` area (not per row) and its slots ``(name, word
-    #: offset, words)``.
+    #: Ternary decoders only (0 otherwise): ``mw`` act words per row of the ``m`` area
+    #: (ABSQUANT's u16 absmax per row, 2 bytes). Decoders with gamma codes (ternary ones,
+    #: Qwen3's head norms; 0 / empty otherwise, so a LLaMA's plan is unchanged): ``gw`` words
+    #: of the one ``gamma`` area (not per row) and its slots ``(name, word offset, words)``.
     mw: int = 0
     gw: int = 0
     gslots: tuple = ()
@@ -210,17 +214,16 @@ class _Geometry:
                   iw=_cdiv(s.intermediate, L),
                   lw=_cdiv(s.vocab, SB) * SB // L,
                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)     # head_dim int16 values
-        if not _is_ternary(qd):
-            return geo
         width = {"attn_gamma": geo.ew, "attn_sub_gamma": geo.q_words, "mlp_gamma": geo.ew,
-                 "mlp_sub_gamma": geo.iw}
+                 "mlp_sub_gamma": geo.iw, "q_norm_gamma": hd_words, "k_norm_gamma": hd_words}
         slots, off = [], 0
-        for nm in GAMMAS:       # a slot for every gamma that some layer has
-            if any(getattr(ly, nm) is not None for ly in qd.layers):
+        for nm in GAMMA_SLOTS:  # a slot for every gamma that some layer has
+            if any(getattr(ly, nm, None) is not None for ly in qd.layers):
                 slots.append((nm, off, width[nm]))
                 off += width[nm]
         gw = _cdiv(off, SB // L) * (SB // L)    # one LOAD moves whole super-beats
-        return replace(geo, mw=_cdiv(2, L), gw=gw, gslots=tuple(slots))
+        return replace(geo, mw=_cdiv(2, L) if _is_ternary(qd) else 0, gw=gw,
+                       gslots=tuple(slots))
 
     @property
     def row_words(self) -> dict:
@@ -605,7 +608,7 @@ def _gamma_block(ly, geo: _Geometry, s) -> np.ndarray | None:
     """Layer ``ly``'s gamma codes as the ``gamma`` act area holds them (int8, ``gw * L``
     bytes): slot by slot, element i at byte i of the slot (the o input's gammas spread to the
     padded heads, zero in the padding); None when the layer has none."""
-    if not any(getattr(ly, nm) is not None for nm in GAMMAS):
+    if not _has_gammas(ly):
         return None
     L, hdp = geo.L, geo.hd_words * geo.L
     blk = np.zeros(geo.gw * L, dtype=np.int8)
@@ -617,6 +620,9 @@ def _gamma_block(ly, geo: _Geometry, s) -> np.ndarray | None:
         if nm == "attn_sub_gamma":
             want = s.heads * s.head_dim
             idx = (np.arange(s.heads)[:, None] * hdp + np.arange(s.head_dim)[None, :]).ravel()
+        elif nm in HEAD_NORM_GAMMAS:        # one head's codes, every head's RMSNORM row
+            want = s.head_dim
+            idx = np.arange(want)
         else:
             want = s.intermediate if nm == "mlp_sub_gamma" else s.hidden
             idx = np.arange(want)
@@ -671,10 +677,30 @@ def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
                  tile_mem_rows=pk.plan.tile_mem_rows, lgm=pk.plan.fmt.lgm, lgr=pk.plan.fmt.lgr)
 
 
-def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int) -> Instr:
+def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int,
+             g: int | None = None) -> Instr:
+    """RMSNORM ``norm = (eps, mult, shift)``; with ``g`` (act word of gamma codes) flag
+    GAMMA."""
     eps, mult, shift = (int(v) for v in norm)
-    return Instr(Opcode.RMSNORM, shift=shift, a=a, out=out, rows=rows, eps=eps, n=n,
-                 words=words, mult_b=mult)
+    return Instr(Opcode.RMSNORM, FLAG_GAMMA if g is not None else 0, shift=shift, a=a, out=out,
+                 g=g or 0, rows=rows, eps=eps, n=n, words=words, mult_b=mult)
+
+
+def _has_gammas(ly) -> bool:
+    """Whether layer ``ly`` carries gamma codes (a LOAD of its ``gamma`` block)."""
+    return any(getattr(ly, nm, None) is not None for nm in GAMMA_SLOTS)
+
+
+def _head_norms(ly, s, geo: _Geometry, A, rows: int, slot: dict) -> list:
+    """Qwen3's per-head q and k RMSNORMs with their gamma codes, in place: each (padded) head
+    of the q (k) rows is one RMSNORM row (``q_words = heads * hd_words``, so the heads of
+    consecutive rows are evenly spaced), its padding written back as zeros."""
+    if ly.q_norm is None:
+        return []
+    return [_rmsnorm(ly.q_norm, A("q"), A("q"), rows * s.heads, s.head_dim, geo.hd_words,
+                     g=slot["q_norm_gamma"]),
+            _rmsnorm(ly.k_norm, A("k"), A("k"), rows * s.kv_heads, s.head_dim, geo.hd_words,
+                     g=slot["k_norm_gamma"])]
 
 
 def _tmatmul(pk: _TPacked, wgt: int, x: int, x_words: int, out: int, rows: int,
@@ -715,6 +741,7 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
         _tmatmul(pk["q"], w["q"], A("h"), geo.ew, A("q"), rows, geo.q_words, m),
         _tmatmul(pk["k"], w["k"], A("h"), geo.ew, A("k"), rows, geo.kv_words, m),
         _tmatmul(pk["v"], w["v"], A("h"), geo.ew, A("v"), rows, geo.kv_words, m),
+        *_head_norms(ly, s, geo, A, rows, slot),
         Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
               heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
         Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
@@ -791,14 +818,14 @@ def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s,
 
 
 def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
-    """Instructions of one layer: 12 (int8); ternary: 16, plus 1 per sub-norm, 1 per unfused
-    residual add and 1 for the gamma LOAD; plus ``attn``, the KVSTOREs and ATTNs of the
-    attention passes (:func:`attention_instructions`)."""
-    subs = (ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
+    """Instructions of one layer: 12 (int8); ternary: 16, plus 1 per unfused residual add;
+    plus 1 per sub-norm, 2 for per-head q/k norms, 1 for the gamma LOAD and ``attn``, the
+    KVSTOREs and ATTNs of the attention passes (:func:`attention_instructions`)."""
+    extra = ((ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
+             + 2 * (getattr(ly, "q_norm", None) is not None) + bool(has_gamma) + attn)
     if not _layer_ternary(ly, 0):
-        return 12 + subs + attn
-    adds = (ly.attn_add is not None) + (ly.mlp_add is not None)
-    return 16 + subs + adds + bool(has_gamma) + attn
+        return 12 + extra
+    return 16 + (ly.attn_add is not None) + (ly.mlp_add is not None) + extra
 
 
 def attention_instructions(passes) -> int:
@@ -838,11 +865,15 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
             prog += _ternary_layer(qd, i, geo, pk, w, plan, ad)
             continue
         silu_mult, silu_shift = (int(v) for v in ly.silu)
+        if i in ad.gammas:      # the layer's gamma codes (Qwen3's head norms)
+            prog.append(Instr(Opcode.LOAD, ext=ad.gammas[i], a=A("gamma"), b=geo.gw))
+        slot = {nm: A("gamma") + off for nm, off, _ in geo.gslots}
         prog += [
             _rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
             _matmul(pk["q"], w["q"], A("h"), A("q"), rows, geo.q_words),
             _matmul(pk["k"], w["k"], A("h"), A("k"), rows, geo.kv_words),
             _matmul(pk["v"], w["v"], A("h"), A("v"), rows, geo.kv_words),
+            *_head_norms(ly, s, geo, A, rows, slot),
             Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
                   heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
             Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
@@ -899,8 +930,7 @@ def program_instructions(layers, attn: int = 3) -> int:
     one gamma LOAD per layer that has gammas) with the LM head as one MATMUL: a vocabulary past
     65,535 adds one per further part (:func:`_lm_head_parts`)."""
     if isinstance(layers, QDecoder):
-        return 6 + sum(_layer_instructions(ly, any(getattr(ly, nm) is not None
-                                                   for nm in GAMMAS), attn)
+        return 6 + sum(_layer_instructions(ly, _has_gammas(ly), attn)
                        for ly in layers.layers)
     return (12 + attn) * layers + 6
 
@@ -1146,13 +1176,13 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                               "weight_bytes": pk.nbytes})
     gregion = {}
     for i, ly in enumerate(qd.layers):
-        blk = _gamma_block(ly, geo, s) if ternary else None
+        blk = _gamma_block(ly, geo, s) if geo.gw else None
         if blk is not None:
             gregion[i] = ib.append(
                 f"weights:L{i}.gamma", "weights", payload(blk.tobytes, blk.nbytes),
                 shape=[geo.gw * L],
                 words=geo.gw,
-                layout="int8 gamma codes of ABSQUANT, slots (name, word, words) "
+                layout="int8 gamma codes of ABSQUANT and RMSNORM, slots (name, word, words) "
                        f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
     kv_rows = T + slack
     kv_bytes = geo.kv_region_sb(kv_rows) * SB

@@ -508,7 +508,10 @@ class IsaModel:
             self._fail(IsaError, f"RMSNORM: n={n} > words*L = {words * L}")
         self._check_out(ins, ((ins.a, "a"),), words)
         x = self._act_rows(ins.a, rows, words, words, "RMSNORM a")[:, :n]
-        y = golden_llm.rmsnorm(x, ins.eps, ins.mult_b, ins.shift) if rows else x
+        gamma = None
+        if ins.flags & FLAG_GAMMA:
+            gamma = self._act_rows(ins.g, 1, 1, -(-n // L), "RMSNORM gamma")[0, :n]
+        y = golden_llm.rmsnorm(x, ins.eps, ins.mult_b, ins.shift, gamma) if rows else x
         self._write_rows(ins.out, words, self._padded(y, words), "RMSNORM out")
 
     def _silumul(self, ins: Instr) -> None:

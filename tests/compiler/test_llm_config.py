@@ -36,6 +36,19 @@ def test_bitnet_0_7b_config_from_a_folder(tmp_path):
     assert cs.family == "bitnet" and cs.ternary and cs.sub_norms
 
 
+def test_qwen3_config_has_head_norms():
+    """Qwen3-0.6B (published config): per-head q/k norms, heads of 128 (not hidden / heads),
+    tied embeddings; 0.44 B parameters besides the embedding and the LM head (model card)."""
+    cs = shape_from_config(CONFIGS / "qwen3-0.6b.json", max_context=2048)
+    s = cs.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (
+        151936, 1024, 28, 16, 8, 128, 3072)
+    assert cs.family == "qwen3" and cs.head_norms and not cs.sub_norms and s.windows == ()
+    assert round((cs.parameters - 2 * s.vocab * s.hidden) / 1e9, 2) == 0.44
+    qd = shape_decoder(cs, 64)
+    assert qd.layers[0].q_norm is not None and qd.layers[0].k_norm_gamma.shape == (128,)
+
+
 def test_phi3_mini_config_counts_its_fused_linears_as_their_parts(tmp_path):
     cs = shape_from_config(CONFIGS / "phi-3-mini-4k.json", max_context=2047)
     s = cs.shape

@@ -140,6 +140,23 @@ def test_phi3_fused_projections_are_split(tmp_path):
     assert np.max(np.abs(float_forward(fp, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
 
 
+def test_qwen3_head_norms_are_recognised(tmp_path):
+    """Qwen3 normalizes every q and k head (RMSNorm over head_dim with its own gamma) between
+    the head view and RoPE: recognised as the layer's q_norm / k_norm gammas (not folded:
+    RoPE mixes a head's elements), the float model reproducing HF."""
+    from safetensors.numpy import load_file
+
+    f = tiny_llama(tmp_path / "qwen3", family="qwen3")
+    fq = load_decoder(f, max_context=32)
+    assert fq.family == "qwen3" and fq.shape.head_dim == 20
+    w = load_file(str(f / "model.safetensors"))
+    for i, ly in enumerate(fq.layers):
+        p = f"model.layers.{i}.self_attn."
+        np.testing.assert_array_equal(ly.q_norm, w[p + "q_norm.weight"])
+        np.testing.assert_array_equal(ly.k_norm, w[p + "k_norm.weight"])
+    assert np.max(np.abs(float_forward(fq, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
+
+
 def test_phi3_partial_rotary_is_refused(tmp_path):
     """Phi-3's RoPE code passes the head dims past ``partial_rotary_factor * head_dim`` through
     unrotated: the ROPE unit rotates whole heads, so a factor below 1 is refused by name."""

@@ -127,13 +127,14 @@ def test_board_without_transformer_units_is_refused(tmp_path, capsys):
     assert "transformer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3"])
-def test_llama_like_families_run_without_special_code(tmp_path, family):
-    """Mistral, Qwen2 (q/k/v biases) and Phi-3 (fused qkv_proj and gate_up_proj, split at
-    load) lower to the same patterns: compiled and simulated in RTL like the LLaMA, bit-exact.
-    The Mistral's sliding window (6 keys) is shorter than its
-    prompt (8, one prefill bucket whose rows cross the window) plus 4 decode steps: ATTN reads
-    the window's keys alone, its start moving with POS in the one decode program."""
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3", "qwen3"])
+def test_decoder_families_run_bit_exact_in_rtl(tmp_path, family):
+    """Mistral, Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj and gate_up_proj, split at load)
+    and Qwen3 (per-head q/k RMSNorms: RMSNORM with gamma codes, one row per head) compiled from
+    their folders and simulated in RTL, every step bit-exact. The Mistral's sliding window (6
+    keys) is shorter than its prompt (8, one prefill bucket whose rows cross the window) plus 4
+    decode steps: ATTN reads the window's keys alone, its start moving with POS in the one
+    decode program."""
     extra = {"sliding_window": 6} if family == "mistral" else {}
     folder = write_tiny_llama(tmp_path / family, seed=1, family=family, **extra)
     out = tmp_path / "b"

@@ -62,9 +62,11 @@ def _pack(*w) -> int:
     return sum((x & 0xFFFFFFFF) << (32 * k) for k, x in enumerate(w))
 
 
-def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift):
-    return _pack(Opcode.RMSNORM | shift << 16, 0, a | out << 16, rows << 16, eps,
-                 n | words << 16, mult)
+def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift, g=None):
+    """RMSNORM; with ``g`` (act word of int8 gamma codes) flag GAMMA."""
+    flags = FLAG_GAMMA if g is not None else 0
+    return _pack(Opcode.RMSNORM | flags << 8 | shift << 16, 0, a | out << 16,
+                 (g or 0) | rows << 16, eps, n | words << 16, mult)
 
 
 def silumul_ins(a, b, out, rows, n, words, mult, shift, relu2=False):
@@ -110,10 +112,11 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
     elif op in (Opcode.RMSNORM, Opcode.SILUMUL):
         a, out, b = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
         n, words, mult = w[5] & 0xFFFF, w[5] >> 16, w[6] & 0xFFFF
+        gamma = mem[b * L:b * L + n].astype(np.int64) if flags & FLAG_GAMMA else None
         for r in range(rows):
             x = mem[(a + r * words) * L:][:n].astype(np.int64)
             if op == Opcode.RMSNORM:
-                y = golden.rmsnorm(x[None], w[4], mult, shift)[0]
+                y = golden.rmsnorm(x[None], w[4], mult, shift, gamma)[0]
             else:
                 u = mem[(b + r * words) * L:][:n].astype(np.int64)
                 fn = golden.relu2_mul if flags & FLAG_RELU2 else golden.silu_mul
@@ -452,7 +455,7 @@ def documented_cycles(ins: int, L: int, V: int) -> int:
     n, words = w[5] & 0xFFFF, w[5] >> 16
     nw = -(-n // L)
     if op == Opcode.RMSNORM:
-        row = 2 * nw * G + (words - nw) + 67
+        row = 2 * nw * G + nw * int(bool(flags & FLAG_GAMMA)) + (words - nw) + 67
     elif op == Opcode.SILUMUL:
         row = nw * (G + 1) + (words - nw) + 2
     else:
@@ -480,7 +483,7 @@ def check_wide(L, V, depth, mem, program) -> list[int]:
 @pytest.mark.parametrize("L,V", WIDE)
 def test_rmsnorm_lanes(L, V):
     rng = np.random.default_rng(500 + 10 * L + V)
-    depth = 64
+    depth = 80
     mem = _rand_mem(rng, depth, L)
     n = 21 if L == 4 else 93                # odd: a multiple of neither L nor V
     nw = -(-n // L)
@@ -499,8 +502,21 @@ def test_rmsnorm_lanes(L, V):
         rmsnorm_ins(base, base + words, 1, 0, 1, 1, 65535, 47),          # n = 1
         rmsnorm_ins(0, 0, 1, 5, 0, 2, 100, 40),                          # n = 0: zero fill
     ]
+    # flag GAMMA (Qwen3's per-head norms): int8 codes per element, one vector for every row,
+    # the extremes included; |x * g * r| up to 2**39 (x = g = -128 at r = 2**32 / 128)
+    g = 9 * words
+    gvec = rng.integers(-128, 128, size=n)
+    gvec[:4] = [-128, 0, 127, -1]
+    _put(mem, g * L, gvec)
+    program += [
+        rmsnorm_ins(0, 3 * words, 3, int(rng.integers(0, 5000)), n, words,
+                    int(rng.integers(20000, 65536)), 47 - lg_n, g=g),
+        rmsnorm_ins(base, base + 2 * words, 1, 0, n, words, 65535, 47, g=g),  # -128 * -128
+        rmsnorm_ins(3 * words, 3 * words, 2, 7, n - V - 1, words, 65535, 20, g=g),  # in place
+    ]
     cycles = check_wide(L, V, depth, mem, program)
     assert cycles[0] == 3 * (2 * nw * (L // V) + (words - nw) + 67) + 9
+    assert cycles[7] == 3 * (2 * nw * (L // V) + nw + (words - nw) + 67) + 9
 
 
 @pytest.mark.parametrize("L,V", WIDE)

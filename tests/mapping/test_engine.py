@@ -31,10 +31,10 @@ def test_u280_default_engine_matches_one_row_per_cycle():
     assert cfg.beat_bytes == cfg.row_bytes == 256
     fit = check_fit(cfg, load_board("u280"))
     # 256 MAC slices, 4 epilogues of 3 multipliers, the controller's one, the transformer
-    # units (16 attention lanes of 3 L + 4, and 2 L + 6; 15 vector lanes past the first, 4
+    # units (16 attention lanes of 3 L + 4, and 2 L + 9; 15 vector lanes past the first, 5
     # each) and the TLMM engine's epilogue (4; tlmm is on in the YAML)
     assert cfg.attn_heads == 16 and cfg.vec_lanes == 16
-    assert fit["dsp"]["used"] == 256 + 12 + 1 + 16 * 52 + 38 + 15 * 4 + 4
+    assert fit["dsp"]["used"] == 256 + 12 + 1 + 16 * 52 + 41 + 15 * 5 + 4
     assert fit["dsp"]["available"] == 9024
     assert cfg.sparse and cfg.int4
 
@@ -47,9 +47,9 @@ def test_kv260_engine_is_ddr_bound():
 def test_oversized_engine_is_refused_with_numbers():
     kv = load_board("kv260")
     cfg = choose_config(kv, chains=128, chain_len=16)
-    # 4 attention lanes (the YAML) of 3 L + 4, 2 L + 6, 15 vector lanes of 4, the TLMM's 4
-    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 13 + 4 * 52 + 38 + 15 * 4 + 4
-    with pytest.raises(MappingError, match=r"DSP 2371 > 1248"):
+    # 4 attention lanes (the YAML) of 3 L + 4, 2 L + 9, 15 vector lanes of 5, the TLMM's 4
+    assert estimate_resources(cfg)["dsp"] == 128 * 16 + 13 + 4 * 52 + 41 + 15 * 5 + 4
+    with pytest.raises(MappingError, match=r"DSP 2389 > 1248"):
         check_fit(cfg, kv)
 
 
@@ -76,7 +76,7 @@ def test_kv260_estimate_equals_yosys_synth_xilinx():
     # parameter lanes of 256 x 64 (28 RAMB36E2) and 16 index lanes of 256 x 32 (16 RAMB18E2 =
     # 8); 34306 LUT. (tests/hwflow/export/test_fit.py measures a small configuration; this
     # pins the numbers of the full one, which takes minutes.)
-    # The transformer units (on for the KV260) add H (3 L + 4) + 2 L + 6 DSP48E2 (test_fit.py).
+    # The transformer units (on for the KV260) add H (3 L + 4) + 2 L + 9 DSP48E2 (test_fit.py).
     kv = load_board("kv260")
     no_units = replace(choose_config(kv), transformer=False, tlmm=False)
     est = estimate_resources(no_units, kv.bram_kbits)
