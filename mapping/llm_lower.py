@@ -19,13 +19,16 @@ chunk of up to ``B`` tokens at any start position. A program is, per run of ``ro
       MATMUL gate (h) -> g, MATMUL up (h) -> u
       SILUMUL g, u -> g                     in place
       MATMUL down (g) + x -> x              RESIDUAL
-    RMSNORM x -> h, MATMUL lm_head (h) -> logits: the last row only; STORE logits -> io; END
+    RMSNORM x -> h; per part of the vocabulary: MATMUL lm_head part (h) -> logits, STORE
+    logits -> io at the part's offset (the last row only); END
 
 Only the last row's logits are computed: they predict the token after the run, the only one the
 host needs (a prompt's earlier rows are known tokens). The host therefore runs a prompt so that
 its last token is a program's last row (:func:`prompt_runs`); the logits area is one row
-whatever the bucket, so prefill buckets are not sized by the vocabulary (a 128k vocabulary's
-logits row is 8016 words at L = 16).
+whatever the bucket, so prefill buckets are not sized by the vocabulary. A vocabulary past one
+MATMUL's 65,535 outputs runs as parts (:func:`lm_head_part_channels`), each stored to the
+logits row in external memory before the next: the area holds one part, so a 128k
+vocabulary's 8016-word row (L = 16) takes 4095 words of the activation buffer.
 
 Row strides (act words of L bytes): the residual stream ``x`` and ``h`` use ``ew`` =
 the embedding row padded to whole super-beats (GATHER writes rows ``n`` words apart and moves
@@ -33,8 +36,8 @@ whole super-beats), so every linear that reads ``h`` has ``k_words = ew`` (zero 
 past ``hidden``). ``q``/``att`` rows are ``heads * hd_words`` words, ``k``/``v`` rows
 ``kv_stride * SB / L`` words (one cache row, so a STORE of ``rows`` rows fills ``rows``
 consecutive cache rows), ``g``/``u`` rows ``ceil(intermediate / L)``, ``cs`` rows one RoPE table
-row padded to whole super-beats; the one ``logits`` row is the vocab padded to whole
-super-beats.
+row padded to whole super-beats; the one ``logits`` area is the vocab padded to whole
+super-beats, or one LM head part of a longer vocabulary.
 
 Slack rows: a prefill bucket of ``B`` rows started at a position ``p`` near ``max_context``
 runs ``B`` rows (the rows past the prompt run on token 0), so it reads RoPE rows and writes
@@ -172,7 +175,8 @@ class _Geometry:
     q_words: int     # q and att rows: heads * hd_words
     kv_words: int    # k and v rows: kv_heads * hd_words
     iw: int          # gate/up rows
-    lw: int          # the logits row (whole super-beats)
+    lw: int          # the logits row (whole super-beats), as the host reads it
+    la: int          # the logits area: the row, or one LM head part of a longer one
     cs_words: int    # one RoPE table row (whole super-beats)
     #: Ternary decoders only (0 otherwise): ``mw`` act words per row of the ``m`` area
     #: (ABSQUANT's u16 absmax per row, 2 bytes). Decoders with gamma codes (ternary ones,
@@ -213,6 +217,7 @@ class _Geometry:
                   passes=attention_passes(s.heads, s.kv_heads, hd_words, cfg),
                   iw=_cdiv(s.intermediate, L),
                   lw=_cdiv(s.vocab, SB) * SB // L,
+                  la=min(_cdiv(s.vocab, SB) * SB, lm_head_part_channels(cfg)) // L,
                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)     # head_dim int16 values
         width = {"attn_gamma": geo.ew, "attn_sub_gamma": geo.q_words, "mlp_gamma": geo.ew,
                  "mlp_sub_gamma": geo.iw, "q_norm_gamma": hd_words, "k_norm_gamma": hd_words}
@@ -239,7 +244,7 @@ class _Geometry:
     def fixed_words(self) -> dict:
         """Areas of a fixed size (not per row), allocated after the row areas: the one
         ``logits`` row (the last row's), and a ternary decoder's ``gamma`` codes."""
-        return {"logits": self.lw} | ({"gamma": self.gw} if self.gw else {})
+        return {"logits": self.la} | ({"gamma": self.gw} if self.gw else {})
 
     @property
     def words_per_row(self) -> int:
@@ -655,13 +660,22 @@ class _Addrs:
 LM_HEAD_CHANNELS = (1 << 16) - 1
 
 
+def lm_head_part_channels(cfg: AccelConfig) -> int:
+    """Channels of each LM head part but the last: the most of :data:`LM_HEAD_CHANNELS` that
+    is a whole number of dense weight tiles (``C = chains``), act words and super-beats (a part
+    is stored at a super-beat of the logits row), ``lcm(chains, L, SB)``."""
+    unit = math.lcm(cfg.chains, cfg.chain_len, cfg.beat_bytes)
+    if unit > LM_HEAD_CHANNELS:
+        raise MappingError(f"an LM head part must be a multiple of lcm(chains, L, super-beat) = "
+                           f"{unit} channels, more than one MATMUL's {LM_HEAD_CHANNELS}")
+    return LM_HEAD_CHANNELS // unit * unit
+
+
 def _lm_head_parts(pk: _Packed, cfg: AccelConfig) -> list[tuple[int, int]]:
-    """``[(first channel, channels)]`` of the LM head's MATMULs: at most
-    :data:`LM_HEAD_CHANNELS` each, every part starting a weight tile and an act word (whole
-    multiples of ``lcm(C, L)`` channels)."""
-    C = channels_per_tile(cfg, pk.plan.fmt)
-    unit = C * cfg.chain_len // math.gcd(C, cfg.chain_len)
-    per = LM_HEAD_CHANNELS // unit * unit
+    """``[(first channel, channels)]`` of the LM head's MATMULs (:func:`lm_head_part_channels`
+    each, the last the rest)."""
+    per = lm_head_part_channels(cfg)
+    assert per % channels_per_tile(cfg, pk.plan.fmt) == 0   # the LM head is dense
     return [(c0, min(per, pk.n_out - c0)) for c0 in range(0, pk.n_out, per)]
 
 
@@ -899,26 +913,30 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
                             res=A("x")))
     last = (rows - 1) * geo.ew      # the last row: the one whose logits the host reads
     prog += [_rmsnorm(qd.final_norm, A("x") + last, A("h") + last, 1, s.hidden, geo.ew)]
-    prog += _lm_head(packed["lm_head"], W["lm_head"], A("h") + last, A("logits"), geo, cfg)
-    prog += [Instr(Opcode.STORE, ext=ad.logits, a=A("logits"), b=geo.lw), Instr(Opcode.END)]
+    prog += _lm_head(packed["lm_head"], W["lm_head"], A("h") + last, A("logits"), ad.logits,
+                     geo, cfg)
+    prog += [Instr(Opcode.END)]
     return prog
 
 
-def _lm_head(pk: _Packed, wgt: int, x: int, out: int, geo: _Geometry,
+def _lm_head(pk: _Packed, wgt: int, x: int, out: int, ext: int, geo: _Geometry,
              cfg: AccelConfig) -> list:
-    """The LM head on one row as MATMULs of at most :data:`LM_HEAD_CHANNELS` outputs: a
-    vocabulary past the 16-bit ``n`` field (every Llama 3 and Qwen: 128k-152k) is split at
-    tile boundaries; part ``c`` reads the weight tiles from its first one (tiles are stored
-    one after another, ``tile_mem_rows`` memory rows each) and writes its outputs at word
-    ``first channel / L`` of the one logits row, as its own ``out_words``-word row."""
-    C, L = channels_per_tile(cfg, pk.plan.fmt), cfg.chain_len
+    """The LM head on one row and its STOREs to the logits row at ``ext``: MATMULs of at most
+    :data:`LM_HEAD_CHANNELS` outputs, as a vocabulary past the 16-bit ``n`` field (every
+    Llama 3 and Qwen: 128k-152k) is split at tile boundaries (:func:`_lm_head_parts`). Part
+    ``c`` reads the weight tiles from its first one (tiles are stored one after another,
+    ``tile_mem_rows`` memory rows each), writes its outputs into the logits area (the last
+    part zero-padded to the row's super-beat), and a STORE moves them to super-beat
+    ``first channel / SB`` of the row before the next part overwrites the area."""
+    C, L, SB = channels_per_tile(cfg, pk.plan.fmt), cfg.chain_len, cfg.beat_bytes
     tile_sb = pk.plan.tile_mem_rows * cfg.beats_per_row
     out_instr = []
     for c0, n in _lm_head_parts(pk, cfg):
         t0, nt = c0 // C, _cdiv(n, C)
         part = replace(pk, n_out=n, plan=replace(pk.plan, n_tiles=nt))
         words = geo.lw - c0 // L if c0 + n == pk.n_out else n // L
-        out_instr.append(_matmul(part, wgt + t0 * tile_sb, x, out + c0 // L, 1, words))
+        out_instr += [_matmul(part, wgt + t0 * tile_sb, x, out, 1, words),
+                      Instr(Opcode.STORE, ext=ext + c0 // SB, a=out, b=words)]
     return out_instr
 
 
@@ -927,8 +945,8 @@ def program_instructions(layers, attn: int = 3) -> int:
     an int8 LLaMA decoder (``layers`` a count; ``attn`` the attention instructions of a layer,
     :func:`attention_instructions`: 3 for one cache region and one pass); given a
     :class:`QDecoder`, its count (ternary layers: 16 + attn each, plus one per sub-norm and
-    one gamma LOAD per layer that has gammas) with the LM head as one MATMUL: a vocabulary past
-    65,535 adds one per further part (:func:`_lm_head_parts`)."""
+    one gamma LOAD per layer that has gammas) with the LM head as one MATMUL and its STORE: a
+    vocabulary past 65,535 adds two per further part (:func:`_lm_head_parts`)."""
     if isinstance(layers, QDecoder):
         return 6 + sum(_layer_instructions(ly, _has_gammas(ly), attn)
                        for ly in layers.layers)
@@ -1109,7 +1127,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
     n_instr = (program_instructions(qd, attention_instructions(geo.passes))
-               + len(_lm_head_parts(packed["lm_head"], cfg)) - 1)
+               + 2 * (len(_lm_head_parts(packed["lm_head"], cfg)) - 1))
 
     def payload(make, nbytes: int):
         """The bytes of a region, or (shape-only) just their count."""

@@ -4,6 +4,8 @@ at any position, for prompts shorter than a bucket and for prompts in several ch
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -136,11 +138,13 @@ def _calibrate(kind, obj, value):
         obj.mult = np.clip(m + np.arange(len(m)) % 7 - 3, 1, 65535).astype(np.int64)
 
 
-def random_decoder(seed: int = 0, max_context: int = 64, layers: int = 2) -> QDecoder:
-    """A random QDecoder of :data:`SHAPE` with multipliers calibrated on a random prompt."""
+def random_decoder(seed: int = 0, max_context: int = 64, layers: int = 2,
+                   vocab: int = SHAPE.vocab) -> QDecoder:
+    """A random QDecoder of :data:`SHAPE` (``layers``, ``vocab``) with multipliers calibrated on
+    a random prompt."""
     rng = np.random.default_rng(seed)
-    s = SHAPE
-    shape = DecoderShape(**{**s.to_dict(), "layers": layers})
+    shape = DecoderShape(**{**SHAPE.to_dict(), "layers": layers, "vocab": vocab})
+    s = shape
 
     def lin(n, k):
         return QLinear(rng.integers(-31, 32, (n, k)).astype(np.int8),
@@ -244,6 +248,29 @@ def test_prefill_and_decode_match_golden(qd, cfg):
             assert st.has_logits
         tok = rng.integers(0, qd.shape.vocab, 1)
         _check(model, low, tok, 21, step(qd, tok, 21, cache), name)
+
+
+def test_a_vocabulary_past_one_matmul_streams_its_logits_in_parts():
+    """70,000 tokens: the LM head is two MATMULs (65,504 + 4,496 outputs at lcm(P, L, SB) = 32),
+    each stored to its super-beats of the logits row before the next: the activation buffer
+    holds one part (8,188 words), not the 8,752-word row (the last part padded to its
+    super-beat: 564 words); prefill and decode logits equal golden."""
+    big = random_decoder(seed=4, layers=1, vocab=70000)
+    cfg = replace(CFG, act_depth=16384)
+    low = lower_decoder(big, cfg)
+    mm = [i for i in low.decode.program if i.op == Opcode.MATMUL][-2:]
+    st = [i for i in low.decode.program if i.op == Opcode.STORE][-2:]
+    assert [i.n for i in mm] == [65504, 4496] and [i.b for i in st] == [8188, 564]
+    assert st[1].ext - st[0].ext == 65504 // cfg.beat_bytes
+    span = low.decode.plan.span("logits")
+    assert span[1] - span[0] == 8188 < low.io.logits_row_bytes // cfg.chain_len == 8752
+    model = IsaModel(cfg, low.image, regions=low.memory_map)
+    cache = Cache(big)
+    rng = np.random.default_rng(11)
+    prompt = rng.integers(0, 70000, 8)
+    _check(model, low, prompt, 0, reference_step(big, prompt, 0, cache))
+    tok = rng.integers(0, 70000, 1)
+    _check(model, low, tok, 8, reference_step(big, tok, 8, cache))
 
 
 def test_one_layer_at_the_end_of_the_context(qd):
