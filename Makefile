@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/hwflow sim build/mlp-u280
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_matmul.py
