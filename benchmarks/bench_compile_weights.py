@@ -10,9 +10,9 @@ the compile's wall time and peak resident memory, the ratio of the two and the c
 status. The target (issue 17): peak RSS below twice the checkpoint's bytes, so that a 7B
 checkpoint (13.5 GB in bfloat16) compiles on a 24 GB machine. Not a test: it measures. The
 folder and the build live in a temporary directory, deleted afterwards (the 1B checkpoint is
-2.5 GB on disk, the build folder about 8 GB).
+2.5 GB on disk, the build folder 9 GB).
 
-    python benchmarks/bench_compile_weights.py            # Llama-3.2-1B, about 10 min
+    python benchmarks/bench_compile_weights.py            # Llama-3.2-1B, about 6 min
     python benchmarks/bench_compile_weights.py --short    # 2 layers of hidden 256 (CI)
 """
 

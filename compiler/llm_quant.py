@@ -96,7 +96,7 @@ _ROWS_ELEMENTS = 2**23
 def _by_rows(w: np.ndarray, f):
     """``f(w)`` computed on blocks of rows and joined: the same values, as ``f`` treats each
     row alone (``quantize_weight``: per-channel scales; ``quantize``: per element), without
-    ``f``'s float64 temporaries of the whole tensor (three of 2.1 GB each at once for
+    ``f``'s float64 temporaries of the whole tensor (two of 2.1 GB each at once for
     Llama-3's 128256 x 2048 embedding and LM head)."""
     w = np.asarray(w)
     step = max(1, _ROWS_ELEMENTS // max(1, int(np.prod(w.shape[1:], dtype=np.int64))))

@@ -224,7 +224,7 @@ def write_npz(path: Path, arrays: dict) -> None:
     """``np.savez`` with fixed zip timestamps (1980-01-01) and sorted members: the same arrays
     give the same bytes (``ZipFile.open`` stamps the current time on some Python versions).
 
-    Streams each array into the file: the float decoder of a 1.24 B-parameter model is 5.6 GB,
+    Streams each array into the file: the float decoder of a 1.24 B-parameter model is 6.0 GB,
     and assembling the archive in memory first took twice that on top of the arrays (the
     buffer and its ``getvalue`` copy). The bytes are those ``ZipFile.writestr`` of the whole
     ``.npy`` gives: the same member header, sized up front (which decides zip64 the same way).

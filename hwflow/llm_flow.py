@@ -229,9 +229,12 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     with BuildOutput(out, rebuild) as claim:
         check_cache_writable()          # before the work: the Verilog goes through the cache
         d = _decoder_steps(model, example, board, boards_dir, max_context, trust_model,
-                           weights, config_overrides)
+                           weights, config_overrides, stage=claim.tmp)
         check_image(d.lw.image, d.brd, d.cfg)
-        digest = hashlib.sha256(d.lw.image + d.verilog.encode()).hexdigest()[:16]
+        # in two updates: image + verilog would copy the image (1.5 GB for Llama-3.2-1B)
+        digest = hashlib.sha256(d.lw.image)
+        digest.update(d.verilog.encode())
+        digest = digest.hexdigest()[:16]
         with claim.writing({"kind": "decoder", "digest": digest}) as tmp:
             _write_decoder_build(tmp, d)
     return out, d.report
@@ -248,7 +251,7 @@ def _source_name(model) -> str:
 class _CompiledDecoder:
     """What the decoder compile steps made, for :func:`_write_decoder_build`."""
 
-    fd: object              # FloatDecoder
+    fd: object              # FloatDecoder; None: already written (_decoder_steps' stage)
     qd: object              # QDecoder
     brd: object             # Board
     cfg: object             # AccelConfig (with the TLMM engine when ternary)
@@ -271,8 +274,14 @@ def check_context_fits(shape, max_context: int, brd) -> None:
 
 
 def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, weights,
-                   config_overrides) -> _CompiledDecoder:
-    """Steps 1-5 of the module docstring."""
+                   config_overrides, stage: Path | None = None) -> _CompiledDecoder:
+    """Steps 1-5 of the module docstring.
+
+    ``stage``: the build's staging folder; the float decoder is written there
+    (``decoder/float``) once quantized and measured, and dropped before the lowering (which
+    holds the memory image three times over), so that the float32 weights (6.0 GB for
+    Llama-3.2-1B) and the image copies are never in memory together.
+    """
     import tempfile
 
     from hwflow.compiler.errors import CompileError
@@ -300,12 +309,16 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     if sized:
         resources = _fit(cfg, brd)
     notes += sized
+    quality = quant_report(fd, qd)          # fd's last use before its copy in the build
+    s, source, family = fd.shape, fd.source, fd.family
+    if stage is not None:
+        (stage / "decoder").mkdir()
+        save_decoder(fd, stage / "decoder" / "float")
+        fd = None
     lw = _lower(qd, cfg)
-    quality = quant_report(fd, qd)
     verilog = _accelerator_verilog(cfg)
-    s = fd.shape
     report = {
-        "model": name, "kind": "decoder", "source": fd.source, "family": fd.family,
+        "model": name, "kind": "decoder", "source": source, "family": family,
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
         "max_context": lw.max_context,
@@ -334,9 +347,10 @@ def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
     (tmp / "rtl" / "hwflow_accel.v").write_text(d.verilog)
     (tmp / "memory_image.bin").write_bytes(lw.image)
     (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
-    (tmp / "decoder").mkdir()
+    (tmp / "decoder").mkdir(exist_ok=True)
     save_decoder(d.qd, tmp / "decoder" / "quantized")
-    save_decoder(d.fd, tmp / "decoder" / "float")
+    if d.fd is not None:
+        save_decoder(d.fd, tmp / "decoder" / "float")
     write_json(tmp / "config.json", {
         "kind": "decoder", "board": d.brd.name, "clock_mhz": d.brd.clock_mhz,
         "accel": d.cfg.to_dict(), "max_context": lw.max_context,

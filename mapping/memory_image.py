@@ -142,7 +142,7 @@ class ImageBuilder:
         self.buf[: len(header)] = header
         mm = MemoryMap(self.sb, self.cfg.chain_len, len(self.buf), self.regions)
         # The builder is done: drop its buffer once copied, not when the caller drops the
-        # builder (a 1.24 B-parameter decoder's image is 1.4 GB; the lowering holds the
+        # builder (a 1.24 B-parameter decoder's image is 1.5 GB; the lowering holds the
         # builder until it returns, with two more copies of the image by then).
         image, self.buf = bytes(self.buf), bytearray()
         return image, mm
