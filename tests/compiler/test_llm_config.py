@@ -36,6 +36,14 @@ def test_bitnet_0_7b_config_from_a_folder(tmp_path):
     assert cs.family == "bitnet" and cs.ternary and cs.sub_norms
 
 
+def test_gemma2_is_refused_in_one_line():
+    """Gemma 2 (GELU-tanh gate, soft-capping, pre/post norms) has no lowering yet: its
+    published config is refused by family, in one line, before anything is built."""
+    with pytest.raises(UnsupportedOpError) as e:
+        shape_from_config(CONFIGS / "gemma-2-2b.json")
+    assert "model_type 'gemma2' is not supported" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_qwen3_config_has_head_norms():
     """Qwen3-0.6B (published config): per-head q/k norms, heads of 128 (not hidden / heads),
     tied embeddings; 0.44 B parameters besides the embedding and the LM head (model card)."""
