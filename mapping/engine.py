@@ -202,8 +202,8 @@ RESOURCE_FEATURES = {
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
-    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 6)"
-           " + vector_unit*4*(vec_lanes - 1)",
+    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 9)"
+           " + vector_unit*5*(vec_lanes - 1)",
     "bram": "3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
             "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))",
     "uram": "ring_uram*((L + param_lanes)*urams(8*P, weight_depth)"

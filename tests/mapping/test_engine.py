@@ -17,12 +17,14 @@ from hwflow.mapping.engine import (
 from hwflow.mapping.errors import MappingError
 
 #: Held-out error of the LUT / FF fit (max abs %), as benchmarks/fit_resources.py reports it
-#: (5 held-out points: LUT 4.27 % max, 3.33 % mean; FF 11.66 % max, 4.82 % mean).
-HELD_OUT_MAX_PCT = {"lut": 4.3, "ff": 11.7}
+#: (5 held-out points: LUT 4.89 % max, 3.60 % mean; FF 11.60 % max, 4.82 % mean. Refit on the
+#: RTL with the ATTN window and RMSNORM gamma: the transformer points grew 3.7-4.1 % in LUTs,
+#: which moved the shared coefficients; LUT 4.27 % max before).
+HELD_OUT_MAX_PCT = {"lut": 4.9, "ff": 11.7}
 #: Yosys synth_xilinx -family xcup of the KV260 default without the transformer units and the
 #: TLMM engine (LUT = logic + LUT-RAM + SRL LUTs), and the model's estimate of it.
-KV260_CORE_YOSYS = {"lut": 35972, "ff": 32428}
-KV260_CORE_ESTIMATE = {"lut": 35972, "ff": 34720}
+KV260_CORE_YOSYS = {"lut": 36200, "ff": 32472}
+KV260_CORE_ESTIMATE = {"lut": 36200, "ff": 34764}
 
 
 def test_u280_default_engine_matches_one_row_per_cycle():
