@@ -14,11 +14,13 @@ configuration (DSP and BRAM counts equal):
   (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
   each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
   ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and the burst
-  length (one); the vector unit 4 (``4 V`` with ``V = vec_lanes`` lanes, one ``x * r * mult``
-  path each); the controller's POS x pos_stride 1. Equal to Yosys on the
-  attention unit alone (``H (3 L + 4) + 2 L + 1``: ``tests/hwflow/export/test_fit.py``), on
-  the whole accelerator at L = 4, H = 2 (61), and, at H = 1, to the ``5 L + 10`` of the
-  earlier single-lane unit (the fit points of ``mapping/calibration/resources.json``).
+  length (one), the sliding window's first key times ``pos_sb`` (33 x 8 bits: two); the vector
+  unit 5 (``5 V`` with ``V = vec_lanes`` lanes, one ``x * r * mult`` path and one ``x * gamma``
+  product each); the controller's POS x pos_stride 1. Equal to Yosys on the attention unit
+  alone (``H (3 L + 4) + 2 L + 3`` at eight (L, H) points: ``benchmarks/fit_attention_lanes.py``,
+  ``tests/hwflow/export/test_fit.py``), on the whole accelerator at L = 4, H = 2 (64 at V = 1,
+  79 at V = 4), and, at H = 1, to the ``5 L + 13`` of the fit points of
+  ``mapping/calibration/resources.json``.
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
   stored three times (block RAMs have one read port next to the write port); the weight ring
@@ -260,14 +262,16 @@ def resource_fit() -> dict:
 
 #: LUT and FF of one attention lane, ``a + b * L`` (Yosys ``synth_xilinx -family xcup`` of
 #: ``hw.attention.AttentionUnit`` alone at (L, H) = (4, 1), (4, 2), (4, 4), (8, 1), (8, 2),
-#: (8, 3), (16, 1), (16, 2); with a fixed ``c + d * L`` the fit is within 0.54% (LUT) and
-#: 0.52% (FF) of every point). The whole-accelerator fit (``tf``, ``tf_L``) was made with a
-#: one-lane unit, so the estimate adds the lanes past the first.
-ATTN_LANE_LUT = (1159.0, 225.5)
-ATTN_LANE_FF = (1567.8, 80.3)
-#: The unit's shared part in the same fit (request side, control, the shared output stage).
-ATTN_SHARED_LUT = (715.5, 447.3)
-ATTN_SHARED_FF = (421.9, 63.8)
+#: (8, 3), (16, 1), (16, 2), ``benchmarks/fit_attention_lanes.py``; with a fixed ``c + d * L``
+#: the fit is within 0.32% (LUT) and 0.02% (FF) of every point). The whole-accelerator fit
+#: (``tf``, ``tf_L``) was made with a one-lane unit, so the estimate adds the lanes past the
+#: first.
+ATTN_LANE_LUT = (1112.7, 230.4)
+ATTN_LANE_FF = (1535.9, 83.1)
+#: The unit's shared part in the same fit (request side with the sliding window's start,
+#: control, the shared output stage).
+ATTN_SHARED_LUT = (940.7, 442.2)
+ATTN_SHARED_FF = (528.4, 57.4)
 
 
 #: DSP48E2, LUT and FF of each vector-unit lane past the first (``hw.sfu.VectorUnit`` alone,
