@@ -135,20 +135,16 @@ def _ternary_engine(brd, cfg, qd):
     and no report."""
     from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
     from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import tlmm_outputs
 
-    tern = [ql for ly in qd.layers for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)
-            if getattr(ql, "ternary", False)]
-    if not tern:
+    widest = tlmm_outputs(qd, cfg.chain_len)
+    if not widest:
         return cfg, check_fit(cfg, brd), None
     if brd.engine.get("tlmm", True) is False:
         raise HwflowError(f"board {brd.name} is built without the ternary table-lookup engine "
                           "(`engine: tlmm: false` in its YAML) and this decoder has ternary "
                           "linears; compile with --weights int8 or for a board with one "
                           "(kv260, u280)")
-    s = qd.shape
-    L = cfg.chain_len
-    hdp = -(-s.head_dim // L) * L      # q/k/v heads are padded to whole act words
-    widest = max(max(ql.weight.shape[0] for ql in tern), s.heads * hdp)
     try:
         cfg, sizing = tlmm_config(brd, cfg, acc_depth=widest)
         return cfg, check_fit_tlmm(cfg, brd), sizing

@@ -340,10 +340,11 @@ def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
 
 def _size_tlmm_acc(qd, cfg) -> tuple:
     """``cfg`` with a TLMM accumulator deep enough for the widest ternary linear's outputs
-    (BitNet b1.58 2B4T's gate/up: 6912), and why it changed (or None)."""
-    widest = max((ql.weight.shape[0] for ly in qd.layers
-                  for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down) if ql.ternary),
-                 default=0)
+    (``mapping.llm_lower.tlmm_outputs``; BitNet b1.58 2B4T's gate/up: 6912), and why it
+    changed (or None)."""
+    from hwflow.mapping.llm_lower import tlmm_outputs
+
+    widest = tlmm_outputs(qd, cfg.chain_len)
     if not cfg.tlmm or widest <= cfg.tlmm_acc_depth:
         return cfg, None
     return replace(cfg, tlmm_acc_depth=widest), (
@@ -354,12 +355,9 @@ def _size_tlmm_acc(qd, cfg) -> tuple:
 def _tlmm_cfg(qd, cfg, board):
     """The configuration with the TLMM engine sized for ``qd`` (``hwflow.llm_flow``'s rule)."""
     from hwflow.mapping.engine import tlmm_config
+    from hwflow.mapping.llm_lower import tlmm_outputs
 
-    s = qd.shape
-    hdp = -(-s.head_dim // cfg.chain_len) * cfg.chain_len
-    widest = max(max(ql.weight.shape[0] for ly in qd.layers
-                     for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)),
-                 s.heads * hdp)
+    widest = tlmm_outputs(qd, cfg.chain_len)
     if board.engine.get("tlmm", True) is False:
         raise HwflowError(f"board {board.name} is built without the ternary table-lookup "
                           "engine (`engine: tlmm: false`); predict with ternary=False (int8)")

@@ -73,7 +73,7 @@ from .weight_format import channels_per_tile, pack_weight_block
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
            "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits", "prompt_runs",
            "program_instructions", "naive_program_bytes", "AttnPass", "attention_passes",
-           "attention_instructions", "kv_cache_bytes"]
+           "attention_instructions", "kv_cache_bytes", "tlmm_outputs"]
 
 #: Smallest default prefill bucket (rows); smaller buckets only when 8 rows do not fit.
 MIN_BUCKET = 8
@@ -103,6 +103,19 @@ def _layer_ternary(ly, i: int) -> bool:
         raise MappingError(f"layer {i}: linears {tern} are ternary and the others int8; the "
                            "mapper needs all seven linears of a layer in one format")
     return flags["q"]
+
+
+def tlmm_outputs(qd: QDecoder, chain_len: int) -> int:
+    """Output channels the TLMM accumulator must hold for ``qd`` (``tlmm_acc_depth``): the
+    widest ternary linear, or a row of q heads padded to whole act words of ``chain_len``
+    bytes; 0 without ternary linears."""
+    tern = [ql for ly in qd.layers for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)
+            if getattr(ql, "ternary", False)]
+    if not tern:
+        return 0
+    s = qd.shape
+    return max(max(ql.weight.shape[0] for ql in tern),
+               s.heads * _cdiv(s.head_dim, chain_len) * chain_len)
 
 
 def _is_ternary(qd: QDecoder) -> bool:
