@@ -9,6 +9,9 @@ are arithmetic (floor), as ``>>`` on numpy int64 and on signed hardware values.
 Fixed constants (hardware ROMs):
 
 * ``SILU_LUT``: ``round(silu(v / 16) * 256)`` for int8 ``v`` (the gate's scale is fixed at 1/16);
+  ``RELU2_LUT`` and ``GELU_LUT`` alike for BitNet's squared ReLU and Gemma's GELU-tanh;
+* ``TANH_LUT``: ``round(tanh(v / 32) * 2**14)`` for int8 ``v`` (Gemma 2's final logit cap);
+* ``SOFTCAP_CORR``: ``u - tanh(u)`` in Q12 at 1024 midpoints of ``[0, 4)`` (attention score cap);
 * ``EXP2_LUT``: ``round(2 ** (15 - f / 256))`` for ``f < 256`` (``EXP2_LUT[0] = 32768``);
 * RoPE cos/sin: Q1.14 int16 (``round(cos * 2**14)``), from a table in external memory.
 """
@@ -23,6 +26,8 @@ __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
     "isqrt", "rmsnorm", "rope", "rope_table", "default_inv_freq", "silu_mul", "exp2_neg",
     "attention_row", "attention", "attended", "attended_total", "RELU2_LUT", "relu2_mul",
+    "GELU_LUT", "GATE_LUTS", "gate_mul", "TANH_LUT", "tanh_cap", "SOFTCAP_FRAC", "SOFTCAP_CORR",
+    "softcap_scores", "softcap_code",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -36,6 +41,36 @@ SILU_LUT = np.array([int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256))
 #: RELU2_LUT[v + 128] = round(relu(v / 16)**2 * 2**8) = v**2 for v > 0, else 0 (BitNet's
 #: squared-ReLU gate at the same fixed scale 1/16; 14 bits).
 RELU2_LUT = np.array([v * v if v > 0 else 0 for v in range(-128, 128)], dtype=np.int64)
+
+
+def _gelu_tanh(x: float) -> float:
+    """``gelu(x, approximate="tanh")``, the ``gelu_pytorch_tanh`` of Gemma's MLP."""
+    return 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+#: GELU_LUT[v + 128] = round(gelu_tanh(v / 16) * 2**8) (Gemma's gate at the same fixed scale
+#: 1/16); range -43..2033 (12 bits).
+GELU_LUT = np.array([int(round(_gelu_tanh(v / 16) * 256)) for v in range(-128, 128)],
+                    dtype=np.int64)
+#: The gate ROM of each activation ``act(gate) * up`` (SILUMUL: no flag, RELU2, GELU).
+GATE_LUTS = {"silu": SILU_LUT, "relu2": RELU2_LUT, "gelu_tanh": GELU_LUT}
+
+#: TANH_LUT[v + 128] = round(tanh(v / 32) * 2**14): the final logit soft-cap of int8 logits at
+#: the fixed scale cap/32 (inputs up to 4 caps; |entries| <= 16373, 16 signed bits).
+TANH_LUT = np.array([int(round(math.tanh(v / 32) * (1 << 14))) for v in range(-128, 128)],
+                    dtype=np.int64)
+
+#: Attention score soft-capping (Gemma 2): the capped score is computed from ``u``, the score
+#: over the cap in Q12 (``u = 4096 * score / cap``), by ``SOFTCAP_CORR[i] = round((c - tanh c)
+#: * 2**12)`` at the midpoint ``c = (i + 0.5) / 256`` of the i-th 1/256 of ``[0, 4)``.
+SOFTCAP_FRAC = 12
+_SOFTCAP_STEP = 4                   # index = |u| >> 4: 256 entries per unit of score / cap
+_SOFTCAP_ENTRIES = 1024             # [0, 4): tanh(4) = 0.99933, 1 beyond
+SOFTCAP_CORR = np.array([int(round((c - math.tanh(c)) * (1 << SOFTCAP_FRAC)))
+                         for c in ((i + 0.5) / 256 for i in range(_SOFTCAP_ENTRIES))],
+                        dtype=np.int64)
+#: The cap operand is the cap in log2-domain score units (t of attention_row) over 32.
+_SOFTCAP_CAP_SHIFT = 5
 
 #: Fractional bits of the log2-domain scores (t = s * smul >> sshift is log2(e) * score * 2**8).
 EXP2_FRAC = 8
@@ -132,23 +167,64 @@ def rope(x, table_rows, heads: int, head_dim: int) -> np.ndarray:
     return _sat8(np.concatenate([y1, y2], axis=-1).reshape(rows, heads * head_dim))
 
 
-def silu_mul(g, u, mult: int, shift: int) -> np.ndarray:
-    """SwiGLU's ``silu(gate) * up``: ``sat8((SILU_LUT[g] * u * mult + 2**(shift-1)) >> shift)``.
+def gate_mul(g, u, mult: int, shift: int, act: str = "silu") -> np.ndarray:
+    """A gated MLP's ``act(gate) * up``:
+    ``sat8((GATE_LUTS[act][g] * u * mult + 2**(shift-1)) >> shift)`` (SILUMUL; flag RELU2 for
+    ``relu2``, GELU for ``gelu_tanh``).
 
     Float meaning: ``g`` at scale 1/16, ``u`` at ``s_u``, output at ``s_y``:
     ``mult / 2**shift = s_u / (256 * s_y)``.
     """
     g = np.asarray(g, dtype=np.int64)
     u = np.asarray(u, dtype=np.int64)
-    return _sat8(_round_shift(SILU_LUT[g + 128] * u * int(mult), shift))
+    return _sat8(_round_shift(GATE_LUTS[act][g + 128] * u * int(mult), shift))
+
+
+def silu_mul(g, u, mult: int, shift: int) -> np.ndarray:
+    """SwiGLU's ``silu(gate) * up``: :func:`gate_mul` with ``SILU_LUT``."""
+    return gate_mul(g, u, mult, shift, "silu")
 
 
 def relu2_mul(g, u, mult: int, shift: int) -> np.ndarray:
-    """BitNet's ``relu(gate)**2 * up``: :func:`silu_mul` with ``RELU2_LUT`` (SILUMUL with flag
-    RELU2): ``sat8((RELU2_LUT[g] * u * mult + 2**(shift-1)) >> shift)``."""
-    g = np.asarray(g, dtype=np.int64)
+    """BitNet's ``relu(gate)**2 * up``: :func:`gate_mul` with ``RELU2_LUT``."""
+    return gate_mul(g, u, mult, shift, "relu2")
+
+
+def tanh_cap(x, mult: int, shift: int) -> np.ndarray:
+    """Final logit soft-capping ``cap * tanh(logit / cap)`` of int8 logits (SILUMUL with flag
+    TANH; the up operand is not read): ``sat8((TANH_LUT[x] * mult + 2**(shift-1)) >> shift)``.
+
+    Float meaning: ``x`` at scale ``cap / 32``, output at ``s_y``:
+    ``mult / 2**shift = cap / (2**14 * s_y)``.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    return _sat8(_round_shift(TANH_LUT[x + 128] * int(mult), shift))
+
+
+def softcap_code(cap: float) -> int:
+    """The ATTN ``cap`` operand of a score cap (in score units): ``round(cap * log2(e) * 8)``,
+    the cap in log2-domain units of 2**-8 over 32 (10 bits: caps up to 88.6)."""
+    return int(round(cap * math.log2(math.e) * (1 << EXP2_FRAC) / (1 << _SOFTCAP_CAP_SHIFT)))
+
+
+def softcap_scores(u, cap: int) -> np.ndarray:
+    """Attention score soft-capping ``cap * tanh(score / cap)``, in the log2 domain of
+    :func:`attention_row`.
+
+    ``u``: the scores over the cap in Q12 (``4096 * score / cap``); ``cap``: the
+    :func:`softcap_code`. With ``a = |u|``, ``i = a >> 4``: ``y = a - SOFTCAP_CORR[i]`` for
+    ``i < 1024`` (``4096 * tanh(a / 4096)``, the correction taken at the 1/256 step's midpoint:
+    exact to ``tanh(c)**2 / 512`` of the cap), else ``y = 4096``; the result is
+    ``sign(u) * ((y * cap + 64) >> 7)`` (``= 32 * cap * y / 4096``, log2-domain units).
+    """
     u = np.asarray(u, dtype=np.int64)
-    return _sat8(_round_shift(RELU2_LUT[g + 128] * u * int(mult), shift))
+    a = np.abs(u)
+    i = a >> _SOFTCAP_STEP
+    y = np.where(i < _SOFTCAP_ENTRIES,
+                 a - SOFTCAP_CORR[np.minimum(i, _SOFTCAP_ENTRIES - 1)], 1 << SOFTCAP_FRAC)
+    shift = SOFTCAP_FRAC - _SOFTCAP_CAP_SHIFT
+    t = _round_shift(y * int(cap), shift)
+    return np.where(u < 0, -t, t)
 
 
 def exp2_neg(d) -> np.ndarray:
@@ -159,7 +235,8 @@ def exp2_neg(d) -> np.ndarray:
     return np.where(n < 16, EXP2_LUT[d & 255] >> np.minimum(n, 15), 0)
 
 
-def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np.ndarray:
+def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int,
+                  cap: int = 0) -> np.ndarray:
     """One query row of one head against ``n >= 1`` keys: online softmax in blocks of
     ``ATTN_BLOCK`` keys, int8 output.
 
@@ -171,7 +248,11 @@ def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np
     Then ``recip = 2**31 // l`` and ``o[d] = sat8((((acc[d] * recip) >> 16) * omul + 2**(oshift-1))
     >> oshift)``.
 
-    Float meaning: ``smul / 2**sshift = s_q s_k log2(e) 2**8 / sqrt(hd)``;
+    With a score ``cap`` (nonzero, :func:`softcap_code`), ``(q . k_j) * smul >> sshift`` is
+    the score over the cap in Q12 and ``t_j`` is its :func:`softcap_scores`.
+
+    Float meaning: ``smul / 2**sshift = s_q s_k log2(e) 2**8 * scaling`` (``scaling`` is
+    ``1 / sqrt(hd)`` or the model's own; with a cap, ``s_q s_k 2**12 * scaling / cap``);
     ``(acc * recip) >> 16`` is the softmax-weighted mean of v in Q15, so
     ``omul / 2**oshift = s_v / (s_o * 2**15)``. Widths: ``l`` in [2**15, 2**31), ``|acc| < 2**38``
     for n < 2**16, ``recip <= 2**16``.
@@ -181,6 +262,8 @@ def attention_row(q, k, v, smul: int, sshift: int, omul: int, oshift: int) -> np
     v = np.asarray(v, dtype=np.int64)
     n = k.shape[0]
     t = (k @ q) * int(smul) >> int(sshift)
+    if cap:
+        t = softcap_scores(t, cap)
     m = 0
     total = 0                   # l of the docstring: the running softmax denominator
     acc = np.zeros(v.shape[1], dtype=np.int64)
@@ -217,14 +300,16 @@ def attended_total(pos: int, rows: int, window: int = 0) -> int:
 
 
 def attention(q, k_cache, v_cache, pos: int, heads: int, kv_heads: int, head_dim: int,
-              smul: int, sshift: int, omul: int, oshift: int, window: int = 0) -> np.ndarray:
+              smul: int, sshift: int, omul: int, oshift: int, window: int = 0,
+              cap: int = 0) -> np.ndarray:
     """Causal grouped-query attention of ``rows`` query rows at positions ``pos .. pos+rows-1``.
 
     ``q[rows, heads * head_dim]``; ``k_cache``, ``v_cache``: ``[>= pos + rows, kv_heads *
     head_dim]`` (the cache after this step's keys/values were appended). Query head ``h`` uses
     kv head ``h // (heads // kv_heads)``; row ``b`` attends the keys :func:`attended` gives
     for position ``pos + b`` (``0 .. pos + b``; with a sliding ``window > 0`` its last
-    ``window``), online-softmax blocks counted from the first of them.
+    ``window``), online-softmax blocks counted from the first of them; ``cap``: the score
+    cap of :func:`attention_row`.
     """
     q = np.asarray(q)
     rows = q.shape[0]
@@ -238,5 +323,5 @@ def attention(q, k_cache, v_cache, pos: int, heads: int, kv_heads: int, head_dim
             sl = slice(g * head_dim, (g + 1) * head_dim)
             out[b, h * head_dim:(h + 1) * head_dim] = attention_row(
                 q[b, h * head_dim:(h + 1) * head_dim], k_cache[keys, sl], v_cache[keys, sl],
-                smul, sshift, omul, oshift)
+                smul, sshift, omul, oshift, cap)
     return out

@@ -25,6 +25,10 @@ FLAG_RELU2 = 1 << 4
 #: ABSQUANT, RMSNORM: multiply every element by the int8 gamma codes at act word ``g`` (one
 #: vector for every row).
 FLAG_GAMMA = 1 << 5
+#: SILUMUL: ``golden.llm.gate_mul(..., "gelu_tanh")`` (Gemma's GELU-tanh gate).
+FLAG_GELU = 1 << 6
+#: SILUMUL: ``golden.llm.tanh_cap`` of ``a`` (final logit soft-capping); ``b`` is not read.
+FLAG_TANH = 1 << 7
 
 #: Largest ``lgm = log2 M`` (M = 16) and ``lgr = log2 r`` (r = 4) of a MATMUL mode. Whether a mode
 #: is legal on a given engine (M <= L, r <= G) is the hardware's check (ERROR = 2), not the
@@ -107,6 +111,7 @@ class Instr:
     omul: int = 0         # ATTN: output multiplier
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
     window: int = 0       # ATTN: sliding window (keys per query, the newest; 0: all)
+    cap: int = 0          # ATTN: score soft-cap (golden.llm.softcap_code; 0: none)
     # -- v4 (ternary path) -----------------------------------------------------------------
     g: int = 0            # ABSQUANT/RMSNORM: act word of the int8 gamma codes (flag GAMMA)
     m_addr: int = 0       # ABSQUANT/TMATMUL: act word of the rows' absmax m (u16 LE at byte 2b)
@@ -175,7 +180,7 @@ LAYOUT: dict = {
                   ("rows", 3, 16, 16), ("v_ext", 4, 0, 32), ("lanes", 5, 0, 8),
                   ("grp", 5, 8, 8), ("hd_words", 5, 16, 8), ("pos_sb", 5, 24, 8),
                   ("smul", 6, 0, 16), ("omul", 6, 16, 16), ("sshift", 7, 0, 6),
-                  ("slots", 7, 8, 8), ("window", 7, 16, 16)),
+                  ("slots", 7, 8, 8), ("window", 7, 16, 16), ("cap", 0, 22, 10)),
     Opcode.KVSTORE: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("words", 3, 0, 16),
                      ("rows", 3, 16, 16), ("pos_stride", 4, 0, 16), ("slots", 5, 0, 8),
                      ("hd_words", 5, 8, 8)),
@@ -197,8 +202,8 @@ _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
 #: lost).
 _V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
               "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots", "hd_words",
-              "pos_sb",
-              "smul", "omul", "sshift", "window", "g", "m_addr", "k_groups", "n_out", "x_words")
+              "pos_sb", "smul", "omul", "sshift", "window", "cap", "g", "m_addr", "k_groups",
+              "n_out", "x_words")
 
 
 def _check(i: Instr) -> None:
