@@ -53,6 +53,14 @@ class DecoderShape:
     #: attends keys ``p - window + 1 .. p``); 0 is full causal attention. Empty: every layer
     #: full. Mistral and Phi-3 slide every layer, Gemma 2 every other one.
     windows: tuple = ()
+    #: Gemma 2: the embedding rows are multiplied by this (``sqrt(hidden)``); the attention
+    #: scores by ``attn_scale`` (``query_pre_attn_scalar**-0.5``; 0: ``1/sqrt(head_dim)``) and
+    #: capped to ``attn_softcap * tanh(score / attn_softcap)``; the logits to
+    #: ``final_softcap * tanh(logit / final_softcap)`` (0: no cap).
+    embed_scale: float = 1.0
+    attn_scale: float = 0.0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "rope_inv_freq", tuple(float(v) for v in self.rope_inv_freq))
@@ -63,6 +71,10 @@ class DecoderShape:
     def window(self, layer: int) -> int:
         """Layer ``layer``'s sliding attention window (0: full causal attention)."""
         return self.windows[layer] if self.windows else 0
+
+    def score_scale(self) -> float:
+        """The attention scores' scale: ``attn_scale``, or ``1/sqrt(head_dim)``."""
+        return self.attn_scale or 1.0 / float(np.sqrt(self.head_dim))
 
     def inv_freq(self) -> np.ndarray:
         """The rotary inverse frequencies (``head_dim/2``, float64) the RoPE table is built
@@ -83,10 +95,12 @@ class FloatLayer:
     ``n = rms(x) [* attn_gamma]``; ``a = attention(rope(q(n)), rope(k(n)), v(n))`` (with
     ``q_norm``/``k_norm``: ``rope(rms_head(q(n)) * q_norm)``, each head normalized alone);
     ``a = rms(a) [* attn_sub_gamma]`` if ``attn_sub_norm``; ``x = x + o(a)``;
-    ``n = rms(x) [* mlp_gamma]``; ``p = act(gate(n)) * up(n)`` (``act``: ``silu`` or
-    ``relu2`` = ``relu(.)**2``); ``p = rms(p) [* mlp_sub_gamma]`` if ``mlp_sub_norm``;
-    ``x = x + down(p)``. A gamma field that is None is folded into the linear(s) reading that
-    norm (or the norm is absent); one that is set is not, and the linear holds the raw weight.
+    ``n = rms(x) [* mlp_gamma]``; ``p = act(gate(n)) * up(n)`` (``act``: ``silu``,
+    ``relu2`` = ``relu(.)**2`` or ``gelu_tanh``); ``p = rms(p) [* mlp_sub_gamma]`` if
+    ``mlp_sub_norm``; ``x = x + down(p)``. A gamma field that is None is folded into the
+    linear(s) reading that norm (or the norm is absent); one that is set is not, and the
+    linear holds the raw weight. Gemma 2's post-norms (``post_attn_gamma``,
+    ``post_mlp_gamma``): ``x = x + rms(o(a)) * post_attn_gamma``, likewise after down.
     """
 
     q: np.ndarray           # [heads*head_dim, hidden]
@@ -112,6 +126,10 @@ class FloatLayer:
     #: gamma ([head_dim], shared by the heads; RoPE mixes elements, so it is not folded).
     q_norm: np.ndarray | None = None
     k_norm: np.ndarray | None = None
+    #: Gemma 2: RMSNorm of o's (down's) output, with this gamma ([hidden]), before the
+    #: residual add; it cannot be folded (the norm follows the linear).
+    post_attn_gamma: np.ndarray | None = None
+    post_mlp_gamma: np.ndarray | None = None
 
 
 @dataclass
@@ -192,6 +210,14 @@ class QLayer:
     k_norm: tuple[int, int, int] | None = None
     q_norm_gamma: np.ndarray | None = None
     k_norm_gamma: np.ndarray | None = None
+    # Gemma 2: rmsnorm (eps, mult, shift) of o's (down's) output with the int8 gamma codes
+    # ``*_gamma`` ([hidden]), then the unfused residual add ``attn_add`` (``mlp_add``).
+    post_attn_norm: tuple[int, int, int] | None = None
+    post_mlp_norm: tuple[int, int, int] | None = None
+    post_attn_gamma: np.ndarray | None = None
+    post_mlp_gamma: np.ndarray | None = None
+    # Gemma 2: the attention's score cap (golden.llm.softcap_code; 0: none).
+    attn_cap: int = 0
 
 
 @dataclass
@@ -211,3 +237,7 @@ class QDecoder:
     #: ("int8" or "ternary"), for ternary ``ternary_from`` ("detected": the float weight was
     #: already 0/+-s; "absmean": BitNet's rule) and ``scale`` (gamma_w). Empty: all int8.
     weight_formats: dict = field(default_factory=dict)
+    #: Gemma 2's final logit cap: golden.llm.tanh_cap (mult, shift) of the LM head's output
+    #: (at ``scales["lm_head"]`` = cap/64) into the logits; None: the LM head's output is the
+    #: logits.
+    final_cap: tuple[int, int] | None = None

@@ -89,7 +89,7 @@ _LAYOUT = {"view", "reshape", "_unsafe_view", "transpose", "contiguous", "clone"
 _PATH_OPS = _CASTS | _LAYOUT | {
     "embedding", "pow", "mean", "add", "rsqrt", "mul", "linear", "unsqueeze", "expand", "slice",
     "neg", "cat", "scaled_dot_product_attention", "silu", "relu", "square", "chunk", "split",
-    "split_with_sizes", "getitem"}
+    "split_with_sizes", "getitem", "matmul", "softmax", "_softmax", "tanh", "div", "gelu"}
 #: Ops that read a hidden-state tensor without producing one (metadata checks, sizes).
 _SIDE_OPS = {"_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride"}
 
@@ -212,14 +212,11 @@ def _first_line(e: BaseException) -> str:
 
 def _hf_config_checks(folder: Path, cfg: dict) -> None:
     """Refuse configs the recogniser cannot serve before building anything."""
-    act = cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))
-    if act not in ("silu", "swish", "relu2"):
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish", "relu2", "gelu_pytorch_tanh"):
         raise UnsupportedOpError(f"{folder}/config.json: hidden_act '{act}' is not supported "
-                                 "(the MLP must be SwiGLU, hidden_act 'silu', or BitNet's "
-                                 "squared ReLU, 'relu2')")
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if cfg.get(key):
-            raise UnsupportedOpError(f"{folder}/config.json: {key}={cfg[key]} is not supported")
+                                 "(the MLP must be SwiGLU, hidden_act 'silu', BitNet's "
+                                 "squared ReLU, 'relu2', or Gemma's 'gelu_pytorch_tanh')")
 
 
 def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
@@ -462,6 +459,7 @@ class _Graph:
             if isinstance(t, torch.Tensor):
                 self.consts[n.name] = t.detach()
         self.used: set = set()
+        self.path: set = set()      # the hidden-state path (decoder_from_exported_program)
 
     def const(self, node) -> np.ndarray | None:
         """Float32 numpy value of a constant (parameter/buffer) node, looked through casts.
@@ -577,14 +575,36 @@ def _match_linear(G: _Graph, node, what: str):
     return n.args[0], w, b
 
 
+def _gamma_const(G: _Graph, node) -> np.ndarray | None:
+    """An RMSNorm's gamma: a 1-D constant, or ``add(w, c)`` of one and a number (Gemma's
+    ``(1 + w)`` norms) as its value; None otherwise."""
+    g = G.const(node)
+    if g is None:
+        n = G.skip(node)
+        if not G.is_call(n, "add") or len(n.args) != 2:
+            return None
+        a, b = n.args
+        if isinstance(a, (int, float)):
+            a, b = b, a
+        if not isinstance(b, (int, float)) or isinstance(a, (int, float)):
+            return None
+        g = G.const(a)
+        if g is None or g.ndim != 1:
+            return None
+        G.used.add(n)
+        g = g + np.float32(b)
+    return g if g.ndim == 1 else None
+
+
 def _match_rmsnorm(G: _Graph, node, what: str):
-    """``gamma * cast(x * rsqrt(mean(x**2, -1, keepdim) + eps))`` -> (x, gamma, eps)."""
+    """``gamma * cast(x * rsqrt(mean(x**2, -1, keepdim) + eps))`` -> (x, gamma, eps); the gamma
+    may be ``1 + w`` (:func:`_gamma_const`)."""
     m = G.expect(node, "mul", what=f"the {what} RMSNorm gamma multiply")
     a, b = m.args[0], m.args[1]
-    gamma = G.const(a)
+    gamma = _gamma_const(G, a) if hasattr(a, "op") else None
     normed = b
     if gamma is None:
-        gamma, normed = G.const(b), a
+        gamma, normed = (_gamma_const(G, b) if hasattr(b, "op") else None), a
     if gamma is None or gamma.ndim != 1:
         raise _unsupported(m, f"expected the {what} RMSNorm (gamma * normalized x)")
     inner = G.expect(normed, "mul", what=f"the {what} RMSNorm x * rsqrt(...)")
@@ -709,6 +729,66 @@ def _match_repeat_kv(G: _Graph, node):
     return n
 
 
+def _scalar(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _match_softcap(G: _Graph, node):
+    """``mul(tanh(div(x, c)), c)`` (Gemma 2's soft-capping ``c * tanh(x / c)``) -> (x, c);
+    anything else -> (node, 0.0), nothing marked used."""
+    m = G.skip(node)
+    if not G.is_call(m, "mul") or len(m.args) != 2:
+        return node, 0.0
+    t, c = m.args
+    if _scalar(c) is None:
+        t, c = c, t
+    t = G.skip(t)
+    if _scalar(c) is None or not G.is_call(t, "tanh"):
+        return node, 0.0
+    c = _scalar(c)
+    d = G.skip(t.args[0])
+    if G.is_call(d, "div") and _scalar(d.args[1]) == c:
+        inner = d.args[0]
+    elif G.is_call(d, "mul") and _scalar(d.args[1]) is not None and \
+            abs(_scalar(d.args[1]) * c - 1.0) <= 1e-6:
+        inner = d.args[0]
+    else:
+        raise _unsupported(t, "expected a soft-cap c * tanh(x / c) with one constant c")
+    if not c > 0:
+        raise _unsupported(t, f"soft-cap {c}: must be positive")
+    G.used.update({m, t, d})
+    return inner, c
+
+
+def _eager_attention(G: _Graph, mm) -> dict:
+    """``matmul(softmax(scores + mask, -1), v)`` (``transformers``' eager attention), ``scores
+    = [cap * tanh(s / cap) of] matmul(q, transpose(k, 2, 3)) * scale`` -> the
+    ``scaled_dot_product_attention`` arguments (``query``, ``key``, ``value``, ``scale``,
+    ``is_causal``) and ``softcap`` (0.0: none). The mask is not inspected (module docstring)."""
+    probs, v = mm.args[:2]
+    sm = G.expect(probs, "softmax", "_softmax", what="the attention softmax")
+    if _int(sm.args[1]) not in (-1, len(_shape(sm)) - 1):
+        raise _unsupported(sm, "the attention softmax must be over the keys (last dim)")
+    add = G.expect(sm.args[0], "add", what="the attention scores + mask")
+    scores, mask = add.args[:2]
+    if G.skip(scores) not in G.path:
+        scores, mask = mask, scores
+    scores, cap = _match_softcap(G, scores)
+    sc = G.skip(scores)
+    scale = 1.0
+    if G.is_call(sc, "mul", "div") and _scalar(sc.args[1]) is not None:
+        f = _scalar(sc.args[1])
+        scale = f if _opname(sc) == "mul" else 1.0 / f
+        G.used.add(sc)
+        sc = G.skip(sc.args[0])
+    qk = G.expect(sc, "matmul", what="the attention scores matmul(q, k^T)")
+    kt = G.expect(qk.args[1], "transpose", what="the attention's k^T")
+    if sorted(int(d) % 4 for d in kt.args[1:3]) != [2, 3]:
+        raise _unsupported(kt, "the attention's k must be transposed with dims (2, 3)")
+    return dict(query=qk.args[0], key=kt.args[0], value=v, scale=scale, is_causal=True,
+                softcap=cap)
+
+
 def _match_attention(G: _Graph, node):
     """o_proj input -> attention parts (see the module docstring)."""
     r = G.skip(node)
@@ -719,15 +799,19 @@ def _match_attention(G: _Graph, node):
         chain.append(r)
         G.used.add(r)
         r = G.skip(r.args[0])
-    sdpa = G.expect(r, "scaled_dot_product_attention", what="scaled_dot_product_attention "
-                    "feeding o_proj")
+    if G.is_call(r, "matmul"):      # transformers' eager attention (Gemma 2's soft-capping)
+        sdpa = G.expect(r, "matmul", what="the attention's probabilities @ v")
+        kw = _eager_attention(G, sdpa)
+    else:
+        sdpa = G.expect(r, "scaled_dot_product_attention", what="scaled_dot_product_attention "
+                        "(or the eager attention's matmul) feeding o_proj")
+        kw = dict(sdpa.kwargs)
+        names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                 "enable_gqa"]
+        for i, a in enumerate(sdpa.args):
+            kw[names[i]] = a
     if sum(1 for c in chain if _opname(c) == "transpose") != 1:
         raise _unsupported(sdpa, "the attention output must be transposed back to [B, S, H*hd]")
-    kw = dict(sdpa.kwargs)
-    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
-             "enable_gqa"]
-    for i, a in enumerate(sdpa.args):
-        kw[names[i]] = a
     if kw.get("dropout_p", 0.0):
         raise _unsupported(sdpa, "attention dropout must be 0 (export in eval mode)")
     if kw.get("attn_mask") is None and not kw.get("is_causal", False):
@@ -747,10 +831,12 @@ def _match_attention(G: _Graph, node):
         raise _unsupported(sdpa, f"inconsistent heads (q {heads}x{hd}, k {kv_heads}x{hdk}, "
                            f"v {kv_heads_v}x{hdv})")
     scale = kw.get("scale")
-    if scale is not None and abs(float(scale) * math.sqrt(hd) - 1.0) > 1e-6:
-        raise _unsupported(sdpa, f"attention scale {scale} is not 1/sqrt(head_dim)")
+    # 0.0: the default 1/sqrt(head_dim) (DecoderShape.attn_scale)
+    scale = 0.0 if scale is None or abs(float(scale) * math.sqrt(hd) - 1.0) <= 1e-6 else \
+        float(scale)
     return dict(x=xq, q=(wq, bq), k=(wk, bk), v=(wv, bv), heads=heads, kv_heads=kv_heads,
-                hd=hd, rope=(cq, sq, ck, sk), node=sdpa, head_norms=(nq, nk) if nq else None)
+                hd=hd, rope=(cq, sq, ck, sk), node=sdpa, head_norms=(nq, nk) if nq else None,
+                scale=scale, softcap=float(kw.get("softcap", 0.0)))
 
 
 def _is_rmsnorm(G: _Graph, node) -> bool:
@@ -758,17 +844,25 @@ def _is_rmsnorm(G: _Graph, node) -> bool:
     n = G.skip(node)
     if not G.is_call(n, "mul"):
         return False
-    consts = [G.const(a) for a in n.args[:2] if hasattr(a, "op")]
-    return any(c is not None and c.ndim == 1 for c in consts)
+    return any(hasattr(a, "op") and _gamma_const(G, a) is not None for a in n.args[:2])
 
 
 def _match_act(G: _Graph, node):
     """``silu(g)`` -> (g, "silu"); ``square(relu(g))`` or ``pow(relu(g), 2)`` -> (g, "relu2");
-    None otherwise (nothing marked used)."""
+    ``gelu(g, approximate="tanh")`` -> (g, "gelu_tanh"); None otherwise (nothing marked
+    used)."""
     s = G.skip(node)
     if G.is_call(s, "silu"):
         G.used.add(s)
         return s.args[0], "silu"
+    if G.is_call(s, "gelu"):
+        approx = s.kwargs.get("approximate", s.args[1] if len(s.args) > 1 else "none")
+        if approx != "tanh":
+            raise _unsupported(s, f"GELU with approximate='{approx}': the vector unit's gate "
+                               "ROMs are SiLU, squared ReLU and GELU-tanh "
+                               "(gelu_pytorch_tanh)")
+        G.used.add(s)
+        return s.args[0], "gelu_tanh"
     if G.is_call(s, "square", "pow") and (_opname(s) == "square" or s.args[1] == 2):
         r = G.skip(s.args[0])
         if G.is_call(r, "relu"):
@@ -793,8 +887,8 @@ def _match_mlp(G: _Graph, node):
     if got is None:
         s = G.skip(a)
         bad = s if getattr(s, "op", None) == "call_function" else m
-        raise _unsupported(bad, "expected silu(gate) of a SwiGLU MLP or relu(gate)**2 of a "
-                           "BitNet MLP")
+        raise _unsupported(bad, "expected silu(gate) of a SwiGLU MLP, relu(gate)**2 of a "
+                           "BitNet MLP or gelu_tanh(gate) of a Gemma MLP")
     gate_in, act = got
     xg, wg, bg = _match_linear(G, gate_in, "the MLP gate projection")
     xu, wu, bu = _match_linear(G, b, "the MLP up projection")
@@ -821,14 +915,24 @@ def _match_layer(G: _Graph, node, fold_gammas: bool = True):
     ``fold_gammas``: fold every RMSNorm gamma of the block into the linears reading the norm
     (LLaMA), or keep them unfolded in the ``*_gamma`` fields (BitNet, ternary compiles).
     """
+    def branch(v):      # a linear's output, or (Gemma 2) the post-norm of one
+        return G.is_call(G.skip(v), "linear") or _is_rmsnorm(G, v)
+
+    def post_norm(v, what):
+        if G.is_call(G.skip(v), "linear"):
+            return v, None, None
+        return _match_rmsnorm(G, v, what)
+
     add2 = G.expect(node, "add", what="the MLP residual add")
-    x1, mlp_out = _split_residual(G, add2, lambda v: G.is_call(G.skip(v), "linear"))
+    x1, mlp_out = _split_residual(G, add2, branch)
+    mlp_out, g_pm, eps_pm = post_norm(mlp_out, "post-feedforward")
     n2, wg, wu, wd, act, g_ms, eps_ms = _match_mlp(G, mlp_out)
     r, g2, eps2 = _match_rmsnorm(G, n2, "post-attention")
     if r is not G.skip(x1):
         raise _unsupported(add2, "the MLP norm must read the residual stream")
     add1 = G.expect(x1, "add", what="the attention residual add")
-    x0, attn_out = _split_residual(G, add1, lambda v: G.is_call(G.skip(v), "linear"))
+    x0, attn_out = _split_residual(G, add1, branch)
+    attn_out, g_pa, eps_pa = post_norm(attn_out, "post-attention")
     a, wo, bo = _match_linear(G, attn_out, "the attention output projection")
     g_as = eps_as = None
     if _is_rmsnorm(G, a):
@@ -838,7 +942,7 @@ def _match_layer(G: _Graph, node, fold_gammas: bool = True):
     if xin is not G.skip(x0):
         raise _unsupported(add1, "the attention norm must read the residual stream")
     hn = at["head_norms"]
-    for e in (eps2, eps_as, eps_ms) + ((hn[0][1], hn[1][1]) if hn else ()):
+    for e in (eps2, eps_as, eps_ms, eps_pa, eps_pm) + ((hn[0][1], hn[1][1]) if hn else ()):
         if e is not None and abs(eps1 - e) > 1e-12 * max(abs(eps1), 1.0):
             raise _unsupported(add2, f"RMSNorm eps differ inside a block ({eps1} vs {e})")
 
@@ -858,7 +962,9 @@ def _match_layer(G: _Graph, node, fold_gammas: bool = True):
                        mlp_sub_norm=g_ms is not None, attn_gamma=kept(g1),
                        attn_sub_gamma=kept(g_as), mlp_gamma=kept(g2),
                        mlp_sub_gamma=kept(g_ms), q_norm=hn[0][0] if hn else None,
-                       k_norm=hn[1][0] if hn else None)
+                       k_norm=hn[1][0] if hn else None,
+                       post_attn_gamma=None if g_pa is None else np.asarray(g_pa, np.float32),
+                       post_mlp_gamma=None if g_pm is None else np.asarray(g_pm, np.float32))
     return xin, layer, at, eps1
 
 
@@ -1037,6 +1143,7 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
 
     # Coverage first: the first op on the hidden path outside the patterns is the error.
     path = _hidden_path(G, emb)
+    G.path = set(path)
     for n in path:
         if n.op == "call_function" and _opname(n) not in _PATH_OPS:
             raise _unsupported(n, "not part of a recognised LLaMA block (embedding, RMSNorm, "
@@ -1045,13 +1152,15 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     out_node = next(n for n in G.g.nodes if n.op == "output")
     outs = out_node.args[0]
     logits = outs[0] if isinstance(outs, (list, tuple)) else outs
+    logits, final_cap = _match_softcap(G, logits)
     xf, w_lm, b_lm = _match_linear(G, logits, "the lm_head projection")
     if b_lm is not None:
         raise _unsupported(G.skip(logits), "an lm_head bias is not supported")
     x, g_final, eps = _match_rmsnorm(G, xf, "final")
 
+    start, embed_scale = _embedding_scale(G, emb)
     layers, attn = [], []
-    while x is not emb:
+    while x is not start:
         if len(layers) > 100000:
             break
         x, layer, at, eps_l = _match_layer(G, x, fold_gammas)
@@ -1076,6 +1185,9 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
     for i, at in enumerate(attn):
         if (at["heads"], at["kv_heads"], at["hd"]) != (heads, kv_heads, hd):
             raise _unsupported(at["node"], f"block {i} has different head numbers")
+        if (at["scale"], at["softcap"]) != (a0["scale"], a0["softcap"]):
+            raise _unsupported(at["node"], f"block {i} has a different attention scale or "
+                               "soft-cap")
     theta, scaling, inv = _rope_params(G, a0["rope"][0], hd, rope_type)
     for at in attn:
         for cs in at["rope"]:
@@ -1096,7 +1208,8 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                          max_position=int(max_position), rope_theta=theta, rms_eps=eps,
                          rope_scaling=float(scaling), rope_inv_freq=inv,
                          rope_type=rope_type or ("custom" if inv else "default"),
-                         windows=windows)
+                         windows=windows, embed_scale=embed_scale, attn_scale=a0["scale"],
+                         attn_softcap=a0["softcap"], final_softcap=final_cap)
     # embed: G.const's float32 view (no second 1 GB table); the products are float32 already
     fd = FloatDecoder(name=name, shape=shape, embed=np.asarray(embed, dtype=np.float32),
                       layers=layers,
@@ -1105,6 +1218,24 @@ def decoder_from_exported_program(ep, name: str = "model", source: str = "",
                       family=family, max_context=max_context)
     _check_numerics(fd, ep, ids_node, check_model, source or name)
     return fd
+
+
+def _embedding_scale(G: _Graph, emb):
+    """(start of the residual stream, embedding scale): ``mul(embedding, c)`` with a scalar
+    constant ``c`` (Gemma's ``sqrt(hidden)`` normalizer) -> (the mul, c); else (emb, 1.0)."""
+    users = [u for u in emb.users if u.op == "call_function" and _opname(u) not in _SIDE_OPS]
+    if len(users) != 1 or not G.is_call(users[0], "mul") or len(users[0].args) != 2:
+        return emb, 1.0
+    m = users[0]
+    other = m.args[1] if m.args[0] is emb else m.args[0]
+    c = _scalar(other)
+    if c is None and hasattr(other, "op"):
+        v = G.const(other)
+        c = float(v.reshape(())) if v is not None and v.size == 1 else None
+    if c is None:
+        return emb, 1.0
+    G.used.add(m)
+    return m, c
 
 
 def _export_seq_bound(G: _Graph, ids_node) -> int | None:

@@ -57,6 +57,29 @@ def _lin(x, w, b=None):
     return y if b is None else y + np.asarray(b, dtype=np.float64)
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """``gelu(x, approximate="tanh")`` (Gemma's ``gelu_pytorch_tanh``), float64."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _act(g: np.ndarray, act: str) -> np.ndarray:
+    if act == "relu2":
+        return np.maximum(g, 0.0) ** 2
+    if act == "gelu_tanh":
+        return gelu_tanh(g)
+    return g / (1.0 + np.exp(-g))
+
+
+def _softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """``cap * tanh(x / cap)`` (Gemma 2), ``x`` itself when ``cap`` is 0."""
+    return cap * np.tanh(x / cap) if cap else x
+
+
+def _post_norm(x: np.ndarray, gamma, eps: float) -> np.ndarray:
+    """Gemma 2's post-norm of a linear's output (``gamma`` None: none)."""
+    return x if gamma is None else _rms(x, eps) * np.asarray(gamma, dtype=np.float64)
+
+
 def _gamma(x: np.ndarray, gamma) -> np.ndarray:
     """An unfolded RMSNorm gamma applied to the normalized rows (None: folded, no-op)."""
     return x if gamma is None else x * np.asarray(gamma, dtype=np.float64)
@@ -65,8 +88,10 @@ def _gamma(x: np.ndarray, gamma) -> np.ndarray:
 def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     """Float64 forward pass; ``record[name]`` collects every tensor the quantizer scales.
 
-    Norm outputs are recorded gamma-free (what ``golden.llm.rmsnorm`` produces); the
-    ``silu_mul`` record is ``act(gate) * up`` for either activation.
+    Norm outputs are recorded gamma-free (what ``golden.llm.rmsnorm`` produces) but for
+    the gamma-coded ones (Qwen3's head norms, Gemma 2's ``post_attn`` / ``post_mlp``); the
+    ``silu_mul`` record is ``act(gate) * up`` for every activation; with a final soft-cap
+    ``lm_head`` is the LM head's output and ``logits`` the capped one.
     """
     s = fd.shape
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -84,7 +109,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     masked = [(pj < 0) | ((pj >= s.window(i)) if s.window(i) else False)
               for i in range(s.layers)]
     # the rows first: a float64 copy of the whole table is 2.1 GB at Llama-3's vocabulary
-    x = np.asarray(np.asarray(fd.embed)[ids], dtype=np.float64)
+    x = np.asarray(np.asarray(fd.embed)[ids], dtype=np.float64) * s.embed_scale
     rec("embed", x)
     for i, ly in enumerate(fd.layers):
         n = _rms(x, s.rms_eps)
@@ -108,7 +133,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
         qh = q.reshape(t, heads, hd).transpose(1, 0, 2)
         kh = np.repeat(k.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
         vh = np.repeat(v.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
-        sc = qh @ kh.transpose(0, 2, 1) / np.sqrt(hd)
+        sc = _softcap(qh @ kh.transpose(0, 2, 1) * s.score_scale(), s.attn_softcap)
         sc = np.where(masked[i][None], -np.inf, sc)
         sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
         p = sc / sc.sum(axis=-1, keepdims=True)
@@ -120,6 +145,9 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
             a = _gamma(a, ly.attn_sub_gamma)
         o = _lin(a, ly.o, ly.o_bias)
         rec(f"l{i}.o_out", o)
+        if ly.post_attn_gamma is not None:
+            o = _post_norm(o, ly.post_attn_gamma, s.rms_eps)
+            rec(f"l{i}.post_attn", o)
         x = x + o
         rec(f"l{i}.attn_res", x)
         n = _rms(x, s.rms_eps)
@@ -129,10 +157,7 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
         u = _lin(n, ly.up)
         rec(f"l{i}.gate", g)
         rec(f"l{i}.up", u)
-        if ly.act == "relu2":
-            h = np.maximum(g, 0.0) ** 2 * u
-        else:
-            h = g / (1.0 + np.exp(-g)) * u
+        h = _act(g, ly.act) * u
         rec(f"l{i}.silu_mul", h)
         if ly.mlp_sub_norm:
             h = _rms(h, s.rms_eps)
@@ -140,11 +165,17 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
             h = _gamma(h, ly.mlp_sub_gamma)
         d = _lin(h, ly.down)
         rec(f"l{i}.down_out", d)
+        if ly.post_mlp_gamma is not None:
+            d = _post_norm(d, ly.post_mlp_gamma, s.rms_eps)
+            rec(f"l{i}.post_mlp", d)
         x = x + d
         rec(f"l{i}.mlp_res", x)
     n = _rms(x, s.rms_eps)
     rec("final_norm", n)
     logits = _lin(n, fd.lm_head)
+    if s.final_softcap:
+        rec("lm_head", logits)
+        logits = _softcap(logits, s.final_softcap)
     rec("logits", logits)
     return logits
 
@@ -223,14 +254,18 @@ def _qlin(x, ql: QLinear, res: np.ndarray | None = None) -> np.ndarray:
                       res=res, res_mult=res_mult)
 
 
-def _residual(xin, ql: QLinear, x: np.ndarray, add) -> np.ndarray:
+def _residual(xin, ql: QLinear, x: np.ndarray, add, post=None, gamma=None) -> np.ndarray:
     """The residual stream after o or down: fused into the linear's epilogue (``add`` None),
-    or, for ternary linears (whose ``acc * m`` is ~2**20 times an int8 accumulator, so one
-    shared shift cannot also hold the residual's multiplier), a separate
-    ``residual_add(linear, x, *add)`` (VADD)."""
+    or a separate ``residual_add(linear, x, *add)`` (VADD): for ternary linears (whose
+    ``acc * m`` is ~2**20 times an int8 accumulator, so one shared shift cannot also hold the
+    residual's multiplier), and for Gemma 2's post-norms (``post``: ``rmsnorm`` (eps, mult,
+    shift) of the linear's output with the gamma codes ``gamma``, before the add)."""
     if add is None:
         return _qlin(xin, ql, res=x)
-    return residual_add(_qlin(xin, ql), x, *add)
+    y = _qlin(xin, ql)
+    if post is not None:
+        y = gl.rmsnorm(y, *post, gamma=gamma)
+    return residual_add(y, x, *add)
 
 
 def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.ndarray:
@@ -244,11 +279,13 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
     Per layer: ``h = rmsnorm(x, *attn_norm)``; q/k/v of ``h`` (ternary linears: of ``(hq, m) =
     absmax_quant(h, attn_gamma)``, then ``requantize((hq @ t.T) * m, ...)``); per-head
     ``rmsnorm`` of q and k with gamma codes if ``q_norm`` (Qwen3); RoPE; cache
-    append; attention; ``rmsnorm`` with ``attn_sub_norm`` if set; o (ternary: absmax_quant with
-    ``attn_sub_gamma``) with the residual ``x``; ``rmsnorm(x, *mlp_norm)``; gate/up (ternary:
-    absmax_quant with ``mlp_gamma``); ``relu2_mul`` (``act == "relu2"``) or ``silu_mul``;
-    ``rmsnorm`` with ``mlp_sub_norm`` if set; down (ternary: ``mlp_sub_gamma``) with the
-    residual. Then the final norm and the int8 LM head.
+    append; attention (with the score cap ``attn_cap``); ``rmsnorm`` with ``attn_sub_norm`` if
+    set; o (ternary: absmax_quant with ``attn_sub_gamma``) with the residual ``x`` (with a
+    post-norm: ``rmsnorm`` of o with its gamma codes, then the residual add);
+    ``rmsnorm(x, *mlp_norm)``; gate/up (ternary: absmax_quant with ``mlp_gamma``);
+    ``gate_mul`` of the layer's activation; ``rmsnorm`` with ``mlp_sub_norm`` if set; down
+    (ternary: ``mlp_sub_gamma``) with the residual (and post-norm). Then the final norm, the
+    int8 LM head and, with ``final_cap``, ``tanh_cap``.
 
     Raises
     ------
@@ -282,17 +319,19 @@ def golden_step(qd: QDecoder, ids: list[int], pos: int, cache: KVCache) -> np.nd
         cache.k[i][pos:pos + rows] = k
         cache.v[i][pos:pos + rows] = v
         a = gl.attention(q, cache.k[i], cache.v[i], pos, heads, kvh, hd, *ly.attn,
-                         window=s.window(i))
+                         window=s.window(i), cap=ly.attn_cap)
         if ly.attn_sub_norm is not None:
             a = gl.rmsnorm(a, *ly.attn_sub_norm)
-        x = _residual(_absq(a, ly.attn_sub_gamma, ly.o), ly.o, x, ly.attn_add)
+        x = _residual(_absq(a, ly.attn_sub_gamma, ly.o), ly.o, x, ly.attn_add,
+                      ly.post_attn_norm, ly.post_attn_gamma)
         xn = _absq(gl.rmsnorm(x, *ly.mlp_norm), ly.mlp_gamma, ly.gate, ly.up)
-        mul = gl.relu2_mul if ly.act == "relu2" else gl.silu_mul
-        h = mul(_qlin(xn, ly.gate), _qlin(xn, ly.up), *ly.silu)
+        h = gl.gate_mul(_qlin(xn, ly.gate), _qlin(xn, ly.up), *ly.silu, act=ly.act)
         if ly.mlp_sub_norm is not None:
             h = gl.rmsnorm(h, *ly.mlp_sub_norm)
-        x = _residual(_absq(h, ly.mlp_sub_gamma, ly.down), ly.down, x, ly.mlp_add)
-    return _qlin(gl.rmsnorm(x, *qd.final_norm), qd.lm_head)
+        x = _residual(_absq(h, ly.mlp_sub_gamma, ly.down), ly.down, x, ly.mlp_add,
+                      ly.post_mlp_norm, ly.post_mlp_gamma)
+    logits = _qlin(gl.rmsnorm(x, *qd.final_norm), qd.lm_head)
+    return logits if qd.final_cap is None else gl.tanh_cap(logits, *qd.final_cap)
 
 
 @dataclass

@@ -16,7 +16,12 @@ Scale names (``QDecoder.scales``): ``embed``; per layer ``l{i}.attn_norm``, ``l{
 ``final_norm``, ``logits``, ``rope`` (2**-14). Qwen3's per-head q/k norms (``FloatLayer.q_norm``):
 ``l{i}.q_proj``, ``l{i}.k_proj`` (the linears' outputs, the norms' inputs; ``l{i}.q``/``k``
 are the norms' outputs), their gamma codes (``gamma_codes``) at ``l{i}.q_norm_gamma``,
-``l{i}.k_norm_gamma``.
+``l{i}.k_norm_gamma``. Gemma 2: ``l{i}.o_out`` / ``l{i}.down_out`` (o's and down's outputs,
+the post-norms' inputs), ``l{i}.post_attn`` / ``l{i}.post_mlp`` (the post-norms' outputs, the
+residual adds' inputs) with gamma codes at ``l{i}.post_attn_gamma`` / ``l{i}.post_mlp_gamma``;
+``embed`` includes the embedding scale (the table's codes are at ``embed / embed_scale``);
+with a final soft-cap ``lm_head`` (the LM head's output, fixed at cap/64) and ``logits`` (the
+capped logits).
 
 Ternary (``weights="ternary"``, the default for BitNet; docs/architecture.md, "Ternary path"):
 q/k/v/o/gate/up/down become ternary :class:`QLinear` (``ternary=True``, ``weight`` = ``t``):
@@ -134,10 +139,16 @@ def _qlinear(w: np.ndarray, bias, s_in: float, s_out: float,
                    res_mult=res_mult, w4=w4, w4_scale=w4s)
 
 
-def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, hd: int):
-    """attention (smul, sshift, omul, oshift): ``smul/2**sshift = s_q s_k log2(e) 2**8 /
-    sqrt(hd)``, ``omul/2**oshift = s_v / (s_o 2**15)`` (golden.llm.attention_row)."""
-    sreal = s_q * s_k * math.log2(math.e) * 2.0**gl.EXP2_FRAC / math.sqrt(hd)
+def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, scale: float,
+                 cap: float = 0.0):
+    """attention (smul, sshift, omul, oshift): ``smul/2**sshift = s_q s_k log2(e) 2**8 *
+    scale`` (``scale``: the scores', ``1/sqrt(hd)`` but for Gemma 2), or with a score ``cap``
+    ``s_q s_k 2**12 * scale / cap`` (the scores over the cap, ``golden.llm.softcap_scores``);
+    ``omul/2**oshift = s_v / (s_o 2**15)`` (golden.llm.attention_row)."""
+    if cap:
+        sreal = s_q * s_k * 2.0**gl.SOFTCAP_FRAC * scale / cap
+    else:
+        sreal = s_q * s_k * math.log2(math.e) * 2.0**gl.EXP2_FRAC * scale
     sshift = choose_shift(np.array([sreal]))
     oreal = s_v / (s_o * 2.0**15)
     oshift = choose_shift(np.array([oreal]))
@@ -280,9 +291,15 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
     else:
         fd_run = fd
     sc = calibrate(fd_run, seqs)
-    sc["embed"] = tensor_scale(fd.embed)
+    # the table's codes at its own absmax; Gemma's rows are scaled by embed_scale after it
+    s_table = tensor_scale(fd.embed)
+    sc["embed"] = s_table * s.embed_scale
     sc["rope"] = 2.0**-gl.ROPE_FRAC
     h, hd = s.hidden, s.head_dim
+    cap_code = gl.softcap_code(s.attn_softcap) if s.attn_softcap else 0
+    if s.attn_softcap and not 0 < cap_code < 1 << 10:
+        raise CompileError(f"attention soft-cap {s.attn_softcap:g}: the ATTN cap field holds "
+                           "caps of 0.05 to 88.6 (golden.llm.softcap_code, 10 bits)")
     layers = []
     s_x = sc["embed"]
     try:
@@ -310,6 +327,21 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                     sc[f"{p}{nm}_norm_gamma"] = sg
                     extra[f"{nm}_norm"] = _norm_params(s_in, s_out / sg, s.rms_eps, hd)
                     extra[f"{nm}_norm_gamma"] = codes
+            # Gemma 2's post-norms: o's (down's) output normed with gamma codes, then an
+            # unfused residual add of the norm's output (at post_attn / post_mlp)
+            s_oa, s_da = sc[p + "o_out"], sc[p + "down_out"]
+            for nm, g, s_in in (("post_attn", ly.post_attn_gamma, sc[p + "o_out"]),
+                                ("post_mlp", ly.post_mlp_gamma, sc[p + "down_out"])):
+                if g is None:
+                    continue
+                codes, sg = gamma_codes(g)
+                sc[f"{p}{nm}_gamma"] = sg
+                extra[f"{nm}_norm"] = _norm_params(s_in, sc[p + nm] / sg, s.rms_eps, h)
+                extra[f"{nm}_gamma"] = codes
+                if nm == "post_attn":
+                    s_oa = sc[p + nm]
+                else:
+                    s_da = sc[p + nm]
             if ternary:
                 codes = {}
                 for key, g in zip(("attn_gamma", "attn_sub_gamma", "mlp_gamma",
@@ -336,8 +368,8 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                     up=tl("up", None, s_m, s_u, "mlp_gamma"),
                     down=tl("down", None, s_ho, sc[p + "down_out"], "mlp_sub_gamma"))
                 # unfused residual adds (see llm_interpret._residual)
-                extra["attn_add"] = _add_params(sc[p + "o_out"], s_x, s_r1)
-                extra["mlp_add"] = _add_params(sc[p + "down_out"], s_r1, s_r2)
+                extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
+                extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
             else:
                 g_a, g_as, g_m, g_ms = _norm_gammas(ly)
                 folded = dict(q=_fold(ly.q, g_a), k=_fold(ly.k, g_a), v=_fold(ly.v, g_a),
@@ -349,33 +381,48 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                 def ql(nm, bias, s_in, s_out, s_res=None, _w=folded, _b=bits):
                     return _qlinear(_w[nm], bias, s_in, s_out, s_res=s_res, wbits=_b[nm])
 
+                # the residual add fused into o's (down's) epilogue, or after its post-norm
+                post_a, post_m = ly.post_attn_gamma is not None, ly.post_mlp_gamma is not None
                 lin = dict(
                     q=ql("q", ly.q_bias, s_n, s_qo),
                     k=ql("k", ly.k_bias, s_n, s_ko),
                     v=ql("v", ly.v_bias, s_n, s_v),
-                    o=ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x),
+                    o=(ql("o", ly.o_bias, s_ao, sc[p + "o_out"]) if post_a else
+                       ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x)),
                     gate=ql("gate", None, s_m, gl.SILU_SCALE),
                     up=ql("up", None, s_m, s_u),
-                    down=ql("down", None, s_ho, s_r2, s_res=s_r1))
+                    down=(ql("down", None, s_ho, sc[p + "down_out"]) if post_m else
+                          ql("down", None, s_ho, s_r2, s_res=s_r1)))
+                if post_a:
+                    extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
+                if post_m:
+                    extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
             layers.append(QLayer(
                 attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
-                attn=_attn_params(s_q, s_k, s_v, s_a, hd),
+                attn=_attn_params(s_q, s_k, s_v, s_a, s.score_scale(), s.attn_softcap),
+                attn_cap=cap_code,
                 mlp_norm=_norm_params(s_r1, s_m, s.rms_eps, h),
                 silu=_silu_params(s_u, s_h), **lin, **extra))
             s_x = s_r2
         final_norm = _norm_params(s_x, sc["final_norm"], s.rms_eps, h)
         head_bits = _weight_bits(weights, "lm_head", fd.lm_head, formats, head=True)
-        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc["logits"], wbits=head_bits)
+        final_cap = None
+        if s.final_softcap:     # the LM head at golden.llm.tanh_cap's fixed input scale
+            sc["lm_head"] = s.final_softcap / gl.TANH_STEPS
+            final_cap = _tanh_params(s.final_softcap, sc["logits"])
+        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc.get("lm_head", sc["logits"]),
+                           wbits=head_bits)
     except ValueError as e:  # a multiplier outside its u16 field at every shift
         raise CompileError(f"cannot quantize decoder '{fd.name}': {e}") from None
     report = {k: {kk: vv for kk, vv in f.items() if kk != "t"} for k, f in formats.items()}
     if ternary:
         report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
-    embed = _by_rows(fd.embed, lambda rows: quantize(rows, sc["embed"]))
+    embed = _by_rows(fd.embed, lambda rows: quantize(rows, s_table))
     return QDecoder(name=fd.name, shape=s, embed=embed,
                     rope=gl.rope_table(max_context, s.inv_freq(), s.rope_scaling),
                     layers=layers, final_norm=final_norm, lm_head=lm_head,
-                    max_context=max_context, scales=sc, weight_formats=report)
+                    max_context=max_context, scales=sc, weight_formats=report,
+                    final_cap=final_cap)
 
 
 def _weight_bits(weights: str, name: str, w: np.ndarray, formats: dict,
@@ -407,6 +454,13 @@ def _add_params(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:
     shift = choose_shift(reals)
     a_mult, b_mult = (int(v) for v in quantize_multiplier(reals, shift))
     return a_mult, b_mult, shift
+
+
+def _tanh_params(cap: float, s_y: float) -> tuple[int, int]:
+    """tanh_cap (mult, shift): ``mult / 2**shift = cap / (2**14 * s_y)``."""
+    real = cap / (2.0**14 * s_y)
+    shift = choose_shift(np.array([real]))
+    return int(quantize_multiplier([real], shift)[0]), shift
 
 
 def _silu_params(s_u: float, s_h: float) -> tuple[int, int]:

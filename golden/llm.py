@@ -10,7 +10,7 @@ Fixed constants (hardware ROMs):
 
 * ``SILU_LUT``: ``round(silu(v / 16) * 256)`` for int8 ``v`` (the gate's scale is fixed at 1/16);
   ``RELU2_LUT`` and ``GELU_LUT`` alike for BitNet's squared ReLU and Gemma's GELU-tanh;
-* ``TANH_LUT``: ``round(tanh(v / 32) * 2**14)`` for int8 ``v`` (Gemma 2's final logit cap);
+* ``TANH_LUT``: ``round(tanh(v / 64) * 2**14)`` for int8 ``v`` (Gemma 2's final logit cap);
 * ``SOFTCAP_CORR``: ``u - tanh(u)`` in Q12 at 1024 midpoints of ``[0, 4)`` (attention score cap);
 * ``EXP2_LUT``: ``round(2 ** (15 - f / 256))`` for ``f < 256`` (``EXP2_LUT[0] = 32768``);
 * RoPE cos/sin: Q1.14 int16 (``round(cos * 2**14)``), from a table in external memory.
@@ -26,8 +26,8 @@ __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
     "isqrt", "rmsnorm", "rope", "rope_table", "default_inv_freq", "silu_mul", "exp2_neg",
     "attention_row", "attention", "attended", "attended_total", "RELU2_LUT", "relu2_mul",
-    "GELU_LUT", "GATE_LUTS", "gate_mul", "TANH_LUT", "tanh_cap", "SOFTCAP_FRAC", "SOFTCAP_CORR",
-    "softcap_scores", "softcap_code",
+    "GELU_LUT", "GATE_LUTS", "gate_mul", "TANH_STEPS", "TANH_LUT", "tanh_cap", "SOFTCAP_FRAC",
+    "SOFTCAP_CORR", "softcap_scores", "softcap_code",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -55,10 +55,12 @@ GELU_LUT = np.array([int(round(_gelu_tanh(v / 16) * 256)) for v in range(-128, 1
 #: The gate ROM of each activation ``act(gate) * up`` (SILUMUL: no flag, RELU2, GELU).
 GATE_LUTS = {"silu": SILU_LUT, "relu2": RELU2_LUT, "gelu_tanh": GELU_LUT}
 
-#: TANH_LUT[v + 128] = round(tanh(v / 32) * 2**14): the final logit soft-cap of int8 logits at
-#: the fixed scale cap/32 (inputs up to 4 caps; |entries| <= 16373, 16 signed bits).
-TANH_LUT = np.array([int(round(math.tanh(v / 32) * (1 << 14))) for v in range(-128, 128)],
-                    dtype=np.int64)
+#: The final logit cap's input is int8 at the fixed scale cap / TANH_STEPS: inputs up to two
+#: caps (tanh(2) = 0.964; a logit past twice the cap saturates), steps of 1/64 cap.
+TANH_STEPS = 64
+#: TANH_LUT[v + 128] = round(tanh(v / 64) * 2**14) (|entries| <= 15798, 16 signed bits).
+TANH_LUT = np.array([int(round(math.tanh(v / TANH_STEPS) * (1 << 14)))
+                     for v in range(-128, 128)], dtype=np.int64)
 
 #: Attention score soft-capping (Gemma 2): the capped score is computed from ``u``, the score
 #: over the cap in Q12 (``u = 4096 * score / cap``), by ``SOFTCAP_CORR[i] = round((c - tanh c)
@@ -194,7 +196,7 @@ def tanh_cap(x, mult: int, shift: int) -> np.ndarray:
     """Final logit soft-capping ``cap * tanh(logit / cap)`` of int8 logits (SILUMUL with flag
     TANH; the up operand is not read): ``sat8((TANH_LUT[x] * mult + 2**(shift-1)) >> shift)``.
 
-    Float meaning: ``x`` at scale ``cap / 32``, output at ``s_y``:
+    Float meaning: ``x`` at scale ``cap / TANH_STEPS`` (1/64), output at ``s_y``:
     ``mult / 2**shift = cap / (2**14 * s_y)``.
     """
     x = np.asarray(x, dtype=np.int64)

@@ -25,7 +25,14 @@ TINY_LLAMA = dict(vocab_size=320, hidden_size=120, num_hidden_layers=2, num_atte
 #: plain causal, like the tiny LLaMA); Qwen3 names its head size (the LLaMA derives it).
 _FAMILY_FIELDS = {"phi3": dict(bos_token_id=None, eos_token_id=None, pad_token_id=None,
                                sliding_window=None),
-                  "qwen3": dict(head_dim=20)}     # Qwen3's config defaults to heads of 128
+                  "qwen3": dict(head_dim=20),     # Qwen3's config defaults to heads of 128
+                  # Gemma 2: its scale, caps and window at tiny sizes (caps near the tiny
+                  # model's scores and logits, so that capping changes them), tied embeddings
+                  "gemma2": dict(head_dim=20, hidden_activation="gelu_pytorch_tanh",
+                                 query_pre_attn_scalar=16, attn_logit_softcapping=2.0,
+                                 final_logit_softcapping=3.0, sliding_window=6,
+                                 tie_word_embeddings=True, bos_token_id=None,
+                                 eos_token_id=None, pad_token_id=None)}
 
 
 def tiny_llama_config(family: str = "llama", **overrides):
