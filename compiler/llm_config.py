@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hwflow.golden.llm import softcap_code
+
 from .decoder import DecoderShape, QDecoder, QLayer, QLinear
 from .errors import FrontendError, UnsupportedOpError
 
@@ -30,7 +32,7 @@ __all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder"
 
 #: ``model_type``\ s whose blocks the shape-only path knows (the families the pattern
 #: recogniser of ``compiler.llm_frontend`` is tested on).
-SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "bitnet", "phi3")
+SHAPE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "bitnet", "phi3", "gemma2")
 
 #: Parameters of one block, relative to ``model.layers.<i>.`` (``bias`` where the config has
 #: attention_bias, the sub-norms for BitNet; fused linears count as their parts, see
@@ -43,6 +45,9 @@ _BIASES = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.b
            "self_attn.o_proj.bias"}
 _SUB_NORMS = {"self_attn.attn_sub_norm.weight", "mlp.ffn_sub_norm.weight"}
 _HEAD_NORMS = {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}     # Qwen3
+#: Gemma 2's norms around each block: its ``post_attention_layernorm`` is the post-norm of o's
+#: output, ``pre_feedforward_layernorm`` the MLP's input norm.
+_POST_NORMS = {"pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"}
 _TOP = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 
 
@@ -67,6 +72,8 @@ class ConfigShape:
         The config file.
     head_norms : bool
         RMSNorms of every q and k head before RoPE (Qwen3's ``q_norm`` / ``k_norm``).
+    post_norms : bool
+        RMSNorms of o's and down's outputs before the residual adds (Gemma 2).
     """
 
     shape: DecoderShape
@@ -77,6 +84,7 @@ class ConfigShape:
     parameters: int
     source: str
     head_norms: bool = False
+    post_norms: bool = False
 
 
 def _config_file(path) -> Path:
@@ -253,7 +261,7 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
     if not layers or layers != list(range(len(layers))):
         raise UnsupportedOpError(f"{cfg_path}: the model has no numbered decoder blocks "
                                  "(model.layers.<i>)")
-    allowed = _BLOCK | _BIASES | _SUB_NORMS | _HEAD_NORMS
+    allowed = _BLOCK | _BIASES | _SUB_NORMS | _HEAD_NORMS | _POST_NORMS
     for n in params:
         rel = n.split(".", 3)[3] if n.startswith("model.layers.") else None
         if (rel is None and n not in _TOP) or (rel is not None and rel not in allowed):
@@ -280,13 +288,20 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
                                          f"{list(params[p + nm])}, block 0's "
                                          f"{list(params[p0 + nm])}; blocks must be alike")
     sub = any(n.endswith(("attn_sub_norm.weight", "ffn_sub_norm.weight")) for n in params)
-    act = getattr(config, "hidden_act", "silu")
-    act = "silu" if act == "swish" else act
+    act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
+    act = {"swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act, act)
+    post = any(n.endswith("post_feedforward_layernorm.weight") for n in params)
+    qpas = getattr(config, "query_pre_attn_scalar", None)
+    gemma = dict(embed_scale=float(np.float32(float(hidden) ** 0.5)),
+                 attn_scale=float(qpas) ** -0.5 if qpas else 0.0,
+                 attn_softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0),
+                 final_softcap=float(getattr(config, "final_logit_softcapping", None) or 0.0)
+                 ) if family == "gemma2" else {}
     shape = DecoderShape(vocab=int(vocab), hidden=int(hidden), layers=len(layers), heads=heads,
                          kv_heads=kv_heads, head_dim=head_dim, intermediate=int(inter),
                          max_position=max_pos, rope_theta=theta,
                          rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
-                         windows=attention_windows(config, len(layers)), **rope)
+                         windows=attention_windows(config, len(layers)), **rope, **gemma)
     rp = getattr(config, "rope_parameters", None)
     partial = (rp.get("partial_rotary_factor") if isinstance(rp, dict) else None) or getattr(
         config, "partial_rotary_factor", None) or 1.0
@@ -303,7 +318,7 @@ def _derive(cfg_path: Path, config, family: str, params: dict, max_pos: int,
         n_params += int(vocab) * int(hidden)
     heads_normed = any(n.endswith("self_attn.q_norm.weight") for n in params)
     return ConfigShape(shape, family, act, sub, family == "bitnet", n_params, str(cfg_path),
-                       heads_normed)
+                       heads_normed, post)
 
 
 # ------------------------------------------------------------------------ shape decoder
@@ -378,11 +393,17 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     # Qwen3's per-head q/k norms: gamma codes whatever the weights (RoPE follows them)
     head = dict(q_norm=_NORM, k_norm=_NORM, q_norm_gamma=_zeros((s.head_dim,), np.int8),
                 k_norm_gamma=_zeros((s.head_dim,), np.int8)) if cs.head_norms else {}
+    # Gemma 2: post-norms with gamma codes and unfused residual adds, the caps
+    post = dict(post_attn_norm=_NORM, post_mlp_norm=_NORM,
+                post_attn_gamma=_zeros((s.hidden,), np.int8),
+                post_mlp_gamma=_zeros((s.hidden,), np.int8),
+                attn_add=_ADD, mlp_add=_ADD) if cs.post_norms else {}
+    cap = dict(attn_cap=softcap_code(s.attn_softcap)) if s.attn_softcap else {}
     layers = []
     for _ in range(s.layers):
-        extra = {}
+        extra = dict(post)
         if tern:
-            extra = dict(attn_gamma=g(s.hidden), attn_sub_gamma=g(qd_q) if cs.sub_norms else None,
+            extra.update(attn_gamma=g(s.hidden), attn_sub_gamma=g(qd_q) if cs.sub_norms else None,
                          mlp_gamma=g(s.hidden),
                          mlp_sub_gamma=g(s.intermediate) if cs.sub_norms else None,
                          attn_add=_ADD, mlp_add=_ADD)
@@ -390,15 +411,16 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
             attn_norm=_NORM, q=_linear(qd_q, s.hidden, tern, False, w4),
             k=_linear(qd_kv, s.hidden, tern, False, w4),
             v=_linear(qd_kv, s.hidden, tern, False, w4),
-            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, True, w4), mlp_norm=_NORM,
-            gate=_linear(s.intermediate, s.hidden, tern, False, w4),
+            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, not cs.post_norms, w4),
+            mlp_norm=_NORM, gate=_linear(s.intermediate, s.hidden, tern, False, w4),
             up=_linear(s.intermediate, s.hidden, tern, False, w4), silu=_ACT,
-            down=_linear(s.hidden, s.intermediate, tern, True, w4), act=cs.act,
+            down=_linear(s.hidden, s.intermediate, tern, not cs.post_norms, w4), act=cs.act,
             attn_sub_norm=_NORM if cs.sub_norms else None,
-            mlp_sub_norm=_NORM if cs.sub_norms else None, **extra, **head))
+            mlp_sub_norm=_NORM if cs.sub_norms else None, **extra, **head, **cap))
     return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),
                     rope=np.zeros((int(max_context), s.head_dim), dtype=np.int16),
                     layers=layers, final_norm=_NORM,
                     lm_head=_linear(s.vocab, s.hidden, False, False, weights == "int4"),
                     max_context=int(max_context), scales={},
-                    weight_formats={"shape_only": True, "weights": weights})
+                    weight_formats={"shape_only": True, "weights": weights},
+                    final_cap=_ACT if s.final_softcap else None)

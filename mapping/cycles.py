@@ -43,10 +43,10 @@ instructions' cycles, their fetches and a fixed per-run overhead):
   LOAD; flag POS adds the ``POS · pos_stride`` address cycle;
 * **GATHER**: per row a LOAD of ``n`` words (one read latency each) and its id check, plus one
   read round trip per super-beat of ids (``ceil(4·rows/SB)``);
-* **RMSNORM / SILUMUL (RELU2 alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, ``V =
+* **RMSNORM / SILUMUL (RELU2, GELU alike) / ABSQUANT / ROPE** (``hw.sfu.VectorUnit``, ``V =
   vec_lanes`` elements per cycle, ``G = L/V`` lane groups per word): per row ``2·nw·G + nw·gam``
   (RMSNORM: sum of squares and normalize; flag GAMMA reads a gamma word per word index),
-  ``nw·(G+1)`` (SILUMUL: the gate word latch),
+  ``nw·(G+1)`` (SILUMUL: the gate word latch; ``nw·G`` with flag TANH, which reads no gate),
   ``2·nw·(G+gam)`` (ABSQUANT), the zero words ``words − nw`` and the fixed row work (isqrt and
   divider); ROPE four buffer reads per step of up to ``min(V, L/2)`` pairs
   (``hw.sfu.rope_head_steps``; one pair per step at ``V = 1``);
@@ -86,7 +86,7 @@ from hwflow.golden.ternary import GROUP_BITS
 from hwflow.hw.attention import ATTN_BLOCK
 from hwflow.hw.buffers import RING_BURST_BEATS
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, INSTR_BYTES, Opcode
+from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, FLAG_TANH, INSTR_BYTES, Opcode
 from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH
 from hwflow.hw.sequencer import epilogue_lanes
 from hwflow.hw.sfu import rope_head_steps
@@ -356,8 +356,9 @@ TERMS: dict[str, tuple] = {
     "SILUMUL": (("fixed", ISSUE + VECTOR_FIXED), ("rows", 2.0), ("elems", 1.0),
                 ("zero_words", 1.0)),
     "ROPE": (("fixed", ISSUE + VECTOR_FIXED + 4), ("pairs", 4.0), ("row_heads", 0.0)),
-    # fixed: issue and the lane map (attn_heads cycles, a constant of the configuration)
-    "ATTN": (("fixed", ISSUE + 2 + 4), ("slots", 1.0), ("blocks", 10.0), ("rows", 45.0),
+    # fixed: issue and the lane map (attn_heads cycles, a constant of the configuration);
+    # blocks: 11 with the score soft-cap stage (S6), which every block's K drain waits for
+    "ATTN": (("fixed", ISSUE + 2 + 4), ("slots", 1.0), ("blocks", 11.0), ("rows", 45.0),
              ("head_words", 2.0), ("skip_beats", 1.0)),
     "ABSQUANT": (("fixed", ISSUE + VECTOR_FIXED), ("rows", ABSQ_ROW_FIXED), ("elems", 1.0),
                  ("zero_words", 1.0)),
@@ -533,7 +534,8 @@ def features(i, cfg: AccelConfig, pos: int = 0,
         # element steps: G = L / vec_lanes lane groups per word (L at vec_lanes = 1)
         nw, G = _cdiv(i.n, L), L // cfg.vec_lanes
         gam = 1 if i.flags & FLAG_GAMMA else 0      # a gamma word read per word index
-        per_word = {Opcode.RMSNORM: 2 * G + gam, Opcode.SILUMUL: G + 1,
+        gate = 0 if i.flags & FLAG_TANH else 1      # SILUMUL's gate word latch (TANH: unary)
+        per_word = {Opcode.RMSNORM: 2 * G + gam, Opcode.SILUMUL: G + gate,
                     Opcode.ABSQUANT: 2 * (G + gam)}[op]
         return op.name, {"fixed": 1, "rows": i.rows, "elems": i.rows * nw * per_word,
                          "zero_words": i.rows * max(0, i.words - nw)}, 0

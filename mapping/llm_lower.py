@@ -56,10 +56,12 @@ from hwflow.compiler.decoder import QDecoder, QLinear
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     FLAG_GAMMA,
+    FLAG_GELU,
     FLAG_INT4,
     FLAG_POS,
     FLAG_RELU2,
     FLAG_RESIDUAL,
+    FLAG_TANH,
     INSTR_BYTES,
     Instr,
     Opcode,
@@ -86,8 +88,12 @@ _U8 = (1 << 8) - 1
 GAMMAS = ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma")
 #: Gamma codes of the per-head q/k RMSNORMs (Qwen3), for int8 and ternary layers alike.
 HEAD_NORM_GAMMAS = ("q_norm_gamma", "k_norm_gamma")
+#: Gemma 2's post-norms of o's and down's outputs (RMSNORM flag GAMMA).
+POST_NORM_GAMMAS = ("post_attn_gamma", "post_mlp_gamma")
 #: Every slot of the ``gamma`` area, in slot order.
-GAMMA_SLOTS = GAMMAS + HEAD_NORM_GAMMAS
+GAMMA_SLOTS = GAMMAS + HEAD_NORM_GAMMAS + POST_NORM_GAMMAS
+#: SILUMUL's flag for each MLP activation (``golden.llm.GATE_LUTS``).
+ACT_FLAGS = {"silu": 0, "relu2": FLAG_RELU2, "gelu_tanh": FLAG_GELU}
 _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -233,7 +239,8 @@ class _Geometry:
                   la=min(_cdiv(s.vocab, SB) * SB, lm_head_part_channels(cfg)) // L,
                   cs_words=_cdiv(2 * s.head_dim, SB) * SB // L)     # head_dim int16 values
         width = {"attn_gamma": geo.ew, "attn_sub_gamma": geo.q_words, "mlp_gamma": geo.ew,
-                 "mlp_sub_gamma": geo.iw, "q_norm_gamma": hd_words, "k_norm_gamma": hd_words}
+                 "mlp_sub_gamma": geo.iw, "q_norm_gamma": hd_words, "k_norm_gamma": hd_words,
+                 "post_attn_gamma": geo.ew, "post_mlp_gamma": geo.ew}
         slots, off = [], 0
         for nm in GAMMA_SLOTS:  # a slot for every gamma that some layer has
             if any(getattr(ly, nm, None) is not None for ly in qd.layers):
@@ -787,7 +794,7 @@ def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan
         _absquant(A("h"), rows, s.hidden, geo.ew, m, gam("mlp_gamma")),
         _tmatmul(pk["gate"], w["gate"], A("h"), geo.ew, A("gate"), rows, geo.iw, m),
         _tmatmul(pk["up"], w["up"], A("h"), geo.ew, A("up"), rows, geo.iw, m),
-        Instr(Opcode.SILUMUL, FLAG_RELU2 if ly.act == "relu2" else 0, act_shift,
+        Instr(Opcode.SILUMUL, ACT_FLAGS[ly.act], act_shift,
               a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
               words=geo.iw, mult_b=act_mult),
     ]
@@ -828,7 +835,7 @@ def _attention(ly, geo: _Geometry, plan: ActPlan, k_base: int, v_base: int,
                           a=A("q") + p.q0 * hdw, out=A("att") + p.q0 * hdw,
                           q_words=geo.q_words, rows=rows, lanes=p.lanes, grp=p.grp,
                           slots=p.slots, hd_words=hdw, pos_sb=p.pos_sb, smul=smul, omul=omul,
-                          sshift=sshift, window=window))
+                          sshift=sshift, window=window, cap=int(ly.attn_cap)))
     return prog
 
 
@@ -838,10 +845,28 @@ def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s,
     layers"), the linear into ``h`` (free by then) and a VADD ``x = residual_add(h, x, *add)``."""
     if add is None:
         return [_tmatmul(pk, wgt, x, x_words, A("x"), rows, geo.ew, m, res=A("x"))]
-    a_mult, b_mult, shift = (int(v) for v in add)
     return [_tmatmul(pk, wgt, x, x_words, A("h"), rows, geo.ew, m),
-            Instr(Opcode.VADD, shift=shift, a=A("h"), out=A("x"), b=A("x"), rows=rows,
-                  n=s.hidden, words=geo.ew, mult_a=a_mult, mult_b=b_mult)]
+            _residual_add(add, A, rows, s, geo)]
+
+
+def _residual_add(add, A, rows: int, s, geo: _Geometry) -> Instr:
+    """VADD ``x = residual_add(h, x, *add)``: an unfused residual add of the block output in
+    ``h`` (a ternary linear's, or a post-norm's)."""
+    a_mult, b_mult, shift = (int(v) for v in add)
+    return Instr(Opcode.VADD, shift=shift, a=A("h"), out=A("x"), b=A("x"), rows=rows,
+                 n=s.hidden, words=geo.ew, mult_a=a_mult, mult_b=b_mult)
+
+
+def _block_output(pk, wgt: int, x: int, rows: int, norm, gamma_slot, add, A, s,
+                  geo: _Geometry) -> list:
+    """An int8 o (down) and the residual stream after it: fused into the MATMUL epilogue, or
+    (Gemma 2's post-norm ``norm`` with its gamma codes at ``gamma_slot``) the MATMUL into
+    ``h``, the RMSNORM of ``h`` in place and the VADD ``add``."""
+    if norm is None:
+        return [_matmul(pk, wgt, x, A("x"), rows, geo.ew, res=A("x"))]
+    return [_matmul(pk, wgt, x, A("h"), rows, geo.ew),
+            _rmsnorm(norm, A("h"), A("h"), rows, s.hidden, geo.ew, g=gamma_slot),
+            _residual_add(add, A, rows, s, geo)]
 
 
 def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
@@ -850,8 +875,9 @@ def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
     KVSTOREs and ATTNs of the attention passes (:func:`attention_instructions`)."""
     extra = ((ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
              + 2 * (getattr(ly, "q_norm", None) is not None) + bool(has_gamma) + attn)
-    if not _layer_ternary(ly, 0):
-        return 12 + extra
+    if not _layer_ternary(ly, 0):     # + RMSNORM and VADD per post-norm (Gemma 2)
+        return 12 + extra + 2 * ((ly.post_attn_norm is not None)
+                                 + (ly.post_mlp_norm is not None))
     return 16 + (ly.attn_add is not None) + (ly.mlp_add is not None) + extra
 
 
@@ -861,9 +887,9 @@ def attention_instructions(passes) -> int:
 
 
 def _check_layer(ly, i: int) -> None:
-    if ly.act not in ("silu", "relu2"):
+    if ly.act not in ACT_FLAGS:
         raise MappingError(f"layer {i}: activation '{ly.act}' is not one the vector unit has "
-                           "(silu, relu2)")
+                           f"({', '.join(ACT_FLAGS)})")
     if not _layer_ternary(ly, i):
         has = [nm for nm in GAMMAS if getattr(ly, nm) is not None]
         if has:
@@ -911,36 +937,39 @@ def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Ac
             prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, s.heads * hdp,
                                  geo.q_words))
         prog += [
-            _matmul(pk["o"], w["o"], A("att"), A("x"), rows, geo.ew, res=A("x")),
+            *_block_output(pk["o"], w["o"], A("att"), rows, ly.post_attn_norm,
+                           slot.get("post_attn_gamma"), ly.attn_add, A, s, geo),
             _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
             _matmul(pk["gate"], w["gate"], A("h"), A("gate"), rows, geo.iw),
             _matmul(pk["up"], w["up"], A("h"), A("up"), rows, geo.iw),
-            Instr(Opcode.SILUMUL, FLAG_RELU2 if ly.act == "relu2" else 0, silu_shift,
+            Instr(Opcode.SILUMUL, ACT_FLAGS[ly.act], silu_shift,
                   a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
                   words=geo.iw, mult_b=silu_mult),
         ]
         if ly.mlp_sub_norm is not None:
             prog.append(_rmsnorm(ly.mlp_sub_norm, A("gate"), A("gate"), rows, s.intermediate,
                                  geo.iw))
-        prog.append(_matmul(pk["down"], w["down"], A("gate"), A("x"), rows, geo.ew,
-                            res=A("x")))
+        prog += _block_output(pk["down"], w["down"], A("gate"), rows, ly.post_mlp_norm,
+                              slot.get("post_mlp_gamma"), ly.mlp_add, A, s, geo)
     last = (rows - 1) * geo.ew      # the last row: the one whose logits the host reads
     prog += [_rmsnorm(qd.final_norm, A("x") + last, A("h") + last, 1, s.hidden, geo.ew)]
     prog += _lm_head(packed["lm_head"], W["lm_head"], A("h") + last, A("logits"), ad.logits,
-                     geo, cfg)
+                     geo, cfg, qd.final_cap)
     prog += [Instr(Opcode.END)]
     return prog
 
 
 def _lm_head(pk: _Packed, wgt: int, x: int, out: int, ext: int, geo: _Geometry,
-             cfg: AccelConfig) -> list:
+             cfg: AccelConfig, cap=None) -> list:
     """The LM head on one row and its STOREs to the logits row at ``ext``: MATMULs of at most
     :data:`LM_HEAD_CHANNELS` outputs, as a vocabulary past the 16-bit ``n`` field (every
     Llama 3 and Qwen: 128k-152k) is split at tile boundaries (:func:`_lm_head_parts`). Part
     ``c`` reads the weight tiles from its first one (tiles are stored one after another,
     ``tile_mem_rows`` memory rows each), writes its outputs into the logits area (the last
     part zero-padded to the row's super-beat), and a STORE moves them to super-beat
-    ``first channel / SB`` of the row before the next part overwrites the area."""
+    ``first channel / SB`` of the row before the next part overwrites the area. With a final
+    logit ``cap`` (``QDecoder.final_cap``) a SILUMUL flag TANH caps each part in place before
+    its STORE."""
     C, L, SB = channels_per_tile(cfg, pk.plan.fmt), cfg.chain_len, cfg.beat_bytes
     tile_sb = pk.plan.tile_mem_rows * cfg.beats_per_row
     out_instr = []
@@ -948,8 +977,12 @@ def _lm_head(pk: _Packed, wgt: int, x: int, out: int, ext: int, geo: _Geometry,
         t0, nt = c0 // C, _cdiv(n, C)
         part = replace(pk, n_out=n, plan=replace(pk.plan, n_tiles=nt))
         words = geo.lw - c0 // L if c0 + n == pk.n_out else n // L
-        out_instr += [_matmul(part, wgt + t0 * tile_sb, x, out, 1, words),
-                      Instr(Opcode.STORE, ext=ext + c0 // SB, a=out, b=words)]
+        out_instr.append(_matmul(part, wgt + t0 * tile_sb, x, out, 1, words))
+        if cap is not None:
+            mult, shift = (int(v) for v in cap)
+            out_instr.append(Instr(Opcode.SILUMUL, FLAG_TANH, shift, a=out, out=out, rows=1,
+                                   n=n, words=words, mult_b=mult))
+        out_instr.append(Instr(Opcode.STORE, ext=ext + c0 // SB, a=out, b=words))
     return out_instr
 
 
@@ -960,9 +993,9 @@ def program_instructions(layers, attn: int = 3) -> int:
     :class:`QDecoder`, its count (ternary layers: 16 + attn each, plus one per sub-norm and
     one gamma LOAD per layer that has gammas) with the LM head as one MATMUL and its STORE: a
     vocabulary past 65,535 adds two per further part (:func:`_lm_head_parts`)."""
-    if isinstance(layers, QDecoder):
-        return 6 + sum(_layer_instructions(ly, _has_gammas(ly), attn)
-                       for ly in layers.layers)
+    if isinstance(layers, QDecoder):    # + the final cap's SILUMUL (Gemma 2)
+        return 6 + (layers.final_cap is not None) + sum(
+            _layer_instructions(ly, _has_gammas(ly), attn) for ly in layers.layers)
     return (12 + attn) * layers + 6
 
 
@@ -1139,8 +1172,9 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
 
     packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
+    parts = len(_lm_head_parts(packed["lm_head"], cfg))
     n_instr = (program_instructions(qd, attention_instructions(geo.passes))
-               + 2 * (len(_lm_head_parts(packed["lm_head"], cfg)) - 1))
+               + (2 + (qd.final_cap is not None)) * (parts - 1))
 
     def payload(make, nbytes: int):
         """The bytes of a region, or (shape-only) just their count."""

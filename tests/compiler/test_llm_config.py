@@ -36,12 +36,26 @@ def test_bitnet_0_7b_config_from_a_folder(tmp_path):
     assert cs.family == "bitnet" and cs.ternary and cs.sub_norms
 
 
-def test_gemma2_is_refused_in_one_line():
-    """Gemma 2 (GELU-tanh gate, soft-capping, pre/post norms) has no lowering yet: its
-    published config is refused by family, in one line, before anything is built."""
-    with pytest.raises(UnsupportedOpError) as e:
-        shape_from_config(CONFIGS / "gemma-2-2b.json")
-    assert "model_type 'gemma2' is not supported" in str(e.value) and "\n" not in str(e.value)
+def test_gemma2_config():
+    """Gemma-2-2B (published config): heads of 256, GELU-tanh, post-norms around each block,
+    the embedding scaled by sqrt(hidden), scores by query_pre_attn_scalar**-0.5 and capped at
+    50, logits capped at 30, every other layer sliding (window 4096); 2.61 B parameters (the
+    tied embedding counted once)."""
+    cs = shape_from_config(CONFIGS / "gemma-2-2b.json", max_context=8192)
+    s = cs.shape
+    assert (s.vocab, s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (
+        256000, 2304, 26, 8, 4, 256, 9216)
+    assert (cs.family, cs.act, cs.post_norms, cs.sub_norms) == ("gemma2", "gelu_tanh", True,
+                                                                 False)
+    assert (s.embed_scale, s.attn_scale, s.attn_softcap, s.final_softcap) == (
+        48.0, 1 / 16, 50.0, 30.0)
+    assert s.windows == (4096, 0) * 13
+    assert round((cs.parameters - s.vocab * s.hidden) / 1e9, 2) == 2.61
+    qd = shape_decoder(cs, 64)
+    ly = qd.layers[0]
+    assert ly.post_attn_gamma.shape == ly.post_mlp_gamma.shape == (2304,)
+    assert ly.attn_add is not None and ly.mlp_add is not None and ly.o.res_mult == 0
+    assert ly.attn_cap == gl.softcap_code(50.0) == 577 and qd.final_cap is not None
 
 
 def test_qwen3_config_has_head_norms():
