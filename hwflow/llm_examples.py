@@ -29,7 +29,7 @@ _FAMILY_FIELDS = {"phi3": dict(bos_token_id=None, eos_token_id=None, pad_token_i
                   # Gemma 2: its scale, caps and window at tiny sizes (caps near the tiny
                   # model's scores and logits, so that capping changes them), tied embeddings
                   "gemma2": dict(head_dim=20, hidden_activation="gelu_pytorch_tanh",
-                                 query_pre_attn_scalar=16, attn_logit_softcapping=2.0,
+                                 query_pre_attn_scalar=4, attn_logit_softcapping=2.0,
                                  final_logit_softcapping=3.0, sliding_window=6,
                                  tie_word_embeddings=True, bos_token_id=None,
                                  eos_token_id=None, pad_token_id=None)}

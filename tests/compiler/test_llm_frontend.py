@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -155,6 +157,37 @@ def test_qwen3_head_norms_are_recognised(tmp_path):
         np.testing.assert_array_equal(ly.q_norm, w[p + "q_norm.weight"])
         np.testing.assert_array_equal(ly.k_norm, w[p + "k_norm.weight"])
     assert np.max(np.abs(float_forward(fq, IDS) - _hf_logits(_hf_model(f), IDS))) <= 1e-4
+
+
+def test_gemma2_is_recognised(tmp_path):
+    """Gemma 2: (1 + w) RMSNorm gammas, the embedding scaled by sqrt(hidden), eager attention
+    scaled by query_pre_attn_scalar**-0.5 with its scores soft-capped, post-norms of o's and
+    down's outputs before the residual adds, a GELU-tanh gate, the logits soft-capped; every
+    other layer sliding. The float model reproduces HF, and leaving out a cap or the scale is
+    seen by the same check."""
+    from safetensors.numpy import load_file
+
+    f = tiny_llama(tmp_path / "gemma2", family="gemma2")
+    fg = load_decoder(f, max_context=32)
+    s = fg.shape
+    assert fg.family == "gemma2" and s.head_dim == 20 and s.windows == (6, 0)
+    assert (s.attn_scale, s.attn_softcap, s.final_softcap) == (0.5, 2.0, 3.0)
+    assert s.embed_scale == pytest.approx(120 ** 0.5, rel=1e-7)
+    w = load_file(str(f / "model.safetensors"))
+    for i, ly in enumerate(fg.layers):
+        p = f"model.layers.{i}."
+        assert ly.act == "gelu_tanh"
+        np.testing.assert_array_equal(ly.post_attn_gamma,
+                                      1 + w[p + "post_attention_layernorm.weight"])
+        np.testing.assert_array_equal(ly.post_mlp_gamma,
+                                      1 + w[p + "post_feedforward_layernorm.weight"])
+    ref = _hf_logits(_hf_model(f), IDS)
+    err = np.max(np.abs(float_forward(fg, IDS) - ref))
+    assert err <= 1e-4, err
+    for change in (dict(attn_softcap=0.0), dict(final_softcap=0.0), dict(attn_scale=0.0),
+                   dict(embed_scale=1.0)):
+        off = dataclasses.replace(fg, shape=dataclasses.replace(s, **change))
+        assert np.max(np.abs(float_forward(off, IDS) - ref)) > 1e-2, change
 
 
 def test_phi3_partial_rotary_is_refused(tmp_path):
