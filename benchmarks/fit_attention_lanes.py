@@ -5,7 +5,7 @@ Synthesizes ``hw.attention.AttentionUnit`` alone with Yosys ``synth_xilinx -fami
 with unchanged RTL takes seconds), fits ``kind = a + b L + H (c + d L)`` by least squares for
 LUT and FF, and prints the coefficients (``mapping.engine.ATTN_SHARED_*`` = (a, b),
 ``ATTN_LANE_*`` = (c, d)), the worst error of every point and the DSP48E2 count against
-``H (3 L + 4) + 2 L + 3``.
+``H (3 L + 5) + 2 L + 3``.
 
     python benchmarks/fit_attention_lanes.py            # ~10 min of Yosys uncached, 2 jobs
 """
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     print(f"{'L':>3} {'H':>3} {'LUT':>7} {'FF':>7} {'DSP':>4} {'DSP model':>9}")
     for (L, H), u in got.items():
         print(f"{L:>3} {H:>3} {u['lut']:>7} {u['ff']:>7} {u['dsp']:>4} "
-              f"{H * (3 * L + 4) + 2 * L + 3:>9}")
+              f"{H * (3 * L + 5) + 2 * L + 3:>9}")
     for kind in ("lut", "ff"):
         y = np.array([got[p][kind] for p in POINTS], dtype=np.float64)
         coef, *_ = np.linalg.lstsq(A, y, rcond=None)

@@ -34,7 +34,7 @@ INT8_MIN, INT8_MAX = -128, 127
 
 #: The gate input of SiLU is int8 at this fixed scale (range +-8), so SiLU is one 256-entry ROM.
 SILU_SCALE = 1.0 / 16
-#: SILU_LUT[v + 128] = round(silu(v / 16) * 2**8), v in [-128, 127]; range -71..2017 (12 bits).
+#: SILU_LUT[v + 128] = round(silu(v / 16) * 2**8), v in [-128, 127]; range -71..2031 (12 bits).
 SILU_LUT = np.array([int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256))
                      for v in range(-128, 128)], dtype=np.int64)
 
@@ -49,7 +49,7 @@ def _gelu_tanh(x: float) -> float:
 
 
 #: GELU_LUT[v + 128] = round(gelu_tanh(v / 16) * 2**8) (Gemma's gate at the same fixed scale
-#: 1/16); range -43..2033 (12 bits).
+#: 1/16); range -44..2032 (12 bits).
 GELU_LUT = np.array([int(round(_gelu_tanh(v / 16) * 256)) for v in range(-128, 128)],
                     dtype=np.int64)
 #: The gate ROM of each activation ``act(gate) * up`` (SILUMUL: no flag, RELU2, GELU).
@@ -58,7 +58,7 @@ GATE_LUTS = {"silu": SILU_LUT, "relu2": RELU2_LUT, "gelu_tanh": GELU_LUT}
 #: The final logit cap's input is int8 at the fixed scale cap / TANH_STEPS: inputs up to two
 #: caps (tanh(2) = 0.964; a logit past twice the cap saturates), steps of 1/64 cap.
 TANH_STEPS = 64
-#: TANH_LUT[v + 128] = round(tanh(v / 64) * 2**14) (|entries| <= 15798, 16 signed bits).
+#: TANH_LUT[v + 128] = round(tanh(v / 64) * 2**14) (|entries| <= 15795, 16 signed bits).
 TANH_LUT = np.array([int(round(math.tanh(v / TANH_STEPS) * (1 << 14)))
                      for v in range(-128, 128)], dtype=np.int64)
 

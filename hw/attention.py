@@ -3,12 +3,13 @@
 
 docs/architecture.md, "Attention over a head-major KV cache": instruction fields, the cache
 layout and the unit's ports. The arithmetic is :func:`hwflow.golden.llm.attention_row`, bit for
-bit, for every query head (this module does not import ``golden``; the test checks the ROM
-below against ``golden.llm.EXP2_LUT``).
+bit, for every query head (this module does not import ``golden``; the test checks the ROMs
+below against ``golden.llm.EXP2_LUT`` and ``golden.llm.SOFTCAP_CORR``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed
@@ -19,13 +20,20 @@ from .arith import tree_sum
 from .config import AccelConfig
 from .mem_port import read_req_layout
 
-__all__ = ["AttentionUnit", "ATTN_BLOCK", "EXP2_ROM"]
+__all__ = ["AttentionUnit", "ATTN_BLOCK", "EXP2_ROM", "SOFTCAP_ROM"]
 
 #: Keys per online-softmax block: the score buffers' depth (golden.llm.ATTN_BLOCK).
 ATTN_BLOCK = 16
 #: 2**(15 - f/256) in Q15 for the fractional part f of a log2-domain difference (8 fraction
 #: bits); the same formula as golden.llm.EXP2_LUT. 32768 at f = 0 needs 16 bits.
 EXP2_ROM = tuple(int(round(2.0 ** (15 - f / 256))) for f in range(256))
+#: Score soft-capping (Gemma 2): ``round((c - tanh c) * 2**12)`` at the midpoint
+#: ``c = (i + 0.5) / 256`` of the i-th 1/256 of ``[0, 4)``, the correction that turns ``|u|``
+#: (the score over the cap in Q12) into ``4096 * tanh(|u| / 4096)``; the same formula as
+#: golden.llm.SOFTCAP_CORR. Entries 0 .. 12283: 14 bits.
+SOFTCAP_ROM = tuple(int(round((c - math.tanh(c)) * 4096))
+                    for c in ((i + 0.5) / 256 for i in range(1024)))
+_SOFTCAP_BITS = 14
 
 # Widths, from golden.llm.attention_row's bounds:
 # |s| = |q . k| <= 128 * 128 * hd; hd <= 255 words * 28 lanes < 2**13, so |s| < 2**27: int32.
@@ -60,10 +68,11 @@ class _LaneControl:
     s2_j0: object           # first key of the block: rescale by alpha
     s3_kv: object
     s3_first: object
-    s5_kv: object
-    s5_j: object
+    s6_kv: object
+    s6_j: object
     smul: object
     sshift: object
+    cap: object
     p_issue: object         # p pass: item pi enters (alpha, then p_j)
     p_close: object         # p pass: the block's l and m are updated
     pi: object
@@ -84,8 +93,8 @@ class AttentionUnit(wiring.Component):
     ``k_h = h // grp``; its q and out heads are the ``hd_words`` activation words at
     ``q + b * q_words + h * hd_words`` (``out`` likewise). For row ``b < rows`` (position
     ``pos + b``, ``n = pos + b + 1`` keys) every lane writes
-    ``golden.llm.attention_row(q head, K[f:n, k_h], V[f:n, k_h], smul, sshift, omul, oshift)``
-    with ``f = 0``, or ``f = max(0, n - window)`` for a sliding ``window`` (nonzero): the
+    ``golden.llm.attention_row(q head, K[f:n, k_h], V[f:n, k_h], smul, sshift, omul, oshift,
+    cap)`` with ``f = 0``, or ``f = max(0, n - window)`` for a sliding ``window`` (nonzero): the
     window's keys alone are streamed, so its cost does not grow with the position.
 
     Each cache byte of the pass is read once per row for all its query heads: a *slot* (``d``
@@ -101,7 +110,11 @@ class AttentionUnit(wiring.Component):
     2. per block of up to 16 keys: the K blocks arrive as ONE burst (``nk * pos_sb``
        super-beats at ``K + j0 * pos_sb``); each slot is one pipeline item: per lane ``L``
        int8 products and an adder tree, summed over the head's words into ``s``; then
-       ``t = s * smul >> sshift`` goes to the lane's 16-entry score buffer and block max. The
+       ``t = s * smul >> sshift`` goes to the lane's 16-entry score buffer and block max, with
+       a nonzero ``cap`` as ``golden.llm.softcap_scores(t, cap)``: ``|t| >> 4`` addresses a
+       1024-entry soft-cap ROM (one per two lanes, on its two read ports), and the next stage
+       takes ``y = |t| - ROM`` (4096 from ``|t| >= 2**14`` on), one ``y * cap`` product
+       (13 x 10 bits), rounds and signs it (this stage is there whatever the cap). The
        lanes' ``alpha`` and ``p_j`` come from their 256-entry EXP2 ROMs and shifters, one per
        cycle, with ``l = (l * alpha >> 15) + sum p``; then the V burst streams through the same
        multipliers (``p_j * v``) into each lane's accumulator memory (``hd_words`` words of
@@ -111,7 +124,7 @@ class AttentionUnit(wiring.Component):
        rescale multipliers), ``* omul`` (one set of multipliers shared by the lanes), round,
        saturate, and is written back.
 
-    Cycles per (row, pass), when memory keeps up: ``2 * n * c_pos + 10 * ceil(n / 16) +
+    Cycles per (row, pass), when memory keeps up: ``2 * n * c_pos + 11 * ceil(n / 16) +
     lanes * (2 * hd_words + 1) + 45`` about, with ``c_pos`` the cycles per position block
     (``hd_words`` slots, plus one per super-beat of the block holding no slot); requests run up
     to 4 bursts ahead (the next block's K and V), so memory latency is paid about once per
@@ -132,7 +145,7 @@ class AttentionUnit(wiring.Component):
         w1 K base, w4 V base (super-beats); w2 q[15:0], out[31:16] (act words);
         w3 q_words[15:0], rows[31:16]; w5 lanes[7:0], grp[15:8], hd_words[23:16],
         pos_sb[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0], slots[15:8],
-        window[31:16]; w0[21:16] oshift.
+        window[31:16]; w0[21:16] oshift, w0[31:22] cap.
     start : in, pulse
     busy : out, high from the cycle after ``start`` until the last output word was written
     pos : in, POS (sampled at ``start``)
@@ -167,7 +180,7 @@ class AttentionUnit(wiring.Component):
 
         # --- instruction fields ----------------------------------------------------------------
         w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
-        oshift = w[0][16:22]
+        oshift, cap = w[0][16:22], w[0][22:32]
         k_base, v_base = w[1][:ab], w[4][:ab]
         q_addr, out_addr = w[2][:16], w[2][16:32]
         q_words, rows = w[3][:16], w[3][16:32]
@@ -396,7 +409,7 @@ class AttentionUnit(wiring.Component):
         with m.If(p1_v & (p1_i != 0)):
             m.d.sync += p_cnt.eq(p_cnt + 1)
 
-        # --- shared word pipeline control: S0 -> S1 -> S2 -> S3 -> S4 -> S5 ---------------------
+        # --- shared word pipeline control: S0 -> S1 -> ... -> S6 --------------------------------
         s1_v, s1_kind, s1_d = Signal(), Signal(2), Signal(9)
         s1_j0, s1_first, s1_last, s1_j = Signal(), Signal(), Signal(), Signal(4)
         s1_oh, s1_oa = Signal.like(oh), Signal(16)
@@ -420,19 +433,29 @@ class AttentionUnit(wiring.Component):
                      s4_oa.eq(s3_oa)]
         s5_kv, s5_j = Signal(), Signal(4)
         m.d.sync += [s5_kv.eq(s4_kv), s5_j.eq(s4_j)]
-        m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv))
+        # S6: the score after the soft-cap ROM's synchronous read (with or without a cap)
+        s6_kv, s6_j = Signal(), Signal(4)
+        m.d.sync += [s6_kv.eq(s5_kv), s6_j.eq(s5_j)]
+        m.d.comb += pipe_empty.eq(~(s1_v | s2_v | s3_kv | s3_ov | s4_kv | s4_ov | s5_kv |
+                                    s6_kv))
 
         # --- the lanes -------------------------------------------------------------------------
         ctl = _LaneControl(q_wd=ql_wd, cd=cd, cj=cj, s1_kind=s1_kind, s1_d=s1_d, s2_v=s2_v,
                            s2_kind=s2_kind, s2_d=s2_d, s2_j0=s2_j0, s3_kv=s3_kv,
-                           s3_first=s3_first, s5_kv=s5_kv, s5_j=s5_j, smul=smul,
-                           sshift=sshift, p_issue=p_issue, p_close=p_close, pi=pi, p1_v=p1_v,
-                           p1_i=p1_i, block_first=block_first, pass_start=pass_start,
-                           div_go=div_go)
+                           s3_first=s3_first, s6_kv=s6_kv, s6_j=s6_j, smul=smul,
+                           sshift=sshift, cap=cap, p_issue=p_issue, p_close=p_close, pi=pi,
+                           p1_v=p1_v, p1_i=p1_i, block_first=block_first,
+                           pass_start=pass_start, div_go=div_go)
+        # the soft-cap ROM (1024 x 14 bits: a RAMB18E2) serves two lanes on its two read ports
+        softcap_rps = []
+        for r in range(-(-H // 2)):
+            rom = memory.Memory(shape=_SOFTCAP_BITS, depth=len(SOFTCAP_ROM), init=SOFTCAP_ROM)
+            m.submodules[f"softcap{r}"] = rom
+            softcap_rps += [rom.read_port() for _ in range(min(2, H - 2 * r))]
         s3_r_lanes = []                          # per lane: L values of (acc * recip) >> 16
         for h in range(H):
             s3_r_lanes.append(self._lane(m, h, s0_words[h], active[h], ql_wv & (ql_wh == h),
-                                         ctl))
+                                         softcap_rps[h], ctl))
 
         # --- shared output stage: S3 -> * omul -> S4 -> round, saturate, write -----------------
         s3_r = Array(s3_r_lanes)[s3_oh]
@@ -452,10 +475,11 @@ class AttentionUnit(wiring.Component):
                      self.wr_en.eq(Mux(s4_ov, (1 << L) - 1, 0))]
         return m
 
-    def _lane(self, m, h: int, word, active, q_we, c: _LaneControl):
+    def _lane(self, m, h: int, word, active, q_we, softcap_rp, c: _LaneControl):
         """One query head's datapath (lane ``h``): q and accumulator memories, products, score
-        buffer and block max, p pass, divider and the first output multiply. Returns the
-        lane's ``(acc * recip) >> 16`` values (S3) for the shared output stage."""
+        soft-cap (on ``softcap_rp``, a read port of a soft-cap ROM), score buffer and block
+        max, p pass, divider and the first output multiply. Returns the lane's
+        ``(acc * recip) >> 16`` values (S3) for the shared output stage."""
         L, HW = self.cfg.chain_len, self.head_words
         pre = f"l{h}_"
         qmem = memory.Memory(shape=8 * L, depth=HW, init=[])
@@ -549,11 +573,34 @@ class AttentionUnit(wiring.Component):
             m.d.sync += s_acc.eq(s_new)
         m.d.sync += s4_s.eq(s_new)
 
-        # S4: K -> s * smul; S5: t = s * smul >> sshift into the score buffer and the block max
+        # S4: K -> s * smul; S5: t = s * smul >> sshift, |t| >> 4 addresses the soft-cap ROM
         s5_tm = Signal(signed(_T_BITS), name=pre + "s5_tm")
         m.d.sync += s5_tm.eq(s4_s * c.smul)
         t = Signal(signed(_T_BITS), name=pre + "t")
         m.d.comb += t.eq(s5_tm >> c.sshift)
-        with m.If(c.s5_kv):
-            m.d.sync += [scores[c.s5_j].eq(t), bmax.eq(Mux((c.s5_j == 0) | (t > bmax), t, bmax))]
+        # |t| without a 49-bit negation: its low 14 bits are those of -t[:14] when t < 0, and
+        # |t| >= 2**14 unless t[14:] is all zeros (t >= 0) or all ones with t[:14] != 0
+        # (-2**14 < t < 0)
+        neg, lo, hi = t[-1], t[:14], t[14:]
+        t_lo = Signal(14, name=pre + "t_lo")                # |t| mod 2**14
+        m.d.comb += [t_lo.eq(Mux(neg, -lo, lo)), softcap_rp.addr.eq(t_lo[4:])]
+        s6_t = Signal(signed(_T_BITS), name=pre + "s6_t")
+        s6_neg, s6_big = Signal(name=pre + "s6_neg"), Signal(name=pre + "s6_big")
+        s6_a = Signal(14, name=pre + "s6_a")
+        m.d.sync += [s6_t.eq(t), s6_neg.eq(neg), s6_a.eq(t_lo),
+                     s6_big.eq(Mux(neg, ~(hi.all() & lo.any()), hi.any()))]
+
+        # S6: golden.llm.softcap_scores: y = |t| - ROM[|t| >> 4] (4096 past index 1023; at
+        # most 4100, 13 bits), sign(t) * ((y * cap + 64) >> 7); then the score buffer and
+        # the block max
+        y = Signal(13, name=pre + "softcap_y")
+        m.d.comb += y.eq(Mux(s6_big, 4096, s6_a - softcap_rp.data))
+        ycap = Signal(23, name=pre + "softcap_ycap")
+        m.d.comb += ycap.eq(y * c.cap)
+        r = (ycap + 64) >> 7
+        score = Signal(signed(_T_BITS), name=pre + "score")
+        m.d.comb += score.eq(Mux(c.cap == 0, s6_t, Mux(s6_neg, -r, r)))
+        with m.If(c.s6_kv):
+            m.d.sync += [scores[c.s6_j].eq(score),
+                         bmax.eq(Mux((c.s6_j == 0) | (score > bmax), score, bmax))]
         return s3_r

@@ -1,13 +1,13 @@
 """Vector special-function unit: RMSNORM, ROPE, SILUMUL and ABSQUANT on the activation buffer.
 
 Bit-exact with :func:`hwflow.golden.llm.rmsnorm`, :func:`~hwflow.golden.llm.rope`,
-:func:`~hwflow.golden.llm.silu_mul` / :func:`~hwflow.golden.llm.relu2_mul` (docs/architecture.md,
-"Transformer path") and :func:`hwflow.golden.ternary.absmax_quant` ("Ternary path"). Elements are
-processed ``V = AccelConfig.vec_lanes`` at a time through ``V`` copies of a 7-stage arithmetic
-pipeline (one at a time at ``V = 1``, the smallest unit): per lane one ``x * r * mult``
-multiplier path (16 x 34 bits, then 42 x 17 bits; an 8 x 8 product of x and gamma before it:
-5 DSP48E2) and a 512-entry ROM (SiLU and ReLU**2); shared by the lanes, a sequential square
-root and divider used once per RMSNORM / ABSQUANT row.
+:func:`~hwflow.golden.llm.gate_mul` (SiLU, ReLU**2, GELU-tanh), :func:`~hwflow.golden.llm.tanh_cap`
+(docs/architecture.md, "Transformer path") and :func:`hwflow.golden.ternary.absmax_quant`
+("Ternary path"). Elements are processed ``V = AccelConfig.vec_lanes`` at a time through ``V``
+copies of a 7-stage arithmetic pipeline (one at a time at ``V = 1``, the smallest unit): per lane
+one ``x * r * mult`` multiplier path (16 x 34 bits, then 42 x 17 bits; an 8 x 8 product of x and
+gamma before it: 5 DSP48E2) and a 1024-entry ROM (SiLU, ReLU**2, GELU-tanh, tanh: one RAMB18);
+shared by the lanes, a sequential square root and divider used once per RMSNORM / ABSQUANT row.
 """
 
 from __future__ import annotations
@@ -19,17 +19,31 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
-from .isa import FLAG_GAMMA, FLAG_RELU2, Opcode
+from .isa import FLAG_GAMMA, FLAG_GELU, FLAG_RELU2, FLAG_TANH, Opcode
 
-__all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM", "rope_head_steps", "rope_pairs_per_step"]
+__all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM", "GELU_ROM", "TANH_ROM", "rope_head_steps",
+           "rope_pairs_per_step"]
 
 #: SiLU ROM, ``SILU_ROM[v + 128] = round(silu(v / 16) * 2**8)`` for int8 ``v``: the same
 #: formula as ``golden.llm.SILU_LUT`` (hw/ may not import golden; the tests compare the two).
-#: Range -71..2017, so 12 signed bits.
+#: Range -71..2031, so 12 signed bits.
 SILU_ROM = [int(round((v / 16) / (1.0 + math.exp(-v / 16)) * 256)) for v in range(-128, 128)]
 #: ReLU**2 ROM, ``RELU2_ROM[v + 128] = round(relu(v / 16)**2 * 2**8) = v**2`` for ``v > 0``, else
 #: 0 (``golden.llm.RELU2_LUT``; the tests compare the two). Range 0..16129, so 16 signed bits.
 RELU2_ROM = [v * v if v > 0 else 0 for v in range(-128, 128)]
+
+
+def _gelu_tanh(x: float) -> float:
+    return 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+#: GELU-tanh ROM, ``GELU_ROM[v + 128] = round(gelu_tanh(v / 16) * 2**8)`` (Gemma's gate, SILUMUL
+#: flag GELU; ``golden.llm.GELU_LUT``, the tests compare the two). Range -44..2032, 12 signed bits.
+GELU_ROM = [int(round(_gelu_tanh(v / 16) * 256)) for v in range(-128, 128)]
+#: tanh ROM, ``TANH_ROM[v + 128] = round(tanh(v / 64) * 2**14)`` (final logit soft-cap of logits
+#: at the scale cap/64, SILUMUL flag TANH; ``golden.llm.TANH_LUT``, the tests compare the two).
+#: Range -15795..15776, 15 signed bits.
+TANH_ROM = [int(round(math.tanh(v / 64) * (1 << 14))) for v in range(-128, 128)]
 
 # RMSNORM widths. S = sum x**2 + eps < 2**32 + 65535 * 2**14 < 2**34. isqrt(S << 16) < 2**25,
 # found by 25 digit-by-digit steps (two radicand bits each, remainder < 2 * root + 1 < 2**26).
@@ -91,8 +105,8 @@ def rope_head_steps(L: int, V: int, hd: int, offset: int) -> int:
 
 
 class VectorUnit(wiring.Component):
-    """RMSNORM (0x06, flag GAMMA), ROPE (0x07), SILUMUL (0x08, flag RELU2) and ABSQUANT (0x0A,
-    flag GAMMA) on the activation buffer.
+    """RMSNORM (0x06, flag GAMMA), ROPE (0x07), SILUMUL (0x08, flags RELU2, GELU, TANH) and
+    ABSQUANT (0x0A, flag GAMMA) on the activation buffer.
 
     The controller puts the instruction on ``ins`` and pulses ``start``; ``busy`` is high from
     the next cycle until every result has been written. Field positions are those of the v3 and
@@ -118,6 +132,12 @@ class VectorUnit(wiring.Component):
     ``sat8((x * R * gamma + 2**23) >> 24)`` group by group. With flag GAMMA each word index
     first reads the gamma word into a register (as SILUMUL's gate), in both passes.
 
+    SILUMUL's ROM holds four tables of 256 entries: SiLU, ReLU**2 (flag RELU2), GELU-tanh (flag
+    GELU) and tanh (flag TANH), one flag selecting its table; the ISA leaves two or more of them
+    undefined (the ISA model refuses them), the unit takes TANH over GELU over RELU2. Flag TANH
+    (``golden.llm.tanh_cap``) is unary: the ROM is addressed by ``a``'s bytes as they are read,
+    the up operand is 1 and ``b`` is not read, so there is no gate word latch either.
+
     ROPE runs in steps of four reads (cos word, sin word, x1 word, x2 word) while the previous
     step's four products per pair (``x1 c``, ``-x2 s``, ``x2 c``, ``x1 s``) go through the lanes,
     one per cycle, and its y1 and y2 bytes are written (one partial word each). A step takes
@@ -132,7 +152,7 @@ class VectorUnit(wiring.Component):
       with flag GAMMA one gamma word read per word index, as ABSQUANT), zero words, 2 cycles of
       row dispatch;
     * SILUMUL: per row ``nw * (G + 1) + (words - nw) + 2`` (one extra cycle per word reads the
-      gate word into a register);
+      gate word into a register); with flag TANH ``nw * G + (words - nw) + 2`` (no gate word);
     * ABSQUANT: per row ``2 * nw * (G + gam) + (words - nw) + 42`` (``gam`` = 1 with flag
       GAMMA): the max pass, 7-cycle drain, 33-step divider, the quantize pass, zero words, row
       dispatch;
@@ -209,14 +229,16 @@ class VectorUnit(wiring.Component):
         half = Signal(15)
         head_stride = Signal(16)
         gam = Signal()              # ABSQUANT, RMSNORM flag GAMMA
-        relu2 = Signal()            # SILUMUL flag RELU2
+        table = Signal(2)           # SILUMUL's ROM table: SiLU, ReLU**2, GELU-tanh, tanh
+        tanh = Signal()             # SILUMUL flag TANH: unary, b is not read
 
         is_rms = op == Opcode.RMSNORM
         is_silu = op == Opcode.SILUMUL
         is_rope = op == Opcode.ROPE
         is_absq = op == Opcode.ABSQUANT
-        # SILUMUL (gate), ABSQUANT and RMSNORM with GAMMA latch a second word per word index
-        two_words = is_silu | ((is_absq | is_rms) & gam)
+        # SILUMUL (gate; not with TANH), ABSQUANT and RMSNORM with GAMMA latch a second word per
+        # word index
+        two_words = (is_silu & ~tanh) | ((is_absq | is_rms) & gam)
 
         # ---- sequencer state -------------------------------------------------------------------
         row = Signal(16)
@@ -287,9 +309,15 @@ class VectorUnit(wiring.Component):
                 # ROPE's products are Q1.14 (cos/sin): a fixed round-shift by 14
                 sh = Mux(w(0)[:8] == Opcode.ROPE, 14,
                          Mux(w(0)[:8] == Opcode.ABSQUANT, _ABSQ_SHIFT, w(0)[16:22]))
+                # one table flag at a time (the ISA leaves two undefined): TANH over GELU over
+                # RELU2; TANH changes the read schedule, so only SILUMUL takes it
+                f_relu2 = w(0)[8 + FLAG_RELU2.bit_length() - 1]
+                f_gelu = w(0)[8 + FLAG_GELU.bit_length() - 1]
+                f_tanh = w(0)[8 + FLAG_TANH.bit_length() - 1] & (w(0)[:8] == Opcode.SILUMUL)
                 m.d.sync += [
                     op.eq(w(0)[:8]),
-                    relu2.eq(w(0)[8 + FLAG_RELU2.bit_length() - 1]),
+                    table.eq(Mux(f_tanh, 3, Mux(f_gelu, 2, f_relu2))),
+                    tanh.eq(f_tanh),
                     gam.eq(w(0)[8 + FLAG_GAMMA.bit_length() - 1]),
                     mbyte.eq(w(4)[:16] << lg),
                     shift.eq(sh),
@@ -402,7 +430,8 @@ class VectorUnit(wiring.Component):
             with m.State("ELEMS"):
                 # RMSNORM / ABSQUANT pass 2, SILUMUL: one lane group per cycle; SILUMUL (ABSQUANT
                 # and RMSNORM with GAMMA) first latches the gate (gamma) word of each word index
-                # (one extra cycle), then streams the up (x) word
+                # (one extra cycle), then streams the up (x) word; SILUMUL with TANH streams a
+                # alone (no latch)
                 with m.If(two_words & (j_i == 0) & ~lat):
                     m.d.comb += [self.rd_en.eq(1),
                                  self.rd_addr.eq(Mux(is_absq | is_rms, b_row, a_row) + w_i),
@@ -411,7 +440,7 @@ class VectorUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += [
                         self.rd_en.eq(j_i == 0),
-                        self.rd_addr.eq(Mux(is_silu, b_row, a_row) + w_i),
+                        self.rd_addr.eq(Mux(is_silu & ~tanh, b_row, a_row) + w_i),
                         c0.kind.eq(_K_ELEM), c0.j.eq(j_i), c0.word.eq(out_row + w_i),
                         c0.zero.eq(zmask),
                     ]
@@ -490,12 +519,13 @@ class VectorUnit(wiring.Component):
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
         # ---- stage 1: pick the lane group from the read word ------------------------------------
-        # SiLU in entries 0..255, ReLU**2 in 256..511 (SILUMUL flag RELU2); one ROM per lane
-        # (one ROM of V read ports is the same logic, but Yosys' memory_libmap gives up on it
-        # at V = 16)
+        # SiLU in entries 0..255, ReLU**2 in 256..511 (SILUMUL flag RELU2), GELU-tanh in
+        # 512..767 (GELU), tanh in 768..1023 (TANH): 1024 x 16 bits, one RAMB18 per lane (one ROM
+        # of V read ports is the same logic, but Yosys' memory_libmap gives up on it at V = 16)
         rom_rd = []
         for lane in range(V):
-            rom = memory.Memory(shape=signed(16), depth=512, init=SILU_ROM + RELU2_ROM)
+            rom = memory.Memory(shape=signed(16), depth=1024,
+                                init=SILU_ROM + RELU2_ROM + GELU_ROM + TANH_ROM)
             m.submodules["silu_rom" if V == 1 else f"silu_rom{lane}"] = rom
             rom_rd.append(rom.read_port())
         aword = Signal(8 * L)       # SILUMUL: the gate word
@@ -516,17 +546,19 @@ class VectorUnit(wiring.Component):
                                                             16 * VR)
             rbyte = [rot[8 * lane:8 * lane + 8].as_signed() for lane in range(VR)]
             h16 = [rot[16 * lane:16 * lane + 16].as_signed() for lane in range(VR)]
-        # ROM index g + 128: flipping the sign bit of the two's-complement byte
+        # ROM index g + 128: flipping the sign bit of the two's-complement byte. With TANH the
+        # index is a's byte as it is read (no gate word latched), the same stage as the gate's
         for lane in range(V):
-            m.d.comb += [rom_rd[lane].addr.eq(Cat(gate[lane] ^ 0x80, relu2)),
+            idx = Mux(tanh, byte[lane].as_unsigned(), gate[lane])
+            m.d.comb += [rom_rd[lane].addr.eq(Cat(idx ^ 0x80, table)),
                          rom_rd[lane].en.eq(1)]
 
-        # stage 2 operands: x (RMSNORM, ABSQUANT), up (SILUMUL); ABSQUANT's gamma (1 without
-        # GAMMA)
+        # stage 2 operands: x (RMSNORM, ABSQUANT), up (SILUMUL; 1 with TANH); ABSQUANT's gamma
+        # (1 without GAMMA)
         oa = [Signal(signed(8), name=f"oa{lane}") for lane in range(V)]
         og = [Signal(signed(8), name=f"og{lane}") for lane in range(V)]
         for lane in range(V):
-            m.d.sync += [oa[lane].eq(byte[lane]),
+            m.d.sync += [oa[lane].eq(Mux(tanh, 1, byte[lane])),
                          og[lane].eq(Mux(gam, gate[lane].as_signed(), 1))]
         m.d.sync += c2.eq(0)
 
@@ -604,7 +636,7 @@ class VectorUnit(wiring.Component):
         with m.Else():
             # x * x (sum of squares), x * gamma (ABSQUANT max), (x * gamma) * r * mult
             # (RMSNORM; gamma 1 without GAMMA), x * R * gamma (ABSQUANT), up * ROM[gate] * mult
-            # (SILUMUL)
+            # (SILUMUL; 1 * ROM[a] * mult with TANH: |ROM| < 2**14, |p2| < 2**30)
             for lane in range(V):
                 m.d.sync += [
                     ma[lane].eq(Mux(is_rms & ~c2.sq, oa[lane] * og[lane], oa[lane])),

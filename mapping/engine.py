@@ -10,16 +10,17 @@ configuration (DSP and BRAM counts equal):
   res*res_mult, an 8x17 one (1 slice); and one in the controller (``n_tiles *
   tile_mem_rows``, 16x16 bits, for the weight prefetch length): P*L + 3*E + 1. The int4
   dequantizer's 4x4-bit products are shift-and-add logic (no DSP). With ``transformer``, the
-  vector and attention units and the POS address multiplier add ``H (3 L + 4) + 2 L + 9``
+  vector and attention units and the POS address multiplier add ``H (3 L + 5) + 2 L + 9``
   (``H = attn_heads``): per attention lane L q.k / p.v products (8 x 17 bits: one slice
-  each), L two-slice rescales of the 40-bit accumulators, and the two-slice ``s * smul`` and
-  ``l * alpha``; shared by the lanes, L two-slice output products (``* omul``) and the burst
-  length (one), the sliding window's first key times ``pos_sb`` (33 x 8 bits: two); the vector
+  each), L two-slice rescales of the 40-bit accumulators, the two-slice ``s * smul`` and
+  ``l * alpha``, and the score soft-cap's ``y * cap`` (13 x 10 bits: one); shared by the
+  lanes, L two-slice output products (``* omul``) and the burst length (one), the sliding
+  window's first key times ``pos_sb`` (33 x 8 bits: two); the vector
   unit 5 (``5 V`` with ``V = vec_lanes`` lanes, one ``x * r * mult`` path and one ``x * gamma``
   product each); the controller's POS x pos_stride 1. Equal to Yosys on the attention unit
-  alone (``H (3 L + 4) + 2 L + 3`` at eight (L, H) points: ``benchmarks/fit_attention_lanes.py``,
-  ``tests/hwflow/export/test_fit.py``), on the whole accelerator at L = 4, H = 2 (64 at V = 1,
-  79 at V = 4), and, at H = 1, to the ``5 L + 13`` of the fit points of
+  alone (``H (3 L + 5) + 2 L + 3`` at eight (L, H) points: ``benchmarks/fit_attention_lanes.py``,
+  ``tests/hwflow/export/test_fit.py``), on the whole accelerator at L = 4, H = 2 (66 at V = 1,
+  81 at V = 4), and, at H = 1, to the ``5 L + 14`` of the fit points of
   ``mapping/calibration/resources.json``.
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
@@ -32,7 +33,11 @@ configuration (DSP and BRAM counts equal):
   iCE40 SB_RAM40_4K); memories go to distributed RAM as Yosys maps them: on Xilinx when
   their LUT-RAM cost is below their block RAM cost (:func:`lutram_cells`: Yosys
   ``memory_libmap`` costs, e.g. a 256 x 8 index lane goes to LUT-RAM, 256 x 16 to a RAMB18E2),
-  on ECP5 up to ``LUTRAM_DEPTH`` words, on iCE40 never.
+  on ECP5 up to ``LUTRAM_DEPTH`` words, on iCE40 never. With ``transformer``, the attention
+  unit's score soft-cap ROMs (1024 x 14 bits, :data:`ATTN_SOFTCAP_ROM`): one per two lanes,
+  read on both ports of its block (a RAMB18E2 on Xilinx; one per lane on iCE40, whose blocks
+  have one read port); with the vector unit, one gate ROM (1024 x 16 bits,
+  :data:`VECTOR_GATE_ROM`) per lane.
 - UltraRAM: with ``ring_uram`` (:func:`place_ring`) the ring's lane memories (the engine's
   and the parameter reader's copies, and the index lanes) are marked ``ram_style = "ultra"``
   and each takes ``ceil(width / 72) * ceil(depth / 4096)`` URAM288 (:func:`uram_blocks`;
@@ -62,10 +67,14 @@ from .errors import MappingError
 
 EPILOGUE_DSP = 3               # per epilogue lane
 CONTROL_DSP = 1
-#: Transformer units' DSP48E2 (module docstring): per attention lane ``3 L + 4``, shared
-#: ``2 L + 9`` (the lanes' output products and burst length, the vector unit's first lane, the
-#: POS multiplier, and the sliding window's first key times ``pos_sb``, 33 x 8 bits: 2).
-ATTN_LANE_DSP_PER_BYTE, ATTN_LANE_DSP_FIXED = 3, 4
+#: Transformer units' DSP48E2 (module docstring): per attention lane ``3 L + 5`` (the score
+#: soft-cap's ``y * cap``, 13 x 10 bits, is the 5th), shared ``2 L + 9`` (the lanes' output
+#: products and burst length, the vector unit's first lane, the POS multiplier, and the
+#: sliding window's first key times ``pos_sb``, 33 x 8 bits: 2).
+ATTN_LANE_DSP_PER_BYTE, ATTN_LANE_DSP_FIXED = 3, 5
+#: The attention unit's score soft-cap ROM, ``(width, depth)`` (hw.attention.SOFTCAP_ROM),
+#: and the lanes one ROM serves (its block's two read ports).
+ATTN_SOFTCAP_ROM, ATTN_SOFTCAP_ROM_LANES = (14, 1024), 2
 TRANSFORMER_DSP_PER_BYTE, TRANSFORMER_DSP_FIXED = 2, 9
 PARAM_BYTES = 6                 # bias (int32) + mult (u16) of a record; two zero bytes unread
 RECORD_BYTES = 8
@@ -204,10 +213,12 @@ RESOURCE_FEATURES = {
     # on the fit points, among those keeping 1, PL, tf and tf_L (hwflow.resource_fit)
     "lut": ("1", "PL", "PL_sparse", "PL_int4", "SB", "E", "lutram", "tf", "tf_L"),
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
-    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 4) + 2*L + 9)"
+    "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 5) + 2*L + 9)"
            " + vector_unit*5*(vec_lanes - 1)",
     "bram": "3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
-            "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))",
+            "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))"
+            " + transformer*ceil(attn_heads/2)*blocks(14, 1024)"
+            " + vector_unit*vec_lanes*blocks(16, 1024)",
     "uram": "ring_uram*((L + param_lanes)*urams(8*P, weight_depth)"
             " + sparse*L*urams(4*P, weight_depth))",
 }
@@ -263,27 +274,29 @@ def resource_fit() -> dict:
 #: LUT and FF of one attention lane, ``a + b * L`` (Yosys ``synth_xilinx -family xcup`` of
 #: ``hw.attention.AttentionUnit`` alone at (L, H) = (4, 1), (4, 2), (4, 4), (8, 1), (8, 2),
 #: (8, 3), (16, 1), (16, 2), ``benchmarks/fit_attention_lanes.py``; with a fixed ``c + d * L``
-#: the fit is within 0.32% (LUT) and 0.02% (FF) of every point). The whole-accelerator fit
+#: the fit is within 0.25% (LUT) and 0.02% (FF) of every point). The whole-accelerator fit
 #: (``tf``, ``tf_L``) was made with a one-lane unit, so the estimate adds the lanes past the
 #: first.
-ATTN_LANE_LUT = (1112.7, 230.4)
-ATTN_LANE_FF = (1535.9, 83.1)
+ATTN_LANE_LUT = (1271.7, 228.2)
+ATTN_LANE_FF = (1597.9, 83.1)
 #: The unit's shared part in the same fit (request side with the sliding window's start,
 #: control, the shared output stage).
-ATTN_SHARED_LUT = (940.7, 442.2)
-ATTN_SHARED_FF = (528.4, 57.4)
+ATTN_SHARED_LUT = (932.0, 443.9)
+ATTN_SHARED_FF = (533.4, 57.4)
 
 
 #: DSP48E2, LUT and FF of each vector-unit lane past the first (``hw.sfu.VectorUnit`` alone,
-#: Yosys ``synth_xilinx -family xcup`` at L = 16, V = 1, 4, 16: DSP 4, 16, 64 (4 per lane:
+#: Yosys ``synth_xilinx -family xcup`` at L = 16: DSP 4, 16, 64 at V = 1, 4, 16 (4 per lane:
 #: the lane's ``x * r * mult`` path; 5 since RMSNORM's flag GAMMA added the 8 x 8 ``x * g``
-#: product, measured at V = 1 and 4 in tests/hwflow/export/test_fit.py); LUT 2263, 4828,
-#: 14181 and FF 1423, 2571, 6437, whose
-#: slopes from V = 1 to 16 are 795 LUT and 334 FF per lane (855 / 383 from 1 to 4). Most of a
-#: lane's LUTs are its SiLU/ReLU² ROM, built from LUTs.
+#: product, measured at V = 1 and 4 in tests/hwflow/export/test_fit.py); LUT 2109 and 12764,
+#: FF 1418 and 6327 at V = 1 and 16 since the gate ROM holds four tables (SiLU, ReLU², GELU,
+#: tanh: 1024 x 16, one RAMB18E2 per lane, :data:`VECTOR_GATE_ROM`; the 512-entry ROM before
+#: was built from LUTs): 710 LUT and 327 FF per lane.
 VECTOR_LANE_DSP = 5
-VECTOR_LANE_LUT = 795.0
-VECTOR_LANE_FF = 334.0
+VECTOR_LANE_LUT = 710.0
+VECTOR_LANE_FF = 327.0
+#: A vector lane's gate ROM ``(width, depth)`` (hw.sfu: SiLU, ReLU², GELU, tanh tables).
+VECTOR_GATE_ROM = (16, 1024)
 
 
 def vector_lane_resources(cfg: AccelConfig) -> dict:
@@ -310,6 +323,21 @@ def transformer_dsp(cfg: AccelConfig) -> int:
     return cfg.attn_heads * lane + TRANSFORMER_DSP_PER_BYTE * L + TRANSFORMER_DSP_FIXED
 
 
+def attention_rom_blocks(cfg: AccelConfig, bram_kbits: int = 36) -> float:
+    """Block RAM of the attention unit's score soft-cap ROMs (0 without ``transformer``): one
+    per :data:`ATTN_SOFTCAP_ROM_LANES` lanes, or per lane on iCE40 (one read port a block)."""
+    if not cfg.transformer:
+        return 0
+    per = 1 if bram_kbits == 4 else ATTN_SOFTCAP_ROM_LANES
+    return -(-cfg.attn_heads // per) * memory_blocks(*ATTN_SOFTCAP_ROM, bram_kbits)
+
+
+def vector_rom_blocks(cfg: AccelConfig, bram_kbits: int = 36) -> float:
+    """Block RAM of the vector unit's gate ROMs (0 without the unit): one per lane."""
+    return cfg.vec_lanes * memory_blocks(*VECTOR_GATE_ROM, bram_kbits) if cfg.vector_unit \
+        else 0
+
+
 def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """The analytic DSP, block RAM and URAM counts (module docstring), ``bram`` not rounded
     up."""
@@ -322,8 +350,9 @@ def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
     units = transformer_dsp(cfg) + vector_lane_resources(cfg)["dsp"]
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
-            "bram": act + (0 if cfg.ring_uram else
-                           ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
+            "bram": act + attention_rom_blocks(cfg, bram_kbits) + vector_rom_blocks(
+                cfg, bram_kbits) + (
+                0 if cfg.ring_uram else ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
             "uram": ring(uram_blocks) if cfg.ring_uram else 0}
 
 

@@ -22,6 +22,12 @@ chunk of up to ``B`` tokens at any start position. A program is, per run of ``ro
     RMSNORM x -> h; per part of the vocabulary: MATMUL lm_head part (h) -> logits, STORE
     logits -> io at the part's offset (the last row only); END
 
+Family variants: Qwen3 adds an RMSNORM with gamma codes per q and k head before ROPE; Gemma 2
+runs o (down) into ``h``, an RMSNORM of ``h`` with its post-norm's gamma codes and a VADD
+``h + x -> x`` instead of the fused residual, SILUMUL flag GELU, ATTN with its score ``cap``
+and a SILUMUL flag TANH on each LM head part before its STORE; BitNet's ternary layers are
+:func:`_ternary_layer`.
+
 Only the last row's logits are computed: they predict the token after the run, the only one the
 host needs (a prompt's earlier rows are known tokens). The host therefore runs a prompt so that
 its last token is a program's last row (:func:`prompt_runs`); the logits area is one row

@@ -12,6 +12,12 @@ and TMATMUL: its weight block is decoded by
 the tables ``golden.ternary.group_table`` defines, and the epilogue is
 ``golden.int8.requantize(acc * m, ...)``; SILUMUL with flag RELU2 is ``golden.llm.relu2_mul``.
 
+SILUMUL's flags pick its kernel: none ``golden.llm.silu_mul``, GELU ``golden.llm.gate_mul(...,
+"gelu_tanh")`` (Gemma's gate), TANH ``golden.llm.tanh_cap(a, mult, shift)`` (the final logit
+cap: unary, ``b`` is neither read nor checked). Two or more of RELU2, GELU and TANH are
+undefined and raise :class:`IsaError` (the mapper never emits them; the vector unit would take
+TANH over GELU over RELU2).
+
 This is the executable form of the contract between the mapper and the RTL. The arithmetic is not
 re-implemented here: every number comes from :mod:`hwflow.golden.int8` (``matmul``,
 ``requantize``, ``residual_add``), and instructions are decoded with :func:`hwflow.hw.isa.decode`,
@@ -42,9 +48,11 @@ from hwflow.hw.isa import (
     ERROR_ILLEGAL_MODE,
     ERROR_ILLEGAL_OPCODE,
     FLAG_GAMMA,
+    FLAG_GELU,
     FLAG_INT4,
     FLAG_POS,
     FLAG_RELU2,
+    FLAG_TANH,
     INSTR_BYTES,
     Instr,
     Opcode,
@@ -518,11 +526,23 @@ class IsaModel:
         L, rows, n, words = self.cfg.chain_len, ins.rows, ins.n, ins.words
         if n > words * L:
             self._fail(IsaError, f"SILUMUL: n={n} > words*L = {words * L}")
-        self._check_out(ins, ((ins.a, "a (gate)"), (ins.b, "b (up)")), words)
-        g = self._act_rows(ins.a, rows, words, words, "SILUMUL a")[:, :n]
-        u = self._act_rows(ins.b, rows, words, words, "SILUMUL b")[:, :n]
-        kernel = golden_llm.relu2_mul if ins.flags & FLAG_RELU2 else golden_llm.silu_mul
-        y = kernel(g, u, ins.mult_b, ins.shift)
+        tables = [nm for f, nm in ((FLAG_RELU2, "RELU2"), (FLAG_GELU, "GELU"), (FLAG_TANH, "TANH"))
+                  if ins.flags & f]
+        if len(tables) > 1:
+            self._fail(IsaError, f"SILUMUL: flags {' and '.join(tables)} together (one table "
+                       "flag at most)")
+        if ins.flags & FLAG_TANH:
+            # unary: b is not read (not even bounds-checked), so out may overlap it
+            self._check_out(ins, ((ins.a, "a"),), words)
+            x = self._act_rows(ins.a, rows, words, words, "SILUMUL a")[:, :n]
+            y = golden_llm.tanh_cap(x, ins.mult_b, ins.shift)
+        else:
+            self._check_out(ins, ((ins.a, "a (gate)"), (ins.b, "b (up)")), words)
+            g = self._act_rows(ins.a, rows, words, words, "SILUMUL a")[:, :n]
+            u = self._act_rows(ins.b, rows, words, words, "SILUMUL b")[:, :n]
+            act = ("relu2" if ins.flags & FLAG_RELU2 else
+                   "gelu_tanh" if ins.flags & FLAG_GELU else "silu")
+            y = golden_llm.gate_mul(g, u, ins.mult_b, ins.shift, act)
         self._write_rows(ins.out, words, self._padded(y, words), "SILUMUL out")
 
     def _rope(self, ins: Instr) -> None:
@@ -584,7 +604,8 @@ class IsaModel:
             self.stats.ext_read_bytes += nbytes
         q = self._act_rows(ins.a, rows, ins.q_words, lanes * hdw, "ATTN q")
         y = golden_llm.attention(q, caches[0], caches[1], self.pos, lanes, slots, hdw * L,
-                                 ins.smul, ins.sshift, ins.omul, ins.shift, window=ins.window)
+                                 ins.smul, ins.sshift, ins.omul, ins.shift, window=ins.window,
+                                 cap=ins.cap)
         self._write_rows(ins.out, ins.q_words, y, "ATTN out")
 
     def _kvstore(self, ins: Instr) -> None:

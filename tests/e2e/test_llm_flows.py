@@ -128,14 +128,16 @@ def test_board_without_transformer_units_is_refused(tmp_path, capsys):
     assert "transformer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3", "qwen3", "gemma2"])
 def test_decoder_families_run_bit_exact_in_rtl(tmp_path, family):
-    """Mistral, Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj and gate_up_proj, split at load)
-    and Qwen3 (per-head q/k RMSNorms: RMSNORM with gamma codes, one row per head) compiled from
-    their folders and simulated in RTL, every step bit-exact. The Mistral's sliding window (6
-    keys) is shorter than its prompt (8, one prefill bucket whose rows cross the window) plus 4
-    decode steps: ATTN reads the window's keys alone, its start moving with POS in the one
-    decode program."""
+    """Mistral, Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj and gate_up_proj, split at load),
+    Qwen3 (per-head q/k RMSNorms: RMSNORM with gamma codes, one row per head) and Gemma 2
+    (GELU-tanh gate, score soft-cap in ATTN, post-norms with gamma codes and VADD residual
+    adds, the LM head capped by SILUMUL TANH, every other layer sliding) compiled from their
+    folders and simulated in RTL, every step bit-exact. The sliding windows (6 keys) are
+    shorter than the prompt (8, one prefill bucket whose rows cross the window) plus 4 decode
+    steps: ATTN reads the window's keys alone, its start moving with POS in the one decode
+    program."""
     extra = {"sliding_window": 6} if family == "mistral" else {}
     folder = write_tiny_llama(tmp_path / family, seed=1, family=family, **extra)
     out = tmp_path / "b"
@@ -143,7 +145,7 @@ def test_decoder_families_run_bit_exact_in_rtl(tmp_path, family):
                  "-o", str(out)]) == 0
     rep = json.loads((out / "reports" / "compile.json").read_text())
     assert rep["family"] == family
-    assert rep["shape"]["windows"] == ([6, 6] if family == "mistral" else [])
+    assert rep["shape"]["windows"] == {"mistral": [6, 6], "gemma2": [6, 0]}.get(family, [])
     assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "5"]) == 0
     sim = json.loads((out / "reports" / "sim.json").read_text())
     assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]

@@ -12,7 +12,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hwflow.golden import llm
-from hwflow.hw.attention import ATTN_BLOCK, EXP2_ROM, AttentionUnit
+from hwflow.hw.attention import ATTN_BLOCK, EXP2_ROM, SOFTCAP_ROM, AttentionUnit
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import Instr, Opcode
 
@@ -35,6 +35,11 @@ def test_exp2_rom_matches_golden():
     assert list(EXP2_ROM) == [int(v) for v in llm.EXP2_LUT]
 
 
+def test_softcap_rom_matches_golden():
+    assert list(SOFTCAP_ROM) == [int(v) for v in llm.SOFTCAP_CORR]
+    assert max(SOFTCAP_ROM) < 1 << 14                   # the ROM's 14 bits
+
+
 @dataclass
 class _Case:
     slots: int                      # kv heads of the pass
@@ -50,6 +55,7 @@ class _Case:
     omul: int = 0
     oshift: int = 0
     window: int = 0                 # sliding window (0: full causal)
+    cap: int = 0                    # score soft-cap (golden.llm.softcap_code; 0: none)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -85,7 +91,14 @@ def _build(cfg: AccelConfig, c: _Case):
     elif c.fill == "onehot":
         smul, sshift = 65535, 0
     want = llm.attention(q, k, v, c.pos, c.lanes, c.slots, c.hd, smul, sshift, omul, oshift,
-                         window=c.window)
+                         window=c.window, cap=c.cap)
+    if c.cap:
+        # the soft-cap's input u = (q . k) * smul >> sshift reaches both of its regions past
+        # the linear start: |u| >= 4096 inside the ROM, and index |u| >> 4 >= 1024 (y = 4096)
+        first, count = llm.attended(c.pos, c.window)         # row 0's keys
+        grp_k = np.repeat(k[first:first + count].reshape(count, c.slots, c.hd), c.grp, axis=1)
+        u = np.abs(np.einsum("hd,nhd->hn", q[0].reshape(c.lanes, c.hd), grp_k) * smul >> sshift)
+        assert ((u >= 4096) & (u < 16384)).any() and (u >= 16384).any(), c
 
     def pad_heads(x, heads):            # [r, heads*hd] -> [r, heads, hdw*L], zero lanes
         out = np.zeros((x.shape[0], heads, hdw * L), dtype=np.int64)
@@ -121,7 +134,7 @@ def _build(cfg: AccelConfig, c: _Case):
     ins = Instr(Opcode.ATTN, shift=oshift, ext=k_base, v_ext=v_base, a=q_addr, out=out_addr,
                 q_words=q_words, rows=c.rows, lanes=c.lanes, grp=c.grp, slots=c.slots,
                 hd_words=hdw, pos_sb=pos_sb, smul=smul, omul=omul, sshift=sshift,
-                window=c.window)
+                window=c.window, cap=c.cap)
     expect = {}                          # act word -> expected value (garbage words unchanged)
     wp = pad_heads(want.astype(np.int64), c.lanes).reshape(c.rows, -1).astype(np.int8)
     for b in range(c.rows):
@@ -216,6 +229,9 @@ CASES = [
     # from key 21)
     _Case(slots=2, grp=2, hd=6, pos=6, rows=3, window=7, seed=16),
     _Case(slots=1, grp=3, hd=8, pos=40, rows=1, window=20, seed=17),
+    # Gemma 2's score soft-cap: u = q . k (|u| up to 4 * 128**2, beyond the ROM's 2**14)
+    # capped at 160 / 8 log2-domain units (~13.9 in score units); 18 and 19 keys: two blocks
+    _Case(slots=1, grp=2, hd=4, pos=17, rows=2, smul=1 << 14, sshift=14, cap=160, seed=18),
 ]
 
 
@@ -244,7 +260,7 @@ def test_attention_throughput():
     c = _Case(slots=4, grp=1, hd=8, pos=39, rows=1, seed=13)     # 2 slots per position
     (cyc,) = _run(cfg, [c], latency=6, p_busy=0.0, p_gap=0.0)
     n, hdw, blocks = 40, 2, 3
-    bound = 2 * n * hdw + 10 * blocks + c.lanes * (2 * hdw + 1) + 45 + cfg.attn_heads + 10
+    bound = 2 * n * hdw + 11 * blocks + c.lanes * (2 * hdw + 1) + 45 + cfg.attn_heads + 10
     assert cyc <= bound, (cyc, bound)
 
 

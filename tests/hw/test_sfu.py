@@ -1,4 +1,4 @@
-"""VectorUnit (RMSNORM, ROPE, SILUMUL with and without RELU2, ABSQUANT) on a real
+"""VectorUnit (RMSNORM, ROPE, SILUMUL with and without RELU2, GELU, TANH, ABSQUANT) on a real
 ActivationBuffer against golden.llm and golden.ternary."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hwflow.golden import llm as golden
 from hwflow.golden import ternary
 from hwflow.hw.buffers import ActivationBuffer
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_GAMMA, FLAG_RELU2, Opcode
-from hwflow.hw.sfu import RELU2_ROM, SILU_ROM, VectorUnit
+from hwflow.hw.isa import FLAG_GAMMA, FLAG_GELU, FLAG_RELU2, FLAG_TANH, Opcode
+from hwflow.hw.sfu import GELU_ROM, RELU2_ROM, SILU_ROM, TANH_ROM, VectorUnit
 
 from ._lint import assert_lints_clean
 
@@ -69,8 +69,8 @@ def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift, g=None):
                  (g or 0) | rows << 16, eps, n | words << 16, mult)
 
 
-def silumul_ins(a, b, out, rows, n, words, mult, shift, relu2=False):
-    flags = FLAG_RELU2 if relu2 else 0
+def silumul_ins(a, b, out, rows, n, words, mult, shift, relu2=False, flags=0):
+    flags |= FLAG_RELU2 if relu2 else 0
     return _pack(Opcode.SILUMUL | flags << 8 | shift << 16, 0, a | out << 16, b | rows << 16, 0,
                  n | words << 16, mult)
 
@@ -117,10 +117,15 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
             x = mem[(a + r * words) * L:][:n].astype(np.int64)
             if op == Opcode.RMSNORM:
                 y = golden.rmsnorm(x[None], w[4], mult, shift, gamma)[0]
+            elif flags & FLAG_TANH:
+                y = golden.tanh_cap(x, mult, shift)                 # b is not read
             else:
                 u = mem[(b + r * words) * L:][:n].astype(np.int64)
-                fn = golden.relu2_mul if flags & FLAG_RELU2 else golden.silu_mul
-                y = fn(x, u, mult, shift)
+                # the unit's priority with two table flags (the ISA leaves them undefined):
+                # TANH over GELU over RELU2
+                act = ("gelu_tanh" if flags & FLAG_GELU else
+                       "relu2" if flags & FLAG_RELU2 else "silu")
+                y = golden.gate_mul(x, u, mult, shift, act)
             o = (out + r * words) * L
             mem[o:o + words * L] = 0
             mem[o:o + n] = y
@@ -217,6 +222,13 @@ def test_relu2_rom_equals_golden():
     assert RELU2_ROM == [int(v) for v in golden.RELU2_LUT]
 
 
+def test_gelu_and_tanh_roms_equal_golden():
+    assert GELU_ROM == [int(v) for v in golden.GELU_LUT]
+    assert TANH_ROM == [int(v) for v in golden.TANH_LUT]
+    # the ROM word is 16 signed bits; TANH's |ROM| < 2**14 (its up operand is 1)
+    assert max(map(abs, GELU_ROM)) < 2**15 and max(map(abs, TANH_ROM)) < 2**14
+
+
 @pytest.mark.parametrize("L", [4, 16])
 def test_rmsnorm(L):
     rng = np.random.default_rng(L)
@@ -306,6 +318,40 @@ def test_silumul_relu2(L):
     cycles = check(L, depth, mem, program)
     nw = -(-n // L)
     assert cycles[0] == 3 * (nw * (L + 1) + (words - nw) + 2) + 9, cycles
+
+
+@pytest.mark.parametrize("L", [4, 16])
+def test_silumul_gelu_tanh(L):
+    """SILUMUL with flag GELU (golden.llm.gate_mul "gelu_tanh") and flag TANH (golden.llm.tanh_cap:
+    unary, b not read, no gate word latched), mixed with plain SILUMUL and RELU2."""
+    rng = np.random.default_rng(170 + L)
+    depth = 128
+    mem = _rand_mem(rng, depth, L)
+    n = 22 if L == 4 else 120
+    nw = -(-n // L)
+    words = nw + 1
+    gate, up, out = 0, 3 * words, 6 * words
+    # the ROMs' ends and up's extremes, saturating both ways
+    _put(mem, (gate + 2 * words) * L, ([127, -128, 1, 0, -1, 126] * n)[:n])
+    _put(mem, (up + 2 * words) * L, ([-128, 127, 127, -128] * n)[:n])
+    Fg, Ft = FLAG_GELU, FLAG_TANH
+    program = [
+        silumul_ins(gate, up, out, 3, n, words, int(rng.integers(16384, 65536)), 26, flags=Fg),
+        # TANH_ROM * 127 >> 14: the cap's range; b is anything (not read)
+        silumul_ins(gate, 0xFFFF, out, 3, n, words, 127, 14, flags=Ft),
+        silumul_ins(up, gate, up, 2, n, words, 40000, 27),                   # SILU again
+        silumul_ins(gate, 0, gate, 2, n - 1, words, 150, 14, flags=Ft),      # out == a
+        silumul_ins(gate, up, out, 2, n, words, 300, 20, relu2=True),        # RELU2 again
+        silumul_ins(gate + 2 * words, up + 2 * words, out, 1, n, words, 65535, 37, flags=Fg),
+        silumul_ins(gate + 2 * words, up, out, 1, n, words, 65535, 20, flags=Ft),  # saturation
+        silumul_ins(gate + 2 * words, up, out, 1, n, words, 3, 0, flags=Ft),       # shift 0
+        # two table flags: undefined in the ISA, the unit's priority TANH > GELU > RELU2
+        silumul_ins(gate, up, out, 1, n, words, 9000, 20, relu2=True, flags=Fg),
+        silumul_ins(gate, up, out, 1, n, words, 127, 14, flags=Fg | Ft),
+    ]
+    cycles = check(L, depth, mem, program)
+    assert cycles[0] == 3 * (nw * (L + 1) + (words - nw) + 2) + 9, cycles
+    assert cycles[1] == 3 * (nw * L + (words - nw) + 2) + 9, cycles
 
 
 def _absquant_cycles(rows, n, words, L, gamma):
@@ -457,7 +503,7 @@ def documented_cycles(ins: int, L: int, V: int) -> int:
     if op == Opcode.RMSNORM:
         row = 2 * nw * G + nw * int(bool(flags & FLAG_GAMMA)) + (words - nw) + 67
     elif op == Opcode.SILUMUL:
-        row = nw * (G + 1) + (words - nw) + 2
+        row = nw * (G + int(not flags & FLAG_TANH)) + (words - nw) + 2
     else:
         row = 2 * nw * (G + int(bool(flags & FLAG_GAMMA))) + (words - nw) + 42
     return rows * row + 9
@@ -521,7 +567,7 @@ def test_rmsnorm_lanes(L, V):
 
 @pytest.mark.parametrize("L,V", WIDE)
 def test_silumul_lanes(L, V):
-    """SILUMUL with and without RELU2, in place on either input, the ROM's ends."""
+    """SILUMUL with and without RELU2 (GELU, TANH), in place on either input, the ROM's ends."""
     rng = np.random.default_rng(600 + 10 * L + V)
     depth = 64
     mem = _rand_mem(rng, depth, L)
@@ -539,9 +585,13 @@ def test_silumul_lanes(L, V):
         silumul_ins(up, out, out, 1, n, words, 65535, 0),                    # saturation
         silumul_ins(gate + 2 * words, up + 2 * words, out, 1, n, words, 65535, 37, relu2=True),
         silumul_ins(gate, up, out, 1, 0, words, 5, 3),                       # n = 0
+        silumul_ins(gate + 2 * words, up + 2 * words, out, 2, n, words, 65535, 36,
+                    flags=FLAG_GELU),
+        silumul_ins(gate, 0, gate, 3, n, words, 127, 14, flags=FLAG_TANH),   # out == a
     ]
     cycles = check_wide(L, V, depth, mem, program)
     assert cycles[0] == 3 * (nw * (L // V + 1) + (words - nw) + 2) + 9
+    assert cycles[8] == 3 * (nw * (L // V) + (words - nw) + 2) + 9                 # TANH
 
 
 @pytest.mark.parametrize("L,V", WIDE)

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, FLAG_RELU2, Instr, Opcode
+from hwflow.hw.isa import (
+    FLAG_GAMMA,
+    FLAG_GELU,
+    FLAG_INT4,
+    FLAG_POS,
+    FLAG_RELU2,
+    FLAG_TANH,
+    Instr,
+    Opcode,
+)
 from hwflow.hw.sequencer import epilogue_lanes
 from hwflow.mapping import cycles
 from hwflow.mapping.weight_format import LayerFormat, tile_mem_rows
@@ -170,13 +179,16 @@ def _builtin(i, cfg, pos=0):
 
 def test_vector_unit_terms_are_the_rtl_formulas():
     # hw/sfu.py VectorUnit: per row 2*nw*L + (words - nw) + 67 (RMSNORM), nw*(L+1) + (words -
-    # nw) + 2 (SILUMUL, RELU2 alike), 4 cycles per rotated pair (ROPE); 9 (13) per instruction
+    # nw) + 2 (SILUMUL, RELU2 and GELU alike; nw*L with TANH, no gate word), 4 cycles per
+    # rotated pair (ROPE); 9 (13) per instruction
     L = CFG.chain_len
     rms = Instr(Opcode.RMSNORM, rows=3, n=5 * L - 3, words=7)
     assert _builtin(rms, CFG) == cycles.ISSUE + 9 + 3 * (2 * 5 * L + 2 + 67)
-    for flags in (0, FLAG_RELU2):
+    for flags in (0, FLAG_RELU2, FLAG_GELU):
         silu = Instr(Opcode.SILUMUL, flags, rows=2, n=3 * L, words=3)
         assert _builtin(silu, CFG) == cycles.ISSUE + 9 + 2 * (3 * (L + 1) + 2)
+    tanh = Instr(Opcode.SILUMUL, FLAG_TANH, rows=2, n=3 * L - 1, words=4)
+    assert _builtin(tanh, CFG) == cycles.ISSUE + 9 + 2 * (3 * L + 1 + 2)
     rope = Instr(Opcode.ROPE, rows=2, heads=3, hd=20, head_stride=32, words=6, cs_words=3)
     assert _builtin(rope, CFG) == cycles.ISSUE + 13 + 4 * 2 * 3 * 10
     # ABSQUANT's term is the engine formula the ternary path documents

@@ -10,9 +10,12 @@ from hwflow.golden import llm as gl
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     ERROR_GATHER_RANGE,
+    FLAG_GELU,
     FLAG_POS,
     FLAG_RELU,
+    FLAG_RELU2,
     FLAG_RESIDUAL,
+    FLAG_TANH,
     LAYOUT,
     Instr,
     Opcode,
@@ -187,6 +190,49 @@ def test_rmsnorm_partial_overlap_is_an_error():
         run_program(CFG, bytes(prog_im.buf), prog)
 
 
+def test_silumul_gelu_and_tanh_match_golden():
+    """Flag GELU: ``golden.llm.gate_mul(..., "gelu_tanh")``; flag TANH: ``golden.llm.tanh_cap``
+    of a, b not read (past the buffer, or partly under out: neither matters)."""
+    rng = np.random.default_rng(4)
+    rows, n, words = 3, 21, 8
+    g, u = _rand(rng, rows, n, lo=-128, hi=128), _rand(rng, rows, n, lo=-128, hi=128)
+    im = SpanImage(SB)
+    src = im.add(act_bytes(g, words, L) + act_bytes(u, words, L), "activations")
+    prog = im.program([
+        Instr(Opcode.LOAD, ext=src, a=0, b=2 * rows * words),
+        Instr(Opcode.SILUMUL, FLAG_GELU, 18, a=0, out=60, b=24, rows=rows, n=n, words=words,
+              mult_b=3000),
+        Instr(Opcode.SILUMUL, 0, 18, a=0, out=90, b=24, rows=rows, n=n, words=words,
+              mult_b=3000),
+        Instr(Opcode.SILUMUL, FLAG_TANH, 14, a=0, out=120, b=0xFFFF, rows=rows, n=n,
+              words=words, mult_b=127),
+        Instr(Opcode.SILUMUL, FLAG_TANH, 16, a=24, out=24, b=25, rows=rows, n=n, words=words,
+              mult_b=65535),                                   # in place, saturating
+    ])
+    model = IsaModel(CFG, bytes(im.buf), regions=im.spans)
+    model.act[60:150] = 55
+    model.run(prog)
+    y = _act(model, 60, rows, words)
+    np.testing.assert_array_equal(y[:, :n], gl.gate_mul(g, u, 3000, 18, "gelu_tanh"))
+    assert not y[:, n:].any()
+    assert not np.array_equal(y, _act(model, 90, rows, words))     # GELU is not SiLU
+    t = _act(model, 120, rows, words)
+    np.testing.assert_array_equal(t[:, :n], gl.tanh_cap(g, 127, 14))
+    assert not t[:, n:].any()
+    np.testing.assert_array_equal(_act(model, 24, rows, words)[:, :n],
+                                  gl.tanh_cap(u, 65535, 16))
+
+
+@pytest.mark.parametrize("flags", [FLAG_RELU2 | FLAG_GELU, FLAG_GELU | FLAG_TANH,
+                                   FLAG_RELU2 | FLAG_TANH, FLAG_RELU2 | FLAG_GELU | FLAG_TANH])
+def test_silumul_two_table_flags_are_an_error(flags):
+    im = SpanImage(SB)
+    prog = im.program([Instr(Opcode.SILUMUL, flags, a=0, out=8, b=4, rows=1, n=4, words=1)])
+    with pytest.raises(IsaError, match="SILUMUL: flags .* together") as e:
+        run_program(CFG, bytes(im.buf), prog)
+    assert e.value.index == 0
+
+
 def test_rope_on_padded_heads_matches_golden():
     rng = np.random.default_rng(2)
     rows, heads, hd, hdw = 3, 3, 6, 2                         # heads padded to 8 bytes
@@ -278,6 +324,40 @@ def test_kvstore_then_attn_match_golden_attention(pos, rows):
     k_mem = model.mem[k_addr * SB:(k_addr + n_keys * pos_sb) * SB].view(np.int8)
     np.testing.assert_array_equal(k_mem.reshape(n_keys, -1),
                                   _blocks(kc[:n_keys], slots, hdw, pos_sb))
+
+
+def test_attn_with_score_cap_matches_golden_attention():
+    """ATTN's cap field (w0[31:22]) reaches golden.llm.attention: scores soft-capped at
+    cap = 160 (13.9 in score units), with |(q . k) * smul >> sshift| past 2**14 (the cap's
+    saturated end) and inside it."""
+    rng = np.random.default_rng(11)
+    slots, grp, hdw, pos, rows, cap = 1, 2, 2, 18, 2, 160
+    lanes, hd = slots * grp, hdw * L
+    pos_sb = -(-(slots * hdw) // (SB // L))
+    n_keys = pos + rows
+    kc, vc = _rand(rng, n_keys, slots * hd, lo=-128, hi=128), _rand(rng, n_keys, slots * hd)
+    q = _rand(rng, rows, lanes * hd, lo=-128, hi=128)
+    smul, sshift = 1 << 14, 14                       # u = q . k
+    u = np.abs((kc.astype(np.int64) @ q[0, :hd].astype(np.int64)) * smul >> sshift)
+    assert (u >= 1 << 14).any() and ((u >= 4096) & (u < 1 << 14)).any()
+    im = SpanImage(SB)
+    k_addr = im.add(_blocks(kc, slots, hdw, pos_sb).tobytes(), "kv")
+    v_addr = im.add(_blocks(vc, slots, hdw, pos_sb).tobytes(), "kv")
+    act_addr = im.add(q.tobytes() + bytes(-q.nbytes % SB), "activations")
+    qw = lanes * hdw
+    prog = im.program([
+        Instr(Opcode.LOAD, ext=act_addr, a=0, b=-(-q.nbytes // SB) * SB // L),
+        Instr(Opcode.ATTN, shift=20, ext=k_addr, v_ext=v_addr, a=0, out=100, q_words=qw,
+              rows=rows, lanes=lanes, grp=grp, slots=slots, hd_words=hdw, pos_sb=pos_sb,
+              smul=smul, omul=900, sshift=sshift, cap=cap),
+    ])
+    model = IsaModel(CFG, bytes(im.buf), pos=pos, regions=im.spans)
+    model.run(prog)
+    want = gl.attention(q, kc, vc, pos, lanes, slots, hd, smul, sshift, 900, 20, cap=cap)
+    got = model.act[100:100 + rows * qw].reshape(rows, qw * L)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(want, gl.attention(q, kc, vc, pos, lanes, slots, hd, smul,
+                                                 sshift, 900, 20))
 
 
 def test_attn_field_checks():

@@ -56,13 +56,13 @@ def test_dsp_count_is_the_designed_slices_plus_epilogue(small_util):
 
 @pytest.mark.parametrize("vec_lanes", [1, 4])
 def test_dsp_count_with_the_transformer_units(tmp_path, monkeypatch, vec_lanes):
-    """The vector and attention units: H (3 L + 4) + 2 L + 9 DSP48E2, plus 5 per vector lane
+    """The vector and attention units: H (3 L + 5) + 2 L + 9 DSP48E2, plus 5 per vector lane
     past the first (mapping/engine.py)."""
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     cfg = replace(SMALL, transformer=True, attn_heads=2, vec_lanes=vec_lanes)
     util = xilinx_utilization(generate_verilog(cfg), MODULE_NAME, load_board("u280"))
     assert util["dsp"]["used"] == estimate_resources(cfg)["dsp"] == (
-        15 + 2 * 16 + 17 + 5 * (vec_lanes - 1))
+        15 + 2 * 17 + 17 + 5 * (vec_lanes - 1))
 
 
 def test_ring_in_uram_is_mapped_to_uram288_as_estimated(tmp_path, monkeypatch):
@@ -95,8 +95,11 @@ def test_attention_unit_lanes_equal_the_lane_model(tmp_path, monkeypatch):
     util = xilinx_utilization(verilog.convert(AttentionUnit(cfg, max_head_dim=64),
                                               name="attn"), "attn", load_board("u280"))
     L, H = 4, 2
-    # shared 2 L + 3: + 2 for the sliding window's first key times pos_sb (33 x 8 bits)
-    assert util["dsp"]["used"] == H * (3 * L + 4) + 2 * L + 3
+    # shared 2 L + 3: + 2 for the sliding window's first key times pos_sb (33 x 8 bits); per
+    # lane 3 L + 5: + 1 for the score soft-cap's y * cap (13 x 10 bits)
+    assert util["dsp"]["used"] == H * (3 * L + 5) + 2 * L + 3
+    # the two lanes' soft-cap ROM: one RAMB18E2 read on both ports (half a 36 Kb block)
+    assert engine.attention_rom_blocks(cfg) == 0.5 and util["bram"]["used"] == 1
     for kind, shared, lane in (("lut", engine.ATTN_SHARED_LUT, engine.ATTN_LANE_LUT),
                                ("ff", engine.ATTN_SHARED_FF, engine.ATTN_LANE_FF)):
         model = shared[0] + shared[1] * L + H * (lane[0] + lane[1] * L)
