@@ -483,3 +483,33 @@ def test_weightless_decoder_gives_the_programs_up_to_epilogue_constants(qd):
     # the same regions at the same addresses (the logits' float scale is not known)
     assert [(r.name, r.kind, r.addr, r.nbytes) for r in shape.memory_map.regions] == \
         [(r.name, r.kind, r.addr, r.nbytes) for r in full.memory_map.regions]
+
+
+def test_gemma2_program_runs_golden_on_the_isa_model(tmp_path):
+    """Gemma 2 lowered (o and down into ``h``, the post-norm's RMSNORM with gamma codes and a
+    VADD into ``x``; SILUMUL flag GELU; ATTN with its score cap and a 6-key window on layer 0;
+    SILUMUL flag TANH on the LM head before its STORE) gives golden_step's logits on the ISA
+    model: an 8-token prompt (rows past the window) and decode steps at 8..10."""
+    from hwflow.compiler.llm_frontend import load_decoder
+    from hwflow.compiler.llm_interpret import KVCache, golden_step
+    from hwflow.compiler.llm_quant import quantize_decoder
+    from hwflow.hw.isa import FLAG_GELU, FLAG_TANH
+    from hwflow.llm_examples import write_tiny_llama
+
+    fd = load_decoder(write_tiny_llama(tmp_path / "g", family="gemma2"), max_context=32)
+    qd = quantize_decoder(fd, 32)
+    low = lower_decoder(qd, CFG)
+    prog = low.decode.program
+    assert len(prog) == program_instructions(qd, 3)
+    assert [i.window for i in prog if i.op == Opcode.ATTN] == [6, 0]
+    assert all(i.cap == qd.layers[0].attn_cap > 0 for i in prog if i.op == Opcode.ATTN)
+    assert [i.flags for i in prog if i.op == Opcode.SILUMUL] == [FLAG_GELU] * 2 + [FLAG_TANH]
+    assert sum(i.op == Opcode.VADD for i in prog) == 4
+    model = IsaModel(CFG, low.image, regions=low.memory_map)
+    cache = KVCache.empty(qd)
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, qd.shape.vocab, 8)
+    _check(model, low, prompt, 0, golden_step(qd, prompt, 0, cache))
+    for pos in (8, 9, 10):
+        tok = rng.integers(0, qd.shape.vocab, 1)
+        _check(model, low, tok, pos, golden_step(qd, tok, pos, cache))
