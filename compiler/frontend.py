@@ -40,6 +40,8 @@ from .ops import Op, TensorType
 from .spec import check
 
 DEFAULT_ROWS = 4
+#: Elements per block of :func:`check_finite`.
+_FINITE_BLOCK = 2**22
 
 _RESHAPES = {"view", "reshape", "flatten", "_unsafe_view"}
 _IDENTITIES = {"clone", "contiguous", "alias", "detach", "lift_fresh_copy"}
@@ -333,10 +335,13 @@ def check_finite(named_tensors, where: str) -> None:
     """
     for fqn, t in named_tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-            bad = ~torch.isfinite(t.detach())
-            if bool(bad.any()):
-                n = int(bad.sum())
-                kind = "NaN" if bool(torch.isnan(t.detach()).any()) else "Inf"
+            # in blocks: the masks of a whole 1 GB embedding (and isfinite's float32 copy of
+            # a bfloat16 one) would cost more than the tensor
+            flat = t.detach().reshape(-1)
+            blocks = [flat[a:a + _FINITE_BLOCK] for a in range(0, flat.numel(), _FINITE_BLOCK)]
+            n = sum(int((~torch.isfinite(b)).sum()) for b in blocks)
+            if n:
+                kind = "NaN" if any(bool(torch.isnan(b).any()) for b in blocks) else "Inf"
                 raise FrontendError(f"{where}: tensor '{fqn}' holds {n} non-finite value"
                                     f"{'s' if n > 1 else ''} ({kind}); fix or retrain the "
                                     "model before compiling it")

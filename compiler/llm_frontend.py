@@ -3,11 +3,18 @@
 
 Sources
 -------
-* Hugging Face folder (``config.json`` + ``*.safetensors``): the model is built by
-  ``transformers`` offline (``local_files_only``, safetensors only, float32, eval mode) and
-  ``torch.export``-ed here with an example of a few token ids, ``use_cache=False`` and a
-  dynamic sequence length. A folder with only ``pytorch_model.bin`` (a pickle) is refused
-  unless the caller trusts it.
+* Hugging Face folder (``config.json`` + ``*.safetensors``), read a block at a time
+  (:func:`open_decoder`, :class:`_FolderBlocks`): block ``i`` is recognised on a model of its
+  own, the folder's config with one layer (the ``i``-th entry of per-layer lists such as
+  ``layer_types``) whose layer 0 holds block ``i``'s tensors, read from the safetensors files
+  by name, with the embedding, final norm and LM head (block 0's model holds them whole and
+  gives the decoder's; the later blocks' models hold their first rows). Each model is built by
+  ``transformers`` offline (float32, eval mode) and ``torch.export``-ed here with an example of
+  a few token ids, ``use_cache=False`` and a dynamic sequence length, so only one block is in
+  float at a time (the whole float32 model of a 1B-parameter checkpoint is 4.9 GB). Every
+  tensor name and shape of the checkpoint is checked against the config's model (built on
+  the meta device) before any is read. A folder with only ``pytorch_model.bin`` (a pickle)
+  is refused unless the caller trusts it.
 * ``torch.export.save`` archive whose graph holds ``aten.embedding`` (float32 model with
   ``input_ids`` as the first user input), read by
   :func:`~hwflow.compiler.export_archive.load_exported_program` (nothing in it is unpickled
@@ -48,7 +55,10 @@ window per layer that a Hugging Face config gives (``llm_config.attention_window
 archive carries no config, so its attention is full causal). After recognition the decoder is
 checked numerically: the recognised float decoder must reproduce the model's logits on a few
 tokens, so a mask or variant that the patterns do not see (soft-capping, ...) is refused, not
-miscompiled.
+miscompiled. A folder's blocks are checked one by one, each on its one-layer model (with its
+own sliding window); that model's block has the attributes of the whole model's block ``i``
+(sizes, scale, soft-cap, window, layer type: checked), so the recogniser sees, folds and
+checks the block as it would inside the whole model.
 
 Any ATen op on the hidden-state path outside these patterns raises
 :class:`~compiler.errors.UnsupportedOpError` naming the op, the node and the source line.
@@ -56,6 +66,7 @@ Any ATen op on the hidden-state path outside these patterns raises
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -63,6 +74,7 @@ import math
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +86,8 @@ from .export_archive import load_exported_program, machine_memory_bytes
 from .frontend import check_finite, detect_format, program_tensors
 from .llm_config import attention_windows, rope_type_and_theta
 
-__all__ = ["is_decoder_source", "load_decoder", "decoder_from_exported_program",
-           "DEFAULT_MAX_CONTEXT"]
+__all__ = ["is_decoder_source", "load_decoder", "open_decoder",
+           "decoder_from_exported_program", "DEFAULT_MAX_CONTEXT"]
 
 #: Default largest context when the caller gives none (capped by max_position_embeddings).
 DEFAULT_MAX_CONTEXT = 2048
@@ -165,11 +177,28 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
     UnsupportedOpError
         An op, activation or RoPE variant outside the recognised patterns.
     """
+    fd = open_decoder(path, trust_model, max_context, fold_gammas)
+    if not isinstance(fd.layers, list):     # a folder's: every block recognised now
+        fd = dataclasses.replace(fd, layers=list(fd.layers))
+    return fd
+
+
+def open_decoder(path, trust_model: bool = False, max_context: int | None = None,
+                 fold_gammas: bool | None = None) -> FloatDecoder:
+    """:func:`load_decoder` without holding every block: for a Hugging Face folder the
+    result's ``layers`` is a sequence that reads and recognises block ``i`` when it is
+    indexed (:class:`_FolderBlocks`), so that a compile can go through the blocks one at a
+    time with only one of them in float (``compiler.llm_quant.quantize_decoder``). The
+    embedding, the LM head and block 0 are recognised here (the first pass), and every
+    error the folder's config and tensor names can show is raised here; an error inside a
+    later block is raised when it is read. A ``torch.export`` archive is one program: its
+    decoder is loaded whole (``layers`` is a list). Parameters and errors as
+    :func:`load_decoder`."""
     p = Path(path)
     if not p.exists():
         raise FrontendError(f"{p}: no such file or folder")
     if p.is_dir():
-        return _load_hf(p, trust_model, max_context, fold_gammas)
+        return _open_hf(p, trust_model, max_context, fold_gammas)
     if detect_format(p) != "export":
         raise FrontendError(f"{p} is not a decoder source (expected a Hugging Face folder with "
                             "config.json + *.safetensors, or a torch.export.save archive)")
@@ -177,7 +206,7 @@ def load_decoder(path, trust_model: bool = False, max_context: int | None = None
     name = re.sub(r"\W", "_", p.stem) or "model"
     fd = decoder_from_exported_program(ep, name=name, source=f"export:{p}",
                                        max_context=max_context, fold_gammas=fold_gammas)
-    del ep              # its reference cycles keep the weights otherwise (see _load_hf)
+    del ep              # its reference cycles keep the weights otherwise
     gc.collect()
     return fd
 
@@ -219,7 +248,7 @@ def _hf_config_checks(folder: Path, cfg: dict) -> None:
                                  "squared ReLU, 'relu2', or Gemma's 'gelu_pytorch_tanh')")
 
 
-def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
+def _open_hf(folder: Path, trust_model: bool, max_context: int | None,
              fold_gammas: bool | None = None) -> FloatDecoder:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -242,7 +271,7 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
                             "--trust-model (trust_model=True), or convert it to safetensors")
     try:
         import transformers
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         transformers.utils.logging.disable_progress_bar()   # hwflow prints its own summary
     except ImportError:
@@ -256,76 +285,313 @@ def _load_hf(folder: Path, trust_model: bool, max_context: int | None,
     max_pos = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_MAX_CONTEXT)
     max_context = _check_max_context(max_context, max_pos, str(folder))
     _hf_config_checks(folder, cfg)
-    _check_model_fits_memory(cfg_path, config)
-    try:
-        # ignore_mismatched_sizes: report a mis-shaped tensor in the loading info (refused
-        # below, by name) instead of transformers' multi-line RuntimeError.
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=bool(safet),
-            dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
-    except Exception as e:  # noqa: BLE001
-        raise FrontendError(f"{folder}: transformers cannot build the model "
-                            f"({type(e).__name__}: {_first_line(e)[:160]})") from None
-    _check_loading_info(folder, info)
-    model = model.eval()
-    ids = _example_ids(int(getattr(config, "vocab_size", 2)), EXAMPLE_TOKENS)
-    ep = _export(model, ids, max_pos, str(folder))
-    rope_type, rope_theta = rope_type_and_theta(config)
+    shell = _meta_model(folder, config)
+    _check_model_fits_memory(cfg_path, shell)
+    ckpt = _Checkpoint(safet or pickles)
+    _check_checkpoint(folder, ckpt, shell)
     # a LLaMA-typed checkpoint whose block linears are already ternary: keep the gammas out of
     # them (folding would scale every column) so that they stay ternary
-    ternary = model_type != "bitnet" and _ternary_linears(model)
+    ternary = model_type != "bitnet" and _ternary_linears(ckpt)
     if ternary:
         fold_gammas = False
-    fd = decoder_from_exported_program(ep, name=re.sub(r"\W", "_", folder.name) or "model",
-                                       source=f"hf:{folder}", max_context=max_context,
-                                       max_position=max_pos, family=model_type or "llama",
-                                       rope_type=rope_type, rope_theta=rope_theta,
-                                       check_model=model,
-                                       fold_gammas=fold_gammas,
-                                       windows=attention_windows(
-                                           config, int(config.num_hidden_layers)))
-    # The model and its program hold reference cycles: without a collection here their float32
-    # parameters (4.9 GB for Llama-3.2-1B; fd keeps views of the ones it did not fold, the
-    # embedding there) would stay until the next full collection, through quantization and
-    # lowering.
-    del model, ep
-    gc.collect()
-    return dataclasses.replace(fd, ternary_weights=True) if ternary else fd
+    rope_type, rope_theta = rope_type_and_theta(config)
+    layers = int(config.num_hidden_layers)
+    blocks = _FolderBlocks(folder, config, shell, ckpt, attention_windows(config, layers),
+                           dict(name=re.sub(r"\W", "_", folder.name) or "model",
+                                source=f"hf:{folder}", max_context=max_context,
+                                max_position=max_pos, family=model_type or "llama",
+                                rope_type=rope_type, rope_theta=rope_theta,
+                                fold_gammas=fold_gammas))
+    first = blocks.first()
+    return dataclasses.replace(first, layers=blocks, ternary_weights=ternary,
+                               shape=dataclasses.replace(first.shape, layers=layers,
+                                                         windows=blocks.windows))
 
 
-def _ternary_linears(model) -> bool:
+#: The config lists with an entry per layer: a one-layer model of block ``i`` gets entry ``i``.
+_PER_LAYER = ("layer_types", "mlp_layer_types")
+#: Vocabulary of the one-layer models of blocks 1, 2, ...: the first rows of the embedding
+#: (and of an untied LM head). The block's arrays do not depend on it; its numerics check runs
+#: on ids in it; and a model of the full vocabulary would hold the 1 GB float32 embedding of
+#: Llama-3.2-1B once more per block.
+_BLOCK_VOCAB = 256
+
+
+class _FolderBlocks(Sequence):
+    """The blocks of a Hugging Face folder, each recognised when it is indexed.
+
+    Block ``i`` is recognised on a model of its own: the folder's config with one layer (and
+    the ``i``-th entry of its per-layer lists, :data:`_PER_LAYER`) whose layer 0 holds block
+    ``i``'s tensors, read from the weight files (``model.layers.{i}.`` -> ``model.layers.0.``)
+    with the embedding, final norm and LM head, built in float32 and exported as the whole
+    model was; :func:`decoder_from_exported_program` recognises it and checks it against that
+    model's logits (with block ``i``'s sliding window). The pattern recogniser sees the block
+    as it is inside the whole model (each of its modules has the attributes of the whole
+    model's block ``i``, checked), so its arrays are the ones it has in the whole model's
+    graph: the same constants, the same folding. :meth:`first` recognises block 0 with the
+    whole embedding and LM head (which the decoder keeps); the models of the later blocks
+    hold only the first :data:`_BLOCK_VOCAB` rows of them.
+    """
+
+    def __init__(self, folder: Path, config, shell, ckpt: _Checkpoint, windows: tuple,
+                 recognise: dict):
+        self.folder, self.config, self.shell, self.ckpt = folder, config, shell, ckpt
+        self.windows = windows
+        self.recognise = recognise
+        self.n = int(config.num_hidden_layers)
+        self.shape = None           # block 0's (first): every block must agree with it
+        self._first = None
+        self._stem = _layer_stem(shell)
+        self._vocab_names = _vocab_tensors(shell)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"block {i} of {self.n}")
+        i %= self.n
+        if i == 0 and self._first is not None:     # recognised by first(): handed out once
+            layer, self._first = self._first, None
+            return layer
+        return self._recognise(i, _BLOCK_VOCAB).layers[0]
+
+    def first(self) -> FloatDecoder:
+        """Block 0's one-layer decoder with the whole embedding and LM head."""
+        if self.n < 1:
+            raise FrontendError(f"hf:{self.folder}: no decoder block between the embedding "
+                                "and the lm_head")
+        fd = self._recognise(0, None)
+        self.shape, self._first = fd.shape, fd.layers[0]
+        return fd
+
+    def _recognise(self, i: int, vocab: int | None) -> FloatDecoder:
+        from transformers import AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        config = _block_config(self.config, i, vocab)
+        where = f"hf:{self.folder}"
+        state = self.ckpt.block(i, self._stem, vocab, self._vocab_names, where)
+        try:
+            with no_init_weights():         # every tensor is loaded below
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.tie_weights()
+            missing, _ = model.load_state_dict(state, strict=False)
+        except Exception as e:  # noqa: BLE001
+            raise FrontendError(f"{self.folder}: transformers cannot build the model of block "
+                                f"{i} ({type(e).__name__}: {_first_line(e)[:160]})") from None
+        del state
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
+            n for n, _ in model.named_parameters()}
+        if set(missing) - tied:
+            raise FrontendError(f"{self.folder}: tensor '{sorted(set(missing) - tied)[0]}' of "
+                                f"block {i} is missing from the weights")
+        _check_same_block(self.shell.get_submodule(f"{self._stem}{i}"),
+                          model.get_submodule(f"{self._stem}0"), i, where)
+        model = model.eval()
+        ids = _example_ids(int(config.vocab_size), EXAMPLE_TOKENS)
+        ep = _export(model, ids, self.recognise["max_position"], str(self.folder))
+        fd = decoder_from_exported_program(
+            ep, check_model=model, windows=(self.windows[i],) if self.windows else (),
+            **self.recognise)
+        # The model and its program hold reference cycles: without a collection here their
+        # float32 parameters would stay until the next full collection (fd keeps views of the
+        # ones it did not fold: the embedding, o, down).
+        del model, ep
+        gc.collect()
+        if self.shape is not None:
+            _check_same_shape(self.shape, fd.shape, i, where)
+        return fd
+
+
+def _block_config(config, i: int, vocab: int | None):
+    """The config of the one-layer model of block ``i`` (:class:`_FolderBlocks`); ``vocab``:
+    its vocabulary (None: the folder's), without token ids outside it."""
+    c = copy.deepcopy(config)
+    n = int(config.num_hidden_layers)
+    for key in _PER_LAYER:
+        v = getattr(config, key, None)
+        if isinstance(v, (list, tuple)) and len(v) == n:
+            setattr(c, key, [v[i]])
+    c.num_hidden_layers = 1
+    if vocab is not None and vocab < int(config.vocab_size):
+        c.vocab_size = vocab
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(c, key, None) is not None:
+                setattr(c, key, None)
+    return c
+
+
+def _layer_stem(shell) -> str:
+    """The prefix of the blocks' names (``model.layers.``), from the model's modules."""
+    for name, _ in shell.named_modules():
+        m = re.fullmatch(r"(.*\blayers\.)0", name)
+        if m:
+            return m.group(1)
+    raise FrontendError("the model has no 'layers.0' module: not a decoder of stacked blocks")
+
+
+def _vocab_tensors(shell) -> set:
+    """Names of the embedding's and the LM head's weights (rows = the vocabulary)."""
+    names = set()
+    for mod in (shell.get_input_embeddings(), shell.get_output_embeddings()):
+        w = getattr(mod, "weight", None)
+        names |= {n for n, p in shell.named_parameters(remove_duplicate=False) if p is w}
+    return names
+
+
+def _check_same_block(whole, one, i: int, where: str) -> None:
+    """Every module of the one-layer model's block has the plain attributes (sizes, scale,
+    soft-cap, window, layer type, ...) of the whole model's block ``i`` but its index."""
+    mods = dict(one.named_modules())
+    for name, mod in whole.named_modules():
+        other = mods.get(name)
+        a, b = _plain_attrs(mod), _plain_attrs(other) if other is not None else None
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b or {}) if (b or {}).get(k) != a.get(k))
+            raise UnsupportedOpError(f"{where}: block {i} cannot be recognised alone: its "
+                                     f"module '{name or 'layer'}' differs from the one-layer "
+                                     f"model's ({', '.join(diff[:3])})")
+
+
+def _plain_attrs(mod) -> dict:
+    return {k: v for k, v in vars(mod).items()
+            if not k.startswith("_") and k not in ("layer_idx", "training")
+            and isinstance(v, (int, float, str, bool, tuple, type(None)))}
+
+
+def _check_same_shape(ref: DecoderShape, s: DecoderShape, i: int, where: str) -> None:
+    """Block ``i``'s shape agrees with block 0's where the whole model's recogniser checks
+    the blocks against each other."""
+    if (s.heads, s.kv_heads, s.head_dim) != (ref.heads, ref.kv_heads, ref.head_dim):
+        raise UnsupportedOpError(f"{where}: block {i} has different head numbers")
+    if (s.attn_scale, s.attn_softcap) != (ref.attn_scale, ref.attn_softcap):
+        raise UnsupportedOpError(f"{where}: block {i} has a different attention scale or "
+                                 "soft-cap")
+    if abs(s.rope_theta - ref.rope_theta) > 1e-6 * ref.rope_theta or abs(
+            s.rope_scaling - ref.rope_scaling) > 1e-9 or s.rope_inv_freq != ref.rope_inv_freq:
+        raise UnsupportedOpError(f"{where}: blocks use different RoPE parameters (block {i})")
+    if abs(s.rms_eps - ref.rms_eps) > 1e-12 * max(abs(ref.rms_eps), 1.0):
+        raise UnsupportedOpError(f"{where}: RMSNorm eps differ between blocks ({s.rms_eps} vs "
+                                 f"{ref.rms_eps})")
+
+
+class _Checkpoint:
+    """A folder's weight files: every tensor's name and shape from the file headers, each
+    tensor read when it is asked for (safetensors: no data is read before; trusted pickles:
+    loaded memory-mapped)."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self.file: dict[str, Path] = {}
+        self.shapes: dict[str, tuple] = {}
+        self._pickled: dict[Path, dict] = {}
+        for f in files:
+            if f.suffix == ".safetensors":
+                try:
+                    with safe_open(str(f), framework="pt") as h:
+                        for k in h.keys():
+                            self.file[k], self.shapes[k] = f, tuple(h.get_slice(k).get_shape())
+                except Exception as e:  # noqa: BLE001
+                    raise FrontendError(f"{f}: not a readable safetensors file "
+                                        f"({_first_line(e)[:160]})") from None
+            else:
+                sd = _load_pickle(f)
+                self._pickled[f] = sd
+                for k, t in sd.items():
+                    if isinstance(t, torch.Tensor):
+                        self.file[k], self.shapes[k] = f, tuple(t.shape)
+
+    def tensor(self, name: str, rows: int | None = None) -> torch.Tensor:
+        """Tensor ``name`` as stored (its first ``rows`` rows where given)."""
+        from safetensors import safe_open
+
+        f = self.file[name]
+        if f in self._pickled:
+            t = self._pickled[f][name]
+            return t if rows is None else t[:rows]
+        with safe_open(str(f), framework="pt") as h:
+            return h.get_tensor(name) if rows is None else h.get_slice(name)[:rows]
+
+    def block(self, i: int, stem: str, vocab: int | None, vocab_names: set, where: str) -> dict:
+        """The state dict of block ``i``'s one-layer model (:class:`_FolderBlocks`): block
+        ``i``'s tensors as block 0's and every tensor outside the blocks, the embedding and
+        LM head cut to ``vocab`` rows (None: whole); NaN or Inf is refused by the tensor's
+        name in the checkpoint."""
+        own = f"{stem}{i}."
+        out = {}
+        for name in self.file:
+            if name.startswith(own):
+                key = f"{stem}0." + name[len(own):]
+            elif re.match(re.escape(stem) + r"\d+\.", name):
+                continue
+            else:
+                key = name
+            t = self.tensor(name, vocab if name in vocab_names else None)
+            check_finite([(name, t)], where)
+            out[key] = t
+        return out
+
+
+def _load_pickle(f: Path) -> dict:
+    """A trusted ``pytorch_model*.bin``: its state dict, memory-mapped where the file allows."""
+    try:
+        try:
+            sd = torch.load(str(f), map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:    # a legacy (not zip) file cannot be memory-mapped
+            sd = torch.load(str(f), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{f}: cannot load the pickled weights ({type(e).__name__}: "
+                            f"{_first_line(e)[:160]})") from None
+    if not isinstance(sd, dict):
+        raise FrontendError(f"{f}: holds a {type(sd).__name__}, not a state dict of tensors")
+    return sd
+
+
+def _ternary_linears(ckpt: _Checkpoint) -> bool:
     """Whether every q/k/v/o/gate/up/down weight of every block (fused ones included: Phi-3's
-    qkv_proj, gate_up_proj) is ``0/+-s`` for one ``s`` (``golden.ternary.detect_ternary``)."""
+    qkv_proj, gate_up_proj) is ``0/+-s`` for one ``s`` (``golden.ternary.detect_ternary``);
+    read one tensor at a time, up to the first that is not."""
     from hwflow.golden.ternary import detect_ternary
 
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
              "qkv_proj", "gate_up_proj")
-    found = [p for n, p in model.named_parameters()
-             if n.endswith(".weight") and n.split(".")[-2] in names]
+    found = [n for n in ckpt.file if n.endswith(".weight") and n.split(".")[-2] in names]
     return bool(found) and all(
-        detect_ternary(p.detach().to(torch.float64).numpy()) is not None for p in found)
+        detect_ternary(ckpt.tensor(n).to(torch.float64).numpy()) is not None for n in found)
 
 
-# Compiling from weights peaks while the float32 model (its exported program shares its
-# tensors) and the recognised float decoder (the folded linears and LM head; the embedding is
-# a view) are held together, with the float64 LM head of the numerics check: measured on
-# Llama-3.2-1B (1.24 B parameters, 4.94 GB in float32) by benchmarks/bench_compile_weights.py,
-# a peak RSS of 11.1 GB = 2.25 times the float32 parameter bytes (it was 19.1 GB = 3.85x
-# before the model was freed after loading and the float decoder before lowering).
-_COPIES_IN_MEMORY = 2.25
+# Compiling from weights holds the quantized decoder (int8: about a byte per parameter), the
+# float32 LM head and one float32 block at a time (_FolderBlocks; the float32 embedding only
+# until it is quantized), then the quantized decoder and the memory image (another byte per
+# parameter) while lowering. Measured on Llama-3.2-1B (1.24 B parameters, 4.94 GB in float32,
+# 2.47 GB in bfloat16) by benchmarks/bench_compile_weights.py: a peak RSS of 4.12 GB = 0.83
+# times the float32 parameter bytes, 1.67 times the checkpoint, in the lowering. (It was
+# 11.1 GB = 2.25x with the whole float32 model loaded, and 19.1 GB = 3.85x before that model
+# was freed after loading.) Larger models need relatively less: their embedding and LM head
+# are a smaller part of them.
+_COPIES_IN_MEMORY = 0.85
 
 
-def _check_model_fits_memory(cfg_path: Path, config) -> None:
-    """Refuse, before transformers allocates anything, a config whose float32 weights cannot
-    be held in this machine's memory (a config can declare any size)."""
+def _meta_model(folder: Path, config):
+    """The whole model on the meta device (shapes, no storage): the tensor names and shapes
+    the checkpoint must hold, and each block's modules for :func:`_check_same_block`."""
     from transformers import AutoModelForCausalLM
 
     try:
         with torch.device("meta"):
-            shell = AutoModelForCausalLM.from_config(config)
-    except Exception as e:  # noqa: BLE001 -- the real build below reports it
-        del e
-        return
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{folder}: transformers cannot build the model "
+                            f"({type(e).__name__}: {_first_line(e)[:160]})") from None
+
+
+def _check_model_fits_memory(cfg_path: Path, shell) -> None:
+    """Refuse, before anything is allocated, a config whose compile from weights cannot be
+    held in this machine's memory (a config can declare any size)."""
     n = sum(p.numel() for p in shell.parameters())
     need, have = n * 4 * _COPIES_IN_MEMORY, machine_memory_bytes()
     if need > have:
@@ -336,29 +602,34 @@ def _check_model_fits_memory(cfg_path: Path, config) -> None:
                             "--shape-only`")
 
 
-def _check_loading_info(folder: Path, info: dict) -> None:
-    """Refuse a checkpoint that does not fill the model exactly: transformers initialises a
-    missing or mis-shaped tensor at random (a different model on every run) and only prints a
-    table; an unexpected tensor means the checkpoint is not this architecture."""
+def _check_checkpoint(folder: Path, ckpt: _Checkpoint, shell) -> None:
+    """Refuse a checkpoint that does not fill the model exactly, from the file headers alone:
+    transformers would initialise a missing or mis-shaped tensor at random (a different model
+    on every run); an unexpected tensor means the checkpoint is not this architecture."""
     what = "safetensors weights"
-    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    want = {n: tuple(t.shape) for n, t in shell.state_dict().items()}
+    tied = {n for n, _ in shell.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in shell.named_parameters()}
+
+    def ignored(n, attr):
+        return any(re.search(pat, n) for pat in getattr(shell, attr, None) or ())
+
+    mismatched = sorted(n for n in want if n in ckpt.shapes and ckpt.shapes[n] != want[n])
     if mismatched:
-        key, ckpt, want = (tuple(mismatched[0]) + (None, None))[:3]
-        shapes = (f" has shape {list(ckpt)} in the checkpoint, the config needs {list(want)}"
-                  if ckpt is not None and want is not None else " has the wrong shape")
-        raise FrontendError(f"{folder}: tensor '{key}'{shapes}"
-                            f"{_more(mismatched)}; the {what} do not match config.json")
-    missing = sorted(info.get("missing_keys") or [])
+        n = mismatched[0]
+        raise FrontendError(f"{folder}: tensor '{n}' has shape {list(ckpt.shapes[n])} in the "
+                            f"checkpoint, the config needs {list(want[n])}{_more(mismatched)}; "
+                            f"the {what} do not match config.json")
+    missing = sorted(n for n in want if n not in ckpt.shapes and n not in tied
+                     and not ignored(n, "_keys_to_ignore_on_load_missing"))
     if missing:
         raise FrontendError(f"{folder}: tensor '{missing[0]}' is missing from the {what}"
                             f"{_more(missing)}; transformers would fill it with random values")
-    unexpected = sorted(info.get("unexpected_keys") or [])
+    unexpected = sorted(n for n in ckpt.shapes if n not in want
+                        and not ignored(n, "_keys_to_ignore_on_load_unexpected"))
     if unexpected:
         raise FrontendError(f"{folder}: tensor '{unexpected[0]}' in the {what} is not part of "
                             f"the model config.json describes{_more(unexpected)}")
-    errors = info.get("error_msgs") or []
-    if errors:
-        raise FrontendError(f"{folder}: the weights do not load ({_first_line(errors[0])})")
 
 
 def _more(items) -> str:

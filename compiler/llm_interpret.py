@@ -17,10 +17,11 @@ from hwflow.golden import llm as gl
 from hwflow.golden.int8 import matmul, requantize, residual_add
 from hwflow.golden.ternary import absmax_quant
 
-from .decoder import FloatDecoder, QDecoder, QLinear
+from .decoder import DecoderShape, FloatDecoder, FloatLayer, QDecoder, QLinear
 
 __all__ = ["float_forward", "float_generate", "KVCache", "golden_step", "GoldenRun",
-           "golden_generate", "top1_agreement", "rope_float"]
+           "golden_generate", "top1_agreement", "rope_float", "embed_rows", "float_block",
+           "float_head"]
 
 
 # ------------------------------------------------------------------------------ float model
@@ -52,8 +53,22 @@ def _rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: int, hd: 
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).reshape(t, heads * hd)
 
 
+#: Weights of more elements than this are multiplied in blocks of rows (:func:`_lin`): a
+#: float64 copy of Llama-3's 128256 x 2048 LM head is 2.1 GB, more than the float32 model's
+#: largest block; a block weight of a 7B model (11008 x 4096) stays whole.
+_LIN_WHOLE = 2**26
+#: Elements per block of rows of a larger weight: 64 MiB as float64.
+_LIN_BLOCK = 2**23
+
+
 def _lin(x, w, b=None):
-    y = x @ np.asarray(w, dtype=np.float64).T
+    w = np.asarray(w)
+    if w.size <= _LIN_WHOLE:
+        y = x @ np.asarray(w, dtype=np.float64).T
+    else:       # the same products, without the float64 copy of the whole weight
+        step = max(1, _LIN_BLOCK // w.shape[1])
+        y = np.concatenate([x @ np.asarray(w[a:a + step], dtype=np.float64).T
+                            for a in range(0, w.shape[0], step)], axis=-1)
     return y if b is None else y + np.asarray(b, dtype=np.float64)
 
 
@@ -91,88 +106,117 @@ def _forward(fd: FloatDecoder, ids, record: dict | None = None) -> np.ndarray:
     Norm outputs are recorded gamma-free (what ``golden.llm.rmsnorm`` produces) but for
     the gamma-coded ones (Qwen3's head norms, Gemma 2's ``post_attn`` / ``post_mlp``); the
     ``silu_mul`` record is ``act(gate) * up`` for every activation; with a final soft-cap
-    ``lm_head`` is the LM head's output and ``logits`` the capped one.
+    ``lm_head`` is the LM head's output and ``logits`` the capped one. The embedding, each
+    block and the head are :func:`embed_rows`, :func:`float_block` and :func:`float_head`,
+    which the streaming calibration (``compiler.llm_quant``) runs one block at a time.
     """
     s = fd.shape
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    t = ids.shape[0]
+    rope = rope_float(np.arange(ids.shape[0]), s.inv_freq(), s.rope_scaling)
+    x = embed_rows(s, fd.embed, ids, record)
+    for i, ly in enumerate(fd.layers):
+        x = float_block(s, i, ly, x, rope, record)
+    return float_head(s, fd.lm_head, x, record)
 
+
+def _recorder(record: dict | None):
     def rec(name, v):
         if record is not None:
             record.setdefault(name, []).append(np.asarray(v))
+    return rec
 
+
+def embed_rows(s: DecoderShape, embed, ids, record: dict | None = None) -> np.ndarray:
+    """The residual stream ``[T, hidden]`` (float64) entering the first block: the embedding
+    rows of ``ids`` times ``s.embed_scale`` (recorded as ``embed``)."""
+    # the rows first: a float64 copy of the whole table is 2.1 GB at Llama-3's vocabulary
+    x = np.asarray(np.asarray(embed)[np.asarray(ids, dtype=np.int64)], dtype=np.float64)
+    x = x * s.embed_scale
+    _recorder(record)("embed", x)
+    return x
+
+
+def float_block(s: DecoderShape, i: int, ly: FloatLayer, x: np.ndarray, rope,
+                record: dict | None = None) -> np.ndarray:
+    """Block ``i`` (``ly``) of the float model on the residual stream ``x [T, hidden]`` at
+    positions ``0 .. T-1`` (``rope``: :func:`rope_float` of those positions); returns the
+    stream after it, recording the block's tensors as :func:`_forward` says."""
+    rec = _recorder(record)
+    t = x.shape[0]
     heads, kvh, hd = s.heads, s.kv_heads, s.head_dim
     group = heads // kvh
-    cos, sin = rope_float(np.arange(t), s.inv_freq(), s.rope_scaling)
-    # masked[i][p, j]: layer i's query p does not attend key j (golden.llm.attended)
+    cos, sin = rope
+    # masked[p, j]: query p does not attend key j (golden.llm.attended)
     pj = np.arange(t)[:, None] - np.arange(t)[None, :]
-    masked = [(pj < 0) | ((pj >= s.window(i)) if s.window(i) else False)
-              for i in range(s.layers)]
-    # the rows first: a float64 copy of the whole table is 2.1 GB at Llama-3's vocabulary
-    x = np.asarray(np.asarray(fd.embed)[ids], dtype=np.float64) * s.embed_scale
-    rec("embed", x)
-    for i, ly in enumerate(fd.layers):
-        n = _rms(x, s.rms_eps)
-        rec(f"l{i}.attn_norm", n)
-        n = _gamma(n, ly.attn_gamma)
-        q = _lin(n, ly.q, ly.q_bias)
-        k = _lin(n, ly.k, ly.k_bias)
-        v = _lin(n, ly.v, ly.v_bias)
-        if ly.q_norm is not None:       # Qwen3: every head normalized alone, before RoPE
-            rec(f"l{i}.q_proj", q)
-            rec(f"l{i}.k_proj", k)
-            q = _head_rms(q, heads, hd, s.rms_eps, ly.q_norm)
-            k = _head_rms(k, kvh, hd, s.rms_eps, ly.k_norm)
-        rec(f"l{i}.q", q)
-        rec(f"l{i}.k", k)
-        q = _rope_rows(q, cos, sin, heads, hd)
-        k = _rope_rows(k, cos, sin, kvh, hd)
-        rec(f"l{i}.q", q)  # RoPE may grow an element by up to sqrt(2): both share one scale
-        rec(f"l{i}.k", k)
-        rec(f"l{i}.v", v)
-        qh = q.reshape(t, heads, hd).transpose(1, 0, 2)
-        kh = np.repeat(k.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
-        vh = np.repeat(v.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
-        sc = _softcap(qh @ kh.transpose(0, 2, 1) * s.score_scale(), s.attn_softcap)
-        sc = np.where(masked[i][None], -np.inf, sc)
-        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-        p = sc / sc.sum(axis=-1, keepdims=True)
-        a = (p @ vh).transpose(1, 0, 2).reshape(t, heads * hd)
-        rec(f"l{i}.attn", a)
-        if ly.attn_sub_norm:
-            a = _rms(a, s.rms_eps)
-            rec(f"l{i}.attn_sub_norm", a)
-            a = _gamma(a, ly.attn_sub_gamma)
-        o = _lin(a, ly.o, ly.o_bias)
-        rec(f"l{i}.o_out", o)
-        if ly.post_attn_gamma is not None:
-            o = _post_norm(o, ly.post_attn_gamma, s.rms_eps)
-            rec(f"l{i}.post_attn", o)
-        x = x + o
-        rec(f"l{i}.attn_res", x)
-        n = _rms(x, s.rms_eps)
-        rec(f"l{i}.mlp_norm", n)
-        n = _gamma(n, ly.mlp_gamma)
-        g = _lin(n, ly.gate)
-        u = _lin(n, ly.up)
-        rec(f"l{i}.gate", g)
-        rec(f"l{i}.up", u)
-        h = _act(g, ly.act) * u
-        rec(f"l{i}.silu_mul", h)
-        if ly.mlp_sub_norm:
-            h = _rms(h, s.rms_eps)
-            rec(f"l{i}.mlp_sub_norm", h)
-            h = _gamma(h, ly.mlp_sub_gamma)
-        d = _lin(h, ly.down)
-        rec(f"l{i}.down_out", d)
-        if ly.post_mlp_gamma is not None:
-            d = _post_norm(d, ly.post_mlp_gamma, s.rms_eps)
-            rec(f"l{i}.post_mlp", d)
-        x = x + d
-        rec(f"l{i}.mlp_res", x)
+    masked = (pj < 0) | ((pj >= s.window(i)) if s.window(i) else False)
+    n = _rms(x, s.rms_eps)
+    rec(f"l{i}.attn_norm", n)
+    n = _gamma(n, ly.attn_gamma)
+    q = _lin(n, ly.q, ly.q_bias)
+    k = _lin(n, ly.k, ly.k_bias)
+    v = _lin(n, ly.v, ly.v_bias)
+    if ly.q_norm is not None:       # Qwen3: every head normalized alone, before RoPE
+        rec(f"l{i}.q_proj", q)
+        rec(f"l{i}.k_proj", k)
+        q = _head_rms(q, heads, hd, s.rms_eps, ly.q_norm)
+        k = _head_rms(k, kvh, hd, s.rms_eps, ly.k_norm)
+    rec(f"l{i}.q", q)
+    rec(f"l{i}.k", k)
+    q = _rope_rows(q, cos, sin, heads, hd)
+    k = _rope_rows(k, cos, sin, kvh, hd)
+    rec(f"l{i}.q", q)  # RoPE may grow an element by up to sqrt(2): both share one scale
+    rec(f"l{i}.k", k)
+    rec(f"l{i}.v", v)
+    qh = q.reshape(t, heads, hd).transpose(1, 0, 2)
+    kh = np.repeat(k.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
+    vh = np.repeat(v.reshape(t, kvh, hd).transpose(1, 0, 2), group, axis=0)
+    sc = _softcap(qh @ kh.transpose(0, 2, 1) * s.score_scale(), s.attn_softcap)
+    sc = np.where(masked[None], -np.inf, sc)
+    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+    p = sc / sc.sum(axis=-1, keepdims=True)
+    a = (p @ vh).transpose(1, 0, 2).reshape(t, heads * hd)
+    rec(f"l{i}.attn", a)
+    if ly.attn_sub_norm:
+        a = _rms(a, s.rms_eps)
+        rec(f"l{i}.attn_sub_norm", a)
+        a = _gamma(a, ly.attn_sub_gamma)
+    o = _lin(a, ly.o, ly.o_bias)
+    rec(f"l{i}.o_out", o)
+    if ly.post_attn_gamma is not None:
+        o = _post_norm(o, ly.post_attn_gamma, s.rms_eps)
+        rec(f"l{i}.post_attn", o)
+    x = x + o
+    rec(f"l{i}.attn_res", x)
+    n = _rms(x, s.rms_eps)
+    rec(f"l{i}.mlp_norm", n)
+    n = _gamma(n, ly.mlp_gamma)
+    g = _lin(n, ly.gate)
+    u = _lin(n, ly.up)
+    rec(f"l{i}.gate", g)
+    rec(f"l{i}.up", u)
+    h = _act(g, ly.act) * u
+    rec(f"l{i}.silu_mul", h)
+    if ly.mlp_sub_norm:
+        h = _rms(h, s.rms_eps)
+        rec(f"l{i}.mlp_sub_norm", h)
+        h = _gamma(h, ly.mlp_sub_gamma)
+    d = _lin(h, ly.down)
+    rec(f"l{i}.down_out", d)
+    if ly.post_mlp_gamma is not None:
+        d = _post_norm(d, ly.post_mlp_gamma, s.rms_eps)
+        rec(f"l{i}.post_mlp", d)
+    x = x + d
+    rec(f"l{i}.mlp_res", x)
+    return x
+
+
+def float_head(s: DecoderShape, lm_head, x: np.ndarray, record: dict | None = None):
+    """The final norm and the LM head (soft-capped where ``s.final_softcap``) on the residual
+    stream after the last block: float64 logits ``[T, vocab]``."""
+    rec = _recorder(record)
     n = _rms(x, s.rms_eps)
     rec("final_norm", n)
-    logits = _lin(n, fd.lm_head)
+    logits = _lin(n, lm_head)
     if s.final_softcap:
         rec("lm_head", logits)
         logits = _softcap(logits, s.final_softcap)

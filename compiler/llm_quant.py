@@ -60,12 +60,22 @@ from hwflow.golden.int8 import (
 
 from .decoder import FloatDecoder, FloatLayer, QDecoder, QLayer, QLinear
 from .errors import CompileError
-from .llm_interpret import KVCache, _forward, float_forward, golden_generate, golden_step
+from .llm_interpret import (
+    KVCache,
+    embed_rows,
+    float_block,
+    float_forward,
+    float_head,
+    golden_generate,
+    golden_step,
+    rope_float,
+)
 from .llm_interpret import top1_agreement as _top1
 from .passes import INT4_MAX_ERROR, int4_error
 
-__all__ = ["quantize_decoder", "quant_report", "ternarize_decoder", "gamma_codes",
-           "DECODER_WEIGHTS", "TERNARY_LINEARS", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+__all__ = ["quantize_decoder", "DecoderQuantizer", "quant_report", "ternarize_decoder",
+           "gamma_codes", "DECODER_WEIGHTS", "TERNARY_LINEARS", "CALIB_SEQUENCES",
+           "CALIB_TOKENS"]
 
 #: What ``quantize_decoder(weights=...)`` accepts.
 DECODER_WEIGHTS = ("int8", "int4", "mixed", "ternary")
@@ -158,11 +168,49 @@ def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, scale: float,
 
 def calibrate(fd: FloatDecoder, sequences) -> dict[str, float]:
     """Static per-tensor scales (absmax / 127) of a float run over ``sequences``."""
-    record: dict[str, list] = {}
-    for seq in sequences:
-        _forward(fd, seq, record)
-    return {k: tensor_scale(np.concatenate([np.ravel(a) for a in v]))
-            for k, v in record.items()}
+    cal = _Calibration(fd.shape, fd.embed, sequences)
+    for i, ly in enumerate(fd.layers):
+        cal.block(i, ly)
+    cal.head(fd.lm_head)
+    return cal.scales
+
+
+class _Calibration:
+    """The calibration run of the float model, one block at a time: the residual streams of
+    the sequences are carried from block to block, and a tensor's scale is ``absmax / 127``
+    over its records in every sequence (``compiler.llm_interpret._forward``'s records, which
+    the blocks of :func:`~compiler.llm_interpret.float_block` make). Only one block's
+    records and the streams (``[T, hidden]`` float64 per sequence) are held."""
+
+    def __init__(self, shape, embed, sequences):
+        self.shape = shape
+        seqs = [np.asarray(q, dtype=np.int64).reshape(-1) for q in sequences]
+        self.rope = [rope_float(np.arange(q.shape[0]), shape.inv_freq(), shape.rope_scaling)
+                     for q in seqs]
+        #: scales in the order their tensors are first recorded (``QDecoder.scales``' order)
+        self.scales: dict[str, float] = {}
+        record: dict[str, list] = {}
+        self.x = [embed_rows(shape, embed, q, record) for q in seqs]
+        self._scale(record)
+
+    def _scale(self, record: dict) -> None:
+        self.scales.update({k: tensor_scale(np.concatenate([np.ravel(a) for a in v]))
+                            for k, v in record.items()})
+
+    def block(self, i: int, ly: FloatLayer) -> None:
+        """Run block ``i`` on every sequence and add its tensors' scales."""
+        record: dict[str, list] = {}
+        self.x = [float_block(self.shape, i, ly, x, rope, record)
+                  for x, rope in zip(self.x, self.rope, strict=True)]
+        self._scale(record)
+
+    def head(self, lm_head) -> None:
+        """The final norm and the LM head: ``final_norm``, ``logits`` (and ``lm_head``)."""
+        record: dict[str, list] = {}
+        for x in self.x:
+            float_head(self.shape, lm_head, x, record)
+        self.x = []
+        self._scale(record)
 
 
 def gamma_codes(gamma) -> tuple[np.ndarray, float]:
@@ -190,21 +238,27 @@ def ternarize_decoder(fd: FloatDecoder) -> tuple[FloatDecoder, dict]:
     """
     layers, formats = [], {}
     for i, ly in enumerate(fd.layers):
-        new = {}
-        for name in TERNARY_LINEARS:
-            w = getattr(ly, name)
-            det = gt.detect_ternary(w)
-            if det is not None:
-                (t, s), how = det, "detected"
-                w_t = np.asarray(w, dtype=np.float32)   # already t * s: keep it bit for bit
-            else:
-                (t, s), how = gt.ternarize_absmean(w), "absmean"
-                w_t = (t * s).astype(np.float32)
-            new[name] = w_t
-            formats[f"l{i}.{name}"] = {"weights": "ternary", "ternary_from": how,
-                                       "scale": float(s), "t": t}
-        layers.append(replace(ly, **new))
+        layers.append(_ternarize_layer(i, ly, formats))
     return replace(fd, layers=layers), formats
+
+
+def _ternarize_layer(i: int, ly: FloatLayer, formats: dict) -> FloatLayer:
+    """Layer ``i`` with ternary weights (:func:`ternarize_decoder`); their entries go into
+    ``formats``."""
+    new = {}
+    for name in TERNARY_LINEARS:
+        w = getattr(ly, name)
+        det = gt.detect_ternary(w)
+        if det is not None:
+            (t, s), how = det, "detected"
+            w_t = np.asarray(w, dtype=np.float32)   # already t * s: keep it bit for bit
+        else:
+            (t, s), how = gt.ternarize_absmean(w), "absmean"
+            w_t = (t * s).astype(np.float32)
+        new[name] = w_t
+        formats[f"l{i}.{name}"] = {"weights": "ternary", "ternary_from": how,
+                                   "scale": float(s), "t": t}
+    return replace(ly, **new)
 
 
 def _norm_gammas(ly: FloatLayer):
@@ -241,9 +295,14 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
                      seed: int = 0, weights: str | None = None) -> QDecoder:
     """Quantize a float decoder to the integer IR the golden model and the mapper run.
 
+    One pass over the blocks (:class:`DecoderQuantizer`): each is calibrated and quantized
+    before the next is read, so a decoder whose ``layers`` recognises its blocks as they are
+    read (``compiler.llm_frontend.open_decoder``) is never held whole in float.
+
     Parameters
     ----------
     fd : FloatDecoder
+        Its ``layers`` are read once, in order.
     max_context : int
         Positions the KV cache and the RoPE table cover (<= ``fd.shape.max_position``).
     calib_ids : list of sequences of int, optional
@@ -270,159 +329,198 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
         ``max_context`` out of range, an unknown ``weights``, or a multiplier that does not fit
         its field.
     """
-    s = fd.shape
-    if weights is None:
-        weights = "ternary" if fd.family == "bitnet" else "int8"
-    if weights not in DECODER_WEIGHTS:
-        raise CompileError(f"weights '{weights}': use {', '.join(DECODER_WEIGHTS)} for a "
-                           "decoder")
-    max_context = int(max_context)
-    if not 1 <= max_context <= s.max_position:
-        raise CompileError(f"max_context {max_context} outside 1..{s.max_position} (the "
-                           "model's max_position_embeddings)")
-    seqs = calib_ids if calib_ids is not None else _calib_sequences(fd, max_context, seed)
-    seqs = [np.asarray(q, dtype=np.int64).reshape(-1) for q in seqs]
-    if not seqs or any(q.size == 0 or q.min() < 0 or q.max() >= s.vocab for q in seqs):
-        raise CompileError(f"calibration sequences must be non-empty token ids < {s.vocab}")
-    ternary = weights == "ternary"
-    formats: dict = {}
-    if ternary:
-        fd_run, formats = ternarize_decoder(fd)
-    else:
-        fd_run = fd
-    sc = calibrate(fd_run, seqs)
-    # the table's codes at its own absmax; Gemma's rows are scaled by embed_scale after it
-    s_table = tensor_scale(fd.embed)
-    sc["embed"] = s_table * s.embed_scale
-    sc["rope"] = 2.0**-gl.ROPE_FRAC
+    quant = DecoderQuantizer(fd, max_context, calib_ids, seed, weights)
+    for i, ly in enumerate(fd.layers):
+        quant.add(i, ly)
+        del ly                  # the float layer goes before the next is read
+    return quant.finish(fd.lm_head)
+
+
+class DecoderQuantizer:
+    """:func:`quantize_decoder` a block at a time: made from the decoder's shape and
+    embedding (quantized here, and the calibration sequences' embedding rows taken: the float
+    embedding is not kept), given each float layer in order (:meth:`add`: the layer is
+    calibrated on the sequences' residual streams, :class:`_Calibration`, and quantized,
+    :func:`_quantize_layer`; it is not kept), then the LM head (:meth:`finish`). The compile
+    drives it so, writing each layer to the build as it goes (``hwflow.llm_flow``). Parameters
+    and errors as :func:`quantize_decoder`'s."""
+
+    def __init__(self, fd: FloatDecoder, max_context: int, calib_ids=None, seed: int = 0,
+                 weights: str | None = None):
+        s = fd.shape
+        if weights is None:
+            weights = "ternary" if fd.family == "bitnet" else "int8"
+        if weights not in DECODER_WEIGHTS:
+            raise CompileError(f"weights '{weights}': use {', '.join(DECODER_WEIGHTS)} for a "
+                               "decoder")
+        max_context = int(max_context)
+        if not 1 <= max_context <= s.max_position:
+            raise CompileError(f"max_context {max_context} outside 1..{s.max_position} (the "
+                               "model's max_position_embeddings)")
+        seqs = calib_ids if calib_ids is not None else _calib_sequences(fd, max_context, seed)
+        seqs = [np.asarray(q, dtype=np.int64).reshape(-1) for q in seqs]
+        if not seqs or any(q.size == 0 or q.min() < 0 or q.max() >= s.vocab for q in seqs):
+            raise CompileError(f"calibration sequences must be non-empty token ids < {s.vocab}")
+        self.cap_code = gl.softcap_code(s.attn_softcap) if s.attn_softcap else 0
+        if s.attn_softcap and not 0 < self.cap_code < 1 << 10:
+            raise CompileError(f"attention soft-cap {s.attn_softcap:g}: the ATTN cap field "
+                               "holds caps of 0.05 to 88.6 (golden.llm.softcap_code, 10 bits)")
+        self.name, self.shape, self.weights, self.max_context = fd.name, s, weights, max_context
+        # the table's codes at its own absmax; Gemma's rows are scaled by embed_scale after it
+        s_table = tensor_scale(_by_rows(fd.embed, lambda rows: np.max(np.abs(rows), axis=-1)))
+        self.embed = _by_rows(fd.embed, lambda rows: quantize(rows, s_table))
+        self.cal = _Calibration(s, fd.embed, seqs)
+        self.sc = self.cal.scales   # the calibration's, then the epilogue's fixed ones
+        self.sc["embed"] = s_table * s.embed_scale
+        self.codes: dict = {}       # the gamma codes' scales, after the tensors' (as ever)
+        self.formats: dict = {}
+        self.layers: list = []
+        self.s_x = self.sc["embed"]     # the residual stream's scale before the next block
+
+    def add(self, i: int, ly: FloatLayer) -> None:
+        """Calibrate and quantize block ``i`` (the next one)."""
+        assert i == len(self.layers), f"block {i} after {len(self.layers)} blocks"
+        if self.weights == "ternary":
+            ly = _ternarize_layer(i, ly, self.formats)
+        self.cal.block(i, ly)
+        try:
+            qly, self.s_x = _quantize_layer(i, ly, self.shape, self.sc, self.codes, self.s_x,
+                                            self.weights, self.formats, self.cap_code)
+        except ValueError as e:  # a multiplier outside its u16 field at every shift
+            raise CompileError(f"cannot quantize decoder '{self.name}': {e}") from None
+        self.layers.append(qly)
+
+    def finish(self, lm_head: np.ndarray) -> QDecoder:
+        """The final norm and the LM head (float, the final norm's gamma folded): the
+        decoder."""
+        s, sc = self.shape, self.sc
+        self.cal.head(lm_head)
+        try:
+            final_norm = _norm_params(self.s_x, sc["final_norm"], s.rms_eps, s.hidden)
+            head_bits = _weight_bits(self.weights, "lm_head", lm_head, self.formats, head=True)
+            final_cap = None
+            if s.final_softcap:     # the LM head at golden.llm.tanh_cap's fixed input scale
+                sc["lm_head"] = s.final_softcap / gl.TANH_STEPS
+                final_cap = _tanh_params(s.final_softcap, sc["logits"])
+            head = _qlinear(lm_head, None, sc["final_norm"], sc.get("lm_head", sc["logits"]),
+                            wbits=head_bits)
+        except ValueError as e:  # a multiplier outside its u16 field at every shift
+            raise CompileError(f"cannot quantize decoder '{self.name}': {e}") from None
+        sc["rope"] = 2.0**-gl.ROPE_FRAC
+        sc.update(self.codes)
+        report = {k: {kk: vv for kk, vv in f.items() if kk != "t"}
+                  for k, f in self.formats.items()}
+        if self.weights == "ternary":
+            report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
+        return QDecoder(name=self.name, shape=s, embed=self.embed,
+                        rope=gl.rope_table(self.max_context, s.inv_freq(), s.rope_scaling),
+                        layers=self.layers, final_norm=final_norm, lm_head=head,
+                        max_context=self.max_context, scales=sc, weight_formats=report,
+                        final_cap=final_cap)
+
+
+def _quantize_layer(i: int, ly: FloatLayer, s, sc: dict, codes: dict, s_x: float,
+                    weights: str, formats: dict, cap_code: int) -> tuple[QLayer, float]:
+    """Block ``i`` as a :class:`QLayer` from its float layer (ternarized already for
+    ``weights="ternary"``, its ``t`` in ``formats``), the calibration scales ``sc`` and the
+    residual stream's scale ``s_x`` before it; returns it and the stream's scale after it.
+    The gamma codes' scales go into ``codes``, ``sc[l{i}.gate]`` becomes the SiLU gate's
+    fixed scale."""
     h, hd = s.hidden, s.head_dim
-    cap_code = gl.softcap_code(s.attn_softcap) if s.attn_softcap else 0
-    if s.attn_softcap and not 0 < cap_code < 1 << 10:
-        raise CompileError(f"attention soft-cap {s.attn_softcap:g}: the ATTN cap field holds "
-                           "caps of 0.05 to 88.6 (golden.llm.softcap_code, 10 bits)")
-    layers = []
-    s_x = sc["embed"]
-    try:
-        for i, ly in enumerate(fd_run.layers):
-            p = f"l{i}."
-            sc[p + "gate"] = gl.SILU_SCALE
-            s_n, s_q, s_k, s_v = (sc[p + n] for n in ("attn_norm", "q", "k", "v"))
-            # q and k linears' outputs: q/k themselves, or (Qwen3) the per-head norms' inputs
-            s_qo, s_ko = (sc.get(p + n, d) for n, d in (("q_proj", s_q), ("k_proj", s_k)))
-            s_a, s_r1, s_m = sc[p + "attn"], sc[p + "attn_res"], sc[p + "mlp_norm"]
-            s_u, s_h, s_r2 = sc[p + "up"], sc[p + "silu_mul"], sc[p + "mlp_res"]
-            # Inputs of o and down: the attention / act output, or its sub-norm's output.
-            s_ao = sc[p + "attn_sub_norm"] if ly.attn_sub_norm else s_a
-            s_ho = sc[p + "mlp_sub_norm"] if ly.mlp_sub_norm else s_h
-            extra = dict(
-                act=ly.act,
-                attn_sub_norm=(_norm_params(s_a, s_ao, s.rms_eps, ly.o.shape[1])
-                               if ly.attn_sub_norm else None),
-                mlp_sub_norm=(_norm_params(s_h, s_ho, s.rms_eps, ly.down.shape[1])
-                              if ly.mlp_sub_norm else None))
-            if ly.q_norm is not None:
-                for nm, g, s_in, s_out in (("q", ly.q_norm, s_qo, s_q),
-                                           ("k", ly.k_norm, s_ko, s_k)):
-                    codes, sg = gamma_codes(g)
-                    sc[f"{p}{nm}_norm_gamma"] = sg
-                    extra[f"{nm}_norm"] = _norm_params(s_in, s_out / sg, s.rms_eps, hd)
-                    extra[f"{nm}_norm_gamma"] = codes
-            # Gemma 2's post-norms: o's (down's) output normed with gamma codes, then an
-            # unfused residual add of the norm's output (at post_attn / post_mlp)
-            s_oa, s_da = sc[p + "o_out"], sc[p + "down_out"]
-            for nm, g, s_in in (("post_attn", ly.post_attn_gamma, sc[p + "o_out"]),
-                                ("post_mlp", ly.post_mlp_gamma, sc[p + "down_out"])):
-                if g is None:
-                    continue
-                codes, sg = gamma_codes(g)
-                sc[f"{p}{nm}_gamma"] = sg
-                extra[f"{nm}_norm"] = _norm_params(s_in, sc[p + nm] / sg, s.rms_eps, h)
-                extra[f"{nm}_gamma"] = codes
-                if nm == "post_attn":
-                    s_oa = sc[p + nm]
-                else:
-                    s_da = sc[p + nm]
-            if ternary:
-                codes = {}
-                for key, g in zip(("attn_gamma", "attn_sub_gamma", "mlp_gamma",
-                                   "mlp_sub_gamma"), _norm_gammas(ly), strict=True):
-                    if g is None:
-                        codes[key], sg = None, 1.0
-                    else:
-                        codes[key], sg = gamma_codes(g)
-                        sc[p + key] = sg
-                    extra[key] = codes[key]
-                    codes[key + "_scale"] = sg
-
-                def tl(name, bias, s_in, s_out, g_key, s_res=None, _i=i, _c=codes):
-                    f = formats[f"l{_i}.{name}"]
-                    return _tlinear(f["t"], f["scale"], bias, s_in * _c[g_key + "_scale"],
-                                    s_out, s_res)
-
-                lin = dict(
-                    q=tl("q", ly.q_bias, s_n, s_qo, "attn_gamma"),
-                    k=tl("k", ly.k_bias, s_n, s_ko, "attn_gamma"),
-                    v=tl("v", ly.v_bias, s_n, s_v, "attn_gamma"),
-                    o=tl("o", ly.o_bias, s_ao, sc[p + "o_out"], "attn_sub_gamma"),
-                    gate=tl("gate", None, s_m, gl.SILU_SCALE, "mlp_gamma"),
-                    up=tl("up", None, s_m, s_u, "mlp_gamma"),
-                    down=tl("down", None, s_ho, sc[p + "down_out"], "mlp_sub_gamma"))
-                # unfused residual adds (see llm_interpret._residual)
-                extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
-                extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
+    p = f"l{i}."
+    sc[p + "gate"] = gl.SILU_SCALE
+    s_n, s_q, s_k, s_v = (sc[p + n] for n in ("attn_norm", "q", "k", "v"))
+    # q and k linears' outputs: q/k themselves, or (Qwen3) the per-head norms' inputs
+    s_qo, s_ko = (sc.get(p + n, d) for n, d in (("q_proj", s_q), ("k_proj", s_k)))
+    s_a, s_r1, s_m = sc[p + "attn"], sc[p + "attn_res"], sc[p + "mlp_norm"]
+    s_u, s_h, s_r2 = sc[p + "up"], sc[p + "silu_mul"], sc[p + "mlp_res"]
+    # Inputs of o and down: the attention / act output, or its sub-norm's output.
+    s_ao = sc[p + "attn_sub_norm"] if ly.attn_sub_norm else s_a
+    s_ho = sc[p + "mlp_sub_norm"] if ly.mlp_sub_norm else s_h
+    extra = dict(
+        act=ly.act,
+        attn_sub_norm=(_norm_params(s_a, s_ao, s.rms_eps, ly.o.shape[1])
+                       if ly.attn_sub_norm else None),
+        mlp_sub_norm=(_norm_params(s_h, s_ho, s.rms_eps, ly.down.shape[1])
+                      if ly.mlp_sub_norm else None))
+    if ly.q_norm is not None:
+        for nm, g, s_in, s_out in (("q", ly.q_norm, s_qo, s_q), ("k", ly.k_norm, s_ko, s_k)):
+            gc, sg = gamma_codes(g)
+            codes[f"{p}{nm}_norm_gamma"] = sg
+            extra[f"{nm}_norm"] = _norm_params(s_in, s_out / sg, s.rms_eps, hd)
+            extra[f"{nm}_norm_gamma"] = gc
+    # Gemma 2's post-norms: o's (down's) output normed with gamma codes, then an unfused
+    # residual add of the norm's output (at post_attn / post_mlp)
+    s_oa, s_da = sc[p + "o_out"], sc[p + "down_out"]
+    for nm, g, s_in in (("post_attn", ly.post_attn_gamma, sc[p + "o_out"]),
+                        ("post_mlp", ly.post_mlp_gamma, sc[p + "down_out"])):
+        if g is None:
+            continue
+        gc, sg = gamma_codes(g)
+        codes[f"{p}{nm}_gamma"] = sg
+        extra[f"{nm}_norm"] = _norm_params(s_in, sc[p + nm] / sg, s.rms_eps, h)
+        extra[f"{nm}_gamma"] = gc
+        if nm == "post_attn":
+            s_oa = sc[p + nm]
+        else:
+            s_da = sc[p + nm]
+    if weights == "ternary":
+        gscale = {}
+        for key, g in zip(("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma"),
+                          _norm_gammas(ly), strict=True):
+            if g is None:
+                extra[key], gscale[key] = None, 1.0
             else:
-                g_a, g_as, g_m, g_ms = _norm_gammas(ly)
-                folded = dict(q=_fold(ly.q, g_a), k=_fold(ly.k, g_a), v=_fold(ly.v, g_a),
-                              o=_fold(ly.o, g_as), gate=_fold(ly.gate, g_m),
-                              up=_fold(ly.up, g_m), down=_fold(ly.down, g_ms))
-                bits = {nm: _weight_bits(weights, f"l{i}.{nm}", w, formats)
-                        for nm, w in folded.items()}
+                extra[key], gscale[key] = gamma_codes(g)
+                codes[p + key] = gscale[key]
 
-                def ql(nm, bias, s_in, s_out, s_res=None, _w=folded, _b=bits):
-                    return _qlinear(_w[nm], bias, s_in, s_out, s_res=s_res, wbits=_b[nm])
+        def tl(name, bias, s_in, s_out, g_key, s_res=None):
+            f = formats[f"l{i}.{name}"]
+            return _tlinear(f["t"], f["scale"], bias, s_in * gscale[g_key], s_out, s_res)
 
-                # the residual add fused into o's (down's) epilogue, or after its post-norm
-                post_a, post_m = ly.post_attn_gamma is not None, ly.post_mlp_gamma is not None
-                lin = dict(
-                    q=ql("q", ly.q_bias, s_n, s_qo),
-                    k=ql("k", ly.k_bias, s_n, s_ko),
-                    v=ql("v", ly.v_bias, s_n, s_v),
-                    o=(ql("o", ly.o_bias, s_ao, sc[p + "o_out"]) if post_a else
-                       ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x)),
-                    gate=ql("gate", None, s_m, gl.SILU_SCALE),
-                    up=ql("up", None, s_m, s_u),
-                    down=(ql("down", None, s_ho, sc[p + "down_out"]) if post_m else
-                          ql("down", None, s_ho, s_r2, s_res=s_r1)))
-                if post_a:
-                    extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
-                if post_m:
-                    extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
-            layers.append(QLayer(
-                attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
-                attn=_attn_params(s_q, s_k, s_v, s_a, s.score_scale(), s.attn_softcap),
-                attn_cap=cap_code,
-                mlp_norm=_norm_params(s_r1, s_m, s.rms_eps, h),
-                silu=_silu_params(s_u, s_h), **lin, **extra))
-            s_x = s_r2
-        final_norm = _norm_params(s_x, sc["final_norm"], s.rms_eps, h)
-        head_bits = _weight_bits(weights, "lm_head", fd.lm_head, formats, head=True)
-        final_cap = None
-        if s.final_softcap:     # the LM head at golden.llm.tanh_cap's fixed input scale
-            sc["lm_head"] = s.final_softcap / gl.TANH_STEPS
-            final_cap = _tanh_params(s.final_softcap, sc["logits"])
-        lm_head = _qlinear(fd.lm_head, None, sc["final_norm"], sc.get("lm_head", sc["logits"]),
-                           wbits=head_bits)
-    except ValueError as e:  # a multiplier outside its u16 field at every shift
-        raise CompileError(f"cannot quantize decoder '{fd.name}': {e}") from None
-    report = {k: {kk: vv for kk, vv in f.items() if kk != "t"} for k, f in formats.items()}
-    if ternary:
-        report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
-    embed = _by_rows(fd.embed, lambda rows: quantize(rows, s_table))
-    return QDecoder(name=fd.name, shape=s, embed=embed,
-                    rope=gl.rope_table(max_context, s.inv_freq(), s.rope_scaling),
-                    layers=layers, final_norm=final_norm, lm_head=lm_head,
-                    max_context=max_context, scales=sc, weight_formats=report,
-                    final_cap=final_cap)
+        lin = dict(
+            q=tl("q", ly.q_bias, s_n, s_qo, "attn_gamma"),
+            k=tl("k", ly.k_bias, s_n, s_ko, "attn_gamma"),
+            v=tl("v", ly.v_bias, s_n, s_v, "attn_gamma"),
+            o=tl("o", ly.o_bias, s_ao, sc[p + "o_out"], "attn_sub_gamma"),
+            gate=tl("gate", None, s_m, gl.SILU_SCALE, "mlp_gamma"),
+            up=tl("up", None, s_m, s_u, "mlp_gamma"),
+            down=tl("down", None, s_ho, sc[p + "down_out"], "mlp_sub_gamma"))
+        # unfused residual adds (see llm_interpret._residual)
+        extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
+        extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
+    else:
+        g_a, g_as, g_m, g_ms = _norm_gammas(ly)
+        folded = dict(q=_fold(ly.q, g_a), k=_fold(ly.k, g_a), v=_fold(ly.v, g_a),
+                      o=_fold(ly.o, g_as), gate=_fold(ly.gate, g_m),
+                      up=_fold(ly.up, g_m), down=_fold(ly.down, g_ms))
+        bits = {nm: _weight_bits(weights, f"l{i}.{nm}", w, formats)
+                for nm, w in folded.items()}
+
+        def ql(nm, bias, s_in, s_out, s_res=None):
+            return _qlinear(folded[nm], bias, s_in, s_out, s_res=s_res, wbits=bits[nm])
+
+        # the residual add fused into o's (down's) epilogue, or after its post-norm
+        post_a, post_m = ly.post_attn_gamma is not None, ly.post_mlp_gamma is not None
+        lin = dict(
+            q=ql("q", ly.q_bias, s_n, s_qo),
+            k=ql("k", ly.k_bias, s_n, s_ko),
+            v=ql("v", ly.v_bias, s_n, s_v),
+            o=(ql("o", ly.o_bias, s_ao, sc[p + "o_out"]) if post_a else
+               ql("o", ly.o_bias, s_ao, s_r1, s_res=s_x)),
+            gate=ql("gate", None, s_m, gl.SILU_SCALE),
+            up=ql("up", None, s_m, s_u),
+            down=(ql("down", None, s_ho, sc[p + "down_out"]) if post_m else
+                  ql("down", None, s_ho, s_r2, s_res=s_r1)))
+        if post_a:
+            extra["attn_add"] = _add_params(s_oa, s_x, s_r1)
+        if post_m:
+            extra["mlp_add"] = _add_params(s_da, s_r1, s_r2)
+    return QLayer(attn_norm=_norm_params(s_x, s_n, s.rms_eps, h),
+                  attn=_attn_params(s_q, s_k, s_v, s_a, s.score_scale(), s.attn_softcap),
+                  attn_cap=cap_code,
+                  mlp_norm=_norm_params(s_r1, s_m, s.rms_eps, h),
+                  silu=_silu_params(s_u, s_h), **lin, **extra), s_r2
 
 
 def _weight_bits(weights: str, name: str, w: np.ndarray, formats: dict,

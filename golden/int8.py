@@ -27,6 +27,8 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MULT_BITS = 16
 MULT_MAX = 2**MULT_BITS - 1
 SHIFT_MAX = 47
+#: Weight elements widened to int64 at a time by :func:`matmul` (64 MiB).
+_WIDEN_BLOCK = 2**23
 
 
 def quantize(x: np.ndarray, scale: float) -> np.ndarray:
@@ -81,8 +83,18 @@ def quantize_multiplier(reals, shift: int) -> np.ndarray:
 
 
 def matmul(x_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
-    """int8 ``x[..., K]`` times int8 ``w[N, K]`` transposed: exact int32 sums ``[..., N]``."""
-    acc = np.asarray(x_q, dtype=np.int64) @ np.asarray(w_q, dtype=np.int64).T
+    """int8 ``x[..., K]`` times int8 ``w[N, K]`` transposed: exact int32 sums ``[..., N]``.
+
+    A large ``w`` is widened to int64 in blocks of rows (the same exact sums): the int64 copy
+    of Llama-3's 128256 x 2048 LM head would be 2.1 GB."""
+    x = np.asarray(x_q, dtype=np.int64)
+    w_q = np.asarray(w_q)
+    step = max(1, _WIDEN_BLOCK // max(1, w_q.shape[-1]))
+    if w_q.shape[0] <= step:
+        acc = x @ np.asarray(w_q, dtype=np.int64).T
+    else:
+        acc = np.concatenate([x @ np.asarray(w_q[a:a + step], dtype=np.int64).T
+                              for a in range(0, w_q.shape[0], step)], axis=-1)
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise OverflowError("int32 accumulator overflow")
     return acc

@@ -2,9 +2,11 @@
 
 Compile steps (each a small function, in this order):
 
-1. ``load``       Hugging Face folder or torch.export archive -> FloatDecoder (pattern recogniser)
+1. ``load``       Hugging Face folder or torch.export archive -> FloatDecoder (pattern recogniser;
+                  a folder's blocks are recognised as step 3 reads them)
 2. ``configure``  board -> accelerator configuration (must have the transformer units)
-3. ``quantize``   FloatDecoder -> QDecoder (static scales from a seeded calibration run)
+3. ``quantize``   FloatDecoder -> QDecoder (static scales from a seeded calibration run), a block
+                  at a time, each float block written to ``decoder/float`` as it is read
 4. ``lower``      QDecoder -> one decode program, prefill bucket programs, memory image
 5. ``rtl``        Amaranth -> Verilog of the configuration
 6. ``write``      build folder, atomically, with reports/compile.json
@@ -20,12 +22,21 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hwflow.boards import load_board
-from hwflow.buildfolder import BuildOutput, compile_command, open_build, write_json, write_npz
+from hwflow.buildfolder import (
+    BuildOutput,
+    NpzWriter,
+    compile_command,
+    npz_memmap,
+    open_build,
+    write_json,
+    write_npz,
+)
 from hwflow.compiler import decoder as dec
 from hwflow.compiler.llm_quant import DECODER_WEIGHTS
 from hwflow.errors import HwflowError
@@ -34,7 +45,8 @@ from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
 
 __all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
-           "save_decoder", "load_saved_decoder", "parse_prompt"]
+           "save_decoder", "load_saved_decoder", "open_saved_decoder", "FloatDecoderWriter",
+           "parse_prompt"]
 
 DEFAULT_NEW_TOKENS = 8
 DEFAULT_PROMPT_LEN = 8
@@ -81,12 +93,72 @@ def _build(cls, prefix: str, arrays, meta):
 
 def save_decoder(obj, path: Path) -> None:
     """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest);
-    the same decoder gives the same bytes (``buildfolder.write_npz``: fixed zip timestamps)."""
+    the same decoder gives the same bytes (``buildfolder.write_npz``: fixed zip timestamps).
+    A float decoder is written a layer at a time (:class:`FloatDecoderWriter`)."""
+    if isinstance(obj, dec.FloatDecoder):
+        with FloatDecoderWriter(path, obj) as w:
+            for i, ly in enumerate(obj.layers):
+                w.add(i, ly)
+        return
     arrays, meta = {}, {}
     _flatten(obj, "", arrays, meta)
     meta["__class__"] = type(obj).__name__
     write_npz(path.with_suffix(".npz"), arrays)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
+
+
+class FloatDecoderWriter:
+    """:func:`save_decoder` of a FloatDecoder whose layers come one at a time (a context
+    manager; ``add(i, layer)`` in layer order, as the compile reads them): the arrays outside
+    the layers that sort before them (``embed``) are written when it opens, each layer's
+    arrays (sorted by name) when it is added, the rest (``lm_head``) and ``path.json`` when it
+    closes, so no layer is held. The archive is the one ``write_npz`` writes of the whole
+    decoder for up to ten layers; past that its layers are in layer order (``layers.2`` before
+    ``layers.10``), not sorted."""
+
+    def __init__(self, path: Path, fd):
+        self.path = path
+        self.npz = NpzWriter(path.with_suffix(".npz"))
+        self.meta: dict = {}
+        self.layer_meta: dict = {}
+        self.layers = 0
+        top: dict = {}
+        _flatten(dataclasses.replace(fd, layers=[]), "", top, self.meta)
+        self.tail = {k: top[k] for k in sorted(top) if k > "layers."}
+        for k in sorted(top):
+            if k < "layers.":
+                self.npz.add(k, top[k])
+
+    def add(self, i: int, layer) -> None:
+        """Layer ``i`` (the next one)."""
+        assert i == self.layers, f"layer {i} after {self.layers} layers"
+        arrays: dict = {}
+        _flatten(layer, f"layers.{i}.", arrays, self.layer_meta)
+        for k in sorted(arrays):
+            self.npz.add(k, arrays[k])
+        self.layers += 1
+
+    def __enter__(self) -> FloatDecoderWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:        # a failed compile: its staging folder goes
+            self.npz.close()
+            return
+        for k, v in self.tail.items():
+            self.npz.add(k, v)
+        self.tail = {}          # the LM head (1 GB in float32 for Llama-3.2-1B) is written
+        self.npz.close()
+        meta = {}
+        for k, v in self.meta.items():      # the layers' entries where _flatten puts them
+            if k == "layers":
+                meta[k] = {"list": self.layers}
+                meta.update(self.layer_meta)
+            else:
+                meta[k] = v
+        meta["__class__"] = "FloatDecoder"
+        self.path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float)
+                                                  + "\n")
 
 
 def load_saved_decoder(path: Path):
@@ -98,18 +170,56 @@ def load_saved_decoder(path: Path):
     return _build(cls, "", arrays, meta)
 
 
+def open_saved_decoder(path: Path):
+    """A float decoder written by :func:`save_decoder`, read as it is used: the embedding and
+    the LM head memory-mapped (only the pages read come into memory), layer ``i`` read when
+    ``layers[i]`` is (:class:`_SavedLayers`). The same arrays as :func:`load_saved_decoder`'s."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.pop("__class__") != "FloatDecoder":
+        raise ValueError(f"{path}: not a float decoder")
+    npz = path.with_suffix(".npz")
+    with np.load(npz, allow_pickle=False) as z:
+        top = {k: npz_memmap(npz, k) for k in z.files if not k.startswith("layers.")}
+    fd = _build(dec.FloatDecoder, "", top, {**meta, "layers": []})
+    return dataclasses.replace(fd, layers=_SavedLayers(npz, meta))
+
+
+class _SavedLayers(Sequence):
+    """The layers of a saved float decoder, layer ``i`` read from the archive when indexed."""
+
+    def __init__(self, npz: Path, meta: dict):
+        self.npz, self.meta, self.n = npz, meta, int(meta["layers"]["list"])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"layer {i} of {self.n}")
+        prefix = f"layers.{i % self.n}."
+        with np.load(self.npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k.startswith(prefix)}
+        return _build(dec.FloatLayer, prefix, arrays, self.meta)
+
+
 # -- compile ---------------------------------------------------------------------------------
 
-def _load(model, example, trust_model, max_context, td: Path):
+def _load(model, example, trust_model, max_context, td: Path, stream: bool = False):
+    """The float decoder (``example``: written into ``td`` first); ``stream``: its blocks
+    recognised as they are read (``compiler.llm_frontend.open_decoder``: ``td`` must then
+    outlive the reading), else all of them now."""
     from hwflow.compiler.errors import CompileError
-    from hwflow.compiler.llm_frontend import load_decoder
+    from hwflow.compiler.llm_frontend import load_decoder, open_decoder
 
     if example is not None:
         from hwflow.llm_examples import write_example
 
         model = write_example(example, td / example)
     try:
-        return load_decoder(model, trust_model=trust_model, max_context=max_context)
+        return (open_decoder if stream else load_decoder)(model, trust_model=trust_model,
+                                                          max_context=max_context)
     except CompileError as e:
         raise HwflowError(str(e)) from None
 
@@ -247,8 +357,7 @@ def _source_name(model) -> str:
 class _CompiledDecoder:
     """What the decoder compile steps made, for :func:`_write_decoder_build`."""
 
-    fd: object              # FloatDecoder; None: already written (_decoder_steps' stage)
-    qd: object              # QDecoder
+    qd: object              # QDecoder (the float decoder is in the staging folder already)
     brd: object             # Board
     cfg: object             # AccelConfig (with the TLMM engine when ternary)
     lw: object              # mapping.llm_lower result
@@ -270,47 +379,56 @@ def check_context_fits(shape, max_context: int, brd) -> None:
 
 
 def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, weights,
-                   config_overrides, stage: Path | None = None) -> _CompiledDecoder:
+                   config_overrides, stage: Path) -> _CompiledDecoder:
     """Steps 1-5 of the module docstring.
 
-    ``stage``: the build's staging folder; the float decoder is written there
-    (``decoder/float``) once quantized and measured, and dropped before the lowering (which
-    holds the memory image three times over), so that the float32 weights (6.0 GB for
-    Llama-3.2-1B) and the image copies are never in memory together.
+    The model is read a block at a time (``compiler.llm_frontend.open_decoder``): each block
+    is recognised, written to the float decoder of the build (``decoder/float`` in the staging
+    folder ``stage``) and quantized before the next one is read, so the float32 model (4.9 GB
+    for Llama-3.2-1B) is never in memory whole; the quality report reads the float decoder
+    back a layer at a time.
     """
     import tempfile
 
     from hwflow.compiler.errors import CompileError
-    from hwflow.compiler.llm_quant import quant_report, quantize_decoder
+    from hwflow.compiler.llm_quant import DecoderQuantizer, quant_report
 
-    with tempfile.TemporaryDirectory() as td:
-        fd = _load(model, example, trust_model, max_context, Path(td))
-    if example is not None:     # not the temporary folder it was written to: same bytes per run
-        fd = dataclasses.replace(fd, source=f"example:{example}")
-    name = example or fd.name
-    notes = []
-    if weights is None and fd.ternary_weights:
-        weights = "ternary"
-        notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
-                     "compiled as ternary on the table-lookup engine (--weights int8 to "
-                     "quantize them as int8)")
-    brd, cfg, resources = _configure(board, boards_dir, config_overrides)
-    check_context_fits(fd.shape, fd.max_context, brd)
-    try:
-        qd = quantize_decoder(fd, fd.max_context, weights=weights)
-    except CompileError as e:
-        raise HwflowError(str(e)) from None
+    with tempfile.TemporaryDirectory() as td:   # an example's folder, read while quantizing
+        fd = _load(model, example, trust_model, max_context, Path(td), stream=True)
+        if example is not None:     # not the temporary folder it was written to: same bytes
+            fd = dataclasses.replace(fd, source=f"example:{example}")
+        name = example or fd.name
+        notes = []
+        if weights is None and fd.ternary_weights:
+            weights = "ternary"
+            notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
+                         "compiled as ternary on the table-lookup engine (--weights int8 to "
+                         "quantize them as int8)")
+        brd, cfg, resources = _configure(board, boards_dir, config_overrides)
+        check_context_fits(fd.shape, fd.max_context, brd)
+        s, source, family = fd.shape, fd.source, fd.family
+        (stage / "decoder").mkdir()
+        try:
+            # the float decoder is written and quantized a layer at a time; the float32
+            # embedding (1 GB for Llama-3.2-1B) goes once written and quantized
+            with FloatDecoderWriter(stage / "decoder" / "float", fd) as saved:
+                quant = DecoderQuantizer(fd, fd.max_context, weights=weights)
+                blocks, lm_head = fd.layers, fd.lm_head
+                del fd
+                for i, ly in enumerate(blocks):
+                    saved.add(i, ly)
+                    quant.add(i, ly)
+                    del ly
+                qd = quant.finish(lm_head)
+                del quant, blocks, lm_head
+        except CompileError as e:
+            raise HwflowError(str(e)) from None
     cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
     cfg, sized = _size_buffers(qd, cfg, brd, ternary=sizing is not None)
     if sized:
         resources = _fit(cfg, brd)
     notes += sized
-    quality = quant_report(fd, qd)          # fd's last use before its copy in the build
-    s, source, family = fd.shape, fd.source, fd.family
-    if stage is not None:
-        (stage / "decoder").mkdir()
-        save_decoder(fd, stage / "decoder" / "float")
-        fd = None
+    quality = quant_report(open_saved_decoder(stage / "decoder" / "float"), qd)
     lw = _lower(qd, cfg)
     verilog = _accelerator_verilog(cfg)
     report = {
@@ -333,7 +451,7 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     }
     if sizing is not None:
         report["tlmm"] = {**lw.reports["tlmm"], "sizing": sizing}
-    return _CompiledDecoder(fd, qd, brd, cfg, lw, verilog, report)
+    return _CompiledDecoder(qd, brd, cfg, lw, verilog, report)
 
 
 def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
@@ -345,8 +463,6 @@ def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
     (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
     (tmp / "decoder").mkdir(exist_ok=True)
     save_decoder(d.qd, tmp / "decoder" / "quantized")
-    if d.fd is not None:
-        save_decoder(d.fd, tmp / "decoder" / "float")
     write_json(tmp / "config.json", {
         "kind": "decoder", "board": d.brd.name, "clock_mhz": d.brd.clock_mhz,
         "accel": d.cfg.to_dict(), "max_context": lw.max_context,

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
@@ -455,8 +456,9 @@ class _Packed:
     plan: WeightPlan
     n_out: int
     ql: QLinear
-    data: bytes | None      # None when lowered from shapes alone
+    data: bytes | None      # None when lowered from shapes alone (or packed by ``make``)
     nbytes: int
+    make: object = None     # () -> the block's bytes, packed when the image is written
 
 
 def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
@@ -529,11 +531,12 @@ class _TPacked:
     n_out: int
     k: int               # input features (after head padding)
     k_groups: int        # ceil(k / G)
-    data: bytes | None   # None when lowered from shapes alone
+    data: bytes | None   # None when lowered from shapes alone (or packed by ``make``)
     G: int
     T: int
     Q: int
     nbytes: int = 0
+    make: object = None  # () -> the block's bytes, packed when the image is written
 
     @property
     def index_records(self) -> int:
@@ -577,62 +580,95 @@ def _zero_view(shape, dtype=np.int8) -> np.ndarray:
 
 
 def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, size_only: bool = False) -> list:
-    """Every linear packed in program order; if some do not fit the weight ring, the error
+    """Every linear planned in program order; if some do not fit the weight ring, the error
     names the one that needs the most (so one rebuild with its weight_depth fits them all).
     Ternary layers' linears become TMATMUL blocks (:class:`_TPacked`), the others MATMUL
-    weight tiles. ``size_only``: plans and sizes only, no bytes (the head-padded weights are
-    zero-stride views of their shapes)."""
+    weight tiles. The plans and sizes come from the shapes (the head-padded weights as
+    zero-stride views: the plan a real weight gets); a block's bytes are packed by its
+    ``make`` when the image is written (:class:`ImageBuilder`), one block at a time.
+    ``size_only``: plans and sizes only."""
     s = qd.shape
-    L, hd, hdp = cfg.chain_len, s.head_dim, geo.hd_words * cfg.chain_len
+    hd, hdp = s.head_dim, geo.hd_words * cfg.chain_len
     jobs = []
     for i, ly in enumerate(qd.layers):
         p = f"L{i}."
         tern = _layer_ternary(ly, i)
         for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
             ql = getattr(ly, nm)
-            i4 = None
-            if size_only:
-                n = heads * hdp
-                w = _zero_view((n, ql.weight.shape[1]))
-                b, m = _zero_view((n,), np.int64), _zero_view((n,), np.int64)
-                if ql.w4 is not None:
-                    i4 = (_zero_view((n, ql.w4.shape[1])),
-                          np.broadcast_to(np.uint8(1), (n, ql.w4_scale.shape[1])))
-            else:
-                w, b, m, w4, s4 = _pad_heads_rows(ql, heads, hd, hdp)
-                i4 = None if w4 is None else (w4, s4)
-            jobs.append((p + nm, tern, ql, geo.ew, w, b, m, i4))
-        o_w = (_zero_view((ly.o.weight.shape[0], s.heads * hdp)) if size_only else
-               _pad_head_cols(ly.o.weight, s.heads, hd, hdp))
-        # padding the heads' columns would move o's int4 groups of 32 along K: int8 then
-        o_i4 = False if hdp != hd else None
-        jobs.append((p + "o", tern, ly.o, geo.q_words, o_w, None, None, o_i4))
-        jobs.append((p + "gate", tern, ly.gate, geo.ew, None, None, None, None))
-        jobs.append((p + "up", tern, ly.up, geo.ew, None, None, None, None))
-        jobs.append((p + "down", tern, ly.down, geo.iw, None, None, None, None))
+            jobs.append((p + nm, tern, ql, geo.ew, partial(_head_rows, ql, heads, hd, hdp)))
+        jobs.append((p + "o", tern, ly.o, geo.q_words,
+                     partial(_head_cols, ly.o, s.heads, hd, hdp)))
+        jobs.append((p + "gate", tern, ly.gate, geo.ew, _as_is))
+        jobs.append((p + "up", tern, ly.up, geo.ew, _as_is))
+        jobs.append((p + "down", tern, ly.down, geo.iw, _as_is))
     if getattr(qd.lm_head, "ternary", False):
         raise MappingError("lm_head is marked ternary; the mapper runs the LM head as an int8 "
                            "MATMUL (BitNet keeps it in high precision): quantize it to int8")
-    jobs.append(("lm_head", False, qd.lm_head, geo.ew, None, None, None, None))
+    jobs.append(("lm_head", False, qd.lm_head, geo.ew, _as_is))
     out, errors = [], []
-    for name, tern, ql, k_words, w, b, m, i4 in jobs:
+    for name, tern, ql, k_words, arrays in jobs:
         try:
-            if tern:
-                out.append(_pack_ternary(name, cfg, ql, w, b, m, size_only=size_only))
-            else:
-                out.append(_pack(name, cfg, ql, k_words, w, b, m, size_only=size_only,
-                                 int4=i4))
+            pk = _pack_job(name, tern, cfg, ql, k_words, arrays, True)
         except MappingError as e:
             if tern:
                 raise
             errors.append((k_words, str(e)))
+            continue
+        out.append(pk if size_only else replace(
+            pk, make=partial(_packed_bytes, name, tern, cfg, ql, k_words, arrays, pk.nbytes)))
     if errors:
         worst = max(errors, key=lambda e: e[0])[1]
         more = f" ({len(errors)} linears do not fit)" if len(errors) > 1 else ""
         raise MappingError(worst + more)
-    assert all(pk.plan.k_words * L >= pk.ql.weight.shape[1] for pk in out
+    assert all(pk.plan.k_words * cfg.chain_len >= pk.ql.weight.shape[1] for pk in out
                if isinstance(pk, _Packed))
     return out
+
+
+def _pack_job(name: str, tern: bool, cfg: AccelConfig, ql: QLinear, k_words: int, arrays,
+              size_only: bool):
+    """:func:`_pack_ternary` or :func:`_pack` of a linear whose (head-padded) arrays
+    ``arrays(size_only)`` gives: zero-stride views of their shapes, or the real ones."""
+    w, b, m, i4 = arrays(size_only)
+    if tern:
+        return _pack_ternary(name, cfg, ql, w, b, m, size_only=size_only)
+    return _pack(name, cfg, ql, k_words, w, b, m, size_only=size_only, int4=i4)
+
+
+def _packed_bytes(name: str, tern: bool, cfg: AccelConfig, ql: QLinear, k_words: int, arrays,
+                  nbytes: int) -> bytes:
+    """A linear's weight block (:func:`_pack_all`'s ``make``), as large as it was planned."""
+    data = _pack_job(name, tern, cfg, ql, k_words, arrays, False).data
+    assert len(data) == nbytes, (name, len(data), nbytes)
+    return data
+
+
+def _head_rows(ql: QLinear, heads: int, hd: int, hdp: int, shapes: bool) -> tuple:
+    """``(weight, bias, mult, int4)`` of q, k or v with its heads' rows padded to ``hdp``
+    (:func:`_pad_heads_rows`); ``shapes``: zero-stride views of them."""
+    if not shapes:
+        w, b, m, w4, s4 = _pad_heads_rows(ql, heads, hd, hdp)
+        return w, b, m, (None if w4 is None else (w4, s4))
+    n = heads * hdp
+    i4 = None
+    if ql.w4 is not None:
+        i4 = (_zero_view((n, ql.w4.shape[1])),
+              np.broadcast_to(np.uint8(1), (n, ql.w4_scale.shape[1])))
+    return (_zero_view((n, ql.weight.shape[1])), _zero_view((n,), np.int64),
+            _zero_view((n,), np.int64), i4)
+
+
+def _head_cols(ql: QLinear, heads: int, hd: int, hdp: int, shapes: bool) -> tuple:
+    """``(weight, None, None, int4)`` of o with its heads' columns padded to ``hdp``; padding
+    would move o's int4 groups of 32 along K, so it then runs int8 (``int4`` False)."""
+    w = (_zero_view((ql.weight.shape[0], heads * hdp)) if shapes else
+         _pad_head_cols(ql.weight, heads, hd, hdp))
+    return w, None, None, (False if hdp != hd else None)
+
+
+def _as_is(shapes: bool) -> tuple:
+    """A linear packed from its own arrays."""
+    return None, None, None, None
 
 
 def _gamma_block(ly, geo: _Geometry, s) -> np.ndarray | None:
@@ -1099,21 +1135,13 @@ def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
 
 class _LayoutBuilder(ImageBuilder):
     """:class:`ImageBuilder`'s layout (same regions, addresses and padding) without the bytes:
-    ``append`` takes a byte count where the image builder takes the data."""
+    nothing is made or kept."""
 
-    def __init__(self, cfg: AccelConfig):
-        super().__init__(cfg)
-        self.size = len(self.buf)
+    def append_made(self, name: str, kind: str, nbytes: int, make, **meta) -> Region:
+        return self._place(name, kind, nbytes, **meta)
 
-    def append(self, name: str, kind: str, data, **meta) -> Region:
-        n = data if isinstance(data, int) else len(data)
-        r = Region(name, kind, self.size // self.sb, n, **meta)
-        self.size += -(-n // self.sb) * self.sb
-        self.regions.append(r)
-        return r
-
-    def reserve(self, name: str, kind: str, nbytes: int, **meta) -> Region:
-        return self.append(name, kind, int(nbytes), **meta)
+    def fill(self, region: Region, data: bytes) -> None:
+        pass
 
     def finish(self, sections=None, version: int = LLM_VERSION) -> tuple[bytes, MemoryMap]:
         return b"", MemoryMap(self.sb, self.cfg.chain_len, self.size, self.regions)
@@ -1182,10 +1210,6 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     n_instr = (program_instructions(qd, attention_instructions(geo.passes))
                + (2 + (qd.final_cap is not None)) * (parts - 1))
 
-    def payload(make, nbytes: int):
-        """The bytes of a region, or (shape-only) just their count."""
-        return nbytes if shape_only else make()
-
     ib = _LayoutBuilder(cfg) if shape_only else ImageBuilder(cfg)
     prog_regions = {"decode": ib.reserve("program:decode", "program", n_instr * INSTR_BYTES,
                                          rows=1)}
@@ -1193,10 +1217,10 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
         prog_regions[b] = ib.reserve(f"program:prefill{b}", "program", n_instr * INSTR_BYTES,
                                      rows=b)
     # weights: the gather table, the RoPE table, then the linears in program order
-    def emb_bytes() -> bytes:
+    def emb_table() -> np.ndarray:     # written as it is: no bytes copy of a 0.26 GB table
         emb = np.zeros((s.vocab, geo.ew * L), dtype=np.int8)
         emb[:, :s.hidden] = qd.embed
-        return emb.tobytes()
+        return emb
 
     def rope_bytes() -> bytes:
         cs = np.zeros((T + slack, geo.cs_words * L), dtype=np.uint8)
@@ -1204,23 +1228,22 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
         cs[:T, :2 * s.head_dim] = tab.view(np.uint8).reshape(T, 2 * s.head_dim)
         return cs.tobytes()
 
-    r_emb = ib.append("weights:embed", "weights", payload(emb_bytes, s.vocab * geo.ew * L),
-                      shape=[s.vocab, s.hidden],
-                      rows=s.vocab, words=geo.ew, features=s.hidden,
-                      layout=f"GATHER table: row id at super-beat id*{geo.ew * L // SB}, "
-                             "int8, zero padded")
-    r_rope = ib.append("weights:rope", "weights",
-                       payload(rope_bytes, (T + slack) * geo.cs_words * L),
-                       shape=[T, s.head_dim],
-                       rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
-                       layout=f"per position: {s.head_dim // 2} int16 cos then "
-                              f"{s.head_dim // 2} int16 sin (Q1.14, LE), zero padded; "
-                              f"{slack} zero slack rows")
+    r_emb = ib.append_made("weights:embed", "weights", s.vocab * geo.ew * L, emb_table,
+                           shape=[s.vocab, s.hidden],
+                           rows=s.vocab, words=geo.ew, features=s.hidden,
+                           layout=f"GATHER table: row id at super-beat id*{geo.ew * L // SB}, "
+                                  "int8, zero padded")
+    r_rope = ib.append_made("weights:rope", "weights", (T + slack) * geo.cs_words * L,
+                            rope_bytes, shape=[T, s.head_dim],
+                            rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
+                            layout=f"per position: {s.head_dim // 2} int16 cos then "
+                                   f"{s.head_dim // 2} int16 sin (Q1.14, LE), zero padded; "
+                                   f"{slack} zero slack rows")
     wregion, layers_report = {}, []
     for name, pk in packed.items():
         if isinstance(pk, _TPacked):
-            wregion[name] = ib.append(
-                f"weights:{name}", "weights", payload(lambda pk=pk: pk.data, pk.nbytes),
+            wregion[name] = ib.append_made(
+                f"weights:{name}", "weights", pk.nbytes, pk.make,
                 shape=list(pk.ql.weight.shape),
                 layout=f"TMATMUL block, G={pk.G} T={pk.T} Q={pk.Q}: {pk.n_out} parameter "
                        f"records, then {pk.index_records} index records of {pk.T * pk.Q} "
@@ -1234,8 +1257,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                                   "weight_bytes": pk.nbytes})
             continue
         p = pk.plan
-        wregion[name] = ib.append(
-            f"weights:{name}", "weights", payload(lambda pk=pk: pk.data, pk.nbytes),
+        wregion[name] = ib.append_made(
+            f"weights:{name}", "weights", pk.nbytes, pk.make,
             shape=list(pk.ql.weight.shape),
             layout=f"{p.fmt.label}: {p.n_tiles} tiles x {p.tile_mem_rows} rows of "
                    f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
@@ -1249,8 +1272,8 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     for i, ly in enumerate(qd.layers):
         blk = _gamma_block(ly, geo, s) if geo.gw else None
         if blk is not None:
-            gregion[i] = ib.append(
-                f"weights:L{i}.gamma", "weights", payload(blk.tobytes, blk.nbytes),
+            gregion[i] = ib.append_made(
+                f"weights:L{i}.gamma", "weights", blk.nbytes, blk.tobytes,
                 shape=[geo.gw * L],
                 words=geo.gw,
                 layout="int8 gamma codes of ABSQUANT and RMSNORM, slots (name, word, words) "
@@ -1275,28 +1298,25 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                           shape=[1, s.vocab], rows=1, words=geo.lw,
                           features=s.vocab, scale=float(qd.scales.get("logits", 0.0)),
                           layout="the run's last row, int8, zero padded")
-    image, mm = ib.finish(sections=[("program",), ("weights",), ("kv",), ("io",)],
-                          version=LLM_VERSION)
-    if mm.total_bytes // SB > (1 << cfg.addr_bits):
-        raise MappingError(f"memory image of {mm.total_bytes // SB} super-beats exceeds the "
+    if ib.size // SB > (1 << cfg.addr_bits):
+        raise MappingError(f"memory image of {ib.size // SB} super-beats exceeds the "
                            f"{cfg.addr_bits}-bit port address space ({1 << cfg.addr_bits})")
 
     ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
                 weights={k: r.addr for k, r in wregion.items()},
                 k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions),
                 gammas={i: r.addr for i, r in gregion.items()}, kv_rows=kv_rows)
-    image = bytearray(image)
     infos = {}
     for key, region in prog_regions.items():
         rows = 1 if key == "decode" else key
         prog = _emit(qd, cfg, geo, packed, plans[rows], ad)
         name = "decode" if key == "decode" else f"prefill{key}"
         code = encode_program(prog, f"the {name} program")
-        assert len(code) == region.nbytes
-        if not shape_only:
-            start = region.addr * SB
-            image[start:start + len(code)] = code
+        ib.fill(region, code)
         infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
+    # the weight blocks are packed now, one at a time, into the one image buffer
+    image, mm = ib.finish(sections=[("program",), ("weights",), ("kv",), ("io",)],
+                          version=LLM_VERSION)
 
     decode = infos.pop("decode")
     naive = naive_program_bytes(len(qd.layers), T, max_rows, instructions=n_instr)
@@ -1324,7 +1344,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                   max_rows=max_rows)
     kv = KvLayout(k_bases=[r.addr for r in k_regions], v_bases=[r.addr for r in v_regions],
                   regions=geo.regions, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
-    return LoweredDecoder(cfg, bytes(image), mm, decode, dict(sorted(infos.items())), io, kv,
+    return LoweredDecoder(cfg, image, mm, decode, dict(sorted(infos.items())), io, kv,
                           T, reports, shape_only=shape_only)
 
 

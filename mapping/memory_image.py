@@ -28,6 +28,7 @@ The host API, the simulator and the compiler all use this module, so the layout 
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from dataclasses import asdict, dataclass, field
@@ -97,23 +98,49 @@ def _pad(nbytes: int, beat: int) -> int:
 
 
 class ImageBuilder:
-    """Appends sections in layout order and returns the image and its map."""
+    """Appends sections in layout order and returns the image and its map.
+
+    A region's bytes are given when it is appended, or made when the image is written
+    (:meth:`append_made`: a weight block packed only then), or written into a reserved region
+    later (:meth:`fill`: programs, which need every region's address). :meth:`finish` writes
+    each region into the one image buffer and drops its bytes, so that the image is held once
+    (a 1.24 B-parameter decoder's is 1.5 GB), not also as its parts or a copy.
+    """
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         self.sb = cfg.beat_bytes
-        self.buf = bytearray(_pad(HEADER_BYTES, self.sb))
+        self.size = _pad(HEADER_BYTES, self.sb)      # bytes laid out so far
         self.regions = [Region("header", "header", 0, HEADER_BYTES)]
+        self._data: dict = {}       # id(region) -> its bytes, or a callable making them
 
     def append(self, name: str, kind: str, data: bytes, **meta) -> Region:
-        addr = len(self.buf) // self.sb
-        self.buf += data + bytes(_pad(len(data), self.sb) - len(data))
-        r = Region(name, kind, addr, len(data), **meta)
-        self.regions.append(r)
+        r = self._place(name, kind, len(data), **meta)
+        self._data[id(r)] = data
+        return r
+
+    def append_made(self, name: str, kind: str, nbytes: int, make, **meta) -> Region:
+        """A region of ``nbytes`` whose bytes ``make()`` returns when the image is written
+        (``bytes`` or a C-contiguous buffer such as a numpy array)."""
+        r = self._place(name, kind, nbytes, **meta)
+        self._data[id(r)] = make
         return r
 
     def reserve(self, name: str, kind: str, nbytes: int, **meta) -> Region:
-        return self.append(name, kind, bytes(nbytes), **meta)
+        """A region of ``nbytes`` zero bytes (or the bytes :meth:`fill` gives it)."""
+        return self._place(name, kind, nbytes, **meta)
+
+    def fill(self, region: Region, data: bytes) -> None:
+        """The bytes of a reserved region (as many as it has)."""
+        if len(data) != region.nbytes:
+            raise ValueError(f"region {region.name} holds {region.nbytes} B, not {len(data)}")
+        self._data[id(region)] = data
+
+    def _place(self, name: str, kind: str, nbytes: int, **meta) -> Region:
+        r = Region(name, kind, self.size // self.sb, nbytes, **meta)
+        self.size += _pad(nbytes, self.sb)
+        self.regions.append(r)
+        return r
 
     def finish(self, sections=None, version: int = VERSION) -> tuple[bytes, MemoryMap]:
         """Write the header and return ``(image, memory map)``.
@@ -139,12 +166,26 @@ class ImageBuilder:
         sections = [span(tuple(kinds)) for kinds in sections]
         header = MAGIC + struct.pack("<II", version, self.sb)
         header += b"".join(struct.pack("<II", a, n) for a, n in sections)
-        self.buf[: len(header)] = header
-        mm = MemoryMap(self.sb, self.cfg.chain_len, len(self.buf), self.regions)
-        # The builder is done: drop its buffer once copied, not when the caller drops the
-        # builder (a 1.24 B-parameter decoder's image is 1.5 GB; the lowering holds the
-        # builder until it returns, with two more copies of the image by then).
-        image, self.buf = bytes(self.buf), bytearray()
+        mm = MemoryMap(self.sb, self.cfg.chain_len, self.size, self.regions)
+        # The image is written in place: io.BytesIO takes the zero bytes object (untouched
+        # pages: no memory until written) as its buffer and getvalue() returns that buffer,
+        # not a copy, when nothing else holds it.
+        out = io.BytesIO(bytes(self.size))
+        out.write(header)
+        data, self._data = self._data, {}
+        for r in self.regions[1:]:
+            part = data.pop(id(r), None)
+            if part is None:
+                continue            # reserved: zeros
+            if callable(part):
+                part = part()       # bytes, or any C-contiguous buffer (an int8 table)
+            nbytes = memoryview(part).nbytes
+            if nbytes != r.nbytes:
+                raise ValueError(f"region {r.name}: {nbytes} B made, {r.nbytes} B laid out")
+            out.seek(r.addr * self.sb)
+            out.write(part)
+            del part
+        image = out.getvalue()
         return image, mm
 
 
