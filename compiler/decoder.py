@@ -20,13 +20,15 @@ programs. Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hwflow.golden.llm import default_inv_freq
 
-__all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder"]
+__all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder",
+           "LazyLayers"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,28 @@ class FloatLayer:
     #: residual add; it cannot be folded (the norm follows the linear).
     post_attn_gamma: np.ndarray | None = None
     post_mlp_gamma: np.ndarray | None = None
+
+
+class LazyLayers(Sequence):
+    """A float decoder's ``layers`` made one at a time when indexed (:meth:`layer`), so that
+    a pass over them holds one: the blocks of a Hugging Face folder as they are recognised,
+    or the layers of a saved float decoder as they are read."""
+
+    n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"layer {i} of {self.n}")
+        return self.layer(i % self.n)
+
+    def layer(self, i: int) -> FloatLayer:
+        """Layer ``i`` (``0 <= i < len(self)``)."""
+        raise NotImplementedError
 
 
 @dataclass

@@ -74,13 +74,12 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .decoder import DecoderShape, FloatDecoder, FloatLayer
+from .decoder import DecoderShape, FloatDecoder, FloatLayer, LazyLayers
 from .errors import FrontendError, UnsupportedOpError
 from .export_archive import load_exported_program, machine_memory_bytes
 from .frontend import check_finite, detect_format, program_tensors
@@ -317,7 +316,7 @@ _PER_LAYER = ("layer_types", "mlp_layer_types")
 _BLOCK_VOCAB = 256
 
 
-class _FolderBlocks(Sequence):
+class _FolderBlocks(LazyLayers):
     """The blocks of a Hugging Face folder, each recognised when it is indexed.
 
     Block ``i`` is recognised on a model of its own: the folder's config with one layer (and
@@ -344,15 +343,7 @@ class _FolderBlocks(Sequence):
         self._stem = _layer_stem(shell)
         self._vocab_names = _vocab_tensors(shell)
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not -self.n <= i < self.n:
-            raise IndexError(f"block {i} of {self.n}")
-        i %= self.n
+    def layer(self, i: int):
         if i == 0 and self._first is not None:     # recognised by first(): handed out once
             layer, self._first = self._first, None
             return layer

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -184,21 +183,14 @@ def open_saved_decoder(path: Path):
     return dataclasses.replace(fd, layers=_SavedLayers(npz, meta))
 
 
-class _SavedLayers(Sequence):
+class _SavedLayers(dec.LazyLayers):
     """The layers of a saved float decoder, layer ``i`` read from the archive when indexed."""
 
     def __init__(self, npz: Path, meta: dict):
         self.npz, self.meta, self.n = npz, meta, int(meta["layers"]["list"])
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not -self.n <= i < self.n:
-            raise IndexError(f"layer {i} of {self.n}")
-        prefix = f"layers.{i % self.n}."
+    def layer(self, i: int):
+        prefix = f"layers.{i}."
         with np.load(self.npz, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k.startswith(prefix)}
         return _build(dec.FloatLayer, prefix, arrays, self.meta)
