@@ -107,6 +107,20 @@ class Board:
         """Memory the image may use, in bytes (``memory.capacity_gb`` x 10^9)."""
         return int(round(float(self.memory["capacity_gb"]) * 1e9))   # 0.000131 -> 131000
 
+    @property
+    def max_mem_ports(self) -> int:
+        """The most memory ports an engine may open (``memory.ports``, default
+        ``memory.channels``): the HBM pseudo-channels' AXI ports, or the Zynq PS's S_AXI_HP
+        ports, several of which reach one DDR controller."""
+        return int(self.memory.get("ports") or self.memory["channels"])
+
+    def port_capacity_bytes(self, ports: int) -> int:
+        """Bytes of the image one of ``ports`` ports may hold: its stripe lives in the channel
+        it is wired to, and ports beyond the channels share them evenly (architecture.md,
+        "External memory")."""
+        channels = int(self.memory["channels"])
+        return int(self.capacity_bytes / channels / -(-max(1, ports) // channels))
+
 
 # ------------------------------------------------------------------------------ the schema
 
@@ -222,8 +236,12 @@ SCHEMA: tuple[BoardField, ...] = (
            "memory technology; bram: the image lives in block RAM (open flows)",
            _one_of(MEMORY_TYPES)),
     _field("memory.channels", "int", "channels", "a positive integer",
-           "independent channels (HBM pseudo-channels, DDR controllers): most memory ports",
-           _positive),
+           "independent channels (HBM pseudo-channels, DDR controllers), each holding its "
+           "ports' stripes of the image", _positive),
+    _field("memory.ports", "int", "ports", "a positive multiple of memory.channels",
+           "memory ports the fabric can open (Zynq S_AXI_HP ports sharing one DDR "
+           "controller): the most engine.mem_ports", _positive, required=False,
+           default="default: memory.channels"),
     _field("memory.port_bytes", "int", "B",
            f"a power of two from 1 to {MAX_PORT_BYTES}",
            "data bytes per beat of one memory port (an AXI4 data bus: 8 to 1024 bits)",
@@ -327,10 +345,14 @@ def _bram_kbits_matches_flow(d, _):
     return None
 
 
-def _mem_ports_within_channels(d, _):
-    ports, ch = (d.get("engine") or {}).get("mem_ports"), d["memory"]["channels"]
-    if ports is not None and ports > ch:
-        return f"engine.mem_ports must be at most memory.channels ({ch}), got {ports}"
+def _mem_ports_within_ports(d, _):
+    ch = d["memory"]["channels"]
+    most = d["memory"].get("ports") or ch
+    if most % ch:
+        return f"memory.ports must be a multiple of memory.channels ({ch}), got {most}"
+    ports = (d.get("engine") or {}).get("mem_ports")
+    if ports is not None and ports > most:
+        return f"engine.mem_ports must be at most memory.ports ({most}), got {ports}"
     return None
 
 
@@ -345,7 +367,8 @@ CROSS_RULES: tuple[CrossRule, ...] = (
     CrossRule("`memory.type` is `bram` exactly for the open flows (the image is in block RAM).",
               _memory_type_matches_flow),
     CrossRule("`bram_kbits`, when given, is the flow's block RAM size.", _bram_kbits_matches_flow),
-    CrossRule("`engine.mem_ports` is at most `memory.channels`.", _mem_ports_within_channels),
+    CrossRule("`memory.ports` is a multiple of `memory.channels`; `engine.mem_ports` is at most "
+              "`memory.ports`.", _mem_ports_within_ports),
 )
 #: Engine rules between fields (super-beat a multiple of chain_len, chain groups, ...) are
 #: hardware rules: ``hw.config.AccelConfig`` checks them when the flow sizes the engine.

@@ -219,7 +219,7 @@ def _cmd_boards(args) -> int:
         r, m = b.resources, b.memory
         rows.append((b.name, b.part, f"{r['lut']:,}", f"{r['dsp']:,}", f"{r['bram']:,}",
                      f"{r['uram']:,}",
-                     f"{m['type']} {m['channels']}x{m['port_bytes'] * 8}b "
+                     f"{m['type']} {b.max_mem_ports}x{m['port_bytes'] * 8}b "
                      f"{m['bandwidth_gbps']} GB/s",
                      f"{b.clock_mhz:g} MHz"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

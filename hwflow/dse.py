@@ -182,7 +182,7 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     """The :func:`~hwflow.mapping.engine.choose_config` overrides of a point.
 
     Engine sizes come from the point; ``mem_ports``, if the point does not set it, follows
-    the engine's width (one weight row per cycle, capped by the board's channels: the
+    the engine's width (one weight row per cycle, capped by the board's ports: the
     board's own ``mem_ports`` is sized for its default engine). The optional units follow
     the precision: MLPs build the sparse selectors unless ``sparsity`` is dense, the int4
     dequantizer for int4/mixed weights, the TLMM for ternary weights, and no transformer
@@ -195,7 +195,7 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
         chains = eng.get("chains", board.engine.get("chains", 8))
         chain_len = eng.get("chain_len", board.engine.get("chain_len", 16))
         want = max(1, chains * chain_len // int(board.memory["port_bytes"]))
-        eng["mem_ports"] = min(want, int(board.memory["channels"]))
+        eng["mem_ports"] = min(want, board.max_mem_ports)
     weights = params.get("weights")
     if kind == MLP:
         weights = weights or "int8"

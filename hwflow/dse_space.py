@@ -49,7 +49,7 @@ class Parameter:
 
 #: Engine sizes (AccelConfig fields), precisions, sparsity, clock. ``mem_ports``, when a
 #: space does not name it, follows the engine's width: one weight row per cycle
-#: (``chains * chain_len / port_bytes``), capped by the board's memory channels.
+#: (``chains * chain_len / port_bytes``), capped by the board's ``memory.ports``.
 PARAMETERS = {
     "chains": Parameter("int", doc="P, DSP chains of the matrix engine"),
     "chain_len": Parameter("int", doc="L, DSP48E2 slices per chain (activation word bytes)"),

@@ -421,18 +421,19 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
                 int4: bool = False, widen: bool = True) -> tuple:
     """``(cfg, why)``: the memory ports and the engine behind them for a decoder's image.
 
-    Decode is bound by the memory, and its bandwidth comes with the channels: every port is
-    wired to its own channel (which holds the port's stripe of the image), so the engine gets
-    every channel the board has when that engine fits the board, else the most that fit
-    (halving), and never fewer than the image needs channel by channel (an engine that does
+    Decode is bound by the memory, and its bandwidth comes with the ports: every port is
+    wired to a channel (which holds the port's stripe of the image), so the engine gets
+    every port the board has (``memory.ports``) when that engine fits the board, else the most
+    that fit (halving), and never fewer than the image needs port by port (an engine that does
     not fit then is reported as such). Chains and attention lanes follow (:func:`_widen`);
     int4 weights get twice the super-beat of chains where the ports stay, if that fits.
     Without ``widen`` (a sweep point's engine, kept as the point chose it) only what the image
     needs is raised."""
-    channels = int(board.memory["channels"])
-    per_channel = board.capacity_bytes / channels
-    need = -(-image_bytes // int(per_channel))       # ports whose channels hold the image
-    cands, p = [], channels
+    most = board.max_mem_ports
+    need = next((p for p in range(1, most + 1)                # ports that hold the image
+                 if image_bytes <= p * board.port_capacity_bytes(p)), most)
+    per_channel = board.port_capacity_bytes(cfg.mem_ports)
+    cands, p = [], most
     while p > cfg.mem_ports:
         cands.append(p)
         p //= 2
@@ -451,9 +452,9 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
         else:
             per_port = image_bytes / 1e6 / cfg.mem_ports
             reason = (f"the {image_bytes / 1e9:.2f} GB image is {per_port:,.0f} MB per port, "
-                      f"a channel holds {per_channel / 1e6:,.0f} MB"
+                      f"a port's share of its channel holds {per_channel / 1e6:,.0f} MB"
                       if need > cfg.mem_ports else
-                      f"decode is memory-bound: {ports} channels bring "
+                      f"decode is memory-bound: {ports} ports bring "
                       f"{ports // cfg.mem_ports}x the bandwidth and the engine for them fits "
                       "the board")
             why = (f"mem_ports {cfg.mem_ports}: {reason}; raised to {ports} ports "
@@ -631,13 +632,13 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     by_kind: dict = {}
     for r in lw.memory_map.regions:
         by_kind[r.kind] = by_kind.get(r.kind, 0) + r.nbytes
-    # every port is wired to its own channel, which holds its stripe of the image
-    # (architecture.md, "External memory"): the image fits per channel, not just in total
-    channel_cap = cap / int(board.memory["channels"])
+    # every port is wired to a channel, which holds its stripe of the image (architecture.md,
+    # "External memory"): the image fits port by port, not just in total
+    channel_cap = board.port_capacity_bytes(cfg.mem_ports)
     per_port = image / cfg.mem_ports
     memory = {"image_bytes": image, "by_kind": by_kind, "capacity_bytes": int(cap),
               "channels": int(board.memory["channels"]), "ports": cfg.mem_ports,
-              "bytes_per_port": int(per_port), "channel_capacity_bytes": int(channel_cap),
+              "bytes_per_port": int(per_port), "port_capacity_bytes": int(channel_cap),
               "fits": bool(cap and image <= cap and per_port <= channel_cap)}
     if not memory["fits"]:
         fits = False
@@ -645,7 +646,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
             f"memory image {image / 1e9:.2f} GB > the board's {cap / 1e9:.1f} GB"
             if image > cap else
             f"memory image {image / 1e9:.2f} GB over {cfg.mem_ports} ports = "
-            f"{per_port / 1e9:.2f} GB per port > {channel_cap / 1e9:.3f} GB per channel")
+            f"{per_port / 1e9:.2f} GB per port > {channel_cap / 1e9:.3f} GB a port's share of "
+            "its channel")
     out = {"decode": decode, "prefill": prefill, "bandwidth": bandwidth,
            "resources": resources, "resource_fit": res_extra, "memory": memory,
            "fits": fits, "clock_mhz": clock,
@@ -684,7 +686,7 @@ def format_prediction(p: dict) -> list[str]:
                      f"DSP {t['dsp']}")
     m = p["memory"]
     per_port = (f", {m['bytes_per_port'] / 1e9:.3f} GB per port of {m['ports']} "
-                f"(channel {m['channel_capacity_bytes'] / 1e9:.3f} GB)"
+                f"(a port's share of its channel {m['port_capacity_bytes'] / 1e9:.3f} GB)"
                 if "bytes_per_port" in m else "")
     lines.append("resources: " + ", ".join(parts) + f"; memory image "
                  f"{m['image_bytes'] / 1e9:.2f} GB of {m['capacity_bytes'] / 1e9:.1f} GB"

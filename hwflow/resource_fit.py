@@ -95,7 +95,7 @@ POINTS = [
     _p("p4l8-dense", "fit", 4, 8, 1, 32, 1024, 256, sparse=False, int4=False),
     _p("p2l16", "fit", 2, 16, 1, 32, 2048, 256),
     _p("p8l8", "fit", 8, 8, 2, 32, 1024, 256),
-    _p("p8l16", "fit", 8, 16, 1, 16, 2048, 256),           # the KV260 default's core
+    _p("p8l16", "fit", 8, 16, 1, 16, 2048, 256),           # the KV260 core on one HP port
     _p("p16l16", "fit", 16, 16, 8, 32, 4096, 1024),        # the U280 default's core
     _p("p2l4-tf", "fit", 2, 4, 1, 8, 512, 256, tf=True),
     _p("p2l8-tf", "fit", 2, 8, 1, 16, 512, 256, tf=True),
@@ -106,6 +106,7 @@ POINTS = [
     _p("p6l16", "holdout", 6, 16, 1, 32, 2048, 256),
     _p("p8l12", "holdout", 8, 12, 3, 32, 1024, 256),
     _p("p4l4-tf", "holdout", 4, 4, 1, 16, 1024, 256, tf=True),
+    _p("p8l16x4", "holdout", 8, 16, 4, 16, 2048, 256),     # the KV260 default core (4 ports)
 ]
 
 

@@ -116,7 +116,7 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     """The board's default engine (``engine:`` in its YAML) with optional overrides.
 
     The number of memory ports defaults to what one weight row per cycle needs
-    (``chains * chain_len / port_bytes``), capped by the board's channels. ``sparse`` and
+    (``chains * chain_len / port_bytes``), capped by the board's ``memory.ports``. ``sparse`` and
     ``int4`` (build the sparse selectors and index ring / the int4 dequantizer) and
     ``transformer`` (the vector and attention units, GATHER, POS) default to true, except on
     boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's 5280 cells hold only
@@ -133,10 +133,10 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     port_bytes = int(board.memory["port_bytes"])
     small = board.resources["lut"] < SMALL_FPGA_LUTS
     want_ports = max(1, chains * chain_len // port_bytes)
-    ports = eng.get("mem_ports", min(want_ports, int(board.memory["channels"])))
-    if ports > board.memory["channels"]:
+    ports = eng.get("mem_ports", min(want_ports, board.max_mem_ports))
+    if ports > board.max_mem_ports:
         raise MappingError(f"board {board.name}: {ports} memory ports requested, it has "
-                           f"{board.memory['channels']} channels")
+                           f"{board.max_mem_ports} (memory.ports)")
     try:
         return AccelConfig(chains=chains, chain_len=chain_len, mem_ports=ports,
                            port_bytes=port_bytes, act_depth=eng.get("act_depth", 2048),
@@ -620,7 +620,7 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         eng = dict(board.engine)
         pb = int(board.memory["port_bytes"])
         want = max(1, eng.get("chains", 8) * eng.get("chain_len", 16) // pb)
-        SB = pb * eng.get("mem_ports", min(want, int(board.memory["channels"])))
+        SB = pb * eng.get("mem_ports", min(want, board.max_mem_ports))
     kb = getattr(board, "bram_kbits", 36)
     lut_budget = lut_share * board.resources["lut"]
     bram_budget = bram_share * board.resources["bram"]

@@ -30,6 +30,18 @@ def test_bundled_boards_have_real_figures():
     assert {"u280", "kv260"} <= {b.name for b in list_boards()}
 
 
+def test_memory_ports_share_the_channels_they_are_wired_to():
+    # the U280: a port per HBM pseudo-channel, each holding a 32nd of the HBM
+    u280 = load_board("u280")
+    assert u280.max_mem_ports == 32
+    assert u280.port_capacity_bytes(8) == u280.port_capacity_bytes(32) == 8_590_000_000 // 32
+    # the KV260: four S_AXI_HP ports on one DDR4 controller, each holding a quarter of it
+    kv260 = load_board("kv260")
+    assert kv260.max_mem_ports == 4 and kv260.memory["channels"] == 1
+    assert kv260.port_capacity_bytes(1) == 4_000_000_000
+    assert kv260.port_capacity_bytes(4) == 1_000_000_000
+
+
 def test_unknown_board_names_the_known_ones():
     with pytest.raises(BoardError, match="unknown board 'nope'.*u280"):
         load_board("nope")
@@ -194,9 +206,15 @@ BROKEN = {
     "tlmm-g": ("u280", _set("engine.tlmm_g", 5), ["engine.tlmm_g must be one of 2, 3, 4",
                                                     "got 5"]),
     "act-depth-zero": ("u280", _set("engine.act_depth", 0), ["engine.act_depth", "got 0"]),
-    "mem-ports-over-channels": ("u280", _set("engine.mem_ports", 64),
-                                ["engine.mem_ports must be at most memory.channels (32)",
-                                 "got 64"]),
+    "mem-ports-over-ports": ("u280", _set("engine.mem_ports", 64),
+                             ["engine.mem_ports must be at most memory.ports (32)", "got 64"]),
+    "kv260-mem-ports-over-hp-ports": ("kv260", _set("engine.mem_ports", 8),
+                                      ["engine.mem_ports must be at most memory.ports (4)",
+                                       "got 8"]),
+    "ports-not-channel-multiple": ("u280", _set("memory.ports", 48),
+                                   ["memory.ports must be a multiple of memory.channels (32)",
+                                    "got 48"]),
+    "ports-zero": ("kv260", _set("memory.ports", 0), ["memory.ports", "got 0"]),
     "engine-list": ("u280", _set("engine", ["chains"]), ["engine must be a mapping"]),
     "engine-flag-int": ("u280", _set("engine.tlmm", 1), ["engine.tlmm must be true or false",
                                                           "got 1"]),

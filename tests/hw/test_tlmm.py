@@ -5,7 +5,6 @@ the read data."""
 from __future__ import annotations
 
 import random
-import struct
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,11 +14,10 @@ from amaranth.sim import Simulator
 
 from hwflow.golden import int8, ternary
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import Instr, Opcode
+from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
 from hwflow.hw.tlmm import (
     ACC_BITS,
     GROUP_BITS,
-    OPCODE_TMATMUL,
     TLMM_BURST,
     TernaryLookupMatmul,
     table_entries,
@@ -36,6 +34,8 @@ CFG4 = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=2
 # L = 8 with a 96 B super-beat: 12 parameter records per beat and KR = 768 // RB records per
 # beat, neither a power of two (sequential dividers).
 CFG8 = AccelConfig(chains=12, chain_len=8, mem_ports=3, port_bytes=32, act_depth=256)
+# the KV260's super-beat: four 16 B HP ports (T = 12, Q = 8: a 480-bit record per 512-bit beat)
+CFGKV = AccelConfig(chains=4, chain_len=16, mem_ports=4, port_bytes=16, act_depth=256)
 ACC_DEPTH = 40
 
 
@@ -139,11 +139,10 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
     image += block + rng.integers(0, 256, size=4 * SB, dtype=np.uint8).tobytes()
 
     kg = -(-K // G)
-    flags = (1 if c.relu else 0) | (2 if c.residual else 0)
-    w = [OPCODE_TMATMUL | (flags << 8) | (shift << 16), wgt, x_addr | (out_addr << 16),
-         res_addr | (rows << 16), kg | (N << 16), x_words | (words << 16),
-         res_mult | (m_addr << 16), 0]
-    ins = int.from_bytes(struct.pack("<8I", *w), "little")
+    flags = (FLAG_RELU if c.relu else 0) | (FLAG_RESIDUAL if c.residual else 0)
+    ins = int.from_bytes(Instr(Opcode.TMATMUL, flags, shift, ext=wgt, a=x_addr, out=out_addr,
+                               b=res_addr, rows=rows, k_groups=kg, n_out=N, x_words=x_words,
+                               words=words, mult_b=res_mult, m_addr=m_addr).encode(), "little")
     expect = dict(words_init)
     for b in range(rows):
         row = np.zeros(words * L, np.int8)
@@ -233,7 +232,8 @@ CASES = [
 
 CONFIGS = [
     (CFG4, 2, 1, 1), (CFG4, 3, 2, 4), (CFG4, 4, 4, 2), (CFG4, 3, 3, 5), (CFG4, 4, 4, 5),
-    (CFG4, 3, 8, 8),    # the KV260's engine: 320-bit records of 3 beats
+    (CFG4, 3, 8, 8),    # 320-bit records of 3 beats
+    (CFGKV, 3, 12, 8),  # the KV260's engine: a 480-bit record per 512-bit super-beat
     (CFG8, 2, 3, 5), (CFG8, 3, 4, 2), (CFG8, 4, 2, 4), (CFG8, 3, 1, 1),
 ]
 
@@ -251,6 +251,7 @@ THROUGHPUT = [
     (CFG4, 4, 4, 5),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
     (CFG8, 3, 4, 2),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
     (CFG4, 2, 1, 1),     # 4-bit records, KR = 32
+    (CFGKV, 3, 12, 8),   # the KV260's engine: 480-bit records, KR = 1
 ]
 
 

@@ -258,7 +258,7 @@ def test_a_too_small_engine_is_sized_or_refused():
     # every one of the 32 channels is used, and the addresses reach the whole image
     assert p["config"]["mem_ports"] == 32 and any("raised to 32 ports" in n for n in p["notes"])
     assert p["memory"]["fits"] and p["memory"]["bytes_per_port"] <= p["memory"][
-        "channel_capacity_bytes"]
+        "port_capacity_bytes"]
     assert 2 ** p["config"]["addr_bits"] * 32 * 32 >= p["memory"]["image_bytes"]
     with pytest.raises(HwflowError, match="act_depth >= 4928"):
         predict_decoder(shape, cfg, brd, max_context=256, adjust=False)
