@@ -13,11 +13,13 @@ import math
 from dataclasses import dataclass
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
 from .config import AccelConfig
+from .isa import Opcode
+from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
 
 __all__ = ["AttentionUnit", "ATTN_BLOCK", "EXP2_ROM", "SOFTCAP_ROM"]
@@ -141,11 +143,9 @@ class AttentionUnit(wiring.Component):
     Attributes
     ----------
     ins : in, 256 bits
-        The instruction (w0 in the low bits), stable from ``start`` until ``busy`` falls.
-        w1 K base, w4 V base (super-beats); w2 q[15:0], out[31:16] (act words);
-        w3 q_words[15:0], rows[31:16]; w5 lanes[7:0], grp[15:8], hd_words[23:16],
-        pos_sb[31:24]; w6 smul[15:0], omul[31:16]; w7 sshift[5:0], slots[15:8],
-        window[31:16]; w0[21:16] oshift, w0[31:22] cap.
+        The ATTN instruction, stable from ``start`` until ``busy`` falls, read through
+        :data:`.isa_layout.LAYOUTS` (fields: :data:`.isa.LAYOUT`): K base ``ext`` and V base
+        ``v_ext`` (super-beats), q ``a`` and ``out`` (act words), oshift ``shift``.
     start : in, pulse
     busy : out, high from the cycle after ``start`` until the last output word was written
     pos : in, POS (sampled at ``start``)
@@ -179,16 +179,16 @@ class AttentionUnit(wiring.Component):
         H = cfg.attn_heads
 
         # --- instruction fields ----------------------------------------------------------------
-        w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
-        oshift, cap = w[0][16:22], w[0][22:32]
-        k_base, v_base = w[1][:ab], w[4][:ab]
-        q_addr, out_addr = w[2][:16], w[2][16:32]
-        q_words, rows = w[3][:16], w[3][16:32]
-        lanes, grp, hd_words, pos_sb = w[5][0:8], w[5][8:16], w[5][16:24], w[5][24:32]
+        ins = data.View(LAYOUTS[Opcode.ATTN], self.ins)
+        oshift, cap = ins.shift, ins.cap
+        k_base, v_base = ins.ext[:ab], ins.v_ext[:ab]
+        q_addr, out_addr = ins.a, ins.out
+        q_words, rows = ins.q_words, ins.rows
+        grp, hd_words, pos_sb = ins.grp, ins.hd_words, ins.pos_sb
         # more lanes than the unit has are not computed (the ISA model refuses the field)
-        lanes = Mux(lanes > H, H, lanes)
-        smul, omul = w[6][:16], w[6][16:32]
-        sshift, slots, window = w[7][:6], w[7][8:16], w[7][16:32]
+        lanes = Mux(ins.lanes > H, H, ins.lanes)
+        smul, omul = ins.smul, ins.omul
+        sshift, slots, window = ins.sshift, ins.slots, ins.window
 
         def keys_of(n):
             """Keys a row with ``n`` keys up to its position attends: the last ``window``."""

@@ -10,7 +10,7 @@ ever share a port in the same instruction).
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
@@ -18,6 +18,7 @@ from .attention import AttentionUnit
 from .buffers import ActivationBuffer, WeightRing
 from .config import AccelConfig
 from .gearbox import Gearbox
+from .isa_layout import HEADER_LAYOUT, INSTR_BITS, LAYOUTS
 from .matrix_engine import MatrixEngine
 from .mem_port import read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
@@ -29,8 +30,6 @@ __all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
 
 # LOAD read bursts; the buffer takes SB/L cycles per super-beat, so 16 beats in flight are plenty.
 LOAD_BURST_BEATS = 16
-
-_INSTR_BITS = 8 * isa.INSTR_BYTES
 
 #: Opcodes the :class:`~.sfu.VectorUnit` executes (the controller hands it the buffer ports).
 VECTOR_OPCODES = (isa.Opcode.RMSNORM, isa.Opcode.ROPE, isa.Opcode.SILUMUL, isa.Opcode.ABSQUANT)
@@ -170,20 +169,20 @@ class Controller(wiring.Component):
             m.submodules.tlmm = tlmm = self.tlmm
 
         # --- decoded instruction --------------------------------------------------------------
-        ins = Signal(_INSTR_BITS)
-        w = [ins[32 * k:32 * k + 32] for k in range(8)]
-        opcode = w[0][0:8]
-        flags = w[0][8:16]
-        shift = w[0][16:22]
-        f_ext = w[1]
-        f_a, f_out = w[2][0:16], w[2][16:32]
-        f_b, f_rows = w[3][0:16], w[3][16:32]
-        f_kw, f_nt = w[4][0:16], w[4][16:32]
-        f_n, f_words = w[5][0:16], w[5][16:32]
-        f_mult_b, f_mult_a = w[6][0:16], w[6][16:32]
-        f_tmr, f_lgm, f_lgr = w[7][0:16], w[7][16:19], w[7][19:21]
-        f_int4 = flags[2]
-        f_pos = flags[3]                # LOAD/STORE: ext + POS * pos_stride (w4[15:0])
+        ins = Signal(INSTR_BITS)
+        hdr = data.View(HEADER_LAYOUT, ins)
+        opcode, flags = hdr.op, hdr.flags
+        # MATMUL's fields (f_*); the states that serve several opcodes (DECODE, LOAD, STORE,
+        # POS_ADDR) read the other opcodes' fields at the same positions through them: ext and a
+        # (LOAD, STORE, GATHER, KVSTORE), b (LOAD/STORE's and GATHER's n), rows (KVSTORE)
+        mm = data.View(LAYOUTS[isa.Opcode.MATMUL], ins)
+        ld = data.View(LAYOUTS[isa.Opcode.LOAD], ins)    # STORE, KVSTORE: pos_stride is LOAD's
+        ga = data.View(LAYOUTS[isa.Opcode.GATHER], ins)
+        kvs = data.View(LAYOUTS[isa.Opcode.KVSTORE], ins)
+        f_ext, f_a, f_out, f_b, f_rows = mm.ext, mm.a, mm.out, mm.b, mm.rows
+        f_kw, f_nt, f_tmr, f_lgm, f_lgr = mm.k_words, mm.n_tiles, mm.tile_mem_rows, mm.lgm, mm.lgr
+        f_int4 = flags.int4
+        f_pos = flags.pos               # LOAD/STORE/KVSTORE: ext + POS * pos_stride
         tile_entries = Signal(17)       # ring entries of a tile: R parameter rows + k_words
         total_rows = Signal(32)         # memory rows of the weight block
         m.d.comb += tile_entries.eq(f_kw + R)
@@ -195,7 +194,6 @@ class Controller(wiring.Component):
         # multiplier: (d, k) walk the data words, (beat, word in beat) the block, and the
         # instruction ends when every issued word was written.
         is_kv = opcode == isa.Opcode.KVSTORE
-        f_slots, f_hdw = w[5][0:8], w[5][8:16]
         kv_row = Signal(16)             # act word of row b's first head
         kv_koff = Signal(16)            # k * hd_words
         kv_d = Signal(8)
@@ -204,7 +202,7 @@ class Controller(wiring.Component):
         kv_wb = Signal(range(max(wpb, 2)))  # word of the super-beat
         kv_rows_left = Signal(16)
         kv_issued = Signal(33)          # words issued (data and padding)
-        kv_pad = kv_d >= f_hdw          # every (d, k) of the block taken: padding words
+        kv_pad = kv_d >= kvs.hd_words  # every (d, k) of the block taken: padding words
         kv = {"row": kv_row, "koff": kv_koff, "d": kv_d, "k": kv_k, "beat": kv_beat,
               "wb": kv_wb, "rows_left": kv_rows_left, "issued": kv_issued, "pad": kv_pad}
         # legal modes: a 64-entry table indexed by (lgr, lgm, int4). Refused too, as they would
@@ -240,10 +238,10 @@ class Controller(wiring.Component):
             kseq.tile_entries.eq(tile_entries),
             oseq.rows.eq(f_rows), oseq.n_tiles.eq(f_nt), oseq.tile_entries.eq(tile_entries),
             oseq.lgr.eq(f_lgr),
-            oseq.n.eq(f_n), oseq.words.eq(f_words),
+            oseq.n.eq(mm.n), oseq.words.eq(mm.words),
             oseq.a_base.eq(f_a), oseq.b_base.eq(f_b), oseq.out_base.eq(f_out),
-            oseq.mult_a.eq(f_mult_a), oseq.mult_b.eq(f_mult_b),
-            oseq.shift.eq(shift), oseq.relu.eq(flags[0]), oseq.residual.eq(flags[1]),
+            oseq.mult_a.eq(mm.mult_a), oseq.mult_b.eq(mm.mult_b),
+            oseq.shift.eq(mm.shift), oseq.relu.eq(flags.relu), oseq.residual.eq(flags.residual),
             oseq.a_data.eq(act.a_data), oseq.b_data.eq(act.b_data),
             act.b_addr.eq(oseq.b_addr), act.b_en.eq(oseq.b_en),
         ]
@@ -411,7 +409,7 @@ class Controller(wiring.Component):
         if tf:
             ab = cfg.addr_bits
             m.d.sync += prod.eq(Mux(is_gather, id_reg[:ab], self.pos[:ab])
-                                * Mux(is_gather, f_n, f_kw))
+                                * Mux(is_gather, ga.stride, ld.pos_stride))
 
         with m.FSM():
             with m.State("IDLE"):
@@ -431,7 +429,7 @@ class Controller(wiring.Component):
                     # the last fetched super-beat holds the next instructions of a straight-line
                     # program (8 per beat at SB = 256): no ~35-cycle memory round trip for them
                     with m.If(ibuf_valid & (ibuf_beat == pc_beat)):
-                        m.d.sync += [ins.eq(ibuf.word_select(pc_slot, _INSTR_BITS)),
+                        m.d.sync += [ins.eq(ibuf.word_select(pc_slot, INSTR_BITS)),
                                      mode.eq(M_NONE)]
                         m.next = "DECODE"
                     with m.Else():
@@ -448,7 +446,7 @@ class Controller(wiring.Component):
                 with m.If(self.rd_data.valid):
                     if slots > 1:
                         m.d.sync += [
-                            ins.eq(self.rd_data.payload.word_select(pc_slot, _INSTR_BITS)),
+                            ins.eq(self.rd_data.payload.word_select(pc_slot, INSTR_BITS)),
                             ibuf.eq(self.rd_data.payload), ibuf_beat.eq(pc_beat),
                             ibuf_valid.eq(1),
                         ]
@@ -507,7 +505,7 @@ class Controller(wiring.Component):
                     if tf:
                         with m.Case(isa.Opcode.GATHER):
                             m.d.sync += [mode.eq(M_FETCH), gather_row.eq(0),
-                                         gather_act.eq(f_a), id_beat.eq(w[4]), id_slot.eq(0),
+                                         gather_act.eq(ga.a), id_beat.eq(ga.ids), id_slot.eq(0),
                                          id_cnt.eq(0)]
                             m.next = "G_REQ"
                         with m.Case(isa.Opcode.ROPE):
@@ -554,7 +552,7 @@ class Controller(wiring.Component):
                     if tf:
                         with m.If(is_gather):
                             m.d.sync += [gather_row.eq(gather_row + 1),
-                                         gather_act.eq(gather_act + f_b)]
+                                         gather_act.eq(gather_act + ga.n)]
                             m.next = "G_REQ"
                         with m.Else():
                             advance_pc()
@@ -568,7 +566,8 @@ class Controller(wiring.Component):
                     m.d.sync += store_addr.eq(store_addr + 1)
                     if tf:
                         with m.If(is_kv):
-                            self._kv_step(m, kv, f_slots, f_hdw, f_b, f_kw, wpb, words_left)
+                            self._kv_step(m, kv, kvs.slots, kvs.hd_words, kvs.words,
+                                          kvs.pos_stride, wpb, words_left)
                         with m.Else():
                             m.d.sync += words_left.eq(words_left - 1)
                     else:
@@ -598,7 +597,7 @@ class Controller(wiring.Component):
                 with m.State("KV_START"):
                     # words_left: nonzero until the last row's block is issued (_kv_step); a
                     # KVSTORE of no rows or an empty block writes nothing
-                    m.d.sync += words_left.eq((f_rows != 0) & (f_kw != 0))
+                    m.d.sync += words_left.eq((kvs.rows != 0) & (kvs.pos_stride != 0))
                     with m.If(f_pos):
                         m.next = "POS_ADDR"
                     with m.Else():
@@ -616,7 +615,7 @@ class Controller(wiring.Component):
 
                 # GATHER: per row, read the id's super-beat(s), check it, LOAD the table row
                 with m.State("G_REQ"):
-                    with m.If(gather_row == f_rows):
+                    with m.If(gather_row == ga.rows):
                         advance_pc()
                         m.next = "FETCH_REQ"
                     if id_slots > 1:
@@ -652,14 +651,14 @@ class Controller(wiring.Component):
 
                 with m.State("G_CHECK"):
                     # prod = id * stride settles in this cycle
-                    with m.If(id_reg >= w[6]):
+                    with m.If(id_reg >= ga.table_rows):
                         m.d.sync += [self.error.eq(isa.ERROR_GATHER_RANGE), mode.eq(M_NONE)]
                         m.next = "FINISH"
                     with m.Else():
                         m.next = "G_ADDR"
 
                 with m.State("G_ADDR"):
-                    m.d.sync += [ext_addr.eq(f_ext + prod), words_left.eq(f_b),
+                    m.d.sync += [ext_addr.eq(ga.ext + prod), words_left.eq(ga.n),
                                  words_done.eq(0), load_waddr.eq(gather_act), mode.eq(M_LOAD)]
                     m.next = "LOAD"
 

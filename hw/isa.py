@@ -2,9 +2,10 @@
 
 Plain Python shared by the hardware decoder (field positions), the mapper (encoder) and the ISA
 functional model (decoder). Every instruction is 32 bytes: eight little-endian u32 words.
-:data:`LAYOUT` is the one table of field positions per opcode, v2 (LOAD, STORE, MATMUL, VADD),
-v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE ``pos_stride``) and v4 (ABSQUANT, TMATMUL;
-SILUMUL flag RELU2), as in docs/architecture.md; encode and decode both read it.
+:data:`HEADER` (every opcode) and :data:`LAYOUT` (per opcode) are the one table of field
+positions, v2 (LOAD, STORE, MATMUL, VADD), v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE
+``pos_stride``) and v4 (ABSQUANT, TMATMUL; SILUMUL flag RELU2), as in docs/architecture.md;
+encode, decode and the hardware's data layouts (``hw/isa_layout.py``) all read it.
 """
 
 from __future__ import annotations
@@ -146,12 +147,14 @@ class Instr:
     def encode(self) -> bytes:
         _check(self)
         w = [0] * 8
-        w[0] = int(self.op) | (self.flags << 8) | (self.shift << 16)
-        for name, word, lo, _bits in LAYOUT.get(self.op, ()):
+        for name, word, lo, _bits in HEADER + LAYOUT.get(self.op, ()):
             w[word] |= getattr(self, name) << lo
         return struct.pack("<8I", *w)
 
 
+#: Fields of every opcode, ``(field, word, low bit, width)`` as in :data:`LAYOUT`: w0[7:0]
+#: opcode, w0[15:8] flags (the ``FLAG_*`` bits), w0[21:16] shift.
+HEADER = (("op", 0, 0, 8), ("flags", 0, 8, 8), ("shift", 0, 16, 6))
 #: Field positions per opcode: ``(field, word, low bit, width)`` (docs/architecture.md,
 #: "Instruction set", "Instructions (v3 additions)" and "Ternary path (v4)"). VADD keeps v2's
 #: encoder, which also writes w1 and w4 (zero in every program the mapper emits).
@@ -208,7 +211,8 @@ _V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_word
 
 def _check(i: Instr) -> None:
     name = i.op.name
-    for fld, bits in (("flags", 8), ("shift", 6)) + _V2_WIDTHS:
+    header = tuple((fld, bits) for fld, _w, _lo, bits in HEADER if fld != "op")
+    for fld, bits in header + _V2_WIDTHS:
         v = getattr(i, fld)
         if not 0 <= v < (1 << bits):
             raise ValueError(f"{name}: field {fld}={v} does not fit {bits} bits")
@@ -242,8 +246,10 @@ def decode(raw: bytes) -> Instr:
     as in the hardware.
     """
     w = struct.unpack("<8I", raw[:INSTR_BYTES])
-    op = Opcode(w[0] & 0xFF)
-    flags, shift = (w[0] >> 8) & 0xFF, (w[0] >> 16) & 0x3F
-    fields = {name: (w[word] >> lo) & ((1 << bits) - 1)
-              for name, word, lo, bits in LAYOUT.get(op, ())}
-    return Instr(op, flags, shift, **fields)
+
+    def fields(table):
+        return {name: (w[word] >> lo) & ((1 << bits) - 1) for name, word, lo, bits in table}
+
+    head = fields(HEADER)
+    op = Opcode(head.pop("op"))
+    return Instr(op, **head, **fields(LAYOUT.get(op, ())))

@@ -19,7 +19,8 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
-from .isa import FLAG_GAMMA, FLAG_GELU, FLAG_RELU2, FLAG_TANH, Opcode
+from .isa import Opcode
+from .isa_layout import HEADER_LAYOUT, LAYOUTS
 
 __all__ = ["VectorUnit", "SILU_ROM", "RELU2_ROM", "GELU_ROM", "TANH_ROM", "rope_head_steps",
            "rope_pairs_per_step"]
@@ -174,7 +175,8 @@ class VectorUnit(wiring.Component):
     Attributes
     ----------
     ins : in, 256 bits
-        The instruction, w0 in bits [31:0]; stable from ``start`` until ``busy`` falls.
+        The instruction, stable from ``start`` until ``busy`` falls, read through
+        :data:`.isa_layout.LAYOUTS` (fields: :data:`.isa.LAYOUT`).
     start : in, pulse
     busy : out
     rd_addr, rd_en : out; rd_data : in, 8*L bits
@@ -208,8 +210,15 @@ class VectorUnit(wiring.Component):
         VR = rope_pairs_per_step(L, V)
         ones = (1 << V) - 1
 
-        def w(k):
-            return self.ins[32 * k:32 * (k + 1)]
+        # each opcode's fields through its layout; a field at the same position in several
+        # opcodes through one of them: RMSNORM's a, rows, words (all four), out, n (all but
+        # ROPE) and mult_b (SILUMUL's too), SILUMUL's b (RMSNORM's and ABSQUANT's g)
+        hdr = data.View(HEADER_LAYOUT, self.ins)
+        flags = hdr.flags
+        rms = data.View(LAYOUTS[Opcode.RMSNORM], self.ins)
+        silu = data.View(LAYOUTS[Opcode.SILUMUL], self.ins)
+        absq = data.View(LAYOUTS[Opcode.ABSQUANT], self.ins)
+        rope = data.View(LAYOUTS[Opcode.ROPE], self.ins)
 
         # ---- instruction fields, latched at start (the instruction is stable anyway; registers
         # keep the decode logic off the sequencer's paths) -------------------------------------
@@ -304,37 +313,35 @@ class VectorUnit(wiring.Component):
                 with m.If(self.start):
                     m.next = "INIT"
             with m.State("INIT"):
-                nv = w(5)[:16]
-                nwv = (nv + (L - 1)) >> lg
+                nwv = (rms.n + (L - 1)) >> lg
                 # ROPE's products are Q1.14 (cos/sin): a fixed round-shift by 14
-                sh = Mux(w(0)[:8] == Opcode.ROPE, 14,
-                         Mux(w(0)[:8] == Opcode.ABSQUANT, _ABSQ_SHIFT, w(0)[16:22]))
+                sh = Mux(hdr.op == Opcode.ROPE, 14,
+                         Mux(hdr.op == Opcode.ABSQUANT, _ABSQ_SHIFT, hdr.shift))
                 # one table flag at a time (the ISA leaves two undefined): TANH over GELU over
                 # RELU2; TANH changes the read schedule, so only SILUMUL takes it
-                f_relu2 = w(0)[8 + FLAG_RELU2.bit_length() - 1]
-                f_gelu = w(0)[8 + FLAG_GELU.bit_length() - 1]
-                f_tanh = w(0)[8 + FLAG_TANH.bit_length() - 1] & (w(0)[:8] == Opcode.SILUMUL)
+                f_tanh = flags.tanh & (hdr.op == Opcode.SILUMUL)
+                half_hd = rope.hd[1:]       # hd / 2: pairs per head
                 m.d.sync += [
-                    op.eq(w(0)[:8]),
-                    table.eq(Mux(f_tanh, 3, Mux(f_gelu, 2, f_relu2))),
+                    op.eq(hdr.op),
+                    table.eq(Mux(f_tanh, 3, Mux(flags.gelu, 2, flags.relu2))),
                     tanh.eq(f_tanh),
-                    gam.eq(w(0)[8 + FLAG_GAMMA.bit_length() - 1]),
-                    mbyte.eq(w(4)[:16] << lg),
+                    gam.eq(flags.gamma),
+                    mbyte.eq(absq.m_addr << lg),
                     shift.eq(sh),
                     rnd.eq((Const(1, _V_BITS - 1) << sh) >> 1),
-                    rows.eq(w(3)[16:32]),
-                    n.eq(nv), words.eq(w(5)[16:32]), nw.eq(nwv), end_i.eq(nwv << lg),
-                    mult.eq(w(6)[:16]), eps.eq(w(4)),
-                    cs_words.eq(w(3)[:16]), heads.eq(w(4)[:16]), hd.eq(w(4)[16:32]),
-                    half.eq(w(4)[17:32]), head_stride.eq(w(5)[:16]),
+                    rows.eq(rms.rows),
+                    n.eq(rms.n), words.eq(rms.words), nw.eq(nwv), end_i.eq(nwv << lg),
+                    mult.eq(rms.mult_b), eps.eq(rms.eps),
+                    cs_words.eq(rope.cs_words), heads.eq(rope.heads), hd.eq(rope.hd),
+                    half.eq(half_hd), head_stride.eq(rope.head_stride),
                     row.eq(0),
-                    a_row.eq(w(2)[:16]), out_row.eq(w(2)[16:32]), b_row.eq(w(3)[:16]),
-                    cs_row.eq(w(2)[16:32]),
-                    hbase.eq(w(2)[:16] << lg),
+                    a_row.eq(rms.a), out_row.eq(rms.out), b_row.eq(silu.b),
+                    cs_row.eq(rope.cs),
+                    hbase.eq(rope.a << lg),
                     k.eq(0), h.eq(0), ph.eq(0),
                 ]
-                with m.If(w(0)[:8] == Opcode.ROPE):
-                    with m.If((w(3)[16:32] == 0) | (w(4)[:16] == 0) | (w(4)[17:32] == 0)):
+                with m.If(hdr.op == Opcode.ROPE):
+                    with m.If((rope.rows == 0) | (rope.heads == 0) | (half_hd == 0)):
                         m.next = "FINISH"
                     with m.Else():
                         m.next = "ROPE"

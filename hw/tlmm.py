@@ -9,17 +9,18 @@ does not import ``golden``; the test checks :data:`GROUP_BITS` against it.
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
 from .config import AccelConfig
+from .isa import Opcode
+from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
 
-__all__ = ["TernaryLookupMatmul", "GROUP_BITS", "OPCODE_TMATMUL", "TLMM_BURST",
-           "TLMM_MAX_AHEAD", "ACC_BITS", "table_entries"]
+__all__ = ["TernaryLookupMatmul", "GROUP_BITS", "TLMM_BURST", "TLMM_MAX_AHEAD", "ACC_BITS",
+           "table_entries"]
 
-OPCODE_TMATMUL = 0x0B
 #: Bits of one group index (golden.ternary.GROUP_BITS): 3**G combinations in 4, 5, 7 bits.
 GROUP_BITS = {2: 4, 3: 5, 4: 7}
 #: Super-beats per read request. 16-beat bursts with up to 64 beats in flight cover a 32-cycle
@@ -160,10 +161,9 @@ class TernaryLookupMatmul(wiring.Component):
     Attributes
     ----------
     ins : in, 256 bits
-        The instruction (w0 in the low bits), stable from ``start`` until ``busy`` falls.
-        w0 flags bit0 RELU, bit1 RESIDUAL, w0[21:16] shift; w1 wgt (super-beats); w2 x[15:0],
-        out[31:16]; w3 res[15:0], rows[31:16]; w4 k_groups[15:0], n_out[31:16]; w5
-        x_words[15:0], words[31:16]; w6 res_mult[15:0], m_addr[31:16].
+        The TMATMUL instruction, stable from ``start`` until ``busy`` falls, read through
+        :data:`.isa_layout.LAYOUTS` (fields: :data:`.isa.LAYOUT`): flags RELU and RESIDUAL,
+        wgt ``ext`` (super-beats), x ``a``, res ``b``, res_mult ``mult_b``.
     start : in, pulse
     busy : out, high from the cycle after ``start`` until the last output byte was written
     rd_addr, rd_en, act_rd_data : activation buffer read port (synchronous, data one cycle
@@ -215,14 +215,14 @@ class TernaryLookupMatmul(wiring.Component):
         PD = -(-8 * self.acc_depth // SB)   # parameter memory entries (super-beats)
 
         # --- instruction fields ----------------------------------------------------------------
-        w = [self.ins[32 * i:32 * (i + 1)] for i in range(8)]
-        relu, residual, shift = w[0][8], w[0][9], w[0][16:22]
-        wgt = w[1][:ab]
-        x_addr, out_addr = w[2][:16], w[2][16:32]
-        res_addr, rows = w[3][:16], w[3][16:32]
-        k_groups, n_out = w[4][:16], w[4][16:32]
-        x_words, words = w[5][:16], w[5][16:32]
-        res_mult, m_addr = w[6][:16], w[6][16:32]
+        ins = data.View(LAYOUTS[Opcode.TMATMUL], self.ins)
+        relu, residual, shift = ins.flags.relu, ins.flags.residual, ins.shift
+        wgt = ins.ext[:ab]
+        x_addr, out_addr = ins.a, ins.out
+        res_addr, rows = ins.b, ins.rows
+        k_groups, n_out = ins.k_groups, ins.n_out
+        x_words, words = ins.x_words, ins.words
+        res_mult, m_addr = ins.mult_b, ins.m_addr
 
         # --- setup: chunk, block, beat counts (once per instruction) ---------------------------
         d1_go, d1_num, n_chunks, d1_done = _ceil_div_unit(m, "div_chunks", 16, T)

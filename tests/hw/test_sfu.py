@@ -15,7 +15,7 @@ from hwflow.golden import llm as golden
 from hwflow.golden import ternary
 from hwflow.hw.buffers import ActivationBuffer
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_GAMMA, FLAG_GELU, FLAG_RELU2, FLAG_TANH, Opcode
+from hwflow.hw.isa import FLAG_GAMMA, FLAG_GELU, FLAG_RELU2, FLAG_TANH, Instr, Opcode
 from hwflow.hw.sfu import GELU_ROM, RELU2_ROM, SILU_ROM, TANH_ROM, VectorUnit
 
 from ._lint import assert_lints_clean
@@ -55,51 +55,39 @@ class _Harness(wiring.Component):
         return m
 
 
-# ---- instruction encoding (v3 table, docs/architecture.md) ----------------------------------
-
-def _pack(*w) -> int:
-    w = list(w) + [0] * (8 - len(w))
-    return sum((x & 0xFFFFFFFF) << (32 * k) for k, x in enumerate(w))
-
+# ---- instructions (hw/isa.py encodes them; the unit gets the 256-bit word) -------------------
 
 def rmsnorm_ins(a, out, rows, eps, n, words, mult, shift, g=None):
     """RMSNORM; with ``g`` (act word of int8 gamma codes) flag GAMMA."""
     flags = FLAG_GAMMA if g is not None else 0
-    return _pack(Opcode.RMSNORM | flags << 8 | shift << 16, 0, a | out << 16,
-                 (g or 0) | rows << 16, eps, n | words << 16, mult)
+    return Instr(Opcode.RMSNORM, flags, shift, a=a, out=out, g=g or 0, rows=rows, eps=eps, n=n,
+                 words=words, mult_b=mult)
 
 
 def silumul_ins(a, b, out, rows, n, words, mult, shift, relu2=False, flags=0):
     flags |= FLAG_RELU2 if relu2 else 0
-    return _pack(Opcode.SILUMUL | flags << 8 | shift << 16, 0, a | out << 16, b | rows << 16, 0,
-                 n | words << 16, mult)
+    return Instr(Opcode.SILUMUL, flags, shift, a=a, out=out, b=b, rows=rows, n=n, words=words,
+                 mult_b=mult)
 
 
 def absquant_ins(a, out, g, rows, m_addr, n, words, gamma=False):
     flags = FLAG_GAMMA if gamma else 0
-    return _pack(Opcode.ABSQUANT | flags << 8, 0, a | out << 16, g | rows << 16, m_addr,
-                 n | words << 16)
+    return Instr(Opcode.ABSQUANT, flags, a=a, out=out, g=g, rows=rows, m_addr=m_addr, n=n,
+                 words=words)
 
 
 def rope_ins(a, cs, cs_words, rows, heads, hd, head_stride, words):
-    return _pack(Opcode.ROPE, 0, a | cs << 16, cs_words | rows << 16, heads | hd << 16,
-                 head_stride | words << 16)
+    return Instr(Opcode.ROPE, a=a, cs=cs, cs_words=cs_words, rows=rows, heads=heads, hd=hd,
+                 head_stride=head_stride, words=words)
 
 
 # ---- reference: golden.llm applied to a byte image of the buffer -----------------------------
 
-def _field(v, lo, hi):
-    return (v >> lo) & ((1 << (hi - lo)) - 1)
-
-
-def reference(mem: np.ndarray, ins: int, L: int) -> None:
+def reference(mem: np.ndarray, ins: Instr, L: int) -> None:
     """Execute ``ins`` on ``mem`` (int8, depth*L bytes) in place, as the doc defines it."""
-    w = [_field(ins, 32 * k, 32 * k + 32) for k in range(8)]
-    op, flags, shift = w[0] & 0xFF, _field(w[0], 8, 16), _field(w[0], 16, 22)
-    rows = w[3] >> 16
+    op, flags, shift, rows = ins.op, ins.flags, ins.shift, ins.rows
     if op == Opcode.ABSQUANT:
-        a, out, g, m_addr = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF, w[4] & 0xFFFF
-        n, words = w[5] & 0xFFFF, w[5] >> 16
+        a, out, g, m_addr, n, words = ins.a, ins.out, ins.g, ins.m_addr, ins.n, ins.words
         gamma = mem[g * L:g * L + n].astype(np.int64) if flags & FLAG_GAMMA else None
         for r in range(rows):
             x = mem[(a + r * words) * L:][:n].astype(np.int64)
@@ -110,13 +98,14 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
             mem[o:o + words * L] = 0
             mem[o:o + n] = xq[0]
     elif op in (Opcode.RMSNORM, Opcode.SILUMUL):
-        a, out, b = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
-        n, words, mult = w[5] & 0xFFFF, w[5] >> 16, w[6] & 0xFFFF
+        # RMSNORM's gamma codes (g) sit where SILUMUL's up (b) does
+        a, out, b = ins.a, ins.out, ins.g if op == Opcode.RMSNORM else ins.b
+        n, words, mult = ins.n, ins.words, ins.mult_b
         gamma = mem[b * L:b * L + n].astype(np.int64) if flags & FLAG_GAMMA else None
         for r in range(rows):
             x = mem[(a + r * words) * L:][:n].astype(np.int64)
             if op == Opcode.RMSNORM:
-                y = golden.rmsnorm(x[None], w[4], mult, shift, gamma)[0]
+                y = golden.rmsnorm(x[None], ins.eps, mult, shift, gamma)[0]
             elif flags & FLAG_TANH:
                 y = golden.tanh_cap(x, mult, shift)                 # b is not read
             else:
@@ -130,8 +119,8 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
             mem[o:o + words * L] = 0
             mem[o:o + n] = y
     elif op == Opcode.ROPE:
-        a, cs, cs_words = w[2] & 0xFFFF, w[2] >> 16, w[3] & 0xFFFF
-        heads, hd, head_stride, words = w[4] & 0xFFFF, w[4] >> 16, w[5] & 0xFFFF, w[5] >> 16
+        a, cs, cs_words = ins.a, ins.cs, ins.cs_words
+        heads, hd, head_stride, words = ins.heads, ins.hd, ins.head_stride, ins.words
         for r in range(rows):
             c0 = (cs + r * cs_words) * L
             table = mem[c0:c0 + 2 * hd].view(np.int16).astype(np.int64)  # little-endian host
@@ -142,7 +131,7 @@ def reference(mem: np.ndarray, ins: int, L: int) -> None:
 
 # ---- simulation ------------------------------------------------------------------------------
 
-def run(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1
+def run(L: int, depth: int, mem: np.ndarray, program: list[Instr], V: int = 1
         ) -> tuple[list, list]:
     """Load ``mem``, run each instruction on a unit of ``V`` lanes, read the whole buffer back
     after each.
@@ -161,7 +150,7 @@ def run(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1
             await ctx.tick()
         ctx.set(dut.ld_en, 0)
         for ins in program:
-            ctx.set(dut.ins, ins)
+            ctx.set(dut.ins, int.from_bytes(ins.encode(), "little"))
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
@@ -186,14 +175,14 @@ def run(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1
     return images, cycles
 
 
-def check(L: int, depth: int, mem: np.ndarray, program: list[int], V: int = 1) -> list[int]:
+def check(L: int, depth: int, mem: np.ndarray, program: list[Instr], V: int = 1) -> list[int]:
     images, cycles = run(L, depth, mem, program, V)
     ref = mem.copy()
     for k, (ins, img) in enumerate(zip(program, images, strict=True)):
         reference(ref, ins, L)
         bad = np.flatnonzero(img != ref)
         assert bad.size == 0, (
-            f"instruction {k} (op {ins & 0xFF:#x}): {bad.size} bytes differ, first at byte "
+            f"instruction {k} ({ins.op.name}): {bad.size} bytes differ, first at byte "
             f"{bad[0]}: got {img[bad[0]]}, expected {ref[bad[0]]}")
     return cycles
 
@@ -488,17 +477,15 @@ def _rope_head_steps(L, V, hd, offset):
     return steps
 
 
-def documented_cycles(ins: int, L: int, V: int) -> int:
+def documented_cycles(ins: Instr, L: int, V: int) -> int:
     """The VectorUnit docstring's cycles of ``ins`` (n > 0 and rows > 0) at V lanes."""
-    w = [_field(ins, 32 * k, 32 * k + 32) for k in range(8)]
-    op, flags, rows = w[0] & 0xFF, _field(w[0], 8, 16), w[3] >> 16
+    op, flags, rows = ins.op, ins.flags, ins.rows
     G = L // V
     if op == Opcode.ROPE:
-        heads, hd, stride = w[4] & 0xFFFF, w[4] >> 16, w[5] & 0xFFFF
-        a = w[2] & 0xFFFF
+        heads, hd, stride, a = ins.heads, ins.hd, ins.head_stride, ins.a
         steps = sum(_rope_head_steps(L, V, hd, (a * L + h * stride) % L) for h in range(heads))
         return 4 * rows * steps + 13
-    n, words = w[5] & 0xFFFF, w[5] >> 16
+    n, words = ins.n, ins.words
     nw = -(-n // L)
     if op == Opcode.RMSNORM:
         row = 2 * nw * G + nw * int(bool(flags & FLAG_GAMMA)) + (words - nw) + 67
@@ -512,16 +499,14 @@ def documented_cycles(ins: int, L: int, V: int) -> int:
 def check_wide(L, V, depth, mem, program) -> list[int]:
     """Bit-exact against golden, and every live instruction (rows, n > 0) takes the documented
     cycles, which the cycle model's built-in terms reproduce (less the instruction issue)."""
-    from hwflow.hw.isa import decode
     from hwflow.mapping import cycles as model
 
     got = check(L, depth, mem, program, V)
     cfg = _cfg(L, V)
-    for k, (ins, c) in enumerate(zip(program, got, strict=True)):
-        i = decode(ins.to_bytes(32, "little"))
+    for k, (i, c) in enumerate(zip(program, got, strict=True)):
         if i.rows == 0 or (i.op != Opcode.ROPE and i.n == 0):
             continue
-        assert c == documented_cycles(ins, L, V), (k, c, documented_cycles(ins, L, V))
+        assert c == documented_cycles(i, L, V), (k, c, documented_cycles(i, L, V))
         assert model.instr_cycles(i, cfg, calib=False) == model.ISSUE + c, k
     return got
 

@@ -16,7 +16,16 @@ from hwflow.golden.sparse import parse_nm
 from hwflow.hw.axi_lite import REG
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.controller import mode_legal
-from hwflow.hw.isa import ERROR_ILLEGAL_MODE, FLAG_INT4, FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
+from hwflow.hw.isa import (
+    ERROR_ILLEGAL_MODE,
+    FLAG_INT4,
+    FLAG_RELU,
+    FLAG_RESIDUAL,
+    INSTR_BYTES,
+    Instr,
+    Opcode,
+)
+from hwflow.hw.isa_layout import FLAGS_LAYOUT, LAYOUTS
 from hwflow.hw.top import Accelerator, generate_verilog
 from hwflow.mapping.weight_format import DENSE_INT8, LayerFormat, is_legal
 
@@ -294,32 +303,33 @@ CFG_WIDE_NO4 = replace(CFG_WIDE, act_depth=128, chain_len=12, mem_ports=3, port_
 #                                 (nor the vector unit, which needs a power-of-two L)
 
 
-def _mm_word7(tile_mem_rows, lgm, lgr):
-    return tile_mem_rows | lgm << 16 | lgr << 19
-
-
-# (engine, w7, flags, k_words): MATMULs this engine must refuse with ERROR = 2
+# (engine, (tile_mem_rows, lgm, lgr), flags, k_words): MATMULs this engine must refuse with
+# ERROR = 2
 ILLEGAL = [
-    (CFG, _mm_word7(10, 3, 0), 0, 2),           # M = 8 > L = 4
-    (CFG, _mm_word7(10, 1, 2), 0, 2),           # r = 4 > M = 2 (N < 1)
-    (CFG, _mm_word7(10, 2, 3), 0, 2),           # r = 8 > G
-    (CFG, _mm_word7(10, 0, 0), 0, 0),           # k_words = 0: nothing would ever be written
-    (CFG, _mm_word7(33, 0, 0), 0, 2),           # a tile's reservation > the ring (32)
-    (CFG, _mm_word7(17, 0, 0), FLAG_INT4, 2),   # int4 reserves 2 x 17 > 32
-    (CFG_MIN, _mm_word7(10, 2, 1), 0, 2),       # 2:4 without the sparse selectors
-    (CFG_MIN, _mm_word7(10, 0, 0), FLAG_INT4, 2),   # int4 without the int4 path
-    (CFG_WIDE_NO4, _mm_word7(10, 0, 0), FLAG_INT4, 2),  # int4 needs 2L | 32
+    (CFG, (10, 3, 0), 0, 2),            # M = 8 > L = 4
+    (CFG, (10, 1, 2), 0, 2),            # r = 4 > M = 2 (N < 1)
+    (CFG, (10, 2, 3), 0, 2),            # r = 8 > G
+    (CFG, (10, 0, 0), 0, 0),            # k_words = 0: nothing would ever be written
+    (CFG, (33, 0, 0), 0, 2),            # a tile's reservation > the ring (32)
+    (CFG, (17, 0, 0), FLAG_INT4, 2),    # int4 reserves 2 x 17 > 32
+    (CFG_MIN, (10, 2, 1), 0, 2),        # 2:4 without the sparse selectors
+    (CFG_MIN, (10, 0, 0), FLAG_INT4, 2),        # int4 without the int4 path
+    (CFG_WIDE_NO4, (10, 0, 0), FLAG_INT4, 2),   # int4 needs 2L | 32
 ]
 
 
-@pytest.mark.parametrize("cfg,w7,flags,k_words", ILLEGAL)
-def test_illegal_mode_sets_error(cfg, w7, flags, k_words):
+@pytest.mark.parametrize("cfg,mode,flags,k_words", ILLEGAL)
+def test_illegal_mode_sets_error(cfg, mode, flags, k_words):
     img = bytearray(64 * cfg.beat_bytes)
-    mm = bytearray(Instr(Opcode.MATMUL, flags=flags, ext=40, a=0, out=8, rows=1,
-                         k_words=k_words, n_tiles=1, n=1, words=1).encode())
-    mm[28:32] = w7.to_bytes(4, "little")
+    # through the hardware's layout, not the encoder: it refuses lgr = 3 (r = 8), which the
+    # field holds and the engine must refuse too
+    tile_mem_rows, lgm, lgr = mode
+    mm = LAYOUTS[Opcode.MATMUL].const({
+        "op": Opcode.MATMUL, "flags": FLAGS_LAYOUT.from_bits(flags), "ext": 40, "a": 0,
+        "out": 8, "rows": 1, "k_words": k_words, "n_tiles": 1, "n": 1, "words": 1,
+        "tile_mem_rows": tile_mem_rows, "lgm": lgm, "lgr": lgr})
     prog = (Instr(Opcode.LOAD, ext=8, a=0, b=cfg.beat_bytes // cfg.chain_len).encode()
-            + bytes(mm) + Instr(Opcode.END).encode())
+            + mm.as_value().value.to_bytes(INSTR_BYTES, "little") + Instr(Opcode.END).encode())
     img[:len(prog)] = prog
     regs = run_accel(cfg, img, 0)
     assert regs["ERROR"] == ERROR_ILLEGAL_MODE
