@@ -2,7 +2,8 @@
 
 Runs ``hwflow compile CONFIG --shape-only --board B`` (meta-device model, shape-only lowering,
 predictions) in a fresh process for LLaMA-2-7B on the U280 with int8 and with int4 (W4A8)
-linears and BitNet b1.58 0.7B on the KV260 (``examples/configs/``), then ``hwflow predict``
+linears and BitNet b1.58 0.7B on the KV260 with its int8 and with an int4 LM head
+(``examples/configs/``), then ``hwflow predict``
 on each build folder, and prints each command's wall time and peak resident memory and the
 predicted figures (decode tokens/s, TTFT at 64/128/512 prompt tokens, bandwidth utilization,
 resources). Not a test: it measures.
@@ -21,8 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [("llama-2-7b.json", "u280", "int8"), ("llama-2-7b.json", "u280", "int4"),
-         ("bitnet-b1.58-0.7b.json", "kv260", None)]
+CASES = [("llama-2-7b.json", "u280", ["--weights", "int8"]),
+         ("llama-2-7b.json", "u280", ["--weights", "int4"]),
+         ("bitnet-b1.58-0.7b.json", "kv260", []),
+         ("bitnet-b1.58-0.7b.json", "kv260", ["--lm-head", "int4"])]
 
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
@@ -43,13 +46,12 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as td:
-        for config, board, weights in CASES:
-            out = Path(td) / f"{config}-{board}-{weights}"
-            extra = ["--weights", weights] if weights else []
+        for n, (config, board, extra) in enumerate(CASES):
+            out = Path(td) / f"{n}-{config}-{board}"
             wall, rss, text = _run(["compile", str(ROOT / "examples" / "configs" / config),
                                     "--shape-only", "--board", board, "-o", str(out), *extra])
-            print(f"== {config} on {board}{' (' + weights + ')' if weights else ''}: shape-only "
-                  f"compile + prediction {wall:.1f} s wall, peak RSS {rss:.0f} MiB")
+            print(f"== {config} on {board}{' (' + ' '.join(extra) + ')' if extra else ''}: "
+                  f"shape-only compile + prediction {wall:.1f} s wall, peak RSS {rss:.0f} MiB")
             print(text.rstrip())
             wall2, rss2, _ = _run(["predict", str(out)])
             print(f"hwflow predict: {wall2:.1f} s wall, peak RSS {rss2:.0f} MiB")

@@ -28,7 +28,20 @@ import numpy as np
 from hwflow.golden.llm import default_inv_freq
 
 __all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder",
-           "LazyLayers"]
+           "LazyLayers", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "lm_head_weights"]
+
+
+#: Weight formats of a decoder's block linears (``quantize_decoder(weights=...)``).
+DECODER_WEIGHTS = ("int8", "int4", "mixed", "ternary")
+#: What the LM head may be given apart from them (``lm_head=...``, ``--lm-head``).
+LM_HEAD_WEIGHTS = ("int8", "int4")
+
+
+def lm_head_weights(weights: str, lm_head: str | None = None) -> str:
+    """The LM head's weights: ``lm_head`` where given, else int4 only when every linear is
+    (``weights="int4"``); mixed keeps it int8 (the most sensitive layer), and so does ternary
+    (BitNet's own recipe)."""
+    return lm_head or ("int4" if weights == "int4" else "int8")
 
 
 @dataclass(frozen=True)

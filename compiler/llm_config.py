@@ -24,7 +24,15 @@ import numpy as np
 
 from hwflow.golden.llm import softcap_code
 
-from .decoder import DecoderShape, QDecoder, QLayer, QLinear
+from .decoder import (
+    DECODER_WEIGHTS,
+    LM_HEAD_WEIGHTS,
+    DecoderShape,
+    QDecoder,
+    QLayer,
+    QLinear,
+    lm_head_weights,
+)
 from .errors import FrontendError, UnsupportedOpError
 
 __all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder",
@@ -350,7 +358,7 @@ def _linear(n_out: int, n_in: int, ternary: bool, residual: bool, int4: bool = F
 
 
 def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
-                  name: str = "model") -> QDecoder:
+                  name: str = "model", lm_head: str | None = None) -> QDecoder:
     """A weightless :class:`QDecoder` with the structure of ``cs``'s family.
 
     Parameters
@@ -364,6 +372,8 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
         unfolded gammas (input, sub-norm, post-attention and FFN sub-norm) become gamma codes;
         int8 folds gammas away. int4: every linear W4A8, the LM head too; mixed (no weights
         to measure the int4 error on): the block linears int4, the LM head int8.
+    lm_head : {"int8", "int4"}, optional
+        The LM head's weights whatever ``weights`` says (``quantize_decoder``'s rule).
 
     Returns
     -------
@@ -374,14 +384,17 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     s = cs.shape
     if weights is None:
         weights = "ternary" if cs.ternary else "int8"
-    if weights not in ("int8", "int4", "mixed", "ternary"):
-        raise FrontendError(f"weights '{weights}': use int8, int4, mixed or ternary for a "
+    if weights not in DECODER_WEIGHTS:
+        raise FrontendError(f"weights '{weights}': use {', '.join(DECODER_WEIGHTS)} for a "
                             "decoder")
     if not 1 <= int(max_context) <= s.max_position:
         raise FrontendError(f"max_context {max_context} outside 1..{s.max_position} (the "
                             "model's max_position_embeddings)")
+    if lm_head not in (None, *LM_HEAD_WEIGHTS):
+        raise FrontendError(f"LM head weights '{lm_head}': use {', '.join(LM_HEAD_WEIGHTS)}")
     tern = weights == "ternary"
     w4 = weights in ("int4", "mixed")
+    head_w = lm_head_weights(weights, lm_head)
     qd_q, qd_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     # BitNet keeps its block gammas unfolded (compiler.llm_frontend, fold_gammas): ternary
     # compiles carry them as ABSQUANT gamma codes; other families fold them into the weights.
@@ -420,7 +433,7 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),
                     rope=np.zeros((int(max_context), s.head_dim), dtype=np.int16),
                     layers=layers, final_norm=_NORM,
-                    lm_head=_linear(s.vocab, s.hidden, False, False, weights == "int4"),
+                    lm_head=_linear(s.vocab, s.hidden, False, False, head_w == "int4"),
                     max_context=int(max_context), scales={},
-                    weight_formats={"shape_only": True, "weights": weights},
+                    weight_formats={"shape_only": True, "weights": weights, "lm_head": head_w},
                     final_cap=_ACT if s.final_softcap else None)

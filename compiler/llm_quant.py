@@ -58,7 +58,16 @@ from hwflow.golden.int8 import (
     tensor_scale,
 )
 
-from .decoder import FloatDecoder, FloatLayer, QDecoder, QLayer, QLinear
+from .decoder import (
+    DECODER_WEIGHTS,
+    LM_HEAD_WEIGHTS,
+    FloatDecoder,
+    FloatLayer,
+    QDecoder,
+    QLayer,
+    QLinear,
+    lm_head_weights,
+)
 from .errors import CompileError
 from .llm_interpret import (
     KVCache,
@@ -74,11 +83,10 @@ from .llm_interpret import top1_agreement as _top1
 from .passes import INT4_MAX_ERROR, int4_error
 
 __all__ = ["quantize_decoder", "DecoderQuantizer", "quant_report", "ternarize_decoder",
-           "gamma_codes", "DECODER_WEIGHTS", "TERNARY_LINEARS", "CALIB_SEQUENCES",
-           "CALIB_TOKENS"]
+           "gamma_codes", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "TERNARY_LINEARS",
+           "CALIB_SEQUENCES", "CALIB_TOKENS"]
 
-#: What ``quantize_decoder(weights=...)`` accepts.
-DECODER_WEIGHTS = ("int8", "int4", "mixed", "ternary")
+
 #: The linears of a block that become ternary (the LM head stays int8).
 TERNARY_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -292,7 +300,8 @@ def _tlinear(t: np.ndarray, gw: float, bias, s_x: float, s_out: float,
 
 
 def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
-                     seed: int = 0, weights: str | None = None) -> QDecoder:
+                     seed: int = 0, weights: str | None = None,
+                     lm_head: str | None = None) -> QDecoder:
     """Quantize a float decoder to the integer IR the golden model and the mapper run.
 
     One pass over the blocks (:class:`DecoderQuantizer`): each is calibrated and quantized
@@ -316,6 +325,10 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
         ternary (BitNet b1.58, see the module docstring).
         Default: ``"ternary"`` for a BitNet decoder (``fd.family == "bitnet"``), else
         ``"int8"``. int8 folds any unfolded gamma into its linears.
+    lm_head : {"int8", "int4"}, optional
+        The LM head's weights whatever ``weights`` says (e.g. int4 beside ternary block
+        linears: the head is a sixth of BitNet 0.7B's weight bytes at int8); default: the
+        ``weights`` rule above (int8 beside ternary).
 
     Returns
     -------
@@ -329,7 +342,7 @@ def quantize_decoder(fd: FloatDecoder, max_context: int, calib_ids=None,
         ``max_context`` out of range, an unknown ``weights``, or a multiplier that does not fit
         its field.
     """
-    quant = DecoderQuantizer(fd, max_context, calib_ids, seed, weights)
+    quant = DecoderQuantizer(fd, max_context, calib_ids, seed, weights, lm_head)
     for i, ly in enumerate(fd.layers):
         quant.add(i, ly)
         del ly                  # the float layer goes before the next is read
@@ -346,13 +359,17 @@ class DecoderQuantizer:
     and errors as :func:`quantize_decoder`'s."""
 
     def __init__(self, fd: FloatDecoder, max_context: int, calib_ids=None, seed: int = 0,
-                 weights: str | None = None):
+                 weights: str | None = None, lm_head: str | None = None):
         s = fd.shape
         if weights is None:
             weights = "ternary" if fd.family == "bitnet" else "int8"
         if weights not in DECODER_WEIGHTS:
             raise CompileError(f"weights '{weights}': use {', '.join(DECODER_WEIGHTS)} for a "
                                "decoder")
+        if lm_head not in (None, *LM_HEAD_WEIGHTS):
+            raise CompileError(f"LM head weights '{lm_head}': use "
+                               f"{', '.join(LM_HEAD_WEIGHTS)}")
+        self.lm_head = lm_head
         max_context = int(max_context)
         if not 1 <= max_context <= s.max_position:
             raise CompileError(f"max_context {max_context} outside 1..{s.max_position} (the "
@@ -397,7 +414,7 @@ class DecoderQuantizer:
         self.cal.head(lm_head)
         try:
             final_norm = _norm_params(self.s_x, sc["final_norm"], s.rms_eps, s.hidden)
-            head_bits = _weight_bits(self.weights, "lm_head", lm_head, self.formats, head=True)
+            head_bits = _head_bits(self.weights, self.lm_head, self.formats)
             final_cap = None
             if s.final_softcap:     # the LM head at golden.llm.tanh_cap's fixed input scale
                 sc["lm_head"] = s.final_softcap / gl.TANH_STEPS
@@ -410,8 +427,6 @@ class DecoderQuantizer:
         sc.update(self.codes)
         report = {k: {kk: vv for kk, vv in f.items() if kk != "t"}
                   for k, f in self.formats.items()}
-        if self.weights == "ternary":
-            report["lm_head"] = {"weights": "int8", "why": "the LM head stays int8"}
         return QDecoder(name=self.name, shape=s, embed=self.embed,
                         rope=gl.rope_table(self.max_context, s.inv_freq(), s.rope_scaling),
                         layers=self.layers, final_norm=final_norm, lm_head=head,
@@ -523,26 +538,32 @@ def _quantize_layer(i: int, ly: FloatLayer, s, sc: dict, codes: dict, s_x: float
                   silu=_silu_params(s_u, s_h), **lin, **extra), s_r2
 
 
-def _weight_bits(weights: str, name: str, w: np.ndarray, formats: dict,
-                 head: bool = False) -> int:
-    """4 or 8 for a linear under ``weights`` (``int8``, ``int4``, ``mixed``), recorded in
-    ``formats[name]``: ``int4`` makes every block linear and the LM head W4A8; ``mixed`` every
-    block linear whose int4 relative error (``compiler.passes.int4_error``) is at most
-    ``INT4_MAX_ERROR``, the LM head int8 (the most sensitive layer, as the MLP rule)."""
+def _weight_bits(weights: str, name: str, w: np.ndarray, formats: dict) -> int:
+    """4 or 8 for a block linear under ``weights`` (``int8``, ``int4``, ``mixed``), recorded
+    in ``formats[name]``: ``int4`` makes every block linear W4A8; ``mixed`` every block linear
+    whose int4 relative error (``compiler.passes.int4_error``) is at most ``INT4_MAX_ERROR``
+    (the LM head: :func:`_head_bits`)."""
     if weights == "int8":
         return 8
     if weights == "int4":
         formats[name] = {"weights": "int4", "why": "int4: every linear"}
         return 4
-    if head:
-        formats[name] = {"weights": "int8", "why": "mixed: the LM head stays int8"}
-        return 8
     err = int4_error(w)
     ok = err <= INT4_MAX_ERROR
     formats[name] = {"weights": "int4" if ok else "int8", "int4_error": err,
                      "why": f"mixed: int4 error {err:.3f} {'<=' if ok else '>'} "
                             f"{INT4_MAX_ERROR}"}
     return 4 if ok else 8
+
+
+def _head_bits(weights: str, lm_head: str | None, formats: dict) -> int:
+    """4 or 8 for the LM head (``compiler.decoder.lm_head_weights``), recorded in
+    ``formats["lm_head"]``."""
+    got = lm_head_weights(weights, lm_head)
+    why = (f"--lm-head {lm_head}" if lm_head else "int4: every linear" if got == "int4" else
+           "the LM head stays int8")
+    formats["lm_head"] = {"weights": got, "why": why}
+    return 4 if got == "int4" else 8
 
 
 def _add_params(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:

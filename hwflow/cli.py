@@ -40,9 +40,10 @@ def _compile_decoder(args) -> int:
     out, r = compile_decoder(model=args.model, example=args.example, board=args.board,
                              out=args.out, max_context=args.max_context,
                              trust_model=args.trust_model, boards_dir=args.boards_dir,
-                             weights=_decoder_weights(args))
+                             weights=_decoder_weights(args), lm_head=args.lm_head)
     s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
-    print(f"compiled {r['model']} ({r['family']}: {s['layers']} layers, hidden {s['hidden']}, "
+    print(f"compiled {r['model']} ({r['family']}, {r['weights']} weights, {r['lm_head']} LM "
+          f"head: {s['layers']} layers, hidden {s['hidden']}, "
           f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab {s['vocab']}) for "
           f"{r['board']}, max context {r['max_context']}")
     print(f"programs: 1 decode ({p['decode']['bytes']} B) + {p['prefill']['count']} prefill "
@@ -65,9 +66,12 @@ def _compile_decoder(args) -> int:
 def _decoder_weights(args):
     """``--weights`` for a decoder: int8, int4, mixed or ternary; not given: None (the
     decoder's own default: ternary for BitNet, else int8)."""
+    from hwflow.compiler.decoder import DECODER_WEIGHTS
+
     w = args.weights
-    if w not in (None, "int8", "int4", "mixed", "ternary"):
-        raise HwflowError(f"--weights {w}: a language model takes int8, int4, mixed or ternary")
+    if w not in (None, *DECODER_WEIGHTS):
+        raise HwflowError(f"--weights {w}: a language model takes "
+                          f"{', '.join(DECODER_WEIGHTS)}")
     return w
 
 
@@ -77,10 +81,12 @@ def _compile_shape_only(args) -> int:
 
     out, r = compile_shape_only(model=args.model, example=args.example, board=args.board,
                                 out=args.out, max_context=args.max_context,
-                                boards_dir=args.boards_dir, weights=_decoder_weights(args))
+                                boards_dir=args.boards_dir, weights=_decoder_weights(args),
+                                lm_head=args.lm_head)
     s, p, n = r["shape"], r["programs"], r["parameters"]
     params = f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n:,}"
-    print(f"shape-only compile of {r['model']} ({r['family']}, {r['weights']} weights: "
+    print(f"shape-only compile of {r['model']} ({r['family']}, {r['weights']} weights, "
+          f"{r['lm_head']} LM head: "
           f"{params} parameters, {s['layers']} layers, hidden "
           f"{s['hidden']}, {s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab "
           f"{s['vocab']}) for {r['board']}, max context {r['max_context']}; no weights read")
@@ -118,8 +124,8 @@ def _cmd_compile(args) -> int:
         _refuse_flags(args, _MLP_FLAGS, f"is for MLP models; {_source_name(args)} is a "
                       "language model")
         return _compile_decoder(args)
-    _refuse_flags(args, ("max_context",), f"is for language models; {_source_name(args)} is "
-                  "an MLP model")
+    _refuse_flags(args, ("max_context", "lm_head"), f"is for language models; "
+                  f"{_source_name(args)} is an MLP model")
     args.sparsity = args.sparsity or "auto"
 
     out, report = compile_model(
@@ -368,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the LM head, groups of 32 along K), mixed (the rule above, LM head "
                    "int8) or ternary (BitNet b1.58 on the table-lookup engine; the default for "
                    "BitNet models)")
+    c.add_argument("--lm-head", choices=("int8", "int4"), metavar="int8|int4",
+                   help="language models: the LM head's weights whatever --weights says (int4: "
+                   "groups of 32 along K, e.g. beside ternary block linears); default int4 "
+                   "under --weights int4, else int8")
     c.set_defaults(func=_cmd_compile)
 
     s = command("sim", help="simulate a build folder in Verilator, check against golden")

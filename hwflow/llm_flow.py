@@ -37,7 +37,7 @@ from hwflow.buildfolder import (
     write_npz,
 )
 from hwflow.compiler import decoder as dec
-from hwflow.compiler.llm_quant import DECODER_WEIGHTS
+from hwflow.compiler.decoder import DECODER_WEIGHTS, LM_HEAD_WEIGHTS, lm_head_weights
 from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.llm_lower import kv_cache_bytes
@@ -299,8 +299,18 @@ def _traffic_ranges(memory_map) -> list:
     return [(lo, hi, c) for c, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1])]
 
 
+def _check_weights(weights, lm_head) -> None:
+    """``--weights`` and ``--lm-head`` are formats a decoder takes (one line if not)."""
+    if weights not in (None, *DECODER_WEIGHTS):
+        raise HwflowError(f"--weights {weights}: a decoder takes {', '.join(DECODER_WEIGHTS)}")
+    if lm_head not in (None, *LM_HEAD_WEIGHTS):
+        raise HwflowError(f"--lm-head {lm_head}: the LM head takes "
+                          f"{', '.join(LM_HEAD_WEIGHTS)}")
+
+
 def compile_decoder(model=None, example=None, board="u280", out=None, max_context=None,
-                    trust_model=False, boards_dir=None, weights=None, config_overrides=None):
+                    trust_model=False, boards_dir=None, weights=None, config_overrides=None,
+                    lm_head=None):
     """Compile a LLaMA-family or BitNet decoder (Hugging Face folder or torch.export archive)
     into a build folder; returns ``(out_path, report)``.
 
@@ -310,24 +320,24 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and why.
     ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes them)
     replace the board's engine (``hwflow dse --verify`` builds its points with them).
+    ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
 
     The output folder is claimed (``buildfolder.BuildOutput``) before the model is read, and a
     memory image larger than the board's memory is refused (``export.open_flow.check_image``).
     """
     from hwflow.export.open_flow import check_image
 
-    if weights not in (None, *DECODER_WEIGHTS):
-        raise HwflowError(f"--weights {weights}: a decoder takes {', '.join(DECODER_WEIGHTS)}")
+    _check_weights(weights, lm_head)
     brd = load_board(board, boards_dir)
     out = Path(out) if out else Path("build") / f"{example or _source_name(model)}-{brd.name}"
     rebuild = None if config_overrides else compile_command(
         *([model] if example is None else ["--example", example]), board=brd.name,
-        max_context=max_context, trust_model=trust_model, weights=weights,
+        max_context=max_context, trust_model=trust_model, weights=weights, lm_head=lm_head,
         boards_dir=boards_dir)
     with BuildOutput(out, rebuild) as claim:
         check_cache_writable()          # before the work: the Verilog goes through the cache
         d = _decoder_steps(model, example, board, boards_dir, max_context, trust_model,
-                           weights, config_overrides, stage=claim.tmp)
+                           weights, config_overrides, stage=claim.tmp, lm_head=lm_head)
         check_image(d.lw.image, d.brd, d.cfg)
         # in two updates: image + verilog would copy the image (1.5 GB for Llama-3.2-1B)
         digest = hashlib.sha256(d.lw.image)
@@ -371,7 +381,7 @@ def check_context_fits(shape, max_context: int, brd) -> None:
 
 
 def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, weights,
-                   config_overrides, stage: Path) -> _CompiledDecoder:
+                   config_overrides, stage: Path, lm_head=None) -> _CompiledDecoder:
     """Steps 1-5 of the module docstring.
 
     The model is read a block at a time (``compiler.llm_frontend.open_decoder``): each block
@@ -404,15 +414,16 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
             # the float decoder is written and quantized a layer at a time; the float32
             # embedding (1 GB for Llama-3.2-1B) goes once written and quantized
             with FloatDecoderWriter(stage / "decoder" / "float", fd) as saved:
-                quant = DecoderQuantizer(fd, fd.max_context, weights=weights)
-                blocks, lm_head = fd.layers, fd.lm_head
+                quant = DecoderQuantizer(fd, fd.max_context, weights=weights, lm_head=lm_head)
+                blocks, head = fd.layers, fd.lm_head
                 del fd
                 for i, ly in enumerate(blocks):
                     saved.add(i, ly)
                     quant.add(i, ly)
                     del ly
-                qd = quant.finish(lm_head)
-                del quant, blocks, lm_head
+                qd = quant.finish(head)
+                weights = quant.weights
+                del quant, blocks, head
         except CompileError as e:
             raise HwflowError(str(e)) from None
     cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
@@ -425,6 +436,7 @@ def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, 
     verilog = _accelerator_verilog(cfg)
     report = {
         "model": name, "kind": "decoder", "source": source, "family": family,
+        "weights": weights, "lm_head": qd.weight_formats["lm_head"]["weights"],
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
         "max_context": lw.max_context,
@@ -468,7 +480,7 @@ def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
 # -- shape-only compile and predictions -------------------------------------------------------
 
 def compile_shape_only(model=None, example=None, board="u280", out=None, max_context=None,
-                       boards_dir=None, weights=None):
+                       boards_dir=None, weights=None, lm_head=None):
     """Programs, memory map and predictions of a decoder from its ``transformers`` config
     alone (``hwflow compile CONFIG --shape-only``); returns ``(out_path, report)``.
 
@@ -480,12 +492,12 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     image, no RTL (it cannot be simulated).
 
     ``weights``: ``"int8"`` or ``"ternary"`` block linears; default ternary for BitNet configs.
+    ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
     """
     from hwflow.compiler.errors import CompileError
     from hwflow.predict import _config_shape, lower_shape, predict_decoder
 
-    if weights not in (None, *DECODER_WEIGHTS):
-        raise HwflowError(f"--weights {weights}: a decoder takes {', '.join(DECODER_WEIGHTS)}")
+    _check_weights(weights, lm_head)
     if model is None and example is None:
         raise HwflowError("--shape-only needs a transformers config (config.json or a folder "
                           "holding one) or --example")
@@ -515,15 +527,16 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
     rebuild = compile_command(*([model] if example is None else ["--example", example]),
                               shape_only=True, board=brd.name, max_context=given_context,
-                              weights=given_weights, boards_dir=boards_dir)
+                              weights=given_weights, lm_head=lm_head, boards_dir=boards_dir)
     with BuildOutput(out, rebuild) as claim:
         lw, cfg, notes = lower_shape(s, cfg, brd, weights=weights, max_context=int(max_context),
-                                     family=cs.family)
+                                     family=cs.family, lm_head=lm_head)
         pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
         pred["notes"] = notes
         report = {
             "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
             "family": cs.family, "weights": weights,
+            "lm_head": lm_head_weights(weights, lm_head),
             "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
             "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
             "max_context": lw.max_context, "parameters": cs.parameters,
@@ -556,7 +569,7 @@ def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dic
         "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
         "shape": s.to_dict(), "family": cs.family, "act": cs.act,
         "sub_norms": cs.sub_norms, "head_norms": cs.head_norms, "weights": report["weights"],
-        "source": cs.source,
+        "lm_head": report["lm_head"], "source": cs.source,
         "decode_prog_base": lw.decode_prog_base,
         "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
         "traffic_ranges": _traffic_ranges(lw.memory_map)})
@@ -584,7 +597,7 @@ def _shape_only_lowering(conf: dict):
     cs = ConfigShape(shape, conf["family"], conf["act"], bool(conf["sub_norms"]),
                      conf["weights"] == "ternary", 0, conf.get("source", ""),
                      bool(conf.get("head_norms", False)))
-    qd = shape_decoder(cs, conf["max_context"], conf["weights"])
+    qd = shape_decoder(cs, conf["max_context"], conf["weights"], lm_head=conf.get("lm_head"))
     return lower_decoder(qd, AccelConfig(**conf["accel"]), shape_only=True), shape, \
         conf["weights"] == "ternary"
 

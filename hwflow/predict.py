@@ -465,13 +465,14 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
 
 
 def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
-                adjust=True, weights=None, widen=True):
+                adjust=True, weights=None, widen=True, lm_head=None):
     """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
     ``cfg`` as adjusted (TLMM engine for ternary; with ``adjust``, the weight ring, the
     activation buffer and the address width sized for the model) and ``notes`` the reasons.
     Without ``adjust`` a configuration too small for the model is an error. ``weights``
     (``int8``, ``int4``, ``mixed``, ``ternary``; ``compiler.llm_config.shape_decoder``)
-    overrides ``ternary``. With ``adjust`` and ``widen`` the engine also takes every memory
+    overrides ``ternary``; ``lm_head`` (``int8``, ``int4``) sets the LM head's apart from it.
+    With ``adjust`` and ``widen`` the engine also takes every memory
     channel it fits with (:func:`_size_ports`); a sweep passes ``widen=False`` to keep its
     points' engines."""
     from hwflow.mapping.errors import MappingError
@@ -481,7 +482,7 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     ternary = weights == "ternary"
     cs = _structure(shape, family, ternary)
     max_context = min(int(max_context), shape.max_position)
-    qd = shape_decoder(cs, max_context, weights)
+    qd = shape_decoder(cs, max_context, weights, lm_head=lm_head)
     notes = []
     if ternary and not cfg.tlmm:
         cfg = _tlmm_cfg(qd, cfg, board)
@@ -504,7 +505,8 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
         # widened from the sized buffers, the ring placement decided again for the new engine
         unplaced = replace(cfg, ring_uram=base.ring_uram)
         wider, why = _size_ports(lw.memory_map.total_bytes, unplaced, board, qd, ternary,
-                                 int4=weights in ("int4", "mixed"), widen=widen)
+                                 int4=weights in ("int4", "mixed") or lm_head == "int4",
+                                 widen=widen)
         if why:
             notes.append(why)
             cfg, whys = size_buffers(qd, wider, board, ternary)
@@ -526,7 +528,8 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
 
 def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                     prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
-                    lowered=None, adjust=True, weights=None, widen=True) -> dict:
+                    lowered=None, adjust=True, weights=None, widen=True,
+                    lm_head=None) -> dict:
     """Predict a decoder of ``shape`` on accelerator ``cfg`` of ``board`` (see the module
     docstring for what each figure means).
 
@@ -560,6 +563,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     widen : bool
         With ``adjust``: give the engine every memory channel it fits with (default); False
         keeps the ports unless the image needs more (a sweep point's engine).
+    weights, lm_head : str, optional
+        The block linears' and the LM head's weights (:func:`lower_shape`).
 
     Returns
     -------
@@ -574,7 +579,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     if lowered is None:
         lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
                                      max_context=max_context, family=family, adjust=adjust,
-                                     weights=weights, widen=widen)
+                                     weights=weights, widen=widen, lm_head=lm_head)
     else:
         lw, cfg, notes = lowered, lowered.cfg, []
     clock = float(clock_mhz or board.clock_mhz)

@@ -213,6 +213,12 @@ class _Geometry:
     gslots: tuple = ()
     #: The attention passes (:func:`attention_passes`): ATTN instructions of a layer.
     passes: tuple = ()
+    #: Ternary decoders: ``(area, words)`` left free after a TMATMUL input area (h, att,
+    #: gate): the engine reads whole chunks of ``T*G`` bytes from a row's start
+    #: (``mapping.lower``'s ``read``), up to ``words`` past the area's last row, which must not
+    #: reach the output area (T = 12, G = 3: 36-byte chunks of a 1536-byte row read 12 bytes
+    #: past it).
+    tails: tuple = ()
 
     @property
     def regions(self) -> tuple:
@@ -254,8 +260,18 @@ class _Geometry:
                 slots.append((nm, off, width[nm]))
                 off += width[nm]
         gw = _cdiv(off, SB // L) * (SB // L)    # one LOAD moves whole super-beats
+        tails = ()
+        if _is_ternary(qd):
+            G, T = cfg.tlmm_g, cfg.tlmm_t
+
+            def past(k: int, words: int) -> int:     # words read past a row of k inputs
+                return max(0, _cdiv(_cdiv(_cdiv(k, G), T) * T * G, L) - words)
+
+            tails = tuple((nm, t) for nm, t in (
+                ("h", past(s.hidden, geo.ew)), ("att", past(geo.q_words * L, geo.q_words)),
+                ("gate", past(s.intermediate, geo.iw))) if t)
         return replace(geo, mw=_cdiv(2, L) if _is_ternary(qd) else 0, gw=gw,
-                       gslots=tuple(slots))
+                       gslots=tuple(slots), tails=tails)
 
     @property
     def row_words(self) -> dict:
@@ -277,6 +293,11 @@ class _Geometry:
     def words_per_row(self) -> int:
         return sum(self.row_words.values())
 
+    @property
+    def extra_words(self) -> int:
+        """Act words besides the rows: the fixed areas and the tails."""
+        return sum(self.fixed_words.values()) + sum(t for _, t in self.tails)
+
 
 @dataclass(frozen=True)
 class ActPlan:
@@ -289,10 +310,12 @@ class ActPlan:
     areas : dict
         ``name -> (act word address, act words per row)``; the areas are disjoint and laid out
         back to back from word 0 in the order x, h, q, k, v, att, gate, up, cs (then, for a
-        ternary decoder, ``m``), then the fixed-size areas, whose second number is their size
+        ternary decoder, ``m``; a row area is followed by its tail, ``_Geometry.tails``), then
+        the fixed-size areas, whose second number is their size
         in words: the one ``logits`` row and, for a ternary decoder, ``gamma``.
     words : int
-        Act words used (``rows`` times the sum of the row widths, plus the fixed areas).
+        Act words used (``rows`` times the sum of the row widths, plus the tails and the fixed
+        areas).
     fixed : tuple
         Names of the areas whose size does not scale with ``rows`` (``logits``, ``gamma``).
     """
@@ -304,10 +327,10 @@ class ActPlan:
 
     @classmethod
     def build(cls, geo: _Geometry, rows: int) -> ActPlan:
-        areas, addr = {}, 0
+        areas, addr, tails = {}, 0, dict(geo.tails)
         for name, w in geo.row_words.items():
             areas[name] = (addr, w)
-            addr += rows * w
+            addr += rows * w + tails.get(name, 0)
         for name, w in geo.fixed_words.items():
             areas[name] = (addr, w)
             addr += w
@@ -1083,14 +1106,15 @@ def act_row_words(qd: QDecoder, cfg: AccelConfig) -> tuple[int, int]:
     of ``B`` rows needs ``act_depth >= B * words + fixed`` (the ternary gamma area is the fixed
     part; 0 for int8)."""
     geo = _Geometry.of(qd, cfg)
-    return geo.words_per_row, sum(geo.fixed_words.values())
+    return geo.words_per_row, geo.extra_words
 
 
 def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets) -> list:
     wpr = geo.words_per_row
-    fixed = sum(geo.fixed_words.values())   # the logits row, a ternary decoder's gamma codes
+    fixed = geo.extra_words     # the logits row, a ternary decoder's gamma codes and tails
     if wpr + fixed > cfg.act_depth:
-        more = " plus " + ", ".join(f"{w} words of {nm}" for nm, w in geo.fixed_words.items())
+        more = " plus " + ", ".join(f"{w} words of {nm}" for nm, w in
+                                    [*geo.fixed_words.items(), *geo.tails])
         raise MappingError(f"one activation row of the decoder needs {wpr} act words "
                            f"({geo.row_words}){more}, the activation buffer holds act_depth="
                            f"{cfg.act_depth}; build the accelerator with act_depth >= "

@@ -154,6 +154,27 @@ def test_quant_report_figures(fd, qd):
     assert qi.layers[0].attn_gamma is None and qi.layers[0].act == "relu2"
 
 
+def test_int4_lm_head_beside_ternary_blocks(fd, qd):
+    """``lm_head="int4"``: the blocks exactly as without it, the LM head W4A8 (codes and group
+    scales of 32 along K); against the ternarized float model the error stays the integer
+    error's."""
+    q4 = quantize_decoder(fd, 48, lm_head="int4")
+    assert q4.weight_formats["lm_head"] == {"weights": "int4", "why": "--lm-head int4"}
+    assert qd.weight_formats["lm_head"]["weights"] == "int8"
+    h = q4.lm_head
+    assert h.w4.shape == (320, 120) and h.w4_scale.shape == (320, 4) and not h.ternary
+    assert -8 <= h.w4.min() and h.w4.max() <= 7
+    for a, b in zip(q4.layers, qd.layers, strict=True):
+        for name in LINEARS:
+            np.testing.assert_array_equal(getattr(a, name).weight, getattr(b, name).weight)
+    fdt, _ = ternarize_decoder(fd)
+    r8, r4 = quant_report(fdt, qd), quant_report(fdt, q4)
+    print(f"tiny BitNet vs ternarized float: int8 head {r8}, int4 head {r4}")
+    assert r4["cosine"] > 0.98      # measured 0.987 (int8 head: 0.992)
+    with pytest.raises(CompileError, match="LM head weights 'int2': use int8, int4"):
+        quantize_decoder(fd, 48, lm_head="int2")
+
+
 def test_llama_ternary_uses_gamma_codes(tmp_path):
     f = tiny_llama(tmp_path / "llama")
     fd = load_decoder(f, max_context=32, fold_gammas=False)

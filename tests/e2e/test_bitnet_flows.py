@@ -57,6 +57,23 @@ def test_prefill_and_decode_are_bit_exact_in_rtl(bitnet_build, capsys):
     assert "BIT-EXACT" in capsys.readouterr().out
 
 
+def test_int4_lm_head_beside_the_ternary_blocks_is_bit_exact_in_rtl(tmp_path, capsys):
+    """``--lm-head int4``: the blocks on the TLMM engine as before, the LM head a W4A8 MATMUL
+    (its weight bytes about half the int8 head's); prompt and decode bit-exact on the same
+    accelerator (the same Verilator build as the int8-head case)."""
+    out = tmp_path / "b4"
+    assert main(["compile", "--example", "tiny-bitnet", "--board", "kv260", "--max-context",
+                 "64", "--lm-head", "int4", "-o", str(out)]) == 0
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    assert rep["weights"] == "ternary" and rep["lm_head"] == "int4"
+    assert rep["engines"]["lm_head"] == "mpe" and set(rep["engines"]["L0"].values()) == {"tlmm"}
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "4"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in sim["steps"])
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert "BIT-EXACT" in capsys.readouterr().out
+
+
 def test_llama_typed_ternary_checkpoint_compiles_as_ternary(tmp_path, capsys):
     """A checkpoint that says model_type llama but whose block linears are 0/+-s per tensor
     (as a BitNet b1.58 model exported as LLaMA): reported, compiled on the table-lookup engine

@@ -159,13 +159,23 @@ def test_bitnet_0_7b_on_kv260_from_its_config(tmp_path, capsys):
     assert set(rep["engines"]["L0"].values()) == {"tlmm"} and rep["engines"]["lm_head"] == "mpe"
     b = pred["bandwidth"]
     assert b["weight_bytes_per_token"] == _weights_per_token_from_map(out, pred)
-    # ternary block linears at 5 bits per 3 weights (plus record padding) and the int8 LM head
+    # ternary block linears at 5 bits per 3 weights (plus record padding: a 480-bit record per
+    # 512-bit beat, 5/24 * 16/15 = 0.222 B per weight; chunk rounding and the 6 B parameter
+    # record per output: 0.230 measured) and the int8 LM head
     h, i, n = s["hidden"], s["intermediate"], s["layers"]
     ternary_params = n * (4 * h * h + 3 * h * i)
     lm_head = s["vocab"] * h
+    assert rep["lm_head"] == "int8"
     assert lm_head + ternary_params * 5 / 24 <= b["weight_bytes_per_token"] \
-        <= lm_head + ternary_params * 0.3
+        <= lm_head + ternary_params * 0.235
     _check_common(pred, rep, out, capsys)
+    # --lm-head int4: the same blocks, the head at 4 bits and a group scale per 32 weights
+    rep4, pred4, text = _compile(capsys, "bitnet-b1.58-0.7b.json", "kv260", tmp_path / "b4",
+                                 "--lm-head", "int4")
+    assert rep4["weights"] == "ternary" and rep4["lm_head"] == "int4" and "int4 LM head" in text
+    saved = b["weight_bytes_per_token"] - pred4["bandwidth"]["weight_bytes_per_token"]
+    assert lm_head * 0.4 <= saved <= lm_head / 2
+    assert pred4["decode"]["tokens_per_s"] > pred["decode"]["tokens_per_s"]
 
 
 def test_weights_and_context_options(tmp_path, capsys):

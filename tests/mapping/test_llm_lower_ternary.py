@@ -33,9 +33,11 @@ from .test_llm_lower import _run
 CFG = AccelConfig(chains=4, chain_len=8, mem_ports=1, port_bytes=32, act_depth=4096,
                   weight_depth=64, transformer=True, tlmm=True, tlmm_g=3, tlmm_t=4, tlmm_q=4,
                   tlmm_acc_depth=256, attn_heads=6)
-#: Same engine, other TLMM shapes: G = 2 and 4, T and Q that divide none of the widths.
+#: Same engine, other TLMM shapes: G = 2 and 4, T and Q that divide none of the widths; the
+#: KV260's T = 12, Q = 8, whose 36-byte chunks read past the rows (tails after h, att, gate).
 CFGS = {"G3T4Q4": CFG,
         "G2T3Q5": replace(CFG, tlmm_g=2, tlmm_t=3, tlmm_q=5),
+        "G3T12Q8": replace(CFG, tlmm_t=12, tlmm_q=8),
         "G4T2Q8": replace(CFG, tlmm_g=4, tlmm_t=2, tlmm_q=8, chains=8,
                           mem_ports=2)}
 #: hidden 120, heads of 20 (padded to 24 B), intermediate 200: no width is a multiple of G, T,
@@ -314,3 +316,30 @@ def test_shape_only_lowering_equals_the_full_one(qd, name):
         assert [i.encode() for i in a.program] == [i.encode() for i in b.program]
     assert shape.memory_map.to_json() == full.memory_map.to_json()
     assert shape.reports == full.reports
+
+
+def test_int4_lm_head_beside_ternary_blocks(qd):
+    """``--lm-head int4`` on a ternary decoder: the LM head a W4A8 MATMUL (FLAG_INT4, its
+    codes and group scales in the image, half the int8 head's weight bytes), the blocks on the
+    TLMM; prefill and decode on the ISA model equal golden_step."""
+    from hwflow.golden import int4 as g4
+    from hwflow.hw.isa import FLAG_INT4
+
+    rng = np.random.default_rng(11)
+    s = qd.shape
+    w4, w4s, _ = g4.quantize_weight_int4(rng.normal(size=(s.vocab, s.hidden)))
+    head = replace(qd.lm_head, weight=g4.dequantize_int4(w4, w4s), w4=w4, w4_scale=w4s)
+    qd4 = replace(qd, lm_head=head)
+    low8, low = lower_decoder(qd, CFG), lower_decoder(qd4, CFG)
+    mm = [i for i in low.decode.program if i.op == Opcode.MATMUL]
+    assert mm and all(i.flags & FLAG_INT4 for i in mm)    # the LM head is the only MATMUL
+    assert low.memory_map.total_bytes < low8.memory_map.total_bytes
+    model, gold = IsaModel(CFG, low.image, regions=low.memory_map), KVCache.empty(qd4)
+    prompt = rng.integers(0, s.vocab, 8)
+    got, _, st = _run(model, low, prompt, 0)
+    assert st.has_logits
+    np.testing.assert_array_equal(got, golden_step(qd4, prompt, 0, gold)[-1])
+    for pos in (8, 9):
+        tok = rng.integers(0, s.vocab, 1)
+        got, _, _ = _run(model, low, tok, pos)
+        np.testing.assert_array_equal(got, golden_step(qd4, tok, pos, gold)[-1])
