@@ -176,8 +176,11 @@ def test_kv260_vivado_project(builds, capsys):
     ports = verilog_ports((d / "src/hwflow_kernel.v").read_text(), "hwflow_kernel")
     for pin in re.findall(r"get_bd_(?:intf_)?pins \$k/(\w+)", tcl):
         assert pin in ports or f"{pin}_awvalid" in ports, f"block design uses missing pin {pin}"
-    assert ports["m_axi_gmem0_wdata"] == ("output", 128)     # S_AXI_HP0_FPD at 128 bit
-    assert "PSU__SAXIGP2__DATA_WIDTH {128}" in tcl
+    # the four S_AXI_HP ports (SAXIGP2..5) at 128 bit, one AXI master of the kernel each
+    for j in range(4):
+        assert ports[f"m_axi_gmem{j}_wdata"] == ("output", 128)
+        assert f"S_AXI_HP{j}_FPD" in tcl and f"PSU__SAXIGP{2 + j}__DATA_WIDTH {{128}}" in tcl
+    assert "m_axi_gmem4_wdata" not in ports
 
 
 def test_build_runs_when_tools_present(builds, tmp_path, monkeypatch):
