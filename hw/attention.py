@@ -18,14 +18,15 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
 from .config import AccelConfig
+from .contract import ATTN_BLOCK
 from .isa import Opcode
 from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
 
 __all__ = ["AttentionUnit", "ATTN_BLOCK", "EXP2_ROM", "SOFTCAP_ROM"]
 
-#: Keys per online-softmax block: the score buffers' depth (golden.llm.ATTN_BLOCK).
-ATTN_BLOCK = 16
+# ATTN_BLOCK (keys per online-softmax block, the score buffers' depth) is in the contract,
+# hw/contract.py
 #: 2**(15 - f/256) in Q15 for the fractional part f of a log2-domain difference (8 fraction
 #: bits); the same formula as golden.llm.EXP2_LUT. 32768 at f = 0 needs 16 bits.
 EXP2_ROM = tuple(int(round(2.0 ** (15 - f / 256))) for f in range(256))

@@ -6,22 +6,13 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .contract import REG
+
 __all__ = ["axi_lite_signature", "ControlRegisters", "REG"]
 
 ADDR_BITS = 12
 DATA_BITS = 32
-
-# docs/architecture.md, "Control registers"
-REG = {
-    "AP_CTRL": 0x00,
-    "PROG_BASE": 0x10,
-    "CYCLES_LO": 0x18, "CYCLES_HI": 0x1C,
-    "MPE_BUSY_LO": 0x20, "MPE_BUSY_HI": 0x24,
-    "RETIRED": 0x28,
-    "ERROR": 0x2C,
-    "POS": 0x200,
-    "TLMM_BUSY_LO": 0x208, "TLMM_BUSY_HI": 0x20C,
-}
+# REG (docs/architecture.md, "Control registers") is in the contract, hw/contract.py
 
 
 def axi_lite_signature() -> wiring.Signature:

@@ -7,15 +7,14 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import RING_BURST_BEATS, int4_capable
 from .gearbox import Gearbox
 from .mem_port import read_req_layout
-from .weight_fill import WeightFill, int4_capable
+from .weight_fill import WeightFill
 
 __all__ = ["ActivationBuffer", "WeightRing", "RING_BURST_BEATS", "skew_line"]
 
-# Read bursts of the weight prefetcher. 16 super-beats per request keep two requests in flight
-# within a 32-cycle memory latency, so the fetcher streams one super-beat per cycle.
-RING_BURST_BEATS = 16
+# RING_BURST_BEATS (read bursts of the weight prefetcher) is in the contract, hw/contract.py
 
 
 def skew_line(m: Module, addr, lanes: int) -> list:

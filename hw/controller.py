@@ -17,6 +17,7 @@ from . import isa
 from .attention import AttentionUnit
 from .buffers import ActivationBuffer, WeightRing
 from .config import AccelConfig
+from .contract import int4_capable
 from .gearbox import Gearbox
 from .isa_layout import HEADER_LAYOUT, INSTR_BITS, LAYOUTS
 from .matrix_engine import MatrixEngine
@@ -24,7 +25,6 @@ from .mem_port import read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
 from .sfu import VectorUnit
 from .tlmm import TernaryLookupMatmul
-from .weight_fill import int4_capable
 
 __all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
 

@@ -7,15 +7,12 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import RESULT_FIFO_DEPTH
 from .dsp_chain import DSP_LATENCY, DSPChain, SparseSelector
 
 __all__ = ["MatrixEngine", "RESULT_FIFO_DEPTH", "result_layout"]
 
-# Results the engine can hold: finished (in the FIFO) plus in flight (last group entered, result
-# not yet out). The output sequencer drains one result per P (+ a few) cycles, so with
-# k_words >= P the FIFO never holds more than 1-2; 4 also covers short dot products well enough
-# (they are bound by the epilogue's one element per cycle anyway).
-RESULT_FIFO_DEPTH = 4
+# RESULT_FIFO_DEPTH (results the engine can hold) is in the contract, hw/contract.py
 
 
 def result_layout(cfg: AccelConfig) -> data.ArrayLayout:

@@ -11,25 +11,14 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import MAX_EPILOGUE_LANES, epilogue_lanes
 from .epilogue import Epilogue
 from .matrix_engine import result_layout
 
 __all__ = ["KGroupSequencer", "OutputSequencer", "epilogue_lanes", "MAX_EPILOGUE_LANES"]
 
-#: Most epilogues working side by side. A row pair's result is ``2*r*P`` elements every
-#: ``k_words`` cycles (up to 128 per 64 cycles at P = 16, 1:4, K = 1024): one element per cycle
-#: would bound short dot products; four cost 12 DSP slices.
-MAX_EPILOGUE_LANES = 4
-
-
-def epilogue_lanes(cfg: AccelConfig) -> int:
-    """E, elements the output sequencer requantizes per cycle: the largest power of two up to
-    :data:`MAX_EPILOGUE_LANES` that divides both P and L (a group of E consecutive channels of a
-    tile then lies in one activation word)."""
-    e = 1
-    while e < MAX_EPILOGUE_LANES and cfg.chains % (2 * e) == 0 and cfg.chain_len % (2 * e) == 0:
-        e *= 2
-    return e
+# MAX_EPILOGUE_LANES and epilogue_lanes (E, elements requantized per cycle) are in the
+# contract, hw/contract.py
 
 
 def _aw(depth: int) -> int:

@@ -19,6 +19,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import rope_head_steps, rope_pairs_per_step
 from .isa import Opcode
 from .isa_layout import HEADER_LAYOUT, LAYOUTS
 
@@ -78,31 +79,8 @@ _V_BITS = 64
 _K_NONE, _K_SQ, _K_ELEM, _K_LATCH, _K_ZWORD, _K_C, _K_S, _K_X1, _K_X2, _K_MAX = range(10)
 
 
-def rope_pairs_per_step(L: int, V: int) -> int:
-    """Most ROPE pairs one step takes: ``min(V, L/2)`` (a word holds ``L/2`` int16 cos)."""
-    return min(V, L // 2)
-
-
-def rope_head_steps(L: int, V: int, hd: int, offset: int) -> int:
-    """ROPE steps (four buffer reads each) of one head of ``hd`` bytes at byte ``offset`` of a
-    word (any byte address; only ``offset % L`` matters) on ``V`` lanes of ``L``-byte words.
-
-    Greedy, as the sequencer: from pair ``k``, a step takes ``P = min(Vr, half - k)`` pairs
-    (``Vr`` = :func:`rope_pairs_per_step`), fewer where one of its four groups would cross a
-    word: the x1 bytes at ``offset + k``, the x2 bytes ``half`` later, the int16 cos at table
-    byte ``2k`` and sin at ``hd + 2k`` (the table row starts a word). ``half / Vr`` steps when
-    ``offset`` and ``half`` are multiples of ``Vr``; ``half`` steps at ``V = 1``.
-    """
-    half, vr = hd // 2, rope_pairs_per_step(L, V)
-    if vr == 1:
-        return half
-    k = steps = 0
-    while k < half:
-        p1 = offset + k
-        k += min(vr, half - k, L - p1 % L, L - (p1 + half) % L, (L - 2 * k % L) // 2,
-                 (L - (hd + 2 * k) % L) // 2)
-        steps += 1
-    return steps
+# rope_pairs_per_step and rope_head_steps (ROPE steps of one head) are in the contract,
+# hw/contract.py
 
 
 class VectorUnit(wiring.Component):

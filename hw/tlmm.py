@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
 from .config import AccelConfig
+from .contract import table_entries
 from .isa import Opcode
 from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
@@ -32,17 +33,8 @@ _EPI_STAGES = 5
 #: Accumulator bits: ``k_groups < 2**16`` groups of entries ``|e| <= 128*G`` keep ``|acc| <
 #: 2**25`` (26 bits signed), so the int32 sum of golden never needs more and never wraps.
 ACC_BITS = {g: (0xFFFF * 128 * g).bit_length() + 1 for g in GROUP_BITS}
-#: Deepest table stored whole: a 32-deep LUT-RAM holds 3**G = 9 or 27 entries as cheaply as 14.
-_FULL_TABLE_MAX = 32
-
-
-def table_entries(G: int) -> int:
-    """Entries the engine stores per table: all ``3**G`` when they fit a 32-deep LUT-RAM (G = 2,
-    3), else the half ``H = (3**G + 1) / 2`` (G = 4: 41 fit a 64-deep RAM, 81 would need 128)
-    with the mirrored half read as ``-entry(3**G - 1 - e)``. Also the build cycles per chunk."""
-    E = 3 ** G
-    return E if E <= _FULL_TABLE_MAX else (E + 1) // 2
-
+# table_entries (whole tables for G = 2, 3, the half with a mirror for G = 4) is part of the
+# hardware contract (.contract), which the cycle model reads without Amaranth
 
 
 def _ceil_div_unit(m: Module, name: str, width: int, d: int):
@@ -92,7 +84,12 @@ class TernaryLookupMatmul(wiring.Component):
     every row, as in decode ``rows`` is 1):
 
     1. ``m[b]``: two byte reads of the u16 at byte ``2b`` of act words from ``m_addr``;
-    2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks):
+    2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks), a builder (a, b) and
+       a streamer (c) one chunk apart: the tables have two banks, chunk ``c`` is built into
+       bank ``c % 2`` while the streamer looks up chunk ``c - 1`` in the other (the lookups
+       read only the tables and the accumulators, so the byte reader is the builder's); the
+       builder writes bank ``c % 2`` (b) once the streamer has finished chunk ``c - 2``
+       there, the streamer starts chunk ``c`` once it is built:
 
        a. load: the chunk's ``T*G`` activation bytes, byte-serial from the buffer (``T*G + 1``
           cycles; bytes straddle words freely; the bytes of groups past ``k_groups`` are read
@@ -103,8 +100,10 @@ class TernaryLookupMatmul(wiring.Component):
           where entry ``3**G - 1 - e`` has every digit mirrored (``2 - d``) and is
           ``-entry(e)``, so a lookup of an index ``>= 41`` reads the mirror and negates). Every
           table is written into one memory with ``Q`` asynchronous read ports (``Q`` LUT-RAM
-          replicas on an FPGA). Each table has one adder: entry ``e + 1`` is entry ``e`` plus
-          ``a_i - 2*(a_0 + .. + a_{i-1})`` where digits ``0..i-1`` of ``e`` wrap, steps
+          replicas on an FPGA), its two banks at ``0`` and ``2**bits`` (the bank is the top
+          address bit: 25 and 59 entries, one and two 32-deep LUT-RAMs as ``2*NE``), or ``0``
+          and ``NE`` for G = 4 (82). Each table has one adder: entry ``e + 1`` is entry ``e``
+          plus ``a_i - 2*(a_0 + .. + a_{i-1})`` where digits ``0..i-1`` of ``e`` wrap, steps
           computed while the bytes arrive (one shared adder pair);
        c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; a record does ``T*Q``
           lookups in one cycle (``lookup`` high), an adder tree over ``T`` per channel, and the
@@ -114,6 +113,7 @@ class TernaryLookupMatmul(wiring.Component):
           taken with a ``KR``-way select straight from the read data (the beat is accepted with
           its last record, or the row's last), or a record of ``BPR = ceil(RB / (8*SB))``
           beats is the concatenation of ``BPR - 1`` registered beats and the arriving one.
+          A chunk's last record steps to the next chunk in the same cycle.
 
     3. epilogue: one output byte per cycle for ``n < words*L``: ``requantize(acc[n] * m[b],
        bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL, res_mult)`` for ``n < n_out``,
@@ -133,14 +133,18 @@ class TernaryLookupMatmul(wiring.Component):
 
     Cycles per row, when memory keeps up (one beat per cycle)::
 
-        6 + n_chunks * (T*G + 1 + 1 + NE + stream + 1) + words*L
-                 (load, its last capture, entry 0, build, stream, chunk step)
+        7 + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR) + words*L
+        build  = T*G + 1 + 1 + NE              (load, its last capture, entry 0, entries)
         stream = n_blocks                      (RB <= 8*SB: one record per cycle)
                = n_blocks*BPR - (BPR - 1)      (RB > 8*SB: one beat per cycle; the first
-                                                record's first beats arrive during LOAD/BUILD)
+                                                record's first beats arrive during the build)
 
-    with ``n_chunks = ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``; per instruction add
-    the setup (``TLMM_SETUP`` in ``mapping/cycles.py``), ``param_beats`` and one read latency.
+    with ``n_chunks = ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``: chunk 0 is built
+    alone, each later chunk takes the longer of its build (done while the previous chunk
+    streams) and its records (the last chunk's ``stream``); 7 = the m reads (2), the stream
+    pipeline's drain (4) and the row step. ``4 + words*L`` when ``n_chunks`` or ``n_blocks`` is
+    0 (no lookups). Per instruction add the setup (``TLMM_SETUP`` in ``mapping/cycles.py``),
+    ``param_beats`` and one read latency.
 
     Parameters
     ----------
@@ -247,9 +251,21 @@ class TernaryLookupMatmul(wiring.Component):
                          mul_b.eq(mul_b >> 1), mul_cnt.eq(mul_cnt - 1)]
 
         # --- local memories ------------------------------------------------------------------
+        # two banks per table: chunk c's lookups read bank c % 2 while chunk c + 1 is built into
+        # the other. G = 2, 3: bank 1 at 2**bits (the bank is the top address bit, no adder;
+        # 25 and 59 entries: one and two 32-deep LUT-RAMs, as 2*NE); G = 4: bank 1 at NE (82
+        # entries: three, where 2**bits + NE would take four), its read address already an
+        # add (the mirror)
+        stride = NE if mirror else 1 << bits
+
+        def table_addr(a, bank):
+            if mirror:
+                return a + Mux(bank, NE, 0)
+            return Cat(a[:bits], Const(0, max(0, bits - len(a))), bank)
+
         tables = []
         for tt in range(T):
-            mem = memory.Memory(shape=signed(TW), depth=NE, init=[])
+            mem = memory.Memory(shape=signed(TW), depth=stride + NE, init=[])
             m.submodules[f"table{tt}"] = mem
             tables.append((mem.write_port(), [mem.read_port(domain="comb") for _ in range(Q)]))
         m.submodules.accmem = accmem = memory.Memory(shape=AW * Q, depth=AD, init=[])
@@ -365,6 +381,9 @@ class TernaryLookupMatmul(wiring.Component):
         o_row, r_row = Signal(16), Signal(16)
         ld_i = Signal(range(T * G + 1))
         be = Signal(range(NE + 1))          # table entry being built
+        cb = Signal(16)                     # chunk being built (into bank cb % 2)
+        full = [Signal(name=f"bank{k}_full") for k in range(2)]   # built, not yet streamed
+        bld_go, bank_filled, bank_free = Signal(), Signal(), Signal()
         digits = [Signal(2, name=f"digit{i}") for i in range(G)]
         # the entry being written per table: one adder each. INIT loads entry 0 (0 + first0),
         # BUILD adds the step of the digits' carry: delta_i for i = trailing 2s of the digits
@@ -427,53 +446,30 @@ class TernaryLookupMatmul(wiring.Component):
                     with m.If(rows == 0):
                         m.next = "DRAIN"
             with m.State("ROW"):
-                m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0)]
+                m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0), j.eq(0)]
+                m.d.sync += [f.eq(0) for f in full]
                 read_byte(m_word, m_lane, 1)
                 m.next = "M1"
             with m.State("M1"):
+                # the builder takes the byte reader from the next cycle (the row's chunks)
                 read_byte(m_word, m_lane, 1)
-                m.d.sync += ld_i.eq(0)
-                with m.If(n_chunks == 0):
+                with m.If((n_chunks == 0) | (n_blocks == 0)):
                     m.next = "EPI_WAIT"
                 with m.Else():
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                with m.If(ld_i != T * G):
-                    read_byte(x_word, x_lane, 0)
-                    m.d.sync += ld_i.eq(ld_i + 1)
-                with m.Else():
-                    # the last byte (and its group's steps) is captured in this cycle
-                    m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
-                    m.next = "INIT"
-            with m.State("INIT"):
-                m.d.comb += ent_init.eq(1)
-                m.next = "BUILD"
-            with m.State("BUILD"):
-                # entry be of every table at once: ent (entry 0, then ent + step)
-                m.d.comb += ent_step.eq(1)
-                for tt, (wp, _) in enumerate(tables):
-                    m.d.comb += [wp.addr.eq(be), wp.data.eq(ents[tt]), wp.en.eq(1)]
-                # base-3 increment of the digits (digit 0 fastest, as golden's index)
-                carry = Const(1)
-                for i in range(G):
-                    wrap = carry & (digits[i] == 2)
-                    m.d.sync += digits[i].eq(Mux(carry, Mux(wrap, 0, digits[i] + 1), digits[i]))
-                    carry = wrap
-                m.d.sync += be.eq(be + 1)
-                with m.If(be == NE - 1):
-                    m.d.sync += j.eq(0)
+                    m.d.comb += bld_go.eq(1)
                     m.next = "STREAM"
             with m.State("STREAM"):
-                with m.If(j == n_blocks):
-                    m.d.sync += [c.eq(c + 1), ld_i.eq(0)]
-                    with m.If(c == n_chunks - 1):
-                        m.next = "EPI_WAIT"
-                    with m.Else():
-                        m.next = "LOAD"
-                with m.Else():
-                    m.d.comb += consume.eq(rec_valid)
-                    with m.If(rec_valid):
-                        m.d.sync += j.eq(j + 1)
+                # records of chunk c from bank c % 2 as soon as the builder has filled it; the
+                # chunk's last record releases the bank (to chunk c + 2) and steps to c + 1
+                # in the same cycle, so a built next chunk streams with no gap
+                m.d.comb += consume.eq(rec_valid & Mux(c[0], full[1], full[0]))
+                with m.If(consume):
+                    m.d.sync += j.eq(j + 1)
+                    with m.If(j == n_blocks - 1):
+                        m.d.comb += bank_free.eq(1)
+                        m.d.sync += [j.eq(0), c.eq(c + 1)]
+                        with m.If(c == n_chunks - 1):
+                            m.next = "EPI_WAIT"
             with m.State("EPI_WAIT"):
                 # the last records' accumulator writes land before the epilogue reads them
                 with m.If(~pipe_busy):
@@ -515,12 +511,65 @@ class TernaryLookupMatmul(wiring.Component):
                     m.next = "IDLE"
             m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
+        # --- table builder: chunk cb's bytes into bank cb % 2, ahead of the streamer ----------
+        # LOAD and the steps use only the byte reader (free while the streamer looks up: the
+        # lookups read the tables, the accumulators are their own memory); BUILD waits in INIT
+        # until the streamer has released the bank (chunk cb - 2 streamed). The row's m bytes
+        # come before (M1 starts the builder) and its epilogue after the last chunk streamed
+        # (the builder is idle then: it finishes each chunk before the streamer starts it).
+        with m.FSM(name="builder"):
+            with m.State("IDLE"):
+                with m.If(bld_go):
+                    m.d.sync += [ld_i.eq(0), cb.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(ld_i != T * G):
+                    read_byte(x_word, x_lane, 0)
+                    m.d.sync += ld_i.eq(ld_i + 1)
+                with m.Else():
+                    # the last byte (and its group's steps) is captured in this cycle
+                    m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
+                    m.next = "INIT"
+            with m.State("INIT"):
+                # entry 0 (again, while waiting: first0 holds until the next LOAD)
+                m.d.comb += ent_init.eq(1)
+                with m.If(~Mux(cb[0], full[1], full[0])):
+                    m.next = "BUILD"
+            with m.State("BUILD"):
+                # entry be of every table at once: ent (entry 0, then ent + step)
+                m.d.comb += ent_step.eq(1)
+                for tt, (wp, _) in enumerate(tables):
+                    m.d.comb += [wp.addr.eq(table_addr(be, cb[0])), wp.data.eq(ents[tt]),
+                                 wp.en.eq(1)]
+                # base-3 increment of the digits (digit 0 fastest, as golden's index)
+                carry = Const(1)
+                for i in range(G):
+                    wrap = carry & (digits[i] == 2)
+                    m.d.sync += digits[i].eq(Mux(carry, Mux(wrap, 0, digits[i] + 1), digits[i]))
+                    carry = wrap
+                m.d.sync += be.eq(be + 1)
+                with m.If(be == NE - 1):
+                    m.d.comb += bank_filled.eq(1)
+                    m.d.sync += [cb.eq(cb + 1), ld_i.eq(0)]
+                    with m.If(cb == n_chunks - 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "LOAD"
+        # a bank is filled by the builder and released by the streamer, never in one cycle
+        for k, f in enumerate(full):
+            with m.If(bank_filled & (cb[0] == k)):
+                m.d.sync += f.eq(1)
+            with m.If(bank_free & (c[0] == k)):
+                m.d.sync += f.eq(0)
+
         m.d.comb += self.lookup.eq(consume)
 
         # --- stream pipeline: S0 record register -> S1 lookups -> S2 tree -> S3 acc write -------
         s1_v, s1_first, s1_j = Signal(), Signal(), Signal(range(AD + 1))
         s1_rec = Signal(RB)
-        m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_j.eq(j), s1_rec.eq(record)]
+        s1_bank = Signal()
+        m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_bank.eq(c[0]), s1_j.eq(j),
+                     s1_rec.eq(record)]
         s2_v, s2_first, s2_j = Signal(), Signal(), Signal.like(s1_j)
         s2_lk = [[Signal(signed(TW), name=f"s2_lk{qq}_{tt}") for tt in range(T)]
                  for qq in range(Q)]
@@ -531,10 +580,10 @@ class TernaryLookupMatmul(wiring.Component):
                 if mirror:
                     # G = 4: entry E - 1 - e (every digit mirrored) is -entry(e)
                     hi = idx >= NE
-                    m.d.comb += rp.addr.eq(Mux(hi, E - 1 - idx, idx))
+                    m.d.comb += rp.addr.eq(table_addr(Mux(hi, E - 1 - idx, idx), s1_bank))
                     m.d.sync += s2_lk[qq][tt].eq(Mux(hi, -rp.data, rp.data))
                 else:
-                    m.d.comb += rp.addr.eq(idx)
+                    m.d.comb += rp.addr.eq(table_addr(idx, s1_bank))
                     m.d.sync += s2_lk[qq][tt].eq(rp.data)
         m.d.sync += [s2_v.eq(s1_v), s2_first.eq(s1_first), s2_j.eq(s1_j)]
         SW = (T * 128 * G).bit_length() + 1

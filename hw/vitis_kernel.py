@@ -41,29 +41,20 @@ from amaranth.lib.wiring import In, Out
 from .axi4 import AXI4Master, axi4_signature
 from .axi_lite import axi_lite_signature
 from .config import AccelConfig
+from .contract import CONTROL_RANGE, KERNEL_NAME, KERNEL_REG, MAX_PORTS, mem_arg_offset
 from .top import Accelerator
 
-__all__ = ["KERNEL_NAME", "KERNEL_REG", "CONTROL_PORT", "VitisKernel", "master_name",
-           "mem_arg_offset", "generate_kernel_verilog"]
+__all__ = ["KERNEL_NAME", "KERNEL_REG", "CONTROL_PORT", "CONTROL_RANGE", "VitisKernel",
+           "master_name", "mem_arg_offset", "generate_kernel_verilog"]
 
-KERNEL_NAME = "hwflow_kernel"
+# KERNEL_NAME, CONTROL_RANGE, KERNEL_REG, MAX_PORTS and mem_arg_offset (the register map) are
+# in the contract, hw/contract.py
 CONTROL_PORT = "s_axi_control"
-CONTROL_RANGE = 0x1000          # 12-bit AXI4-Lite address
-KERNEL_REG = {"AP_CTRL": 0x00, "GIE": 0x04, "IER": 0x08, "ISR": 0x0C, "PROG_BASE": 0x10,
-              "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200, "TLMM_BUSY_LO": 0x208,
-              "TLMM_BUSY_HI": 0x20C}
-#: The MEM{j} pointers must stay below POS (0x200): at most 58 ports.
-MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
 
 
 def master_name(j: int) -> str:
     """Interface name of the AXI4 master of memory port ``j``."""
     return f"m_axi_gmem{j}"
-
-
-def mem_arg_offset(j: int) -> int:
-    """AXI4-Lite offset of the 64-bit buffer pointer of port ``j``."""
-    return KERNEL_REG["MEM"] + 8 * j
 
 
 def _flat(prefix: str, sig: wiring.Signature) -> dict:

@@ -12,17 +12,11 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import INT4_GROUP, int4_capable
 
 __all__ = ["WeightFill", "INT4_GROUP", "int4_capable"]
 
-#: Weights per int4 scale group along K (``golden.int4.GROUP``).
-INT4_GROUP = 32
-
-
-def int4_capable(cfg: AccelConfig) -> bool:
-    """The int4 path is built: ``cfg.int4`` and a value row's two words lie in one scale group
-    (``2L | 32``)."""
-    return cfg.int4 and INT4_GROUP % (2 * cfg.chain_len) == 0
+# INT4_GROUP and int4_capable (is the int4 path built) are in the contract, hw/contract.py
 
 
 class WeightFill(wiring.Component):

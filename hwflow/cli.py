@@ -114,8 +114,6 @@ def _source_name(args) -> str:
 
 
 def _cmd_compile(args) -> int:
-    from hwflow.flow import compile_model
-
     if getattr(args, "shape_only", False):
         _refuse_flags(args, _MLP_FLAGS + ("trust_model",),
                       "is not read by a --shape-only compile (a config, no weights)")
@@ -127,6 +125,7 @@ def _cmd_compile(args) -> int:
     _refuse_flags(args, ("max_context", "lm_head"), f"is for language models; "
                   f"{_source_name(args)} is an MLP model")
     args.sparsity = args.sparsity or "auto"
+    from hwflow.flow import compile_model  # the MLP flow: it loads the RTL generator
 
     out, report = compile_model(
         model=args.model, example=args.example, board=args.board, out=args.out,

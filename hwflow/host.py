@@ -15,8 +15,9 @@ PROG_BASE, starts and reads the logits of its last row (docs/architecture.md, "R
 register and program sharing").
 
 The image layout comes from :mod:`hwflow.mapping.memory_image` and the register offsets from
-:data:`hwflow.hw.axi_lite.REG`, the same code the compiler, the simulator and the RTL use, so the
-host cannot drift from them. What differs between boards is only a :class:`Device`:
+:mod:`hwflow.hw.contract` (plain Python: the host never loads Amaranth), the same code the
+compiler, the simulator and the RTL use, so the host cannot drift from them. What differs
+between boards is only a :class:`Device`:
 
 - :class:`ModelDevice`: in-process, memory is a ``bytearray`` and ``ap_start`` runs the ISA
   functional model (``sim.isa_model.run_program``); for tests and dry runs;
@@ -39,9 +40,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from hwflow.errors import HwflowError
-from hwflow.hw.axi_lite import REG
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.vitis_kernel import KERNEL_NAME, mem_arg_offset
+from hwflow.hw.contract import AP_DONE, AP_IDLE, AP_START, KERNEL_NAME, REG, mem_arg_offset
 from hwflow.mapping.memory_image import MemoryMap, unpack_rows, write_tensor
 
 __all__ = [
@@ -49,10 +49,8 @@ __all__ = [
     "PynqDevice", "Build", "load_build", "run", "generate", "split_ports", "join_ports",
 ]
 
-AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
-
 # Base address of port j's buffer: the kernel wrapper's 64-bit (lo, hi) pair (0x30 + 8*j in
-# hw/vitis_kernel.py, after the accelerator's 0x00..0x2C block); 32 ports (U280 HBM) end at
+# hw/contract.py, after the accelerator's 0x00..0x2C block); 32 ports (U280 HBM) end at
 # 0x130, inside the 12-bit control space. Pass ``port_base_regs`` for another wrapper.
 PORT_BASE_REGS = tuple(mem_arg_offset(j) for j in range(32))
 
@@ -237,7 +235,7 @@ class XrtDevice(_PortedDevice):
     cfg : AccelConfig
         The build's accelerator configuration.
     kernel : str
-        Kernel name in the xclbin (``hw.vitis_kernel.KERNEL_NAME``).
+        Kernel name in the xclbin (``hw.contract.KERNEL_NAME``).
     device_index : int
         XRT device (``xrt-smi examine`` lists them).
     first_mem_arg : int

@@ -24,12 +24,15 @@ The ternary path (docs/architecture.md, "Ternary path (v4)") adds two terms, bot
 formulas the RTL documents and its tests pin:
 
 * **TMATMUL** (``hw.tlmm.TernaryLookupMatmul``): rows one after another, the index stream
-  re-read for every row; per row ``6 + chunks · (T·G + NE + stream + 3) + words·L`` with
-  ``chunks = ceil(k_groups/T)``, ``NE = hw.tlmm.table_entries(G)`` table entries built (27 at
-  G = 3), ``stream = blocks·BPR − (BPR − 1)`` cycles for ``blocks = ceil(n_out/Q)`` records
-  of ``BPR = ceil(T·Q·bits / (8·SB))`` super-beats each (one record per cycle when it fits a
-  beat), then the byte-serial epilogue; per instruction the setup (its dividers and
-  multiplier: 11 to ~60 cycles), 8 cycles, the parameter super-beats and one read latency;
+  re-read for every row; per row ``7 + build + stream + (chunks − 1) · max(build,
+  blocks·BPR) + words·L`` (the next chunk's tables are built in the other bank while the
+  current chunk's records are looked up) with ``build = T·G + NE + 2``, ``chunks =
+  ceil(k_groups/T)``, ``NE = table_entries(G)`` table entries built (27 at G = 3), ``stream =
+  blocks·BPR − (BPR − 1)`` cycles for ``blocks = ceil(n_out/Q)`` records of ``BPR =
+  ceil(T·Q·bits / (8·SB))`` super-beats each (one record per cycle when it fits a beat),
+  then the byte-serial epilogue; ``4 + words·L`` without lookups; per instruction the setup
+  (its dividers and multiplier: 11 to ~60 cycles), 8 cycles, the parameter super-beats and one
+  read latency;
 * **ABSQUANT** (``hw.sfu.VectorUnit``): two passes over the row (max, then quantize), per row
   ``2·nw·(G + gamma) + (words − nw) + 42`` with ``nw = ceil(n/L)`` and ``G = L/V`` lane groups
   per word (``V = vec_lanes``), plus 9 per instruction.
@@ -83,14 +86,16 @@ from pathlib import Path
 
 from hwflow.golden.llm import attended
 from hwflow.golden.ternary import GROUP_BITS
-from hwflow.hw.attention import ATTN_BLOCK
-from hwflow.hw.buffers import RING_BURST_BEATS
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import (
+    ATTN_BLOCK,
+    RESULT_FIFO_DEPTH,
+    RING_BURST_BEATS,
+    epilogue_lanes,
+    rope_head_steps,
+    table_entries,
+)
 from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, FLAG_TANH, INSTR_BYTES, Opcode
-from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH
-from hwflow.hw.sequencer import epilogue_lanes
-from hwflow.hw.sfu import rope_head_steps
-from hwflow.hw.tlmm import table_entries
 
 from .weight_format import LayerFormat, channels_per_tile, ring_reserve, tile_mem_rows
 
@@ -291,7 +296,15 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
     rb, sbb = T * Q * GROUP_BITS[G], 8 * SB
     kr, bpr = max(1, sbb // rb), -(-rb // sbb)
     stream = blocks * bpr - (bpr - 1)
-    per_row = TLMM_ROW_FIXED + chunks * (T * G + table_entries(G) + stream + 3) + i.words * L
+    # the builder (T·G bytes, entry 0, NE entries: T·G + NE + 2 cycles) fills one table bank
+    # while the lookups read the other: the first chunk is built alone, every later one takes
+    # the longer of its build and its lookups (blocks·BPR beats), the last adds its lookups
+    build = T * G + table_entries(G) + 2
+    if chunks and blocks:
+        per_row = (TLMM_ROW_FIXED + build + 1 + stream + (chunks - 1) * max(build, blocks * bpr)
+                   + i.words * L)
+    else:
+        per_row = TLMM_ROW_FIXED - 2 + i.words * L      # no lookups: no stream drain
     # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
     # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
     def pow2(d):

@@ -60,8 +60,7 @@ from pathlib import Path
 
 from hwflow.boards import Board
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.sequencer import epilogue_lanes
-from hwflow.hw.weight_fill import int4_capable
+from hwflow.hw.contract import epilogue_lanes, int4_capable
 
 from .errors import MappingError
 
@@ -478,16 +477,18 @@ TLMM_REF_LAYER = (2048, 2048)
 #: record and parameter selects, see :func:`tlmm_resources`) and the rest (``fixed``: control
 #: and counters, setup, request side, the epilogue's multiplier glue and saturating shift, the
 #: activation byte reader).
-TLMM_LUT = {"lookup": 26.90, "table": 45.94, "select": 2.188, "fixed": 1184.7}
+TLMM_LUT = {"lookup": 34.23, "table": 50.39, "select": 2.190, "fixed": 1210.9}
 #: How the constants were obtained (reported with the sizing).
 TLMM_LUT_SOURCE = ("fitted (least squares): Yosys synth_xilinx -family xcup "
-                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul in flat ports "
-                   "(benchmarks/tlmm_synth.py), G=3, acc_depth 1024, at (T, Q, SB) = (2, 2, 16), "
-                   "(4, 4, 16), (8, 4, 16), (4, 8, 16), (8, 8, 16), (16, 8, 16), (16, 8, 128), "
-                   "(16, 8, 256): LUT + LUTRAM 1723, 1885, 2489, 2282, 3335, 5364, 6182, 7979; "
-                   "model 1620, 1904, 2518, 2334, 3379, 5468, 5993, 8023 (within 3.1% from "
-                   "16 lookups up, 5.9% at T = Q = 2); G = 2, 4 at T = Q = 4 (not fitted): "
-                   "1923, 2350; model 2044, 2420 (+6.3%, +3.0%)")
+                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul (two table banks) in "
+                   "flat ports (benchmarks/tlmm_synth.py), G=3, acc_depth 1024, at (T, Q, SB) = "
+                   "(2, 2, 16), (4, 4, 16), (8, 4, 16), (4, 8, 16), (8, 8, 16), (16, 8, 16), "
+                   "(16, 8, 128), (16, 8, 256): LUT + LUTRAM 1784, 2046, 2787, 2569, 3859, "
+                   "6397, 7223, 9016; model 1685, 2065, 2814, 2613, 3910, 6504, 7029, 9061 "
+                   "(within 2.7% from 16 lookups up, 5.5% at T = Q = 2); held out: the KV260's "
+                   "(12, 8, 64) 5517, model 5417 (-1.8%); G = 2, 4 at T = Q = 4 (not fitted): "
+                   "1949, 2754; model 1932, 2421 (-0.9%, -12.1%: G = 4's mirrored half-table "
+                   "reads grow more with the second bank than its LUT-RAM depth)")
 #: DSP48E2 of the TLMM epilogue (acc*m, (acc*m + bias)*mult: 2, res*res_mult): 4 in every
 #: synthesized point.
 TLMM_DSP = 4
@@ -512,16 +513,18 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports.
 
     The engine stores ``NE`` entries per table (all ``3**G`` for G = 2, 3; the half of 41 for
-    G = 4, whose other half is read negated), ``TW = bits(128 G) + 1`` bits each, with ``Q``
-    asynchronous read ports (``ceil(NE/32)`` 32-deep LUT-RAM units per bit); every cycle it
-    does ``T*Q`` lookups, sums ``T`` of them per output lane in an adder tree and
-    read-modify-writes ``Q`` accumulator lanes of 26 bits; a table is built by one adder.
+    G = 4, whose other half is read negated), ``TW = bits(128 G) + 1`` bits each, in two banks
+    (a chunk's table is built into one while the previous chunk's lookups read the other), with
+    ``Q`` asynchronous read ports (``ceil(2*NE/32)`` 32-deep LUT-RAM units per bit: the second
+    bank doubles the depth, 1, 2, 3 units for G = 2, 3, 4); every cycle it does ``T*Q``
+    lookups, sums ``T`` of them per output lane in an adder tree and read-modify-writes ``Q``
+    accumulator lanes of 26 bits; a table is built by one adder.
     Index records (``RB = T*Q*bits``) never straddle a super-beat: ``KR = 8*SB // RB`` per beat
     are taken with a ``KR``-way select (a tree of 2:1 muxes, ``ceil((KR - 1) / 2)`` LUT6 per
     bit), and the epilogue selects one of the ``RPB = SB/8`` parameter records (48 bits) of a
     parameter-memory word in two levels (4:1 in ``ng = ceil(RPB/4)`` groups, then ``ng:1``)::
 
-        LUT  = a * T*Q * (TW * ceil(NE/32) / 10)     lookups (size ratio 1 at G = 3)
+        LUT  = a * T*Q * (TW * ceil(2*NE/32) / 20)   lookups (size ratio 1 at G = 3)
              + b * T                                  table builds
              + c * (RB * ceil((KR - 1) / 2)           record select
                     + 48 * (ng + ceil((ng - 1) / 2)))  parameter select (0 if RPB = 1)
@@ -533,9 +536,10 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
 
     ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, d``
     = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``fixed``), fitted at G = 3 and
-    SB = 16, 128, 256 B (:data:`TLMM_LUT_SOURCE`: within 3.1% from 16 lookups per cycle up;
+    SB = 16, 128, 256 B (:data:`TLMM_LUT_SOURCE`: within 2.7% from 16 lookups per cycle up;
     ``c`` ~2: the selects cost about twice the counted LUTs in the engine); the lookup size
-    ratio carries the fit to G = 2, 4 (+6.3%, +3.0% at T = Q = 4). BRAM,
+    ratio carries the fit to G = 2, 4 (−0.9 %, −12.1 % at T = Q = 4: G = 4 undercounts its
+    mirror logic). BRAM,
     rounded up to whole 36 Kb blocks as Yosys counts a lone 18 Kb one, equals Yosys at every
     synthesized point (3 to 25 blocks).
 
@@ -546,7 +550,7 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     """
     d = _tlmm_dims(G, T, Q, acc_depth, SB)
     c = TLMM_LUT
-    size = d["TW"] * -(-d["NE"] // 32) / 10     # 10 = TW * 1 at G = 3, where a was fitted
+    size = d["TW"] * -(-2 * d["NE"] // 32) / 20     # 20 = TW * 2 units at G = 3 (a's fit)
     rpb = d["params_per_beat"]
     ng = -(-rpb // 4)
     select = (d["record_bits"] * -(-(d["records_per_beat"] - 1) // 2)
@@ -568,11 +572,17 @@ def _blocks(width: int, depth: int, kbits: int) -> float:
 
 def tlmm_row_cycles(G: int, T: int, Q: int, k: int, n: int) -> int:
     """Cycles of one activation row of a ``k -> n`` ternary linear (hw/tlmm.py, memory keeping
-    up, a record per super-beat or less, output bytes excluded): ``ceil(k_groups/T) * (T*G +
-    NE + ceil(n/Q) + 3)`` with ``NE`` table entries built (9, 27, 41 for G = 2, 3, 4)."""
+    up, a record per super-beat or less, output bytes excluded): ``build + 1 + blocks +
+    (chunks - 1) * max(build, blocks)`` with ``chunks = ceil(k_groups/T)``, ``blocks =
+    ceil(n/Q)`` and ``build = T*G + NE + 2`` cycles to load a chunk's bytes and build its
+    ``NE`` table entries (9, 27, 41 for G = 2, 3, 4), which overlap the previous chunk's
+    lookups (two table banks); 0 without chunks or blocks."""
     kg = -(-k // G)
     ne = 3 ** G if 3 ** G <= 32 else (3 ** G + 1) // 2
-    return -(-kg // T) * (T * G + ne + 3 + -(-n // Q))
+    chunks, blocks, build = -(-kg // T), -(-n // Q), T * G + ne + 2
+    if not chunks or not blocks:
+        return 0
+    return build + 1 + blocks + (chunks - 1) * max(build, blocks)
 
 
 def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = None,

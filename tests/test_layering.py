@@ -1,6 +1,7 @@
 """The layering of docs (shared/DESIGN.md, "Layers and data flow") is a rule: check every import."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ RULES = {
     "sim": ({"hw", "mapping", "golden"}, {"torch"}),
 }
 LAYERS = set(RULES) | {"hwflow"}
+# The hardware contract (shared/DESIGN.md, "Layers and data flow"): the ISA, the parameters, the
+# registers and constants that the RTL, the mapper, the models and the host read. Plain Python:
+# the standard library and each other, so that no reader of it loads Amaranth.
+CONTRACT = ("hw/contract.py", "hw/isa.py", "hw/config.py")
 
 
 def _imports(path: Path):
@@ -61,3 +66,35 @@ def test_checker_catches_violations(tmp_path):
     (tmp_path / "hw" / "y.py").write_text("import torch\nfrom hwflow.compiler import ir\n")
     assert len(violations("compiler", tmp_path)) == 2
     assert len(violations("hw", tmp_path)) == 2
+
+
+def contract_violations(root: Path) -> list:
+    own = {Path(c).stem for c in CONTRACT}
+    bad = []
+    for c in CONTRACT:
+        tree = ast.parse((root / c).read_text(), filename=c)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                mods = [node.module] if node.module else [a.name for a in node.names]
+                bad += [f"{c}:{node.lineno} imports .{m}" for m in mods
+                        if m.split(".")[0] not in own]
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module])
+                bad += [f"{c}:{node.lineno} imports {m}" for m in mods
+                        if m.split(".")[0] not in sys.stdlib_module_names]
+    return bad
+
+
+def test_contract_imports_only_the_standard_library():
+    bad = contract_violations(ROOT)
+    assert not bad, "the hardware contract must stay plain Python:\n" + "\n".join(bad)
+
+
+def test_contract_checker_catches_violations(tmp_path):
+    (tmp_path / "hw").mkdir()
+    for c in CONTRACT:
+        (tmp_path / c).write_text("import struct\nfrom .config import AccelConfig\n")
+    (tmp_path / "hw" / "isa.py").write_text("from amaranth import Signal\nfrom .top import x\n"
+                                            "import numpy\n")
+    assert len(contract_violations(tmp_path)) == 3

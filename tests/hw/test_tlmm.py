@@ -162,9 +162,9 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
                 lookups=rows * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
 
 
-def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0):
+def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0, acc_depth=ACC_DEPTH):
     """Run the cases back to back in one simulation; returns the cycles of each."""
-    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, ACC_DEPTH))
+    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth))
     u = h.unit
     state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
     log, cycles = [], []
@@ -245,7 +245,7 @@ def test_tlmm_matches_golden(cfg, G, T, Q):
 
 
 THROUGHPUT = [
-    # (cfg, G, T, Q): records per beat KR / beats per record BPR at K = 60, n_out = 37
+    # (cfg, G, T, Q): records per beat KR / beats per record BPR
     (CFG4, 3, 2, 4),     # 40-bit records, KR = 3 per 128-bit beat
     (CFG4, 3, 3, 5),     # 75-bit records, KR = 1
     (CFG4, 4, 4, 5),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
@@ -255,19 +255,53 @@ THROUGHPUT = [
 ]
 
 
+def _shape(cfg, G, T, Q):
+    """(build cycles of a chunk, beats per record) of the engine (the model's terms)."""
+    rb, sbb = T * Q * GROUP_BITS[G], 8 * cfg.beat_bytes
+    return T * G + table_entries(G) + 2, -(-rb // sbb)
+
+
+def _stream_bound(cfg, G, T, Q, **kw):
+    """A case whose chunks stream longer than the next one builds (two beats more), in four
+    chunks (the last one group), so the builder waits for the streamer to free a bank."""
+    build, bpr = _shape(cfg, G, T, Q)
+    blocks = build // bpr + 2
+    return _Case(K=3 * T * G + 1, n_out=Q * blocks - (Q > 1), **kw)
+
+
 @pytest.mark.parametrize("cfg,G,T,Q", THROUGHPUT,
                          ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in THROUGHPUT])
 def test_tlmm_cycles_match_the_model(cfg, G, T, Q):
     """No memory stalls (latency 32 = cycles.READ_LATENCY, no gaps): the busy cycles equal
-    mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows."""
-    for rows in (1, 2):
-        c = _Case(rows=rows, K=60, n_out=37, seed=7)
-        (cyc,) = _run(cfg, G, T, Q, [c], latency=cycles.READ_LATENCY, p_busy=0.0, p_gap=0.0)
+    mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows, with the
+    chunks' lookups fewer than their build cycles (the builder bounds the row), more (the
+    lookups bound it), and no chunks (k_groups = 0)."""
+    build, bpr = _shape(cfg, G, T, Q)
+    big = _stream_bound(cfg, G, T, Q, rows=1, seed=7)
+    acc_depth = max(ACC_DEPTH, big.n_out)
+    cases = [_Case(rows=rows, K=60, n_out=37, seed=7) for rows in (1, 2)] + [
+        _Case(rows=2, K=60, n_out=3, seed=7),
+        big, replace(big, rows=2),
+        _Case(rows=2, K=5, n_out=6, k_zero=True, seed=7)]
+    assert -(-3 // Q) * bpr < build < -(-big.n_out // Q) * bpr
+    for c in cases:
+        (cyc,) = _run(cfg, G, T, Q, [c], latency=cycles.READ_LATENCY, p_busy=0.0, p_gap=0.0,
+                      acc_depth=acc_depth)
         d = _build(cfg, G, T, Q, c)
-        ins = Instr(Opcode.TMATMUL, rows=rows, k_groups=d["lay"]["k_groups"], n_out=37,
+        ins = Instr(Opcode.TMATMUL, rows=c.rows, k_groups=d["lay"]["k_groups"], n_out=c.n_out,
                     words=d["words_n"])
-        tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=ACC_DEPTH)
-        assert cyc == cycles.tmatmul_cycles(ins, tcfg), (rows, cyc)
+        tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=acc_depth)
+        assert cyc == cycles.tmatmul_cycles(ins, tcfg), (c, cyc)
+
+
+@pytest.mark.parametrize("cfg,G,T,Q", CONFIGS,
+                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in CONFIGS])
+def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q):
+    """Chunks that stream longer than the next one builds, with memory stalls: the builder
+    fills a bank only once the streamer has released it (two chunks back)."""
+    cases = [_stream_bound(cfg, G, T, Q, rows=2, relu=True, residual=True, seed=12),
+             _stream_bound(cfg, G, T, Q, rows=1, fill="groups", m_zero=(0,), seed=13)]
+    _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases))
 
 
 def test_tlmm_full_and_half_tables():

@@ -253,11 +253,12 @@ def test_estimate_adds_the_tlmm_engine_share():
 def test_tlmm_model_reproduces_the_synthesized_points():
     from hwflow.mapping.engine import tlmm_resources
 
-    # Yosys synth_xilinx (xcup) of hw/tlmm.py (benchmarks/tlmm_synth.py), G=3, acc_depth=1024:
-    # LUT + LUTRAM and block RAM (a lone 18 Kb block counted as one)
-    synth = {(2, 2, 16): (1723, 3), (4, 4, 16): (1885, 3), (8, 4, 16): (2489, 3),
-             (4, 8, 16): (2282, 5), (8, 8, 16): (3335, 5), (16, 8, 16): (5364, 5),
-             (16, 8, 128): (6182, 14), (16, 8, 256): (7979, 25)}
+    # Yosys synth_xilinx (xcup) of hw/tlmm.py with its two table banks (benchmarks/tlmm_synth.py),
+    # G=3, acc_depth=1024: LUT + LUTRAM and block RAM (a lone 18 Kb block counted as one); the
+    # KV260's (12, 8, 64) held out of the fit
+    synth = {(2, 2, 16): (1784, 3), (4, 4, 16): (2046, 3), (8, 4, 16): (2787, 3),
+             (4, 8, 16): (2569, 5), (8, 8, 16): (3859, 5), (16, 8, 16): (6397, 5),
+             (16, 8, 128): (7223, 14), (16, 8, 256): (9016, 25), (12, 8, 64): (5517, 9)}
     for (T, Q, SB), (lut, bram) in synth.items():
         r = tlmm_resources(3, T, Q, 1024, SB)
         tol = 0.06 if T * Q < 16 else 0.032

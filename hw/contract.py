@@ -1,0 +1,141 @@
+"""The hardware contract, in plain Python: what the RTL, the mapper, the cycle and resource
+models, the ISA model and the host runtime all read.
+
+The contract is three modules of ``hwflow.hw`` that import neither Amaranth nor anything but
+each other (tests/test_layering.py checks it), so that a shape-only prediction and the host
+runtime never load the HDL (tests/hwflow/test_no_amaranth.py):
+
+- :mod:`hwflow.hw.isa`: the instruction set (opcodes, flags, the one table of fields);
+- :mod:`hwflow.hw.config`: :class:`~hwflow.hw.config.AccelConfig`, the parameters the RTL
+  depends on;
+- this module: the control registers, the Vitis kernel's register map, and the hardware
+  constants and sizing rules the models read. The RTL modules import each of them from here
+  and define none of them again.
+"""
+
+from __future__ import annotations
+
+from .config import AccelConfig
+
+__all__ = [
+    "REG", "AP_START", "AP_DONE", "AP_IDLE",
+    "KERNEL_NAME", "KERNEL_REG", "CONTROL_RANGE", "MAX_PORTS", "mem_arg_offset",
+    "RESULT_FIFO_DEPTH", "MAX_EPILOGUE_LANES", "epilogue_lanes", "INT4_GROUP", "int4_capable",
+    "RING_BURST_BEATS", "ATTN_BLOCK", "rope_pairs_per_step", "rope_head_steps",
+    "FULL_TABLE_MAX", "table_entries",
+]
+
+# --- control registers (hw.axi_lite.ControlRegisters; docs/architecture.md, "Control registers")
+
+REG = {
+    "AP_CTRL": 0x00,
+    "PROG_BASE": 0x10,
+    "CYCLES_LO": 0x18, "CYCLES_HI": 0x1C,
+    "MPE_BUSY_LO": 0x20, "MPE_BUSY_HI": 0x24,
+    "RETIRED": 0x28,
+    "ERROR": 0x2C,
+    "POS": 0x200,
+    "TLMM_BUSY_LO": 0x208, "TLMM_BUSY_HI": 0x20C,
+}
+#: AP_CTRL bits: ap_start (write 1 while idle), ap_done (set by the run's end), ap_idle.
+AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
+
+# --- Vitis RTL kernel (hw.vitis_kernel.VitisKernel; its module docstring has the full map)
+
+KERNEL_NAME = "hwflow_kernel"
+CONTROL_RANGE = 0x1000          # 12-bit AXI4-Lite address
+KERNEL_REG = {"AP_CTRL": 0x00, "GIE": 0x04, "IER": 0x08, "ISR": 0x0C, "PROG_BASE": 0x10,
+              "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200, "TLMM_BUSY_LO": 0x208,
+              "TLMM_BUSY_HI": 0x20C}
+#: The MEM{j} pointers must stay below POS (0x200): at most 58 ports.
+MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
+
+
+def mem_arg_offset(j: int) -> int:
+    """AXI4-Lite offset of the 64-bit buffer pointer of port ``j``."""
+    return KERNEL_REG["MEM"] + 8 * j
+
+
+# --- matrix engine (hw.matrix_engine, hw.sequencer, hw.weight_fill, hw.buffers)
+
+# Results the engine can hold: finished (in the FIFO) plus in flight (last group entered, result
+# not yet out). The output sequencer drains one result per P (+ a few) cycles, so with
+# k_words >= P the FIFO never holds more than 1-2; 4 also covers short dot products well enough
+# (they are bound by the epilogue's one element per cycle anyway).
+RESULT_FIFO_DEPTH = 4
+
+#: Most epilogues working side by side. A row pair's result is ``2*r*P`` elements every
+#: ``k_words`` cycles (up to 128 per 64 cycles at P = 16, 1:4, K = 1024): one element per cycle
+#: would bound short dot products; four cost 12 DSP slices.
+MAX_EPILOGUE_LANES = 4
+
+
+def epilogue_lanes(cfg: AccelConfig) -> int:
+    """E, elements the output sequencer requantizes per cycle: the largest power of two up to
+    :data:`MAX_EPILOGUE_LANES` that divides both P and L (a group of E consecutive channels of a
+    tile then lies in one activation word)."""
+    e = 1
+    while e < MAX_EPILOGUE_LANES and cfg.chains % (2 * e) == 0 and cfg.chain_len % (2 * e) == 0:
+        e *= 2
+    return e
+
+
+#: Weights per int4 scale group along K (``golden.int4.GROUP``).
+INT4_GROUP = 32
+
+
+def int4_capable(cfg: AccelConfig) -> bool:
+    """The int4 path is built: ``cfg.int4`` and a value row's two words lie in one scale group
+    (``2L | 32``)."""
+    return cfg.int4 and INT4_GROUP % (2 * cfg.chain_len) == 0
+
+
+# Read bursts of the weight prefetcher. 16 super-beats per request keep two requests in flight
+# within a 32-cycle memory latency, so the fetcher streams one super-beat per cycle.
+RING_BURST_BEATS = 16
+
+# --- attention and vector units (hw.attention, hw.sfu)
+
+#: Keys per online-softmax block: the score buffers' depth (golden.llm.ATTN_BLOCK).
+ATTN_BLOCK = 16
+
+
+def rope_pairs_per_step(L: int, V: int) -> int:
+    """Most ROPE pairs one step takes: ``min(V, L/2)`` (a word holds ``L/2`` int16 cos)."""
+    return min(V, L // 2)
+
+
+def rope_head_steps(L: int, V: int, hd: int, offset: int) -> int:
+    """ROPE steps (four buffer reads each) of one head of ``hd`` bytes at byte ``offset`` of a
+    word (any byte address; only ``offset % L`` matters) on ``V`` lanes of ``L``-byte words.
+
+    Greedy, as the sequencer: from pair ``k``, a step takes ``P = min(Vr, half - k)`` pairs
+    (``Vr`` = :func:`rope_pairs_per_step`), fewer where one of its four groups would cross a
+    word: the x1 bytes at ``offset + k``, the x2 bytes ``half`` later, the int16 cos at table
+    byte ``2k`` and sin at ``hd + 2k`` (the table row starts a word). ``half / Vr`` steps when
+    ``offset`` and ``half`` are multiples of ``Vr``; ``half`` steps at ``V = 1``.
+    """
+    half, vr = hd // 2, rope_pairs_per_step(L, V)
+    if vr == 1:
+        return half
+    k = steps = 0
+    while k < half:
+        p1 = offset + k
+        k += min(vr, half - k, L - p1 % L, L - (p1 + half) % L, (L - 2 * k % L) // 2,
+                 (L - (hd + 2 * k) % L) // 2)
+        steps += 1
+    return steps
+
+
+# --- ternary lookup engine (hw.tlmm)
+
+#: Deepest table stored whole: a 32-deep LUT-RAM holds 3**G = 9 or 27 entries as cheaply as 14.
+FULL_TABLE_MAX = 32
+
+
+def table_entries(G: int) -> int:
+    """Entries the engine stores per table: all ``3**G`` when they fit a 32-deep LUT-RAM (G = 2,
+    3), else the half ``H = (3**G + 1) / 2`` (G = 4: 41 fit a 64-deep RAM, 81 would need 128)
+    with the mirrored half read as ``-entry(3**G - 1 - e)``. Also the build cycles per chunk."""
+    E = 3 ** G
+    return E if E <= FULL_TABLE_MAX else (E + 1) // 2
