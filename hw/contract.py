@@ -22,7 +22,7 @@ __all__ = [
     "KERNEL_NAME", "KERNEL_REG", "CONTROL_RANGE", "MAX_PORTS", "mem_arg_offset",
     "RESULT_FIFO_DEPTH", "MAX_EPILOGUE_LANES", "epilogue_lanes", "INT4_GROUP", "int4_capable",
     "RING_BURST_BEATS", "ATTN_BLOCK", "rope_pairs_per_step", "rope_head_steps",
-    "FULL_TABLE_MAX", "table_entries",
+    "FULL_TABLE_MAX", "table_entries", "MAX_TLMM_EPILOGUE_LANES", "tlmm_epilogue_lanes",
 ]
 
 # --- control registers (hw.axi_lite.ControlRegisters; docs/architecture.md, "Control registers")
@@ -139,3 +139,20 @@ def table_entries(G: int) -> int:
     with the mirrored half read as ``-entry(3**G - 1 - e)``. Also the build cycles per chunk."""
     E = 3 ** G
     return E if E <= FULL_TABLE_MAX else (E + 1) // 2
+
+
+#: Most outputs the TLMM epilogue requantizes per cycle (4 DSP48E2 each). Four take a
+#: 4096-output row's epilogue from 4096 cycles to 1024 (against 512 lookup records per chunk
+#: at Q = 8) for 16 DSP slices.
+MAX_TLMM_EPILOGUE_LANES = 4
+
+
+def tlmm_epilogue_lanes(L: int, Q: int, SB: int) -> int:
+    """E, outputs the TLMM epilogue writes per cycle: the largest power of two up to
+    :data:`MAX_TLMM_EPILOGUE_LANES` that divides L, Q and ``SB/8`` (E consecutive outputs then
+    lie in one activation word, one accumulator entry and one parameter-memory entry)."""
+    e = 1
+    while (e < MAX_TLMM_EPILOGUE_LANES and L % (2 * e) == 0 and Q % (2 * e) == 0
+           and (SB // 8) % (2 * e) == 0):
+        e *= 2
+    return e

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
 from .config import AccelConfig
-from .contract import table_entries
+from .contract import table_entries, tlmm_epilogue_lanes
 from .isa import Opcode
 from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
@@ -115,10 +115,14 @@ class TernaryLookupMatmul(wiring.Component):
           beats is the concatenation of ``BPR - 1`` registered beats and the arriving one.
           A chunk's last record steps to the next chunk in the same cycle.
 
-    3. epilogue: one output byte per cycle for ``n < words*L``: ``requantize(acc[n] * m[b],
-       bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL, res_mult)`` for ``n < n_out``,
-       0 past it, written with a byte enable (the residual byte is read in the same pass).
-       Exact in 60 bits for ``shift <= 47`` (``golden.int8.SHIFT_MAX``).
+    3. epilogue: ``E`` output bytes per cycle for ``n < words*L`` (``words*L/E`` cycles):
+       ``requantize(acc[n] * m[b], bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL,
+       res_mult)`` for ``n < n_out``, 0 past it. ``E`` (a power of two dividing L, Q and
+       ``RPB = SB/8``) consecutive outputs are one lane group of one accumulator entry, of one
+       parameter entry and of one activation word: the word's residual bytes are read once,
+       the ``E`` bytes written with byte enables. Four DSP48E2 a lane (acc*m, (acc*m +
+       bias)*mult as two, res*res_mult). Exact in 60 bits for ``shift <= 47``
+       (``golden.int8.SHIFT_MAX``).
 
     The parameters (``n_out`` records of 8 bytes) are loaded once per instruction into a
     block-RAM parameter memory of one super-beat's records per entry (their 48 used bits,
@@ -133,7 +137,7 @@ class TernaryLookupMatmul(wiring.Component):
 
     Cycles per row, when memory keeps up (one beat per cycle)::
 
-        7 + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR) + words*L
+        7 + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR) + words*L/E
         build  = T*G + 1 + 1 + NE              (load, its last capture, entry 0, entries)
         stream = n_blocks                      (RB <= 8*SB: one record per cycle)
                = n_blocks*BPR - (BPR - 1)      (RB > 8*SB: one beat per cycle; the first
@@ -142,9 +146,10 @@ class TernaryLookupMatmul(wiring.Component):
     with ``n_chunks = ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``: chunk 0 is built
     alone, each later chunk takes the longer of its build (done while the previous chunk
     streams) and its records (the last chunk's ``stream``); 7 = the m reads (2), the stream
-    pipeline's drain (4) and the row step. ``4 + words*L`` when ``n_chunks`` or ``n_blocks`` is
-    0 (no lookups). Per instruction add the setup (``TLMM_SETUP`` in ``mapping/cycles.py``),
-    ``param_beats`` and one read latency.
+    pipeline's drain (4) and the row step (the epilogue's own pipeline drains into the next
+    row, as before). ``4 + words*L/E`` when ``n_chunks`` or ``n_blocks`` is 0 (no lookups).
+    Per instruction add the setup (``TLMM_SETUP`` in ``mapping/cycles.py``), ``param_beats``
+    and one read latency.
 
     Parameters
     ----------
@@ -161,6 +166,10 @@ class TernaryLookupMatmul(wiring.Component):
         Largest ``n_out`` (channels): the accumulator memory holds ``ceil(acc_depth / Q)``
         entries of ``Q`` lanes of :data:`ACC_BITS` bits, the parameter memory ``ceil(8 *
         acc_depth / SB)`` super-beats. A TMATMUL with a larger ``n_out`` is not executable.
+    E : int, optional
+        Epilogue lanes (outputs per cycle, ``4*E`` DSP48E2): a power of two dividing L, Q and
+        ``SB/8``; default :func:`~.contract.tlmm_epilogue_lanes` (4 on the KV260), which the
+        cycle and resource models read.
 
     Attributes
     ----------
@@ -178,7 +187,8 @@ class TernaryLookupMatmul(wiring.Component):
     lookup : out, high in each cycle the engine does its ``T*Q`` lookups
     """
 
-    def __init__(self, cfg: AccelConfig, G: int, T: int, Q: int, acc_depth: int):
+    def __init__(self, cfg: AccelConfig, G: int, T: int, Q: int, acc_depth: int,
+                 E: int | None = None):
         if G not in GROUP_BITS:
             raise ValueError(f"TLMM group size G = {G} is not one of {sorted(GROUP_BITS)}")
         if T < 1 or Q < 1 or acc_depth < 1:
@@ -186,8 +196,13 @@ class TernaryLookupMatmul(wiring.Component):
         if cfg.beat_bytes % 8:
             raise ValueError(f"TLMM needs a super-beat of whole 8-byte parameter records "
                              f"(SB = {cfg.beat_bytes})")
-        self.cfg, self.G, self.T, self.Q, self.acc_depth = cfg, G, T, Q, acc_depth
         L = cfg.chain_len
+        if E is None:
+            E = tlmm_epilogue_lanes(L, Q, cfg.beat_bytes)
+        if E < 1 or E & (E - 1) or L % E or Q % E or (cfg.beat_bytes // 8) % E:
+            raise ValueError(f"TLMM epilogue lanes E = {E}: must be a power of two dividing "
+                             f"L = {L}, Q = {Q} and SB/8 = {cfg.beat_bytes // 8}")
+        self.cfg, self.G, self.T, self.Q, self.acc_depth, self.E = cfg, G, T, Q, acc_depth, E
         super().__init__({
             "ins": In(256),
             "start": In(1),
@@ -201,7 +216,7 @@ class TernaryLookupMatmul(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, G, T, Q = self.cfg, self.G, self.T, self.Q
+        cfg, G, T, Q, EL = self.cfg, self.G, self.T, self.Q, self.E
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         bits = GROUP_BITS[G]
         E = 3 ** G
@@ -397,12 +412,13 @@ class TernaryLookupMatmul(wiring.Component):
                 m.d.sync += ents[tt].eq((Mux(ent_init, 0, ents[tt])
                                          + Mux(ent_init, first0[tt], step))[:TW])
         pi = Signal(range(PD + 1))          # parameter beats taken
-        # epilogue position: element n = word ew, lane el; acc entry aj lane aq; param beat pb
-        # record pr (incremental counters: no division by L, Q or SB/8)
-        en_n, ew, el = Signal(16), Signal(16), Signal(range(L))
-        e_past = Signal()                   # en_n >= n_out: the byte is padding (0)
-        aj, aq = Signal(range(AD + 1)), Signal(range(Q))
-        pb, pr = Signal(range(PD + 1)), Signal(range(RPB))
+        # epilogue position, EL outputs n = en_n .. en_n + EL - 1 a cycle: word ew, lane group el
+        # (lanes EL*el ..); acc entry aj lane group aq; param beat pb record group pr
+        # (incremental counters: no division by L, Q or SB/8)
+        en_n, ew, el = Signal(16), Signal(16), Signal(range(L // EL))
+        e_past = Signal()                   # en_n >= n_out: every byte is padding (0)
+        aj, aq = Signal(range(AD + 1)), Signal(range(Q // EL))
+        pb, pr = Signal(range(PD + 1)), Signal(range(RPB // EL))
         epi_issue = Signal()
         no_acc = Signal()                   # k_groups == 0: every acc is 0
         pipe_busy = Signal()                # stream pipeline (lookups -> acc) not empty
@@ -481,22 +497,22 @@ class TernaryLookupMatmul(wiring.Component):
                         m.next = "EPI"
             with m.State("EPI"):
                 m.d.comb += epi_issue.eq(1)
-                m.d.sync += en_n.eq(en_n + 1)
-                with m.If(en_n == n_out - 1):
+                m.d.sync += en_n.eq(en_n + EL)
+                with m.If(en_n + EL >= n_out):
                     m.d.sync += e_past.eq(1)
-                with m.If(el == L - 1):
+                with m.If(el == L // EL - 1):
                     m.d.sync += [el.eq(0), ew.eq(ew + 1)]
                 with m.Else():
                     m.d.sync += el.eq(el + 1)
-                with m.If(aq == Q - 1):
+                with m.If(aq == Q // EL - 1):
                     m.d.sync += [aq.eq(0), aj.eq(aj + 1)]
                 with m.Else():
                     m.d.sync += aq.eq(aq + 1)
-                with m.If(pr == RPB - 1):
+                with m.If(pr == RPB // EL - 1):
                     m.d.sync += [pr.eq(0), pb.eq(pb + 1)]
                 with m.Else():
                     m.d.sync += pr.eq(pr + 1)
-                with m.If((el == L - 1) & (ew == words - 1)):
+                with m.If((el == L // EL - 1) & (ew == words - 1)):
                     m.next = "NEXT"
             with m.State("NEXT"):
                 m.d.sync += [b.eq(b + 1), x_row.eq(x_row + x_words), o_row.eq(o_row + words),
@@ -598,74 +614,89 @@ class TernaryLookupMatmul(wiring.Component):
                      acc_rp.addr.eq(Mux(epi_issue, aj, s2_j))]
         m.d.comb += pipe_busy.eq(s1_v | s2_v | s3_v)
 
-        # --- epilogue: E1 reads -> E2 acc*m -> E3 +bias -> E4 *mult, res*res_mult -> E5 sum ------
+        # --- epilogue, EL lanes: E1 reads -> E2 acc*m -> E3 +bias -> E4 *mult, res*res_mult ->
+        # E5 sum (4 DSP48E2 a lane) ------------------------------------------------------------
         # widths from |acc| < 2**25 (ACC_BITS), m < 2**16, |bias| < 2**31, mult < 2**16,
         # shift <= 47 (golden.int8.SHIFT_MAX): |acc*m| < 2**41, |+bias| < 2**42, |*mult| <
-        # 2**58, + res*res_mult (< 2**23) < 2**59: 60 bits signed, exact
-        # parameters: the word of element n is read one cycle ahead (at n - 1's issue; word 0
-        # outside EPI), so that the RPB:1 record select takes two pipelined levels at no extra
-        # latency: 4:1 within groups of 4 records at issue, then among the groups in E1 (at
-        # SB = 256 B: 528 instead of 790 LUTs for 48 bits of 32:1, as Yosys maps them)
-        m.d.comb += prm_rp.addr.eq(Mux(epi_issue, Mux(pr == RPB - 1, pb + 1, pb), 0))
-        ngrp = -(-RPB // 4)
-        e1_grp = Signal(48 * ngrp)
-        m.d.sync += e1_grp.eq(Cat(*[_select(prm_rp.data[192 * g:min(192 * (g + 1), 48 * RPB)],
-                                            pr[:2], 48) for g in range(ngrp)]))
+        # 2**58, + res*res_mult (< 2**23) < 2**59: 60 bits signed, exact. EL divides L, Q and
+        # RPB, so a cycle's EL outputs are one lane group of one acc entry, one parameter entry
+        # and one activation word (the residual bytes read once, written with byte enables)
+        # parameters: the word of group n is read one cycle ahead (at n - 1's issue; word 0
+        # outside EPI), so that the RPB/EL:1 record-group select takes two pipelined levels at no
+        # extra latency: 4:1 within groups of 4 record groups at issue, then among the groups in
+        # E1 (at SB = 256 B, EL = 1: 528 instead of 790 LUTs for 48 bits of 32:1, as Yosys
+        # maps them)
+        NU, UW = RPB // EL, 48 * EL         # record groups per entry, their bits
+        m.d.comb += prm_rp.addr.eq(Mux(epi_issue, Mux(pr == NU - 1, pb + 1, pb), 0))
+        ngrp = -(-NU // 4)
+        e1_grp = Signal(UW * ngrp)
+        m.d.sync += e1_grp.eq(Cat(*[_select(prm_rp.data[4 * UW * g:min(4 * UW * (g + 1), UW * NU)],
+                                            pr[:2], UW) for g in range(ngrp)]))
         with m.If(epi_issue):
             m.d.comb += [self.rd_addr.eq(r_row + ew), self.rd_en.eq(1)]
-        e1_v, e1_zero = Signal(), Signal()
+        e1_v, e1_zero = Signal(), Signal(EL)
         e1_aq, e1_pr, e1_el = Signal.like(aq), Signal.like(pr), Signal.like(el)
         e1_wa = Signal(16)
-        m.d.sync += [e1_v.eq(epi_issue), e1_zero.eq(e_past), e1_aq.eq(aq),
-                     e1_pr.eq(pr), e1_el.eq(el), e1_wa.eq(o_row + ew)]
-        acc_v = Mux(no_acc, 0, _select(acc_rp.data, e1_aq, AW).as_signed())
-        prm = _select(e1_grp, e1_pr[2:], 48)
-        res_v = Mux(residual, _select(self.act_rd_data, e1_el, 8).as_signed(), 0)
-        e2_v, e2_zero, e2_el, e2_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e2_p = Signal(signed(42))           # acc * m
-        e2_bias, e2_mult, e2_res = Signal(signed(32)), Signal(16), Signal(signed(8))
+        m.d.sync += [e1_v.eq(epi_issue), e1_aq.eq(aq), e1_pr.eq(pr), e1_el.eq(el),
+                     e1_wa.eq(o_row + ew),
+                     e1_zero.eq(Cat(*[e_past | (en_n + i >= n_out) for i in range(EL)]))]
+        acc_g = _select(acc_rp.data, e1_aq, EL * AW)
+        prm = _select(e1_grp, e1_pr[2:], UW)
+        res_g = _select(self.act_rd_data, e1_el, 8 * EL)
+        e2_v, e2_zero, e2_el, e2_wa = Signal(), Signal(EL), Signal.like(el), Signal(16)
+        e3_v, e3_zero, e3_el, e3_wa = Signal(), Signal(EL), Signal.like(el), Signal(16)
+        e4_v, e4_zero, e4_el, e4_wa = Signal(), Signal(EL), Signal.like(el), Signal(16)
+        e5_v, e5_zero, e5_el, e5_wa = Signal(), Signal(EL), Signal.like(el), Signal(16)
         m.d.sync += [e2_v.eq(e1_v), e2_zero.eq(e1_zero), e2_el.eq(e1_el), e2_wa.eq(e1_wa),
-                     e2_p.eq(acc_v * m_reg), e2_bias.eq(prm[:32].as_signed()),
-                     e2_mult.eq(prm[32:48]), e2_res.eq(res_v)]
-        e3_v, e3_zero, e3_el, e3_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e3_s = Signal(signed(43))
-        e3_mult, e3_res = Signal(16), Signal(signed(8))
-        m.d.sync += [e3_v.eq(e2_v), e3_zero.eq(e2_zero), e3_el.eq(e2_el), e3_wa.eq(e2_wa),
-                     e3_s.eq(e2_p + e2_bias), e3_mult.eq(e2_mult), e3_res.eq(e2_res)]
-        e4_v, e4_zero, e4_el, e4_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e4_m, e4_r = Signal(signed(59)), Signal(signed(25))
-        m.d.sync += [e4_v.eq(e3_v), e4_zero.eq(e3_zero), e4_el.eq(e3_el), e4_wa.eq(e3_wa),
-                     e4_m.eq(e3_s * e3_mult), e4_r.eq(e3_res * res_mult)]
-        e5_v, e5_zero, e5_el, e5_wa = Signal(), Signal(), Signal.like(el), Signal(16)
-        e5_sum = Signal(signed(60))
-        m.d.sync += [e5_v.eq(e4_v), e5_zero.eq(e4_zero), e5_el.eq(e4_el), e5_wa.eq(e4_wa),
-                     e5_sum.eq(e4_m + e4_r)]
+                     e3_v.eq(e2_v), e3_zero.eq(e2_zero), e3_el.eq(e2_el), e3_wa.eq(e2_wa),
+                     e4_v.eq(e3_v), e4_zero.eq(e3_zero), e4_el.eq(e3_el), e4_wa.eq(e3_wa),
+                     e5_v.eq(e4_v), e5_zero.eq(e4_zero), e5_el.eq(e4_el), e5_wa.eq(e4_wa)]
         # round and shift without a rounding addend: (v + 2**(s-1)) >> s = ((v >> (s-1)) + 1)
         # >> 1 for s >= 1. t = v >> max(s-1, 0) is needed only in a 10-bit window: whether
         # it leaves the window (bits s-1+9 .. 59 of v not all the sign: a thermometer mask,
         # no full-width shifter) saturates by the sign; inside, 9 bits of t and the sign are it
-        neg = e5_sum[-1]
         sa = Signal(6)
         m.d.comb += sa.eq(Mux(shift == 0, 0, shift - 1))
-        t_low = Signal(9)
-        m.d.comb += t_low.eq((e5_sum >> sa)[:9])
         window = Signal(60)
         m.d.comb += window.eq(Const((1 << 60) - 1, 60) << (sa + 9))
-        out_win = ((e5_sum ^ Mux(neg, (1 << 60) - 1, 0)) & window).any()
-        t = Cat(t_low, neg).as_signed()
-        r = Signal(signed(10))
-        m.d.comb += r.eq(Mux(shift == 0, t, (t + 1) >> 1))
-        sat = Signal(signed(8))
-        with m.If(e5_zero | (relu & neg)):
-            m.d.comb += sat.eq(0)
-        with m.Elif((out_win & ~neg) | (r > 127)):
-            m.d.comb += sat.eq(127)
-        with m.Elif((out_win & neg) | (r < -128)):
-            m.d.comb += sat.eq(-128)
-        with m.Else():
-            m.d.comb += sat.eq(r[:8])
-        m.d.comb += [self.wr_addr.eq(e5_wa), self.wr_data.eq(Cat(*([sat] * L))),
-                     self.wr_en.eq(Mux(e5_v, Const(1, L) << e5_el, 0))]
+        sats = []
+        for i in range(EL):
+            acc_v = Mux(no_acc, 0, acc_g[AW * i:AW * (i + 1)].as_signed())
+            res_v = Mux(residual, res_g[8 * i:8 * (i + 1)].as_signed(), 0)
+            p = prm[48 * i:48 * (i + 1)]
+            e2_p = Signal(signed(42), name=f"e2_p{i}")          # acc * m
+            e2_bias = Signal(signed(32), name=f"e2_bias{i}")
+            e2_mult, e2_res = Signal(16, name=f"e2_mult{i}"), Signal(signed(8), name=f"e2_res{i}")
+            m.d.sync += [e2_p.eq(acc_v * m_reg), e2_bias.eq(p[:32].as_signed()),
+                         e2_mult.eq(p[32:48]), e2_res.eq(res_v)]
+            e3_s = Signal(signed(43), name=f"e3_s{i}")
+            e3_mult, e3_res = Signal(16, name=f"e3_mult{i}"), Signal(signed(8), name=f"e3_res{i}")
+            m.d.sync += [e3_s.eq(e2_p + e2_bias), e3_mult.eq(e2_mult), e3_res.eq(e2_res)]
+            e4_m, e4_r = Signal(signed(59), name=f"e4_m{i}"), Signal(signed(25), name=f"e4_r{i}")
+            m.d.sync += [e4_m.eq(e3_s * e3_mult), e4_r.eq(e3_res * res_mult)]
+            e5_sum = Signal(signed(60), name=f"e5_sum{i}")
+            m.d.sync += e5_sum.eq(e4_m + e4_r)
+            neg = e5_sum[-1]
+            t_low = Signal(9, name=f"t_low{i}")
+            m.d.comb += t_low.eq((e5_sum >> sa)[:9])
+            out_win = ((e5_sum ^ Mux(neg, (1 << 60) - 1, 0)) & window).any()
+            t = Cat(t_low, neg).as_signed()
+            r = Signal(signed(10), name=f"r{i}")
+            m.d.comb += r.eq(Mux(shift == 0, t, (t + 1) >> 1))
+            sat = Signal(signed(8), name=f"sat{i}")
+            with m.If(e5_zero[i] | (relu & neg)):
+                m.d.comb += sat.eq(0)
+            with m.Elif((out_win & ~neg) | (r > 127)):
+                m.d.comb += sat.eq(127)
+            with m.Elif((out_win & neg) | (r < -128)):
+                m.d.comb += sat.eq(-128)
+            with m.Else():
+                m.d.comb += sat.eq(r[:8])
+            sats.append(sat)
+        lg = EL.bit_length() - 1
+        m.d.comb += [self.wr_addr.eq(e5_wa), self.wr_data.eq(Cat(*(sats * (L // EL)))),
+                     self.wr_en.eq(Mux(e5_v, Const((1 << EL) - 1, L) << Cat(Const(0, lg), e5_el),
+                                       0))]
         m.d.comb += epi_busy.eq(e1_v | e2_v | e3_v | e4_v | e5_v)
         assert _EPI_STAGES == 5
         return m

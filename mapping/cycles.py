@@ -25,12 +25,13 @@ formulas the RTL documents and its tests pin:
 
 * **TMATMUL** (``hw.tlmm.TernaryLookupMatmul``): rows one after another, the index stream
   re-read for every row; per row ``7 + build + stream + (chunks − 1) · max(build,
-  blocks·BPR) + words·L`` (the next chunk's tables are built in the other bank while the
+  blocks·BPR) + words·L/E`` (the next chunk's tables are built in the other bank while the
   current chunk's records are looked up) with ``build = T·G + NE + 2``, ``chunks =
   ceil(k_groups/T)``, ``NE = table_entries(G)`` table entries built (27 at G = 3), ``stream =
   blocks·BPR − (BPR − 1)`` cycles for ``blocks = ceil(n_out/Q)`` records of ``BPR =
   ceil(T·Q·bits / (8·SB))`` super-beats each (one record per cycle when it fits a beat),
-  then the byte-serial epilogue; ``4 + words·L`` without lookups; per instruction the setup
+  then the epilogue at ``E = tlmm_epilogue_lanes(L, Q, SB)`` outputs per cycle (4 on the
+  KV260); ``4 + words·L/E`` without lookups; per instruction the setup
   (its dividers and multiplier: 11 to ~60 cycles), 8 cycles, the parameter super-beats and one
   read latency;
 * **ABSQUANT** (``hw.sfu.VectorUnit``): two passes over the row (max, then quantize), per row
@@ -94,6 +95,7 @@ from hwflow.hw.contract import (
     epilogue_lanes,
     rope_head_steps,
     table_entries,
+    tlmm_epilogue_lanes,
 )
 from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, FLAG_TANH, INSTR_BYTES, Opcode
 
@@ -300,11 +302,13 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
     # while the lookups read the other: the first chunk is built alone, every later one takes
     # the longer of its build and its lookups (blocks·BPR beats), the last adds its lookups
     build = T * G + table_entries(G) + 2
+    # the epilogue writes E outputs (one lane group of a word, E | L) per cycle
+    epi = i.words * L // tlmm_epilogue_lanes(L, Q, SB)
     if chunks and blocks:
         per_row = (TLMM_ROW_FIXED + build + 1 + stream + (chunks - 1) * max(build, blocks * bpr)
-                   + i.words * L)
+                   + epi)
     else:
-        per_row = TLMM_ROW_FIXED - 2 + i.words * L      # no lookups: no stream drain
+        per_row = TLMM_ROW_FIXED - 2 + epi              # no lookups: no stream drain
     # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
     # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
     def pow2(d):

@@ -60,7 +60,7 @@ from pathlib import Path
 
 from hwflow.boards import Board
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.contract import epilogue_lanes, int4_capable
+from hwflow.hw.contract import epilogue_lanes, int4_capable, tlmm_epilogue_lanes
 
 from .errors import MappingError
 
@@ -404,7 +404,7 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"]
     if cfg.tlmm:
         t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                           cfg.beat_bytes, bram_kbits)
+                           cfg.beat_bytes, bram_kbits, cfg.chain_len)
         for kind in ("dsp", "bram", "uram") + (("lut",) if "lut" in out else ()):
             out[kind] += t[kind]
     out["bram"] = -(-out["bram"] // 1)
@@ -474,23 +474,26 @@ TLMM_REF_LAYER = (2048, 2048)
 #: LUT model constants of :func:`tlmm_resources` (LUT6 + LUT-RAM cells): per lookup (``lookup``:
 #: the LUT-RAM read port, its adder-tree node and its share of the accumulate lane), per table
 #: (``table``: its build adder and step select), per counted select LUT (``select``: the
-#: record and parameter selects, see :func:`tlmm_resources`) and the rest (``fixed``: control
-#: and counters, setup, request side, the epilogue's multiplier glue and saturating shift, the
-#: activation byte reader).
-TLMM_LUT = {"lookup": 34.23, "table": 50.39, "select": 2.190, "fixed": 1210.9}
+#: record and parameter selects, see :func:`tlmm_resources`), per epilogue lane past the first
+#: (``epilogue``: its round, saturate and 60-bit window logic) and the rest (``fixed``: control
+#: and counters, setup, request side, the first epilogue lane, the activation byte reader).
+TLMM_LUT = {"lookup": 34.81, "table": 36.38, "select": 2.089, "epilogue": 521.6,
+            "fixed": 1097.1}
 #: How the constants were obtained (reported with the sizing).
 TLMM_LUT_SOURCE = ("fitted (least squares): Yosys synth_xilinx -family xcup "
-                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul (two table banks) in "
-                   "flat ports (benchmarks/tlmm_synth.py), G=3, acc_depth 1024, at (T, Q, SB) = "
-                   "(2, 2, 16), (4, 4, 16), (8, 4, 16), (4, 8, 16), (8, 8, 16), (16, 8, 16), "
-                   "(16, 8, 128), (16, 8, 256): LUT + LUTRAM 1784, 2046, 2787, 2569, 3859, "
-                   "6397, 7223, 9016; model 1685, 2065, 2814, 2613, 3910, 6504, 7029, 9061 "
-                   "(within 2.7% from 16 lookups up, 5.5% at T = Q = 2); held out: the KV260's "
-                   "(12, 8, 64) 5517, model 5417 (-1.8%); G = 2, 4 at T = Q = 4 (not fitted): "
-                   "1949, 2754; model 1932, 2421 (-0.9%, -12.1%: G = 4's mirrored half-table "
-                   "reads grow more with the second bank than its LUT-RAM depth)")
-#: DSP48E2 of the TLMM epilogue (acc*m, (acc*m + bias)*mult: 2, res*res_mult): 4 in every
-#: synthesized point.
+                   "(hwflow.export.fit) of hw/tlmm.py TernaryLookupMatmul (two table banks, "
+                   "E epilogue lanes) in flat ports (benchmarks/tlmm_synth.py), G=3, acc_depth "
+                   "1024, L = 16, at (T, Q, SB) = (2, 2, 16), (4, 4, 16), (8, 4, 16), (4, 8, 16), "
+                   "(8, 8, 16), (16, 8, 16) with E = 2, (16, 8, 128), (16, 8, 256) with E = 4: "
+                   "LUT + LUTRAM 2156, 2378, 3108, 2922, 4228, 6781, 8307, 10233; model 2056, "
+                   "2421, 3124, 2978, 4237, 6756, 8301, 10239 (within 1.9% from 16 lookups up, "
+                   "4.6% at T = Q = 2); held out: the KV260's (12, 8, 64), E = 4: 6680, model "
+                   "6741 (+0.9%); G = 2, 4 at T = Q = 4 (not fitted): 2258, 3075; model 2277, "
+                   "2783 (+0.8%, -9.5%: G = 4's mirrored half-table reads grow more with the "
+                   "second bank than its LUT-RAM depth)")
+#: DSP48E2 of one TLMM epilogue lane (acc*m, (acc*m + bias)*mult: 2, res*res_mult): 4 in every
+#: synthesized point (all at one lane); the engine has ``E = tlmm_epilogue_lanes(L, Q, SB)``
+#: lanes (hw/contract.py, as the RTL: 4 on the KV260, 16 DSP).
 TLMM_DSP = 4
 #: Accumulator bits (hw/tlmm.py ACC_BITS: |acc| < 2**25) and the used bits of a parameter
 #: record (bias 32 + mult 16) in the engine's memories.
@@ -509,7 +512,7 @@ def _tlmm_dims(G: int, T: int, Q: int, acc_depth: int, SB: int) -> dict:
 
 
 def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
-                   bram_kbits: int = 36) -> dict:
+                   bram_kbits: int = 36, L: int = 16) -> dict:
     """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports.
 
     The engine stores ``NE`` entries per table (all ``3**G`` for G = 2, 3; the half of 41 for
@@ -528,18 +531,20 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
              + b * T                                  table builds
              + c * (RB * ceil((KR - 1) / 2)           record select
                     + 48 * (ng + ceil((ng - 1) / 2)))  parameter select (0 if RPB = 1)
+             + e * (E - 1)                            epilogue lanes past the first
              + d                                      the rest
         BRAM = blocks(26*Q, ceil(acc_depth / Q))      accumulators (Q lanes per entry)
              + blocks(48*RPB, ceil(8*acc_depth/SB))   parameter memory (block RAM)
-        DSP  = 4                                      epilogue multipliers
+        DSP  = 4 * E                                  epilogue multipliers, E lanes
         URAM = 0
 
-    ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, d``
-    = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``fixed``), fitted at G = 3 and
-    SB = 16, 128, 256 B (:data:`TLMM_LUT_SOURCE`: within 2.7% from 16 lookups per cycle up;
-    ``c`` ~2: the selects cost about twice the counted LUTs in the engine); the lookup size
-    ratio carries the fit to G = 2, 4 (−0.9 %, −12.1 % at T = Q = 4: G = 4 undercounts its
-    mirror logic). BRAM,
+    ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, e,
+    d`` = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``epilogue``, ``fixed``), fitted
+    at G = 3 and SB = 16, 128, 256 B (:data:`TLMM_LUT_SOURCE`: within 1.9% from 16 lookups per
+    cycle up, +0.9% at the held-out KV260 point; ``c`` ~2: the selects cost about twice the
+    counted LUTs in the engine); the lookup size ratio carries the fit to G = 2, 4 (+0.8 %,
+    −9.5 % at T = Q = 4: G = 4 undercounts its mirror logic). ``E = tlmm_epilogue_lanes(L, Q,
+    SB)`` (``L``: the activation word's bytes, ``chain_len``) as the RTL. BRAM,
     rounded up to whole 36 Kb blocks as Yosys counts a lone 18 Kb one, equals Yosys at every
     synthesized point (3 to 25 blocks).
 
@@ -555,13 +560,16 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     ng = -(-rpb // 4)
     select = (d["record_bits"] * -(-(d["records_per_beat"] - 1) // 2)
               + TLMM_PARAM_BITS * ((ng if rpb > 1 else 0) + -(-(ng - 1) // 2)))
+    lanes = tlmm_epilogue_lanes(L, Q, SB)
     terms = {"lookup": c["lookup"] * size * T * Q,
              "table": c["table"] * T,
              "select": c["select"] * select,
+             "epilogue": c["epilogue"] * (lanes - 1),
              "fixed": c["fixed"]}
     bram = (_blocks(TLMM_ACC_BITS * Q, d["acc_entries"], bram_kbits)
             + _blocks(TLMM_PARAM_BITS * d["params_per_beat"], d["param_entries"], bram_kbits))
-    return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": TLMM_DSP,
+    dsp = TLMM_DSP * lanes
+    return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": dsp,
             "uram": 0, "terms": {k: round(v, 1) for k, v in terms.items()}}
 
 
@@ -683,7 +691,7 @@ def tlmm_config(board: Board, cfg: AccelConfig, acc_depth: int | None = None) ->
         T, Q = int(eng["tlmm_t"]), int(eng["tlmm_q"])
         rep = {"source": "board", "G": G, "T": T, "Q": Q, "acc_depth": depth,
                "resources": tlmm_resources(G, T, Q, depth, cfg.beat_bytes,
-                                           getattr(board, "bram_kbits", 36))}
+                                           getattr(board, "bram_kbits", 36), cfg.chain_len)}
     else:
         rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes)}
         T = int(eng.get("tlmm_t", rep["T"]))
@@ -703,5 +711,6 @@ def check_fit_tlmm(cfg: AccelConfig, board: Board) -> dict:
     report = check_fit(cfg, board)
     if cfg.tlmm:
         report["tlmm"] = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                                        cfg.beat_bytes, getattr(board, "bram_kbits", 36))
+                                        cfg.beat_bytes, getattr(board, "bram_kbits", 36),
+                                        cfg.chain_len)
     return report

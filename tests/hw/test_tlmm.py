@@ -14,6 +14,7 @@ from amaranth.sim import Simulator
 
 from hwflow.golden import int8, ternary
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import tlmm_epilogue_lanes
 from hwflow.hw.isa import FLAG_RELU, FLAG_RESIDUAL, Instr, Opcode
 from hwflow.hw.tlmm import (
     ACC_BITS,
@@ -162,9 +163,10 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
                 lookups=rows * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
 
 
-def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0, acc_depth=ACC_DEPTH):
+def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0, acc_depth=ACC_DEPTH,
+         E=None):
     """Run the cases back to back in one simulation; returns the cycles of each."""
-    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth))
+    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth, E))
     u = h.unit
     state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
     log, cycles = [], []
@@ -228,6 +230,9 @@ CASES = [
     _Case(rows=2, K=5, n_out=6, k_zero=True, residual=True, shift=0, seed=9),
     _Case(rows=2, K=4, n_out=9, k_zero=True, residual=True, shift=1, seed=10),
     _Case(rows=1, K=3, n_out=7, k_zero=True, residual=True, relu=True, shift=2, seed=11),
+    # n_out = 5 (1 mod E = 2, 4) in padded rows: a lane group of outputs and padding, then
+    # whole padding groups and words
+    _Case(rows=2, K=10, n_out=5, residual=True, relu=True, w_pad=2, seed=14),
 ]
 
 CONFIGS = [
@@ -302,6 +307,16 @@ def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q):
     cases = [_stream_bound(cfg, G, T, Q, rows=2, relu=True, residual=True, seed=12),
              _stream_bound(cfg, G, T, Q, rows=1, fill="groups", m_zero=(0,), seed=13)]
     _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases))
+
+
+def test_tlmm_epilogue_lanes():
+    """E outputs per cycle: the largest power of two up to 4 dividing L, Q and SB/8 (the
+    engine's default, which the cycle model reads); a smaller E gives the same bytes."""
+    assert [tlmm_epilogue_lanes(c.chain_len, q, c.beat_bytes) for c, q in
+            ((CFG4, 1), (CFG4, 4), (CFG4, 5), (CFG8, 4), (CFG8, 2), (CFGKV, 8))] == [
+                1, 2, 1, 4, 2, 4]
+    for E in (1, 2):
+        _run(CFG8, 3, 4, 4, [CASES[2], CASES[-1]], seed=E, E=E)
 
 
 def test_tlmm_full_and_half_tables():

@@ -93,7 +93,8 @@ def test_tmatmul_records_and_row_formula():
     cfg = _tlmm_cfg(8, 8, 16, 1)
     i = _tmm(1, 2048, 2048)                       # 683 groups: 86 chunks, 256 blocks
     assert cycles.tmatmul_records(i, cfg) == 86 * 256
-    row = cycles.TLMM_ROW_FIXED + (53 + 1 + (3 * 256 - 2)) + 85 * (3 * 256) + 128 * 16
+    # the epilogue: E = 2 outputs per cycle (SB/8 = 2 parameter records per entry)
+    row = cycles.TLMM_ROW_FIXED + (53 + 1 + (3 * 256 - 2)) + 85 * (3 * 256) + 128 * 16 // 2
     # setup: T, Q, SB/8 = 2 powers of two (1), multiplier bits(128) + 1 = 9, KR = 1 (1)
     assert cycles.tmatmul_cycles(i, cfg) == (cycles.TLMM_SETUP + 1 + 9 + 1 + 1024
                                              + cycles.READ_LATENCY + row)
@@ -106,7 +107,8 @@ def test_tmatmul_records_per_beat_stream_one_per_cycle():
     per cycle; KR = 3 is not a power of two, so ceil(records / 3) takes a sequential divider."""
     cfg = _tlmm_cfg(16, 8, 32, 8)
     i = _tmm(1, 2048, 2048)                       # 683 groups: 43 chunks, 256 blocks
-    row = cycles.TLMM_ROW_FIXED + (48 + 27 + 3 + 256) + 42 * 256 + 128 * 16
+    # the epilogue: E = 4 outputs per cycle (4 | L, Q, SB/8)
+    row = cycles.TLMM_ROW_FIXED + (48 + 27 + 3 + 256) + 42 * 256 + 128 * 16 // 4
     rec_bits = 13 + 8                             # bits(ceil(65535 / 16) = 4096) + bits(128)
     setup = 1 + 9 + rec_bits + 2
     params = 8 * 2048 // 256
