@@ -40,7 +40,7 @@ def _compile_decoder(args) -> int:
     out, r = compile_decoder(model=args.model, example=args.example, board=args.board,
                              out=args.out, max_context=args.max_context,
                              trust_model=args.trust_model, boards_dir=args.boards_dir,
-                             weights=_decoder_weights(args), lm_head=args.lm_head)
+                             weights=args.weights, lm_head=args.lm_head)
     s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
     print(f"compiled {r['model']} ({r['family']}, {r['weights']} weights, {r['lm_head']} LM "
           f"head: {s['layers']} layers, hidden {s['hidden']}, "
@@ -63,25 +63,13 @@ def _compile_decoder(args) -> int:
     return 0
 
 
-def _decoder_weights(args):
-    """``--weights`` for a decoder: int8, int4, mixed or ternary; not given: None (the
-    decoder's own default: ternary for BitNet, else int8)."""
-    from hwflow.compiler.decoder import DECODER_WEIGHTS
-
-    w = args.weights
-    if w not in (None, *DECODER_WEIGHTS):
-        raise HwflowError(f"--weights {w}: a language model takes "
-                          f"{', '.join(DECODER_WEIGHTS)}")
-    return w
-
-
 def _compile_shape_only(args) -> int:
     from hwflow.llm_flow import compile_shape_only
     from hwflow.predict import format_prediction
 
     out, r = compile_shape_only(model=args.model, example=args.example, board=args.board,
                                 out=args.out, max_context=args.max_context,
-                                boards_dir=args.boards_dir, weights=_decoder_weights(args),
+                                boards_dir=args.boards_dir, weights=args.weights,
                                 lm_head=args.lm_head)
     s, p, n = r["shape"], r["programs"], r["parameters"]
     params = f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n:,}"

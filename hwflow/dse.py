@@ -190,12 +190,13 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     the TLMM for ternary weights, the int4 path for int4/mixed weights, and no sparse
     selectors (the decoder flow runs dense weights).
     """
+    from hwflow.mapping.engine import default_mem_ports
+
     eng = {k: params[k] for k in ENGINE_PARAMETERS if k in params}
     if "mem_ports" not in eng and ({"chains", "chain_len"} & set(eng)):
-        chains = eng.get("chains", board.engine.get("chains", 8))
-        chain_len = eng.get("chain_len", board.engine.get("chain_len", 16))
-        want = max(1, chains * chain_len // int(board.memory["port_bytes"]))
-        eng["mem_ports"] = min(want, board.max_mem_ports)
+        eng["mem_ports"] = default_mem_ports(
+            board, eng.get("chains", board.engine.get("chains", 8)),
+            eng.get("chain_len", board.engine.get("chain_len", 16)))
     weights = params.get("weights")
     if kind == MLP:
         weights = weights or "int8"

@@ -111,6 +111,13 @@ def default_attn_heads(beat_bytes: int, chain_len: int) -> int:
     return max(4, beat_bytes // chain_len)
 
 
+def default_mem_ports(board: Board, chains: int, chain_len: int) -> int:
+    """Memory ports of an engine that names none: what one weight row per cycle needs
+    (``chains * chain_len / port_bytes``), at most the board's ``memory.ports``."""
+    want = max(1, chains * chain_len // int(board.memory["port_bytes"]))
+    return min(want, board.max_mem_ports)
+
+
 def choose_config(board: Board, **overrides) -> AccelConfig:
     """The board's default engine (``engine:`` in its YAML) with optional overrides.
 
@@ -131,8 +138,7 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     chain_len = eng.get("chain_len", 16)
     port_bytes = int(board.memory["port_bytes"])
     small = board.resources["lut"] < SMALL_FPGA_LUTS
-    want_ports = max(1, chains * chain_len // port_bytes)
-    ports = eng.get("mem_ports", min(want_ports, board.max_mem_ports))
+    ports = eng.get("mem_ports", default_mem_ports(board, chains, chain_len))
     if ports > board.max_mem_ports:
         raise MappingError(f"board {board.name}: {ports} memory ports requested, it has "
                            f"{board.max_mem_ports} (memory.ports)")
@@ -636,9 +642,8 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         raise MappingError(f"TLMM group size G={G}: must be one of {sorted(TLMM_GROUP_BITS)}")
     if SB is None:
         eng = dict(board.engine)
-        pb = int(board.memory["port_bytes"])
-        want = max(1, eng.get("chains", 8) * eng.get("chain_len", 16) // pb)
-        SB = pb * eng.get("mem_ports", min(want, board.max_mem_ports))
+        SB = int(board.memory["port_bytes"]) * eng.get("mem_ports", default_mem_ports(
+            board, eng.get("chains", 8), eng.get("chain_len", 16)))
     kb = getattr(board, "bram_kbits", 36)
     lut_budget = lut_share * board.resources["lut"]
     bram_budget = bram_share * board.resources["bram"]

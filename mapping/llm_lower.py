@@ -77,6 +77,7 @@ from hwflow.hw.isa import (
 from .errors import MappingError
 from .lower import WeightPlan, encode_program, plan_weights
 from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap, Region
+from .ternary_format import row_read_words
 from .weight_format import channels_per_tile, pack_weight_block
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
@@ -262,10 +263,8 @@ class _Geometry:
         gw = _cdiv(off, SB // L) * (SB // L)    # one LOAD moves whole super-beats
         tails = ()
         if _is_ternary(qd):
-            G, T = cfg.tlmm_g, cfg.tlmm_t
-
             def past(k: int, words: int) -> int:     # words read past a row of k inputs
-                return max(0, _cdiv(_cdiv(_cdiv(k, G), T) * T * G, L) - words)
+                return max(0, row_read_words(k, cfg.tlmm_g, cfg.tlmm_t, L) - words)
 
             tails = tuple((nm, t) for nm, t in (
                 ("h", past(s.hidden, geo.ew)), ("att", past(geo.q_words * L, geo.q_words)),

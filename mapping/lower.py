@@ -25,7 +25,7 @@ from hwflow.hw.isa import FLAG_INT4, FLAG_RELU, FLAG_RESIDUAL, INSTR_BYTES, Inst
 
 from .errors import MappingError
 from .memory_image import ImageBuilder, MemoryMap, pack_rows
-from .ternary_format import block_layout, pack_ternary_block
+from .ternary_format import block_layout, pack_ternary_block, row_read_words
 from .weight_format import (
     LayerFormat,
     channels_per_tile,
@@ -215,7 +215,7 @@ def plan_ternary(name: str, op, x_mem, cfg: AccelConfig) -> TernaryPlan:
             f"tlmm_acc_depth={cfg.tlmm_acc_depth}; build the engine with tlmm_acc_depth >= {n}")
     G, T, Q, L = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len
     lay = block_layout(n, k, G, T, Q, cfg.beat_bytes)
-    read = -(-lay["n_chunks"] * T * G // L)        # words the engine reads from a row's start
+    read = row_read_words(k, G, T, L)
     scratch = (x_mem.rows - 1) * x_mem.words + max(x_mem.words, read) if x_mem.rows else 0
     return TernaryPlan(G, T, Q, lay["k_groups"], lay, x_mem.words, scratch)
 

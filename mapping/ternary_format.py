@@ -104,6 +104,14 @@ def block_layout(n_out: int, K: int, G: int, T: int, Q: int, SB: int) -> dict:
     }
 
 
+def row_read_words(K: int, G: int, T: int, L: int) -> int:
+    """Activation words TMATMUL reads from the start of each row of ``K`` inputs: whole chunks
+    of ``T*G`` bytes (``ceil(ceil(K/G)/T)`` of them; the bytes past ``K`` meet the padding
+    index), so up to ``T*G - 1`` bytes past the row. The input area must leave them free of the
+    output rows."""
+    return _cdiv(_cdiv(_cdiv(K, G), T) * T * G, L)
+
+
 def pack_ternary_block(t, bias, mult, G: int, T: int, Q: int, SB: int) -> bytes:
     """The TMATMUL weight block of ternary weights ``t`` (int8 ``[n_out, K]`` in {-1, 0, 1}).
 

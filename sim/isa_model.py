@@ -58,7 +58,7 @@ from hwflow.hw.isa import (
     Opcode,
     decode,
 )
-from hwflow.mapping.ternary_format import block_layout, unpack_ternary_block
+from hwflow.mapping.ternary_format import block_layout, row_read_words, unpack_ternary_block
 from hwflow.mapping.weight_format import (
     LayerFormat,
     channels_per_tile,
@@ -673,7 +673,7 @@ class IsaModel:
         lay = block_layout(n_out, kg * G, G, T, Q, SB)
         # the engine reads whole chunks of T*G bytes of every row (bytes past the row's K are
         # looked up with the padding index, so their value does not matter)
-        xread = -(-lay["n_chunks"] * T * G // L)
+        xread = row_read_words(kg * G, G, T, L)
         o_span = self._span(ins.out, rows, words, words)
         if _overlap(*o_span, *self._span(ins.a, rows, xw, xread)):
             self._fail(IsaError, "TMATMUL: output rows overlap the input rows x")

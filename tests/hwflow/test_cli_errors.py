@@ -149,6 +149,8 @@ def test_bad_sim_values_of_a_language_model(capfd, llm_build, argv, needles):
                                                    "--example mlp is an MLP"]),
     (["--example", "mlp", "--lm-head", "int4"], ["--lm-head is for language models"]),
     (["--example", "tiny-llama", "--lm-head", "int2"], ["--lm-head", "invalid choice: 'int2'"]),
+    (["--example", "tiny-llama", "--weights", "int2"],
+     ["--weights int2: a decoder takes int8, int4, mixed, ternary"]),
     (["--example", "tiny-llama", "--rows", "3"], ["--rows is for MLP models"]),
     (["--example", "tiny-llama", "--sparsity", "2:4"], ["--sparsity is for MLP models"]),
     (["--example", "tiny-llama", "--calib", "x.npy"], ["--calib is for MLP models"]),
