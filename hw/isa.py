@@ -195,6 +195,12 @@ LAYOUT: dict = {
                      ("m_addr", 6, 16, 16)),
 }
 
+def field_max(op: Opcode, name: str) -> int:
+    """The largest value field ``name`` of opcode ``op`` holds (:data:`LAYOUT`'s width)."""
+    widths = {fld: bits for fld, _w, _lo, bits in LAYOUT[op]}
+    return (1 << widths[name]) - 1
+
+
 #: v2 fields: checked against their v2 widths for every opcode (as before v3), whether or not
 #: the opcode encodes them.
 _V2_WIDTHS = (("a", 16), ("out", 16), ("b", 16), ("rows", 16), ("k_words", 16),

@@ -46,7 +46,6 @@ from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     FLAG_GAMMA,
-    FLAG_INT4,
     FLAG_POS,
     FLAG_RELU2,
     INSTR_BYTES,
@@ -54,7 +53,14 @@ from hwflow.hw.isa import (
     Opcode,
 )
 from hwflow.mapping import cycles
-from hwflow.mapping.weight_format import LayerFormat, is_legal, ring_reserve, tile_mem_rows
+from hwflow.mapping.linear import WeightPlan, matmul, plan_tmatmul, tmatmul
+from hwflow.mapping.weight_format import (
+    LayerFormat,
+    channels_per_tile,
+    is_legal,
+    ring_reserve,
+    tile_mem_rows,
+)
 
 __all__ = ["MicroRun", "micro_runs", "calibrate", "write_calibration", "format_table",
            "DEFAULT_BOARDS"]
@@ -121,14 +127,10 @@ def _vector(op: Opcode, rows: int, n: int, extra: int, flags: int = 0, m_addr: i
 
 
 def _matmul(cfg: AccelConfig, fmt: LayerFormat, rows: int, K: int, N: int, wgt: int) -> Instr:
-    L = cfg.chain_len
-    kw = _cdiv(K, L)
-    C = cfg.chains * fmt.r
-    words = _cdiv(N, L)
-    return Instr(Opcode.MATMUL, FLAG_INT4 if fmt.int4 else 0, shift=8, ext=wgt, a=0,
-                 out=rows * kw + 8, rows=rows, k_words=kw, n_tiles=_cdiv(N, C), n=N,
-                 words=words, tile_mem_rows=tile_mem_rows(cfg, fmt, kw), lgm=fmt.lgm,
-                 lgr=fmt.lgr)
+    kw = _cdiv(K, cfg.chain_len)
+    plan = WeightPlan(fmt, kw, N, _cdiv(N, channels_per_tile(cfg, fmt)),
+                      tile_mem_rows(cfg, fmt, kw), fmt.label)
+    return matmul(plan, 8, wgt, 0, rows * kw + 8, rows, _cdiv(N, cfg.chain_len))
 
 
 def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
@@ -322,10 +324,10 @@ def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
                 xw, words = _cdiv(kg * G, L), _cdiv(n, L)
                 if n > cfg.tlmm_acc_depth or rows * (xw + words) + 16 > depth:
                     continue
+                tp = plan_tmatmul(f"TMATMUL {rows}x{kg}gx{n}", cfg, n, kg * G)
                 add("TMATMUL", role, f"TMATMUL {rows}x{kg}gx{n}",
-                    [Instr(Opcode.TMATMUL, shift=8, ext=tw, a=0, out=rows * xw + 8, rows=rows,
-                           k_groups=kg, n_out=n, x_words=xw, words=words,
-                           m_addr=rows * (xw + words) + 8)])
+                    [tmatmul(tp, 8, tw, 0, xw, rows * xw + 8, rows, words,
+                             rows * (xw + words) + 8)])
     # a held-out program of all held-out instructions one after another (fetch hits and misses
     # as in a real program), run at one POS
     mixed = [i for r in runs if r.role == "heldout" for i in r.instrs]

@@ -64,21 +64,37 @@ from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     FLAG_GAMMA,
     FLAG_GELU,
-    FLAG_INT4,
     FLAG_POS,
     FLAG_RELU2,
-    FLAG_RESIDUAL,
     FLAG_TANH,
     INSTR_BYTES,
     Instr,
     Opcode,
+    field_max,
 )
 
 from .errors import MappingError
-from .lower import WeightPlan, encode_program, plan_weights
+from .linear import (
+    TmatmulPlan,
+    WeightPlan,
+    absquant,
+    matmul,
+    matmul_layout,
+    matmul_nbytes,
+    matmul_report,
+    pack_matmul,
+    pack_tmatmul,
+    plan_matmul,
+    plan_tmatmul,
+    tmatmul,
+    tmatmul_layout,
+    tmatmul_nbytes,
+    tmatmul_report,
+)
+from .lower import encode_program
 from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap, Region
 from .ternary_format import row_read_words
-from .weight_format import channels_per_tile, pack_weight_block
+from .weight_format import channels_per_tile
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
            "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits", "prompt_runs",
@@ -460,27 +476,19 @@ class LoweredDecoder:
 # ------------------------------------------------------------------------------ weights
 
 @dataclass(frozen=True)
-class _Tile:
-    k_words: int
-
-
-@dataclass(frozen=True)
-class _LinearOp:
-    """The part of an IR ``qlinear`` node :func:`mapping.lower.plan_weights` reads."""
-
-    attrs: dict
-    tile: _Tile
-
-
-@dataclass(frozen=True)
 class _Packed:
+    """A linear planned for MATMUL (:func:`mapping.linear.plan_matmul`) and its block."""
+
     name: str
     plan: WeightPlan
-    n_out: int
     ql: QLinear
     data: bytes | None      # None when lowered from shapes alone (or packed by ``make``)
     nbytes: int
     make: object = None     # () -> the block's bytes, packed when the image is written
+
+    @property
+    def n_out(self) -> int:
+        return self.plan.n_out
 
 
 def _pad_heads_rows(ql: QLinear, heads: int, hd: int, hdp: int) -> tuple:
@@ -515,85 +523,43 @@ def _pack(name: str, cfg: AccelConfig, ql: QLinear, k_words: int, weight=None, b
     """A MATMUL weight block of ``ql`` (``weight``, ``bias``, ``mult``: its head-padded
     arrays where given); ``int4``: the padded ``(codes, group scales)``, or False when the
     padding moved the int4 groups (the layer then runs int8 on its effective weight)."""
-    weight = ql.weight if weight is None else weight
+    weight = np.asarray(ql.weight if weight is None else weight, dtype=np.int8)
     bias = ql.bias if bias is None else bias
     mult = ql.mult if mult is None else mult
-    if weight.shape[1] > k_words * cfg.chain_len:
-        raise MappingError(f"linear '{name}': {weight.shape[1]} input features exceed its input "
-                           f"rows of {k_words} words x {cfg.chain_len} B")
-    attrs = {"weight": np.asarray(weight, dtype=np.int8), "bias": bias, "mult": mult}
     if int4 is None and ql.w4 is not None:
         int4 = (ql.w4, ql.w4_scale)
-    if int4:
-        attrs.update(wbits=4, w4=int4[0], w4_scale=int4[1])
-    op = _LinearOp(attrs, _Tile(k_words))
-    # The decoder's linears carry no N:M request, so plan_weights takes dense int8 (or int4)
-    # without scanning the weight (golden.sparse.satisfies_nm(w, 1, 1) is True outright): a
-    # zero-stride shape-only weight gets the plan a real one gets.
-    plan = plan_weights(name, op, cfg)
+    # The decoder's linears carry no N:M request, so the plan is dense int8 (or int4) without
+    # scanning the weight: a zero-stride shape-only weight gets the plan a real one gets.
+    plan = plan_matmul(name, cfg, weight, k_words, wbits=4 if int4 else 8)
     if size_only:
-        # pack_weight_block's size: n_tiles tiles of tile_mem_rows rows of P*L bytes
-        return _Packed(name, plan, weight.shape[0], ql, None,
-                       plan.n_tiles * plan.tile_mem_rows * cfg.row_bytes)
-    try:
-        data = pack_weight_block(cfg, plan.fmt, op.attrs["weight"], bias, mult, k_words,
-                                 plan.n_tiles, w4=attrs.get("w4"), w4_scale=attrs.get("w4_scale"))
-    except ValueError as e:
-        raise MappingError(f"linear '{name}': cannot pack its weights as {plan.fmt.label}: "
-                           f"{e}") from None
-    return _Packed(name, plan, weight.shape[0], ql, data, len(data))
+        return _Packed(name, plan, ql, None, matmul_nbytes(cfg, plan))
+    w4, s4 = int4 if int4 else (None, None)
+    data = pack_matmul(name, cfg, plan, weight, bias, mult, w4=w4, w4_scale=s4)
+    return _Packed(name, plan, ql, data, len(data))
 
 
 @dataclass(frozen=True)
 class _TPacked:
-    """A ternary linear packed as a TMATMUL weight block (``mapping/ternary_format.py``)."""
+    """A ternary linear planned for TMATMUL (:func:`mapping.linear.plan_tmatmul`) and its
+    block (``mapping/ternary_format.py``)."""
 
     name: str
     ql: QLinear
-    n_out: int
-    k: int               # input features (after head padding)
-    k_groups: int        # ceil(k / G)
+    plan: TmatmulPlan
     data: bytes | None   # None when lowered from shapes alone (or packed by ``make``)
-    G: int
-    T: int
-    Q: int
     nbytes: int = 0
     make: object = None  # () -> the block's bytes, packed when the image is written
-
-    @property
-    def index_records(self) -> int:
-        """Records of ``T * Q`` indices: ``ceil(k_groups / T) * ceil(n_out / Q)``."""
-        return _cdiv(self.k_groups, self.T) * _cdiv(self.n_out, self.Q)
 
 
 def _pack_ternary(name: str, cfg: AccelConfig, ql: QLinear, weight=None, bias=None,
                   mult=None, size_only: bool = False) -> _TPacked:
-    from .ternary_format import block_layout, pack_ternary_block
-
-    weight = np.asarray(ql.weight if weight is None else weight, dtype=np.int8)
-    bias = np.asarray(ql.bias if bias is None else bias, dtype=np.int64)
-    mult = np.asarray(ql.mult if mult is None else mult, dtype=np.int64)
-    if not size_only and np.any(np.abs(weight) > 1):
-        raise MappingError(f"linear '{name}' is marked ternary but has weights outside "
-                           "{-1, 0, 1}")
-    n_out, k = weight.shape
-    G, T, Q = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q
-    k_groups = _cdiv(k, G)
-    if n_out > cfg.tlmm_acc_depth:
-        raise MappingError(f"linear '{name}': {n_out} output channels exceed the TLMM "
-                           f"accumulator (tlmm_acc_depth={cfg.tlmm_acc_depth}); build the "
-                           f"accelerator with tlmm_acc_depth >= {n_out}")
-    if max(n_out, k_groups) > _U16:
-        raise MappingError(f"linear '{name}': n_out={n_out} or k_groups={k_groups} exceeds "
-                           f"the TMATMUL field limit {_U16}")
+    weight = ql.weight if weight is None else weight
+    plan = plan_tmatmul(name, cfg, *weight.shape)
     if size_only:
-        size = block_layout(n_out, k, G, T, Q, cfg.beat_bytes)["total_beats"] * cfg.beat_bytes
-        return _TPacked(name, ql, n_out, k, k_groups, None, G, T, Q, size)
-    try:
-        data = pack_ternary_block(weight, bias, mult, G, T, Q, cfg.beat_bytes)
-    except ValueError as e:
-        raise MappingError(f"linear '{name}': cannot pack its ternary weights: {e}") from None
-    return _TPacked(name, ql, n_out, k, k_groups, bytes(data), G, T, Q, len(data))
+        return _TPacked(name, ql, plan, None, tmatmul_nbytes(cfg, plan))
+    data = pack_tmatmul(name, cfg, plan, weight, ql.bias if bias is None else bias,
+                        ql.mult if mult is None else mult)
+    return _TPacked(name, ql, plan, data, len(data))
 
 
 def _zero_view(shape, dtype=np.int8) -> np.ndarray:
@@ -740,8 +706,8 @@ class _Addrs:
     kv_rows: int = 0                             # positions of every cache region
 
 
-#: Largest output count of one MATMUL: its ``n`` field is 16 bits (``hw.isa.LAYOUT``).
-LM_HEAD_CHANNELS = (1 << 16) - 1
+#: Largest output count of one MATMUL: its ``n`` field (``hw.isa.LAYOUT``).
+LM_HEAD_CHANNELS = field_max(Opcode.MATMUL, "n")
 
 
 def lm_head_part_channels(cfg: AccelConfig) -> int:
@@ -765,14 +731,7 @@ def _lm_head_parts(pk: _Packed, cfg: AccelConfig) -> list[tuple[int, int]]:
 
 def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
             res: int | None = None) -> Instr:
-    flags = FLAG_INT4 if pk.plan.fmt.int4 else 0
-    if res is not None:
-        flags |= FLAG_RESIDUAL
-    return Instr(Opcode.MATMUL, flags, int(pk.ql.shift), ext=wgt, a=x, out=out,
-                 b=0 if res is None else res, rows=rows, k_words=pk.plan.k_words,
-                 n_tiles=pk.plan.n_tiles, n=pk.n_out, words=out_words,
-                 mult_b=int(pk.ql.res_mult) if res is not None else 0,
-                 tile_mem_rows=pk.plan.tile_mem_rows, lgm=pk.plan.fmt.lgm, lgr=pk.plan.fmt.lgr)
+    return matmul(pk.plan, pk.ql.shift, wgt, x, out, rows, out_words, res, pk.ql.res_mult)
 
 
 def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int,
@@ -803,17 +762,14 @@ def _head_norms(ly, s, geo: _Geometry, A, rows: int, slot: dict) -> list:
 
 def _tmatmul(pk: _TPacked, wgt: int, x: int, x_words: int, out: int, rows: int,
              out_words: int, m_addr: int, res: int | None = None) -> Instr:
-    return Instr(Opcode.TMATMUL, FLAG_RESIDUAL if res is not None else 0, int(pk.ql.shift),
-                 ext=wgt, a=x, out=out, b=0 if res is None else res, rows=rows,
-                 k_groups=pk.k_groups, n_out=pk.n_out, x_words=x_words, words=out_words,
-                 mult_b=int(pk.ql.res_mult) if res is not None else 0, m_addr=m_addr)
+    return tmatmul(pk.plan, pk.ql.shift, wgt, x, x_words, out, rows, out_words, m_addr, res,
+                   pk.ql.res_mult)
 
 
 def _absquant(a: int, rows: int, n: int, words: int, m_addr: int,
               gamma: int | None) -> Instr:
     """ABSQUANT in place (``out = a``): the ternary linear's per-token int8 input and ``m``."""
-    return Instr(Opcode.ABSQUANT, FLAG_GAMMA if gamma is not None else 0, a=a, out=a,
-                 g=0 if gamma is None else gamma, rows=rows, m_addr=m_addr, n=n, words=words)
+    return absquant(a, a, rows, n, words, m_addr, gamma)
 
 
 def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan: ActPlan,
@@ -1039,7 +995,7 @@ def _lm_head(pk: _Packed, wgt: int, x: int, out: int, ext: int, geo: _Geometry,
     out_instr = []
     for c0, n in _lm_head_parts(pk, cfg):
         t0, nt = c0 // C, _cdiv(n, C)
-        part = replace(pk, n_out=n, plan=replace(pk.plan, n_tiles=nt))
+        part = replace(pk, plan=replace(pk.plan, n_tiles=nt, n_out=n))
         words = geo.lw - c0 // L if c0 + n == pk.n_out else n // L
         out_instr.append(_matmul(part, wgt + t0 * tile_sb, x, out, 1, words))
         if cap is not None:
@@ -1264,33 +1220,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                                    f"{slack} zero slack rows")
     wregion, layers_report = {}, []
     for name, pk in packed.items():
-        if isinstance(pk, _TPacked):
-            wregion[name] = ib.append_made(
-                f"weights:{name}", "weights", pk.nbytes, pk.make,
-                shape=list(pk.ql.weight.shape),
-                layout=f"TMATMUL block, G={pk.G} T={pk.T} Q={pk.Q}: {pk.n_out} parameter "
-                       f"records, then {pk.index_records} index records of {pk.T * pk.Q} "
-                       "(docs/architecture.md, TMATMUL weight block)")
-            layers_report.append({"name": name, "engine": "tlmm", "format": "ternary",
-                                  "k_groups": pk.k_groups, "n_out": pk.n_out,
-                                  "index_records": pk.index_records,
-                                  "tlmm": {"G": pk.G, "T": pk.T, "Q": pk.Q},
-                                  "out_features": int(pk.ql.weight.shape[0]),
-                                  "in_features": int(pk.ql.weight.shape[1]),
-                                  "weight_bytes": pk.nbytes})
-            continue
-        p = pk.plan
+        tern = isinstance(pk, _TPacked)
         wregion[name] = ib.append_made(
-            f"weights:{name}", "weights", pk.nbytes, pk.make,
-            shape=list(pk.ql.weight.shape),
-            layout=f"{p.fmt.label}: {p.n_tiles} tiles x {p.tile_mem_rows} rows of "
-                   f"{cfg.row_bytes} B (docs/architecture.md, weight tile formats)")
-        layers_report.append({"name": name, "engine": "mpe", "format": p.fmt.label,
-                              "k_words": p.k_words, "n_tiles": p.n_tiles,
-                              "tile_mem_rows": p.tile_mem_rows,
-                              "out_features": int(pk.ql.weight.shape[0]),
-                              "in_features": int(pk.ql.weight.shape[1]),
-                              "weight_bytes": pk.nbytes})
+            f"weights:{name}", "weights", pk.nbytes, pk.make, shape=list(pk.ql.weight.shape),
+            layout=tmatmul_layout(pk.plan) if tern else matmul_layout(cfg, pk.plan))
+        report = tmatmul_report if tern else matmul_report
+        layers_report.append(report(name, pk.plan, pk.ql.weight.shape, pk.nbytes))
     gregion = {}
     for i, ly in enumerate(qd.layers):
         blk = _gamma_block(ly, geo, s) if geo.gw else None
