@@ -8,7 +8,6 @@ packer of ``tests/sim/_asm.py`` (written independently of this module) and round
 from __future__ import annotations
 
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -300,18 +299,16 @@ def test_unpack_errors_and_duplicate_positions():
         unpack_weight_block(cfg, fmt, bytes(dup), 1, 1)
 
 
-# ----------------------------------------------------------------------------------- speed
+# ------------------------------------------------------------------- a decode-sized layer
 
 @pytest.mark.parametrize("fmt", [LayerFormat(1, 1, 8), LayerFormat(2, 4, 8), LayerFormat(1, 4, 4)],
                          ids=lambda f: f.label.replace(" ", "-"))
-def test_large_layer_packs_fast(fmt):
+def test_large_layer_round_trips(fmt):
+    """A 4096 x 1024 layer packs and unpacks exactly (its speed: benchmarks/bench_pack.py)."""
     cfg = CFGS["P16L16"]
     rng = np.random.default_rng(9)
     N, K = 4096, 1024
     w, bias, mult, kw_args = _layer(rng, fmt, N, K)
-    t = time.perf_counter()
     data, k_words, n_tiles = _pack(cfg, fmt, w, bias, mult, kw_args)
-    dt = time.perf_counter() - t
     W, _, _ = unpack_weight_block(cfg, fmt, data, k_words, n_tiles)
     np.testing.assert_array_equal(W[:N], w)
-    assert dt < 0.6, f"packing {N}x{K} {fmt.label} took {dt:.2f} s"

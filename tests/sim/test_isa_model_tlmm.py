@@ -347,10 +347,9 @@ def test_tmatmul_malformed_block_is_an_error():
         run_program(CFG, bytes(im.buf), prog)
 
 
-def test_tmatmul_1024_gemv_is_fast():
-    """Vectorized: a 1024 x 1024 decode layer (G = 3: 342 groups) runs in well under a second."""
-    import time
-
+def test_tmatmul_1024_gemv():
+    """A 1024 x 1024 decode layer (G = 3: 342 groups) in one TMATMUL, exact (its speed:
+    benchmarks/bench_pack.py)."""
     cfg = AccelConfig(chains=16, chain_len=16, mem_ports=2, port_bytes=32, act_depth=4096,
                       tlmm=True, tlmm_acc_depth=1024)
     rng = np.random.default_rng(9)
@@ -365,8 +364,6 @@ def test_tmatmul_1024_gemv_is_fast():
     model = IsaModel(cfg, image)
     model.act[:64] = xq.reshape(64, 16)
     model.act.reshape(-1).view(np.uint8)[200 * 16] = 1        # m = 1
-    t0 = time.perf_counter()
     model.run(len(image) // cfg.beat_bytes - 1)
-    assert time.perf_counter() - t0 < 1.0
     want = np.clip(xq.astype(np.int64) @ t.T.astype(np.int64), -128, 127)
     np.testing.assert_array_equal(model.act[100:164].reshape(-1), want[0])
