@@ -29,6 +29,7 @@ import numpy as np
 
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import Instr, Opcode
+from hwflow.mapping.linear import plan_tmatmul, tmatmul
 from hwflow.mapping.ternary_format import pack_ternary_block, unpack_ternary_block
 from hwflow.mapping.weight_format import (
     LayerFormat,
@@ -82,9 +83,9 @@ def bench_ternary(repeat: int) -> None:
     xq = rng.integers(-127, 128, (1, 1024)).astype(np.int8)
     blk = pack_ternary_block(t, zeros, ones, cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.beat_bytes)
     image = bytes(cfg.beat_bytes) + blk
-    image += (Instr(Opcode.TMATMUL, 0, 0, ext=1, a=0, out=100, rows=1, k_groups=342,
-                    n_out=1024, x_words=64, words=64, m_addr=200).encode()
-              + Instr(Opcode.END).encode())
+    tp = plan_tmatmul("bench", cfg, 1024, 1024)
+    image += (tmatmul(tp, 0, wgt=1, x=0, x_words=64, out=100, rows=1, words=64,
+                      m_addr=200).encode() + Instr(Opcode.END).encode())
 
     def run():
         model = IsaModel(cfg, image)

@@ -45,9 +45,10 @@ def _device(backend: str, bitstream, cfg):
 
 
 def _run_decoder(args, conf: dict) -> int:
+    from hwflow.compiler.decoder_io import load_saved_decoder
     from hwflow.compiler.llm_interpret import golden_generate
     from hwflow.hw.config import AccelConfig
-    from hwflow.llm_flow import default_prompt, load_saved_decoder, parse_prompt
+    from hwflow.llm_flow import default_prompt, parse_prompt
 
     try:
         qd = load_saved_decoder(Path(args.build) / "decoder" / "quantized")

@@ -32,8 +32,7 @@ from pathlib import Path, PurePosixPath
 from hwflow.errors import HwflowError
 
 __all__ = ["MARKER", "BuildOutput", "open_build", "build_kind", "compile_command", "is_build",
-           "write_manifest", "write_json", "write_npz", "NpzWriter", "npz_memmap", "atomic_dir",
-           "atomic_build_dir", "replace_dir"]
+           "write_manifest", "write_json", "atomic_dir", "atomic_build_dir", "replace_dir"]
 
 MARKER = "hwflow-build.json"
 #: Version of the marker: 1 (hwflow before the manifest) recorded no file digests.
@@ -218,87 +217,6 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_plain) + "\n")
     tmp.replace(path)
-
-
-def write_npz(path: Path, arrays: dict) -> None:
-    """``np.savez`` with fixed zip timestamps (1980-01-01) and sorted members: the same arrays
-    give the same bytes (``ZipFile.open`` stamps the current time on some Python versions).
-    :class:`NpzWriter` writes the members one at a time."""
-    with NpzWriter(path) as npz:
-        for key in sorted(arrays):
-            npz.add(key, arrays[key])
-
-
-class NpzWriter:
-    """An ``.npz`` written one array at a time, in the order given (a context manager):
-    :func:`write_npz`'s archive (stored members, fixed timestamps: the same arrays in the same
-    order give the same bytes) without holding every array at once.
-
-    Streams each array into the file: the float decoder of a 1.24 B-parameter model is 6.0 GB,
-    and assembling the archive in memory first took twice that on top of the arrays (the
-    buffer and its ``getvalue`` copy). The bytes are those ``ZipFile.writestr`` of the whole
-    ``.npy`` gives: the same member header, sized up front (which decides zip64 the same way).
-    The members are stored, not compressed, so :func:`npz_memmap` can map one of them.
-    """
-
-    def __init__(self, path: Path):
-        import zipfile
-
-        self._zf = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED)
-
-    def add(self, key: str, array) -> None:
-        import io
-        import zipfile
-
-        import numpy as np
-
-        a = np.ascontiguousarray(array)
-        info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_STORED
-        head = io.BytesIO()     # write_array's own header: version 1.0 where it fits
-        try:
-            np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
-        except ValueError:
-            np.lib.format.write_array_header_2_0(head, np.lib.format.header_data_from_array_1_0(a))
-        info.file_size = head.tell() + a.nbytes
-        with self._zf.open(info, "w") as dest:
-            np.lib.format.write_array(dest, a, allow_pickle=False)
-
-    def close(self) -> None:
-        self._zf.close()
-
-    def __enter__(self) -> NpzWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def npz_memmap(path: Path, key: str):
-    """Array ``key`` of an ``.npz`` of stored members (:class:`NpzWriter`'s) as a read-only
-    memory map: only the pages read come into memory (a few embedding rows of a 1 GB table)."""
-    import struct
-    import zipfile
-
-    import numpy as np
-
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(key + ".npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise ValueError(f"{path}: member {key} is compressed; only stored members map")
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)          # the local file header: its own name and extra lengths
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-    if not int(np.prod(shape)):     # nothing to map
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran else "C")
 
 
 def _plain(o):

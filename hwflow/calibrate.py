@@ -407,24 +407,10 @@ def _llm_programs(cfg: AccelConfig, example: str) -> _Program | None:
 def _mlp_program(cfg: AccelConfig, example: str, weights: str) -> _Program:
     """A bundled MLP example compiled for ``cfg`` (the compile flow's steps, without the
     build folder), as one run at POS 0."""
-    from hwflow.compiler import FlowOptions, TileTarget, load_model, run_flow
-    from hwflow.examples import export_example
-    from hwflow.flow import default_calibration, program_inputs
-    from hwflow.golden import int8 as g8
-    from hwflow.mapping.lower import lower
+    from hwflow.flow import MLP_STEPS, MlpJob, run_steps
 
-    with tempfile.TemporaryDirectory() as td:
-        path = Path(td) / f"{example}.pt2"
-        export_example(example, path)
-        graph = load_model(path)
-    in_name = graph.graph["inputs"][0]
-    shape = tuple(graph.nodes[in_name]["op"].out.shape)
-    calib = default_calibration(shape)
-    target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
-                        cfg.weight_depth)
-    qgraph = run_flow(graph, FlowOptions(target, calib=calib, weights=weights))
-    x = program_inputs(calib, shape)
-    low = lower(qgraph, cfg, {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)})
+    job = MlpJob(example=example, weights=weights, cfg=cfg)
+    low = run_steps(job, MLP_STEPS, select=("load", "calibrate", "compile", "lower")).lowered
     return _Program(f"{example} ({weights})", low.image,
                     [("run", low.program, low.prog_base, 0)])
 

@@ -153,26 +153,13 @@ def _load_mlp(spec: dict):
     """``(float graph, input name, input shape, calibration sample)``, loaded once per process
     (a worker evaluates many points of the same model)."""
     key = ("mlp", spec.get("path") or spec["example"])
-    if key in _CACHE:
-        return _CACHE[key]
-    import tempfile
+    if key not in _CACHE:
+        from hwflow.flow import MLP_STEPS, MlpJob, run_steps
 
-    from hwflow.compiler import load_model
-    from hwflow.flow import default_calibration
-
-    with tempfile.TemporaryDirectory() as td:
-        path = spec.get("path")
-        if path is None:
-            from hwflow.examples import export_example
-
-            path = Path(td) / f"{spec['example']}.pt2"
-            export_example(spec["example"], path)
-        graph = load_model(path, trust_model=spec.get("trust_model", False))
-    if len(graph.graph["inputs"]) != 1:
-        raise HwflowError("models with more than one input are not supported yet")
-    in_name = graph.graph["inputs"][0]
-    shape = tuple(graph.nodes[in_name]["op"].out.shape)
-    _CACHE[key] = (graph, in_name, shape, default_calibration(shape))
+        job = MlpJob(model=spec.get("path"), example=None if spec.get("path") else
+                     spec["example"], trust_model=spec.get("trust_model", False))
+        run_steps(job, MLP_STEPS, select=("load", "calibrate"))
+        _CACHE[key] = (job.graph, job.in_name, job.in_shape, job.calib)
     return _CACHE[key]
 
 
@@ -295,27 +282,20 @@ def evaluate_point(task: dict) -> dict:
 
 
 def _evaluate_mlp(spec, board, params, clock) -> dict:
-    from hwflow.compiler import FlowOptions, TileTarget, run_flow
-    from hwflow.flow import program_inputs
-    from hwflow.golden import int8 as g8
-    from hwflow.mapping import cycles
-    from hwflow.mapping.lower import lower
+    from hwflow.flow import MLP_STEPS, MlpJob, run_steps
 
     graph, in_name, shape, calib = _load_mlp(spec)
     cfg = _engine(board, params, MLP)
     used = point_resources(cfg, board)
-    target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
-                        cfg.weight_depth)
-    q = run_flow(graph, FlowOptions(target, calib=calib,
-                                    sparsity=params.get("sparsity", "auto"),
-                                    weights=params.get("weights", "int8")))
-    x = program_inputs(calib, shape)
-    lw = lower(q, cfg, {in_name: g8.quantize(x, q.nodes[in_name]["op"].out.scale)})
-    total = cycles.predict(lw.program, cfg)["total"]
+    job = MlpJob(board=board, sparsity=params.get("sparsity", "auto"),
+                 weights=params.get("weights", "int8"), graph=graph, in_name=in_name,
+                 in_shape=shape, calib=calib, cfg=cfg)
+    run_steps(job, MLP_STEPS, select=("compile", "lower", "predict"))
+    total = job.prediction["total"]
     seconds = total / (clock * 1e6)
     return {"throughput": shape[0] / seconds, "throughput_unit": "inferences/s",
             "latency_ms": seconds * 1e3, "cycles": total, "clock_mhz": clock,
-            "instructions": len(lw.program), "resources": used}
+            "instructions": len(job.lowered.program), "resources": used}
 
 
 def _evaluate_decoder(spec, board, params, clock) -> dict:

@@ -225,9 +225,9 @@ def evaluate_build(out, text=None, tokens=None, max_tokens: int | None = None) -
         One line: not a decoder build, a shape-only build, a bad input file, fewer than two
         tokens, ``max_tokens < 1``.
     """
+    from hwflow.compiler.decoder_io import load_saved_decoder
     from hwflow.compiler.llm_interpret import KVCache, float_forward, golden_step
     from hwflow.golden.int4 import GROUP
-    from hwflow.llm_flow import load_saved_decoder
 
     out = Path(out)
     if (text is None) == (tokens is None):

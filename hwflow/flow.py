@@ -1,15 +1,22 @@
-"""``hwflow compile``: the ordered flow from a model file to a build folder.
+"""``hwflow compile`` of an MLP: the ordered step list from a model file to a build folder.
 
-Steps (each a small function; the compiler's own passes are listed in hwflow.compiler.flow):
+:data:`MLP_STEPS`, each a small function of an :class:`MlpJob` (the compiler's own passes are
+listed in hwflow.compiler.flow):
 
 1. ``load``       model file -> float IR (frontend, by content, never unpickling untrusted code)
 2. ``calibrate``  calibration sample (``--calib`` or a seeded normal sample)
 3. ``configure``  board -> accelerator configuration, resource fit check
 4. ``compile``    sparsify (``--sparsity``), precision (``--weights``), quantize, fuse, tile,
-                 schedule, memory plan (spec check after each)
+                 schedule, memory plan (spec check after each; ``--save-ir`` keeps each graph)
 5. ``lower``      IR -> instruction program + memory image
-6. ``rtl``        Amaranth -> Verilog of the configuration
-7. ``write``      build folder, atomically, with reports/compile.json
+6. ``predict``    cycles of the program (the calibrated cycle model)
+7. ``check``      golden model against the float model
+8. ``rtl``        Amaranth -> Verilog of the configuration
+9. ``report``     reports/compile.json
+
+then the build folder is written, atomically. A sweep point (``hwflow dse``) runs ``calibrate,
+compile, lower, predict`` and the calibration's MLP programs ``calibrate, compile, lower``,
+on engines of their own (:func:`run_steps` with ``select``).
 """
 
 from __future__ import annotations
@@ -35,13 +42,12 @@ from hwflow.compiler import (
 )
 from hwflow.compiler.passes import SPARSITY_CHOICES, WEIGHT_CHOICES, parse_sparsity
 from hwflow.errors import HwflowError
-from hwflow.export.open_flow import check_image
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
-from hwflow.hw.top import generate_verilog
 from hwflow.mapping import cycles
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.lower import lower
+from hwflow.mapping.memory_image import check_image
 from hwflow.rtl_cache import cached_verilog, check_cache_writable
 
 CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
@@ -50,6 +56,8 @@ CALIB_SEED = 0
 
 def accelerator_verilog(cfg) -> str:
     """Verilog of the accelerator for ``cfg`` (generated once, cached by content)."""
+    from hwflow.hw.top import generate_verilog  # Amaranth: only a build that needs RTL
+
     return cached_verilog("", cfg.to_dict(), lambda: generate_verilog(cfg))
 
 
@@ -176,7 +184,7 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
 
     The output folder is claimed (name, permissions, lock: ``buildfolder.BuildOutput``) before
     the flow runs, and a memory image larger than the board's memory is refused here with the
-    rule ``hwflow bitstream`` applies (``export.open_flow.check_image``).
+    rule ``hwflow bitstream`` applies (``mapping.memory_image.check_image``).
     """
     check_weight_options(sparsity, weights)
     brd = load_board(board, boards_dir)
@@ -198,8 +206,11 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         weights=None if weights == "int8" else weights, boards_dir=boards_dir)
     with BuildOutput(out, rebuild) as claim:
         check_cache_writable()          # before the work: the Verilog goes through the cache
-        made = _run_steps(model, example, name, brd, calib, trust_model, rows, sparsity,
-                          weights, config_overrides, claim.tmp / "ir" if save_ir else None)
+        job = MlpJob(board=brd, model=model, example=example, name=name, calib_file=calib,
+                     trust_model=trust_model, rows=rows, sparsity=sparsity, weights=weights,
+                     config_overrides=config_overrides,
+                     ir_dir=claim.tmp / "ir" if save_ir else None)
+        made = run_steps(job, MLP_STEPS)
         check_image(made.lowered.image, brd, made.cfg)
         digest = hashlib.sha256(made.lowered.image + made.verilog.encode()).hexdigest()[:16]
         with claim.writing({"kind": "mlp", "digest": digest}) as tmp:
@@ -208,85 +219,175 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
 
 
 @dataclass
-class _Compiled:
-    """What the compile steps made, for :func:`_write_build`."""
+class MlpJob:
+    """One MLP compile: what the steps read (the request) and what they make, in step order.
 
-    graph: object           # float IR
-    qgraph: object          # final IR
-    cfg: object             # AccelConfig
-    lowered: object         # mapping.lower result: program, image, memory map
-    calib: np.ndarray
-    in_name: str
-    model_bytes: bytes | None
-    verilog: str
-    report: dict
+    A step is a function ``step(job)`` that fills in its products (:data:`MLP_STEPS`); a flow is
+    a selection of the steps, run by :func:`run_steps`: ``hwflow compile`` runs them all, a
+    sweep point (``hwflow dse``) and the calibration's MLP programs (``hwflow calibrate``) run
+    ``calibrate, compile, lower`` (and ``predict``) on an engine they choose, from a graph they
+    loaded.
+    """
+
+    board: object = None            # boards.Board (the ``configure`` step)
+    model: object = None            # model file, or None with ``example``
+    example: str | None = None
+    name: str = "model"
+    calib_file: object = None       # --calib
+    trust_model: bool = False
+    rows: int | None = None
+    sparsity: str = "auto"
+    weights: str = "int8"
+    config_overrides: dict | None = None
+    ir_dir: Path | None = None      # --save-ir: every compiler step's graph
+    # products
+    graph: object = None            # load: float IR
+    model_bytes: bytes | None = None
+    in_name: str = ""
+    in_shape: tuple = ()
+    calib: np.ndarray | None = None  # calibrate
+    cfg: object = None              # configure (or given): AccelConfig
+    resources: dict | None = None
+    qgraph: object = None           # compile: final IR
+    inputs: np.ndarray | None = None  # lower: the program's default input (float)
+    lowered: object = None          # lower: program, image, memory map
+    prediction: dict | None = None  # predict: mapping.cycles.predict
+    accuracy: dict | None = None    # check: golden vs float
+    verilog: str = ""               # rtl
+    report: dict | None = None      # report
 
 
-def _run_steps(model, example, name, brd, calib, trust_model, rows, sparsity, weights,
-               config_overrides, ir_steps) -> _Compiled:
-    """Steps 1-6 of the module docstring (``ir_steps``: folder for ``--save-ir``)."""
+def load(job: MlpJob) -> None:
+    """Step ``load``: the model file (or the bundled example) -> float IR, by content."""
     with tempfile.TemporaryDirectory() as td:
-        if example is not None:
+        model = job.model
+        if job.example is not None:
             from hwflow.examples import export_example
 
-            model = Path(td) / f"{example}.pt2"
-            export_example(example, model)
-        graph = load_model(model, trust_model=trust_model, rows=rows)
-        model_bytes = Path(model).read_bytes() if example is not None else None
-    graph.graph["name"] = name
-    in_name = graph.graph["inputs"][0]
-    if len(graph.graph["inputs"]) != 1:
+            model = Path(td) / f"{job.example}.pt2"
+            export_example(job.example, model)
+        job.graph = load_model(model, trust_model=job.trust_model, rows=job.rows)
+        job.model_bytes = Path(model).read_bytes() if job.example is not None else None
+    job.graph.graph["name"] = job.name
+    if len(job.graph.graph["inputs"]) != 1:
         raise HwflowError("models with more than one input are not supported yet")
-    in_shape = tuple(graph.nodes[in_name]["op"].out.shape)
+    job.in_name = job.graph.graph["inputs"][0]
+    job.in_shape = tuple(job.graph.nodes[job.in_name]["op"].out.shape)
 
-    calib_x = load_calibration(calib, in_shape) if calib else default_calibration(in_shape)
-    cfg = choose_config(brd, **(config_overrides or {}))
-    resources = check_fit(cfg, brd)
+
+def calibrate(job: MlpJob) -> None:
+    """Step ``calibrate``: the calibration sample (``--calib``, or a seeded normal sample)."""
+    job.calib = (load_calibration(job.calib_file, job.in_shape) if job.calib_file
+                 else default_calibration(job.in_shape))
+
+
+def configure(job: MlpJob) -> None:
+    """Step ``configure``: the board's engine (with the overrides), checked to fit."""
+    job.cfg = choose_config(job.board, **(job.config_overrides or {}))
+    job.resources = check_fit(job.cfg, job.board)
+
+
+def compile_ir(job: MlpJob) -> None:
+    """Step ``compile``: the compiler's passes (``hwflow.compiler.flow.STEPS``: sparsify,
+    precision, quantize, fuse, tile, schedule, memory plan; spec check after each)."""
+    cfg = job.cfg
     target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
                         cfg.weight_depth)
-    options = FlowOptions(target, calib=calib_x, sparsity=sparsity, weights=weights)
-    qgraph = run_flow(graph, options, save_dir=ir_steps)
+    job.qgraph = run_flow(job.graph, _options(job, target), save_dir=job.ir_dir)
 
-    x = program_inputs(calib_x, in_shape)
-    q_in = {in_name: g8.quantize(x, qgraph.nodes[in_name]["op"].out.scale)}
-    lowered = lower(qgraph, cfg, q_in)
-    pred = cycles.predict(lowered.program, cfg)
 
-    golden_out = run(qgraph, {in_name: x})
-    float_out = run(graph, {in_name: x})
-    o = qgraph.graph["outputs"][0]
-    cos, mae = cosine(golden_out[o], float_out[o]), max_abs_error(golden_out[o], float_out[o])
-    formats = qgraph.graph.get("weight_formats", {})
-    pruned = {}
+def _options(job: MlpJob, target) -> FlowOptions:
+    return FlowOptions(target, calib=job.calib, sparsity=job.sparsity, weights=job.weights)
+
+
+def lower_program(job: MlpJob) -> None:
+    """Step ``lower``: the final IR -> instruction program and memory image, with the default
+    input (:func:`program_inputs`) in it."""
+    job.inputs = program_inputs(job.calib, job.in_shape)
+    scale = job.qgraph.nodes[job.in_name]["op"].out.scale
+    job.lowered = lower(job.qgraph, job.cfg, {job.in_name: g8.quantize(job.inputs, scale)})
+
+
+def predict(job: MlpJob) -> None:
+    """Step ``predict``: cycles of the program (``mapping.cycles.predict``)."""
+    job.prediction = cycles.predict(job.lowered.program, job.cfg)
+
+
+def check(job: MlpJob) -> None:
+    """Step ``check``: the golden model against the float model on the default input (and
+    against the pruned float model when ``--sparsity`` pruned)."""
+    x, o = {job.in_name: job.inputs}, job.qgraph.graph["outputs"][0]
+    golden, ref = run(job.qgraph, x)[o], run(job.graph, x)[o]
+    job.accuracy = {"float_cosine": cosine(golden, ref),
+                    "float_max_abs_error": max_abs_error(golden, ref)}
+    formats = job.qgraph.graph.get("weight_formats", {})
     if any(f.get("sparsity_from") == "imposed" for f in formats.values()):
         # the error of quantization alone, against the model as pruned by --sparsity
-        p_out = run(run_flow(graph, options, stop_after="sparsify"), {in_name: x})[o]
-        pruned = {"pruned_float_cosine": cosine(golden_out[o], p_out),
-                  "pruned_float_max_abs_error": max_abs_error(golden_out[o], p_out)}
+        target = TileTarget(job.cfg.chains, job.cfg.chain_len, job.cfg.beat_bytes,
+                            job.cfg.act_depth, job.cfg.weight_depth)
+        pruned = run(run_flow(job.graph, _options(job, target), stop_after="sparsify"), x)[o]
+        job.accuracy |= {"pruned_float_cosine": cosine(golden, pruned),
+                         "pruned_float_max_abs_error": max_abs_error(golden, pruned)}
 
-    ops = Counter(qgraph.nodes[n]["op"].kind for n in qgraph.nodes)
-    instr_kinds = Counter(i.op.name for i in lowered.program)
-    macs = sum(layer.get("macs", 0) for layer in lowered.layers)
-    report = {
-        "model": name, "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+
+def rtl(job: MlpJob) -> None:
+    """Step ``rtl``: the accelerator's Verilog (cached by content)."""
+    job.verilog = accelerator_verilog(job.cfg)
+
+
+def report(job: MlpJob) -> None:
+    """Step ``report``: ``reports/compile.json``."""
+    brd, cfg, lw, g, q = job.board, job.cfg, job.lowered, job.graph, job.qgraph
+    ops = Counter(q.nodes[n]["op"].kind for n in q.nodes)
+    instr_kinds = Counter(i.op.name for i in lw.program)
+    job.report = {
+        "model": job.name, "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": cfg.to_dict(), "ops": dict(sorted(ops.items())), "ops_total": sum(ops.values()),
-        "float_ops": dict(sorted(Counter(graph.nodes[n]["op"].kind for n in graph.nodes).items())),
-        "instructions": len(lowered.program),
+        "float_ops": dict(sorted(Counter(g.nodes[n]["op"].kind for n in g.nodes).items())),
+        "instructions": len(lw.program),
         "instruction_kinds": dict(sorted(instr_kinds.items())),
-        "program_bytes": len(lowered.program) * 32, "memory_image_bytes": len(lowered.image),
-        "predicted_cycles": pred["total"],
-        "predicted_cycles_per_instruction": pred["per_instruction"],
-        "macs": macs, "layers": lowered.layers, "resources": resources,
-        "input_shape": list(in_shape), "calibration_rows": int(calib_x.shape[0]),
-        "float_cosine": cos, "float_max_abs_error": mae, **pruned,
-        "sparsity": sparsity, "weights": weights, "weight_formats": formats,
+        "program_bytes": len(lw.program) * 32, "memory_image_bytes": len(lw.image),
+        "predicted_cycles": job.prediction["total"],
+        "predicted_cycles_per_instruction": job.prediction["per_instruction"],
+        "macs": sum(layer.get("macs", 0) for layer in lw.layers), "layers": lw.layers,
+        "resources": job.resources,
+        "input_shape": list(job.in_shape), "calibration_rows": int(job.calib.shape[0]),
+        **job.accuracy,
+        "sparsity": job.sparsity, "weights": job.weights,
+        "weight_formats": q.graph.get("weight_formats", {}),
     }
-    return _Compiled(graph, qgraph, cfg, lowered, calib_x, in_name, model_bytes,
-                     accelerator_verilog(cfg), report)
 
 
-def _write_build(tmp: Path, c: _Compiled) -> None:
-    """Step 7: the files of the build folder (README.md, "The build folder")."""
+#: The MLP compile, in order: ``(step name, step function)``. ``hwflow compile`` runs all of it
+#: and writes the build folder; sweeps and calibration run a selection (:class:`MlpJob`).
+MLP_STEPS = (("load", load), ("calibrate", calibrate), ("configure", configure),
+             ("compile", compile_ir), ("lower", lower_program), ("predict", predict),
+             ("check", check), ("rtl", rtl), ("report", report))
+
+
+def run_steps(job, steps, select=None, log=None):
+    """Run ``steps`` (``(name, function)`` pairs) on ``job`` in order, only those named in
+    ``select`` when given (in the list's order); returns ``job``.
+
+    Raises
+    ------
+    ValueError
+        ``select`` names a step the list does not have (a programming error).
+    """
+    names = [n for n, _ in steps]
+    unknown = set(select or ()) - set(names)
+    if unknown:
+        raise ValueError(f"unknown steps {sorted(unknown)} (steps: {', '.join(names)})")
+    for name, step in steps:
+        if select is None or name in select:
+            step(job)
+            if log is not None:
+                log(name)
+    return job
+
+
+def _write_build(tmp: Path, c: MlpJob) -> None:
+    """The files of the build folder (README.md, "The build folder")."""
     (tmp / "rtl").mkdir()
     (tmp / "rtl" / "hwflow_accel.v").write_text(c.verilog)
     (tmp / "program.bin").write_bytes(b"".join(i.encode() for i in c.lowered.program))

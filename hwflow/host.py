@@ -433,7 +433,7 @@ def _load_decoder_build(build_dir):
     """``(quantized decoder, lowered decoder)`` of a decoder build folder; the re-lowered image
     must equal the folder's ``memory_image.bin`` (as ``hwflow sim`` checks)."""
     from hwflow.buildfolder import open_build
-    from hwflow.llm_flow import load_saved_decoder
+    from hwflow.compiler.decoder_io import load_saved_decoder
     from hwflow.mapping.llm_lower import lower_decoder
 
     path = Path(build_dir)
@@ -455,13 +455,14 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
              timeout_s: float = 10.0) -> dict:
     """Greedy generation with a decoder build on ``dev``: the prompt, then decode steps.
 
-    The memory image is reserved and written once. The prompt runs as
-    ``mapping.llm_lower.prompt_runs`` splits it (runs of the largest prefill bucket, the last
-    one ending on the prompt's last token), then ``new_tokens`` decode steps run one token
-    each. Per run the host writes the token ids (``mapping.llm_lower.decode_memory_writes``),
-    POS, PROG_BASE and ``ap_start``, waits for ``ap_done`` and reads the logits of the run's
-    last row; the argmax of their first ``vocab`` entries (lowest id on ties) is the next
-    token, the next decode step's input.
+    The memory image is reserved and written once. The runs are
+    ``mapping.host_schedule.host_schedule``'s: the prompt as ``mapping.llm_lower.prompt_runs``
+    splits it (runs of the largest prefill bucket, the last one ending on the prompt's last
+    token), then ``new_tokens`` decode steps of one token each. Per run the host writes the
+    token ids (``mapping.llm_lower.decode_memory_writes``), POS, PROG_BASE and ``ap_start``,
+    waits for ``ap_done`` and reads the logits of the run's last row; the argmax of their
+    first ``vocab`` entries (lowest id on ties) is the next token, the next decode step's
+    input.
 
     Parameters
     ----------
@@ -491,7 +492,8 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
         id outside the vocabulary, past ``max_context``), ERROR set after a run, or no
         ``ap_done`` in time.
     """
-    from hwflow.mapping.llm_lower import decode_memory_writes, prompt_runs, read_logits
+    from hwflow.mapping.host_schedule import host_schedule
+    from hwflow.mapping.llm_lower import decode_memory_writes, read_logits
 
     _, lw = _load_decoder_build(build_dir)
     prompt = [int(t) for t in prompt]
@@ -526,9 +528,10 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
 
     dev.reserve(len(lw.image))
     dev.write_mem(0, lw.image)
-    for p, k in prompt_runs(len(prompt), lw.buckets):
-        logits = one_run(prompt[p:p + k], p)
-    out["tokens"].append(_argmax(logits))
-    for k in range(new_tokens):
-        out["tokens"].append(_argmax(one_run([out["tokens"][-1]], len(prompt) + k)))
+    for r in host_schedule(len(prompt), lw.buckets, new_tokens):
+        # a decode step's input is the token the run before it gave
+        logits = one_run([out["tokens"][-1]] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
+                         r.pos)
+        if r.pos + r.tokens >= len(prompt):     # the prompt's last run, then every decode step
+            out["tokens"].append(_argmax(logits))
     return out

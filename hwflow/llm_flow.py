@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -29,171 +28,27 @@ import numpy as np
 from hwflow.boards import load_board
 from hwflow.buildfolder import (
     BuildOutput,
-    NpzWriter,
     compile_command,
-    npz_memmap,
     open_build,
     write_json,
-    write_npz,
 )
-from hwflow.compiler import decoder as dec
 from hwflow.compiler.decoder import DECODER_WEIGHTS, LM_HEAD_WEIGHTS, lm_head_weights
+from hwflow.compiler.decoder_io import (
+    FloatDecoderWriter,
+    load_saved_decoder,
+    open_saved_decoder,
+    save_decoder,
+)
 from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
 
 __all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
-           "save_decoder", "load_saved_decoder", "open_saved_decoder", "FloatDecoderWriter",
            "parse_prompt"]
 
 DEFAULT_NEW_TOKENS = 8
 DEFAULT_PROMPT_LEN = 8
-
-
-# -- saving the decoder IR without pickles ---------------------------------------------------
-
-def _flatten(obj, prefix: str, arrays: dict, meta: dict) -> None:
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if isinstance(v, np.ndarray):
-            arrays[key] = v
-        elif dataclasses.is_dataclass(v):
-            _flatten(v, key + ".", arrays, meta)
-        elif isinstance(v, list) and v and dataclasses.is_dataclass(v[0]):
-            meta[key] = {"list": len(v)}
-            for i, item in enumerate(v):
-                _flatten(item, f"{key}.{i}.", arrays, meta)
-        else:
-            meta[key] = list(v) if isinstance(v, tuple) else v
-
-
-def _build(cls, prefix: str, arrays, meta):
-    kw = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    for name in hints:
-        key = f"{prefix}{name}"
-        if key in arrays:
-            kw[name] = arrays[key]
-        elif key in meta and isinstance(meta[key], dict) and "list" in meta[key]:
-            item_cls = {"layers": dec.QLayer if cls is dec.QDecoder else dec.FloatLayer}[name]
-            kw[name] = [_build(item_cls, f"{key}.{i}.", arrays, meta)
-                        for i in range(meta[key]["list"])]
-        elif key in meta:
-            v = meta[key]
-            kw[name] = tuple(v) if isinstance(v, list) else v
-        elif name == "shape":
-            kw[name] = _build(dec.DecoderShape, key + ".", arrays, meta)
-        elif any(k.startswith(key + ".") for k in arrays):
-            kw[name] = _build(dec.QLinear, key + ".", arrays, meta)
-    return cls(**kw)
-
-
-def save_decoder(obj, path: Path) -> None:
-    """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest);
-    the same decoder gives the same bytes (``buildfolder.write_npz``: fixed zip timestamps).
-    A float decoder is written a layer at a time (:class:`FloatDecoderWriter`)."""
-    if isinstance(obj, dec.FloatDecoder):
-        with FloatDecoderWriter(path, obj) as w:
-            for i, ly in enumerate(obj.layers):
-                w.add(i, ly)
-        return
-    arrays, meta = {}, {}
-    _flatten(obj, "", arrays, meta)
-    meta["__class__"] = type(obj).__name__
-    write_npz(path.with_suffix(".npz"), arrays)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
-
-
-class FloatDecoderWriter:
-    """:func:`save_decoder` of a FloatDecoder whose layers come one at a time (a context
-    manager; ``add(i, layer)`` in layer order, as the compile reads them): the arrays outside
-    the layers that sort before them (``embed``) are written when it opens, each layer's
-    arrays (sorted by name) when it is added, the rest (``lm_head``) and ``path.json`` when it
-    closes, so no layer is held. The archive is the one ``write_npz`` writes of the whole
-    decoder for up to ten layers; past that its layers are in layer order (``layers.2`` before
-    ``layers.10``), not sorted."""
-
-    def __init__(self, path: Path, fd):
-        self.path = path
-        self.npz = NpzWriter(path.with_suffix(".npz"))
-        self.meta: dict = {}
-        self.layer_meta: dict = {}
-        self.layers = 0
-        top: dict = {}
-        _flatten(dataclasses.replace(fd, layers=[]), "", top, self.meta)
-        self.tail = {k: top[k] for k in sorted(top) if k > "layers."}
-        for k in sorted(top):
-            if k < "layers.":
-                self.npz.add(k, top[k])
-
-    def add(self, i: int, layer) -> None:
-        """Layer ``i`` (the next one)."""
-        assert i == self.layers, f"layer {i} after {self.layers} layers"
-        arrays: dict = {}
-        _flatten(layer, f"layers.{i}.", arrays, self.layer_meta)
-        for k in sorted(arrays):
-            self.npz.add(k, arrays[k])
-        self.layers += 1
-
-    def __enter__(self) -> FloatDecoderWriter:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None:        # a failed compile: its staging folder goes
-            self.npz.close()
-            return
-        for k, v in self.tail.items():
-            self.npz.add(k, v)
-        self.tail = {}          # the LM head (1 GB in float32 for Llama-3.2-1B) is written
-        self.npz.close()
-        meta = {}
-        for k, v in self.meta.items():      # the layers' entries where _flatten puts them
-            if k == "layers":
-                meta[k] = {"list": self.layers}
-                meta.update(self.layer_meta)
-            else:
-                meta[k] = v
-        meta["__class__"] = "FloatDecoder"
-        self.path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=float)
-                                                  + "\n")
-
-
-def load_saved_decoder(path: Path):
-    """Inverse of :func:`save_decoder` (``allow_pickle=False``)."""
-    meta = json.loads(path.with_suffix(".json").read_text())
-    with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    cls = {"QDecoder": dec.QDecoder, "FloatDecoder": dec.FloatDecoder}[meta.pop("__class__")]
-    return _build(cls, "", arrays, meta)
-
-
-def open_saved_decoder(path: Path):
-    """A float decoder written by :func:`save_decoder`, read as it is used: the embedding and
-    the LM head memory-mapped (only the pages read come into memory), layer ``i`` read when
-    ``layers[i]`` is (:class:`_SavedLayers`). The same arrays as :func:`load_saved_decoder`'s."""
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if meta.pop("__class__") != "FloatDecoder":
-        raise ValueError(f"{path}: not a float decoder")
-    npz = path.with_suffix(".npz")
-    with np.load(npz, allow_pickle=False) as z:
-        top = {k: npz_memmap(npz, k) for k in z.files if not k.startswith("layers.")}
-    fd = _build(dec.FloatDecoder, "", top, {**meta, "layers": []})
-    return dataclasses.replace(fd, layers=_SavedLayers(npz, meta))
-
-
-class _SavedLayers(dec.LazyLayers):
-    """The layers of a saved float decoder, layer ``i`` read from the archive when indexed."""
-
-    def __init__(self, npz: Path, meta: dict):
-        self.npz, self.meta, self.n = npz, meta, int(meta["layers"]["list"])
-
-    def layer(self, i: int):
-        prefix = f"layers.{i}."
-        with np.load(self.npz, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k.startswith(prefix)}
-        return _build(dec.FloatLayer, prefix, arrays, self.meta)
 
 
 # -- compile ---------------------------------------------------------------------------------
@@ -323,9 +178,9 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
 
     The output folder is claimed (``buildfolder.BuildOutput``) before the model is read, and a
-    memory image larger than the board's memory is refused (``export.open_flow.check_image``).
+    memory image larger than the board's memory is refused (``mapping.memory_image.check_image``).
     """
-    from hwflow.export.open_flow import check_image
+    from hwflow.mapping.memory_image import check_image
 
     _check_weights(weights, lm_head)
     brd = load_board(board, boards_dir)
@@ -733,16 +588,16 @@ def default_prompt(vocab: int, n: int = DEFAULT_PROMPT_LEN, seed: int | None = N
 
 
 def _host_steps(lw, prompt: list[int], new_tokens: int) -> list:
-    """``[(HostStep, is_decode)]``: the prompt's runs (``mapping.llm_lower.prompt_runs``: the
-    last prompt token is a run's last row), then the decode steps (their token ids come from
-    the previous step's argmax)."""
-    from hwflow.mapping.llm_lower import decode_memory_writes, prompt_runs
+    """``[(HostStep, is_decode)]``: the runs of ``mapping.host_schedule.host_schedule`` (the
+    prompt's runs, the last prompt token a run's last row, then the decode steps, their token
+    ids from the previous step's argmax)."""
+    from hwflow.mapping.host_schedule import host_schedule
+    from hwflow.mapping.llm_lower import decode_memory_writes
 
-    steps = [(decode_memory_writes(lw, prompt[p:p + k], p), False)
-             for p, k in prompt_runs(len(prompt), lw.buckets)]
     # a decode step's id is written by the host after the previous step; 0 is a placeholder
-    steps += [(decode_memory_writes(lw, [0], len(prompt) + k), True) for k in range(new_tokens)]
-    return steps
+    return [(decode_memory_writes(lw, [0] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
+                                  r.pos), r.is_decode)
+            for r in host_schedule(len(prompt), lw.buckets, new_tokens)]
 
 
 def rtl_steps(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:

@@ -10,7 +10,7 @@ placeholder epilogue constants that no cycle or byte count reads) and the cycle 
   ``0 .. max_context-1`` (the attention reads ``pos + 1`` cache rows, so a step gets slower as
   the context grows); tokens/s = clock / cycles. ``cycles_first`` / ``cycles_last`` are the
   steps at position 0 and ``max_context - 1``.
-* **prefill** -- what the host runs for a prompt of ``n`` tokens (``hwflow.llm_flow``): chunks
+* **prefill** -- what the host runs for a prompt of ``n`` tokens (``mapping.host_schedule``): chunks
   of the largest bucket at positions ``0, B, 2B, ...``, each run by the smallest bucket that
   holds it (a 1-token chunk by the decode program). The last chunk writes the logits of the
   prompt's last token, whose argmax is the first generated token, so TTFT = the chunks'
@@ -38,7 +38,7 @@ from hwflow.golden.llm import attended_total
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
 
 __all__ = ["load_shape", "predict_decoder", "program_traffic", "decode_cycles",
-           "prefill_chunks", "format_prediction", "PROMPT_LENS"]
+           "format_prediction", "PROMPT_LENS"]
 
 #: Prompt lengths of the TTFT figures.
 PROMPT_LENS = (64, 128, 512)
@@ -239,22 +239,6 @@ def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
     return {"cycles_per_token": sum(cyc) / len(cyc), "cycles_first": cyc[0],
             "cycles_last": cyc[-1], "mean_pos": mean_pos, "positions_sampled": len(pts),
             "cycles_per_token_short": sum(cyc_short) / len(cyc_short)}
-
-
-def prefill_chunks(lowered, n: int) -> list[tuple[int, int, str]]:
-    """``[(pos, tokens, program name)]`` the host runs for an ``n``-token prompt
-    (``mapping.llm_lower.prompt_runs``: runs of the largest bucket, the last one ending on the
-    prompt's last token; one token: decode)."""
-    from hwflow.mapping.llm_lower import prompt_runs
-
-    return [(p, k, "decode" if k == 1 else f"prefill{k}")
-            for p, k in prompt_runs(n, lowered.buckets)]
-
-
-def _program(lowered, name: str):
-    if name == "decode":
-        return lowered.decode
-    return lowered.prefill[int(name.removeprefix("prefill"))]
 
 
 # -------------------------------------------------------------------------- configuring
@@ -576,6 +560,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
         "fit"}, "memory": {...}, "fits": bool, "clock_mhz": float, "config":
         cfg.to_dict(), "notes": [...]}``.
     """
+    from hwflow.mapping.host_schedule import host_schedule, run_program
+
     if lowered is None:
         lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
                                      max_context=max_context, family=family, adjust=adjust,
@@ -604,10 +590,11 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
             prefill[str(n)] = {"cycles": None, "ttft_ms": None,
                                "note": f"prompt longer than max_context {T}"}
             continue
-        chunks = prefill_chunks(lw, n)
-        cyc = sum(timer.cycles(name, _program(lw, name).program, p) for p, _, name in chunks)
+        chunks = host_schedule(n, lw.buckets)      # the prompt's runs, as the host makes them
+        cyc = sum(timer.cycles(r.program, run_program(lw, r.program).program, r.pos)
+                  for r in chunks)
         prefill[str(n)] = {"cycles": cyc, "ttft_ms": 1e3 * cyc / hz, "chunks": len(chunks),
-                           "bucket": chunks[0][2]}
+                           "bucket": chunks[0].program}
 
     mean_pos = int(round(dec["mean_pos"]))
     traffic = program_traffic(lw.decode.program, cfg, mean_pos)

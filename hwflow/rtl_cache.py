@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -99,11 +100,15 @@ def _file_in_path(folder: Path) -> Path | None:
 def _sources_digest() -> bytes:
     """sha256 over the hw/ sources and the Amaranth version, once per process: the modules are
     already imported, so an edit made later would not change this process's Verilog anyway."""
-    import amaranth
-
     import hwflow.hw
 
-    h = hashlib.sha256(amaranth.__version__.encode())
+    # amaranth.__version__ is this metadata ("unknown" without); read here without importing
+    # Amaranth, which hwflow/ does not (the HDL is in hw/)
+    try:
+        version = importlib.metadata.version("amaranth")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    h = hashlib.sha256(version.encode())
     for f in sorted(Path(hwflow.hw.__file__).parent.rglob("*")):
         if f.suffix in (".py", ".v") and f.is_file():
             h.update(f.name.encode() + f.read_bytes())

@@ -37,10 +37,15 @@ import numpy as np
 
 from hwflow.hw.config import AccelConfig
 
+from .errors import MappingError
+
 MAGIC = b"HWFL"
 VERSION = 2            # 2: weight tiles in the v2 formats (parameter records per segment)
 LLM_VERSION = 3        # 3: transformer images (sections program, weights, kv, io)
 HEADER_BYTES = 64
+#: Bytes of image one block RAM holds on the open-toolchain boards, where the image is kept in
+#: block RAM (``hw.onchip_memory``): ECP5 DP16KD 18 Kb, iCE40 SB_RAM40_4K 4 Kb.
+BRAM_BYTES = {"ecp5": 2304, "ice40": 512}
 
 
 @dataclass
@@ -222,3 +227,28 @@ def read_tensor(image: bytes, mm: MemoryMap, name: str) -> np.ndarray:
     r = mm.region(name)
     start = r.addr * mm.beat_bytes
     return unpack_rows(image[start: start + r.nbytes], r, mm.chain_len)
+
+
+def check_image(image: bytes, board, cfg: AccelConfig) -> int:
+    """The one memory rule, applied by ``hwflow compile`` and ``hwflow bitstream``: the image
+    must fit the board's ``memory.capacity_gb`` and, on open-toolchain boards (image in block
+    RAM), its block RAMs; refuse with numbers if over (:class:`MappingError`). Returns the block
+    RAMs it needs (0 on boards with external memory)."""
+    cap = board.capacity_bytes              # memory.capacity_gb: required and > 0 (boards/)
+    if len(image) > cap:
+        where = "on-chip memory reserved for it" if board.flow in BRAM_BYTES else "memory"
+        raise MappingError(f"memory image does not fit {board.name}: {len(image)} B > {cap} B of "
+                           f"{where} (memory.capacity_gb; needed > available); use a smaller "
+                           f"model (e.g. --example mlp-tiny)")
+    if board.flow not in BRAM_BYTES:
+        return 0
+    per = BRAM_BYTES[board.flow]
+    # each port is its own RAM of 8*W bits: whole blocks per port (width is the limit when W is
+    # wide, depth otherwise)
+    beats = max(1, -(-len(image) // cfg.beat_bytes))
+    blocks = cfg.mem_ports * max(-(-beats * cfg.port_bytes // per), -(-cfg.port_bytes * 8 // 36))
+    if blocks > board.resources["bram"]:
+        raise MappingError(f"memory image does not fit {board.name}: BRAM {blocks} > "
+                           f"{board.resources['bram']} (needed > available) for "
+                           f"{len(image)} B")
+    return blocks

@@ -125,7 +125,8 @@ def test_streamed_compile_equals_the_whole_model(tmp_path, family):
     model's graph, every array, tuple and scale (in order) equal. Phi-3's fused projections,
     Gemma 2's (1 + w) norms, post-norms, caps, embedding scale and alternating windows
     included."""
-    from hwflow.llm_flow import compile_decoder, load_saved_decoder
+    from hwflow.compiler.decoder_io import load_saved_decoder
+    from hwflow.llm_flow import compile_decoder
 
     folder = tiny_llama(tmp_path / family, seed=1, family=family, num_hidden_layers=3)
     whole = _whole_model(folder, 32)

@@ -138,3 +138,26 @@ def test_inf_calibration_through_the_cli_never_prints_nan(capfd, tmp_path):
     assert_one_line_error(code, err, "calib.pt", "1 NaN or Inf value")
     assert "nan" not in out.lower()
     assert_no_build_left(tmp_path)
+
+
+def test_sweeps_and_calibration_run_selections_of_the_compile_steps(tmp_path):
+    """``hwflow compile`` runs every step of MLP_STEPS; a selection up to ``lower`` (what a
+    sweep point and the calibration's programs run) makes the same program and image."""
+    from hwflow.boards import load_board
+    from hwflow.flow import MLP_STEPS, MlpJob, run_steps
+
+    assert [n for n, _ in MLP_STEPS] == ["load", "calibrate", "configure", "compile", "lower",
+                                         "predict", "check", "rtl", "report"]
+    out = tmp_path / "b"
+    assert main(["compile", "--example", "mlp", "--board", "u280", "-o", str(out)]) == 0
+    seen = []
+    job = run_steps(MlpJob(board=load_board("u280"), example="mlp"), MLP_STEPS,
+                    select=("load", "calibrate", "configure", "compile", "lower", "predict"),
+                    log=seen.append)
+    assert seen == ["load", "calibrate", "configure", "compile", "lower", "predict"]
+    assert job.lowered.image == (out / "memory_image.bin").read_bytes()
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    assert job.prediction["total"] == rep["predicted_cycles"]
+    assert job.verilog == "" and job.report is None          # rtl and report did not run
+    with pytest.raises(ValueError, match=r"unknown steps \['lowering'\]"):
+        run_steps(job, MLP_STEPS, select=("lowering",))

@@ -148,7 +148,7 @@ def llama_build(tmp_path_factory):
 
 
 def _decoder_of(build_dir):
-    from hwflow.llm_flow import load_saved_decoder
+    from hwflow.compiler.decoder_io import load_saved_decoder
 
     conf = json.loads((build_dir / "config.json").read_text())
     return AccelConfig(**conf["accel"]), load_saved_decoder(build_dir / "decoder" / "quantized")

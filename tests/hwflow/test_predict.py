@@ -12,7 +12,7 @@ import pytest
 
 from hwflow.cli import main
 from hwflow.mapping.llm_lower import decode_memory_writes, lower_decoder
-from hwflow.predict import load_shape, prefill_chunks, program_traffic
+from hwflow.predict import load_shape, program_traffic
 from hwflow.sim.isa_model import IsaModel
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -56,21 +56,6 @@ def test_program_traffic_equals_the_isa_model(kind):
         want = _isa_traffic(low, ids, pos)
         assert {k: got[k] for k in TRAFFIC_KEYS} == want, (n, pos)
         assert got["total"] == sum(want.values())
-
-
-def test_prefill_chunks_follow_the_host():
-    qd, cfg = _decoders()["int8"]
-    low = lower_decoder(qd, cfg, shape_only=True)
-    big = low.buckets[-1]
-    # the last prompt token is a run's last row: shorter than the smallest bucket, token by
-    # token; a rest that is no bucket, the smallest bucket ending on the last token
-    assert low.buckets[0] == 8
-    assert prefill_chunks(low, 5) == [(p, 1, "decode") for p in range(5)]
-    assert prefill_chunks(low, 8) == [(0, 8, "prefill8")]
-    assert prefill_chunks(low, big + 1) == [(0, big, f"prefill{big}"), (big, 1, "decode")]
-    assert prefill_chunks(low, big + 5) == [(0, big, f"prefill{big}"), (big - 3, 8, "prefill8")]
-    runs = prefill_chunks(low, 50)
-    assert runs[-1][0] + runs[-1][1] == 50 and all(p + k <= 50 for p, k, _ in runs)
 
 
 def test_load_shape_of_examples_and_configs():

@@ -1,13 +1,18 @@
 import struct
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
+from hwflow.boards import load_board
 from hwflow.hw.config import AccelConfig
+from hwflow.mapping.errors import MappingError
 from hwflow.mapping.memory_image import (
     MAGIC,
     VERSION,
     ImageBuilder,
     MemoryMap,
+    check_image,
     pack_rows,
     read_tensor,
     write_tensor,
@@ -61,3 +66,32 @@ def test_image_sections_and_io_roundtrip():
     assert (read_tensor(bytes(img), mm, "x") == -q).all()
     assert mm.region("x").addr * CFG.beat_bytes >= 64 + 40
     assert struct.unpack("<II", img[4:12]) == (VERSION, CFG.beat_bytes) and VERSION == 2
+
+
+def test_check_image_counts_the_block_rams_of_open_boards():
+    # SB = 2 ports x 8 B: 1000 B is 63 beats, 504 B a port, one 18 Kb EBR deep, but a 64-bit
+    # port is two EBRs wide (36 bits each): 2 ports x 2
+    assert check_image(bytes(1000), load_board("ulx3s"), CFG) == 4
+    # iCE40 (4 Kb = 512 B blocks): 4800 B is 300 beats, 2400 B a port: 5 blocks, x 2 ports
+    assert check_image(bytes(4800), load_board("icebreaker"), CFG) == 10
+    assert check_image(bytes(4800), load_board("u280"), CFG) == 0      # external memory
+
+
+def test_check_image_refuses_an_image_over_the_memory_with_numbers():
+    with pytest.raises(MappingError, match=r"^memory image does not fit icebreaker: 5000 B > "
+                       r"4900 B of on-chip memory reserved for it \(memory.capacity_gb; "
+                       r"needed > available\)"):
+        check_image(bytes(5000), load_board("icebreaker"), CFG)
+    u280 = load_board("u280")
+    small = replace(u280, memory={**u280.memory, "capacity_gb": 0.00001})
+    with pytest.raises(MappingError, match=r"^memory image does not fit u280: 10001 B > 10000 B "
+                       r"of memory \(memory.capacity_gb; needed > available\)"):
+        check_image(bytes(10001), small, CFG)
+
+
+def test_check_image_refuses_an_image_over_the_block_rams_with_numbers():
+    ice = load_board("icebreaker")
+    few = replace(ice, resources={**ice.resources, "bram": 9})
+    with pytest.raises(MappingError, match=r"^memory image does not fit icebreaker: BRAM 10 > 9 "
+                       r"\(needed > available\) for 4800 B$"):
+        check_image(bytes(4800), few, CFG)

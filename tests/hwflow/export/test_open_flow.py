@@ -12,9 +12,10 @@ import yaml
 
 from hwflow.boards import BOARD_DIR, load_board
 from hwflow.errors import HwflowError
-from hwflow.export.open_flow import _main_clock, build_open, ecp5_pll_params, parse_nextpnr
+from hwflow.export.open_flow import _main_clock, build_open, parse_nextpnr
 from hwflow.flow import compile_model
 from hwflow.hw.config import AccelConfig
+from hwflow.mapping.errors import MappingError
 
 KINDS = ("lut", "ff", "dsp", "bram", "uram")
 
@@ -101,13 +102,8 @@ def test_memory_image_over_budget_is_refused(ulx3s_build, tmp_path):
     data["memory"]["capacity_gb"] = 0.0000001            # 100 B for the image
     (tmp_path / "ulx3s-small.yaml").write_text(yaml.safe_dump(data))
     conf = json.loads((out / "config.json").read_text())
-    with pytest.raises(HwflowError, match=r"memory image does not fit .*\d+ B > 100 B"):
+    with pytest.raises(MappingError, match=r"memory image does not fit .*\d+ B > 100 B"):
         build_open(out, load_board("ulx3s-small", tmp_path), AccelConfig(**conf["accel"]))
-
-
-def test_ecp5_pll_25_to_100():
-    p = ecp5_pll_params(25, 100)
-    assert p["f_out"] == 100 and 400 <= p["f_out"] * p["outdiv"] <= 800
 
 
 def test_parse_nextpnr_log(tmp_path):
