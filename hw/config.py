@@ -40,14 +40,14 @@ class AccelConfig:
     int4 : bool
         Build the int4 dequantizer in the weight-fill path (int4 layers then run as int8).
     transformer : bool
-        Build the transformer path (docs/architecture.md, "Transformer path (v3)"): the
+        Build the transformer path (docs/architecture.md, "Transformer path"): the
         :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, ROPE, SILUMUL), the
         :class:`~hwflow.hw.attention.AttentionUnit` (ATTN), GATHER and POS-relative LOAD/STORE.
         Without it those instructions stop the run with ERROR = 1. Off by default (the units
         cost about 2x in Verilator build time); boards turn it on (``engine: transformer:``).
     tlmm : bool
-        Build the ternary table-lookup matmul engine (docs/architecture.md, "Ternary path
-        (v4)"): TMATMUL. The :class:`~hwflow.hw.sfu.VectorUnit` is built when ``transformer``
+        Build the ternary table-lookup matmul engine (docs/architecture.md, "Ternary
+        path"): TMATMUL. The :class:`~hwflow.hw.sfu.VectorUnit` is built when ``transformer``
         or ``tlmm`` (:attr:`vector_unit`): ABSQUANT, RMSNORM and SILUMUL need only it; GATHER,
         ROPE, ATTN and POS need ``transformer``; TMATMUL needs ``tlmm``. Off by default.
     tlmm_g : int

@@ -7,7 +7,7 @@ for every register (CEA/CEB/CEM/CEP tied together), or none: the matrix engine n
 mid-flight (it is throttled at its input), so its slices have their CE pins tied high and no
 enable logic at all.
 
-The matrix engine (v2) uses every slice with ``accumulator=False`` and ``clock_enable=False``:
+The matrix engine uses every slice with ``accumulator=False`` and ``clock_enable=False``:
 its slices only multiply and pass the cascade on; sums over k-groups are kept in fabric by the
 reduction nodes (:mod:`.dsp_chain`), because the packed multiply's low field would overflow its
 18 bits in the 48-bit P after a few k-groups. The W = P option stays for a single-slice MAC and
@@ -34,8 +34,8 @@ class DSP48E2Slice(wiring.Component):
         Add ``pcin`` in the post-adder (Z-mux = PCIN). False for the first slice of a chain.
     accumulator : bool
         Give the slice an ``accumulate`` port (dynamic W-mux: P or 0). False ties the W-mux to
-        0 (static OPMODE), as in every slice of the v2 chain: no OPMODE register and no
-        feedback mux.
+        0 (static OPMODE), as in every slice of the matrix engine's chains: no OPMODE register
+        and no feedback mux.
     clock_enable : bool
         Give the slice a ``ce`` port. False ties CE high: the registers load every cycle, which
         keeps 256 slices x 5 registers free of enable muxes (Verilator evaluates each one).

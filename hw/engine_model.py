@@ -1,4 +1,4 @@
-"""Plain-Python reference of the v2 matrix engine (docs/architecture.md, "Matrix engine").
+"""Plain-Python reference of the matrix engine (docs/architecture.md, "Matrix engine").
 
 Two references, so that the RTL is checked against the selector rule from two directions:
 

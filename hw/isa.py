@@ -3,9 +3,11 @@
 Plain Python shared by the hardware decoder (field positions), the mapper (encoder) and the ISA
 functional model (decoder). Every instruction is 32 bytes: eight little-endian u32 words.
 :data:`HEADER` (every opcode) and :data:`LAYOUT` (per opcode) are the one table of field
-positions, v2 (LOAD, STORE, MATMUL, VADD), v3 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE
-``pos_stride``) and v4 (ABSQUANT, TMATMUL; SILUMUL flag RELU2), as in docs/architecture.md;
-encode, decode and the hardware's data layouts (``hw/isa_layout.py``) all read it.
+positions: the base instructions (END, LOAD, STORE, MATMUL, VADD), the transformer instructions
+(GATHER, RMSNORM, ROPE, SILUMUL, ATTN, KVSTORE; LOAD/STORE ``pos_stride``) and the ternary ones
+(ABSQUANT, TMATMUL; SILUMUL flag RELU2). Encode, decode and the hardware's data layouts
+(``hw/isa_layout.py``) all read it, and docs/architecture.md's field table is rendered from it
+(``docs/gen_isa_table.py``).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Opcode(IntEnum):
 class Instr:
     """One decoded instruction; field meaning depends on the opcode (see the architecture doc).
 
-    Fields named by the v2 table keep their names in v3 and v4 where the doc reuses the word:
+    Fields of the base instructions keep their names in the others where the doc reuses the word:
     ``ext`` (the first external address: LOAD/STORE ext, MATMUL and TMATMUL wgt, GATHER table,
     ATTN K), ``a`` (the first activation operand: LOAD/STORE act, MATMUL and TMATMUL x, GATHER
     act, ATTN q), ``out``, ``b`` (LOAD/STORE length n, MATMUL and TMATMUL res, SILUMUL up),
@@ -90,7 +92,7 @@ class Instr:
     tile_mem_rows: int = 0  # MATMUL: memory rows per weight tile (weight_format.tile_mem_rows)
     lgm: int = 0          # MATMUL: log2 M of the N:M mode (0: dense)
     lgr: int = 0          # MATMUL: log2 r, r = M/N output channels per chain (0: dense)
-    # -- v3 (transformer path) -------------------------------------------------------------
+    # -- transformer path -----------------------------------------------------------------
     pos_stride: int = 0   # LOAD/STORE with FLAG_POS: super-beats added per unit of POS
     ids: int = 0          # GATHER: super-beat address of the u32 token ids
     stride: int = 0       # GATHER: super-beats between table rows
@@ -113,7 +115,7 @@ class Instr:
     sshift: int = 0       # ATTN: score shift (the output shift is ``shift``)
     window: int = 0       # ATTN: sliding window (keys per query, the newest; 0: all)
     cap: int = 0          # ATTN: score soft-cap (golden.llm.softcap_code; 0: none)
-    # -- v4 (ternary path) -----------------------------------------------------------------
+    # -- ternary path ---------------------------------------------------------------------
     g: int = 0            # ABSQUANT/RMSNORM: act word of the int8 gamma codes (flag GAMMA)
     m_addr: int = 0       # ABSQUANT/TMATMUL: act word of the rows' absmax m (u16 LE at byte 2b)
     k_groups: int = 0     # TMATMUL: groups of G activations per row (ceil(K / G))
@@ -156,8 +158,8 @@ class Instr:
 #: opcode, w0[15:8] flags (the ``FLAG_*`` bits), w0[21:16] shift.
 HEADER = (("op", 0, 0, 8), ("flags", 0, 8, 8), ("shift", 0, 16, 6))
 #: Field positions per opcode: ``(field, word, low bit, width)`` (docs/architecture.md,
-#: "Instruction set", "Instructions (v3 additions)" and "Ternary path (v4)"). VADD keeps v2's
-#: encoder, which also writes w1 and w4 (zero in every program the mapper emits).
+#: "Instruction set"). VADD has MATMUL's common fields, so its encoder also writes w1 and w4
+#: (zero in every program the mapper emits).
 _MATMUL_COMMON = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
                   ("rows", 3, 16, 16), ("k_words", 4, 0, 16), ("n_tiles", 4, 16, 16),
                   ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
@@ -201,24 +203,24 @@ def field_max(op: Opcode, name: str) -> int:
     return (1 << widths[name]) - 1
 
 
-#: v2 fields: checked against their v2 widths for every opcode (as before v3), whether or not
-#: the opcode encodes them.
-_V2_WIDTHS = (("a", 16), ("out", 16), ("b", 16), ("rows", 16), ("k_words", 16),
-              ("n_tiles", 16), ("n", 16), ("words", 16), ("mult_b", 16), ("mult_a", 16),
-              ("ext", 32))
+#: Fields of the base instructions: checked against these widths for every opcode, whether or
+#: not the opcode encodes them.
+_BASE_WIDTHS = (("a", 16), ("out", 16), ("b", 16), ("rows", 16), ("k_words", 16),
+                ("n_tiles", 16), ("n", 16), ("words", 16), ("mult_b", 16), ("mult_a", 16),
+                ("ext", 32))
 _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
-#: v3 and v4 fields: must be 0 on an opcode that does not encode them (they would be silently
-#: lost).
-_V3_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words", "heads",
-              "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots", "hd_words",
-              "pos_sb", "smul", "omul", "sshift", "window", "cap", "g", "m_addr", "k_groups",
-              "n_out", "x_words")
+#: Fields of the transformer and ternary instructions: must be 0 on an opcode that does not
+#: encode them (they would be silently lost).
+_EXTENSION_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words",
+                     "heads", "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots",
+                     "hd_words", "pos_sb", "smul", "omul", "sshift", "window", "cap", "g",
+                     "m_addr", "k_groups", "n_out", "x_words")
 
 
 def _check(i: Instr) -> None:
     name = i.op.name
     header = tuple((fld, bits) for fld, _w, _lo, bits in HEADER if fld != "op")
-    for fld, bits in header + _V2_WIDTHS:
+    for fld, bits in header + _BASE_WIDTHS:
         v = getattr(i, fld)
         if not 0 <= v < (1 << bits):
             raise ValueError(f"{name}: field {fld}={v} does not fit {bits} bits")
@@ -231,7 +233,7 @@ def _check(i: Instr) -> None:
             raise ValueError(f"{name}: field {fld}={v} outside 0..{hi}")
         if v and i.op != Opcode.MATMUL:
             raise ValueError(f"{name}: field {fld} is a MATMUL field, must be 0")
-    for fld in _V3_FIELDS:
+    for fld in _EXTENSION_FIELDS:
         v = getattr(i, fld)
         if fld not in layout:
             if v:
@@ -239,7 +241,7 @@ def _check(i: Instr) -> None:
             continue
         if not 0 <= v < (1 << layout[fld]):
             raise ValueError(f"{name}: field {fld}={v} does not fit {layout[fld]} bits")
-    for fld, bits in layout.items():    # v2 fields narrower in a v3 layout (none today)
+    for fld, bits in layout.items():    # base fields narrower in an opcode's layout (none today)
         v = getattr(i, fld)
         if fld not in _MODE_FIELDS and not 0 <= v < (1 << bits):
             raise ValueError(f"{name}: field {fld}={v} does not fit {bits} bits")

@@ -88,8 +88,8 @@ class VectorUnit(wiring.Component):
     ABSQUANT (0x0A, flag GAMMA) on the activation buffer.
 
     The controller puts the instruction on ``ins`` and pulses ``start``; ``busy`` is high from
-    the next cycle until every result has been written. Field positions are those of the v3 and
-    v4 instruction tables (docs/architecture.md). Results equal ``golden.llm`` and
+    the next cycle until every result has been written. Field positions are those of
+    docs/architecture.md's field table ("Instruction set"). Results equal ``golden.llm`` and
     ``golden.ternary.absmax_quant`` bit for bit.
 
     Datapath of ``V = cfg.vec_lanes`` lanes: a sequencer reads activation words (synchronous

@@ -1,6 +1,6 @@
 """Table-lookup ternary matmul engine: TMATMUL (opcode 0x0B), TeLLMe-style.
 
-docs/architecture.md, "Ternary path (v4 ...)": instruction fields, the weight block (written by
+docs/architecture.md, "Ternary path": instruction fields, the weight block (written by
 ``mapping/ternary_format.py``) and the numerics (``golden/ternary.py``: ``encode_groups``,
 ``group_table``, ``lookup_matmul``; ``golden/int8.py``: ``requantize``), bit for bit. This module
 does not import ``golden``; the test checks :data:`GROUP_BITS` against it.

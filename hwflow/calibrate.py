@@ -61,6 +61,7 @@ from hwflow.mapping.weight_format import (
     ring_reserve,
     tile_mem_rows,
 )
+from hwflow.steps import run_steps
 
 __all__ = ["MicroRun", "micro_runs", "calibrate", "write_calibration", "format_table",
            "DEFAULT_BOARDS"]
@@ -383,17 +384,13 @@ class _Program:
 def _llm_programs(cfg: AccelConfig, example: str) -> _Program | None:
     """The tiny decoder's decode program at three positions and its smallest prefill bucket at
     two; None when it does not lower for this engine as it is (e.g. a TLMM engine too small)."""
-    from hwflow.compiler.llm_quant import quantize_decoder
     from hwflow.errors import HwflowError as _E
-    from hwflow.llm_flow import _load
+    from hwflow.llm_flow import DECODER_STEPS, DecoderJob
     from hwflow.mapping.errors import MappingError
-    from hwflow.mapping.llm_lower import lower_decoder
 
-    with tempfile.TemporaryDirectory() as td:
-        fd = _load(None, example, False, 48, Path(td))
+    job = DecoderJob(example=example, max_context=48, cfg=cfg)
     try:
-        qd = quantize_decoder(fd, fd.max_context)
-        lw = lower_decoder(qd, cfg)
+        lw = run_steps(job, DECODER_STEPS, select=("load", "quantize", "lower")).lw
     except (MappingError, _E, ValueError):
         return None
     if -(-len(lw.image) // cfg.beat_bytes) > 1 << 16:
@@ -407,7 +404,7 @@ def _llm_programs(cfg: AccelConfig, example: str) -> _Program | None:
 def _mlp_program(cfg: AccelConfig, example: str, weights: str) -> _Program:
     """A bundled MLP example compiled for ``cfg`` (the compile flow's steps, without the
     build folder), as one run at POS 0."""
-    from hwflow.flow import MLP_STEPS, MlpJob, run_steps
+    from hwflow.flow import MLP_STEPS, MlpJob
 
     job = MlpJob(example=example, weights=weights, cfg=cfg)
     low = run_steps(job, MLP_STEPS, select=("load", "calibrate", "compile", "lower")).lowered

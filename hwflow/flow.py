@@ -3,7 +3,8 @@
 :data:`MLP_STEPS`, each a small function of an :class:`MlpJob` (the compiler's own passes are
 listed in hwflow.compiler.flow):
 
-1. ``load``       model file -> float IR (frontend, by content, never unpickling untrusted code)
+1. ``load``       model file -> float IR (frontend, by content, never unpickling untrusted code);
+                 or an intermediate ``--save-ir`` kept, which ``compile`` resumes from
 2. ``calibrate``  calibration sample (``--calib`` or a seeded normal sample)
 3. ``configure``  board -> accelerator configuration, resource fit check
 4. ``compile``    sparsify (``--sparsity``), precision (``--weights``), quantize, fuse, tile,
@@ -49,6 +50,7 @@ from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.lower import lower
 from hwflow.mapping.memory_image import check_image
 from hwflow.rtl_cache import cached_verilog, check_cache_writable
+from hwflow.steps import run_steps
 
 CALIB_ROWS = 64        # rows of the seeded calibration sample when --calib is not given
 CALIB_SEED = 0
@@ -242,6 +244,7 @@ class MlpJob:
     ir_dir: Path | None = None      # --save-ir: every compiler step's graph
     # products
     graph: object = None            # load: float IR
+    resume: object = None           # load: a saved intermediate the compile continues from
     model_bytes: bytes | None = None
     in_name: str = ""
     in_shape: tuple = ()
@@ -258,21 +261,44 @@ class MlpJob:
 
 
 def load(job: MlpJob) -> None:
-    """Step ``load``: the model file (or the bundled example) -> float IR, by content."""
-    with tempfile.TemporaryDirectory() as td:
-        model = job.model
-        if job.example is not None:
-            from hwflow.examples import export_example
+    """Step ``load``: the model file (or the bundled example) -> float IR, by content; or a
+    graph ``--save-ir`` kept (``ir/NN_<step>.json``), which the ``compile`` step continues from
+    (after ``<step>``; the float IR is the folder's ``00_float.json``)."""
+    if job.model is not None and Path(job.model).suffix == ".json":
+        _load_intermediate(job, Path(job.model))
+    else:
+        with tempfile.TemporaryDirectory() as td:
+            model = job.model
+            if job.example is not None:
+                from hwflow.examples import export_example
 
-            model = Path(td) / f"{job.example}.pt2"
-            export_example(job.example, model)
-        job.graph = load_model(model, trust_model=job.trust_model, rows=job.rows)
-        job.model_bytes = Path(model).read_bytes() if job.example is not None else None
+                model = Path(td) / f"{job.example}.pt2"
+                export_example(job.example, model)
+            job.graph = load_model(model, trust_model=job.trust_model, rows=job.rows)
+            job.model_bytes = Path(model).read_bytes() if job.example is not None else None
     job.graph.graph["name"] = job.name
     if len(job.graph.graph["inputs"]) != 1:
         raise HwflowError("models with more than one input are not supported yet")
     job.in_name = job.graph.graph["inputs"][0]
     job.in_shape = tuple(job.graph.nodes[job.in_name]["op"].out.shape)
+
+
+def _load_intermediate(job: MlpJob, path: Path) -> None:
+    """A graph saved by ``--save-ir`` and the float IR beside it (both spec-checked by
+    ``run_flow``); the compile resumes after the saved graph's step."""
+    from hwflow.compiler import load_graph
+    from hwflow.compiler.flow import intermediate_path
+
+    try:
+        saved = load_graph(path)
+        step = saved.graph.get("step", "float")
+        job.graph = saved if step == "float" else load_graph(
+            intermediate_path(path.parent, "float"))
+    except (CompileError, OSError, ValueError, KeyError) as e:
+        raise HwflowError(f"'{path}' is not a compiler intermediate kept by --save-ir with its "
+                          f"folder's 00_float.json ({str(e).splitlines()[0][:120]}); give a "
+                          "model file or an ir/NN_<step>.json of a --save-ir build") from None
+    job.resume = None if step == "float" else saved
 
 
 def calibrate(job: MlpJob) -> None:
@@ -293,7 +319,8 @@ def compile_ir(job: MlpJob) -> None:
     cfg = job.cfg
     target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
                         cfg.weight_depth)
-    job.qgraph = run_flow(job.graph, _options(job, target), save_dir=job.ir_dir)
+    start = job.graph if job.resume is None else job.resume
+    job.qgraph = run_flow(start, _options(job, target), save_dir=job.ir_dir)
 
 
 def _options(job: MlpJob, target) -> FlowOptions:
@@ -363,27 +390,6 @@ def report(job: MlpJob) -> None:
 MLP_STEPS = (("load", load), ("calibrate", calibrate), ("configure", configure),
              ("compile", compile_ir), ("lower", lower_program), ("predict", predict),
              ("check", check), ("rtl", rtl), ("report", report))
-
-
-def run_steps(job, steps, select=None, log=None):
-    """Run ``steps`` (``(name, function)`` pairs) on ``job`` in order, only those named in
-    ``select`` when given (in the list's order); returns ``job``.
-
-    Raises
-    ------
-    ValueError
-        ``select`` names a step the list does not have (a programming error).
-    """
-    names = [n for n, _ in steps]
-    unknown = set(select or ()) - set(names)
-    if unknown:
-        raise ValueError(f"unknown steps {sorted(unknown)} (steps: {', '.join(names)})")
-    for name, step in steps:
-        if select is None or name in select:
-            step(job)
-            if log is not None:
-                log(name)
-    return job
 
 
 def _write_build(tmp: Path, c: MlpJob) -> None:

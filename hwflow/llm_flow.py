@@ -1,15 +1,23 @@
 """``hwflow compile`` / ``hwflow sim`` for LLaMA-family decoders.
 
-Compile steps (each a small function, in this order):
+The compile is :data:`DECODER_STEPS`, each a small function of a :class:`DecoderJob`:
 
 1. ``load``       Hugging Face folder or torch.export archive -> FloatDecoder (pattern recogniser;
                   a folder's blocks are recognised as step 3 reads them)
-2. ``configure``  board -> accelerator configuration (must have the transformer units)
+2. ``configure``  board -> accelerator configuration (must have the transformer units), fit;
+                  the KV cache of ``--max-context`` against the board's memory
 3. ``quantize``   FloatDecoder -> QDecoder (static scales from a seeded calibration run), a block
                   at a time, each float block written to ``decoder/float`` as it is read
-4. ``lower``      QDecoder -> one decode program, prefill bucket programs, memory image
-5. ``rtl``        Amaranth -> Verilog of the configuration
-6. ``write``      build folder, atomically, with reports/compile.json
+4. ``size``       the TLMM engine (ternary decoders), buffers and ring placement for the model
+5. ``check``      golden (integer) decoder against the float one
+6. ``lower``      QDecoder -> one decode program, prefill bucket programs, memory image
+7. ``rtl``        Amaranth -> Verilog of the configuration
+8. ``report``     reports/compile.json
+
+then the build folder is written, atomically. ``--shape-only`` runs :data:`SHAPE_STEPS`: the
+same ``configure`` on the shapes of a ``transformers`` config (``load``), then ``lower``,
+``predict`` and ``report`` (no weights, no RTL); the cycle-model calibration runs ``load,
+quantize, lower`` of :data:`DECODER_STEPS` on engines of its own.
 
 Simulation runs the prompt (prefill buckets, chunked at POS = 0, B, 2B, ...) and K greedy decode
 steps on the RTL in one Verilator process, the RTL's own argmax feeding the next step; each step's
@@ -43,6 +51,7 @@ from hwflow.errors import HwflowError
 from hwflow.mapping.engine import check_fit, choose_config
 from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
+from hwflow.steps import run_steps
 
 __all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
            "parse_prompt"]
@@ -68,74 +77,6 @@ def _load(model, example, trust_model, max_context, td: Path, stream: bool = Fal
         return (open_decoder if stream else load_decoder)(model, trust_model=trust_model,
                                                           max_context=max_context)
     except CompileError as e:
-        raise HwflowError(str(e)) from None
-
-
-def _configure(board, boards_dir, config_overrides=None):
-    brd = load_board(board, boards_dir)
-    if config_overrides:    # hwflow dse --verify: the sweep point's engine, not the board's
-        from dataclasses import replace
-
-        brd = replace(brd, engine={**brd.engine, **config_overrides})
-    cfg = choose_config(brd)
-    if not cfg.transformer:
-        raise HwflowError(f"board {brd.name}'s accelerator has no transformer units (SFU and "
-                          "attention; `engine: transformer: false` in its YAML); choose a "
-                          "larger board such as u280 or kv260")
-    return brd, cfg, check_fit(cfg, brd)
-
-
-def _ternary_engine(brd, cfg, qd):
-    """The configuration with the TLMM engine when ``qd`` has ternary layers (``T``, ``Q``
-    from the board YAML or sized by ``mapping.engine.size_tlmm``; the accumulator as deep as
-    the widest ternary linear), its fit check and the sizing report; else ``cfg`` unchanged
-    and no report."""
-    from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
-    from hwflow.mapping.errors import MappingError
-    from hwflow.mapping.llm_lower import tlmm_outputs
-
-    widest = tlmm_outputs(qd, cfg.chain_len)
-    if not widest:
-        return cfg, check_fit(cfg, brd), None
-    if brd.engine.get("tlmm", True) is False:
-        raise HwflowError(f"board {brd.name} is built without the ternary table-lookup engine "
-                          "(`engine: tlmm: false` in its YAML) and this decoder has ternary "
-                          "linears; compile with --weights int8 or for a board with one "
-                          "(kv260, u280)")
-    try:
-        cfg, sizing = tlmm_config(brd, cfg, acc_depth=widest)
-        return cfg, check_fit_tlmm(cfg, brd), sizing
-    except MappingError as e:
-        raise HwflowError(str(e)) from None
-
-
-def _size_buffers(qd, cfg, brd, ternary: bool):
-    """The board's engine with the weight ring, activation buffer and ring placement the
-    decoder needs (``hwflow.predict.size_buffers``, the shape-only compile's rule) and the
-    notes; ``ternary``: the decoder has ternary linears."""
-    from hwflow.predict import size_buffers
-
-    return size_buffers(qd, cfg, brd, ternary=ternary)
-
-
-def _fit(cfg, brd) -> dict:
-    """The fit report of an enlarged engine; one line naming what the board lacks."""
-    from hwflow.mapping.engine import check_fit, check_fit_tlmm
-    from hwflow.mapping.errors import MappingError
-
-    try:
-        return check_fit_tlmm(cfg, brd) if cfg.tlmm else check_fit(cfg, brd)
-    except MappingError as e:
-        raise HwflowError(f"{e} (the engine enlarged for this model)") from None
-
-
-def _lower(qd, cfg):
-    from hwflow.mapping.errors import MappingError
-    from hwflow.mapping.llm_lower import lower_decoder
-
-    try:
-        return lower_decoder(qd, cfg)
-    except MappingError as e:
         raise HwflowError(str(e)) from None
 
 
@@ -167,18 +108,20 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
                     trust_model=False, boards_dir=None, weights=None, config_overrides=None,
                     lm_head=None):
     """Compile a LLaMA-family or BitNet decoder (Hugging Face folder or torch.export archive)
-    into a build folder; returns ``(out_path, report)``.
+    into a build folder: :data:`DECODER_STEPS`, then the folder; returns ``(out_path,
+    report)``.
 
-    ``weights``: ``"int8"`` or ``"ternary"`` block linears (``compiler.llm_quant``); default
-    ternary for BitNet models, int8 otherwise. Ternary layers run on the TLMM engine, which is
-    then built into the accelerator (``T``, ``Q`` from the board YAML or sized by
-    ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and why.
-    ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes them)
-    replace the board's engine (``hwflow dse --verify`` builds its points with them).
+    ``weights``: ``"int8"``, ``"int4"``, ``"mixed"`` or ``"ternary"`` block linears
+    (``compiler.llm_quant``); default ternary for BitNet models, int8 otherwise. Ternary layers
+    run on the TLMM engine, which is then built into the accelerator (``T``, ``Q`` from the
+    board YAML or sized by ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and
+    why. ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes
+    them) replace the board's engine (``hwflow dse --verify`` builds its points with them).
     ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
 
     The output folder is claimed (``buildfolder.BuildOutput``) before the model is read, and a
-    memory image larger than the board's memory is refused (``mapping.memory_image.check_image``).
+    memory image larger than the board's memory is refused
+    (``mapping.memory_image.check_image``).
     """
     from hwflow.mapping.memory_image import check_image
 
@@ -189,11 +132,15 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
         *([model] if example is None else ["--example", example]), board=brd.name,
         max_context=max_context, trust_model=trust_model, weights=weights, lm_head=lm_head,
         boards_dir=boards_dir)
+    if config_overrides:    # hwflow dse --verify: the sweep point's engine, not the board's
+        brd = dataclasses.replace(brd, engine={**brd.engine, **config_overrides})
     with BuildOutput(out, rebuild) as claim:
         check_cache_writable()          # before the work: the Verilog goes through the cache
-        d = _decoder_steps(model, example, board, boards_dir, max_context, trust_model,
-                           weights, config_overrides, stage=claim.tmp, lm_head=lm_head)
-        check_image(d.lw.image, d.brd, d.cfg)
+        job = DecoderJob(board=brd, model=model, example=example, max_context=max_context,
+                         trust_model=trust_model, weights=weights, lm_head=lm_head,
+                         stage=claim.tmp)
+        d = run_steps(job, DECODER_STEPS)
+        check_image(d.lw.image, d.board, d.cfg)
         # in two updates: image + verilog would copy the image (1.5 GB for Llama-3.2-1B)
         digest = hashlib.sha256(d.lw.image)
         digest.update(d.verilog.encode())
@@ -210,18 +157,6 @@ def _source_name(model) -> str:
     return re.sub(r"\W", "_", p.name if p.is_dir() else p.stem) or "model"
 
 
-@dataclasses.dataclass
-class _CompiledDecoder:
-    """What the decoder compile steps made, for :func:`_write_decoder_build`."""
-
-    qd: object              # QDecoder (the float decoder is in the staging folder already)
-    brd: object             # Board
-    cfg: object             # AccelConfig (with the TLMM engine when ternary)
-    lw: object              # mapping.llm_lower result
-    verilog: str
-    report: dict
-
-
 def check_context_fits(shape, max_context: int, brd) -> None:
     """Refuse a ``--max-context`` whose KV cache alone exceeds the board's memory, before the
     RoPE table and the cache (``max_context`` rows each) are built: a context of 10^9 would
@@ -235,86 +170,212 @@ def check_context_fits(shape, max_context: int, brd) -> None:
                           "--max-context")
 
 
-def _decoder_steps(model, example, board, boards_dir, max_context, trust_model, weights,
-                   config_overrides, stage: Path, lm_head=None) -> _CompiledDecoder:
-    """Steps 1-5 of the module docstring.
+@dataclasses.dataclass
+class DecoderJob:
+    """One decoder compile: what the steps read (the request) and make, in step order.
 
-    The model is read a block at a time (``compiler.llm_frontend.open_decoder``): each block
-    is recognised, written to the float decoder of the build (``decoder/float`` in the staging
-    folder ``stage``) and quantized before the next one is read, so the float32 model (4.9 GB
-    for Llama-3.2-1B) is never in memory whole; the quality report reads the float decoder
-    back a layer at a time.
+    ``hwflow compile`` runs every step of :data:`DECODER_STEPS`; the cycle-model calibration's
+    decoder programs run ``load, quantize, lower`` on an engine of its own (``cfg`` given).
     """
+
+    board: object = None            # boards.Board, with any engine overrides applied
+    model: object = None            # Hugging Face folder or torch.export archive
+    example: str | None = None
+    max_context: int | None = None
+    trust_model: bool = False
+    weights: str | None = None      # None: ternary for BitNet checkpoints, else int8
+    lm_head: str | None = None
+    stage: Path | None = None       # the build's staging folder (decoder/float is written in)
+    cfg: object = None              # configure (or given): AccelConfig
+    shape_only: bool = False        # SHAPE_STEPS: a transformers config, no weights
+    # products
+    fd: object = None               # load: FloatDecoder, its blocks recognised as read
+    name: str = ""
+    source: str = ""
+    family: str = ""
+    shape: object = None            # DecoderShape
+    notes: list = dataclasses.field(default_factory=list)
+    resources: dict | None = None   # configure, size
+    qd: object = None               # quantize: QDecoder
+    sizing: dict | None = None      # size: the TLMM engine's sizing (ternary decoders)
+    quality: dict | None = None     # check: golden vs float
+    lw: object = None               # lower: programs, image, memory map
+    config_shape: object = None     # shape-only load: compiler.llm_config.ConfigShape
+    prediction: dict | None = None  # shape-only predict: hwflow.predict.predict_decoder
+    verilog: str = ""               # rtl
+    report: dict | None = None      # report
+    _tmp: object = None             # an example's folder, read while quantizing
+
+    def close(self) -> None:
+        """Remove the example's temporary folder (after the last step, or a failed one)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def load(job: DecoderJob) -> None:
+    """Step ``load``: the Hugging Face folder or torch.export archive -> FloatDecoder (pattern
+    recogniser). Its blocks are recognised as ``quantize`` reads them
+    (``compiler.llm_frontend.open_decoder``), so the float32 model (4.9 GB for Llama-3.2-1B) is
+    never in memory whole."""
     import tempfile
 
-    from hwflow.compiler.errors import CompileError
-    from hwflow.compiler.llm_quant import DecoderQuantizer, quant_report
-
-    with tempfile.TemporaryDirectory() as td:   # an example's folder, read while quantizing
-        fd = _load(model, example, trust_model, max_context, Path(td), stream=True)
-        if example is not None:     # not the temporary folder it was written to: same bytes
-            fd = dataclasses.replace(fd, source=f"example:{example}")
-        name = example or fd.name
-        notes = []
-        if weights is None and fd.ternary_weights:
-            weights = "ternary"
-            notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
+    job._tmp = tempfile.TemporaryDirectory()
+    fd = _load(job.model, job.example, job.trust_model, job.max_context, Path(job._tmp.name),
+               stream=True)
+    if job.example is not None:     # not the temporary folder it was written to: same bytes
+        fd = dataclasses.replace(fd, source=f"example:{job.example}")
+    job.fd, job.name, job.source = fd, job.example or fd.name, fd.source
+    job.shape, job.max_context = fd.shape, fd.max_context
+    if job.weights is None and fd.ternary_weights:
+        job.weights = "ternary"
+        job.notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
                          "compiled as ternary on the table-lookup engine (--weights int8 to "
                          "quantize them as int8)")
-        brd, cfg, resources = _configure(board, boards_dir, config_overrides)
-        check_context_fits(fd.shape, fd.max_context, brd)
-        s, source, family = fd.shape, fd.source, fd.family
-        (stage / "decoder").mkdir()
+
+
+def configure(job: DecoderJob) -> None:
+    """Step ``configure``: the board's engine (it must have the transformer units), checked to
+    fit, and the KV cache of ``max_context`` checked against the board's memory."""
+    brd = job.board
+    job.cfg = choose_config(brd)
+    if not job.cfg.transformer:
+        raise HwflowError(f"board {brd.name}'s accelerator has no transformer units (SFU and "
+                          "attention; `engine: transformer: false` in its YAML); choose a "
+                          "larger board such as u280 or kv260")
+    check_context_fits(job.shape, job.max_context, brd)
+    if not job.shape_only:          # the shape-only prediction reports the fit, it does not refuse
+        job.resources = check_fit(job.cfg, brd)
+
+
+def quantize(job: DecoderJob) -> None:
+    """Step ``quantize``: FloatDecoder -> QDecoder (static scales from a seeded calibration
+    run), a block at a time; each float block is written to ``decoder/float`` in the staging
+    folder as it is read (the ``check`` step reads it back a layer at a time)."""
+    from hwflow.compiler.errors import CompileError
+    from hwflow.compiler.llm_quant import DecoderQuantizer
+
+    stage = job.stage if job.stage is not None else Path(job._tmp.name)
+    (stage / "decoder").mkdir()
+    fd, job.fd = job.fd, None
+    try:
+        # the float decoder is written and quantized a layer at a time; the float32 embedding
+        # (1 GB for Llama-3.2-1B) goes once written and quantized
+        with FloatDecoderWriter(stage / "decoder" / "float", fd) as saved:
+            quant = DecoderQuantizer(fd, fd.max_context, weights=job.weights,
+                                     lm_head=job.lm_head)
+            blocks, head = fd.layers, fd.lm_head
+            job.family = fd.family
+            del fd
+            for i, ly in enumerate(blocks):
+                saved.add(i, ly)
+                quant.add(i, ly)
+                del ly
+            job.qd = quant.finish(head)
+            job.weights = quant.weights
+    except CompileError as e:
+        raise HwflowError(str(e)) from None
+    job.close()                     # the example's folder is read
+
+
+def size(job: DecoderJob) -> None:
+    """Step ``size``: the TLMM engine when the decoder has ternary linears (``T``, ``Q`` from
+    the board YAML or sized by ``mapping.engine.size_tlmm``, the accumulator as deep as the
+    widest ternary linear), then the weight ring, activation buffer and ring placement the
+    decoder needs (``hwflow.predict.size_buffers``, the shape-only compile's rule); the fit of
+    the engine as enlarged."""
+    from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
+    from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import tlmm_outputs
+    from hwflow.predict import size_buffers
+
+    brd, qd = job.board, job.qd
+    widest = tlmm_outputs(qd, job.cfg.chain_len)
+    if widest and brd.engine.get("tlmm", True) is False:
+        raise HwflowError(f"board {brd.name} is built without the ternary table-lookup engine "
+                          "(`engine: tlmm: false` in its YAML) and this decoder has ternary "
+                          "linears; compile with --weights int8 or for a board with one "
+                          "(kv260, u280)")
+    if widest:
         try:
-            # the float decoder is written and quantized a layer at a time; the float32
-            # embedding (1 GB for Llama-3.2-1B) goes once written and quantized
-            with FloatDecoderWriter(stage / "decoder" / "float", fd) as saved:
-                quant = DecoderQuantizer(fd, fd.max_context, weights=weights, lm_head=lm_head)
-                blocks, head = fd.layers, fd.lm_head
-                del fd
-                for i, ly in enumerate(blocks):
-                    saved.add(i, ly)
-                    quant.add(i, ly)
-                    del ly
-                qd = quant.finish(head)
-                weights = quant.weights
-                del quant, blocks, head
-        except CompileError as e:
+            job.cfg, job.sizing = tlmm_config(brd, job.cfg, acc_depth=widest)
+            job.resources = check_fit_tlmm(job.cfg, brd)
+        except MappingError as e:
             raise HwflowError(str(e)) from None
-    cfg, resources, sizing = _ternary_engine(brd, cfg, qd)
-    cfg, sized = _size_buffers(qd, cfg, brd, ternary=sizing is not None)
+    job.cfg, sized = size_buffers(qd, job.cfg, brd, ternary=bool(widest))
     if sized:
-        resources = _fit(cfg, brd)
-    notes += sized
-    quality = quant_report(open_saved_decoder(stage / "decoder" / "float"), qd)
-    lw = _lower(qd, cfg)
-    verilog = _accelerator_verilog(cfg)
-    report = {
-        "model": name, "kind": "decoder", "source": source, "family": family,
-        "weights": weights, "lm_head": qd.weight_formats["lm_head"]["weights"],
+        try:
+            job.resources = (check_fit_tlmm(job.cfg, brd) if job.cfg.tlmm
+                             else check_fit(job.cfg, brd))
+        except MappingError as e:
+            raise HwflowError(f"{e} (the engine enlarged for this model)") from None
+    job.notes += sized
+
+
+def check(job: DecoderJob) -> None:
+    """Step ``check``: the golden (integer) decoder against the float one
+    (``compiler.llm_quant.quant_report``), the float read back a layer at a time."""
+    from hwflow.compiler.llm_quant import quant_report
+
+    job.quality = quant_report(open_saved_decoder(job.stage / "decoder" / "float"), job.qd)
+
+
+def lower(job: DecoderJob) -> None:
+    """Step ``lower``: QDecoder -> one decode program, the prefill bucket programs and the
+    memory image (``mapping.llm_lower``)."""
+    from hwflow.mapping.errors import MappingError
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    try:
+        job.lw = lower_decoder(job.qd, job.cfg)
+    except MappingError as e:
+        raise HwflowError(str(e)) from None
+
+
+def rtl(job: DecoderJob) -> None:
+    """Step ``rtl``: the accelerator's Verilog (cached by content)."""
+    job.verilog = _accelerator_verilog(job.cfg)
+
+
+def report(job: DecoderJob) -> None:
+    """Step ``report``: ``reports/compile.json``."""
+    s, lw, brd = job.qd.shape, job.lw, job.board
+    job.report = {
+        "model": job.name, "kind": "decoder", "source": job.source, "family": job.family,
+        "weights": job.weights, "lm_head": job.qd.weight_formats["lm_head"]["weights"],
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
-        "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
+        "config": job.cfg.to_dict(), "config_notes": job.notes, "shape": s.to_dict(),
         "max_context": lw.max_context,
         "parameters": int(s.vocab * s.hidden * 2 + s.layers * (
             s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden
             + 3 * s.hidden * s.intermediate)),
-        "programs": lw.reports["programs"],
-        "naive_program_bytes": lw.reports["naive_program_bytes"],
-        "program_reduction": lw.reports["program_reduction"],
-        "prefill_buckets": lw.buckets,
-        "memory_image_bytes": len(lw.image),
-        "linears": lw.reports.get("layers"),
-        "engines": _engines_per_layer(lw.reports.get("layers") or []),
-        "golden_vs_float": quality,
-        "resources": resources,
+        **_program_report(lw, len(lw.image)),
+        "golden_vs_float": job.quality,
+        "resources": job.resources,
     }
-    if sizing is not None:
-        report["tlmm"] = {**lw.reports["tlmm"], "sizing": sizing}
-    return _CompiledDecoder(qd, brd, cfg, lw, verilog, report)
+    if job.sizing is not None:
+        job.report["tlmm"] = {**lw.reports["tlmm"], "sizing": job.sizing}
 
 
-def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
-    """Step 6: the files of the build folder."""
+def _program_report(lw, image_bytes: int) -> dict:
+    """The report fields of a lowering that both kinds of decoder compile write."""
+    return {"programs": lw.reports["programs"],
+            "naive_program_bytes": lw.reports["naive_program_bytes"],
+            "program_reduction": lw.reports["program_reduction"],
+            "prefill_buckets": lw.buckets,
+            "memory_image_bytes": image_bytes,
+            "linears": lw.reports.get("layers"),
+            "engines": _engines_per_layer(lw.reports.get("layers") or [])}
+
+
+#: The decoder compile, in order: ``(step name, step function)`` of a :class:`DecoderJob`.
+DECODER_STEPS = (("load", load), ("configure", configure), ("quantize", quantize),
+                 ("size", size), ("check", check), ("lower", lower), ("rtl", rtl),
+                 ("report", report))
+
+
+def _write_decoder_build(tmp: Path, d: DecoderJob) -> None:
+    """The files of the build folder."""
     lw = d.lw
     (tmp / "rtl").mkdir()
     (tmp / "rtl" / "hwflow_accel.v").write_text(d.verilog)
@@ -323,7 +384,7 @@ def _write_decoder_build(tmp: Path, d: _CompiledDecoder) -> None:
     (tmp / "decoder").mkdir(exist_ok=True)
     save_decoder(d.qd, tmp / "decoder" / "quantized")
     write_json(tmp / "config.json", {
-        "kind": "decoder", "board": d.brd.name, "clock_mhz": d.brd.clock_mhz,
+        "kind": "decoder", "board": d.board.name, "clock_mhz": d.board.clock_mhz,
         "accel": d.cfg.to_dict(), "max_context": lw.max_context,
         "decode_prog_base": lw.decode_prog_base,
         "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
@@ -349,69 +410,99 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
     ``weights``: ``"int8"`` or ``"ternary"`` block linears; default ternary for BitNet configs.
     ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
     """
-    from hwflow.compiler.errors import CompileError
-    from hwflow.predict import _config_shape, lower_shape, predict_decoder
-
     _check_weights(weights, lm_head)
     if model is None and example is None:
         raise HwflowError("--shape-only needs a transformers config (config.json or a folder "
                           "holding one) or --example")
-    try:
-        cs = _config_shape(example if example is not None else model)
-    except CompileError as e:
-        raise HwflowError(str(e)) from None
-    s = cs.shape
-    given_context = max_context
-    if max_context is None:
-        max_context = min(s.max_position, 2048)
-    if not 1 <= int(max_context) <= s.max_position:
-        raise HwflowError(f"--max-context {max_context}: give 1..{s.max_position} (the "
-                          "model's max_position_embeddings)")
-    given_weights = weights
-    weights = weights or ("ternary" if cs.ternary else "int8")
-    ternary = weights == "ternary"
-    brd = load_board(board, boards_dir)
-    check_context_fits(s, int(max_context), brd)
-    cfg = choose_config(brd)
-    if not cfg.transformer:
-        raise HwflowError(f"board {brd.name}'s accelerator has no transformer units; choose a "
-                          "larger board such as u280 or kv260")
-    name = example or Path(cs.source).stem
-    if name == "config":
-        name = Path(cs.source).parent.name
-    out = Path(out) if out else Path("build") / f"{name}-{brd.name}"
+    job = DecoderJob(board=load_board(board, boards_dir), model=model, example=example,
+                     max_context=max_context, weights=weights, lm_head=lm_head,
+                     shape_only=True)
+    # the config names the build folder: read it (and refuse a bad one) before claiming it
+    run_steps(job, SHAPE_STEPS, select=("load", "configure"))
+    brd = job.board
+    out = Path(out) if out else Path("build") / f"{job.name}-{brd.name}"
     rebuild = compile_command(*([model] if example is None else ["--example", example]),
-                              shape_only=True, board=brd.name, max_context=given_context,
-                              weights=given_weights, lm_head=lm_head, boards_dir=boards_dir)
+                              shape_only=True, board=brd.name, max_context=max_context,
+                              weights=weights, lm_head=lm_head, boards_dir=boards_dir)
     with BuildOutput(out, rebuild) as claim:
-        lw, cfg, notes = lower_shape(s, cfg, brd, weights=weights, max_context=int(max_context),
-                                     family=cs.family, lm_head=lm_head)
-        pred = predict_decoder(s, cfg, brd, ternary=ternary, lowered=lw)
-        pred["notes"] = notes
-        report = {
-            "model": name, "kind": "decoder", "shape_only": True, "source": cs.source,
-            "family": cs.family, "weights": weights,
-            "lm_head": lm_head_weights(weights, lm_head),
-            "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
-            "config": cfg.to_dict(), "config_notes": notes, "shape": s.to_dict(),
-            "max_context": lw.max_context, "parameters": cs.parameters,
-            "programs": lw.reports["programs"],
-            "naive_program_bytes": lw.reports["naive_program_bytes"],
-            "program_reduction": lw.reports["program_reduction"],
-            "prefill_buckets": lw.buckets,
-            "memory_image_bytes": lw.memory_map.total_bytes,
-            "linears": lw.reports.get("layers"),
-            "engines": _engines_per_layer(lw.reports.get("layers") or []),
-            "resources": pred["resources"], "resource_fit": pred["resource_fit"],
-            "fits": pred["fits"],
-        }
-        if cfg.tlmm and ternary:
-            report["tlmm"] = lw.reports.get("tlmm")
+        run_steps(job, SHAPE_STEPS, select=("lower", "predict", "report"))
+        lw = job.lw
         code = b"".join(i.encode() for p in [lw.decode, *lw.prefill.values()] for i in p.program)
         with claim.writing({"kind": "decoder", "shape_only": True,
                             "digest": hashlib.sha256(code).hexdigest()[:16]}) as tmp:
-            _write_shape_only_build(tmp, lw, cs, brd, cfg, report, pred)
-    return out, {**report, "prediction": pred}
+            _write_shape_only_build(tmp, lw, job.config_shape, brd, job.cfg, job.report,
+                                    job.prediction)
+    return out, {**job.report, "prediction": job.prediction}
+
+
+def load_shape(job: DecoderJob) -> None:
+    """Shape-only step ``load``: the ``transformers`` config -> the decoder's shapes, the model
+    instantiated on the meta device (``compiler.llm_config``: no weights read or allocated);
+    ``max_context`` checked against it (default: the model's, at most 2048)."""
+    from hwflow.compiler.errors import CompileError
+    from hwflow.predict import _config_shape
+
+    try:
+        cs = _config_shape(job.example if job.example is not None else job.model)
+    except CompileError as e:
+        raise HwflowError(str(e)) from None
+    s = cs.shape
+    given = job.max_context
+    if given is None:
+        job.max_context = min(s.max_position, 2048)
+    if not 1 <= int(job.max_context) <= s.max_position:
+        raise HwflowError(f"--max-context {given}: give 1..{s.max_position} (the model's "
+                          "max_position_embeddings)")
+    job.max_context = int(job.max_context)
+    job.weights = job.weights or ("ternary" if cs.ternary else "int8")
+    name = job.example or Path(cs.source).stem
+    job.name = Path(cs.source).parent.name if name == "config" else name
+    job.config_shape, job.shape, job.source, job.family = cs, s, cs.source, cs.family
+
+
+def lower_shape_only(job: DecoderJob) -> None:
+    """Shape-only step ``lower``: the programs and memory map from the shapes alone, the
+    engine sized for them (``hwflow.predict.lower_shape``: the TLMM engine, buffers and memory
+    ports)."""
+    from hwflow.predict import lower_shape
+
+    job.lw, job.cfg, job.notes = lower_shape(
+        job.shape, job.cfg, job.board, weights=job.weights, max_context=job.max_context,
+        family=job.family, lm_head=job.lm_head)
+
+
+def predict(job: DecoderJob) -> None:
+    """Shape-only step ``predict``: decode tokens/s, time to first token, memory bandwidth
+    and resources (``hwflow.predict.predict_decoder``)."""
+    from hwflow.predict import predict_decoder
+
+    job.prediction = predict_decoder(job.shape, job.cfg, job.board,
+                                     ternary=job.weights == "ternary", lowered=job.lw)
+    job.prediction["notes"] = job.notes
+
+
+def report_shape_only(job: DecoderJob) -> None:
+    """Shape-only step ``report``: ``reports/compile.json``."""
+    s, lw, brd, cfg, pred = job.shape, job.lw, job.board, job.cfg, job.prediction
+    job.report = {
+        "model": job.name, "kind": "decoder", "shape_only": True, "source": job.source,
+        "family": job.family, "weights": job.weights,
+        "lm_head": lm_head_weights(job.weights, job.lm_head),
+        "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
+        "config": cfg.to_dict(), "config_notes": job.notes, "shape": s.to_dict(),
+        "max_context": lw.max_context, "parameters": job.config_shape.parameters,
+        **_program_report(lw, lw.memory_map.total_bytes),
+        "resources": pred["resources"], "resource_fit": pred["resource_fit"],
+        "fits": pred["fits"],
+    }
+    if cfg.tlmm and job.weights == "ternary":
+        job.report["tlmm"] = lw.reports.get("tlmm")
+
+
+#: The shape-only compile (``--shape-only``): the decoder compile with the shapes of a
+#: ``transformers`` config for the weights, and a prediction for the simulation.
+SHAPE_STEPS = (("load", load_shape), ("configure", configure), ("lower", lower_shape_only),
+               ("predict", predict), ("report", report_shape_only))
 
 
 def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dict) -> None:

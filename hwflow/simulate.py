@@ -1,6 +1,6 @@
 """``hwflow sim``: run a build folder in Verilator and check it against golden, bit for bit.
 
-Three equalities are checked on the same inputs (shared/DESIGN.md, "Verification"):
+Three equalities are checked on the same inputs (docs/design.md, "Verification"):
 float torch ~ golden (reported: cosine, max abs error), golden == ISA functional model
 (exact), ISA functional model == RTL (exact, every byte of every output region).
 
@@ -14,7 +14,7 @@ is the rate of the whole program if every layer ran at its ideal and nothing els
 k-group (the MPE_BUSY counter over all cycles), whatever the weight format. Ternary layers run
 on the TLMM engine, not the DSP chains, and are left out of the MPE rates.
 
-TLMM (programs with TMATMULs, docs/architecture.md "Ternary path (v4)"): ``tlmm_busy_cycles``
+TLMM (programs with TMATMULs, docs/architecture.md "Ternary path"): ``tlmm_busy_cycles``
 is the TLMM_BUSY register (cycles in which the engine did its ``T·Q`` lookups), checked against
 the ISA model's count (``tlmm_busy_isa_model``); ``tlmm_utilization`` = busy / cycles and
 ``tlmm_lookups_per_cycle`` = busy · T · Q / cycles (its ideal is ``T·Q``).

@@ -20,7 +20,7 @@ follows its k-groups. :func:`matmul_pipeline` runs the three streams as a pipeli
 tile and row pair by row pair (the ring's run-ahead, the engine's result FIFO), which the RTL
 follows to within a few percent (a few cycles per instruction).
 
-The ternary path (docs/architecture.md, "Ternary path (v4)") adds two terms, both the cycle
+The ternary path (docs/architecture.md, "Ternary path") adds two terms, both the cycle
 formulas the RTL documents and its tests pin:
 
 * **TMATMUL** (``hw.tlmm.TernaryLookupMatmul``): rows one after another, the index stream
@@ -114,7 +114,8 @@ ABSQ_ROW_FIXED = 42    # ABSQUANT per row: 7-cycle drain, 33-step divider, row d
 #: fill decoder): 12 reproduces the RTL on rings that hold only two tiles (small engines)
 RELEASE_DELAY = 12
 RUN_OVERHEAD = 50      # start, first fetch decode and the drain of the last STORE's writes
-                       # (measured on v1: RTL minus model on 8 single-layer programs, 50-56)
+                       # (measured before the packed multiply: RTL minus model on 8
+                       # single-layer programs, 50-56)
 
 
 def _format(i) -> LayerFormat:

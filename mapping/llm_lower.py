@@ -1,5 +1,5 @@
 """Lower a quantized decoder (:class:`~hwflow.compiler.decoder.QDecoder`) to one decode program,
-the prefill programs and the memory image (docs/architecture.md, "Transformer path (v3)").
+the prefill programs and the memory image (docs/architecture.md, "Transformer path").
 
 Length-adaptive compilation: nothing in a program depends on the sequence position except
 through the POS register (LOAD/STORE with FLAG_POS, ATTN), so **one** decode program (rows = 1)
@@ -92,7 +92,7 @@ from .linear import (
     tmatmul_report,
 )
 from .lower import encode_program
-from .memory_image import LLM_VERSION, ImageBuilder, MemoryMap, Region
+from .memory_image import DECODER_IMAGE_VERSION, ImageBuilder, MemoryMap, Region
 from .ternary_format import row_read_words
 from .weight_format import channels_per_tile
 
@@ -774,7 +774,7 @@ def _absquant(a: int, rows: int, n: int, words: int, m_addr: int,
 
 def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan: ActPlan,
                    ad: _Addrs) -> list:
-    """One BitNet block (docs/architecture.md, "Ternary path (v4)"), the order of the golden
+    """One BitNet block (docs/architecture.md, "Ternary path"), the order of the golden
     step: every ternary linear's input is quantized per token by ABSQUANT (in place, with the
     layer's gamma codes where it has them), then TMATMUL."""
     s, L, rows, A = qd.shape, geo.L, plan.rows, plan.addr
@@ -1122,7 +1122,8 @@ class _LayoutBuilder(ImageBuilder):
     def fill(self, region: Region, data: bytes) -> None:
         pass
 
-    def finish(self, sections=None, version: int = LLM_VERSION) -> tuple[bytes, MemoryMap]:
+    def finish(self, sections=None, version: int = DECODER_IMAGE_VERSION
+               ) -> tuple[bytes, MemoryMap]:
         return b"", MemoryMap(self.sb, self.cfg.chain_len, self.size, self.regions)
 
 
@@ -1274,7 +1275,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
         infos[key] = ProgramInfo(name, rows, region.addr, prog, plans[rows])
     # the weight blocks are packed now, one at a time, into the one image buffer
     image, mm = ib.finish(sections=[("program",), ("weights",), ("kv",), ("io",)],
-                          version=LLM_VERSION)
+                          version=DECODER_IMAGE_VERSION)
 
     decode = infos.pop("decode")
     naive = naive_program_bytes(len(qd.layers), T, max_rows, instructions=n_instr)

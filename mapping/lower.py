@@ -5,7 +5,7 @@ MATMUL per ``qlinear``, one VADD per ``qadd``, LOAD for every input, STORE for e
 END. Linears are planned, packed and emitted by :mod:`mapping.linear`, the one linear lowering
 every model family shares (the decoder's too, :mod:`mapping.llm_lower`).
 
-A ternary ``qlinear`` (attribute ``ternary``, docs/architecture.md "Ternary path (v4)") runs on
+A ternary ``qlinear`` (attribute ``ternary``, docs/architecture.md "Ternary path") runs on
 the TLMM engine instead: ABSQUANT of its input into a scratch area above every allocation of
 the memory plan (the quantized rows ``xq`` and the rows' absmax ``m``), then TMATMUL on them
 with the weight block of ``mapping.ternary_format``. An engine without TLMM refuses it.

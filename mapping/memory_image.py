@@ -17,11 +17,11 @@ I/O                   inputs, then outputs: activation row layout, row b at
                       ``b * words * L``, zero padding, each region a whole number of super-beats
 ====================  ===================================================================
 
-The transformer path (``mapping/llm_lower.py``, header version :data:`LLM_VERSION`) uses the
-same builder with sections header, program (the decode program, then one per prefill bucket),
-weights (linear weight blocks, the embedding table, the RoPE table), kv (per layer a K and a V
-cache) and io (token ids in, logits out); its header's section table lists program, weights,
-kv and io.
+The transformer path (``mapping/llm_lower.py``, header version :data:`DECODER_IMAGE_VERSION`)
+uses the same builder with sections header, program (the decode program, then one per prefill
+bucket), weights (linear weight blocks, the embedding table, the RoPE table), kv (per layer a K
+and a V cache) and io (token ids in, logits out); its header's section table lists program,
+weights, kv and io.
 
 The host API, the simulator and the compiler all use this module, so the layout cannot drift.
 """
@@ -40,8 +40,9 @@ from hwflow.hw.config import AccelConfig
 from .errors import MappingError
 
 MAGIC = b"HWFL"
-VERSION = 2            # 2: weight tiles in the v2 formats (parameter records per segment)
-LLM_VERSION = 3        # 3: transformer images (sections program, weights, kv, io)
+#: Header versions, stored in the image (u32 after the magic); their values never change.
+MLP_IMAGE_VERSION = 2      # sections program, weights, I/O; weight tiles with per-segment records
+DECODER_IMAGE_VERSION = 3  # transformer images: sections program, weights, kv, io
 HEADER_BYTES = 64
 #: Bytes of image one block RAM holds on the open-toolchain boards, where the image is kept in
 #: block RAM (``hw.onchip_memory``): ECP5 DP16KD 18 Kb, iCE40 SB_RAM40_4K 4 Kb.
@@ -147,16 +148,18 @@ class ImageBuilder:
         self.regions.append(r)
         return r
 
-    def finish(self, sections=None, version: int = VERSION) -> tuple[bytes, MemoryMap]:
+    def finish(self, sections=None, version: int = MLP_IMAGE_VERSION
+               ) -> tuple[bytes, MemoryMap]:
         """Write the header and return ``(image, memory map)``.
 
         Parameters
         ----------
         sections : list of tuple of str, optional
             The header's section table: one (address, bytes) entry per tuple of region kinds,
-            in order. Default: program, weights, I/O (the MLP path's v2 header).
+            in order. Default: program, weights, I/O (the MLP path's header).
         version : int
-            Header version (3: the transformer path's program, weights, kv, io).
+            Header version (:data:`DECODER_IMAGE_VERSION`: the transformer path's program,
+            weights, kv, io).
         """
         def span(kind):
             rs = [r for r in self.regions if r.kind in kind]

@@ -1,5 +1,5 @@
 """TMATMUL weight block: the memory layout the TLMM engine streams (docs/architecture.md,
-"Ternary path (v4 ...)", "TMATMUL weight block").
+"Ternary path", "TMATMUL weight block").
 
 A block is, from super-beat ``wgt``:
 

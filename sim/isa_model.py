@@ -1,12 +1,12 @@
 """ISA functional model: executes a program on a memory image exactly as docs/architecture.md says.
 
-The transformer instructions (GATHER, RMSNORM, ROPE, SILUMUL, ATTN; LOAD/STORE with the POS
-flag) are defined the same way: each calls the kernel of :mod:`hwflow.golden.llm` on the bytes
-the doc's field layout names ("Transformer path (v3)"). The POS register is an argument of
-:class:`IsaModel` (and of :meth:`IsaModel.run`). Memory traffic is counted per region kind
-("Memory traffic") when the model is given the memory map.
+The transformer instructions (GATHER, RMSNORM, ROPE, SILUMUL, ATTN, KVSTORE; LOAD/STORE with
+the POS flag) are defined the same way: each calls the kernel of :mod:`hwflow.golden.llm` on the
+bytes the doc's fields name ("Instruction set", "Transformer instructions"). The POS register
+is an argument of :class:`IsaModel` (and of :meth:`IsaModel.run`). Memory traffic is counted per
+region kind ("Memory traffic") when the model is given the memory map.
 
-The ternary instructions ("Ternary path (v4)") are ABSQUANT (``golden.ternary.absmax_quant``)
+The ternary instructions ("Ternary path") are ABSQUANT (``golden.ternary.absmax_quant``)
 and TMATMUL: its weight block is decoded by
 :func:`hwflow.mapping.ternary_format.unpack_ternary_block`, the group indices are looked up in
 the tables ``golden.ternary.group_table`` defines, and the epilogue is
@@ -472,7 +472,7 @@ class IsaModel:
         out[:, :n] = y
         self._write_rows(ins.out, words, out, "VADD out")
 
-    # -- transformer instructions (docs/architecture.md, "Instructions (v3 additions)") ------
+    # -- transformer instructions (docs/architecture.md, "Transformer instructions") -----------
 
     def _check_out(self, ins: Instr, srcs, words: int) -> None:
         """In-place rule of RMSNORM/SILUMUL: ``out`` may equal an input, not partly overlap it."""
@@ -631,7 +631,7 @@ class IsaModel:
         self._fetched_sb = None             # as STORE: the program may have been overwritten
         self._traffic(ext, nbytes, True)
 
-    # -- ternary instructions (docs/architecture.md, "Ternary path (v4)") ---------------------
+    # -- ternary instructions (docs/architecture.md, "Ternary path") ---------------------------
 
     def _m_bytes(self, m_addr: int, rows: int, what: str) -> tuple[int, int]:
         """Byte range ``[lo, hi)`` of the rows' u16 absmax values in the flat activation buffer."""

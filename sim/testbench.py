@@ -59,7 +59,7 @@ AP_CTRL, PROG_BASE, POS = 0x00, 0x10, 0x200
 CYCLES_LO, CYCLES_HI = 0x18, 0x1C
 MPE_BUSY_LO, MPE_BUSY_HI = 0x20, 0x24
 RETIRED, ERROR = 0x28, 0x2C
-TLMM_BUSY_LO, TLMM_BUSY_HI = 0x208, 0x20C       # "Ternary path (v4)"; reads 0 without TLMM
+TLMM_BUSY_LO, TLMM_BUSY_HI = 0x208, 0x20C       # "Ternary path"; reads 0 without TLMM
 
 # Traffic counter categories (sim/top.py TRAFFIC_CATEGORIES; index 7 counts unclassified beats).
 TRAFFIC_CATEGORIES = ("weights", "kv", "io", "activations", "program")

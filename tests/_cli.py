@@ -1,7 +1,7 @@
 """Helpers of the hostile-input tests: run the CLI, check the one-line error rule, snapshot
 folders so that a test can prove nothing the user had was changed.
 
-The rule (DESIGN.md, "Errors and safety"; issue "Untrusted model files and faults"): every
+The rule (docs/design.md, "Errors and safety"; issue "Untrusted model files and faults"): every
 bad input exits non-zero with exactly one line on stderr, ``hwflow: error: ...``, no
 traceback, and leaves no folder that looks complete.
 """

@@ -1,4 +1,4 @@
-"""The layering of docs (shared/DESIGN.md, "Layers and data flow") is a rule: check every import."""
+"""The layering of docs/design.md ("Layers and data flow") is a rule: check every import."""
 
 import ast
 import sys
@@ -21,7 +21,7 @@ RULES = {
     "hwflow": ({"golden", "boards", "compiler", "hw", "mapping", "sim"}, {"amaranth"}),
 }
 LAYERS = set(RULES)
-# The hardware contract (shared/DESIGN.md, "Layers and data flow"): the ISA, the parameters, the
+# The hardware contract (docs/design.md, "Layers and data flow"): the ISA, the parameters, the
 # registers and constants that the RTL, the mapper, the models and the host read. Plain Python:
 # the standard library and each other, so that no reader of it loads Amaranth.
 CONTRACT = ("hw/contract.py", "hw/isa.py", "hw/config.py")

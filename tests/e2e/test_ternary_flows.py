@@ -1,6 +1,6 @@
 """Whole ternary flows: float torch MLP -> ``hwflow compile --weights ternary`` -> ``hwflow sim``
-(Verilator), bit-exact, with the TLMM engine's counters (docs/architecture.md, "Ternary path
-(v4)")."""
+(Verilator), bit-exact, with the TLMM engine's counters (docs/architecture.md, "Ternary
+path")."""
 
 import json
 

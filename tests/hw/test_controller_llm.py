@@ -1,4 +1,4 @@
-"""The v3 (transformer) instructions through the whole accelerator in the Amaranth simulator:
+"""The transformer instructions through the whole accelerator in the Amaranth simulator:
 LOAD/STORE with POS, GATHER (and its ERROR 3), and one RMSNORM, ROPE, SILUMUL and ATTN on the
 real vector and attention units, checked against ``golden.llm``; the POS register; the
 transformer opcodes on an engine built without them (ERROR 1)."""

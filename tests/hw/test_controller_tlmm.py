@@ -1,4 +1,4 @@
-"""The v4 (ternary) instructions through the whole accelerator in the Amaranth simulator:
+"""The ternary instructions through the whole accelerator in the Amaranth simulator:
 ABSQUANT on the vector unit and TMATMUL on the TLMM engine, checked against
 ``golden.ternary`` (absmax_quant, encode_groups, lookup_matmul) and ``golden.int8.requantize``;
 the TLMM_BUSY register; which units an engine has (ERROR 1 for TMATMUL without ``tlmm``,

@@ -91,7 +91,7 @@ def _run_no_ce(acc_port):
 
 
 def test_packed_multiply_through_a_slice():
-    """The v2 chain's use: ``A = x0 + x1 * 2**18``, ``B = w`` (int8); P splits into ``x0 * w``
+    """The matrix engine's use: ``A = x0 + x1 * 2**18``, ``B = w`` (int8); P splits into ``x0 * w``
     and ``x1 * w`` (lo = sext(P[17:0]), hi = P[47:18] + P[17])."""
     rng = random.Random(5)
     s = DSP48E2Slice(cascade=False, clock_enable=False, accumulator=False)

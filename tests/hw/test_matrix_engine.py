@@ -1,4 +1,4 @@
-"""MatrixEngine (v2) against hw.engine_model: every legal dense / N:M mode, packed-multiply
+"""MatrixEngine against hw.engine_model: every legal dense / N:M mode, packed-multiply
 extremes, odd row counts, bubbles, mode changes between back-to-back dot products, credits
 and back-pressure, latency, and a Verilator lint of the generated Verilog."""
 

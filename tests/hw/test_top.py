@@ -205,9 +205,9 @@ def build_program(cfg, mms, seed=0, vadd=False):
 
 
 def _program_case(cfg, seed=0, vadd=True):
-    """The v1 program: a MATMUL with residual + ReLU at odd sizes (3 rows), a second one with
-    row padding (a tile more than N needs, 3 words: tail zero fill, zeros for n >= n_out,
-    channels beyond the row not written), VADD in place, STOREs."""
+    """A program of base instructions: a MATMUL with residual + ReLU at odd sizes (3 rows), a
+    second one with row padding (a tile more than N needs, 3 words: tail zero fill, zeros for
+    n >= n_out, channels beyond the row not written), VADD in place, STOREs."""
     mms = [MM(37, 23, 3, relu=True, residual=True, shift=22, res_mult=30000),
            MM(12, 5, 2, shift=0, n_tiles=-(-5 // cfg.chains) + 1, out_words=3, bias_range=50,
               mult_range=(0, 3))]

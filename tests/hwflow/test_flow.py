@@ -144,7 +144,8 @@ def test_sweeps_and_calibration_run_selections_of_the_compile_steps(tmp_path):
     """``hwflow compile`` runs every step of MLP_STEPS; a selection up to ``lower`` (what a
     sweep point and the calibration's programs run) makes the same program and image."""
     from hwflow.boards import load_board
-    from hwflow.flow import MLP_STEPS, MlpJob, run_steps
+    from hwflow.flow import MLP_STEPS, MlpJob
+    from hwflow.steps import run_steps
 
     assert [n for n, _ in MLP_STEPS] == ["load", "calibrate", "configure", "compile", "lower",
                                          "predict", "check", "rtl", "report"]
@@ -161,3 +162,25 @@ def test_sweeps_and_calibration_run_selections_of_the_compile_steps(tmp_path):
     assert job.verilog == "" and job.report is None          # rtl and report did not run
     with pytest.raises(ValueError, match=r"unknown steps \['lowering'\]"):
         run_steps(job, MLP_STEPS, select=("lowering",))
+
+
+def test_a_build_resumes_from_a_saved_intermediate(tmp_path, capfd):
+    """``hwflow compile ir/03_quantize.json``: the compile continues after the saved step and
+    makes the build the whole flow made (same program, image and accuracy figures)."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(["compile", "--example", "mlp", "--board", "u280", "--save-ir", "-o",
+                 str(full)]) == 0
+    saved = full / "ir" / "03_quantize.json"
+    assert load_graph(saved).graph["step"] == "quantize"
+    assert main(["compile", str(saved), "--board", "u280", "-o", str(resumed)]) == 0
+    for f in ("memory_image.bin", "program.bin"):
+        assert (resumed / f).read_bytes() == (full / f).read_bytes(), f
+    a, b = (json.loads((d / "reports" / "compile.json").read_text()) for d in (full, resumed))
+    assert a["float_cosine"] == b["float_cosine"] and a["layers"] == b["layers"]
+    capfd.readouterr()
+    bad = tmp_path / "notes.json"
+    bad.write_text("{}")
+    assert main(["compile", str(bad), "--board", "u280", "-o", str(tmp_path / "x")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a compiler intermediate kept by --save-ir" in err[0]
+    assert not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""Same inputs, same bytes (DESIGN.md, "Build folder"; issue 13, item 12): every kind of build
+"""Same inputs, same bytes (docs/design.md, "Build folder"; issue 13, item 12): every kind of build
 compiled twice gives byte-identical folders.
 
 One compile of each kind runs in this process, the other in a fresh process with another

@@ -75,7 +75,7 @@ def test_bram_blocks_follow_the_family_block_size():
 
 
 def test_kv260_estimate_equals_yosys_synth_xilinx():
-    # Yosys 0.70 synth_xilinx -family xcup on the KV260 default (v2 engine, sparse + int4):
+    # Yosys 0.70 synth_xilinx -family xcup on the KV260 default (engine sparse + int4):
     # 141 DSP48E2 (128 MAC slices, 4 epilogues x 3, the controller's 1) and 60 blocks:
     # activation buffer 3 ports x 16 lanes of 2048 x 8 (48 RAMB18E2 = 24), ring 16 + 12
     # parameter lanes of 256 x 64 (28 RAMB36E2) and 16 index lanes of 256 x 32 (16 RAMB18E2 =

@@ -1,4 +1,4 @@
-"""mapping.llm_lower, ternary path (docs/architecture.md, "Ternary path (v4)"): a random BitNet
+"""mapping.llm_lower, ternary path (docs/architecture.md, "Ternary path"): a random BitNet
 b1.58 decoder (ternary linears, squared-ReLU gate, RMSNorms inside attention and MLP, gamma codes
 before every ternary linear) lowered with ABSQUANT + TMATMUL and run on the ISA functional
 model gives exactly the logits of the golden composition and of

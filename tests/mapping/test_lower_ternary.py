@@ -1,4 +1,4 @@
-"""mapping.lower, ternary layers (docs/architecture.md, "Ternary path (v4)"): ABSQUANT +
+"""mapping.lower, ternary layers (docs/architecture.md, "Ternary path"): ABSQUANT +
 TMATMUL per ternary ``qlinear``, the TLMM scratch area, reports, refusal without a TLMM
 engine; golden (the IR interpreter) == ISA functional model.
 

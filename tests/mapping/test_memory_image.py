@@ -9,7 +9,7 @@ from hwflow.hw.config import AccelConfig
 from hwflow.mapping.errors import MappingError
 from hwflow.mapping.memory_image import (
     MAGIC,
-    VERSION,
+    MLP_IMAGE_VERSION,
     ImageBuilder,
     MemoryMap,
     check_image,
@@ -24,7 +24,7 @@ CFG = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=25
 
 
 def test_dense_int8_block_layout_follows_the_contract():
-    """The int8 dense tile (the v1 layout): R parameter rows, then k_words value rows; the other
+    """The int8 dense tile: R parameter rows, then k_words value rows; the other
     formats are checked in test_weight_format.py."""
     rng = np.random.default_rng(1)
     n, k = 7, 9                          # not multiples of P=4 / L=4
@@ -65,7 +65,8 @@ def test_image_sections_and_io_roundtrip():
     write_tensor(img, mm, "x", -q)
     assert (read_tensor(bytes(img), mm, "x") == -q).all()
     assert mm.region("x").addr * CFG.beat_bytes >= 64 + 40
-    assert struct.unpack("<II", img[4:12]) == (VERSION, CFG.beat_bytes) and VERSION == 2
+    assert struct.unpack("<II", img[4:12]) == (MLP_IMAGE_VERSION, CFG.beat_bytes)
+    assert MLP_IMAGE_VERSION == 2
 
 
 def test_check_image_counts_the_block_rams_of_open_boards():

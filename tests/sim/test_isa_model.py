@@ -172,7 +172,7 @@ def test_runaway_program():
         run_program(SMALL, _tiny([load(4, 0, 4)] * 8), 0)
 
 
-# ------------------------------------------------------------------ v2: N:M and int4 formats
+# --------------------------------------------------------------------- N:M and int4 formats
 
 #: Runs every mode of the issue: M = 16 <= L, r = 4 <= G = 4, 2L = 32 divides 32.
 WIDE = AccelConfig(chains=2, chain_len=16, mem_ports=1, port_bytes=32, act_depth=1024,

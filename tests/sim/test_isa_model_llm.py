@@ -1,4 +1,4 @@
-"""ISA model, transformer instructions (docs/architecture.md, "Transformer path (v3)"): encoding
+"""ISA model, transformer instructions (docs/architecture.md, "Transformer path"): encoding
 round trips, and hand-assembled programs checked against the kernels of golden/llm.py."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_round_trip_every_field_at_its_limit_and_random(op):
         assert decode(ins.encode()) == ins
 
 
-def test_v3_field_positions_match_the_doc():
+def test_transformer_field_positions_match_the_doc():
     w = np.frombuffer(Instr(Opcode.ATTN, shift=9, ext=1, v_ext=2, a=3, out=4, q_words=5,
                             rows=6, lanes=7, grp=8, hd_words=9, pos_sb=10, smul=11,
                             omul=12, sshift=13, slots=14).encode(), dtype="<u4")
@@ -379,7 +379,7 @@ def test_attn_field_checks():
             run_program(CFG, bytes(im.buf), prog)
 
 
-def test_v2_flags_still_decode_and_mlp_fields_unchanged():
+def test_base_flags_still_decode_and_mlp_fields_unchanged():
     ins = Instr(Opcode.MATMUL, FLAG_RELU | FLAG_RESIDUAL, 12, ext=7, a=1, out=2, b=3, rows=4,
                 k_words=5, n_tiles=6, n=7, words=8, mult_b=9, tile_mem_rows=10, lgm=2, lgr=1)
     assert decode(ins.encode()) == ins

@@ -1,4 +1,4 @@
-"""ISA model, ternary instructions (docs/architecture.md, "Ternary path (v4)"): ABSQUANT and
+"""ISA model, ternary instructions (docs/architecture.md, "Ternary path"): ABSQUANT and
 TMATMUL encoding, hand-assembled programs checked against golden/ternary.py and golden/int8.py,
 SILUMUL with flag RELU2 against golden.llm.relu2_mul, the TLMM counters and traffic, and
 ERROR = 1 on an engine built without the unit.
@@ -49,7 +49,7 @@ def cdiv(a: int, b: int) -> int:
 
 # ---------------------------------------------------------------------------- encoding
 
-def test_v4_field_positions_match_the_doc():
+def test_ternary_field_positions_match_the_doc():
     w = np.frombuffer(Instr(Opcode.ABSQUANT, FLAG_GAMMA, a=1, out=2, g=3, rows=4, m_addr=5,
                             n=6, words=7).encode(), dtype="<u4")
     assert list(w) == [0x0A | FLAG_GAMMA << 8, 0, 1 | 2 << 16, 3 | 4 << 16, 5, 6 | 7 << 16, 0, 0]
@@ -83,7 +83,7 @@ def test_round_trip_at_limits_and_random(op):
     (Instr(Opcode.TMATMUL, g=1), "g=1 is not a field of TMATMUL"),
     (Instr(Opcode.TMATMUL, n_out=1 << 16), "n_out=65536 does not fit 16 bits"),
 ])
-def test_v4_fields_are_checked(ins, msg):
+def test_ternary_fields_are_checked(ins, msg):
     with pytest.raises(ValueError, match=msg):
         ins.encode()
 

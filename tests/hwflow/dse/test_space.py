@@ -1,9 +1,9 @@
-"""hwflow.dse_space: the space file; bad files are one error line through the CLI."""
+"""hwflow.dse.space: the space file; bad files are one error line through the CLI."""
 
 import pytest
 
 from hwflow.cli import main
-from hwflow.dse_space import DECODER, MLP, parse_space
+from hwflow.dse.space import DECODER, MLP, parse_space
 from hwflow.errors import HwflowError
 
 
@@ -117,7 +117,7 @@ def test_example_spaces_are_valid():
 
     import yaml
 
-    root = Path(__file__).resolve().parents[2] / "examples" / "dse"
+    root = Path(__file__).resolve().parents[3] / "examples" / "dse"
     big = parse_space(yaml.safe_load((root / "space.yaml").read_text()), DECODER)
     assert big.size >= 200
     assert parse_space(yaml.safe_load((root / "mlp.yaml").read_text()), MLP).size >= 200

@@ -15,7 +15,7 @@ import pytest
 from hwflow.cli import main
 from hwflow.dse import RESULT_ATTR, run_dse
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMALL = ROOT / "examples" / "dse" / "mlp-small.yaml"
 #: 72 points: long enough (about 0.05 s a point) to kill the driver mid-way
 RESUME_SPACE = """parameters:

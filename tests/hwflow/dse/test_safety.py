@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from hwflow import dse
-from hwflow.dse import DSE_MARKER, STUDY_NAME
+from hwflow.dse import DSE_MARKER, STUDY_NAME, report, search
 from tests._cli import assert_one_line_error, read_only, run_cli, snapshot
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ONE_POINT = "parameters:\n  chains: [4]\n"
 #: 72 points: the workers are still busy when the driver is killed
 KILL_SPACE = """parameters:
@@ -235,18 +235,18 @@ def test_a_read_only_parent_is_one_line(capfd, tmp_path, space):
 def test_a_full_disk_mid_sweep_is_one_line_that_says_how_to_resume(capfd, tmp_path, space,
                                                                    monkeypatch, where):
     if where == "outputs":
-        write = dse._atomic_write
+        write = report._atomic_write
 
         def fail(path, data):
             if path.name != "points.csv":         # the marker is written before the sweep
                 return write(path, data)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        monkeypatch.setattr(dse, "_atomic_write", fail)
+        monkeypatch.setattr(report, "_atomic_write", fail)
         needle = "No space left on device"
     else:
         def fail(*a, **k):
             raise sqlite3.OperationalError("database or disk is full")
-        monkeypatch.setattr(dse, "_tell", fail)
+        monkeypatch.setattr(search, "_tell", fail)
         needle = "the study cannot be written (database or disk is full)"
     code, _, err = _dse(capfd, space, tmp_path / "out")
     assert_one_line_error(code, err, needle, "run the same command again to resume")
