@@ -282,27 +282,22 @@ def size(job: DecoderJob) -> None:
     """Step ``size``: the TLMM engine when the decoder has ternary linears (``T``, ``Q`` from
     the board YAML or sized by ``mapping.engine.size_tlmm``, the accumulator as deep as the
     widest ternary linear), then the weight ring, activation buffer and ring placement the
-    decoder needs (``hwflow.predict.size_buffers``, the shape-only compile's rule); the fit of
+    decoder needs (``mapping.decoder_engine``, the shape-only compile's rule); the fit of
     the engine as enlarged."""
-    from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
+    from hwflow.mapping.decoder_engine import size_buffers, tlmm_engine
+    from hwflow.mapping.engine import check_fit_tlmm
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import tlmm_outputs
-    from hwflow.predict import size_buffers
 
     brd, qd = job.board, job.qd
     widest = tlmm_outputs(qd, job.cfg.chain_len)
-    if widest and brd.engine.get("tlmm", True) is False:
-        raise HwflowError(f"board {brd.name} is built without the ternary table-lookup engine "
-                          "(`engine: tlmm: false` in its YAML) and this decoder has ternary "
-                          "linears; compile with --weights int8 or for a board with one "
-                          "(kv260, u280)")
-    if widest:
-        try:
-            job.cfg, job.sizing = tlmm_config(brd, job.cfg, acc_depth=widest)
+    try:
+        if widest:
+            job.cfg, job.sizing = tlmm_engine(qd, job.cfg, brd)
             job.resources = check_fit_tlmm(job.cfg, brd)
-        except MappingError as e:
-            raise HwflowError(str(e)) from None
-    job.cfg, sized = size_buffers(qd, job.cfg, brd, ternary=bool(widest))
+        job.cfg, sized = size_buffers(qd, job.cfg, brd, ternary=bool(widest))
+    except MappingError as e:
+        raise HwflowError(str(e)) from None
     if sized:
         try:
             job.resources = (check_fit_tlmm(job.cfg, brd) if job.cfg.tlmm
@@ -462,9 +457,9 @@ def load_shape(job: DecoderJob) -> None:
 
 def lower_shape_only(job: DecoderJob) -> None:
     """Shape-only step ``lower``: the programs and memory map from the shapes alone, the
-    engine sized for them (``hwflow.predict.lower_shape``: the TLMM engine, buffers and memory
-    ports)."""
-    from hwflow.predict import lower_shape
+    engine sized for them (``mapping.decoder_engine.lower_shape``: the TLMM engine, buffers
+    and memory ports)."""
+    from hwflow.mapping.decoder_engine import lower_shape
 
     job.lw, job.cfg, job.notes = lower_shape(
         job.shape, job.cfg, job.board, weights=job.weights, max_context=job.max_context,

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hwflow.compiler.decoder import DecoderShape
-from hwflow.compiler.llm_config import ConfigShape, shape_decoder, shape_from_config
+from hwflow.compiler.llm_config import ConfigShape, shape_from_config
 from hwflow.errors import HwflowError
 from hwflow.golden.llm import attended_total
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
@@ -45,10 +45,6 @@ PROMPT_LENS = (64, 128, 512)
 #: Positions sampled for the mean decode step (evenly spaced, both ends included). With the
 #: attention linear in the position this mean equals the mean over every position.
 DECODE_SAMPLES = 33
-#: Smallest prefill bucket the act_depth sizing aims for (mapping.llm_lower.MIN_BUCKET).
-MIN_BUCKET = 8
-#: Activation-buffer words the ISA can address (16-bit word fields: x, out, res, a of w2/w3).
-ACT_ADDR_WORDS = 1 << 16
 
 
 # -------------------------------------------------------------------------------- shapes
@@ -81,15 +77,6 @@ def load_shape(model: str) -> tuple[DecoderShape, str, bool]:
     """
     cs = _config_shape(model)
     return cs.shape, cs.family, cs.ternary
-
-
-def _structure(shape: DecoderShape, family: str | None, ternary: bool) -> ConfigShape:
-    """The block structure of ``family`` (default: BitNet's for ternary, LLaMA's otherwise;
-    Qwen3's head norms)."""
-    family = family or ("bitnet" if ternary else "llama")
-    bitnet = family == "bitnet"
-    return ConfigShape(shape, family, "relu2" if bitnet else "silu", bitnet, bitnet, 0, "",
-                       head_norms=family == "qwen3")
 
 
 # ----------------------------------------------------------------------------- programs
@@ -243,111 +230,6 @@ def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
 
 # -------------------------------------------------------------------------- configuring
 
-def _size_act_depth(qd, cfg, board) -> tuple:
-    """``cfg`` with an activation buffer that holds the decoder, and why it changed (or None).
-
-    The programs keep every activation of ``B`` rows on chip (``B * words_per_row`` act
-    words, plus the one logits row: a 32000-token vocabulary's is 2000 words at L = 16). When the
-    configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
-    that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
-    board's block RAM, else to the smallest that holds one row (prefill token by token)."""
-    from hwflow.mapping.engine import check_fit, place_ring
-    from hwflow.mapping.errors import MappingError
-    from hwflow.mapping.llm_lower import act_row_words
-
-    words, fixed = act_row_words(qd, cfg)
-    if cfg.act_depth >= words + fixed:
-        return cfg, None
-
-    def pow2(n):
-        return 1 << (int(n) - 1).bit_length()
-
-    chosen = None
-    for rows in (MIN_BUCKET, 1):
-        cand = replace(cfg, act_depth=pow2(rows * words + fixed))
-        if cand.act_depth > ACT_ADDR_WORDS:
-            continue
-        chosen = cand
-        try:
-            check_fit(place_ring(cand, board)[0], board)    # with the ring where it would go
-            break
-        except MappingError:
-            continue
-    if chosen is None:
-        raise HwflowError(f"one activation row of this decoder needs {words + fixed} words at "
-                          f"L = {cfg.chain_len}, more than the {ACT_ADDR_WORDS} the ISA's 16-bit "
-                          "activation addresses reach; use a wider chain_len")
-    rows = (chosen.act_depth - fixed) // words
-    why = (f"act_depth {cfg.act_depth} cannot hold one activation row of {words + fixed} "
-           f"words; raised to {chosen.act_depth} (prefill buckets of up to {rows} "
-           f"row{'s' if rows > 1 else ''})")
-    return chosen, why
-
-
-def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
-    """``(cfg, notes)``: the weight ring, the activation buffer and the TLMM accumulator sized
-    for decoder ``qd`` (:func:`_size_weight_depth`, :func:`_size_act_depth`,
-    :func:`_size_tlmm_acc`) and the ring placed in URAM where block RAM is short
-    (``mapping.engine.place_ring``), with one ``note`` per change. The
-    one rule of the compile from weights and the shape-only compile: a board's engine that
-    cannot hold the model is enlarged, and the fit check then decides whether the board can
-    hold that."""
-    from hwflow.mapping.engine import place_ring
-
-    notes = []
-    for step in (lambda c: _size_weight_depth(qd, c, ternary),
-                 lambda c: _size_act_depth(qd, c, board), lambda c: _size_tlmm_acc(qd, c),
-                 lambda c: place_ring(c, board)):
-        cfg, why = step(cfg)
-        notes += [why] if why else []
-    return cfg, notes
-
-
-def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
-    """``cfg`` with a weight ring that holds two tiles of the widest int8 linear, and why it
-    changed (or None): ``2 * ring_reserve`` of the largest ``k_words`` (``down``'s
-    ``ceil(intermediate / L)``, ``o``'s padded heads, the residual row), raised to a power of
-    two (LLaMA-2-7B's down, K = 11008, needs 1380 entries at L = 16: 2048)."""
-    from hwflow.mapping.weight_format import DENSE_INT8, ring_reserve
-
-    s, L, SB = qd.shape, cfg.chain_len, cfg.beat_bytes
-    ew = -(-s.hidden // SB) * SB // L
-    widths = [ew] if ternary else [ew, s.heads * -(-s.head_dim // L), -(-s.intermediate // L)]
-    need = 2 * max(ring_reserve(cfg, DENSE_INT8, k) for k in widths)
-    if cfg.weight_depth >= need:
-        return cfg, None
-    depth = 1 << (need - 1).bit_length()
-    return replace(cfg, weight_depth=depth), (
-        f"weight_depth {cfg.weight_depth} cannot hold two tiles of the widest linear ({need} "
-        f"entries); raised to {depth}")
-
-
-def _size_tlmm_acc(qd, cfg) -> tuple:
-    """``cfg`` with a TLMM accumulator deep enough for the widest ternary linear's outputs
-    (``mapping.llm_lower.tlmm_outputs``; BitNet b1.58 2B4T's gate/up: 6912), and why it
-    changed (or None)."""
-    from hwflow.mapping.llm_lower import tlmm_outputs
-
-    widest = tlmm_outputs(qd, cfg.chain_len)
-    if not cfg.tlmm or widest <= cfg.tlmm_acc_depth:
-        return cfg, None
-    return replace(cfg, tlmm_acc_depth=widest), (
-        f"tlmm_acc_depth {cfg.tlmm_acc_depth} cannot hold the {widest} outputs of the widest "
-        f"ternary linear; raised to {widest}")
-
-
-def _tlmm_cfg(qd, cfg, board):
-    """The configuration with the TLMM engine sized for ``qd`` (``hwflow.llm_flow``'s rule)."""
-    from hwflow.mapping.engine import tlmm_config
-    from hwflow.mapping.llm_lower import tlmm_outputs
-
-    widest = tlmm_outputs(qd, cfg.chain_len)
-    if board.engine.get("tlmm", True) is False:
-        raise HwflowError(f"board {board.name} is built without the ternary table-lookup "
-                          "engine (`engine: tlmm: false`); predict with ternary=False (int8)")
-    return tlmm_config(board, cfg, acc_depth=max(widest, cfg.tlmm_acc_depth))[0]
-
-
 def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
     """``(estimate_resources, extra, fits, why not)``: the accelerator's estimate as
     ``mapping.engine.estimate_resources`` gives it (the TLMM engine included when built);
@@ -370,145 +252,8 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
     return est, extra, True, None
 
 
+
 # ------------------------------------------------------------------------------ predict
-
-def _widen(cfg, board, ports: int, int4: bool, heads: int):
-    """``cfg`` on ``ports`` memory ports: chains a multiple of what keeps a weight row whole
-    super-beats (twice the super-beat for int4: a memory row of two k-groups fills two ring
-    entries in the two cycles it arrives in, the port's rate), attention lanes following the
-    super-beat up to the model's ``heads`` query heads (a lane past them never runs)."""
-    from hwflow.mapping.engine import default_attn_heads
-
-    sb = ports * cfg.port_bytes
-    unit = (2 if int4 else 1) * -(-sb // cfg.chain_len)
-    chains = -(-max(cfg.chains, unit) // unit) * unit
-    grown = (cfg.attn_heads * sb // cfg.beat_bytes if "attn_heads" in board.engine
-             else default_attn_heads(sb, cfg.chain_len))
-    attn = max(cfg.attn_heads, min(grown, heads))
-    return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn)
-
-
-def _fits(qd, cfg, board, ternary: bool) -> bool:
-    """Whether ``cfg``, with the buffers and ring placement the model needs, fits the board."""
-    from hwflow.mapping.engine import check_fit, check_fit_tlmm
-    from hwflow.mapping.errors import MappingError
-
-    try:
-        sized, _ = size_buffers(qd, cfg, board, ternary)
-        (check_fit_tlmm if sized.tlmm else check_fit)(sized, board)
-        return True
-    except (MappingError, HwflowError):
-        return False
-
-
-def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
-                int4: bool = False, widen: bool = True) -> tuple:
-    """``(cfg, why)``: the memory ports and the engine behind them for a decoder's image.
-
-    Decode is bound by the memory, and its bandwidth comes with the ports: every port is
-    wired to a channel (which holds the port's stripe of the image), so the engine gets
-    every port the board has (``memory.ports``) when that engine fits the board, else the most
-    that fit (halving), and never fewer than the image needs port by port (an engine that does
-    not fit then is reported as such). Chains and attention lanes follow (:func:`_widen`);
-    int4 weights get twice the super-beat of chains where the ports stay, if that fits.
-    Without ``widen`` (a sweep point's engine, kept as the point chose it) only what the image
-    needs is raised."""
-    most = board.max_mem_ports
-    need = next((p for p in range(1, most + 1)                # ports that hold the image
-                 if image_bytes <= p * board.port_capacity_bytes(p)), most)
-    per_channel = board.port_capacity_bytes(cfg.mem_ports)
-    cands, p = [], most
-    while p > cfg.mem_ports:
-        cands.append(p)
-        p //= 2
-    # the fewest ports, from the board's channels halving, whose channels hold the image
-    target = min((c for c in cands if c >= need), default=cands[0]) if cands else None
-    cands.append(cfg.mem_ports)
-    for ports in cands:
-        forced = need > cfg.mem_ports and ports == target
-        cand = _widen(cfg, board, ports, int4, qd.shape.heads)
-        if cand == cfg:
-            return cfg, None
-        if not (forced or widen and _fits(qd, cand, board, ternary)):
-            continue
-        if ports == cfg.mem_ports:
-            why = f"int4 weights: chains to {cand.chains} (the weight fill at the port rate)"
-        else:
-            per_port = image_bytes / 1e6 / cfg.mem_ports
-            reason = (f"the {image_bytes / 1e9:.2f} GB image is {per_port:,.0f} MB per port, "
-                      f"a port's share of its channel holds {per_channel / 1e6:,.0f} MB"
-                      if need > cfg.mem_ports else
-                      f"decode is memory-bound: {ports} ports bring "
-                      f"{ports // cfg.mem_ports}x the bandwidth and the engine for them fits "
-                      "the board")
-            why = (f"mem_ports {cfg.mem_ports}: {reason}; raised to {ports} ports "
-                   f"({cand.beat_bytes} B super-beat), chains to {cand.chains}, attention "
-                   f"lanes to {cand.attn_heads}")
-        return cand, why
-    return cfg, None
-
-
-def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=None,
-                adjust=True, weights=None, widen=True, lm_head=None):
-    """The shape-only lowering the predictions are made from: ``(lowered, cfg, notes)`` with
-    ``cfg`` as adjusted (TLMM engine for ternary; with ``adjust``, the weight ring, the
-    activation buffer and the address width sized for the model) and ``notes`` the reasons.
-    Without ``adjust`` a configuration too small for the model is an error. ``weights``
-    (``int8``, ``int4``, ``mixed``, ``ternary``; ``compiler.llm_config.shape_decoder``)
-    overrides ``ternary``; ``lm_head`` (``int8``, ``int4``) sets the LM head's apart from it.
-    With ``adjust`` and ``widen`` the engine also takes every memory
-    channel it fits with (:func:`_size_ports`); a sweep passes ``widen=False`` to keep its
-    points' engines."""
-    from hwflow.mapping.errors import MappingError
-    from hwflow.mapping.llm_lower import lower_decoder
-
-    weights = weights or ("ternary" if ternary else "int8")
-    ternary = weights == "ternary"
-    cs = _structure(shape, family, ternary)
-    max_context = min(int(max_context), shape.max_position)
-    qd = shape_decoder(cs, max_context, weights, lm_head=lm_head)
-    notes = []
-    if ternary and not cfg.tlmm:
-        cfg = _tlmm_cfg(qd, cfg, board)
-        notes.append(f"TLMM engine added (G={cfg.tlmm_g} T={cfg.tlmm_t} Q={cfg.tlmm_q})")
-    elif not ternary and cfg.tlmm and adjust:
-        cfg = replace(cfg, tlmm=False)
-        notes.append("TLMM engine left out: no ternary linear runs on it")
-    base = cfg
-    if adjust:
-        cfg, why = size_buffers(qd, cfg, board, ternary)
-        notes += why
-    try:
-        # lowered with the widest address the ISA has (32-bit ext fields), then the ports'
-        # address width set to what the image needs: nothing in the programs depends on it
-        lw = lower_decoder(qd, replace(cfg, addr_bits=32) if adjust else cfg,
-                           shape_only=True)
-    except MappingError as e:
-        raise HwflowError(f"cannot map this decoder on the configuration: {e}") from None
-    if adjust:
-        # widened from the sized buffers, the ring placement decided again for the new engine
-        unplaced = replace(cfg, ring_uram=base.ring_uram)
-        wider, why = _size_ports(lw.memory_map.total_bytes, unplaced, board, qd, ternary,
-                                 int4=weights in ("int4", "mixed") or lm_head == "int4",
-                                 widen=widen)
-        if why:
-            notes.append(why)
-            cfg, whys = size_buffers(qd, wider, board, ternary)
-            notes += whys
-            try:
-                lw = lower_decoder(qd, replace(cfg, addr_bits=32), shape_only=True)
-            except MappingError as e:
-                raise HwflowError(f"cannot map this decoder on the configuration: {e}") \
-                    from None
-    need = max(1, -(-lw.memory_map.total_bytes // cfg.beat_bytes) - 1).bit_length()
-    if need > cfg.addr_bits:
-        gib = lw.memory_map.total_bytes / 2**30
-        notes.append(f"addr_bits {cfg.addr_bits} cannot address the {gib:.2f} GiB image; "
-                     f"raised to {need}")
-        cfg = replace(cfg, addr_bits=need)
-    lw.cfg = cfg
-    return lw, cfg, notes
-
 
 def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                     prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
@@ -560,12 +305,17 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
         "fit"}, "memory": {...}, "fits": bool, "clock_mhz": float, "config":
         cfg.to_dict(), "notes": [...]}``.
     """
+    from hwflow.mapping.decoder_engine import lower_shape
+    from hwflow.mapping.errors import MappingError
     from hwflow.mapping.host_schedule import host_schedule, run_program
 
     if lowered is None:
-        lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
-                                     max_context=max_context, family=family, adjust=adjust,
-                                     weights=weights, widen=widen, lm_head=lm_head)
+        try:
+            lw, cfg, notes = lower_shape(shape, cfg, board, ternary=ternary,
+                                         max_context=max_context, family=family, adjust=adjust,
+                                         weights=weights, widen=widen, lm_head=lm_head)
+        except MappingError as e:
+            raise HwflowError(str(e)) from None
     else:
         lw, cfg, notes = lowered, lowered.cfg, []
     clock = float(clock_mhz or board.clock_mhz)

@@ -301,7 +301,6 @@ def no_long_work(monkeypatch):
     """Compile must refuse before the model is read (the flow takes seconds to minutes)."""
     import hwflow.flow
     import hwflow.llm_flow
-    import hwflow.predict
 
     def started(*a, **k):
         raise AssertionError("the long work started before the output folder was checked")
@@ -315,7 +314,6 @@ def no_long_work(monkeypatch):
     # a shape-only compile reads the config (it names the folder) before claiming the folder
     monkeypatch.setattr(hwflow.llm_flow, "SHAPE_STEPS",
                         first_long_step(hwflow.llm_flow.SHAPE_STEPS, "lower"))
-    monkeypatch.setattr(hwflow.predict, "lower_shape", started)
 
 
 @pytest.mark.parametrize("source", [["--example", "mlp"], ["--example", "tiny-llama"],
