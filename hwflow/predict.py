@@ -15,8 +15,8 @@ placeholder epilogue constants that no cycle or byte count reads) and the cycle 
   holds it (a 1-token chunk by the decode program). The last chunk writes the logits of the
   prompt's last token, whose argmax is the first generated token, so TTFT = the chunks'
   cycles / clock; host time between runs is not counted.
-* **bandwidth** -- external bytes one decode step moves (:func:`program_traffic`: weights,
-  KV cache reads and writes, token ids and logits, instruction fetch; counted as the ISA
+* **bandwidth** -- external bytes one decode step moves (``mapping.traffic.program_traffic``:
+  weights, KV cache reads and writes, token ids and logits, instruction fetch; counted as the ISA
   functional model counts them) at the mean position, over its time; against the engine's
   port peak (``beat_bytes`` per cycle) and the board's ``memory.bandwidth_gbps``.
 * **resources** -- ``mapping.engine.estimate_resources`` (plus the TLMM engine for ternary
@@ -34,10 +34,9 @@ from pathlib import Path
 from hwflow.compiler.decoder import DecoderShape
 from hwflow.compiler.llm_config import ConfigShape, shape_from_config
 from hwflow.errors import HwflowError
-from hwflow.golden.llm import attended_total
-from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
+from hwflow.hw.isa import FLAG_POS, Opcode
 
-__all__ = ["load_shape", "predict_decoder", "program_traffic", "decode_cycles",
+__all__ = ["load_shape", "predict_decoder", "decode_cycles",
            "format_prediction", "PROMPT_LENS"]
 
 #: Prompt lengths of the TTFT figures.
@@ -80,66 +79,6 @@ def load_shape(model: str) -> tuple[DecoderShape, str, bool]:
 
 
 # ----------------------------------------------------------------------------- programs
-
-def program_traffic(program, cfg, pos: int) -> dict:
-    """External-memory bytes of one run of ``program`` at position ``pos``, by category.
-
-    Counted as ``sim.isa_model.IsaModel`` counts its traffic (whole super-beats): MATMUL its
-    weight block, TMATMUL its parameters once and its index stream per row, GATHER the
-    embedding rows and the token ids, LOAD the RoPE rows (POS) or the gamma codes, STORE the
-    logits, KVSTORE the new K/V position blocks (POS), ATTN one pass over position blocks
-    ``0 .. pos + b`` of its K and V regions per query row ``b`` (for all the pass's query
-    heads), and the instruction fetch (a super-beat at a time, fetched again after a STORE or
-    KVSTORE).
-
-    Returns
-    -------
-    dict
-        ``weights_read``, ``kv_read``, ``kv_written``, ``io_read``, ``io_written``,
-        ``program_read`` and ``total``.
-    """
-    from hwflow.mapping.ternary_format import block_layout
-
-    L, SB = cfg.chain_len, cfg.beat_bytes
-
-    def whole(n):
-        return -(-n // SB) * SB
-
-    t = dict.fromkeys(("weights_read", "kv_read", "kv_written", "io_read", "io_written",
-                       "program_read"), 0)
-    fetched = None     # the super-beat of instructions the controller holds
-    for idx, i in enumerate(program):
-        pc = idx * INSTR_BYTES      # programs start on a super-beat
-        for sb in range(pc // SB, (pc + INSTR_BYTES - 1) // SB + 1):
-            if sb != fetched:
-                t["program_read"] += SB
-                fetched = sb
-        if i.op == Opcode.MATMUL:
-            t["weights_read"] += i.n_tiles * i.tile_mem_rows * cfg.row_bytes
-        elif i.op == Opcode.TMATMUL:
-            lay = block_layout(i.n_out, i.k_groups * cfg.tlmm_g, cfg.tlmm_g, cfg.tlmm_t,
-                               cfg.tlmm_q, SB)
-            t["weights_read"] += (lay["param_beats"] + i.rows * lay["stream_beats"]) * SB
-        elif i.op == Opcode.GATHER:
-            t["io_read"] += whole(4 * i.rows)
-            t["weights_read"] += i.rows * whole(i.n * L)
-        elif i.op == Opcode.LOAD:
-            t["weights_read"] += whole(i.b * L)
-        elif i.op == Opcode.STORE:
-            t["kv_written" if i.flags & FLAG_POS else "io_written"] += whole(i.b * L)
-            fetched = None      # a STORE may overwrite the program: the super-beat is refetched
-        elif i.op == Opcode.KVSTORE:
-            t["kv_written"] += i.rows * i.pos_stride * SB
-            fetched = None
-        elif i.op == Opcode.ATTN:
-            rows = i.rows
-            # the pass reads the position blocks of row b's keys (0 .. pos + b, or the sliding
-            # window's) of its K and V regions once per row
-            per_cache = attended_total(pos, rows, i.window) * i.pos_sb * SB
-            t["kv_read"] += 2 * per_cache
-    t["total"] = sum(t.values())
-    return t
-
 
 class _Timer:
     """Cycles of a program run at a position, for many positions.
@@ -308,6 +247,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     from hwflow.mapping.decoder_engine import lower_shape
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.host_schedule import host_schedule, run_program
+    from hwflow.mapping.traffic import program_traffic
 
     if lowered is None:
         try:
@@ -347,7 +287,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                            "bucket": chunks[0].program}
 
     mean_pos = int(round(dec["mean_pos"]))
-    traffic = program_traffic(lw.decode.program, cfg, mean_pos)
+    traffic = program_traffic(lw.decode.program, cfg, mean_pos)     # mapping.traffic
     achieved = traffic["total"] * hz / cpt / 1e9
     port_peak = cfg.beat_bytes * hz / 1e9
     board_peak = float(board.memory["bandwidth_gbps"])     # delivered, per the board file

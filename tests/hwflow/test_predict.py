@@ -1,61 +1,19 @@
 """hwflow.predict and ``hwflow compile --shape-only`` / ``hwflow predict``: full-size decoders
-from their configs alone (LLaMA-2-7B on the U280, BitNet b1.58 0.7B on the KV260), the traffic
-count against the ISA functional model, and bad inputs."""
+from their configs alone (LLaMA-2-7B on the U280, BitNet b1.58 0.7B on the KV260) and bad
+inputs (the traffic count: tests/mapping/test_traffic.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hwflow.cli import main
-from hwflow.mapping.llm_lower import decode_memory_writes, lower_decoder
-from hwflow.predict import load_shape, program_traffic
-from hwflow.sim.isa_model import IsaModel
+from hwflow.mapping.llm_lower import lower_decoder
+from hwflow.predict import load_shape
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
-TRAFFIC_KEYS = ("weights_read", "kv_read", "kv_written", "io_read", "io_written",
-                "program_read")
-
-
-# ------------------------------------------------------------------ traffic vs ISA model
-
-def _isa_traffic(low, ids, pos) -> dict:
-    model = IsaModel(low.cfg, low.image, regions=low.memory_map)
-    step = decode_memory_writes(low, ids, pos)
-    for addr, data in step.writes:
-        model.write(addr, data)
-    model.reset_stats()
-    model.pos = pos
-    model.run(step.prog_base)
-    return {k: model.stats.traffic.get(k, 0) for k in TRAFFIC_KEYS}
-
-
-def _decoders():
-    from tests.mapping.test_llm_lower import CFG, random_decoder
-    from tests.mapping.test_llm_lower_ternary import CFG as TCFG
-    from tests.mapping.test_llm_lower_ternary import random_bitnet
-
-    return {"int8": (random_decoder(), CFG), "ternary": (random_bitnet(), TCFG)}
-
-
-@pytest.mark.parametrize("kind", ["int8", "ternary"])
-def test_program_traffic_equals_the_isa_model(kind):
-    """Every category of external traffic, counted from the instructions alone, equals what
-    the ISA functional model moves: decode at three positions, prefill chunks of 5 and 16
-    tokens (a bucket of 8 with 3 idle rows, a full 16-row bucket) at positions past 0."""
-    qd, cfg = _decoders()[kind]
-    low = lower_decoder(qd, cfg)
-    rng = np.random.default_rng(1)
-    for n, pos in ((1, 0), (1, 17), (1, 63), (5, 3), (16, 40)):
-        ids = rng.integers(0, qd.shape.vocab, n)
-        prog = low.decode if n == 1 else low.prefill[min(b for b in low.buckets if b >= n)]
-        got = program_traffic(prog.program, cfg, pos)
-        want = _isa_traffic(low, ids, pos)
-        assert {k: got[k] for k in TRAFFIC_KEYS} == want, (n, pos)
-        assert got["total"] == sum(want.values())
 
 
 def test_load_shape_of_examples_and_configs():
@@ -223,8 +181,9 @@ def test_position_shortcut_equals_the_cycle_model(kind):
     gives exactly mapping.cycles.predict's totals."""
     from hwflow.mapping.cycles import predict
     from hwflow.predict import _Timer
+    from tests.mapping.test_traffic import _decoders
 
-    qd, cfg = _decoders()[kind]
+    qd, cfg = _decoders()[kind]        # tests/mapping/test_traffic.py's two decoders
     low = lower_decoder(qd, cfg, shape_only=True)
     timer = _Timer(cfg, None, low.max_context - 1)
     for info in [low.decode, *low.prefill.values()]:
