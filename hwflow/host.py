@@ -42,7 +42,13 @@ import numpy as np
 from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.contract import AP_DONE, AP_IDLE, AP_START, KERNEL_NAME, REG, mem_arg_offset
-from hwflow.mapping.memory_image import MemoryMap, unpack_rows, write_tensor
+from hwflow.mapping.memory_image import (
+    MemoryMap,
+    join_ports,
+    split_ports,
+    unpack_rows,
+    write_tensor,
+)
 
 __all__ = [
     "AP_START", "AP_DONE", "AP_IDLE", "PORT_BASE_REGS", "Device", "ModelDevice", "XrtDevice",
@@ -75,19 +81,6 @@ class Device(Protocol):
     def read_mem(self, addr_bytes: int, n: int) -> bytes: ...
 
     def wait_done(self, timeout_s: float) -> None: ...
-
-
-def split_ports(data: bytes, mem_ports: int, port_bytes: int) -> np.ndarray:
-    """Whole super-beats of the flat image -> ``[mem_ports, n_superbeats, port_bytes]`` uint8."""
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)
-    if buf.size % (mem_ports * port_bytes):
-        raise ValueError("split_ports needs whole super-beats")
-    return buf.reshape(-1, mem_ports, port_bytes).transpose(1, 0, 2)
-
-
-def join_ports(per_port) -> bytes:
-    """Inverse of :func:`split_ports`: ``per_port[j]`` is ``[n_superbeats, port_bytes]``."""
-    return np.stack([np.asarray(p, dtype=np.uint8) for p in per_port], axis=1).tobytes()
 
 
 def _superbeat_span(addr: int, n: int, sb: int) -> tuple[int, int]:

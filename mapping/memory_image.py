@@ -255,3 +255,27 @@ def check_image(image: bytes, board, cfg: AccelConfig) -> int:
                            f"{board.resources['bram']} (needed > available) for "
                            f"{len(image)} B")
     return blocks
+
+
+# -- striping over the memory ports ------------------------------------------------------------
+
+def split_ports(image: bytes, mem_ports: int, port_bytes: int) -> np.ndarray:
+    """Beats of every port: ``[mem_ports, n_superbeats, port_bytes]`` (uint8).
+
+    The striping of the image over the memory ports, the one rule of the simulation's memory
+    models and the host's per-port buffers: super-beat ``s`` is bytes ``[s*SB, (s+1)*SB)``;
+    port ``j`` holds bytes ``[s*SB + j*W, s*SB + (j+1)*W)`` at beat ``s``. The image is
+    zero-padded to whole super-beats.
+    """
+    sb = mem_ports * port_bytes
+    buf = np.frombuffer(image, dtype=np.uint8)
+    pad = (-buf.size) % sb
+    if pad:
+        buf = np.concatenate([buf, np.zeros(pad, dtype=np.uint8)])
+    return buf.reshape(-1, mem_ports, port_bytes).transpose(1, 0, 2)
+
+
+def join_ports(per_port: list[np.ndarray]) -> bytes:
+    """Inverse of :func:`split_ports` for a run of super-beats: ``per_port[j]`` is port ``j``'s
+    ``beats[n, W]``."""
+    return np.stack([np.asarray(p, dtype=np.uint8) for p in per_port], axis=1).tobytes()

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hwflow.hw.config import AccelConfig
+from hwflow.mapping.memory_image import split_ports
 from hwflow.sim import testbench as tb
 from hwflow.sim.top import (
     EXT_MEMORY_V,
@@ -571,7 +572,7 @@ def _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth, read_latency,
     work.mkdir(parents=True, exist_ok=True)
     for old in list(work.glob("dump.p*.hex")) + [work / "result.json"]:
         old.unlink(missing_ok=True)
-    ports = tb.split_ports(image, cfg.mem_ports, cfg.port_bytes)
+    ports = split_ports(image, cfg.mem_ports, cfg.port_bytes)
     plusargs = []
     for j in range(cfg.mem_ports):
         hex_path = work / f"mem.p{j}.hex"

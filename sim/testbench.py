@@ -51,6 +51,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
+from hwflow.mapping.memory_image import join_ports, split_ports
+
 JOB_ENV = "HWFLOW_SIM_JOB"
 JOB_FILE = "hwflow_job.json"
 
@@ -69,21 +71,7 @@ TRAFFIC_OTHER = 7
 AXI_TIMEOUT_CYCLES = 1000
 
 
-# -- striping: the flat image <-> per-port beat files -------------------------------------------
-
-def split_ports(image: bytes, mem_ports: int, port_bytes: int) -> np.ndarray:
-    """Beats of every port: ``[mem_ports, n_superbeats, port_bytes]`` (uint8).
-
-    Super-beat ``s`` is bytes ``[s*SB, (s+1)*SB)``; port ``j`` holds bytes
-    ``[s*SB + j*W, s*SB + (j+1)*W)`` at beat ``s``. The image is zero-padded to whole super-beats.
-    """
-    sb = mem_ports * port_bytes
-    buf = np.frombuffer(image, dtype=np.uint8)
-    pad = (-buf.size) % sb
-    if pad:
-        buf = np.concatenate([buf, np.zeros(pad, dtype=np.uint8)])
-    return buf.reshape(-1, mem_ports, port_bytes).transpose(1, 0, 2)
-
+# -- per-port beat files (the striping: mapping.memory_image.split_ports) -----------------------
 
 def write_port_hex(path, beats: np.ndarray) -> None:
     """Write ``beats[n, W]`` as a ``$readmemh`` file: one line a beat, byte 0 in the low bits."""
@@ -104,11 +92,6 @@ def read_port_hex(path, port_bytes: int) -> np.ndarray:
     text = "".join(w.replace("x", "0").replace("X", "0").zfill(2 * port_bytes) for w in words)
     raw = np.frombuffer(bytes.fromhex(text), dtype=np.uint8).reshape(-1, port_bytes)
     return raw[:, ::-1]
-
-
-def join_ports(per_port: list[np.ndarray]) -> bytes:
-    """Inverse of :func:`split_ports` for a run of super-beats: list of ``beats[n, W]``."""
-    return np.stack(per_port, axis=1).tobytes()
 
 
 # -- AXI4-Lite master ---------------------------------------------------------------------------

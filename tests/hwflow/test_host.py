@@ -114,14 +114,6 @@ def test_striped_backend_matches_golden(build):
     assert mem_arg_offset(3) == 0x30 + 8 * 3
 
 
-def test_split_join_round_trip():
-    img = bytes(range(256)) * 3
-    ports = split_ports(img, 4, 16)
-    assert ports.shape == (4, 12, 16)
-    assert bytes(ports[1, 0]) == img[16:32]
-    assert join_ports(list(ports)) == img
-
-
 @pytest.mark.parametrize("cls, module", [(XrtDevice, "pyxrt"), (PynqDevice, "pynq")])
 def test_missing_runtime_is_one_line(monkeypatch, cls, module):
     real_import = builtins.__import__

@@ -96,3 +96,15 @@ def test_check_image_refuses_an_image_over_the_block_rams_with_numbers():
     with pytest.raises(MappingError, match=r"^memory image does not fit icebreaker: BRAM 10 > 9 "
                        r"\(needed > available\) for 4800 B$"):
         check_image(bytes(4800), few, CFG)
+
+
+def test_split_join_round_trip():
+    """The image striped over 4 ports of 16 B and joined back."""
+    from hwflow.mapping.memory_image import join_ports, split_ports
+
+    img = bytes(range(256)) * 3
+    ports = split_ports(img, 4, 16)
+    assert ports.shape == (4, 12, 16)
+    assert bytes(ports[1, 0]) == img[16:32]
+    assert join_ports(list(ports)) == img
+    assert split_ports(img[:40], 4, 16).shape == (4, 1, 16)        # zero-padded

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from hwflow.hw.config import AccelConfig
+from hwflow.mapping.memory_image import join_ports, split_ports
 from hwflow.sim import runner
-from hwflow.sim.testbench import join_ports, read_port_hex, split_ports, write_port_hex
+from hwflow.sim.testbench import read_port_hex, write_port_hex
 
 from .standin import descriptor, standin_verilog
 
