@@ -80,21 +80,6 @@ def _load(model, example, trust_model, max_context, td: Path, stream: bool = Fal
         raise HwflowError(str(e)) from None
 
 
-def _traffic_ranges(memory_map) -> list:
-    """Super-beat ranges and traffic categories of the memory map (at most 8, merged by kind)."""
-    cat = {"program": "program", "weights": "weights", "kv": "kv", "io": "io",
-           "activations": "activations", "input": "io", "output": "io"}
-    spans: dict = {}
-    for r in memory_map.regions:
-        c = cat.get(r.kind)
-        if c is None or r.nbytes == 0:
-            continue
-        end = r.addr + -(-r.nbytes // memory_map.beat_bytes)
-        lo, hi = spans.get(c, (r.addr, end))
-        spans[c] = (min(lo, r.addr), max(hi, end))
-    return [(lo, hi, c) for c, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1])]
-
-
 def _check_weights(weights, lm_head) -> None:
     """``--weights`` and ``--lm-head`` are formats a decoder takes (one line if not)."""
     if weights not in (None, *DECODER_WEIGHTS):
@@ -383,7 +368,7 @@ def _write_decoder_build(tmp: Path, d: DecoderJob) -> None:
         "accel": d.cfg.to_dict(), "max_context": lw.max_context,
         "decode_prog_base": lw.decode_prog_base,
         "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-        "traffic_ranges": _traffic_ranges(lw.memory_map)})
+        "traffic_ranges": lw.memory_map.traffic_ranges()})
     write_json(tmp / "reports" / "compile.json", d.report)
     _write_testbench(tmp / "tb", d.qd, lw)
 
@@ -513,7 +498,7 @@ def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dic
         "lm_head": report["lm_head"], "source": cs.source,
         "decode_prog_base": lw.decode_prog_base,
         "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-        "traffic_ranges": _traffic_ranges(lw.memory_map)})
+        "traffic_ranges": lw.memory_map.traffic_ranges()})
     write_json(tmp / "reports" / "compile.json", report)
     write_json(tmp / "reports" / "predict.json", pred)
 

@@ -66,6 +66,12 @@ class Region:
     layout: str = ""          # how the bytes are arranged (weights: format, tiles, rows)
 
 
+#: Region kind -> traffic category (the MLP path's ``input``/``output`` regions are I/O): the
+#: ISA model's counters and the RTL simulation's classify accesses by it.
+TRAFFIC_CATEGORY = {"weights": "weights", "kv": "kv", "activations": "activations", "io": "io",
+                    "input": "io", "output": "io", "program": "program"}
+
+
 @dataclass
 class MemoryMap:
     beat_bytes: int
@@ -86,6 +92,20 @@ class MemoryMap:
         """``(start_sb, end_sb, kind)`` of every region: super-beat ranges, end exclusive (what
         the ISA model's traffic counters classify accesses by)."""
         return [(r.addr, r.addr + -(-r.nbytes // self.beat_bytes), r.kind) for r in self.regions]
+
+    def traffic_ranges(self) -> list:
+        """``[(start_sb, end_sb, category)]``: each traffic category's super-beat span, its
+        regions (:data:`TRAFFIC_CATEGORY`) merged, in address order: the ranges the RTL
+        simulation's traffic counters classify accesses by (at most 8)."""
+        spans: dict = {}
+        for r in self.regions:
+            c = TRAFFIC_CATEGORY.get(r.kind)
+            if c is None or r.nbytes == 0:
+                continue
+            end = r.addr + -(-r.nbytes // self.beat_bytes)
+            lo, hi = spans.get(c, (r.addr, end))
+            spans[c] = (min(lo, r.addr), max(hi, end))
+        return [(lo, hi, c) for c, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1])]
 
     def to_json(self) -> str:
         return json.dumps({"beat_bytes": self.beat_bytes, "chain_len": self.chain_len,

@@ -58,6 +58,7 @@ from hwflow.hw.isa import (
     Opcode,
     decode,
 )
+from hwflow.mapping.memory_image import TRAFFIC_CATEGORY
 from hwflow.mapping.ternary_format import block_layout, row_read_words, unpack_ternary_block
 from hwflow.mapping.weight_format import (
     LayerFormat,
@@ -133,9 +134,6 @@ class GatherRangeError(IsaError):
 TRAFFIC_KEYS = ("weights_read", "kv_read", "kv_written", "activations_read",
                 "activations_written", "io_read", "io_written", "program_read", "other_read",
                 "other_written")
-#: Region kind -> traffic category (the MLP path's ``input``/``output`` regions are I/O).
-_CATEGORY = {"weights": "weights", "kv": "kv", "activations": "activations", "io": "io",
-             "input": "io", "output": "io", "program": "program"}
 
 
 @dataclass
@@ -257,7 +255,7 @@ class IsaModel:
         self.pos = int(pos)
         if regions is not None and hasattr(regions, "spans"):
             regions = regions.spans()
-        spans = sorted((int(a), int(b), _CATEGORY.get(k, "other"))
+        spans = sorted((int(a), int(b), TRAFFIC_CATEGORY.get(k, "other"))
                        for a, b, k in (regions or ()) if b > a)
         self._span_starts = np.array([a for a, _, _ in spans], dtype=np.int64)
         self._spans = spans

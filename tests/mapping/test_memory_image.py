@@ -108,3 +108,16 @@ def test_split_join_round_trip():
     assert bytes(ports[1, 0]) == img[16:32]
     assert join_ports(list(ports)) == img
     assert split_ports(img[:40], 4, 16).shape == (4, 1, 16)        # zero-padded
+
+
+def test_traffic_ranges_merge_each_category():
+    """The RTL's traffic counters get one super-beat span per category, in address order; the
+    ISA model classifies by the same kinds (TRAFFIC_CATEGORY)."""
+    from hwflow.mapping.memory_image import TRAFFIC_CATEGORY, MemoryMap, Region
+
+    regions = [Region("program", "program", 0, 64), Region("w0", "weights", 1, 100),
+               Region("w1", "weights", 4, 64), Region("x", "input", 7, 32),
+               Region("y", "output", 9, 32), Region("empty", "kv", 12, 0)]
+    mm = MemoryMap(32, 16, 10 * 32, regions)
+    assert mm.traffic_ranges() == [(0, 2, "program"), (1, 6, "weights"), (7, 10, "io")]
+    assert {TRAFFIC_CATEGORY[k] for k in ("input", "output", "io")} == {"io"}
