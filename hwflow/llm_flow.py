@@ -608,12 +608,13 @@ def test_prompt_and_decode_match_golden(tmp_path):
 def _write_testbench(tb: Path, qd, lw) -> None:
     """The build folder's standalone cocotb testbench (see DECODER_TB) for the default run."""
     from hwflow.compiler.llm_interpret import golden_generate
+    from hwflow.sim.runner import rtl_jobs
 
     tb.mkdir()
     new_tokens = max(1, min(DEFAULT_NEW_TOKENS, lw.max_context - DEFAULT_PROMPT_LEN))
     ids = default_prompt(qd.shape.vocab)
     golden = golden_generate(qd, ids, new_tokens + 1)
-    host, steps = rtl_steps(lw, ids, new_tokens)
+    host, steps = rtl_jobs(lw, ids, new_tokens)
     job = []
     for i, (st, want) in enumerate(zip(steps, golden_rows(golden, host, lw.io.logits_row_bytes),
                                        strict=True)):
@@ -658,39 +659,6 @@ def default_prompt(vocab: int, n: int = DEFAULT_PROMPT_LEN, seed: int | None = N
         0, vocab, n)]
 
 
-def _host_steps(lw, prompt: list[int], new_tokens: int) -> list:
-    """``[(HostStep, is_decode)]``: the runs of ``mapping.host_schedule.host_schedule`` (the
-    prompt's runs, the last prompt token a run's last row, then the decode steps, their token
-    ids from the previous step's argmax)."""
-    from hwflow.mapping.host_schedule import host_schedule
-    from hwflow.mapping.llm_lower import decode_memory_writes
-
-    # a decode step's id is written by the host after the previous step; 0 is a placeholder
-    return [(decode_memory_writes(lw, [0] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
-                                  r.pos), r.is_decode)
-            for r in host_schedule(len(prompt), lw.buckets, new_tokens)]
-
-
-def rtl_steps(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:
-    """``(host, steps)``: the host steps (:func:`_host_steps`) and the matching
-    ``sim.runner.simulate_steps`` jobs; from the last prompt chunk on, each run's argmax (the
-    RTL's greedy token) is written as the next run's token id."""
-    host = _host_steps(lw, ids, new_tokens)
-    n_chunks = len(host) - new_tokens
-    SB = lw.cfg.beat_bytes
-    steps = []
-    for i, (st, is_decode) in enumerate(host):
-        step = {"prog_base": st.prog_base, "pos": st.pos,
-                "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
-                "readback": [(st.logits_addr // SB, st.logits_row_bytes)]}
-        if i >= n_chunks - 1:
-            step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
-                              "row": 0, "vocab": st.vocab,
-                              "ids_addr": lw.io.ids_addr}
-        steps.append(step)
-    return host, steps
-
-
 def golden_rows(golden, host: list, row_bytes: int) -> list:
     """Per run, the golden logits of its last row as the RTL stores them: ``[row_bytes]``
     int8, zero past the vocabulary (a prompt run's: the prompt row ``pos + tokens - 1``)."""
@@ -698,29 +666,6 @@ def golden_rows(golden, host: list, row_bytes: int) -> list:
     want = [prompt[st.pos + st.tokens - 1] for st, is_decode in host if not is_decode]
     want += [row[0] for row in golden.step_logits[1:]]
     return [np.pad(w, (0, row_bytes - w.shape[0])) for w in want]
-
-
-def _isa_run(lw, cfg, image: bytes, host: list, tokens_in: list[int]):
-    """The ISA functional model over the same steps, fed with ``tokens_in`` (the golden tokens);
-    returns per-step logits and traffic."""
-    from hwflow.mapping.llm_lower import read_logits
-    from hwflow.sim.isa_model import IsaModel
-
-    model = IsaModel(cfg, image, regions=lw.memory_map)
-    logits, traffic, k = [], [], 0
-    for st, is_decode in host:
-        for addr, data in st.writes:
-            if is_decode:
-                data = np.array([tokens_in[k]], "<u4").tobytes() + bytes(data[4:])
-            model.write(addr, data)
-        if is_decode:
-            k += 1
-        model.reset_stats()
-        model.pos = st.pos
-        model.run(st.prog_base)
-        logits.append(read_logits(st, model))
-        traffic.append(dict(model.stats.traffic))
-    return logits, traffic
 
 
 def _sum_traffic(per_step: list, mask: list) -> dict:
@@ -755,7 +700,8 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     from hwflow.compiler.llm_interpret import float_generate, golden_generate, top1_agreement
     from hwflow.hw.config import AccelConfig
     from hwflow.mapping.llm_lower import lower_decoder
-    from hwflow.sim.runner import SimError, simulate_steps
+    from hwflow.sim.isa_model import run_host_steps
+    from hwflow.sim.runner import SimError, rtl_jobs, simulate_steps
 
     out = Path(out)
     conf = open_build(out)          # every file as compile wrote it, or one line naming it
@@ -793,7 +739,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     # golden: the prompt's logits, then one [1, vocab] row per decode step
     golden = golden_generate(qd, ids, new_tokens + 1)
     g_tokens = [int(t) for t in golden.tokens]
-    host, steps = rtl_steps(lw, ids, new_tokens)
+    host, steps = rtl_jobs(lw, ids, new_tokens)
     try:
         res = simulate_steps(cfg, (out / "rtl" / "hwflow_accel.v").read_text(), image, steps,
                              work_dir=out / "sim", waves=waves,
@@ -802,7 +748,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
         raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
 
     want = [w[:vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
-    isa_logits, isa_traffic = _isa_run(lw, cfg, image, host, g_tokens)
+    isa_logits, isa_traffic = run_host_steps(cfg, image, lw.memory_map, host, g_tokens)
 
     report_steps = []
     for i, ((st, is_decode), r) in enumerate(zip(host, res.steps, strict=False)):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from .llm_lower import prompt_runs
 
-__all__ = ["HostRun", "host_schedule", "program_name", "run_program"]
+__all__ = ["HostRun", "host_schedule", "host_writes", "program_name", "run_program"]
 
 
 class HostRun(NamedTuple):
@@ -99,3 +99,16 @@ def host_schedule(prompt_len: int, buckets, new_tokens: int = 0) -> list[HostRun
     runs = [HostRun(p, k, program_name(k), False) for p, k in prompt_runs(prompt_len, buckets)]
     runs += [HostRun(prompt_len + k, 1, "decode", True) for k in range(new_tokens)]
     return runs
+
+
+def host_writes(lw, prompt: list[int], new_tokens: int) -> list:
+    """``[(HostStep, is_decode)]``: the runs of :func:`host_schedule` of a lowered decoder with
+    the host's memory writes of each (``llm_lower.decode_memory_writes``: the token ids), for
+    a ``prompt`` and ``new_tokens`` decode steps; a decode step's id is the previous run's
+    argmax, written when known (0 here)."""
+    from .llm_lower import decode_memory_writes
+
+    # a decode step's id is written by the host after the previous step; 0 is a placeholder
+    return [(decode_memory_writes(lw, [0] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
+                                  r.pos), r.is_decode)
+            for r in host_schedule(len(prompt), lw.buckets, new_tokens)]

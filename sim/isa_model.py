@@ -821,3 +821,26 @@ def run_program(cfg: AccelConfig, image: bytes, prog_base: int,
     model = IsaModel(cfg, image, pos=pos, regions=regions)
     stats = model.run(prog_base, max_instructions)
     return model.image(), stats
+
+
+def run_host_steps(cfg: AccelConfig, image: bytes, memory_map, host: list, tokens_in: list[int]):
+    """The ISA model over a decoder's host steps (``mapping.host_schedule.host_writes``), each
+    decode step fed its token from ``tokens_in`` (e.g. the golden tokens); returns
+    ``(logits, traffic)``: per step, the logits of its last row and its traffic counters."""
+    from hwflow.mapping.llm_lower import read_logits
+
+    model = IsaModel(cfg, image, regions=memory_map)
+    logits, traffic, k = [], [], 0
+    for st, is_decode in host:
+        for addr, data in st.writes:
+            if is_decode:
+                data = np.array([tokens_in[k]], "<u4").tobytes() + bytes(data[4:])
+            model.write(addr, data)
+        if is_decode:
+            k += 1
+        model.reset_stats()
+        model.pos = st.pos
+        model.run(st.prog_base)
+        logits.append(read_logits(st, model))
+        traffic.append(dict(model.stats.traffic))
+    return logits, traffic

@@ -786,3 +786,26 @@ def simulate_steps(cfg: AccelConfig, verilog: str, image: bytes, steps: list[dic
     return StepsResult(steps=out, mem_oob=r["mem_oob"], passed=failed is None,
                        total_wall_s=time.perf_counter() - t_start, build_s=b.build_s,
                        work_dir=work, waves=waves_path)
+
+
+def rtl_jobs(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:
+    """``(host, steps)``: a lowered decoder's host steps for a prompt ``ids`` and ``new_tokens``
+    decode steps (``mapping.host_schedule.host_writes``) and the matching
+    :func:`simulate_steps` jobs; from the last prompt chunk on, each run's argmax (the RTL's
+    greedy token) is written as the next run's token id."""
+    from hwflow.mapping.host_schedule import host_writes
+
+    host = host_writes(lw, ids, new_tokens)
+    n_chunks = len(host) - new_tokens
+    SB = lw.cfg.beat_bytes
+    steps = []
+    for i, (st, is_decode) in enumerate(host):
+        step = {"prog_base": st.prog_base, "pos": st.pos,
+                "writes": [] if is_decode else [(a // SB, d) for a, d in st.writes],
+                "readback": [(st.logits_addr // SB, st.logits_row_bytes)]}
+        if i >= n_chunks - 1:
+            step["argmax"] = {"region": 0, "row_bytes": st.logits_row_bytes,
+                              "row": 0, "vocab": st.vocab,
+                              "ids_addr": lw.io.ids_addr}
+        steps.append(step)
+    return host, steps

@@ -3,6 +3,7 @@ schedule that ``hwflow.host.generate``, the RTL simulation and the TTFT predicti
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from hwflow.mapping.host_schedule import HostRun, host_schedule, program_name, run_program
@@ -66,3 +67,19 @@ def test_run_program_names_the_lowered_programs(low):
     assert run_program(low, "decode") is low.decode
     for b in low.buckets:
         assert run_program(low, program_name(b)) is low.prefill[b]
+
+
+def test_host_writes_follow_the_schedule():
+    """Each run of the schedule with the host's writes: the prompt's token ids at the run's
+    position, a placeholder id for each decode step (the previous run's argmax, known later)."""
+    from hwflow.mapping.host_schedule import host_writes
+
+    lw = lower_decoder(random_decoder(), CFG)
+    prompt = list(range(1, 12))
+    steps = host_writes(lw, prompt, 3)
+    runs = host_schedule(len(prompt), lw.buckets, 3)
+    assert [(st.pos, st.tokens, d) for st, d in steps] == [(r.pos, r.tokens, r.is_decode)
+                                                          for r in runs]
+    first, _ = steps[0]
+    ids = np.frombuffer(first.writes[0][1][:4 * first.tokens], "<u4")
+    assert list(ids) == prompt[:first.tokens]
