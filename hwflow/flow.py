@@ -316,14 +316,14 @@ def configure(job: MlpJob) -> None:
 def compile_ir(job: MlpJob) -> None:
     """Step ``compile``: the compiler's passes (``hwflow.compiler.flow.STEPS``: sparsify,
     precision, quantize, fuse, tile, schedule, memory plan; spec check after each)."""
-    cfg = job.cfg
-    target = TileTarget(cfg.chains, cfg.chain_len, cfg.beat_bytes, cfg.act_depth,
-                        cfg.weight_depth)
     start = job.graph if job.resume is None else job.resume
-    job.qgraph = run_flow(start, _options(job, target), save_dir=job.ir_dir)
+    job.qgraph = run_flow(start, _options(job), save_dir=job.ir_dir)
 
 
-def _options(job: MlpJob, target) -> FlowOptions:
+def _options(job: MlpJob) -> FlowOptions:
+    """The compiler's options for the job's engine (its sizes are the tile target)."""
+    c = job.cfg
+    target = TileTarget(c.chains, c.chain_len, c.beat_bytes, c.act_depth, c.weight_depth)
     return FlowOptions(target, calib=job.calib, sparsity=job.sparsity, weights=job.weights)
 
 
@@ -350,9 +350,7 @@ def check(job: MlpJob) -> None:
     formats = job.qgraph.graph.get("weight_formats", {})
     if any(f.get("sparsity_from") == "imposed" for f in formats.values()):
         # the error of quantization alone, against the model as pruned by --sparsity
-        target = TileTarget(job.cfg.chains, job.cfg.chain_len, job.cfg.beat_bytes,
-                            job.cfg.act_depth, job.cfg.weight_depth)
-        pruned = run(run_flow(job.graph, _options(job, target), stop_after="sparsify"), x)[o]
+        pruned = run(run_flow(job.graph, _options(job), stop_after="sparsify"), x)[o]
         job.accuracy |= {"pruned_float_cosine": cosine(golden, pruned),
                          "pruned_float_max_abs_error": max_abs_error(golden, pruned)}
 
