@@ -3,7 +3,7 @@
 Synthesizes ``hw.attention.AttentionUnit`` alone with Yosys ``synth_xilinx -family xcup`` at
 (L, H) = (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3), (16, 1), (16, 2) (cached: a re-run
 with unchanged RTL takes seconds), fits ``kind = a + b L + H (c + d L)`` by least squares for
-LUT and FF, and prints the coefficients (``mapping.engine.ATTN_SHARED_*`` = (a, b),
+LUT and FF, and prints the coefficients (``mapping.accel_config.ATTN_SHARED_*`` = (a, b),
 ``ATTN_LANE_*`` = (c, d)), the worst error of every point and the DSP48E2 count against
 ``H (3 L + 5) + 2 L + 3``.
 

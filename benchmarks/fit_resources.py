@@ -4,8 +4,8 @@ Synthesizes the accelerator at every point of :data:`hwflow.resource_fit.POINTS`
 ``synth_xilinx -family xcup`` (cached: a re-run with unchanged RTL takes seconds), fits the
 LUT / FF / URAM coefficients by least squares on the ``fit`` points, checks the analytic DSP /
 BRAM counts, and prints per kind the formula, the number of fit points and the error on the
-held-out points; writes ``mapping/calibration/resources.json``
-(:func:`hwflow.mapping.engine.estimate_resources` reads it).
+held-out points; writes ``mapping/fits/resources.json``
+(:func:`hwflow.mapping.accel_config.estimate_resources` reads it).
 
     python benchmarks/fit_resources.py                 # all points (~1 h of Yosys uncached)
     python benchmarks/fit_resources.py --points        # also the per-point table
@@ -42,7 +42,7 @@ def point_table(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT),
-                    help="JSON to write (default: mapping/calibration/resources.json)")
+                    help="JSON to write (default: mapping/fits/resources.json)")
     ap.add_argument("--jobs", type=int, default=1, help="Yosys runs at a time (1)")
     ap.add_argument("--points", action="store_true", help="also print every point")
     ap.add_argument("--quiet", action="store_true", help="no per-point progress lines")

@@ -194,7 +194,7 @@ def _resource(kind, unit, doc, positive=False):
 
 def _engine_int(key, unit, doc, rule="a positive integer", check=_positive):
     return _field(f"engine.{key}", "int", unit, rule, doc, check, required=False,
-                  default="default: mapping/engine.py `choose_config`")
+                  default="default: mapping/accel_config.py `choose_config`")
 
 
 def _engine_flag(key, doc, default):
@@ -263,7 +263,7 @@ SCHEMA: tuple[BoardField, ...] = (
            "size of one block RAM, the unit of resources.bram", _positive, required=False,
            default="default: the flow's"),
     _field("engine", "mapping", "", "a mapping", "the board's default accelerator",
-           required=False, default="default: sized by mapping/engine.py"),
+           required=False, default="default: sized by mapping/accel_config.py"),
     _engine_int("chains", "DSP chains", "P, output channels computed in parallel"),
     _engine_int("chain_len", "DSP slices", "L, slices per chain; also the activation word bytes",
                 rule="a power of two", check=_power_of_two(1)),

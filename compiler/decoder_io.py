@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import decoder as dec
+from .spec import check_decoder
 
 __all__ = ["save_decoder", "load_saved_decoder", "open_saved_decoder", "FloatDecoderWriter",
            "write_npz", "NpzWriter", "npz_memmap"]
@@ -275,12 +276,19 @@ def load_saved_decoder(path: Path):
     -------
     FloatDecoder or QDecoder
         The decoder, every array in memory.
+
+    Raises
+    ------
+    SpecError
+        A quantized decoder that breaks a rule of the decoder IR
+        (:func:`hwflow.compiler.spec.check_decoder`).
     """
     meta = json.loads(path.with_suffix(".json").read_text())
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     cls = {"QDecoder": dec.QDecoder, "FloatDecoder": dec.FloatDecoder}[meta.pop("__class__")]
-    return _build(cls, "", arrays, meta)
+    obj = _build(cls, "", arrays, meta)
+    return check_decoder(obj) if cls is dec.QDecoder else obj
 
 
 def open_saved_decoder(path: Path):

@@ -81,6 +81,7 @@ from .llm_interpret import (
 )
 from .llm_interpret import top1_agreement as _top1
 from .passes import INT4_MAX_ERROR, int4_error
+from .spec import check_decoder
 
 __all__ = ["quantize_decoder", "DecoderQuantizer", "quant_report", "ternarize_decoder",
            "gamma_codes", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "TERNARY_LINEARS",
@@ -427,11 +428,12 @@ class DecoderQuantizer:
         sc.update(self.codes)
         report = {k: {kk: vv for kk, vv in f.items() if kk != "t"}
                   for k, f in self.formats.items()}
-        return QDecoder(name=self.name, shape=s, embed=self.embed,
-                        rope=gl.rope_table(self.max_context, s.inv_freq(), s.rope_scaling),
-                        layers=self.layers, final_norm=final_norm, lm_head=head,
-                        max_context=self.max_context, scales=sc, weight_formats=report,
-                        final_cap=final_cap)
+        return check_decoder(QDecoder(
+            name=self.name, shape=s, embed=self.embed,
+            rope=gl.rope_table(self.max_context, s.inv_freq(), s.rope_scaling),
+            layers=self.layers, final_norm=final_norm, lm_head=head,
+            max_context=self.max_context, scales=sc, weight_formats=report,
+            final_cap=final_cap))
 
 
 def _quantize_layer(i: int, ly: FloatLayer, s, sc: dict, codes: dict, s_x: float,

@@ -15,6 +15,7 @@ import numpy as np
 
 from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
+from hwflow.golden import llm as gl
 from hwflow.golden import sparse as gs
 
 from .errors import SpecError
@@ -87,29 +88,77 @@ def _check_weight_format(name, op, w):
         _fail(name, op, f"attribute 'ternary' ({ternary!r}) must be True exactly when wbits is "
                         f"2 (wbits {bits})")
     if ternary:
-        if w.size and (w.min() < -1 or w.max() > 1):
-            _fail(name, op, "ternary weight values outside {-1, 0, 1}")
         ws = a.get("w_scale")
         if not isinstance(ws, np.ndarray) or ws.shape != (w.shape[0],) or not np.all(ws > 0):
             _fail(name, op, f"a ternary layer needs w_scale: {w.shape[0]} positive scales")
-        for key in ("w4", "w4_scale"):
-            if key in a:
-                _fail(name, op, f"attribute '{key}' belongs to int4 layers only (wbits is 2)")
-        return
-    if bits == 8:
+    elif bits == 8:
         for key in ("w4", "w4_scale"):
             if key in a:
                 _fail(name, op, f"attribute '{key}' belongs to int4 layers only (wbits is 8)")
+    else:
+        rows, k = w.shape
+        _check_array(name, op, "w4", np.int8, (rows, k))
+        _check_array(name, op, "w4_scale", np.uint8, (rows, ceil_div(k, g4.GROUP)))
+
+
+def linear_rules(w, bias, mult, shift, res_mult, *, ternary: bool = False, w4=None,
+                 w4_scale=None):
+    """The broken rules of an integer linear, one message each: the arrays' dtypes and shapes
+    (``w`` int8 ``[N, K]``, ``bias`` int32 and ``mult`` int64 ``[N]``), the epilogue's fields
+    (``mult`` and ``res_mult`` u16, ``shift`` in ``[0, SHIFT_MAX]``), the weight format
+    (ternary values in {-1, 0, 1}; int4: ``w4`` codes and ``w4_scale`` group scales of which
+    ``w`` is exactly ``dequantize_int4``; not both) and the int32 accumulator bound.
+
+    One definition for every model family: the graph IR's ``qlinear`` nodes and the decoder
+    IR's ``QLinear`` (:func:`check_decoder`) are held to it.
+    """
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype != np.int8:
+        yield f"weight must be a 2-D int8 array [N, K], got {_describe(w)}"
         return
-    rows, k = w.shape
-    q = _check_array(name, op, "w4", np.int8, (rows, k))
-    s = _check_array(name, op, "w4_scale", np.uint8, (rows, ceil_div(k, g4.GROUP)))
-    if q.size and (q.min() < g4.Q_MIN or q.max() > g4.Q_MAX):
-        _fail(name, op, f"w4 codes outside [{g4.Q_MIN}, {g4.Q_MAX}]")
-    if s.size and (s.min() < 1 or s.max() > g4.S_MAX):
-        _fail(name, op, f"w4_scale outside [1, {g4.S_MAX}]")
-    if not np.array_equal(w, g4.dequantize_int4(q, s)):
-        _fail(name, op, "weight differs from dequantize_int4(w4, w4_scale)")
+    n, k = w.shape
+    for key, v, dtype in (("bias", bias, np.int32), ("mult", mult, np.int64)):
+        if not isinstance(v, np.ndarray) or v.dtype != dtype or v.shape != (n,):
+            yield f"{key} must be {np.dtype(dtype).name} [{n}], got {_describe(v)}"
+            return
+    if mult.size and (mult.min() < 0 or mult.max() > g8.MULT_MAX):
+        yield f"mult outside the u16 range [0, {g8.MULT_MAX}]"
+    if not _is_int(shift) or not 0 <= shift <= g8.SHIFT_MAX:
+        yield f"shift {shift!r} outside [0, {g8.SHIFT_MAX}]"
+    if not _is_int(res_mult) or not 0 <= res_mult <= g8.MULT_MAX:
+        yield f"res_mult {res_mult!r} outside the u16 range [0, {g8.MULT_MAX}]"
+    if ternary:
+        if w4 is not None or w4_scale is not None:
+            yield "a ternary weight has no int4 codes (w4, w4_scale)"
+        if w.size and (w.min() < -1 or w.max() > 1):
+            yield "ternary weight values outside {-1, 0, 1}"
+    elif (w4 is None) != (w4_scale is None):
+        yield "an int4 weight needs both its codes (w4) and its group scales (w4_scale)"
+    elif w4 is not None:
+        groups = ceil_div(k, g4.GROUP)
+        if not isinstance(w4, np.ndarray) or w4.dtype != np.int8 or w4.shape != (n, k):
+            yield f"w4 must be int8 [{n}, {k}], got {_describe(w4)}"
+        elif (not isinstance(w4_scale, np.ndarray) or w4_scale.dtype != np.uint8
+              or w4_scale.shape != (n, groups)):
+            yield f"w4_scale must be uint8 [{n}, {groups}], got {_describe(w4_scale)}"
+        elif w4.size and (w4.min() < g4.Q_MIN or w4.max() > g4.Q_MAX):
+            yield f"w4 codes outside [{g4.Q_MIN}, {g4.Q_MAX}]"
+        elif w4_scale.size and (w4_scale.min() < 1 or w4_scale.max() > g4.S_MAX):
+            yield f"w4_scale outside [1, {g4.S_MAX}]"
+        elif not np.array_equal(w, g4.dequantize_int4(w4, w4_scale)):
+            yield "weight differs from dequantize_int4(w4, w4_scale)"
+    # Ternary: |acc| <= K * 128 (weights +-1), the int32 bound of the TLMM accumulator;
+    # bias is added to acc * m in the epilogue, so it is not part of the accumulator.
+    bound = k * 128 * (1 if ternary else 128) + (
+        0 if ternary or not n else int(np.abs(bias.astype(np.int64)).max()))
+    if bound >= ACC_LIMIT:
+        yield (f"int32 accumulator bound K*128*128 + max|bias| = {bound} reaches 2^31 "
+               f"(K={k})")
+
+
+def _describe(a) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype.name} {list(a.shape)}"
+    return type(a).__name__
 
 
 def _check_type(name: str, op: Op, level: str):
@@ -184,25 +233,18 @@ def _check_node(graph: Graph, name: str, op: Op, level: str):
         n, k = w.shape
         _check_array(name, op, "weight", np.int8, (n, k))
         _check_weight_format(name, op, w)
-        bias = _check_array(name, op, "bias", np.int32, (n,))
-        mult = _check_array(name, op, "mult", np.int64, (n,))
-        if mult.size and (mult.min() < 0 or mult.max() > g8.MULT_MAX):
-            _fail(name, op, f"mult outside the u16 range [0, {g8.MULT_MAX}]")
-        _check_shift(name, op, a.get("shift"))
+        _check_array(name, op, "bias", np.int32, (n,))
+        _check_array(name, op, "mult", np.int64, (n,))
         if not isinstance(a.get("relu"), bool):
             _fail(name, op, "attribute 'relu' must be a bool")
-        _check_u16(name, op, "res_mult", a.get("res_mult"))
+        for rule in linear_rules(w, a["bias"], a["mult"], a.get("shift"), a.get("res_mult"),
+                                 ternary=a.get("ternary", False), w4=a.get("w4"),
+                                 w4_scale=a.get("w4_scale")):
+            _fail(name, op, rule)
         if len(op.inputs) == 1 and a["res_mult"] != 0:
             _fail(name, op, "res_mult must be 0 without a residual input")
         if len(op.inputs) == 2 and ins[1].shape != t.shape:
             _fail(name, op, f"residual shape {list(ins[1].shape)} != output {list(t.shape)}")
-        # Ternary: |acc| <= K * 128 (weights +-1), the int32 bound of the TLMM accumulator;
-        # bias is added to acc * m in the epilogue, so it is not part of the accumulator.
-        bound = k * 128 * (1 if a.get("ternary") else 128) + (
-            0 if a.get("ternary") or not n else int(np.abs(bias.astype(np.int64)).max()))
-        if bound >= ACC_LIMIT:
-            _fail(name, op, f"int32 accumulator bound K*128*128 + max|bias| = {bound} "
-                            f"reaches 2^31 (K={k})")
         if ins[0].shape[-1] != k:
             _fail(name, op, f"input features {ins[0].shape[-1]} != weight K {k}")
         if t.shape != ins[0].shape[:-1] + (n,):
@@ -365,3 +407,163 @@ def check(graph: Graph) -> Graph:
             raise SpecError("graph has a memory plan but no tile target or schedule")
         _check_memory(graph, target)
     return graph
+
+
+# -- the decoder IR ----------------------------------------------------------------------------
+
+def _linear_dims(s) -> dict:
+    """A QLayer's linears with their ``(out, in)`` features from the decoder's shape."""
+    qd, kvd = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    return {"q": (qd, s.hidden), "k": (kvd, s.hidden), "v": (kvd, s.hidden),
+            "o": (s.hidden, qd), "gate": (s.intermediate, s.hidden),
+            "up": (s.intermediate, s.hidden), "down": (s.hidden, s.intermediate)}
+
+
+#: Which linears read the activation a gamma's codes scale (ABSQUANT applies them before a
+#: ternary linear, so the linears must be ternary).
+_GAMMA_READERS = {"attn_gamma": ("q", "k", "v"), "attn_sub_gamma": ("o",),
+                  "mlp_gamma": ("gate", "up"), "mlp_sub_gamma": ("down",)}
+
+
+def _decoder_fail(where: str, rule: str):
+    raise SpecError(f"{where}: {rule}")
+
+
+def _check_params(where: str, key: str, v, fields: tuple):
+    """A parameter tuple of ints, each in its field's range (``fields``: (name, max) pairs)."""
+    if not isinstance(v, tuple) or len(v) != len(fields):
+        _decoder_fail(where, f"'{key}' must be a tuple of {len(fields)} ints "
+                             f"({', '.join(f for f, _ in fields)}), got {v!r}")
+    for (field, top), x in zip(fields, v, strict=True):
+        if not _is_int(x) or not 0 <= x <= top:
+            _decoder_fail(where, f"'{key}' {field} {x!r} outside [0, {top}]")
+
+
+_NORM = (("eps", 2**32 - 1), ("mult", g8.MULT_MAX), ("shift", g8.SHIFT_MAX))
+_ATTN = (("smul", g8.MULT_MAX), ("sshift", g8.SHIFT_MAX), ("omul", g8.MULT_MAX),
+         ("oshift", g8.SHIFT_MAX))
+_GATE = (("mult", g8.MULT_MAX), ("shift", g8.SHIFT_MAX))
+_ADD = (("a_mult", g8.MULT_MAX), ("b_mult", g8.MULT_MAX), ("shift", g8.SHIFT_MAX))
+
+
+def _check_codes(where: str, key: str, v, n: int):
+    if not isinstance(v, np.ndarray) or v.dtype != np.int8 or v.shape != (n,):
+        _decoder_fail(where, f"'{key}' must be int8 gamma codes [{n}], got {_describe(v)}")
+
+
+def _check_qlinear(where: str, lin, dims: tuple, fused_residual: bool):
+    from .decoder import QLinear
+
+    if not isinstance(lin, QLinear):
+        _decoder_fail(where, f"must be a QLinear, got {type(lin).__name__}")
+    if not isinstance(lin.ternary, bool):
+        _decoder_fail(where, f"'ternary' must be a bool, got {lin.ternary!r}")
+    for rule in linear_rules(lin.weight, lin.bias, lin.mult, lin.shift, lin.res_mult,
+                             ternary=lin.ternary, w4=lin.w4, w4_scale=lin.w4_scale):
+        _decoder_fail(where, rule)
+    if lin.weight.shape != dims:
+        _decoder_fail(where, f"weight [out, in] is {list(lin.weight.shape)}, the decoder's "
+                             f"shape needs {list(dims)}")
+    if not fused_residual and lin.res_mult != 0:
+        _decoder_fail(where, "res_mult must be 0: the residual is added after it (its add's "
+                             "parameters are set) or it has no residual")
+
+
+def _check_layer(name: str, i: int, ly, s):
+    from .decoder import QLayer
+
+    where = f"decoder '{name}' layer {i}"
+    if not isinstance(ly, QLayer):
+        _decoder_fail(where, f"must be a QLayer, got {type(ly).__name__}")
+    if ly.act not in gl.GATE_LUTS:
+        _decoder_fail(where, f"gate activation '{ly.act}' is not one of "
+                             f"{', '.join(gl.GATE_LUTS)}")
+    dims = _linear_dims(s)
+    for key, lin in (("q", ly.q), ("k", ly.k), ("v", ly.v), ("gate", ly.gate), ("up", ly.up)):
+        _check_qlinear(f"{where} linear '{key}'", lin, dims[key], False)
+    _check_qlinear(f"{where} linear 'o'", ly.o, dims["o"], ly.attn_add is None)
+    _check_qlinear(f"{where} linear 'down'", ly.down, dims["down"], ly.mlp_add is None)
+    for key in ("attn_norm", "mlp_norm", "attn_sub_norm", "mlp_sub_norm", "q_norm", "k_norm",
+                "post_attn_norm", "post_mlp_norm"):
+        v = getattr(ly, key)
+        if v is not None or key in ("attn_norm", "mlp_norm"):
+            _check_params(where, key, v, _NORM)
+    _check_params(where, "attn", ly.attn, _ATTN)
+    _check_params(where, "silu", ly.silu, _GATE)
+    for key in ("attn_add", "mlp_add"):
+        if getattr(ly, key) is not None:
+            _check_params(where, key, getattr(ly, key), _ADD)
+    if not _is_int(ly.attn_cap) or not 0 <= ly.attn_cap < 1 << 10:
+        _decoder_fail(where, f"attention cap code {ly.attn_cap!r} outside [0, 1023]")
+    widths = {"attn_gamma": s.hidden, "attn_sub_gamma": dims["o"][1], "mlp_gamma": s.hidden,
+              "mlp_sub_gamma": s.intermediate}
+    for key, readers in _GAMMA_READERS.items():
+        codes = getattr(ly, key)
+        if codes is None:
+            continue
+        _check_codes(where, key, codes, widths[key])
+        for r in readers:
+            if not getattr(ly, r).ternary:
+                _decoder_fail(where, f"'{key}' codes are applied by ABSQUANT before a ternary "
+                                     f"linear, but linear '{r}' is not ternary")
+    for norm, gamma, n in (("q_norm", "q_norm_gamma", s.head_dim),
+                           ("k_norm", "k_norm_gamma", s.head_dim),
+                           ("post_attn_norm", "post_attn_gamma", s.hidden),
+                           ("post_mlp_norm", "post_mlp_gamma", s.hidden)):
+        if (getattr(ly, norm) is None) != (getattr(ly, gamma) is None):
+            _decoder_fail(where, f"'{norm}' and its gamma codes '{gamma}' go together")
+        if getattr(ly, gamma) is not None:
+            _check_codes(where, gamma, getattr(ly, gamma), n)
+
+
+def check_decoder(qd):
+    """Check every rule of the decoder IR (a :class:`~hwflow.compiler.decoder.QDecoder`);
+    return it unchanged so calls can be chained. The quantize pass ends with it, and a saved
+    quantized decoder is checked as it is read back.
+
+    The rules: the architecture numbers are consistent (heads a multiple of the KV heads,
+    ``max_context`` within the model's positions); the embedding (int8 ``[vocab, hidden]``),
+    the RoPE table (int16 ``[max_context, head_dim]``) and every linear have the shapes the
+    architecture gives, and every linear the rules of the graph IR's ``qlinear``
+    (:func:`linear_rules`: dtypes, u16 multipliers, shifts, the weight format, the int32
+    accumulator); the norm, attention, gate and add parameters fit their fields; a linear whose
+    residual add is unfused has no residual multiplier; gamma codes have their norm's width
+    and, applied by ABSQUANT, feed ternary linears only.
+
+    Raises
+    ------
+    SpecError
+        Naming the decoder, the layer and linear, and the broken rule.
+    """
+    from .decoder import DecoderShape, QDecoder
+
+    if not isinstance(qd, QDecoder):
+        raise SpecError(f"decoder IR must be a QDecoder, got {type(qd).__name__}")
+    where = f"decoder '{qd.name}'"
+    s = qd.shape
+    if not isinstance(s, DecoderShape):
+        _decoder_fail(where, f"shape must be a DecoderShape, got {type(s).__name__}")
+    for key in ("vocab", "hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate",
+                "max_position"):
+        if not _is_int(getattr(s, key)) or getattr(s, key) < 1:
+            _decoder_fail(where, f"shape {key} {getattr(s, key)!r} must be a positive int")
+    if s.heads % s.kv_heads:
+        _decoder_fail(where, f"{s.heads} query heads are not a multiple of {s.kv_heads} KV heads")
+    if not _is_int(qd.max_context) or not 1 <= qd.max_context <= s.max_position:
+        _decoder_fail(where, f"max_context {qd.max_context!r} outside 1..{s.max_position}")
+    for key, a, dtype, shape in (("embed", qd.embed, np.int8, (s.vocab, s.hidden)),
+                                 ("rope", qd.rope, np.int16, (qd.max_context, s.head_dim))):
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+            _decoder_fail(where, f"'{key}' must be {np.dtype(dtype).name} {list(shape)}, got "
+                                 f"{_describe(a)}")
+    if len(qd.layers) != s.layers:
+        _decoder_fail(where, f"{len(qd.layers)} layers, the shape says {s.layers}")
+    for i, ly in enumerate(qd.layers):
+        _check_layer(qd.name, i, ly, s)
+    _check_params(where, "final_norm", qd.final_norm, _NORM)
+    _check_qlinear(f"{where} linear 'lm_head'", qd.lm_head, (s.vocab, s.hidden), False)
+    if qd.lm_head.ternary:
+        _decoder_fail(where, "the LM head runs on the matrix engine: int8 or int4, not ternary")
+    if qd.final_cap is not None:
+        _check_params(where, "final_cap", qd.final_cap, _GATE)
+    return qd

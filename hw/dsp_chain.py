@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .dsp48e2 import A_BITS, DSP48E2Slice
-from .engine_model import LO_BITS, legal_modes, selector_base
+from .matrix_engine_model import LO_BITS, legal_modes, selector_base
 
 __all__ = ["DSPChain", "SparseSelector", "DSP_LATENCY", "segment_sums"]
 
@@ -63,8 +63,8 @@ class SparseSelector(wiring.Component):
     ``d`` holding it ``d + 1`` cycles after it arrived; a slice at DG position ``d = i mod S0``
     reads bank ``d``. **Selection** (only with ``cfg.sparse``): slice ``i`` of chain ``p`` reads
     position ``base[i] | (idx[i][p] & mask[i])``, with ``base[i] = g * M`` and ``mask[i] = M - 1``
-    from a case over the legal modes (Python constants from :mod:`.engine_model`, one case per
-    mode, 12 at L = 16, shared by all chains). Without ``cfg.sparse`` slice ``i`` reads position
+    from a case over the legal modes (Python constants from :mod:`.matrix_engine_model`, one case
+    per mode, 12 at L = 16, shared by all chains). Without ``cfg.sparse`` slice ``i`` reads position
     ``i`` (dense) and ``idx`` is ignored.
 
     The banks are register arrays (Verilog ``reg [26:0] bank [L]``) read at a computed index

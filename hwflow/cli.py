@@ -281,13 +281,13 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from hwflow.calibrate import calibrate, format_table, write_calibration
-    from hwflow.mapping.cycles import CALIBRATION_DIR
+    from hwflow.cycle_fit import fit_cycle_model, format_table, write_fit
+    from hwflow.mapping.cycles import FITS_DIR
 
     if args.jobs < 1:
         raise HwflowError(f"--jobs {args.jobs}: give at least 1")
-    data = calibrate(args.board, jobs=args.jobs, boards_dir=args.boards_dir)
-    out = write_calibration(data, args.out or CALIBRATION_DIR / f"{data['board']}.json")
+    data = fit_cycle_model(args.board, jobs=args.jobs, boards_dir=args.boards_dir)
+    out = write_fit(data, args.out or FITS_DIR / f"{data['board']}.json")
     print(format_table(data))
     print(f"wrote {out}")
     return 0
@@ -437,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_boards)
 
     cal = command("calibrate", help="fit the cycle model on RTL micro-runs of a board's "
-                         "engine; print its held-out error, write the calibration JSON")
-    cal.add_argument("--board", required=True, help="board whose engine is calibrated")
-    cal.add_argument("--out", help="calibration JSON to write (default: the stored one, "
-                     "mapping/calibration/<board>.json)")
+                         "engine; print its held-out error, write the fit JSON")
+    cal.add_argument("--board", required=True, help="board whose engine is fitted")
+    cal.add_argument("--out", help="cycle-model fit JSON to write (default: the stored one, "
+                     "mapping/fits/<board>.json)")
     cal.add_argument("--jobs", type=int, default=1, help="simulator processes side by side")
     cal.set_defaults(func=_cmd_calibrate)
     return p

@@ -46,7 +46,7 @@ from hwflow.errors import HwflowError
 from hwflow.golden import int8 as g8
 from hwflow.golden.metrics import cosine, max_abs_error
 from hwflow.mapping import cycles
-from hwflow.mapping.engine import check_fit, choose_config
+from hwflow.mapping.accel_config import check_fit, choose_config
 from hwflow.mapping.lower import lower
 from hwflow.mapping.memory_image import check_image
 from hwflow.rtl_cache import cached_verilog, check_cache_writable

@@ -48,7 +48,7 @@ from hwflow.compiler.decoder_io import (
     save_decoder,
 )
 from hwflow.errors import HwflowError
-from hwflow.mapping.engine import check_fit, choose_config
+from hwflow.mapping.accel_config import check_fit, choose_config
 from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
 from hwflow.steps import run_steps
@@ -99,7 +99,7 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
     ``weights``: ``"int8"``, ``"int4"``, ``"mixed"`` or ``"ternary"`` block linears
     (``compiler.llm_quant``); default ternary for BitNet models, int8 otherwise. Ternary layers
     run on the TLMM engine, which is then built into the accelerator (``T``, ``Q`` from the
-    board YAML or sized by ``mapping.engine.size_tlmm``); the report's ``tlmm`` says which and
+    board YAML or sized by ``mapping.accel_config.size_tlmm``); the report's ``tlmm`` says which and
     why. ``config_overrides`` (engine sizes and flags, as the board YAML's ``engine:`` takes
     them) replace the board's engine (``hwflow dse --verify`` builds its points with them).
     ``lm_head`` (``"int8"``, ``"int4"``) sets the LM head's weights apart from ``weights``.
@@ -265,12 +265,12 @@ def quantize(job: DecoderJob) -> None:
 
 def size(job: DecoderJob) -> None:
     """Step ``size``: the TLMM engine when the decoder has ternary linears (``T``, ``Q`` from
-    the board YAML or sized by ``mapping.engine.size_tlmm``, the accumulator as deep as the
+    the board YAML or sized by ``mapping.accel_config.size_tlmm``, the accumulator as deep as the
     widest ternary linear), then the weight ring, activation buffer and ring placement the
-    decoder needs (``mapping.decoder_engine``, the shape-only compile's rule); the fit of
+    decoder needs (``mapping.decoder_sizing``, the shape-only compile's rule); the fit of
     the engine as enlarged."""
-    from hwflow.mapping.decoder_engine import size_buffers, tlmm_engine
-    from hwflow.mapping.engine import check_fit_tlmm
+    from hwflow.mapping.accel_config import check_fit_tlmm
+    from hwflow.mapping.decoder_sizing import size_buffers, tlmm_engine
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.llm_lower import tlmm_outputs
 
@@ -442,9 +442,9 @@ def load_shape(job: DecoderJob) -> None:
 
 def lower_shape_only(job: DecoderJob) -> None:
     """Shape-only step ``lower``: the programs and memory map from the shapes alone, the
-    engine sized for them (``mapping.decoder_engine.lower_shape``: the TLMM engine, buffers
+    engine sized for them (``mapping.decoder_sizing.lower_shape``: the TLMM engine, buffers
     and memory ports)."""
-    from hwflow.mapping.decoder_engine import lower_shape
+    from hwflow.mapping.decoder_sizing import lower_shape
 
     job.lw, job.cfg, job.notes = lower_shape(
         job.shape, job.cfg, job.board, weights=job.weights, max_context=job.max_context,
@@ -528,7 +528,7 @@ def _shape_only_lowering(conf: dict):
         conf["weights"] == "ternary"
 
 
-def predict_build(out, boards_dir=None, calib=None) -> dict:
+def predict_build(out, boards_dir=None, fit=None) -> dict:
     """Predictions (``hwflow.predict.predict_decoder``) of a decoder build folder, shape-only
     or full; writes and returns ``reports/predict.json``'s content."""
     from hwflow.hw.config import AccelConfig
@@ -549,7 +549,7 @@ def predict_build(out, boards_dir=None, calib=None) -> dict:
         lw = lower_decoder(qd, AccelConfig(**conf["accel"]), shape_only=True)
         shape, ternary = qd.shape, bool(lw.reports.get("tlmm"))
     pred = predict_decoder(shape, lw.cfg, brd, ternary=ternary, lowered=lw,
-                           clock_mhz=conf.get("clock_mhz"), calib=calib)
+                           clock_mhz=conf.get("clock_mhz"), fit=fit)
     write_json(out / "reports" / "predict.json", pred)
     return pred
 

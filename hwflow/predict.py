@@ -19,7 +19,7 @@ placeholder epilogue constants that no cycle or byte count reads) and the cycle 
   weights, KV cache reads and writes, token ids and logits, instruction fetch; counted as the ISA
   functional model counts them) at the mean position, over its time; against the engine's
   port peak (``beat_bytes`` per cycle) and the board's ``memory.bandwidth_gbps``.
-* **resources** -- ``mapping.engine.estimate_resources`` (plus the TLMM engine for ternary
+* **resources** -- ``mapping.accel_config.estimate_resources`` (plus the TLMM engine for ternary
   decoders) and the fit check; ``memory`` -- the image (weights, KV caches for
   ``max_context``, programs, I/O) against the board's ``memory.capacity_gb``.
 """
@@ -90,15 +90,15 @@ class _Timer:
     ``instr_cycles``; otherwise every position calls ``predict`` (the same numbers, slower:
     a 512-token TTFT on 1-row buckets is 512 runs of a 486-instruction program)."""
 
-    def __init__(self, cfg, calib, last_pos: int):
-        self.cfg, self.calib, self.last = cfg, calib, int(last_pos)
+    def __init__(self, cfg, fit, last_pos: int):
+        self.cfg, self.fit, self.last = cfg, fit, int(last_pos)
         self._split: dict = {}
         self._memo: dict = {}
 
     def _predict(self, program, pos: int) -> dict:
         from hwflow.mapping.cycles import predict
 
-        return predict(program, self.cfg, pos=int(pos), calib=self.calib)
+        return predict(program, self.cfg, pos=int(pos), fit=self.fit)
 
     def _prepare(self, name: str, program):
         r0, r1 = self._predict(program, 0), self._predict(program, self.last)
@@ -114,10 +114,10 @@ class _Timer:
         rest1 = r1["total"] - sum(per1[k] for k in dep)
         if rest0 != rest1:      # not a sum of instructions: no shortcut
             return None
-        from hwflow.mapping.cycles import calibration_for
+        from hwflow.mapping.cycles import fit_for
 
-        # resolve the default calibration once, not per position
-        cal = self.calib if self.calib is not None else calibration_for(self.cfg, None)
+        # resolve the default fit once, not per position
+        cal = self.fit if self.fit is not None else fit_for(self.cfg, None)
         return rest0, [program[k] for k in dep], cal
 
     def cycles(self, name: str, program, pos: int) -> int:
@@ -135,7 +135,7 @@ class _Timer:
             from hwflow.mapping.cycles import instr_cycles
 
             rest, dep, cal = split
-            kw = {"calib": cal} if cal is not None else {}
+            kw = {"fit": cal} if cal is not None else {}
             total = rest + sum(instr_cycles(i, self.cfg, int(pos), **kw) for i in dep)
         self._memo[key] = total
         return int(total)
@@ -152,10 +152,10 @@ def _sample_positions(max_context: int, samples: int = DECODE_SAMPLES) -> list[i
     return sorted({round(k * last / (samples - 1)) for k in range(samples)})
 
 
-def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
+def decode_cycles(lowered, fit=None, timer: _Timer | None = None) -> dict:
     """Decode-step cycles of a lowered decoder: the mean over positions ``0 .. max_context-1``
     (:data:`DECODE_SAMPLES` evenly spaced, both ends included), the first and the last."""
-    timer = timer or _Timer(lowered.cfg, calib, lowered.max_context - 1)
+    timer = timer or _Timer(lowered.cfg, fit, lowered.max_context - 1)
     prog = lowered.decode.program
     pts = _sample_positions(lowered.max_context)
     cyc = [timer.cycles("decode", prog, p) for p in pts]
@@ -171,10 +171,10 @@ def decode_cycles(lowered, calib=None, timer: _Timer | None = None) -> dict:
 
 def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
     """``(estimate_resources, extra, fits, why not)``: the accelerator's estimate as
-    ``mapping.engine.estimate_resources`` gives it (the TLMM engine included when built);
+    ``mapping.accel_config.estimate_resources`` gives it (the TLMM engine included when built);
     ``extra`` holds the board's resources and the fit report (used vs available, and the TLMM
     engine's share under ``tlmm``)."""
-    from hwflow.mapping.engine import check_fit_tlmm, estimate_resources
+    from hwflow.mapping.accel_config import check_fit_tlmm, estimate_resources
     from hwflow.mapping.errors import MappingError
 
     extra = {"available": dict(board.resources)}
@@ -195,7 +195,7 @@ def _resources(cfg, board) -> tuple[dict, dict, bool, str | None]:
 # ------------------------------------------------------------------------------ predict
 
 def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
-                    prompt_lens=PROMPT_LENS, clock_mhz=None, calib=None, family=None,
+                    prompt_lens=PROMPT_LENS, clock_mhz=None, fit=None, family=None,
                     lowered=None, adjust=True, weights=None, widen=True,
                     lm_head=None) -> dict:
     """Predict a decoder of ``shape`` on accelerator ``cfg`` of ``board`` (see the module
@@ -217,8 +217,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
         Prompt lengths of the TTFT figures (longer than ``max_context``: ``None`` figures).
     clock_mhz : float, optional
         Default the board's kernel clock.
-    calib : optional
-        Calibration of the cycle model, passed to ``mapping.cycles.predict`` where it takes one.
+    fit : optional
+        The cycle model's fit, passed to ``mapping.cycles.predict`` (``mapping.cycles.fit_for``).
     family : str, optional
         Block structure: ``"bitnet"`` (sub-norms, gamma codes) or a LLaMA family; default
         BitNet's for ternary, LLaMA's otherwise.
@@ -244,7 +244,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
         "fit"}, "memory": {...}, "fits": bool, "clock_mhz": float, "config":
         cfg.to_dict(), "notes": [...]}``.
     """
-    from hwflow.mapping.decoder_engine import lower_shape
+    from hwflow.mapping.decoder_sizing import lower_shape
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.host_schedule import host_schedule, run_program
     from hwflow.mapping.traffic import program_traffic
@@ -262,8 +262,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     hz = clock * 1e6
     T = lw.max_context
 
-    timer = _Timer(cfg, calib, T - 1)
-    dec = decode_cycles(lw, calib, timer)
+    timer = _Timer(cfg, fit, T - 1)
+    dec = decode_cycles(lw, fit, timer)
     cpt = dec["cycles_per_token"]
     decode = {"cycles_per_token": cpt, "tokens_per_s": hz / cpt,
               "context": f"mean over positions 0..{T - 1} ({dec['positions_sampled']} evenly "

@@ -8,18 +8,18 @@ chains ``P`` and chain length ``L``, its sparse selectors and int4 dequantizer, 
 attention, whose size follows ``L``). Whole accelerators are synthesized, not cut-out engines,
 so the controller, sequencers, epilogues, gearboxes and memory ports are in every figure and
 the model's terms split the total by the parameters that size each part
-(:data:`hwflow.mapping.engine.RESOURCE_FEATURES`).
+(:data:`hwflow.mapping.accel_config.RESOURCE_FEATURES`).
 
 Per resource kind the model is linear in those features; the coefficients are fitted by least
 squares (numpy) on the points of role ``"fit"`` and checked on the held-out points (role
 ``"holdout"``: parameter sets not used for fitting), whose error is reported as the model's
 error. DSP, BRAM and URAM stay the analytic counts of
-:func:`hwflow.mapping.engine.estimate_analytic` (exact on the synthesized points; their error
+:func:`hwflow.mapping.accel_config.estimate_analytic` (exact on the synthesized points; their error
 against Yosys is reported over all points).
 
 The result (coefficients, the synthesized figures of every point and the held-out errors) is
-written as JSON to ``mapping/calibration/resources.json`` by ``benchmarks/fit_resources.py``;
-:func:`hwflow.mapping.engine.estimate_resources` reads it.
+written as JSON to ``mapping/fits/resources.json`` by ``benchmarks/fit_resources.py``;
+:func:`hwflow.mapping.accel_config.estimate_resources` reads it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 
 from hwflow.export import fit
 from hwflow.hw.config import AccelConfig
-from hwflow.mapping.engine import (
+from hwflow.mapping.accel_config import (
     ANALYTIC_KINDS,
     RESOURCE_FEATURES,
     RESOURCE_KINDS,
@@ -186,7 +186,7 @@ def fit_model(rows: list[dict]) -> dict:
     model = {}
     for kind in RESOURCE_KINDS:
         if kind in ANALYTIC_KINDS:
-            # analytic counts (mapping.engine); nothing fitted, every point is a check
+            # analytic counts (mapping.accel_config); nothing fitted, every point is a check
             def pred(r, kind=kind):         # bram: whole 36 Kb blocks, as Yosys counts
                 return -(-estimate_analytic(AccelConfig(**r["params"]))[kind] // 1)
             model[kind] = {"method": "analytic", "formula": RESOURCE_FEATURES[kind],
@@ -210,7 +210,7 @@ def run_resource_fit(out_path=None, points=None, jobs: int = 1, progress: bool =
     Parameters
     ----------
     out_path : path-like, optional
-        Where to write the result (e.g. :data:`hwflow.mapping.engine.RESOURCES_JSON`); not
+        Where to write the result (e.g. :data:`hwflow.mapping.accel_config.RESOURCES_JSON`); not
         written when None.
     points : list of FitPoint, optional
         Default :data:`POINTS`. Needs at least as many ``"fit"`` points as the largest feature

@@ -70,11 +70,11 @@ instructions' cycles, their fetches and a fixed per-run overhead):
 Each term is linear in a few parameters (a fixed cost and per-element / per-row / per-beat
 slopes, :data:`TERMS`), whose built-in values come from the RTL's documented cycle formulas.
 ``hwflow calibrate --board B`` fits them by least squares on RTL micro-runs
-(:mod:`hwflow.calibrate`) and stores them in ``mapping/calibration/<board>.json``;
-:func:`predict` and :func:`instr_cycles` use, by default, the stored calibration whose
+(:mod:`hwflow.cycle_fit`) and stores them in ``mapping/fits/<board>.json``;
+:func:`predict` and :func:`instr_cycles` use, by default, the stored fit whose
 configuration digest equals the engine's (else one fitted on an engine with the same
 ``chains``, ``chain_len``, ``mem_ports`` and ``port_bytes``; else the built-in values), see
-:func:`calibration_for`. Read latency is a separate input (``Calibration.read_latency``, the
+:func:`fit_for`. Read latency is a separate input (``CycleFit.read_latency``, the
 simulated memory's 32 cycles by default): it multiplies each term's read round trips.
 """
 
@@ -386,13 +386,13 @@ TERMS: dict[str, tuple] = {
 }
 
 #: Where ``hwflow calibrate`` stores its results (one JSON file per board).
-CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+FITS_DIR = Path(__file__).resolve().parent / "fits"
 #: AccelConfig fields that must be equal for a calibration fitted on another digest to be used.
 _SHAPE_FIELDS = ("chains", "chain_len", "mem_ports", "port_bytes")
 
 
 @dataclass(frozen=True)
-class Calibration:
+class CycleFit:
     """Values of the :data:`TERMS` parameters, built in or fitted on the RTL.
 
     Attributes
@@ -417,7 +417,7 @@ class Calibration:
         return {**dict(TERMS[kind]), **self.params.get(kind, {})}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "calibration data") -> Calibration:
+    def from_dict(cls, data: dict, source: str = "calibration data") -> CycleFit:
         """From the JSON that ``hwflow calibrate`` writes (``kinds.<KIND>.params``)."""
         params = {k: dict(v["params"]) for k, v in data.get("kinds", {}).items()
                   if k in TERMS and "params" in v}
@@ -425,26 +425,26 @@ class Calibration:
                    data.get("config_digest"))
 
 
-BUILTIN = Calibration()
+BUILTIN = CycleFit()
 
 
 @lru_cache(maxsize=1)
 def _stored() -> tuple:
-    """``((path, data), ...)`` of the calibration files in :data:`CALIBRATION_DIR`."""
+    """``((path, data), ...)`` of the cycle-model fit files in :data:`FITS_DIR`."""
     out = []
-    for path in sorted(CALIBRATION_DIR.glob("*.json")):
+    for path in sorted(FITS_DIR.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
-            continue        # a damaged file is not a calibration; the built-in values apply
-        # the folder holds other fitted models too (resources.json): cycle calibrations only
+            continue        # a damaged file is not a fit; the built-in values apply
+        # the folder holds other fitted models too (resources.json): cycle-model fits only
         if isinstance(data, dict) and "kinds" in data and "config_digest" in data:
             out.append((path, data))
     return tuple(out)
 
 
-def stored_calibration(cfg: AccelConfig) -> Calibration | None:
-    """The stored calibration for ``cfg``: the file whose ``config_digest`` equals
+def stored_fit(cfg: AccelConfig) -> CycleFit | None:
+    """The stored fit for ``cfg``: the file whose ``config_digest`` equals
     ``cfg.digest()``, else the first one fitted on an engine with the same ``chains``,
     ``chain_len``, ``mem_ports`` and ``port_bytes`` (it differs in buffer depths, unit options or
     TLMM sizes, which the terms take as inputs), else None."""
@@ -452,45 +452,45 @@ def stored_calibration(cfg: AccelConfig) -> Calibration | None:
     near = None
     for path, data in _stored():
         if data.get("config_digest") == digest:
-            return Calibration.from_dict(data, str(path))
+            return CycleFit.from_dict(data, str(path))
         conf = data.get("config", {})
         if near is None and all(conf.get(f) == getattr(cfg, f) for f in _SHAPE_FIELDS):
-            near = Calibration.from_dict(data, str(path))
+            near = CycleFit.from_dict(data, str(path))
     return near
 
 
-def calibration_for(cfg: AccelConfig, calib=None) -> Calibration:
-    """Resolve the ``calib`` argument of :func:`predict` / :func:`instr_cycles`.
+def fit_for(cfg: AccelConfig, fit=None) -> CycleFit:
+    """Resolve the ``fit`` argument of :func:`predict` / :func:`instr_cycles`.
 
     Parameters
     ----------
     cfg : AccelConfig
-    calib : None, False, str, Path, dict or Calibration
-        None: the stored calibration for ``cfg`` (:func:`stored_calibration`), else the built-in
-        values; False: the built-in values; a str or Path: a calibration JSON file, or a board
-        name (``mapping/calibration/<name>.json``); a dict: calibration JSON data.
+    fit : None, False, str, Path, dict or CycleFit
+        None: the stored fit for ``cfg`` (:func:`stored_fit`), else the built-in
+        values; False: the built-in values; a str or Path: a fit JSON file, or a board
+        name (``mapping/fits/<name>.json``); a dict: fit JSON data.
 
     Raises
     ------
     FileNotFoundError
-        ``calib`` names neither a file nor a stored board calibration.
+        ``fit`` names neither a file nor a stored board fit.
     """
-    if calib is None:
-        return stored_calibration(cfg) or BUILTIN
-    if calib is False:
+    if fit is None:
+        return stored_fit(cfg) or BUILTIN
+    if fit is False:
         return BUILTIN
-    if isinstance(calib, Calibration):
-        return calib
-    if isinstance(calib, dict):
-        return Calibration.from_dict(calib)
-    path = Path(calib)
+    if isinstance(fit, CycleFit):
+        return fit
+    if isinstance(fit, dict):
+        return CycleFit.from_dict(fit)
+    path = Path(fit)
     if not path.is_file():
-        path = CALIBRATION_DIR / f"{calib}.json"
+        path = FITS_DIR / f"{fit}.json"
     if not path.is_file():
         known = ", ".join(p.stem for p, _ in _stored()) or "none"
-        raise FileNotFoundError(f"no calibration file {calib!r} and no stored calibration of "
+        raise FileNotFoundError(f"no calibration file {fit!r} and no stored calibration of "
                                 f"a board of that name (stored: {known})")
-    return Calibration.from_dict(json.loads(path.read_text()), str(path))
+    return CycleFit.from_dict(json.loads(path.read_text()), str(path))
 
 
 def matmul_bound(i, cfg: AccelConfig) -> tuple[str, int]:
@@ -578,7 +578,7 @@ def _dot(values: dict, feats: dict) -> float:
     return sum(values[t] * v for t, v in feats.items())
 
 
-def instr_cycles(i, cfg: AccelConfig, pos: int = 0, calib=None) -> int:
+def instr_cycles(i, cfg: AccelConfig, pos: int = 0, fit=None) -> int:
     """Predicted cycles of one instruction (:class:`hwflow.hw.isa.Instr`), its fetch excluded.
 
     Parameters
@@ -587,11 +587,11 @@ def instr_cycles(i, cfg: AccelConfig, pos: int = 0, calib=None) -> int:
     cfg : AccelConfig
     pos : int
         The POS register of the run (ATTN reads ``POS + b + 1`` keys for row b).
-    calib : optional
-        The term values (see :func:`calibration_for`; default: the stored calibration of
+    fit : optional
+        The term values (see :func:`fit_for`; default: the stored fit of
         ``cfg``, else the built-in values).
     """
-    cal = calibration_for(cfg, calib)
+    cal = fit_for(cfg, fit)
     kind, feats, trips = features(i, cfg, pos, cal.read_latency)
     if kind is None:
         return 0 if i.op == Opcode.END else ISSUE
@@ -610,7 +610,7 @@ def fetch_misses(program, cfg: AccelConfig) -> list[bool]:
     return out
 
 
-def predict(program, cfg: AccelConfig, pos: int = 0, calib=None) -> dict:
+def predict(program, cfg: AccelConfig, pos: int = 0, fit=None) -> dict:
     """Predicted cycles of a program run (straight-line, END last) with POS = ``pos``.
 
     Returns
@@ -621,7 +621,7 @@ def predict(program, cfg: AccelConfig, pos: int = 0, calib=None) -> dict:
         (``{kind: cycles}`` of the instructions) and ``calibration`` (where the values came
         from).
     """
-    cal = calibration_for(cfg, calib)
+    cal = fit_for(cfg, fit)
     per = [instr_cycles(i, cfg, pos, cal) for i in program]
     fv = cal.values("FETCH")
     miss = fetch_misses(program, cfg)

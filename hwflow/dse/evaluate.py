@@ -117,7 +117,7 @@ def _load_mlp(spec: dict):
 # ---------------------------------------------------------------------------- one point
 
 def engine_overrides(board, params: dict, kind: str) -> dict:
-    """The :func:`~hwflow.mapping.engine.choose_config` overrides of a point.
+    """The :func:`~hwflow.mapping.accel_config.choose_config` overrides of a point.
 
     Engine sizes come from the point; ``mem_ports``, if the point does not set it, follows
     the engine's width (one weight row per cycle, capped by the board's ports: the
@@ -128,7 +128,7 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     the TLMM for ternary weights, the int4 path for int4/mixed weights, and no sparse
     selectors (the decoder flow runs dense weights).
     """
-    from hwflow.mapping.engine import default_mem_ports
+    from hwflow.mapping.accel_config import default_mem_ports
 
     eng = {k: params[k] for k in ENGINE_PARAMETERS if k in params}
     if "mem_ports" not in eng and ({"chains", "chain_len"} & set(eng)):
@@ -152,9 +152,9 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
 
 def point_resources(cfg, board) -> dict:
     """``{kind: used}`` of an engine configuration: the mapper's resource model
-    (:func:`~hwflow.mapping.engine.estimate_resources`, every kind it returns for the board's
+    (:func:`~hwflow.mapping.accel_config.estimate_resources`, every kind it returns for the board's
     family, the TLMM engine included when ``cfg.tlmm``)."""
-    from hwflow.mapping.engine import estimate_resources
+    from hwflow.mapping.accel_config import estimate_resources
 
     used = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
     return {k: v for k, v in used.items() if k in RESOURCE_KINDS}
@@ -177,7 +177,7 @@ def resource_metrics(used: dict, board) -> dict:
 
 
 def _engine(board, params, kind):
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
 
     return choose_config(board, **engine_overrides(board, params, kind))
 
@@ -299,7 +299,7 @@ def check_space_fits(space: Space, board, kind: str) -> dict:
     only on the configuration). Raises :class:`HwflowError` naming the resource and the
     shortfall of the smallest point when no point fits; returns ``{"fitting": n,
     "invalid": n, "points": n}``."""
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
 
     cache, fitting, invalid, best, first_invalid = {}, 0, 0, None, None
     for _, params in space.points():

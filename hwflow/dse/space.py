@@ -17,7 +17,7 @@ optionally the objectives and constraints of the search::
     constraints:                                # on top of the board's own resources
       dsp_fraction: {max: 0.5}
 
-Every point is the board's default engine (:func:`hwflow.mapping.engine.choose_config`) with
+Every point is the board's default engine (:func:`hwflow.mapping.accel_config.choose_config`) with
 the point's values; :data:`PARAMETERS` lists what may be swept and what each applies to.
 Errors are one line (:class:`~hwflow.errors.HwflowError`) naming the file and the problem.
 """

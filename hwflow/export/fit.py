@@ -1,6 +1,6 @@
 """Resource fit of the accelerator on a Xilinx board, measured with Yosys ``synth_xilinx``.
 
-The analytic estimate (:func:`hwflow.mapping.engine.estimate_resources`) counts DSPs and block
+The analytic estimate (:func:`hwflow.mapping.accel_config.estimate_resources`) counts DSPs and block
 RAMs from the configuration; this module synthesizes the generated Verilog with the YoWASP Yosys
 build and counts the cells Yosys maps to, so LUTs and flip-flops are known as well:
 

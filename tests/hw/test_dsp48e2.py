@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from hwflow.hw.dsp48e2 import DSP48E2Model, DSP48E2Slice
 from hwflow.hw.dsp_chain import DSP_LATENCY
-from hwflow.hw.engine_model import pack, split_packed
+from hwflow.hw.matrix_engine_model import pack, split_packed
 
 
 def test_slice_matches_model():

@@ -1,5 +1,5 @@
-"""DSPChain (one chain: DSP groups and reduction nodes) against hw.engine_model, at the widest
-DSP group the packed multiply allows (S0 = 7) and at S0 = 4; plus the model's own rules."""
+"""DSPChain (one chain: DSP groups and reduction nodes) against hw.matrix_engine_model, at the
+widest DSP group the packed multiply allows (S0 = 7) and at S0 = 4; plus the model's own rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from hwflow.hw.config import MAX_GROUP_LEN, AccelConfig
 from hwflow.hw.dsp_chain import DSPChain
-from hwflow.hw.engine_model import (
+from hwflow.hw.matrix_engine_model import (
     LO_BITS,
     engine_reference,
     legal_modes,

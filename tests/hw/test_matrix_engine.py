@@ -1,4 +1,4 @@
-"""MatrixEngine against hw.engine_model: every legal dense / N:M mode, packed-multiply
+"""MatrixEngine against hw.matrix_engine_model: every legal dense / N:M mode, packed-multiply
 extremes, odd row counts, bubbles, mode changes between back-to-back dot products, credits
 and back-pressure, latency, and a Verilator lint of the generated Verilog."""
 
@@ -13,14 +13,14 @@ from amaranth.sim import Simulator
 
 from hwflow.golden import int8 as golden
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.engine_model import (
+from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH, MatrixEngine
+from hwflow.hw.matrix_engine_model import (
     dense_reference,
     engine_reference,
     legal_modes,
     mode_shape,
     pack_sparse_weights,
 )
-from hwflow.hw.matrix_engine import RESULT_FIFO_DEPTH, MatrixEngine
 
 from ._lint import assert_lints_clean
 
@@ -199,8 +199,8 @@ def _check(cfg, dots, seed, **kw):
 
 @pytest.mark.parametrize("L", [4, 8, 16])
 def test_model_matches_dense_matmul(L):
-    """hw.engine_model alone: the engine reference of packed N:M tiles equals the dense matmul
-    (and golden's int8 matmul for dense), for every legal mode."""
+    """hw.matrix_engine_model alone: the engine reference of packed N:M tiles equals the dense
+    matmul (and golden's int8 matmul for dense), for every legal mode."""
     cfg = _cfg(3, L)
     rng = random.Random(L)
     for lgm, lgr in legal_modes(L):

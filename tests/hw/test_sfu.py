@@ -507,7 +507,7 @@ def check_wide(L, V, depth, mem, program) -> list[int]:
         if i.rows == 0 or (i.op != Opcode.ROPE and i.n == 0):
             continue
         assert c == documented_cycles(i, L, V), (k, c, documented_cycles(i, L, V))
-        assert model.instr_cycles(i, cfg, calib=False) == model.ISSUE + c, k
+        assert model.instr_cycles(i, cfg, fit=False) == model.ISSUE + c, k
     return got
 
 

@@ -199,7 +199,7 @@ def test_a_too_small_engine_is_sized_or_refused():
     channels: sized, with notes, by default; one error line with adjust=False."""
     from hwflow.boards import load_board
     from hwflow.errors import HwflowError
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import predict_decoder
 
     shape, _, _ = load_shape(str(CONFIGS / "llama-2-7b.json"))
@@ -247,7 +247,7 @@ def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     board; a sweep's point (widen=False) keeps its 8 ports; int4 gets twice the super-beat of
     chains."""
     from hwflow.boards import load_board
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import predict_decoder
 
     shape, _, _ = load_shape(str(CONFIGS / "qwen2.5-0.5b.json"))
@@ -272,7 +272,7 @@ def test_a_sliding_window_bounds_the_decode_step():
     import dataclasses
 
     from hwflow.boards import load_board
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import predict_decoder
 
     shape, _, _ = load_shape(str(CONFIGS / "mistral-7b-v0.1.json"))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from hwflow.hw.config import AccelConfig
-from hwflow.mapping.engine import RESOURCE_FEATURES, estimate_resources, resource_fit
+from hwflow.mapping.accel_config import RESOURCE_FEATURES, estimate_resources, resource_fit
 from hwflow.resource_fit import (
     POINTS,
     FitPoint,
@@ -54,7 +54,7 @@ def test_new_point_synthesized_is_predicted_within_the_stated_error(fresh_cache)
 
 
 def _row(name, role, params, lut, ff):
-    from hwflow.mapping.engine import resource_features
+    from hwflow.mapping.accel_config import resource_features
 
     cfg = AccelConfig(**params)
     return {"name": name, "role": role, "params": params, "features": resource_features(cfg),

@@ -64,12 +64,12 @@ def test_gemv_is_fetch_bound_and_sparse_is_faster():
     # the model's structure (built-in values): int4 fills as many ring entries as int8 (the
     # stored u280 calibration, which CFG's engine shape selects, adds the fraction of a cycle
     # per int4 tile the RTL measures)
-    dense = cycles.instr_cycles(_mm(LayerFormat(), 1, 1024, 1024), CFG, calib=False)
-    sparse = cycles.instr_cycles(_mm(LayerFormat(1, 4), 1, 1024, 1024), CFG, calib=False)
-    int4 = cycles.instr_cycles(_mm(LayerFormat(1, 1, 4), 1, 1024, 1024), CFG, calib=False)
+    dense = cycles.instr_cycles(_mm(LayerFormat(), 1, 1024, 1024), CFG, fit=False)
+    sparse = cycles.instr_cycles(_mm(LayerFormat(1, 4), 1, 1024, 1024), CFG, fit=False)
+    int4 = cycles.instr_cycles(_mm(LayerFormat(1, 1, 4), 1, 1024, 1024), CFG, fit=False)
     assert sparse < dense and int4 <= dense
     total = cycles.predict([_mm(LayerFormat(), 1, 1024, 1024), Instr(Opcode.END)], CFG,
-                           calib=False)
+                           fit=False)
     assert total["total"] > dense
 
 
@@ -177,7 +177,7 @@ U280 = AccelConfig(chains=16, chain_len=16, mem_ports=8, port_bytes=32, act_dept
 
 
 def _builtin(i, cfg, pos=0):
-    return cycles.instr_cycles(i, cfg, pos, calib=False)
+    return cycles.instr_cycles(i, cfg, pos, fit=False)
 
 
 def test_vector_unit_terms_are_the_rtl_formulas():
@@ -290,46 +290,46 @@ def test_fetch_misses_match_the_isa_model_program_reads():
 
 # -- calibrations ----------------------------------------------------------------------------
 
-def test_calibration_values_apply_and_unknown_names_fail(tmp_path):
+def test_fit_values_apply_and_unknown_names_fail(tmp_path):
     i = Instr(Opcode.RMSNORM, rows=2, n=64, words=4)
     fitted = {"config_digest": "x", "read_latency": 50,
               "kinds": {"RMSNORM": {"params": {"rows": 100.0}},
                         "LOAD": {"params": {"fixed": 7.0}}, "RUN": {"params": {"fixed": 10}}}}
     base = _builtin(i, TF)
-    assert cycles.instr_cycles(i, TF, calib=fitted) == base + 2 * (100 - 67)
+    assert cycles.instr_cycles(i, TF, fit=fitted) == base + 2 * (100 - 67)
     load = Instr(Opcode.LOAD, b=8)
     # read latency is an input: 50 instead of 32
-    assert cycles.instr_cycles(load, TF, calib=fitted) == _builtin(load, TF) + 3 + 18
+    assert cycles.instr_cycles(load, TF, fit=fitted) == _builtin(load, TF) + 3 + 18
     path = tmp_path / "c.json"
     path.write_text(json.dumps(fitted))
-    p = cycles.predict([i, Instr(Opcode.END)], TF, calib=path)
+    p = cycles.predict([i, Instr(Opcode.END)], TF, fit=path)
     assert p["run_overhead"] == 10 and p["calibration"] == str(path)
     assert p["total"] == p["per_instruction"][0] + p["instruction_fetch"] + 10
     with pytest.raises(FileNotFoundError, match="no calibration"):
-        cycles.predict([i], TF, calib="no-such-board")
+        cycles.predict([i], TF, fit="no-such-board")
 
 
-def test_stored_calibrations_load_by_digest_then_by_engine_shape():
+def test_stored_fits_load_by_digest_then_by_engine_shape():
     from hwflow.boards import load_board
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
 
     for board in ("u280", "kv260"):
-        path = cycles.CALIBRATION_DIR / f"{board}.json"
+        path = cycles.FITS_DIR / f"{board}.json"
         data = json.loads(path.read_text())
         cfg = choose_config(load_board(board))
-        cal = cycles.calibration_for(cfg)
+        cal = cycles.fit_for(cfg)
         assert cal.source == str(path)
         assert cal.config_digest == data["config_digest"]
         assert cal.values("ATTN") == {**dict(cycles.TERMS["ATTN"]),
                                       **data["kinds"]["ATTN"]["params"]}
         # the same engine shape with other buffer depths or TLMM sizes: the same file
-        assert cycles.calibration_for(replace(cfg, act_depth=cfg.act_depth // 2)).source \
+        assert cycles.fit_for(replace(cfg, act_depth=cfg.act_depth // 2)).source \
             == str(path)
         # named by board
-        assert cycles.calibration_for(cfg, board).source == str(path)
+        assert cycles.fit_for(cfg, board).source == str(path)
         # the stored held-out errors meet the 10 % target
         for kind, e in data["kinds"].items():
             if e.get("heldout"):
                 assert e["heldout_max_abs_error_pct"] <= 10.0, kind
     # an engine of another shape: the built-in values
-    assert cycles.calibration_for(TF) is cycles.BUILTIN
+    assert cycles.fit_for(TF) is cycles.BUILTIN

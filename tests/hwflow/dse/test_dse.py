@@ -204,7 +204,7 @@ def test_decoder_sweep_predicts_tokens_per_second(tmp_path):
     # the figures are the predictor's at the point's clock
     from hwflow.boards import load_board
     from hwflow.dse import engine_overrides
-    from hwflow.mapping.engine import choose_config
+    from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import load_shape, predict_decoder
 
     board = load_board("u280")

@@ -9,7 +9,7 @@ from hwflow.export.fit import check_fit, parse_cells, xilinx_utilization
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.sequencer import epilogue_lanes
 from hwflow.hw.top import MODULE_NAME, generate_verilog
-from hwflow.mapping.engine import estimate_resources, param_lanes
+from hwflow.mapping.accel_config import estimate_resources, param_lanes
 from hwflow.mapping.errors import MappingError
 
 SMALL = AccelConfig(chains=2, chain_len=4, mem_ports=1, port_bytes=8, act_depth=64,
@@ -57,7 +57,7 @@ def test_dsp_count_is_the_designed_slices_plus_epilogue(small_util):
 @pytest.mark.parametrize("vec_lanes", [1, 4])
 def test_dsp_count_with_the_transformer_units(tmp_path, monkeypatch, vec_lanes):
     """The vector and attention units: H (3 L + 5) + 2 L + 9 DSP48E2, plus 5 per vector lane
-    past the first (mapping/engine.py)."""
+    past the first (mapping/accel_config.py)."""
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     cfg = replace(SMALL, transformer=True, attn_heads=2, vec_lanes=vec_lanes)
     util = xilinx_utilization(generate_verilog(cfg), MODULE_NAME, load_board("u280"))
@@ -83,11 +83,11 @@ def test_ring_in_uram_is_mapped_to_uram288_as_estimated(tmp_path, monkeypatch):
 
 def test_attention_unit_lanes_equal_the_lane_model(tmp_path, monkeypatch):
     """The attention unit alone at L = 4 with 2 lanes: DSP exact, LUT and FF within 1% of the
-    shared + per-lane model fitted on eight (L, H) points (mapping/engine.py)."""
+    shared + per-lane model fitted on eight (L, H) points (mapping/accel_config.py)."""
     from amaranth.back import verilog
 
     from hwflow.hw.attention import AttentionUnit
-    from hwflow.mapping import engine
+    from hwflow.mapping import accel_config
 
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     cfg = AccelConfig(chains=4, chain_len=4, mem_ports=1, port_bytes=16, act_depth=256,
@@ -99,9 +99,9 @@ def test_attention_unit_lanes_equal_the_lane_model(tmp_path, monkeypatch):
     # lane 3 L + 5: + 1 for the score soft-cap's y * cap (13 x 10 bits)
     assert util["dsp"]["used"] == H * (3 * L + 5) + 2 * L + 3
     # the two lanes' soft-cap ROM: one RAMB18E2 read on both ports (half a 36 Kb block)
-    assert engine.attention_rom_blocks(cfg) == 0.5 and util["bram"]["used"] == 1
-    for kind, shared, lane in (("lut", engine.ATTN_SHARED_LUT, engine.ATTN_LANE_LUT),
-                               ("ff", engine.ATTN_SHARED_FF, engine.ATTN_LANE_FF)):
+    assert accel_config.attention_rom_blocks(cfg) == 0.5 and util["bram"]["used"] == 1
+    for kind, shared, lane in (("lut", accel_config.ATTN_SHARED_LUT, accel_config.ATTN_LANE_LUT),
+                               ("ff", accel_config.ATTN_SHARED_FF, accel_config.ATTN_LANE_FF)):
         model = shared[0] + shared[1] * L + H * (lane[0] + lane[1] * L)
         assert abs(util[kind]["used"] - model) <= 0.01 * model, (kind, util[kind], model)
 

@@ -1,11 +1,12 @@
-"""hwflow.calibrate: a real calibration of a small engine on the RTL, checked on held-out runs."""
+"""hwflow.cycle_fit: a real cycle-model fit of a small engine on the RTL, checked on held-out
+runs."""
 
 import json
 
 import pytest
 
-from hwflow.calibrate import calibrate, format_table, micro_runs, write_calibration
 from hwflow.cli import main
+from hwflow.cycle_fit import fit_cycle_model, format_table, micro_runs, write_fit
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import Instr, Opcode
 from hwflow.mapping import cycles
@@ -18,7 +19,7 @@ SMALL = AccelConfig(chains=4, chain_len=4, mem_ports=2, port_bytes=8, act_depth=
 
 
 def test_micro_runs_are_legal_programs():
-    from hwflow.calibrate import _image
+    from hwflow.cycle_fit import _image
 
     runs, lay = micro_runs(SMALL)
     kinds = {r.kind for r in runs}
@@ -35,8 +36,8 @@ def test_micro_runs_are_legal_programs():
 
 @pytest.mark.slow
 def test_fit_reproduces_held_out_rtl_cycles(tmp_path):
-    data = calibrate("small", cfg=SMALL, jobs=1, work_dir=tmp_path / "sim", progress=False,
-                     programs=False)
+    data = fit_cycle_model("small", cfg=SMALL, jobs=1, work_dir=tmp_path / "sim",
+                           progress=False, programs=False)
     assert data["config_digest"] == SMALL.digest()
     kinds = data["kinds"]
     for kind in ("LOAD", "STORE", "KVSTORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL",
@@ -48,7 +49,7 @@ def test_fit_reproduces_held_out_rtl_cycles(tmp_path):
     (mixed,) = data["programs"]
     assert mixed["instructions"] > 20 and abs(mixed["error_pct"]) <= 10.0
     # written, loaded back and applied: the same prediction
-    path = write_calibration(data, tmp_path / "small.json")
+    path = write_fit(data, tmp_path / "small.json")
     runs, _ = micro_runs(SMALL)
     prog = next(r for r in runs if r.kind == "program")
     pred = cycles.predict(prog.instrs + [Instr(Opcode.END)], SMALL, prog.pos, path)

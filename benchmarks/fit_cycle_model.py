@@ -1,14 +1,14 @@
-"""Refresh the stored cycle-model calibrations (``mapping/calibration/<board>.json``).
+"""Refresh the stored cycle-model fits (``mapping/fits/<board>.json``).
 
-Runs ``hwflow calibrate`` for every board whose calibration the repository keeps (u280 and
-kv260: :data:`hwflow.calibrate.DEFAULT_BOARDS`): one Verilator build per board's engine (about
+Runs ``hwflow calibrate`` for every board whose cycle-model fit the repository keeps (u280 and
+kv260: :data:`hwflow.cycle_fit.DEFAULT_BOARDS`): one Verilator build per board's engine (about
 3 minutes with the transformer and TLMM units, cached afterwards), the micro-runs and the
 held-out whole programs, the least-squares fit; prints each board's held-out error table and
 the wall time, and writes the JSON files. Run it again after any change to the RTL's timing
 (e.g. the TLMM engine):
 
-    python benchmarks/calibrate_all.py
-    python benchmarks/calibrate_all.py --boards kv260 --jobs 2
+    python benchmarks/fit_cycle_model.py
+    python benchmarks/fit_cycle_model.py --boards kv260 --jobs 2
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from hwflow.calibrate import DEFAULT_BOARDS, calibrate, format_table, write_calibration
-from hwflow.mapping.cycles import CALIBRATION_DIR
+from hwflow.cycle_fit import DEFAULT_BOARDS, fit_cycle_model, format_table, write_fit
+from hwflow.mapping.cycles import FITS_DIR
 
 
 def main() -> None:
@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     for board in args.boards:
         t0 = time.perf_counter()
-        data = calibrate(board, jobs=args.jobs)
-        out = write_calibration(data, CALIBRATION_DIR / f"{board}.json")
+        data = fit_cycle_model(board, jobs=args.jobs)
+        out = write_fit(data, FITS_DIR / f"{board}.json")
         print(format_table(data))
         print(f"wrote {out} in {time.perf_counter() - t0:.0f} s\n", flush=True)
 

@@ -21,7 +21,7 @@ configuration (DSP and BRAM counts equal):
   alone (``H (3 L + 5) + 2 L + 3`` at eight (L, H) points: ``benchmarks/fit_attention_lanes.py``,
   ``tests/hwflow/export/test_fit.py``), on the whole accelerator at L = 4, H = 2 (66 at V = 1,
   81 at V = 4), and, at H = 1, to the ``5 L + 14`` of the fit points of
-  ``mapping/calibration/resources.json``.
+  ``mapping/fits/resources.json``.
 - Block RAM: the buffers are byte-lane memories (hw/buffers.py). The activation buffer is L
   lanes of 8 bits x ``act_depth`` with three read ports (engine rows b and b+1, residual), so
   stored three times (block RAMs have one read port next to the write port); the weight ring
@@ -46,7 +46,7 @@ configuration (DSP and BRAM counts equal):
 - LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
-  in ``mapping/calibration/resources.json``, refreshed by ``benchmarks/fit_resources.py``,
+  in ``mapping/fits/resources.json``, refreshed by ``benchmarks/fit_resources.py``,
   which also reports the error on held-out parameter sets); see :func:`estimate_resources`.
 """
 
@@ -210,7 +210,7 @@ def param_lanes(cfg: AccelConfig) -> int:
 #: Resource kinds of the estimate (the keys of a board's ``resources:``).
 RESOURCE_KINDS = ("lut", "ff", "dsp", "bram", "uram")
 #: The fitted LUT / FF model (``hwflow.resource_fit``, ``benchmarks/fit_resources.py``).
-RESOURCES_JSON = Path(__file__).resolve().parent / "calibration" / "resources.json"
+RESOURCES_JSON = Path(__file__).resolve().parent / "fits" / "resources.json"
 #: Features of each fitted kind (:func:`resource_features`); ``dsp``, ``bram`` and ``uram`` are
 #: the analytic counts (module docstring), named here by their formula.
 RESOURCE_FEATURES = {

@@ -4,7 +4,7 @@ import pytest
 
 from hwflow.boards import load_board
 from hwflow.hw.config import AccelConfig
-from hwflow.mapping.engine import (
+from hwflow.mapping.accel_config import (
     check_fit,
     choose_config,
     estimate_resources,
@@ -124,7 +124,7 @@ def test_param_lanes_hold_the_records_of_every_segment():
 # ------------------------------------------------------------------- LUT / FF / URAM fit
 
 def test_resource_fit_gives_its_documented_numbers():
-    # every synthesized point of mapping/calibration/resources.json: the estimate is the
+    # every synthesized point of mapping/fits/resources.json: the estimate is the
     # stored prediction, DSP / BRAM / URAM equal Yosys, LUT / FF within the stated errors
     data = resource_fit()
     assert data["family"] == "xcup" and "Yosys" in data["tool"]
@@ -236,7 +236,7 @@ def test_estimate_is_monotonic_in_chains_and_chain_len():
 
 
 def test_estimate_adds_the_tlmm_engine_share():
-    from hwflow.mapping.engine import tlmm_resources
+    from hwflow.mapping.accel_config import tlmm_resources
 
     kv = load_board("kv260")
     cfg = choose_config(kv)
@@ -257,7 +257,7 @@ def test_tlmm_model_reproduces_the_synthesized_points():
     # (benchmarks/tlmm_synth.py), G=3, acc_depth=1024, L=16: LUT + LUTRAM and block RAM (a lone
     # 18 Kb block counted as one); the KV260's (12, 8, 64) held out of the fit
     from hwflow.hw.contract import tlmm_epilogue_lanes
-    from hwflow.mapping.engine import tlmm_resources
+    from hwflow.mapping.accel_config import tlmm_resources
 
     synth = {(2, 2, 16): (2156, 3), (4, 4, 16): (2378, 3), (8, 4, 16): (3108, 3),
              (4, 8, 16): (2922, 5), (8, 8, 16): (4228, 5), (16, 8, 16): (6781, 5),
@@ -271,7 +271,7 @@ def test_tlmm_model_reproduces_the_synthesized_points():
 
 
 def test_size_tlmm_respects_budget_and_bandwidth():
-    from hwflow.mapping.engine import TLMM_LUT_SHARE, size_tlmm, tlmm_resources
+    from hwflow.mapping.accel_config import TLMM_LUT_SHARE, size_tlmm, tlmm_resources
 
     for name in ("kv260", "u280"):
         b = load_board(name)
@@ -295,7 +295,7 @@ def test_size_tlmm_respects_budget_and_bandwidth():
 def test_tlmm_config_from_board_or_sized():
     from dataclasses import replace as dc_replace
 
-    from hwflow.mapping.engine import check_fit_tlmm, tlmm_config
+    from hwflow.mapping.accel_config import check_fit_tlmm, tlmm_config
 
     kv = load_board("kv260")
     base = choose_config(kv)

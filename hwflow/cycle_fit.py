@@ -23,7 +23,7 @@ cycles) and whole programs (all the held-out instructions in a row; the tiny-lla
 tiny-bitnet decode and prefill programs at several positions; MLP programs in int8 and mixed
 formats), whose total cycles are compared with :func:`hwflow.mapping.cycles.predict`.
 
-The result is JSON (:func:`calibrate` returns it; :func:`write_calibration` stores it):
+The result is JSON (:func:`fit_cycle_model` returns it; :func:`write_fit` stores it):
 ``board``, ``config`` and ``config_digest`` (the engine fitted), ``read_latency``, ``date``,
 ``hwflow_version``, per kind ``params`` (the term values), ``terms``, ``fit`` and ``heldout``
 points (features, measured and predicted cycles) and the held-out errors, and ``programs``
@@ -63,10 +63,10 @@ from hwflow.mapping.weight_format import (
 )
 from hwflow.steps import run_steps
 
-__all__ = ["MicroRun", "micro_runs", "calibrate", "write_calibration", "format_table",
+__all__ = ["MicroRun", "micro_runs", "fit_cycle_model", "write_fit", "format_table",
            "DEFAULT_BOARDS"]
 
-#: Boards whose calibration lives in the repository (``benchmarks/calibrate_all.py``).
+#: Boards whose cycle-model fit lives in the repository (``benchmarks/fit_cycle_model.py``).
 DEFAULT_BOARDS = ("u280", "kv260")
 #: Micro-runs per simulator process: one progress step each.
 BATCH = 24
@@ -455,15 +455,15 @@ def _pct(pred: float, meas: float) -> float:
     return 100.0 * (pred - meas) / meas if meas else 0.0
 
 
-def calibrate(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
-              boards_dir=None, cfg: AccelConfig | None = None, programs: bool = True,
-              runs_filter=None) -> dict:
-    """Fit the cycle model of ``board``'s engine on the RTL; returns the calibration JSON data.
+def fit_cycle_model(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
+                    boards_dir=None, cfg: AccelConfig | None = None, programs: bool = True,
+                    runs_filter=None) -> dict:
+    """Fit the cycle model of ``board``'s engine on the RTL; returns the fit JSON data.
 
     Parameters
     ----------
     board : str
-        Board name (its YAML's engine, :func:`hwflow.mapping.engine.choose_config`); with
+        Board name (its YAML's engine, :func:`hwflow.mapping.accel_config.choose_config`); with
         ``cfg`` only the label of the result.
     jobs : int
         Simulator processes run side by side (batches of :data:`BATCH` micro-runs and the
@@ -473,7 +473,7 @@ def calibrate(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
     progress : bool
         Show a tqdm progress bar.
     cfg : AccelConfig, optional
-        Calibrate this engine instead of the board's default one (tests use a small one).
+        Fit this engine instead of the board's default one (tests use a small one).
     programs : bool
         Also run the whole held-out programs (tiny-llama, tiny-bitnet, MLPs).
     runs_filter : callable, optional
@@ -490,7 +490,7 @@ def calibrate(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
 
     check_cache_writable()          # minutes of Verilator builds and runs go through the cache
     if cfg is None:
-        from hwflow.mapping.engine import choose_config
+        from hwflow.mapping.accel_config import choose_config
 
         try:
             cfg = choose_config(load_board(board, boards_dir))
@@ -553,7 +553,7 @@ def calibrate(board: str, jobs: int = 1, work_dir=None, progress: bool = True,
 
 def _fit(board: str, cfg: AccelConfig, runs: list, results: list, latency: int) -> dict:
     prog_level = _program_level(cfg, [r for r in runs if r.kind is None], latency)
-    base_cal = cycles.Calibration(prog_level, latency, "fit")
+    base_cal = cycles.CycleFit(prog_level, latency, "fit")
     end = [Instr(Opcode.END)]
     end_cycles = {}
     for r in runs:
@@ -575,7 +575,7 @@ def _fit(board: str, cfg: AccelConfig, runs: list, results: list, latency: int) 
             continue
         pts = [(cycles.features(r.instrs[0], cfg, r.pos, latency)[1], own(r)) for r in fit]
         params[kind] = _fit_kind(kind, pts)
-    cal = cycles.Calibration(params, latency, "fit", cfg.digest())
+    cal = cycles.CycleFit(params, latency, "fit", cfg.digest())
     base_pred = cycles.predict(end, cfg, 0, cal)["total"]
     for kind in KINDS:
         mine = [r for r in runs if r.kind == kind]
@@ -629,7 +629,7 @@ def _fit(board: str, cfg: AccelConfig, runs: list, results: list, latency: int) 
     }
 
 
-def write_calibration(data: dict, path) -> Path:
+def write_fit(data: dict, path) -> Path:
     """Write ``data`` as JSON to ``path`` (atomically: a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""mapping.decoder_engine: a board's engine enlarged for a decoder, one rule for the compile
+"""mapping.decoder_sizing: a board's engine enlarged for a decoder, one rule for the compile
 from weights and the shape-only compile (the predictions: tests/hwflow/test_predict.py)."""
 
 from dataclasses import replace
@@ -8,8 +8,8 @@ import pytest
 
 from hwflow.boards import load_board
 from hwflow.compiler.llm_config import shape_decoder, shape_from_config
-from hwflow.mapping.decoder_engine import ACT_ADDR_WORDS, lower_shape, size_buffers, tlmm_engine
-from hwflow.mapping.engine import choose_config
+from hwflow.mapping.accel_config import choose_config
+from hwflow.mapping.decoder_sizing import ACT_ADDR_WORDS, lower_shape, size_buffers, tlmm_engine
 from hwflow.mapping.errors import MappingError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"

@@ -16,7 +16,7 @@ from hwflow.compiler.decoder import DecoderShape
 from hwflow.compiler.llm_config import ConfigShape, shape_decoder
 from hwflow.hw.isa import Opcode, field_max
 
-from .engine import (
+from .accel_config import (
     check_fit,
     check_fit_tlmm,
     default_attn_heads,
@@ -83,7 +83,7 @@ def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[st
     """``(cfg, notes)``: the weight ring, the activation buffer and the TLMM accumulator sized
     for decoder ``qd`` (:func:`_size_weight_depth`, :func:`_size_act_depth`,
     :func:`_size_tlmm_acc`) and the ring placed in URAM where block RAM is short
-    (``mapping.engine.place_ring``), with one ``note`` per change. The
+    (``mapping.accel_config.place_ring``), with one ``note`` per change. The
     one rule of the compile from weights and the shape-only compile: a board's engine that
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
