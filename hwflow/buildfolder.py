@@ -210,6 +210,29 @@ def write_manifest(folder: Path, info: dict) -> None:
                                  "files_sha256": _table_digest(files)})
 
 
+def write_build(folder: Path, files: dict) -> None:
+    """Write the files of a build folder: ``{relative path: content}``, content ``bytes``,
+    ``str`` (text), a callable given the path (a writer of its own: an IR, a testbench folder)
+    or anything else as JSON (:func:`write_json`). Parent folders are made.
+
+    The one build writer of every model family: each compile says what its folder holds
+    (``flow.build_files``, ``llm_flow.decoder_files``, ``llm_flow.shape_only_files``) and this
+    writes it into the staging folder that :class:`BuildOutput` then moves into place.
+    """
+    folder = Path(folder)
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            write_json(path, content)
+
+
 def write_json(path: Path, data) -> None:
     """Write JSON deterministically (sorted keys) and atomically (rename over the target)."""
     path = Path(path)

@@ -53,10 +53,9 @@ from hwflow.hw.isa import (
     Opcode,
 )
 from hwflow.mapping import cycles
-from hwflow.mapping.linear import WeightPlan, matmul, plan_tmatmul, tmatmul
+from hwflow.mapping.linear import matmul, plan_matmul, plan_tmatmul, tmatmul
 from hwflow.mapping.weight_format import (
     LayerFormat,
-    channels_per_tile,
     is_legal,
     ring_reserve,
     tile_mem_rows,
@@ -129,8 +128,11 @@ def _vector(op: Opcode, rows: int, n: int, extra: int, flags: int = 0, m_addr: i
 
 def _matmul(cfg: AccelConfig, fmt: LayerFormat, rows: int, K: int, N: int, wgt: int) -> Instr:
     kw = _cdiv(K, cfg.chain_len)
-    plan = WeightPlan(fmt, kw, N, _cdiv(N, channels_per_tile(cfg, fmt)),
-                      tile_mem_rows(cfg, fmt, kw), fmt.label)
+    # a zero weight (a zero-stride view) satisfies every N:M, so the plan is fmt's own
+    plan = plan_matmul(f"MATMUL {fmt.label}", cfg, np.broadcast_to(np.int8(0), (N, K)), kw,
+                       (fmt.n, fmt.m), fmt.wbits)
+    if plan.fmt != fmt:         # fmt is one of the engine's legal formats (micro_runs)
+        raise ValueError(f"the engine does not run {fmt.label}; it planned {plan.fmt.label}")
     return matmul(plan, 8, wgt, 0, rows * kw + 8, rows, _cdiv(N, cfg.chain_len))
 
 

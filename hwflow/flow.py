@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hwflow.boards import load_board
-from hwflow.buildfolder import BuildOutput, compile_command, write_json
+from hwflow.buildfolder import BuildOutput, compile_command, write_build, write_json
 from hwflow.compiler import (
     CompileError,
     FlowOptions,
@@ -216,7 +216,7 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
         check_image(made.lowered.image, brd, made.cfg)
         digest = hashlib.sha256(made.lowered.image + made.verilog.encode()).hexdigest()[:16]
         with claim.writing({"kind": "mlp", "digest": digest}) as tmp:
-            _write_build(tmp, made)
+            write_build(tmp, build_files(made))
     return out, made.report
 
 
@@ -390,23 +390,24 @@ MLP_STEPS = (("load", load), ("calibrate", calibrate), ("configure", configure),
              ("check", check), ("rtl", rtl), ("report", report))
 
 
-def _write_build(tmp: Path, c: MlpJob) -> None:
-    """The files of the build folder (README.md, "The build folder")."""
-    (tmp / "rtl").mkdir()
-    (tmp / "rtl" / "hwflow_accel.v").write_text(c.verilog)
-    (tmp / "program.bin").write_bytes(b"".join(i.encode() for i in c.lowered.program))
-    (tmp / "memory_image.bin").write_bytes(c.lowered.image)
-    (tmp / "memory_map.json").write_text(c.lowered.memory_map.to_json() + "\n")
-    np.save(tmp / "calib.npy", c.calib)
-    ir_dir = tmp / "ir"
-    ir_dir.mkdir(exist_ok=True)             # --save-ir: the steps are already in it
-    save_graph(c.graph, ir_dir / "float")
-    save_graph(c.qgraph, ir_dir / "final")
+def build_files(c: MlpJob) -> dict:
+    """The files of an MLP build folder (README.md, "The build folder"), for
+    ``buildfolder.write_build``."""
+    files = {
+        "rtl/hwflow_accel.v": c.verilog,
+        "program.bin": b"".join(i.encode() for i in c.lowered.program),
+        "memory_image.bin": c.lowered.image,
+        "memory_map.json": c.lowered.memory_map.to_json() + "\n",
+        "calib.npy": lambda p: np.save(p, c.calib),
+        # --save-ir: the steps are already in ir/
+        "ir/float": lambda p: save_graph(c.graph, p),
+        "ir/final": lambda p: save_graph(c.qgraph, p),
+        "config.json": {"board": c.report["board"], "clock_mhz": c.report["clock_mhz"],
+                        "accel": c.cfg.to_dict(), "prog_base": c.lowered.prog_base,
+                        "input": c.in_name, "outputs": c.qgraph.graph["outputs"]},
+        "reports/compile.json": c.report,
+        "tb": lambda p: _write_testbench(p, c.cfg, c.lowered),
+    }
     if c.model_bytes is not None:
-        (tmp / "model.pt2").write_bytes(c.model_bytes)
-    write_json(tmp / "config.json", {"board": c.report["board"],
-                                     "clock_mhz": c.report["clock_mhz"],
-                                     "accel": c.cfg.to_dict(), "prog_base": c.lowered.prog_base,
-                                     "input": c.in_name, "outputs": c.qgraph.graph["outputs"]})
-    write_json(tmp / "reports" / "compile.json", c.report)
-    _write_testbench(tmp / "tb", c.cfg, c.lowered)
+        files["model.pt2"] = c.model_bytes
+    return files

@@ -38,6 +38,7 @@ from hwflow.buildfolder import (
     BuildOutput,
     compile_command,
     open_build,
+    write_build,
     write_json,
 )
 from hwflow.compiler.decoder import DECODER_WEIGHTS, LM_HEAD_WEIGHTS, lm_head_weights
@@ -131,7 +132,7 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
         digest.update(d.verilog.encode())
         digest = digest.hexdigest()[:16]
         with claim.writing({"kind": "decoder", "digest": digest}) as tmp:
-            _write_decoder_build(tmp, d)
+            write_build(tmp, decoder_files(d))
     return out, d.report
 
 
@@ -354,23 +355,27 @@ DECODER_STEPS = (("load", load), ("configure", configure), ("quantize", quantize
                  ("report", report))
 
 
-def _write_decoder_build(tmp: Path, d: DecoderJob) -> None:
-    """The files of the build folder."""
+def _layout_config(lw) -> dict:
+    """The config.json entries of a decoder lowering's layout (both kinds of decoder build)."""
+    return {"max_context": lw.max_context, "decode_prog_base": lw.decode_prog_base,
+            "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
+            "traffic_ranges": lw.memory_map.traffic_ranges()}
+
+
+def decoder_files(d: DecoderJob) -> dict:
+    """The files of a decoder build folder, for ``buildfolder.write_build``."""
     lw = d.lw
-    (tmp / "rtl").mkdir()
-    (tmp / "rtl" / "hwflow_accel.v").write_text(d.verilog)
-    (tmp / "memory_image.bin").write_bytes(lw.image)
-    (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
-    (tmp / "decoder").mkdir(exist_ok=True)
-    save_decoder(d.qd, tmp / "decoder" / "quantized")
-    write_json(tmp / "config.json", {
-        "kind": "decoder", "board": d.board.name, "clock_mhz": d.board.clock_mhz,
-        "accel": d.cfg.to_dict(), "max_context": lw.max_context,
-        "decode_prog_base": lw.decode_prog_base,
-        "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-        "traffic_ranges": lw.memory_map.traffic_ranges()})
-    write_json(tmp / "reports" / "compile.json", d.report)
-    _write_testbench(tmp / "tb", d.qd, lw)
+    return {
+        "rtl/hwflow_accel.v": d.verilog,
+        "memory_image.bin": lw.image,
+        "memory_map.json": lw.memory_map.to_json() + "\n",
+        "decoder/quantized": lambda p: save_decoder(d.qd, p),
+        "config.json": {"kind": "decoder", "board": d.board.name,
+                        "clock_mhz": d.board.clock_mhz, "accel": d.cfg.to_dict(),
+                        **_layout_config(lw)},
+        "reports/compile.json": d.report,
+        "tb": lambda p: _write_testbench(p, d.qd, lw),
+    }
 
 
 # -- shape-only compile and predictions -------------------------------------------------------
@@ -410,8 +415,7 @@ def compile_shape_only(model=None, example=None, board="u280", out=None, max_con
         code = b"".join(i.encode() for p in [lw.decode, *lw.prefill.values()] for i in p.program)
         with claim.writing({"kind": "decoder", "shape_only": True,
                             "digest": hashlib.sha256(code).hexdigest()[:16]}) as tmp:
-            _write_shape_only_build(tmp, lw, job.config_shape, brd, job.cfg, job.report,
-                                    job.prediction)
+            write_build(tmp, shape_only_files(job))
     return out, {**job.report, "prediction": job.prediction}
 
 
@@ -485,31 +489,25 @@ SHAPE_STEPS = (("load", load_shape), ("configure", configure), ("lower", lower_s
                ("predict", predict), ("report", report_shape_only))
 
 
-def _write_shape_only_build(tmp: Path, lw, cs, brd, cfg, report: dict, pred: dict) -> None:
-    """The files of a shape-only build folder (see :func:`compile_shape_only`)."""
-    s = cs.shape
-    _write_programs(tmp, lw)
-    (tmp / "memory_map.json").write_text(lw.memory_map.to_json() + "\n")
-    write_json(tmp / "config.json", {
-        "kind": "decoder", "shape_only": True, "board": brd.name,
-        "clock_mhz": brd.clock_mhz, "accel": cfg.to_dict(), "max_context": lw.max_context,
-        "shape": s.to_dict(), "family": cs.family, "act": cs.act,
-        "sub_norms": cs.sub_norms, "head_norms": cs.head_norms, "weights": report["weights"],
-        "lm_head": report["lm_head"], "source": cs.source,
-        "decode_prog_base": lw.decode_prog_base,
-        "prefill_prog_bases": {str(b): a for b, a in lw.prefill_prog_bases.items()},
-        "traffic_ranges": lw.memory_map.traffic_ranges()})
-    write_json(tmp / "reports" / "compile.json", report)
-    write_json(tmp / "reports" / "predict.json", pred)
-
-
-def _write_programs(tmp: Path, lw) -> None:
-    """``programs/decode.bin`` and ``programs/prefill<B>.bin``: each program's instructions
-    as the image holds them (32 bytes each, END last) at its ``prog_base``."""
-    d = tmp / "programs"
-    d.mkdir()
-    for info in [lw.decode, *lw.prefill.values()]:
-        (d / f"{info.name}.bin").write_bytes(b"".join(i.encode() for i in info.program))
+def shape_only_files(job: DecoderJob) -> dict:
+    """The files of a shape-only build folder (see :func:`compile_shape_only`), for
+    ``buildfolder.write_build``: ``programs/decode.bin`` and ``programs/prefill<B>.bin`` hold
+    each program's instructions as an image would (32 bytes each, END last)."""
+    lw, cs, report = job.lw, job.config_shape, job.report
+    files = {f"programs/{info.name}.bin": b"".join(i.encode() for i in info.program)
+             for info in [lw.decode, *lw.prefill.values()]}
+    return {
+        **files,
+        "memory_map.json": lw.memory_map.to_json() + "\n",
+        "config.json": {"kind": "decoder", "shape_only": True, "board": job.board.name,
+                        "clock_mhz": job.board.clock_mhz, "accel": job.cfg.to_dict(),
+                        "shape": cs.shape.to_dict(), "family": cs.family, "act": cs.act,
+                        "sub_norms": cs.sub_norms, "head_norms": cs.head_norms,
+                        "weights": report["weights"], "lm_head": report["lm_head"],
+                        "source": cs.source, **_layout_config(lw)},
+        "reports/compile.json": report,
+        "reports/predict.json": job.prediction,
+    }
 
 
 def _shape_only_lowering(conf: dict):
