@@ -51,21 +51,20 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
 
+from hwflow.hw.contract import REG
 from hwflow.mapping.memory_image import join_ports, split_ports
+from hwflow.sim.top import TRAFFIC_CATEGORIES, TRAFFIC_OTHER
 
 JOB_ENV = "HWFLOW_SIM_JOB"
 JOB_FILE = "hwflow_job.json"
 
-# Control registers (docs/architecture.md, "Top level").
-AP_CTRL, PROG_BASE, POS = 0x00, 0x10, 0x200
-CYCLES_LO, CYCLES_HI = 0x18, 0x1C
-MPE_BUSY_LO, MPE_BUSY_HI = 0x20, 0x24
-RETIRED, ERROR = 0x28, 0x2C
-TLMM_BUSY_LO, TLMM_BUSY_HI = 0x208, 0x20C       # "Ternary path"; reads 0 without TLMM
-
-# Traffic counter categories (sim/top.py TRAFFIC_CATEGORIES; index 7 counts unclassified beats).
-TRAFFIC_CATEGORIES = ("weights", "kv", "io", "activations", "program")
-TRAFFIC_OTHER = 7
+# Control registers (hw.contract.REG; docs/architecture.md, "Control registers"); TLMM_BUSY
+# reads 0 without the TLMM engine.
+AP_CTRL, PROG_BASE, POS = REG["AP_CTRL"], REG["PROG_BASE"], REG["POS"]
+CYCLES_LO, CYCLES_HI = REG["CYCLES_LO"], REG["CYCLES_HI"]
+MPE_BUSY_LO, MPE_BUSY_HI = REG["MPE_BUSY_LO"], REG["MPE_BUSY_HI"]
+RETIRED, ERROR = REG["RETIRED"], REG["ERROR"]
+TLMM_BUSY_LO, TLMM_BUSY_HI = REG["TLMM_BUSY_LO"], REG["TLMM_BUSY_HI"]
 
 # An AXI4-Lite handshake that takes longer than this is a hung slave, not a slow one.
 AXI_TIMEOUT_CYCLES = 1000
