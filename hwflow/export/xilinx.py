@@ -22,6 +22,7 @@ from pathlib import Path
 from hwflow.buildfolder import atomic_dir, write_json
 from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import REG
 from hwflow.hw.vitis_kernel import (
     CONTROL_PORT,
     CONTROL_RANGE,
@@ -192,25 +193,40 @@ clean:
 """
 
 
+#: The kernel's s_axi_control registers in address order: name, access, meaning; the offsets
+#: are hw.contract's (``KERNEL_REG``, and ``REG`` for the accelerator's own), the MEM{j}
+#: pointers go after AXI_ERROR.
+_REGISTERS = (
+    ("AP_CTRL", "RW", "bit0 ap_start, bit1 ap_done, bit2 ap_idle, bit3 ap_ready; done/idle "
+                      "wait for every write response"),
+    ("GIE", "RW", "bit0 global interrupt enable"),
+    ("IER", "RW", "bit0 ap_done interrupt enable"),
+    ("ISR", "RW", "bit0 ap_done interrupt pending (write 1 to toggle/clear)"),
+    ("PROG_BASE", "RW", "super-beat address of the first instruction"),
+    ("AXI_ERROR", "RO", "bit j: master j got SLVERR/DECERR"),
+    ("CYCLES", "RO", "cycles of the last run"),
+    ("MPE_BUSY", "RO", "matrix-engine busy cycles"),
+    ("RETIRED", "RO", "instructions retired"),
+    ("ERROR", "RO", "1 = illegal opcode"),
+    ("POS", "RW", "sequence position of the run's first row (the ISA's POS register)"),
+    ("TLMM_BUSY", "RO", "cycles the TLMM engine did its lookups (0 without one)"),
+)
+
+
 def _register_table(cfg: AccelConfig) -> str:
-    rows = [
-        ("0x00", "AP_CTRL", "RW", "bit0 ap_start, bit1 ap_done, bit2 ap_idle, bit3 ap_ready; "
-                                  "done/idle wait for every write response"),
-        ("0x04", "GIE", "RW", "bit0 global interrupt enable"),
-        ("0x08", "IER", "RW", "bit0 ap_done interrupt enable"),
-        ("0x0C", "ISR", "RW", "bit0 ap_done interrupt pending (write 1 to toggle/clear)"),
-        ("0x10", "PROG_BASE", "RW", "super-beat address of the first instruction"),
-        ("0x14", "AXI_ERROR", "RO", "bit j: master j got SLVERR/DECERR"),
-        ("0x18/0x1C", "CYCLES", "RO", "cycles of the last run"),
-        ("0x20/0x24", "MPE_BUSY", "RO", "matrix-engine busy cycles"),
-        ("0x28", "RETIRED", "RO", "instructions retired"),
-        ("0x2C", "ERROR", "RO", "1 = illegal opcode"),
-    ]
-    rows += [(f"{mem_arg_offset(j):#04x}/{mem_arg_offset(j) + 4:#04x}", f"MEM{j}", "RW",
-              f"64-bit device address of buffer {j} ({master_name(j)})")
+    regs = {**REG, **KERNEL_REG}
+
+    def offset(name):
+        if name in regs:
+            return regs[name], f"0x{regs[name]:02X}"
+        return regs[f"{name}_LO"], f"0x{regs[name + '_LO']:02X}/0x{regs[name + '_HI']:02X}"
+
+    rows = [(*offset(n), n, a, m) for n, a, m in _REGISTERS]
+    rows += [(mem_arg_offset(j), f"0x{mem_arg_offset(j):02X}/0x{mem_arg_offset(j) + 4:02X}",
+              f"MEM{j}", "RW", f"64-bit device address of buffer {j} ({master_name(j)})")
              for j in range(cfg.mem_ports)]
     return "\n".join(["| offset | name | access | meaning |", "|---|---|---|---|"]
-                     + [f"| {o} | {n} | {a} | {m} |" for o, n, a, m in rows])
+                     + [f"| {o} | {n} | {a} | {m} |" for _, o, n, a, m in sorted(rows)])
 
 
 def _striping_note(cfg: AccelConfig) -> str:

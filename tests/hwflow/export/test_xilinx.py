@@ -198,3 +198,22 @@ def test_build_runs_when_tools_present(builds, tmp_path, monkeypatch):
     r = build_bitstream(builds["u280"], require_bitstream=True)
     assert r["exit_code"] == 0, r["summary"]
     assert r["bitstream"].endswith("hwflow.xclbin") and Path(r["bitstream"]).is_file()
+
+
+def test_register_table_is_the_contract():
+    """The projects' register table is generated from hw.contract: every register the kernel
+    and the accelerator map is listed at its offset (POS and TLMM_BUSY were once missing)."""
+    from hwflow.export.xilinx import _register_table
+    from hwflow.hw.config import AccelConfig
+    from hwflow.hw.contract import KERNEL_REG, REG, mem_arg_offset
+
+    table = _register_table(AccelConfig(mem_ports=4))
+    rows = {r.split(" | ")[1]: r.split(" | ")[0].lstrip("| ") for r in table.splitlines()[2:]}
+    for name, off in {**REG, **KERNEL_REG}.items():
+        if name == "MEM":
+            continue
+        base = name.removesuffix("_LO").removesuffix("_HI")
+        assert base in rows and f"0x{off:02X}" in rows[base], (name, rows.get(base))
+    assert rows["MEM3"] == f"0x{mem_arg_offset(3):02X}/0x{mem_arg_offset(3) + 4:02X}"
+    offsets = [int(o.split("/")[0], 16) for o in rows.values()]
+    assert offsets == sorted(offsets)
