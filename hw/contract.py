@@ -18,8 +18,8 @@ from __future__ import annotations
 from .config import AccelConfig
 
 __all__ = [
-    "REG", "AP_START", "AP_DONE", "AP_IDLE",
-    "KERNEL_NAME", "KERNEL_REG", "CONTROL_RANGE", "MAX_PORTS", "mem_arg_offset",
+    "REG", "AP_START", "AP_DONE", "AP_IDLE", "REGISTER_DOC", "KERNEL_REGISTER_DOC",
+    "register_rows", "KERNEL_NAME", "KERNEL_REG", "CONTROL_RANGE", "MAX_PORTS", "mem_arg_offset",
     "RESULT_FIFO_DEPTH", "MAX_EPILOGUE_LANES", "epilogue_lanes", "INT4_GROUP", "int4_capable",
     "RING_BURST_BEATS", "ATTN_BLOCK", "rope_pairs_per_step", "rope_head_steps",
     "FULL_TABLE_MAX", "table_entries", "MAX_TLMM_EPILOGUE_LANES", "tlmm_epilogue_lanes",
@@ -39,6 +39,28 @@ REG = {
 }
 #: AP_CTRL bits: ap_start (write 1 while idle), ap_done (set by the run's end), ap_idle.
 AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
+#: What each accelerator register holds: name -> (access, meaning), in :data:`REG`'s order; a
+#: register of two words (``NAME_LO``/``NAME_HI``) is one entry ``NAME``. The documentation's
+#: tables are rendered from it (docs/gen_isa_table.py, the Vitis/Vivado projects' README).
+REGISTER_DOC = {
+    "AP_CTRL": ("RW", "bit0 ap_start (write 1 to start; reads 1 while running), bit1 ap_done "
+                      "(set at END, cleared by the next start), bit2 ap_idle"),
+    "PROG_BASE": ("RW", "super-beat address of the first instruction"),
+    "CYCLES": ("RO", "clock cycles from start to done of the last run"),
+    "MPE_BUSY": ("RO", "cycles in which the matrix engine accepted a k-group (2·P·L MAC slots: "
+                       "a row pair)"),
+    "RETIRED": ("RO", "instructions retired in the last run"),
+    "ERROR": ("RO", "0 = ok; 1 = illegal opcode; 2 = illegal MATMUL: a mode this engine does "
+                    "not run (`lgm`/`lgr` outside \"Legal modes\" or with `M ∤ L`, `r ∤ G`; "
+                    "sparse without `sparse`; INT4 without `int4` or `2L ∤ 32`), `k_words` = "
+                    "0, or a tile reservation larger than the ring (`tile_mem_rows · (1 or 2) "
+                    "> D`). The run stops before the instruction (not retired) and ap_done is "
+                    "set"),
+    "POS": ("RW", "sequence position of the run's first activation row (\"Runtime "
+                  "register and program sharing\")"),
+    "TLMM_BUSY": ("RO", "cycles in which the TLMM engine did its `T·Q` lookups (0 without "
+                        "one; \"Ternary path\")"),
+}
 
 # --- Vitis RTL kernel (hw.vitis_kernel.VitisKernel; its module docstring has the full map)
 
@@ -47,6 +69,16 @@ CONTROL_RANGE = 0x1000          # 12-bit AXI4-Lite address
 KERNEL_REG = {"AP_CTRL": 0x00, "GIE": 0x04, "IER": 0x08, "ISR": 0x0C, "PROG_BASE": 0x10,
               "AXI_ERROR": 0x14, "MEM": 0x30, "POS": 0x200, "TLMM_BUSY_LO": 0x208,
               "TLMM_BUSY_HI": 0x20C}
+#: The kernel's own registers (:data:`KERNEL_REG`, beside the accelerator's): as
+#: :data:`REGISTER_DOC`; AP_CTRL's done and idle wait for the kernel's write responses.
+KERNEL_REGISTER_DOC = {
+    "AP_CTRL": ("RW", "bit0 ap_start, bit1 ap_done, bit2 ap_idle, bit3 ap_ready; done/idle "
+                      "wait for every write response"),
+    "GIE": ("RW", "bit0 global interrupt enable"),
+    "IER": ("RW", "bit0 ap_done interrupt enable"),
+    "ISR": ("RW", "bit0 ap_done interrupt pending (write 1 to toggle/clear)"),
+    "AXI_ERROR": ("RO", "bit j: master j got SLVERR/DECERR"),
+}
 #: The MEM{j} pointers must stay below POS (0x200): at most 58 ports.
 MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
 
@@ -54,6 +86,34 @@ MAX_PORTS = (KERNEL_REG["POS"] - KERNEL_REG["MEM"]) // 8
 def mem_arg_offset(j: int) -> int:
     """AXI4-Lite offset of the 64-bit buffer pointer of port ``j``."""
     return KERNEL_REG["MEM"] + 8 * j
+
+
+def register_rows(regs: dict, doc: dict, extra=()) -> list[tuple[str, str, str, str]]:
+    """The rows ``(offset, name, access, meaning)`` of a register table in address order.
+
+    Parameters
+    ----------
+    regs : dict
+        Name -> byte offset (:data:`REG`, or it merged with :data:`KERNEL_REG`); a two-word
+        register is ``NAME_LO`` and ``NAME_HI``, written ``0xLO/0xHI``.
+    doc : dict
+        Name -> (access, meaning) of every register listed (:data:`REGISTER_DOC`, ...).
+    extra : iterable of (offset int, offset text, name, access, meaning)
+        Rows that are not in ``regs`` (the kernel's MEM{j} pointers).
+
+    Raises
+    ------
+    KeyError
+        A documented register has no offset.
+    """
+    def offset(name):
+        if name in regs:
+            return regs[name], f"0x{regs[name]:02X}"
+        lo, hi = regs[f"{name}_LO"], regs[f"{name}_HI"]
+        return lo, f"0x{lo:02X}/0x{hi:02X}"
+
+    rows = [(*offset(n), n, a, m) for n, (a, m) in doc.items()] + list(extra)
+    return [r[1:] for r in sorted(rows)]
 
 
 # --- matrix engine (hw.matrix_engine, hw.sequencer, hw.weight_fill, hw.buffers)

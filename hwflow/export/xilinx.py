@@ -22,7 +22,7 @@ from pathlib import Path
 from hwflow.buildfolder import atomic_dir, write_json
 from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.contract import REG
+from hwflow.hw.contract import KERNEL_REGISTER_DOC, REG, REGISTER_DOC, register_rows
 from hwflow.hw.vitis_kernel import (
     CONTROL_PORT,
     CONTROL_RANGE,
@@ -193,40 +193,15 @@ clean:
 """
 
 
-#: The kernel's s_axi_control registers in address order: name, access, meaning; the offsets
-#: are hw.contract's (``KERNEL_REG``, and ``REG`` for the accelerator's own), the MEM{j}
-#: pointers go after AXI_ERROR.
-_REGISTERS = (
-    ("AP_CTRL", "RW", "bit0 ap_start, bit1 ap_done, bit2 ap_idle, bit3 ap_ready; done/idle "
-                      "wait for every write response"),
-    ("GIE", "RW", "bit0 global interrupt enable"),
-    ("IER", "RW", "bit0 ap_done interrupt enable"),
-    ("ISR", "RW", "bit0 ap_done interrupt pending (write 1 to toggle/clear)"),
-    ("PROG_BASE", "RW", "super-beat address of the first instruction"),
-    ("AXI_ERROR", "RO", "bit j: master j got SLVERR/DECERR"),
-    ("CYCLES", "RO", "cycles of the last run"),
-    ("MPE_BUSY", "RO", "matrix-engine busy cycles"),
-    ("RETIRED", "RO", "instructions retired"),
-    ("ERROR", "RO", "1 = illegal opcode"),
-    ("POS", "RW", "sequence position of the run's first row (the ISA's POS register)"),
-    ("TLMM_BUSY", "RO", "cycles the TLMM engine did its lookups (0 without one)"),
-)
-
-
 def _register_table(cfg: AccelConfig) -> str:
-    regs = {**REG, **KERNEL_REG}
-
-    def offset(name):
-        if name in regs:
-            return regs[name], f"0x{regs[name]:02X}"
-        return regs[f"{name}_LO"], f"0x{regs[name + '_LO']:02X}/0x{regs[name + '_HI']:02X}"
-
-    rows = [(*offset(n), n, a, m) for n, a, m in _REGISTERS]
-    rows += [(mem_arg_offset(j), f"0x{mem_arg_offset(j):02X}/0x{mem_arg_offset(j) + 4:02X}",
-              f"MEM{j}", "RW", f"64-bit device address of buffer {j} ({master_name(j)})")
-             for j in range(cfg.mem_ports)]
+    """The kernel's s_axi_control registers (hw.contract's tables), the MEM{j} pointers of
+    this configuration's ports included."""
+    mem = [(mem_arg_offset(j), f"0x{mem_arg_offset(j):02X}/0x{mem_arg_offset(j) + 4:02X}",
+            f"MEM{j}", "RW", f"64-bit device address of buffer {j} ({master_name(j)})")
+           for j in range(cfg.mem_ports)]
+    rows = register_rows({**REG, **KERNEL_REG}, {**REGISTER_DOC, **KERNEL_REGISTER_DOC}, mem)
     return "\n".join(["| offset | name | access | meaning |", "|---|---|---|---|"]
-                     + [f"| {o} | {n} | {a} | {m} |" for _, o, n, a, m in sorted(rows)])
+                     + [f"| {o} | {n} | {a} | {m} |" for o, n, a, m in rows])
 
 
 def _striping_note(cfg: AccelConfig) -> str:

@@ -61,3 +61,19 @@ def test_markers_must_be_there_once():
         gen.splice("no markers", "x")
     with pytest.raises(ValueError, match="once"):
         gen.splice(f"{gen.BEGIN}\n{gen.END}\n{gen.BEGIN}\n{gen.END}", "x")
+
+
+def test_doc_register_table_is_the_contract():
+    """The control-register table of docs/architecture.md is rendered from hw/contract.py:
+    every register of REG at its offset, documented (POS and TLMM_BUSY included)."""
+    from hwflow.hw.contract import REG, REGISTER_DOC
+
+    doc = gen.DOC.read_text(encoding="utf-8")
+    assert gen.splice(doc, gen.render_registers(), gen.REG_BEGIN, gen.REG_END) == doc
+    block = doc.split(gen.REG_BEGIN)[1].split(gen.REG_END)[0]
+    for name, off in REG.items():
+        base = name.removesuffix("_LO").removesuffix("_HI")
+        assert base in REGISTER_DOC, name
+        assert any(f"| {base} |" in row and f"0x{off:02X}" in row for row in block.splitlines())
+    stale = doc.replace("| 0x200 | POS |", "| 0x204 | POS |")
+    assert stale != doc and gen.render_doc(stale) == doc
