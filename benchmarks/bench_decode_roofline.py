@@ -41,7 +41,8 @@ MODEL = dict(vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidde
 
 def run(weights: str, new_tokens: int, td: Path) -> dict:
     from hwflow.llm_examples import write_tiny_llama
-    from hwflow.llm_flow import compile_decoder, simulate_decoder
+    from hwflow.llm_flow import compile_decoder
+    from hwflow.simulate import simulate_decoder
 
     boards = td / "boards"
     boards.mkdir(exist_ok=True)

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hwflow.llm_flow import compile_decoder, simulate_decoder
+from hwflow.llm_flow import compile_decoder
+from hwflow.simulate import simulate_decoder
 
 
 def main() -> None:

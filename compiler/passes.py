@@ -597,6 +597,43 @@ def _alias_source(g: Graph, name: str, L: int) -> str | None:
                        f"are multiples of chain_len={L}, are supported")
 
 
+def first_fit(spans: dict, ranges: dict, order=None) -> dict:
+    """Place allocations in the activation buffer: the one allocator of every model family
+    (the MLP's :func:`memory_plan`, the decoder's ``mapping.llm_lower.ActPlan``).
+
+    Allocations are placed in order of first use (ties: their order in ``order``) at the
+    lowest address that fits; two allocations live at a common step never overlap.
+
+    Parameters
+    ----------
+    spans : dict
+        Name -> words.
+    ranges : dict
+        Name -> ``(first step, last step)`` it is live (every name of ``spans``).
+    order : sequence, optional
+        The names in tie-break order; default the order of ``ranges``.
+
+    Returns
+    -------
+    dict
+        Name -> first word.
+    """
+    rank = {r: k for k, r in enumerate(ranges if order is None else order)}
+    addr: dict = {}
+    placed: list[tuple[int, int, int]] = []  # (addr, span, last step) of allocations so far
+    for r in sorted(ranges, key=lambda r: (ranges[r][0], rank[r])):
+        first, last = ranges[r]
+        busy = sorted((a, a + s) for a, s, end in placed if end >= first)
+        at = 0
+        for lo, hi in busy:
+            if at + spans[r] <= lo:
+                break
+            at = max(at, hi)
+        addr[r] = at
+        placed.append((at, spans[r], last))
+    return addr
+
+
 def memory_plan(graph: Graph, target: TileTarget | None = None) -> Graph:
     """Place every int8 tensor in the activation buffer (liveness-based first fit).
 
@@ -653,19 +690,8 @@ def memory_plan(graph: Graph, target: TileTarget | None = None) -> Graph:
                                                       span[root[name]]))
     ranges = live_ranges(g)
 
-    addr: dict[str, int] = {}
-    placed: list[tuple[int, int, int]] = []  # (addr, span, last step) of allocations so far
-    for r in sorted(ranges, key=lambda r: (ranges[r][0], sched.index(r))):
-        first, last = ranges[r]
-        busy = sorted((a, a + s) for a, s, end in placed if end >= first)
-        at = 0
-        for lo, hi in busy:
-            if at + span[r] <= lo:
-                break
-            at = max(at, hi)
-        addr[r] = at
-        placed.append((at, span[r], last))
-    used = max((a + s for a, s, _ in placed), default=0)
+    addr = first_fit(span, ranges, sched)
+    used = max((addr[r] + span[r] for r in addr), default=0)
     if used > target.act_depth:
         peak = max(sum(span[r] for r in ranges if ranges[r][0] <= t <= ranges[r][1])
                    for t in range(len(sched) + 1))

@@ -138,14 +138,7 @@ def _cmd_compile(args) -> int:
     return 0
 
 
-def _sim_decoder(args) -> int:
-    from hwflow.llm_flow import DEFAULT_NEW_TOKENS, simulate_decoder
-
-    r = simulate_decoder(args.out, prompt=args.prompt, prompt_len=args.prompt_len,
-                         seed=args.seed,
-                         new_tokens=DEFAULT_NEW_TOKENS if args.new_tokens is None
-                         else args.new_tokens,
-                         waves=args.waves)
+def _print_decoder_sim(r: dict) -> int:
     for i, st in enumerate(r["steps"]):
         print(f"step {i}: {st['kind']} pos {st['pos']} ({st['tokens']} token"
               f"{'s' if st['tokens'] > 1 else ''}): {st['cycles']} cycles, "
@@ -165,16 +158,12 @@ def _sim_decoder(args) -> int:
 
 
 def _cmd_sim(args) -> int:
-    from hwflow.simulate import simulate_build
+    from hwflow.simulate import simulate
 
-    if _build_kind(args.out) == "decoder":
-        return _sim_decoder(args)
-    for flag in ("prompt", "prompt_len", "new_tokens"):
-        if getattr(args, flag) is not None:
-            raise HwflowError(f"--{flag.replace('_', '-')} is for decoder builds; "
-                              f"{args.out} holds a {_build_kind(args.out)} build")
-
-    r = simulate_build(args.out, seed=args.seed, waves=args.waves)
+    r = simulate(args.out, seed=args.seed, waves=args.waves, prompt=args.prompt,
+                 prompt_len=args.prompt_len, new_tokens=args.new_tokens)
+    if "steps" in r:
+        return _print_decoder_sim(r)
     status = "BIT-EXACT" if r["bit_exact"] else f"MISMATCH ({r['mismatches']} bytes differ)"
     print(f"RTL vs golden: {status}; {r['cycles']} cycles (predicted {r['predicted_cycles']}), "
           f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s, "
@@ -186,12 +175,6 @@ def _cmd_sim(args) -> int:
     if r.get("waves"):
         print(f"waveform: {r['waves']}")
     return 0 if r["bit_exact"] else 1
-
-
-def _build_kind(out) -> str:
-    from hwflow.buildfolder import build_kind
-
-    return build_kind(out)
 
 
 def _cmd_bitstream(args) -> int:

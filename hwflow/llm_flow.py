@@ -54,8 +54,8 @@ from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
 from hwflow.steps import run_steps
 
-__all__ = ["compile_decoder", "compile_shape_only", "predict_build", "simulate_decoder",
-           "parse_prompt"]
+__all__ = ["compile_decoder", "compile_shape_only", "predict_build", "parse_prompt",
+           "default_prompt", "golden_rows"]
 
 DEFAULT_NEW_TOKENS = 8
 DEFAULT_PROMPT_LEN = 8
@@ -633,7 +633,7 @@ def _accelerator_verilog(cfg) -> str:
     return accelerator_verilog(cfg)
 
 
-# -- simulate --------------------------------------------------------------------------------
+# -- prompts and golden rows (the build's testbench, hwflow sim, the host example) -----------
 
 def parse_prompt(text: str, vocab: int) -> list[int]:
     """Token ids from ``--prompt``: integers separated by commas and/or spaces."""
@@ -664,134 +664,3 @@ def golden_rows(golden, host: list, row_bytes: int) -> list:
     want = [prompt[st.pos + st.tokens - 1] for st, is_decode in host if not is_decode]
     want += [row[0] for row in golden.step_logits[1:]]
     return [np.pad(w, (0, row_bytes - w.shape[0])) for w in want]
-
-
-def _sum_traffic(per_step: list, mask: list) -> dict:
-    keys = ("weights_read", "kv_read", "kv_written", "activations_read", "activations_written",
-            "io_read", "io_written", "program_read")
-    return {k: int(sum(t.get(k, 0) for t, m in zip(per_step, mask, strict=True) if m))
-            for k in keys}
-
-
-def _tlmm_sim_report(cfg, steps: list) -> dict:
-    """TLMM use in the simulation: ``tlmm_lookups_per_cycle`` (lookups the engine did over the
-    cycles of the decode steps: ``T*Q`` per TLMM_BUSY cycle) when the simulator reports
-    TLMM_BUSY, else None with the reason."""
-    tq = cfg.tlmm_t * cfg.tlmm_q
-    rep = {"G": cfg.tlmm_g, "T": cfg.tlmm_t, "Q": cfg.tlmm_q, "peak_lookups_per_cycle": tq}
-    dec = [st for st in steps if st["kind"] == "decode"]
-    if not dec or any("tlmm_busy" not in st for st in dec):
-        return {**rep, "tlmm_lookups_per_cycle": None,
-                "note": "the simulation result has no TLMM_BUSY count"}
-    busy = sum(st["tlmm_busy"] for st in dec)
-    cycles = sum(st["cycles"] for st in dec)
-    return {**rep, "decode_tlmm_busy_cycles": busy, "decode_cycles": cycles,
-            "tlmm_lookups_per_cycle": busy * tq / cycles if cycles else 0.0,
-            "tlmm_busy_fraction": busy / cycles if cycles else 0.0}
-
-
-def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = None,
-                     seed: int | None = None, new_tokens: int = DEFAULT_NEW_TOKENS,
-                     waves: bool = False) -> dict:
-    """Prefill + ``new_tokens`` greedy decode steps of build folder ``out`` on the RTL; writes
-    and returns ``reports/sim.json``'s content."""
-    from hwflow.compiler.llm_interpret import float_generate, golden_generate, top1_agreement
-    from hwflow.hw.config import AccelConfig
-    from hwflow.mapping.llm_lower import lower_decoder
-    from hwflow.sim.isa_model import run_host_steps
-    from hwflow.sim.runner import SimError, rtl_jobs, simulate_steps
-
-    out = Path(out)
-    conf = open_build(out)          # every file as compile wrote it, or one line naming it
-    check_cache_writable()          # the Verilator build is cached
-    if conf.get("shape_only"):
-        raise HwflowError(f"{out} is a shape-only build (compiled from a config: no weights, "
-                          "no memory image, no RTL); it cannot be simulated. Use `hwflow "
-                          "predict` on it, or compile the model's weights to simulate")
-    cfg = AccelConfig(**conf["accel"])
-    qd = load_saved_decoder(out / "decoder" / "quantized")
-    fd = load_saved_decoder(out / "decoder" / "float")
-    vocab = qd.shape.vocab
-    if new_tokens < 1:
-        raise HwflowError(f"--new-tokens {new_tokens}: give at least 1 decode step")
-    if prompt is not None:
-        ids = parse_prompt(prompt, vocab)
-    else:
-        n = DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len
-        if n < 1:
-            raise HwflowError(f"--prompt-len {n}: give at least 1 token")
-        if n + new_tokens > qd.max_context:     # before drawing n random ids (n may be 10^9)
-            raise HwflowError(f"--prompt-len {n} + {new_tokens} decode steps exceed the "
-                              f"build's max context of {qd.max_context}; recompile with a "
-                              "larger --max-context or shorten the run")
-        ids = default_prompt(vocab, n, seed)
-    if len(ids) + new_tokens > qd.max_context:
-        raise HwflowError(f"{len(ids)} prompt tokens + {new_tokens} decode steps exceed the "
-                          f"build's max context of {qd.max_context}; recompile with a larger "
-                          "--max-context or shorten the run")
-    image = (out / "memory_image.bin").read_bytes()
-    lw = lower_decoder(qd, cfg)
-    if lw.image != image:
-        raise HwflowError(f"{out}/memory_image.bin does not match its decoder; recompile")
-
-    # golden: the prompt's logits, then one [1, vocab] row per decode step
-    golden = golden_generate(qd, ids, new_tokens + 1)
-    g_tokens = [int(t) for t in golden.tokens]
-    host, steps = rtl_jobs(lw, ids, new_tokens)
-    try:
-        res = simulate_steps(cfg, (out / "rtl" / "hwflow_accel.v").read_text(), image, steps,
-                             work_dir=out / "sim", waves=waves,
-                             traffic=[tuple(r) for r in conf["traffic_ranges"]])
-    except SimError as e:
-        raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
-
-    want = [w[:vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
-    isa_logits, isa_traffic = run_host_steps(cfg, image, lw.memory_map, host, g_tokens)
-
-    report_steps = []
-    for i, ((st, is_decode), r) in enumerate(zip(host, res.steps, strict=False)):
-        got = np.frombuffer(r.regions[0], np.int8)[:st.vocab]
-        exact = bool(r.done and r.error == 0 and np.array_equal(got, want[i]))
-        report_steps.append({
-            "kind": "decode" if is_decode else "prefill", "pos": st.pos, "rows": st.rows,
-            "tokens": st.tokens, "cycles": r.cycles, "bit_exact": exact,
-            "isa_model_bit_exact": bool(np.array_equal(isa_logits[i], want[i])),
-            "traffic_matches_isa_model": all(r.traffic.get(k, 0) == v
-                                              for k, v in isa_traffic[i].items()),
-            "error_register": r.error, "sim_seconds": r.run_wall_s,
-            **({"tlmm_busy": int(r.tlmm_busy)} if getattr(r, "tlmm_busy", None) is not None
-               else {})})
-    completed = len(res.steps) == len(host) and res.passed
-    decode_mask = [d for _, d in host][:len(res.steps)]
-    rtl_traffic = [r.traffic for r in res.steps]
-    tokens = res.tokens
-    float_tokens = float_generate(fd, ids, new_tokens + 1)
-    cycles = [s["cycles"] for s in report_steps]
-    dec = [s["cycles"] for s in report_steps if s["kind"] == "decode"]
-    wall = sum(r.run_wall_s for r in res.steps)
-    report = {
-        "bit_exact": bool(completed and all(s["bit_exact"] for s in report_steps)
-                          and tokens == g_tokens),
-        "completed": completed,
-        "prompt": ids, "new_tokens": new_tokens,
-        "steps": report_steps,
-        "tokens": tokens, "golden_tokens": g_tokens, "float_tokens": float_tokens,
-        "float_top1_agreement": top1_agreement(fd, qd, ids, g_tokens),
-        "isa_model_bit_exact": all(s["isa_model_bit_exact"] for s in report_steps),
-        "traffic": {"prefill": _sum_traffic(rtl_traffic, [not d for d in decode_mask]),
-                    "decode": _sum_traffic(rtl_traffic, decode_mask)},
-        "isa_model_traffic": {"prefill": _sum_traffic(isa_traffic, [not d for _, d in host]),
-                              "decode": _sum_traffic(isa_traffic, [d for _, d in host])},
-        "cycles": int(sum(cycles)),
-        "decode_cycles_per_step": (sum(dec) / len(dec)) if dec else None,
-        "sim_seconds": wall,
-        "cycles_per_second": sum(cycles) / wall if wall else 0.0,
-        "verilator_build_seconds": res.build_s,
-        "board": conf["board"],
-    }
-    if cfg.tlmm:
-        report["tlmm"] = _tlmm_sim_report(cfg, report_steps)
-    if waves and res.waves:
-        report["waves"] = str(res.waves)
-    write_json(out / "reports" / "sim.json", report)
-    return report

@@ -5,7 +5,7 @@ A generation is the prompt, split into runs by :func:`hwflow.mapping.llm_lower.p
 row whose logits a program computes), then one decode step per new token at positions
 ``n, n + 1, ...``. From the prompt's last run on, each run's argmax is the next token: the
 next decode step's input. The host (``hwflow.host.generate``), the RTL simulation
-(``hwflow.llm_flow``) and the prediction of time to first token (``hwflow.predict``) all run
+(``hwflow.simulate``) and the prediction of time to first token (``hwflow.predict``) all run
 this one schedule, so the cycles predicted are those of the runs made.
 """
 

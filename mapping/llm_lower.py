@@ -60,6 +60,7 @@ from functools import partial
 import numpy as np
 
 from hwflow.compiler.decoder import QDecoder, QLinear
+from hwflow.compiler.passes import first_fit
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import (
     FLAG_GAMMA,
@@ -342,14 +343,16 @@ class ActPlan:
 
     @classmethod
     def build(cls, geo: _Geometry, rows: int) -> ActPlan:
-        areas, addr, tails = {}, 0, dict(geo.tails)
-        for name, w in geo.row_words.items():
-            areas[name] = (addr, w)
-            addr += rows * w + tails.get(name, 0)
-        for name, w in geo.fixed_words.items():
-            areas[name] = (addr, w)
-            addr += w
-        return cls(rows, areas, addr, tuple(geo.fixed_words))
+        # The activation buffer's one allocator (compiler.passes.first_fit, the MLP's too).
+        # Every area is live for the whole program (each layer reuses them all), so they lie
+        # back to back in the order listed.
+        tails = dict(geo.tails)
+        spans = {name: rows * w + tails.get(name, 0) for name, w in geo.row_words.items()}
+        spans.update(geo.fixed_words)
+        at = first_fit(spans, dict.fromkeys(spans, (0, 0)))
+        areas = {name: (at[name], w) for name, w in {**geo.row_words, **geo.fixed_words}.items()}
+        return cls(rows, areas, max((at[n] + spans[n] for n in spans), default=0),
+                   tuple(geo.fixed_words))
 
     def addr(self, name: str) -> int:
         return self.areas[name][0]

@@ -427,8 +427,9 @@ VERIFY_CONTEXT, VERIFY_PROMPT = 16, 8
 
 def _verify_decoder(spec, board, p, r, build, boards_dir) -> dict:
     from hwflow.hw.config import AccelConfig
-    from hwflow.llm_flow import compile_decoder, simulate_decoder
+    from hwflow.llm_flow import compile_decoder
     from hwflow.predict import predict_decoder
+    from hwflow.simulate import simulate_decoder
 
     shape, _family, ternary = _load_decoder(spec)
     weights = p.get("weights") or ("ternary" if ternary else "int8")

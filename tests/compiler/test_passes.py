@@ -469,3 +469,24 @@ def test_reshape_aliases_or_fails():
     q = quantize(from_module(M(12).eval(), example=x), x.numpy())
     with pytest.raises(CompileError, match="last dim 12 -> 24 changes the row layout"):
         memory_plan(_sched(q))
+
+
+def test_first_fit_is_the_one_allocator():
+    """memory_plan's allocator: live-at-once allocations never overlap, a dead one's words are
+    reused, and allocations live for a whole program (the decoder's act plan) lie back to back
+    in their order."""
+    from hwflow.compiler.passes import first_fit
+
+    spans = {"a": 4, "b": 2, "c": 3, "d": 4}
+    ranges = {"a": (0, 1), "b": (1, 2), "c": (2, 3), "d": (3, 4)}
+    addr = first_fit(spans, ranges)
+    assert addr == {"a": 0, "b": 4, "c": 0, "d": 3}       # c and d reuse dead words
+    for x in spans:
+        for y in spans:
+            live = ranges[x][0] <= ranges[y][1] and ranges[y][0] <= ranges[x][1]
+            if x < y and live:
+                assert addr[x] + spans[x] <= addr[y] or addr[y] + spans[y] <= addr[x]
+    assert first_fit(spans, dict.fromkeys(spans, (0, 0))) == {"a": 0, "b": 4, "c": 6, "d": 9}
+    # ties at the same first step go in ``order``
+    assert first_fit(spans, dict.fromkeys(spans, (0, 0)), order="dcba") == {
+        "d": 0, "c": 4, "b": 7, "a": 9}
