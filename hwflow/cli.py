@@ -138,7 +138,7 @@ def _cmd_compile(args) -> int:
     return 0
 
 
-def _print_decoder_sim(r: dict) -> int:
+def _print_decoder_sim(r: dict) -> None:
     for i, st in enumerate(r["steps"]):
         print(f"step {i}: {st['kind']} pos {st['pos']} ({st['tokens']} token"
               f"{'s' if st['tokens'] > 1 else ''}): {st['cycles']} cycles, "
@@ -152,18 +152,9 @@ def _print_decoder_sim(r: dict) -> int:
           f"{d['activations_written']}, io read {d['io_read']} written {d['io_written']}")
     print(f"{r['decode_cycles_per_step']:.0f} cycles per decode step; "
           f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s")
-    if r.get("waves"):
-        print(f"waveform: {r['waves']}")
-    return 0 if r["bit_exact"] else 1
 
 
-def _cmd_sim(args) -> int:
-    from hwflow.simulate import simulate
-
-    r = simulate(args.out, seed=args.seed, waves=args.waves, prompt=args.prompt,
-                 prompt_len=args.prompt_len, new_tokens=args.new_tokens)
-    if "steps" in r:
-        return _print_decoder_sim(r)
+def _print_mlp_sim(r: dict) -> None:
     status = "BIT-EXACT" if r["bit_exact"] else f"MISMATCH ({r['mismatches']} bytes differ)"
     print(f"RTL vs golden: {status}; {r['cycles']} cycles (predicted {r['predicted_cycles']}), "
           f"{r['cycles_per_second'] / 1e6:.2f} M cycles/s, "
@@ -172,6 +163,14 @@ def _cmd_sim(args) -> int:
           f"cycle (ideal {r['ideal_macs_per_dsp_cycle']:.3g} for this program's layers)")
     print(f"golden vs float torch: cosine {r['float_cosine']:.5f}, "
           f"max abs error {r['float_max_abs_error']:.4g}")
+
+
+def _cmd_sim(args) -> int:
+    from hwflow.simulate import simulate
+
+    r = simulate(args.out, seed=args.seed, waves=args.waves, prompt=args.prompt,
+                 prompt_len=args.prompt_len, new_tokens=args.new_tokens)
+    (_print_decoder_sim if "steps" in r else _print_mlp_sim)(r)
     if r.get("waves"):
         print(f"waveform: {r['waves']}")
     return 0 if r["bit_exact"] else 1
