@@ -1,4 +1,6 @@
-"""Spec check: the rules every IR graph obeys; the flow runs :func:`check` after every pass.
+"""Spec check: the rules every IR obeys. The graph IR (MLPs) is checked by :func:`check` after
+every pass, the decoder IR by :func:`check_decoder` after quantization and when read back; both
+hold their integer linears to one rule set (:func:`linear_rules`).
 
 A broken rule raises :class:`~hwflow.compiler.errors.SpecError` naming the node and the rule.
 Rules that only apply after a step are checked once the graph carries that step's marks:
