@@ -287,7 +287,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
                            "bucket": chunks[0].program}
 
     mean_pos = int(round(dec["mean_pos"]))
-    traffic = program_traffic(lw.decode.program, cfg, mean_pos)     # mapping.traffic
+    traffic = program_traffic(lw.decode, cfg, mean_pos, lw.memory_map)     # mapping.traffic
     achieved = traffic["total"] * hz / cpt / 1e9
     port_peak = cfg.beat_bytes * hz / 1e9
     board_peak = float(board.memory["bandwidth_gbps"])     # delivered, per the board file

@@ -58,8 +58,8 @@ from hwflow.hw.isa import (
     Opcode,
     decode,
 )
-from hwflow.mapping.memory_image import TRAFFIC_CATEGORY
 from hwflow.mapping.ternary_format import block_layout, row_read_words, unpack_ternary_block
+from hwflow.mapping.traffic import TRAFFIC_KEYS, TrafficCount, fetched_beats
 from hwflow.mapping.weight_format import (
     LayerFormat,
     channels_per_tile,
@@ -127,13 +127,6 @@ class GatherRangeError(IsaError):
     """A GATHER token id is >= the table's rows; the hardware stops the run, ERROR = 3."""
 
     error = ERROR_GATHER_RANGE
-
-
-#: Traffic counters (bytes, whole super-beats), docs/architecture.md "Memory traffic"; accesses
-#: that start outside every classified region (the header, or no map given) count as ``other``.
-TRAFFIC_KEYS = ("weights_read", "kv_read", "kv_written", "activations_read",
-                "activations_written", "io_read", "io_written", "program_read", "other_read",
-                "other_written")
 
 
 @dataclass
@@ -253,12 +246,9 @@ class IsaModel:
         self.act = np.zeros((cfg.act_depth, cfg.chain_len), dtype=np.int8)
         self.stats = IsaStats()
         self.pos = int(pos)
-        if regions is not None and hasattr(regions, "spans"):
-            regions = regions.spans()
-        spans = sorted((int(a), int(b), TRAFFIC_CATEGORY.get(k, "other"))
-                       for a, b, k in (regions or ()) if b > a)
-        self._span_starts = np.array([a for a, _, _ in spans], dtype=np.int64)
-        self._spans = spans
+        self._regions = regions
+        self._count = TrafficCount(cfg, regions)
+        self.stats.traffic = self._count.counts
         self._pc = 0
         self._index = 0
         self._fetched_sb = None
@@ -266,6 +256,8 @@ class IsaModel:
     def reset_stats(self) -> None:
         """Start new counters (the memory image and the activation buffer are kept)."""
         self.stats = IsaStats()
+        self._count = TrafficCount(self.cfg, self._regions)
+        self.stats.traffic = self._count.counts
 
     def write(self, byte_addr: int, data: bytes) -> None:
         """Host write into external memory (e.g. token ids before a run)."""
@@ -281,25 +273,6 @@ class IsaModel:
             raise AddressError(f"host read of {nbytes} B at 0x{byte_addr:x} outside the "
                                f"{self.mem.size}-byte image")
         return self.mem[byte_addr: byte_addr + nbytes].tobytes()
-
-    # -- traffic ------------------------------------------------------------------------------
-
-    def _category(self, sb: int) -> str:
-        i = int(np.searchsorted(self._span_starts, sb, side="right")) - 1
-        if i >= 0:
-            a, b, cat = self._spans[i]
-            if a <= sb < b:
-                return cat
-        return "other"
-
-    def _traffic(self, sb: int, nbytes: int, write: bool) -> None:
-        """Count an access of ``nbytes`` from super-beat ``sb`` as whole super-beats."""
-        SB = self.cfg.beat_bytes
-        cat = self._category(sb)
-        key = f"{cat}_{'written' if write else 'read'}"
-        if key not in self.stats.traffic:       # e.g. a write into the program or weights
-            key = f"other_{'written' if write else 'read'}"
-        self.stats.traffic[key] += -(-nbytes // SB) * SB
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -373,7 +346,6 @@ class IsaModel:
             self.stats.ext_write_bytes += nbytes
             # a STORE may overwrite the program: the controller drops its fetched super-beat
             self._fetched_sb = None
-        self._traffic(ext, nbytes, ins.op == Opcode.STORE)
 
     def _mode(self, ins: Instr) -> LayerFormat:
         """The MATMUL's weight format; IllegalMode if this engine cannot run it."""
@@ -450,7 +422,6 @@ class IsaModel:
         s.macs_valid += rows * n_out * kw * L
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
-        self._traffic(ins.ext, nbytes, False)
 
     def _vadd(self, ins: Instr) -> None:
         L = self.cfg.chain_len
@@ -495,7 +466,6 @@ class IsaModel:
         id_bytes = -(-4 * rows // SB) * SB
         lo, hi = self._ext_range(ins.ids, id_bytes, "GATHER ids")
         ids = self.mem[lo:lo + 4 * rows].view("<u4").astype(np.int64)
-        self._traffic(ins.ids, id_bytes, False)
         self.stats.ext_read_bytes += id_bytes
         a0, _ = self._act_range(ins.a, rows * n, "GATHER act")
         for b, tok in enumerate(ids):
@@ -505,7 +475,6 @@ class IsaModel:
             sb = ins.ext + int(tok) * ins.stride
             lo, hi = self._ext_range(sb, nbytes, "GATHER table")
             self.act[a0 + b * n: a0 + (b + 1) * n] = self.mem[lo:hi].view(np.int8).reshape(n, L)
-            self._traffic(sb, nbytes, False)
             self.stats.ext_read_bytes += nbytes
 
     def _rmsnorm(self, ins: Instr) -> None:
@@ -598,7 +567,6 @@ class IsaModel:
             # per query row b the unit reads the position blocks of its keys once for all its
             # lanes (golden.llm.attended: 0..POS+b, or the window's last ones)
             nbytes = golden_llm.attended_total(self.pos, rows, ins.window) * block
-            self._traffic(base, nbytes, False)
             self.stats.ext_read_bytes += nbytes
         q = self._act_rows(ins.a, rows, ins.q_words, lanes * hdw, "ATTN q")
         y = golden_llm.attention(q, caches[0], caches[1], self.pos, lanes, slots, hdw * L,
@@ -627,7 +595,6 @@ class IsaModel:
         self.mem[lo:hi] = blocks.reshape(-1).view(np.uint8)
         self.stats.ext_write_bytes += nbytes
         self._fetched_sb = None             # as STORE: the program may have been overwritten
-        self._traffic(ext, nbytes, True)
 
     # -- ternary instructions (docs/architecture.md, "Ternary path") ---------------------------
 
@@ -713,10 +680,6 @@ class IsaModel:
         nbytes = param_bytes + rows * stream_bytes
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
-        self._traffic(ins.ext, param_bytes, False)
-        stream_sb = ins.ext + lay["param_beats"]
-        for _ in range(rows):
-            self._traffic(stream_sb, stream_bytes, False)
 
     def _check_built(self, ins: Instr) -> None:
         """IllegalInstruction for an instruction of a unit this engine was built without: the
@@ -768,10 +731,9 @@ class IsaModel:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")
             lo, hi = self._ext_range(0, self._pc + INSTR_BYTES, "instruction fetch")
             raw = self.mem[self._pc:hi].tobytes()
-            for sb in range(self._pc // SB, (self._pc + INSTR_BYTES - 1) // SB + 1):
-                if sb != self._fetched_sb:
-                    self._traffic(sb, SB, False)
-                    self._fetched_sb = sb
+            for sb in fetched_beats(self._pc, self._fetched_sb, SB):
+                self._count.add(sb, SB, False)
+                self._fetched_sb = sb
             try:
                 ins = decode(raw)
             except ValueError:
@@ -783,6 +745,7 @@ class IsaModel:
             if ins.op == Opcode.END:
                 return self.stats
             handlers[ins.op](ins)
+            self._count.add_instr(ins, self.pos)     # mapping.traffic: the one traffic count
             self._pc += INSTR_BYTES
             self._index += 1
 
