@@ -28,6 +28,7 @@ import numpy as np
 from hwflow.golden.int4 import GROUP as INT4_GROUP
 from hwflow.golden.sparse import pack_nm, satisfies_nm
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.matrix_engine_model import legal_modes
 
 __all__ = [
     "LayerFormat",
@@ -122,16 +123,10 @@ def is_legal(cfg: AccelConfig, fmt: LayerFormat) -> bool:
     sparse modes need the sparse selectors (``cfg.sparse``), int4 the dequantizer
     (``cfg.int4``) and ``2L | 32`` (a value row's two words lie in one group of 32).
     """
-    L, G = cfg.chain_len, cfg.groups
-    if fmt.r not in _RS or fmt.r > G or G % fmt.r:
+    # the N:M modes are the matrix engine's own list (the RTL's selectors are built from it)
+    if (fmt.lgm, fmt.lgr) not in legal_modes(cfg.chain_len, cfg.sparse):
         return False
-    if fmt.m > L or L % fmt.m:
-        return False
-    if fmt.sparse and not cfg.sparse:
-        return False
-    if fmt.int4 and (not cfg.int4 or INT4_GROUP % (2 * L)):
-        return False
-    return True
+    return not fmt.int4 or (cfg.int4 and INT4_GROUP % (2 * cfg.chain_len) == 0)
 
 
 def legal_formats(cfg: AccelConfig) -> list[LayerFormat]:

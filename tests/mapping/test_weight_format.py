@@ -312,3 +312,20 @@ def test_large_layer_round_trips(fmt):
     data, k_words, n_tiles = _pack(cfg, fmt, w, bias, mult, kw_args)
     W, _, _ = unpack_weight_block(cfg, fmt, data, k_words, n_tiles)
     np.testing.assert_array_equal(W[:N], w)
+
+
+@pytest.mark.parametrize("chain_len, sparse", [(1, True), (2, True), (4, True), (8, False),
+                                               (16, True), (16, False)])
+def test_legal_formats_are_the_engines_modes(chain_len, sparse):
+    """One list of legal N:M modes: the formats the mapper may choose are exactly the matrix
+    engine's modes (hw.matrix_engine_model.legal_modes, which the RTL's selectors are built
+    from), each in int8 and, where the dequantizer is built, int4."""
+    from hwflow.hw.matrix_engine_model import legal_modes
+    from hwflow.mapping.weight_format import legal_formats
+
+    cfg = AccelConfig(chains=16, chain_len=chain_len, mem_ports=1, port_bytes=chain_len,
+                      sparse=sparse, int4=True)
+    modes = {(f.lgm, f.lgr) for f in legal_formats(cfg) if f.wbits == 8}
+    assert modes == set(legal_modes(chain_len, sparse))
+    int4 = {(f.lgm, f.lgr) for f in legal_formats(cfg) if f.wbits == 4}
+    assert int4 == (modes if 32 % (2 * chain_len) == 0 else set())
