@@ -11,8 +11,13 @@ MAX_GROUPS = 4
 #: Most slices per group: 7 packed products of two int8 (7 * 128 * 128 < 2**17) keep the low
 #: field of the packed multiply exact (docs/architecture.md, "Matrix engine").
 MAX_GROUP_LEN = 7
-#: Legal TLMM group sizes G (ternary weights per table index; golden.ternary.GROUP_BITS).
-TLMM_GROUPS = (2, 3, 4)
+#: Bits of one TLMM group index per group size G (ternary weights per table index): 3**G
+#: combinations in 4, 5, 7 bits. The hardware's one copy (the RTL, the record layout, the
+#: sizing and cycle models read it); golden.ternary.GROUP_BITS is the numerics' own, and a
+#: test holds the two equal.
+TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
+#: Legal TLMM group sizes G.
+TLMM_GROUPS = tuple(TLMM_GROUP_BITS)
 
 
 @dataclass(frozen=True)

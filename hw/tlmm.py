@@ -13,7 +13,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import tree_sum
-from .config import AccelConfig
+from .config import TLMM_GROUP_BITS, AccelConfig
 from .contract import table_entries, tlmm_epilogue_lanes
 from .isa import Opcode
 from .isa_layout import LAYOUTS
@@ -22,8 +22,8 @@ from .mem_port import read_req_layout
 __all__ = ["TernaryLookupMatmul", "GROUP_BITS", "TLMM_BURST", "TLMM_MAX_AHEAD", "ACC_BITS",
            "table_entries"]
 
-#: Bits of one group index (golden.ternary.GROUP_BITS): 3**G combinations in 4, 5, 7 bits.
-GROUP_BITS = {2: 4, 3: 5, 4: 7}
+#: Bits of one group index (hw.config.TLMM_GROUP_BITS): 3**G combinations in 4, 5, 7 bits.
+GROUP_BITS = TLMM_GROUP_BITS
 #: Super-beats per read request. 16-beat bursts with up to 64 beats in flight cover a 32-cycle
 #: read latency twice over, so the index stream runs at one super-beat per cycle.
 TLMM_BURST = 16

@@ -59,7 +59,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from hwflow.boards import Board
-from hwflow.hw.config import AccelConfig
+from hwflow.hw.config import TLMM_GROUP_BITS, AccelConfig
 from hwflow.hw.contract import epilogue_lanes, int4_capable, tlmm_epilogue_lanes
 
 from .errors import MappingError
@@ -467,8 +467,6 @@ def check_fit(cfg: AccelConfig, board: Board) -> dict:
 
 # ------------------------------------------------------------------------- TLMM sizing
 
-#: Group index bits per G (golden.ternary.GROUP_BITS; the engine's record entries).
-TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
 #: Share of the board's LUTs and block RAM the TLMM engine may take when the mapper sizes it
 #: (the rest: matrix engine, vector and attention units, controller, memory ports, shell).
 TLMM_LUT_SHARE = 0.25

@@ -86,8 +86,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from hwflow.golden.llm import attended
-from hwflow.golden.ternary import GROUP_BITS
-from hwflow.hw.config import AccelConfig
+from hwflow.hw.config import TLMM_GROUP_BITS, AccelConfig
 from hwflow.hw.contract import (
     ATTN_BLOCK,
     RESULT_FIFO_DEPTH,
@@ -296,7 +295,7 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
     G, T, Q, L, SB = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len, cfg.beat_bytes
     chunks, blocks = -(-i.k_groups // T), -(-i.n_out // Q)
     # records never straddle a super-beat: KR per beat, or BPR beats each
-    rb, sbb = T * Q * GROUP_BITS[G], 8 * SB
+    rb, sbb = T * Q * TLMM_GROUP_BITS[G], 8 * SB
     kr, bpr = max(1, sbb // rb), -(-rb // sbb)
     stream = blocks * bpr - (bpr - 1)
     # the builder (T·G bytes, entry 0, NE entries: T·G + NE + 2 cycles) fills one table bank
