@@ -52,6 +52,7 @@ configuration (DSP and BRAM counts equal):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -118,6 +119,17 @@ def default_mem_ports(board: Board, chains: int, chain_len: int) -> int:
     return min(want, board.max_mem_ports)
 
 
+#: What a board's ``engine:`` leaves out is AccelConfig's default (one place for them), but for
+#: the values chosen from the board: the memory ports, the attention lanes, the vector lanes
+#: and the small-FPGA flags (:func:`choose_config`).
+ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AccelConfig)}
+
+
+def engine_value(engine: dict, key: str):
+    """``engine[key]``, or AccelConfig's default for it (:data:`ENGINE_DEFAULTS`)."""
+    return engine.get(key, ENGINE_DEFAULTS[key])
+
+
 def choose_config(board: Board, **overrides) -> AccelConfig:
     """The board's default engine (``engine:`` in its YAML) with optional overrides.
 
@@ -127,15 +139,15 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
     ``transformer`` (the vector and attention units, GATHER, POS) default to true, except on
     boards with fewer than :data:`SMALL_FPGA_LUTS` LUTs (the iCE40 UP5K's 5280 cells hold only
     a dense int8 1 x 2 engine). ``tlmm`` (the ternary table-lookup engine) defaults to false;
-    its sizes ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth`` to AccelConfig's (3, 4, 4,
-    1024) unless the board's YAML or an override names them; ``attn_heads`` to
+    every size the YAML leaves out (``chains``, ``chain_len``, ``act_depth``, ``weight_depth``,
+    ``tlmm_g``, ``tlmm_t``, ``tlmm_q``, ``tlmm_acc_depth``) to AccelConfig's
+    (:data:`ENGINE_DEFAULTS`); ``attn_heads`` to
     :func:`default_attn_heads`; ``vec_lanes`` to the board's (1 if it names none), within one
     activation word of the chosen ``chain_len`` (their gcd) unless an override names it.
     """
     eng = dict(board.engine)
     eng.update({k: v for k, v in overrides.items() if v is not None})
-    chains = eng.get("chains", 8)
-    chain_len = eng.get("chain_len", 16)
+    chains, chain_len = engine_value(eng, "chains"), engine_value(eng, "chain_len")
     port_bytes = int(board.memory["port_bytes"])
     small = board.resources["lut"] < SMALL_FPGA_LUTS
     ports = eng.get("mem_ports", default_mem_ports(board, chains, chain_len))
@@ -144,22 +156,23 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            f"{board.max_mem_ports} (memory.ports)")
     try:
         return AccelConfig(chains=chains, chain_len=chain_len, mem_ports=ports,
-                           port_bytes=port_bytes, act_depth=eng.get("act_depth", 2048),
-                           weight_depth=eng.get("weight_depth", 256),
+                           port_bytes=port_bytes, act_depth=engine_value(eng, "act_depth"),
+                           weight_depth=engine_value(eng, "weight_depth"),
                            sparse=bool(eng.get("sparse", not small)),
                            int4=bool(eng.get("int4", not small)),
                            transformer=bool(eng.get("transformer", not small)),
                            tlmm=bool(eng.get("tlmm", False)),
-                           tlmm_g=eng.get("tlmm_g", 3), tlmm_t=eng.get("tlmm_t", 4),
-                           tlmm_q=eng.get("tlmm_q", 4),
-                           tlmm_acc_depth=eng.get("tlmm_acc_depth", 1024),
+                           tlmm_g=engine_value(eng, "tlmm_g"),
+                           tlmm_t=engine_value(eng, "tlmm_t"),
+                           tlmm_q=engine_value(eng, "tlmm_q"),
+                           tlmm_acc_depth=engine_value(eng, "tlmm_acc_depth"),
                            attn_heads=eng.get("attn_heads", default_attn_heads(
                                ports * port_bytes, chain_len)),
                            ring_uram=bool(eng.get("ring_uram", False)),
                            # the board's lanes, within one activation word of an overridden
                            # chain_len; an explicit value is taken as given (and checked)
                            vec_lanes=(overrides["vec_lanes"] if overrides.get("vec_lanes")
-                                      else math.gcd(eng.get("vec_lanes", 1), chain_len)))
+                                      else math.gcd(engine_value(eng, "vec_lanes"), chain_len)))
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid engine configuration: {e}") from None
 
@@ -641,7 +654,7 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
     if SB is None:
         eng = dict(board.engine)
         SB = int(board.memory["port_bytes"]) * eng.get("mem_ports", default_mem_ports(
-            board, eng.get("chains", 8), eng.get("chain_len", 16)))
+            board, engine_value(eng, "chains"), engine_value(eng, "chain_len")))
     kb = getattr(board, "bram_kbits", 36)
     lut_budget = lut_share * board.resources["lut"]
     bram_budget = bram_share * board.resources["bram"]

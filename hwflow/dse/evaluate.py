@@ -128,13 +128,13 @@ def engine_overrides(board, params: dict, kind: str) -> dict:
     the TLMM for ternary weights, the int4 path for int4/mixed weights, and no sparse
     selectors (the decoder flow runs dense weights).
     """
-    from hwflow.mapping.accel_config import default_mem_ports
+    from hwflow.mapping.accel_config import default_mem_ports, engine_value
 
     eng = {k: params[k] for k in ENGINE_PARAMETERS if k in params}
     if "mem_ports" not in eng and ({"chains", "chain_len"} & set(eng)):
         eng["mem_ports"] = default_mem_ports(
-            board, eng.get("chains", board.engine.get("chains", 8)),
-            eng.get("chain_len", board.engine.get("chain_len", 16)))
+            board, eng.get("chains", engine_value(board.engine, "chains")),
+            eng.get("chain_len", engine_value(board.engine, "chain_len")))
     weights = params.get("weights")
     if kind == MLP:
         weights = weights or "int8"

@@ -314,3 +314,18 @@ def test_tlmm_config_from_board_or_sized():
     # check_fit (inside check_fit_tlmm) counts the TLMM's LUTs in the total and refuses first
     with pytest.raises(MappingError, match=r"TLMM engine .* does not fit kv260: LUT \d+ > 117120"):
         check_fit_tlmm(dc_replace(cfg2, tlmm_t=64, tlmm_q=64), kv)
+
+
+def test_engine_defaults_are_accelconfigs():
+    """One place for the engine's defaults: what a board's `engine:` leaves out is
+    AccelConfig's own value (once 8 chains and a 2048-word buffer here, 16 and 4096 there)."""
+    import dataclasses
+
+    brd = load_board("u280")
+    bare = dataclasses.replace(brd, engine={})
+    cfg, ref = choose_config(bare), AccelConfig()
+    for key in ("chains", "chain_len", "act_depth", "weight_depth", "tlmm_g", "tlmm_t",
+                "tlmm_q", "tlmm_acc_depth"):
+        assert getattr(cfg, key) == getattr(ref, key), key
+    # the values chosen from the board: the ports one weight row per cycle needs, ...
+    assert cfg.mem_ports == cfg.chains * cfg.chain_len // int(brd.memory["port_bytes"])
