@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hwflow.boards import load_board
-from hwflow.buildfolder import BuildOutput, compile_command, write_build, write_json
+from hwflow.buildfolder import BuildOutput, compile_command, write_build
 from hwflow.compiler import (
     CompileError,
     FlowOptions,
@@ -61,37 +61,6 @@ def accelerator_verilog(cfg) -> str:
     from hwflow.hw.top import generate_verilog  # Amaranth: only a build that needs RTL
 
     return cached_verilog("", cfg.to_dict(), lambda: generate_verilog(cfg))
-
-
-STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` from the build folder.
-
-Builds ``hwflow_sim_top`` (this folder's rtl/hwflow_accel.v plus the memory models) with
-Verilator through cocotb's runner, preloads memory_image.bin, runs the program and checks
-every output region byte for byte against the ISA functional model's result for the
-default input (expected_*.bin, written by `hwflow compile`). The cocotb test module that
-drives the AXI4-Lite registers and reads the results is hwflow.sim.testbench.
-"""
-
-import json
-from pathlib import Path
-
-from hwflow.hw.config import AccelConfig
-from hwflow.sim.runner import simulate
-
-HERE = Path(__file__).resolve().parent
-BUILD = HERE.parent
-
-
-def test_program_matches_isa_model(tmp_path):
-    conf = json.loads((BUILD / "config.json").read_text())
-    regions = json.loads((HERE / "expected.json").read_text())
-    res = simulate(AccelConfig(**conf["accel"]), (BUILD / "rtl" / "hwflow_accel.v").read_text(),
-                   (BUILD / "memory_image.bin").read_bytes(), conf["prog_base"],
-                   [(r["addr"], r["nbytes"]) for r in regions], work_dir=tmp_path)
-    assert res.done and res.error == 0
-    for r, got in zip(regions, res.regions, strict=True):
-        assert got == (HERE / r["file"]).read_bytes(), r["name"]
-'''
 
 
 def load_calibration(path, shape) -> np.ndarray:
@@ -149,18 +118,17 @@ def program_inputs(calib: np.ndarray, shape) -> np.ndarray:
 
 
 def _write_testbench(tb: Path, cfg, lowered) -> None:
-    """The build folder's standalone cocotb testbench (see STANDALONE_TB)."""
+    """The build folder's standalone testbench (``sim.runner.write_standalone_testbench``): the
+    program's one run, its output regions as the ISA functional model leaves them."""
     from hwflow.sim.isa_model import run_program
+    from hwflow.sim.runner import write_standalone_testbench
 
-    tb.mkdir()
     model_image, _ = run_program(cfg, lowered.image, lowered.prog_base)
-    sb, regions = cfg.beat_bytes, []
-    for k, r in enumerate(lowered.memory_map.of_kind("output")):
-        f = f"expected_{k}.bin"
-        (tb / f).write_bytes(model_image[r.addr * sb: r.addr * sb + r.nbytes])
-        regions.append({"name": r.name, "addr": r.addr, "nbytes": r.nbytes, "file": f})
-    write_json(tb / "expected.json", regions)
-    (tb / "test_accel.py").write_text(STANDALONE_TB)
+    sb, regions = cfg.beat_bytes, lowered.memory_map.of_kind("output")
+    write_standalone_testbench(
+        tb, [{"prog_base": lowered.prog_base, "readback": [(r.addr, r.nbytes) for r in regions]}],
+        [[model_image[r.addr * sb: r.addr * sb + r.nbytes] for r in regions]],
+        outputs=[r.name for r in regions])
 
 
 def check_weight_options(sparsity: str, weights: str) -> None:

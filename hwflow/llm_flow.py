@@ -564,67 +564,20 @@ def _engines_per_layer(linears: list) -> dict:
     return out
 
 
-DECODER_TB = '''"""Standalone cocotb testbench of this language-model build: `pytest tb/`.
-
-Builds ``hwflow_sim_top`` (rtl/hwflow_accel.v plus the memory models) with Verilator through
-cocotb's runner, preloads memory_image.bin and runs the default prompt and decode steps of
-steps.json in one simulation: each run's host writes (token ids), POS and PROG_BASE, then the
-logits read-back, checked byte for byte against the golden model's (expected_*.bin, written by
-`hwflow compile`), the RTL's argmax feeding the next decode step. The cocotb test module that
-drives the AXI4-Lite registers is hwflow.sim.testbench.
-"""
-
-import json
-from pathlib import Path
-
-from hwflow.hw.config import AccelConfig
-from hwflow.sim.runner import simulate_steps
-
-HERE = Path(__file__).resolve().parent
-BUILD = HERE.parent
-
-
-def test_prompt_and_decode_match_golden(tmp_path):
-    conf = json.loads((BUILD / "config.json").read_text())
-    job = json.loads((HERE / "steps.json").read_text())
-    steps = []
-    for st in job["steps"]:
-        st = dict(st)
-        st["writes"] = [(a, (HERE / f).read_bytes()) for a, f in st["writes"]]
-        st["readback"] = [tuple(r) for r in st["readback"]]
-        st["expect"] = {0: (HERE / st.pop("expected")).read_bytes()}
-        steps.append(st)
-    res = simulate_steps(AccelConfig(**conf["accel"]),
-                         (BUILD / "rtl" / "hwflow_accel.v").read_text(),
-                         (BUILD / "memory_image.bin").read_bytes(), steps, work_dir=tmp_path,
-                         traffic=[tuple(r) for r in conf["traffic_ranges"]])
-    assert res.passed and all(s.done and s.error == 0 and not s.mismatches for s in res.steps)
-    assert res.tokens == job["golden_tokens"]
-'''
-
-
 def _write_testbench(tb: Path, qd, lw) -> None:
-    """The build folder's standalone cocotb testbench (see DECODER_TB) for the default run."""
+    """The build folder's standalone testbench (``sim.runner.write_standalone_testbench``):
+    the default prompt and decode runs, each run's logits row as golden computes it."""
     from hwflow.compiler.llm_interpret import golden_generate
-    from hwflow.sim.runner import rtl_jobs
+    from hwflow.sim.runner import rtl_jobs, write_standalone_testbench
 
-    tb.mkdir()
     new_tokens = max(1, min(DEFAULT_NEW_TOKENS, lw.max_context - DEFAULT_PROMPT_LEN))
     ids = default_prompt(qd.shape.vocab)
     golden = golden_generate(qd, ids, new_tokens + 1)
     host, steps = rtl_jobs(lw, ids, new_tokens)
-    job = []
-    for i, (st, want) in enumerate(zip(steps, golden_rows(golden, host, lw.io.logits_row_bytes),
-                                       strict=True)):
-        writes = []
-        for k, (addr, data) in enumerate(st["writes"]):
-            (tb / f"write_{i}_{k}.bin").write_bytes(bytes(data))
-            writes.append((addr, f"write_{i}_{k}.bin"))
-        (tb / f"expected_{i}.bin").write_bytes(want.astype(np.int8).tobytes())
-        job.append({**st, "writes": writes, "expected": f"expected_{i}.bin"})
-    write_json(tb / "steps.json", {"prompt": ids, "golden_tokens": [int(t) for t in golden.tokens],
-                                   "steps": job})
-    (tb / "test_accel.py").write_text(DECODER_TB)
+    want = [[w.astype(np.int8).tobytes()]
+            for w in golden_rows(golden, host, lw.io.logits_row_bytes)]
+    write_standalone_testbench(tb, steps, want, prompt=ids,
+                               golden_tokens=[int(t) for t in golden.tokens])
 
 
 def _accelerator_verilog(cfg) -> str:

@@ -59,7 +59,8 @@ from hwflow.sim.top import (
 
 __all__ = ["SimError", "BuildError", "SimResult", "StepResult", "StepsResult", "Build", "build",
            "simulate", "simulate_steps", "verilator_env", "cache_root", "BUILD_FLAGS",
-           "wave_format", "warn_damaged_entry"]
+           "wave_format", "warn_damaged_entry", "rtl_jobs", "STANDALONE_TB",
+           "write_standalone_testbench"]
 
 TESTBENCH_MODULE = "hwflow_testbench"
 
@@ -809,3 +810,80 @@ def rtl_jobs(lw, ids: list[int], new_tokens: int) -> tuple[list, list]:
                               "ids_addr": lw.io.ids_addr}
         steps.append(step)
     return host, steps
+
+
+STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` from the build folder.
+
+Builds ``hwflow_sim_top`` (rtl/hwflow_accel.v plus the memory models) with Verilator through
+cocotb's runner, preloads memory_image.bin and makes the host's runs of steps.json in one
+simulation: each run's host writes, POS and PROG_BASE, then its read-back regions, checked byte
+for byte against expected_*.bin (written by `hwflow compile`: an MLP's output regions as the
+ISA functional model leaves them; a language model's logits row of each prompt and decode run
+as the golden model computes it, the RTL's argmax feeding the next decode step). The cocotb
+test module that drives the AXI4-Lite registers is hwflow.sim.testbench.
+"""
+
+import json
+from pathlib import Path
+
+from hwflow.hw.config import AccelConfig
+from hwflow.sim.runner import simulate_steps
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE.parent
+
+
+def test_runs_match_expected(tmp_path):
+    conf = json.loads((BUILD / "config.json").read_text())
+    job = json.loads((HERE / "steps.json").read_text())
+    steps = []
+    for st in job["steps"]:
+        st = dict(st)
+        st["writes"] = [(a, (HERE / f).read_bytes()) for a, f in st.get("writes", [])]
+        st["readback"] = [tuple(r) for r in st["readback"]]
+        st["expect"] = {k: (HERE / f).read_bytes() for k, f in enumerate(st.pop("expected"))}
+        steps.append(st)
+    res = simulate_steps(AccelConfig(**conf["accel"]),
+                         (BUILD / "rtl" / "hwflow_accel.v").read_text(),
+                         (BUILD / "memory_image.bin").read_bytes(), steps, work_dir=tmp_path,
+                         traffic=[tuple(r) for r in conf.get("traffic_ranges", [])])
+    assert res.passed and all(s.done and s.error == 0 and not s.mismatches for s in res.steps)
+    if "golden_tokens" in job:
+        assert res.tokens == job["golden_tokens"]
+'''
+
+
+def write_standalone_testbench(folder: Path, steps: list, expected: list, **info) -> None:
+    """A build folder's standalone testbench (:data:`STANDALONE_TB`, ``pytest tb/``): one for
+    every model family, the host's runs as :func:`simulate_steps` jobs.
+
+    Parameters
+    ----------
+    folder : Path
+        The ``tb`` folder to make.
+    steps : list of dict
+        The runs (:func:`simulate_steps`' ``steps``); host writes are stored as files.
+    expected : list of list of bytes
+        Per run, the bytes each read-back region must hold.
+    **info
+        More entries of ``steps.json`` (a decoder's ``prompt`` and ``golden_tokens``, which the
+        test then checks against the RTL's tokens).
+    """
+    folder = Path(folder)
+    folder.mkdir()
+    job = []
+    for i, (st, want) in enumerate(zip(steps, expected, strict=True)):
+        writes = []
+        for k, (addr, data) in enumerate(st.get("writes", [])):
+            (folder / f"write_{i}_{k}.bin").write_bytes(bytes(data))
+            writes.append((addr, f"write_{i}_{k}.bin"))
+        files = []
+        for k, data in enumerate(want):
+            name = f"expected_{i}.bin" if len(want) == 1 else f"expected_{i}_{k}.bin"
+            (folder / name).write_bytes(bytes(data))
+            files.append(name)
+        job.append({**st, "writes": writes, "expected": files})
+    (folder / "steps.json").write_text(json.dumps(
+        {**info, "steps": job}, indent=1, sort_keys=True,
+        default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    (folder / "test_accel.py").write_text(STANDALONE_TB)

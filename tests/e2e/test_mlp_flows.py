@@ -110,3 +110,11 @@ def test_build_folder_testbench_runs_with_plain_pytest(tmp_path):
                         str(out / "tb")], capture_output=True, text=True, cwd=out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "1 passed" in r.stdout
+    # the same testbench fails on one wrong byte of the expected output
+    expected = out / "tb" / "expected_0.bin"
+    data = bytearray(expected.read_bytes())
+    data[0] ^= 1
+    expected.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(out / "tb")], capture_output=True, text=True, cwd=out)
+    assert r.returncode != 0 and "1 failed" in r.stdout, r.stdout[-2000:]
