@@ -19,13 +19,14 @@ def _interrupted_at_start(*_):
 signal.signal(signal.SIGINT, _interrupted_at_start)
 
 from hwflow.errors import USER_ERRORS, HwflowError  # noqa: E402
+from hwflow.examples import example_help  # noqa: E402
 
 
 def _is_decoder(args) -> bool:
     if args.example is not None:
-        from hwflow.llm_examples import LLM_EXAMPLES
+        from hwflow.examples import example_kind
 
-        return args.example in LLM_EXAMPLES
+        return example_kind(args.example) == "decoder"
     from pathlib import Path
 
     from hwflow.compiler.llm_frontend import is_decoder_source
@@ -314,10 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("model", nargs="?", help="model: a Hugging Face model folder "
                      "(LLaMA family, safetensors), a torch.export archive, a TorchScript "
                      "archive, or (with --trust-model) a pickled nn.Module")
-    src.add_argument("--example", help="a bundled example model instead of a file: mlp, "
-                     "mlp-tiny (sized for the iCE40 UP5K), mlp-sparse (hidden layers pruned "
-                     "2:4), mlp-mixed (for --weights mixed) or tiny-llama (a random 2-layer "
-                     "LLaMA with grouped-query attention)")
+    src.add_argument("--example", help="a bundled example model instead of a file: "
+                     + example_help())
     c.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
     c.add_argument("-o", "--out", help="build folder (default build/<model>-<board>)")
     c.add_argument("--calib", help="calibration input: a tensor saved with torch.save or .npy")
@@ -381,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsrc.add_argument("model", nargs="?", help="an MLP model file (as `hwflow compile` takes) "
                       "or a decoder: a transformers config.json, a folder holding one, or an "
                       "example name")
-    dsrc.add_argument("--example", help="a bundled example model (mlp, mlp-sparse, ...)")
+    dsrc.add_argument("--example", help="a bundled example model: " + example_help())
     d.add_argument("--board", required=True, help="target board (see `hwflow boards`)")
     d.add_argument("--space", required=True, help="space file (YAML; see README, "
                    "'Design-space sweeps')")

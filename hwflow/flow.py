@@ -159,10 +159,11 @@ def compile_model(model=None, example=None, board="u280", out=None, calib=None,
     check_weight_options(sparsity, weights)
     brd = load_board(board, boards_dir)
     if example is not None:
-        from hwflow.examples import EXAMPLES
+        from hwflow.examples import example_kind
 
-        if example not in EXAMPLES:
-            raise HwflowError(f"unknown example '{example}' (known: {', '.join(EXAMPLES)})")
+        if example_kind(example) != "mlp":
+            raise HwflowError(f"example '{example}' is a language model; `hwflow compile "
+                              f"--example {example}` compiles it")
         name = example
     else:
         if not Path(model).is_file():
@@ -238,7 +239,7 @@ def load(job: MlpJob) -> None:
         with tempfile.TemporaryDirectory() as td:
             model = job.model
             if job.example is not None:
-                from hwflow.examples import export_example
+                from hwflow.mlp_examples import export_example
 
                 model = Path(td) / f"{job.example}.pt2"
                 export_example(job.example, model)

@@ -1,5 +1,5 @@
-"""Bundled decoder example models (LLaMA family, BitNet b1.58), generated deterministically
-(nothing to download)."""
+"""The bundled decoder examples (LLaMA family, BitNet b1.58; ``hwflow.examples`` lists every
+example), generated deterministically (nothing to download)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 __all__ = ["TINY_LLAMA", "TINY_BITNET", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama",
            "tiny_bitnet_config", "write_tiny_bitnet", "write_example"]
 
-#: Bundled language-model examples (``hwflow compile --example NAME``).
-LLM_EXAMPLES = ("tiny-llama", "tiny-bitnet")
+from hwflow.examples import examples_of
+
+#: The registry's language-model examples (``hwflow compile --example NAME``).
+LLM_EXAMPLES = examples_of("decoder")
 
 #: The tiny LLaMA of the "tiny-llama" example and the tests: GQA (6 heads over 2 kv heads,
 #: head_dim 20), widths that are not multiples of the engine sizes on purpose.

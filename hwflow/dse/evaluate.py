@@ -41,17 +41,12 @@ def resolve_model(model=None, example=None, trust_model=False) -> dict:
     """The sweep's model as a picklable spec: ``kind`` (mlp or decoder), ``name`` and where
     to load it from. Decoders are a ``transformers`` config.json, a folder holding one, or a
     bundled example name; MLPs a model file as ``hwflow compile`` takes, or ``--example``."""
-    from hwflow.examples import EXAMPLES
+    from hwflow.examples import example_kind
 
     if example is not None:
-        if example in EXAMPLES:
+        if example_kind(example) == "mlp":
             return {"kind": MLP, "name": example, "example": example}
-        from hwflow.llm_examples import LLM_EXAMPLES
-
-        if example in LLM_EXAMPLES:
-            return {"kind": DECODER, "name": example, "source": example}
-        raise HwflowError(f"unknown example '{example}' (known: "
-                          f"{', '.join([*EXAMPLES, *LLM_EXAMPLES])})")
+        return {"kind": DECODER, "name": example, "source": example}
     p = Path(model)
     if p.is_dir() or p.suffix == ".json":
         if p.is_dir() and not (p / "config.json").is_file():

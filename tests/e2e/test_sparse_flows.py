@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hwflow.cli import main
-from hwflow.examples import prune_2_4
+from hwflow.mlp_examples import prune_2_4
 from hwflow.simulate import check_isa_model, simulate_build
 
 
