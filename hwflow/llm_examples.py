@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hwflow.examples import examples_of
+
 __all__ = ["TINY_LLAMA", "TINY_BITNET", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama",
            "tiny_bitnet_config", "write_tiny_bitnet", "write_example"]
-
-from hwflow.examples import examples_of
 
 #: The registry's language-model examples (``hwflow compile --example NAME``).
 LLM_EXAMPLES = examples_of("decoder")
