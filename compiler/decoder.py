@@ -98,6 +98,14 @@ class DecoderShape:
             return np.asarray(self.rope_inv_freq, dtype=np.float64)
         return default_inv_freq(self.head_dim, self.rope_theta)
 
+    def linear_dims(self) -> dict:
+        """``(out, in)`` features of a block's linears (torch layout): q, k, v, o, gate, up,
+        down."""
+        qd, kvd = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q": (qd, self.hidden), "k": (kvd, self.hidden), "v": (kvd, self.hidden),
+                "o": (self.hidden, qd), "gate": (self.intermediate, self.hidden),
+                "up": (self.intermediate, self.hidden), "down": (self.hidden, self.intermediate)}
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 

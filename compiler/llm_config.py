@@ -395,7 +395,7 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     tern = weights == "ternary"
     w4 = weights in ("int4", "mixed")
     head_w = lm_head_weights(weights, lm_head)
-    qd_q, qd_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    dims = s.linear_dims()
     # BitNet keeps its block gammas unfolded (compiler.llm_frontend, fold_gammas): ternary
     # compiles carry them as ABSQUANT gamma codes; other families fold them into the weights.
     gammas = tern and cs.family == "bitnet"
@@ -416,18 +416,16 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
     for _ in range(s.layers):
         extra = dict(post)
         if tern:
-            extra.update(attn_gamma=g(s.hidden), attn_sub_gamma=g(qd_q) if cs.sub_norms else None,
+            extra.update(attn_gamma=g(s.hidden),
+                         attn_sub_gamma=g(dims["o"][1]) if cs.sub_norms else None,
                          mlp_gamma=g(s.hidden),
                          mlp_sub_gamma=g(s.intermediate) if cs.sub_norms else None,
                          attn_add=_ADD, mlp_add=_ADD)
+        # o and down carry the fused residual add unless Gemma 2's post-norms unfuse it
+        lin = {n: _linear(*d, tern, n in ("o", "down") and not cs.post_norms, w4)
+               for n, d in dims.items()}
         layers.append(QLayer(
-            attn_norm=_NORM, q=_linear(qd_q, s.hidden, tern, False, w4),
-            k=_linear(qd_kv, s.hidden, tern, False, w4),
-            v=_linear(qd_kv, s.hidden, tern, False, w4),
-            attn=_ATTN, o=_linear(s.hidden, qd_q, tern, not cs.post_norms, w4),
-            mlp_norm=_NORM, gate=_linear(s.intermediate, s.hidden, tern, False, w4),
-            up=_linear(s.intermediate, s.hidden, tern, False, w4), silu=_ACT,
-            down=_linear(s.hidden, s.intermediate, tern, not cs.post_norms, w4), act=cs.act,
+            attn_norm=_NORM, attn=_ATTN, mlp_norm=_NORM, silu=_ACT, act=cs.act, **lin,
             attn_sub_norm=_NORM if cs.sub_norms else None,
             mlp_sub_norm=_NORM if cs.sub_norms else None, **extra, **head, **cap))
     return QDecoder(name=name, shape=s, embed=_zeros((s.vocab, s.hidden), np.int8),

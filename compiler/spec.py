@@ -413,14 +413,6 @@ def check(graph: Graph) -> Graph:
 
 # -- the decoder IR ----------------------------------------------------------------------------
 
-def _linear_dims(s) -> dict:
-    """A QLayer's linears with their ``(out, in)`` features from the decoder's shape."""
-    qd, kvd = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    return {"q": (qd, s.hidden), "k": (kvd, s.hidden), "v": (kvd, s.hidden),
-            "o": (s.hidden, qd), "gate": (s.intermediate, s.hidden),
-            "up": (s.intermediate, s.hidden), "down": (s.hidden, s.intermediate)}
-
-
 #: Which linears read the activation a gamma's codes scale (ABSQUANT applies them before a
 #: ternary linear, so the linears must be ternary).
 _GAMMA_READERS = {"attn_gamma": ("q", "k", "v"), "attn_sub_gamma": ("o",),
@@ -480,7 +472,7 @@ def _check_layer(name: str, i: int, ly, s):
     if ly.act not in gl.GATE_LUTS:
         _decoder_fail(where, f"gate activation '{ly.act}' is not one of "
                              f"{', '.join(gl.GATE_LUTS)}")
-    dims = _linear_dims(s)
+    dims = s.linear_dims()
     for key, lin in (("q", ly.q), ("k", ly.k), ("v", ly.v), ("gate", ly.gate), ("up", ly.up)):
         _check_qlinear(f"{where} linear '{key}'", lin, dims[key], False)
     _check_qlinear(f"{where} linear 'o'", ly.o, dims["o"], ly.attn_add is None)
