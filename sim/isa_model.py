@@ -157,16 +157,9 @@ class IsaStats:
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
         per MATMUL, as the hardware's tiles-outer loop order does), and by GATHER and ATTN.
     traffic : dict
-        Bytes per category (:data:`TRAFFIC_KEYS`), every access counted as the whole
-        super-beats it moves and classified by the memory-map region holding its first
-        super-beat. Instruction fetch counts each super-beat of the program once per entry
-        into it (sequential fetch; a STORE drops the fetched super-beat, as the controller
-        does). GATHER reads the ids (``ceil(4·rows/SB)`` super-beats) and one table row per
-        row; ATTN reads, per query row b, position blocks ``0..POS+b`` of its pass's K and V
-        regions (``pos_sb`` super-beats each), once for all the pass's query heads; KVSTORE
-        writes ``rows`` position blocks. TMATMUL reads its
-        parameter super-beats once and its index stream once per row (the engine re-streams
-        the indices for every row).
+        Bytes per category (:data:`TRAFFIC_KEYS`), counted with the one traffic rule of
+        ``mapping.traffic`` (``instr_accesses``, ``fetched_beats``, ``TrafficCount``): whole
+        super-beats, classified by the memory-map region holding an access's first super-beat.
     tlmm_lookups : int
         TLMM lookup records: sum over TMATMULs of ``rows * ceil(k_groups / T) * ceil(n_out /
         Q)``; each record is ``T * Q`` lookups (``T * Q * G`` ternary MACs, padding included).
