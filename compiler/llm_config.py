@@ -341,18 +341,21 @@ _ADD = (1 << 14, 1 << 14, 15)
 _SHIFT = 16
 
 
-def _zeros(shape, dtype) -> np.ndarray:
-    """A read-only all-zero array of ``shape`` that owns one element (zero strides)."""
-    return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(s) for s in shape))
+def _zeros(shape, dtype, value: int = 0) -> np.ndarray:
+    """A read-only array of ``shape``, every element ``value``, that holds one element (zero
+    strides); nothing can write it, so the IR shares it instead of copying it."""
+    one = np.full((), value, dtype=dtype)
+    one.setflags(write=False)
+    return np.broadcast_to(one, tuple(int(s) for s in shape))
 
 
 def _linear(n_out: int, n_in: int, ternary: bool, residual: bool, int4: bool = False) -> QLinear:
     i4 = {}
     if int4:            # codes and group scales (golden.int4.GROUP = 32 along K) as views
         i4 = dict(w4=_zeros((n_out, n_in), np.int8),
-                  w4_scale=np.broadcast_to(np.uint8(1), (n_out, -(-n_in // 32))))
+                  w4_scale=_zeros((n_out, -(-n_in // 32)), np.uint8, 1))
     return QLinear(weight=_zeros((n_out, n_in), np.int8), bias=_zeros((n_out,), np.int64),
-                   mult=np.broadcast_to(np.int64(1 << 14), (n_out,)), shift=_SHIFT,
+                   mult=_zeros((n_out,), np.int64, 1 << 14), shift=_SHIFT,
                    res_mult=(1 << 14) if residual and not ternary else 0, ternary=ternary,
                    **i4)
 

@@ -41,6 +41,32 @@ OP_KINDS: dict[str, str] = {
             "shift, relu",
 }
 
+# the decoder level (compiler/decoder_graph.py: a quantized decoder, one row's program; every
+# op's ``area`` attr names the activation area it writes, its memory plan)
+OP_KINDS.update({
+    "embed": "the embedding rows of the run's token ids, which the host writes (); attrs "
+             "table i8 [vocab, hidden]",
+    "rope_table": "the RoPE rows of the run's positions (); attrs table i16 "
+                  "[max_context, head_dim] (golden.llm.rope_table)",
+    "gamma_codes": "a layer's int8 gamma codes, loaded for the norms and ABSQUANTs that "
+                   "apply them (); attrs one i8 array per slot name (lowering GAMMA_SLOTS)",
+    "rmsnorm": "golden.llm.rmsnorm (x,); attrs eps, mult, shift, gamma (slot name or ''), "
+               "heads (> 0: each head of the row normalized alone), last_row (the run's "
+               "last row only)",
+    "absquant": "golden.ternary.absmax_quant (x,), in place: the per-row int8 input of the "
+                "ternary qlinears that read it and its absmax m; attrs gamma (slot or '')",
+    "rope": "golden.llm.rope of each head (x, cs), in place; attrs heads",
+    "attention": "the layer's K and V rows appended to its cache at POS, then causal "
+                 "grouped-query attention with an online softmax (q, k, v); attrs layer, "
+                 "smul, sshift, omul, oshift, window (0: full), cap",
+    "silu_mul": "golden.llm.silu_mul (gate, up), in place of gate; attrs act (silu, relu2, "
+                "gelu_tanh), mult, shift",
+    "lm_head": "the LM head (a qlinear's attrs) on the run's last row (x,), stored to the "
+               "host's logits row; attrs also cap (tanh cap (mult, shift), or ())",
+})
+DECODER_KINDS = frozenset({"embed", "rope_table", "gamma_codes", "rmsnorm", "absquant", "rope",
+                           "attention", "silu_mul", "qlinear", "qadd", "lm_head"})
+
 FLOAT_KINDS = frozenset({"input", "output", "relu", "reshape", "linear", "add"})
 QUANT_KINDS = frozenset({"input", "output", "relu", "reshape", "qlinear", "qadd"})
 #: Kinds left after ``fuse``: the ones the accelerator executes (or that are pure layout).
@@ -115,9 +141,22 @@ class MemInfo:
     span: int
 
 
+def _immutable(a: np.ndarray) -> bool:
+    """Whether nothing can write ``a``: it and every array it views are read-only, down to
+    an owner of its own data or immutable bytes."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return a is None or isinstance(a, bytes)
+
+
 def freeze_value(value: Any) -> Any:
-    """Make an attribute value immutable: arrays become read-only copies, lists become tuples."""
+    """Make an attribute value immutable: arrays become read-only copies (an array nothing can
+    write is shared as it is), lists become tuples."""
     if isinstance(value, np.ndarray):
+        if _immutable(value):   # nothing can write it: share it (a 7B decoder's zero-stride
+            return value        # shape-only weights would materialize if copied)
         a = np.array(value, copy=True)
         a.setflags(write=False)
         return a

@@ -20,9 +20,19 @@ from hwflow.golden import int8 as g8
 from hwflow.golden import llm as gl
 from hwflow.golden import sparse as gs
 
+from .decoder_graph import GAMMA_SLOTS
 from .errors import SpecError
 from .ir import Graph
-from .ops import FLOAT_KINDS, OP_KINDS, QUANT_KINDS, Op, TensorType, ceil_div, rows_features
+from .ops import (
+    DECODER_KINDS,
+    FLOAT_KINDS,
+    OP_KINDS,
+    QUANT_KINDS,
+    Op,
+    TensorType,
+    ceil_div,
+    rows_features,
+)
 
 ARITY = {"input": (0,), "output": (1,), "relu": (1,), "reshape": (1,), "linear": (1,),
          "add": (2,), "qlinear": (1, 2), "qadd": (2,)}
@@ -561,3 +571,147 @@ def check_decoder(qd):
     if qd.final_cap is not None:
         _check_params(where, "final_cap", qd.final_cap, _GATE)
     return qd
+
+
+# -- the decoder graph -------------------------------------------------------------------------
+
+#: Inputs of each decoder-level kind (``compiler.decoder_graph``).
+DECODER_ARITY = {"embed": (0,), "rope_table": (0,), "gamma_codes": (0,), "rmsnorm": (1,),
+                 "absquant": (1,), "qlinear": (1, 2), "rope": (2,), "attention": (3,),
+                 "silu_mul": (2,), "qadd": (2,), "lm_head": (1,)}
+#: The decoder's activation areas (``mapping.llm_lower.ActPlan``): the ones a tensor may be in.
+DECODER_AREAS = ("x", "h", "q", "k", "v", "att", "gate", "up", "cs", "gamma", "logits")
+#: Kinds that work in place: the output is in the area of the first input.
+_IN_PLACE = ("absquant", "rope", "silu_mul")
+
+
+def _check_decoder_op(g: Graph, name: str, op: Op, arrays: bool):
+    a, ins = op.attrs, [g.nodes[i]["op"] for i in op.inputs]
+    t = op.out
+    if (not isinstance(t, TensorType) or t.dtype != "i8" or len(t.shape) != 2 or t.shape[0] != 1
+            or not _is_int(t.shape[1]) or t.shape[1] < 1):
+        _fail(name, op, f"a decoder tensor is one i8 row [1, features], got {t}")
+    area = a.get("area")
+    if area not in DECODER_AREAS:
+        _fail(name, op, f"area {area!r} is not one of the decoder's ({', '.join(DECODER_AREAS)})")
+    feats = t.shape[1]
+    if op.kind in _IN_PLACE or (op.kind == "rmsnorm" and a.get("heads")):
+        if area != ins[0].attrs.get("area") or feats != ins[0].out.shape[1]:
+            _fail(name, op, f"works in place: area and features must be its input's "
+                            f"({ins[0].attrs.get('area')!r}, {ins[0].out.shape[1]})")
+    if op.kind in ("qlinear", "qadd") and len(ins) == 2 and area != ins[1].attrs.get("area"):
+        _fail(name, op, f"writes the residual stream in place: area must be "
+                        f"{ins[1].attrs.get('area')!r}")
+    if op.kind in ("embed", "rope_table"):
+        table = a.get("table")
+        dtype = np.int8 if op.kind == "embed" else np.int16
+        if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype != dtype:
+            _fail(name, op, f"attribute 'table' must be a 2-D {np.dtype(dtype).name} array, got "
+                            f"{_describe(table)}")
+        if table.shape[1] * (2 if op.kind == "rope_table" else 1) != feats:
+            _fail(name, op, f"table rows of {table.shape[1]} do not give its {feats} features")
+    elif op.kind == "gamma_codes":
+        slots = [k for k in a if k != "area"]
+        if not slots or any(k not in GAMMA_SLOTS for k in slots):
+            _fail(name, op, f"gamma slots {slots} must be some of {', '.join(GAMMA_SLOTS)}")
+        for k in slots:
+            if not isinstance(a[k], np.ndarray) or a[k].dtype != np.int8 or a[k].ndim != 1:
+                _fail(name, op, f"gamma codes '{k}' must be a 1-D int8 array, got "
+                                f"{_describe(a[k])}")
+    elif op.kind in ("rmsnorm", "absquant"):
+        if op.kind == "rmsnorm":
+            _check_params(f"node '{name}' (rmsnorm)", "norm", (a.get("eps"), a.get("mult"),
+                                                               a.get("shift")), _NORM)
+            heads = a.get("heads")
+            if not _is_int(heads) or heads < 0 or (heads and feats % heads):
+                _fail(name, op, f"heads {heads!r} must be 0 or divide its {feats} features")
+            if not isinstance(a.get("last_row"), bool):
+                _fail(name, op, "attribute 'last_row' must be a bool")
+        if a.get("gamma") not in ("",) + GAMMA_SLOTS:
+            _fail(name, op, f"gamma {a.get('gamma')!r} is not a gamma slot")
+    elif op.kind == "rope":
+        heads = a.get("heads")
+        if not _is_int(heads) or heads < 1 or feats % heads or (feats // heads) % 2:
+            _fail(name, op, f"heads {heads!r} must split its {feats} features into heads of an "
+                            "even size")
+    elif op.kind == "attention":
+        _check_params(f"node '{name}' (attention)", "attn",
+                      tuple(a.get(k) for k in ("smul", "sshift", "omul", "oshift")), _ATTN)
+        if feats != ins[0].out.shape[1]:
+            _fail(name, op, f"output features {feats} != the query's {ins[0].out.shape[1]}")
+        for key, top in (("window", 2**16 - 1), ("cap", 2**10 - 1), ("layer", 2**16 - 1)):
+            if not _is_int(a.get(key)) or not 0 <= a[key] <= top:
+                _fail(name, op, f"attribute '{key}' {a.get(key)!r} outside [0, {top}]")
+    elif op.kind == "silu_mul":
+        if a.get("act") not in gl.GATE_LUTS:
+            _fail(name, op, f"gate activation {a.get('act')!r} is not one of "
+                            f"{', '.join(gl.GATE_LUTS)}")
+        _check_params(f"node '{name}' (silu_mul)", "gate", (a.get("mult"), a.get("shift")),
+                      _GATE)
+    elif op.kind == "qadd":
+        _check_params(f"node '{name}' (qadd)", "add",
+                      (a.get("a_mult"), a.get("b_mult"), a.get("shift")), _ADD)
+    if op.kind in ("qlinear", "lm_head"):
+        w = a.get("weight")
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            _fail(name, op, "attribute 'weight' must be a 2-D array [N, K]")
+        if w.shape != (feats, ins[0].out.shape[1]):
+            _fail(name, op, f"weight [out, in] is {list(w.shape)}, its input and output need "
+                            f"{[feats, ins[0].out.shape[1]]}")
+        if not isinstance(a.get("ternary"), bool) or a.get("relu") is not False:
+            _fail(name, op, "attribute 'ternary' must be a bool and 'relu' False")
+        if a["ternary"] != (ins[0].kind == "absquant"):
+            _fail(name, op, "a ternary linear reads an absquant's output, an int8 one does not")
+        if arrays:
+            for rule in linear_rules(w, a.get("bias"), a.get("mult"), a.get("shift"),
+                                     a.get("res_mult"), ternary=a["ternary"], w4=a.get("w4"),
+                                     w4_scale=a.get("w4_scale")):
+                _fail(name, op, rule)
+        if len(ins) == 1 and a.get("res_mult") != 0:
+            _fail(name, op, "res_mult must be 0 without a residual input")
+
+
+def check_decoder_graph(g: Graph, arrays: bool = True) -> Graph:
+    """Check every rule of a decoder graph (``compiler.decoder_graph``); return it unchanged.
+
+    The rules: every op is a decoder-level kind with its number of inputs, each input exists
+    and the edges match; ``schedule`` lists every node once, after its inputs; every tensor is
+    one i8 row in one of the decoder's areas; in-place kinds (absquant, rope, silu_mul, a
+    per-head rmsnorm) keep their input's area, and a linear or add with a residual writes the
+    residual's; each kind's parameters fit their fields; tables and gamma codes have their
+    dtypes; a ``qlinear`` or ``lm_head`` has the weight its input and output need, reads an
+    ``absquant`` exactly when ternary and (``arrays``) obeys :func:`linear_rules`, the graph
+    IR's ``qlinear`` rules. ``arrays=False`` skips the rules that read array values (a
+    shape-only decoder's arrays are zero-stride placeholders).
+
+    Raises
+    ------
+    SpecError
+        Naming the node and the broken rule.
+    """
+    meta = g.graph
+    for key in ("name", "shape", "max_context", "schedule", "outputs", "scales"):
+        if key not in meta:
+            raise SpecError(f"decoder graph has no '{key}' entry in graph.graph")
+    for name in g.nodes:
+        op = g.nodes[name].get("op")
+        if not isinstance(op, Op):
+            _fail(name, None, "node has no Op record in its 'op' attribute")
+        if op.kind not in DECODER_KINDS:
+            _fail(name, op, f"op kind '{op.kind}' does not belong in a decoder graph "
+                            f"({', '.join(sorted(DECODER_KINDS))})")
+        if len(op.inputs) not in DECODER_ARITY[op.kind]:
+            _fail(name, op, f"takes {' or '.join(map(str, DECODER_ARITY[op.kind]))} inputs, "
+                            f"got {len(op.inputs)}")
+        for i in op.inputs:
+            if i not in g:
+                _fail(name, op, f"input '{i}' does not exist")
+        if set(g.predecessors(name)) != set(op.inputs):
+            _fail(name, op, f"graph edges from {sorted(g.predecessors(name))} do not match "
+                            f"op inputs {list(op.inputs)}")
+    _check_schedule(g, meta["schedule"])
+    for name in meta["schedule"]:
+        _check_decoder_op(g, name, g.nodes[name]["op"], arrays)
+    if meta["outputs"] != ["lm_head"] or g.nodes["lm_head"]["op"].kind != "lm_head":
+        raise SpecError("a decoder graph's one output is its 'lm_head' node")
+    return g

@@ -53,33 +53,24 @@ cache rows up to ``p + B - 1``. The RoPE table (zero rows) and every K/V cache t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
-from hwflow.compiler.decoder import QDecoder, QLinear
+from hwflow.compiler.decoder import DecoderShape, QDecoder, QLinear
+from hwflow.compiler.decoder_graph import GAMMA_SLOTS, LINEARS, decoder_graph, linear_of
+from hwflow.compiler.ir import Graph, op_of
 from hwflow.compiler.passes import first_fit
+from hwflow.compiler.spec import check_decoder_graph
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import (
-    FLAG_GAMMA,
-    FLAG_GELU,
-    FLAG_POS,
-    FLAG_RELU2,
-    FLAG_TANH,
-    INSTR_BYTES,
-    Instr,
-    Opcode,
-    field_max,
-)
+from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
+from .emit import emit, lm_head_part_channels
 from .errors import MappingError
 from .linear import (
     TmatmulPlan,
     WeightPlan,
-    absquant,
-    matmul,
     matmul_layout,
     matmul_nbytes,
     matmul_report,
@@ -87,7 +78,6 @@ from .linear import (
     pack_tmatmul,
     plan_matmul,
     plan_tmatmul,
-    tmatmul,
     tmatmul_layout,
     tmatmul_nbytes,
     tmatmul_report,
@@ -95,7 +85,6 @@ from .linear import (
 from .lower import encode_program
 from .memory_image import DECODER_IMAGE_VERSION, ImageBuilder, MemoryMap, Region
 from .ternary_format import row_read_words
-from .weight_format import channels_per_tile
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
            "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits", "prompt_runs",
@@ -113,22 +102,32 @@ _U8 = (1 << 8) - 1
 GAMMAS = ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma")
 #: Gamma codes of the per-head q/k RMSNORMs (Qwen3), for int8 and ternary layers alike.
 HEAD_NORM_GAMMAS = ("q_norm_gamma", "k_norm_gamma")
-#: Gemma 2's post-norms of o's and down's outputs (RMSNORM flag GAMMA).
-POST_NORM_GAMMAS = ("post_attn_gamma", "post_mlp_gamma")
-#: Every slot of the ``gamma`` area, in slot order.
-GAMMA_SLOTS = GAMMAS + HEAD_NORM_GAMMAS + POST_NORM_GAMMAS
-#: SILUMUL's flag for each MLP activation (``golden.llm.GATE_LUTS``).
-ACT_FLAGS = {"silu": 0, "relu2": FLAG_RELU2, "gelu_tanh": FLAG_GELU}
-_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _as_graph(qd) -> Graph:
+    """The decoder graph (``compiler.decoder_graph``) of a QDecoder, or the graph itself."""
+    return decoder_graph(qd) if isinstance(qd, QDecoder) else qd
+
+
+def _shape(g: Graph) -> DecoderShape:
+    return DecoderShape(**g.graph["shape"])
+
+
+def _linears(g: Graph) -> list:
+    """``(name, op)`` of every linear (``qlinear`` and the ``lm_head``), in program order."""
+    return [(n, op_of(g, n)) for n in g.graph["schedule"]
+            if op_of(g, n).kind in ("qlinear", "lm_head")]
+
+
 def _layer_ternary(ly, i: int) -> bool:
-    """Whether layer ``i``'s linears are ternary (all seven, or none)."""
-    flags = {nm: bool(getattr(getattr(ly, nm), "ternary", False)) for nm in _LINEARS}
+    """Whether layer ``i``'s linears are ternary (all seven, or none): ``ly`` a QLayer, or a
+    ``{linear: ternary}`` dict of the layer's linears."""
+    flags = ly if isinstance(ly, dict) else {
+        nm: bool(getattr(getattr(ly, nm), "ternary", False)) for nm in LINEARS}
     if len(set(flags.values())) > 1:
         tern = [nm for nm, t in flags.items() if t]
         raise MappingError(f"layer {i}: linears {tern} are ternary and the others int8; the "
@@ -136,22 +135,26 @@ def _layer_ternary(ly, i: int) -> bool:
     return flags["q"]
 
 
-def tlmm_outputs(qd: QDecoder, chain_len: int) -> int:
-    """Output channels the TLMM accumulator must hold for ``qd`` (``tlmm_acc_depth``): the
-    widest ternary linear, or a row of q heads padded to whole act words of ``chain_len``
-    bytes; 0 without ternary linears."""
-    tern = [ql for ly in qd.layers for ql in (ly.q, ly.k, ly.v, ly.o, ly.gate, ly.up, ly.down)
-            if getattr(ql, "ternary", False)]
+def _ternary_layers(g: Graph) -> list[int]:
+    """The layers whose linears are ternary (BitNet b1.58: TMATMUL on the TLMM engine)."""
+    flags: dict = {}
+    for name, op in _linears(g):
+        if op.kind == "qlinear":
+            layer, lin = name.split(".")
+            flags.setdefault(int(layer[1:]), {})[lin] = bool(op.attrs["ternary"])
+    return [i for i, f in sorted(flags.items()) if _layer_ternary(f, i)]
+
+
+def tlmm_outputs(qd, chain_len: int) -> int:
+    """Output channels the TLMM accumulator must hold for decoder ``qd`` (a QDecoder or its
+    graph; ``tlmm_acc_depth``): the widest ternary linear, or a row of q heads padded to whole
+    act words of ``chain_len`` bytes; 0 without ternary linears."""
+    g = _as_graph(qd)
+    tern = [op.attrs["weight"].shape[0] for _, op in _linears(g) if op.attrs["ternary"]]
     if not tern:
         return 0
-    s = qd.shape
-    return max(max(ql.weight.shape[0] for ql in tern),
-               s.heads * _cdiv(s.head_dim, chain_len) * chain_len)
-
-
-def _is_ternary(qd: QDecoder) -> bool:
-    """Whether any layer of ``qd`` is ternary (BitNet b1.58: TMATMUL on the TLMM engine)."""
-    return any(_layer_ternary(ly, i) for i, ly in enumerate(qd.layers))
+    s = _shape(g)
+    return max(max(tern), s.heads * _cdiv(s.head_dim, chain_len) * chain_len)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -258,8 +261,12 @@ class _Geometry:
         return kv_rows * sum(pos_sb for _k0, _s, pos_sb in self.regions)
 
     @classmethod
-    def of(cls, qd: QDecoder, cfg: AccelConfig) -> _Geometry:
-        s = qd.shape
+    def of(cls, g: Graph, cfg: AccelConfig) -> _Geometry:
+        """The geometry of decoder graph ``g`` (``compiler.decoder_graph``) on ``cfg``."""
+        s = _shape(g)
+        ternary = bool(_ternary_layers(g))
+        gammas = {nm for n in g.graph["schedule"] if op_of(g, n).kind == "gamma_codes"
+                  for nm in op_of(g, n).attrs if nm in GAMMA_SLOTS}
         L, SB = cfg.chain_len, cfg.beat_bytes
         hd_words = _cdiv(s.head_dim, L)
         geo = cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=hd_words,
@@ -274,19 +281,19 @@ class _Geometry:
                  "post_attn_gamma": geo.ew, "post_mlp_gamma": geo.ew}
         slots, off = [], 0
         for nm in GAMMA_SLOTS:  # a slot for every gamma that some layer has
-            if any(getattr(ly, nm, None) is not None for ly in qd.layers):
+            if nm in gammas:
                 slots.append((nm, off, width[nm]))
                 off += width[nm]
         gw = _cdiv(off, SB // L) * (SB // L)    # one LOAD moves whole super-beats
         tails = ()
-        if _is_ternary(qd):
+        if ternary:
             def past(k: int, words: int) -> int:     # words read past a row of k inputs
                 return max(0, row_read_words(k, cfg.tlmm_g, cfg.tlmm_t, L) - words)
 
             tails = tuple((nm, t) for nm, t in (
                 ("h", past(s.hidden, geo.ew)), ("att", past(geo.q_words * L, geo.q_words)),
                 ("gate", past(s.intermediate, geo.iw))) if t)
-        return replace(geo, mw=_cdiv(2, L) if _is_ternary(qd) else 0, gw=gw,
+        return replace(geo, mw=_cdiv(2, L) if ternary else 0, gw=gw,
                        gslots=tuple(slots), tails=tails)
 
     @property
@@ -570,32 +577,34 @@ def _zero_view(shape, dtype=np.int8) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
 
 
-def _pack_all(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, size_only: bool = False) -> list:
-    """Every linear planned in program order; if some do not fit the weight ring, the error
-    names the one that needs the most (so one rebuild with its weight_depth fits them all).
-    Ternary layers' linears become TMATMUL blocks (:class:`_TPacked`), the others MATMUL
-    weight tiles. The plans and sizes come from the shapes (the head-padded weights as
+def _pack_all(g: Graph, cfg: AccelConfig, geo: _Geometry, size_only: bool = False) -> list:
+    """Every linear of decoder graph ``g`` planned in program order; if some do not fit the
+    weight ring, the error names the one that needs the most (so one rebuild with its
+    weight_depth fits them all). Ternary linears become TMATMUL blocks (:class:`_TPacked`),
+    the others MATMUL weight tiles. A linear reads its input area's rows (``k_words``: their
+    act words); q, k and v have their output heads, o its input heads padded to whole act
+    words (``head_pad``). The plans and sizes come from the shapes (the head-padded weights as
     zero-stride views: the plan a real weight gets); a block's bytes are packed by its
     ``make`` when the image is written (:class:`ImageBuilder`), one block at a time.
     ``size_only``: plans and sizes only."""
-    s = qd.shape
+    s = _shape(g)
     hd, hdp = s.head_dim, geo.hd_words * cfg.chain_len
     jobs = []
-    for i, ly in enumerate(qd.layers):
-        p = f"L{i}."
-        tern = _layer_ternary(ly, i)
-        for nm, heads in (("q", s.heads), ("k", s.kv_heads), ("v", s.kv_heads)):
-            ql = getattr(ly, nm)
-            jobs.append((p + nm, tern, ql, geo.ew, partial(_head_rows, ql, heads, hd, hdp)))
-        jobs.append((p + "o", tern, ly.o, geo.q_words,
-                     partial(_head_cols, ly.o, s.heads, hd, hdp)))
-        jobs.append((p + "gate", tern, ly.gate, geo.ew, _as_is))
-        jobs.append((p + "up", tern, ly.up, geo.ew, _as_is))
-        jobs.append((p + "down", tern, ly.down, geo.iw, _as_is))
-    if getattr(qd.lm_head, "ternary", False):
-        raise MappingError("lm_head is marked ternary; the mapper runs the LM head as an int8 "
-                           "MATMUL (BitNet keeps it in high precision): quantize it to int8")
-    jobs.append(("lm_head", False, qd.lm_head, geo.ew, _as_is))
+    for name, op in _linears(g):
+        ql, tern = linear_of(op), bool(op.attrs["ternary"])
+        if op.kind == "lm_head" and tern:
+            raise MappingError("lm_head is marked ternary; the mapper runs the LM head as an "
+                               "int8 MATMUL (BitNet keeps it in high precision): quantize it "
+                               "to int8")
+        k_words = geo.row_words[op_of(g, op.inputs[0]).attrs["area"]]
+        pad = op.attrs.get("head_pad", "")
+        if pad == "rows":
+            arrays = partial(_head_rows, ql, op.out.shape[-1] // hd, hd, hdp)
+        elif pad == "cols":
+            arrays = partial(_head_cols, ql, s.heads, hd, hdp)
+        else:
+            arrays = _as_is
+        jobs.append((name, tern, ql, k_words, arrays))
     out, errors = [], []
     for name, tern, ql, k_words, arrays in jobs:
         try:
@@ -662,16 +671,14 @@ def _as_is(shapes: bool) -> tuple:
     return None, None, None, None
 
 
-def _gamma_block(ly, geo: _Geometry, s) -> np.ndarray | None:
-    """Layer ``ly``'s gamma codes as the ``gamma`` act area holds them (int8, ``gw * L``
+def _gamma_block(op, geo: _Geometry, s) -> np.ndarray:
+    """A ``gamma_codes`` op's codes as the ``gamma`` act area holds them (int8, ``gw * L``
     bytes): slot by slot, element i at byte i of the slot (the o input's gammas spread to the
-    padded heads, zero in the padding); None when the layer has none."""
-    if not _has_gammas(ly):
-        return None
+    padded heads, zero in the padding)."""
     L, hdp = geo.L, geo.hd_words * geo.L
     blk = np.zeros(geo.gw * L, dtype=np.int8)
     for nm, off, words in geo.gslots:
-        g = getattr(ly, nm)
+        g = op.attrs.get(nm)
         if g is None:
             continue
         g = np.asarray(g).astype(np.int8).ravel()
@@ -705,191 +712,65 @@ class _Addrs:
     weights: dict
     k: tuple
     v: tuple
-    gammas: dict = field(default_factory=dict)   # ternary: layer -> its gamma block
+    gammas: dict = field(default_factory=dict)   # gamma_codes node -> its gamma block
     kv_rows: int = 0                             # positions of every cache region
 
 
-#: Largest output count of one MATMUL: its ``n`` field (``hw.isa.LAYOUT``).
-LM_HEAD_CHANNELS = field_max(Opcode.MATMUL, "n")
+@dataclass(frozen=True)
+class _Run:
+    """The decoder's placement (:class:`mapping.emit.Placement`) for one program: its graph's
+    tensors in the areas of ``plan`` (every tensor ``plan.rows`` rows, in the area its op
+    names), its blocks and tables at the addresses ``ad``."""
 
+    cfg: AccelConfig
+    graph: Graph
+    geo: _Geometry
+    plan: ActPlan
+    ad: _Addrs
+    packed: dict
 
-def lm_head_part_channels(cfg: AccelConfig) -> int:
-    """Channels of each LM head part but the last: the most of :data:`LM_HEAD_CHANNELS` that
-    is a whole number of dense weight tiles (``C = chains``), act words and super-beats (a part
-    is stored at a super-beat of the logits row), ``lcm(chains, L, SB)``."""
-    unit = math.lcm(cfg.chains, cfg.chain_len, cfg.beat_bytes)
-    if unit > LM_HEAD_CHANNELS:
-        raise MappingError(f"an LM head part must be a multiple of lcm(chains, L, super-beat) = "
-                           f"{unit} channels, more than one MATMUL's {LM_HEAD_CHANNELS}")
-    return LM_HEAD_CHANNELS // unit * unit
+    def _area(self, t: str) -> str:
+        return op_of(self.graph, t).attrs["area"]
 
+    def addr(self, t: str) -> int:
+        return self.plan.addr(self._area(t))
 
-def _lm_head_parts(pk: _Packed, cfg: AccelConfig) -> list[tuple[int, int]]:
-    """``[(first channel, channels)]`` of the LM head's MATMULs (:func:`lm_head_part_channels`
-    each, the last the rest)."""
-    per = lm_head_part_channels(cfg)
-    assert per % channels_per_tile(cfg, pk.plan.fmt) == 0   # the LM head is dense
-    return [(c0, min(per, pk.n_out - c0)) for c0 in range(0, pk.n_out, per)]
+    def rows(self, t: str) -> int:
+        return self.plan.rows
 
+    def words(self, t: str) -> int:
+        return self.plan.areas[self._area(t)][1]
 
-def _matmul(pk: _Packed, wgt: int, x: int, out: int, rows: int, out_words: int,
-            res: int | None = None) -> Instr:
-    return matmul(pk.plan, pk.ql.shift, wgt, x, out, rows, out_words, res, pk.ql.res_mult)
+    def span(self, t: str) -> int:
+        raise MappingError(f"'{t}': a decoder moves no tensor by LOAD/STORE of its span")
 
+    def features(self, t: str) -> int:
+        # q, k, v and att rows are heads padded to whole act words: a vector instruction
+        # covers the zero padding too (golden.llm's norms and absmax see only the heads' values)
+        if self._area(t) in ("q", "k", "v", "att"):
+            return self.words(t) * self.geo.L
+        return op_of(self.graph, t).out.shape[-1]
 
-def _rmsnorm(norm, a: int, out: int, rows: int, n: int, words: int,
-             g: int | None = None) -> Instr:
-    """RMSNORM ``norm = (eps, mult, shift)``; with ``g`` (act word of gamma codes) flag
-    GAMMA."""
-    eps, mult, shift = (int(v) for v in norm)
-    return Instr(Opcode.RMSNORM, FLAG_GAMMA if g is not None else 0, shift=shift, a=a, out=out,
-                 g=g or 0, rows=rows, eps=eps, n=n, words=words, mult_b=mult)
+    def weights(self, name: str) -> tuple:
+        return self.ad.weights[name], self.packed[name].plan
+
+    def ext(self, name: str) -> int:
+        kind = op_of(self.graph, name).kind
+        if kind == "gamma_codes":
+            return self.ad.gammas[name]
+        return {"embed": self.ad.embed, "rope_table": self.ad.rope}[kind]
+
+    def gamma(self, slot: str) -> int:
+        return self.plan.addr("gamma") + {nm: off for nm, off, _ in self.geo.gslots}[slot]
+
+    @property
+    def m_addr(self) -> int:
+        return self.plan.addr("m")
 
 
 def _has_gammas(ly) -> bool:
-    """Whether layer ``ly`` carries gamma codes (a LOAD of its ``gamma`` block)."""
+    """Whether QLayer ``ly`` carries gamma codes (a LOAD of its ``gamma`` block)."""
     return any(getattr(ly, nm, None) is not None for nm in GAMMA_SLOTS)
-
-
-def _head_norms(ly, s, geo: _Geometry, A, rows: int, slot: dict) -> list:
-    """Qwen3's per-head q and k RMSNORMs with their gamma codes, in place: each (padded) head
-    of the q (k) rows is one RMSNORM row (``q_words = heads * hd_words``, so the heads of
-    consecutive rows are evenly spaced), its padding written back as zeros."""
-    if ly.q_norm is None:
-        return []
-    return [_rmsnorm(ly.q_norm, A("q"), A("q"), rows * s.heads, s.head_dim, geo.hd_words,
-                     g=slot["q_norm_gamma"]),
-            _rmsnorm(ly.k_norm, A("k"), A("k"), rows * s.kv_heads, s.head_dim, geo.hd_words,
-                     g=slot["k_norm_gamma"])]
-
-
-def _tmatmul(pk: _TPacked, wgt: int, x: int, x_words: int, out: int, rows: int,
-             out_words: int, m_addr: int, res: int | None = None) -> Instr:
-    return tmatmul(pk.plan, pk.ql.shift, wgt, x, x_words, out, rows, out_words, m_addr, res,
-                   pk.ql.res_mult)
-
-
-def _absquant(a: int, rows: int, n: int, words: int, m_addr: int,
-              gamma: int | None) -> Instr:
-    """ABSQUANT in place (``out = a``): the ternary linear's per-token int8 input and ``m``."""
-    return absquant(a, a, rows, n, words, m_addr, gamma)
-
-
-def _ternary_layer(qd: QDecoder, i: int, geo: _Geometry, pk: dict, w: dict, plan: ActPlan,
-                   ad: _Addrs) -> list:
-    """One BitNet block (docs/architecture.md, "Ternary path"), the order of the golden
-    step: every ternary linear's input is quantized per token by ABSQUANT (in place, with the
-    layer's gamma codes where it has them), then TMATMUL."""
-    s, L, rows, A = qd.shape, geo.L, plan.rows, plan.addr
-    ly = qd.layers[i]
-    hdp = geo.hd_words * L
-    m = A("m")
-    slot = {nm: A("gamma") + off for nm, off, _ in geo.gslots}
-
-    def gam(nm):
-        return slot[nm] if getattr(ly, nm) is not None else None
-
-    act_mult, act_shift = (int(v) for v in ly.silu)
-    prog = [_rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew)]
-    if i in ad.gammas:
-        prog.append(Instr(Opcode.LOAD, ext=ad.gammas[i], a=A("gamma"), b=geo.gw))
-    prog += [
-        _absquant(A("h"), rows, s.hidden, geo.ew, m, gam("attn_gamma")),
-        _tmatmul(pk["q"], w["q"], A("h"), geo.ew, A("q"), rows, geo.q_words, m),
-        _tmatmul(pk["k"], w["k"], A("h"), geo.ew, A("k"), rows, geo.kv_words, m),
-        _tmatmul(pk["v"], w["v"], A("h"), geo.ew, A("v"), rows, geo.kv_words, m),
-        *_head_norms(ly, s, geo, A, rows, slot),
-        Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
-              heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
-        Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
-              heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-        *_attention(ly, geo, plan, ad.k[i], ad.v[i], ad.kv_rows, attn_window(qd, i)),
-    ]
-    # the attention output's padded head bytes are 0, so a norm over the padded row (sum of
-    # squares, golden.llm.rmsnorm) and the absmax see the heads' values only
-    att_n = s.heads * hdp
-    if ly.attn_sub_norm is not None:
-        prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, att_n, geo.q_words))
-    prog += [
-        _absquant(A("att"), rows, att_n, geo.q_words, m, gam("attn_sub_gamma")),
-        *_tresidual(pk["o"], w["o"], A("att"), geo.q_words, rows, m, ly.attn_add, A, s, geo),
-        _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
-        _absquant(A("h"), rows, s.hidden, geo.ew, m, gam("mlp_gamma")),
-        _tmatmul(pk["gate"], w["gate"], A("h"), geo.ew, A("gate"), rows, geo.iw, m),
-        _tmatmul(pk["up"], w["up"], A("h"), geo.ew, A("up"), rows, geo.iw, m),
-        Instr(Opcode.SILUMUL, ACT_FLAGS[ly.act], act_shift,
-              a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
-              words=geo.iw, mult_b=act_mult),
-    ]
-    if ly.mlp_sub_norm is not None:
-        prog.append(_rmsnorm(ly.mlp_sub_norm, A("gate"), A("gate"), rows, s.intermediate,
-                             geo.iw))
-    prog += [
-        _absquant(A("gate"), rows, s.intermediate, geo.iw, m, gam("mlp_sub_gamma")),
-        *_tresidual(pk["down"], w["down"], A("gate"), geo.iw, rows, m, ly.mlp_add, A, s, geo),
-    ]
-    return prog
-
-
-def attn_window(qd: QDecoder, layer: int) -> int:
-    """The ATTN ``window`` field of a layer: its sliding window, 0 (full causal attention)
-    where there is none or it spans the whole context (the same keys, one field value)."""
-    w = qd.shape.window(layer)
-    return w if 0 < w < qd.max_context else 0
-
-
-def _attention(ly, geo: _Geometry, plan: ActPlan, k_base: int, v_base: int,
-               kv_rows: int, window: int) -> list:
-    """A layer's KV appends and attention: per cache region a KVSTORE of k and one of v (the
-    rows' kv heads into their position blocks, at POS), then one ATTN per pass (``window``:
-    its sliding window, :func:`attn_window`)."""
-    A, rows, hdw = plan.addr, plan.rows, geo.hd_words
-    smul, sshift, omul, oshift = (int(v) for v in ly.attn)
-    prog = []
-    for area, base in (("k", k_base), ("v", v_base)):
-        for k0, slots, pos_sb in geo.regions:
-            prog.append(Instr(Opcode.KVSTORE, FLAG_POS,
-                              ext=base + geo.region_offset(kv_rows, k0), a=A(area) + k0 * hdw,
-                              words=geo.kv_words, rows=rows, pos_stride=pos_sb, slots=slots,
-                              hd_words=hdw))
-    for p in geo.passes:
-        off = geo.region_offset(kv_rows, p.kv0)
-        prog.append(Instr(Opcode.ATTN, shift=oshift, ext=k_base + off, v_ext=v_base + off,
-                          a=A("q") + p.q0 * hdw, out=A("att") + p.q0 * hdw,
-                          q_words=geo.q_words, rows=rows, lanes=p.lanes, grp=p.grp,
-                          slots=p.slots, hd_words=hdw, pos_sb=p.pos_sb, smul=smul, omul=omul,
-                          sshift=sshift, window=window, cap=int(ly.attn_cap)))
-    return prog
-
-
-def _tresidual(pk, wgt: int, x: int, x_words: int, rows: int, m: int, add, A, s, geo) -> list:
-    """The residual stream after a ternary o or down: fused into the TMATMUL epilogue, or, with
-    ``add`` (``QLayer.attn_add`` / ``mlp_add``; docs/architecture.md, "Residuals of ternary
-    layers"), the linear into ``h`` (free by then) and a VADD ``x = residual_add(h, x, *add)``."""
-    if add is None:
-        return [_tmatmul(pk, wgt, x, x_words, A("x"), rows, geo.ew, m, res=A("x"))]
-    return [_tmatmul(pk, wgt, x, x_words, A("h"), rows, geo.ew, m),
-            _residual_add(add, A, rows, s, geo)]
-
-
-def _residual_add(add, A, rows: int, s, geo: _Geometry) -> Instr:
-    """VADD ``x = residual_add(h, x, *add)``: an unfused residual add of the block output in
-    ``h`` (a ternary linear's, or a post-norm's)."""
-    a_mult, b_mult, shift = (int(v) for v in add)
-    return Instr(Opcode.VADD, shift=shift, a=A("h"), out=A("x"), b=A("x"), rows=rows,
-                 n=s.hidden, words=geo.ew, mult_a=a_mult, mult_b=b_mult)
-
-
-def _block_output(pk, wgt: int, x: int, rows: int, norm, gamma_slot, add, A, s,
-                  geo: _Geometry) -> list:
-    """An int8 o (down) and the residual stream after it: fused into the MATMUL epilogue, or
-    (Gemma 2's post-norm ``norm`` with its gamma codes at ``gamma_slot``) the MATMUL into
-    ``h``, the RMSNORM of ``h`` in place and the VADD ``add``."""
-    if norm is None:
-        return [_matmul(pk, wgt, x, A("x"), rows, geo.ew, res=A("x"))]
-    return [_matmul(pk, wgt, x, A("h"), rows, geo.ew),
-            _rmsnorm(norm, A("h"), A("h"), rows, s.hidden, geo.ew, g=gamma_slot),
-            _residual_add(add, A, rows, s, geo)]
 
 
 def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
@@ -907,106 +788,6 @@ def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
 def attention_instructions(passes) -> int:
     """KVSTOREs (K and V per cache region) and ATTNs (one per pass) of one layer."""
     return 2 * len({(p.kv0, p.slots) for p in passes}) + len(passes)
-
-
-def _check_layer(ly, i: int) -> None:
-    if ly.act not in ACT_FLAGS:
-        raise MappingError(f"layer {i}: activation '{ly.act}' is not one the vector unit has "
-                           f"({', '.join(ACT_FLAGS)})")
-    if not _layer_ternary(ly, i):
-        has = [nm for nm in GAMMAS if getattr(ly, nm) is not None]
-        if has:
-            raise MappingError(f"layer {i}: int8 linears with gamma codes {has}; gammas are "
-                               "applied by ABSQUANT before ternary linears only (fold them "
-                               "into int8 weights)")
-
-
-def _emit(qd: QDecoder, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: ActPlan,
-          ad: _Addrs) -> list:
-    """The program of ``plan.rows`` rows (see the module docstring for its shape)."""
-    s, L, SB, rows = qd.shape, geo.L, geo.SB, plan.rows
-    A = plan.addr
-    W, K, V = ad.weights, ad.k, ad.v
-    prog = [
-        Instr(Opcode.GATHER, ext=ad.embed, a=A("x"), n=geo.ew, rows=rows, ids=ad.ids,
-              stride=geo.ew * L // SB, table_rows=s.vocab),
-        Instr(Opcode.LOAD, FLAG_POS, ext=ad.rope, a=A("cs"), b=rows * geo.cs_words,
-              pos_stride=geo.cs_words * L // SB),
-    ]
-    hdp = geo.hd_words * L
-    for i, ly in enumerate(qd.layers):
-        pk = {nm: packed[f"L{i}.{nm}"] for nm in ("q", "k", "v", "o", "gate", "up", "down")}
-        w = {nm: W[f"L{i}.{nm}"] for nm in pk}
-        if isinstance(pk["q"], _TPacked):
-            prog += _ternary_layer(qd, i, geo, pk, w, plan, ad)
-            continue
-        silu_mult, silu_shift = (int(v) for v in ly.silu)
-        if i in ad.gammas:      # the layer's gamma codes (Qwen3's head norms)
-            prog.append(Instr(Opcode.LOAD, ext=ad.gammas[i], a=A("gamma"), b=geo.gw))
-        slot = {nm: A("gamma") + off for nm, off, _ in geo.gslots}
-        prog += [
-            _rmsnorm(ly.attn_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
-            _matmul(pk["q"], w["q"], A("h"), A("q"), rows, geo.q_words),
-            _matmul(pk["k"], w["k"], A("h"), A("k"), rows, geo.kv_words),
-            _matmul(pk["v"], w["v"], A("h"), A("v"), rows, geo.kv_words),
-            *_head_norms(ly, s, geo, A, rows, slot),
-            Instr(Opcode.ROPE, a=A("q"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
-                  heads=s.heads, hd=s.head_dim, head_stride=hdp, words=geo.q_words),
-            Instr(Opcode.ROPE, a=A("k"), cs=A("cs"), cs_words=geo.cs_words, rows=rows,
-                  heads=s.kv_heads, hd=s.head_dim, head_stride=hdp, words=geo.kv_words),
-            *_attention(ly, geo, plan, K[i], V[i], ad.kv_rows, attn_window(qd, i)),
-        ]
-        if ly.attn_sub_norm is not None:    # BitNet block with int8 weights
-            prog.append(_rmsnorm(ly.attn_sub_norm, A("att"), A("att"), rows, s.heads * hdp,
-                                 geo.q_words))
-        prog += [
-            *_block_output(pk["o"], w["o"], A("att"), rows, ly.post_attn_norm,
-                           slot.get("post_attn_gamma"), ly.attn_add, A, s, geo),
-            _rmsnorm(ly.mlp_norm, A("x"), A("h"), rows, s.hidden, geo.ew),
-            _matmul(pk["gate"], w["gate"], A("h"), A("gate"), rows, geo.iw),
-            _matmul(pk["up"], w["up"], A("h"), A("up"), rows, geo.iw),
-            Instr(Opcode.SILUMUL, ACT_FLAGS[ly.act], silu_shift,
-                  a=A("gate"), out=A("gate"), b=A("up"), rows=rows, n=s.intermediate,
-                  words=geo.iw, mult_b=silu_mult),
-        ]
-        if ly.mlp_sub_norm is not None:
-            prog.append(_rmsnorm(ly.mlp_sub_norm, A("gate"), A("gate"), rows, s.intermediate,
-                                 geo.iw))
-        prog += _block_output(pk["down"], w["down"], A("gate"), rows, ly.post_mlp_norm,
-                              slot.get("post_mlp_gamma"), ly.mlp_add, A, s, geo)
-    last = (rows - 1) * geo.ew      # the last row: the one whose logits the host reads
-    prog += [_rmsnorm(qd.final_norm, A("x") + last, A("h") + last, 1, s.hidden, geo.ew)]
-    prog += _lm_head(packed["lm_head"], W["lm_head"], A("h") + last, A("logits"), ad.logits,
-                     geo, cfg, qd.final_cap)
-    prog += [Instr(Opcode.END)]
-    return prog
-
-
-def _lm_head(pk: _Packed, wgt: int, x: int, out: int, ext: int, geo: _Geometry,
-             cfg: AccelConfig, cap=None) -> list:
-    """The LM head on one row and its STOREs to the logits row at ``ext``: MATMULs of at most
-    :data:`LM_HEAD_CHANNELS` outputs, as a vocabulary past the 16-bit ``n`` field (every
-    Llama 3 and Qwen: 128k-152k) is split at tile boundaries (:func:`_lm_head_parts`). Part
-    ``c`` reads the weight tiles from its first one (tiles are stored one after another,
-    ``tile_mem_rows`` memory rows each), writes its outputs into the logits area (the last
-    part zero-padded to the row's super-beat), and a STORE moves them to super-beat
-    ``first channel / SB`` of the row before the next part overwrites the area. With a final
-    logit ``cap`` (``QDecoder.final_cap``) a SILUMUL flag TANH caps each part in place before
-    its STORE."""
-    C, L, SB = channels_per_tile(cfg, pk.plan.fmt), cfg.chain_len, cfg.beat_bytes
-    tile_sb = pk.plan.tile_mem_rows * cfg.beats_per_row
-    out_instr = []
-    for c0, n in _lm_head_parts(pk, cfg):
-        t0, nt = c0 // C, _cdiv(n, C)
-        part = replace(pk, plan=replace(pk.plan, n_tiles=nt, n_out=n))
-        words = geo.lw - c0 // L if c0 + n == pk.n_out else n // L
-        out_instr.append(_matmul(part, wgt + t0 * tile_sb, x, out, 1, words))
-        if cap is not None:
-            mult, shift = (int(v) for v in cap)
-            out_instr.append(Instr(Opcode.SILUMUL, FLAG_TANH, shift, a=out, out=out, rows=1,
-                                   n=n, words=words, mult_b=mult))
-        out_instr.append(Instr(Opcode.STORE, ext=ext + c0 // SB, a=out, b=words))
-    return out_instr
 
 
 def program_instructions(layers, attn: int = 3) -> int:
@@ -1059,11 +840,11 @@ def kv_cache_bytes(shape, max_context: int) -> int:
     return 2 * shape.layers * int(max_context) * shape.kv_heads * shape.head_dim
 
 
-def act_row_words(qd: QDecoder, cfg: AccelConfig) -> tuple[int, int]:
-    """``(words per activation row, fixed words)`` of ``qd``'s programs on ``cfg``: a program
-    of ``B`` rows needs ``act_depth >= B * words + fixed`` (the ternary gamma area is the fixed
-    part; 0 for int8)."""
-    geo = _Geometry.of(qd, cfg)
+def act_row_words(qd, cfg: AccelConfig) -> tuple[int, int]:
+    """``(words per activation row, fixed words)`` of decoder ``qd``'s programs (a QDecoder or
+    its graph) on ``cfg``: a program of ``B`` rows needs ``act_depth >= B * words + fixed``
+    (the ternary gamma area is the fixed part; 0 for int8)."""
+    geo = _Geometry.of(_as_graph(qd), cfg)
     return geo.words_per_row, geo.extra_words
 
 
@@ -1100,8 +881,10 @@ def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets)
 
 # -------------------------------------------------------------------------------- lower
 
-def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
-    s = qd.shape
+def _check_fields(g: Graph, geo: _Geometry) -> None:
+    s = _shape(g)
+    windows = [op_of(g, n).attrs["window"] for n in g.graph["schedule"]
+               if op_of(g, n).kind == "attention"]
     if s.heads % s.kv_heads or s.head_dim % 2:
         raise MappingError(f"heads={s.heads}, kv_heads={s.kv_heads}, head_dim={s.head_dim}: "
                            "need heads a multiple of kv_heads and an even head_dim")
@@ -1109,10 +892,31 @@ def _check_fields(qd: QDecoder, geo: _Geometry) -> None:
     for nm, v, hi in (("heads", s.heads, _U8), ("kv_heads", s.kv_heads, _U8),
                       ("hd_words", geo.hd_words, _U8), ("pos_sb", pos_sb, _U8),
                       ("head_dim", s.head_dim, _U16), ("vocab", s.vocab, (1 << 32) - 1),
-                      ("sliding window", max(attn_window(qd, i) for i in range(s.layers)),
-                       _U16)):
+                      ("sliding window", max(windows, default=0), _U16)):
         if v > hi:
             raise MappingError(f"{nm}={v} exceeds the ATTN/ROPE/GATHER field limit {hi}")
+
+
+def _check_gammas(g: Graph, ternary_layers: list) -> None:
+    """Gamma codes of ABSQUANT (``GAMMAS``) belong to ternary layers only."""
+    for n in g.graph["schedule"]:
+        op = op_of(g, n)
+        if op.kind != "gamma_codes":
+            continue
+        i = int(n.split(".")[0][1:])
+        has = [nm for nm in GAMMAS if nm in op.attrs]
+        if has and i not in ternary_layers:
+            raise MappingError(f"layer {i}: int8 linears with gamma codes {has}; gammas are "
+                               "applied by ABSQUANT before ternary linears only (fold them "
+                               "into int8 weights)")
+
+
+def _program(g: Graph, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: ActPlan,
+             ad: _Addrs) -> list:
+    """The program of ``plan.rows`` rows: the graph's ops in program order, each by its
+    kind's rule (``mapping.emit``, the MLP's rules too), then END."""
+    return emit(g, g.graph["schedule"], _Run(cfg, g, geo, plan, ad, packed)) + [
+        Instr(Opcode.END)]
 
 
 class _LayoutBuilder(ImageBuilder):
@@ -1130,15 +934,16 @@ class _LayoutBuilder(ImageBuilder):
         return b"", MemoryMap(self.sb, self.cfg.chain_len, self.size, self.regions)
 
 
-def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
+def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
                   shape_only: bool = False) -> LoweredDecoder:
     """Lower a quantized decoder to the decode program, the prefill programs and the image.
 
     Parameters
     ----------
-    qd : QDecoder
-        The quantized decoder (``compiler.llm_quant``), ``qd.rope`` a table of at least
-        ``max_context`` rows (``golden.llm.rope_table``).
+    qd : QDecoder or networkx.DiGraph
+        The quantized decoder (``compiler.llm_quant``), or its graph
+        (``compiler.decoder_graph``, what is lowered), its RoPE table at least ``max_context``
+        rows (``golden.llm.rope_table``).
     cfg : AccelConfig
         The accelerator.
     prompt_buckets : iterable of int, optional
@@ -1166,32 +971,38 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     if not cfg.transformer:
         raise MappingError("this accelerator has no transformer units (vector and attention "
                            "units: AccelConfig.transformer); a decoder needs them")
-    for i, ly in enumerate(qd.layers):
-        _check_layer(ly, i)
-    ternary = _is_ternary(qd)
+    g = _as_graph(qd)
+    tl = _ternary_layers(g)     # first: a layer of two formats is named as such
+    # the array rules (linear_rules) held when the decoder was quantized (check_decoder)
+    check_decoder_graph(g, arrays=False)
+    _check_gammas(g, tl)
+    ternary = bool(tl)
     if ternary and not cfg.tlmm:
-        tl = [f"L{i}" for i, ly in enumerate(qd.layers) if _layer_ternary(ly, i)]
-        raise MappingError(f"decoder '{qd.name}' has ternary linears (layers "
-                           f"{', '.join(tl)}: TMATMUL) and this accelerator has no TLMM engine "
-                           "(AccelConfig.tlmm); build it with tlmm (board YAML `engine: tlmm: "
-                           "true`) or quantize the weights to int8")
-    s = qd.shape
-    T = int(qd.max_context)
-    geo = _Geometry.of(qd, cfg)
-    _check_fields(qd, geo)
-    if qd.rope.shape[0] < T or qd.rope.shape[1] != s.head_dim:
-        raise MappingError(f"RoPE table {list(qd.rope.shape)} does not cover max_context={T} "
-                           f"positions of head_dim={s.head_dim}")
+        raise MappingError(f"decoder '{g.graph['name']}' has ternary linears (layers "
+                           f"{', '.join(f'L{i}' for i in tl)}: TMATMUL) and this accelerator "
+                           "has no TLMM engine (AccelConfig.tlmm); build it with tlmm (board "
+                           "YAML `engine: tlmm: true`) or quantize the weights to int8")
+    s = _shape(g)
+    T = int(g.graph["max_context"])
+    geo = _Geometry.of(g, cfg)
+    _check_fields(g, geo)
+    rope_table = op_of(g, "rope_table").attrs["table"]
+    if rope_table.shape[0] < T or rope_table.shape[1] != s.head_dim:
+        raise MappingError(f"RoPE table {list(rope_table.shape)} does not cover "
+                           f"max_context={T} positions of head_dim={s.head_dim}")
     buckets = _buckets(geo, cfg, T, prompt_buckets)
     max_rows = max(buckets)
     slack = max_rows - 1
     L, SB = cfg.chain_len, cfg.beat_bytes
 
-    packed = {pk.name: pk for pk in _pack_all(qd, cfg, geo, size_only=shape_only)}
+    packed = {pk.name: pk for pk in _pack_all(g, cfg, geo, size_only=shape_only)}
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
-    parts = len(_lm_head_parts(packed["lm_head"], cfg))
-    n_instr = (program_instructions(qd, attention_instructions(geo.passes))
-               + (2 + (qd.final_cap is not None)) * (parts - 1))
+    layers = range(s.layers)
+    gamma_nodes = [n for n in g.graph["schedule"] if op_of(g, n).kind == "gamma_codes"]
+    # every program has the decode program's instructions (addresses aside): count them once
+    nowhere = _Addrs(0, 0, 0, 0, dict.fromkeys(packed, 0), (0,) * s.layers, (0,) * s.layers,
+                     dict.fromkeys(gamma_nodes, 0))
+    n_instr = len(_program(g, cfg, geo, packed, plans[1], nowhere))
 
     ib = _LayoutBuilder(cfg) if shape_only else ImageBuilder(cfg)
     prog_regions = {"decode": ib.reserve("program:decode", "program", n_instr * INSTR_BYTES,
@@ -1202,12 +1013,12 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     # weights: the gather table, the RoPE table, then the linears in program order
     def emb_table() -> np.ndarray:     # written as it is: no bytes copy of a 0.26 GB table
         emb = np.zeros((s.vocab, geo.ew * L), dtype=np.int8)
-        emb[:, :s.hidden] = qd.embed
+        emb[:, :s.hidden] = op_of(g, "embed").attrs["table"]
         return emb
 
     def rope_bytes() -> bytes:
         cs = np.zeros((T + slack, geo.cs_words * L), dtype=np.uint8)
-        tab = np.ascontiguousarray(qd.rope[:T].astype("<i2"))
+        tab = np.ascontiguousarray(rope_table[:T].astype("<i2"))
         cs[:T, :2 * s.head_dim] = tab.view(np.uint8).reshape(T, 2 * s.head_dim)
         return cs.tobytes()
 
@@ -1231,21 +1042,19 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
         report = tmatmul_report if tern else matmul_report
         layers_report.append(report(name, pk.plan, pk.ql.weight.shape, pk.nbytes))
     gregion = {}
-    for i, ly in enumerate(qd.layers):
-        blk = _gamma_block(ly, geo, s) if geo.gw else None
-        if blk is not None:
-            gregion[i] = ib.append_made(
-                f"weights:L{i}.gamma", "weights", blk.nbytes, blk.tobytes,
-                shape=[geo.gw * L],
-                words=geo.gw,
-                layout="int8 gamma codes of ABSQUANT and RMSNORM, slots (name, word, words) "
-                       f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
+    for node in gamma_nodes:
+        blk = _gamma_block(op_of(g, node), geo, s)
+        gregion[node] = ib.append_made(
+            f"weights:{node}", "weights", blk.nbytes, blk.tobytes, shape=[geo.gw * L],
+            words=geo.gw,
+            layout="int8 gamma codes of ABSQUANT and RMSNORM, slots (name, word, words) "
+                   f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
     kv_rows = T + slack
     kv_bytes = geo.kv_region_sb(kv_rows) * SB
     regions = ", ".join(f"kv heads {k0}..{k0 + n - 1} at +{geo.region_offset(kv_rows, k0)} "
                         f"({pb} per position)" for k0, n, pb in geo.regions)
     k_regions, v_regions = [], []
-    for i in range(len(qd.layers)):
+    for i in layers:
         for nm, lst in (("k", k_regions), ("v", v_regions)):
             lst.append(ib.reserve(f"kv:L{i}.{nm}", "kv", kv_bytes,
                                   shape=[kv_rows, s.kv_heads, s.head_dim], rows=kv_rows,
@@ -1258,7 +1067,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                        rows=max_rows, layout="u32 LE token id per row at byte 4b")
     r_logits = ib.reserve("io:logits", "io", geo.lw * L,
                           shape=[1, s.vocab], rows=1, words=geo.lw,
-                          features=s.vocab, scale=float(qd.scales.get("logits", 0.0)),
+                          features=s.vocab, scale=float(g.graph["scales"].get("logits", 0.0)),
                           layout="the run's last row, int8, zero padded")
     if ib.size // SB > (1 << cfg.addr_bits):
         raise MappingError(f"memory image of {ib.size // SB} super-beats exceeds the "
@@ -1267,11 +1076,11 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
     ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
                 weights={k: r.addr for k, r in wregion.items()},
                 k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions),
-                gammas={i: r.addr for i, r in gregion.items()}, kv_rows=kv_rows)
+                gammas={n: r.addr for n, r in gregion.items()}, kv_rows=kv_rows)
     infos = {}
     for key, region in prog_regions.items():
         rows = 1 if key == "decode" else key
-        prog = _emit(qd, cfg, geo, packed, plans[rows], ad)
+        prog = _program(g, cfg, geo, packed, plans[rows], ad)
         name = "decode" if key == "decode" else f"prefill{key}"
         code = encode_program(prog, f"the {name} program")
         ib.fill(region, code)
@@ -1281,7 +1090,7 @@ def lower_decoder(qd: QDecoder, cfg: AccelConfig, prompt_buckets=None,
                           version=DECODER_IMAGE_VERSION)
 
     decode = infos.pop("decode")
-    naive = naive_program_bytes(len(qd.layers), T, max_rows, instructions=n_instr)
+    naive = naive_program_bytes(s.layers, T, max_rows, instructions=n_instr)
     shared = decode.nbytes + sum(p.nbytes for p in infos.values())
     reports = {
         "programs": {"decode": {"count": 1, "bytes": decode.nbytes},

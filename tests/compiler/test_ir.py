@@ -18,11 +18,11 @@ from hwflow.compiler import (
     save_graph,
 )
 from hwflow.compiler.ir import format_graph, op_of
-from hwflow.compiler.ops import FLOAT_KINDS, FUSED_KINDS, QUANT_KINDS
+from hwflow.compiler.ops import DECODER_KINDS, FLOAT_KINDS, FUSED_KINDS, QUANT_KINDS
 
 
 def test_every_kind_documented_once():
-    assert set(OP_KINDS) == FLOAT_KINDS | QUANT_KINDS
+    assert set(OP_KINDS) == FLOAT_KINDS | QUANT_KINDS | DECODER_KINDS
     assert FUSED_KINDS <= QUANT_KINDS
     assert all(isinstance(v, str) and "\n" not in v for v in OP_KINDS.values())
 
