@@ -2,8 +2,9 @@
 
 This is where the MLP graph IR (``hwflow.compiler``) meets the hardware (``hwflow.hw``): one
 MATMUL per ``qlinear``, one VADD per ``qadd``, LOAD for every input, STORE for every output,
-END. Linears are planned, packed and emitted by :mod:`mapping.linear`, the one linear lowering
-every model family shares (the decoder's too, :mod:`mapping.llm_lower`).
+END, emitted by the rules every model family shares (:mod:`mapping.emit`; the decoder's graph
+too, :mod:`mapping.llm_lower`) with the MLP's placement (:class:`_Placement`). Linears are
+planned and packed by :mod:`mapping.linear`, the one linear lowering.
 
 A ternary ``qlinear`` (attribute ``ternary``, docs/architecture.md "Ternary path") runs on
 the TLMM engine instead: ABSQUANT of its input into a scratch area above every allocation of
@@ -22,20 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.isa import FLAG_RELU, INSTR_BYTES, Instr, Opcode
+from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
+from .emit import emit
 from .errors import MappingError
 from .linear import (
     TmatmulPlan,
-    absquant,
-    matmul,
     matmul_layout,
     matmul_report,
     pack_matmul,
     pack_tmatmul,
     plan_matmul,
     plan_tmatmul,
-    tmatmul,
     tmatmul_layout,
     tmatmul_report,
 )
@@ -133,6 +132,45 @@ def _report(name: str, op, rows: int, base: dict, fmt: str, sparsity: str, weigh
                    "macs": rows * n * k}
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """The MLP's placement (:class:`mapping.emit.Placement`): every tensor where
+    ``memory_plan`` put it, every input, output and weight block in its image region, a
+    ternary layer's quantized input in the shared TLMM scratch (``xq``, then ``m_addr``)."""
+
+    cfg: AccelConfig
+    graph: object
+    mm: MemoryMap
+    wgt: dict           # layer -> super-beat of its weight block
+    plans: dict         # layer -> its WeightPlan or TmatmulPlan
+    xq: int
+    m_addr: int
+
+    def addr(self, t: str) -> int:
+        return _mem(self.graph, t).addr
+
+    def rows(self, t: str) -> int:
+        return _mem(self.graph, t).rows
+
+    def words(self, t: str) -> int:
+        return _mem(self.graph, t).words
+
+    def span(self, t: str) -> int:
+        return transfer_words(_mem(self.graph, t), self.cfg)
+
+    def features(self, t: str) -> int:
+        return _op(self.graph, t).out.shape[-1]
+
+    def weights(self, name: str) -> tuple:
+        return self.wgt[name], self.plans[name]
+
+    def ext(self, name: str) -> int:
+        return self.mm.region(name).addr
+
+    def gamma(self, slot: str) -> None:
+        raise MappingError(f"an MLP has no gamma codes (slot '{slot}')")
+
+
 def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
     """Lower a memory-planned graph; ``inputs`` maps input names to int8 arrays for the image.
 
@@ -220,51 +258,29 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
                 f"{m_addr + m_words} words needed, act_depth={cfg.act_depth}")
 
     image, mm = b.finish()
-    prog = []
-    for name in in_names:
-        mem = _mem(graph, name)
-        prog.append(Instr(Opcode.LOAD, ext=mm.region(name).addr, a=mem.addr,
-                          b=transfer_words(mem, cfg)))
+    place = _Placement(cfg, graph, mm, {n: r.addr for n, r in wregion.items()},
+                       plans | tplans, xq_addr, m_addr)
+    prog = emit(graph, in_names + compute + out_names, place)
     for name in compute:
         op = _op(graph, name)
         a = op.attrs
         mem = _mem(graph, name)
-        relu = bool(a["relu"])
-        res = _mem(graph, op.inputs[1]).addr if len(op.inputs) > 1 else None
         if is_ternary(op):
-            x = _mem(graph, op.inputs[0])
             tp = tplans[name]
-            prog.append(absquant(x.addr, xq_addr, x.rows, tp.k, x.words, m_addr))
-            prog.append(tmatmul(tp, a["shift"], wregion[name].addr, xq_addr, x.words, mem.addr,
-                                mem.rows, mem.words, m_addr, res, a["res_mult"], relu))
             rep = tmatmul_report(name, tp, a["weight"].shape, wregion[name].nbytes)
             layers.append(_report(name, op, mem.rows, rep, "ternary", "dense", "ternary",
                                   "ternary"))
             layers[-1]["tlmm"]["lookups"] = mem.rows * tp.index_records
         elif op.kind == "qlinear":
-            x = _mem(graph, op.inputs[0])
             plan = plans[name]
-            if x.words != plan.k_words:
-                raise MappingError(f"layer '{name}': input row stride {x.words} words differs "
-                                   f"from k_words {plan.k_words}")
-            prog.append(matmul(plan, a["shift"], wregion[name].addr, x.addr, mem.addr, mem.rows,
-                               mem.words, res, a["res_mult"], relu))
             fmt = plan.fmt
             rep = matmul_report(name, plan, a["weight"].shape, wregion[name].nbytes)
             layers.append(_report(name, op, mem.rows, rep, fmt.label, fmt.sparsity,
                                   f"int{fmt.wbits}", plan.requested))
         else:
-            ma, mb = _mem(graph, op.inputs[0]), _mem(graph, op.inputs[1])
-            feats = op.out.shape[-1]
-            prog.append(Instr(Opcode.VADD, FLAG_RELU if relu else 0, a["shift"], a=ma.addr,
-                              out=mem.addr, b=mb.addr, rows=mem.rows, n=feats, words=mem.words,
-                              mult_b=int(a["b_mult"]), mult_a=int(a["a_mult"])))
             layers.append({"name": name, "kind": "qadd", "engine": "epilogue",
-                           "rows": mem.rows, "features": feats, "relu": bool(a["relu"])})
-    for name in out_names:
-        mem = _mem(graph, _op(graph, name).inputs[0])
-        prog.append(Instr(Opcode.STORE, ext=mm.region(name).addr, a=mem.addr,
-                          b=transfer_words(mem, cfg)))
+                           "rows": mem.rows, "features": op.out.shape[-1],
+                           "relu": bool(a["relu"])})
     prog.append(Instr(Opcode.END))
     code = encode_program(prog, "the program")
     image = bytearray(image)
