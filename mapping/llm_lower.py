@@ -1,5 +1,10 @@
-"""Lower a quantized decoder (:class:`~hwflow.compiler.decoder.QDecoder`) to one decode program,
-the prefill programs and the memory image (docs/architecture.md, "Transformer path").
+"""Lower a quantized decoder to one decode program, the prefill programs and the memory image
+(docs/architecture.md, "Transformer path").
+
+What is lowered is the decoder's graph IR (``compiler.decoder_graph``, from a
+:class:`~hwflow.compiler.decoder.QDecoder`): its ops become instructions by the rules every
+model family shares (``mapping.emit``), placed by :class:`_Run` in the areas of
+:class:`ActPlan`; the weights, gamma codes and tables come from its nodes.
 
 Length-adaptive compilation: nothing in a program depends on the sequence position except
 through the POS register (LOAD/STORE with FLAG_POS, ATTN), so **one** decode program (rows = 1)
@@ -25,8 +30,9 @@ chunk of up to ``B`` tokens at any start position. A program is, per run of ``ro
 Family variants: Qwen3 adds an RMSNORM with gamma codes per q and k head before ROPE; Gemma 2
 runs o (down) into ``h``, an RMSNORM of ``h`` with its post-norm's gamma codes and a VADD
 ``h + x -> x`` instead of the fused residual, SILUMUL flag GELU, ATTN with its score ``cap``
-and a SILUMUL flag TANH on each LM head part before its STORE; BitNet's ternary layers are
-:func:`_ternary_layer`.
+and a SILUMUL flag TANH on each LM head part before its STORE; BitNet's ternary layers run
+an ABSQUANT (with the layer's gamma codes) before each group of ternary linears, TMATMUL for
+MATMUL, and a VADD for each unfused residual add.
 
 Only the last row's logits are computed: they predict the token after the run, the only one the
 host needs (a prompt's earlier rows are known tokens). The host therefore runs a prompt so that
