@@ -21,14 +21,17 @@ programs. Conventions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from hwflow.golden.llm import default_inv_freq
 
+from .ops import immutable
+
 __all__ = ["DecoderShape", "FloatLayer", "FloatDecoder", "QLinear", "QLayer", "QDecoder",
-           "LazyLayers", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "lm_head_weights"]
+           "LazyLayers", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "lm_head_weights",
+           "freeze_decoder"]
 
 
 #: Weight formats of a decoder's block linears (``quantize_decoder(weights=...)``).
@@ -286,3 +289,33 @@ class QDecoder:
     #: (at ``scales["lm_head"]`` = cap/64) into the logits; None: the LM head's output is the
     #: logits.
     final_cap: tuple[int, int] | None = None
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if nothing can write it, made read-only where it owns its data, else a
+    read-only copy of it."""
+    if immutable(a):
+        return a
+    if a.base is not None:
+        a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _freeze_fields(obj) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, np.ndarray):
+            setattr(obj, f.name, _frozen(v))
+        elif isinstance(v, QLinear):
+            _freeze_fields(v)
+
+
+def freeze_decoder(qd: QDecoder) -> QDecoder:
+    """Make every array of ``qd`` read-only, in place, and return it: the quantized decoder is
+    as immutable as the graph IR's ops, so its graph (``compiler.decoder_graph``) shares its
+    arrays instead of copying them (a 7B decoder's 6.7 GB of int8 weights)."""
+    _freeze_fields(qd)
+    for ly in qd.layers:
+        _freeze_fields(ly)
+    return qd

@@ -288,7 +288,7 @@ def load_saved_decoder(path: Path):
         arrays = {k: z[k] for k in z.files}
     cls = {"QDecoder": dec.QDecoder, "FloatDecoder": dec.FloatDecoder}[meta.pop("__class__")]
     obj = _build(cls, "", arrays, meta)
-    return check_decoder(obj) if cls is dec.QDecoder else obj
+    return check_decoder(dec.freeze_decoder(obj)) if cls is dec.QDecoder else obj
 
 
 def open_saved_decoder(path: Path):

@@ -66,6 +66,7 @@ from .decoder import (
     QDecoder,
     QLayer,
     QLinear,
+    freeze_decoder,
     lm_head_weights,
 )
 from .errors import CompileError
@@ -428,12 +429,12 @@ class DecoderQuantizer:
         sc.update(self.codes)
         report = {k: {kk: vv for kk, vv in f.items() if kk != "t"}
                   for k, f in self.formats.items()}
-        return check_decoder(QDecoder(
+        return check_decoder(freeze_decoder(QDecoder(
             name=self.name, shape=s, embed=self.embed,
             rope=gl.rope_table(self.max_context, s.inv_freq(), s.rope_scaling),
             layers=self.layers, final_norm=final_norm, lm_head=head,
             max_context=self.max_context, scales=sc, weight_formats=report,
-            final_cap=final_cap))
+            final_cap=final_cap)))
 
 
 def _quantize_layer(i: int, ly: FloatLayer, s, sc: dict, codes: dict, s_x: float,

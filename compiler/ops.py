@@ -141,7 +141,7 @@ class MemInfo:
     span: int
 
 
-def _immutable(a: np.ndarray) -> bool:
+def immutable(a: np.ndarray) -> bool:
     """Whether nothing can write ``a``: it and every array it views are read-only, down to
     an owner of its own data or immutable bytes."""
     while isinstance(a, np.ndarray):
@@ -155,7 +155,7 @@ def freeze_value(value: Any) -> Any:
     """Make an attribute value immutable: arrays become read-only copies (an array nothing can
     write is shared as it is), lists become tuples."""
     if isinstance(value, np.ndarray):
-        if _immutable(value):   # nothing can write it: share it (a 7B decoder's zero-stride
+        if immutable(value):   # nothing can write it: share it (a 7B decoder's zero-stride
             return value        # shape-only weights would materialize if copied)
         a = np.array(value, copy=True)
         a.setflags(write=False)

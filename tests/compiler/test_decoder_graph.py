@@ -59,6 +59,9 @@ def test_every_family_is_a_checked_graph(models, name):
             np.testing.assert_array_equal(got.weight, ql.weight)
             assert (got.shift, got.res_mult, got.ternary) == (ql.shift, ql.res_mult, ql.ternary)
             assert (got.w4 is None) == (ql.w4 is None)
+    # the quantized decoder is read-only (freeze_decoder), so its graph shares its arrays
+    assert op_of(g, "L0.q").attrs["weight"] is qd.layers[0].q.weight
+    assert op_of(g, "embed").attrs["table"] is qd.embed and not qd.embed.flags.writeable
     assert op_of(g, "L0.attn").attrs["layer"] == 0
     assert op_of(g, f"L{len(qd.layers) - 1}.attn").attrs["layer"] == len(qd.layers) - 1
 
