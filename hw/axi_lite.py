@@ -39,10 +39,13 @@ class ControlRegisters(wiring.Component):
     ctrl : :func:`axi_lite_signature`
     start : out, pulse
     prog_base : out
-    pos : out, POS (0x200): sequence position of the run's first activation row
+    pos : out, POS: sequence position of the run's first activation row
     running, done, error : in
     cycles, mpe_busy, retired : in, counters shown read-only
-    tlmm_busy : in, TLMM_BUSY (0x208 / 0x20C): cycles in which the TLMM engine did its lookups
+    tlmm_busy : in, TLMM_BUSY: cycles in which the TLMM engine did its lookups
+
+    The offsets are :data:`.contract.REG`'s (docs/architecture.md, "Control registers",
+    generated from it).
     irq : out
     """
 

@@ -8,24 +8,12 @@ Ports use the names Vitis and the Vivado IP packager infer interfaces from:
   64-bit byte addresses, INCR bursts, no IDs), see :mod:`hwflow.hw.axi4`;
 - ``interrupt``: level, ``GIE & IER[0] & ISR[0]``.
 
-Register map (32-bit words). The accelerator's registers (docs/architecture.md) pass through;
-the kernel adds the Vitis interrupt registers, the AXI status and one 64-bit buffer pointer per
-port, which the host (XRT ``set_arg`` or a bare-metal driver) writes before ap_start:
-
-| offset | name | access | meaning |
-|---|---|---|---|
-| 0x00 | AP_CTRL | RW | bit0 ap_start, bit1 ap_done, bit2 ap_idle, bit3 ap_ready (= done) * |
-| 0x04 | GIE | RW | bit0 global interrupt enable |
-| 0x08 | IER | RW | bit0 enable the ap_done interrupt |
-| 0x0C | ISR | RW | bit0 ap_done interrupt pending (set on done, toggled by writing 1) |
-| 0x10 | PROG_BASE | RW | super-beat address of the first instruction (accelerator) |
-| 0x14 | AXI_ERROR | RO | bit j: master j saw an SLVERR/DECERR response (sticky until reset) |
-| 0x18..0x2C | CYCLES, MPE_BUSY, RETIRED, ERROR | RO | accelerator counters |
-| 0x30 + 8j | MEM{j} lo / hi | RW | device byte address of the buffer of port j (``W``-aligned) |
-| 0x200 | POS | RW | sequence position of the run's first activation row (accelerator) |
-| 0x208 / 0x20C | TLMM_BUSY lo / hi | RO | cycles the TLMM engine did its lookups (accelerator) |
-
-\* done, idle and ready are shown only once every accepted write has its B response.
+Register map (32-bit words): the accelerator's registers (docs/architecture.md, "Control
+registers") pass through; the kernel adds the Vitis interrupt registers, the AXI status and one
+64-bit buffer pointer per port, which the host (XRT ``set_arg`` or a bare-metal driver) writes
+before ap_start. One table defines them (:data:`.contract.KERNEL_REG`,
+:data:`.contract.KERNEL_REGISTER_DOC`); the Vitis/Vivado projects' README renders it
+(``hwflow.export.xilinx``).
 
 Buffer ``j`` holds port ``j``'s stripe of the memory image: its bytes ``[s*W, (s+1)*W)`` are the
 image bytes ``[s*SB + j*W, s*SB + (j+1)*W)`` (architecture.md, "External memory").

@@ -53,12 +53,11 @@ from hwflow.hw.isa import (
     Opcode,
 )
 from hwflow.mapping import cycles
-from hwflow.mapping.linear import matmul, plan_matmul, plan_tmatmul, tmatmul
+from hwflow.mapping.linear import matmul, matmul_nbytes, plan_matmul, plan_tmatmul, tmatmul
 from hwflow.mapping.weight_format import (
     LayerFormat,
     is_legal,
     ring_reserve,
-    tile_mem_rows,
 )
 from hwflow.steps import run_steps
 
@@ -126,14 +125,19 @@ def _vector(op: Opcode, rows: int, n: int, extra: int, flags: int = 0, m_addr: i
                  **kw)
 
 
-def _matmul(cfg: AccelConfig, fmt: LayerFormat, rows: int, K: int, N: int, wgt: int) -> Instr:
-    kw = _cdiv(K, cfg.chain_len)
+def _matmul_plan(cfg: AccelConfig, fmt: LayerFormat, K: int, N: int):
+    """The plan of a ``K x N`` linear in format ``fmt`` (one of the engine's legal ones)."""
     # a zero weight (a zero-stride view) satisfies every N:M, so the plan is fmt's own
-    plan = plan_matmul(f"MATMUL {fmt.label}", cfg, np.broadcast_to(np.int8(0), (N, K)), kw,
-                       (fmt.n, fmt.m), fmt.wbits)
-    if plan.fmt != fmt:         # fmt is one of the engine's legal formats (micro_runs)
+    plan = plan_matmul(f"MATMUL {fmt.label}", cfg, np.broadcast_to(np.int8(0), (N, K)),
+                       _cdiv(K, cfg.chain_len), (fmt.n, fmt.m), fmt.wbits)
+    if plan.fmt != fmt:
         raise ValueError(f"the engine does not run {fmt.label}; it planned {plan.fmt.label}")
-    return matmul(plan, 8, wgt, 0, rows * kw + 8, rows, _cdiv(N, cfg.chain_len))
+    return plan
+
+
+def _matmul(cfg: AccelConfig, plan, rows: int, wgt: int) -> Instr:
+    kw = plan.k_words
+    return matmul(plan, 8, wgt, 0, rows * kw + 8, rows, _cdiv(plan.n_out, cfg.chain_len))
 
 
 def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
@@ -210,12 +214,12 @@ def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
             continue
         if rows * kw + 8 + rows * _cdiv(N, L) > depth:
             continue
-        mm.append((role, fmt, rows, kw * L, N))
-        wgt_bytes = max(wgt_bytes, _cdiv(N, P * fmt.r) * tile_mem_rows(cfg, fmt, kw)
-                        * cfg.row_bytes)
+        plan = _matmul_plan(cfg, fmt, kw * L, N)
+        mm.append((role, fmt, rows, kw * L, N, plan))
+        wgt_bytes = max(wgt_bytes, matmul_nbytes(cfg, plan))
     wgt = lay.alloc("weights", wgt_bytes)
-    for role, fmt, rows, K, N in mm:
-        add("MATMUL", role, f"MATMUL {rows}x{K}x{N} {fmt}", [_matmul(cfg, fmt, rows, K, N, wgt)])
+    for role, fmt, rows, K, N, plan in mm:
+        add("MATMUL", role, f"MATMUL {rows}x{K}x{N} {fmt}", [_matmul(cfg, plan, rows, wgt)])
 
     # vector unit: RMSNORM, SILUMUL (and RELU2), ABSQUANT (and GAMMA)
     if cfg.vector_unit:
