@@ -34,8 +34,11 @@ from .ops import (
     rows_features,
 )
 
+#: Inputs of every op kind (both levels of the MLP graph, and the decoder graph's kinds).
 ARITY = {"input": (0,), "output": (1,), "relu": (1,), "reshape": (1,), "linear": (1,),
-         "add": (2,), "qlinear": (1, 2), "qadd": (2,)}
+         "add": (2,), "qlinear": (1, 2), "qadd": (2,), "embed": (0,), "rope_table": (0,),
+         "gamma_codes": (0,), "rmsnorm": (1,), "absquant": (1,), "rope": (2,),
+         "attention": (3,), "silu_mul": (2,), "lm_head": (1,)}
 
 ACC_LIMIT = 2**31  # int32 accumulator: K*128*128 + max|bias| must stay below this
 
@@ -360,6 +363,26 @@ def _check_memory(graph: Graph, target: dict):
                                 "are live")
 
 
+def _check_nodes(graph: Graph, kinds, refuse: str) -> None:
+    """Every node holds an :class:`Op` of one of ``kinds`` (else ``refuse`` with the kind)
+    with its number of inputs (:data:`ARITY`), each input exists and the edges match."""
+    for name in graph.nodes:
+        op = graph.nodes[name].get("op")
+        if not isinstance(op, Op):
+            _fail(name, None, "node has no Op record in its 'op' attribute")
+        if op.kind not in kinds:
+            _fail(name, op, refuse.format(op.kind))
+        if len(op.inputs) not in ARITY[op.kind]:
+            _fail(name, op, f"takes {' or '.join(map(str, ARITY[op.kind]))} inputs, "
+                            f"got {len(op.inputs)}")
+        for i in op.inputs:
+            if i not in graph:
+                _fail(name, op, f"input '{i}' does not exist")
+        if set(graph.predecessors(name)) != set(op.inputs):
+            _fail(name, op, f"graph edges from {sorted(graph.predecessors(name))} do not match "
+                            f"op inputs {list(op.inputs)}")
+
+
 def check(graph: Graph) -> Graph:
     """Check every rule of the IR spec; return the graph unchanged so calls can be chained.
 
@@ -372,21 +395,7 @@ def check(graph: Graph) -> Graph:
     for key in ("name", "inputs", "outputs"):
         if key not in meta:
             raise SpecError(f"graph has no '{key}' entry in graph.graph")
-    for name in graph.nodes:
-        op = graph.nodes[name].get("op")
-        if not isinstance(op, Op):
-            _fail(name, None, "node has no Op record in its 'op' attribute")
-        if op.kind not in OP_KINDS:
-            _fail(name, op, f"unknown op kind '{op.kind}' (known: {', '.join(OP_KINDS)})")
-        if len(op.inputs) not in ARITY[op.kind]:
-            _fail(name, op, f"takes {' or '.join(map(str, ARITY[op.kind]))} inputs, "
-                            f"got {len(op.inputs)}")
-        for i in op.inputs:
-            if i not in graph:
-                _fail(name, op, f"input '{i}' does not exist")
-        if set(graph.predecessors(name)) != set(op.inputs):
-            _fail(name, op, f"graph edges from {sorted(graph.predecessors(name))} do not match "
-                            f"op inputs {list(op.inputs)}")
+    _check_nodes(graph, OP_KINDS, "unknown op kind '{}' (known: " + ", ".join(OP_KINDS) + ")")
     for key in ("inputs", "outputs"):
         for n in meta[key]:
             if n not in graph:
@@ -575,10 +584,6 @@ def check_decoder(qd):
 
 # -- the decoder graph -------------------------------------------------------------------------
 
-#: Inputs of each decoder-level kind (``compiler.decoder_graph``).
-DECODER_ARITY = {"embed": (0,), "rope_table": (0,), "gamma_codes": (0,), "rmsnorm": (1,),
-                 "absquant": (1,), "qlinear": (1, 2), "rope": (2,), "attention": (3,),
-                 "silu_mul": (2,), "qadd": (2,), "lm_head": (1,)}
 #: The decoder's activation areas (``mapping.llm_lower.ActPlan``): the ones a tensor may be in.
 DECODER_AREAS = ("x", "h", "q", "k", "v", "att", "gate", "up", "cs", "gamma", "logits")
 #: Kinds that work in place: the output is in the area of the first input.
@@ -693,22 +698,8 @@ def check_decoder_graph(g: Graph, arrays: bool = True) -> Graph:
     for key in ("name", "shape", "max_context", "schedule", "outputs", "scales"):
         if key not in meta:
             raise SpecError(f"decoder graph has no '{key}' entry in graph.graph")
-    for name in g.nodes:
-        op = g.nodes[name].get("op")
-        if not isinstance(op, Op):
-            _fail(name, None, "node has no Op record in its 'op' attribute")
-        if op.kind not in DECODER_KINDS:
-            _fail(name, op, f"op kind '{op.kind}' does not belong in a decoder graph "
-                            f"({', '.join(sorted(DECODER_KINDS))})")
-        if len(op.inputs) not in DECODER_ARITY[op.kind]:
-            _fail(name, op, f"takes {' or '.join(map(str, DECODER_ARITY[op.kind]))} inputs, "
-                            f"got {len(op.inputs)}")
-        for i in op.inputs:
-            if i not in g:
-                _fail(name, op, f"input '{i}' does not exist")
-        if set(g.predecessors(name)) != set(op.inputs):
-            _fail(name, op, f"graph edges from {sorted(g.predecessors(name))} do not match "
-                            f"op inputs {list(op.inputs)}")
+    _check_nodes(g, DECODER_KINDS, "op kind '{}' does not belong in a decoder graph ("
+                 + ", ".join(sorted(DECODER_KINDS)) + ")")
     _check_schedule(g, meta["schedule"])
     for name in meta["schedule"]:
         _check_decoder_op(g, name, g.nodes[name]["op"], arrays)

@@ -19,10 +19,12 @@ from hwflow.compiler import (
 )
 from hwflow.compiler.ir import format_graph, op_of
 from hwflow.compiler.ops import DECODER_KINDS, FLOAT_KINDS, FUSED_KINDS, QUANT_KINDS
+from hwflow.compiler.spec import ARITY
 
 
 def test_every_kind_documented_once():
     assert set(OP_KINDS) == FLOAT_KINDS | QUANT_KINDS | DECODER_KINDS
+    assert set(ARITY) == set(OP_KINDS)          # every kind's inputs, defined once
     assert FUSED_KINDS <= QUANT_KINDS
     assert all(isinstance(v, str) and "\n" not in v for v in OP_KINDS.values())
 
