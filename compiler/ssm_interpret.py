@@ -1,0 +1,162 @@
+"""Float reference runs of the Mamba IR (``compiler/ssm.py``): the whole sequence at once
+(:func:`mamba_logits`) and recurrent decode one token at a time (:func:`mamba_step`).
+
+Both are the same float64 block on a :class:`MambaState` (the sequence starts from the empty
+one), so a prompt run token by token through :func:`mamba_step` gives the rows of
+:func:`mamba_logits` up to float64 rounding. The semantics are ``transformers``' torch path
+(``MambaMixer`` without the CUDA kernels): ``causal_conv1d_fn`` (bias inside the conv, then
+SiLU), the sequential ``mamba_selective_scan`` from a zero state, ``F.softplus`` with its
+threshold of 20, and the residual added after the mixer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .llm_interpret import _lin, _rms
+from .ssm import FloatMamba, FloatMambaLayer, SsmShape
+
+__all__ = ["MambaState", "mamba_logits", "mamba_step"]
+
+#: ``torch.nn.functional.softplus``'s default threshold: above it softplus is the identity.
+#: Kept so that a large ``dt`` matches torch exactly (``log1p(exp(x))`` differs from ``x`` by
+#: ``exp(-x)``, 2e-9 at the threshold), and so ``exp`` never overflows.
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+@dataclass(frozen=True)
+class MambaState:
+    """The recurrent state of a Mamba model after some tokens, float64, per layer.
+
+    Attributes
+    ----------
+    conv : list of numpy.ndarray
+        ``[d_inner, d_conv - 1]`` per layer: the conv's inputs (the ``x`` half of
+        ``in_proj``) of the last ``d_conv - 1`` tokens, oldest first; zeros before the
+        first token (the conv's zero padding).
+    ssm : list of numpy.ndarray
+        ``[d_inner, d_state]`` per layer: the scan state ``h``.
+    """
+
+    conv: list
+    ssm: list
+
+    @classmethod
+    def empty(cls, fm: FloatMamba) -> MambaState:
+        """The state before the first token: zeros in every layer."""
+        s = fm.shape
+        return cls(conv=[np.zeros((s.d_inner, s.d_conv - 1)) for _ in range(s.layers)],
+                   ssm=[np.zeros((s.d_inner, s.d_state)) for _ in range(s.layers)])
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """``F.softplus(x)`` (beta 1, threshold :data:`_SOFTPLUS_THRESHOLD`), float64."""
+    big = x > _SOFTPLUS_THRESHOLD
+    return np.where(big, x, np.log1p(np.exp(np.where(big, 0.0, x))))
+
+
+def _f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _conv(ly: FloatMambaLayer, x: np.ndarray, conv_state: np.ndarray):
+    """The causal depthwise conv and its SiLU on rows ``x [T, d_inner]`` after the inputs
+    held in ``conv_state`` (:class:`MambaState`); returns ``(u [T, d_inner], new conv
+    state)``. Tap ``d_conv - 1`` multiplies the current token, tap 0 the oldest."""
+    t = x.shape[0]
+    w = _f64(ly.conv)
+    d_conv = w.shape[1]
+    # rows: the d_conv - 1 held inputs then the T new ones; output t reads rows t .. t+d_conv-1
+    win = np.concatenate([conv_state.T, x], axis=0)
+    c = sum(win[k:k + t] * w[:, k] for k in range(d_conv))
+    if ly.conv_bias is not None:     # torch's conv1d adds its bias before the activation
+        c = c + _f64(ly.conv_bias)
+    return _silu(c), win[t:].T.copy()
+
+
+def _scan(s: SsmShape, ly: FloatMambaLayer, u: np.ndarray, h: np.ndarray):
+    """The selective scan of rows ``u [T, d_inner]`` from the state ``h [d_inner, d_state]``;
+    returns ``(y [T, d_inner], new h)`` with ``y`` including the ``D`` skip, before the gate."""
+    xp = _lin(u, ly.x_proj)
+    dt_in, b, c = np.split(xp, [s.dt_rank, s.dt_rank + s.d_state], axis=-1)
+    dt = _softplus(_lin(dt_in, ly.dt_proj, ly.dt_bias))          # [T, d_inner]
+    a, d = _f64(ly.A), _f64(ly.D)
+    y = np.empty_like(u)
+    # one token after the other, as the recurrence the hardware runs (and torch's fallback);
+    # the decays of the whole sequence at once would be T x d_inner x d_state floats
+    for i in range(u.shape[0]):
+        dti = dt[i][:, None]
+        h = np.exp(dti * a) * h + (dti * b[i][None, :]) * u[i][:, None]
+        y[i] = h @ c[i] + d * u[i]
+    return y, h
+
+
+def _block(s: SsmShape, ly: FloatMambaLayer, x: np.ndarray, conv_state, h):
+    """One Mamba block on the residual stream ``x [T, hidden]`` after the tokens summarized by
+    ``(conv_state, h)``; returns ``(x after the block, conv_state, h)``, new arrays."""
+    n = _rms(x, s.rms_eps) * _f64(ly.norm)
+    xz = _lin(n, ly.in_proj, ly.in_bias)
+    xin, z = xz[:, :s.d_inner], xz[:, s.d_inner:]
+    u, conv_state = _conv(ly, xin, conv_state)
+    y, h = _scan(s, ly, u, h)
+    return x + _lin(y * _silu(z), ly.out_proj, ly.out_bias), conv_state, h
+
+
+def _run(fm: FloatMamba, ids, state: MambaState):
+    """Logits ``[T, vocab]`` of the tokens ``ids`` following ``state``, and the state after
+    them (``state`` itself is left as it is)."""
+    s = fm.shape
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    # the rows first: a float64 copy of the whole table would be vocab x hidden
+    x = _f64(np.asarray(fm.embed)[ids])
+    conv, ssm = [], []
+    for i, ly in enumerate(fm.layers):
+        x, c, h = _block(s, ly, x, state.conv[i], state.ssm[i])
+        conv.append(c)
+        ssm.append(h)
+    n = _rms(x, s.rms_eps) * _f64(fm.final_norm)
+    return _lin(n, fm.lm_head), MambaState(conv=conv, ssm=ssm)
+
+
+def mamba_logits(fm: FloatMamba, ids) -> np.ndarray:
+    """Float64 logits of the token ids ``ids`` as one sequence from the empty state.
+
+    Parameters
+    ----------
+    fm : FloatMamba
+    ids : sequence of int
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``[len(ids), vocab]``: row ``t`` predicts token ``t + 1``.
+    """
+    return _run(fm, ids, MambaState.empty(fm))[0]
+
+
+def mamba_step(fm: FloatMamba, state: MambaState, token_id: int):
+    """One token of recurrent decode.
+
+    Parameters
+    ----------
+    fm : FloatMamba
+    state : MambaState
+        The state after the previous tokens (:meth:`MambaState.empty` before the first);
+        not modified.
+    token_id : int
+
+    Returns
+    -------
+    logits : numpy.ndarray
+        float64 ``[vocab]`` after ``token_id``.
+    state : MambaState
+        The state after ``token_id``.
+    """
+    logits, new = _run(fm, [int(token_id)], state)
+    return logits[0], new
