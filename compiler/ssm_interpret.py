@@ -18,7 +18,7 @@ import numpy as np
 from .llm_interpret import _lin, _rms
 from .ssm import FloatMamba, FloatMambaLayer, SsmShape
 
-__all__ = ["MambaState", "mamba_logits", "mamba_step"]
+__all__ = ["MambaState", "mamba_logits", "mamba_step", "mamba_record"]
 
 #: ``torch.nn.functional.softplus``'s default threshold: above it softplus is the identity.
 #: Kept so that a large ``dt`` matches torch exactly (``log1p(exp(x))`` differs from ``x`` by
@@ -51,6 +51,10 @@ class MambaState:
                    ssm=[np.zeros((s.d_inner, s.d_state)) for _ in range(s.layers)])
 
 
+def _skip(**_tensors) -> None:
+    """The default ``rec``: nothing is recorded."""
+
+
 def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
@@ -65,7 +69,7 @@ def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _conv(ly: FloatMambaLayer, x: np.ndarray, conv_state: np.ndarray):
+def _conv(ly: FloatMambaLayer, x: np.ndarray, conv_state: np.ndarray, rec=_skip):
     """The causal depthwise conv and its SiLU on rows ``x [T, d_inner]`` after the inputs
     held in ``conv_state`` (:class:`MambaState`); returns ``(u [T, d_inner], new conv
     state)``. Tap ``d_conv - 1`` multiplies the current token, tap 0 the oldest."""
@@ -77,15 +81,18 @@ def _conv(ly: FloatMambaLayer, x: np.ndarray, conv_state: np.ndarray):
     c = sum(win[k:k + t] * w[:, k] for k in range(d_conv))
     if ly.conv_bias is not None:     # torch's conv1d adds its bias before the activation
         c = c + _f64(ly.conv_bias)
+    rec(c=c)
     return _silu(c), win[t:].T.copy()
 
 
-def _scan(s: SsmShape, ly: FloatMambaLayer, u: np.ndarray, h: np.ndarray):
+def _scan(s: SsmShape, ly: FloatMambaLayer, u: np.ndarray, h: np.ndarray, rec=_skip):
     """The selective scan of rows ``u [T, d_inner]`` from the state ``h [d_inner, d_state]``;
     returns ``(y [T, d_inner], new h)`` with ``y`` including the ``D`` skip, before the gate."""
     xp = _lin(u, ly.x_proj)
     dt_in, b, c = np.split(xp, [s.dt_rank, s.dt_rank + s.d_state], axis=-1)
-    dt = _softplus(_lin(dt_in, ly.dt_proj, ly.dt_bias))          # [T, d_inner]
+    dt_pre = _lin(dt_in, ly.dt_proj, ly.dt_bias)
+    dt = _softplus(dt_pre)          # [T, d_inner]
+    rec(dt_in=dt_in, B=b, C=c, dt_pre=dt_pre)
     a, d = _f64(ly.A), _f64(ly.D)
     y = np.empty_like(u)
     # one token after the other, as the recurrence the hardware runs (and torch's fallback);
@@ -94,34 +101,46 @@ def _scan(s: SsmShape, ly: FloatMambaLayer, u: np.ndarray, h: np.ndarray):
         dti = dt[i][:, None]
         h = np.exp(dti * a) * h + (dti * b[i][None, :]) * u[i][:, None]
         y[i] = h @ c[i] + d * u[i]
+        rec(h=h)
+    rec(y=y)
     return y, h
 
 
-def _block(s: SsmShape, ly: FloatMambaLayer, x: np.ndarray, conv_state, h):
+def _block(s: SsmShape, ly: FloatMambaLayer, x: np.ndarray, conv_state, h, rec=_skip):
     """One Mamba block on the residual stream ``x [T, hidden]`` after the tokens summarized by
-    ``(conv_state, h)``; returns ``(x after the block, conv_state, h)``, new arrays."""
-    n = _rms(x, s.rms_eps) * _f64(ly.norm)
+    ``(conv_state, h)``; returns ``(x after the block, conv_state, h)``, new arrays. ``rec``
+    is called with the block's intermediate tensors by name (the quantizer's calibration)."""
+    n0 = _rms(x, s.rms_eps)
+    n = n0 * _f64(ly.norm)
     xz = _lin(n, ly.in_proj, ly.in_bias)
     xin, z = xz[:, :s.d_inner], xz[:, s.d_inner:]
-    u, conv_state = _conv(ly, xin, conv_state)
-    y, h = _scan(s, ly, u, h)
-    return x + _lin(y * _silu(z), ly.out_proj, ly.out_bias), conv_state, h
+    u, conv_state = _conv(ly, xin, conv_state, rec)
+    y, h = _scan(s, ly, u, h, rec)
+    g = y * _silu(z)
+    rec(x=x, n0=n0, xin=xin, z=z, u=u, g=g)
+    return x + _lin(g, ly.out_proj, ly.out_bias), conv_state, h
 
 
-def _run(fm: FloatMamba, ids, state: MambaState):
+def _run(fm: FloatMamba, ids, state: MambaState, record=None):
     """Logits ``[T, vocab]`` of the tokens ``ids`` following ``state``, and the state after
-    them (``state`` itself is left as it is)."""
+    them (``state`` itself is left as it is); ``record(layer, **tensors)`` sees every
+    block's intermediate tensors (layer ``len(fm.layers)``: the final norm's input and
+    output)."""
     s = fm.shape
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     # the rows first: a float64 copy of the whole table would be vocab x hidden
     x = _f64(np.asarray(fm.embed)[ids])
     conv, ssm = [], []
     for i, ly in enumerate(fm.layers):
-        x, c, h = _block(s, ly, x, state.conv[i], state.ssm[i])
+        rec = _skip if record is None else (lambda i=i, **t: record(i, **t))
+        x, c, h = _block(s, ly, x, state.conv[i], state.ssm[i], rec)
         conv.append(c)
         ssm.append(h)
-    n = _rms(x, s.rms_eps) * _f64(fm.final_norm)
-    return _lin(n, fm.lm_head), MambaState(conv=conv, ssm=ssm)
+    n0 = _rms(x, s.rms_eps)
+    logits = _lin(n0 * _f64(fm.final_norm), fm.lm_head)
+    if record is not None:
+        record(len(fm.layers), x=x, n0=n0, logits=logits)
+    return logits, MambaState(conv=conv, ssm=ssm)
 
 
 def mamba_logits(fm: FloatMamba, ids) -> np.ndarray:
@@ -160,3 +179,13 @@ def mamba_step(fm: FloatMamba, state: MambaState, token_id: int):
     """
     logits, new = _run(fm, [int(token_id)], state)
     return logits[0], new
+
+
+def mamba_record(fm: FloatMamba, ids, record) -> np.ndarray:
+    """:func:`mamba_logits` calling ``record(layer, **tensors)`` with every block's
+    intermediate tensors (``x`` its input, ``n0`` its RMSNorm before the gamma, ``xin``,
+    ``z``, ``c`` the conv's output before SiLU, ``u``, ``dt_in``, ``B``, ``C``, ``dt_pre``,
+    ``h`` after each token, ``y``,
+    ``g`` the gated output; layer ``len(fm.layers)``: ``x``, ``n0`` and ``logits`` of the
+    final norm and LM head): the quantizer's calibration run."""
+    return _run(fm, ids, MambaState.empty(fm), record)[0]

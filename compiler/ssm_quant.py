@@ -1,0 +1,244 @@
+"""Quantize a float Mamba model (:class:`~compiler.ssm.FloatMamba`) to W8A8 integers
+(:class:`QMamba`) and run it exactly as the hardware is to (:func:`qmamba_logits`,
+:func:`qmamba_step`: ``golden.ssm``, ``golden.llm``, ``golden.int8`` and nothing else).
+
+Scales are static, calibrated on a float run over random token sequences
+(``compiler.ssm_interpret.mamba_record``): per tensor ``absmax / 127`` for int8 activations,
+``absmax / 2**23`` for the int32 scan state (eight bits of headroom under int32 and 23 bits of
+precision, so the products of ``golden.ssm.scan_step`` stay in int64). Fixed scales where a ROM
+reads the tensor: the conv output and the gate ``z`` at 1/16 (the SiLU ROM), the dt
+projection's output at 1/16 (the softplus ROM). RMSNorm gammas are folded into the
+in-projection (the final one into the LM head), the residual add into the out-projection's
+epilogue. Rotations and 4-bit weights and activations (LightMamba's W4A4) are not done yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from hwflow.golden import int8 as g8
+from hwflow.golden import llm as gl
+from hwflow.golden import ssm as gs
+
+from .decoder import QLinear
+from .llm_quant import _norm_params, _qlinear, _silu_params
+from .ssm import FloatMamba, SsmShape
+from .ssm_interpret import mamba_record
+
+__all__ = ["QMambaLayer", "QMamba", "QMambaState", "quantize_mamba", "qmamba_logits",
+           "rotation", "rotate_residual",
+           "qmamba_step", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+
+#: Calibration: random token sequences of this many tokens.
+CALIB_SEQUENCES = 4
+CALIB_TOKENS = 32
+#: The scan state's int32 code for its calibrated absmax.
+_H_CODE = float(1 << 23)
+
+
+@dataclass
+class QMambaLayer:
+    """One Mamba block in integers (``golden.ssm`` for the formats)."""
+
+    norm: tuple                 # rmsnorm (eps, mult, shift); gamma folded into in_x, in_z
+    in_x: QLinear               # n -> the conv's input
+    in_z: QLinear               # n -> the gate z, at 1/16
+    conv: np.ndarray            # int8 [d_inner, d_conv]
+    conv_bias: np.ndarray       # int32 [d_inner]
+    conv_mult: np.ndarray       # u16 [d_inner]
+    conv_shift: int
+    silu: tuple                 # u = gate_mul(c, 1, mult, shift)
+    x_dt: QLinear               # u -> dt_in
+    x_b: QLinear                # u -> B
+    x_c: QLinear                # u -> C
+    dt_proj: QLinear            # dt_in -> softplus input, at 1/16
+    a_codes: np.ndarray         # [d_inner, d_state] golden.ssm.decay_rate_codes
+    bu: tuple                   # (mult, shift): dt * B * u into the state's scale
+    y: tuple                    # (mult, shift): h @ C into y's scale
+    d_mult: np.ndarray          # signed [d_inner]: D * u into y's scale
+    d_shift: int
+    gate: tuple                 # silu_mul(z, y) (mult, shift)
+    out_proj: QLinear           # with the residual stream
+
+
+@dataclass
+class QMamba:
+    """The quantized model: what the golden run computes and the mapper is to lower."""
+
+    name: str
+    shape: SsmShape
+    embed: np.ndarray           # int8 [vocab, hidden] at scales["x0"]
+    layers: list
+    final_norm: tuple
+    lm_head: QLinear
+    scales: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QMambaState:
+    """The integer recurrent state per layer: the conv's last ``d_conv - 1`` int8 inputs and
+    the int32 scan state."""
+
+    conv: list
+    ssm: list
+
+    @classmethod
+    def empty(cls, qm: QMamba) -> QMambaState:
+        s = qm.shape
+        return cls([np.zeros((s.d_conv - 1, s.d_inner), np.int8) for _ in range(s.layers)],
+                   [np.zeros((s.d_inner, s.d_state), np.int64) for _ in range(s.layers)])
+
+
+def rotation(n: int, seed: int = 0) -> np.ndarray:
+    """An ``n x n`` orthogonal matrix: the normalized Sylvester Hadamard matrix when ``n`` is
+    a power of two, else the Q of a seeded Gaussian matrix's QR (signs fixed)."""
+    if n & (n - 1) == 0:
+        h = np.ones((1, 1))
+        while h.shape[0] < n:
+            h = np.block([[h, h], [h, -h]])
+        return h / np.sqrt(n)
+    q, r = np.linalg.qr(np.random.default_rng([seed, 1]).standard_normal((n, n)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+def rotate_residual(fm: FloatMamba, seed: int = 0) -> FloatMamba:
+    """The same model with its residual stream rotated by an orthogonal ``R``
+    (:func:`rotation`; LightMamba's rotation-assisted quantization, the QuaRot idea): the
+    stream ``x' = R x`` spreads a few large channels over all of them, so its per-tensor int8
+    scale is not set by one outlier. Exact in real arithmetic: the RMSNorm gammas are folded
+    into the linears that read the norms (an RMSNorm commutes with ``R``, a gamma does not),
+    ``R`` into the embedding and the out-projections, ``R^T`` into the in-projections and the
+    LM head."""
+    R = rotation(fm.shape.hidden, seed)
+    layers = []
+    for ly in fm.layers:
+        g = np.asarray(ly.norm, np.float64)
+        layers.append(replace(
+            ly, norm=np.ones_like(g), in_proj=(np.asarray(ly.in_proj, np.float64) * g) @ R.T,
+            out_proj=R @ np.asarray(ly.out_proj, np.float64),
+            out_bias=None if ly.out_bias is None else R @ np.asarray(ly.out_bias, np.float64)))
+    gf = np.asarray(fm.final_norm, np.float64)
+    return replace(fm, embed=np.asarray(fm.embed, np.float64) @ R.T, layers=layers,
+                   final_norm=np.ones_like(gf), lm_head=(np.asarray(fm.lm_head) * gf) @ R.T)
+
+
+def _calibrate(fm: FloatMamba, seed: int) -> list[dict]:
+    """Per layer (and one more for the head) the absmax of every recorded tensor."""
+    amax: list[dict] = [{} for _ in range(len(fm.layers) + 1)]
+
+    def record(layer, **tensors):
+        for k, v in tensors.items():
+            amax[layer][k] = max(amax[layer].get(k, 0.0), float(np.max(np.abs(v))))
+
+    rng = np.random.default_rng([seed, 0])
+    for _ in range(CALIB_SEQUENCES):
+        mamba_record(fm, rng.integers(0, fm.shape.vocab, CALIB_TOKENS), record)
+    return amax
+
+
+def _s8(m: float) -> float:
+    return m / 127.0 if m > 0 else 1.0
+
+
+def _mult(real: float) -> tuple[int, int]:
+    shift = g8.choose_shift(np.array([real]))
+    return int(g8.quantize_multiplier([real], shift)[0]), shift
+
+
+def _signed_mults(reals: np.ndarray) -> tuple[np.ndarray, int]:
+    """Signed multipliers at one shift (magnitudes in the u16 field)."""
+    shift = g8.choose_shift(np.abs(reals))
+    return np.rint(reals * 2.0**shift).astype(np.int64), shift
+
+
+def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True) -> QMamba:
+    """W8A8 integers of ``fm`` (module docstring), calibrated on random tokens (``seed``),
+    with the residual stream rotated first (:func:`rotate_residual`) unless ``rotate`` is
+    False."""
+    if rotate:
+        fm = rotate_residual(fm, seed)
+    s, amax = fm.shape, _calibrate(fm, seed)
+    C = s.d_inner
+    sx = [_s8(amax[i]["x"]) for i in range(len(fm.layers) + 1)]
+    layers = []
+    for i, ly in enumerate(fm.layers):
+        a = amax[i]
+        s_n, s_xin, s_u = _s8(a["n0"]), _s8(a["xin"]), _s8(a["u"])
+        s_dti, s_b, s_c, s_y = _s8(a["dt_in"]), _s8(a["B"]), _s8(a["C"]), _s8(a["y"])
+        s_g = _s8(a["g"])
+        s_h = a["h"] / _H_CODE if a["h"] > 0 else 1.0
+        w_in = np.asarray(ly.in_proj, np.float64) * np.asarray(ly.norm, np.float64)[None, :]
+        b_in = (None, None) if ly.in_bias is None else (ly.in_bias[:C], ly.in_bias[C:])
+        wc, swc = g8.quantize_weight(ly.conv)
+        conv_reals = s_xin * swc / gl.SILU_SCALE
+        conv_shift = g8.choose_shift(conv_reals)
+        bias = np.zeros(C) if ly.conv_bias is None else np.asarray(ly.conv_bias, np.float64)
+        xp = np.asarray(ly.x_proj)
+        d_mult, d_shift = _signed_mults(np.asarray(ly.D, np.float64) * s_u / s_y)
+        layers.append(QMambaLayer(
+            norm=_norm_params(sx[i], s_n, s.rms_eps, s.hidden),
+            in_x=_qlinear(w_in[:C], b_in[0], s_n, s_xin),
+            in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE),
+            conv=wc, conv_bias=np.rint(bias / (s_xin * swc)).astype(np.int32),
+            conv_mult=g8.quantize_multiplier(conv_reals, conv_shift), conv_shift=conv_shift,
+            silu=_mult(1.0 / (256.0 * s_u)),
+            x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti),
+            x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, s_b),
+            x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, s_c),
+            dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE),
+            a_codes=gs.decay_rate_codes(ly.A),
+            bu=_mult(2.0**-gs.DT_FRAC * s_b * s_u / s_h), y=_mult(s_h * s_c / s_y),
+            d_mult=d_mult, d_shift=d_shift, gate=_silu_params(s_y, s_g),
+            out_proj=_qlinear(ly.out_proj, ly.out_bias, s_g, sx[i + 1], s_res=sx[i])))
+    head = amax[len(fm.layers)]
+    s_fn, s_logits = _s8(head["n0"]), _s8(head["logits"])
+    lm = np.asarray(fm.lm_head, np.float64) * np.asarray(fm.final_norm, np.float64)[None, :]
+    return QMamba(name=fm.name, shape=s, embed=g8.quantize(fm.embed, sx[0]), layers=layers,
+                  final_norm=_norm_params(sx[-1], s_fn, s.rms_eps, s.hidden),
+                  lm_head=_qlinear(lm, None, s_fn, s_logits),
+                  scales={"x0": sx[0], "logits": s_logits})
+
+
+def _linear(ql: QLinear, x, res=None) -> np.ndarray:
+    return g8.requantize(g8.matmul(x, ql.weight), ql.bias, ql.mult, ql.shift, res=res,
+                         res_mult=ql.res_mult)
+
+
+def _block(ly: QMambaLayer, x, hist, h):
+    """One block on int8 rows ``x [T, hidden]``; returns ``(x', hist', h')``."""
+    n = gl.rmsnorm(x, *ly.norm)
+    c, hist = gs.causal_conv(_linear(ly.in_x, n), hist, ly.conv, ly.conv_bias, ly.conv_mult,
+                             ly.conv_shift)
+    u = gl.gate_mul(c, 1, *ly.silu)
+    dt = gs.softplus_dt(_linear(ly.dt_proj, _linear(ly.x_dt, u)))
+    b, cc = _linear(ly.x_b, u), _linear(ly.x_c, u)
+    y = np.empty_like(u)
+    for t in range(u.shape[0]):     # the recurrence, one token after the other
+        h, y[t] = gs.scan_step(h, dt[t], ly.a_codes, b[t], cc[t], u[t], *ly.bu, *ly.y,
+                               ly.d_mult, ly.d_shift)
+    g = gl.silu_mul(_linear(ly.in_z, n), y, *ly.gate)
+    return _linear(ly.out_proj, g, res=x), hist, h
+
+
+def _run(qm: QMamba, ids, state: QMambaState):
+    x = qm.embed[np.asarray(ids, dtype=np.int64).reshape(-1)]
+    conv, ssm = [], []
+    for i, ly in enumerate(qm.layers):
+        x, c, h = _block(ly, x, state.conv[i], state.ssm[i])
+        conv.append(c)
+        ssm.append(h)
+    logits = _linear(qm.lm_head, gl.rmsnorm(x, *qm.final_norm))
+    return logits, QMambaState(conv, ssm)
+
+
+def qmamba_logits(qm: QMamba, ids) -> np.ndarray:
+    """int8 logits ``[len(ids), vocab]`` of the tokens ``ids`` from the empty state."""
+    return _run(qm, ids, QMambaState.empty(qm))[0]
+
+
+def qmamba_step(qm: QMamba, state: QMambaState, token_id: int):
+    """One token of integer decode: ``(int8 logits [vocab], the state after it)``."""
+    logits, new = _run(qm, [int(token_id)], state)
+    return logits[0], new

@@ -1,0 +1,66 @@
+"""The Mamba quantizer (``compiler.ssm_quant``): the residual-stream rotation is exact in float,
+the quantized model's fields fit their integer formats, and its golden run gives the same
+integers token by token as for the whole sequence (the recurrent state is complete)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwflow.compiler.ssm_interpret import mamba_logits
+from hwflow.compiler.ssm_quant import (
+    QMambaState,
+    qmamba_logits,
+    qmamba_step,
+    quantize_mamba,
+    rotate_residual,
+    rotation,
+)
+from hwflow.golden import int8 as g8
+
+from .test_ssm_interpret import _float_mamba, _tiny_mamba
+
+
+@pytest.fixture(scope="module")
+def fm():
+    return _float_mamba(_tiny_mamba(0))
+
+
+@pytest.mark.parametrize("n", [8, 40])
+def test_rotation_is_orthogonal(n):
+    r = rotation(n)
+    np.testing.assert_allclose(r @ r.T, np.eye(n), atol=1e-12)
+
+
+def test_rotated_model_is_the_same_model(fm):
+    ids = np.arange(11) * 7 % fm.shape.vocab
+    want = mamba_logits(fm, ids)
+    got = mamba_logits(rotate_residual(fm), ids)
+    assert np.abs(got - want).max() < 1e-9 * np.abs(want).max()      # measured 2e-14 relative
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_golden_state_is_complete(fm, rotate):
+    qm = quantize_mamba(fm, rotate=rotate)
+    ids = (np.arange(9) * 13 + 5) % fm.shape.vocab
+    whole = qmamba_logits(qm, ids)
+    state, rows = QMambaState.empty(qm), []
+    for t in ids:
+        row, state = qmamba_step(qm, state, t)
+        rows.append(row)
+    np.testing.assert_array_equal(np.stack(rows), whole)
+    assert whole.dtype == np.int8 and whole.shape == (9, fm.shape.vocab)
+
+
+def test_fields_fit_their_formats(fm):
+    qm = quantize_mamba(fm)
+    for ly in qm.layers:
+        assert ly.conv.dtype == np.int8 and ly.conv.shape == (fm.shape.d_inner, fm.shape.d_conv)
+        assert 0 <= ly.conv_mult.min() and ly.conv_mult.max() <= g8.MULT_MAX
+        assert ly.a_codes.min() >= 0 and ly.a_codes.max() < 1 << 16
+        assert np.abs(ly.d_mult).max() <= g8.MULT_MAX
+        for mult, shift in (ly.silu, ly.bu, ly.y, ly.gate):
+            assert 0 < mult <= g8.MULT_MAX and 0 <= shift <= g8.SHIFT_MAX
+        for ql in (ly.in_x, ly.in_z, ly.x_dt, ly.x_b, ly.x_c, ly.dt_proj, ly.out_proj):
+            assert ql.weight.dtype == np.int8 and ql.mult.max() <= g8.MULT_MAX
+        assert ly.out_proj.res_mult > 0              # the residual add is in its epilogue
