@@ -238,8 +238,16 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else ""
 
 
+#: State-space model families: recognised by ``compiler.ssm_frontend``, not compiled yet.
+STATE_SPACE_TYPES = ("mamba", "mamba2", "falcon_mamba")
+
+
 def _hf_config_checks(folder: Path, cfg: dict) -> None:
     """Refuse configs the recogniser cannot serve before building anything."""
+    if cfg.get("model_type") in STATE_SPACE_TYPES:
+        raise FrontendError(f"{folder}: model_type '{cfg['model_type']}' is a state-space model "
+                            "(Mamba), not a transformer decoder; hwflow does not compile "
+                            "state-space models yet")
     act = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish", "relu2", "gelu_pytorch_tanh"):
         raise UnsupportedOpError(f"{folder}/config.json: hidden_act '{act}' is not supported "

@@ -12,6 +12,7 @@ import transformers
 
 from hwflow.compiler.errors import FrontendError, UnsupportedOpError
 from hwflow.compiler.ssm_frontend import load_mamba
+from tests._cli import assert_one_line_error, run_cli
 
 SIZES = dict(vocab_size=97, hidden_size=40, state_size=6, num_hidden_layers=2, expand=2,
              conv_kernel=4, time_step_rank=5)
@@ -74,3 +75,13 @@ def test_not_a_mamba_folder(tmp_path):
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     with pytest.raises(FrontendError, match="model_type 'llama' is not mamba"):
         load_mamba(tmp_path / "llama")
+
+
+def test_compile_refuses_a_mamba_folder_in_one_line(tmp_path, capfd):
+    """``hwflow compile`` of a Mamba folder: one line naming the family, nothing written (the
+    LLaMA-family frontend once crashed on MambaConfig's read-only ``layer_types``)."""
+    _save(tmp_path / "m")
+    code, _out, err = run_cli(capfd, "compile", str(tmp_path / "m"), "--board", "u280",
+                              "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "model_type 'mamba' is a state-space model")
+    assert not (tmp_path / "out").exists()
