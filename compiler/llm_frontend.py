@@ -709,8 +709,9 @@ def _unsupported(node, why: str) -> UnsupportedOpError:
 class _Graph:
     """An ExportedProgram's top graph with its constants, HOP boundaries resolved."""
 
-    def __init__(self, ep):
+    def __init__(self, ep, family: str = "LLaMA-family decoder"):
         self.ep = ep
+        self.family = family        # what the graph is recognised as, for messages
         self.g = ep.graph
         self.consts: dict[str, torch.Tensor] = {}
         self.user_inputs: list = []
@@ -776,7 +777,7 @@ class _Graph:
             if getattr(node, "op", None) == "call_function":
                 raise _unsupported(node, f"expected {what}")
             raise FrontendError(f"graph node {getattr(node, 'name', node)} is not {what}; the "
-                                "graph is not a recognised LLaMA-family decoder")
+                                f"graph is not a recognised {self.family}")
         self.used.add(node)
         return node
 

@@ -71,14 +71,7 @@ def _src(G: _Graph, node):
 
 def _call(G: _Graph, node, *names, what: str):
     """``node`` (through layout ops) as a call of one of ``names``, marked used."""
-    n = _src(G, node)
-    if not G.is_call(n, *names):
-        if getattr(n, "op", None) == "call_function":
-            raise _unsupported(n, f"expected {what}")
-        raise FrontendError(f"graph node {getattr(n, 'name', n)} is not {what}; the graph is "
-                            "not a recognised Mamba model")
-    G.used.add(n)
-    return n
+    return G.expect(_src(G, node), *names, what=what)
 
 
 def _operands(G: _Graph, node, name: str, what: str):
@@ -219,7 +212,7 @@ def mamba_from_exported_program(ep, name: str = "model", source: str = "") -> Fl
     FrontendError, UnsupportedOpError
         The graph is not a recognised Mamba model (naming the op and the source line).
     """
-    G = _Graph(ep)
+    G = _Graph(ep, "Mamba model")
     out = next(n for n in ep.graph.nodes if n.op == "output").args[0][0]
     xf, w_head, b_head = _match_linear(G, out, "the LM head")
     if b_head is not None:
