@@ -30,7 +30,8 @@ LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 #: ternary linears, Qwen3's per-head q/k norms', Gemma 2's post-norms'.
 GAMMA_SLOTS = ("attn_gamma", "attn_sub_gamma", "mlp_gamma", "mlp_sub_gamma",
                "q_norm_gamma", "k_norm_gamma", "post_attn_gamma", "post_mlp_gamma")
-#: Shape-only tensors' scale: the graph's i8 tensors carry their type, not a calibration.
+#: Every tensor's ``TensorType.scale``: a placeholder. The lowering reads no scale (the
+#: integer parameters are in the ops); the calibrated scales are ``graph.graph["scales"]``.
 _UNIT = 1.0
 
 

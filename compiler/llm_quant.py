@@ -52,6 +52,7 @@ from hwflow.golden.int8 import (
     INT32_MAX,
     INT32_MIN,
     choose_shift,
+    multiplier,
     quantize,
     quantize_multiplier,
     quantize_weight,
@@ -109,9 +110,7 @@ def _norm_params(s_in: float, s_out: float, eps_f: float, hidden: int) -> tuple[
     ``mult / 2**shift = sqrt(H) / (s_out * 2**32)`` (golden.llm.rmsnorm)."""
     # eps saturates at the u32 field: only a stream far below eps_f would notice.
     eps = int(min(round(eps_f * hidden / s_in**2), _U32_MAX))
-    real = math.sqrt(hidden) / (s_out * 2.0**32)
-    shift = choose_shift(np.array([real]))
-    return eps, int(quantize_multiplier([real], shift)[0]), shift
+    return (eps, *multiplier(math.sqrt(hidden) / (s_out * 2.0**32)))
 
 
 #: Elements per call of :func:`_by_rows`: 64 MiB as float64 (4096 rows of a 2048-wide weight).
@@ -169,11 +168,7 @@ def _attn_params(s_q: float, s_k: float, s_v: float, s_o: float, scale: float,
         sreal = s_q * s_k * 2.0**gl.SOFTCAP_FRAC * scale / cap
     else:
         sreal = s_q * s_k * math.log2(math.e) * 2.0**gl.EXP2_FRAC * scale
-    sshift = choose_shift(np.array([sreal]))
-    oreal = s_v / (s_o * 2.0**15)
-    oshift = choose_shift(np.array([oreal]))
-    return (int(quantize_multiplier([sreal], sshift)[0]), sshift,
-            int(quantize_multiplier([oreal], oshift)[0]), oshift)
+    return (*multiplier(sreal), *multiplier(s_v / (s_o * 2.0**15)))
 
 
 def calibrate(fd: FloatDecoder, sequences) -> dict[str, float]:
@@ -580,16 +575,12 @@ def _add_params(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:
 
 def _tanh_params(cap: float, s_y: float) -> tuple[int, int]:
     """tanh_cap (mult, shift): ``mult / 2**shift = cap / (2**14 * s_y)``."""
-    real = cap / (2.0**14 * s_y)
-    shift = choose_shift(np.array([real]))
-    return int(quantize_multiplier([real], shift)[0]), shift
+    return multiplier(cap / (2.0**14 * s_y))
 
 
 def _silu_params(s_u: float, s_h: float) -> tuple[int, int]:
     """silu_mul (mult, shift): ``mult / 2**shift = s_u / (256 * s_h)``."""
-    real = s_u / (256.0 * s_h)
-    shift = choose_shift(np.array([real]))
-    return int(quantize_multiplier([real], shift)[0]), shift
+    return multiplier(s_u / (256.0 * s_h))
 
 
 def quant_report(fd: FloatDecoder, qd: QDecoder, seed: int = 0) -> dict:

@@ -142,11 +142,6 @@ def _s8(m: float) -> float:
     return m / 127.0 if m > 0 else 1.0
 
 
-def _mult(real: float) -> tuple[int, int]:
-    shift = g8.choose_shift(np.array([real]))
-    return int(g8.quantize_multiplier([real], shift)[0]), shift
-
-
 def _signed_mults(reals: np.ndarray) -> tuple[np.ndarray, int]:
     """Signed multipliers at one shift (magnitudes in the u16 field)."""
     shift = g8.choose_shift(np.abs(reals))
@@ -183,13 +178,14 @@ def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True) -> QMamba
             in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE),
             conv=wc, conv_bias=np.rint(bias / (s_xin * swc)).astype(np.int32),
             conv_mult=g8.quantize_multiplier(conv_reals, conv_shift), conv_shift=conv_shift,
-            silu=_mult(1.0 / (256.0 * s_u)),
+            silu=g8.multiplier(1.0 / (256.0 * s_u)),
             x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti),
             x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, s_b),
             x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, s_c),
             dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE),
             a_codes=gs.decay_rate_codes(ly.A),
-            bu=_mult(2.0**-gs.DT_FRAC * s_b * s_u / s_h), y=_mult(s_h * s_c / s_y),
+            bu=g8.multiplier(2.0**-gs.DT_FRAC * s_b * s_u / s_h),
+            y=g8.multiplier(s_h * s_c / s_y),
             d_mult=d_mult, d_shift=d_shift, gate=_silu_params(s_y, s_g),
             out_proj=_qlinear(ly.out_proj, ly.out_bias, s_g, sx[i + 1], s_res=sx[i])))
     head = amax[len(fm.layers)]

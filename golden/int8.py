@@ -82,6 +82,13 @@ def quantize_multiplier(reals, shift: int) -> np.ndarray:
     return m.astype(np.int64)
 
 
+def multiplier(real: float) -> tuple[int, int]:
+    """``(mult, shift)`` of one real multiplier: ``mult / 2**shift = real`` at the largest shift
+    the u16 field allows (:func:`choose_shift`, :func:`quantize_multiplier`)."""
+    shift = choose_shift(np.array([real]))
+    return int(quantize_multiplier([real], shift)[0]), shift
+
+
 def matmul(x_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
     """int8 ``x[..., K]`` times int8 ``w[N, K]`` transposed: exact int32 sums ``[..., N]``.
 

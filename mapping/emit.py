@@ -16,6 +16,7 @@ Where things are is the family's placement (:class:`Placement`): its memory plan
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Protocol
 
 from hwflow.compiler.ir import Graph, op_of
@@ -236,8 +237,6 @@ def _lm_head(name, op, g, p) -> list:
     zero-padded to the row's super-beat), and a STORE moves them to super-beat ``first
     channel / SB`` of the row before the next part overwrites the area. With a final logit
     ``cap`` a SILUMUL flag TANH caps each part in place before its STORE."""
-    from dataclasses import replace
-
     x, cfg, at = op.inputs[0], p.cfg, op.attrs
     wgt, plan = p.weights(name)
     xa = p.addr(x) + (p.rows(x) - 1) * p.words(x)       # the last row: its logits are read

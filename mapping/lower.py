@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hwflow.compiler.ops import FUSED_KINDS
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
@@ -204,7 +205,7 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
     out_names = [n for n in schedule if _op(graph, n).kind == "output"]
     compute = [n for n in schedule if _op(graph, n).kind in ("qlinear", "qadd")]
     unknown = [n for n in schedule
-               if _op(graph, n).kind not in ("input", "output", "qlinear", "qadd", "reshape")]
+               if _op(graph, n).kind not in FUSED_KINDS]
     if unknown:
         op = _op(graph, unknown[0])
         raise MappingError(f"node '{unknown[0]}' ({op.kind}) has no hardware mapping; "
