@@ -121,6 +121,27 @@ class Board:
         channels = int(self.memory["channels"])
         return int(self.capacity_bytes / channels / -(-max(1, ports) // channels))
 
+    @property
+    def max_port_bytes(self) -> int:
+        """The widest port the flow opens on a channel (``memory.max_port_bytes``, default
+        ``memory.port_bytes``)."""
+        return int(self.memory.get("max_port_bytes") or self.memory["port_bytes"])
+
+    def port_rate_bytes(self, ports: int, port_bytes: int,
+                        clock_mhz: float | None = None) -> int:
+        """Bytes per kernel cycle the memory delivers to each of ``ports`` ports of
+        ``port_bytes``: the delivered bandwidth (``memory.bandwidth_gbps``) shared by the
+        channels, or by the ports where more ports than channels share them, at the kernel
+        clock (or ``clock_mhz``), at most ``port_bytes`` (floored: the simulated memory and
+        the cycle model use this integer). The U280's 32-byte ports get 32 (44.3 B per
+        channel-cycle delivered at 300 MHz), its 64-byte ports 44; the KV260's four 16-byte
+        ports 16 (19.2 each)."""
+        share = max(int(self.memory["channels"]), int(ports))
+        clock = float(clock_mhz or self.clock_mhz)
+        per = float(self.memory["bandwidth_gbps"]) * 1e9 / share / (clock * 1e6)
+        per += 1e-9         # 0.56 GB/s at 70 MHz is 8 B, not 7.999...
+        return max(1, min(int(port_bytes), int(per)))
+
 
 # ------------------------------------------------------------------------------ the schema
 
@@ -246,6 +267,13 @@ SCHEMA: tuple[BoardField, ...] = (
            f"a power of two from 1 to {MAX_PORT_BYTES}",
            "data bytes per beat of one memory port (an AXI4 data bus: 8 to 1024 bits)",
            _power_of_two(1, MAX_PORT_BYTES)),
+    _field("memory.max_port_bytes", "int", "B",
+           f"a power of two from memory.port_bytes to {MAX_PORT_BYTES}",
+           "the widest port the flow opens on a channel (Vitis: a 512-bit kernel port on a "
+           "256-bit HBM pseudo-channel); the mapper widens the ports to it where the ports at "
+           "memory.port_bytes carry less than the delivered bandwidth",
+           _power_of_two(1, MAX_PORT_BYTES), required=False,
+           default="default: memory.port_bytes"),
     _field("memory.capacity_gb", "number", "GB", "a positive number",
            "memory the image may use, in 10^9 bytes; larger images are refused", _positive),
     _field("memory.bandwidth_gbps", "number", "GB/s", "a positive number",
@@ -353,6 +381,10 @@ def _mem_ports_within_ports(d, _):
     ports = (d.get("engine") or {}).get("mem_ports")
     if ports is not None and ports > most:
         return f"engine.mem_ports must be at most memory.ports ({most}), got {ports}"
+    widest = d["memory"].get("max_port_bytes")
+    if widest is not None and widest < d["memory"]["port_bytes"]:
+        return (f"memory.max_port_bytes must be at least memory.port_bytes "
+                f"({d['memory']['port_bytes']}), got {widest}")
     return None
 
 
@@ -368,7 +400,8 @@ CROSS_RULES: tuple[CrossRule, ...] = (
               _memory_type_matches_flow),
     CrossRule("`bram_kbits`, when given, is the flow's block RAM size.", _bram_kbits_matches_flow),
     CrossRule("`memory.ports` is a multiple of `memory.channels`; `engine.mem_ports` is at most "
-              "`memory.ports`.", _mem_ports_within_ports),
+              "`memory.ports`; `memory.max_port_bytes` is at least `memory.port_bytes`.",
+              _mem_ports_within_ports),
 )
 #: Engine rules between fields (super-beat a multiple of chain_len, chain groups, ...) are
 #: hardware rules: ``hw.config.AccelConfig`` checks them when the flow sizes the engine.

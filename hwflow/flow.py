@@ -305,8 +305,10 @@ def lower_program(job: MlpJob) -> None:
 
 
 def predict(job: MlpJob) -> None:
-    """Step ``predict``: cycles of the program (``mapping.cycles.predict``)."""
-    job.prediction = cycles.predict(job.lowered.program, job.cfg)
+    """Step ``predict``: cycles of the program (``mapping.cycles.predict``) on the memory the
+    board delivers (``mapping.cycles.board_fit``)."""
+    job.prediction = cycles.predict(job.lowered.program, job.cfg,
+                                    fit=cycles.board_fit(job.cfg, job.board))
 
 
 def check(job: MlpJob) -> None:
@@ -373,6 +375,7 @@ def build_files(c: MlpJob) -> dict:
         "ir/final": lambda p: save_graph(c.qgraph, p),
         "config.json": {"board": c.report["board"], "clock_mhz": c.report["clock_mhz"],
                         "accel": c.cfg.to_dict(), "prog_base": c.lowered.prog_base,
+                        "memory_rate_bytes": cycles.memory_rate_bytes(c.board, c.cfg),
                         "input": c.in_name, "outputs": c.qgraph.graph["outputs"]},
         "reports/compile.json": c.report,
         "tb": lambda p: _write_testbench(p, c.cfg, c.lowered),

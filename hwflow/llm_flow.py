@@ -50,6 +50,7 @@ from hwflow.compiler.decoder_io import (
 )
 from hwflow.errors import HwflowError
 from hwflow.mapping.accel_config import check_fit, choose_config
+from hwflow.mapping.cycles import memory_rate_bytes
 from hwflow.mapping.llm_lower import kv_cache_bytes
 from hwflow.rtl_cache import check_cache_writable
 from hwflow.steps import run_steps
@@ -372,6 +373,7 @@ def decoder_files(d: DecoderJob) -> dict:
         "decoder/quantized": lambda p: save_decoder(d.qd, p),
         "config.json": {"kind": "decoder", "board": d.board.name,
                         "clock_mhz": d.board.clock_mhz, "accel": d.cfg.to_dict(),
+                        "memory_rate_bytes": memory_rate_bytes(d.board, d.cfg),
                         **_layout_config(lw)},
         "reports/compile.json": d.report,
         "tb": lambda p: _write_testbench(p, d.qd, lw),
@@ -501,6 +503,7 @@ def shape_only_files(job: DecoderJob) -> dict:
         "memory_map.json": lw.memory_map.to_json() + "\n",
         "config.json": {"kind": "decoder", "shape_only": True, "board": job.board.name,
                         "clock_mhz": job.board.clock_mhz, "accel": job.cfg.to_dict(),
+                        "memory_rate_bytes": memory_rate_bytes(job.board, job.cfg),
                         "shape": cs.shape.to_dict(), "family": cs.family, "act": cs.act,
                         "sub_norms": cs.sub_norms, "head_norms": cs.head_norms,
                         "weights": report["weights"], "lm_head": report["lm_head"],

@@ -244,6 +244,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
         "fit"}, "memory": {...}, "fits": bool, "clock_mhz": float, "config":
         cfg.to_dict(), "notes": [...]}``.
     """
+    from hwflow.mapping.cycles import board_fit
     from hwflow.mapping.decoder_sizing import lower_shape
     from hwflow.mapping.errors import MappingError
     from hwflow.mapping.host_schedule import host_schedule, run_program
@@ -262,6 +263,7 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     hz = clock * 1e6
     T = lw.max_context
 
+    fit = board_fit(cfg, board, fit, clock)     # the memory the board delivers to the ports
     timer = _Timer(cfg, fit, T - 1)
     dec = decode_cycles(lw, fit, timer)
     cpt = dec["cycles_per_token"]

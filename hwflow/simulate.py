@@ -89,14 +89,17 @@ def simulate(out, seed: int | None = None, waves: bool = False, prompt: str | No
     return simulate_build(out, seed=seed, waves=waves)
 
 
-def _run_rtl(out: Path, cfg: AccelConfig, image: bytes, steps: list, waves: bool,
+def _run_rtl(out: Path, conf: dict, cfg: AccelConfig, image: bytes, steps: list, waves: bool,
              traffic=None):
     """The host's runs (``sim.runner.simulate_steps`` jobs) on the build's RTL, in one
-    simulator process; a simulator failure is one line."""
+    simulator process, on the memory the board delivers (``memory_rate_bytes`` of the build's
+    config; a beat per cycle in builds from before it was recorded); a simulator failure is
+    one line."""
     check_cache_writable()          # the Verilator build is cached
     try:
         res = simulate_steps(cfg, (out / "rtl" / "hwflow_accel.v").read_text(), image, steps,
-                             work_dir=out / "sim", waves=waves, traffic=traffic)
+                             work_dir=out / "sim", waves=waves, traffic=traffic,
+                             rate_bytes=conf.get("memory_rate_bytes"))
     except SimError as e:
         raise HwflowError(f"simulation failed: {str(e).splitlines()[0]}") from None
     if not res.steps:
@@ -224,7 +227,7 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
     # ISA functional model == RTL, every byte of the output regions (padding included)
     regions = [mm.region(o) for o in outputs]
     sb = mm.beat_bytes
-    res = _run_rtl(out, cfg, p.image, [{"prog_base": conf["prog_base"],
+    res = _run_rtl(out, conf, cfg, p.image, [{"prog_base": conf["prog_base"],
                                         "readback": [(r.addr, r.nbytes) for r in regions]}],
                    waves)
     run = res.steps[0]
@@ -333,7 +336,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     golden = golden_generate(qd, ids, new_tokens + 1)
     g_tokens = [int(t) for t in golden.tokens]
     host, steps = rtl_jobs(lw, ids, new_tokens)
-    res = _run_rtl(out, cfg, image, steps, waves,
+    res = _run_rtl(out, conf, cfg, image, steps, waves,
                    traffic=[tuple(r) for r in conf["traffic_ranges"]])
 
     want = [w[:vocab] for w in golden_rows(golden, host, lw.io.logits_row_bytes)]

@@ -81,7 +81,7 @@ simulated memory's 32 cycles by default): it multiplies each term's read round t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -131,12 +131,13 @@ def matmul_compute(i) -> int:
     return i.n_tiles * -(-i.rows // 2) * i.k_words
 
 
-def matmul_fetch(i, cfg: AccelConfig) -> int:
-    """Weight-fetch cycles: per tile, memory beats or ring entries written, whichever is more."""
+def matmul_fetch(i, cfg: AccelConfig, rate: float = 1.0) -> float:
+    """Weight-fetch cycles: per tile, memory beats (``rate`` super-beats per cycle, see
+    :meth:`CycleFit.beat_rate`) or ring entries written, whichever is more."""
     rows = i.tile_mem_rows or tile_mem_rows(cfg, _format(i), i.k_words)
     beats = rows * cfg.beats_per_row
     entries = cfg.param_rows + i.k_words          # every format fills R + k_words entries
-    return i.n_tiles * max(beats, entries)
+    return i.n_tiles * max(beats / rate if rate < 1 else beats, entries)
 
 
 def matmul_epilogue(i, cfg: AccelConfig) -> int:
@@ -225,7 +226,8 @@ class _RingFetch:
 
 
 @lru_cache(maxsize=4096)
-def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY) -> int:
+def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY,
+                    rate: float = 1.0) -> int:
     """Busy cycles of a MATMUL from its three streams as a pipeline, tile by tile and row pair
     by row pair (weight fetch -> k-groups -> epilogue), rather than the slowest stream alone.
 
@@ -246,7 +248,7 @@ def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY) -> in
     fmt = _format(i)
     n = max(1, i.n_tiles)
     C = channels_per_tile(cfg, fmt)
-    f = matmul_fetch(i, cfg) / n
+    f = matmul_fetch(i, cfg, rate) / n
     pairs, lone, kw = -(-i.rows // 2), i.rows % 2, i.k_words
     if pairs == 0:
         return 0
@@ -289,15 +291,17 @@ def tmatmul_records(i, cfg: AccelConfig) -> int:
     return -(-i.k_groups // cfg.tlmm_t) * -(-i.n_out // cfg.tlmm_q)
 
 
-def tmatmul_cycles(i, cfg: AccelConfig) -> int:
+def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     """Busy cycles of a TMATMUL (``hw.tlmm.TernaryLookupMatmul``'s formula, module docstring),
-    exact when memory delivers a super-beat per cycle after ``READ_LATENCY``."""
+    exact when memory delivers a super-beat per cycle after ``READ_LATENCY``; with ``rate`` < 1
+    super-beats per cycle the record and parameter streams take ``1/rate`` cycles a beat."""
     G, T, Q, L, SB = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len, cfg.beat_bytes
     chunks, blocks = -(-i.k_groups // T), -(-i.n_out // Q)
     # records never straddle a super-beat: KR per beat, or BPR beats each
     rb, sbb = T * Q * TLMM_GROUP_BITS[G], 8 * SB
     kr, bpr = max(1, sbb // rb), -(-rb // sbb)
-    stream = blocks * bpr - (bpr - 1)
+    beat = 1 / rate if rate < 1 else 1
+    stream = (blocks * bpr - (bpr - 1)) * beat
     # the builder (T·G bytes, entry 0, NE entries: T·G + NE + 2 cycles) fills one table bank
     # while the lookups read the other: the first chunk is built alone, every later one takes
     # the longer of its build and its lookups (blocks·BPR beats), the last adds its lookups
@@ -305,8 +309,8 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
     # the epilogue writes E outputs (one lane group of a word, E | L) per cycle
     epi = i.words * L // tlmm_epilogue_lanes(L, Q, SB)
     if chunks and blocks:
-        per_row = (TLMM_ROW_FIXED + build + 1 + stream + (chunks - 1) * max(build, blocks * bpr)
-                   + epi)
+        per_row = (TLMM_ROW_FIXED + build + 1 + stream
+                   + (chunks - 1) * max(build, blocks * bpr * beat) + epi)
     else:
         per_row = TLMM_ROW_FIXED - 2 + epi              # no lookups: no stream drain
     # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
@@ -318,8 +322,8 @@ def tmatmul_cycles(i, cfg: AccelConfig) -> int:
     rec_bits = (-(-0xFFFF // T)).bit_length() + acc_bits
     setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) else 18) + acc_bits + 1 \
         + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
-    param_beats = -(-8 * i.n_out // SB)
-    return TLMM_SETUP + setup + param_beats + READ_LATENCY + i.rows * per_row
+    param_beats = -(-8 * i.n_out // SB) * beat
+    return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + i.rows * per_row)
 
 
 def absquant_cycles(i, cfg: AccelConfig) -> int:
@@ -400,6 +404,9 @@ class CycleFit:
         ``{kind: {term: value}}``; a kind or term not named keeps its built-in value.
     read_latency : int
         Cycles from a read request to its first beat (the simulated memory's 32 by default).
+    rate_bytes : int or None
+        Bytes per cycle the memory delivers to each port (``Board.port_rate_bytes``; the
+        simulated memory's ``rate_bytes``); None: a beat per cycle. Not fitted: the board's.
     source : str
         ``"built-in"`` or where the values came from (a calibration file).
     config_digest : str or None
@@ -410,6 +417,13 @@ class CycleFit:
     read_latency: int = READ_LATENCY
     source: str = "built-in"
     config_digest: str | None = None
+    rate_bytes: int | None = None
+
+    def beat_rate(self, cfg: AccelConfig) -> float:
+        """Super-beats per cycle the memory delivers to ``cfg``'s ports (at most 1)."""
+        if self.rate_bytes is None:
+            return 1.0
+        return min(1.0, self.rate_bytes / cfg.port_bytes)
 
     def values(self, kind: str) -> dict:
         """``{term: value}`` of one kind, fitted values over the built-in ones."""
@@ -492,41 +506,70 @@ def fit_for(cfg: AccelConfig, fit=None) -> CycleFit:
     return CycleFit.from_dict(json.loads(path.read_text()), str(path))
 
 
-def matmul_bound(i, cfg: AccelConfig) -> tuple[str, int]:
+def memory_rate_bytes(board, cfg: AccelConfig, clock_mhz: float | None = None) -> int:
+    """Bytes per cycle ``board``'s memory delivers to each of ``cfg``'s ports
+    (``Board.port_rate_bytes``): the simulated memory's ``rate_bytes`` and the model's."""
+    return board.port_rate_bytes(cfg.mem_ports, cfg.port_bytes, clock_mhz)
+
+
+def board_fit(cfg: AccelConfig, board, fit=None, clock_mhz: float | None = None) -> CycleFit:
+    """:func:`fit_for` ``(cfg, fit)`` with the memory ``board`` delivers to ``cfg``'s ports
+    (``rate_bytes``: ``Board.port_rate_bytes`` at ``clock_mhz``, default the board's clock).
+    Where ports are wider than what their channels deliver (the U280's 512-bit kernel ports),
+    every read stream's beats take longer; elsewhere the fit is unchanged."""
+    return with_rate(fit_for(cfg, fit), cfg, memory_rate_bytes(board, cfg, clock_mhz))
+
+
+def with_rate(cal: CycleFit, cfg: AccelConfig, rate_bytes: int | None) -> CycleFit:
+    """``cal`` on a memory delivering ``rate_bytes`` per cycle to each port (None, or at
+    least ``cfg.port_bytes``: a beat per cycle)."""
+    full = rate_bytes is None or rate_bytes >= cfg.port_bytes
+    return replace(cal, rate_bytes=None if full else int(rate_bytes))
+
+
+def matmul_bound(i, cfg: AccelConfig, rate: float = 1.0) -> tuple[str, int]:
     """The MATMUL term that sets its length (``"compute"``, ``"fetch"`` or ``"epilogue"``) and
     its cycles: the three streams overlap, the slowest counts."""
-    terms = {"compute": matmul_compute(i), "fetch": matmul_fetch(i, cfg),
+    terms = {"compute": matmul_compute(i), "fetch": matmul_fetch(i, cfg, rate),
              "epilogue": matmul_epilogue(i, cfg)}
     name = max(terms, key=terms.get)
     return name, terms[name]
 
 
-def attn_block_cycles(i, cfg: AccelConfig) -> tuple[int, int]:
+def attn_block_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> tuple[int, float]:
     """``(slots, skipped beats)`` of one position block of an ATTN pass: the unit takes one
     slot per cycle (``hd_words`` of them) and one cycle per super-beat of the block holding
-    no slot (``pos_sb`` beyond the slots' beats)."""
+    no slot (``pos_sb`` beyond the slots' beats); where the memory delivers ``rate`` < 1
+    super-beats per cycle, the block's ``pos_sb`` beats take at least ``pos_sb / rate``
+    cycles, and the cycles past the slots count as skipped beats."""
     wpb = max(1, cfg.beat_bytes // cfg.chain_len)
     used = _cdiv(i.slots * i.hd_words, wpb)
-    return i.hd_words, max(0, i.pos_sb - used)
+    skip = max(0, i.pos_sb - used)
+    if rate < 1:
+        return i.hd_words, max(i.hd_words + skip, i.pos_sb / rate) - i.hd_words
+    return i.hd_words, skip
 
 
-def features(i, cfg: AccelConfig, pos: int = 0,
-             read_latency: int = READ_LATENCY) -> tuple[str | None, dict, int]:
+def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY,
+             rate: float = 1.0) -> tuple[str | None, dict, int]:
     """``(kind, {term: feature}, read round trips)`` of one instruction; kind None for END
     (its cost is in the ``RUN`` term) and for an opcode the model does not know.
 
     ``pos`` is the POS register of the run (ATTN's causal key counts; LOAD/STORE with flag
     POS only add their address cycle, whatever POS is); ``read_latency`` enters the MATMUL
-    pipeline (a weight read after a ring release waits for it).
+    pipeline (a weight read after a ring release waits for it); ``rate`` is the super-beats
+    per cycle the memory delivers (:meth:`CycleFit.beat_rate`): every read stream's beats take
+    ``1/rate`` cycles (writes are not throttled).
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
+    beat = 1 / rate if rate < 1 else 1
     op = i.op
     if op == Opcode.KVSTORE:
         words = i.rows * i.pos_stride * (SB // L)
         return "KVSTORE", {"fixed": 1, "move": max(words, i.rows * i.pos_stride),
                            "pos": 1 if i.flags & FLAG_POS else 0}, 0
     if op in (Opcode.LOAD, Opcode.STORE):
-        move = max(i.b, _cdiv(i.b * L, SB))
+        move = max(i.b, _cdiv(i.b * L, SB) * (beat if op == Opcode.LOAD else 1))
         # a LOAD of n = 0 words issues no read
         trips = 1 if op == Opcode.LOAD and i.b else 0
         return op.name, {"fixed": 1, "move": move, "pos": 1 if i.flags & FLAG_POS else 0}, trips
@@ -536,7 +579,7 @@ def features(i, cfg: AccelConfig, pos: int = 0,
         # per tile (and per int4 tile: scale rows latched by the fill decoder) hand-offs the
         # pipeline leaves out; zero unless a calibration finds them
         return "MATMUL", {"fixed": 1, "cascade": cfg.group_len,
-                          "pipeline": matmul_pipeline(i, cfg, read_latency),
+                          "pipeline": matmul_pipeline(i, cfg, read_latency, rate),
                           "tiles": i.n_tiles,
                           "int4_tiles": i.n_tiles if i.flags & FLAG_INT4 else 0}, \
             1 if i.rows else 0
@@ -545,7 +588,8 @@ def features(i, cfg: AccelConfig, pos: int = 0,
                         "rows": i.rows}, 0
     if op == Opcode.GATHER:
         id_beats = _cdiv(4 * i.rows, SB)
-        return "GATHER", {"fixed": 1, "rows": i.rows, "move": i.rows * max(i.n, _cdiv(i.n * L, SB)),
+        return "GATHER", {"fixed": 1, "rows": i.rows,
+                          "move": i.rows * max(i.n, _cdiv(i.n * L, SB) * beat),
                           "id_beats": id_beats}, i.rows + id_beats
     if op in (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT):
         # element steps: G = L / vec_lanes lane groups per word (L at vec_lanes = 1)
@@ -563,13 +607,13 @@ def features(i, cfg: AccelConfig, pos: int = 0,
     if op == Opcode.ATTN:
         counts = [attended(pos + b, i.window)[1] for b in range(i.rows)]    # keys per row
         keys = sum(counts)
-        slots, skip = attn_block_cycles(i, cfg)
+        slots, skip = attn_block_cycles(i, cfg, rate)
         blocks = sum(_cdiv(n, ATTN_BLOCK) for n in counts)
         return "ATTN", {"fixed": 1, "slots": 2 * keys * slots,
                         "skip_beats": 2 * keys * skip, "blocks": blocks, "rows": i.rows,
                         "head_words": i.rows * i.lanes * i.hd_words}, 1 if i.rows else 0
     if op == Opcode.TMATMUL:
-        return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg)}, 0
+        return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg, rate)}, 0
     return None, {}, 0
 
 
@@ -591,7 +635,7 @@ def instr_cycles(i, cfg: AccelConfig, pos: int = 0, fit=None) -> int:
         ``cfg``, else the built-in values).
     """
     cal = fit_for(cfg, fit)
-    kind, feats, trips = features(i, cfg, pos, cal.read_latency)
+    kind, feats, trips = features(i, cfg, pos, cal.read_latency, cal.beat_rate(cfg))
     if kind is None:
         return 0 if i.op == Opcode.END else ISSUE
     return max(0, round(_dot(cal.values(kind), feats) + trips * cal.read_latency))

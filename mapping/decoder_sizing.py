@@ -145,18 +145,41 @@ def tlmm_engine(qd, cfg, board) -> tuple:
     return tlmm_config(board, cfg, acc_depth=widest)      # at least the board's depth
 
 
-def _widen(cfg, board, ports: int, int4: bool, heads: int):
-    """``cfg`` on ``ports`` memory ports: chains a multiple of what keeps a weight row whole
+def _port_width(board, ports: int, port_bytes: int, hidden: int) -> int:
+    """The port width for ``ports`` ports: ``port_bytes`` doubled, up to the board's
+    ``memory.max_port_bytes``, while the channel behind a port delivers more than the port
+    carries (the U280: 44 B per cycle of HBM pseudo-channel at 300 MHz fills 64-byte ports to
+    69%, 32-byte ones to 100%: 512-bit kernel ports bring 1.38x the bytes per cycle) and the
+    wider super-beat pads the residual stream's rows no further: every linear reading them
+    streams their padding as zero weight columns (``llm_lower``: ``k_words = ew``), so Qwen2.5-
+    0.5B's hidden 896 keeps 32-byte ports (1024 B rows; 2048 B ones would stream 1.8x its
+    weights) where LLaMA-2-7B's 4096 takes 64-byte ones."""
+    def padded(width: int) -> int:
+        sb = ports * width
+        return -(-hidden // sb) * sb
+
+    while port_bytes < board.max_port_bytes and \
+            board.port_rate_bytes(ports, 2 * port_bytes) > port_bytes and \
+            padded(2 * port_bytes) <= padded(port_bytes):
+        port_bytes *= 2
+    return port_bytes
+
+
+def _widen(cfg, board, ports: int, int4: bool, shape):
+    """``cfg`` on ``ports`` memory ports as wide as their channels can fill
+    (:func:`_port_width`): chains a multiple of what keeps a weight row whole
     super-beats (twice the super-beat for int4: a memory row of two k-groups fills two ring
     entries in the two cycles it arrives in, the port's rate), attention lanes following the
-    super-beat up to the model's ``heads`` query heads (a lane past them never runs)."""
-    sb = ports * cfg.port_bytes
+    super-beat up to the model's query heads (a lane past them never runs)."""
+    width = _port_width(board, ports, cfg.port_bytes, shape.hidden)
+    heads = shape.heads
+    sb = ports * width
     unit = (2 if int4 else 1) * -(-sb // cfg.chain_len)
     chains = -(-max(cfg.chains, unit) // unit) * unit
     grown = (cfg.attn_heads * sb // cfg.beat_bytes if "attn_heads" in board.engine
              else default_attn_heads(sb, cfg.chain_len))
     attn = max(cfg.attn_heads, min(grown, heads))
-    return replace(cfg, mem_ports=ports, chains=chains, attn_heads=attn)
+    return replace(cfg, mem_ports=ports, port_bytes=width, chains=chains, attn_heads=attn)
 
 
 def _fits(qd, cfg, board, ternary: bool) -> bool:
@@ -194,22 +217,26 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
     cands.append(cfg.mem_ports)
     for ports in cands:
         forced = need > cfg.mem_ports and ports == target
-        cand = _widen(cfg, board, ports, int4, qd.shape.heads)
+        cand = _widen(cfg, board, ports, int4, qd.shape)
         if cand == cfg:
             return cfg, None
         if not (forced or widen and _fits(qd, cand, board, ternary)):
             continue
-        if ports == cfg.mem_ports:
+        wide = (f"{ports} ports of {cand.port_bytes} B, as wide as their channels fill "
+                f"({board.port_rate_bytes(ports, cand.port_bytes)} B a cycle)"
+                if cand.port_bytes != cfg.port_bytes else f"{ports} ports")
+        gain = (ports * board.port_rate_bytes(ports, cand.port_bytes)
+                / (cfg.mem_ports * board.port_rate_bytes(cfg.mem_ports, cfg.port_bytes)))
+        if ports == cfg.mem_ports and cand.port_bytes == cfg.port_bytes:
             why = f"int4 weights: chains to {cand.chains} (the weight fill at the port rate)"
         else:
             per_port = image_bytes / 1e6 / cfg.mem_ports
             reason = (f"the {image_bytes / 1e9:.2f} GB image is {per_port:,.0f} MB per port, "
                       f"a port's share of its channel holds {per_channel / 1e6:,.0f} MB"
                       if need > cfg.mem_ports else
-                      f"decode is memory-bound: {ports} ports bring "
-                      f"{ports // cfg.mem_ports}x the bandwidth and the engine for them fits "
-                      "the board")
-            why = (f"mem_ports {cfg.mem_ports}: {reason}; raised to {ports} ports "
+                      f"decode is memory-bound: {wide} bring {gain:.3g}x the bandwidth and "
+                      "the engine for them fits the board")
+            why = (f"mem_ports {cfg.mem_ports}: {reason}; raised to {wide} "
                    f"({cand.beat_bytes} B super-beat), chains to {cand.chains}, attention "
                    f"lanes to {cand.attn_heads}")
         return cand, why
@@ -239,6 +266,10 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     elif not ternary and cfg.tlmm and adjust:
         cfg = replace(cfg, tlmm=False)
         notes.append("TLMM engine left out: no ternary linear runs on it")
+    if cfg.sparse and adjust:
+        # half the engine's LUTs at LLaMA-2-7B's 256 chains (the fitted model's PL_sparse)
+        cfg = replace(cfg, sparse=False)
+        notes.append("N:M selectors left out: a decoder's linears are dense")
     base = cfg
     if adjust:
         cfg, why = size_buffers(qd, cfg, board, ternary)

@@ -451,7 +451,8 @@ def _runner(make_vars: list[str], public: bool):
 
 def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: bool = False,
           read_latency: int = 32, cache_dir: Path | None = None,
-          rtl_clock: bool = RTL_CLOCK, public: bool = False) -> Build:
+          rtl_clock: bool = RTL_CLOCK, public: bool = False,
+          rate_bytes: int | None = None) -> Build:
     """Build (or fetch from the cache) the Verilator model of ``hwflow_sim_top`` for ``cfg``.
 
     Parameters
@@ -468,6 +469,9 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
         Memory read latency in cycles.
     cache_dir : Path, optional
         Overrides :func:`cache_root`.
+    rate_bytes : int, optional
+        Bytes per cycle the memory behind each port delivers (``Board.port_rate_bytes``);
+        default (or ``>= cfg.port_bytes``): a beat per cycle.
     rtl_clock : bool
         Generate the clock inside ``hwflow_sim_top`` (Verilator ``--timing``) instead of with
         cocotb's GPI clock; about 2x faster for small designs (no VPI call per clock edge).
@@ -481,7 +485,8 @@ def build(cfg: AccelConfig, verilog: str, mem_depth: int | None = None, waves: b
     """
     depth = mem_depth or default_mem_depth(cfg)
     top = sim_top_verilog(cfg, mem_depth=depth, read_latency=read_latency,
-                          clock_period_ns=CLOCK_PERIOD_NS if rtl_clock else None)
+                          clock_period_ns=CLOCK_PERIOD_NS if rtl_clock else None,
+                          rate_bytes=rate_bytes)
     # waves=True makes cocotb's runner add --trace (VCD); --trace-fst switches the format.
     flags = list(BUILD_FLAGS) + (list(FST_FLAGS) if waves and wave_format() == "fst" else [])
     if rtl_clock:
@@ -558,7 +563,7 @@ def _traffic_job(traffic) -> list[dict]:
 
 
 def _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth, read_latency, cache_dir,
-             rtl_clock):
+             rtl_clock, rate_bytes):
     """Build (or reuse) the model, write the port hex files: ``(build, work, plusargs)``."""
     SB = cfg.beat_bytes
     end = max(end, len(image))
@@ -568,7 +573,7 @@ def _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth, read_latency,
         raise SimError(f"image, host writes and read-back regions need {-(-end // SB)} beats "
                        f"a port, more than mem_depth={mem_depth}")
     b = build(cfg, verilog, mem_depth=mem_depth, waves=waves, read_latency=read_latency,
-              cache_dir=cache_dir, rtl_clock=rtl_clock)
+              cache_dir=cache_dir, rtl_clock=rtl_clock, rate_bytes=rate_bytes)
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for old in list(work.glob("dump.p*.hex")) + [work / "result.json"]:
@@ -642,7 +647,7 @@ def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
              timeout_cycles: int = 10_000_000, expect: dict[int, bytes] | None = None,
              mem_depth: int | None = None, read_latency: int = 32,
              cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK, pos: int = 0,
-             traffic=None) -> SimResult:
+             traffic=None, rate_bytes: int | None = None) -> SimResult:
     """Run the program at ``prog_base`` of ``image`` on the RTL and read regions back.
 
     Parameters
@@ -674,6 +679,8 @@ def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
         The POS register (sequence position of the first activation row).
     traffic : list of (lo_sb, hi_sb, category), optional
         Address ranges of the traffic counters (see :func:`simulate_steps`).
+    rate_bytes : int, optional
+        Bytes per cycle each port's memory delivers (see :func:`build`).
 
     Raises
     ------
@@ -684,7 +691,7 @@ def simulate(cfg: AccelConfig, verilog: str, image: bytes, prog_base: int,
     SB = cfg.beat_bytes
     end = max([len(image)] + [(a * SB + n) for a, n in readback])
     b, work, plusargs = _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth,
-                                 read_latency, cache_dir, rtl_clock)
+                                 read_latency, cache_dir, rtl_clock, rate_bytes)
     regions, exp = _regions(work, "region", readback, expect)
     body = {"prog_base": int(prog_base), "pos": int(pos), "readback": regions, "expect": exp,
             "traffic": _traffic_job(traffic)}
@@ -704,12 +711,12 @@ def simulate_steps(cfg: AccelConfig, verilog: str, image: bytes, steps: list[dic
                    waves: bool = False, timeout_cycles: int = 10_000_000,
                    mem_depth: int | None = None, read_latency: int = 32,
                    cache_dir: Path | None = None, rtl_clock: bool = RTL_CLOCK,
-                   traffic=None) -> StepsResult:
+                   traffic=None, rate_bytes: int | None = None) -> StepsResult:
     """Run several programs one after another in ONE simulator process (memory persists).
 
     Parameters
     ----------
-    cfg, verilog, image, work_dir, waves, mem_depth, read_latency, cache_dir, rtl_clock
+    cfg, verilog, image, work_dir, waves, mem_depth, read_latency, cache_dir, rtl_clock, rate_bytes
         As in :func:`simulate`.
     steps : list of dict
         One run each, in order::
@@ -755,7 +762,7 @@ def simulate_steps(cfg: AccelConfig, verilog: str, image: bytes, steps: list[dic
         if st.get("argmax"):
             end = max(end, int(st["argmax"]["ids_addr"]) * SB + 4)
     b, work, plusargs = _prepare(cfg, verilog, image, end, work_dir, waves, mem_depth,
-                                 read_latency, cache_dir, rtl_clock)
+                                 read_latency, cache_dir, rtl_clock, rate_bytes)
     job_steps = []
     for i, st in enumerate(steps):
         writes = []

@@ -11,6 +11,15 @@
 // bursts (even one-beat ones, as long as QDEPTH >= READ_LATENCY) stream at one beat per cycle.
 // rd_data honours ready (backpressure); wr is always ready.
 //
+// Delivered bandwidth: RATE_BYTES (default DATA_BYTES: a beat every cycle) is what the channel
+// behind the port sustains per cycle, for a port wider than its channel delivers (a 512-bit
+// Vitis kernel port on a 256-bit HBM pseudo-channel at 300 MHz: 425 GB/s measured over 32
+// channels is 44 B per channel-cycle, not 64). A credit grows by RATE_BYTES every cycle, up to
+// two beats' worth, and a beat goes only while it holds DATA_BYTES, which it then spends: the
+// port delivers RATE_BYTES/DATA_BYTES beats per cycle on average (exactly, over any window of
+// (exactly RATE_BYTES/DATA_BYTES beats per cycle over a long burst) and at most two back to back after an idle spell. Writes
+// are not throttled (a decode step writes 0.007% of its bytes: one token's keys and values).
+//
 // Contents: loaded at time 0 by $readmemh from the file named by the plusarg
 // +hwflow_mem<PORT>=<path> (one hex line per beat, beat 0 first), so one Verilator build serves
 // every memory image. Read-back without Python stepping cycles: while `dump` is high at a clock
@@ -30,7 +39,8 @@ module ext_memory #(
     parameter integer DEPTH        = 65536,
     parameter integer READ_LATENCY = 32,
     parameter integer QDEPTH_LOG2  = 6,
-    parameter integer PORT         = 0
+    parameter integer PORT         = 0,
+    parameter integer RATE_BYTES   = DATA_BYTES
 ) (
     input  wire                             clk,
     input  wire                             rst,
@@ -93,7 +103,11 @@ module ext_memory #(
 
     wire [ADDR_BITS+16:0] rd_addr = {17'd0, q_addr[rhead]} + {{(ADDR_BITS+1){1'b0}}, bidx};
     wire rd_in_range = rd_addr < DEPTH;
-    assign rd_data_valid   = !q_empty && (now >= q_at[rhead]);
+    // credit in bytes (throttled ports only; an unthrottled port never waits for it)
+    localparam integer CAP = 2 * DATA_BYTES;
+    reg [31:0] credit;
+    wire has_credit = (RATE_BYTES >= DATA_BYTES) || (credit >= DATA_BYTES);
+    assign rd_data_valid   = !q_empty && (now >= q_at[rhead]) && has_credit;
     assign rd_data_payload = rd_in_range ? mem[rd_addr[$clog2(DEPTH)-1:0]] : {DW{1'b0}};
     wire beat_fire = rd_data_valid && rd_data_ready;
     wire last_beat = (bidx == q_len[rhead] - 16'd1);
@@ -109,10 +123,15 @@ module ext_memory #(
             wptr     <= '0;
             rptr     <= '0;
             bidx     <= 16'd0;
+            credit   <= DATA_BYTES;
             rd_beats <= 64'd0;
             wr_beats <= 64'd0;
         end else begin
             now <= now + 64'd1;
+            if (credit + RATE_BYTES - (beat_fire ? DATA_BYTES : 0) > CAP)
+                credit <= CAP;
+            else
+                credit <= credit + RATE_BYTES - (beat_fire ? DATA_BYTES : 0);
             // A zero-length request moves no data; it is accepted and dropped.
             if (req_fire && req_len != 16'd0) begin
                 q_addr[wptr[QDEPTH_LOG2-1:0]] <= req_addr;

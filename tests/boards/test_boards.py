@@ -407,3 +407,28 @@ def test_unknown_board_lists_the_known_ones_through_the_cli(tmp_path, capfd, mon
 def test_board_name_is_never_a_path(name):
     with pytest.raises(BoardError, match="unknown board"):
         load_board(name)
+
+
+def test_port_rate_is_the_delivered_bandwidth_a_channel_gives_a_port():
+    """Bytes per kernel cycle one port gets: the delivered bandwidth over the channels (or the
+    ports sharing them), at most the port's width; the memory simulation and the cycle model
+    take this integer."""
+    u280, kv260 = load_board("u280"), load_board("kv260")
+    # 425 GB/s over 32 pseudo-channels at 300 MHz: 44.3 B a cycle a channel
+    assert u280.max_port_bytes == 64
+    assert [u280.port_rate_bytes(p, w) for p, w in ((8, 32), (32, 32), (32, 64))] == [32, 32, 44]
+    assert u280.port_rate_bytes(32, 64, clock_mhz=450) == 29
+    # 19.2 GB/s shared by the four HP ports at 250 MHz: 19.2 B a cycle each, 76.8 for one
+    assert kv260.max_port_bytes == 16
+    assert (kv260.port_rate_bytes(4, 16), kv260.port_rate_bytes(1, 128)) == (16, 76)
+    assert load_board("ulx3s").port_rate_bytes(1, 8) == 8        # 0.56 GB/s at 70 MHz: 8.0
+
+
+def test_max_port_bytes_is_at_least_port_bytes(tmp_path):
+    data = _bundled("u280")
+    data.update(name="mine")
+    data["memory"]["max_port_bytes"] = 16
+    _write(tmp_path, "mine", data)
+    with pytest.raises(BoardError, match="memory.max_port_bytes must be at least "
+                                         "memory.port_bytes"):
+        load_board("mine", tmp_path)

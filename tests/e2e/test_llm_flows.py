@@ -200,3 +200,62 @@ def test_int4_decode_on_a_head_major_cache_is_bit_exact_with_useful_kv_bytes(tmp
     keys = sum(p + 1 for p in range(8, 16))
     assert dec["kv_read"] == 2 * 2 * keys * 2 * 20
     assert dec["kv_written"] == 8 * 2 * 2 * 2 * 20
+
+
+#: A card whose one memory port is wider than what its channel delivers (the U280's 512-bit
+#: kernel ports on 256-bit HBM pseudo-channels): a 64-byte port whose channel delivers 13.3
+#: GB/s at 300 MHz, 44 B a cycle; a dense-only engine (no N:M selectors, as the sizing builds
+#: for decoders) twice the beat wide for int4 (16 chains x 8 = 128 = 2 x 64 B).
+WIDE_PORT_BOARD = """\
+name: hbm-wide
+description: a one-port HBM-like test card with a 512-bit port on a slower channel
+vendor: xilinx
+part: xcu280-fsvh2892-2L-e
+family: virtex-ultrascale-plus-hbm
+resources: {lut: 1303680, ff: 2607360, dsp: 9024, bram: 2016, uram: 960}
+memory: {type: hbm2, channels: 1, port_bytes: 64, capacity_gb: 1, bandwidth_gbps: 13.3}
+clocks: {kernel_mhz: 300}
+flow: vitis
+engine: {chains: 16, chain_len: 8, mem_ports: 1, act_depth: 2048, weight_depth: 256,
+         transformer: true, attn_heads: 6, vec_lanes: 8, sparse: false}
+"""
+
+
+def test_a_port_wider_than_its_channel_delivers_is_bit_exact_and_modelled(tmp_path):
+    """A 64-byte port throttled to the 44 B a cycle its channel delivers (the simulated
+    memory's RATE_BYTES, from the board's bandwidth): int4 prompt and decode bit-exact in
+    RTL, tokens equal golden; the memory moved no more than 44 B a cycle; and the cycle model,
+    which stretches every read stream's beats by 64/44, predicts the decode steps."""
+    from hwflow.boards import load_board
+    from hwflow.compiler.decoder_io import load_saved_decoder
+    from hwflow.hw.config import AccelConfig
+    from hwflow.mapping import cycles
+    from hwflow.mapping.llm_lower import lower_decoder
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "hbm-wide.yaml").write_text(WIDE_PORT_BOARD)
+    folder = write_tiny_llama(tmp_path / "tiny-llama")
+    out = tmp_path / "build"
+    assert main(["--boards-dir", str(boards), "compile", str(folder), "--board", "hbm-wide",
+                 "--max-context", "32", "--weights", "int4", "-o", str(out)]) == 0
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["memory_rate_bytes"] == 44
+    assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "8"]) == 0
+    sim = json.loads((out / "reports" / "sim.json").read_text())
+    assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
+    assert all(s["bit_exact"] and s["traffic_matches_isa_model"] for s in sim["steps"])
+
+    cfg = AccelConfig(**conf["accel"])
+    program = lower_decoder(load_saved_decoder(out / "decoder" / "quantized"), cfg,
+                            shape_only=True).decode.program
+    fit = cycles.board_fit(cfg, load_board("hbm-wide", boards))
+    assert fit.beat_rate(cfg) == 44 / 64
+    steps = [s for s in sim["steps"] if s["kind"] == "decode"]
+    read = sum(v for k, v in sim["traffic"]["decode"].items() if k.endswith("_read"))
+    assert read <= 44 * sum(s["cycles"] for s in steps)     # no more than the channel delivers
+    errs = [cycles.predict(program, cfg, s["pos"], fit)["total"] / s["cycles"] - 1
+            for s in steps]
+    print(f"decode steps: RTL {[s['cycles'] for s in steps]}, model error "
+          f"{min(errs):+.2%} .. {max(errs):+.2%}")
+    assert max(abs(e) for e in errs) <= 0.03

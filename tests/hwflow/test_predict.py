@@ -245,7 +245,9 @@ def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     """Qwen2.5-0.5B fits the U280's 8-port stripes, but decode is memory-bound: the engine
     takes all 32 HBM channels (chains and lanes grown with them) because that engine fits the
     board; a sweep's point (widen=False) keeps its 8 ports; int4 gets twice the super-beat of
-    chains."""
+    chains. The ports stay 256-bit: 512-bit ones would pad its 896-byte residual rows to 2048
+    B, streaming 1.8x its weights (LLaMA-2-7B's 4096 takes them:
+    ``test_wide_ports_where_the_channel_delivers_more``)."""
     from hwflow.boards import load_board
     from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import predict_decoder
@@ -254,14 +256,39 @@ def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     brd = load_board("u280")
     cfg = choose_config(brd)
     wide = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,))
-    assert (wide["config"]["mem_ports"], wide["config"]["chains"]) == (32, 64) and wide["fits"]
+    c = wide["config"]
+    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 32, 64) and wide["fits"]
     assert any("memory-bound" in n for n in wide["notes"])
     kept = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,), widen=False)
-    assert (kept["config"]["mem_ports"], kept["config"]["chains"]) == (8, 16)
+    c = kept["config"]
+    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (8, 32, 16)
     assert wide["decode"]["tokens_per_s"] > 3 * kept["decode"]["tokens_per_s"]
     int4 = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,),
                            weights="int4")
-    assert (int4["config"]["mem_ports"], int4["config"]["chains"]) == (32, 128)
+    c = int4["config"]
+    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 32, 128)
+
+
+def test_wide_ports_where_the_channel_delivers_more():
+    """An HBM pseudo-channel of the U280 delivers 44 B per 300 MHz cycle (425 GB/s over 32),
+    more than a 256-bit port carries: LLaMA-2-7B's engine takes 512-bit ports, and its
+    predictions use the channels' rate, not the ports' (no read stream faster than 44 B a
+    cycle a port), so decode stays under the delivered-bandwidth roofline without the cap."""
+    from hwflow.boards import load_board
+    from hwflow.mapping.accel_config import choose_config
+    from hwflow.predict import predict_decoder
+
+    shape, _, _ = load_shape(str(CONFIGS / "llama-2-7b.json"))
+    brd = load_board("u280")
+    assert (brd.port_rate_bytes(32, 32), brd.port_rate_bytes(32, 64)) == (32, 44)
+    p = predict_decoder(shape, choose_config(brd), brd, max_context=256, prompt_lens=(),
+                        weights="int4")
+    c = p["config"]
+    assert (c["mem_ports"], c["port_bytes"], c["chains"], c["sparse"]) == (32, 64, 256, False)
+    assert p["fits"] and not any("capped" in n for n in p["notes"])
+    b = p["bandwidth"]
+    assert b["delivered_gbps"] == 425 and b["achieved_gbps"] < 425
+    assert p["decode"]["tokens_per_s"] < b["roofline_tokens_per_s"]
 
 
 def test_a_sliding_window_bounds_the_decode_step():

@@ -50,6 +50,32 @@ def test_fetch_is_memory_rows_or_ring_entries():
     assert cycles.matmul_fetch(i, CFG) == i.n_tiles * 66
 
 
+def test_a_slower_memory_stretches_the_read_streams_only():
+    """Where a port's channel delivers ``rate`` < 1 beats per cycle (``CycleFit.rate_bytes``,
+    the simulated memory's RATE_BYTES), memory beats take 1/rate cycles; ring entries,
+    compute, writes and a full-rate memory are unchanged."""
+    fit = cycles.with_rate(cycles.BUILTIN, CFG, 16)
+    assert fit.beat_rate(CFG) == 0.5
+    assert cycles.with_rate(cycles.BUILTIN, CFG, 32).rate_bytes is None       # the port's own
+    i = _mm(LayerFormat(2, 4), 1, 1024, 1024)                       # 98 beats vs 66 entries
+    assert cycles.matmul_fetch(i, CFG, 0.5) == i.n_tiles * 196
+    i = _mm(LayerFormat(1, 1, 4), 1, 1024, 1024)                    # 35 beats vs 66 entries
+    assert cycles.matmul_fetch(i, CFG, 0.5) == i.n_tiles * 70
+    assert cycles.matmul_fetch(i, CFG, 0.75) == cycles.matmul_fetch(i, CFG) == i.n_tiles * 66
+    # 64 words of 16 B = 4 super-beats of 256 B: a word a cycle, unless a beat takes 32
+    load = Instr(Opcode.LOAD, 0, ext=0, a=0, b=64)
+    store = Instr(Opcode.STORE, 0, ext=0, a=0, b=64)
+    assert cycles.features(load, CFG, rate=1 / 8)[1]["move"] == 64
+    assert cycles.features(load, CFG, rate=1 / 32)[1]["move"] == 128
+    assert cycles.features(store, CFG, rate=1 / 32)[1]["move"] == 64
+    slow = cycles.instr_cycles(_mm(LayerFormat(), 1, 4096, 4096), CFG, fit=fit)
+    full = cycles.instr_cycles(_mm(LayerFormat(), 1, 4096, 4096), CFG, fit=cycles.BUILTIN)
+    # a GEMV is fetch-bound: its 256 tiles of 258 beats take twice as long, its fixed
+    # costs (the last epilogue, the read latency) do not
+    assert 1.8 < slow / full < 2.0
+    assert slow - full > 0.95 * 256 * 258
+
+
 def test_epilogue_covers_the_tile_channels():
     # 1:4: C = 64 channels a tile, 4 rows (2 pairs), E = 4 epilogues, R = 2 parameter rows
     assert epilogue_lanes(CFG) == 4 and CFG.param_rows == 2
