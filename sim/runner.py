@@ -823,7 +823,7 @@ STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` fr
 
 Builds ``hwflow_sim_top`` (rtl/hwflow_accel.v plus the memory models) with Verilator through
 cocotb's runner, preloads memory_image.bin and makes the host's runs of steps.json in one
-simulation: each run's host writes, POS and PROG_BASE, then its read-back regions, checked byte
+simulation, on the memory the board delivers (config.json's memory_rate_bytes): each run's host writes, POS and PROG_BASE, then its read-back regions, checked byte
 for byte against expected_*.bin (written by `hwflow compile`: an MLP's output regions as the
 ISA functional model leaves them; a language model's logits row of each prompt and decode run
 as the golden model computes it, the RTL's argmax feeding the next decode step). The cocotb
@@ -853,7 +853,8 @@ def test_runs_match_expected(tmp_path):
     res = simulate_steps(AccelConfig(**conf["accel"]),
                          (BUILD / "rtl" / "hwflow_accel.v").read_text(),
                          (BUILD / "memory_image.bin").read_bytes(), steps, work_dir=tmp_path,
-                         traffic=[tuple(r) for r in conf.get("traffic_ranges", [])])
+                         traffic=[tuple(r) for r in conf.get("traffic_ranges", [])],
+                         rate_bytes=conf.get("memory_rate_bytes"))
     assert res.passed and all(s.done and s.error == 0 and not s.mismatches for s in res.steps)
     if "golden_tokens" in job:
         assert res.tokens == job["golden_tokens"]
