@@ -75,7 +75,11 @@ slopes, :data:`TERMS`), whose built-in values come from the RTL's documented cyc
 configuration digest equals the engine's (else one fitted on an engine with the same
 ``chains``, ``chain_len``, ``mem_ports`` and ``port_bytes``; else the built-in values), see
 :func:`fit_for`. Read latency is a separate input (``CycleFit.read_latency``, the
-simulated memory's 32 cycles by default): it multiplies each term's read round trips.
+simulated memory's 32 cycles by default): it multiplies each term's read round trips. So is
+the memory's rate (``CycleFit.rate_bytes``, :func:`board_fit`): where a port is wider than what
+its channel delivers (``Board.port_rate_bytes``, the simulated memory's ``RATE_BYTES``), every
+read stream's super-beats take ``port_bytes / rate_bytes`` cycles instead of one: the weight
+fetch, LOAD and GATHER beats, the attention unit's position blocks and the TLMM records.
 """
 
 from __future__ import annotations
