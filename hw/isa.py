@@ -92,6 +92,8 @@ class Instr:
     tile_mem_rows: int = 0  # MATMUL: memory rows per weight tile (weight_format.tile_mem_rows)
     lgm: int = 0          # MATMUL: log2 M of the N:M mode (0: dense)
     lgr: int = 0          # MATMUL: log2 r, r = M/N output channels per chain (0: dense)
+    x_pad: int = 0        # MATMUL: act words between rows of x past k_words (rows k_words +
+                          # x_pad apart: a row padded to super-beats streams no zero columns)
     # -- transformer path -----------------------------------------------------------------
     pos_stride: int = 0   # LOAD/STORE with FLAG_POS: super-beats added per unit of POS
     ids: int = 0          # GATHER: super-beat address of the u32 token ids
@@ -169,7 +171,7 @@ LAYOUT: dict = {
     Opcode.LOAD: _LOAD_STORE,
     Opcode.STORE: _LOAD_STORE,
     Opcode.MATMUL: _MATMUL_COMMON + (("tile_mem_rows", 7, 0, 16), ("lgm", 7, 16, 3),
-                                     ("lgr", 7, 19, 2)),
+                                     ("lgr", 7, 19, 2), ("x_pad", 7, 21, 11)),
     Opcode.VADD: _MATMUL_COMMON,
     Opcode.GATHER: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("n", 3, 0, 16), ("rows", 3, 16, 16),
                     ("ids", 4, 0, 32), ("stride", 5, 0, 16), ("table_rows", 6, 0, 32)),
@@ -214,7 +216,7 @@ _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
 _EXTENSION_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words",
                      "heads", "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots",
                      "hd_words", "pos_sb", "smul", "omul", "sshift", "window", "cap", "g",
-                     "m_addr", "k_groups", "n_out", "x_words")
+                     "m_addr", "k_groups", "n_out", "x_words", "x_pad")
 
 
 def _check(i: Instr) -> None:

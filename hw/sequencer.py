@@ -35,12 +35,12 @@ class KGroupSequencer(wiring.Component):
 
     For every tile ``t`` (outer), row pair ``(b, b+1)`` (``b = 0, 2, ...``) and ``kw <
     k_words`` (inner) it reads ring entry ``R + kw`` of tile ``t`` (a tile is ``tile_entries =
-    R + k_words`` entries) and act words ``x + b*k_words + kw`` (``act_addr0``) and ``x +
-    (b+1)*k_words + kw`` (``act_addr1``), and flags the group ``first``/``last`` and ``pair``
-    (row ``b+1`` exists). A group is issued only when its ring entry has arrived (``arrived`` >
-    its absolute index) and, for a ``last`` group, when the engine has room for one more result
-    (``credit``); otherwise a bubble (``valid`` = 0) goes in. Bubbles are the only stall: the
-    engine itself never stops.
+    R + k_words`` entries) and act words ``x + b*x_words + kw`` (``act_addr0``) and ``x +
+    (b+1)*x_words + kw`` (``act_addr1``; rows ``x_words >= k_words`` apart), and flags the
+    group ``first``/``last`` and ``pair`` (row ``b+1`` exists). A group is issued only when its
+    ring entry has arrived (``arrived`` > its absolute index) and, for a ``last`` group, when
+    the engine has room for one more result (``credit``); otherwise a bubble (``valid`` = 0)
+    goes in. Bubbles are the only stall: the engine itself never stops.
 
     The addresses go out in the issue cycle (the ring's engine port skews its lanes itself);
     the flags are registered, so they reach the engine with the activation words and lane 0's
@@ -53,7 +53,8 @@ class KGroupSequencer(wiring.Component):
     Attributes
     ----------
     start : in, pulse; latches nothing, the fields must stay stable until ``busy`` falls
-    x, k_words, rows, n_tiles, tile_entries : in, instruction fields
+    x, k_words, x_words, rows, n_tiles, tile_entries : in, instruction fields (``x_words``:
+        the MATMUL's ``k_words + x_pad``)
     arrived : in, entries the weight ring has received
     credit : in, the engine can take one more ``last`` group
     ring_addr : out, weight ring slot (engine port)
@@ -66,8 +67,8 @@ class KGroupSequencer(wiring.Component):
         self.cfg = cfg
         super().__init__({
             "start": In(1),
-            "x": In(16), "k_words": In(16), "rows": In(16), "n_tiles": In(16),
-            "tile_entries": In(17),
+            "x": In(16), "k_words": In(16), "x_words": In(17), "rows": In(16),
+            "n_tiles": In(16), "tile_entries": In(17),
             "arrived": In(32),
             "credit": In(1),
             "ring_addr": Out(_aw(cfg.weight_depth)),
@@ -95,8 +96,8 @@ class KGroupSequencer(wiring.Component):
         xptr1 = Signal(aw)
         need = Signal(32)               # absolute ring entry index of the next read
         tabs = Signal(32)               # absolute index of the current tile's first entry
-        kw2 = Signal(17)
-        m.d.comb += kw2.eq(self.k_words << 1)
+        xw2 = Signal(18)                # two rows of x
+        m.d.comb += xw2.eq(self.x_words << 1)
 
         is_last = Signal()
         m.d.comb += is_last.eq(kw == self.k_words - 1)
@@ -121,15 +122,15 @@ class KGroupSequencer(wiring.Component):
                     m.d.sync += [
                         rows_left.eq(rows_left - 2),
                         rptr.eq(_wrap(tptr + R, D)),
-                        xrow0.eq(xrow0 + kw2), xptr0.eq(xrow0 + kw2),
-                        xrow1.eq(xrow1 + kw2), xptr1.eq(xrow1 + kw2),
+                        xrow0.eq(xrow0 + xw2), xptr0.eq(xrow0 + xw2),
+                        xrow1.eq(xrow1 + xw2), xptr1.eq(xrow1 + xw2),
                         need.eq(tabs + R),
                     ]
                 with m.Else():
                     m.d.sync += [rows_left.eq(self.rows),
                                  xrow0.eq(self.x), xptr0.eq(self.x),
-                                 xrow1.eq(self.x + self.k_words),
-                                 xptr1.eq(self.x + self.k_words)]
+                                 xrow1.eq(self.x + self.x_words),
+                                 xptr1.eq(self.x + self.x_words)]
                     with m.If(t != self.n_tiles - 1):
                         ntp = Signal(range(D))
                         m.d.comb += ntp.eq(_wrap(tptr + self.tile_entries, D))
@@ -148,7 +149,7 @@ class KGroupSequencer(wiring.Component):
                 kw.eq(0), rows_left.eq(self.rows), t.eq(0),
                 rptr.eq(R % D), tptr.eq(0),
                 xrow0.eq(self.x), xptr0.eq(self.x),
-                xrow1.eq(self.x + self.k_words), xptr1.eq(self.x + self.k_words),
+                xrow1.eq(self.x + self.x_words), xptr1.eq(self.x + self.x_words),
                 need.eq(R), tabs.eq(0),
                 self.busy.eq((self.rows != 0) & (self.n_tiles != 0) & (self.k_words != 0)),
             ]

@@ -298,14 +298,19 @@ def tmatmul_records(i, cfg: AccelConfig) -> int:
 def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     """Busy cycles of a TMATMUL (``hw.tlmm.TernaryLookupMatmul``'s formula, module docstring),
     exact when memory delivers a super-beat per cycle after ``READ_LATENCY``; with ``rate`` < 1
-    super-beats per cycle the record and parameter streams take ``1/rate`` cycles a beat."""
+    super-beats per cycle the record and parameter beats take ``1/rate`` cycles each (the
+    records of a beat are still looked up one a cycle)."""
     G, T, Q, L, SB = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.chain_len, cfg.beat_bytes
     chunks, blocks = -(-i.k_groups // T), -(-i.n_out // Q)
     # records never straddle a super-beat: KR per beat, or BPR beats each
     rb, sbb = T * Q * TLMM_GROUP_BITS[G], 8 * SB
     kr, bpr = max(1, sbb // rb), -(-rb // sbb)
+    # a record a cycle (KR to a beat, or BPR beats each); a slower memory counts where its
+    # beats, ceil(blocks / KR) · BPR of them a chunk, take longer than the lookups
     beat = 1 / rate if rate < 1 else 1
-    stream = (blocks * bpr - (bpr - 1)) * beat
+    lookups = blocks * bpr
+    fetched = -(-blocks // kr) * bpr * beat
+    stream = max(lookups - (bpr - 1), fetched)
     # the builder (T·G bytes, entry 0, NE entries: T·G + NE + 2 cycles) fills one table bank
     # while the lookups read the other: the first chunk is built alone, every later one takes
     # the longer of its build and its lookups (blocks·BPR beats), the last adds its lookups
@@ -314,7 +319,7 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     epi = i.words * L // tlmm_epilogue_lanes(L, Q, SB)
     if chunks and blocks:
         per_row = (TLMM_ROW_FIXED + build + 1 + stream
-                   + (chunks - 1) * max(build, blocks * bpr * beat) + epi)
+                   + (chunks - 1) * max(build, lookups, fetched) + epi)
     else:
         per_row = TLMM_ROW_FIXED - 2 + epi              # no lookups: no stream drain
     # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the

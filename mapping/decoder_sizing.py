@@ -145,34 +145,26 @@ def tlmm_engine(qd, cfg, board) -> tuple:
     return tlmm_config(board, cfg, acc_depth=widest)      # at least the board's depth
 
 
-def _port_width(board, ports: int, port_bytes: int, hidden: int) -> int:
+def _port_width(board, ports: int, port_bytes: int) -> int:
     """The port width for ``ports`` ports: ``port_bytes`` doubled, up to the board's
     ``memory.max_port_bytes``, while the channel behind a port delivers more than the port
     carries (the U280: 44 B per cycle of HBM pseudo-channel at 300 MHz fills 64-byte ports to
-    69%, 32-byte ones to 100%: 512-bit kernel ports bring 1.38x the bytes per cycle) and the
-    wider super-beat pads the residual stream's rows no further: every linear reading them
-    streams their padding as zero weight columns (``llm_lower``: ``k_words = ew``), so Qwen2.5-
-    0.5B's hidden 896 keeps 32-byte ports (1024 B rows; 2048 B ones would stream 1.8x its
-    weights) where LLaMA-2-7B's 4096 takes 64-byte ones."""
-    def padded(width: int) -> int:
-        sb = ports * width
-        return -(-hidden // sb) * sb
-
+    69%, 32-byte ones to 100%: 512-bit kernel ports bring 1.38x the bytes per cycle). A row
+    padded to the wider super-beat costs no weight bytes: a MATMUL skips the padding
+    (``x_pad``)."""
     while port_bytes < board.max_port_bytes and \
-            board.port_rate_bytes(ports, 2 * port_bytes) > port_bytes and \
-            padded(2 * port_bytes) <= padded(port_bytes):
+            board.port_rate_bytes(ports, 2 * port_bytes) > port_bytes:
         port_bytes *= 2
     return port_bytes
 
 
-def _widen(cfg, board, ports: int, int4: bool, shape):
+def _widen(cfg, board, ports: int, int4: bool, heads: int):
     """``cfg`` on ``ports`` memory ports as wide as their channels can fill
     (:func:`_port_width`): chains a multiple of what keeps a weight row whole
     super-beats (twice the super-beat for int4: a memory row of two k-groups fills two ring
     entries in the two cycles it arrives in, the port's rate), attention lanes following the
-    super-beat up to the model's query heads (a lane past them never runs)."""
-    width = _port_width(board, ports, cfg.port_bytes, shape.hidden)
-    heads = shape.heads
+    super-beat up to the model's ``heads`` query heads (a lane past them never runs)."""
+    width = _port_width(board, ports, cfg.port_bytes)
     sb = ports * width
     unit = (2 if int4 else 1) * -(-sb // cfg.chain_len)
     chains = -(-max(cfg.chains, unit) // unit) * unit
@@ -217,7 +209,7 @@ def _size_ports(image_bytes: int, cfg, board, qd, ternary: bool = False,
     cands.append(cfg.mem_ports)
     for ports in cands:
         forced = need > cfg.mem_ports and ports == target
-        cand = _widen(cfg, board, ports, int4, qd.shape)
+        cand = _widen(cfg, board, ports, int4, qd.shape.heads)
         if cand == cfg:
             return cfg, None
         if not (forced or widen and _fits(qd, cand, board, ternary)):

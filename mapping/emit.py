@@ -104,11 +104,11 @@ def _qlinear(name, op, g, p) -> list:
                            p.words(name), p.m_addr, _residual(op, p), a["res_mult"],
                            bool(a["relu"])))
         return out
-    if p.words(x) != plan.k_words:
-        raise MappingError(f"layer '{name}': input row stride {p.words(x)} words differs "
-                           f"from k_words {plan.k_words}")
+    if p.words(x) < plan.k_words:
+        raise MappingError(f"layer '{name}': input rows of {p.words(x)} words are shorter "
+                           f"than its {plan.k_words} k-words")
     return [matmul(plan, a["shift"], wgt, p.addr(x), p.addr(name), p.rows(name), p.words(name),
-                   _residual(op, p), a["res_mult"], bool(a["relu"]))]
+                   _residual(op, p), a["res_mult"], bool(a["relu"]), x_words=p.words(x))]
 
 
 def _qadd(name, op, g, p) -> list:

@@ -162,16 +162,24 @@ def matmul_report(name: str, plan: WeightPlan, shape, nbytes: int) -> dict:
 
 
 def matmul(plan: WeightPlan, shift: int, wgt: int, x: int, out: int, rows: int, words: int,
-           res: int | None = None, res_mult: int = 0, relu: bool = False) -> Instr:
-    """The MATMUL of a planned linear: ``rows`` input rows at act word ``x`` (``k_words``
-    apart), the weight block at super-beat ``wgt``, ``rows`` output rows at ``out`` (``words``
-    apart); ``res``: the residual rows' address (FLAG_RESIDUAL, scaled by ``res_mult``)."""
+           res: int | None = None, res_mult: int = 0, relu: bool = False,
+           x_words: int | None = None) -> Instr:
+    """The MATMUL of a planned linear: ``rows`` input rows at act word ``x`` (``x_words``
+    apart, default ``k_words``; the words past ``k_words`` are padding the weights do not
+    stream), the weight block at super-beat ``wgt``, ``rows`` output rows at ``out``
+    (``words`` apart); ``res``: the residual rows' address (FLAG_RESIDUAL, scaled by
+    ``res_mult``)."""
+    x_pad = 0 if x_words is None else x_words - plan.k_words
+    if x_pad < 0:
+        raise MappingError(f"input rows of {x_words} words are shorter than the linear's "
+                           f"{plan.k_words} k-words")
     flags = _flags(res, relu) | (FLAG_INT4 if plan.fmt.int4 else 0)
     return Instr(Opcode.MATMUL, flags, int(shift), ext=wgt, a=x, out=out,
                  b=0 if res is None else res, rows=rows, k_words=plan.k_words,
                  n_tiles=plan.n_tiles, n=plan.n_out, words=words,
                  mult_b=int(res_mult) if res is not None else 0,
-                 tile_mem_rows=plan.tile_mem_rows, lgm=plan.fmt.lgm, lgr=plan.fmt.lgr)
+                 tile_mem_rows=plan.tile_mem_rows, lgm=plan.fmt.lgm, lgr=plan.fmt.lgr,
+                 x_pad=x_pad)
 
 
 # ------------------------------------------------------------- table-lookup engine (TMATMUL)

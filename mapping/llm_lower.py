@@ -44,8 +44,9 @@ vocabulary's 8016-word row (L = 16) takes 4095 words of the activation buffer.
 
 Row strides (act words of L bytes): the residual stream ``x`` and ``h`` use ``ew`` =
 the embedding row padded to whole super-beats (GATHER writes rows ``n`` words apart and moves
-whole super-beats), so every linear that reads ``h`` has ``k_words = ew`` (zero weight columns
-past ``hidden``). ``q``/``att`` rows are ``heads * hd_words`` words, ``k``/``v`` rows
+whole super-beats); a linear that reads ``h`` has ``k_words = ceil(hidden / L)`` and skips the
+rest of each row (the MATMUL's ``x_pad``), so its weights stream no zero column. ``q``/``att``
+rows are ``heads * hd_words`` words, ``k``/``v`` rows
 ``kv_stride * SB / L`` words (one cache row, so a STORE of ``rows`` rows fills ``rows``
 consecutive cache rows), ``g``/``u`` rows ``ceil(intermediate / L)``, ``cs`` rows one RoPE table
 row padded to whole super-beats; the one ``logits`` area is the vocab padded to whole
@@ -638,6 +639,10 @@ def _pack_job(name: str, tern: bool, cfg: AccelConfig, ql: QLinear, k_words: int
     w, b, m, i4 = arrays(size_only)
     if tern:
         return _pack_ternary(name, cfg, ql, w, b, m, size_only=size_only)
+    # the weights cover the input's features, not the row's padding to whole super-beats
+    # (the MATMUL's x_pad skips it): no zero column is streamed
+    k = (ql.weight if w is None else w).shape[1]
+    k_words = min(k_words, -(-k // cfg.chain_len))
     return _pack(name, cfg, ql, k_words, w, b, m, size_only=size_only, int4=i4)
 
 

@@ -392,12 +392,13 @@ class IsaModel:
         # The hardware re-reads x for every tile while it already writes out (tiles outer), so an
         # output that overlaps x has no defined result; res is read element by element at the
         # position being written, so out == res is fine.
+        xw = kw + ins.x_pad                          # x rows are xw words apart
         if _overlap(*self._span(ins.out, rows, out_words, out_words),
-                    *self._span(ins.a, rows, kw, kw)):
+                    *self._span(ins.a, rows, xw, kw)):
             self._fail(IsaError, "MATMUL: output rows overlap the input rows x")
         w, bias, mult, nbytes = self._weights(ins, fmt)
 
-        x = self._act_rows(ins.a, rows, kw, kw, "MATMUL x")
+        x = self._act_rows(ins.a, rows, xw, kw, "MATMUL x")
         acc = golden.matmul(x, w[:n_out])
         res = None
         if ins.residual:

@@ -823,7 +823,8 @@ STANDALONE_TB = '''"""Standalone cocotb testbench of this build: `pytest tb/` fr
 
 Builds ``hwflow_sim_top`` (rtl/hwflow_accel.v plus the memory models) with Verilator through
 cocotb's runner, preloads memory_image.bin and makes the host's runs of steps.json in one
-simulation, on the memory the board delivers (config.json's memory_rate_bytes): each run's host writes, POS and PROG_BASE, then its read-back regions, checked byte
+simulation, on the memory the board delivers (config.json's memory_rate_bytes): each run's
+host writes, POS and PROG_BASE, then its read-back regions, checked byte
 for byte against expected_*.bin (written by `hwflow compile`: an MLP's output regions as the
 ISA functional model leaves them; a language model's logits row of each prompt and decode run
 as the golden model computes it, the RTL's argmax feeding the next decode step). The cocotb

@@ -205,7 +205,8 @@ def test_int4_decode_on_a_head_major_cache_is_bit_exact_with_useful_kv_bytes(tmp
 #: A card whose one memory port is wider than what its channel delivers (the U280's 512-bit
 #: kernel ports on 256-bit HBM pseudo-channels): a 64-byte port whose channel delivers 13.3
 #: GB/s at 300 MHz, 44 B a cycle; a dense-only engine (no N:M selectors, as the sizing builds
-#: for decoders) twice the beat wide for int4 (16 chains x 8 = 128 = 2 x 64 B).
+#: for decoders) twice the beat wide for int4 (16 chains x 8 = 128 = 2 x 64 B) and a TLMM
+#: engine of 8 x 8 lookups (320-bit records: one a 512-bit beat).
 WIDE_PORT_BOARD = """\
 name: hbm-wide
 description: a one-port HBM-like test card with a 512-bit port on a slower channel
@@ -217,28 +218,34 @@ memory: {type: hbm2, channels: 1, port_bytes: 64, capacity_gb: 1, bandwidth_gbps
 clocks: {kernel_mhz: 300}
 flow: vitis
 engine: {chains: 16, chain_len: 8, mem_ports: 1, act_depth: 2048, weight_depth: 256,
-         transformer: true, attn_heads: 6, vec_lanes: 8, sparse: false}
+         transformer: true, attn_heads: 6, vec_lanes: 8, sparse: false, tlmm: true,
+         tlmm_g: 3, tlmm_t: 8, tlmm_q: 8, tlmm_acc_depth: 512}
 """
 
 
-def test_a_port_wider_than_its_channel_delivers_is_bit_exact_and_modelled(tmp_path):
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bitnet"])
+def test_a_port_wider_than_its_channel_delivers_is_bit_exact_and_modelled(tmp_path, model):
     """A 64-byte port throttled to the 44 B a cycle its channel delivers (the simulated
-    memory's RATE_BYTES, from the board's bandwidth): int4 prompt and decode bit-exact in
-    RTL, tokens equal golden; the memory moved no more than 44 B a cycle; and the cycle model,
-    which stretches every read stream's beats by 64/44, predicts the decode steps."""
+    memory's RATE_BYTES, from the board's bandwidth): int4 (LLaMA) or ternary (BitNet:
+    TMATMUL records, the int8 LM head) prompt and decode bit-exact in RTL, tokens equal
+    golden; the memory moved no more than 44 B a cycle; and the cycle model, which stretches
+    every read stream's beats by 64/44, predicts the decode steps."""
     from hwflow.boards import load_board
     from hwflow.compiler.decoder_io import load_saved_decoder
     from hwflow.hw.config import AccelConfig
+    from hwflow.llm_examples import write_tiny_bitnet
     from hwflow.mapping import cycles
     from hwflow.mapping.llm_lower import lower_decoder
 
     boards = tmp_path / "boards"
     boards.mkdir()
     (boards / "hbm-wide.yaml").write_text(WIDE_PORT_BOARD)
-    folder = write_tiny_llama(tmp_path / "tiny-llama")
+    write = write_tiny_llama if model == "tiny-llama" else write_tiny_bitnet
+    folder = write(tmp_path / model)
+    weights = ["--weights", "int4"] if model == "tiny-llama" else []
     out = tmp_path / "build"
     assert main(["--boards-dir", str(boards), "compile", str(folder), "--board", "hbm-wide",
-                 "--max-context", "32", "--weights", "int4", "-o", str(out)]) == 0
+                 "--max-context", "32", *weights, "-o", str(out)]) == 0
     conf = json.loads((out / "config.json").read_text())
     assert conf["memory_rate_bytes"] == 44
     assert main(["sim", str(out), "--prompt-len", "8", "--new-tokens", "8"]) == 0
@@ -256,6 +263,6 @@ def test_a_port_wider_than_its_channel_delivers_is_bit_exact_and_modelled(tmp_pa
     assert read <= 44 * sum(s["cycles"] for s in steps)     # no more than the channel delivers
     errs = [cycles.predict(program, cfg, s["pos"], fit)["total"] / s["cycles"] - 1
             for s in steps]
-    print(f"decode steps: RTL {[s['cycles'] for s in steps]}, model error "
+    print(f"{model} decode steps: RTL {[s['cycles'] for s in steps]}, model error "
           f"{min(errs):+.2%} .. {max(errs):+.2%}")
     assert max(abs(e) for e in errs) <= 0.03

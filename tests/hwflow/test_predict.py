@@ -243,11 +243,11 @@ def test_a_7b_shape_never_holds_its_weights(tmp_path):
 
 def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     """Qwen2.5-0.5B fits the U280's 8-port stripes, but decode is memory-bound: the engine
-    takes all 32 HBM channels (chains and lanes grown with them) because that engine fits the
-    board; a sweep's point (widen=False) keeps its 8 ports; int4 gets twice the super-beat of
-    chains. The ports stay 256-bit: 512-bit ones would pad its 896-byte residual rows to 2048
-    B, streaming 1.8x its weights (LLaMA-2-7B's 4096 takes them:
-    ``test_wide_ports_where_the_channel_delivers_more``)."""
+    takes all 32 HBM channels, each through a 512-bit port (a channel delivers 44 B per
+    300 MHz cycle, more than a 256-bit port carries), chains and lanes grown with them,
+    because that engine fits the board; a sweep's point (widen=False) keeps its 8 ports;
+    int4 gets twice the super-beat of chains. Its 896-byte residual rows, padded to the
+    2048-byte super-beat, cost no weight bytes: the MATMULs skip the padding (x_pad)."""
     from hwflow.boards import load_board
     from hwflow.mapping.accel_config import choose_config
     from hwflow.predict import predict_decoder
@@ -257,16 +257,22 @@ def test_a_memory_bound_decoder_gets_every_channel_that_fits():
     cfg = choose_config(brd)
     wide = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,))
     c = wide["config"]
-    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 32, 64) and wide["fits"]
+    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 64, 128) and wide["fits"]
     assert any("memory-bound" in n for n in wide["notes"])
     kept = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,), widen=False)
     c = kept["config"]
     assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (8, 32, 16)
     assert wide["decode"]["tokens_per_s"] > 3 * kept["decode"]["tokens_per_s"]
+    # 494 M int8 parameters streamed per token (the embedding is gathered, not streamed; the
+    # LM head is the tied embedding) and the R = 2 parameter rows of 2048 B of every tile of
+    # 128 channels, no zero column for the rows' padding (and one RoPE row of 2 super-beats)
+    params = 24 * (896 * (896 + 2 * 128) + 896 * 896 + 3 * 896 * 4864) + 151936 * 896
+    tiles = 24 * (7 + 1 + 1 + 7 + 38 + 38 + 7) + 151936 // 128
+    assert wide["bandwidth"]["weight_bytes_per_token"] == params + tiles * 2 * 2048 + 2 * 2048
     int4 = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,),
                            weights="int4")
     c = int4["config"]
-    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 32, 128)
+    assert (c["mem_ports"], c["port_bytes"], c["chains"]) == (32, 64, 256)
 
 
 def test_wide_ports_where_the_channel_delivers_more():
