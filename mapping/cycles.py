@@ -307,10 +307,9 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     kr, bpr = max(1, sbb // rb), -(-rb // sbb)
     # a record a cycle (KR to a beat, or BPR beats each); a slower memory counts where its
     # beats, ceil(blocks / KR) · BPR of them a chunk, take longer than the lookups
-    beat = 1 / rate if rate < 1 else 1
     lookups = blocks * bpr
-    fetched = -(-blocks // kr) * bpr * beat
-    stream = max(lookups - (bpr - 1), fetched)
+    fetched = -(-blocks // kr) * bpr / rate if rate < 1 else 0
+    stream = max(lookups, fetched) - (bpr - 1)
     # the builder (T·G bytes, entry 0, NE entries: T·G + NE + 2 cycles) fills one table bank
     # while the lookups read the other: the first chunk is built alone, every later one takes
     # the longer of its build and its lookups (blocks·BPR beats), the last adds its lookups
@@ -331,7 +330,7 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     rec_bits = (-(-0xFFFF // T)).bit_length() + acc_bits
     setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) else 18) + acc_bits + 1 \
         + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
-    param_beats = -(-8 * i.n_out // SB) * beat
+    param_beats = -(-8 * i.n_out // SB) / min(1.0, rate)
     return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + i.rows * per_row)
 
 
