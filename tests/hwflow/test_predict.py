@@ -216,8 +216,8 @@ def test_a_too_small_engine_is_sized_or_refused():
     assert 2 ** p["config"]["addr_bits"] * 32 * 32 >= p["memory"]["image_bytes"]
     with pytest.raises(HwflowError, match="act_depth >= 4928"):
         predict_decoder(shape, cfg, brd, max_context=256, adjust=False)
-    # int4: 128 chains (twice the super-beat) and a 4 MiB ring, 2,820 RAMB36 in block RAM;
-    # the ring goes to URAM and the design fits
+    # int4: 256 chains (twice the 2048 B super-beat of 512-bit ports) and an 8 MiB ring,
+    # 2,908 RAMB36 in block RAM; the ring goes to URAM and the design fits
     p4 = predict_decoder(shape, cfg, brd, max_context=256, prompt_lens=(64,), weights="int4")
     assert p4["config"]["ring_uram"] and any("URAM" in n for n in p4["notes"])
     assert p4["fits"] and 0 < p4["resources"]["uram"] <= 960
