@@ -169,10 +169,7 @@ def matmul(plan: WeightPlan, shift: int, wgt: int, x: int, out: int, rows: int, 
     stream), the weight block at super-beat ``wgt``, ``rows`` output rows at ``out``
     (``words`` apart); ``res``: the residual rows' address (FLAG_RESIDUAL, scaled by
     ``res_mult``)."""
-    x_pad = 0 if x_words is None else x_words - plan.k_words
-    if x_pad < 0:
-        raise MappingError(f"input rows of {x_words} words are shorter than the linear's "
-                           f"{plan.k_words} k-words")
+    x_pad = 0 if x_words is None else x_words - plan.k_words   # >= 0: the emitter checks
     flags = _flags(res, relu) | (FLAG_INT4 if plan.fmt.int4 else 0)
     return Instr(Opcode.MATMUL, flags, int(shift), ext=wgt, a=x, out=out,
                  b=0 if res is None else res, rows=rows, k_words=plan.k_words,
