@@ -40,6 +40,8 @@ DOC_NAMES = {
     Opcode.MATMUL: {"ext": "wgt", "a": "x", "b": "res", "n": "n_out", "words": "out_words",
                     "mult_b": "res_mult"},
     Opcode.VADD: {"mult_b": "b_mult", "mult_a": "a_mult"},
+    Opcode.PREFETCH: {"ext": "wgt", "a": "x", "b": "res", "n": "n_out", "words": "out_words",
+                      "mult_b": "res_mult"},
     Opcode.GATHER: {"ext": "table", "a": "act"},
     Opcode.RMSNORM: {"mult_b": "mult"},
     Opcode.SILUMUL: {"mult_b": "mult"},

@@ -113,6 +113,8 @@ class WeightRing(wiring.Component):
     rd_req, rd_data : memory side (super-beat requests and data)
     arrived : out, entries written since ``start``
     idle : out, every requested row has been decoded and written
+    starved : out, rows are left to request but the ring has no room for them (only a
+        release, by the MATMUL that consumes the entries, makes room)
     eng_addr, eng_data, eng_idx : read port for the engine feed, always enabled, skewed per DSP
         group: lane ``i`` (``eng_data`` is lane-major: ``P`` bytes of lane ``i``, chain 0
         lowest; ``eng_idx`` the same with 4-bit indices) is read with ``eng_addr`` as it was
@@ -142,7 +144,7 @@ class WeightRing(wiring.Component):
             "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
             "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
             "arrived": Out(32),
-            "idle": Out(1),
+            "idle": Out(1), "starved": Out(1),
             "eng_addr": In(aw), "eng_data": Out(8 * cfg.row_bytes),
             "eng_idx": Out(4 * cfg.row_bytes),
             "prm_addr": In(aw), "prm_en": In(1), "prm_data": Out(8 * cfg.row_bytes),
@@ -235,6 +237,7 @@ class WeightRing(wiring.Component):
             fill.k_words.eq(self.k_words), fill.sparse.eq(self.lgm != 0),
             fill.int4.eq(self.int4), fill.lgr.eq(self.lgr), fill.start.eq(self.start),
             self.idle.eq((left == 0) & ~fill.busy & issued_all & ~self.start),
+            self.starved.eq(~issued_all & ~room & ~cooldown & ~self.start),
         ]
         with m.If(gb.o.valid & gb.o.ready):
             m.d.sync += left.eq(left - 1)

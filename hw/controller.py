@@ -21,7 +21,7 @@ from .contract import int4_capable
 from .gearbox import Gearbox
 from .isa_layout import HEADER_LAYOUT, INSTR_BITS, LAYOUTS
 from .matrix_engine import MatrixEngine
-from .mem_port import read_req_layout, write_layout
+from .mem_port import ReadArbiter, read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
 from .sfu import VectorUnit
 from .tlmm import TernaryLookupMatmul
@@ -104,6 +104,7 @@ class Controller(wiring.Component):
         self.ring = WeightRing(cfg)
         self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)
+        self.reads = ReadArbiter(cfg)
         self.oseq = OutputSequencer(cfg)
         self.vec = self.attn = self.tlmm = None
         if cfg.vector_unit:
@@ -215,6 +216,14 @@ class Controller(wiring.Component):
         m.d.comb += legal.eq(Const(table, 64).bit_select(Cat(f_lgr, f_lgm, f_int4), 1)
                              & (f_kw != 0) & (reserve <= cfg.weight_depth))
 
+        # PREFETCH ("Weight prefetch"): the ring fields of the MATMUL it announced, and whether
+        # one is pending; its MATMUL then finds the ring already streaming, and a MATMUL of other
+        # weights (or a second PREFETCH) stops the run with ERROR = 2
+        ring_fields = Cat(f_ext, f_kw, f_nt, f_tmr, f_lgm, f_lgr, f_int4, f_rows == 0)
+        pf_fields = Signal.like(ring_fields)
+        pf_pending = Signal()
+        pf_hit = Signal()               # this MATMUL's weights are streaming already
+
         # --- datapath wiring that does not depend on the mode ---------------------------------
         m.d.comb += [
             ring.base.eq(f_ext), ring.total_rows.eq(Mux(f_rows == 0, 0, total_rows)),
@@ -263,6 +272,16 @@ class Controller(wiring.Component):
         # the units with their own memory read stream
         streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM)]
 
+        # the instruction's own read stream (fg) and the weight ring share the memory through
+        # the arbiter: the ring streams a PREFETCHed MATMUL's weights while other instructions
+        # run ("Weight prefetch"); fg has the priority
+        m.submodules.reads = arb = self.reads
+        wiring.connect(m, arb.out_req, wiring.flipped(self.rd_req))
+        wiring.connect(m, wiring.flipped(self.rd_data), arb.out_data)
+        wiring.connect(m, ring.rd_req, arb.req[1])
+        wiring.connect(m, arb.data[1], ring.rd_data)
+        fg_req, fg_data = arb.req[0], arb.data[0]
+
         fetch_req_valid = Signal()
         fetch_req_addr = Signal(cfg.addr_bits)
         fetch_req_len = Signal(16, init=fetch_beats)    # id_beats while GATHER reads an id
@@ -271,36 +290,30 @@ class Controller(wiring.Component):
         load_req_len = Signal(16)
         with m.Switch(mode):
             with m.Case(M_FETCH):
-                m.d.comb += [self.rd_req.valid.eq(fetch_req_valid),
-                             self.rd_req.payload.addr.eq(fetch_req_addr),
-                             self.rd_req.payload.len.eq(fetch_req_len)]
+                m.d.comb += [fg_req.valid.eq(fetch_req_valid),
+                             fg_req.payload.addr.eq(fetch_req_addr),
+                             fg_req.payload.len.eq(fetch_req_len)]
             with m.Case(M_LOAD):
-                m.d.comb += [self.rd_req.valid.eq(load_req_valid),
-                             self.rd_req.payload.addr.eq(load_req_addr),
-                             self.rd_req.payload.len.eq(load_req_len)]
-            with m.Case(M_MM):
-                wiring.connect(m, ring.rd_req, wiring.flipped(self.rd_req))
+                m.d.comb += [fg_req.valid.eq(load_req_valid),
+                             fg_req.payload.addr.eq(load_req_addr),
+                             fg_req.payload.len.eq(load_req_len)]
             for unit_mode, unit in streamers:
                 with m.Case(unit_mode):
-                    wiring.connect(m, unit.rd_req, wiring.flipped(self.rd_req))
-        m.d.comb += [load_gb.i.payload.eq(self.rd_data.payload),
-                     ring.rd_data.payload.eq(self.rd_data.payload)]
+                    wiring.connect(m, unit.rd_req, wiring.flipped(fg_req))
+        m.d.comb += load_gb.i.payload.eq(fg_data.payload)
         for _, unit in streamers:
-            m.d.comb += unit.rd_data.payload.eq(self.rd_data.payload)
+            m.d.comb += unit.rd_data.payload.eq(fg_data.payload)
         fetch_data_ready = Signal()
         with m.Switch(mode):
             with m.Case(M_FETCH):
-                m.d.comb += self.rd_data.ready.eq(fetch_data_ready)
+                m.d.comb += fg_data.ready.eq(fetch_data_ready)
             with m.Case(M_LOAD):
-                m.d.comb += [load_gb.i.valid.eq(self.rd_data.valid),
-                             self.rd_data.ready.eq(load_gb.i.ready)]
-            with m.Case(M_MM):
-                m.d.comb += [ring.rd_data.valid.eq(self.rd_data.valid),
-                             self.rd_data.ready.eq(ring.rd_data.ready)]
+                m.d.comb += [load_gb.i.valid.eq(fg_data.valid),
+                             fg_data.ready.eq(load_gb.i.ready)]
             for unit_mode, unit in streamers:
                 with m.Case(unit_mode):
-                    m.d.comb += [unit.rd_data.valid.eq(self.rd_data.valid),
-                                 self.rd_data.ready.eq(unit.rd_data.ready)]
+                    m.d.comb += [unit.rd_data.valid.eq(fg_data.valid),
+                                 fg_data.ready.eq(unit.rd_data.ready)]
 
         # activation buffer port a / write port
         store_addr = Signal(16)
@@ -421,6 +434,7 @@ class Controller(wiring.Component):
                         self.cycles.eq(0), self.mpe_busy.eq(0), self.tlmm_busy.eq(0),
                         self.retired.eq(0),
                         pc_beat.eq(self.prog_base), pc_slot.eq(0), ibuf_valid.eq(0),
+                        pf_pending.eq(0),
                         mode.eq(M_FETCH), fetch_cnt.eq(0),
                     ]
                     m.next = "FETCH_REQ"
@@ -435,26 +449,26 @@ class Controller(wiring.Component):
                         m.next = "DECODE"
                     with m.Else():
                         m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
-                        with m.If(self.rd_req.ready):
+                        with m.If(fg_req.ready):
                             m.next = "FETCH_DATA"
                 else:
                     m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(pc_beat)]
-                    with m.If(self.rd_req.ready):
+                    with m.If(fg_req.ready):
                         m.next = "FETCH_DATA"
 
             with m.State("FETCH_DATA"):
                 m.d.comb += fetch_data_ready.eq(1)
-                with m.If(self.rd_data.valid):
+                with m.If(fg_data.valid):
                     if slots > 1:
                         m.d.sync += [
-                            ins.eq(self.rd_data.payload.word_select(pc_slot, INSTR_BITS)),
-                            ibuf.eq(self.rd_data.payload), ibuf_beat.eq(pc_beat),
+                            ins.eq(fg_data.payload.word_select(pc_slot, INSTR_BITS)),
+                            ibuf.eq(fg_data.payload), ibuf_beat.eq(pc_beat),
                             ibuf_valid.eq(1),
                         ]
                     elif fetch_beats > 1:
-                        m.d.sync += ins.eq(Cat(ins[8 * SB:], self.rd_data.payload))
+                        m.d.sync += ins.eq(Cat(ins[8 * SB:], fg_data.payload))
                     else:
-                        m.d.sync += ins.eq(self.rd_data.payload)
+                        m.d.sync += ins.eq(fg_data.payload)
                     with m.If(fetch_cnt == fetch_beats - 1):
                         m.d.sync += [fetch_cnt.eq(0), mode.eq(M_NONE)]
                         m.next = "DECODE"
@@ -494,8 +508,15 @@ class Controller(wiring.Component):
                             m.d.sync += [mode.eq(M_STORE), ibuf_valid.eq(0)]
                             m.next = "STORE"
                     with m.Case(isa.Opcode.MATMUL):
-                        with m.If(legal):
+                        with m.If(legal & (~pf_pending | (pf_fields == ring_fields))):
+                            m.d.sync += [pf_hit.eq(pf_pending), pf_pending.eq(0)]
                             m.next = "MM_START"
+                        with m.Else():
+                            m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
+                            m.next = "FINISH"
+                    with m.Case(isa.Opcode.PREFETCH):
+                        with m.If(legal & ~pf_pending):
+                            m.next = "PF_START"
                         with m.Else():
                             m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
                             m.next = "FINISH"
@@ -541,7 +562,7 @@ class Controller(wiring.Component):
                     load_req_addr.eq(ext_addr),
                     load_req_len.eq(Mux(big, LOAD_BURST_BEATS, 1)),
                 ]
-                with m.If(self.rd_req.valid & self.rd_req.ready):
+                with m.If(fg_req.valid & fg_req.ready):
                     m.d.sync += [
                         words_left.eq(words_left - Mux(big, LOAD_BURST_BEATS * wpb, wpb)),
                         ext_addr.eq(ext_addr + Mux(big, LOAD_BURST_BEATS, 1)),
@@ -585,11 +606,20 @@ class Controller(wiring.Component):
 
             with m.State("MM_START"):
                 m.d.sync += mode.eq(M_MM)
-                m.d.comb += [ring.start.eq(1), kseq.start.eq(1), oseq.start_mm.eq(1)]
+                m.d.comb += [ring.start.eq(~pf_hit), kseq.start.eq(1), oseq.start_mm.eq(1)]
                 m.next = "WAIT"
 
+            with m.State("PF_START"):
+                # total_rows has settled; the ring streams from here on, beside the next
+                # instructions, until its MATMUL takes the entries
+                m.d.comb += ring.start.eq(1)
+                m.d.sync += [pf_fields.eq(ring_fields), pf_pending.eq(1), mode.eq(M_FETCH)]
+                advance_pc()
+                m.next = "FETCH_REQ"
+
             with m.State("WAIT"):
-                with m.If(~kseq.busy & ~oseq.busy & ring.idle):
+                # a VADD leaves the ring alone: it may be streaming a PREFETCHed MATMUL's weights
+                with m.If(~kseq.busy & ~oseq.busy & (ring.idle | (mode == M_VADD))):
                     m.d.sync += mode.eq(M_FETCH)
                     advance_pc()
                     m.next = "FETCH_REQ"
@@ -630,20 +660,20 @@ class Controller(wiring.Component):
                     with m.Else():
                         m.d.comb += [fetch_req_valid.eq(1), fetch_req_addr.eq(id_beat),
                                      fetch_req_len.eq(id_beats)]
-                        with m.If(self.rd_req.ready):
+                        with m.If(fg_req.ready):
                             m.next = "G_DATA"
 
                 with m.State("G_DATA"):
                     m.d.comb += fetch_data_ready.eq(1)
-                    with m.If(self.rd_data.valid):
+                    with m.If(fg_data.valid):
                         if id_beats == 1:    # id_slot is 0 here
-                            m.d.sync += id_reg.eq(self.rd_data.payload[:32])
+                            m.d.sync += id_reg.eq(fg_data.payload[:32])
                         else:       # SB < 4: the id spans id_beats super-beats, low first
-                            m.d.sync += id_reg.eq(Cat(id_reg[8 * SB:], self.rd_data.payload))
+                            m.d.sync += id_reg.eq(Cat(id_reg[8 * SB:], fg_data.payload))
                         with m.If(id_cnt == id_beats - 1):
                             m.d.sync += id_cnt.eq(0)
                             if id_slots > 1:
-                                m.d.sync += [idbuf.eq(self.rd_data.payload), id_slot.eq(1)]
+                                m.d.sync += [idbuf.eq(fg_data.payload), id_slot.eq(1)]
                             else:
                                 m.d.sync += id_beat.eq(id_beat + id_beats)
                             m.next = "G_CHECK"
@@ -673,8 +703,11 @@ class Controller(wiring.Component):
                         m.next = "FETCH_REQ"
 
             with m.State("FINISH"):
-                m.d.comb += self.done.eq(1)
-                m.d.sync += [self.running.eq(0), mode.eq(M_NONE)]
-                m.next = "IDLE"
+                # a run that ends with a PREFETCH pending (an error stop) lets the ring's reads
+                # finish first: it stops by itself once its room is used up
+                with m.If(arb.idle & (ring.idle | ring.starved)):
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += [self.running.eq(0), mode.eq(M_NONE)]
+                    m.next = "IDLE"
 
         return m

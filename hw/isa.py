@@ -60,6 +60,13 @@ class Opcode(IntEnum):
     ABSQUANT = 0x0A
     TMATMUL = 0x0B
     KVSTORE = 0x0C
+    PREFETCH = 0x0D
+
+
+#: Opcodes with MATMUL's fields: a PREFETCH is the instruction word of the MATMUL whose weights
+#: it starts streaming into the weight ring, with the opcode changed (docs/architecture.md,
+#: "Weight prefetch").
+WEIGHT_OPCODES = (Opcode.MATMUL, Opcode.PREFETCH)
 
 
 @dataclass(frozen=True)
@@ -167,12 +174,14 @@ _MATMUL_COMMON = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 
                   ("n", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
                   ("mult_a", 6, 16, 16))
 _LOAD_STORE = (("ext", 1, 0, 32), ("a", 2, 0, 16), ("b", 3, 0, 16), ("pos_stride", 4, 0, 16))
+_MATMUL = _MATMUL_COMMON + (("tile_mem_rows", 7, 0, 16), ("lgm", 7, 16, 3), ("lgr", 7, 19, 2),
+                            ("x_pad", 7, 21, 11))
 LAYOUT: dict = {
     Opcode.LOAD: _LOAD_STORE,
     Opcode.STORE: _LOAD_STORE,
-    Opcode.MATMUL: _MATMUL_COMMON + (("tile_mem_rows", 7, 0, 16), ("lgm", 7, 16, 3),
-                                     ("lgr", 7, 19, 2), ("x_pad", 7, 21, 11)),
+    Opcode.MATMUL: _MATMUL,
     Opcode.VADD: _MATMUL_COMMON,
+    Opcode.PREFETCH: _MATMUL,
     Opcode.GATHER: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("n", 3, 0, 16), ("rows", 3, 16, 16),
                     ("ids", 4, 0, 32), ("stride", 5, 0, 16), ("table_rows", 6, 0, 32)),
     Opcode.RMSNORM: (("a", 2, 0, 16), ("out", 2, 16, 16), ("g", 3, 0, 16), ("rows", 3, 16, 16),
@@ -233,7 +242,7 @@ def _check(i: Instr) -> None:
                        ("lgr", i.lgr, MAX_LGR)):
         if not 0 <= v <= hi:
             raise ValueError(f"{name}: field {fld}={v} outside 0..{hi}")
-        if v and i.op != Opcode.MATMUL:
+        if v and i.op not in WEIGHT_OPCODES:
             raise ValueError(f"{name}: field {fld} is a MATMUL field, must be 0")
     for fld in _EXTENSION_FIELDS:
         v = getattr(i, fld)

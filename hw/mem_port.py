@@ -6,15 +6,19 @@ ports' beats are joined with port 0 in the low bytes (writes are split the same 
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 
-__all__ = ["LEN_BITS", "read_req_layout", "write_layout", "mem_port_signature", "SuperBeatPorts"]
+__all__ = ["LEN_BITS", "read_req_layout", "write_layout", "mem_port_signature", "SuperBeatPorts",
+           "ReadArbiter", "READS_IN_FLIGHT"]
 
 LEN_BITS = 16
+#: Read requests the :class:`ReadArbiter` keeps in flight: 64 requests of one beat each still
+#: cover twice the 32-cycle read latency the cycle model assumes (mapping.cycles.READ_LATENCY).
+READS_IN_FLIGHT = 64
 
 
 def read_req_layout(addr_bits: int) -> data.StructLayout:
@@ -96,4 +100,82 @@ class SuperBeatPorts(wiring.Component):
         ]
         for p in ports:
             m.d.comb += p.rd_data.ready.eq(all_valid & self.rd_data.ready)
+        return m
+
+
+class ReadArbiter(wiring.Component):
+    """Two requesters on one read stream, the data routed back in request order.
+
+    The memory answers in request order (every port, :class:`SuperBeatPorts`), so a FIFO of
+    (requester, beats) per accepted request names the owner of every beat that comes back:
+    the requesters' bursts interleave on the memory and each sees only its own beats, in its
+    own order. Requester 0 (the instruction's own stream) wins a cycle where both ask;
+    requester 1 (the weight ring, streaming ahead of its MATMUL) takes the cycles it leaves.
+    A request once offered stays granted until taken (the ports may take it over several
+    cycles), and no request is taken while :data:`READS_IN_FLIGHT` are outstanding. A
+    requester must take its beats whenever it has asked for them, in time: the ring does (it
+    reserves room for a request before making it), and so does every unit of the controller.
+    No cycle is added: a request passes in the cycle it is made, a beat in the cycle it
+    arrives.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+
+    Attributes
+    ----------
+    req : array of 2 streams in, :func:`read_req_layout`
+    data : array of 2 streams out, ``8 * SB`` bits
+    out_req : stream out, to the memory
+    out_data : stream in, from the memory
+    idle : out, no read outstanding
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        req = stream.Signature(read_req_layout(cfg.addr_bits))
+        beats = stream.Signature(8 * cfg.beat_bytes)
+        super().__init__({
+            "req": In(req).array(2),
+            "data": Out(beats).array(2),
+            "out_req": Out(req),
+            "out_data": In(beats),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.owners = owners = fifo.SyncFIFO(width=1 + LEN_BITS, depth=READS_IN_FLIGHT)
+        # grant: requester 1 only when 0 does not ask, held while an offer is not yet taken
+        held, held_bg = Signal(), Signal()
+        bg = Signal()
+        m.d.comb += bg.eq(Mux(held, held_bg, ~self.req[0].valid))
+        src = [self.req[0], self.req[1]]
+        m.d.comb += [
+            self.out_req.valid.eq(Mux(bg, src[1].valid, src[0].valid) & owners.w_rdy),
+            self.out_req.payload.eq(Mux(bg, src[1].payload, src[0].payload)),
+            src[0].ready.eq(~bg & self.out_req.ready & owners.w_rdy),
+            src[1].ready.eq(bg & self.out_req.ready & owners.w_rdy),
+            owners.w_en.eq(self.out_req.valid & self.out_req.ready),
+            owners.w_data.eq(Cat(self.out_req.payload.len, bg)),
+        ]
+        m.d.sync += [held.eq(self.out_req.valid & ~self.out_req.ready), held_bg.eq(bg)]
+
+        # route: the beats of the oldest outstanding request go to its requester
+        owner = owners.r_data[LEN_BITS]
+        length = owners.r_data[:LEN_BITS]
+        got = Signal(LEN_BITS)
+        for j, d in enumerate(self.data):
+            mine = owners.r_rdy & (owner == j)
+            m.d.comb += [d.valid.eq(self.out_data.valid & mine),
+                         d.payload.eq(self.out_data.payload)]
+        m.d.comb += self.out_data.ready.eq(owners.r_rdy & Mux(owner, self.data[1].ready,
+                                                              self.data[0].ready))
+        with m.If(self.out_data.valid & self.out_data.ready):
+            with m.If(got == length - 1):
+                m.d.comb += owners.r_en.eq(1)
+                m.d.sync += got.eq(0)
+            with m.Else():
+                m.d.sync += got.eq(got + 1)
+        m.d.comb += self.idle.eq(~owners.r_rdy)
         return m

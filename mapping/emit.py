@@ -286,3 +286,22 @@ def emit(graph: Graph, names, p: Placement) -> list:
                                "run the fuse pass first")
         prog += rule(name, op, graph, p)
     return prog
+
+
+def prefetch_weights(prog: list) -> list:
+    """``prog`` with a PREFETCH for every MATMUL that has other instructions before it since
+    the previous MATMUL (or the program's start): placed right after that MATMUL (or first),
+    so the weight ring streams the MATMUL's weights while those instructions run
+    (docs/architecture.md, "Weight prefetch"). Weights are read-only, so the only order to
+    keep is the ring's: one PREFETCH pending at a time, each answered by its MATMUL next.
+    """
+    out, at = [], 0                 # at: where the next MATMUL's PREFETCH goes
+    for ins in prog:
+        if ins.op == Opcode.MATMUL:
+            if at < len(out):
+                out.insert(at, replace(ins, op=Opcode.PREFETCH))
+            out.append(ins)
+            at = len(out)
+        else:
+            out.append(ins)
+    return out

@@ -245,6 +245,7 @@ class IsaModel:
         self._pc = 0
         self._index = 0
         self._fetched_sb = None
+        self._prefetched = None     # the ring fields of a pending PREFETCH
 
     def reset_stats(self) -> None:
         """Start new counters (the memory image and the activation buffer are kept)."""
@@ -376,8 +377,31 @@ class IsaModel:
             self._fail(IsaError, f"MATMUL: malformed {fmt.label} weight block: {e}")
         return w, bias, mult, hi - lo
 
+    @staticmethod
+    def _ring_fields(ins: Instr) -> tuple:
+        """What the weight ring streams for a MATMUL or PREFETCH: the block, its tiling, its
+        format (and nothing for ``rows`` = 0)."""
+        return (ins.ext, ins.k_words, ins.n_tiles, ins.tile_mem_rows, ins.lgm, ins.lgr,
+                ins.int4, ins.rows == 0)
+
+    def _prefetch(self, ins: Instr) -> None:
+        """PREFETCH: the next MATMUL's weights start streaming into the ring (no effect on
+        the state; the MATMUL counts the bytes). The hardware stops with ERROR = 2 at an
+        illegal mode, at a second PREFETCH before the MATMUL, and at a MATMUL of other weights
+        (docs/architecture.md, "Weight prefetch")."""
+        if self._prefetched is not None:
+            self._fail(IllegalMode, "PREFETCH while the previous PREFETCH's MATMUL has not run")
+        self._mode(ins)
+        if ins.k_words == 0 or ins.tile_mem_rows * (2 if ins.int4 else 1) > self.cfg.weight_depth:
+            self._fail(IllegalMode, f"PREFETCH: k_words={ins.k_words}, tile_mem_rows="
+                       f"{ins.tile_mem_rows}: no MATMUL tile of this engine")
+        self._prefetched = self._ring_fields(ins)
+
     def _matmul(self, ins: Instr) -> None:
         cfg = self.cfg
+        if self._prefetched is not None and self._prefetched != self._ring_fields(ins):
+            self._fail(IllegalMode, "MATMUL: its weights are not those of the pending PREFETCH")
+        self._prefetched = None
         P, L = cfg.chains, cfg.chain_len
         rows, kw, nt = ins.rows, ins.k_words, ins.n_tiles
         n_out, out_words = ins.n, ins.words
@@ -714,12 +738,14 @@ class IsaModel:
         self._pc = prog_base * SB
         self._index = 0
         self._fetched_sb = None
+        self._prefetched = None
         handlers = {Opcode.LOAD: self._load_store, Opcode.STORE: self._load_store,
                     Opcode.MATMUL: self._matmul, Opcode.VADD: self._vadd,
                     Opcode.GATHER: self._gather, Opcode.RMSNORM: self._rmsnorm,
                     Opcode.ROPE: self._rope, Opcode.SILUMUL: self._silumul,
                     Opcode.ATTN: self._attn, Opcode.ABSQUANT: self._absquant,
-                    Opcode.TMATMUL: self._tmatmul, Opcode.KVSTORE: self._kvstore}
+                    Opcode.TMATMUL: self._tmatmul, Opcode.KVSTORE: self._kvstore,
+                    Opcode.PREFETCH: self._prefetch}
         while True:
             if self._index >= max_instructions:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")

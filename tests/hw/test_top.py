@@ -24,9 +24,11 @@ from hwflow.hw.isa import (
     INSTR_BYTES,
     Instr,
     Opcode,
+    decode,
 )
 from hwflow.hw.isa_layout import FLAGS_LAYOUT, LAYOUTS
 from hwflow.hw.top import Accelerator, generate_verilog
+from hwflow.mapping.emit import prefetch_weights
 from hwflow.mapping.weight_format import DENSE_INT8, LayerFormat, is_legal
 
 from ._lint import assert_lints_clean
@@ -111,10 +113,13 @@ class MM:
     mult_range: tuple = (1, 65536)
 
 
-def build_program(cfg, mms, seed=0, vadd=False):
+def build_program(cfg, mms, seed=0, vadd=False, prefetch=False):
     """LOADs, the MATMULs (each on its own x, residual and output rows; outputs pre-filled with
     garbage so that every byte the hardware must write is checked), a VADD in place on the first
-    output (optional), STOREs, END. Returns ``(image, prog_base, {sb: bytes}, n_instr, mpe)``."""
+    output (optional), STOREs, END. Returns ``(image, prog_base, {sb: bytes}, n_instr, mpe)``.
+    With ``prefetch`` the VADD follows the first MATMUL and the compiler's PREFETCHes are in
+    (``mapping.emit.prefetch_weights``: the first MATMUL's before the LOADs, the second's
+    before the VADD)."""
     L, SB = cfg.chain_len, cfg.beat_bytes
     rng = np.random.default_rng(seed)
     img = bytearray(max(1024 * SB, 1 << 16))
@@ -130,7 +135,7 @@ def build_program(cfg, mms, seed=0, vadd=False):
     def words(nbytes):                # act words moved by a LOAD/STORE of whole super-beats
         return sbs(nbytes) * SB // L
 
-    n_instr_guess = 5 * len(mms) + 2
+    n_instr_guess = (6 if prefetch else 5) * len(mms) + 2
     ext = sbs(32 * n_instr_guess)      # next free super-beat
     act = 0                            # next free act word
     loads, mm_ins, stores, expect = [], [], [], {}
@@ -198,25 +203,29 @@ def build_program(cfg, mms, seed=0, vadd=False):
         # STOREs move whole super-beats: the words after the rows still hold the garbage
         expect[sb] = o.tobytes() + garbage[o.nbytes:]
     prog = loads + mm_ins + vadd_ins + stores + [Instr(Opcode.END)]
+    if prefetch:
+        prog = prefetch_weights(loads + mm_ins[:1] + vadd_ins + mm_ins[1:] + stores
+                                + [Instr(Opcode.END)])
     assert len(prog) <= n_instr_guess and ext * SB <= len(img), (len(prog), ext)
     code = b"".join(i.encode() for i in prog)
     img[:len(code)] = code
     return img, 0, expect, len(prog), mpe
 
 
-def _program_case(cfg, seed=0, vadd=True):
+def _program_case(cfg, seed=0, vadd=True, prefetch=False):
     """A program of base instructions: a MATMUL with residual + ReLU at odd sizes (3 rows), a
     second one with row padding (a tile more than N needs, 3 words: tail zero fill, zeros for
     n >= n_out, channels beyond the row not written), VADD in place, STOREs."""
     mms = [MM(37, 23, 3, relu=True, residual=True, shift=22, res_mult=30000),
            MM(12, 5, 2, shift=0, n_tiles=-(-5 // cfg.chains) + 1, out_words=3, bias_range=50,
               mult_range=(0, 3))]
-    return build_program(cfg, mms, seed, vadd)
+    return build_program(cfg, mms, seed, vadd, prefetch)
 
 
 def check_program(cfg, img, prog_base, expect, n_instr, mpe, latency=16, p_busy=0.0,
-                  max_cycles=50000):
-    regs = run_accel(cfg, img, prog_base, latency, p_busy, max_cycles=max_cycles)
+                  max_cycles=50000, dut=None, extra=()):
+    regs = run_accel(cfg, img, prog_base, latency, p_busy, max_cycles=max_cycles, dut=dut,
+                     extra=extra)
     SB = cfg.beat_bytes
     for sb, data in expect.items():
         got = np.frombuffer(bytes(img[sb * SB:sb * SB + len(data)]), dtype=np.int8)
@@ -277,12 +286,60 @@ def test_weight_formats_match_golden(cfg, sparsity, wbits):
                   max_cycles=100000)
 
 
-def test_mixed_formats_in_one_program():
-    """Dense int8, 2:4 int8 and int4 dense MATMULs back to back (and a VADD)."""
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_mixed_formats_in_one_program(prefetch):
+    """Dense int8, 2:4 int8 and int4 dense MATMULs back to back (and a VADD); with the
+    PREFETCHes, the weights of the first MATMUL stream during the LOADs, the second's during
+    the VADD."""
     mms = [MM(29, 10, 3, DENSE_INT8, relu=True, residual=True, shift=22, res_mult=30000),
            MM(40, 13, 2, _fmt("2:4"), shift=20),
            MM(70, 9, 5, _fmt("dense", 4), residual=True, res_mult=5000, shift=18)]
-    check_program(CFG_INT4, *build_program(CFG_INT4, mms, seed=3, vadd=True))
+    check_program(CFG_INT4, *build_program(CFG_INT4, mms, seed=3, vadd=True,
+                                           prefetch=prefetch))
+
+
+@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG, 5, 0.3), (CFG_TINY, 8, 0.1)])
+def test_prefetched_program_matches_golden(cfg, latency, p_busy):
+    """The weights of the program's MATMULs stream beside its LOADs and its VADD (the
+    arbiter routes the interleaved bursts), bit-exact: each MATMUL starts with ring entries
+    already in."""
+    dut = Accelerator(cfg)
+    ctl = dut.controller
+    at_start = []
+
+    async def probe(ctx):
+        async for _clk, _rst, start, arrived in ctx.tick().sample(ctl.kseq.start,
+                                                                   ctl.ring.arrived):
+            if start:
+                at_start.append(arrived)
+
+    check_program(cfg, *_program_case(cfg, prefetch=True), latency=latency, p_busy=p_busy,
+                  dut=dut, extra=[probe])
+    assert len(at_start) == 2 and min(at_start) > 0, at_start
+
+
+# the prefetched program of _program_case: PREFETCH, 5 LOADs, MATMUL, PREFETCH (index 7),
+# VADD (8), MATMUL (9), STOREs, END; each case patches it: (index, what, ERROR, RETIRED)
+PREFETCH_CASES = [
+    (7, "other weights", ERROR_ILLEGAL_MODE, 9),    # the MATMUL is not the PREFETCH's
+    (8, "second prefetch", ERROR_ILLEGAL_MODE, 8),  # a PREFETCH while one is pending
+    (8, "end", 0, 9),                               # END while one is pending: its reads end
+]
+
+
+@pytest.mark.parametrize("index,what,error,retired", PREFETCH_CASES)
+def test_prefetch_errors_and_a_pending_end(index, what, error, retired):
+    cfg = CFG
+    img, base, _expect, _n, _mpe = _program_case(cfg, prefetch=True)
+    pf = decode(bytes(img[7 * INSTR_BYTES:8 * INSTR_BYTES]))
+    assert pf.op == Opcode.PREFETCH
+    patch = {"other weights": replace(pf, ext=pf.ext + 1), "second prefetch": pf,
+             "end": Instr(Opcode.END)}[what]
+    img[index * INSTR_BYTES:(index + 1) * INSTR_BYTES] = patch.encode()
+    regs = run_accel(cfg, img, base, latency=5, p_busy=0.3)
+    assert regs["ERROR"] == error
+    assert regs["RETIRED"] == retired
+    assert regs["AP_CTRL"] & 0b110 == 0b110
 
 
 def test_illegal_opcode_sets_error():
