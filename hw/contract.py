@@ -153,6 +153,16 @@ def int4_capable(cfg: AccelConfig) -> bool:
 # Read bursts of the weight prefetcher. 16 super-beats per request keep two requests in flight
 # within a 32-cycle memory latency, so the fetcher streams one super-beat per cycle.
 RING_BURST_BEATS = 16
+#: Read requests the read arbiter (hw.mem_port.ReadArbiter) keeps in flight: 64 requests of
+#: one beat each still cover twice the 32-cycle read latency of the simulated memory.
+READS_IN_FLIGHT = 64
+#: Beats the weight ring may have in flight while it streams ahead of its MATMUL (the
+#: arbiter's requester 1 under ``bg_limit``): the memory answers in order, so an instruction's
+#: own read waits behind these. 48 = the 32-cycle read latency at a beat per cycle and one
+#: 16-beat burst: the ring streams at full rate (with 32 it would idle 16 cycles in every 48)
+#: and another read waits about one burst. A request longer than this still goes when none is
+#: in flight.
+BG_AHEAD_BEATS = 48
 
 # --- attention and vector units (hw.attention, hw.sfu)
 

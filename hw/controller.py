@@ -281,6 +281,7 @@ class Controller(wiring.Component):
         wiring.connect(m, ring.rd_req, arb.req[1])
         wiring.connect(m, arb.data[1], ring.rd_data)
         fg_req, fg_data = arb.req[0], arb.data[0]
+        m.d.comb += arb.bg_limit.eq(mode != M_MM)
 
         fetch_req_valid = Signal()
         fetch_req_addr = Signal(cfg.addr_bits)
@@ -299,7 +300,7 @@ class Controller(wiring.Component):
                              fg_req.payload.len.eq(load_req_len)]
             for unit_mode, unit in streamers:
                 with m.Case(unit_mode):
-                    wiring.connect(m, unit.rd_req, wiring.flipped(fg_req))
+                    wiring.connect(m, unit.rd_req, fg_req)
         m.d.comb += load_gb.i.payload.eq(fg_data.payload)
         for _, unit in streamers:
             m.d.comb += unit.rd_data.payload.eq(fg_data.payload)

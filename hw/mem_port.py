@@ -11,14 +11,13 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
+from .contract import BG_AHEAD_BEATS, READS_IN_FLIGHT
 
 __all__ = ["LEN_BITS", "read_req_layout", "write_layout", "mem_port_signature", "SuperBeatPorts",
-           "ReadArbiter", "READS_IN_FLIGHT"]
+           "ReadArbiter", "READS_IN_FLIGHT", "BG_AHEAD_BEATS"]
 
 LEN_BITS = 16
-#: Read requests the :class:`ReadArbiter` keeps in flight: 64 requests of one beat each still
-#: cover twice the 32-cycle read latency the cycle model assumes (mapping.cycles.READ_LATENCY).
-READS_IN_FLIGHT = 64
+# READS_IN_FLIGHT and BG_AHEAD_BEATS (the arbiter's limits) are in the contract, hw/contract.py
 
 
 def read_req_layout(addr_bits: int) -> data.StructLayout:
@@ -110,7 +109,9 @@ class ReadArbiter(wiring.Component):
     (requester, beats) per accepted request names the owner of every beat that comes back:
     the requesters' bursts interleave on the memory and each sees only its own beats, in its
     own order. Requester 0 (the instruction's own stream) wins a cycle where both ask;
-    requester 1 (the weight ring, streaming ahead of its MATMUL) takes the cycles it leaves.
+    requester 1 (the weight ring, streaming ahead of its MATMUL) takes the cycles it leaves,
+    with at most :data:`BG_AHEAD_BEATS` beats in flight while ``bg_limit`` is high (so that a
+    request of requester 0 waits behind few of its beats).
     A request once offered stays granted until taken (the ports may take it over several
     cycles), and no request is taken while :data:`READS_IN_FLIGHT` are outstanding. A
     requester must take its beats whenever it has asked for them, in time: the ring does (it
@@ -128,6 +129,7 @@ class ReadArbiter(wiring.Component):
     data : array of 2 streams out, ``8 * SB`` bits
     out_req : stream out, to the memory
     out_data : stream in, from the memory
+    bg_limit : in, cap requester 1's beats in flight
     idle : out, no read outstanding
     """
 
@@ -140,6 +142,7 @@ class ReadArbiter(wiring.Component):
             "data": Out(beats).array(2),
             "out_req": Out(req),
             "out_data": In(beats),
+            "bg_limit": In(1),
             "idle": Out(1),
         })
 
@@ -151,11 +154,15 @@ class ReadArbiter(wiring.Component):
         bg = Signal()
         m.d.comb += bg.eq(Mux(held, held_bg, ~self.req[0].valid))
         src = [self.req[0], self.req[1]]
+        # requester 1's beats in flight; its requests wait while they would pass the cap
+        ahead = Signal(LEN_BITS + 1)
+        bg_len = src[1].payload.len
+        bg_ok = ~self.bg_limit | (ahead == 0) | (ahead + bg_len <= BG_AHEAD_BEATS)
         m.d.comb += [
-            self.out_req.valid.eq(Mux(bg, src[1].valid, src[0].valid) & owners.w_rdy),
+            self.out_req.valid.eq(Mux(bg, src[1].valid & bg_ok, src[0].valid) & owners.w_rdy),
             self.out_req.payload.eq(Mux(bg, src[1].payload, src[0].payload)),
             src[0].ready.eq(~bg & self.out_req.ready & owners.w_rdy),
-            src[1].ready.eq(bg & self.out_req.ready & owners.w_rdy),
+            src[1].ready.eq(bg & bg_ok & self.out_req.ready & owners.w_rdy),
             owners.w_en.eq(self.out_req.valid & self.out_req.ready),
             owners.w_data.eq(Cat(self.out_req.payload.len, bg)),
         ]
@@ -171,6 +178,9 @@ class ReadArbiter(wiring.Component):
                          d.payload.eq(self.out_data.payload)]
         m.d.comb += self.out_data.ready.eq(owners.r_rdy & Mux(owner, self.data[1].ready,
                                                               self.data[0].ready))
+        bg_in = owners.w_en & bg
+        bg_out = self.data[1].valid & self.data[1].ready
+        m.d.sync += ahead.eq(ahead + Mux(bg_in, bg_len, 0) - bg_out)
         with m.If(self.out_data.valid & self.out_data.ready):
             with m.If(got == length - 1):
                 m.d.comb += owners.r_en.eq(1)

@@ -93,6 +93,7 @@ from hwflow.golden.llm import attended
 from hwflow.hw.config import TLMM_GROUP_BITS, AccelConfig
 from hwflow.hw.contract import (
     ATTN_BLOCK,
+    BG_AHEAD_BEATS,
     RESULT_FIFO_DEPTH,
     RING_BURST_BEATS,
     epilogue_lanes,
@@ -193,12 +194,14 @@ class _RingFetch:
     released (its last epilogue). Data of a request start ``read_latency`` cycles after it,
     behind the rows already streaming; rows stream at ``row_cycles`` each."""
 
-    def __init__(self, cfg, total_rows, tile_rows, per_row, row_cycles, read_latency):
+    def __init__(self, cfg, total_rows, tile_rows, per_row, row_cycles, read_latency,
+                 head=0.0):
         self.D, self.total, self.tile_rows, self.k = cfg.weight_depth, total_rows, tile_rows, \
             per_row
         self.B = max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
         self.row_c, self.lat = row_cycles, read_latency
-        self.req_row, self.last_req, self.stream_end = 0, -2.0, 0.0
+        # a PREFETCHed MATMUL's ring started ``head`` cycles before it (its first request then)
+        self.req_row, self.last_req, self.stream_end = 0, -2.0 - head, -head
         self.bursts: list = []       # (first row, rows, stream start)
 
     def arrival(self, row: int, ends: list) -> float:
@@ -231,7 +234,7 @@ class _RingFetch:
 
 @lru_cache(maxsize=4096)
 def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY,
-                    rate: float = 1.0) -> int:
+                    rate: float = 1.0, head: float = 0.0) -> int:
     """Busy cycles of a MATMUL from its three streams as a pipeline, tile by tile and row pair
     by row pair (weight fetch -> k-groups -> epilogue), rather than the slowest stream alone.
 
@@ -247,6 +250,9 @@ def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY,
     read latency (the instruction's read round trip, counted by :func:`features`). Tiles (and
     row pairs) are alike, so once the pipeline is in a steady state the rest is extrapolated:
     a few steps per instruction, not one per tile and pair.
+
+    ``head``: the ring of a PREFETCHed MATMUL started that many cycles of free memory before
+    the MATMUL (:class:`_Prefetch`); its rows fill the ring's room meanwhile.
     """
     L, E = cfg.chain_len, epilogue_lanes(cfg)
     fmt = _format(i)
@@ -257,7 +263,7 @@ def matmul_pipeline(i, cfg: AccelConfig, read_latency: int = READ_LATENCY,
     if pairs == 0:
         return 0
     tmr = i.tile_mem_rows or tile_mem_rows(cfg, fmt, kw)
-    ring = _RingFetch(cfg, n * tmr, tmr, 2 if fmt.int4 else 1, f / tmr, read_latency)
+    ring = _RingFetch(cfg, n * tmr, tmr, 2 if fmt.int4 else 1, f / tmr, read_latency, head)
     ahead = max(1, cfg.weight_depth // max(1, ring_reserve(cfg, fmt, kw)))
     ep_full, ep_lone = -(-2 * C // E), -(-C // E)
     fetched, c_free, e_free = 0.0, 0.0, 0.0
@@ -392,6 +398,8 @@ TERMS: dict[str, tuple] = {
     "ABSQUANT": (("fixed", ISSUE + VECTOR_FIXED), ("rows", ABSQ_ROW_FIXED), ("elems", 1.0),
                  ("zero_words", 1.0)),
     "TMATMUL": (("fixed", ISSUE), ("engine", 1.0)),
+    # decode and the ring's start: the weights then stream beside the next instructions
+    "PREFETCH": (("fixed", 2.0),),
     "FETCH": (("hit", 1.0), ("miss", 3.0)),
     "RUN": (("fixed", RUN_OVERHEAD),),
 }
@@ -559,7 +567,7 @@ def attn_block_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> tuple[int, floa
 
 
 def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY,
-             rate: float = 1.0) -> tuple[str | None, dict, int]:
+             rate: float = 1.0, head: float = 0.0) -> tuple[str | None, dict, int]:
     """``(kind, {term: feature}, read round trips)`` of one instruction; kind None for END
     (its cost is in the ``RUN`` term) and for an opcode the model does not know.
 
@@ -567,7 +575,8 @@ def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY
     POS only add their address cycle, whatever POS is); ``read_latency`` enters the MATMUL
     pipeline (a weight read after a ring release waits for it); ``rate`` is the super-beats
     per cycle the memory delivers (:meth:`CycleFit.beat_rate`): every read stream's beats take
-    ``1/rate`` cycles (writes are not throttled).
+    ``1/rate`` cycles (writes are not throttled); ``head`` the cycles a MATMUL's weights
+    streamed before it (:class:`_Prefetch`).
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
     beat = 1 / rate if rate < 1 else 1
@@ -587,7 +596,7 @@ def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY
         # per tile (and per int4 tile: scale rows latched by the fill decoder) hand-offs the
         # pipeline leaves out; zero unless a calibration finds them
         return "MATMUL", {"fixed": 1, "cascade": cfg.group_len,
-                          "pipeline": matmul_pipeline(i, cfg, read_latency, rate),
+                          "pipeline": matmul_pipeline(i, cfg, read_latency, rate, head),
                           "tiles": i.n_tiles,
                           "int4_tiles": i.n_tiles if i.flags & FLAG_INT4 else 0}, \
             1 if i.rows else 0
@@ -622,6 +631,8 @@ def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY
                         "head_words": i.rows * i.lanes * i.hd_words}, 1 if i.rows else 0
     if op == Opcode.TMATMUL:
         return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg, rate)}, 0
+    if op == Opcode.PREFETCH:
+        return "PREFETCH", {"fixed": 1}, 0
     return None, {}, 0
 
 
@@ -629,7 +640,7 @@ def _dot(values: dict, feats: dict) -> float:
     return sum(values[t] * v for t, v in feats.items())
 
 
-def instr_cycles(i, cfg: AccelConfig, pos: int = 0, fit=None) -> int:
+def instr_cycles(i, cfg: AccelConfig, pos: int = 0, fit=None, head: float = 0.0) -> int:
     """Predicted cycles of one instruction (:class:`hwflow.hw.isa.Instr`), its fetch excluded.
 
     Parameters
@@ -641,9 +652,11 @@ def instr_cycles(i, cfg: AccelConfig, pos: int = 0, fit=None) -> int:
     fit : optional
         The term values (see :func:`fit_for`; default: the stored fit of
         ``cfg``, else the built-in values).
+    head : float
+        A MATMUL's weights streamed that many cycles before it (:class:`_Prefetch`).
     """
     cal = fit_for(cfg, fit)
-    kind, feats, trips = features(i, cfg, pos, cal.read_latency, cal.beat_rate(cfg))
+    kind, feats, trips = features(i, cfg, pos, cal.read_latency, cal.beat_rate(cfg), head)
     if kind is None:
         return 0 if i.op == Opcode.END else ISSUE
     return max(0, round(_dot(cal.values(kind), feats) + trips * cal.read_latency))
@@ -661,6 +674,60 @@ def fetch_misses(program, cfg: AccelConfig) -> list[bool]:
     return out
 
 
+def _read_beats(i, cfg: AccelConfig, pos: int) -> float:
+    """Super-beats instruction ``i`` reads (``mapping.traffic.instr_accesses``)."""
+    from .traffic import instr_accesses
+
+    return sum(n for _sb, n, write in instr_accesses(i, cfg, pos) if not write) / cfg.beat_bytes
+
+
+class _Prefetch:
+    """A PREFETCHed MATMUL's ring streaming beside the instructions before it
+    (docs/architecture.md, "Weight prefetch"), for :func:`predict`.
+
+    From the PREFETCH on, the ring streams the MATMUL's rows until its room is used up
+    (``window``: a read latency and the rows that fit the ring, at the MATMUL's fetch rate).
+    The memory answers in order, so while it streams every read round trip of the other
+    instructions (an instruction fetch that misses, a LOAD, GATHER, ATTN or TMATMUL's first
+    request) waits behind the ring's burst in flight: ``burst / rate`` cycles more. The MATMUL
+    then starts ``head`` cycles into its fetch: the cycles the instructions in between took
+    (their fetches and waits included), less the beats their own reads took.
+    """
+
+    def __init__(self, cfg: AccelConfig, pos: int, cal):
+        self.cfg, self.pos, self.rate, self.lat = cfg, pos, cal.beat_rate(cfg), cal.read_latency
+        self.active = False
+
+    def begin(self, mm) -> None:
+        """The PREFETCH of MATMUL ``mm`` (None: no MATMUL follows; nothing is modelled)."""
+        self.active, self.t, self.head = mm is not None, 0.0, 0.0
+        if mm is None:
+            return
+        cfg, fmt = self.cfg, _format(mm)
+        tmr = mm.tile_mem_rows or tile_mem_rows(cfg, fmt, mm.k_words)
+        rows = max(1, mm.n_tiles) * tmr
+        row_c = matmul_fetch(mm, cfg, self.rate) / max(1, mm.n_tiles) / tmr
+        room = cfg.weight_depth // (2 if fmt.int4 else 1)
+        self.window = self.lat + min(rows, room) * row_c
+        burst = max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
+        self.burst = min(burst * cfg.beats_per_row, BG_AHEAD_BEATS) / self.rate / 2
+
+    def wait(self, trips: int) -> float:
+        """Cycles ``trips`` read round trips wait behind the ring's beats at this point."""
+        return trips * self.burst if self.active and self.t < self.window else 0.0
+
+    def advance(self, cycles: float, reads: float) -> None:
+        """An instruction in between took ``cycles`` (fetch and waits included), ``reads``
+        super-beats of them its own."""
+        self.t += cycles
+        self.head += max(0.0, cycles - reads / self.rate)
+
+    def finish(self, fetch: float) -> float:
+        """The MATMUL's head start (its own fetch included); the ring is its from now."""
+        self.active = False
+        return self.head + fetch
+
+
 def predict(program, cfg: AccelConfig, pos: int = 0, fit=None) -> dict:
     """Predicted cycles of a program run (straight-line, END last) with POS = ``pos``.
 
@@ -673,11 +740,24 @@ def predict(program, cfg: AccelConfig, pos: int = 0, fit=None) -> dict:
         from).
     """
     cal = fit_for(cfg, fit)
-    per = [instr_cycles(i, cfg, pos, cal) for i in program]
     fv = cal.values("FETCH")
     miss = fetch_misses(program, cfg)
-    n_miss = sum(miss)
-    fetch = round(n_miss * (fv["miss"] + cal.read_latency) + (len(program) - n_miss) * fv["hit"])
+    fetches = [fv["miss"] + cal.read_latency if m else fv["hit"] for m in miss]
+    per = []
+    pf = _Prefetch(cfg, pos, cal)
+    for k, i in enumerate(program):
+        if i.op == Opcode.MATMUL and pf.active:
+            per.append(instr_cycles(i, cfg, pos, cal, pf.finish(fetches[k])))
+            continue
+        c = instr_cycles(i, cfg, pos, cal)
+        if pf.active:
+            trips = features(i, cfg, pos, cal.read_latency, pf.rate)[2] + int(miss[k])
+            c += round(pf.wait(trips + (i.op == Opcode.TMATMUL)))
+            pf.advance(c + fetches[k], _read_beats(i, cfg, pos))
+        per.append(c)
+        if i.op == Opcode.PREFETCH:
+            pf.begin(next((m for m in program[k + 1:] if m.op == Opcode.MATMUL), None))
+    fetch = round(sum(fetches))
     run = round(cal.values("RUN")["fixed"])
     by_kind: dict = {}
     for i, c in zip(program, per, strict=True):

@@ -73,7 +73,7 @@ from hwflow.compiler.spec import check_decoder_graph
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
-from .emit import emit, lm_head_part_channels
+from .emit import emit, lm_head_part_channels, prefetch_weights
 from .errors import MappingError
 from .linear import (
     TmatmulPlan,
@@ -785,13 +785,14 @@ def _has_gammas(ly) -> bool:
 
 
 def _layer_instructions(ly, has_gamma: bool, attn: int) -> int:
-    """Instructions of one layer: 12 (int8); ternary: 16, plus 1 per unfused residual add;
-    plus 1 per sub-norm, 2 for per-head q/k norms, 1 for the gamma LOAD and ``attn``, the
-    KVSTOREs and ATTNs of the attention passes (:func:`attention_instructions`)."""
+    """Instructions of one layer: 16 (int8: 12 and the PREFETCHes of its four MATMUL groups,
+    q/k/v, o, gate/up and down); ternary: 16, plus 1 per unfused residual add; plus 1 per
+    sub-norm, 2 for per-head q/k norms, 1 for the gamma LOAD and ``attn``, the KVSTOREs and
+    ATTNs of the attention passes (:func:`attention_instructions`)."""
     extra = ((ly.attn_sub_norm is not None) + (ly.mlp_sub_norm is not None)
              + 2 * (getattr(ly, "q_norm", None) is not None) + bool(has_gamma) + attn)
     if not _layer_ternary(ly, 0):     # + RMSNORM and VADD per post-norm (Gemma 2)
-        return 12 + extra + 2 * ((ly.post_attn_norm is not None)
+        return 16 + extra + 2 * ((ly.post_attn_norm is not None)
                                  + (ly.post_mlp_norm is not None))
     return 16 + (ly.attn_add is not None) + (ly.mlp_add is not None) + extra
 
@@ -802,16 +803,17 @@ def attention_instructions(passes) -> int:
 
 
 def program_instructions(layers, attn: int = 3) -> int:
-    """Instructions of every program (decode or any bucket): ``(12 + attn) * layers + 6`` for
+    """Instructions of every program (decode or any bucket): ``(16 + attn) * layers + 7`` for
     an int8 LLaMA decoder (``layers`` a count; ``attn`` the attention instructions of a layer,
     :func:`attention_instructions`: 3 for one cache region and one pass); given a
     :class:`QDecoder`, its count (ternary layers: 16 + attn each, plus one per sub-norm and
-    one gamma LOAD per layer that has gammas) with the LM head as one MATMUL and its STORE: a
-    vocabulary past 65,535 adds two per further part (:func:`_lm_head_parts`)."""
+    one gamma LOAD per layer that has gammas) with the LM head as one MATMUL, its PREFETCH
+    and its STORE: a vocabulary past 65,535 adds three (PREFETCH, MATMUL, STORE) per further
+    part (:func:`_lm_head_parts`)."""
     if isinstance(layers, QDecoder):    # + the final cap's SILUMUL (Gemma 2)
-        return 6 + (layers.final_cap is not None) + sum(
+        return 7 + (layers.final_cap is not None) + sum(
             _layer_instructions(ly, _has_gammas(ly), attn) for ly in layers.layers)
-    return (12 + attn) * layers + 6
+    return (16 + attn) * layers + 7
 
 
 def naive_program_bytes(layers: int, max_context: int, max_rows: int,
@@ -925,9 +927,10 @@ def _check_gammas(g: Graph, ternary_layers: list) -> None:
 def _program(g: Graph, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: ActPlan,
              ad: _Addrs) -> list:
     """The program of ``plan.rows`` rows: the graph's ops in program order, each by its
-    kind's rule (``mapping.emit``, the MLP's rules too), then END."""
-    return emit(g, g.graph["schedule"], _Run(cfg, g, geo, plan, ad, packed)) + [
-        Instr(Opcode.END)]
+    kind's rule (``mapping.emit``, the MLP's rules too), every MATMUL's weights prefetched
+    beside the instructions before it (``prefetch_weights``), then END."""
+    return prefetch_weights(emit(g, g.graph["schedule"], _Run(cfg, g, geo, plan, ad, packed))
+                            ) + [Instr(Opcode.END)]
 
 
 class _LayoutBuilder(ImageBuilder):

@@ -314,7 +314,7 @@ def test_decode_program_is_one_program_for_every_position(lowered):
     low = lowered
     SB = CFG.beat_bytes
     n = program_instructions(2)
-    assert len(low.decode.program) == n == 36
+    assert len(low.decode.program) == n == 45        # 36 and a PREFETCH per MATMUL group
     start = low.decode_prog_base * SB
     code = low.image[start:start + n * INSTR_BYTES]
     assert code == b"".join(i.encode() for i in low.decode.program)
@@ -325,13 +325,17 @@ def test_decode_program_is_one_program_for_every_position(lowered):
         st = decode_memory_writes(low, [7], p)
         assert [a for a, _ in st.writes] == [low.io.ids_addr * SB]
     ops = [i.op for i in low.decode.program]
-    assert ops[:2] == [Opcode.GATHER, Opcode.LOAD] and ops[-2:] == [Opcode.STORE, Opcode.END]
+    # the first MATMUL's weights stream from the start, beside the GATHER
+    assert ops[:3] == [Opcode.PREFETCH, Opcode.GATHER, Opcode.LOAD]
+    assert ops[-2:] == [Opcode.STORE, Opcode.END]
     assert ops.count(Opcode.ATTN) == 2 and ops.count(Opcode.MATMUL) == 2 * 7 + 1
+    assert ops.count(Opcode.PREFETCH) == 2 * 4 + 1
     for b, prog in low.prefill.items():
         # every row through the blocks; the final norm and the LM head on the last row only
         assert [i.op for i in prog.program] == ops and all(
-            i.rows in (0, b) for i in prog.program[:-4])
-        assert [i.rows for i in prog.program[-4:-2]] == [1, 1]
+            i.rows in (0, b) for i in prog.program[:-5])
+        # the final norm, the LM head's PREFETCH and MATMUL
+        assert [i.rows for i in prog.program[-5:-2]] == [1, 1, 1]
 
 
 def test_decode_traffic_keeps_activations_on_chip(qd, lowered):
@@ -366,7 +370,7 @@ def test_gather_out_of_range_id(lowered):
     model.write(low.io.ids_addr * CFG.beat_bytes, np.array([320], dtype="<u4").tobytes())
     with pytest.raises(GatherRangeError, match="token id 320 >= table_rows=320") as e:
         model.run(step.prog_base, pos=0)
-    assert e.value.error == 3 and e.value.index == 0
+    assert e.value.error == 3 and e.value.index == 1      # after the first PREFETCH
 
 
 def test_host_step_checks(lowered):
@@ -396,7 +400,7 @@ def test_memory_map_and_header(lowered):
     assert hdr[9] == low.io.ids_addr
     assert len(low.image) == mm.total_bytes
     assert low.reports["programs"]["prefill"] == {"buckets": [8, 16], "count": 2,
-                                                  "bytes": 2 * 36 * INSTR_BYTES}
+                                                  "bytes": 2 * 45 * INSTR_BYTES}
 
 
 def test_act_plan_areas_are_disjoint(lowered):

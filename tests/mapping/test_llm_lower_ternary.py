@@ -249,7 +249,7 @@ def test_program_shape_and_reports(qd):
     low = lower_decoder(qd, CFG)
     prog = low.decode.program
     n = program_instructions(qd)
-    assert len(prog) == n == 6 + 2 * (19 + 2 + 1)
+    assert len(prog) == n == 7 + 2 * (19 + 2 + 1)
     ops = [i.op for i in prog]
     assert ops.count(Opcode.TMATMUL) == 14 and ops.count(Opcode.ABSQUANT) == 8
     assert ops.count(Opcode.MATMUL) == 1                          # the int8 LM head
@@ -280,7 +280,7 @@ def test_without_gammas_no_load_and_no_gamma_flag():
     qd = random_bitnet(seed=2, layers=1, gammas=False)
     low = lower_decoder(qd, CFG)
     prog = low.decode.program
-    assert len(prog) == program_instructions(qd) == 6 + 19 + 2
+    assert len(prog) == program_instructions(qd) == 7 + 19 + 2
     assert [i.op for i in prog].count(Opcode.LOAD) == 1           # the RoPE rows only
     assert not any(i.flags & FLAG_GAMMA for i in prog if i.op == Opcode.ABSQUANT)
     model = IsaModel(CFG, low.image, regions=low.memory_map)
