@@ -3,8 +3,10 @@
 Owns the datapath (activation buffer, weight ring, matrix engine, sequencers; the vector unit
 with ``cfg.transformer`` or ``cfg.tlmm``, the attention unit with ``cfg.transformer``, the
 ternary table-lookup engine with ``cfg.tlmm``) and the super-beat memory streams, and
-multiplexes them by the instruction being executed (one at a time, in order, so no two users
-ever share a port in the same instruction).
+multiplexes them by the instruction being executed (one at a time, in order). The one unit
+that runs beside the others is the weight ring after a PREFETCH (docs/architecture.md,
+"Weight prefetch"): its reads and the instruction's share the memory through a
+:class:`~.mem_port.ReadArbiter`.
 """
 
 from __future__ import annotations

@@ -99,6 +99,30 @@ def test_gemv_is_fetch_bound_and_sparse_is_faster():
     assert total["total"] > dense
 
 
+def test_a_prefetched_matmul_starts_with_its_fetch_ahead():
+    """After its PREFETCH, a fetch-bound MATMUL (half CFG's ports: two beats a row) is
+    shorter by what its ring fetched before it: during a vector instruction (no reads) up to
+    the ring's room (256 rows of 2 beats), during a LOAD less, which also waits behind the
+    ring's bursts; never shorter than its compute."""
+    cfg = replace(CFG, mem_ports=CFG.mem_ports // 2)
+    kw = 64
+    mm = Instr(Opcode.MATMUL, ext=0, rows=1, k_words=kw, n_tiles=64, n=1024, words=64,
+               tile_mem_rows=tile_mem_rows(cfg, LayerFormat(), kw))
+    pf = replace(mm, op=Opcode.PREFETCH)
+    vec = Instr(Opcode.RMSNORM, rows=1, n=1024, words=64)
+    load = Instr(Opcode.LOAD, ext=0, a=0, b=256)
+    end = Instr(Opcode.END)
+    plain = cycles.predict([vec, mm, end], cfg, fit=False)["per_instruction"]
+    pre = cycles.predict([pf, vec, mm, end], cfg, fit=False)["per_instruction"]
+    assert pre[1] == plain[0] > 2 * 256 * cfg.beats_per_row
+    saved = plain[1] - pre[2]
+    assert 256 * cfg.beats_per_row // 2 < saved <= 256 * cfg.beats_per_row
+    assert pre[2] > cycles.matmul_compute(mm)
+    loaded = cycles.predict([pf, load, mm, end], cfg, fit=False)["per_instruction"]
+    assert loaded[1] > cycles.instr_cycles(load, cfg, fit=False)
+    assert pre[2] < loaded[2] < plain[1]
+
+
 # ------------------------------------------------------------------------- TMATMUL
 
 def _tlmm_cfg(T: int, Q: int, port_bytes: int, mem_ports: int) -> AccelConfig:

@@ -58,3 +58,22 @@ def test_saved_decoder_graph_lowers_to_the_same_build(tmp_path):
     assert a.decode.program == b.decode.program
     assert [p.program for p in a.prefill.values()] == [p.program for p in b.prefill.values()]
     np.testing.assert_array_equal(dict(g.nodes(data="op"))["embed"].attrs["table"], qd.embed)
+
+
+def test_prefetches_go_after_the_previous_matmul():
+    """Each MATMUL with other instructions since the previous MATMUL (or the start) gets its
+    PREFETCH, a copy of its word, right after that MATMUL; back-to-back MATMULs and a MATMUL
+    first in the program get none."""
+    from dataclasses import replace
+
+    from hwflow.hw.isa import Instr, Opcode
+    from hwflow.mapping.emit import prefetch_weights
+
+    mm = [Instr(Opcode.MATMUL, ext=e, rows=1, k_words=1, n_tiles=1) for e in range(4)]
+    vec = Instr(Opcode.RMSNORM, rows=1)
+    load = Instr(Opcode.LOAD, b=1)
+    prog = [mm[0], vec, mm[1], mm[2], load, vec, mm[3], Instr(Opcode.END)]
+    pf = [replace(m, op=Opcode.PREFETCH) for m in mm]
+    assert prefetch_weights(prog) == [mm[0], pf[1], vec, mm[1], mm[2], pf[3], load, vec, mm[3],
+                                      Instr(Opcode.END)]
+    assert prefetch_weights([load] + prog[:1]) == [pf[0], load, mm[0]]

@@ -319,3 +319,26 @@ def test_malformed_sparse_weights():
     image[: len(raw)] = raw
     with pytest.raises(IsaError, match="malformed int8 2:4 weight block"):
         run_program(cfg, bytes(image), prog)
+
+
+_MM = Instr(Opcode.MATMUL, ext=1, a=0, out=8, rows=1, k_words=1, n_tiles=1, n=4, words=1,
+            tile_mem_rows=9)
+_PF = replace(_MM, op=Opcode.PREFETCH)
+
+
+@pytest.mark.parametrize("instrs,index,msg", [
+    ([_PF, replace(_MM, ext=2)], 1, "not those of the pending PREFETCH"),
+    ([_PF, load(4, 0, 4), _PF], 2, "previous PREFETCH's MATMUL has not run"),
+    ([replace(_PF, lgm=3, lgr=2)], 0, "lgm=3 lgr=2"),
+    ([replace(_PF, k_words=0)], 0, "k_words=0"),
+    ([replace(_PF, tile_mem_rows=65)], 0, "tile_mem_rows=65"),     # > weight_depth 64
+])
+def test_prefetch_rules(instrs, index, msg):
+    """A PREFETCH's MATMUL must follow it before another PREFETCH, with the same ring fields,
+    and its mode must be legal: else ERROR = 2 at the offending instruction, as in the RTL
+    (tests/hw/test_top.py). A PREFETCH changes no state: one pending at END is no error."""
+    with pytest.raises(IllegalMode, match=msg) as e:
+        run_program(SMALL, _tiny(instrs + [END], 1024), 0)
+    assert e.value.error == 2 and e.value.index == index
+    _, stats = run_program(SMALL, _tiny([_PF, load(4, 0, 4), END], 1024), 0)
+    assert stats.retired == 3 and stats.weight_read_bytes == 0
