@@ -71,8 +71,8 @@ class Controller(wiring.Component):
         POS; ATTN's causal lengths)
     running : out
     done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
-    error : out, after the run: 0 ok, 1 illegal opcode (also GATHER, ROPE, ATTN and flag POS
-        without ``cfg.transformer``; RMSNORM, SILUMUL and ABSQUANT without the vector unit,
+    error : out, after the run: 0 ok, 1 illegal opcode (also GATHER, ROPE, ATTN, PREFETCH and
+        flag POS without ``cfg.transformer``; RMSNORM, SILUMUL and ABSQUANT without the vector unit,
         ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``), 2 illegal MATMUL mode,
         3 GATHER token id out of the table (until the next start;
         :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`,
@@ -106,7 +106,8 @@ class Controller(wiring.Component):
         self.ring = WeightRing(cfg)
         self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)
-        self.reads = ReadArbiter(cfg)
+        # PREFETCH (and so reads of two requesters in flight) is a transformer-path instruction
+        self.reads = ReadArbiter(cfg, in_order=cfg.transformer)
         self.oseq = OutputSequencer(cfg)
         self.vec = self.attn = self.tlmm = None
         if cfg.vector_unit:
@@ -283,7 +284,7 @@ class Controller(wiring.Component):
         wiring.connect(m, ring.rd_req, arb.req[1])
         wiring.connect(m, arb.data[1], ring.rd_data)
         fg_req, fg_data = arb.req[0], arb.data[0]
-        m.d.comb += arb.bg_limit.eq(mode != M_MM)
+        m.d.comb += [arb.bg_limit.eq(mode != M_MM), arb.owner.eq(mode == M_MM)]
 
         fetch_req_valid = Signal()
         fetch_req_addr = Signal(cfg.addr_bits)
@@ -517,17 +518,17 @@ class Controller(wiring.Component):
                         with m.Else():
                             m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
                             m.next = "FINISH"
-                    with m.Case(isa.Opcode.PREFETCH):
-                        with m.If(legal & ~pf_pending):
-                            m.next = "PF_START"
-                        with m.Else():
-                            m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
-                            m.next = "FINISH"
                     with m.Case(isa.Opcode.VADD):
                         m.d.sync += mode.eq(M_VADD)
                         m.d.comb += oseq.start_vadd.eq(1)
                         m.next = "WAIT"
                     if tf:
+                        with m.Case(isa.Opcode.PREFETCH):
+                            with m.If(legal & ~pf_pending):
+                                m.next = "PF_START"
+                            with m.Else():
+                                m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_MODE)
+                                m.next = "FINISH"
                         with m.Case(isa.Opcode.GATHER):
                             m.d.sync += [mode.eq(M_FETCH), gather_row.eq(0),
                                          gather_act.eq(ga.a), id_beat.eq(ga.ids), id_slot.eq(0),
@@ -612,13 +613,14 @@ class Controller(wiring.Component):
                 m.d.comb += [ring.start.eq(~pf_hit), kseq.start.eq(1), oseq.start_mm.eq(1)]
                 m.next = "WAIT"
 
-            with m.State("PF_START"):
-                # total_rows has settled; the ring streams from here on, beside the next
-                # instructions, until its MATMUL takes the entries
-                m.d.comb += ring.start.eq(1)
-                m.d.sync += [pf_fields.eq(ring_fields), pf_pending.eq(1), mode.eq(M_FETCH)]
-                advance_pc()
-                m.next = "FETCH_REQ"
+            if tf:
+                with m.State("PF_START"):
+                    # total_rows has settled; the ring streams from here on, beside the next
+                    # instructions, until its MATMUL takes the entries
+                    m.d.comb += ring.start.eq(1)
+                    m.d.sync += [pf_fields.eq(ring_fields), pf_pending.eq(1), mode.eq(M_FETCH)]
+                    advance_pc()
+                    m.next = "FETCH_REQ"
 
             with m.State("WAIT"):
                 # a VADD leaves the ring alone: it may be streaming a PREFETCHed MATMUL's weights

@@ -119,9 +119,16 @@ class ReadArbiter(wiring.Component):
     No cycle is added: a request passes in the cycle it is made, a beat in the cycle it
     arrives.
 
+    Without ``in_order`` the requesters take turns instead, never overlapping: ``owner``
+    names the one whose requests go out and whose beats come back, as a mode multiplexer
+    does; nothing is counted (an engine without PREFETCH: the small boards' engines, where
+    the FIFO would cost 10% of an iCE40 UP5K's LUTs).
+
     Parameters
     ----------
     cfg : AccelConfig
+    in_order : bool
+        Route by the FIFO (requests of both in flight at once); else by ``owner``.
 
     Attributes
     ----------
@@ -130,11 +137,12 @@ class ReadArbiter(wiring.Component):
     out_req : stream out, to the memory
     out_data : stream in, from the memory
     bg_limit : in, cap requester 1's beats in flight
-    idle : out, no read outstanding
+    owner : in, without ``in_order``: the requester served
+    idle : out, no read outstanding (always, without ``in_order``)
     """
 
-    def __init__(self, cfg: AccelConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: AccelConfig, in_order: bool = True):
+        self.cfg, self.in_order = cfg, in_order
         req = stream.Signature(read_req_layout(cfg.addr_bits))
         beats = stream.Signature(8 * cfg.beat_bytes)
         super().__init__({
@@ -142,12 +150,26 @@ class ReadArbiter(wiring.Component):
             "data": Out(beats).array(2),
             "out_req": Out(req),
             "out_data": In(beats),
-            "bg_limit": In(1),
+            "bg_limit": In(1), "owner": In(1),
             "idle": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
+        if not self.in_order:
+            one = self.owner
+            m.d.comb += [
+                self.out_req.valid.eq(Mux(one, self.req[1].valid, self.req[0].valid)),
+                self.out_req.payload.eq(Mux(one, self.req[1].payload, self.req[0].payload)),
+                self.req[0].ready.eq(~one & self.out_req.ready),
+                self.req[1].ready.eq(one & self.out_req.ready),
+                self.out_data.ready.eq(Mux(one, self.data[1].ready, self.data[0].ready)),
+                self.idle.eq(1),
+            ]
+            for j, d in enumerate(self.data):
+                m.d.comb += [d.valid.eq(self.out_data.valid & (one == j)),
+                             d.payload.eq(self.out_data.payload)]
+            return m
         m.submodules.owners = owners = fifo.SyncFIFO(width=1 + LEN_BITS, depth=READS_IN_FLIGHT)
         # grant: requester 1 only when 0 does not ask, held while an offer is not yet taken
         held, held_bg = Signal(), Signal()

@@ -83,7 +83,7 @@ __all__ = [
 
 
 #: Instructions of the transformer path (illegal on an engine built without it).
-_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN, Opcode.KVSTORE)
+_TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN, Opcode.KVSTORE, Opcode.PREFETCH)
 #: Instructions of the vector unit, built with the transformer path or the TLMM engine
 #: (``AccelConfig.vector_unit``).
 _VECTOR_OPS = (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT)

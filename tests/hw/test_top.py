@@ -289,16 +289,21 @@ def test_weight_formats_match_golden(cfg, sparsity, wbits):
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_mixed_formats_in_one_program(prefetch):
     """Dense int8, 2:4 int8 and int4 dense MATMULs back to back (and a VADD); with the
-    PREFETCHes, the weights of the first MATMUL stream during the LOADs, the second's during
-    the VADD."""
+    PREFETCHes (a transformer-path instruction), the weights of the first MATMUL stream during
+    the LOADs, the second's during the VADD."""
     mms = [MM(29, 10, 3, DENSE_INT8, relu=True, residual=True, shift=22, res_mult=30000),
            MM(40, 13, 2, _fmt("2:4"), shift=20),
            MM(70, 9, 5, _fmt("dense", 4), residual=True, res_mult=5000, shift=18)]
-    check_program(CFG_INT4, *build_program(CFG_INT4, mms, seed=3, vadd=True,
-                                           prefetch=prefetch))
+    cfg = replace(CFG_INT4, transformer=prefetch)
+    check_program(cfg, *build_program(cfg, mms, seed=3, vadd=True, prefetch=prefetch))
 
 
-@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG, 5, 0.3), (CFG_TINY, 8, 0.1)])
+# PREFETCH is a transformer-path instruction (the in-order read arbiter is built with it)
+CFG_TF = replace(CFG, transformer=True)
+
+
+@pytest.mark.parametrize("cfg,latency,p_busy", [(CFG_TF, 5, 0.3),
+                                                (replace(CFG_TINY, transformer=True), 8, 0.1)])
 def test_prefetched_program_matches_golden(cfg, latency, p_busy):
     """The weights of the program's MATMULs stream beside its LOADs and its VADD (the
     arbiter routes the interleaved bursts), bit-exact: each MATMUL starts with ring entries
@@ -329,7 +334,7 @@ PREFETCH_CASES = [
 
 @pytest.mark.parametrize("index,what,error,retired", PREFETCH_CASES)
 def test_prefetch_errors_and_a_pending_end(index, what, error, retired):
-    cfg = CFG
+    cfg = CFG_TF
     img, base, _expect, _n, _mpe = _program_case(cfg, prefetch=True)
     pf = decode(bytes(img[7 * INSTR_BYTES:8 * INSTR_BYTES]))
     assert pf.op == Opcode.PREFETCH
@@ -342,10 +347,12 @@ def test_prefetch_errors_and_a_pending_end(index, what, error, retired):
     assert regs["AP_CTRL"] & 0b110 == 0b110
 
 
-def test_illegal_opcode_sets_error():
+@pytest.mark.parametrize("opcode", [0x7F, Opcode.PREFETCH])
+def test_illegal_opcode_sets_error(opcode):
+    """An unknown opcode, and PREFETCH on an engine without the transformer path."""
     cfg = CFG
     img = bytearray(64 * cfg.beat_bytes)
-    prog = Instr(Opcode.LOAD, ext=8, a=0, b=4).encode() + bytes([0x7F]) + bytes(31)
+    prog = Instr(Opcode.LOAD, ext=8, a=0, b=4).encode() + bytes([opcode]) + bytes(31)
     prog += Instr(Opcode.END).encode()
     img[:len(prog)] = prog
     regs = run_accel(cfg, img, 0)

@@ -337,8 +337,11 @@ def test_prefetch_rules(instrs, index, msg):
     """A PREFETCH's MATMUL must follow it before another PREFETCH, with the same ring fields,
     and its mode must be legal: else ERROR = 2 at the offending instruction, as in the RTL
     (tests/hw/test_top.py). A PREFETCH changes no state: one pending at END is no error."""
+    cfg = replace(SMALL, transformer=True)
     with pytest.raises(IllegalMode, match=msg) as e:
-        run_program(SMALL, _tiny(instrs + [END], 1024), 0)
+        run_program(cfg, _tiny(instrs + [END], 1024), 0)
     assert e.value.error == 2 and e.value.index == index
-    _, stats = run_program(SMALL, _tiny([_PF, load(4, 0, 4), END], 1024), 0)
+    _, stats = run_program(cfg, _tiny([_PF, load(4, 0, 4), END], 1024), 0)
     assert stats.retired == 3 and stats.weight_read_bytes == 0
+    with pytest.raises(IllegalInstruction, match="PREFETCH needs the transformer units"):
+        run_program(SMALL, _tiny([_PF, END], 1024), 0)
