@@ -86,9 +86,11 @@ class _Timer:
     ``mapping.cycles.predict`` is a sum over instructions plus fetch and run overheads, and
     only the position-dependent instructions (ATTN: ``pos + b + 1`` keys; POS LOAD/STORE)
     change with the position. When the model is that sum (checked on its own result at the
-    first and the last position), a run at another position costs only those instructions'
-    ``instr_cycles``; otherwise every position calls ``predict`` (the same numbers, slower:
-    a 512-token TTFT on 1-row buckets is 512 runs of a 486-instruction program)."""
+    first and the last position, and with a PREFETCH only where its overlap does not change
+    with the position), a run at another position costs only those instructions'
+    ``instr_cycles`` (and their waits behind a prefetching ring); otherwise every position
+    calls ``predict`` (the same numbers, slower: a 512-token TTFT on 1-row buckets is 512
+    runs of a 486-instruction program, about 10 s)."""
 
     def __init__(self, cfg, fit, last_pos: int):
         self.cfg, self.fit, self.last = cfg, fit, int(last_pos)
@@ -110,8 +112,13 @@ class _Timer:
                if i.op == Opcode.ATTN or i.flags & FLAG_POS and i.op in (
                    Opcode.LOAD, Opcode.STORE, Opcode.KVSTORE)
                or per0[k] != per1[k]]
-        if any(program[k].op == Opcode.MATMUL for k in dep):
-            return None     # a prefetched MATMUL's head start grows with an ATTN before it
+        # A PREFETCH's overlap ties an instruction to those before it: a MATMUL's head start
+        # grows with an ATTN before it, and a read waits behind the ring only while the ring
+        # streams (both monotonic in the position, so equal at the ends is equal between).
+        # A recomputed instruction keeps its wait, which must not change; a prefetched
+        # MATMUL whose head start changes is not a sum of instructions.
+        if any(r0["heads"][k] or r0["waits"][k] != r1["waits"][k] for k in dep):
+            return None
         rest0 = r0["total"] - sum(per0[k] for k in dep)
         rest1 = r1["total"] - sum(per1[k] for k in dep)
         if rest0 != rest1:      # not a sum of instructions: no shortcut
@@ -120,7 +127,7 @@ class _Timer:
 
         # resolve the default fit once, not per position
         cal = self.fit if self.fit is not None else fit_for(self.cfg, None)
-        return rest0, [program[k] for k in dep], cal
+        return rest0, [(program[k], r0["waits"][k]) for k in dep], cal
 
     def cycles(self, name: str, program, pos: int) -> int:
         key = (name, int(pos))
@@ -138,7 +145,8 @@ class _Timer:
 
             rest, dep, cal = split
             kw = {"fit": cal} if cal is not None else {}
-            total = rest + sum(instr_cycles(i, self.cfg, int(pos), **kw) for i in dep)
+            total = rest + sum(instr_cycles(i, self.cfg, int(pos), **kw) + wait
+                               for i, wait in dep)
         self._memo[key] = total
         return int(total)
 

@@ -699,8 +699,8 @@ class _Prefetch:
     (their fetches and waits included), less the beats their own reads took.
     """
 
-    def __init__(self, cfg: AccelConfig, pos: int, cal):
-        self.cfg, self.pos, self.rate, self.lat = cfg, pos, cal.beat_rate(cfg), cal.read_latency
+    def __init__(self, cfg: AccelConfig, cal):
+        self.cfg, self.rate, self.lat = cfg, cal.beat_rate(cfg), cal.read_latency
         self.active = False
 
     def begin(self, mm) -> None:
@@ -739,27 +739,32 @@ def predict(program, cfg: AccelConfig, pos: int = 0, fit=None) -> dict:
     Returns
     -------
     dict
-        ``total`` (cycles from start to done), ``per_instruction`` (list, fetch excluded; END
-        is 0), ``instruction_fetch`` (cycles of all fetches), ``run_overhead``, ``by_kind``
-        (``{kind: cycles}`` of the instructions) and ``calibration`` (where the values came
-        from).
+        ``total`` (cycles from start to done), ``per_instruction`` (list, fetch excluded but
+        for its wait behind a prefetching ring; END is 0), ``waits`` (those waits: the cycles
+        each instruction's reads wait behind the ring of a PREFETCH before it), ``heads`` (a
+        PREFETCHed MATMUL's head start, else 0), ``instruction_fetch`` (cycles of all
+        fetches), ``run_overhead``, ``by_kind`` (``{kind: cycles}`` of the instructions) and
+        ``calibration`` (where the values came from).
     """
     cal = fit_for(cfg, fit)
     fv = cal.values("FETCH")
     miss = fetch_misses(program, cfg)
     fetches = [fv["miss"] + cal.read_latency if m else fv["hit"] for m in miss]
-    per = []
-    pf = _Prefetch(cfg, pos, cal)
+    per, waits, heads = [], [], []
+    pf = _Prefetch(cfg, cal)
     for k, i in enumerate(program):
+        head = wait = 0
         if i.op == Opcode.MATMUL and pf.active:
-            per.append(instr_cycles(i, cfg, pos, cal, pf.finish(fetches[k])))
-            continue
-        c = instr_cycles(i, cfg, pos, cal)
-        if pf.active:
+            head = pf.finish(fetches[k])
+        elif pf.active:
             trips = features(i, cfg, pos, cal.read_latency, pf.rate)[2] + int(miss[k])
-            c += round(pf.wait(trips + (i.op == Opcode.TMATMUL)))
+            wait = round(pf.wait(trips + (i.op == Opcode.TMATMUL)))
+        c = instr_cycles(i, cfg, pos, cal, head) + wait
+        if pf.active:
             pf.advance(c + fetches[k], _read_beats(i, cfg, pos))
         per.append(c)
+        waits.append(wait)
+        heads.append(head)
         if i.op == Opcode.PREFETCH:
             pf.begin(next((m for m in program[k + 1:] if m.op == Opcode.MATMUL), None))
     fetch = round(sum(fetches))
@@ -767,6 +772,7 @@ def predict(program, cfg: AccelConfig, pos: int = 0, fit=None) -> dict:
     by_kind: dict = {}
     for i, c in zip(program, per, strict=True):
         by_kind[i.op.name] = by_kind.get(i.op.name, 0) + c
-    return {"total": sum(per) + fetch + run, "per_instruction": per,
+    return {"total": sum(per) + fetch + run, "per_instruction": per, "waits": waits,
+            "heads": heads,
             "instruction_fetch": fetch, "run_overhead": run, "by_kind": by_kind,
             "calibration": cal.source}
