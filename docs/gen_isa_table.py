@@ -40,14 +40,13 @@ DOC_NAMES = {
     Opcode.MATMUL: {"ext": "wgt", "a": "x", "b": "res", "n": "n_out", "words": "out_words",
                     "mult_b": "res_mult"},
     Opcode.VADD: {"mult_b": "b_mult", "mult_a": "a_mult"},
-    Opcode.PREFETCH: {"ext": "wgt", "a": "x", "b": "res", "n": "n_out", "words": "out_words",
-                      "mult_b": "res_mult"},
     Opcode.GATHER: {"ext": "table", "a": "act"},
     Opcode.RMSNORM: {"mult_b": "mult"},
     Opcode.SILUMUL: {"mult_b": "mult"},
     Opcode.ATTN: {"ext": "K", "v_ext": "V", "a": "q", "shift": "oshift"},
     Opcode.TMATMUL: {"ext": "wgt", "a": "x", "b": "res", "mult_b": "res_mult"},
 }
+DOC_NAMES[Opcode.PREFETCH] = DOC_NAMES[Opcode.MATMUL]      # a MATMUL's word, another opcode
 
 
 def _field(name: str, lo: int, bits: int) -> str:

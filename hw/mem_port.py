@@ -121,8 +121,9 @@ class ReadArbiter(wiring.Component):
 
     Without ``in_order`` the requesters take turns instead, never overlapping: ``owner``
     names the one whose requests go out and whose beats come back, as a mode multiplexer
-    does; nothing is counted (an engine without PREFETCH: the small boards' engines, where
-    the FIFO would cost 10% of an iCE40 UP5K's LUTs).
+    does; nothing is counted (an engine without PREFETCH: the small boards' engines; on the
+    iCE40, which has no LUT-RAM, the arbiter with its FIFO is 1,225 SB_LUT4 and 1,142
+    flip-flops, 46 LUTs without, Yosys ``synth_ice40`` of the iCEBreaker's arbiter alone).
 
     Parameters
     ----------

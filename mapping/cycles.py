@@ -105,6 +105,7 @@ from hwflow.hw.contract import (
 )
 from hwflow.hw.isa import FLAG_GAMMA, FLAG_INT4, FLAG_POS, FLAG_TANH, INSTR_BYTES, Opcode
 
+from .traffic import instr_accesses
 from .weight_format import LayerFormat, channels_per_tile, ring_reserve, tile_mem_rows
 
 READ_LATENCY = 32      # cycles, request to first beat (HBM ~100 ns at 300 MHz)
@@ -188,6 +189,12 @@ def _pairs(cfg, c_free, e_free, hist, fetched, pairs, lone, kw, ep_full, ep_lone
     return c_free, e_free, hist
 
 
+def _burst_rows(cfg: AccelConfig) -> int:
+    """Memory rows of one weight-ring read burst (``hw.buffers.WeightRing``): never more than
+    half the ring."""
+    return max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
+
+
 class _RingFetch:
     """The weight ring's request side (``hw.buffers.WeightRing``), burst by burst: bursts of
     ``B = min(D/2, RING_BURST_BEATS / beats_per_row)`` memory rows (single rows for the last
@@ -200,7 +207,7 @@ class _RingFetch:
                  head=0.0):
         self.D, self.total, self.tile_rows, self.k = cfg.weight_depth, total_rows, tile_rows, \
             per_row
-        self.B = max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
+        self.B = _burst_rows(cfg)
         self.row_c, self.lat = row_cycles, read_latency
         # a PREFETCHed MATMUL's ring started ``head`` cycles before it (its first request then)
         self.req_row, self.last_req, self.stream_end = 0, -2.0 - head, -head
@@ -678,8 +685,6 @@ def fetch_misses(program, cfg: AccelConfig) -> list[bool]:
 
 def _read_beats(i, cfg: AccelConfig, pos: int) -> float:
     """Super-beats instruction ``i`` reads (``mapping.traffic.instr_accesses``)."""
-    from .traffic import instr_accesses
-
     return sum(n for _sb, n, write in instr_accesses(i, cfg, pos) if not write) / cfg.beat_bytes
 
 
@@ -714,8 +719,8 @@ class _Prefetch:
         row_c = matmul_fetch(mm, cfg, self.rate) / max(1, mm.n_tiles) / tmr
         room = cfg.weight_depth // (2 if fmt.int4 else 1)
         self.window = self.lat + min(rows, room) * row_c
-        burst = max(1, min(cfg.weight_depth // 2, RING_BURST_BEATS // cfg.beats_per_row))
-        self.burst = min(burst * cfg.beats_per_row, BG_AHEAD_BEATS) / self.rate / 2
+        burst = _burst_rows(cfg) * cfg.beats_per_row
+        self.burst = min(burst, BG_AHEAD_BEATS) / self.rate / 2
 
     def wait(self, trips: int) -> float:
         """Cycles ``trips`` read round trips wait behind the ring's beats at this point."""
