@@ -64,6 +64,14 @@ class AccelConfig:
         ``T * Q * G`` ternary MACs per cycle.
     tlmm_acc_depth : int
         Depth of the int32 accumulator: the largest ``n_out`` of a TMATMUL.
+    tlmm_rows : int
+        R, activation rows of a TMATMUL looked up together (a pass): R sets of the ``T``
+        tables, each record's indices looked up in all of them, so a prefill chunk streams its
+        index records once per R rows and does ``R * T * Q`` lookups per record. 1: rows one
+        after another (decode has one row).
+    tlmm_uram : bool
+        Place the TLMM accumulator (``R * Q`` lanes per entry) in UltraRAM, as ``ring_uram``
+        does the ring. Placement only.
     attn_heads : int
         H, lanes of the :class:`~hwflow.hw.attention.AttentionUnit`: query heads computed at
         once from one read of their kv heads' cache (``L`` int8 MACs each per cycle). Its own
@@ -97,13 +105,15 @@ class AccelConfig:
     tlmm_t: int = 4
     tlmm_q: int = 4
     tlmm_acc_depth: int = 1024
+    tlmm_rows: int = 1
+    tlmm_uram: bool = False
     attn_heads: int = 1
     ring_uram: bool = False
     vec_lanes: int = 1
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
-                     "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth",
+                     "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth", "tlmm_rows",
                      "attn_heads", "vec_lanes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AccelConfig.{name} must be >= 1")

@@ -116,7 +116,8 @@ class Controller(wiring.Component):
             self.attn = AttentionUnit(cfg)
         if cfg.tlmm:
             self.tlmm = TernaryLookupMatmul(cfg, cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q,
-                                            cfg.tlmm_acc_depth)
+                                            cfg.tlmm_acc_depth, R=cfg.tlmm_rows,
+                                            acc_uram=cfg.tlmm_uram)
 
     @staticmethod
     def _kv_step(m, kv, slots, hd_words, row_words, pos_stride, wpb, words_left):

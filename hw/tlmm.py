@@ -188,11 +188,12 @@ class TernaryLookupMatmul(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, G: int, T: int, Q: int, acc_depth: int,
-                 E: int | None = None):
+                 E: int | None = None, R: int = 1, acc_uram: bool = False):
         if G not in GROUP_BITS:
             raise ValueError(f"TLMM group size G = {G} is not one of {sorted(GROUP_BITS)}")
-        if T < 1 or Q < 1 or acc_depth < 1:
-            raise ValueError(f"TLMM needs T, Q, acc_depth >= 1 (got {T}, {Q}, {acc_depth})")
+        if T < 1 or Q < 1 or acc_depth < 1 or R < 1:
+            raise ValueError(f"TLMM needs T, Q, acc_depth, R >= 1 (got {T}, {Q}, {acc_depth}, "
+                             f"{R})")
         if cfg.beat_bytes % 8:
             raise ValueError(f"TLMM needs a super-beat of whole 8-byte parameter records "
                              f"(SB = {cfg.beat_bytes})")
@@ -203,6 +204,7 @@ class TernaryLookupMatmul(wiring.Component):
             raise ValueError(f"TLMM epilogue lanes E = {E}: must be a power of two dividing "
                              f"L = {L}, Q = {Q} and SB/8 = {cfg.beat_bytes // 8}")
         self.cfg, self.G, self.T, self.Q, self.acc_depth, self.E = cfg, G, T, Q, acc_depth, E
+        self.R, self.acc_uram = R, acc_uram
         super().__init__({
             "ins": In(256),
             "start": In(1),
@@ -216,7 +218,7 @@ class TernaryLookupMatmul(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, G, T, Q, EL = self.cfg, self.G, self.T, self.Q, self.E
+        cfg, G, T, Q, EL, R = self.cfg, self.G, self.T, self.Q, self.E, self.R
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         bits = GROUP_BITS[G]
         E = 3 ** G
@@ -247,7 +249,8 @@ class TernaryLookupMatmul(wiring.Component):
         d1_go, d1_num, n_chunks, d1_done = _ceil_div_unit(m, "div_chunks", 16, T)
         d2_go, d2_num, n_blocks, d2_done = _ceil_div_unit(m, "div_blocks", 16, Q)
         d3_go, d3_num, param_beats, d3_done = _ceil_div_unit(m, "div_params", 16, RPB)
-        m.d.comb += [d1_num.eq(k_groups), d2_num.eq(n_out), d3_num.eq(n_out)]
+        d5_go, d5_num, n_groups, d5_done = _ceil_div_unit(m, "div_groups", 16, R)
+        m.d.comb += [d1_num.eq(k_groups), d2_num.eq(n_out), d3_num.eq(n_out), d5_num.eq(rows)]
         # records per row = n_chunks * n_blocks by shift-add over the bits of n_blocks (an
         # executable n_out <= acc_depth has at most bits(AD) of them), then the stream beats
         # per row: ceil(records / KR) (KR > 1) or records * BPR (a constant: BPR <= 2 adds)
@@ -278,12 +281,21 @@ class TernaryLookupMatmul(wiring.Component):
                 return a + Mux(bank, NE, 0)
             return Cat(a[:bits], Const(0, max(0, bits - len(a))), bank)
 
+        # tables[r][tt]: table tt of row r of a pass (R rows share every record's indices)
         tables = []
-        for tt in range(T):
-            mem = memory.Memory(shape=signed(TW), depth=stride + NE, init=[])
-            m.submodules[f"table{tt}"] = mem
-            tables.append((mem.write_port(), [mem.read_port(domain="comb") for _ in range(Q)]))
-        m.submodules.accmem = accmem = memory.Memory(shape=AW * Q, depth=AD, init=[])
+        for r in range(R):
+            tables.append([])
+            for tt in range(T):
+                mem = memory.Memory(shape=signed(TW), depth=stride + NE, init=[])
+                m.submodules[f"table{tt}" if R == 1 else f"table{r}_{tt}"] = mem
+                tables[r].append((mem.write_port(),
+                                  [mem.read_port(domain="comb") for _ in range(Q)]))
+        # accumulators: an entry holds Q lanes of each of the R rows (row-major); URAM288 where
+        # the board places it there (a 832-bit x 512 entry memory at R = 4, Q = 8: 12 URAM288
+        # or 12 RAMB36E2)
+        m.submodules.accmem = accmem = memory.Memory(
+            shape=AW * Q * R, depth=AD, init=[],
+            attrs={"ram_style": "ultra"} if self.acc_uram else None)
         acc_wp, acc_rp = accmem.write_port(), accmem.read_port()
         # parameters: the 48 used bits of each 8-byte record (bias, mult), RPB per entry, in
         # block RAM (Yosys would put a shallow, wide one in LUT-RAM: 1.1k LUTs at SB = 256 B)
@@ -352,49 +364,71 @@ class TernaryLookupMatmul(wiring.Component):
         # --- byte reader (activation buffer): data one cycle after the address -----------------
         cap_v, cap_m = Signal(), Signal()   # capture a byte next cycle; into m (else x bytes)
         cap_lane = Signal(range(L))
-        m_reg = Signal(16)
+        cap_row = Signal(range(R))          # ... of row cap_row of the pass
+        m_regs = [Signal(16, name="m_reg" if R == 1 else f"m_reg{r}") for r in range(R)]
         m.d.sync += cap_v.eq(0)
         byte_in = _select(self.act_rd_data, cap_lane, 8)
         # table steps, computed as the chunk's bytes arrive (one shared adder pair): walking the
         # entries in index order (digit 0 fastest), the step to the next entry when digits
         # 0..i-1 wrap (2 -> 0) and digit i increments is delta_i = a_i - 2*(a_0 + .. + a_{i-1});
         # entry 0 (every digit 0) is -(a_0 + .. + a_{G-1}). Shift registers: deltas[tt*G + i],
-        # first0[tt] (the first byte captured ends lowest), so no per-table write decoder.
+        # first0[tt] (the first byte captured ends lowest), so no per-table write decoder; one
+        # set per row of the pass, shifted only by its own row's bytes (a row's T*G bytes are
+        # whole groups, so the digit position and the partial sum are shared).
         DW = (128 * (2 * G - 1)).bit_length() + 1
         dpos = Signal(range(G))             # digit position of the next captured x byte
         psum = Signal(signed(TW))           # a_0 + .. + a_{dpos-1} of the current group
-        deltas = [Signal(signed(DW), name=f"delta{k}") for k in range(T * G)]
-        first0 = [Signal(signed(TW), name=f"entry0_{tt}") for tt in range(T)]
+        deltas = [[Signal(signed(DW), name=f"delta{k}" if R == 1 else f"delta{r}_{k}")
+                   for k in range(T * G)] for r in range(R)]
+        first0 = [[Signal(signed(TW), name=f"entry0_{tt}" if R == 1 else f"entry0_{r}_{tt}")
+                   for tt in range(T)] for r in range(R)]
         a_in = byte_in.as_signed()
         with m.If(cap_v):
             with m.If(cap_m):
-                m.d.sync += m_reg.eq(Cat(m_reg[8:], byte_in))
+                for r in range(R):
+                    with m.If(cap_row == r):
+                        m.d.sync += m_regs[r].eq(Cat(m_regs[r][8:], byte_in))
             with m.Else():
                 sum_in = psum + a_in
-                m.d.sync += [deltas[k].eq(deltas[k + 1]) for k in range(T * G - 1)]
-                m.d.sync += [deltas[-1].eq(a_in - (psum << 1)), psum.eq(sum_in),
-                             dpos.eq(dpos + 1)]
+                m.d.sync += [psum.eq(sum_in), dpos.eq(dpos + 1)]
                 with m.If(dpos == G - 1):
-                    m.d.sync += [first0[k].eq(first0[k + 1]) for k in range(T - 1)]
-                    m.d.sync += [first0[-1].eq(-sum_in), psum.eq(0), dpos.eq(0)]
+                    m.d.sync += [psum.eq(0), dpos.eq(0)]
+                for r in range(R):
+                    dl, f0 = deltas[r], first0[r]
+                    with m.If(cap_row == r):
+                        m.d.sync += [dl[k].eq(dl[k + 1]) for k in range(T * G - 1)]
+                        m.d.sync += dl[-1].eq(a_in - (psum << 1))
+                        with m.If(dpos == G - 1):
+                            m.d.sync += [f0[k].eq(f0[k + 1]) for k in range(T - 1)]
+                            m.d.sync += f0[-1].eq(-sum_in)
 
-        def read_byte(word, lane, to_m):
-            """Issue a byte read at (word, lane) and advance the pointer by one byte."""
+        def step_byte(word, lane):
+            """The pointer (word, lane) one byte on."""
+            return Mux(lane == L - 1, word + 1, word), Mux(lane == L - 1, 0, lane + 1)
+
+        def read_byte(word, lane, to_m, row=0):
+            """Issue a byte read at (word, lane) for row ``row`` of the pass and advance the
+            pointer by one byte."""
             m.d.comb += [self.rd_addr.eq(word), self.rd_en.eq(1)]
-            m.d.sync += [cap_v.eq(1), cap_m.eq(to_m), cap_lane.eq(lane)]
-            with m.If(lane == L - 1):
-                m.d.sync += [lane.eq(0), word.eq(word + 1)]
-            with m.Else():
-                m.d.sync += lane.eq(lane + 1)
+            m.d.sync += [cap_v.eq(1), cap_m.eq(to_m), cap_lane.eq(lane), cap_row.eq(row)]
+            nw, nl = step_byte(word, lane)
+            m.d.sync += [word.eq(nw), lane.eq(nl)]
 
         # --- data side state -------------------------------------------------------------------
-        b = Signal(16)
+        b = Signal(16)                      # the pass's first row
+        gn = Signal(range(R + 1))           # rows of the pass: min(R, rows - b)
         c = Signal(16)                      # chunk
         j = Signal(16)                      # record (channel block) in the chunk
+        # x_word, x_lane: chunk c's first byte in the pass's row 0 (rows r at + r * x_words)
         x_row, x_word, x_lane = Signal(16), Signal(16), Signal(range(L))
         m_word, m_lane = Signal(16), Signal(range(L))
+        mk = Signal(range(2 * R + 1))       # m bytes read for the pass
         o_row, r_row = Signal(16), Signal(16)
         ld_i = Signal(range(T * G + 1))
+        ld_r = Signal(range(R))             # row of the pass being loaded
+        ld_w, ld_l = Signal(16), Signal(range(L))  # the builder's byte pointer
+        roff = Signal(16)                   # ld_r * x_words
+        nx_w, nx_l = Signal(16), Signal(range(L))  # chunk c + 1's first byte in row 0
         be = Signal(range(NE + 1))          # table entry being built
         cb = Signal(16)                     # chunk being built (into bank cb % 2)
         full = [Signal(name=f"bank{k}_full") for k in range(2)]   # built, not yet streamed
@@ -402,24 +436,28 @@ class TernaryLookupMatmul(wiring.Component):
         digits = [Signal(2, name=f"digit{i}") for i in range(G)]
         # the entry being written per table: one adder each. INIT loads entry 0 (0 + first0),
         # BUILD adds the step of the digits' carry: delta_i for i = trailing 2s of the digits
-        ents = [Signal(signed(TW), name=f"ent{tt}") for tt in range(T)]
+        ents = [[Signal(signed(TW), name=f"ent{tt}" if R == 1 else f"ent{r}_{tt}")
+                 for tt in range(T)] for r in range(R)]
         ent_init, ent_step = Signal(), Signal()
-        for tt in range(T):
-            step = deltas[tt * G + G - 1]
-            for i in reversed(range(G - 1)):
-                step = Mux(digits[i] != 2, deltas[tt * G + i], step)
-            with m.If(ent_init | ent_step):
-                m.d.sync += ents[tt].eq((Mux(ent_init, 0, ents[tt])
-                                         + Mux(ent_init, first0[tt], step))[:TW])
+        for r in range(R):
+            for tt in range(T):
+                step = deltas[r][tt * G + G - 1]
+                for i in reversed(range(G - 1)):
+                    step = Mux(digits[i] != 2, deltas[r][tt * G + i], step)
+                with m.If(ent_init | ent_step):
+                    m.d.sync += ents[r][tt].eq((Mux(ent_init, 0, ents[r][tt])
+                                                + Mux(ent_init, first0[r][tt], step))[:TW])
         pi = Signal(range(PD + 1))          # parameter beats taken
         # epilogue position, EL outputs n = en_n .. en_n + EL - 1 a cycle: word ew, lane group el
         # (lanes EL*el ..); acc entry aj lane group aq; param beat pb record group pr
         # (incremental counters: no division by L, Q or SB/8)
+        er = Signal(range(R))               # the epilogue's row of the pass
         en_n, ew, el = Signal(16), Signal(16), Signal(range(L // EL))
         e_past = Signal()                   # en_n >= n_out: every byte is padding (0)
         aj, aq = Signal(range(AD + 1)), Signal(range(Q // EL))
         pb, pr = Signal(range(PD + 1)), Signal(range(RPB // EL))
         epi_issue = Signal()
+        epi_row_end = Signal()              # the issue of a row's last lane group
         no_acc = Signal()                   # k_groups == 0: every acc is 0
         pipe_busy = Signal()                # stream pipeline (lookups -> acc) not empty
         epi_busy = Signal()
@@ -430,13 +468,13 @@ class TernaryLookupMatmul(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.comb += [d1_go.eq(1), d2_go.eq(1), d3_go.eq(1)]
+                    m.d.comb += [d1_go.eq(1), d2_go.eq(1), d3_go.eq(1), d5_go.eq(1)]
                     m.d.sync += [strm_mode.eq(0), b.eq(0), x_row.eq(x_addr), o_row.eq(out_addr),
                                  r_row.eq(res_addr), m_word.eq(m_addr), m_lane.eq(0),
                                  no_acc.eq(k_groups == 0), pi.eq(0), dpos.eq(0), psum.eq(0)]
                     m.next = "SETUP_DIV"
             with m.State("SETUP_DIV"):
-                with m.If(d1_done & d2_done & d3_done):
+                with m.If(d1_done & d2_done & d3_done & d5_done):
                     m.d.sync += [mul_a.eq(n_chunks), mul_b.eq(n_blocks), mul_p.eq(0),
                                  mul_cnt.eq(bw)]
                     m.next = "SETUP_MUL"
@@ -447,7 +485,8 @@ class TernaryLookupMatmul(wiring.Component):
             with m.State("SETUP_BEATS"):
                 with m.If(d4_done):
                     m.d.sync += [rq_run.eq(rows != 0), rq_valid.eq(0),
-                                 rq_next.eq(wgt), rq_rem.eq(param_beats), rq_rows.eq(rows)]
+                                 rq_next.eq(wgt), rq_rem.eq(param_beats),
+                                 rq_rows.eq(n_groups)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
                 # parameters arrive first: one super-beat per cycle into the parameter memory
@@ -462,18 +501,26 @@ class TernaryLookupMatmul(wiring.Component):
                     with m.If(rows == 0):
                         m.next = "DRAIN"
             with m.State("ROW"):
-                m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0), j.eq(0)]
+                # a pass: rows b .. b + gn - 1, their m bytes first (two per row)
+                left = rows - b
+                m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0), j.eq(0), mk.eq(1),
+                             gn.eq(Mux(left >= R, R, left))]
                 m.d.sync += [f.eq(0) for f in full]
                 read_byte(m_word, m_lane, 1)
                 m.next = "M1"
             with m.State("M1"):
-                # the builder takes the byte reader from the next cycle (the row's chunks)
-                read_byte(m_word, m_lane, 1)
-                with m.If((n_chunks == 0) | (n_blocks == 0)):
-                    m.next = "EPI_WAIT"
-                with m.Else():
-                    m.d.comb += bld_go.eq(1)
-                    m.next = "STREAM"
+                # the builder takes the byte reader from the next cycle (the pass's chunks);
+                # x_row steps to the next pass's first row as each row's m is read
+                read_byte(m_word, m_lane, 1, mk[1:])
+                m.d.sync += mk.eq(mk + 1)
+                with m.If(mk[0]):
+                    m.d.sync += x_row.eq(x_row + x_words)
+                with m.If(mk == 2 * gn - 1):
+                    with m.If((n_chunks == 0) | (n_blocks == 0)):
+                        m.next = "EPI_WAIT"
+                    with m.Else():
+                        m.d.comb += bld_go.eq(1)
+                        m.next = "STREAM"
             with m.State("STREAM"):
                 # records of chunk c from bank c % 2 as soon as the builder has filled it; the
                 # chunk's last record releases the bank (to chunk c + 2) and steps to c + 1
@@ -486,16 +533,18 @@ class TernaryLookupMatmul(wiring.Component):
                         m.d.sync += [j.eq(0), c.eq(c + 1)]
                         with m.If(c == n_chunks - 1):
                             m.next = "EPI_WAIT"
+            epi_row = [en_n.eq(0), e_past.eq(n_out == 0), ew.eq(0), el.eq(0), aj.eq(0),
+                       aq.eq(0), pb.eq(0), pr.eq(0)]
             with m.State("EPI_WAIT"):
                 # the last records' accumulator writes land before the epilogue reads them
                 with m.If(~pipe_busy):
-                    m.d.sync += [en_n.eq(0), e_past.eq(n_out == 0), ew.eq(0), el.eq(0),
-                                 aj.eq(0), aq.eq(0), pb.eq(0), pr.eq(0)]
+                    m.d.sync += epi_row + [er.eq(0)]
                     with m.If(words == 0):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "EPI"
             with m.State("EPI"):
+                # the pass's rows one after another, with no cycle between them
                 m.d.comb += epi_issue.eq(1)
                 m.d.sync += en_n.eq(en_n + EL)
                 with m.If(en_n + EL >= n_out):
@@ -512,12 +561,16 @@ class TernaryLookupMatmul(wiring.Component):
                     m.d.sync += [pr.eq(0), pb.eq(pb + 1)]
                 with m.Else():
                     m.d.sync += pr.eq(pr + 1)
-                with m.If((el == L // EL - 1) & (ew == words - 1)):
-                    m.next = "NEXT"
+                m.d.comb += epi_row_end.eq((el == L // EL - 1) & (ew == words - 1))
+                with m.If(epi_row_end):
+                    with m.If(er == gn - 1):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.d.sync += epi_row + [er.eq(er + 1), o_row.eq(o_row + words),
+                                               r_row.eq(r_row + words)]
             with m.State("NEXT"):
-                m.d.sync += [b.eq(b + 1), x_row.eq(x_row + x_words), o_row.eq(o_row + words),
-                             r_row.eq(r_row + words)]
-                with m.If(b == rows - 1):
+                m.d.sync += [b.eq(b + gn), o_row.eq(o_row + words), r_row.eq(r_row + words)]
+                with m.If(b + gn >= rows):
                     m.next = "DRAIN"
                 with m.Else():
                     m.next = "ROW"
@@ -533,15 +586,30 @@ class TernaryLookupMatmul(wiring.Component):
         # until the streamer has released the bank (chunk cb - 2 streamed). The row's m bytes
         # come before (M1 starts the builder) and its epilogue after the last chunk streamed
         # (the builder is idle then: it finishes each chunk before the streamer starts it).
+        # With R rows a pass, LOAD reads the chunk's T*G bytes of each of the gn rows in turn
+        # (gn*T*G + 1 cycles) and BUILD writes the tables of every row at once.
+        load_start = [ld_i.eq(0), ld_r.eq(0), ld_w.eq(x_word), ld_l.eq(x_lane), roff.eq(0)]
         with m.FSM(name="builder"):
             with m.State("IDLE"):
                 with m.If(bld_go):
-                    m.d.sync += [ld_i.eq(0), cb.eq(0)]
+                    m.d.sync += load_start + [cb.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(ld_i != T * G):
-                    read_byte(x_word, x_lane, 0)
+                    read_byte(ld_w, ld_l, 0, ld_r)
                     m.d.sync += ld_i.eq(ld_i + 1)
+                    with m.If(ld_i == T * G - 1):
+                        # a row's last byte: row 0's next byte starts chunk c + 1; the next
+                        # row's bytes (or, after the last row, the capture cycle) follow
+                        nw, nl = step_byte(ld_w, ld_l)
+                        nxt_w = Mux(ld_r == 0, nw, nx_w)
+                        nxt_l = Mux(ld_r == 0, nl, nx_l)
+                        m.d.sync += [nx_w.eq(nxt_w), nx_l.eq(nxt_l)]
+                        with m.If(ld_r == gn - 1):
+                            m.d.sync += [x_word.eq(nxt_w), x_lane.eq(nxt_l)]
+                        with m.Else():
+                            m.d.sync += [ld_i.eq(0), ld_r.eq(ld_r + 1), roff.eq(roff + x_words),
+                                         ld_w.eq(x_word + roff + x_words), ld_l.eq(x_lane)]
                 with m.Else():
                     # the last byte (and its group's steps) is captured in this cycle
                     m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
@@ -554,9 +622,10 @@ class TernaryLookupMatmul(wiring.Component):
             with m.State("BUILD"):
                 # entry be of every table at once: ent (entry 0, then ent + step)
                 m.d.comb += ent_step.eq(1)
-                for tt, (wp, _) in enumerate(tables):
-                    m.d.comb += [wp.addr.eq(table_addr(be, cb[0])), wp.data.eq(ents[tt]),
-                                 wp.en.eq(1)]
+                for r in range(R):
+                    for tt, (wp, _) in enumerate(tables[r]):
+                        m.d.comb += [wp.addr.eq(table_addr(be, cb[0])),
+                                     wp.data.eq(ents[r][tt]), wp.en.eq(1)]
                 # base-3 increment of the digits (digit 0 fastest, as golden's index)
                 carry = Const(1)
                 for i in range(G):
@@ -566,7 +635,7 @@ class TernaryLookupMatmul(wiring.Component):
                 m.d.sync += be.eq(be + 1)
                 with m.If(be == NE - 1):
                     m.d.comb += bank_filled.eq(1)
-                    m.d.sync += [cb.eq(cb + 1), ld_i.eq(0)]
+                    m.d.sync += [cb.eq(cb + 1)] + load_start
                     with m.If(cb == n_chunks - 1):
                         m.next = "IDLE"
                     with m.Else():
@@ -587,29 +656,34 @@ class TernaryLookupMatmul(wiring.Component):
         m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_bank.eq(c[0]), s1_j.eq(j),
                      s1_rec.eq(record)]
         s2_v, s2_first, s2_j = Signal(), Signal(), Signal.like(s1_j)
-        s2_lk = [[Signal(signed(TW), name=f"s2_lk{qq}_{tt}") for tt in range(T)]
-                 for qq in range(Q)]
-        for tt, (_, rps) in enumerate(tables):
-            for qq, rp in enumerate(rps):
-                e = qq * T + tt
-                idx = s1_rec[e * bits:(e + 1) * bits]
-                if mirror:
-                    # G = 4: entry E - 1 - e (every digit mirrored) is -entry(e)
-                    hi = idx >= NE
-                    m.d.comb += rp.addr.eq(table_addr(Mux(hi, E - 1 - idx, idx), s1_bank))
-                    m.d.sync += s2_lk[qq][tt].eq(Mux(hi, -rp.data, rp.data))
-                else:
-                    m.d.comb += rp.addr.eq(table_addr(idx, s1_bank))
-                    m.d.sync += s2_lk[qq][tt].eq(rp.data)
+        # lanes rq = r*Q + qq: channel qq of the record for row r of the pass (same index,
+        # row r's table)
+        RQ = R * Q
+        s2_lk = [[Signal(signed(TW), name=f"s2_lk{rq}_{tt}") for tt in range(T)]
+                 for rq in range(RQ)]
+        for r in range(R):
+            for tt, (_, rps) in enumerate(tables[r]):
+                for qq, rp in enumerate(rps):
+                    e = qq * T + tt
+                    lk = s2_lk[r * Q + qq][tt]
+                    idx = s1_rec[e * bits:(e + 1) * bits]
+                    if mirror:
+                        # G = 4: entry E - 1 - e (every digit mirrored) is -entry(e)
+                        hi = idx >= NE
+                        m.d.comb += rp.addr.eq(table_addr(Mux(hi, E - 1 - idx, idx), s1_bank))
+                        m.d.sync += lk.eq(Mux(hi, -rp.data, rp.data))
+                    else:
+                        m.d.comb += rp.addr.eq(table_addr(idx, s1_bank))
+                        m.d.sync += lk.eq(rp.data)
         m.d.sync += [s2_v.eq(s1_v), s2_first.eq(s1_first), s2_j.eq(s1_j)]
         SW = (T * 128 * G).bit_length() + 1
         s3_v, s3_first, s3_j = Signal(), Signal(), Signal.like(s1_j)
-        s3_sum = [Signal(signed(SW), name=f"s3_sum{qq}") for qq in range(Q)]
-        for qq in range(Q):
-            m.d.sync += s3_sum[qq].eq(tree_sum(s2_lk[qq]))
+        s3_sum = [Signal(signed(SW), name=f"s3_sum{rq}") for rq in range(RQ)]
+        for rq in range(RQ):
+            m.d.sync += s3_sum[rq].eq(tree_sum(s2_lk[rq]))
         m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_j.eq(s2_j)]
-        new_acc = [(Mux(s3_first, 0, acc_rp.data[AW * qq:AW * (qq + 1)].as_signed())
-                    + s3_sum[qq])[:AW] for qq in range(Q)]
+        new_acc = [(Mux(s3_first, 0, acc_rp.data[AW * rq:AW * (rq + 1)].as_signed())
+                    + s3_sum[rq])[:AW] for rq in range(RQ)]
         m.d.comb += [acc_wp.addr.eq(s3_j), acc_wp.data.eq(Cat(*new_acc)), acc_wp.en.eq(s3_v),
                      acc_rp.addr.eq(Mux(epi_issue, aj, s2_j))]
         m.d.comb += pipe_busy.eq(s1_v | s2_v | s3_v)
@@ -627,7 +701,9 @@ class TernaryLookupMatmul(wiring.Component):
         # E1 (at SB = 256 B, EL = 1: 528 instead of 790 LUTs for 48 bits of 32:1, as Yosys
         # maps them)
         NU, UW = RPB // EL, 48 * EL         # record groups per entry, their bits
-        m.d.comb += prm_rp.addr.eq(Mux(epi_issue, Mux(pr == NU - 1, pb + 1, pb), 0))
+        # (word 0 after a row's last issue too: the pass's next row starts at it)
+        m.d.comb += prm_rp.addr.eq(Mux(epi_issue & ~epi_row_end, Mux(pr == NU - 1, pb + 1, pb),
+                                       0))
         ngrp = -(-NU // 4)
         e1_grp = Signal(UW * ngrp)
         m.d.sync += e1_grp.eq(Cat(*[_select(prm_rp.data[4 * UW * g:min(4 * UW * (g + 1), UW * NU)],
@@ -636,11 +712,13 @@ class TernaryLookupMatmul(wiring.Component):
             m.d.comb += [self.rd_addr.eq(r_row + ew), self.rd_en.eq(1)]
         e1_v, e1_zero = Signal(), Signal(EL)
         e1_aq, e1_pr, e1_el = Signal.like(aq), Signal.like(pr), Signal.like(el)
+        e1_er = Signal.like(er)
         e1_wa = Signal(16)
         m.d.sync += [e1_v.eq(epi_issue), e1_aq.eq(aq), e1_pr.eq(pr), e1_el.eq(el),
-                     e1_wa.eq(o_row + ew),
+                     e1_er.eq(er), e1_wa.eq(o_row + ew),
                      e1_zero.eq(Cat(*[e_past | (en_n + i >= n_out) for i in range(EL)]))]
-        acc_g = _select(acc_rp.data, e1_aq, EL * AW)
+        acc_g = _select(_select(acc_rp.data, e1_er, Q * AW), e1_aq, EL * AW)
+        m_reg = _select(Cat(*m_regs), e1_er, 16)
         prm = _select(e1_grp, e1_pr[2:], UW)
         res_g = _select(self.act_rd_data, e1_el, 8 * EL)
         e2_v, e2_zero, e2_el, e2_wa = Signal(), Signal(EL), Signal.like(el), Signal(16)

@@ -331,11 +331,19 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     build = T * G + table_entries(G) + 2
     # the epilogue writes E outputs (one lane group of a word, E | L) per cycle
     epi = i.words * L // tlmm_epilogue_lanes(L, Q, SB)
-    if chunks and blocks:
-        per_row = (TLMM_ROW_FIXED + build + 1 + stream
-                   + (chunks - 1) * max(build, lookups, fetched) + epi)
-    else:
-        per_row = TLMM_ROW_FIXED - 2 + epi              # no lookups: no stream drain
+    # passes of up to R rows: their m bytes (2 a row), the chunk's T·G bytes of each row
+    # before its tables are built (all rows' at once), the records looked up once for all rows,
+    # then each row's epilogue
+    def per_pass(n):
+        fixed = TLMM_ROW_FIXED + 2 * (n - 1)
+        if not (chunks and blocks):
+            return fixed - 2 + n * epi                  # no lookups: no stream drain
+        build_n = build + (n - 1) * T * G
+        return (fixed + build_n + 1 + stream + (chunks - 1) * max(build_n, lookups, fetched)
+                + n * epi)
+
+    R = cfg.tlmm_rows
+    passes = i.rows // R * per_pass(R) + (per_pass(i.rows % R) if i.rows % R else 0)
     # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
     # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
     def pow2(d):
@@ -343,10 +351,10 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
 
     acc_bits = (-(-cfg.tlmm_acc_depth // Q)).bit_length()
     rec_bits = (-(-0xFFFF // T)).bit_length() + acc_bits
-    setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) else 18) + acc_bits + 1 \
+    setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) and pow2(R) else 18) + acc_bits + 1 \
         + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
     param_beats = -(-8 * i.n_out // SB) / min(1.0, rate)
-    return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + i.rows * per_row)
+    return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + passes)
 
 
 def absquant_cycles(i, cfg: AccelConfig) -> int:

@@ -72,7 +72,7 @@ class _Case:
     seed: int = 0
 
 
-def _build(cfg: AccelConfig, G, T, Q, c: _Case):
+def _build(cfg: AccelConfig, G, T, Q, c: _Case, R: int = 1):
     L, SB = cfg.chain_len, cfg.beat_bytes
     rng = np.random.default_rng(c.seed)
     K, N, rows = (0 if c.k_zero else c.K), c.n_out, c.rows
@@ -156,24 +156,26 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case):
     def bursts(a, n):
         return [(a + o, min(TLMM_BURST, n - o)) for o in range(0, n, TLMM_BURST)]
 
+    # the index stream once per pass of R rows
+    passes = -(-rows // R)
     want_req = bursts(wgt, lay["param_beats"])
-    for _ in range(rows):
+    for _ in range(passes):
         want_req += bursts(wgt + lay["param_beats"], lay["stream_beats"])
     return dict(image=image, words=words_init, ins=ins, expect=expect, want_req=want_req,
-                lookups=rows * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
+                lookups=passes * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
 
 
 def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0, acc_depth=ACC_DEPTH,
-         E=None):
+         E=None, R=1):
     """Run the cases back to back in one simulation; returns the cycles of each."""
-    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth, E))
+    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth, E, R=R))
     u = h.unit
     state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
     log, cycles = [], []
 
     async def tb(ctx):
         for c in cases:
-            d = _build(cfg, G, T, Q, c)
+            d = _build(cfg, G, T, Q, c, R)
             state["image"] = d["image"]
             for a, val in d["words"].items():
                 ctx.set(h.ld_addr, a)
@@ -236,27 +238,29 @@ CASES = [
 ]
 
 CONFIGS = [
-    (CFG4, 2, 1, 1), (CFG4, 3, 2, 4), (CFG4, 4, 4, 2), (CFG4, 3, 3, 5), (CFG4, 4, 4, 5),
-    (CFG4, 3, 8, 8),    # 320-bit records of 3 beats
-    (CFGKV, 3, 12, 8),  # the KV260's engine: a 480-bit record per 512-bit super-beat
-    (CFG8, 2, 3, 5), (CFG8, 3, 4, 2), (CFG8, 4, 2, 4), (CFG8, 3, 1, 1),
+    # (cfg, G, T, Q, R): R rows a pass (the cases have 1 to 3 rows: whole and partial passes)
+    (CFG4, 2, 1, 1, 1), (CFG4, 3, 2, 4, 1), (CFG4, 4, 4, 2, 1), (CFG4, 3, 3, 5, 2),
+    (CFG4, 4, 4, 5, 2),
+    (CFG4, 3, 8, 8, 2),    # 320-bit records of 3 beats
+    (CFGKV, 3, 12, 8, 4),  # the KV260's engine: a 480-bit record per 512-bit super-beat
+    (CFG8, 2, 3, 5, 1), (CFG8, 3, 4, 2, 3), (CFG8, 4, 2, 4, 3), (CFG8, 3, 1, 1, 1),
 ]
+CONFIG_IDS = [f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}" for c, g, t, q, r in CONFIGS]
 
 
-@pytest.mark.parametrize("cfg,G,T,Q", CONFIGS,
-                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in CONFIGS])
-def test_tlmm_matches_golden(cfg, G, T, Q):
-    _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q)
+@pytest.mark.parametrize("cfg,G,T,Q,R", CONFIGS, ids=CONFIG_IDS)
+def test_tlmm_matches_golden(cfg, G, T, Q, R):
+    _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q, R=R)
 
 
 THROUGHPUT = [
-    # (cfg, G, T, Q): records per beat KR / beats per record BPR
-    (CFG4, 3, 2, 4),     # 40-bit records, KR = 3 per 128-bit beat
-    (CFG4, 3, 3, 5),     # 75-bit records, KR = 1
-    (CFG4, 4, 4, 5),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
-    (CFG8, 3, 4, 2),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
-    (CFG4, 2, 1, 1),     # 4-bit records, KR = 32
-    (CFGKV, 3, 12, 8),   # the KV260's engine: 480-bit records, KR = 1
+    # (cfg, G, T, Q, R): records per beat KR / beats per record BPR, rows a pass
+    (CFG4, 3, 2, 4, 1),     # 40-bit records, KR = 3 per 128-bit beat
+    (CFG4, 3, 3, 5, 1),     # 75-bit records, KR = 1
+    (CFG4, 4, 4, 5, 2),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
+    (CFG8, 3, 4, 2, 3),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
+    (CFG4, 2, 1, 1, 1),     # 4-bit records, KR = 32
+    (CFGKV, 3, 12, 8, 4),   # the KV260's engine: 480-bit records, KR = 1, 4 rows a pass
 ]
 
 
@@ -274,13 +278,15 @@ def _stream_bound(cfg, G, T, Q, **kw):
     return _Case(K=3 * T * G + 1, n_out=Q * blocks - (Q > 1), **kw)
 
 
-@pytest.mark.parametrize("cfg,G,T,Q", THROUGHPUT,
-                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in THROUGHPUT])
-def test_tlmm_cycles_match_the_model(cfg, G, T, Q):
+@pytest.mark.parametrize("cfg,G,T,Q,R", THROUGHPUT,
+                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}"
+                              for c, g, t, q, r in THROUGHPUT])
+def test_tlmm_cycles_match_the_model(cfg, G, T, Q, R):
     """No memory stalls (latency 32 = cycles.READ_LATENCY, no gaps): the busy cycles equal
-    mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows, with the
-    chunks' lookups fewer than their build cycles (the builder bounds the row), more (the
-    lookups bound it), and no chunks (k_groups = 0)."""
+    mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows (and, with
+    R > 1 rows a pass, a whole pass and one more row), with the chunks' lookups fewer than
+    their build cycles (the builder bounds the pass), more (the lookups bound it), and no
+    chunks (k_groups = 0)."""
     build, bpr = _shape(cfg, G, T, Q)
     big = _stream_bound(cfg, G, T, Q, rows=1, seed=7)
     acc_depth = max(ACC_DEPTH, big.n_out)
@@ -288,25 +294,27 @@ def test_tlmm_cycles_match_the_model(cfg, G, T, Q):
         _Case(rows=2, K=60, n_out=3, seed=7),
         big, replace(big, rows=2),
         _Case(rows=2, K=5, n_out=6, k_zero=True, seed=7)]
+    if R > 1:
+        cases.append(_Case(rows=R + 1, K=60, n_out=37, seed=7))
     assert -(-3 // Q) * bpr < build < -(-big.n_out // Q) * bpr
     for c in cases:
         (cyc,) = _run(cfg, G, T, Q, [c], latency=cycles.READ_LATENCY, p_busy=0.0, p_gap=0.0,
-                      acc_depth=acc_depth)
-        d = _build(cfg, G, T, Q, c)
+                      acc_depth=acc_depth, R=R)
+        d = _build(cfg, G, T, Q, c, R)
         ins = Instr(Opcode.TMATMUL, rows=c.rows, k_groups=d["lay"]["k_groups"], n_out=c.n_out,
                     words=d["words_n"])
-        tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=acc_depth)
+        tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=acc_depth,
+                       tlmm_rows=R)
         assert cyc == cycles.tmatmul_cycles(ins, tcfg), (c, cyc)
 
 
-@pytest.mark.parametrize("cfg,G,T,Q", CONFIGS,
-                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}" for c, g, t, q in CONFIGS])
-def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q):
+@pytest.mark.parametrize("cfg,G,T,Q,R", CONFIGS, ids=CONFIG_IDS)
+def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q, R):
     """Chunks that stream longer than the next one builds, with memory stalls: the builder
     fills a bank only once the streamer has released it (two chunks back)."""
     cases = [_stream_bound(cfg, G, T, Q, rows=2, relu=True, residual=True, seed=12),
              _stream_bound(cfg, G, T, Q, rows=1, fill="groups", m_zero=(0,), seed=13)]
-    _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases))
+    _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases), R=R)
 
 
 def test_tlmm_epilogue_lanes():
@@ -327,5 +335,5 @@ def test_tlmm_full_and_half_tables():
 
 
 def test_verilator_lint(tmp_path):
-    v = verilog.convert(TernaryLookupMatmul(CFG8, 3, 4, 2, 64), name="tlmm")
+    v = verilog.convert(TernaryLookupMatmul(CFG8, 3, 4, 2, 64, R=3), name="tlmm")
     assert_lints_clean(tmp_path, v, "tlmm")
