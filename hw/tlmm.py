@@ -80,10 +80,12 @@ def _select(value, sel, width: int):
 class TernaryLookupMatmul(wiring.Component):
     """Executes TMATMUL: ternary weights by table lookup, exact accumulation, requantization.
 
-    Per activation row ``b < rows`` (rows one after another; the weights are re-streamed for
-    every row, as in decode ``rows`` is 1):
+    Per pass of ``n = min(R, rows - b)`` activation rows ``b .. b + n - 1`` (passes one after
+    another; the index records are streamed once per pass and looked up for each of its rows;
+    in decode ``rows`` is 1):
 
-    1. ``m[b]``: two byte reads of the u16 at byte ``2b`` of act words from ``m_addr``;
+    1. ``m[b]``, ..: two byte reads per row of the u16 at byte ``2b`` of act words from
+       ``m_addr`` (``2n`` cycles);
     2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks), a builder (a, b) and
        a streamer (c) one chunk apart: the tables have two banks, chunk ``c`` is built into
        bank ``c % 2`` while the streamer looks up chunk ``c - 1`` in the other (the lookups
@@ -91,10 +93,11 @@ class TernaryLookupMatmul(wiring.Component):
        builder writes bank ``c % 2`` (b) once the streamer has finished chunk ``c - 2``
        there, the streamer starts chunk ``c`` once it is built:
 
-       a. load: the chunk's ``T*G`` activation bytes, byte-serial from the buffer (``T*G + 1``
-          cycles; bytes straddle words freely; the bytes of groups past ``k_groups`` are read
-          too and meet ZERO_INDEX);
-       b. build: ``T`` tables in parallel, ``NE =`` :func:`table_entries` entries, one per
+       a. load: the chunk's ``T*G`` activation bytes of each of the pass's rows, byte-serial
+          from the buffer (``n*T*G + 1`` cycles; bytes straddle words freely; the bytes of
+          groups past ``k_groups`` are read too and meet ZERO_INDEX);
+       b. build: ``T`` tables of each row in parallel, ``NE =`` :func:`table_entries` entries,
+          one per
           cycle after a cycle that loads entry 0 (``NE + 1`` cycles; 9 and 27 for G = 2, 3:
           the whole table; 41 for G = 4,
           where entry ``3**G - 1 - e`` has every digit mirrored (``2 - d``) and is
@@ -106,16 +109,19 @@ class TernaryLookupMatmul(wiring.Component):
           plus ``a_i - 2*(a_0 + .. + a_{i-1})`` where digits ``0..i-1`` of ``e`` wrap, steps
           computed while the bytes arrive (one shared adder pair);
        c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; a record does ``T*Q``
-          lookups in one cycle (``lookup`` high), an adder tree over ``T`` per channel, and the
-          read-modify-write of ``Q`` accumulators of :data:`ACC_BITS` bits (``acc`` memory, ``Q``
-          lanes per entry; chunk 0 overwrites). Records never straddle a super-beat
-          (``mapping/ternary_format.py``): ``KR = 8*SB // RB`` of them sit in one beat and are
+          lookups for each of the ``R`` rows in one cycle (``lookup`` high; the tables of rows
+          past ``n`` hold stale sums nobody reads), an adder tree over ``T`` per channel and
+          row, and the read-modify-write of ``R*Q`` accumulators of :data:`ACC_BITS` bits
+          (``acc`` memory, ``R*Q`` lanes per entry, row-major; chunk 0 overwrites). Records
+          never straddle a super-beat (``mapping/ternary_format.py``): ``KR = 8*SB // RB`` of
+          them sit in one beat and are
           taken with a ``KR``-way select straight from the read data (the beat is accepted with
           its last record, or the row's last), or a record of ``BPR = ceil(RB / (8*SB))``
           beats is the concatenation of ``BPR - 1`` registered beats and the arriving one.
           A chunk's last record steps to the next chunk in the same cycle.
 
-    3. epilogue: ``E`` output bytes per cycle for ``n < words*L`` (``words*L/E`` cycles):
+    3. epilogue, for each row of the pass in turn with no cycle between them: ``E`` output
+       bytes per cycle for ``n < words*L`` (``words*L/E`` cycles):
        ``requantize(acc[n] * m[b], bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL,
        res_mult)`` for ``n < n_out``, 0 past it. ``E`` (a power of two dividing L, Q and
        ``RPB = SB/8``) consecutive outputs are one lane group of one accumulator entry, of one
@@ -128,26 +134,29 @@ class TernaryLookupMatmul(wiring.Component):
     block-RAM parameter memory of one super-beat's records per entry (their 48 used bits,
     one entry per cycle; the epilogue reads an entry a cycle ahead and selects its record in
     two pipelined levels); requests for the index stream
-    of every row follow, ``TLMM_BURST`` beats each, up to ``TLMM_MAX_AHEAD`` beats ahead of the
+    of every pass follow, ``TLMM_BURST`` beats each, up to ``TLMM_MAX_AHEAD`` beats ahead of the
     data side, so the memory latency is paid once per instruction. Before that, a setup
     computes ``ceil(k_groups/T)``, ``ceil(n_out/Q)``, the parameter beats (an add and a shift
-    for a power of two, else a sequential divider) and the stream beats per row
+    for a power of two, else a sequential divider), the passes ``ceil(rows / R)`` (likewise)
+    and the stream beats per pass
     (``ceil(records / KR) * BPR``, records by a shift-add multiplier of ``bits(acc_depth/Q)``
     steps), once per instruction.
 
-    Cycles per row, when memory keeps up (one beat per cycle)::
+    Cycles per pass of ``n`` rows, when memory keeps up (one beat per cycle)::
 
-        7 + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR) + words*L/E
-        build  = T*G + 1 + 1 + NE              (load, its last capture, entry 0, entries)
+        7 + 2*(n - 1) + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR)
+          + n*words*L/E
+        build  = n*T*G + 1 + 1 + NE            (load, its last capture, entry 0, entries)
         stream = n_blocks                      (RB <= 8*SB: one record per cycle)
                = n_blocks*BPR - (BPR - 1)      (RB > 8*SB: one beat per cycle; the first
                                                 record's first beats arrive during the build)
 
     with ``n_chunks = ceil(k_groups / T)``, ``n_blocks = ceil(n_out / Q)``: chunk 0 is built
     alone, each later chunk takes the longer of its build (done while the previous chunk
-    streams) and its records (the last chunk's ``stream``); 7 = the m reads (2), the stream
-    pipeline's drain (4) and the row step (the epilogue's own pipeline drains into the next
-    row, as before). ``4 + words*L/E`` when ``n_chunks`` or ``n_blocks`` is 0 (no lookups).
+    streams) and its records (the last chunk's ``stream``); 7 = the m reads (2; 2 more for
+    each further row), the stream pipeline's drain (4) and the pass step (the epilogue's own
+    pipeline drains into the next pass). ``4 + 2*(n - 1) + n*words*L/E`` when ``n_chunks`` or
+    ``n_blocks`` is 0 (no lookups).
     Per instruction add the setup (``TLMM_SETUP`` in ``mapping/cycles.py``), ``param_beats``
     and one read latency.
 
@@ -170,6 +179,11 @@ class TernaryLookupMatmul(wiring.Component):
         Epilogue lanes (outputs per cycle, ``4*E`` DSP48E2): a power of two dividing L, Q and
         ``SB/8``; default :func:`~.contract.tlmm_epilogue_lanes` (4 on the KV260), which the
         cycle and resource models read.
+    R : int, optional
+        Rows a pass (``AccelConfig.tlmm_rows``): ``R`` sets of tables and ``R*Q`` accumulator
+        lanes; 1 by default.
+    acc_uram : bool, optional
+        Mark the accumulator memory ``ram_style = "ultra"`` (``AccelConfig.tlmm_uram``).
 
     Attributes
     ----------

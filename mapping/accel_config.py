@@ -166,6 +166,7 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            tlmm_t=engine_value(eng, "tlmm_t"),
                            tlmm_q=engine_value(eng, "tlmm_q"),
                            tlmm_acc_depth=engine_value(eng, "tlmm_acc_depth"),
+                           tlmm_rows=engine_value(eng, "tlmm_rows"),
                            attn_heads=eng.get("attn_heads", default_attn_heads(
                                ports * port_bytes, chain_len)),
                            ring_uram=bool(eng.get("ring_uram", False)),
@@ -422,8 +423,7 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"]
         out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"]
     if cfg.tlmm:
-        t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                           cfg.beat_bytes, bram_kbits, cfg.chain_len)
+        t = cfg_tlmm_resources(cfg, bram_kbits)
         for kind in ("dsp", "bram", "uram") + (("lut",) if "lut" in out else ()):
             out[kind] += t[kind]
     out["bram"] = -(-out["bram"] // 1)
@@ -450,6 +450,38 @@ def place_ring(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, str | None]
     return moved, (f"weight ring placed in URAM (ring_uram): block RAM {bram} > {have_bram} "
                    f"with it in block RAM; {est['bram']} block RAM + {est['uram']} URAM288 "
                    f"of {have_uram} with it in URAM")
+
+
+def place_tlmm_acc(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, str | None]:
+    """``(cfg, why)``: the TLMM accumulator moved to UltraRAM (``tlmm_uram``) when the
+    estimate's block RAM exceeds the board's and its URAM holds the accumulator, as
+    :func:`place_ring` does the ring; otherwise ``cfg`` unchanged and ``why`` None. A multi-row
+    engine's accumulator is wide (R*Q lanes of 26 bits: 832 bits at the KV260's R = 4, Q = 8),
+    which URAM288's 72-bit words hold as well as RAMB36E2's."""
+    kb = getattr(board, "bram_kbits", 36)
+    have_bram, have_uram = board.resources["bram"], board.resources.get("uram", 0)
+    if not cfg.tlmm or cfg.tlmm_uram or not have_uram or kb != 36:
+        return cfg, None
+    bram = estimate_resources(cfg, kb)["bram"]
+    if bram <= have_bram:
+        return cfg, None
+    moved = replace(cfg, tlmm_uram=True)
+    est = estimate_resources(moved, kb)
+    if est["uram"] > have_uram:
+        return cfg, None
+    return moved, (f"TLMM accumulator placed in URAM (tlmm_uram): block RAM {bram} > "
+                   f"{have_bram} with it in block RAM; {est['bram']} block RAM + {est['uram']} "
+                   f"URAM288 of {have_uram} with it in URAM")
+
+
+def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[str]]:
+    """``(cfg, notes)``: :func:`place_ring`, then :func:`place_tlmm_acc` where block RAM is
+    still short."""
+    notes = []
+    for place in (place_ring, place_tlmm_acc):
+        cfg, why = place(cfg, board)
+        notes += [why] if why else []
+    return cfg, notes
 
 
 def check_fit(cfg: AccelConfig, board: Board) -> dict:
@@ -529,8 +561,9 @@ def _tlmm_dims(G: int, T: int, Q: int, acc_depth: int, SB: int) -> dict:
 
 
 def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
-                   bram_kbits: int = 36, L: int = 16) -> dict:
-    """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports.
+                   bram_kbits: int = 36, L: int = 16, R: int = 1, uram: bool = False) -> dict:
+    """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports,
+    ``R`` rows a pass.
 
     The engine stores ``NE`` entries per table (all ``3**G`` for G = 2, 3; the half of 41 for
     G = 4, whose other half is read negated), ``TW = bits(128 G) + 1`` bits each, in two banks
@@ -544,16 +577,17 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     bit), and the epilogue selects one of the ``RPB = SB/8`` parameter records (48 bits) of a
     parameter-memory word in two levels (4:1 in ``ng = ceil(RPB/4)`` groups, then ``ng:1``)::
 
-        LUT  = a * T*Q * (TW * ceil(2*NE/32) / 20)   lookups (size ratio 1 at G = 3)
-             + b * T                                  table builds
+        LUT  = a * R*T*Q * (TW * ceil(2*NE/32) / 20) lookups (size ratio 1 at G = 3)
+             + b * R*T                                table builds
              + c * (RB * ceil((KR - 1) / 2)           record select
                     + 48 * (ng + ceil((ng - 1) / 2)))  parameter select (0 if RPB = 1)
              + e * (E - 1)                            epilogue lanes past the first
              + d                                      the rest
-        BRAM = blocks(26*Q, ceil(acc_depth / Q))      accumulators (Q lanes per entry)
+        BRAM = blocks(26*Q*R, ceil(acc_depth / Q))    accumulators (R*Q lanes per entry)
              + blocks(48*RPB, ceil(8*acc_depth/SB))   parameter memory (block RAM)
         DSP  = 4 * E                                  epilogue multipliers, E lanes
-        URAM = 0
+        URAM = 0, or with ``uram`` the accumulators' urams(26*Q*R, ceil(acc_depth / Q))
+               instead of their block RAM
 
     ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, e,
     d`` = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``epilogue``, ``fixed``), fitted
@@ -578,16 +612,24 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
     select = (d["record_bits"] * -(-(d["records_per_beat"] - 1) // 2)
               + TLMM_PARAM_BITS * ((ng if rpb > 1 else 0) + -(-(ng - 1) // 2)))
     lanes = tlmm_epilogue_lanes(L, Q, SB)
-    terms = {"lookup": c["lookup"] * size * T * Q,
-             "table": c["table"] * T,
+    terms = {"lookup": c["lookup"] * size * R * T * Q,
+             "table": c["table"] * R * T,
              "select": c["select"] * select,
              "epilogue": c["epilogue"] * (lanes - 1),
              "fixed": c["fixed"]}
-    bram = (_blocks(TLMM_ACC_BITS * Q, d["acc_entries"], bram_kbits)
+    acc_bits = TLMM_ACC_BITS * Q * R
+    bram = ((0 if uram else _blocks(acc_bits, d["acc_entries"], bram_kbits))
             + _blocks(TLMM_PARAM_BITS * d["params_per_beat"], d["param_entries"], bram_kbits))
     dsp = TLMM_DSP * lanes
     return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": dsp,
-            "uram": 0, "terms": {k: round(v, 1) for k, v in terms.items()}}
+            "uram": uram_blocks(acc_bits, d["acc_entries"]) if uram else 0,
+            "terms": {k: round(v, 1) for k, v in terms.items()}}
+
+
+def cfg_tlmm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """:func:`tlmm_resources` of ``cfg``'s TLMM engine."""
+    return tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth, cfg.beat_bytes,
+                          bram_kbits, cfg.chain_len, cfg.tlmm_rows, cfg.tlmm_uram)
 
 
 def _blocks(width: int, depth: int, kbits: int) -> float:
@@ -612,8 +654,8 @@ def tlmm_row_cycles(G: int, T: int, Q: int, k: int, n: int) -> int:
 
 def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = None,
               lut_share: float = TLMM_LUT_SHARE, bram_share: float = TLMM_BRAM_SHARE,
-              ref_layer: tuple = TLMM_REF_LAYER) -> dict:
-    """Choose the TLMM's ``T`` and ``Q`` for ``board``.
+              ref_layer: tuple = TLMM_REF_LAYER, R: int = 1) -> dict:
+    """Choose the TLMM's ``T`` and ``Q`` for ``board`` (an engine of ``R`` rows a pass).
 
     Candidates are powers of two up to :data:`TLMM_MAX_TQ`. A candidate is feasible when its
     :func:`tlmm_resources` fit ``lut_share`` of the board's LUTs and ``bram_share`` of its block
@@ -636,6 +678,8 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         The engine's share of the board.
     ref_layer : (int, int)
         ``(K, N)`` of the layer the cycle tie-break uses.
+    R : int
+        Rows a pass (``tlmm_rows``): the resources of ``R`` sets of tables.
 
     Returns
     -------
@@ -665,12 +709,12 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         for Q in pows:
             if T * Q > max(1, max_lookups):
                 continue
-            r = tlmm_resources(G, T, Q, acc_depth, SB, kb)
+            r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R)
             if r["lut"] <= lut_budget and r["bram"] <= bram_budget:
                 cyc = tlmm_row_cycles(G, T, Q, *ref_layer)
                 feasible.append((-(T * Q), r["lut"] * cyc, T, Q, r, cyc))
     if not feasible:
-        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb)
+        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb, R=R)
         raise MappingError(f"board {board.name}: the smallest TLMM engine (T = Q = 1) needs "
                            f"LUT {r['lut']}, BRAM {r['bram']:g}; its budget is LUT "
                            f"{lut_budget:.0f}, BRAM {bram_budget:.0f} ({lut_share:.0%} / "
@@ -702,19 +746,21 @@ def tlmm_config(board: Board, cfg: AccelConfig, acc_depth: int | None = None) ->
 
     eng = board.engine
     G = int(eng.get("tlmm_g", cfg.tlmm_g))
+    R = int(eng.get("tlmm_rows", cfg.tlmm_rows))
     depth = max(int(eng.get("tlmm_acc_depth", cfg.tlmm_acc_depth)), int(acc_depth or 0))
     if "tlmm_t" in eng and "tlmm_q" in eng:
         T, Q = int(eng["tlmm_t"]), int(eng["tlmm_q"])
-        rep = {"source": "board", "G": G, "T": T, "Q": Q, "acc_depth": depth,
+        rep = {"source": "board", "G": G, "T": T, "Q": Q, "R": R, "acc_depth": depth,
                "resources": tlmm_resources(G, T, Q, depth, cfg.beat_bytes,
-                                           getattr(board, "bram_kbits", 36), cfg.chain_len)}
+                                           getattr(board, "bram_kbits", 36), cfg.chain_len, R)}
     else:
-        rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes)}
+        rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes, R=R)}
         T = int(eng.get("tlmm_t", rep["T"]))
         Q = int(eng.get("tlmm_q", rep["Q"]))
         rep["T"], rep["Q"] = T, Q
     try:
-        out = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=depth)
+        out = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=depth,
+                      tlmm_rows=R)
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid TLMM configuration: {e}") from None
     return out, rep
@@ -726,7 +772,5 @@ def check_fit_tlmm(cfg: AccelConfig, board: Board) -> dict:
     :class:`MappingError` with the numbers if anything does not fit."""
     report = check_fit(cfg, board)
     if cfg.tlmm:
-        report["tlmm"] = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                                        cfg.beat_bytes, getattr(board, "bram_kbits", 36),
-                                        cfg.chain_len)
+        report["tlmm"] = cfg_tlmm_resources(cfg, getattr(board, "bram_kbits", 36))
     return report

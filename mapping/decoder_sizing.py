@@ -20,7 +20,7 @@ from .accel_config import (
     check_fit,
     check_fit_tlmm,
     default_attn_heads,
-    place_ring,
+    place_memories,
     tlmm_config,
 )
 from .errors import MappingError
@@ -49,7 +49,9 @@ def _size_act_depth(qd, cfg, board) -> tuple:
     words, plus the one logits row: a 32000-token vocabulary's is 2000 words at L = 16). When the
     configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
     that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
-    board's block RAM, else to the smallest that holds one row (prefill token by token)."""
+    board's block RAM, else 4, 2 rows, and at least one row (prefill token by token): BitNet
+    0.7B on the KV260 gets 4-row buckets in 8192 words (96 of its 144 RAMB36E2), a pass of its
+    4-row TLMM engine."""
     words, fixed = act_row_words(qd, cfg)
     if cfg.act_depth >= words + fixed:
         return cfg, None
@@ -58,13 +60,13 @@ def _size_act_depth(qd, cfg, board) -> tuple:
         return 1 << (int(n) - 1).bit_length()
 
     chosen = None
-    for rows in (MIN_BUCKET, 1):
+    for rows in [1 << k for k in reversed(range(MIN_BUCKET.bit_length()))]:   # 8, 4, 2, 1
         cand = replace(cfg, act_depth=pow2(rows * words + fixed))
         if cand.act_depth > ACT_ADDR_WORDS:
             continue
         chosen = cand
         try:
-            check_fit(place_ring(cand, board)[0], board)    # with the ring where it would go
+            check_fit(place_memories(cand, board)[0], board)    # with URAM where it would go
             break
         except MappingError:
             continue
@@ -82,18 +84,18 @@ def _size_act_depth(qd, cfg, board) -> tuple:
 def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
     """``(cfg, notes)``: the weight ring, the activation buffer and the TLMM accumulator sized
     for decoder ``qd`` (:func:`_size_weight_depth`, :func:`_size_act_depth`,
-    :func:`_size_tlmm_acc`) and the ring placed in URAM where block RAM is short
-    (``mapping.accel_config.place_ring``), with one ``note`` per change. The
+    :func:`_size_tlmm_acc`) and the ring and the TLMM accumulator placed in URAM where block
+    RAM is short (``mapping.accel_config.place_memories``), with one ``note`` per change. The
     one rule of the compile from weights and the shape-only compile: a board's engine that
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
     notes = []
     for step in (lambda c: _size_weight_depth(qd, c, ternary),
-                 lambda c: _size_act_depth(qd, c, board), lambda c: _size_tlmm_acc(qd, c),
-                 lambda c: place_ring(c, board)):
+                 lambda c: _size_act_depth(qd, c, board), lambda c: _size_tlmm_acc(qd, c)):
         cfg, why = step(cfg)
         notes += [why] if why else []
-    return cfg, notes
+    cfg, placed = place_memories(cfg, board)
+    return cfg, notes + placed
 
 
 def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:

@@ -39,8 +39,8 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
     is all that classifies it); ATTN, per query row b, the position blocks of its keys
     (``golden.llm.attended``: ``0..POS+b``, or the window's) of its K and V regions, once for
     all the pass's query heads; KVSTORE writes ``rows`` position blocks; TMATMUL reads its
-    parameter super-beats once and its index stream once per row (the engine re-streams the
-    indices for every row).
+    parameter super-beats once and its index stream once per pass of up to ``tlmm_rows`` rows
+    (the engine looks each record up for every row of a pass).
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
     op = i.op
@@ -61,7 +61,7 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
         lay = block_layout(i.n_out, i.k_groups * cfg.tlmm_g, cfg.tlmm_g, cfg.tlmm_t,
                            cfg.tlmm_q, SB)
         stream = (i.ext + lay["param_beats"], lay["stream_beats"] * SB, False)
-        return [(i.ext, lay["param_beats"] * SB, False)] + [stream] * i.rows
+        return [(i.ext, lay["param_beats"] * SB, False)] + [stream] * -(-i.rows // cfg.tlmm_rows)
     return []
 
 

@@ -152,7 +152,8 @@ class IsaStats:
         L is still counted, the mapper knows the true K).
     weight_read_bytes : int
         Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``, and over
-        TMATMULs of the parameter super-beats plus ``rows`` times the index stream's.
+        TMATMULs of the parameter super-beats plus the index stream's once per pass of up to
+        ``tlmm_rows`` rows.
     ext_read_bytes, ext_write_bytes : int
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
         per MATMUL, as the hardware's tiles-outer loop order does), and by GATHER and ATTN.
@@ -164,8 +165,10 @@ class IsaStats:
         TLMM lookup records: sum over TMATMULs of ``rows * ceil(k_groups / T) * ceil(n_out /
         Q)``; each record is ``T * Q`` lookups (``T * Q * G`` ternary MACs, padding included).
     tlmm_busy_cycles : int
-        Cycles in which the TLMM engine did its ``T * Q`` lookups: one per record, the RTL's
-        TLMM_BUSY register (0x208/0x20C) when the engine is never stalled mid-record.
+        Cycles in which the TLMM engine did its lookups: one per record of a pass of up to
+        ``R = tlmm_rows`` rows (``T * Q`` lookups for each of the pass's rows), so
+        ``ceil(rows / R)`` times a row's records; the RTL's TLMM_BUSY register (0x208/0x20C)
+        when the engine is never stalled mid-record.
     tlmm_macs_valid : int
         Sum over TMATMULs of ``rows * n_out * k_groups * G``: ternary MACs on valid output
         channels (K padded to whole groups).
@@ -690,12 +693,12 @@ class IsaModel:
         self._write_rows(ins.out, words, out, "TMATMUL out")
 
         s = self.stats
-        records = rows * lay["records"]
-        s.tlmm_lookups += records
-        s.tlmm_busy_cycles += records
+        passes = -(-rows // cfg.tlmm_rows)
+        s.tlmm_lookups += rows * lay["records"]
+        s.tlmm_busy_cycles += passes * lay["records"]
         s.tlmm_macs_valid += rows * n_out * kg * G
-        # parameters once per instruction, the index stream again for every row
-        nbytes = param_bytes + rows * stream_bytes
+        # parameters once per instruction, the index stream once per pass of up to R rows
+        nbytes = param_bytes + passes * stream_bytes
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
 

@@ -236,14 +236,16 @@ def test_estimate_is_monotonic_in_chains_and_chain_len():
 
 
 def test_estimate_adds_the_tlmm_engine_share():
-    from hwflow.mapping.accel_config import tlmm_resources
+    from hwflow.mapping.accel_config import cfg_tlmm_resources, tlmm_resources
 
     kv = load_board("kv260")
     cfg = choose_config(kv)
-    assert cfg.tlmm
+    assert cfg.tlmm and cfg.tlmm_rows == 4
     with_t = estimate_resources(cfg)
     without = estimate_resources(replace(cfg, tlmm=False))
-    t = tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth, cfg.beat_bytes)
+    t = cfg_tlmm_resources(cfg)
+    assert t == tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
+                               cfg.beat_bytes, R=4)
     assert with_t["lut"] - without["lut"] in (t["lut"] - 1, t["lut"], t["lut"] + 1)
     assert with_t["dsp"] - without["dsp"] == t["dsp"] == 16      # 4 epilogue lanes of 4
     assert without["bram"] + t["bram"] <= with_t["bram"] < without["bram"] + t["bram"] + 1

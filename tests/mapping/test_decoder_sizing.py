@@ -47,3 +47,24 @@ def test_lower_shape_refuses_a_fixed_engine_too_small():
     brd = load_board("u280")
     with pytest.raises(MappingError, match=r"cannot map this decoder .* act_depth >= 4928"):
         lower_shape(cs.shape, choose_config(brd), brd, max_context=256, adjust=False)
+
+
+def test_prefill_buckets_take_the_largest_power_of_two_the_board_holds():
+    """BitNet 0.7B on the KV260: 8 rows of activations (8 x 1113 + 2539 words: 16384) would
+    need 192 RAMB36E2 of its 144, 4 rows fit in 8192 words, one pass of its 4-row TLMM engine;
+    block RAM short by one, the weight ring goes to URAM."""
+    from hwflow.mapping.accel_config import check_fit
+    from hwflow.mapping.llm_lower import act_row_words
+
+    cs = shape_from_config(CONFIGS / "bitnet-b1.58-0.7b.json")
+    qd = shape_decoder(cs, 256, "ternary")
+    brd = load_board("kv260")
+    cfg, _ = tlmm_engine(qd, choose_config(brd), brd)
+    assert cfg.tlmm_rows == 4
+    sized, notes = size_buffers(qd, cfg, brd, ternary=True)
+    words, fixed = act_row_words(qd, sized)
+    assert sized.act_depth == 8192 and (sized.act_depth - fixed) // words >= 4
+    assert 8 * words + fixed > 8192
+    assert any("prefill buckets of up to" in n for n in notes)
+    assert sized.ring_uram and any(n.startswith("weight ring placed in URAM") for n in notes)
+    check_fit(sized, brd)
