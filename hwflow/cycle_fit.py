@@ -322,7 +322,11 @@ def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
         # valid one (no padding group or channel, whose index must be ZERO_INDEX)
         t_fit = ((1, 3 * T, 8 * Q), (2, 6 * T, 16 * Q), (1, 20 * T, 32 * Q), (4, T, 4 * Q),
                  (1, T, 64 * Q))
-        t_held = ((1, 12 * T, 12 * Q), (3, 4 * T, 25 * Q), (2, 9 * T, 8 * Q))
+        # held out: a layer of width >= 1024 (29 chunks of T groups, >= 1024 outputs) in decode
+        # and in one pass of R rows (prefill), the lookup rate issue 15 asks of the engine
+        wide = -(-1024 // Q) * Q
+        t_held = ((1, 12 * T, 12 * Q), (3, 4 * T, 25 * Q), (2, 9 * T, 8 * Q),
+                  (1, 29 * T, wide), (cfg.tlmm_rows, 29 * T, wide))
         shapes = [(r, kg, n) for r, kg, n in t_fit + t_held if n <= cfg.tlmm_acc_depth]
         tw = lay.alloc("tweights", max(block_layout(n, kg * G, G, T, Q, SB)["total_beats"]
                                        for _, kg, n in shapes) * SB)
