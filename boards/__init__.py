@@ -304,6 +304,8 @@ SCHEMA: tuple[BoardField, ...] = (
     _engine_int("tlmm_q", "replicas", "Q, replicas of each table"),
     _engine_int("tlmm_acc_depth", "channels", "int32 accumulator depth: the largest TMATMUL n_out"),
     _engine_int("tlmm_rows", "rows", "R, activation rows a TMATMUL pass looks up per index record"),
+    _engine_int("tlmm_passes", "passes", "S, passes of tlmm_rows rows one fetch of the index "
+                "records serves (a record buffer of one chunk)"),
     _engine_int("attn_heads", "query heads", "H, attention lanes: query heads computed from one "
                 "read of their kv heads' cache"),
     _engine_int("vec_lanes", "elements", "V, vector unit lanes: RMSNORM/SILUMUL elements per "

@@ -69,9 +69,15 @@ class AccelConfig:
         tables, each record's indices looked up in all of them, so a prefill chunk streams its
         index records once per R rows and does ``R * T * Q`` lookups per record. 1: rows one
         after another (decode has one row).
+    tlmm_passes : int
+        S, passes of R rows that share one fetch of the index records: the first looks each
+        chunk's records up as they stream in and keeps them in a record buffer (one chunk's
+        records, ``ceil(tlmm_acc_depth / Q)`` of them), the others read them back, so a
+        TMATMUL of up to ``S * R`` rows fetches its index records once; the accumulator holds
+        ``S`` passes' entries. 1: no buffer.
     tlmm_uram : bool
-        Place the TLMM accumulator (``R * Q`` lanes per entry) in UltraRAM, as ``ring_uram``
-        does the ring. Placement only.
+        Place the TLMM accumulator (``R * Q`` lanes per entry) and record buffer in UltraRAM, as
+        ``ring_uram`` does the ring. Placement only.
     attn_heads : int
         H, lanes of the :class:`~hwflow.hw.attention.AttentionUnit`: query heads computed at
         once from one read of their kv heads' cache (``L`` int8 MACs each per cycle). Its own
@@ -106,6 +112,7 @@ class AccelConfig:
     tlmm_q: int = 4
     tlmm_acc_depth: int = 1024
     tlmm_rows: int = 1
+    tlmm_passes: int = 1
     tlmm_uram: bool = False
     attn_heads: int = 1
     ring_uram: bool = False
@@ -114,6 +121,7 @@ class AccelConfig:
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
                      "weight_depth", "addr_bits", "tlmm_t", "tlmm_q", "tlmm_acc_depth", "tlmm_rows",
+                     "tlmm_passes",
                      "attn_heads", "vec_lanes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AccelConfig.{name} must be >= 1")

@@ -23,6 +23,7 @@ __all__ = [
     "RESULT_FIFO_DEPTH", "MAX_EPILOGUE_LANES", "epilogue_lanes", "INT4_GROUP", "int4_capable",
     "RING_BURST_BEATS", "ATTN_BLOCK", "rope_pairs_per_step", "rope_head_steps",
     "FULL_TABLE_MAX", "table_entries", "MAX_TLMM_EPILOGUE_LANES", "tlmm_epilogue_lanes",
+    "tlmm_passes",
 ]
 
 # --- control registers (hw.axi_lite.ControlRegisters; docs/architecture.md, "Control registers")
@@ -226,3 +227,12 @@ def tlmm_epilogue_lanes(L: int, Q: int, SB: int) -> int:
            and (SB // 8) % (2 * e) == 0):
         e *= 2
     return e
+
+
+def tlmm_passes(rows: int, cfg: AccelConfig) -> tuple[int, int]:
+    """``(groups, passes)`` of a TMATMUL of ``rows`` rows on ``cfg``'s TLMM engine: groups of up
+    to ``tlmm_passes * tlmm_rows`` rows each fetch the index records once; passes of up to
+    ``tlmm_rows`` rows each look every record up once (one TLMM_BUSY cycle a record)."""
+    R, GR = cfg.tlmm_rows, cfg.tlmm_rows * cfg.tlmm_passes
+    full, rest = divmod(rows, GR)
+    return full + (rest > 0), full * cfg.tlmm_passes + -(-rest // R)

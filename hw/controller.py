@@ -117,7 +117,8 @@ class Controller(wiring.Component):
         if cfg.tlmm:
             self.tlmm = TernaryLookupMatmul(cfg, cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q,
                                             cfg.tlmm_acc_depth, R=cfg.tlmm_rows,
-                                            acc_uram=cfg.tlmm_uram)
+                                            S=cfg.tlmm_passes,
+                                            uram=cfg.tlmm_uram)
 
     @staticmethod
     def _kv_step(m, kv, slots, hd_words, row_words, pos_stride, wpb, words_left):

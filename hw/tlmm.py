@@ -182,8 +182,12 @@ class TernaryLookupMatmul(wiring.Component):
     R : int, optional
         Rows a pass (``AccelConfig.tlmm_rows``): ``R`` sets of tables and ``R*Q`` accumulator
         lanes; 1 by default.
-    acc_uram : bool, optional
-        Mark the accumulator memory ``ram_style = "ultra"`` (``AccelConfig.tlmm_uram``).
+    S : int, optional
+        Passes a fetch of the records serves (``AccelConfig.tlmm_passes``): a record buffer of
+        one chunk's records and ``S`` passes' accumulator entries; 1 by default (no buffer).
+    uram : bool, optional
+        Mark the accumulator and record buffer memories ``ram_style = "ultra"``
+        (``AccelConfig.tlmm_uram``).
 
     Attributes
     ----------
@@ -202,12 +206,12 @@ class TernaryLookupMatmul(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, G: int, T: int, Q: int, acc_depth: int,
-                 E: int | None = None, R: int = 1, acc_uram: bool = False):
+                 E: int | None = None, R: int = 1, S: int = 1, uram: bool = False):
         if G not in GROUP_BITS:
             raise ValueError(f"TLMM group size G = {G} is not one of {sorted(GROUP_BITS)}")
-        if T < 1 or Q < 1 or acc_depth < 1 or R < 1:
-            raise ValueError(f"TLMM needs T, Q, acc_depth, R >= 1 (got {T}, {Q}, {acc_depth}, "
-                             f"{R})")
+        if T < 1 or Q < 1 or acc_depth < 1 or R < 1 or S < 1:
+            raise ValueError(f"TLMM needs T, Q, acc_depth, R, S >= 1 (got {T}, {Q}, "
+                             f"{acc_depth}, {R}, {S})")
         if cfg.beat_bytes % 8:
             raise ValueError(f"TLMM needs a super-beat of whole 8-byte parameter records "
                              f"(SB = {cfg.beat_bytes})")
@@ -218,7 +222,7 @@ class TernaryLookupMatmul(wiring.Component):
             raise ValueError(f"TLMM epilogue lanes E = {E}: must be a power of two dividing "
                              f"L = {L}, Q = {Q} and SB/8 = {cfg.beat_bytes // 8}")
         self.cfg, self.G, self.T, self.Q, self.acc_depth, self.E = cfg, G, T, Q, acc_depth, E
-        self.R, self.acc_uram = R, acc_uram
+        self.R, self.S, self.uram = R, S, uram
         super().__init__({
             "ins": In(256),
             "start": In(1),
@@ -232,7 +236,8 @@ class TernaryLookupMatmul(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, G, T, Q, EL, R = self.cfg, self.G, self.T, self.Q, self.E, self.R
+        cfg, G, T, Q, EL, R, S = self.cfg, self.G, self.T, self.Q, self.E, self.R, self.S
+        GR = S * R                          # rows of a group: its S passes share one fetch
         L, SB, ab = cfg.chain_len, cfg.beat_bytes, cfg.addr_bits
         bits = GROUP_BITS[G]
         E = 3 ** G
@@ -263,7 +268,7 @@ class TernaryLookupMatmul(wiring.Component):
         d1_go, d1_num, n_chunks, d1_done = _ceil_div_unit(m, "div_chunks", 16, T)
         d2_go, d2_num, n_blocks, d2_done = _ceil_div_unit(m, "div_blocks", 16, Q)
         d3_go, d3_num, param_beats, d3_done = _ceil_div_unit(m, "div_params", 16, RPB)
-        d5_go, d5_num, n_groups, d5_done = _ceil_div_unit(m, "div_groups", 16, R)
+        d5_go, d5_num, n_groups, d5_done = _ceil_div_unit(m, "div_groups", 16, GR)
         m.d.comb += [d1_num.eq(k_groups), d2_num.eq(n_out), d3_num.eq(n_out), d5_num.eq(rows)]
         # records per row = n_chunks * n_blocks by shift-add over the bits of n_blocks (an
         # executable n_out <= acc_depth has at most bits(AD) of them), then the stream beats
@@ -307,9 +312,11 @@ class TernaryLookupMatmul(wiring.Component):
         # accumulators: an entry holds Q lanes of each of the R rows (row-major); URAM288 where
         # the board places it there (a 832-bit x 512 entry memory at R = 4, Q = 8: 12 URAM288
         # or 12 RAMB36E2)
+        # (S passes of a group: S*AD entries, pass p's at p*n_blocks ..)
+        ultra = {"ram_style": "ultra"} if self.uram else None
         m.submodules.accmem = accmem = memory.Memory(
-            shape=AW * Q * R, depth=AD, init=[],
-            attrs={"ram_style": "ultra"} if self.acc_uram else None)
+            shape=AW * Q * R, depth=S * AD, init=[],
+            attrs=ultra)
         acc_wp, acc_rp = accmem.write_port(), accmem.read_port()
         # parameters: the 48 used bits of each 8-byte record (bias, mult), RPB per entry, in
         # block RAM (Yosys would put a shallow, wide one in LUT-RAM: 1.1k LUTs at SB = 256 B)
@@ -321,7 +328,7 @@ class TernaryLookupMatmul(wiring.Component):
         rq_run, rq_valid = Signal(), Signal()
         rq_addr, rq_len = Signal(ab), Signal(16)
         rq_next, rq_rem = Signal(ab), Signal(beats_w)   # next beat, beats left in the region
-        rq_rows = Signal(16)                            # stream regions (rows) still to request
+        rq_rows = Signal(16)                            # stream regions (groups) to request
         ahead = Signal(range(TLMM_MAX_AHEAD + TLMM_BURST + 1))
         issue = self.rd_req.valid & self.rd_req.ready
         taken = self.rd_data.valid & self.rd_data.ready
@@ -345,19 +352,21 @@ class TernaryLookupMatmul(wiring.Component):
         # --- records straight from the beats (records never straddle a super-beat) ------------
         strm_mode = Signal()                # parameters taken: every further beat is stream
         consume = Signal()                  # a record is looked up this cycle
-        row_last = Signal()                 # ... and it is the row's last record
+        from_mem = Signal()                 # ... from the memory stream (a group's first pass)
+        row_last = Signal()                 # ... and it is the stream region's last record
         record = Signal(RB)
         strm_ready = Signal()
+        mem_take = consume & from_mem
         if BPR == 1:
             # KR records per beat at bit offsets i*RB: a KR-way select; the beat is taken with
             # its last record (or the row's last record: the rest of that beat is padding)
             slot = Signal(range(KR))
             m.d.comb += [record.eq(_select(self.rd_data.payload[:KR * RB], slot, RB)
                                    if KR > 1 else self.rd_data.payload[:RB]),
-                         strm_ready.eq(consume & (row_last | (slot == KR - 1)))]
+                         strm_ready.eq(mem_take & (row_last | (slot == KR - 1)))]
             rec_valid = self.rd_data.valid
             if KR > 1:
-                with m.If(consume):
+                with m.If(mem_take):
                     m.d.sync += slot.eq(Mux(row_last | (slot == KR - 1), 0, slot + 1))
         else:
             # a record of BPR beats: the first BPR - 1 are shifted into registers as soon as
@@ -367,19 +376,26 @@ class TernaryLookupMatmul(wiring.Component):
             m.d.comb += record.eq(Cat(*part, self.rd_data.payload)[:RB])
             rec_valid = self.rd_data.valid & (have == BPR - 1)
             collect = strm_mode & (have != BPR - 1)
-            m.d.comb += strm_ready.eq(collect | consume)
+            m.d.comb += strm_ready.eq(collect | mem_take)
             with m.If(collect & self.rd_data.valid):
                 m.d.sync += [have.eq(have + 1)] + [
                     part[i].eq(part[i + 1] if i + 1 < BPR - 1 else self.rd_data.payload)
                     for i in range(BPR - 1)]
-            with m.If(consume):
+            with m.If(mem_take):
                 m.d.sync += have.eq(0)
+        # the record buffer (S > 1): a group's first pass writes chunk c's records as it looks
+        # them up, the other passes read them back, one a cycle (address j at the lookup, data
+        # in the next cycle, the S1 stage's): one chunk's records, RB bits x n_blocks
+        rbuf_rd = None
+        if S > 1:
+            m.submodules.rbuf = rbuf = memory.Memory(shape=RB, depth=AD, init=[], attrs=ultra)
+            rbuf_wr, rbuf_rd = rbuf.write_port(), rbuf.read_port()
 
         # --- byte reader (activation buffer): data one cycle after the address -----------------
         cap_v, cap_m = Signal(), Signal()   # capture a byte next cycle; into m (else x bytes)
         cap_lane = Signal(range(L))
-        cap_row = Signal(range(R))          # ... of row cap_row of the pass
-        m_regs = [Signal(16, name="m_reg" if R == 1 else f"m_reg{r}") for r in range(R)]
+        cap_row = Signal(range(GR))         # ... of row cap_row of the pass (x) or group (m)
+        m_regs = [Signal(16, name="m_reg" if GR == 1 else f"m_reg{r}") for r in range(GR)]
         m.d.sync += cap_v.eq(0)
         byte_in = _select(self.act_rd_data, cap_lane, 8)
         # table steps, computed as the chunk's bytes arrive (one shared adder pair): walking the
@@ -399,7 +415,7 @@ class TernaryLookupMatmul(wiring.Component):
         a_in = byte_in.as_signed()
         with m.If(cap_v):
             with m.If(cap_m):
-                for r in range(R):
+                for r in range(GR):
                     with m.If(cap_row == r):
                         m.d.sync += m_regs[r].eq(Cat(m_regs[r][8:], byte_in))
             with m.Else():
@@ -429,17 +445,27 @@ class TernaryLookupMatmul(wiring.Component):
             m.d.sync += [word.eq(nw), lane.eq(nl)]
 
         # --- data side state -------------------------------------------------------------------
-        b = Signal(16)                      # the pass's first row
-        gn = Signal(range(R + 1))           # rows of the pass: min(R, rows - b)
+        b = Signal(16)                      # the group's first row
+        gn = Signal(range(GR + 1))          # rows of the group: min(S*R, rows - b)
+        n_pass = Signal(range(S + 1))       # its passes: ceil(gn / R)
+        m.d.comb += n_pass.eq(tree_sum([gn > p * R for p in range(S)]))
         c = Signal(16)                      # chunk
+        sp = Signal(range(S))               # pass of the chunk being looked up
+        sbk = Signal()                      # its table bank (units alternate banks)
+        abase = Signal(range(S * AD + 1))   # sp * n_blocks: the pass's accumulator entries
         j = Signal(16)                      # record (channel block) in the chunk
         # x_word, x_lane: chunk c's first byte in the pass's row 0 (rows r at + r * x_words)
         x_row, x_word, x_lane = Signal(16), Signal(16), Signal(range(L))
         m_word, m_lane = Signal(16), Signal(range(L))
-        mk = Signal(range(2 * R + 1))       # m bytes read for the pass
+        mk = Signal(range(2 * GR + 1))      # m bytes read for the group
         o_row, r_row = Signal(16), Signal(16)
         ld_i = Signal(range(T * G + 1))
         ld_r = Signal(range(R))             # row of the pass being loaded
+        bp = Signal(range(S))               # pass of the chunk being built (into bank bbk)
+        bbk = Signal()
+        brow = Signal(range(GR + 1))        # bp * R: the pass's first row in the group
+        bn = Signal(range(R + 1))           # its rows: min(R, gn - brow)
+        m.d.comb += bn.eq(Mux(gn - brow >= R, R, gn - brow))
         ld_w, ld_l = Signal(16), Signal(range(L))  # the builder's byte pointer
         roff = Signal(16)                   # ld_r * x_words
         nx_w, nx_l = Signal(16), Signal(range(L))  # chunk c + 1's first byte in row 0
@@ -465,7 +491,9 @@ class TernaryLookupMatmul(wiring.Component):
         # epilogue position, EL outputs n = en_n .. en_n + EL - 1 a cycle: word ew, lane group el
         # (lanes EL*el ..); acc entry aj lane group aq; param beat pb record group pr
         # (incremental counters: no division by L, Q or SB/8)
-        er = Signal(range(R))               # the epilogue's row of the pass
+        er = Signal(range(GR))              # the epilogue's row of the group
+        erow = Signal(range(R))             # ... its row in its pass
+        ebase = Signal(range(S * AD + 1))   # ... its pass's first accumulator entry
         en_n, ew, el = Signal(16), Signal(16), Signal(range(L // EL))
         e_past = Signal()                   # en_n >= n_out: every byte is padding (0)
         aj, aq = Signal(range(AD + 1)), Signal(range(Q // EL))
@@ -515,16 +543,17 @@ class TernaryLookupMatmul(wiring.Component):
                     with m.If(rows == 0):
                         m.next = "DRAIN"
             with m.State("ROW"):
-                # a pass: rows b .. b + gn - 1, their m bytes first (two per row)
+                # a group: rows b .. b + gn - 1, their m bytes first (two per row)
                 left = rows - b
                 m.d.sync += [x_word.eq(x_row), x_lane.eq(0), c.eq(0), j.eq(0), mk.eq(1),
-                             gn.eq(Mux(left >= R, R, left))]
+                             sp.eq(0), sbk.eq(0), abase.eq(0),
+                             gn.eq(Mux(left >= GR, GR, left))]
                 m.d.sync += [f.eq(0) for f in full]
                 read_byte(m_word, m_lane, 1)
                 m.next = "M1"
             with m.State("M1"):
-                # the builder takes the byte reader from the next cycle (the pass's chunks);
-                # x_row steps to the next pass's first row as each row's m is read
+                # the builder takes the byte reader from the next cycle (the group's chunks);
+                # x_row steps to the next group's first row as each row's m is read
                 read_byte(m_word, m_lane, 1, mk[1:])
                 m.d.sync += mk.eq(mk + 1)
                 with m.If(mk[0]):
@@ -536,29 +565,36 @@ class TernaryLookupMatmul(wiring.Component):
                         m.d.comb += bld_go.eq(1)
                         m.next = "STREAM"
             with m.State("STREAM"):
-                # records of chunk c from bank c % 2 as soon as the builder has filled it; the
-                # chunk's last record releases the bank (to chunk c + 2) and steps to c + 1
-                # in the same cycle, so a built next chunk streams with no gap
-                m.d.comb += consume.eq(rec_valid & Mux(c[0], full[1], full[0]))
+                # the units (chunk c, pass sp), passes inner, each from bank sbk as soon as the
+                # builder has filled it: pass 0's records from memory, the others' from the
+                # record buffer; a unit's last record releases the bank (to the unit two on)
+                # and steps to the next unit in the same cycle, so a built one streams with no
+                # gap
+                m.d.comb += [from_mem.eq(sp == 0),
+                             consume.eq((rec_valid | (sp != 0)) & Mux(sbk, full[1], full[0]))]
                 with m.If(consume):
                     m.d.sync += j.eq(j + 1)
                     with m.If(j == n_blocks - 1):
                         m.d.comb += bank_free.eq(1)
-                        m.d.sync += [j.eq(0), c.eq(c + 1)]
-                        with m.If(c == n_chunks - 1):
-                            m.next = "EPI_WAIT"
+                        m.d.sync += [j.eq(0), sbk.eq(~sbk)]
+                        with m.If(sp == n_pass - 1):
+                            m.d.sync += [sp.eq(0), abase.eq(0), c.eq(c + 1)]
+                            with m.If(c == n_chunks - 1):
+                                m.next = "EPI_WAIT"
+                        with m.Else():
+                            m.d.sync += [sp.eq(sp + 1), abase.eq(abase + n_blocks)]
             epi_row = [en_n.eq(0), e_past.eq(n_out == 0), ew.eq(0), el.eq(0), aj.eq(0),
                        aq.eq(0), pb.eq(0), pr.eq(0)]
             with m.State("EPI_WAIT"):
                 # the last records' accumulator writes land before the epilogue reads them
                 with m.If(~pipe_busy):
-                    m.d.sync += epi_row + [er.eq(0)]
+                    m.d.sync += epi_row + [er.eq(0), erow.eq(0), ebase.eq(0)]
                     with m.If(words == 0):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "EPI"
             with m.State("EPI"):
-                # the pass's rows one after another, with no cycle between them
+                # the group's rows one after another, with no cycle between them
                 m.d.comb += epi_issue.eq(1)
                 m.d.sync += en_n.eq(en_n + EL)
                 with m.If(en_n + EL >= n_out):
@@ -582,6 +618,10 @@ class TernaryLookupMatmul(wiring.Component):
                     with m.Else():
                         m.d.sync += epi_row + [er.eq(er + 1), o_row.eq(o_row + words),
                                                r_row.eq(r_row + words)]
+                        with m.If(erow == R - 1):
+                            m.d.sync += [erow.eq(0), ebase.eq(ebase + n_blocks)]
+                        with m.Else():
+                            m.d.sync += erow.eq(erow + 1)
             with m.State("NEXT"):
                 m.d.sync += [b.eq(b + gn), o_row.eq(o_row + words), r_row.eq(r_row + words)]
                 with m.If(b + gn >= rows):
@@ -594,36 +634,42 @@ class TernaryLookupMatmul(wiring.Component):
                     m.next = "IDLE"
             m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
-        # --- table builder: chunk cb's bytes into bank cb % 2, ahead of the streamer ----------
+        # --- table builder: unit (chunk cb, pass bp)'s bytes into bank bbk, ahead of the
+        # streamer ------------------------------------------------------------------------------
         # LOAD and the steps use only the byte reader (free while the streamer looks up: the
         # lookups read the tables, the accumulators are their own memory); BUILD waits in INIT
-        # until the streamer has released the bank (chunk cb - 2 streamed). The row's m bytes
-        # come before (M1 starts the builder) and its epilogue after the last chunk streamed
-        # (the builder is idle then: it finishes each chunk before the streamer starts it).
-        # With R rows a pass, LOAD reads the chunk's T*G bytes of each of the gn rows in turn
-        # (gn*T*G + 1 cycles) and BUILD writes the tables of every row at once.
+        # until the streamer has released the bank (the unit two back streamed). The group's m
+        # bytes come before (M1 starts the builder) and its epilogue after the last unit
+        # streamed (the builder is idle then: it finishes each unit before the streamer starts
+        # it). LOAD reads the chunk's T*G bytes of each of the pass's bn rows in turn (bn*T*G + 1
+        # cycles) and BUILD writes the tables of every row at once.
         load_start = [ld_i.eq(0), ld_r.eq(0), ld_w.eq(x_word), ld_l.eq(x_lane), roff.eq(0)]
         with m.FSM(name="builder"):
             with m.State("IDLE"):
                 with m.If(bld_go):
-                    m.d.sync += load_start + [cb.eq(0)]
+                    m.d.sync += load_start + [cb.eq(0), bp.eq(0), brow.eq(0), bbk.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(ld_i != T * G):
                     read_byte(ld_w, ld_l, 0, ld_r)
                     m.d.sync += ld_i.eq(ld_i + 1)
                     with m.If(ld_i == T * G - 1):
-                        # a row's last byte: row 0's next byte starts chunk c + 1; the next
-                        # row's bytes (or, after the last row, the capture cycle) follow
+                        # a row's last byte: the group's row 0's next byte starts chunk c + 1;
+                        # the next row's bytes (or, after the pass's last row, the capture
+                        # cycle) follow
                         nw, nl = step_byte(ld_w, ld_l)
-                        nxt_w = Mux(ld_r == 0, nw, nx_w)
-                        nxt_l = Mux(ld_r == 0, nl, nx_l)
+                        first = (bp == 0) & (ld_r == 0)
+                        nxt_w = Mux(first, nw, nx_w)
+                        nxt_l = Mux(first, nl, nx_l)
                         m.d.sync += [nx_w.eq(nxt_w), nx_l.eq(nxt_l)]
-                        with m.If(ld_r == gn - 1):
+                        with m.If((ld_r == bn - 1) & (bp == n_pass - 1)):
                             m.d.sync += [x_word.eq(nxt_w), x_lane.eq(nxt_l)]
                         with m.Else():
-                            m.d.sync += [ld_i.eq(0), ld_r.eq(ld_r + 1), roff.eq(roff + x_words),
+                            # the next row to load: the pass's next, or the next pass's first
+                            m.d.sync += [roff.eq(roff + x_words),
                                          ld_w.eq(x_word + roff + x_words), ld_l.eq(x_lane)]
+                        with m.If(ld_r != bn - 1):
+                            m.d.sync += [ld_i.eq(0), ld_r.eq(ld_r + 1)]
                 with m.Else():
                     # the last byte (and its group's steps) is captured in this cycle
                     m.d.sync += [be.eq(0)] + [d.eq(0) for d in digits]
@@ -631,14 +677,14 @@ class TernaryLookupMatmul(wiring.Component):
             with m.State("INIT"):
                 # entry 0 (again, while waiting: first0 holds until the next LOAD)
                 m.d.comb += ent_init.eq(1)
-                with m.If(~Mux(cb[0], full[1], full[0])):
+                with m.If(~Mux(bbk, full[1], full[0])):
                     m.next = "BUILD"
             with m.State("BUILD"):
                 # entry be of every table at once: ent (entry 0, then ent + step)
                 m.d.comb += ent_step.eq(1)
                 for r in range(R):
                     for tt, (wp, _) in enumerate(tables[r]):
-                        m.d.comb += [wp.addr.eq(table_addr(be, cb[0])),
+                        m.d.comb += [wp.addr.eq(table_addr(be, bbk)),
                                      wp.data.eq(ents[r][tt]), wp.en.eq(1)]
                 # base-3 increment of the digits (digit 0 fastest, as golden's index)
                 carry = Const(1)
@@ -649,26 +695,40 @@ class TernaryLookupMatmul(wiring.Component):
                 m.d.sync += be.eq(be + 1)
                 with m.If(be == NE - 1):
                     m.d.comb += bank_filled.eq(1)
-                    m.d.sync += [cb.eq(cb + 1)] + load_start
-                    with m.If(cb == n_chunks - 1):
-                        m.next = "IDLE"
+                    m.d.sync += bbk.eq(~bbk)
+                    with m.If(bp == n_pass - 1):
+                        m.d.sync += [cb.eq(cb + 1), bp.eq(0), brow.eq(0)] + load_start
+                        with m.If(cb == n_chunks - 1):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "LOAD"
                     with m.Else():
+                        m.d.sync += [bp.eq(bp + 1), brow.eq(brow + R), ld_i.eq(0), ld_r.eq(0)]
                         m.next = "LOAD"
         # a bank is filled by the builder and released by the streamer, never in one cycle
         for k, f in enumerate(full):
-            with m.If(bank_filled & (cb[0] == k)):
+            with m.If(bank_filled & (bbk == k)):
                 m.d.sync += f.eq(1)
-            with m.If(bank_free & (c[0] == k)):
+            with m.If(bank_free & (sbk == k)):
                 m.d.sync += f.eq(0)
 
         m.d.comb += self.lookup.eq(consume)
 
         # --- stream pipeline: S0 record register -> S1 lookups -> S2 tree -> S3 acc write -------
-        s1_v, s1_first, s1_j = Signal(), Signal(), Signal(range(AD + 1))
-        s1_rec = Signal(RB)
+        s1_v, s1_first, s1_j = Signal(), Signal(), Signal(range(S * AD + 1))
+        s1_reg = Signal(RB)
         s1_bank = Signal()
-        m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_bank.eq(c[0]), s1_j.eq(j),
-                     s1_rec.eq(record)]
+        m.d.sync += [s1_v.eq(consume), s1_first.eq(c == 0), s1_bank.eq(sbk),
+                     s1_j.eq(abase + j), s1_reg.eq(record)]
+        if rbuf_rd is None:
+            s1_rec = s1_reg
+        else:
+            # pass 0 writes the record it looks up; the others read theirs (data in S1)
+            s1_buf = Signal()
+            m.d.sync += s1_buf.eq(~from_mem)
+            m.d.comb += [rbuf_wr.addr.eq(j), rbuf_wr.data.eq(record), rbuf_wr.en.eq(mem_take),
+                         rbuf_rd.addr.eq(j)]
+            s1_rec = Mux(s1_buf, rbuf_rd.data, s1_reg)
         s2_v, s2_first, s2_j = Signal(), Signal(), Signal.like(s1_j)
         # lanes rq = r*Q + qq: channel qq of the record for row r of the pass (same index,
         # row r's table)
@@ -699,7 +759,7 @@ class TernaryLookupMatmul(wiring.Component):
         new_acc = [(Mux(s3_first, 0, acc_rp.data[AW * rq:AW * (rq + 1)].as_signed())
                     + s3_sum[rq])[:AW] for rq in range(RQ)]
         m.d.comb += [acc_wp.addr.eq(s3_j), acc_wp.data.eq(Cat(*new_acc)), acc_wp.en.eq(s3_v),
-                     acc_rp.addr.eq(Mux(epi_issue, aj, s2_j))]
+                     acc_rp.addr.eq(Mux(epi_issue, ebase + aj, s2_j))]
         m.d.comb += pipe_busy.eq(s1_v | s2_v | s3_v)
 
         # --- epilogue, EL lanes: E1 reads -> E2 acc*m -> E3 +bias -> E4 *mult, res*res_mult ->
@@ -726,12 +786,12 @@ class TernaryLookupMatmul(wiring.Component):
             m.d.comb += [self.rd_addr.eq(r_row + ew), self.rd_en.eq(1)]
         e1_v, e1_zero = Signal(), Signal(EL)
         e1_aq, e1_pr, e1_el = Signal.like(aq), Signal.like(pr), Signal.like(el)
-        e1_er = Signal.like(er)
+        e1_er, e1_erow = Signal.like(er), Signal.like(erow)
         e1_wa = Signal(16)
         m.d.sync += [e1_v.eq(epi_issue), e1_aq.eq(aq), e1_pr.eq(pr), e1_el.eq(el),
-                     e1_er.eq(er), e1_wa.eq(o_row + ew),
+                     e1_er.eq(er), e1_erow.eq(erow), e1_wa.eq(o_row + ew),
                      e1_zero.eq(Cat(*[e_past | (en_n + i >= n_out) for i in range(EL)]))]
-        acc_g = _select(_select(acc_rp.data, e1_er, Q * AW), e1_aq, EL * AW)
+        acc_g = _select(_select(acc_rp.data, e1_erow, Q * AW), e1_aq, EL * AW)
         m_reg = _select(Cat(*m_regs), e1_er, 16)
         prm = _select(e1_grp, e1_pr[2:], UW)
         res_g = _select(self.act_rd_data, e1_el, 8 * EL)

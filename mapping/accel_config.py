@@ -167,6 +167,7 @@ def choose_config(board: Board, **overrides) -> AccelConfig:
                            tlmm_q=engine_value(eng, "tlmm_q"),
                            tlmm_acc_depth=engine_value(eng, "tlmm_acc_depth"),
                            tlmm_rows=engine_value(eng, "tlmm_rows"),
+                           tlmm_passes=engine_value(eng, "tlmm_passes"),
                            attn_heads=eng.get("attn_heads", default_attn_heads(
                                ports * port_bytes, chain_len)),
                            ring_uram=bool(eng.get("ring_uram", False)),
@@ -561,9 +562,10 @@ def _tlmm_dims(G: int, T: int, Q: int, acc_depth: int, SB: int) -> dict:
 
 
 def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
-                   bram_kbits: int = 36, L: int = 16, R: int = 1, uram: bool = False) -> dict:
+                   bram_kbits: int = 36, L: int = 16, R: int = 1, uram: bool = False,
+                   S: int = 1) -> dict:
     """Resource model of the TLMM engine (``hw/tlmm.py``) with ``T`` tables of ``Q`` read ports,
-    ``R`` rows a pass.
+    ``R`` rows a pass, ``S`` passes a fetch of the records.
 
     The engine stores ``NE`` entries per table (all ``3**G`` for G = 2, 3; the half of 41 for
     G = 4, whose other half is read negated), ``TW = bits(128 G) + 1`` bits each, in two banks
@@ -582,12 +584,14 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
              + c * (RB * ceil((KR - 1) / 2)           record select
                     + 48 * (ng + ceil((ng - 1) / 2)))  parameter select (0 if RPB = 1)
              + e * (E - 1)                            epilogue lanes past the first
+             + (S > 1) * RB                           record source: memory or buffer
              + d                                      the rest
-        BRAM = blocks(26*Q*R, ceil(acc_depth / Q))    accumulators (R*Q lanes per entry)
+        BRAM = blocks(26*Q*R, S*ceil(acc_depth / Q))  accumulators (R*Q lanes per entry)
+             + (S > 1) * blocks(RB, ceil(acc_depth / Q))   record buffer (one chunk)
              + blocks(48*RPB, ceil(8*acc_depth/SB))   parameter memory (block RAM)
         DSP  = 4 * E                                  epilogue multipliers, E lanes
-        URAM = 0, or with ``uram`` the accumulators' urams(26*Q*R, ceil(acc_depth / Q))
-               instead of their block RAM
+        URAM = 0, or with ``uram`` the accumulators' and the record buffer's URAM288
+               (``urams`` of the same shapes) instead of their block RAM
 
     ``blocks(width, depth)`` is :func:`memory_blocks` without distributed RAM; ``a, b, c, e,
     d`` = :data:`TLMM_LUT` (``lookup``, ``table``, ``select``, ``epilogue``, ``fixed``), fitted
@@ -616,20 +620,24 @@ def tlmm_resources(G: int, T: int, Q: int, acc_depth: int, SB: int,
              "table": c["table"] * R * T,
              "select": c["select"] * select,
              "epilogue": c["epilogue"] * (lanes - 1),
+             "buffer": d["record_bits"] if S > 1 else 0,
              "fixed": c["fixed"]}
-    acc_bits = TLMM_ACC_BITS * Q * R
-    bram = ((0 if uram else _blocks(acc_bits, d["acc_entries"], bram_kbits))
+    # (width, depth) of the accumulator and, with S > 1, the record buffer
+    mems = [(TLMM_ACC_BITS * Q * R, S * d["acc_entries"])] + (
+        [(d["record_bits"], d["acc_entries"])] if S > 1 else [])
+    bram = ((0 if uram else sum(_blocks(w, n, bram_kbits) for w, n in mems))
             + _blocks(TLMM_PARAM_BITS * d["params_per_beat"], d["param_entries"], bram_kbits))
     dsp = TLMM_DSP * lanes
     return {"lut": int(round(sum(terms.values()))), "bram": float(bram), "dsp": dsp,
-            "uram": uram_blocks(acc_bits, d["acc_entries"]) if uram else 0,
+            "uram": sum(uram_blocks(w, n) for w, n in mems) if uram else 0,
             "terms": {k: round(v, 1) for k, v in terms.items()}}
 
 
 def cfg_tlmm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """:func:`tlmm_resources` of ``cfg``'s TLMM engine."""
     return tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth, cfg.beat_bytes,
-                          bram_kbits, cfg.chain_len, cfg.tlmm_rows, cfg.tlmm_uram)
+                          bram_kbits, cfg.chain_len, cfg.tlmm_rows, cfg.tlmm_uram,
+                          cfg.tlmm_passes)
 
 
 def _blocks(width: int, depth: int, kbits: int) -> float:
@@ -654,8 +662,9 @@ def tlmm_row_cycles(G: int, T: int, Q: int, k: int, n: int) -> int:
 
 def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = None,
               lut_share: float = TLMM_LUT_SHARE, bram_share: float = TLMM_BRAM_SHARE,
-              ref_layer: tuple = TLMM_REF_LAYER, R: int = 1) -> dict:
-    """Choose the TLMM's ``T`` and ``Q`` for ``board`` (an engine of ``R`` rows a pass).
+              ref_layer: tuple = TLMM_REF_LAYER, R: int = 1, S: int = 1) -> dict:
+    """Choose the TLMM's ``T`` and ``Q`` for ``board`` (an engine of ``R`` rows a pass, ``S``
+    passes a fetch).
 
     Candidates are powers of two up to :data:`TLMM_MAX_TQ`. A candidate is feasible when its
     :func:`tlmm_resources` fit ``lut_share`` of the board's LUTs and ``bram_share`` of its block
@@ -678,8 +687,9 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         The engine's share of the board.
     ref_layer : (int, int)
         ``(K, N)`` of the layer the cycle tie-break uses.
-    R : int
-        Rows a pass (``tlmm_rows``): the resources of ``R`` sets of tables.
+    R, S : int
+        Rows a pass (``tlmm_rows``) and passes a fetch (``tlmm_passes``): the resources of
+        ``R`` sets of tables, ``S`` passes' accumulators and the record buffer.
 
     Returns
     -------
@@ -709,12 +719,12 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
         for Q in pows:
             if T * Q > max(1, max_lookups):
                 continue
-            r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R)
+            r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R, S=S)
             if r["lut"] <= lut_budget and r["bram"] <= bram_budget:
                 cyc = tlmm_row_cycles(G, T, Q, *ref_layer)
                 feasible.append((-(T * Q), r["lut"] * cyc, T, Q, r, cyc))
     if not feasible:
-        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb, R=R)
+        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb, R=R, S=S)
         raise MappingError(f"board {board.name}: the smallest TLMM engine (T = Q = 1) needs "
                            f"LUT {r['lut']}, BRAM {r['bram']:g}; its budget is LUT "
                            f"{lut_budget:.0f}, BRAM {bram_budget:.0f} ({lut_share:.0%} / "
@@ -747,20 +757,22 @@ def tlmm_config(board: Board, cfg: AccelConfig, acc_depth: int | None = None) ->
     eng = board.engine
     G = int(eng.get("tlmm_g", cfg.tlmm_g))
     R = int(eng.get("tlmm_rows", cfg.tlmm_rows))
+    S = int(eng.get("tlmm_passes", cfg.tlmm_passes))
     depth = max(int(eng.get("tlmm_acc_depth", cfg.tlmm_acc_depth)), int(acc_depth or 0))
     if "tlmm_t" in eng and "tlmm_q" in eng:
         T, Q = int(eng["tlmm_t"]), int(eng["tlmm_q"])
         rep = {"source": "board", "G": G, "T": T, "Q": Q, "R": R, "acc_depth": depth,
                "resources": tlmm_resources(G, T, Q, depth, cfg.beat_bytes,
-                                           getattr(board, "bram_kbits", 36), cfg.chain_len, R)}
+                                           getattr(board, "bram_kbits", 36), cfg.chain_len, R,
+                                           S=S)}
     else:
-        rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes, R=R)}
+        rep = {"source": "sized", **size_tlmm(board, G, depth, cfg.beat_bytes, R=R, S=S)}
         T = int(eng.get("tlmm_t", rep["T"]))
         Q = int(eng.get("tlmm_q", rep["Q"]))
         rep["T"], rep["Q"] = T, Q
     try:
         out = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=depth,
-                      tlmm_rows=R)
+                      tlmm_rows=R, tlmm_passes=S)
     except ValueError as e:
         raise MappingError(f"board {board.name}: invalid TLMM configuration: {e}") from None
     return out, rep

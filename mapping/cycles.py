@@ -331,27 +331,41 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     build = T * G + table_entries(G) + 2
     # the epilogue writes E outputs (one lane group of a word, E | L) per cycle
     epi = i.words * L // tlmm_epilogue_lanes(L, Q, SB)
-    # passes of up to R rows: their m bytes (2 a row), the chunk's T·G bytes of each row
-    # before its tables are built (all rows' at once), the records looked up once for all rows,
-    # then each row's epilogue
-    def per_pass(n):
+    # groups of up to S·R rows: their m bytes (2 a row), then the units (chunk, pass), passes
+    # inner: a pass's T·G bytes of each of its (up to R) rows before its tables are built (all
+    # rows' at once), its records looked up once for all its rows (the group's first pass from
+    # memory, the others from the record buffer, one a cycle), then each row's epilogue
+    R, S = cfg.tlmm_rows, cfg.tlmm_passes
+
+    def per_group(n):
         fixed = TLMM_ROW_FIXED + 2 * (n - 1)
         if not (chunks and blocks):
             return fixed - 2 + n * epi                  # no lookups: no stream drain
-        build_n = build + (n - 1) * T * G
-        return (fixed + build_n + 1 + stream + (chunks - 1) * max(build_n, lookups, fetched)
-                + n * epi)
+        pass_rows = [min(R, n - p) for p in range(0, n, R)]
+        units = [(p, r) for _ in range(chunks) for p, r in enumerate(pass_rows)]
 
-    R = cfg.tlmm_rows
-    passes = i.rows // R * per_pass(R) + (per_pass(i.rows % R) if i.rows % R else 0)
-    # setup: ceil-divisions by T, Q, SB/8 (a shift for powers of two, else 17 steps), the
+        def build_of(r):                                # the builder's cycles for r rows
+            return build + (r - 1) * T * G
+
+        def look(p):                                    # pass 0 from memory, the others buffered
+            return max(lookups, fetched) if p == 0 else blocks
+
+        cyc = build_of(units[0][1]) + 1
+        for (p0, _), (_, r1) in zip(units[:-1], units[1:], strict=True):
+            cyc += max(build_of(r1), look(p0))
+        cyc += stream if units[-1][0] == 0 else blocks
+        return fixed + cyc + n * epi
+
+    full, rest = divmod(i.rows, S * R)
+    passes = full * per_group(S * R) + (per_group(rest) if rest else 0)
+    # setup: ceil-divisions by T, Q, SB/8 and S·R (a shift for powers of two, else 17 steps), the
     # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
     def pow2(d):
         return d & (d - 1) == 0
 
     acc_bits = (-(-cfg.tlmm_acc_depth // Q)).bit_length()
     rec_bits = (-(-0xFFFF // T)).bit_length() + acc_bits
-    setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) and pow2(R) else 18) + acc_bits + 1 \
+    setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) and pow2(R * S) else 18) + acc_bits + 1 \
         + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
     param_beats = -(-8 * i.n_out // SB) / min(1.0, rate)
     return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + passes)

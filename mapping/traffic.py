@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwflow.golden.llm import attended_total
+from hwflow.hw.contract import tlmm_passes
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
 
 from .memory_image import TRAFFIC_CATEGORY
@@ -39,8 +40,9 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
     is all that classifies it); ATTN, per query row b, the position blocks of its keys
     (``golden.llm.attended``: ``0..POS+b``, or the window's) of its K and V regions, once for
     all the pass's query heads; KVSTORE writes ``rows`` position blocks; TMATMUL reads its
-    parameter super-beats once and its index stream once per pass of up to ``tlmm_rows`` rows
-    (the engine looks each record up for every row of a pass).
+    parameter super-beats once and its index stream once per group of ``tlmm_passes`` passes
+    of up to ``tlmm_rows`` rows (:func:`tlmm_passes`; the engine looks each record up for every
+    row of a pass, and keeps a chunk's records for the group's other passes).
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
     op = i.op
@@ -61,7 +63,7 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
         lay = block_layout(i.n_out, i.k_groups * cfg.tlmm_g, cfg.tlmm_g, cfg.tlmm_t,
                            cfg.tlmm_q, SB)
         stream = (i.ext + lay["param_beats"], lay["stream_beats"] * SB, False)
-        return [(i.ext, lay["param_beats"] * SB, False)] + [stream] * -(-i.rows // cfg.tlmm_rows)
+        return [(i.ext, lay["param_beats"] * SB, False)] + [stream] * tlmm_passes(i.rows, cfg)[0]
     return []
 
 

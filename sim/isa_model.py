@@ -43,6 +43,7 @@ from hwflow.golden import int8 as golden
 from hwflow.golden import llm as golden_llm
 from hwflow.golden import ternary as golden_t
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import tlmm_passes
 from hwflow.hw.isa import (
     ERROR_GATHER_RANGE,
     ERROR_ILLEGAL_MODE,
@@ -152,8 +153,8 @@ class IsaStats:
         L is still counted, the mapper knows the true K).
     weight_read_bytes : int
         Weight bytes fetched: sum over MATMULs of ``n_tiles * tile_mem_rows * P * L``, and over
-        TMATMULs of the parameter super-beats plus the index stream's once per pass of up to
-        ``tlmm_rows`` rows.
+        TMATMULs of the parameter super-beats plus the index stream's once per group of up to
+        ``tlmm_passes * tlmm_rows`` rows.
     ext_read_bytes, ext_write_bytes : int
         Bytes moved by LOAD, STORE, instruction fetch and weight fetch (weights fetched once
         per MATMUL, as the hardware's tiles-outer loop order does), and by GATHER and ATTN.
@@ -166,8 +167,8 @@ class IsaStats:
         Q)``; each record is ``T * Q`` lookups (``T * Q * G`` ternary MACs, padding included).
     tlmm_busy_cycles : int
         Cycles in which the TLMM engine did its lookups: one per record of a pass of up to
-        ``R = tlmm_rows`` rows (``T * Q`` lookups for each of the pass's rows), so
-        ``ceil(rows / R)`` times a row's records; the RTL's TLMM_BUSY register (0x208/0x20C)
+        ``R = tlmm_rows`` rows (``T * Q`` lookups for each of the pass's rows), so ``passes``
+        (:func:`tlmm_passes`) times a row's records; the RTL's TLMM_BUSY register (0x208/0x20C)
         when the engine is never stalled mid-record.
     tlmm_macs_valid : int
         Sum over TMATMULs of ``rows * n_out * k_groups * G``: ternary MACs on valid output
@@ -693,12 +694,12 @@ class IsaModel:
         self._write_rows(ins.out, words, out, "TMATMUL out")
 
         s = self.stats
-        passes = -(-rows // cfg.tlmm_rows)
+        groups, passes = tlmm_passes(rows, cfg)
         s.tlmm_lookups += rows * lay["records"]
         s.tlmm_busy_cycles += passes * lay["records"]
         s.tlmm_macs_valid += rows * n_out * kg * G
-        # parameters once per instruction, the index stream once per pass of up to R rows
-        nbytes = param_bytes + passes * stream_bytes
+        # parameters once per instruction, the index stream once per group of S passes
+        nbytes = param_bytes + groups * stream_bytes
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
 

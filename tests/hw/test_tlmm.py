@@ -72,7 +72,7 @@ class _Case:
     seed: int = 0
 
 
-def _build(cfg: AccelConfig, G, T, Q, c: _Case, R: int = 1):
+def _build(cfg: AccelConfig, G, T, Q, c: _Case, R: int = 1, S: int = 1):
     L, SB = cfg.chain_len, cfg.beat_bytes
     rng = np.random.default_rng(c.seed)
     K, N, rows = (0 if c.k_zero else c.K), c.n_out, c.rows
@@ -156,26 +156,27 @@ def _build(cfg: AccelConfig, G, T, Q, c: _Case, R: int = 1):
     def bursts(a, n):
         return [(a + o, min(TLMM_BURST, n - o)) for o in range(0, n, TLMM_BURST)]
 
-    # the index stream once per pass of R rows
-    passes = -(-rows // R)
+    # the index stream once per group of S passes of R rows; every pass looks the records up
+    groups = [min(S * R, rows - b) for b in range(0, rows, S * R)]
+    passes = sum(-(-n // R) for n in groups)
     want_req = bursts(wgt, lay["param_beats"])
-    for _ in range(passes):
+    for _ in groups:
         want_req += bursts(wgt + lay["param_beats"], lay["stream_beats"])
     return dict(image=image, words=words_init, ins=ins, expect=expect, want_req=want_req,
                 lookups=passes * lay["n_chunks"] * lay["n_blocks"], lay=lay, words_n=words)
 
 
 def _run(cfg, G, T, Q, cases, latency=8, p_busy=0.3, p_gap=0.2, seed=0, acc_depth=ACC_DEPTH,
-         E=None, R=1):
+         E=None, R=1, S=1):
     """Run the cases back to back in one simulation; returns the cycles of each."""
-    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth, E, R=R))
+    h = UnitHarness(cfg, TernaryLookupMatmul(cfg, G, T, Q, acc_depth, E, R=R, S=S))
     u = h.unit
     state = {"image": bytearray(), "sb": cfg.beat_bytes, "lookups": 0}
     log, cycles = [], []
 
     async def tb(ctx):
         for c in cases:
-            d = _build(cfg, G, T, Q, c, R)
+            d = _build(cfg, G, T, Q, c, R, S)
             state["image"] = d["image"]
             for a, val in d["words"].items():
                 ctx.set(h.ld_addr, a)
@@ -235,32 +236,36 @@ CASES = [
     # n_out = 5 (1 mod E = 2, 4) in padded rows: a lane group of outputs and padding, then
     # whole padding groups and words
     _Case(rows=2, K=10, n_out=5, residual=True, relu=True, w_pad=2, seed=14),
+    # 7 rows: several passes and groups of passes, the last ones partial
+    _Case(rows=7, K=23, n_out=13, relu=True, residual=True, seed=15),
 ]
 
 CONFIGS = [
-    # (cfg, G, T, Q, R): R rows a pass (the cases have 1 to 3 rows: whole and partial passes)
-    (CFG4, 2, 1, 1, 1), (CFG4, 3, 2, 4, 1), (CFG4, 4, 4, 2, 1), (CFG4, 3, 3, 5, 2),
-    (CFG4, 4, 4, 5, 2),
-    (CFG4, 3, 8, 8, 2),    # 320-bit records of 3 beats
-    (CFGKV, 3, 12, 8, 4),  # the KV260's engine: a 480-bit record per 512-bit super-beat
-    (CFG8, 2, 3, 5, 1), (CFG8, 3, 4, 2, 3), (CFG8, 4, 2, 4, 3), (CFG8, 3, 1, 1, 1),
+    # (cfg, G, T, Q, R, S): R rows a pass, S passes a fetch of the records (the cases have 1
+    # to 7 rows: whole and partial passes and groups)
+    (CFG4, 2, 1, 1, 1, 3), (CFG4, 3, 2, 4, 1, 1), (CFG4, 4, 4, 2, 1, 2), (CFG4, 3, 3, 5, 2, 2),
+    (CFG4, 4, 4, 5, 2, 1),
+    (CFG4, 3, 8, 8, 2, 3),    # 320-bit records of 3 beats
+    (CFGKV, 3, 12, 8, 4, 4),  # the KV260's engine: a 480-bit record per 512-bit super-beat
+    (CFG8, 2, 3, 5, 1, 1), (CFG8, 3, 4, 2, 3, 1), (CFG8, 4, 2, 4, 3, 2), (CFG8, 3, 1, 1, 1, 1),
 ]
-CONFIG_IDS = [f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}" for c, g, t, q, r in CONFIGS]
+CONFIG_IDS = [f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}_S{s}" for c, g, t, q, r, s in CONFIGS]
 
 
-@pytest.mark.parametrize("cfg,G,T,Q,R", CONFIGS, ids=CONFIG_IDS)
-def test_tlmm_matches_golden(cfg, G, T, Q, R):
-    _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q, R=R)
+@pytest.mark.parametrize("cfg,G,T,Q,R,S", CONFIGS, ids=CONFIG_IDS)
+def test_tlmm_matches_golden(cfg, G, T, Q, R, S):
+    _run(cfg, G, T, Q, CASES, seed=G * 10 + T + Q, R=R, S=S)
 
 
 THROUGHPUT = [
-    # (cfg, G, T, Q, R): records per beat KR / beats per record BPR, rows a pass
-    (CFG4, 3, 2, 4, 1),     # 40-bit records, KR = 3 per 128-bit beat
-    (CFG4, 3, 3, 5, 1),     # 75-bit records, KR = 1
-    (CFG4, 4, 4, 5, 2),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
-    (CFG8, 3, 4, 2, 3),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
-    (CFG4, 2, 1, 1, 1),     # 4-bit records, KR = 32
-    (CFGKV, 3, 12, 8, 4),   # the KV260's engine: 480-bit records, KR = 1, 4 rows a pass
+    # (cfg, G, T, Q, R, S): records per beat KR / beats per record BPR, rows a pass, passes a
+    # fetch
+    (CFG4, 3, 2, 4, 1, 1),     # 40-bit records, KR = 3 per 128-bit beat
+    (CFG4, 3, 3, 5, 1, 2),     # 75-bit records, KR = 1
+    (CFG4, 4, 4, 5, 2, 2),     # 140-bit records: BPR = 2 beats each (G = 4: half tables)
+    (CFG8, 3, 4, 2, 3, 1),     # 96 B beats: KR = 19, RPB = 12 (sequential dividers)
+    (CFG4, 2, 1, 1, 1, 3),     # 4-bit records, KR = 32
+    (CFGKV, 3, 12, 8, 4, 4),   # the KV260's engine: 480-bit records, KR = 1, 4 rows a pass
 ]
 
 
@@ -278,15 +283,16 @@ def _stream_bound(cfg, G, T, Q, **kw):
     return _Case(K=3 * T * G + 1, n_out=Q * blocks - (Q > 1), **kw)
 
 
-@pytest.mark.parametrize("cfg,G,T,Q,R", THROUGHPUT,
-                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}"
-                              for c, g, t, q, r in THROUGHPUT])
-def test_tlmm_cycles_match_the_model(cfg, G, T, Q, R):
+@pytest.mark.parametrize("cfg,G,T,Q,R,S", THROUGHPUT,
+                         ids=[f"L{c.chain_len}_G{g}_T{t}_Q{q}_R{r}_S{s}"
+                              for c, g, t, q, r, s in THROUGHPUT])
+def test_tlmm_cycles_match_the_model(cfg, G, T, Q, R, S):
     """No memory stalls (latency 32 = cycles.READ_LATENCY, no gaps): the busy cycles equal
     mapping.cycles.tmatmul_cycles, the docstring's formula, for one and two rows (and, with
-    R > 1 rows a pass, a whole pass and one more row), with the chunks' lookups fewer than
-    their build cycles (the builder bounds the pass), more (the lookups bound it), and no
-    chunks (k_groups = 0)."""
+    R > 1 rows a pass or S > 1 passes a fetch, a whole group and one more row), with the
+    chunks' lookups fewer than their build cycles (the builder bounds the pass), more (the
+    lookups bound it), and no chunks (k_groups = 0)."""
+    cfg = replace(cfg, act_depth=2048)             # groups of up to 16 rows
     build, bpr = _shape(cfg, G, T, Q)
     big = _stream_bound(cfg, G, T, Q, rows=1, seed=7)
     acc_depth = max(ACC_DEPTH, big.n_out)
@@ -294,27 +300,28 @@ def test_tlmm_cycles_match_the_model(cfg, G, T, Q, R):
         _Case(rows=2, K=60, n_out=3, seed=7),
         big, replace(big, rows=2),
         _Case(rows=2, K=5, n_out=6, k_zero=True, seed=7)]
-    if R > 1:
-        cases.append(_Case(rows=R + 1, K=60, n_out=37, seed=7))
+    if R * S > 1:
+        cases += [_Case(rows=R * S + 1, K=60, n_out=37, seed=7), replace(big, rows=R * S + 1)]
     assert -(-3 // Q) * bpr < build < -(-big.n_out // Q) * bpr
     for c in cases:
         (cyc,) = _run(cfg, G, T, Q, [c], latency=cycles.READ_LATENCY, p_busy=0.0, p_gap=0.0,
-                      acc_depth=acc_depth, R=R)
-        d = _build(cfg, G, T, Q, c, R)
+                      acc_depth=acc_depth, R=R, S=S)
+        d = _build(cfg, G, T, Q, c, R, S)
         ins = Instr(Opcode.TMATMUL, rows=c.rows, k_groups=d["lay"]["k_groups"], n_out=c.n_out,
                     words=d["words_n"])
         tcfg = replace(cfg, tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q, tlmm_acc_depth=acc_depth,
-                       tlmm_rows=R)
+                       tlmm_rows=R, tlmm_passes=S)
         assert cyc == cycles.tmatmul_cycles(ins, tcfg), (c, cyc)
 
 
-@pytest.mark.parametrize("cfg,G,T,Q,R", CONFIGS, ids=CONFIG_IDS)
-def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q, R):
+@pytest.mark.parametrize("cfg,G,T,Q,R,S", CONFIGS, ids=CONFIG_IDS)
+def test_tlmm_stream_bound_matches_golden(cfg, G, T, Q, R, S):
     """Chunks that stream longer than the next one builds, with memory stalls: the builder
     fills a bank only once the streamer has released it (two chunks back)."""
     cases = [_stream_bound(cfg, G, T, Q, rows=2, relu=True, residual=True, seed=12),
              _stream_bound(cfg, G, T, Q, rows=1, fill="groups", m_zero=(0,), seed=13)]
-    _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases), R=R)
+    _run(cfg, G, T, Q, cases, seed=G + T + Q, acc_depth=max(c.n_out for c in cases), R=R,
+         S=S)
 
 
 def test_tlmm_epilogue_lanes():
@@ -335,5 +342,5 @@ def test_tlmm_full_and_half_tables():
 
 
 def test_verilator_lint(tmp_path):
-    v = verilog.convert(TernaryLookupMatmul(CFG8, 3, 4, 2, 64, R=3), name="tlmm")
+    v = verilog.convert(TernaryLookupMatmul(CFG8, 3, 4, 2, 64, R=3, S=2), name="tlmm")
     assert_lints_clean(tmp_path, v, "tlmm")
