@@ -3,8 +3,10 @@ sim`` (Verilator).
 
 What the ternary path must show: the tiny BitNet (ternary q/k/v/o/gate/up/down, squared-ReLU
 MLP, sub-norms, gamma codes) compiles with its linears on the TLMM engine (ABSQUANT + TMATMUL),
-and an 8-token prompt plus 8 greedy decode steps run on the RTL with every step's logits
-bit-exact and the RTL's greedy tokens equal to golden's; decode keeps activations on chip.
+and a 16-token prompt (one 16-row prefill bucket: every TMATMUL in 4 passes of 4 rows that
+share one fetch of its index records) plus 8 greedy decode steps run on the RTL with every
+step's logits bit-exact and the RTL's greedy tokens equal to golden's; decode keeps activations
+on chip.
 """
 
 import json
@@ -41,15 +43,21 @@ def test_compile_puts_the_ternary_linears_on_the_tlmm_engine(bitnet_build):
 
 
 def test_prefill_and_decode_are_bit_exact_in_rtl(bitnet_build, capsys):
-    assert main(["sim", str(bitnet_build), "--prompt-len", "8", "--new-tokens", "8"]) == 0
+    conf = json.loads((bitnet_build / "config.json").read_text())["accel"]
+    assert conf["tlmm_rows"] * conf["tlmm_passes"] == 16        # the KV260's engine
+    assert main(["sim", str(bitnet_build), "--prompt-len", "16", "--new-tokens", "8"]) == 0
     sim = json.loads((bitnet_build / "reports" / "sim.json").read_text())
     steps = sim["steps"]
-    assert [s["kind"] for s in steps] == ["prefill"] + ["decode"] * 8
+    assert [(s["kind"], s["rows"]) for s in steps] == [("prefill", 16)] + [("decode", 1)] * 8
     assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in steps), steps
     assert sim["bit_exact"] and sim["tokens"] == sim["golden_tokens"]
     dec = sim["traffic"]["decode"]
     assert dec["activations_read"] == 0 and dec["activations_written"] == 0, dec
     assert sim["traffic"] == sim["isa_model_traffic"]
+    # the 16-row prefill reads every ternary linear's weights once, as one decode step does
+    # (and the LM head's, on the last row only); besides, only the RoPE rows of 15 more
+    # positions (2880 B): re-read per pass it would read 4x, per row 16x
+    assert sim["traffic"]["prefill"]["weights_read"] <= 1.05 * dec["weights_read"] / 8
     t = sim["tlmm"]
     assert t["peak_lookups_per_cycle"] == t["T"] * t["Q"]
     if t["tlmm_lookups_per_cycle"] is not None:    # the simulator reports TLMM_BUSY

@@ -11,6 +11,7 @@ agree byte for byte.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -250,9 +251,25 @@ def _linear_case(rng, rows, n_out, K, residual, relu, words_out=None, x_words=No
     (2, 1, 3, False, True),          # one group, one channel
 ])
 def test_absquant_then_tmatmul_matches_golden(rows, n_out, K, residual, relu):
+    _absquant_then_tmatmul(CFG, rows, n_out, K, residual, relu)
+
+
+@pytest.mark.parametrize("R,S", [(2, 1), (2, 2), (1, 3), (4, 4)])
+def test_tmatmul_fetches_the_records_once_a_group(R, S):
+    """R rows a pass, S passes a fetch: every pass looks each record up once (TLMM_BUSY),
+    every group of up to S*R rows reads the index stream once (7 rows: R = 2, S = 2 is two
+    groups, 4 passes; R = S = 4 one group of 2 passes)."""
+    st, records, stream_sb, param_sb = _absquant_then_tmatmul(
+        replace(CFG, tlmm_rows=R, tlmm_passes=S), 7, 12, 24, True, False)
+    groups, passes = -(-7 // (R * S)), 7 // (R * S) * S + -(-(7 % (R * S)) // R)
+    assert st.tlmm_busy_cycles == passes * records and st.tlmm_lookups == 7 * records
+    assert st.traffic["weights_read"] == (param_sb + groups * stream_sb) * SB
+
+
+def _absquant_then_tmatmul(cfg, rows, n_out, K, residual, relu):
     rng = np.random.default_rng(rows * 100 + K)
     c = _linear_case(rng, rows, n_out, K, residual, relu)
-    G, T, Q = CFG.tlmm_g, CFG.tlmm_t, CFG.tlmm_q
+    G, T, Q = cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q
     xw = cdiv(K, L)
     ow = cdiv(n_out, L) + 1                                  # an extra, zero-filled word
     im = SpanImage(SB)
@@ -268,7 +285,7 @@ def test_absquant_then_tmatmul_matches_golden(rows, n_out, K, residual, relu):
               c["shift"], ext=w_addr, a=XQ, out=OUT, b=RES, rows=rows, k_groups=kg,
               n_out=n_out, x_words=xw, words=ow, mult_b=c["res_mult"], m_addr=M),
     ])
-    model = IsaModel(CFG, bytes(im.buf), regions=im.spans)
+    model = IsaModel(cfg, bytes(im.buf), regions=im.spans)
     model.act[XQ:XQ + 64] = 99       # junk past each xq row's K (zero-padded by ABSQUANT)...
     model.act[OUT:OUT + 64] = 55     # ...and in the output padding
     st = model.run(prog)
@@ -278,12 +295,14 @@ def test_absquant_then_tmatmul_matches_golden(rows, n_out, K, residual, relu):
     np.testing.assert_array_equal(_m(model, M, rows), c["m"])
 
     records = cdiv(kg, T) * cdiv(n_out, Q)
-    assert st.tlmm_lookups == st.tlmm_busy_cycles == rows * records
     assert st.tlmm_macs_valid == rows * n_out * kg * G
     param_sb = cdiv(8 * n_out, SB)
     stream_sb = len(blk) // SB - param_sb
-    assert st.traffic["weights_read"] == (param_sb + rows * stream_sb) * SB
     assert st.by_opcode == {"LOAD": 1, "ABSQUANT": 1, "TMATMUL": 1, "END": 1}
+    if cfg.tlmm_rows == cfg.tlmm_passes == 1:      # rows one after another
+        assert st.tlmm_lookups == st.tlmm_busy_cycles == rows * records
+        assert st.traffic["weights_read"] == (param_sb + rows * stream_sb) * SB
+    return st, records, stream_sb, param_sb
 
 
 def test_tmatmul_ignores_activation_bytes_past_k():
