@@ -58,10 +58,12 @@ from hwflow.export import fit
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.ternary_array import TableLookupDatapath, TernaryAddArray
 
-#: (G, T, Q, SB) points of the full run and of ``--short`` (SB: super-beat bytes of the
-#: engine; (3, 8, 8, 16) is boards/kv260.yaml's engine, (3, 16, 8, 256) boards/u280.yaml's).
-POINTS = [(3, 4, 4, 16), (3, 8, 8, 16), (3, 16, 8, 256), (2, 4, 4, 16), (4, 4, 4, 16)]
-SHORT_POINTS = [(3, 2, 2, 16)]
+#: (G, T, Q, SB, R, S) points of the full run and of ``--short`` (SB: super-beat bytes of the
+#: engine, R rows a pass, S passes a fetch of the records; (3, 12, 8, 64, 4, 4) is
+#: boards/kv260.yaml's engine, (3, 16, 8, 256, 1, 1) boards/u280.yaml's).
+POINTS = [(3, 4, 4, 16, 1, 1), (3, 8, 8, 16, 1, 1), (3, 12, 8, 64, 1, 1), (3, 12, 8, 64, 4, 1),
+          (3, 12, 8, 64, 4, 4), (3, 16, 8, 256, 1, 1), (2, 4, 4, 16, 1, 1), (4, 4, 4, 16, 1, 1)]
+SHORT_POINTS = [(3, 2, 2, 16, 1, 1)]
 #: Accumulator depth of the synthesized engines (the AccelConfig default: one BRAM-sized
 #: memory per accumulator lane; it does not change the lookup datapath).
 ACC_DEPTH = 1024
@@ -91,7 +93,8 @@ def flat_verilog(component: wiring.Component, top: str) -> str:
     return verilog.convert(m, name=top, ports=ports)
 
 
-def tlmm_config(G: int, T: int, Q: int, SB: int) -> AccelConfig:
+def tlmm_config(G: int, T: int, Q: int, SB: int, R: int = 1, S: int = 1,
+                acc_depth: int = ACC_DEPTH) -> AccelConfig:
     """A valid accelerator configuration of super-beat ``SB`` (16 B: one 16-byte port, as the
     KV260; larger: ``SB / 32`` ports of 32 B, as the U280's 8) carrying the TLMM parameters.
     The engine depends on the matrix engine's sizes only through ``SB`` (its read data and
@@ -100,25 +103,33 @@ def tlmm_config(G: int, T: int, Q: int, SB: int) -> AccelConfig:
         raise ValueError(f"super-beat SB = {SB}: must be 16 or a multiple of 32 bytes")
     return AccelConfig(chains=SB // 16, chain_len=16, mem_ports=max(1, SB // 32),
                        port_bytes=min(SB, 32), tlmm=True, tlmm_g=G, tlmm_t=T, tlmm_q=Q,
-                       tlmm_acc_depth=ACC_DEPTH)
+                       tlmm_acc_depth=acc_depth, tlmm_rows=R, tlmm_passes=S)
 
 
-def tlmm_engine(G: int, T: int, Q: int, SB: int):
+def tlmm_engine(G: int, T: int, Q: int, SB: int, R: int = 1, S: int = 1,
+                acc_depth: int = ACC_DEPTH):
     from hwflow.hw.tlmm import TernaryLookupMatmul
 
-    return TernaryLookupMatmul(tlmm_config(G, T, Q, SB), G, T, Q, ACC_DEPTH)
+    return TernaryLookupMatmul(tlmm_config(G, T, Q, SB, R, S, acc_depth), G, T, Q, acc_depth,
+                               R=R, S=S)
 
 
-def designs(G: int, T: int, Q: int, SB: int) -> list[tuple[str, str, object]]:
-    """``(kind, label, component factory)`` for one point, in :data:`KINDS` order."""
-    tlmm_config(G, T, Q, SB)                            # a bad SB fails before any synthesis
-    return [("tlmm", f"TLMM engine G={G} T={T} Q={Q} SB={SB}",
-             lambda: tlmm_engine(G, T, Q, SB)),
-            ("dp-lutram", f"datapath LUTRAM G={G} T={T} Q={Q}",
-             lambda: TableLookupDatapath(G, T, Q, lutram=True)),
-            ("dp-reg", f"datapath reg G={G} T={T} Q={Q}",
-             lambda: TableLookupDatapath(G, T, Q, lutram=False)),
-            ("array", f"add array {T * G}x{Q} (G={G})", lambda: TernaryAddArray(T * G, Q))]
+def designs(G: int, T: int, Q: int, SB: int, R: int = 1, S: int = 1,
+            acc_depth: int = ACC_DEPTH) -> list[tuple[str, str, object]]:
+    """``(kind, label, component factory)`` for one point, in :data:`KINDS` order. With R rows
+    a pass the array of equal throughput has ``R*Q`` outputs; the one-row datapaths are left
+    out."""
+    tlmm_config(G, T, Q, SB, R, S)                      # a bad SB fails before any synthesis
+    rows = f" R={R} S={S}" if R * S > 1 else ""
+    out = [("tlmm", f"TLMM engine G={G} T={T} Q={Q} SB={SB}{rows}",
+            lambda: tlmm_engine(G, T, Q, SB, R, S, acc_depth))]
+    if R == 1:
+        out += [("dp-lutram", f"datapath LUTRAM G={G} T={T} Q={Q}",
+                 lambda: TableLookupDatapath(G, T, Q, lutram=True)),
+                ("dp-reg", f"datapath reg G={G} T={T} Q={Q}",
+                 lambda: TableLookupDatapath(G, T, Q, lutram=False))]
+    return out + [("array", f"add array {T * G}x{R * Q} (G={G})",
+                   lambda: TernaryAddArray(T * G, R * Q))]
 
 
 def synth_cells(verilog_text: str, top: str, cache: bool) -> tuple[dict, float, bool]:
@@ -149,7 +160,7 @@ def measure(kind: str, label: str, factory, macs: int, point, cache: bool) -> di
     lutram = sum(n * LUTRAM_LUTS.get(c, 0) for c, n in cells.items())
     return {
         "kind": kind, "design": label, "G": point[0], "T": point[1], "Q": point[2],
-        "SB": point[3],
+        "SB": point[3], "R": point[4], "S": point[5],
         "macs": macs, "lut": used["lut"], "ff": used["ff"], "dsp": used["dsp"],
         "bram": used["bram"], "uram": used["uram"], "lutram": lutram, "srl": used["srl"],
         "lut_per_mac": round((used["lut"] + lutram + used["srl"]) / macs, 2),
@@ -157,10 +168,12 @@ def measure(kind: str, label: str, factory, macs: int, point, cache: bool) -> di
     }
 
 
-def run(points, jobs: int = 2, cache: bool = True, kinds=KINDS) -> list[dict]:
+def run(points, jobs: int = 2, cache: bool = True, kinds=KINDS,
+        acc_depth: int = ACC_DEPTH) -> list[dict]:
     """Synthesize the ``kinds`` designs of every point (``jobs`` Yosys runs at a time)."""
-    tasks = [(kind, label, factory, G * T * Q, (G, T, Q, SB), cache)
-             for G, T, Q, SB in points for kind, label, factory in designs(G, T, Q, SB)
+    tasks = [(kind, label, factory, G * T * Q * R, (G, T, Q, SB, R, S), cache)
+             for G, T, Q, SB, R, S in points
+             for kind, label, factory in designs(G, T, Q, SB, R, S, acc_depth)
              if kind in kinds]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         rows = list(pool.map(lambda t: measure(*t), tasks))
@@ -174,13 +187,13 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     by_point = {}
     for r in rows:
-        by_point.setdefault((r["G"], r["T"], r["Q"], r["SB"]), {})[r["kind"]] = r
+        by_point.setdefault((r["G"], r["T"], r["Q"], r["SB"], r["R"], r["S"]), {})[r["kind"]] = r
         lines.append(f"{r['design']:<32} {r['macs']:>7} {r['lut']:>7} {r['ff']:>7} "
                      f"{r['dsp']:>4} {r['bram']:>5} {r['lutram']:>6} {r['srl']:>4} "
                      f"{r['lut_per_mac']:>8.2f} {r['yosys_seconds']:>7.1f}"
                      f"{'c' if r['cached'] else ' '}")
     lines.append("")
-    for (G, T, Q, SB), d in by_point.items():
+    for (G, T, Q, SB, R, S), d in by_point.items():
         arr = d.get("array")
         if arr is None:
             continue
@@ -188,7 +201,7 @@ def table(rows: list[dict]) -> str:
                            ("dp-reg", "register datapath")):
             if kind in d:
                 ratio = arr["lut_per_mac"] / d[kind]["lut_per_mac"]
-                lines.append(f"G={G} T={T} Q={Q} SB={SB}: array / {what}: LUT per MAC "
+                lines.append(f"G={G} T={T} Q={Q} SB={SB} R={R} S={S}: array / {what}: LUT per MAC "
                              f"{arr['lut_per_mac']:.2f} / {d[kind]['lut_per_mac']:.2f} = "
                              f"{ratio:.2f}x")
     lines.append("(c = cached synthesis result; LUTRAM in LUTs; "
@@ -196,15 +209,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_point(text: str) -> tuple[int, int, int, int]:
-    """``G,T,Q[,SB]`` (SB defaults to 16 bytes)."""
+def parse_point(text: str) -> tuple[int, int, int, int, int, int]:
+    """``G,T,Q[,SB[,R[,S]]]`` (SB defaults to 16 bytes, R and S to 1)."""
     try:
         vals = [int(v) for v in text.split(",")]
     except ValueError:
         vals = []
-    if len(vals) not in (3, 4):
-        raise argparse.ArgumentTypeError(f"point {text!r}: expected G,T,Q or G,T,Q,SB")
-    return (*vals, 16) if len(vals) == 3 else tuple(vals)
+    if not 3 <= len(vals) <= 6:
+        raise argparse.ArgumentTypeError(f"point {text!r}: expected G,T,Q[,SB[,R[,S]]]")
+    return tuple(vals + [16, 1, 1][len(vals) - 3:])
 
 
 def main(argv=None) -> int:
@@ -213,15 +226,17 @@ def main(argv=None) -> int:
     ap.add_argument("--kind", choices=KINDS, action="append",
                     help="only these designs (repeatable); default: all")
     ap.add_argument("--point", type=parse_point, action="append",
-                    help="G,T,Q[,SB] (repeatable); default: "
+                    help="G,T,Q[,SB[,R[,S]]] (repeatable); default: "
                     + " ".join(",".join(map(str, p)) for p in POINTS))
+    ap.add_argument("--acc-depth", type=int, default=ACC_DEPTH,
+                    help=f"the engines' tlmm_acc_depth ({ACC_DEPTH})")
     ap.add_argument("--jobs", type=int, default=2, help="Yosys runs at a time (2)")
     ap.add_argument("--no-cache", action="store_true", help="always run Yosys")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args(argv)
     points = args.point or (SHORT_POINTS if args.short else POINTS)
     try:
-        rows = run(points, args.jobs, not args.no_cache, args.kind or KINDS)
+        rows = run(points, args.jobs, not args.no_cache, args.kind or KINDS, args.acc_depth)
     except ValueError as e:             # an invalid configuration
         print(f"error: {e}", file=sys.stderr)
         return 2
