@@ -43,7 +43,10 @@ class ActivationBuffer(wiring.Component):
     read-modify-write. The buffer starts zeroed.
 
     It is built as ``L`` byte-lane memories written at the same address (each read port is a
-    copy of them in block RAM, whose simple-dual-port primitives read once per cycle).
+    copy of them in block RAM, whose simple-dual-port primitives read once per cycle), or, with
+    ``uram``, as one ``8L``-bit memory per read port with a byte-enable write port, marked
+    ``ram_style = "ultra"`` (a URAM288 is 72 bits wide: a byte lane alone would waste 64 of
+    them). The two behave identically.
 
     Parameters
     ----------
@@ -51,10 +54,12 @@ class ActivationBuffer(wiring.Component):
         L, bytes per word.
     depth : int
         Words.
+    uram : bool, optional
+        Build for UltraRAM (``AccelConfig.act_uram``).
     """
 
-    def __init__(self, chain_len: int, depth: int):
-        self.L, self.depth = chain_len, depth
+    def __init__(self, chain_len: int, depth: int, uram: bool = False):
+        self.L, self.depth, self.uram = chain_len, depth, uram
         aw = max(1, (depth - 1).bit_length())
         self.addr_width = aw
         super().__init__({
@@ -66,6 +71,19 @@ class ActivationBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        if self.uram:
+            for name in "abc":
+                mem = memory.Memory(shape=8 * self.L, depth=self.depth, init=[],
+                                    attrs={"ram_style": "ultra"})
+                m.submodules[f"copy_{name}"] = mem
+                wp = mem.write_port(granularity=8)
+                rp = mem.read_port()
+                m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
+                             wp.en.eq(self.w_en),
+                             rp.addr.eq(getattr(self, f"{name}_addr")),
+                             rp.en.eq(getattr(self, f"{name}_en")),
+                             getattr(self, f"{name}_data").eq(rp.data)]
+            return m
         for i in range(self.L):
             mem = memory.Memory(shape=8, depth=self.depth, init=[])
             m.submodules[f"lane{i}"] = mem

@@ -89,6 +89,11 @@ class AccelConfig:
         block RAM. Placement only: the RTL behaves identically. A 72-bit x 4096 URAM288 holds
         8x a RAMB36E2, so the multi-MiB rings of the full-size engines fit the UltraScale+
         parts that have it (U280: 960 URAM288 beside 2016 RAMB36E2).
+    act_uram : bool
+        Place the activation buffer in UltraRAM (``ram_style = "ultra"``): three ``8 * L``-bit
+        copies with byte-enable writes instead of ``3 * L`` byte-lane memories. Placement only:
+        the RTL behaves identically. Prefill buckets of many rows need it on the KV260 (BitNet
+        0.7B's 16 rows: 32768 words, 384 RAMB36E2 or 48 URAM288).
     vec_lanes : int
         V, elements per cycle of the :class:`~hwflow.hw.sfu.VectorUnit` (RMSNORM, SILUMUL,
         ABSQUANT; ROPE takes up to ``min(V, L/2)`` pairs per step): V copies of its
@@ -116,6 +121,7 @@ class AccelConfig:
     tlmm_uram: bool = False
     attn_heads: int = 1
     ring_uram: bool = False
+    act_uram: bool = False
     vec_lanes: int = 1
 
     def __post_init__(self):

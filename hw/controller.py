@@ -102,7 +102,7 @@ class Controller(wiring.Component):
             "wr": Out(stream.Signature(write_layout(ab, cfg.beat_bytes))),
         })
         # datapath blocks (attributes so that tests can probe them)
-        self.act = ActivationBuffer(cfg.chain_len, cfg.act_depth)
+        self.act = ActivationBuffer(cfg.chain_len, cfg.act_depth, uram=cfg.act_uram)
         self.ring = WeightRing(cfg)
         self.engine = MatrixEngine(cfg)
         self.kseq = KGroupSequencer(cfg)

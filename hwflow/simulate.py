@@ -25,7 +25,8 @@ on the TLMM engine, not the DSP chains, and are left out of the MPE rates.
 TLMM (programs with TMATMULs, docs/architecture.md "Ternary path"): ``tlmm_busy_cycles``
 is the TLMM_BUSY register (cycles in which the engine did its ``T·Q`` lookups), checked against
 the ISA model's count (``tlmm_busy_isa_model``); ``tlmm_utilization`` = busy / cycles and
-``tlmm_lookups_per_cycle`` = busy · T · Q / cycles (its ideal is ``T·Q``).
+``tlmm_lookups_per_cycle`` = (every row's records) · T · Q / cycles (its ideal is ``R·T·Q``,
+R rows a pass).
 """
 
 from __future__ import annotations
@@ -141,14 +142,16 @@ def _engine_ratio(layer: dict, formats: dict, cfg: AccelConfig) -> int:
     return max(1, min(m // n, cfg.groups))
 
 
-def tlmm_rates(cfg: AccelConfig, busy: int, cycles: int) -> dict:
+def tlmm_rates(cfg: AccelConfig, busy: int, cycles: int, records: int) -> dict:
     """TLMM counters of a run: ``tlmm_busy_cycles``, ``tlmm_utilization`` (busy / cycles) and
-    ``tlmm_lookups_per_cycle`` (busy · T · Q / cycles)."""
+    ``tlmm_lookups_per_cycle`` (``records`` · T · Q / cycles: every row's records, each
+    T·Q lookups; a busy cycle looks a record up for each row of its pass), against
+    ``tlmm_ideal_lookups_per_cycle`` = R·T·Q."""
     lookups = cfg.tlmm_t * cfg.tlmm_q
     return {"tlmm_busy_cycles": busy,
             "tlmm_utilization": busy / cycles if cycles else 0.0,
-            "tlmm_lookups_per_cycle": busy * lookups / cycles if cycles else 0.0,
-            "tlmm_ideal_lookups_per_cycle": lookups}
+            "tlmm_lookups_per_cycle": records * lookups / cycles if cycles else 0.0,
+            "tlmm_ideal_lookups_per_cycle": cfg.tlmm_rows * lookups}
 
 
 def throughput(compile_report: dict, cfg: AccelConfig, cycles: int) -> dict:
@@ -261,7 +264,7 @@ def simulate_build(out, seed: int | None = None, waves: bool = False) -> dict:
         "inputs": "calibration" if seed is None else f"seed {seed}",
     }
     if compile_report.get("instruction_kinds", {}).get("TMATMUL"):
-        report.update(tlmm_rates(cfg, run.tlmm_busy, run.cycles))
+        report.update(tlmm_rates(cfg, run.tlmm_busy, run.cycles, p.isa_stats.tlmm_lookups))
         report["tlmm_busy_isa_model"] = p.isa_stats.tlmm_busy_cycles
     return _finish(out, report, res, conf["board"], waves)
 

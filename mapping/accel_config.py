@@ -38,11 +38,15 @@ configuration (DSP and BRAM counts equal):
   read on both ports of its block (a RAMB18E2 on Xilinx; one per lane on iCE40, whose blocks
   have one read port); with the vector unit, one gate ROM (1024 x 16 bits,
   :data:`VECTOR_GATE_ROM`) per lane.
-- UltraRAM: with ``ring_uram`` (:func:`place_ring`) the ring's lane memories (the engine's
-  and the parameter reader's copies, and the index lanes) are marked ``ram_style = "ultra"``
-  and each takes ``ceil(width / 72) * ceil(depth / 4096)`` URAM288 (:func:`uram_blocks`;
-  Yosys ``synth_xilinx -family xcup`` maps a marked memory to URAM288 whatever its size)
-  instead of block RAM; nothing else goes to URAM.
+- UltraRAM (:func:`place_memories`): with ``ring_uram`` the ring's lane memories (the
+  engine's and the parameter reader's copies, and the index lanes), with ``act_uram`` the
+  activation buffer (three ``8L``-bit copies with byte enables), with ``tlmm_uram`` the TLMM's
+  accumulator and record buffer are marked ``ram_style = "ultra"`` and each memory takes
+  ``ceil(width / 72) * ceil(depth / 4096)`` URAM288 (:func:`uram_blocks`; Yosys
+  ``synth_xilinx -family xcup`` maps a marked memory to URAM288 whatever its size) instead of
+  block RAM. Yosys joins URAM288 deeper than one with LUT multiplexers: 424 LUTs for the
+  activation buffer at L = 16, 8192 words (12 URAM288), about 1.1 per bit, copy and block
+  past the first (:data:`URAM_CASCADE_LUT`), counted in the LUT estimate.
 - LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
@@ -235,12 +239,12 @@ RESOURCE_FEATURES = {
     "ff": ("1", "PL", "PL_sparse", "PL_int4", "E", "lutram", "tf", "tf_L"),
     "dsp": "P*L + 3*E + 1 + transformer*(attn_heads*(3*L + 5) + 2*L + 9)"
            " + vector_unit*5*(vec_lanes - 1)",
-    "bram": "3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
+    "bram": "(1 - act_uram)*3*L*blocks(8, act_depth) + (1 - ring_uram)*((L + param_lanes)"
             "*blocks(8*P, weight_depth) + sparse*L*blocks(4*P, weight_depth))"
             " + transformer*ceil(attn_heads/2)*blocks(14, 1024)"
             " + vector_unit*vec_lanes*blocks(16, 1024)",
     "uram": "ring_uram*((L + param_lanes)*urams(8*P, weight_depth)"
-            " + sparse*L*urams(4*P, weight_depth))",
+            " + sparse*L*urams(4*P, weight_depth)) + act_uram*3*urams(8*L, act_depth)",
 }
 #: The kinds counted from the configuration, not fitted.
 ANALYTIC_KINDS = ("dsp", "bram", "uram")
@@ -367,13 +371,29 @@ def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         n = (L + param_lanes(cfg)) * blocks(8 * P, D)
         return n + (L * blocks(4 * P, D) if cfg.sparse else 0)
 
-    act = ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth, bram_kbits)
+    act = 0 if cfg.act_uram else ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth,
+                                                                      bram_kbits)
     units = transformer_dsp(cfg) + vector_lane_resources(cfg)["dsp"]
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
             "bram": act + attention_rom_blocks(cfg, bram_kbits) + vector_rom_blocks(
                 cfg, bram_kbits) + (
                 0 if cfg.ring_uram else ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
-            "uram": ring(uram_blocks) if cfg.ring_uram else 0}
+            "uram": (ring(uram_blocks) if cfg.ring_uram else 0)
+            + (ACT_READ_PORTS * uram_blocks(8 * L, cfg.act_depth) if cfg.act_uram else 0)}
+
+
+#: LUTs per bit, copy and URAM288 past the first of a memory deeper than one (Yosys's read
+#: multiplexer): 424 / (3 copies x 128 bits x 1) for the activation buffer at L = 16, 8192 words.
+URAM_CASCADE_LUT = 424 / (3 * 128)
+
+
+def act_uram_luts(cfg: AccelConfig) -> float:
+    """LUTs of the URAM-placed activation buffer's read multiplexers (:data:`URAM_CASCADE_LUT`;
+    0 without ``act_uram``)."""
+    if not cfg.act_uram:
+        return 0.0
+    extra = -(-cfg.act_depth // URAM_DEPTH) - 1
+    return URAM_CASCADE_LUT * ACT_READ_PORTS * 8 * cfg.chain_len * extra
 
 
 def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
@@ -421,7 +441,7 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
 
     if bram_kbits == 36:
         lanes, vec = attention_lane_resources(cfg), vector_lane_resources(cfg)
-        out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"]
+        out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"] + act_uram_luts(cfg)
         out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"]
     if cfg.tlmm:
         t = cfg_tlmm_resources(cfg, bram_kbits)
@@ -431,57 +451,40 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     return {k: int(round(out[k])) for k in RESOURCE_KINDS if k in out}
 
 
-def place_ring(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, str | None]:
-    """``(cfg, why)``: the weight ring moved to UltraRAM (``ring_uram``) when the estimate's
-    block RAM exceeds the board's and the board's URAM holds the ring; otherwise ``cfg``
-    unchanged and ``why`` None. The multi-MiB rings of full-size engines are what overflows
-    block RAM (LLaMA-2-7B int4 on the U280: a 4 MiB ring of 2048 rows of 2 KiB), and a
-    URAM288 holds 8x a RAMB36E2."""
-    kb = getattr(board, "bram_kbits", 36)
-    have_bram, have_uram = board.resources["bram"], board.resources.get("uram", 0)
-    if cfg.ring_uram or not have_uram or kb != 36:
-        return cfg, None
-    bram = estimate_resources(cfg, kb)["bram"]
-    if bram <= have_bram:
-        return cfg, None
-    moved = replace(cfg, ring_uram=True)
-    est = estimate_resources(moved, kb)
-    if est["uram"] > have_uram:
-        return cfg, None
-    return moved, (f"weight ring placed in URAM (ring_uram): block RAM {bram} > {have_bram} "
-                   f"with it in block RAM; {est['bram']} block RAM + {est['uram']} URAM288 "
-                   f"of {have_uram} with it in URAM")
-
-
-def place_tlmm_acc(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, str | None]:
-    """``(cfg, why)``: the TLMM accumulator moved to UltraRAM (``tlmm_uram``) when the
-    estimate's block RAM exceeds the board's and its URAM holds the accumulator, as
-    :func:`place_ring` does the ring; otherwise ``cfg`` unchanged and ``why`` None. A multi-row
-    engine's accumulator is wide (R*Q lanes of 26 bits: 832 bits at the KV260's R = 4, Q = 8),
-    which URAM288's 72-bit words hold as well as RAMB36E2's."""
-    kb = getattr(board, "bram_kbits", 36)
-    have_bram, have_uram = board.resources["bram"], board.resources.get("uram", 0)
-    if not cfg.tlmm or cfg.tlmm_uram or not have_uram or kb != 36:
-        return cfg, None
-    bram = estimate_resources(cfg, kb)["bram"]
-    if bram <= have_bram:
-        return cfg, None
-    moved = replace(cfg, tlmm_uram=True)
-    est = estimate_resources(moved, kb)
-    if est["uram"] > have_uram:
-        return cfg, None
-    return moved, (f"TLMM accumulator placed in URAM (tlmm_uram): block RAM {bram} > "
-                   f"{have_bram} with it in block RAM; {est['bram']} block RAM + {est['uram']} "
-                   f"URAM288 of {have_uram} with it in URAM")
+#: The memories the placement may move to UltraRAM: (AccelConfig flag, what it moves).
+URAM_PLACEMENTS = (("ring_uram", "weight ring"),
+                   ("tlmm_uram", "TLMM accumulator and record buffer"),
+                   ("act_uram", "activation buffer"))
 
 
 def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[str]]:
-    """``(cfg, notes)``: :func:`place_ring`, then :func:`place_tlmm_acc` where block RAM is
-    still short."""
+    """``(cfg, notes)``: while the estimate's block RAM exceeds the board's, the memory whose
+    move frees the most block RAM (:data:`URAM_PLACEMENTS`: the weight ring, the TLMM's
+    accumulator and record buffer, the activation buffer) goes to UltraRAM, if the board's
+    URAM holds it; one note per move. Boards without URAM (or not UltraScale+) are left
+    alone. The multi-MiB rings of full-size engines are what overflows block RAM on the U280
+    (LLaMA-2-7B int4: a 4 MiB ring of 2048 rows of 2 KiB), prefill buckets of many rows on
+    the KV260; a URAM288 holds 8x a RAMB36E2."""
+    kb = getattr(board, "bram_kbits", 36)
+    have_bram, have_uram = board.resources["bram"], board.resources.get("uram", 0)
     notes = []
-    for place in (place_ring, place_tlmm_acc):
-        cfg, why = place(cfg, board)
-        notes += [why] if why else []
+    if not have_uram or kb != 36:
+        return cfg, notes
+    while (bram := estimate_resources(cfg, kb)["bram"]) > have_bram:
+        best = None
+        for flag, what in URAM_PLACEMENTS:
+            if getattr(cfg, flag) or (flag == "tlmm_uram" and not cfg.tlmm):
+                continue
+            moved = replace(cfg, **{flag: True})
+            est = estimate_resources(moved, kb)
+            if est["uram"] <= have_uram and est["bram"] < bram and (
+                    best is None or est["bram"] < best[3]["bram"]):
+                best = (flag, what, moved, est)
+        if best is None:
+            break
+        flag, what, cfg, est = best
+        notes.append(f"{what} placed in URAM ({flag}): block RAM {bram} > {have_bram} without; "
+                     f"{est['bram']} block RAM + {est['uram']} URAM288 of {have_uram} with it")
     return cfg, notes
 
 
@@ -712,23 +715,34 @@ def size_tlmm(board: Board, G: int = 3, acc_depth: int = 1024, SB: int | None = 
     kb = getattr(board, "bram_kbits", 36)
     lut_budget = lut_share * board.resources["lut"]
     bram_budget = bram_share * board.resources["bram"]
+    # the accumulator and record buffer may go to URAM where the board has it (place_memories)
+    uram_budget = bram_share * board.resources.get("uram", 0) if kb == 36 else 0
     max_lookups = 8 * SB // TLMM_GROUP_BITS[G]
+
+    def resources(T, Q):
+        r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R, S=S)
+        if r["bram"] > bram_budget and uram_budget:
+            r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R, S=S, uram=True)
+        return r
+
     pows = [1 << i for i in range(TLMM_MAX_TQ.bit_length()) if 1 << i <= TLMM_MAX_TQ]
     feasible = []
     for T in pows:
         for Q in pows:
             if T * Q > max(1, max_lookups):
                 continue
-            r = tlmm_resources(G, T, Q, acc_depth, SB, kb, R=R, S=S)
-            if r["lut"] <= lut_budget and r["bram"] <= bram_budget:
+            r = resources(T, Q)
+            if r["lut"] <= lut_budget and r["bram"] <= bram_budget and (
+                    r["uram"] <= uram_budget):
                 cyc = tlmm_row_cycles(G, T, Q, *ref_layer)
                 feasible.append((-(T * Q), r["lut"] * cyc, T, Q, r, cyc))
     if not feasible:
-        r = tlmm_resources(G, 1, 1, acc_depth, SB, kb, R=R, S=S)
+        r = resources(1, 1)
         raise MappingError(f"board {board.name}: the smallest TLMM engine (T = Q = 1) needs "
-                           f"LUT {r['lut']}, BRAM {r['bram']:g}; its budget is LUT "
-                           f"{lut_budget:.0f}, BRAM {bram_budget:.0f} ({lut_share:.0%} / "
-                           f"{bram_share:.0%} of the board; needed > available)")
+                           f"LUT {r['lut']}, BRAM {r['bram']:g}, URAM {r['uram']}; its budget "
+                           f"is LUT {lut_budget:.0f}, BRAM {bram_budget:.0f}, URAM "
+                           f"{uram_budget:.0f} ({lut_share:.0%} / {bram_share:.0%} of the board; "
+                           "needed > available)")
     _, _, T, Q, res, cyc = min(feasible)
     return {"T": T, "Q": Q, "G": G, "lookups_per_cycle": T * Q, "acc_depth": acc_depth,
             "SB": SB, "lut_budget": int(lut_budget), "bram_budget": bram_budget,

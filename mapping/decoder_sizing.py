@@ -48,10 +48,11 @@ def _size_act_depth(qd, cfg, board) -> tuple:
     The programs keep every activation of ``B`` rows on chip (``B * words_per_row`` act
     words, plus the one logits row: a 32000-token vocabulary's is 2000 words at L = 16). When the
     configured ``act_depth`` cannot hold one row, it is raised to the smallest power of two
-    that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets) if that still fits the
-    board's block RAM, else 4, 2 rows, and at least one row (prefill token by token): BitNet
-    0.7B on the KV260 gets 4-row buckets in 8192 words (96 of its 144 RAMB36E2), a pass of its
-    4-row TLMM engine."""
+    that holds :data:`MIN_BUCKET` rows (prefill in 8-row buckets), or the rows a multi-row TLMM
+    engine fetches its weights once for (``tlmm_rows * tlmm_passes``) where more, if that still
+    fits the board with its memories placed (:func:`~.accel_config.place_memories`), else half
+    as many rows, and at least one row (prefill token by token): BitNet 0.7B on the KV260 gets
+    16-row buckets in 32768 words, its activation buffer in 48 URAM288."""
     words, fixed = act_row_words(qd, cfg)
     if cfg.act_depth >= words + fixed:
         return cfg, None
@@ -60,7 +61,9 @@ def _size_act_depth(qd, cfg, board) -> tuple:
         return 1 << (int(n) - 1).bit_length()
 
     chosen = None
-    for rows in [1 << k for k in reversed(range(MIN_BUCKET.bit_length()))]:   # 8, 4, 2, 1
+    # a TLMM engine that fetches the weights once for S*R rows wants buckets of that many
+    most = max(MIN_BUCKET, cfg.tlmm_rows * cfg.tlmm_passes if cfg.tlmm else 1)
+    for rows in [1 << k for k in reversed(range(most.bit_length()))]:    # 8 (16), .., 2, 1
         cand = replace(cfg, act_depth=pow2(rows * words + fixed))
         if cand.act_depth > ACT_ADDR_WORDS:
             continue

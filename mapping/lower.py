@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from hwflow.compiler.ops import FUSED_KINDS
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import tlmm_passes
 from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
 from .emit import emit
@@ -271,7 +272,9 @@ def lower(graph, cfg: AccelConfig, inputs: dict) -> Lowered:
             rep = tmatmul_report(name, tp, a["weight"].shape, wregion[name].nbytes)
             layers.append(_report(name, op, mem.rows, rep, "ternary", "dense", "ternary",
                                   "ternary"))
+            # records looked up for every row; the engine's busy cycles, one a record of a pass
             layers[-1]["tlmm"]["lookups"] = mem.rows * tp.index_records
+            layers[-1]["tlmm"]["busy_cycles"] = tlmm_passes(mem.rows, cfg)[1] * tp.index_records
         elif op.kind == "qlinear":
             plan = plans[name]
             fmt = plan.fmt

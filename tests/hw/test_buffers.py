@@ -18,9 +18,12 @@ from ._memory import port_process
 from ._program import fill_entries, random_layer
 
 
-def test_activation_buffer_byte_writes():
+@pytest.mark.parametrize("uram", [False, True], ids=["lanes", "uram"])
+def test_activation_buffer_byte_writes(uram):
+    """Byte lanes (block RAM) and the URAM build (one wide memory with byte enables per read
+    port) behave the same."""
     L, depth = 4, 32
-    dut = ActivationBuffer(L, depth)
+    dut = ActivationBuffer(L, depth, uram=uram)
     ref = np.zeros((depth, L), dtype=np.uint8)
     rng = random.Random(0)
 
@@ -54,10 +57,11 @@ def test_activation_buffer_byte_writes():
     sim.run()
 
 
-def test_activation_buffer_read_enable_holds():
+@pytest.mark.parametrize("uram", [False, True], ids=["lanes", "uram"])
+def test_activation_buffer_read_enable_holds(uram):
     """A read port's data hold while its enable is low (the output sequencer's stall)."""
     L, depth = 2, 8
-    dut = ActivationBuffer(L, depth)
+    dut = ActivationBuffer(L, depth, uram=uram)
 
     async def tb(ctx):
         for a in range(depth):

@@ -10,7 +10,7 @@ from hwflow.mapping.accel_config import (
     estimate_resources,
     memory_blocks,
     param_lanes,
-    place_ring,
+    place_memories,
     resource_fit,
     uram_blocks,
 )
@@ -198,8 +198,9 @@ def test_ring_moves_to_uram_only_when_block_ram_is_short():
     big = replace(choose_config(u280), chains=128, mem_ports=32, weight_depth=2048,
                   act_depth=65536, attn_heads=16, tlmm=False)
     assert estimate_resources(big)["bram"] == 2832 > u280.resources["bram"]
-    moved, why = place_ring(big, u280)
-    assert moved == replace(big, ring_uram=True) and "URAM" in why
+    moved, why = place_memories(big, u280)      # the ring frees the most block RAM
+    assert moved == replace(big, ring_uram=True) and len(why) == 1
+    assert why[0].startswith("weight ring placed in URAM")
     est = estimate_resources(moved)
     # ring lanes 1024 bits x 2048: 15 URAM288 per copy (72-bit words), 16 engine + the
     # parameter reader's copies; index lanes 512 bits: 8 each
@@ -210,9 +211,9 @@ def test_ring_moves_to_uram_only_when_block_ram_is_short():
     assert est["lut"] == estimate_resources(big)["lut"]      # the ring was block RAM, not LUTs
     check_fit(moved, u280)
     # the board default fits block RAM: left alone; no URAM on the board: left alone
-    assert place_ring(choose_config(u280), u280) == (choose_config(u280), None)
+    assert place_memories(choose_config(u280), u280) == (choose_config(u280), [])
     none = replace(u280, resources={**u280.resources, "uram": 0})
-    assert place_ring(big, none) == (big, None)
+    assert place_memories(big, none) == (big, [])
     assert uram_blocks(72, 4096) == 1 and uram_blocks(73, 4097) == 4
 
 
@@ -245,7 +246,7 @@ def test_estimate_adds_the_tlmm_engine_share():
     without = estimate_resources(replace(cfg, tlmm=False))
     t = cfg_tlmm_resources(cfg)
     assert t == tlmm_resources(cfg.tlmm_g, cfg.tlmm_t, cfg.tlmm_q, cfg.tlmm_acc_depth,
-                               cfg.beat_bytes, R=4)
+                               cfg.beat_bytes, R=4, S=4)
     assert with_t["lut"] - without["lut"] in (t["lut"] - 1, t["lut"], t["lut"] + 1)
     assert with_t["dsp"] - without["dsp"] == t["dsp"] == 16      # 4 epilogue lanes of 4
     assert without["bram"] + t["bram"] <= with_t["bram"] < without["bram"] + t["bram"] + 1

@@ -49,10 +49,11 @@ def test_lower_shape_refuses_a_fixed_engine_too_small():
         lower_shape(cs.shape, choose_config(brd), brd, max_context=256, adjust=False)
 
 
-def test_prefill_buckets_take_the_largest_power_of_two_the_board_holds():
-    """BitNet 0.7B on the KV260: 8 rows of activations (8 x 1113 + 2539 words: 16384) would
-    need 192 RAMB36E2 of its 144, 4 rows fit in 8192 words, one pass of its 4-row TLMM engine;
-    block RAM short by one, the weight ring goes to URAM."""
+def test_prefill_buckets_take_the_rows_the_tlmm_engine_fetches_its_weights_for():
+    """BitNet 0.7B on the KV260, whose TLMM engine reads its weights once for 16 rows (4
+    passes of 4): 16 rows of activations (16 x 1113 + 2539 words: 32768) need 384 RAMB36E2 of
+    its 144 as byte lanes, so the activation buffer goes to URAM (3 copies x 2 x 8 = 48 of
+    64 URAM288) and the rest stays in block RAM."""
     from hwflow.mapping.accel_config import check_fit
     from hwflow.mapping.llm_lower import act_row_words
 
@@ -60,11 +61,13 @@ def test_prefill_buckets_take_the_largest_power_of_two_the_board_holds():
     qd = shape_decoder(cs, 256, "ternary")
     brd = load_board("kv260")
     cfg, _ = tlmm_engine(qd, choose_config(brd), brd)
-    assert cfg.tlmm_rows == 4
+    assert cfg.tlmm_rows * cfg.tlmm_passes == 16
     sized, notes = size_buffers(qd, cfg, brd, ternary=True)
     words, fixed = act_row_words(qd, sized)
-    assert sized.act_depth == 8192 and (sized.act_depth - fixed) // words >= 4
-    assert 8 * words + fixed > 8192
+    assert sized.act_depth == 32768 and (sized.act_depth - fixed) // words >= 16
+    assert 16 * words + fixed > 16384
     assert any("prefill buckets of up to" in n for n in notes)
-    assert sized.ring_uram and any(n.startswith("weight ring placed in URAM") for n in notes)
-    check_fit(sized, brd)
+    assert sized.act_uram and not sized.ring_uram and not sized.tlmm_uram
+    assert any(n.startswith("activation buffer placed in URAM") for n in notes)
+    fit = check_fit(sized, brd)
+    assert fit["uram"]["used"] == 48 and fit["bram"]["used"] <= 144
