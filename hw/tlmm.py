@@ -80,18 +80,19 @@ def _select(value, sel, width: int):
 class TernaryLookupMatmul(wiring.Component):
     """Executes TMATMUL: ternary weights by table lookup, exact accumulation, requantization.
 
-    Per pass of ``n = min(R, rows - b)`` activation rows ``b .. b + n - 1`` (passes one after
-    another; the index records are streamed once per pass and looked up for each of its rows;
-    in decode ``rows`` is 1):
+    Per group of up to ``S*R`` activation rows ``b ..`` (groups one after another; the index
+    records are streamed once per group), in passes of ``n = min(R, ..)`` rows (each record
+    is looked up for each row of a pass at once; in decode ``rows`` is 1, one pass):
 
     1. ``m[b]``, ..: two byte reads per row of the u16 at byte ``2b`` of act words from
-       ``m_addr`` (``2n`` cycles);
-    2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks), a builder (a, b) and
-       a streamer (c) one chunk apart: the tables have two banks, chunk ``c`` is built into
-       bank ``c % 2`` while the streamer looks up chunk ``c - 1`` in the other (the lookups
-       read only the tables and the accumulators, so the byte reader is the builder's); the
-       builder writes bank ``c % 2`` (b) once the streamer has finished chunk ``c - 2``
-       there, the streamer starts chunk ``c`` once it is built:
+       ``m_addr`` (two cycles a row);
+    2. per chunk ``c`` of ``T`` groups (``ceil(k_groups / T)`` chunks) and pass ``p``: the
+       units ``u = (c, p)``, passes inner (with ``S = 1`` the units are the chunks), a
+       builder (a, b) and a streamer (c) one unit apart: the tables have two banks, unit ``u``
+       is built into bank ``u % 2`` while the streamer looks up unit ``u - 1`` in the other
+       (the lookups read only the tables and the accumulators, so the byte reader is the
+       builder's); the builder writes bank ``u % 2`` (b) once the streamer has finished unit
+       ``u - 2`` there, the streamer starts unit ``u`` once it is built:
 
        a. load: the chunk's ``T*G`` activation bytes of each of the pass's rows, byte-serial
           from the buffer (``n*T*G + 1`` cycles; bytes straddle words freely; the bytes of
@@ -108,7 +109,9 @@ class TernaryLookupMatmul(wiring.Component):
           and ``NE`` for G = 4 (82). Each table has one adder: entry ``e + 1`` is entry ``e``
           plus ``a_i - 2*(a_0 + .. + a_{i-1})`` where digits ``0..i-1`` of ``e`` wrap, steps
           computed while the bytes arrive (one shared adder pair);
-       c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices; a record does ``T*Q``
+       c. stream: ``ceil(n_out / Q)`` records of ``T*Q`` indices (pass 0's from memory, and
+          written into the record buffer; the other passes' read back from it, one a cycle);
+          a record does ``T*Q``
           lookups for each of the ``R`` rows in one cycle (``lookup`` high; the tables of rows
           past ``n`` hold stale sums nobody reads), an adder tree over ``T`` per channel and
           row, and the read-modify-write of ``R*Q`` accumulators of :data:`ACC_BITS` bits
@@ -120,7 +123,7 @@ class TernaryLookupMatmul(wiring.Component):
           beats is the concatenation of ``BPR - 1`` registered beats and the arriving one.
           A chunk's last record steps to the next chunk in the same cycle.
 
-    3. epilogue, for each row of the pass in turn with no cycle between them: ``E`` output
+    3. epilogue, for each row of the group in turn with no cycle between them: ``E`` output
        bytes per cycle for ``n < words*L`` (``words*L/E`` cycles):
        ``requantize(acc[n] * m[b], bias[n], mult[n], shift, RELU, res[b, n] if RESIDUAL,
        res_mult)`` for ``n < n_out``, 0 past it. ``E`` (a power of two dividing L, Q and
@@ -142,7 +145,9 @@ class TernaryLookupMatmul(wiring.Component):
     (``ceil(records / KR) * BPR``, records by a shift-add multiplier of ``bits(acc_depth/Q)``
     steps), once per instruction.
 
-    Cycles per pass of ``n`` rows, when memory keeps up (one beat per cycle)::
+    Cycles per pass of ``n`` rows with ``S = 1``, when memory keeps up (one beat per cycle)
+    (with ``S > 1`` the units chain the same way, a buffered unit's records one a cycle:
+    ``mapping/cycles.py`` ``tmatmul_cycles``)::
 
         7 + 2*(n - 1) + build + stream + (n_chunks - 1) * max(build, n_blocks*BPR)
           + n*words*L/E
@@ -309,14 +314,12 @@ class TernaryLookupMatmul(wiring.Component):
                 m.submodules[f"table{tt}" if R == 1 else f"table{r}_{tt}"] = mem
                 tables[r].append((mem.write_port(),
                                   [mem.read_port(domain="comb") for _ in range(Q)]))
-        # accumulators: an entry holds Q lanes of each of the R rows (row-major); URAM288 where
-        # the board places it there (a 832-bit x 512 entry memory at R = 4, Q = 8: 12 URAM288
-        # or 12 RAMB36E2)
-        # (S passes of a group: S*AD entries, pass p's at p*n_blocks ..)
+        # accumulators: an entry holds Q lanes of each of the R rows of a pass (row-major), S
+        # passes' entries (pass p's from p*n_blocks); URAM288 where the board places them there
+        # (832 bits x 2048 entries at R = S = 4, Q = 8: 12 URAM288 or 48 RAMB36E2)
         ultra = {"ram_style": "ultra"} if self.uram else None
-        m.submodules.accmem = accmem = memory.Memory(
-            shape=AW * Q * R, depth=S * AD, init=[],
-            attrs=ultra)
+        m.submodules.accmem = accmem = memory.Memory(shape=AW * Q * R, depth=S * AD, init=[],
+                                                     attrs=ultra)
         acc_wp, acc_rp = accmem.write_port(), accmem.read_port()
         # parameters: the 48 used bits of each 8-byte record (bias, mult), RPB per entry, in
         # block RAM (Yosys would put a shallow, wide one in LUT-RAM: 1.1k LUTs at SB = 256 B)
