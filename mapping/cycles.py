@@ -357,7 +357,7 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
         return fixed + cyc + n * epi
 
     full, rest = divmod(i.rows, S * R)
-    passes = full * per_group(S * R) + (per_group(rest) if rest else 0)
+    groups = full * per_group(S * R) + (per_group(rest) if rest else 0)
     # setup: ceil-divisions by T, Q, SB/8 and S·R (a shift for powers of two, else 17 steps), the
     # records multiplier (bits(acc entries) steps), ceil(records / KR) (steps: its bits)
     def pow2(d):
@@ -368,7 +368,7 @@ def tmatmul_cycles(i, cfg: AccelConfig, rate: float = 1.0) -> int:
     setup = (1 if pow2(T) and pow2(Q) and pow2(SB // 8) and pow2(R * S) else 18) + acc_bits + 1 \
         + (1 if pow2(kr) else max(rec_bits, (kr - 1).bit_length()) + 2)
     param_beats = -(-8 * i.n_out // SB) / min(1.0, rate)
-    return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + passes)
+    return round(TLMM_SETUP + setup + param_beats + READ_LATENCY + groups)
 
 
 def absquant_cycles(i, cfg: AccelConfig) -> int:

@@ -87,8 +87,9 @@ def _size_act_depth(qd, cfg, board) -> tuple:
 def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[str]]:
     """``(cfg, notes)``: the weight ring, the activation buffer and the TLMM accumulator sized
     for decoder ``qd`` (:func:`_size_weight_depth`, :func:`_size_act_depth`,
-    :func:`_size_tlmm_acc`) and the ring and the TLMM accumulator placed in URAM where block
-    RAM is short (``mapping.accel_config.place_memories``), with one ``note`` per change. The
+    :func:`_size_tlmm_acc`) and the ring, the TLMM's memories or the activation buffer placed
+    in URAM where block RAM is short (``mapping.accel_config.place_memories``), with one
+    ``note`` per change. The
     one rule of the compile from weights and the shape-only compile: a board's engine that
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
