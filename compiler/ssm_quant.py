@@ -9,7 +9,21 @@ precision, so the products of ``golden.ssm.scan_step`` stay in int64). Fixed sca
 reads the tensor: the conv output and the gate ``z`` at 1/16 (the SiLU ROM), the dt
 projection's output at 1/16 (the softplus ROM). RMSNorm gammas are folded into the
 in-projection (the final one into the LM head), the residual add into the out-projection's
-epilogue. Rotations and 4-bit weights and activations (LightMamba's W4A4) are not done yet.
+epilogue.
+
+LightMamba's rotation-assisted quantization (Wei et al., DATE 2025; the QuaRot idea): the
+residual stream is rotated offline (:func:`rotate_residual`, folded into the weights), and the
+out-projection's input ``g = y * silu(z)``, which no weight can absorb a rotation into, passes an
+online Walsh-Hadamard transform (``golden.ssm.hadamard``, blocks of
+``golden.ssm.hadamard_block(d_inner)``) whose transpose is folded into the out-projection.
+
+W4A4 (``wbits=4, abits=4``): every linear's weights are int4 codes with group scales
+(``golden.int4``, groups of 32 along the input); the activations the big linears read, the
+in-projection's (the block's RMSNorm) and the out-projection's (after the Hadamard), are 4-bit
+(-8..7), their static scales chosen to minimize the calibration sample's mean squared error over
+clipping ratios (:func:`_scale4`): a 4-bit absmax/7 would spend most of the 16 levels on a few
+outliers. The small x and dt projections read ``u`` at 8 bits (the scan needs it at 8 bits
+anyway), the LM head the final norm at 8 bits. The SSM itself stays as in W8A8.
 """
 
 from __future__ import annotations
@@ -60,6 +74,10 @@ class QMambaLayer:
     d_mult: np.ndarray          # signed [d_inner]: D * u into y's scale
     d_shift: int
     gate: tuple                 # silu_mul(z, y) (mult, shift)
+    #: the out-projection's input: None, ``g`` itself (W8A8 without rotation); else ``(block,
+    #: mult, shift)``: ``requantize(hadamard(g, block), 0, mult, shift, bits=abits)``
+    #: (block 1 without rotation: ``g`` narrowed to 4 bits)
+    out_in: tuple | None
     out_proj: QLinear           # with the residual stream
 
 
@@ -74,6 +92,8 @@ class QMamba:
     final_norm: tuple
     lm_head: QLinear
     scales: dict = field(default_factory=dict)
+    wbits: int = 8              # every linear's weights: 8, or 4 (golden.int4)
+    abits: int = 8              # the in- and out-projections' activations: 8 or 4
 
 
 @dataclass(frozen=True)
@@ -124,18 +144,46 @@ def rotate_residual(fm: FloatMamba, seed: int = 0) -> FloatMamba:
                    final_norm=np.ones_like(gf), lm_head=(np.asarray(fm.lm_head) * gf) @ R.T)
 
 
-def _calibrate(fm: FloatMamba, seed: int) -> list[dict]:
-    """Per layer (and one more for the head) the absmax of every recorded tensor."""
+def _calibrate(fm: FloatMamba, seed: int, keep=()) -> tuple[list[dict], list[dict]]:
+    """Per layer (and one more for the head) the absmax of every recorded tensor, and the
+    rows of the blocks' tensors named in ``keep`` (float32, for :func:`_scale4`)."""
     amax: list[dict] = [{} for _ in range(len(fm.layers) + 1)]
+    rows: list[dict] = [{} for _ in range(len(fm.layers))]
 
     def record(layer, **tensors):
         for k, v in tensors.items():
             amax[layer][k] = max(amax[layer].get(k, 0.0), float(np.max(np.abs(v))))
+            if k in keep and layer < len(fm.layers):
+                rows[layer].setdefault(k, []).append(np.asarray(v, np.float32))
 
     rng = np.random.default_rng([seed, 0])
     for _ in range(CALIB_SEQUENCES):
         mamba_record(fm, rng.integers(0, fm.shape.vocab, CALIB_TOKENS), record)
-    return amax
+    return amax, [{k: np.concatenate(v) for k, v in r.items()} for r in rows]
+
+
+#: Clipping ratios :func:`_scale4` tries: absmax times 0.20, 0.25, ..., 1.00.
+_CLIP_RATIOS = np.linspace(0.2, 1.0, 17)
+
+
+def _scale4(x: np.ndarray) -> float:
+    """The static 4-bit scale of a calibration sample ``x``: ``r * absmax / 7`` at the ratio
+    ``r`` (:data:`_CLIP_RATIOS`) whose round-to-nearest codes (-8..7) reconstruct ``x`` with
+    the least mean squared error."""
+    x = np.asarray(x, np.float64).ravel()
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if m == 0:
+        return 1.0
+    errs = [np.mean((np.clip(np.rint(x / s), -8, 7) * s - x) ** 2)
+            for s in _CLIP_RATIOS * m / 7]
+    return float(_CLIP_RATIOS[int(np.argmin(errs))] * m / 7)
+
+
+def _hadamard_matrix(n: int) -> np.ndarray:
+    """The orthogonal matrix of ``golden.ssm.hadamard`` over ``n`` channels (symmetric):
+    ``hadamard(x, block) / sqrt(block) == x @ _hadamard_matrix(n)``."""
+    b = gs.hadamard_block(n)
+    return gs.hadamard(np.eye(n, dtype=np.int64), b) / np.sqrt(b)
 
 
 def _s8(m: float) -> float:
@@ -148,22 +196,36 @@ def _signed_mults(reals: np.ndarray) -> tuple[np.ndarray, int]:
     return np.rint(reals * 2.0**shift).astype(np.int64), shift
 
 
-def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True) -> QMamba:
-    """W8A8 integers of ``fm`` (module docstring), calibrated on random tokens (``seed``),
-    with the residual stream rotated first (:func:`rotate_residual`) unless ``rotate`` is
-    False."""
+def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True, wbits: int = 8,
+                   abits: int = 8) -> QMamba:
+    """The integers of ``fm`` (module docstring), calibrated on random tokens (``seed``): W8A8,
+    or 4-bit weights (``wbits=4``, ``golden.int4``) and 4-bit activations into the in- and
+    out-projections (``abits=4``); with the residual stream rotated offline
+    (:func:`rotate_residual`) and the out-projection's input rotated online
+    (``golden.ssm.hadamard``) unless ``rotate`` is False."""
+    if wbits not in (4, 8) or abits not in (4, 8):
+        raise ValueError(f"W{wbits}A{abits}: weights and activations are 8 or 4 bits")
     if rotate:
         fm = rotate_residual(fm, seed)
-    s, amax = fm.shape, _calibrate(fm, seed)
+    s = fm.shape
     C = s.d_inner
+    block = gs.hadamard_block(C) if rotate else 1
+    hmat = _hadamard_matrix(C) if rotate else np.eye(C)
+    amax, rows = _calibrate(fm, seed, keep=("n0", "g") if abits == 4 else ("g",) if rotate else ())
     sx = [_s8(amax[i]["x"]) for i in range(len(fm.layers) + 1)]
     layers = []
     for i, ly in enumerate(fm.layers):
         a = amax[i]
-        s_n, s_xin, s_u = _s8(a["n0"]), _s8(a["xin"]), _s8(a["u"])
+        s_xin, s_u = _s8(a["xin"]), _s8(a["u"])
         s_dti, s_b, s_c, s_y = _s8(a["dt_in"]), _s8(a["B"]), _s8(a["C"]), _s8(a["y"])
         s_g = _s8(a["g"])
         s_h = a["h"] / _H_CODE if a["h"] > 0 else 1.0
+        # the in- and out-projections' inputs (the out-projection's after the Hadamard)
+        if abits == 4:
+            s_n, s_go = _scale4(rows[i]["n0"]), _scale4(rows[i]["g"] @ hmat)
+        else:
+            s_n = _s8(a["n0"])
+            s_go = _s8(float(np.max(np.abs(rows[i]["g"] @ hmat)))) if rotate else s_g
         w_in = np.asarray(ly.in_proj, np.float64) * np.asarray(ly.norm, np.float64)[None, :]
         b_in = (None, None) if ly.in_bias is None else (ly.in_bias[:C], ly.in_bias[C:])
         wc, swc = g8.quantize_weight(ly.conv)
@@ -172,29 +234,32 @@ def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True) -> QMamba
         bias = np.zeros(C) if ly.conv_bias is None else np.asarray(ly.conv_bias, np.float64)
         xp = np.asarray(ly.x_proj)
         d_mult, d_shift = _signed_mults(np.asarray(ly.D, np.float64) * s_u / s_y)
+        out_in = None if abits == 8 and not rotate else \
+            (block, *g8.multiplier(s_g / (np.sqrt(block) * s_go)))
         layers.append(QMambaLayer(
             norm=_norm_params(sx[i], s_n, s.rms_eps, s.hidden),
-            in_x=_qlinear(w_in[:C], b_in[0], s_n, s_xin),
-            in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE),
+            in_x=_qlinear(w_in[:C], b_in[0], s_n, s_xin, wbits=wbits),
+            in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE, wbits=wbits),
             conv=wc, conv_bias=np.rint(bias / (s_xin * swc)).astype(np.int32),
             conv_mult=g8.quantize_multiplier(conv_reals, conv_shift), conv_shift=conv_shift,
             silu=g8.multiplier(1.0 / (256.0 * s_u)),
-            x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti),
-            x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, s_b),
-            x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, s_c),
-            dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE),
+            x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti, wbits=wbits),
+            x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, s_b, wbits=wbits),
+            x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, s_c, wbits=wbits),
+            dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE, wbits=wbits),
             a_codes=gs.decay_rate_codes(ly.A),
             bu=g8.multiplier(2.0**-gs.DT_FRAC * s_b * s_u / s_h),
             y=g8.multiplier(s_h * s_c / s_y),
-            d_mult=d_mult, d_shift=d_shift, gate=_silu_params(s_y, s_g),
-            out_proj=_qlinear(ly.out_proj, ly.out_bias, s_g, sx[i + 1], s_res=sx[i])))
+            d_mult=d_mult, d_shift=d_shift, gate=_silu_params(s_y, s_g), out_in=out_in,
+            out_proj=_qlinear(np.asarray(ly.out_proj, np.float64) @ hmat, ly.out_bias, s_go,
+                              sx[i + 1], s_res=sx[i], wbits=wbits)))
     head = amax[len(fm.layers)]
     s_fn, s_logits = _s8(head["n0"]), _s8(head["logits"])
     lm = np.asarray(fm.lm_head, np.float64) * np.asarray(fm.final_norm, np.float64)[None, :]
     return QMamba(name=fm.name, shape=s, embed=g8.quantize(fm.embed, sx[0]), layers=layers,
                   final_norm=_norm_params(sx[-1], s_fn, s.rms_eps, s.hidden),
-                  lm_head=_qlinear(lm, None, s_fn, s_logits),
-                  scales={"x0": sx[0], "logits": s_logits})
+                  lm_head=_qlinear(lm, None, s_fn, s_logits, wbits=wbits),
+                  scales={"x0": sx[0], "logits": s_logits}, wbits=wbits, abits=abits)
 
 
 def _linear(ql: QLinear, x, res=None) -> np.ndarray:
@@ -202,9 +267,9 @@ def _linear(ql: QLinear, x, res=None) -> np.ndarray:
                          res_mult=ql.res_mult)
 
 
-def _block(ly: QMambaLayer, x, hist, h):
+def _block(ly: QMambaLayer, x, hist, h, abits: int):
     """One block on int8 rows ``x [T, hidden]``; returns ``(x', hist', h')``."""
-    n = gl.rmsnorm(x, *ly.norm)
+    n = gl.rmsnorm(x, *ly.norm, bits=abits)
     c, hist = gs.causal_conv(_linear(ly.in_x, n), hist, ly.conv, ly.conv_bias, ly.conv_mult,
                              ly.conv_shift)
     u = gl.gate_mul(c, 1, *ly.silu)
@@ -215,6 +280,9 @@ def _block(ly: QMambaLayer, x, hist, h):
         h, y[t] = gs.scan_step(h, dt[t], ly.a_codes, b[t], cc[t], u[t], *ly.bu, *ly.y,
                                ly.d_mult, ly.d_shift)
     g = gl.silu_mul(_linear(ly.in_z, n), y, *ly.gate)
+    if ly.out_in is not None:
+        block, mult, shift = ly.out_in
+        g = g8.requantize(gs.hadamard(g, block), 0, mult, shift, bits=abits)
     return _linear(ly.out_proj, g, res=x), hist, h
 
 
@@ -222,7 +290,7 @@ def _run(qm: QMamba, ids, state: QMambaState):
     x = qm.embed[np.asarray(ids, dtype=np.int64).reshape(-1)]
     conv, ssm = [], []
     for i, ly in enumerate(qm.layers):
-        x, c, h = _block(ly, x, state.conv[i], state.ssm[i])
+        x, c, h = _block(ly, x, state.conv[i], state.ssm[i], qm.abits)
         conv.append(c)
         ssm.append(h)
     logits = _linear(qm.lm_head, gl.rmsnorm(x, *qm.final_norm))

@@ -107,12 +107,14 @@ def matmul(x_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
     return acc
 
 
-def requantize(acc, bias, mult, shift: int, relu: bool = False, res=None, res_mult: int = 0):
+def requantize(acc, bias, mult, shift: int, relu: bool = False, res=None, res_mult: int = 0,
+               bits: int = 8):
     """The matmul epilogue: bias, scale, optional residual, round, ReLU, saturate to int8.
 
     ``v = (acc + bias) * mult + res * res_mult``; ``v = (v + 2**(shift-1)) >> shift`` (no rounding
     term when shift is 0); ``v = max(v, 0)`` if ReLU; ``out = clip(v, -128, 127)``.
-    ``bias`` and ``mult`` broadcast over the last (channel) axis.
+    ``bias`` and ``mult`` broadcast over the last (channel) axis. ``bits = 4``: a 4-bit
+    activation (W4A4), saturated to ``[-8, 7]`` instead (:func:`saturate`), still an int8 array.
     """
     if not 0 <= shift <= SHIFT_MAX:
         raise ValueError(f"shift {shift} outside [0, {SHIFT_MAX}]")
@@ -125,7 +127,16 @@ def requantize(acc, bias, mult, shift: int, relu: bool = False, res=None, res_mu
         v = (v + (1 << (shift - 1))) >> shift
     if relu:
         v = np.maximum(v, 0)
-    return np.clip(v, INT8_MIN, INT8_MAX).astype(np.int8)
+    return saturate(v, bits)
+
+
+def saturate(v, bits: int = 8) -> np.ndarray:
+    """Clip integers to a signed ``bits``-wide activation (8: int8; 4: the W4A4 activations,
+    -8..7), as an int8 array."""
+    if bits not in (4, 8):
+        raise ValueError(f"activation width {bits}: 8 or 4 bits")
+    top = (1 << (bits - 1)) - 1
+    return np.clip(v, -top - 1, top).astype(np.int8)
 
 
 def residual_add(a, b, a_mult: int, b_mult: int, shift: int, relu: bool = False) -> np.ndarray:

@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from .int8 import saturate
+
 __all__ = [
     "SILU_SCALE", "SILU_LUT", "EXP2_FRAC", "EXP2_LUT", "ROPE_FRAC", "ATTN_BLOCK", "RSQRT_SHIFT",
     "isqrt", "rmsnorm", "rope", "rope_table", "default_inv_freq", "silu_mul", "exp2_neg",
@@ -103,14 +105,14 @@ def isqrt(v) -> np.ndarray:
     return np.array([math.isqrt(int(x)) for x in v.ravel()], dtype=np.int64).reshape(v.shape)
 
 
-def rmsnorm(x, eps: int, mult: int, shift: int, gamma=None) -> np.ndarray:
+def rmsnorm(x, eps: int, mult: int, shift: int, gamma=None, bits: int = 8) -> np.ndarray:
     """RMSNorm of int8 rows; its gamma is folded by the compiler into the next linear, or
     given here as int8 codes (``gamma``, one per element of a row, the same for every row:
     Qwen3's per-head q/k norms, whose gamma cannot pass through RoPE).
 
     Per row: ``S = sum(x**2) + eps``; ``d = isqrt(S << 16)``; ``r = 2**40 // d`` (``r = 0`` when
     ``d = 0``); ``y = sat8((x * g * r * mult + 2**(shift-1)) >> shift)`` (``g`` the code, 1
-    without ``gamma``).
+    without ``gamma``; ``bits = 4`` saturates to a 4-bit activation, ``golden.int8.saturate``).
 
     Float meaning: ``y * s_out = x * s_x / sqrt(mean(x**2) * s_x**2 + eps_f) * g * s_g`` with
     ``eps = round(eps_f * H / s_x**2)``, ``mult / 2**shift = sqrt(H) * s_g / (s_out * 2**32)``
@@ -123,7 +125,7 @@ def rmsnorm(x, eps: int, mult: int, shift: int, gamma=None) -> np.ndarray:
     d = isqrt(s << 16)
     r = np.where(d > 0, (1 << RSQRT_SHIFT) // np.maximum(d, 1), 0)
     xg = x if gamma is None else x * np.asarray(gamma, dtype=np.int64)
-    return _sat8(_round_shift(xg * r * int(mult), shift))
+    return saturate(_round_shift(xg * r * int(mult), shift), bits)
 
 
 def default_inv_freq(head_dim: int, theta: float) -> np.ndarray:

@@ -28,7 +28,8 @@ from .int8 import requantize
 from .llm import EXP2_FRAC, exp2_neg
 
 __all__ = ["DT_FRAC", "A_FRAC", "DECAY_FRAC", "SOFTPLUS_SCALE", "SOFTPLUS_LUT", "causal_conv",
-           "softplus_dt", "decay", "scan_step", "decay_rate_codes"]
+           "softplus_dt", "decay", "scan_step", "decay_rate_codes", "hadamard",
+           "hadamard_block"]
 
 #: Fractional bits of ``dt`` (uint16).
 DT_FRAC = 12
@@ -120,3 +121,35 @@ def scan_step(h, dt, a_codes, b, c, u, bu_mult, bu_shift: int, y_mult, y_shift: 
     y = _round_shift(acc * int(y_mult), y_shift) + _round_shift(
         u * np.asarray(d_mult, dtype=np.int64), d_shift)
     return h, np.clip(y, -128, 127).astype(np.int8)
+
+
+def hadamard_block(n: int) -> int:
+    """The block of the online Walsh-Hadamard transform over ``n`` channels: the largest power
+    of two that divides ``n`` (1024 for Mamba-2.8B's 5120 inner channels, 64 for 192), so the
+    transform is block-diagonal with blocks of Sylvester matrices, each orthogonal after its
+    ``1/sqrt(block)``."""
+    return n & -n
+
+
+def hadamard(x, block: int) -> np.ndarray:
+    """The unnormalized fast Walsh-Hadamard transform of integer rows ``x [..., n]`` in blocks of
+    ``block`` channels (a power of two dividing ``n``): ``log2(block)`` butterfly stages of one
+    add and one subtract per pair, exact (``|out| <= block * max|x|``), int64.
+
+    Float meaning: block ``j`` of the output is ``H x_j`` with ``H`` the Sylvester matrix
+    (``H_1 = [1]``, ``H_2k = [[H_k, H_k], [H_k, -H_k]]``, symmetric, ``H H = block * I``), so
+    ``out / sqrt(block)`` is ``x`` rotated orthogonally; the quantizer folds the same rotation
+    into the weight that reads it and the ``1/sqrt(block)`` into the requantization.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    n = x.shape[-1]
+    if block < 1 or block & (block - 1) or n % block:
+        raise ValueError(f"Hadamard block {block} must be a power of two dividing {n}")
+    y = x.reshape(*x.shape[:-1], n // block, block).copy()
+    h = 1
+    while h < block:
+        y = y.reshape(*y.shape[:-1], block // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = np.stack([a + b, a - b], axis=-2).reshape(*x.shape[:-1], n // block, block)
+        h *= 2
+    return y.reshape(x.shape)

@@ -16,7 +16,9 @@ from hwflow.compiler.ssm_quant import (
     rotate_residual,
     rotation,
 )
+from hwflow.golden import int4 as g4
 from hwflow.golden import int8 as g8
+from hwflow.golden import ssm as gs
 
 from .test_ssm_interpret import _float_mamba, _tiny_mamba
 
@@ -39,9 +41,10 @@ def test_rotated_model_is_the_same_model(fm):
     assert np.abs(got - want).max() < 1e-9 * np.abs(want).max()      # measured 2e-14 relative
 
 
-@pytest.mark.parametrize("rotate", [False, True])
-def test_golden_state_is_complete(fm, rotate):
-    qm = quantize_mamba(fm, rotate=rotate)
+@pytest.mark.parametrize("rotate,wbits,abits", [(False, 8, 8), (True, 8, 8), (False, 4, 4),
+                                                (True, 4, 4)])
+def test_golden_state_is_complete(fm, rotate, wbits, abits):
+    qm = quantize_mamba(fm, rotate=rotate, wbits=wbits, abits=abits)
     ids = (np.arange(9) * 13 + 5) % fm.shape.vocab
     whole = qmamba_logits(qm, ids)
     state, rows = QMambaState.empty(qm), []
@@ -64,3 +67,33 @@ def test_fields_fit_their_formats(fm):
         for ql in (ly.in_x, ly.in_z, ly.x_dt, ly.x_b, ly.x_c, ly.dt_proj, ly.out_proj):
             assert ql.weight.dtype == np.int8 and ql.mult.max() <= g8.MULT_MAX
         assert ly.out_proj.res_mult > 0              # the residual add is in its epilogue
+
+
+def test_w4a4_fields(fm):
+    qm = quantize_mamba(fm, wbits=4, abits=4)
+    assert (qm.wbits, qm.abits) == (4, 4)
+    for ly in qm.layers:
+        for ql in (ly.in_x, ly.in_z, ly.x_dt, ly.x_b, ly.x_c, ly.dt_proj, ly.out_proj):
+            assert ql.w4.min() >= -8 and ql.w4.max() <= 7
+            np.testing.assert_array_equal(g4.dequantize_int4(ql.w4, ql.w4_scale), ql.weight)
+        # the online Hadamard before the out-projection: blocks of 16 of the 80 inner channels
+        block, mult, shift = ly.out_in
+        assert block == gs.hadamard_block(fm.shape.d_inner) == 16
+        assert 0 < mult <= g8.MULT_MAX and 0 <= shift <= g8.SHIFT_MAX
+    assert qm.lm_head.w4 is not None
+    assert quantize_mamba(fm, rotate=False, wbits=4, abits=4).layers[0].out_in[0] == 1
+    assert quantize_mamba(fm, rotate=False).layers[0].out_in is None
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        quantize_mamba(fm, abits=2)
+
+
+def test_online_hadamard_is_exact_in_float(fm):
+    # the out-projection's weight times the Hadamard matrix, applied to the rotated input,
+    # is the out-projection: what the quantizer folds is the identity in real arithmetic
+    from hwflow.compiler.ssm_quant import _hadamard_matrix
+
+    h = _hadamard_matrix(fm.shape.d_inner)
+    np.testing.assert_allclose(h @ h, np.eye(fm.shape.d_inner), atol=1e-12)
+    g = np.random.default_rng(4).integers(-128, 128, (3, fm.shape.d_inner))
+    b = gs.hadamard_block(fm.shape.d_inner)
+    np.testing.assert_allclose(gs.hadamard(g, b) / np.sqrt(b), g @ h, atol=1e-9)

@@ -40,6 +40,14 @@ def test_round_half_up_and_saturation():
     assert g8.requantize(np.array([-5]), 0, 1, 0, relu=True).tolist() == [0]
 
 
+def test_four_bit_activations_saturate_at_four_bits():
+    # the same rounding, clipped to -8..7 (W4A4's activations; still int8 arrays)
+    got = g8.requantize(np.array([3, -3, 15, -17, 1000, -1000]), 0, 1, 1, bits=4)
+    assert got.dtype == np.int8 and got.tolist() == [2, -1, 7, -8, 7, -8]
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        g8.saturate(np.array([1]), 5)
+
+
 def test_multiplier_choice_keeps_16_bits_of_precision():
     reals = np.array([0.0123, 0.0007, 0.0099])
     s = g8.choose_shift(reals)

@@ -174,3 +174,13 @@ def test_attention_row_with_cap_matches_float_softmax_of_capped_scores():
                 capped += bool((np.abs(score) > cap).any())
     assert worst > 0.55                                 # the bound is approached
     assert capped > 100                                 # most rows have scores past the cap
+
+
+def test_rmsnorm_four_bit_output_is_the_int8_output_saturated():
+    # W4A4: the norm's output to a 4-bit linear is the same rounding clipped to -8..7
+    x = np.random.default_rng(2).integers(-128, 128, (6, 40))
+    eps, mult, shift = 5, 41000, 41
+    y8 = gl.rmsnorm(x, eps, mult, shift)
+    y4 = gl.rmsnorm(x, eps, mult, shift, bits=4)
+    assert np.abs(y8).max() > 8                         # the case saturates
+    np.testing.assert_array_equal(y4, np.clip(y8, -8, 7))

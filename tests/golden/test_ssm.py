@@ -5,6 +5,7 @@ step), with the integer widths the state-space unit is to have."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hwflow.golden import int8 as g8
@@ -87,3 +88,30 @@ def test_scan_step_tracks_the_float_recurrence():
         assert np.abs(h * s_h - hf).max() <= 0.01 * span
         assert np.all(np.abs(y.astype(float) - np.clip(yf / s_y, -128, 127)) <= 1.5)
     assert np.abs(h).max() < 1 << 31 and y.dtype == np.int8
+
+
+def _sylvester(n: int) -> np.ndarray:
+    h = np.ones((1, 1), dtype=np.int64)
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def test_hadamard_is_the_block_diagonal_sylvester_product():
+    x = np.random.default_rng(3).integers(-128, 128, (5, 192))
+    block = gs.hadamard_block(192)
+    assert block == 64
+    want = np.concatenate([x[:, j:j + 64] @ _sylvester(64).T for j in range(0, 192, 64)], 1)
+    got = gs.hadamard(x, block)
+    np.testing.assert_array_equal(got, want)
+    # its own inverse up to the block: H H = block * I (what the quantizer folds as 1/block)
+    np.testing.assert_array_equal(gs.hadamard(got, block), block * x)
+    assert np.abs(got).max() <= block * 128                     # the unit's output width
+
+
+def test_hadamard_blocks_of_the_models():
+    assert [gs.hadamard_block(n) for n in (5120, 96, 80, 7)] == [1024, 32, 16, 1]
+    np.testing.assert_array_equal(gs.hadamard([[3, -4]], 1), [[3, -4]])
+    for bad in (3, 128):
+        with pytest.raises(ValueError, match="power of two dividing"):
+            gs.hadamard(np.zeros((1, 96), np.int64), bad)
