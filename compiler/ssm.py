@@ -1,5 +1,6 @@
-"""The selective state-space model IR: a Mamba (Mamba-1) language model as recognised by the
-frontend (``compiler/ssm_frontend.py``), in float32.
+"""The selective state-space model IR: a Mamba (Mamba-1) or Mamba-2 language model as recognised
+by the frontend (``compiler/ssm_frontend.py``; Mamba-2 from ``transformers``' parameters so far),
+in float32.
 
 Like the decoder IR (``compiler/decoder.py``), a Mamba model is a fixed repetition of one block,
 so its float IR is structured: an embedding, ``layers`` blocks, a final RMSNorm and the LM head.
@@ -14,9 +15,20 @@ Block ``x -> x + out_proj(mixer(rms(x) * norm))`` with the mixer (Gu & Dao, "Mam
     y = h[t] @ C + D * u
     out = out_proj(y * silu(z))
 
+The Mamba-2 mixer (Dao & Gu, "Transformers are SSMs", 2024; ``transformers``'
+``Mamba2Mixer``): ``H`` heads of ``P`` channels (``d_inner = H * P``), ``G`` groups of ``B``/``C``
+(head ``h`` reads group ``h // (H / G)``), one scalar decay per head::
+
+    z, xBC, dt_in = split(in_proj(n), [d_inner, d_inner + 2 * G * N, H])
+    x, B, C = split(silu(causal_conv1d(xBC)), [d_inner, G * N, G * N])
+    dt = clamp(softplus(dt_in + dt_bias), dt_limit)                              [H]
+    h[t] = exp(dt * A) * h[t-1] + dt * x B       per head: [P, N] (x [P], B [N] of its group)
+    y = h[t] @ C + D * x
+    out = out_proj(rmsnorm_per_group(y * silu(z)) * gate_norm)       groups of d_inner / G
+
 Conventions: linear weights are ``[out_features, in_features]`` (torch layout); ``A`` is the
-negative real decay ``-exp(A_log)`` (``[d_inner, d_state]``); the conv weight is
-``[d_inner, d_conv]`` with tap ``d_conv - 1`` on the current token.
+negative real decay ``-exp(A_log)`` (``[d_inner, d_state]``; Mamba-2: ``[H]``); the conv weight
+is ``[channels, d_conv]`` with tap ``d_conv - 1`` on the current token.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SsmShape", "FloatMambaLayer", "FloatMamba"]
+__all__ = ["SsmShape", "FloatMambaLayer", "FloatMamba2Layer", "FloatMamba"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,16 @@ class SsmShape:
     d_inner: int         # expand * d_model
     d_state: int
     d_conv: int
-    dt_rank: int
+    dt_rank: int         # Mamba-1's dt projection rank (0 for Mamba-2)
     rms_eps: float
+    heads: int = 0       # Mamba-2: heads H (0: Mamba-1)
+    head_dim: int = 0    # Mamba-2: P = d_inner / H
+    groups: int = 0      # Mamba-2: B/C groups G
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv: ``x`` (Mamba-1), ``x``, ``B`` and ``C`` (Mamba-2)."""
+        return self.d_inner + 2 * self.groups * self.d_state
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -65,6 +85,24 @@ class FloatMambaLayer:
 
 
 @dataclass
+class FloatMamba2Layer:
+    """One Mamba-2 block in float32 (module docstring)."""
+
+    norm: np.ndarray            # [hidden] RMSNorm gamma
+    in_proj: np.ndarray         # [2 * d_inner + 2 * G * N + H, hidden]: z, xBC, dt
+    conv: np.ndarray            # [conv_dim, d_conv]
+    conv_bias: np.ndarray | None
+    dt_bias: np.ndarray         # [H]
+    A: np.ndarray               # [H], -exp(A_log)
+    D: np.ndarray               # [H]
+    gate_norm: np.ndarray       # [d_inner] the gated RMSNorm's gamma
+    out_proj: np.ndarray        # [hidden, d_inner]
+    in_bias: np.ndarray | None = None
+    out_bias: np.ndarray | None = None
+    dt_limit: tuple = (0.0, float("inf"))
+
+
+@dataclass
 class FloatMamba:
     """The recognised float model: embedding, blocks, final RMSNorm, LM head."""
 
@@ -75,4 +113,4 @@ class FloatMamba:
     final_norm: np.ndarray      # [hidden] gamma
     lm_head: np.ndarray         # [vocab, hidden]
     source: str = ""
-    family: str = "mamba"
+    family: str = "mamba"       # or "mamba2"

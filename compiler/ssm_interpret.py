@@ -6,7 +6,10 @@ one), so a prompt run token by token through :func:`mamba_step` gives the rows o
 :func:`mamba_logits` up to float64 rounding. The semantics are ``transformers``' torch path
 (``MambaMixer`` without the CUDA kernels): ``causal_conv1d_fn`` (bias inside the conv, then
 SiLU), the sequential ``mamba_selective_scan`` from a zero state, ``F.softplus`` with its
-threshold of 20, and the residual added after the mixer.
+threshold of 20, and the residual added after the mixer. Mamba-2 (``Mamba2Mixer``'s torch
+path): the same conv over ``x``, ``B`` and ``C``, the scan per head from a zero state (its
+chunked form is the same recurrence), ``dt`` clamped to ``dt_limit``, the gated RMSNorm per
+group of ``d_inner / G`` channels.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .llm_interpret import _lin, _rms
-from .ssm import FloatMamba, FloatMambaLayer, SsmShape
+from .ssm import FloatMamba, FloatMamba2Layer, FloatMambaLayer, SsmShape
 
 __all__ = ["MambaState", "mamba_logits", "mamba_step", "mamba_record"]
 
@@ -33,11 +36,11 @@ class MambaState:
     Attributes
     ----------
     conv : list of numpy.ndarray
-        ``[d_inner, d_conv - 1]`` per layer: the conv's inputs (the ``x`` half of
-        ``in_proj``) of the last ``d_conv - 1`` tokens, oldest first; zeros before the
-        first token (the conv's zero padding).
+        ``[conv_dim, d_conv - 1]`` per layer: the conv's inputs (Mamba-1: the ``x`` half of
+        ``in_proj``; Mamba-2: ``x``, ``B``, ``C``) of the last ``d_conv - 1`` tokens, oldest
+        first; zeros before the first token (the conv's zero padding).
     ssm : list of numpy.ndarray
-        ``[d_inner, d_state]`` per layer: the scan state ``h``.
+        ``[d_inner, d_state]`` per layer (Mamba-2: ``[H, P, d_state]``): the scan state ``h``.
     """
 
     conv: list
@@ -47,8 +50,9 @@ class MambaState:
     def empty(cls, fm: FloatMamba) -> MambaState:
         """The state before the first token: zeros in every layer."""
         s = fm.shape
-        return cls(conv=[np.zeros((s.d_inner, s.d_conv - 1)) for _ in range(s.layers)],
-                   ssm=[np.zeros((s.d_inner, s.d_state)) for _ in range(s.layers)])
+        h = (s.heads, s.head_dim, s.d_state) if s.heads else (s.d_inner, s.d_state)
+        return cls(conv=[np.zeros((s.conv_dim, s.d_conv - 1)) for _ in range(s.layers)],
+                   ssm=[np.zeros(h) for _ in range(s.layers)])
 
 
 def _skip(**_tensors) -> None:
@@ -121,6 +125,32 @@ def _block(s: SsmShape, ly: FloatMambaLayer, x: np.ndarray, conv_state, h, rec=_
     return x + _lin(g, ly.out_proj, ly.out_bias), conv_state, h
 
 
+def _block2(s: SsmShape, ly: FloatMamba2Layer, x: np.ndarray, conv_state, h, rec=_skip):
+    """One Mamba-2 block (``compiler/ssm.py``), as :func:`_block`."""
+    n0 = _rms(x, s.rms_eps)
+    p = _lin(n0 * _f64(ly.norm), ly.in_proj, ly.in_bias)
+    z, xbc, dt_in = np.split(p, [s.d_inner, s.d_inner + s.conv_dim], axis=-1)
+    u, conv_state = _conv(ly, xbc, conv_state, rec)
+    xs, b, c = np.split(u, [s.d_inner, s.d_inner + s.groups * s.d_state], axis=-1)
+    dt = np.clip(_softplus(dt_in + _f64(ly.dt_bias)), *ly.dt_limit)        # [T, H]
+    H, P, N, per = s.heads, s.head_dim, s.d_state, s.heads // s.groups
+    a, d = _f64(ly.A), _f64(ly.D)
+    y = np.empty_like(xs)
+    for i in range(xs.shape[0]):            # the recurrence, one token after the other
+        xh = xs[i].reshape(H, P)
+        bh = np.repeat(b[i].reshape(s.groups, N), per, axis=0)               # [H, N]
+        ch = np.repeat(c[i].reshape(s.groups, N), per, axis=0)
+        h = np.exp(dt[i] * a)[:, None, None] * h + \
+            (dt[i][:, None] * xh)[:, :, None] * bh[:, None, :]
+        y[i] = (np.einsum("hpn,hn->hp", h, ch) + d[:, None] * xh).reshape(-1)
+        rec(h=h)
+    g = (y * _silu(z)).reshape(-1, s.groups, s.d_inner // s.groups)
+    g = g / np.sqrt(np.mean(g * g, axis=-1, keepdims=True) + s.rms_eps)
+    g = g.reshape(-1, s.d_inner) * _f64(ly.gate_norm)
+    rec(x=x, n0=n0, z=z, u=u, dt_pre=dt_in, B=b, C=c, y=y, g=g)
+    return x + _lin(g, ly.out_proj, ly.out_bias), conv_state, h
+
+
 def _run(fm: FloatMamba, ids, state: MambaState, record=None):
     """Logits ``[T, vocab]`` of the tokens ``ids`` following ``state``, and the state after
     them (``state`` itself is left as it is); ``record(layer, **tensors)`` sees every
@@ -133,7 +163,8 @@ def _run(fm: FloatMamba, ids, state: MambaState, record=None):
     conv, ssm = [], []
     for i, ly in enumerate(fm.layers):
         rec = _skip if record is None else (lambda i=i, **t: record(i, **t))
-        x, c, h = _block(s, ly, x, state.conv[i], state.ssm[i], rec)
+        block = _block2 if isinstance(ly, FloatMamba2Layer) else _block
+        x, c, h = block(s, ly, x, state.conv[i], state.ssm[i], rec)
         conv.append(c)
         ssm.append(h)
     n0 = _rms(x, s.rms_eps)
