@@ -132,7 +132,8 @@ def _block2(s: SsmShape, ly: FloatMamba2Layer, x: np.ndarray, conv_state, h, rec
     z, xbc, dt_in = np.split(p, [s.d_inner, s.d_inner + s.conv_dim], axis=-1)
     u, conv_state = _conv(ly, xbc, conv_state, rec)
     xs, b, c = np.split(u, [s.d_inner, s.d_inner + s.groups * s.d_state], axis=-1)
-    dt = np.clip(_softplus(dt_in + _f64(ly.dt_bias)), *ly.dt_limit)        # [T, H]
+    dt_pre = dt_in + _f64(ly.dt_bias)
+    dt = np.clip(_softplus(dt_pre), *ly.dt_limit)                           # [T, H]
     H, P, N, per = s.heads, s.head_dim, s.d_state, s.heads // s.groups
     a, d = _f64(ly.A), _f64(ly.D)
     y = np.empty_like(xs)
@@ -144,11 +145,11 @@ def _block2(s: SsmShape, ly: FloatMamba2Layer, x: np.ndarray, conv_state, h, rec
             (dt[i][:, None] * xh)[:, :, None] * bh[:, None, :]
         y[i] = (np.einsum("hpn,hn->hp", h, ch) + d[:, None] * xh).reshape(-1)
         rec(h=h)
-    g = (y * _silu(z)).reshape(-1, s.groups, s.d_inner // s.groups)
-    g = g / np.sqrt(np.mean(g * g, axis=-1, keepdims=True) + s.rms_eps)
-    g = g.reshape(-1, s.d_inner) * _f64(ly.gate_norm)
-    rec(x=x, n0=n0, z=z, u=u, dt_pre=dt_in, B=b, C=c, y=y, g=g)
-    return x + _lin(g, ly.out_proj, ly.out_bias), conv_state, h
+    v = y * _silu(z)
+    vg = v.reshape(-1, s.groups, s.d_inner // s.groups)
+    g = (vg / np.sqrt(np.mean(vg * vg, axis=-1, keepdims=True) + s.rms_eps)).reshape(v.shape)
+    rec(x=x, n0=n0, xin=xbc, z=z, u=xs, dt_pre=dt_pre, B=b, C=c, y=y, v=v, g=g)
+    return x + _lin(g * _f64(ly.gate_norm), ly.out_proj, ly.out_bias), conv_state, h
 
 
 def _run(fm: FloatMamba, ids, state: MambaState, record=None):
@@ -217,6 +218,8 @@ def mamba_record(fm: FloatMamba, ids, record) -> np.ndarray:
     intermediate tensors (``x`` its input, ``n0`` its RMSNorm before the gamma, ``xin``,
     ``z``, ``c`` the conv's output before SiLU, ``u``, ``dt_in``, ``B``, ``C``, ``dt_pre``,
     ``h`` after each token, ``y``,
-    ``g`` the gated output; layer ``len(fm.layers)``: ``x``, ``n0`` and ``logits`` of the
-    final norm and LM head): the quantizer's calibration run."""
+    ``g`` the gated output; Mamba-2: ``xin`` is the conv's whole input, ``u`` the ``x`` part of
+    its output, ``dt_pre`` softplus' input, ``v`` the gated output, ``g`` its group RMSNorm
+    before the gamma, what the out-projection reads; layer ``len(fm.layers)``: ``x``, ``n0``
+    and ``logits`` of the final norm and LM head): the quantizer's calibration run."""
     return _run(fm, ids, MambaState.empty(fm), record)[0]

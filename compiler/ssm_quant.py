@@ -41,9 +41,9 @@ from .llm_quant import _norm_params, _qlinear, _silu_params
 from .ssm import FloatMamba, SsmShape
 from .ssm_interpret import mamba_record
 
-__all__ = ["QMambaLayer", "QMamba", "QMambaState", "quantize_mamba", "qmamba_logits",
-           "rotation", "rotate_residual",
-           "qmamba_step", "CALIB_SEQUENCES", "CALIB_TOKENS"]
+__all__ = ["QMambaLayer", "QMamba2Layer", "QMamba", "QMambaState", "quantize_mamba",
+           "qmamba_logits", "rotation", "rotate_residual", "qmamba_step", "CALIB_SEQUENCES",
+           "CALIB_TOKENS"]
 
 #: Calibration: random token sequences of this many tokens.
 CALIB_SEQUENCES = 4
@@ -82,6 +82,32 @@ class QMambaLayer:
 
 
 @dataclass
+class QMamba2Layer:
+    """One Mamba-2 block in integers (``compiler/ssm.py``; the scan is ``golden.ssm.scan_step``
+    per group, its per-head ``dt`` and decay rate repeated over the head's channels)."""
+
+    norm: tuple                 # rmsnorm; gamma folded into in_z, in_xbc, in_dt
+    in_z: QLinear               # n -> the gate z, at 1/16
+    in_xbc: QLinear             # n -> the conv's input (x, B, C)
+    in_dt: QLinear              # n -> softplus input at 1/16, dt_bias in its bias
+    conv: np.ndarray            # int8 [conv_dim, d_conv]
+    conv_bias: np.ndarray       # int32 [conv_dim]
+    conv_mult: np.ndarray       # u16 [conv_dim]
+    conv_shift: int
+    silu: tuple                 # (x, B, C): gate_mul(c, 1, mult, shift) into each one's scale
+    dt_limit: tuple             # the clamp of dt in golden.ssm's dt codes
+    a_codes: np.ndarray         # [H] golden.ssm.decay_rate_codes of A
+    bu: tuple
+    y: tuple
+    d_mult: np.ndarray          # signed [d_inner]: D of each channel's head
+    d_shift: int
+    gate: tuple                 # silu_mul(z, y) (mult, shift)
+    gnorm: tuple                # rmsnorm of each group of silu_mul's output, gamma folded
+    out_in: tuple | None        # as QMambaLayer's
+    out_proj: QLinear
+
+
+@dataclass
 class QMamba:
     """The quantized model: what the golden run computes and the mapper is to lower."""
 
@@ -107,7 +133,7 @@ class QMambaState:
     @classmethod
     def empty(cls, qm: QMamba) -> QMambaState:
         s = qm.shape
-        return cls([np.zeros((s.d_conv - 1, s.d_inner), np.int8) for _ in range(s.layers)],
+        return cls([np.zeros((s.d_conv - 1, s.conv_dim), np.int8) for _ in range(s.layers)],
                    [np.zeros((s.d_inner, s.d_state), np.int64) for _ in range(s.layers)])
 
 
@@ -216,43 +242,17 @@ def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True, wbits: in
     layers = []
     for i, ly in enumerate(fm.layers):
         a = amax[i]
-        s_xin, s_u = _s8(a["xin"]), _s8(a["u"])
-        s_dti, s_b, s_c, s_y = _s8(a["dt_in"]), _s8(a["B"]), _s8(a["C"]), _s8(a["y"])
-        s_g = _s8(a["g"])
-        s_h = a["h"] / _H_CODE if a["h"] > 0 else 1.0
         # the in- and out-projections' inputs (the out-projection's after the Hadamard)
         if abits == 4:
             s_n, s_go = _scale4(rows[i]["n0"]), _scale4(rows[i]["g"] @ hmat)
         else:
             s_n = _s8(a["n0"])
-            s_go = _s8(float(np.max(np.abs(rows[i]["g"] @ hmat)))) if rotate else s_g
-        w_in = np.asarray(ly.in_proj, np.float64) * np.asarray(ly.norm, np.float64)[None, :]
-        b_in = (None, None) if ly.in_bias is None else (ly.in_bias[:C], ly.in_bias[C:])
-        wc, swc = g8.quantize_weight(ly.conv)
-        conv_reals = s_xin * swc / gl.SILU_SCALE
-        conv_shift = g8.choose_shift(conv_reals)
-        bias = np.zeros(C) if ly.conv_bias is None else np.asarray(ly.conv_bias, np.float64)
-        xp = np.asarray(ly.x_proj)
-        d_mult, d_shift = _signed_mults(np.asarray(ly.D, np.float64) * s_u / s_y)
+            s_go = _s8(float(np.max(np.abs(rows[i]["g"] @ hmat)))) if rotate else _s8(a["g"])
         out_in = None if abits == 8 and not rotate else \
-            (block, *g8.multiplier(s_g / (np.sqrt(block) * s_go)))
-        layers.append(QMambaLayer(
-            norm=_norm_params(sx[i], s_n, s.rms_eps, s.hidden),
-            in_x=_qlinear(w_in[:C], b_in[0], s_n, s_xin, wbits=wbits),
-            in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE, wbits=wbits),
-            conv=wc, conv_bias=np.rint(bias / (s_xin * swc)).astype(np.int32),
-            conv_mult=g8.quantize_multiplier(conv_reals, conv_shift), conv_shift=conv_shift,
-            silu=g8.multiplier(1.0 / (256.0 * s_u)),
-            x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti, wbits=wbits),
-            x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, s_b, wbits=wbits),
-            x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, s_c, wbits=wbits),
-            dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE, wbits=wbits),
-            a_codes=gs.decay_rate_codes(ly.A),
-            bu=g8.multiplier(2.0**-gs.DT_FRAC * s_b * s_u / s_h),
-            y=g8.multiplier(s_h * s_c / s_y),
-            d_mult=d_mult, d_shift=d_shift, gate=_silu_params(s_y, s_g), out_in=out_in,
-            out_proj=_qlinear(np.asarray(ly.out_proj, np.float64) @ hmat, ly.out_bias, s_go,
-                              sx[i + 1], s_res=sx[i], wbits=wbits)))
+            (block, *g8.multiplier(_s8(a["g"]) / (np.sqrt(block) * s_go)))
+        io = dict(norm=_norm_params(sx[i], s_n, s.rms_eps, s.hidden), out_in=out_in)
+        quantize_layer = _quantize2_layer if s.heads else _quantize1_layer
+        layers.append(quantize_layer(s, ly, a, io, s_n, s_go, sx[i], sx[i + 1], hmat, wbits))
     head = amax[len(fm.layers)]
     s_fn, s_logits = _s8(head["n0"]), _s8(head["logits"])
     lm = np.asarray(fm.lm_head, np.float64) * np.asarray(fm.final_norm, np.float64)[None, :]
@@ -260,6 +260,75 @@ def quantize_mamba(fm: FloatMamba, seed: int = 0, rotate: bool = True, wbits: in
                   final_norm=_norm_params(sx[-1], s_fn, s.rms_eps, s.hidden),
                   lm_head=_qlinear(lm, None, s_fn, s_logits, wbits=wbits),
                   scales={"x0": sx[0], "logits": s_logits}, wbits=wbits, abits=abits)
+
+
+def _conv_params(ly, s_xin: float) -> dict:
+    """The causal conv's int8 taps, int32 biases and multipliers into the SiLU ROM's 1/16."""
+    wc, swc = g8.quantize_weight(ly.conv)
+    reals = s_xin * swc / gl.SILU_SCALE
+    shift = g8.choose_shift(reals)
+    bias = np.zeros(len(wc)) if ly.conv_bias is None else np.asarray(ly.conv_bias, np.float64)
+    return dict(conv=wc, conv_bias=np.rint(bias / (s_xin * swc)).astype(np.int32),
+                conv_mult=g8.quantize_multiplier(reals, shift), conv_shift=shift)
+
+
+def _scan_params(a: dict, D, s_u: float) -> dict:
+    """The scan's multipliers from the calibrated absmax (``a``): the state at 2**23 codes."""
+    s_b, s_c, s_y = _s8(a["B"]), _s8(a["C"]), _s8(a["y"])
+    s_h = a["h"] / _H_CODE if a["h"] > 0 else 1.0
+    d_mult, d_shift = _signed_mults(np.asarray(D, np.float64) * s_u / s_y)
+    return dict(bu=g8.multiplier(2.0**-gs.DT_FRAC * s_b * s_u / s_h),
+                y=g8.multiplier(s_h * s_c / s_y), d_mult=d_mult, d_shift=d_shift)
+
+
+def _quantize1_layer(s: SsmShape, ly, a: dict, io: dict, s_n: float, s_go: float, s_x: float,
+                     s_next: float, hmat, wbits: int) -> QMambaLayer:
+    """A Mamba-1 block's integers (``io``: its norm and out-projection input fields)."""
+    C = s.d_inner
+    s_xin, s_u, s_dti = _s8(a["xin"]), _s8(a["u"]), _s8(a["dt_in"])
+    w_in = np.asarray(ly.in_proj, np.float64) * np.asarray(ly.norm, np.float64)[None, :]
+    b_in = (None, None) if ly.in_bias is None else (ly.in_bias[:C], ly.in_bias[C:])
+    xp = np.asarray(ly.x_proj)
+    return QMambaLayer(
+        **io, **_conv_params(ly, s_xin), **_scan_params(a, ly.D, s_u),
+        in_x=_qlinear(w_in[:C], b_in[0], s_n, s_xin, wbits=wbits),
+        in_z=_qlinear(w_in[C:], b_in[1], s_n, gl.SILU_SCALE, wbits=wbits),
+        silu=g8.multiplier(1.0 / (256.0 * s_u)),
+        x_dt=_qlinear(xp[:s.dt_rank], None, s_u, s_dti, wbits=wbits),
+        x_b=_qlinear(xp[s.dt_rank:s.dt_rank + s.d_state], None, s_u, _s8(a["B"]), wbits=wbits),
+        x_c=_qlinear(xp[s.dt_rank + s.d_state:], None, s_u, _s8(a["C"]), wbits=wbits),
+        dt_proj=_qlinear(ly.dt_proj, ly.dt_bias, s_dti, gs.SOFTPLUS_SCALE, wbits=wbits),
+        a_codes=gs.decay_rate_codes(ly.A), gate=_silu_params(_s8(a["y"]), _s8(a["g"])),
+        out_proj=_qlinear(np.asarray(ly.out_proj, np.float64) @ hmat, ly.out_bias, s_go,
+                          s_next, s_res=s_x, wbits=wbits))
+
+
+def _quantize2_layer(s: SsmShape, ly, a: dict, io: dict, s_n: float, s_go: float, s_x: float,
+                     s_next: float, hmat, wbits: int) -> QMamba2Layer:
+    """A Mamba-2 block's integers: ``x``, ``B`` and ``C`` each at its own scale after the
+    conv's SiLU; ``dt_bias`` in the dt rows' bias; the group RMSNorm's gamma in the
+    out-projection."""
+    C, P = s.d_inner, s.head_dim
+    s_xin, s_u, s_v = _s8(a["xin"]), _s8(a["u"]), _s8(a["v"])
+    w_in = np.asarray(ly.in_proj, np.float64) * np.asarray(ly.norm, np.float64)[None, :]
+    b_in = np.zeros(len(w_in)) if ly.in_bias is None else np.asarray(ly.in_bias, np.float64)
+    b_in[C + s.conv_dim:] += np.asarray(ly.dt_bias, np.float64)
+    z, xbc, dt = np.split(np.arange(len(w_in)), [C, C + s.conv_dim])
+    lo, hi = (np.ceil(np.asarray(ly.dt_limit, np.float64) * (1 << gs.DT_FRAC))
+              .clip(0, (1 << 16) - 1).astype(np.int64))
+    w_out = np.asarray(ly.out_proj, np.float64) * np.asarray(ly.gate_norm, np.float64)[None, :]
+    return QMamba2Layer(
+        **io, **_conv_params(ly, s_xin),
+        **_scan_params(a, np.repeat(np.asarray(ly.D, np.float64), P), s_u),
+        in_z=_qlinear(w_in[z], b_in[z], s_n, gl.SILU_SCALE, wbits=wbits),
+        in_xbc=_qlinear(w_in[xbc], b_in[xbc], s_n, s_xin, wbits=wbits),
+        in_dt=_qlinear(w_in[dt], b_in[dt], s_n, gs.SOFTPLUS_SCALE, wbits=wbits),
+        silu=tuple(g8.multiplier(1.0 / (256.0 * sc)) for sc in (s_u, _s8(a["B"]),
+                                                                   _s8(a["C"]))),
+        dt_limit=(int(lo), int(hi)), a_codes=gs.decay_rate_codes(ly.A),
+        gate=_silu_params(_s8(a["y"]), s_v),
+        gnorm=_norm_params(s_v, _s8(a["g"]), s.rms_eps, C // s.groups),
+        out_proj=_qlinear(w_out @ hmat, ly.out_bias, s_go, s_next, s_res=s_x, wbits=wbits))
 
 
 def _linear(ql: QLinear, x, res=None) -> np.ndarray:
@@ -280,17 +349,49 @@ def _block(ly: QMambaLayer, x, hist, h, abits: int):
         h, y[t] = gs.scan_step(h, dt[t], ly.a_codes, b[t], cc[t], u[t], *ly.bu, *ly.y,
                                ly.d_mult, ly.d_shift)
     g = gl.silu_mul(_linear(ly.in_z, n), y, *ly.gate)
+    return _out(ly, g, x, abits), hist, h
+
+
+def _out(ly, g, x, abits: int) -> np.ndarray:
+    """The out-projection of ``g`` (through the online Hadamard if any) with the residual."""
     if ly.out_in is not None:
         block, mult, shift = ly.out_in
         g = g8.requantize(gs.hadamard(g, block), 0, mult, shift, bits=abits)
-    return _linear(ly.out_proj, g, res=x), hist, h
+    return _linear(ly.out_proj, g, res=x)
+
+
+def _block2(s: SsmShape, ly: QMamba2Layer, x, hist, h, abits: int):
+    """One Mamba-2 block on int8 rows ``x [T, hidden]``; returns ``(x', hist', h')``."""
+    C, N, P = s.d_inner, s.d_state, s.head_dim
+    per = s.heads // s.groups * P                   # channels of a group's heads
+    n = gl.rmsnorm(x, *ly.norm, bits=abits)
+    c, hist = gs.causal_conv(_linear(ly.in_xbc, n), hist, ly.conv, ly.conv_bias, ly.conv_mult,
+                             ly.conv_shift)
+    u, b, cc = (gl.gate_mul(part, 1, *m) for part, m in
+                zip(np.split(c, [C, C + s.groups * N], axis=-1), ly.silu, strict=True))
+    dt = np.repeat(np.clip(gs.softplus_dt(_linear(ly.in_dt, n)), *ly.dt_limit), P, axis=-1)
+    a = np.repeat(ly.a_codes, P)[:, None].repeat(N, axis=1)
+    y = np.empty_like(u)
+    h = h.copy()
+    for t in range(u.shape[0]):     # the recurrence, one token after the other
+        for g in range(s.groups):
+            k = slice(g * per, (g + 1) * per)
+            h[k], y[t, k] = gs.scan_step(h[k], dt[t, k], a[k], b[t, g * N:(g + 1) * N],
+                                         cc[t, g * N:(g + 1) * N], u[t, k], *ly.bu, *ly.y,
+                                         ly.d_mult[k], ly.d_shift)
+    v = gl.silu_mul(_linear(ly.in_z, n), y, *ly.gate)
+    gn = gl.rmsnorm(v.reshape(-1, C // s.groups), *ly.gnorm).reshape(v.shape)
+    return _out(ly, gn, x, abits), hist, h
 
 
 def _run(qm: QMamba, ids, state: QMambaState):
     x = qm.embed[np.asarray(ids, dtype=np.int64).reshape(-1)]
     conv, ssm = [], []
     for i, ly in enumerate(qm.layers):
-        x, c, h = _block(ly, x, state.conv[i], state.ssm[i], qm.abits)
+        if isinstance(ly, QMamba2Layer):
+            x, c, h = _block2(qm.shape, ly, x, state.conv[i], state.ssm[i], qm.abits)
+        else:
+            x, c, h = _block(ly, x, state.conv[i], state.ssm[i], qm.abits)
         conv.append(c)
         ssm.append(h)
     logits = _linear(qm.lm_head, gl.rmsnorm(x, *qm.final_norm))
