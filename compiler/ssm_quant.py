@@ -1,5 +1,5 @@
-"""Quantize a float Mamba model (:class:`~compiler.ssm.FloatMamba`) to W8A8 integers
-(:class:`QMamba`) and run it exactly as the hardware is to (:func:`qmamba_logits`,
+"""Quantize a float Mamba or Mamba-2 model (:class:`~compiler.ssm.FloatMamba`) to W8A8 or W4A4
+integers (:class:`QMamba`) and run it exactly as the hardware is to (:func:`qmamba_logits`,
 :func:`qmamba_step`: ``golden.ssm``, ``golden.llm``, ``golden.int8`` and nothing else).
 
 Scales are static, calibrated on a float run over random token sequences
@@ -13,7 +13,8 @@ epilogue.
 
 LightMamba's rotation-assisted quantization (Wei et al., DATE 2025; the QuaRot idea): the
 residual stream is rotated offline (:func:`rotate_residual`, folded into the weights), and the
-out-projection's input ``g = y * silu(z)``, which no weight can absorb a rotation into, passes an
+out-projection's input ``g = y * silu(z)`` (Mamba-2: its group RMSNorm), which no weight can
+absorb a rotation into, passes an
 online Walsh-Hadamard transform (``golden.ssm.hadamard``, blocks of
 ``golden.ssm.hadamard_block(d_inner)``) whose transpose is folded into the out-projection.
 
@@ -314,7 +315,7 @@ def _quantize2_layer(s: SsmShape, ly, a: dict, io: dict, s_n: float, s_go: float
     b_in = np.zeros(len(w_in)) if ly.in_bias is None else np.asarray(ly.in_bias, np.float64)
     b_in[C + s.conv_dim:] += np.asarray(ly.dt_bias, np.float64)
     z, xbc, dt = np.split(np.arange(len(w_in)), [C, C + s.conv_dim])
-    lo, hi = (np.ceil(np.asarray(ly.dt_limit, np.float64) * (1 << gs.DT_FRAC))
+    lo, hi = (np.rint(np.asarray(ly.dt_limit, np.float64).clip(0, 16) * (1 << gs.DT_FRAC))
               .clip(0, (1 << 16) - 1).astype(np.int64))
     w_out = np.asarray(ly.out_proj, np.float64) * np.asarray(ly.gate_norm, np.float64)[None, :]
     return QMamba2Layer(

@@ -41,10 +41,9 @@ def _tiny_mamba(seed: int, **overrides):
     return model.eval().float()
 
 
-def _float_mamba(model) -> FloatMamba:
-    """The FloatMamba of a ``MambaForCausalLM`` by parameter name (the tests' stand-in for the
-    frontend)."""
-    cfg = model.config
+def _params(model):
+    """``(w, opt, sd)``: a parameter by name as numpy float32, or None where the model has none,
+    and the state dict."""
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
 
     def w(name):
@@ -52,6 +51,15 @@ def _float_mamba(model) -> FloatMamba:
 
     def opt(name):
         return w(name) if name in sd else None
+
+    return w, opt, sd
+
+
+def _float_mamba(model) -> FloatMamba:
+    """The FloatMamba of a ``MambaForCausalLM`` by parameter name (the tests' stand-in for the
+    frontend)."""
+    cfg = model.config
+    w, opt, sd = _params(model)
 
     layers = []
     for i in range(cfg.num_hidden_layers):
@@ -148,13 +156,7 @@ def _float_mamba2(model) -> FloatMamba:
     """The FloatMamba of a ``Mamba2ForCausalLM`` by parameter name (the tests' stand-in for a
     frontend)."""
     cfg = model.config
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-
-    def w(name):
-        return sd[name].numpy()
-
-    def opt(name):
-        return w(name) if name in sd else None
+    w, opt, sd = _params(model)
 
     layers = []
     for i in range(cfg.num_hidden_layers):

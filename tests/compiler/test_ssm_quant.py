@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from hwflow.compiler.ssm_interpret import mamba_logits
 from hwflow.compiler.ssm_quant import (
@@ -23,12 +25,25 @@ from hwflow.golden import int8 as g8
 from hwflow.golden import ssm as gs
 from hwflow.golden.metrics import cosine
 
-from .test_ssm_interpret import _float_mamba, _tiny_mamba
+from .test_ssm_interpret import SIZES2, _float_mamba, _float_mamba2, _tiny_mamba
 
 
 @pytest.fixture(scope="module")
 def fm():
     return _float_mamba(_tiny_mamba(0))
+
+
+@pytest.fixture(scope="module")
+def fm2():
+    # a Mamba-2 as initialised but for dt and D: its logits are a model's, not noise
+    torch.manual_seed(0)
+    model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**SIZES2))
+    with torch.no_grad():
+        for ly in model.backbone.layers:
+            # dt near 1 and a small D skip, so that the scan carries the output
+            ly.mixer.dt_bias.copy_(torch.randn_like(ly.mixer.dt_bias))
+            ly.mixer.D.fill_(0.1)
+    return _float_mamba2(model.eval().float())
 
 
 @pytest.mark.parametrize("n", [8, 40])
@@ -46,7 +61,9 @@ def test_rotated_model_is_the_same_model(fm):
 
 @pytest.mark.parametrize("rotate,wbits,abits", [(False, 8, 8), (True, 8, 8), (False, 4, 4),
                                                 (True, 4, 4)])
-def test_golden_state_is_complete(fm, rotate, wbits, abits):
+@pytest.mark.parametrize("model", ["fm", "fm2"])
+def test_golden_state_is_complete(model, rotate, wbits, abits, request):
+    fm = request.getfixturevalue(model)
     qm = quantize_mamba(fm, rotate=rotate, wbits=wbits, abits=abits)
     ids = (np.arange(9) * 13 + 5) % fm.shape.vocab
     whole = qmamba_logits(qm, ids)
@@ -56,6 +73,10 @@ def test_golden_state_is_complete(fm, rotate, wbits, abits):
         rows.append(row)
     np.testing.assert_array_equal(np.stack(rows), whole)
     assert whole.dtype == np.int8 and whole.shape == (9, fm.shape.vocab)
+    s = fm.shape
+    assert state.conv[0].shape == (s.d_conv - 1, s.conv_dim)
+    assert state.ssm[0].shape == (s.d_inner, s.d_state)
+    assert all(isinstance(ly, QMamba2Layer) == (model == "fm2") for ly in qm.layers)
 
 
 def test_fields_fit_their_formats(fm):
@@ -100,38 +121,6 @@ def test_online_hadamard_is_exact_in_float(fm):
     g = np.random.default_rng(4).integers(-128, 128, (3, fm.shape.d_inner))
     b = gs.hadamard_block(fm.shape.d_inner)
     np.testing.assert_allclose(gs.hadamard(g, b) / np.sqrt(b), g @ h, atol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def fm2():
-    # a Mamba-2 as initialised but for dt and D: its logits are a model's, not noise
-    import torch
-    import transformers
-
-    from .test_ssm_interpret import SIZES2, _float_mamba2
-
-    torch.manual_seed(0)
-    model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**SIZES2))
-    with torch.no_grad():
-        for ly in model.backbone.layers:
-            # dt near 1 and a small D skip, so that the scan carries the output
-            ly.mixer.dt_bias.copy_(torch.randn_like(ly.mixer.dt_bias))
-            ly.mixer.D.fill_(0.1)
-    return _float_mamba2(model.eval().float())
-
-
-@pytest.mark.parametrize("rotate,wbits,abits", [(False, 8, 8), (True, 4, 4)])
-def test_mamba2_golden_state_is_complete(fm2, rotate, wbits, abits):
-    qm = quantize_mamba(fm2, rotate=rotate, wbits=wbits, abits=abits)
-    assert all(isinstance(ly, QMamba2Layer) for ly in qm.layers)
-    ids = (np.arange(9) * 13 + 5) % fm2.shape.vocab
-    whole = qmamba_logits(qm, ids)
-    state, rows = QMambaState.empty(qm), []
-    for t in ids:
-        row, state = qmamba_step(qm, state, t)
-        rows.append(row)
-    np.testing.assert_array_equal(np.stack(rows), whole)
-    assert state.conv[0].shape == (3, 72 + 2 * 2 * 10) and state.ssm[0].shape == (72, 10)
 
 
 def test_mamba2_golden_tracks_float(fm2):
