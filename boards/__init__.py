@@ -64,6 +64,11 @@ FLOWS = {
 }
 VENDORS = ("xilinx", "lattice")
 FAMILIES = XILINX_FAMILIES + ("ecp5", "ice40")
+#: The DSP block each family's ``resources.dsp`` counts. A Versal DSP58 is a superset of the
+#: DSP48E2 (AM004, "Differences from Previous Generations"): each DSP48E2-mode slice the RTL
+#: describes is one DSP58.
+DSP_PRIMITIVES = {**{f: "DSP48E2" for f in XILINX_FAMILIES}, "versal-ai-core": "DSP58",
+                  "versal": "DSP58", "ecp5": "MULT18X18D", "ice40": "SB_MAC16"}
 MEMORY_TYPES = ("hbm2", "hbm2e", "ddr4", "ddr5", "lpddr4", "bram")
 TLMM_GROUPS = (2, 3, 4)
 #: Largest AXI4 data bus: 1024 bits.
@@ -96,6 +101,11 @@ class Board:
     bram_kbits: int = 36      # size of one block RAM (the unit of resources.bram): Xilinx 36,
     #                           ECP5 EBR 18, iCE40 EBR 4
     path: str = ""
+
+    @property
+    def dsp_primitive(self) -> str:
+        """The DSP block ``resources.dsp`` counts (:data:`DSP_PRIMITIVES`)."""
+        return DSP_PRIMITIVES[self.family]
 
     @property
     def clock_mhz(self) -> float:

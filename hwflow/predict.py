@@ -373,7 +373,9 @@ def format_prediction(p: dict) -> list[str]:
                  f"board's delivered {b['board_peak_gbps']:g} GB/s; roofline "
                  f"{b.get('roofline_tokens_per_s', 0):.1f} tokens/s")
     acc, extra = p["resources"], p.get("resource_fit", {})
-    parts = [f"{k.upper()} {v:,}" for k, v in acc.items() if isinstance(v, (int, float))]
+    fit = extra.get("fit", {})
+    parts = [f"{fit.get(k, {}).get('primitive', k.upper())} {v:,}" for k, v in acc.items()
+             if isinstance(v, (int, float))]
     if "tlmm" in extra:
         t = extra["tlmm"]
         parts.append(f"of which the TLMM engine LUT {t['lut']:,}, BRAM {t['bram']:g}, "
@@ -388,6 +390,9 @@ def format_prediction(p: dict) -> list[str]:
     lines.append("fits the board: " + ("yes" if p["fits"] else f"NO ({p.get('fit_error')})"))
     for n in p.get("notes", []):
         lines.append(f"note: {n}")
+    for k in ("dsp", "lut"):            # how a Versal board is counted (check_fit's notes)
+        if "note" in fit.get(k, {}):
+            lines.append(f"note: {k.upper()}: {fit[k]['note']}")
     return lines
 
 

@@ -488,6 +488,15 @@ def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[st
     return cfg, notes
 
 
+#: How a Versal board's DSP58 are counted: one per DSP48E2-mode slice of the RTL.
+VERSAL_DSP_NOTE = ("DSP58, one per DSP48E2-mode slice of the RTL (the DSP58 is a superset of "
+                   "the DSP48E2); its INT8 dot-product mode, three 9x8 products a DSP58, is "
+                   "not used")
+#: The proxy behind a Versal board's LUT and FF estimate.
+VERSAL_FABRIC_NOTE = ("estimated with the UltraScale+ fit (Yosys has no Versal target): a "
+                      "proxy for Versal's CLB")
+
+
 def check_fit(cfg: AccelConfig, board: Board) -> dict:
     """Compare the estimate with every resource the board lists; raise :class:`MappingError`
     naming each kind over budget with its numbers (``LUT 140000 > 117120``).
@@ -496,11 +505,20 @@ def check_fit(cfg: AccelConfig, board: Board) -> dict:
     -------
     dict
         ``{kind: {"used": n, "available": m}}`` for every kind both the board and the estimate
-        have (lut and ff only on 36 Kb block RAM families, see :func:`estimate_resources`).
+        have (lut and ff only on 36 Kb block RAM families, see :func:`estimate_resources`);
+        ``dsp`` also names the board's DSP block (``primitive``), and on Versal boards the
+        DSP, LUT and FF entries say how they are counted (``note``).
     """
     used = estimate_resources(cfg, getattr(board, "bram_kbits", 36))
     report = {k: {"used": used[k], "available": board.resources[k]}
               for k in RESOURCE_KINDS if k in used and k in board.resources}
+    if "dsp" in report:
+        report["dsp"]["primitive"] = board.dsp_primitive
+        if board.dsp_primitive == "DSP58":
+            report["dsp"]["note"] = VERSAL_DSP_NOTE
+    for k in ("lut", "ff"):
+        if k in report and board.dsp_primitive == "DSP58":
+            report[k]["note"] = VERSAL_FABRIC_NOTE
     over = [f"{k.upper()} {r['used']} > {r['available']}" for k, r in report.items()
             if r["used"] > r["available"]]
     if over:

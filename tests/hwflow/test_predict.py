@@ -319,3 +319,13 @@ def test_a_sliding_window_bounds_the_decode_step():
     assert runs["window"]["cycles_last"] == at512["cycles_last"]
     assert runs["full"]["cycles_last"] > runs["window"]["cycles_last"]
     assert runs["window"]["tokens_per_s"] > runs["full"]["tokens_per_s"]
+
+
+def test_a_versal_board_counts_dsp58_and_states_its_proxy(tmp_path, capsys):
+    # the VCK190's DSP58 are named as such (one per DSP48E2-mode slice), its LUT/FF a proxy
+    _, pred, text = _compile(capsys, "qwen2.5-0.5b.json", "vck190", tmp_path / "q")
+    fit = pred["resource_fit"]["fit"]
+    assert fit["dsp"]["primitive"] == "DSP58"
+    assert f"DSP58 {fit['dsp']['used']:,}" in text
+    assert "note: DSP: DSP58, one per DSP48E2-mode slice" in text
+    assert "note: LUT: estimated with the UltraScale+ fit" in text

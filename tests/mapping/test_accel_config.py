@@ -27,6 +27,21 @@ KV260_CORE_YOSYS = {"lut": 37061, "ff": 33948}
 KV260_CORE_ESTIMATE = {"lut": 37045, "ff": 34764}
 
 
+def test_fit_names_the_dsp_block_and_states_the_versal_proxy():
+    u280, vck190 = load_board("u280"), load_board("vck190")
+    fit = check_fit(choose_config(u280), u280)
+    assert fit["dsp"]["primitive"] == "DSP48E2" and "note" not in fit["dsp"]
+    # the VCK190's DSP58: one per DSP48E2-mode slice, the same count; LUT/FF a stated proxy
+    cfg = choose_config(vck190)
+    fit = check_fit(cfg, vck190)
+    assert fit["dsp"]["primitive"] == "DSP58" and fit["dsp"]["available"] == 1968
+    assert fit["dsp"]["used"] == estimate_resources(cfg)["dsp"]
+    assert "superset of the DSP48E2" in fit["dsp"]["note"]
+    assert "proxy" in fit["lut"]["note"] and "proxy" in fit["ff"]["note"]
+    assert {load_board(b).dsp_primitive for b in ("kv260", "ulx3s", "icebreaker")} == {
+        "DSP48E2", "MULT18X18D", "SB_MAC16"}
+
+
 def test_u280_default_engine_matches_one_row_per_cycle():
     cfg = choose_config(load_board("u280"))
     assert (cfg.chains, cfg.chain_len, cfg.mem_ports) == (16, 16, 8)
