@@ -2,7 +2,7 @@
 a cycle with all its ``S`` states in parallel, the int32 state kept on chip.
 
 For every channel ``c`` of a token, with the token's ``b``, ``c`` (``S`` int8 each) and
-multipliers held on ``token`` (module of ``golden.ssm`` for the formats)::
+multipliers held on ``token`` (``golden.ssm`` for the formats)::
 
     decay[s] = exp2_neg(round(dt * a[s] >> 12))                     Q15, the exp2 ROM
     h'[s]    = sat32(round(decay[s] * h[s] >> 15) + round(dt * u * b[s] * bu_mult >> bu_shift))
