@@ -69,6 +69,10 @@ FAMILIES = XILINX_FAMILIES + ("ecp5", "ice40")
 #: describes is one DSP58.
 DSP_PRIMITIVES = {**{f: "DSP48E2" for f in XILINX_FAMILIES}, "versal-ai-core": "DSP58",
                   "versal": "DSP58", "ecp5": "MULT18X18D", "ice40": "SB_MAC16"}
+#: Families whose LUT/FF figures come from another family's synthesis (Yosys has no Versal
+#: target): the stand-in, stated wherever such a figure is reported.
+FABRIC_PROXIES = {f: ("estimated with the UltraScale+ fit, a proxy for Versal (DSP58): Yosys "
+                      "synth_xilinx has no Versal family") for f in ("versal-ai-core", "versal")}
 MEMORY_TYPES = ("hbm2", "hbm2e", "ddr4", "ddr5", "lpddr4", "bram")
 TLMM_GROUPS = (2, 3, 4)
 #: Largest AXI4 data bus: 1024 bits.

@@ -63,7 +63,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from hwflow.boards import Board
+from hwflow.boards import FABRIC_PROXIES, Board
 from hwflow.hw.config import TLMM_GROUP_BITS, AccelConfig
 from hwflow.hw.contract import epilogue_lanes, int4_capable, tlmm_epilogue_lanes
 
@@ -492,9 +492,6 @@ def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[st
 VERSAL_DSP_NOTE = ("DSP58, one per DSP48E2-mode slice of the RTL (the DSP58 is a superset of "
                    "the DSP48E2); its INT8 dot-product mode, three 9x8 products a DSP58, is "
                    "not used")
-#: The proxy behind a Versal board's LUT and FF estimate.
-VERSAL_FABRIC_NOTE = ("estimated with the UltraScale+ fit (Yosys has no Versal target): a "
-                      "proxy for Versal's CLB")
 
 
 def check_fit(cfg: AccelConfig, board: Board) -> dict:
@@ -517,8 +514,8 @@ def check_fit(cfg: AccelConfig, board: Board) -> dict:
         if board.dsp_primitive == "DSP58":
             report["dsp"]["note"] = VERSAL_DSP_NOTE
     for k in ("lut", "ff"):
-        if k in report and board.dsp_primitive == "DSP58":
-            report[k]["note"] = VERSAL_FABRIC_NOTE
+        if k in report and board.family in FABRIC_PROXIES:
+            report[k]["note"] = FABRIC_PROXIES[board.family]
     over = [f"{k.upper()} {r['used']} > {r['available']}" for k, r in report.items()
             if r["used"] > r["available"]]
     if over:

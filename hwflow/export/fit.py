@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hwflow.boards import FABRIC_PROXIES
 from hwflow.mapping.errors import MappingError
 
 __all__ = ["YOSYS_FAMILY", "xilinx_utilization", "parse_cells", "check_fit", "synth_cache_dir"]
@@ -48,10 +49,8 @@ YOSYS_FAMILY = {
     "virtex-ultrascale-plus": ("xcup", ""),
     "zynq-ultrascale-plus": ("xcup", ""),
     "kintex-ultrascale-plus": ("xcup", ""),
-    "versal-ai-core": ("xcup", "Versal (DSP58) estimated with the UltraScale+ mapping: "
-                               "Yosys synth_xilinx has no Versal family"),
-    "versal": ("xcup", "Versal (DSP58) estimated with the UltraScale+ mapping: "
-                       "Yosys synth_xilinx has no Versal family"),
+    "versal-ai-core": ("xcup", FABRIC_PROXIES["versal-ai-core"]),
+    "versal": ("xcup", FABRIC_PROXIES["versal"]),
     "virtex-ultrascale": ("xcu", ""),
     "kintex-ultrascale": ("xcu", ""),
     "artix-7": ("xc7", ""), "kintex-7": ("xc7", ""), "virtex-7": ("xc7", ""),

@@ -123,14 +123,30 @@ def test_online_hadamard_is_exact_in_float(fm):
     np.testing.assert_allclose(gs.hadamard(g, b) / np.sqrt(b), g @ h, atol=1e-9)
 
 
-def test_mamba2_golden_tracks_float(fm2):
+@pytest.fixture(scope="module")
+def fm1s():
+    # the Mamba-1 counterpart of fm2: as initialised but for dt near 1 and a small D skip
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=97, hidden_size=40, state_size=6, num_hidden_layers=2, expand=2,
+        conv_kernel=4, time_step_rank=5))
+    with torch.no_grad():
+        for ly in model.backbone.layers:
+            ly.mixer.dt_proj.bias.copy_(torch.randn_like(ly.mixer.dt_proj.bias))
+            ly.mixer.D.fill_(0.1)
+    return _float_mamba(model.eval().float())
+
+
+@pytest.mark.parametrize("model,floor", [("fm1s", 0.999), ("fm2", 0.95)])
+def test_golden_tracks_float(model, floor, request):
     # W8A8 golden vs the float reference over 24 held-out tokens, the scan carrying the output:
-    # logit cosine 0.968 measured (a Mamba-1 made the same way: 0.9998; Mamba-2's error grows
-    # through its SiLU ROMs at 1/16 and the group RMSNorm of an int8 product, README).
-    # B of the wrong group gives 0.52, the heads' decays on the wrong channels 0.93
-    ids = np.random.default_rng(5).integers(0, fm2.shape.vocab, 24)
-    f = mamba_logits(fm2, ids)
-    qm = quantize_mamba(fm2, rotate=False)
+    # logit cosine 0.9998 measured for Mamba-1, 0.968 for Mamba-2 (its error grows through the
+    # SiLU ROMs at 1/16 and the group RMSNorm of an int8 product, README). For Mamba-2, B of
+    # the wrong group gives 0.54, the heads' decays on the wrong channels 0.93
+    fm = request.getfixturevalue(model)
+    ids = np.random.default_rng(5).integers(0, fm.shape.vocab, 24)
+    f = mamba_logits(fm, ids)
+    qm = quantize_mamba(fm, rotate=False)
     q = qmamba_logits(qm, ids).astype(np.float64) * qm.scales["logits"]
     cos = np.mean([cosine(a, b) for a, b in zip(f, q, strict=True)])
-    assert cos > 0.95
+    assert cos > floor
