@@ -64,8 +64,21 @@ OP_KINDS.update({
     "lm_head": "the LM head (a qlinear's attrs) on the run's last row (x,), stored to the "
                "host's logits row; attrs also cap (tanh cap (mult, shift), or ())",
 })
+# the state-space level (compiler/ssm_graph.py: a quantized Mamba, the decoder level's kinds
+# and these; the conv history and scan state live in their units)
+OP_KINDS.update({
+    "conv": "golden.ssm.causal_conv of the rows after the layer's held inputs, then "
+            "golden.llm.gate_mul(c, 1, silu_mult, silu_shift) (x,), in place; attrs layer, "
+            "weight i8 [C, d_conv], bias, mult [C], shift, silu_mult, silu_shift",
+    "scan": "golden.ssm.scan_step of every row in order on the layer's state, dt = "
+            "golden.ssm.softplus_dt(dt) (u, dt, B, C); attrs layer, a_codes [C, d_state], "
+            "d_mult [C], d_shift, bu_mult, bu_shift, y_mult, y_shift",
+    "hadamard": "golden.int8.requantize(golden.ssm.hadamard(x, 2**lgb), 0, mult, shift, bits) "
+                "(x,), in place; attrs lgb, mult, shift, bits (4 or 8)",
+})
 DECODER_KINDS = frozenset({"embed", "rope_table", "gamma_codes", "rmsnorm", "absquant", "rope",
-                           "attention", "silu_mul", "qlinear", "qadd", "lm_head"})
+                           "attention", "silu_mul", "qlinear", "qadd", "lm_head", "conv", "scan",
+                           "hadamard"})
 
 FLOAT_KINDS = frozenset({"input", "output", "relu", "reshape", "linear", "add"})
 QUANT_KINDS = frozenset({"input", "output", "relu", "reshape", "qlinear", "qadd"})

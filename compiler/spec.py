@@ -38,7 +38,8 @@ from .ops import (
 ARITY = {"input": (0,), "output": (1,), "relu": (1,), "reshape": (1,), "linear": (1,),
          "add": (2,), "qlinear": (1, 2), "qadd": (2,), "embed": (0,), "rope_table": (0,),
          "gamma_codes": (0,), "rmsnorm": (1,), "absquant": (1,), "rope": (2,),
-         "attention": (3,), "silu_mul": (2,), "lm_head": (1,)}
+         "attention": (3,), "silu_mul": (2,), "lm_head": (1,), "conv": (1,), "scan": (4,),
+         "hadamard": (1,)}
 
 ACC_LIMIT = 2**31  # int32 accumulator: K*128*128 + max|bias| must stay below this
 
@@ -585,9 +586,12 @@ def check_decoder(qd):
 # -- the decoder graph -------------------------------------------------------------------------
 
 #: The decoder's activation areas (``mapping.llm_lower.ActPlan``): the ones a tensor may be in.
-DECODER_AREAS = ("x", "h", "q", "k", "v", "att", "gate", "up", "cs", "gamma", "logits")
+DECODER_AREAS = ("x", "h", "q", "k", "v", "att", "gate", "up", "cs", "gamma", "logits",
+                 "xin", "z", "dtr", "b", "c", "dt", "y")
 #: Kinds that work in place: the output is in the area of the first input.
-_IN_PLACE = ("absquant", "rope", "silu_mul")
+_IN_PLACE = ("absquant", "rope", "silu_mul", "conv", "hadamard")
+_SCAN = (("bu_mult", g8.MULT_MAX), ("bu_shift", 63), ("y_mult", g8.MULT_MAX),
+         ("y_shift", 63), ("d_shift", 63))
 
 
 def _check_decoder_op(g: Graph, name: str, op: Op, arrays: bool):
@@ -652,6 +656,26 @@ def _check_decoder_op(g: Graph, name: str, op: Op, arrays: bool):
             _fail(name, op, f"gate activation {a.get('act')!r} is not one of "
                             f"{', '.join(gl.GATE_LUTS)}")
         _check_params(f"node '{name}' (silu_mul)", "gate", (a.get("mult"), a.get("shift")),
+                      _GATE)
+    elif op.kind == "conv":
+        _check_params(f"node '{name}' (conv)", "silu", (a.get("silu_mult"), a.get("silu_shift")),
+                      _GATE)
+        w = a.get("weight")
+        if not isinstance(w, np.ndarray) or w.ndim != 2 or w.shape[0] != feats or w.shape[1] < 2:
+            _fail(name, op, f"taps must be [{feats}, d_conv >= 2], got {_describe(w)}")
+    elif op.kind == "scan":
+        _check_params(f"node '{name}' (scan)", "scan",
+                      tuple(a.get(k) for k, _ in _SCAN), _SCAN)
+        if [i.out.shape[1] for i in ins[:2]] != [feats, feats] or ins[2].out.shape != \
+                ins[3].out.shape or np.shape(a.get("a_codes")) != (feats, ins[2].out.shape[1]):
+            _fail(name, op, "u, dt and the output must have its channels, B and C the "
+                            "states of its a_codes [channels, states]")
+    elif op.kind == "hadamard":
+        lgb = a.get("lgb")
+        if not _is_int(lgb) or not 0 <= lgb <= 15 or feats % (1 << lgb) or \
+                a.get("bits") not in (4, 8):
+            _fail(name, op, f"block 2**{lgb!r} must divide its {feats} channels, bits be 4 or 8")
+        _check_params(f"node '{name}' (hadamard)", "requant", (a.get("mult"), a.get("shift")),
                       _GATE)
     elif op.kind == "qadd":
         _check_params(f"node '{name}' (qadd)", "add",

@@ -45,6 +45,9 @@ DOC_NAMES = {
     Opcode.SILUMUL: {"mult_b": "mult"},
     Opcode.ATTN: {"ext": "K", "v_ext": "V", "a": "q", "shift": "oshift"},
     Opcode.TMATMUL: {"ext": "wgt", "a": "x", "b": "res", "mult_b": "res_mult"},
+    Opcode.CONV: {"ext": "par", "a": "x", "mult_b": "silu_mult"},
+    Opcode.SCAN: {"ext": "par", "a": "u", "out": "y", "shift": "y_shift"},
+    Opcode.HADAMARD: {"a": "x", "mult_b": "mult"},
 }
 DOC_NAMES[Opcode.PREFETCH] = DOC_NAMES[Opcode.MATMUL]      # a MATMUL's word, another opcode
 

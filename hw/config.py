@@ -18,6 +18,8 @@ MAX_GROUP_LEN = 7
 TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
 #: Legal TLMM group sizes G.
 TLMM_GROUPS = tuple(TLMM_GROUP_BITS)
+#: The state-space units' fields (0: not built).
+_SSM_FIELDS = ("ssm_states", "ssm_channels", "conv_taps", "conv_words", "hadamard_block")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,19 @@ class AccelConfig:
         ABSQUANT; ROPE takes up to ``min(V, L/2)`` pairs per step): V copies of its
         multiplier path (5 DSP48E2 each) on V consecutive bytes of an activation word. Must
         divide ``chain_len``; 1 (the default) is the element-serial unit.
+    ssm_states : int
+        S, states of the state-space unit (``hw.ssm.ScanUnit``: one channel a cycle, all its
+        states at once); 0 (the default) builds no state-space units, and CONV, SCAN and
+        HADAMARD stop the run with ERROR = 1. Needs ``transformer`` (GATHER, the vector unit).
+    ssm_channels : int
+        Depth of the scan state memory: ``d_inner`` times the layers whose state it holds.
+    conv_taps : int
+        K of the causal conv unit (``hw.conv.CausalConvUnit``): ``d_conv``.
+    conv_words : int
+        Beats of conv history held: ``ceil(conv channels / L)`` times the layers.
+    hadamard_block : int
+        Largest block of the Hadamard transform unit (``hw.hadamard.HadamardUnit``; a power
+        of two, at least ``chain_len``).
     """
 
     chains: int = 16
@@ -123,6 +138,11 @@ class AccelConfig:
     ring_uram: bool = False
     act_uram: bool = False
     vec_lanes: int = 1
+    ssm_states: int = 0
+    ssm_channels: int = 0
+    conv_taps: int = 0
+    conv_words: int = 0
+    hadamard_block: int = 0
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
@@ -152,6 +172,24 @@ class AccelConfig:
             raise ValueError(
                 f"chain_len {self.chain_len} must split into {self.groups} DSP groups of at most "
                 f"{MAX_GROUP_LEN} slices (the packed multiply's 18-bit low field)")
+        if min(getattr(self, k) for k in _SSM_FIELDS) < 0:
+            raise ValueError(f"AccelConfig's {', '.join(_SSM_FIELDS)} must be >= 0")
+        if self.ssm:
+            hb = self.hadamard_block
+            if not self.transformer:
+                raise ValueError("the state-space units need the transformer path "
+                                 "(AccelConfig.transformer: GATHER and the vector unit)")
+            if self.ssm_channels < 1 or self.conv_words < 1 or self.conv_taps < 2:
+                raise ValueError("AccelConfig.ssm_channels and conv_words must be >= 1, "
+                                 "conv_taps >= 2, with ssm_states")
+            if hb & (hb - 1) or hb < self.chain_len:
+                raise ValueError(f"AccelConfig.hadamard_block {hb} must be a power of two "
+                                 f">= chain_len ({self.chain_len})")
+
+    @property
+    def ssm(self) -> bool:
+        """Whether the state-space units (scan, causal conv, Hadamard) are built."""
+        return self.ssm_states > 0
 
     @property
     def vector_unit(self) -> bool:
@@ -196,5 +234,11 @@ class AccelConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        """Short stable hash of the parameters (part of the Verilator build-cache key)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Short stable hash of the parameters (part of the Verilator build-cache key and of a
+        cycle calibration's key). An engine without state-space units hashes without their
+        fields, as before they existed, so its calibrations keep their key."""
+        d = self.to_dict()
+        if not self.ssm:
+            for k in _SSM_FIELDS:
+                d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

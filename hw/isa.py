@@ -5,7 +5,8 @@ functional model (decoder). Every instruction is 32 bytes: eight little-endian u
 :data:`HEADER` (every opcode) and :data:`LAYOUT` (per opcode) are the one table of field
 positions: the base instructions (END, LOAD, STORE, MATMUL, VADD), the transformer instructions
 (GATHER, RMSNORM, ROPE, SILUMUL, ATTN, KVSTORE; LOAD/STORE ``pos_stride``) and the ternary ones
-(ABSQUANT, TMATMUL; SILUMUL flag RELU2). Encode, decode and the hardware's data layouts
+(ABSQUANT, TMATMUL; SILUMUL flag RELU2) and the state-space ones (CONV, SCAN, HADAMARD).
+Encode, decode and the hardware's data layouts
 (``hw/isa_layout.py``) all read it, and docs/architecture.md's field table is rendered from it
 (``docs/gen_isa_table.py``).
 """
@@ -61,6 +62,9 @@ class Opcode(IntEnum):
     TMATMUL = 0x0B
     KVSTORE = 0x0C
     PREFETCH = 0x0D
+    CONV = 0x0E
+    SCAN = 0x0F
+    HADAMARD = 0x10
 
 
 #: Opcodes with MATMUL's fields: a PREFETCH is the instruction word of the MATMUL whose weights
@@ -130,6 +134,18 @@ class Instr:
     k_groups: int = 0     # TMATMUL: groups of G activations per row (ceil(K / G))
     n_out: int = 0        # TMATMUL: output channels
     x_words: int = 0      # TMATMUL: act words between rows of x
+    # -- state-space path -----------------------------------------------------------------
+    state: int = 0        # CONV: first history beat of the layer; SCAN: first state channel
+    silu_shift: int = 0   # CONV: the SiLU's shift (its multiplier is ``mult_b``)
+    c: int = 0            # SCAN: act word of row 0's C (B's is ``b``)
+    dt: int = 0           # SCAN: act word of row 0's dt projection (int8, softplus ROM input)
+    bc_words: int = 0     # SCAN: act words between rows of B and of C
+    bu_mult: int = 0      # SCAN: multiplier and shift of dt * u * B into the state
+    bu_shift: int = 0
+    y_mult: int = 0       # SCAN: multiplier of h . C into y (its shift is ``shift``)
+    d_shift: int = 0      # SCAN: shift of the D skip (its multipliers are in the parameters)
+    lgb: int = 0          # HADAMARD: log2 of the block
+    obits: int = 0        # HADAMARD: output bits (4 or 8)
 
     @property
     def relu(self) -> bool:
@@ -206,6 +222,17 @@ LAYOUT: dict = {
                      ("rows", 3, 16, 16), ("k_groups", 4, 0, 16), ("n_out", 4, 16, 16),
                      ("x_words", 5, 0, 16), ("words", 5, 16, 16), ("mult_b", 6, 0, 16),
                      ("m_addr", 6, 16, 16)),
+    Opcode.CONV: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("n", 3, 0, 16),
+                  ("rows", 3, 16, 16), ("words", 4, 0, 16), ("mult_b", 4, 16, 16),
+                  ("state", 5, 0, 32), ("silu_shift", 6, 0, 6)),
+    Opcode.SCAN: (("ext", 1, 0, 32), ("a", 2, 0, 16), ("out", 2, 16, 16), ("b", 3, 0, 16),
+                  ("rows", 3, 16, 16), ("c", 4, 0, 16), ("dt", 4, 16, 16), ("n", 5, 0, 16),
+                  ("words", 5, 16, 16), ("bu_mult", 6, 0, 16), ("y_mult", 6, 16, 16),
+                  ("state", 7, 0, 20), ("bu_shift", 7, 20, 6), ("d_shift", 7, 26, 6),
+                  ("bc_words", 0, 22, 10)),
+    Opcode.HADAMARD: (("a", 2, 0, 16), ("out", 2, 16, 16), ("n", 3, 0, 16), ("rows", 3, 16, 16),
+                      ("words", 4, 0, 16), ("mult_b", 4, 16, 16), ("lgb", 5, 0, 4),
+                      ("obits", 5, 4, 4)),
 }
 
 def field_max(op: Opcode, name: str) -> int:
@@ -225,7 +252,9 @@ _MODE_FIELDS = {"tile_mem_rows", "lgm", "lgr"}
 _EXTENSION_FIELDS = ("pos_stride", "ids", "stride", "table_rows", "eps", "cs", "cs_words",
                      "heads", "hd", "head_stride", "v_ext", "q_words", "lanes", "grp", "slots",
                      "hd_words", "pos_sb", "smul", "omul", "sshift", "window", "cap", "g",
-                     "m_addr", "k_groups", "n_out", "x_words", "x_pad")
+                     "m_addr", "k_groups", "n_out", "x_words", "x_pad", "state", "silu_shift",
+                     "c", "dt", "bc_words", "bu_mult", "bu_shift", "y_mult", "d_shift", "lgb",
+                     "obits")
 
 
 def _check(i: Instr) -> None:

@@ -521,7 +521,7 @@ def generate(dev: Device, build_dir, prompt: list[int], new_tokens: int,
 
     dev.reserve(len(lw.image))
     dev.write_mem(0, lw.image)
-    for r in host_schedule(len(prompt), lw.buckets, new_tokens):
+    for r in host_schedule(len(prompt), lw.buckets, new_tokens, lw.recurrent):
         # a decode step's input is the token the run before it gave
         logits = one_run([out["tokens"][-1]] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
                          r.pos)

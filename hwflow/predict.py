@@ -292,7 +292,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
             prefill[str(n)] = {"cycles": None, "ttft_ms": None,
                                "note": f"prompt longer than max_context {T}"}
             continue
-        chunks = host_schedule(n, lw.buckets)      # the prompt's runs, as the host makes them
+        # the prompt's runs, as the host makes them
+        chunks = host_schedule(n, lw.buckets, recurrent=lw.recurrent)
         cyc = sum(timer.cycles(r.program, run_program(lw, r.program).program, r.pos)
                   for r in chunks)
         prefill[str(n)] = {"cycles": cyc, "ttft_ms": 1e3 * cyc / hz, "chunks": len(chunks),

@@ -4,7 +4,8 @@ A program is the graph's ops in program order, each turned into its instructions
 for its kind (:data:`RULES`): the MLP graph (``input``, ``qlinear``, ``qadd``, ``output``) and
 the decoder graph (``compiler.decoder_graph``: ``embed``, ``rope_table``, ``gamma_codes``,
 ``rmsnorm``, ``absquant``, ``qlinear``, ``rope``, ``attention``, ``silu_mul``, ``qadd``,
-``lm_head``) go through the same rules, so a new family adds rules for its new kinds, not a
+``lm_head``) and the Mamba graph (``compiler.ssm_graph``: those and ``conv``, ``scan``,
+``hadamard``) go through the same rules, so a new family adds rules for its new kinds, not a
 new lowering. The linear rules emit through ``mapping.linear`` (the one MATMUL / TMATMUL /
 ABSQUANT encoder).
 
@@ -260,12 +261,44 @@ def _lm_head(name, op, g, p) -> list:
     return prog
 
 
+def _conv(name, op, g, p) -> list:
+    """CONV of the layer's rows in place, on history beats ``layer * beats ..`` of the conv
+    unit (each layer its own part), its parameter block at ``p.ext``."""
+    x, at, n = op.inputs[0], op.attrs, op.out.shape[-1]
+    beats = -(-n // p.cfg.chain_len)
+    return [Instr(Opcode.CONV, shift=at["shift"], ext=p.ext(name), a=p.addr(x), out=p.addr(name),
+                  n=n, rows=p.rows(name), words=p.words(name), mult_b=at["silu_mult"],
+                  state=at["layer"] * beats, silu_shift=at["silu_shift"])]
+
+
+def _scan(name, op, g, p) -> list:
+    """SCAN of the layer's rows on state channels ``layer * n ..`` of the scan unit."""
+    u, dt, b, c = op.inputs
+    at, n = op.attrs, op.out.shape[-1]
+    if p.words(dt) != p.words(u) or p.words(name) != p.words(u) or p.words(c) != p.words(b):
+        raise MappingError(f"{name}: u, dt and y rows must share a stride, B and C rows theirs")
+    return [Instr(Opcode.SCAN, shift=at["y_shift"], ext=p.ext(name), a=p.addr(u),
+                  out=p.addr(name), b=p.addr(b), rows=p.rows(name), c=p.addr(c), dt=p.addr(dt),
+                  n=n, words=p.words(name), bu_mult=at["bu_mult"], y_mult=at["y_mult"],
+                  state=at["layer"] * n, bu_shift=at["bu_shift"], d_shift=at["d_shift"],
+                  bc_words=p.words(b))]
+
+
+def _hadamard(name, op, g, p) -> list:
+    """HADAMARD of every row in place, requantized to ``bits``."""
+    x, at = op.inputs[0], op.attrs
+    return [Instr(Opcode.HADAMARD, shift=at["shift"], a=p.addr(x), out=p.addr(name),
+                  n=op.out.shape[-1], rows=p.rows(name), words=p.words(name), mult_b=at["mult"],
+                  lgb=at["lgb"], obits=at["bits"])]
+
+
 #: The rule of every op kind that becomes instructions (``reshape`` is layout only).
 RULES = {
     "input": _input, "output": _output, "qlinear": _qlinear, "qadd": _qadd,
     "rmsnorm": _rmsnorm, "absquant": _absquant, "rope": _rope, "silu_mul": _silu_mul,
     "embed": _embed, "rope_table": _rope_table, "gamma_codes": _gamma_codes,
-    "attention": _attention, "lm_head": _lm_head, "reshape": lambda *_: [],
+    "attention": _attention, "lm_head": _lm_head, "conv": _conv, "scan": _scan,
+    "hadamard": _hadamard, "reshape": lambda *_: [],
 }
 
 

@@ -76,7 +76,8 @@ def run_program(lowered, name: str):
     return lowered.prefill[int(name.removeprefix("prefill"))]
 
 
-def host_schedule(prompt_len: int, buckets, new_tokens: int = 0) -> list[HostRun]:
+def host_schedule(prompt_len: int, buckets, new_tokens: int = 0,
+                  recurrent: bool = False) -> list[HostRun]:
     """The runs the host makes for a ``prompt_len``-token prompt and ``new_tokens`` decode steps.
 
     Parameters
@@ -88,6 +89,9 @@ def host_schedule(prompt_len: int, buckets, new_tokens: int = 0) -> list[HostRun
     new_tokens : int
         Decode steps after the prompt (``0``: the prompt's runs alone, as time to first
         token counts them).
+    recurrent : bool
+        A state-space model's runs (``LoweredDecoder.recurrent``): the prompt's runs do not
+        overlap.
 
     Returns
     -------
@@ -96,7 +100,8 @@ def host_schedule(prompt_len: int, buckets, new_tokens: int = 0) -> list[HostRun
         then ``new_tokens`` one-token decode runs at ``prompt_len, prompt_len + 1, ...``.
         Every run from the prompt's last one on gives the next token.
     """
-    runs = [HostRun(p, k, program_name(k), False) for p, k in prompt_runs(prompt_len, buckets)]
+    runs = [HostRun(p, k, program_name(k), False)
+            for p, k in prompt_runs(prompt_len, buckets, recurrent)]
     runs += [HostRun(prompt_len + k, 1, "decode", True) for k in range(new_tokens)]
     return runs
 
@@ -111,4 +116,4 @@ def host_writes(lw, prompt: list[int], new_tokens: int) -> list:
     # a decode step's id is written by the host after the previous step; 0 is a placeholder
     return [(decode_memory_writes(lw, [0] if r.is_decode else prompt[r.pos:r.pos + r.tokens],
                                   r.pos), r.is_decode)
-            for r in host_schedule(len(prompt), lw.buckets, new_tokens)]
+            for r in host_schedule(len(prompt), lw.buckets, new_tokens, lw.recurrent)]

@@ -70,6 +70,9 @@ from hwflow.compiler.decoder_graph import GAMMA_SLOTS, LINEARS, decoder_graph, l
 from hwflow.compiler.ir import Graph, op_of
 from hwflow.compiler.passes import first_fit
 from hwflow.compiler.spec import check_decoder_graph
+from hwflow.compiler.ssm import SsmShape
+from hwflow.compiler.ssm_graph import mamba_graph
+from hwflow.compiler.ssm_quant import QMamba
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import INSTR_BYTES, Instr, Opcode
 
@@ -91,6 +94,7 @@ from .linear import (
 )
 from .lower import encode_program
 from .memory_image import DECODER_IMAGE_VERSION, ImageBuilder, MemoryMap, Region
+from .ssm_format import pack_conv, pack_scan
 from .ternary_format import row_read_words
 
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
@@ -116,12 +120,21 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _as_graph(qd) -> Graph:
-    """The decoder graph (``compiler.decoder_graph``) of a QDecoder, or the graph itself."""
-    return decoder_graph(qd) if isinstance(qd, QDecoder) else qd
+    """The graph of a QDecoder (``compiler.decoder_graph``) or a QMamba
+    (``compiler.ssm_graph``), or the graph itself."""
+    if isinstance(qd, QDecoder):
+        return decoder_graph(qd)
+    if isinstance(qd, QMamba):
+        return mamba_graph(qd)
+    return qd
 
 
-def _shape(g: Graph) -> DecoderShape:
-    return DecoderShape(**g.graph["shape"])
+def _is_mamba(g: Graph) -> bool:
+    return g.graph.get("family") == "mamba"
+
+
+def _shape(g: Graph) -> DecoderShape | SsmShape:
+    return (SsmShape if _is_mamba(g) else DecoderShape)(**g.graph["shape"])
 
 
 def _linears(g: Graph) -> list:
@@ -138,8 +151,8 @@ def _layer_ternary(ly, i: int) -> bool:
     if len(set(flags.values())) > 1:
         tern = [nm for nm, t in flags.items() if t]
         raise MappingError(f"layer {i}: linears {tern} are ternary and the others int8; the "
-                           "mapper needs all seven linears of a layer in one format")
-    return flags["q"]
+                           "mapper needs all linears of a layer in one format")
+    return next(iter(flags.values()))
 
 
 def _ternary_layers(g: Graph) -> list[int]:
@@ -247,6 +260,9 @@ class _Geometry:
     #: reach the output area (T = 12, G = 3: 36-byte chunks of a 1536-byte row read 12 bytes
     #: past it).
     tails: tuple = ()
+    #: A Mamba's areas besides ``x`` and ``h``: ``(name, words)`` in allocation order (its
+    #: graph's: ``xin``, ``z``, ``dtr``, ``b``, ``c``, ``dt``, ``y``); empty for a transformer.
+    ssm_areas: tuple = ()
 
     @property
     def regions(self) -> tuple:
@@ -269,7 +285,10 @@ class _Geometry:
 
     @classmethod
     def of(cls, g: Graph, cfg: AccelConfig) -> _Geometry:
-        """The geometry of decoder graph ``g`` (``compiler.decoder_graph``) on ``cfg``."""
+        """The geometry of decoder graph ``g`` (``compiler.decoder_graph``, or a Mamba's,
+        ``compiler.ssm_graph``) on ``cfg``."""
+        if _is_mamba(g):
+            return cls._of_mamba(g, cfg)
         s = _shape(g)
         ternary = bool(_ternary_layers(g))
         gammas = {nm for n in g.graph["schedule"] if op_of(g, n).kind == "gamma_codes"
@@ -303,9 +322,28 @@ class _Geometry:
         return replace(geo, mw=_cdiv(2, L) if ternary else 0, gw=gw,
                        gslots=tuple(slots), tails=tails)
 
+    @classmethod
+    def _of_mamba(cls, g: Graph, cfg: AccelConfig) -> _Geometry:
+        """A Mamba's geometry: the residual stream as a transformer's, every other area as
+        wide as the widest tensor its ops put there (whole act words), no attention."""
+        s = _shape(g)
+        L, SB = cfg.chain_len, cfg.beat_bytes
+        areas: dict = {}
+        for n in g.graph["schedule"]:
+            op = op_of(g, n)
+            if op.attrs["area"] not in ("x", "h", "logits"):
+                w = _cdiv(op.out.shape[-1], L)
+                areas[op.attrs["area"]] = max(areas.get(op.attrs["area"], 0), w)
+        return cls(L=L, SB=SB, ew=_cdiv(s.hidden, SB) * SB // L, hd_words=0, q_words=0,
+                   kv_words=0, iw=0, lw=_cdiv(s.vocab, SB) * SB // L,
+                   la=min(_cdiv(s.vocab, SB) * SB, lm_head_part_channels(cfg)) // L,
+                   cs_words=0, ssm_areas=tuple(areas.items()))
+
     @property
     def row_words(self) -> dict:
         """Act words per row of every area of the static plan, in allocation order."""
+        if self.ssm_areas:
+            return {"x": self.ew, "h": self.ew, **dict(self.ssm_areas)}
         words = {"x": self.ew, "h": self.ew, "q": self.q_words, "k": self.kv_words,
                  "v": self.kv_words, "att": self.q_words, "gate": self.iw, "up": self.iw,
                  "cs": self.cs_words}
@@ -467,6 +505,9 @@ class LoweredDecoder:
     #: Built from shapes alone (``lower_decoder(..., shape_only=True)``): ``image`` is empty,
     #: the programs, memory map and reports are those of the full lowering.
     shape_only: bool = False
+    #: A state-space model: every run advances the state held in the units, so a prompt's
+    #: runs must not overlap (:func:`prompt_runs`).
+    recurrent: bool = False
 
     @property
     def decode_prog_base(self) -> int:
@@ -725,6 +766,7 @@ class _Addrs:
     v: tuple
     gammas: dict = field(default_factory=dict)   # gamma_codes node -> its gamma block
     kv_rows: int = 0                             # positions of every cache region
+    params: dict = field(default_factory=dict)   # conv and scan node -> its parameter block
 
 
 @dataclass(frozen=True)
@@ -769,6 +811,8 @@ class _Run:
         kind = op_of(self.graph, name).kind
         if kind == "gamma_codes":
             return self.ad.gammas[name]
+        if kind in ("conv", "scan"):
+            return self.ad.params[name]
         return {"embed": self.ad.embed, "rope_table": self.ad.rope}[kind]
 
     def gamma(self, slot: str) -> int:
@@ -894,8 +938,35 @@ def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets)
 
 # -------------------------------------------------------------------------------- lower
 
+def _check_ssm(g: Graph, cfg: AccelConfig) -> None:
+    """A Mamba's state-space units must be built to its shape and hold every layer's
+    state (``AccelConfig.ssm_*``, ``conv_*``, ``hadamard_block``)."""
+    s = _shape(g)
+    name = g.graph["name"]
+    if not cfg.ssm:
+        raise MappingError(f"'{name}' is a state-space model and this accelerator has no "
+                           "state-space units (AccelConfig.ssm_states = 0)")
+    beats = _cdiv(s.conv_dim, cfg.chain_len)
+    blocks = [1 << op_of(g, n).attrs["lgb"] for n in g.graph["schedule"]
+              if op_of(g, n).kind == "hadamard"]
+    for what, need, have in (("ssm_states", s.d_state, cfg.ssm_states),
+                             ("conv_taps", s.d_conv, cfg.conv_taps)):
+        if need != have:
+            raise MappingError(f"'{name}' needs {what} = {need}, the accelerator has {have}")
+    for what, need, have in (("ssm_channels", s.layers * s.d_inner, cfg.ssm_channels),
+                             ("conv_words", s.layers * beats, cfg.conv_words),
+                             ("hadamard_block", max(blocks, default=0), cfg.hadamard_block)):
+        if need > have:
+            raise MappingError(f"'{name}' needs {what} >= {need} (every layer's state on "
+                               f"chip), the accelerator has {have}")
+
+
 def _check_fields(g: Graph, geo: _Geometry) -> None:
     s = _shape(g)
+    if _is_mamba(g):
+        if s.vocab > (1 << 32) - 1:
+            raise MappingError(f"vocab={s.vocab} exceeds the GATHER field limit")
+        return
     windows = [op_of(g, n).attrs["window"] for n in g.graph["schedule"]
                if op_of(g, n).kind == "attention"]
     if s.heads % s.kv_heads or s.head_dim % 2:
@@ -931,6 +1002,23 @@ def _program(g: Graph, cfg: AccelConfig, geo: _Geometry, packed: dict, plan: Act
     beside the instructions before it (``prefetch_weights``), then END."""
     return prefetch_weights(emit(g, g.graph["schedule"], _Run(cfg, g, geo, plan, ad, packed))
                             ) + [Instr(Opcode.END)]
+
+
+def _param_region(ib: ImageBuilder, op, node: str, cfg: AccelConfig) -> Region:
+    """The parameter block of a ``conv`` or ``scan`` node (``mapping.ssm_format``)."""
+    L, SB, a = cfg.chain_len, cfg.beat_bytes, op.attrs
+    if op.kind == "conv":
+        w = np.asarray(a["weight"])
+        data = pack_conv(w, a["bias"], a["mult"], L, SB)
+        layout = (f"per beat of {L} channels: {L}x{w.shape[1]} int8 taps (oldest first), "
+                  f"{L} int32 biases, {L} u16 multipliers")
+    else:
+        data = pack_scan(a["a_codes"], a["d_mult"], L, SB)
+        layout = (f"per beat of {L} channels: {L}x{a['a_codes'].shape[1]} u16 decay-rate "
+                  f"codes, {L} int32 D multipliers")
+    return ib.append_made(f"weights:{node}", "weights", len(data), lambda: data,
+                          shape=list(np.shape(a["weight" if op.kind == "conv" else "a_codes"])),
+                          layout=layout)
 
 
 class _LayoutBuilder(ImageBuilder):
@@ -1000,10 +1088,14 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
     T = int(g.graph["max_context"])
     geo = _Geometry.of(g, cfg)
     _check_fields(g, geo)
-    rope_table = op_of(g, "rope_table").attrs["table"]
-    if rope_table.shape[0] < T or rope_table.shape[1] != s.head_dim:
-        raise MappingError(f"RoPE table {list(rope_table.shape)} does not cover "
-                           f"max_context={T} positions of head_dim={s.head_dim}")
+    mamba = _is_mamba(g)
+    if mamba:
+        _check_ssm(g, cfg)
+    else:
+        rope_table = op_of(g, "rope_table").attrs["table"]
+        if rope_table.shape[0] < T or rope_table.shape[1] != s.head_dim:
+            raise MappingError(f"RoPE table {list(rope_table.shape)} does not cover "
+                               f"max_context={T} positions of head_dim={s.head_dim}")
     buckets = _buckets(geo, cfg, T, prompt_buckets)
     max_rows = max(buckets)
     slack = max_rows - 1
@@ -1013,9 +1105,10 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
     plans = {1: ActPlan.build(geo, 1)} | {b: ActPlan.build(geo, b) for b in buckets}
     layers = range(s.layers)
     gamma_nodes = [n for n in g.graph["schedule"] if op_of(g, n).kind == "gamma_codes"]
+    param_nodes = [n for n in g.graph["schedule"] if op_of(g, n).kind in ("conv", "scan")]
     # every program has the decode program's instructions (addresses aside): count them once
     nowhere = _Addrs(0, 0, 0, 0, dict.fromkeys(packed, 0), (0,) * s.layers, (0,) * s.layers,
-                     dict.fromkeys(gamma_nodes, 0))
+                     dict.fromkeys(gamma_nodes, 0), params=dict.fromkeys(param_nodes, 0))
     n_instr = len(_program(g, cfg, geo, packed, plans[1], nowhere))
 
     ib = _LayoutBuilder(cfg) if shape_only else ImageBuilder(cfg)
@@ -1041,12 +1134,11 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
                            rows=s.vocab, words=geo.ew, features=s.hidden,
                            layout=f"GATHER table: row id at super-beat id*{geo.ew * L // SB}, "
                                   "int8, zero padded")
-    r_rope = ib.append_made("weights:rope", "weights", (T + slack) * geo.cs_words * L,
-                            rope_bytes, shape=[T, s.head_dim],
-                            rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
-                            layout=f"per position: {s.head_dim // 2} int16 cos then "
-                                   f"{s.head_dim // 2} int16 sin (Q1.14, LE), zero padded; "
-                                   f"{slack} zero slack rows")
+    r_rope = None if mamba else ib.append_made(
+        "weights:rope", "weights", (T + slack) * geo.cs_words * L, rope_bytes,
+        shape=[T, s.head_dim], rows=T + slack, words=geo.cs_words, features=2 * s.head_dim,
+        layout=f"per position: {s.head_dim // 2} int16 cos then {s.head_dim // 2} int16 sin "
+               f"(Q1.14, LE), zero padded; {slack} zero slack rows")
     wregion, layers_report = {}, []
     for name, pk in packed.items():
         tern = isinstance(pk, _TPacked)
@@ -1063,12 +1155,13 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
             words=geo.gw,
             layout="int8 gamma codes of ABSQUANT and RMSNORM, slots (name, word, words) "
                    f"{[list(x) for x in geo.gslots]}; element i at byte i of its slot")
-    kv_rows = T + slack
+    pregion = {node: _param_region(ib, op_of(g, node), node, cfg) for node in param_nodes}
+    kv_rows = 0 if mamba else T + slack
     kv_bytes = geo.kv_region_sb(kv_rows) * SB
     regions = ", ".join(f"kv heads {k0}..{k0 + n - 1} at +{geo.region_offset(kv_rows, k0)} "
                         f"({pb} per position)" for k0, n, pb in geo.regions)
     k_regions, v_regions = [], []
-    for i in layers:
+    for i in ([] if mamba else layers):
         for nm, lst in (("k", k_regions), ("v", v_regions)):
             lst.append(ib.reserve(f"kv:L{i}.{nm}", "kv", kv_bytes,
                                   shape=[kv_rows, s.kv_heads, s.head_dim], rows=kv_rows,
@@ -1087,10 +1180,11 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
         raise MappingError(f"memory image of {ib.size // SB} super-beats exceeds the "
                            f"{cfg.addr_bits}-bit port address space ({1 << cfg.addr_bits})")
 
-    ad = _Addrs(embed=r_emb.addr, rope=r_rope.addr, ids=r_ids.addr, logits=r_logits.addr,
-                weights={k: r.addr for k, r in wregion.items()},
+    ad = _Addrs(embed=r_emb.addr, rope=0 if r_rope is None else r_rope.addr, ids=r_ids.addr,
+                logits=r_logits.addr, weights={k: r.addr for k, r in wregion.items()},
                 k=tuple(r.addr for r in k_regions), v=tuple(r.addr for r in v_regions),
-                gammas={n: r.addr for n, r in gregion.items()}, kv_rows=kv_rows)
+                gammas={n: r.addr for n, r in gregion.items()}, kv_rows=kv_rows,
+                params={n: r.addr for n, r in pregion.items()})
     infos = {}
     for key, region in prog_regions.items():
         rows = 1 if key == "decode" else key
@@ -1130,7 +1224,7 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
     kv = KvLayout(k_bases=[r.addr for r in k_regions], v_bases=[r.addr for r in v_regions],
                   regions=geo.regions, hd_words=geo.hd_words, rows=kv_rows, max_context=T)
     return LoweredDecoder(cfg, image, mm, decode, dict(sorted(infos.items())), io, kv,
-                          T, reports, shape_only=shape_only)
+                          T, reports, shape_only=shape_only, recurrent=mamba)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -1176,9 +1270,13 @@ class HostStep:
         return self.tokens == self.rows
 
 
-def prompt_runs(n: int, buckets) -> list[tuple[int, int]]:
+def prompt_runs(n: int, buckets, recurrent: bool = False) -> list[tuple[int, int]]:
     """``[(pos, tokens)]``: the runs the host makes for an ``n``-token prompt, so that the last
     prompt token is the last row of a run (the only row whose logits a program computes).
+
+    ``recurrent`` (a state-space model, :attr:`LoweredDecoder.recurrent`): no token may run
+    twice, since each run advances the state: runs of the largest bucket that fits what is
+    left, down to one-token runs of the decode program, partitioning the prompt exactly.
 
     Whole runs of the largest bucket while more than it is left; then, of the rest ``r``: one
     run of ``r`` tokens when ``r`` is 1 (the decode program) or a bucket; else the smallest
@@ -1190,6 +1288,12 @@ def prompt_runs(n: int, buckets) -> list[tuple[int, int]]:
     """
     buckets = sorted(buckets)
     runs, p = [], 0
+    if recurrent:
+        while p < n:
+            k = max([b for b in buckets if b <= n - p], default=1)
+            runs.append((p, k))
+            p += k
+        return runs
     while n - p > buckets[-1]:
         runs.append((p, buckets[-1]))
         p += buckets[-1]

@@ -18,6 +18,7 @@ from hwflow.hw.contract import tlmm_passes
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
 
 from .memory_image import TRAFFIC_CATEGORY
+from .ssm_format import block_bytes, conv_record_bytes, scan_record_bytes
 from .ternary_format import block_layout
 
 __all__ = ["TRAFFIC_KEYS", "TrafficCount", "instr_accesses", "fetched_beats",
@@ -42,7 +43,8 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
     all the pass's query heads; KVSTORE writes ``rows`` position blocks; TMATMUL reads its
     parameter super-beats once and its index stream once per group of ``tlmm_passes`` passes
     of up to ``tlmm_rows`` rows (:func:`tlmm_passes`; the engine looks each record up for every
-    row of a pass, and keeps a chunk's records for the group's other passes).
+    row of a pass, and keeps a chunk's records for the group's other passes); CONV reads its
+    parameter block once, SCAN once per row (``mapping.ssm_format``).
     """
     L, SB = cfg.chain_len, cfg.beat_bytes
     op = i.op
@@ -64,6 +66,11 @@ def instr_accesses(i, cfg, pos: int) -> list[tuple[int, int, bool]]:
                            cfg.tlmm_q, SB)
         stream = (i.ext + lay["param_beats"], lay["stream_beats"] * SB, False)
         return [(i.ext, lay["param_beats"] * SB, False)] + [stream] * tlmm_passes(i.rows, cfg)[0]
+    if op == Opcode.CONV:
+        return [(i.ext, block_bytes(conv_record_bytes(L, cfg.conv_taps), i.n, L, SB), False)]
+    if op == Opcode.SCAN:
+        nbytes = block_bytes(scan_record_bytes(L, cfg.ssm_states), i.n, L, SB)
+        return [(i.ext, nbytes, False)] * i.rows
     return []
 
 

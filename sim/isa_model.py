@@ -41,6 +41,7 @@ import numpy as np
 
 from hwflow.golden import int8 as golden
 from hwflow.golden import llm as golden_llm
+from hwflow.golden import ssm as golden_ssm
 from hwflow.golden import ternary as golden_t
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.contract import tlmm_passes
@@ -58,6 +59,13 @@ from hwflow.hw.isa import (
     Instr,
     Opcode,
     decode,
+)
+from hwflow.mapping.ssm_format import (
+    block_bytes,
+    conv_record_bytes,
+    scan_record_bytes,
+    unpack_conv,
+    unpack_scan,
 )
 from hwflow.mapping.ternary_format import block_layout, row_read_words, unpack_ternary_block
 from hwflow.mapping.traffic import TRAFFIC_KEYS, TrafficCount, fetched_beats
@@ -88,6 +96,8 @@ _TRANSFORMER_OPS = (Opcode.GATHER, Opcode.ROPE, Opcode.ATTN, Opcode.KVSTORE, Opc
 #: Instructions of the vector unit, built with the transformer path or the TLMM engine
 #: (``AccelConfig.vector_unit``).
 _VECTOR_OPS = (Opcode.RMSNORM, Opcode.SILUMUL, Opcode.ABSQUANT)
+#: Instructions of the state-space units (``AccelConfig.ssm``).
+_SSM_OPS = (Opcode.CONV, Opcode.SCAN, Opcode.HADAMARD)
 
 
 class IsaError(Exception):
@@ -234,6 +244,12 @@ class IsaModel:
     act : numpy.ndarray
         int8 activation buffer of shape ``(act_depth, L)``; starts zeroed (the RTL's buffer is
         zero after configuration, and a program must not read words it did not write anyway).
+    conv_hist : numpy.ndarray
+        The causal conv unit's history, int8 ``(conv_words, conv_taps - 1, L)``: per beat the
+        last ``K - 1`` inputs of its ``L`` channels, oldest first (kept across runs).
+    ssm_state : numpy.ndarray
+        The scan unit's state, int64 ``(ssm_channels, ssm_states)`` holding int32 values
+        (kept across runs).
     stats : IsaStats
     """
 
@@ -241,6 +257,9 @@ class IsaModel:
         self.cfg = cfg
         self.mem = np.frombuffer(bytes(image), dtype=np.uint8).copy()
         self.act = np.zeros((cfg.act_depth, cfg.chain_len), dtype=np.int8)
+        self.conv_hist = np.zeros((cfg.conv_words, max(0, cfg.conv_taps - 1), cfg.chain_len),
+                                  dtype=np.int8)
+        self.ssm_state = np.zeros((cfg.ssm_channels, cfg.ssm_states), dtype=np.int64)
         self.stats = IsaStats()
         self.pos = int(pos)
         self._regions = regions
@@ -703,6 +722,98 @@ class IsaModel:
         s.weight_read_bytes += nbytes
         s.ext_read_bytes += nbytes
 
+    # -- state-space instructions (docs/architecture.md, "State-space path") -------------------
+
+    def _params(self, ins: Instr, nbytes: int, what: str) -> bytes:
+        lo, hi = self._ext_range(ins.ext, nbytes, what)
+        self.stats.weight_read_bytes += nbytes
+        self.stats.ext_read_bytes += nbytes
+        return self.mem[lo:hi].tobytes()
+
+    def _conv(self, ins: Instr) -> None:
+        """The causal conv of every row in order (the history of beats ``state ..`` carried
+        from row to row and kept; read as zeros on the first row at POS 0), requantized to
+        the SiLU ROM's 1/16 and passed through ``gate_mul(c, 1, mult_b, silu_shift)``; the
+        parameters read once."""
+        cfg = self.cfg
+        L, K, n, rows, words = cfg.chain_len, cfg.conv_taps, ins.n, ins.rows, ins.words
+        beats = -(-n // L)
+        if beats > words:
+            self._fail(IsaError, f"CONV: n={n} > words*L = {words * L}")
+        if ins.state + beats > cfg.conv_words:
+            self._fail(AddressError, f"CONV: history beats {ins.state}..{ins.state + beats - 1} "
+                       f"exceed conv_words={cfg.conv_words}")
+        raw = self._params(ins, block_bytes(conv_record_bytes(L, K), n, L, cfg.beat_bytes),
+                           "CONV parameters")
+        w, bias, mult = unpack_conv(raw, n, K, L)
+        if rows == 0:
+            return
+        x = self._act_rows(ins.a, rows, words, words, "CONV a")[:, :n]
+        held = self.conv_hist[ins.state:ins.state + beats]           # [beats, K-1, L]
+        hist = held.transpose(1, 0, 2).reshape(K - 1, beats * L)[:, :n]
+        if self.pos == 0:
+            hist = np.zeros_like(hist)
+        c, hist = golden_ssm.causal_conv(x, hist, w, bias, mult, ins.shift)
+        u = golden_llm.gate_mul(c, 1, ins.mult_b, ins.silu_shift)
+        full = np.zeros((K - 1, beats * L), np.int8)
+        full[:, :n] = hist
+        self.conv_hist[ins.state:ins.state + beats] = full.reshape(K - 1, beats, L
+                                                                   ).transpose(1, 0, 2)
+        self._write_rows(ins.out, words, self._padded(u, words), "CONV out")
+
+    def _scan(self, ins: Instr) -> None:
+        """``golden.ssm.scan_step`` for every row in order, on channels ``state ..`` of the
+        state memory (read as zeros on the first row at POS 0); dt through the softplus ROM;
+        the parameters read once per row (the unit streams them with the channels)."""
+        cfg = self.cfg
+        L, S, n, rows, words = cfg.chain_len, cfg.ssm_states, ins.n, ins.rows, ins.words
+        if -(-n // L) > words:
+            self._fail(IsaError, f"SCAN: n={n} > words*L = {words * L}")
+        if -(-S // L) > ins.bc_words and rows > 1:
+            self._fail(IsaError, f"SCAN: {S} states exceed bc_words={ins.bc_words} words")
+        if ins.state + n > cfg.ssm_channels:
+            self._fail(AddressError, f"SCAN: state channels {ins.state}..{ins.state + n - 1} "
+                       f"exceed ssm_channels={cfg.ssm_channels}")
+        nbytes = block_bytes(scan_record_bytes(L, S), n, L, cfg.beat_bytes)
+        raw = b""
+        for _ in range(rows):
+            raw = self._params(ins, nbytes, "SCAN parameters")
+        if rows == 0:
+            return
+        a_codes, d_mult = unpack_scan(raw, n, S, L)
+        sw = -(-S // L)
+        u = self._act_rows(ins.a, rows, words, words, "SCAN a (u)")[:, :n]
+        dt = golden_ssm.softplus_dt(self._act_rows(ins.dt, rows, words, words, "SCAN dt")[:, :n])
+        bb = self._act_rows(ins.b, rows, ins.bc_words, sw, "SCAN b")[:, :S]
+        cc = self._act_rows(ins.c, rows, ins.bc_words, sw, "SCAN c")[:, :S]
+        h = self.ssm_state[ins.state:ins.state + n]
+        if self.pos == 0:
+            h = np.zeros_like(h)
+        y = np.zeros((rows, n), np.int8)
+        for t in range(rows):       # the recurrence: one row after the other
+            h, y[t] = golden_ssm.scan_step(h, dt[t], a_codes, bb[t], cc[t], u[t], ins.bu_mult,
+                                           ins.bu_shift, ins.y_mult, ins.shift, d_mult,
+                                           ins.d_shift)
+        self.ssm_state[ins.state:ins.state + n] = h
+        self._write_rows(ins.out, words, self._padded(y, words), "SCAN out")
+
+    def _hadamard(self, ins: Instr) -> None:
+        """``requantize(golden.ssm.hadamard(x, 2**lgb), 0, mult_b, shift, bits=obits)`` of
+        every row."""
+        L, n, rows, words = self.cfg.chain_len, ins.n, ins.rows, ins.words
+        block = 1 << ins.lgb
+        if -(-n // L) > words:
+            self._fail(IsaError, f"HADAMARD: n={n} > words*L = {words * L}")
+        if n % block or block > self.cfg.hadamard_block:
+            self._fail(IsaError, f"HADAMARD: block {block} must divide n={n} and be at most "
+                       f"hadamard_block={self.cfg.hadamard_block}")
+        if ins.obits not in (4, 8):
+            self._fail(IsaError, f"HADAMARD: obits={ins.obits}, must be 4 or 8")
+        x = self._act_rows(ins.a, rows, words, words, "HADAMARD a")[:, :n]
+        y = golden.requantize(golden_ssm.hadamard(x, block), 0, ins.mult_b, ins.shift,
+                              bits=ins.obits)
+        self._write_rows(ins.out, words, self._padded(y, words), "HADAMARD out")
+
     def _check_built(self, ins: Instr) -> None:
         """IllegalInstruction for an instruction of a unit this engine was built without: the
         RTL stops with ERROR = 1 (docs/architecture.md, "Transformer path", "Ternary path")."""
@@ -714,6 +825,9 @@ class IsaModel:
         if not cfg.vector_unit and ins.op in _VECTOR_OPS:
             self._fail(IllegalInstruction, f"{ins.op.name} needs the vector unit "
                        "(AccelConfig.transformer or AccelConfig.tlmm)")
+        if not cfg.ssm and ins.op in _SSM_OPS:
+            self._fail(IllegalInstruction, f"{ins.op.name} needs the state-space units "
+                       "(AccelConfig.ssm_states)")
         if not cfg.tlmm and ins.op == Opcode.TMATMUL:
             self._fail(IllegalInstruction, "TMATMUL needs the TLMM engine (AccelConfig.tlmm; "
                        "boards: engine: tlmm: true)")
@@ -749,7 +863,8 @@ class IsaModel:
                     Opcode.ROPE: self._rope, Opcode.SILUMUL: self._silumul,
                     Opcode.ATTN: self._attn, Opcode.ABSQUANT: self._absquant,
                     Opcode.TMATMUL: self._tmatmul, Opcode.KVSTORE: self._kvstore,
-                    Opcode.PREFETCH: self._prefetch}
+                    Opcode.PREFETCH: self._prefetch, Opcode.CONV: self._conv,
+                    Opcode.SCAN: self._scan, Opcode.HADAMARD: self._hadamard}
         while True:
             if self._index >= max_instructions:
                 self._fail(IsaError, f"no END within {max_instructions} instructions")

@@ -1,0 +1,94 @@
+"""Parameter blocks of the state-space instructions (docs/architecture.md, "State-space path"):
+the one packer (the mapper's) and its exact inverse (the ISA model's).
+
+Both blocks are per *beat* of ``L`` channels (one activation word), so a unit streaming ``L``
+channels a cycle takes one record per beat; channels past ``n`` have zero parameters. A block
+is padded to whole super-beats.
+
+* CONV, per beat (``L * (K + 6)`` bytes): the ``K`` int8 taps of each of the ``L`` channels
+  (channel-major, oldest tap first), then ``L`` int32 biases, then ``L`` u16 multipliers
+  (little-endian);
+* SCAN, per beat (``L * (2 S + 4)`` bytes): the ``S`` u16 decay-rate codes of each of the
+  ``L`` channels (channel-major), then ``L`` int32 D-skip multipliers (signed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["conv_record_bytes", "scan_record_bytes", "pack_conv", "unpack_conv", "pack_scan",
+           "unpack_scan", "block_bytes"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv_record_bytes(L: int, taps: int) -> int:
+    """Bytes of one beat's CONV record."""
+    return L * (taps + 6)
+
+
+def scan_record_bytes(L: int, states: int) -> int:
+    """Bytes of one beat's SCAN record."""
+    return L * (2 * states + 4)
+
+
+def block_bytes(record: int, n: int, L: int, SB: int) -> int:
+    """Bytes of a block of ``ceil(n / L)`` records, padded to whole super-beats."""
+    return _cdiv(_cdiv(n, L) * record, SB) * SB
+
+
+def _padded(a: np.ndarray, beats: int, L: int) -> np.ndarray:
+    out = np.zeros((beats * L,) + a.shape[1:], dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out.reshape(beats, L, *a.shape[1:])
+
+
+def pack_conv(w, bias, mult, L: int, SB: int) -> bytes:
+    """The CONV block of taps ``w`` int8 ``[n, K]``, int32 ``bias [n]`` and u16 ``mult [n]``."""
+    w = np.asarray(w, np.int8)
+    n, K = w.shape
+    beats = _cdiv(n, L)
+    rec = np.concatenate([
+        _padded(w, beats, L).reshape(beats, L * K).view(np.uint8),
+        _padded(np.asarray(bias, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L),
+        _padded(np.asarray(mult, "<u2"), beats, L).view(np.uint8).reshape(beats, 2 * L)],
+        axis=1)
+    out = np.zeros(block_bytes(conv_record_bytes(L, K), n, L, SB), np.uint8)
+    out[:rec.size] = rec.ravel()
+    return out.tobytes()
+
+
+def unpack_conv(raw: bytes, n: int, taps: int, L: int) -> tuple:
+    """``(w [n, K] int64, bias [n], mult [n])`` of a CONV block (:func:`pack_conv`'s inverse)."""
+    beats, K = _cdiv(n, L), taps
+    rec = np.frombuffer(raw, np.uint8)[:beats * conv_record_bytes(L, K)].reshape(beats, -1)
+    w = rec[:, :L * K].copy().view(np.int8).reshape(beats * L, K)
+    bias = rec[:, L * K:L * (K + 4)].copy().view("<i4").reshape(-1)
+    mult = rec[:, L * (K + 4):].copy().view("<u2").reshape(-1)
+    return (w[:n].astype(np.int64), bias[:n].astype(np.int64), mult[:n].astype(np.int64))
+
+
+def pack_scan(a_codes, d_mult, L: int, SB: int) -> bytes:
+    """The SCAN block of decay-rate codes ``a_codes`` u16 ``[n, S]`` and D multipliers
+    ``d_mult`` (signed, ``[n]``)."""
+    a = np.asarray(a_codes, "<u2")
+    n, S = a.shape
+    beats = _cdiv(n, L)
+    rec = np.concatenate([
+        _padded(a, beats, L).view(np.uint8).reshape(beats, 2 * S * L),
+        _padded(np.asarray(d_mult, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L)],
+        axis=1)
+    out = np.zeros(block_bytes(scan_record_bytes(L, S), n, L, SB), np.uint8)
+    out[:rec.size] = rec.ravel()
+    return out.tobytes()
+
+
+def unpack_scan(raw: bytes, n: int, states: int, L: int) -> tuple:
+    """``(a_codes [n, S], d_mult [n])`` int64 of a SCAN block (:func:`pack_scan`'s inverse)."""
+    beats, S = _cdiv(n, L), states
+    rec = np.frombuffer(raw, np.uint8)[:beats * scan_record_bytes(L, S)].reshape(beats, -1)
+    a = rec[:, :2 * S * L].copy().view("<u2").reshape(beats * L, S)
+    d = rec[:, 2 * S * L:].copy().view("<i4").reshape(-1)
+    return a[:n].astype(np.int64), d[:n].astype(np.int64)
