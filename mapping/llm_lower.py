@@ -882,7 +882,10 @@ def naive_program_bytes(layers: int, max_context: int, max_rows: int,
     n = program_instructions(layers) if instructions is None else instructions
     body = n - 1
     decode = max_context * n * INSTR_BYTES
-    chunks = sum(_cdiv(t, max_rows) for t in range(1, max_context + 1))
+    # sum of ceil(t / max_rows) over t = 1 .. max_context, in closed form (a Mamba's context
+    # is 2**31 positions): q whole blocks of max_rows lengths, then r lengths of q + 1 chunks
+    q, r = divmod(max_context, max_rows)
+    chunks = max_rows * q * (q + 1) // 2 + (q + 1) * r
     prefill = (chunks * body + max_context) * INSTR_BYTES
     return {"decode_bytes": decode, "prefill_bytes": prefill, "total_bytes": decode + prefill}
 

@@ -517,3 +517,14 @@ def test_gemma2_program_runs_golden_on_the_isa_model(tmp_path):
     for pos in (8, 9, 10):
         tok = rng.integers(0, qd.shape.vocab, 1)
         _check(model, low, tok, pos, golden_step(qd, tok, pos, cache))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 11, 21, 40])
+def test_recurrent_prompt_runs_partition_the_prompt(n):
+    """A state-space model's runs advance its state: they cover every token exactly once, in
+    order, the last ending at the prompt's end (a transformer's may overlap: 21 -> (13, 8))."""
+    runs = prompt_runs(n, [4, 8, 16], recurrent=True)
+    assert [p for p, _ in runs] == [sum(k for _, k in runs[:i]) for i in range(len(runs))]
+    assert sum(k for _, k in runs) == n and all(k in (1, 4, 8, 16) for _, k in runs)
+    if n == 21:
+        assert runs == [(0, 16), (16, 4), (20, 1)]
