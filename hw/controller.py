@@ -26,6 +26,7 @@ from .matrix_engine import MatrixEngine
 from .mem_port import ReadArbiter, read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
 from .sfu import VectorUnit
+from .ssm_exec import HadamardExec
 from .tlmm import TernaryLookupMatmul
 
 __all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
@@ -73,7 +74,8 @@ class Controller(wiring.Component):
     done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
     error : out, after the run: 0 ok, 1 illegal opcode (also GATHER, ROPE, ATTN, PREFETCH and
         flag POS without ``cfg.transformer``; RMSNORM, SILUMUL and ABSQUANT without the vector unit,
-        ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``), 2 illegal MATMUL mode,
+        ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``; HADAMARD without
+        ``cfg.ssm``; CONV and SCAN, whose executors are not built yet), 2 illegal MATMUL mode,
         3 GATHER token id out of the table (until the next start;
         :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`,
         :data:`~.isa.ERROR_GATHER_RANGE`)
@@ -109,7 +111,7 @@ class Controller(wiring.Component):
         # PREFETCH (and so reads of two requesters in flight) is a transformer-path instruction
         self.reads = ReadArbiter(cfg, in_order=cfg.transformer)
         self.oseq = OutputSequencer(cfg)
-        self.vec = self.attn = self.tlmm = None
+        self.vec = self.attn = self.tlmm = self.had = None
         if cfg.vector_unit:
             self.vec = VectorUnit(cfg)
         if cfg.transformer:
@@ -119,6 +121,8 @@ class Controller(wiring.Component):
                                             cfg.tlmm_acc_depth, R=cfg.tlmm_rows,
                                             S=cfg.tlmm_passes,
                                             uram=cfg.tlmm_uram)
+        if cfg.ssm:
+            self.had = HadamardExec(cfg)
 
     @staticmethod
     def _kv_step(m, kv, slots, hd_words, row_words, pos_stride, wpb, words_left):
@@ -173,6 +177,8 @@ class Controller(wiring.Component):
             m.submodules.attn = attn = self.attn
         if tl:
             m.submodules.tlmm = tlmm = self.tlmm
+        if cfg.ssm:
+            m.submodules.had = had = self.had
 
         # --- decoded instruction --------------------------------------------------------------
         ins = Signal(INSTR_BITS)
@@ -266,14 +272,16 @@ class Controller(wiring.Component):
 
         # --- mode multiplexers ----------------------------------------------------------------
         # mode selects who owns the memory streams and the buffer ports
-        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN, M_TLMM = range(9)
-        mode = Signal(range(9))
+        M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN, M_TLMM, M_HAD = range(10)
+        mode = Signal(range(10))
         if vu:
             units.append((M_VEC, vec))
         if tf:
             units.append((M_ATTN, attn))
         if tl:
             units.append((M_TLMM, tlmm))
+        if cfg.ssm:
+            units.append((M_HAD, had))
         # the units with their own memory read stream
         streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM)]
 
@@ -557,6 +565,11 @@ class Controller(wiring.Component):
                         with m.Case(isa.Opcode.TMATMUL):
                             m.d.sync += mode.eq(M_TLMM)
                             m.d.comb += tlmm.start.eq(1)
+                            m.next = "UNIT"
+                    if cfg.ssm:
+                        with m.Case(isa.Opcode.HADAMARD):
+                            m.d.sync += mode.eq(M_HAD)
+                            m.d.comb += had.start.eq(1)
                             m.next = "UNIT"
                     with m.Default():
                         m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)
