@@ -2,8 +2,11 @@
 the one packer (the mapper's) and its exact inverse (the ISA model's).
 
 Both blocks are per *beat* of ``L`` channels (one activation word), so a unit streaming ``L``
-channels a cycle takes one record per beat; channels past ``n`` have zero parameters. A block
-is padded to whole super-beats.
+channels a cycle takes one record per beat; channels past ``n`` have zero parameters. No record
+straddles a super-beat (:func:`record_slots`): a record of ``R <= SB`` bytes takes one of the
+``SB // R`` slots of a super-beat, ``R`` bytes apart from byte 0; a larger one takes
+``ceil(R / SB)`` whole super-beats. So the executor picks a record out of one super-beat (or
+gathers whole super-beats), with no byte-level realignment.
 
 * CONV, per beat (``L * (K + 6)`` bytes): the ``K`` int8 taps of each of the ``L`` channels
   (channel-major, oldest tap first), then ``L`` int32 biases, then ``L`` u16 multipliers
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["conv_record_bytes", "scan_record_bytes", "pack_conv", "unpack_conv", "pack_scan",
-           "unpack_scan", "block_bytes"]
+           "unpack_scan", "block_bytes", "record_slots"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -34,9 +37,36 @@ def scan_record_bytes(L: int, states: int) -> int:
     return L * (2 * states + 4)
 
 
+def record_slots(record: int, SB: int) -> tuple[int, int]:
+    """``(records per super-beat, super-beats per record)`` of ``record``-byte records."""
+    return (SB // record, 1) if record <= SB else (1, _cdiv(record, SB))
+
+
 def block_bytes(record: int, n: int, L: int, SB: int) -> int:
-    """Bytes of a block of ``ceil(n / L)`` records, padded to whole super-beats."""
-    return _cdiv(_cdiv(n, L) * record, SB) * SB
+    """Bytes of a block of ``ceil(n / L)`` records in their slots (:func:`record_slots`)."""
+    per, span = record_slots(record, SB)
+    return _cdiv(_cdiv(n, L), per) * span * SB
+
+
+def _place(rec: np.ndarray, SB: int) -> bytes:
+    """Records ``[beats, R]`` (uint8) in their slots."""
+    beats, R = rec.shape
+    per, span = record_slots(R, SB)
+    out = np.zeros((_cdiv(beats, per), span * SB), np.uint8)
+    for j in range(per):
+        part = rec[j::per]
+        out[:len(part), j * R:(j + 1) * R] = part
+    return out.tobytes()
+
+
+def _take(raw: bytes, beats: int, R: int, SB: int) -> np.ndarray:
+    """The ``[beats, R]`` records of a block (:func:`_place`'s inverse)."""
+    per, span = record_slots(R, SB)
+    sbs = np.frombuffer(raw, np.uint8)[:_cdiv(beats, per) * span * SB].reshape(-1, span * SB)
+    rec = np.zeros((beats, R), np.uint8)
+    for j in range(per):
+        rec[j::per] = sbs[:len(rec[j::per]), j * R:(j + 1) * R]
+    return rec
 
 
 def _padded(a: np.ndarray, beats: int, L: int) -> np.ndarray:
@@ -55,15 +85,13 @@ def pack_conv(w, bias, mult, L: int, SB: int) -> bytes:
         _padded(np.asarray(bias, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L),
         _padded(np.asarray(mult, "<u2"), beats, L).view(np.uint8).reshape(beats, 2 * L)],
         axis=1)
-    out = np.zeros(block_bytes(conv_record_bytes(L, K), n, L, SB), np.uint8)
-    out[:rec.size] = rec.ravel()
-    return out.tobytes()
+    return _place(rec, SB)
 
 
-def unpack_conv(raw: bytes, n: int, taps: int, L: int) -> tuple:
+def unpack_conv(raw: bytes, n: int, taps: int, L: int, SB: int) -> tuple:
     """``(w [n, K] int64, bias [n], mult [n])`` of a CONV block (:func:`pack_conv`'s inverse)."""
     beats, K = _cdiv(n, L), taps
-    rec = np.frombuffer(raw, np.uint8)[:beats * conv_record_bytes(L, K)].reshape(beats, -1)
+    rec = _take(raw, beats, conv_record_bytes(L, K), SB)
     w = rec[:, :L * K].copy().view(np.int8).reshape(beats * L, K)
     bias = rec[:, L * K:L * (K + 4)].copy().view("<i4").reshape(-1)
     mult = rec[:, L * (K + 4):].copy().view("<u2").reshape(-1)
@@ -80,15 +108,13 @@ def pack_scan(a_codes, d_mult, L: int, SB: int) -> bytes:
         _padded(a, beats, L).view(np.uint8).reshape(beats, 2 * S * L),
         _padded(np.asarray(d_mult, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L)],
         axis=1)
-    out = np.zeros(block_bytes(scan_record_bytes(L, S), n, L, SB), np.uint8)
-    out[:rec.size] = rec.ravel()
-    return out.tobytes()
+    return _place(rec, SB)
 
 
-def unpack_scan(raw: bytes, n: int, states: int, L: int) -> tuple:
+def unpack_scan(raw: bytes, n: int, states: int, L: int, SB: int) -> tuple:
     """``(a_codes [n, S], d_mult [n])`` int64 of a SCAN block (:func:`pack_scan`'s inverse)."""
     beats, S = _cdiv(n, L), states
-    rec = np.frombuffer(raw, np.uint8)[:beats * scan_record_bytes(L, S)].reshape(beats, -1)
+    rec = _take(raw, beats, scan_record_bytes(L, S), SB)
     a = rec[:, :2 * S * L].copy().view("<u2").reshape(beats * L, S)
     d = rec[:, 2 * S * L:].copy().view("<i4").reshape(-1)
     return a[:n].astype(np.int64), d[:n].astype(np.int64)

@@ -745,7 +745,7 @@ class IsaModel:
                        f"exceed conv_words={cfg.conv_words}")
         raw = self._params(ins, block_bytes(conv_record_bytes(L, K), n, L, cfg.beat_bytes),
                            "CONV parameters")
-        w, bias, mult = unpack_conv(raw, n, K, L)
+        w, bias, mult = unpack_conv(raw, n, K, L, cfg.beat_bytes)
         if rows == 0:
             return
         x = self._act_rows(ins.a, rows, words, words, "CONV a")[:, :n]
@@ -780,7 +780,7 @@ class IsaModel:
             raw = self._params(ins, nbytes, "SCAN parameters")
         if rows == 0:
             return
-        a_codes, d_mult = unpack_scan(raw, n, S, L)
+        a_codes, d_mult = unpack_scan(raw, n, S, L, cfg.beat_bytes)
         sw = -(-S // L)
         u = self._act_rows(ins.a, rows, words, words, "SCAN a (u)")[:, :n]
         dt = golden_ssm.softplus_dt(self._act_rows(ins.dt, rows, words, words, "SCAN dt")[:, :n])
