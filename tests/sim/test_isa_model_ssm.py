@@ -138,7 +138,8 @@ def test_parameter_blocks_round_trip(n, SB):
     mult = rng.integers(0, 2**16, n)
     raw = pack_conv(w, bias, mult, L, SB)
     assert len(raw) == block_bytes(conv_record_bytes(L, 4), n, L, SB)
-    assert len(raw) == (-(-n // L) * 96 if SB == 32 else -(-(-(-n // L)) // 3) * 256)
+    beats = -(-n // L)
+    assert len(raw) == (beats * 96 if SB == 32 else -(-beats // 3) * 256)
     for got, want in zip(unpack_conv(raw, n, 4, L, SB), (w, bias, mult), strict=True):
         np.testing.assert_array_equal(got, want)
     a = rng.integers(0, 2**16, (n, 6))
