@@ -26,7 +26,7 @@ from .matrix_engine import MatrixEngine
 from .mem_port import ReadArbiter, read_req_layout, write_layout
 from .sequencer import KGroupSequencer, OutputSequencer
 from .sfu import VectorUnit
-from .ssm_exec import ConvExec, HadamardExec
+from .ssm_exec import ConvExec, HadamardExec, ScanExec
 from .tlmm import TernaryLookupMatmul
 
 __all__ = ["Controller", "LOAD_BURST_BEATS", "mode_legal", "VECTOR_OPCODES"]
@@ -74,8 +74,8 @@ class Controller(wiring.Component):
     done : out, pulse at the end of a run (END, illegal opcode or mode), after the last write
     error : out, after the run: 0 ok, 1 illegal opcode (also GATHER, ROPE, ATTN, PREFETCH and
         flag POS without ``cfg.transformer``; RMSNORM, SILUMUL and ABSQUANT without the vector unit,
-        ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``; HADAMARD and CONV without
-        ``cfg.ssm``; SCAN, whose executor is not built yet), 2 illegal MATMUL mode,
+        ``cfg.transformer or cfg.tlmm``; TMATMUL without ``cfg.tlmm``; HADAMARD, CONV and SCAN
+        without ``cfg.ssm``), 2 illegal MATMUL mode,
         3 GATHER token id out of the table (until the next start;
         :data:`~.isa.ERROR_ILLEGAL_OPCODE`, :data:`~.isa.ERROR_ILLEGAL_MODE`,
         :data:`~.isa.ERROR_GATHER_RANGE`)
@@ -111,7 +111,7 @@ class Controller(wiring.Component):
         # PREFETCH (and so reads of two requesters in flight) is a transformer-path instruction
         self.reads = ReadArbiter(cfg, in_order=cfg.transformer)
         self.oseq = OutputSequencer(cfg)
-        self.vec = self.attn = self.tlmm = self.had = self.conv = None
+        self.vec = self.attn = self.tlmm = self.had = self.conv = self.scan = None
         if cfg.vector_unit:
             self.vec = VectorUnit(cfg)
         if cfg.transformer:
@@ -124,6 +124,7 @@ class Controller(wiring.Component):
         if cfg.ssm:
             self.had = HadamardExec(cfg)
             self.conv = ConvExec(cfg)
+            self.scan = ScanExec(cfg)
 
     @staticmethod
     def _kv_step(m, kv, slots, hd_words, row_words, pos_stride, wpb, words_left):
@@ -181,6 +182,7 @@ class Controller(wiring.Component):
         if cfg.ssm:
             m.submodules.had = had = self.had
             m.submodules.conv = conv = self.conv
+            m.submodules.scan = scan = self.scan
 
         # --- decoded instruction --------------------------------------------------------------
         ins = Signal(INSTR_BITS)
@@ -275,8 +277,8 @@ class Controller(wiring.Component):
         # --- mode multiplexers ----------------------------------------------------------------
         # mode selects who owns the memory streams and the buffer ports
         (M_NONE, M_FETCH, M_LOAD, M_STORE, M_MM, M_VADD, M_VEC, M_ATTN, M_TLMM, M_HAD,
-         M_CONV) = range(11)
-        mode = Signal(range(11))
+         M_CONV, M_SCAN) = range(12)
+        mode = Signal(range(12))
         if vu:
             units.append((M_VEC, vec))
         if tf:
@@ -284,9 +286,9 @@ class Controller(wiring.Component):
         if tl:
             units.append((M_TLMM, tlmm))
         if cfg.ssm:
-            units += [(M_HAD, had), (M_CONV, conv)]
+            units += [(M_HAD, had), (M_CONV, conv), (M_SCAN, scan)]
         # the units with their own memory read stream
-        streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM, M_CONV)]
+        streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM, M_CONV, M_SCAN)]
 
         # the instruction's own read stream (fg) and the weight ring share the memory through
         # the arbiter: the ring streams a PREFETCHed MATMUL's weights while other instructions
@@ -371,7 +373,7 @@ class Controller(wiring.Component):
         if tf:
             m.d.comb += attn.pos.eq(self.pos)
         if cfg.ssm:
-            m.d.comb += conv.pos.eq(self.pos)
+            m.d.comb += [conv.pos.eq(self.pos), scan.pos.eq(self.pos)]
         if tl:
             with m.If(tlmm.lookup):
                 m.d.sync += self.tlmm_busy.eq(self.tlmm_busy + 1)
@@ -579,6 +581,10 @@ class Controller(wiring.Component):
                         with m.Case(isa.Opcode.CONV):
                             m.d.sync += mode.eq(M_CONV)
                             m.d.comb += conv.start.eq(1)
+                            m.next = "UNIT"
+                        with m.Case(isa.Opcode.SCAN):
+                            m.d.sync += mode.eq(M_SCAN)
+                            m.d.comb += scan.start.eq(1)
                             m.next = "UNIT"
                     with m.Default():
                         m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)

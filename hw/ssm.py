@@ -22,6 +22,8 @@ exactly: ``dt * a`` 32 bits, the decay 16, ``decay * h`` 48, ``dt * u * b * bu_m
 
 from __future__ import annotations
 
+import math
+
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -29,11 +31,15 @@ from amaranth.lib.wiring import In, Out
 from .attention import EXP2_ROM
 
 __all__ = ["ScanUnit", "channel_layout", "token_layout", "HAZARD", "DT_FRAC", "A_FRAC",
-           "DECAY_FRAC", "EXP2_FRAC"]
+           "DECAY_FRAC", "EXP2_FRAC", "SOFTPLUS_ROM"]
 
 # The formats of golden.ssm (tests/hw/test_ssm.py checks they are golden's): dt at 2**-12, the
 # decay-rate codes at 2**-8, the decay in Q15, the exp2 ROM's exponent in 1/256 steps.
 DT_FRAC, A_FRAC, DECAY_FRAC, EXP2_FRAC = 12, 8, 15, 8
+
+#: ``dt`` of an int8 dt-projection output ``v``: ``SOFTPLUS_ROM[v + 128] = round(softplus(v / 16)
+#: * 2**DT_FRAC)``, golden.ssm.SOFTPLUS_LUT's formula (the tests compare the two).
+SOFTPLUS_ROM = [int(round(math.log1p(math.exp(v / 16)) * (1 << DT_FRAC))) for v in range(-128, 128)]
 
 #: A channel's state is written back this many channels after it was read.
 HAZARD = 4

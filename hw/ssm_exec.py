@@ -1,6 +1,6 @@
 """Executors of the state-space instructions: the controller's side of the units of
 ``hw/ssm.py``, ``hw/conv.py`` and ``hw/hadamard.py`` (docs/architecture.md, "State-space
-path"). So far HADAMARD and CONV; SCAN stops the run with ERROR = 1 until its executor lands.
+path"): HADAMARD, CONV and SCAN.
 
 :class:`HadamardExec` runs a HADAMARD: every row's ``ceil(n / L)`` words stream from the
 activation buffer through the :class:`~.hadamard.HadamardUnit` (``W = L`` lanes: one
@@ -20,6 +20,15 @@ port carries a row's inputs to the next; each lane's output passes the SiLU ROM 
 :class:`~.epilogue.Epilogue` (``gate_mul(c, 1, silu_mult, silu_shift)`` is
 ``requantize(SILU_ROM[c], 0, silu_mult, silu_shift)``), and is written to ``out + r * words +
 j``; then the rows' words past ``ceil(n / L)`` are written 0, as the ISA model writes them.
+
+:class:`ScanExec` runs a SCAN row by row (the recurrence): the row's ``B`` and ``C`` words are
+read into the :class:`~.ssm.ScanUnit`'s token operands; then per beat ``j`` the ``u`` and
+``dt`` words are read and the beat's parameter record taken (the block streams once per row:
+the unit takes the decay-rate codes with the channels), and its channels enter the unit one a
+cycle (state channel ``state + c``, ``dt`` through the softplus ROM, zeros on row 0 at POS 0);
+the ``y`` bytes are gathered into words and written ``out + r * words`` on, the row's padding
+words 0. The next row's token waits until the row's last ``y`` is written (the pipeline holds
+the token's operands).
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ from .hadamard import HadamardUnit
 from .isa_layout import LAYOUTS
 from .mem_port import read_req_layout
 from .sfu import SILU_ROM
+from .ssm import SOFTPLUS_ROM, ScanUnit
 
-__all__ = ["HadamardExec", "ConvExec", "record_slots"]
+__all__ = ["HadamardExec", "ConvExec", "ScanExec", "record_slots"]
 
 #: Super-beats of one burst request of a parameter block (as LOAD's).
 _BURST = 16
@@ -186,32 +196,17 @@ class ConvExec(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        L, K, SB = cfg.chain_len, cfg.conv_taps, cfg.beat_bytes
+        L, K = cfg.chain_len, cfg.conv_taps
         R = L * (K + 6)                     # record bytes (mapping.ssm_format)
-        per, span = record_slots(R, SB)
         f = data.View(LAYOUTS[isa.Opcode.CONV], self.ins)
         m.submodules.unit = unit = self.unit
         m.d.comb += unit.shift.eq(f.shift)
 
+        # the parameter block, once (a record serves all the rows of its beat)
+        recs = _Records(m, cfg, R, self.rd_req, self.rd_data)
         beats = Signal(16)
-        m.d.comb += beats.eq((f.n + L - 1) // L)
-
-        # --- the parameter block: requested in bursts, records out of their slots --------------
-        req_left, req_addr = Signal(32), Signal(cfg.addr_bits)
-        step = Mux(req_left >= _BURST, _BURST, req_left)
-        m.d.comb += [self.rd_req.valid.eq(req_left != 0),
-                     self.rd_req.payload.addr.eq(req_addr), self.rd_req.payload.len.eq(step)]
-        with m.If(self.rd_req.valid & self.rd_req.ready):
-            m.d.sync += [req_left.eq(req_left - step), req_addr.eq(req_addr + step)]
-        buf = Signal(8 * SB * span)         # the super-beat(s) holding the current record(s)
-        got = Signal(range(span + 1))       # super-beats of buf filled
-        slot = Signal(range(per))           # the record of buf to use next
-        have = got == span
-        m.d.comb += self.rd_data.ready.eq(~have)
-        with m.If(self.rd_data.valid & self.rd_data.ready):
-            m.d.sync += [buf.word_select(got, 8 * SB).eq(self.rd_data.payload), got.eq(got + 1)]
-        rec = Signal(8 * R)
-        m.d.comb += rec.eq(buf.word_select(slot, 8 * R) if per > 1 else buf[:8 * R])
+        m.d.comb += [beats.eq((f.n + L - 1) // L),
+                     recs.nsb.eq(((beats + recs.per - 1) // recs.per) * recs.span)]
 
         # --- feed: beat j, rows r = 0 .. rows-1, one act read in flight ------------------------
         j, r = Signal(16), Signal(16)
@@ -222,7 +217,7 @@ class ConvExec(wiring.Component):
         issue = Signal()
         first = r == 0
         # a word the unit has not taken is never re-read (the data holds while en is low)
-        m.d.comb += [issue.eq(more & (~pending | unit.i.ready) & (~first | have)),
+        m.d.comb += [issue.eq(more & (~pending | unit.i.ready) & (~first | recs.have)),
                      self.rd_en.eq(issue), self.rd_addr.eq(row_addr)]
         p = unit.i.payload
         m.d.comb += [unit.i.valid.eq(pending), p.addr.eq(pend_addr), p.zero.eq(pend_zero)]
@@ -236,14 +231,8 @@ class ConvExec(wiring.Component):
             m.d.sync += [pending.eq(1), pend_addr.eq(f.state + j),
                          pend_zero.eq(first & (self.pos == 0))]
             with m.If(first):       # take the record; the next one may come
-                m.d.sync += cur.eq(rec)
-                if per > 1:
-                    with m.If((slot == per - 1) | (j == beats - 1)):
-                        m.d.sync += [slot.eq(0), got.eq(0)]
-                    with m.Else():
-                        m.d.sync += slot.eq(slot + 1)
-                else:
-                    m.d.sync += got.eq(0)
+                m.d.sync += cur.eq(recs.rec)
+                recs.take(m, j == beats - 1)
             with m.If(r == f.rows - 1):
                 m.d.sync += [r.eq(0), j.eq(j + 1), row_addr.eq(f.a + j + 1)]
                 with m.If(j == beats - 1):
@@ -283,13 +272,219 @@ class ConvExec(wiring.Component):
             with m.Else():
                 m.d.sync += [wr_r.eq(wr_r + 1), w_addr.eq(w_addr + f.words)]
 
-        nsb = Signal(32)
-        m.d.comb += nsb.eq(((beats + per - 1) // per) * span)
         with m.If(self.start):
-            m.d.sync += [req_left.eq(Mux(f.rows != 0, nsb, 0)), req_addr.eq(f.ext), got.eq(0),
-                         slot.eq(0), j.eq(0), r.eq(0), row_addr.eq(f.a),
+            m.d.sync += [*recs.start(f.ext, Mux(f.rows != 0, 1, 0)), j.eq(0), r.eq(0),
+                         row_addr.eq(f.a),
                          more.eq((f.rows != 0) & (beats != 0)), pending.eq(0), wj.eq(0),
                          wr_r.eq(0), w_addr.eq(f.out), w_more.eq(f.rows != 0), self.busy.eq(1)]
-        with m.Elif(self.busy & ~w_more & ~more & ~pending & (req_left == 0)):
+        with m.Elif(self.busy & ~w_more & ~more & ~pending & (recs.req_left == 0)):
+            m.d.sync += self.busy.eq(0)
+        return m
+
+
+class _Records:
+    """A parameter block's records out of their super-beat slots (``mapping.ssm_format``):
+    ``rec`` is the next record while ``have``; ``take`` (the record is used) moves on; the
+    block is requested in bursts of ``_BURST`` super-beats, ``rows`` times from ``ext`` (a
+    SCAN reads it per row)."""
+
+    def __init__(self, m: Module, cfg: AccelConfig, R: int, rd_req, rd_data):
+        SB = cfg.beat_bytes
+        self.per, self.span = per, span = record_slots(R, SB)
+        self.nsb = Signal(32)               # super-beats of the block (set by the owner)
+        self.req_left, self.req_rows = Signal(32), Signal(16)
+        self.req_addr, self.ext = Signal(cfg.addr_bits), Signal(cfg.addr_bits)
+        left, step = self.req_left, Mux(self.req_left >= _BURST, _BURST, self.req_left)
+        m.d.comb += [rd_req.valid.eq(left != 0), rd_req.payload.addr.eq(self.req_addr),
+                     rd_req.payload.len.eq(step)]
+        with m.If(rd_req.valid & rd_req.ready):
+            with m.If((left == step) & (self.req_rows > 1)):      # the next row's block
+                m.d.sync += [left.eq(self.nsb), self.req_addr.eq(self.ext),
+                             self.req_rows.eq(self.req_rows - 1)]
+            with m.Else():
+                m.d.sync += [left.eq(left - step), self.req_addr.eq(self.req_addr + step)]
+        buf = Signal(8 * SB * span)
+        self.got = got = Signal(range(span + 1))
+        self.slot = Signal(range(per))
+        self.have = got == span
+        m.d.comb += rd_data.ready.eq(~self.have)
+        with m.If(rd_data.valid & rd_data.ready):
+            m.d.sync += [buf.word_select(got, 8 * SB).eq(rd_data.payload), got.eq(got + 1)]
+        self.rec = Signal(8 * R)
+        m.d.comb += self.rec.eq(buf.word_select(self.slot, 8 * R) if per > 1 else buf[:8 * R])
+
+    def start(self, ext, rows) -> list:
+        """Statements starting an instruction's block (``rows`` times from ``ext``)."""
+        return [self.req_left.eq(Mux(rows != 0, self.nsb, 0)), self.req_rows.eq(rows),
+                self.req_addr.eq(ext), self.ext.eq(ext), self.got.eq(0), self.slot.eq(0)]
+
+    def take(self, m: Module, last) -> None:
+        """Statements (in the caller's ``If``) for using ``rec``; ``last``: the block's last."""
+        if self.per > 1:
+            with m.If((self.slot == self.per - 1) | last):
+                m.d.sync += [self.slot.eq(0), self.got.eq(0)]
+            with m.Else():
+                m.d.sync += self.slot.eq(self.slot + 1)
+        else:
+            m.d.sync += self.got.eq(0)
+
+
+class ScanExec(wiring.Component):
+    """Executes SCAN (module docstring).
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        ``chain_len``, ``ssm_states``, ``ssm_channels``.
+
+    Attributes
+    ----------
+    As :class:`ConvExec`'s.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        L = cfg.chain_len
+        self.unit = ScanUnit(cfg.ssm_states, cfg.ssm_channels)
+        super().__init__({
+            "ins": In(256), "start": In(1), "busy": Out(1), "pos": In(32),
+            "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
+            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
+            "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
+            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        L, S = cfg.chain_len, cfg.ssm_states
+        sw = -(-S // L)                     # act words of B (of C)
+        R = L * (2 * S + 4)                 # record bytes (mapping.ssm_format)
+        f = data.View(LAYOUTS[isa.Opcode.SCAN], self.ins)
+        m.submodules.unit = unit = self.unit
+        recs = _Records(m, cfg, R, self.rd_req, self.rd_data)
+        beats = Signal(16)
+        m.d.comb += [beats.eq((f.n + L - 1) // L),
+                     recs.nsb.eq(((beats + recs.per - 1) // recs.per) * recs.span)]
+
+        # --- act reads: one a cycle, captured the next cycle into the word they were for -------
+        tok_b, tok_c = Signal(8 * L * sw), Signal(8 * L * sw)
+        u_w, dt_w = Signal(8 * L), Signal(8 * L)
+        T_B, T_C, T_U, T_DT = range(4)
+        cap_en, cap_to, cap_k = Signal(), Signal(2), Signal(range(max(sw, 2)))
+        with m.If(cap_en):
+            with m.Switch(cap_to):
+                with m.Case(T_B):
+                    m.d.sync += tok_b.word_select(cap_k, 8 * L).eq(self.act_rd_data)
+                with m.Case(T_C):
+                    m.d.sync += tok_c.word_select(cap_k, 8 * L).eq(self.act_rd_data)
+                with m.Case(T_U):
+                    m.d.sync += u_w.eq(self.act_rd_data)
+                with m.Case(T_DT):
+                    m.d.sync += dt_w.eq(self.act_rd_data)
+        m.d.sync += cap_en.eq(0)
+
+        def read(addr, to, k=0):
+            m.d.comb += [self.rd_en.eq(1), self.rd_addr.eq(addr)]
+            m.d.sync += [cap_en.eq(1), cap_to.eq(to), cap_k.eq(k)]
+
+        tk = unit.token
+        for s in range(S):
+            m.d.comb += [tk.b[s].eq(tok_b[8 * s:8 * s + 8].as_signed()),
+                         tk.c[s].eq(tok_c[8 * s:8 * s + 8].as_signed())]
+        m.d.comb += [tk.bu_mult.eq(f.bu_mult), tk.bu_shift.eq(f.bu_shift),
+                     tk.y_mult.eq(f.y_mult), tk.y_shift.eq(f.shift), tk.d_shift.eq(f.d_shift)]
+
+        # --- feed: per row the token, per beat u, dt and the record, then its channels ---------
+        t, j, i, k = Signal(16), Signal(16), Signal(range(L)), Signal(range(2 * sw + 1))
+        row_off, bc_off = Signal(16), Signal(16)    # t * words, t * bc_words
+        chan = Signal.like(unit.i.payload.chan)
+        cur = Signal(8 * R)
+        rows_done = Signal(16)                      # rows whose y are all written
+        c = unit.i.payload
+        lane_u = u_w.word_select(i, 8).as_signed()
+        lane_dt = dt_w.word_select(i, 8)
+        sp = memory.Memory(shape=16, depth=256, init=SOFTPLUS_ROM)
+        m.submodules.softplus = sp
+        spr = sp.read_port(domain="comb")
+        m.d.comb += [spr.addr.eq(lane_dt + 128), c.chan.eq(chan), c.dt.eq(spr.data),
+                     c.u.eq(lane_u), c.zero.eq((t == 0) & (self.pos == 0)),
+                     c.d_mult.eq(cur.word_select(2 * S * L // 4 + i, 32)[:17].as_signed())]
+        for s in range(S):
+            m.d.comb += c.a[s].eq(cur.word_select(i * S + s, 16))
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start & (f.rows != 0) & (f.n != 0)):
+                    m.d.sync += [t.eq(0), row_off.eq(0), bc_off.eq(0), k.eq(0),
+                                 chan.eq(f.state)]
+                    m.next = "TOKEN"
+            with m.State("TOKEN"):
+                with m.If(k < sw):
+                    read(f.b + bc_off + k, T_B, k)
+                with m.Else():
+                    read(f.c + bc_off + k - sw, T_C, k - sw)
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == 2 * sw - 1):
+                    m.d.sync += [j.eq(0), k.eq(0)]
+                    m.next = "U"
+            with m.State("U"):
+                read(f.a + row_off + j, T_U)
+                m.next = "DT"
+            with m.State("DT"):
+                read(f.dt + row_off + j, T_DT)
+                m.next = "REC"
+            with m.State("REC"):
+                with m.If(recs.have):
+                    m.d.sync += [cur.eq(recs.rec), i.eq(0)]
+                    recs.take(m, j == beats - 1)
+                    m.next = "FEED"
+            with m.State("FEED"):
+                m.d.comb += unit.i.valid.eq(1)
+                with m.If(unit.i.ready):
+                    m.d.sync += [chan.eq(chan + 1), i.eq(i + 1)]
+                    end_row = j * L + i == f.n - 1
+                    with m.If(end_row):
+                        m.next = "DRAIN"
+                    with m.Elif(i == L - 1):
+                        m.d.sync += j.eq(j + 1)
+                        m.next = "U"
+            with m.State("DRAIN"):
+                with m.If(rows_done == t + 1):
+                    m.d.sync += [t.eq(t + 1), row_off.eq(row_off + f.words),
+                                 bc_off.eq(bc_off + f.bc_words), k.eq(0),
+                                 chan.eq(chan - f.n)]
+                    with m.If(t == f.rows - 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "TOKEN"
+
+        # --- write: y gathered into words, then the row's padding words -------------------------
+        ycol, yi = Signal(8 * L), Signal(range(L))
+        w_cnt, wj, w_row = Signal(16), Signal(16), Signal(16)
+        pad = w_cnt == f.n
+        nxt = Signal(8 * L)
+        m.d.comb += [nxt.eq(ycol | (unit.o.payload.as_unsigned() << (yi * 8))),
+                     unit.o.ready.eq(~pad)]
+        wr = Signal()
+        m.d.comb += [self.wr_addr.eq(f.out + w_row + wj), self.wr_data.eq(Mux(pad, 0, nxt))]
+        with m.If(self.busy & pad & (rows_done != f.rows)):
+            m.d.comb += wr.eq(1)
+        with m.If(unit.o.valid & ~pad):
+            m.d.sync += [w_cnt.eq(w_cnt + 1), yi.eq(yi + 1), ycol.eq(nxt)]
+            with m.If((yi == L - 1) | (w_cnt == f.n - 1)):
+                m.d.comb += wr.eq(1)
+                m.d.sync += [yi.eq(0), ycol.eq(0)]
+        m.d.comb += self.wr_en.eq(Mux(wr, (1 << L) - 1, 0))
+        with m.If(wr):
+            with m.If(wj == f.words - 1):
+                m.d.sync += [wj.eq(0), w_cnt.eq(0), w_row.eq(w_row + f.words),
+                             rows_done.eq(rows_done + 1)]
+            with m.Else():
+                m.d.sync += wj.eq(wj + 1)
+
+        with m.If(self.start):
+            m.d.sync += [*recs.start(f.ext, f.rows), ycol.eq(0), yi.eq(0), w_cnt.eq(0),
+                         wj.eq(0), w_row.eq(0), rows_done.eq(0), self.busy.eq(1)]
+        with m.Elif(self.busy & (rows_done == f.rows) & (recs.req_left == 0)):
             m.d.sync += self.busy.eq(0)
         return m

@@ -25,6 +25,7 @@ S = 6
 def test_formats_are_golden():
     assert (hs.DT_FRAC, hs.A_FRAC, hs.DECAY_FRAC, hs.EXP2_FRAC) == (
         gs.DT_FRAC, gs.A_FRAC, gs.DECAY_FRAC, gl.EXP2_FRAC)
+    assert hs.SOFTPLUS_ROM == gs.SOFTPLUS_LUT.tolist()
 
 
 def _tokens(rng: np.random.Generator, T: int, C: int, same_token: bool = False):

@@ -14,7 +14,7 @@ import pytest
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import ERROR_ILLEGAL_OPCODE, Instr, Opcode
 from hwflow.hw.ssm_exec import record_slots
-from hwflow.mapping.ssm_format import pack_conv
+from hwflow.mapping.ssm_format import pack_conv, pack_scan
 from hwflow.mapping.ssm_format import record_slots as format_slots
 from hwflow.sim.isa_model import IsaModel
 
@@ -51,8 +51,8 @@ def test_hadamard_matches_the_isa_model(n, lgb, obits, out):
 @pytest.mark.parametrize("n,rows,pos,out", [(24, 1, 0, 0), (24, 3, 0, 0), (20, 2, 5, 60),
                                             (40, 4, 2, 0)])
 def test_conv_matches_the_isa_model(n, rows, pos, out):
-    """Two CONVs of the same layer (the history carried from the first's rows to the second's,
-    zeros on the first row at POS 0) and one of another layer; records of 80 B, five
+    """Two CONVs of the same layer (at POS > 0 the second carries on from the first's history;
+    at POS 0 each starts from zeros) and one of another layer; records of 80 B, five
     super-beats each, streamed with memory stalls (two records a super-beat:
     :func:`test_conv_records_share_super_beats`)."""
     beats = -(-n // L)
@@ -80,11 +80,27 @@ def test_conv_matches_the_isa_model(n, rows, pos, out):
                                       np.frombuffer(want.read(at * SB, nbytes), np.int8))
 
 
+#: L = 4, SB = 64 B: records of 32 B (conv, two taps; scan, two states), two to a super-beat
+CFG_WIDE = AccelConfig(chains=16, chain_len=4, mem_ports=2, port_bytes=32, act_depth=256,
+                       weight_depth=8, sparse=False, transformer=True, attn_heads=1,
+                       ssm_states=2, ssm_channels=64, conv_taps=2, conv_words=16,
+                       hadamard_block=4)
+
+
+def _run_wide(img, **kw) -> dict:
+    # CFG_WIDE's 16-chain engine is one Python expression too deep for the simulator's
+    # compiler at the default limit (so is a bare LOAD on it: not these units')
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        return run(CFG_WIDE, img, **kw)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def test_conv_records_share_super_beats():
-    """L = 4, two taps: records of 32 B, two to a 64-byte super-beat; 7 beats (an odd count)."""
-    cfg = AccelConfig(chains=16, chain_len=4, mem_ports=2, port_bytes=32, act_depth=128,
-                      weight_depth=8, sparse=False, transformer=True, attn_heads=1,
-                      ssm_states=2, ssm_channels=8, conv_taps=2, conv_words=16, hadamard_block=4)
+    """7 beats (an odd count) of records two to a super-beat."""
+    cfg = CFG_WIDE
     sb, n, words = cfg.beat_bytes, 26, 8
     rng = np.random.default_rng(7)
     par = pack_conv(rng.integers(-128, 128, (n, 2)), rng.integers(-3000, 3000, n),
@@ -98,16 +114,58 @@ def test_conv_records_share_super_beats():
     img[30 * sb:30 * sb + len(par)] = par
     want = IsaModel(cfg, bytes(img))
     want.run(0)
-    # a 64-byte super-beat's 16-chain engine is one Python expression too deep for the
-    # simulator's compiler at the default limit (so is a bare LOAD on it: not this unit's)
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(20000)
-    try:
-        regs = run(cfg, img)
-    finally:
-        sys.setrecursionlimit(limit)
+    regs = _run_wide(img)
     assert regs["ERROR"] == 0 and regs["RETIRED"] == 4
     assert bytes(img[40 * sb:42 * sb]) == want.read(40 * sb, 2 * sb)
+
+
+def _scan_case(cfg, n, rows, pos, seed):
+    """LOAD u, dt and B/C rows; two SCANs of one layer (at POS > 0 the second carries on from
+    the first's state; at POS 0 each starts from zeros) and one of another, in place; STORE it
+    all; the ISA model's result."""
+    L_, S, sb = cfg.chain_len, cfg.ssm_states, cfg.beat_bytes
+    beats, sw = -(-n // L_), -(-S // L_)
+    words, bcw = beats + 1, 2 * sw + 1
+    rng = np.random.default_rng(seed)
+    par = pack_scan(rng.integers(0, 40, (n, S)), rng.integers(-2000, 2000, n), L_, sb)
+    area = rows * words
+    u, dt, bc, y = 0, area, 2 * area, 2 * area + rows * bcw
+    # h' about 2**16 codes, y within int8 mostly (dt up to 16, |u|, |B|, |C| up to 128)
+    scan = dict(ext=300, dt=dt, n=n, rows=rows, words=words, bc_words=bcw, bu_mult=1000,
+                bu_shift=24, y_mult=40000, shift=28, d_shift=16)
+    total = y + 2 * area
+    total += -total % (sb // L_)
+    prog = [Instr(Opcode.LOAD, ext=100, a=0, b=total),
+            Instr(Opcode.SCAN, a=u, out=y, b=bc, c=bc + sw, state=3, **scan),
+            Instr(Opcode.SCAN, a=u, out=y + area, b=bc, c=bc + sw, state=3, **scan),
+            Instr(Opcode.SCAN, a=u, out=u, b=bc, c=bc + sw, state=3 + n, **scan),
+            Instr(Opcode.STORE, ext=200, a=0, b=total), Instr(Opcode.END)]
+    img = _image(prog, nbeats=420, seed=seed, sb=sb)
+    img[300 * sb:300 * sb + len(par)] = par
+    want = IsaModel(cfg, bytes(img), pos=pos)
+    want.run(0)
+    ys = np.frombuffer(want.read(200 * sb + y * L_, 2 * area * L_), np.int8)
+    assert len(set(ys.tolist())) > 10 and (np.abs(ys) == 128).mean() < 0.2   # not saturated
+    return img, want, total * L_
+
+
+@pytest.mark.parametrize("n,rows,pos", [(12, 1, 0), (21, 2, 0), (16, 3, 4)])
+def test_scan_matches_the_isa_model(n, rows, pos):
+    """Records of 96 B (six super-beats), 4 states in one word of B (of C)."""
+    img, want, nbytes = _scan_case(CFG, n, rows, pos, n + rows)
+    regs = run(CFG, img, pos=pos, max_cycles=80000)
+    assert regs["ERROR"] == 0 and regs["RETIRED"] == 6
+    got = np.frombuffer(bytes(img[200 * SB:200 * SB + nbytes]), np.int8)
+    np.testing.assert_array_equal(got, np.frombuffer(want.read(200 * SB, nbytes), np.int8))
+
+
+def test_scan_records_share_super_beats():
+    """7 beats of records two to a super-beat, the block streamed once per row."""
+    img, want, nbytes = _scan_case(CFG_WIDE, 26, 2, 3, 5)
+    regs = _run_wide(img, pos=3, max_cycles=80000)
+    assert regs["ERROR"] == 0 and regs["RETIRED"] == 6
+    sb = CFG_WIDE.beat_bytes
+    assert bytes(img[200 * sb:200 * sb + nbytes]) == want.read(200 * sb, nbytes)
 
 
 def test_record_slots_are_the_formats():
@@ -115,11 +173,9 @@ def test_record_slots_are_the_formats():
         assert record_slots(rec, sb) == format_slots(rec, sb)
 
 
-@pytest.mark.parametrize("op,cfg", [(Opcode.SCAN, CFG),
-                                    (Opcode.HADAMARD, replace(CFG, ssm_states=0)),
-                                    (Opcode.CONV, replace(CFG, ssm_states=0))])
-def test_illegal_without_an_executor(op, cfg):
-    """SCAN (executor not built yet); HADAMARD and CONV on an engine without the units."""
+@pytest.mark.parametrize("op", [Opcode.HADAMARD, Opcode.CONV, Opcode.SCAN])
+def test_illegal_without_the_units(op):
+    cfg = replace(CFG, ssm_states=0)
     img = _image([Instr(Opcode.LOAD, ext=40, a=0, b=2), Instr(op), Instr(Opcode.END)])
     regs = run(cfg, img)
     assert regs["ERROR"] == ERROR_ILLEGAL_OPCODE and regs["RETIRED"] == 1
