@@ -287,6 +287,11 @@ class Controller(wiring.Component):
             units.append((M_TLMM, tlmm))
         if cfg.ssm:
             units += [(M_HAD, had), (M_CONV, conv), (M_SCAN, scan)]
+        # the opcodes each unit executes (the vector unit: ROPE with the transformer path only)
+        unit_opcodes = {M_VEC: _VU_BASE_OPCODES + ((isa.Opcode.ROPE,) if tf else ()),
+                        M_ATTN: (isa.Opcode.ATTN,), M_TLMM: (isa.Opcode.TMATMUL,),
+                        M_HAD: (isa.Opcode.HADAMARD,), M_CONV: (isa.Opcode.CONV,),
+                        M_SCAN: (isa.Opcode.SCAN,)}
         # the units with their own memory read stream
         streamers = [(um, u) for um, u in units if um in (M_ATTN, M_TLMM, M_CONV, M_SCAN)]
 
@@ -551,40 +556,14 @@ class Controller(wiring.Component):
                                          gather_act.eq(ga.a), id_beat.eq(ga.ids), id_slot.eq(0),
                                          id_cnt.eq(0)]
                             m.next = "G_REQ"
-                        with m.Case(isa.Opcode.ROPE):
-                            m.d.sync += mode.eq(M_VEC)
-                            m.d.comb += vec.start.eq(1)
-                            m.next = "UNIT"
-                        with m.Case(isa.Opcode.ATTN):
-                            m.d.sync += mode.eq(M_ATTN)
-                            m.d.comb += attn.start.eq(1)
-                            m.next = "UNIT"
                         with m.Case(isa.Opcode.KVSTORE):
                             # a KVSTORE may overwrite the program: forget the buffered beat
                             m.d.sync += ibuf_valid.eq(0)
                             m.next = "KV_START"
-                    if vu:
-                        with m.Case(*_VU_BASE_OPCODES):
-                            m.d.sync += mode.eq(M_VEC)
-                            m.d.comb += vec.start.eq(1)
-                            m.next = "UNIT"
-                    if tl:
-                        with m.Case(isa.Opcode.TMATMUL):
-                            m.d.sync += mode.eq(M_TLMM)
-                            m.d.comb += tlmm.start.eq(1)
-                            m.next = "UNIT"
-                    if cfg.ssm:
-                        with m.Case(isa.Opcode.HADAMARD):
-                            m.d.sync += mode.eq(M_HAD)
-                            m.d.comb += had.start.eq(1)
-                            m.next = "UNIT"
-                        with m.Case(isa.Opcode.CONV):
-                            m.d.sync += mode.eq(M_CONV)
-                            m.d.comb += conv.start.eq(1)
-                            m.next = "UNIT"
-                        with m.Case(isa.Opcode.SCAN):
-                            m.d.sync += mode.eq(M_SCAN)
-                            m.d.comb += scan.start.eq(1)
+                    for unit_mode, unit in units:       # an execution unit's opcodes
+                        with m.Case(*unit_opcodes[unit_mode]):
+                            m.d.sync += mode.eq(unit_mode)
+                            m.d.comb += unit.start.eq(1)
                             m.next = "UNIT"
                     with m.Default():
                         m.d.sync += self.error.eq(isa.ERROR_ILLEGAL_OPCODE)

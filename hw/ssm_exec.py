@@ -47,10 +47,25 @@ from .mem_port import read_req_layout
 from .sfu import SILU_ROM
 from .ssm import SOFTPLUS_ROM, ScanUnit
 
-__all__ = ["HadamardExec", "ConvExec", "ScanExec", "record_slots"]
+__all__ = ["HadamardExec", "ConvExec", "ScanExec", "exec_signature", "record_slots"]
 
 #: Super-beats of one burst request of a parameter block (as LOAD's).
 _BURST = 16
+
+
+def exec_signature(cfg: AccelConfig, streams: bool = False) -> dict:
+    """The members of an executor (the controller's side of a unit): the instruction, start
+    and busy, the activation buffer's read and write ports and, with ``streams``, a memory read
+    stream and the POS register."""
+    L = cfg.chain_len
+    members = {"ins": In(256), "start": In(1), "busy": Out(1),
+               "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
+               "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L)}
+    if streams:
+        members |= {"pos": In(32),
+                    "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
+                    "rd_data": In(stream.Signature(8 * cfg.beat_bytes))}
+    return members
 
 
 def record_slots(record: int, SB: int) -> tuple[int, int]:
@@ -78,13 +93,8 @@ class HadamardExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        L = cfg.chain_len
-        self.unit = HadamardUnit(L, cfg.hadamard_block)
-        super().__init__({
-            "ins": In(256), "start": In(1), "busy": Out(1),
-            "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
-            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
-        })
+        self.unit = HadamardUnit(cfg.chain_len, cfg.hadamard_block)
+        super().__init__(exec_signature(cfg))
 
     def elaborate(self, platform):
         m = Module()
@@ -183,15 +193,8 @@ class ConvExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        L = cfg.chain_len
-        self.unit = CausalConvUnit(L, cfg.conv_taps, cfg.conv_words)
-        super().__init__({
-            "ins": In(256), "start": In(1), "busy": Out(1), "pos": In(32),
-            "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
-            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
-            "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
-            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
-        })
+        self.unit = CausalConvUnit(cfg.chain_len, cfg.conv_taps, cfg.conv_words)
+        super().__init__(exec_signature(cfg, streams=True))
 
     def elaborate(self, platform):
         m = Module()
@@ -344,15 +347,8 @@ class ScanExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        L = cfg.chain_len
         self.unit = ScanUnit(cfg.ssm_states, cfg.ssm_channels)
-        super().__init__({
-            "ins": In(256), "start": In(1), "busy": Out(1), "pos": In(32),
-            "rd_addr": Out(16), "rd_en": Out(1), "act_rd_data": In(8 * L),
-            "wr_addr": Out(16), "wr_data": Out(8 * L), "wr_en": Out(L),
-            "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
-            "rd_data": In(stream.Signature(8 * cfg.beat_bytes)),
-        })
+        super().__init__(exec_signature(cfg, streams=True))
 
     def elaborate(self, platform):
         m = Module()

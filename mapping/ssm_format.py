@@ -75,17 +75,18 @@ def _padded(a: np.ndarray, beats: int, L: int) -> np.ndarray:
     return out.reshape(beats, L, *a.shape[1:])
 
 
+def _pack(fields, L: int, SB: int) -> bytes:
+    """The block of per-channel ``fields`` (arrays ``[n, ...]`` of their little-endian dtypes),
+    each beat's record the fields' ``L`` channels one field after the other."""
+    beats = _cdiv(len(fields[0]), L)
+    return _place(np.concatenate([_padded(np.ascontiguousarray(a), beats, L).view(np.uint8)
+                                  .reshape(beats, -1) for a in fields], axis=1), SB)
+
+
 def pack_conv(w, bias, mult, L: int, SB: int) -> bytes:
     """The CONV block of taps ``w`` int8 ``[n, K]``, int32 ``bias [n]`` and u16 ``mult [n]``."""
-    w = np.asarray(w, np.int8)
-    n, K = w.shape
-    beats = _cdiv(n, L)
-    rec = np.concatenate([
-        _padded(w, beats, L).reshape(beats, L * K).view(np.uint8),
-        _padded(np.asarray(bias, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L),
-        _padded(np.asarray(mult, "<u2"), beats, L).view(np.uint8).reshape(beats, 2 * L)],
-        axis=1)
-    return _place(rec, SB)
+    return _pack([np.asarray(w, np.int8), np.asarray(bias, "<i4"), np.asarray(mult, "<u2")],
+                 L, SB)
 
 
 def unpack_conv(raw: bytes, n: int, taps: int, L: int, SB: int) -> tuple:
@@ -101,14 +102,7 @@ def unpack_conv(raw: bytes, n: int, taps: int, L: int, SB: int) -> tuple:
 def pack_scan(a_codes, d_mult, L: int, SB: int) -> bytes:
     """The SCAN block of decay-rate codes ``a_codes`` u16 ``[n, S]`` and D multipliers
     ``d_mult`` (signed, ``[n]``)."""
-    a = np.asarray(a_codes, "<u2")
-    n, S = a.shape
-    beats = _cdiv(n, L)
-    rec = np.concatenate([
-        _padded(a, beats, L).view(np.uint8).reshape(beats, 2 * S * L),
-        _padded(np.asarray(d_mult, "<i4"), beats, L).view(np.uint8).reshape(beats, 4 * L)],
-        axis=1)
-    return _place(rec, SB)
+    return _pack([np.asarray(a_codes, "<u2"), np.asarray(d_mult, "<i4")], L, SB)
 
 
 def unpack_scan(raw: bytes, n: int, states: int, L: int, SB: int) -> tuple:
