@@ -23,12 +23,13 @@ j``; then the rows' words past ``ceil(n / L)`` are written 0, as the ISA model w
 
 :class:`ScanExec` runs a SCAN row by row (the recurrence): the row's ``B`` and ``C`` words are
 read into the :class:`~.ssm.ScanUnit`'s token operands; then per beat ``j`` the ``u`` and
-``dt`` words are read and the beat's parameter record taken (the block streams once per row:
-the unit takes the decay-rate codes with the channels), and its channels enter the unit one a
-cycle (state channel ``state + c``, ``dt`` through the softplus ROM, zeros on row 0 at POS 0);
-the ``y`` bytes are gathered into words and written ``out + r * words`` on, the row's padding
-words 0. The next row's token waits until the row's last ``y`` is written (the pipeline holds
-the token's operands).
+``dt`` words (read during the previous beat's feed) and the beat's parameter record are
+taken (the block streams once per row: the unit takes the decay-rate codes with the
+channels), and its channels enter the unit one a cycle (state channel ``state + c``, ``dt``
+through the softplus ROM, zeros on row 0 at POS 0), ``L + 1`` cycles a beat; the ``y`` bytes
+are gathered into words and written ``out + r * words`` on, the row's padding words 0. The next
+row's token waits until the row's last ``y`` is written (the pipeline holds the token's
+operands).
 """
 
 from __future__ import annotations
@@ -365,8 +366,10 @@ class ScanExec(wiring.Component):
 
         # --- act reads: one a cycle, captured the next cycle into the word they were for -------
         tok_b, tok_c = Signal(8 * L * sw), Signal(8 * L * sw)
-        u_w, dt_w = Signal(8 * L), Signal(8 * L)
-        T_B, T_C, T_U, T_DT = range(4)
+        u_w, dt_w = Signal(8 * L), Signal(8 * L)       # the beat being fed
+        nu_w, ndt_w = Signal(8 * L), Signal(8 * L)     # the next beat's, read during the feed
+        pre_done = Signal()                            # nu_w and ndt_w hold the next beat's
+        T_B, T_C, T_NU, T_NDT = range(4)
         cap_en, cap_to, cap_k = Signal(), Signal(2), Signal(range(max(sw, 2)))
         with m.If(cap_en):
             with m.Switch(cap_to):
@@ -374,10 +377,10 @@ class ScanExec(wiring.Component):
                     m.d.sync += tok_b.word_select(cap_k, 8 * L).eq(self.act_rd_data)
                 with m.Case(T_C):
                     m.d.sync += tok_c.word_select(cap_k, 8 * L).eq(self.act_rd_data)
-                with m.Case(T_U):
-                    m.d.sync += u_w.eq(self.act_rd_data)
-                with m.Case(T_DT):
-                    m.d.sync += dt_w.eq(self.act_rd_data)
+                with m.Case(T_NU):
+                    m.d.sync += nu_w.eq(self.act_rd_data)
+                with m.Case(T_NDT):
+                    m.d.sync += [ndt_w.eq(self.act_rd_data), pre_done.eq(1)]
         m.d.sync += cap_en.eq(0)
 
         def read(addr, to, k=0):
@@ -391,8 +394,11 @@ class ScanExec(wiring.Component):
         m.d.comb += [tk.bu_mult.eq(f.bu_mult), tk.bu_shift.eq(f.bu_shift),
                      tk.y_mult.eq(f.y_mult), tk.y_shift.eq(f.shift), tk.d_shift.eq(f.d_shift)]
 
-        # --- feed: per row the token, per beat u, dt and the record, then its channels ---------
+        # --- feed: per row the token, per beat u, dt and the record, then its channels; the
+        # next beat's u and dt words are read in the beat's first two feed cycles, so a beat
+        # takes L + 1 cycles (the +1: the swap to the next beat's words and record)
         t, j, i, k = Signal(16), Signal(16), Signal(range(L)), Signal(range(2 * sw + 1))
+        pre = Signal(2)                             # next-beat reads issued in this beat
         row_off, bc_off = Signal(16), Signal(16)    # t * words, t * bc_words
         chan = Signal.like(unit.i.payload.chan)
         cur = Signal(8 * R)
@@ -423,18 +429,26 @@ class ScanExec(wiring.Component):
                 with m.If(k == 2 * sw - 1):
                     m.d.sync += [j.eq(0), k.eq(0)]
                     m.next = "U"
-            with m.State("U"):
-                read(f.a + row_off + j, T_U)
+            with m.State("U"):              # the row's first beat: its words, then the swap
+                read(f.a + row_off + j, T_NU)
                 m.next = "DT"
             with m.State("DT"):
-                read(f.dt + row_off + j, T_DT)
-                m.next = "REC"
-            with m.State("REC"):
-                with m.If(recs.have):
-                    m.d.sync += [cur.eq(recs.rec), i.eq(0)]
+                read(f.dt + row_off + j, T_NDT)
+                m.next = "SWAP"
+            with m.State("SWAP"):
+                with m.If(pre_done & recs.have):
+                    m.d.sync += [u_w.eq(nu_w), dt_w.eq(ndt_w), pre_done.eq(0), pre.eq(0),
+                                 cur.eq(recs.rec), i.eq(0)]
                     recs.take(m, j == beats - 1)
                     m.next = "FEED"
             with m.State("FEED"):
+                with m.If(j + 1 < beats):
+                    with m.If(pre == 0):
+                        read(f.a + row_off + j + 1, T_NU)
+                    with m.Elif(pre == 1):
+                        read(f.dt + row_off + j + 1, T_NDT)
+                    with m.If(pre != 2):
+                        m.d.sync += pre.eq(pre + 1)
                 m.d.comb += unit.i.valid.eq(1)
                 with m.If(unit.i.ready):
                     m.d.sync += [chan.eq(chan + 1), i.eq(i + 1)]
@@ -443,7 +457,7 @@ class ScanExec(wiring.Component):
                         m.next = "DRAIN"
                     with m.Elif(i == L - 1):
                         m.d.sync += j.eq(j + 1)
-                        m.next = "U"
+                        m.next = "SWAP"
             with m.State("DRAIN"):
                 with m.If(rows_done == t + 1):
                     m.d.sync += [t.eq(t + 1), row_off.eq(row_off + f.words),
