@@ -28,7 +28,7 @@ from .ir import Graph, add_op, new_graph
 from .ops import Op, TensorType
 from .ssm_quant import QMamba, QMamba2Layer
 
-__all__ = ["mamba_graph", "MAMBA_MAX_CONTEXT"]
+__all__ = ["mamba_graph", "GraphError", "MAMBA_MAX_CONTEXT"]
 
 #: A Mamba's context is unbounded (its state does not grow); the positions a program serves
 #: are those of the 32-bit POS register.

@@ -23,7 +23,7 @@ __all__ = [
     "RESULT_FIFO_DEPTH", "MAX_EPILOGUE_LANES", "epilogue_lanes", "INT4_GROUP", "int4_capable",
     "RING_BURST_BEATS", "ATTN_BLOCK", "rope_pairs_per_step", "rope_head_steps",
     "FULL_TABLE_MAX", "table_entries", "MAX_TLMM_EPILOGUE_LANES", "tlmm_epilogue_lanes",
-    "tlmm_passes",
+    "tlmm_passes", "conv_record_bytes", "scan_record_bytes", "record_slots",
 ]
 
 # --- control registers (hw.axi_lite.ControlRegisters; docs/architecture.md, "Control registers")
@@ -236,3 +236,23 @@ def tlmm_passes(rows: int, cfg: AccelConfig) -> tuple[int, int]:
     R, GR = cfg.tlmm_rows, cfg.tlmm_rows * cfg.tlmm_passes
     full, rest = divmod(rows, GR)
     return full + (rest > 0), full * cfg.tlmm_passes + -(-rest // R)
+
+
+# --- state-space parameter records (docs/architecture.md, "State-space path") ----------------
+
+def conv_record_bytes(L: int, taps: int) -> int:
+    """Bytes of one beat's CONV record: ``L * taps`` int8 taps, ``L`` int32 biases, ``L`` u16
+    multipliers."""
+    return L * (taps + 6)
+
+
+def scan_record_bytes(L: int, states: int) -> int:
+    """Bytes of one beat's SCAN record: ``L * states`` u16 decay-rate codes, ``L`` int32 D
+    multipliers."""
+    return L * (2 * states + 4)
+
+
+def record_slots(record: int, SB: int) -> tuple[int, int]:
+    """``(records per super-beat, super-beats per record)`` of ``record``-byte records: no
+    record straddles a super-beat, so an executor picks one out of whole super-beats."""
+    return (SB // record, 1) if record <= SB else (1, -(-record // SB))

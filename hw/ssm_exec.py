@@ -40,6 +40,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .config import AccelConfig
+from .contract import conv_record_bytes, record_slots, scan_record_bytes
 from .conv import CausalConvUnit
 from .epilogue import Epilogue
 from .hadamard import HadamardUnit
@@ -48,7 +49,7 @@ from .mem_port import read_req_layout
 from .sfu import SILU_ROM
 from .ssm import SOFTPLUS_ROM, ScanUnit
 
-__all__ = ["HadamardExec", "ConvExec", "ScanExec", "exec_signature", "record_slots"]
+__all__ = ["HadamardExec", "ConvExec", "ScanExec", "exec_signature"]
 
 #: Super-beats of one burst request of a parameter block (as LOAD's).
 _BURST = 16
@@ -67,12 +68,6 @@ def exec_signature(cfg: AccelConfig, streams: bool = False) -> dict:
                     "rd_req": Out(stream.Signature(read_req_layout(cfg.addr_bits))),
                     "rd_data": In(stream.Signature(8 * cfg.beat_bytes))}
     return members
-
-
-def record_slots(record: int, SB: int) -> tuple[int, int]:
-    """``(records per super-beat, super-beats per record)``: the one rule of
-    ``mapping.ssm_format.record_slots`` (hw/ may not import mapping; a test holds them equal)."""
-    return (SB // record, 1) if record <= SB else (1, -(-record // SB))
 
 
 class HadamardExec(wiring.Component):
@@ -201,7 +196,7 @@ class ConvExec(wiring.Component):
         m = Module()
         cfg = self.cfg
         L, K = cfg.chain_len, cfg.conv_taps
-        R = L * (K + 6)                     # record bytes (mapping.ssm_format)
+        R = conv_record_bytes(L, K)
         f = data.View(LAYOUTS[isa.Opcode.CONV], self.ins)
         m.submodules.unit = unit = self.unit
         m.d.comb += unit.shift.eq(f.shift)
@@ -356,7 +351,7 @@ class ScanExec(wiring.Component):
         cfg = self.cfg
         L, S = cfg.chain_len, cfg.ssm_states
         sw = -(-S // L)                     # act words of B (of C)
-        R = L * (2 * S + 4)                 # record bytes (mapping.ssm_format)
+        R = scan_record_bytes(L, S)
         f = data.View(LAYOUTS[isa.Opcode.SCAN], self.ins)
         m.submodules.unit = unit = self.unit
         recs = _Records(m, cfg, R, self.rd_req, self.rd_data)

@@ -3,10 +3,10 @@ the one packer (the mapper's) and its exact inverse (the ISA model's).
 
 Both blocks are per *beat* of ``L`` channels (one activation word), so a unit streaming ``L``
 channels a cycle takes one record per beat; channels past ``n`` have zero parameters. No record
-straddles a super-beat (:func:`record_slots`): a record of ``R <= SB`` bytes takes one of the
-``SB // R`` slots of a super-beat, ``R`` bytes apart from byte 0; a larger one takes
-``ceil(R / SB)`` whole super-beats. So the executor picks a record out of one super-beat (or
-gathers whole super-beats), with no byte-level realignment.
+straddles a super-beat (``hw.contract.record_slots``, which the executors read too): a record
+of ``R <= SB`` bytes takes one of the ``SB // R`` slots of a super-beat, ``R`` bytes apart from
+byte 0; a larger one takes ``ceil(R / SB)`` whole super-beats. So the executor picks a record
+out of one super-beat (or gathers whole super-beats), with no byte-level realignment.
 
 * CONV, per beat (``L * (K + 6)`` bytes): the ``K`` int8 taps of each of the ``L`` channels
   (channel-major, oldest tap first), then ``L`` int32 biases, then ``L`` u16 multipliers
@@ -19,27 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv_record_bytes", "scan_record_bytes", "pack_conv", "unpack_conv", "pack_scan",
-           "unpack_scan", "block_bytes", "record_slots"]
+from hwflow.hw.contract import conv_record_bytes, record_slots, scan_record_bytes
+
+__all__ = ["pack_conv", "unpack_conv", "pack_scan", "unpack_scan", "block_bytes"]
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def conv_record_bytes(L: int, taps: int) -> int:
-    """Bytes of one beat's CONV record."""
-    return L * (taps + 6)
-
-
-def scan_record_bytes(L: int, states: int) -> int:
-    """Bytes of one beat's SCAN record."""
-    return L * (2 * states + 4)
-
-
-def record_slots(record: int, SB: int) -> tuple[int, int]:
-    """``(records per super-beat, super-beats per record)`` of ``record``-byte records."""
-    return (SB // record, 1) if record <= SB else (1, _cdiv(record, SB))
 
 
 def block_bytes(record: int, n: int, L: int, SB: int) -> int:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from hwflow.golden.llm import attended_total
-from hwflow.hw.contract import tlmm_passes
+from hwflow.hw.contract import conv_record_bytes, scan_record_bytes, tlmm_passes
 from hwflow.hw.isa import FLAG_POS, INSTR_BYTES, Opcode
 
 from .memory_image import TRAFFIC_CATEGORY
-from .ssm_format import block_bytes, conv_record_bytes, scan_record_bytes
+from .ssm_format import block_bytes
 from .ternary_format import block_layout
 
 __all__ = ["TRAFFIC_KEYS", "TrafficCount", "instr_accesses", "fetched_beats",

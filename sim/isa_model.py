@@ -44,7 +44,7 @@ from hwflow.golden import llm as golden_llm
 from hwflow.golden import ssm as golden_ssm
 from hwflow.golden import ternary as golden_t
 from hwflow.hw.config import AccelConfig
-from hwflow.hw.contract import tlmm_passes
+from hwflow.hw.contract import conv_record_bytes, scan_record_bytes, tlmm_passes
 from hwflow.hw.isa import (
     ERROR_GATHER_RANGE,
     ERROR_ILLEGAL_MODE,
@@ -60,13 +60,7 @@ from hwflow.hw.isa import (
     Opcode,
     decode,
 )
-from hwflow.mapping.ssm_format import (
-    block_bytes,
-    conv_record_bytes,
-    scan_record_bytes,
-    unpack_conv,
-    unpack_scan,
-)
+from hwflow.mapping.ssm_format import block_bytes, unpack_conv, unpack_scan
 from hwflow.mapping.ternary_format import block_layout, row_read_words, unpack_ternary_block
 from hwflow.mapping.traffic import TRAFFIC_KEYS, TrafficCount, fetched_beats
 from hwflow.mapping.weight_format import (
@@ -724,10 +718,11 @@ class IsaModel:
 
     # -- state-space instructions (docs/architecture.md, "State-space path") -------------------
 
-    def _params(self, ins: Instr, nbytes: int, what: str) -> bytes:
+    def _params(self, ins: Instr, nbytes: int, what: str, times: int = 1) -> bytes:
+        """The parameter block at ``ext``, counted as read ``times`` times."""
         lo, hi = self._ext_range(ins.ext, nbytes, what)
-        self.stats.weight_read_bytes += nbytes
-        self.stats.ext_read_bytes += nbytes
+        self.stats.weight_read_bytes += nbytes * times
+        self.stats.ext_read_bytes += nbytes * times
         return self.mem[lo:hi].tobytes()
 
     def _conv(self, ins: Instr) -> None:
@@ -774,12 +769,10 @@ class IsaModel:
         if ins.state + n > cfg.ssm_channels:
             self._fail(AddressError, f"SCAN: state channels {ins.state}..{ins.state + n - 1} "
                        f"exceed ssm_channels={cfg.ssm_channels}")
-        nbytes = block_bytes(scan_record_bytes(L, S), n, L, cfg.beat_bytes)
-        raw = b""
-        for _ in range(rows):
-            raw = self._params(ins, nbytes, "SCAN parameters")
         if rows == 0:
             return
+        raw = self._params(ins, block_bytes(scan_record_bytes(L, S), n, L, cfg.beat_bytes),
+                           "SCAN parameters", times=rows)
         a_codes, d_mult = unpack_scan(raw, n, S, L, cfg.beat_bytes)
         sw = -(-S // L)
         u = self._act_rows(ins.a, rows, words, words, "SCAN a (u)")[:, :n]

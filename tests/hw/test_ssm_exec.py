@@ -13,9 +13,7 @@ import pytest
 
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import ERROR_ILLEGAL_OPCODE, Instr, Opcode
-from hwflow.hw.ssm_exec import record_slots
 from hwflow.mapping.ssm_format import pack_conv, pack_scan
-from hwflow.mapping.ssm_format import record_slots as format_slots
 from hwflow.sim.isa_model import IsaModel
 
 from .test_controller_llm import _image, run
@@ -166,11 +164,6 @@ def test_scan_records_share_super_beats():
     assert regs["ERROR"] == 0 and regs["RETIRED"] == 6
     sb = CFG_WIDE.beat_bytes
     assert bytes(img[200 * sb:200 * sb + nbytes]) == want.read(200 * sb, nbytes)
-
-
-def test_record_slots_are_the_formats():
-    for rec, sb in ((80, 16), (80, 256), (160, 1024), (576, 1024), (1024, 1024)):
-        assert record_slots(rec, sb) == format_slots(rec, sb)
 
 
 @pytest.mark.parametrize("op", [Opcode.HADAMARD, Opcode.CONV, Opcode.SCAN])

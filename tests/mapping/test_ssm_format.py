@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hwflow.hw.contract import conv_record_bytes
 from hwflow.mapping.ssm_format import (
     block_bytes,
-    conv_record_bytes,
     pack_conv,
     pack_scan,
     unpack_conv,
