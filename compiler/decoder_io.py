@@ -1,10 +1,14 @@
-"""Saving the decoder IR without pickles: a FloatDecoder or QDecoder as ``NAME.npz`` (its
-arrays) + ``NAME.json`` (everything else), read back with ``allow_pickle=False``.
+"""Saving the language-model IRs without pickles: a FloatDecoder or QDecoder
+(:mod:`hwflow.compiler.decoder`), a FloatMamba (:mod:`hwflow.compiler.ssm`) or QMamba
+(:mod:`hwflow.compiler.ssm_quant`) as ``NAME.npz`` (its arrays) + ``NAME.json`` (everything
+else), read back with ``allow_pickle=False``.
 
-The format flattens the dataclasses of :mod:`hwflow.compiler.decoder`: an array field is an
-archive member named by its dotted path (``layers.3.q.w``), any other field a JSON entry under
-that path (tuples as lists), a list of layers ``{"list": N}`` with its items under
-``path.i.``; ``__class__`` names the decoder class. The same decoder gives the same bytes:
+The format flattens the dataclasses: an array field is an archive member named by its dotted
+path (``layers.3.q.w``), any other field a JSON entry under that path (tuples as lists), a
+nested dataclass ``{"class": NAME}`` with its fields under ``path.``, a list of layers
+``{"list": N, "class": NAME}`` with its items under ``path.i.``; ``__class__`` names the
+model class. Only the classes of :data:`_CLASSES` are built when read (files written before
+the class entries: the decoder's classes by field name). The same decoder gives the same bytes:
 the archive's members are stored, sorted, with fixed timestamps (:func:`write_npz`), so a
 build folder's digests do not change between two compiles of one model.
 
@@ -22,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import decoder as dec
+from . import ssm
+from . import ssm_quant as sq
 from .spec import check_decoder
 
 __all__ = ["save_decoder", "load_saved_decoder", "open_saved_decoder", "FloatDecoderWriter",
@@ -138,6 +144,13 @@ def npz_memmap(path: Path, key: str):
 
 # -- the decoder dataclasses, flattened -------------------------------------------------------
 
+#: The classes a saved model is built of, by name (nothing else is built from a file).
+_CLASSES = {c.__name__: c for c in (
+    dec.FloatDecoder, dec.QDecoder, dec.FloatLayer, dec.QLayer, dec.DecoderShape, dec.QLinear,
+    ssm.FloatMamba, ssm.FloatMambaLayer, ssm.FloatMamba2Layer, ssm.SsmShape,
+    sq.QMamba, sq.QMambaLayer, sq.QMamba2Layer)}
+
+
 def _flatten(obj, prefix: str, arrays: dict, meta: dict) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
@@ -145,9 +158,10 @@ def _flatten(obj, prefix: str, arrays: dict, meta: dict) -> None:
         if isinstance(v, np.ndarray):
             arrays[key] = v
         elif dataclasses.is_dataclass(v):
+            meta[key] = {"class": type(v).__name__}
             _flatten(v, key + ".", arrays, meta)
         elif isinstance(v, list) and v and dataclasses.is_dataclass(v[0]):
-            meta[key] = {"list": len(v)}
+            meta[key] = {"list": len(v), "class": type(v[0]).__name__}
             for i, item in enumerate(v):
                 _flatten(item, f"{key}.{i}.", arrays, meta)
         else:
@@ -159,15 +173,18 @@ def _build(cls, prefix: str, arrays, meta):
     hints = {f.name: f for f in dataclasses.fields(cls)}
     for name in hints:
         key = f"{prefix}{name}"
+        entry = meta.get(key)
         if key in arrays:
             kw[name] = arrays[key]
-        elif key in meta and isinstance(meta[key], dict) and "list" in meta[key]:
-            item_cls = {"layers": dec.QLayer if cls is dec.QDecoder else dec.FloatLayer}[name]
+        elif isinstance(entry, dict) and "list" in entry:
+            item_cls = _CLASSES[entry["class"]] if "class" in entry else \
+                {"layers": dec.QLayer if cls is dec.QDecoder else dec.FloatLayer}[name]
             kw[name] = [_build(item_cls, f"{key}.{i}.", arrays, meta)
                         for i in range(meta[key]["list"])]
+        elif isinstance(entry, dict) and "class" in entry:
+            kw[name] = _build(_CLASSES[entry["class"]], key + ".", arrays, meta)
         elif key in meta:
-            v = meta[key]
-            kw[name] = tuple(v) if isinstance(v, list) else v
+            kw[name] = _tuple(entry)
         elif name == "shape":
             kw[name] = _build(dec.DecoderShape, key + ".", arrays, meta)
         elif any(k.startswith(key + ".") for k in arrays):
@@ -175,18 +192,24 @@ def _build(cls, prefix: str, arrays, meta):
     return cls(**kw)
 
 
+def _tuple(v):
+    """A JSON entry as the field held it: lists (tuples when written) as tuples, nested too."""
+    return tuple(_tuple(x) for x in v) if isinstance(v, list) else v
+
+
 # -- saving and loading -----------------------------------------------------------------------
 
 def save_decoder(obj, path: Path) -> None:
-    """Write a FloatDecoder or QDecoder as ``path.npz`` (arrays) + ``path.json`` (the rest).
+    """Write a FloatDecoder, QDecoder, FloatMamba or QMamba as ``path.npz`` (arrays) +
+    ``path.json`` (the rest).
 
     The same decoder gives the same bytes (:func:`write_npz`: fixed zip timestamps). A float
     decoder is written a layer at a time (:class:`FloatDecoderWriter`).
 
     Parameters
     ----------
-    obj : FloatDecoder or QDecoder
-        The decoder.
+    obj : FloatDecoder, QDecoder, FloatMamba or QMamba
+        The model.
     path : pathlib.Path
         The files' common name; its suffix is replaced by ``.npz`` and ``.json``.
     """
@@ -274,8 +297,8 @@ def load_saved_decoder(path: Path):
 
     Returns
     -------
-    FloatDecoder or QDecoder
-        The decoder, every array in memory.
+    FloatDecoder, QDecoder, FloatMamba or QMamba
+        The model, every array in memory.
 
     Raises
     ------
@@ -286,7 +309,7 @@ def load_saved_decoder(path: Path):
     meta = json.loads(path.with_suffix(".json").read_text())
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    cls = {"QDecoder": dec.QDecoder, "FloatDecoder": dec.FloatDecoder}[meta.pop("__class__")]
+    cls = _CLASSES[meta.pop("__class__")]
     obj = _build(cls, "", arrays, meta)
     return check_decoder(dec.freeze_decoder(obj)) if cls is dec.QDecoder else obj
 

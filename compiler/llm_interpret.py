@@ -417,17 +417,18 @@ def golden_generate(qd: QDecoder, prompt: list[int], new_tokens: int) -> GoldenR
 
 
 def top1_agreement(fd: FloatDecoder, qd: QDecoder, prompt: list[int],
-                   tokens: list[int]) -> float:
+                   tokens: list[int], forward=None) -> float:
     """Fraction of golden tokens that the float model would also pick (teacher-forced).
 
-    Runs :func:`float_forward` on ``prompt + tokens[:-1]``; position ``T-1+j`` (``T`` the
-    prompt length) predicts ``tokens[j]``. ``qd`` is not run (``tokens`` are its output); it
-    is taken for symmetry with the callers that have both.
+    Runs :func:`float_forward` (or ``forward(fd, ids)``, another family's float logits) on
+    ``prompt + tokens[:-1]``; position ``T-1+j`` (``T`` the prompt length) predicts
+    ``tokens[j]``. ``qd`` is not run (``tokens`` are its output); it is taken for symmetry with
+    the callers that have both.
     """
     tokens = [int(t) for t in tokens]
     if not tokens:
         return 1.0
     prompt = [int(t) for t in prompt]
-    logits = float_forward(fd, prompt + tokens[:-1])
+    logits = (forward or float_forward)(fd, prompt + tokens[:-1])
     pred = np.argmax(logits[len(prompt) - 1:], axis=-1)
     return float(np.mean(pred == np.asarray(tokens)))

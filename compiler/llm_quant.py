@@ -72,20 +72,15 @@ from .decoder import (
 )
 from .errors import CompileError
 from .llm_interpret import (
-    KVCache,
     embed_rows,
     float_block,
-    float_forward,
     float_head,
-    golden_generate,
-    golden_step,
     rope_float,
 )
-from .llm_interpret import top1_agreement as _top1
 from .passes import INT4_MAX_ERROR, int4_error
 from .spec import check_decoder
 
-__all__ = ["quantize_decoder", "DecoderQuantizer", "quant_report", "ternarize_decoder",
+__all__ = ["quantize_decoder", "DecoderQuantizer", "ternarize_decoder",
            "gamma_codes", "DECODER_WEIGHTS", "LM_HEAD_WEIGHTS", "TERNARY_LINEARS",
            "CALIB_SEQUENCES", "CALIB_TOKENS"]
 
@@ -583,38 +578,3 @@ def _silu_params(s_u: float, s_h: float) -> tuple[int, int]:
     return multiplier(s_u / (256.0 * s_h))
 
 
-def quant_report(fd: FloatDecoder, qd: QDecoder, seed: int = 0) -> dict:
-    """Golden-vs-float error on a held-out random sequence (not the calibration data).
-
-    Returns
-    -------
-    dict
-        ``tokens`` (sequence length), ``cosine`` (mean over positions of the cosine similarity
-        of dequantized golden logits and float logits), ``cosine_min``, ``max_abs_err`` (float
-        logit units), ``logit_absmax`` (float), ``top1`` (fraction of positions whose argmax
-        agree), ``greedy_top1`` (teacher-forced agreement of 8 golden-generated tokens after an
-        8-token prompt, :func:`compiler.llm_interpret.top1_agreement`), ``seed``.
-    """
-    rng = np.random.default_rng([seed, 1])  # calibration uses [seed, 0]: held out
-    t = min(CALIB_TOKENS, qd.max_context)
-    ids = rng.integers(0, fd.shape.vocab, t)
-    ref = float_forward(fd, ids)
-    got = golden_step(qd, ids.tolist(), 0, KVCache.empty(qd)).astype(np.float64) * \
-        qd.scales["logits"]
-    num = np.sum(ref * got, axis=-1)
-    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
-    n_prompt = min(8, max(1, qd.max_context // 2))
-    n_new = min(8, qd.max_context - n_prompt + 1)
-    prompt = ids[:n_prompt].tolist()
-    run = golden_generate(qd, prompt, n_new)
-    return {
-        "tokens": int(t),
-        "cosine": float(np.mean(cos)),
-        "cosine_min": float(np.min(cos)),
-        "max_abs_err": float(np.max(np.abs(got - ref))),
-        "logit_absmax": float(np.max(np.abs(ref))),
-        "top1": float(np.mean(np.argmax(got, axis=-1) == np.argmax(ref, axis=-1))),
-        "greedy_top1": _top1(fd, qd, prompt, run.tokens),
-        "seed": int(seed),
-    }

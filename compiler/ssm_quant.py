@@ -43,8 +43,8 @@ from .ssm import FloatMamba, SsmShape
 from .ssm_interpret import mamba_record
 
 __all__ = ["QMambaLayer", "QMamba2Layer", "QMamba", "QMambaState", "quantize_mamba",
-           "qmamba_logits", "rotation", "rotate_residual", "qmamba_step", "CALIB_SEQUENCES",
-           "CALIB_TOKENS"]
+           "qmamba_logits", "qmamba_run", "qmamba_step", "rotation", "rotate_residual",
+           "CALIB_SEQUENCES", "CALIB_TOKENS"]
 
 #: Calibration: random token sequences of this many tokens.
 CALIB_SEQUENCES = 4
@@ -385,7 +385,9 @@ def _block2(s: SsmShape, ly: QMamba2Layer, x, hist, h, abits: int):
     return _out(ly, gn, x, abits), hist, h
 
 
-def _run(qm: QMamba, ids, state: QMambaState):
+def qmamba_run(qm: QMamba, ids, state: QMambaState):
+    """``(int8 logits [len(ids), vocab], the state after them)`` of the tokens ``ids`` run from
+    ``state`` (not modified)."""
     x = qm.embed[np.asarray(ids, dtype=np.int64).reshape(-1)]
     conv, ssm = [], []
     for i, ly in enumerate(qm.layers):
@@ -401,10 +403,10 @@ def _run(qm: QMamba, ids, state: QMambaState):
 
 def qmamba_logits(qm: QMamba, ids) -> np.ndarray:
     """int8 logits ``[len(ids), vocab]`` of the tokens ``ids`` from the empty state."""
-    return _run(qm, ids, QMambaState.empty(qm))[0]
+    return qmamba_run(qm, ids, QMambaState.empty(qm))[0]
 
 
 def qmamba_step(qm: QMamba, state: QMambaState, token_id: int):
     """One token of integer decode: ``(int8 logits [vocab], the state after it)``."""
-    logits, new = _run(qm, [int(token_id)], state)
+    logits, new = qmamba_run(qm, [int(token_id)], state)
     return logits[0], new

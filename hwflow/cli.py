@@ -46,13 +46,17 @@ def _compile_decoder(args) -> int:
                              trust_model=args.trust_model, boards_dir=args.boards_dir,
                              weights=args.weights, lm_head=args.lm_head)
     s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
+    blocks = (f"{s['d_inner']} inner channels, {s['d_state']} states" if "d_state" in s else
+              f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}")
     print(f"compiled {r['model']} ({r['family']}, {r['weights']} weights, {r['lm_head']} LM "
-          f"head: {s['layers']} layers, hidden {s['hidden']}, "
-          f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab {s['vocab']}) for "
-          f"{r['board']}, max context {r['max_context']}")
+          f"head: {s['layers']} layers, hidden {s['hidden']}, {blocks}, vocab {s['vocab']}) "
+          f"for {r['board']}, max context {r['max_context']:,}")
+    versus = ("the same decode program at every position (a recurrent state, no KV cache)"
+              if r["naive_program_bytes"] is None else
+              f"one program per length would take {r['naive_program_bytes']:,} B "
+              f"({r['program_reduction']:.0f}x more)")
     print(f"programs: 1 decode ({p['decode']['bytes']} B) + {p['prefill']['count']} prefill "
-          f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B); one program per length "
-          f"would take {r['naive_program_bytes']:,} B ({r['program_reduction']:.0f}x more)")
+          f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B); {versus}")
     print(f"golden vs float logits: cosine {q['cosine']:.5f}, top-1 agreement {q['top1']:.3f}")
     for note in r.get("config_notes", []):
         print(f"note: {note}")

@@ -65,19 +65,19 @@ DEFAULT_PROMPT_LEN = 8
 # -- compile ---------------------------------------------------------------------------------
 
 def _load(model, example, trust_model, max_context, td: Path, stream: bool = False):
-    """The float decoder (``example``: written into ``td`` first); ``stream``: its blocks
-    recognised as they are read (``compiler.llm_frontend.open_decoder``: ``td`` must then
-    outlive the reading), else all of them now."""
+    """The float model, a decoder or a Mamba (``compiler.lm.open_model``; ``example``:
+    written into ``td`` first); ``stream``: a decoder's blocks recognised as they are read
+    (``td`` must then outlive the reading), else all of them now."""
     from hwflow.compiler.errors import CompileError
-    from hwflow.compiler.llm_frontend import load_decoder, open_decoder
+    from hwflow.compiler.lm import open_model
 
     if example is not None:
         from hwflow.llm_examples import write_example
 
         model = write_example(example, td / example)
     try:
-        return (open_decoder if stream else load_decoder)(model, trust_model=trust_model,
-                                                          max_context=max_context)
+        return open_model(model, trust_model=trust_model, max_context=max_context,
+                          stream=stream)
     except CompileError as e:
         raise HwflowError(str(e)) from None
 
@@ -95,8 +95,10 @@ def compile_decoder(model=None, example=None, board="u280", out=None, max_contex
                     trust_model=False, boards_dir=None, weights=None, config_overrides=None,
                     lm_head=None):
     """Compile a LLaMA-family or BitNet decoder (Hugging Face folder or torch.export archive)
-    into a build folder: :data:`DECODER_STEPS`, then the folder; returns ``(out_path,
-    report)``.
+    or a Mamba (Hugging Face folder) into a build folder: :data:`DECODER_STEPS`, then the
+    folder; returns ``(out_path, report)``. A Mamba runs the same steps (``compiler.lm``
+    answers for either family): int8 or int4 weights with LightMamba's rotations
+    (``compiler.ssm_quant``), the state-space units sized for it (``size``).
 
     ``weights``: ``"int8"``, ``"int4"``, ``"mixed"`` or ``"ternary"`` block linears
     (``compiler.llm_quant``); default ternary for BitNet models, int8 otherwise. Ternary layers
@@ -180,7 +182,7 @@ class DecoderJob:
     name: str = ""
     source: str = ""
     family: str = ""
-    shape: object = None            # DecoderShape
+    shape: object = None            # DecoderShape, or a Mamba's SsmShape
     notes: list = dataclasses.field(default_factory=list)
     resources: dict | None = None   # configure, size
     qd: object = None               # quantize: QDecoder
@@ -192,6 +194,13 @@ class DecoderJob:
     verilog: str = ""               # rtl
     report: dict | None = None      # report
     _tmp: object = None             # an example's folder, read while quantizing
+
+    @property
+    def state_space(self) -> bool:
+        """A Mamba (``compiler.ssm``): a recurrent state, no KV cache."""
+        from hwflow.compiler.ssm import SsmShape
+
+        return isinstance(self.shape, SsmShape)
 
     def close(self) -> None:
         """Remove the example's temporary folder (after the last step, or a failed one)."""
@@ -213,8 +222,17 @@ def load(job: DecoderJob) -> None:
     if job.example is not None:     # not the temporary folder it was written to: same bytes
         fd = dataclasses.replace(fd, source=f"example:{job.example}")
     job.fd, job.name, job.source = fd, job.example or fd.name, fd.source
-    job.shape, job.max_context = fd.shape, fd.max_context
-    if job.weights is None and fd.ternary_weights:
+    job.shape = fd.shape
+    if job.state_space:
+        from hwflow.compiler.lm import max_context
+
+        if job.max_context is not None:
+            job.notes.append(f"--max-context {job.max_context} ignored: a state-space model's "
+                             "state does not grow with the context")
+        job.max_context = max_context(fd)
+    else:
+        job.max_context = fd.max_context
+    if job.weights is None and getattr(fd, "ternary_weights", False):
         job.weights = "ternary"
         job.notes.append("the block linears are ternary in the checkpoint (0/+-s per tensor): "
                          "compiled as ternary on the table-lookup engine (--weights int8 to "
@@ -230,7 +248,8 @@ def configure(job: DecoderJob) -> None:
         raise HwflowError(f"board {brd.name}'s accelerator has no transformer units (SFU and "
                           "attention; `engine: transformer: false` in its YAML); choose a "
                           "larger board such as u280 or kv260")
-    check_context_fits(job.shape, job.max_context, brd)
+    if not job.state_space:
+        check_context_fits(job.shape, job.max_context, brd)
     if not job.shape_only:          # the shape-only prediction reports the fit, it does not refuse
         job.resources = check_fit(job.cfg, brd)
 
@@ -244,6 +263,9 @@ def quantize(job: DecoderJob) -> None:
 
     stage = job.stage if job.stage is not None else Path(job._tmp.name)
     (stage / "decoder").mkdir()
+    if job.state_space:
+        _quantize_mamba(job, stage / "decoder" / "float")
+        return
     fd, job.fd = job.fd, None
     try:
         # the float decoder is written and quantized a layer at a time; the float32 embedding
@@ -263,6 +285,30 @@ def quantize(job: DecoderJob) -> None:
     except CompileError as e:
         raise HwflowError(str(e)) from None
     job.close()                     # the example's folder is read
+
+
+#: ``--weights`` a Mamba takes: its linears' weight bits (LightMamba's rotations either way).
+MAMBA_WEIGHTS = {"int8": 8, "int4": 4}
+
+
+def _quantize_mamba(job: DecoderJob, float_path: Path) -> None:
+    """Step ``quantize`` of a Mamba: the float model written to ``float_path``, then
+    quantized (``compiler.ssm_quant.quantize_mamba``: static scales from a seeded calibration
+    run, the residual stream rotated and the out-projection's input Hadamard-transformed;
+    8-bit activations, int8 or int4 weights)."""
+    from hwflow.compiler.ssm_quant import quantize_mamba
+
+    weights = job.weights or "int8"
+    if weights not in MAMBA_WEIGHTS:
+        raise HwflowError(f"--weights {weights}: a Mamba takes {', '.join(MAMBA_WEIGHTS)}")
+    if job.lm_head not in (None, weights):
+        raise HwflowError(f"--lm-head {job.lm_head}: a Mamba's LM head has its linears' "
+                          f"weights ({weights}); leave --lm-head out")
+    fm, job.fd = job.fd, None
+    save_decoder(fm, float_path)
+    job.qd = quantize_mamba(fm, wbits=MAMBA_WEIGHTS[weights])
+    job.family, job.weights = fm.family, weights
+    job.close()
 
 
 def size(job: DecoderJob) -> None:
@@ -295,11 +341,13 @@ def size(job: DecoderJob) -> None:
 
 
 def check(job: DecoderJob) -> None:
-    """Step ``check``: the golden (integer) decoder against the float one
-    (``compiler.llm_quant.quant_report``), the float read back a layer at a time."""
-    from hwflow.compiler.llm_quant import quant_report
+    """Step ``check``: the golden (integer) model against the float one
+    (``compiler.lm.quant_report``), a decoder's float read back a layer at a time."""
+    from hwflow.compiler.lm import quant_report
 
-    job.quality = quant_report(open_saved_decoder(job.stage / "decoder" / "float"), job.qd)
+    path = job.stage / "decoder" / "float"
+    fm = load_saved_decoder(path) if job.state_space else open_saved_decoder(path)
+    job.quality = quant_report(fm, job.qd)
 
 
 def lower(job: DecoderJob) -> None:
@@ -324,19 +372,32 @@ def report(job: DecoderJob) -> None:
     s, lw, brd = job.qd.shape, job.lw, job.board
     job.report = {
         "model": job.name, "kind": "decoder", "source": job.source, "family": job.family,
-        "weights": job.weights, "lm_head": job.qd.weight_formats["lm_head"]["weights"],
+        "weights": job.weights,
+        "lm_head": job.weights if job.state_space else
+        job.qd.weight_formats["lm_head"]["weights"],
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": job.cfg.to_dict(), "config_notes": job.notes, "shape": s.to_dict(),
-        "max_context": lw.max_context,
-        "parameters": int(s.vocab * s.hidden * 2 + s.layers * (
-            s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden
-            + 3 * s.hidden * s.intermediate)),
+        "max_context": lw.max_context, "parameters": _parameters(s),
         **_program_report(lw, len(lw.image)),
         "golden_vs_float": job.quality,
         "resources": job.resources,
     }
     if job.sizing is not None:
         job.report["tlmm"] = {**lw.reports["tlmm"], "sizing": job.sizing}
+
+
+def _parameters(s) -> int:
+    """Parameters of a model of shape ``s`` (a decoder's, or a Mamba's ``SsmShape``): the
+    linears, the embedding and the LM head (counted twice when tied), a Mamba's conv, A, D
+    and biases; norms left out."""
+    if hasattr(s, "d_state"):
+        C = s.d_inner
+        return int(s.vocab * s.hidden * 2 + s.layers * (
+            s.hidden * 2 * C + C * s.d_conv + C * (s.dt_rank + 2 * s.d_state) + s.dt_rank * C
+            + C * s.d_state + 3 * C + C * s.hidden))
+    return int(s.vocab * s.hidden * 2 + s.layers * (
+        s.hidden * (s.heads + 2 * s.kv_heads) * s.head_dim + s.heads * s.head_dim * s.hidden
+        + 3 * s.hidden * s.intermediate))
 
 
 def _program_report(lw, image_bytes: int) -> dict:
@@ -543,6 +604,10 @@ def predict_build(out, boards_dir=None, fit=None) -> dict:
         raise HwflowError(f"{out} holds a {conf.get('kind', 'mlp')} build; hwflow predict is "
                           "for language-model (decoder) builds")
     brd = load_board(conf["board"], boards_dir)
+    if conf.get("accel", {}).get("ssm_states"):
+        raise HwflowError(f"{out} holds a state-space (Mamba) build; hwflow predict has no "
+                          "cycle-model terms for its CONV, SCAN and HADAMARD instructions yet "
+                          "(hwflow sim measures its cycles)")
     if conf.get("shape_only"):
         lw, shape, ternary = _shape_only_lowering(conf)
     else:
@@ -570,7 +635,7 @@ def _engines_per_layer(linears: list) -> dict:
 def _write_testbench(tb: Path, qd, lw) -> None:
     """The build folder's standalone testbench (``sim.runner.write_standalone_testbench``):
     the default prompt and decode runs, each run's logits row as golden computes it."""
-    from hwflow.compiler.llm_interpret import golden_generate
+    from hwflow.compiler.lm import golden_generate
     from hwflow.sim.runner import rtl_jobs, write_standalone_testbench
 
     new_tokens = max(1, min(DEFAULT_NEW_TOKENS, lw.max_context - DEFAULT_PROMPT_LEN))

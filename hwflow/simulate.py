@@ -298,7 +298,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
                      waves: bool = False) -> dict:
     """Prefill + ``new_tokens`` greedy decode steps of build folder ``out`` on the RTL; writes
     and returns ``reports/sim.json``'s content."""
-    from hwflow.compiler.llm_interpret import float_generate, golden_generate, top1_agreement
+    from hwflow.compiler.lm import float_generate, golden_generate, max_context, top1_agreement
     from hwflow.mapping.llm_lower import lower_decoder
     from hwflow.sim.isa_model import run_host_steps
     from hwflow.sim.runner import rtl_jobs
@@ -312,7 +312,7 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
     cfg = AccelConfig(**conf["accel"])
     qd = load_saved_decoder(out / "decoder" / "quantized")
     fd = load_saved_decoder(out / "decoder" / "float")
-    vocab = qd.shape.vocab
+    vocab, ctx = qd.shape.vocab, max_context(qd)
     if new_tokens < 1:
         raise HwflowError(f"--new-tokens {new_tokens}: give at least 1 decode step")
     if prompt is not None:
@@ -321,14 +321,14 @@ def simulate_decoder(out, prompt: str | None = None, prompt_len: int | None = No
         n = DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len
         if n < 1:
             raise HwflowError(f"--prompt-len {n}: give at least 1 token")
-        if n + new_tokens > qd.max_context:     # before drawing n random ids (n may be 10^9)
+        if n + new_tokens > ctx:     # before drawing n random ids (n may be 10^9)
             raise HwflowError(f"--prompt-len {n} + {new_tokens} decode steps exceed the "
-                              f"build's max context of {qd.max_context}; recompile with a "
+                              f"build's max context of {ctx}; recompile with a "
                               "larger --max-context or shorten the run")
         ids = default_prompt(vocab, n, seed)
-    if len(ids) + new_tokens > qd.max_context:
+    if len(ids) + new_tokens > ctx:
         raise HwflowError(f"{len(ids)} prompt tokens + {new_tokens} decode steps exceed the "
-                          f"build's max context of {qd.max_context}; recompile with a larger "
+                          f"build's max context of {ctx}; recompile with a larger "
                           "--max-context or shorten the run")
     image = (out / "memory_image.bin").read_bytes()
     lw = lower_decoder(qd, cfg)

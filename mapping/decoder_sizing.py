@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from hwflow.compiler.decoder import DecoderShape
 from hwflow.compiler.llm_config import ConfigShape, shape_decoder
+from hwflow.compiler.ssm_quant import QMamba
 from hwflow.hw.isa import Opcode, field_max
 
 from .accel_config import (
@@ -24,7 +25,14 @@ from .accel_config import (
     tlmm_config,
 )
 from .errors import MappingError
-from .llm_lower import MIN_BUCKET, act_row_words, lower_decoder, tlmm_outputs
+from .llm_lower import (
+    MIN_BUCKET,
+    SSM_EXACT,
+    act_row_words,
+    lower_decoder,
+    ssm_units,
+    tlmm_outputs,
+)
 from .weight_format import DENSE_INT8, ring_reserve
 
 __all__ = ["size_buffers", "tlmm_engine", "lower_shape", "ACT_ADDR_WORDS"]
@@ -94,12 +102,33 @@ def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[st
     cannot hold the model is enlarged, and the fit check then decides whether the board can
     hold that."""
     notes = []
-    for step in (lambda c: _size_weight_depth(qd, c, ternary),
+    for step in (lambda c: _size_ssm(qd, c), lambda c: _size_weight_depth(qd, c, ternary),
                  lambda c: _size_act_depth(qd, c, board), lambda c: _size_tlmm_acc(qd, c)):
         cfg, why = step(cfg)
         notes += [why] if why else []
     cfg, placed = place_memories(cfg, board)
     return cfg, notes + placed
+
+
+def _size_ssm(qd, cfg) -> tuple:
+    """``cfg`` with the state-space units a Mamba needs (``mapping.llm_lower.ssm_units``: its
+    states, taps and every layer's state on chip; the Hadamard unit's largest block at least
+    ``chain_len``, its smallest), and why it changed (or None; a decoder: unchanged)."""
+    if not isinstance(qd, QMamba):
+        return cfg, None
+    need = ssm_units(qd, cfg.chain_len)
+    need["hadamard_block"] = max(need["hadamard_block"], cfg.chain_len)
+    units = {k: v if k in SSM_EXACT else max(v, getattr(cfg, k)) for k, v in need.items()}
+    if all(getattr(cfg, k) == v for k, v in units.items()):
+        return cfg, None
+    s = qd.shape
+    state_kb = units["ssm_channels"] * units["ssm_states"] * 4 / 1024
+    hist_kb = units["conv_words"] * (units["conv_taps"] - 1) * cfg.chain_len / 1024
+    return replace(cfg, **units), (
+        f"state-space units sized for the model: {s.d_state} states, {s.d_conv} taps, "
+        f"{units['ssm_channels']} scan channels ({s.layers} layers x {s.d_inner}: the int32 "
+        f"state, {state_kb:,.1f} KiB on chip), {units['conv_words']} conv words (history "
+        f"{hist_kb:,.1f} KiB), Hadamard blocks to {units['hadamard_block']}")
 
 
 def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
@@ -109,7 +138,12 @@ def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
     two (LLaMA-2-7B's down, K = 11008, needs 1380 entries at L = 16: 2048)."""
     s, L, SB = qd.shape, cfg.chain_len, cfg.beat_bytes
     ew = -(-s.hidden // SB) * SB // L
-    widths = [ew] if ternary else [ew, s.heads * -(-s.head_dim // L), -(-s.intermediate // L)]
+    if isinstance(qd, QMamba):      # in- (hidden), x and out (d_inner), dt (dt_rank) projections
+        widths = [ew, -(-s.d_inner // L), -(-s.dt_rank // L)]
+    elif ternary:
+        widths = [ew]
+    else:
+        widths = [ew, s.heads * -(-s.head_dim // L), -(-s.intermediate // L)]
     need = 2 * max(ring_reserve(cfg, DENSE_INT8, k) for k in widths)
     if cfg.weight_depth >= need:
         return cfg, None

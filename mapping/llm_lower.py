@@ -100,7 +100,7 @@ from .ternary_format import row_read_words
 __all__ = ["ActPlan", "ProgramInfo", "IoLayout", "KvLayout", "LoweredDecoder", "HostStep",
            "lower_decoder", "act_row_words", "decode_memory_writes", "read_logits", "prompt_runs",
            "program_instructions", "naive_program_bytes", "AttnPass", "attention_passes",
-           "attention_instructions", "kv_cache_bytes", "tlmm_outputs"]
+           "attention_instructions", "kv_cache_bytes", "tlmm_outputs", "ssm_units", "SSM_EXACT"]
 
 #: Smallest default prefill bucket (rows); smaller buckets only when 8 rows do not fit.
 MIN_BUCKET = 8
@@ -489,7 +489,8 @@ class LoweredDecoder:
     max_context : int
     reports : dict
         ``programs`` (``{"decode": {"count", "bytes"}, "prefill": {"buckets", "count",
-        "bytes"}}``), ``naive_program_bytes``, ``program_reduction``, ``act_plans``,
+        "bytes"}}``), ``naive_program_bytes``, ``program_reduction`` (None for a recurrent
+        model: its programs never depend on the position), ``act_plans``,
         ``layers`` (per linear: format, k_words, n_tiles, bytes).
     """
 
@@ -941,24 +942,36 @@ def _buckets(geo: _Geometry, cfg: AccelConfig, max_context: int, prompt_buckets)
 
 # -------------------------------------------------------------------------------- lower
 
+def ssm_units(qd, chain_len: int) -> dict:
+    """The state-space units Mamba ``qd`` (a QMamba or its graph) needs on an engine of
+    ``chain_len`` lanes, every layer's state on chip: ``{AccelConfig field: value}`` for
+    ``ssm_states`` and ``conv_taps`` (exactly), ``ssm_channels``, ``conv_words`` and
+    ``hadamard_block`` (at least: the largest Hadamard block, 0 without rotation)."""
+    g = _as_graph(qd)
+    s = _shape(g)
+    blocks = [1 << op_of(g, n).attrs["lgb"] for n in g.graph["schedule"]
+              if op_of(g, n).kind == "hadamard"]
+    return {"ssm_states": s.d_state, "conv_taps": s.d_conv,
+            "ssm_channels": s.layers * s.d_inner,
+            "conv_words": s.layers * _cdiv(s.conv_dim, chain_len),
+            "hadamard_block": max(blocks, default=0)}
+
+
+#: The :func:`ssm_units` fields the units must equal (the rest: hold at least).
+SSM_EXACT = ("ssm_states", "conv_taps")
+
+
 def _check_ssm(g: Graph, cfg: AccelConfig) -> None:
     """A Mamba's state-space units must be built to its shape and hold every layer's
-    state (``AccelConfig.ssm_*``, ``conv_*``, ``hadamard_block``)."""
-    s = _shape(g)
+    state (:func:`ssm_units`)."""
     name = g.graph["name"]
     if not cfg.ssm:
         raise MappingError(f"'{name}' is a state-space model and this accelerator has no "
                            "state-space units (AccelConfig.ssm_states = 0)")
-    beats = _cdiv(s.conv_dim, cfg.chain_len)
-    blocks = [1 << op_of(g, n).attrs["lgb"] for n in g.graph["schedule"]
-              if op_of(g, n).kind == "hadamard"]
-    for what, need, have in (("ssm_states", s.d_state, cfg.ssm_states),
-                             ("conv_taps", s.d_conv, cfg.conv_taps)):
-        if need != have:
+    for what, need in ssm_units(g, cfg.chain_len).items():
+        have = getattr(cfg, what)
+        if what in SSM_EXACT and need != have:
             raise MappingError(f"'{name}' needs {what} = {need}, the accelerator has {have}")
-    for what, need, have in (("ssm_channels", s.layers * s.d_inner, cfg.ssm_channels),
-                             ("conv_words", s.layers * beats, cfg.conv_words),
-                             ("hadamard_block", max(blocks, default=0), cfg.hadamard_block)):
         if need > have:
             raise MappingError(f"'{name}' needs {what} >= {need} (every layer's state on "
                                f"chip), the accelerator has {have}")
@@ -1201,15 +1214,18 @@ def lower_decoder(qd, cfg: AccelConfig, prompt_buckets=None,
                           version=DECODER_IMAGE_VERSION)
 
     decode = infos.pop("decode")
-    naive = naive_program_bytes(s.layers, T, max_rows, instructions=n_instr)
+    # a recurrent model's programs do not depend on the position at all: no program per
+    # length to compare with
+    naive = None if mamba else naive_program_bytes(s.layers, T, max_rows,
+                                                   instructions=n_instr)
     shared = decode.nbytes + sum(p.nbytes for p in infos.values())
     reports = {
         "programs": {"decode": {"count": 1, "bytes": decode.nbytes},
                      "prefill": {"buckets": list(buckets), "count": len(buckets),
                                  "bytes": sum(p.nbytes for p in infos.values())}},
-        "naive_program_bytes": naive["total_bytes"],
+        "naive_program_bytes": naive and naive["total_bytes"],
         "naive_programs": naive,
-        "program_reduction": naive["total_bytes"] / shared,
+        "program_reduction": naive and naive["total_bytes"] / shared,
         "act_plans": {"decode": decode.plan.to_dict()}
         | {f"prefill{b}": p.plan.to_dict() for b, p in infos.items()},
         "act_words_per_row": geo.words_per_row,

@@ -9,7 +9,8 @@ import torch
 from hwflow.compiler.errors import CompileError
 from hwflow.compiler.llm_frontend import load_decoder
 from hwflow.compiler.llm_interpret import KVCache, float_forward, golden_step
-from hwflow.compiler.llm_quant import quant_report, quantize_decoder, ternarize_decoder
+from hwflow.compiler.llm_quant import quantize_decoder, ternarize_decoder
+from hwflow.compiler.lm import quant_report
 from hwflow.golden import ternary as gt
 from hwflow.llm_examples import LLM_EXAMPLES, write_example, write_tiny_bitnet
 

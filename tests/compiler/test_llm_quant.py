@@ -9,7 +9,8 @@ import pytest
 
 from hwflow.compiler.errors import CompileError
 from hwflow.compiler.llm_frontend import load_decoder
-from hwflow.compiler.llm_quant import quant_report, quantize_decoder
+from hwflow.compiler.llm_quant import quantize_decoder
+from hwflow.compiler.lm import quant_report
 from hwflow.golden import llm as gl
 
 from .llm_models import tiny_llama
