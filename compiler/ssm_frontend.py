@@ -271,6 +271,8 @@ def load_mamba(folder) -> FloatMamba:
                             "*.safetensors, as save_pretrained writes them)")
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()   # hwflow prints its own summary
+    transformers.utils.logging.set_verbosity_error()    # the kernels' "falling back" notes
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, dtype=torch.float32)

@@ -162,7 +162,9 @@ class HadamardExec(wiring.Component):
                 m.d.sync += w_word.eq(w_word + 1)
 
         with m.If(self.start):
-            m.d.sync += [r_row.eq(0), r_beat.eq(0), r_base.eq(f.a), r_more.eq(f.rows != 0),
+            # n = 0: no beat to read (the rows' words are all padding, written 0)
+            m.d.sync += [r_row.eq(0), r_beat.eq(0), r_base.eq(f.a),
+                         r_more.eq((f.rows != 0) & (f.n != 0)),
                          pending.eq(0), w_row.eq(0), w_word.eq(0), w_base.eq(f.out),
                          w_more.eq(f.rows != 0), o_chan.eq(0), self.busy.eq(1)]
         with m.Elif(self.busy & ~w_more & ~r_more & ~pending):

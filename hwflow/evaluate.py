@@ -184,8 +184,10 @@ def _source_tokenizer(source: str):
 def _weights(qd) -> tuple[str, dict]:
     """The weight precision golden runs (``int8``, ``int4``, ``ternary``, or ``mixed`` for a
     mix of int4 and int8) and the count of linears per format, from the QLinears themselves."""
-    linears = [qd.lm_head] + [getattr(ly, n) for ly in qd.layers
-                              for n in ("q", "k", "v", "o", "gate", "up", "down")]
+    from hwflow.compiler.decoder import QLinear
+
+    linears = [qd.lm_head] + [v for ly in qd.layers for v in vars(ly).values()
+                              if isinstance(v, QLinear)]
     counts: dict = {}
     for ql in linears:
         f = "ternary" if ql.ternary else "int4" if ql.w4 is not None else "int8"
@@ -226,7 +228,7 @@ def evaluate_build(out, text=None, tokens=None, max_tokens: int | None = None) -
         tokens, ``max_tokens < 1``.
     """
     from hwflow.compiler.decoder_io import load_saved_decoder
-    from hwflow.compiler.llm_interpret import KVCache, float_forward, golden_step
+    from hwflow.compiler.lm import float_logits, golden_logits, max_context
     from hwflow.golden.int4 import GROUP
 
     out = Path(out)
@@ -244,7 +246,7 @@ def evaluate_build(out, text=None, tokens=None, max_tokens: int | None = None) -
                           "compile the model's weights (its Hugging Face folder) to evaluate it")
     qd = load_saved_decoder(out / "decoder" / "quantized")
     fd = load_saved_decoder(out / "decoder" / "float")
-    vocab, context = qd.shape.vocab, qd.max_context
+    vocab, context = qd.shape.vocab, max_context(qd)
     if context < 2:
         raise HwflowError(f"{out} was compiled with a max context of {context}: no position has "
                           "a next token to predict; recompile with --max-context 2 or more")
@@ -266,8 +268,8 @@ def evaluate_build(out, text=None, tokens=None, max_tokens: int | None = None) -
     for a, b in wins:
         w = ids[a:b]
         target = w[1:]
-        f_logits = float_forward(fd, w)[:-1]
-        g_logits = golden_step(qd, w.tolist(), 0, KVCache.empty(qd))[:-1].astype(np.float64)
+        f_logits = float_logits(fd, w)[:-1]
+        g_logits = golden_logits(qd, w)[:-1].astype(np.float64)
         g_logits *= scale
         nll_f.append(next_token_nll(f_logits, target))
         nll_g.append(next_token_nll(g_logits, target))

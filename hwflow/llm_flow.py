@@ -603,11 +603,11 @@ def predict_build(out, boards_dir=None, fit=None) -> dict:
     if conf.get("kind") != "decoder":
         raise HwflowError(f"{out} holds a {conf.get('kind', 'mlp')} build; hwflow predict is "
                           "for language-model (decoder) builds")
-    brd = load_board(conf["board"], boards_dir)
     if conf.get("accel", {}).get("ssm_states"):
         raise HwflowError(f"{out} holds a state-space (Mamba) build; hwflow predict has no "
                           "cycle-model terms for its CONV, SCAN and HADAMARD instructions yet "
                           "(hwflow sim measures its cycles)")
+    brd = load_board(conf["board"], boards_dir)
     if conf.get("shape_only"):
         lw, shape, ternary = _shape_only_lowering(conf)
     else:

@@ -99,3 +99,37 @@ def test_open_saved_decoder_reads_a_layer_when_indexed(tmp_path, fd, qd):
     dio.save_decoder(qd, tmp_path / "quantized")
     with pytest.raises(ValueError, match="not a float decoder"):
         dio.open_saved_decoder(tmp_path / "quantized")
+
+
+# -- the Mamba models --------------------------------------------------------------------------
+
+def test_saved_mamba_loads_back_equal(tmp_path):
+    """A FloatMamba and a QMamba (int4, rotated: nested tuples, a None, the layer classes
+    named in the file) come back field for field, and the integer model computes the same
+    logits; saving twice gives the same bytes."""
+    from hwflow.compiler.ssm import FloatMamba
+    from hwflow.compiler.ssm_quant import QMamba, qmamba_logits, quantize_mamba
+
+    from .test_ssm_interpret import _float_mamba, _tiny_mamba
+
+    fm = _float_mamba(_tiny_mamba(0))
+    qm = quantize_mamba(fm, wbits=4)
+    for name, m in (("f", fm), ("q", qm)):
+        for run in ("a", "b"):
+            dio.save_decoder(m, tmp_path / f"{name}{run}")
+        for suffix in (".npz", ".json"):
+            assert ((tmp_path / f"{name}a").with_suffix(suffix).read_bytes()
+                    == (tmp_path / f"{name}b").with_suffix(suffix).read_bytes())
+    f2, q2 = (dio.load_saved_decoder(tmp_path / f"{n}a") for n in ("f", "q"))
+    assert type(f2) is FloatMamba and type(q2) is QMamba and q2.shape == qm.shape
+    for a, b in ((fm, f2), (qm, q2)):
+        for ly, ly2 in zip(a.layers, b.layers, strict=True):
+            assert type(ly2) is type(ly)
+            for f in dataclasses.fields(ly):
+                x, y = getattr(ly, f.name), getattr(ly2, f.name)
+                if isinstance(x, np.ndarray):
+                    np.testing.assert_array_equal(x, y)
+                elif not dataclasses.is_dataclass(x):
+                    assert x == y and type(x) is type(y), f.name
+    ids = [3, 96, 41, 0, 17]
+    np.testing.assert_array_equal(qmamba_logits(q2, ids), qmamba_logits(qm, ids))

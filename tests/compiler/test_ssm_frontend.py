@@ -77,11 +77,15 @@ def test_not_a_mamba_folder(tmp_path):
         load_mamba(tmp_path / "llama")
 
 
-def test_compile_refuses_a_mamba_folder_in_one_line(tmp_path, capfd):
-    """``hwflow compile`` of a Mamba folder: one line naming the family, nothing written (the
-    LLaMA-family frontend once crashed on MambaConfig's read-only ``layer_types``)."""
-    _save(tmp_path / "m")
+def test_compile_refuses_a_mamba2_folder_in_one_line(tmp_path, capfd):
+    """``hwflow compile`` of a Mamba-2 folder (not lowered yet): one line naming the family and
+    what is compiled, nothing written (the LLaMA-family frontend once crashed on the Mamba
+    configs' read-only ``layer_types``)."""
+    from .test_ssm_interpret import _tiny_mamba2
+
+    _tiny_mamba2(0).save_pretrained(tmp_path / "m")
     code, _out, err = run_cli(capfd, "compile", str(tmp_path / "m"), "--board", "u280",
                               "-o", str(tmp_path / "out"))
-    assert_one_line_error(code, err, "model_type 'mamba' is a state-space model")
+    assert_one_line_error(code, err, "model_type 'mamba2' is a state-space model")
+    assert "Mamba (model_type 'mamba')" in err
     assert not (tmp_path / "out").exists()

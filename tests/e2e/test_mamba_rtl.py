@@ -1,72 +1,109 @@
-"""A Mamba end to end on the RTL (Verilator): a tiny random ``MambaForCausalLM`` (hidden 40, 80
-inner channels, 6 states, 2 layers, vocabulary 97), quantized (int4 weights with LightMamba's
-rotations: every state-space instruction, HADAMARD included), lowered by the decoder's back
-half, runs a 6-token prompt (a 4-row prefill bucket and two decode-program runs: a recurrent
-prompt's runs never overlap) and 8 greedy decode steps; every run's logits equal the golden
-run's, the RTL's own tokens feed the next step and equal golden's, no activation or state byte
-crosses the memory interface, and the RTL's traffic counters equal the ISA model's.
+"""A Mamba end to end through the CLI: a tiny random ``MambaForCausalLM`` (hidden 40, 80 inner
+channels, 6 states, 2 layers, vocabulary 97) saved with ``save_pretrained`` -> ``hwflow
+compile --weights int4`` (LightMamba's rotations: every state-space instruction, HADAMARD
+included; the state-space units sized for the model by the compile) -> ``hwflow sim``
+(Verilator): an 11-token prompt (an 8-row prefill bucket, then one-token runs: a recurrent
+prompt's runs never overlap) and 8 greedy decode steps, every run's logits equal the golden
+run's, the RTL's own tokens feed the next step and equal golden's, no activation or state
+byte crosses the memory interface, and the RTL's traffic counters equal the ISA model's.
 
-Not yet through ``hwflow compile``/``sim``: the flow does not size the state-space units from a
-board (docs/architecture.md, "State-space path")."""
+The engine is a small one (a board of this file's own, so the Verilator build stays short);
+``hwflow compile`` of the same folder for the u280 is the README's figure."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from hwflow.compiler.ssm_quant import QMambaState, qmamba_step, quantize_mamba
-from hwflow.flow import accelerator_verilog
-from hwflow.hw.config import AccelConfig
-from hwflow.mapping.llm_lower import lower_decoder
-from hwflow.sim.isa_model import run_host_steps
-from hwflow.sim.runner import rtl_jobs, simulate_steps
+from hwflow.cli import main
+from hwflow.compiler.decoder_io import load_saved_decoder
+from hwflow.compiler.ssm_quant import QMambaState, qmamba_step
+from tests._cli import assert_one_line_error, run_cli
 
-from ..compiler.test_ssm_interpret import _float_mamba, _tiny_mamba
+from ..compiler.test_ssm_interpret import _tiny_mamba
 
-L = 8
+#: One 16-byte port, 4 chains of 8 (an act word of 8 channels: the 80 inner channels are 10
+#: words, the 6 states one), a vector unit of 8 lanes.
+MAMBA_BOARD = """\
+name: ssm-tiny
+description: a one-port test card for the state-space path
+vendor: xilinx
+part: xcu280-fsvh2892-2L-e
+family: virtex-ultrascale-plus-hbm
+resources: {lut: 1303680, ff: 2607360, dsp: 9024, bram: 2016, uram: 960}
+memory: {type: hbm2, channels: 1, port_bytes: 16, capacity_gb: 1, bandwidth_gbps: 4.8}
+clocks: {kernel_mhz: 300}
+flow: vitis
+engine: {chains: 4, chain_len: 8, mem_ports: 1, act_depth: 2048, weight_depth: 64,
+         transformer: true, vec_lanes: 8}
+"""
+
+PROMPT = [int(t) for t in np.arange(11) * 7 % 97]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    qm = quantize_mamba(_float_mamba(_tiny_mamba(0)), rotate=True, wbits=4)
-    s = qm.shape
-    cfg = AccelConfig(chains=4, chain_len=L, mem_ports=2, port_bytes=16, act_depth=2048,
-                      weight_depth=64, transformer=True, vec_lanes=L, ssm_states=s.d_state,
-                      ssm_channels=s.layers * s.d_inner, conv_taps=s.d_conv,
-                      conv_words=s.layers * -(-s.conv_dim // L), hadamard_block=16)
-    low = lower_decoder(qm, cfg, prompt_buckets=[4])
-    prompt = [int(t) for t in np.arange(6) * 7 % s.vocab]
-    host, steps = rtl_jobs(low, prompt, 8)
-    res = simulate_steps(cfg, accelerator_verilog(cfg), low.image, steps,
-                         tmp_path_factory.mktemp("mamba"),
-                         traffic=low.memory_map.traffic_ranges())
-    return qm, low, prompt, host, res
+def build(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mamba")
+    _tiny_mamba(0).save_pretrained(tmp / "tiny-mamba")
+    boards = tmp / "boards"
+    boards.mkdir()
+    (boards / "ssm-tiny.yaml").write_text(MAMBA_BOARD)
+    out = tmp / "build"
+    assert main(["--boards-dir", str(boards), "compile", str(tmp / "tiny-mamba"), "--board",
+                 "ssm-tiny", "--weights", "int4", "-o", str(out)]) == 0
+    assert main(["sim", str(out), "--prompt", ",".join(map(str, PROMPT)),
+                 "--new-tokens", "8"]) == 0
+    return out, json.loads((out / "reports" / "sim.json").read_text())
 
 
-def test_prompt_and_decode_are_bit_exact_in_rtl(run):
-    qm, low, prompt, host, res = run
-    assert res.passed and len(res.steps) == len(host) == 11
-    assert [(st.pos, st.rows) for st, _ in host[:3]] == [(0, 4), (4, 1), (5, 1)]
-    state, tokens, golden = QMambaState.empty(qm), list(prompt), []
-    for (st, is_decode), r in zip(host, res.steps, strict=True):
-        assert r.done and r.error == 0
-        for t in (tokens[-1:] if is_decode else prompt[st.pos:st.pos + st.tokens]):
-            want, state = qmamba_step(qm, state, t)
-        np.testing.assert_array_equal(np.frombuffer(r.regions[0], np.int8)[:qm.shape.vocab],
-                                      want)
-        if r.token is not None:             # the RTL's greedy token, fed to the next run
-            assert r.token == int(np.argmax(want))
-            tokens.append(r.token)
-            golden.append(int(np.argmax(want)))
-    assert len(golden) == 9 and len(set(golden)) > 2
+def test_the_compile_sizes_the_state_space_units(build):
+    out, _ = build
+    rep = json.loads((out / "reports" / "compile.json").read_text())
+    c = rep["config"]
+    assert (rep["family"], rep["weights"], rep["lm_head"]) == ("mamba", "int4", "int4")
+    # 6 states, 4 taps, 2 layers x 80 channels of state, 2 x 10 conv words, blocks of 16
+    assert [c[k] for k in ("ssm_states", "conv_taps", "ssm_channels", "conv_words",
+                           "hadamard_block")] == [6, 4, 160, 20, 16]
+    assert rep["naive_program_bytes"] is None
+    assert any("state-space units sized" in n for n in rep["config_notes"])
 
 
-def test_state_stays_on_chip_and_traffic_equals_the_isa_model(run):
-    qm, low, prompt, host, res = run
-    tokens = [r.token for r in res.steps if r.token is not None]
-    _, isa = run_host_steps(low.cfg, low.image, low.memory_map, host, tokens)
-    for (_, is_decode), r, want in zip(host, res.steps, isa, strict=True):
-        assert {k: v for k, v in r.traffic.items() if v} == {k: v for k, v in want.items() if v}
-        if is_decode:
-            assert {k for k, v in r.traffic.items() if v} == {
-                "weights_read", "io_read", "io_written", "program_read"}
+def test_prompt_and_decode_are_bit_exact_in_rtl(build):
+    out, sim = build
+    steps = sim["steps"]
+    assert sim["bit_exact"] and sim["completed"] and len(steps) == 4 + 8
+    assert [(s["pos"], s["rows"], s["tokens"]) for s in steps[:4]] == [
+        (0, 8, 8), (8, 1, 1), (9, 1, 1), (10, 1, 1)]
+    assert all(s["bit_exact"] and s["isa_model_bit_exact"] for s in steps)
+    # golden run here, independently of the report: the state carried token by token
+    qm = load_saved_decoder(out / "decoder" / "quantized")
+    state, tokens = QMambaState.empty(qm), []
+    for t in PROMPT:
+        logits, state = qmamba_step(qm, state, t)
+    for _ in range(9):
+        tokens.append(int(np.argmax(logits)))
+        logits, state = qmamba_step(qm, state, tokens[-1])
+    assert sim["tokens"] == sim["golden_tokens"] == tokens and len(set(tokens)) > 2
+
+
+def test_state_stays_on_chip_and_traffic_equals_the_isa_model(build):
+    _, sim = build
+    assert all(s["traffic_matches_isa_model"] for s in sim["steps"])
+    assert sim["traffic"] == sim["isa_model_traffic"]
+    assert {k for k, v in sim["traffic"]["decode"].items() if v} == {
+        "weights_read", "io_read", "io_written", "program_read"}
+
+
+def test_what_a_mamba_build_does_not_take_is_one_line(build, tmp_path, capfd):
+    """``hwflow predict`` (no cycle-model terms for the state-space instructions yet) and a
+    weight format a Mamba has no path for: one line each, nothing written."""
+    out, _ = build
+    code, _o, err = run_cli(capfd, "predict", str(out))
+    assert_one_line_error(code, err, "state-space (Mamba) build")
+    assert not (out / "reports" / "predict.json").exists()
+    code, _o, err = run_cli(capfd, "compile", str(out.parent / "tiny-mamba"), "--board", "u280",
+                            "--weights", "ternary", "-o", str(tmp_path / "t"))
+    assert_one_line_error(code, err, "--weights ternary: a Mamba takes int8, int4")
+    assert not (tmp_path / "t").exists()
