@@ -47,6 +47,9 @@ configuration (DSP and BRAM counts equal):
   block RAM. Yosys joins URAM288 deeper than one with LUT multiplexers: 424 LUTs for the
   activation buffer at L = 16, 8192 words (12 URAM288), about 1.1 per bit, copy and block
   past the first (:data:`URAM_CASCADE_LUT`), counted in the LUT estimate.
+- State-space units (``cfg.ssm``, :func:`ssm_resources`): each unit's LUT, FF and DSP from
+  Yosys runs of the unit alone at several sizes (:data:`SSM_STATE`, :data:`CONV_LANE`), the scan
+  state and conv history memories as above, the executors' requantization epilogues.
 - LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
@@ -362,6 +365,47 @@ def vector_rom_blocks(cfg: AccelConfig, bram_kbits: int = 36) -> float:
         else 0
 
 
+#: The state-space units (``hw/ssm.py``, ``hw/conv.py``, ``hw/hadamard.py``), Yosys 0.70
+#: ``synth_xilinx -family xcup`` of each unit alone (``hwflow.export.fit.xilinx_utilization``)
+#: at S = 8, 16, 32 states (1024 channels; and 16 at 5120), conv W = 8, 16 lanes with K = 2, 3,
+#: 4 taps, Hadamard W = 8, 16 lanes with blocks to 64, 256, 1024. Scan: per state ``SSM_STATE``
+#: (LUT, FF, DSP: the decay, ``decay * h``, ``dt * u * b``, ``h' * c`` paths), plus
+#: ``SSM_FIXED`` (the y and D-skip products): DSP exact at two points, one off at the third;
+#: LUT within 0.2 %, FF within 0.1 %. Conv: ``W (K + 2)`` DSP (exact: K taps, the bias-add
+#: and multiplier of the requantization), LUT ``W (409 + 33 K)`` and FF ``W (274 + 16 K)``
+#: within 1 % where its history is block RAM (4.5 % over where Yosys puts it in LUT-RAM).
+#: Hadamard: no DSP; LUT ``1.005 W lg W (8 + lg B) + 4.751 W (lg B - lg W)(8 + lg B)`` (the
+#: in-beat butterflies and the delay-feedback stages, ``8 + lg B`` bits wide), within 60;
+#: FF ``21.3 W + 0.067 W lg B (8 + lg B)``, within 14.
+SSM_STATE = {"lut": 740, "ff": 337, "dsp": 8}
+SSM_FIXED = {"lut": 490, "ff": 320, "dsp": 5}
+CONV_LANE = {"lut": (409, 33), "ff": (274, 16)}
+
+
+def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
+    """LUT, FF, DSP and block RAM of the state-space units (all 0 without ``cfg.ssm``): the
+    units (:data:`SSM_STATE`, :data:`CONV_LANE`, the Hadamard formula), their memories (the
+    scan state, ``ssm_channels`` words of ``32 S`` bits; the conv history, ``conv_words`` of
+    ``8 L (K - 1)`` bits) as :func:`memory_blocks` maps them, and the two executors'
+    requantization epilogues (``L`` each for CONV and HADAMARD, :data:`EPILOGUE_DSP` a lane).
+    The executors' own control (a few counters a unit) is not in the estimate."""
+    if not cfg.ssm:
+        return {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0}
+    S, L, K = cfg.ssm_states, cfg.chain_len, cfg.conv_taps
+    lg_w, lg_b = math.log2(L), math.log2(cfg.hadamard_block)
+    width = 8 + lg_b
+    had_lut = 1.005 * L * lg_w * width + 4.751 * L * (lg_b - lg_w) * width
+    had_ff = 21.3 * L + 0.067 * L * lg_b * width
+    lut = SSM_STATE["lut"] * S + SSM_FIXED["lut"] + L * sum(
+        c * k for c, k in zip(CONV_LANE["lut"], (1, K), strict=True)) + had_lut
+    ff = SSM_STATE["ff"] * S + SSM_FIXED["ff"] + L * sum(
+        c * k for c, k in zip(CONV_LANE["ff"], (1, K), strict=True)) + had_ff
+    dsp = SSM_STATE["dsp"] * S + SSM_FIXED["dsp"] + L * (K + 2) + 2 * L * EPILOGUE_DSP
+    bram = memory_blocks(32 * S, cfg.ssm_channels, bram_kbits) + memory_blocks(
+        8 * L * (K - 1), cfg.conv_words, bram_kbits)
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram": bram}
+
+
 def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """The analytic DSP, block RAM and URAM counts (module docstring), ``bram`` not rounded
     up."""
@@ -373,9 +417,10 @@ def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
 
     act = 0 if cfg.act_uram else ACT_READ_PORTS * L * memory_blocks(8, cfg.act_depth,
                                                                       bram_kbits)
-    units = transformer_dsp(cfg) + vector_lane_resources(cfg)["dsp"]
+    ssm = ssm_resources(cfg, bram_kbits)
+    units = transformer_dsp(cfg) + vector_lane_resources(cfg)["dsp"] + ssm["dsp"]
     return {"dsp": cfg.dsp_slices + EPILOGUE_DSP * epilogue_lanes(cfg) + CONTROL_DSP + units,
-            "bram": act + attention_rom_blocks(cfg, bram_kbits) + vector_rom_blocks(
+            "bram": act + ssm["bram"] + attention_rom_blocks(cfg, bram_kbits) + vector_rom_blocks(
                 cfg, bram_kbits) + (
                 0 if cfg.ring_uram else ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
             "uram": (ring(uram_blocks) if cfg.ring_uram else 0)
@@ -441,8 +486,9 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
 
     if bram_kbits == 36:
         lanes, vec = attention_lane_resources(cfg), vector_lane_resources(cfg)
-        out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"] + act_uram_luts(cfg)
-        out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"]
+        ssm = ssm_resources(cfg, bram_kbits)
+        out["lut"] = fitted("lut") + lanes["lut"] + vec["lut"] + act_uram_luts(cfg) + ssm["lut"]
+        out["ff"] = fitted("ff") + lanes["ff"] + vec["ff"] + ssm["ff"]
     if cfg.tlmm:
         t = cfg_tlmm_resources(cfg, bram_kbits)
         for kind in ("dsp", "bram", "uram") + (("lut",) if "lut" in out else ()):
