@@ -35,7 +35,8 @@ from .decoder import (
 )
 from .errors import FrontendError, UnsupportedOpError
 
-__all__ = ["ConfigShape", "SHAPE_FAMILIES", "shape_from_config", "shape_decoder",
+__all__ = ["ConfigShape", "SHAPE_FAMILIES", "SSM_SHAPE_FAMILIES", "shape_from_config",
+           "shape_decoder", "is_ssm_config", "mamba_shape_from_config", "shape_mamba",
            "attention_windows"]
 
 #: ``model_type``\ s whose blocks the shape-only path knows (the families the pattern
@@ -438,3 +439,86 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
                     max_context=int(max_context), scales={},
                     weight_formats={"shape_only": True, "weights": weights, "lm_head": head_w},
                     final_cap=_ACT if s.final_softcap else None)
+
+
+# -- state-space models (Mamba) ---------------------------------------------------------------
+
+#: ``model_type``s of state-space configs a shape-only compile reads.
+SSM_SHAPE_FAMILIES = ("mamba",)
+
+
+def is_ssm_config(path) -> bool:
+    """Whether ``path`` (a ``config.json`` or a folder holding one) is a Mamba config the
+    shape-only compile reads (:data:`SSM_SHAPE_FAMILIES`); False for anything else, including
+    what :func:`shape_from_config` then refuses in one line."""
+    try:
+        raw = json.loads(_config_file(path).read_text())
+    except (FrontendError, OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("model_type") in SSM_SHAPE_FAMILIES
+
+
+def mamba_shape_from_config(path) -> ConfigShape:
+    """The shape of a Mamba (``MambaConfig``) from its meta model's parameters, as
+    :func:`shape_from_config` reads a decoder's: ``ConfigShape.shape`` an ``SsmShape``,
+    ``family`` ``"mamba"``."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .ssm import SsmShape
+
+    cfg_path = _config_file(path)
+    try:
+        raw = json.loads(cfg_path.read_text())
+        transformers.utils.logging.set_verbosity_error()
+        config = AutoConfig.for_model(**raw)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001
+        raise FrontendError(f"{cfg_path}: transformers cannot build the Mamba from its config "
+                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
+                            ) from None
+    p = {n: tuple(t.shape) for n, t in model.named_parameters()}
+    blocks = sorted({int(n.split(".")[2]) for n in p if n.startswith("backbone.layers.")})
+    mixer = "backbone.layers.0.mixer."
+    C, S = p[mixer + "A_log"]
+    R = p[mixer + "dt_proj.weight"][1]
+    V, H = p["backbone.embeddings.weight"]
+    shape = SsmShape(vocab=V, hidden=H, layers=len(blocks), d_inner=C, d_state=S,
+                     d_conv=p[mixer + "conv1d.weight"][-1], dt_rank=R,
+                     rms_eps=float(config.layer_norm_epsilon))
+    params = sum(int(np.prod(s)) for s in p.values())
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in p:
+        params += V * H         # counted apart, as a decoder's
+    return ConfigShape(shape, "mamba", "", False, False, params, str(cfg_path))
+
+
+def shape_mamba(s, weights: str = "int8", name: str = "model"):
+    """A weightless QMamba of shape ``s`` (``compiler.ssm_quant``'s structure: LightMamba's
+    rotations, the out-projection's input Hadamard-transformed in blocks of
+    ``golden.ssm.hadamard_block(d_inner)``; ``weights`` int8 or int4 for every linear); arrays
+    are zero-stride views, as :func:`shape_decoder`'s."""
+    from hwflow.golden.ssm import hadamard_block
+
+    from .ssm_quant import QMamba, QMambaLayer
+
+    if weights not in ("int8", "int4"):
+        raise FrontendError(f"weights '{weights}': a Mamba takes int8 or int4")
+    w4 = weights == "int4"
+    C, S, H = s.d_inner, s.d_state, s.hidden
+    mult = (1 << 14, _SHIFT)
+
+    def lin(n_out, n_in, residual=False):
+        return _linear(n_out, n_in, False, residual, int4=w4)
+
+    layer = QMambaLayer(
+        norm=_NORM, in_x=lin(C, H), in_z=lin(C, H), conv=_zeros((C, s.d_conv), np.int8),
+        conv_bias=_zeros((C,), np.int32), conv_mult=_zeros((C,), np.uint16, 1 << 14),
+        conv_shift=_SHIFT, silu=mult, x_dt=lin(s.dt_rank, C), x_b=lin(S, C), x_c=lin(S, C),
+        dt_proj=lin(C, s.dt_rank), a_codes=_zeros((C, S), np.int64, 256), bu=mult, y=mult,
+        d_mult=_zeros((C,), np.int64, 1 << 14), d_shift=_SHIFT, gate=mult,
+        out_in=(hadamard_block(C), *mult), out_proj=lin(H, C, residual=True))
+    return QMamba(name=name, shape=s, embed=_zeros((s.vocab, H), np.int8),
+                  layers=[layer] * s.layers, final_norm=_NORM, lm_head=lin(s.vocab, H),
+                  scales={"x0": 1.0, "logits": 1.0}, wbits=4 if w4 else 8)

@@ -19,7 +19,8 @@ TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
 #: Legal TLMM group sizes G.
 TLMM_GROUPS = tuple(TLMM_GROUP_BITS)
 #: The state-space units' fields (0: not built).
-_SSM_FIELDS = ("ssm_states", "ssm_channels", "conv_taps", "conv_words", "hadamard_block")
+_SSM_FIELDS = ("ssm_states", "ssm_channels", "conv_taps", "conv_words", "hadamard_block",
+               "ssm_uram")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ class AccelConfig:
     hadamard_block : int
         Largest block of the Hadamard transform unit (``hw.hadamard.HadamardUnit``; a power
         of two, at least ``chain_len``).
+    ssm_uram : bool
+        Place the scan state and the conv history in UltraRAM (``ram_style = "ultra"``): a
+        full-size Mamba's state (Mamba-2.8B: 20 MiB) is more than the block RAM. Placement
+        only.
     """
 
     chains: int = 16
@@ -143,6 +148,7 @@ class AccelConfig:
     conv_taps: int = 0
     conv_words: int = 0
     hadamard_block: int = 0
+    ssm_uram: bool = False
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
@@ -172,7 +178,7 @@ class AccelConfig:
             raise ValueError(
                 f"chain_len {self.chain_len} must split into {self.groups} DSP groups of at most "
                 f"{MAX_GROUP_LEN} slices (the packed multiply's 18-bit low field)")
-        if min(getattr(self, k) for k in _SSM_FIELDS) < 0:
+        if min(int(getattr(self, k)) for k in _SSM_FIELDS) < 0:
             raise ValueError(f"AccelConfig's {', '.join(_SSM_FIELDS)} must be >= 0")
         if self.ssm:
             hb = self.hadamard_block

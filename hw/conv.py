@@ -61,10 +61,10 @@ class CausalConvUnit(wiring.Component):
     o : stream of ``lanes`` signed bytes, in order
     """
 
-    def __init__(self, lanes: int, taps: int, words: int):
+    def __init__(self, lanes: int, taps: int, words: int, uram: bool = False):
         if taps < 2:
             raise ValueError(f"a causal conv of {taps} taps holds no history")
-        self.lanes, self.taps, self.words = lanes, taps, words
+        self.lanes, self.taps, self.words, self.uram = lanes, taps, words, uram
         super().__init__({
             "i": In(stream.Signature(conv_beat_layout(lanes, taps, words))),
             "shift": In(6),
@@ -75,7 +75,9 @@ class CausalConvUnit(wiring.Component):
         m = Module()
         W, K = self.lanes, self.taps
         hist_shape = data.ArrayLayout(data.ArrayLayout(signed(8), K - 1), W)
-        m.submodules.hist = hist = memory.Memory(shape=hist_shape, depth=self.words, init=[])
+        m.submodules.hist = hist = memory.Memory(
+            shape=hist_shape, depth=self.words, init=[],
+            attrs={"ram_style": "ultra"} if self.uram else None)
         wr = hist.write_port()
         rd = hist.read_port(transparent_for=(wr,))
 

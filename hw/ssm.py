@@ -95,8 +95,8 @@ class ScanUnit(wiring.Component):
 
     LATENCY = 8
 
-    def __init__(self, states: int, channels: int):
-        self.states, self.channels = states, channels
+    def __init__(self, states: int, channels: int, uram: bool = False):
+        self.states, self.channels, self.uram = states, channels, uram
         super().__init__({
             "token": In(token_layout(states)),
             "i": In(stream.Signature(channel_layout(states, channels))),
@@ -107,7 +107,8 @@ class ScanUnit(wiring.Component):
         m = Module()
         S, tok = self.states, self.token
         m.submodules.hmem = hmem = memory.Memory(
-            shape=data.ArrayLayout(signed(32), S), depth=self.channels, init=[])
+            shape=data.ArrayLayout(signed(32), S), depth=self.channels, init=[],
+            attrs={"ram_style": "ultra"} if self.uram else None)
         h_wr = hmem.write_port()
         h_rd = hmem.read_port(transparent_for=(h_wr,))     # a write-back read in its cycle
 

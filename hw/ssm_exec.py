@@ -191,7 +191,8 @@ class ConvExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        self.unit = CausalConvUnit(cfg.chain_len, cfg.conv_taps, cfg.conv_words)
+        self.unit = CausalConvUnit(cfg.chain_len, cfg.conv_taps, cfg.conv_words,
+                                   uram=cfg.ssm_uram)
         super().__init__(exec_signature(cfg, streams=True))
 
     def elaborate(self, platform):
@@ -345,7 +346,7 @@ class ScanExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        self.unit = ScanUnit(cfg.ssm_states, cfg.ssm_channels)
+        self.unit = ScanUnit(cfg.ssm_states, cfg.ssm_channels, uram=cfg.ssm_uram)
         super().__init__(exec_signature(cfg, streams=True))
 
     def elaborate(self, platform):

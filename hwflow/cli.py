@@ -38,6 +38,12 @@ def _is_decoder(args) -> bool:
     return Path(args.model).is_dir() or is_decoder_source(args.model)
 
 
+def _blocks(s: dict) -> str:
+    """A block's size in words: a Mamba's channels and states, a decoder's heads."""
+    return (f"{s['d_inner']} inner channels, {s['d_state']} states" if "d_state" in s else
+            f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}")
+
+
 def _compile_decoder(args) -> int:
     from hwflow.llm_flow import compile_decoder
 
@@ -46,10 +52,8 @@ def _compile_decoder(args) -> int:
                              trust_model=args.trust_model, boards_dir=args.boards_dir,
                              weights=args.weights, lm_head=args.lm_head)
     s, p, q = r["shape"], r["programs"], r["golden_vs_float"]
-    blocks = (f"{s['d_inner']} inner channels, {s['d_state']} states" if "d_state" in s else
-              f"{s['heads']}/{s['kv_heads']} heads of {s['head_dim']}")
     print(f"compiled {r['model']} ({r['family']}, {r['weights']} weights, {r['lm_head']} LM "
-          f"head: {s['layers']} layers, hidden {s['hidden']}, {blocks}, vocab {s['vocab']}) "
+          f"head: {s['layers']} layers, hidden {s['hidden']}, {_blocks(s)}, vocab {s['vocab']}) "
           f"for {r['board']}, max context {r['max_context']:,}")
     versus = ("the same decode program at every position (a recurrent state, no KV cache)"
               if r["naive_program_bytes"] is None else
@@ -84,8 +88,8 @@ def _compile_shape_only(args) -> int:
     print(f"shape-only compile of {r['model']} ({r['family']}, {r['weights']} weights, "
           f"{r['lm_head']} LM head: "
           f"{params} parameters, {s['layers']} layers, hidden "
-          f"{s['hidden']}, {s['heads']}/{s['kv_heads']} heads of {s['head_dim']}, vocab "
-          f"{s['vocab']}) for {r['board']}, max context {r['max_context']}; no weights read")
+          f"{s['hidden']}, {_blocks(s)}, vocab "
+          f"{s['vocab']}) for {r['board']}, max context {r['max_context']:,}; no weights read")
     print(f"programs: 1 decode ({p['decode']['bytes']} B) + {p['prefill']['count']} prefill "
           f"buckets {r['prefill_buckets']} ({p['prefill']['bytes']} B)")
     for line in format_prediction(r["prediction"]):

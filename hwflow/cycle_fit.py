@@ -36,7 +36,7 @@ import datetime
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -44,6 +44,7 @@ import numpy as np
 
 from hwflow.errors import HwflowError
 from hwflow.hw.config import AccelConfig
+from hwflow.hw.contract import conv_record_bytes, scan_record_bytes
 from hwflow.hw.isa import (
     FLAG_GAMMA,
     FLAG_POS,
@@ -62,7 +63,7 @@ from hwflow.mapping.weight_format import (
 from hwflow.steps import run_steps
 
 __all__ = ["MicroRun", "micro_runs", "fit_cycle_model", "write_fit", "format_table",
-           "DEFAULT_BOARDS"]
+           "calibration_config", "DEFAULT_BOARDS", "CALIB_SSM"]
 
 #: Boards whose cycle-model fit lives in the repository (``benchmarks/fit_cycle_model.py``).
 DEFAULT_BOARDS = ("u280", "kv260")
@@ -70,7 +71,7 @@ DEFAULT_BOARDS = ("u280", "kv260")
 BATCH = 24
 #: Kinds the per-kind table lists, in order.
 KINDS = ("LOAD", "STORE", "KVSTORE", "GATHER", "MATMUL", "VADD", "RMSNORM", "SILUMUL", "ROPE",
-         "ATTN", "ABSQUANT", "TMATMUL")
+         "ATTN", "ABSQUANT", "TMATMUL", "HADAMARD", "CONV", "SCAN")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -138,6 +139,25 @@ def _matmul_plan(cfg: AccelConfig, fmt: LayerFormat, K: int, N: int):
 def _matmul(cfg: AccelConfig, plan, rows: int, wgt: int) -> Instr:
     kw = plan.k_words
     return matmul(plan, 8, wgt, 0, rows * kw + 8, rows, _cdiv(plan.n_out, cfg.chain_len))
+
+
+#: The state-space units a board's calibration engine gets (:func:`calibration_config`): the
+#: "tiny-mamba" example's states and taps (Mamba's 16 and 4), room for its two layers.
+CALIB_SSM = {"ssm_states": 16, "conv_taps": 4}
+
+
+def calibration_config(cfg: AccelConfig) -> AccelConfig:
+    """The engine ``hwflow calibrate`` fits for a board whose engine is ``cfg``: ``cfg`` with
+    state-space units (:data:`CALIB_SSM`; 40 beats of channels, Hadamard blocks to
+    ``max(64, 4 L)``) where it has the transformer path, so that their instructions are fitted
+    too. The units do not change the other instructions' cycles, and a fit applies to every
+    engine of the same chains, chain length and ports (``mapping.cycles.stored_fit``), the
+    board's own included."""
+    if not cfg.transformer or cfg.ssm:
+        return cfg
+    L = cfg.chain_len
+    return replace(cfg, **CALIB_SSM, ssm_channels=40 * L, conv_words=40,
+                   hadamard_block=max(64, 4 * L))
 
 
 def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
@@ -339,12 +359,68 @@ def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
                 add("TMATMUL", role, f"TMATMUL {rows}x{kg}gx{n}",
                     [tmatmul(tp, 8, tw, 0, xw, rows * xw + 8, rows, words,
                              rows * (xw + words) + 8)])
+    if cfg.ssm:
+        _ssm_runs(cfg, lay, add)
     # a held-out program of all held-out instructions one after another (fetch hits and misses
     # as in a real program), run at one POS
     mixed = [i for r in runs if r.role == "heldout" for i in r.instrs]
     runs.append(MicroRun(f"mixed held-out instructions ({len(mixed)}, pos=5)", "program",
                          "heldout", mixed, 5))
     return runs, lay
+
+
+def _ssm_runs(cfg: AccelConfig, lay: _Layout, add) -> None:
+    """HADAMARD, CONV and SCAN micro-runs (``hw/ssm_exec.py``) at sizes the engine's
+    state-space units hold: ``(rows, n, extra words)``, HADAMARD also the block's ``lgb``; the
+    parameter blocks are zero (the executors' cycles do not depend on the values)."""
+    from hwflow.mapping.ssm_format import block_bytes
+
+    L, SB, depth = cfg.chain_len, cfg.beat_bytes, cfg.act_depth
+    lg_max = cfg.hadamard_block.bit_length() - 1
+    lg_min = L.bit_length() - 1
+    h_fit = ((1, 1 << lg_max, lg_max, 0), (4, 2 << lg_min, lg_min, 1), (2, 4 << lg_min,
+             lg_min + 1, 0), (8, 1 << lg_max, lg_max, 2), (3, 2 << lg_max, lg_max - 1, 0))
+    h_held = ((2, 3 << lg_min, lg_min, 1), (5, 1 << lg_max, lg_max, 0), (1, 4 << lg_max, lg_max,
+              3))
+    for role, sizes in (("fit", h_fit), ("heldout", h_held)):
+        for rows, n, lgb, extra in sizes:
+            words = _cdiv(n, L) + extra
+            if lgb < lg_min or 2 * rows * words + 8 > depth:
+                continue
+            add("HADAMARD", role, f"HADAMARD {rows}x{n} block {1 << lgb}",
+                [Instr(Opcode.HADAMARD, a=0, out=rows * words + 8, n=n, rows=rows, words=words,
+                       shift=8, mult_b=1, lgb=lgb, obits=8 if rows % 2 else 4)])
+    channels_conv = cfg.conv_words * L
+    c_fit = ((1, 3 * L, 0), (4, 8 * L - 3, 1), (16, 2 * L, 0), (2, 20 * L, 2), (8, 5 * L + 1, 0),
+             (1, channels_conv, 0))
+    c_held = ((3, 6 * L, 1), (6, 11 * L - 5, 0), (1, 13 * L, 2))
+    s_fit = ((1, 3 * L, 0), (4, 8 * L - 3, 1), (2, 20 * L, 0), (8, 2 * L + 1, 2), (1, 40 * L, 0))
+    s_held = ((3, 6 * L, 1), (2, 11 * L - 5, 0), (1, 25 * L, 2))
+    bcw = _cdiv(cfg.ssm_states, L)
+    conv_rec, scan_rec = (conv_record_bytes(L, cfg.conv_taps),
+                          scan_record_bytes(L, cfg.ssm_states))
+    widest = max(n for _, n, _ in c_fit + c_held + s_fit + s_held)
+    params = lay.alloc("ssm params", max(block_bytes(conv_rec, widest, L, SB),
+                                         block_bytes(scan_rec, widest, L, SB)))
+    for role, sizes in (("fit", c_fit), ("heldout", c_held)):
+        for rows, n, extra in sizes:
+            words = _cdiv(n, L) + extra
+            if _cdiv(n, L) > cfg.conv_words or 2 * rows * words + 8 > depth:
+                continue
+            add("CONV", role, f"CONV {rows}x{n}",
+                [Instr(Opcode.CONV, ext=params, a=0, out=rows * words + 8, n=n, rows=rows,
+                       words=words, state=0, shift=8, mult_b=1, silu_shift=8)], pos=rows % 3)
+    for role, sizes in (("fit", s_fit), ("heldout", s_held)):
+        for rows, n, extra in sizes:
+            words = _cdiv(n, L) + extra
+            area = rows * words + 8
+            if n > cfg.ssm_channels or 3 * area + 2 * rows * bcw + 8 > depth:
+                continue
+            add("SCAN", role, f"SCAN {rows}x{n}",
+                [Instr(Opcode.SCAN, ext=params, a=0, dt=area, out=2 * area, b=3 * area,
+                       c=3 * area + rows * bcw + 4, bc_words=bcw, n=n, rows=rows, words=words,
+                       state=0, shift=8, bu_mult=1, bu_shift=8, y_mult=1, d_shift=8)],
+                pos=rows % 2)
 
 
 def _image(cfg: AccelConfig, runs: list, lay: _Layout) -> bytes:
@@ -503,7 +579,7 @@ def fit_cycle_model(board: str, jobs: int = 1, work_dir=None, progress: bool = T
         from hwflow.mapping.accel_config import choose_config
 
         try:
-            cfg = choose_config(load_board(board, boards_dir))
+            cfg = calibration_config(choose_config(load_board(board, boards_dir)))
         except BoardError as e:
             raise HwflowError(str(e)) from None
     latency = cycles.READ_LATENCY
@@ -516,7 +592,9 @@ def fit_cycle_model(board: str, jobs: int = 1, work_dir=None, progress: bool = T
     whole = []
     if programs and cfg.transformer:
         whole += [p for p in (_llm_programs(cfg, "tiny-llama"),
-                              _llm_programs(cfg, "tiny-bitnet")) if p is not None]
+                              _llm_programs(cfg, "tiny-bitnet"),
+                              _llm_programs(cfg, "tiny-mamba") if cfg.ssm else None)
+                  if p is not None]
     if programs:
         whole += [_mlp_program(cfg, "mlp", "int8"), _mlp_program(cfg, "mlp-mixed", "mixed")]
     own_tmp = tempfile.TemporaryDirectory() if work_dir is None else None

@@ -20,6 +20,7 @@ EXAMPLES = {
     "mlp-mixed": ("mlp", "for --weights mixed"),
     "tiny-llama": ("decoder", "a random 2-layer LLaMA with grouped-query attention"),
     "tiny-bitnet": ("decoder", "a random 2-layer BitNet b1.58"),
+    "tiny-mamba": ("decoder", "a random 2-layer Mamba (selective state-space model)"),
 }
 
 

@@ -1,5 +1,5 @@
-"""The bundled decoder examples (LLaMA family, BitNet b1.58; ``hwflow.examples`` lists every
-example), generated deterministically (nothing to download)."""
+"""The bundled language-model examples (LLaMA family, BitNet b1.58, Mamba; ``hwflow.examples``
+lists every example), generated deterministically (nothing to download)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from hwflow.examples import examples_of
 
-__all__ = ["TINY_LLAMA", "TINY_BITNET", "LLM_EXAMPLES", "tiny_llama_config", "write_tiny_llama",
-           "tiny_bitnet_config", "write_tiny_bitnet", "write_example"]
+__all__ = ["TINY_LLAMA", "TINY_BITNET", "TINY_MAMBA", "LLM_EXAMPLES", "tiny_llama_config",
+           "write_tiny_llama", "tiny_bitnet_config", "write_tiny_bitnet", "write_tiny_mamba",
+           "write_example"]
 
 #: The registry's language-model examples (``hwflow compile --example NAME``).
 LLM_EXAMPLES = examples_of("decoder")
@@ -129,6 +130,35 @@ def write_tiny_bitnet(folder: str | os.PathLike, seed: int = 0, ternary_weights:
     return Path(folder)
 
 
+#: The tiny Mamba of the "tiny-mamba" example: ``transformers``' defaults of a Mamba block (16
+#: states, 4 taps, expand 2) at a width that is not a multiple of the engine sizes (hidden 40,
+#: 80 inner channels, dt rank 5), 2 layers, a vocabulary of 97.
+TINY_MAMBA = dict(vocab_size=97, hidden_size=40, state_size=16, num_hidden_layers=2, expand=2,
+                  conv_kernel=4, time_step_rank=5)
+
+
+def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a randomly initialised tiny ``MambaForCausalLM`` (:data:`TINY_MAMBA`) as a Hugging
+    Face folder (safetensors): ``transformers``' initialisation under ``torch.manual_seed(seed)``,
+    with the decays (``A_log``), the D skip and the norms moved off their constant init so
+    that every parameter shows in the logits."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(**TINY_MAMBA)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.add_(torch.rand_like(p))
+            elif name.endswith(".D") or name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    os.makedirs(folder, exist_ok=True)
+    transformers.utils.logging.disable_progress_bar()
+    model.save_pretrained(str(folder))
+    return Path(folder)
+
+
 def write_example(name: str, folder: str | os.PathLike) -> Path:
     """Write the bundled example ``name`` (one of :data:`LLM_EXAMPLES`) into ``folder``.
 
@@ -137,7 +167,8 @@ def write_example(name: str, folder: str | os.PathLike) -> Path:
     ValueError
         An unknown name.
     """
-    writers = {"tiny-llama": write_tiny_llama, "tiny-bitnet": write_tiny_bitnet}
+    writers = {"tiny-llama": write_tiny_llama, "tiny-bitnet": write_tiny_bitnet,
+               "tiny-mamba": write_tiny_mamba}
     if name not in writers:
         raise ValueError(f"unknown example '{name}' (known: {', '.join(LLM_EXAMPLES)})")
     return writers[name](folder)

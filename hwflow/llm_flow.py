@@ -494,6 +494,22 @@ def load_shape(job: DecoderJob) -> None:
     except CompileError as e:
         raise HwflowError(str(e)) from None
     s = cs.shape
+    name = job.example or Path(cs.source).stem
+    job.name = Path(cs.source).parent.name if name == "config" else name
+    job.config_shape, job.shape, job.source, job.family = cs, s, cs.source, cs.family
+    if job.state_space:
+        from hwflow.compiler.ssm_graph import MAMBA_MAX_CONTEXT
+
+        if job.max_context is not None:
+            job.notes.append(f"--max-context {job.max_context} ignored: a state-space model's "
+                             "state does not grow with the context")
+        job.max_context = MAMBA_MAX_CONTEXT
+        job.weights = job.weights or "int8"
+        if job.weights not in MAMBA_WEIGHTS or job.lm_head not in (None, job.weights):
+            raise HwflowError(f"--weights {job.weights}" + (f" --lm-head {job.lm_head}"
+                              if job.lm_head else "") + f": a Mamba takes "
+                              f"{', '.join(MAMBA_WEIGHTS)} for every linear, its LM head too")
+        return
     given = job.max_context
     if given is None:
         job.max_context = min(s.max_position, 2048)
@@ -502,9 +518,6 @@ def load_shape(job: DecoderJob) -> None:
                           "max_position_embeddings)")
     job.max_context = int(job.max_context)
     job.weights = job.weights or ("ternary" if cs.ternary else "int8")
-    name = job.example or Path(cs.source).stem
-    job.name = Path(cs.source).parent.name if name == "config" else name
-    job.config_shape, job.shape, job.source, job.family = cs, s, cs.source, cs.family
 
 
 def lower_shape_only(job: DecoderJob) -> None:
@@ -534,7 +547,7 @@ def report_shape_only(job: DecoderJob) -> None:
     job.report = {
         "model": job.name, "kind": "decoder", "shape_only": True, "source": job.source,
         "family": job.family, "weights": job.weights,
-        "lm_head": lm_head_weights(job.weights, job.lm_head),
+        "lm_head": job.weights if job.state_space else lm_head_weights(job.weights, job.lm_head),
         "board": brd.name, "part": brd.part, "clock_mhz": brd.clock_mhz,
         "config": cfg.to_dict(), "config_notes": job.notes, "shape": s.to_dict(),
         "max_context": lw.max_context, "parameters": job.config_shape.parameters,
@@ -577,10 +590,15 @@ def shape_only_files(job: DecoderJob) -> dict:
 def _shape_only_lowering(conf: dict):
     """The lowering of a shape-only build folder, rebuilt from its config.json."""
     from hwflow.compiler.decoder import DecoderShape
-    from hwflow.compiler.llm_config import ConfigShape, shape_decoder
+    from hwflow.compiler.llm_config import ConfigShape, shape_decoder, shape_mamba
+    from hwflow.compiler.ssm import SsmShape
     from hwflow.hw.config import AccelConfig
     from hwflow.mapping.llm_lower import lower_decoder
 
+    if conf["family"] == "mamba":
+        shape = SsmShape(**conf["shape"])
+        return lower_decoder(shape_mamba(shape, conf["weights"]), AccelConfig(**conf["accel"]),
+                             shape_only=True), shape, False
     shape = DecoderShape(**conf["shape"])
     cs = ConfigShape(shape, conf["family"], conf["act"], bool(conf["sub_norms"]),
                      conf["weights"] == "ternary", 0, conf.get("source", ""),
@@ -603,10 +621,6 @@ def predict_build(out, boards_dir=None, fit=None) -> dict:
     if conf.get("kind") != "decoder":
         raise HwflowError(f"{out} holds a {conf.get('kind', 'mlp')} build; hwflow predict is "
                           "for language-model (decoder) builds")
-    if conf.get("accel", {}).get("ssm_states"):
-        raise HwflowError(f"{out} holds a state-space (Mamba) build; hwflow predict has no "
-                          "cycle-model terms for its CONV, SCAN and HADAMARD instructions yet "
-                          "(hwflow sim measures its cycles)")
     brd = load_board(conf["board"], boards_dir)
     if conf.get("shape_only"):
         lw, shape, ternary = _shape_only_lowering(conf)

@@ -41,6 +41,9 @@ __all__ = ["load_shape", "predict_decoder", "decode_cycles",
 
 #: Prompt lengths of the TTFT figures.
 PROMPT_LENS = (64, 128, 512)
+#: Positions whose decode-step cycles a prediction lists apart (where the context has them):
+#: a transformer's grow with the position, a state-space model's do not.
+POSITIONS_SHOWN = (0, 1024, 8192)
 #: Positions sampled for the mean decode step (evenly spaced, both ends included). With the
 #: attention linear in the position this mean equals the mean over every position.
 DECODE_SAMPLES = 33
@@ -49,16 +52,24 @@ DECODE_SAMPLES = 33
 # -------------------------------------------------------------------------------- shapes
 
 def _config_shape(model) -> ConfigShape:
+    from hwflow.compiler.llm_config import is_ssm_config, mamba_shape_from_config
     from hwflow.llm_examples import LLM_EXAMPLES
 
     if str(model) in LLM_EXAMPLES:
-        from hwflow.llm_examples import tiny_bitnet_config, tiny_llama_config
+        from hwflow.llm_examples import TINY_MAMBA, tiny_bitnet_config, tiny_llama_config
 
-        conf = tiny_bitnet_config() if model == "tiny-bitnet" else tiny_llama_config()
+        if model == "tiny-mamba":
+            from transformers import MambaConfig
+
+            conf = MambaConfig(**TINY_MAMBA)
+        else:
+            conf = tiny_bitnet_config() if model == "tiny-bitnet" else tiny_llama_config()
         with tempfile.TemporaryDirectory() as td:
             conf.save_pretrained(td)
-            cs = shape_from_config(td)
+            cs = (mamba_shape_from_config if model == "tiny-mamba" else shape_from_config)(td)
         return replace(cs, source=f"example:{model}")
+    if is_ssm_config(model):
+        return mamba_shape_from_config(model)
     return shape_from_config(model)
 
 
@@ -278,6 +289,8 @@ def predict_decoder(shape, cfg, board, *, ternary=False, max_context=2048,
     dec = decode_cycles(lw, fit, timer)
     cpt = dec["cycles_per_token"]
     decode = {"cycles_per_token": cpt, "tokens_per_s": hz / cpt,
+              "cycles_at_positions": {str(p): timer.cycles("decode", lw.decode.program, p)
+                                      for p in POSITIONS_SHOWN if p < T},
               "context": f"mean over positions 0..{T - 1} ({dec['positions_sampled']} evenly "
                          "spaced samples)",
               "cycles_first": dec["cycles_first"], "cycles_last": dec["cycles_last"],

@@ -383,14 +383,15 @@ CONV_LANE = {"lut": (409, 33), "ff": (274, 16)}
 
 
 def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
-    """LUT, FF, DSP and block RAM of the state-space units (all 0 without ``cfg.ssm``): the
-    units (:data:`SSM_STATE`, :data:`CONV_LANE`, the Hadamard formula), their memories (the
-    scan state, ``ssm_channels`` words of ``32 S`` bits; the conv history, ``conv_words`` of
-    ``8 L (K - 1)`` bits) as :func:`memory_blocks` maps them, and the two executors'
-    requantization epilogues (``L`` each for CONV and HADAMARD, :data:`EPILOGUE_DSP` a lane).
-    The executors' own control (a few counters a unit) is not in the estimate."""
+    """LUT, FF, DSP, block RAM and URAM of the state-space units (all 0 without ``cfg.ssm``):
+    the units (:data:`SSM_STATE`, :data:`CONV_LANE`, the Hadamard formula), their memories
+    (the scan state, ``ssm_channels`` words of ``32 S`` bits; the conv history,
+    ``conv_words`` of ``8 L (K - 1)`` bits) as :func:`memory_blocks` maps them (with
+    ``ssm_uram``: URAM288, :func:`uram_blocks`), and the two executors' requantization
+    epilogues (``L`` each for CONV and HADAMARD, :data:`EPILOGUE_DSP` a lane). The executors'
+    own control (a few counters a unit) is not in the estimate."""
     if not cfg.ssm:
-        return {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0}
+        return {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0, "uram": 0}
     S, L, K = cfg.ssm_states, cfg.chain_len, cfg.conv_taps
     lg_w, lg_b = math.log2(L), math.log2(cfg.hadamard_block)
     width = 8 + lg_b
@@ -401,9 +402,12 @@ def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     ff = SSM_STATE["ff"] * S + SSM_FIXED["ff"] + L * sum(
         c * k for c, k in zip(CONV_LANE["ff"], (1, K), strict=True)) + had_ff
     dsp = SSM_STATE["dsp"] * S + SSM_FIXED["dsp"] + L * (K + 2) + 2 * L * EPILOGUE_DSP
-    bram = memory_blocks(32 * S, cfg.ssm_channels, bram_kbits) + memory_blocks(
-        8 * L * (K - 1), cfg.conv_words, bram_kbits)
-    return {"lut": lut, "ff": ff, "dsp": dsp, "bram": bram}
+    mems = ((32 * S, cfg.ssm_channels), (8 * L * (K - 1), cfg.conv_words))
+    if cfg.ssm_uram:
+        return {"lut": lut, "ff": ff, "dsp": dsp, "bram": 0.0,
+                "uram": sum(uram_blocks(w, d) for w, d in mems)}
+    bram = sum(memory_blocks(w, d, bram_kbits) for w, d in mems)
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram": bram, "uram": 0}
 
 
 def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
@@ -423,7 +427,7 @@ def estimate_analytic(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
             "bram": act + ssm["bram"] + attention_rom_blocks(cfg, bram_kbits) + vector_rom_blocks(
                 cfg, bram_kbits) + (
                 0 if cfg.ring_uram else ring(lambda w, d: memory_blocks(w, d, bram_kbits))),
-            "uram": (ring(uram_blocks) if cfg.ring_uram else 0)
+            "uram": ssm["uram"] + (ring(uram_blocks) if cfg.ring_uram else 0)
             + (ACT_READ_PORTS * uram_blocks(8 * L, cfg.act_depth) if cfg.act_uram else 0)}
 
 
@@ -500,7 +504,8 @@ def estimate_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
 #: The memories the placement may move to UltraRAM: (AccelConfig flag, what it moves).
 URAM_PLACEMENTS = (("ring_uram", "weight ring"),
                    ("tlmm_uram", "TLMM accumulator and record buffer"),
-                   ("act_uram", "activation buffer"))
+                   ("act_uram", "activation buffer"),
+                   ("ssm_uram", "scan state and conv history"))
 
 
 def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[str]]:
@@ -519,7 +524,8 @@ def place_memories(cfg: AccelConfig, board: Board) -> tuple[AccelConfig, list[st
     while (bram := estimate_resources(cfg, kb)["bram"]) > have_bram:
         best = None
         for flag, what in URAM_PLACEMENTS:
-            if getattr(cfg, flag) or (flag == "tlmm_uram" and not cfg.tlmm):
+            if getattr(cfg, flag) or (flag == "tlmm_uram" and not cfg.tlmm) or (
+                    flag == "ssm_uram" and not cfg.ssm):
                 continue
             moved = replace(cfg, **{flag: True})
             est = estimate_resources(moved, kb)

@@ -98,8 +98,11 @@ from hwflow.hw.contract import (
     BG_AHEAD_BEATS,
     RESULT_FIFO_DEPTH,
     RING_BURST_BEATS,
+    conv_record_bytes,
     epilogue_lanes,
+    record_slots,
     rope_head_steps,
+    scan_record_bytes,
     table_entries,
     tlmm_epilogue_lanes,
 )
@@ -429,6 +432,13 @@ TERMS: dict[str, tuple] = {
     "ABSQUANT": (("fixed", ISSUE + VECTOR_FIXED), ("rows", ABSQ_ROW_FIXED), ("elems", 1.0),
                  ("zero_words", 1.0)),
     "TMATMUL": (("fixed", ISSUE), ("engine", 1.0)),
+    # the state-space executors (hw/ssm_exec.py, _ssm_features); the constants are the RTL's
+    # (fitted on an L = 8 engine: exact on every held-out size): HADAMARD's fixed part is the
+    # issue and the epilogue's pipeline, CONV's the issue, the record's first beat and the
+    # unit's pipeline, SCAN's per row its first beat's u/dt reads, the swap and the drain
+    "HADAMARD": (("fixed", ISSUE + 3), ("words", 1.0), ("latency", 1.0)),
+    "CONV": (("fixed", ISSUE + 8), ("feed", 1.0), ("pads", 1.0)),
+    "SCAN": (("fixed", ISSUE), ("rows", 12.0), ("token", 1.0), ("feed", 1.0), ("pads", 1.0)),
     # decode and the ring's start: the weights then stream beside the next instructions
     "PREFETCH": (("fixed", 2.0),),
     "FETCH": (("hit", 1.0), ("miss", 3.0)),
@@ -664,7 +674,43 @@ def features(i, cfg: AccelConfig, pos: int = 0, read_latency: int = READ_LATENCY
         return "TMATMUL", {"fixed": 1, "engine": tmatmul_cycles(i, cfg, rate)}, 0
     if op == Opcode.PREFETCH:
         return "PREFETCH", {"fixed": 1}, 0
+    if op in (Opcode.HADAMARD, Opcode.CONV, Opcode.SCAN):
+        return _ssm_features(i, cfg, beat)
     return None, {}, 0
+
+
+def _ssm_features(i, cfg: AccelConfig, beat: float) -> tuple[str, dict, int]:
+    """The state-space instructions' features (``hw/ssm_exec.py``; ``beat`` cycles a read
+    super-beat takes; ``arrive`` the cycles a beat's parameter record takes to arrive,
+    ``record_slots``: ``span`` super-beats, or ``1/per`` of one).
+
+    HADAMARD: the write side, a word a cycle (the rows' beats and padding words), behind the
+    unit's delay-feedback stages of the instruction's block (``2**lgb / L`` beats).
+    CONV: per beat of ``L`` channels its rows enter the unit one a cycle, or the next record
+    arrives first (it is requested when the beat takes its record): ``max(rows, arrive + 1)``;
+    the last beat's rows then drain behind at most ``arrive`` cycles of it; the padding words
+    after. SCAN, per row: the ``B`` and ``C`` words (``token``), per beat its channels and the
+    swap (``c + 1`` cycles) or the next beat's record if it arrives later (the row's last beat
+    overlaps the next row's first record with its drain), the padding words, and the row's
+    fixed part (the u/dt reads of its first beat, the unit's drain)."""
+    L, op = cfg.chain_len, i.op
+    n_beats = _cdiv(i.n, L)
+    pads = i.rows * max(0, i.words - n_beats)
+    if op == Opcode.HADAMARD:
+        return "HADAMARD", {"fixed": 1, "words": i.rows * i.words,
+                            "latency": (1 << i.lgb) // L if i.rows and i.n else 0}, 0
+    rec = (conv_record_bytes(L, cfg.conv_taps) if op == Opcode.CONV
+           else scan_record_bytes(L, cfg.ssm_states))
+    per, span = record_slots(rec, cfg.beat_bytes)
+    arrive = span / per * beat
+    if op == Opcode.CONV:
+        feed = n_beats * max(i.rows, arrive + 1) + min(i.rows - 1, arrive) if i.rows else 0
+        return "CONV", {"fixed": 1, "feed": feed, "pads": pads}, 1 if i.rows and n_beats else 0
+    chans = [min(L, i.n - b * L) for b in range(n_beats)]
+    per_row = sum(max(c + 1, arrive) for c in chans[:-1]) + (chans[-1] + 1 if chans else 0)
+    return "SCAN", {"fixed": 1, "rows": i.rows if n_beats else 0,
+                    "token": i.rows * 2 * _cdiv(cfg.ssm_states, L) if n_beats else 0,
+                    "feed": i.rows * per_row, "pads": pads}, 1 if i.rows and n_beats else 0
 
 
 def _dot(values: dict, feats: dict) -> float:

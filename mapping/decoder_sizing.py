@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hwflow.compiler.decoder import DecoderShape
-from hwflow.compiler.llm_config import ConfigShape, shape_decoder
+from hwflow.compiler.llm_config import ConfigShape, shape_decoder, shape_mamba
+from hwflow.compiler.ssm import SsmShape
 from hwflow.compiler.ssm_quant import QMamba
 from hwflow.hw.isa import Opcode, field_max
 
@@ -288,9 +289,12 @@ def lower_shape(shape, cfg, board, *, ternary=False, max_context=2048, family=No
     points' engines."""
     weights = weights or ("ternary" if ternary else "int8")
     ternary = weights == "ternary"
-    cs = _structure(shape, family, ternary)
-    max_context = min(int(max_context), shape.max_position)
-    qd = shape_decoder(cs, max_context, weights, lm_head=lm_head)
+    if isinstance(shape, SsmShape):     # a Mamba: no context to size, its units instead
+        qd = shape_mamba(shape, weights)
+    else:
+        cs = _structure(shape, family, ternary)
+        max_context = min(int(max_context), shape.max_position)
+        qd = shape_decoder(cs, max_context, weights, lm_head=lm_head)
     notes = []
     if ternary and not cfg.tlmm:
         cfg = tlmm_engine(qd, cfg, board)[0]

@@ -369,4 +369,4 @@ def test_state_space_units_in_the_estimate():
     with_units, without = estimate_resources(cfg), estimate_resources(base)
     assert with_units["dsp"] - without["dsp"] == r["dsp"]
     assert with_units["lut"] - without["lut"] == pytest.approx(r["lut"], abs=1)
-    assert ssm_resources(base) == {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0}
+    assert ssm_resources(base) == {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0, "uram": 0}
