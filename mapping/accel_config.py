@@ -49,7 +49,8 @@ configuration (DSP and BRAM counts equal):
   past the first (:data:`URAM_CASCADE_LUT`), counted in the LUT estimate.
 - State-space units (``cfg.ssm``, :func:`ssm_resources`): each unit's LUT, FF and DSP from
   Yosys runs of the unit alone at several sizes (:data:`SSM_STATE`, :data:`CONV_LANE`), the scan
-  state and conv history memories as above, the executors' requantization epilogues.
+  state and conv history memories as above, the executors around them (per lane, from the whole
+  accelerator with and without the units).
 - LUT and FF (Xilinx UltraScale+ fabric, 36 Kb block families): linear in
   :func:`resource_features` with coefficients fitted by least squares on Yosys
   ``synth_xilinx -family xcup`` runs of the whole accelerator (``hwflow.resource_fit``, data
@@ -377,9 +378,14 @@ def vector_rom_blocks(cfg: AccelConfig, bram_kbits: int = 36) -> float:
 #: Hadamard: no DSP; LUT ``1.005 W lg W (8 + lg B) + 4.751 W (lg B - lg W)(8 + lg B)`` (the
 #: in-beat butterflies and the delay-feedback stages, ``8 + lg B`` bits wide), within 60;
 #: FF ``21.3 W + 0.067 W lg B (8 + lg B)``, within 14.
+#: The executors around the units (``hw/ssm_exec.py``: FSMs, record buffers, the conv's SiLU
+#: ROMs, the requantization epilogues, one DSP a lane each for CONV and HADAMARD), per lane: the
+#: whole accelerator with and without the units at L = 8 (S = 6, K = 4, blocks to 16; +18,587
+#: LUT, +12,256 FF, +117 DSP, +3 BRAM measured) less the units' formulas, one point.
 SSM_STATE = {"lut": 740, "ff": 337, "dsp": 8}
 SSM_FIXED = {"lut": 490, "ff": 320, "dsp": 5}
 CONV_LANE = {"lut": (409, 33), "ff": (274, 16)}
+SSM_EXEC_LANE = {"lut": 1070, "ff": 880, "dsp": 2}
 
 
 def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
@@ -387,9 +393,8 @@ def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     the units (:data:`SSM_STATE`, :data:`CONV_LANE`, the Hadamard formula), their memories
     (the scan state, ``ssm_channels`` words of ``32 S`` bits; the conv history,
     ``conv_words`` of ``8 L (K - 1)`` bits) as :func:`memory_blocks` maps them (with
-    ``ssm_uram``: URAM288, :func:`uram_blocks`), and the two executors' requantization
-    epilogues (``L`` each for CONV and HADAMARD, :data:`EPILOGUE_DSP` a lane). The executors'
-    own control (a few counters a unit) is not in the estimate."""
+    ``ssm_uram``: URAM288, :func:`uram_blocks`), and the executors around them
+    (:data:`SSM_EXEC_LANE` a lane)."""
     if not cfg.ssm:
         return {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0, "uram": 0}
     S, L, K = cfg.ssm_states, cfg.chain_len, cfg.conv_taps
@@ -401,7 +406,9 @@ def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
         c * k for c, k in zip(CONV_LANE["lut"], (1, K), strict=True)) + had_lut
     ff = SSM_STATE["ff"] * S + SSM_FIXED["ff"] + L * sum(
         c * k for c, k in zip(CONV_LANE["ff"], (1, K), strict=True)) + had_ff
-    dsp = SSM_STATE["dsp"] * S + SSM_FIXED["dsp"] + L * (K + 2) + 2 * L * EPILOGUE_DSP
+    lut += SSM_EXEC_LANE["lut"] * L
+    ff += SSM_EXEC_LANE["ff"] * L
+    dsp = SSM_STATE["dsp"] * S + SSM_FIXED["dsp"] + L * (K + 2) + SSM_EXEC_LANE["dsp"] * L
     mems = ((32 * S, cfg.ssm_channels), (8 * L * (K - 1), cfg.conv_words))
     if cfg.ssm_uram:
         return {"lut": lut, "ff": ff, "dsp": dsp, "bram": 0.0,

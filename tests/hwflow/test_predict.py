@@ -94,6 +94,36 @@ def test_llama_2_7b_on_u280_from_its_config(tmp_path, capsys):
     assert len(err) == 1 and "shape-only build" in err[0]
 
 
+def test_mamba_2_8b_on_u280_from_its_config(tmp_path, capsys):
+    """``state-spaces/mamba-2.8b-hf``'s architecture (``examples/configs/mamba-2.8b.json``),
+    int4: the state-space units sized for 64 layers of state (20 MiB of int32 scan state, in
+    URAM), every weight read once a token (int4 codes and group scales, no KV cache), the decode
+    step the same at every position, within the delivered-bandwidth roofline, the design
+    fitting the board."""
+    out = tmp_path / "mamba"
+    rep, pred, text = _compile(capsys, "mamba-2.8b.json", "u280", out, "--weights", "int4")
+    s, c = rep["shape"], pred["config"]
+    assert (rep["family"], rep["weights"], rep["lm_head"]) == ("mamba", "int4", "int4")
+    assert (s["layers"], s["d_inner"], s["d_state"], s["dt_rank"]) == (64, 5120, 16, 160)
+    assert rep["parameters"] == pytest.approx(2.9e9, rel=0.01)
+    assert (c["ssm_states"], c["ssm_channels"], c["conv_taps"], c["hadamard_block"]) == (
+        16, 64 * 5120, 4, 1024) and c["ssm_uram"] and pred["fits"]
+    b, d = pred["bandwidth"], pred["decode"]
+    assert b["traffic"]["kv_read"] == b["traffic"]["kv_written"] == 0
+    # int4 codes (half a byte) of every linear and the LM head with a scale byte per 32, less
+    # than 10 % on top: the tiles of the 16-output x_b, x_c padded to the engine's 256 chains
+    # (82 MB a token), the records, the decay-rate codes
+    linears = rep["parameters"] - s["vocab"] * s["hidden"] - s["layers"] * s["d_inner"] * (
+        s["d_state"] + s["d_conv"] + 3)
+    int4 = linears / 2 * 17 / 16
+    assert int4 < b["weight_bytes_per_token"] < 1.1 * int4
+    assert len(set(d["cycles_at_positions"].values())) == 1
+    assert d["tokens_per_s"] <= b["roofline_tokens_per_s"]
+    _check_common(pred, rep, out, capsys)
+    print(f"mamba-2.8b int4 on the u280: {d['tokens_per_s']:.1f} tokens/s (roofline "
+          f"{b['roofline_tokens_per_s']:.1f}), {b['bytes_per_token'] / 1e6:,.0f} MB per token")
+
+
 def test_bitnet_0_7b_on_kv260_from_its_config(tmp_path, capsys):
     out = tmp_path / "bitnet"
     rep, pred, _ = _compile(capsys, "bitnet-b1.58-0.7b.json", "kv260", out)

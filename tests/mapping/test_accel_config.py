@@ -350,23 +350,34 @@ def test_engine_defaults_are_accelconfigs():
 
 
 def test_state_space_units_in_the_estimate():
-    """The state-space units' share (``ssm_resources``) against Yosys ``synth_xilinx`` of the
+    """The state-space units' share (``ssm_resources``) against Yosys ``synth_xilinx``: the
     three units alone at Mamba-2.8B's sizes (16 states, 5120 channels; conv 16 lanes, 4 taps,
     320 words; Hadamard 16 lanes, blocks to 1024: 12,852 + 8,279 + 9,343 LUT, 5,727 + 5,404 +
-    530 FF, 133 + 96 DSP, 72 + 6 BRAM36), plus the executors' 2 x 16 epilogues (3 DSP each);
-    an engine with the units estimates exactly that much more than the same engine without."""
-    from hwflow.mapping.accel_config import ssm_resources
+    530 FF, 133 + 96 DSP, 72 + 6 BRAM36) with the executors' share on top, and the whole
+    accelerator with and without the units at L = 8 (+18,587 LUT, +12,256 FF, +117 DSP, +3
+    BRAM36); an engine with the units estimates exactly that much more than without."""
+    from hwflow.mapping.accel_config import SSM_EXEC_LANE, ssm_resources
 
     base = AccelConfig(chains=4, chain_len=16, mem_ports=2, port_bytes=16, act_depth=2048,
                        weight_depth=64, transformer=True, vec_lanes=8)
-    cfg = replace(base, ssm_states=16, ssm_channels=5120, conv_taps=4,
-                              conv_words=320, hadamard_block=1024)
+    cfg = replace(base, ssm_states=16, ssm_channels=5120, conv_taps=4, conv_words=320,
+                  hadamard_block=1024)
     r = ssm_resources(cfg)
-    assert r["lut"] == pytest.approx(12852 + 8279 + 9343, rel=0.01)
-    assert r["ff"] == pytest.approx(5727 + 5404 + 530, rel=0.01)
-    assert r["dsp"] == 133 + 96 + 2 * 16 * 3
-    assert -(-r["bram"] // 1) == 72 + 6
+    units = {k: r[k] - SSM_EXEC_LANE[k] * 16 for k in ("lut", "ff", "dsp")}
+    assert units["lut"] == pytest.approx(12852 + 8279 + 9343, rel=0.01)
+    assert units["ff"] == pytest.approx(5727 + 5404 + 530, rel=0.01)
+    assert units["dsp"] == 133 + 96 and -(-r["bram"] // 1) == 72 + 6
     with_units, without = estimate_resources(cfg), estimate_resources(base)
     assert with_units["dsp"] - without["dsp"] == r["dsp"]
     assert with_units["lut"] - without["lut"] == pytest.approx(r["lut"], abs=1)
     assert ssm_resources(base) == {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0, "uram": 0}
+    small = AccelConfig(chains=4, chain_len=8, mem_ports=2, port_bytes=16, act_depth=2048,
+                        weight_depth=64, transformer=True, vec_lanes=8)
+    d = {k: v - estimate_resources(small)[k] for k, v in estimate_resources(replace(
+        small, ssm_states=6, ssm_channels=160, conv_taps=4, conv_words=20,
+        hadamard_block=16)).items()}
+    assert d["lut"] == pytest.approx(18587, rel=0.01) and d["ff"] == pytest.approx(12256, rel=0.01)
+    assert (d["dsp"], d["bram"]) == (117, 3)
+    # in URAM (ssm_uram) the state takes URAM288 instead: 5120 words of 512 bits, 8 x 2
+    uram = ssm_resources(replace(cfg, ssm_uram=True))
+    assert uram["bram"] == 0 and uram["uram"] == 8 * 2 + 6 * 1
