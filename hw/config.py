@@ -20,7 +20,7 @@ TLMM_GROUP_BITS = {2: 4, 3: 5, 4: 7}
 TLMM_GROUPS = tuple(TLMM_GROUP_BITS)
 #: The state-space units' fields (0: not built).
 _SSM_FIELDS = ("ssm_states", "ssm_channels", "conv_taps", "conv_words", "hadamard_block",
-               "ssm_uram")
+               "ssm_uram", "ssm_lanes")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,10 @@ class AccelConfig:
     hadamard_block : int
         Largest block of the Hadamard transform unit (``hw.hadamard.HadamardUnit``; a power
         of two, at least ``chain_len``).
+    ssm_lanes : int
+        W, channels the scan takes a cycle (W scan units side by side, channel ``c`` in unit
+        ``c mod W``; a power of two, at most ``chain_len / 2``): a SCAN beat of ``L`` channels
+        takes ``L / W + 1`` cycles. Its channel counts and state offsets must be multiples of W.
     ssm_uram : bool
         Place the scan state and the conv history in UltraRAM (``ram_style = "ultra"``): a
         full-size Mamba's state (Mamba-2.8B: 20 MiB) is more than the block RAM. Placement
@@ -149,6 +153,7 @@ class AccelConfig:
     conv_words: int = 0
     hadamard_block: int = 0
     ssm_uram: bool = False
+    ssm_lanes: int = 1
 
     def __post_init__(self):
         for name in ("chains", "chain_len", "mem_ports", "port_bytes", "act_depth",
@@ -191,6 +196,10 @@ class AccelConfig:
             if hb & (hb - 1) or hb < self.chain_len:
                 raise ValueError(f"AccelConfig.hadamard_block {hb} must be a power of two "
                                  f">= chain_len ({self.chain_len})")
+            w = self.ssm_lanes
+            if w < 1 or w & (w - 1) or (w > 1 and 2 * w > self.chain_len):
+                raise ValueError(f"AccelConfig.ssm_lanes {w} must be a power of two, at most "
+                                 f"chain_len / 2 ({self.chain_len // 2})")
 
     @property
     def ssm(self) -> bool:
@@ -242,9 +251,10 @@ class AccelConfig:
     def digest(self) -> str:
         """Short stable hash of the parameters (part of the Verilator build-cache key and of a
         cycle calibration's key). An engine without state-space units hashes without their
-        fields, as before they existed, so its calibrations keep their key."""
+        fields, as before they existed, so its calibrations keep their key (and an engine with
+        them, without the fields added since at their defaults)."""
         d = self.to_dict()
-        if not self.ssm:
-            for k in _SSM_FIELDS:
+        for k in _SSM_FIELDS:
+            if not self.ssm or (k, d[k]) in (("ssm_uram", False), ("ssm_lanes", 1)):
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

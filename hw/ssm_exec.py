@@ -21,15 +21,16 @@ port carries a row's inputs to the next; each lane's output passes the SiLU ROM 
 ``requantize(SILU_ROM[c], 0, silu_mult, silu_shift)``), and is written to ``out + r * words +
 j``; then the rows' words past ``ceil(n / L)`` are written 0, as the ISA model writes them.
 
-:class:`ScanExec` runs a SCAN row by row (the recurrence): the row's ``B`` and ``C`` words are
-read into the :class:`~.ssm.ScanUnit`'s token operands; then per beat ``j`` the ``u`` and
-``dt`` words (read during the previous beat's feed) and the beat's parameter record are
-taken (the block streams once per row: the unit takes the decay-rate codes with the
-channels), and its channels enter the unit one a cycle (state channel ``state + c``, ``dt``
-through the softplus ROM, zeros on row 0 at POS 0), ``L + 1`` cycles a beat; the ``y`` bytes
-are gathered into words and written ``out + r * words`` on, the row's padding words 0. The next
-row's token waits until the row's last ``y`` is written (the pipeline holds the token's
-operands).
+:class:`ScanExec` runs a SCAN row by row (the recurrence) on ``W = ssm_lanes``
+:class:`~.ssm.ScanUnit` units side by side (state channel ``c`` in unit ``c mod W`` at ``c // W``;
+``n`` and ``state`` multiples of W): the row's ``B`` and ``C`` words are read into the units'
+token operands; then per beat ``j`` the ``u`` and ``dt`` words (read during the previous beat's
+feed) and the beat's parameter record are taken (the block streams once per row: the units
+take the decay-rate codes with the channels), and its channels enter the units W a cycle
+(``dt`` through a softplus ROM a unit, zeros on row 0 at POS 0), ``L / W + 1`` cycles a beat;
+the ``y`` bytes, W a cycle, are gathered into words and written ``out + r * words`` on, the
+row's padding words 0. The next row's token waits until the row's last ``y`` is written (the
+pipelines hold the token's operands).
 """
 
 from __future__ import annotations
@@ -346,17 +347,21 @@ class ScanExec(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
-        self.unit = ScanUnit(cfg.ssm_states, cfg.ssm_channels, uram=cfg.ssm_uram)
+        W = cfg.ssm_lanes
+        self.units = [ScanUnit(cfg.ssm_states, -(-cfg.ssm_channels // W), uram=cfg.ssm_uram)
+                      for _ in range(W)]
         super().__init__(exec_signature(cfg, streams=True))
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        L, S = cfg.chain_len, cfg.ssm_states
+        L, S, W = cfg.chain_len, cfg.ssm_states, cfg.ssm_lanes
         sw = -(-S // L)                     # act words of B (of C)
         R = scan_record_bytes(L, S)
         f = data.View(LAYOUTS[isa.Opcode.SCAN], self.ins)
-        m.submodules.unit = unit = self.unit
+        for k, u in enumerate(self.units):
+            m.submodules[f"unit{k}"] = u
+        unit = self.units[0]                # the units move in lockstep: unit 0's handshakes
         recs = _Records(m, cfg, R, self.rd_req, self.rd_data)
         beats = Signal(16)
         m.d.comb += [beats.eq((f.n + L - 1) // L),
@@ -385,33 +390,37 @@ class ScanExec(wiring.Component):
             m.d.comb += [self.rd_en.eq(1), self.rd_addr.eq(addr)]
             m.d.sync += [cap_en.eq(1), cap_to.eq(to), cap_k.eq(k)]
 
-        tk = unit.token
-        for s in range(S):
-            m.d.comb += [tk.b[s].eq(tok_b[8 * s:8 * s + 8].as_signed()),
-                         tk.c[s].eq(tok_c[8 * s:8 * s + 8].as_signed())]
-        m.d.comb += [tk.bu_mult.eq(f.bu_mult), tk.bu_shift.eq(f.bu_shift),
-                     tk.y_mult.eq(f.y_mult), tk.y_shift.eq(f.shift), tk.d_shift.eq(f.d_shift)]
+        for u in self.units:
+            tk = u.token
+            for s in range(S):
+                m.d.comb += [tk.b[s].eq(tok_b[8 * s:8 * s + 8].as_signed()),
+                             tk.c[s].eq(tok_c[8 * s:8 * s + 8].as_signed())]
+            m.d.comb += [tk.bu_mult.eq(f.bu_mult), tk.bu_shift.eq(f.bu_shift),
+                         tk.y_mult.eq(f.y_mult), tk.y_shift.eq(f.shift), tk.d_shift.eq(f.d_shift)]
 
-        # --- feed: per row the token, per beat u, dt and the record, then its channels; the
-        # next beat's u and dt words are read in the beat's first two feed cycles, so a beat
-        # takes L + 1 cycles (the +1: the swap to the next beat's words and record)
+        # --- feed: per row the token, per beat u, dt and the record, then its channels, W a
+        # cycle; the next beat's u and dt words are read in the beat's first two feed cycles
+        # (L / W >= 2 of them), so a beat takes L / W + 1 cycles (the +1: the swap to the next
+        # beat's words and record)
         t, j, i, k = Signal(16), Signal(16), Signal(range(L)), Signal(range(2 * sw + 1))
         pre = Signal(2)                             # next-beat reads issued in this beat
         row_off, bc_off = Signal(16), Signal(16)    # t * words, t * bc_words
-        chan = Signal.like(unit.i.payload.chan)
+        chan = Signal(32)                           # state channel of lane i
         cur = Signal(8 * R)
         rows_done = Signal(16)                      # rows whose y are all written
-        c = unit.i.payload
-        lane_u = u_w.word_select(i, 8).as_signed()
-        lane_dt = dt_w.word_select(i, 8)
-        sp = memory.Memory(shape=16, depth=256, init=SOFTPLUS_ROM)
-        m.submodules.softplus = sp
-        spr = sp.read_port(domain="comb")
-        m.d.comb += [spr.addr.eq(lane_dt + 128), c.chan.eq(chan), c.dt.eq(spr.data),
-                     c.u.eq(lane_u), c.zero.eq((t == 0) & (self.pos == 0)),
-                     c.d_mult.eq(cur.word_select(2 * S * L // 4 + i, 32)[:17].as_signed())]
-        for s in range(S):
-            m.d.comb += c.a[s].eq(cur.word_select(i * S + s, 16))
+        for q, u in enumerate(self.units):          # unit q takes lane i + q
+            c = u.i.payload
+            lane = i + q
+            sp = memory.Memory(shape=16, depth=256, init=SOFTPLUS_ROM)
+            m.submodules[f"softplus{q}"] = sp
+            spr = sp.read_port(domain="comb")
+            m.d.comb += [spr.addr.eq(dt_w.word_select(lane, 8) + 128),
+                         c.chan.eq(chan // W if W > 1 else chan), c.dt.eq(spr.data),
+                         c.u.eq(u_w.word_select(lane, 8).as_signed()),
+                         c.zero.eq((t == 0) & (self.pos == 0)),
+                         c.d_mult.eq(cur.word_select(2 * S * L // 4 + lane, 32)[:17].as_signed())]
+            for s in range(S):
+                m.d.comb += c.a[s].eq(cur.word_select(lane * S + s, 16))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start & (f.rows != 0) & (f.n != 0)):
@@ -447,13 +456,13 @@ class ScanExec(wiring.Component):
                         read(f.dt + row_off + j + 1, T_NDT)
                     with m.If(pre != 2):
                         m.d.sync += pre.eq(pre + 1)
-                m.d.comb += unit.i.valid.eq(1)
+                m.d.comb += [u.i.valid.eq(1) for u in self.units]
                 with m.If(unit.i.ready):
-                    m.d.sync += [chan.eq(chan + 1), i.eq(i + 1)]
-                    end_row = j * L + i == f.n - 1
+                    m.d.sync += [chan.eq(chan + W), i.eq(i + W)]
+                    end_row = j * L + i + W == f.n
                     with m.If(end_row):
                         m.next = "DRAIN"
-                    with m.Elif(i == L - 1):
+                    with m.Elif(i == L - W):
                         m.d.sync += j.eq(j + 1)
                         m.next = "SWAP"
             with m.State("DRAIN"):
@@ -466,20 +475,21 @@ class ScanExec(wiring.Component):
                     with m.Else():
                         m.next = "TOKEN"
 
-        # --- write: y gathered into words, then the row's padding words -------------------------
+        # --- write: y gathered into words, W bytes a cycle, then the row's padding words -------
         ycol, yi = Signal(8 * L), Signal(range(L))
         w_cnt, wj, w_row = Signal(16), Signal(16), Signal(16)
         pad = w_cnt == f.n
         nxt = Signal(8 * L)
-        m.d.comb += [nxt.eq(ycol | (unit.o.payload.as_unsigned() << (yi * 8))),
-                     unit.o.ready.eq(~pad)]
+        ys = Cat(*(u.o.payload for u in self.units))
+        m.d.comb += [nxt.eq(ycol | (ys << (yi * 8))),
+                     *(u.o.ready.eq(~pad) for u in self.units)]
         wr = Signal()
         m.d.comb += [self.wr_addr.eq(f.out + w_row + wj), self.wr_data.eq(Mux(pad, 0, nxt))]
         with m.If(self.busy & pad & (rows_done != f.rows)):
             m.d.comb += wr.eq(1)
         with m.If(unit.o.valid & ~pad):
-            m.d.sync += [w_cnt.eq(w_cnt + 1), yi.eq(yi + 1), ycol.eq(nxt)]
-            with m.If((yi == L - 1) | (w_cnt == f.n - 1)):
+            m.d.sync += [w_cnt.eq(w_cnt + W), yi.eq(yi + W), ycol.eq(nxt)]
+            with m.If((yi == L - W) | (w_cnt + W == f.n)):
                 m.d.comb += wr.eq(1)
                 m.d.sync += [yi.eq(0), ycol.eq(0)]
         m.d.comb += self.wr_en.eq(Mux(wr, (1 << L) - 1, 0))

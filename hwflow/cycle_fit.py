@@ -155,9 +155,11 @@ def calibration_config(cfg: AccelConfig) -> AccelConfig:
     board's own included."""
     if not cfg.transformer or cfg.ssm:
         return cfg
+    from hwflow.mapping.decoder_sizing import scan_lanes
+
     L = cfg.chain_len
     return replace(cfg, **CALIB_SSM, ssm_channels=40 * L, conv_words=40,
-                   hadamard_block=max(64, 4 * L))
+                   hadamard_block=max(64, 4 * L), ssm_lanes=scan_lanes(L))
 
 
 def micro_runs(cfg: AccelConfig) -> tuple[list, _Layout]:
@@ -394,8 +396,10 @@ def _ssm_runs(cfg: AccelConfig, lay: _Layout, add) -> None:
     c_fit = ((1, 3 * L, 0), (4, 8 * L - 3, 1), (16, 2 * L, 0), (2, 20 * L, 2), (8, 5 * L + 1, 0),
              (1, channels_conv, 0))
     c_held = ((3, 6 * L, 1), (6, 11 * L - 5, 0), (1, 13 * L, 2))
-    s_fit = ((1, 3 * L, 0), (4, 8 * L - 3, 1), (2, 20 * L, 0), (8, 2 * L + 1, 2), (1, 40 * L, 0))
-    s_held = ((3, 6 * L, 1), (2, 11 * L - 5, 0), (1, 25 * L, 2))
+    W = cfg.ssm_lanes            # a SCAN's channels: a multiple of W (partial beats too)
+    s_fit = ((1, 3 * L, 0), (4, 8 * L - 3 * W, 1), (2, 20 * L, 0), (8, 2 * L + W, 2),
+             (1, 40 * L, 0))
+    s_held = ((3, 6 * L, 1), (2, 11 * L - 5 * W, 0), (1, 25 * L, 2))
     bcw = _cdiv(cfg.ssm_states, L)
     conv_rec, scan_rec = (conv_record_bytes(L, cfg.conv_taps),
                           scan_record_bytes(L, cfg.ssm_states))

@@ -390,26 +390,28 @@ SSM_EXEC_LANE = {"lut": 1070, "ff": 880, "dsp": 2}
 
 def ssm_resources(cfg: AccelConfig, bram_kbits: int = 36) -> dict:
     """LUT, FF, DSP, block RAM and URAM of the state-space units (all 0 without ``cfg.ssm``):
-    the units (:data:`SSM_STATE`, :data:`CONV_LANE`, the Hadamard formula), their memories
-    (the scan state, ``ssm_channels`` words of ``32 S`` bits; the conv history,
+    the units (:data:`SSM_STATE` for each of the ``ssm_lanes`` scan units, :data:`CONV_LANE`,
+    the Hadamard formula), their memories (the scan state, ``ssm_channels`` words of ``32 S``
+    bits split over the scan units; the conv history,
     ``conv_words`` of ``8 L (K - 1)`` bits) as :func:`memory_blocks` maps them (with
     ``ssm_uram``: URAM288, :func:`uram_blocks`), and the executors around them
     (:data:`SSM_EXEC_LANE` a lane)."""
     if not cfg.ssm:
         return {"lut": 0.0, "ff": 0.0, "dsp": 0, "bram": 0.0, "uram": 0}
-    S, L, K = cfg.ssm_states, cfg.chain_len, cfg.conv_taps
+    S, L, K, W = cfg.ssm_states, cfg.chain_len, cfg.conv_taps, cfg.ssm_lanes
     lg_w, lg_b = math.log2(L), math.log2(cfg.hadamard_block)
     width = 8 + lg_b
     had_lut = 1.005 * L * lg_w * width + 4.751 * L * (lg_b - lg_w) * width
     had_ff = 21.3 * L + 0.067 * L * lg_b * width
-    lut = SSM_STATE["lut"] * S + SSM_FIXED["lut"] + L * sum(
+    lut = W * (SSM_STATE["lut"] * S + SSM_FIXED["lut"]) + L * sum(
         c * k for c, k in zip(CONV_LANE["lut"], (1, K), strict=True)) + had_lut
-    ff = SSM_STATE["ff"] * S + SSM_FIXED["ff"] + L * sum(
+    ff = W * (SSM_STATE["ff"] * S + SSM_FIXED["ff"]) + L * sum(
         c * k for c, k in zip(CONV_LANE["ff"], (1, K), strict=True)) + had_ff
     lut += SSM_EXEC_LANE["lut"] * L
     ff += SSM_EXEC_LANE["ff"] * L
-    dsp = SSM_STATE["dsp"] * S + SSM_FIXED["dsp"] + L * (K + 2) + SSM_EXEC_LANE["dsp"] * L
-    mems = ((32 * S, cfg.ssm_channels), (8 * L * (K - 1), cfg.conv_words))
+    dsp = W * (SSM_STATE["dsp"] * S + SSM_FIXED["dsp"]) + L * (K + 2) + SSM_EXEC_LANE["dsp"] * L
+    # W scan units, each holding every W-th channel
+    mems = ((32 * S, -(-cfg.ssm_channels // W)),) * W + ((8 * L * (K - 1), cfg.conv_words),)
     if cfg.ssm_uram:
         return {"lut": lut, "ff": ff, "dsp": dsp, "bram": 0.0,
                 "uram": sum(uram_blocks(w, d) for w, d in mems)}

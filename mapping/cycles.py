@@ -689,10 +689,10 @@ def _ssm_features(i, cfg: AccelConfig, beat: float) -> tuple[str, dict, int]:
     CONV: per beat of ``L`` channels its rows enter the unit one a cycle, or the next record
     arrives first (it is requested when the beat takes its record): ``max(rows, arrive + 1)``;
     the last beat's rows then drain behind at most ``arrive`` cycles of it; the padding words
-    after. SCAN, per row: the ``B`` and ``C`` words (``token``), per beat its channels and the
-    swap (``c + 1`` cycles) or the next beat's record if it arrives later (the row's last beat
-    overlaps the next row's first record with its drain), the padding words, and the row's
-    fixed part (the u/dt reads of its first beat, the unit's drain)."""
+    after. SCAN, per row: the ``B`` and ``C`` words (``token``), per beat its channels, W a
+    cycle, and the swap (``c / W + 1`` cycles) or the next beat's record if it arrives later
+    (the row's last beat overlaps the next row's first record with its drain), the padding
+    words, and the row's fixed part (the u/dt reads of its first beat, the units' drain)."""
     L, op = cfg.chain_len, i.op
     n_beats = _cdiv(i.n, L)
     pads = i.rows * max(0, i.words - n_beats)
@@ -706,8 +706,9 @@ def _ssm_features(i, cfg: AccelConfig, beat: float) -> tuple[str, dict, int]:
     if op == Opcode.CONV:
         feed = n_beats * max(i.rows, arrive + 1) + min(i.rows - 1, arrive) if i.rows else 0
         return "CONV", {"fixed": 1, "feed": feed, "pads": pads}, 1 if i.rows and n_beats else 0
-    chans = [min(L, i.n - b * L) for b in range(n_beats)]
-    per_row = sum(max(c + 1, arrive) for c in chans[:-1]) + (chans[-1] + 1 if chans else 0)
+    W = cfg.ssm_lanes
+    steps = [_cdiv(min(L, i.n - b * L), W) + 1 for b in range(n_beats)]   # W channels a cycle
+    per_row = sum(max(c, arrive) for c in steps[:-1]) + (steps[-1] if steps else 0)
     return "SCAN", {"fixed": 1, "rows": i.rows if n_beats else 0,
                     "token": i.rows * 2 * _cdiv(cfg.ssm_states, L) if n_beats else 0,
                     "feed": i.rows * per_row, "pads": pads}, 1 if i.rows and n_beats else 0

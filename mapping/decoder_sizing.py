@@ -36,7 +36,7 @@ from .llm_lower import (
 )
 from .weight_format import DENSE_INT8, ring_reserve
 
-__all__ = ["size_buffers", "tlmm_engine", "lower_shape", "ACT_ADDR_WORDS"]
+__all__ = ["size_buffers", "tlmm_engine", "lower_shape", "scan_lanes", "ACT_ADDR_WORDS"]
 
 #: Activation words an instruction can address: its 16-bit activation fields.
 ACT_ADDR_WORDS = field_max(Opcode.MATMUL, "a") + 1
@@ -111,6 +111,20 @@ def size_buffers(qd, cfg, board, ternary: bool = False) -> tuple[object, list[st
     return cfg, notes + placed
 
 
+def scan_lanes(chain_len: int, d_inner: int | None = None) -> int:
+    """W of the scan units (``AccelConfig.ssm_lanes``) for an engine of ``chain_len`` lanes:
+    ``L / 4`` (4 at L = 16), so a SCAN beat of ``L`` channels takes ``L / W + 1 = 5`` cycles
+    (Mamba-2.8B's 64 scans a token: 102 k cycles at W = 4 against 348 k at W = 1, where its
+    int4 weights take 1.1 M at the U280's rate), halved until it divides ``d_inner`` and leaves
+    every unit ``hw.ssm.HAZARD`` channels of a layer."""
+    from hwflow.hw.ssm import HAZARD
+
+    w = max(1, chain_len // 4)
+    while w > 1 and d_inner is not None and (d_inner % w or d_inner // w < HAZARD):
+        w //= 2
+    return w
+
+
 def _size_ssm(qd, cfg) -> tuple:
     """``cfg`` with the state-space units a Mamba needs (``mapping.llm_lower.ssm_units``: its
     states, taps and every layer's state on chip; the Hadamard unit's largest block at least
@@ -119,7 +133,9 @@ def _size_ssm(qd, cfg) -> tuple:
         return cfg, None
     need = ssm_units(qd, cfg.chain_len)
     need["hadamard_block"] = max(need["hadamard_block"], cfg.chain_len)
-    units = {k: v if k in SSM_EXACT else max(v, getattr(cfg, k)) for k, v in need.items()}
+    need["ssm_lanes"] = scan_lanes(cfg.chain_len, qd.shape.d_inner)
+    units = {k: v if k in SSM_EXACT + ("ssm_lanes",) else max(v, getattr(cfg, k))
+             for k, v in need.items()}
     if all(getattr(cfg, k) == v for k, v in units.items()):
         return cfg, None
     s = qd.shape
@@ -129,7 +145,8 @@ def _size_ssm(qd, cfg) -> tuple:
         f"state-space units sized for the model: {s.d_state} states, {s.d_conv} taps, "
         f"{units['ssm_channels']} scan channels ({s.layers} layers x {s.d_inner}: the int32 "
         f"state, {state_kb:,.1f} KiB on chip), {units['conv_words']} conv words (history "
-        f"{hist_kb:,.1f} KiB), Hadamard blocks to {units['hadamard_block']}")
+        f"{hist_kb:,.1f} KiB), Hadamard blocks to {units['hadamard_block']}, "
+        f"{units['ssm_lanes']} scan unit{'s' if units['ssm_lanes'] > 1 else ''} side by side")
 
 
 def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:

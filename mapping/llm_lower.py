@@ -968,6 +968,10 @@ def _check_ssm(g: Graph, cfg: AccelConfig) -> None:
     if not cfg.ssm:
         raise MappingError(f"'{name}' is a state-space model and this accelerator has no "
                            "state-space units (AccelConfig.ssm_states = 0)")
+    s = _shape(g)
+    if s.d_inner % cfg.ssm_lanes:
+        raise MappingError(f"'{name}': {s.d_inner} inner channels do not split over "
+                           f"ssm_lanes={cfg.ssm_lanes} scan units")
     for what, need in ssm_units(g, cfg.chain_len).items():
         have = getattr(cfg, what)
         if what in SSM_EXACT and need != have:

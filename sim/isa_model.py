@@ -769,6 +769,9 @@ class IsaModel:
         if ins.state + n > cfg.ssm_channels:
             self._fail(AddressError, f"SCAN: state channels {ins.state}..{ins.state + n - 1} "
                        f"exceed ssm_channels={cfg.ssm_channels}")
+        if n % cfg.ssm_lanes or ins.state % cfg.ssm_lanes:
+            self._fail(IsaError, f"SCAN: n={n} and state={ins.state} must be multiples of "
+                       f"ssm_lanes={cfg.ssm_lanes} (the scan units take W channels a cycle)")
         if rows == 0:
             return
         raw = self._params(ins, block_bytes(scan_record_bytes(L, S), n, L, cfg.beat_bytes),

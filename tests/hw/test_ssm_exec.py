@@ -15,7 +15,7 @@ import pytest
 from hwflow.hw.config import AccelConfig
 from hwflow.hw.isa import ERROR_ILLEGAL_OPCODE, Instr, Opcode
 from hwflow.mapping.ssm_format import pack_conv, pack_scan
-from hwflow.sim.isa_model import IsaModel
+from hwflow.sim.isa_model import IsaError, IsaModel
 
 from .test_controller_llm import _image, run
 
@@ -120,10 +120,10 @@ def test_conv_records_share_super_beats():
     assert bytes(img[40 * sb:42 * sb]) == want.read(40 * sb, 2 * sb)
 
 
-def _scan_case(cfg, n, rows, pos, seed):
-    """LOAD u, dt and B/C rows; two SCANs of one layer (at POS > 0 the second carries on from
-    the first's state; at POS 0 each starts from zeros) and one of another, in place; STORE it
-    all; the ISA model's result."""
+def _scan_case(cfg, n, rows, pos, seed, state=3):
+    """LOAD u, dt and B/C rows; two SCANs of one layer (state channels from ``state``; at POS >
+    0 the second carries on from the first's state; at POS 0 each starts from zeros) and one of
+    another, in place; STORE it all; the ISA model's result."""
     L_, S, sb = cfg.chain_len, cfg.ssm_states, cfg.beat_bytes
     beats, sw = -(-n // L_), -(-S // L_)
     words, bcw = beats + 1, 2 * sw + 1
@@ -137,9 +137,9 @@ def _scan_case(cfg, n, rows, pos, seed):
     total = y + 2 * area
     total += -total % (sb // L_)
     prog = [Instr(Opcode.LOAD, ext=100, a=0, b=total),
-            Instr(Opcode.SCAN, a=u, out=y, b=bc, c=bc + sw, state=3, **scan),
-            Instr(Opcode.SCAN, a=u, out=y + area, b=bc, c=bc + sw, state=3, **scan),
-            Instr(Opcode.SCAN, a=u, out=u, b=bc, c=bc + sw, state=3 + n, **scan),
+            Instr(Opcode.SCAN, a=u, out=y, b=bc, c=bc + sw, state=state, **scan),
+            Instr(Opcode.SCAN, a=u, out=y + area, b=bc, c=bc + sw, state=state, **scan),
+            Instr(Opcode.SCAN, a=u, out=u, b=bc, c=bc + sw, state=state + n, **scan),
             Instr(Opcode.STORE, ext=200, a=0, b=total), Instr(Opcode.END)]
     img = _image(prog, nbeats=420, seed=seed, sb=sb)
     img[300 * sb:300 * sb + len(par)] = par
@@ -158,6 +158,21 @@ def test_scan_matches_the_isa_model(n, rows, pos):
     assert regs["ERROR"] == 0 and regs["RETIRED"] == 6
     got = np.frombuffer(bytes(img[200 * SB:200 * SB + nbytes]), np.int8)
     np.testing.assert_array_equal(got, np.frombuffer(want.read(200 * SB, nbytes), np.int8))
+
+
+@pytest.mark.parametrize("lanes,n,rows,pos", [(2, 22, 2, 0), (4, 20, 3, 2)])
+def test_scan_on_several_units_matches_the_isa_model(lanes, n, rows, pos):
+    """``ssm_lanes`` W = 2 and 4 scan units side by side (W channels a cycle, channel ``c`` in
+    unit ``c mod W``): a partial last beat, state carried across instructions; and an
+    instruction whose n is not a multiple of W is refused by the ISA model."""
+    cfg = replace(CFG, ssm_lanes=lanes)
+    img, want, nbytes = _scan_case(cfg, n, rows, pos, n + lanes, state=lanes * 2)
+    regs = run(cfg, img, pos=pos, max_cycles=80000)
+    assert regs["ERROR"] == 0 and regs["RETIRED"] == 6
+    got = np.frombuffer(bytes(img[200 * SB:200 * SB + nbytes]), np.int8)
+    np.testing.assert_array_equal(got, np.frombuffer(want.read(200 * SB, nbytes), np.int8))
+    with pytest.raises(IsaError, match="multiples of ssm_lanes"):
+        _scan_case(cfg, n + 1, rows, pos, 1, state=0)
 
 
 def test_scan_records_share_super_beats():
