@@ -132,16 +132,18 @@ def write_tiny_bitnet(folder: str | os.PathLike, seed: int = 0, ternary_weights:
 
 #: The tiny Mamba of the "tiny-mamba" example: ``transformers``' defaults of a Mamba block (16
 #: states, 4 taps, expand 2) at a width that is not a multiple of the engine sizes (hidden 40,
-#: 80 inner channels, dt rank 5), 2 layers, a vocabulary of 97.
+#: 80 inner channels, dt rank 5), 2 layers, a vocabulary of 97, an LM head of its own (tied to
+#: the embedding, a random model's greedy tokens repeat the last one).
 TINY_MAMBA = dict(vocab_size=97, hidden_size=40, state_size=16, num_hidden_layers=2, expand=2,
-                  conv_kernel=4, time_step_rank=5)
+                  conv_kernel=4, time_step_rank=5, tie_word_embeddings=False)
 
 
 def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write a randomly initialised tiny ``MambaForCausalLM`` (:data:`TINY_MAMBA`) as a Hugging
     Face folder (safetensors): ``transformers``' initialisation under ``torch.manual_seed(seed)``,
     with the decays (``A_log``), the D skip and the norms moved off their constant init so
-    that every parameter shows in the logits."""
+    that every parameter shows in the logits, and the embedding at unit scale (its init of 0.1
+    leaves the blocks' outputs in the noise of int8)."""
     import torch
     import transformers
 
@@ -153,6 +155,8 @@ def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
                 p.add_(torch.rand_like(p))
             elif name.endswith(".D") or name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("embeddings.weight"):
+                p.normal_(0.0, 1.0)
     os.makedirs(folder, exist_ok=True)
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
