@@ -1,9 +1,10 @@
-"""Benchmark: shape-only compiles and predictions of full-size decoders from their configs.
+"""Benchmark: shape-only compiles and predictions of full-size language models from their
+configs.
 
 Runs ``hwflow compile CONFIG --shape-only --board B`` (meta-device model, shape-only lowering,
 predictions) in a fresh process for LLaMA-2-7B on the U280 with int8 and with int4 (W4A8)
-linears and BitNet b1.58 0.7B on the KV260 with its int8 and with an int4 LM head
-(``examples/configs/``), then ``hwflow predict``
+linears, BitNet b1.58 0.7B on the KV260 with its int8 and with an int4 LM head, and Mamba-2.8B
+(W4A8) on the U280 and the VCK190 (``examples/configs/``), then ``hwflow predict``
 on each build folder, and prints each command's wall time and peak resident memory and the
 predicted figures (decode tokens/s, TTFT at 64/128/512 prompt tokens, bandwidth utilization,
 resources). Not a test: it measures.
@@ -25,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [("llama-2-7b.json", "u280", ["--weights", "int8"]),
          ("llama-2-7b.json", "u280", ["--weights", "int4"]),
          ("bitnet-b1.58-0.7b.json", "kv260", []),
-         ("bitnet-b1.58-0.7b.json", "kv260", ["--lm-head", "int4"])]
+         ("bitnet-b1.58-0.7b.json", "kv260", ["--lm-head", "int4"]),
+         ("mamba-2.8b.json", "u280", ["--weights", "int4"]),
+         ("mamba-2.8b.json", "vck190", ["--weights", "int4"])]
 
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
@@ -58,7 +61,8 @@ def main() -> None:
             p = json.loads((out / "reports" / "predict.json").read_text())
             print(json.dumps({"config": {k: p["config"][k] for k in (
                 "chains", "chain_len", "mem_ports", "port_bytes", "act_depth", "weight_depth",
-                "attn_heads", "tlmm", "tlmm_t", "tlmm_q")}, "clock_mhz": p["clock_mhz"],
+                "attn_heads", "tlmm", "tlmm_t", "tlmm_q", "ssm_lanes", "ssm_uram")},
+                "clock_mhz": p["clock_mhz"],
                 "resources": p["resources"], "fit": p["resource_fit"].get("fit"),
                 "fits": p["fits"]}, default=float))
             print()
