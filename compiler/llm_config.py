@@ -143,9 +143,9 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
         raise UnsupportedOpError(f"{cfg_path}: model_type '{model_type}' is not supported by "
                                  f"the decoder path (supported: {', '.join(SHAPE_FAMILIES)})")
     try:
-        import torch
+        import torch  # noqa: F401 (the meta model's; here: a missing install is named first)
         import transformers
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
     except ImportError:
         raise FrontendError("reading a transformers config needs the 'transformers' package "
                             "(pip install transformers)") from None
@@ -159,6 +159,16 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
     _hf_config_checks(cfg_path.parent, raw)
     rope_type, theta = rope_type_and_theta(config)
     rope = rope_frequencies(config, rope_type, max_context, str(cfg_path))
+    params = _meta_parameters(cfg_path, config)
+    return _derive(cfg_path, config, model_type, params, max_pos, theta, rope)
+
+
+def _meta_parameters(cfg_path: Path, config) -> dict:
+    """``{name: shape}`` of the parameters of ``config``'s model built on the meta device
+    (nothing allocated), or one line naming why transformers cannot build it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -166,9 +176,8 @@ def shape_from_config(path, max_context: int | None = None) -> ConfigShape:
         raise FrontendError(f"{cfg_path}: transformers cannot build the model from its config "
                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
                             ) from None
-    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert all(p.is_meta for p in model.parameters())    # nothing was allocated
-    return _derive(cfg_path, config, model_type, params, max_pos, theta, rope)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def rope_frequencies(config, rope_type: str | None, max_context: int, where: str) -> dict:
@@ -462,24 +471,20 @@ def mamba_shape_from_config(path) -> ConfigShape:
     """The shape of a Mamba (``MambaConfig``) from its meta model's parameters, as
     :func:`shape_from_config` reads a decoder's: ``ConfigShape.shape`` an ``SsmShape``,
     ``family`` ``"mamba"``."""
-    import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    from .llm_frontend import config_error
     from .ssm import SsmShape
 
     cfg_path = _config_file(path)
+    raw = json.loads(cfg_path.read_text())      # is_ssm_config read it
+    transformers.utils.logging.set_verbosity_error()
     try:
-        raw = json.loads(cfg_path.read_text())
-        transformers.utils.logging.set_verbosity_error()
         config = AutoConfig.for_model(**raw)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
     except Exception as e:  # noqa: BLE001
-        raise FrontendError(f"{cfg_path}: transformers cannot build the Mamba from its config "
-                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
-                            ) from None
-    p = {n: tuple(t.shape) for n, t in model.named_parameters()}
+        raise config_error(cfg_path, raw.get("model_type"), e) from None
+    p = _meta_parameters(cfg_path, config)
     blocks = sorted({int(n.split(".")[2]) for n in p if n.startswith("backbone.layers.")})
     mixer = "backbone.layers.0.mixer."
     C, S = p[mixer + "A_log"]
