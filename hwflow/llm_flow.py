@@ -224,12 +224,7 @@ def load(job: DecoderJob) -> None:
     job.fd, job.name, job.source = fd, job.example or fd.name, fd.source
     job.shape = fd.shape
     if job.state_space:
-        from hwflow.compiler.lm import max_context
-
-        if job.max_context is not None:
-            job.notes.append(f"--max-context {job.max_context} ignored: a state-space model's "
-                             "state does not grow with the context")
-        job.max_context = max_context(fd)
+        _mamba_options(job)
     else:
         job.max_context = fd.max_context
     if job.weights is None and getattr(fd, "ternary_weights", False):
@@ -291,23 +286,34 @@ def quantize(job: DecoderJob) -> None:
 MAMBA_WEIGHTS = {"int8": 8, "int4": 4}
 
 
+def _mamba_options(job: DecoderJob) -> None:
+    """A Mamba's options, in ``load`` (both compiles): ``--max-context`` does not apply (a
+    note if given: the state does not grow), ``--weights`` int8 (default) or int4 for every
+    linear and the LM head (one line otherwise)."""
+    from hwflow.compiler.ssm_graph import MAMBA_MAX_CONTEXT
+
+    if job.max_context is not None:
+        job.notes.append(f"--max-context {job.max_context} ignored: a state-space model's "
+                         "state does not grow with the context")
+    job.max_context = MAMBA_MAX_CONTEXT
+    job.weights = job.weights or "int8"
+    if job.weights not in MAMBA_WEIGHTS or job.lm_head not in (None, job.weights):
+        lm = f" --lm-head {job.lm_head}" if job.lm_head else ""
+        raise HwflowError(f"--weights {job.weights}{lm}: a Mamba takes "
+                          f"{', '.join(MAMBA_WEIGHTS)} for every linear, its LM head too")
+
+
 def _quantize_mamba(job: DecoderJob, float_path: Path) -> None:
     """Step ``quantize`` of a Mamba: the float model written to ``float_path``, then
     quantized (``compiler.ssm_quant.quantize_mamba``: static scales from a seeded calibration
     run, the residual stream rotated and the out-projection's input Hadamard-transformed;
-    8-bit activations, int8 or int4 weights)."""
+    8-bit activations, ``job.weights`` int8 or int4)."""
     from hwflow.compiler.ssm_quant import quantize_mamba
 
-    weights = job.weights or "int8"
-    if weights not in MAMBA_WEIGHTS:
-        raise HwflowError(f"--weights {weights}: a Mamba takes {', '.join(MAMBA_WEIGHTS)}")
-    if job.lm_head not in (None, weights):
-        raise HwflowError(f"--lm-head {job.lm_head}: a Mamba's LM head has its linears' "
-                          f"weights ({weights}); leave --lm-head out")
     fm, job.fd = job.fd, None
     save_decoder(fm, float_path)
-    job.qd = quantize_mamba(fm, wbits=MAMBA_WEIGHTS[weights])
-    job.family, job.weights = fm.family, weights
+    job.qd = quantize_mamba(fm, wbits=MAMBA_WEIGHTS[job.weights])
+    job.family = fm.family
     job.close()
 
 
@@ -498,17 +504,7 @@ def load_shape(job: DecoderJob) -> None:
     job.name = Path(cs.source).parent.name if name == "config" else name
     job.config_shape, job.shape, job.source, job.family = cs, s, cs.source, cs.family
     if job.state_space:
-        from hwflow.compiler.ssm_graph import MAMBA_MAX_CONTEXT
-
-        if job.max_context is not None:
-            job.notes.append(f"--max-context {job.max_context} ignored: a state-space model's "
-                             "state does not grow with the context")
-        job.max_context = MAMBA_MAX_CONTEXT
-        job.weights = job.weights or "int8"
-        if job.weights not in MAMBA_WEIGHTS or job.lm_head not in (None, job.weights):
-            raise HwflowError(f"--weights {job.weights}" + (f" --lm-head {job.lm_head}"
-                              if job.lm_head else "") + f": a Mamba takes "
-                              f"{', '.join(MAMBA_WEIGHTS)} for every linear, its LM head too")
+        _mamba_options(job)
         return
     given = job.max_context
     if given is None:
