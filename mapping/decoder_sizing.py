@@ -136,6 +136,9 @@ def _size_ssm(qd, cfg) -> tuple:
     need["ssm_lanes"] = scan_lanes(cfg.chain_len, qd.shape.d_inner)
     units = {k: v if k in SSM_EXACT + ("ssm_lanes",) else max(v, getattr(cfg, k))
              for k, v in need.items()}
+    # no attention runs: one lane keeps GATHER and the vector unit's path (the U280's 16 lanes
+    # would hold 848 DSP48E2 idle)
+    units["attn_heads"] = 1
     if all(getattr(cfg, k) == v for k, v in units.items()):
         return cfg, None
     s = qd.shape
@@ -146,7 +149,8 @@ def _size_ssm(qd, cfg) -> tuple:
         f"{units['ssm_channels']} scan channels ({s.layers} layers x {s.d_inner}: the int32 "
         f"state, {state_kb:,.1f} KiB on chip), {units['conv_words']} conv words (history "
         f"{hist_kb:,.1f} KiB), Hadamard blocks to {units['hadamard_block']}, "
-        f"{units['ssm_lanes']} scan unit{'s' if units['ssm_lanes'] > 1 else ''} side by side")
+        f"{units['ssm_lanes']} scan unit{'s' if units['ssm_lanes'] > 1 else ''} side by side; "
+        "one attention lane (no attention runs)")
 
 
 def _size_weight_depth(qd, cfg, ternary: bool) -> tuple:
