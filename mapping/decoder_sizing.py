@@ -128,7 +128,8 @@ def scan_lanes(chain_len: int, d_inner: int | None = None) -> int:
 def _size_ssm(qd, cfg) -> tuple:
     """``cfg`` with the state-space units a Mamba needs (``mapping.llm_lower.ssm_units``: its
     states, taps and every layer's state on chip; the Hadamard unit's largest block at least
-    ``chain_len``, its smallest), and why it changed (or None; a decoder: unchanged)."""
+    ``chain_len``, its smallest; :func:`scan_lanes` scan units) and one attention lane, and
+    why it changed (or None; a decoder: unchanged)."""
     if not isinstance(qd, QMamba):
         return cfg, None
     need = ssm_units(qd, cfg.chain_len)
@@ -136,8 +137,8 @@ def _size_ssm(qd, cfg) -> tuple:
     need["ssm_lanes"] = scan_lanes(cfg.chain_len, qd.shape.d_inner)
     units = {k: v if k in SSM_EXACT + ("ssm_lanes",) else max(v, getattr(cfg, k))
              for k, v in need.items()}
-    # no attention runs: one lane keeps GATHER and the vector unit's path (the U280's 16 lanes
-    # would hold 848 DSP48E2 idle)
+    # no attention runs: one lane keeps GATHER and the vector unit's path (the U280's other 15
+    # lanes would hold 795 DSP48E2 idle)
     units["attn_heads"] = 1
     if all(getattr(cfg, k) == v for k, v in units.items()):
         return cfg, None
