@@ -19,9 +19,11 @@ The fit, all linear least squares (numpy):
    apart keep their built-in split).
 
 Held out: other sizes of every kind (the per-kind error is on the instruction's marginal
-cycles) and whole programs (all the held-out instructions in a row; the tiny-llama and
-tiny-bitnet decode and prefill programs at several positions; MLP programs in int8 and mixed
-formats), whose total cycles are compared with :func:`hwflow.mapping.cycles.predict`.
+cycles) and whole programs (all the held-out instructions in a row; the tiny-llama,
+tiny-bitnet and tiny-mamba decode and prefill programs at several positions; MLP programs in
+int8 and mixed formats), whose total cycles are compared with
+:func:`hwflow.mapping.cycles.predict`. A board's engine is fitted with state-space units added
+(:func:`calibration_config`), so HADAMARD, CONV and SCAN are fitted with the rest.
 
 The result is JSON (:func:`fit_cycle_model` returns it; :func:`write_fit` stores it):
 ``board``, ``config`` and ``config_digest`` (the engine fitted), ``read_latency``, ``date``,
