@@ -452,14 +452,14 @@ def shape_decoder(cs: ConfigShape, max_context: int, weights: str | None = None,
 
 # -- state-space models (Mamba) ---------------------------------------------------------------
 
-#: ``model_type``s of state-space configs a shape-only compile reads.
+#: ``model_type``s of the state-space models hwflow compiles (from weights or shapes alone).
 SSM_SHAPE_FAMILIES = ("mamba",)
 
 
 def is_ssm_config(path) -> bool:
-    """Whether ``path`` (a ``config.json`` or a folder holding one) is a Mamba config the
-    shape-only compile reads (:data:`SSM_SHAPE_FAMILIES`); False for anything else, including
-    what :func:`shape_from_config` then refuses in one line."""
+    """Whether ``path`` (a ``config.json`` or a folder holding one) is the config of a Mamba
+    hwflow compiles (:data:`SSM_SHAPE_FAMILIES`); False for anything else, including what the
+    decoder path then refuses in one line."""
     try:
         raw = json.loads(_config_file(path).read_text())
     except (FrontendError, OSError, ValueError):

@@ -83,7 +83,7 @@ from .decoder import DecoderShape, FloatDecoder, FloatLayer, LazyLayers
 from .errors import FrontendError, UnsupportedOpError
 from .export_archive import load_exported_program, machine_memory_bytes
 from .frontend import check_finite, detect_format, program_tensors
-from .llm_config import attention_windows, rope_type_and_theta
+from .llm_config import SSM_SHAPE_FAMILIES, attention_windows, rope_type_and_theta
 
 __all__ = ["is_decoder_source", "load_decoder", "open_decoder",
            "decoder_from_exported_program", "DEFAULT_MAX_CONTEXT"]
@@ -238,9 +238,9 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else ""
 
 
-#: State-space model families (``compiler.ssm_frontend``), and those of them compiled.
+#: State-space model families (``compiler.ssm_frontend``; those compiled:
+#: ``llm_config.SSM_SHAPE_FAMILIES``).
 STATE_SPACE_TYPES = ("mamba", "mamba2", "falcon_mamba")
-STATE_SPACE_COMPILED = ("mamba",)
 
 
 def _hf_config_checks(folder: Path, cfg: dict) -> None:
@@ -248,7 +248,7 @@ def _hf_config_checks(folder: Path, cfg: dict) -> None:
     mt = cfg.get("model_type")
     if mt in STATE_SPACE_TYPES:
         served = ("`hwflow compile` and `sim` take it (compiler.lm.open_model), this path does "
-                  "not" if mt in STATE_SPACE_COMPILED else "hwflow compiles Mamba (model_type "
+                  "not" if mt in SSM_SHAPE_FAMILIES else "hwflow compiles Mamba (model_type "
                   "'mamba') so far, not this family")
         raise FrontendError(f"{folder}: model_type '{mt}' is a state-space model (Mamba), not a "
                             f"transformer decoder; {served}")

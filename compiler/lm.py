@@ -26,7 +26,7 @@ __all__ = ["open_model", "is_state_space", "max_context", "float_logits", "golde
 def open_model(path, trust_model: bool = False, max_context: int | None = None,
                stream: bool = False):
     """The float model of a Hugging Face folder or a ``torch.export`` archive: a Mamba folder
-    (``model_type`` in :data:`~compiler.llm_frontend.STATE_SPACE_COMPILED`) through
+    (``compiler.llm_config.is_ssm_config``) through
     ``compiler.ssm_frontend.load_mamba`` (``max_context`` does not apply: the state does not
     grow), anything else through ``compiler.llm_frontend`` (``open_decoder`` with ``stream``:
     its blocks recognised as they are read, else ``load_decoder``).
@@ -36,21 +36,15 @@ def open_model(path, trust_model: bool = False, max_context: int | None = None,
     CompileError
         The frontends' one-line errors.
     """
-    import json
     from pathlib import Path
 
-    from .llm_frontend import STATE_SPACE_COMPILED, load_decoder, open_decoder
+    from .llm_config import is_ssm_config
+    from .llm_frontend import load_decoder, open_decoder
 
-    cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        try:
-            model_type = json.loads(cfg.read_text()).get("model_type")
-        except (ValueError, AttributeError):
-            model_type = None       # the decoder frontend names what is wrong with it
-        if model_type in STATE_SPACE_COMPILED:
-            from .ssm_frontend import load_mamba
+    if Path(path).is_dir() and is_ssm_config(path):     # an archive is not read as a config
+        from .ssm_frontend import load_mamba
 
-            return load_mamba(path)
+        return load_mamba(path)
     return (open_decoder if stream else load_decoder)(path, trust_model=trust_model,
                                                       max_context=max_context)
 
