@@ -9,8 +9,8 @@ from pathlib import Path
 from hwflow.examples import examples_of
 
 __all__ = ["TINY_LLAMA", "TINY_BITNET", "TINY_MAMBA", "LLM_EXAMPLES", "tiny_llama_config",
-           "write_tiny_llama", "tiny_bitnet_config", "write_tiny_bitnet", "write_tiny_mamba",
-           "write_example"]
+           "write_tiny_llama", "tiny_bitnet_config", "write_tiny_bitnet", "tiny_mamba_config",
+           "write_tiny_mamba", "example_config", "write_example"]
 
 #: The registry's language-model examples (``hwflow compile --example NAME``).
 LLM_EXAMPLES = examples_of("decoder")
@@ -138,6 +138,13 @@ TINY_MAMBA = dict(vocab_size=97, hidden_size=40, state_size=16, num_hidden_layer
                   conv_kernel=4, time_step_rank=5, tie_word_embeddings=False)
 
 
+def tiny_mamba_config():
+    """``transformers.MambaConfig`` of the tiny Mamba (:data:`TINY_MAMBA`)."""
+    from transformers import MambaConfig
+
+    return MambaConfig(**TINY_MAMBA)
+
+
 def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write a randomly initialised tiny ``MambaForCausalLM`` (:data:`TINY_MAMBA`) as a Hugging
     Face folder (safetensors): ``transformers``' initialisation under ``torch.manual_seed(seed)``,
@@ -148,7 +155,7 @@ def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.MambaForCausalLM(transformers.MambaConfig(**TINY_MAMBA)).eval()
+    model = transformers.MambaForCausalLM(tiny_mamba_config()).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("A_log"):
@@ -161,6 +168,15 @@ def write_tiny_mamba(folder: str | os.PathLike, seed: int = 0) -> Path:
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
     return Path(folder)
+
+
+def example_config(name: str):
+    """The ``transformers`` config of the bundled example ``name`` (its shapes, no weights)."""
+    configs = {"tiny-llama": tiny_llama_config, "tiny-bitnet": tiny_bitnet_config,
+               "tiny-mamba": tiny_mamba_config}
+    if name not in configs:
+        raise ValueError(f"unknown example '{name}' (known: {', '.join(LLM_EXAMPLES)})")
+    return configs[name]()
 
 
 def write_example(name: str, folder: str | os.PathLike) -> Path:

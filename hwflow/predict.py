@@ -56,21 +56,13 @@ def _config_shape(model) -> ConfigShape:
     from hwflow.llm_examples import LLM_EXAMPLES
 
     if str(model) in LLM_EXAMPLES:
-        from hwflow.llm_examples import TINY_MAMBA, tiny_bitnet_config, tiny_llama_config
+        from hwflow.llm_examples import example_config
 
-        if model == "tiny-mamba":
-            from transformers import MambaConfig
-
-            conf = MambaConfig(**TINY_MAMBA)
-        else:
-            conf = tiny_bitnet_config() if model == "tiny-bitnet" else tiny_llama_config()
         with tempfile.TemporaryDirectory() as td:
-            conf.save_pretrained(td)
-            cs = (mamba_shape_from_config if model == "tiny-mamba" else shape_from_config)(td)
+            example_config(model).save_pretrained(td)
+            cs = _config_shape(td)
         return replace(cs, source=f"example:{model}")
-    if is_ssm_config(model):
-        return mamba_shape_from_config(model)
-    return shape_from_config(model)
+    return (mamba_shape_from_config if is_ssm_config(model) else shape_from_config)(model)
 
 
 def load_shape(model: str) -> tuple[DecoderShape, str, bool]:
